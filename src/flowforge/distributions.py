@@ -1,0 +1,176 @@
+r"""Base distributions.
+
+Every base has ``event_shape`` and ``context_features`` and three methods:
+
+- ``log_prob(z, context=None) -> (batch,)``
+- ``sample(n, context=None, temperature=1.0) -> (n, *event_shape)`` (no gradient needed)
+- ``rsample_and_log_prob(n, context=None) -> (z, log_prob)`` (differentiable)
+
+With a context of shape ``(n, c)``, ``n`` must equal the context's batch size: the
+:class:`~flowforge.core.Flow` expands contexts before it calls the base. Samples come out on
+the device and dtype of the base's parameters or buffers, so ``.to(...)`` is all a user does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .nets import MLP
+
+__all__ = ["StandardNormal", "DiagGaussian", "GaussianMixture"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _shape(event_shape) -> tuple[int, ...]:
+    return (int(event_shape),) if isinstance(event_shape, int) else tuple(event_shape)
+
+
+class _Base(nn.Module):
+    def __init__(self, event_shape, context_features: int = 0):
+        super().__init__()
+        self.event_shape = _shape(event_shape)
+        self.features = math.prod(self.event_shape)
+        self.context_features = int(context_features)
+        # A constant to take device and dtype from; not saved, so checkpoints stay portable.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def _n(self, n: int, context: Tensor | None) -> int:
+        if context is not None and context.shape[0] != n:
+            raise ValueError(f"expected a context with {n} rows, got {context.shape[0]}")
+        return n
+
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        with torch.no_grad():
+            return self._sample(self._n(n, context), context, temperature)
+
+    def rsample_and_log_prob(self, n: int, context: Tensor | None = None):
+        z = self._sample(self._n(n, context), context, 1.0)
+        return z, self.log_prob(z, context)
+
+    def extra_repr(self) -> str:
+        s = f"event_shape={self.event_shape}"
+        return s + (f", context_features={self.context_features}" if self.context_features else "")
+
+
+class StandardNormal(_Base):
+    """``N(0, I)`` over ``event_shape``; no parameters."""
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        z = z.reshape(z.shape[0], -1)
+        return -0.5 * (z.square().sum(-1) + self.features * _LOG_2PI)
+
+    def _sample(self, n, context, temperature):
+        a = self._anchor
+        return temperature * torch.randn(n, *self.event_shape, device=a.device, dtype=a.dtype)
+
+
+class DiagGaussian(_Base):
+    """A Gaussian with learnable mean and diagonal scale.
+
+    With ``context_features > 0`` the mean and log-scale come from an MLP of the context; with
+    ``hidden=()`` that MLP is linear, so a one-hot class context gives one Gaussian per class.
+
+    Args:
+        event_shape: shape of one sample (an int for vectors).
+        context_features: size of the context, 0 for unconditional.
+        hidden: hidden widths of the context network.
+    """
+
+    def __init__(self, event_shape, context_features: int = 0, hidden: Sequence[int] = ()):
+        super().__init__(event_shape, context_features)
+        if context_features:
+            self.net = MLP(context_features, 2 * self.features, hidden)
+        else:
+            self.loc = nn.Parameter(torch.zeros(self.features))
+            self.log_scale = nn.Parameter(torch.zeros(self.features))
+
+    def _params(self, n: int, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.context_features:
+            loc, log_scale = self.net(context).chunk(2, dim=-1)
+            return loc, log_scale
+        return self.loc.expand(n, -1), self.log_scale.expand(n, -1)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        z = z.reshape(z.shape[0], -1)
+        loc, log_scale = self._params(z.shape[0], context)
+        u = (z - loc) * torch.exp(-log_scale)
+        return -0.5 * (u.square() + _LOG_2PI).sum(-1) - log_scale.sum(-1)
+
+    def _sample(self, n, context, temperature):
+        loc, log_scale = self._params(n, context)
+        eps = torch.randn_like(loc)
+        return (loc + temperature * eps * log_scale.exp()).reshape(n, *self.event_shape)
+
+
+class GaussianMixture(_Base):
+    """A learnable mixture of ``components`` diagonal Gaussians.
+
+    With a context, the mixture weights, means and log-scales come from an MLP of the context.
+    ``rsample_and_log_prob`` is reparametrised within each component; the component choice
+    itself is discrete, so no gradient flows through the weights from the samples (the
+    log-probability term still trains them).
+
+    Args:
+        event_shape: shape of one sample (an int for vectors).
+        components: number of mixture components.
+        context_features: size of the context, 0 for unconditional.
+        hidden: hidden widths of the context network.
+        spread: standard deviation of the random initial means (breaks the symmetry).
+    """
+
+    def __init__(
+        self,
+        event_shape,
+        components: int = 8,
+        context_features: int = 0,
+        hidden: Sequence[int] = (64,),
+        spread: float = 1.0,
+    ):
+        super().__init__(event_shape, context_features)
+        if components < 1:
+            raise ValueError(f"expected components >= 1, got {components}")
+        self.components = components
+        k, d = components, self.features
+        if context_features:
+            self.net = MLP(context_features, k * (1 + 2 * d), hidden)
+        else:
+            self.logits = nn.Parameter(torch.zeros(k))
+            self.loc = nn.Parameter(spread * torch.randn(k, d))
+            self.log_scale = nn.Parameter(torch.zeros(k, d))
+
+    def _params(self, n: int, context: Tensor | None):
+        k, d = self.components, self.features
+        if self.context_features:
+            p = self.net(context)
+            logits, loc, log_scale = p.split([k, k * d, k * d], dim=-1)
+            return logits, loc.reshape(n, k, d), log_scale.reshape(n, k, d)
+        return (
+            self.logits.expand(n, k),
+            self.loc.expand(n, k, d),
+            self.log_scale.expand(n, k, d),
+        )
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        z = z.reshape(z.shape[0], 1, -1)
+        logits, loc, log_scale = self._params(z.shape[0], context)
+        u = (z - loc) * torch.exp(-log_scale)
+        comp = -0.5 * (u.square() + _LOG_2PI).sum(-1) - log_scale.sum(-1)  # (n, k)
+        return torch.logsumexp(F.log_softmax(logits, -1) + comp, dim=-1)
+
+    def _sample(self, n, context, temperature):
+        logits, loc, log_scale = self._params(n, context)
+        idx = torch.multinomial(F.softmax(logits, -1), 1)  # (n, 1)
+        idx = idx.unsqueeze(-1).expand(n, 1, self.features)
+        loc = loc.gather(1, idx).squeeze(1)
+        scale = log_scale.gather(1, idx).squeeze(1).exp()
+        eps = torch.randn_like(loc)
+        return (loc + temperature * scale * eps).reshape(n, *self.event_shape)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", components={self.components}"

@@ -1,0 +1,302 @@
+r"""Named flows. Each builder only assembles layers and a base into a :class:`~flowforge.Flow`.
+
+Every builder takes ``features=`` (vectors) or ``shape=`` (images), works with nothing else
+given, and records its arguments in ``flow.config`` so that :func:`flowforge.save` can rebuild
+it from JSON. ``build(name, **kwargs)`` looks a builder up by name (case-insensitive).
+
+Common arguments:
+    context_features: size of a conditioning vector (0: unconditional).
+    levels: if the data is discrete with this many levels (17 for digits, 256 for 8-bit images),
+        the flow dequantizes with ``U[0, 1)`` and reports likelihoods on the raw scale.
+    preprocess: with ``levels``: ``"logit"`` (RealNVP's, ``alpha``), ``"scale"`` (to
+        ``[-1/2, 1/2]``) or ``None``.
+    base: ``"normal"``, ``"diag"`` (learnable diagonal Gaussian) or ``"mixture"`` (learnable
+        Gaussian mixture, ``components``). With a context, learnable bases are conditional.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from . import distributions as D
+from .core import Compose, Flow, Transform
+from .nets import MLP
+from .transforms import (
+    Additive,
+    Affine,
+    BatchNorm,
+    Coupling,
+    Logit,
+    LULinear,
+    Permutation,
+    Reverse,
+    Scaling,
+    Standardize,
+    UniformDequantization,
+    alternating_mask,
+    half_mask,
+)
+
+__all__ = ["NICE", "RealNVP", "build", "available", "register"]
+
+_REGISTRY: dict[str, Callable[..., Flow]] = {}
+
+
+def register(fn: Callable[..., Flow]) -> Callable[..., Flow]:
+    """Register a builder under its name and make it record its arguments in ``flow.config``."""
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def builder(*args, **kwargs) -> Flow:
+        bound = sig.bind(*args, **kwargs)
+        flow = fn(*bound.args, **bound.kwargs)
+        config = {k: _jsonable(v) for k, v in bound.arguments.items()}
+        flow.config = {"model": fn.__name__, "kwargs": config}
+        return flow
+
+    _REGISTRY[fn.__name__.lower()] = builder
+    return builder
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return [_jsonable(i) for i in v]
+    if isinstance(v, list):
+        return [_jsonable(i) for i in v]
+    return v
+
+
+def available() -> list[str]:
+    """Names of the registered builders."""
+    return sorted(_REGISTRY)
+
+
+def build(name: str, **kwargs) -> Flow:
+    """Build a registered model by name, e.g. ``build("realnvp", features=64)``."""
+    key = name.lower()
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (available: {', '.join(available())})")
+    return _REGISTRY[key](**kwargs)
+
+
+# -- shared assembly ----------------------------------------------------------------------------
+
+
+def _event_shape(features: int | None, shape: Sequence[int] | None) -> tuple[int, ...]:
+    if (features is None) == (shape is None):
+        raise ValueError("give exactly one of features= (vectors) or shape=(C, H, W) (images)")
+    if features is not None:
+        if int(features) < 1:
+            raise ValueError(f"expected features >= 1, got {features}")
+        return (int(features),)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"expected shape=(C, H, W) with positive sizes, got {shape}")
+    return shape
+
+
+def make_base(
+    name: str, event_shape: tuple[int, ...], context_features: int = 0, components: int = 8
+) -> nn.Module:
+    """A base distribution by name: normal, diag or mixture."""
+    if name == "normal":
+        return D.StandardNormal(event_shape)
+    if name == "diag":
+        return D.DiagGaussian(event_shape, context_features)
+    if name == "mixture":
+        return D.GaussianMixture(event_shape, components, context_features)
+    raise ValueError(f"unknown base {name!r}; expected 'normal', 'diag' or 'mixture'")
+
+
+def preprocessing(
+    event_shape: tuple[int, ...], levels: int | None, preprocess: str | None, alpha: float
+) -> tuple[list[Transform], nn.Module | None]:
+    """The dequantizer and the fixed first layers for data with ``levels`` discrete values."""
+    if levels is None:
+        return [], None
+    deq = UniformDequantization(levels)
+    if preprocess == "logit":
+        return [Logit(event_shape, levels, alpha)], deq
+    if preprocess == "scale":
+        return [Standardize(event_shape, levels / 2, levels)], deq
+    if preprocess is None:
+        return [], deq
+    raise ValueError(f"unknown preprocess {preprocess!r}; expected 'logit', 'scale' or None")
+
+
+def assemble(
+    layers: list[Transform],
+    event_shape: tuple[int, ...],
+    *,
+    context_features: int,
+    levels: int | None,
+    preprocess: str | None,
+    alpha: float,
+    base: str,
+    components: int,
+) -> Flow:
+    """Preprocessing + ``layers`` + base, as one :class:`Flow`."""
+    pre, deq = preprocessing(event_shape, levels, preprocess, alpha)
+    transform = Compose(*pre, *layers)
+    return Flow(
+        transform,
+        make_base(base, transform.output_shape, context_features, components),
+        deq,
+    )
+
+
+def mlp_conditioner(
+    hidden: Sequence[int], context_features: int, activation: str, zero_init: bool
+) -> Callable[[int, int], nn.Module]:
+    hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+    return lambda i, o: MLP(i, o, hidden, context_features, activation, zero_init)
+
+
+def _mask(kind: str, features: int, flip: bool):
+    if kind == "half":
+        return half_mask(features, flip)
+    if kind == "alternating":
+        return alternating_mask(features, flip)
+    raise ValueError(f"unknown mask {kind!r}; expected 'half' or 'alternating'")
+
+
+def _mixer(kind: str | None, features: int) -> list[Transform]:
+    if kind is None:
+        return []
+    if kind == "reverse":
+        return [Reverse(features)]
+    if kind == "random":
+        return [Permutation(features)]
+    if kind == "lu":
+        return [LULinear(features)]
+    raise ValueError(f"unknown permutation {kind!r}; expected None, 'reverse', 'random' or 'lu'")
+
+
+# -- vector coupling flows ----------------------------------------------------------------------
+
+
+@register
+def NICE(
+    features: int | None = None,
+    layers: int = 4,
+    hidden: Sequence[int] | int = (256, 256),
+    context_features: int = 0,
+    mask: str = "alternating",
+    permutation: str | None = None,
+    activation: str = "relu",
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
+) -> Flow:
+    r"""NICE (Dinh et al., 2015): additive couplings and a final diagonal scaling layer.
+
+    Volume-preserving except for the scaling layer, whose ``log_scale`` carries the whole
+    log-determinant.
+
+    Args:
+        features: data dimension (at least 2).
+        layers: number of additive coupling layers (masks alternate between them).
+        hidden: widths of each coupling's MLP.
+        mask: ``"alternating"`` (even/odd entries) or ``"half"`` (first/second half).
+        permutation: a mixing layer between couplings: None, ``"reverse"``, ``"random"`` or
+            ``"lu"``.
+        activation: the MLPs' activation.
+        (see the module docstring for context_features, levels, preprocess, alpha, base)
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.NICE(features=8)
+        >>> flow.sample(2).shape
+        torch.Size([2, 8])
+    """
+    (d,) = _event_shape(features, None)
+    cond = mlp_conditioner(hidden, context_features, activation, zero_init=True)
+    chain: list[Transform] = []
+    for i in range(layers):
+        if i:
+            chain += _mixer(permutation, d)
+        chain.append(Coupling(_mask(mask, d, i % 2 == 1), cond, Additive(), context_features))
+    chain.append(Scaling(d))
+    return assemble(chain, (d,), context_features=context_features, levels=levels,
+                    preprocess=preprocess, alpha=alpha, base=base, components=components)
+
+
+@register
+def RealNVP(
+    features: int | None = None,
+    shape: Sequence[int] | None = None,
+    layers: int = 8,
+    hidden: Sequence[int] | int = (256, 256),
+    context_features: int = 0,
+    mask: str = "alternating",
+    permutation: str | None = None,
+    batch_norm: bool = False,
+    rezero: bool = False,
+    scale_bound: float = 3.0,
+    activation: str = "relu",
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
+    **image_options,
+) -> Flow:
+    r"""RealNVP (Dinh et al., 2017): affine couplings with a bounded log-scale.
+
+    With ``features=`` it is the vector flow of the founding tutorial: ``layers`` affine
+    couplings with alternating masks. With ``shape=(C, H, W)`` it is the paper's multi-scale
+    image architecture (see :func:`flowforge.image_models.realnvp_image`).
+
+    Args:
+        features: data dimension (at least 2).
+        shape: image shape ``(C, H, W)`` instead of ``features``.
+        layers: number of affine couplings.
+        hidden: widths of each coupling's MLP.
+        mask: ``"alternating"`` (even/odd entries) or ``"half"``.
+        permutation: mixing between couplings: None, ``"reverse"``, ``"random"`` or ``"lu"``.
+        batch_norm: a batch-norm bijector after each coupling (as in the paper).
+        rezero: gate each coupling's output with a zero-initialised scalar (ReZero) instead of
+            zero-initialising the conditioner's last layer.
+        scale_bound: the largest absolute log-scale of a coupling (soft clamp).
+        activation: the MLPs' activation.
+        (see the module docstring for context_features, levels, preprocess, alpha, base)
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.RealNVP(features=64, layers=8, hidden=(256, 256))
+        >>> flow.sample(16).shape
+        torch.Size([16, 64])
+    """
+    if shape is not None and features is None:
+        from .image_models import realnvp_image
+
+        return realnvp_image(
+            shape=shape, layers=layers, hidden=hidden, context_features=context_features,
+            rezero=rezero, scale_bound=scale_bound, levels=levels, preprocess=preprocess,
+            alpha=alpha, base=base, components=components, batch_norm=batch_norm,
+            **image_options,
+        )
+    if image_options:
+        raise ValueError(f"unexpected arguments for a vector RealNVP: {sorted(image_options)}")
+    (d,) = _event_shape(features, shape)
+    cond = mlp_conditioner(hidden, context_features, activation, zero_init=not rezero)
+    chain: list[Transform] = []
+    for i in range(layers):
+        if i:
+            chain += _mixer(permutation, d)
+        m = _mask(mask, d, i % 2 == 1)
+        chain.append(Coupling(m, cond, Affine(scale_bound), context_features, rezero=rezero))
+        if batch_norm:
+            chain.append(BatchNorm(d))
+    return assemble(chain, (d,), context_features=context_features, levels=levels,
+                    preprocess=preprocess, alpha=alpha, base=base, components=components)

@@ -1,0 +1,166 @@
+r"""One coupling layer for every coupling flow, and the masks it splits with.
+
+``Coupling(mask, conditioner, transformer)`` leaves the entries where ``mask`` is True
+unchanged and transforms the others elementwise, with parameters computed from the unchanged
+part (and the context):
+
+    ``z[~m] = transformer(x[~m]; conditioner(x[m], context))``,  ``z[m] = x[m]``
+
+NICE is ``Coupling`` with :class:`~flowforge.transforms.Additive`, RealNVP with
+:class:`~flowforge.transforms.Affine`; the rational-quadratic spline plugs in the same way.
+
+Two ways to split, chosen from the mask:
+
+- a mask that is constant over every event dimension but the first (vectors; channel masks on
+  images) splits by indexing dimension 1: the conditioner sees only the kept entries and
+  outputs parameters only for the transformed ones;
+- any other mask (checkerboard) is applied by multiplication: the conditioner sees ``x * mask``
+  at full size and the layer keeps the masked entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..core import Transform
+
+__all__ = [
+    "Coupling",
+    "half_mask",
+    "alternating_mask",
+    "checkerboard_mask",
+    "channel_mask",
+]
+
+
+def half_mask(features: int, flip: bool = False) -> Tensor:
+    """``[True] * ceil(n/2) + [False] * floor(n/2)``, or its complement with ``flip``."""
+    m = torch.arange(features) < (features + 1) // 2
+    return ~m if flip else m
+
+
+def alternating_mask(features: int, flip: bool = False) -> Tensor:
+    """True at even indices (odd indices with ``flip``)."""
+    m = torch.arange(features) % 2 == 0
+    return ~m if flip else m
+
+
+def checkerboard_mask(shape: tuple[int, int, int], flip: bool = False) -> Tensor:
+    """RealNVP's spatial checkerboard over ``(C, H, W)``: True where ``(h + w)`` is even."""
+    c, h, w = shape
+    m = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == 0
+    m = m.expand(c, h, w).clone()
+    return ~m if flip else m
+
+
+def channel_mask(shape: tuple[int, ...], flip: bool = False) -> Tensor:
+    """True on the first half of the channels (dimension 0 of ``shape``)."""
+    m = half_mask(shape[0], flip)
+    return m.reshape(-1, *[1] * (len(shape) - 1)).expand(shape).clone()
+
+
+def _as_range(idx: Tensor) -> tuple[int, int] | None:
+    """``(start, length)`` if ``idx`` is a run of consecutive integers."""
+    n = idx.numel()
+    if n and torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + n)):
+        return int(idx[0]), n
+    return None
+
+
+class Coupling(Transform):
+    r"""A coupling layer: half the entries parametrise an elementwise map of the other half.
+
+    Args:
+        mask: bool tensor of the event shape; True marks the entries that pass through and
+            condition the rest.
+        conditioner: ``conditioner(in_size, out_size) -> nn.Module``, called once here. In the
+            indexed split ``in_size``/``out_size`` count features (vectors) or channels
+            (images); in the masked split both count channels. The module is called as
+            ``net(x_kept, context)``.
+        transformer: an elementwise transformer such as ``Affine()`` or ``Additive()``.
+        context_features: size of the context the conditioner reads.
+        rezero: multiply the parameters by a learnable gate that starts at 0 (ReZero), so the
+            layer starts as the identity even when the conditioner's last layer is not zero.
+
+    Example:
+        >>> from flowforge.transforms import Coupling, Affine, half_mask
+        >>> from flowforge.nets import MLP
+        >>> layer = Coupling(half_mask(6), lambda i, o: MLP(i, o, (32,)), Affine())
+        >>> z, ladj = layer(torch.randn(10, 6))
+    """
+
+    def __init__(
+        self,
+        mask: Tensor,
+        conditioner: Callable[[int, int], nn.Module],
+        transformer: nn.Module,
+        context_features: int = 0,
+        rezero: bool = False,
+    ):
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        super().__init__(tuple(mask.shape), context_features)
+        kept, moved = int(mask.sum()), int((~mask).sum())
+        if kept == 0 or moved == 0:
+            raise ValueError(
+                f"a coupling mask must keep at least one entry and transform at least one; "
+                f"got {kept} kept and {moved} transformed for event shape {tuple(mask.shape)} "
+                f"(a coupling layer needs at least 2 features)"
+            )
+        self.transformer = transformer
+        p = transformer.params_per_dim
+        flat = mask.reshape(mask.shape[0], -1)
+        self.indexed = bool((flat == flat[:, :1]).all())
+        if self.indexed:
+            rows = flat[:, 0]
+            idx_a, idx_b = rows.nonzero().squeeze(1), (~rows).nonzero().squeeze(1)
+            self.register_buffer("idx_a", idx_a, persistent=False)
+            self.register_buffer("idx_b", idx_b, persistent=False)
+            self.register_buffer("merge", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False)
+            self._range_a, self._range_b = _as_range(idx_a), _as_range(idx_b)
+            self.net = conditioner(len(idx_a), len(idx_b) * p)
+        else:
+            self.register_buffer("mask", mask, persistent=False)
+            self.net = conditioner(mask.shape[0], mask.shape[0] * p)
+        self.gate = nn.Parameter(torch.zeros(())) if rezero else None
+
+    # -- split / merge -----------------------------------------------------------------------
+    def _take(self, x: Tensor, idx: Tensor, rng) -> Tensor:
+        return x.narrow(1, *rng) if rng is not None else x.index_select(1, idx)
+
+    def _merge(self, a: Tensor, b: Tensor) -> Tensor:
+        if self._range_a is not None and self._range_b is not None:
+            return torch.cat([a, b] if self._range_a[0] == 0 else [b, a], 1)
+        return torch.cat([a, b], 1).index_select(1, self.merge)
+
+    def _params(self, x_a: Tensor, context: Tensor | None, n_out: int) -> Tensor:
+        h = self.net(x_a, context)
+        if self.gate is not None:
+            h = h * self.gate
+        p = self.transformer.params_per_dim
+        # (B, n*P, *rest) -> (B, n, *rest, P)
+        return h.reshape(h.shape[0], n_out, p, *h.shape[2:]).movedim(2, -1)
+
+    def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        law = self.transformer.inverse if inverse else self.transformer.forward
+        if self.indexed:
+            x_a = self._take(x, self.idx_a, self._range_a)
+            x_b = self._take(x, self.idx_b, self._range_b)
+            y_b, ladj = law(x_b, self._params(x_a, context, x_b.shape[1]))
+            return self._merge(x_a, y_b), ladj.reshape(x.shape[0], -1).sum(1)
+        m = self.mask.to(x.dtype)
+        y, ladj = law(x, self._params(x * m, context, x.shape[1]))
+        y = torch.where(self.mask, x, y)
+        return y, (ladj * (1 - m)).reshape(x.shape[0], -1).sum(1)
+
+    def _forward(self, x, context):
+        return self._couple(x, context, inverse=False)
+
+    def _inverse(self, z, context):
+        return self._couple(z, context, inverse=True)
+
+    def extra_repr(self) -> str:
+        split = "indexed" if self.indexed else "masked"
+        return super().extra_repr() + f", split={split}, rezero={self.gate is not None}"

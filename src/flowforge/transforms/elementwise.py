@@ -1,0 +1,61 @@
+r"""Elementwise transformers: the invertible scalar maps that coupling and autoregressive layers
+apply to each transformed dimension.
+
+A transformer has no weights of its own. It gets ``params`` of shape ``(*x.shape, P)`` from a
+conditioner (``P = transformer.params_per_dim``) and returns ``(y, ladj)`` where ``ladj`` is
+elementwise, the same shape as ``x``. All-zero parameters give the identity, so a conditioner
+with a zero-initialised last layer starts the layer as the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Additive", "Affine"]
+
+
+class Additive(nn.Module):
+    r"""NICE's additive law: ``z = x + t``; volume-preserving (``ladj = 0``)."""
+
+    params_per_dim = 1
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return x + params[..., 0], torch.zeros_like(x)
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return z - params[..., 0], torch.zeros_like(z)
+
+
+class Affine(nn.Module):
+    r"""RealNVP's affine law: ``z = x * exp(s) + t`` with a bounded log-scale.
+
+    The raw log-scale ``r`` is soft-clamped, ``s = bound * tanh(r / bound)``, so
+    ``|s| < bound``: a scale can never overflow to inf/NaN however large the conditioner's
+    output grows, and near zero it is the identity map of ``r``.
+
+    Args:
+        bound: the largest absolute log-scale per dimension (``None`` for unbounded).
+    """
+
+    params_per_dim = 2
+
+    def __init__(self, bound: float | None = 3.0):
+        super().__init__()
+        self.bound = bound
+
+    def _scale(self, r: Tensor) -> Tensor:
+        if self.bound is None:
+            return r
+        return self.bound * torch.tanh(r / self.bound)
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        t, s = params[..., 0], self._scale(params[..., 1])
+        return x * torch.exp(s) + t, s
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        t, s = params[..., 0], self._scale(params[..., 1])
+        return (z - t) * torch.exp(-s), -s
+
+    def extra_repr(self) -> str:
+        return f"bound={self.bound}"

@@ -1,0 +1,111 @@
+r"""Normalisation bijections: ActNorm (Glow) and batch normalisation (RealNVP).
+
+Both normalise dimension 1 (features, or channels of an image) with statistics shared over
+every other event position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..core import Transform
+
+__all__ = ["ActNorm", "BatchNorm"]
+
+
+def _event(shape) -> tuple[int, ...]:
+    return (int(shape),) if isinstance(shape, int) else tuple(shape)
+
+
+def _per_channel(v: Tensor, x: Tensor) -> Tensor:
+    """Broadcast a ``(C,)`` vector against ``x`` of shape ``(B, C, ...)``."""
+    return v.reshape(-1, *[1] * (x.dim() - 2))
+
+
+def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and (biased) variance per channel over the batch and every other position."""
+    dims = [0, *range(2, x.dim())]
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    return mean, var
+
+
+class ActNorm(Transform):
+    r"""``z = (x + loc) * exp(log_scale)`` per channel, initialised from the first batch.
+
+    The first forward pass in training mode sets ``loc`` and ``log_scale`` so that this batch
+    comes out with zero mean and unit variance per channel (Glow's data-dependent init). The
+    ``initialized`` flag is a saved buffer: a reloaded model never re-initialises.
+    """
+
+    def __init__(self, shape, eps: float = 1e-6):
+        super().__init__(_event(shape))
+        c = self.event_shape[0]
+        self.positions = math.prod(self.event_shape[1:])
+        self.loc = nn.Parameter(torch.zeros(c))
+        self.log_scale = nn.Parameter(torch.zeros(c))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.eps = eps
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set the parameters from a batch ``x`` (called automatically on the first batch)."""
+        mean, var = _channel_stats(x)
+        self.loc.copy_(-mean)
+        self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
+        self.initialized.fill_(True)
+
+    def _forward(self, x, context):
+        if self.training and not self.initialized:
+            self.initialize(x)
+        z = (x + _per_channel(self.loc, x)) * _per_channel(self.log_scale.exp(), x)
+        return z, (self.positions * self.log_scale.sum()).expand(x.shape[0])
+
+    def _inverse(self, z, context):
+        x = z * _per_channel((-self.log_scale).exp(), z) - _per_channel(self.loc, z)
+        return x, (-self.positions * self.log_scale.sum()).expand(z.shape[0])
+
+
+class BatchNorm(Transform):
+    r"""Batch normalisation as a bijection (RealNVP, Dinh et al. 2017).
+
+    ``z = (x - mean) / sqrt(var + eps) * exp(log_gamma) + beta``. In training mode ``mean`` and
+    ``var`` are the batch's statistics (treated as constants in ``ladj``, as in the paper) and
+    update running averages; in eval mode, and always in ``inverse``, the running averages are
+    used, so evaluation and sampling are deterministic bijections.
+
+    Args:
+        shape: event shape; statistics are per entry of dimension 1.
+        momentum: weight of the newest batch in the running averages.
+        eps: added to the variance.
+    """
+
+    def __init__(self, shape, momentum: float = 0.05, eps: float = 1e-5):
+        super().__init__(_event(shape))
+        c = self.event_shape[0]
+        self.positions = math.prod(self.event_shape[1:])
+        self.log_gamma = nn.Parameter(torch.zeros(c))
+        self.beta = nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+        self.momentum, self.eps = momentum, eps
+
+    def _forward(self, x, context):
+        if self.training:
+            mean, var = _channel_stats(x)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        log_s = self.log_gamma - 0.5 * torch.log(var + self.eps)
+        z = (x - _per_channel(mean, x)) * _per_channel(log_s.exp(), x) + _per_channel(self.beta, x)
+        return z, (self.positions * log_s.sum()).expand(x.shape[0])
+
+    def _inverse(self, z, context):
+        log_s = self.log_gamma - 0.5 * torch.log(self.running_var + self.eps)
+        x = (z - _per_channel(self.beta, z)) * _per_channel((-log_s).exp(), z)
+        x = x + _per_channel(self.running_mean, z)
+        return x, (-self.positions * log_s.sum()).expand(z.shape[0])
