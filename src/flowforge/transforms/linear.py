@@ -118,15 +118,18 @@ class LULinear(_OnDim1):
         d = torch.diagonal(u)
         self.register_buffer("p", p.float())
         self.register_buffer("sign", torch.sign(d).float())
-        self.lower = nn.Parameter(torch.tril(l, -1).float())
-        self.upper = nn.Parameter(torch.triu(u, 1).float())
+        # only the free entries are parameters: strictly below / above the diagonal
+        self.register_buffer("tril_idx", torch.tril_indices(c, c, -1), persistent=False)
+        self.register_buffer("triu_idx", torch.triu_indices(c, c, 1), persistent=False)
+        self.lower = nn.Parameter(l[tuple(self.tril_idx)].float())
+        self.upper = nn.Parameter(u[tuple(self.triu_idx)].float())
         self.log_s = nn.Parameter(d.abs().log().float())
         self.bias = nn.Parameter(torch.zeros(c))
         self.register_buffer("eye", torch.eye(c), persistent=False)
 
     def _factors(self) -> tuple[Tensor, Tensor]:
-        lower = torch.tril(self.lower, -1) + self.eye
-        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * self.log_s.exp())
+        lower = self.eye.index_put(tuple(self.tril_idx), self.lower)
+        upper = torch.diag(self.sign * self.log_s.exp()).index_put(tuple(self.triu_idx), self.upper)
         return lower, upper
 
     def weight(self) -> Tensor:
@@ -154,17 +157,19 @@ class QRLinear(_OnDim1):
 
     Args:
         shape: event shape; dimension 1 is transformed.
-        reflections: number of Householder reflections (default: the full ``C``).
+        reflections: number of Householder reflections (default: ``C``, none when ``C = 1``,
+            where every reflection is the same sign flip).
     """
 
     def __init__(self, shape, reflections: int | None = None):
         super().__init__(shape)
         c = self.features
-        k = c if reflections is None else int(reflections)
-        if not 1 <= k <= c:
-            raise ValueError(f"expected 1 <= reflections <= {c}, got {k}")
+        k = (c if c > 1 else 0) if reflections is None else int(reflections)
+        if not 0 <= k <= c:
+            raise ValueError(f"expected 0 <= reflections <= {c}, got {k}")
         self.vectors = nn.Parameter(torch.randn(k, c))
-        self.upper = nn.Parameter(torch.zeros(c, c))
+        self.register_buffer("triu_idx", torch.triu_indices(c, c, 1), persistent=False)
+        self.upper = nn.Parameter(torch.zeros(c * (c - 1) // 2))
         self.log_s = nn.Parameter(torch.zeros(c))
         self.bias = nn.Parameter(torch.zeros(c))
 
@@ -175,7 +180,7 @@ class QRLinear(_OnDim1):
         return q
 
     def _r(self) -> Tensor:
-        return torch.triu(self.upper, 1) + torch.diag(self.log_s.exp())
+        return torch.diag(self.log_s.exp()).index_put(tuple(self.triu_idx), self.upper)
 
     def _forward(self, x, context):
         z = self._matmul(x, self._q() @ self._r()) + self._bias(self.bias, x)
@@ -197,7 +202,7 @@ class PlainLinear(_OnDim1):
     def __init__(self, shape):
         super().__init__(shape)
         c = self.features
-        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(c, c))[0])
+        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(c, c))[0].contiguous())
         self.bias = nn.Parameter(torch.zeros(c))
 
     def _forward(self, x, context):
