@@ -1,0 +1,415 @@
+r"""The ``flowforge`` command (also ``python -m flowforge``).
+
+Subcommands: ``list``, ``train``, ``eval``, ``sample``, ``report``, ``demo``. Errors a user can
+fix print one line on stderr and exit with status 1 (``--debug`` shows the traceback);
+an interrupted training exits with 130 after saving a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["main", "DEMO"]
+
+# The demo: change the model here (e.g. {"model": "glow", "layout": "image", ...}).
+DEMO = {
+    "model": {"name": "realnvp", "kwargs": {"layers": 8, "hidden": [256, 256]}},
+    "layout": "vector",
+    "data": "digits",
+    "train": {"epochs": 60, "batch_size": 64, "lr": 1e-3, "patience": 15},
+}
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg.strip("'\"") if isinstance(e, KeyError) else msg
+
+
+def _parse_mapping(text: str, what: str) -> dict:
+    from .data import WorkbenchError
+
+    try:
+        import yaml
+
+        value = yaml.safe_load(text)
+    except ImportError:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise WorkbenchError(f"{what}: not valid JSON: {e}") from None
+    except Exception as e:
+        raise WorkbenchError(f"{what}: cannot parse {text!r}: {_one_line(e)}") from None
+    if not isinstance(value, dict):
+        raise WorkbenchError(f"{what}: expected a mapping like '{{\"layers\": 4}}', got {text!r}")
+    return value
+
+
+def _parse_scalar(text: str):
+    try:
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception:
+        return text
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+
+def cmd_list(args) -> int:
+    from .. import models
+    from .data import DATASETS
+
+    info = {
+        "models": models.available(),
+        "datasets": {k: v[1] for k, v in DATASETS.items()},
+        "files": ".npy/.npz/.csv tables; a folder of PNG/JPEG images",
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("models:   " + ", ".join(info["models"]))
+    print("datasets:")
+    for k, v in info["datasets"].items():
+        print(f"  {k:<13} {v}")
+    print(f"  {'<path>':<13} {info['files']}")
+    return 0
+
+
+def _train_overrides(args) -> dict:
+    o: dict = {}
+    if args.model is not None:
+        o["model"] = {"name": args.model}
+    if args.model_kwargs is not None:
+        o.setdefault("model", {}).update(_parse_mapping(args.model_kwargs, "--model-kwargs"))
+    if args.data is not None:
+        o["data"] = {"name": args.data}
+    if args.data_kwargs is not None:
+        o.setdefault("data", {}).update(_parse_mapping(args.data_kwargs, "--data-kwargs"))
+    if args.limit is not None:
+        o.setdefault("data", {})["limit"] = args.limit
+    if args.seed is not None:
+        o["seed"] = args.seed
+    if args.layout is not None:
+        o["layout"] = args.layout
+    tr = {}
+    for flag, key in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("optimizer", "optimizer"),
+        ("weight_decay", "weight_decay"),
+        ("warmup_steps", "warmup_steps"),
+        ("grad_clip", "grad_clip"),
+        ("patience", "patience"),
+        ("device", "device"),
+    ):
+        v = getattr(args, flag)
+        if v is not None:
+            tr[key] = v
+    if tr:
+        o["train"] = tr
+    for item in args.set or []:
+        from .data import WorkbenchError
+
+        if "=" not in item:
+            raise WorkbenchError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = o
+        for p in parts[:-1]:
+            cur = node.get(p)
+            if isinstance(cur, str):  # model: NAME given by a flag
+                cur = {"name": cur}
+            node[p] = cur if isinstance(cur, dict) else {}
+            node = node[p]
+        node[parts[-1]] = _parse_scalar(value)
+    return o
+
+
+def cmd_train(args) -> int:
+    from .train import read_config, train
+
+    layers = []
+    if args.config:
+        layers.append(read_config(args.config))
+    layers.append(_train_overrides(args))
+    raw: dict = {}
+    for layer in layers:  # the file, then the flags on top
+        raw = _deep_merge(raw, layer)
+    result = train(
+        raw,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        echo=not args.quiet,
+    )
+    return _finish_train(result)
+
+
+def _finish_train(result: dict) -> int:
+    from .train import dist_env
+
+    rank, _ = dist_env()
+    if result["status"] == "interrupted":
+        if rank == 0:
+            print(
+                f"flowforge: interrupted; resume with: flowforge train --out {result['out']} "
+                "--resume",
+                file=sys.stderr,
+            )
+        return 130
+    if rank == 0:
+        best = result["best_val_nll"]
+        msg = f"{result['status']}: best val NLL {best:.4f} nats/example"
+        if result.get("best_val_bpd") is not None:
+            msg += f" ({result['best_val_bpd']:.4f} bits/dim)"
+        print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
+    return 0
+
+
+def _deep_merge(a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = _deep_merge(a.get(k), v) if k in a else v
+        return out
+    if isinstance(a, str) and isinstance(b, dict) and "name" not in b:
+        return {"name": a, **b}
+    return b
+
+
+def evaluate_run(
+    run: str, split: str = "test", data: str | None = None, seed: int = 0, batch_size: int = 1024
+) -> dict:
+    """The NLL of a run's best model on one split (or on a file), in the data's units."""
+    import torch
+
+    from ..objectives import nll
+    from .data import DataError, read_examples
+    from .train import load_run, run_config, run_dataset
+
+    cfg = run_config(run)
+    r = cfg["resolved"]
+    flow = load_run(run)
+    shape = tuple(r["event_shape"])
+    if data is not None:
+        x = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8)))
+        if tuple(x.shape[1:]) != tuple(r["data_shape"]):
+            what = f"{x.shape[1]} columns" if x.dim() == 2 else f"shape {tuple(x.shape[1:])}"
+            want = (
+                f"{r['data_shape'][0]} columns"
+                if len(r["data_shape"]) == 1
+                else f"shape {tuple(r['data_shape'])}"
+            )
+            raise DataError(f"{data} has {what}; this run's model expects {want}")
+        split = str(data)
+    else:
+        x = run_dataset(cfg).split(split)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            v = nll(flow, x.reshape(-1, *shape), batch_size=batch_size)
+        except ValueError as e:
+            raise DataError(f"{split}: {_one_line(e)}") from None
+    out = {
+        "run": str(run),
+        "split": split,
+        "examples": int(x.shape[0]),
+        "nll": v,
+        "bits_per_dim": (
+            v / (math.prod(shape) * math.log(2)) if r.get("levels") is not None else None
+        ),
+        "model": cfg["model"]["name"],
+        "seed": seed,
+    }
+    return out
+
+
+def cmd_eval(args) -> int:
+    res = evaluate_run(args.run, args.split, args.data, args.seed, args.batch_size)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        msg = f"{res['split']} NLL {res['nll']:.4f} nats/example"
+        if res["bits_per_dim"] is not None:
+            msg += f", {res['bits_per_dim']:.4f} bits/dim"
+        print(msg + f" ({res['examples']} examples)")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .data import WorkbenchError
+    from .report import sample_run, save_samples
+    from .train import load_run, run_config
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".npy", ".csv"):
+        raise WorkbenchError(f"--out {out}: expected a .png, .npy or .csv file")
+    if out.exists() and not args.overwrite:
+        raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
+    if args.n < 1:
+        raise WorkbenchError(f"-n must be at least 1, got {args.n}")
+    if not args.temperature > 0:
+        raise WorkbenchError(f"--temperature must be positive, got {args.temperature}")
+    cfg = run_config(args.run)
+    flow = load_run(args.run)
+    x = sample_run(flow, cfg, args.n, args.temperature, args.seed)
+    save_samples(x, cfg, out, title=f"{args.n} samples, T={args.temperature:g}")
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    temps = tuple(float(t) for t in args.temperatures.split(","))
+    path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .report import write_report
+    from .train import train
+
+    cfg = json.loads(json.dumps(DEMO))
+    if args.epochs is not None:
+        cfg["train"]["epochs"] = args.epochs
+    if args.model is not None:
+        cfg["model"] = {"name": args.model}
+        cfg["layout"] = "auto"
+    result = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    if result["status"] == "interrupted":
+        return _finish_train(result)
+    res = evaluate_run(args.out, "test")
+    report = write_report(args.out)
+    print(
+        f"test NLL {res['nll']:.4f} nats/example, {res['bits_per_dim']:.4f} bits/dim "
+        f"({res['examples']} examples)"
+    )
+    print(f"report: {report}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p = argparse.ArgumentParser(
+        prog="flowforge",
+        parents=[common],
+        description="Train, evaluate, sample and report normalizing flows.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("list", parents=[common], help="list models and datasets")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("train", parents=[common], help="train a model into a run folder")
+    s.add_argument("--model", help="a name from 'flowforge list'")
+    s.add_argument("--data", help="a dataset name, a .npy/.npz/.csv file or an image folder")
+    s.add_argument("--out", required=True, help="the run folder")
+    s.add_argument("--config", help="a YAML, TOML or JSON config file (flags override it)")
+    s.add_argument("--model-kwargs", help="builder arguments as JSON, e.g. '{\"layers\": 4}'")
+    s.add_argument("--data-kwargs", help="dataset options as JSON, e.g. '{\"n_train\": 2000}'")
+    s.add_argument("--layout", help="auto (default), vector or image")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int, help="the global batch size")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--optimizer", help="adam or adamw")
+    s.add_argument("--weight-decay", type=float)
+    s.add_argument("--warmup-steps", type=int)
+    s.add_argument("--grad-clip", type=float)
+    s.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    s.add_argument("--limit", type=int, help="use only the first N training examples")
+    s.add_argument("--device", help="cpu, cuda or auto")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set any config key, e.g. --set train.log_every=1 (repeatable)",
+    )
+    s.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", parents=[common], help="NLL of a run's best model")
+    s.add_argument("run")
+    s.add_argument("--split", default="test", help="train, val or test (default test)")
+    s.add_argument("--data", help="evaluate on this file or image folder instead")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--seed", type=int, default=0, help="seeds the dequantization noise")
+    s.add_argument("--batch-size", type=int, default=1024)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", parents=[common], help="draw samples from a run's model")
+    s.add_argument("run")
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--out", required=True, help="a .png, .npy or .csv file")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
+    s.add_argument("run")
+    s.add_argument("--split", default="val")
+    s.add_argument("--temperatures", default="0.5,0.7,0.85,1.0")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="train on digits, evaluate on the test split, write the report",
+    )
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--model", help=f"default {DEMO['model']['name']}")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    from .data import WorkbenchError
+
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("flowforge: interrupted", file=sys.stderr)
+        return 130
+    except (WorkbenchError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if args.debug:
+            raise
+        print(
+            f"flowforge: internal error: {type(e).__name__}: {_one_line(e)} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

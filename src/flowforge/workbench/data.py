@@ -1,0 +1,482 @@
+r"""Datasets for the workbench: a small registry plus user files.
+
+``load_dataset(spec, seed=0, **options)`` returns a :class:`Dataset` with raw ``train``, ``val``
+and ``test`` tensors. ``spec`` is a registered name (``digits``, the 2-D toys) or a path: a
+``.npy`` / ``.npz`` / ``.csv`` table (rows are examples) or a folder of PNG/JPEG images.
+
+Units. Data stays on its own scale here. Discrete data (digits, images, tables given
+``levels``) carries ``levels`` so the flow dequantizes and reports raw-scale likelihoods.
+Continuous tables are standardised by default with statistics of the training split
+(``Dataset.stats``); the trainer puts them into the run so that
+:func:`flowforge.workbench.load_run` scores raw data. The 2-D toys are not standardised: the
+generators already put them in roughly ``[-4, 4]^2``.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DataError",
+    "WorkbenchError",
+    "load_dataset",
+    "read_examples",
+    "TOYS",
+]
+
+
+class WorkbenchError(Exception):
+    """A user-facing error: the command line prints its message as one line, no traceback."""
+
+
+class DataError(WorkbenchError):
+    """The data cannot be used (missing, malformed, NaN, wrong shape...)."""
+
+
+@dataclass
+class Dataset:
+    """Raw data split three ways.
+
+    Attributes:
+        name: the registered name or the path it was read from.
+        train, val, test: float32 tensors ``(N, *shape)`` on the data's own scale.
+        shape: one example's shape, ``(D,)`` for tables and points, ``(C, H, W)`` for images.
+        levels: number of discrete levels (17 for digits, ``2**bits`` for images) or None.
+        kind: ``"image"``, ``"points"`` (2-D toys) or ``"table"``.
+        stats: ``{"loc": [...], "scale": [...]}`` from the training split if the data is to be
+            standardised, else None.
+    """
+
+    name: str
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    shape: tuple[int, ...]
+    levels: int | None = None
+    kind: str = "table"
+    stats: dict | None = None
+    info: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> Tensor:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split {name!r}; expected train, val or test")
+        return getattr(self, name)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+# -- 2-D toys ------------------------------------------------------------------------------------
+
+
+def _moons(rng: np.random.Generator, n: int) -> np.ndarray:
+    k = rng.integers(0, 2, n)
+    t = rng.uniform(0, math.pi, n)
+    x = np.where(k == 0, np.cos(t), 1 - np.cos(t))
+    y = np.where(k == 0, np.sin(t), 0.5 - np.sin(t))
+    pts = np.stack([x - 0.5, y - 0.25], 1) * 2.0
+    return pts + rng.normal(0, 0.1, (n, 2))
+
+
+def _circles(rng, n):
+    r = np.where(rng.integers(0, 2, n) == 0, 1.0, 2.0)
+    t = rng.uniform(0, 2 * math.pi, n)
+    return np.stack([r * np.cos(t), r * np.sin(t)], 1) + rng.normal(0, 0.08, (n, 2))
+
+
+def _8gaussians(rng, n):
+    a = rng.integers(0, 8, n) * (math.pi / 4)
+    centres = 2.0 * np.stack([np.cos(a), np.sin(a)], 1)
+    return centres + rng.normal(0, 0.15, (n, 2))
+
+
+def _checkerboard(rng, n):
+    # a 4x4 board on [-2, 2]^2; points fall in the cells with (row + col) even
+    row = rng.integers(0, 4, n)
+    col = 2 * rng.integers(0, 2, n) + row % 2
+    u = rng.uniform(0, 1, (n, 2))
+    return np.stack([col + u[:, 0], row + u[:, 1]], 1) - 2.0
+
+
+def _pinwheel(rng, n, arms=5):
+    arm = rng.integers(0, arms, n)
+    r = rng.normal(1.0, 0.3, n)  # radial position along the arm
+    tangential = rng.normal(0, 0.05, n)
+    angle = arm * (2 * math.pi / arms) + 0.25 * np.exp(r)
+    c, s = np.cos(angle), np.sin(angle)
+    return 1.5 * np.stack([c * r - s * tangential, s * r + c * tangential], 1)
+
+
+def _2spirals(rng, n):
+    t = np.sqrt(rng.uniform(0, 1, n)) * 3 * math.pi
+    sign = np.where(rng.integers(0, 2, n) == 0, 1.0, -1.0)
+    pts = sign[:, None] * np.stack([t * np.cos(t), t * np.sin(t)], 1) / 3.0
+    return pts + rng.normal(0, 0.1, (n, 2))
+
+
+def _rings(rng, n):
+    r = rng.integers(1, 5, n) * 0.75
+    t = rng.uniform(0, 2 * math.pi, n)
+    return np.stack([r * np.cos(t), r * np.sin(t)], 1) + rng.normal(0, 0.06, (n, 2))
+
+
+def _swissroll(rng, n):
+    t = 1.5 * math.pi * (1 + 2 * rng.uniform(0, 1, n))
+    pts = np.stack([t * np.cos(t), t * np.sin(t)], 1) / 4.0
+    return pts + rng.normal(0, 0.1, (n, 2))
+
+
+TOYS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "moons": _moons,
+    "circles": _circles,
+    "8gaussians": _8gaussians,
+    "checkerboard": _checkerboard,
+    "pinwheel": _pinwheel,
+    "2spirals": _2spirals,
+    "rings": _rings,
+    "swissroll": _swissroll,
+}
+
+
+def _toy(name: str):
+    def load(
+        seed: int = 0, n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, **options
+    ) -> Dataset:
+        _no_options(name, options)
+        # one independent stream per split: changing n_train leaves val and test unchanged
+        seqs = np.random.SeedSequence([int(seed), sum(map(ord, name))]).spawn(3)
+        parts = [
+            torch.from_numpy(TOYS[name](np.random.default_rng(s), int(k)).astype(np.float32))
+            for s, k in zip(seqs, (n_train, n_val, n_test))
+        ]
+        return Dataset(name, *parts, shape=(2,), kind="points")
+
+    return load
+
+
+def _digits(seed: int = 0, **options) -> Dataset:
+    _no_options("digits", options)
+    from sklearn.datasets import load_digits
+
+    x = torch.from_numpy(load_digits().data.astype(np.float32)).reshape(-1, 1, 8, 8)
+    return Dataset("digits", x[:1000], x[1000:1350], x[1350:], (1, 8, 8), levels=17, kind="image")
+
+
+def _no_options(name: str, options: dict) -> None:
+    if options:
+        raise DataError(f"dataset {name!r} takes no options {sorted(options)}")
+
+
+DATASETS: dict[str, tuple[Callable[..., Dataset], str]] = {
+    "digits": (_digits, "sklearn 8x8 digits, 17 levels; 1000/350/447 train/val/test"),
+    **{k: (_toy(k), f"2-D toy '{k}' (continuous, seeded)") for k in TOYS},
+}
+
+
+# -- user files ------------------------------------------------------------------------------
+
+
+def _rows(idx, base: int = 0, limit: int = 8) -> str:
+    idx = [int(i) + base for i in idx]
+    s = ", ".join(map(str, idx[:limit]))
+    return s + (f" and {len(idx) - limit} more" if len(idx) > limit else "")
+
+
+def _check_finite(a: np.ndarray, where: str, unit: str, base: int) -> None:
+    bad = np.nonzero(~np.isfinite(a).all(axis=1))[0]
+    if len(bad):
+        raise DataError(f"{where} contains NaN or inf in {unit} {_rows(bad, base)}")
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    lines = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines())) if row]
+    lines = [(i, r) for i, r in lines if any(c.strip() for c in r)]
+    if not lines:
+        raise DataError(f"{path} is empty")
+
+    def parse(row):
+        return [float(c) for c in row]
+
+    try:
+        parse(lines[0][1])
+    except ValueError:
+        lines = lines[1:]  # a header
+        if not lines:
+            raise DataError(f"{path} has a header but no data rows") from None
+    d = len(lines[0][1])
+    out = np.empty((len(lines), d), dtype=np.float64)
+    for j, (lineno, row) in enumerate(lines):
+        if len(row) != d:
+            raise DataError(
+                f"{path}: line {lineno} has {len(row)} columns, expected {d} "
+                f"(as on line {lines[0][0]})"
+            )
+        try:
+            out[j] = parse(row)
+        except ValueError:
+            bad = next(c for c in row if not _is_float(c))
+            raise DataError(
+                f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number"
+            ) from None
+    bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
+    if len(bad):
+        raise DataError(f"{path} contains NaN or inf on lines {_rows([lines[i][0] for i in bad])}")
+    return out
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DataError(f"{path} holds Python objects; only numeric arrays are read") from None
+        raise DataError(f"{path} is not a readable numpy file: {e}") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} is not a readable numpy file: {e}") from None
+
+
+def _as_table(a: np.ndarray, where: str) -> np.ndarray:
+    if a.size == 0:
+        raise DataError(f"{where} is empty")
+    if a.ndim != 2:
+        raise DataError(f"{where} has shape {a.shape}; expected a table (examples, columns)")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise DataError(f"{where} has dtype {a.dtype}; expected numbers")
+    a = a.astype(np.float64)
+    _check_finite(a, where, "rows (0-based)", 0)
+    return a
+
+
+def _splits(n: int, seed: int, val_fraction: float, test_fraction: float, shuffle: bool):
+    if n < 3 and (val_fraction or test_fraction):
+        raise DataError(f"need at least 3 examples to split into train/val/test, got {n}")
+    n_val = max(1, round(n * val_fraction)) if val_fraction else 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction else 0
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise DataError(f"no training examples left after the val/test split of {n}")
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+
+
+def _standardize_stats(train: Tensor) -> dict:
+    t = train.double()
+    loc = t.mean(0)
+    scale = t.std(0, correction=0) if t.shape[0] > 1 else torch.ones_like(loc)
+    scale = torch.where(scale > 1e-8, scale, torch.ones_like(scale))
+    return {"loc": loc.tolist(), "scale": scale.tolist()}
+
+
+def _check_levels(x: np.ndarray, levels: int, where: str) -> None:
+    if x.min() < 0 or x.max() > levels - 1 or not np.array_equal(x, np.floor(x)):
+        raise DataError(
+            f"{where}: levels={levels} needs integer values in [0, {levels - 1}], got values in "
+            f"[{x.min():g}, {x.max():g}]{'' if np.array_equal(x, np.floor(x)) else ', non-integer'}"
+        )
+
+
+def _table(
+    path: Path,
+    seed: int,
+    val_fraction=0.1,
+    test_fraction=0.1,
+    shuffle=True,
+    levels=None,
+    standardize=None,
+    **options,
+) -> Dataset:
+    _no_options(str(path), options)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty")
+    if path.suffix.lower() == ".csv":
+        arrays = {"data": _read_csv(path)}
+    else:
+        raw = _read_array(path)
+        if isinstance(raw, dict):
+            if not raw:
+                raise DataError(f"{path} is empty (no arrays)")
+            if "train" in raw:
+                missing = {"val", "test"} - set(raw)
+                if missing:
+                    raise DataError(f"{path} has 'train' but no {sorted(missing)} array")
+                arrays = {k: _as_table(raw[k], f"{path}[{k!r}]") for k in ("train", "val", "test")}
+            elif len(raw) == 1:
+                (k,) = raw
+                arrays = {"data": _as_table(raw[k], f"{path}[{k!r}]")}
+            else:
+                raise DataError(
+                    f"{path} holds arrays {sorted(raw)}; expected one array, or train/val/test"
+                )
+        else:
+            arrays = {"data": _as_table(raw, str(path))}
+    if "data" in arrays:
+        a = arrays.pop("data")
+        tr, va, te = _splits(len(a), seed, val_fraction, test_fraction, shuffle)
+        arrays = {"train": a[tr], "val": a[va], "test": a[te]}
+    widths = {k: v.shape[1] for k, v in arrays.items()}
+    if len(set(widths.values())) > 1:
+        raise DataError(f"{path}: the splits have different numbers of columns {widths}")
+    if levels is not None:
+        for k, v in arrays.items():
+            _check_levels(v, int(levels), f"{path} ({k})")
+    t = {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()}
+    if standardize is None:
+        standardize = levels is None
+    stats = _standardize_stats(t["train"]) if standardize else None
+    return Dataset(
+        str(path),
+        t["train"],
+        t["val"],
+        t["test"],
+        (t["train"].shape[1],),
+        levels=None if levels is None else int(levels),
+        kind="table",
+        stats=stats,
+    )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _image_folder(
+    path: Path,
+    seed: int,
+    bits: int = 8,
+    val_fraction=0.1,
+    test_fraction=0.1,
+    shuffle=True,
+    **options,
+) -> Dataset:
+    _no_options(str(path), options)
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise DataError("reading image folders needs pillow: pip install pillow") from None
+    if not 1 <= int(bits) <= 8:
+        raise DataError(f"expected 1 <= bits <= 8, got {bits}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{path} holds no PNG or JPEG images")
+    arrays, first = [], None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                mode, size = im.mode, im.size
+                if mode not in ("L", "RGB"):
+                    raise DataError(
+                        f"{f}: image mode {mode}; expected L (grayscale) or RGB, 8 bits per channel"
+                    )
+                a = np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{f} is not a readable image: {e}") from None
+        if first is None:
+            first = (f, mode, size)
+        elif (mode, size) != first[1:]:
+            raise DataError(
+                f"{f} is {size[0]}x{size[1]} {mode}, expected {first[2][0]}x{first[2][1]} "
+                f"{first[1]} like {first[0].name}"
+            )
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    x = np.stack(arrays) >> (8 - int(bits))
+    tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
+    t = [torch.from_numpy(x[i].astype(np.float32)) for i in (tr, va, te)]
+    return Dataset(str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image")
+
+
+def read_examples(spec: str, bits: int = 8) -> Tensor:
+    """Every example of a table file or image folder, unsplit (for ``flowforge eval --data``)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        ds = _image_folder(path, 0, bits=bits, shuffle=False, val_fraction=0, test_fraction=0)
+        return torch.cat([ds.train, ds.val, ds.test])
+    if not path.is_file():
+        raise DataError(f"no such file or folder: {spec}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        a = _read_csv(path)
+    elif suffix in (".npy", ".npz"):
+        raw = _read_array(path)
+        if isinstance(raw, dict):
+            if len(raw) != 1:
+                raise DataError(f"{path} holds arrays {sorted(raw)}; expected exactly one")
+            (k,) = raw
+            a = _as_table(raw[k], f"{path}[{k!r}]")
+        else:
+            a = _as_table(raw, str(path))
+    else:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}")
+    return torch.from_numpy(a.astype(np.float32))
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def load_dataset(spec: str, seed: int = 0, limit: int | None = None, **options) -> Dataset:
+    """Load a registered dataset by name, or a table / image folder by path.
+
+    Args:
+        spec: a name from :data:`DATASETS` or a path.
+        seed: seeds toy generation and the train/val/test split of user files.
+        limit: keep only the first ``limit`` training examples (quick experiments).
+        options: dataset options: toys take ``n_train``, ``n_val``, ``n_test``; files take
+            ``val_fraction``, ``test_fraction``, ``shuffle``; tables take ``levels`` and
+            ``standardize``; image folders take ``bits``.
+    """
+    key = str(spec).lower()
+    if key in DATASETS:
+        ds = DATASETS[key][0](seed=seed, **options)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            ds = _image_folder(path, seed, **options)
+        elif path.is_file():
+            if path.suffix.lower() not in (".npy", ".npz", ".csv"):
+                raise DataError(
+                    f"{path}: unsupported file type {path.suffix!r}; expected .npy, .npz, .csv "
+                    "or a folder of PNG/JPEG images"
+                )
+            ds = _table(path, seed, **options)
+        elif path.suffix or "/" in str(spec) or "\\" in str(spec):
+            raise DataError(f"no such file or folder: {spec}")
+        else:
+            close = difflib.get_close_matches(key, list(DATASETS), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise DataError(
+                f"unknown dataset {spec!r}{hint} (available: {', '.join(DATASETS)}, "
+                "or a .npy/.npz/.csv file or an image folder)"
+            )
+    if limit is not None:
+        ds.train = ds.train[: int(limit)]
+        if ds.stats is not None:
+            ds.stats = _standardize_stats(ds.train)
+    for k in ("train", "val", "test"):
+        if ds.split(k).shape[0] == 0:
+            raise DataError(f"{spec}: the {k} split is empty")
+    return ds
