@@ -829,7 +829,8 @@ class Trainer:
         try:
             self.flow.load_state_dict(model)
             self.opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-            self.sched.load_state_dict(meta["scheduler"])
+            lambdas = [None] * len(self.opt.param_groups)  # closures: rebuilt, not stored
+            self.sched.load_state_dict({**meta["scheduler"], "lr_lambdas": lambdas})
         except (RuntimeError, ValueError, KeyError) as e:
             msg = " ".join(str(e).split())[:300]
             raise RunError(f"checkpoint does not match this run's model: {msg}") from None
