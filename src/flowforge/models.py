@@ -42,7 +42,7 @@ from .transforms import (
     half_mask,
 )
 
-__all__ = ["NICE", "RealNVP", "build", "available", "register"]
+__all__ = ["NICE", "RealNVP", "Glow", "build", "available", "register"]
 
 _REGISTRY: dict[str, Callable[..., Flow]] = {}
 
@@ -56,7 +56,12 @@ def register(fn: Callable[..., Flow]) -> Callable[..., Flow]:
     def builder(*args, **kwargs) -> Flow:
         bound = sig.bind(*args, **kwargs)
         flow = fn(*bound.args, **bound.kwargs)
-        config = {k: _jsonable(v) for k, v in bound.arguments.items()}
+        config = {}
+        for k, v in bound.arguments.items():
+            if sig.parameters[k].kind is inspect.Parameter.VAR_KEYWORD:
+                config.update({kk: _jsonable(vv) for kk, vv in v.items()})  # e.g. **image_options
+            else:
+                config[k] = _jsonable(v)
         flow.config = {"model": fn.__name__, "kwargs": config}
         return flow
 
@@ -235,8 +240,8 @@ def NICE(
 def RealNVP(
     features: int | None = None,
     shape: Sequence[int] | None = None,
-    layers: int = 8,
-    hidden: Sequence[int] | int = (256, 256),
+    layers: int | None = None,
+    hidden: Sequence[int] | int | None = None,
     context_features: int = 0,
     mask: str = "alternating",
     permutation: str | None = None,
@@ -260,8 +265,9 @@ def RealNVP(
     Args:
         features: data dimension (at least 2).
         shape: image shape ``(C, H, W)`` instead of ``features``.
-        layers: number of affine couplings.
-        hidden: widths of each coupling's MLP.
+        layers: number of affine couplings (default 8; vectors only).
+        hidden: widths of each coupling's MLP (default (256, 256); for images, the channels of
+            the conv conditioner, default 64).
         mask: ``"alternating"`` (even/odd entries) or ``"half"``.
         permutation: mixing between couplings: None, ``"reverse"``, ``"random"`` or ``"lu"``.
         batch_norm: a batch-norm bijector after each coupling (as in the paper).
@@ -284,11 +290,13 @@ def RealNVP(
             shape=shape, layers=layers, hidden=hidden, context_features=context_features,
             rezero=rezero, scale_bound=scale_bound, levels=levels, preprocess=preprocess,
             alpha=alpha, base=base, components=components, batch_norm=batch_norm,
-            **image_options,
+            activation=activation, **image_options,
         )
     if image_options:
         raise ValueError(f"unexpected arguments for a vector RealNVP: {sorted(image_options)}")
     (d,) = _event_shape(features, shape)
+    layers = 8 if layers is None else layers
+    hidden = (256, 256) if hidden is None else hidden
     cond = mlp_conditioner(hidden, context_features, activation, zero_init=not rezero)
     chain: list[Transform] = []
     for i in range(layers):
@@ -300,3 +308,7 @@ def RealNVP(
             chain.append(BatchNorm(d))
     return assemble(chain, (d,), context_features=context_features, levels=levels,
                     preprocess=preprocess, alpha=alpha, base=base, components=components)
+
+
+# -- image flows (registered on import; they use the helpers above) -----------------------------
+from .image_models import Glow  # noqa: E402

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "ResidualMLP"]
+__all__ = ["MLP", "ResidualMLP", "ConvResNet"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "tanh": nn.Tanh,
                 "gelu": nn.GELU, "silu": nn.SiLU}
@@ -106,6 +106,65 @@ class ResidualMLP(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.context_features:
             x = torch.cat([x, context], dim=-1)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
+class ConvResNet(nn.Module):
+    """A convolutional ResNet ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+
+    The conditioner of image couplings and of Glow's split prior: a 3x3 input convolution,
+    ``blocks`` pre-activation residual blocks (3x3 then 1x1 convolution, as in Glow's coupling
+    network), and a zero-initialised 3x3 output convolution, so a coupling built on it starts
+    as the identity. A context vector of size ``context_features`` is broadcast over the image
+    and concatenated as extra input channels.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output.
+        hidden: channels of the hidden layers.
+        blocks: number of residual blocks (0: conv, activation, output conv).
+        context_features: size of a context vector read as extra channels.
+        activation: as in :class:`MLP`.
+        zero_init: zero the output convolution.
+
+    Example:
+        >>> net = ConvResNet(2, 4, hidden=16, blocks=1)
+        >>> net(torch.randn(3, 2, 8, 8)).shape
+        torch.Size([3, 4, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        blocks: int = 2,
+        context_features: int = 0,
+        activation: str = "relu",
+        zero_init: bool = True,
+    ):
+        super().__init__()
+        act = _activation(activation)
+        self.context_features = context_features
+        self.inp = nn.Conv2d(in_channels + context_features, hidden, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                act(), nn.Conv2d(hidden, hidden, 3, padding=1), act(), nn.Conv2d(hidden, hidden, 1)
+            )
+            for _ in range(blocks)
+        )
+        self.out = nn.Sequential(act(), nn.Conv2d(hidden, out_channels, 3, padding=1))
+        if zero_init:
+            nn.init.zeros_(self.out[1].weight)
+            nn.init.zeros_(self.out[1].bias)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.context_features:
+            c = context[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            x = torch.cat([x, c], dim=1)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h)

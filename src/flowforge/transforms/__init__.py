@@ -2,6 +2,7 @@
 
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .elementwise import Additive, Affine
+from .image import FactorOut, Squeeze
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Logit, Standardize, UniformDequantization
@@ -12,6 +13,7 @@ __all__ = [
     "Affine",
     "BatchNorm",
     "Coupling",
+    "FactorOut",
     "LULinear",
     "Logit",
     "Permutation",
@@ -19,6 +21,7 @@ __all__ = [
     "QRLinear",
     "Reverse",
     "Scaling",
+    "Squeeze",
     "Standardize",
     "UniformDequantization",
     "alternating_mask",

@@ -1,0 +1,300 @@
+r"""Multi-scale image flows: Glow and RealNVP's image architecture.
+
+Both builders take ``shape=(C, H, W)`` and assemble existing layers (see
+:mod:`flowforge.transforms.image`); their latent is one flat vector of ``C*H*W`` entries holding
+every scale's factored-out half, under one base distribution.
+
+Naming: ``scales`` vs ``levels``
+--------------------------------
+Throughout :mod:`flowforge.models`, ``levels`` is the number of *discrete data levels* (17 for
+the 0..16 digits, 256 for 8-bit images), which turns on dequantization and makes likelihoods
+come out on the raw data scale. The number of *multi-scale levels* (Glow's ``L``, RealNVP's
+number of scales) is therefore called ``scales``::
+
+    ff.models.Glow(shape=(1, 8, 8), scales=2, steps=8, hidden=128, levels=17)
+    ff.models.RealNVP(shape=(3, 32, 32), scales=3, levels=256)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from .core import Compose, Flow, Transform
+from .models import _event_shape, assemble, register
+from .nets import ConvResNet
+from .transforms import (
+    ActNorm,
+    Additive,
+    Affine,
+    BatchNorm,
+    Coupling,
+    FactorOut,
+    LULinear,
+    Permutation,
+    PlainLinear,
+    Reverse,
+    Squeeze,
+    channel_mask,
+    checkerboard_mask,
+)
+
+__all__ = ["Glow", "realnvp_image", "default_scales"]
+
+
+def default_scales(shape: Sequence[int], model: str = "glow", max_scales: int = 3) -> int:
+    """The number of scales a builder uses when ``scales=None``.
+
+    The most scales (up to ``max_scales``) for which every squeeze is possible and the last
+    scale still has a spatial size of at least 2 (Glow, which squeezes at the start of each
+    scale) or 4 (RealNVP, which squeezes between scales and ends with checkerboard couplings).
+    ``(1, 8, 8)`` gets 2 for both, ``(3, 32, 32)`` gets 3.
+    """
+    _, h, w = shape
+    best = 1
+    for s in range(1, max_scales + 1):
+        k = 2**s if model == "glow" else 2 ** (s - 1)
+        need = 2 if model == "glow" else 4
+        if h % k == 0 and w % k == 0 and min(h, w) // k >= need:
+            best = s
+    return best
+
+
+def _check_scales(shape: tuple[int, int, int], scales: int, squeezes: int, model: str) -> None:
+    if int(scales) < 1:
+        raise ValueError(f"expected scales >= 1, got {scales}")
+    k = 2**squeezes
+    c, h, w = shape
+    if h % k or w % k:
+        raise ValueError(
+            f"{model} with scales={scales} squeezes {squeezes} times and needs a height and width "
+            f"divisible by {k}, got shape {shape}"
+        )
+
+
+def _transformer(kind: str, scale_bound: float | None) -> nn.Module:
+    if kind == "affine":
+        return Affine(scale_bound)
+    if kind == "additive":
+        return Additive()
+    raise ValueError(f"unknown coupling {kind!r}; expected 'affine' or 'additive'")
+
+
+def _conv_conditioner(
+    hidden: int, blocks: int, context_features: int, activation: str, zero_init: bool = True
+) -> Callable[[int, int], nn.Module]:
+    return lambda i, o: ConvResNet(i, o, hidden, blocks, context_features, activation, zero_init)
+
+
+def _width(hidden: int | Sequence[int]) -> int:
+    return int(hidden) if isinstance(hidden, int) else int(hidden[0])
+
+
+def _glow_mixer(kind: str, shape: tuple[int, ...]) -> list[Transform]:
+    if kind == "lu":
+        return [LULinear(shape)]
+    if kind == "plain":
+        return [PlainLinear(shape)]
+    if kind == "reverse":
+        return [Reverse(shape)]
+    if kind == "random":
+        return [Permutation(shape)]
+    if kind is None or kind == "none":
+        return []
+    raise ValueError(
+        f"unknown permutation {kind!r}; expected 'lu', 'plain', 'reverse', 'random' or None"
+    )
+
+
+@register
+def Glow(
+    shape: Sequence[int] | None = None,
+    scales: int | None = None,
+    steps: int = 8,
+    hidden: int = 128,
+    blocks: int = 1,
+    context_features: int = 0,
+    coupling: str = "affine",
+    permutation: str = "lu",
+    split_prior: bool = True,
+    prior_hidden: int | None = None,
+    scale_bound: float = 3.0,
+    activation: str = "relu",
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
+) -> Flow:
+    r"""Glow (Kingma & Dhariwal, 2018): multi-scale ActNorm, 1x1 convolution, affine coupling.
+
+    Each of the ``scales`` levels squeezes ``(C, H, W) -> (4C, H/2, W/2)``, then runs ``steps``
+    flow steps of :class:`~flowforge.transforms.ActNorm`, an invertible 1x1 convolution
+    (:class:`~flowforge.transforms.LULinear`) and a coupling with a channel mask and a
+    :class:`~flowforge.nets.ConvResNet` conditioner; every level but the last then factors out
+    half its channels (:class:`~flowforge.transforms.FactorOut`), with Glow's learned split
+    prior. The latent is one flat vector of ``C*H*W`` entries; ``flow.sample(n,
+    temperature=0.7)`` draws every level at that temperature.
+
+    Args:
+        shape: image shape ``(C, H, W)``; ``H`` and ``W`` divisible by ``2**scales``.
+        scales: number of multi-scale levels (Glow's ``L``; *not* ``levels``, which counts
+            discrete data values). ``None``: :func:`default_scales` (2 for ``(1, 8, 8)``).
+        steps: flow steps per scale (Glow's ``K``).
+        hidden: channels of each coupling's ConvResNet.
+        blocks: residual blocks per ConvResNet (0: Glow's conv-ReLU-zero-conv shape).
+        coupling: ``"affine"`` or ``"additive"``.
+        permutation: ``"lu"`` (LU 1x1 conv), ``"plain"`` (full 1x1 conv), ``"reverse"``,
+            ``"random"`` or None.
+        split_prior: learn ``p(z_out | z_kept)`` at each factor-out (Glow); False leaves the
+            factored-out half to the base.
+        prior_hidden: channels of the split prior's network (default: ``hidden // 2``).
+        scale_bound: soft bound on each coupling's log-scale.
+        activation: the ConvResNets' activation.
+        context_features: size of a conditioning vector, read by every coupling and split
+            prior as extra channels (and by the base if it is learnable: ``base="diag"``).
+        levels: number of discrete data levels (e.g. 17 for the 0..16 digits, 256 for 8-bit
+            images): dequantize and report likelihoods on the raw data scale.
+        preprocess, alpha, base, components: see :mod:`flowforge.models`.
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.Glow(shape=(1, 8, 8), scales=2, steps=2, hidden=16, levels=17)
+        >>> flow.sample(4, temperature=0.7).shape
+        torch.Size([4, 1, 8, 8])
+    """
+    shape = _event_shape(None, shape)
+    scales = default_scales(shape, "glow") if scales is None else int(scales)
+    _check_scales(shape, scales, scales, "Glow")
+    cond = _conv_conditioner(_width(hidden), blocks, context_features, activation)
+    prior_width = max(_width(hidden) // 2, 1) if prior_hidden is None else int(prior_hidden)
+    prior = (
+        _conv_conditioner(prior_width, 0, context_features, activation) if split_prior else False
+    )
+
+    def level(in_shape: tuple[int, ...], i: int) -> Transform:
+        sq = Squeeze(in_shape)
+        s = sq.output_shape
+        chain: list[Transform] = [sq]
+        for _ in range(steps):
+            chain.append(ActNorm(s))
+            chain += _glow_mixer(permutation, s)
+            chain.append(
+                Coupling(
+                    channel_mask(s), cond, _transformer(coupling, scale_bound), context_features
+                )
+            )
+        if i < scales - 1:
+            kept = ((s[0] + 1) // 2, *s[1:])
+            chain.append(FactorOut(s, level(kept, i + 1), prior, context_features))
+        return Compose(*chain)
+
+    return assemble(
+        [level(shape, 0)],
+        shape,
+        context_features=context_features,
+        levels=levels,
+        preprocess=preprocess,
+        alpha=alpha,
+        base=base,
+        components=components,
+    )
+
+
+def realnvp_image(
+    shape: Sequence[int],
+    scales: int | None = None,
+    hidden: int | Sequence[int] | None = None,
+    blocks: int = 2,
+    couplings: int = 3,
+    final_couplings: int = 4,
+    coupling: str = "affine",
+    batch_norm: bool = False,
+    actnorm: bool = False,
+    context_features: int = 0,
+    rezero: bool = False,
+    scale_bound: float = 3.0,
+    activation: str = "relu",
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
+    layers: int | None = None,
+) -> Flow:
+    r"""RealNVP's multi-scale image architecture (Dinh et al., 2017, section 3.6).
+
+    Called by ``ff.models.RealNVP(shape=...)``, which records the configuration. Each scale but
+    the last applies ``couplings`` (3) checkerboard couplings with alternating masks, a squeeze,
+    ``couplings`` channel couplings with alternating masks, and factors out half the channels;
+    the last scale applies ``final_couplings`` (4) checkerboard couplings. Every coupling uses a
+    :class:`~flowforge.nets.ConvResNet` conditioner; ``batch_norm=True`` puts the paper's
+    batch-norm bijector (:class:`~flowforge.transforms.BatchNorm`) after each coupling,
+    ``actnorm=True`` an ActNorm instead.
+
+    Args:
+        shape: image shape ``(C, H, W)``; ``H`` and ``W`` divisible by ``2**(scales - 1)``.
+        scales: number of scales (*not* ``levels``, which counts discrete data values);
+            ``None``: :func:`default_scales` (2 for ``(1, 8, 8)``, 3 for ``(3, 32, 32)``).
+        hidden: channels of each ConvResNet (an int; a sequence counts by its first entry;
+            default 64).
+        blocks: residual blocks per ConvResNet.
+        couplings: couplings per checkerboard group and per channel group.
+        final_couplings: checkerboard couplings of the last scale.
+        coupling: ``"affine"`` or ``"additive"``.
+        rezero: gate the couplings with a zero-initialised scalar instead of zero-initialising
+            the conditioner's last layer.
+        layers: the vector RealNVP's coupling count; not used by the image architecture
+            (use ``couplings``/``final_couplings``), so giving it is an error.
+        (context_features, levels, preprocess, alpha, base, components: see
+        :mod:`flowforge.models`)
+    """
+    if layers is not None:
+        raise ValueError(
+            "layers= counts the couplings of the vector RealNVP; for images use scales=, "
+            "couplings= (per group, default 3) and final_couplings= (default 4)"
+        )
+    shape = _event_shape(None, shape)
+    scales = default_scales(shape, "realnvp") if scales is None else int(scales)
+    _check_scales(shape, scales, scales - 1, "RealNVP")
+    width = 64 if hidden is None else _width(hidden)
+    cond = _conv_conditioner(width, blocks, context_features, activation, zero_init=not rezero)
+
+    def couple(mask) -> list[Transform]:
+        s = tuple(mask.shape)
+        t = _transformer(coupling, scale_bound)
+        out: list[Transform] = [Coupling(mask, cond, t, context_features, rezero=rezero)]
+        if batch_norm:
+            out.append(BatchNorm(s))
+        if actnorm:
+            out.append(ActNorm(s))
+        return out
+
+    def scale(s: tuple[int, ...], i: int) -> Transform:
+        chain: list[Transform] = []
+        if i == scales - 1:
+            for j in range(final_couplings):
+                chain += couple(checkerboard_mask(s, flip=j % 2 == 1))
+            return Compose(*chain)
+        for j in range(couplings):
+            chain += couple(checkerboard_mask(s, flip=j % 2 == 1))
+        sq = Squeeze(s)
+        chain.append(sq)
+        s = sq.output_shape
+        for j in range(couplings):
+            chain += couple(channel_mask(s, flip=j % 2 == 1))
+        kept = ((s[0] + 1) // 2, *s[1:])
+        chain.append(FactorOut(s, scale(kept, i + 1)))
+        return Compose(*chain)
+
+    return assemble(
+        [scale(shape, 0)],
+        shape,
+        context_features=context_features,
+        levels=levels,
+        preprocess=preprocess,
+        alpha=alpha,
+        base=base,
+        components=components,
+    )

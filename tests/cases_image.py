@@ -1,0 +1,200 @@
+"""Generic-test cases for the image layers and models (imported by ``registry.py``)."""
+
+from __future__ import annotations
+
+import torch
+
+import flowforge as ff
+from flowforge import transforms as T
+from flowforge.nets import ConvResNet
+from registry import Case, in_levels
+
+
+def conv(context=0, hidden=8, blocks=1):
+    return lambda i, o: ConvResNet(i, o, hidden, blocks, context, activation="tanh")
+
+
+def _factor_inner(shape, context=0):
+    """A small conditional inner transform for FactorOut: ActNorm + channel coupling."""
+    layers = [T.ActNorm(shape)]
+    if shape[0] >= 2:
+        layers.append(T.Coupling(T.channel_mask(shape), conv(context), T.Affine(), context))
+    return ff.Compose(*layers)
+
+
+CASES: list[Case] = []
+
+# -- squeeze ---------------------------------------------------------------------------------------
+for shape in ((1, 4, 4), (3, 2, 4)):
+    CASES.append(Case(f"squeeze-{'x'.join(map(str, shape))}", lambda s=shape: T.Squeeze(s), shape))
+
+# -- couplings with the conv conditioner (the one Coupling class, existing masks) ---------
+for shape in ((1, 4, 4), (2, 4, 4), (3, 4, 4)):
+    tag = "x".join(map(str, shape))
+    for flip in (False, True) if shape == (2, 4, 4) else (False,):
+        f = "-flip" if flip else ""
+        CASES += [
+            Case(
+                f"conv-affine-checkerboard{f}-{tag}",
+                lambda s=shape, fl=flip: T.Coupling(T.checkerboard_mask(s, fl), conv(), T.Affine()),
+                shape,
+            ),
+            Case(
+                f"conv-additive-checkerboard{f}-{tag}",
+                lambda s=shape, fl=flip: T.Coupling(
+                    T.checkerboard_mask(s, fl), conv(), T.Additive()
+                ),
+                shape,
+            ),
+        ]
+        if shape[0] >= 2:
+            CASES += [
+                Case(
+                    f"conv-affine-channel{f}-{tag}",
+                    lambda s=shape, fl=flip: T.Coupling(T.channel_mask(s, fl), conv(), T.Affine()),
+                    shape,
+                ),
+                Case(
+                    f"conv-additive-channel{f}-{tag}",
+                    lambda s=shape, fl=flip: T.Coupling(
+                        T.channel_mask(s, fl), conv(), T.Additive()
+                    ),
+                    shape,
+                ),
+            ]
+CASES += [
+    Case(
+        "conv-affine-checkerboard-context-2x4x4",
+        lambda: T.Coupling(T.checkerboard_mask((2, 4, 4)), conv(3), T.Affine(), 3),
+        (2, 4, 4),
+        context=3,
+    ),
+    Case(
+        "conv-affine-channel-context-4x2x2",
+        lambda: T.Coupling(T.channel_mask((4, 2, 2)), conv(3, blocks=0), T.Affine(), 3),
+        (4, 2, 2),
+        context=3,
+    ),
+]
+
+# -- factor-out ---------------------------------------------------------------------------------
+CASES += [
+    Case(
+        "factorout-4x2x2",
+        lambda: T.FactorOut((4, 2, 2), _factor_inner((2, 2, 2))),
+        (4, 2, 2),
+    ),
+    Case(
+        "factorout-prior-4x2x2",
+        lambda: T.FactorOut((4, 2, 2), _factor_inner((2, 2, 2)), prior=True, hidden=8),
+        (4, 2, 2),
+    ),
+    Case(
+        "factorout-prior-odd-3x2x4",
+        lambda: T.FactorOut((3, 2, 4), T.ActNorm((2, 2, 4)), prior=conv()),
+        (3, 2, 4),
+    ),
+    Case(
+        "factorout-prior-context-4x2x2",
+        lambda: T.FactorOut(
+            (4, 2, 2), _factor_inner((2, 2, 2), 2), prior=True, context_features=2, hidden=8
+        ),
+        (4, 2, 2),
+        context=2,
+    ),
+    Case(
+        "factorout-nested-squeeze-1x4x4",
+        lambda: ff.Compose(
+            T.Squeeze((1, 4, 4)),
+            T.FactorOut(
+                (4, 2, 2),
+                ff.Compose(T.Squeeze((2, 2, 2)), _factor_inner((8, 1, 1))),
+                prior=True,
+                hidden=8,
+            ),
+        ),
+        (1, 4, 4),
+    ),
+]
+
+# -- models ----------------------------------------------------------------------------------------
+CASES += [
+    Case(
+        "Glow-1x4x4",
+        lambda: ff.models.Glow(shape=(1, 4, 4), scales=2, steps=2, hidden=8),
+        (1, 4, 4),
+        is_flow=True,
+    ),
+    Case(
+        "Glow-levels-additive-plain-2x4x4",
+        lambda: ff.models.Glow(
+            shape=(2, 4, 4),
+            scales=2,
+            steps=1,
+            hidden=8,
+            blocks=0,
+            coupling="additive",
+            permutation="plain",
+            levels=17,
+        ),
+        (2, 4, 4),
+        sample=in_levels(17),
+        is_flow=True,
+    ),
+    Case(
+        "Glow-context-diag-3x4x4",
+        lambda: ff.models.Glow(
+            shape=(3, 4, 4), scales=2, steps=1, hidden=8, context_features=2, base="diag"
+        ),
+        (3, 4, 4),
+        context=2,
+        is_flow=True,
+    ),
+    Case(
+        "Glow-noprior-1scale-2x2x2",
+        lambda: ff.models.Glow(shape=(2, 2, 2), scales=1, steps=2, hidden=8, split_prior=False),
+        (2, 2, 2),
+        is_flow=True,
+    ),
+    Case(
+        "RealNVP-image-1x4x4",
+        lambda: ff.models.RealNVP(shape=(1, 4, 4), scales=2, hidden=8, blocks=1, activation="tanh"),
+        (1, 4, 4),
+        is_flow=True,
+    ),
+    Case(
+        "RealNVP-image-levels-bn-2x4x4",
+        lambda: ff.models.RealNVP(
+            shape=(2, 4, 4),
+            scales=2,
+            hidden=8,
+            blocks=0,
+            batch_norm=True,
+            levels=17,
+            activation="tanh",
+        ),
+        (2, 4, 4),
+        sample=in_levels(17),
+        is_flow=True,
+    ),
+    Case(
+        "RealNVP-image-context-actnorm-3x4x4",
+        lambda: ff.models.RealNVP(
+            shape=(3, 4, 4),
+            scales=2,
+            hidden=8,
+            blocks=0,
+            actnorm=True,
+            context_features=2,
+            couplings=1,
+            final_couplings=2,
+            activation="tanh",
+        ),
+        (3, 4, 4),
+        context=2,
+        is_flow=True,
+    ),
+]
+
+assert len({c.name for c in CASES}) == len(CASES)
+_ = torch  # the registry's samplers return torch tensors
