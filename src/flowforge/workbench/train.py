@@ -1055,6 +1055,8 @@ def train(
             stored_raw = run_config(out)
         cfg = resolve_config(stored_raw, config)
         stored = check_out_dir(out, cfg, resume, overwrite)
+        if world > 1 and dist.is_initialized():
+            dist.barrier()  # every rank has checked the folder before rank 0 writes to it
         if stored is not None:
             cfg = resolve_config(stored)  # exactly the stored run
         ds = load_dataset(cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"])
