@@ -78,7 +78,11 @@ for d in (2, 5):
                 )
             )
     add(
-        Case(f"additive-coupling-{d}", lambda d=d: T.Coupling(T.half_mask(d), mlp(), T.Additive()), (d,)),
+        Case(
+            f"additive-coupling-{d}",
+            lambda d=d: T.Coupling(T.half_mask(d), mlp(), T.Additive()),
+            (d,),
+        ),
         Case(
             f"affine-coupling-context-{d}",
             lambda d=d: T.Coupling(T.half_mask(d), mlp(3), T.Affine(), context_features=3),
@@ -100,12 +104,22 @@ for d in (2, 5):
 add(
     Case(
         "compose",
-        lambda: ff.Compose(T.ActNorm(4), T.Coupling(T.half_mask(4), mlp(2), T.Affine(), 2), T.LULinear(4)),
+        lambda: ff.Compose(
+            T.ActNorm(4), T.Coupling(T.half_mask(4), mlp(2), T.Affine(), 2), T.LULinear(4)
+        ),
         (4,),
         context=2,
     ),
-    Case("inverse-of-coupling", lambda: ff.Inverse(T.Coupling(T.half_mask(3), mlp(), T.Affine())), (3,)),
-    Case("coupling-image-channel", lambda: T.Coupling(T.channel_mask((2, 3, 3)), lambda i, o: MLPImage(i, o), T.Affine()), (2, 3, 3)),
+    Case(
+        "inverse-of-coupling",
+        lambda: ff.Inverse(T.Coupling(T.half_mask(3), mlp(), T.Affine())),
+        (3,),
+    ),
+    Case(
+        "coupling-image-channel",
+        lambda: T.Coupling(T.channel_mask((2, 3, 3)), lambda i, o: MLPImage(i, o), T.Affine()),
+        (2, 3, 3),
+    ),
     Case("lu-image", lambda: T.LULinear((3, 2, 2)), (3, 2, 2)),
     Case("actnorm-image", lambda: T.ActNorm((3, 2, 2)), (3, 2, 2)),
     Case("batchnorm-image", lambda: T.BatchNorm((3, 2, 2)), (3, 2, 2)),
@@ -132,7 +146,9 @@ class MLPImage(torch.nn.Module):
 add(
     Case(
         "coupling-image-checkerboard",
-        lambda: T.Coupling(T.checkerboard_mask((2, 2, 3)), lambda i, o: MLPImage(i, o, 2), T.Affine(), 2),
+        lambda: T.Coupling(
+            T.checkerboard_mask((2, 2, 3)), lambda i, o: MLPImage(i, o, 2), T.Affine(), 2
+        ),
         (2, 2, 3),
         context=2,
     ),
@@ -143,16 +159,26 @@ MODEL_CASES = [
     Case("NICE", lambda: ff.models.NICE(features=5, layers=3, hidden=(8,)), (5,), is_flow=True),
     Case(
         "NICE-context-mixture",
-        lambda: ff.models.NICE(features=4, layers=2, hidden=(8,), context_features=2, base="mixture"),
+        lambda: ff.models.NICE(
+            features=4, layers=2, hidden=(8,), context_features=2, base="mixture"
+        ),
         (4,),
         context=2,
         is_flow=True,
     ),
-    Case("RealNVP", lambda: ff.models.RealNVP(features=5, layers=3, hidden=(8,)), (5,), is_flow=True),
+    Case(
+        "RealNVP", lambda: ff.models.RealNVP(features=5, layers=3, hidden=(8,)), (5,), is_flow=True
+    ),
     Case(
         "RealNVP-levels-bn-lu-diag",
         lambda: ff.models.RealNVP(
-            features=4, layers=3, hidden=(8,), levels=17, batch_norm=True, permutation="lu", base="diag"
+            features=4,
+            layers=3,
+            hidden=(8,),
+            levels=17,
+            batch_norm=True,
+            permutation="lu",
+            base="diag",
         ),
         (4,),
         sample=in_levels(17),

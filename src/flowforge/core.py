@@ -318,9 +318,7 @@ class Flow(nn.Module):
         return ctx, ((n,) if squeeze else (n, b))
 
     @torch.no_grad()
-    def sample(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """Draw ``n`` samples.
 
         Returns ``(n, *event_shape)``. With a context of shape ``(B, c)``, returns
@@ -335,9 +333,7 @@ class Flow(nn.Module):
             x = self.dequantizer.quantize(x)
         return x.reshape(*shape, *self.event_shape)
 
-    def rsample_and_log_prob(
-        self, n: int, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Differentiable samples and their log-density, for reverse-KL / variational inference.
 
         Returns ``(x, log_q)`` with shapes ``(n, *event_shape)`` and ``(n,)`` (``(n, B, ...)``

@@ -62,7 +62,7 @@ class StandardNormal(_Base):
     """``N(0, I)`` over ``event_shape``; no parameters."""
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        z = z.reshape(z.shape[0], -1)
+        z = z.flatten(1)
         return -0.5 * (z.square().sum(-1) + self.features * _LOG_2PI)
 
     def _sample(self, n, context, temperature):
@@ -97,7 +97,7 @@ class DiagGaussian(_Base):
         return self.loc.expand(n, -1), self.log_scale.expand(n, -1)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        z = z.reshape(z.shape[0], -1)
+        z = z.flatten(1)
         loc, log_scale = self._params(z.shape[0], context)
         u = (z - loc) * torch.exp(-log_scale)
         return -0.5 * (u.square() + _LOG_2PI).sum(-1) - log_scale.sum(-1)

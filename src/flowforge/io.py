@@ -91,7 +91,14 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         with st.safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         meta = json.loads(header["flowforge"])
-    except (st.SafetensorError, KeyError, TypeError, json.JSONDecodeError, OSError, RuntimeError) as e:
+    except (
+        st.SafetensorError,
+        KeyError,
+        TypeError,
+        json.JSONDecodeError,
+        OSError,
+        RuntimeError,
+    ) as e:
         raise ValueError(
             f"{path} is not a readable flowforge checkpoint (corrupt or truncated?): {e}"
         ) from None

@@ -232,8 +232,16 @@ def NICE(
             chain += _mixer(permutation, d)
         chain.append(Coupling(_mask(mask, d, i % 2 == 1), cond, Additive(), context_features))
     chain.append(Scaling(d))
-    return assemble(chain, (d,), context_features=context_features, levels=levels,
-                    preprocess=preprocess, alpha=alpha, base=base, components=components)
+    return assemble(
+        chain,
+        (d,),
+        context_features=context_features,
+        levels=levels,
+        preprocess=preprocess,
+        alpha=alpha,
+        base=base,
+        components=components,
+    )
 
 
 @register
@@ -287,10 +295,20 @@ def RealNVP(
         from .image_models import realnvp_image
 
         return realnvp_image(
-            shape=shape, layers=layers, hidden=hidden, context_features=context_features,
-            rezero=rezero, scale_bound=scale_bound, levels=levels, preprocess=preprocess,
-            alpha=alpha, base=base, components=components, batch_norm=batch_norm,
-            activation=activation, **image_options,
+            shape=shape,
+            layers=layers,
+            hidden=hidden,
+            context_features=context_features,
+            rezero=rezero,
+            scale_bound=scale_bound,
+            levels=levels,
+            preprocess=preprocess,
+            alpha=alpha,
+            base=base,
+            components=components,
+            batch_norm=batch_norm,
+            activation=activation,
+            **image_options,
         )
     if image_options:
         raise ValueError(f"unexpected arguments for a vector RealNVP: {sorted(image_options)}")
@@ -306,8 +324,16 @@ def RealNVP(
         chain.append(Coupling(m, cond, Affine(scale_bound), context_features, rezero=rezero))
         if batch_norm:
             chain.append(BatchNorm(d))
-    return assemble(chain, (d,), context_features=context_features, levels=levels,
-                    preprocess=preprocess, alpha=alpha, base=base, components=components)
+    return assemble(
+        chain,
+        (d,),
+        context_features=context_features,
+        levels=levels,
+        preprocess=preprocess,
+        alpha=alpha,
+        base=base,
+        components=components,
+    )
 
 
 # -- image flows (registered on import; they use the helpers above) -----------------------------

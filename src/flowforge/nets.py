@@ -14,8 +14,14 @@ from torch import Tensor, nn
 
 __all__ = ["MLP", "ResidualMLP", "ConvResNet"]
 
-_ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "tanh": nn.Tanh,
-                "gelu": nn.GELU, "silu": nn.SiLU}
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
 
 
 def _activation(name: str) -> type[nn.Module]:

@@ -118,7 +118,9 @@ class Coupling(Transform):
             idx_a, idx_b = rows.nonzero().squeeze(1), (~rows).nonzero().squeeze(1)
             self.register_buffer("idx_a", idx_a, persistent=False)
             self.register_buffer("idx_b", idx_b, persistent=False)
-            self.register_buffer("merge", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False)
+            self.register_buffer(
+                "merge", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False
+            )
             self._range_a, self._range_b = _as_range(idx_a), _as_range(idx_b)
             self.net = conditioner(len(idx_a), len(idx_b) * p)
         else:
@@ -149,11 +151,11 @@ class Coupling(Transform):
             x_a = self._take(x, self.idx_a, self._range_a)
             x_b = self._take(x, self.idx_b, self._range_b)
             y_b, ladj = law(x_b, self._params(x_a, context, x_b.shape[1]))
-            return self._merge(x_a, y_b), ladj.reshape(x.shape[0], -1).sum(1)
+            return self._merge(x_a, y_b), ladj.flatten(1).sum(1)
         m = self.mask.to(x.dtype)
         y, ladj = law(x, self._params(x * m, context, x.shape[1]))
         y = torch.where(self.mask, x, y)
-        return y, (ladj * (1 - m)).reshape(x.shape[0], -1).sum(1)
+        return y, (ladj * (1 - m)).flatten(1).sum(1)
 
     def _forward(self, x, context):
         return self._couple(x, context, inverse=False)

@@ -50,7 +50,9 @@ class Permutation(_OnDim1):
         super().__init__(shape)
         perm = torch.randperm(self.features) if perm is None else torch.as_tensor(perm).long()
         if sorted(perm.tolist()) != list(range(self.features)):
-            raise ValueError(f"expected a permutation of range({self.features}), got {perm.tolist()}")
+            raise ValueError(
+                f"expected a permutation of range({self.features}), got {perm.tolist()}"
+            )
         self.register_buffer("perm", perm)
         self.register_buffer("inv", torch.argsort(perm), persistent=False)
 

@@ -82,14 +82,14 @@ class Logit(Transform):
         p = self.alpha + (1 - 2 * self.alpha) * x / self.levels
         y = torch.log(p) - torch.log1p(-p)
         ladj = self._const - torch.log(p) - torch.log1p(-p)
-        return y, ladj.reshape(x.shape[0], -1).sum(1)
+        return y, ladj.flatten(1).sum(1)
 
     def _inverse(self, y, context):
         p = torch.sigmoid(y)
         x = (p - self.alpha) / (1 - 2 * self.alpha) * self.levels
         # log p + log(1 - p) = -softplus(-y) - softplus(y)
         ladj = -F.softplus(-y) - F.softplus(y) - self._const
-        return x, ladj.reshape(y.shape[0], -1).sum(1)
+        return x, ladj.flatten(1).sum(1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", levels={self.levels:g}, alpha={self.alpha}"
