@@ -113,6 +113,8 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Flow:
 
     config = meta["config"]
     flow = models.build(config["model"], **config["kwargs"])
+    if config.get("standardize"):
+        flow = models.standardized(flow)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         flow.to(dtypes.pop())

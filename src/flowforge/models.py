@@ -158,6 +158,20 @@ def assemble(
     )
 
 
+def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:
+    """``flow`` with a fixed :class:`~flowforge.transforms.Standardize` prepended.
+
+    For continuous data standardised with training-set statistics: the returned flow scores
+    *raw* data, counting ``-sum(log scale)``, and ``ff.save``/``ff.load`` keep the statistics
+    (they are buffers; the config records ``"standardize": true``).
+    """
+    pre = Standardize(flow.event_shape, loc, scale)
+    out = Flow(Compose(pre, flow.transform), flow.base, flow.dequantizer)
+    if flow.config is not None:
+        out.config = {**flow.config, "standardize": True}
+    return out
+
+
 def mlp_conditioner(
     hidden: Sequence[int], context_features: int, activation: str, zero_init: bool
 ) -> Callable[[int, int], nn.Module]:
@@ -337,4 +351,5 @@ def RealNVP(
 
 
 # -- image flows (registered on import; they use the helpers above) -----------------------------
+# -- continuous flows (FFJORD; registered on import) ------------------------------------------
 from .image_models import Glow  # noqa: E402
