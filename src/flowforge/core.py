@@ -160,6 +160,9 @@ class Compose(Transform):
                 )
         super().__init__(layers[0].event_shape, context, layers[-1].output_shape)
         self.layers = nn.ModuleList(layers)
+        # numerical inverses (CNF) compound: the chain is as accurate as their summed tolerances
+        tols = [layer.numeric_inverse for layer in layers if layer.numeric_inverse]
+        self.numeric_inverse = sum(tols) if tols else None
 
     def _forward(self, x, context):
         ladj = x.new_zeros(x.shape[0])

@@ -351,5 +351,10 @@ def RealNVP(
 
 
 # -- image flows (registered on import; they use the helpers above) -----------------------------
-# -- continuous flows (FFJORD; registered on import) ------------------------------------------
 from .image_models import Glow  # noqa: E402
+
+# isort: split
+# -- continuous flows (FFJORD; registered on import) -------------------------------------------
+from .continuous_models import FFJORD  # noqa: E402
+
+__all__ += ["FFJORD"]

@@ -29,3 +29,8 @@ __all__ = [
     "checkerboard_mask",
     "half_mask",
 ]
+
+# continuous flows (torchdiffeq is imported only when a CNF is built)
+from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods  # noqa: E402
+
+__all__ += ["CNF", "ODENet", "ODEStepBudgetError", "ode_methods"]

@@ -1,0 +1,392 @@
+r"""Continuous normalizing flows (FFJORD, Grathwohl et al. 2019; RNODE, Finlay et al. 2020).
+
+A :class:`CNF` maps data to noise by integrating an ODE ``dz/dt = f(t, z, context)`` from
+``t = 0`` (data) to ``t = T`` (noise). Along the way it integrates the instantaneous change of
+variables ``d log|det dz(t)/dz(0)| / dt = tr(df/dz)``, so
+
+    ``z, ladj = cnf(x)``  with ``ladj = log|det dz(T)/dx| = int_0^T tr(df/dz(t)) dt``
+
+and the inverse integrates the same ODE back from ``T`` to ``0``. The ODE is solved with
+`torchdiffeq <https://github.com/rtqichen/torchdiffeq>`_ (``pip install 'flowforge[ode]'``),
+imported only when a CNF is built.
+
+The trace is computed exactly (``D`` vector-Jacobian products per evaluation: use it for small
+``D``) or with Hutchinson's estimator ``eps^T (df/dz) eps`` (one product per evaluation, with
+``eps`` drawn once per solve), which is unbiased for ``ladj`` and hence for ``log p(x)``.
+
+Training attributes, refreshed on every call:
+    ``nfe_forward``: dynamics evaluations in the most recent solve (either direction);
+    ``nfe_backward``: dynamics evaluations that the backward passes since then went through
+    (the adjoint solve's evaluations with ``adjoint=True``);
+    ``regularization_loss``: with ``regularization=`` and in training mode, the weighted RNODE
+    penalty of the most recent solve (a scalar tensor, batch mean) to *add to the loss*; else
+    ``None``. ``metrics()`` returns these as floats (the workbench logs them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..core import Transform
+
+__all__ = ["CNF", "ODENet", "ConcatSquash", "ODEStepBudgetError", "ode_methods"]
+
+# Dynamics evaluations per step of each solver (an upper bound; used for the step budget).
+_STAGES = {
+    "dopri8": 14,
+    "dopri5": 6,
+    "bosh3": 4,
+    "fehlberg2": 3,
+    "adaptive_heun": 2,
+    "euler": 1,
+    "midpoint": 2,
+    "heun2": 2,
+    "heun3": 3,
+    "rk4": 4,
+    "explicit_adams": 1,
+    "implicit_adams": 4,
+    "fixed_adams": 4,
+}
+_FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"}
+_FIXED.add("fixed_adams")
+
+
+def _torchdiffeq():
+    try:
+        import torchdiffeq
+    except ImportError as e:
+        raise ImportError(
+            "flowforge's continuous flows (CNF, FFJORD) need torchdiffeq: "
+            "pip install 'flowforge[ode]' (or pip install torchdiffeq)"
+        ) from e
+    return torchdiffeq
+
+
+def ode_methods() -> list[str]:
+    """The solver names a :class:`CNF` accepts (torchdiffeq's, less its scipy wrapper)."""
+    _torchdiffeq()
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS
+
+        names = set(SOLVERS) - {"scipy_solver"}
+    except ImportError:  # private module moved: fall back to the solvers we know
+        names = set(_STAGES)
+    return sorted(names)
+
+
+class ODEStepBudgetError(RuntimeError):
+    """An ODE solve needed more steps than the CNF's ``max_steps`` allows."""
+
+
+# -- dynamics networks ---------------------------------------------------------------------------
+
+_ACT = {"tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+class ConcatSquash(nn.Module):
+    """``y = (W x + b) * sigmoid(G c + g) + H c`` with ``c = [t, context]`` (FFJORD's layer)."""
+
+    def __init__(self, in_features: int, out_features: int, cond_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.gate = nn.Linear(cond_features, out_features)
+        self.shift = nn.Linear(cond_features, out_features, bias=False)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return self.linear(x) * torch.sigmoid(self.gate(c)) + self.shift(c)
+
+
+class ODENet(nn.Module):
+    """The default dynamics ``f(t, z, context)``: an MLP of :class:`ConcatSquash` layers.
+
+    Time and the context enter every layer through the gate and the shift. Activations must
+    be smooth (the trace and its gradient differentiate ``f`` twice): tanh, softplus, elu,
+    silu.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden: Sequence[int] = (64, 64),
+        context_features: int = 0,
+        activation: str = "tanh",
+    ):
+        super().__init__()
+        if activation not in _ACT:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACT)}")
+        widths = [features, *hidden, features]
+        cond = 1 + context_features
+        self.layers = nn.ModuleList(
+            ConcatSquash(a, b, cond) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.act = _ACT[activation]()
+        self.context_features = context_features
+
+    def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
+        c = t.to(z).reshape(1, 1).expand(z.shape[0], 1)
+        if self.context_features:
+            c = torch.cat([c, context.to(z)], dim=1)
+        h = z
+        for i, layer in enumerate(self.layers):
+            h = layer(h, c)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h
+
+
+# -- the ODE right-hand side -----------------------------------------------------------------------
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity whose backward counts one dynamics evaluation that a backward pass crossed."""
+
+    @staticmethod
+    def forward(ctx, x, counter):
+        ctx.counter = counter
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.counter.nfe_backward += 1
+        return grad, None
+
+
+class _Dynamics(nn.Module):
+    """The augmented right-hand side of one solve: ``(z, ladj[, kinetic, jacobian])``.
+
+    One instance per solve, so that the noise and the context an adjoint backward pass needs
+    are those of its own forward solve.
+    """
+
+    def __init__(self, cnf: CNF, context: Tensor | None, noise: Tensor | None, regularize: bool):
+        super().__init__()
+        self.net = cnf.net
+        object.__setattr__(self, "cnf", cnf)  # a back-reference, not a submodule
+        self.context, self.noise, self.regularize = context, noise, regularize
+        self.solving = True  # False once the forward solve returned: later calls are adjoint's
+        self.nfe = 0
+        self.budget = cnf.max_steps * _STAGES.get(cnf.method, 14) + 14
+
+    def _count(self, t: Tensor) -> None:
+        cnf = self.cnf
+        if self.solving:
+            self.nfe += 1
+            cnf.nfe_forward = self.nfe
+            n, where = self.nfe, "solve"
+        else:
+            cnf.nfe_backward += 1
+            n, where = cnf.nfe_backward, "adjoint (backward) solve"
+        if n > self.budget:
+            raise ODEStepBudgetError(
+                f"CNF {where} stopped after {n} function evaluations at t={float(t):.4g}: it "
+                f"exceeded its step budget (max_steps={cnf.max_steps} steps of {cnf.method}, "
+                f"rtol={cnf.rtol:g}, atol={cnf.atol:g}). The dynamics are too stiff for these "
+                "tolerances: loosen rtol/atol, raise max_steps, or regularise the dynamics "
+                "(regularization={'kinetic': ..., 'jacobian': ...})"
+            )
+
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        self._count(t)
+        cnf = self.cnf
+        z = state[0]
+        differentiable = torch.is_grad_enabled()  # the caller will differentiate this step
+        with torch.enable_grad():
+            if not z.requires_grad:
+                z = z.detach().requires_grad_(True)
+            f = self.net(t, z, self.context)
+            if cnf.trace == "exact":
+                rows = []
+                for i in range(z.shape[1]):
+                    (g,) = torch.autograd.grad(
+                        f[:, i].sum(), z, create_graph=differentiable, retain_graph=True
+                    )
+                    rows.append(g)
+                jac = torch.stack(rows, 1)  # (B, D, D): row i = d f_i / dz
+                trace = jac.diagonal(dim1=1, dim2=2).sum(1)
+                frob = jac.square().sum((1, 2)) if self.regularize else None
+            else:
+                (vjp,) = torch.autograd.grad(
+                    f, z, self.noise, create_graph=differentiable, retain_graph=True
+                )
+                trace = (vjp * self.noise).sum(1)
+                frob = vjp.square().sum(1) if self.regularize else None
+        if not differentiable:
+            f, trace = f.detach(), trace.detach()
+            frob = None if frob is None else frob.detach()
+        elif not cnf.adjoint and f.requires_grad:
+            f = _CountBackward.apply(f, cnf)
+        out = (f, trace)
+        if self.regularize:
+            out += (f.square().sum(1), frob)
+        return out
+
+
+# -- the transform ---------------------------------------------------------------------------------
+
+
+class CNF(Transform):
+    r"""A continuous normalizing flow block (FFJORD), forward = data to noise.
+
+    Args:
+        features: data dimension ``D``.
+        net: the dynamics, a module called as ``net(t, z, context)`` returning ``dz/dt`` of
+            shape ``(batch, D)`` (``t`` is a 0-d tensor). Default: :class:`ODENet` with
+            ``hidden`` widths.
+        hidden: widths of the default dynamics network.
+        context_features: size of a context vector the dynamics read.
+        time: the integration time ``T``.
+        method: a torchdiffeq solver (see :func:`ode_methods`); unknown names are refused.
+        rtol, atol: the adaptive solvers' tolerances.
+        step_size: the fixed-grid solvers' step (default ``time / 10``).
+        adjoint: backpropagate with the adjoint method (memory constant in the number of
+            steps; the backward pass solves an ODE at the same tolerances).
+        trace: ``"exact"`` (``D`` vector-Jacobian products per evaluation), ``"hutchinson"``
+            (one, with noise fixed for a solve) or ``"auto"`` (exact for ``D <= 8``).
+        noise: Hutchinson's noise, ``"gaussian"`` or ``"rademacher"``.
+        regularization: ``None`` or RNODE weights ``{"kinetic": l1, "jacobian": l2}``;
+            in training mode ``regularization_loss`` then holds
+            ``l1 * mean int ||f||^2 dt + l2 * mean int ||df/dz||_F^2 dt`` (the Frobenius norm
+            estimated with the same Hutchinson noise, exact with ``trace="exact"``).
+        max_steps: the most solver steps a solve may take; beyond it the solve stops with
+            :class:`ODEStepBudgetError` (counted in evaluations: ``max_steps`` times the
+            solver's stages per step).
+        activation: the default network's activation (tanh, softplus, elu, silu).
+
+    ``numeric_inverse`` is ``max(1e-6, 100 * max(rtol, atol))`` for adaptive solvers and
+    ``1e-3`` for fixed-grid ones.
+
+    Example:
+        >>> import flowforge as ff
+        >>> cnf = ff.transforms.CNF(2, hidden=(16,))
+        >>> z, ladj = cnf(torch.randn(5, 2))
+        >>> z.shape, ladj.shape, cnf.nfe_forward > 0
+        (torch.Size([5, 2]), torch.Size([5]), True)
+    """
+
+    def __init__(
+        self,
+        features: int,
+        net: nn.Module | None = None,
+        hidden: Sequence[int] = (64, 64),
+        context_features: int = 0,
+        time: float = 1.0,
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        step_size: float | None = None,
+        adjoint: bool = False,
+        trace: str = "exact",
+        noise: str = "gaussian",
+        regularization: dict | None = None,
+        max_steps: int = 1000,
+        activation: str = "tanh",
+    ):
+        super().__init__((int(features),), context_features)
+        methods = ode_methods()
+        if method not in methods:
+            raise ValueError(
+                f"unknown ODE solver method {method!r}; available: {', '.join(methods)}"
+            )
+        if trace == "auto":
+            trace = "exact" if features <= 8 else "hutchinson"
+        if trace not in ("exact", "hutchinson"):
+            raise ValueError(f"unknown trace {trace!r}; expected 'exact', 'hutchinson' or 'auto'")
+        if noise not in ("gaussian", "rademacher"):
+            raise ValueError(f"unknown noise {noise!r}; expected 'gaussian' or 'rademacher'")
+        regularization = dict(regularization or {})
+        unknown = set(regularization) - {"kinetic", "jacobian"}
+        if unknown:
+            raise ValueError(
+                f"unknown regularization {sorted(unknown)}; expected keys 'kinetic', 'jacobian'"
+            )
+        if not float(time) > 0:
+            raise ValueError(f"expected time > 0, got {time}")
+        if int(max_steps) < 1:
+            raise ValueError(f"expected max_steps >= 1, got {max_steps}")
+        self.net = (
+            net if net is not None else ODENet(features, hidden, context_features, activation)
+        )
+        self.time = float(time)
+        self.method, self.rtol, self.atol = method, float(rtol), float(atol)
+        self.step_size = step_size
+        self.adjoint, self.trace, self.noise = bool(adjoint), trace, noise
+        self.regularization = {k: float(v) for k, v in regularization.items() if v}
+        self.max_steps = int(max_steps)
+        if method in _FIXED:
+            self.numeric_inverse = 1e-3
+        else:
+            self.numeric_inverse = max(1e-6, 100 * max(self.rtol, self.atol))
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+        self.regularization_loss: Tensor | None = None
+
+    # -- solving -------------------------------------------------------------------------
+    def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
+        tde = _torchdiffeq()
+        regularize = bool(self.regularization) and self.training
+        noise = None
+        if self.trace == "hutchinson":
+            if self.noise == "gaussian":
+                noise = torch.randn_like(x)
+            else:
+                noise = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
+        func = _Dynamics(self, context, noise, regularize)
+        self.nfe_forward, self.nfe_backward = 0, 0
+        zeros = x.new_zeros(x.shape[0])
+        state = (x, zeros) + ((zeros, zeros) if regularize else ())
+        ts = torch.tensor([0.0, self.time], dtype=x.dtype, device=x.device)
+        if reverse:
+            ts = ts.flip(0)
+        options = {}
+        if self.method in _FIXED:
+            options["step_size"] = self.step_size or self.time / 10
+        kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+        if self.adjoint:
+            params = tuple(p for p in func.parameters() if p.requires_grad)
+            if context is not None and context.requires_grad:
+                params += (context,)
+            out = tde.odeint_adjoint(func, state, ts, adjoint_params=params, **kwargs)
+        else:
+            out = tde.odeint(func, state, ts, **kwargs)
+        func.solving = False
+        out = tuple(o[-1] for o in out)
+        if regularize:
+            sign = -1.0 if reverse else 1.0  # integrals run from T to 0 in the inverse
+            loss = 0.0
+            if "kinetic" in self.regularization:
+                loss = loss + self.regularization["kinetic"] * sign * out[2].mean()
+            if "jacobian" in self.regularization:
+                loss = loss + self.regularization["jacobian"] * sign * out[3].mean()
+            self.regularization_loss = loss
+        else:
+            self.regularization_loss = None
+        return out[0], out[1]
+
+    def _forward(self, x, context):
+        return self._solve(x, context, reverse=False)
+
+    def _inverse(self, z, context):
+        return self._solve(z, context, reverse=True)
+
+    def metrics(self) -> dict[str, float]:
+        """Solver counts (and the penalty) of the most recent call, for logging."""
+        out = {"nfe_forward": float(self.nfe_forward), "nfe_backward": float(self.nfe_backward)}
+        if self.regularization_loss is not None:
+            out["regularization"] = float(self.regularization_loss.detach())
+        return out
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + f", time={self.time}, method={self.method!r}"
+        if self.method in _FIXED:
+            s += f", step_size={self.step_size or self.time / 10}"
+        else:
+            s += f", rtol={self.rtol:g}, atol={self.atol:g}"
+        s += f", trace={self.trace!r}"
+        if self.adjoint:
+            s += ", adjoint=True"
+        if self.regularization:
+            s += f", regularization={self.regularization}"
+        return s
