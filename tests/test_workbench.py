@@ -263,10 +263,12 @@ def test_standardised_table_scores_raw_data(tmp_path, capsys):
     loc, scale = torch.tensor(stats["loc"]), torch.tensor(stats["scale"])
     assert scale[1] > 100  # statistics are those of the raw data
     xr = torch.tensor(x, dtype=torch.float32)
-    inner = ff.load(run)  # on standardised data
+    flow = ff.load(run)  # scores raw data: the statistics travel with the model
+    assert flow.config.get("standardize") is True
+    inner = ff.Flow(flow.transform.layers[1], flow.base, flow.dequantizer)
     expect = inner.log_prob((xr - loc) / scale) - scale.log().sum()
-    got = load_run(run).log_prob(xr)
-    assert torch.allclose(got, expect, atol=1e-4)
+    assert torch.allclose(flow.log_prob(xr), expect, atol=1e-4)
+    assert torch.equal(load_run(run).log_prob(xr), flow.log_prob(xr))
     rc, out, _ = cli(capsys, "eval", run, "--data", tmp_path / "t.csv", "--json")
     assert rc == 0 and json.loads(out)["nll"] == pytest.approx(-expect.mean().item(), rel=1e-5)
 

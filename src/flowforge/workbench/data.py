@@ -8,7 +8,7 @@ Units. Data stays on its own scale here. Discrete data (digits, images, tables g
 ``levels``) carries ``levels`` so the flow dequantizes and reports raw-scale likelihoods.
 Continuous tables are standardised by default with statistics of the training split
 (``Dataset.stats``); the trainer puts them into the run so that
-:func:`flowforge.workbench.load_run` scores raw data. The 2-D toys are not standardised: the
+``ff.load(run)`` scores raw data. The 2-D toys are not standardised: the
 generators already put them in roughly ``[-4, 4]^2``.
 """
 

@@ -31,8 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import io, models
-from ..core import Compose, Flow
-from ..transforms import Standardize
+from ..core import Flow
 from .data import Dataset, WorkbenchError, load_dataset
 
 __all__ = [
@@ -246,24 +245,22 @@ def _prepare(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def standardized(flow: Flow, stats: dict, shape) -> Flow:
-    """``flow`` preceded by a fixed ``(x - loc) / scale`` layer, sharing its modules.
+    """``flow`` preceded by a fixed ``(x - loc) / scale`` layer (training-split statistics).
 
-    The result scores raw data (the standardisation's log-determinant included); it has no
-    ``config``, so save the inner flow, not this one.
+    The result scores raw data (the standardisation's log-determinant included) and keeps the
+    statistics through ``ff.save``/``ff.load`` (:func:`flowforge.models.standardized`).
     """
     loc = torch.tensor(stats["loc"], dtype=torch.float32).reshape(shape)
     scale = torch.tensor(stats["scale"], dtype=torch.float32).reshape(shape)
-    return Flow(
-        Compose(Standardize(shape, loc, scale), flow.transform), flow.base, flow.dequantizer
-    )
+    return models.standardized(flow, loc, scale)
 
 
 def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
     """Build the model a config asks for, shaped for ``ds``.
 
-    Returns ``(flow, inner, resolved)``: ``inner`` is the builder's flow (what ``model.ff``
-    holds); ``flow`` is what the trainer fits and scores raw data with (``inner`` preceded by
-    the standardisation, if the data has statistics); ``resolved`` records the decisions.
+    Returns ``(flow, inner, resolved)``: ``inner`` is the builder's flow; ``flow`` is what the
+    trainer fits, saves to ``model.ff`` and scores raw data with (``inner`` preceded by the
+    standardisation, if the data has statistics); ``resolved`` records the decisions.
     """
     name, kwargs = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
     for k in ("features", "shape"):
@@ -310,7 +307,7 @@ def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
         "kind": ds.kind,
         "stats": ds.stats,
         "builder_kwargs": {**shape_kw, **kwargs},
-        "flow_config": inner.config,
+        "flow_config": flow.config,
         "parameters": sum(p.numel() for p in inner.parameters()),
         "examples": {k: int(ds.split(k).shape[0]) for k in ("train", "val", "test")},
     }
@@ -344,21 +341,14 @@ def run_config(run: str | os.PathLike) -> dict:
 
 
 def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
-    """The best model of a run, scoring raw data (standardisation included).
-
-    For runs without standardisation statistics this is exactly ``ff.load(run)``. The flow
-    takes inputs of shape ``config["resolved"]["event_shape"]`` (flattened images under the
-    vector layout).
-    """
-    cfg = run_config(run)
+    """The best model of a run, scoring raw data: ``ff.load(run)`` with a run-folder check
+    and one-line errors. The flow takes inputs of shape ``config["resolved"]["event_shape"]``
+    (flattened images under the vector layout)."""
+    run_config(run)
     try:
-        inner = io.load(Path(run) / MODEL_FILE, map_location)
+        return io.load(Path(run) / MODEL_FILE, map_location)
     except ValueError as e:
         raise RunError(" ".join(str(e).split())) from None
-    r = cfg["resolved"]
-    if r.get("stats"):
-        return standardized(inner, r["stats"], tuple(r["event_shape"])).to(map_location)
-    return inner
 
 
 def run_dataset(cfg: dict) -> Dataset:
@@ -622,6 +612,22 @@ def find_nonfinite(flow: Flow, x: Tensor, rng_state: Tensor | None = None) -> st
 
 
 # -- the trainer ---------------------------------------------------------------------------------
+
+
+def layer_extras(flow: torch.nn.Module) -> tuple[Tensor | None, dict[str, float]]:
+    """What layers publish after a forward pass: the sum of their ``regularization_loss``
+    tensors (the trainer adds it to the loss it minimises; e.g. a CNF's RNODE penalty) and
+    the sums of their ``metrics()`` dicts (logged with each step; e.g. a CNF's NFE counts)."""
+    reg, metrics = None, {}
+    for m in flow.modules():
+        r = getattr(m, "regularization_loss", None)
+        if isinstance(r, Tensor):
+            reg = r if reg is None else reg + r
+        fn = getattr(m, "metrics", None)
+        if m is not flow and callable(fn):
+            for k, v in fn().items():
+                metrics[k] = metrics.get(k, 0.0) + float(v)
+    return reg, metrics
 
 
 def _lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
@@ -943,8 +949,9 @@ class Trainer:
                 stats[0] /= self.world
             if stats[1] > 0:
                 self._nonfinite(xb, rng, "loss")
+            reg, _ = layer_extras(self.flow)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if reg is None else loss + reg).backward()
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             if not torch.isfinite(norm):
                 self._nonfinite(xb, rng, "gradient")
@@ -969,6 +976,7 @@ class Trainer:
                         "loss": value,
                         "lr": self.opt.param_groups[0]["lr"],
                         "grad_norm": float(norm),
+                        **layer_extras(self.flow)[1],
                     }
                 )
             if self.callback is not None:
@@ -1094,7 +1102,7 @@ def train(
             cfg["train"],
             seed=cfg["seed"],
             out=out,
-            model_bytes=lambda: io.to_bytes(inner),
+            model_bytes=lambda: io.to_bytes(flow),
             bits_dims=math.prod(shape) if ds.levels else None,
             progress=progress,
             callback=callback,
