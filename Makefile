@@ -28,7 +28,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/flowforge demo --out runs/demo --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

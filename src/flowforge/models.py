@@ -82,14 +82,19 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, **kwargs) -> Flow:
-    """Build a registered model by name, e.g. ``build("realnvp", features=64)``."""
+def builder(name: str) -> Callable[..., Flow]:
+    """The registered builder called ``name`` (case-insensitive); ``ValueError`` if unknown."""
     key = name.lower()
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}{hint} (available: {', '.join(available())})")
-    return _REGISTRY[key](**kwargs)
+    return _REGISTRY[key]
+
+
+def build(name: str, **kwargs) -> Flow:
+    """Build a registered model by name, e.g. ``build("realnvp", features=64)``."""
+    return builder(name)(**kwargs)
 
 
 # -- shared assembly ----------------------------------------------------------------------------
@@ -358,3 +363,8 @@ from .image_models import Glow  # noqa: E402
 from .continuous_models import FFJORD  # noqa: E402
 
 __all__ += ["FFJORD"]
+
+# autoregressive and spline flows (registered on import)
+from .autoregressive_models import IAF, MAF, NSF  # noqa: E402
+
+__all__ += ["MAF", "IAF", "NSF"]

@@ -234,8 +234,9 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _builder_params(name: str) -> dict | None:
-    fn = getattr(models, "_REGISTRY", {}).get(name)
-    if fn is None:
+    try:
+        fn = models.builder(name)
+    except ValueError:
         return None
     return dict(inspect.signature(fn).parameters)
 
