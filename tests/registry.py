@@ -197,7 +197,7 @@ MODEL_CASES = [
 add(*MODEL_CASES)
 
 # Later layer families register their cases in their own modules.
-MODULES = ["cases_image", "cases_autoregressive", "cases_continuous"]
+MODULES = ["cases_image", "cases_autoregressive", "cases_continuous", "cases_residual"]
 for _m in MODULES:
     try:
         add(*importlib.import_module(_m).CASES)

@@ -34,3 +34,8 @@ __all__ = [
 from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods  # noqa: E402
 
 __all__ += ["CNF", "ODENet", "ODEStepBudgetError", "ode_methods"]
+
+# residual flows: planar, radial, Sylvester, invertible residual blocks
+from .residual import Planar, Radial, ResidualBlock, Sylvester  # noqa: E402
+
+__all__ += ["Planar", "Radial", "ResidualBlock", "Sylvester"]
