@@ -116,6 +116,8 @@ def main(argv=None) -> dict:
     p.add_argument("--wd", type=float, default=1e-5)
     p.add_argument("--warmup", type=int, default=200, help="linear LR warm-up, in steps")
     p.add_argument("--patience", type=int, default=30, help="epochs without val improvement")
+    p.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the weights")
+    p.add_argument("--halve", type=int, default=0, help="halve the LR after N stale epochs")
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--val-samples", type=int, default=4)
     p.add_argument("--test-samples", type=int, default=32)
@@ -139,8 +141,9 @@ def main(argv=None) -> dict:
         flow.log_prob(train[torch.randperm(1000)[:500]])
 
     opt = torch.optim.Adamax(flow.parameters(), lr=args.lr, weight_decay=args.wd)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
+    ema = copy.deepcopy(flow) if args.ema else flow  # Polyak averaging of the weights
     best, best_state, best_epoch, history = math.inf, None, 0, []
+    step, factor, last_halved = 0, 1.0, 0
     t0 = time.perf_counter()
     epoch = 0
     for epoch in range(1, args.epochs + 1):
@@ -153,11 +156,19 @@ def main(argv=None) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(flow.parameters(), 50.0)
+            step += 1
+            for group in opt.param_groups:  # linear warm-up, then halvings on plateaus
+                group["lr"] = args.lr * factor * min(1.0, step / args.warmup)
             opt.step()
-            sched.step()
+            if args.ema:
+                with torch.no_grad():
+                    for pe, q in zip(ema.parameters(), flow.parameters()):
+                        pe.lerp_(q, 1 - args.ema)
+                    for be, b in zip(ema.buffers(), flow.buffers()):
+                        be.copy_(b)
             total += loss.item() * xb.shape[0]
         if epoch % args.eval_every == 0:
-            v, _ = evaluate(flow, val, args.val_samples, seed=1)
+            v, _ = evaluate(ema, val, args.val_samples, seed=1)
             history.append((epoch, total / train.shape[0], v))
             print(
                 f"epoch {epoch:4d}  train {total / train.shape[0]:7.2f}  val {v:7.2f}  "
@@ -165,8 +176,11 @@ def main(argv=None) -> dict:
                 flush=True,
             )
             if v < best:
-                best, best_state, best_epoch = v, copy.deepcopy(flow.state_dict()), epoch
-            elif epoch - best_epoch >= args.patience:
+                best, best_state, best_epoch = v, copy.deepcopy(ema.state_dict()), epoch
+            elif args.halve and epoch - max(best_epoch, last_halved) >= args.halve:
+                factor, last_halved = factor / 2, epoch
+                print(f"lr halved to {args.lr * factor:.2e}", flush=True)
+            if epoch - best_epoch >= args.patience:
                 print(f"early stop: no val improvement since epoch {best_epoch}", flush=True)
                 break
         if time.perf_counter() - t0 > args.time_limit:

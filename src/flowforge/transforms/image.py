@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core import Transform
+from ..nets import ConvResNet
 from .coupling import Coupling, channel_mask
 from .elementwise import Affine
 
@@ -133,7 +134,6 @@ class FactorOut(Transform):
                 f"but it expects {tuple(inner.event_shape)}"
             )
         if prior is True:
-            from ..nets import ConvResNet
 
             def prior(i, o):
                 return ConvResNet(i, o, hidden, blocks, context_features)
