@@ -1,16 +1,19 @@
 """Invertible layers. Every class here follows :class:`flowforge.Transform`'s contract."""
 
+from .autoregressive import Autoregressive
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .elementwise import Additive, Affine
 from .image import FactorOut, Squeeze
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Logit, Standardize, UniformDequantization
+from .splines import RationalQuadratic, rational_quadratic
 
 __all__ = [
     "ActNorm",
     "Additive",
     "Affine",
+    "Autoregressive",
     "BatchNorm",
     "Coupling",
     "FactorOut",
@@ -19,6 +22,7 @@ __all__ = [
     "Permutation",
     "PlainLinear",
     "QRLinear",
+    "RationalQuadratic",
     "Reverse",
     "Scaling",
     "Squeeze",
@@ -28,6 +32,7 @@ __all__ = [
     "channel_mask",
     "checkerboard_mask",
     "half_mask",
+    "rational_quadratic",
 ]
 
 # continuous flows (torchdiffeq is imported only when a CNF is built)

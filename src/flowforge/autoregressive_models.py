@@ -1,0 +1,282 @@
+r"""Autoregressive and spline flows: MAF, IAF and NSF (registered in :mod:`flowforge.models`).
+
+All three take ``features=`` and the common arguments of :mod:`flowforge.models`
+(``context_features``, ``levels``, ``preprocess``, ``alpha``, ``base``, ``components``).
+Between layers a ``permutation`` mixes the dimensions (``"reverse"``, ``"random"``, ``"lu"`` or
+None) and ``lu=True`` adds a learnable LU-linear layer after it.
+
+Which direction is fast:
+
+======  ======================  ======================
+model   log_prob (data->noise)  sample (noise->data)
+======  ======================  ======================
+MAF     one pass                D sequential steps
+IAF     D sequential steps      one pass
+NSF     one pass                one pass (coupling) / D steps (``autoregressive=True``)
+======  ======================  ======================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch  # noqa: F401  (doctests use it)
+
+from .core import Flow, Inverse, Transform
+from .models import _mixer, assemble, register
+from .nets import MLP, ResidualMLP
+from .transforms import (
+    Affine,
+    Autoregressive,
+    BatchNorm,
+    Coupling,
+    LULinear,
+    RationalQuadratic,
+    half_mask,
+)
+
+__all__ = ["MAF", "IAF", "NSF"]
+
+
+def _vector(features) -> int:
+    if features is None:
+        raise ValueError("give features= (the data dimension)")
+    if int(features) < 1:
+        raise ValueError(f"expected features >= 1, got {features}")
+    return int(features)
+
+
+def _between(i: int, permutation: str | None, lu: bool, d: int) -> list[Transform]:
+    if not i:
+        return []
+    return _mixer(permutation, d) + ([LULinear(d)] if lu else [])
+
+
+def _autoregressive_stack(
+    d: int,
+    layers: int,
+    make,
+    permutation: str | None,
+    lu: bool,
+    batch_norm: bool,
+) -> list[Transform]:
+    chain: list[Transform] = []
+    for i in range(layers):
+        chain += _between(i, permutation, lu, d)
+        chain.append(make())
+        if batch_norm:
+            chain.append(BatchNorm(d))
+    return chain
+
+
+@register
+def MAF(
+    features: int | None = None,
+    layers: int = 5,
+    hidden: Sequence[int] | int = (128, 128),
+    context_features: int = 0,
+    order: str = "natural",
+    permutation: str | None = "reverse",
+    lu: bool = False,
+    residual: bool = False,
+    batch_norm: bool = False,
+    scale_bound: float | None = 3.0,
+    activation: str = "relu",
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
+) -> Flow:
+    r"""Masked autoregressive flow (Papamakarios et al., 2017): affine MADE layers.
+
+    Density evaluation is one pass per layer; sampling is ``features`` sequential steps.
+
+    Args:
+        features: data dimension (1 is allowed).
+        layers: number of autoregressive layers.
+        hidden: MADE hidden widths.
+        order: the first layer's order (``"natural"``, ``"reversed"``, ``"random"``); the
+            ``permutation`` between layers varies it for the others.
+        permutation: between layers: ``"reverse"``, ``"random"``, ``"lu"`` or None.
+        lu: add an LU-linear layer after each permutation.
+        residual: residual MADEs.
+        batch_norm: a batch-norm bijector after each layer (as in the paper).
+        scale_bound: soft bound of the log-scale (None: unbounded).
+        (see :mod:`flowforge.models` for context_features, levels, preprocess, alpha, base)
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.MAF(features=3)
+        >>> flow.log_prob(torch.randn(4, 3)).shape
+        torch.Size([4])
+    """
+    d = _vector(features)
+    chain = _autoregressive_stack(
+        d,
+        layers,
+        lambda: Autoregressive(
+            d, Affine(scale_bound), hidden, context_features, order, residual, activation
+        ),
+        permutation,
+        lu,
+        batch_norm,
+    )
+    return assemble(
+        chain,
+        (d,),
+        context_features=context_features,
+        levels=levels,
+        preprocess=preprocess,
+        alpha=alpha,
+        base=base,
+        components=components,
+    )
+
+
+@register
+def IAF(
+    features: int | None = None,
+    layers: int = 5,
+    hidden: Sequence[int] | int = (128, 128),
+    context_features: int = 0,
+    order: str = "natural",
+    permutation: str | None = "reverse",
+    lu: bool = False,
+    residual: bool = False,
+    scale_bound: float | None = 3.0,
+    activation: str = "relu",
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
+) -> Flow:
+    r"""Inverse autoregressive flow (Kingma et al., 2016): inverted affine MADE layers.
+
+    Sampling and ``rsample_and_log_prob`` are one pass per layer (the choice for variational
+    inference); ``log_prob`` of given data is ``features`` sequential steps per layer.
+    Arguments as in :func:`MAF`.
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.IAF(features=3)
+        >>> x, log_q = flow.rsample_and_log_prob(5)
+    """
+    d = _vector(features)
+    chain = _autoregressive_stack(
+        d,
+        layers,
+        lambda: Inverse(
+            Autoregressive(
+                d, Affine(scale_bound), hidden, context_features, order, residual, activation
+            )
+        ),
+        permutation,
+        lu,
+        False,
+    )
+    return assemble(
+        chain,
+        (d,),
+        context_features=context_features,
+        levels=levels,
+        preprocess=preprocess,
+        alpha=alpha,
+        base=base,
+        components=components,
+    )
+
+
+@register
+def NSF(
+    features: int | None = None,
+    layers: int = 5,
+    hidden: Sequence[int] | int = (128, 128),
+    bins: int = 8,
+    bound: float = 3.0,
+    autoregressive: bool = False,
+    context_features: int = 0,
+    permutation: str | None = "reverse",
+    lu: bool = False,
+    residual: bool = False,
+    activation: str = "relu",
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
+) -> Flow:
+    r"""Neural spline flow (Durkan et al., 2019): rational-quadratic splines with linear tails.
+
+    ``autoregressive=False`` (NSF-C): spline couplings, fast in both directions; each coupling
+    transforms the first ``ceil(D/2)`` entries from the others, and the ``permutation``
+    between layers (default ``"reverse"``) swaps the roles (needs ``features >= 2``; with
+    ``permutation=None`` the two halves alternate instead). ``autoregressive=True`` (NSF-AR):
+    spline MADE layers, fast density and ``features`` sequential sampling steps.
+
+    Args:
+        features: data dimension (at least 2 for couplings).
+        layers: number of spline layers.
+        hidden: widths of the conditioner (MLP or MADE); with ``residual=True`` a residual
+            network of that constant width.
+        bins: spline bins per dimension.
+        bound: the splines act on ``[-bound, bound]`` and are the identity outside.
+        permutation, lu: mixing between layers, as in :func:`MAF`.
+        (see :mod:`flowforge.models` for context_features, levels, preprocess, alpha, base)
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.NSF(features=4, layers=2, hidden=(16, 16))
+        >>> flow.sample(3).shape
+        torch.Size([3, 4])
+    """
+    d = _vector(features)
+    hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+
+    def spline():
+        return RationalQuadratic(bins, bound)
+
+    if autoregressive:
+        chain = _autoregressive_stack(
+            d,
+            layers,
+            lambda: Autoregressive(
+                d, spline(), hidden, context_features, "natural", residual, activation
+            ),
+            permutation,
+            lu,
+            False,
+        )
+    else:
+        if d < 2:
+            raise ValueError(
+                "a coupling NSF needs features >= 2; use NSF(..., autoregressive=True) for 1-d"
+            )
+        if residual:
+            if len(set(hidden)) != 1:
+                raise ValueError(f"residual=True needs equal hidden widths, got {hidden}")
+
+            def cond(i, o):
+                return ResidualMLP(i, o, hidden[0], len(hidden) - 1, context_features, activation)
+        else:
+
+            def cond(i, o):
+                return MLP(i, o, hidden, context_features, activation)
+
+        chain = []
+        for i in range(layers):
+            chain += _between(i, permutation, lu, d)
+            flip = permutation is None and i % 2 == 1
+            # True = kept: the last floor(D/2) entries condition the first ceil(D/2)
+            chain.append(Coupling(half_mask(d, flip=not flip), cond, spline(), context_features))
+    return assemble(
+        chain,
+        (d,),
+        context_features=context_features,
+        levels=levels,
+        preprocess=preprocess,
+        alpha=alpha,
+        base=base,
+        components=components,
+    )
