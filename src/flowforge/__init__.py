@@ -9,7 +9,7 @@ torch.Size([10])
 
 import torch  # noqa: F401  (doctests use it)
 
-from . import distributions, models, nets, objectives, transforms
+from . import distributions, models, nets, objectives, targets, transforms
 from .core import Compose, Flow, Inverse, Transform
 from .io import load, save
 from .objectives import bits_per_dim, nll, reverse_kl
@@ -30,5 +30,6 @@ __all__ = [
     "objectives",
     "reverse_kl",
     "save",
+    "targets",
     "transforms",
 ]

@@ -106,3 +106,106 @@ def bits_per_dim(
     if x.shape[0] == 0:
         raise ValueError("expected at least one example, got an empty tensor")
     return -_mean_log_prob(flow, x, context, batch_size, deq) / (flow.dims * math.log(2))
+
+
+# -- variational-inference diagnostics --------------------------------------------------------
+
+
+@torch.no_grad()
+def log_importance_weights(
+    flow: Flow,
+    target_log_prob: Callable[[Tensor], Tensor],
+    n: int,
+    context: Tensor | None = None,
+    batch_size: int = 8192,
+) -> Tensor:
+    r"""``log w = log p~(x) - log q(x)`` for ``n`` samples ``x ~ q`` (the flow), no gradient.
+
+    Returns ``(n,)`` (``(n, B)`` with a ``(B, c)`` context), in float64.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
+    out = []
+    for i in range(0, n, batch_size):
+        m = min(batch_size, n - i)
+        x, log_q = flow.rsample_and_log_prob(m, context)
+        log_p = (
+            target_log_prob(x)
+            if context is None
+            else target_log_prob(x, context.expand(m, *context.shape))
+        )
+        out.append((log_p - log_q).double())
+    return torch.cat(out)
+
+
+def effective_sample_size(log_w: Tensor) -> float:
+    r"""Normalised effective sample size ``(sum w)² / (n sum w²)`` of importance weights given as
+    ``log w`` over the first dimension, in ``(0, 1]``: 1 when ``q`` matches the target."""
+    log_w = log_w.double().reshape(log_w.shape[0], -1)
+    n = log_w.shape[0]
+    ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / n
+    return ess.mean().item()
+
+
+def importance_log_z(log_w: Tensor) -> float:
+    r"""The importance-sampling estimate ``log (1/n sum w)`` of the target's ``log Z``. Its
+    exponential is unbiased for ``Z``; the log is biased low by about ``var(w) / (2 n Z²)``."""
+    log_w = log_w.double().reshape(log_w.shape[0], -1)
+    return (torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])).mean().item()
+
+
+def vi_diagnostics(
+    flow: Flow,
+    target_log_prob: Callable[[Tensor], Tensor],
+    n: int = 10000,
+    context: Tensor | None = None,
+    batch_size: int = 8192,
+) -> dict:
+    r"""ELBO, reverse KL up to ``log Z``, the importance-sampled ``log Z`` and the normalised ESS.
+
+    With ``log w = log p~ - log q`` on ``n`` samples of the flow:
+
+    - ``elbo = mean log w`` (a lower bound on ``log Z``), ``reverse_kl = -elbo``
+      (``KL(q || p) - log Z``), with its Monte-Carlo standard error ``elbo_se``;
+    - ``log_z = log mean w`` (:func:`importance_log_z`);
+    - ``ess = (sum w)² / (n sum w²)`` (:func:`effective_sample_size`).
+
+    The true ``KL(q || p) = log Z - elbo``; it needs ``log Z`` from elsewhere (a grid for 2-D
+    targets, :func:`flowforge.targets.grid_log_z`).
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.Planar(features=2, layers=2)
+        >>> d = ff.objectives.vi_diagnostics(flow, ff.targets.get("banana"), n=500)
+        >>> sorted(d)
+        ['elbo', 'elbo_se', 'ess', 'log_z', 'n', 'reverse_kl']
+    """
+    was_training = flow.training
+    flow.eval()
+    try:
+        log_w = log_importance_weights(flow, target_log_prob, n, context, batch_size)
+    finally:
+        flow.train(was_training)
+    finite = torch.isfinite(log_w)
+    if not finite.all():
+        raise ValueError(
+            f"{int((~finite).sum())} of {log_w.numel()} importance weights are not finite "
+            "(the target or the flow returned NaN or inf)"
+        )
+    elbo = log_w.mean().item()
+    return {
+        "elbo": elbo,
+        "elbo_se": (log_w.std() / math.sqrt(log_w.numel())).item(),
+        "reverse_kl": -elbo,
+        "log_z": importance_log_z(log_w),
+        "ess": effective_sample_size(log_w),
+        "n": int(log_w.numel()),
+    }
+
+
+__all__ += [
+    "log_importance_weights",
+    "effective_sample_size",
+    "importance_log_z",
+    "vi_diagnostics",
+]

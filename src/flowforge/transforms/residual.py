@@ -118,10 +118,10 @@ class _Amortised(Transform):
 
 def planar_u_hat(u: Tensor, w: Tensor) -> Tensor:
     r"""Rezende & Mohamed's reparametrisation: ``û = u + (m(w·u) - w·u) w / |w|²``,
-    ``m(t) = -1 + softplus(t)``, so that ``w·û = m(w·u) > -1`` and the planar map is
-    invertible. Works on the last dimension (batched)."""
+    ``m(t) = -1 + softplus(t)`` (floored at ``-1 + 1e-6`` against rounding), so that
+    ``w·û = m(w·u) > -1`` and the planar map is invertible. Batched over leading dimensions."""
     wu = (w * u).sum(-1, keepdim=True)
-    m = -1 + F.softplus(wu)
+    m = (-1 + F.softplus(wu)).clamp_min(-1 + 1e-6)  # strictly above -1 despite rounding
     return u + (m - wu) * w / (w * w).sum(-1, keepdim=True).clamp_min(1e-30)
 
 
@@ -341,7 +341,8 @@ class Sylvester(_Amortised):
         n, m = diag.shape
         r = diag.new_zeros(n, m, m)
         r[:, self._iu[0], self._iu[1]] = off
-        return r + torch.diag_embed(torch.tanh(diag))
+        # |r_ii| < 1 strictly (tanh saturates to 1.0 in floating point), so r_ii r̃_ii > -1
+        return r + torch.diag_embed((1 - 1e-6) * torch.tanh(diag))
 
     def _q(self, p: dict[str, Tensor]) -> Tensor:
         d, m = self.features, self.rank

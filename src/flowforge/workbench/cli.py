@@ -382,6 +382,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    from .vi import add_parser as add_vi_parser  # fit-target (variational inference), in vi.py
+
+    add_vi_parser(sub, common)
     return p
 
 

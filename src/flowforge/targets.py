@@ -1,0 +1,219 @@
+r"""Unnormalised target densities for variational inference, and grid normalisation.
+
+Each target is a :class:`Target`: a callable ``target(x) -> log p~(x)`` of shape ``(batch,)``
+with a ``name``, a dimension, a plotting box and, where it is known, the exact ``log Z``.
+``TARGETS`` maps names to targets; :func:`get` looks one up (with a clear error).
+
+The energies of Rezende & Mohamed (2015, Table 1), ``p~(z) = exp(-U(z))``:
+
+- ``u1``: a ring broken into two arcs;
+- ``u2``: a sine wave;
+- ``u3``: a sine wave that splits into two;
+- ``u4``: a sine wave and a step.
+
+``U2``-``U4`` are constant along ``z1``, so ``exp(-U)`` has infinite mass on the plane; the
+paper plots them on ``[-4, 4]²``. Here they get a soft wall ``0.5 ((|z1| - 4)_+ / 0.2)²``,
+which leaves them unchanged inside that square and makes them normalisable, so that ``log Z``
+and the true ``KL(q || p)`` exist (:func:`grid_log_z` computes ``log Z`` numerically).
+
+Also: ``banana`` (a normalised curved Gaussian), ``funnel`` (Neal's funnel, normalised;
+``funnel10`` in 10 dimensions), ``mog2`` and ``mog8`` (normalised Gaussian mixtures: two modes,
+and eight on a ring).
+
+Example:
+    >>> import flowforge as ff
+    >>> t = ff.targets.get("u1")
+    >>> t(torch.zeros(3, 2)).shape
+    torch.Size([3])
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Target", "TARGETS", "get", "available", "grid_log_z", "grid", "gaussian_mixture"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An unnormalised log-density with a name.
+
+    Attributes:
+        name: the registry key.
+        fn: ``x (batch, dim) -> log p~(x) (batch,)``.
+        dim: dimension.
+        box: ``(x_min, x_max, y_min, y_max)`` for plots and grid integration (2-D targets).
+        log_z: the exact ``log Z`` if known (0 for normalised densities), else ``None``.
+        description: one line.
+    """
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    dim: int
+    box: tuple[float, float, float, float]
+    log_z: float | None = None
+    description: str = ""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"target {self.name!r} is {self.dim}-dimensional, got x of shape {tuple(x.shape)}"
+            )
+        return self.fn(x)
+
+
+# -- Rezende & Mohamed (2015) ------------------------------------------------------------------
+
+
+def _w1(z):
+    return torch.sin(2 * math.pi * z[..., 0] / 4)
+
+
+def _w2(z):
+    return 3 * torch.exp(-0.5 * ((z[..., 0] - 1) / 0.6) ** 2)
+
+
+def _w3(z):
+    return 3 * torch.sigmoid((z[..., 0] - 1) / 0.3)
+
+
+def _wall(z):
+    return 0.5 * (torch.relu(z[..., 0].abs() - 4) / 0.2) ** 2
+
+
+def _lse(a, b):
+    return torch.logaddexp(a, b)
+
+
+def _u1(z):
+    r = z.norm(dim=-1)
+    u = 0.5 * ((r - 2) / 0.4) ** 2
+    u = u - _lse(-0.5 * ((z[..., 0] - 2) / 0.6) ** 2, -0.5 * ((z[..., 0] + 2) / 0.6) ** 2)
+    return -u
+
+
+def _u2(z):
+    return -(0.5 * ((z[..., 1] - _w1(z)) / 0.4) ** 2) - _wall(z)
+
+
+def _u3(z):
+    a = -0.5 * ((z[..., 1] - _w1(z)) / 0.35) ** 2
+    b = -0.5 * ((z[..., 1] - _w1(z) + _w2(z)) / 0.35) ** 2
+    return _lse(a, b) - _wall(z)
+
+
+def _u4(z):
+    a = -0.5 * ((z[..., 1] - _w1(z)) / 0.4) ** 2
+    b = -0.5 * ((z[..., 1] - _w1(z) + _w3(z)) / 0.35) ** 2
+    return _lse(a, b) - _wall(z)
+
+
+# -- normalised targets ------------------------------------------------------------------------
+
+
+def _normal(x, loc, scale):
+    return -0.5 * ((x - loc) / scale) ** 2 - math.log(scale) - 0.5 * _LOG_2PI
+
+
+def _banana(z):
+    x1, x2 = z[..., 0], z[..., 1]
+    return _normal(x1, 0.0, 2.0) + _normal(x2, 0.25 * x1**2 - 1, 0.5)
+
+
+def _funnel(z):
+    v, x = z[..., 0], z[..., 1:]
+    # x_i | v ~ N(0, exp(v)): log-density -x²/(2 e^v) - v/2 - log(2 pi)/2
+    lx = -0.5 * x.square() * torch.exp(-v).unsqueeze(-1) - 0.5 * v.unsqueeze(-1) - 0.5 * _LOG_2PI
+    return _normal(v, 0.0, 3.0) + lx.sum(-1)
+
+
+def gaussian_mixture(locs, scale: float, weights=None) -> Callable[[Tensor], Tensor]:
+    """The log-density of an isotropic Gaussian mixture (normalised)."""
+    locs = torch.as_tensor(locs, dtype=torch.float64)
+    k, d = locs.shape
+    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+    log_w = torch.log(w / w.sum()).to(torch.float64)
+
+    def fn(x):
+        loc = locs.to(x)
+        lp = _normal(x.unsqueeze(-2), loc, scale).sum(-1) + log_w.to(x)
+        return torch.logsumexp(lp, -1)
+
+    return fn
+
+
+_ring = [[3 * math.cos(2 * math.pi * i / 8), 3 * math.sin(2 * math.pi * i / 8)] for i in range(8)]
+
+TARGETS: dict[str, Target] = {}
+
+
+def _add(t: Target) -> None:
+    TARGETS[t.name] = t
+
+
+_add(Target("u1", _u1, 2, (-4, 4, -4, 4), None, "Rezende & Mohamed U1: a ring in two arcs"))
+_add(Target("u2", _u2, 2, (-4, 4, -4, 4), None, "Rezende & Mohamed U2: a sine wave"))
+_add(Target("u3", _u3, 2, (-4, 4, -4, 4), None, "Rezende & Mohamed U3: a splitting sine"))
+_add(Target("u4", _u4, 2, (-4, 4, -4, 4), None, "Rezende & Mohamed U4: a sine and a step"))
+_add(Target("banana", _banana, 2, (-6, 6, -3, 8), 0.0, "a curved Gaussian (normalised)"))
+_add(Target("funnel", _funnel, 2, (-8, 8, -10, 10), 0.0, "Neal's funnel, v ~ N(0, 9)"))
+_add(Target("funnel10", _funnel, 10, (-8, 8, -10, 10), 0.0, "Neal's funnel in 10-D"))
+_add(
+    Target(
+        "mog2",
+        gaussian_mixture([[-2.0, 0.0], [2.0, 0.0]], 0.6),
+        2,
+        (-4, 4, -4, 4),
+        0.0,
+        "two Gaussians",
+    )
+)
+_add(Target("mog8", gaussian_mixture(_ring, 0.3), 2, (-4.5, 4.5, -4.5, 4.5), 0.0, "eight modes"))
+
+
+def available() -> list[str]:
+    return sorted(TARGETS)
+
+
+def get(name: str) -> Target:
+    """The target called ``name`` (case-insensitive)."""
+    key = str(name).lower()
+    if key not in TARGETS:
+        close = difflib.get_close_matches(key, list(TARGETS), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown target {name!r}{hint} (available: {', '.join(available())})")
+    return TARGETS[key]
+
+
+# -- grids -------------------------------------------------------------------------------------
+
+
+def grid(box, n: int = 400, dtype=torch.float64) -> tuple[Tensor, float]:
+    """Cell centres of an ``n x n`` grid over ``box`` as ``(n*n, 2)`` (rows vary in y), and the
+    cell area."""
+    x0, x1, y0, y1 = box
+    hx, hy = (x1 - x0) / n, (y1 - y0) / n
+    xs = torch.linspace(x0 + hx / 2, x1 - hx / 2, n, dtype=dtype)
+    ys = torch.linspace(y0 + hy / 2, y1 - hy / 2, n, dtype=dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1), hx * hy
+
+
+def grid_log_z(log_prob: Callable[[Tensor], Tensor], box, n: int = 1000) -> float:
+    """``log ∫ exp(log_prob)`` over ``box`` by the midpoint rule on an ``n x n`` grid (2-D).
+
+    For the targets here the box should hold all but a negligible part of the mass: for
+    ``u1``-``u4`` the box ``(-6, 6, -6, 6)`` does (the wall bounds ``z1``).
+    """
+    pts, area = grid(box, n)
+    with torch.no_grad():
+        lp = torch.cat([log_prob(c) for c in pts.split(1 << 16)])
+    return (torch.logsumexp(lp, 0) + math.log(area)).item()

@@ -1,0 +1,201 @@
+"""Residual-flow layers beyond the generic test: invertibility constraints, spectral
+normalisation, and the unbiasedness of the Russian-roulette log-det estimator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge.transforms.residual import (
+    SpectralLinear,
+    logdet_exact,
+    logdet_roulette,
+    orthogonalize,
+    planar_u_hat,
+)
+
+T = ff.transforms
+F64 = torch.float64
+
+
+def test_planar_u_hat_satisfies_the_constraint_for_any_parameters():
+    g = torch.Generator().manual_seed(0)
+    for scale in (1e-3, 1.0, 10.0, 1e3):
+        u = scale * torch.randn(2000, 5, generator=g, dtype=F64)
+        w = scale * torch.randn(2000, 5, generator=g, dtype=F64)
+        for uu in (u, -w * 7.0, w * 1e4):  # including u anti-parallel to w
+            wu = (w * planar_u_hat(uu, w)).sum(-1)
+            assert (wu >= -1).all(), wu.min()
+            assert torch.isfinite(wu).all()
+
+
+def test_planar_inverts_near_the_constraint():
+    layer = T.Planar(3).double().eval()
+    with torch.no_grad():
+        d = 3
+        layer.theta[:d] = -50 * layer.theta[d : 2 * d]  # w·u << 0, so w·û -> -1
+    u, w, _ = layer.params()
+    assert -1 < (u * w).sum().item() < -0.999
+    x = 3 * torch.randn(64, 3, dtype=F64)
+    z, ladj = layer(x)
+    x2, ladj2 = layer.inverse(z)
+    assert torch.allclose(x2, x, atol=1e-9) and torch.allclose(ladj, -ladj2, atol=1e-8)
+
+
+def test_sylvester_q_is_orthogonal_and_diagonal_product_bounded():
+    q = orthogonalize(torch.randn(7, 5, 3, dtype=F64))
+    eye = torch.eye(3, dtype=F64)
+    assert torch.allclose(q.transpose(-1, -2) @ q, eye.expand(7, 3, 3), atol=1e-12)
+    layer = T.Sylvester(4, "householder").double()
+    with torch.no_grad():
+        layer.theta.mul_(100.0)  # extreme raw parameters
+    qh, r, rt, _ = layer.params()
+    assert torch.allclose(qh.transpose(-1, -2) @ qh, torch.eye(4, dtype=F64)[None], atol=1e-12)
+    rr = torch.diagonal(r, dim1=-2, dim2=-1) * torch.diagonal(rt, dim1=-2, dim2=-1)
+    assert (rr > -1).all()
+    x = torch.randn(16, 4, dtype=F64)
+    z, _ = layer(x)
+    assert torch.allclose(layer.inverse(z)[0], x, atol=1e-8)
+
+
+def _perturbed_block(seed=0, **kw):
+    torch.manual_seed(seed)
+    block = T.ResidualBlock(3, hidden=(16, 16), **kw).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.mul_(4.0)  # push every layer far above the coefficient
+    block.train()
+    for _ in range(30):  # power iterations advance in training mode
+        block.inverse(torch.randn(8, 3, dtype=F64))
+    return block
+
+
+@pytest.mark.parametrize("coeff", [0.5, 0.9])
+def test_residual_block_is_a_contraction(coeff):
+    block = _perturbed_block(coeff=coeff)
+    for mode in (True, False):
+        block.train(mode)
+        assert block.lipschitz_bound() < 1
+        assert block.lipschitz_bound() <= coeff**2 * 1.001  # two linear maps... and three
+        a, b = torch.randn(2, 500, 3, dtype=F64)
+        with torch.no_grad():
+            ratio = (block.residual(a) - block.residual(b)).norm(dim=-1) / (a - b).norm(dim=-1)
+        assert ratio.max() < 1
+
+
+def test_spectral_norm_state_saves_and_eval_is_deterministic():
+    block = _perturbed_block()
+    block.eval()
+    state = block.state_dict()
+    assert any(k.endswith("running_u") for k in state) and any(
+        k.endswith("running_v") for k in state
+    )
+    x = torch.randn(5, 3, dtype=F64)
+    z1, l1 = block(x)
+    z2, l2 = block(x)
+    assert torch.equal(z1, z2) and torch.equal(l1, l2)
+    assert torch.equal(block.state_dict()["g.0.running_u"], state["g.0.running_u"])
+    fresh = T.ResidualBlock(3, hidden=(16, 16)).double()
+    fresh.load_state_dict(state)
+    fresh.eval()
+    z3, l3 = fresh(x)
+    assert torch.equal(z1, z3) and torch.equal(l1, l3)
+    # training mode advances the stored vectors
+    lin = SpectralLinear(4, 6).double()
+    u0 = lin.running_u.clone()
+    lin.train()
+    lin(torch.randn(2, 4, dtype=F64))
+    assert not torch.equal(u0, lin.running_u)
+
+
+def _series_block():
+    """A block with a large Jacobian (about 0.56 I near the positive orthant), so that many
+    series terms matter, yet a finite-variance roulette estimate (0.56² / (1 - p) < 1)."""
+    torch.manual_seed(0)
+    block = T.ResidualBlock(3, hidden=(3,), coeff=0.75, activation="elu").double()
+    with torch.no_grad():
+        for lin in (block.g[0], block.g[2]):
+            lin.weight.copy_(torch.eye(3) + 0.2 * torch.randn(3, 3))
+            lin.bias.zero_()
+    block.train()
+    for _ in range(50):
+        block.inverse(torch.randn(2, 3, dtype=F64))
+    return block.eval()
+
+
+X = torch.tensor([[0.5, 1.0, 0.3]], dtype=F64)
+
+
+def test_roulette_estimator_is_unbiased():
+    block = _series_block()
+    g = block._net()
+    xr = X.expand(100000, -1).clone().requires_grad_()
+    gz = g(xr, None)
+    exact = logdet_exact(gz[:1], xr, create_graph=False)[0]
+    gen = torch.Generator().manual_seed(0)
+    est = logdet_roulette(gz, xr, create_graph=False, generator=gen)
+    se = est.std() / math.sqrt(est.numel())
+    assert exact.item() > 0.5  # a log-det that needs many series terms
+    assert abs(est.mean() - exact).item() < 4.5 * se.item(), (est.mean(), exact, se)
+    assert se.item() < 0.01
+
+
+def _flat_grad(out, params):
+    grads = torch.autograd.grad(out, params, allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]
+    )
+
+
+def test_neumann_gradient_is_unbiased():
+    block = _series_block()
+    params = [p for p in block.parameters()]
+    xr = X.clone().requires_grad_()
+    exact = _flat_grad(logdet_exact(block._net()(xr, None), xr, True).sum(), params)
+    gen = torch.Generator().manual_seed(4)
+    chunks = []
+    for _ in range(8):
+        xr = X.expand(5000, -1).clone().requires_grad_()
+        est = logdet_roulette(block._net()(xr, None), xr, create_graph=True, generator=gen)
+        chunks.append(_flat_grad(est.mean(), params))
+    chunks = torch.stack(chunks)
+    mean, se = chunks.mean(0), chunks.std(0) / math.sqrt(chunks.shape[0])
+    assert exact.abs().max() > 0.1
+    assert ((mean - exact).abs() <= 5 * se + 1e-3 * exact.abs().max()).all(), (mean, exact, se)
+
+
+def test_roulette_block_log_prob_matches_exact_on_average():
+    torch.manual_seed(0)
+    flow = ff.models.ResidualFlow(features=2, blocks=2, hidden=(8,), estimator="roulette")
+    flow = flow.double().eval()
+    exact = ff.models.ResidualFlow(features=2, blocks=2, hidden=(8,), estimator="exact")
+    exact = exact.double().eval()
+    exact.load_state_dict(flow.state_dict())
+    x = torch.randn(1, 2, dtype=F64)
+    want = exact.log_prob(x)
+    est = flow.log_prob(x.expand(20000, 2))
+    assert abs(est.mean() - want).item() < 4 * (est.std() / math.sqrt(est.numel())).item() + 1e-9
+
+
+def test_residual_flow_density_direction_and_bad_arguments():
+    flow = ff.models.ResidualFlow(features=2, blocks=1, hidden=(8,), closed_form="density")
+    assert isinstance(flow.transform.layers[0], ff.Inverse)
+    with pytest.raises(ValueError, match="closed_form"):
+        ff.models.ResidualFlow(features=2, closed_form="both")
+    with pytest.raises(ValueError, match="contraction"):
+        T.ResidualBlock(2, coeff=1.0)
+    with pytest.raises(ValueError, match="Sylvester kind"):
+        T.Sylvester(2, kind="skew")
+
+
+@pytest.mark.parametrize("name", ["Planar", "Radial", "Sylvester", "ResidualFlow"])
+def test_samples_carry_their_exact_density(name):
+    """rsample_and_log_prob is the closed form; log_prob of the same points (numerical
+    inverse) agrees with it."""
+    torch.manual_seed(0)
+    flow = ff.models.build(name, features=2).double().eval()
+    x, log_q = flow.rsample_and_log_prob(64)
+    assert torch.allclose(flow.log_prob(x.detach()), log_q.detach(), atol=1e-7)

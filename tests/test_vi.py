@@ -1,0 +1,160 @@
+"""Variational inference: targets, diagnostics with known answers, and ``flowforge fit-target``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge import targets
+from flowforge.objectives import (
+    effective_sample_size,
+    importance_log_z,
+    log_importance_weights,
+    vi_diagnostics,
+)
+from flowforge.workbench.cli import main
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("name", targets.available())
+def test_targets_are_finite_log_densities(name):
+    t = targets.get(name)
+    x = 3 * torch.randn(64, t.dim, dtype=F64)
+    lp = t(x)
+    assert lp.shape == (64,) and torch.isfinite(lp).all()
+    assert t(x.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["banana", "mog2", "mog8"])
+def test_normalised_targets_integrate_to_one(name):
+    t = targets.get(name)
+    assert t.log_z == 0.0
+    assert abs(targets.grid_log_z(t, (-10, 10, -8, 14), 600)) < 1e-3
+
+
+def test_rezende_energies_are_normalisable_and_match_the_paper_inside_the_box():
+    for name in ("u1", "u2", "u3", "u4"):
+        t = targets.get(name)
+        a = targets.grid_log_z(t, (-6, 6, -6, 6), 600)
+        b = targets.grid_log_z(t, (-9, 9, -9, 9), 900)
+        assert abs(a - b) < 1e-3, name
+    # inside [-4, 4]² the wall is inactive: U2(z) = 0.5 ((z2 - sin(pi z1 / 2)) / 0.4)²
+    z = torch.tensor([[1.0, 0.5], [-3.9, 0.0]], dtype=F64)
+    want = -0.5 * ((z[:, 1] - torch.sin(math.pi * z[:, 0] / 2)) / 0.4) ** 2
+    assert torch.allclose(targets.get("u2")(z), want)
+
+
+def test_unknown_target_and_wrong_dimension():
+    with pytest.raises(ValueError, match="unknown target 'u9'.*did you mean"):
+        targets.get("u9")
+    with pytest.raises(ValueError, match="2-dimensional"):
+        targets.get("u1")(torch.zeros(3, 4))
+
+
+def test_diagnostics_when_the_flow_is_the_target():
+    """q = p exactly: every weight equals Z, so ELBO = log Z = the IS estimate, ESS = 1."""
+    torch.manual_seed(0)
+    flow = ff.models.Planar(features=2, layers=3).double().eval()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    log_z = 2.5
+
+    def target(x):
+        return flow.log_prob(x) + log_z
+
+    d = vi_diagnostics(flow, target, n=4000)
+    assert d["elbo"] == pytest.approx(log_z, abs=1e-7)
+    assert d["reverse_kl"] == pytest.approx(-log_z, abs=1e-7)
+    assert d["log_z"] == pytest.approx(log_z, abs=1e-7)
+    assert d["ess"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_diagnostics_against_closed_forms():
+    """q = N(0, 1), p~ = e^c N(0, s²): ELBO = c - KL(q || p), E[w] = e^c and the normalised ESS
+    tends to 1 / E_q[(p/q)²] = s sqrt(2 - s²)."""
+    torch.manual_seed(0)
+    flow = ff.Flow(ff.transforms.Scaling(1), ff.distributions.StandardNormal(1)).double()
+    c, s = 1.3, 1.2
+
+    def target(x):
+        return c - 0.5 * (x[:, 0] / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
+
+    d = vi_diagnostics(flow, target, n=200000)
+    kl = math.log(s) + 1 / (2 * s**2) - 0.5
+    assert d["elbo"] == pytest.approx(c - kl, abs=4 * d["elbo_se"])
+    assert d["log_z"] == pytest.approx(c, abs=0.01)
+    assert d["ess"] == pytest.approx(s * math.sqrt(2 - s**2), abs=0.01)
+    # the helpers on hand-made weights
+    log_w = torch.log(torch.tensor([1.0, 1.0, 2.0, 0.0]))
+    assert effective_sample_size(log_w) == pytest.approx(16 / (4 * 6))
+    assert importance_log_z(log_w) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reverse_kl_reduces_with_training_and_context_amortisation():
+    from flowforge.workbench.vi import fit_target
+
+    torch.manual_seed(0)
+    flow = ff.models.Planar(features=2, layers=4)
+    t = targets.get("mog2")
+    before = vi_diagnostics(flow, t, n=2000)["reverse_kl"]
+    fit_target(flow, t, steps=150, batch_size=128, lr=1e-2)
+    after = vi_diagnostics(flow, t, n=2000)["reverse_kl"]
+    assert after < before - 0.5
+    # amortised: one conditional flow, a Gaussian target whose mean is the context
+    flow = ff.models.Sylvester(features=2, layers=2, context_features=2, hidden=8)
+    ctx = torch.randn(3, 2)
+
+    def target(x, context):
+        return -0.5 * (x - context).square().sum(-1)
+
+    loss = ff.reverse_kl(flow, target, 5, ctx)
+    loss.backward()
+    assert torch.isfinite(loss)
+    lw = log_importance_weights(flow, target, 7, ctx)
+    assert lw.shape == (7, 3)
+
+
+def cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fit_target_cli_writes_a_report(capsys, tmp_path):
+    out = tmp_path / "u1"
+    rc, stdout, err = cli(
+        capsys, "fit-target", "--target", "u1", "--model", "planar", "--layers", 4,
+        "--out", out, "--steps", 30, "--n-eval", 500, "--quiet",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "reverse KL (up to log Z)" in stdout and "ESS" in stdout and "KL" in stdout
+    for f in ("report.png", "report.md", "metrics.json", "model.ff"):
+        assert (out / f).exists(), f
+    assert "ELBO" in (out / "report.md").read_text()
+    flow = ff.load(out / "model.ff")
+    assert flow.config["model"] == "Planar"
+    # an existing, non-empty folder is refused without --overwrite
+    rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--out", out, "--steps", 1)
+    assert rc == 1 and "--overwrite" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "u9"], "unknown target 'u9'"),
+        (["--target", "u1", "--model", "planr"], "unknown model 'planr'"),
+        (["--target", "u1", "--steps", "0"], "--steps must be at least 1"),
+        (["--target", "u1", "--model-kwargs", "{bad"], "--model-kwargs"),
+    ],
+)
+def test_fit_target_cli_bad_input(capsys, tmp_path, args, message):
+    rc, stdout, err = cli(capsys, "fit-target", *args, "--out", tmp_path / "r")
+    assert rc == 1
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
