@@ -30,5 +30,19 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/flowforge demo --out runs/demo --overwrite
 
+# Benchmarks against zuko, nflows, normflows and FrEIA (the `bench` extra). torch stays pinned
+# through constraints.txt; the check below fails loudly if pip ever replaced it.
+$(VENV)/.bench-installed: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[bench]"
+	$(BIN)/python -c "import torch, sys; v = torch.__version__; print('torch', v); \
+	sys.exit(0 if v.startswith('2.13.0') else 'pip replaced torch: ' + v)"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: $(VENV)/.bench-installed
+	$(BIN)/python benchmarks/run.py --quick
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,238 @@
+"""Model constructors for flowforge and the peer libraries, on matched architectures.
+
+Every constructor returns a :class:`Model` adapter with the same four operations, so that the
+runner times and trains all libraries through identical code. A peer that cannot be imported
+or cannot build a model raises :class:`Unavailable` with the reason, and the runner records it.
+
+Matching: the same number of layers, the same hidden widths (two hidden layers of ``H``), the
+same bins and spline bound, a reversal between autoregressive layers. Where a peer's public
+building blocks cannot express exactly that, the difference is listed in ``Model.note`` and
+the parameter counts (printed for every model) show its size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BOUND = 5.0  # spline bound for every library (zuko's fixed default)
+
+
+class Unavailable(Exception):
+    pass
+
+
+@dataclass
+class Model:
+    module: nn.Module
+    log_prob: callable  # x -> (B,)
+    sample: callable  # n -> (n, D)
+    note: str = ""
+
+    def params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+
+def _mlp(i: int, o: int, hidden: int, zero: bool = True) -> nn.Sequential:
+    net = nn.Sequential(
+        nn.Linear(i, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, o)
+    )
+    if zero:
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+    return net
+
+
+# -- flowforge -------------------------------------------------------------------------------------
+
+
+def flowforge(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
+    import flowforge as ff
+
+    h = (hidden, hidden)
+    if kind == "maf":
+        flow = ff.models.MAF(features=d, layers=layers, hidden=h)
+    elif kind == "nsf-ar":
+        flow = ff.models.NSF(
+            features=d, layers=layers, hidden=h, bins=bins, bound=BOUND, autoregressive=True
+        )
+    elif kind == "nsf-c":
+        flow = ff.models.NSF(features=d, layers=layers, hidden=h, bins=bins, bound=BOUND)
+    elif kind == "realnvp":
+        flow = ff.models.RealNVP(features=d, layers=layers, hidden=h, mask="half")
+    else:
+        raise Unavailable(f"no {kind}")
+    return Model(flow, flow.log_prob, lambda n: flow.sample(n))
+
+
+# -- nflows --------------------------------------------------------------------------------------
+
+
+def nflows(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
+    try:
+        from nflows import distributions, flows, transforms
+        from nflows.transforms import autoregressive as ar
+        from nflows.transforms import coupling as cp
+    except Exception as e:  # pragma: no cover - depends on the environment
+        raise Unavailable(f"import failed: {type(e).__name__}: {e}") from None
+
+    class Net(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.net = _mlp(i, o, hidden)
+
+        def forward(self, x, context=None):
+            return self.net(x)
+
+    chain = []
+    for i in range(layers):
+        if i and kind != "realnvp":  # RealNVP alternates its masks instead
+            chain.append(transforms.ReversePermutation(d))
+        if kind == "maf":
+            chain.append(
+                ar.MaskedAffineAutoregressiveTransform(
+                    d, hidden, num_blocks=1, use_residual_blocks=False
+                )
+            )
+        elif kind == "nsf-ar":
+            chain.append(
+                ar.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    d,
+                    hidden,
+                    num_bins=bins,
+                    tails="linear",
+                    tail_bound=BOUND,
+                    num_blocks=1,
+                    use_residual_blocks=False,
+                )
+            )
+        elif kind in ("nsf-c", "realnvp"):
+            mask = torch.ones(d)
+            mask[: (d + 1) // 2] = -1  # -1: transformed, +1: identity (nflows' convention)
+            if kind == "nsf-c":
+                chain.append(
+                    cp.PiecewiseRationalQuadraticCouplingTransform(
+                        mask, Net, num_bins=bins, tails="linear", tail_bound=BOUND
+                    )
+                )
+            else:
+                chain.append(cp.AffineCouplingTransform(-mask if i % 2 else mask, Net))
+        else:
+            raise Unavailable(f"no {kind}")
+    flow = flows.Flow(transforms.CompositeTransform(chain), distributions.StandardNormal([d]))
+    return Model(flow, flow.log_prob, lambda n: flow.sample(n))
+
+
+# -- zuko ----------------------------------------------------------------------------------------
+
+
+def zuko(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
+    try:
+        import zuko as z
+    except Exception as e:  # pragma: no cover
+        raise Unavailable(f"import failed: {type(e).__name__}: {e}") from None
+    h = (hidden, hidden)
+    note = ""
+    if kind == "maf":
+        flow = z.flows.MAF(d, transforms=layers, hidden_features=h)
+    elif kind == "nsf-ar":
+        flow = z.flows.NSF(d, bins=bins, transforms=layers, hidden_features=h)
+    elif kind == "nsf-c":
+        flow = z.flows.NSF(d, bins=bins, transforms=layers, hidden_features=h, passes=2)
+        note = "coupling as a 2-pass masked MLP (zuko's way)"
+    elif kind == "realnvp":
+        flow = z.flows.RealNVP(d, transforms=layers, hidden_features=h)
+    else:
+        raise Unavailable(f"no {kind}")
+    return Model(flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,)), note)
+
+
+# -- normflows -----------------------------------------------------------------------------------
+
+
+def normflows(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
+    try:
+        import normflows as nf
+    except Exception as e:  # pragma: no cover
+        raise Unavailable(f"import failed: {type(e).__name__}: {e}") from None
+    chain = []
+    note = ""
+    for i in range(layers):
+        if kind == "maf":
+            chain.append(
+                nf.flows.MaskedAffineAutoregressive(
+                    d, hidden, num_blocks=1, use_residual_blocks=False
+                )
+            )
+        elif kind == "nsf-ar":
+            chain.append(
+                nf.flows.AutoregressiveRationalQuadraticSpline(
+                    d, 1, hidden, num_bins=bins, tail_bound=BOUND
+                )
+            )
+            note = "residual MADE (1 block: 3 hidden linear layers), not configurable"
+        elif kind == "nsf-c":
+            chain.append(
+                nf.flows.CoupledRationalQuadraticSpline(
+                    d, 1, hidden, num_bins=bins, tail_bound=BOUND, reverse_mask=bool(i % 2)
+                )
+            )
+            note = "residual MLP conditioner (1 block: 3 hidden linear layers), not configurable"
+        elif kind == "realnvp":
+            half = d // 2
+            net = nf.nets.MLP([half, hidden, hidden, 2 * (d - half)], init_zeros=True)
+            chain.append(nf.flows.AffineCouplingBlock(net, scale_map="exp"))
+            chain.append(nf.flows.Permute(d, mode="swap"))
+            continue
+        else:
+            raise Unavailable(f"no {kind}")
+        if kind in ("maf", "nsf-ar") and i < layers - 1:
+            chain.append(nf.flows.Permute(d, mode="swap"))
+    if d % 2 and kind == "realnvp":
+        raise Unavailable("odd dimension")
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(d, trainable=False), chain)
+    return Model(model, model.log_prob, lambda n: model.sample(n)[0], note)
+
+
+# -- FrEIA ---------------------------------------------------------------------------------------
+
+
+def freia(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
+    if kind != "realnvp":
+        raise Unavailable("no MAF/NSF layer in FrEIA")
+    try:
+        import FrEIA.framework as Ff
+        import FrEIA.modules as Fm
+    except Exception as e:  # pragma: no cover
+        raise Unavailable(f"import failed: {type(e).__name__}: {e}") from None
+    if layers % 2:
+        raise Unavailable("FrEIA's GLOW block is two couplings; needs an even layer count")
+    inn = Ff.SequenceINN(d)
+    for _ in range(layers // 2):
+        inn.append(
+            Fm.GLOWCouplingBlock,
+            subnet_constructor=lambda i, o: _mlp(i, o, hidden),
+            clamp=3.0,
+        )
+    c = 0.5 * d * math.log(2 * math.pi)
+
+    def log_prob(x):
+        z, jac = inn(x)
+        return -0.5 * z.square().sum(1) - c + jac
+
+    def sample(n):
+        return inn(torch.randn(n, d), rev=True)[0]
+
+    return Model(inn, log_prob, sample, "GLOWCouplingBlock = two affine couplings")
+
+
+LIBRARIES = {
+    "flowforge": flowforge,
+    "nflows": nflows,
+    "zuko": zuko,
+    "normflows": normflows,
+    "FrEIA": freia,
+}
