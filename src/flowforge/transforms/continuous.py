@@ -180,8 +180,9 @@ class _Dynamics(nn.Module):
             cnf.nfe_backward += 1
             n, where = cnf.nfe_backward, "adjoint (backward) solve"
         if n > self.budget:
+            at = float(t.detach())
             raise ODEStepBudgetError(
-                f"CNF {where} stopped after {n} function evaluations at t={float(t):.4g}: it "
+                f"CNF {where} stopped after {n} function evaluations at t={at:.4g}: it "
                 f"exceeded its step budget (max_steps={cnf.max_steps} steps of {cnf.method}, "
                 f"rtol={cnf.rtol:g}, atol={cnf.atol:g}). The dynamics are too stiff for these "
                 "tolerances: loosen rtol/atol, raise max_steps, or regularise the dynamics "
