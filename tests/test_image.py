@@ -13,7 +13,7 @@ from flowforge import transforms as T
 from flowforge.image_models import default_scales
 from flowforge.nets import ConvResNet
 
-# -- build-time errors ----------------------------------------------------------------------------
+# -- build-time errors -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 8), (1, 8, 7), (2, 3, 3)])
@@ -68,7 +68,7 @@ def test_default_scales():
     assert default_scales((1, 4, 4), "glow") == 1
 
 
-# -- squeeze and factor-out -----------------------------------------------------------------------
+# -- squeeze and factor-out ------------------------------------------------------------------------
 
 
 def test_squeeze_layout_and_exact_inverse():
@@ -114,7 +114,7 @@ def test_split_prior_is_a_gaussian_on_the_factored_half():
     assert torch.allclose(ladj - inner_ladj, -log_sigma.reshape(5, -1).sum(1))
 
 
-# -- full models ------------------------------------------------------------------------------------
+# -- full models -----------------------------------------------------------------------------------
 
 
 def _warm(flow, x):
@@ -232,7 +232,7 @@ def test_conv_conditioner_starts_at_zero_and_reads_context():
     assert torch.equal(z, x) and torch.equal(ladj, torch.zeros(3))
 
 
-# -- bits per dimension -----------------------------------------------------------------------------
+# -- bits per dimension ----------------------------------------------------------------------------
 
 
 def _gaussian_flow(shape, loc, scale):
