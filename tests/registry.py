@@ -197,7 +197,13 @@ MODEL_CASES = [
 add(*MODEL_CASES)
 
 # Later layer families register their cases in their own modules.
-MODULES = ["cases_image", "cases_autoregressive", "cases_continuous", "cases_residual"]
+MODULES = [
+    "cases_image",
+    "cases_autoregressive",
+    "cases_continuous",
+    "cases_residual",
+    "cases_improvements",
+]
 for _m in MODULES:
     try:
         add(*importlib.import_module(_m).CASES)

@@ -126,6 +126,9 @@ def Glow(
     alpha: float = 0.05,
     base: str = "normal",
     components: int = 8,
+    dequantization: str = "uniform",
+    mask: str = "channel",
+    rezero: bool = False,
 ) -> Flow:
     r"""Glow (Kingma & Dhariwal, 2018): multi-scale ActNorm, 1x1 convolution, affine coupling.
 
@@ -156,7 +159,11 @@ def Glow(
             prior as extra channels (and by the base if it is learnable: ``base="diag"``).
         levels: number of discrete data levels (e.g. 17 for the 0..16 digits, 256 for 8-bit
             images): dequantize and report likelihoods on the raw data scale.
-        preprocess, alpha, base, components: see :mod:`flowforge.models`.
+        preprocess, alpha, base, components, dequantization: see :mod:`flowforge.models`.
+        mask: ``"channel"`` (Glow) or ``"checkerboard"`` (RealNVP's spatial mask, alternating
+            between steps) for the couplings.
+        rezero: gate each coupling with a zero-initialised scalar instead of zero-initialising
+            the conditioner's last layer.
 
     Example:
         >>> import flowforge as ff
@@ -167,7 +174,11 @@ def Glow(
     shape = _event_shape(None, shape)
     scales = default_scales(shape, "glow") if scales is None else int(scales)
     _check_scales(shape, scales, scales, "Glow")
-    cond = _conv_conditioner(_width(hidden), blocks, context_features, activation)
+    if mask not in ("channel", "checkerboard"):
+        raise ValueError(f"unknown mask {mask!r}; expected 'channel' or 'checkerboard'")
+    cond = _conv_conditioner(
+        _width(hidden), blocks, context_features, activation, zero_init=not rezero
+    )
     prior_width = max(_width(hidden) // 2, 1) if prior_hidden is None else int(prior_hidden)
     prior = (
         _conv_conditioner(prior_width, 0, context_features, activation) if split_prior else False
@@ -177,14 +188,12 @@ def Glow(
         sq = Squeeze(in_shape)
         s = sq.output_shape
         chain: list[Transform] = [sq]
-        for _ in range(steps):
+        for j in range(steps):
             chain.append(ActNorm(s))
             chain += _glow_mixer(permutation, s)
-            chain.append(
-                Coupling(
-                    channel_mask(s), cond, _transformer(coupling, scale_bound), context_features
-                )
-            )
+            m = channel_mask(s) if mask == "channel" else checkerboard_mask(s, flip=j % 2 == 1)
+            t = _transformer(coupling, scale_bound)
+            chain.append(Coupling(m, cond, t, context_features, rezero=rezero))
         if i < scales - 1:
             kept = ((s[0] + 1) // 2, *s[1:])
             chain.append(FactorOut(s, level(kept, i + 1), prior, context_features))
@@ -199,6 +208,7 @@ def Glow(
         alpha=alpha,
         base=base,
         components=components,
+        dequantization=dequantization,
     )
 
 
@@ -222,6 +232,7 @@ def realnvp_image(
     base: str = "normal",
     components: int = 8,
     layers: int | None = None,
+    dequantization: str = "uniform",
 ) -> Flow:
     r"""RealNVP's multi-scale image architecture (Dinh et al., 2017, section 3.6).
 
@@ -247,7 +258,7 @@ def realnvp_image(
             the conditioner's last layer.
         layers: the vector RealNVP's coupling count; not used by the image architecture
             (use ``couplings``/``final_couplings``), so giving it is an error.
-        (context_features, levels, preprocess, alpha, base, components: see
+        (context_features, levels, preprocess, alpha, base, components, dequantization: see
         :mod:`flowforge.models`)
     """
     if layers is not None:
@@ -297,4 +308,5 @@ def realnvp_image(
         alpha=alpha,
         base=base,
         components=components,
+        dequantization=dequantization,
     )

@@ -10,8 +10,14 @@ Common arguments:
         the flow dequantizes with ``U[0, 1)`` and reports likelihoods on the raw scale.
     preprocess: with ``levels``: ``"logit"`` (RealNVP's, ``alpha``), ``"scale"`` (to
         ``[-1/2, 1/2]``) or ``None``.
-    base: ``"normal"``, ``"diag"`` (learnable diagonal Gaussian) or ``"mixture"`` (learnable
-        Gaussian mixture, ``components``). With a context, learnable bases are conditional.
+    base: ``"normal"``, ``"diag"`` (learnable diagonal Gaussian), ``"mixture"`` (learnable
+        Gaussian mixture, ``components``), ``"made-mog"`` (autoregressive: a MADE gives a
+        ``components``-Gaussian mixture per dimension) or ``"class-gaussian"`` (needs a context:
+        a Gaussian whose mean and scale are linear in it, i.e. one Gaussian per class for a
+        one-hot label). With a context, learnable bases are conditional.
+    dequantization: with ``levels``: ``"uniform"`` (``u ~ U[0, 1)``) or ``"variational"``
+        (Flow++: a learned conditional flow ``q(u | x)``, trained jointly; the NLL is the
+        variational bound). See :mod:`flowforge.transforms.dequantization`.
 """
 
 from __future__ import annotations
@@ -116,23 +122,94 @@ def _event_shape(features: int | None, shape: Sequence[int] | None) -> tuple[int
 def make_base(
     name: str, event_shape: tuple[int, ...], context_features: int = 0, components: int = 8
 ) -> nn.Module:
-    """A base distribution by name: normal, diag or mixture."""
+    """A base distribution by name: normal, diag, mixture, made-mog or class-gaussian.
+
+    ``name`` may also be a mapping such as ``{"name": "made-mog", "hidden": [32, 32],
+    "components": 4}``: the other keys go to the base's constructor (for ``made-mog`` and
+    ``mixture``: ``hidden``, ``components``, ``spread``).
+    """
+    options = {}
+    if isinstance(name, dict):
+        options = dict(name)
+        name = options.pop("name", None)
+        components = options.pop("components", components)
+        if options and name not in ("made-mog", "mademog", "made_mog", "mixture"):
+            raise ValueError(f"base {name!r} takes no options, got {sorted(options)}")
+    if name in ("made-mog", "mademog", "made_mog"):
+        try:
+            return D.MADEMoG(event_shape, components, context_features, **options)
+        except TypeError as e:
+            raise ValueError(f"bad made-mog base options {options}: {e}") from None
+    if name == "mixture" and options:
+        try:
+            return D.GaussianMixture(event_shape, components, context_features, **options)
+        except TypeError as e:
+            raise ValueError(f"bad mixture base options {options}: {e}") from None
+    if name == "class-gaussian":
+        if not context_features:
+            raise ValueError(
+                "base='class-gaussian' is a Gaussian per class and needs a context "
+                "(context_features > 0, e.g. a one-hot label)"
+            )
+        return D.DiagGaussian(event_shape, context_features, hidden=())
     if name == "normal":
         return D.StandardNormal(event_shape)
     if name == "diag":
         return D.DiagGaussian(event_shape, context_features)
     if name == "mixture":
         return D.GaussianMixture(event_shape, components, context_features)
-    raise ValueError(f"unknown base {name!r}; expected 'normal', 'diag' or 'mixture'")
+    raise ValueError(
+        f"unknown base {name!r}; expected 'normal', 'diag', 'mixture', 'made-mog' or "
+        "'class-gaussian'"
+    )
+
+
+DEQUANTIZATIONS = ("uniform", "variational")
+
+
+def make_dequantizer(kind, event_shape: tuple[int, ...], levels: int | None):
+    """The dequantizer for ``levels`` discrete values: ``"uniform"`` or ``"variational"``.
+
+    ``kind`` may also be a mapping ``{"name": "variational", "steps": 2, "hidden": 16,
+    "blocks": 0}`` that sizes the variational dequantizer's flow (see
+    :class:`~flowforge.transforms.VariationalDequantization`).
+    """
+    options = {}
+    if isinstance(kind, dict):
+        options = dict(kind)
+        kind = options.pop("name", "variational")
+        if kind == "uniform" and options:
+            raise ValueError(f"uniform dequantization takes no options, got {sorted(options)}")
+    if kind not in DEQUANTIZATIONS:
+        raise ValueError(f"unknown dequantization {kind!r}; expected 'uniform' or 'variational'")
+    if levels is None:
+        if kind == "variational":
+            raise ValueError(
+                "dequantization='variational' is for discrete data: give levels= (the number "
+                "of discrete values, e.g. 17 for digits); continuous data needs no dequantization"
+            )
+        return None
+    if kind == "variational":
+        from .transforms.dequantization import VariationalDequantization
+
+        try:
+            return VariationalDequantization(event_shape, levels, **options)
+        except TypeError as e:
+            raise ValueError(f"bad variational dequantization options {options}: {e}") from None
+    return UniformDequantization(levels)
 
 
 def preprocessing(
-    event_shape: tuple[int, ...], levels: int | None, preprocess: str | None, alpha: float
+    event_shape: tuple[int, ...],
+    levels: int | None,
+    preprocess: str | None,
+    alpha: float,
+    dequantization: str = "uniform",
 ) -> tuple[list[Transform], nn.Module | None]:
     """The dequantizer and the fixed first layers for data with ``levels`` discrete values."""
+    deq = make_dequantizer(dequantization, event_shape, levels)
     if levels is None:
         return [], None
-    deq = UniformDequantization(levels)
     if preprocess == "logit":
         return [Logit(event_shape, levels, alpha)], deq
     if preprocess == "scale":
@@ -152,9 +229,10 @@ def assemble(
     alpha: float,
     base: str,
     components: int,
+    dequantization: str = "uniform",
 ) -> Flow:
     """Preprocessing + ``layers`` + base, as one :class:`Flow`."""
-    pre, deq = preprocessing(event_shape, levels, preprocess, alpha)
+    pre, deq = preprocessing(event_shape, levels, preprocess, alpha, dequantization)
     transform = Compose(*pre, *layers)
     return Flow(
         transform,
@@ -221,6 +299,7 @@ def NICE(
     alpha: float = 0.05,
     base: str = "normal",
     components: int = 8,
+    dequantization: str = "uniform",
 ) -> Flow:
     r"""NICE (Dinh et al., 2015): additive couplings and a final diagonal scaling layer.
 
@@ -260,6 +339,7 @@ def NICE(
         alpha=alpha,
         base=base,
         components=components,
+        dequantization=dequantization,
     )
 
 
@@ -281,6 +361,7 @@ def RealNVP(
     alpha: float = 0.05,
     base: str = "normal",
     components: int = 8,
+    dequantization: str = "uniform",
     **image_options,
 ) -> Flow:
     r"""RealNVP (Dinh et al., 2017): affine couplings with a bounded log-scale.
@@ -325,6 +406,7 @@ def RealNVP(
             alpha=alpha,
             base=base,
             components=components,
+            dequantization=dequantization,
             batch_norm=batch_norm,
             activation=activation,
             **image_options,
@@ -352,6 +434,7 @@ def RealNVP(
         alpha=alpha,
         base=base,
         components=components,
+        dequantization=dequantization,
     )
 
 

@@ -44,3 +44,8 @@ __all__ += ["CNF", "ODENet", "ODEStepBudgetError", "ode_methods"]
 from .residual import Planar, Radial, ResidualBlock, Sylvester  # noqa: E402
 
 __all__ += ["Planar", "Radial", "ResidualBlock", "Sylvester"]
+
+# learned dequantization noise (Flow++)
+from .dequantization import VariationalDequantization  # noqa: E402
+
+__all__ += ["VariationalDequantization"]
