@@ -92,6 +92,13 @@ def _train_overrides(args) -> dict:
         o.setdefault("data", {}).update(_parse_mapping(args.data_kwargs, "--data-kwargs"))
     if args.limit is not None:
         o.setdefault("data", {})["limit"] = args.limit
+    if args.conditional is not None:
+        o.setdefault("data", {})["conditional"] = args.conditional
+    if args.target_columns is not None:
+        o.setdefault("data", {})["target_columns"] = args.target_columns
+    for flag in ("dequantization", "base"):
+        if getattr(args, flag) is not None:
+            o.setdefault("model", {})[flag] = getattr(args, flag)
     if args.seed is not None:
         o["seed"] = args.seed
     if args.layout is not None:
@@ -198,7 +205,26 @@ def evaluate_run(
     r = cfg["resolved"]
     flow = load_run(run)
     shape = tuple(r["event_shape"])
-    if data is not None:
+    info = r.get("context")
+    context = None
+    if data is not None and info is not None:
+        if info["kind"] != "columns":
+            raise DataError(
+                "eval --data is not available for a label-conditional run (the file has no "
+                "labels); evaluate its splits with --split"
+            )
+        from .data import column_context
+
+        full = read_examples(data)
+        want = len(info["target_columns"]) + len(info["context_columns"])
+        if full.dim() != 2 or full.shape[1] != want:
+            raise DataError(
+                f"{data} has shape {tuple(full.shape)}; this run expects {want} columns"
+            )
+        x = full[:, info["target_columns"]]
+        context = column_context(full[:, info["context_columns"]], info)
+        split = str(data)
+    elif data is not None:
         x = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8)))
         if tuple(x.shape[1:]) != tuple(r["data_shape"]):
             what = f"{x.shape[1]} columns" if x.dim() == 2 else f"shape {tuple(x.shape[1:])}"
@@ -210,11 +236,12 @@ def evaluate_run(
             raise DataError(f"{data} has {what}; this run's model expects {want}")
         split = str(data)
     else:
-        x = run_dataset(cfg).split(split)
+        ds = run_dataset(cfg)
+        x, context = ds.split(split), ds.split_context(split)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            v = nll(flow, x.reshape(-1, *shape), batch_size=batch_size)
+            v = nll(flow, x.reshape(-1, *shape), context, batch_size=batch_size)
         except ValueError as e:
             raise DataError(f"{split}: {_one_line(e)}") from None
     out = {
@@ -258,15 +285,67 @@ def cmd_sample(args) -> int:
     if not args.temperature > 0:
         raise WorkbenchError(f"--temperature must be positive, got {args.temperature}")
     cfg = run_config(args.run)
+    context, what = sample_context(cfg, args.label, args.context)
     flow = load_run(args.run)
-    x = sample_run(flow, cfg, args.n, args.temperature, args.seed)
-    save_samples(x, cfg, out, title=f"{args.n} samples, T={args.temperature:g}")
-    print(f"wrote {args.n} samples to {out}")
+    x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
+    save_samples(x, cfg, out, title=f"{args.n} samples{what}, T={args.temperature:g}")
+    print(f"wrote {x.shape[0]} samples{what} to {out}")
     return 0
 
 
+def sample_context(cfg: dict, label: str | None, context: str | None):
+    """The model-ready context rows that ``--label`` / ``--context`` ask for (None for an
+    unconditional run) and a few words for the messages; one-line errors otherwise."""
+    from .data import ContextError, column_context, label_context
+
+    info = cfg["resolved"].get("context")
+    if info is None:
+        if label is not None or context is not None:
+            raise ContextError("this run is unconditional; drop --label/--context")
+        return None, ""
+    if info["kind"] == "label":
+        if context is not None:
+            raise ContextError(
+                "this run is conditioned on class labels: use --label, not --context"
+            )
+        if label is None:
+            raise ContextError(
+                f"this run is conditional: pass --label with one or more of its classes "
+                f"{info['classes']} (e.g. --label 3 or --label 0,1,2)"
+            )
+        try:
+            labels = [int(v) for v in str(label).split(",") if v.strip()]
+        except ValueError:
+            raise ContextError(f"--label expects integers like 3 or 0,1,2, got {label!r}") from None
+        return label_context(labels, info), f" of label {label}"
+    if label is not None:
+        raise ContextError("this run is conditioned on table columns: use --context, not --label")
+    if context is None:
+        raise ContextError(
+            f"this run is conditional: pass --context with the {info['features']} raw values of "
+            f"columns {info['context_columns']} (rows separated by ';')"
+        )
+    try:
+        rows = [[float(v) for v in row.split(",")] for row in context.split(";") if row.strip()]
+    except ValueError:
+        raise ContextError(
+            f"--context expects numbers like '1.5,2' or '1,2;3,4', got {context!r}"
+        ) from None
+    if len({len(r) for r in rows}) > 1:
+        raise ContextError("--context rows have different lengths")
+    return column_context(rows, info), f" given context {context}"
+
+
 def cmd_report(args) -> int:
+    from .data import WorkbenchError
     from .report import write_report
+    from .train import run_config
+
+    if run_config(args.run)["resolved"].get("context"):
+        raise WorkbenchError(
+            "reports of conditional runs are not supported yet; use 'flowforge eval' and "
+            "'flowforge sample --label/--context'"
+        )
 
     temps = tuple(float(t) for t in args.temperatures.split(","))
     path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)
@@ -333,6 +412,24 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--grad-clip", type=float)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     s.add_argument("--limit", type=int, help="use only the first N training examples")
+    s.add_argument(
+        "--conditional",
+        choices=["label"],
+        help="label: a class-conditional model (one-hot labels as context; digits)",
+    )
+    s.add_argument(
+        "--target-columns",
+        help="a table's columns to model, e.g. 0,1: p(those | the other columns)",
+    )
+    s.add_argument(
+        "--dequantization",
+        choices=["uniform", "variational"],
+        help="for discrete data: uniform noise (default) or a learned q(u|x) (Flow++)",
+    )
+    s.add_argument(
+        "--base",
+        help="base distribution: normal, diag, mixture, made-mog or class-gaussian",
+    )
     s.add_argument("--device", help="cpu, cuda or auto")
     s.add_argument(
         "--set",
@@ -360,6 +457,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=64)
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--out", required=True, help="a .png, .npy or .csv file")
+    s.add_argument("--label", help="class label(s) of a class-conditional run, e.g. 3 or 0,1,2")
+    s.add_argument(
+        "--context",
+        help="raw context values of a column-conditional run, e.g. '1.5,2' (rows split by ';')",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_sample)

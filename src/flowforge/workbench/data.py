@@ -28,8 +28,12 @@ from torch import Tensor
 __all__ = [
     "DATASETS",
     "Dataset",
+    "ContextError",
     "DataError",
     "WorkbenchError",
+    "column_context",
+    "label_context",
+    "make_conditional",
     "load_dataset",
     "read_examples",
     "TOYS",
@@ -67,11 +71,19 @@ class Dataset:
     kind: str = "table"
     stats: dict | None = None
     info: dict = field(default_factory=dict)
+    # conditional data: the model-ready context of each split, and how to make one
+    context: dict | None = None
+    context_info: dict | None = None
 
     def split(self, name: str) -> Tensor:
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; expected train, val or test")
         return getattr(self, name)
+
+    def split_context(self, name: str) -> Tensor | None:
+        """The context rows of split ``name`` (None for unconditional data)."""
+        self.split(name)
+        return None if self.context is None else self.context[name]
 
     @property
     def is_image(self) -> bool:
@@ -170,8 +182,20 @@ def _digits(seed: int = 0, **options) -> Dataset:
     _no_options("digits", options)
     from sklearn.datasets import load_digits
 
-    x = torch.from_numpy(load_digits().data.astype(np.float32)).reshape(-1, 1, 8, 8)
-    return Dataset("digits", x[:1000], x[1000:1350], x[1350:], (1, 8, 8), levels=17, kind="image")
+    digits = load_digits()
+    x = torch.from_numpy(digits.data.astype(np.float32)).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(digits.target.astype(np.int64))
+    labels = {"train": y[:1000], "val": y[1000:1350], "test": y[1350:]}
+    return Dataset(
+        "digits",
+        x[:1000],
+        x[1000:1350],
+        x[1350:],
+        (1, 8, 8),
+        levels=17,
+        kind="image",
+        info={"labels": labels},
+    )
 
 
 def _no_options(name: str, options: dict) -> None:
@@ -438,7 +462,14 @@ def read_examples(spec: str, bits: int = 8) -> Tensor:
 # -- entry point ---------------------------------------------------------------------------------
 
 
-def load_dataset(spec: str, seed: int = 0, limit: int | None = None, **options) -> Dataset:
+def load_dataset(
+    spec: str,
+    seed: int = 0,
+    limit: int | None = None,
+    conditional: str | None = None,
+    target_columns=None,
+    **options,
+) -> Dataset:
     """Load a registered dataset by name, or a table / image folder by path.
 
     Args:
@@ -448,6 +479,11 @@ def load_dataset(spec: str, seed: int = 0, limit: int | None = None, **options) 
         options: dataset options: toys take ``n_train``, ``n_val``, ``n_test``; files take
             ``val_fraction``, ``test_fraction``, ``shuffle``; tables take ``levels`` and
             ``standardize``; image folders take ``bits``.
+        conditional: ``"label"``: a class-conditional dataset whose context is the one-hot
+            label (digits; see :func:`make_conditional`).
+        target_columns: for tables, the columns modelled as ``y``; the other columns become
+            the context of a conditional density ``p(y | x)``, standardised with training-split
+            statistics.
     """
     key = str(spec).lower()
     if key in DATASETS:
@@ -479,4 +515,131 @@ def load_dataset(spec: str, seed: int = 0, limit: int | None = None, **options) 
     for k in ("train", "val", "test"):
         if ds.split(k).shape[0] == 0:
             raise DataError(f"{spec}: the {k} split is empty")
+    if conditional is not None or target_columns is not None:
+        make_conditional(ds, conditional, target_columns)
     return ds
+
+
+# -- conditional data ----------------------------------------------------------------------------
+
+
+class ContextError(WorkbenchError, ValueError):
+    """A context (a label, context columns) that the conditional model cannot take."""
+
+
+def _parse_columns(spec, width: int) -> list[int]:
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+    elif isinstance(spec, int):
+        parts = [spec]
+    else:
+        parts = list(spec)
+    out = []
+    for p in parts:
+        try:
+            i = int(p)
+        except (TypeError, ValueError):
+            raise DataError(f"target column {p!r} is not a column index") from None
+        if not -width <= i < width:
+            raise DataError(f"target column {i} is out of range for a table of {width} columns")
+        out.append(i % width)
+    if not out or len(set(out)) != len(out):
+        raise DataError(f"expected distinct target columns, got {spec!r}")
+    if len(out) == width:
+        raise DataError(
+            f"target columns {out} leave no context column (the table has {width} columns)"
+        )
+    return out
+
+
+def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) -> Dataset:
+    """Give ``ds`` a context per example, in place.
+
+    - ``conditional="label"``: the one-hot class label (classes: those of the training split).
+    - ``target_columns``: table columns kept as the data ``y``; the others become the context,
+      standardised with the training split's mean and std (``context_info["stats"]``).
+    """
+    if conditional is not None and target_columns is not None:
+        raise DataError("give either conditional='label' or target_columns, not both")
+    if conditional is not None:
+        if conditional != "label":
+            raise DataError(f"unknown conditional {conditional!r}; expected 'label'")
+        labels = ds.info.get("labels")
+        if labels is None:
+            raise DataError(
+                f"{ds.name} has no class labels (conditional='label' works with digits); for a "
+                "table, use target_columns to condition on the other columns"
+            )
+        labels = {k: labels[k][: ds.split(k).shape[0]] for k in ("train", "val", "test")}
+        classes = sorted(int(c) for c in torch.unique(labels["train"]))
+        info = {"kind": "label", "classes": classes, "features": len(classes)}
+        ds.context = {k: label_context(v, info) for k, v in labels.items()}
+        ds.context_info = info
+        return ds
+    if ds.kind != "table":
+        raise DataError(f"target_columns selects columns of a table; {ds.name} is {ds.kind} data")
+    width = ds.shape[0]
+    ys = _parse_columns(target_columns, width)
+    cs = [i for i in range(width) if i not in ys]
+    raw_c = {k: ds.split(k)[:, cs] for k in ("train", "val", "test")}
+    for k in ("train", "val", "test"):
+        setattr(ds, k, ds.split(k)[:, ys].contiguous())
+    ds.shape = (len(ys),)
+    if ds.stats is not None:
+        ds.stats = _standardize_stats(ds.train)
+    info = {
+        "kind": "columns",
+        "target_columns": ys,
+        "context_columns": cs,
+        "features": len(cs),
+        "stats": _standardize_stats(raw_c["train"]),
+    }
+    ds.context = {k: column_context(v, info) for k, v in raw_c.items()}
+    ds.context_info = info
+    return ds
+
+
+def label_context(labels, info: dict) -> Tensor:
+    """One-hot contexts for integer ``labels``; ``ContextError`` for a label not seen in
+    training (or a run that is not label-conditional)."""
+    if not info or info.get("kind") != "label":
+        raise ContextError("this model is not conditioned on class labels")
+    classes = info["classes"]
+    t = torch.as_tensor(labels)
+    if t.dim() == 0:
+        t = t.reshape(1)
+    if t.is_floating_point() and not torch.equal(t, t.floor()):
+        raise ContextError(f"labels must be integers, got {t.tolist()}")
+    t = t.long()
+    index = {c: i for i, c in enumerate(classes)}
+    bad = sorted({int(v) for v in t.tolist()} - set(index))
+    if bad:
+        raise ContextError(
+            f"label {bad[0]} is not one of the {len(classes)} classes seen in training "
+            f"({classes[0]}..{classes[-1]})"
+            if classes == list(range(classes[0], classes[-1] + 1))
+            else f"label {bad[0]} is not one of the classes seen in training {classes}"
+        )
+    idx = torch.tensor([index[int(v)] for v in t.tolist()], dtype=torch.long)
+    return torch.nn.functional.one_hot(idx, len(classes)).float()
+
+
+def column_context(values, info: dict) -> Tensor:
+    """Standardised contexts from raw context-column ``values`` of shape ``(B, k)`` (or
+    ``(k,)``); ``ContextError`` if the width is wrong or a value is not finite."""
+    if not info or info.get("kind") != "columns":
+        raise ContextError("this model is not conditioned on table columns")
+    t = torch.as_tensor(values, dtype=torch.float32)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    k = info["features"]
+    if t.dim() != 2 or t.shape[1] != k:
+        raise ContextError(
+            f"expected {k} context value(s) per row (columns {info['context_columns']}), "
+            f"got shape {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        raise ContextError("the context contains NaN or inf")
+    loc = torch.tensor(info["stats"]["loc"], dtype=torch.float32)
+    scale = torch.tensor(info["stats"]["scale"], dtype=torch.float32)
+    return (t - loc) / scale

@@ -85,13 +85,21 @@ def _show(ax, img: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def sample_run(flow, cfg: dict, n: int, temperature: float = 1.0, seed: int = 0) -> Tensor:
-    """``n`` samples from a run's flow on the data's own scale and shape."""
+def sample_run(
+    flow, cfg: dict, n: int, temperature: float = 1.0, seed: int = 0, context=None
+) -> Tensor:
+    """``n`` samples from a run's flow on the data's own scale and shape.
+
+    With a ``(B, k)`` context (a conditional run) it returns ``n`` samples per row, ``B * n``
+    in all, row by row, drawn in one vectorised call.
+    """
     flow.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        x = flow.sample(n, temperature=temperature)
-    return x.reshape(n, *cfg["resolved"]["data_shape"])
+        x = flow.sample(n, context, temperature=temperature)
+    if context is not None:
+        x = x.reshape(n, context.shape[0], -1).transpose(0, 1)
+    return x.reshape(-1, *cfg["resolved"]["data_shape"])
 
 
 def save_samples(x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "") -> None:

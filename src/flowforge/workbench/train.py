@@ -283,6 +283,20 @@ def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
                 f"model {name!r} cannot model discrete data (it takes no levels= argument)"
             )
         kwargs["levels"] = ds.levels
+    if ds.context_info is not None:
+        k = int(ds.context_info["features"])
+        if not accepts("context_features"):
+            raise WorkbenchError(f"model {name!r} cannot be conditional (no context_features=)")
+        if kwargs.setdefault("context_features", k) != k:
+            raise WorkbenchError(
+                f"model argument context_features={kwargs['context_features']} does not match "
+                f"the data's context of {k} features; remove it"
+            )
+    elif kwargs.get("base") == "class-gaussian":
+        raise WorkbenchError(
+            "base 'class-gaussian' needs a conditional run: add --conditional label (or "
+            "--target-columns for a table)"
+        )
     fell_back = None
     shape_kw = {"shape": list(ds.shape)} if layout == "image" else {"features": math.prod(ds.shape)}
     try:
@@ -312,9 +326,20 @@ def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
         "parameters": sum(p.numel() for p in inner.parameters()),
         "examples": {k: int(ds.split(k).shape[0]) for k in ("train", "val", "test")},
     }
+    if ds.context_info is not None:
+        resolved["context"] = ds.context_info
     if fell_back:
         resolved["note"] = fell_back
     return flow, inner, resolved
+
+
+def _context_note(resolved: dict) -> str:
+    c = resolved.get("context")
+    if not c:
+        return ""
+    if c["kind"] == "label":
+        return f"; conditional on {c['features']} class labels"
+    return f"; p(columns {c['target_columns']} | columns {c['context_columns']})"
 
 
 def _build(name: str, kwargs: dict) -> Flow:
@@ -574,7 +599,9 @@ def _nonfinite(obj) -> bool:
 
 
 @torch.no_grad()
-def find_nonfinite(flow: Flow, x: Tensor, rng_state: Tensor | None = None) -> str:
+def find_nonfinite(
+    flow: Flow, x: Tensor, rng_state: Tensor | None = None, context: Tensor | None = None
+) -> str:
     """Re-run ``flow.log_prob(x)`` with hooks; name the first module whose output is NaN/inf."""
     names = {m: n for n, m in flow.named_modules()}
     hits: list[str] = []
@@ -589,7 +616,7 @@ def find_nonfinite(flow: Flow, x: Tensor, rng_state: Tensor | None = None) -> st
         if rng_state is not None:
             torch.set_rng_state(rng_state)
         try:
-            flow.log_prob(x)
+            flow.log_prob(x, context)
         except Exception as e:  # report, do not mask the original problem
             return f"the re-run raised {type(e).__name__}: {' '.join(str(e).split())}"
     finally:
@@ -698,6 +725,8 @@ class Trainer:
         progress: bool = True,
         callback: Callable[[Trainer], None] | None = None,
         echo: bool = True,
+        train_context: Tensor | None = None,
+        val_context: Tensor | None = None,
     ):
         self.cfg = {**DEFAULT_TRAIN, **(train or {})}
         self.flow, self.seed = flow, int(seed)
@@ -706,6 +735,9 @@ class Trainer:
         self.device = _device(self.cfg["device"])
         self.flow.to(self.device)
         self.train_x, self.val_x = train_x.to(self.device), val_x.to(self.device)
+        # contexts of a conditional flow (row i conditions example i); None: unconditional
+        self.train_c = None if train_context is None else train_context.to(self.device)
+        self.val_c = None if val_context is None else val_context.to(self.device)
         self.model_bytes = model_bytes or (lambda: io.to_bytes(flow))
         self.bits_dims = bits_dims
         self.progress, self.callback, self.echo = progress, callback, echo
@@ -775,7 +807,7 @@ class Trainer:
         return None if self.bits_dims is None else nll / (self.bits_dims * math.log(2))
 
     @torch.no_grad()
-    def evaluate(self, x: Tensor) -> float:
+    def evaluate(self, x: Tensor, context: Tensor | None = None) -> float:
         """Mean NLL (nats/example) in eval mode; dequantization noise is seeded, so repeatable
         and independent of the training random stream."""
         with torch.random.fork_rng(devices=[]):
@@ -786,7 +818,8 @@ class Trainer:
                 total = 0.0
                 bs = self.cfg["eval_batch_size"]
                 for i in range(0, x.shape[0], bs):
-                    total += self.flow.log_prob(x[i : i + bs]).double().sum().item()
+                    c = None if context is None else context[i : i + bs]
+                    total += self.flow.log_prob(x[i : i + bs], c).double().sum().item()
             finally:
                 self.flow.train(was)
         return -total / x.shape[0]
@@ -809,7 +842,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(self.seed + 104729)
             self.flow.train()
-            self.flow.log_prob(self.train_x[idx.to(self.device)])
+            idx = idx.to(self.device)
+            c = None if self.train_c is None else self.train_c[idx]
+            self.flow.log_prob(self.train_x[idx], c)
 
     # -- state ----------------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -941,21 +976,23 @@ class Trainer:
         clip = float(self.cfg["grad_clip"] or 0)
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for s in range(self.step_in_epoch, self.steps_per_epoch):
-            xb = self.train_x[order[s * self.local_batch : (s + 1) * self.local_batch]]
+            ib = order[s * self.local_batch : (s + 1) * self.local_batch]
+            xb = self.train_x[ib]
+            cb = None if self.train_c is None else self.train_c[ib]
             rng = torch.get_rng_state()
-            loss = -model(xb).mean()
+            loss = -(model(xb) if cb is None else model(xb, cb)).mean()
             stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double()])
             if self.world > 1:
                 dist.all_reduce(stats)
                 stats[0] /= self.world
             if stats[1] > 0:
-                self._nonfinite(xb, rng, "loss")
+                self._nonfinite(xb, rng, "loss", cb)
             reg, _ = layer_extras(self.flow)
             self.opt.zero_grad(set_to_none=True)
             (loss if reg is None else loss + reg).backward()
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             if not torch.isfinite(norm):
-                self._nonfinite(xb, rng, "gradient")
+                self._nonfinite(xb, rng, "gradient", cb)
             self.opt.step()
             self.sched.step()
             self.global_step += 1
@@ -983,7 +1020,7 @@ class Trainer:
             if self.callback is not None:
                 self.callback(self)
         # validation (every rank computes it: same weights, same seeded noise, same number)
-        val = self.evaluate(self.val_x)
+        val = self.evaluate(self.val_x, self.val_c)
         improved = val < self.best
         if improved:
             self.best, self.best_epoch, self.bad_epochs = val, self.epoch, 0
@@ -1020,8 +1057,8 @@ class Trainer:
         self.save_checkpoint()
         return status
 
-    def _nonfinite(self, xb: Tensor, rng: Tensor, what: str) -> None:
-        where = find_nonfinite(self.flow, xb, rng)
+    def _nonfinite(self, xb: Tensor, rng: Tensor, what: str, cb: Tensor | None = None) -> None:
+        where = find_nonfinite(self.flow, xb, rng, cb)
         kept = f"; the last good checkpoint is kept in {self.out}" if self.out else ""
         raise NonFiniteError(
             f"non-finite {what} at epoch {self.epoch + 1}, step {self.global_step + 1}: "
@@ -1093,6 +1130,7 @@ def train(
                 f"{', levels=' + str(ds.levels) if ds.levels else ''}): "
                 f"{resolved['parameters']:,} parameters; data {ds.name}: "
                 f"{resolved['examples']['train']} train / {resolved['examples']['val']} val"
+                f"{_context_note(resolved)}"
                 f"{'; ' + str(world) + ' processes' if world > 1 else ''}{note}",
                 flush=True,
             )
@@ -1108,6 +1146,8 @@ def train(
             progress=progress,
             callback=callback,
             echo=echo,
+            train_context=ds.split_context("train"),
+            val_context=ds.split_context("val"),
         )
         result = trainer.fit(resume=resume)
         result.update(out=str(out), parameters=resolved["parameters"])

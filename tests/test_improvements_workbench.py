@@ -1,0 +1,179 @@
+"""Issue 8 in the workbench: conditional training and sampling, --dequantization, --base, and
+the one-line errors for bad contexts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge.workbench.cli import main
+from flowforge.workbench.data import ContextError, label_context, load_dataset
+
+TINY_GLOW = '{"steps": 1, "hidden": 8, "blocks": 0}'
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def label_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cond") / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            "glow",
+            "--data",
+            "digits",
+            "--conditional",
+            "label",
+            "--dequantization",
+            "variational",
+            "--base",
+            "class-gaussian",
+            "--model-kwargs",
+            TINY_GLOW,
+            "--epochs",
+            "1",
+            "--limit",
+            "128",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_class_conditional_glow_trains_saves_and_samples(label_run, tmp_path, capsys):
+    flow = ff.load(label_run)
+    assert flow.context_features == 10
+    assert isinstance(flow.dequantizer, ff.transforms.VariationalDequantization)
+    assert flow.config["kwargs"]["dequantization"] == "variational"
+    code, out, _ = run(
+        ["sample", label_run, "--label", "3", "-n", "8", "--out", tmp_path / "s.png"], capsys
+    )
+    assert code == 0 and (tmp_path / "s.png").is_file()
+    code, out, _ = run(
+        ["sample", label_run, "--label", "0,1,2", "-n", "4", "--out", tmp_path / "s.npy"], capsys
+    )
+    x = np.load(tmp_path / "s.npy")
+    assert code == 0 and x.shape == (12, 1, 8, 8)
+    code, out, _ = run(["eval", label_run, "--json"], capsys)
+    assert code == 0 and '"nll"' in out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--label", "12"], "label 12 is not one of the 10 classes seen in training (0..9)"),
+        ([], "this run is conditional: pass --label"),
+        (["--context", "1,2"], "use --label, not --context"),
+        (["--label", "x"], "--label expects integers"),
+    ],
+)
+def test_bad_labels_are_one_line_errors(label_run, tmp_path, capsys, extra, message):
+    code, _, err = run(
+        ["sample", label_run, "-n", "2", "--out", tmp_path / "s.png", *extra], capsys
+    )
+    assert code == 1
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_label_context_is_a_value_error():
+    info = load_dataset("digits", conditional="label").context_info
+    assert label_context([3, 0], info).argmax(1).tolist() == [3, 0]
+    with pytest.raises(ValueError, match="label 10 is not one of"):
+        label_context([10], info)
+    assert issubclass(ContextError, ValueError)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-3, 3, (300, 2))
+    y = np.sin(x[:, :1]) + 0.1 * rng.normal(size=(300, 1))
+    path = tmp_path_factory.mktemp("table") / "t.csv"
+    np.savetxt(path, np.hstack([y, y * 0.5, 10 * x + 5]), delimiter=",")
+    return path
+
+
+@pytest.mark.parametrize("model", ["maf", "nsf"])
+def test_conditional_density_estimation_on_a_table(table, tmp_path, capsys, model):
+    out = tmp_path / model
+    code, _, err = run(
+        [
+            "train",
+            "--model",
+            model,
+            "--data",
+            table,
+            "--target-columns",
+            "0,1",
+            "--model-kwargs",
+            '{"hidden": [16]}',
+            "--epochs",
+            "1",
+            "--out",
+            out,
+            "--no-progress",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    ds = load_dataset(str(table), target_columns="0,1")
+    # the context is standardised with training statistics
+    assert torch.allclose(ds.context["train"].mean(0), torch.zeros(2), atol=1e-5)
+    assert ds.shape == (2,) and ds.context_info["context_columns"] == [2, 3]
+    code, _, err = run(
+        ["sample", out, "--context", "5,5;30,-10", "-n", "3", "--out", tmp_path / "s.csv"], capsys
+    )
+    assert code == 0, err
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (6, 2)
+    code, _, err = run(
+        ["sample", out, "--context", "5", "-n", "3", "--out", tmp_path / "b.csv"], capsys
+    )
+    assert code == 1 and "expected 2 context value(s) per row" in err
+    code, _, err = run(["sample", out, "-n", "3", "--out", tmp_path / "b.csv"], capsys)
+    assert code == 1 and "pass --context" in err
+    code, out_, err = run(["eval", out, "--data", table], capsys)
+    assert code == 0 and "NLL" in out_, err
+
+
+def test_variational_dequantization_refuses_continuous_data(tmp_path, capsys):
+    code, _, err = run(
+        ["train", "--model", "realnvp", "--data", "moons", "--dequantization", "variational",
+         "--out", tmp_path / "r", "--epochs", "1", "--no-progress", "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and "is for discrete data" in err and err.count("\n") == 1
+
+
+def test_label_flag_on_an_unconditional_run(tmp_path, capsys):
+    out = tmp_path / "u"
+    code, _, _ = run(
+        ["train", "--model", "glow", "--data", "digits", "--model-kwargs", TINY_GLOW,
+         "--epochs", "1", "--limit", "64", "--out", out, "--no-progress", "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    code, _, err = run(
+        ["sample", out, "--label", "3", "-n", "2", "--out", tmp_path / "s.png"], capsys
+    )
+    assert code == 1 and "unconditional" in err
