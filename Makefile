@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-quick clean
+.PHONY: install test lint format demo bench bench-quick clean ablations
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(VENV)/.bench-installed
 
 bench-quick: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run.py --quick
+
+# issue 8: one switch at a time on digits (about 40 min on one busy CPU core; --quick: 15 s)
+ablations: $(STAMP)
+	$(BIN)/python scripts/ablations.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

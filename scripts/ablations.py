@@ -223,14 +223,23 @@ def summarise(res: dict) -> list[dict]:
     return rows
 
 
+# two-sided 95% critical values of Student's t, by degrees of freedom
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
 def verdict(delta: list[float]) -> str:
-    if len(delta) < 2:
+    """A paired t-test of the per-seed differences (95%), else the sign count."""
+    n = len(delta)
+    if n < 2:
         return "n/a (1 seed)"
     m, s = statistics.fmean(delta), statistics.stdev(delta)
-    se = s / math.sqrt(len(delta))
-    if abs(m) < 2 * se:
-        return "no clear effect"
-    return "helps" if m < 0 else "hurts"
+    t = abs(m) / (s / math.sqrt(n)) if s > 0 else math.inf
+    if t > _T95.get(n - 1, 1.96):
+        return "helps" if m < 0 else "hurts"
+    better = sum(d < 0 for d in delta)
+    if better in (0, n):
+        return f"likely {'helps' if m < 0 else 'hurts'} ({n}/{n} seeds, not significant)"
+    return f"no clear effect ({better}/{n} seeds better)"
 
 
 def table(res: dict) -> str:
@@ -240,7 +249,7 @@ def table(res: dict) -> str:
         f"(lr 2e-3, warm-up then cosine), one CPU thread per run, seeds {st.get('seeds')}; "
         f"test NLL averaged over {st.get('draws')} dequantization draws; "
         f"mean ± std over seeds. Δ bits/dim is paired by seed against the family's baseline "
-        "(negative = better); the verdict needs |mean Δ| > 2 standard errors.",
+        "(negative = better); verdict: paired t-test over seeds at 95%, else the sign count.",
         "",
         "| model | switch | variant | params | test NLL (nats) | bits/dim | Δ bits/dim | "
         "wall (s) | verdict |",
