@@ -112,6 +112,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/img")
     p.add_argument("--fresh", action="store_true", help="ignore cached results")
+    p.add_argument("--cached-only", action="store_true", help="train nothing; plot the cache")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -128,6 +129,8 @@ def main() -> None:
             fname = ckpt / (key.replace("|", "_").replace(" ", "_").replace("=", "") + ".ff")
             if key in results and fname.exists():
                 flows[(t, c)] = ff.load(fname).eval()
+                continue
+            if args.cached_only:
                 continue
             t0 = time.time()
             r, flow = run_one(t, c, args)
