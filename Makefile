@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts benchmarks
-	$(BIN)/ruff format --check src tests scripts benchmarks
+	$(BIN)/ruff check src tests scripts benchmarks conftest.py
+	$(BIN)/ruff format --check src tests scripts benchmarks conftest.py
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests scripts benchmarks
-	$(BIN)/ruff check --fix src tests scripts benchmarks
+	$(BIN)/ruff format src tests scripts benchmarks conftest.py
+	$(BIN)/ruff check --fix src tests scripts benchmarks conftest.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
