@@ -1,12 +1,21 @@
-"""Invertible layers. Every class here follows :class:`flowforge.Transform`'s contract."""
+"""Invertible layers. Every class here follows :class:`flowforge.Transform`'s contract.
+
+One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
+normalization, image (squeeze, multi-scale factor-out), residual (planar, radial, Sylvester,
+i-ResNet), continuous (CNF; torchdiffeq is imported only when one is built), preprocessing and
+dequantization.
+"""
 
 from .autoregressive import Autoregressive
+from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
+from .dequantization import VariationalDequantization
 from .elementwise import Additive, Affine
 from .image import FactorOut, Squeeze
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Logit, Standardize, UniformDequantization
+from .residual import Planar, Radial, ResidualBlock, Sylvester
 from .splines import RationalQuadratic, rational_quadratic
 
 __all__ = [
@@ -15,37 +24,31 @@ __all__ = [
     "Affine",
     "Autoregressive",
     "BatchNorm",
+    "CNF",
     "Coupling",
     "FactorOut",
     "LULinear",
     "Logit",
+    "ODENet",
+    "ODEStepBudgetError",
     "Permutation",
     "PlainLinear",
+    "Planar",
     "QRLinear",
+    "Radial",
     "RationalQuadratic",
+    "ResidualBlock",
     "Reverse",
     "Scaling",
     "Squeeze",
     "Standardize",
+    "Sylvester",
     "UniformDequantization",
+    "VariationalDequantization",
     "alternating_mask",
     "channel_mask",
     "checkerboard_mask",
     "half_mask",
+    "ode_methods",
     "rational_quadratic",
 ]
-
-# continuous flows (torchdiffeq is imported only when a CNF is built)
-from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods  # noqa: E402
-
-__all__ += ["CNF", "ODENet", "ODEStepBudgetError", "ode_methods"]
-
-# residual flows: planar, radial, Sylvester, invertible residual blocks
-from .residual import Planar, Radial, ResidualBlock, Sylvester  # noqa: E402
-
-__all__ += ["Planar", "Radial", "ResidualBlock", "Sylvester"]
-
-# learned dequantization noise (Flow++)
-from .dequantization import VariationalDequantization  # noqa: E402
-
-__all__ += ["VariationalDequantization"]
