@@ -166,3 +166,24 @@ def test_maf_fits_a_correlated_gaussian():
     nll = -flow.log_prob(data).mean().item()
     entropy = 0.5 * torch.logdet(2 * torch.pi * torch.e * cov).item()
     assert nll < entropy + 0.1, (nll, entropy)
+
+
+def test_invalid_orders_are_refused():
+    with pytest.raises(ValueError, match="unknown order 'sideways'"):
+        ff.models.MAF(features=3, order="sideways")
+    with pytest.raises(ValueError, match=r"permutation of range\(3\) .*got \[0, 0, 2\]"):
+        ff.models.MAF(features=3, order=[0, 0, 2])
+
+
+def test_spline_models_refuse_bad_bins_and_bounds():
+    with pytest.raises(ValueError, match="expected bins >= 2"):
+        ff.models.NSF(features=3, bins=1)
+    with pytest.raises(ValueError, match="expected bound > 0"):
+        ff.models.NSF(features=3, bound=0.0)
+
+
+def test_couplings_need_two_features():
+    with pytest.raises(ValueError, match="a coupling layer needs at least 2 features"):
+        ff.models.RealNVP(features=1)
+    with pytest.raises(ValueError, match="autoregressive=True"):
+        ff.models.NSF(features=1)

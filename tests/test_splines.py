@@ -67,7 +67,7 @@ def test_continuous_across_the_bound():
 @given(
     x=st.floats(-50, 50) | st.sampled_from([-B, B, 0.0, -B + 1e-12, B - 1e-12]),
     scale=st.sampled_from([0.0, 1.0, 10.0, 1e3, 1e6, 1e12, 1e30]),
-    bins=st.integers(1, 10),
+    bins=st.integers(2, 10),
     seed=st.integers(0, 2**16),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
@@ -95,7 +95,7 @@ def test_property_finite_monotone_and_invertible(x, scale, bins, seed, dtype):
 @given(
     y=st.floats(-B, B) | st.sampled_from([-B, B]),
     scale=st.sampled_from([0.0, 1.0, 1e4, 1e30]),
-    bins=st.integers(1, 10),
+    bins=st.integers(2, 10),
     seed=st.integers(0, 2**16),
 )
 def test_property_inverse_never_nan(y, scale, bins, seed):
@@ -139,9 +139,11 @@ def test_spline_coupling_round_trip_float32_extreme():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="bins"):
-        RationalQuadratic(bins=0)
-    with pytest.raises(ValueError, match="bound"):
-        RationalQuadratic(bound=0)
+    for bins in (0, 1):
+        with pytest.raises(ValueError, match=f"expected bins >= 2 .*, got {bins}"):
+            RationalQuadratic(bins=bins)
+    for bound in (0, -1.0):
+        with pytest.raises(ValueError, match=f"expected bound > 0, got {bound}"):
+            RationalQuadratic(bound=bound)
     with pytest.raises(ValueError, match="min_width"):
         RationalQuadratic(bins=10, min_width=0.2)

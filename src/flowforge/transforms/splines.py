@@ -135,8 +135,8 @@ class RationalQuadratic(nn.Module):
         min_derivative: float = 1e-3,
     ):
         super().__init__()
-        if bins < 1:
-            raise ValueError(f"expected bins >= 1, got {bins}")
+        if bins < 2:
+            raise ValueError(f"expected bins >= 2 for a rational-quadratic spline, got {bins}")
         if not bound > 0:
             raise ValueError(f"expected bound > 0, got {bound}")
         if min_width * bins >= 1 or min_height * bins >= 1:
