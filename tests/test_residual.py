@@ -199,3 +199,65 @@ def test_samples_carry_their_exact_density(name):
     flow = ff.models.build(name, features=2).double().eval()
     x, log_q = flow.rsample_and_log_prob(64)
     assert torch.allclose(flow.log_prob(x.detach()), log_q.detach(), atol=1e-7)
+
+
+# -- bad input (issue 6) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coeff", [1.0, 1.5])
+def test_lipschitz_coefficient_at_least_one_is_refused(coeff):
+    with pytest.raises(ValueError, match=rf"expected 0 < coeff < 1 \(a contraction\), got {coeff}"):
+        ff.models.ResidualFlow(features=2, blocks=1, coeff=coeff)
+
+
+def test_fixed_point_inverse_that_does_not_converge_raises_with_the_residual():
+    torch.manual_seed(0)
+    block = T.ResidualBlock(2, hidden=(8,), coeff=0.95, max_iter=2).double().eval()
+    x = 3 * torch.randn(16, 2, dtype=F64)
+    with pytest.raises(RuntimeError) as err:
+        block(x)
+    msg = str(err.value)
+    assert "ResidualBlock fixed-point inverse did not converge within max_iter=2" in msg
+    residual = float(msg.split("residual max |z + g(z) - x| = ")[1].split(",")[0])
+    assert residual > 1e-12  # the reached residual, not a silent answer
+    # enough iterations: converges, and the inverse is right
+    block.max_iter = 2000
+    z, _ = block(x)
+    assert torch.allclose(block.inverse(z)[0], x, atol=1e-9)
+
+
+def test_adjoint_solve_that_does_not_converge_raises():
+    torch.manual_seed(0)
+    block = T.ResidualBlock(2, hidden=(8,), coeff=0.95).double().eval()
+    x = torch.randn(16, 2, dtype=F64, requires_grad=True)
+    z, ld = block(x)
+    block.max_iter = 1  # the backward hook reads it when it runs
+    with pytest.raises(RuntimeError, match="adjoint fixed-point solve .* did not converge"):
+        (z.square().sum() + ld.sum()).backward()
+
+
+def test_newton_bisection_solves_refuse_to_return_an_unconverged_root():
+    def fn(a):  # a + 0.9 tanh(a) = 1, increasing
+        return a + 0.9 * torch.tanh(a) - 1, 1 + 0.9 * (1 - torch.tanh(a) ** 2)
+
+    lo, hi = torch.full((3,), 0.1, dtype=F64), torch.full((3,), 1.9, dtype=F64)
+    with pytest.raises(RuntimeError, match=r"did not converge within max_iter=1 .*residual"):
+        T.residual.solve_monotone(fn, lo, hi, max_iter=1)
+    a = T.residual.solve_monotone(fn, lo, hi)
+    assert fn(a)[0].abs().max() < 1e-12
+    # non-finite parameters: an error naming the layer, not NaNs returned as an inverse
+    planar = T.Planar(2)
+    sylvester = T.Sylvester(3, kind="triangular")
+    with torch.no_grad():
+        planar.theta.fill_(float("nan"))
+        sylvester.theta[0] = float("nan")
+    with pytest.raises(RuntimeError, match=r"Planar.forward did not converge .* = nan"):
+        planar(torch.randn(4, 2))
+    with pytest.raises(RuntimeError, match=r"Sylvester.forward \(coordinate \d\) did not converge"):
+        sylvester(torch.randn(4, 3))
+
+
+def test_orthogonalize_refuses_dependent_columns():
+    q = torch.randn(4, 1, dtype=F64).expand(4, 3).unsqueeze(0)  # rank 1
+    with pytest.raises(RuntimeError, match=r"orthogonalize did not converge .*max \|QᵀQ - I\| = "):
+        orthogonalize(q)

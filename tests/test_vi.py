@@ -158,3 +158,45 @@ def test_fit_target_cli_bad_input(capsys, tmp_path, args, message):
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+# -- bad input (issue 6) ----------------------------------------------------------------------
+
+
+def test_target_returning_nan_is_named_in_the_error():
+    flow = ff.models.Planar(features=2, layers=1)
+    nan_target = targets.Target("nanny", lambda x: x.sum(-1) * float("nan"), 2, (-1, 1, -1, 1))
+    with pytest.raises(ValueError, match=r"target 'nanny' returned NaN or \+inf for 8 of 8 points"):
+        ff.objectives.reverse_kl(flow, nan_target, 8)
+    with pytest.raises(ValueError, match="target 'nanny' returned NaN"):
+        vi_diagnostics(flow, nan_target, n=16)
+    from flowforge.workbench.vi import fit_target
+
+    with pytest.raises(ValueError, match="target 'nanny' returned NaN"):
+        fit_target(flow, nan_target, steps=1, batch_size=4)
+
+    def half_nan(x):  # a plain callable is checked too, and named by its __name__
+        return torch.where(x[..., 0] > 0, float("nan"), 0.0)
+
+    with pytest.raises(ValueError, match="target 'half_nan' returned NaN or \\+inf for"):
+        ff.objectives.reverse_kl(flow, half_nan, 64)
+
+
+def test_target_returning_the_wrong_shape_is_named_in_the_error():
+    flow = ff.models.Planar(features=2, layers=1)
+
+    def keepdim(x):
+        return -0.5 * x.square().sum(-1, keepdim=True)
+
+    with pytest.raises(
+        ValueError,
+        match=r"target 'keepdim' returned log-densities of shape \(8, 1\) for x of shape "
+        r"\(8, 2\); expected shape \(8,\)",
+    ):
+        ff.objectives.reverse_kl(flow, keepdim, 8)
+    scalar = targets.Target("scalar", lambda x: x.sum(), 2, (-1, 1, -1, 1))
+    with pytest.raises(ValueError, match=r"target 'scalar' returned log-densities of shape \(\)"):
+        ff.objectives.reverse_kl(flow, scalar, 8)
+    # -inf (zero density) is a valid log-density
+    wall = targets.Target("wall", lambda x: torch.full(x.shape[:-1], -math.inf), 2, (0, 1, 0, 1))
+    assert wall(torch.zeros(3, 2)).shape == (3,)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .core import Flow
+from .targets import check_log_prob, target_name
 from .transforms.preprocessing import UniformDequantization
 
 __all__ = ["forward_kl", "reverse_kl", "nll", "bits_per_dim", "nll_to_bits_per_dim"]
@@ -40,6 +41,8 @@ def reverse_kl(
         log_p = target_log_prob(x)
     else:
         log_p = target_log_prob(x, context.expand(n, *context.shape))
+    # a NaN or a wrong shape here would broadcast or poison the loss silently
+    log_p = check_log_prob(log_p, x, target_name(target_log_prob))
     return (log_q - log_p).mean()
 
 
@@ -134,6 +137,7 @@ def log_importance_weights(
             if context is None
             else target_log_prob(x, context.expand(m, *context.shape))
         )
+        log_p = check_log_prob(log_p, x, target_name(target_log_prob))
         out.append((log_p - log_q).double())
     return torch.cat(out)
 

@@ -37,7 +37,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Target", "TARGETS", "get", "available", "grid_log_z", "grid", "gaussian_mixture"]
+__all__ = [
+    "Target",
+    "TARGETS",
+    "get",
+    "available",
+    "grid_log_z",
+    "grid",
+    "gaussian_mixture",
+    "check_log_prob",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -67,7 +76,38 @@ class Target:
             raise ValueError(
                 f"target {self.name!r} is {self.dim}-dimensional, got x of shape {tuple(x.shape)}"
             )
-        return self.fn(x)
+        return check_log_prob(self.fn(x), x, self.name)
+
+
+def target_name(target) -> str:
+    """A readable name for a target callable: its ``name``, its ``__name__``, or its repr."""
+    name = getattr(target, "name", None) or getattr(target, "__name__", None)
+    return str(name) if name else repr(target)
+
+
+def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
+    """Check a target's output for ``x`` of shape ``(*batch, dim)``: a tensor of shape
+    ``(*batch,)`` with no NaN and no ``+inf`` (``-inf``, zero density, is allowed). Raises a
+    ``ValueError`` naming the target; returns ``log_p`` unchanged."""
+    want = tuple(x.shape[:-1])
+    if not isinstance(log_p, Tensor):
+        raise ValueError(
+            f"target {name!r} returned {type(log_p).__name__}, expected a tensor of shape {want}"
+        )
+    if tuple(log_p.shape) != want:
+        raise ValueError(
+            f"target {name!r} returned log-densities of shape {tuple(log_p.shape)} for x of "
+            f"shape {tuple(x.shape)}; expected shape {want} (one value per point)"
+        )
+    bad = torch.isnan(log_p) | (log_p == float("inf"))
+    if bad.any():
+        first = bad.reshape(-1).nonzero()[0].item()
+        point = x.reshape(-1, x.shape[-1])[first].tolist()
+        raise ValueError(
+            f"target {name!r} returned NaN or +inf for {int(bad.sum())} of {bad.numel()} "
+            f"points (first at x = {[round(v, 4) for v in point]})"
+        )
+    return log_p
 
 
 # -- Rezende & Mohamed (2015) ------------------------------------------------------------------

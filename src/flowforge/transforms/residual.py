@@ -69,18 +69,28 @@ def _tol(dtype: torch.dtype) -> float:
     return 64 * torch.finfo(dtype).eps
 
 
-def solve_monotone(fn, lo: Tensor, hi: Tensor, tol: float | None = None, max_iter: int = 200):
+def solve_monotone(
+    fn,
+    lo: Tensor,
+    hi: Tensor,
+    tol: float | None = None,
+    max_iter: int = 200,
+    what: str = "the Newton/bisection inverse",
+):
     r"""Root of an increasing function on a bracket, elementwise: Newton safeguarded by bisection.
 
     ``fn(a)`` returns ``(f(a), f'(a))`` with ``f(lo) <= 0 <= f(hi)`` and ``f' > 0``. A Newton
     step that leaves the current bracket (or is not finite) is replaced by a bisection step, so
     the iteration always converges; it stops when every step is below ``tol (1 + |a|)``.
-    Runs without gradient; returns the detached root.
+    Runs without gradient; returns the detached root. If some element has not converged
+    within ``max_iter`` steps (or the equation is not finite), raises a ``RuntimeError`` with
+    the largest residual ``|f(a)|`` and step reached: it never returns an unconverged root.
     """
     tol = _tol(lo.dtype) if tol is None else tol
     with torch.no_grad():
         lo, hi = lo.clone(), hi.clone()
         a = 0.5 * (lo + hi)
+        done, step = False, torch.full_like(a, float("inf"))
         for _ in range(max_iter):
             f, df = fn(a)
             hi = torch.where(f > 0, a, hi)
@@ -89,11 +99,29 @@ def solve_monotone(fn, lo: Tensor, hi: Tensor, tol: float | None = None, max_ite
             bad = ~((new > lo) & (new < hi)) | ~torch.isfinite(new)
             new = torch.where(bad, 0.5 * (lo + hi), new)
             new = torch.where(f == 0, a, new)
-            done = bool(((new - a).abs() <= tol * (1 + a.abs())).all())
+            step = (new - a).abs()
+            done = bool((step <= tol * (1 + a.abs())).all())
             a = new
             if done:
                 break
+        if not done:
+            res = fn(a)[0].abs()
+            raise RuntimeError(
+                f"{what} did not converge within max_iter={max_iter} "
+                f"iterations: largest residual |f(a)| = {_worst(res):.3g}, largest last step "
+                f"{_worst(step):.3g} (tolerance {tol:.3g}); the input or the layer's parameters "
+                "are not finite, or max_iter is too small"
+            )
     return a
+
+
+def _worst(t: Tensor) -> float:
+    """The largest entry of ``t``, NaN if any entry is NaN (for error messages)."""
+    if t.numel() == 0:
+        return 0.0
+    if torch.isnan(t).any():
+        return float("nan")
+    return t.max().item()
 
 
 class _Amortised(Transform):
@@ -181,7 +209,7 @@ class Planar(_Amortised):
             return a + wu * h - c, 1 + wu * (1 - h * h)
 
         span = wu.abs().detach().expand_as(c)
-        a = solve_monotone(fn, c.detach() - span, c.detach() + span)
+        a = solve_monotone(fn, c.detach() - span, c.detach() + span, what="Planar.forward")
         # one Newton step with a graph: the implicit-function gradient of the root
         f, df = fn(a)
         a = a - f / df.detach()
@@ -254,16 +282,23 @@ class Radial(_Amortised):
 def orthogonalize(q: Tensor, tol: float | None = None, max_iter: int = 100) -> Tensor:
     r"""Van den Berg et al.'s iterative orthogonalisation of the columns of ``q`` (``..., D, M``):
     ``Q <- Q (I + (I - QᵀQ) / 2)`` from ``Q / |Q|_F``, until ``max |QᵀQ - I| <= tol``.
-    Differentiable (the gradient flows through the iterations)."""
+    Differentiable (the gradient flows through the iterations). Raises a ``RuntimeError``
+    with the reached ``max |QᵀQ - I|`` if that is not below ``tol`` within ``max_iter`` steps
+    (a non-orthogonal ``Q`` would make the Sylvester log-determinant silently wrong)."""
     tol = 1e3 * torch.finfo(q.dtype).eps if tol is None else tol
     q = q / q.square().sum((-2, -1), keepdim=True).sqrt()
     eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
-    for _ in range(max_iter):
+    for _ in range(max_iter + 1):
         e = eye - q.transpose(-2, -1) @ q
-        if e.abs().max().item() <= tol:
-            break
+        err = _worst(e.detach().abs())
+        if err <= tol:
+            return q
         q = q @ (eye + 0.5 * e)
-    return q
+    raise RuntimeError(
+        f"orthogonalize did not converge within max_iter={max_iter} iterations: "
+        f"max |QᵀQ - I| = {err:.3g} (tolerance {tol:.3g}); the columns are (nearly) linearly "
+        "dependent or not finite"
+    )
 
 
 class Sylvester(_Amortised):
@@ -401,7 +436,9 @@ class Sylvester(_Amortised):
                     return a + ri * h - c, 1 + ri * rti * (1 - h * h)
 
                 span = ri.abs().expand_as(c)
-                v[:, i] = solve_monotone(fn, c - span, c + span)
+                v[:, i] = solve_monotone(
+                    fn, c - span, c + span, what=f"Sylvester.forward (coordinate {i})"
+                )
                 hv[:, i] = torch.tanh(rti * v[:, i] + s)
             # the Jacobian of v -> v + R tanh(R̃ v + b) is upper triangular
             jac = (
@@ -681,12 +718,21 @@ class ResidualBlock(Transform):
         tol = self._tol(x.dtype)
         with torch.no_grad():
             z_star = x - g(x, context)
+            converged = False
             for _ in range(self.max_iter):
                 new = x - g(z_star, context)
                 step = (new - z_star).abs().max()
                 z_star = new
                 if step <= tol * (1 + z_star.abs().max()):
+                    converged = True
                     break
+            if not converged:
+                res = _worst((z_star + g(z_star, context) - x).abs())
+                raise RuntimeError(
+                    f"ResidualBlock fixed-point inverse did not converge within "
+                    f"max_iter={self.max_iter} iterations: residual max |z + g(z) - x| = "
+                    f"{res:.3g}, last step {_worst(step):.3g} (relative tolerance {tol:.3g})"
+                )
         if not torch.is_grad_enabled():
             _, ld = self._gz_logdet(g, z_star, context)
             return z_star, -ld
@@ -704,8 +750,12 @@ class ResidualBlock(Transform):
                     step = (new - lam).abs().max()
                     lam = new
                     if step <= 0.1 * tol * (1 + lam.abs().max()):
-                        break
-                return lam
+                        return lam
+                raise RuntimeError(
+                    f"ResidualBlock adjoint fixed-point solve (the implicit gradient) did not "
+                    f"converge within max_iter={self.max_iter} iterations: last step "
+                    f"{_worst(step):.3g} (relative tolerance {0.1 * tol:.3g})"
+                )
 
             z.register_hook(hook)
             # the log-det differentiates with respect to its input: give it a tensor past the
