@@ -17,10 +17,10 @@ __all__ = ["main", "DEMO"]
 
 # The demo: change the model here (e.g. {"model": "glow", "layout": "image", ...}).
 DEMO = {
-    "model": {"name": "realnvp", "kwargs": {"layers": 8, "hidden": [256, 256], "batch_norm": True}},
-    "layout": "vector",
+    "model": {"name": "realnvp", "kwargs": {"hidden": 64, "actnorm": True}},
+    "layout": "image",
     "data": "digits",
-    "train": {"epochs": 60, "batch_size": 64, "lr": 3e-4, "patience": 15},
+    "train": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "patience": 10},
 }
 
 
