@@ -50,3 +50,9 @@ ablations: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# issue 6: a VAE on the digits with each flow posterior; test ELBO and IW bound (k = 1000)
+# into docs/vae_table.json and docs/vi.md (about 10-15 min on 2 CPU cores; --quick: 20 s)
+.PHONY: vae-table
+vae-table: $(STAMP)
+	$(BIN)/python scripts/vae_table.py
