@@ -185,3 +185,10 @@ def test_generic_checks_catch_a_dead_parameter():
 
     with pytest.raises(AssertionError, match="unused got no gradient"):
         check_gradients(Dead(2).double(), torch.randn(3, 2, dtype=torch.float64))
+
+
+def test_registry_covers_every_model():
+    """A builder registered in ff.models must have a flow case in the registry."""
+    covered = {case.build().config["model"].lower() for case in CASES if case.is_flow}
+    missing = set(ff.models.available()) - covered
+    assert not missing, f"models without a generic-test case: {sorted(missing)}"
