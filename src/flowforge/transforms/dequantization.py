@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..nets import MLP, ConvResNet
 from .coupling import alternating_mask, checkerboard_mask
+from .elementwise import Affine
 from .preprocessing import UniformDequantization
 
 __all__ = ["VariationalDequantization"]
@@ -80,6 +81,8 @@ class VariationalDequantization(nn.Module):
             raise ValueError(f"expected a shape (D,) or (C, H, W), got {self.event_shape}")
         self.levels = int(levels)
         self.scale_bound = float(scale_bound)
+        # each layer is an affine coupling whose networks also read x; the law is the shared one
+        self.law = Affine(self.scale_bound)
         image = len(self.event_shape) == 3
         n = self.event_shape[0]  # features (vectors) or channels (images)
         size = math.prod(self.event_shape)
@@ -110,13 +113,12 @@ class VariationalDequantization(nn.Module):
         """
         h_x = self._features(x)
         v, ladj = eps, eps.new_zeros(eps.shape[0])
-        b = self.scale_bound
         for i, net in enumerate(self.nets):
             m = getattr(self, f"mask{i}")
             keep = m.to(eps.dtype)
             shift, raw = net(torch.cat([v * keep, h_x], 1)).chunk(2, dim=1)
-            log_s = b * torch.tanh(raw / b)
-            v = torch.where(m, v, v * torch.exp(log_s) + shift)
+            moved, log_s = self.law(v, torch.stack([shift, raw], -1))
+            v = torch.where(m, v, moved)
             ladj = ladj + (log_s * (1 - keep)).flatten(1).sum(1)
         u = torch.sigmoid(v).clamp(max=1.0 - torch.finfo(v.dtype).eps)
         ladj = ladj + (-F.softplus(-v) - F.softplus(v)).flatten(1).sum(1)
