@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch  # noqa: F401  (doctests use it)
 
 from .core import Flow, Inverse, Transform
-from .models import _mixer, assemble, register
+from .models import _mixer, assemble, data_options, register
 from .nets import MLP, ResidualMLP
 from .transforms import (
     Affine,
@@ -122,16 +122,7 @@ def MAF(
         lu,
         batch_norm,
     )
-    return assemble(
-        chain,
-        (d,),
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-    )
+    return assemble(chain, (d,), **data_options(locals()))
 
 
 @register
@@ -176,16 +167,7 @@ def IAF(
         lu,
         False,
     )
-    return assemble(
-        chain,
-        (d,),
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-    )
+    return assemble(chain, (d,), **data_options(locals()))
 
 
 @register
@@ -270,13 +252,4 @@ def NSF(
             flip = permutation is None and i % 2 == 1
             # True = kept: the last floor(D/2) entries condition the first ceil(D/2)
             chain.append(Coupling(half_mask(d, flip=not flip), cond, spline(), context_features))
-    return assemble(
-        chain,
-        (d,),
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-    )
+    return assemble(chain, (d,), **data_options(locals()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .core import Flow, Transform
-from .models import _event_shape, assemble, register
+from .models import _event_shape, assemble, data_options, register
 from .transforms import CNF, ActNorm
 
 __all__ = ["FFJORD"]
@@ -88,13 +88,4 @@ def FFJORD(
                 activation=activation,
             )
         )
-    return assemble(
-        chain,
-        (d,),
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-    )
+    return assemble(chain, (d,), **data_options(locals()))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from .core import Compose, Flow, Transform
-from .models import _event_shape, assemble, register
+from .models import _event_shape, assemble, data_options, register
 from .nets import ConvResNet
 from .transforms import (
     ActNorm,
@@ -199,17 +199,7 @@ def Glow(
             chain.append(FactorOut(s, level(kept, i + 1), prior, context_features))
         return Compose(*chain)
 
-    return assemble(
-        [level(shape, 0)],
-        shape,
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-        dequantization=dequantization,
-    )
+    return assemble([level(shape, 0)], shape, **data_options(locals()))
 
 
 def realnvp_image(
@@ -299,14 +289,4 @@ def realnvp_image(
         chain.append(FactorOut(s, scale(kept, i + 1)))
         return Compose(*chain)
 
-    return assemble(
-        [scale(shape, 0)],
-        shape,
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-        dequantization=dequantization,
-    )
+    return assemble([scale(shape, 0)], shape, **data_options(locals()))

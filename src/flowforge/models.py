@@ -219,16 +219,35 @@ def preprocessing(
     raise ValueError(f"unknown preprocess {preprocess!r}; expected 'logit', 'scale' or None")
 
 
+DATA_OPTIONS = (
+    "context_features",
+    "levels",
+    "preprocess",
+    "alpha",
+    "base",
+    "components",
+    "dequantization",
+)
+
+
+def data_options(arguments: dict) -> dict:
+    """The options every builder shares with :func:`assemble`, picked from its arguments.
+
+    A builder calls ``assemble(layers, shape, **data_options(locals()))``.
+    """
+    return {k: arguments[k] for k in DATA_OPTIONS if k in arguments}
+
+
 def assemble(
     layers: list[Transform],
     event_shape: tuple[int, ...],
     *,
-    context_features: int,
-    levels: int | None,
-    preprocess: str | None,
-    alpha: float,
-    base: str,
-    components: int,
+    context_features: int = 0,
+    levels: int | None = None,
+    preprocess: str | None = "logit",
+    alpha: float = 0.05,
+    base: str = "normal",
+    components: int = 8,
     dequantization: str = "uniform",
 ) -> Flow:
     """Preprocessing + ``layers`` + base, as one :class:`Flow`."""
@@ -330,17 +349,7 @@ def NICE(
             chain += _mixer(permutation, d)
         chain.append(Coupling(_mask(mask, d, i % 2 == 1), cond, Additive(), context_features))
     chain.append(Scaling(d))
-    return assemble(
-        chain,
-        (d,),
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-        dequantization=dequantization,
-    )
+    return assemble(chain, (d,), **data_options(locals()))
 
 
 @register
@@ -425,17 +434,7 @@ def RealNVP(
         chain.append(Coupling(m, cond, Affine(scale_bound), context_features, rezero=rezero))
         if batch_norm:
             chain.append(BatchNorm(d))
-    return assemble(
-        chain,
-        (d,),
-        context_features=context_features,
-        levels=levels,
-        preprocess=preprocess,
-        alpha=alpha,
-        base=base,
-        components=components,
-        dequantization=dequantization,
-    )
+    return assemble(chain, (d,), **data_options(locals()))
 
 
 # -- the other families register themselves on import; they use the helpers above -------------

@@ -22,14 +22,7 @@ __all__ = ["Planar", "Radial", "Sylvester", "ResidualFlow"]
 
 def _vi_flow(chain: list[Transform], d: int, context_features: int, base: str, components: int):
     return assemble(
-        chain,
-        (d,),
-        context_features=context_features,
-        levels=None,
-        preprocess=None,
-        alpha=0.05,
-        base=base,
-        components=components,
+        chain, (d,), context_features=context_features, base=base, components=components
     )
 
 
