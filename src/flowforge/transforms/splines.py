@@ -30,16 +30,10 @@ from torch.nn import functional as F
 __all__ = ["RationalQuadratic", "rational_quadratic"]
 
 
-def _knots(logits: Tensor, bound: float, minimum: float) -> tuple[Tensor, Tensor]:
-    """Bin sizes and the ``K + 1`` knot positions on ``[-bound, bound]`` from ``K`` logits."""
-    k = logits.shape[-1]
-    frac = minimum + (1 - minimum * k) * torch.softmax(logits, dim=-1)
-    knots = F.pad(torch.cumsum(frac, dim=-1), (1, 0))
-    inner = (2 * bound) * knots[..., 1:-1] - bound
-    # pin both ends exactly: the cumulative sum need not reach 1 to the last bit
-    lo = torch.full_like(knots[..., :1], -bound)
-    knots = torch.cat([lo, inner, -lo], dim=-1)
-    return knots[..., 1:] - knots[..., :-1], knots
+def _sizes(logits: Tensor, bound: float, minimum: float) -> Tensor:
+    """Sizes ``(K, ...)`` of ``K`` bins tiling ``[-bound, bound]``, from logits along dim 0."""
+    k = logits.shape[0]
+    return (2 * bound) * (minimum + (1 - minimum * k) * torch.softmax(logits, dim=0))
 
 
 def rational_quadratic(
@@ -57,26 +51,33 @@ def rational_quadratic(
     pass through unchanged with ``ladj = 0``. See the module docstring.
     """
     k = (params.shape[-1] + 1) // 3
-    uw, uh, ud = params[..., :k], params[..., k : 2 * k], params[..., 2 * k :]
-    widths, xk = _knots(uw, bound, min_width)
-    heights, yk = _knots(uh, bound, min_height)
+    # Bins-first layout, (3K - 1, *x.shape): the softmax and the sums over the K bins run
+    # along the outer dimension and vectorise over the examples (reducing over a short
+    # innermost dimension is an order of magnitude slower on CPU). The bin's knots, sizes and
+    # slopes are picked with one-hot sums rather than gathers: their backward is a product,
+    # where a gather's backward fills and scatters into a zero tensor per quantity.
+    uw, uh, ud = params.movedim(-1, 0).split([k, k, k - 1])
+    widths = _sizes(uw, bound, min_width)
+    heights = _sizes(uh, bound, min_height)
     shift = math.log(math.expm1(1 - min_derivative))
-    d_in = min_derivative + F.softplus(ud.clamp(max=1e4) + shift)
-    one = torch.ones_like(uw[..., :1])
-    derivs = torch.cat([one, d_in, one], dim=-1)  # (..., K + 1): slope 1 at both ends
+    d_in = min_derivative + F.softplus(ud.clamp(max=1e4) + shift)  # interior knots' slopes
 
     inside = (x >= -bound) & (x <= bound)
     xc = x.clamp(-bound, bound)  # tails are computed on a safe stand-in, then discarded
-    knots = yk if inverse else xk
-    # bin index: how many interior knots lie at or below the input, in [0, K - 1] (clamped so
-    # that the last edge, x == bound, lands in the last bin and never past it)
-    idx = (xc.unsqueeze(-1) >= knots[..., 1:-1]).sum(-1, keepdim=True).clamp_(0, k - 1)
-
-    def take(t: Tensor) -> Tensor:
-        return t.gather(-1, idx).squeeze(-1)
-
-    x0, w, y0, h = take(xk), take(widths), take(yk), take(heights)
-    d0, d1 = take(derivs[..., :-1]), take(derivs[..., 1:])
+    with torch.no_grad():
+        # bin index: how many interior knots lie at or below the input, in [0, K - 1]
+        # (clamped so that the last edge, x == bound, lands in the last bin, never past it)
+        knots = torch.cumsum(heights if inverse else widths, 0)[:-1] - bound
+        idx = (xc >= knots).sum(0).clamp_(0, k - 1)
+        bins = torch.arange(k, device=x.device).view(k, *[1] * x.dim())
+        below = (bins < idx).to(params.dtype)  # the bins left of the input's bin
+        this = (bins == idx).to(params.dtype)  # the input's bin
+    x0 = (below * widths).sum(0) - bound
+    y0 = (below * heights).sum(0) - bound
+    w, h = (this * widths).sum(0), (this * heights).sum(0)
+    # slopes at the bin's left and right knots; the two outer knots have slope 1 (the tails')
+    d0 = (this[1:] * d_in).sum(0) + this[0]
+    d1 = (this[:-1] * d_in).sum(0) + this[-1]
     s = h / w
     if not inverse:
         xi = ((xc - x0) / w).clamp(0, 1)
