@@ -434,3 +434,23 @@ def test_out_dir_is_never_clobbered(digits_run, tmp_path, capsys):
         assert_one_line_error(rc, err, "not a flowforge run")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     assert (mine / "notes.txt").read_text() == "precious"
+
+
+def test_trainer_adam_is_fused_on_cpu_and_follows_the_same_rule():
+    from flowforge.workbench.train import adam
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    fused = adam(a.parameters(), lr=0.1, decoupled=True, weight_decay=0.01)
+    plain = torch.optim.AdamW(b.parameters(), lr=0.1, weight_decay=0.01)
+    assert fused.defaults["fused"] and isinstance(fused, torch.optim.AdamW)
+    x = torch.randn(8, 3)
+    for _ in range(3):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)

@@ -658,6 +658,18 @@ def layer_extras(flow: torch.nn.Module) -> tuple[Tensor | None, dict[str, float]
     return reg, metrics
 
 
+def adam(params, lr: float, decoupled: bool = False, **kwargs) -> torch.optim.Optimizer:
+    """Adam (AdamW with ``decoupled``), fused into one kernel where torch has one for the
+    parameters' device (CPU and CUDA): the per-tensor update loop is a quarter of a small
+    flow's training step on CPU. The fused kernel follows the same update rule."""
+    params = list(params)
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, fused=fused or None, **kwargs)
+
+
 def _lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
     def f(step: int) -> float:
         if warmup > 0 and step < warmup:
@@ -758,12 +770,12 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.local_batch)
         self.total_steps = self.steps_per_epoch * self.cfg["epochs"]
         params = [p for p in flow.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if self.cfg["optimizer"] == "adamw" else torch.optim.Adam
-        self.opt = opt_cls(
+        self.opt = adam(
             params,
             lr=float(self.cfg["lr"]),
             betas=tuple(self.cfg["betas"]),
             weight_decay=float(self.cfg["weight_decay"]),
+            decoupled=self.cfg["optimizer"] == "adamw",
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt,

@@ -61,10 +61,11 @@ def fit_target(
     loss is not finite are skipped (counted in ``skipped``). Returns a history summary.
     """
     from ..objectives import reverse_kl
+    from .train import adam
 
     torch.manual_seed(seed)
     flow.train()
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    opt = adam(flow.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 10)
     losses, skipped, t0 = [], 0, time.time()
     for t in range(steps):
