@@ -2,11 +2,12 @@
 
     python benchmarks/run.py            # full run (make bench)
     python benchmarks/run.py --quick    # smoke check in a few minutes (make bench-quick)
+    python benchmarks/run.py --seeds 5  # NLL over 5 training seeds (default 3; --quick: 1)
 
 For each data set and model family it builds every library's version (see ``peers.py``),
 prints parameter counts, then measures, in one process and through the same code:
 
-- training throughput (examples/s) over an equal budget of Adam steps, same batches;
+- training throughput (examples/s) from the median Adam step of the training run, same batches;
 - ``log_prob`` and sampling throughput (examples/s, eval mode, no grad);
 - memory: bytes autograd saves for backward in one training step (the activation memory
   that dominates a step's peak), plus the process's peak RSS at the end;
@@ -17,6 +18,12 @@ prints parameter counts, then measures, in one process and through the same code
   every ``eval_every`` steps: 1000 digits overfit within a few hundred steps), in the raw
   data's units (digits: 0..17 per pixel after uniform dequantization; the logit and
   standardisation Jacobian is added for everyone).
+
+Every (library, model) is trained ``--seeds`` times; seed ``k`` sets both the initialisation
+(``torch.manual_seed(k)``) and the order of the training batches, and every library gets the
+same seeds. The NLL is reported per seed (``test_nll_seeds``) and as their mean (``test_nll``)
+and standard deviation (``test_nll_sd``); speeds are the best over seeds (they measure speed,
+not training luck). The data sets and their splits do not depend on the seed.
 
 Results go to ``benchmarks/results/<name>.json`` and a table to
 ``benchmarks/results/README.md``.
@@ -39,6 +46,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
+from floor import floor_seconds  # noqa: E402
 from peers import LIBRARIES, Unavailable  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,6 +103,10 @@ def toy(name: str, n: int = 12000, seed: int = 0):
     logjac = np.full(n - 10000, -np.log(sd).sum())
     t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     return t(y[tr]), t(y[va]), t(y[te]), t(logjac)
+
+
+def _fmt(v, spec):
+    return "–" if v is None else format(v, spec)
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -156,10 +168,17 @@ def test_nll(model, x, logjac, chunk: int = 1000) -> float:
     return float(-(lp.double() + logjac.double()).mean())
 
 
-def run_one(lib, kind, data, cfg, batches):
+def make_batches(n: int, cfg: dict, seed: int) -> list[torch.Tensor]:
+    """The training batch indices of one seed (the same for every library)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, n, (cfg["batch"],), generator=g) for _ in range(cfg["steps"])]
+
+
+def run_one(lib, kind, data, cfg, batches, seed):
+    """Build, train (one seed) and measure one library's model; a row of results."""
     train, val, test, logjac = data
     d = train.shape[1]
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(seed)
     model = LIBRARIES[lib](kind, d, cfg["layers"], cfg["hidden"], cfg["bins"])
     row = {"library": lib, "model": kind, "params": model.params(), "note": model.note}
     model.module.train()
@@ -168,7 +187,7 @@ def run_one(lib, kind, data, cfg, batches):
     row["step_MFLOP"] = step_flops(model, xb) / 1e6
     opt = torch.optim.Adam(model.module.parameters(), lr=cfg["lr"])
     warm, every = 5, cfg["eval_every"]
-    best_val, best_state, dt = math.inf, None, 0.0
+    best_val, best_state, times = math.inf, None, []
     for s, idx in enumerate(batches):
         t0 = time.perf_counter()
         loss = -model.log_prob(train[idx]).mean()
@@ -176,7 +195,7 @@ def run_one(lib, kind, data, cfg, batches):
         loss.backward()
         opt.step()
         if s >= warm:
-            dt += time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
         if not torch.isfinite(loss):
             row["error"] = f"non-finite loss at step {s}"
             return row
@@ -188,9 +207,11 @@ def run_one(lib, kind, data, cfg, batches):
                 best_val, row["best_step"] = v, s + 1
                 best_state = {k: t.detach().clone() for k, t in model.module.state_dict().items()}
     model.module.load_state_dict(best_state)
-    steps = len(batches) - warm
-    row["train_ex_s"] = steps * cfg["batch"] / dt
-    row["train_GFLOP_s"] = row["step_MFLOP"] * steps / dt / 1e3
+    # the median step: robust to the other jobs of a shared machine and to the CPU warming up
+    # for whichever library runs first
+    dt = float(np.median(times))
+    row["train_ex_s"] = cfg["batch"] / dt
+    row["train_GFLOP_s"] = row["step_MFLOP"] / dt / 1e3
     model.module.eval()
     xe = test[: cfg["eval_batch"]]
     with torch.no_grad():
@@ -201,6 +222,51 @@ def run_one(lib, kind, data, cfg, batches):
     return row
 
 
+SPEEDS = ("train_ex_s", "train_GFLOP_s", "log_prob_ex_s", "sample_ex_s")
+
+
+def merge_seeds(rows: list[dict], seeds: list[int]) -> dict:
+    """One row from the per-seed rows: best speeds, per-seed NLLs, their mean and sd.
+
+    A seed that failed (non-finite loss) makes the whole row an error row (no ``test_nll``),
+    so a mean is never taken over the lucky seeds only.
+    """
+    out = {k: v for k, v in rows[0].items() if k not in (*SPEEDS, "test_nll", "best_step")}
+    out["seeds"] = seeds
+    out["best_step_seeds"] = [r.get("best_step") for r in rows]
+    nll = [r.get("test_nll") for r in rows]
+    out["test_nll_seeds"] = nll
+    errors = [f"seed {s}: {r['error']}" for s, r in zip(seeds, rows) if "error" in r]
+    if errors:
+        out["error"] = "; ".join(errors)
+        return out
+    for k in SPEEDS:
+        out[k] = max(r[k] for r in rows)
+    out["test_nll"] = float(np.mean(nll))
+    out["test_nll_sd"] = float(np.std(nll, ddof=1)) if len(nll) > 1 else None
+    return out
+
+
+# (library, model) pairs trained with the first seed only, and why: recorded in the row's note
+ONE_SEED = {
+    ("normflows", "maf"): "one seed: its D-pass log_prob makes 400 steps take ~7 min on digits",
+}
+
+
+def conditioner_floor(kind: str, d: int, cfg: dict) -> dict | None:
+    """Examples/s of flowforge's conditioners alone (see ``floor.py``): the most any library
+    can reach at this architecture."""
+    torch.manual_seed(0)
+    model = LIBRARIES["flowforge"](kind, d, cfg["layers"], cfg["hidden"], cfg["bins"])
+    t = floor_seconds(model.module, cfg["batch"], cfg["eval_batch"], cfg["lr"])
+    if t is None:
+        return None
+    return {
+        "train_ex_s": cfg["batch"] / t["train_s"],
+        "log_prob_ex_s": cfg["eval_batch"] / t["log_prob_s"],
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few steps, digits and moons only")
@@ -209,18 +275,34 @@ def main(argv=None):
     ap.add_argument("--models", default="maf,nsf-ar,nsf-c,realnvp")
     ap.add_argument("--datasets", default=None)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="training seeds 0..N-1 per model (init and batch order); default 3, --quick 1",
+    )
+    ap.add_argument(
+        "--name",
+        default=None,
+        help="results/<name>.json and .md (default: full, whose table goes to README.md, or "
+        "quick); give one for partial runs so they do not overwrite the full results",
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = ap.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        ap.error("--seeds must be at least 1")
     torch.set_num_threads(args.threads)
     quick = args.quick
-    name = "quick" if quick else "full"
+    name = args.name or ("quick" if quick else "full")
     datasets = args.datasets or ("digits,moons" if quick else "digits,moons,8gaussians")
+    n_seeds = args.seeds if args.seeds is not None else (1 if quick else 3)
     cfg = dict(
         layers=4,
         hidden=128,
         bins=8,
         batch=256,
         lr=1e-3,
-        seed=0,
+        seeds=list(range(n_seeds)),
         steps=args.steps or (40 if quick else 400),
         eval_batch=1000,
         sample_batch=100 if quick else 250,
@@ -238,6 +320,7 @@ def main(argv=None):
         "matmul_ceiling_GFLOP_s": {},
         "results": [],
         "skipped": [],
+        "floor": {},
     }
     for lib in libs:
         try:
@@ -249,14 +332,34 @@ def main(argv=None):
         data = digits() if ds == "digits" else toy(ds)
         ceiling = matmul_ceiling(cfg["batch"], cfg["hidden"])
         out["matmul_ceiling_GFLOP_s"][ds] = ceiling / 1e9
-        g = torch.Generator().manual_seed(cfg["seed"])
-        n = len(data[0])
-        batches = [torch.randint(0, n, (cfg["batch"],), generator=g) for _ in range(cfg["steps"])]
-        print(f"\n== {ds}: D={data[0].shape[1]}, matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
+        seed_batches = {s: make_batches(len(data[0]), cfg, s) for s in cfg["seeds"]}
+        print(
+            f"\n== {ds}: D={data[0].shape[1]}, matmul ceiling {ceiling / 1e9:.1f} GFLOP/s, "
+            f"seeds {cfg['seeds']}"
+        )
         for kind in args.models.split(","):
+            fl = conditioner_floor(kind, data[0].shape[1], cfg)
+            if fl:
+                out["floor"].setdefault(ds, {})[kind] = fl
+                print(
+                    f"{kind:8s} floor (conditioners + Adam alone): train {fl['train_ex_s']:8.0f}/s"
+                    f"  log_prob {fl['log_prob_ex_s']:9.0f}/s",
+                    flush=True,
+                )
             for lib in libs:
                 try:
-                    row = run_one(lib, kind, data, cfg, batches)
+                    rows = []
+                    seeds = list(seed_batches)[:1] if (lib, kind) in ONE_SEED else seed_batches
+                    for s, batches in seed_batches.items():
+                        if s not in seeds:
+                            continue
+                        rows.append(run_one(lib, kind, data, cfg, batches, s))
+                        if len(seed_batches) > 1:
+                            nll = _fmt(rows[-1].get("test_nll"), ".3f")
+                            print(f"  {kind} {lib} seed {s}: NLL {nll}", flush=True)
+                    row = merge_seeds(rows, [s for s in cfg["seeds"] if s in seeds])
+                    if len(seeds) < len(seed_batches):
+                        row["note"] = "; ".join(filter(None, [row["note"], ONE_SEED[lib, kind]]))
                 except Unavailable as e:
                     out["skipped"].append({"dataset": ds, "model": kind, "library": lib,
                                            "reason": str(e)})  # fmt: skip
@@ -276,18 +379,23 @@ def main(argv=None):
                         f"train {row['train_ex_s']:8.0f}/s  log_prob {row['log_prob_ex_s']:9.0f}/s"
                         f"  sample {row['sample_ex_s']:9.0f}/s  saved {row['saved_MB']:6.1f} MB  "
                         f"{row['fraction_of_ceiling']:.0%} of mm  NLL {row['test_nll']:.3f}"
+                        + (
+                            f" ± {row['test_nll_sd']:.3f}"
+                            if row.get("test_nll_sd") is not None
+                            else ""
+                        )
                         if "test_nll" in row
                         else row.get("error", "")
                     ),
                     flush=True,
                 )
     out["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(out, indent=1))
     from report import write_report
 
-    write_report(out, RESULTS / ("README.md" if not quick else "quick.md"))
-    print(f"\nwrote {RESULTS / (name + '.json')}")
+    write_report(out, args.out / ("README.md" if name == "full" else f"{name}.md"))
+    print(f"\nwrote {args.out / (name + '.json')}")
 
 
 if __name__ == "__main__":

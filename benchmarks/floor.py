@@ -1,0 +1,74 @@
+"""The conditioner floor: what a training step costs with the flow taken away.
+
+At equal architecture every library runs the same conditioner networks (the same matmuls,
+activations and Adam updates); a library can only differ in what it adds around them
+(splitting, the elementwise transformer, the log-determinant, the base density). This module
+times the conditioners of the flowforge model alone, fed tensors of the shapes they see inside
+the flow, so that the benchmark can report each library's overhead above that floor and the
+largest speed-up that any implementation could have over a peer: ``peer time / floor time``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from flowforge.transforms import Autoregressive, Coupling
+
+
+def conditioners(flow) -> list[tuple[torch.nn.Module, int]]:
+    """``(net, input width)`` for every coupling or autoregressive layer of a vector flow."""
+    found = []
+    for m in flow.modules():
+        if isinstance(m, Coupling) and m.indexed:
+            found.append((m.net, len(m.idx_a)))
+        elif isinstance(m, Autoregressive):
+            found.append((m.net, m.event_shape[0]))
+    return found
+
+
+def _best(fn, repeats: int, rounds: int = 5) -> float:
+    for _ in range(3):
+        fn()
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return best
+
+
+def floor_seconds(flow, batch: int, eval_batch: int, lr: float = 1e-3, repeats: int = 20):
+    """Seconds per training step and per ``log_prob`` call of the conditioners alone.
+
+    Training: forward, backward (inputs after the first layer require grad, as inside a
+    flow, so the backward also computes their gradient) and an Adam step over the
+    conditioners' parameters. ``log_prob``: one forward of each conditioner, without grad.
+    Returns ``None`` when the model has no conditioners this module knows.
+    """
+    nets = conditioners(flow)
+    if not nets:
+        return None
+    xs = [torch.randn(batch, w, requires_grad=i > 0) for i, (_, w) in enumerate(nets)]
+    xe = [torch.randn(eval_batch, w) for _, w in nets]
+    params = [p for net, _ in nets for p in net.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def step():
+        loss = sum(net(x, None).mean() for (net, _), x in zip(nets, xs))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def density():
+        for (net, _), x in zip(nets, xe):
+            net(x, None)
+
+    state = {k: v.clone() for k, v in flow.state_dict().items()}
+    train = _best(step, repeats)
+    flow.load_state_dict(state)  # the Adam steps above must not touch the benchmarked model
+    return {"train_s": train, "log_prob_s": _best(density, repeats)}
