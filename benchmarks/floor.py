@@ -10,7 +10,7 @@ largest speed-up that any implementation could have over a peer: ``peer time / f
 
 from __future__ import annotations
 
-import math
+import statistics
 import time
 
 import torch
@@ -29,19 +29,19 @@ def conditioners(flow) -> list[tuple[torch.nn.Module, int]]:
     return found
 
 
-def _best(fn, repeats: int, rounds: int = 5) -> float:
-    for _ in range(3):
+def _timings(fn, calls: int) -> list[float]:
+    """Seconds of ``calls`` single calls after a warm-up."""
+    for _ in range(5):
         fn()
-    best = math.inf
-    for _ in range(rounds):
+    times = []
+    for _ in range(calls):
         t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / repeats)
-    return best
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
-def floor_seconds(flow, batch: int, eval_batch: int, lr: float = 1e-3, repeats: int = 20):
+def floor_seconds(flow, batch: int, eval_batch: int, lr: float = 1e-3, calls: int = 200):
     """Seconds per training step and per ``log_prob`` call of the conditioners alone.
 
     Training: forward, backward (inputs after the first layer require grad, as inside a
@@ -69,6 +69,7 @@ def floor_seconds(flow, batch: int, eval_batch: int, lr: float = 1e-3, repeats: 
             net(x, None)
 
     state = {k: v.clone() for k, v in flow.state_dict().items()}
-    train = _best(step, repeats)
+    # the statistics run.py uses: the median training step, the fastest log_prob call
+    train = statistics.median(_timings(step, calls))
     flow.load_state_dict(state)  # the Adam steps above must not touch the benchmarked model
-    return {"train_s": train, "log_prob_s": _best(density, repeats)}
+    return {"train_s": train, "log_prob_s": min(_timings(density, calls // 4))}
