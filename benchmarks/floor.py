@@ -18,20 +18,21 @@ import torch
 from flowforge.transforms import Autoregressive, Coupling
 
 
-def conditioners(flow) -> list[tuple[torch.nn.Module, int]]:
-    """``(net, input width)`` for every coupling or autoregressive layer of a vector flow."""
+def conditioners(flow) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
+    """``(net, input shape without the batch)`` for every indexed coupling (vectors, channel
+    masks) and autoregressive layer."""
     found = []
     for m in flow.modules():
         if isinstance(m, Coupling) and m.indexed:
-            found.append((m.net, len(m.idx_a)))
+            found.append((m.net, (len(m.idx_a), *m.event_shape[1:])))
         elif isinstance(m, Autoregressive):
-            found.append((m.net, m.event_shape[0]))
+            found.append((m.net, m.event_shape))
     return found
 
 
 def _timings(fn, calls: int) -> list[float]:
     """Seconds of ``calls`` single calls after a warm-up."""
-    for _ in range(5):
+    for _ in range(20):  # the first calls of a process pay for allocations and kernel setup
         fn()
     times = []
     for _ in range(calls):
@@ -52,8 +53,8 @@ def floor_seconds(flow, batch: int, eval_batch: int, lr: float = 1e-3, calls: in
     nets = conditioners(flow)
     if not nets:
         return None
-    xs = [torch.randn(batch, w, requires_grad=i > 0) for i, (_, w) in enumerate(nets)]
-    xe = [torch.randn(eval_batch, w) for _, w in nets]
+    xs = [torch.randn(batch, *shape, requires_grad=i > 0) for i, (_, shape) in enumerate(nets)]
+    xe = [torch.randn(eval_batch, *shape) for _, shape in nets]
     params = [p for net, _ in nets for p in net.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
 

@@ -47,6 +47,44 @@ def _mlp(i: int, o: int, hidden: int, zero: bool = True) -> nn.Sequential:
     return net
 
 
+def _image_shape(kind: str, d: int) -> tuple[int, int, int]:
+    """Glow runs on the 64-d digits as (1, 8, 8) images; other data has no image shape."""
+    side = math.isqrt(d)
+    if side * side != d or side % 2:
+        raise Unavailable(f"{kind} is an image model; {d}-d data is not a square image")
+    return (1, side, side)
+
+
+class _GlowNet(nn.Module):
+    """Glow's coupling network, as normflows builds it: 3x3, ReLU, 1x1, ReLU, 3x3 (zeroed);
+    called as ``net(x, context)`` by flowforge's and nflows' couplings."""
+
+    def __init__(self, i: int, o: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(i, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, o, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x, context=None):
+        return self.net(x)
+
+
+def _image_model(module, log_prob, sample, shape, note="") -> Model:
+    """Adapt an image flow to the 64-d rows the runner feeds and returns."""
+    return Model(
+        module,
+        lambda x: log_prob(x.reshape(-1, *shape)),
+        lambda n: sample(n).reshape(n, -1),
+        note,
+    )
+
+
 # -- flowforge -------------------------------------------------------------------------------------
 
 
@@ -64,6 +102,24 @@ def flowforge(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
         flow = ff.models.NSF(features=d, layers=layers, hidden=h, bins=bins, bound=BOUND)
     elif kind == "realnvp":
         flow = ff.models.RealNVP(features=d, layers=layers, hidden=h, mask="half")
+    elif kind == "glow":
+        # one squeeze, then `layers` steps of ActNorm, LU 1x1 convolution and a channel-mask
+        # affine coupling with normflows' GlowBlock conditioner (the builder ff.models.Glow is
+        # multi-scale with residual conditioners; this is its single-scale core, from parts)
+        from flowforge import transforms as T
+
+        shape = _image_shape(kind, d)
+        sq = T.Squeeze(shape)
+        chain = [sq]
+        for _ in range(layers):
+            s = sq.output_shape
+            chain += [
+                T.ActNorm(s),
+                T.LULinear(s),
+                T.Coupling(T.channel_mask(s), lambda i, o: _GlowNet(i, o, hidden), T.Affine()),
+            ]
+        flow = ff.Flow(ff.Compose(chain), ff.distributions.StandardNormal(sq.output_shape))
+        return _image_model(flow, flow.log_prob, flow.sample, shape)
     else:
         raise Unavailable(f"no {kind}")
     return Model(flow, flow.log_prob, lambda n: flow.sample(n))
@@ -88,6 +144,21 @@ def nflows(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
         def forward(self, x, context=None):
             return self.net(x)
 
+    if kind == "glow":
+        shape = _image_shape(kind, d)
+        c = 4 * shape[0]
+        chain = [transforms.SqueezeTransform()]
+        mask = torch.ones(c)
+        mask[: (c + 1) // 2] = -1  # -1: conditions (identity), +1: transformed
+        for _ in range(layers):
+            chain += [
+                transforms.ActNorm(c),
+                transforms.OneByOneConvolution(c),
+                cp.AffineCouplingTransform(-mask, lambda i, o: _GlowNet(i, o, hidden)),
+            ]
+        inner = (c, shape[1] // 2, shape[2] // 2)
+        flow = flows.Flow(transforms.CompositeTransform(chain), distributions.StandardNormal(inner))
+        return _image_model(flow, flow.log_prob, flow.sample, shape)
     chain = []
     for i in range(layers):
         if i and kind != "realnvp":  # RealNVP alternates its masks instead
@@ -172,6 +243,16 @@ def normflows(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
         import normflows as nf
     except Exception as e:  # pragma: no cover
         raise Unavailable(f"import failed: {type(e).__name__}: {e}") from None
+    if kind == "glow":
+        shape = _image_shape(kind, d)
+        c = 4 * shape[0]
+        inner = (c, shape[1] // 2, shape[2] // 2)
+        blocks = [nf.flows.GlowBlock(c, hidden, split_mode="channel") for _ in range(layers)]
+        model = nf.NormalizingFlow(
+            nf.distributions.DiagGaussian(inner, trainable=False), [*blocks, nf.flows.Squeeze()]
+        )
+        note = "its LU 1x1 conv stores the masked-out triangles: 64 more counted, same map"
+        return _image_model(model, model.log_prob, lambda n: model.sample(n)[0], shape, note)
     chain = []
     note = ""
     for i in range(layers):
