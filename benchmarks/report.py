@@ -137,8 +137,12 @@ def write_report(res: dict, path: Path) -> None:
         + ", ".join(f"{k} {v}" for k, v in res["versions"].items() if k != "flowforge")
         + ".",
         "",
-        "Speeds are examples/s (best of repeats; the machine is shared, so expect noise of "
-        "10-30%). *saved* = MB autograd keeps for backward in one training step. *% mm* = "
+        "Speeds are examples/s: training from the median step of the run, log_prob and "
+        "sampling the best of repeated calls (the machine is shared, so expect noise of "
+        "10-30%). *floor*: flowforge's conditioner networks and the Adam step alone, fed "
+        "tensors of the shapes they see inside the flow (benchmarks/floor.py): the speed no "
+        "implementation of the architecture can beat (roughly: it is timed like the rest). "
+        "*saved* = MB autograd keeps for backward in one training step. *% mm* = "
         "achieved training FLOP/s (matmuls counted by FlopCounterMode) over the in-process "
         "`torch.mm` ceiling at (batch, hidden)². NLL in nats per example, raw data units; "
         "with several seeds, mean ± sd over the seeds (each seed sets the initialisation and "

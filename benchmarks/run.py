@@ -32,6 +32,7 @@ Results go to ``benchmarks/results/<name>.json`` and a table to
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import platform
@@ -325,12 +326,11 @@ def main(argv=None):
         "skipped": [],
         "floor": {},
     }
-    for lib in libs:
+    for lib in libs:  # the installed distribution's version (nflows and FrEIA have no __version__)
         try:
-            mod = {"flowforge": "flowforge", "FrEIA": "FrEIA"}.get(lib, lib)
-            out["versions"][lib] = getattr(__import__(mod), "__version__", "?")
-        except Exception as e:
-            out["versions"][lib] = f"import failed: {e}"
+            out["versions"][lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out["versions"][lib] = "not installed"
     for ds in datasets.split(","):
         data = digits() if ds == "digits" else toy(ds)
         ceiling = matmul_ceiling(cfg["batch"], cfg["hidden"])
