@@ -4,16 +4,19 @@
     python benchmarks/run.py --quick    # smoke check in a few minutes (make bench-quick)
     python benchmarks/run.py --seeds 5  # NLL over 5 training seeds (default 3; --quick: 1)
 
-For each data set and model family it builds every library's version (see ``peers.py``),
-prints parameter counts, then measures, in one process and through the same code:
+For each data set and model family (MAF, NSF autoregressive and coupling, RealNVP; Glow on
+digits as 1x8x8 images) it builds every library's version (see ``peers.py``), prints
+parameter counts, then measures, in one process and through the same code:
 
 - training throughput (examples/s) from the median Adam step of the training run, same batches;
 - ``log_prob`` and sampling throughput (examples/s, eval mode, no grad);
 - memory: bytes autograd saves for backward in one training step (the activation memory
   that dominates a step's peak), plus the process's peak RSS at the end;
-- FLOPs of one training step (``FlopCounterMode``: matmuls only, elementwise work such as
-  the splines is not counted) and the achieved FLOP/s as a fraction of this machine's
-  ``torch.mm`` ceiling measured at the model's layer shape in the same process;
+- FLOPs of one training step (``FlopCounterMode``: matmuls and convolutions; elementwise
+  work such as the splines is not counted) and the achieved FLOP/s as a fraction of this
+  machine's ``torch.mm`` ceiling measured at the model's layer shape in the same process;
+- the floor (``floor.py``): flowforge's conditioner networks and the Adam step alone, the
+  speed no implementation of the architecture can beat;
 - test NLL after the budget, in nats, at the step with the best validation NLL (checked
   every ``eval_every`` steps: 1000 digits overfit within a few hundred steps), in the raw
   data's units (digits: 0..17 per pixel after uniform dequantization; the logit and
@@ -25,8 +28,8 @@ same seeds. The NLL is reported per seed (``test_nll_seeds``) and as their mean 
 and standard deviation (``test_nll_sd``); speeds are the best over seeds (they measure speed,
 not training luck). The data sets and their splits do not depend on the seed.
 
-Results go to ``benchmarks/results/<name>.json`` and a table to
-``benchmarks/results/README.md``.
+Results go to ``benchmarks/results/<name>.json`` and tables to
+``benchmarks/results/README.md`` (the full run) or ``<name>.md``.
 """
 
 from __future__ import annotations
