@@ -353,16 +353,15 @@ def main(argv=None):
             for lib in libs:
                 try:
                     rows = []
-                    seeds = list(seed_batches)[:1] if (lib, kind) in ONE_SEED else seed_batches
-                    for s, batches in seed_batches.items():
-                        if s not in seeds:
-                            continue
-                        rows.append(run_one(lib, kind, data, cfg, batches, s))
-                        if len(seed_batches) > 1:
+                    one_seed = (lib, kind) in ONE_SEED and len(cfg["seeds"]) > 1
+                    seeds = cfg["seeds"][:1] if one_seed else cfg["seeds"]
+                    for s in seeds:
+                        rows.append(run_one(lib, kind, data, cfg, seed_batches[s], s))
+                        if len(cfg["seeds"]) > 1:
                             nll = _fmt(rows[-1].get("test_nll"), ".3f")
                             print(f"  {kind} {lib} seed {s}: NLL {nll}", flush=True)
-                    row = merge_seeds(rows, [s for s in cfg["seeds"] if s in seeds])
-                    if len(seeds) < len(seed_batches):
+                    row = merge_seeds(rows, seeds)
+                    if one_seed:
                         row["note"] = "; ".join(filter(None, [row["note"], ONE_SEED[lib, kind]]))
                 except Unavailable as e:
                     out["skipped"].append({"dataset": ds, "model": kind, "library": lib,
