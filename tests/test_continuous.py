@@ -72,7 +72,7 @@ def test_rnode_penalties_match_their_integrals():
     x = torch.randn(4, 2, dtype=F64)
     cnf.eval()
     cnf(x)
-    assert cnf.regularization_loss is None  # only in training mode
+    assert cnf.regularization() is None  # only in training mode
     cnf.train()
     cnf(x)
     # kinetic: mean over the batch of int_0^1 ||A expm(tA) x||^2 dt, by Simpson's rule
@@ -82,8 +82,8 @@ def test_rnode_penalties_match_their_integrals():
     w[1:-1:2], w[2:-1:2] = 4, 2
     kinetic = (w[:, None] * f2).sum(0).mean() / (3 * (len(ts) - 1))
     want = 0.3 * kinetic + 0.2 * a.square().sum()  # ||A||_F^2 over unit time
-    torch.testing.assert_close(cnf.regularization_loss, want, rtol=1e-7, atol=1e-9)
-    cnf.regularization_loss.backward()
+    torch.testing.assert_close(cnf.regularization(), want, rtol=1e-7, atol=1e-9)
+    cnf.regularization().backward()
     assert cnf.net.a.grad.abs().sum() > 0
     assert cnf.metrics()["regularization"] == pytest.approx(want.item())
 
@@ -185,7 +185,9 @@ def test_missing_torchdiffeq_gives_an_install_hint(monkeypatch):
 
 def test_ffjord_builds_from_features_alone_and_in_a_compose():
     flow = ff.models.FFJORD(features=2)
-    assert flow.config == {"model": "FFJORD", "kwargs": {"features": 2}}
+    assert flow.config["model"] == "FFJORD" and flow.config["kwargs"]["features"] == 2
+    # the whole configuration is recorded, defaults included
+    assert flow.config["kwargs"]["method"] == "dopri5" and flow.config["kwargs"]["blocks"] == 1
     assert ff.models.build("ffjord", features=2).config == flow.config
     assert flow.log_prob(torch.randn(5, 2)).shape == (5,)
     cnfs = [m for m in flow.modules() if isinstance(m, CNF)]

@@ -9,13 +9,8 @@ import pytest
 import torch
 
 import flowforge as ff
-from flowforge.transforms.residual import (
-    SpectralLinear,
-    logdet_exact,
-    logdet_roulette,
-    orthogonalize,
-    planar_u_hat,
-)
+from flowforge.transforms.iresnet import SpectralLinear, logdet_exact, logdet_roulette
+from flowforge.transforms.residual import orthogonalize, planar_u_hat
 
 T = ff.transforms
 F64 = torch.float64
@@ -201,7 +196,7 @@ def test_samples_carry_their_exact_density(name):
     assert torch.allclose(flow.log_prob(x.detach()), log_q.detach(), atol=1e-7)
 
 
-# -- bad input (issue 6) ----------------------------------------------------------------------
+# -- bad input --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("coeff", [1.0, 1.5])

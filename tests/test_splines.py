@@ -32,7 +32,7 @@ def test_every_input_in_the_tails_passes_through():
     x = torch.tensor([-1e30, -100.0, -3.0000001, 3.0000001, 7.0, 1e30], dtype=torch.float64)
     p = rq_params(len(x), 5, 3.0)
     for inverse in (False, True):
-        y, ladj = rational_quadratic(x, p, inverse, bound=B)
+        y, ladj = rational_quadratic(x, p, inverse=inverse, bound=B)
         assert torch.equal(y, x) and torch.equal(ladj, torch.zeros_like(x))
 
 

@@ -160,7 +160,7 @@ def test_fit_target_cli_bad_input(capsys, tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
-# -- bad input (issue 6) ----------------------------------------------------------------------
+# -- bad input --------------------------------------------------------------------------------
 
 
 def test_target_returning_nan_is_named_in_the_error():

@@ -30,7 +30,23 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Transform", "Compose", "Inverse", "Flow", "check_shape"]
+from ._util import event_shape as _event_shape
+
+__all__ = [
+    "Transform",
+    "Compose",
+    "Inverse",
+    "Identity",
+    "Flow",
+    "Transformer",
+    "Dequantizer",
+    "Distribution",
+    "DataInit",
+    "check_shape",
+    "needs_data_init",
+    "regularization",
+    "layer_metrics",
+]
 
 
 def _fmt(shape) -> str:
@@ -61,6 +77,8 @@ class Transform(nn.Module):
         event_shape: shape of one input example, e.g. ``(D,)`` or ``(C, H, W)``.
         context_features: size of the context vector the layer reads, 0 if it reads none.
         output_shape: shape of one output example, if it differs from ``event_shape``.
+        context_shape: shape of one context, if it is not a vector (e.g. ``(C, H, W)`` for a
+            layer conditioned on an image); ``context_features`` is then its first entry.
 
     Class attributes:
         numeric_inverse: ``None`` for an exact inverse, else the tolerance a numerical inverse
@@ -74,11 +92,15 @@ class Transform(nn.Module):
         event_shape: Sequence[int],
         context_features: int = 0,
         output_shape: Sequence[int] | None = None,
+        context_shape: Sequence[int] | None = None,
     ):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
         self.output_shape = self.event_shape if output_shape is None else tuple(output_shape)
-        self.context_features = int(context_features)
+        if context_shape is None:
+            context_shape = (int(context_features),) if context_features else ()
+        self.context_shape = tuple(int(s) for s in context_shape)
+        self.context_features = self.context_shape[0] if self.context_shape else 0
 
     # -- public boundary ---------------------------------------------------------------------
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -96,15 +118,15 @@ class Transform(nn.Module):
     def _check_context(self, context: Tensor | None, batch: int) -> None:
         if self.context_features == 0:
             return
+        want = ", ".join(map(str, self.context_shape))
         if context is None:
             raise ValueError(
                 f"{type(self).__name__} is conditional and expects a context of shape "
-                f"(batch, {self.context_features}), got None"
+                f"(batch, {want}), got None"
             )
-        if context.dim() != 2 or context.shape[1] != self.context_features:
+        if tuple(context.shape[1:]) != self.context_shape:
             raise ValueError(
-                f"expected context of shape (batch, {self.context_features}), "
-                f"got {_fmt(context.shape)}"
+                f"expected context of shape (batch, {want}), got {_fmt(context.shape)}"
             )
         if context.shape[0] != batch:
             raise ValueError(
@@ -117,6 +139,16 @@ class Transform(nn.Module):
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    # -- training hooks (optional) -------------------------------------------------------------
+    def regularization(self) -> Tensor | None:
+        """A penalty this layer adds to the training loss after its latest forward pass (e.g. a
+        CNF's RNODE terms), or None. :func:`regularization` sums it over a model."""
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers to log after a forward pass (e.g. a CNF's function evaluations)."""
+        return {}
 
     def extra_repr(self) -> str:
         s = f"event_shape={self.event_shape}"
@@ -151,14 +183,14 @@ class Compose(Transform):
                     f"layer {i} ({type(a).__name__}) outputs shape {a.output_shape} but layer "
                     f"{i + 1} ({type(b).__name__}) expects {b.event_shape}"
                 )
-        context = max(layer.context_features for layer in layers)
+        context = max((layer.context_shape for layer in layers), key=len)
         for i, layer in enumerate(layers):
-            if layer.context_features not in (0, context):
+            if layer.context_shape not in ((), context):
                 raise ValueError(
-                    f"layer {i} ({type(layer).__name__}) reads {layer.context_features} context "
-                    f"features, but another layer reads {context}"
+                    f"layer {i} ({type(layer).__name__}) reads a context of shape "
+                    f"{layer.context_shape}, but another layer reads {context}"
                 )
-        super().__init__(layers[0].event_shape, context, layers[-1].output_shape)
+        super().__init__(layers[0].event_shape, 0, layers[-1].output_shape, context)
         self.layers = nn.ModuleList(layers)
         # numerical inverses (CNF) compound: the chain is as accurate as their summed tolerances
         tols = [layer.numeric_inverse for layer in layers if layer.numeric_inverse]
@@ -192,7 +224,7 @@ class Inverse(Transform):
     """Swaps the directions of a transform (an IAF is an inverted MAF)."""
 
     def __init__(self, transform: Transform):
-        super().__init__(transform.output_shape, transform.context_features, transform.event_shape)
+        super().__init__(transform.output_shape, 0, transform.event_shape, transform.context_shape)
         self.transform = transform
         self.numeric_inverse = transform.numeric_inverse
 
@@ -204,6 +236,176 @@ class Inverse(Transform):
 
     def extra_repr(self) -> str:
         return ""
+
+
+class Identity(Transform):
+    """The identity map (``ladj = 0``); a placeholder where a chain needs a layer."""
+
+    def __init__(self, shape, context_features: int = 0):
+        super().__init__(_event_shape(shape), context_features)
+
+    def _forward(self, x, context):
+        return x, x.new_zeros(x.shape[0])
+
+    def _inverse(self, z, context):
+        return z, z.new_zeros(z.shape[0])
+
+
+class DataInit:
+    """Mixin for a layer that initialises itself from the first batch it sees in training mode
+    (ActNorm). ``initialized`` is a saved bool buffer; trainers run one forward pass on a fixed
+    batch before training when :func:`needs_data_init` is true."""
+
+    initialized: Tensor
+
+
+def needs_data_init(model: nn.Module) -> bool:
+    """Whether a layer of ``model`` still waits for its data-dependent initialisation."""
+    return any(isinstance(m, DataInit) and not bool(m.initialized) for m in model.modules())
+
+
+def regularization(model: nn.Module) -> Tensor | None:
+    """The sum of the :meth:`Transform.regularization` penalties of ``model``'s layers after
+    its latest forward pass (None if no layer has one)."""
+    total = None
+    for m in model.modules():
+        if isinstance(m, Transform):
+            r = m.regularization()
+            if r is not None:
+                total = r if total is None else total + r
+    return total
+
+
+def layer_metrics(model: nn.Module) -> dict[str, float]:
+    """The sums of the layers' :meth:`Transform.metrics` after the latest forward pass."""
+    out: dict[str, float] = {}
+    for m in model.modules():
+        if isinstance(m, Transform):
+            for k, v in m.metrics().items():
+                out[k] = out.get(k, 0.0) + float(v)
+    return out
+
+
+# -- the side protocols ---------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    r"""An elementwise transformer: the invertible scalar map that a coupling or autoregressive
+    layer applies to each transformed dimension.
+
+    It has no weights of its own: ``params`` of shape ``(*x.shape, params_per_dim)`` come from a
+    conditioner, and each method returns ``(y, ladj)`` with ``ladj`` elementwise, the shape of
+    ``x``. All-zero parameters must give the identity, so that a conditioner with a
+    zero-initialised last layer starts its layer as the identity.
+
+    Subclasses set ``params_per_dim`` and implement :meth:`forward` (data to noise) and
+    :meth:`inverse`.
+    """
+
+    params_per_dim: int = 0
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class Dequantizer(nn.Module):
+    r"""Turns discrete data ``x`` in ``{0, ..., levels - 1}`` into continuous ``y = x + u`` with
+    ``u`` in ``[0, 1)^D``, and back.
+
+    ``dequantizer(x, context) -> (y, log q(u | x))``; the :class:`Flow` subtracts ``log q``,
+    so its ``log_prob`` is a lower bound on the discrete log-likelihood. :meth:`quantize` maps a
+    continuous sample back to the grid. Subclasses implement :meth:`_dequantize`; the public
+    call checks the data first (:meth:`check`).
+
+    Args:
+        levels: number of discrete levels.
+        context_features: size of the context it reads (0: none).
+    """
+
+    def __init__(self, levels: int, context_features: int = 0):
+        super().__init__()
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"expected levels to be an integer >= 2, got {levels!r}")
+        self.levels = levels
+        self.context_features = int(context_features)
+
+    def check(self, x: Tensor) -> None:
+        """``ValueError`` unless ``x`` holds integers in ``[0, levels - 1]``."""
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > self.levels - 1:
+            raise ValueError(
+                f"expected discrete data in [0, {self.levels - 1}] ({self.levels} levels), "
+                f"got values in [{lo:g}, {hi:g}]"
+            )
+        if not torch.equal(x, x.floor()):
+            raise ValueError(
+                f"expected integer-valued data for {self.levels}-level dequantization, "
+                "got non-integer values"
+            )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.check(x)
+        return self._dequantize(x, context)
+
+    def _dequantize(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def quantize(self, y: Tensor) -> Tensor:
+        """A continuous sample back to the grid: floor, then clamp to ``[0, levels - 1]``."""
+        return y.floor().clamp_(0, self.levels - 1)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+class Distribution(nn.Module):
+    r"""A base distribution over ``event_shape``, optionally conditional on a context.
+
+    Subclasses implement ``log_prob(z, context=None) -> (batch,)`` and
+    ``_sample(n, context, temperature)``; :meth:`sample` (no gradient) and
+    :meth:`rsample_and_log_prob` (differentiable) are built on them. With a context of shape
+    ``(n, c)``, ``n`` must equal the context's batch size: the :class:`Flow` expands contexts
+    before it calls the base. Samples come out on the device and dtype of the base's parameters
+    or buffers, so ``.to(...)`` is all a user does.
+
+    Args:
+        event_shape: shape of one sample (an int for vectors).
+        context_features: size of the context, 0 for unconditional.
+    """
+
+    def __init__(self, event_shape, context_features: int = 0):
+        super().__init__()
+        self.event_shape = _event_shape(event_shape)
+        self.features = math.prod(self.event_shape)
+        self.context_features = int(context_features)
+        # A constant to take device and dtype from; not saved, so checkpoints stay portable.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def _n(self, n: int, context: Tensor | None) -> int:
+        if context is not None and context.shape[0] != n:
+            raise ValueError(f"expected a context with {n} rows, got {context.shape[0]}")
+        return n
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        with torch.no_grad():
+            return self._sample(self._n(n, context), context, temperature)
+
+    def rsample_and_log_prob(self, n: int, context: Tensor | None = None):
+        z = self._sample(self._n(n, context), context, 1.0)
+        return z, self.log_prob(z, context)
+
+    def extra_repr(self) -> str:
+        s = f"event_shape={self.event_shape}"
+        return s + (f", context_features={self.context_features}" if self.context_features else "")
 
 
 class Flow(nn.Module):
@@ -229,16 +431,35 @@ class Flow(nn.Module):
         torch.Size([3, 4])
     """
 
-    def __init__(self, transform: Transform, base: nn.Module, dequantizer: nn.Module | None = None):
+    def __init__(
+        self, transform: Transform, base: Distribution, dequantizer: Dequantizer | None = None
+    ):
         super().__init__()
+        for what, obj, cls in (
+            ("transform", transform, Transform),
+            ("base", base, Distribution),
+            ("dequantizer", dequantizer, (Dequantizer, type(None))),
+        ):
+            if not isinstance(obj, cls):
+                want = "None or a " if what == "dequantizer" else "a "
+                name = (cls[0] if isinstance(cls, tuple) else cls).__name__
+                raise TypeError(
+                    f"expected {what} to be {want}flowforge {name} (subclass "
+                    f"flowforge.core.{name}), got {type(obj).__name__}"
+                )
         if tuple(base.event_shape) != transform.output_shape:
             raise ValueError(
                 f"the base is over shape {tuple(base.event_shape)} but the transform outputs "
                 f"{transform.output_shape}"
             )
-        cf = {transform.context_features, getattr(base, "context_features", 0)} - {0}
+        if len(transform.context_shape) > 1:
+            raise ValueError(
+                f"a flow's context is a vector, but the transform reads a context of shape "
+                f"{transform.context_shape}"
+            )
+        cf = {transform.context_features, base.context_features} - {0}
         if dequantizer is not None:
-            cf |= {getattr(dequantizer, "context_features", 0)} - {0}
+            cf |= {dequantizer.context_features} - {0}
         if len(cf) > 1:
             raise ValueError(f"transform and base read different context sizes: {sorted(cf)}")
         self.transform = transform

@@ -1,76 +1,44 @@
 r"""Base distributions.
 
-Every base has ``event_shape`` and ``context_features`` and three methods:
+Every base subclasses :class:`Distribution` (defined in :mod:`flowforge.core`), so it has
+``event_shape`` and ``context_features`` and three methods:
 
 - ``log_prob(z, context=None) -> (batch,)``
 - ``sample(n, context=None, temperature=1.0) -> (n, *event_shape)`` (no gradient needed)
 - ``rsample_and_log_prob(n, context=None) -> (z, log_prob)`` (differentiable)
 
-With a context of shape ``(n, c)``, ``n`` must equal the context's batch size: the
-:class:`~flowforge.core.Flow` expands contexts before it calls the base. Samples come out on
-the device and dtype of the base's parameters or buffers, so ``.to(...)`` is all a user does.
+A base of your own subclasses :class:`Distribution` and implements ``log_prob`` and
+``_sample(n, context, temperature)``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nets import MLP
+from ._util import LOG_2PI
+from .core import Distribution
+from .nets import MADE, MLP
 
-__all__ = ["StandardNormal", "DiagGaussian", "GaussianMixture"]
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _shape(event_shape) -> tuple[int, ...]:
-    return (int(event_shape),) if isinstance(event_shape, int) else tuple(event_shape)
+__all__ = ["Distribution", "StandardNormal", "DiagGaussian", "GaussianMixture", "MADEMoG"]
 
 
-class _Base(nn.Module):
-    def __init__(self, event_shape, context_features: int = 0):
-        super().__init__()
-        self.event_shape = _shape(event_shape)
-        self.features = math.prod(self.event_shape)
-        self.context_features = int(context_features)
-        # A constant to take device and dtype from; not saved, so checkpoints stay portable.
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
-
-    def _n(self, n: int, context: Tensor | None) -> int:
-        if context is not None and context.shape[0] != n:
-            raise ValueError(f"expected a context with {n} rows, got {context.shape[0]}")
-        return n
-
-    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        with torch.no_grad():
-            return self._sample(self._n(n, context), context, temperature)
-
-    def rsample_and_log_prob(self, n: int, context: Tensor | None = None):
-        z = self._sample(self._n(n, context), context, 1.0)
-        return z, self.log_prob(z, context)
-
-    def extra_repr(self) -> str:
-        s = f"event_shape={self.event_shape}"
-        return s + (f", context_features={self.context_features}" if self.context_features else "")
-
-
-class StandardNormal(_Base):
+class StandardNormal(Distribution):
     """``N(0, I)`` over ``event_shape``; no parameters."""
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         z = z.flatten(1)
-        return -0.5 * (z.square().sum(-1) + self.features * _LOG_2PI)
+        return -0.5 * (z.square().sum(-1) + self.features * LOG_2PI)
 
     def _sample(self, n, context, temperature):
         a = self._anchor
         return temperature * torch.randn(n, *self.event_shape, device=a.device, dtype=a.dtype)
 
 
-class DiagGaussian(_Base):
+class DiagGaussian(Distribution):
     """A Gaussian with learnable mean and diagonal scale.
 
     With ``context_features > 0`` the mean and log-scale come from an MLP of the context; with
@@ -100,7 +68,7 @@ class DiagGaussian(_Base):
         z = z.flatten(1)
         loc, log_scale = self._params(z.shape[0], context)
         u = (z - loc) * torch.exp(-log_scale)
-        return -0.5 * (u.square() + _LOG_2PI).sum(-1) - log_scale.sum(-1)
+        return -0.5 * (u.square() + LOG_2PI).sum(-1) - log_scale.sum(-1)
 
     def _sample(self, n, context, temperature):
         loc, log_scale = self._params(n, context)
@@ -108,7 +76,7 @@ class DiagGaussian(_Base):
         return (loc + temperature * eps * log_scale.exp()).reshape(n, *self.event_shape)
 
 
-class GaussianMixture(_Base):
+class GaussianMixture(Distribution):
     """A learnable mixture of ``components`` diagonal Gaussians.
 
     With a context, the mixture weights, means and log-scales come from an MLP of the context.
@@ -160,7 +128,7 @@ class GaussianMixture(_Base):
         z = z.reshape(z.shape[0], 1, -1)
         logits, loc, log_scale = self._params(z.shape[0], context)
         u = (z - loc) * torch.exp(-log_scale)
-        comp = -0.5 * (u.square() + _LOG_2PI).sum(-1) - log_scale.sum(-1)  # (n, k)
+        comp = -0.5 * (u.square() + LOG_2PI).sum(-1) - log_scale.sum(-1)  # (n, k)
         return torch.logsumexp(F.log_softmax(logits, -1) + comp, dim=-1)
 
     def _sample(self, n, context, temperature):
@@ -176,11 +144,7 @@ class GaussianMixture(_Base):
         return super().extra_repr() + f", components={self.components}"
 
 
-# -- learnable autoregressive base (added for the improvements of issue 8) -----------------------
-from .nets import MADE as _MADE  # noqa: E402
-
-
-class MADEMoG(_Base):
+class MADEMoG(Distribution):
     r"""An autoregressive base: a mixture of Gaussians per dimension, parametrised by MADE.
 
     ``p(z) = prod_i sum_k pi_ik N(z_i; mu_ik, sigma_ik)`` where ``(pi, mu, sigma)`` of dimension
@@ -215,7 +179,7 @@ class MADEMoG(_Base):
         if components < 1:
             raise ValueError(f"expected components >= 1, got {components}")
         self.components = k = int(components)
-        self.made = _MADE(self.features, 3 * k, hidden, context_features, zero_init=True)
+        self.made = MADE(self.features, 3 * k, hidden, context_features, zero_init=True)
         # Start as an equal-weight mixture of unit Gaussians with spread means: distinct
         # components from the first step (zero-initialised means would never separate).
         with torch.no_grad():
@@ -231,7 +195,7 @@ class MADEMoG(_Base):
         z = z.reshape(z.shape[0], -1)
         log_w, loc, log_scale = self._split(self.made(z, context))  # (n, D, K) each
         u = (z.unsqueeze(-1) - loc) * torch.exp(-log_scale)
-        comp = -0.5 * (u.square() + _LOG_2PI) - log_scale
+        comp = -0.5 * (u.square() + LOG_2PI) - log_scale
         return torch.logsumexp(log_w + comp, dim=-1).sum(-1)
 
     def _sample(self, n, context, temperature):
@@ -253,6 +217,3 @@ class MADEMoG(_Base):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", components={self.components}"
-
-
-__all__ += ["MADEMoG"]

@@ -1,16 +1,25 @@
 r"""Saving and loading flows without pickle: weights in safetensors, configuration in JSON.
 
-A ``.ff`` file is one safetensors file whose header metadata holds the builder's name and
-arguments as JSON. Loading parses that JSON, rebuilds the flow with the registered builder and
-copies the tensors in; no code from the file is ever executed. Files are written atomically
-(a temporary file in the same folder, fsync, then rename), so a crash never leaves a
-half-written checkpoint in place of a good one.
+A ``.ff`` file is one safetensors file whose header metadata holds the builder's name and its
+*whole* resolved configuration as JSON (format ``flowforge/2``; files of ``flowforge/1``, which
+recorded only the arguments given, still load). Loading parses that JSON, checks it against the
+registered builder's signature and types, rebuilds the flow and copies the tensors in; no code
+from the file is ever executed. Files are written atomically (a temporary file in the same
+folder, fsync, then rename), so a crash never leaves a half-written checkpoint in place of a
+good one.
+
+:func:`pack` and :func:`unpack` are the one safetensors+JSON codec: ``.ff`` files and the
+workbench's training checkpoints both use them. :func:`unpack` reads only regular files of a
+bounded size (:data:`MAX_BYTES`, or the caller's ``max_bytes``) and checks the header before it
+reads any tensor. See ``docs/security.md`` for what a file can and cannot make flowforge do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -18,15 +27,29 @@ import torch
 
 from .core import Flow
 
-__all__ = ["save", "load", "atomic_write", "FORMAT"]
+__all__ = ["save", "load", "atomic_write", "pack", "unpack", "FORMAT", "MAX_BYTES"]
 
-FORMAT = "flowforge/1"
-MODEL_FILE = "model.ff"
+FORMAT = "flowforge/2"
+FORMATS = ("flowforge/1", FORMAT)
+MODEL_FILE = "model.ff"  # the model file of a workbench run folder
+MAX_BYTES = 4 * 2**30  # the largest file read unless the caller raises it (4 GiB)
+_MAX_HEADER = 16 * 2**20  # safetensors' own limit on the JSON header is larger; ours is 16 MiB
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _safetensors():
     try:
-        import safetensors
         import safetensors.torch
     except ImportError:
         raise ImportError(
@@ -54,6 +77,112 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+# -- the codec -----------------------------------------------------------------------------------
+
+
+def pack(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
+    """Tensors and a JSON-able ``meta`` dict as safetensors bytes (``meta`` in the header)."""
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    return _safetensors().torch.save(tensors, metadata={"flowforge": json.dumps(meta)})
+
+
+def _read_bounded(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; ``ValueError`` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ValueError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(
+                f"{path} is {st.st_size:,} bytes, more than the limit of {max_bytes:,}; "
+                "pass max_bytes= to read a larger file you trust"
+            )
+        chunks, left = [], st.st_size + 1  # one byte more: a file that grows is refused
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > st.st_size:
+            raise ValueError(f"{path} changed size while it was read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _header(data: bytes, path: Path) -> tuple[dict, dict]:
+    """``(flowforge metadata, {name: (dtype, shape)})`` from the safetensors header alone."""
+    if len(data) < 8:
+        raise ValueError("the file is shorter than a safetensors header")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(_MAX_HEADER, len(data) - 8):
+        raise ValueError(f"the header claims {n:,} bytes, beyond the file or the limit")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"the header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not isinstance(meta.get("flowforge"), str):
+        raise ValueError("the header has no flowforge metadata")
+    try:
+        ours = json.loads(meta["flowforge"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the flowforge metadata is not JSON ({e})") from None
+    if not isinstance(ours, dict):
+        raise ValueError("the flowforge metadata is not a JSON object")
+    body = len(data) - 8 - n
+    specs = {}
+    for name, info in header.items():
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(s) for s in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"tensor {name!r} has a malformed header entry") from None
+        if not 0 <= start <= end <= body or min(shape, default=0) < 0:
+            raise ValueError(f"tensor {name!r} lies outside the file")
+        specs[name] = (dtype, shape)
+    return ours, specs
+
+
+def unpack(
+    path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = "flowforge file"
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a file written with :func:`pack`: ``(meta, tensors)``.
+
+    Reads only a regular file of at most ``max_bytes``, checks the header, and refuses
+    non-finite floating-point tensors. Every problem is a ``ValueError`` that names the file.
+    """
+    path = Path(path)
+    st = _safetensors()
+    try:
+        data = _read_bounded(path, max_bytes)
+        meta, _ = _header(data, path)
+        tensors = st.torch.load(data)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a readable {what} (corrupt or truncated?): {e}") from None
+    except (st.SafetensorError, RuntimeError, OSError) as e:
+        msg = " ".join(str(e).split())
+        raise ValueError(
+            f"{path} is not a readable {what} (corrupt or truncated?): {msg}"
+        ) from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path}: tensor {name!r} holds NaN or inf; the file is damaged")
+    return meta, tensors
+
+
+# -- flows ---------------------------------------------------------------------------------------
+
+
 def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
     """Serialise a flow built by :mod:`flowforge.models` to safetensors bytes."""
     if getattr(flow, "config", None) is None:
@@ -62,9 +191,7 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
             "configuration); for a hand-built flow, save flow.state_dict() with "
             "safetensors.torch.save_file and rebuild the flow before loading it"
         )
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in flow.state_dict().items()}
-    meta = {"format": FORMAT, "config": flow.config, **(extra or {})}
-    return _safetensors().torch.save(tensors, metadata={"flowforge": json.dumps(meta)})
+    return pack(flow.state_dict(), {"format": FORMAT, "config": flow.config, **(extra or {})})
 
 
 def save(flow: Flow, path: str | os.PathLike) -> None:
@@ -81,33 +208,44 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
     atomic_write(path, to_bytes(flow))
 
 
-def read(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Parse a ``.ff`` file into ``(metadata, tensors)``; ``ValueError`` if it is not one."""
+def read(
+    path: str | os.PathLike, max_bytes: int = MAX_BYTES
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Parse a ``.ff`` file (or a run folder's ``model.ff``) into ``(metadata, tensors)``."""
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.exists():
         raise ValueError(f"no flowforge checkpoint at {path}")
-    st = _safetensors()
-    try:
-        tensors = st.torch.load(path.read_bytes())
-        with st.safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        meta = json.loads(header["flowforge"])
-    except (
-        st.SafetensorError,
-        KeyError,
-        TypeError,
-        json.JSONDecodeError,
-        OSError,
-        RuntimeError,
-    ) as e:
-        raise ValueError(
-            f"{path} is not a readable flowforge checkpoint (corrupt or truncated?): {e}"
-        ) from None
-    if meta.get("format") != FORMAT:
+    meta, tensors = unpack(path, max_bytes, "flowforge checkpoint")
+    if meta.get("format") not in FORMATS:
         raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    config = meta.get("config")
+    if (
+        not isinstance(config, dict)
+        or not isinstance(config.get("model"), str)
+        or not isinstance(config.get("kwargs"), dict)
+    ):
+        raise ValueError(f"{path}: the checkpoint's configuration is malformed")
     return meta, tensors
+
+
+def _upgrade_format1(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """A ``flowforge/1`` configuration and state in today's terms."""
+    config = {**config, "kwargs": dict(config["kwargs"])}
+    kwargs = config["kwargs"]
+    if config.pop("standardize", False):
+        config["prefix"] = ["standardize"]
+    # ResidualFlow's hidden=int meant one layer then; an int now repeats the default depth
+    if config["model"].lower() == "residualflow" and isinstance(kwargs.get("hidden"), int):
+        kwargs["hidden"] = [kwargs["hidden"]]
+    if isinstance(kwargs.get("dequantization"), dict) or kwargs.get("dequantization") == (
+        "variational"
+    ):
+        from .transforms.dequantization import VariationalDequantization
+
+        tensors = VariationalDequantization.upgrade_format1(tensors, "dequantizer.")
+    return config, tensors
 
 
 def from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Flow:
@@ -115,8 +253,12 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Flow:
     from . import models
 
     config = meta["config"]
+    if meta.get("format") == "flowforge/1":
+        config, tensors = _upgrade_format1(config, tensors)
     flow = models.build(config["model"], **config["kwargs"])
-    if config.get("standardize"):
+    for layer in config.get("prefix", []):
+        if layer != "standardize":
+            raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")
         flow = models.standardized(flow)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
@@ -124,14 +266,24 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Flow:
     try:
         flow.load_state_dict(tensors)
     except RuntimeError as e:
-        raise ValueError(f"checkpoint does not match its configuration: {e}") from None
+        msg = " ".join(str(e).split())[:400]
+        raise ValueError(f"checkpoint does not match its configuration: {msg}") from None
     return flow
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Flow:
+def load(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    max_bytes: int = MAX_BYTES,
+) -> Flow:
     """Load a flow saved by :func:`save`, or the model of a workbench run folder.
 
-    ``path`` may be a ``.ff`` file or a folder holding ``model.ff``. Never unpickles.
+    ``path`` may be a ``.ff`` file or a folder holding ``model.ff``. Never unpickles; reads at
+    most ``max_bytes`` (4 GiB by default) from a regular file.
     """
-    meta, tensors = read(path)
-    return from_parts(meta, tensors).to(map_location)
+    meta, tensors = read(path, max_bytes)
+    try:
+        flow = from_parts(meta, tensors)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
+    return flow.to(map_location)

@@ -13,25 +13,45 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "ResidualMLP", "ConvResNet", "MADE"]
+from ._util import unknown
 
-_ACTIVATIONS = {
+__all__ = [
+    "MLP",
+    "ResidualMLP",
+    "ConvResNet",
+    "MADE",
+    "LipSwish",
+    "ACTIVATIONS",
+    "activation_class",
+]
+
+
+class LipSwish(nn.Module):
+    """``x sigmoid(x) / 1.1``, 1-Lipschitz and smooth (Chen et al., 2019)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(x) / 1.1
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
     "elu": nn.ELU,
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "lipswish": LipSwish,
 }
 
 
-def _activation(name: str) -> type[nn.Module]:
-    try:
-        return _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}"
-        ) from None
+def activation_class(name: str, allowed: Sequence[str] | None = None) -> type[nn.Module]:
+    """The activation called ``name``; ``allowed`` narrows the choice (e.g. to the 1-Lipschitz
+    or the smooth ones)."""
+    choices = ACTIVATIONS if allowed is None else {k: ACTIVATIONS[k] for k in allowed}
+    if name not in choices:
+        raise unknown("activation", name, choices)
+    return choices[name]
 
 
 class MLP(nn.Module):
@@ -56,7 +76,7 @@ class MLP(nn.Module):
         zero_init: bool = True,
     ):
         super().__init__()
-        act = _activation(activation)
+        act = activation_class(activation)
         widths = [in_features + context_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
@@ -98,7 +118,7 @@ class ResidualMLP(nn.Module):
         zero_init: bool = True,
     ):
         super().__init__()
-        act = _activation(activation)
+        act = activation_class(activation)
         self.context_features = context_features
         self.inp = nn.Linear(in_features + context_features, hidden)
         self.blocks = nn.ModuleList(
@@ -126,7 +146,8 @@ class ConvResNet(nn.Module):
     ``blocks`` pre-activation residual blocks (3x3 then 1x1 convolution, as in Glow's coupling
     network), and a zero-initialised 3x3 output convolution, so a coupling built on it starts
     as the identity. A context vector of size ``context_features`` is broadcast over the image
-    and concatenated as extra input channels.
+    and concatenated as extra input channels; a context image ``(B, context_features, H, W)`` is
+    concatenated as it is.
 
     Args:
         in_channels: channels of the input.
@@ -154,7 +175,7 @@ class ConvResNet(nn.Module):
         zero_init: bool = True,
     ):
         super().__init__()
-        act = _activation(activation)
+        act = activation_class(activation)
         self.context_features = context_features
         self.inp = nn.Conv2d(in_channels + context_features, hidden, 3, padding=1)
         self.blocks = nn.ModuleList(
@@ -170,8 +191,9 @@ class ConvResNet(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.context_features:
-            c = context[:, :, None, None].expand(-1, -1, *x.shape[2:])
-            x = torch.cat([x, c], dim=1)
+            # a context vector is broadcast over the image; an image context is stacked as is
+            c = context if context.dim() == 4 else context[:, :, None, None]
+            x = torch.cat([x, c.expand(-1, -1, *x.shape[2:])], dim=1)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h)
@@ -258,7 +280,7 @@ class MADE(nn.Module):
         self.features, self.params_per_dim = int(features), int(params_per_dim)
         self.hidden, self.residual = hidden, bool(residual)
         self.context_features = int(context_features)
-        self.act = _activation(activation)()
+        self.act = activation_class(activation)()
         d, p = self.features, self.params_per_dim
         self.register_buffer("degrees", _input_degrees(d, order))  # persistent: a random order
         # Inputs with degree D feed nothing; with D == 1 no input feeds anything, and the input

@@ -13,10 +13,52 @@ import torch
 from torch import Tensor
 
 from .core import Flow
-from .targets import check_log_prob, target_name
-from .transforms.preprocessing import UniformDequantization
+from .transforms.dequantization import UniformDequantization
 
-__all__ = ["forward_kl", "reverse_kl", "nll", "bits_per_dim", "nll_to_bits_per_dim"]
+__all__ = [
+    "forward_kl",
+    "reverse_kl",
+    "nll",
+    "bits_per_dim",
+    "nll_to_bits_per_dim",
+    "check_log_prob",
+    "target_name",
+    "log_importance_weights",
+    "effective_sample_size",
+    "importance_log_z",
+    "vi_diagnostics",
+]
+
+
+def target_name(target) -> str:
+    """A readable name for a target callable: its ``name``, its ``__name__``, or its repr."""
+    name = getattr(target, "name", None) or getattr(target, "__name__", None)
+    return str(name) if name else repr(target)
+
+
+def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
+    """Check a target's output for ``x`` of shape ``(*batch, dim)``: a tensor of shape
+    ``(*batch,)`` with no NaN and no ``+inf`` (``-inf``, zero density, is allowed). Raises a
+    ``ValueError`` naming the target; returns ``log_p`` unchanged."""
+    want = tuple(x.shape[:-1])
+    if not isinstance(log_p, Tensor):
+        raise ValueError(
+            f"target {name!r} returned {type(log_p).__name__}, expected a tensor of shape {want}"
+        )
+    if tuple(log_p.shape) != want:
+        raise ValueError(
+            f"target {name!r} returned log-densities of shape {tuple(log_p.shape)} for x of "
+            f"shape {tuple(x.shape)}; expected shape {want} (one value per point)"
+        )
+    bad = torch.isnan(log_p) | (log_p == float("inf"))
+    if bad.any():
+        first = bad.reshape(-1).nonzero()[0].item()
+        point = x.reshape(-1, x.shape[-1])[first].tolist()
+        raise ValueError(
+            f"target {name!r} returned NaN or +inf for {int(bad.sum())} of {bad.numel()} "
+            f"points (first at x = {[round(v, 4) for v in point]})"
+        )
+    return log_p
 
 
 def forward_kl(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -97,7 +139,7 @@ def bits_per_dim(
     """
     deq = None
     if flow.dequantizer is not None:
-        have = getattr(flow.dequantizer, "levels", None)
+        have = flow.dequantizer.levels
         if levels is not None and have is not None and levels != have:
             raise ValueError(f"the flow dequantizes {have} levels, but levels={levels} was given")
     elif levels is None:
@@ -205,11 +247,3 @@ def vi_diagnostics(
         "ess": effective_sample_size(log_w),
         "n": int(log_w.numel()),
     }
-
-
-__all__ += [
-    "log_importance_weights",
-    "effective_sample_size",
-    "importance_log_z",
-    "vi_diagnostics",
-]

@@ -29,13 +29,15 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from ._util import LOG_2PI, unknown
+from .objectives import check_log_prob
 
 __all__ = [
     "Target",
@@ -45,10 +47,7 @@ __all__ = [
     "grid_log_z",
     "grid",
     "gaussian_mixture",
-    "check_log_prob",
 ]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -77,37 +76,6 @@ class Target:
                 f"target {self.name!r} is {self.dim}-dimensional, got x of shape {tuple(x.shape)}"
             )
         return check_log_prob(self.fn(x), x, self.name)
-
-
-def target_name(target) -> str:
-    """A readable name for a target callable: its ``name``, its ``__name__``, or its repr."""
-    name = getattr(target, "name", None) or getattr(target, "__name__", None)
-    return str(name) if name else repr(target)
-
-
-def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
-    """Check a target's output for ``x`` of shape ``(*batch, dim)``: a tensor of shape
-    ``(*batch,)`` with no NaN and no ``+inf`` (``-inf``, zero density, is allowed). Raises a
-    ``ValueError`` naming the target; returns ``log_p`` unchanged."""
-    want = tuple(x.shape[:-1])
-    if not isinstance(log_p, Tensor):
-        raise ValueError(
-            f"target {name!r} returned {type(log_p).__name__}, expected a tensor of shape {want}"
-        )
-    if tuple(log_p.shape) != want:
-        raise ValueError(
-            f"target {name!r} returned log-densities of shape {tuple(log_p.shape)} for x of "
-            f"shape {tuple(x.shape)}; expected shape {want} (one value per point)"
-        )
-    bad = torch.isnan(log_p) | (log_p == float("inf"))
-    if bad.any():
-        first = bad.reshape(-1).nonzero()[0].item()
-        point = x.reshape(-1, x.shape[-1])[first].tolist()
-        raise ValueError(
-            f"target {name!r} returned NaN or +inf for {int(bad.sum())} of {bad.numel()} "
-            f"points (first at x = {[round(v, 4) for v in point]})"
-        )
-    return log_p
 
 
 # -- Rezende & Mohamed (2015) ------------------------------------------------------------------
@@ -160,7 +128,7 @@ def _u4(z):
 
 
 def _normal(x, loc, scale):
-    return -0.5 * ((x - loc) / scale) ** 2 - math.log(scale) - 0.5 * _LOG_2PI
+    return -0.5 * ((x - loc) / scale) ** 2 - math.log(scale) - 0.5 * LOG_2PI
 
 
 def _banana(z):
@@ -171,7 +139,7 @@ def _banana(z):
 def _funnel(z):
     v, x = z[..., 0], z[..., 1:]
     # x_i | v ~ N(0, exp(v)): log-density -x²/(2 e^v) - v/2 - log(2 pi)/2
-    lx = -0.5 * x.square() * torch.exp(-v).unsqueeze(-1) - 0.5 * v.unsqueeze(-1) - 0.5 * _LOG_2PI
+    lx = -0.5 * x.square() * torch.exp(-v).unsqueeze(-1) - 0.5 * v.unsqueeze(-1) - 0.5 * LOG_2PI
     return _normal(v, 0.0, 3.0) + lx.sum(-1)
 
 
@@ -227,9 +195,7 @@ def get(name: str) -> Target:
     """The target called ``name`` (case-insensitive)."""
     key = str(name).lower()
     if key not in TARGETS:
-        close = difflib.get_close_matches(key, list(TARGETS), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown target {name!r}{hint} (available: {', '.join(available())})")
+        raise unknown("target", name, TARGETS)
     return TARGETS[key]
 
 

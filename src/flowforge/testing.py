@@ -13,13 +13,25 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_transform", "check_round_trip", "check_log_det", "check_gradients"]
+__all__ = [
+    "check_transform",
+    "check_round_trip",
+    "check_round_trip_from_noise",
+    "check_log_det",
+    "check_gradients",
+    "check_transformer",
+    "check_distribution",
+    "check_dequantizer",
+]
 
 ROUND_TRIP_RTOL = 1e-10
 LADJ_ATOL = 1e-7
+NUMERIC_CAP = 1e-5  # the loosest numerical-inverse tolerance the float64 checks accept
 
 
 def _rel_err(a: Tensor, b: Tensor) -> float:
@@ -49,11 +61,20 @@ def check_round_trip(t, x: Tensor, context: Tensor | None = None, rtol: float | 
     assert err <= tol, f"round trip relative error {err:.3g} > {tol:.1g}"
     err = _rel_err(-ladj_inv, ladj)
     assert err <= max(tol, LADJ_ATOL), f"forward ladj != -inverse ladj (rel. error {err:.3g})"
-    # and starting from the noise side
-    x3, ladj_inv3 = t.inverse(z, context)
-    z3, ladj3 = t(x3, context)
-    err = _rel_err(z3, z)
+
+
+def check_round_trip_from_noise(
+    t, z: Tensor, context: Tensor | None = None, rtol: float | None = None
+):
+    """``forward(inverse(z)) == z`` for fresh noise ``z`` (a point ``forward`` never made)."""
+    tol = rtol if rtol is not None else (t.numeric_inverse or ROUND_TRIP_RTOL)
+    x, ladj_inv = t.inverse(z, context)
+    _shape_ok(t, z, x, ladj_inv, inverse=True)
+    z2, ladj = t(x, context)
+    err = _rel_err(z2, z)
     assert err <= tol, f"forward(inverse(z)) relative error {err:.3g} > {tol:.1g}"
+    err = _rel_err(-ladj_inv, ladj)
+    assert err <= max(tol, LADJ_ATOL), f"forward ladj != -inverse ladj from noise ({err:.3g})"
 
 
 def _jacobian_ladj(fn, x: Tensor, context: Tensor | None) -> Tensor:
@@ -112,6 +133,94 @@ def check_gradients(t: nn.Module, x: Tensor, context: Tensor | None = None) -> N
 
 
 def check_transform(t, x: Tensor, context: Tensor | None = None) -> None:
-    """Round trip, ladj against autograd in both directions, and shapes."""
+    """Round trips from both sides, ladj against autograd in both directions, and shapes."""
     check_round_trip(t, x, context)
+    z = torch.randn(x.shape[0], *t.output_shape, dtype=x.dtype, device=x.device)
+    check_round_trip_from_noise(t, z, context)
     check_log_det(t, x, context)
+
+
+# -- the side protocols --------------------------------------------------------------------------
+
+
+def check_transformer(t, x: Tensor, params: Tensor) -> None:
+    """An elementwise transformer: the identity at zero parameters, the round trip, the
+    elementwise ``ladj`` against autograd's derivative, and a gradient for the parameters."""
+    y0, l0 = t(x, torch.zeros_like(params))
+    assert _rel_err(y0, x) <= ROUND_TRIP_RTOL and l0.abs().max() <= LADJ_ATOL, (
+        "zero parameters are not the identity"
+    )
+    xr = x.clone().requires_grad_(True)
+    y, ladj = t(xr, params)
+    assert y.shape == x.shape and ladj.shape == x.shape, "output or ladj has the wrong shape"
+    (dy,) = torch.autograd.grad(y.sum(), xr)  # elementwise map: the derivative is the diagonal
+    err = (ladj.detach() - dy.abs().log()).abs().max().item()
+    assert err <= LADJ_ATOL * (1 + ladj.abs().max().item()), f"ladj differs by {err:.3g}"
+    x2, ladj2 = t.inverse(y.detach(), params)
+    assert _rel_err(x2, x) <= ROUND_TRIP_RTOL, f"round trip error {_rel_err(x2, x):.3g}"
+    assert _rel_err(-ladj2, ladj.detach()) <= max(ROUND_TRIP_RTOL, LADJ_ATOL)
+    p = params.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(t(x, p)[0].square().sum() + t(x, p)[1].sum(), p)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0, "the parameters get no gradient"
+
+
+def _grid(dims: int, half_width: float, n: int, dtype) -> tuple[Tensor, float]:
+    edges = torch.linspace(-half_width, half_width, n + 1, dtype=dtype)
+    mids = (edges[1:] + edges[:-1]) / 2
+    pts = torch.cartesian_prod(*[mids] * dims).reshape(-1, dims)
+    return pts, (2 * half_width / n) ** dims
+
+
+def check_distribution(base, context: Tensor | None = None, half_width: float = 12.0) -> None:
+    """A base distribution: samples of the right shape and dtype, ``rsample_and_log_prob``
+    agreeing with ``log_prob``, every parameter trained by ``log_prob``, and (for 1 or 2
+    dimensions) a density that integrates to 1 over ``[-half_width, half_width]^D``."""
+    n = 4 if context is None else context.shape[0]
+    dtype = base._anchor.dtype
+    s = base.sample(n, context)
+    assert tuple(s.shape) == (n, *base.event_shape) and s.dtype == dtype, "bad sample shape"
+    z, lp = base.rsample_and_log_prob(n, context)
+    assert torch.allclose(lp, base.log_prob(z, context)), "rsample log-prob != log_prob"
+    base.zero_grad(set_to_none=True)
+    if any(True for _ in base.parameters()):
+        base.log_prob(s, context).sum().backward()
+    for name, p in base.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+    base.zero_grad(set_to_none=True)
+    if base.features <= 2:
+        pts, cell = _grid(base.features, half_width, 400 if base.features == 1 else 300, dtype)
+        pts = pts.reshape(-1, *base.event_shape)
+        for i in range(1 if context is None else min(2, n)):
+            c = None if context is None else context[i : i + 1].expand(len(pts), -1)
+            with torch.no_grad():
+                mass = (base.log_prob(pts, c).exp().sum() * cell).item()
+            assert abs(mass - 1) < 1e-3, f"the density integrates to {mass:.5f}, not 1"
+
+
+def check_dequantizer(deq, x: Tensor) -> None:
+    """A dequantizer: ``y = x + u`` with ``u`` in ``[0, 1)``, ``quantize(y) == x``, a finite
+    ``log q``; for a learned one (with a ``flow``), ``log q`` equals the density its flow gives
+    the drawn ``u``, and with one dimension that density integrates to 1 over ``[0, 1)``."""
+    y, log_q = deq(x)
+    u = y - x
+    assert ((u >= 0) & (u < 1)).all(), "u leaves [0, 1)"
+    assert torch.equal(deq.quantize(y), x), "quantize(x + u) != x"
+    assert log_q.shape == (x.shape[0],) and torch.isfinite(log_q).all(), "log q is not finite"
+    flow = getattr(deq, "flow", None)
+    if flow is None:
+        return
+    h = deq._features(x)
+    u, log_q = deq.rsample(x)  # (x + u - x would lose the bits that matter near 0 and 1)
+    with torch.no_grad():
+        eps, ladj = flow(u, h)
+        want = -0.5 * (eps.square() + math.log(2 * math.pi)).flatten(1).sum(1) + ladj
+    assert torch.allclose(log_q, want, atol=1e-6), "log q differs from the flow's density"
+    if x[0].numel() == 1:
+        n = 20000
+        grid = (torch.arange(n, dtype=x.dtype) + 0.5) / n
+        grid = grid.reshape(n, *x.shape[1:])
+        with torch.no_grad():
+            e, l = flow(grid, h[:1].expand(n, *h.shape[1:]))
+            dens = (-0.5 * (e.square() + math.log(2 * math.pi)).flatten(1).sum(1) + l).exp()
+        mass = (dens.sum() / n).item()
+        assert abs(mass - 1) < 1e-3, f"q(u | x) integrates to {mass:.5f}, not 1"

@@ -1,21 +1,25 @@
-"""Invertible layers. Every class here follows :class:`flowforge.Transform`'s contract.
+"""Invertible layers. Every class here follows :class:`flowforge.Transform`'s contract;
+the elementwise transformers follow :class:`flowforge.core.Transformer`'s and the dequantizers
+:class:`flowforge.core.Dequantizer`'s.
 
 One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
-normalization, image (squeeze, multi-scale factor-out), residual (planar, radial, Sylvester,
-i-ResNet), continuous (CNF; torchdiffeq is imported only when one is built), preprocessing and
-dequantization.
+normalization, image (squeeze, multi-scale factor-out), residual (planar, radial, Sylvester),
+iresnet (invertible residual blocks), continuous (CNF; torchdiffeq is imported only when one is
+built), preprocessing and dequantization.
 """
 
+from ..core import Identity
 from .autoregressive import Autoregressive
 from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
-from .dequantization import VariationalDequantization
+from .dequantization import UniformDequantization, VariationalDequantization
 from .elementwise import Additive, Affine
 from .image import FactorOut, Squeeze
+from .iresnet import ResidualBlock
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
 from .normalization import ActNorm, BatchNorm
-from .preprocessing import Logit, Standardize, UniformDequantization
-from .residual import Planar, Radial, ResidualBlock, Sylvester
+from .preprocessing import Logit, Standardize
+from .residual import Planar, Radial, Sylvester
 from .splines import RationalQuadratic, rational_quadratic
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "CNF",
     "Coupling",
     "FactorOut",
+    "Identity",
     "LULinear",
     "Logit",
     "ODENet",

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..core import Transform
+from ..core import Transform, Transformer
 from ..nets import MADE
 
 __all__ = ["Autoregressive"]
@@ -58,7 +58,7 @@ class Autoregressive(Transform):
     def __init__(
         self,
         features: int,
-        transformer: nn.Module,
+        transformer: Transformer,
         hidden: Sequence[int] | int = (128, 128),
         context_features: int = 0,
         order="natural",
@@ -69,6 +69,11 @@ class Autoregressive(Transform):
         if features < 1:
             raise ValueError(f"expected features >= 1, got {features}")
         super().__init__((features,), context_features)
+        if not isinstance(transformer, Transformer):
+            raise TypeError(
+                f"expected an elementwise transformer (a flowforge.core.Transformer such as "
+                f"Affine()), got {type(transformer).__name__}"
+            )
         self.transformer = transformer
         self.net = MADE(
             features,

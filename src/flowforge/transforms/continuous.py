@@ -18,9 +18,10 @@ Training attributes, refreshed on every call:
     ``nfe_forward``: dynamics evaluations in the most recent solve (either direction);
     ``nfe_backward``: dynamics evaluations that the backward passes since then went through
     (the adjoint solve's evaluations with ``adjoint=True``);
-    ``regularization_loss``: with ``regularization=`` and in training mode, the weighted RNODE
+    ``regularization()``: with ``regularization=`` and in training mode, the weighted RNODE
     penalty of the most recent solve (a scalar tensor, batch mean) to *add to the loss*; else
-    ``None``. ``metrics()`` returns these as floats (the workbench logs them).
+    ``None`` (:func:`flowforge.core.regularization` sums it over a model). ``metrics()`` returns
+    these as floats (the workbench logs them).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._util import jacobian_rows
 from ..core import Transform
+from ..nets import activation_class
 
 __all__ = ["CNF", "ODENet", "ConcatSquash", "ODEStepBudgetError", "ode_methods"]
 
@@ -50,8 +53,17 @@ _STAGES = {
     "implicit_adams": 4,
     "fixed_adams": 4,
 }
-_FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"}
-_FIXED.add("fixed_adams")
+# The fixed-grid solvers and their order of accuracy (the round-trip tolerance follows it).
+_FIXED = {
+    "euler": 1,
+    "midpoint": 2,
+    "heun2": 2,
+    "heun3": 3,
+    "rk4": 4,
+    "explicit_adams": 1,
+    "implicit_adams": 4,
+    "fixed_adams": 4,
+}
 
 
 def _torchdiffeq():
@@ -83,7 +95,7 @@ class ODEStepBudgetError(RuntimeError):
 
 # -- dynamics networks ---------------------------------------------------------------------------
 
-_ACT = {"tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU, "silu": nn.SiLU}
+SMOOTH_ACTIVATIONS = ("tanh", "softplus", "elu", "silu")
 
 
 class ConcatSquash(nn.Module):
@@ -115,14 +127,13 @@ class ODENet(nn.Module):
         activation: str = "tanh",
     ):
         super().__init__()
-        if activation not in _ACT:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(_ACT)}")
+        act = activation_class(activation, SMOOTH_ACTIVATIONS)
         widths = [features, *hidden, features]
         cond = 1 + context_features
         self.layers = nn.ModuleList(
             ConcatSquash(a, b, cond) for a, b in zip(widths[:-1], widths[1:])
         )
-        self.act = _ACT[activation]()
+        self.act = act()
         self.context_features = context_features
 
     def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -199,13 +210,7 @@ class _Dynamics(nn.Module):
                 z = z.detach().requires_grad_(True)
             f = self.net(t, z, self.context)
             if cnf.trace == "exact":
-                rows = []
-                for i in range(z.shape[1]):
-                    (g,) = torch.autograd.grad(
-                        f[:, i].sum(), z, create_graph=differentiable, retain_graph=True
-                    )
-                    rows.append(g)
-                jac = torch.stack(rows, 1)  # (B, D, D): row i = d f_i / dz
+                jac = jacobian_rows(f, z, differentiable)  # (B, D, D): row i = d f_i / dz
                 trace = jac.diagonal(dim1=1, dim2=2).sum(1)
                 frob = jac.square().sum((1, 2)) if self.regularize else None
             else:
@@ -248,7 +253,7 @@ class CNF(Transform):
             (one, with noise fixed for a solve) or ``"auto"`` (exact for ``D <= 8``).
         noise: Hutchinson's noise, ``"gaussian"`` or ``"rademacher"``.
         regularization: ``None`` or RNODE weights ``{"kinetic": l1, "jacobian": l2}``;
-            in training mode ``regularization_loss`` then holds
+            in training mode ``regularization()`` then returns
             ``l1 * mean int ||f||^2 dt + l2 * mean int ||df/dz||_F^2 dt`` (the Frobenius norm
             estimated with the same Hutchinson noise, exact with ``trace="exact"``).
         max_steps: the most solver steps a solve may take; beyond it the solve stops with
@@ -257,7 +262,8 @@ class CNF(Transform):
         activation: the default network's activation (tanh, softplus, elu, silu).
 
     ``numeric_inverse`` is ``max(1e-6, 100 * max(rtol, atol))`` for adaptive solvers and
-    ``1e-3`` for fixed-grid ones.
+    ``10 h^p`` (between ``1e-9`` and ``1e-3``) for a fixed grid of relative step ``h`` and a
+    solver of order ``p``.
 
     Example:
         >>> import flowforge as ff
@@ -314,20 +320,22 @@ class CNF(Transform):
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
         self.step_size = step_size
         self.adjoint, self.trace, self.noise = bool(adjoint), trace, noise
-        self.regularization = {k: float(v) for k, v in regularization.items() if v}
+        self.penalty_weights = {k: float(v) for k, v in regularization.items() if v}
         self.max_steps = int(max_steps)
         if method in _FIXED:
-            self.numeric_inverse = 1e-3
+            # the forward and backward solves on a grid of step h differ by O(h^order)
+            h = (step_size or self.time / 10) / self.time
+            self.numeric_inverse = min(1e-3, max(1e-9, 10 * h ** _FIXED[method]))
         else:
             self.numeric_inverse = max(1e-6, 100 * max(self.rtol, self.atol))
         self.nfe_forward = 0
         self.nfe_backward = 0
-        self.regularization_loss: Tensor | None = None
+        self._penalty: Tensor | None = None
 
     # -- solving -------------------------------------------------------------------------
     def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
         tde = _torchdiffeq()
-        regularize = bool(self.regularization) and self.training
+        regularize = bool(self.penalty_weights) and self.training
         noise = None
         if self.trace == "hutchinson":
             if self.noise == "gaussian":
@@ -357,13 +365,13 @@ class CNF(Transform):
         if regularize:
             sign = -1.0 if reverse else 1.0  # integrals run from T to 0 in the inverse
             loss = 0.0
-            if "kinetic" in self.regularization:
-                loss = loss + self.regularization["kinetic"] * sign * out[2].mean()
-            if "jacobian" in self.regularization:
-                loss = loss + self.regularization["jacobian"] * sign * out[3].mean()
-            self.regularization_loss = loss
+            if "kinetic" in self.penalty_weights:
+                loss = loss + self.penalty_weights["kinetic"] * sign * out[2].mean()
+            if "jacobian" in self.penalty_weights:
+                loss = loss + self.penalty_weights["jacobian"] * sign * out[3].mean()
+            self._penalty = loss
         else:
-            self.regularization_loss = None
+            self._penalty = None
         return out[0], out[1]
 
     def _forward(self, x, context):
@@ -372,11 +380,15 @@ class CNF(Transform):
     def _inverse(self, z, context):
         return self._solve(z, context, reverse=True)
 
+    def regularization(self) -> Tensor | None:
+        """The weighted RNODE penalty of the most recent solve in training mode, else None."""
+        return self._penalty
+
     def metrics(self) -> dict[str, float]:
         """Solver counts (and the penalty) of the most recent call, for logging."""
         out = {"nfe_forward": float(self.nfe_forward), "nfe_backward": float(self.nfe_backward)}
-        if self.regularization_loss is not None:
-            out["regularization"] = float(self.regularization_loss.detach())
+        if self._penalty is not None:
+            out["regularization"] = float(self._penalty.detach())
         return out
 
     def extra_repr(self) -> str:
@@ -388,6 +400,6 @@ class CNF(Transform):
         s += f", trace={self.trace!r}"
         if self.adjoint:
             s += ", adjoint=True"
-        if self.regularization:
-            s += f", regularization={self.regularization}"
+        if self.penalty_weights:
+            s += f", regularization={self.penalty_weights}"
         return s

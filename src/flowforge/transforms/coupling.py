@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..core import Transform
+from ..core import Transform, Transformer
 
 __all__ = [
     "Coupling",
@@ -84,6 +84,11 @@ class Coupling(Transform):
         context_features: size of the context the conditioner reads.
         rezero: multiply the parameters by a learnable gate that starts at 0 (ReZero), so the
             layer starts as the identity even when the conditioner's last layer is not zero.
+        context_shape: the shape of one context if it is not a vector (an image for an image
+            conditioner); ``context_features`` is then its first entry.
+
+    A conditional coupling may keep nothing (an all-False mask): every entry is then
+    transformed with parameters computed from the context alone.
 
     Example:
         >>> from flowforge.transforms import Coupling, Affine, half_mask
@@ -96,18 +101,24 @@ class Coupling(Transform):
         self,
         mask: Tensor,
         conditioner: Callable[[int, int], nn.Module],
-        transformer: nn.Module,
+        transformer: Transformer,
         context_features: int = 0,
         rezero: bool = False,
+        context_shape: tuple[int, ...] | None = None,
     ):
         mask = torch.as_tensor(mask, dtype=torch.bool)
-        super().__init__(tuple(mask.shape), context_features)
+        super().__init__(tuple(mask.shape), context_features, context_shape=context_shape)
         kept, moved = int(mask.sum()), int((~mask).sum())
-        if kept == 0 or moved == 0:
+        if moved == 0 or (kept == 0 and not self.context_features):
             raise ValueError(
                 f"a coupling mask must keep at least one entry and transform at least one; "
                 f"got {kept} kept and {moved} transformed for event shape {tuple(mask.shape)} "
                 f"(a coupling layer needs at least 2 features)"
+            )
+        if not isinstance(transformer, Transformer):
+            raise TypeError(
+                f"expected an elementwise transformer (a flowforge.core.Transformer such as "
+                f"Affine()), got {type(transformer).__name__}"
             )
         self.transformer = transformer
         p = transformer.params_per_dim

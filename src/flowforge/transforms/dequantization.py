@@ -1,22 +1,25 @@
-r"""Variational dequantization (Flow++, Ho et al. 2019, section 3.1).
+r"""Dequantization: uniform, and variational (Flow++, Ho et al. 2019, section 3.1).
 
-Uniform dequantization fills each bin of discrete data with ``u ~ U[0, 1)^D``; the density
-model must then spread its mass flat over every bin, and the bound
-``E_u[log p(x + u)] <= log P(x)`` is loose wherever it cannot. Variational dequantization
-instead draws ``u`` from a learned conditional density ``q(u | x)`` on ``[0, 1)^D`` and trains
-it jointly with the flow on
+Discrete data ``x`` in ``{0, ..., K-1}`` is modelled on its own scale. Uniform dequantization
+adds ``u ~ U[0, 1)^D``; since each bin has width 1, ``E_u[log p(x + u)] <= log P(x)``, and
+``NLL / (D ln 2)`` is the bits/dim over ``K`` levels that papers report.
+
+The density model must then spread its mass flat over every bin, and the bound is loose
+wherever it cannot. Variational dequantization instead draws ``u`` from a learned conditional
+density ``q(u | x)`` on ``[0, 1)^D`` and trains it jointly with the flow on
 
     ``log P(x) >= E_{u ~ q(.|x)} [ log p(x + u) - log q(u | x) ]``
 
-(Jensen's inequality, since ``P(x) = int_{[0,1)^D} p(x + u) du``). :class:`Flow` already
+(Jensen's inequality, since ``P(x) = int_{[0,1)^D} p(x + u) du``). :class:`~flowforge.Flow`
 subtracts ``log q``, so every reported NLL stays a valid bound in the data's own units.
 
-Here ``q(u | x)`` is itself a small conditional flow: ``eps ~ N(0, I)``, then a conditional
-elementwise affine map and ``steps`` affine couplings whose networks read the (rescaled)
-discrete ``x`` as extra inputs, then a sigmoid onto ``(0, 1)``. Its log-density counts every
-log-determinant, the sigmoid's included:
+Here ``q(u | x)`` is itself a conditional flow built from the library's layers
+(:attr:`VariationalDequantization.flow`, a :class:`~flowforge.Transform` from ``u`` to noise whose
+context is the rescaled discrete ``x``): a sigmoid onto ``(0, 1)`` and affine
+:class:`~flowforge.transforms.Coupling` layers, the first of which keeps nothing and reads
+only ``x``. Sampling pushes ``eps ~ N(0, I)`` through its inverse:
 
-    ``log q(u | x) = log N(eps) - log|det dv/deps| - sum log sigmoid'(v)``,  ``u = sigmoid(v)``.
+    ``log q(u | x) = log N(eps) - log|det du/deps|``.
 """
 
 from __future__ import annotations
@@ -25,25 +28,36 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from .._util import LOG_2PI
+from .._util import event_shape as _event
+from ..core import Compose, Dequantizer, Inverse
 from ..nets import MLP, ConvResNet
-from .coupling import alternating_mask, checkerboard_mask
+from .coupling import Coupling, alternating_mask, checkerboard_mask
 from .elementwise import Affine
-from .preprocessing import UniformDequantization
+from .preprocessing import Logit
 
-__all__ = ["VariationalDequantization"]
-
-_LOG_2PI = math.log(2 * math.pi)
+__all__ = ["UniformDequantization", "VariationalDequantization"]
 
 
-class VariationalDequantization(nn.Module):
+class UniformDequantization(Dequantizer):
+    r"""``x -> x + u`` with ``u ~ U[0, 1)``, for integer data in ``[0, levels - 1]``.
+
+    Called as ``dequantizer(x, context) -> (x + u, log q(u | x))``; here ``log q = 0``.
+    ``quantize`` maps a continuous sample back to the grid (floor, then clamp).
+    """
+
+    def _dequantize(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return x + torch.rand_like(x), x.new_zeros(x.shape[0])
+
+
+class VariationalDequantization(Dequantizer):
     r"""Learned dequantization noise ``u ~ q(u | x)`` on ``[0, 1)^D`` for integer data.
 
-    Called like :class:`~flowforge.transforms.UniformDequantization`:
-    ``dequantizer(x, context) -> (x + u, log q(u | x))`` (the context is not read: ``x`` itself
-    is the conditioning input), and ``quantize(y)`` maps samples back to the grid.
+    Called like :class:`UniformDequantization`: ``dequantizer(x, context) -> (x + u,
+    log q(u | x))`` (the context is not read: ``x`` itself is the conditioning input), and
+    ``quantize(y)`` maps samples back to the grid.
 
     Args:
         shape: event shape of the data, ``(D,)`` (or an int) or ``(C, H, W)``.
@@ -62,8 +76,6 @@ class VariationalDequantization(nn.Module):
         (True, torch.Size([3]))
     """
 
-    context_features = 0
-
     def __init__(
         self,
         shape: Sequence[int] | int,
@@ -73,78 +85,81 @@ class VariationalDequantization(nn.Module):
         blocks: int = 1,
         scale_bound: float = 3.0,
     ):
-        super().__init__()
-        if levels < 2:
-            raise ValueError(f"expected levels >= 2, got {levels}")
-        self.event_shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        super().__init__(levels)
+        self.event_shape = _event(shape)
         if len(self.event_shape) not in (1, 3):
             raise ValueError(f"expected a shape (D,) or (C, H, W), got {self.event_shape}")
-        self.levels = int(levels)
-        self.scale_bound = float(scale_bound)
-        # each layer is an affine coupling whose networks also read x; the law is the shared one
-        self.law = Affine(self.scale_bound)
         image = len(self.event_shape) == 3
-        n = self.event_shape[0]  # features (vectors) or channels (images)
-        size = math.prod(self.event_shape)
+        n = self.event_shape[0]  # features (vectors) or channels (images), also of the context
         masks = [torch.zeros(self.event_shape, dtype=torch.bool)]  # 1st layer: all entries move
-        if size > 1:
+        if math.prod(self.event_shape) > 1:
             for j in range(int(steps)):
                 if image:
                     masks.append(checkerboard_mask(self.event_shape, flip=j % 2 == 1))
                 else:
                     masks.append(alternating_mask(n, flip=j % 2 == 1))
-        for i, m in enumerate(masks):
-            self.register_buffer(f"mask{i}", m, persistent=False)
-        if image:
-            self.nets = nn.ModuleList(ConvResNet(2 * n, 2 * n, hidden, blocks) for _ in masks)
-        else:
-            self.nets = nn.ModuleList(MLP(2 * n, 2 * n, (hidden, hidden)) for _ in masks)
 
-    # -- the u-flow ------------------------------------------------------------------------------
+        def net(i: int, o: int):
+            if image:
+                return ConvResNet(i, o, hidden, blocks, context_features=n)
+            return MLP(i, o, (hidden, hidden), context_features=n)
+
+        couplings = [
+            Coupling(m, net, Affine(scale_bound), context_shape=self.event_shape) for m in masks
+        ]
+        # eps -> v (the couplings) -> u = sigmoid(v); as a Transform, u -> eps (data to noise)
+        sigmoid = Inverse(Logit(self.event_shape, levels=1.0, alpha=0.0))
+        self.flow = Inverse(Compose(*couplings, sigmoid))
+
     def _features(self, x: Tensor) -> Tensor:
-        """The discrete data rescaled to [-1, 1], the networks' conditioning input."""
+        """The discrete data rescaled to [-1, 1]: the q-flow's context."""
         return x * (2.0 / (self.levels - 1)) - 1.0
-
-    def flow(self, eps: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        r"""``eps -> u`` for data ``x``: returns ``(u, log|det du/deps|)``.
-
-        ``u`` is in ``(0, 1)``; a value that the sigmoid rounds to 1 is clamped to the largest
-        float below 1 (the log-determinant is the exact one of the sigmoid).
-        """
-        h_x = self._features(x)
-        v, ladj = eps, eps.new_zeros(eps.shape[0])
-        for i, net in enumerate(self.nets):
-            m = getattr(self, f"mask{i}")
-            keep = m.to(eps.dtype)
-            shift, raw = net(torch.cat([v * keep, h_x], 1)).chunk(2, dim=1)
-            moved, log_s = self.law(v, torch.stack([shift, raw], -1))
-            v = torch.where(m, v, moved)
-            ladj = ladj + (log_s * (1 - keep)).flatten(1).sum(1)
-        u = torch.sigmoid(v).clamp(max=1.0 - torch.finfo(v.dtype).eps)
-        ladj = ladj + (-F.softplus(-v) - F.softplus(v)).flatten(1).sum(1)
-        return u, ladj
 
     def rsample(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Draw ``u ~ q(u | x)`` (reparametrised); returns ``(u, log q(u | x))``."""
         eps = torch.randn_like(x)
-        u, ladj = self.flow(eps, x)
-        log_n = -0.5 * (eps.square() + _LOG_2PI).flatten(1).sum(1)
+        u, ladj = self.flow.inverse(eps, self._features(x))
+        log_n = -0.5 * (eps.square() + LOG_2PI).flatten(1).sum(1)
         return u, log_n - ladj
 
-    # -- the dequantizer interface -----------------------------------------------------------
-    def check(self, x: Tensor) -> None:
-        UniformDequantization.check(self, x)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check(x)
+    def _dequantize(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         u, log_q = self.rsample(x)
-        # x + u may round up to x + 1 in low precision (u within an ulp of 1 at large x):
-        # keep the result in x's own bin, so that quantize() gives x back
+        # x + u may round up to x + 1 (u within an ulp of 1): keep the result in x's own bin,
+        # so that quantize() gives x back
         y = torch.minimum(x + u, torch.nextafter(x + 1, x))
         return y, log_q
 
-    def quantize(self, y: Tensor) -> Tensor:
-        return y.floor().clamp_(0, self.levels - 1)
-
     def extra_repr(self) -> str:
-        return f"event_shape={self.event_shape}, levels={self.levels}, layers={len(self.nets)}"
+        return f"event_shape={self.event_shape}, levels={self.levels}"
+
+    @staticmethod
+    def upgrade_format1(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+        """Map the weights of a dequantizer saved by flowforge/1 (one hand-written network per
+        layer reading ``[v * keep, x]`` and writing all shifts, then all log-scales) onto this
+        layout (the library's couplings). The map is exact: the dropped inputs were multiplied
+        by zero and the dropped outputs were discarded."""
+        out = {k: v for k, v in state.items() if not k.startswith(prefix + "nets.")}
+        layers = {
+            int(k[len(prefix) :].split(".")[1]) for k in state if k.startswith(prefix + "nets.")
+        }
+        for i in sorted(layers):
+            old, new = f"{prefix}nets.{i}.", f"{prefix}flow.transform.layers.{i}.net."
+            w = {k[len(old) :]: v for k, v in state.items() if k.startswith(old)}
+            image = "inp.weight" in w  # a ConvResNet; else an MLP
+            first = "inp.weight" if image else "net.0.weight"
+            last = "out.1" if image else f"net.{max(int(k.split('.')[1]) for k in w)}"
+            n = w[f"{last}.weight"].shape[0] // 2  # features or channels
+            if image and i > 0:  # masked split: the same inputs, outputs for every entry
+                moved = torch.arange(n)
+            else:  # indexed split: inputs [x_kept, x], outputs for the moved entries only
+                keep = torch.zeros(n, dtype=torch.bool)
+                if i > 0:
+                    keep = alternating_mask(n, flip=(i - 1) % 2 == 1)
+                cols = torch.cat([keep.nonzero().squeeze(1), torch.arange(n, 2 * n)])
+                w[first] = w[first][:, cols]
+                moved = (~keep).nonzero().squeeze(1)
+            rows = torch.stack([moved, moved + n], 1).reshape(-1)  # (shift, log-scale) pairs
+            w[f"{last}.weight"] = w[f"{last}.weight"][rows]
+            w[f"{last}.bias"] = w[f"{last}.bias"][rows]
+            out.update({new + k: v for k, v in w.items()})
+        return out

@@ -1,21 +1,24 @@
 r"""Elementwise transformers: the invertible scalar maps that coupling and autoregressive layers
 apply to each transformed dimension.
 
-A transformer has no weights of its own. It gets ``params`` of shape ``(*x.shape, P)`` from a
-conditioner (``P = transformer.params_per_dim``) and returns ``(y, ladj)`` where ``ladj`` is
-elementwise, the same shape as ``x``. All-zero parameters give the identity, so a conditioner
-with a zero-initialised last layer starts the layer as the identity.
+Each subclasses :class:`~flowforge.core.Transformer`: no weights of its own, ``params`` of shape
+``(*x.shape, P)`` from a conditioner (``P = transformer.params_per_dim``), ``(y, ladj)`` with an
+elementwise ``ladj``, and the identity at all-zero parameters, so that a conditioner with a
+zero-initialised last layer starts its layer as the identity. The rational-quadratic spline
+lives in :mod:`flowforge.transforms.splines`.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from ..core import Transformer
 
 __all__ = ["Additive", "Affine"]
 
 
-class Additive(nn.Module):
+class Additive(Transformer):
     r"""NICE's additive law: ``z = x + t``; volume-preserving (``ladj = 0``)."""
 
     params_per_dim = 1
@@ -27,7 +30,7 @@ class Additive(nn.Module):
         return z - params[..., 0], torch.zeros_like(z)
 
 
-class Affine(nn.Module):
+class Affine(Transformer):
     r"""RealNVP's affine law: ``z = x * exp(s) + t`` with a bounded log-scale.
 
     The raw log-scale ``r`` is soft-clamped, ``s = bound * tanh(r / bound)``, so

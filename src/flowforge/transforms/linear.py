@@ -13,13 +13,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._util import event_shape as _event
+from .._util import householder, per_channel
 from ..core import Transform
 
 __all__ = ["Permutation", "Reverse", "Scaling", "LULinear", "QRLinear", "PlainLinear"]
-
-
-def _event(shape) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(shape)
 
 
 class _OnDim1(Transform):
@@ -35,9 +33,6 @@ class _OnDim1(Transform):
         if x.dim() == 2:
             return x @ w.T
         return torch.einsum("ij,bj...->bi...", w, x)
-
-    def _bias(self, b: Tensor, x: Tensor) -> Tensor:
-        return b.reshape(-1, *[1] * (x.dim() - 2))
 
 
 class Permutation(_OnDim1):
@@ -139,12 +134,12 @@ class LULinear(_OnDim1):
         return self.p @ lower @ upper
 
     def _forward(self, x, context):
-        z = self._matmul(x, self.weight()) + self._bias(self.bias, x)
+        z = self._matmul(x, self.weight()) + per_channel(self.bias, x)
         return z, (self.positions * self.log_s.sum()).expand(x.shape[0])
 
     def _inverse(self, z, context):
         lower, upper = self._factors()
-        y = (z - self._bias(self.bias, z)).movedim(1, -1).reshape(-1, self.features)
+        y = (z - per_channel(self.bias, z)).movedim(1, -1).reshape(-1, self.features)
         y = y @ self.p  # P^T y, row-wise
         y = torch.linalg.solve_triangular(lower, y.T, upper=False, unitriangular=True)
         y = torch.linalg.solve_triangular(upper, y, upper=True).T
@@ -176,20 +171,17 @@ class QRLinear(_OnDim1):
         self.bias = nn.Parameter(torch.zeros(c))
 
     def _q(self) -> Tensor:
-        q = torch.eye(self.features, dtype=self.vectors.dtype, device=self.vectors.device)
-        for v in self.vectors:
-            q = q - (2 / v.dot(v)) * torch.outer(q @ v, v)
-        return q
+        return householder(self.vectors)
 
     def _r(self) -> Tensor:
         return torch.diag(self.log_s.exp()).index_put(tuple(self.triu_idx), self.upper)
 
     def _forward(self, x, context):
-        z = self._matmul(x, self._q() @ self._r()) + self._bias(self.bias, x)
+        z = self._matmul(x, self._q() @ self._r()) + per_channel(self.bias, x)
         return z, (self.positions * self.log_s.sum()).expand(x.shape[0])
 
     def _inverse(self, z, context):
-        y = (z - self._bias(self.bias, z)).movedim(1, -1).reshape(-1, self.features)
+        y = (z - per_channel(self.bias, z)).movedim(1, -1).reshape(-1, self.features)
         y = torch.linalg.solve_triangular(self._r(), (y @ self._q()).T, upper=True).T
         x = y.reshape(z.shape[0], *self.event_shape[1:], self.features).movedim(-1, 1)
         return x, (-self.positions * self.log_s.sum()).expand(z.shape[0])
@@ -209,9 +201,9 @@ class PlainLinear(_OnDim1):
 
     def _forward(self, x, context):
         ladj = self.positions * torch.linalg.slogdet(self.weight)[1]
-        return self._matmul(x, self.weight) + self._bias(self.bias, x), ladj.expand(x.shape[0])
+        return self._matmul(x, self.weight) + per_channel(self.bias, x), ladj.expand(x.shape[0])
 
     def _inverse(self, z, context):
         w_inv = torch.linalg.inv(self.weight)
         ladj = -self.positions * torch.linalg.slogdet(self.weight)[1]
-        return self._matmul(z - self._bias(self.bias, z), w_inv), ladj.expand(z.shape[0])
+        return self._matmul(z - per_channel(self.bias, z), w_inv), ladj.expand(z.shape[0])

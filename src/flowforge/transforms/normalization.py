@@ -11,18 +11,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..core import Transform
+from .._util import event_shape as _event
+from .._util import per_channel as _per_channel
+from ..core import DataInit, Transform
 
 __all__ = ["ActNorm", "BatchNorm"]
-
-
-def _event(shape) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(shape)
-
-
-def _per_channel(v: Tensor, x: Tensor) -> Tensor:
-    """Broadcast a ``(C,)`` vector against ``x`` of shape ``(B, C, ...)``."""
-    return v.reshape(-1, *[1] * (x.dim() - 2))
 
 
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -32,7 +25,7 @@ def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-class ActNorm(Transform):
+class ActNorm(DataInit, Transform):
     r"""``z = (x + loc) * exp(log_scale)`` per channel, initialised from the first batch.
 
     The first forward pass in training mode sets ``loc`` and ``log_scale`` so that this batch

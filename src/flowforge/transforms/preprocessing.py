@@ -1,11 +1,9 @@
-r"""Preprocessing that counts: dequantization, and fixed rescalings whose log-determinant is
-part of every reported likelihood.
+r"""Preprocessing that counts: fixed rescalings whose log-determinant is part of every reported
+likelihood.
 
-Discrete data ``x`` in ``{0, ..., K-1}`` is modelled on its own scale. Uniform dequantization
-adds ``u ~ U[0, 1)^D``; since each bin has width 1, ``E_u[log p(x + u)]`` is a lower bound on
-``log P(x)``, and ``NLL / (D ln 2)`` is the bits/dim over ``K`` levels that papers report.
 :class:`Logit` (RealNVP) and :class:`Standardize` are ordinary transforms placed first in the
-chain, so their ``ladj`` lands in ``log_prob`` and the units stay those of the raw data.
+chain, so their ``ladj`` lands in ``log_prob`` and the units stay those of the raw data (the
+dequantizers are in :mod:`flowforge.transforms.dequantization`).
 """
 
 from __future__ import annotations
@@ -14,54 +12,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from .._util import event_shape as _event
 from ..core import Transform
 
-__all__ = ["UniformDequantization", "Logit", "Standardize"]
-
-
-def _event(shape) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(shape)
-
-
-class UniformDequantization(nn.Module):
-    r"""``x -> x + u`` with ``u ~ U[0, 1)``, for integer data in ``[0, levels - 1]``.
-
-    Called as ``dequantizer(x, context) -> (x + u, log q(u | x))``; here ``log q = 0``.
-    ``quantize`` maps a continuous sample back to the grid (floor, then clamp).
-    """
-
-    context_features = 0
-
-    def __init__(self, levels: int):
-        super().__init__()
-        if levels < 2:
-            raise ValueError(f"expected levels >= 2, got {levels}")
-        self.levels = int(levels)
-
-    def check(self, x: Tensor) -> None:
-        lo, hi = x.min().item(), x.max().item()
-        if lo < 0 or hi > self.levels - 1:
-            raise ValueError(
-                f"expected discrete data in [0, {self.levels - 1}] ({self.levels} levels), "
-                f"got values in [{lo:g}, {hi:g}]"
-            )
-        if not torch.equal(x, x.floor()):
-            raise ValueError(
-                f"expected integer-valued data for {self.levels}-level dequantization, "
-                "got non-integer values"
-            )
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check(x)
-        return x + torch.rand_like(x), x.new_zeros(x.shape[0])
-
-    def quantize(self, y: Tensor) -> Tensor:
-        return y.floor().clamp_(0, self.levels - 1)
-
-    def extra_repr(self) -> str:
-        return f"levels={self.levels}"
+__all__ = ["Logit", "Standardize"]
 
 
 class Logit(Transform):

@@ -24,8 +24,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
+
+from ..core import Transformer
 
 __all__ = ["RationalQuadratic", "rational_quadratic"]
 
@@ -39,6 +41,7 @@ def _sizes(logits: Tensor, bound: float, minimum: float) -> Tensor:
 def rational_quadratic(
     x: Tensor,
     params: Tensor,
+    *,
     inverse: bool = False,
     bound: float = 3.0,
     min_width: float = 1e-3,
@@ -107,7 +110,7 @@ def rational_quadratic(
     return torch.where(inside, y, x), torch.where(inside, ladj, torch.zeros_like(ladj))
 
 
-class RationalQuadratic(nn.Module):
+class RationalQuadratic(Transformer):
     r"""Rational-quadratic spline transformer with identity tails (neural spline flows).
 
     Plugs into :class:`~flowforge.transforms.Coupling` (NSF coupling) and
@@ -153,11 +156,11 @@ class RationalQuadratic(nn.Module):
         return rational_quadratic(
             x,
             params,
-            inverse,
-            self.bound,
-            self.min_width,
-            self.min_height,
-            self.min_derivative,
+            inverse=inverse,
+            bound=self.bound,
+            min_width=self.min_width,
+            min_height=self.min_height,
+            min_derivative=self.min_derivative,
         )
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

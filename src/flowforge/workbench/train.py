@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import io, models
-from ..core import Flow
+from ..core import Flow, layer_metrics, needs_data_init, regularization
 from .data import Dataset, WorkbenchError, load_dataset
 
 __all__ = [
@@ -646,16 +646,7 @@ def layer_extras(flow: torch.nn.Module) -> tuple[Tensor | None, dict[str, float]
     """What layers publish after a forward pass: the sum of their ``regularization_loss``
     tensors (the trainer adds it to the loss it minimises; e.g. a CNF's RNODE penalty) and
     the sums of their ``metrics()`` dicts (logged with each step; e.g. a CNF's NFE counts)."""
-    reg, metrics = None, {}
-    for m in flow.modules():
-        r = getattr(m, "regularization_loss", None)
-        if isinstance(r, Tensor):
-            reg = r if reg is None else reg + r
-        fn = getattr(m, "metrics", None)
-        if m is not flow and callable(fn):
-            for k, v in fn().items():
-                metrics[k] = metrics.get(k, 0.0) + float(v)
-    return reg, metrics
+    return regularization(flow), layer_metrics(flow)
 
 
 def adam(params, lr: float, decoupled: bool = False, **kwargs) -> torch.optim.Optimizer:
@@ -839,10 +830,7 @@ class Trainer:
     def _init_data_dependent(self) -> None:
         """Run one forward pass on the first global batch if a layer (ActNorm) initialises from
         data, so that every rank (and a single process) gets the same initialisation."""
-        if not any(
-            isinstance(getattr(m, "initialized", None), Tensor) and not bool(m.initialized)
-            for m in self.flow.modules()
-        ):
+        if not needs_data_init(self.flow):
             return
         from torch.utils.data import DistributedSampler
 

@@ -2,38 +2,30 @@ r"""Residual flows for variational inference: planar, radial, Sylvester and inve
 
 Closed form in the sampling direction (noise to data), so ``rsample_and_log_prob`` is exact and
 one pass; ``log_prob`` of arbitrary points solves the data-to-noise direction numerically (see
-:mod:`flowforge.transforms.residual`). Registered with :func:`flowforge.models.register`.
+:mod:`flowforge.transforms.residual`). They take the shared data options of
+:mod:`flowforge.models.assembly` like every builder; ``hidden`` sizes the context network of
+the amortised layers (Planar, Radial, Sylvester) or each block's ``g`` (ResidualFlow).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .core import Flow, Transform
-from .core import Inverse as _Inverse
-from .models import _event_shape, assemble, register
-from .transforms.residual import Planar as _PlanarLayer
-from .transforms.residual import Radial as _RadialLayer
-from .transforms.residual import ResidualBlock as _ResidualBlock
-from .transforms.residual import Sylvester as _SylvesterLayer
+from .. import transforms as T
+from ..core import Flow, Inverse, Transform
+from .assembly import DataOptions, assemble, event_shape, widths
+from .registry import register
 
 __all__ = ["Planar", "Radial", "Sylvester", "ResidualFlow"]
 
 
-def _vi_flow(chain: list[Transform], d: int, context_features: int, base: str, components: int):
-    return assemble(
-        chain, (d,), context_features=context_features, base=base, components=components
-    )
-
-
-@register
+@register(inputs=("features",), depth="layers")
 def Planar(
     features: int | None = None,
     layers: int = 8,
-    context_features: int = 0,
     hidden: Sequence[int] | int = (32,),
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Planar flow (Rezende & Mohamed, 2015): ``layers`` planar maps.
 
@@ -46,7 +38,7 @@ def Planar(
         layers: number of planar maps ``K``.
         context_features: amortised VI: an MLP (``hidden``) maps the context to each layer's
             parameter offsets.
-        (see the module docstring for base, components)
+        (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
         >>> import flowforge as ff
@@ -55,20 +47,19 @@ def Planar(
         >>> x.shape, log_q.shape
         (torch.Size([5, 2]), torch.Size([5]))
     """
-    (d,) = _event_shape(features, None)
-    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
-    chain = [_PlanarLayer(d, context_features, hidden) for _ in range(layers)]
-    return _vi_flow(chain, d, context_features, base, components)
+    (d,) = event_shape(features, None)
+    hidden, cf = widths(hidden, 1), data.context_features
+    chain = [T.Planar(d, cf, hidden) for _ in range(layers)]
+    return assemble(chain, (d,), data)
 
 
-@register
+@register(inputs=("features",), depth="layers")
 def Radial(
     features: int | None = None,
     layers: int = 8,
-    context_features: int = 0,
     hidden: Sequence[int] | int = (32,),
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Radial flow (Rezende & Mohamed, 2015): ``layers`` radial contractions/expansions.
 
@@ -79,23 +70,22 @@ def Radial(
         >>> ff.models.Radial(features=2).sample(3).shape
         torch.Size([3, 2])
     """
-    (d,) = _event_shape(features, None)
-    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
-    chain = [_RadialLayer(d, context_features, hidden) for _ in range(layers)]
-    return _vi_flow(chain, d, context_features, base, components)
+    (d,) = event_shape(features, None)
+    hidden, cf = widths(hidden, 1), data.context_features
+    chain = [T.Radial(d, cf, hidden) for _ in range(layers)]
+    return assemble(chain, (d,), data)
 
 
-@register
+@register(inputs=("features",), depth="layers")
 def Sylvester(
     features: int | None = None,
     layers: int = 8,
     kind: str = "orthogonal",
     rank: int | None = None,
     reflections: int | None = None,
-    context_features: int = 0,
     hidden: Sequence[int] | int = (32,),
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Sylvester normalizing flow (van den Berg et al., 2018).
 
@@ -106,7 +96,7 @@ def Sylvester(
             ``"householder"`` (``reflections`` per layer) or ``"triangular"`` (identity and
             reversal permutations, alternating).
         context_features, hidden: amortised parameters from a context MLP.
-        (see the module docstring for base, components)
+        (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
         >>> import flowforge as ff
@@ -114,16 +104,16 @@ def Sylvester(
         >>> flow.rsample_and_log_prob(4)[1].shape
         torch.Size([4])
     """
-    (d,) = _event_shape(features, None)
-    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    (d,) = event_shape(features, None)
+    hidden, cf = widths(hidden, 1), data.context_features
     chain = [
-        _SylvesterLayer(d, kind, rank, reflections, i % 2 == 1, context_features, hidden)
+        T.Sylvester(d, kind, rank, reflections, flip=i % 2 == 1, context_features=cf, hidden=hidden)
         for i in range(layers)
     ]
-    return _vi_flow(chain, d, context_features, base, components)
+    return assemble(chain, (d,), data)
 
 
-@register
+@register(inputs=("features",), depth="blocks")
 def ResidualFlow(
     features: int | None = None,
     blocks: int = 4,
@@ -134,9 +124,8 @@ def ResidualFlow(
     n_exact: int = 2,
     roulette_p: float = 0.5,
     closed_form: str = "sample",
-    context_features: int = 0,
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Invertible ResNet / Residual Flow (Behrmann et al., 2019; Chen et al., 2019).
 
@@ -156,7 +145,7 @@ def ResidualFlow(
             data-to-noise direction is a fixed-point iteration); ``"density"`` wraps each block
             in :class:`flowforge.Inverse` so that ``log_prob`` is the closed form one
             (density estimation) and sampling iterates.
-        (see the module docstring for context_features, base, components)
+        (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
         >>> import flowforge as ff
@@ -164,21 +153,14 @@ def ResidualFlow(
         >>> flow.log_prob(torch.randn(3, 2)).shape
         torch.Size([3])
     """
-    (d,) = _event_shape(features, None)
+    (d,) = event_shape(features, None)
     if closed_form not in ("sample", "density"):
         raise ValueError(f"unknown closed_form {closed_form!r}; expected 'sample' or 'density'")
-    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    hidden, cf = widths(hidden), data.context_features
     chain: list[Transform] = []
     for _ in range(blocks):
-        block = _ResidualBlock(
-            d,
-            hidden,
-            coeff,
-            activation,
-            estimator,
-            n_exact,
-            roulette_p,
-            context_features=context_features,
+        block = T.ResidualBlock(
+            d, hidden, coeff, activation, estimator, n_exact, roulette_p, context_features=cf
         )
-        chain.append(block if closed_form == "sample" else _Inverse(block))
-    return _vi_flow(chain, d, context_features, base, components)
+        chain.append(block if closed_form == "sample" else Inverse(block))
+    return assemble(chain, (d,), data)

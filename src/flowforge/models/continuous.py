@@ -1,4 +1,4 @@
-r"""The FFJORD builder (continuous normalizing flows); registered in :mod:`flowforge.models`.
+r"""The FFJORD builder (continuous normalizing flows).
 
 torchdiffeq is imported only when a CNF is built (``pip install 'flowforge[ode]'``).
 """
@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .core import Flow, Transform
-from .models import _event_shape, assemble, data_options, register
-from .transforms import CNF, ActNorm
+from ..core import Flow, Transform
+from ..transforms import CNF, ActNorm
+from .assembly import DataOptions, assemble, event_shape, widths
+from .registry import register
 
 __all__ = ["FFJORD"]
 
 
-@register
+@register(inputs=("features",), depth="blocks")
 def FFJORD(
     features: int | None = None,
     blocks: int = 1,
     hidden: Sequence[int] | int = (64, 64),
-    context_features: int = 0,
     time: float = 1.0,
     method: str = "dopri5",
     rtol: float = 1e-5,
@@ -32,17 +32,15 @@ def FFJORD(
     max_steps: int = 1000,
     activation: str = "tanh",
     actnorm: bool = True,
-    levels: int | None = None,
-    preprocess: str | None = "logit",
-    alpha: float = 0.05,
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""FFJORD (Grathwohl et al., 2019): one or more continuous normalizing flow blocks.
 
     Each block is a :class:`~flowforge.transforms.CNF` integrated with torchdiffeq (install
     ``flowforge[ode]``); with ``actnorm`` an :class:`~flowforge.transforms.ActNorm` precedes
-    each block. Training reads each block's ``regularization_loss`` (RNODE) and ``metrics()``
+    each block. Training adds each block's ``regularization()`` (RNODE) to the loss and
+    logs ``metrics()``
     (function evaluations); the workbench trainer does both.
 
     Args:
@@ -54,7 +52,7 @@ def FFJORD(
         trace: ``"auto"`` (exact for ``features <= 8``, else Hutchinson), ``"exact"`` or
             ``"hutchinson"``.
         actnorm: an ActNorm (data-initialised) before each block.
-        (see the module docstring for context_features, levels, preprocess, alpha, base)
+        (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
         >>> import flowforge as ff
@@ -62,19 +60,19 @@ def FFJORD(
         >>> flow.log_prob(torch.randn(4, 2)).shape
         torch.Size([4])
     """
-    (d,) = _event_shape(features, None)
-    hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
-    if int(blocks) < 1:
+    (d,) = event_shape(features, None)
+    hidden = widths(hidden)
+    if blocks < 1:
         raise ValueError(f"expected blocks >= 1, got {blocks}")
     chain: list[Transform] = []
-    for _ in range(int(blocks)):
+    for _ in range(blocks):
         if actnorm:
             chain.append(ActNorm(d))
         chain.append(
             CNF(
                 d,
                 hidden=hidden,
-                context_features=context_features,
+                context_features=data.context_features,
                 time=time,
                 method=method,
                 rtol=rtol,
@@ -88,4 +86,4 @@ def FFJORD(
                 activation=activation,
             )
         )
-    return assemble(chain, (d,), **data_options(locals()))
+    return assemble(chain, (d,), data)

@@ -1,5 +1,5 @@
-"""Issue 8 in the workbench: conditional training and sampling, --dequantization, --base, and
-the one-line errors for bad contexts."""
+"""Conditional runs in the workbench: conditional training and sampling, --dequantization, --base,
+and the one-line errors for bad contexts."""
 
 from __future__ import annotations
 

@@ -17,28 +17,28 @@ number of scales) is therefore called ``scales``::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from torch import nn
-
-from .core import Compose, Flow, Transform
-from .models import _event_shape, assemble, data_options, register
-from .nets import ConvResNet
-from .transforms import (
+from ..core import Compose, Flow, Transform
+from ..transforms import (
     ActNorm,
-    Additive,
-    Affine,
     BatchNorm,
     Coupling,
     FactorOut,
-    LULinear,
-    Permutation,
-    PlainLinear,
-    Reverse,
     Squeeze,
     channel_mask,
     checkerboard_mask,
 )
+from .assembly import (
+    DataOptions,
+    assemble,
+    channels,
+    conv_conditioner,
+    coupling_transformer,
+    event_shape,
+    mixer,
+)
+from .registry import register
 
 __all__ = ["Glow", "realnvp_image", "default_scales"]
 
@@ -62,7 +62,7 @@ def default_scales(shape: Sequence[int], model: str = "glow", max_scales: int = 
 
 
 def _check_scales(shape: tuple[int, int, int], scales: int, squeezes: int, model: str) -> None:
-    if int(scales) < 1:
+    if scales < 1:
         raise ValueError(f"expected scales >= 1, got {scales}")
     k = 2**squeezes
     c, h, w = shape
@@ -73,62 +73,23 @@ def _check_scales(shape: tuple[int, int, int], scales: int, squeezes: int, model
         )
 
 
-def _transformer(kind: str, scale_bound: float | None) -> nn.Module:
-    if kind == "affine":
-        return Affine(scale_bound)
-    if kind == "additive":
-        return Additive()
-    raise ValueError(f"unknown coupling {kind!r}; expected 'affine' or 'additive'")
-
-
-def _conv_conditioner(
-    hidden: int, blocks: int, context_features: int, activation: str, zero_init: bool = True
-) -> Callable[[int, int], nn.Module]:
-    return lambda i, o: ConvResNet(i, o, hidden, blocks, context_features, activation, zero_init)
-
-
-def _width(hidden: int | Sequence[int]) -> int:
-    return int(hidden) if isinstance(hidden, int) else int(hidden[0])
-
-
-def _glow_mixer(kind: str, shape: tuple[int, ...]) -> list[Transform]:
-    if kind == "lu":
-        return [LULinear(shape)]
-    if kind == "plain":
-        return [PlainLinear(shape)]
-    if kind == "reverse":
-        return [Reverse(shape)]
-    if kind == "random":
-        return [Permutation(shape)]
-    if kind is None or kind == "none":
-        return []
-    raise ValueError(
-        f"unknown permutation {kind!r}; expected 'lu', 'plain', 'reverse', 'random' or None"
-    )
-
-
-@register
+@register(inputs=("shape",), depth="steps")
 def Glow(
     shape: Sequence[int] | None = None,
     scales: int | None = None,
     steps: int = 8,
-    hidden: int = 128,
+    hidden: Sequence[int] | int = 128,
     blocks: int = 1,
-    context_features: int = 0,
     coupling: str = "affine",
-    permutation: str = "lu",
+    permutation: str | None = "lu",
     split_prior: bool = True,
     prior_hidden: int | None = None,
     scale_bound: float = 3.0,
     activation: str = "relu",
-    levels: int | None = None,
-    preprocess: str | None = "logit",
-    alpha: float = 0.05,
-    base: str = "normal",
-    components: int = 8,
-    dequantization: str = "uniform",
     mask: str = "channel",
     rezero: bool = False,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Glow (Kingma & Dhariwal, 2018): multi-scale ActNorm, 1x1 convolution, affine coupling.
 
@@ -155,15 +116,13 @@ def Glow(
         prior_hidden: channels of the split prior's network (default: ``hidden // 2``).
         scale_bound: soft bound on each coupling's log-scale.
         activation: the ConvResNets' activation.
-        context_features: size of a conditioning vector, read by every coupling and split
-            prior as extra channels (and by the base if it is learnable: ``base="diag"``).
-        levels: number of discrete data levels (e.g. 17 for the 0..16 digits, 256 for 8-bit
-            images): dequantize and report likelihoods on the raw data scale.
-        preprocess, alpha, base, components, dequantization: see :mod:`flowforge.models`.
         mask: ``"channel"`` (Glow) or ``"checkerboard"`` (RealNVP's spatial mask, alternating
             between steps) for the couplings.
         rezero: gate each coupling with a zero-initialised scalar instead of zero-initialising
             the conditioner's last layer.
+        (and the data options of :mod:`flowforge.models.assembly`: ``context_features`` is read
+        by every coupling and split prior as extra channels, and by a learnable base; ``levels``
+        counts discrete data values, e.g. 17 for the 0..16 digits, 256 for 8-bit images)
 
     Example:
         >>> import flowforge as ff
@@ -171,18 +130,16 @@ def Glow(
         >>> flow.sample(4, temperature=0.7).shape
         torch.Size([4, 1, 8, 8])
     """
-    shape = _event_shape(None, shape)
-    scales = default_scales(shape, "glow") if scales is None else int(scales)
+    shape = event_shape(None, shape)
+    scales = default_scales(shape, "glow") if scales is None else scales
     _check_scales(shape, scales, scales, "Glow")
     if mask not in ("channel", "checkerboard"):
         raise ValueError(f"unknown mask {mask!r}; expected 'channel' or 'checkerboard'")
-    cond = _conv_conditioner(
-        _width(hidden), blocks, context_features, activation, zero_init=not rezero
-    )
-    prior_width = max(_width(hidden) // 2, 1) if prior_hidden is None else int(prior_hidden)
-    prior = (
-        _conv_conditioner(prior_width, 0, context_features, activation) if split_prior else False
-    )
+    cf = data.context_features
+    width = channels(hidden)
+    cond = conv_conditioner(width, blocks, cf, activation, zero_init=not rezero)
+    prior_width = max(width // 2, 1) if prior_hidden is None else prior_hidden
+    prior = conv_conditioner(prior_width, 0, cf, activation) if split_prior else False
 
     def level(in_shape: tuple[int, ...], i: int) -> Transform:
         sq = Squeeze(in_shape)
@@ -190,16 +147,16 @@ def Glow(
         chain: list[Transform] = [sq]
         for j in range(steps):
             chain.append(ActNorm(s))
-            chain += _glow_mixer(permutation, s)
+            chain += mixer(permutation, s)
             m = channel_mask(s) if mask == "channel" else checkerboard_mask(s, flip=j % 2 == 1)
-            t = _transformer(coupling, scale_bound)
-            chain.append(Coupling(m, cond, t, context_features, rezero=rezero))
+            t = coupling_transformer(coupling, scale_bound)
+            chain.append(Coupling(m, cond, t, cf, rezero=rezero))
         if i < scales - 1:
             kept = ((s[0] + 1) // 2, *s[1:])
-            chain.append(FactorOut(s, level(kept, i + 1), prior, context_features))
+            chain.append(FactorOut(s, level(kept, i + 1), prior, cf))
         return Compose(*chain)
 
-    return assemble([level(shape, 0)], shape, **data_options(locals()))
+    return assemble([level(shape, 0)], shape, data)
 
 
 def realnvp_image(
@@ -212,17 +169,11 @@ def realnvp_image(
     coupling: str = "affine",
     batch_norm: bool = False,
     actnorm: bool = False,
-    context_features: int = 0,
     rezero: bool = False,
     scale_bound: float = 3.0,
     activation: str = "relu",
-    levels: int | None = None,
-    preprocess: str | None = "logit",
-    alpha: float = 0.05,
-    base: str = "normal",
-    components: int = 8,
-    layers: int | None = None,
-    dequantization: str = "uniform",
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""RealNVP's multi-scale image architecture (Dinh et al., 2017, section 3.6).
 
@@ -246,26 +197,19 @@ def realnvp_image(
         coupling: ``"affine"`` or ``"additive"``.
         rezero: gate the couplings with a zero-initialised scalar instead of zero-initialising
             the conditioner's last layer.
-        layers: the vector RealNVP's coupling count; not used by the image architecture
-            (use ``couplings``/``final_couplings``), so giving it is an error.
-        (context_features, levels, preprocess, alpha, base, components, dequantization: see
-        :mod:`flowforge.models`)
+        data: the shared data options (:class:`~flowforge.models.assembly.DataOptions`).
     """
-    if layers is not None:
-        raise ValueError(
-            "layers= counts the couplings of the vector RealNVP; for images use scales=, "
-            "couplings= (per group, default 3) and final_couplings= (default 4)"
-        )
-    shape = _event_shape(None, shape)
-    scales = default_scales(shape, "realnvp") if scales is None else int(scales)
+    shape = event_shape(None, shape)
+    scales = default_scales(shape, "realnvp") if scales is None else scales
     _check_scales(shape, scales, scales - 1, "RealNVP")
-    width = 64 if hidden is None else _width(hidden)
-    cond = _conv_conditioner(width, blocks, context_features, activation, zero_init=not rezero)
+    width = 64 if hidden is None else channels(hidden)
+    cf = data.context_features
+    cond = conv_conditioner(width, blocks, cf, activation, zero_init=not rezero)
 
     def couple(mask) -> list[Transform]:
         s = tuple(mask.shape)
-        t = _transformer(coupling, scale_bound)
-        out: list[Transform] = [Coupling(mask, cond, t, context_features, rezero=rezero)]
+        t = coupling_transformer(coupling, scale_bound)
+        out: list[Transform] = [Coupling(mask, cond, t, cf, rezero=rezero)]
         if batch_norm:
             out.append(BatchNorm(s))
         if actnorm:
@@ -289,4 +233,4 @@ def realnvp_image(
         chain.append(FactorOut(s, scale(kept, i + 1)))
         return Compose(*chain)
 
-    return assemble([scale(shape, 0)], shape, **data_options(locals()))
+    return assemble([scale(shape, 0)], shape, data)

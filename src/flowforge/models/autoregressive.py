@@ -1,7 +1,8 @@
 r"""Autoregressive and spline flows: MAF, IAF and NSF (registered in :mod:`flowforge.models`).
 
-All three take ``features=`` and the common arguments of :mod:`flowforge.models`
-(``context_features``, ``levels``, ``preprocess``, ``alpha``, ``base``, ``components``).
+All three take ``features=`` and the shared data options of :mod:`flowforge.models.assembly`
+(``context_features``, ``levels``, ``preprocess``, ``alpha``, ``base``, ``components``,
+``dequantization``).
 Between layers a ``permutation`` mixes the dimensions (``"reverse"``, ``"random"``, ``"lu"`` or
 None) and ``lu=True`` adds a learnable LU-linear layer after it.
 
@@ -22,10 +23,9 @@ from collections.abc import Sequence
 
 import torch  # noqa: F401  (doctests use it)
 
-from .core import Flow, Inverse, Transform
-from .models import _mixer, assemble, data_options, register
-from .nets import MLP, ResidualMLP
-from .transforms import (
+from ..core import Flow, Inverse, Transform
+from ..nets import MLP, ResidualMLP
+from ..transforms import (
     Affine,
     Autoregressive,
     BatchNorm,
@@ -34,22 +34,16 @@ from .transforms import (
     RationalQuadratic,
     half_mask,
 )
+from .assembly import DataOptions, assemble, event_shape, mixer, widths
+from .registry import register
 
 __all__ = ["MAF", "IAF", "NSF"]
-
-
-def _vector(features) -> int:
-    if features is None:
-        raise ValueError("give features= (the data dimension)")
-    if int(features) < 1:
-        raise ValueError(f"expected features >= 1, got {features}")
-    return int(features)
 
 
 def _between(i: int, permutation: str | None, lu: bool, d: int) -> list[Transform]:
     if not i:
         return []
-    return _mixer(permutation, d) + ([LULinear(d)] if lu else [])
+    return mixer(permutation, d) + ([LULinear(d)] if lu else [])
 
 
 def _autoregressive_stack(
@@ -69,24 +63,20 @@ def _autoregressive_stack(
     return chain
 
 
-@register
+@register(inputs=("features",), depth="layers")
 def MAF(
     features: int | None = None,
     layers: int = 5,
     hidden: Sequence[int] | int = (128, 128),
-    context_features: int = 0,
-    order: str = "natural",
+    order: str | Sequence[int] = "natural",
     permutation: str | None = "reverse",
     lu: bool = False,
     residual: bool = False,
     batch_norm: bool = False,
     scale_bound: float | None = 3.0,
     activation: str = "relu",
-    levels: int | None = None,
-    preprocess: str | None = "logit",
-    alpha: float = 0.05,
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Masked autoregressive flow (Papamakarios et al., 2017): affine MADE layers.
 
@@ -103,7 +93,7 @@ def MAF(
         residual: residual MADEs.
         batch_norm: a batch-norm bijector after each layer (as in the paper).
         scale_bound: soft bound of the log-scale (None: unbounded).
-        (see :mod:`flowforge.models` for context_features, levels, preprocess, alpha, base)
+        (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
         >>> import flowforge as ff
@@ -111,37 +101,34 @@ def MAF(
         >>> flow.log_prob(torch.randn(4, 3)).shape
         torch.Size([4])
     """
-    d = _vector(features)
+    (d,) = event_shape(features, None)
+    cf = data.context_features
     chain = _autoregressive_stack(
         d,
         layers,
         lambda: Autoregressive(
-            d, Affine(scale_bound), hidden, context_features, order, residual, activation
+            d, Affine(scale_bound), widths(hidden), cf, order, residual, activation
         ),
         permutation,
         lu,
         batch_norm,
     )
-    return assemble(chain, (d,), **data_options(locals()))
+    return assemble(chain, (d,), data)
 
 
-@register
+@register(inputs=("features",), depth="layers")
 def IAF(
     features: int | None = None,
     layers: int = 5,
     hidden: Sequence[int] | int = (128, 128),
-    context_features: int = 0,
-    order: str = "natural",
+    order: str | Sequence[int] = "natural",
     permutation: str | None = "reverse",
     lu: bool = False,
     residual: bool = False,
     scale_bound: float | None = 3.0,
     activation: str = "relu",
-    levels: int | None = None,
-    preprocess: str | None = "logit",
-    alpha: float = 0.05,
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Inverse autoregressive flow (Kingma et al., 2016): inverted affine MADE layers.
 
@@ -154,23 +141,22 @@ def IAF(
         >>> flow = ff.models.IAF(features=3)
         >>> x, log_q = flow.rsample_and_log_prob(5)
     """
-    d = _vector(features)
+    (d,) = event_shape(features, None)
+    cf = data.context_features
     chain = _autoregressive_stack(
         d,
         layers,
         lambda: Inverse(
-            Autoregressive(
-                d, Affine(scale_bound), hidden, context_features, order, residual, activation
-            )
+            Autoregressive(d, Affine(scale_bound), widths(hidden), cf, order, residual, activation)
         ),
         permutation,
         lu,
         False,
     )
-    return assemble(chain, (d,), **data_options(locals()))
+    return assemble(chain, (d,), data)
 
 
-@register
+@register(inputs=("features",), depth="layers")
 def NSF(
     features: int | None = None,
     layers: int = 5,
@@ -178,16 +164,12 @@ def NSF(
     bins: int = 8,
     bound: float = 3.0,
     autoregressive: bool = False,
-    context_features: int = 0,
     permutation: str | None = "reverse",
     lu: bool = False,
     residual: bool = False,
     activation: str = "relu",
-    levels: int | None = None,
-    preprocess: str | None = "logit",
-    alpha: float = 0.05,
-    base: str = "normal",
-    components: int = 8,
+    *,
+    data: DataOptions,
 ) -> Flow:
     r"""Neural spline flow (Durkan et al., 2019): rational-quadratic splines with linear tails.
 
@@ -205,7 +187,7 @@ def NSF(
         bins: spline bins per dimension.
         bound: the splines act on ``[-bound, bound]`` and are the identity outside.
         permutation, lu: mixing between layers, as in :func:`MAF`.
-        (see :mod:`flowforge.models` for context_features, levels, preprocess, alpha, base)
+        (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
         >>> import flowforge as ff
@@ -213,8 +195,9 @@ def NSF(
         >>> flow.sample(3).shape
         torch.Size([3, 4])
     """
-    d = _vector(features)
-    hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+    (d,) = event_shape(features, None)
+    cf = data.context_features
+    hidden = widths(hidden)
 
     def spline():
         return RationalQuadratic(bins, bound)
@@ -223,9 +206,7 @@ def NSF(
         chain = _autoregressive_stack(
             d,
             layers,
-            lambda: Autoregressive(
-                d, spline(), hidden, context_features, "natural", residual, activation
-            ),
+            lambda: Autoregressive(d, spline(), hidden, cf, "natural", residual, activation),
             permutation,
             lu,
             False,
@@ -240,16 +221,16 @@ def NSF(
                 raise ValueError(f"residual=True needs equal hidden widths, got {hidden}")
 
             def cond(i, o):
-                return ResidualMLP(i, o, hidden[0], len(hidden) - 1, context_features, activation)
+                return ResidualMLP(i, o, hidden[0], len(hidden) - 1, cf, activation)
         else:
 
             def cond(i, o):
-                return MLP(i, o, hidden, context_features, activation)
+                return MLP(i, o, hidden, cf, activation)
 
         chain = []
         for i in range(layers):
             chain += _between(i, permutation, lu, d)
             flip = permutation is None and i % 2 == 1
             # True = kept: the last floor(D/2) entries condition the first ceil(D/2)
-            chain.append(Coupling(half_mask(d, flip=not flip), cond, spline(), context_features))
-    return assemble(chain, (d,), **data_options(locals()))
+            chain.append(Coupling(half_mask(d, flip=not flip), cond, spline(), cf))
+    return assemble(chain, (d,), data)

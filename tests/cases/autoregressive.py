@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import flowforge as ff
 from flowforge import transforms as T
-from registry import Case, in_levels, mlp
+
+from .base import Case, in_levels, mlp
 
 
 def ar(d, transformer, context=0, **kw):
@@ -15,43 +16,36 @@ CASES: list[Case] = []
 
 for d in (1, 2, 5):
     CASES += [
-        Case(f"maf-layer-{d}", ar(d, T.Affine), (d,)),
-        Case(f"ar-additive-{d}", ar(d, T.Additive, order="reversed"), (d,)),
-        Case(f"ar-spline-{d}", ar(d, lambda: T.RationalQuadratic(4, 2.0)), (d,)),
-        Case(f"iaf-layer-{d}", lambda d=d: ff.Inverse(ar(d, T.Affine, order="random")()), (d,)),
+        Case(f"maf-layer-{d}", ar(d, T.Affine)),
+        Case(f"ar-additive-{d}", ar(d, T.Additive, order="reversed")),
+        Case(f"ar-spline-{d}", ar(d, lambda: T.RationalQuadratic(4, 2.0))),
+        Case(f"iaf-layer-{d}", lambda d=d: ff.Inverse(ar(d, T.Affine, order="random")())),
     ]
 CASES += [
-    Case("maf-layer-context-4", ar(4, T.Affine, 3, order="random"), (4,), context=3),
-    Case("maf-layer-residual-4", ar(4, T.Affine, residual=True), (4,)),
+    Case("maf-layer-context-4", ar(4, T.Affine, 3, order="random")),
+    Case("maf-layer-residual-4", ar(4, T.Affine, residual=True)),
     Case(
         "ar-spline-residual-context-3",
         ar(3, lambda: T.RationalQuadratic(3, 1.5), 2, residual=True),
-        (3,),
-        context=2,
     ),
     Case(
         "ar-spline-1-context",
         ar(1, lambda: T.RationalQuadratic(3, 1.5), 2),
-        (1,),
-        context=2,
     ),
     Case(
         "spline-coupling-4",
         lambda: T.Coupling(T.half_mask(4), mlp(), T.RationalQuadratic(5, 2.0)),
-        (4,),
     ),
     Case(
         "spline-coupling-context-3",
         lambda: T.Coupling(T.alternating_mask(3), mlp(2), T.RationalQuadratic(3, 1.0), 2),
-        (3,),
-        context=2,
     ),
 ]
 
 small = dict(layers=2, hidden=(8, 8))
 CASES += [
-    Case("MAF", lambda: ff.models.MAF(features=4, **small), (4,), is_flow=True),
-    Case("MAF-1", lambda: ff.models.MAF(features=1, **small), (1,), is_flow=True),
+    Case("MAF", lambda: ff.models.MAF(features=4, **small)),
+    Case("MAF-1", lambda: ff.models.MAF(features=1, **small)),
     Case(
         "MAF-context-random-lu-bn-residual",
         lambda: ff.models.MAF(
@@ -64,48 +58,33 @@ CASES += [
             base="diag",
             **small,
         ),
-        (3,),
-        context=2,
-        is_flow=True,
     ),
     Case(
         "MAF-levels",
         lambda: ff.models.MAF(features=3, levels=17, **small),
-        (3,),
         sample=in_levels(17),
-        is_flow=True,
     ),
-    Case("IAF", lambda: ff.models.IAF(features=4, **small), (4,), is_flow=True),
-    Case("IAF-1", lambda: ff.models.IAF(features=1, **small), (1,), is_flow=True),
+    Case("IAF", lambda: ff.models.IAF(features=4, **small)),
+    Case("IAF-1", lambda: ff.models.IAF(features=1, **small)),
     Case(
         "IAF-context-mixture",
         lambda: ff.models.IAF(features=3, context_features=2, base="mixture", **small),
-        (3,),
-        context=2,
-        is_flow=True,
     ),
-    Case("NSF", lambda: ff.models.NSF(features=4, bins=4, **small), (4,), is_flow=True),
-    Case("NSF-2", lambda: ff.models.NSF(features=2, bins=4, **small), (2,), is_flow=True),
+    Case("NSF", lambda: ff.models.NSF(features=4, bins=4, **small)),
+    Case("NSF-2", lambda: ff.models.NSF(features=2, bins=4, **small)),
     Case(
         "NSF-odd-noperm-residual-context",
         lambda: ff.models.NSF(
             features=5, bins=3, permutation=None, residual=True, context_features=2, **small
         ),
-        (5,),
-        context=2,
-        is_flow=True,
     ),
     Case(
         "NSF-AR",
         lambda: ff.models.NSF(features=3, bins=4, autoregressive=True, lu=True, **small),
-        (3,),
-        is_flow=True,
     ),
     Case(
         "NSF-AR-1-levels",
         lambda: ff.models.NSF(features=1, bins=4, autoregressive=True, levels=5, **small),
-        (1,),
         sample=in_levels(5),
-        is_flow=True,
     ),
 ]

@@ -1,10 +1,13 @@
-"""Generic-test cases for issue 8's improvements: learnable and class-conditional bases,
-variational dequantization, Glow's mask/ReZero switches (imported by ``registry.py``)."""
+"""Generic-test cases for the data options and switches: learnable and class-conditional
+bases, variational dequantization (its q-flow is a Transform of its own), Glow's mask/ReZero
+switches."""
 
 from __future__ import annotations
 
 import flowforge as ff
-from registry import Case, in_levels
+from flowforge import transforms as T
+
+from .base import Case, in_levels, in_unit_interval
 
 TINY_DEQ = {"name": "variational", "steps": 1, "hidden": 4, "blocks": 0}
 TINY_MOG = {"name": "made-mog", "hidden": [8], "components": 2}
@@ -13,17 +16,12 @@ CASES: list[Case] = [
     Case(
         "RealNVP-made-mog",
         lambda: ff.models.RealNVP(features=4, layers=2, hidden=(8,), base=TINY_MOG),
-        (4,),
-        is_flow=True,
     ),
     Case(
         "RealNVP-context-made-mog",
         lambda: ff.models.RealNVP(
             features=3, layers=2, hidden=(8,), context_features=2, base=TINY_MOG
         ),
-        (3,),
-        context=2,
-        is_flow=True,
     ),
     Case(
         "Glow-variational-deq-made-mog",
@@ -36,9 +34,7 @@ CASES: list[Case] = [
             dequantization=TINY_DEQ,
             base=TINY_MOG,
         ),
-        (1, 4, 4),
         sample=in_levels(17),
-        is_flow=True,
     ),
     Case(
         "Glow-checkerboard-rezero-class-gaussian",
@@ -53,10 +49,7 @@ CASES: list[Case] = [
             base="class-gaussian",
             levels=17,
         ),
-        (1, 4, 4),
-        context=3,
         sample=in_levels(17),
-        is_flow=True,
     ),
     Case(
         "RealNVP-image-variational-deq",
@@ -69,8 +62,19 @@ CASES: list[Case] = [
             levels=17,
             dequantization="variational",
         ),
-        (1, 4, 4),
         sample=in_levels(17),
-        is_flow=True,
+    ),
+]
+# the variational dequantizer's q-flow (u in (0, 1) -> noise, conditioned on the data x)
+CASES += [
+    Case(
+        "variational-deq-q-flow-3",
+        lambda: T.VariationalDequantization(3, levels=5, steps=2, hidden=8).flow,
+        sample=in_unit_interval,
+    ),
+    Case(
+        "variational-deq-q-flow-2x2x2",
+        lambda: T.VariationalDequantization((2, 2, 2), levels=5, steps=2, hidden=4).flow,
+        sample=in_unit_interval,
     ),
 ]

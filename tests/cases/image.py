@@ -7,7 +7,8 @@ import torch
 import flowforge as ff
 from flowforge import transforms as T
 from flowforge.nets import ConvResNet
-from registry import Case, in_levels
+
+from .base import Case, in_levels
 
 
 def conv(context=0, hidden=4, blocks=1):
@@ -26,7 +27,7 @@ CASES: list[Case] = []
 
 # -- squeeze ---------------------------------------------------------------------------------------
 for shape in ((1, 4, 4), (3, 2, 4)):
-    CASES.append(Case(f"squeeze-{'x'.join(map(str, shape))}", lambda s=shape: T.Squeeze(s), shape))
+    CASES.append(Case(f"squeeze-{'x'.join(map(str, shape))}", lambda s=shape: T.Squeeze(s)))
 
 # -- couplings with the conv conditioner (the one Coupling class, existing masks) ---------
 # affine on every shape; flipped masks and additive couplings on (2, 4, 4) only (speed)
@@ -45,21 +46,16 @@ for shape in ((1, 4, 4), (2, 4, 4), (3, 4, 4)):
                         lambda s=shape, fl=flip, m=mask, law=law: T.Coupling(
                             m(s, fl), conv(), _LAWS[law]()
                         ),
-                        shape,
                     )
                 )
 CASES += [
     Case(
         "conv-affine-checkerboard-context-2x4x4",
         lambda: T.Coupling(T.checkerboard_mask((2, 4, 4)), conv(3), T.Affine(), 3),
-        (2, 4, 4),
-        context=3,
     ),
     Case(
         "conv-affine-channel-context-4x2x2",
         lambda: T.Coupling(T.channel_mask((4, 2, 2)), conv(3, blocks=0), T.Affine(), 3),
-        (4, 2, 2),
-        context=3,
     ),
 ]
 
@@ -68,25 +64,20 @@ CASES += [
     Case(
         "factorout-4x2x2",
         lambda: T.FactorOut((4, 2, 2), _factor_inner((2, 2, 2))),
-        (4, 2, 2),
     ),
     Case(
         "factorout-prior-4x2x2",
         lambda: T.FactorOut((4, 2, 2), _factor_inner((2, 2, 2)), prior=True, hidden=8),
-        (4, 2, 2),
     ),
     Case(
         "factorout-prior-odd-3x2x4",
         lambda: T.FactorOut((3, 2, 4), T.ActNorm((2, 2, 4)), prior=conv()),
-        (3, 2, 4),
     ),
     Case(
         "factorout-prior-context-4x2x2",
         lambda: T.FactorOut(
             (4, 2, 2), _factor_inner((2, 2, 2), 2), prior=True, context_features=2, hidden=8
         ),
-        (4, 2, 2),
-        context=2,
     ),
     Case(
         "factorout-nested-squeeze-1x4x4",
@@ -99,7 +90,6 @@ CASES += [
                 hidden=8,
             ),
         ),
-        (1, 4, 4),
     ),
 ]
 
@@ -108,8 +98,6 @@ CASES += [
     Case(
         "Glow-1x4x4",
         lambda: ff.models.Glow(shape=(1, 4, 4), scales=2, steps=2, hidden=8),
-        (1, 4, 4),
-        is_flow=True,
     ),
     Case(
         "Glow-levels-additive-plain-2x4x4",
@@ -123,30 +111,21 @@ CASES += [
             permutation="plain",
             levels=17,
         ),
-        (2, 4, 4),
         sample=in_levels(17),
-        is_flow=True,
     ),
     Case(
         "Glow-context-diag-3x4x4",
         lambda: ff.models.Glow(
             shape=(3, 4, 4), scales=2, steps=1, hidden=8, context_features=2, base="diag"
         ),
-        (3, 4, 4),
-        context=2,
-        is_flow=True,
     ),
     Case(
         "Glow-noprior-1scale-2x2x2",
         lambda: ff.models.Glow(shape=(2, 2, 2), scales=1, steps=2, hidden=8, split_prior=False),
-        (2, 2, 2),
-        is_flow=True,
     ),
     Case(
         "RealNVP-image-1x4x4",
         lambda: ff.models.RealNVP(shape=(1, 4, 4), scales=2, hidden=8, blocks=1, activation="tanh"),
-        (1, 4, 4),
-        is_flow=True,
     ),
     Case(
         "RealNVP-image-levels-bn-2x4x4",
@@ -159,9 +138,7 @@ CASES += [
             levels=17,
             activation="tanh",
         ),
-        (2, 4, 4),
         sample=in_levels(17),
-        is_flow=True,
     ),
     Case(
         "RealNVP-image-context-actnorm-3x4x4",
@@ -176,9 +153,6 @@ CASES += [
             final_couplings=2,
             activation="tanh",
         ),
-        (3, 4, 4),
-        context=2,
-        is_flow=True,
     ),
 ]
 

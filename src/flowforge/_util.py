@@ -1,0 +1,93 @@
+"""Small helpers shared across the library (no flowforge imports: this is the bottom layer)."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LOG_2PI",
+    "event_shape",
+    "per_channel",
+    "unknown",
+    "suggest",
+    "householder",
+    "jacobian_rows",
+    "largest",
+]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    """``(D,)`` from an int, else the shape as a tuple of ints."""
+    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+
+
+def per_channel(v: Tensor, x: Tensor) -> Tensor:
+    """Broadcast a ``(C,)`` vector against ``x`` of shape ``(B, C, ...)``."""
+    return v.reshape(-1, *[1] * (x.dim() - 2))
+
+
+def suggest(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> str:
+    """``"; did you mean a, b?"`` for the close matches of ``name``, or ``""``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def unknown(what: str, name, choices: Iterable[str]) -> ValueError:
+    """The one error for an unknown name: ``unknown <what> 'x'; did you mean ...? (available:
+    ...)``."""
+    choices = sorted(str(c) for c in choices)
+    return ValueError(
+        f"unknown {what} {name!r}{suggest(str(name), choices)} (available: {', '.join(choices)})"
+    )
+
+
+def householder(vs: Tensor) -> Tensor:
+    r"""The product ``H_1 H_2 ... H_k`` of Householder reflections ``H = I - 2 v v^T / |v|^2``.
+
+    ``vs`` is ``(k, D)`` for one product or ``(n, k, D)`` for a batch; returns ``(D, D)`` or
+    ``(n, D, D)``.
+    """
+    batched = vs.dim() == 3
+    if not batched:
+        vs = vs.unsqueeze(0)
+    d = vs.shape[-1]
+    q = torch.eye(d, dtype=vs.dtype, device=vs.device).expand(vs.shape[0], d, d)
+    for k in range(vs.shape[1]):
+        v = vs[:, k]
+        v = v / v.square().sum(-1, keepdim=True).sqrt()
+        q = q - 2 * (q @ v.unsqueeze(-1)) * v.unsqueeze(-2)  # Q H_k
+    return q if batched else q[0]
+
+
+def jacobian_rows(f: Tensor, z: Tensor, create_graph: bool) -> Tensor:
+    """The Jacobian ``df/dz`` of a batch of maps ``(n, D) -> (n, D)``, one backward pass per
+    output row: ``out[:, i, j] = d f_i / d z_j``."""
+    rows = [
+        torch.autograd.grad(f[:, i].sum(), z, create_graph=create_graph, retain_graph=True)[0]
+        for i in range(f.shape[1])
+    ]
+    return torch.stack(rows, 1)
+
+
+def largest(t: Tensor) -> float:
+    """The largest entry of ``t``, NaN if any entry is NaN (for error messages)."""
+    if t.numel() == 0:
+        return 0.0
+    if torch.isnan(t).any():
+        return float("nan")
+    return t.max().item()
+
+
+def checked_choice(what: str, name, choices: dict[str, Callable] | Sequence[str]):
+    """``choices[name]`` (or ``name`` if ``choices`` is a sequence); the one unknown-name error
+    otherwise."""
+    if name in choices:
+        return choices[name] if isinstance(choices, dict) else name
+    raise unknown(what, name, choices)

@@ -1,0 +1,46 @@
+r"""Named flows. Each builder only assembles layers and a base into a :class:`~flowforge.Flow`.
+
+Every builder takes ``features=`` (vectors) or ``shape=`` (images), works with nothing else
+given, takes the shared data options (:class:`~flowforge.models.assembly.DataOptions`:
+``context_features``, ``levels``, ``preprocess``, ``alpha``, ``base``, ``components``,
+``dequantization``), and records its whole configuration in ``flow.config`` so that
+:func:`flowforge.save` can rebuild it from JSON. ``build(name, **kwargs)`` looks a builder up
+by name (case-insensitive); ``spec(name)`` says what it takes.
+
+Layout, bottom to top (each file imports only the ones above it in this list):
+``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
+per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
+``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
+``continuous`` (FFJORD).
+"""
+
+from .assembly import DataOptions, standardized
+from .autoregressive import IAF, MAF, NSF
+from .continuous import FFJORD
+from .coupling import NICE, RealNVP
+from .image import Glow, default_scales
+from .registry import BuilderSpec, available, build, builder, register, spec
+from .residual import Planar, Radial, ResidualFlow, Sylvester
+
+__all__ = [
+    "NICE",
+    "RealNVP",
+    "Glow",
+    "MAF",
+    "IAF",
+    "NSF",
+    "FFJORD",
+    "Planar",
+    "Radial",
+    "Sylvester",
+    "ResidualFlow",
+    "BuilderSpec",
+    "DataOptions",
+    "available",
+    "build",
+    "builder",
+    "default_scales",
+    "register",
+    "spec",
+    "standardized",
+]

@@ -1,0 +1,307 @@
+r"""The shared part of every builder: data options, bases, dequantizers, preprocessing, and the
+small parsers (shapes, widths, masks, mixers) that the family files use.
+
+Data options
+------------
+Every builder takes the same keyword-only data options, declared once in :class:`DataOptions`
+and validated there:
+
+    context_features: size of a conditioning vector (0: unconditional).
+    levels: if the data is discrete with this many levels (17 for digits, 256 for 8-bit images),
+        the flow dequantizes and reports likelihoods on the raw scale.
+    preprocess: with ``levels``: ``"logit"`` (RealNVP's, ``alpha``), ``"scale"`` (to
+        ``[-1/2, 1/2]``) or ``None``.
+    alpha: the logit's margin (RealNVP: 0.05).
+    base: ``"normal"``, ``"diag"`` (learnable diagonal Gaussian), ``"mixture"`` (learnable
+        Gaussian mixture, ``components``), ``"made-mog"`` (autoregressive: a MADE gives a
+        ``components``-Gaussian mixture per dimension) or ``"class-gaussian"`` (needs a context:
+        a Gaussian whose mean and scale are linear in it, i.e. one Gaussian per class for a
+        one-hot label). A mapping ``{"name": ..., **options}`` passes options to the base.
+        With a context, learnable bases are conditional.
+    components: mixture components of ``"mixture"`` and ``"made-mog"``.
+    dequantization: with ``levels``: ``"uniform"`` (``u ~ U[0, 1)``) or ``"variational"``
+        (Flow++: a learned conditional flow ``q(u | x)``, trained jointly; the NLL is the
+        variational bound). A mapping ``{"name": "variational", **options}`` sizes it.
+
+Widths
+------
+``hidden`` means the same in every builder: the widths of each conditioner's hidden layers.
+A sequence lists them; an int ``h`` repeats ``h`` at the builder's default depth (the length of
+its default ``hidden``). Convolutional conditioners (image builders) have one width, their
+channel count, and take their depth from ``blocks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from .. import distributions as D
+from .._util import unknown
+from ..core import Compose, Flow, Transform
+from ..nets import MLP, ConvResNet
+from ..transforms import (
+    Additive,
+    Affine,
+    Logit,
+    LULinear,
+    Permutation,
+    PlainLinear,
+    Reverse,
+    Standardize,
+    UniformDequantization,
+    VariationalDequantization,
+    alternating_mask,
+    half_mask,
+)
+
+__all__ = [
+    "DataOptions",
+    "BASES",
+    "DEQUANTIZATIONS",
+    "PREPROCESSING",
+    "MIXERS",
+    "assemble",
+    "make_base",
+    "make_dequantizer",
+    "preprocessing",
+    "standardized",
+    "event_shape",
+    "widths",
+    "channels",
+    "mlp_conditioner",
+    "conv_conditioner",
+    "mixer",
+    "mask",
+    "coupling_transformer",
+]
+
+BASES = ("normal", "diag", "mixture", "made-mog", "class-gaussian")
+DEQUANTIZATIONS = ("uniform", "variational")
+PREPROCESSING = ("logit", "scale", None)
+MIXERS = ("reverse", "random", "lu", "plain", None)
+
+
+def _named(value, what: str, choices: Sequence) -> tuple[object, dict]:
+    """``"name"`` or ``{"name": ..., **options}`` -> ``(name, options)``, name checked."""
+    options: dict = {}
+    if isinstance(value, dict):
+        options = dict(value)
+        value = options.pop("name", None)
+    if value not in choices:
+        raise unknown(what, value, [c for c in choices if c is not None])
+    return value, options
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The options every builder shares (see the module docstring); validated on creation."""
+
+    context_features: int = 0
+    levels: int | None = None
+    preprocess: str | None = "logit"
+    alpha: float = 0.05
+    base: str | dict = "normal"
+    components: int = 8
+    dequantization: str | dict = "uniform"
+
+    def __post_init__(self):
+        cf = self.context_features
+        if isinstance(cf, bool) or not isinstance(cf, int) or cf < 0:
+            raise ValueError(f"expected context_features to be an integer >= 0, got {cf!r}")
+        lv = self.levels
+        if lv is not None and (isinstance(lv, bool) or not isinstance(lv, int) or lv < 2):
+            raise ValueError(f"expected levels to be None or an integer >= 2, got {lv!r}")
+        if self.preprocess not in PREPROCESSING:
+            raise ValueError(
+                f"unknown preprocess {self.preprocess!r}; expected 'logit', 'scale' or None"
+            )
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < 0.5:
+            raise ValueError(f"expected 0 <= alpha < 0.5, got {a!r}")
+        k = self.components
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"expected components to be an integer >= 1, got {k!r}")
+        _named(self.base, "base", BASES)
+        kind, options = _named(self.dequantization, "dequantization", DEQUANTIZATIONS)
+        if kind == "uniform" and options:
+            raise ValueError(f"uniform dequantization takes no options, got {sorted(options)}")
+        if kind == "variational" and lv is None:
+            raise ValueError(
+                "dequantization='variational' is for discrete data: give levels= (the number "
+                "of discrete values, e.g. 17 for digits); continuous data needs no dequantization"
+            )
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# -- shapes and widths ---------------------------------------------------------------------------
+
+
+def event_shape(features: int | None, shape: Sequence[int] | None) -> tuple[int, ...]:
+    """``(features,)`` or ``shape=(C, H, W)``: exactly one of them, with positive sizes."""
+    if (features is None) == (shape is None):
+        raise ValueError("give exactly one of features= (vectors) or shape=(C, H, W) (images)")
+    if features is not None:
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"expected features to be an integer >= 1, got {features!r}")
+        return (features,)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise ValueError(f"expected shape=(C, H, W), got {shape!r}")
+    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) for s in shape):
+        raise ValueError(f"expected shape=(C, H, W) of three integers, got {tuple(shape)}")
+    if min(shape) < 1:
+        raise ValueError(f"expected shape=(C, H, W) with positive sizes, got {tuple(shape)}")
+    return tuple(shape)
+
+
+def widths(hidden: int | Sequence[int], default_depth: int = 2) -> tuple[int, ...]:
+    """Hidden widths: a sequence as given, an int repeated ``default_depth`` times."""
+    if isinstance(hidden, bool):
+        raise ValueError(f"expected hidden widths, got {hidden!r}")
+    out = (hidden,) * default_depth if isinstance(hidden, int) else tuple(hidden)
+    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in out):
+        raise ValueError(f"expected hidden widths >= 1, got {hidden!r}")
+    return out
+
+
+def channels(hidden: int | Sequence[int]) -> int:
+    """The one width of a convolutional conditioner: an int, or a sequence of one width."""
+    w = widths(hidden, 1)
+    if len(set(w)) != 1:
+        raise ValueError(
+            f"a convolutional conditioner has one width (its channels; depth is blocks=), "
+            f"got hidden={hidden!r}"
+        )
+    return w[0]
+
+
+# -- pieces --------------------------------------------------------------------------------------
+
+
+def mlp_conditioner(
+    hidden: Sequence[int], context_features: int, activation: str, zero_init: bool = True
+) -> Callable[[int, int], nn.Module]:
+    return lambda i, o: MLP(i, o, hidden, context_features, activation, zero_init)
+
+
+def conv_conditioner(
+    hidden: int, blocks: int, context_features: int, activation: str, zero_init: bool = True
+) -> Callable[[int, int], nn.Module]:
+    return lambda i, o: ConvResNet(i, o, hidden, blocks, context_features, activation, zero_init)
+
+
+def mask(kind: str, features: int, flip: bool):
+    """A vector coupling mask: ``"half"`` or ``"alternating"``."""
+    if kind == "half":
+        return half_mask(features, flip)
+    if kind == "alternating":
+        return alternating_mask(features, flip)
+    raise unknown("mask", kind, ("half", "alternating"))
+
+
+def mixer(kind: str | None, shape: int | tuple[int, ...]) -> list[Transform]:
+    """The mixing layer between two steps: None, ``"reverse"``, ``"random"`` (a saved random
+    permutation), ``"lu"`` (LU linear; Glow's 1x1 convolution on images) or ``"plain"`` (a
+    full matrix)."""
+    if kind is None or kind == "none":
+        return []
+    if kind == "reverse":
+        return [Reverse(shape)]
+    if kind == "random":
+        return [Permutation(shape)]
+    if kind == "lu":
+        return [LULinear(shape)]
+    if kind == "plain":
+        return [PlainLinear(shape)]
+    raise unknown("permutation", kind, ("reverse", "random", "lu", "plain", "none"))
+
+
+def coupling_transformer(kind: str, scale_bound: float | None) -> nn.Module:
+    if kind == "affine":
+        return Affine(scale_bound)
+    if kind == "additive":
+        return Additive()
+    raise unknown("coupling", kind, ("affine", "additive"))
+
+
+# -- bases, dequantizers, preprocessing ----------------------------------------------------------
+
+
+def make_base(
+    name, event_shape: tuple[int, ...], context_features: int = 0, components: int = 8
+) -> D.Distribution:
+    """A base distribution by name: normal, diag, mixture, made-mog or class-gaussian.
+
+    ``name`` may also be a mapping such as ``{"name": "made-mog", "hidden": [32, 32],
+    "components": 4}``: the other keys go to the base's constructor (for ``made-mog`` and
+    ``mixture``: ``hidden``, ``components``, ``spread``).
+    """
+    name, options = _named(name, "base", BASES)
+    components = options.pop("components", components)
+    if options and name not in ("made-mog", "mixture"):
+        raise ValueError(f"base {name!r} takes no options, got {sorted(options)}")
+    try:
+        if name == "made-mog":
+            return D.MADEMoG(event_shape, components, context_features, **options)
+        if name == "mixture":
+            return D.GaussianMixture(event_shape, components, context_features, **options)
+    except TypeError as e:
+        raise ValueError(f"bad {name} base options {options}: {e}") from None
+    if name == "class-gaussian":
+        if not context_features:
+            raise ValueError(
+                "base='class-gaussian' is a Gaussian per class and needs a context "
+                "(context_features > 0, e.g. a one-hot label)"
+            )
+        return D.DiagGaussian(event_shape, context_features, hidden=())
+    if name == "diag":
+        return D.DiagGaussian(event_shape, context_features)
+    return D.StandardNormal(event_shape)
+
+
+def make_dequantizer(kind, event_shape: tuple[int, ...], levels: int | None):
+    """The dequantizer for ``levels`` discrete values (None for continuous data)."""
+    kind, options = _named(kind, "dequantization", DEQUANTIZATIONS)
+    if levels is None:
+        return None
+    if kind == "variational":
+        try:
+            return VariationalDequantization(event_shape, levels, **options)
+        except TypeError as e:
+            raise ValueError(f"bad variational dequantization options {options}: {e}") from None
+    return UniformDequantization(levels)
+
+
+def preprocessing(event_shape: tuple[int, ...], data: DataOptions) -> list[Transform]:
+    """The fixed first layers for data with ``levels`` discrete values."""
+    if data.levels is None or data.preprocess is None:
+        return []
+    if data.preprocess == "logit":
+        return [Logit(event_shape, data.levels, data.alpha)]
+    return [Standardize(event_shape, data.levels / 2, data.levels)]
+
+
+def assemble(layers: list[Transform], event_shape: tuple[int, ...], data: DataOptions) -> Flow:
+    """Preprocessing + ``layers`` + base (+ dequantizer), as one :class:`Flow`."""
+    transform = Compose(*preprocessing(event_shape, data), *layers)
+    base = make_base(data.base, transform.output_shape, data.context_features, data.components)
+    return Flow(transform, base, make_dequantizer(data.dequantization, event_shape, data.levels))
+
+
+def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:
+    """``flow`` with a fixed :class:`~flowforge.transforms.Standardize` prepended.
+
+    For continuous data standardised with training-set statistics: the returned flow scores
+    *raw* data, counting ``-sum(log scale)``, and ``ff.save``/``ff.load`` keep the statistics
+    (they are buffers; the config lists the layer under ``"prefix"``).
+    """
+    pre = Standardize(flow.event_shape, loc, scale)
+    out = Flow(Compose(pre, flow.transform), flow.base, flow.dequantizer)
+    if flow.config is not None:
+        out.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), "standardize"]}
+    return out

@@ -1,0 +1,159 @@
+r"""Coupling flows on vectors: NICE and RealNVP (``RealNVP(shape=...)`` is the multi-scale image
+architecture of :mod:`flowforge.models.image`).
+
+Both take ``features=`` and the shared data options of :mod:`flowforge.models.assembly`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch  # noqa: F401  (doctests use it)
+
+from ..core import Flow, Transform
+from ..transforms import Additive, Affine, BatchNorm, Coupling, Scaling
+from .assembly import DataOptions, assemble, event_shape, mixer, mlp_conditioner, widths
+from .assembly import mask as coupling_mask
+from .image import realnvp_image
+from .registry import register
+
+__all__ = ["NICE", "RealNVP"]
+
+
+@register(inputs=("features",), depth="layers")
+def NICE(
+    features: int | None = None,
+    layers: int = 4,
+    hidden: Sequence[int] | int = (256, 256),
+    mask: str = "alternating",
+    permutation: str | None = None,
+    activation: str = "relu",
+    *,
+    data: DataOptions,
+) -> Flow:
+    r"""NICE (Dinh et al., 2015): additive couplings and a final diagonal scaling layer.
+
+    Volume-preserving except for the scaling layer, whose ``log_scale`` carries the whole
+    log-determinant.
+
+    Args:
+        features: data dimension (at least 2).
+        layers: number of additive coupling layers (masks alternate between them).
+        hidden: widths of each coupling's MLP.
+        mask: ``"alternating"`` (even/odd entries) or ``"half"`` (first/second half).
+        permutation: a mixing layer between couplings: None, ``"reverse"``, ``"random"``,
+            ``"lu"`` or ``"plain"``.
+        activation: the MLPs' activation.
+        (and the data options of :mod:`flowforge.models.assembly`)
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.NICE(features=8)
+        >>> flow.sample(2).shape
+        torch.Size([2, 8])
+    """
+    (d,) = event_shape(features, None)
+    cf = data.context_features
+    cond = mlp_conditioner(widths(hidden), cf, activation)
+    chain: list[Transform] = []
+    for i in range(layers):
+        if i:
+            chain += mixer(permutation, d)
+        chain.append(Coupling(coupling_mask(mask, d, i % 2 == 1), cond, Additive(), cf))
+    chain.append(Scaling(d))
+    return assemble(chain, (d,), data)
+
+
+@register(inputs=("features", "shape"), depth="layers")
+def RealNVP(
+    features: int | None = None,
+    shape: Sequence[int] | None = None,
+    layers: int | None = None,
+    hidden: Sequence[int] | int | None = None,
+    mask: str = "alternating",
+    permutation: str | None = None,
+    batch_norm: bool = False,
+    rezero: bool = False,
+    scale_bound: float = 3.0,
+    activation: str = "relu",
+    scales: int | None = None,
+    blocks: int | None = None,
+    couplings: int | None = None,
+    final_couplings: int | None = None,
+    coupling: str | None = None,
+    actnorm: bool | None = None,
+    *,
+    data: DataOptions,
+) -> Flow:
+    r"""RealNVP (Dinh et al., 2017): affine couplings with a bounded log-scale.
+
+    With ``features=`` it is the vector flow of the founding tutorial: ``layers`` affine
+    couplings with alternating masks. With ``shape=(C, H, W)`` it is the paper's multi-scale
+    image architecture (see :func:`flowforge.models.image.realnvp_image`, which reads
+    ``scales``, ``blocks``, ``couplings``, ``final_couplings``, ``coupling`` and ``actnorm``).
+
+    Args:
+        features: data dimension (at least 2).
+        shape: image shape ``(C, H, W)`` instead of ``features``.
+        layers: number of affine couplings (default 8; vectors only).
+        hidden: widths of each coupling's MLP (default (256, 256); for images, the channels of
+            the conv conditioner, default 64).
+        mask: ``"alternating"`` (even/odd entries) or ``"half"`` (vectors).
+        permutation: mixing between couplings: None, ``"reverse"``, ``"random"``, ``"lu"`` or
+            ``"plain"`` (vectors).
+        batch_norm: a batch-norm bijector after each coupling (as in the paper).
+        rezero: gate each coupling's output with a zero-initialised scalar (ReZero) instead of
+            zero-initialising the conditioner's last layer.
+        scale_bound: the largest absolute log-scale of a coupling (soft clamp).
+        activation: the networks' activation.
+        scales, blocks, couplings, final_couplings, coupling, actnorm: the image architecture's
+            (None: its defaults; an error with ``features=``).
+        (and the data options of :mod:`flowforge.models.assembly`)
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.RealNVP(features=64, layers=8, hidden=(256, 256))
+        >>> flow.sample(16).shape
+        torch.Size([16, 64])
+    """
+    image = {
+        "scales": scales,
+        "blocks": blocks,
+        "couplings": couplings,
+        "final_couplings": final_couplings,
+        "coupling": coupling,
+        "actnorm": actnorm,
+    }
+    if shape is not None and features is None:
+        if layers is not None:
+            raise ValueError(
+                "layers= counts the couplings of the vector RealNVP; for images use scales=, "
+                "couplings= (per group, default 3) and final_couplings= (default 4)"
+            )
+        return realnvp_image(
+            shape=shape,
+            hidden=hidden,
+            rezero=rezero,
+            scale_bound=scale_bound,
+            batch_norm=batch_norm,
+            activation=activation,
+            data=data,
+            **{k: v for k, v in image.items() if v is not None},
+        )
+    given = sorted(k for k, v in image.items() if v is not None)
+    if given:
+        raise ValueError(f"arguments of the image RealNVP given for vectors: {given}")
+    (d,) = event_shape(features, shape)
+    layers = 8 if layers is None else layers
+    hidden = (256, 256) if hidden is None else hidden
+    cf = data.context_features
+    cond = mlp_conditioner(widths(hidden), cf, activation, zero_init=not rezero)
+    chain: list[Transform] = []
+    for i in range(layers):
+        if i:
+            chain += mixer(permutation, d)
+        m = coupling_mask(mask, d, i % 2 == 1)
+        chain.append(Coupling(m, cond, Affine(scale_bound), cf, rezero=rezero))
+        if batch_norm:
+            chain.append(BatchNorm(d))
+    return assemble(chain, (d,), data)

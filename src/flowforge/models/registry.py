@@ -1,0 +1,217 @@
+r"""The builder registry: ``register``, ``builder``, ``build``, ``available``, ``spec``.
+
+A builder is a function that assembles layers into a :class:`~flowforge.Flow`.
+:func:`register` makes it findable by name (case-insensitive), records the *whole* resolved
+configuration in ``flow.config`` (every argument, defaults included, so that a default changed
+in a later version cannot silently change a reloaded model), checks argument types against the
+builder's annotations, and records what the builder takes (:class:`BuilderSpec`) so that the
+workbench never inspects signatures.
+
+A builder that ends its signature with a ``data: DataOptions`` parameter takes the shared data
+options (:class:`~flowforge.models.assembly.DataOptions`) as keyword arguments; the public
+signature lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Sequence
+
+from .._util import suggest, unknown
+from ..core import Flow
+from .assembly import DataOptions
+
+__all__ = ["BuilderSpec", "register", "builder", "build", "available", "spec", "check_arguments"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BuilderSpec:
+    """What a registered builder takes.
+
+    Attributes:
+        name: the builder's name (``"RealNVP"``); lookups are case-insensitive.
+        build: the public builder.
+        inputs: ``("features",)`` for vectors, ``("shape",)`` for images, or both.
+        depth: the argument that sets the number of layers/steps/blocks (None: none).
+        width: the argument that sets the networks' widths (None: none).
+        data: whether it takes the shared data options.
+        summary: the first line of its docstring.
+    """
+
+    name: str
+    build: Callable[..., Flow]
+    inputs: tuple[str, ...]
+    depth: str | None
+    width: str | None
+    data: bool
+    summary: str
+
+    @property
+    def signature(self) -> inspect.Signature:
+        return self.build.__signature__
+
+    def defaults(self) -> dict:
+        """The builder's own arguments (the data options aside) and their defaults."""
+        data = set(DataOptions.fields()) if self.data else set()
+        return {
+            k: p.default
+            for k, p in self.signature.parameters.items()
+            if k not in data and k not in self.inputs
+        }
+
+
+_SPECS: dict[str, BuilderSpec] = {}
+
+
+def _jsonable(v):
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(i) for i in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(i) for k, i in v.items()}
+    return v
+
+
+# -- argument types ------------------------------------------------------------------------------
+
+
+def _type_ok(value, hint) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (the forms builders use)."""
+    if hint is typing.Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin in (Sequence, list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(hint)
+        return not args or all(_type_ok(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint) -> str:
+    return str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
+    """``ValueError`` naming the first argument whose value does not fit its annotation."""
+    hints = spec.build.__annotations_resolved__
+    for k, v in arguments.items():
+        hint = hints.get(k, inspect.Parameter.empty)
+        if not _type_ok(v, hint):
+            raise ValueError(
+                f"{spec.name}: argument {k}={v!r} has the wrong type; expected {_describe(hint)}"
+            )
+
+
+# -- registration --------------------------------------------------------------------------------
+
+
+def register(
+    fn: Callable[..., Flow] | None = None,
+    *,
+    inputs: Sequence[str] = ("features",),
+    depth: str | None = "layers",
+    width: str | None = "hidden",
+):
+    """Register a builder (used as ``@register`` or ``@register(inputs=("shape",), ...)``).
+
+    The registered builder binds its arguments, applies the defaults, checks the types, calls
+    the function and records ``flow.config = {"model": name, "kwargs": {...}}``.
+    """
+
+    def wrap(fn: Callable[..., Flow]) -> Callable[..., Flow]:
+        sig = inspect.signature(fn)
+        takes_data = "data" in sig.parameters
+        params = [p for p in sig.parameters.values() if p.name != "data"]
+        hints = typing.get_type_hints(fn)
+        if takes_data:
+            data_hints = typing.get_type_hints(DataOptions)
+            for f in dataclasses.fields(DataOptions):
+                params.append(
+                    inspect.Parameter(
+                        f.name,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=f.default,
+                        annotation=data_hints[f.name],
+                    )
+                )
+                hints[f.name] = data_hints[f.name]
+        public = sig.replace(parameters=params)
+        name = fn.__name__
+        data_fields = DataOptions.fields() if takes_data else ()
+
+        @functools.wraps(fn)
+        def builder(*args, **kwargs) -> Flow:
+            try:
+                bound = public.bind(*args, **kwargs)
+            except TypeError as e:
+                bad = next((k for k in kwargs if k not in public.parameters), None)
+                hint = suggest(bad, public.parameters, n=1, cutoff=0.6) if bad else ""
+                raise TypeError(f"{name}(): {e}{hint}") from None
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            check_arguments(_SPECS[name.lower()], arguments)
+            own = {k: v for k, v in arguments.items() if k not in data_fields}
+            if takes_data:
+                own["data"] = DataOptions(**{k: arguments[k] for k in data_fields})
+            flow = fn(**own)
+            flow.config = {"model": name, "kwargs": _jsonable(arguments)}
+            return flow
+
+        builder.__signature__ = public
+        builder.__annotations_resolved__ = hints
+        doc = inspect.getdoc(fn) or ""
+        _SPECS[name.lower()] = BuilderSpec(
+            name=name,
+            build=builder,
+            inputs=tuple(inputs),
+            depth=depth,
+            width=width,
+            data=takes_data,
+            summary=doc.splitlines()[0] if doc else "",
+        )
+        return builder
+
+    return wrap if fn is None else wrap(fn)
+
+
+def available() -> list[str]:
+    """Names of the registered builders (lower case)."""
+    return sorted(_SPECS)
+
+
+def spec(name: str) -> BuilderSpec:
+    """The :class:`BuilderSpec` of the builder called ``name`` (case-insensitive)."""
+    key = str(name).lower()
+    if key not in _SPECS:
+        raise unknown("model", name, _SPECS)
+    return _SPECS[key]
+
+
+def builder(name: str) -> Callable[..., Flow]:
+    """The registered builder called ``name`` (case-insensitive); ``ValueError`` if unknown."""
+    return spec(name).build
+
+
+def build(name: str, **kwargs) -> Flow:
+    """Build a registered model by name, e.g. ``build("realnvp", features=64)``."""
+    return builder(name)(**kwargs)
