@@ -204,7 +204,7 @@ def test_ffjord_builds_from_features_alone_and_in_a_compose():
 
 
 def test_the_trainer_adds_the_penalty_and_logs_nfe():
-    from flowforge.workbench.train import Trainer, layer_extras
+    from flowforge.workbench.trainer import Trainer
 
     torch.manual_seed(5)
     flow = ff.models.FFJORD(
@@ -218,7 +218,7 @@ def test_the_trainer_adds_the_penalty_and_logs_nfe():
     x = torch.randn(64, 2)
     flow.train()
     flow.log_prob(x)
-    reg, metrics = layer_extras(flow)
+    reg, metrics = ff.core.regularization(flow), ff.core.layer_metrics(flow)
     assert reg is not None and reg.requires_grad and metrics["nfe_forward"] > 0
     tr = Trainer(
         flow,

@@ -16,8 +16,11 @@ import torch
 
 import flowforge as ff
 from flowforge.workbench import data as wbdata
+from flowforge.workbench.checkpoint import read_checkpoint
 from flowforge.workbench.cli import main
-from flowforge.workbench.train import NonFiniteError, load_run, read_checkpoint, train
+from flowforge.workbench.errors import NonFiniteError
+from flowforge.workbench.runs import load_run
+from flowforge.workbench.train import train
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 import wb_models  # noqa: E402,F401  (registers wbtest_actnorm)
@@ -437,13 +440,13 @@ def test_out_dir_is_never_clobbered(digits_run, tmp_path, capsys):
 
 
 def test_trainer_adam_is_fused_on_cpu_and_follows_the_same_rule():
-    from flowforge.workbench.train import adam
+    from flowforge.workbench.trainer import adam
 
     torch.manual_seed(0)
     a = torch.nn.Linear(3, 2)
     b = torch.nn.Linear(3, 2)
     b.load_state_dict(a.state_dict())
-    fused = adam(a.parameters(), lr=0.1, decoupled=True, weight_decay=0.01)
+    fused = adam(a.parameters(), lr=0.1, kind="adamw", weight_decay=0.01)
     plain = torch.optim.AdamW(b.parameters(), lr=0.1, weight_decay=0.01)
     assert fused.defaults["fused"] and isinstance(fused, torch.optim.AdamW)
     x = torch.randn(8, 3)

@@ -95,6 +95,12 @@ def nll_to_bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
 
 @torch.no_grad()
 def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:
+    """Mean log-density over ``x`` in eval mode; ``ValueError`` naming the examples whose
+    log-density is not finite (a NaN or -inf average is never returned)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"expected batch_size to be a positive integer, got {batch_size!r}")
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError("expected at least one example, got an empty tensor")
     was_training = flow.training
     flow.eval()
     try:
@@ -104,16 +110,25 @@ def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:
             cb = None if context is None else context[i : i + batch_size]
             if dequantizer is not None:
                 xb, _ = dequantizer(xb)
-            total += flow.log_prob(xb, cb).double().sum().item()
+            lp = flow.log_prob(xb, cb).double()
+            bad = ~torch.isfinite(lp)
+            if bad.any():
+                idx = (bad.nonzero().flatten()[:5] + i).tolist()
+                raise ValueError(
+                    f"the model gives a non-finite log-density ({lp[bad][0].item()}) to "
+                    f"{int(bad.sum())} example(s), first at indices {idx}: they lie where it "
+                    "cannot score them (e.g. far outside the training data's range)"
+                )
+            total += lp.sum().item()
         return total / x.shape[0]
     finally:
         flow.train(was_training)
 
 
 def nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int = 1024) -> float:
-    """Mean negative log-likelihood in nats per example, evaluated in eval mode without grad."""
-    if x.shape[0] == 0:
-        raise ValueError("expected at least one example, got an empty tensor")
+    """Mean negative log-likelihood in nats per example, evaluated in eval mode without grad.
+
+    Finite, or a ``ValueError`` naming the examples the model cannot score."""
     return -_mean_log_prob(flow, x, context, batch_size)
 
 
@@ -148,8 +163,6 @@ def bits_per_dim(
         )
     else:
         deq = UniformDequantization(levels)
-    if x.shape[0] == 0:
-        raise ValueError("expected at least one example, got an empty tensor")
     return -_mean_log_prob(flow, x, context, batch_size, deq) / (flow.dims * math.log(2))
 
 

@@ -11,7 +11,7 @@ def _register():
     if "wbtest_actnorm" in ff.models.available():
         return
 
-    @ff.models.register
+    @ff.models.register(inputs=("features", "shape"))
     def wbtest_actnorm(features=None, shape=None, levels=None, layers=2, hidden=(16,)):
         """ActNorm first, then (for vectors) a small RealNVP: exercises the data-dependent init
         and the vector/image layout choice."""

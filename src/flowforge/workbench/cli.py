@@ -1,8 +1,10 @@
 r"""The ``flowforge`` command (also ``python -m flowforge``).
 
-Subcommands: ``list``, ``train``, ``eval``, ``sample``, ``report``, ``demo``. Errors a user can
-fix print one line on stderr and exit with status 1 (``--debug`` shows the traceback);
-an interrupted training exits with 130 after saving a resumable checkpoint.
+Subcommands: ``list``, ``train``, ``eval``, ``sample``, ``report``, ``demo``, ``fit-target``.
+This module only parses arguments and calls the workbench; torch is imported lazily, so
+``--help`` answers at once. Errors a user can fix print one line on stderr and exit with status
+1 (``--debug`` shows the traceback); an interrupted training exits with 130 after saving a
+resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _parse_mapping(text: str, what: str) -> dict:
-    from .data import WorkbenchError
+    from .errors import WorkbenchError
 
     try:
         import yaml
@@ -120,26 +122,28 @@ def _train_overrides(args) -> dict:
             tr[key] = v
     if tr:
         o["train"] = tr
-    for item in args.set or []:
-        from .data import WorkbenchError
+    from .config import deep_merge
+    from .errors import WorkbenchError
 
+    for item in args.set or []:
         if "=" not in item:
             raise WorkbenchError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
-        node = o
+        if not all(parts):
+            raise WorkbenchError(f"--set {item!r}: expected a dotted key like train.lr")
+        layer: dict = {}
+        node = layer
         for p in parts[:-1]:
-            cur = node.get(p)
-            if isinstance(cur, str):  # model: NAME given by a flag
-                cur = {"name": cur}
-            node[p] = cur if isinstance(cur, dict) else {}
-            node = node[p]
+            node = node.setdefault(p, {})
         node[parts[-1]] = _parse_scalar(value)
+        o = deep_merge(o, layer)  # --set model=glow keeps the --model-kwargs given
     return o
 
 
 def cmd_train(args) -> int:
-    from .train import read_config, train
+    from .config import deep_merge, read_config
+    from .train import train
 
     layers = []
     if args.config:
@@ -147,7 +151,7 @@ def cmd_train(args) -> int:
     layers.append(_train_overrides(args))
     raw: dict = {}
     for layer in layers:  # the file, then the flags on top
-        raw = _deep_merge(raw, layer)
+        raw = deep_merge(raw, layer)
     result = train(
         raw,
         args.out,
@@ -160,7 +164,7 @@ def cmd_train(args) -> int:
 
 
 def _finish_train(result: dict) -> int:
-    from .train import dist_env
+    from .distributed import dist_env
 
     rank, _ = dist_env()
     if result["status"] == "interrupted":
@@ -180,100 +184,26 @@ def _finish_train(result: dict) -> int:
     return 0
 
 
-def _deep_merge(a, b):
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = _deep_merge(a.get(k), v) if k in a else v
-        return out
-    if isinstance(a, str) and isinstance(b, dict) and "name" not in b:
-        return {"name": a, **b}
-    return b
-
-
-def evaluate_run(
-    run: str, split: str = "test", data: str | None = None, seed: int = 0, batch_size: int = 1024
-) -> dict:
-    """The NLL of a run's best model on one split (or on a file), in the data's units."""
-    import torch
-
-    from ..objectives import nll
-    from .data import DataError, read_examples
-    from .train import load_run, run_config, run_dataset
-
-    cfg = run_config(run)
-    r = cfg["resolved"]
-    flow = load_run(run)
-    shape = tuple(r["event_shape"])
-    info = r.get("context")
-    context = None
-    if data is not None and info is not None:
-        if info["kind"] != "columns":
-            raise DataError(
-                "eval --data is not available for a label-conditional run (the file has no "
-                "labels); evaluate its splits with --split"
-            )
-        from .data import column_context
-
-        full = read_examples(data)
-        want = len(info["target_columns"]) + len(info["context_columns"])
-        if full.dim() != 2 or full.shape[1] != want:
-            raise DataError(
-                f"{data} has shape {tuple(full.shape)}; this run expects {want} columns"
-            )
-        x = full[:, info["target_columns"]]
-        context = column_context(full[:, info["context_columns"]], info)
-        split = str(data)
-    elif data is not None:
-        x = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8)))
-        if tuple(x.shape[1:]) != tuple(r["data_shape"]):
-            what = f"{x.shape[1]} columns" if x.dim() == 2 else f"shape {tuple(x.shape[1:])}"
-            want = (
-                f"{r['data_shape'][0]} columns"
-                if len(r["data_shape"]) == 1
-                else f"shape {tuple(r['data_shape'])}"
-            )
-            raise DataError(f"{data} has {what}; this run's model expects {want}")
-        split = str(data)
-    else:
-        ds = run_dataset(cfg)
-        x, context = ds.split(split), ds.split_context(split)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            v = nll(flow, x.reshape(-1, *shape), context, batch_size=batch_size)
-        except ValueError as e:
-            raise DataError(f"{split}: {_one_line(e)}") from None
-    out = {
-        "run": str(run),
-        "split": split,
-        "examples": int(x.shape[0]),
-        "nll": v,
-        "bits_per_dim": (
-            v / (math.prod(shape) * math.log(2)) if r.get("levels") is not None else None
-        ),
-        "model": cfg["model"]["name"],
-        "seed": seed,
-    }
-    return out
-
-
 def cmd_eval(args) -> int:
-    res = evaluate_run(args.run, args.split, args.data, args.seed, args.batch_size)
+    from .evaluate import evaluate_run
+
+    res = evaluate_run(args.run, args.split, args.data, args.seed, args.batch_size, args.samples)
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps(res, allow_nan=False))
     else:
         msg = f"{res['split']} NLL {res['nll']:.4f} nats/example"
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
-        print(msg + f" ({res['examples']} examples)")
+        extra = f", {res['samples']} dequantization draws" if res["samples"] > 1 else ""
+        print(msg + f" ({res['examples']} examples{extra})")
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .data import WorkbenchError
+    from .errors import WorkbenchError
+    from .evaluate import sample_context
     from .report import sample_run, save_samples
-    from .train import load_run, run_config
+    from .runs import load_run, run_config
 
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npy", ".csv"):
@@ -293,53 +223,10 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def sample_context(cfg: dict, label: str | None, context: str | None):
-    """The model-ready context rows that ``--label`` / ``--context`` ask for (None for an
-    unconditional run) and a few words for the messages; one-line errors otherwise."""
-    from .data import ContextError, column_context, label_context
-
-    info = cfg["resolved"].get("context")
-    if info is None:
-        if label is not None or context is not None:
-            raise ContextError("this run is unconditional; drop --label/--context")
-        return None, ""
-    if info["kind"] == "label":
-        if context is not None:
-            raise ContextError(
-                "this run is conditioned on class labels: use --label, not --context"
-            )
-        if label is None:
-            raise ContextError(
-                f"this run is conditional: pass --label with one or more of its classes "
-                f"{info['classes']} (e.g. --label 3 or --label 0,1,2)"
-            )
-        try:
-            labels = [int(v) for v in str(label).split(",") if v.strip()]
-        except ValueError:
-            raise ContextError(f"--label expects integers like 3 or 0,1,2, got {label!r}") from None
-        return label_context(labels, info), f" of label {label}"
-    if label is not None:
-        raise ContextError("this run is conditioned on table columns: use --context, not --label")
-    if context is None:
-        raise ContextError(
-            f"this run is conditional: pass --context with the {info['features']} raw values of "
-            f"columns {info['context_columns']} (rows separated by ';')"
-        )
-    try:
-        rows = [[float(v) for v in row.split(",")] for row in context.split(";") if row.strip()]
-    except ValueError:
-        raise ContextError(
-            f"--context expects numbers like '1.5,2' or '1,2;3,4', got {context!r}"
-        ) from None
-    if len({len(r) for r in rows}) > 1:
-        raise ContextError("--context rows have different lengths")
-    return column_context(rows, info), f" given context {context}"
-
-
 def cmd_report(args) -> int:
-    from .data import WorkbenchError
+    from .errors import WorkbenchError
     from .report import write_report
-    from .train import run_config
+    from .runs import run_config
 
     if run_config(args.run)["resolved"].get("context"):
         raise WorkbenchError(
@@ -354,6 +241,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .evaluate import evaluate_run
     from .report import write_report
     from .train import train
 
@@ -372,6 +260,60 @@ def cmd_demo(args) -> int:
         f"test NLL {res['nll']:.4f} nats/example, {res['bits_per_dim']:.4f} bits/dim "
         f"({res['examples']} examples)"
     )
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_fit_target(args) -> int:
+    import torch
+
+    from .. import io, targets
+    from .errors import WorkbenchError
+    from .report import write_vi_report
+    from .vi import build_vi_model, evaluate_target, fit_target, summary_line
+
+    target = targets.get(args.target)  # unknown target: ValueError, one line
+    kwargs = {}
+    if args.model_kwargs:
+        try:
+            kwargs = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as e:
+            raise WorkbenchError(f"--model-kwargs: not valid JSON: {e}") from None
+        if not isinstance(kwargs, dict):
+            raise WorkbenchError("--model-kwargs: expected a JSON object like '{\"hidden\": 8}'")
+    checks = (("--steps", args.steps), ("--batch-size", args.batch_size), ("--n-eval", args.n_eval))
+    for flag, v in checks:
+        if v < 1:
+            raise WorkbenchError(f"{flag} must be at least 1, got {v}")
+    anneal = min(1000, args.steps // 3) if args.anneal is None else args.anneal
+    if anneal < 0:
+        raise WorkbenchError(f"--anneal must be 0 or more, got {anneal}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise WorkbenchError(f"--lr must be positive, got {args.lr}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise WorkbenchError(f"{out} exists and is not empty; pass --overwrite or another --out")
+    torch.manual_seed(args.seed)
+    try:
+        flow = build_vi_model(args.model, target.dim, args.layers, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise WorkbenchError(f"model {args.model!r}: {' '.join(str(e).split())}") from None
+    fit = fit_target(
+        flow,
+        target,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        anneal=anneal,
+        seed=args.seed,
+        log_every=0 if args.quiet else max(1, args.steps // 10),
+    )
+    metrics = evaluate_target(flow, target, n=args.n_eval)
+    title = f"{args.model}" + (f" K={args.layers}" if args.layers else "")
+    report = write_vi_report(out, flow, target, metrics, fit, title)
+    if getattr(flow, "config", None) is not None:
+        io.save(flow, out / "model.ff")
+    print(summary_line(metrics))
     print(f"report: {report}")
     return 0
 
@@ -450,6 +392,12 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--seed", type=int, default=0, help="seeds the dequantization noise")
     s.add_argument("--batch-size", type=int, default=1024)
+    s.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="dequantization draws averaged per example (discrete data; default 1)",
+    )
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", parents=[common], help="draw samples from a run's model")
@@ -485,15 +433,35 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_demo)
 
-    from .vi import add_parser as add_vi_parser  # fit-target (variational inference), in vi.py
-
-    add_vi_parser(sub, common)
+    s = sub.add_parser(
+        "fit-target",
+        parents=[common],
+        help="variational inference: fit a flow to an unnormalised target by reverse KL",
+    )
+    s.add_argument("--target", required=True, help="u1, u2, u3, u4, banana, funnel, mog2, ...")
+    s.add_argument("--model", default="planar", help="a model from 'flowforge list'")
+    s.add_argument("--layers", type=int, help="number of layers (or residual blocks)")
+    s.add_argument("--model-kwargs", help="more builder arguments as JSON")
+    s.add_argument("--out", required=True, help="the report folder")
+    s.add_argument("--steps", type=int, default=3000)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--lr", type=float, default=5e-3)
+    s.add_argument(
+        "--anneal",
+        type=int,
+        help="annealing steps (0: off; default min(1000, steps / 3))",
+    )
+    s.add_argument("--n-eval", type=int, default=20000, help="samples for the diagnostics")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_fit_target)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    from .data import WorkbenchError
+    from .errors import WorkbenchError
 
     args = make_parser().parse_args(argv)
     try:

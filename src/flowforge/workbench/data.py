@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import ContextError, DataError, WorkbenchError
+
 __all__ = [
     "DATASETS",
     "Dataset",
@@ -38,14 +40,6 @@ __all__ = [
     "read_examples",
     "TOYS",
 ]
-
-
-class WorkbenchError(Exception):
-    """A user-facing error: the command line prints its message as one line, no traceback."""
-
-
-class DataError(WorkbenchError):
-    """The data cannot be used (missing, malformed, NaN, wrong shape...)."""
 
 
 @dataclass
@@ -521,10 +515,6 @@ def load_dataset(
 
 
 # -- conditional data ----------------------------------------------------------------------------
-
-
-class ContextError(WorkbenchError, ValueError):
-    """A context (a label, context columns) that the conditional model cannot take."""
 
 
 def _parse_columns(spec, width: int) -> list[int]:

@@ -23,9 +23,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .train import METRICS_FILE, load_run, run_config, run_dataset
+from .runs import load_run, read_metrics, run_config
+from .train import run_dataset
 
-__all__ = ["write_report", "save_samples", "sample_run", "image_grid"]
+__all__ = [
+    "write_report",
+    "save_samples",
+    "sample_run",
+    "image_grid",
+    "write_vi_report",
+    "plot_pair",
+]
 
 
 def _plt():
@@ -35,19 +43,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def read_metrics(run: Path) -> list[dict]:
-    path = Path(run) / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def _as_images(x: Tensor, cfg: dict) -> np.ndarray:
@@ -398,3 +393,91 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
     out = run / "report.html"
     atomic_write(out, page.encode())
     return out
+
+
+# -- variational inference (flowforge fit-target) ------------------------------------------------
+
+
+def _density_grid(fn, box, n):
+    from ..targets import grid
+
+    pts, _ = grid(box, n, torch.float32)
+    with torch.no_grad():
+        lp = torch.cat([fn(c) for c in pts.split(8192)])
+    return lp.reshape(n, n)
+
+
+def plot_pair(ax_t, ax_q, flow, target, n: int = 200, title: str = "") -> None:
+    """Draw ``exp(log p~)`` on ``ax_t`` and the flow's density on ``ax_q`` over the target box."""
+    box = target.box
+    ext = [box[0], box[1], box[2], box[3]]
+    lt = _density_grid(lambda x: target(x.double()).float(), box, n)
+    ax_t.imshow(torch.exp(lt - lt.max()).numpy(), origin="lower", extent=ext, cmap="viridis")
+    ax_t.set_title(f"target {target.name}", fontsize=9)
+    flow.eval()
+    try:
+        lq = _density_grid(lambda x: flow.log_prob(x.to(_dtype(flow))).float(), box, n)
+        lq = torch.nan_to_num(lq, nan=-1e30, neginf=-1e30)
+        ax_q.imshow(torch.exp(lq - lq.max()).numpy(), origin="lower", extent=ext, cmap="viridis")
+    except Exception as e:  # a model with no log_prob of given points still gets its samples
+        ax_q.text(
+            0.5, 0.5, f"no density: {type(e).__name__}", ha="center", transform=ax_q.transAxes
+        )
+    ax_q.set_title(title or "flow", fontsize=9)
+    for ax in (ax_t, ax_q):
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _dtype(flow):
+    for p in flow.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: str) -> Path:
+    """``report.png`` (target, learned density, samples), ``report.md``, ``metrics.json``."""
+    plt = _plt()
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+    if target.dim == 2:
+        plot_pair(axes[0], axes[1], flow, target, title=title)
+    else:
+        for ax in axes[:2]:
+            ax.axis("off")
+        axes[0].text(0.5, 0.5, f"{target.dim}-D target: densities not drawn", ha="center")
+    with torch.no_grad():
+        s = flow.sample(2000).float()
+    axes[2].scatter(s[:, 0].numpy(), s[:, 1].numpy(), s=1, alpha=0.4)
+    if target.dim == 2:
+        axes[2].set_xlim(target.box[0], target.box[1])
+        axes[2].set_ylim(target.box[2], target.box[3])
+    axes[2].set_title("2000 samples (dims 1, 2)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "report.png", dpi=110)
+    plt.close(fig)
+    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "fit": fit}, indent=2))
+    rows = [
+        ("reverse KL up to log Z (= -ELBO)", metrics["reverse_kl"]),
+        ("ELBO", metrics["elbo"]),
+        ("log Z, importance sampled", metrics["log_z"]),
+        ("ESS (normalised)", metrics["ess"]),
+        ("log Z, exact or grid", metrics["true_log_z"]),
+        ("KL(q || p)", metrics["kl"]),
+    ]
+    lines = [
+        f"# {title} on {target.name}",
+        "",
+        f"{target.description}. Model parameters: {metrics['params']}. Training: {fit['steps']} "
+        f"steps, batch {fit['batch_size']}, Adam lr {fit['lr']} (cosine), anneal "
+        f"{fit['anneal']}, {fit['seconds']:.1f} s. Diagnostics on {metrics['n']} samples.",
+        "",
+        "![target, learned density, samples](report.png)",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        *[f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in rows],
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"

@@ -1,0 +1,121 @@
+r"""Training checkpoints: model, optimizer, scheduler, EMA and RNG state in one file.
+
+The same safetensors + JSON codec as ``.ff`` files (:func:`flowforge.io.pack` /
+:func:`flowforge.io.unpack`): tensors under ``model/``, ``optim/<param>/<name>``, ``ema/`` and
+``rng/``; everything else (loop counters, optimizer hyper-parameters, RNG positions) as JSON in
+the header. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import io
+from .errors import RunError
+
+__all__ = ["CKPT_FORMAT", "save_checkpoint", "read_checkpoint", "optimizer_state"]
+
+CKPT_FORMAT = "flowforge-checkpoint/1"
+
+
+def _rng_state() -> tuple[dict[str, Tensor], dict]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    tensors = {
+        "rng/torch": torch.get_rng_state(),
+        "rng/numpy": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "rng/python": torch.tensor(py_state[1], dtype=torch.int64),
+    }
+    meta = {
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state(
+        (kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached)
+    )
+    version, gauss_next = meta["python"]
+    random.setstate((version, tuple(int(v) for v in tensors["rng/python"].tolist()), gauss_next))
+    cuda = sorted(k for k in tensors if k.startswith("rng/cuda/"))
+    if cuda and torch.cuda.is_available():
+        for k in cuda:
+            i = int(k.rsplit("/", 1)[1])
+            if i < torch.cuda.device_count():
+                torch.cuda.set_rng_state(tensors[k], i)
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, state_meta = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"optim/{idx}/{name}"] = v
+            else:
+                state_meta.setdefault(str(idx), {})[name] = v
+    return tensors, {"param_groups": sd["param_groups"], "state": state_meta}
+
+
+def optimizer_state(tensors: dict[str, Tensor], meta: dict) -> dict:
+    """The optimizer ``state_dict`` stored in a checkpoint's tensors and header."""
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, st in meta["state"].items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    meta: dict,
+    ema: torch.nn.Module | None = None,
+) -> None:
+    """Write the whole training state to ``path``, atomically."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
+    t_opt, m_opt = _flatten_optimizer(opt)
+    t_rng, m_rng = _rng_state()
+    tensors.update(t_opt)
+    tensors.update(t_rng)
+    sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    full = {
+        "format": CKPT_FORMAT,
+        **meta,
+        "optimizer": m_opt,
+        "scheduler": sched_state,
+        "rng": m_rng,
+    }
+    io.atomic_write(path, io.pack(tensors, full))
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    """``(header, tensors)`` of a checkpoint; :class:`RunError` if it is not a readable one."""
+    if not path.is_file():
+        raise RunError(f"no checkpoint at {path}")
+    try:
+        meta, tensors = io.unpack(path, what="checkpoint")
+    except ValueError as e:
+        raise RunError(" ".join(str(e).split())) from None
+    if meta.get("format") != CKPT_FORMAT:
+        raise RunError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    return meta, tensors

@@ -1,0 +1,332 @@
+r"""Run configuration: defaults, reading config files, merging layers, and checking every value.
+
+A config has five sections: ``seed``, ``model`` (a builder name and its arguments), ``data``
+(a dataset name or path and its options), ``layout`` (``auto``, ``vector`` or ``image``) and
+``train`` (:data:`DEFAULT_TRAIN`). Files, ``--config``, flags and ``--set`` are merged in that
+order; :func:`resolve_config` checks every value's type and range *before* anything is
+written, and names the key when one is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import models
+from .._util import suggest
+from .errors import WorkbenchError
+
+__all__ = [
+    "DEFAULT_TRAIN",
+    "OBJECTIVES",
+    "read_config",
+    "merge_config",
+    "resolve_config",
+    "user_part",
+    "config_diff",
+    "deep_merge",
+]
+
+DEFAULT_TRAIN: dict = {
+    "objective": "nll",  # nll (maximum likelihood); the library may add more
+    "epochs": 50,
+    "batch_size": 64,
+    "eval_batch_size": 1024,
+    "optimizer": "adamw",  # adam | adamw | adamax
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "betas": [0.9, 0.999],
+    "schedule": "cosine",  # after the warm-up: cosine decay to min_lr_ratio * lr, or constant
+    "warmup_steps": 100,  # linear warm-up
+    "min_lr_ratio": 0.0,
+    "grad_clip": 10.0,  # max global gradient norm; 0 disables clipping
+    "patience": 20,  # epochs without a better validation NLL before stopping; 0 disables
+    "halve_after": 0,  # halve the learning rate after this many epochs without one; 0 disables
+    "ema": 0.0,  # decay of an exponential moving average of the weights (evaluated, saved); 0: off
+    "init_batch": 0,  # examples for a data-dependent initialisation (ActNorm); 0: one batch
+    "val_samples": 1,  # dequantization draws averaged in each validation NLL
+    "log_every": 10,  # steps between 'step' records in metrics.jsonl
+    "device": "cpu",  # cpu | cuda | cuda:N | auto
+    "tensorboard": True,  # used only if tensorboard is installed
+}
+TOP_KEYS = ("seed", "model", "data", "layout", "train")
+LAYOUTS = ("auto", "vector", "image")
+OPTIMIZERS = ("adam", "adamw", "adamax")
+SCHEDULES = ("cosine", "constant")
+OBJECTIVES: dict[str, str] = {"nll": "maximum likelihood (forward KL)"}
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def _yaml_load(text: str):
+    """YAML without alias expansion: a document of nested aliases (a 'billion laughs') could
+    expand to gigabytes; configs never need aliases, so they are refused."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(
+                    f"aliases (*name) are not allowed in flowforge configs (at line "
+                    f"{event.start_mark.line + 1})"
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)  # noqa: S506 (a SafeLoader subclass)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """Read a YAML, TOML or JSON config file (at most 1 MiB) into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"no such config file: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise WorkbenchError(f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes; not a config")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix in (".yaml", ".yml"):
+            data = _yaml_load(text)
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise WorkbenchError(f"{path}: expected a .yaml, .yml, .toml or .json config file")
+    except WorkbenchError:
+        raise
+    except Exception as e:  # the parsers' own error types, UnicodeDecodeError
+        msg = " ".join(str(e).split())
+        raise WorkbenchError(f"cannot parse config {path}: {msg}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise WorkbenchError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+# -- merging -------------------------------------------------------------------------------------
+
+
+def deep_merge(a, b):
+    """``b`` over ``a``, mappings merged key by key; ``model: NAME`` under a mapping of
+    arguments keeps them (``{"name": NAME, **arguments}``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = deep_merge(a[k], v) if k in a else v
+        return out
+    if isinstance(a, dict) and isinstance(b, str) and "name" in a:
+        return {**a, "name": b}
+    if isinstance(a, str) and isinstance(b, dict) and "name" not in b:
+        return {"name": a, **b}
+    return b
+
+
+def _section(value, what: str) -> tuple[str | None, dict]:
+    """``model: realnvp`` or ``model: {name: realnvp, layers: 4}`` -> (name, kwargs)."""
+    if value is None:
+        return None, {}
+    if isinstance(value, str):
+        return value, {}
+    if not isinstance(value, dict):
+        raise WorkbenchError(f"config '{what}' must be a name or a mapping, got {value!r}")
+    value = dict(value)
+    name = value.pop("name", None)
+    if name is not None and not isinstance(name, str):
+        raise WorkbenchError(f"config '{what}.name' must be a string, got {name!r}")
+    extra = "kwargs" if what == "model" else "options"
+    nested = value.pop(extra, None) or {}
+    if not isinstance(nested, dict):
+        raise WorkbenchError(f"config '{what}.{extra}' must be a mapping")
+    return name, {**value, **nested}
+
+
+def merge_config(base: dict | None, override: dict | None) -> dict:
+    """Normalise and merge raw config dicts (``override`` wins, sections merge key by key)."""
+    out = {
+        "seed": 0,
+        "model": {"name": None, "kwargs": {}},
+        "data": {"name": None, "seed": 0, "options": {}},
+        "layout": "auto",
+        "train": dict(DEFAULT_TRAIN),
+    }
+    for raw in (base or {}, override or {}):
+        for key in raw:
+            if key not in TOP_KEYS and key not in ("format", "resolved"):
+                raise WorkbenchError(f"unknown config key {key!r}{suggest(key, TOP_KEYS, 1, 0.6)}")
+        if raw.get("seed") is not None:
+            out["seed"] = raw["seed"]
+        if raw.get("layout") is not None:
+            out["layout"] = raw["layout"]
+        name, kwargs = _section(raw.get("model"), "model")
+        if name is not None:
+            out["model"]["name"] = name
+        out["model"]["kwargs"].update(kwargs)
+        name, options = _section(raw.get("data"), "data")
+        if name is not None:
+            out["data"]["name"] = str(name)
+        if "seed" in options:
+            out["data"]["seed"] = options.pop("seed")
+        out["data"]["options"].update(options)
+        tr = raw.get("train") or {}
+        if not isinstance(tr, dict):
+            raise WorkbenchError("config 'train' must be a mapping")
+        for k, v in tr.items():
+            if k not in DEFAULT_TRAIN:
+                raise WorkbenchError(
+                    f"unknown train option {k!r}{suggest(k, DEFAULT_TRAIN, 1, 0.6)}"
+                )
+            out["train"][k] = v
+    return out
+
+
+# -- checking ------------------------------------------------------------------------------------
+
+
+def _int(lo: int, hi: float = math.inf) -> Callable:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            rng = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
+            raise ValueError(f"an integer {rng}")
+        return v
+
+    return check
+
+
+def _float(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    def check(v):
+        if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                v = float(v)
+            except ValueError:
+                v = None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            v = None
+        ok = v is not None and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            a = "(" if lo_open else "["
+            b = ")" if hi_open or hi == math.inf else "]"
+            raise ValueError(f"a finite number in {a}{lo:g}, {hi:g}{b}")
+        return float(v)
+
+    return check
+
+
+def _choice(*choices) -> Callable:
+    def check(v):
+        if v not in choices:
+            raise ValueError(f"one of {', '.join(map(str, choices))}")
+        return v
+
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("true or false")
+    return v
+
+
+def _betas(v):
+    b = _float(0.0, 1.0, hi_open=True)
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ValueError("two numbers in [0, 1), e.g. [0.9, 0.999]")
+    try:
+        return [b(x) for x in v]
+    except ValueError:
+        raise ValueError("two numbers in [0, 1), e.g. [0.9, 0.999]") from None
+
+
+def _device(v):
+    if not isinstance(v, str) or not (
+        v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit())
+    ):
+        raise ValueError("cpu, cuda, cuda:N or auto")
+    return v
+
+
+TRAIN_CHECKS: dict[str, Callable] = {
+    "objective": lambda v: _choice(*OBJECTIVES)(v),
+    "epochs": _int(1),
+    "batch_size": _int(1),
+    "eval_batch_size": _int(1),
+    "optimizer": _choice(*OPTIMIZERS),
+    "lr": _float(0.0, lo_open=True),
+    "weight_decay": _float(0.0),
+    "betas": _betas,
+    "schedule": _choice(*SCHEDULES),
+    "warmup_steps": _int(0),
+    "min_lr_ratio": _float(0.0, 1.0),
+    "grad_clip": _float(0.0),
+    "patience": _int(0),
+    "halve_after": _int(0),
+    "ema": _float(0.0, 1.0, hi_open=True),
+    "init_batch": _int(0),
+    "val_samples": _int(1),
+    "log_every": _int(0),
+    "device": _device,
+    "tensorboard": _bool,
+}
+
+
+def _checked(key: str, value, check: Callable):
+    try:
+        return check(value)
+    except ValueError as e:
+        raise WorkbenchError(f"{key} must be {e}, got {value!r}") from None
+
+
+def resolve_config(*layers: dict | None) -> dict:
+    """Merge config layers (later ones win) and check every value; returns plain JSON types."""
+    cfg = None
+    for layer in layers:
+        cfg = merge_config(cfg, layer)
+    cfg = cfg or merge_config(None, None)
+    cfg["seed"] = _checked("seed", cfg["seed"], _int(0))
+    cfg["data"]["seed"] = _checked("data.seed", cfg["data"]["seed"], _int(0))
+    cfg["layout"] = _checked("layout", cfg["layout"], _choice(*LAYOUTS))
+    if not cfg["model"]["name"]:
+        raise WorkbenchError("no model given: use --model NAME or a 'model:' section")
+    if not cfg["data"]["name"]:
+        raise WorkbenchError("no data given: use --data NAME|PATH or a 'data:' section")
+    try:
+        spec = models.spec(cfg["model"]["name"])
+    except ValueError as e:
+        raise WorkbenchError(str(e)) from None
+    cfg["model"]["name"] = spec.name.lower()
+    for k, check in TRAIN_CHECKS.items():
+        cfg["train"][k] = _checked(f"train.{k}", cfg["train"][k], check)
+    limit = cfg["data"]["options"].get("limit")
+    if limit is not None:
+        _checked("data.limit", limit, _int(1))
+    return json.loads(json.dumps(cfg))  # plain JSON types only (tuples -> lists)
+
+
+def user_part(cfg: dict) -> dict:
+    """The part of a config that defines the run (what --resume compares)."""
+    return {k: cfg[k] for k in TOP_KEYS}
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<unset>"), b.get(k, "<unset>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out

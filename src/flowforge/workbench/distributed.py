@@ -1,0 +1,58 @@
+"""Distributed training under ``torchrun``: the process group and each rank's device."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import WorkbenchError
+
+__all__ = ["dist_env", "init_distributed", "device", "barrier"]
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size), from torch.distributed if running, else from torchrun's variables."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed(device_name: str) -> bool:
+    """Start the process group under torchrun (gloo on CPU, NCCL on GPU). True if started."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if str(device_name).startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    return True
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def device(name: str) -> torch.device:
+    """The device ``train.device`` names, for this rank; :class:`WorkbenchError` if absent."""
+    rank_local = int(os.environ.get("LOCAL_RANK", 0))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise WorkbenchError(f"train.device is {name!r} but no GPU is available here")
+        if name == "cuda":
+            return torch.device("cuda", rank_local % torch.cuda.device_count())
+        index = int(name.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise WorkbenchError(
+                f"train.device is {name!r} but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+        return torch.device(name)
+    return torch.device(name)

@@ -1,0 +1,136 @@
+r"""Evaluating a run's model: its NLL on a split or a file, and the contexts that sampling a
+conditional run asks for."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..objectives import nll
+from .data import column_context, label_context, read_examples
+from .errors import ContextError, DataError
+from .runs import load_run, run_config
+from .train import run_dataset
+
+__all__ = ["evaluate_run", "sample_context"]
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def evaluate_run(
+    run: str,
+    split: str = "test",
+    data: str | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
+    samples: int = 1,
+) -> dict:
+    """The NLL of a run's best model on one split (or on a file), in the data's units.
+
+    ``samples`` dequantization draws are averaged (discrete data); the noise is seeded by
+    ``seed``. Every number returned is finite, or a :class:`DataError` says which examples
+    the model cannot score.
+    """
+    for name, v in (("batch size", batch_size), ("samples", samples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise DataError(f"the {name} must be a positive integer, got {v!r}")
+    cfg = run_config(run)
+    r = cfg["resolved"]
+    flow = load_run(run)
+    shape = tuple(r["event_shape"])
+    info = r.get("context")
+    context = None
+    if data is not None and info is not None:
+        if info["kind"] != "columns":
+            raise DataError(
+                "eval --data is not available for a label-conditional run (the file has no "
+                "labels); evaluate its splits with --split"
+            )
+        full = read_examples(data)
+        want = len(info["target_columns"]) + len(info["context_columns"])
+        if full.dim() != 2 or full.shape[1] != want:
+            raise DataError(
+                f"{data} has shape {tuple(full.shape)}; this run expects {want} columns"
+            )
+        x = full[:, info["target_columns"]]
+        context = column_context(full[:, info["context_columns"]], info)
+        split = str(data)
+    elif data is not None:
+        x = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8)))
+        if tuple(x.shape[1:]) != tuple(r["data_shape"]):
+            what = f"{x.shape[1]} columns" if x.dim() == 2 else f"shape {tuple(x.shape[1:])}"
+            want = (
+                f"{r['data_shape'][0]} columns"
+                if len(r["data_shape"]) == 1
+                else f"shape {tuple(r['data_shape'])}"
+            )
+            raise DataError(f"{data} has {what}; this run's model expects {want}")
+        split = str(data)
+    else:
+        ds = run_dataset(cfg)
+        x, context = ds.split(split), ds.split_context(split)
+    dtype = next((p.dtype for p in flow.parameters()), torch.float32)
+    x = x.reshape(-1, *shape).to(dtype)
+    context = None if context is None else context.to(dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            v = sum(nll(flow, x, context, batch_size=batch_size) for _ in range(samples)) / samples
+        except ValueError as e:
+            raise DataError(f"{split}: {_one_line(e)}") from None
+    return {
+        "run": str(run),
+        "split": split,
+        "examples": int(x.shape[0]),
+        "nll": v,
+        "bits_per_dim": (
+            v / (math.prod(shape) * math.log(2)) if r.get("levels") is not None else None
+        ),
+        "samples": samples,
+        "model": cfg["model"]["name"],
+        "seed": seed,
+    }
+
+
+def sample_context(cfg: dict, label: str | None, context: str | None):
+    """The model-ready context rows that ``--label`` / ``--context`` ask for (None for an
+    unconditional run) and a few words for the messages; one-line errors otherwise."""
+    info = cfg["resolved"].get("context")
+    if info is None:
+        if label is not None or context is not None:
+            raise ContextError("this run is unconditional; drop --label/--context")
+        return None, ""
+    if info["kind"] == "label":
+        if context is not None:
+            raise ContextError(
+                "this run is conditioned on class labels: use --label, not --context"
+            )
+        if label is None:
+            raise ContextError(
+                f"this run is conditional: pass --label with one or more of its classes "
+                f"{info['classes']} (e.g. --label 3 or --label 0,1,2)"
+            )
+        try:
+            labels = [int(v) for v in str(label).split(",") if v.strip()]
+        except ValueError:
+            raise ContextError(f"--label expects integers like 3 or 0,1,2, got {label!r}") from None
+        return label_context(labels, info), f" of label {label}"
+    if label is not None:
+        raise ContextError("this run is conditioned on table columns: use --context, not --label")
+    if context is None:
+        raise ContextError(
+            f"this run is conditional: pass --context with the {info['features']} raw values of "
+            f"columns {info['context_columns']} (rows separated by ';')"
+        )
+    try:
+        rows = [[float(v) for v in row.split(",")] for row in context.split(";") if row.strip()]
+    except ValueError:
+        raise ContextError(
+            f"--context expects numbers like '1.5,2' or '1,2;3,4', got {context!r}"
+        ) from None
+    if len({len(r) for r in rows}) > 1:
+        raise ContextError("--context rows have different lengths")
+    return column_context(rows, info), f" given context {context}"

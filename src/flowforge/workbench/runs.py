@@ -1,0 +1,278 @@
+r"""The run folder: its layout, what makes a folder a run, and the rules for touching one.
+
+A *run* is a folder that flowforge wrote::
+
+    config.json              the resolved configuration, marked "format": "flowforge-run/1"
+    model.ff                 the best model so far (``ff.load(run)`` reads it)
+    checkpoint.safetensors   the last resumable state: weights, optimizer, scheduler, RNGs
+    metrics.jsonl            one JSON record per logged step and per epoch
+    report.html, report/     written by ``flowforge report``
+    .lock                    while a training runs in it (the owner's pid)
+
+The rules: a folder is a run only if its ``config.json`` carries flowforge's format marker;
+``--overwrite`` removes only the files flowforge writes (and ``report/``/``tb/`` only of the
+files flowforge put there), never anything else; a run that holds no checkpoint yet (it failed
+before its first epoch ended) may be started again by any command; one training at a time (a
+lock file with the owner's pid; a lock whose owner is gone is taken over). Every file is
+written atomically (:func:`flowforge.io.atomic_write`); temporary files a killed writer left
+behind are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+from .. import io
+from ..core import Flow
+from .config import config_diff, user_part
+from .errors import RunError
+
+__all__ = [
+    "RUN_FORMAT",
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "CKPT_FILE",
+    "METRICS_FILE",
+    "run_config",
+    "is_run",
+    "load_run",
+    "check_out_dir",
+    "clear_run",
+    "RunLock",
+    "write_json",
+    "read_metrics",
+    "truncate_metrics",
+    "fingerprint",
+]
+
+RUN_FORMAT = "flowforge-run/1"
+CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE = (
+    "config.json",
+    "model.ff",
+    "checkpoint.safetensors",
+    "metrics.jsonl",
+)
+LOCK_FILE = ".lock"
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE, "report.html", LOCK_FILE)
+REPORT_DIR, TB_DIR = "report", "tb"
+MAX_CONFIG_BYTES = 16 << 20
+
+
+def run_config(run: str | os.PathLike) -> dict:
+    """The ``config.json`` of a run folder; :class:`RunError` if the folder is not a run."""
+    path = Path(run) / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(f"{run} is not a flowforge run (no {CONFIG_FILE})")
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise RunError(f"{path} is too large to be a flowforge run config")
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise RunError(f"{path} is corrupt: {' '.join(str(e).split())}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
+        raise RunError(f"{run} is not a flowforge run ({CONFIG_FILE} was not written by flowforge)")
+    if not isinstance(cfg.get("resolved"), dict):
+        raise RunError(f"{path} is not a complete flowforge run config")
+    return cfg
+
+
+def is_run(path: Path) -> bool:
+    try:
+        run_config(path)
+        return True
+    except RunError:
+        return False
+
+
+def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
+    """The best model of a run, scoring raw data: ``ff.load(run)`` with a run-folder check
+    and one-line errors. The flow takes inputs of shape ``config["resolved"]["event_shape"]``
+    (flattened images under the vector layout)."""
+    run_config(run)
+    try:
+        return io.load(Path(run) / MODEL_FILE, map_location)
+    except ValueError as e:
+        raise RunError(" ".join(str(e).split())) from None
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return (out / CKPT_FILE).is_file()
+
+
+def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict | None:
+    """Refuse to clobber anything; returns the stored config when resuming.
+
+    A run folder that holds no checkpoint (its training failed before the first epoch ended)
+    is treated as empty: the same or a corrected command starts it again.
+    """
+    if resume:
+        if overwrite:
+            raise RunError("--resume and --overwrite contradict each other")
+        stored = run_config(out)
+        if not _has_checkpoint(out):
+            raise RunError(
+                f"{out} has no {CKPT_FILE} to resume from (its training stopped before the "
+                "first checkpoint); run the same command without --resume to start it again"
+            )
+        diff = config_diff(user_part(stored), user_part(cfg))
+        if diff:
+            raise RunError(
+                f"cannot resume {out}: its config differs ({'; '.join(diff[:4])}"
+                f"{'; ...' if len(diff) > 4 else ''}); drop the changed options or use a new --out"
+            )
+        return stored
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    if not is_run(out):
+        raise RunError(
+            f"{out} is not empty and is not a flowforge run; flowforge never writes into or "
+            "clears a folder it did not create: use another --out"
+        )
+    if not _has_checkpoint(out) or overwrite:
+        return None  # nothing to keep (a failed start), or the user asked to replace it
+    same = not config_diff(user_part(run_config(out)), user_part(cfg))
+    if same:
+        raise RunError(
+            f"{out} already holds this run; use --resume to continue it or --overwrite "
+            "to start again"
+        )
+    raise RunError(
+        f"{out} already holds a different run; use another --out, or --overwrite to replace it"
+    )
+
+
+def _ours_in(folder: Path, prefixes: tuple[str, ...]) -> None:
+    """Remove the files flowforge wrote in ``folder`` (names starting with ``prefixes``) and
+    the folder if that leaves it empty; anything else stays."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for f in folder.iterdir():
+        if f.is_file() and not f.is_symlink() and f.name.startswith(prefixes):
+            f.unlink()
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: something that is not ours
+        pass
+
+
+def clear_run(out: Path) -> None:
+    """Remove the files a run writes, and nothing else (a user's file in the folder stays)."""
+    if not is_run(out):
+        raise RunError(f"{out} is not a flowforge run; refusing to clear it")
+    for name in RUN_FILES:
+        if name != LOCK_FILE:
+            (out / name).unlink(missing_ok=True)
+    _ours_in(out / REPORT_DIR, ("curves", "samples", "nearest", "density", "latent", "table"))
+    _ours_in(out / TB_DIR, ("events.out.tfevents.",))
+    remove_orphans(out)
+
+
+def remove_orphans(out: Path) -> None:
+    """Remove temporary files that a killed atomic write left behind (``.<name>.*.tmp``)."""
+    if not out.is_dir():
+        return
+    for f in out.iterdir():
+        if f.name.startswith(".") and f.name.endswith(".tmp") and f.is_file():
+            base = f.name[1:].split(".")[0]
+            if any(n.split(".")[0] == base for n in RUN_FILES):
+                f.unlink(missing_ok=True)
+
+
+class RunLock:
+    """``with RunLock(out):`` holds ``out/.lock`` (pid and host) for one training; a second
+    training into the same folder is refused; a lock whose process is gone is taken over."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.held = False
+
+    def _owner_alive(self) -> bool:
+        try:
+            info = json.loads(self.path.read_text())
+            pid, host = int(info["pid"]), info.get("host")
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # unreadable: a writer died mid-write; stale
+        if host != socket.gethostname():
+            return True  # another machine's lock: cannot tell, keep it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return pid != os.getpid() or self.held
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if self._owner_alive():
+                    info = self.path.read_text(errors="replace").strip()
+                    raise RunError(
+                        f"{self.path.parent} is in use by another training ({info}); wait for it "
+                        f"to finish, or remove {self.path} if that process is gone"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(record)
+            self.held = True
+            return self
+        raise RunError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc) -> bool:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        return False
+
+
+def write_json(path: Path, obj) -> None:
+    io.atomic_write(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` (unreadable lines are skipped)."""
+    path = Path(run) / METRICS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def truncate_metrics(run: Path, step: int) -> list[dict]:
+    """Drop the records after ``step`` (a lost future after an interrupt); returns the rest."""
+    keep = [r for r in read_metrics(run) if r.get("step", 0) <= step]
+    io.atomic_write(Path(run) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
+    return keep
+
+
+def fingerprint(*tensors) -> dict:
+    """A hash and the shapes of the data (what ``--resume`` checks has not changed)."""
+    h = hashlib.sha256()
+    shapes = []
+    for t in tensors:
+        if t is None:
+            shapes.append(None)
+            continue
+        t = t.detach().cpu().contiguous()
+        shapes.append(list(t.shape))
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return {"sha256": h.hexdigest(), "shapes": shapes}

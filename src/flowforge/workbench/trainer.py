@@ -1,0 +1,830 @@
+r"""The one training loop: :class:`Trainer`.
+
+It fits any model to any :class:`Objective`: maximum likelihood on data (:class:`NLL`, the
+default), reverse KL to an unnormalised target (:class:`ReverseKL`, ``flowforge fit-target``),
+or a loss of your own (:class:`Loss`, e.g. a VAE's negative ELBO). Around the loop: AdamW /
+Adam / Adamax (fused where torch has a fused kernel), linear warm-up then cosine or constant
+learning rate, gradient clipping, an exponential moving average of the weights, learning-rate
+halving on plateaus, per-epoch validation with the best model kept, early stopping,
+bit-exact resume, data-parallel training under ``torchrun``, and warnings when the loss or the
+gradient norm jumps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import io
+from ..core import layer_metrics, needs_data_init, regularization
+from ..objectives import reverse_kl
+from .checkpoint import optimizer_state, read_checkpoint, save_checkpoint, set_rng_state
+from .config import DEFAULT_TRAIN, OBJECTIVES
+from .distributed import device as resolve_device
+from .distributed import dist_env
+from .errors import NonFiniteError, RunError, WorkbenchError
+from .runs import CKPT_FILE, METRICS_FILE, MODEL_FILE, truncate_metrics
+
+__all__ = [
+    "Trainer",
+    "Objective",
+    "NLL",
+    "ReverseKL",
+    "Loss",
+    "make_objective",
+    "adam",
+    "find_nonfinite",
+]
+
+
+# -- objectives ----------------------------------------------------------------------------------
+
+
+class Objective:
+    """What the :class:`Trainer` minimises, and the number it validates with (lower is better).
+
+    ``loss(trainer, model, x, context)`` returns a scalar tensor for one batch (``x`` is None
+    for objectives that need no data); ``validate(trainer, x, context)`` returns a float.
+    """
+
+    name = "objective"
+    needs_data = True
+    skip_nonfinite = False  # skip (and count) steps whose loss is not finite, instead of stopping
+
+    def loss(self, trainer: Trainer, model, x: Tensor | None, context: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def validate(self, trainer: Trainer, x: Tensor | None, context: Tensor | None) -> float:
+        raise NotImplementedError
+
+
+class NLL(Objective):
+    """Maximum likelihood: ``-mean log p(x)`` (nats/example); validated by the mean NLL."""
+
+    name = "nll"
+
+    def loss(self, trainer, model, x, context):
+        return -(model(x) if context is None else model(x, context)).mean()
+
+    def validate(self, trainer, x, context):
+        return trainer.nll(x, context)
+
+
+class ReverseKL(Objective):
+    r"""Reverse KL to an unnormalised target, ``E_q[log q - log p~]`` (``-ELBO``), with
+    ``batch`` samples per step. ``anneal > 0`` multiplies ``log p~`` by
+    ``min(1, 0.01 + t / anneal)`` (Rezende & Mohamed). Validated by the reverse KL (up to
+    ``log Z``) on ``n_val`` seeded samples."""
+
+    name = "reverse-kl"
+    needs_data = False
+    skip_nonfinite = True  # a sample can land where a planar flow's density underflows
+
+    def __init__(
+        self,
+        target: Callable[[Tensor], Tensor],
+        batch: int = 256,
+        anneal: int = 0,
+        n_val: int = 4096,
+    ):
+        self.target, self.batch, self.anneal, self.n_val = target, batch, anneal, n_val
+
+    def beta(self, step: int) -> float:
+        return min(1.0, 0.01 + step / self.anneal) if self.anneal else 1.0
+
+    def loss(self, trainer, model, x, context):
+        beta = self.beta(trainer.global_step)
+        return reverse_kl(model, lambda z: beta * self.target(z), self.batch)
+
+    @torch.no_grad()
+    def validate(self, trainer, x, context):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(trainer.seed + 7919)
+            return reverse_kl(trainer.eval_model, self.target, self.n_val).item()
+
+
+class Loss(Objective):
+    """A loss of your own: ``fn(model, x, context) -> scalar``; validated by ``validate(model,
+    x, context) -> float`` (default: ``fn`` itself without gradients, averaged over batches)."""
+
+    def __init__(self, fn: Callable, validate: Callable | None = None, name: str = "loss"):
+        self.fn, self._validate, self.name = fn, validate, name
+
+    def loss(self, trainer, model, x, context):
+        return self.fn(model, x, context)
+
+    @torch.no_grad()
+    def validate(self, trainer, x, context):
+        model = trainer.eval_model
+        was = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(trainer.seed + 7919)
+                if self._validate is not None:
+                    return float(self._validate(model, x, context))
+                bs, total = trainer.cfg["eval_batch_size"], 0.0
+                for i in range(0, x.shape[0], bs):
+                    c = None if context is None else context[i : i + bs]
+                    xb = x[i : i + bs]
+                    total += float(self.fn(model, xb, c)) * xb.shape[0]
+                return total / x.shape[0]
+        finally:
+            model.train(was)
+
+
+_OBJECTIVES: dict[str, Callable[[], Objective]] = {"nll": NLL}
+assert set(_OBJECTIVES) == set(OBJECTIVES), "config.OBJECTIVES and the trainer's must agree"
+
+
+def make_objective(spec) -> Objective:
+    """An :class:`Objective` from a name (``train.objective``), an objective, or a callable
+    ``(model, x, context) -> loss``."""
+    if isinstance(spec, Objective):
+        return spec
+    if isinstance(spec, str):
+        if spec not in _OBJECTIVES:
+            raise WorkbenchError(
+                f"unknown objective {spec!r}; expected one of {sorted(_OBJECTIVES)}"
+            )
+        return _OBJECTIVES[spec]()
+    if callable(spec):
+        return Loss(spec)
+    raise WorkbenchError(f"expected an objective name or callable, got {type(spec).__name__}")
+
+
+# -- pieces --------------------------------------------------------------------------------------
+
+
+def adam(params, lr: float, kind: str = "adam", **kwargs) -> torch.optim.Optimizer:
+    """Adam, AdamW or Adamax, fused into one kernel where torch has one for the parameters'
+    device (the per-tensor update loop is a quarter of a small flow's CPU step). The fused
+    kernels follow the same update rule."""
+    params = list(params)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[kind]
+    if kind == "adamax":
+        return cls(params, lr=lr, **kwargs)  # torch has no fused Adamax
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
+    return cls(params, lr=lr, fused=fused or None, **kwargs)
+
+
+def _nonfinite(obj) -> bool:
+    if isinstance(obj, Tensor):
+        return obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+    if isinstance(obj, (tuple, list)):
+        return any(_nonfinite(o) for o in obj)
+    return False
+
+
+def _layer_name(model: torch.nn.Module, name: str) -> str:
+    """``layers.3 (Coupling)`` for a parameter or module path inside a flow."""
+    parts = name.split(".")
+    top = name
+    for i in range(len(parts)):
+        if parts[i] == "layers" and i + 1 < len(parts):
+            top = ".".join(parts[: i + 2])
+            break
+    mods = dict(model.named_modules())
+    while top and top not in mods:
+        top = top.rpartition(".")[0]
+    return f"{top} ({type(mods[top]).__name__})" if top else name
+
+
+@torch.no_grad()
+def find_nonfinite(model: torch.nn.Module, rerun: Callable[[], object], rng_state=None) -> str:
+    """Re-run a forward pass with hooks; name the first module whose output is NaN/inf."""
+    names = {m: n for n, m in model.named_modules()}
+    hits: list[str] = []
+
+    def hook(module, inputs, output):
+        if not hits and _nonfinite(output):
+            hits.append(names[module])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    state = torch.get_rng_state()
+    try:
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+        try:
+            rerun()
+        except Exception as e:  # report, do not mask the original problem
+            return f"the re-run raised {type(e).__name__}: {' '.join(str(e).split())}"
+    finally:
+        torch.set_rng_state(state)
+        for h in handles:
+            h.remove()
+    if not hits:
+        return "no layer output is NaN/inf: the base log-density or the log-det sum overflowed"
+    inner = hits[0]
+    what = _layer_name(model, inner)
+    mods = dict(model.named_modules())
+    if not what.startswith(inner + " "):
+        what += f", first at {inner} ({type(mods[inner]).__name__})"
+    return f"first non-finite output in {what}"
+
+
+class _Signals:
+    """While training: SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C; inside
+    :meth:`deferred` (a checkpoint being written) a signal waits until the write is done."""
+
+    SIGNALS = tuple(
+        s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s
+    )
+
+    def __init__(self):
+        self.old: dict = {}
+        self.pending = False
+        self.deferring = False
+
+    def _handler(self, signum, frame):
+        if self.deferring:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            try:
+                self.old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+    def deferred(self):
+        signals = self
+
+        class _Deferred:
+            def __enter__(self):
+                signals.deferring = True
+
+            def __exit__(self, *exc):
+                signals.deferring = False
+                if signals.pending and exc[0] is None:
+                    signals.pending = False
+                    raise KeyboardInterrupt
+                return False
+
+        return _Deferred()
+
+
+class _Watch:
+    """Flags a loss far above its running median, or a gradient norm far above its own."""
+
+    def __init__(self, window: int = 50):
+        self.losses: deque[float] = deque(maxlen=window)
+        self.norms: deque[float] = deque(maxlen=window)
+
+    def check(self, loss: float, norm: float) -> str | None:
+        msg = None
+        if len(self.losses) >= 10:
+            med = statistics.median(self.losses)
+            mad = statistics.median(abs(v - med) for v in self.losses)
+            if loss - med > max(20 * mad, 0.5 * abs(med), 1.0):
+                msg = f"loss {loss:.4g} jumped far above its running median {med:.4g}"
+            nmed = statistics.median(self.norms)
+            if math.isfinite(norm) and nmed > 0 and norm > 100 * nmed and norm > 10:
+                msg = (msg + "; " if msg else "") + (
+                    f"gradient norm {norm:.3g} is {norm / nmed:.0f}x its running median"
+                )
+        self.losses.append(loss)
+        if math.isfinite(norm):
+            self.norms.append(norm)
+        return msg
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+
+
+class Trainer:
+    r"""Training with validation, best checkpoint, EMA, LR halving, early stopping and resume.
+
+    Args:
+        model: the model to fit (a :class:`~flowforge.Flow`, or any module the objective takes).
+        train_x, val_x: data tensors shaped like the model's input (None for objectives that
+            need no data, e.g. :class:`ReverseKL`).
+        train: training options (see :data:`~flowforge.workbench.config.DEFAULT_TRAIN`);
+            missing keys take the defaults, unknown keys are an error.
+        objective: a name (default: ``train.objective``, ``"nll"``), an :class:`Objective`,
+            or ``fn(model, x, context) -> loss``.
+        seed: seeds the data order (and the validation noise).
+        out: the run folder; None trains without writing anything.
+        model_bytes: ``model_bytes(module) -> bytes`` of ``model.ff`` (default
+            ``io.to_bytes``); called with the EMA copy when there is one.
+        bits_dims: with discrete data, the number of dimensions for bits/dim, else None.
+        steps_per_epoch: for objectives without data, the optimizer steps of one epoch.
+        progress: show a tqdm bar (rank 0). echo: print one line per epoch (rank 0).
+        callback: ``callback(trainer)`` after every optimizer step (tests use it to interrupt).
+        train_context, val_context: per-example contexts of a conditional model.
+
+    The data order of epoch ``e`` is a permutation seeded by ``seed + e``
+    (:class:`~torch.utils.data.DistributedSampler`); under torchrun each rank takes every
+    ``world``-th example of it and a ``batch_size / world`` slice per step, so a global batch
+    holds the same examples as in a single process. When the model has a batch-normalisation
+    layer, a last batch of a single example is dropped (its batch statistics are undefined).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_x: Tensor | None = None,
+        val_x: Tensor | None = None,
+        train: dict | None = None,
+        *,
+        objective: str | Objective | Callable | None = None,
+        seed: int = 0,
+        out: str | os.PathLike | None = None,
+        model_bytes: Callable[[torch.nn.Module], bytes] | None = None,
+        bits_dims: int | None = None,
+        steps_per_epoch: int | None = None,
+        progress: bool = True,
+        callback: Callable[[Trainer], None] | None = None,
+        echo: bool = True,
+        train_context: Tensor | None = None,
+        val_context: Tensor | None = None,
+    ):
+        unknown = set(train or {}) - set(DEFAULT_TRAIN)
+        if unknown:
+            raise WorkbenchError(f"unknown train options {sorted(unknown)}")
+        self.cfg = {**DEFAULT_TRAIN, **(train or {})}
+        self.objective = make_objective(self.cfg["objective"] if objective is None else objective)
+        self.model, self.seed = model, int(seed)
+        self.out = None if out is None else Path(out)
+        self.rank, self.world = dist_env()
+        self.device = resolve_device(self.cfg["device"])
+        self.model.to(self.device)
+        put = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        self.train_x, self.val_x = put(train_x), put(val_x)
+        self.train_c, self.val_c = put(train_context), put(val_context)
+        if self.objective.needs_data:
+            if train_x is None or val_x is None:
+                raise WorkbenchError(f"the {self.objective.name} objective needs data")
+            if len(train_x) == 0 or len(val_x) == 0:
+                raise WorkbenchError("the training and validation sets must not be empty")
+        self.model_bytes = model_bytes or io.to_bytes
+        self.bits_dims = bits_dims
+        self.progress, self.callback, self.echo = progress, callback, echo
+        if self.cfg["batch_size"] % self.world:
+            raise WorkbenchError(
+                f"batch_size {self.cfg['batch_size']} is not divisible by {self.world} processes"
+            )
+        self.local_batch = self.cfg["batch_size"] // self.world
+        if self.objective.needs_data:
+            from torch.utils.data import DistributedSampler
+
+            self.sampler = DistributedSampler(
+                range(len(train_x)),
+                num_replicas=self.world,
+                rank=self.rank,
+                shuffle=True,
+                seed=self.seed,
+            )
+            n = len(self.sampler)
+            self.steps_per_epoch = math.ceil(n / self.local_batch)
+            batch_stats = any(
+                isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                or type(m).__name__ == "BatchNorm"
+                for m in model.modules()
+            )
+            if batch_stats and n % self.local_batch == 1 and self.steps_per_epoch > 1:
+                self.steps_per_epoch -= 1  # drop a last batch of one example
+        else:
+            self.sampler = None
+            if not steps_per_epoch or steps_per_epoch < 1:
+                raise WorkbenchError("an objective without data needs steps_per_epoch >= 1")
+            self.steps_per_epoch = int(steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * self.cfg["epochs"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = adam(
+            params,
+            lr=float(self.cfg["lr"]),
+            kind=self.cfg["optimizer"],
+            betas=tuple(self.cfg["betas"]),
+            weight_decay=float(self.cfg["weight_decay"]),
+        )
+        self.lr_factor = 1.0  # halved on plateaus
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda)
+        self.ema = copy.deepcopy(model) if self.cfg["ema"] else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+        self.epoch = 0  # the epoch in progress (0-based)
+        self.step_in_epoch = 0  # optimizer steps done in it
+        self.global_step = 0
+        self.best = math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.last_halved = -1
+        self.skipped = 0
+        self.epoch_losses: list[float] = []  # losses of the epoch in progress
+        self.finished: str | None = None
+        self.history: list[dict] = []
+        self.warnings: list[str] = []
+        self._watch = _Watch()
+        self._signals: _Signals | None = None
+        self._tb = None
+
+    # -- helpers --------------------------------------------------------------------------
+    @property
+    def flow(self) -> torch.nn.Module:
+        """The model being trained (its weights; see :attr:`eval_model` for the EMA)."""
+        return self.model
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the EMA when there is one."""
+        return self.ema if self.ema is not None else self.model
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0 and self.out is not None
+
+    def _lr_lambda(self, step: int) -> float:
+        warmup = int(self.cfg["warmup_steps"])
+        if warmup > 0 and step < warmup:
+            return self.lr_factor * (step + 1) / warmup
+        if self.cfg["schedule"] == "constant":
+            return self.lr_factor
+        span = max(1, self.total_steps - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        lo = float(self.cfg["min_lr_ratio"])
+        return self.lr_factor * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.writer:
+            with open(self.out / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self._tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, float) and k != "time":
+                        self._tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
+
+    def _say(self, msg: str) -> None:
+        if self.echo and self.rank == 0:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stdout)
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        self._log(
+            {"type": "warning", "epoch": self.epoch + 1, "step": self.global_step, "message": msg}
+        )
+        if self.rank == 0:
+            from tqdm import tqdm
+
+            tqdm.write(f"flowforge: warning: {msg}", file=sys.stderr)
+
+    def _bpd(self, nll: float) -> float | None:
+        return None if self.bits_dims is None else nll / (self.bits_dims * math.log(2))
+
+    @torch.no_grad()
+    def nll(self, x: Tensor, context: Tensor | None = None, samples: int | None = None) -> float:
+        """Mean NLL (nats/example) of the evaluated weights in eval mode, averaged over
+        ``samples`` dequantization draws (``train.val_samples``); the noise is seeded, so the
+        number is repeatable and independent of the training random stream."""
+        model = self.eval_model
+        samples = int(samples or self.cfg["val_samples"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 7919)
+            was = model.training
+            model.eval()
+            try:
+                total = 0.0
+                bs = self.cfg["eval_batch_size"]
+                for _ in range(samples):
+                    for i in range(0, x.shape[0], bs):
+                        c = None if context is None else context[i : i + bs]
+                        total += model.log_prob(x[i : i + bs], c).double().sum().item()
+            finally:
+                model.train(was)
+        return -total / (x.shape[0] * samples)
+
+    def _init_data_dependent(self) -> None:
+        """One forward pass on a fixed batch (``train.init_batch`` examples of the first
+        epoch's order) if a layer initialises from data (ActNorm), identical on every rank."""
+        if not needs_data_init(self.model) or self.train_x is None:
+            return
+        from torch.utils.data import DistributedSampler
+
+        whole = DistributedSampler(
+            range(len(self.train_x)), num_replicas=1, rank=0, shuffle=True, seed=self.seed
+        )
+        whole.set_epoch(0)
+        size = int(self.cfg["init_batch"]) or self.cfg["batch_size"]
+        idx = torch.tensor(list(whole)[:size]).to(self.device)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.seed + 104729)
+            self.model.train()
+            c = None if self.train_c is None else self.train_c[idx]
+            self.objective.loss(self, self.model, self.train_x[idx], c)
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = float(self.cfg["ema"])
+        ema_p = [p for p in self.ema.parameters()]
+        own_p = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema_p, own_p, 1 - decay)
+        for be, b in zip(self.ema.buffers(), self.model.buffers()):
+            be.copy_(b)
+
+    # -- state ----------------------------------------------------------------------------
+    _STATE = (
+        "epoch", "step_in_epoch", "global_step", "best", "best_epoch", "bad_epochs",
+        "last_halved", "lr_factor", "skipped", "finished", "epoch_losses",
+    )  # fmt: skip
+
+    def save_checkpoint(self) -> None:
+        if not self.writer:
+            return
+        meta = {k: getattr(self, k) for k in self._STATE}
+        meta.update(seed=self.seed, world=self.world)
+        ctx = self._signals.deferred() if self._signals else _nothing()
+        with ctx:
+            save_checkpoint(self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema)
+
+    def load_checkpoint(self) -> None:
+        meta, tensors = read_checkpoint(self.out / CKPT_FILE)
+        model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+        ema = {k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")}
+        try:
+            self.model.load_state_dict(model)
+            if self.ema is not None:
+                self.ema.load_state_dict(ema)
+            self.opt.load_state_dict(optimizer_state(tensors, meta["optimizer"]))
+            lambdas = [None] * len(self.opt.param_groups)  # closures: rebuilt, not stored
+            self.sched.load_state_dict({**meta["scheduler"], "lr_lambdas": lambdas})
+            for k in self._STATE:
+                setattr(self, k, meta.get(k, getattr(self, k)))
+            set_rng_state(tensors, meta["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            msg = " ".join(str(e).split())[:300]
+            raise RunError(f"checkpoint does not match this run's model: {msg}") from None
+        if meta.get("world", 1) != self.world:
+            self._say(
+                f"note: resuming a {meta.get('world')}-process run on {self.world}; "
+                "the data order differs from an uninterrupted run"
+            )
+        if self.writer and (self.out / METRICS_FILE).is_file():
+            # metrics written after the checkpoint belong to a lost future: drop them
+            self.history.extend(truncate_metrics(self.out, self.global_step))
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        """Train; returns a summary with ``status`` in finished, early-stopped, interrupted."""
+        if resume:
+            self.load_checkpoint()
+        else:
+            self._init_data_dependent()
+        if self.writer and self.cfg["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self._tb = None
+        model = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(self.model)  # broadcasts rank 0's state
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            unit="step",
+            disable=not (self.progress and self.rank == 0),
+            dynamic_ncols=True,
+            file=sys.stderr,
+            leave=False,
+        )
+        status = self.finished or "running"
+        try:
+            with _Signals() as self._signals:
+                while status == "running" and self.epoch < self.cfg["epochs"]:
+                    status = self._epoch(model, bar)
+                if status == "running":
+                    status = self.finished = "finished"
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._signals = None  # a further signal now interrupts the save: the old file stays
+            try:
+                with _Signals() as self._signals:
+                    self.save_checkpoint()
+                saved = "checkpoint saved (resume with --resume)"
+            except KeyboardInterrupt:
+                saved = "interrupted again while saving: the previous checkpoint is kept"
+            self._say(f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; {saved}")
+        finally:
+            self._signals = None
+            bar.close()
+            if self._tb is not None:
+                self._tb.close()
+        return {
+            "status": status,
+            "epochs": self.epoch,
+            "steps": self.global_step,
+            "best_val": self.best,
+            "best_val_nll": self.best,
+            "best_epoch": self.best_epoch + 1,
+            "best_val_bpd": self._bpd(self.best) if math.isfinite(self.best) else None,
+            "skipped_steps": self.skipped,
+            "warnings": list(self.warnings),
+        }
+
+    def _batches(self):
+        """``(x, context)`` for each remaining step of the epoch in progress."""
+        if self.sampler is None:
+            for _ in range(self.step_in_epoch, self.steps_per_epoch):
+                yield None, None
+            return
+        self.sampler.set_epoch(self.epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.device)
+        b = self.local_batch
+        for s in range(self.step_in_epoch, self.steps_per_epoch):
+            ib = order[s * b : (s + 1) * b] if s < self.steps_per_epoch - 1 else order[s * b :]
+            yield self.train_x[ib], (None if self.train_c is None else self.train_c[ib])
+
+    def _epoch(self, model, bar) -> str:
+        import torch.distributed as dist
+
+        t0 = time.time()
+        losses = self.epoch_losses
+        self.model.train()
+        clip = float(self.cfg["grad_clip"] or 0)
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for xb, cb in self._batches():
+            rng, norm = torch.get_rng_state(), None
+            loss = self.objective.loss(self, model, xb, cb)
+            stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double()])
+            if self.world > 1:
+                dist.all_reduce(stats)
+                stats[0] /= self.world
+            self.opt.zero_grad(set_to_none=True)
+            if stats[1] > 0 and self.objective.skip_nonfinite:
+                self.skipped += 1
+            else:
+                if stats[1] > 0:
+                    self._nonfinite(xb, cb, rng, "loss")
+                reg = regularization(self.model)
+                (loss if reg is None else loss + reg).backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+                if not torch.isfinite(norm):
+                    if not self.objective.skip_nonfinite:
+                        self._nonfinite(xb, cb, rng, "gradient")
+                    self.skipped += 1
+                    self.opt.zero_grad(set_to_none=True)
+                    norm = None
+                if norm is not None:
+                    self.opt.step()
+                    if self.ema is not None:
+                        self._update_ema()
+            self.sched.step()
+            self.global_step += 1
+            self.step_in_epoch += 1
+            value = stats[0].item()
+            if math.isfinite(value):
+                losses.append(value)
+                spike = self._watch.check(value, float(norm) if norm is not None else math.nan)
+                if spike:
+                    self._warn(f"step {self.global_step}: {spike}; {self._largest_gradient()}")
+            bar.update(1)
+            post = {"epoch": self.epoch + 1, "loss": f"{value:.4g}"}
+            if self.bits_dims:
+                post["bpd"] = f"{self._bpd(value):.4f}"
+            bar.set_postfix(post, refresh=False)
+            every = int(self.cfg["log_every"] or 0)
+            if every and self.global_step % every == 0:
+                self._log(
+                    {
+                        "type": "step",
+                        "epoch": self.epoch + 1,
+                        "step": self.global_step,
+                        "loss": value,
+                        "lr": self.opt.param_groups[0]["lr"],
+                        "grad_norm": float(norm) if norm is not None else None,
+                        **layer_metrics(self.model),
+                    }
+                )
+            if self.callback is not None:
+                self.callback(self)
+        return self._end_epoch(losses, t0)
+
+    def _end_epoch(self, losses: list[float], t0: float) -> str:
+        # validation (every rank computes it: same weights, same seeded noise, same number)
+        val = self.objective.validate(self, self.val_x, self.val_c)
+        if not math.isfinite(val):
+            raise NonFiniteError(
+                f"the validation {self.objective.name} is {val} at epoch {self.epoch + 1}"
+                + (
+                    f"; the best model so far is kept in {self.out}"
+                    if self.best_epoch >= 0 and self.out
+                    else ""
+                )
+            )
+        improved = val < self.best
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = val, self.epoch, 0
+            if self.writer and getattr(self.eval_model, "config", None) is not None:
+                ctx = self._signals.deferred() if self._signals else _nothing()
+                with ctx:
+                    io.atomic_write(self.out / MODEL_FILE, self.model_bytes(self.eval_model))
+        else:
+            self.bad_epochs += 1
+        halve = int(self.cfg["halve_after"])
+        halved = False
+        if halve and not improved and self.epoch - max(self.best_epoch, self.last_halved) >= halve:
+            self.lr_factor /= 2
+            self.last_halved = self.epoch
+            halved = True
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        rec = {
+            "type": "epoch",
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "train_loss": train_loss,
+            "val_nll" if self.objective.name == "nll" else "val": val,
+            "lr": self.opt.param_groups[0]["lr"],
+            "best": improved,
+            "time": time.time() - t0,
+        }
+        if self.bits_dims and self.objective.name == "nll":
+            rec["train_bpd"], rec["val_bpd"] = self._bpd(train_loss), self._bpd(val)
+        self._log(rec)
+        msg = f"epoch {self.epoch + 1}/{self.cfg['epochs']}  train {train_loss:.4f}  val {val:.4f}"
+        if self.bits_dims and self.objective.name == "nll":
+            msg += f" ({self._bpd(val):.4f} bits/dim)"
+        if halved:
+            msg += f"  [lr halved, x{self.lr_factor:g}]"
+        self._say(msg + ("  *" if improved else ""))
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_losses = []
+        patience = int(self.cfg["patience"] or 0)
+        status = "running"
+        if patience and self.bad_epochs >= patience:
+            status = self.finished = "early-stopped"
+            self._say(
+                f"early stop: no better validation {self.objective.name} for {patience} epochs"
+            )
+        self.save_checkpoint()
+        return status
+
+    def _largest_gradient(self) -> str:
+        best, where = 0.0, None
+        for name, p in self.model.named_parameters():
+            if p.grad is not None:
+                g = float(p.grad.detach().norm())
+                if not math.isfinite(g) or g > best:
+                    best, where = g, name
+                    if not math.isfinite(g):
+                        break
+        if where is None:
+            return "no gradient recorded"
+        return f"largest gradient {best:.3g} in {_layer_name(self.model, where)}"
+
+    def _nonfinite(self, xb, cb, rng, what: str) -> None:
+        where = find_nonfinite(
+            self.model, lambda: self.objective.loss(self, self.model, xb, cb), rng
+        )
+        if self.out is None:
+            kept = ""
+        elif self.best_epoch >= 0:
+            kept = f"; the best model so far is kept in {self.out / MODEL_FILE}"
+        else:
+            kept = "; no model was saved yet (nothing finished an epoch)"
+        raise NonFiniteError(
+            f"non-finite {what} at epoch {self.epoch + 1}, step {self.global_step + 1}: "
+            f"{where}{kept}"
+        )
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
