@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts benchmarks conftest.py
-	$(BIN)/ruff format --check src tests scripts benchmarks conftest.py
+	$(BIN)/ruff check src tests scripts benchmarks examples conftest.py
+	$(BIN)/ruff format --check src tests scripts benchmarks examples conftest.py
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests scripts benchmarks conftest.py
-	$(BIN)/ruff check --fix src tests scripts benchmarks conftest.py
+	$(BIN)/ruff format src tests scripts benchmarks examples conftest.py
+	$(BIN)/ruff check --fix src tests scripts benchmarks examples conftest.py
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
@@ -44,15 +44,15 @@ bench: $(VENV)/.bench-installed
 bench-quick: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run.py --quick
 
-# issue 8: one switch at a time on digits (about 40 min on one busy CPU core; --quick: 15 s)
+# one switch at a time on digits (about 40 min on one busy CPU core; --quick: 15 s)
 ablations: $(STAMP)
 	$(BIN)/python scripts/ablations.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
 
-# issue 6: a VAE on the digits with each flow posterior; test ELBO and IW bound (k = 1000)
+# a VAE on the digits with each flow posterior; test ELBO and IW bound (k = 1000)
 # into docs/vae_table.json and docs/vi.md (about 10-15 min on 2 CPU cores; --quick: 20 s)
 .PHONY: vae-table
 vae-table: $(STAMP)
-	$(BIN)/python scripts/vae_table.py
+	$(BIN)/python examples/vae/table.py

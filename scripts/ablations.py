@@ -31,7 +31,7 @@ import torch
 
 import flowforge as ff
 from flowforge.workbench.data import load_dataset
-from flowforge.workbench.train import Trainer
+from flowforge.workbench.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ablations.json"

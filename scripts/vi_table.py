@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 import flowforge as ff
-from flowforge.workbench.vi import build_vi_model, evaluate_target, fit_target, plot_pair
+from flowforge.workbench.report import plot_pair
+from flowforge.workbench.vi import build_vi_model, evaluate_target, fit_target
 
 # name -> (model, layers, builder kwargs)
 CONFIGS = {

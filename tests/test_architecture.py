@@ -144,3 +144,13 @@ def test_format1_checkpoints_load_and_score_the_same(name):
     torch.testing.assert_close(got, torch.tensor(rec["log_prob"]), rtol=1e-5, atol=1e-4)
     # and it saves in today's format, with the whole configuration
     assert set(flow.config["kwargs"]) >= set(ff.models.spec(flow.config["model"]).defaults())
+
+
+def test_a_run_folder_of_the_earlier_workbench_still_evaluates(tmp_path):
+    """tests/data/format1/run-moons was trained by the workbench of d46d5da (flowforge/1 model,
+    its checkpoint format); eval gives the number that version printed."""
+    from flowforge.workbench.evaluate import evaluate_run
+
+    res = evaluate_run(str(DATA / "format1" / "run-moons"), "test")
+    assert res["examples"] == 1000
+    assert abs(res["nll"] - 3.8089950013160707) < 1e-6

@@ -9,26 +9,13 @@ import pytest
 import torch
 
 import flowforge as ff
+from cases.base import perturbed
 from flowforge.distributions import MADEMoG
 
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests are many small ops: on a shared CPU one thread is ~10x faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def perturbed(m: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return m
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_made_mog_is_normalised_in_1d():

@@ -14,12 +14,7 @@ from flowforge.workbench.data import ContextError, label_context, load_dataset
 TINY_GLOW = '{"steps": 1, "hidden": 8, "blocks": 0}'
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(args, capsys):

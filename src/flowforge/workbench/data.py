@@ -15,7 +15,6 @@ generators already put them in roughly ``[-4, 4]^2``.
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._util import suggest
 from .errors import ContextError, DataError, WorkbenchError
 
 __all__ = [
@@ -496,8 +496,7 @@ def load_dataset(
         elif path.suffix or "/" in str(spec) or "\\" in str(spec):
             raise DataError(f"no such file or folder: {spec}")
         else:
-            close = difflib.get_close_matches(key, list(DATASETS), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = suggest(key, DATASETS)
             raise DataError(
                 f"unknown dataset {spec!r}{hint} (available: {', '.join(DATASETS)}, "
                 "or a .npy/.npz/.csv file or an image folder)"

@@ -438,6 +438,7 @@ class Trainer:
         self.finished: str | None = None
         self.history: list[dict] = []
         self.warnings: list[str] = []
+        self.best_state: dict | None = None  # without a run folder, the best weights
         self._watch = _Watch()
         self._signals: _Signals | None = None
         self._tb = None
@@ -748,7 +749,11 @@ class Trainer:
         improved = val < self.best
         if improved:
             self.best, self.best_epoch, self.bad_epochs = val, self.epoch, 0
-            if self.writer and getattr(self.eval_model, "config", None) is not None:
+            if self.out is None:  # no run folder: keep the best weights in memory
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.eval_model.state_dict().items()
+                }
+            elif self.writer and getattr(self.eval_model, "config", None) is not None:
                 ctx = self._signals.deferred() if self._signals else _nothing()
                 with ctx:
                     io.atomic_write(self.out / MODEL_FILE, self.model_bytes(self.eval_model))
@@ -792,6 +797,15 @@ class Trainer:
             )
         self.save_checkpoint()
         return status
+
+    def load_best(self) -> torch.nn.Module:
+        """Load the best validated weights into the model (from memory without a run folder,
+        from ``model.ff`` with one) and return it."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        elif self.out is not None and (self.out / MODEL_FILE).is_file():
+            self.model.load_state_dict(io.load(self.out / MODEL_FILE).state_dict())
+        return self.model
 
     def _largest_gradient(self) -> str:
         best, where = 0.0, None

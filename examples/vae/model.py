@@ -1,4 +1,7 @@
-r"""A variational autoencoder on scikit-learn's digits with flow posteriors (issue 6).
+r"""Example: a variational autoencoder on scikit-learn's digits with flow posteriors.
+
+flowforge's flows as *posteriors*, and flowforge's one :class:`~flowforge.workbench.Trainer` on
+a model that is not a flow, with an objective of our own (:class:`ELBO`, with a KL warm-up).
 
 The model, for an 8x8 image ``x`` with pixel values in ``{0, ..., 16}``:
 
@@ -20,7 +23,7 @@ the ELBO is ``E_q[log w]``; the importance-weighted bound (Burda et al., 2016) i
 ``k`` grows.
 
 Example:
-    >>> from flowforge.workbench.vae import VAE
+    >>> from model import VAE
     >>> vae = VAE("planar", latent=4, hidden=(32,), context=16)
     >>> x = torch.randint(0, 17, (5, 64))
     >>> vae.elbo(x).shape, vae.iw_bound(x, k=10).shape
@@ -29,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -38,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Compose, Flow, Transform
-from ..distributions import DiagGaussian
-from ..nets import MLP
+from flowforge import Compose, Flow, Transform, models
+from flowforge._util import LOG_2PI
+from flowforge.distributions import DiagGaussian
+from flowforge.nets import MLP
+from flowforge.transforms import Identity
+from flowforge.workbench import Objective, Trainer, load_dataset
 
-__all__ = ["POSTERIORS", "VAE", "load_digits_splits", "train_vae", "evaluate_vae"]
-
-_LOG_2PI = math.log(2 * math.pi)
+__all__ = ["POSTERIORS", "VAE", "ELBO", "load_digits_splits", "train_vae", "evaluate_vae"]
 
 POSTERIORS = (
     "gaussian",
@@ -57,31 +60,17 @@ POSTERIORS = (
 
 
 def load_digits_splits() -> dict[str, Tensor]:
-    """scikit-learn's digits as ``long`` tensors of shape ``(n, 64)``, values ``0..16``:
-    rows ``[:1000]`` train, ``[1000:1350]`` val, ``[1350:]`` test (no shuffling)."""
-    from sklearn.datasets import load_digits
-
-    x = torch.as_tensor(load_digits().data, dtype=torch.long)
-    return {"train": x[:1000], "val": x[1000:1350], "test": x[1350:]}
-
-
-class _Identity(Transform):
-    """The identity (for the plain Gaussian posterior)."""
-
-    def _forward(self, x, context):
-        return x, x.new_zeros(x.shape[0])
-
-    def _inverse(self, z, context):
-        return z, z.new_zeros(z.shape[0])
+    """The workbench's digits (the tutorial split: rows ``[:1000]`` train, ``[1000:1350]``
+    val, ``[1350:]`` test) as ``long`` tensors of shape ``(n, 64)``, values ``0..16``."""
+    ds = load_dataset("digits")
+    return {k: ds.split(k).reshape(-1, 64).long() for k in ("train", "val", "test")}
 
 
 def posterior_transform(kind: str, latent: int, context: int, layers: int | None) -> Transform:
     """The amortised flow of posterior ``kind`` (one of :data:`POSTERIORS`), reading a context
     of size ``context``. ``layers=None`` picks the default depth of each family."""
-    from .. import models
-
     if kind == "gaussian":
-        return _Identity((latent,), context)
+        return Identity((latent,), context)
     if kind == "planar":
         flow = models.Planar(features=latent, layers=layers or 8, context_features=context)
     elif kind.startswith("sylvester-"):
@@ -169,7 +158,7 @@ class VAE(nn.Module):
         x = self._check(x)
         h = self.encode(x)
         z, log_q = self.posterior.rsample_and_log_prob(k, context=h)
-        log_pz = -0.5 * (z.square() + _LOG_2PI).sum(-1)
+        log_pz = -0.5 * (z.square() + LOG_2PI).sum(-1)
         return self.decode_log_prob(x, z), log_pz - log_q
 
     def elbo(self, x: Tensor, k: int = 1, beta: float = 1.0) -> Tensor:
@@ -199,13 +188,26 @@ def _batches(x: Tensor, size: int):
         yield x[i : i + size]
 
 
-@torch.no_grad()
-def _mean_elbo(model: VAE, x: Tensor, k: int, seed: int) -> float:
-    """Mean ELBO over ``x`` with ``k`` samples each, on a fixed random stream (less noise in
-    early stopping), without disturbing the global one."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return sum(model.elbo(b, k).double().sum().item() for b in _batches(x, 500)) / len(x)
+class ELBO(Objective):
+    """The negative ELBO with a KL warm-up, ``beta = min(1, epoch / warmup)``; validated by the
+    mean negative ELBO (``k`` samples per image, on a fixed random stream)."""
+
+    name = "elbo"
+
+    def __init__(self, warmup: int = 20, k_val: int = 5):
+        self.warmup, self.k_val = warmup, k_val
+
+    def loss(self, trainer, model, x, context):
+        beta = min(1.0, (trainer.epoch + 1) / self.warmup) if self.warmup else 1.0
+        return -model.elbo(x, beta=beta).mean()
+
+    @torch.no_grad()
+    def validate(self, trainer, x, context):
+        model = trainer.eval_model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(trainer.seed + 1)
+            total = sum(model.elbo(b, self.k_val).double().sum().item() for b in _batches(x, 500))
+        return -total / len(x)
 
 
 def train_vae(
@@ -216,51 +218,41 @@ def train_vae(
     lr: float = 1e-3,
     warmup: int = 20,
     patience: int = 40,
-    max_seconds: float | None = None,
     seed: int = 0,
-    log_every: int = 0,
+    echo: bool = False,
 ) -> dict:
-    """Adam on the (warmed-up) ELBO; keeps the weights with the best validation ELBO
-    (5 samples per image) and stops after ``patience`` epochs without improvement, after
-    ``epochs``, or after ``max_seconds``. KL warm-up: ``beta = min(1, epoch / warmup)``."""
+    """Adam on the (warmed-up) ELBO through flowforge's Trainer: keeps the weights with the
+    best validation ELBO (5 samples per image) and stops after ``patience`` epochs without
+    improvement or after ``epochs``."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    x_train, x_val = splits["train"], splits["val"]
-    best, best_state, best_epoch, t0, epoch = -math.inf, None, 0, time.time(), 0
-    history = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        beta = min(1.0, epoch / warmup) if warmup else 1.0
-        perm = torch.randperm(x_train.shape[0], generator=gen)
-        total = 0.0
-        for idx in perm.split(batch_size):
-            loss = -model.elbo(x_train[idx], beta=beta).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-            opt.step()
-            total += loss.item() * len(idx)
-        model.eval()
-        val = _mean_elbo(model, x_val, 5, seed + 1)
-        history.append((epoch, -total / x_train.shape[0], val))
-        if log_every and epoch % log_every == 0:
-            print(f"  epoch {epoch}  beta {beta:.2f}  train {history[-1][1]:.2f}  val {val:.2f}")
-        # only a full-beta ELBO counts as a validation score
-        if beta >= 1.0 and val > best:
-            best, best_epoch = val, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        if beta >= 1.0 and epoch - best_epoch >= patience:
-            break
-        if max_seconds is not None and time.time() - t0 > max_seconds:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    trainer = Trainer(
+        model,
+        splits["train"],
+        splits["val"],
+        {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "optimizer": "adam",
+            "lr": lr,
+            "schedule": "constant",
+            "warmup_steps": 0,
+            "grad_clip": 100.0,
+            "patience": patience,
+            "tensorboard": False,
+        },
+        objective=ELBO(warmup),
+        seed=seed,
+        progress=False,
+        echo=echo,
+    )
+    t0 = time.time()
+    result = trainer.fit()
+    trainer.load_best()
     model.eval()
     return {
-        "epochs": epoch,
-        "best_epoch": best_epoch,
-        "best_val_elbo": best,
+        "epochs": result["epochs"],
+        "best_epoch": result["best_epoch"],
+        "best_val_elbo": -result["best_val"],
         "seconds": time.time() - t0,
     }
 

@@ -1,4 +1,4 @@
-"""The VAE with flow posteriors (issue 6): shapes, the bound ordering, gradients, a quick run."""
+"""The VAE example: shapes, the bound ordering, gradients, a quick run through the Trainer."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from model import POSTERIORS, VAE, evaluate_vae, load_digits_splits, train_vae
 
-from flowforge.workbench.vae import POSTERIORS, VAE, evaluate_vae, load_digits_splits, train_vae
-
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 
 
 def _tiny(kind: str, seed: int = 0) -> VAE:
@@ -100,7 +99,7 @@ def test_one_epoch_training_and_evaluation():
 
 
 def test_quick_table_script_runs(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("vae_table", ROOT / "scripts" / "vae_table.py")
+    spec = importlib.util.spec_from_file_location("vae_table", HERE / "table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     doc = tmp_path / "vi.md"

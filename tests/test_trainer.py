@@ -1,0 +1,184 @@
+"""The one Trainer: objectives, EMA, learning-rate halving, exact resume with every option,
+the batch-norm last batch, stability warnings, and keeping the best weights in memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge.workbench import Loss, ReverseKL, Trainer, WorkbenchError
+from flowforge.workbench.train import train
+
+TINY_CFG = {"model": {"name": "realnvp", "layers": 2, "hidden": [16]}, "layout": "vector"}
+
+
+def _flow(seed=0, **kw):
+    torch.manual_seed(seed)
+    return ff.models.RealNVP(features=2, layers=2, hidden=(8,), **kw)
+
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g) * torch.tensor([2.0, 0.5]) + 1.0
+
+
+QUIET = {"progress": False, "echo": False}
+
+
+def test_ema_weights_are_the_exponential_average():
+    flow, x = _flow(), _data()
+    seen = []
+
+    def record(t):
+        seen.append({k: v.detach().clone() for k, v in t.model.named_parameters()})
+
+    tr = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 16, "ema": 0.9,
+                                   "tensorboard": False}, callback=record, **QUIET)  # fmt: skip
+    start = {k: v.detach().clone() for k, v in flow.named_parameters()}
+    tr.fit()
+    want = dict(start)
+    for step in seen:
+        want = {k: 0.9 * want[k] + 0.1 * step[k] for k in want}
+    got = dict(tr.ema.named_parameters())
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    key = "transform.layers.0.net.net.2.weight"
+    assert not torch.equal(got[key], dict(flow.named_parameters())[key])
+
+
+def test_lr_halves_after_stale_epochs():
+    flow, x = _flow(), _data()
+    tr = Trainer(flow, x, x[:16], {"epochs": 6, "batch_size": 64, "halve_after": 2,
+                                   "schedule": "constant", "warmup_steps": 0, "patience": 0,
+                                   "tensorboard": False}, **QUIET)  # fmt: skip
+    vals = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])  # improves, then stalls
+    tr.objective.validate = lambda trainer, x, c: next(vals)
+    tr.fit()
+    lrs = [r["lr"] for r in tr.history if r["type"] == "epoch"]
+    # stale epochs 3 and 4 -> halved after epoch 4; stale 5, 6 -> halved again after epoch 6
+    assert lrs[:4] == [1e-3] * 4 and math.isclose(lrs[4], 5e-4) and math.isclose(lrs[5], 5e-4)
+    assert tr.lr_factor == 0.25
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ema": 0.95, "halve_after": 1, "schedule": "constant"},
+        {"optimizer": "adamax", "val_samples": 2, "init_batch": 40},
+    ],
+    ids=["ema-halving", "adamax-samples"],
+)
+def test_resume_is_bit_identical_with_every_option(tmp_path, options):
+    cfg = {**TINY_CFG, "model": {"name": "glow", "steps": 1, "hidden": 8, "blocks": 0},
+           "layout": "image", "data": {"name": "digits", "limit": 96},
+           "train": {"epochs": 3, "batch_size": 32, "warmup_steps": 2, "log_every": 1,
+                     "tensorboard": False, **options}}  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = train(cfg, a, **QUIET)
+    assert ra["status"] == "finished" and ra["steps"] == 9
+
+    def interrupt(trainer):
+        if trainer.global_step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert train(cfg, b, callback=interrupt, **QUIET)["status"] == "interrupted"
+    assert train({}, b, resume=True, **QUIET)["status"] == "finished"
+    assert (a / "model.ff").read_bytes() == (b / "model.ff").read_bytes()
+    assert (a / "checkpoint.safetensors").read_bytes() != b""
+
+    def strip(p):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"}
+                for line in (p / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert strip(a) == strip(b)
+
+
+def test_a_loss_of_your_own_and_the_best_weights_in_memory():
+    flow, x = _flow(), _data()
+
+    def loss(model, xb, c):  # maximum likelihood written by hand
+        return -model.log_prob(xb).mean()
+
+    vals = iter([3.0, 2.0, 2.5])
+    tr = Trainer(flow, x, x[:16], {"epochs": 3, "batch_size": 32, "patience": 0,
+                                   "tensorboard": False}, objective=loss, **QUIET)  # fmt: skip
+    snap = {}
+    real = tr.objective.validate
+
+    def validate(trainer, xv, c):
+        v = next(vals)
+        snap[v] = {k: t.clone() for k, t in trainer.model.state_dict().items()}
+        real(trainer, xv, c)
+        return v
+
+    tr.objective.validate = validate
+    res = tr.fit()
+    assert res["best_epoch"] == 2 and res["best_val"] == 2.0
+    tr.load_best()
+    assert all(torch.equal(v, snap[2.0][k]) for k, v in flow.state_dict().items())
+
+
+def test_reverse_kl_trains_without_data_and_skips_nonfinite_steps():
+    target = ff.targets.get("u1")
+    torch.manual_seed(0)
+    flow = ff.models.Planar(features=2, layers=4)
+    tr = Trainer(flow, train={"epochs": 1, "lr": 5e-3, "warmup_steps": 0,
+                              "tensorboard": False},
+                 objective=ReverseKL(target, batch=64), steps_per_epoch=150, **QUIET)  # fmt: skip
+    first = ReverseKL(target, n_val=2048).validate(tr, None, None)
+    res = tr.fit()
+    assert res["steps"] == 150 and res["best_val"] < first
+    with pytest.raises(WorkbenchError, match="steps_per_epoch"):
+        Trainer(flow, objective=ReverseKL(target), **QUIET)
+
+
+def test_batch_norm_never_sees_a_batch_of_one():
+    torch.manual_seed(0)
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,), batch_norm=True)
+    x = _data(65)  # 65 = 2 x 32 + 1
+    sizes = []
+
+    def loss(m, xb, c):
+        sizes.append(len(xb))
+        return -m.log_prob(xb).mean()
+
+    tr = Trainer(flow, x, x[:16], {"epochs": 2, "batch_size": 32, "tensorboard": False},
+                 objective=Loss(loss), **QUIET)  # fmt: skip
+    tr.fit()
+    train_sizes = sizes[: tr.global_step]
+    assert min(train_sizes) >= 2 and tr.steps_per_epoch == 2
+
+
+def test_unknown_options_and_a_nonfinite_validation_are_errors():
+    flow, x = _flow(), _data()
+    with pytest.raises(WorkbenchError, match=r"unknown train options \['lrr'\]"):
+        Trainer(flow, x, x, {"lrr": 1e-3}, **QUIET)
+    tr = Trainer(flow, x, x[:8], {"epochs": 1, "tensorboard": False}, **QUIET)
+    tr.objective.validate = lambda *a: float("nan")
+    with pytest.raises(WorkbenchError, match="validation nll is nan"):
+        tr.fit()
+
+
+def test_a_loss_spike_is_reported_with_the_layer():
+    flow, x = _flow(), _data(640)
+    tr = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 16, "tensorboard": False},
+                 **QUIET)  # fmt: skip
+    real = tr.objective.loss
+
+    def spiky(trainer, model, xb, c):
+        loss = real(trainer, model, xb, c)
+        return loss * 1000 if trainer.global_step == 30 else loss
+
+    tr.objective.loss = spiky
+    res = tr.fit()
+    assert len(res["warnings"]) >= 1
+    w = res["warnings"][0]
+    assert "step 31" in w and "jumped far above its running median" in w
+    assert "largest gradient" in w and "layers." in w
+    assert any(r["type"] == "warning" for r in tr.history)
