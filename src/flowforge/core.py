@@ -25,6 +25,7 @@ the :class:`Flow` is where a stray or a missing context is refused.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -469,11 +470,27 @@ class Flow(nn.Module):
         self.event_shape = transform.event_shape
         self.config: dict | None = None  # set by the builders in flowforge.models; used by ff.save
 
+    validate_args = True  # scan inputs for NaN/inf (set False on an instance or the class to skip)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype of the flow's weights (inputs are converted to it)."""
+        return self.base._anchor.dtype
+
     # -- checks ------------------------------------------------------------------------------
+    def _as_input(self, t: Tensor, what: str) -> Tensor:
+        """``t`` in the flow's dtype. Floating, integer and bool inputs are converted (so a
+        float64 numpy array, integer pixel values or a float16 batch just work); complex
+        inputs are refused."""
+        if not isinstance(t, Tensor):
+            raise TypeError(f"expected {what} to be a torch.Tensor, got {type(t).__name__}")
+        if t.is_complex():
+            raise ValueError(f"expected a real-valued {what} ({self.dtype}), got {t.dtype}")
+        return t if t.dtype == self.dtype else t.to(self.dtype)
+
     def _prepare(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None, tuple]:
         """Validate ``x`` and ``context``; flatten any batch shape to one dimension."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
+        x = self._as_input(x, "x")
         k = len(self.event_shape)
         if x.dim() < k + 1 or tuple(x.shape[x.dim() - k :]) != self.event_shape:
             raise ValueError(
@@ -481,7 +498,7 @@ class Flow(nn.Module):
                 f"got {_fmt(x.shape)}"
             )
         batch = tuple(x.shape[: x.dim() - k])
-        if not torch.isfinite(x).all():
+        if self.validate_args and not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5].tolist()
             raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
         x = x.reshape(-1, *self.event_shape)
@@ -500,10 +517,11 @@ class Flow(nn.Module):
             raise ValueError(
                 f"this flow is conditional and expects a context of shape (*batch, {c}), got None"
             )
+        context = self._as_input(context, "context")
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
             raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}")
-        if not torch.isfinite(context).all():
+        if self.validate_args and not torch.isfinite(context).all():
             raise ValueError("context contains NaN or inf")
         return context.reshape(-1, c)
 
@@ -525,31 +543,53 @@ class Flow(nn.Module):
         return self.log_prob(x, context)
 
     # -- sampling ----------------------------------------------------------------------------
-    def _sample_context(self, n: int, context: Tensor | None) -> tuple[Tensor | None, tuple]:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    @staticmethod
+    def _sample_shape(n) -> tuple[int, ...]:
+        """``n`` as a sample shape: an int-like (a Python or numpy integer, a 0-d integer tensor)
+        or a sequence of them (``(n,)``, ``torch.Size([n])``, ``(a, b)``), as torch accepts."""
+        items = list(n) if isinstance(n, (tuple, list, torch.Size)) else [n]
+        try:
+            if any(isinstance(i, bool) for i in items):
+                raise TypeError
+            shape = tuple(operator.index(i) for i in items)
+        except TypeError:
+            raise ValueError(f"expected a number of samples n >= 0, got {n!r}") from None
+        if any(i < 0 for i in shape):
             raise ValueError(f"expected a number of samples n >= 0, got {n!r}")
+        return shape
+
+    def _sample_context(self, n, context: Tensor | None) -> tuple[Tensor | None, tuple]:
+        sample_shape = self._sample_shape(n)
+        k = math.prod(sample_shape)
         if context is None:
             self._check_context(None, ())
-            return None, (n,)
+            return None, sample_shape
         if context.dim() == 1:
             context = context.unsqueeze(0)
-            squeeze = True
+            batch: tuple = ()
         else:
-            squeeze = False
+            batch = tuple(context.shape[:-1])
         context = self._check_context(context, tuple(context.shape[:-1]))
         b = context.shape[0]
-        ctx = context.unsqueeze(0).expand(n, b, -1).reshape(n * b, -1)
-        return ctx, ((n,) if squeeze else (n, b))
+        ctx = context.unsqueeze(0).expand(k, b, -1).reshape(k * b, -1)
+        return ctx, (*sample_shape, *batch)
 
     @torch.no_grad()
-    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """Draw ``n`` samples.
 
-        Returns ``(n, *event_shape)``. With a context of shape ``(B, c)``, returns
-        ``(n, B, *event_shape)``: ``n`` samples for each context row, drawn in one vectorised
-        call. A context of shape ``(c,)`` gives ``(n, *event_shape)``. ``temperature`` scales
-        the base noise (Glow's "temperature").
+        Returns ``(n, *event_shape)``; ``n`` may also be a sample shape (``(a, b)`` gives
+        ``(a, b, *event_shape)``). With a context of shape ``(B, c)`` (or ``(*batch, c)``),
+        returns ``(n, B, *event_shape)``: ``n`` samples for each context row, drawn in one
+        vectorised call. A context of shape ``(c,)`` gives ``(n, *event_shape)``.
+        ``temperature`` (finite, >= 0) scales the base noise (Glow's "temperature").
         """
+        if isinstance(temperature, bool) or not (
+            isinstance(temperature, (int, float))
+            and math.isfinite(temperature)
+            and temperature >= 0
+        ):
+            raise ValueError(f"expected a finite temperature >= 0, got {temperature!r}")
         ctx, shape = self._sample_context(n, context)
         z = self.base.sample(math.prod(shape), ctx, temperature=temperature)
         x, _ = self.transform.inverse(z, ctx)
@@ -557,7 +597,7 @@ class Flow(nn.Module):
             x = self.dequantizer.quantize(x)
         return x.reshape(*shape, *self.event_shape)
 
-    def rsample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, n, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Differentiable samples and their log-density, for reverse-KL / variational inference.
 
         Returns ``(x, log_q)`` with shapes ``(n, *event_shape)`` and ``(n,)`` (``(n, B, ...)``

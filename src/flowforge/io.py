@@ -21,18 +21,23 @@ import os
 import stat
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .core import Flow
 
-__all__ = ["save", "load", "atomic_write", "pack", "unpack", "FORMAT", "MAX_BYTES"]
+__all__ = ["save", "load", "atomic_write", "pack", "unpack", "Budget", "FORMAT", "MAX_BYTES"]
 
 FORMAT = "flowforge/2"
 FORMATS = ("flowforge/1", FORMAT)
 MODEL_FILE = "model.ff"  # the model file of a workbench run folder
 MAX_BYTES = 4 * 2**30  # the largest file read unless the caller raises it (4 GiB)
+BUILD_FLOOR = 64 * 2**20  # a file's model may allocate 8x its tensors' bytes, at least this
+BUILD_SECONDS = 30.0  # and take at most this long to build
 _MAX_HEADER = 16 * 2**20  # safetensors' own limit on the JSON header is larger; ours is 16 MiB
 _DTYPES = {
     "F64": torch.float64,
@@ -59,11 +64,15 @@ def _safetensors():
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    An ``OSError`` (a full disk, a read-only folder) names the file and leaves any previous
+    version of it in place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
@@ -72,8 +81,16 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        raise OSError(
+            e.errno, f"cannot write {path}: {reason}; the previous file is kept"
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -248,18 +265,97 @@ def _upgrade_format1(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[di
     return config, tensors
 
 
-def from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> Flow:
-    """Rebuild a flow from a config and its tensors."""
+class Budget(TorchDispatchMode):
+    """Counts every tensor a build allocates, *before* it is allocated (the op's output shape
+    is computed on the meta device first), and stops the build beyond ``max_bytes`` or
+    ``max_seconds``: a file's configuration can then never make flowforge allocate or compute
+    without bound."""
+
+    def __init__(self, max_bytes: int, max_seconds: float):
+        super().__init__()
+        self.max_bytes, self.max_seconds = max_bytes, max_seconds
+        self.used, self.start = 0, time.monotonic()
+
+    @staticmethod
+    def _new_bytes(out) -> int:
+        return sum(
+            t.numel() * t.element_size()
+            for t in tree_flatten(out)[0]
+            if isinstance(t, torch.Tensor) and not t._is_view()
+        )
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        try:  # the output's size, from the op's meta kernel, without allocating anything
+            meta = tree_map(
+                lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (args, kwargs)
+            )
+            if "device" in meta[1]:
+                meta[1]["device"] = torch.device("meta")
+            need = self._new_bytes(func(*meta[0], **meta[1]))
+        except Exception:  # no meta kernel (data-dependent ops): their outputs are small
+            need = 0
+        self.used += need
+        if self.used > self.max_bytes:
+            raise ValueError(
+                f"its configuration would allocate more than {self.max_bytes:,} bytes, far more "
+                "than the file holds; refusing to build it"
+            )
+        if time.monotonic() - self.start > self.max_seconds:
+            raise ValueError(
+                f"its configuration takes more than {self.max_seconds:g} s to build; refusing"
+            )
+        return func(*args, **kwargs)
+
+
+def _check_tensors(flow: Flow, tensors: dict[str, torch.Tensor]) -> None:
+    """The file's tensors are exactly the model's state: names, shapes, kinds of dtype."""
+    want = flow.state_dict()
+    missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    if missing or extra:
+        raise ValueError(
+            "checkpoint does not match its configuration: "
+            + (f"missing tensors {missing[:4]}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"unexpected tensors {extra[:4]}" if extra else "")
+        )
+    for k, w in want.items():
+        t = tensors[k]
+        if tuple(t.shape) != tuple(w.shape):
+            raise ValueError(
+                f"checkpoint does not match its configuration: tensor {k!r} has shape "
+                f"{tuple(t.shape)}, the model expects {tuple(w.shape)}"
+            )
+        if t.is_floating_point() != w.is_floating_point() or (t.dtype == torch.bool) != (
+            w.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"checkpoint does not match its configuration: tensor {k!r} is {t.dtype}, the "
+                f"model expects {w.dtype}"
+            )
+
+
+def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | None = None) -> Flow:
+    """Rebuild a flow from a config and its tensors.
+
+    The build runs under an allocation budget (``max_bytes``; default eight times the
+    tensors' size, at least 64 MiB) and a time limit (30 s), and the built model's tensors
+    must match the file's names, shapes and kinds of dtype before anything is copied."""
     from . import models
 
     config = meta["config"]
     if meta.get("format") == "flowforge/1":
         config, tensors = _upgrade_format1(config, tensors)
-    flow = models.build(config["model"], **config["kwargs"])
-    for layer in config.get("prefix", []):
-        if layer != "standardize":
-            raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")
-        flow = models.standardized(flow)
+    if max_bytes is None:
+        held = sum(t.numel() * t.element_size() for t in tensors.values())
+        max_bytes = max(BUILD_FLOOR, 8 * held)
+    with Budget(max_bytes, BUILD_SECONDS):
+        flow = models.build(config["model"], **config["kwargs"])
+        for layer in config.get("prefix", []):
+            if layer != "standardize":
+                raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")
+            flow = models.standardized(flow)
+    _check_tensors(flow, tensors)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         flow.to(dtypes.pop())

@@ -87,6 +87,12 @@ class BatchNorm(Transform):
 
     def _forward(self, x, context):
         if self.training:
+            if x.shape[0] * self.positions < 2:
+                raise ValueError(
+                    f"BatchNorm in training mode estimates a variance per channel and needs at "
+                    f"least 2 values of it, got a batch of {x.shape[0]}; evaluate single "
+                    "examples in eval mode (flow.eval()), which uses the running statistics"
+                )
             mean, var = _channel_stats(x)
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)

@@ -28,6 +28,8 @@ __all__ = [
     "user_part",
     "config_diff",
     "deep_merge",
+    "checked",
+    "TRAIN_CHECKS",
 ]
 
 DEFAULT_TRAIN: dict = {
@@ -282,7 +284,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
 }
 
 
-def _checked(key: str, value, check: Callable):
+def checked(key: str, value, check: Callable):
     try:
         return check(value)
     except ValueError as e:
@@ -295,9 +297,9 @@ def resolve_config(*layers: dict | None) -> dict:
     for layer in layers:
         cfg = merge_config(cfg, layer)
     cfg = cfg or merge_config(None, None)
-    cfg["seed"] = _checked("seed", cfg["seed"], _int(0))
-    cfg["data"]["seed"] = _checked("data.seed", cfg["data"]["seed"], _int(0))
-    cfg["layout"] = _checked("layout", cfg["layout"], _choice(*LAYOUTS))
+    cfg["seed"] = checked("seed", cfg["seed"], _int(0))
+    cfg["data"]["seed"] = checked("data.seed", cfg["data"]["seed"], _int(0))
+    cfg["layout"] = checked("layout", cfg["layout"], _choice(*LAYOUTS))
     if not cfg["model"]["name"]:
         raise WorkbenchError("no model given: use --model NAME or a 'model:' section")
     if not cfg["data"]["name"]:
@@ -308,10 +310,10 @@ def resolve_config(*layers: dict | None) -> dict:
         raise WorkbenchError(str(e)) from None
     cfg["model"]["name"] = spec.name.lower()
     for k, check in TRAIN_CHECKS.items():
-        cfg["train"][k] = _checked(f"train.{k}", cfg["train"][k], check)
+        cfg["train"][k] = checked(f"train.{k}", cfg["train"][k], check)
     limit = cfg["data"]["options"].get("limit")
     if limit is not None:
-        _checked("data.limit", limit, _int(1))
+        checked("data.limit", limit, _int(1))
     return json.loads(json.dumps(cfg))  # plain JSON types only (tuples -> lists)
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import io
 from .build import build_flow, describe
 from .config import DEFAULT_TRAIN, read_config, resolve_config
 from .data import load_dataset
 from .distributed import barrier, device, dist_env, init_distributed
-from .errors import NonFiniteError, RunError, WorkbenchError
+from .errors import DataError, NonFiniteError, RunError, WorkbenchError
 from .runs import (
+    CKPT_FILE,
     CONFIG_FILE,
     RUN_FORMAT,
     RunLock,
@@ -59,15 +61,34 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _splits_fingerprint(ds) -> dict:
+    return fingerprint(
+        *(ds.split(k) for k in ("train", "val", "test")),
+        *(ds.split_context(k) for k in ("train", "val")),
+    )
+
+
 def run_dataset(cfg: dict):
-    """Reload the dataset a run was trained on (a file is read again from the path the run
-    recorded when it still exists and the name alone no longer resolves)."""
+    """Reload the dataset a run was trained on, and check it is that data.
+
+    A file is read again from the path the run recorded when the name alone no longer
+    resolves. The data's fingerprint (recorded when the run started) must match, so a run
+    folder's config can never make flowforge read and plot some other file of yours, and a
+    run is never evaluated on data that changed since."""
     d = cfg["data"]
     name = d["name"]
-    path = cfg.get("resolved", {}).get("data_path")
+    resolved = cfg.get("resolved", {})
+    path = resolved.get("data_path")
     if path and not Path(name).exists() and Path(path).exists():
         name = path
-    return load_dataset(name, seed=d["seed"], **d["options"])
+    ds = load_dataset(name, seed=d["seed"], **d["options"])
+    want = resolved.get("data_fingerprint")
+    if want is not None and _splits_fingerprint(ds) != want:
+        raise DataError(
+            f"the data at {name} is not the data this run was trained on (its fingerprint "
+            "differs); evaluate a file of your choice with --data instead"
+        )
+    return ds
 
 
 def _check_fingerprint(out: Path, stored: dict, fp: dict) -> None:
@@ -110,13 +131,15 @@ def train(
         device(cfg["train"]["device"])  # refuse a missing device before writing anything
         ds = load_dataset(cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"])
         seed_all(cfg["seed"])
-        flow, _, resolved = build_flow(cfg, ds)
+        if resume:  # the stored config came from a folder: build it under the file budget
+            size = (out / CKPT_FILE).stat().st_size
+            with io.Budget(max(io.BUILD_FLOOR, 8 * size), io.BUILD_SECONDS):
+                flow, _, resolved = build_flow(cfg, ds)
+        else:
+            flow, _, resolved = build_flow(cfg, ds)
         if Path(cfg["data"]["name"]).exists():
             resolved["data_path"] = str(Path(cfg["data"]["name"]).resolve())
-        resolved["data_fingerprint"] = fingerprint(
-            *(ds.split(k) for k in ("train", "val", "test")),
-            *(ds.split_context(k) for k in ("train", "val")),
-        )
+        resolved["data_fingerprint"] = _splits_fingerprint(ds)
         if stored is not None:
             if stored["resolved"].get("flow_config") != resolved["flow_config"]:
                 raise RunError(

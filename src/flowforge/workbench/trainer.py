@@ -32,7 +32,7 @@ from .. import io
 from ..core import layer_metrics, needs_data_init, regularization
 from ..objectives import reverse_kl
 from .checkpoint import optimizer_state, read_checkpoint, save_checkpoint, set_rng_state
-from .config import DEFAULT_TRAIN, OBJECTIVES
+from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked
 from .distributed import device as resolve_device
 from .distributed import dist_env
 from .errors import NonFiniteError, RunError, WorkbenchError
@@ -189,6 +189,18 @@ def _nonfinite(obj) -> bool:
     if isinstance(obj, (tuple, list)):
         return any(_nonfinite(o) for o in obj)
     return False
+
+
+def _check_rows(t: Tensor | None, what: str) -> None:
+    """Once, before training: the data's NaN/inf rows, by their index in the data set."""
+    if t is None or not t.is_floating_point():
+        return
+    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+    if bad.any():
+        rows = bad.nonzero().flatten()[:8].tolist()
+        raise WorkbenchError(
+            f"the {what} data has NaN or inf in {int(bad.sum())} row(s), first at rows {rows}"
+        )
 
 
 def _layer_name(model: torch.nn.Module, name: str) -> str:
@@ -365,7 +377,10 @@ class Trainer:
         unknown = set(train or {}) - set(DEFAULT_TRAIN)
         if unknown:
             raise WorkbenchError(f"unknown train options {sorted(unknown)}")
-        self.cfg = {**DEFAULT_TRAIN, **(train or {})}
+        self.cfg = {
+            k: checked(f"train.{k}", v, TRAIN_CHECKS[k])
+            for k, v in {**DEFAULT_TRAIN, **(train or {})}.items()
+        }
         self.objective = make_objective(self.cfg["objective"] if objective is None else objective)
         self.model, self.seed = model, int(seed)
         self.out = None if out is None else Path(out)
@@ -380,6 +395,10 @@ class Trainer:
                 raise WorkbenchError(f"the {self.objective.name} objective needs data")
             if len(train_x) == 0 or len(val_x) == 0:
                 raise WorkbenchError("the training and validation sets must not be empty")
+            for what, t in (("training", train_x), ("validation", val_x),
+                            ("training context", train_context),
+                            ("validation context", val_context)):  # fmt: skip
+                _check_rows(t, what)
         self.model_bytes = model_bytes or io.to_bytes
         self.bits_dims = bits_dims
         self.progress, self.callback, self.echo = progress, callback, echo
