@@ -97,6 +97,12 @@ def sample_run(
     return x.reshape(-1, *cfg["resolved"]["data_shape"])
 
 
+def _csv_field(name: str) -> str:
+    if any(c in name for c in ',"\n\r'):
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
 def save_samples(x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "") -> None:
     """Write samples as .npy, .csv or .png (a grid for images, a scatter for 2-D data)."""
     from ..io import atomic_write
@@ -114,7 +120,11 @@ def save_samples(x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "")
     if suffix == ".csv":
         if x.dim() != 2:
             raise WorkbenchError("CSV output needs vector data; use .npy or .png for images")
-        text = "\n".join(",".join(f"{v:.9g}" for v in row) for row in x.tolist()) + "\n"
+        rows = [",".join(f"{v:.9g}" for v in row) for row in x.tolist()]
+        names = cfg.get("resolved", {}).get("columns")
+        if names and len(names) == x.shape[1]:
+            rows.insert(0, ",".join(_csv_field(n) for n in names))
+        text = "\n".join(rows) + "\n"
         atomic_write(path, text.encode())
         return
     if suffix != ".png":

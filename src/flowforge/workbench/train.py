@@ -162,6 +162,8 @@ def train(
             barrier()
             if echo and rank == 0:
                 print(describe(cfg, resolved, ds, world), flush=True)
+                for note in ds.info.get("warnings", ()):
+                    print(f"warning: {note}", flush=True)
             trainer = Trainer(
                 flow,
                 ds.train.reshape(-1, *shape),
