@@ -282,7 +282,10 @@ class _Signals:
             signal.signal(s, h)
         return False
 
-    def deferred(self):
+    def deferred(self, reraise: bool = True):
+        """Signals wait while inside; on leaving, a waiting one raises KeyboardInterrupt
+        (``reraise=False``: it is only recorded in ``self.pending``, e.g. during the save
+        that an interrupt itself asked for)."""
         signals = self
 
         class _Deferred:
@@ -291,7 +294,7 @@ class _Signals:
 
             def __exit__(self, *exc):
                 signals.deferring = False
-                if signals.pending and exc[0] is None:
+                if reraise and signals.pending and exc[0] is None:
                     signals.pending = False
                     raise KeyboardInterrupt
                 return False
@@ -575,12 +578,14 @@ class Trainer:
         "last_halved", "lr_factor", "skipped", "finished", "epoch_losses",
     )  # fmt: skip
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, final: bool = False) -> None:
+        """Write the checkpoint; a signal during the write waits for it to finish (and, unless
+        ``final``, then interrupts training)."""
         if not self.writer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
         meta.update(seed=self.seed, world=self.world)
-        ctx = self._signals.deferred() if self._signals else _nothing()
+        ctx = self._signals.deferred(reraise=not final) if self._signals else _nothing()
         with ctx:
             save_checkpoint(self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema)
 
@@ -650,13 +655,13 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             status = "interrupted"
-            self._signals = None  # a further signal now interrupts the save: the old file stays
-            try:
-                with _Signals() as self._signals:
-                    self.save_checkpoint()
-                saved = "checkpoint saved (resume with --resume)"
-            except KeyboardInterrupt:
-                saved = "interrupted again while saving: the previous checkpoint is kept"
+            # A further signal waits for this save to finish: the checkpoint is written whole.
+            with _Signals() as self._signals:
+                self.save_checkpoint(final=True)
+                again = self._signals.pending
+            saved = "checkpoint saved (resume with --resume)" if self.writer else "nothing saved"
+            if again:
+                saved += "; a second signal arrived during the save and waited for it"
             self._say(f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; {saved}")
         finally:
             self._signals = None
