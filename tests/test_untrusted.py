@@ -180,3 +180,21 @@ def test_library_numbers_are_finite_or_errors():
         ff.nll(flow, torch.full((3, 2), 1e30))
     # float64 input to a float32 flow is converted, as documented
     assert flow.log_prob(x.double()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("a: &x [1, 2]\nb: *x\n", "aliases"),
+        ("model: !!python/object/apply:os.system ['echo hi']\n", "constructor"),
+        ("train:\n  lr: abc\n", "train.lr"),
+        ("train:\n  epochs: true\n", "train.epochs"),
+    ],
+)
+def test_config_files_are_data(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--model", "realnvp", "--data", "moons",
+                     "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, needle)
+    assert not (tmp_path / "r").exists()
