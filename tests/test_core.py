@@ -351,3 +351,10 @@ def test_standardized_flow_scores_raw_data_and_round_trips(tmp_path):
     again = ff.load(tmp_path / "s.ff")
     assert again.config["prefix"] == ["standardize"]
     assert torch.allclose(again.log_prob(x), want)
+
+
+def test_rsample_is_differentiable_and_shaped_like_sample(flow):
+    x = flow.rsample(5)
+    assert x.shape == flow.sample(5).shape and x.requires_grad
+    x.square().sum().backward()
+    assert any(p.grad is not None for p in flow.parameters())

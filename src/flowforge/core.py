@@ -597,6 +597,11 @@ class Flow(nn.Module):
             x = self.dequantizer.quantize(x)
         return x.reshape(*shape, *self.event_shape)
 
+    def rsample(self, n, context: Tensor | None = None) -> Tensor:
+        """Differentiable samples (reparameterised through the base and the flow), shaped as
+        :meth:`sample` gives them; continuous (any dequantizer is ignored)."""
+        return self.rsample_and_log_prob(n, context)[0]
+
     def rsample_and_log_prob(self, n, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Differentiable samples and their log-density, for reverse-KL / variational inference.
 
