@@ -14,12 +14,22 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("distributions", "models", "nets", "objectives", "targets", "transforms", "io")
+_SUBMODULES = (
+    "distributions",
+    "io",
+    "models",
+    "nets",
+    "objectives",
+    "reversible",
+    "targets",
+    "transforms",
+)
 _NAMES = {
     "Compose": "core",
     "Flow": "core",
     "Inverse": "core",
     "Transform": "core",
+    "memory_saving": "core",
     "load": "io",
     "save": "io",
     "bits_per_dim": "objectives",

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ._util import event_shape as _event_shape
+from .reversible import ReversibleChain, refusal
 
 __all__ = [
     "Transform",
@@ -197,7 +198,13 @@ class Compose(Transform):
         tols = [layer.numeric_inverse for layer in layers if layer.numeric_inverse]
         self.numeric_inverse = sum(tols) if tols else None
 
+    memory_saving = False  # see flowforge.memory_saving; not saved with the model
+
     def _forward(self, x, context):
+        if self.memory_saving and torch.is_grad_enabled():
+            params = [p for p in self.layers.parameters() if p.requires_grad]
+            if params or x.requires_grad or (context is not None and context.requires_grad):
+                return ReversibleChain.apply(list(self.layers), context, x, *params)
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, l = layer(x, context)
@@ -219,6 +226,35 @@ class Compose(Transform):
 
     def extra_repr(self) -> str:
         return ""
+
+
+def memory_saving(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch memory-saving backpropagation on (or off) for every :class:`Compose` in
+    ``module`` (a :class:`Flow` or a transform) and return ``module``.
+
+    Each chain then keeps only its output for the backward pass and recomputes every layer's
+    input with the layer's exact inverse (see :mod:`flowforge.reversible`): training memory no
+    longer grows with depth, for about one more forward and one inverse pass per step.
+
+    Raises:
+        ValueError: if a chain holds a layer that cannot be recomputed exactly from its output
+            (numerical inverses, BatchNorm); nothing is switched then.
+    """
+    chains = [m for m in module.modules() if isinstance(m, Compose)]
+    if not chains:
+        raise ValueError(f"{type(module).__name__} holds no chain of layers (Compose)")
+    if enabled:
+        for chain in chains:
+            for i, layer in enumerate(chain.layers):
+                why = refusal(layer)
+                if why:
+                    raise ValueError(
+                        f"memory saving recomputes each layer's input from its output, but layer "
+                        f"{i} ({type(layer).__name__}) cannot be inverted exactly: {why}"
+                    )
+    for chain in chains:
+        chain.memory_saving = bool(enabled)
+    return module
 
 
 class Inverse(Transform):

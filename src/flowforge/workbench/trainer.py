@@ -390,6 +390,13 @@ class Trainer:
         self.rank, self.world = dist_env()
         self.device = resolve_device(self.cfg["device"])
         self.model.to(self.device)
+        if self.cfg["memory_saving"]:
+            from ..core import memory_saving
+
+            try:
+                memory_saving(self.model)
+            except ValueError as e:
+                raise WorkbenchError(f"train.memory_saving: {e}") from None
         put = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         self.train_x, self.val_x = put(train_x), put(val_x)
         self.train_c, self.val_c = put(train_context), put(val_context)
