@@ -506,7 +506,14 @@ class Flow(nn.Module):
         self.event_shape = transform.event_shape
         self.config: dict | None = None  # set by the builders in flowforge.models; used by ff.save
 
-    validate_args = True  # scan inputs for NaN/inf (set False on an instance or the class to skip)
+    # Scan inputs and contexts for NaN/inf (a clear ValueError instead of a NaN result). None:
+    # on CPU tensors, where the scan is one cheap reduction; skipped on accelerators, where it
+    # would force a host synchronisation every call. True/False: always/never (per instance or
+    # on the class, as torch.distributions' validate_args).
+    validate_args: bool | None = None
+
+    def _validating(self, t: Tensor) -> bool:
+        return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -534,7 +541,7 @@ class Flow(nn.Module):
                 f"got {_fmt(x.shape)}"
             )
         batch = tuple(x.shape[: x.dim() - k])
-        if self.validate_args and not torch.isfinite(x).all():
+        if self._validating(x) and not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5].tolist()
             raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
         x = x.reshape(-1, *self.event_shape)
@@ -557,7 +564,7 @@ class Flow(nn.Module):
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
             raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}")
-        if self.validate_args and not torch.isfinite(context).all():
+        if self._validating(context) and not torch.isfinite(context).all():
             raise ValueError("context contains NaN or inf")
         return context.reshape(-1, c)
 
