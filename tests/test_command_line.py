@@ -162,3 +162,17 @@ def test_a_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
     rc, _, err = run_cli(capsys, "train", "--model", "glow", "--data", folder,
                          "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "too large to read safely")
+
+
+def test_a_section_of_the_wrong_type_and_a_file_that_is_not_numpy(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: [1, 2]\n")
+    rc, _, err = run_cli(capsys, "train", "--config", cfg, "--model", "realnvp", "--data",
+                         "moons", "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "'train' must be a mapping")
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(b"x")
+    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", bad,
+                         "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "not a numeric numpy array")
+    assert not (tmp_path / "r").exists()

@@ -304,7 +304,10 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise DataError(f"{path} holds Python objects; only numeric arrays are read") from None
+            raise DataError(
+                f"{path} is not a numeric numpy array (it holds Python objects or is not a .npy/"
+                ".npz file at all); only numeric arrays are read"
+            ) from None
         raise DataError(f"{path} is not a readable numpy file: {e}") from None
     except (OSError, EOFError) as e:
         raise DataError(f"{path} is not a readable numpy file: {e}") from None

@@ -125,7 +125,9 @@ def train(
     import torch.distributed as dist
 
     out = Path(out)
-    started = init_distributed(str((config.get("train") or {}).get("device", "cpu")))
+    section = config.get("train") if isinstance(config, dict) else None
+    device_name = section.get("device", "cpu") if isinstance(section, dict) else "cpu"
+    started = init_distributed(str(device_name))
     try:
         rank, world = dist_env()
         stored_raw = run_config(out) if resume else None
