@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -198,3 +199,41 @@ def test_config_files_are_data(tmp_path, capsys, text, needle):
                      "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, needle)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"epoch": "abc"}, "'epoch' is 'abc'"),
+        ({"step_in_epoch": 10**9}, "'step_in_epoch'"),
+        ({"global_step": -1}, "'global_step'"),
+        ({"finished": "rm -rf"}, "status"),
+        ("rng", "cannot resume"),
+    ],
+)
+def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle):
+    from flowforge.workbench.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+
+    def stop(trainer):  # interrupt in the middle of the second epoch: a resumable checkpoint
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    from flowforge.workbench.train import train
+
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "data": {"name": "moons",
+           "limit": 64}, "train": {"epochs": 3, "batch_size": 32}}  # fmt: skip
+    assert train(cfg, run, progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    path = run / "checkpoint.safetensors"
+    meta, tensors = read_checkpoint(path)
+    if change == "rng":
+        key = next(k for k in tensors if k.startswith("rng/"))
+        tensors[key] = tensors[key][:3]
+    else:
+        meta.update(change)
+    path.write_bytes(io.pack(tensors, meta))
+    before = path.read_bytes()
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, needle)
+    assert path.read_bytes() == before

@@ -596,6 +596,31 @@ class Trainer:
         with ctx:
             save_checkpoint(self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema)
 
+    def _check_counters(self, st: dict) -> None:
+        """A checkpoint's counters must describe a point of this run (ValueError otherwise)."""
+
+        def whole(k, lo=0, hi=None):
+            v = st[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+                span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise ValueError(f"its counter {k!r} is {v!r}, expected an integer {span}")
+
+        whole("epoch", 0, self.cfg["epochs"])
+        whole("step_in_epoch", 0, max(self.steps_per_epoch - 1, 0))
+        whole("global_step", 0, self.cfg["epochs"] * self.steps_per_epoch)
+        whole("best_epoch", -1, self.cfg["epochs"])
+        whole("bad_epochs", 0, self.cfg["epochs"])
+        whole("last_halved", -1, self.cfg["epochs"])
+        whole("skipped", 0)
+        for k in ("best", "lr_factor"):
+            if isinstance(st[k], bool) or not isinstance(st[k], (int, float)):
+                raise ValueError(f"its value {k!r} is {st[k]!r}, expected a number")
+        if st["finished"] not in (None, "finished", "early-stopped"):
+            raise ValueError(f"its status {st['finished']!r} is not one this trainer writes")
+        losses = st["epoch_losses"]
+        if not isinstance(losses, list) or len(losses) > self.steps_per_epoch:
+            raise ValueError("its list of the epoch's losses is malformed")
+
     def load_checkpoint(self) -> None:
         meta, tensors = read_checkpoint(self.out / CKPT_FILE)
         model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -607,12 +632,14 @@ class Trainer:
             self.opt.load_state_dict(optimizer_state(tensors, meta["optimizer"]))
             lambdas = [None] * len(self.opt.param_groups)  # closures: rebuilt, not stored
             self.sched.load_state_dict({**meta["scheduler"], "lr_lambdas": lambdas})
-            for k in self._STATE:
-                setattr(self, k, meta.get(k, getattr(self, k)))
+            state = {k: meta.get(k, getattr(self, k)) for k in self._STATE}
+            self._check_counters(state)
+            for k, v in state.items():
+                setattr(self, k, v)
             set_rng_state(tensors, meta["rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             msg = " ".join(str(e).split())[:300]
-            raise RunError(f"checkpoint does not match this run's model: {msg}") from None
+            raise RunError(f"cannot resume from {self.out / CKPT_FILE}: {msg}") from None
         if meta.get("world", 1) != self.world:
             self._say(
                 f"note: resuming a {meta.get('world')}-process run on {self.world}; "
