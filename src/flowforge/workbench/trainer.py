@@ -204,17 +204,23 @@ def _check_rows(t: Tensor | None, what: str) -> None:
 
 
 def _layer_name(model: torch.nn.Module, name: str) -> str:
-    """``layers.3 (Coupling)`` for a parameter or module path inside a flow."""
-    parts = name.split(".")
-    top = name
-    for i in range(len(parts)):
-        if parts[i] == "layers" and i + 1 < len(parts):
-            top = ".".join(parts[: i + 2])
-            break
+    """``transform.layers.3 (Coupling)`` for a parameter or module path inside a flow: the
+    deepest layer (a :class:`~flowforge.Transform` other than a chain) that holds it."""
+    from ..core import Compose, Transform
+
     mods = dict(model.named_modules())
-    while top and top not in mods:
-        top = top.rpartition(".")[0]
-    return f"{top} ({type(mods[top]).__name__})" if top else name
+    parts = name.split(".")
+    best = None
+    for i in range(1, len(parts) + 1):
+        m = mods.get(".".join(parts[:i]))
+        if isinstance(m, Transform) and not isinstance(m, Compose):
+            best = ".".join(parts[:i])
+    if best is None:
+        top = name
+        while top and top not in mods:
+            top = top.rpartition(".")[0]
+        best = top
+    return f"{best} ({type(mods[best]).__name__})" if best else name
 
 
 @torch.no_grad()
@@ -601,7 +607,12 @@ class Trainer:
 
         def whole(k, lo=0, hi=None):
             v = st[k]
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int)
+                or v < lo
+                or (hi is not None and v > hi)
+            ):
                 span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
                 raise ValueError(f"its counter {k!r} is {v!r}, expected an integer {span}")
 
@@ -866,17 +877,20 @@ class Trainer:
         return self.model
 
     def _largest_gradient(self) -> str:
-        best, where = 0.0, None
+        """Where the gradient is largest: the layer holding the largest share of its norm."""
+        share: dict[str, float] = {}
         for name, p in self.model.named_parameters():
             if p.grad is not None:
-                g = float(p.grad.detach().norm())
-                if not math.isfinite(g) or g > best:
-                    best, where = g, name
-                    if not math.isfinite(g):
-                        break
-        if where is None:
+                g = float(p.grad.detach().float().square().sum())
+                if not math.isfinite(g):
+                    return f"non-finite gradient in {_layer_name(self.model, name)}"
+                layer = _layer_name(self.model, name)
+                share[layer] = share.get(layer, 0.0) + g
+        total = sum(share.values())
+        if not share or total <= 0:
             return "no gradient recorded"
-        return f"largest gradient {best:.3g} in {_layer_name(self.model, where)}"
+        where = max(share, key=share.get)
+        return f"largest gradient in {where} ({share[where] / total:.0%} of its squared norm)"
 
     def _nonfinite(self, xb, cb, rng, what: str) -> None:
         where = find_nonfinite(
