@@ -149,7 +149,7 @@ def _train_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     from .config import deep_merge, read_config
-    from .train import train
+    from .runner import train
 
     layers = []
     if args.config:
@@ -249,7 +249,7 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from .evaluate import evaluate_run
     from .report import write_report
-    from .train import train
+    from .runner import train
 
     cfg = json.loads(json.dumps(DEMO))
     if args.epochs is not None:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .runner import run_dataset
 from .runs import load_run, read_metrics, run_config
-from .train import run_dataset
 
 __all__ = [
     "write_report",
