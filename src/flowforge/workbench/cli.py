@@ -122,6 +122,7 @@ def _train_overrides(args) -> dict:
         ("grad_clip", "grad_clip"),
         ("patience", "patience"),
         ("device", "device"),
+        ("objective", "objective"),
     ):
         v = getattr(args, flag)
         if v is not None:
@@ -359,6 +360,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-steps", type=int)
     s.add_argument("--grad-clip", type=float)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    s.add_argument(
+        "--objective",
+        help="nll (default) or, for a CNF, flow-matching, flow-matching-ot, flow-matching-vp",
+    )
     s.add_argument("--limit", type=int, help="use only the first N training examples")
     s.add_argument(
         "--conditional",
