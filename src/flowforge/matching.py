@@ -447,9 +447,7 @@ def log_likelihood(
     t0 = time.perf_counter()
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with (
-        solver(
-            flow, method, steps=steps, rtol=rtol, atol=atol, trace=trace, max_steps=max_steps
-        ),
+        solver(flow, method, steps=steps, rtol=rtol, atol=atol, trace=trace, max_steps=max_steps),
         rng,
         torch.no_grad(),
     ):

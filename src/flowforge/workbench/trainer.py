@@ -44,7 +44,7 @@ __all__ = [
     "NLL",
     "ReverseKL",
     "Loss",
-    "FlowMatching",
+    "FlowMatchingObjective",
     "make_objective",
     "adam",
     "find_nonfinite",
@@ -147,7 +147,7 @@ class Loss(Objective):
             model.train(was)
 
 
-class FlowMatching(Objective):
+class FlowMatchingObjective(Objective):
     """Conditional flow matching of a flow that ends in a CNF (:mod:`flowforge.matching`):
     ``path`` ``"linear"`` or ``"vp"``, ``ot`` mini-batch OT pairing, ``sigma`` path noise.
     Validated by the flow-matching loss on the validation set with seeded times and noise
@@ -180,9 +180,9 @@ class FlowMatching(Objective):
 
 _OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "nll": NLL,
-    "flow-matching": lambda: FlowMatching(),
-    "flow-matching-ot": lambda: FlowMatching(ot=True, name="flow-matching-ot"),
-    "flow-matching-vp": lambda: FlowMatching(path="vp", name="flow-matching-vp"),
+    "flow-matching": lambda: FlowMatchingObjective(),
+    "flow-matching-ot": lambda: FlowMatchingObjective(ot=True, name="flow-matching-ot"),
+    "flow-matching-vp": lambda: FlowMatchingObjective(path="vp", name="flow-matching-vp"),
 }
 assert set(_OBJECTIVES) == set(OBJECTIVES), "config.OBJECTIVES and the trainer's must agree"
 
