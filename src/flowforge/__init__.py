@@ -14,7 +14,16 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("distributions", "models", "nets", "objectives", "targets", "transforms", "io")
+_SUBMODULES = (
+    "distributions",
+    "models",
+    "nets",
+    "objectives",
+    "targets",
+    "transforms",
+    "io",
+    "matching",
+)
 _NAMES = {
     "Compose": "core",
     "Flow": "core",
