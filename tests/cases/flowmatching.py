@@ -40,6 +40,6 @@ CASES = [
     ),
     Case(
         "fm-cnf-trained-rk4",
-        lambda: trained("linear", hidden=(8,), method="rk4", step_size=0.05, trace="exact"),
+        lambda: trained("linear", hidden=(8,), method="rk4", step_size=0.025, trace="exact"),
     ),
 ]
