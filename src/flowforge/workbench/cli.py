@@ -184,8 +184,12 @@ def _finish_train(result: dict) -> int:
         return 130
     if rank == 0:
         best = result["best_val_nll"]
-        msg = f"{result['status']}: best val NLL {best:.4f} nats/example"
-        if result.get("best_val_bpd") is not None:
+        what = result.get("objective", "nll")
+        if what == "nll":
+            msg = f"{result['status']}: best val NLL {best:.4f} nats/example"
+        else:  # e.g. flow matching: its own validation loss, not a likelihood
+            msg = f"{result['status']}: best val {what} loss {best:.4f}"
+        if what == "nll" and result.get("best_val_bpd") is not None:
             msg += f" ({result['best_val_bpd']:.4f} bits/dim)"
         print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
     return 0

@@ -708,6 +708,7 @@ class Trainer:
             "steps": self.global_step,
             "best_val": self.best,
             "best_val_nll": self.best,
+            "objective": self.objective.name,
             "best_epoch": self.best_epoch + 1,
             "best_val_bpd": self._bpd(self.best) if math.isfinite(self.best) else None,
             "skipped_steps": self.skipped,
