@@ -233,6 +233,7 @@ def test_the_cli_trains_a_cnf_by_flow_matching_and_refuses_other_models(tmp_path
     rc = main([*common, "--model", "cnf", "--model-kwargs", '{"hidden": [8]}',
                "--objective", "flow-matching", "--out", str(tmp_path / "a")])  # fmt: skip
     assert rc == 0
+    assert "best val flow-matching loss" in capsys.readouterr().out  # not called an NLL
     assert main(["eval", str(tmp_path / "a")]) == 0
     capsys.readouterr()
     rc = main([*common, "--model", "maf", "--objective", "flow-matching",
