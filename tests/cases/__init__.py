@@ -3,7 +3,7 @@ explicitly, so deleting one fails instead of dropping its cases)."""
 
 from __future__ import annotations
 
-from . import autoregressive, continuous, image, options, residual, vector
+from . import autoregressive, continuous, flowmatching, image, options, residual, vector
 from .base import Case
 
 CASES: list[Case] = [
@@ -11,6 +11,7 @@ CASES: list[Case] = [
     *image.CASES,
     *autoregressive.CASES,
     *continuous.CASES,
+    *flowmatching.CASES,
     *residual.CASES,
     *options.CASES,
 ]

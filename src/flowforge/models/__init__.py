@@ -11,13 +11,14 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD).
+``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching).
 """
 
 from .assembly import DataOptions, standardized
 from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
+from .flowmatching import CNF
 from .image import Glow, default_scales
 from .registry import BuilderSpec, available, build, builder, register, spec
 from .residual import Planar, Radial, ResidualFlow, Sylvester
@@ -30,6 +31,7 @@ __all__ = [
     "IAF",
     "NSF",
     "FFJORD",
+    "CNF",
     "Planar",
     "Radial",
     "Sylvester",

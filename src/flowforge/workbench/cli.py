@@ -122,6 +122,7 @@ def _train_overrides(args) -> dict:
         ("grad_clip", "grad_clip"),
         ("patience", "patience"),
         ("device", "device"),
+        ("objective", "objective"),
     ):
         v = getattr(args, flag)
         if v is not None:
@@ -183,8 +184,12 @@ def _finish_train(result: dict) -> int:
         return 130
     if rank == 0:
         best = result["best_val_nll"]
-        msg = f"{result['status']}: best val NLL {best:.4f} nats/example"
-        if result.get("best_val_bpd") is not None:
+        what = result.get("objective", "nll")
+        if what == "nll":
+            msg = f"{result['status']}: best val NLL {best:.4f} nats/example"
+        else:  # e.g. flow matching: its own validation loss, not a likelihood
+            msg = f"{result['status']}: best val {what} loss {best:.4f}"
+        if what == "nll" and result.get("best_val_bpd") is not None:
             msg += f" ({result['best_val_bpd']:.4f} bits/dim)"
         print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
     return 0
@@ -359,6 +364,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-steps", type=int)
     s.add_argument("--grad-clip", type=float)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    s.add_argument(
+        "--objective",
+        help="nll (default) or, for a CNF, flow-matching, flow-matching-ot, flow-matching-vp",
+    )
     s.add_argument("--limit", type=int, help="use only the first N training examples")
     s.add_argument(
         "--conditional",

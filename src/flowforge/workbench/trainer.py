@@ -44,6 +44,7 @@ __all__ = [
     "NLL",
     "ReverseKL",
     "Loss",
+    "FlowMatchingObjective",
     "make_objective",
     "adam",
     "find_nonfinite",
@@ -146,7 +147,43 @@ class Loss(Objective):
             model.train(was)
 
 
-_OBJECTIVES: dict[str, Callable[[], Objective]] = {"nll": NLL}
+class FlowMatchingObjective(Objective):
+    """Conditional flow matching of a flow that ends in a CNF (:mod:`flowforge.matching`):
+    ``path`` ``"linear"`` or ``"vp"``, ``ot`` mini-batch OT pairing, ``sigma`` path noise.
+    Validated by the flow-matching loss on the validation set with seeded times and noise
+    (score the likelihood afterwards: ``flowforge eval`` or ``matching.log_likelihood``)."""
+
+    def __init__(self, path: str = "linear", ot: bool = False, sigma: float = 0.0, name=None):
+        from ..matching import FlowMatching as Matching
+
+        self.fm = Matching(path, ot, sigma)
+        self.name = name or "flow-matching"
+
+    def check(self, trainer: Trainer, model) -> None:
+        """Before training: the model is one the loss can train, in a single process."""
+        from ..matching import split_flow
+
+        try:
+            split_flow(model)
+        except ValueError as e:
+            raise WorkbenchError(str(e)) from None
+        if trainer.world > 1:
+            raise WorkbenchError("the flow-matching objective runs in a single process")
+
+    def loss(self, trainer, model, x, context):
+        return self.fm(model, x, context)
+
+    @torch.no_grad()
+    def validate(self, trainer, x, context):
+        return Loss(self.fm).validate(trainer, x, context)
+
+
+_OBJECTIVES: dict[str, Callable[[], Objective]] = {
+    "nll": NLL,
+    "flow-matching": lambda: FlowMatchingObjective(),
+    "flow-matching-ot": lambda: FlowMatchingObjective(ot=True, name="flow-matching-ot"),
+    "flow-matching-vp": lambda: FlowMatchingObjective(path="vp", name="flow-matching-vp"),
+}
 assert set(_OBJECTIVES) == set(OBJECTIVES), "config.OBJECTIVES and the trainer's must agree"
 
 
@@ -394,6 +431,8 @@ class Trainer:
         self.model, self.seed = model, int(seed)
         self.out = None if out is None else Path(out)
         self.rank, self.world = dist_env()
+        if hasattr(self.objective, "check"):  # e.g. flow matching: refuse a model it cannot train
+            self.objective.check(self, model)
         self.device = resolve_device(self.cfg["device"])
         self.model.to(self.device)
         if self.cfg["memory_saving"]:
@@ -719,6 +758,7 @@ class Trainer:
             "steps": self.global_step,
             "best_val": self.best,
             "best_val_nll": self.best,
+            "objective": self.objective.name,
             "best_epoch": self.best_epoch + 1,
             "best_val_bpd": self._bpd(self.best) if math.isfinite(self.best) else None,
             "skipped_steps": self.skipped,
