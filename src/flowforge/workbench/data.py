@@ -217,7 +217,7 @@ def _manifold(name: str):
 DATASETS: dict[str, tuple[Callable[..., Dataset], str]] = {
     "digits": (_digits, DATASET_NOTES["digits"]),
     **{k: (_toy(k), DATASET_NOTES[k]) for k in TOYS},
-    **{k: (_manifold(k), DATASET_NOTES[k]) for k in manifold_data.MANIFOLD_DATASETS},
+    **{k: (_manifold(k), DATASET_NOTES[k]) for k in manifold_data.DATASET_NAMES},
 }
 
 

@@ -1,5 +1,6 @@
 r"""Datasets on known manifolds with known densities: von Mises mixtures on the circle and the
-torus, a von Mises-Fisher mixture on the 2-sphere.
+torus, a von Mises-Fisher mixture on the 2-sphere, and a noisy 2-D surface in ``R^64`` for
+M-flows (:func:`surface_log_prob`: the true density on the surface).
 
 Angles are in ``[-pi, pi)``; points on the sphere are unit vectors in ``R^3``. Each dataset
 has a closed-form log-density with respect to the manifold's volume (angle measure, area), so
@@ -14,7 +15,14 @@ import math
 
 import numpy as np
 
-__all__ = ["MANIFOLD_DATASETS", "log_prob", "sample"]
+__all__ = [
+    "DATASET_NAMES",
+    "MANIFOLD_DATASETS",
+    "log_prob",
+    "sample",
+    "surface_embed",
+    "surface_log_prob",
+]
 
 # von Mises mixtures: weights, means (n_components, D) and concentrations (n_components, D);
 # each component is a product of independent von Mises over the D angles
@@ -46,8 +54,45 @@ _VMF = {
     ),
 }
 
-# the datasets' names (their descriptions are in flowforge.workbench.catalog, torch-free)
+# a 2-D surface in R^64: x = Q [u, a sin(W u + b)] + noise, u from a 2-component Gaussian
+# mixture, Q a fixed random rotation; the embedding's parameters are fixed (seed 16)
+SURFACE_DIM, SURFACE_NOISE = 64, 0.01
+_SURFACE_MIX = ([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], 0.5)
+
+
+def _surface_params():
+    rng = np.random.default_rng(16)
+    q, _ = np.linalg.qr(rng.standard_normal((SURFACE_DIM, SURFACE_DIM)))
+    w = 0.7 * rng.standard_normal((SURFACE_DIM - 2, 2))
+    b = rng.uniform(0, 2 * np.pi, SURFACE_DIM - 2)
+    return q, w, b, 0.4
+
+
+def surface_embed(u: np.ndarray) -> np.ndarray:
+    """The surface's embedding of chart coordinates ``u`` ``(n, 2)`` into ``R^64``."""
+    q, w, b, a = _surface_params()
+    return np.concatenate([u, a * np.sin(u @ w.T + b)], 1) @ q.T
+
+
+def surface_log_prob(x: np.ndarray) -> np.ndarray:
+    """The true log-density (w.r.t. the surface's area) at the surface point whose chart
+    coordinates are those of ``x``, ``u = (Q^T x)[:2]`` (``x`` itself if it is on the surface;
+    within ``O(noise)`` of its projection otherwise)."""
+    q, w, b, a = _surface_params()
+    u = (np.asarray(x, dtype=np.float64) @ q)[:, :2]
+    wt, means, std = _SURFACE_MIX
+    d2 = ((u[:, None, :] - np.asarray(means)) ** 2).sum(-1)
+    log_pu = _logsumexp(np.log(wt) - d2 / (2 * std**2) - np.log(2 * np.pi * std**2), 1)
+    # J = Q [I; a diag(cos(W u + b)) W], so J^T J = I + W^T diag(a^2 cos^2) W
+    c = (a * np.cos(u @ w.T + b)) ** 2  # (n, 62)
+    gram = np.eye(2) + np.einsum("ki,nk,kj->nij", w, c, w)
+    return log_pu - 0.5 * np.linalg.slogdet(gram)[1]
+
+
+# the datasets' names (their descriptions are in flowforge.workbench.catalog, torch-free): the
+# known manifolds, then all the workbench registers
 MANIFOLD_DATASETS = ("circle-vonmises", "torus-vonmises", "sphere-vmf")
+DATASET_NAMES = (*MANIFOLD_DATASETS, "surface-64")
 
 # float32 bounds strictly inside [-pi, pi) (float32(pi) is above pi)
 _LO = float(np.nextafter(np.float32(-np.pi), np.float32(0)))
@@ -56,6 +101,12 @@ _HI = float(np.nextafter(np.float32(np.pi), np.float32(0)))
 
 def sample(name: str, rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` float32 examples of dataset ``name``: ``(n, D)`` angles or ``(n, 3)`` unit vectors."""
+    if name == "surface-64":
+        wt, means, std = _SURFACE_MIX
+        k = rng.choice(len(wt), size=n, p=wt)
+        u = np.asarray(means)[k] + std * rng.standard_normal((n, 2))
+        x = surface_embed(u) + SURFACE_NOISE * rng.standard_normal((n, SURFACE_DIM))
+        return x.astype(np.float32)
     if name in _VM:
         w, mu, kappa = (np.asarray(a, dtype=np.float64) for a in _VM[name])
         k = rng.choice(len(w), size=n, p=w)
@@ -84,6 +135,8 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 def log_prob(name: str, x: np.ndarray) -> np.ndarray:
     """The true log-density of dataset ``name`` at ``x`` (w.r.t. angle measure or area)."""
     x = np.asarray(x, dtype=np.float64)
+    if name == "surface-64":
+        return surface_log_prob(x)
     if name in _VM:
         w, mu, kappa = (np.asarray(a, dtype=np.float64) for a in _VM[name])
         # (n, K, D): kappa cos(x - mu) - log(2 pi I0(kappa))
