@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     print("| run | model | data | NLL | entropy | KL (NLL - entropy) |")
     print("|---|---|---|---|---|---|")
+    first: dict[str, tuple[str, torch.Tensor]] = {}  # per dataset, the first row's log q
+    paired = []
     for run in args.runs:
         cfg = run_config(run)
         name = cfg["data"]["name"]
@@ -66,6 +68,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {run} | {label} | {name} | {-log_q.mean().item():.4f} | "
                 f"{-log_p.mean().item():.4f} | {kl:.4f} ± {se:.4f} |"
             )
+            if name not in first:
+                first[name] = (f"{run} ({label})", log_q)
+            else:
+                ref, ref_q = first[name]
+                diff, se = _gap(ref_q, log_q)
+                paired.append(f"{run} ({label}) - {ref}: {diff:+.4f} ± {se:.4f} nats")
+    if paired:
+        print("\nNLL differences on the same test points (paired standard errors):")
+        print("\n".join(paired))
 
 
 if __name__ == "__main__":
