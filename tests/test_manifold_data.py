@@ -11,6 +11,7 @@ import torch
 
 from flowforge.workbench import manifold_data
 from flowforge.workbench.data import DATASETS, DataError, load_dataset
+from flowforge.workbench.report import write_report
 from flowforge.workbench.runs import load_run
 from flowforge.workbench.train import train
 
@@ -88,3 +89,6 @@ def test_workbench_trains_a_manifold_flow(tmp_path, model, data):
     # better than the uniform distribution on the manifold after two epochs
     uniform = -math.log(4 * math.pi) if data == "sphere-vmf" else -2 * math.log(2 * math.pi)
     assert lp.mean().item() > uniform
+    if data == "torus-vonmises":  # the report's density grid stays inside [-pi, pi]^2
+        write_report(tmp_path / "run")
+        assert (tmp_path / "run" / "report" / "density.png").is_file()

@@ -11,8 +11,8 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD), ``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``, ``mflow``; not
-registered, as an M-flow is not a ``Flow`` on ``R^D``).
+``continuous`` (FFJORD), ``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows:
+``MFlow``, ``mflow``; not registered, as an M-flow is not a ``Flow`` on ``R^D``).
 """
 
 from .assembly import DataOptions, standardized

@@ -209,7 +209,10 @@ def _manifold(name: str):
             torch.from_numpy(manifold_data.sample(name, np.random.default_rng(s), int(k)))
             for s, k in zip(seqs, (n_train, n_val, n_test))
         ]
-        return Dataset(name, *parts, shape=tuple(parts[0].shape[1:]), kind="points")
+        shape = tuple(parts[0].shape[1:])
+        # angles: plots stay inside their domain
+        info = {"box": [[-math.pi, math.pi]] * shape[0]} if name.endswith("vonmises") else {}
+        return Dataset(name, *parts, shape=shape, kind="points", info=info)
 
     return load
 
