@@ -39,7 +39,7 @@ def sphere(n, shape):
 
 
 for kind in ("spline", "moebius"):
-    for d in (1, 3):
+    for d in (3,):  # (one angle: the TorusFlow-1 cases)
         CASES.append(
             Case(
                 f"circular-elementwise-{kind}-{d}",
@@ -70,7 +70,7 @@ for kind in ("spline", "moebius"):
                 noise=cylinder,
             )
         )
-    for d in (1, 2, 3):
+    for d in (1, 2):  # (three angles: the circular-coupling-3 cases)
         CASES.append(
             Case(
                 f"TorusFlow-{kind}-{d}",
