@@ -3,7 +3,16 @@ explicitly, so deleting one fails instead of dropping its cases)."""
 
 from __future__ import annotations
 
-from . import autoregressive, continuous, flowmatching, image, options, residual, vector
+from . import (
+    autoregressive,
+    continuous,
+    flowmatching,
+    image,
+    manifolds,
+    options,
+    residual,
+    vector,
+)
 from .base import Case
 
 CASES: list[Case] = [
@@ -14,6 +23,7 @@ CASES: list[Case] = [
     *flowmatching.CASES,
     *residual.CASES,
     *options.CASES,
+    *manifolds.CASES,
 ]
 
 __all__ = ["CASES", "Case"]

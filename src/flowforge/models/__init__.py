@@ -11,7 +11,9 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching).
+``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``manifolds`` (TorusFlow,
+SphereFlow), ``mflow`` (M-flows: ``MFlow``, ``mflow``; not registered, as an M-flow is not a
+``Flow`` on ``R^D``).
 """
 
 from .assembly import DataOptions, standardized
@@ -20,6 +22,8 @@ from .continuous import FFJORD
 from .coupling import NICE, RealNVP
 from .flowmatching import CNF
 from .image import Glow, default_scales
+from .manifolds import SphereFlow, TorusFlow
+from .mflow import MFlow, mflow
 from .registry import BuilderSpec, available, build, builder, register, spec
 from .residual import Planar, Radial, ResidualFlow, Sylvester
 
@@ -36,6 +40,10 @@ __all__ = [
     "Radial",
     "Sylvester",
     "ResidualFlow",
+    "TorusFlow",
+    "SphereFlow",
+    "MFlow",
+    "mflow",
     "BuilderSpec",
     "DataOptions",
     "available",

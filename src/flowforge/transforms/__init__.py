@@ -5,7 +5,7 @@ the elementwise transformers follow :class:`flowforge.core.Transformer`'s and th
 One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
 normalization, image (squeeze, multi-scale factor-out), residual (planar, radial, Sylvester),
 iresnet (invertible residual blocks), continuous (CNF; torchdiffeq is imported only when one is
-built), preprocessing and dequantization.
+built), preprocessing, dequantization and manifolds (circles, tori, the sphere).
 """
 
 from ..core import Identity
@@ -17,6 +17,13 @@ from .elementwise import Additive, Affine
 from .image import FactorOut, Squeeze
 from .iresnet import ResidualBlock
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
+from .manifolds import (
+    CircularCoupling,
+    CircularElementwise,
+    SphereToCylinder,
+    UniformCylinder,
+    UniformTorus,
+)
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Logit, Standardize
 from .residual import Planar, Radial, Sylvester
@@ -29,6 +36,8 @@ __all__ = [
     "Autoregressive",
     "BatchNorm",
     "CNF",
+    "CircularCoupling",
+    "CircularElementwise",
     "Coupling",
     "FactorOut",
     "Identity",
@@ -45,9 +54,12 @@ __all__ = [
     "ResidualBlock",
     "Reverse",
     "Scaling",
+    "SphereToCylinder",
     "Squeeze",
     "Standardize",
     "Sylvester",
+    "UniformCylinder",
+    "UniformTorus",
     "UniformDequantization",
     "VariationalDequantization",
     "alternating_mask",
