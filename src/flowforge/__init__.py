@@ -9,7 +9,7 @@ torch.Size([10])
 
 import torch  # noqa: F401  (doctests use it)
 
-from . import distributions, models, nets, objectives, targets, transforms
+from . import attention, distributions, models, nets, objectives, targets, transforms
 from .core import Compose, Flow, Inverse, Transform
 from .io import load, save
 from .objectives import bits_per_dim, nll, reverse_kl
@@ -21,6 +21,7 @@ __all__ = [
     "Flow",
     "Inverse",
     "Transform",
+    "attention",
     "bits_per_dim",
     "distributions",
     "load",

@@ -11,7 +11,7 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD).
+``continuous`` (FFJORD), ``transformer`` (TarFlow).
 """
 
 from .assembly import DataOptions, standardized
@@ -21,6 +21,7 @@ from .coupling import NICE, RealNVP
 from .image import Glow, default_scales
 from .registry import BuilderSpec, available, build, builder, register, spec
 from .residual import Planar, Radial, ResidualFlow, Sylvester
+from .transformer import TarFlow
 
 __all__ = [
     "NICE",
@@ -34,6 +35,7 @@ __all__ = [
     "Radial",
     "Sylvester",
     "ResidualFlow",
+    "TarFlow",
     "BuilderSpec",
     "DataOptions",
     "available",

@@ -9,7 +9,7 @@ built), preprocessing and dequantization.
 """
 
 from ..core import Identity
-from .autoregressive import Autoregressive
+from .autoregressive import Autoregressive, ParallelInverseWarning, set_inverse
 from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .dequantization import UniformDequantization, VariationalDequantization
@@ -17,6 +17,7 @@ from .elementwise import Additive, Affine
 from .image import FactorOut, Squeeze
 from .iresnet import ResidualBlock
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
+from .mixture import LogisticMixture
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Logit, Standardize
 from .residual import Planar, Radial, Sylvester
@@ -32,7 +33,9 @@ __all__ = [
     "Coupling",
     "FactorOut",
     "Identity",
+    "ParallelInverseWarning",
     "LULinear",
+    "LogisticMixture",
     "Logit",
     "ODENet",
     "ODEStepBudgetError",
@@ -56,4 +59,5 @@ __all__ = [
     "half_mask",
     "ode_methods",
     "rational_quadratic",
+    "set_inverse",
 ]
