@@ -40,14 +40,12 @@ CASES: list[Case] = [
     Case("tar-spline-4-context", tar((4,), spline, context=3)),
     Case("tar-mixture-3", tar((3,), mixture)),
     Case("tar-affine-1", tar((1,), T.Affine)),
-    Case("tar-image-affine", tar((2, 4, 4), T.Affine, patch=2)),
+    Case("tar-image-affine", tar((2, 2, 4), T.Affine, patch=2)),
     Case("tar-image-pixels-context", tar((1, 3, 3), T.Affine, context=2, order="reversed")),
-    Case("tar-image-spline", tar((1, 4, 4), spline, patch=2)),
     # the parallel (Jacobi) inverse, declared at its tolerance
-    Case("tar-affine-5-parallel", tar((5,), T.Affine, inverse_mode="parallel", tol=1e-10)),
     Case(
         "tar-image-parallel",
-        tar((1, 4, 4), T.Affine, 2, patch=2, inverse_mode="parallel", tol=1e-10),
+        tar((1, 2, 4), T.Affine, 2, inverse_mode="parallel", tol=1e-10),
     ),
     Case("maf-layer-4-parallel", made(4, T.Affine, inverse_mode="parallel", tol=1e-10)),
     Case(
@@ -63,7 +61,7 @@ CASES: list[Case] = [
         "TarFlow-deep-mixture-context",
         lambda: ff.models.TarFlow(
             features=4,
-            blocks=3,
+            blocks=2,
             deep=2,
             depth=1,
             width=8,
@@ -77,20 +75,6 @@ CASES: list[Case] = [
     Case(
         "TarFlow-image-levels",
         lambda: ff.models.TarFlow(shape=(1, 4, 4), blocks=2, width=8, heads=2, patch=2, levels=5),
-        sample=in_levels(5),
-    ),
-    Case(
-        "TarFlow-image-spline-variational",
-        lambda: ff.models.TarFlow(
-            shape=(2, 2, 2),
-            blocks=2,
-            width=8,
-            heads=2,
-            transformer="spline",
-            bins=4,
-            levels=5,
-            dequantization={"name": "variational", "steps": 1, "hidden": 4},
-        ),
         sample=in_levels(5),
     ),
 ]
