@@ -144,6 +144,20 @@ def test_a_non_finite_parallel_inverse_falls_back():
     assert torch.isfinite(x).all()
 
 
+def test_auto_takes_a_few_sweeps_or_the_sequential_inverse_silently():
+    layer = tar_layer((8,), inverse_mode="auto", tol=1e-12)  # 8 steps: at most 2 sweeps
+    z = torch.randn(4, 8, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, ladj = layer.inverse(z)
+    assert layer.last_sweeps == 0  # two sweeps do not reach 1e-12 here: sequential
+    x_seq, l_seq = layer.set_inverse("sequential").inverse(z)
+    assert torch.equal(x, x_seq) and torch.equal(ladj, l_seq)
+    fresh = T.Autoregressive(8, T.Affine(), (8,), inverse_mode="auto")  # the identity
+    fresh(z.float())
+    assert torch.equal(fresh.inverse(z.float())[0], z.float()) and fresh.last_sweeps == 1
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -227,6 +241,11 @@ def test_flowforge_train_tarflow_on_digits(tmp_path, capsys):
     args = ["train", "--model", "tarflow", "--data", "digits", "--out", out, "--epochs", 1,
             "--limit", 64, "--model-kwargs", kw, "--no-progress", "--quiet"]  # fmt: skip
     assert main([str(a) for a in args]) == 0
-    assert main(["sample", str(out), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    for inverse in ("sequential", "auto"):
+        png = tmp_path / f"{inverse}.png"
+        assert main(["sample", str(out), "-n", "4", "--out", str(png), "--inverse", inverse]) == 0
     assert (out / "model.ff").exists()
     capsys.readouterr()
+    assert main(["sample", str(out), "--out", str(tmp_path / "t.png"), "--tol", "0"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tol must be positive" in err[0]

@@ -40,7 +40,10 @@ is triangular, sweep ``k`` fixes at least the first ``k`` steps exactly, so with
 ``max_iter >= steps + 1`` it always converges; fewer sweeps than steps is where it pays. A run
 that does not converge (or produces a non-finite value) falls back to the exact sequential
 inverse with a :class:`ParallelInverseWarning`, never a silently wrong sample.
-:func:`set_inverse` switches every autoregressive layer of a model at once.
+``inverse_mode="auto"`` tries at most ``max(2, steps // 4)`` sweeps (or ``max_iter``) and
+takes the sequential inverse, without a warning, when they do not reach the tolerance: Jacobi
+pays when it converges in a small fraction of the steps (see ``docs/tarflow.md`` for the
+measured speeds). :func:`set_inverse` switches every autoregressive layer of a model at once.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from ..nets import MADE
 
 __all__ = ["Autoregressive", "ParallelInverseWarning", "set_inverse", "INVERSE_MODES"]
 
-INVERSE_MODES = ("sequential", "parallel")
+INVERSE_MODES = ("sequential", "parallel", "auto")
 
 
 class ParallelInverseWarning(UserWarning):
@@ -66,7 +69,9 @@ class ParallelInverseWarning(UserWarning):
 
 def _check_inverse_options(mode: str, tol: float, max_iter: int | None) -> None:
     if mode not in INVERSE_MODES:
-        raise ValueError(f"unknown inverse_mode {mode!r}; expected 'sequential' or 'parallel'")
+        raise ValueError(
+            f"unknown inverse_mode {mode!r}; expected 'sequential', 'parallel' or 'auto'"
+        )
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
         raise ValueError(f"expected a tolerance tol > 0, got {tol!r}")
     if max_iter is not None and (
@@ -97,10 +102,12 @@ class Autoregressive(Transform):
         net: a conditioner to use instead of the MADE (``hidden``, ``order``, ``residual``
             and ``activation`` are then unused), e.g. a
             :class:`~flowforge.attention.CausalTransformer`.
-        inverse_mode: ``"sequential"`` (exact) or ``"parallel"`` (Jacobi sweeps).
+        inverse_mode: ``"sequential"`` (exact), ``"parallel"`` (Jacobi sweeps, a warning and
+            the sequential inverse when they do not converge) or ``"auto"`` (a few sweeps,
+            else the sequential inverse, silently).
         tol: the parallel inverse stops when no entry moves by more than ``tol``.
         max_iter: the most sweeps of the parallel inverse (None: ``steps + 1``, which always
-            converges).
+            converges; ``max(2, steps // 4)`` in ``"auto"`` mode).
 
     Example:
         >>> from flowforge.transforms import Autoregressive, Affine
@@ -180,14 +187,14 @@ class Autoregressive(Transform):
         return int(getattr(self.net, "steps", None) or self.net.features)
 
     def set_inverse(self, mode: str, tol: float | None = None, max_iter: int | None = None):
-        """Choose the inverse: ``"sequential"`` or ``"parallel"`` (with ``tol``, ``max_iter``;
-        None keeps the current tolerance). Returns the layer."""
+        """Choose the inverse: ``"sequential"``, ``"parallel"`` or ``"auto"`` (with ``tol``,
+        ``max_iter``; None keeps the current tolerance). Returns the layer."""
         tol = getattr(self, "tol", 1e-6) if tol is None else tol
         _check_inverse_options(mode, tol, max_iter)
         self.inverse_mode, self.tol, self.max_iter = mode, float(tol), max_iter
         # the round trip of a parallel inverse is as accurate as its tolerance (the generic
         # test checks it there)
-        self.numeric_inverse = self.tol if mode == "parallel" else None
+        self.numeric_inverse = None if mode == "sequential" else self.tol
         self.last_sweeps = 0  # sweeps used by the latest parallel inverse (0: sequential)
         return self
 
@@ -196,7 +203,7 @@ class Autoregressive(Transform):
         return y, ladj.reshape(x.shape[0], -1).sum(1)
 
     def _inverse(self, z, context):
-        if self.inverse_mode == "parallel":
+        if self.inverse_mode != "sequential":
             out = self._parallel_inverse(z, context)
             if out is not None:
                 return out
@@ -224,7 +231,9 @@ class Autoregressive(Transform):
 
     def _parallel_inverse(self, z: Tensor, context: Tensor | None):
         """Jacobi sweeps from ``x = z``; None when they do not reach the tolerance."""
-        cap = self.steps + 1 if self.max_iter is None else self.max_iter
+        cap = self.max_iter
+        if cap is None:
+            cap = self.steps + 1 if self.inverse_mode == "parallel" else max(2, self.steps // 4)
         x, delta = z, math.inf
         for sweep in range(1, cap + 1):
             x_new, ladj = self.transformer.inverse(z, self.net(x, context))
@@ -233,6 +242,8 @@ class Autoregressive(Transform):
             if delta <= self.tol:  # NaN never passes
                 self.last_sweeps = sweep
                 return x, ladj.reshape(z.shape[0], -1).sum(1)
+        if self.inverse_mode == "auto":
+            return None
         warnings.warn(
             f"the parallel inverse of {type(self).__name__} did not converge in {cap} sweeps "
             f"(largest change {delta:.3g} > tol {self.tol:g}); used the sequential inverse",
@@ -252,7 +263,8 @@ def set_inverse(
     model: nn.Module, mode: str = "parallel", tol: float = 1e-6, max_iter: int | None = None
 ) -> int:
     """Switch every :class:`Autoregressive` layer of ``model`` (a layer, a chain or a
-    :class:`~flowforge.Flow`) to the ``"sequential"`` or ``"parallel"`` inverse, and update the
+    :class:`~flowforge.Flow`) to the ``"sequential"``, ``"parallel"`` or ``"auto"`` inverse
+    (see :class:`Autoregressive`), and update the
     tolerances the chains above them declare. Returns the number of layers switched.
 
     Example:
