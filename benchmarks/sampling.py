@@ -89,13 +89,20 @@ def main() -> None:
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_FOLDER (a trained run)")
     ap.add_argument("--perturb", type=float, default=0.02)
+    ap.add_argument("--no-fresh", action="store_true", help="only the --run models")
     ap.add_argument("--batches", default="1,256")
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    flows = {f"{k} (fresh, perturbed {args.perturb:g})": perturb(v, args.perturb)
-             for k, v in fresh_models().items()}  # fmt: skip
+    flows = (
+        {}
+        if args.no_fresh
+        else {
+            f"{k} (fresh, perturbed {args.perturb:g})": perturb(v, args.perturb)
+            for k, v in fresh_models().items()
+        }
+    )
     for spec in args.run:
         name, folder = spec.split("=", 1)
         flows[f"{name} (trained: {folder})"] = ff.load(f"{folder}/model.ff")
