@@ -254,6 +254,8 @@ TRANSFORMERS = {
     "affine": lambda: T.Affine(),
     "affine-unbounded": lambda: T.Affine(bound=None),
     "rational-quadratic": lambda: T.RationalQuadratic(bins=5, bound=2.0),
+    "logistic-mixture": lambda: T.LogisticMixture(components=3),
+    "logistic-mixture-1": lambda: T.LogisticMixture(components=1),
 }
 BASES = {
     "normal-2": lambda: D.StandardNormal(2),

@@ -11,6 +11,7 @@ from . import (
     manifolds,
     options,
     residual,
+    transformer,
     vector,
 )
 from .base import Case
@@ -24,6 +25,7 @@ CASES: list[Case] = [
     *residual.CASES,
     *options.CASES,
     *manifolds.CASES,
+    *transformer.CASES,
 ]
 
 __all__ = ["CASES", "Case"]

@@ -11,9 +11,9 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``manifolds`` (TorusFlow,
-SphereFlow), ``mflow`` (M-flows: ``MFlow``, ``mflow``; not registered, as an M-flow is not a
-``Flow`` on ``R^D``).
+``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``transformer`` (TarFlow),
+``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``, ``mflow``; not
+registered, as an M-flow is not a ``Flow`` on ``R^D``).
 """
 
 from .assembly import DataOptions, standardized
@@ -26,6 +26,7 @@ from .manifolds import SphereFlow, TorusFlow
 from .mflow import MFlow, mflow
 from .registry import BuilderSpec, available, build, builder, register, spec
 from .residual import Planar, Radial, ResidualFlow, Sylvester
+from .transformer import TarFlow
 
 __all__ = [
     "NICE",
@@ -44,6 +45,7 @@ __all__ = [
     "SphereFlow",
     "MFlow",
     "mflow",
+    "TarFlow",
     "BuilderSpec",
     "DataOptions",
     "available",

@@ -9,7 +9,7 @@ built), preprocessing, dequantization and manifolds (circles, tori, the sphere).
 """
 
 from ..core import Identity
-from .autoregressive import Autoregressive
+from .autoregressive import Autoregressive, ParallelInverseWarning, set_inverse
 from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .dequantization import UniformDequantization, VariationalDequantization
@@ -24,6 +24,7 @@ from .manifolds import (
     UniformCylinder,
     UniformTorus,
 )
+from .mixture import LogisticMixture
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Logit, Standardize
 from .residual import Planar, Radial, Sylvester
@@ -41,7 +42,9 @@ __all__ = [
     "Coupling",
     "FactorOut",
     "Identity",
+    "ParallelInverseWarning",
     "LULinear",
+    "LogisticMixture",
     "Logit",
     "ODENet",
     "ODEStepBudgetError",
@@ -68,4 +71,5 @@ __all__ = [
     "half_mask",
     "ode_methods",
     "rational_quadratic",
+    "set_inverse",
 ]

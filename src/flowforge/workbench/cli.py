@@ -225,9 +225,15 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
     if not args.temperature > 0:
         raise WorkbenchError(f"--temperature must be positive, got {args.temperature}")
+    if not args.tol > 0:
+        raise WorkbenchError(f"--tol must be positive, got {args.tol}")
     cfg = run_config(args.run)
     context, what = sample_context(cfg, args.label, args.context)
     flow = load_run(args.run)
+    if args.inverse != "sequential":  # autoregressive layers: Jacobi sweeps (see set_inverse)
+        from ..transforms import set_inverse
+
+        set_inverse(flow, args.inverse, tol=args.tol)
     x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
     save_samples(x, cfg, out, title=f"{args.n} samples{what}, T={args.temperature:g}")
     print(f"wrote {x.shape[0]} samples{what} to {out}")
@@ -427,6 +433,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument(
+        "--inverse",
+        choices=("sequential", "parallel", "auto"),
+        default="sequential",
+        help="how autoregressive layers invert: exactly, step by step (default), or by "
+        "parallel Jacobi sweeps to --tol ('auto': a few sweeps, else step by step)",
+    )
+    s.add_argument("--tol", type=float, default=1e-4, help="tolerance of the parallel inverse")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
