@@ -18,7 +18,7 @@ from .image import FactorOut, Squeeze
 from .iresnet import ResidualBlock
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
 from .normalization import ActNorm, BatchNorm
-from .preprocessing import Logit, Standardize
+from .preprocessing import DataStandardize, Logit, Standardize
 from .residual import Planar, Radial, Sylvester
 from .splines import RationalQuadratic, rational_quadratic
 
@@ -30,6 +30,7 @@ __all__ = [
     "BatchNorm",
     "CNF",
     "Coupling",
+    "DataStandardize",
     "FactorOut",
     "Identity",
     "LULinear",

@@ -82,6 +82,9 @@ def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
             "base 'class-gaussian' needs a conditional run: add --conditional label (or "
             "--target-columns for a table)"
         )
+    if ds.stats is not None and "standardize" in takes:
+        # the data is standardised here, with the whole training split's statistics
+        kwargs.setdefault("standardize", False)
     shape_kw = {"shape": list(ds.shape)} if layout == "image" else {"features": math.prod(ds.shape)}
     try:
         inner = models.build(name, **shape_kw, **kwargs)
