@@ -66,15 +66,30 @@ def cmd_list(args) -> int:
     from .. import models
     from .data import DATASETS
 
+    from .build import SIZING, model_arguments
+
     info = {
         "models": models.available(),
+        "arguments": {m: model_arguments(m) for m in models.available()},
         "datasets": {k: v[1] for k, v in DATASETS.items()},
         "files": ".npy/.npz/.csv tables; a folder of PNG/JPEG images",
     }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print("models:   " + ", ".join(info["models"]))
+    print("models (their own arguments and defaults; * = sized to the data when not given):")
+    for m, a in info["arguments"].items():
+        spec = models.spec(m)
+        args = " ".join(
+            f"{k}{'*' if k in (spec.depth, spec.width) else ''}={v}" for k, v in a.items()
+        )
+        print(f"  {m:<13} {args}")
+    print(
+        "  (every model also takes the data options: "
+        + ", ".join(models.DataOptions.fields())
+        + ")"
+    )
+    print(SIZING)
     print("datasets:")
     for k, v in info["datasets"].items():
         print(f"  {k:<13} {v}")
