@@ -31,8 +31,8 @@ defaults (those are sized for benchmarks):
 
     vectors: depth = 4 + ceil(log2(d)), at most 8
              width = 2^round(log2(n / 50)) clamped to [32, 256], at least 2^ceil(log2(2 d))
-    images:  depth (Glow steps per scale) = round(log2(n / 20)) clamped to [2, 8]
-             width (channels) = 2^round(log2(n / 10)) clamped to [32, 128]
+    images:  depth (Glow steps per scale) = round(log2(n / 40)) clamped to [2, 8]
+             width (channels) = 2^round(log2(n / 40)) clamped to [32, 128]
 
 Give the argument (e.g. --model-kwargs '{"layers": 8, "hidden": [256, 256]}') to override;
 the choice is printed when the run starts and recorded in config.json (resolved.sizing)."""
@@ -80,8 +80,8 @@ def size_rule(d: int, n: int, image: bool) -> tuple[int, int]:
     """``(depth, width)`` for data of dimension ``d`` with ``n`` training examples (see
     :data:`SIZING`), before the builder's own defaults cap them."""
     if image:
-        depth = min(8, max(2, round(math.log2(max(n, 1) / 20)))) if n >= 20 else 2
-        return depth, min(128, max(32, _pow2(n / 10)))
+        depth = min(8, max(2, round(math.log2(max(n / 40, 1.0)))))
+        return depth, min(128, max(32, _pow2(n / 40)))
     depth = min(8, 4 + math.ceil(math.log2(d))) if d > 1 else 4
     width = min(256, max(32, _pow2(n / 50)))
     return depth, max(width, min(256, 2 ** math.ceil(math.log2(2 * d))))
