@@ -64,9 +64,8 @@ def _parse_scalar(text: str):
 
 def cmd_list(args) -> int:
     from .. import models
-    from .data import DATASETS
-
     from .build import SIZING, model_arguments
+    from .data import DATASETS
 
     info = {
         "models": models.available(),
@@ -239,15 +238,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .errors import WorkbenchError
     from .report import write_report
-    from .runs import run_config
-
-    if run_config(args.run)["resolved"].get("context"):
-        raise WorkbenchError(
-            "reports of conditional runs are not supported yet; use 'flowforge eval' and "
-            "'flowforge sample --label/--context'"
-        )
 
     temps = tuple(float(t) for t in args.temperatures.split(","))
     path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)
