@@ -175,9 +175,10 @@ def test_a_run_records_and_prints_its_sizing(tmp_path, capsys):
                "--limit", "256", "--no-progress", "--data-kwargs", '{"n_val": 64}'])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "sized for 2-d data and 256 training examples: layers=5, hidden=[32, 32]" in printed
+    assert "sized for 2-d data and 256 training examples: hidden=[32, 32]" in printed
     stored = json.loads((out / "config.json").read_text())
-    assert stored["resolved"]["sizing"]["arguments"] == {"layers": 5, "hidden": [32, 32]}
+    # only what differs from the builder's defaults (NSF: 5 layers) is chosen
+    assert stored["resolved"]["sizing"]["arguments"] == {"hidden": [32, 32]}
     assert ff.load(out).config["kwargs"]["hidden"] == [32, 32]
 
 

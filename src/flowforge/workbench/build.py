@@ -102,7 +102,8 @@ _IMAGE_WIDTHS = {"realnvp": 64}
 
 
 def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | None:
-    """The depth and width chosen for a run that did not set them (None: nothing to choose)."""
+    """The depth and width chosen for a run that did not set them, where they differ from the
+    builder's defaults (None: the defaults fit)."""
     image = layout == "image"
     n = int(ds.split("train").shape[0])
     d = math.prod(ds.shape)
@@ -114,8 +115,8 @@ def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | N
         default = defaults.get(dep)
         if default is None and not image:
             default = _VECTOR_DEFAULTS.get(name, (None,))[0]
-        if isinstance(default, int) and not isinstance(default, bool):
-            chosen[dep] = min(default, depth)
+        if isinstance(default, int) and not isinstance(default, bool) and depth < default:
+            chosen[dep] = depth
     wid = spec.width
     if wid and wid not in kwargs:
         default = defaults.get(wid)
@@ -124,7 +125,9 @@ def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | N
         if default is None and image:
             default = _IMAGE_WIDTHS.get(name)
         if default is not None:
-            chosen[wid] = _as_width(default, width, image)
+            w = _as_width(default, width, image)
+            if w != (list(default) if isinstance(default, tuple) else default):
+                chosen[wid] = w
     if not chosen:
         return None
     return {"dimension": d, "examples": n, "arguments": chosen}

@@ -151,18 +151,18 @@ def _savefig(fig, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def robust_limits(values, low: float = 0.02, high: float = 0.9) -> tuple[float, float]:
-    """y-limits that keep a curve readable through spikes: from just below the smallest value
-    to the ``high`` quantile plus twice the ``low``..``high`` spread (and never above the
-    largest value). Values above the upper limit are spikes, drawn at the top edge."""
+def robust_limits(values, factor: float = 10.0) -> tuple[float, float]:
+    """y-limits that keep a curve readable through spikes: from the smallest value to
+    ``factor`` times the median's height above it (never above the largest value). Values
+    above the upper limit are spikes, drawn at the top edge; since the median decides, up to
+    half of the values may be spikes."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if not len(v):
         return 0.0, 1.0
-    q_lo, q_hi = np.quantile(v, [low, high])
-    spread = max(q_hi - q_lo, 1e-6 * max(1.0, abs(q_hi)))
-    top = min(float(v.max()), q_hi + 2 * spread)
-    bottom = float(v.min())
-    pad = 0.05 * max(top - bottom, spread)
+    bottom, med = float(v.min()), float(np.median(v))
+    rise = max(med - bottom, 1e-6 * max(1.0, abs(med)))
+    top = min(float(v.max()), bottom + factor * rise)
+    pad = 0.05 * max(top - bottom, rise)
     return bottom - pad, top + pad
 
 
