@@ -83,7 +83,9 @@ def runs(tmp_path_factory):
             "--model-kwargs",
             TINY,
         ),  # fmt: skip
-        "toy": train(tmp, "toy", "--model", "realnvp", "--data", "moons", "--model-kwargs", TINY),
+        "toy": train(
+            tmp, "toy", "--model", "realnvp", "--data", "moons", "--model-kwargs", '{"layers": 2}'
+        ),  # fmt: skip
         "cimage": train(
             tmp,
             "cimage",
@@ -122,8 +124,9 @@ def test_conditional_image_report_has_samples_per_class(runs, capsys):
 
 
 def test_toy_report_keeps_density_and_adds_columns(runs, capsys):
-    imgs, _ = render(runs["toy"], capsys)
+    imgs, table = render(runs["toy"], capsys)
     assert {"report/density.png", "report/samples.png", "report/latent_columns.png"} <= set(imgs)
+    assert table["sized to the data"] == "hidden=[32, 32]"  # 200 examples: the sizing rule
 
 
 def test_curves_stay_readable_through_spikes(runs, capsys, tmp_path):

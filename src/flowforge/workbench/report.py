@@ -646,6 +646,9 @@ def write_report(
         ("standardised", "yes (training-split statistics)" if r.get("stats") else "no"),
         ("epochs run", str(len(ep))),
     ]
+    if r.get("sizing"):
+        args = ", ".join(f"{k}={v}" for k, v in r["sizing"]["arguments"].items())
+        rows.append(("sized to the data", args))
     if info:
         rows.append(("conditional on", _context_words(info)))
     if best:
