@@ -60,6 +60,7 @@ def test_the_torch_free_catalog_matches_the_live_registry():
     for name, m in listed.items():
         spec = ff.models.spec(name)
         assert m["inputs"] == list(spec.inputs), name
+        assert (m["depth"], m["width"]) == (spec.depth, spec.width), name
         assert set(m["arguments"]) == set(spec.defaults()), name
         for k, text in m["arguments"].items():
             try:
@@ -74,7 +75,7 @@ def test_the_torch_free_catalog_matches_the_live_registry():
 def test_list_shows_main_arguments(capsys):
     rc, out, _ = run_cli(capsys, "list")
     assert rc == 0
-    assert "glow" in out and "steps=8" in out and "8gaussians" in out
+    assert "glow" in out and "steps*=8" in out and "8gaussians" in out
 
 
 # -- argument parsing ---------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def test_roulette_block_log_prob_matches_exact_on_average():
 
 def test_residual_flow_density_direction_and_bad_arguments():
     flow = ff.models.ResidualFlow(features=2, blocks=1, hidden=(8,), closed_form="density")
-    assert isinstance(flow.transform.layers[0], ff.Inverse)
+    assert isinstance(flow.transform.layers[1], ff.Inverse)  # after the DataStandardize
     with pytest.raises(ValueError, match="closed_form"):
         ff.models.ResidualFlow(features=2, closed_form="both")
     with pytest.raises(ValueError, match="contraction"):

@@ -48,7 +48,7 @@ def test_ema_weights_are_the_exponential_average():
     got = dict(tr.ema.named_parameters())
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
-    key = "transform.layers.0.net.net.2.weight"
+    key = "transform.layers.1.net.net.2.weight"  # layer 0: the DataStandardize
     assert not torch.equal(got[key], dict(flow.named_parameters())[key])
 
 

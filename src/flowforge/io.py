@@ -392,7 +392,8 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | No
         held = sum(t.numel() * t.element_size() for t in tensors.values())
         max_bytes = max(BUILD_FLOOR, 8 * held)
     with Budget(max_bytes, BUILD_SECONDS, BUILD_OPS + BUILD_OPS_PER_TENSOR * len(tensors)):
-        flow = models.build(config["model"], **config["kwargs"])
+        kwargs = models.registry.saved_kwargs(config["model"], config["kwargs"])
+        flow = models.build(config["model"], **kwargs)
         for layer in config.get("prefix", []):
             if layer != "standardize":
                 raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from . import (
     autoregressive,
     continuous,
+    defaults,
     flowmatching,
     image,
     manifolds,
@@ -26,6 +27,7 @@ CASES: list[Case] = [
     *options.CASES,
     *manifolds.CASES,
     *transformer.CASES,
+    *defaults.CASES,
 ]
 
 __all__ = ["CASES", "Case"]

@@ -19,7 +19,9 @@ def _register():
             shape = tuple(shape)
             deq = None if levels is None else UniformDequantization(levels)
             return ff.Flow(ff.Compose(ActNorm(shape)), D.StandardNormal(shape), deq)
-        inner = ff.models.RealNVP(features=features, layers=layers, hidden=hidden, levels=levels)
+        inner = ff.models.RealNVP(
+            features=features, layers=layers, hidden=hidden, levels=levels, standardize=False
+        )
         pre = list(inner.transform.layers)
         k = 0 if levels is None else 1  # after the logit preprocessing, if any
         t = ff.Compose(*pre[:k], ActNorm(features), *pre[k:])

@@ -22,6 +22,12 @@ and validated there:
     dequantization: with ``levels``: ``"uniform"`` (``u ~ U[0, 1)``) or ``"variational"``
         (Flow++: a learned conditional flow ``q(u | x)``, trained jointly; the NLL is the
         variational bound). A mapping ``{"name": "variational", **options}`` sizes it.
+    standardize: for continuous data (``levels=None``): a
+        :class:`~flowforge.transforms.DataStandardize` first layer, which takes a per-entry
+        mean and scale from the first batch it sees in training mode and keeps them fixed, so
+        that a flow with its defaults fits raw data of any moderate scale (default True; the
+        splines act on ``[-bound, bound]`` only, and zero-initialised couplings start at the
+        identity). Checkpoints written before it existed load with ``standardize=False``.
 
 Widths
 ------
@@ -45,6 +51,7 @@ from ..nets import MLP, ConvResNet
 from ..transforms import (
     Additive,
     Affine,
+    DataStandardize,
     Logit,
     LULinear,
     Permutation,
@@ -106,6 +113,7 @@ class DataOptions:
     base: str | dict = "normal"
     components: int = 8
     dequantization: str | dict = "uniform"
+    standardize: bool = True
 
     def __post_init__(self):
         cf = self.context_features
@@ -124,6 +132,8 @@ class DataOptions:
         k = self.components
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"expected components to be an integer >= 1, got {k!r}")
+        if not isinstance(self.standardize, bool):
+            raise ValueError(f"expected standardize to be True or False, got {self.standardize!r}")
         _named(self.base, "base", BASES)
         kind, options = _named(self.dequantization, "dequantization", DEQUANTIZATIONS)
         if kind == "uniform" and options:
@@ -278,8 +288,11 @@ def make_dequantizer(kind, event_shape: tuple[int, ...], levels: int | None):
 
 
 def preprocessing(event_shape: tuple[int, ...], data: DataOptions) -> list[Transform]:
-    """The fixed first layers for data with ``levels`` discrete values."""
-    if data.levels is None or data.preprocess is None:
+    """The first layers: for data with ``levels`` discrete values, the fixed logit or scaling;
+    for continuous data, the data-initialised standardisation (``standardize=True``)."""
+    if data.levels is None:
+        return [DataStandardize(event_shape)] if data.standardize else []
+    if data.preprocess is None:
         return []
     if data.preprocess == "logit":
         return [Logit(event_shape, data.levels, data.alpha)]

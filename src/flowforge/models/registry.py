@@ -25,7 +25,20 @@ from .._util import suggest, unknown
 from ..core import Flow
 from .assembly import DataOptions
 
-__all__ = ["BuilderSpec", "register", "builder", "build", "available", "spec", "check_arguments"]
+__all__ = [
+    "BuilderSpec",
+    "register",
+    "builder",
+    "build",
+    "available",
+    "spec",
+    "check_arguments",
+    "saved_kwargs",
+]
+
+# Arguments added after configurations were first saved, each with the value that rebuilds
+# what a configuration written before it existed describes.
+LEGACY = {"standardize": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,3 +228,10 @@ def builder(name: str) -> Callable[..., Flow]:
 def build(name: str, **kwargs) -> Flow:
     """Build a registered model by name, e.g. ``build("realnvp", features=64)``."""
     return builder(name)(**kwargs)
+
+
+def saved_kwargs(name: str, kwargs: dict) -> dict:
+    """The arguments of a saved configuration (``flow.config["kwargs"]``), completed with the
+    :data:`LEGACY` value of every argument the builder gained after it was written."""
+    params = spec(name).signature.parameters
+    return {**{k: v for k, v in LEGACY.items() if k in params and k not in kwargs}, **kwargs}

@@ -26,7 +26,7 @@ from .manifolds import (
 )
 from .mixture import LogisticMixture
 from .normalization import ActNorm, BatchNorm
-from .preprocessing import Logit, Standardize
+from .preprocessing import DataStandardize, Logit, Standardize
 from .residual import Planar, Radial, Sylvester
 from .splines import RationalQuadratic, rational_quadratic
 
@@ -40,6 +40,7 @@ __all__ = [
     "CircularCoupling",
     "CircularElementwise",
     "Coupling",
+    "DataStandardize",
     "FactorOut",
     "Identity",
     "ParallelInverseWarning",

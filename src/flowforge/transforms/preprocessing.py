@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._util import event_shape as _event
-from ..core import Transform
+from ..core import DataInit, Transform
 
-__all__ = ["Logit", "Standardize"]
+__all__ = ["Logit", "Standardize", "DataStandardize"]
 
 
 class Logit(Transform):
@@ -71,3 +71,61 @@ class Standardize(Transform):
 
     def _inverse(self, z, context):
         return z * self.scale + self.loc, self.scale.log().sum().expand(z.shape[0])
+
+
+class DataStandardize(DataInit, Transform):
+    r"""``z = (x - loc) / scale`` with ``loc`` and ``scale`` taken from the first batch it sees
+    in training mode (a :class:`~flowforge.core.DataInit` layer), fixed afterwards.
+
+    The default first layer of the vector builders (``standardize=True``): a flow built with
+    its defaults and trained on raw data of any moderate scale sees standardised data, as the
+    workbench's models do, without the user computing statistics. Until it is initialised it is
+    the identity. ``loc``, ``scale`` and ``initialized`` are saved buffers (a reloaded model
+    never re-initialises). Statistics are per entry of the event; an entry that does not vary in
+    the first batch keeps ``scale = 1``; a batch of one example leaves it waiting.
+
+    A reparameterised sampling pass in training mode with gradients (``rsample_and_log_prob``
+    in variational inference, where there are no data) fixes it as the identity instead, so
+    that scoring points later cannot change the flow. ``sample`` (no gradients) leaves it
+    waiting for data.
+
+    Example:
+        >>> layer = DataStandardize(2)
+        >>> z, ladj = layer(torch.tensor([[0.0, 10.0], [4.0, 30.0]]))
+        >>> z
+        tensor([[-1., -1.],
+                [ 1.,  1.]])
+    """
+
+    def __init__(self, shape, eps: float = 1e-6):
+        super().__init__(_event(shape))
+        dtype = torch.get_default_dtype()
+        self.register_buffer("loc", torch.zeros(self.event_shape, dtype=dtype))
+        self.register_buffer("scale", torch.ones(self.event_shape, dtype=dtype))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.eps = eps
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``loc`` and ``scale`` from a batch ``x`` (called on the first training batch)."""
+        sd, mean = torch.std_mean(x.detach(), dim=0, correction=0)
+        sd = torch.where(sd > self.eps * (1 + mean.abs()), sd, torch.ones_like(sd))
+        self.loc.copy_(mean)
+        self.scale.copy_(sd)
+        self.initialized.fill_(True)
+
+    def _forward(self, x, context):
+        if self.training and not self.initialized and x.shape[0] > 1:
+            self.initialize(x)
+        ladj = -self.scale.log().sum()
+        return (x - self.loc) / self.scale, ladj.expand(x.shape[0])
+
+    def _inverse(self, z, context):
+        if self.training and not self.initialized and torch.is_grad_enabled():
+            # a reparameterised sampling pass in training mode (variational inference): there
+            # are no data to take statistics from, so the layer stays the identity for good
+            self.initialized.fill_(True)
+        return z * self.scale + self.loc, self.scale.log().sum().expand(z.shape[0])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", initialized={bool(self.initialized)}"

@@ -12,10 +12,18 @@ import torch
 
 from .. import models
 from ..core import Flow
+from .catalog import SIZING
 from .data import Dataset
 from .errors import WorkbenchError
 
-__all__ = ["build_flow", "standardized"]
+__all__ = [
+    "build_flow",
+    "standardized",
+    "size_rule",
+    "same_model",
+    "model_arguments",
+    "SIZING",
+]
 
 
 def standardized(flow: Flow, stats: dict, shape) -> Flow:
@@ -38,15 +46,103 @@ def _context_note(resolved: dict) -> str:
     return f"; p(columns {c['target_columns']} | columns {c['context_columns']})"
 
 
-def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
+def model_arguments(name: str) -> dict:
+    """A builder's own arguments and their defaults, depth and width first (``flowforge list``);
+    the data options every builder shares are left out."""
+    spec = models.spec(name)
+    defaults = spec.defaults()
+    first = [k for k in (spec.depth, spec.width) if k in defaults]
+    order = first + [k for k in defaults if k not in first]
+    out = {}
+    for k in order:
+        v = defaults[k]
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _pow2(v: float) -> int:
+    return 2 ** round(math.log2(max(v, 1.0)))
+
+
+def size_rule(d: int, n: int, image: bool) -> tuple[int, int]:
+    """``(depth, width)`` for data of dimension ``d`` with ``n`` training examples (see
+    :data:`SIZING`), before the builder's own defaults cap them."""
+    if image:
+        depth = min(8, max(2, round(math.log2(max(n / 40, 1.0)))))
+        return depth, min(128, max(32, _pow2(n / 40)))
+    depth = min(8, 4 + math.ceil(math.log2(d))) if d > 1 else 4
+    width = min(256, max(32, _pow2(n / 50)))
+    return depth, max(width, min(256, 2 ** math.ceil(math.log2(2 * d))))
+
+
+def _as_width(default, width: int, image: bool):
+    """``width`` in the form of the builder's default (an int, or one per hidden layer)."""
+    if isinstance(default, int):
+        return min(default, width)
+    if isinstance(default, (tuple, list)) and default:
+        return [min(h, width) for h in default]
+    return width if image else [width, width]  # None: the builder picks its own depth
+
+
+# builders whose default depth/width is None: what None means (vectors; the image width)
+_VECTOR_DEFAULTS = {"realnvp": (8, 256)}
+_IMAGE_WIDTHS = {"realnvp": 64}
+
+
+def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | None:
+    """The depth and width chosen for a run that did not set them, where they differ from the
+    builder's defaults (None: the defaults fit)."""
+    image = layout == "image"
+    n = int(ds.split("train").shape[0])
+    d = math.prod(ds.shape)
+    depth, width = size_rule(d, n, image)
+    defaults = spec.defaults()
+    chosen = {}
+    dep = spec.depth
+    if dep and dep not in kwargs and not (image and name == "realnvp"):
+        default = defaults.get(dep)
+        if default is None and not image:
+            default = _VECTOR_DEFAULTS.get(name, (None,))[0]
+        if isinstance(default, int) and not isinstance(default, bool) and depth < default:
+            chosen[dep] = depth
+    wid = spec.width
+    if wid and wid not in kwargs:
+        default = defaults.get(wid)
+        if default is None and not image and name in _VECTOR_DEFAULTS:
+            default = [_VECTOR_DEFAULTS[name][1]] * 2
+        if default is None and image:
+            default = _IMAGE_WIDTHS.get(name)
+        if default is not None:
+            w = _as_width(default, width, image)
+            if w != (list(default) if isinstance(default, tuple) else default):
+                chosen[wid] = w
+    if not chosen:
+        return None
+    return {"dimension": d, "examples": n, "arguments": chosen}
+
+
+def _sizing_note(sizing: dict | None) -> str:
+    if not sizing:
+        return ""
+    args = ", ".join(f"{k}={v}" for k, v in sizing["arguments"].items())
+    return (
+        f"sized for {sizing['dimension']}-d data and {sizing['examples']} training examples: "
+        f"{args} (set them in the model arguments to override; see 'flowforge list')"
+    )
+
+
+def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow, Flow, dict]:
     """Build the model a config asks for, shaped for ``ds``.
 
     Returns ``(flow, inner, resolved)``: ``inner`` is the builder's flow; ``flow`` is what the
     trainer fits, saves to ``model.ff`` and scores raw data with (``inner`` preceded by the
     standardisation, if the data has statistics); ``resolved`` records the decisions.
+    ``stored``: the resolved section of the run being resumed (a run from before the sizing
+    rule and the ``standardize`` option is rebuilt as it was).
     """
     name, kwargs = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
     spec = models.spec(name)
+    legacy = stored is not None and "sizing" not in stored
     for k in ("features", "shape"):
         if k in kwargs:
             raise WorkbenchError(f"model argument {k!r} comes from the data; remove it")
@@ -82,6 +178,14 @@ def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
             "base 'class-gaussian' needs a conditional run: add --conditional label (or "
             "--target-columns for a table)"
         )
+    if legacy:  # the builder's arguments added since take the values that rebuild the run
+        kwargs = models.registry.saved_kwargs(name, kwargs)
+    elif ds.stats is not None and "standardize" in takes:
+        # the data is standardised here, with the whole training split's statistics
+        kwargs.setdefault("standardize", False)
+    sizing = None if legacy else _sizing(spec.name.lower(), spec, kwargs, layout, ds)
+    if sizing:
+        kwargs.update(sizing["arguments"])
     shape_kw = {"shape": list(ds.shape)} if layout == "image" else {"features": math.prod(ds.shape)}
     try:
         inner = models.build(name, **shape_kw, **kwargs)
@@ -105,11 +209,24 @@ def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
         "parameters": sum(p.numel() for p in inner.parameters()),
         "examples": {k: int(ds.split(k).shape[0]) for k in ("train", "val", "test")},
     }
+    if not legacy:
+        resolved["sizing"] = sizing
     if ds.context_info is not None:
         resolved["context"] = ds.context_info
     if ds.info.get("columns"):
         resolved["columns"] = ds.info["columns"]
     return flow, inner, resolved
+
+
+def same_model(before: dict | None, now: dict | None) -> bool:
+    """Whether a stored ``flow_config`` and a rebuilt one describe the same model (a stored one
+    from before an argument existed counts that argument at its legacy value)."""
+    if before == now:
+        return True
+    if not before or not now or not isinstance(before.get("kwargs"), dict):
+        return False
+    kwargs = models.registry.saved_kwargs(before["model"], before["kwargs"])
+    return {**before, "kwargs": kwargs} == now
 
 
 def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:
@@ -122,4 +239,5 @@ def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:
         f"{resolved['examples']['train']} train / {resolved['examples']['val']} val"
         f"{_context_note(resolved)}"
         f"{'; ' + str(world) + ' processes' if world > 1 else ''}"
+        + (f"\n{_sizing_note(resolved.get('sizing'))}" if resolved.get("sizing") else "")
     )

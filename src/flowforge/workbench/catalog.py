@@ -12,7 +12,7 @@ import ast
 import sys
 from pathlib import Path
 
-__all__ = ["DATASET_NOTES", "live_models", "models"]
+__all__ = ["DATASET_NOTES", "SIZING", "data_options", "live_models", "models"]
 
 _TOY_NAMES = (
     "moons",
@@ -33,6 +33,19 @@ DATASET_NOTES = {
     "sphere-vmf": "mixture of 4 von Mises-Fisher on the sphere (unit vectors), known density",
     "surface-64": "a 2-D surface in R^64 with noise 0.01, known density on it (M-flows)",
 }
+
+SIZING = """\
+When a run's model arguments leave the depth and the width unset, the workbench sizes the
+model to the data (d: the dimension, n: the training examples), never above the builder's own
+defaults (those are sized for benchmarks):
+
+    vectors: depth = 4 + ceil(log2(d)), at most 8
+             width = 2^round(log2(n / 50)) clamped to [32, 256], at least 2^ceil(log2(2 d))
+    images:  depth (Glow steps per scale) = round(log2(n / 40)) clamped to [2, 8]
+             width (channels) = 2^round(log2(n / 40)) clamped to [32, 128]
+
+Give the argument (e.g. --model-kwargs '{"layers": 8, "hidden": [256, 256]}') to override;
+the choice is printed when the run starts and recorded in config.json (resolved.sizing)."""
 
 _MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -58,10 +71,13 @@ def models() -> list[dict]:
             if deco is None:
                 continue
             inputs: tuple[str, ...] = ("features",)
+            marks = {"depth": "layers", "width": "hidden"}  # register()'s defaults
             if isinstance(deco, ast.Call):
                 for kw in deco.keywords:
                     if kw.arg == "inputs":
                         inputs = tuple(ast.literal_eval(kw.value))
+                    if kw.arg in marks:
+                        marks[kw.arg] = ast.literal_eval(kw.value)
             a = fn.args
             pos = a.posonlyargs + a.args
             defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
@@ -77,9 +93,23 @@ def models() -> list[dict]:
                     "summary": doc.strip().splitlines()[0] if doc.strip() else "",
                     "inputs": list(inputs),
                     "arguments": arguments,
+                    **marks,
                 }
             )
     return sorted(out, key=lambda m: m["name"])
+
+
+def data_options() -> list[str]:
+    """The data options every builder takes (the fields of ``models.assembly.DataOptions``)."""
+    tree = ast.parse((_MODELS / "assembly.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "DataOptions":
+            return [
+                n.target.id
+                for n in node.body
+                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+            ]
+    return []
 
 
 def live_models() -> list[dict]:
@@ -97,6 +127,8 @@ def live_models() -> list[dict]:
                 "summary": spec.summary,
                 "inputs": list(spec.inputs),
                 "arguments": {k: repr(v) for k, v in spec.defaults().items()},
+                "depth": spec.depth,
+                "width": spec.width,
             }
         )
     return out

@@ -63,7 +63,7 @@ def _parse_scalar(text: str):
 
 
 def cmd_list(args) -> int:
-    from .catalog import DATASET_NOTES, live_models, models
+    from .catalog import DATASET_NOTES, SIZING, data_options, live_models, models
 
     info = {
         "models": {m["name"]: m for m in models()},
@@ -76,11 +76,14 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print("models (flowforge train --model NAME --set model.ARG=VALUE):")
+    print("models (their own arguments and defaults; * = sized to the data when not given):")
     for name, m in info["models"].items():
-        main = ", ".join(f"{k}={v}" for k, v in m["arguments"].items())
+        sized = {m.get("depth"), m.get("width")}
+        args = ", ".join(f"{k}{'*' if k in sized else ''}={v}" for k, v in m["arguments"].items())
         print(f"  {name:<13} {m['summary']}")
-        print(f"  {'':<13} inputs: {'/'.join(m['inputs'])}; {main}")
+        print(f"  {'':<13} inputs: {'/'.join(m['inputs'])}; {args}")
+    print("  (every model also takes the data options: " + ", ".join(data_options()) + ")")
+    print(SIZING)
     print("datasets:")
     for k, v in info["datasets"].items():
         print(f"  {k:<13} {v}")
@@ -241,15 +244,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .errors import WorkbenchError
     from .report import write_report
-    from .runs import run_config
-
-    if run_config(args.run)["resolved"].get("context"):
-        raise WorkbenchError(
-            "reports of conditional runs are not supported yet; use 'flowforge eval' and "
-            "'flowforge sample --label/--context'"
-        )
 
     temps = tuple(float(t) for t in args.temperatures.split(","))
     path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)

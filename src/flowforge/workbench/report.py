@@ -186,42 +186,75 @@ def _savefig(fig, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _curves(metrics: list[dict], path: Path, discrete: bool) -> bool:
+def robust_limits(values, factor: float = 10.0) -> tuple[float, float]:
+    """y-limits that keep a curve readable through spikes: from the smallest value to
+    ``factor`` times the median's height above it (never above the largest value). Values
+    above the upper limit are spikes, drawn at the top edge; since the median decides, up to
+    half of the values may be spikes."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return 0.0, 1.0
+    bottom, med = float(v.min()), float(np.median(v))
+    rise = max(med - bottom, 1e-6 * max(1.0, abs(med)))
+    top = min(float(v.max()), bottom + factor * rise)
+    pad = 0.05 * max(top - bottom, rise)
+    return bottom - pad, top + pad
+
+
+def _plot_clipped(ax, x, y, top: float, **kw) -> int:
+    """Plot ``y`` with values above ``top`` drawn as red marks at the top edge; their count."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    over = ~(y <= top)  # NaN and inf count as spikes too
+    ax.plot(x, np.where(over, np.nan, y), **kw)
+    if over.any():
+        ax.plot(x[over], np.full(over.sum(), top), "v", color="red", ms=6, clip_on=False)
+        for xi, yi in zip(x[over][:5], y[over][:5]):
+            ax.annotate(f"{yi:.3g}", (xi, top), fontsize=7, color="red",
+                        xytext=(2, -10), textcoords="offset points")  # fmt: skip
+    return int(over.sum())
+
+
+def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> int:
+    values = [m[key_train] for m in ep] + [m[key_val] for m in ep]
+    if steps and key_train == "train_loss":
+        values += [s["loss"] for s in steps]
+    lo, hi = robust_limits(values)
+    spikes = 0
+    if steps and key_train == "train_loss":
+        spikes += _plot_clipped(ax, [s["step"] / per_epoch for s in steps],
+                                [s["loss"] for s in steps], hi, color="0.6", lw=0.8,
+                                label="train (logged steps)")  # fmt: skip
+    if ep:
+        e = [m["epoch"] for m in ep]
+        spikes += _plot_clipped(ax, e, [m[key_train] for m in ep], hi, marker=".", label="train")
+        spikes += _plot_clipped(ax, e, [m[key_val] for m in ep], hi, marker=".", label="validation")
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if spikes:
+        ax.plot([], [], "v", color="red", label=f"off the chart ({spikes})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return spikes
+
+
+def _curves(metrics: list[dict], path: Path, discrete: bool) -> int | None:
+    """Training curves, clipped to robust limits with the spikes marked; the number of
+    points off the chart (None: no metrics)."""
     ep = [m for m in metrics if m.get("type") == "epoch"]
     steps = [m for m in metrics if m.get("type") == "step"]
     if not ep and not steps:
-        return False
+        return None
     plt = _plt()
-    fig, ax = plt.subplots(
-        1, 2 if discrete else 1, figsize=(11 if discrete else 6, 4), squeeze=False
-    )
-    a = ax[0, 0]
-    if steps and ep:
-        per_epoch = max(1, ep[0]["step"])
-        a.plot(
-            [s["step"] / per_epoch for s in steps],
-            [s["loss"] for s in steps],
-            color="0.8",
-            lw=0.8,
-            label="train (steps)",
-        )
-    if ep:
-        a.plot([m["epoch"] for m in ep], [m["train_loss"] for m in ep], label="train")
-        a.plot([m["epoch"] for m in ep], [m["val_nll"] for m in ep], label="validation")
-    a.set_xlabel("epoch")
-    a.set_ylabel("NLL (nats/example)")
-    a.legend()
-    a.grid(alpha=0.3)
-    if discrete and ep and "val_bpd" in ep[0]:
-        b = ax[0, 1]
-        b.plot([m["epoch"] for m in ep], [m["train_bpd"] for m in ep], label="train")
-        b.plot([m["epoch"] for m in ep], [m["val_bpd"] for m in ep], label="validation")
-        b.set_xlabel("epoch")
-        b.set_ylabel("bits/dim")
-        b.legend()
-        b.grid(alpha=0.3)
+    two = discrete and ep and "val_bpd" in ep[0]
+    fig, ax = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6.5, 4), squeeze=False)
+    per_epoch = max(1, ep[0]["step"]) if ep else 1
+    spikes = _curve_panel(ax[0, 0], ep, steps, "train_loss", "val_nll", per_epoch,
+                          "NLL (nats/example)")  # fmt: skip
+    if two:
+        spikes += _curve_panel(ax[0, 1], ep, [], "train_bpd", "val_bpd", per_epoch, "bits/dim")
     _savefig(fig, path)
-    return True
+    return spikes
 
 
 def _samples_images(flow, cfg, temps, n, seed, path: Path) -> None:
@@ -305,15 +338,20 @@ def _density(
 
 
 @torch.no_grad()
-def latent(flow, x: Tensor, seed: int = 0) -> Tensor:
-    """``z = flow.transform(x)`` (after dequantization for discrete data), flattened."""
+def latent(flow, x: Tensor, seed: int = 0, context: Tensor | None = None, flat: bool = True):
+    """``z = flow.transform(x)`` (after dequantization for discrete data), flattened unless
+    ``flat=False`` (then one row per example)."""
     flow.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if flow.dequantizer is not None:
-            x, _ = flow.dequantizer(x)
-        z = torch.cat([flow.transform(x[i : i + 1024])[0] for i in range(0, len(x), 1024)])
-    return z.reshape(-1)
+            x, _ = flow.dequantizer(x, context)
+        parts = []
+        for i in range(0, len(x), 1024):
+            c = None if context is None else context[i : i + 1024]
+            parts.append(flow.transform(x[i : i + 1024], c)[0])
+        z = torch.cat(parts)
+    return z.reshape(-1) if flat else z.reshape(z.shape[0], -1)
 
 
 def _latent_plot(z: Tensor, path: Path) -> dict:
@@ -341,6 +379,209 @@ def _latent_plot(z: Tensor, path: Path) -> dict:
     return {"mean": float(z.mean()), "std": float(z.std()), "values": n}
 
 
+# -- tables: the model against the data, column by column -----------------------------------------
+
+MAX_COLUMNS = 16  # columns shown in the per-column panels
+PAIRS = 4  # pairwise panels (the most dependent pairs)
+
+
+def _finite_rows(a: np.ndarray) -> np.ndarray:
+    return a[np.isfinite(a).all(1)]
+
+
+def _box(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.percentile(x, 0.5, 0), np.percentile(x, 99.5, 0)
+    pad = 0.1 * np.maximum(hi - lo, 1e-9)
+    return lo - pad, hi + pad
+
+
+def dependence(x: np.ndarray, bins: int = 12) -> np.ndarray:
+    """Pairwise dependence of the columns of ``x``: the mutual information (nats) of a 2-D
+    histogram on each column's quantile bins, so monotone and non-monotone dependence count
+    alike. A ``(d, d)`` matrix with zeros on the diagonal."""
+    n, d = x.shape
+    ranks = np.empty_like(x, dtype=np.int64)
+    for j in range(d):
+        edges = np.unique(np.quantile(x[:, j], np.linspace(0, 1, bins + 1)[1:-1]))
+        ranks[:, j] = np.searchsorted(edges, x[:, j], side="right")
+    out = np.zeros((d, d))
+    for i in range(d):
+        for j in range(i + 1, d):
+            joint = np.zeros((bins, bins))
+            np.add.at(joint, (ranks[:, i], ranks[:, j]), 1.0)
+            p = joint / n
+            pi, pj = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+            nz = p > 0
+            out[i, j] = out[j, i] = float((p[nz] * np.log(p[nz] / (pi @ pj)[nz])).sum())
+    return out
+
+
+def _corr(x: np.ndarray) -> np.ndarray:
+    sd = x.std(0)
+    c = np.corrcoef(np.where(sd > 0, x, x + np.random.default_rng(0).normal(0, 1e-9, x.shape)).T)
+    return np.atleast_2d(c)
+
+
+def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, names, figdir):
+    """Per-column marginals, the most dependent pairs, correlation matrices and a per-column
+    latent QQ for vector data; returns ``[(title, file)]`` and facts ``[(name, value)]``."""
+    plt = _plt()
+    figs, facts = [], []
+    data, samples = _finite_rows(data), _finite_rows(samples)
+    d = data.shape[1]
+    lo, hi = _box(data)
+    shown = list(range(min(d, MAX_COLUMNS)))
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(shown):
+            ax.axis("off")
+            continue
+        j = shown[k]
+        edges = np.linspace(lo[j], hi[j], 41)
+        ax.hist(data[:, j], edges, density=True, histtype="stepfilled", alpha=0.35,
+                label="data")  # fmt: skip
+        ax.hist(samples[:, j], edges, density=True, histtype="step", lw=1.5, color="C1",
+                label="samples")  # fmt: skip
+        ax.set_title(names[j], fontsize=9)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=7)
+    more = f" (first {len(shown)} of {d})" if d > len(shown) else ""
+    fig.suptitle(f"marginals: data vs {len(samples)} model samples{more}", fontsize=10)
+    _savefig(fig, figdir / "marginals.png")
+    figs.append(("Per-column marginals: data vs samples", "report/marginals.png"))
+    if d >= 2:
+        k = min(d, 48)  # pairs among the first 48 columns (the estimate is quadratic in d)
+        dep = dependence(data[:, :k])
+        iu = np.triu_indices(k, 1)
+        order = np.argsort(-dep[iu])[:PAIRS]
+        pairs = [(int(iu[0][k]), int(iu[1][k])) for k in order]
+        fig, axes = plt.subplots(len(pairs), 2, figsize=(8, 3.6 * len(pairs)), squeeze=False)
+        m = min(len(data), len(samples), 3000)
+        for (i, j), (a, b) in zip(pairs, axes):
+            a.scatter(data[:m, i], data[:m, j], s=2, alpha=0.35)
+            b.scatter(samples[:m, i], samples[:m, j], s=2, alpha=0.35, color="C1")
+            a.set_title(f"data: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)", fontsize=9)
+            b.set_title(f"samples: {names[i]} vs {names[j]}", fontsize=9)
+            for ax in (a, b):
+                ax.set_xlim(lo[i], hi[i])
+                ax.set_ylim(lo[j], hi[j])
+                ax.set_xlabel(names[i], fontsize=8)
+                ax.set_ylabel(names[j], fontsize=8)
+                ax.tick_params(labelsize=7)
+        _savefig(fig, figdir / "pairs.png")
+        figs.append(("The most dependent pairs of columns: data vs samples", "report/pairs.png"))
+        cd, cs = _corr(data), _corr(samples)
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+        for ax, c, t, cmap, v in (
+            (axes[0], cd, "data", "RdBu_r", 1),
+            (axes[1], cs, "samples", "RdBu_r", 1),
+            (axes[2], cs - cd, "samples - data", "PuOr_r", 0.5),
+        ):
+            im = ax.imshow(c, cmap=cmap, vmin=-v, vmax=v)
+            ax.set_title(f"correlation: {t}", fontsize=10)
+            ticks = range(d) if d <= MAX_COLUMNS else []
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            if d <= MAX_COLUMNS:
+                ax.set_xticklabels([names[j] for j in ticks], rotation=90, fontsize=7)
+                ax.set_yticklabels([names[j] for j in ticks], fontsize=7)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        _savefig(fig, figdir / "correlations.png")
+        figs.append(("Correlation matrices", "report/correlations.png"))
+        facts.append(("largest correlation difference (samples - data)",
+                      f"{np.abs(cs - cd).max():.3f}"))  # fmt: skip
+    if z is not None:
+        z = _finite_rows(z)
+        n = len(z)
+        q = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n).numpy()
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.7 * rows), squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            if k >= len(shown):
+                ax.axis("off")
+                continue
+            j = shown[k]
+            ax.plot(q, np.sort(z[:, j]), ".", ms=1.5)
+            ax.plot([-4, 4], [-4, 4], "k--", lw=0.8)
+            ax.set_title(f"latent {j} ({names[j]})", fontsize=9)
+            ax.tick_params(labelsize=7)
+        fig.supxlabel("standard normal quantile", fontsize=9)
+        fig.supylabel("latent quantile", fontsize=9)
+        _savefig(fig, figdir / "latent_columns.png")
+        figs.append(("Per-dimension latent QQ plots", "report/latent_columns.png"))
+    return figs, facts
+
+
+# -- conditional runs ------------------------------------------------------------------------------
+
+
+def _class_grid(flow, cfg, classes, n, temperature, seed, path):
+    """One row of ``n`` samples per class (label-conditional image runs)."""
+    from .data import label_context
+
+    info = cfg["resolved"]["context"]
+    ctx = label_context(classes, info)
+    x = sample_run(flow, cfg, n, temperature, seed, context=ctx)
+    plt = _plt()
+    grid = image_grid(_as_images(x, cfg), cols=n)
+    fig, ax = plt.subplots(figsize=(0.9 * n + 1, 0.9 * len(classes) + 0.6))
+    _show(ax, grid)
+    h = grid.shape[0] / len(classes)
+    ax.set_yticks([h * (i + 0.5) for i in range(len(classes))])
+    ax.set_yticklabels([str(c) for c in classes])
+    ax.set_ylabel("class")
+    ax.set_title(f"{n} samples per class, T={temperature:g}")
+    _savefig(fig, path)
+
+
+def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int = 500):
+    """For a few rows of the split: samples given that row's context against its true value."""
+    info = cfg["resolved"]["context"]
+    ctx = ds.split_context(split)[:rows]
+    truth = ds.split(split)[:rows].numpy()
+    raw = ctx.numpy() * np.array(info["stats"]["scale"]) + np.array(info["stats"]["loc"])
+    x = sample_run(flow, cfg, n, 1.0, seed, context=ctx).reshape(len(ctx), n, -1).numpy()
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(ctx), figsize=(3.6 * len(ctx), 3.6), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        s = _finite_rows(x[k])
+        if s.shape[1] == 1:
+            ax.hist(s[:, 0], 40, density=True, color="C1", alpha=0.6, label="samples")
+            ax.axvline(truth[k, 0], color="k", lw=1.5, label="true value")
+            ax.set_xlabel(names[0], fontsize=8)
+        else:
+            ax.scatter(s[:, 0], s[:, 1], s=3, alpha=0.4, color="C1", label="samples")
+            ax.plot(truth[k, 0], truth[k, 1], "k*", ms=12, label="true value")
+            ax.set_xlabel(names[0], fontsize=8)
+            ax.set_ylabel(names[1], fontsize=8)
+        given = ", ".join(f"{v:.3g}" for v in raw[k][:4]) + (", ..." if raw.shape[1] > 4 else "")
+        ax.set_title(f"{split} row {k}: context {given}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=7)
+    _savefig(fig, path)
+
+
+def _context_words(info: dict) -> str:
+    if info["kind"] == "label":
+        return f"class labels {info['classes']}"
+    return f"columns {info['context_columns']} (modelled: columns {info['target_columns']})"
+
+
+def _column_names(cfg: dict, d: int) -> list[str]:
+    """The modelled columns' names (a CSV header, kept in ``resolved.columns``), else their
+    indices in the table."""
+    r = cfg["resolved"]
+    stored = r.get("columns")
+    if isinstance(stored, list) and len(stored) == d:
+        return [str(n) for n in stored]
+    ctx = r.get("context") or {}
+    index = ctx.get("target_columns") or list(range(d))
+    return [f"column {i}" for i in index]
+
+
 def write_report(
     run: str | os.PathLike,
     split: str = "val",
@@ -359,40 +600,84 @@ def write_report(
     ds = run_dataset(cfg)
     shape = tuple(r["event_shape"])
     data_shape = tuple(r["data_shape"])
+    info = r.get("context")
     figdir = run / "report"
     figdir.mkdir(exist_ok=True)
     figs: list[tuple[str, str]] = []
     metrics = read_metrics(run)
     discrete = r.get("levels") is not None
-    if _curves(metrics, figdir / "curves.png", discrete):
-        figs.append(("Training curves", "report/curves.png"))
     facts: list[tuple[str, str]] = []
-    x_split = ds.split(split)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        v = nll_fn(flow, x_split.reshape(-1, *shape))
-    facts.append((f"{split} NLL (nats/example)", f"{v:.4f}"))
-    if discrete:
-        facts.append((f"{split} bits/dim", f"{v / (math.prod(shape) * math.log(2)):.4f}"))
+    spikes = _curves(metrics, figdir / "curves.png", discrete)
+    if spikes is not None:
+        figs.append(("Training curves", "report/curves.png"))
+        if spikes:
+            note = f"{spikes} logged values far above the rest (red marks on the curves)"
+            facts.append(("warning: loss spikes", note))
+    x_split = ds.split(split).reshape(-1, *shape)
+    c_split = ds.split_context(split)
+    for name in dict.fromkeys((split, "test")):
+        x, c = ds.split(name).reshape(-1, *shape), ds.split_context(name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            v = nll_fn(flow, x, c)
+        facts.append((f"{name} NLL (nats/example, {len(x)} examples)", f"{v:.4f}"))
+        if discrete:
+            facts.append((f"{name} bits/dim", f"{v / (math.prod(shape) * math.log(2)):.4f}"))
     if len(data_shape) == 3:
-        _samples_images(flow, cfg, temperatures, n, seed, figdir / "samples.png")
-        figs.append(("Samples at several temperatures", "report/samples.png"))
-        t_near = 1.0 if 1.0 in temperatures else temperatures[-1]
-        med = _nearest(flow, cfg, ds.train, 16, t_near, seed + 1, figdir / "nearest.png")
-        figs.append(
-            ("Nearest training image of each sample (memorisation check)", "report/nearest.png")
+        if info and info["kind"] == "label":
+            classes = info["classes"][:10]
+            for t in dict.fromkeys((1.0, 0.7)):
+                _class_grid(flow, cfg, classes, 8, t, seed, figdir / f"classes_T{t:g}.png")
+                figs.append((f"Samples per class (T = {t:g})", f"report/classes_T{t:g}.png"))
+        else:
+            _samples_images(flow, cfg, temperatures, n, seed, figdir / "samples.png")
+            figs.append(("Samples at several temperatures", "report/samples.png"))
+        if info is None:
+            t_near = 1.0 if 1.0 in temperatures else temperatures[-1]
+            med = _nearest(flow, cfg, ds.train, 16, t_near, seed + 1, figdir / "nearest.png")
+            figs.append(
+                (
+                    "Nearest training image of each sample (memorisation check)",
+                    "report/nearest.png",
+                )  # fmt: skip
+            )
+            facts.append(
+                ("median L2 distance sample -> nearest training image (data units)", f"{med:.3f}")
+            )
+    else:
+        d = math.prod(data_shape)
+        names = _column_names(cfg, d)
+        data = x_split.reshape(len(x_split), -1)
+        m = min(len(data), 5000)
+        if info is None:
+            if data_shape == (2,):
+                s = sample_run(flow, cfg, 2000, 1.0, seed)
+                _density(
+                    flow,
+                    ds.train,
+                    s,
+                    figdir / "density.png",
+                    figdir / "samples.png",
+                    ds.info.get("box"),
+                )
+                figs.append(("Data and model density", "report/density.png"))
+                figs.append(("Samples", "report/samples.png"))
+            samples = sample_run(flow, cfg, m, 1.0, seed + 2)
+        else:
+            # one sample given each row's context: draws from the joint of the split
+            samples = sample_run(flow, cfg, 1, 1.0, seed + 2, context=c_split[:m])
+            title = "Samples given the context of a few rows, against their true values"
+            _per_context(flow, cfg, ds, split, names, seed, figdir / "contexts.png")
+            figs.append((title, "report/contexts.png"))
+        z = latent(flow, x_split[:m], seed, None if c_split is None else c_split[:m], flat=False)
+        tf, tfacts = table_figures(
+            data[:m].numpy(), samples.reshape(m, -1).numpy(), z.numpy(), names, figdir
         )
-        facts.append(("median L2 distance sample -> nearest training image", f"{med:.3f}"))
-    elif data_shape == (2,):
-        s = sample_run(flow, cfg, 2000, 1.0, seed)
-        _density(
-            flow, ds.train, s, figdir / "density.png", figdir / "samples.png", ds.info.get("box")
-        )
-        figs.append(("Data and model density", "report/density.png"))
-        figs.append(("Samples", "report/samples.png"))
-    z = latent(flow, x_split.reshape(-1, *shape), seed)
+        figs += tf
+        facts += tfacts
+    z = latent(flow, x_split, seed, c_split)
     zs = _latent_plot(z, figdir / "latent.png")
-    figs.append((f"Latent normality check ({split} split)", "report/latent.png"))
+    figs.append((f"Latent normality check ({split} split, all dimensions)", "report/latent.png"))
     facts.append(("latent mean / std", f"{zs['mean']:.3f} / {zs['std']:.3f}"))
     ep = [m for m in metrics if m.get("type") == "epoch"]
     best = min(ep, key=lambda m: m["val_nll"]) if ep else None
@@ -409,6 +694,11 @@ def write_report(
         ("standardised", "yes (training-split statistics)" if r.get("stats") else "no"),
         ("epochs run", str(len(ep))),
     ]
+    if r.get("sizing"):
+        args = ", ".join(f"{k}={v}" for k, v in r["sizing"]["arguments"].items())
+        rows.append(("sized to the data", args))
+    if info:
+        rows.append(("conditional on", _context_words(info)))
     if best:
         rows.append(("best epoch (val NLL)", f"{best['epoch']} ({best['val_nll']:.4f})"))
     rows += facts

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import io
-from .build import build_flow, describe
+from .build import build_flow, describe, same_model
 from .config import DEFAULT_TRAIN, read_config, resolve_config
 from .data import load_dataset
 from .distributed import barrier, device, dist_env, init_distributed
@@ -141,14 +141,14 @@ def train(
         if resume:  # the stored config came from a folder: build it under the file budget
             size = (out / CKPT_FILE).stat().st_size
             with io.Budget(max(io.BUILD_FLOOR, 8 * size), io.BUILD_SECONDS):
-                flow, _, resolved = build_flow(cfg, ds)
+                flow, _, resolved = build_flow(cfg, ds, stored and stored["resolved"])
         else:
             flow, _, resolved = build_flow(cfg, ds)
         if Path(cfg["data"]["name"]).exists():
             resolved["data_path"] = str(Path(cfg["data"]["name"]).resolve())
         resolved["data_fingerprint"] = _splits_fingerprint(ds)
         if stored is not None:
-            if stored["resolved"].get("flow_config") != resolved["flow_config"]:
+            if not same_model(stored["resolved"].get("flow_config"), resolved["flow_config"]):
                 raise RunError(
                     f"cannot resume {out}: the model builder now gives a different model"
                 )

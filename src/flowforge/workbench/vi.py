@@ -36,6 +36,8 @@ def build_vi_model(name: str, features: int, layers: int | None = None, **kwargs
         if spec.depth is None:
             raise ValueError(f"model {name!r} has no depth argument for --layers")
         kwargs[spec.depth] = layers
+    if spec.data:
+        kwargs.setdefault("standardize", False)  # no data to initialise from
     return spec.build(features=features, **kwargs)
 
 

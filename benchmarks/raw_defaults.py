@@ -1,0 +1,142 @@
+"""Library defaults on raw (unstandardised) 2-D data: the gap to the true entropy.
+
+``ff.models.NSF(features=2)``, ``MAF(features=2)`` and ``RealNVP(features=2)``, each with its
+defaults, trained by one plain loop (the loop a library user writes: Adam, fresh samples every
+step, no standardisation) on the workbench's 8-gaussians and checkerboard generators at two
+scales: ``--scale 2`` (about +-4: 8 Gaussians of sd 0.3 on a circle of radius 4, a checkerboard
+on [-4, 4]^2) and ``--scale 1`` (the workbench's own toys, about +-2).
+
+The oracle is each generator's exact density (as in ``scripts/ffjord_toys.py``): for data
+``x = s * y``, ``log p(x) = log p_toy(x / s) - 2 log s``. The gap is the model's test NLL minus
+the oracle's NLL on the same 20,000 test points (nats; 0 is perfect, up to sampling noise).
+
+    python benchmarks/raw_defaults.py                        # every model, toy and scale
+    python benchmarks/raw_defaults.py --models nsf --toys checkerboard --scale 2
+    python benchmarks/raw_defaults.py --variant legacy       # the defaults before issue 17
+
+``--variant`` (for the measurement in docs/defaults.md):
+    default: today's defaults;
+    legacy: ``standardize=False`` (the defaults before issue 17: no data-initialised layer);
+    bound5 / bound8: legacy with a spline bound of 5 / 8 (NSF only).
+
+Results are appended (one JSON object per line) to ``--out``
+(default ``benchmarks/results/raw_defaults.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import flowforge as ff
+from flowforge.workbench.data import TOYS
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def oracle_log_prob(name: str, x: np.ndarray, scale: float) -> np.ndarray:
+    """Exact log-density of ``scale * TOYS[name]`` at ``x`` (n, 2)."""
+    y = np.asarray(x, dtype=np.float64) / scale
+    if name == "8gaussians":
+        a = np.arange(8) * math.pi / 4
+        c = 2.0 * np.stack([np.cos(a), np.sin(a)], 1)
+        sd = 0.15
+        d2 = ((y[:, None, :] - c[None]) ** 2).sum(-1)
+        lp = -d2 / (2 * sd**2) - math.log(2 * math.pi * sd**2) - math.log(8)
+        m = lp.max(1, keepdims=True)
+        out = (m + np.log(np.exp(lp - m).sum(1, keepdims=True)))[:, 0]
+    elif name == "checkerboard":
+        row, col = np.floor(y[:, 1] + 2), np.floor(y[:, 0] + 2)
+        inside = (np.abs(y) < 2).all(1) & ((row + col) % 2 == 0)
+        out = np.where(inside, -math.log(8), -np.inf)
+    else:
+        raise ValueError(f"no oracle for {name!r}")
+    return out - 2 * math.log(scale)
+
+
+def build(model: str, variant: str):
+    kwargs = {}
+    if variant != "default":
+        kwargs["standardize"] = False
+    if variant in ("bound5", "bound8"):
+        if model != "nsf":
+            raise ValueError(f"--variant {variant} is for NSF only")
+        kwargs["bound"] = float(variant[5:])
+    return ff.models.build(model, features=2, **kwargs)
+
+
+def run(model, toy, scale, variant, steps, batch, lr, seed):
+    torch.manual_seed(seed)
+    flow = build(model, variant)
+    rng = np.random.default_rng(seed)
+    test = scale * TOYS[toy](np.random.default_rng(12345), 20000)
+    oracle = -oracle_log_prob(toy, test, scale).mean()
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    t0 = time.perf_counter()
+    flow.train()
+    for _ in range(steps):
+        x = torch.from_numpy(scale * TOYS[toy](rng, batch)).float()
+        loss = -flow.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
+        opt.step()
+        sched.step()
+    seconds = time.perf_counter() - t0
+    flow.eval()
+    with torch.no_grad():
+        nll = -torch.cat([flow.log_prob(t) for t in torch.from_numpy(test).float().split(5000)])
+    nll = float(nll.double().mean())
+    return {
+        "model": model,
+        "toy": toy,
+        "scale": scale,
+        "variant": variant,
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "params": sum(p.numel() for p in flow.parameters()),
+        "test_nll": round(nll, 4),
+        "oracle_nll": round(float(oracle), 4),
+        "gap": round(nll - float(oracle), 4),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="nsf,maf,realnvp")
+    p.add_argument("--toys", default="8gaussians,checkerboard")
+    p.add_argument("--scale", type=float, nargs="+", default=[2.0, 1.0])
+    p.add_argument(
+        "--variant", default="default", choices=["default", "legacy", "bound5", "bound8"]
+    )
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS / "raw_defaults.jsonl")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    for scale in a.scale:
+        for toy in a.toys.split(","):
+            for model in a.models.split(","):
+                r = run(model, toy, scale, a.variant, a.steps, a.batch, a.lr, a.seed)
+                print(json.dumps(r), flush=True)
+                if str(a.out) != "-":
+                    a.out.parent.mkdir(parents=True, exist_ok=True)
+                    with open(a.out, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

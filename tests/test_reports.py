@@ -1,0 +1,153 @@
+"""Reports that show the model against the data (issue 17, item 2): every kind of run gets a
+report whose figures exist; tables get per-column views; curves stay readable through spikes;
+conditional runs are reported, not refused."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowforge.workbench import report as R
+from flowforge.workbench.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = '{"layers": 2, "hidden": [16]}'
+COMMON = ["--epochs", "1", "--limit", "200", "--no-progress", "--quiet"]
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.cells, self._in = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+        if tag in ("th", "td"):
+            self._in = True
+            self.cells.append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td"):
+            self._in = False
+
+    def handle_data(self, data):
+        if self._in:
+            self.cells[-1] += data
+
+
+def render(run: Path, capsys) -> tuple[list[str], dict]:
+    """Report ``run``; the images it links (each checked to exist and to be a PNG) and its
+    table as a dict."""
+    assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    page = _Page()
+    page.feed((run / "report.html").read_text())
+    for src in page.imgs:
+        f = run / src
+        assert f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    table = dict(zip(page.cells[::2], page.cells[1::2]))
+    return page.imgs, table
+
+
+def train(tmp, name, *args):
+    out = tmp / name
+    assert main(["train", "--out", str(out), *COMMON, *map(str, args)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reports")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=600)
+    table = np.stack([a, np.sin(2 * a), a**2 + 0.1 * rng.normal(size=600), rng.normal(size=600)])
+    csv = tmp / "table.csv"
+    csv.write_text("a,b,c,d\n" + "\n".join(",".join(f"{v:.5g}" for v in r) for r in table.T))
+    return {
+        "table": train(tmp, "table", "--model", "nsf", "--data", csv, "--model-kwargs", TINY),
+        "ctable": train(
+            tmp,
+            "ctable",
+            "--model",
+            "maf",
+            "--data",
+            csv,
+            "--target-columns",
+            "0,1",
+            "--model-kwargs",
+            TINY,
+        ),  # fmt: skip
+        "toy": train(
+            tmp, "toy", "--model", "realnvp", "--data", "moons", "--model-kwargs", '{"layers": 2}'
+        ),  # fmt: skip
+        "cimage": train(
+            tmp,
+            "cimage",
+            "--model",
+            "glow",
+            "--data",
+            "digits",
+            "--conditional",
+            "label",
+            "--model-kwargs",
+            '{"steps": 1, "hidden": 8, "scales": 1}',
+        ),  # fmt: skip
+    }
+
+
+def test_table_report_shows_the_model_against_the_data(runs, capsys):
+    imgs, table = render(runs["table"], capsys)
+    assert {"report/marginals.png", "report/pairs.png", "report/correlations.png",
+            "report/latent_columns.png", "report/curves.png"} <= set(imgs)  # fmt: skip
+    assert any(k.startswith("test NLL") for k in table), table
+    assert any(k.startswith("val NLL") for k in table)
+    assert "largest correlation difference (samples - data)" in table
+
+
+def test_conditional_table_report(runs, capsys):
+    imgs, table = render(runs["ctable"], capsys)
+    assert {"report/contexts.png", "report/marginals.png", "report/pairs.png"} <= set(imgs)
+    assert table["conditional on"].startswith("columns [2, 3]")
+
+
+def test_conditional_image_report_has_samples_per_class(runs, capsys):
+    imgs, table = render(runs["cimage"], capsys)
+    assert {"report/classes_T1.png", "report/classes_T0.7.png"} <= set(imgs)
+    assert table["conditional on"].startswith("class labels [0, 1")
+    assert any(k.startswith("test bits/dim") for k in table)
+
+
+def test_toy_report_keeps_density_and_adds_columns(runs, capsys):
+    imgs, table = render(runs["toy"], capsys)
+    assert {"report/density.png", "report/samples.png", "report/latent_columns.png"} <= set(imgs)
+    assert table["sized to the data"] == "hidden=[32, 32]"  # 200 examples: the sizing rule
+
+
+def test_curves_stay_readable_through_spikes(runs, capsys, tmp_path):
+    lo, hi = R.robust_limits([5.0, 4.0, 3.5, 3.2, 3.1, 1e12, 3.0, 2.9, 4e9, 2.8])
+    assert 2.5 < lo < 2.9 and 4.0 < hi < 20
+    run = runs["table"]
+    metrics = run / "metrics.jsonl"
+    saved = metrics.read_bytes()
+    try:
+        last = [json.loads(line) for line in saved.decode().splitlines()][-1]
+        extra = [{**last, "epoch": last["epoch"] + k + 1, "train_loss": 1e12} for k in range(3)]
+        metrics.write_bytes(saved + "".join(json.dumps(r) + "\n" for r in extra).encode())
+        imgs, table = render(run, capsys)
+        assert "report/curves.png" in imgs
+        assert table["warning: loss spikes"].startswith("3 logged values")
+    finally:
+        metrics.write_bytes(saved)
+
+
+def test_dependence_finds_non_monotone_pairs():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=2000)
+    dep = R.dependence(np.stack([x, x**2, rng.normal(size=2000)], 1))
+    assert dep[0, 1] > 0.3 and dep[0, 2] < 0.05 and dep[1, 2] < 0.05
