@@ -11,7 +11,7 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD).
+``continuous`` (FFJORD), ``integer`` (IDF).
 """
 
 from .assembly import DataOptions, standardized
@@ -19,6 +19,7 @@ from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
 from .image import Glow, default_scales
+from .integer import IDF, IntegerFlow
 from .registry import BuilderSpec, available, build, builder, register, spec
 from .residual import Planar, Radial, ResidualFlow, Sylvester
 
@@ -34,6 +35,8 @@ __all__ = [
     "Radial",
     "Sylvester",
     "ResidualFlow",
+    "IDF",
+    "IntegerFlow",
     "BuilderSpec",
     "DataOptions",
     "available",
