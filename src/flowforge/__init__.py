@@ -9,7 +9,7 @@ torch.Size([10])
 
 import torch  # noqa: F401  (doctests use it)
 
-from . import distributions, models, nets, objectives, targets, transforms
+from . import codec, distributions, models, nets, objectives, targets, transforms
 from .core import Compose, Flow, Inverse, Transform
 from .io import load, save
 from .objectives import bits_per_dim, nll, reverse_kl
@@ -22,6 +22,7 @@ __all__ = [
     "Inverse",
     "Transform",
     "bits_per_dim",
+    "codec",
     "distributions",
     "load",
     "models",
