@@ -3,7 +3,7 @@ explicitly, so deleting one fails instead of dropping its cases)."""
 
 from __future__ import annotations
 
-from . import autoregressive, continuous, image, options, residual, vector
+from . import autoregressive, continuous, image, integer, options, residual, vector
 from .base import Case
 
 CASES: list[Case] = [
@@ -13,6 +13,7 @@ CASES: list[Case] = [
     *continuous.CASES,
     *residual.CASES,
     *options.CASES,
+    *integer.CASES,
 ]
 
 __all__ = ["CASES", "Case"]
