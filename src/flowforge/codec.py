@@ -428,7 +428,7 @@ def read_header(data: bytes) -> Header:
         precision,
     )
     if len(data) != size + 4 * words:
-        what = "truncated" if len(data) < size + 4 * words else "has trailing bytes"
+        what = "is truncated" if len(data) < size + 4 * words else "has trailing bytes"
         raise CodecError(f"the .ffz file {what}: {len(data)} bytes, expected {size + 4 * words}")
     if precision != PRECISION or chunk < 1 or threads < 1 or radius < 1 or count < 1:
         raise CodecError("corrupt .ffz file: impossible header values")
