@@ -39,6 +39,7 @@ from flowforge.workbench.compress import classical_bits, data_hash
 from flowforge.workbench.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
+CLASSICAL = ("gzip", "bz2", "lzma", "png", "webp")
 
 
 def patches(seed: int = 0, n_train: int = 6000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,7 +164,7 @@ def table(results: list[dict]) -> str:
             f"({r['nll_nats_per_example']:.1f} nats) | **{r['file_bits_per_dim']:.3f}** | "
             f"{r['overhead_percent']:+.2f}% | {r['encode_per_s']:.0f} | {r['decode_per_s']:.0f} | "
             f"{r['identical_in_fresh_process']} | {r['histogram_bits_per_dim']:.3f} | "
-            + " | ".join(f"{c.get(k, math.nan):.3f}" for k in ("gzip", "bz2", "lzma", "png", "webp"))
+            + " | ".join(f"{c.get(k, math.nan):.3f}" for k in CLASSICAL)
             + " |"
         )  # fmt: skip
     return "\n".join(rows)
