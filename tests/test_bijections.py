@@ -232,6 +232,7 @@ TRANSFORMERS = {
     "affine": lambda: T.Affine(),
     "affine-unbounded": lambda: T.Affine(bound=None),
     "rational-quadratic": lambda: T.RationalQuadratic(bins=5, bound=2.0),
+    "integer-additive": lambda: T.IntegerAdditive(4.0),
 }
 BASES = {
     "normal-2": lambda: D.StandardNormal(2),

@@ -253,7 +253,7 @@ def ideal_bits(flow: IntegerFlow, x, chunk: int = 64, radius: int | None = None)
 
 
 def _radius(flow: IntegerFlow, radius: int | None) -> int:
-    r = min(2 * flow.levels, 96) if radius is None else radius
+    r = min(2 * flow.levels, 256) if radius is None else radius
     if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 65535:
         raise CodecError(f"expected a window radius in [1, 65535], got {radius!r}")
     return r
@@ -328,8 +328,8 @@ def encode(
         x: integers in ``[0, flow.levels - 1]`` (a tensor or an array).
         chunk: examples per network call (the decoder uses the same).
         threads: torch threads during coding (recorded; the decoder uses the same).
-        radius: half-width of each entry's table window (default ``min(2 * levels, 96)``);
-            values outside it are escaped, not lost.
+        radius: half-width of each entry's table window (default ``min(2 * levels, 256)``,
+            which covers the data range); values outside it are escaped, not lost.
         verify: decode the result and compare before returning it.
 
     Returns:
