@@ -9,8 +9,9 @@ integer latent ``z = flow.transform(x)``. The prior
 (:class:`~flowforge.transforms.DiscretizedLogisticMixture`) is coded block by block, from the
 last block (unconditional) to the first, each block's parameters computed from the blocks
 already known, exactly as the decoder will see them. For every latent entry a probability table
-over the window ``[c - radius, c + radius]`` around the mixture's rounded mean ``c``, plus one
-*escape* symbol for the mass outside it, is computed in float64 and turned into integers
+over a window ``[c - r, c + r]`` around the mixture's rounded mean ``c`` (``r`` wide enough
+for the mixture's components, at most ``radius``), plus one *escape* symbol for the mass
+outside it, is computed in float64 and turned into integers
 summing to ``2**24`` (every entry at least 1); an escaped value follows as a raw 32-bit integer.
 The decoder rebuilds the same tables from the same inputs, decodes ``z``, and inverts the flow.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import platform
 import struct
 import zlib
@@ -206,20 +208,29 @@ def _data_crc(x: np.ndarray) -> int:
 # -- probability tables --------------------------------------------------------------------------
 
 
-def _tables(params, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer tables for one block: ``(lo, counts)`` with ``lo`` ``(M,)`` the first value of
-    each entry's window and ``counts`` ``(M, 2 * radius + 2)`` int64 summing to ``2**24`` (the
-    last column is the escape). ``params`` as from ``block_params``, flattened to ``M`` rows."""
-    log_w, loc, log_scale = (p.detach().double().reshape(-1, p.shape[-1]).numpy() for p in params)
+def _tables(params, radius: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer tables for the first ``rows`` entries of a block: ``(lo, counts)`` with ``lo``
+    ``(rows,)`` the first value of each entry's window and ``counts`` ``(rows, 2 * r + 2)``
+    int64 summing to ``2**24``, the last column the escape. The window half-width ``r`` is
+    the smallest that holds every component of weight above 1e-6 out to 16 of its scales
+    around the rounded mean (where a logistic's tail mass is below 1e-7), capped at
+    ``radius``: a function of the parameters alone, so encoder and decoder agree on it.
+    ``params`` as from ``block_params``, flattened to one row per entry."""
+    log_w, loc, log_scale = (
+        p.detach().double().reshape(-1, p.shape[-1])[:rows].numpy() for p in params
+    )
     w = np.exp(log_w)
     w /= w.sum(-1, keepdims=True)
     mean = (w * loc).sum(-1)
     center = np.clip(np.rint(mean), -(2**30), 2**30).astype(np.int64)
-    lo = center - radius
-    edges = lo[:, None] - 0.5 + np.arange(2 * radius + 2)[None, :]  # (M, 2R+2)
+    reach = np.abs(loc - center[:, None]) + 16.0 * np.exp(log_scale)
+    need = np.where(w > 1e-6, reach, 0.0).max()
+    r = int(min(radius, max(4, math.ceil(min(need, 2.0**20)))))
+    lo = center - r
+    edges = lo[:, None] - 0.5 + np.arange(2 * r + 2)[None, :]  # (M, 2r+2)
     inv = np.exp(-log_scale)  # (M, K)
     u = (edges[:, :, None] - loc[:, None, :]) * inv[:, None, :]
-    cdf = (w[:, None, :] / (1.0 + np.exp(-np.clip(u, -700, 700)))).sum(-1)  # (M, 2R+2)
+    cdf = (w[:, None, :] / (1.0 + np.exp(-np.clip(u, -700, 700)))).sum(-1)  # (M, 2r+2)
     mass = np.diff(cdf, axis=1)
     escape = np.clip(1.0 - (cdf[:, -1] - cdf[:, 0]), 0.0, 1.0)
     p = np.clip(np.concatenate([mass, escape[:, None]], 1), 0.0, None)
@@ -297,13 +308,12 @@ def _segments(flow: IntegerFlow, xs: np.ndarray, chunk: int, radius: int):
         z[:n] = z_full[:n]  # padding rows read as zeros, as the decoder sees them
         for i in reversed(range(len(base.blocks))):
             s = base.block_slice(i)
-            lo, counts = _tables(_block_params(base, i, z), radius)
-            v = z[:n, s].reshape(-1).to(torch.int64).numpy()
             m = n * (s.stop - s.start)
-            lo, counts = lo[:m], counts[:m]
-            off = v - lo
-            esc = (off < 0) | (off > 2 * radius)
-            syms = np.where(esc, 2 * radius + 1, off).astype(np.int32)
+            lo, counts = _tables(_block_params(base, i, z), radius, m)
+            v = z[:n, s].reshape(-1).to(torch.int64).numpy()
+            off, escape = v - lo, counts.shape[1] - 1
+            esc = (off < 0) | (off >= escape)
+            syms = np.where(esc, escape, off).astype(np.int32)
             yield "block", syms, counts, None
             if esc.any():
                 yield "escape", _escape_words(v[esc]), None, None
@@ -328,8 +338,9 @@ def encode(
         x: integers in ``[0, flow.levels - 1]`` (a tensor or an array).
         chunk: examples per network call (the decoder uses the same).
         threads: torch threads during coding (recorded; the decoder uses the same).
-        radius: half-width of each entry's table window (default ``min(2 * levels, 256)``,
-            which covers the data range); values outside it are escaped, not lost.
+        radius: the largest half-width of a table window (default ``min(2 * levels, 256)``,
+            which covers the data range); each block's window is as wide as its mixtures
+            need, up to this. Values outside the window are escaped, not lost.
         verify: decode the result and compare before returning it.
 
     Returns:
@@ -477,13 +488,12 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
                 for i in reversed(range(len(base.blocks))):
                     s = base.block_slice(i)
                     m = n * (s.stop - s.start)
-                    lo, counts = _tables(_block_params(base, i, z), r)
-                    lo, counts = lo[:m], counts[:m]
+                    lo, counts = _tables(_block_params(base, i, z), r, m)
                     syms = np.asarray(
                         coder.decode(categorical, counts / float(1 << PRECISION)), np.int64
                     )
                     v = lo + syms
-                    esc = syms == 2 * r + 1
+                    esc = syms == counts.shape[1] - 1
                     if esc.any():
                         v[esc] = _unescape(np.asarray(coder.decode(raw, 2 * int(esc.sum()))))
                     z[:n, s] = torch.from_numpy(v.reshape(n, -1)).to(z.dtype)
