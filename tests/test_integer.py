@@ -249,3 +249,12 @@ def test_codec_survives_save_and_load(tmp_path):
     again = ff.load(tmp_path / "m.ff").eval()
     assert codec.model_hash(again) == codec.model_hash(flow)
     assert torch.equal(codec.decode(again, blob), data(10))
+
+
+def test_image_idf_reloads_as_saved(tmp_path):
+    """The saved configuration (JSON lists) rebuilds the same model."""
+    torch.manual_seed(0)
+    flow = ff.models.IDF(shape=(1, 8, 8), levels=17, layers=1, blocks=0)
+    ff.save(flow, tmp_path / "m.ff")
+    again = ff.load(tmp_path / "m.ff")
+    assert codec.model_hash(again) == codec.model_hash(flow)

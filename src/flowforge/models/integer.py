@@ -95,7 +95,7 @@ def IDF(
     shape: Sequence[int] | None = None,
     levels: int | None = None,
     layers: int = 8,
-    hidden: Sequence[int] | int = (256, 256),
+    hidden: Sequence[int] | int | None = None,
     partitions: int = 4,
     permutation: str | None = "random",
     rezero: bool = True,
@@ -126,8 +126,8 @@ def IDF(
         shape: image shape ``(C, H, W)``.
         levels: number of discrete values (required: 17 for digits, 256 for 8-bit images).
         layers: couplings (vectors), or couplings per scale (images).
-        hidden: the couplings' MLP widths (vectors); the conv conditioner's channels (images,
-            an int; default 64 when the vector default is left).
+        hidden: the couplings' MLP widths (vectors, default (256, 256)); the conv
+            conditioner's channels (images, an int, default 64).
         partitions: vectors: how many parts the features are cut into (2: half couplings).
         permutation: between couplings: ``"random"`` (saved), ``"reverse"`` or None.
         rezero: gate every translation with a scalar that starts at 0 (IDF++).
@@ -176,7 +176,7 @@ def IDF(
             raise ValueError(f"expected 2 <= partitions <= features ({d}), got {partitions}")
         if not 1 <= prior_blocks <= d:
             raise ValueError(f"expected 1 <= prior_blocks <= features ({d}), got {prior_blocks}")
-        h = widths(hidden)
+        h = widths((256, 256) if hidden is None else hidden)
         masks = _quarter_masks(d, partitions)
         for i in range(layers):
             if i and permutation is not None:
@@ -197,7 +197,7 @@ def IDF(
     else:
         if prior_blocks != 1:
             raise ValueError("prior_blocks is for vectors; images condition each factored half")
-        width = 64 if hidden == (256, 256) else channels(hidden)
+        width = 64 if hidden is None else channels(hidden)
         n_scales = default_scales(shape_) if scales is None else scales
         if n_scales < 1:
             raise ValueError(f"expected scales >= 1, got {n_scales}")
