@@ -206,6 +206,10 @@ def test_decode_errors():
         codec.decode(tiny_idf(seed=5), blob)
     with pytest.raises(codec.CodecError, match="takes shape"):
         codec.decode(tiny_idf(features=7), blob)
+    with pytest.raises(codec.CodecError, match="impossible header values"):
+        codec.decode(flow, _reheader(blob, chunk=2**20))
+    with pytest.raises(codec.CodecError, match="impossible header values"):
+        codec.decode(flow, _reheader(blob, count=2**30))
     with pytest.raises(codec.CodecError, match="another environment"):
         codec.decode(flow, _reheader(blob, environment=12345))
     assert torch.equal(codec.decode(flow, _reheader(blob, environment=12345), force=True), data(10))

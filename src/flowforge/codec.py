@@ -65,6 +65,8 @@ __all__ = [
 MAGIC = b"FFZ\x01"
 VERSION = 1
 PRECISION = 24  # the coder's probability resolution: every table sums to 2**24
+MAX_VALUES = 2**31  # data values in one file, at most
+MAX_CHUNK = 65536  # examples per network call, at most (bounds what a header can make us allocate)
 _FIXED = struct.Struct("<4sHHIIB")  # magic, version, flags, levels, count, ndim
 _TAIL = struct.Struct("<IHHB16sIIII")  # chunk, threads, radius, precision, hash, env, crcs, words
 _CRC = struct.Struct("<I")
@@ -189,6 +191,8 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
         )
     if x.shape[0] == 0:
         raise CodecError("expected at least one example, got 0")
+    if x.size > MAX_VALUES:
+        raise CodecError(f"one file holds at most {MAX_VALUES:,} values, got {x.size:,}")
     if x.dtype.kind not in "iub":
         if x.dtype.kind != "f" or not np.all(np.isfinite(x)) or not np.array_equal(x, np.rint(x)):
             raise CodecError(f"expected integer data in [0, {flow.levels - 1}], got {x.dtype}")
@@ -355,7 +359,7 @@ def encode(
     """
     stack, model = _constriction()
     _check_flow(flow)
-    for name, v, hi in (("chunk", chunk, 2**32 - 1), ("threads", threads, 1024)):
+    for name, v, hi in (("chunk", chunk, MAX_CHUNK), ("threads", threads, 1024)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
             raise CodecError(f"expected {name} to be an integer in [1, {hi}], got {v!r}")
     xs = _as_integers(flow, x)
@@ -441,7 +445,14 @@ def read_header(data: bytes) -> Header:
     if len(data) != size + 4 * words:
         what = "is truncated" if len(data) < size + 4 * words else "has trailing bytes"
         raise CodecError(f"the .ffz file {what}: {len(data)} bytes, expected {size + 4 * words}")
-    if precision != PRECISION or chunk < 1 or threads < 1 or radius < 1 or count < 1:
+    if (
+        precision != PRECISION
+        or not 1 <= chunk <= MAX_CHUNK
+        or not 1 <= threads <= 1024
+        or radius < 1
+        or count < 1
+        or count * math.prod(shape) > MAX_VALUES
+    ):
         raise CodecError("corrupt .ffz file: impossible header values")
     return h
 
