@@ -57,6 +57,28 @@ def test_moves_to_float64(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_builds_and_trains_under_a_float64_default_dtype(case):
+    """What VI and science users do first: ``torch.set_default_dtype(torch.float64)``, then
+    build. Everything is created in float64 and a training step runs."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        m = case.build()
+        for name, p in [*m.named_parameters(), *m.named_buffers()]:
+            if p.is_floating_point():
+                assert p.dtype == torch.float64, f"{name} was built in {p.dtype}"
+        m.train()
+        z, ladj = transform_of(m)(case.draw(8), case.draw_context(8))
+        loss = z.square().sum() - ladj.sum()
+        assert torch.isfinite(loss)
+        if loss.requires_grad:  # layers without parameters have nothing to train
+            loss.backward()
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_round_trip(case, batch):
     t = transform_of(prepared(case))

@@ -351,3 +351,22 @@ def test_standardized_flow_scores_raw_data_and_round_trips(tmp_path):
     again = ff.load(tmp_path / "s.ff")
     assert again.config["prefix"] == ["standardize"]
     assert torch.allclose(again.log_prob(x), want)
+
+
+def test_rsample_is_differentiable_and_shaped_like_sample(flow):
+    x = flow.rsample(5)
+    assert x.shape == flow.sample(5).shape and x.requires_grad
+    x.square().sum().backward()
+    assert any(p.grad is not None for p in flow.parameters())
+
+
+def test_input_checks_are_switchable(flow):
+    bad = torch.full((2, flow.event_shape[0]), float("nan"))
+    assert flow.validate_args is None  # default: checked on CPU, skipped on accelerators
+    with pytest.raises(ValueError, match="NaN or inf"):
+        flow.log_prob(bad)
+    flow.validate_args = False
+    try:
+        assert torch.isnan(flow.log_prob(bad)).all()  # the caller asked for no checks
+    finally:
+        flow.validate_args = None

@@ -136,7 +136,7 @@ def test_list_json_uses_the_registry(capsys):
     rc, out, _ = cli(capsys, "list", "--json")
     info = json.loads(out)
     assert rc == 0
-    assert info["models"] == ff.models.available() and "wbtest_actnorm" in info["models"]
+    assert list(info["models"]) == ff.models.available() and "wbtest_actnorm" in info["models"]
     assert {"digits", "moons", "checkerboard", "swissroll"} <= set(info["datasets"])
 
 

@@ -5,32 +5,51 @@
 >>> x = torch.randn(10, 2)
 >>> flow.log_prob(x).shape
 torch.Size([10])
+
+The names below are imported on first use (PEP 562), so ``import flowforge`` and the
+``flowforge`` command's ``--help`` do not pay for importing torch.
 """
 
-import torch  # noqa: F401  (doctests use it)
-
-from . import codec, distributions, models, nets, objectives, targets, transforms
-from .core import Compose, Flow, Inverse, Transform
-from .io import load, save
-from .objectives import bits_per_dim, nll, reverse_kl
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Compose",
-    "Flow",
-    "Inverse",
-    "Transform",
-    "bits_per_dim",
+_SUBMODULES = (
     "codec",
     "distributions",
-    "load",
+    "io",
     "models",
     "nets",
-    "nll",
     "objectives",
-    "reverse_kl",
-    "save",
+    "reversible",
     "targets",
     "transforms",
-]
+)
+_NAMES = {
+    "Compose": "core",
+    "Flow": "core",
+    "Inverse": "core",
+    "Transform": "core",
+    "memory_saving": "core",
+    "load": "io",
+    "save": "io",
+    "bits_per_dim": "objectives",
+    "nll": "objectives",
+    "reverse_kl": "objectives",
+}
+
+__all__ = sorted(set(_NAMES) | set(_SUBMODULES) - {"io"})
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flowforge' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

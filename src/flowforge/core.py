@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ._util import event_shape as _event_shape
+from .reversible import ReversibleChain, refusal
 
 __all__ = [
     "Transform",
@@ -197,7 +198,13 @@ class Compose(Transform):
         tols = [layer.numeric_inverse for layer in layers if layer.numeric_inverse]
         self.numeric_inverse = sum(tols) if tols else None
 
+    memory_saving = False  # see flowforge.memory_saving; not saved with the model
+
     def _forward(self, x, context):
+        if self.memory_saving and torch.is_grad_enabled():
+            params = [p for p in self.layers.parameters() if p.requires_grad]
+            if params or x.requires_grad or (context is not None and context.requires_grad):
+                return ReversibleChain.apply(list(self.layers), context, x, *params)
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, l = layer(x, context)
@@ -219,6 +226,35 @@ class Compose(Transform):
 
     def extra_repr(self) -> str:
         return ""
+
+
+def memory_saving(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch memory-saving backpropagation on (or off) for every :class:`Compose` in
+    ``module`` (a :class:`Flow` or a transform) and return ``module``.
+
+    Each chain then keeps only its output for the backward pass and recomputes every layer's
+    input with the layer's exact inverse (see :mod:`flowforge.reversible`): training memory no
+    longer grows with depth, for about one more forward and one inverse pass per step.
+
+    Raises:
+        ValueError: if a chain holds a layer that cannot be recomputed exactly from its output
+            (numerical inverses, BatchNorm); nothing is switched then.
+    """
+    chains = [m for m in module.modules() if isinstance(m, Compose)]
+    if not chains:
+        raise ValueError(f"{type(module).__name__} holds no chain of layers (Compose)")
+    if enabled:
+        for chain in chains:
+            for i, layer in enumerate(chain.layers):
+                why = refusal(layer)
+                if why:
+                    raise ValueError(
+                        f"memory saving recomputes each layer's input from its output, but layer "
+                        f"{i} ({type(layer).__name__}) cannot be inverted exactly: {why}"
+                    )
+    for chain in chains:
+        chain.memory_saving = bool(enabled)
+    return module
 
 
 class Inverse(Transform):
@@ -470,7 +506,14 @@ class Flow(nn.Module):
         self.event_shape = transform.event_shape
         self.config: dict | None = None  # set by the builders in flowforge.models; used by ff.save
 
-    validate_args = True  # scan inputs for NaN/inf (set False on an instance or the class to skip)
+    # Scan inputs and contexts for NaN/inf (a clear ValueError instead of a NaN result). None:
+    # on CPU tensors, where the scan is one cheap reduction; skipped on accelerators, where it
+    # would force a host synchronisation every call. True/False: always/never (per instance or
+    # on the class, as torch.distributions' validate_args).
+    validate_args: bool | None = None
+
+    def _validating(self, t: Tensor) -> bool:
+        return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -498,7 +541,7 @@ class Flow(nn.Module):
                 f"got {_fmt(x.shape)}"
             )
         batch = tuple(x.shape[: x.dim() - k])
-        if self.validate_args and not torch.isfinite(x).all():
+        if self._validating(x) and not torch.isfinite(x).all():
             bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5].tolist()
             raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
         x = x.reshape(-1, *self.event_shape)
@@ -521,7 +564,7 @@ class Flow(nn.Module):
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
             raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}")
-        if self.validate_args and not torch.isfinite(context).all():
+        if self._validating(context) and not torch.isfinite(context).all():
             raise ValueError("context contains NaN or inf")
         return context.reshape(-1, c)
 
@@ -596,6 +639,11 @@ class Flow(nn.Module):
         if self.dequantizer is not None:
             x = self.dequantizer.quantize(x)
         return x.reshape(*shape, *self.event_shape)
+
+    def rsample(self, n, context: Tensor | None = None) -> Tensor:
+        """Differentiable samples (reparameterised through the base and the flow), shaped as
+        :meth:`sample` gives them; continuous (any dequantizer is ignored)."""
+        return self.rsample_and_log_prob(n, context)[0]
 
     def rsample_and_log_prob(self, n, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Differentiable samples and their log-density, for reverse-KL / variational inference.

@@ -17,6 +17,7 @@ reads any tensor. See ``docs/security.md`` for what a file can and cannot make f
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import struct
@@ -25,8 +26,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from .core import Flow
 
@@ -38,6 +39,7 @@ MODEL_FILE = "model.ff"  # the model file of a workbench run folder
 MAX_BYTES = 4 * 2**30  # the largest file read unless the caller raises it (4 GiB)
 BUILD_FLOOR = 64 * 2**20  # a file's model may allocate 8x its tensors' bytes, at least this
 BUILD_SECONDS = 30.0  # and take at most this long to build
+BUILD_OPS, BUILD_OPS_PER_TENSOR = 5000, 50  # and this many tensor ops (builders use about 12)
 _MAX_HEADER = 16 * 2**20  # safetensors' own limit on the JSON header is larger; ours is 16 MiB
 _DTYPES = {
     "F64": torch.float64,
@@ -265,47 +267,87 @@ def _upgrade_format1(config: dict, tensors: dict[str, torch.Tensor]) -> tuple[di
     return config, tensors
 
 
-class Budget(TorchDispatchMode):
-    """Counts every tensor a build allocates, *before* it is allocated (the op's output shape
-    is computed on the meta device first), and stops the build beyond ``max_bytes`` or
-    ``max_seconds``: a file's configuration can then never make flowforge allocate or compute
-    without bound."""
+def _shape_numel(values) -> int | None:
+    """The element count of a size given as ``(2, 3)``, ``[2, 3]`` or ``2, 3``; None if not."""
+    if len(values) == 1 and isinstance(values[0], (list, tuple, torch.Size)):
+        values = values[0]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return math.prod(values)
+    return None
 
-    def __init__(self, max_bytes: int, max_seconds: float):
+
+_FACTORIES = {"empty", "zeros", "ones", "rand", "randn", "empty_strided"}
+_NEW = {"new_empty", "new_zeros", "new_ones", "new_full", "repeat"}
+
+
+class Budget(TorchFunctionMode):
+    """Bounds what building a model from a file's configuration may cost: the bytes of every
+    tensor it creates (a factory's size is read from its arguments *before* it runs), the
+    number of tensor operations, and the wall time. A file's configuration can then never make
+    flowforge allocate or compute without bound."""
+
+    def __init__(self, max_bytes: int, max_seconds: float, max_ops: int | None = None):
         super().__init__()
-        self.max_bytes, self.max_seconds = max_bytes, max_seconds
-        self.used, self.start = 0, time.monotonic()
+        self.max_bytes, self.max_seconds, self.max_ops = max_bytes, max_seconds, max_ops
+        self.used, self.ops, self.start = 0, 0, time.monotonic()
 
     @staticmethod
-    def _new_bytes(out) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for t in tree_flatten(out)[0]
-            if isinstance(t, torch.Tensor) and not t._is_view()
-        )
+    def _planned(func, args, kwargs) -> int | None:
+        """The elements a factory will allocate, from its arguments; None for other ops."""
+        name = getattr(func, "__name__", "")
+        if name in _FACTORIES:
+            return _shape_numel(args if args else (kwargs.get("size", ()),))
+        if name == "full" and args:
+            return _shape_numel(args[:1])
+        if name in _NEW and args and isinstance(args[0], torch.Tensor):
+            rest = args[1:2] if name == "new_full" else args[1:]
+            n = _shape_numel(rest if rest else (kwargs.get("size", ()),))
+            return None if n is None else n * (args[0].numel() if name == "repeat" else 1)
+        if name == "arange":
+            nums = [float(a) for a in args if isinstance(a, (int, float))]
+            if not nums:
+                return None
+            start, end = (0.0, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+            step = nums[2] if len(nums) > 2 else 1.0
+            return max(0, math.ceil((end - start) / step)) if step else 0
+        if name in ("eye", "linspace", "logspace"):
+            ints = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+            return math.prod(ints[:2]) if name == "eye" else (ints[-1] if ints else None)
+        return None
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        try:  # the output's size, from the op's meta kernel, without allocating anything
-            meta = tree_map(
-                lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (args, kwargs)
-            )
-            if "device" in meta[1]:
-                meta[1]["device"] = torch.device("meta")
-            need = self._new_bytes(func(*meta[0], **meta[1]))
-        except Exception:  # no meta kernel (data-dependent ops): their outputs are small
-            need = 0
-        self.used += need
+    def _charge(self, n: int) -> None:
+        self.used += n
         if self.used > self.max_bytes:
             raise ValueError(
                 f"its configuration would allocate more than {self.max_bytes:,} bytes, far more "
                 "than the file holds; refusing to build it"
             )
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops += 1
+        if self.max_ops is not None and self.ops > self.max_ops:
+            raise ValueError(
+                f"its configuration takes more than {self.max_ops:,} tensor operations to build, "
+                "far more than the file's tensors need; refusing to build it"
+            )
         if time.monotonic() - self.start > self.max_seconds:
             raise ValueError(
                 f"its configuration takes more than {self.max_seconds:g} s to build; refusing"
             )
-        return func(*args, **kwargs)
+        planned = self._planned(func, args, kwargs)
+        if planned is not None:
+            self._charge(planned * 8)  # 8 bytes: the widest dtype a builder uses
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)  # other ops make outputs the size of what they were given
+        self._charge(
+            sum(
+                t.numel() * t.element_size()
+                for t in tree_flatten(out)[0]
+                if isinstance(t, torch.Tensor) and not t._is_view()
+            )
+        )
+        return out
 
 
 def _check_tensors(flow: Flow, tensors: dict[str, torch.Tensor]) -> None:
@@ -349,7 +391,7 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | No
     if max_bytes is None:
         held = sum(t.numel() * t.element_size() for t in tensors.values())
         max_bytes = max(BUILD_FLOOR, 8 * held)
-    with Budget(max_bytes, BUILD_SECONDS):
+    with Budget(max_bytes, BUILD_SECONDS, BUILD_OPS + BUILD_OPS_PER_TENSOR * len(tensors)):
         flow = models.build(config["model"], **config["kwargs"])
         for layer in config.get("prefix", []):
             if layer != "standardize":

@@ -113,14 +113,15 @@ class LULinear(_OnDim1):
             raise ValueError(f"unknown init {init!r}; expected 'orthogonal' or 'identity'")
         p, l, u = torch.linalg.lu(w)
         d = torch.diagonal(u)
-        self.register_buffer("p", p.float())
-        self.register_buffer("sign", torch.sign(d).float())
+        dtype = torch.get_default_dtype()  # built in float64 first, then the default dtype
+        self.register_buffer("p", p.to(dtype))
+        self.register_buffer("sign", torch.sign(d).to(dtype))
         # only the free entries are parameters: strictly below / above the diagonal
         self.register_buffer("tril_idx", torch.tril_indices(c, c, -1), persistent=False)
         self.register_buffer("triu_idx", torch.triu_indices(c, c, 1), persistent=False)
-        self.lower = nn.Parameter(l[tuple(self.tril_idx)].float())
-        self.upper = nn.Parameter(u[tuple(self.triu_idx)].float())
-        self.log_s = nn.Parameter(d.abs().log().float())
+        self.lower = nn.Parameter(l[tuple(self.tril_idx)].to(dtype))
+        self.upper = nn.Parameter(u[tuple(self.triu_idx)].to(dtype))
+        self.log_s = nn.Parameter(d.abs().log().to(dtype))
         self.bias = nn.Parameter(torch.zeros(c))
         self.register_buffer("eye", torch.eye(c), persistent=False)
 

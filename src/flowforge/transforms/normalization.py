@@ -75,6 +75,8 @@ class BatchNorm(Transform):
         eps: added to the variance.
     """
 
+    uses_batch_statistics = True  # in training: not recomputable from its output
+
     def __init__(self, shape, momentum: float = 0.05, eps: float = 1e-5):
         super().__init__(_event(shape))
         c = self.event_shape[0]

@@ -14,13 +14,30 @@ Modules, by concern: ``errors``, ``config`` (defaults, files, checks), ``data`` 
 ``docs/workbench.md``.
 """
 
-from .build import build_flow
-from .config import DEFAULT_TRAIN, read_config, resolve_config
-from .data import DATASETS, Dataset, load_dataset
-from .errors import ContextError, DataError, NonFiniteError, RunError, WorkbenchError
-from .runs import load_run
-from .train import train
-from .trainer import NLL, Loss, Objective, ReverseKL, Trainer
+import importlib
+
+# Imported on first use (PEP 562): the command line's --help must not wait for torch.
+_NAMES = {
+    "build_flow": "build",
+    "DEFAULT_TRAIN": "config",
+    "read_config": "config",
+    "resolve_config": "config",
+    "DATASETS": "data",
+    "Dataset": "data",
+    "load_dataset": "data",
+    "ContextError": "errors",
+    "DataError": "errors",
+    "NonFiniteError": "errors",
+    "RunError": "errors",
+    "WorkbenchError": "errors",
+    "load_run": "runs",
+    "train": "train",
+    "NLL": "trainer",
+    "Loss": "trainer",
+    "Objective": "trainer",
+    "ReverseKL": "trainer",
+    "Trainer": "trainer",
+}
 
 __all__ = [
     "DATASETS",
@@ -43,3 +60,15 @@ __all__ = [
     "resolve_config",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flowforge.workbench' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -107,6 +107,8 @@ def build_flow(cfg: dict, ds: Dataset) -> tuple[Flow, Flow, dict]:
     }
     if ds.context_info is not None:
         resolved["context"] = ds.context_info
+    if ds.info.get("columns"):
+        resolved["columns"] = ds.info["columns"]
     return flow, inner, resolved
 
 

@@ -64,18 +64,24 @@ def _parse_scalar(text: str):
 
 
 def cmd_list(args) -> int:
-    from .. import models
-    from .data import DATASETS
+    from .catalog import DATASET_NOTES, live_models, models
 
     info = {
-        "models": models.available(),
-        "datasets": {k: v[1] for k, v in DATASETS.items()},
+        "models": {m["name"]: m for m in models()},
+        "datasets": dict(DATASET_NOTES),
         "files": ".npy/.npz/.csv tables; a folder of PNG/JPEG images",
     }
+    for m in live_models():  # builders registered in this process (plugins), when loaded
+        info["models"].setdefault(m["name"], m)
+    info["models"] = dict(sorted(info["models"].items()))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print("models:   " + ", ".join(info["models"]))
+    print("models (flowforge train --model NAME --set model.ARG=VALUE):")
+    for name, m in info["models"].items():
+        main = ", ".join(f"{k}={v}" for k, v in m["arguments"].items())
+        print(f"  {name:<13} {m['summary']}")
+        print(f"  {'':<13} inputs: {'/'.join(m['inputs'])}; {main}")
     print("datasets:")
     for k, v in info["datasets"].items():
         print(f"  {k:<13} {v}")
@@ -535,16 +541,58 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Optional packages (top-level module name) and the pyproject extra that installs each.
+EXTRAS = {
+    "safetensors": "io",
+    "torchdiffeq": "ode",
+    "sklearn": "workbench",
+    "matplotlib": "workbench",
+    "tqdm": "workbench",
+    "yaml": "workbench",
+    "PIL": "workbench",
+    "tomli": "workbench",
+}
+
+# Options whose value may start with "-" (negative numbers: --context -1.78,0.5). argparse reads
+# such a value as an option unless it is attached (--context=-1.78,0.5); attach it here.
+_SIGNED_VALUES = ("--context",)
+
+
+def _attach_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = str(argv[i])
+        if a in _SIGNED_VALUES and i + 1 < len(argv) and str(argv[i + 1]).startswith("-"):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     from .errors import WorkbenchError
 
-    args = make_parser().parse_args(argv)
+    args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("flowforge: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None or args.debug:
+            raise
+        print(
+            f"flowforge: error: this needs the optional package {e.name!r}; install it with "
+            f'pip install -c constraints.txt -e ".[{extra}]" (from a clone) or '
+            f"pip install 'flowforge[{extra}]'",
+            file=sys.stderr,
+        )
+        return 1
     except (WorkbenchError, ValueError, OSError) as e:
         if args.debug:
             raise

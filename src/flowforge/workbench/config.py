@@ -50,6 +50,7 @@ DEFAULT_TRAIN: dict = {
     "ema": 0.0,  # decay of an exponential moving average of the weights (evaluated, saved); 0: off
     "init_batch": 0,  # examples for a data-dependent initialisation (ActNorm); 0: one batch
     "val_samples": 1,  # dequantization draws averaged in each validation NLL
+    "memory_saving": False,  # recompute activations from outputs (flowforge.memory_saving)
     "log_every": 10,  # steps between 'step' records in metrics.jsonl
     "device": "cpu",  # cpu | cuda | cuda:N | auto
     "tensorboard": True,  # used only if tensorboard is installed
@@ -278,6 +279,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "ema": _float(0.0, 1.0, hi_open=True),
     "init_batch": _int(0),
     "val_samples": _int(1),
+    "memory_saving": _bool,
     "log_every": _int(0),
     "device": _device,
     "tensorboard": _bool,

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._util import suggest
+from .catalog import DATASET_NOTES
 from .errors import ContextError, DataError, WorkbenchError
 
 __all__ = [
@@ -198,8 +199,8 @@ def _no_options(name: str, options: dict) -> None:
 
 
 DATASETS: dict[str, tuple[Callable[..., Dataset], str]] = {
-    "digits": (_digits, "sklearn 8x8 digits, 17 levels; 1000/350/447 train/val/test"),
-    **{k: (_toy(k), f"2-D toy '{k}' (continuous, seeded)") for k in TOYS},
+    "digits": (_digits, DATASET_NOTES["digits"]),
+    **{k: (_toy(k), DATASET_NOTES[k]) for k in TOYS},
 }
 
 
@@ -218,7 +219,8 @@ def _check_finite(a: np.ndarray, where: str, unit: str, base: int) -> None:
         raise DataError(f"{where} contains NaN or inf in {unit} {_rows(bad, base)}")
 
 
-def _read_csv(path: Path) -> np.ndarray:
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """The table and its header's column names (None without a header)."""
     text = path.read_text(encoding="utf-8-sig", errors="replace")
     lines = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines())) if row]
     lines = [(i, r) for i, r in lines if any(c.strip() for c in r)]
@@ -228,13 +230,20 @@ def _read_csv(path: Path) -> np.ndarray:
     def parse(row):
         return [float(c) for c in row]
 
+    header = None
     try:
         parse(lines[0][1])
     except ValueError:
-        lines = lines[1:]  # a header
+        header = [c.strip() for c in lines[0][1]]
+        lines = lines[1:]
         if not lines:
             raise DataError(f"{path} has a header but no data rows") from None
     d = len(lines[0][1])
+    if header is not None and len(header) != d:
+        raise DataError(
+            f"{path}: the header has {len(header)} columns, the first data row {d} "
+            f"(line {lines[0][0]})"
+        )
     out = np.empty((len(lines), d), dtype=np.float64)
     for j, (lineno, row) in enumerate(lines):
         if len(row) != d:
@@ -252,7 +261,31 @@ def _read_csv(path: Path) -> np.ndarray:
     bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
     if len(bad):
         raise DataError(f"{path} contains NaN or inf on lines {_rows([lines[i][0] for i in bad])}")
-    return out
+    big = np.nonzero((np.abs(out) > np.finfo(np.float32).max).any(axis=1))[0]
+    if len(big):
+        raise DataError(
+            f"{path}: values beyond float32's range (about 3.4e38) on lines "
+            f"{_rows([lines[i][0] for i in big])}"
+        )
+    return out, header
+
+
+def _integer_columns(train: np.ndarray, names: list[str] | None) -> str | None:
+    """A warning for columns that hold only a few integer values (categories or counts): a
+    continuous density can put spikes on them and report a meaninglessly low NLL."""
+    flagged = []
+    for j in range(train.shape[1]):
+        col = train[:, j]
+        if np.array_equal(col, np.round(col)) and len(np.unique(col)) <= 32:
+            flagged.append(names[j] if names else str(j))
+    if not flagged:
+        return None
+    return (
+        f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} hold only a "
+        "few integer values (categories or counts?); they are modelled as continuous, where a "
+        "flow can put density spikes on the integers and report a misleadingly low NLL. Give "
+        "the data levels= (all columns integer), or drop or one-hot such columns"
+    )
 
 
 def _is_float(s: str) -> bool:
@@ -271,7 +304,10 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise DataError(f"{path} holds Python objects; only numeric arrays are read") from None
+            raise DataError(
+                f"{path} is not a numeric numpy array (it holds Python objects or is not a .npy/"
+                ".npz file at all); only numeric arrays are read"
+            ) from None
         raise DataError(f"{path} is not a readable numpy file: {e}") from None
     except (OSError, EOFError) as e:
         raise DataError(f"{path} is not a readable numpy file: {e}") from None
@@ -282,10 +318,18 @@ def _as_table(a: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where} is empty")
     if a.ndim != 2:
         raise DataError(f"{where} has shape {a.shape}; expected a table (examples, columns)")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise DataError(f"{where} has complex dtype {a.dtype}; expected real numbers")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise DataError(f"{where} has dtype {a.dtype}; expected numbers")
     a = a.astype(np.float64)
     _check_finite(a, where, "rows (0-based)", 0)
+    big = np.nonzero((np.abs(a) > np.finfo(np.float32).max).any(axis=1))[0]
+    if len(big):
+        raise DataError(
+            f"{where} has values beyond float32's range (about 3.4e38) in rows (0-based) "
+            f"{_rows(big)}"
+        )
     return a
 
 
@@ -330,8 +374,10 @@ def _table(
     _no_options(str(path), options)
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
+    columns = None
     if path.suffix.lower() == ".csv":
-        arrays = {"data": _read_csv(path)}
+        table, columns = _read_csv(path)
+        arrays = {"data": table}
     else:
         raw = _read_array(path)
         if isinstance(raw, dict):
@@ -365,6 +411,11 @@ def _table(
     if standardize is None:
         standardize = levels is None
     stats = _standardize_stats(t["train"]) if standardize else None
+    info: dict = {"columns": columns}
+    if levels is None:
+        note = _integer_columns(arrays["train"], columns)
+        if note:
+            info["warnings"] = [note]
     return Dataset(
         str(path),
         t["train"],
@@ -374,6 +425,7 @@ def _table(
         levels=None if levels is None else int(levels),
         kind="table",
         stats=stats,
+        info=info,
     )
 
 
@@ -393,7 +445,9 @@ def _image_folder(
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise DataError("reading image folders needs pillow: pip install pillow") from None
+        raise DataError(
+            "reading image folders needs pillow: pip install 'flowforge[workbench]'"
+        ) from None
     if not 1 <= int(bits) <= 8:
         raise DataError(f"expected 1 <= bits <= 8, got {bits}")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -410,8 +464,13 @@ def _image_folder(
                         f"{f}: image mode {mode}; expected L (grayscale) or RGB, 8 bits per channel"
                     )
                 a = np.asarray(im, dtype=np.uint8)
+        except Image.DecompressionBombError:
+            raise DataError(
+                f"{f} declares an image too large to read safely (more than "
+                f"{Image.MAX_IMAGE_PIXELS:,} pixels)"
+            ) from None
         except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{f} is not a readable image: {e}") from None
+            raise DataError(f"{f} is not a readable image: {' '.join(str(e).split())}") from None
         if first is None:
             first = (f, mode, size)
         elif (mode, size) != first[1:]:
@@ -438,7 +497,7 @@ def read_examples(spec: str, bits: int = 8) -> Tensor:
         raise DataError(f"{path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        a = _read_csv(path)
+        a, _ = _read_csv(path)
     elif suffix in (".npy", ".npz"):
         raw = _read_array(path)
         if isinstance(raw, dict):
@@ -574,6 +633,10 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
     for k in ("train", "val", "test"):
         setattr(ds, k, ds.split(k)[:, ys].contiguous())
     ds.shape = (len(ys),)
+    names = ds.info.get("columns")
+    if names:
+        ds.info["columns"] = [names[i] for i in ys]
+        ds.info["context_columns"] = [names[i] for i in cs]
     if ds.stats is not None:
         ds.stats = _standardize_stats(ds.train)
     info = {

@@ -79,6 +79,10 @@ def _show(ax, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+SAMPLE_CHUNK = 4096  # samples drawn per call: memory stays that of the output
+SAMPLE_LIMIT = 2**28  # values (1 GiB of float32) one sample command may write
+
+
 @torch.no_grad()
 def sample_run(
     flow, cfg: dict, n: int, temperature: float = 1.0, seed: int = 0, context=None
@@ -86,15 +90,42 @@ def sample_run(
     """``n`` samples from a run's flow on the data's own scale and shape.
 
     With a ``(B, k)`` context (a conditional run) it returns ``n`` samples per row, ``B * n``
-    in all, row by row, drawn in one vectorised call.
+    in all, row by row. Samples are drawn :data:`SAMPLE_CHUNK` at a time into one output
+    tensor; more than :data:`SAMPLE_LIMIT` values in all, or a non-finite sample, is an error.
     """
+    from .errors import WorkbenchError
+
+    shape = tuple(cfg["resolved"]["data_shape"])
+    rows = context.shape[0] if context is not None else 1
+    total = n * rows * math.prod(shape)
+    if total > SAMPLE_LIMIT:
+        most = SAMPLE_LIMIT // (rows * math.prod(shape))
+        raise WorkbenchError(
+            f"{n:,} samples of shape {shape}{f' x {rows} contexts' if rows > 1 else ''} are "
+            f"{total:,} values, more than the {SAMPLE_LIMIT:,} one command writes; ask for at "
+            f"most {most:,} and write several files (with different --seed)"
+        )
     flow.eval()
+    out = torch.empty(rows, n, *shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        x = flow.sample(n, context, temperature=temperature)
-    if context is not None:
-        x = x.reshape(n, context.shape[0], -1).transpose(0, 1)
-    return x.reshape(-1, *cfg["resolved"]["data_shape"])
+        for start in range(0, n, SAMPLE_CHUNK):
+            m = min(SAMPLE_CHUNK, n - start)
+            x = flow.sample(m, context, temperature=temperature)
+            out[:, start : start + m] = x.reshape(m, rows, *shape).transpose(0, 1)
+    bad = (~torch.isfinite(out.reshape(rows * n, -1))).any(1).sum().item()
+    if bad:
+        raise WorkbenchError(
+            f"{bad} of {rows * n} samples are not finite (inf or NaN): the model is unstable "
+            f"at temperature {temperature:g}; try a lower --temperature or check the run"
+        )
+    return out.reshape(-1, *shape)
+
+
+def _csv_field(name: str) -> str:
+    if any(c in name for c in ',"\n\r'):
+        return '"' + name.replace('"', '""') + '"'
+    return name
 
 
 def save_samples(x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "") -> None:
@@ -114,7 +145,11 @@ def save_samples(x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "")
     if suffix == ".csv":
         if x.dim() != 2:
             raise WorkbenchError("CSV output needs vector data; use .npy or .png for images")
-        text = "\n".join(",".join(f"{v:.9g}" for v in row) for row in x.tolist()) + "\n"
+        rows = [",".join(f"{v:.9g}" for v in row) for row in x.tolist()]
+        names = cfg.get("resolved", {}).get("columns")
+        if names and len(names) == x.shape[1]:
+            rows.insert(0, ",".join(_csv_field(n) for n in names))
+        text = "\n".join(rows) + "\n"
         atomic_write(path, text.encode())
         return
     if suffix != ".png":

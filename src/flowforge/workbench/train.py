@@ -81,8 +81,13 @@ def run_dataset(cfg: dict):
     path = resolved.get("data_path")
     if path and not Path(name).exists() and Path(path).exists():
         name = path
-    ds = load_dataset(name, seed=d["seed"], **d["options"])
     want = resolved.get("data_fingerprint")
+    if want is None and Path(name).exists():
+        raise DataError(
+            f"the run's config names the file {name} but records no fingerprint of it, so "
+            "flowforge cannot tell it is the run's data; evaluate a file of your choice with --data"
+        )
+    ds = load_dataset(name, seed=d["seed"], **d["options"])
     if want is not None and _splits_fingerprint(ds) != want:
         raise DataError(
             f"the data at {name} is not the data this run was trained on (its fingerprint "
@@ -120,7 +125,9 @@ def train(
     import torch.distributed as dist
 
     out = Path(out)
-    started = init_distributed(str((config.get("train") or {}).get("device", "cpu")))
+    section = config.get("train") if isinstance(config, dict) else None
+    device_name = section.get("device", "cpu") if isinstance(section, dict) else "cpu"
+    started = init_distributed(str(device_name))
     try:
         rank, world = dist_env()
         stored_raw = run_config(out) if resume else None
@@ -162,6 +169,8 @@ def train(
             barrier()
             if echo and rank == 0:
                 print(describe(cfg, resolved, ds, world), flush=True)
+                for note in ds.info.get("warnings", ()):
+                    print(f"warning: {note}", flush=True)
             trainer = Trainer(
                 flow,
                 ds.train.reshape(-1, *shape),

@@ -282,7 +282,10 @@ class _Signals:
             signal.signal(s, h)
         return False
 
-    def deferred(self):
+    def deferred(self, reraise: bool = True):
+        """Signals wait while inside; on leaving, a waiting one raises KeyboardInterrupt
+        (``reraise=False``: it is only recorded in ``self.pending``, e.g. during the save
+        that an interrupt itself asked for)."""
         signals = self
 
         class _Deferred:
@@ -291,7 +294,7 @@ class _Signals:
 
             def __exit__(self, *exc):
                 signals.deferring = False
-                if signals.pending and exc[0] is None:
+                if reraise and signals.pending and exc[0] is None:
                     signals.pending = False
                     raise KeyboardInterrupt
                 return False
@@ -387,6 +390,13 @@ class Trainer:
         self.rank, self.world = dist_env()
         self.device = resolve_device(self.cfg["device"])
         self.model.to(self.device)
+        if self.cfg["memory_saving"]:
+            from ..core import memory_saving
+
+            try:
+                memory_saving(self.model)
+            except ValueError as e:
+                raise WorkbenchError(f"train.memory_saving: {e}") from None
         put = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         self.train_x, self.val_x = put(train_x), put(val_x)
         self.train_c, self.val_c = put(train_context), put(val_context)
@@ -575,14 +585,41 @@ class Trainer:
         "last_halved", "lr_factor", "skipped", "finished", "epoch_losses",
     )  # fmt: skip
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, final: bool = False) -> None:
+        """Write the checkpoint; a signal during the write waits for it to finish (and, unless
+        ``final``, then interrupts training)."""
         if not self.writer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
         meta.update(seed=self.seed, world=self.world)
-        ctx = self._signals.deferred() if self._signals else _nothing()
+        ctx = self._signals.deferred(reraise=not final) if self._signals else _nothing()
         with ctx:
             save_checkpoint(self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema)
+
+    def _check_counters(self, st: dict) -> None:
+        """A checkpoint's counters must describe a point of this run (ValueError otherwise)."""
+
+        def whole(k, lo=0, hi=None):
+            v = st[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+                span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise ValueError(f"its counter {k!r} is {v!r}, expected an integer {span}")
+
+        whole("epoch", 0, self.cfg["epochs"])
+        whole("step_in_epoch", 0, max(self.steps_per_epoch - 1, 0))
+        whole("global_step", 0, self.cfg["epochs"] * self.steps_per_epoch)
+        whole("best_epoch", -1, self.cfg["epochs"])
+        whole("bad_epochs", 0, self.cfg["epochs"])
+        whole("last_halved", -1, self.cfg["epochs"])
+        whole("skipped", 0)
+        for k in ("best", "lr_factor"):
+            if isinstance(st[k], bool) or not isinstance(st[k], (int, float)):
+                raise ValueError(f"its value {k!r} is {st[k]!r}, expected a number")
+        if st["finished"] not in (None, "finished", "early-stopped"):
+            raise ValueError(f"its status {st['finished']!r} is not one this trainer writes")
+        losses = st["epoch_losses"]
+        if not isinstance(losses, list) or len(losses) > self.steps_per_epoch:
+            raise ValueError("its list of the epoch's losses is malformed")
 
     def load_checkpoint(self) -> None:
         meta, tensors = read_checkpoint(self.out / CKPT_FILE)
@@ -595,12 +632,14 @@ class Trainer:
             self.opt.load_state_dict(optimizer_state(tensors, meta["optimizer"]))
             lambdas = [None] * len(self.opt.param_groups)  # closures: rebuilt, not stored
             self.sched.load_state_dict({**meta["scheduler"], "lr_lambdas": lambdas})
-            for k in self._STATE:
-                setattr(self, k, meta.get(k, getattr(self, k)))
+            state = {k: meta.get(k, getattr(self, k)) for k in self._STATE}
+            self._check_counters(state)
+            for k, v in state.items():
+                setattr(self, k, v)
             set_rng_state(tensors, meta["rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             msg = " ".join(str(e).split())[:300]
-            raise RunError(f"checkpoint does not match this run's model: {msg}") from None
+            raise RunError(f"cannot resume from {self.out / CKPT_FILE}: {msg}") from None
         if meta.get("world", 1) != self.world:
             self._say(
                 f"note: resuming a {meta.get('world')}-process run on {self.world}; "
@@ -650,13 +689,13 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             status = "interrupted"
-            self._signals = None  # a further signal now interrupts the save: the old file stays
-            try:
-                with _Signals() as self._signals:
-                    self.save_checkpoint()
-                saved = "checkpoint saved (resume with --resume)"
-            except KeyboardInterrupt:
-                saved = "interrupted again while saving: the previous checkpoint is kept"
+            # A further signal waits for this save to finish: the checkpoint is written whole.
+            with _Signals() as self._signals:
+                self.save_checkpoint(final=True)
+                again = self._signals.pending
+            saved = "checkpoint saved (resume with --resume)" if self.writer else "nothing saved"
+            if again:
+                saved += "; a second signal arrived during the save and waited for it"
             self._say(f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; {saved}")
         finally:
             self._signals = None

@@ -1,0 +1,122 @@
+r"""Memory-saving backpropagation through chains of invertible layers.
+
+An invertible layer's input can be recomputed from its output, so a chain need not keep every
+layer's activations for the backward pass (the reversible-network trick of Gomez et al., 2017).
+With memory saving on, :class:`~flowforge.Compose` runs its layers without recording a graph and
+keeps only the chain's output; the backward pass walks the layers in reverse, recovers each
+layer's input with its exact inverse, re-runs that one layer with gradients and backpropagates
+through it. Training memory then holds one layer's activations instead of all of them, for
+about one extra forward and one inverse pass per step.
+
+>>> import flowforge as ff
+>>> flow = ff.models.RealNVP(features=4, layers=8, hidden=[16])
+>>> _ = ff.memory_saving(flow)                 # every Compose inside the flow
+>>> flow.log_prob(torch.randn(32, 4)).mean().backward()
+
+Gradients equal the ordinary ones up to the round-off of the inverse (float32 precision, tested
+in ``tests/test_reversible.py``). Dropout and other random layers replay the same random numbers
+(the RNG state is recorded per layer and restored for the inverse and the recomputation, so a
+coupling whose network uses dropout still inverts exactly). Layers whose inverse is numerical
+(CNFs, residual blocks) or that use batch statistics in training
+(:class:`~flowforge.transforms.BatchNorm`) cannot be recomputed exactly, and a chain holding
+one is refused.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ReversibleChain", "refusal"]
+
+
+def _rng_state(device: torch.device):
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return cpu, cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+class ReversibleChain(torch.autograd.Function):
+    """``(z, ladj)`` of ``layers`` applied to ``x``, keeping only ``z`` for the backward pass.
+
+    Called as ``ReversibleChain.apply(layers, context, x, *params)``; ``params`` are the
+    layers' trainable parameters, listed so that autograd returns their gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, layers, context, x, *params):
+        states = []
+        with torch.no_grad():
+            ladj = x.new_zeros(x.shape[0])
+            for layer in layers:
+                states.append(_rng_state(x.device))
+                x, step = layer(x, context)
+                ladj = ladj + step
+        ctx.layers, ctx.states, ctx.n_params = layers, states, len(params)
+        ctx.context = context
+        ctx.save_for_backward(x)
+        return x, ladj
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_ladj):
+        (z,) = ctx.saved_tensors
+        context = ctx.context
+        params = [p for layer in ctx.layers for p in layer.parameters() if p.requires_grad]
+        grads: dict[int, Tensor] = {}
+        grad_context = None
+        want_context = context is not None and context.requires_grad
+        if grad_ladj is None:
+            grad_ladj = z.new_zeros(z.shape[0])
+        device = z.device
+        outside = _rng_state(device)
+        try:
+            for layer, state in zip(reversed(ctx.layers), reversed(ctx.states)):
+                with torch.no_grad():
+                    _set_rng_state(state, device)  # random layers (dropout) draw as they did
+                    x, _ = layer.inverse(z, context)
+                with torch.enable_grad():
+                    x = x.detach().requires_grad_()
+                    c = context.detach().requires_grad_() if want_context else context
+                    _set_rng_state(state, device)
+                    z2, ladj = layer(x, c)
+                    own = [p for p in layer.parameters() if p.requires_grad]
+                    inputs = [x, *([c] if want_context else []), *own]
+                    outputs = [t for t in (z2, ladj) if t.requires_grad]
+                    grad_out = [g for t, g in ((z2, grad_z), (ladj, grad_ladj)) if t.requires_grad]
+                    got = (
+                        torch.autograd.grad(outputs, inputs, grad_out, allow_unused=True)
+                        if outputs
+                        else [None] * len(inputs)
+                    )
+                grad_z = got[0] if got[0] is not None else torch.zeros_like(x)
+                rest = list(got[1:])
+                if want_context:
+                    g = rest.pop(0)
+                    if g is not None:
+                        grad_context = g if grad_context is None else grad_context + g
+                for p, g in zip(own, rest):
+                    if g is not None:
+                        grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
+                z = x.detach()
+        finally:
+            _set_rng_state(outside, device)
+        ordered = [grads.get(id(p)) for p in params]
+        assert len(ordered) == ctx.n_params
+        return (None, grad_context, grad_z, *ordered)
+
+
+def refusal(layer: nn.Module) -> str | None:
+    """Why ``layer`` cannot be recomputed exactly from its output, or None."""
+    for m in layer.modules():
+        if getattr(m, "numeric_inverse", None):
+            return f"{type(m).__name__} inverts numerically (to {m.numeric_inverse:g})"
+        if getattr(m, "uses_batch_statistics", False):
+            return f"{type(m).__name__} uses batch statistics in training"
+    return None

@@ -1,0 +1,98 @@
+"""What ``flowforge list`` shows, without importing torch.
+
+The models are read from the source of ``flowforge/models/*.py`` (every function decorated with
+``@register``: its name, first docstring line, inputs and main arguments with their defaults);
+the datasets' descriptions live here and :mod:`flowforge.workbench.data` takes them from here.
+``tests/test_workbench.py`` checks both against the live registries.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+__all__ = ["DATASET_NOTES", "live_models", "models"]
+
+_TOY_NAMES = (
+    "moons",
+    "circles",
+    "8gaussians",
+    "checkerboard",
+    "pinwheel",
+    "2spirals",
+    "rings",
+    "swissroll",
+)
+
+DATASET_NOTES = {
+    "digits": "sklearn 8x8 digits, 17 levels; 1000/350/447 train/val/test",
+    **{k: f"2-D toy '{k}' (continuous, seeded)" for k in _TOY_NAMES},
+}
+
+_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _register_call(fn: ast.FunctionDef) -> ast.expr | None:
+    for d in fn.decorator_list:
+        target = d.func if isinstance(d, ast.Call) else d
+        if isinstance(target, ast.Name) and target.id == "register":
+            return d
+    return None
+
+
+def models() -> list[dict]:
+    """Each registered builder: ``name``, ``summary``, ``inputs`` and ``arguments`` (its own
+    arguments with their defaults as source text; the shared data options and inputs aside)."""
+    out = []
+    for path in sorted(_MODELS.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for fn in tree.body:
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            deco = _register_call(fn)
+            if deco is None:
+                continue
+            inputs: tuple[str, ...] = ("features",)
+            if isinstance(deco, ast.Call):
+                for kw in deco.keywords:
+                    if kw.arg == "inputs":
+                        inputs = tuple(ast.literal_eval(kw.value))
+            a = fn.args
+            pos = a.posonlyargs + a.args
+            defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
+            arguments = {
+                p.arg: ast.unparse(d) if d is not None else None
+                for p, d in zip(pos, defaults)
+                if p.arg not in inputs
+            }
+            doc = ast.get_docstring(fn) or ""
+            out.append(
+                {
+                    "name": fn.name.lower(),
+                    "summary": doc.strip().splitlines()[0] if doc.strip() else "",
+                    "inputs": list(inputs),
+                    "arguments": arguments,
+                }
+            )
+    return sorted(out, key=lambda m: m["name"])
+
+
+def live_models() -> list[dict]:
+    """The same records from the live registry, if ``flowforge.models`` is already imported
+    (builders registered at run time, e.g. by a plugin module); else nothing."""
+    registry = sys.modules.get("flowforge.models.registry")
+    if registry is None:
+        return []
+    out = []
+    for name in registry.available():
+        spec = registry.spec(name)
+        out.append(
+            {
+                "name": name,
+                "summary": spec.summary,
+                "inputs": list(spec.inputs),
+                "arguments": {k: repr(v) for k, v in spec.defaults().items()},
+            }
+        )
+    return out

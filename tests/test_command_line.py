@@ -1,0 +1,178 @@
+"""The command line a new user meets first: a fast ``--help`` and ``list`` (no torch import),
+negative numbers as option values, missing optional packages named, CSV column names kept,
+integer columns flagged, hostile data files refused in one line."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import flowforge as ff
+from flowforge.workbench import cli
+from flowforge.workbench.catalog import DATASET_NOTES, models
+from flowforge.workbench.data import DATASETS
+from flowforge.workbench.errors import DataError
+
+
+def run_cli(capsys, *args):
+    rc = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc, err, *needles):
+    assert rc == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+# -- fast answers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["list"], ["list", "--json"]])
+def test_help_and_list_do_not_import_torch(argv):
+    code = (
+        "import sys\n"
+        "from flowforge.workbench.cli import main\n"
+        "try:\n"
+        f"    rc = main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    rc = e.code\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_torch_free_catalog_matches_the_live_registry():
+    """``flowforge list`` reads the builders from the source; it must say what they take."""
+    listed = {m["name"]: m for m in models()}
+    live = set(ff.models.available()) - {n for n in ff.models.available() if n.startswith("wb")}
+    assert set(listed) == live
+    for name, m in listed.items():
+        spec = ff.models.spec(name)
+        assert m["inputs"] == list(spec.inputs), name
+        assert set(m["arguments"]) == set(spec.defaults()), name
+        for k, text in m["arguments"].items():
+            try:
+                value = ast.literal_eval(text)
+            except ValueError:
+                continue
+            assert value == spec.defaults()[k], (name, k)
+        assert m["summary"] == spec.summary
+    assert set(DATASET_NOTES) == set(DATASETS)
+
+
+def test_list_shows_main_arguments(capsys):
+    rc, out, _ = run_cli(capsys, "list")
+    assert rc == 0
+    assert "glow" in out and "steps=8" in out and "8gaussians" in out
+
+
+# -- argument parsing ---------------------------------------------------------------------------
+
+
+def test_negative_numbers_after_context():
+    argv = ["sample", "run", "--context", "-1.78,0.5", "-n", "3", "--out", "x.csv"]
+    args = cli.make_parser().parse_args(cli._attach_values(argv))
+    assert args.context == "-1.78,0.5" and args.n == 3
+    argv = ["sample", "run", "--context", "-1;-2.5", "--out", "x.csv"]
+    assert cli.make_parser().parse_args(cli._attach_values(argv)).context == "-1;-2.5"
+
+
+def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch):
+    def needs_matplotlib(args):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(cli, "cmd_list", needs_matplotlib)
+    rc, _, err = run_cli(capsys, "list")
+    one_line_error(rc, err, "'matplotlib'", "flowforge[workbench]")
+
+
+# -- tables -------------------------------------------------------------------------------------
+
+
+def test_csv_column_names_are_kept_and_integer_columns_flagged(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 120
+    table = np.c_[rng.normal(size=n), rng.normal(size=n) * 3, rng.integers(0, 4, size=n)]
+    path = tmp_path / "t.csv"
+    lines = ['height,weight,"group, coded"'] + [",".join(f"{v:.6g}" for v in r) for r in table]
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(
+        capsys, "train", "--model", "realnvp", "--model-kwargs", '{"layers": 2, "hidden": [8]}',
+        "--data", path, "--out", out, "--epochs", 1, "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "warning: column(s) group, coded hold only a few integer values" in stdout
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["columns"] == ["height", "weight", "group, coded"]
+    rc, _, err = run_cli(capsys, "sample", out, "-n", 5, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    text = (tmp_path / "s.csv").read_text().splitlines()
+    assert text[0] == 'height,weight,"group, coded"' and len(text) == 6
+    assert len(text[1].split(",")) == 3
+
+
+def test_a_header_of_another_width_is_refused(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2,3\n4,5,6\n7,8,9\n")
+    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", path,
+                         "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "header has 2 columns")
+
+
+def test_values_beyond_float32_are_refused(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_text("1,2\n3,1e39\n5,6\n7,8\n")
+    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", path,
+                         "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "float32", "line")
+    np.save(tmp_path / "big.npy", np.array([[1.0, 2.0], [3.0, -1e300], [1.0, 1.0]]))
+    with pytest.raises(DataError, match="float32"):
+        from flowforge.workbench.data import load_dataset
+
+        load_dataset(str(tmp_path / "big.npy"))
+
+
+def test_complex_arrays_are_refused(tmp_path, capsys):
+    np.save(tmp_path / "c.npy", np.ones((10, 2), dtype=np.complex64))
+    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", tmp_path / "c.npy",
+                         "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "complex")
+
+
+def test_a_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), i * 10, dtype=np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)  # 64 pixels > 2 x 16: a "bomb"
+    rc, _, err = run_cli(capsys, "train", "--model", "glow", "--data", folder,
+                         "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "too large to read safely")
+
+
+def test_a_section_of_the_wrong_type_and_a_file_that_is_not_numpy(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: [1, 2]\n")
+    rc, _, err = run_cli(capsys, "train", "--config", cfg, "--model", "realnvp", "--data",
+                         "moons", "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "'train' must be a mapping")
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(b"x")
+    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", bad,
+                         "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "not a numeric numpy array")
+    assert not (tmp_path / "r").exists()

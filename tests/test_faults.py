@@ -1,0 +1,221 @@
+"""Fault injection on the run folder: kill -9 at several points, a full disk, a second signal
+during the interrupt save, SIGHUP, two trainings into one folder, float64 checkpoints. Each
+asserts that nothing the user had is lost and that what is printed is one clear line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge import io
+from flowforge.workbench import trainer as trainer_module
+from flowforge.workbench.checkpoint import read_checkpoint
+from flowforge.workbench.cli import main
+from flowforge.workbench.runs import RunLock
+from flowforge.workbench.train import train
+
+CFG = {
+    "model": {"name": "realnvp", "layers": 2, "hidden": [16]},
+    "layout": "vector",
+    "data": {"name": "digits", "limit": 96},
+    "train": {"epochs": 3, "batch_size": 32, "warmup_steps": 4, "log_every": 1},
+}
+
+
+def cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def params(run: Path) -> dict:
+    _, t = read_checkpoint(run / "checkpoint.safetensors")
+    return {k: v for k, v in t.items() if k.startswith(("model/", "optim/"))}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    pa, pb = params(a), params(b)
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert train(CFG, out, progress=False, echo=False)["status"] == "finished"
+    return out
+
+
+KILLER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from flowforge.workbench.train import train
+    cfg, out, at, where = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if where == "rename":  # die inside the atomic write of the checkpoint at step `at`
+        import flowforge.io as io
+        real = os.replace
+        def replace(src, dst):
+            if str(dst).endswith("checkpoint.safetensors") and state["step"] >= at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+        io.os.replace = replace
+    state = {"step": 0}
+    def cb(trainer):
+        state["step"] = trainer.global_step
+        if where == "step" and trainer.global_step == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    train(cfg, out, progress=False, echo=False, callback=cb)
+    """
+)
+
+
+@pytest.mark.parametrize("at, where", [(1, "step"), (5, "step"), (6, "rename")])
+def test_kill_9_then_the_same_command_or_resume(tmp_path, capsys, reference, at, where):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", KILLER, json.dumps(CFG), str(out), str(at), where],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert (out / ".lock").exists()  # the dead process's lock: stale, taken over below
+    if (out / "checkpoint.safetensors").exists():
+        rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    else:  # killed before the first checkpoint: the same command starts it again
+        cfg = tmp_path / "cfg.json"
+        cfg.write_text(json.dumps(CFG))
+        rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress",
+                         "--quiet")  # fmt: skip
+    assert rc == 0, err
+    assert same_weights(out, reference)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # orphans removed
+    assert not (out / ".lock").exists()
+
+
+def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch, reference):
+    out = tmp_path / "run"
+    real = io.atomic_write
+    calls = {"n": 0}
+
+    def full(path, data):
+        if str(path).endswith("checkpoint.safetensors"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(io, "atomic_write", full)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CFG))
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress", "--quiet")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "No space left" in err, err
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert meta["epoch"] == 1  # the first epoch's checkpoint is intact
+    monkeypatch.setattr(io, "atomic_write", real)
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference)
+
+
+def test_a_second_signal_during_the_interrupt_save(tmp_path, monkeypatch, capsys, reference):
+    out = tmp_path / "run"
+    real = trainer_module.save_checkpoint
+    state = {"interrupted": False}
+
+    def slow_save(*args, **kwargs):
+        if state["interrupted"]:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the save
+        return real(*args, **kwargs)
+
+    def interrupt(trainer):
+        if trainer.global_step == 5:
+            state["interrupted"] = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", slow_save)
+    result = train(CFG, out, progress=False, echo=True, callback=interrupt)
+    printed = capsys.readouterr().out
+    assert result["status"] == "interrupted"
+    assert "checkpoint saved" in printed and "second signal" in printed, printed
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 2)  # the partial epoch is kept
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real)
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_sighup_saves_like_sigterm(tmp_path):
+    out = tmp_path / "run"
+
+    def hangup(trainer):
+        if trainer.global_step == 4:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    result = train(CFG, out, progress=False, echo=False, callback=hangup)
+    assert result["status"] == "interrupted" and result["steps"] == 4
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert meta["global_step"] == 4
+
+
+def test_two_trainings_into_one_folder(tmp_path, capsys, reference):
+    """A run whose lock is held by a live process (a training in progress) is neither
+    overwritten, resumed nor restarted; once that process is gone the lock is stale."""
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(reference), str(out)], check=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = json.dumps({"pid": sleeper.pid, "host": os.uname().nodename})
+        (out / ".lock").write_text(lock)
+        cfg = tmp_path / "cfg.json"
+        cfg.write_text(json.dumps({**CFG, "train": {**CFG["train"], "epochs": 4}}))
+        for extra, needle in ((["--overwrite"], "in use by another training"),
+                              ([], "already holds a different run")):  # fmt: skip
+            rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress",
+                             *extra)  # fmt: skip
+            assert rc == 1 and len(err.strip().splitlines()) == 1, err
+            assert needle in err, err
+        rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
+        assert rc == 1 and "in use by another training" in err, err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
+            **before,
+            ".lock": lock.encode(),
+        }
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with RunLock(out):  # its owner is gone: the lock is stale and taken over
+        pass
+    assert not (out / ".lock").exists()
+
+
+def test_batch_norm_refuses_a_training_batch_of_one():
+    flow = ff.models.RealNVP(features=4, layers=2, hidden=[8], batch_norm=True)
+    flow.train()
+    with pytest.raises(ValueError, match="batch of 1"):
+        flow.log_prob(torch.randn(1, 4))
+    flow.eval()
+    assert torch.isfinite(flow.log_prob(torch.randn(1, 4))).all()
+
+
+def test_a_float64_checkpoint_evaluates(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, out32, _ = cli(capsys, "eval", out, "--json")
+    flow = ff.load(out / "model.ff").to(torch.float64)
+    ff.save(flow, out / "model.ff")
+    assert ff.load(out / "model.ff").dtype == torch.float64
+    rc, out64, err = cli(capsys, "eval", out, "--json")
+    assert rc == 0, err
+    assert abs(json.loads(out64)["nll"] - json.loads(out32)["nll"]) < 1e-4

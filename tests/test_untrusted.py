@@ -1,0 +1,239 @@
+"""Untrusted files are data, not instructions: a crafted ``.ff`` file or run folder can make
+flowforge neither allocate nor read without bound, nor read files the user did not name, nor
+print a wrong number. (docs/security.md states the rules these tests hold.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge import io
+from flowforge.workbench.cli import main
+
+
+def cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc, err, *needles):
+    assert rc == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def small_file(tmp_path, **changes) -> Path:
+    """A real RealNVP's tensors under a header whose builder arguments are ``changes``."""
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=[8])
+    config = json.loads(json.dumps(flow.config))
+    config["kwargs"].update(changes)
+    path = tmp_path / "crafted.ff"
+    path.write_bytes(io.pack(flow.state_dict(), {"format": io.FORMAT, "config": config}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"hidden": [1_000_000_000]}, "allocate more than"),
+        ({"layers": 10_000_000}, "tensor operations"),
+        ({"hidden": "abc"}, "hidden"),
+        ({"layers": [2]}, "layers"),
+        ({"features": -3}, "features"),
+        ({"hidden": [16]}, "does not match its configuration"),
+    ],
+)
+def test_crafted_builder_arguments_are_refused_quickly(tmp_path, changes, needle):
+    path = small_file(tmp_path, **changes)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=needle):
+        ff.load(path)
+    assert time.monotonic() - start < 10
+
+
+def test_a_huge_image_shape_is_refused(tmp_path):
+    flow = ff.models.Glow(shape=(1, 4, 4), scales=1, steps=1, hidden=4)
+    config = json.loads(json.dumps(flow.config))
+    config["kwargs"]["shape"] = [3, 65536, 65536]
+    path = tmp_path / "glow.ff"
+    path.write_bytes(io.pack(flow.state_dict(), {"format": io.FORMAT, "config": config}))
+    with pytest.raises(ValueError, match="allocate more than|does not match"):
+        ff.load(path)
+
+
+def test_unknown_or_dotted_builder_names_are_refused(tmp_path):
+    for name in ("os.system", "builtins.eval", "__import__"):
+        flow = ff.models.NICE(features=2, layers=1, hidden=[4])
+        path = tmp_path / "x.ff"
+        path.write_bytes(
+            io.pack(
+                flow.state_dict(), {"format": io.FORMAT, "config": {"model": name, "kwargs": {}}}
+            )
+        )
+        with pytest.raises(ValueError, match="unknown model"):
+            ff.load(path)
+
+
+def test_nan_and_wrong_kind_tensors_are_refused(tmp_path):
+    flow = ff.models.NICE(features=2, layers=1, hidden=[4])
+    state = flow.state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    bad = dict(state, **{key: torch.full_like(state[key], float("nan"))})
+    path = tmp_path / "nan.ff"
+    path.write_bytes(io.pack(bad, {"format": io.FORMAT, "config": flow.config}))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ff.load(path)
+    wrong = dict(state, **{key: state[key].to(torch.int64)})
+    path.write_bytes(io.pack(wrong, {"format": io.FORMAT, "config": flow.config}))
+    with pytest.raises(ValueError, match="int64"):
+        ff.load(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_non_regular_files_are_never_read(tmp_path):
+    fifo = tmp_path / "model.ff"
+    os.mkfifo(fifo)  # reading would block forever
+    with pytest.raises(ValueError, match="not a regular file"):
+        ff.load(fifo)
+    if Path("/dev/zero").exists():  # reading would never end
+        link = tmp_path / "zero.ff"
+        link.symlink_to("/dev/zero")
+        with pytest.raises(ValueError, match="not a regular file"):
+            ff.load(link)
+
+
+def test_files_beyond_the_size_limit_are_not_read(tmp_path):
+    flow = ff.models.NICE(features=2, layers=1, hidden=[4])
+    path = tmp_path / "m.ff"
+    ff.save(flow, path)
+    with pytest.raises(ValueError, match="more than the limit"):
+        ff.load(path, max_bytes=100)
+    assert ff.load(path, max_bytes=10**6) is not None
+
+
+def test_a_header_that_lies_about_its_size(tmp_path):
+    path = tmp_path / "h.ff"
+    path.write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ValueError, match="header claims"):
+        ff.load(path)
+
+
+# -- run folders ---------------------------------------------------------------------------------
+
+
+def test_a_crafted_run_config_cannot_read_other_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    secret = tmp_path / "secret.csv"
+    np.savetxt(secret, np.random.default_rng(0).normal(size=(50, 2)), delimiter=",")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"] = {**cfg["data"], "name": str(secret)}
+    cfg["resolved"].pop("data_fingerprint", None)
+    (run / "config.json").write_text(json.dumps(cfg))
+    for args in (("eval", run), ("report", run)):
+        rc, _, err = cli(capsys, *args)
+        one_line_error(rc, err, "records no fingerprint", "--data")
+    assert not (run / "report.html").exists()
+
+
+def test_nonfinite_numbers_never_print(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    far = tmp_path / "far.csv"
+    far.write_text("1e20,1e20\n0,0\n")
+    rc, out, err = cli(capsys, "eval", run, "--data", far, "--json")
+    one_line_error(rc, err)
+    assert out == ""
+    for bad in (("--batch-size", -5), ("--batch-size", 0)):
+        rc, out, err = cli(capsys, "eval", run, *bad)
+        one_line_error(rc, err, "batch size")
+    rc, out, err = cli(capsys, "sample", run, "-n", 3, "--temperature", "inf", "--out",
+                       tmp_path / "s.npy")  # fmt: skip
+    one_line_error(rc, err, "temperature")
+    rc, out, err = cli(capsys, "eval", run, "--json")
+    assert rc == 0 and json.loads(out)["nll"] == json.loads(out)["nll"]  # valid JSON, finite
+
+
+def test_library_numbers_are_finite_or_errors():
+    flow = ff.models.RealNVP(features=2, layers=1, hidden=[4])
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="batch"):
+        ff.nll(flow, x, batch_size=-1)
+    with pytest.raises(ValueError):
+        ff.nll(flow, torch.full((3, 2), 1e30))
+    # float64 input to a float32 flow is converted, as documented
+    assert flow.log_prob(x.double()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("a: &x [1, 2]\nb: *x\n", "aliases"),
+        ("model: !!python/object/apply:os.system ['echo hi']\n", "constructor"),
+        ("train:\n  lr: abc\n", "train.lr"),
+        ("train:\n  epochs: true\n", "train.epochs"),
+    ],
+)
+def test_config_files_are_data(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--model", "realnvp", "--data", "moons",
+                     "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, needle)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"epoch": "abc"}, "'epoch' is 'abc'"),
+        ({"step_in_epoch": 10**9}, "'step_in_epoch'"),
+        ({"global_step": -1}, "'global_step'"),
+        ({"finished": "rm -rf"}, "status"),
+        ("rng", "cannot resume"),
+    ],
+)
+def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle):
+    from flowforge.workbench.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+
+    def stop(trainer):  # interrupt in the middle of the second epoch: a resumable checkpoint
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    from flowforge.workbench.train import train
+
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "data": {"name": "moons",
+           "limit": 64}, "train": {"epochs": 3, "batch_size": 32}}  # fmt: skip
+    assert train(cfg, run, progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    path = run / "checkpoint.safetensors"
+    meta, tensors = read_checkpoint(path)
+    if change == "rng":
+        key = next(k for k in tensors if k.startswith("rng/"))
+        tensors[key] = tensors[key][:3]
+    else:
+        meta.update(change)
+    path.write_bytes(io.pack(tensors, meta))
+    before = path.read_bytes()
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, needle)
+    assert path.read_bytes() == before
