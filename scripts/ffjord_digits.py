@@ -22,6 +22,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import flowforge as ff
+from flowforge.core import regularization
 from flowforge.transforms import CNF
 
 
@@ -94,7 +95,8 @@ def main(argv=None) -> dict:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * elapsed / args.budget))
         xb = train[torch.randint(0, len(train), (args.batch,), generator=g)]
         loss = -flow.log_prob(xb).mean()
-        reg = sum(c.regularization_loss for c in cnfs(flow) if c.regularization_loss is not None)
+        reg = regularization(flow)
+        reg = 0.0 if reg is None else reg
         opt.zero_grad(set_to_none=True)
         (loss + reg).backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)

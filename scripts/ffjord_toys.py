@@ -24,6 +24,7 @@ import torch
 from scipy.special import i0e, logsumexp
 
 import flowforge as ff
+from flowforge.core import regularization
 from flowforge.transforms import CNF
 from flowforge.workbench.data import load_dataset
 
@@ -162,7 +163,8 @@ def fit(flow, x: torch.Tensor, budget: float, lr: float, batch: int, seed: int) 
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
         xb = x[torch.randint(0, len(x), (batch,), generator=g)]
         loss = -flow.log_prob(xb).mean()
-        reg = sum(c.regularization_loss for c in cnfs(flow) if c.regularization_loss is not None)
+        reg = regularization(flow)
+        reg = 0.0 if reg is None else reg
         opt.zero_grad(set_to_none=True)
         (loss + reg).backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)

@@ -98,7 +98,7 @@ def test_round_trip_from_fresh_noise(case):
         # here, and the logit on its own in its own cases
         t = ff.Compose(*t.layers[1:])
     torch.manual_seed(3)
-    z = torch.randn(3, *t.output_shape, dtype=torch.float64)
+    z = case.draw_noise(3, t.output_shape)
     check_round_trip_from_noise(t, z, context(case, 3))
 
 
@@ -255,6 +255,8 @@ TRANSFORMERS = {
     "affine-unbounded": lambda: T.Affine(bound=None),
     "rational-quadratic": lambda: T.RationalQuadratic(bins=5, bound=2.0),
     "integer-additive": lambda: T.IntegerAdditive(4.0),
+    "logistic-mixture": lambda: T.LogisticMixture(components=3),
+    "logistic-mixture-1": lambda: T.LogisticMixture(components=1),
 }
 BASES = {
     "normal-2": lambda: D.StandardNormal(2),

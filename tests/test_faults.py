@@ -21,8 +21,8 @@ from flowforge import io
 from flowforge.workbench import trainer as trainer_module
 from flowforge.workbench.checkpoint import read_checkpoint
 from flowforge.workbench.cli import main
+from flowforge.workbench.runner import train
 from flowforge.workbench.runs import RunLock
-from flowforge.workbench.train import train
 
 CFG = {
     "model": {"name": "realnvp", "layers": 2, "hidden": [16]},
@@ -58,7 +58,7 @@ def reference(tmp_path_factory):
 KILLER = textwrap.dedent(
     """
     import json, os, signal, sys
-    from flowforge.workbench.train import train
+    from flowforge.workbench.runner import train
     cfg, out, at, where = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
     if where == "rename":  # die inside the atomic write of the checkpoint at step `at`
         import flowforge.io as io

@@ -13,7 +13,7 @@ import torch
 
 import flowforge as ff
 from flowforge.workbench import Loss, ReverseKL, Trainer, WorkbenchError
-from flowforge.workbench.train import train
+from flowforge.workbench.runner import train
 
 TINY_CFG = {"model": {"name": "realnvp", "layers": 2, "hidden": [16]}, "layout": "vector"}
 

@@ -220,7 +220,7 @@ def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle
         if trainer.global_step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    from flowforge.workbench.train import train
+    from flowforge.workbench.runner import train
 
     cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "data": {"name": "moons",
            "limit": 64}, "train": {"epochs": 3, "batch_size": 32}}  # fmt: skip

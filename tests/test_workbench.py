@@ -19,8 +19,8 @@ from flowforge.workbench import data as wbdata
 from flowforge.workbench.checkpoint import read_checkpoint
 from flowforge.workbench.cli import main
 from flowforge.workbench.errors import NonFiniteError
+from flowforge.workbench.runner import train
 from flowforge.workbench.runs import load_run
-from flowforge.workbench.train import train
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 import wb_models  # noqa: E402,F401  (registers wbtest_actnorm)

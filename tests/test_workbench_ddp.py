@@ -16,7 +16,7 @@ DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
 import wb_models  # noqa: E402,F401  (registers wbtest_actnorm, with an ActNorm first layer)
 
-from flowforge.workbench.train import train  # noqa: E402
+from flowforge.workbench.runner import train  # noqa: E402
 
 CONFIG = {
     "seed": 5,

@@ -16,8 +16,10 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "codec",
+    "attention",
     "distributions",
     "io",
+    "matching",
     "models",
     "nets",
     "objectives",

@@ -78,7 +78,8 @@ def check_round_trip_from_noise(
 
 
 def _jacobian_ladj(fn, x: Tensor, context: Tensor | None) -> Tensor:
-    """``log|det J|`` of ``fn`` at each example of ``x``, by autograd, one example at a time."""
+    """``log|det J|`` of ``fn`` at each example of ``x``, by autograd, one example at a time
+    (for a non-square ``J``, the change of volume on the manifold, see below)."""
     out = []
     for i in range(x.shape[0]):
         ci = None if context is None else context[i : i + 1]
@@ -88,8 +89,14 @@ def _jacobian_ladj(fn, x: Tensor, context: Tensor | None) -> Tensor:
             return fn(v.reshape(xi.shape), ci)[0].reshape(-1)
 
         jac = torch.autograd.functional.jacobian(f, xi.reshape(-1))
-        assert jac.shape[0] == jac.shape[1], f"Jacobian is not square: {tuple(jac.shape)}"
-        out.append(torch.linalg.slogdet(jac)[1])
+        if jac.shape[0] == jac.shape[1]:
+            out.append(torch.linalg.slogdet(jac)[1])
+        else:
+            # a chart between a d-manifold embedded in R^D and R^d (the sphere's): the change
+            # of volume is (1/2) log det of the d x d Gram matrix (J J^T for the d x D Jacobian
+            # of a map that ignores the normal directions, J^T J for the D x d one)
+            gram = jac @ jac.T if jac.shape[0] < jac.shape[1] else jac.T @ jac
+            out.append(0.5 * torch.linalg.slogdet(gram)[1])
     return torch.stack(out)
 
 

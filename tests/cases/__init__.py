@@ -3,7 +3,18 @@ explicitly, so deleting one fails instead of dropping its cases)."""
 
 from __future__ import annotations
 
-from . import autoregressive, continuous, image, integer, options, residual, vector
+from . import (
+    autoregressive,
+    continuous,
+    flowmatching,
+    image,
+    integer,
+    manifolds,
+    options,
+    residual,
+    transformer,
+    vector,
+)
 from .base import Case
 
 CASES: list[Case] = [
@@ -11,9 +22,12 @@ CASES: list[Case] = [
     *image.CASES,
     *autoregressive.CASES,
     *continuous.CASES,
+    *flowmatching.CASES,
     *residual.CASES,
     *options.CASES,
     *integer.CASES,
+    *manifolds.CASES,
+    *transformer.CASES,
 ]
 
 __all__ = ["CASES", "Case"]

@@ -25,6 +25,9 @@ class Case:
     build: Callable[[], torch.nn.Module]  # a Transform, or a Flow for a model
     sample: Callable[[int, tuple], torch.Tensor] | None = None  # input sampler (default randn)
     tags: set = field(default_factory=set)
+    # noise sampler for the round trip from fresh noise (default randn); a base with bounded
+    # support (angles on a torus) needs noise inside it
+    noise: Callable[[int, tuple], torch.Tensor] | None = None
 
     @functools.cached_property
     def _built(self) -> torch.nn.Module:
@@ -54,6 +57,11 @@ class Case:
         if self.sample is not None:
             return self.sample(n, self.shape).to(dtype)
         return torch.randn(n, *self.shape, dtype=dtype)
+
+    def draw_noise(self, n: int, shape: tuple, dtype=torch.float64) -> torch.Tensor:
+        if self.noise is not None:
+            return self.noise(n, shape).to(dtype)
+        return torch.randn(n, *shape, dtype=dtype)
 
     def draw_context(self, n: int, dtype=torch.float64) -> torch.Tensor | None:
         return torch.randn(n, *self.context_shape, dtype=dtype) if self.context else None

@@ -11,17 +11,23 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD), ``integer`` (IDF).
+``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``transformer`` (TarFlow),
+``integer`` (IDF), ``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``,
+``mflow``; not registered, as an M-flow is not a ``Flow`` on ``R^D``).
 """
 
 from .assembly import DataOptions, standardized
 from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
+from .flowmatching import CNF
 from .image import Glow, default_scales
 from .integer import IDF, IntegerFlow
+from .manifolds import SphereFlow, TorusFlow
+from .mflow import MFlow, mflow
 from .registry import BuilderSpec, available, build, builder, register, spec
 from .residual import Planar, Radial, ResidualFlow, Sylvester
+from .transformer import TarFlow
 
 __all__ = [
     "NICE",
@@ -31,12 +37,18 @@ __all__ = [
     "IAF",
     "NSF",
     "FFJORD",
+    "CNF",
     "Planar",
     "Radial",
     "Sylvester",
     "ResidualFlow",
     "IDF",
     "IntegerFlow",
+    "TorusFlow",
+    "SphereFlow",
+    "MFlow",
+    "mflow",
+    "TarFlow",
     "BuilderSpec",
     "DataOptions",
     "available",

@@ -5,11 +5,12 @@ the elementwise transformers follow :class:`flowforge.core.Transformer`'s and th
 One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
 normalization, image (squeeze, multi-scale factor-out), integer (integer discrete flows),
 residual (planar, radial, Sylvester), iresnet (invertible residual blocks), continuous (CNF;
-torchdiffeq is imported only when one is built), preprocessing and dequantization.
+torchdiffeq is imported only when one is built), preprocessing, dequantization and manifolds
+(circles, tori, the sphere).
 """
 
 from ..core import Identity
-from .autoregressive import Autoregressive
+from .autoregressive import Autoregressive, ParallelInverseWarning, set_inverse
 from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .dequantization import UniformDequantization, VariationalDequantization
@@ -18,6 +19,14 @@ from .image import FactorOut, Squeeze
 from .integer import DiscretizedLogisticMixture, IntegerAdditive, IntegerCoupling, round_ste
 from .iresnet import ResidualBlock
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
+from .manifolds import (
+    CircularCoupling,
+    CircularElementwise,
+    SphereToCylinder,
+    UniformCylinder,
+    UniformTorus,
+)
+from .mixture import LogisticMixture
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import Logit, Standardize
 from .residual import Planar, Radial, Sylvester
@@ -30,13 +39,17 @@ __all__ = [
     "Autoregressive",
     "BatchNorm",
     "CNF",
+    "CircularCoupling",
+    "CircularElementwise",
     "Coupling",
     "FactorOut",
     "Identity",
     "DiscretizedLogisticMixture",
     "IntegerAdditive",
     "IntegerCoupling",
+    "ParallelInverseWarning",
     "LULinear",
+    "LogisticMixture",
     "Logit",
     "ODENet",
     "ODEStepBudgetError",
@@ -49,9 +62,12 @@ __all__ = [
     "ResidualBlock",
     "Reverse",
     "Scaling",
+    "SphereToCylinder",
     "Squeeze",
     "Standardize",
     "Sylvester",
+    "UniformCylinder",
+    "UniformTorus",
     "UniformDequantization",
     "VariationalDequantization",
     "alternating_mask",
@@ -61,4 +77,5 @@ __all__ = [
     "ode_methods",
     "rational_quadratic",
     "round_ste",
+    "set_inverse",
 ]

@@ -137,7 +137,8 @@ class ODENet(nn.Module):
         self.context_features = context_features
 
     def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
-        c = t.to(z).reshape(1, 1).expand(z.shape[0], 1)
+        # t: a 0-d tensor (an ODE solve) or one time per row (flow matching's regression)
+        c = t.to(z).reshape(-1, 1).expand(z.shape[0], 1)
         if self.context_features:
             c = torch.cat([c, context.to(z)], dim=1)
         h = z
@@ -313,6 +314,10 @@ class CNF(Transform):
             raise ValueError(f"expected time > 0, got {time}")
         if int(max_steps) < 1:
             raise ValueError(f"expected max_steps >= 1, got {max_steps}")
+        if not (float(rtol) > 0 and float(atol) > 0):
+            raise ValueError(f"expected tolerances rtol > 0 and atol > 0, got {rtol}, {atol}")
+        if step_size is not None and not float(step_size) > 0:
+            raise ValueError(f"expected step_size > 0, got {step_size}")
         self.net = (
             net if net is not None else ODENet(features, hidden, context_features, activation)
         )

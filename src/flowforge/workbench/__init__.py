@@ -9,8 +9,8 @@ without the command line::
 
 Modules, by concern: ``errors``, ``config`` (defaults, files, checks), ``data`` (datasets),
 ``build`` (the model a config asks for), ``runs`` (the run folder), ``checkpoint``,
-``distributed``, ``trainer`` (the one training loop), ``train`` (a whole run), ``evaluate``,
-``vi`` (fit-target), ``report`` (figures and report.html), ``cli`` (the command). See
+``distributed``, ``trainer`` (the one training loop), ``runner`` (a whole run: ``train``),
+``evaluate``, ``vi`` (fit-target), ``report`` (figures and report.html), ``cli`` (the command). See
 ``docs/workbench.md``.
 """
 
@@ -31,9 +31,10 @@ _NAMES = {
     "RunError": "errors",
     "WorkbenchError": "errors",
     "load_run": "runs",
-    "train": "train",
+    "train": "runner",
     "NLL": "trainer",
     "Loss": "trainer",
+    "FlowMatchingObjective": "trainer",
     "Objective": "trainer",
     "ReverseKL": "trainer",
     "Trainer": "trainer",
@@ -45,6 +46,7 @@ __all__ = [
     "ContextError",
     "DataError",
     "Dataset",
+    "FlowMatchingObjective",
     "Loss",
     "NLL",
     "NonFiniteError",

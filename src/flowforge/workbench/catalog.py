@@ -28,6 +28,10 @@ _TOY_NAMES = (
 DATASET_NOTES = {
     "digits": "sklearn 8x8 digits, 17 levels; 1000/350/447 train/val/test",
     **{k: f"2-D toy '{k}' (continuous, seeded)" for k in _TOY_NAMES},
+    "circle-vonmises": "mixture of 3 von Mises on the circle (angles in [-pi, pi)), known density",
+    "torus-vonmises": "mixture of 4 von Mises products on the torus T^2, known density",
+    "sphere-vmf": "mixture of 4 von Mises-Fisher on the sphere (unit vectors), known density",
+    "surface-64": "a 2-D surface in R^64 with noise 0.01, known density on it (M-flows)",
 }
 
 _MODELS = Path(__file__).resolve().parent.parent / "models"

@@ -123,6 +123,7 @@ def _train_overrides(args) -> dict:
         ("grad_clip", "grad_clip"),
         ("patience", "patience"),
         ("device", "device"),
+        ("objective", "objective"),
     ):
         v = getattr(args, flag)
         if v is not None:
@@ -150,7 +151,7 @@ def _train_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     from .config import deep_merge, read_config
-    from .train import train
+    from .runner import train
 
     layers = []
     if args.config:
@@ -184,8 +185,12 @@ def _finish_train(result: dict) -> int:
         return 130
     if rank == 0:
         best = result["best_val_nll"]
-        msg = f"{result['status']}: best val NLL {best:.4f} nats/example"
-        if result.get("best_val_bpd") is not None:
+        what = result.get("objective", "nll")
+        if what == "nll":
+            msg = f"{result['status']}: best val NLL {best:.4f} nats/example"
+        else:  # e.g. flow matching: its own validation loss, not a likelihood
+            msg = f"{result['status']}: best val {what} loss {best:.4f}"
+        if what == "nll" and result.get("best_val_bpd") is not None:
             msg += f" ({result['best_val_bpd']:.4f} bits/dim)"
         print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
     return 0
@@ -221,9 +226,15 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
     if not args.temperature > 0:
         raise WorkbenchError(f"--temperature must be positive, got {args.temperature}")
+    if not args.tol > 0:
+        raise WorkbenchError(f"--tol must be positive, got {args.tol}")
     cfg = run_config(args.run)
     context, what = sample_context(cfg, args.label, args.context)
     flow = load_run(args.run)
+    if args.inverse != "sequential":  # autoregressive layers: Jacobi sweeps (see set_inverse)
+        from ..transforms import set_inverse
+
+        set_inverse(flow, args.inverse, tol=args.tol)
     x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
     save_samples(x, cfg, out, title=f"{args.n} samples{what}, T={args.temperature:g}")
     print(f"wrote {x.shape[0]} samples{what} to {out}")
@@ -300,7 +311,7 @@ def cmd_decompress(args) -> int:
 def cmd_demo(args) -> int:
     from .evaluate import evaluate_run
     from .report import write_report
-    from .train import train
+    from .runner import train
 
     cfg = json.loads(json.dumps(DEMO))
     if args.epochs is not None:
@@ -410,6 +421,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup-steps", type=int)
     s.add_argument("--grad-clip", type=float)
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    s.add_argument(
+        "--objective",
+        help="nll (default) or, for a CNF, flow-matching, flow-matching-ot, flow-matching-vp",
+    )
     s.add_argument("--limit", type=int, help="use only the first N training examples")
     s.add_argument(
         "--conditional",
@@ -469,6 +484,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument(
+        "--inverse",
+        choices=("sequential", "parallel", "auto"),
+        default="sequential",
+        help="how autoregressive layers invert: exactly, step by step (default), or by "
+        "parallel Jacobi sweeps to --tol ('auto': a few sweeps, else step by step)",
+    )
+    s.add_argument("--tol", type=float, default=1e-4, help="tolerance of the parallel inverse")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")

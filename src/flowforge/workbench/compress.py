@@ -20,8 +20,8 @@ import torch
 from .. import codec
 from .data import DATASETS, load_dataset, read_examples
 from .errors import DataError, WorkbenchError
+from .runner import run_dataset
 from .runs import load_run, run_config
-from .train import run_dataset
 
 __all__ = ["compress_run", "decompress_file", "classical_bits", "data_hash", "MAX_FILE_BYTES"]
 

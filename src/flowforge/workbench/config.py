@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_TRAIN: dict = {
-    "objective": "nll",  # nll (maximum likelihood); the library may add more
+    "objective": "nll",  # nll (maximum likelihood), flow-matching[-ot|-vp] (a CNF)
     "epochs": 50,
     "batch_size": 64,
     "eval_batch_size": 1024,
@@ -59,7 +59,12 @@ TOP_KEYS = ("seed", "model", "data", "layout", "train")
 LAYOUTS = ("auto", "vector", "image")
 OPTIMIZERS = ("adam", "adamw", "adamax")
 SCHEDULES = ("cosine", "constant")
-OBJECTIVES: dict[str, str] = {"nll": "maximum likelihood (forward KL)"}
+OBJECTIVES: dict[str, str] = {
+    "nll": "maximum likelihood (forward KL)",
+    "flow-matching": "conditional flow matching of a CNF, linear path (flowforge.matching)",
+    "flow-matching-ot": "flow matching, linear path, mini-batch optimal-transport pairing",
+    "flow-matching-vp": "flow matching, variance-preserving path",
+}
 
 
 # -- reading -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._util import suggest
+from . import manifold_data
 from .catalog import DATASET_NOTES
 from .errors import ContextError, DataError, WorkbenchError
 
@@ -198,9 +199,28 @@ def _no_options(name: str, options: dict) -> None:
         raise DataError(f"dataset {name!r} takes no options {sorted(options)}")
 
 
+def _manifold(name: str):
+    def load(
+        seed: int = 0, n_train: int = 20000, n_val: int = 5000, n_test: int = 10000, **options
+    ) -> Dataset:
+        _no_options(name, options)
+        seqs = np.random.SeedSequence([int(seed), sum(map(ord, name))]).spawn(3)
+        parts = [
+            torch.from_numpy(manifold_data.sample(name, np.random.default_rng(s), int(k)))
+            for s, k in zip(seqs, (n_train, n_val, n_test))
+        ]
+        shape = tuple(parts[0].shape[1:])
+        # angles: plots stay inside their domain
+        info = {"box": [[-math.pi, math.pi]] * shape[0]} if name.endswith("vonmises") else {}
+        return Dataset(name, *parts, shape=shape, kind="points", info=info)
+
+    return load
+
+
 DATASETS: dict[str, tuple[Callable[..., Dataset], str]] = {
     "digits": (_digits, DATASET_NOTES["digits"]),
     **{k: (_toy(k), DATASET_NOTES[k]) for k in TOYS},
+    **{k: (_manifold(k), DATASET_NOTES[k]) for k in manifold_data.DATASET_NAMES},
 }
 
 

@@ -10,8 +10,8 @@ import torch
 from ..objectives import nll
 from .data import column_context, label_context, read_examples
 from .errors import ContextError, DataError
+from .runner import run_dataset
 from .runs import load_run, run_config
-from .train import run_dataset
 
 __all__ = ["evaluate_run", "sample_context"]
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .runner import run_dataset
 from .runs import load_run, read_metrics, run_config
-from .train import run_dataset
 
 __all__ = [
     "write_report",
@@ -261,12 +261,16 @@ def _nearest(flow, cfg, train_x: Tensor, n: int, temperature, seed: int, path: P
 
 
 @torch.no_grad()
-def _density(flow, train_x: Tensor, samples: Tensor, path_density: Path, path_samples: Path):
+def _density(
+    flow, train_x: Tensor, samples: Tensor, path_density: Path, path_samples: Path, box=None
+):
     plt = _plt()
     x = train_x[:5000].numpy()
     lo, hi = np.percentile(x, 0.5, 0), np.percentile(x, 99.5, 0)
     pad = 0.15 * (hi - lo)
     lo, hi = lo - pad, hi + pad
+    if box is not None:  # the data's own domain (angles: [-pi, pi]^2)
+        lo, hi = np.asarray(box, dtype=np.float64).T
     g = 200
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], g), np.linspace(lo[1], hi[1], g))
     pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
@@ -381,7 +385,9 @@ def write_report(
         facts.append(("median L2 distance sample -> nearest training image", f"{med:.3f}"))
     elif data_shape == (2,):
         s = sample_run(flow, cfg, 2000, 1.0, seed)
-        _density(flow, ds.train, s, figdir / "density.png", figdir / "samples.png")
+        _density(
+            flow, ds.train, s, figdir / "density.png", figdir / "samples.png", ds.info.get("box")
+        )
         figs.append(("Data and model density", "report/density.png"))
         figs.append(("Samples", "report/samples.png"))
     z = latent(flow, x_split.reshape(-1, *shape), seed)

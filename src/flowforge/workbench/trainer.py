@@ -44,6 +44,7 @@ __all__ = [
     "NLL",
     "ReverseKL",
     "Loss",
+    "FlowMatchingObjective",
     "make_objective",
     "adam",
     "find_nonfinite",
@@ -146,7 +147,43 @@ class Loss(Objective):
             model.train(was)
 
 
-_OBJECTIVES: dict[str, Callable[[], Objective]] = {"nll": NLL}
+class FlowMatchingObjective(Objective):
+    """Conditional flow matching of a flow that ends in a CNF (:mod:`flowforge.matching`):
+    ``path`` ``"linear"`` or ``"vp"``, ``ot`` mini-batch OT pairing, ``sigma`` path noise.
+    Validated by the flow-matching loss on the validation set with seeded times and noise
+    (score the likelihood afterwards: ``flowforge eval`` or ``matching.log_likelihood``)."""
+
+    def __init__(self, path: str = "linear", ot: bool = False, sigma: float = 0.0, name=None):
+        from ..matching import FlowMatching as Matching
+
+        self.fm = Matching(path, ot, sigma)
+        self.name = name or "flow-matching"
+
+    def check(self, trainer: Trainer, model) -> None:
+        """Before training: the model is one the loss can train, in a single process."""
+        from ..matching import split_flow
+
+        try:
+            split_flow(model)
+        except ValueError as e:
+            raise WorkbenchError(str(e)) from None
+        if trainer.world > 1:
+            raise WorkbenchError("the flow-matching objective runs in a single process")
+
+    def loss(self, trainer, model, x, context):
+        return self.fm(model, x, context)
+
+    @torch.no_grad()
+    def validate(self, trainer, x, context):
+        return Loss(self.fm).validate(trainer, x, context)
+
+
+_OBJECTIVES: dict[str, Callable[[], Objective]] = {
+    "nll": NLL,
+    "flow-matching": lambda: FlowMatchingObjective(),
+    "flow-matching-ot": lambda: FlowMatchingObjective(ot=True, name="flow-matching-ot"),
+    "flow-matching-vp": lambda: FlowMatchingObjective(path="vp", name="flow-matching-vp"),
+}
 assert set(_OBJECTIVES) == set(OBJECTIVES), "config.OBJECTIVES and the trainer's must agree"
 
 
@@ -204,17 +241,23 @@ def _check_rows(t: Tensor | None, what: str) -> None:
 
 
 def _layer_name(model: torch.nn.Module, name: str) -> str:
-    """``layers.3 (Coupling)`` for a parameter or module path inside a flow."""
-    parts = name.split(".")
-    top = name
-    for i in range(len(parts)):
-        if parts[i] == "layers" and i + 1 < len(parts):
-            top = ".".join(parts[: i + 2])
-            break
+    """``transform.layers.3 (Coupling)`` for a parameter or module path inside a flow: the
+    deepest layer (a :class:`~flowforge.Transform` other than a chain) that holds it."""
+    from ..core import Compose, Transform
+
     mods = dict(model.named_modules())
-    while top and top not in mods:
-        top = top.rpartition(".")[0]
-    return f"{top} ({type(mods[top]).__name__})" if top else name
+    parts = name.split(".")
+    best = None
+    for i in range(1, len(parts) + 1):
+        m = mods.get(".".join(parts[:i]))
+        if isinstance(m, Transform) and not isinstance(m, Compose):
+            best = ".".join(parts[:i])
+    if best is None:
+        top = name
+        while top and top not in mods:
+            top = top.rpartition(".")[0]
+        best = top
+    return f"{best} ({type(mods[best]).__name__})" if best else name
 
 
 @torch.no_grad()
@@ -388,6 +431,8 @@ class Trainer:
         self.model, self.seed = model, int(seed)
         self.out = None if out is None else Path(out)
         self.rank, self.world = dist_env()
+        if hasattr(self.objective, "check"):  # e.g. flow matching: refuse a model it cannot train
+            self.objective.check(self, model)
         self.device = resolve_device(self.cfg["device"])
         self.model.to(self.device)
         if self.cfg["memory_saving"]:
@@ -601,7 +646,12 @@ class Trainer:
 
         def whole(k, lo=0, hi=None):
             v = st[k]
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int)
+                or v < lo
+                or (hi is not None and v > hi)
+            ):
                 span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
                 raise ValueError(f"its counter {k!r} is {v!r}, expected an integer {span}")
 
@@ -708,6 +758,7 @@ class Trainer:
             "steps": self.global_step,
             "best_val": self.best,
             "best_val_nll": self.best,
+            "objective": self.objective.name,
             "best_epoch": self.best_epoch + 1,
             "best_val_bpd": self._bpd(self.best) if math.isfinite(self.best) else None,
             "skipped_steps": self.skipped,
@@ -866,17 +917,20 @@ class Trainer:
         return self.model
 
     def _largest_gradient(self) -> str:
-        best, where = 0.0, None
+        """Where the gradient is largest: the layer holding the largest share of its norm."""
+        share: dict[str, float] = {}
         for name, p in self.model.named_parameters():
             if p.grad is not None:
-                g = float(p.grad.detach().norm())
-                if not math.isfinite(g) or g > best:
-                    best, where = g, name
-                    if not math.isfinite(g):
-                        break
-        if where is None:
+                g = float(p.grad.detach().float().square().sum())
+                if not math.isfinite(g):
+                    return f"non-finite gradient in {_layer_name(self.model, name)}"
+                layer = _layer_name(self.model, name)
+                share[layer] = share.get(layer, 0.0) + g
+        total = sum(share.values())
+        if not share or total <= 0:
             return "no gradient recorded"
-        return f"largest gradient {best:.3g} in {_layer_name(self.model, where)}"
+        where = max(share, key=share.get)
+        return f"largest gradient in {where} ({share[where] / total:.0%} of its squared norm)"
 
     def _nonfinite(self, xb, cb, rng, what: str) -> None:
         where = find_nonfinite(

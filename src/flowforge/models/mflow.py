@@ -1,0 +1,158 @@
+r"""M-flows: simultaneous manifold learning and density estimation (Brehmer & Cranmer, 2020).
+
+An :class:`MFlow` has an *outer* invertible flow ``f`` on ``R^D`` and an *inner* flow on
+``R^d`` (``d < D``). Its generator is the injective map ``g(u) = f^{-1}([u, 0])`` from
+``R^d`` into ``R^D``; the learned manifold is its image. Data are
+
+- *encoded* to ``u = f(x)[:d]`` (the padded coordinates ``f(x)[d:]`` are dropped),
+- *projected* onto the manifold, ``pi(x) = g(u)``, with reconstruction error
+  ``|x - pi(x)|^2``,
+- scored with the manifold-restricted log-density (with respect to the manifold's volume)
+
+    ``log p(x) = log p_inner(u) - (1/2) log det(J_g(u)^T J_g(u))``
+
+  where ``J_g`` is the ``D x d`` Jacobian of the generator, computed exactly here with ``d``
+  Jacobian-vector products (fine for small ``d``).
+
+Training (the paper's sequential M-flow): a *manifold phase* fits ``f`` to the reconstruction
+error (:meth:`MFlow.manifold_loss`), then a *density phase* fits the inner flow by maximum
+likelihood of the encoded data with ``f`` frozen (:meth:`MFlow.density_loss`; the
+``log det`` term does not depend on the inner flow).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.functional import jvp
+
+from ..core import Compose, Flow, Transform, check_shape
+from ..transforms import Affine, Coupling, LULinear, half_mask
+from .assembly import mlp_conditioner, widths
+from .coupling import RealNVP
+
+__all__ = ["MFlow", "mflow"]
+
+
+class MFlow(nn.Module):
+    r"""A flow on a learned ``d``-dimensional manifold in ``R^D`` (see the module docstring).
+
+    Args:
+        outer: an invertible :class:`~flowforge.Transform` on vectors ``(D,)``.
+        inner: a :class:`~flowforge.Flow` on vectors ``(d,)``, ``d < D``.
+
+    Example:
+        >>> m = mflow(features=6, manifold_dim=2, outer_layers=2, inner_layers=2, hidden=(16,))
+        >>> x = torch.randn(4, 6)
+        >>> m.project(x).shape, m.log_prob(m.project(x)).shape
+        (torch.Size([4, 6]), torch.Size([4]))
+    """
+
+    def __init__(self, outer: Transform, inner: Flow):
+        super().__init__()
+        if len(outer.event_shape) != 1 or outer.output_shape != outer.event_shape:
+            raise ValueError(
+                f"the outer flow must map vectors to vectors of the same size, got "
+                f"{outer.event_shape} -> {outer.output_shape}"
+            )
+        if len(inner.event_shape) != 1:
+            raise ValueError(f"the inner flow must model vectors, got {inner.event_shape}")
+        self.features, self.manifold_dim = outer.event_shape[0], inner.event_shape[0]
+        _check_dims(self.manifold_dim, self.features)
+        self.outer, self.inner = outer, inner
+
+    def _check(self, x: Tensor, what: str, size: int) -> None:
+        check_shape(x, (size,), what)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The manifold coordinates ``u = f(x)[:d]`` of data ``x`` of shape ``(batch, D)``."""
+        self._check(x, "data to project", self.features)
+        return self.outer(x)[0][:, : self.manifold_dim]
+
+    def decode(self, u: Tensor) -> Tensor:
+        """The generator ``g(u) = f^{-1}([u, 0])``: points on the manifold, ``(batch, D)``."""
+        self._check(u, "manifold coordinates", self.manifold_dim)
+        pad = u.new_zeros(u.shape[0], self.features - self.manifold_dim)
+        return self.outer.inverse(torch.cat([u, pad], 1))[0]
+
+    def project(self, x: Tensor) -> Tensor:
+        """``x`` projected onto the learned manifold, ``g(f(x)[:d])``."""
+        return self.decode(self.encode(x))
+
+    def reconstruction_error(self, x: Tensor) -> Tensor:
+        """``|x - project(x)|^2`` per example, ``(batch,)``."""
+        return (x - self.project(x)).square().sum(1)
+
+    def log_det_gram(self, u: Tensor, create_graph: bool = False) -> Tensor:
+        """``log det(J_g^T J_g)`` at ``u`` (``(batch,)``), exactly, from ``d`` Jacobian-vector
+        products (each example's output depends on its own input only)."""
+        cols = []
+        for i in range(self.manifold_dim):
+            e = torch.zeros_like(u)
+            e[:, i] = 1
+            cols.append(jvp(self.decode, u, e, create_graph=create_graph)[1])
+        jac = torch.stack(cols, 2)  # (B, D, d)
+        return torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
+
+    def log_prob(self, x: Tensor, create_graph: bool = False) -> Tensor:
+        """The manifold-restricted log-density at the projection of ``x`` (w.r.t. the learned
+        manifold's volume), ``(batch,)``."""
+        u = self.encode(x)
+        return self.inner.log_prob(u) - 0.5 * self.log_det_gram(u, create_graph)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """``n`` points on the learned manifold, ``(n, D)``."""
+        return self.decode(self.inner.sample(n))
+
+    # -- the two training phases -----------------------------------------------------------
+    def manifold_loss(self, x: Tensor) -> Tensor:
+        """The manifold phase's loss: the mean reconstruction error (trains the outer flow)."""
+        return self.reconstruction_error(x).mean()
+
+    def density_loss(self, x: Tensor) -> Tensor:
+        """The density phase's loss: the inner flow's NLL of the encoded data, the outer flow
+        frozen."""
+        with torch.no_grad():
+            u = self.encode(x)
+        return -self.inner.log_prob(u).mean()
+
+
+def _check_dims(d: int, features: int) -> None:
+    for name, v in (("manifold_dim", d), ("features", features)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+    if d >= features:
+        raise ValueError(
+            f"the manifold dimension must be below the data dimension, got manifold_dim={d} "
+            f"and features={features}"
+        )
+
+
+def mflow(
+    features: int,
+    manifold_dim: int,
+    outer_layers: int = 8,
+    inner_layers: int = 6,
+    hidden: int | tuple[int, ...] = (128, 128),
+    activation: str = "relu",
+) -> MFlow:
+    r"""An M-flow: the outer flow alternates LU-linear mixing and affine couplings on ``R^D``,
+    the inner flow is a :func:`~flowforge.models.RealNVP` on ``R^d``.
+
+    Args:
+        features: the data dimension ``D``.
+        manifold_dim: the manifold dimension ``d < D``.
+        outer_layers: couplings in the outer flow.
+        inner_layers: couplings in the inner flow.
+        hidden: the couplings' MLP widths (both flows).
+        activation: the MLPs' activation.
+    """
+    _check_dims(manifold_dim, features)
+    h = widths(hidden)
+    cond = mlp_conditioner(h, 0, activation)
+    chain: list[Transform] = []
+    for i in range(outer_layers):
+        chain += [LULinear(features), Coupling(half_mask(features, i % 2 == 1), cond, Affine())]
+    inner = RealNVP(features=manifold_dim, layers=inner_layers, hidden=h, activation=activation)
+    return MFlow(Compose(chain), inner)

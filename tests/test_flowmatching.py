@@ -1,0 +1,328 @@
+"""Flow matching (``flowforge.matching``): the paths, the exact assignment, the likelihood and
+sampling against a velocity field known in closed form, training end to end (with a context),
+the workbench objective and the CLI, and every refused input. (The contract of the CNF it
+trains is checked by the generic test, through ``cases/flowmatching.py``.)"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import flowforge as ff
+from flowforge import matching as M
+from flowforge.transforms import CNF, ODEStepBudgetError
+from flowforge.workbench import FlowMatchingObjective, Trainer, WorkbenchError
+from flowforge.workbench.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+F64 = torch.float64
+MEAN = torch.tensor([1.0, -0.5], dtype=F64)
+SD = torch.tensor([0.5, 2.0], dtype=F64)
+
+
+class GaussianVelocity(nn.Module):
+    """The marginal velocity of flow matching's linear path from ``N(MEAN, SD^2)`` data to
+    ``N(0, I)`` noise, in closed form: ``x_s ~ N(mu_s, sd_s^2)`` with ``mu_s = (1 - s) MEAN``,
+    ``sd_s^2 = (1 - s)^2 SD^2 + s^2``, so ``v = mu_s' + sd_s' / sd_s (x - mu_s)``. The CNF
+    with this field maps the data's Gaussian exactly to the standard normal."""
+
+    def forward(self, t, z, context=None):
+        s = t.to(z).reshape(-1, 1)
+        mu, dmu = (1 - s) * MEAN, -MEAN
+        var = (1 - s) ** 2 * SD**2 + s**2
+        dsd = (-(1 - s) * SD**2 + s) / var.sqrt()
+        return dmu + dsd / var.sqrt() * (z - mu)
+
+
+def gaussian_flow(**kw) -> ff.Flow:
+    cnf = CNF(2, net=GaussianVelocity(), rtol=1e-9, atol=1e-9, **kw)
+    return ff.Flow(cnf, ff.distributions.StandardNormal((2,))).to(F64)
+
+
+def true_log_prob(x):
+    return torch.distributions.Normal(MEAN, SD).log_prob(x).sum(-1)
+
+
+# -- paths, loss, assignment ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", M.PATHS)
+def test_path_targets_are_the_paths_time_derivatives(path):
+    torch.manual_seed(0)
+    y, e = torch.randn(16, 3, dtype=F64), torch.randn(16, 3, dtype=F64)
+    s = torch.rand(16, dtype=F64) * 0.98 + 0.01
+    h = 1e-6
+    xp, target = M._path(path, y, e, s + h)
+    xm, _ = M._path(path, y, e, s - h)
+    x0, target = M._path(path, y, e, s)
+    assert torch.allclose((xp - xm) / (2 * h), target, atol=1e-7)
+    a, b = M._path(path, y, e, torch.zeros(16, dtype=F64))[0], M._path(path, y, e, s * 0 + 1)[0]
+    assert torch.allclose(a, y) and torch.allclose(b, e, atol=1e-12)  # data at 0, noise at 1
+
+
+def test_the_true_velocity_minimises_the_loss_and_gradients_reach_only_the_cnf_network():
+    torch.manual_seed(0)
+    flow = gaussian_flow()
+    x = MEAN + SD * torch.randn(20000, 2, dtype=F64)
+    torch.manual_seed(1)  # (not 0: the noise would repeat the draws that made x)
+    best = M.FlowMatching()(flow, x).item()
+    for scale in (0.8, 1.2):
+        net = flow.transform.net
+        flow.transform.net = _Scaled(net, scale)
+        torch.manual_seed(1)
+        assert M.FlowMatching()(flow, x).item() > best + 1e-3
+        flow.transform.net = net
+    model = ff.models.build("cnf", features=2, hidden=(8,))
+    model.train()
+    loss = M.FlowMatching(path="vp", sigma=0.01)(model, torch.randn(32, 2))
+    loss.backward()
+    act, cnf = model.transform.layers
+    assert all(p.grad is None for p in act.parameters())  # ActNorm: fixed preprocessing
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cnf.parameters())
+
+
+class _Scaled(nn.Module):
+    def __init__(self, net, scale):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, t, z, context=None):
+        return self.scale * self.net(t, z, context)
+
+
+def test_the_assignment_is_exact_against_every_permutation():
+    rng = np.random.default_rng(0)
+    for n in range(1, 7):
+        for _ in range(10):
+            c = rng.random((n, n))
+            p = M.assignment(c)
+            best = min(c[np.arange(n), list(q)].sum() for q in itertools.permutations(range(n)))
+            assert sorted(p) == list(range(n))
+            assert abs(c[np.arange(n), p].sum() - best) < 1e-12
+    y, e = torch.randn(64, 2), torch.randn(64, 2)
+    paired = M.ot_pairing(y, e)
+    assert sorted(map(tuple, paired.tolist())) == sorted(map(tuple, e.tolist()))
+    assert (y - paired).square().sum() < (y - e).square().sum()
+    with pytest.raises(ValueError, match="square"):
+        M.assignment(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        M.assignment(np.array([[0.0, np.nan], [1.0, 0.0]]))
+
+
+# -- likelihood and sampling against the closed-form field ---------------------------------------
+
+
+def test_exact_likelihood_through_the_ode_is_the_data_density():
+    flow = gaussian_flow()
+    x = MEAN + SD * torch.randn(64, 2, dtype=F64)
+    r = M.log_likelihood(flow, x, rtol=1e-9, atol=1e-9)
+    assert (r.log_prob - true_log_prob(x)).abs().max() < 1e-6
+    assert r.nfe > 0 and r.method == "dopri5" and r.samples == 1 and r.trace == "exact"
+    assert "K=1" in r.describe() and "NFE" in r.describe()
+    # a diagonal Jacobian: Hutchinson with Rademacher noise is exact, Gaussian noise is not
+    flow.transform.noise = "rademacher"
+    r = M.log_likelihood(flow, x, rtol=1e-9, atol=1e-9, trace="hutchinson")
+    assert (r.log_prob - true_log_prob(x)).abs().max() < 1e-6
+    flow.transform.noise = "gaussian"
+    r = M.log_likelihood(flow, x, rtol=1e-9, atol=1e-9, trace="hutchinson")
+    assert (r.log_prob - true_log_prob(x)).abs().max() > 1e-3  # an estimate per draw...
+    draws = [M.log_likelihood(flow, x, trace="hutchinson", seed=k).mean for k in range(40)]
+    assert abs(np.mean(draws) - true_log_prob(x).mean().item()) < 0.05  # ...unbiased
+    assert flow.transform.trace == "exact" and flow.transform.rtol == 1e-9  # restored
+
+
+def test_fixed_step_and_adaptive_sampling():
+    flow = gaussian_flow()
+    torch.manual_seed(0)
+    x = M.sample(flow, 4000, method="rk4", steps=8)
+    assert M.nfe(flow) == 32
+    assert (x.mean(0) - MEAN).abs().max() < 0.1 and (x.std(0) / SD - 1).abs().max() < 0.05
+    M.sample(flow, 10, method="euler", steps=1)
+    assert M.nfe(flow) == 1
+    M.sample(flow, 10, steps=3)  # steps without a method: rk4
+    assert M.nfe(flow) == 12
+    z = torch.randn(200, 2, dtype=F64)
+    ex = MEAN + SD * z  # the exact map pushes noise to MEAN + SD * noise
+    err = []
+    for steps in (2, 8):
+        with M.solver(flow, "euler", steps=steps), torch.no_grad():
+            err.append((flow.transform.inverse(z)[0] - ex).abs().max().item())
+    assert err[1] < err[0] / 2  # more steps, closer to the exact map
+    with M.solver(flow, "dopri5"), torch.no_grad():
+        assert (flow.transform.inverse(z)[0] - ex).abs().max() < 1e-6
+
+
+def test_the_dequantization_bound_states_k_and_tightens_with_it():
+    torch.manual_seed(0)
+    flow = ff.models.build("cnf", features=2, hidden=(8,), levels=4, preprocess="scale")
+    x = torch.randint(0, 4, (200, 2))
+    one = M.log_likelihood(flow, x, rtol=1e-4, atol=1e-4, seed=3)
+    torch.manual_seed(3)
+    with torch.no_grad(), M.solver(flow, rtol=1e-4, atol=1e-4):
+        flow.eval()
+        direct = flow.log_prob(x).double()
+    assert torch.allclose(one.log_prob, direct, atol=1e-6)
+    eight = M.log_likelihood(flow, x, rtol=1e-4, atol=1e-4, samples=8, seed=3)
+    assert eight.samples == 8 and "K=8" in eight.describe()
+    assert eight.mean > one.mean
+    with pytest.raises(ValueError, match="no dequantizer"):
+        M.log_likelihood(gaussian_flow(), torch.zeros(2, 2), samples=2)
+
+
+# -- training end to end -------------------------------------------------------------------------
+
+
+def _fit(flow, x, c=None, steps=300, lr=1e-2):
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    loss_fn = M.FlowMatching()
+    flow.train()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (128,), generator=g)
+        loss = loss_fn(flow, x[i], None if c is None else c[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return flow
+
+
+def test_flow_matching_learns_a_gaussian_to_within_a_tenth_of_a_nat():
+    torch.manual_seed(0)
+    x = (MEAN + SD * torch.randn(4000, 2, dtype=F64)).float()
+    flow = _fit(ff.models.build("cnf", features=2, hidden=(32, 32), activation="silu"), x)
+    r = M.log_likelihood(flow, x[:500], rtol=1e-5, atol=1e-5)
+    assert abs(r.mean - true_log_prob(x[:500].double()).mean().item()) < 0.1
+
+
+def test_a_conditional_flow_learns_its_context():
+    torch.manual_seed(0)
+    c = torch.randint(0, 2, (4000, 1)).float() * 2 - 1
+    x = 2 * c * torch.ones(1, 2) + 0.3 * torch.randn(4000, 2)
+    flow = ff.models.build("cnf", features=2, hidden=(32, 32), context_features=1)
+    _fit(flow, x, c)
+    right = M.log_likelihood(flow, x[:200], c[:200], rtol=1e-4, atol=1e-4).mean
+    wrong = M.log_likelihood(flow, x[:200], -c[:200], rtol=1e-4, atol=1e-4).mean
+    assert right > wrong + 5
+    s = M.sample(flow, 100, torch.tensor([[1.0], [-1.0]]), method="rk4", steps=8)
+    assert s.shape == (100, 2, 2)
+    assert s[:, 0].mean(0).sub(2).abs().max() < 0.5 and s[:, 1].mean(0).add(2).abs().max() < 0.5
+
+
+def test_the_trainer_objective_by_name_object_and_callable():
+    torch.manual_seed(0)
+    x = torch.randn(256, 2) * 0.5 + 1
+    cfg = {"epochs": 2, "batch_size": 64, "warmup_steps": 0}
+    for objective in ("flow-matching-vp", FlowMatchingObjective(ot=True), M.FlowMatching()):
+        flow = ff.models.build("cnf", features=2, hidden=(8,))
+        t = Trainer(flow, x, x[:64], cfg, objective=objective, progress=False, echo=False)
+        out = t.fit()
+        assert out["status"] == "finished" and math.isfinite(out["best_val"])
+        assert bool(flow.transform.layers[0].initialized)  # the ActNorm saw the data
+    with pytest.raises(WorkbenchError, match="no CNF"):
+        Trainer(ff.models.RealNVP(features=2, layers=2, hidden=(8,)), x, x,
+                cfg, objective="flow-matching", progress=False)  # fmt: skip
+
+
+def test_the_cli_trains_a_cnf_by_flow_matching_and_refuses_other_models(tmp_path, capsys):
+    common = ["train", "--data", "moons", "--limit", "256", "--epochs", "1", "--no-progress"]
+    rc = main([*common, "--model", "cnf", "--model-kwargs", '{"hidden": [8]}',
+               "--objective", "flow-matching", "--out", str(tmp_path / "a")])  # fmt: skip
+    assert rc == 0
+    assert "best val flow-matching loss" in capsys.readouterr().out  # not called an NLL
+    assert main(["eval", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    rc = main([*common, "--model", "maf", "--objective", "flow-matching",
+               "--out", str(tmp_path / "b")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "no CNF" in err[0]
+    rc = main([*common, "--model", "cnf", "--objective", "flow-match", "--out", str(tmp_path)])
+    assert rc != 0 and "flow-matching" in capsys.readouterr().err
+
+
+# -- refused input -------------------------------------------------------------------------------
+
+
+def test_bad_solver_settings_are_refused_with_one_clear_error():
+    flow = gaussian_flow()
+    x = torch.zeros(2, 2, dtype=F64)
+    cases = [
+        (dict(method="dopri7"), "unknown ODE solver 'dopri7'"),
+        (dict(method="rk4", steps=0), "steps >= 1"),
+        (dict(method="euler", steps=-3), "steps >= 1"),
+        (dict(method="euler", steps=2.5), "steps >= 1"),
+        (dict(method="dopri5", steps=10), "adaptive"),
+        (dict(rtol=0.0), "rtol > 0"),
+        (dict(atol=-1e-5), "atol > 0"),
+        (dict(rtol=float("nan")), "rtol > 0"),
+        (dict(trace="approx"), "unknown trace"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            M.log_likelihood(flow, x, **kw)
+        if "trace" not in kw:
+            with pytest.raises(ValueError, match=msg):
+                M.sample(flow, 2, **kw)
+    assert flow.transform.method == "dopri5" and flow.transform.rtol == 1e-9  # untouched
+    with pytest.raises(ValueError, match="rtol > 0"):
+        CNF(2, rtol=0)
+    with pytest.raises(ValueError, match="step_size > 0"):
+        CNF(2, method="rk4", step_size=-0.1)
+    with pytest.raises(ValueError, match="no CNF"):
+        with M.solver(ff.models.RealNVP(features=2, layers=1, hidden=(4,)), "rk4"):
+            pass
+
+
+def test_a_solve_past_its_step_budget_stops_with_a_clear_error():
+    flow = gaussian_flow()
+    with pytest.raises(ODEStepBudgetError, match="step budget"):
+        M.log_likelihood(flow, torch.randn(4, 2, dtype=F64), rtol=1e-12, atol=1e-12, max_steps=1)
+    with pytest.raises(ODEStepBudgetError, match="step budget"):
+        M.sample(flow, 4, rtol=1e-12, atol=1e-12, max_steps=1)
+    assert flow.transform.max_steps == 1000  # restored after the error
+
+
+def test_flow_matching_refuses_models_it_cannot_train():
+    x = torch.randn(8, 2)
+    fm = M.FlowMatching()
+    bad = [
+        (ff.models.RealNVP(features=2, layers=2, hidden=(8,)), "no CNF"),
+        (ff.models.FFJORD(features=2, blocks=2, hidden=(8,)), "one CNF; this flow has 2"),
+        (ff.models.build("cnf", features=2, hidden=(8,), base="diag"), "fixed base"),
+        (
+            ff.Flow(
+                ff.Compose(CNF(2, hidden=(4,)), ff.transforms.Reverse(2)),
+                ff.distributions.StandardNormal((2,)),
+            ),
+            "last transform",
+        ),
+        (
+            ff.Flow(
+                ff.Compose(ff.transforms.LULinear(2), CNF(2, hidden=(4,))),
+                ff.distributions.StandardNormal((2,)),
+            ),
+            "LULinear before it has trainable parameters",
+        ),
+        (nn.Linear(2, 2), "got Linear"),
+    ]
+    for model, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            fm(model, x)
+    flow = ff.models.build("cnf", features=2, hidden=(4,), levels=4, dequantization="variational")
+    with pytest.raises(ValueError, match="variational dequantizer"):
+        fm(flow, torch.randint(0, 4, (8, 2)))
+    cond = ff.models.build("cnf", features=2, hidden=(4,), context_features=1)
+    with pytest.raises(ValueError, match="OT pairing"):
+        M.FlowMatching(ot=True)(cond, x, torch.zeros(8, 1))
+    for kw, msg in [
+        (dict(path="cosine"), "unknown flow-matching path"),
+        (dict(sigma=-0.1), "sigma >= 0"),
+        (dict(sigma=float("inf")), "sigma >= 0"),
+        (dict(ot="yes"), "ot to be True or False"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            M.FlowMatching(**kw)
