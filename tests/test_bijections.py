@@ -254,6 +254,7 @@ TRANSFORMERS = {
     "affine": lambda: T.Affine(),
     "affine-unbounded": lambda: T.Affine(bound=None),
     "rational-quadratic": lambda: T.RationalQuadratic(bins=5, bound=2.0),
+    "integer-additive": lambda: T.IntegerAdditive(4.0),
     "logistic-mixture": lambda: T.LogisticMixture(components=3),
     "logistic-mixture-1": lambda: T.LogisticMixture(components=1),
 }

@@ -12,8 +12,8 @@ Layout, bottom to top (each file imports only the ones above it in this list):
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
 ``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``transformer`` (TarFlow),
-``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``, ``mflow``; not
-registered, as an M-flow is not a ``Flow`` on ``R^D``).
+``integer`` (IDF), ``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``,
+``mflow``; not registered, as an M-flow is not a ``Flow`` on ``R^D``).
 """
 
 from .assembly import DataOptions, standardized
@@ -22,6 +22,7 @@ from .continuous import FFJORD
 from .coupling import NICE, RealNVP
 from .flowmatching import CNF
 from .image import Glow, default_scales
+from .integer import IDF, IntegerFlow
 from .manifolds import SphereFlow, TorusFlow
 from .mflow import MFlow, mflow
 from .registry import BuilderSpec, available, build, builder, register, spec
@@ -41,6 +42,8 @@ __all__ = [
     "Radial",
     "Sylvester",
     "ResidualFlow",
+    "IDF",
+    "IntegerFlow",
     "TorusFlow",
     "SphereFlow",
     "MFlow",

@@ -3,9 +3,10 @@ the elementwise transformers follow :class:`flowforge.core.Transformer`'s and th
 :class:`flowforge.core.Dequantizer`'s.
 
 One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
-normalization, image (squeeze, multi-scale factor-out), residual (planar, radial, Sylvester),
-iresnet (invertible residual blocks), continuous (CNF; torchdiffeq is imported only when one is
-built), preprocessing, dequantization and manifolds (circles, tori, the sphere).
+normalization, image (squeeze, multi-scale factor-out), integer (integer discrete flows),
+residual (planar, radial, Sylvester), iresnet (invertible residual blocks), continuous (CNF;
+torchdiffeq is imported only when one is built), preprocessing, dequantization and manifolds
+(circles, tori, the sphere).
 """
 
 from ..core import Identity
@@ -15,6 +16,7 @@ from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mas
 from .dequantization import UniformDequantization, VariationalDequantization
 from .elementwise import Additive, Affine
 from .image import FactorOut, Squeeze
+from .integer import DiscretizedLogisticMixture, IntegerAdditive, IntegerCoupling, round_ste
 from .iresnet import ResidualBlock
 from .linear import LULinear, Permutation, PlainLinear, QRLinear, Reverse, Scaling
 from .manifolds import (
@@ -43,6 +45,9 @@ __all__ = [
     "DataStandardize",
     "FactorOut",
     "Identity",
+    "DiscretizedLogisticMixture",
+    "IntegerAdditive",
+    "IntegerCoupling",
     "ParallelInverseWarning",
     "LULinear",
     "LogisticMixture",
@@ -72,5 +77,6 @@ __all__ = [
     "half_mask",
     "ode_methods",
     "rational_quadratic",
+    "round_ste",
     "set_inverse",
 ]

@@ -1,0 +1,521 @@
+r"""Lossless compression with integer discrete flows: ``encode(flow, x) -> bytes`` and
+``decode(flow, data) -> x``, through an rANS coder (``constriction``, the ``compress`` extra).
+
+How a batch is coded
+--------------------
+``x`` (integers in ``{0, ..., levels - 1}``, shape ``(N, *flow.event_shape)``) is cut into
+chunks of ``chunk`` examples (the last one padded with zeros), and each chunk is mapped to its
+integer latent ``z = flow.transform(x)``. The prior
+(:class:`~flowforge.transforms.DiscretizedLogisticMixture`) is coded block by block, from the
+last block (unconditional) to the first, each block's parameters computed from the blocks
+already known, exactly as the decoder will see them. For every latent entry a probability table
+over a window ``[c - r, c + r]`` around the mixture's rounded mean ``c`` (``r`` wide enough
+for the mixture's components, at most ``radius``), plus one *escape* symbol for the mass
+outside it, is computed in float64 and turned into integers
+summing to ``2**24`` (every entry at least 1); an escaped value follows as a raw 32-bit integer.
+The decoder rebuilds the same tables from the same inputs, decodes ``z``, and inverts the flow.
+
+Determinism: the networks run in the flow's dtype on the CPU with ``threads`` torch threads
+(recorded in the file) and the same chunk shape as the encoder, so encoder and decoder compute
+bit-identical tables on the same machine and software. The file records a fingerprint of the
+environment (torch version, platform, dtype); :func:`decode` refuses a file from another
+environment unless ``force=True``. :func:`encode` decodes its own output before returning it
+(``verify=True``) and fails loudly rather than hand back a file that would not decode.
+
+File format (``.ffz``, little-endian), see ``docs/compression.md``::
+
+    magic "FFZ\x01"  version u16  flags u16  levels u32  count u32  ndim u8  shape u32*ndim
+    chunk u32  threads u16  radius u16  precision u8  model hash 16 B  environment u32
+    data CRC32 u32  payload CRC32 u32  payload words u32  header CRC32 u32
+    payload: rANS words, u32 each
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import platform
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .models.integer import IntegerFlow
+from .transforms.integer import DiscretizedLogisticMixture
+
+__all__ = [
+    "CodecError",
+    "Header",
+    "encode",
+    "decode",
+    "read_header",
+    "model_hash",
+    "environment",
+    "ideal_bits",
+    "MAGIC",
+    "VERSION",
+    "PRECISION",
+]
+
+MAGIC = b"FFZ\x01"
+VERSION = 1
+PRECISION = 24  # the coder's probability resolution: every table sums to 2**24
+MAX_VALUES = 2**31  # data values in one file, at most
+MAX_CHUNK = 65536  # examples per network call, at most (bounds what a header can make us allocate)
+_FIXED = struct.Struct("<4sHHIIB")  # magic, version, flags, levels, count, ndim
+_TAIL = struct.Struct("<IHHB16sIIII")  # chunk, threads, radius, precision, hash, env, crcs, words
+_CRC = struct.Struct("<I")
+
+
+class CodecError(ValueError):
+    """A file that cannot be decoded, or data/models the codec cannot take; the message says
+    which."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header of a ``.ffz`` file (see the module docstring)."""
+
+    levels: int
+    count: int
+    shape: tuple[int, ...]
+    chunk: int
+    threads: int
+    radius: int
+    model_hash: bytes
+    environment: int
+    data_crc: int
+    payload_crc: int
+    words: int
+    version: int = VERSION
+    flags: int = 0
+    precision: int = PRECISION
+
+    def pack(self) -> bytes:
+        head = _FIXED.pack(
+            MAGIC, self.version, self.flags, self.levels, self.count, len(self.shape)
+        )
+        head += struct.pack(f"<{len(self.shape)}I", *self.shape)
+        head += _TAIL.pack(
+            self.chunk,
+            self.threads,
+            self.radius,
+            self.precision,
+            self.model_hash,
+            self.environment,
+            self.data_crc,
+            self.payload_crc,
+            self.words,
+        )
+        return head + _CRC.pack(zlib.crc32(head))
+
+    @property
+    def size(self) -> int:
+        return _FIXED.size + 4 * len(self.shape) + _TAIL.size + _CRC.size
+
+
+def _constriction():
+    try:
+        import constriction
+    except ImportError:
+        raise ImportError(
+            "flowforge.codec needs the 'constriction' entropy coder: "
+            "pip install 'flowforge[compress]'"
+        ) from None
+    return constriction.stream.stack, constriction.stream.model
+
+
+# -- model identity ------------------------------------------------------------------------------
+
+
+def model_hash(flow: torch.nn.Module) -> bytes:
+    """16 bytes of SHA-256 over the flow's configuration and every tensor of its state."""
+    h = hashlib.sha256()
+    h.update(json.dumps(getattr(flow, "config", None), sort_keys=True).encode())
+    for name, t in sorted(flow.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()[:16]
+
+
+def environment(flow: torch.nn.Module) -> int:
+    """CRC32 of what the float computations depend on: torch version, machine, OS, dtype."""
+    dtype = next((p.dtype for p in flow.parameters()), torch.float32)
+    key = f"torch {torch.__version__}|{platform.machine()}|{platform.system()}|{dtype}"
+    return zlib.crc32(key.encode())
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+def _check_flow(flow) -> None:
+    if isinstance(flow, IntegerFlow) and isinstance(flow.base, DiscretizedLogisticMixture):
+        return
+    if getattr(flow, "dequantizer", None) is not None:
+        raise CodecError(
+            "this flow dequantizes its data (a continuous flow): its likelihood is a bound, not "
+            "a code length; the codec takes an integer discrete flow (ff.models.IDF)"
+        )
+    raise CodecError(
+        f"the codec needs a flow with a discrete likelihood (an ff.models.IDF with levels=), "
+        f"got {type(flow).__name__} without levels"
+    )
+
+
+def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
+    """``x`` as an int64 array of shape ``(N, *event_shape)``, checked."""
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    shape = tuple(flow.event_shape)
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+        raise CodecError(
+            f"expected data of shape (N, {', '.join(map(str, shape))}) for this model, got "
+            f"{tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise CodecError("expected at least one example, got 0")
+    if x.size > MAX_VALUES:
+        raise CodecError(f"one file holds at most {MAX_VALUES:,} values, got {x.size:,}")
+    if x.dtype.kind not in "iub":
+        if x.dtype.kind != "f" or not np.all(np.isfinite(x)) or not np.array_equal(x, np.rint(x)):
+            raise CodecError(f"expected integer data in [0, {flow.levels - 1}], got {x.dtype}")
+    lo, hi = x.min(), x.max()
+    if lo < 0 or hi > flow.levels - 1:
+        raise CodecError(
+            f"expected data in [0, {flow.levels - 1}] ({flow.levels} levels), got values in "
+            f"[{lo:g}, {hi:g}]"
+        )
+    return x.astype(np.int64)
+
+
+def _data_crc(x: np.ndarray) -> int:
+    return zlib.crc32(x.astype("<i4").tobytes())
+
+
+# -- probability tables --------------------------------------------------------------------------
+
+
+def _tables(params, radius: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer tables for the first ``rows`` entries of a block: ``(lo, counts)`` with ``lo``
+    ``(rows,)`` the first value of each entry's window and ``counts`` ``(rows, 2 * r + 2)``
+    int64 summing to ``2**24``, the last column the escape. The window half-width ``r`` is
+    the smallest that holds every component of weight above 1e-6 out to 16 of its scales
+    around the rounded mean (where a logistic's tail mass is below 1e-7), capped at
+    ``radius``: a function of the parameters alone, so encoder and decoder agree on it.
+    ``params`` as from ``block_params``, flattened to one row per entry."""
+    log_w, loc, log_scale = (
+        p.detach().double().reshape(-1, p.shape[-1])[:rows].numpy() for p in params
+    )
+    w = np.exp(log_w)
+    w /= w.sum(-1, keepdims=True)
+    mean = (w * loc).sum(-1)
+    center = np.clip(np.rint(mean), -(2**30), 2**30).astype(np.int64)
+    reach = np.abs(loc - center[:, None]) + 16.0 * np.exp(log_scale)
+    need = np.where(w > 1e-6, reach, 0.0).max()
+    r = int(min(radius, max(4, math.ceil(min(need, 2.0**20)))))
+    lo = center - r
+    edges = lo[:, None] - 0.5 + np.arange(2 * r + 2)[None, :]  # (M, 2r+2)
+    inv = np.exp(-log_scale)  # (M, K)
+    u = (edges[:, :, None] - loc[:, None, :]) * inv[:, None, :]
+    cdf = (w[:, None, :] / (1.0 + np.exp(-np.clip(u, -700, 700)))).sum(-1)  # (M, 2r+2)
+    mass = np.diff(cdf, axis=1)
+    escape = np.clip(1.0 - (cdf[:, -1] - cdf[:, 0]), 0.0, 1.0)
+    p = np.clip(np.concatenate([mass, escape[:, None]], 1), 0.0, None)
+    p /= p.sum(-1, keepdims=True)
+    total, bins = 1 << PRECISION, p.shape[1]
+    counts = np.floor(p * (total - bins)).astype(np.int64) + 1
+    rest = total - counts.sum(-1)
+    counts[np.arange(len(counts)), counts.argmax(-1)] += rest
+    return lo, counts
+
+
+def ideal_bits(flow: IntegerFlow, x, chunk: int = 64, radius: int | None = None) -> float:
+    """The code length in bits that the integer tables give ``x`` (what an ideal entropy coder
+    would write, header aside): the model's NLL plus the table rounding and window cost."""
+    _check_flow(flow)
+    xs = _as_integers(flow, x)
+    radius = _radius(flow, radius)
+    bits = 0.0
+    was_training = flow.training
+    flow.eval()
+    try:
+        with torch.no_grad():
+            for _, syms, counts, _ in _segments(flow, xs, chunk, radius):
+                if counts is not None:
+                    bits += float(np.sum(PRECISION - np.log2(counts[np.arange(len(syms)), syms])))
+                else:
+                    bits += 16.0 * len(syms)
+    finally:
+        flow.train(was_training)
+    return bits
+
+
+def _radius(flow: IntegerFlow, radius: int | None) -> int:
+    r = min(2 * flow.levels, 256) if radius is None else radius
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 65535:
+        raise CodecError(f"expected a window radius in [1, 65535], got {radius!r}")
+    return r
+
+
+# -- the two directions --------------------------------------------------------------------------
+
+
+def _chunks(n: int, chunk: int):
+    for start in range(0, n, chunk):
+        yield start, min(chunk, n - start)
+
+
+def _latent(flow: IntegerFlow, x: np.ndarray, chunk: int) -> Tensor:
+    """``z`` of one chunk (padded to ``chunk`` rows with zeros), flat ``(chunk, D)``."""
+    pad = np.zeros((chunk, *x.shape[1:]), np.int64)
+    pad[: len(x)] = x
+    xt = torch.from_numpy(pad).to(flow.dtype)
+    z, _ = flow.transform(xt)
+    return z.reshape(chunk, -1)
+
+
+def _escape_words(v: np.ndarray) -> np.ndarray:
+    """Escaped latent values as pairs of 16-bit symbols (two's complement, high half first)."""
+    u = v.astype(np.int64) & 0xFFFFFFFF
+    return np.stack([u >> 16, u & 0xFFFF], 1).reshape(-1).astype(np.int32)
+
+
+def _unescape(words: np.ndarray) -> np.ndarray:
+    u = (words.reshape(-1, 2).astype(np.int64) << np.array([16, 0])).sum(1)
+    return np.where(u >= 2**31, u - 2**32, u)
+
+
+def _segments(flow: IntegerFlow, xs: np.ndarray, chunk: int, radius: int):
+    """What the encoder writes, in decoding order: ``(kind, symbols, counts, values)`` with
+    ``counts`` None for raw 16-bit words of escaped values."""
+    base = flow.base
+    for start, n in _chunks(len(xs), chunk):
+        z_full = _latent(flow, xs[start : start + n], chunk)
+        z = torch.zeros_like(z_full)
+        z[:n] = z_full[:n]  # padding rows read as zeros, as the decoder sees them
+        for i in reversed(range(len(base.blocks))):
+            s = base.block_slice(i)
+            m = n * (s.stop - s.start)
+            lo, counts = _tables(_block_params(base, i, z), radius, m)
+            v = z[:n, s].reshape(-1).to(torch.int64).numpy()
+            off, escape = v - lo, counts.shape[1] - 1
+            esc = (off < 0) | (off >= escape)
+            syms = np.where(esc, escape, off).astype(np.int32)
+            yield "block", syms, counts, None
+            if esc.any():
+                yield "escape", _escape_words(v[esc]), None, None
+
+
+def _block_params(base: DiscretizedLogisticMixture, i: int, z: Tensor):
+    return base.block_params(i, z.to(base._anchor.dtype))
+
+
+def encode(
+    flow: IntegerFlow,
+    x,
+    chunk: int = 64,
+    threads: int = 1,
+    radius: int | None = None,
+    verify: bool = True,
+) -> bytes:
+    """Compress integer data ``x`` of shape ``(N, *flow.event_shape)`` with ``flow``.
+
+    Args:
+        flow: an integer discrete flow (:func:`flowforge.models.IDF`), in eval mode.
+        x: integers in ``[0, flow.levels - 1]`` (a tensor or an array).
+        chunk: examples per network call (the decoder uses the same).
+        threads: torch threads during coding (recorded; the decoder uses the same).
+        radius: the largest half-width of a table window (default ``min(2 * levels, 256)``,
+            which covers the data range); each block's window is as wide as its mixtures
+            need, up to this. Values outside the window are escaped, not lost.
+        verify: decode the result and compare before returning it.
+
+    Returns:
+        the ``.ffz`` bytes. Raises :class:`CodecError` (a ``ValueError``) on bad input.
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.IDF(features=4, levels=5, layers=2, hidden=(8,)).eval()
+        >>> x = torch.randint(0, 5, (10, 4))
+        >>> torch.equal(ff.codec.decode(flow, ff.codec.encode(flow, x)), x)
+        True
+    """
+    stack, model = _constriction()
+    _check_flow(flow)
+    for name, v, hi in (("chunk", chunk, MAX_CHUNK), ("threads", threads, 1024)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise CodecError(f"expected {name} to be an integer in [1, {hi}], got {v!r}")
+    xs = _as_integers(flow, x)
+    radius = _radius(flow, radius)
+    was_training = flow.training
+    flow.eval()
+    try:
+        with torch.no_grad(), _threads(threads):
+            segments = list(_segments(flow, xs, chunk, radius))
+    finally:
+        flow.train(was_training)
+    coder = stack.AnsCoder()
+    categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
+    for kind, syms, counts, _ in reversed(segments):
+        if kind == "block":
+            coder.encode_reverse(syms, categorical, counts / float(1 << PRECISION))
+        else:
+            coder.encode_reverse(syms, raw)
+    words = np.asarray(coder.get_compressed(), dtype=np.uint32).astype("<u4")
+    payload = words.tobytes()
+    header = Header(
+        levels=flow.levels,
+        count=len(xs),
+        shape=tuple(flow.event_shape),
+        chunk=chunk,
+        threads=threads,
+        radius=radius,
+        model_hash=model_hash(flow),
+        environment=environment(flow),
+        data_crc=_data_crc(xs),
+        payload_crc=zlib.crc32(payload),
+        words=len(words),
+    )
+    data = header.pack() + payload
+    if verify:
+        back = decode(flow, data)
+        if not np.array_equal(back.numpy(), xs):
+            raise CodecError(
+                "the encoded data did not decode to the input (non-deterministic model "
+                "computations?); nothing was written"
+            )
+    return data
+
+
+def read_header(data: bytes) -> Header:
+    """Parse and check a ``.ffz`` header (magic, version, header CRC, length)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected the file's bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise CodecError("not a flowforge .ffz file (bad magic bytes)")
+    if len(data) < _FIXED.size:
+        raise CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
+    _, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
+    if version != VERSION:
+        raise CodecError(f"unsupported .ffz version {version} (this flowforge reads {VERSION})")
+    size = _FIXED.size + 4 * ndim + _TAIL.size + _CRC.size
+    if len(data) < size:
+        raise CodecError(f"truncated .ffz file: {len(data)} bytes, header needs {size}")
+    (crc,) = _CRC.unpack_from(data, size - _CRC.size)
+    if zlib.crc32(data[: size - _CRC.size]) != crc:
+        raise CodecError("corrupt .ffz file: the header fails its CRC check")
+    shape = struct.unpack_from(f"<{ndim}I", data, _FIXED.size)
+    chunk, threads, radius, precision, mhash, env, dcrc, pcrc, words = _TAIL.unpack_from(
+        data, _FIXED.size + 4 * ndim
+    )
+    h = Header(
+        levels,
+        count,
+        tuple(shape),
+        chunk,
+        threads,
+        radius,
+        mhash,
+        env,
+        dcrc,
+        pcrc,
+        words,
+        version,
+        flags,
+        precision,
+    )
+    if len(data) != size + 4 * words:
+        what = "is truncated" if len(data) < size + 4 * words else "has trailing bytes"
+        raise CodecError(f"the .ffz file {what}: {len(data)} bytes, expected {size + 4 * words}")
+    if (
+        precision != PRECISION
+        or not 1 <= chunk <= MAX_CHUNK
+        or not 1 <= threads <= 1024
+        or radius < 1
+        or count < 1
+        or count * math.prod(shape) > MAX_VALUES
+    ):
+        raise CodecError("corrupt .ffz file: impossible header values")
+    return h
+
+
+def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
+    """Decompress ``.ffz`` bytes made by :func:`encode` with the same ``flow``.
+
+    Returns an int64 tensor of shape ``(count, *flow.event_shape)``. Raises
+    :class:`CodecError` for a corrupt, truncated or foreign file, another model, or (unless
+    ``force``) another environment.
+    """
+    stack, model = _constriction()
+    _check_flow(flow)
+    h = read_header(data)
+    payload = bytes(data)[h.size :]
+    if zlib.crc32(payload) != h.payload_crc:
+        raise CodecError("corrupt .ffz file: the payload fails its CRC check")
+    if h.levels != flow.levels or h.shape != tuple(flow.event_shape):
+        raise CodecError(
+            f"this file holds data of shape {h.shape} with {h.levels} levels, but the model "
+            f"takes shape {tuple(flow.event_shape)} with {flow.levels} levels"
+        )
+    if h.model_hash != model_hash(flow):
+        raise CodecError(
+            f"this file was made with another model (model hash {h.model_hash.hex()}, this "
+            f"model's is {model_hash(flow).hex()})"
+        )
+    if h.environment != environment(flow) and not force:
+        raise CodecError(
+            "this file was made in another environment (torch version, platform or dtype); "
+            "its tables may differ here: pass force=True (--force) to try anyway"
+        )
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    coder = stack.AnsCoder(words)
+    categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
+    base, r = flow.base, h.radius
+    out = np.zeros((h.count, *h.shape), np.int64)
+    was_training = flow.training
+    flow.eval()
+    try:
+        with torch.no_grad(), _threads(h.threads):
+            for start, n in _chunks(h.count, h.chunk):
+                z = torch.zeros(h.chunk, base.features, dtype=flow.dtype)
+                for i in reversed(range(len(base.blocks))):
+                    s = base.block_slice(i)
+                    m = n * (s.stop - s.start)
+                    lo, counts = _tables(_block_params(base, i, z), r, m)
+                    syms = np.asarray(
+                        coder.decode(categorical, counts / float(1 << PRECISION)), np.int64
+                    )
+                    v = lo + syms
+                    esc = syms == counts.shape[1] - 1
+                    if esc.any():
+                        v[esc] = _unescape(np.asarray(coder.decode(raw, 2 * int(esc.sum()))))
+                    z[:n, s] = torch.from_numpy(v.reshape(n, -1)).to(z.dtype)
+                xt, _ = flow.transform.inverse(z.reshape(h.chunk, *flow.transform.output_shape))
+                out[start : start + n] = xt[:n].round().to(torch.int64).numpy()
+    except CodecError:
+        raise
+    except Exception as e:  # the coder or the model fed garbage by a damaged payload
+        raise CodecError(f"corrupt .ffz file: decoding failed ({type(e).__name__}: {e})") from None
+    finally:
+        flow.train(was_training)
+    if not coder.is_empty() or _data_crc(out) != h.data_crc:
+        raise CodecError("corrupt .ffz file: the decoded data fail the CRC check")
+    return torch.from_numpy(out)

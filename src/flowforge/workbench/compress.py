@@ -1,0 +1,218 @@
+r"""``flowforge compress`` and ``flowforge decompress``: a run's integer flow as a lossless codec
+(:mod:`flowforge.codec`), measured against the classical codecs on the same data."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import codec
+from .data import DATASETS, load_dataset, read_examples
+from .errors import DataError, WorkbenchError
+from .runner import run_dataset
+from .runs import load_run, run_config
+
+__all__ = ["compress_run", "decompress_file", "classical_bits", "data_hash", "MAX_FILE_BYTES"]
+
+MAX_FILE_BYTES = 1 << 31  # the largest .ffz file decompress reads
+
+
+def data_hash(x: np.ndarray) -> str:
+    """SHA-256 of integer data as little-endian int64 (what compress and decompress print)."""
+    return hashlib.sha256(np.ascontiguousarray(x, dtype="<i8").tobytes()).hexdigest()
+
+
+def _flow_of(run: str):
+    flow = load_run(run)
+    try:
+        codec._check_flow(flow)
+    except codec.CodecError as e:
+        raise WorkbenchError(f"{run}: {e}") from None
+    return flow.eval()
+
+
+def _examples(run: str, cfg: dict, data: str | None, split: str) -> tuple[np.ndarray, str]:
+    """The integer examples to code, in the run's data shape, and a name for them."""
+    r = cfg["resolved"]
+    if data is None or data.lower() in DATASETS:
+        if data is None or data.lower() == str(cfg["data"]["name"]).lower():
+            ds = run_dataset(cfg)
+        else:
+            ds = load_dataset(data, seed=cfg["data"].get("seed", 0))
+        x, name = ds.split(split), f"{ds.name} {split}"
+    else:
+        x, name = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8))), data
+    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    want = tuple(r["data_shape"])
+    if math.prod(x.shape[1:]) != math.prod(want):
+        raise DataError(f"{name}: examples of shape {tuple(x.shape[1:])}; this run takes {want}")
+    return x.reshape(-1, *want), name
+
+
+def _image_strip(x: np.ndarray) -> np.ndarray:
+    """Examples ``(N, C, H, W)`` (or ``(N, D)``) side by side in one uint8 image (a grid
+    of rows when a strip would be wider than WebP allows): ``(H', W')`` or ``(H', W', C)``."""
+    if x.ndim == 2:
+        x = x[:, None, None, :]
+    n, c, h, w = x.shape
+    per_row = max(1, min(n, 16383 // w))
+    rows = -(-n // per_row)
+    pad = np.zeros((rows * per_row - n, c, h, w), x.dtype)
+    g = np.concatenate([x, pad]).reshape(rows, per_row, c, h, w)
+    g = g.transpose(0, 3, 1, 4, 2).reshape(rows * h, per_row * w, c)
+    return g[..., 0] if c == 1 else g
+
+
+def classical_bits(x: np.ndarray, levels: int) -> dict[str, float]:
+    """Bits per dimension of the classical lossless codecs on integer data ``x`` (raw values
+    as bytes, not rescaled): gzip -9, bz2 -9, lzma -9e on the bytes, PNG and WebP lossless of
+    the examples side by side (when 8 bits and 1 or 3 channels allow an image)."""
+    if levels > 256:
+        return {}
+    raw = np.ascontiguousarray(x, np.uint8)
+    dims = raw.size
+    out = {
+        "gzip": len(gzip.compress(raw.tobytes(), 9)) * 8 / dims,
+        "bz2": len(bz2.compress(raw.tobytes(), 9)) * 8 / dims,
+        "lzma": len(lzma.compress(raw.tobytes(), preset=9 | lzma.PRESET_EXTREME)) * 8 / dims,
+    }
+    if raw.ndim == 2 or (raw.ndim == 4 and raw.shape[1] in (1, 3)):
+        from PIL import Image
+
+        img = Image.fromarray(_image_strip(raw))
+        for fmt, kw in (("PNG", {"optimize": True}), ("WEBP", {"lossless": True, "method": 6})):
+            buf = io.BytesIO()
+            try:
+                img.save(buf, fmt, **kw)
+            except (OSError, KeyError, ValueError):  # a Pillow built without WebP
+                continue
+            out[fmt.lower()] = len(buf.getvalue()) * 8 / dims
+    return out
+
+
+def compress_run(
+    run: str,
+    out: str,
+    data: str | None = None,
+    split: str = "test",
+    chunk: int = 64,
+    threads: int = 1,
+    overwrite: bool = False,
+    baselines: bool = True,
+) -> dict:
+    """Compress examples with a run's integer flow into ``out`` (a ``.ffz`` file), check that
+    the file decodes to them, and measure it. Returns the numbers ``flowforge compress``
+    prints."""
+    out_path = Path(out)
+    if out_path.exists() and not overwrite:
+        raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
+    cfg = run_config(run)
+    flow = _flow_of(run)
+    x, name = _examples(run, cfg, data, split)
+    shape = tuple(flow.event_shape)
+    xs = x.reshape(-1, *shape)
+    try:
+        t0 = time.perf_counter()
+        blob = codec.encode(flow, xs, chunk=chunk, threads=threads, verify=False)
+        t_enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = codec.decode(flow, blob).numpy()
+        t_dec = time.perf_counter() - t0
+    except codec.CodecError as e:
+        raise DataError(f"{name}: {e}") from None
+    if not np.array_equal(back, xs):
+        raise WorkbenchError("the file did not decode to the data; nothing was written")
+    _atomic_write(out_path, blob)
+    dims = xs.size
+    with torch.no_grad():
+        xt = torch.from_numpy(xs).to(flow.dtype)
+        nll_bits = -sum(
+            flow.log_prob(xt[i : i + 1024]).double().sum().item() for i in range(0, len(xt), 1024)
+        ) / math.log(2)
+    file_bpd = len(blob) * 8 / dims
+    nll_bpd = nll_bits / dims
+    result = {
+        "run": str(run),
+        "data": name,
+        "examples": int(len(xs)),
+        "dims": int(dims),
+        "out": str(out_path),
+        "bytes": len(blob),
+        "nll_bits_per_dim": nll_bpd,
+        "nll_nats_per_example": nll_bits * math.log(2) / len(xs),
+        "file_bits_per_dim": file_bpd,
+        "overhead_percent": 100 * (file_bpd / nll_bpd - 1),
+        "encode_per_s": len(xs) / t_enc,
+        "decode_per_s": len(xs) / t_dec,
+        "sha256": data_hash(xs),
+        "classical": classical_bits(x, flow.levels) if baselines else {},
+    }
+    return result
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
+    a failure never leaves a partial file where the user's was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def decompress_file(
+    file: str, model: str, out: str, overwrite: bool = False, force: bool = False
+) -> dict:
+    """Decode a ``.ffz`` file with a run's model into ``out`` (a ``.npy`` file, written
+    atomically, never over an existing file without ``overwrite``)."""
+    out_path = Path(out)
+    if out_path.suffix.lower() != ".npy":
+        raise WorkbenchError(f"--out {out}: expected a .npy file")
+    if out_path.exists() and not overwrite:
+        raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
+    path = Path(file)
+    if not path.is_file():
+        raise DataError(f"no such file: {file}")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"{file} is larger than any .ffz file flowforge writes")
+    blob = path.read_bytes()
+    try:
+        codec.read_header(blob)
+    except codec.CodecError as e:
+        raise DataError(f"{file}: {e}") from None
+    cfg = run_config(model)
+    flow = _flow_of(model)
+    t0 = time.perf_counter()
+    try:
+        x = codec.decode(flow, blob, force=force).numpy()
+    except codec.CodecError as e:
+        raise DataError(f"{file}: {e}") from None
+    seconds = time.perf_counter() - t0
+    x = x.reshape(-1, *cfg["resolved"]["data_shape"])
+    dtype = np.uint8 if flow.levels <= 256 else np.uint16 if flow.levels <= 65536 else np.int64
+    buf = io.BytesIO()
+    np.save(buf, x.astype(dtype))
+    _atomic_write(out_path, buf.getvalue())
+    return {
+        "file": str(file),
+        "out": str(out_path),
+        "examples": int(x.shape[0]),
+        "shape": list(x.shape[1:]),
+        "decode_per_s": x.shape[0] / seconds,
+        "sha256": data_hash(x),
+    }

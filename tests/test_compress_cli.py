@@ -1,0 +1,103 @@
+"""``flowforge compress`` / ``decompress``: a tiny IDF run codes the digits test split, the
+restored file is identical, and every misuse is a one-line error that writes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flowforge.workbench.cli import main
+from flowforge.workbench.compress import classical_bits, data_hash
+
+IDF = ["train", "--model", "idf", "--layout", "vector", "--no-progress", "--quiet",
+       "--model-kwargs", '{"layers": 2, "hidden": [16], "prior_blocks": 2, "prior_hidden": [16]}',
+       "--data", "digits", "--epochs", "1", "--limit", "128", "--batch-size", "64"]  # fmt: skip
+
+
+def cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc, err, *needles):
+    assert rc == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main([*IDF, "--out", str(root / "idf")]) == 0
+    assert main([*IDF, "--out", str(root / "idf2"), "--seed", "1"]) == 0
+    return root
+
+
+def test_compress_then_decompress_is_identical(runs, tmp_path, capsys):
+    ffz, npy = tmp_path / "test.ffz", tmp_path / "restored.npy"
+    rc, out, err = cli(capsys, "compress", runs / "idf", "--data", "digits", "--split", "test",
+                       "--out", ffz, "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["examples"] == 447 and res["bytes"] == ffz.stat().st_size
+    assert res["file_bits_per_dim"] >= res["nll_bits_per_dim"]
+    assert res["overhead_percent"] < 2 and {"gzip", "bz2", "lzma", "png"} <= set(res["classical"])
+    rc, out, err = cli(capsys, "decompress", ffz, "--model", runs / "idf", "--out", npy)
+    assert rc == 0, err
+    x = np.load(npy)
+    assert x.shape == (447, 1, 8, 8) and x.dtype == np.uint8
+    assert data_hash(x) == res["sha256"] and res["sha256"] in out
+    rc, out, err = cli(capsys, "compress", runs / "idf", "--out", tmp_path / "b.ffz")
+    assert rc == 0 and "model NLL" in out and "bz2" in out  # the run's own data by default
+
+
+def test_never_overwrites_and_refuses_bad_files(runs, tmp_path, capsys):
+    ffz, npy = tmp_path / "t.ffz", tmp_path / "r.npy"
+    assert cli(capsys, "compress", runs / "idf", "--out", ffz, "--no-baselines")[0] == 0
+    npy.write_bytes(b"mine")
+    one_line_error(*cli(capsys, "decompress", ffz, "--model", runs / "idf", "--out", npy)[::2],
+                   "exists", "--overwrite")  # fmt: skip
+    assert npy.read_bytes() == b"mine"
+    one_line_error(*cli(capsys, "compress", runs / "idf", "--out", ffz)[::2], "exists")
+    blob = ffz.read_bytes()
+    for name, bad, needle in (
+        ("cut.ffz", blob[: len(blob) // 2], "truncated"),
+        ("flip.ffz", blob[:-3] + bytes([blob[-3] ^ 0xFF]) + blob[-2:], "payload fails its CRC"),
+        ("foreign.ffz", b"\x89PNG\r\n\x1a\n" + blob[8:], "not a flowforge .ffz file"),
+    ):
+        (tmp_path / name).write_bytes(bad)
+        one_line_error(*cli(capsys, "decompress", tmp_path / name, "--model", runs / "idf",
+                            "--out", tmp_path / "x.npy")[::2], needle)  # fmt: skip
+    one_line_error(*cli(capsys, "decompress", ffz, "--model", runs / "idf2", "--out",
+                        tmp_path / "x.npy")[::2], "another model")  # fmt: skip
+    assert not (tmp_path / "x.npy").exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_compress_refuses_bad_data_and_models(runs, tmp_path, capsys):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((3, 64), 17, np.int64))
+    one_line_error(*cli(capsys, "compress", runs / "idf", "--data", bad, "--out",
+                        tmp_path / "o.ffz")[::2], "[0, 16]")  # fmt: skip
+    np.save(bad, np.zeros((3, 10), np.int64))
+    one_line_error(*cli(capsys, "compress", runs / "idf", "--data", bad, "--out",
+                        tmp_path / "o.ffz")[::2], "this run takes")  # fmt: skip
+    rn = tmp_path / "realnvp"
+    assert main(["train", "--model", "realnvp", "--model-kwargs", '{"layers": 1, "hidden": [8]}',
+                 "--data", "digits", "--layout", "vector", "--epochs", "1", "--limit", "64",
+                 "--no-progress", "--quiet", "--out", str(rn)]) == 0  # fmt: skip
+    one_line_error(*cli(capsys, "compress", rn, "--out", tmp_path / "o.ffz")[::2], "dequantizes")
+    assert not (tmp_path / "o.ffz").exists()
+
+
+def test_classical_codecs_on_known_data():
+    x = np.zeros((100, 1, 8, 8), np.uint8)
+    bits = classical_bits(x, 17)
+    assert set(bits) >= {"gzip", "bz2", "lzma", "png"} and all(v < 0.2 for v in bits.values())
+    noise = np.random.default_rng(0).integers(0, 256, (100, 1, 8, 8)).astype(np.uint8)
+    assert classical_bits(noise, 256)["lzma"] > 7.5  # random bytes do not compress

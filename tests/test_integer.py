@@ -1,0 +1,264 @@
+"""Integer discrete flows and the lossless codec: exact integer round trips, a likelihood that
+sums to one, the .ffz file and every way a file or an input can be wrong."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge import codec
+from flowforge import transforms as T
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_idf(seed=0, features=6, levels=5, **kw):
+    torch.manual_seed(seed)
+    options = dict(layers=3, hidden=(8,), prior_blocks=3, prior_hidden=(8,), components=2)
+    flow = ff.models.IDF(features=features, levels=levels, **{**options, **kw})
+    with torch.no_grad():  # away from the identity start, so the couplings really shift
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return flow.eval()
+
+
+def data(n=10, features=6, levels=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, levels, (n, features), generator=g)
+
+
+# -- the flow ------------------------------------------------------------------------------------
+
+
+def test_round_trip_on_integers_is_exact_and_shifts_are_integers():
+    flow = tiny_idf(levels=17, features=8)
+    x = data(50, 8, 17).float()
+    z, ladj = flow.transform(x)
+    assert torch.equal(z, z.round()) and not torch.equal(z, x), "latent not integer or no shift"
+    assert torch.equal(ladj, torch.zeros(50))
+    back, _ = flow.transform.inverse(z)
+    assert torch.equal(back, x)
+
+
+def test_image_idf_round_trip_and_factor_out():
+    torch.manual_seed(0)
+    flow = ff.models.IDF(shape=(1, 8, 8), levels=17, layers=2, hidden=8, blocks=0).eval()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    # two scales: squeeze to (4, 4, 4), factor out 2 channels (32 entries), squeeze the kept
+    # (2, 4, 4) to (8, 2, 2): the deepest 32 entries come last and are coded first
+    assert flow.base.blocks == (32, 32)
+    x = data(4, 64, 17).reshape(4, 1, 8, 8).float()
+    z, _ = flow.transform(x)
+    assert torch.equal(flow.transform.inverse(z)[0], x)
+    assert torch.isfinite(flow.log_prob(x)).all()
+
+
+def test_probabilities_sum_to_one_by_enumeration():
+    """Sum P(x) over a box of Z^2 that holds all but a negligible tail: the flow is a bijection
+    of Z^2, so the total is the prior's total mass, 1."""
+    flow = tiny_idf(features=2, levels=3, prior_blocks=2, partitions=2).double()
+    grid = torch.arange(-60.0, 61.0, dtype=torch.float64)
+    x = torch.cartesian_prod(grid, grid)
+    with torch.no_grad():
+        z, _ = flow.transform(x)
+        total = flow.base.log_prob(z).exp().sum().item()
+        support = torch.tensor(list(itertools.product(range(3), repeat=2)), dtype=torch.float64)
+        inside = flow.log_prob(support).exp().sum().item()
+    assert abs(total - 1) < 1e-9, total
+    assert 0 < inside <= 1
+
+
+def test_prior_log_pmf_is_the_discretized_mixture():
+    prior = T.DiscretizedLogisticMixture(1, components=2).double()
+    with torch.no_grad():
+        prior.loc.copy_(torch.tensor([[-1.0, 3.0]]))
+        prior.log_scale.copy_(torch.tensor([[0.0, -0.5]]))
+        prior.logits.copy_(torch.tensor([[0.2, -0.1]]))
+    z = torch.tensor([[-2.0], [0.0], [3.0]], dtype=torch.float64)
+    w = torch.softmax(torch.tensor([0.2, -0.1], dtype=torch.float64), 0)
+    s = torch.tensor([1.0, np.exp(-0.5)], dtype=torch.float64)
+    mu = torch.tensor([-1.0, 3.0], dtype=torch.float64)
+    want = (w * (torch.sigmoid((z + 0.5 - mu) / s) - torch.sigmoid((z - 0.5 - mu) / s))).sum(1)
+    assert torch.allclose(prior.log_prob(z).exp(), want, rtol=1e-12)
+
+
+def test_samples_are_integers_in_range():
+    flow = tiny_idf(levels=17, features=8)
+    s = flow.sample(20)
+    assert s.shape == (20, 8) and torch.equal(s, s.round()) and s.min() >= 0 and s.max() <= 16
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.full((2, 6), 5.0), r"expected integer data in \[0, 4\]"),
+        (torch.full((2, 6), -1.0), r"got values in \[-1, -1\]"),
+        (torch.full((2, 6), 1.5), "non-integer"),
+    ],
+)
+def test_log_prob_refuses_data_off_the_grid(x, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_idf().log_prob(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(features=4), "needs levels="),
+        (dict(features=4, levels=17, partitions=5), "partitions"),
+        (dict(features=4, levels=17, prior_blocks=5), "prior_blocks"),
+        (dict(features=4, levels=17, permutation="lu"), "unknown permutation"),
+        (dict(shape=(1, 8, 8), levels=17, prior_blocks=2), "prior_blocks is for vectors"),
+        (dict(shape=(1, 6, 6), levels=17, scales=2), "divisible by 4"),
+    ],
+)
+def test_builder_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ff.models.IDF(**kwargs)
+
+
+def test_integer_coupling_argument_errors():
+    with pytest.raises(ValueError, match="scale > 0"):
+        T.IntegerCoupling(T.half_mask(4), lambda i, o: torch.nn.Linear(i, o), 0.0, 0.0)
+    with pytest.raises(ValueError, match="sum to the latent"):
+        T.DiscretizedLogisticMixture(4, blocks=(2, 1))
+
+
+# -- the codec -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_codec_round_trip_is_exact(chunk):
+    flow = tiny_idf()
+    x = data(10)
+    blob = codec.encode(flow, x, chunk=chunk)
+    back = codec.decode(flow, blob)
+    assert back.dtype == torch.int64 and torch.equal(back, x)
+
+
+def test_codec_escapes_values_outside_the_window():
+    flow = tiny_idf(levels=17, features=8)
+    x = data(12, 8, 17)
+    blob = codec.encode(flow, x, radius=1)  # a 3-value window: most entries escape
+    assert torch.equal(codec.decode(flow, blob), x)
+    assert len(blob) > len(codec.encode(flow, x))  # escapes cost raw bits
+
+
+def test_file_size_matches_the_likelihood():
+    flow = tiny_idf(levels=17, features=8)
+    x = data(200, 8, 17)
+    blob = codec.encode(flow, x)
+    nll_bits = -flow.log_prob(x.float()).sum().item() / np.log(2)
+    ideal = codec.ideal_bits(flow, x)
+    header = codec.read_header(blob).size * 8
+    # the tables give every value at least 2**-24, so a value the random model finds less
+    # likely than that costs a little less than its NLL; otherwise they cost the NLL
+    assert nll_bits * 0.99 <= ideal <= nll_bits * 1.001, (ideal, nll_bits)
+    payload = len(blob) * 8 - header
+    assert ideal <= payload <= ideal + 64, (payload, ideal)
+
+
+def test_header_records_what_decoding_needs():
+    flow = tiny_idf()
+    h = codec.read_header(codec.encode(flow, data(7), chunk=3, threads=2))
+    assert (h.count, h.shape, h.levels, h.chunk, h.threads) == (7, (6,), 5, 3, 2)
+    assert h.model_hash == codec.model_hash(flow) and h.version == codec.VERSION
+
+
+def _reheader(blob: bytes, **changes) -> bytes:
+    """``blob`` with header fields changed and the header CRC recomputed (a forged file)."""
+    h = codec.read_header(blob)
+    fields = {**h.__dict__, **changes}
+    return codec.Header(**fields).pack() + blob[h.size :]
+
+
+def test_decode_errors():
+    flow = tiny_idf()
+    blob = codec.encode(flow, data(10))
+    size = codec.read_header(blob).size
+    with pytest.raises(codec.CodecError, match="not a flowforge .ffz file"):
+        codec.decode(flow, b"PK\x03\x04" + blob[4:])
+    with pytest.raises(codec.CodecError, match="truncated"):
+        codec.decode(flow, blob[:-4])
+    with pytest.raises(codec.CodecError, match="truncated"):
+        codec.decode(flow, blob[:12])
+    with pytest.raises(codec.CodecError, match="trailing bytes"):
+        codec.decode(flow, blob + b"\0\0\0\0")
+    bad = bytearray(blob)
+    bad[10] ^= 0x01
+    with pytest.raises(codec.CodecError, match="header fails its CRC"):
+        codec.decode(flow, bytes(bad))
+    bad = bytearray(blob)
+    bad[size + 1] ^= 0x10
+    with pytest.raises(codec.CodecError, match="payload fails its CRC"):
+        codec.decode(flow, bytes(bad))
+    with pytest.raises(codec.CodecError, match="unsupported .ffz version 2"):
+        codec.decode(flow, blob[:4] + struct.pack("<H", 2) + blob[6:])
+    with pytest.raises(codec.CodecError, match="another model"):
+        codec.decode(tiny_idf(seed=5), blob)
+    with pytest.raises(codec.CodecError, match="takes shape"):
+        codec.decode(tiny_idf(features=7), blob)
+    with pytest.raises(codec.CodecError, match="impossible header values"):
+        codec.decode(flow, _reheader(blob, chunk=2**20))
+    with pytest.raises(codec.CodecError, match="impossible header values"):
+        codec.decode(flow, _reheader(blob, count=2**30))
+    with pytest.raises(codec.CodecError, match="another environment"):
+        codec.decode(flow, _reheader(blob, environment=12345))
+    assert torch.equal(codec.decode(flow, _reheader(blob, environment=12345), force=True), data(10))
+
+
+def test_a_damaged_payload_with_a_matching_crc_is_still_caught():
+    flow = tiny_idf()
+    blob = codec.encode(flow, data(10))
+    h = codec.read_header(blob)
+    payload = bytearray(blob[h.size :])
+    payload[0] ^= 0xFF
+    forged = _reheader(blob, payload_crc=zlib.crc32(bytes(payload)))[: h.size] + bytes(payload)
+    with pytest.raises(codec.CodecError, match="corrupt"):
+        codec.decode(flow, forged)
+
+
+def test_encode_errors():
+    flow = tiny_idf()
+    with pytest.raises(codec.CodecError, match=r"expected data in \[0, 4\]"):
+        codec.encode(flow, data(3) + 1)
+    with pytest.raises(codec.CodecError, match=r"shape \(N, 6\)"):
+        codec.encode(flow, data(3, 5))
+    with pytest.raises(codec.CodecError, match="integer data"):
+        codec.encode(flow, data(3).float() + 0.5)
+    with pytest.raises(codec.CodecError, match="at least one example"):
+        codec.encode(flow, data(0))
+    with pytest.raises(codec.CodecError, match="without levels"):
+        codec.encode(ff.models.RealNVP(features=6, layers=2, hidden=(8,)), data(3))
+    with pytest.raises(codec.CodecError, match="dequantizes"):
+        codec.encode(ff.models.RealNVP(features=6, layers=2, hidden=(8,), levels=5), data(3))
+    with pytest.raises(codec.CodecError, match="chunk"):
+        codec.encode(flow, data(3), chunk=0)
+    with pytest.raises(codec.CodecError, match="radius"):
+        codec.encode(flow, data(3), radius=0)
+
+
+def test_codec_survives_save_and_load(tmp_path):
+    flow = tiny_idf()
+    blob = codec.encode(flow, data(10))
+    ff.save(flow, tmp_path / "m.ff")
+    again = ff.load(tmp_path / "m.ff").eval()
+    assert codec.model_hash(again) == codec.model_hash(flow)
+    assert torch.equal(codec.decode(again, blob), data(10))
+
+
+def test_image_idf_reloads_as_saved(tmp_path):
+    """The saved configuration (JSON lists) rebuilds the same model."""
+    torch.manual_seed(0)
+    flow = ff.models.IDF(shape=(1, 8, 8), levels=17, layers=1, blocks=0)
+    ff.save(flow, tmp_path / "m.ff")
+    again = ff.load(tmp_path / "m.ff")
+    assert codec.model_hash(again) == codec.model_hash(flow)
