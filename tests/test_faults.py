@@ -219,3 +219,61 @@ def test_a_float64_checkpoint_evaluates(tmp_path, capsys):
     rc, out64, err = cli(capsys, "eval", out, "--json")
     assert rc == 0, err
     assert abs(json.loads(out64)["nll"] - json.loads(out32)["nll"]) < 1e-4
+
+
+def test_a_folder_with_a_foreign_config_json_is_not_a_run(tmp_path, capsys):
+    """Audit item 1: --overwrite once deleted the user's folders next to any config.json."""
+    out = tmp_path / "p"
+    (out / "report").mkdir(parents=True)
+    (out / "tb").mkdir()
+    (out / "config.json").write_text('{"name": "my-web-app"}')
+    (out / "report" / "q3.docx").write_text("x")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--epochs", 1,
+                     "--out", out, "--overwrite", "--no-progress")  # fmt: skip
+    assert rc == 1 and "not a flowforge run" in err, err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_resume_refuses_data_that_changed(tmp_path, capsys):
+    """Audit item 6: a CSV edited between an interrupt and --resume."""
+    table = tmp_path / "t.csv"
+    rows = torch.randn(200, 3, generator=torch.Generator().manual_seed(0)).tolist()
+    table.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in rows) + "\n")
+    out = tmp_path / "run"
+
+    def stop(trainer):
+        if trainer.global_step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "data": str(table),
+           "train": {"epochs": 3, "batch_size": 32}}  # fmt: skip
+    assert train(cfg, out, progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    rows[5][1] += 1.0
+    table.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in rows) + "\n")
+    before = (out / "checkpoint.safetensors").read_bytes()
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "data changed" in err, err
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--patience", "-1"], ["--grad-clip", "-5"], ["--limit", "-1"], ["--lr", "inf"],
+        ["--weight-decay", "-1"], ["--device", "tpu"], ["--set", "train.lr=abc"],
+        ["--set", "train.log_every=abc"], ["--set", "train.betas=[2,3]"], ["--epochs", "0"],
+        ["--batch-size", "0"],
+    ],
+)  # fmt: skip
+def test_nonsense_options_are_refused_before_anything_is_written(tmp_path, capsys, option):
+    """Audit items 2 and 10: every option is checked, with its key named, before the folder
+    exists."""
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
+                     "--no-progress", *option)  # fmt: skip
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
+    key = option[1].split("=")[0] if option[0] == "--set" else option[0][2:].replace("-", "_")
+    assert key.split(".")[-1] in lines[0], lines[0]
+    assert not out.exists()
