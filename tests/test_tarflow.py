@@ -83,7 +83,9 @@ def test_the_cached_sequential_pass_matches_the_parallel_pass():
 
 
 def test_a_transformer_layer_starts_as_the_identity():
-    flow = ff.models.TarFlow(shape=(1, 4, 4), blocks=2, width=16, heads=2, patch=2)
+    flow = ff.models.TarFlow(
+        shape=(1, 4, 4), blocks=2, width=16, heads=2, patch=2, standardize=False
+    )
     x = torch.randn(3, 1, 4, 4)
     z, ladj = flow.transform(x)
     assert torch.equal(z, x) and torch.equal(ladj, torch.zeros(3))
