@@ -89,6 +89,15 @@ def test_negative_numbers_after_context():
     assert cli.make_parser().parse_args(cli._attach_values(argv)).context == "-1;-2.5"
 
 
+def test_the_librarys_own_install_hints_are_one_line(capsys, monkeypatch):
+    def needs_torchdiffeq(args):
+        raise ImportError("continuous flows need torchdiffeq: pip install 'flowforge[ode]'")
+
+    monkeypatch.setattr(cli, "cmd_list", needs_torchdiffeq)
+    rc, _, err = run_cli(capsys, "list")
+    one_line_error(rc, err, "flowforge[ode]")
+
+
 def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch):
     def needs_matplotlib(args):
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")

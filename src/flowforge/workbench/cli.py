@@ -612,6 +612,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except ImportError as e:  # the library's own "needs X: pip install ..." messages
+        if args.debug or "pip install" not in str(e):
+            raise
+        print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except (WorkbenchError, ValueError, OSError) as e:
         if args.debug:
             raise
