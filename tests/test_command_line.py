@@ -13,25 +13,11 @@ import numpy as np
 import pytest
 
 import flowforge as ff
-from flowforge.workbench import cli
+from cli_support import cli, one_line_error
+from flowforge.workbench import cli as command
 from flowforge.workbench.catalog import DATASET_NOTES, models
 from flowforge.workbench.data import DATASETS
 from flowforge.workbench.errors import DataError
-
-
-def run_cli(capsys, *args):
-    rc = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(rc, err, *needles):
-    assert rc == 1
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
-    for n in needles:
-        assert n in lines[0], lines[0]
-
 
 # -- fast answers ------------------------------------------------------------------------------
 
@@ -73,7 +59,7 @@ def test_the_torch_free_catalog_matches_the_live_registry():
 
 
 def test_list_shows_main_arguments(capsys):
-    rc, out, _ = run_cli(capsys, "list")
+    rc, out, _ = cli(capsys, "list")
     assert rc == 0
     assert "glow" in out and "steps*=8" in out and "8gaussians" in out
 
@@ -83,18 +69,18 @@ def test_list_shows_main_arguments(capsys):
 
 def test_negative_numbers_after_context():
     argv = ["sample", "run", "--context", "-1.78,0.5", "-n", "3", "--out", "x.csv"]
-    args = cli.make_parser().parse_args(cli._attach_values(argv))
+    args = command.make_parser().parse_args(command._attach_values(argv))
     assert args.context == "-1.78,0.5" and args.n == 3
     argv = ["sample", "run", "--context", "-1;-2.5", "--out", "x.csv"]
-    assert cli.make_parser().parse_args(cli._attach_values(argv)).context == "-1;-2.5"
+    assert command.make_parser().parse_args(command._attach_values(argv)).context == "-1;-2.5"
 
 
 def test_the_librarys_own_install_hints_are_one_line(capsys, monkeypatch):
     def needs_torchdiffeq(args):
         raise ImportError("continuous flows need torchdiffeq: pip install 'flowforge[ode]'")
 
-    monkeypatch.setattr(cli, "cmd_list", needs_torchdiffeq)
-    rc, _, err = run_cli(capsys, "list")
+    monkeypatch.setattr(command, "cmd_list", needs_torchdiffeq)
+    rc, _, err = cli(capsys, "list")
     one_line_error(rc, err, "flowforge[ode]")
 
 
@@ -102,8 +88,8 @@ def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch):
     def needs_matplotlib(args):
         raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
 
-    monkeypatch.setattr(cli, "cmd_list", needs_matplotlib)
-    rc, _, err = run_cli(capsys, "list")
+    monkeypatch.setattr(command, "cmd_list", needs_matplotlib)
+    rc, _, err = cli(capsys, "list")
     one_line_error(rc, err, "'matplotlib'", "flowforge[workbench]")
 
 
@@ -118,7 +104,7 @@ def test_csv_column_names_are_kept_and_integer_columns_flagged(tmp_path, capsys)
     lines = ['height,weight,"group, coded"'] + [",".join(f"{v:.6g}" for v in r) for r in table]
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    rc, stdout, err = run_cli(
+    rc, stdout, err = cli(
         capsys, "train", "--model", "realnvp", "--model-kwargs", '{"layers": 2, "hidden": [8]}',
         "--data", path, "--out", out, "--epochs", 1, "--no-progress",
     )  # fmt: skip
@@ -126,7 +112,7 @@ def test_csv_column_names_are_kept_and_integer_columns_flagged(tmp_path, capsys)
     assert "warning: column(s) group, coded hold only a few integer values" in stdout
     resolved = json.loads((out / "config.json").read_text())["resolved"]
     assert resolved["columns"] == ["height", "weight", "group, coded"]
-    rc, _, err = run_cli(capsys, "sample", out, "-n", 5, "--out", tmp_path / "s.csv")
+    rc, _, err = cli(capsys, "sample", out, "-n", 5, "--out", tmp_path / "s.csv")
     assert rc == 0, err
     text = (tmp_path / "s.csv").read_text().splitlines()
     assert text[0] == 'height,weight,"group, coded"' and len(text) == 6
@@ -136,7 +122,7 @@ def test_csv_column_names_are_kept_and_integer_columns_flagged(tmp_path, capsys)
 def test_a_header_of_another_width_is_refused(tmp_path, capsys):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2,3\n4,5,6\n7,8,9\n")
-    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", path,
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", path,
                          "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "header has 2 columns")
 
@@ -144,7 +130,7 @@ def test_a_header_of_another_width_is_refused(tmp_path, capsys):
 def test_values_beyond_float32_are_refused(tmp_path, capsys):
     path = tmp_path / "t.csv"
     path.write_text("1,2\n3,1e39\n5,6\n7,8\n")
-    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", path,
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", path,
                          "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "float32", "line")
     np.save(tmp_path / "big.npy", np.array([[1.0, 2.0], [3.0, -1e300], [1.0, 1.0]]))
@@ -156,7 +142,7 @@ def test_values_beyond_float32_are_refused(tmp_path, capsys):
 
 def test_complex_arrays_are_refused(tmp_path, capsys):
     np.save(tmp_path / "c.npy", np.ones((10, 2), dtype=np.complex64))
-    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", tmp_path / "c.npy",
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", tmp_path / "c.npy",
                          "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "complex")
 
@@ -169,7 +155,7 @@ def test_a_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
     for i in range(4):
         Image.fromarray(np.full((8, 8), i * 10, dtype=np.uint8)).save(folder / f"{i}.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)  # 64 pixels > 2 x 16: a "bomb"
-    rc, _, err = run_cli(capsys, "train", "--model", "glow", "--data", folder,
+    rc, _, err = cli(capsys, "train", "--model", "glow", "--data", folder,
                          "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "too large to read safely")
 
@@ -177,12 +163,12 @@ def test_a_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
 def test_a_section_of_the_wrong_type_and_a_file_that_is_not_numpy(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train: [1, 2]\n")
-    rc, _, err = run_cli(capsys, "train", "--config", cfg, "--model", "realnvp", "--data",
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--model", "realnvp", "--data",
                          "moons", "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "'train' must be a mapping")
     bad = tmp_path / "x.npy"
     bad.write_bytes(b"x")
-    rc, _, err = run_cli(capsys, "train", "--model", "realnvp", "--data", bad,
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", bad,
                          "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "not a numeric numpy array")
     assert not (tmp_path / "r").exists()

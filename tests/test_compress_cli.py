@@ -8,26 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from cli_support import cli, one_line_error
 from flowforge.workbench.cli import main
 from flowforge.workbench.compress import classical_bits, data_hash
 
 IDF = ["train", "--model", "idf", "--layout", "vector", "--no-progress", "--quiet",
        "--model-kwargs", '{"layers": 2, "hidden": [16], "prior_blocks": 2, "prior_hidden": [16]}',
        "--data", "digits", "--epochs", "1", "--limit", "128", "--batch-size", "64"]  # fmt: skip
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(rc, err, *needles):
-    assert rc == 1
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import flowforge as ff
+from cli_support import cli
 from flowforge import io
 from flowforge.workbench import trainer as trainer_module
 from flowforge.workbench.checkpoint import read_checkpoint
-from flowforge.workbench.cli import main
 from flowforge.workbench.runner import train
 from flowforge.workbench.runs import RunLock
 
@@ -30,12 +30,6 @@ CFG = {
     "data": {"name": "digits", "limit": 96},
     "train": {"epochs": 3, "batch_size": 32, "warmup_steps": 4, "log_every": 1},
 }
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def params(run: Path) -> dict:

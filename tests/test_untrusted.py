@@ -15,23 +15,8 @@ import pytest
 import torch
 
 import flowforge as ff
+from cli_support import cli, one_line_error
 from flowforge import io
-from flowforge.workbench.cli import main
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line_error(rc, err, *needles):
-    assert rc == 1
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def small_file(tmp_path, **changes) -> Path:

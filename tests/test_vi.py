@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import flowforge as ff
+from cli_support import cli
 from flowforge import targets
 from flowforge.objectives import (
     effective_sample_size,
@@ -15,7 +16,6 @@ from flowforge.objectives import (
     log_importance_weights,
     vi_diagnostics,
 )
-from flowforge.workbench.cli import main
 
 F64 = torch.float64
 
@@ -117,12 +117,6 @@ def test_reverse_kl_reduces_with_training_and_context_amortisation():
     assert torch.isfinite(loss)
     lw = log_importance_weights(flow, target, 7, ctx)
     assert lw.shape == (7, 3)
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_fit_target_cli_writes_a_report(capsys, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import flowforge as ff
+from cli_support import cli
 from flowforge.workbench import data as wbdata
 from flowforge.workbench.checkpoint import read_checkpoint
 from flowforge.workbench.cli import main
@@ -28,12 +29,6 @@ import wb_models  # noqa: E402,F401  (registers wbtest_actnorm)
 TINY = ["train", "--model", "realnvp", "--model-kwargs", '{"layers": 2, "hidden": [16]}',
         "--layout", "vector", "--no-progress", "--quiet"]  # fmt: skip
 TINY_CFG = {"model": {"name": "realnvp", "layers": 2, "hidden": [16]}, "layout": "vector"}
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_one_line_error(rc, err, *needles):

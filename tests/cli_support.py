@@ -1,0 +1,22 @@
+"""Helpers for tests that drive the ``flowforge`` command in-process."""
+
+from __future__ import annotations
+
+from flowforge.workbench.cli import main
+
+
+def cli(capsys, *args):
+    """Run ``flowforge ARGS``; returns ``(exit status, stdout, stderr)``."""
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc, err, *needles):
+    """The command failed with exactly one line on stderr, no traceback, naming ``needles``."""
+    assert rc == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowforge: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
