@@ -115,3 +115,12 @@ def test_evaluation_and_sampling_are_unchanged():
     with torch.no_grad():
         assert torch.equal(flow.log_prob(x), want)
     assert flow.sample(3).shape == (3, 4)
+
+
+def test_an_iterative_inverse_is_refused():
+    flow = ff.models.MAF(features=4, layers=2, hidden=[8])
+    ff.transforms.set_inverse(flow, "parallel", tol=1e-4)
+    with pytest.raises(ValueError, match="numerically|fixed-point"):
+        ff.memory_saving(flow)
+    ff.transforms.set_inverse(flow, "sequential")
+    ff.memory_saving(flow)

@@ -117,6 +117,8 @@ def refusal(layer: nn.Module) -> str | None:
     for m in layer.modules():
         if getattr(m, "numeric_inverse", None):
             return f"{type(m).__name__} inverts numerically (to {m.numeric_inverse:g})"
+        if getattr(m, "inverse_mode", "sequential") != "sequential":
+            return f"{type(m).__name__} inverts by fixed-point iteration ({m.inverse_mode!r})"
         if getattr(m, "uses_batch_statistics", False):
             return f"{type(m).__name__} uses batch statistics in training"
     return None
