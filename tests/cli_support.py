@@ -20,3 +20,12 @@ def one_line_error(rc, err, *needles):
     assert "Traceback" not in err
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def tiny_moons_run(capsys, out):
+    """Train the smallest RealNVP on 64 moons for one epoch into ``out``; returns ``out``."""
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    return out

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import flowforge as ff
-from cli_support import cli
+from cli_support import cli, tiny_moons_run
 from flowforge import io
 from flowforge.workbench import trainer as trainer_module
 from flowforge.workbench.checkpoint import read_checkpoint
@@ -202,10 +202,7 @@ def test_batch_norm_refuses_a_training_batch_of_one():
 
 def test_a_float64_checkpoint_evaluates(tmp_path, capsys):
     out = tmp_path / "run"
-    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
-                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
-                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
-    assert rc == 0, err
+    tiny_moons_run(capsys, out)
     rc, out32, _ = cli(capsys, "eval", out, "--json")
     flow = ff.load(out / "model.ff").to(torch.float64)
     ff.save(flow, out / "model.ff")

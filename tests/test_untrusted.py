@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import flowforge as ff
-from cli_support import cli, one_line_error
+from cli_support import cli, one_line_error, tiny_moons_run
 from flowforge import io
 
 
@@ -120,10 +120,7 @@ def test_a_header_that_lies_about_its_size(tmp_path):
 
 def test_a_crafted_run_config_cannot_read_other_files(tmp_path, capsys):
     run = tmp_path / "run"
-    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
-                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
-                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
-    assert rc == 0, err
+    tiny_moons_run(capsys, run)
     secret = tmp_path / "secret.csv"
     np.savetxt(secret, np.random.default_rng(0).normal(size=(50, 2)), delimiter=",")
     cfg = json.loads((run / "config.json").read_text())
@@ -138,10 +135,7 @@ def test_a_crafted_run_config_cannot_read_other_files(tmp_path, capsys):
 
 def test_nonfinite_numbers_never_print(tmp_path, capsys):
     run = tmp_path / "run"
-    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
-                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
-                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
-    assert rc == 0, err
+    tiny_moons_run(capsys, run)
     far = tmp_path / "far.csv"
     far.write_text("1e20,1e20\n0,0\n")
     rc, out, err = cli(capsys, "eval", run, "--data", far, "--json")
