@@ -19,6 +19,7 @@ __all__ = [
     "forward_kl",
     "reverse_kl",
     "nll",
+    "log_likelihoods",
     "bits_per_dim",
     "nll_to_bits_per_dim",
     "check_log_prob",
@@ -94,9 +95,18 @@ def nll_to_bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
 
 
 @torch.no_grad()
-def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:
-    """Mean log-density over ``x`` in eval mode; ``ValueError`` naming the examples whose
-    log-density is not finite (a NaN or -inf average is never returned)."""
+def log_likelihoods(
+    flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int = 1024, dequantizer=None
+) -> Tensor:
+    """Each example's log-density (float64, shape ``(N,)``), in eval mode without grad and
+    in batches of ``batch_size``; a ``ValueError`` names the examples whose log-density is not
+    finite, so a NaN or ``-inf`` never comes back.
+
+    Example:
+        >>> import flowforge as ff
+        >>> ff.objectives.log_likelihoods(ff.models.MAF(features=3), torch.randn(5, 3)).shape
+        torch.Size([5])
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size to be a positive integer, got {batch_size!r}")
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
@@ -104,7 +114,7 @@ def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:
     was_training = flow.training
     flow.eval()
     try:
-        total = 0.0
+        out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
             cb = None if context is None else context[i : i + batch_size]
@@ -119,10 +129,14 @@ def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:
                     f"{int(bad.sum())} example(s), first at indices {idx}: they lie where it "
                     "cannot score them (e.g. far outside the training data's range)"
                 )
-            total += lp.sum().item()
-        return total / x.shape[0]
+            out.append(lp)
+        return torch.cat(out)
     finally:
         flow.train(was_training)
+
+
+def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:
+    return log_likelihoods(flow, x, context, batch_size, dequantizer).mean().item()
 
 
 def nll(flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int = 1024) -> float:

@@ -11,7 +11,7 @@ torchdiffeq is imported only when one is built), preprocessing, dequantization a
 
 from ..core import Identity
 from .autoregressive import Autoregressive, ParallelInverseWarning, set_inverse
-from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods
+from .continuous import CNF, ODENet, ODEStepBudgetError, exact_scoring, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .dequantization import UniformDequantization, VariationalDequantization
 from .elementwise import Additive, Affine
@@ -74,6 +74,7 @@ __all__ = [
     "alternating_mask",
     "channel_mask",
     "checkerboard_mask",
+    "exact_scoring",
     "half_mask",
     "ode_methods",
     "rational_quadratic",

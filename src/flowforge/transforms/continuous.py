@@ -26,7 +26,8 @@ Training attributes, refreshed on every call:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,7 @@ from .._util import jacobian_rows
 from ..core import Transform
 from ..nets import activation_class
 
-__all__ = ["CNF", "ODENet", "ConcatSquash", "ODEStepBudgetError", "ode_methods"]
+__all__ = ["CNF", "ODENet", "ConcatSquash", "ODEStepBudgetError", "ode_methods", "exact_scoring"]
 
 # Dynamics evaluations per step of each solver (an upper bound; used for the step budget).
 _STAGES = {
@@ -408,3 +409,33 @@ class CNF(Transform):
         if self.penalty_weights:
             s += f", regularization={self.penalty_weights}"
         return s
+
+
+@contextmanager
+def exact_scoring(module: nn.Module, tol: float = 1e-5) -> Iterator[None]:
+    """Score every :class:`CNF` inside ``module`` with the exact trace and adaptive-solver
+    tolerances of at most ``tol``, restoring the training settings on exit.
+
+    A CNF trained with Hutchinson's estimator at loose tolerances (FFJORD's recipe) defines the
+    same continuous model; its log-density is the exact-trace, tight-tolerance solve, which this
+    computes (the workbench's ``eval`` and reports use it). Fixed-grid solvers keep their grid.
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.FFJORD(features=2, hidden=(8,), trace="hutchinson", rtol=1e-3)
+        >>> with exact_scoring(flow):
+        ...     lp = flow.log_prob(torch.randn(3, 2))
+    """
+    if not float(tol) > 0:
+        raise ValueError(f"expected tol > 0, got {tol}")
+    cnfs = [m for m in module.modules() if isinstance(m, CNF)]
+    saved = [(c.trace, c.rtol, c.atol) for c in cnfs]
+    try:
+        for c in cnfs:
+            c.trace = "exact"
+            if c.method not in _FIXED:
+                c.rtol, c.atol = min(c.rtol, float(tol)), min(c.atol, float(tol))
+        yield
+    finally:
+        for c, (trace, rtol, atol) in zip(cnfs, saved):
+            c.trace, c.rtol, c.atol = trace, rtol, atol

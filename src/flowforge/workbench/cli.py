@@ -211,6 +211,11 @@ def cmd_eval(args) -> int:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
         extra = f", {res['samples']} dequantization draws" if res["samples"] > 1 else ""
         print(msg + f" ({res['examples']} examples{extra})")
+        if "true_nll" in res:
+            print(
+                f"true NLL {res['true_nll']:.4f} (the data's known density); gap "
+                f"{res['gap']:.4f} +- {res['gap_se']:.4f} nats, an estimate of KL(data || model)"
+            )
     return 0
 
 

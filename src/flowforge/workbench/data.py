@@ -15,6 +15,7 @@ generators already put them in roughly ``[-4, 4]^2``.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._util import suggest
-from . import manifold_data
+from . import manifold_data, toy_density
 from .catalog import DATASET_NOTES
 from .errors import ContextError, DataError, WorkbenchError
 
@@ -56,6 +57,11 @@ class Dataset:
         kind: ``"image"``, ``"points"`` (2-D toys) or ``"table"``.
         stats: ``{"loc": [...], "scale": [...]}`` from the training split if the data is to be
             standardised, else None.
+        density: for synthetic data, the true log-density, ``(n, D)`` array -> ``(n,)`` float64
+            (``eval`` prints the gap to it); ``density_measure`` says with respect to what:
+            ``"lebesgue"`` (the data's coordinates, angles included), ``"sphere"`` (area on
+            the unit sphere: only a sphere flow's density is comparable) or ``"surface"`` (area
+            on an embedded surface: an M-flow's).
     """
 
     name: str
@@ -70,6 +76,8 @@ class Dataset:
     # conditional data: the model-ready context of each split, and how to make one
     context: dict | None = None
     context_info: dict | None = None
+    density: Callable[[np.ndarray], np.ndarray] | None = None
+    density_measure: str = "lebesgue"
 
     def split(self, name: str) -> Tensor:
         if name not in ("train", "val", "test"):
@@ -169,7 +177,8 @@ def _toy(name: str):
             torch.from_numpy(TOYS[name](np.random.default_rng(s), int(k)).astype(np.float32))
             for s, k in zip(seqs, (n_train, n_val, n_test))
         ]
-        return Dataset(name, *parts, shape=(2,), kind="points")
+        density = functools.partial(toy_density.log_prob, name)
+        return Dataset(name, *parts, shape=(2,), kind="points", density=density)
 
     return load
 
@@ -212,7 +221,15 @@ def _manifold(name: str):
         shape = tuple(parts[0].shape[1:])
         # angles: plots stay inside their domain
         info = {"box": [[-math.pi, math.pi]] * shape[0]} if name.endswith("vonmises") else {}
-        return Dataset(name, *parts, shape=shape, kind="points", info=info)
+        return Dataset(
+            name,
+            *parts,
+            shape=shape,
+            kind="points",
+            info=info,
+            density=functools.partial(manifold_data.log_prob, name),
+            density_measure={"sphere-vmf": "sphere", "surface-64": "surface"}.get(name, "lebesgue"),
+        )
 
     return load
 
