@@ -56,3 +56,12 @@ clean:
 .PHONY: vae-table
 vae-table: $(STAMP)
 	$(BIN)/python examples/vae/table.py
+
+# full-page screenshots of each kind of report into docs/img/reports/ (docs/reports.md): a
+# headless Chromium from the npm registry (node and npm needed), then the four runs
+.PHONY: screenshots
+scripts/screenshot/node_modules: scripts/screenshot/package.json
+	npm install --prefix scripts/screenshot --no-audit --no-fund
+	touch $@
+screenshots: $(STAMP) scripts/screenshot/node_modules
+	$(BIN)/python scripts/report_gallery.py --screenshot

@@ -4,14 +4,14 @@ Three measurements, each written to ``benchmarks/results/flow_matching.json`` (a
 ``flow_matching.md``):
 
 ``toys``: a CNF (``ff.models.build("cnf")``: ActNorm, then concat-squash MLP 64x64x64, tanh,
-9,228 parameters: FFJORD's network in ``scripts/ffjord_toys.py``) trained by flow matching
+9,228 parameters: FFJORD's network in ``configs/ffjord-toy.yaml``) trained by flow matching
 for a wall-clock budget on each toy's 5000 training points (Adam, cosine decay over the budget,
 EMA of the weights), then scored on the 1000 test points (data seed 0) through the ODE with the
 exact divergence, dopri5 at rtol = atol = 1e-5, against the toy's exact oracle
-(``scripts/ffjord_toys.py``'s quadratures).
+(``flowforge.workbench.toy_density``).
 
 ``cost``: the median wall time of one training step (forward, backward, Adam) at the same
-network and batch: flow matching against FFJORD as ``scripts/ffjord_toys.py`` trains it
+network and batch: flow matching against FFJORD as ``configs/ffjord-toy.yaml`` trains it
 (Hutchinson trace, rtol = atol = 1e-3, RNODE penalties), and FFJORD with the exact trace at
 rtol = atol = 1e-5. FFJORD's step cost depends on its dynamics, so it is measured on a trained
 model (the flow-matching model of the first toy) as well as at initialisation.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import statistics
@@ -43,17 +42,11 @@ import torch
 
 import flowforge as ff
 from flowforge.matching import FlowMatching, log_likelihood, nfe, sample
+from flowforge.workbench import toy_density
 from flowforge.workbench.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOYS = ["8gaussians", "checkerboard", "moons", "rings", "2spirals", "pinwheel"]
-
-
-def _oracle_module():
-    spec = importlib.util.spec_from_file_location("ffjord_toys", ROOT / "scripts/ffjord_toys.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def build_cnf(seed: int, hidden=(64, 64, 64)) -> ff.Flow:
@@ -174,7 +167,7 @@ def cost(x: torch.Tensor, batch: int, trained: ff.Flow | None, rounds: int) -> d
 
 
 def train_ml(flow, x, budget, lr, batch, seed, clock="cpu") -> dict:
-    """Maximum-likelihood fine-tuning as ``scripts/ffjord_toys.py`` trains FFJORD (Hutchinson
+    """Maximum-likelihood fine-tuning as ``configs/ffjord-toy.yaml`` trains FFJORD (Hutchinson
     trace, rtol = atol = 1e-3, RNODE penalties 0.01), cosine decay over the budget."""
     now = time.process_time if clock == "cpu" else time.perf_counter
     for c in flow.modules():
@@ -251,13 +244,12 @@ def main(argv=None) -> dict:
     if args.merge:
         return merge(args.merge, args.out)
     torch.set_num_threads(args.threads)
-    oracle = _oracle_module()
     res: dict = {"args": vars(args), "torch": torch.__version__, "toys": {}}
     first = None
     for toy in args.toys:
         ds = load_dataset(toy, seed=0)
         train, test = ds.split("train"), ds.split("test")
-        ora = oracle.oracle_log_prob(toy, test.numpy())
+        ora = toy_density.log_prob(toy, test.numpy())
         flow = build_cnf(args.seed)
         info = train_fm(
             flow,
@@ -361,7 +353,8 @@ def merge(paths: list[str], out: str) -> dict:
         f"linear path, batch {a['batch']}, Adam lr {a['lr']} cosine, EMA {a['ema']}, "
         f"{a['budget']:g} s of {a.get('clock', 'wall')} time per toy, 5000 training points; test "
         "log-likelihood on the 1000 test points (data seed 0), exact divergence, dopri5 at "
-        "rtol = atol = 1e-5; oracle: each generator's exact density (`scripts/ffjord_toys.py`).",
+        "rtol = atol = 1e-5; oracle: each generator's exact density "
+        "(`flowforge.workbench.toy_density`).",
         "",
         "| toy | oracle | flow matching | gap | steps | wall s | test NFE |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -376,7 +369,7 @@ def merge(paths: list[str], out: str) -> dict:
         lines += [
             "",
             "FFJORD's network trained by flow matching, then fine-tuned by maximum likelihood as "
-            "`scripts/ffjord_toys.py` trains FFJORD (Hutchinson, rtol = atol = 1e-3, RNODE "
+            "`configs/ffjord-toy.yaml` trains FFJORD (Hutchinson, rtol = atol = 1e-3, RNODE "
             f"0.01; lr {a.get('ml_lr')}, {a.get('ml_budget')} s of {a.get('clock')} time):",
             "",
             "| toy | oracle | flow matching (gap) | + maximum likelihood (gap) | ML steps |",

@@ -6,7 +6,7 @@ step, no standardisation) on the workbench's 8-gaussians and checkerboard genera
 scales: ``--scale 2`` (about +-4: 8 Gaussians of sd 0.3 on a circle of radius 4, a checkerboard
 on [-4, 4]^2) and ``--scale 1`` (the workbench's own toys, about +-2).
 
-The oracle is each generator's exact density (as in ``scripts/ffjord_toys.py``): for data
+The oracle is each generator's exact density (``flowforge.workbench.toy_density``): for data
 ``x = s * y``, ``log p(x) = log p_toy(x / s) - 2 log s``. The gap is the model's test NLL minus
 the oracle's NLL on the same 20,000 test points (nats; 0 is perfect, up to sampling noise).
 
@@ -14,6 +14,7 @@ the oracle's NLL on the same 20,000 test points (nats; 0 is perfect, up to sampl
     python benchmarks/raw_defaults.py --models nsf --toys checkerboard --scale 2
     python benchmarks/raw_defaults.py --variant legacy       # the defaults before issue 17
 
+``--kwargs '{"layers": 10}'`` passes builder arguments (the experiments behind a default).
 ``--variant`` (for the measurement in docs/defaults.md):
     default: today's defaults;
     legacy: ``standardize=False`` (the defaults before issue 17: no data-initialised layer);
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -35,33 +35,14 @@ import numpy as np
 import torch
 
 import flowforge as ff
+from flowforge.workbench import toy_density
 from flowforge.workbench.data import TOYS
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def oracle_log_prob(name: str, x: np.ndarray, scale: float) -> np.ndarray:
-    """Exact log-density of ``scale * TOYS[name]`` at ``x`` (n, 2)."""
-    y = np.asarray(x, dtype=np.float64) / scale
-    if name == "8gaussians":
-        a = np.arange(8) * math.pi / 4
-        c = 2.0 * np.stack([np.cos(a), np.sin(a)], 1)
-        sd = 0.15
-        d2 = ((y[:, None, :] - c[None]) ** 2).sum(-1)
-        lp = -d2 / (2 * sd**2) - math.log(2 * math.pi * sd**2) - math.log(8)
-        m = lp.max(1, keepdims=True)
-        out = (m + np.log(np.exp(lp - m).sum(1, keepdims=True)))[:, 0]
-    elif name == "checkerboard":
-        row, col = np.floor(y[:, 1] + 2), np.floor(y[:, 0] + 2)
-        inside = (np.abs(y) < 2).all(1) & ((row + col) % 2 == 0)
-        out = np.where(inside, -math.log(8), -np.inf)
-    else:
-        raise ValueError(f"no oracle for {name!r}")
-    return out - 2 * math.log(scale)
-
-
-def build(model: str, variant: str):
-    kwargs = {}
+def build(model: str, variant: str, extra: dict | None = None):
+    kwargs = dict(extra or {})
     if variant != "default":
         kwargs["standardize"] = False
     if variant in ("bound5", "bound8"):
@@ -71,12 +52,12 @@ def build(model: str, variant: str):
     return ff.models.build(model, features=2, **kwargs)
 
 
-def run(model, toy, scale, variant, steps, batch, lr, seed):
+def run(model, toy, scale, variant, steps, batch, lr, seed, extra=None):
     torch.manual_seed(seed)
-    flow = build(model, variant)
+    flow = build(model, variant, extra)
     rng = np.random.default_rng(seed)
     test = scale * TOYS[toy](np.random.default_rng(12345), 20000)
-    oracle = -oracle_log_prob(toy, test, scale).mean()
+    oracle = -toy_density.log_prob(toy, test, scale).mean()
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     t0 = time.perf_counter()
@@ -99,6 +80,7 @@ def run(model, toy, scale, variant, steps, batch, lr, seed):
         "toy": toy,
         "scale": scale,
         "variant": variant,
+        **({"kwargs": extra} if extra else {}),
         "steps": steps,
         "batch": batch,
         "lr": lr,
@@ -119,6 +101,7 @@ def main(argv=None):
     p.add_argument(
         "--variant", default="default", choices=["default", "legacy", "bound5", "bound8"]
     )
+    p.add_argument("--kwargs", type=json.loads, default=None, help="builder arguments, JSON")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -130,7 +113,7 @@ def main(argv=None):
     for scale in a.scale:
         for toy in a.toys.split(","):
             for model in a.models.split(","):
-                r = run(model, toy, scale, a.variant, a.steps, a.batch, a.lr, a.seed)
+                r = run(model, toy, scale, a.variant, a.steps, a.batch, a.lr, a.seed, a.kwargs)
                 print(json.dumps(r), flush=True)
                 if str(a.out) != "-":
                     a.out.parent.mkdir(parents=True, exist_ok=True)

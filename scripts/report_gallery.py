@@ -1,10 +1,11 @@
 """Figures of each kind of ``flowforge report`` for docs/reports.md.
 
-No headless browser is installed on the machine these docs were made on (checked:
-``which chromium chromium-browser google-chrome firefox`` finds none), so instead of page
-screenshots this script trains one small run of each kind, writes its report, and copies the
-report's own PNG figures into ``docs/img/reports/<kind>-<figure>.png``; with ``--screenshot``
-and a Chromium on the PATH it also takes a full-page screenshot of each ``report.html``.
+It trains one small run of each kind, writes its report, and copies the report's own PNG
+figures into ``docs/img/reports/<kind>-<figure>.png``; with ``--screenshot`` it also takes a
+full-page screenshot of each ``report.html`` in a headless Chromium
+(``docs/img/reports/<kind>-page.png``) through ``scripts/screenshot/shot.mjs`` (puppeteer-core;
+the browser is ``$CHROMIUM`` or the one the npm package ``@sparticuz/chromium`` unpacks:
+``make screenshots`` installs both from the npm registry and runs this script).
 
     python scripts/report_gallery.py                   # runs under /tmp/ff-gallery
     python scripts/report_gallery.py --screenshot      # plus docs/img/reports/<kind>-page.png
@@ -77,13 +78,24 @@ def runs(root: Path) -> dict[str, list[str]]:
     }
 
 
-def screenshot(html: Path, png: Path) -> bool:
-    for exe in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(exe):
-            subprocess.run([exe, "--headless", "--no-sandbox", "--window-size=1200,3000",
-                            f"--screenshot={png}", html.as_uri()], check=True)  # fmt: skip
-            return True
-    return False
+SHOT = Path(__file__).resolve().parent / "screenshot"
+
+
+def browser_available() -> bool:
+    """Whether :func:`screenshot` can run: node, and puppeteer-core installed next to shot.mjs
+    (``npm install --prefix scripts/screenshot``)."""
+    return shutil.which("node") is not None and (SHOT / "node_modules" / "puppeteer-core").is_dir()
+
+
+def screenshot(html: Path, png: Path) -> None:
+    """A full-page screenshot of ``html`` in a headless Chromium; an error if any figure of the
+    page fails to load."""
+    if not browser_available():
+        raise SystemExit(
+            "no headless browser: run `npm install --prefix scripts/screenshot` (node and npm "
+            "needed), or `make screenshots`"
+        )
+    subprocess.run(["node", str(SHOT / "shot.mjs"), str(html), str(png)], check=True)
 
 
 def main(argv=None):
@@ -105,8 +117,8 @@ def main(argv=None):
             raise SystemExit(f"report of {kind} failed")
         for fig in sorted((out / "report").glob("*.png")):
             shutil.copyfile(fig, DOCS / f"{kind}-{fig.name}")
-        if a.screenshot and not screenshot(out / "report.html", DOCS / f"{kind}-page.png"):
-            print("no headless Chromium found: figures only")
+        if a.screenshot:
+            screenshot(out / "report.html", DOCS / f"{kind}-page.png")
         print(f"{kind}: {out / 'report.html'}")
 
 

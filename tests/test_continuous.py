@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import flowforge as ff
-from flowforge.transforms import CNF, ODEStepBudgetError
+from flowforge.transforms import CNF, ODEStepBudgetError, exact_scoring
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64
@@ -233,3 +233,24 @@ def test_the_trainer_adds_the_penalty_and_logs_nfe():
     assert len(steps) == 4
     for r in steps:
         assert r["nfe_forward"] > 0 and r["nfe_backward"] > 0 and r["regularization"] > 0
+
+
+def test_exact_scoring_uses_the_exact_trace_and_restores_the_settings():
+    torch.manual_seed(0)
+    flow = ff.models.FFJORD(features=3, hidden=(8,), trace="hutchinson", rtol=1e-3, atol=1e-3)
+    flow.eval()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    flow = flow.double()
+    exact = ff.models.FFJORD(features=3, hidden=(8,), trace="exact", rtol=1e-7, atol=1e-7)
+    exact.load_state_dict(flow.state_dict())
+    exact = exact.double().eval()
+    with torch.no_grad(), exact_scoring(flow, tol=1e-7):
+        a, b = flow.log_prob(x), flow.log_prob(x)
+        cnf = next(m for m in flow.modules() if isinstance(m, CNF))
+        assert (cnf.trace, cnf.rtol, cnf.atol) == ("exact", 1e-7, 1e-7)
+        want = exact.log_prob(x)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, want, rtol=0, atol=1e-6)
+    assert (cnf.trace, cnf.rtol, cnf.atol) == ("hutchinson", 1e-3, 1e-3)
+    with pytest.raises(ValueError, match="tol > 0"), exact_scoring(flow, tol=0):
+        pass

@@ -5,6 +5,9 @@ conditional runs are reported, not refused."""
 from __future__ import annotations
 
 import json
+import shutil
+import struct
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -151,3 +154,27 @@ def test_dependence_finds_non_monotone_pairs():
     x = rng.normal(size=2000)
     dep = R.dependence(np.stack([x, x**2, rng.normal(size=2000)], 1))
     assert dep[0, 1] > 0.3 and dep[0, 2] < 0.05 and dep[1, 2] < 0.05
+
+
+SHOT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (SHOT / "node_modules" / "puppeteer-core").is_dir(),
+    reason="no headless browser (npm install --prefix scripts/screenshot); the HTML is parsed "
+    "by the other report tests",
+)
+def test_a_real_browser_renders_the_report(runs, capsys, tmp_path):
+    render(runs["table"], capsys)
+    png = tmp_path / "page.png"
+    # shot.mjs fails if any figure of the page does not load in the browser
+    subprocess.run(
+        ["node", str(SHOT / "shot.mjs"), str(runs["table"] / "report.html"), str(png)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])
+    assert width >= 1200 and height > 2000  # the whole page: table, curves and figures

@@ -591,7 +591,7 @@ def write_report(
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path."""
     from ..io import atomic_write
-    from ..objectives import nll as nll_fn
+    from .evaluate import evaluate_run
 
     run = Path(run)
     cfg = run_config(run)
@@ -616,13 +616,15 @@ def write_report(
     x_split = ds.split(split).reshape(-1, *shape)
     c_split = ds.split_context(split)
     for name in dict.fromkeys((split, "test")):
-        x, c = ds.split(name).reshape(-1, *shape), ds.split_context(name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            v = nll_fn(flow, x, c)
-        facts.append((f"{name} NLL (nats/example, {len(x)} examples)", f"{v:.4f}"))
+        res = evaluate_run(run, name, seed=seed)  # as `flowforge eval` scores it
+        v = res["nll"]
+        facts.append((f"{name} NLL (nats/example, {res['examples']} examples)", f"{v:.4f}"))
         if discrete:
             facts.append((f"{name} bits/dim", f"{v / (math.prod(shape) * math.log(2)):.4f}"))
+        if "true_nll" in res:
+            facts.append((f"{name} true NLL (the data's known density)", f"{res['true_nll']:.4f}"))
+            gap = f"{res['gap']:.4f} +- {res['gap_se']:.4f}"
+            facts.append((f"{name} gap to it (nats, an estimate of KL)", gap))
     if len(data_shape) == 3:
         if info and info["kind"] == "label":
             classes = info["classes"][:10]

@@ -50,7 +50,7 @@ def _rings(x: np.ndarray, radii: np.ndarray, sd: float) -> np.ndarray:
 
 
 def _moons(x):
-    t = np.linspace(0, math.pi, 1201)
+    t = np.linspace(0, math.pi, 601)
     w = np.log(_simpson(len(t)) / 2)
     m0 = np.stack([np.cos(t) - 0.5, np.sin(t) - 0.25], 1) * 2
     m1 = np.stack([1 - np.cos(t) - 0.5, 0.5 - np.sin(t) - 0.25], 1) * 2
@@ -71,7 +71,7 @@ def _checkerboard(x):
 
 def _2spirals(x):
     # t = 3 pi sqrt(U) has density 2 t / (3 pi)^2 on [0, 3 pi]
-    t = np.linspace(0, 3 * math.pi, 4001)
+    t = np.linspace(0, 3 * math.pi, 2001)
     w = _simpson(len(t)) * 3 * math.pi * 2 * t / (3 * math.pi) ** 2
     c = np.stack([t * np.cos(t), t * np.sin(t)], 1) / 3
     log_w = np.log(np.maximum(w, 1e-300) / 2)
@@ -79,7 +79,7 @@ def _2spirals(x):
 
 
 def _swissroll(x):
-    t = np.linspace(1.5 * math.pi, 4.5 * math.pi, 4001)  # t uniform on [1.5 pi, 4.5 pi]
+    t = np.linspace(1.5 * math.pi, 4.5 * math.pi, 2001)  # t uniform on [1.5 pi, 4.5 pi]
     c = np.stack([t * np.cos(t), t * np.sin(t)], 1) / 4
     return _along_curve(x, c, np.log(_simpson(len(t))), 0.1)
 
@@ -93,7 +93,7 @@ def _pinwheel_part(x, arms: int):
     ``r ~ N(1, 0.3^2)``, ``s ~ N(0, 0.05^2)``: the sum over arms and over every root ``r`` of
     ``r = y . u(th(r))`` of ``p(r) p(s) / |det|``, ``det = 1.5^2 (1 - s th'(r))``."""
     y = x / 1.5
-    grid = np.linspace(1 - 8 * 0.3, 1 + 8 * 0.3, 8001)
+    grid = np.linspace(1 - 8 * 0.3, 1 + 8 * 0.3, 2001)
     total = np.full(len(x), -np.inf)
     for k in range(arms):
         th = 2 * math.pi * k / arms + 0.25 * np.exp(grid)
