@@ -582,6 +582,16 @@ def _column_names(cfg: dict, d: int) -> list[str]:
     return [f"column {i}" for i in index]
 
 
+def _standardised(resolved: dict, flow) -> str:
+    from ..transforms import DataStandardize
+
+    if resolved.get("stats"):
+        return "yes, by the workbench (training-split statistics)"
+    if any(isinstance(m, DataStandardize) for m in flow.modules()):
+        return "yes, by the model's first layer (DataStandardize, set from a training batch)"
+    return "no"
+
+
 def write_report(
     run: str | os.PathLike,
     split: str = "val",
@@ -693,7 +703,7 @@ def write_report(
             f"{r['examples']['val']} val, {r['examples']['test']} test)",
         ),
         ("levels", str(r.get("levels"))),
-        ("standardised", "yes (training-split statistics)" if r.get("stats") else "no"),
+        ("standardised", _standardised(r, flow)),
         ("epochs run", str(len(ep))),
     ]
     if r.get("sizing"):
