@@ -160,10 +160,10 @@ def test_bad_input_gets_one_clear_error():
 
 
 def test_glow_with_emerging_convolutions_trains_from_the_command_line(tmp_path, capsys):
-    kw = '{"permutation": "emerging", "steps": 1, "hidden": 8, "blocks": 0}'
+    kw = '{"steps": 1, "hidden": 8, "blocks": 0}'
     rc, out, err = cli(capsys, "train", "--model", "glow", "--data", "digits", "--out",
-                       tmp_path / "r", "--model-kwargs", kw, "--limit", 64, "--epochs", 1,
-                       "--no-progress", "--quiet")  # fmt: skip
+                       tmp_path / "r", "--model-kwargs", kw, "--set", "model.permutation=emerging",
+                       "--limit", 64, "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
     assert rc == 0, err
     flow = ff.load(tmp_path / "r" / "model.ff")
     assert any(isinstance(m, EmergingConv2d) for m in flow.modules())

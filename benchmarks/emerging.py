@@ -1,0 +1,80 @@
+"""The inverse of an emerging convolution (:class:`~flowforge.transforms.EmergingConv2d`): the
+three solvers' time and error, next to the forward pass and the LU 1x1 convolution's inverse.
+
+For each image shape (the digits Glow's two scales, then larger ones) it builds a 3x3 layer,
+moves its weights by ``--perturb`` standard normal noise (a fresh layer is the identity), and
+times ``layer.inverse(z)`` on a batch with each solver (median of ``--repeats`` calls after a
+warm-up, one thread), the parallel solver's Jacobi sweeps, and the largest round-trip error.
+
+    OMP_NUM_THREADS=1 python benchmarks/emerging.py --out benchmarks/results/emerging.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from flowforge.transforms import EmergingConv2d, LULinear
+
+SHAPES = [(4, 4, 4), (8, 2, 2), (3, 16, 16), (3, 32, 32)]
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(shape, batch: int, perturb: float, repeats: int, tol: float) -> dict:
+    torch.manual_seed(0)
+    layer = EmergingConv2d(shape)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    lu = LULinear(shape)
+    x = torch.randn(batch, *shape)
+    row: dict = {"shape": list(shape), "batch": batch}
+    with torch.no_grad():
+        z, _ = layer(x)
+        row["forward_s"] = timed(lambda: layer(x), repeats)
+        row["lu1x1_inverse_s"] = timed(lambda: lu.inverse(x), repeats)
+        for solver in ("dense", "sequential", "parallel"):
+            layer.set_solver(solver, tol=tol)
+            back, _ = layer.inverse(z)
+            row[f"{solver}_s"] = timed(lambda: layer.inverse(z), repeats)
+            row[f"{solver}_max_err"] = (back - x).abs().max().item()
+            if solver == "parallel":
+                row["parallel_sweeps"] = layer.last_sweeps
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--perturb", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tol", type=float, default=1e-6)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for shape in SHAPES:
+        row = measure(shape, args.batch, args.perturb, args.repeats, args.tol)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    meta = {k: getattr(args, k) for k in ("batch", "perturb", "repeats", "tol")}
+    meta["torch"] = torch.__version__
+    with open(args.out, "w") as f:
+        json.dump({"settings": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
