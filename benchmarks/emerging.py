@@ -5,8 +5,12 @@ For each image shape (the digits Glow's two scales, then larger ones) it builds 
 moves its weights by ``--perturb`` standard normal noise (a fresh layer is the identity), and
 times ``layer.inverse(z)`` on a batch with each solver (median of ``--repeats`` calls after a
 warm-up, one thread), the parallel solver's Jacobi sweeps, and the largest round-trip error.
+With ``--run NAME=RUN_FOLDER`` (a trained Glow) it also times the whole flow's inverse on
+``--batch`` base draws with every emerging layer set to each solver, and the largest difference
+from the dense solver's samples.
 
-    OMP_NUM_THREADS=1 python benchmarks/emerging.py --out benchmarks/results/emerging.json
+    OMP_NUM_THREADS=1 python benchmarks/emerging.py --out benchmarks/results/emerging.json \
+        --run glow=runs/digits-glow --run emerging=runs/digits-glow-emerging
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 
 import torch
 
+import flowforge as ff
 from flowforge.transforms import EmergingConv2d, LULinear
 
 SHAPES = [(4, 4, 4), (8, 2, 2), (3, 16, 16), (3, 32, 32)]
@@ -56,6 +61,29 @@ def measure(shape, batch: int, perturb: float, repeats: int, tol: float) -> dict
     return row
 
 
+def measure_run(name: str, folder: str, batch: int, repeats: int, tol: float) -> dict:
+    """The trained flow's inverse (noise to data) with each solver."""
+    flow = ff.load(f"{folder}/model.ff")
+    flow.eval()
+    layers = [m for m in flow.modules() if isinstance(m, EmergingConv2d)]
+    torch.manual_seed(0)
+    z = torch.randn(batch, *flow.transform.output_shape)
+    row: dict = {"run": name, "folder": folder, "batch": batch, "emerging_layers": len(layers)}
+    row["parameters"] = sum(p.numel() for p in flow.parameters())
+    ref = None
+    for solver in ("dense", "sequential", "parallel") if layers else ("none",):
+        for m in layers:
+            m.set_solver(solver, tol=tol)
+        with torch.no_grad():
+            x, _ = flow.transform.inverse(z)
+            row[f"{solver}_s"] = timed(lambda: flow.transform.inverse(z), repeats)
+        ref = x if ref is None else ref
+        row[f"{solver}_max_diff"] = (x - ref).abs().max().item()
+        if solver == "parallel":
+            row["parallel_sweeps"] = sum(m.last_sweeps for m in layers)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -63,11 +91,17 @@ def main() -> None:
     ap.add_argument("--perturb", type=float, default=0.1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tol", type=float, default=1e-6)
+    ap.add_argument("--run", action="append", default=[], help="NAME=RUN_FOLDER, repeatable")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for shape in SHAPES:
         row = measure(shape, args.batch, args.perturb, args.repeats, args.tol)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    for item in args.run:
+        name, _, folder = item.partition("=")
+        row = measure_run(name, folder, args.batch, args.repeats, args.tol)
         print(json.dumps(row), flush=True)
         rows.append(row)
     meta = {k: getattr(args, k) for k in ("batch", "perturb", "repeats", "tol")}

@@ -10,7 +10,7 @@ import torch
 
 import flowforge as ff
 from cli_support import cli, one_line_error
-from flowforge.transforms import EmergingConv2d, ParallelInverseWarning
+from flowforge.transforms import EmergingConv2d, ParallelInverseWarning, set_emerging_solver
 from flowforge.transforms.emerging import DENSE_LIMIT
 
 
@@ -124,10 +124,10 @@ def test_memory_saving_with_exact_solvers_and_refused_with_the_parallel_one():
     for g, p in zip(want, flow.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-4, rtol=1e-3)
     ff.memory_saving(flow, False)
-    for m in flow.modules():
-        if isinstance(m, EmergingConv2d):
-            m.set_solver("parallel")
-    with pytest.raises(ValueError, match="EmergingConv2d inverts numerically"):
+    assert flow.transform.numeric_inverse is None
+    assert set_emerging_solver(flow, "parallel", tol=1e-7) == 2
+    assert flow.transform.numeric_inverse == pytest.approx(2e-7)  # the chain declares it
+    with pytest.raises(ValueError, match="inverts numerically"):
         ff.memory_saving(flow)
 
 

@@ -15,7 +15,7 @@ from .continuous import CNF, ODENet, ODEStepBudgetError, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .dequantization import UniformDequantization, VariationalDequantization
 from .elementwise import Additive, Affine
-from .emerging import EmergingConv2d
+from .emerging import EmergingConv2d, set_emerging_solver
 from .image import FactorOut, Squeeze
 from .integer import DiscretizedLogisticMixture, IntegerAdditive, IntegerCoupling, round_ste
 from .iresnet import ResidualBlock
@@ -80,5 +80,6 @@ __all__ = [
     "ode_methods",
     "rational_quadratic",
     "round_ste",
+    "set_emerging_solver",
     "set_inverse",
 ]

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from .._util import event_shape as _event
 from .._util import per_channel
-from ..core import Transform
+from ..core import Compose, Inverse, Transform
 from .autoregressive import ParallelInverseWarning
 
-__all__ = ["EmergingConv2d", "SOLVERS", "DENSE_LIMIT"]
+__all__ = ["EmergingConv2d", "set_emerging_solver", "SOLVERS", "DENSE_LIMIT"]
 
 SOLVERS = ("auto", "dense", "sequential", "parallel")
 DENSE_LIMIT = 1024  # "auto" solves with the dense matrix up to this many entries per image
@@ -260,3 +260,30 @@ class EmergingConv2d(Transform):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, kernel_size={self.kernel_size}, solver={self.solver!r}"
+
+
+def set_emerging_solver(
+    model: nn.Module, solver: str, tol: float | None = None, max_iter: int | None = None
+) -> int:
+    """Set the solver of every :class:`EmergingConv2d` in ``model`` (a layer, a chain or a
+    :class:`~flowforge.Flow`) and update the tolerances the chains above them declare. Returns
+    the number of layers switched.
+
+    Example:
+        >>> import flowforge as ff
+        >>> glow = ff.models.Glow(shape=(1, 4, 4), scales=1, steps=2, permutation="emerging")
+        >>> set_emerging_solver(glow, "parallel", tol=1e-6)
+        2
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, EmergingConv2d):
+            m.set_solver(solver, tol, max_iter)
+            n += 1
+    for m in reversed(list(model.modules())):  # children before their parents
+        if isinstance(m, Compose):
+            tols = [layer.numeric_inverse for layer in m.layers if layer.numeric_inverse]
+            m.numeric_inverse = sum(tols) if tols else None
+        elif isinstance(m, Inverse):
+            m.numeric_inverse = m.transform.numeric_inverse
+    return n
