@@ -5,6 +5,8 @@ For each image shape (the digits Glow's two scales, then larger ones) it builds 
 moves its weights by ``--perturb`` standard normal noise (a fresh layer is the identity), and
 times ``layer.inverse(z)`` on a batch with each solver (median of ``--repeats`` calls after a
 warm-up, one thread), the parallel solver's Jacobi sweeps, and the largest round-trip error.
+It then times one training step (forward and backward, batch 32) of the digits Glow
+(configs/digits-glow.yaml's architecture) with ``permutation="lu"`` and ``"emerging"``.
 With ``--run NAME=RUN_FOLDER`` (a trained Glow) it also times the whole flow's inverse on
 ``--batch`` base draws with every emerging layer set to each solver, and the largest difference
 from the dense solver's samples.
@@ -61,6 +63,25 @@ def measure(shape, batch: int, perturb: float, repeats: int, tol: float) -> dict
     return row
 
 
+def measure_step(permutation: str, repeats: int) -> dict:
+    """One training step of configs/digits-glow.yaml's Glow, batch 32."""
+    torch.manual_seed(0)
+    flow = ff.models.Glow(
+        shape=(1, 8, 8), scales=2, steps=4, hidden=64, blocks=1, levels=17,
+        permutation=permutation,
+    )  # fmt: skip
+    x = torch.randint(0, 17, (32, 1, 8, 8)).float()
+    flow.train()
+    flow.log_prob(x)  # ActNorm's initialisation
+
+    def step():
+        flow.zero_grad()
+        (-flow.log_prob(x).mean()).backward()
+
+    n = sum(p.numel() for p in flow.parameters())
+    return {"glow_permutation": permutation, "parameters": n, "step_s": timed(step, repeats)}
+
+
 def measure_run(name: str, folder: str, batch: int, repeats: int, tol: float) -> dict:
     """The trained flow's inverse (noise to data) with each solver."""
     flow = ff.load(f"{folder}/model.ff")
@@ -97,6 +118,10 @@ def main() -> None:
     rows = []
     for shape in SHAPES:
         row = measure(shape, args.batch, args.perturb, args.repeats, args.tol)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    for permutation in ("lu", "emerging"):
+        row = measure_step(permutation, 4 * args.repeats)
         print(json.dumps(row), flush=True)
         rows.append(row)
     for item in args.run:
