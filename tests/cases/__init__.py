@@ -7,6 +7,7 @@ from . import (
     autoregressive,
     continuous,
     defaults,
+    emerging,
     flowmatching,
     image,
     integer,
@@ -21,6 +22,7 @@ from .base import Case
 CASES: list[Case] = [
     *vector.CASES,
     *image.CASES,
+    *emerging.CASES,
     *autoregressive.CASES,
     *continuous.CASES,
     *flowmatching.CASES,

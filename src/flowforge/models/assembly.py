@@ -52,6 +52,7 @@ from ..transforms import (
     Additive,
     Affine,
     DataStandardize,
+    EmergingConv2d,
     Logit,
     LULinear,
     Permutation,
@@ -88,7 +89,7 @@ __all__ = [
 BASES = ("normal", "diag", "mixture", "made-mog", "class-gaussian")
 DEQUANTIZATIONS = ("uniform", "variational")
 PREPROCESSING = ("logit", "scale", None)
-MIXERS = ("reverse", "random", "lu", "plain", None)
+MIXERS = ("reverse", "random", "lu", "plain", "emerging", None)
 
 
 def _named(value, what: str, choices: Sequence) -> tuple[object, dict]:
@@ -216,8 +217,10 @@ def mask(kind: str, features: int, flip: bool):
 
 def mixer(kind: str | None, shape: int | tuple[int, ...]) -> list[Transform]:
     """The mixing layer between two steps: None, ``"reverse"``, ``"random"`` (a saved random
-    permutation), ``"lu"`` (LU linear; Glow's 1x1 convolution on images) or ``"plain"`` (a
-    full matrix)."""
+    permutation), ``"lu"`` (LU linear; Glow's 1x1 convolution on images), ``"plain"`` (a
+    full matrix) or, on images only, ``"emerging"`` (the LU 1x1 convolution followed by a 3x3
+    :class:`~flowforge.transforms.EmergingConv2d`, as Hoogeboom et al. 2019 combine them;
+    ``"emerging-5"`` for a 5x5 kernel, any odd size)."""
     if kind is None or kind == "none":
         return []
     if kind == "reverse":
@@ -228,7 +231,20 @@ def mixer(kind: str | None, shape: int | tuple[int, ...]) -> list[Transform]:
         return [LULinear(shape)]
     if kind == "plain":
         return [PlainLinear(shape)]
-    raise unknown("permutation", kind, ("reverse", "random", "lu", "plain", "none"))
+    if isinstance(kind, str) and (kind == "emerging" or kind.startswith("emerging-")):
+        size = kind[len("emerging-") :] if kind != "emerging" else "3"
+        if not size.isdigit() or int(size) % 2 == 0:
+            raise ValueError(
+                f"permutation {kind!r}: expected 'emerging' or 'emerging-K' with an odd kernel "
+                f"size K, e.g. 'emerging-5'"
+            )
+        if not isinstance(shape, tuple) or len(shape) != 3:
+            raise ValueError(
+                f"permutation {kind!r} is a convolution and needs images (C, H, W), got "
+                f"event shape {shape}; use 'lu' for vectors"
+            )
+        return [LULinear(shape), EmergingConv2d(shape, int(size))]
+    raise unknown("permutation", kind, ("reverse", "random", "lu", "plain", "emerging", "none"))
 
 
 def coupling_transformer(kind: str, scale_bound: float | None) -> nn.Module:

@@ -109,8 +109,9 @@ def Glow(
         hidden: channels of each coupling's ConvResNet.
         blocks: residual blocks per ConvResNet (0: Glow's conv-ReLU-zero-conv shape).
         coupling: ``"affine"`` or ``"additive"``.
-        permutation: ``"lu"`` (LU 1x1 conv), ``"plain"`` (full 1x1 conv), ``"reverse"``,
-            ``"random"`` or None.
+        permutation: ``"lu"`` (LU 1x1 conv), ``"plain"`` (full 1x1 conv), ``"emerging"``
+            (LU 1x1 conv then a 3x3 :class:`~flowforge.transforms.EmergingConv2d`;
+            ``"emerging-5"`` for 5x5), ``"reverse"``, ``"random"`` or None.
         split_prior: learn ``p(z_out | z_kept)`` at each factor-out (Glow); False leaves the
             factored-out half to the base.
         prior_hidden: channels of the split prior's network (default: ``hidden // 2``).

@@ -3,10 +3,10 @@ the elementwise transformers follow :class:`flowforge.core.Transformer`'s and th
 :class:`flowforge.core.Dequantizer`'s.
 
 One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
-normalization, image (squeeze, multi-scale factor-out), integer (integer discrete flows),
-residual (planar, radial, Sylvester), iresnet (invertible residual blocks), continuous (CNF;
-torchdiffeq is imported only when one is built), preprocessing, dequantization and manifolds
-(circles, tori, the sphere).
+emerging (emerging k x k convolutions), normalization, image (squeeze, multi-scale factor-out),
+integer (integer discrete flows), residual (planar, radial, Sylvester), iresnet (invertible
+residual blocks), continuous (CNF; torchdiffeq is imported only when one is built),
+preprocessing, dequantization and manifolds (circles, tori, the sphere).
 """
 
 from ..core import Identity
@@ -15,6 +15,7 @@ from .continuous import CNF, ODENet, ODEStepBudgetError, exact_scoring, ode_meth
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .dequantization import UniformDequantization, VariationalDequantization
 from .elementwise import Additive, Affine
+from .emerging import EmergingConv2d, set_emerging_solver
 from .image import FactorOut, Squeeze
 from .integer import DiscretizedLogisticMixture, IntegerAdditive, IntegerCoupling, round_ste
 from .iresnet import ResidualBlock
@@ -43,6 +44,7 @@ __all__ = [
     "CircularElementwise",
     "Coupling",
     "DataStandardize",
+    "EmergingConv2d",
     "FactorOut",
     "Identity",
     "DiscretizedLogisticMixture",
@@ -79,5 +81,6 @@ __all__ = [
     "ode_methods",
     "rational_quadratic",
     "round_ste",
+    "set_emerging_solver",
     "set_inverse",
 ]
