@@ -124,3 +124,38 @@ def test_an_iterative_inverse_is_refused():
         ff.memory_saving(flow)
     ff.transforms.set_inverse(flow, "sequential")
     ff.memory_saving(flow)
+
+
+def test_each_layer_is_recomputed_once_however_deep_the_chains_nest():
+    # a 3-scale Glow nests its chains three deep (FactorOut inside FactorOut); with the chains
+    # flattened every leaf layer runs forward twice per step (the pass without a graph and the
+    # recomputation) and inverts once, at every depth
+    torch.manual_seed(0)
+    flow = ff.models.Glow(shape=(1, 8, 8), scales=3, steps=2, hidden=8, levels=17)
+    x = torch.randint(0, 17, (8, 1, 8, 8)).float()
+    flow.train()
+    with torch.no_grad():
+        flow.log_prob(x)
+    ff.memory_saving(flow)
+    leaves = [
+        m
+        for m in flow.transform.modules()
+        if isinstance(m, ff.Transform) and m.reversible_ops() == [m]
+    ]
+    calls = {id(m): [0, 0] for m in leaves}
+    for m in leaves:
+        m.register_forward_hook(
+            lambda mod, *_: calls[id(mod)].__setitem__(0, calls[id(mod)][0] + 1)
+        )
+        inverse = m.inverse
+
+        def counted(*a, _m=m, _inv=inverse, **k):
+            calls[id(_m)][1] += 1
+            return _inv(*a, **k)
+
+        m.inverse = counted
+    flow.log_prob(x).mean().backward()
+    top = {id(m) for m in flow.transform.layers}
+    inner = [c for i, c in calls.items() if i not in top]
+    assert inner, "the Glow has no nested layers"
+    assert all(c == [2, 1] for c in calls.values()), sorted(map(tuple, calls.values()))

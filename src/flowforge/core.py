@@ -105,6 +105,13 @@ class Transform(nn.Module):
         self.context_features = self.context_shape[0] if self.context_shape else 0
 
     # -- public boundary ---------------------------------------------------------------------
+    def reversible_ops(self) -> list:
+        """This transform as a flat list of steps for memory-saving backpropagation
+        (:mod:`flowforge.reversible`): itself, by default. Chains splice in their layers and
+        multi-scale layers their split, inner steps and join, so that every step is inverted
+        and recomputed once, however deeply the chains nest."""
+        return [self]
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data to noise: returns ``(z, log|det dz/dx|)``."""
         check_shape(x, self.event_shape, f"{type(self).__name__} input")
@@ -204,12 +211,15 @@ class Compose(Transform):
         if self.memory_saving and torch.is_grad_enabled():
             params = [p for p in self.layers.parameters() if p.requires_grad]
             if params or x.requires_grad or (context is not None and context.requires_grad):
-                return ReversibleChain.apply(list(self.layers), context, x, *params)
+                return ReversibleChain.apply(self.reversible_ops(), context, x, *params)
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, l = layer(x, context)
             ladj = ladj + l
         return x, ladj
+
+    def reversible_ops(self) -> list:
+        return [op for layer in self.layers for op in layer.reversible_ops()]
 
     def _inverse(self, z, context):
         ladj = z.new_zeros(z.shape[0])

@@ -6,7 +6,10 @@ With memory saving on, :class:`~flowforge.Compose` runs its layers without recor
 keeps only the chain's output; the backward pass walks the layers in reverse, recovers each
 layer's input with its exact inverse, re-runs that one layer with gradients and backpropagates
 through it. Training memory then holds one layer's activations instead of all of them, for
-about one extra forward and one inverse pass per step.
+about one extra forward and one inverse pass per step. Nested chains are flattened first
+(:meth:`~flowforge.core.Transform.reversible_ops`: a chain splices in its layers, a multi-scale
+``FactorOut`` its split prior, a :class:`Split`, its inner steps and a :class:`Join`), so a
+layer deep inside a multi-scale Glow is inverted and recomputed once, not once per level.
 
 >>> import flowforge as ff
 >>> flow = ff.models.RealNVP(features=4, layers=8, hidden=[16])
@@ -27,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ReversibleChain", "refusal"]
+__all__ = ["ReversibleChain", "Split", "Join", "refusal"]
 
 
 def _rng_state(device: torch.device):
@@ -43,23 +46,66 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
-class ReversibleChain(torch.autograd.Function):
-    """``(z, ladj)`` of ``layers`` applied to ``x``, keeping only ``z`` for the backward pass.
+class Split:
+    """A step of a flattened chain: a multi-scale layer (``FactorOut``) sets its factored-out
+    channels aside; the steps after it act on the kept ones until the matching :class:`Join`."""
 
-    Called as ``ReversibleChain.apply(layers, context, x, *params)``; ``params`` are the
-    layers' trainable parameters, listed so that autograd returns their gradients.
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.layer.kept
+        return x[:, :k], x[:, k:]  # (kept, set aside)
+
+    def undo(self, kept: Tensor, out: Tensor) -> Tensor:
+        return torch.cat([kept, out], 1)
+
+
+class Join:
+    """The end of a :class:`Split`: the flat ``[set aside, inner output]`` a ``FactorOut``
+    returns."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, out: Tensor, z: Tensor) -> Tensor:
+        b = z.shape[0]
+        return torch.cat([out.reshape(b, -1), z.reshape(b, -1)], 1)
+
+    def undo(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        f, b = self.layer, z.shape[0]
+        c, h, w = f.event_shape
+        out = z[:, : f._n_out].reshape(b, c - f.kept, h, w)
+        return out, z[:, f._n_out :].reshape(b, *f.inner.output_shape)
+
+
+class ReversibleChain(torch.autograd.Function):
+    """``(z, ladj)`` of the steps ``ops`` applied to ``x``, keeping only ``z`` for the backward
+    pass.
+
+    Called as ``ReversibleChain.apply(ops, context, x, *params)``: ``ops`` is a chain's
+    :meth:`~flowforge.core.Transform.reversible_ops` (layers, and the :class:`Split` and
+    :class:`Join` of multi-scale layers); ``params`` are their trainable parameters, listed so
+    that autograd returns their gradients.
     """
 
     @staticmethod
-    def forward(ctx, layers, context, x, *params):
-        states = []
+    def forward(ctx, ops, context, x, *params):
+        states, aside = [], []
         with torch.no_grad():
             ladj = x.new_zeros(x.shape[0])
-            for layer in layers:
-                states.append(_rng_state(x.device))
-                x, step = layer(x, context)
-                ladj = ladj + step
-        ctx.layers, ctx.states, ctx.n_params = layers, states, len(params)
+            for op in ops:
+                states.append(None)
+                if isinstance(op, Split):
+                    x, out = op(x)
+                    aside.append(out)
+                elif isinstance(op, Join):
+                    x = op(aside.pop(), x)
+                else:
+                    states[-1] = _rng_state(x.device)
+                    x, step = op(x, context)
+                    ladj = ladj + step
+        ctx.ops, ctx.states, ctx.params = ops, states, params
         ctx.context = context
         ctx.save_for_backward(x)
         return x, ladj
@@ -68,16 +114,28 @@ class ReversibleChain(torch.autograd.Function):
     def backward(ctx, grad_z, grad_ladj):
         (z,) = ctx.saved_tensors
         context = ctx.context
-        params = [p for layer in ctx.layers for p in layer.parameters() if p.requires_grad]
         grads: dict[int, Tensor] = {}
         grad_context = None
         want_context = context is not None and context.requires_grad
         if grad_ladj is None:
             grad_ladj = z.new_zeros(z.shape[0])
+        if grad_z is None:
+            grad_z = torch.zeros_like(z)
         device = z.device
         outside = _rng_state(device)
+        aside: list[tuple[Tensor, Tensor]] = []  # (set-aside values, their gradient)
         try:
-            for layer, state in zip(reversed(ctx.layers), reversed(ctx.states)):
+            for op, state in zip(reversed(ctx.ops), reversed(ctx.states)):
+                if isinstance(op, Join):
+                    out, z = op.undo(z)
+                    g_out, grad_z = op.undo(grad_z)
+                    aside.append((out, g_out))
+                    continue
+                if isinstance(op, Split):
+                    out, g_out = aside.pop()
+                    z, grad_z = op.undo(z, out), op.undo(grad_z, g_out)
+                    continue
+                layer = op
                 with torch.no_grad():
                     _set_rng_state(state, device)  # random layers (dropout) draw as they did
                     x, _ = layer.inverse(z, context)
@@ -107,9 +165,7 @@ class ReversibleChain(torch.autograd.Function):
                 z = x.detach()
         finally:
             _set_rng_state(outside, device)
-        ordered = [grads.get(id(p)) for p in params]
-        assert len(ordered) == ctx.n_params
-        return (None, grad_context, grad_z, *ordered)
+        return (None, grad_context, grad_z, *(grads.get(id(p)) for p in ctx.params))
 
 
 def refusal(layer: nn.Module) -> str | None:

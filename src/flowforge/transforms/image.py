@@ -29,6 +29,7 @@ from torch import nn
 
 from ..core import Transform
 from ..nets import ConvResNet
+from ..reversible import Join, Split
 from .coupling import Coupling, channel_mask
 from .elementwise import Affine
 
@@ -159,6 +160,10 @@ class FactorOut(Transform):
         return torch.cat(
             [out.reshape(x.shape[0], -1), z.reshape(x.shape[0], -1)], 1
         ), ladj + l_inner
+
+    def reversible_ops(self) -> list:
+        prior = [] if self.prior is None else self.prior.reversible_ops()
+        return [*prior, Split(self), *self.inner.reversible_ops(), Join(self)]
 
     def _inverse(self, z, context):
         b = z.shape[0]
