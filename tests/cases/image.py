@@ -57,6 +57,10 @@ CASES += [
         "conv-affine-channel-context-4x2x2",
         lambda: T.Coupling(T.channel_mask((4, 2, 2)), conv(3, blocks=0), T.Affine(), 3),
     ),
+    Case(
+        "conv-affine-shift-first-checkerboard-2x4x4",
+        lambda: T.Coupling(T.checkerboard_mask((2, 4, 4)), conv(), T.Affine(shift_first=True)),
+    ),
 ]
 
 # -- factor-out ---------------------------------------------------------------------------------
@@ -126,6 +130,12 @@ CASES += [
     Case(
         "RealNVP-image-1x4x4",
         lambda: ff.models.RealNVP(shape=(1, 4, 4), scales=2, hidden=8, blocks=1, activation="tanh"),
+    ),
+    Case(
+        "RealNVP-image-paper-order-1x4x4",
+        lambda: ff.models.RealNVP(
+            shape=(1, 4, 4), scales=2, hidden=8, blocks=1, activation="tanh", shift_first=False
+        ),
     ),
     Case(
         "RealNVP-image-levels-bn-2x4x4",
