@@ -17,7 +17,6 @@ import torch
 
 import flowforge as ff
 from flowforge import transforms as T
-from flowforge.nets import ConvResNet
 
 
 def _laws(model: torch.nn.Module) -> set[bool]:
