@@ -132,12 +132,6 @@ CASES += [
         lambda: ff.models.RealNVP(shape=(1, 4, 4), scales=2, hidden=8, blocks=1, activation="tanh"),
     ),
     Case(
-        "RealNVP-image-paper-order-1x4x4",
-        lambda: ff.models.RealNVP(
-            shape=(1, 4, 4), scales=2, hidden=8, blocks=1, activation="tanh", shift_first=False
-        ),
-    ),
-    Case(
         "RealNVP-image-levels-bn-2x4x4",
         lambda: ff.models.RealNVP(
             shape=(2, 4, 4),
