@@ -57,6 +57,10 @@ CASES += [
         "conv-affine-channel-context-4x2x2",
         lambda: T.Coupling(T.channel_mask((4, 2, 2)), conv(3, blocks=0), T.Affine(), 3),
     ),
+    Case(
+        "conv-affine-shift-first-checkerboard-2x4x4",
+        lambda: T.Coupling(T.checkerboard_mask((2, 4, 4)), conv(), T.Affine(shift_first=True)),
+    ),
 ]
 
 # -- factor-out ---------------------------------------------------------------------------------

@@ -63,6 +63,10 @@ for d in (2, 5):
             f"affine-coupling-unbounded-{d}",
             lambda d=d: T.Coupling(T.half_mask(d), mlp(), T.Affine(bound=None)),
         ),
+        Case(
+            f"affine-coupling-shift-first-{d}",
+            lambda d=d: T.Coupling(T.half_mask(d), mlp(), T.Affine(shift_first=True)),
+        ),
     )
 
 add(

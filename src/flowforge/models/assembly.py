@@ -247,9 +247,11 @@ def mixer(kind: str | None, shape: int | tuple[int, ...]) -> list[Transform]:
     raise unknown("permutation", kind, ("reverse", "random", "lu", "plain", "emerging", "none"))
 
 
-def coupling_transformer(kind: str, scale_bound: float | None) -> nn.Module:
+def coupling_transformer(
+    kind: str, scale_bound: float | None, shift_first: bool = False
+) -> nn.Module:
     if kind == "affine":
-        return Affine(scale_bound)
+        return Affine(scale_bound, shift_first)
     if kind == "additive":
         return Additive()
     raise unknown("coupling", kind, ("affine", "additive"))

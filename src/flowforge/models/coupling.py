@@ -82,6 +82,7 @@ def RealNVP(
     final_couplings: int | None = None,
     coupling: str | None = None,
     actnorm: bool | None = None,
+    shift_first: bool | None = None,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -108,6 +109,11 @@ def RealNVP(
         activation: the networks' activation.
         scales, blocks, couplings, final_couplings, coupling, actnorm: the image architecture's
             (None: its defaults; an error with ``features=``).
+        shift_first: the couplings' affine order: ``z = (x + t) * exp(s)`` (True) or the
+            paper's ``z = x * exp(s) + t`` (False). None: True for images, where the paper's
+            order blows up in training on flat backgrounds (docs/images.md, "Training
+            stability"), False for vectors. Configurations saved before it existed rebuild
+            with False.
         (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
@@ -137,6 +143,7 @@ def RealNVP(
             scale_bound=scale_bound,
             batch_norm=batch_norm,
             activation=activation,
+            shift_first=True if shift_first is None else shift_first,
             data=data,
             **{k: v for k, v in image.items() if v is not None},
         )
@@ -153,7 +160,8 @@ def RealNVP(
         if i:
             chain += mixer(permutation, d)
         m = coupling_mask(mask, d, i % 2 == 1)
-        chain.append(Coupling(m, cond, Affine(scale_bound), cf, rezero=rezero))
+        law = Affine(scale_bound, shift_first=bool(shift_first))
+        chain.append(Coupling(m, cond, law, cf, rezero=rezero))
         if batch_norm:
             chain.append(BatchNorm(d))
     return assemble(chain, (d,), data)

@@ -173,6 +173,7 @@ def realnvp_image(
     rezero: bool = False,
     scale_bound: float = 3.0,
     activation: str = "relu",
+    shift_first: bool = True,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -198,6 +199,9 @@ def realnvp_image(
         coupling: ``"affine"`` or ``"additive"``.
         rezero: gate the couplings with a zero-initialised scalar instead of zero-initialising
             the conditioner's last layer.
+        shift_first: affine couplings shift, then scale (``z = (x + t) * exp(s)``); False is
+            the paper's ``z = x * exp(s) + t``, which blows up in training on images with a flat
+            background (docs/images.md, "Training stability").
         data: the shared data options (:class:`~flowforge.models.assembly.DataOptions`).
     """
     shape = event_shape(None, shape)
@@ -209,7 +213,7 @@ def realnvp_image(
 
     def couple(mask) -> list[Transform]:
         s = tuple(mask.shape)
-        t = coupling_transformer(coupling, scale_bound)
+        t = coupling_transformer(coupling, scale_bound, shift_first)
         out: list[Transform] = [Coupling(mask, cond, t, cf, rezero=rezero)]
         if batch_norm:
             out.append(BatchNorm(s))

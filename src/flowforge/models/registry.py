@@ -38,7 +38,10 @@ __all__ = [
 
 # Arguments added after configurations were first saved, each with the value that rebuilds
 # what a configuration written before it existed describes.
-LEGACY = {"standardize": False}
+LEGACY = {
+    "standardize": False,
+    "shift_first": False,  # RealNVP's affine order; images now default to True (docs/images.md)
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,21 +31,32 @@ class Additive(Transformer):
 
 
 class Affine(Transformer):
-    r"""RealNVP's affine law: ``z = x * exp(s) + t`` with a bounded log-scale.
+    r"""The affine law with a bounded log-scale: ``z = x * exp(s) + t`` (RealNVP), or
+    ``z = (x + t) * exp(s)`` with ``shift_first=True`` (Glow's order).
 
     The raw log-scale ``r`` is soft-clamped, ``s = bound * tanh(r / bound)``, so
     ``|s| < bound``: a scale can never overflow to inf/NaN however large the conditioner's
     output grows, and near zero it is the identity map of ``r``.
 
+    The two orders describe the same maps (``t`` differs by a factor ``exp(s)``) but train
+    differently. With ``x * exp(s) + t`` a change of the log-scale moves ``z`` by
+    ``x * exp(s) * ds``: in proportion to the *input*, so entries far from zero (the background
+    of logit-preprocessed images sits at ``logit(0.05) = -2.94``) all move together, by many
+    times their own spread. With ``(x + t) * exp(s)`` it moves ``z`` by ``z * ds``: in proportion
+    to the *output*, which the flow is pulling towards the base's scale (docs/images.md,
+    "Training stability").
+
     Args:
         bound: the largest absolute log-scale per dimension (``None`` for unbounded).
+        shift_first: shift, then scale (``z = (x + t) * exp(s)``).
     """
 
     params_per_dim = 2
 
-    def __init__(self, bound: float | None = 3.0):
+    def __init__(self, bound: float | None = 3.0, shift_first: bool = False):
         super().__init__()
         self.bound = bound
+        self.shift_first = bool(shift_first)
 
     def _scale(self, r: Tensor) -> Tensor:
         if self.bound is None:
@@ -54,11 +65,15 @@ class Affine(Transformer):
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         t, s = params[..., 0], self._scale(params[..., 1])
+        if self.shift_first:
+            return (x + t) * torch.exp(s), s
         return x * torch.exp(s) + t, s
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         t, s = params[..., 0], self._scale(params[..., 1])
+        if self.shift_first:
+            return z * torch.exp(-s) - t, -s
         return (z - t) * torch.exp(-s), -s
 
     def extra_repr(self) -> str:
-        return f"bound={self.bound}"
+        return f"bound={self.bound}" + (", shift_first=True" if self.shift_first else "")
