@@ -232,9 +232,7 @@ class _Models:
         self.fine_bits = z_bits - coarse_bits
         self.buckets = z_range << coarse_bits  # cells on [0, z_range), as many below 0
         self.coarse_counts = _normal_table(coarse_bits, z_range)
-        self.coarse = self.m.Categorical(
-            self.coarse_counts / float(1 << PRECISION), perfect=False
-        )
+        self.coarse = self.m.Categorical(self.coarse_counts / float(1 << PRECISION), perfect=False)
 
     def gauss(self, w: int):
         if w not in self._gauss:

@@ -435,7 +435,9 @@ def read_header(data: bytes):
         raise CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
     _, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
     if version != VERSION:
-        raise CodecError(f"unsupported .ffz version {version} (this flowforge reads {VERSION})")
+        raise CodecError(
+            f"unsupported .ffz version {version} (this flowforge reads {VERSION} and 2, bits-back)"
+        )
     size = _FIXED.size + 4 * ndim + _TAIL.size + _CRC.size
     if len(data) < size:
         raise CodecError(f"truncated .ffz file: {len(data)} bytes, header needs {size}")
@@ -487,6 +489,12 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
     if _version(data) == 2 or _bits_back(flow):
         from . import bitsback
 
+        if not _bits_back(flow):
+            read_header(data)
+            raise CodecError(
+                "this file was made by bits-back coding with a continuous flow, but the model "
+                "is not one (a flow with levels and a dequantizer)"
+            )
         if _version(data) != 2:
             read_header(data)  # a clear error for a file that is not a .ffz at all
             raise CodecError(
