@@ -84,6 +84,8 @@ def test_file_size_is_the_models_nll_plus_the_initial_bits():
         nll_bits = -flow.log_prob(xf).double().sum().item() / 100 / math.log(2)
     net = stats["payload_bits"] - stats["initial_bits"]
     assert abs(net / nll_bits - 1) < 0.02, (net, nll_bits)
+    # and to within a word and 0.2% of -log2 p(y) at the noise the coder drew
+    assert abs(net - stats["ideal_bits"]) < 32 + 0.002 * stats["ideal_bits"], stats
     assert 0 < stats["initial_bits"] < 40 * 4 * 8  # about y_bits + z_bits per entry, once
     assert len(blob) * 8 == stats["payload_bits"] + stats["header_bits"]
 

@@ -305,13 +305,19 @@ class _LocalDensity:
         w = _window(8.0 * sb)
         return mean, std, c, mb - c, min(max(sb, 0.05), w / 8.0), w
 
+    last_log_density = 0.0  # log p at the cell last coded (nats; a diagnostic, not coded)
+
     def _local(self, n: np.ndarray):
         v = (n.astype(np.float64) + 0.5) * self.g.y_step
         z, jac = self.fn(torch.from_numpy(v))
         # A lower triangular with A A^T = J J^T: J^T = Q R gives J J^T = R^T R
         r = torch.linalg.qr(jac.T, mode="r")[1]
         a = r.T * torch.sign(torch.diagonal(r))[None, :]
-        return z.numpy(), a.numpy()
+        z, a = z.numpy(), a.numpy()
+        self.last_log_density = float(
+            -0.5 * (z @ z + len(z) * math.log(2 * math.pi)) + np.log(np.diag(a)).sum()
+        )
+        return z, a
 
     def _y_params(self, zbar_idx: np.ndarray):
         g = self.g
@@ -464,20 +470,26 @@ class _Coder:
 
     def push_example(self, coder, x: np.ndarray):
         """Encode one example (flat int64); returns the coder (a saved copy if the variational
-        draw had to be undone) and whether the example fell back to uniform noise."""
+        draw had to be undone), whether the example fell back to uniform noise, and its ideal
+        net code length in bits, ``-log2 p(y) + log2 q(u | x)`` at the cell coded."""
         fallback = False
         if isinstance(self.deq, VariationalDequantization):
             saved = coder.clone()
             try:
-                nu = self._q(x).pop(coder, self.d)
+                q = self._q(x)
+                nu = q.pop(coder, self.d)
+                self._q_last = q.last_log_density
             except _OutOfWindow:  # q too sharp for its grid here: uniform noise instead
                 coder, fallback = saved, True
                 nu = np.asarray(coder.decode(self.uniform, self.d), np.int64)
             coder.encode_reverse(np.array([int(fallback)], np.int32), self.flag)
+            log_q = 0.0 if fallback else self._q_last
         else:
             nu = np.asarray(coder.decode(self.uniform, self.d), np.int64)
+            log_q = 0.0
         self.density.push(coder, (x << self.y_bits) + nu)
-        return coder, fallback
+        ideal = (log_q - self.density.last_log_density) / math.log(2)
+        return coder, fallback, ideal
 
     def pop_example(self, coder, levels: int) -> np.ndarray:
         n = self.density.pop(coder, self.d)
@@ -539,7 +551,11 @@ def encode_stats(
     init_words: int | None = None,
     verify: bool = True,
 ) -> tuple[bytes, dict]:
-    """:func:`encode`, also returning ``{"initial_bits", "header_bits", "payload_bits"}``."""
+    """:func:`encode`, also returning the sizes: ``{"initial_bits", "header_bits",
+    "payload_bits", "uniform_fallbacks", "ideal_bits"}``; ``ideal_bits`` is the sum over the
+    examples of ``-log2 p(y) + log2 q(u | x)`` at the cells the coder drew (the dequantization
+    bound's one-sample estimate that this file realises), so ``payload_bits - initial_bits -
+    ideal_bits`` is what the coder itself costs."""
     codec = _codec()
     stack, _ = codec._constriction()
     check_flow(flow)
@@ -562,10 +578,11 @@ def encode_stats(
     flow64 = _copy64(flow)
     c = _Coder(flow64, _grid(sigma_bits, y_bits, z_bits, coarse_bits, z_range), y_bits)
     with torch.no_grad(), codec._threads(threads):
-        fallbacks = 0
+        fallbacks, ideal = 0, 0.0
         for row in xs.reshape(len(xs), -1):
-            coder, fell = c.push_example(coder, row)
+            coder, fell, bits = c.push_example(coder, row)
             fallbacks += fell
+            ideal += bits
     words = np.asarray(coder.get_compressed(), dtype=np.uint32)
     kept = 0
     limit = min(len(init), len(words))
@@ -607,6 +624,7 @@ def encode_stats(
         "header_bits": 8 * header.size,
         "payload_bits": 8 * len(payload),
         "uniform_fallbacks": fallbacks,
+        "ideal_bits": ideal,
     }
     return data, stats
 
