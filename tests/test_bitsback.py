@@ -165,3 +165,14 @@ def test_compress_and_decompress_a_continuous_run(tmp_path, capsys):
     rc, out, err = cli(capsys, "decompress", ffz, "--model", run, "--out", npy)
     assert rc == 0, err
     assert np.array_equal(np.load(npy).reshape(5, 64), x)
+
+
+def test_short_and_foreign_bytes_are_refused():
+    flow = tiny_flow()
+    blob = codec.encode(flow, data(3))
+    for bad, needle in ((blob[:10], "truncated"), (b"PK\x03\x04", "bad magic"),
+                        (blob + b"\0\0\0\0", "trailing bytes")):  # fmt: skip
+        with pytest.raises(codec.CodecError, match=needle):
+            codec.decode(flow, bad)
+    with pytest.raises(codec.CodecError, match="init_words"):
+        bitsback.encode(flow, data(3), init_words=1)

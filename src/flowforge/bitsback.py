@@ -42,7 +42,7 @@ File format (``.ffz`` version 2, little-endian), see ``docs/compression.md``::
     threads u16  sigma_bits u8  y_bits u8  z_bits u8  coarse_bits u8  z_range u16
     dequantization u8  model hash 16 B  environment u32  data CRC32 u32  seed u32
     init_words u32  kept_words u32  payload CRC32 u32  payload words u32  header CRC32 u32
-    payload: rANS words, u32 each (the stack minus its first init_words - kept_words... see docs)
+    payload: the rANS stack's u32 words after its first kept_words (the seeded initial words)
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ def read_header(data: bytes) -> Header:
     """Parse and check a version-2 (bits-back) ``.ffz`` header."""
     codec = _codec()
     data = bytes(data)
+    if len(data) < _FIXED.size:
+        raise codec.CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
     _, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
     size = _FIXED.size + 4 * ndim + _TAIL.size + _CRC.size
     if len(data) < size:
@@ -573,6 +575,10 @@ def encode_stats(
     d = math.prod(flow.event_shape)
     if init_words is None:  # ample for the first example: its pops, 32 bits per entry and more
         init_words = min(MAX_INIT_WORDS, 64 + d * (y_bits + z_bits + 40) // 16)
+    if isinstance(init_words, bool) or not isinstance(init_words, int):
+        raise codec.CodecError(f"expected init_words to be an integer, got {init_words!r}")
+    if not 2 <= init_words <= MAX_INIT_WORDS:
+        raise codec.CodecError(f"expected init_words in [2, {MAX_INIT_WORDS}], got {init_words}")
     init = _initial_words(seed, init_words)
     coder = stack.AnsCoder(init.copy())
     flow64 = _copy64(flow)
