@@ -176,3 +176,12 @@ def test_short_and_foreign_bytes_are_refused():
             codec.decode(flow, bad)
     with pytest.raises(codec.CodecError, match="init_words"):
         bitsback.encode(flow, data(3), init_words=1)
+
+
+def test_thread_count_is_recorded_and_used():
+    flow, x = tiny_flow(), data(4)
+    blob = codec.encode(flow, x, threads=2)
+    assert bitsback.read_header(blob).threads == 2
+    before = torch.get_num_threads()
+    assert torch.equal(codec.decode(flow, blob), x)
+    assert torch.get_num_threads() == before  # restored
