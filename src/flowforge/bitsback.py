@@ -330,10 +330,32 @@ class _LocalDensity:
         # y - f^-1(zbar) ~ sigma J^-1 A eps, J^-1 A orthogonal: up to sigma |eps|, and an entry
         # of eps can reach 8 (a draw from a window's tail); so 8 sqrt(D) + 8 deviations
         w = _window((8.0 * math.sqrt(len(zbar_idx)) + 8.0) * sb)
-        if self.clip is not None:
+        ws = np.full(len(c), w, np.int64)
+        if self.clip is not None:  # windows inside [lo, hi], centred on the mean's cell
             lo, hi = self.clip
-            c = np.clip(c, lo + w, hi - w)
-        return c.astype(np.int64), mb - c, sb, w
+            c = np.clip(c, lo + 1, hi - 1)
+            ws = np.minimum(ws, np.minimum(c - lo, hi - c)).astype(np.int64)
+        return c.astype(np.int64), mb - c, sb, ws
+
+    def _push_y(self, coder, off, mu, sd, ws) -> None:
+        gauss = self.g.models.gauss
+        if (ws == ws[0]).all():
+            coder.encode_reverse(off.astype(np.int32), gauss(int(ws[0])), mu, np.full(len(mu), sd))
+            return
+        for i in reversed(range(len(off))):  # the same order as one call over the array
+            coder.encode_reverse(
+                np.array([off[i]], np.int32), gauss(int(ws[i])), mu[i : i + 1], np.array([sd])
+            )
+
+    def _pop_y(self, coder, mu, sd, ws) -> np.ndarray:
+        gauss = self.g.models.gauss
+        if (ws == ws[0]).all():
+            return np.asarray(coder.decode(gauss(int(ws[0])), mu, np.full(len(mu), sd)), np.int64)
+        return np.array(
+            [int(coder.decode(gauss(int(w)), mu[i : i + 1], np.array([sd]))[0])
+             for i, w in enumerate(ws)],
+            np.int64,
+        )  # fmt: skip
 
     # base N(0, I) on the z grid: coarse cells + escape, then the position in the cell ---------
     def _push_prior(self, coder, m: np.ndarray) -> None:
@@ -344,22 +366,21 @@ class _LocalDensity:
         fine = (m - (cell << mods.fine_bits)).astype(np.int32)
         sym = cell + mods.buckets
         esc = (sym < 0) | (sym >= 2 * mods.buckets)
-        if (~esc).any():
-            coder.encode_reverse(fine[~esc], mods.fine)
         if esc.any():
             coder.encode_reverse(_codec()._escape_words(m[esc]), mods.raw16)
         coder.encode_reverse(np.where(esc, 2 * mods.buckets, sym).astype(np.int32), mods.coarse)
+        # the positions inside the cells go on top: nearly uniform bits (a cell is far narrower
+        # than the latent's spread), which are what the next example pops its noise from first
+        coder.encode_reverse(fine, mods.fine)
 
     def _pop_prior(self, coder, d: int) -> np.ndarray:
         mods = self.g.models
+        fine = np.asarray(coder.decode(mods.fine, d), np.int64)
         sym = np.asarray(coder.decode(mods.coarse, d), np.int64)
         esc = sym == 2 * mods.buckets
-        m = np.zeros(d, np.int64)
+        m = ((sym - mods.buckets) << mods.fine_bits) + fine
         if esc.any():
             m[esc] = _codec()._unescape(np.asarray(coder.decode(mods.raw16, 2 * int(esc.sum()))))
-        if (~esc).any():
-            fine = np.asarray(coder.decode(mods.fine, int((~esc).sum())), np.int64)
-            m[~esc] = ((sym[~esc] - mods.buckets) << mods.fine_bits) + fine
         return m
 
     # the two directions ------------------------------------------------------------------------
@@ -376,13 +397,13 @@ class _LocalDensity:
             eps[i] = (m[i] * self.g.z_step - mean) / std
         c, mu, sd, w = self._y_params(m)
         off = n - c
-        if np.abs(off).max() > w:
+        if (np.abs(off) > w).any():
             raise _codec().CodecError(
                 "the flow's inverse misses its input by more than the coder's window (an "
                 "inexact or ill-conditioned inverse); this flow cannot be bits-back coded at "
                 "this sigma"
             )
-        coder.encode_reverse(off.astype(np.int32), models.gauss(w), mu, np.full(d, sd))
+        self._push_y(coder, off, mu, sd, w)
         self._push_prior(coder, m)
 
     def pop(self, coder, d: int) -> np.ndarray:
@@ -390,7 +411,7 @@ class _LocalDensity:
         models = self.g.models
         m = self._pop_prior(coder, d)
         c, mu, sd, w = self._y_params(m)
-        n = c + np.asarray(coder.decode(models.gauss(w), mu, np.full(d, sd)), np.int64)
+        n = c + self._pop_y(coder, mu, sd, w)
         z, a = self._local(n)
         eps = np.zeros(d)
         params = []
