@@ -169,8 +169,8 @@ def _check_flow(flow) -> None:
         return
     if getattr(flow, "dequantizer", None) is not None:
         raise CodecError(
-            "this flow dequantizes its data (a continuous flow): its likelihood is a bound, not "
-            "a code length; the codec takes an integer discrete flow (ff.models.IDF)"
+            "this flow dequantizes its data (a continuous flow): the integer tables need an "
+            "integer discrete flow (ff.models.IDF); encode/decode code it by bits-back instead"
         )
     raise CodecError(
         f"the codec needs a flow with a discrete likelihood (an ff.models.IDF with levels=), "
@@ -357,6 +357,10 @@ def encode(
         >>> torch.equal(ff.codec.decode(flow, ff.codec.encode(flow, x)), x)
         True
     """
+    if _bits_back(flow):
+        from . import bitsback
+
+        return bitsback.encode(flow, x, threads=threads, verify=verify)
     stack, model = _constriction()
     _check_flow(flow)
     for name, v, hi in (("chunk", chunk, MAX_CHUNK), ("threads", threads, 1024)):
@@ -404,8 +408,24 @@ def encode(
     return data
 
 
-def read_header(data: bytes) -> Header:
-    """Parse and check a ``.ffz`` header (magic, version, header CRC, length)."""
+def _bits_back(flow) -> bool:
+    """Whether ``flow`` is a continuous flow with a dequantizer (coded by bits-back)."""
+    return not isinstance(flow, IntegerFlow) and getattr(flow, "dequantizer", None) is not None
+
+
+def _version(data) -> int | None:
+    data = bytes(data[:6]) if isinstance(data, (bytes, bytearray, memoryview)) else b""
+    return struct.unpack_from("<H", data, 4)[0] if len(data) == 6 and data[:4] == MAGIC else None
+
+
+def read_header(data: bytes):
+    """Parse and check a ``.ffz`` header (magic, version, header CRC, length): a
+    :class:`Header`, or a :class:`flowforge.bitsback.Header` for a version-2 (bits-back)
+    file."""
+    if _version(data) == 2:
+        from . import bitsback
+
+        return bitsback.read_header(data)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected the file's bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -415,7 +435,9 @@ def read_header(data: bytes) -> Header:
         raise CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
     _, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
     if version != VERSION:
-        raise CodecError(f"unsupported .ffz version {version} (this flowforge reads {VERSION})")
+        raise CodecError(
+            f"unsupported .ffz version {version} (this flowforge reads {VERSION} and 2, bits-back)"
+        )
     size = _FIXED.size + 4 * ndim + _TAIL.size + _CRC.size
     if len(data) < size:
         raise CodecError(f"truncated .ffz file: {len(data)} bytes, header needs {size}")
@@ -464,6 +486,22 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
     :class:`CodecError` for a corrupt, truncated or foreign file, another model, or (unless
     ``force``) another environment.
     """
+    if _version(data) == 2 or _bits_back(flow):
+        from . import bitsback
+
+        if not _bits_back(flow):
+            read_header(data)
+            raise CodecError(
+                "this file was made by bits-back coding with a continuous flow, but the model "
+                "is not one (a flow with levels and a dequantizer)"
+            )
+        if _version(data) != 2:
+            read_header(data)  # a clear error for a file that is not a .ffz at all
+            raise CodecError(
+                "this file was made with an integer flow, but the model is a continuous flow "
+                "(bits-back coding)"
+            )
+        return bitsback.decode(flow, data, force=force)
     stack, model = _constriction()
     _check_flow(flow)
     h = read_header(data)

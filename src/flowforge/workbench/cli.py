@@ -285,6 +285,11 @@ def cmd_compress(args) -> int:
         f"decode {res['decode_per_s']:.0f} examples/s (decoded identical)\n"
         f"  sha256      {res['sha256']}"
     )
+    if "initial_bits" in res:
+        print(
+            f"  bits-back   initial bits {res['initial_bits']:,} "
+            f"({res['initial_bits_per_dim']:.4f} bits/dim, included in the file)"
+        )
     if res["classical"]:
         print(
             "  classical   "
@@ -540,7 +545,8 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "compress",
         parents=[common],
-        help="losslessly compress integer data with a run's integer flow (IDF) into a .ffz file",
+        help="losslessly compress integer data with a run's integer flow (IDF), or a continuous "
+        "flow with levels (bits-back coding), into a .ffz file",
     )
     s.add_argument("run")
     s.add_argument("--data", help="a dataset name or a .npy/.npz/.csv file or image folder")
