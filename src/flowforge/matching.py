@@ -139,47 +139,19 @@ def split_flow(flow) -> tuple[list[Transform], CNF]:
 
 
 def assignment(cost) -> np.ndarray:
-    """The minimum-cost perfect matching of a square cost matrix (Hungarian algorithm with
-    potentials, O(n^3), vectorised over columns): ``perm`` with ``sum(cost[i, perm[i]])``
-    minimal. Exact; meant for batches of a few hundred."""
+    """The minimum-cost perfect matching of a square cost matrix: ``perm`` with
+    ``sum(cost[i, perm[i]])`` minimal. Exact (scipy's ``linear_sum_assignment``, which
+    torchdiffeq, the ODE extra, already requires)."""
+    from scipy.optimize import linear_sum_assignment
+
     a = np.asarray(cost, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"expected a square cost matrix, got shape {a.shape}")
     if not np.isfinite(a).all():
         raise ValueError("the cost matrix has NaN or inf entries")
-    n = a.shape[0]
-    u = np.zeros(n + 1)  # row potentials (1-based; 0 is the virtual row/column)
-    v = np.zeros(n + 1)  # column potentials
-    p = np.zeros(n + 1, dtype=np.int64)  # p[j]: the row matched to column j (0: none)
-    way = np.zeros(n + 1, dtype=np.int64)
-    for i in range(1, n + 1):
-        p[0] = i
-        j0 = 0
-        minv = np.full(n + 1, np.inf)
-        used = np.zeros(n + 1, dtype=bool)
-        while True:
-            used[j0] = True
-            i0 = p[j0]
-            free = ~used[1:]
-            cur = a[i0 - 1] - u[i0] - v[1:]
-            better = free & (cur < minv[1:])
-            minv[1:][better] = cur[better]
-            way[1:][better] = j0
-            cand = np.where(free, minv[1:], np.inf)
-            j1 = int(np.argmin(cand)) + 1
-            delta = cand[j1 - 1]
-            u[p[used]] += delta
-            v[used] -= delta
-            minv[~used] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while j0:  # augment along the alternating path
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-    perm = np.empty(n, dtype=np.int64)
-    perm[p[1:] - 1] = np.arange(n)
+    rows, cols = linear_sum_assignment(a)
+    perm = np.empty(a.shape[0], dtype=np.int64)
+    perm[rows] = cols
     return perm
 
 
