@@ -185,3 +185,35 @@ def test_thread_count_is_recorded_and_used():
     before = torch.get_num_threads()
     assert torch.equal(codec.decode(flow, blob), x)
     assert torch.get_num_threads() == before  # restored
+
+
+def test_a_crafted_header_cannot_make_decoding_run_long():
+    # a huge count and a large free seeded stack: decoding stops when the stack falls below
+    # what the encoder left untouched, after a few examples, with one clear error
+    import dataclasses
+    import time
+
+    flow, x = tiny_flow(), data(4)
+    blob = codec.encode(flow, x)
+    h = bitsback.read_header(blob)
+    crafted = dataclasses.replace(
+        h,
+        count=2**31 // 6,
+        init_words=1 << 20,
+        kept_words=1 << 20,
+        payload_crc=zlib.crc32(b""),
+        words=0,
+    ).pack()
+    t = time.perf_counter()
+    with pytest.raises(codec.CodecError, match="payload ran out after"):
+        codec.decode(flow, crafted)
+    assert time.perf_counter() - t < 20
+    for field, value in (("version", 7), ("flags", 3)):
+        forged = dataclasses.replace(h, **{field: value}).pack() + blob[h.size :]
+        with pytest.raises(codec.CodecError, match="not a bits-back .ffz file"):
+            bitsback.decode(flow, forged)
+    with pytest.raises(codec.CodecError, match="bad magic"):
+        bitsback.read_header(b"XXXX" + blob[4:])
+    variational = dataclasses.replace(h, dequantization=1).pack() + blob[h.size :]
+    with pytest.raises(codec.CodecError, match="coded with variational dequantization"):
+        bitsback.decode(flow, variational)

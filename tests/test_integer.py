@@ -4,6 +4,7 @@ sums to one, the .ffz file and every way a file or an input can be wrong."""
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 import zlib
 
@@ -262,3 +263,13 @@ def test_image_idf_reloads_as_saved(tmp_path):
     ff.save(flow, tmp_path / "m.ff")
     again = ff.load(tmp_path / "m.ff")
     assert codec.model_hash(again) == codec.model_hash(flow)
+
+
+def test_a_header_that_promises_more_examples_than_the_payload_holds():
+    # a forged count must neither allocate for it nor decode past the end of the payload
+    flow = tiny_idf()
+    blob = codec.encode(flow, data(10))
+    h = codec.read_header(blob)
+    count = 2**31 // math.prod(h.shape) - 1
+    with pytest.raises(codec.CodecError, match="payload ran out after"):
+        codec.decode(flow, _reheader(blob, count=count - count % h.chunk))

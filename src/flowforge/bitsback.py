@@ -146,7 +146,14 @@ def read_header(data: bytes) -> Header:
     data = bytes(data)
     if len(data) < _FIXED.size:
         raise codec.CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
-    _, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
+    magic, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
+    if magic != codec.MAGIC:
+        raise codec.CodecError("not a flowforge .ffz file (bad magic bytes)")
+    if version != VERSION or flags != 0:
+        raise codec.CodecError(
+            f"not a bits-back .ffz file (version {version}, flags {flags}; expected version "
+            f"{VERSION}, flags 0)"
+        )
     size = _FIXED.size + 4 * ndim + _TAIL.size + _CRC.size
     if len(data) < size:
         raise codec.CodecError(f"truncated .ffz file: {len(data)} bytes, header needs {size}")
@@ -538,7 +545,7 @@ def _as_integers(flow: Flow, x) -> np.ndarray:
 
 
 def _copy64(flow: Flow) -> Flow:
-    f = copy.deepcopy(flow).to(torch.float64).eval()
+    f = copy.deepcopy(flow).to("cpu", torch.float64).eval()  # coding runs on the CPU
     for p in f.parameters():
         p.requires_grad_(False)
     return f
@@ -702,17 +709,33 @@ def decode(flow: Flow, data: bytes, force: bool = False) -> Tensor:
             "this file was made in another environment (torch version, platform or dtype); "
             "its coder parameters may differ here: pass force=True (--force) to try anyway"
         )
+    if _DEQ.get(type(flow.dequantizer)) != h.dequantization:
+        have = _DEQ_NAMES.get(_DEQ.get(type(flow.dequantizer)), type(flow.dequantizer).__name__)
+        raise codec.CodecError(
+            f"this file was coded with {_DEQ_NAMES[h.dequantization]} dequantization, but the "
+            f"model's is {have}"
+        )
     init = _initial_words(h.seed, h.init_words)
     words = np.concatenate([init[: h.kept_words], np.frombuffer(payload, "<u4").astype(np.uint32)])
-    out = np.zeros((h.count, math.prod(h.shape)), np.int64)
+    # Decoding retraces the encoder's states backwards, and the encoder's stack never went below
+    # the seeded words it left untouched (kept_words; a few words of slack for the coder's
+    # head). A stack that goes lower is a damaged or crafted file: stopping there bounds the
+    # work by the payload, whatever count the header claims.
+    floor = h.kept_words - 4
+    rows: list[np.ndarray] = []
     try:
         coder = stack.AnsCoder(words)
         flow64 = _copy64(flow)
         grid = _grid(h.sigma_bits, h.y_bits, h.z_bits, h.coarse_bits, h.z_range)
         c = _Coder(flow64, grid, h.y_bits)
         with torch.no_grad(), codec._threads(h.threads):
-            for i in reversed(range(h.count)):
-                out[i] = c.pop_example(coder, levels)
+            for _ in range(h.count):
+                rows.append(c.pop_example(coder, levels))
+                if coder.num_words() < floor:
+                    raise codec.CodecError(
+                        f"corrupt .ffz file: its payload ran out after {len(rows)} of the "
+                        f"{h.count} examples its header announces"
+                    )
         rest = np.asarray(coder.get_compressed(), np.uint32)
     except codec.CodecError:
         raise
@@ -722,7 +745,7 @@ def decode(flow: Flow, data: bytes, force: bool = False) -> Tensor:
         raise codec.CodecError(
             f"corrupt .ffz file: decoding failed ({type(e).__name__}: {e})"
         ) from None
-    out = out.reshape(h.count, *h.shape)
+    out = np.stack(rows[::-1]).astype(np.int64).reshape(h.count, *h.shape)
     if not np.array_equal(rest, init) or codec._data_crc(out) != h.data_crc:
         raise codec.CodecError("corrupt .ffz file: the decoded data fail the CRC check")
     return torch.from_numpy(out)

@@ -527,12 +527,17 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
     coder = stack.AnsCoder(words)
     categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
     base, r = flow.base, h.radius
-    out = np.zeros((h.count, *h.shape), np.int64)
+    parts: list[np.ndarray] = []  # grown as chunks decode: a header's count allocates nothing
     was_training = flow.training
     flow.eval()
     try:
         with torch.no_grad(), _threads(h.threads):
             for start, n in _chunks(h.count, h.chunk):
+                if coder.is_empty():  # the encoder started empty and ends there exactly
+                    raise CodecError(
+                        f"corrupt .ffz file: its payload ran out after {start} of the "
+                        f"{h.count} examples its header announces"
+                    )
                 z = torch.zeros(h.chunk, base.features, dtype=flow.dtype)
                 for i in reversed(range(len(base.blocks))):
                     s = base.block_slice(i)
@@ -547,13 +552,14 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
                         v[esc] = _unescape(np.asarray(coder.decode(raw, 2 * int(esc.sum()))))
                     z[:n, s] = torch.from_numpy(v.reshape(n, -1)).to(z.dtype)
                 xt, _ = flow.transform.inverse(z.reshape(h.chunk, *flow.transform.output_shape))
-                out[start : start + n] = xt[:n].round().to(torch.int64).numpy()
+                parts.append(xt[:n].round().to(torch.int64).numpy())
     except CodecError:
         raise
     except Exception as e:  # the coder or the model fed garbage by a damaged payload
         raise CodecError(f"corrupt .ffz file: decoding failed ({type(e).__name__}: {e})") from None
     finally:
         flow.train(was_training)
+    out = np.concatenate(parts).reshape(h.count, *h.shape)
     if not coder.is_empty() or _data_crc(out) != h.data_crc:
         raise CodecError("corrupt .ffz file: the decoded data fail the CRC check")
     return torch.from_numpy(out)
