@@ -186,6 +186,9 @@ def train(
                 val_context=ds.split_context("val"),
             )
             result = trainer.fit(resume=resume)
+            # every rank leaves together: a rank that tears its process group down while
+            # another still uses it can abort in gloo's teardown
+            barrier()
         result.update(out=str(out), parameters=resolved["parameters"])
         return result
     finally:
