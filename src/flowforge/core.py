@@ -48,6 +48,7 @@ __all__ = [
     "needs_data_init",
     "regularization",
     "layer_metrics",
+    "refresh_tolerances",
 ]
 
 
@@ -236,6 +237,18 @@ class Compose(Transform):
 
     def extra_repr(self) -> str:
         return ""
+
+
+def refresh_tolerances(module: nn.Module) -> None:
+    """Recompute the ``numeric_inverse`` that every chain and :class:`Inverse` inside
+    ``module`` declares from their layers' (after a layer's inverse was switched between an
+    exact and an iterative one)."""
+    for m in reversed(list(module.modules())):  # children before their parents
+        if isinstance(m, Compose):
+            tols = [layer.numeric_inverse for layer in m.layers if layer.numeric_inverse]
+            m.numeric_inverse = sum(tols) if tols else None
+        elif isinstance(m, Inverse):
+            m.numeric_inverse = m.transform.numeric_inverse
 
 
 def memory_saving(module: nn.Module, enabled: bool = True) -> nn.Module:

@@ -55,7 +55,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core import Compose, Inverse, Transform, Transformer
+from ..core import Transform, Transformer, refresh_tolerances
 from ..nets import MADE
 
 __all__ = ["Autoregressive", "ParallelInverseWarning", "set_inverse", "INVERSE_MODES"]
@@ -281,10 +281,5 @@ def set_inverse(
         if isinstance(m, Autoregressive):
             m.set_inverse(mode, tol, max_iter)
             n += 1
-    for m in reversed(list(model.modules())):  # children before their parents
-        if isinstance(m, Compose):
-            tols = [layer.numeric_inverse for layer in m.layers if layer.numeric_inverse]
-            m.numeric_inverse = sum(tols) if tols else None
-        elif isinstance(m, Inverse):
-            m.numeric_inverse = m.transform.numeric_inverse
+    refresh_tolerances(model)
     return n

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .._util import event_shape as _event
 from .._util import per_channel
-from ..core import Compose, Inverse, Transform
+from ..core import Transform, refresh_tolerances
 from .autoregressive import ParallelInverseWarning
 
 __all__ = ["EmergingConv2d", "set_emerging_solver", "SOLVERS", "DENSE_LIMIT"]
@@ -280,10 +280,5 @@ def set_emerging_solver(
         if isinstance(m, EmergingConv2d):
             m.set_solver(solver, tol, max_iter)
             n += 1
-    for m in reversed(list(model.modules())):  # children before their parents
-        if isinstance(m, Compose):
-            tols = [layer.numeric_inverse for layer in m.layers if layer.numeric_inverse]
-            m.numeric_inverse = sum(tols) if tols else None
-        elif isinstance(m, Inverse):
-            m.numeric_inverse = m.transform.numeric_inverse
+    refresh_tolerances(model)
     return n
