@@ -65,9 +65,7 @@ __all__ = ["Header", "encode", "decode", "encode_stats", "read_header", "VERSION
 
 VERSION = 2
 PRECISION = 24
-_FIXED = struct.Struct("<4sHHIIB")  # magic, version, flags, levels, count, ndim
 _TAIL = struct.Struct("<HBBBBHB16sIIIIIII")
-_CRC = struct.Struct("<I")
 _DEQ = {UniformDequantization: 0, VariationalDequantization: 1}
 _DEQ_NAMES = {0: "uniform", 1: "variational"}
 MAX_VALUES = 2**31
@@ -106,32 +104,18 @@ class Header:
     flags: int = 0
 
     def pack(self) -> bytes:
-        head = _FIXED.pack(
-            _codec().MAGIC, self.version, self.flags, self.levels, self.count, len(self.shape)
+        values = (self.threads, self.sigma_bits, self.y_bits, self.z_bits, self.coarse_bits)
+        values += (self.z_range, self.dequantization, self.model_hash, self.environment)
+        values += (self.data_crc, self.seed, self.init_words, self.kept_words)
+        values += (self.payload_crc, self.words)
+        codec = _codec()
+        return codec._pack_frame(
+            self.version, self.flags, self.levels, self.count, self.shape, _TAIL, values
         )
-        head += struct.pack(f"<{len(self.shape)}I", *self.shape)
-        head += _TAIL.pack(
-            self.threads,
-            self.sigma_bits,
-            self.y_bits,
-            self.z_bits,
-            self.coarse_bits,
-            self.z_range,
-            self.dequantization,
-            self.model_hash,
-            self.environment,
-            self.data_crc,
-            self.seed,
-            self.init_words,
-            self.kept_words,
-            self.payload_crc,
-            self.words,
-        )
-        return head + _CRC.pack(zlib.crc32(head))
 
     @property
     def size(self) -> int:
-        return _FIXED.size + 4 * len(self.shape) + _TAIL.size + _CRC.size
+        return _codec()._frame_size(self.shape, _TAIL)
 
     @property
     def initial_bits(self) -> int:
@@ -143,31 +127,16 @@ class Header:
 def read_header(data: bytes) -> Header:
     """Parse and check a version-2 (bits-back) ``.ffz`` header."""
     codec = _codec()
-    data = bytes(data)
-    if len(data) < _FIXED.size:
-        raise codec.CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
-    magic, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
-    if magic != codec.MAGIC:
-        raise codec.CodecError("not a flowforge .ffz file (bad magic bytes)")
-    if version != VERSION or flags != 0:
-        raise codec.CodecError(
-            f"not a bits-back .ffz file (version {version}, flags {flags}; expected version "
-            f"{VERSION}, flags 0)"
-        )
-    size = _FIXED.size + 4 * ndim + _TAIL.size + _CRC.size
-    if len(data) < size:
-        raise codec.CodecError(f"truncated .ffz file: {len(data)} bytes, header needs {size}")
-    (crc,) = _CRC.unpack_from(data, size - _CRC.size)
-    if zlib.crc32(data[: size - _CRC.size]) != crc:
-        raise codec.CodecError("corrupt .ffz file: the header fails its CRC check")
-    shape = struct.unpack_from(f"<{ndim}I", data, _FIXED.size)
-    tail = _TAIL.unpack_from(data, _FIXED.size + 4 * ndim)
-    h = Header(levels, count, tuple(shape), *tail, version=version, flags=flags)
-    if len(data) != size + 4 * h.words:
-        what = "is truncated" if len(data) < size + 4 * h.words else "has trailing bytes"
-        raise codec.CodecError(
-            f"the .ffz file {what}: {len(data)} bytes, expected {size + 4 * h.words}"
-        )
+
+    def check_version(version, flags):
+        if version != VERSION or flags != 0:
+            raise codec.CodecError(
+                f"not a bits-back .ffz file (version {version}, flags {flags}; expected version "
+                f"{VERSION}, flags 0)"
+            )
+
+    version, flags, levels, count, shape, tail = codec._unpack_frame(data, _TAIL, check_version)
+    h = Header(levels, count, shape, *tail, version=version, flags=flags)
     if (
         not 1 <= h.threads <= 1024
         or h.count < 1

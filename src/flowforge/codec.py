@@ -72,6 +72,47 @@ _TAIL = struct.Struct("<IHHB16sIIII")  # chunk, threads, radius, precision, hash
 _CRC = struct.Struct("<I")
 
 
+def _pack_frame(version, flags, levels, count, shape, tail: struct.Struct, values) -> bytes:
+    """A ``.ffz`` header: the common prefix (magic, version, flags, levels, count, shape), a
+    version's ``tail`` of fields (the last is the payload's word count) and a CRC32."""
+    head = _FIXED.pack(MAGIC, version, flags, levels, count, len(shape))
+    head += struct.pack(f"<{len(shape)}I", *shape)
+    head += tail.pack(*values)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def _frame_size(shape, tail: struct.Struct) -> int:
+    return _FIXED.size + 4 * len(shape) + tail.size + _CRC.size
+
+
+def _unpack_frame(data, tail: struct.Struct, check_version) -> tuple:
+    """``(version, flags, levels, count, shape, tail values)`` of a ``.ffz`` file's header,
+    after the checks every version shares: bytes, magic, length, ``check_version(version,
+    flags)``, the header CRC, and the file's length against the payload's word count."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected the file's bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise CodecError("not a flowforge .ffz file (bad magic bytes)")
+    if len(data) < _FIXED.size:
+        raise CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
+    _, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
+    check_version(version, flags)
+    size = _FIXED.size + 4 * ndim + tail.size + _CRC.size
+    if len(data) < size:
+        raise CodecError(f"truncated .ffz file: {len(data)} bytes, header needs {size}")
+    (crc,) = _CRC.unpack_from(data, size - _CRC.size)
+    if zlib.crc32(data[: size - _CRC.size]) != crc:
+        raise CodecError("corrupt .ffz file: the header fails its CRC check")
+    shape = tuple(struct.unpack_from(f"<{ndim}I", data, _FIXED.size))
+    values = tail.unpack_from(data, _FIXED.size + 4 * ndim)
+    want = size + 4 * values[-1]
+    if len(data) != want:
+        what = "is truncated" if len(data) < want else "has trailing bytes"
+        raise CodecError(f"the .ffz file {what}: {len(data)} bytes, expected {want}")
+    return version, flags, levels, count, shape, values
+
+
 class CodecError(ValueError):
     """A file that cannot be decoded, or data/models the codec cannot take; the message says
     which."""
@@ -97,26 +138,15 @@ class Header:
     precision: int = PRECISION
 
     def pack(self) -> bytes:
-        head = _FIXED.pack(
-            MAGIC, self.version, self.flags, self.levels, self.count, len(self.shape)
+        values = (self.chunk, self.threads, self.radius, self.precision, self.model_hash)
+        values += (self.environment, self.data_crc, self.payload_crc, self.words)
+        return _pack_frame(
+            self.version, self.flags, self.levels, self.count, self.shape, _TAIL, values
         )
-        head += struct.pack(f"<{len(self.shape)}I", *self.shape)
-        head += _TAIL.pack(
-            self.chunk,
-            self.threads,
-            self.radius,
-            self.precision,
-            self.model_hash,
-            self.environment,
-            self.data_crc,
-            self.payload_crc,
-            self.words,
-        )
-        return head + _CRC.pack(zlib.crc32(head))
 
     @property
     def size(self) -> int:
-        return _FIXED.size + 4 * len(self.shape) + _TAIL.size + _CRC.size
+        return _frame_size(self.shape, _TAIL)
 
 
 def _constriction():
@@ -426,32 +456,20 @@ def read_header(data: bytes):
         from . import bitsback
 
         return bitsback.read_header(data)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError(f"expected the file's bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < 4 or data[:4] != MAGIC:
-        raise CodecError("not a flowforge .ffz file (bad magic bytes)")
-    if len(data) < _FIXED.size:
-        raise CodecError(f"truncated .ffz file: {len(data)} bytes, shorter than its header")
-    _, version, flags, levels, count, ndim = _FIXED.unpack_from(data)
-    if version != VERSION:
-        raise CodecError(
-            f"unsupported .ffz version {version} (this flowforge reads {VERSION} and 2, bits-back)"
-        )
-    size = _FIXED.size + 4 * ndim + _TAIL.size + _CRC.size
-    if len(data) < size:
-        raise CodecError(f"truncated .ffz file: {len(data)} bytes, header needs {size}")
-    (crc,) = _CRC.unpack_from(data, size - _CRC.size)
-    if zlib.crc32(data[: size - _CRC.size]) != crc:
-        raise CodecError("corrupt .ffz file: the header fails its CRC check")
-    shape = struct.unpack_from(f"<{ndim}I", data, _FIXED.size)
-    chunk, threads, radius, precision, mhash, env, dcrc, pcrc, words = _TAIL.unpack_from(
-        data, _FIXED.size + 4 * ndim
-    )
+
+    def check_version(version, flags):
+        if version != VERSION:
+            raise CodecError(
+                f"unsupported .ffz version {version} (this flowforge reads {VERSION} and 2, "
+                "bits-back)"
+            )
+
+    version, flags, levels, count, shape, tail = _unpack_frame(data, _TAIL, check_version)
+    chunk, threads, radius, precision, mhash, env, dcrc, pcrc, words = tail
     h = Header(
         levels,
         count,
-        tuple(shape),
+        shape,
         chunk,
         threads,
         radius,
@@ -464,9 +482,6 @@ def read_header(data: bytes):
         flags,
         precision,
     )
-    if len(data) != size + 4 * words:
-        what = "is truncated" if len(data) < size + 4 * words else "has trailing bytes"
-        raise CodecError(f"the .ffz file {what}: {len(data)} bytes, expected {size + 4 * words}")
     if (
         precision != PRECISION
         or not 1 <= chunk <= MAX_CHUNK
