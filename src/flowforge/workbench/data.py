@@ -166,17 +166,22 @@ TOYS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 }
 
 
+def _draw_splits(name: str, draw, seed: int, sizes) -> list[Tensor]:
+    """Train, validation and test draws of a synthetic dataset, as float32 tensors: one
+    independent stream per split, so changing ``n_train`` leaves val and test unchanged."""
+    seqs = np.random.SeedSequence([int(seed), sum(map(ord, name))]).spawn(3)
+    return [
+        torch.from_numpy(np.asarray(draw(np.random.default_rng(s), int(k)), dtype=np.float32))
+        for s, k in zip(seqs, sizes)
+    ]
+
+
 def _toy(name: str):
     def load(
         seed: int = 0, n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, **options
     ) -> Dataset:
         _no_options(name, options)
-        # one independent stream per split: changing n_train leaves val and test unchanged
-        seqs = np.random.SeedSequence([int(seed), sum(map(ord, name))]).spawn(3)
-        parts = [
-            torch.from_numpy(TOYS[name](np.random.default_rng(s), int(k)).astype(np.float32))
-            for s, k in zip(seqs, (n_train, n_val, n_test))
-        ]
+        parts = _draw_splits(name, TOYS[name], seed, (n_train, n_val, n_test))
         density = functools.partial(toy_density.log_prob, name)
         return Dataset(name, *parts, shape=(2,), kind="points", density=density)
 
@@ -213,11 +218,8 @@ def _manifold(name: str):
         seed: int = 0, n_train: int = 20000, n_val: int = 5000, n_test: int = 10000, **options
     ) -> Dataset:
         _no_options(name, options)
-        seqs = np.random.SeedSequence([int(seed), sum(map(ord, name))]).spawn(3)
-        parts = [
-            torch.from_numpy(manifold_data.sample(name, np.random.default_rng(s), int(k)))
-            for s, k in zip(seqs, (n_train, n_val, n_test))
-        ]
+        draw = functools.partial(manifold_data.sample, name)
+        parts = _draw_splits(name, draw, seed, (n_train, n_val, n_test))
         shape = tuple(parts[0].shape[1:])
         # angles: plots stay inside their domain
         info = {"box": [[-math.pi, math.pi]] * shape[0]} if name.endswith("vonmises") else {}
