@@ -37,10 +37,14 @@ def perturb(flow, scale=0.05):
             lambda: ff.models.Glow(shape=(1, 8, 8), scales=2, steps=3, hidden=8, levels=17),
             lambda: torch.randint(0, 17, (16, 1, 8, 8)).float(),
         ),
+        (  # checkerboard (masked) and channel couplings, ActNorm, squeezes, factor-out
+            lambda: ff.models.RealNVP(shape=(1, 8, 8), scales=2, hidden=8, levels=17),
+            lambda: torch.randint(0, 17, (16, 1, 8, 8)).float(),
+        ),
         (lambda: ff.models.MAF(features=5, layers=4, hidden=[16]), lambda: torch.randn(32, 5)),
         (lambda: ff.models.NSF(features=4, layers=3, hidden=[16]), lambda: torch.randn(32, 4)),
     ],
-    ids=["realnvp-16", "glow", "maf", "nsf"],
+    ids=["realnvp-16", "glow", "realnvp-image", "maf", "nsf"],
 )
 def test_gradients_match_ordinary_backprop(build, x):
     torch.manual_seed(0)
@@ -128,8 +132,9 @@ def test_an_iterative_inverse_is_refused():
 
 def test_each_layer_is_recomputed_once_however_deep_the_chains_nest():
     # a 3-scale Glow nests its chains three deep (FactorOut inside FactorOut); with the chains
-    # flattened every leaf layer runs forward twice per step (the pass without a graph and the
-    # recomputation) and inverts once, at every depth
+    # flattened every leaf layer is recomputed once per step, at every depth: it runs forward
+    # twice (the pass without a graph and the recomputation) and inverts once, except the
+    # couplings, whose recomputation evaluates the conditioner once for both (no separate call)
     torch.manual_seed(0)
     flow = ff.models.Glow(shape=(1, 8, 8), scales=3, steps=2, hidden=8, levels=17)
     x = torch.randint(0, 17, (8, 1, 8, 8)).float()
@@ -142,20 +147,24 @@ def test_each_layer_is_recomputed_once_however_deep_the_chains_nest():
         for m in flow.transform.modules()
         if isinstance(m, ff.Transform) and m.reversible_ops() == [m]
     ]
-    calls = {id(m): [0, 0] for m in leaves}
+    calls = {id(m): [0, 0, 0] for m in leaves}  # forward, inverse, recompute
     for m in leaves:
         m.register_forward_hook(
             lambda mod, *_: calls[id(mod)].__setitem__(0, calls[id(mod)][0] + 1)
         )
-        inverse = m.inverse
+        for k, name in ((1, "inverse"), (2, "_recompute")):
+            original = getattr(m, name)
 
-        def counted(*a, _m=m, _inv=inverse, **k):
-            calls[id(_m)][1] += 1
-            return _inv(*a, **k)
+            def counted(*a, _m=m, _f=original, _k=k, **kw):
+                calls[id(_m)][_k] += 1
+                return _f(*a, **kw)
 
-        m.inverse = counted
+            setattr(m, name, counted)
     flow.log_prob(x).mean().backward()
     top = {id(m) for m in flow.transform.layers}
     inner = [c for i, c in calls.items() if i not in top]
     assert inner, "the Glow has no nested layers"
-    assert all(c == [2, 1] for c in calls.values()), sorted(map(tuple, calls.values()))
+    couplings = [id(m) for m in leaves if isinstance(m, ff.transforms.Coupling)]
+    assert couplings, "the Glow has no couplings"
+    for i, c in calls.items():
+        assert c == ([1, 0, 1] if i in couplings else [2, 1, 1]), sorted(map(tuple, calls.values()))

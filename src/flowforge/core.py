@@ -113,6 +113,25 @@ class Transform(nn.Module):
         and recomputed once, however deeply the chains nest."""
         return [self]
 
+    def _recompute(self, z: Tensor, context: Tensor | None, replay) -> tuple:
+        """For memory-saving backpropagation: this layer's input recovered from its output
+        ``z``, and the output recomputed from it with a graph.
+
+        Returns ``(x, out, ladj, shared)``: ``x`` a detached leaf that requires grad, ``(out,
+        ladj)`` this layer's forward pass from it with a graph, and ``shared`` a list of ``(leaf,
+        fold)``: further leaves standing for parts of ``x`` that the recomputation read directly,
+        whose gradients ``fold(grad)`` turns into gradients of ``x``. ``replay()`` restores the
+        random-number state the forward pass ran with. By default: the inverse without a graph,
+        then the forward pass; a coupling overrides it, because its conditioner sees the same
+        half in both and one evaluation serves the two."""
+        with torch.no_grad():
+            replay()
+            x, _ = self.inverse(z, context)
+        x = x.detach().requires_grad_()
+        replay()
+        out, ladj = self(x, context)
+        return x, out, ladj, []
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data to noise: returns ``(z, log|det dz/dx|)``."""
         check_shape(x, self.event_shape, f"{type(self).__name__} input")

@@ -6,7 +6,10 @@ With memory saving on, :class:`~flowforge.Compose` runs its layers without recor
 keeps only the chain's output; the backward pass walks the layers in reverse, recovers each
 layer's input with its exact inverse, re-runs that one layer with gradients and backpropagates
 through it. Training memory then holds one layer's activations instead of all of them, for
-about one extra forward and one inverse pass per step. Nested chains are flattened first
+about one extra forward and one inverse pass per step; a coupling layer's inverse and
+recomputation share one evaluation of its conditioner (its kept half is the same in both,
+:meth:`~flowforge.core.Transform._recompute`), so a coupling flow pays about one extra
+conditioner pass. Nested chains are flattened first
 (:meth:`~flowforge.core.Transform.reversible_ops`: a chain splices in its layers, a multi-scale
 ``FactorOut`` its split prior, a :class:`Split`, its inner steps and a :class:`Join`), so a
 layer deep inside a multi-scale Glow is inverted and recomputed once, not once per level.
@@ -136,16 +139,14 @@ class ReversibleChain(torch.autograd.Function):
                     z, grad_z = op.undo(z, out), op.undo(grad_z, g_out)
                     continue
                 layer = op
-                with torch.no_grad():
-                    _set_rng_state(state, device)  # random layers (dropout) draw as they did
-                    x, _ = layer.inverse(z, context)
                 with torch.enable_grad():
-                    x = x.detach().requires_grad_()
                     c = context.detach().requires_grad_() if want_context else context
-                    _set_rng_state(state, device)
-                    z2, ladj = layer(x, c)
+                    x, z2, ladj, shared = layer._recompute(
+                        z, c, lambda s=state: _set_rng_state(s, device)
+                    )
                     own = [p for p in layer.parameters() if p.requires_grad]
-                    inputs = [x, *([c] if want_context else []), *own]
+                    leaves = [leaf for leaf, _ in shared]
+                    inputs = [x, *leaves, *([c] if want_context else []), *own]
                     outputs = [t for t in (z2, ladj) if t.requires_grad]
                     grad_out = [g for t, g in ((z2, grad_z), (ladj, grad_ladj)) if t.requires_grad]
                     got = (
@@ -154,7 +155,10 @@ class ReversibleChain(torch.autograd.Function):
                         else [None] * len(inputs)
                     )
                 grad_z = got[0] if got[0] is not None else torch.zeros_like(x)
-                rest = list(got[1:])
+                for (_, fold), g in zip(shared, got[1 : 1 + len(shared)]):
+                    if g is not None:
+                        grad_z = grad_z + fold(g)
+                rest = list(got[1 + len(shared) :])
                 if want_context:
                     g = rest.pop(0)
                     if g is not None:

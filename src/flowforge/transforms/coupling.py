@@ -174,6 +174,32 @@ class Coupling(Transform):
     def _inverse(self, z, context):
         return self._couple(z, context, inverse=True)
 
+    def _recompute(self, z, context, replay):
+        # the kept entries pass through unchanged, so the conditioner's one evaluation on them
+        # gives the parameters of both the inverse (without a graph) and the recomputed forward
+        replay()
+        if self.indexed:
+            z_b = self._take(z, self.idx_b, self._range_b)
+            a = self._take(z, self.idx_a, self._range_a).detach().requires_grad_()
+            params = self._params(a, context, z_b.shape[1])
+            with torch.no_grad():
+                x_b, _ = self.transformer.inverse(z_b, params)
+            x = self._merge(a.detach(), x_b).requires_grad_()
+            x_b = self._take(x, self.idx_b, self._range_b)
+            y_b, ladj = self.transformer.forward(x_b, params)
+            out = self._merge(self._take(x, self.idx_a, self._range_a), y_b)
+            fold = lambda g: self._merge(g, torch.zeros_like(x_b))  # noqa: E731
+            return x, out, ladj.flatten(1).sum(1), [(a, fold)]
+        m = self.mask.to(z.dtype)
+        a = (z * m).detach().requires_grad_()  # = x * m: the kept entries are equal
+        params = self._params(a, context, z.shape[1])
+        with torch.no_grad():
+            x = torch.where(self.mask, z, self.transformer.inverse(z, params)[0])
+        x = x.requires_grad_()
+        y, ladj = self.transformer.forward(x, params)
+        out = torch.where(self.mask, x, y)
+        return x, out, (ladj * (1 - m)).flatten(1).sum(1), [(a, lambda g: g * m)]
+
     def extra_repr(self) -> str:
         split = "indexed" if self.indexed else "masked"
         return super().extra_repr() + f", split={split}, rezero={self.gate is not None}"
