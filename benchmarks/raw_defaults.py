@@ -15,6 +15,7 @@ the oracle's NLL on the same 20,000 test points (nats; 0 is perfect, up to sampl
     python benchmarks/raw_defaults.py --variant legacy       # the defaults before issue 17
 
 ``--kwargs '{"layers": 10}'`` passes builder arguments (the experiments behind a default).
+``--library zuko`` runs the same loop on zuko's flows with zuko's defaults (the bench extra).
 ``--variant`` (for the measurement in docs/defaults.md):
     default: today's defaults;
     legacy: ``standardize=False`` (the defaults before issue 17: no data-initialised layer);
@@ -52,9 +53,24 @@ def build(model: str, variant: str, extra: dict | None = None):
     return ff.models.build(model, features=2, **kwargs)
 
 
-def run(model, toy, scale, variant, steps, batch, lr, seed, extra=None):
+class _Zuko(torch.nn.Module):
+    """A zuko flow (``zuko.flows.<MODEL>(2)``, its defaults) with flowforge's ``log_prob``."""
+
+    NAMES = {"nsf": "NSF", "maf": "MAF", "realnvp": "RealNVP"}
+
+    def __init__(self, model: str, extra: dict | None):
+        super().__init__()
+        import zuko
+
+        self.flow = getattr(zuko.flows, self.NAMES[model])(2, **(extra or {}))
+
+    def log_prob(self, x):
+        return self.flow().log_prob(x)
+
+
+def run(model, toy, scale, variant, steps, batch, lr, seed, extra=None, library="flowforge"):
     torch.manual_seed(seed)
-    flow = build(model, variant, extra)
+    flow = build(model, variant, extra) if library == "flowforge" else _Zuko(model, extra)
     rng = np.random.default_rng(seed)
     test = scale * TOYS[toy](np.random.default_rng(12345), 20000)
     oracle = -toy_density.log_prob(toy, test, scale).mean()
@@ -77,6 +93,7 @@ def run(model, toy, scale, variant, steps, batch, lr, seed, extra=None):
     nll = float(nll.double().mean())
     return {
         "model": model,
+        **({"library": library} if library != "flowforge" else {}),
         "toy": toy,
         "scale": scale,
         "variant": variant,
@@ -107,13 +124,20 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--library", default="flowforge", choices=["flowforge", "zuko"],
+        help="zuko: the same loop on zuko.flows.<MODEL>(2) with zuko's defaults (bench extra)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS / "raw_defaults.jsonl")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     for scale in a.scale:
         for toy in a.toys.split(","):
             for model in a.models.split(","):
-                r = run(model, toy, scale, a.variant, a.steps, a.batch, a.lr, a.seed, a.kwargs)
+                r = run(
+                    model, toy, scale, a.variant, a.steps, a.batch, a.lr, a.seed, a.kwargs,
+                    a.library,
+                )  # fmt: skip
                 print(json.dumps(r), flush=True)
                 if str(a.out) != "-":
                     a.out.parent.mkdir(parents=True, exist_ok=True)
