@@ -187,3 +187,16 @@ def test_couplings_need_two_features():
         ff.models.RealNVP(features=1)
     with pytest.raises(ValueError, match="autoregressive=True"):
         ff.models.NSF(features=1)
+
+
+def test_residual_coupling_conditioners():
+    # residual=True gives the coupling models residual MLPs; refused where it cannot apply
+    flow = ff.models.RealNVP(features=4, layers=2, hidden=(8, 8, 8), residual=True)
+    nets = [m.net for m in flow.modules() if isinstance(m, ff.transforms.Coupling)]
+    assert nets and all(type(n).__name__ == "ResidualMLP" and len(n.blocks) == 2 for n in nets)
+    with pytest.raises(ValueError, match="equal hidden widths"):
+        ff.models.RealNVP(features=4, hidden=(8, 9), residual=True)
+    with pytest.raises(ValueError, match="equal hidden widths"):
+        ff.models.NSF(features=4, hidden=(8, 9), residual=True, autoregressive=False)
+    with pytest.raises(ValueError, match="vector RealNVP"):
+        ff.models.RealNVP(shape=(1, 4, 4), residual=True)

@@ -135,6 +135,12 @@ MODEL_CASES = [
             features=3, layers=2, hidden=(8,), context_features=2, rezero=True, base="diag"
         ),
     ),
+    Case(
+        "RealNVP-residual-context",
+        lambda: ff.models.RealNVP(
+            features=3, layers=2, hidden=(8, 8, 8), context_features=2, residual=True
+        ),
+    ),
 ]
 add(*MODEL_CASES)
 add(Case("identity-3", lambda: T.Identity(3)))

@@ -47,7 +47,7 @@ from torch import nn
 from .. import distributions as D
 from .._util import unknown
 from ..core import Compose, Flow, Transform
-from ..nets import MLP, ConvResNet
+from ..nets import MLP, ConvResNet, ResidualMLP
 from ..transforms import (
     Additive,
     Affine,
@@ -195,9 +195,22 @@ def channels(hidden: int | Sequence[int]) -> int:
 
 
 def mlp_conditioner(
-    hidden: Sequence[int], context_features: int, activation: str, zero_init: bool = True
+    hidden: Sequence[int],
+    context_features: int,
+    activation: str,
+    zero_init: bool = True,
+    residual: bool = False,
 ) -> Callable[[int, int], nn.Module]:
-    return lambda i, o: MLP(i, o, hidden, context_features, activation, zero_init)
+    """A coupling's MLP; ``residual=True``: a :class:`~flowforge.nets.ResidualMLP` of
+    ``len(hidden) - 1`` blocks of the (equal) width ``hidden[0]``."""
+    if not residual:
+        return lambda i, o: MLP(i, o, hidden, context_features, activation, zero_init)
+    if len(set(hidden)) != 1:
+        raise ValueError(f"residual=True needs equal hidden widths, got {tuple(hidden)}")
+    blocks = len(hidden) - 1
+    return lambda i, o: ResidualMLP(
+        i, o, hidden[0], blocks, context_features, activation, zero_init
+    )
 
 
 def conv_conditioner(

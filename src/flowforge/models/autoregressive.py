@@ -24,7 +24,6 @@ from collections.abc import Sequence
 import torch  # noqa: F401  (doctests use it)
 
 from ..core import Flow, Inverse, Transform
-from ..nets import MLP, ResidualMLP
 from ..transforms import (
     Affine,
     Autoregressive,
@@ -34,7 +33,7 @@ from ..transforms import (
     RationalQuadratic,
     half_mask,
 )
-from .assembly import DataOptions, assemble, event_shape, mixer, widths
+from .assembly import DataOptions, assemble, event_shape, mixer, mlp_conditioner, widths
 from .registry import register
 
 __all__ = ["MAF", "IAF", "NSF"]
@@ -216,17 +215,7 @@ def NSF(
             raise ValueError(
                 "a coupling NSF needs features >= 2; use NSF(..., autoregressive=True) for 1-d"
             )
-        if residual:
-            if len(set(hidden)) != 1:
-                raise ValueError(f"residual=True needs equal hidden widths, got {hidden}")
-
-            def cond(i, o):
-                return ResidualMLP(i, o, hidden[0], len(hidden) - 1, cf, activation)
-        else:
-
-            def cond(i, o):
-                return MLP(i, o, hidden, cf, activation)
-
+        cond = mlp_conditioner(hidden, cf, activation, residual=residual)
         chain = []
         for i in range(layers):
             chain += _between(i, permutation, lu, d)

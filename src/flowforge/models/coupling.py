@@ -76,6 +76,7 @@ def RealNVP(
     rezero: bool = False,
     scale_bound: float = 3.0,
     activation: str = "relu",
+    residual: bool = False,
     scales: int | None = None,
     blocks: int | None = None,
     couplings: int | None = None,
@@ -107,6 +108,8 @@ def RealNVP(
             zero-initialising the conditioner's last layer.
         scale_bound: the largest absolute log-scale of a coupling (soft clamp).
         activation: the networks' activation.
+        residual: residual MLP conditioners (``len(hidden) - 1`` blocks of the equal width
+            ``hidden[0]``; vectors only).
         scales, blocks, couplings, final_couplings, coupling, actnorm: the image architecture's
             (None: its defaults; an error with ``features=``).
         shift_first: the couplings' affine order: ``z = (x + t) * exp(s)`` (True) or the
@@ -131,6 +134,8 @@ def RealNVP(
         "actnorm": actnorm,
     }
     if shape is not None and features is None:
+        if residual:
+            raise ValueError("residual= is for the vector RealNVP (images use conv conditioners)")
         if layers is not None:
             raise ValueError(
                 "layers= counts the couplings of the vector RealNVP; for images use scales=, "
@@ -154,7 +159,7 @@ def RealNVP(
     layers = 8 if layers is None else layers
     hidden = (256, 256) if hidden is None else hidden
     cf = data.context_features
-    cond = mlp_conditioner(widths(hidden), cf, activation, zero_init=not rezero)
+    cond = mlp_conditioner(widths(hidden), cf, activation, not rezero, residual)
     chain: list[Transform] = []
     for i in range(layers):
         if i:
