@@ -62,15 +62,20 @@ def _autoregressive_stack(
     return chain
 
 
+def maf_layers(features: int) -> int:
+    """MAF's default depth for data of ``features`` dimensions."""
+    return max(5, 40 // max(features, 1))
+
+
 @register(inputs=("features",), depth="layers")
 def MAF(
     features: int | None = None,
-    layers: int = 5,
-    hidden: Sequence[int] | int = (128, 128),
+    layers: int | None = None,
+    hidden: Sequence[int] | int | None = None,
     order: str | Sequence[int] = "natural",
     permutation: str | None = "reverse",
     lu: bool = False,
-    residual: bool = False,
+    residual: bool | None = None,
     batch_norm: bool = False,
     scale_bound: float | None = 3.0,
     activation: str = "relu",
@@ -83,13 +88,16 @@ def MAF(
 
     Args:
         features: data dimension (1 is allowed).
-        layers: number of autoregressive layers.
-        hidden: MADE hidden widths.
+        layers: number of autoregressive layers (None: ``max(5, 40 // features)``: 20 for
+            2-D data, 5 from 8 dimensions on; in few dimensions an affine layer gives each
+            entry one affine map, so low-dimensional data needs more of them, docs/defaults.md).
+        hidden: MADE hidden widths (None: ``(128, 128)``).
         order: the first layer's order (``"natural"``, ``"reversed"``, ``"random"``); the
             ``permutation`` between layers varies it for the others.
         permutation: between layers: ``"reverse"``, ``"random"``, ``"lu"`` or None.
         lu: add an LU-linear layer after each permutation.
-        residual: residual MADEs.
+        residual: residual MADEs (None: True when ``hidden`` is not given; plain MADEs of the
+            widths given otherwise).
         batch_norm: a batch-norm bijector after each layer (as in the paper).
         scale_bound: soft bound of the log-scale (None: unbounded).
         (and the data options of :mod:`flowforge.models.assembly`)
@@ -102,6 +110,9 @@ def MAF(
     """
     (d,) = event_shape(features, None)
     cf = data.context_features
+    residual = hidden is None if residual is None else residual
+    hidden = (128, 128) if hidden is None else hidden
+    layers = maf_layers(d) if layers is None else layers
     chain = _autoregressive_stack(
         d,
         layers,

@@ -76,7 +76,7 @@ def RealNVP(
     rezero: bool = False,
     scale_bound: float = 3.0,
     activation: str = "relu",
-    residual: bool = False,
+    residual: bool | None = None,
     scales: int | None = None,
     blocks: int | None = None,
     couplings: int | None = None,
@@ -97,9 +97,11 @@ def RealNVP(
     Args:
         features: data dimension (at least 2).
         shape: image shape ``(C, H, W)`` instead of ``features``.
-        layers: number of affine couplings (default 8; vectors only).
-        hidden: widths of each coupling's MLP (default (256, 256); for images, the channels of
-            the conv conditioner, default 64).
+        layers: number of affine couplings (vectors only; default 16 residual couplings, 8
+            without ``residual``).
+        hidden: widths of each coupling's MLP (default (128, 128) with ``residual``, else
+            (256, 256): the same parameters and arithmetic; for images, the channels of the
+            conv conditioner, default 64).
         mask: ``"alternating"`` (even/odd entries) or ``"half"`` (vectors).
         permutation: mixing between couplings: None, ``"reverse"``, ``"random"``, ``"lu"`` or
             ``"plain"`` (vectors).
@@ -109,7 +111,9 @@ def RealNVP(
         scale_bound: the largest absolute log-scale of a coupling (soft clamp).
         activation: the networks' activation.
         residual: residual MLP conditioners (``len(hidden) - 1`` blocks of the equal width
-            ``hidden[0]``; vectors only).
+            ``hidden[0]``; vectors only). None: True when ``hidden`` is not given (the default
+            architecture, 16 residual couplings of width 128, measured in docs/defaults.md),
+            plain MLPs of the widths given otherwise.
         scales, blocks, couplings, final_couplings, coupling, actnorm: the image architecture's
             (None: its defaults; an error with ``features=``).
         shift_first: the couplings' affine order: ``z = (x + t) * exp(s)`` (True) or the
@@ -156,8 +160,9 @@ def RealNVP(
     if given:
         raise ValueError(f"arguments of the image RealNVP given for vectors: {given}")
     (d,) = event_shape(features, shape)
-    layers = 8 if layers is None else layers
-    hidden = (256, 256) if hidden is None else hidden
+    residual = hidden is None if residual is None else residual
+    layers = (16 if residual else 8) if layers is None else layers
+    hidden = ((128, 128) if residual else (256, 256)) if hidden is None else hidden
     cf = data.context_features
     cond = mlp_conditioner(widths(hidden), cf, activation, not rezero, residual)
     chain: list[Transform] = []

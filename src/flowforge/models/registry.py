@@ -41,6 +41,7 @@ __all__ = [
 LEGACY = {
     "standardize": False,
     "shift_first": False,  # RealNVP's affine order; images now default to True (docs/images.md)
+    "residual": False,  # RealNVP's conditioners: plain MLPs (8 of 256x256 by default) before
 }
 
 

@@ -84,8 +84,18 @@ def _as_width(default, width: int, image: bool):
     return width if image else [width, width]  # None: the builder picks its own depth
 
 
-# builders whose default depth/width is None: what None means (vectors; the image width)
-_VECTOR_DEFAULTS = {"realnvp": (8, 256)}
+# builders whose default depth/width is None: the caps the sizing rule uses for
+# d-dimensional vectors, and the image width. The vector RealNVP is sized as plain MLP
+# couplings (8 of 256x256 at most; its width is always set, so its residual default, which
+# applies when no width is given, does not); MAF's depth default depends on d.
+def _vector_defaults(name: str, d: int) -> tuple[int | None, int | None]:
+    if name == "realnvp":
+        return 8, 256
+    if name == "maf":
+        return models.autoregressive.maf_layers(d), None
+    return None, None
+
+
 _IMAGE_WIDTHS = {"realnvp": 64}
 
 
@@ -102,19 +112,20 @@ def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | N
     if dep and dep not in kwargs and not (image and name == "realnvp"):
         default = defaults.get(dep)
         if default is None and not image:
-            default = _VECTOR_DEFAULTS.get(name, (None,))[0]
+            default = _vector_defaults(name, d)[0]
         if isinstance(default, int) and not isinstance(default, bool) and depth < default:
             chosen[dep] = depth
     wid = spec.width
     if wid and wid not in kwargs:
         default = defaults.get(wid)
-        if default is None and not image and name in _VECTOR_DEFAULTS:
-            default = [_VECTOR_DEFAULTS[name][1]] * 2
+        if default is None and not image and _vector_defaults(name, d)[1]:
+            default = [_vector_defaults(name, d)[1]] * 2
         if default is None and image:
             default = _IMAGE_WIDTHS.get(name)
         if default is not None:
             w = _as_width(default, width, image)
-            if w != (list(default) if isinstance(default, tuple) else default):
+            concrete = defaults.get(wid) is not None or image  # else always set: see above
+            if not concrete or w != (list(default) if isinstance(default, tuple) else default):
                 chosen[wid] = w
     if not chosen:
         return None
