@@ -3,6 +3,7 @@ sums to one, the .ffz file and every way a file or an input can be wrong."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import struct
@@ -263,6 +264,43 @@ def test_image_idf_reloads_as_saved(tmp_path):
     ff.save(flow, tmp_path / "m.ff")
     again = ff.load(tmp_path / "m.ff")
     assert codec.model_hash(again) == codec.model_hash(flow)
+
+
+def test_a_model_saved_before_its_builder_gained_an_argument_keeps_its_hash(tmp_path):
+    # files coded with a model saved before RealNVP had `residual` must still decode once the
+    # model is reloaded by today's code, which completes the arguments (registry.LEGACY)
+    torch.manual_seed(0)
+    flow = ff.models.RealNVP(features=4, layers=2, hidden=(8,), levels=17)
+    del flow.config["kwargs"]["residual"]  # as such a model was saved
+    ff.save(flow, tmp_path / "old.ff")
+    blob = ff.codec.encode(flow, torch.randint(0, 17, (3, 4)))
+    again = ff.load(tmp_path / "old.ff")
+    assert again.config["kwargs"]["residual"] is False  # completed
+    assert codec.model_hash(again) == codec.model_hash(flow)
+    assert ff.codec.decode(again, blob).shape == (3, 4)
+    fresh = ff.models.RealNVP(features=4, layers=2, hidden=(8,), levels=17)
+    ff.save(fresh, tmp_path / "new.ff")  # a model saved today keeps its identity too
+    assert codec.model_hash(ff.load(tmp_path / "new.ff")) == codec.model_hash(fresh)
+
+
+def test_files_coded_by_earlier_versions_still_decode(tmp_path):
+    # earlier versions hashed a reloaded model's configuration as completed by the builder
+    # arguments known then (registry.LEGACY: standardize, shift_first; residual came later)
+    torch.manual_seed(0)
+    flow = ff.models.RealNVP(features=4, layers=2, hidden=(8,), levels=17)
+    for k in ("residual", "shift_first", "standardize"):
+        del flow.config["kwargs"][k]  # a model saved before these arguments existed
+    ff.save(flow, tmp_path / "old.ff")
+    then = copy.deepcopy(flow)
+    then.config["kwargs"].update(standardize=False, shift_first=False)
+    x = torch.randint(0, 17, (3, 4))
+    blob = ff.codec.encode(then, x)
+    assert torch.equal(ff.codec.decode(ff.load(tmp_path / "old.ff"), blob).long(), x)
+    other = ff.load(tmp_path / "old.ff")
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(codec.CodecError, match="another model"):
+        ff.codec.decode(other, blob)
 
 
 def test_a_header_that_promises_more_examples_than_the_payload_holds():

@@ -668,11 +668,7 @@ def decode(flow: Flow, data: bytes, force: bool = False) -> Tensor:
             f"this file holds data of shape {h.shape} with {h.levels} levels, but the model "
             f"takes shape {tuple(flow.event_shape)} with {levels} levels"
         )
-    if h.model_hash != codec.model_hash(flow):
-        raise codec.CodecError(
-            f"this file was made with another model (model hash {h.model_hash.hex()}, this "
-            f"model's is {codec.model_hash(flow).hex()})"
-        )
+    codec.check_model(h.model_hash, flow)
     if h.environment != codec.environment(flow) and not force:
         raise codec.CodecError(
             "this file was made in another environment (torch version, platform or dtype); "

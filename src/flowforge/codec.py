@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .models import registry
 from .models.integer import IntegerFlow
 from .transforms.integer import DiscretizedLogisticMixture
 
@@ -163,15 +164,52 @@ def _constriction():
 # -- model identity ------------------------------------------------------------------------------
 
 
-def model_hash(flow: torch.nn.Module) -> bytes:
-    """16 bytes of SHA-256 over the flow's configuration and every tensor of its state."""
+def _hash(config, flow: torch.nn.Module) -> bytes:
     h = hashlib.sha256()
-    h.update(json.dumps(getattr(flow, "config", None), sort_keys=True).encode())
+    h.update(json.dumps(config, sort_keys=True).encode())
     for name, t in sorted(flow.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.digest()[:16]
+
+
+def model_hash(flow: torch.nn.Module) -> bytes:
+    """16 bytes of SHA-256 over the flow's configuration and every tensor of its state. For a
+    flow loaded from a file, the configuration as that file holds it (``saved_config``), not as
+    today's builder completes it, so that a builder gaining an argument later does not change
+    the identity of a model saved before."""
+    return _hash(getattr(flow, "saved_config", getattr(flow, "config", None)), flow)
+
+
+def _earlier_hashes(flow: torch.nn.Module) -> list[bytes]:
+    """The hashes earlier versions of flowforge wrote for the same loaded flow: they hashed its
+    configuration as completed by the builder arguments added until then (``registry.LEGACY``,
+    in the order they were added)."""
+    saved = getattr(flow, "saved_config", None)
+    if not isinstance(saved, dict) or not isinstance(saved.get("kwargs"), dict):
+        return []
+    try:
+        params = registry.spec(saved["model"]).signature.parameters
+    except (KeyError, ValueError):
+        return []
+    out, kwargs = [], dict(saved["kwargs"])
+    for k, v in registry.LEGACY.items():
+        if k in params and k not in kwargs:
+            kwargs[k] = v
+            out.append(_hash({**saved, "kwargs": dict(kwargs)}, flow))
+    return out
+
+
+def check_model(file_hash: bytes, flow: torch.nn.Module) -> None:
+    """Raise :class:`CodecError` unless a file's model hash is this flow's (today's, or one an
+    earlier version wrote for it)."""
+    ours = model_hash(flow)
+    if file_hash != ours and file_hash not in _earlier_hashes(flow):
+        raise CodecError(
+            f"this file was made with another model (model hash {file_hash.hex()}, this "
+            f"model's is {ours.hex()})"
+        )
 
 
 def environment(flow: torch.nn.Module) -> int:
@@ -528,11 +566,7 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
             f"this file holds data of shape {h.shape} with {h.levels} levels, but the model "
             f"takes shape {tuple(flow.event_shape)} with {flow.levels} levels"
         )
-    if h.model_hash != model_hash(flow):
-        raise CodecError(
-            f"this file was made with another model (model hash {h.model_hash.hex()}, this "
-            f"model's is {model_hash(flow).hex()})"
-        )
+    check_model(h.model_hash, flow)
     if h.environment != environment(flow) and not force:
         raise CodecError(
             "this file was made in another environment (torch version, platform or dtype); "

@@ -398,6 +398,9 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | No
             if layer != "standardize":
                 raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")
             flow = models.standardized(flow)
+    # the configuration as saved, before the builder's later arguments completed it: the
+    # identity the flow had when it was saved (the .ffz model hash covers it)
+    flow.saved_config = config
     _check_tensors(flow, tensors)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1:
