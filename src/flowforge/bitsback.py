@@ -65,6 +65,12 @@ __all__ = ["Header", "encode", "decode", "encode_stats", "read_header", "VERSION
 
 VERSION = 2
 PRECISION = 24
+# header flags: which density is coded layer by layer (flowforge.bitsback_layers); a clear bit
+# means the whole-flow black-box Jacobian (the only scheme of the first version-2 files)
+FLAG_LAYERS = 1  # the flow
+FLAG_Q_LAYERS = 2  # the variational dequantizer's flow
+FLAGS = FLAG_LAYERS | FLAG_Q_LAYERS
+SCHEMES = ("auto", "layers", "jacobian")
 _TAIL = struct.Struct("<HBBBBHB16sIIIIIII")
 _DEQ = {UniformDequantization: 0, VariationalDequantization: 1}
 _DEQ_NAMES = {0: "uniform", 1: "variational"}
@@ -129,10 +135,10 @@ def read_header(data: bytes) -> Header:
     codec = _codec()
 
     def check_version(version, flags):
-        if version != VERSION or flags != 0:
+        if version != VERSION or flags & ~FLAGS:
             raise codec.CodecError(
                 f"not a bits-back .ffz file (version {version}, flags {flags}; expected version "
-                f"{VERSION}, flags 0)"
+                f"{VERSION}, flags within {FLAGS})"
             )
 
     version, flags, levels, count, shape, tail = codec._unpack_frame(data, _TAIL, check_version)
@@ -425,23 +431,72 @@ def _jacobian_fn(transform, event_shape, post=None, context: Tensor | None = Non
     return fn
 
 
-class _Coder:
-    """The flow (a float64 copy) and its dequantizer as local bits-back densities."""
+def _base_maps(flow: Flow):
+    """``(post, pre)``: the diagonal Gaussian base's standardisation of the flat latent and its
+    inverse, or ``(None, None)`` for a standard normal base."""
+    base = flow.base
+    if not isinstance(base, DiagGaussian):
+        return None, None
+    loc, inv_scale = base.loc.detach().reshape(-1), torch.exp(-base.log_scale.detach()).reshape(-1)
+    return (lambda z: (z - loc) * inv_scale), (lambda z: z / inv_scale + loc)
 
-    def __init__(self, flow: Flow, grid: _Grid, y_bits: int):
+
+def _plans(flow: Flow, flags: int, check: bool):
+    """The layer-wise steps of the flow and of a variational dequantizer's flow that ``flags``
+    asks for (``None`` where it does not, or where a layer has no declared structure)."""
+    from . import bitsback_layers as bl
+
+    post, pre = _base_maps(flow)
+    steps = q_steps = None
+    if flags & FLAG_LAYERS:
+        maps = None if post is None else (lambda z, c: post(z), lambda z, c: pre(z))
+        steps = bl.plan(flow.transform, maps, check)
+    if flags & FLAG_Q_LAYERS and isinstance(flow.dequantizer, VariationalDequantization):
+        q_steps = bl.plan(flow.dequantizer.flow, None, check)
+    return steps, q_steps
+
+
+def _choose_flags(flow64: Flow, scheme: str) -> int:
+    """The header flags for ``scheme``: "auto" codes layer-wise every density whose layers all
+    declare their structure, "layers" insists on it, "jacobian" never uses it."""
+    if scheme == "jacobian":
+        return 0
+    variational = isinstance(flow64.dequantizer, VariationalDequantization)
+    steps, q_steps = _plans(flow64, FLAGS, check=True)
+    flags = (FLAG_LAYERS if steps is not None else 0) | (
+        FLAG_Q_LAYERS if q_steps is not None else 0
+    )
+    if scheme == "layers" and (steps is None or (variational and q_steps is None)):
+        raise _codec().CodecError(
+            "layer-wise bits-back coding needs every layer to declare its Jacobian's structure "
+            "(couplings, elementwise, re-indexing, 1x1/linear layers; see "
+            "flowforge.bitsback_layers.STRUCTURES); this flow has one that does not: use "
+            "scheme='auto' or 'jacobian'"
+        )
+    return flags
+
+
+class _Coder:
+    """The flow (a float64 copy) and its dequantizer as local bits-back densities, coded
+    layer-wise where ``flags`` says so."""
+
+    def __init__(self, flow: Flow, grid: _Grid, y_bits: int, flags: int = 0):
         self.flow = flow
         self.grid = grid
         self.y_bits = y_bits
         self.shape = tuple(flow.event_shape)
         self.d = math.prod(self.shape)
-        base = flow.base
-        if isinstance(base, DiagGaussian):
-            loc, inv_scale = base.loc.detach(), torch.exp(-base.log_scale.detach())
-            post = lambda z: (z - loc) * inv_scale  # noqa: E731
-            pre = lambda z: z / inv_scale + loc  # noqa: E731
-        else:
-            post = pre = None
+        post, pre = _base_maps(flow)
         out_shape = flow.transform.output_shape
+        steps, self.q_steps = _plans(flow, flags, check=False)
+        variational = isinstance(flow.dequantizer, VariationalDequantization)
+        if (flags & FLAG_LAYERS and steps is None) or (
+            flags & FLAG_Q_LAYERS and (not variational or self.q_steps is None)
+        ):
+            raise _codec().CodecError(
+                "this file was coded layer by layer, but this model has layers without a "
+                "declared Jacobian structure"
+            )
 
         def inv(zb: Tensor) -> Tensor:
             if pre is not None:
@@ -449,7 +504,14 @@ class _Coder:
             y, _ = flow.transform.inverse(zb.reshape(1, *out_shape))
             return y.reshape(-1)
 
-        self.density = _LocalDensity(_jacobian_fn(flow.transform, self.shape, post), inv, grid)
+        if steps is not None:
+            from .bitsback_layers import LayerDensity
+
+            self.density = LayerDensity(steps, self.d, grid)
+        else:
+            self.density = _LocalDensity(
+                _jacobian_fn(flow.transform, self.shape, post), inv, grid
+            )
         self.deq = flow.dequantizer
         self.uniform = grid.models.m.Uniform(1 << y_bits)
         # per example, with variational dequantization: 1 if it fell back to uniform noise
@@ -464,8 +526,13 @@ class _Coder:
             u, _ = deq.flow.inverse(e.reshape(1, *self.shape), ctx)
             return u.reshape(-1)
 
+        clip = (0, (1 << self.y_bits) - 1)
+        if self.q_steps is not None:
+            from .bitsback_layers import LayerDensity
+
+            return LayerDensity(self.q_steps, self.d, self.grid, clip, ctx)
         fn = _jacobian_fn(deq.flow, self.shape, None, ctx)
-        return _LocalDensity(fn, inv, self.grid, clip=(0, (1 << self.y_bits) - 1))
+        return _LocalDensity(fn, inv, self.grid, clip=clip)
 
     def push_example(self, coder, x: np.ndarray):
         """Encode one example (flat int64); returns the coder (a saved copy if the variational
@@ -549,9 +616,12 @@ def encode_stats(
     seed: int = 0,
     init_words: int | None = None,
     verify: bool = True,
+    scheme: str = "auto",
 ) -> tuple[bytes, dict]:
     """:func:`encode`, also returning the sizes: ``{"initial_bits", "header_bits",
-    "payload_bits", "uniform_fallbacks", "ideal_bits"}``; ``ideal_bits`` is the sum over the
+    "payload_bits", "uniform_fallbacks", "ideal_bits", "scheme"}`` (``scheme``: "layers",
+    "jacobian", or "layers+jacobian" where the flow and a variational dequantizer's flow differ;
+    see :mod:`flowforge.bitsback_layers`); ``ideal_bits`` is the sum over the
     examples of ``-log2 p(y) + log2 q(u | x)`` at the cells the coder drew (the dequantization
     bound's one-sample estimate that this file realises), so ``payload_bits - initial_bits -
     ideal_bits`` is what the coder itself costs."""
@@ -568,18 +638,23 @@ def encode_stats(
             f"z_range * 2**coarse_bits <= 65536; got sigma_bits={sigma_bits}, y_bits={y_bits}, "
             f"z_bits={z_bits}, coarse_bits={coarse_bits}, z_range={z_range}"
         )
+    if scheme not in SCHEMES:
+        raise codec.CodecError(f"expected scheme to be one of {SCHEMES}, got {scheme!r}")
     xs = _as_integers(flow, x)
     d = math.prod(flow.event_shape)
+    flow64 = _copy64(flow)
+    with torch.no_grad():
+        flags = _choose_flags(flow64, scheme)
     if init_words is None:  # ample for the first example: its pops, 32 bits per entry and more
-        init_words = min(MAX_INIT_WORDS, 64 + d * (y_bits + z_bits + 40) // 16)
+        # (layer by layer, every step pops before it pushes: twice that)
+        init_words = min(MAX_INIT_WORDS, 64 + d * (y_bits + z_bits + 40) // (8 if flags else 16))
     if isinstance(init_words, bool) or not isinstance(init_words, int):
         raise codec.CodecError(f"expected init_words to be an integer, got {init_words!r}")
     if not 2 <= init_words <= MAX_INIT_WORDS:
         raise codec.CodecError(f"expected init_words in [2, {MAX_INIT_WORDS}], got {init_words}")
     init = _initial_words(seed, init_words)
     coder = stack.AnsCoder(init.copy())
-    flow64 = _copy64(flow)
-    c = _Coder(flow64, _grid(sigma_bits, y_bits, z_bits, coarse_bits, z_range), y_bits)
+    c = _Coder(flow64, _grid(sigma_bits, y_bits, z_bits, coarse_bits, z_range), y_bits, flags)
     with torch.no_grad(), codec._threads(threads):
         fallbacks, ideal = 0, 0.0
         for row in xs.reshape(len(xs), -1):
@@ -613,6 +688,7 @@ def encode_stats(
         kept_words=kept,
         payload_crc=zlib.crc32(payload),
         words=len(words) - kept,
+        flags=flags,
     )
     data = header.pack() + payload
     if verify:
@@ -628,8 +704,16 @@ def encode_stats(
         "payload_bits": 8 * len(payload),
         "uniform_fallbacks": fallbacks,
         "ideal_bits": ideal,
+        "scheme": _scheme_name(flags, flow.dequantizer),
     }
     return data, stats
+
+
+def _scheme_name(flags: int, deq) -> str:
+    names = ["layers" if flags & FLAG_LAYERS else "jacobian"]
+    if isinstance(deq, VariationalDequantization):
+        names.append("layers" if flags & FLAG_Q_LAYERS else "jacobian")
+    return "+".join(dict.fromkeys(names))
 
 
 def encode(flow: Flow, x, **kwargs) -> bytes:
@@ -647,6 +731,11 @@ def encode(flow: Flow, x, **kwargs) -> bytes:
             ``2^-coarse_bits`` on ``[-z_range, z_range)``, an escape outside).
         seed, init_words: the seeded initial stack.
         verify: decode the result and compare before returning it.
+        scheme: ``"auto"`` (default): code layer by layer every density (the flow, a
+            variational dequantizer's flow) whose layers all declare their Jacobian's
+            structure (:mod:`flowforge.bitsback_layers`), the rest with the whole-flow
+            Jacobian; ``"layers"``: refuse a flow without that structure; ``"jacobian"``:
+            the whole-flow Jacobian throughout. The header's flags record the choice.
 
     Returns the ``.ffz`` bytes (format version 2). Raises :class:`~flowforge.codec.CodecError`.
     """
@@ -696,7 +785,7 @@ def decode(flow: Flow, data: bytes, force: bool = False) -> Tensor:
         coder = stack.AnsCoder(words)
         flow64 = _copy64(flow)
         grid = _grid(h.sigma_bits, h.y_bits, h.z_bits, h.coarse_bits, h.z_range)
-        c = _Coder(flow64, grid, h.y_bits)
+        c = _Coder(flow64, grid, h.y_bits, h.flags)
         with torch.no_grad(), codec._threads(h.threads):
             for _ in range(h.count):
                 rows.append(c.pop_example(coder, levels))
