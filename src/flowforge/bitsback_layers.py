@@ -63,6 +63,8 @@ from .transforms.preprocessing import DataStandardize, Logit, Standardize
 
 __all__ = ["plan", "STRUCTURES", "Diag", "Perm", "Linear", "LayerDensity"]
 
+DIFF_STEP = 2.0**-20  # the difference quotient's step (see Diag.forward_diag)
+
 
 def _coupling_keep(layer: Coupling) -> Tensor:
     if layer.indexed:
@@ -154,11 +156,19 @@ class Diag(_Mapped):
         return Diag(self.lo, self.in_shape, self.inv, self.fwd, self.keep)
 
     def forward_diag(self, v: np.ndarray, ctx) -> tuple[np.ndarray, np.ndarray]:
-        """``(z, dz/dx)`` of the moved entries: one JVP with a tangent on them (the kept
-        entries do not move and the moved ones do not see each other)."""
+        """``(z, dz/dx)`` of the moved entries, from one forward pass on a batch of two:
+        ``x`` and ``x`` with every moved entry shifted by ``DIFF_STEP`` (the kept entries do
+        not move and the moved ones do not see each other, so the difference quotient is the
+        Jacobian's diagonal, to ``O(DIFF_STEP)``; it only sets the widths of the Gaussians the
+        bits back come from, so both directions computing the same number is what matters).
+        A forward-mode JVP would be exact but costs 8 to 30 forward passes here."""
         x = torch.from_numpy(np.ascontiguousarray(v)).reshape(1, *self.in_shape)
-        z, dz = torch.func.jvp(lambda t: self.fwd(t, ctx), (x,), (self.tangent,))
-        return z.reshape(-1).numpy(), dz.reshape(-1).numpy()[self.moved]
+        xb = torch.cat([x, x + DIFF_STEP * self.tangent])
+        if ctx is not None:
+            ctx = ctx.expand(2, *ctx.shape[1:])
+        zb = self.fwd(xb, ctx).reshape(2, -1)
+        z = zb[0].numpy()
+        return z, (zb[1].numpy() - z)[self.moved] / DIFF_STEP
 
 
 class Linear(_Mapped):
