@@ -509,9 +509,7 @@ class _Coder:
 
             self.density = LayerDensity(steps, self.d, grid)
         else:
-            self.density = _LocalDensity(
-                _jacobian_fn(flow.transform, self.shape, post), inv, grid
-            )
+            self.density = _LocalDensity(_jacobian_fn(flow.transform, self.shape, post), inv, grid)
         self.deq = flow.dequantizer
         self.uniform = grid.models.m.Uniform(1 << y_bits)
         # per example, with variational dequantization: 1 if it fell back to uniform noise
