@@ -29,6 +29,14 @@ leading words of the stack that are still those words; what it consumed of them 
 **initial bits** (:attr:`Header.initial_bits`), a one-off cost that the file pays and that
 :func:`encode_stats` reports apart.
 
+**Layer by layer.** Step 2 needs the whole flow's ``D x D`` Jacobian (``D`` backward passes per
+example and direction). When every layer of the flow declares its Jacobian's structure
+(couplings and elementwise layers, re-indexing, linear layers; see
+:mod:`flowforge.bitsback_layers`), the flow is coded one layer at a time instead, with forward
+passes only; ``scheme="auto"`` (the default) does so, and the header's flags record it (bit 0:
+the flow, bit 1: a variational dequantizer's flow; files with flags 0 are the whole-flow scheme,
+as every version-2 file written before).
+
 Determinism: every network call is made on one example at a time (the same shapes in both
 directions), in float64 on a copy of the flow, on the CPU, with ``threads`` torch threads; the
 linear algebra runs in torch; the Gaussian conditionals are sums computed with ``math.fsum``
