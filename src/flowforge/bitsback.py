@@ -69,7 +69,16 @@ from .core import Flow
 from .distributions import DiagGaussian, StandardNormal
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
 
-__all__ = ["Header", "encode", "decode", "encode_stats", "read_header", "VERSION", "check_flow"]
+__all__ = [
+    "Header",
+    "encode",
+    "decode",
+    "encode_stats",
+    "read_header",
+    "VERSION",
+    "check_flow",
+    "default_z_bits",
+]
 
 VERSION = 2
 PRECISION = 24
@@ -601,6 +610,16 @@ def _initial_words(seed: int, n: int) -> np.ndarray:
     return w
 
 
+def default_z_bits(levels: int) -> int:
+    """The latent grid's default: 14 bits up to 17 levels (chosen on the digits), one more per
+    doubling of the levels beyond (18 for 8-bit data). A flow maps the data's range to a latent
+    of unit scale, so its derivatives shrink as the levels grow, and with them the widths
+    ``sigma * |f'|`` of the Gaussians bits back are taken from; on a grid coarser than about a
+    tenth of those widths the coder pays for the discretisation (an untrained Glow on 3x8x8
+    8-bit images: +4.5% over ``ideal_bits`` with 14 bits, +0.9% with 18)."""
+    return 14 + max(0, math.ceil(math.log2(levels / 17)))
+
+
 def _grid(sigma_bits, y_bits, z_bits, coarse_bits, z_range) -> _Grid:
     return _Grid(
         2.0**-sigma_bits, 2.0**-y_bits, 2.0**-z_bits, _Models(z_bits, coarse_bits, z_range)
@@ -616,7 +635,7 @@ def encode_stats(
     threads: int = 1,
     sigma_bits: int = 10,
     y_bits: int = 12,
-    z_bits: int = 14,
+    z_bits: int | None = None,
     coarse_bits: int = 6,
     z_range: int = 32,
     seed: int = 0,
@@ -637,6 +656,8 @@ def encode_stats(
     for name, v, lo, hi in (("threads", threads, 1, 1024), ("seed", seed, 0, 2**32 - 1)):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise codec.CodecError(f"expected {name} to be an integer in [{lo}, {hi}], got {v!r}")
+    if z_bits is None:
+        z_bits = default_z_bits(flow.dequantizer.levels)
     if not _params_ok(sigma_bits, y_bits, z_bits, coarse_bits, z_range):
         raise codec.CodecError(
             "bad bits-back parameters: need 1 <= sigma_bits < y_bits <= 22, sigma_bits < "
@@ -733,8 +754,9 @@ def encode(flow: Flow, x, **kwargs) -> bytes:
         threads: torch threads while coding (recorded; the decoder uses the same).
         sigma_bits: the local Gaussian's scale ``sigma = 2^-sigma_bits`` (in the data's units).
         y_bits: the dequantization grid ``2^-y_bits``; ``z_bits``: the latent grid
-            ``2^-z_bits``; ``coarse_bits``, ``z_range``: the base's table (cells of
-            ``2^-coarse_bits`` on ``[-z_range, z_range)``, an escape outside).
+            ``2^-z_bits`` (default: :func:`default_z_bits` of the levels); ``coarse_bits``,
+            ``z_range``: the base's table (cells of ``2^-coarse_bits`` on
+            ``[-z_range, z_range)``, an escape outside).
         seed, init_words: the seeded initial stack.
         verify: decode the result and compare before returning it.
         scheme: ``"auto"`` (default): code layer by layer every density (the flow, a
