@@ -412,7 +412,7 @@ class LayerDensity(bb._LocalDensity):
                 "inexact or ill-conditioned inverse); this flow cannot be bits-back coded at "
                 "this sigma"
             )
-        _gpush(coder, m, off, mu, np.full(len(mu), 1.0) * sd, w, False)
+        _gpush(coder, m, off, mu, sd, w, False)
         idx[lo:hi][mv] = zbar
         on_y[lo:hi][mv] = False
         return float(np.log(np.abs(dg)).sum())
@@ -428,7 +428,7 @@ class LayerDensity(bb._LocalDensity):
         xhat = s.inverse(zv, self.ctx)[mv]
         c, mu, sd, w = self._cells(xhat, x_on_y[mv], 16.0)
         x_idx = idx[lo:hi].copy()
-        x_idx[mv] = c + _gpop(coder, m, mu, np.full(len(mu), 1.0) * sd, w)
+        x_idx[mv] = c + _gpop(coder, m, mu, sd, w)
         z, dg = s.forward_diag(self._values(x_idx, x_on_y), self.ctx)
         c, mu, sd, w = self._latent(z[mv], self.g.sigma * np.abs(dg))
         _gpush(coder, m, zbar - c, mu, sd, w, True)  # give the bits back
@@ -470,7 +470,7 @@ class LayerDensity(bb._LocalDensity):
                 "a linear layer's inverse misses its input by more than the coder's window; "
                 "this flow cannot be bits-back coded at this sigma"
             )
-        _gpush(coder, m, off, mu, np.full(len(mu), 1.0) * sd, w, False)
+        _gpush(coder, m, off, mu, sd, w, False)
         idx[lo:hi] = zbar
         on_y[lo:hi] = False
         return float(s.p * np.log(np.abs(np.diag(s.a))).sum())
@@ -482,7 +482,7 @@ class LayerDensity(bb._LocalDensity):
         zbar = idx[lo:hi].copy()
         xhat = s.inverse(zbar * self.g.z_step, self.ctx)
         c, mu, sd, w = self._cells(xhat, x_on_y, 8.0 * math.sqrt(s.c) + 8.0)
-        x_idx = c + _gpop(coder, m, mu, np.full(len(mu), 1.0) * sd, w)
+        x_idx = c + _gpop(coder, m, mu, sd, w)
         z = s.forward(self._values(x_idx, x_on_y), self.ctx)
         _, params = self._conditionals(s, z, zbar)
         zb = zbar.reshape(s.c, s.p)
