@@ -15,7 +15,8 @@ log2 step_out``, telescopes over the chain to ``-log2 p(y) - D log2 y_step`` onc
   spline... transformer) keeps ``x1`` and maps ``x2`` entrywise given ``x1``; ActNorm, Logit,
   Scaling, Standardize are elementwise with nothing passed. ``x1`` is kept exactly (its cell,
   on its grid); the transformed entries' local Gaussian is diagonal, ``sigma^2 h'(x2)^2``,
-  and ``h'`` is one forward-mode derivative (a JVP) of the layer: no backward pass.
+  and ``h'`` comes from one forward pass on a batch of two (a difference quotient, see
+  :meth:`Diag.forward_diag`): no backward pass.
 * :class:`Perm`, pure re-indexing (permutations, squeeze, factor-out bookkeeping): grid- and
   volume-preserving, nothing is coded.
 * :class:`Linear`, a constant linear map along dimension 1 (LU/QR/plain linear, i.e. Glow's
