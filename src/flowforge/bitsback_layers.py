@@ -1,4 +1,4 @@
-r"""Layer-by-layer local bits-back coding (Ho, Lohn & Abbeel 2019, section 3.3): the flow's
+r"""Layer-by-layer local bits-back coding (Ho, Lohn & Abbeel 2019, their compositional variant): the flow's
 chain of layers coded one layer at a time, each with the cheapest exact local scheme its
 Jacobian's structure allows, instead of one dense ``D x D`` Jacobian for the whole flow
 (:mod:`flowforge.bitsback`; used when every layer has a structure, see :func:`plan`).
