@@ -66,6 +66,7 @@ def run(flow, x, scheme: str) -> dict:
         "coder_excess_percent": 100
         * ((stats["payload_bits"] - stats["initial_bits"]) / stats["ideal_bits"] - 1),
         "initial_bits": stats["initial_bits"],
+        "z_bits": bitsback.read_header(blob).z_bits,
         "encode_per_s": len(x) / enc,
         "decode_per_s": len(x) / dec,
     }
