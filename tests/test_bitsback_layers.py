@@ -45,6 +45,13 @@ FLOWS = {
         5,
         {"Diag"},
     ),
+    # BatchNorm (eval mode: running statistics) between affine couplings
+    "realnvp-batchnorm": (
+        lambda: ff.models.RealNVP(features=6, layers=2, hidden=(16,), batch_norm=True, levels=5),
+        (6,),
+        5,
+        {"Diag"},
+    ),
     # additive couplings, LU linear layers, NICE's scaling
     "nice-lu": (
         lambda: ff.models.NICE(features=6, layers=3, hidden=(16,), permutation="lu", levels=5),

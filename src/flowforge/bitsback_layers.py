@@ -1,6 +1,6 @@
-r"""Layer-by-layer local bits-back coding (Ho, Lohn & Abbeel 2019, their compositional variant): the flow's
-chain of layers coded one layer at a time, each with the cheapest exact local scheme its
-Jacobian's structure allows, instead of one dense ``D x D`` Jacobian for the whole flow
+r"""Layer-by-layer local bits-back coding (Ho, Lohn & Abbeel 2019's compositional variant):
+the flow's chain of layers coded one layer at a time, each with the cheapest exact local scheme
+its Jacobian's structure allows, instead of one dense ``D x D`` Jacobian for the whole flow
 (:mod:`flowforge.bitsback`; used when every layer has a structure, see :func:`plan`).
 
 A flow ``f = f_L o ... o f_1`` maps ``y`` (on the grid ``2^-y_bits``) through intermediate
@@ -59,7 +59,7 @@ from .transforms.coupling import Coupling
 from .transforms.image import FactorOut, Squeeze
 from .transforms.integer import IntegerCoupling
 from .transforms.linear import LULinear, Permutation, PlainLinear, QRLinear, Scaling
-from .transforms.normalization import ActNorm
+from .transforms.normalization import ActNorm, BatchNorm
 from .transforms.preprocessing import DataStandardize, Logit, Standardize
 
 __all__ = ["plan", "STRUCTURES", "Diag", "Perm", "Linear", "LayerDensity"]
@@ -87,6 +87,7 @@ STRUCTURES: list[tuple[type, str, object]] = [
     (Scaling, "elementwise", None),
     (Standardize, "elementwise", None),
     (DataStandardize, "elementwise", None),
+    (BatchNorm, "elementwise", None),  # in eval mode (the coder's copy): running statistics
     (Squeeze, "reindex", None),
     (Permutation, "reindex", None),  # and Reverse
     (LULinear, "linear", lambda layer: layer.weight()),
