@@ -123,7 +123,7 @@ class Perm(_Step):
 
     def undo(self, a: np.ndarray) -> np.ndarray:
         a = a.copy()
-        a[self.lo + self.perm] = a[self.lo : self.lo + self.n]
+        a[self.lo + self.perm] = a[self.lo : self.lo + self.n].copy()
         return a
 
 
