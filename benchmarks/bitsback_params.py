@@ -5,6 +5,9 @@ NLL (the dequantization bound, averaged over 16 seeded noise draws).
     python benchmarks/bitsback_params.py runs/digits-realnvp-image --images 100 \
         --params 12,16,18 10,12,14 10,12,16 9,11,13
 
+``--scheme jacobian`` or ``layers`` picks the bits-back scheme (default: layer-wise where the
+flow's layers allow it).
+
 Each ``--params`` entry is ``sigma_bits,y_bits,z_bits``. "net" is the payload less the initial
 bits; "ideal" is ``sum -log2 p(x + u) + log2 q(u | x)`` at the noise the coder drew.
 """
@@ -29,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("run")
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--params", nargs="+", default=["10,12,14"])
+    p.add_argument("--scheme", default="auto", choices=bitsback.SCHEMES)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     flow = load_run(args.run).eval()
@@ -43,7 +47,7 @@ def main(argv=None) -> int:
         sb, yb, zb = (int(v) for v in spec.split(","))
         t0 = time.perf_counter()
         _, st = bitsback.encode_stats(
-            flow, x, verify=False, sigma_bits=sb, y_bits=yb, z_bits=zb
+            flow, x, verify=False, sigma_bits=sb, y_bits=yb, z_bits=zb, scheme=args.scheme
         )  # fmt: skip
         net = st["payload_bits"] - st["initial_bits"]
         print(

@@ -78,6 +78,7 @@ def test_file_size_is_the_models_nll_plus_the_initial_bits():
     dequantization bound, here estimated with 100 noise draws per example) to within 2%."""
     flow, x = tiny_flow(features=4), data(200, features=4)
     blob, stats = bitsback.encode_stats(flow, x, verify=False)
+    assert stats["scheme"] == "layers"  # couplings: coded layer by layer
     with torch.no_grad():
         torch.manual_seed(0)
         xf = x.float().repeat(100, 1)
@@ -194,21 +195,22 @@ def test_a_crafted_header_cannot_make_decoding_run_long():
     import time
 
     flow, x = tiny_flow(), data(4)
-    blob = codec.encode(flow, x)
-    h = bitsback.read_header(blob)
-    crafted = dataclasses.replace(
-        h,
-        count=2**31 // 6,
-        init_words=1 << 20,
-        kept_words=1 << 20,
-        payload_crc=zlib.crc32(b""),
-        words=0,
-    ).pack()
-    t = time.perf_counter()
-    with pytest.raises(codec.CodecError, match="payload ran out after"):
-        codec.decode(flow, crafted)
-    assert time.perf_counter() - t < 20
-    for field, value in (("version", 7), ("flags", 3)):
+    for scheme, needle in (("jacobian", "payload ran out after"), ("layers", "corrupt")):
+        blob = bitsback.encode(flow, x, scheme=scheme)
+        h = bitsback.read_header(blob)
+        crafted = dataclasses.replace(
+            h,
+            count=2**31 // 6,
+            init_words=1 << 20,
+            kept_words=1 << 20,
+            payload_crc=zlib.crc32(b""),
+            words=0,
+        ).pack()
+        t = time.perf_counter()
+        with pytest.raises(codec.CodecError, match=needle):
+            codec.decode(flow, crafted)
+        assert time.perf_counter() - t < 20
+    for field, value in (("version", 7), ("flags", 4)):
         forged = dataclasses.replace(h, **{field: value}).pack() + blob[h.size :]
         with pytest.raises(codec.CodecError, match="not a bits-back .ffz file"):
             bitsback.decode(flow, forged)

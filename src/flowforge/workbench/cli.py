@@ -288,7 +288,8 @@ def cmd_compress(args) -> int:
     if "initial_bits" in res:
         print(
             f"  bits-back   initial bits {res['initial_bits']:,} "
-            f"({res['initial_bits_per_dim']:.4f} bits/dim, included in the file)"
+            f"({res['initial_bits_per_dim']:.4f} bits/dim, included in the file), "
+            f"{res['scheme']} scheme"
         )
     if res["classical"]:
         print(
