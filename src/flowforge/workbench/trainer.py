@@ -65,6 +65,15 @@ class Objective:
     needs_data = True
     skip_nonfinite = False  # skip (and count) steps whose loss is not finite, instead of stopping
 
+    def phase_starts(self, cfg: dict) -> list[int]:
+        """The epochs (0-based) at which a new training phase begins, besides epoch 0, for the
+        train options ``cfg`` (default:
+        none, one phase). At each phase the trainer restarts the learning-rate schedule
+        (warm-up, then cosine), starts from the best validated weights of the phase before and
+        compares validation numbers only within the phase; ``patience`` stops the run in its
+        last phase only (an earlier phase runs its epochs in full)."""
+        return []
+
     def loss(self, trainer: Trainer, model, x: Tensor | None, context: Tensor | None) -> Tensor:
         raise NotImplementedError
 
@@ -183,7 +192,16 @@ _OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "flow-matching": lambda: FlowMatchingObjective(),
     "flow-matching-ot": lambda: FlowMatchingObjective(ot=True, name="flow-matching-ot"),
     "flow-matching-vp": lambda: FlowMatchingObjective(path="vp", name="flow-matching-vp"),
+    "mflow": lambda: _mflow("sequential"),
+    "mflow-alternating": lambda: _mflow("alternating"),
 }
+
+
+def _mflow(schedule: str) -> Objective:
+    from .mflow import MFlowObjective  # (it imports this module)
+
+    return MFlowObjective(schedule)
+
 assert set(_OBJECTIVES) == set(OBJECTIVES), "config.OBJECTIVES and the trainer's must agree"
 
 
@@ -487,6 +505,13 @@ class Trainer:
                 raise WorkbenchError("an objective without data needs steps_per_epoch >= 1")
             self.steps_per_epoch = int(steps_per_epoch)
         self.total_steps = self.steps_per_epoch * self.cfg["epochs"]
+        starts = sorted(set(self.objective.phase_starts(self.cfg)) - {0})
+        if any(not 0 < s < self.cfg["epochs"] for s in starts):
+            raise WorkbenchError(
+                f"the {self.objective.name} objective's phases {starts} do not fit in "
+                f"{self.cfg['epochs']} epochs"
+            )
+        self.phase_starts = [0, *starts]
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = adam(
             params,
@@ -532,13 +557,22 @@ class Trainer:
     def writer(self) -> bool:
         return self.rank == 0 and self.out is not None
 
+    def _phase_span(self, epoch: int) -> tuple[int, int]:
+        """``(first, end)`` epochs of the training phase that holds ``epoch``."""
+        first = max(s for s in self.phase_starts if s <= epoch)
+        end = min((s for s in self.phase_starts if s > epoch), default=self.cfg["epochs"])
+        return first, end
+
     def _lr_lambda(self, step: int) -> float:
+        # warm-up then cosine within the phase that holds the step (the whole run by default)
+        first, end = self._phase_span(min(step // self.steps_per_epoch, self.cfg["epochs"] - 1))
+        step -= first * self.steps_per_epoch
         warmup = int(self.cfg["warmup_steps"])
         if warmup > 0 and step < warmup:
             return self.lr_factor * (step + 1) / warmup
         if self.cfg["schedule"] == "constant":
             return self.lr_factor
-        span = max(1, self.total_steps - warmup)
+        span = max(1, (end - first) * self.steps_per_epoch - warmup)
         progress = min(1.0, (step - warmup) / span)
         lo = float(self.cfg["min_lr_ratio"])
         return self.lr_factor * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress)))
@@ -782,6 +816,8 @@ class Trainer:
         import torch.distributed as dist
 
         t0 = time.time()
+        if self.step_in_epoch == 0 and self.epoch in self.phase_starts[1:]:
+            self._new_phase()
         losses = self.epoch_losses
         self.model.train()
         clip = float(self.cfg["grad_clip"] or 0)
@@ -899,13 +935,26 @@ class Trainer:
         self.epoch_losses = []
         patience = int(self.cfg["patience"] or 0)
         status = "running"
-        if patience and self.bad_epochs >= patience:
+        last_phase = self.epoch - 1 >= self.phase_starts[-1]  # the epoch just validated
+        if patience and self.bad_epochs >= patience and last_phase:
             status = self.finished = "early-stopped"
             self._say(
                 f"early stop: no better validation {self.objective.name} for {patience} epochs"
             )
         self.save_checkpoint()
         return status
+
+    def _new_phase(self) -> None:
+        """At the first epoch of a phase: continue from the best weights of the phase before
+        and validate afresh (the phases' validation numbers are not comparable). Idempotent,
+        so a run resumed at this point does the same."""
+        if self.best_epoch < 0:
+            return  # done already (or nothing was validated better than infinity)
+        self.load_best()
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
+        self.best, self.best_epoch, self.bad_epochs, self.best_state = math.inf, -1, 0, None
+        self._say(f"phase {self.phase_starts.index(self.epoch) + 1}: from the best weights so far")
 
     def load_best(self) -> torch.nn.Module:
         """Load the best validated weights into the model (from memory without a run folder,
