@@ -127,6 +127,73 @@ class MFlow(nn.Module):
         jac = torch.stack(cols, 2)  # (B, D, d)
         return torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
 
+    def log_det_gram_estimate(
+        self, u: Tensor, probes: int = 8, steps: int = 10, create_graph: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        r"""A stochastic estimate of ``log det(J_g^T J_g)`` at ``u`` and its standard error
+        (each ``(batch,)``), from Jacobian-vector and vector-Jacobian products only (no
+        ``D x d`` Jacobian), for ``d`` where the exact value is costly.
+
+        ``log det G = tr log G`` (``G = J^T J``) with the trace estimated from ``probes``
+        Rademacher vectors ``v`` (Hutchinson), each ``v^T log(G) v`` by stochastic Lanczos
+        quadrature: ``steps`` Lanczos steps on ``G`` from ``v`` give a tridiagonal ``T`` and
+        ``v^T log(G) v ~ |v|^2 e_1^T log(T) e_1`` (exact when ``steps >= d``; the error of fewer
+        steps shrinks fast with ``G``'s conditioning). The standard error is that of the mean
+        over the probes. Costs ``2 probes min(steps, d)`` passes through the decoder; the exact
+        :meth:`log_det_gram` costs ``d``.
+        """
+        from torch.autograd.functional import vjp
+
+        self._check(u, "manifold coordinates", self.manifold_dim)
+        for name, v in (("probes", probes), ("steps", steps)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+        if probes < 2:
+            raise ValueError("a standard error needs probes >= 2")
+        d, m = self.manifold_dim, min(steps, self.manifold_dim)
+
+        def gram(v: Tensor) -> Tensor:  # G v per example, (B, d)
+            jv = jvp(self.decode, u, v, create_graph=create_graph)[1]
+            return vjp(self.decode, u, jv, create_graph=create_graph)[1]
+
+        def dot(a: Tensor, b: Tensor) -> Tensor:
+            return (a * b).sum(1, keepdim=True)
+
+        per_probe = []
+        for _ in range(probes):
+            v = torch.randint(0, 2, u.shape, device=u.device).to(u.dtype) * 2 - 1
+            qs = [v / d**0.5]
+            alphas, betas = [], []
+            for j in range(m):
+                w = gram(qs[j])
+                if j > 0:
+                    w = w - betas[-1] * qs[j - 1]
+                alphas.append(dot(w, qs[j]))
+                for _ in range(2):  # full re-orthogonalisation
+                    for q in qs:
+                        w = w - dot(w, q) * q
+                if j == m - 1:
+                    break
+                beta = w.norm(dim=1, keepdim=True)
+                # a Krylov space exhausted early: go on from a fresh orthogonal direction with a
+                # zero coupling (the start vector's quadrature is then already exact)
+                tiny = beta <= 1e-9 * alphas[0].abs().clamp_min(1e-30)
+                r = torch.randn_like(w)
+                for _ in range(2):
+                    for q in qs:
+                        r = r - dot(r, q) * q
+                nxt = torch.where(tiny, r / r.norm(dim=1, keepdim=True), w / beta.clamp_min(1e-30))
+                betas.append(torch.where(tiny, torch.zeros_like(beta), beta))
+                qs.append(nxt)
+            t = torch.diag_embed(torch.cat(alphas, 1))
+            if betas:
+                off = torch.cat(betas, 1)
+                t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+            theta, vec = torch.linalg.eigh(t)
+            per_probe.append(d * (vec[:, 0, :].square() * theta.log()).sum(1))
+        est = torch.stack(per_probe)  # (probes, B)
+        return est.mean(0), est.std(0) / probes**0.5
+
     def log_prob(self, x: Tensor, create_graph: bool = False) -> Tensor:
         """The manifold-restricted log-density at the projection of ``x`` (w.r.t. the learned
         manifold's volume), ``(batch,)``."""
@@ -134,9 +201,12 @@ class MFlow(nn.Module):
         return self.inner.log_prob(u) - 0.5 * self.log_det_gram(u, create_graph)
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """``n`` points on the learned manifold, ``(n, D)``."""
-        return self.decode(self.inner.sample(n))
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """``n`` points on the learned manifold, ``(n, D)`` (``temperature`` scales the inner
+        flow's base noise; an M-flow takes no context)."""
+        if context is not None:
+            raise ValueError("an M-flow is unconditional; it takes no context")
+        return self.decode(self.inner.sample(n, temperature=temperature))
 
     # -- the two training phases -----------------------------------------------------------
     def manifold_loss(self, x: Tensor) -> Tensor:

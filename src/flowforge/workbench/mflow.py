@@ -44,7 +44,9 @@ class MFlowObjective(Objective):
 
     def __init__(self, schedule: str = "sequential"):
         if schedule not in SCHEDULES:
-            raise ValueError(f"expected schedule to be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+            raise ValueError(
+                f"expected schedule to be one of {', '.join(SCHEDULES)}, got {schedule!r}"
+            )
         self.schedule = schedule
         self.name = "mflow" if schedule == "sequential" else "mflow-alternating"
 
@@ -80,6 +82,9 @@ class MFlowObjective(Objective):
         if self.schedule == "alternating" and e % 2 == 1:
             return "density"
         return "manifold"
+
+    def loss_kind(self, trainer: Trainer) -> str:
+        return self.phase(trainer)
 
     def loss(self, trainer, model, x, context):
         m = _mflow(model)

@@ -74,6 +74,11 @@ class Objective:
         last phase only (an earlier phase runs its epochs in full)."""
         return []
 
+    def loss_kind(self, trainer: Trainer) -> str:
+        """Which of the objective's losses the epoch in progress minimises (one by default): the
+        trainer watches each kind's losses for spikes apart."""
+        return "loss"
+
     def loss(self, trainer: Trainer, model, x: Tensor | None, context: Tensor | None) -> Tensor:
         raise NotImplementedError
 
@@ -201,6 +206,7 @@ def _mflow(schedule: str) -> Objective:
     from .mflow import MFlowObjective  # (it imports this module)
 
     return MFlowObjective(schedule)
+
 
 assert set(_OBJECTIVES) == set(OBJECTIVES), "config.OBJECTIVES and the trainer's must agree"
 
@@ -538,7 +544,7 @@ class Trainer:
         self.history: list[dict] = []
         self.warnings: list[str] = []
         self.best_state: dict | None = None  # without a run folder, the best weights
-        self._watch = _Watch()
+        self._watch: dict[str, _Watch] = {}  # one per kind of loss
         self._signals: _Signals | None = None
         self._tb = None
 
@@ -690,7 +696,8 @@ class Trainer:
                 raise ValueError(f"its counter {k!r} is {v!r}, expected an integer {span}")
 
         whole("epoch", 0, self.cfg["epochs"])
-        whole("step_in_epoch", 0, max(self.steps_per_epoch - 1, 0))
+        # (steps_per_epoch: an epoch interrupted after its last step, before its validation)
+        whole("step_in_epoch", 0, self.steps_per_epoch)
         whole("global_step", 0, self.cfg["epochs"] * self.steps_per_epoch)
         whole("best_epoch", -1, self.cfg["epochs"])
         whole("bad_epochs", 0, self.cfg["epochs"])
@@ -854,7 +861,8 @@ class Trainer:
             value = stats[0].item()
             if math.isfinite(value):
                 losses.append(value)
-                spike = self._watch.check(value, float(norm) if norm is not None else math.nan)
+                watch = self._watch.setdefault(self.objective.loss_kind(self), _Watch())
+                spike = watch.check(value, float(norm) if norm is not None else math.nan)
                 if spike:
                     self._warn(f"step {self.global_step}: {spike}; {self._largest_gradient()}")
             bar.update(1)
