@@ -164,6 +164,9 @@ def test_sequential_schedule_trains_both_phases(tmp_path, capsys):
     # phase 1 validates the reconstruction error and improves it; phase 2 the inner NLL
     assert ep[1]["val"] < ep[0]["val"] < 20
     assert ep[2]["best"]  # a fresh comparison in the new phase
+    assert [(e["phase"], e["loss_kind"]) for e in ep] == [(1, "manifold")] * 2 + [
+        (2, "density")
+    ] * 2
     # the learning-rate schedule restarts: warm-up at the first step of each phase
     lr = {r["step"]: r["lr"] for r in steps_of(run)}
     # (3 steps an epoch; a record's lr is the next step's: step 6 opens phase 2)
@@ -203,6 +206,7 @@ def test_alternating_schedule_alternates_manifold_and_density_epochs(tmp_path):
     # lowers it; the losses alternate between the reconstruction error and the inner NLL
     assert ep[1]["val"] == ep[0]["val"] > ep[2]["val"] == ep[3]["val"]
     assert ep[0]["train_loss"] > 1 > abs(ep[1]["train_loss"])
+    assert [e["loss_kind"] for e in ep] == ["manifold", "density"] * 2 + ["density"]
 
 
 def test_interrupted_mflow_run_resumes_bit_identically(tmp_path, capsys):

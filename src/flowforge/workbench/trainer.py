@@ -931,6 +931,9 @@ class Trainer:
         }
         if self.bits_dims and self.objective.name == "nll":
             rec["train_bpd"], rec["val_bpd"] = self._bpd(train_loss), self._bpd(val)
+        if len(self.phase_starts) > 1:  # a phased objective: which phase, which loss
+            rec["phase"] = sum(s <= self.epoch for s in self.phase_starts)
+            rec["loss_kind"] = self.objective.loss_kind(self)
         self._log(rec)
         msg = f"epoch {self.epoch + 1}/{self.cfg['epochs']}  train {train_loss:.4f}  val {val:.4f}"
         if self.bits_dims and self.objective.name == "nll":
