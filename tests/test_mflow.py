@@ -280,3 +280,5 @@ def test_workbench_refuses_mismatched_objectives_and_phases(tmp_path, capsys):
     train(tiny_cfg(epochs=2, manifold_epochs=1), run, progress=False, echo=False)
     rc, _, err = cli(capsys, "report", run)
     one_line_error(rc, err, "no report for a mflow model")
+    rc, _, err = cli(capsys, "eval", run, "--data", tmp_path / "t.npy")
+    one_line_error(rc, err, "has shape (64, 4); this run's model expects 64 columns")
