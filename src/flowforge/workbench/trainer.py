@@ -67,8 +67,8 @@ class Objective:
 
     def phase_starts(self, cfg: dict) -> list[int]:
         """The epochs (0-based) at which a new training phase begins, besides epoch 0, for the
-        train options ``cfg`` (default:
-        none, one phase). At each phase the trainer restarts the learning-rate schedule
+        train options ``cfg`` (default: none, one phase). At each phase the trainer restarts
+        the learning-rate schedule
         (warm-up, then cosine), starts from the best validated weights of the phase before and
         compares validation numbers only within the phase; ``patience`` stops the run in its
         last phase only (an earlier phase runs its epochs in full)."""
