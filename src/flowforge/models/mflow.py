@@ -109,7 +109,7 @@ class MFlow(nn.Module):
         return self.outer.inverse(torch.cat([u, pad], 1))[0]
 
     def project(self, x: Tensor) -> Tensor:
-        """``x`` projected onto the learned manifold, ``g(f(x)[:d])``."""
+        """``x`` projected onto the learned manifold, ``g(encode(x))``."""
         return self.decode(self.encode(x))
 
     def reconstruction_error(self, x: Tensor) -> Tensor:
