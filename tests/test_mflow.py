@@ -1,20 +1,31 @@
-"""M-flows: the exact log det(J^T J) against autograd, projection, a manifold density that
-integrates to 1 over the learned surface (areas from finite differences), the two training
-phases, bad input."""
+"""M-flows: the exact log det(J^T J) against autograd and the stochastic estimate against the
+exact value, projection, a manifold density that integrates to 1 over the learned surface
+(areas from finite differences), the M_e-flow's encoder, the registered builder through
+save/load, and training through the one Trainer (``flowforge train``: the sequential and the
+alternating schedules, phases, resume, ``flowforge eval``), bad input."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+
+import numpy as np
 import pytest
 import torch
 
+import flowforge as ff
+from cli_support import cli, one_line_error
 from flowforge.models.mflow import MFlow, mflow
-from flowforge.workbench.data import load_dataset
-from flowforge.workbench.mflow import evaluate_mflow, train_mflow
+from flowforge.workbench.checkpoint import read_checkpoint
+from flowforge.workbench.mflow import MFlowObjective
+from flowforge.workbench.runner import train
 
 
-def small(features=3, d=2, seed=0):
+def small(features=3, d=2, seed=0, variant="m"):
     torch.manual_seed(seed)
-    m = mflow(features, d, outer_layers=2, inner_layers=2, hidden=(8,), activation="tanh")
+    m = mflow(features, d, outer_layers=2, inner_layers=2, hidden=(8,), activation="tanh",
+              variant=variant)  # fmt: skip
     m = m.double()
     with torch.no_grad():
         for p in m.parameters():
@@ -32,6 +43,29 @@ def test_log_det_gram_matches_autograd():
         assert torch.allclose(got[i], want, atol=1e-10)
 
 
+def test_stochastic_log_det_estimate_against_the_exact_value():
+    """Lanczos quadrature with steps >= d is exact per probe: what is left is the probes'
+    noise, which the standard error describes (z-scores of 16 examples, and the error shrinks
+    as 1/sqrt(probes)); fewer steps on a well-conditioned G stay close."""
+    m = small(10, 4)
+    torch.manual_seed(1)
+    u = torch.randn(16, 4, dtype=torch.float64)
+    exact = m.log_det_gram(u)
+    est, se = m.log_det_gram_estimate(u, probes=8, steps=4)
+    z = (est - exact) / se
+    assert z.abs().max() < 4.5 and z.mean().abs() < 4 / 16**0.5, z
+    est4, se4 = m.log_det_gram_estimate(u, probes=32, steps=4)
+    assert se4.mean() < 0.7 * se.mean()
+    assert ((est4 - exact).abs() < 4.5 * se4).all()
+    # a G near a multiple of the identity: one step is nearly exact, and so is every probe
+    iso = small(10, 4, seed=3)
+    with torch.no_grad():
+        for p in iso.parameters():
+            p.mul_(0.01)
+    e1, s1 = iso.log_det_gram_estimate(u[:5], probes=4, steps=1)
+    assert torch.allclose(e1, iso.log_det_gram(u[:5]), atol=0.05) and (s1 < 0.05).all()
+
+
 def test_projection_is_idempotent_and_decoding_is_invertible():
     m = small(5, 2)
     x = torch.randn(6, 5, dtype=torch.float64)
@@ -42,6 +76,23 @@ def test_projection_is_idempotent_and_decoding_is_invertible():
     assert torch.allclose(m.encode(m.decode(u)), u, atol=1e-10)
     s = m.sample(7)
     assert s.shape == (7, 5) and torch.allclose(m.project(s), s, atol=1e-10)
+
+
+def test_me_flow_encodes_with_its_own_network():
+    m = small(5, 2, variant="me")
+    assert m.variant == "me" and small(5, 2).variant == "m"
+    x = torch.randn(6, 5, dtype=torch.float64)
+    assert torch.allclose(m.encode(x), m.encoder(x))
+    assert not torch.allclose(m.encode(x), m.outer(x)[0][:, :2])
+    # the projection is a point of the manifold (the decoder's image), the density is finite
+    assert torch.allclose(m.project(x), m.decode(m.encoder(x)))
+    assert torch.isfinite(m.log_prob(x)).all()
+    # the manifold phase trains the encoder and the outer flow, not the inner flow
+    m.train()
+    m.manifold_loss(x).backward()
+    assert all(p.grad is not None for p in m.encoder.parameters())
+    assert all(p.grad is not None for p in m.outer.parameters())
+    assert all(p.grad is None for p in m.inner.parameters())
 
 
 def test_manifold_density_integrates_to_one_over_the_learned_surface():
@@ -65,17 +116,118 @@ def test_manifold_density_integrates_to_one_over_the_learned_surface():
     assert abs(mass - 1) < 0.01, mass
 
 
-def test_training_phases_reduce_their_losses():
-    torch.manual_seed(0)
-    ds = load_dataset("surface-64", n_train=256, n_val=128, n_test=128)
-    m = mflow(64, 2, outer_layers=2, inner_layers=2, hidden=(32,))
-    before = m.manifold_loss(ds.val).item()
-    cfg = {"epochs": 2, "batch_size": 64, "warmup_steps": 0, "lr": 1e-3}
-    out = train_mflow(m, ds.train, ds.val, cfg, cfg)
-    assert out["manifold"]["best_val"] < before
-    res = evaluate_mflow(m, ds.test)
-    assert res["noise"] == pytest.approx(64 * 0.01**2)
-    assert res["reconstruction"] == pytest.approx(m.manifold_loss(ds.test).item(), rel=1e-5)
+@pytest.mark.parametrize("variant", ["m", "me"])
+def test_registered_builder_saves_and_loads(tmp_path, variant):
+    m = ff.models.build("mflow", features=5, manifold_dim=2, outer_layers=2, inner_layers=2,
+                        hidden=[8], variant=variant)  # fmt: skip
+    assert isinstance(m, MFlow) and m.config["model"] == "mflow"
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ff.save(m, tmp_path / "m.ff")
+    back = ff.load(tmp_path / "m.ff")
+    assert isinstance(back, MFlow) and back.variant == variant
+    x = torch.randn(4, 5)
+    assert torch.equal(back.project(x), m.project(x))
+    assert torch.allclose(back.log_prob(x), m.log_prob(x))
+
+
+# -- training through the workbench --------------------------------------------------------------
+
+
+def tiny_cfg(objective="mflow", epochs=4, manifold_epochs=2, **model):
+    return {
+        "seed": 0,
+        "model": {"name": "mflow", "manifold_dim": 2, "outer_layers": 2, "inner_layers": 2,
+                  "hidden": [16], **model},  # fmt: skip
+        "data": {"name": "surface-64", "n_train": 192, "n_val": 64, "n_test": 64},
+        "train": {"objective": objective, "epochs": epochs, "manifold_epochs": manifold_epochs,
+                  "batch_size": 64, "warmup_steps": 2, "log_every": 1, "tensorboard": False},
+    }  # fmt: skip
+
+
+def epochs_of(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == "epoch"]
+
+
+def steps_of(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == "step"]
+
+
+def test_sequential_schedule_trains_both_phases(tmp_path, capsys):
+    run = tmp_path / "seq"
+    res = train(tiny_cfg(), run, progress=False, echo=False)
+    assert res["status"] == "finished" and res["objective"] == "mflow"
+    ep = epochs_of(run)
+    # phase 1 validates the reconstruction error and improves it; phase 2 the inner NLL
+    assert ep[1]["val"] < ep[0]["val"] < 20
+    assert ep[2]["best"]  # a fresh comparison in the new phase
+    assert [(e["phase"], e["loss_kind"]) for e in ep] == [(1, "manifold")] * 2 + [
+        (2, "density")
+    ] * 2
+    # the learning-rate schedule restarts: warm-up at the first step of each phase
+    lr = {r["step"]: r["lr"] for r in steps_of(run)}
+    # (3 steps an epoch; a record's lr is the next step's: step 6 opens phase 2)
+    assert lr[5] < lr[6] == pytest.approx(0.5e-3) and lr[7] == pytest.approx(1e-3)
+    # the density phase starts from the best manifold-phase weights and leaves them alone
+    best = ff.load(run)
+    rc, out, _ = cli(capsys, "eval", run, "--split", "val", "--json")
+    figs = json.loads(out)
+    assert rc == 0 and figs["reconstruction"] == pytest.approx(min(e["val"] for e in ep[:2]))
+    ds_val = ff.workbench.load_dataset("surface-64", n_train=192, n_val=64, n_test=64).val
+    assert figs["reconstruction"] == pytest.approx(best.manifold_loss(ds_val).item(), rel=1e-5)
+    assert {"nll", "true_nll", "gap", "gap_se", "noise_level"} <= set(figs)
+    assert figs["noise_level"] == pytest.approx(64 * 0.01**2)
+    rc, out, _ = cli(capsys, "eval", run)
+    assert rc == 0 and "reconstruction error" in out and "gap" in out
+    rc, out, _ = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.npy")
+    s = torch.from_numpy(np.load(tmp_path / "s.npy"))
+    assert rc == 0 and s.shape == (5, 64)
+    assert torch.allclose(best.project(s), s, atol=1e-4)  # on the learned manifold
+
+
+def test_alternating_schedule_alternates_manifold_and_density_epochs(tmp_path):
+    obj = MFlowObjective("alternating")
+
+    class T:
+        phase_starts = [0, 5]
+
+    t = T()
+    phases = [obj.phase(t, e) for e in range(7)]
+    assert phases == ["manifold", "density"] * 2 + ["manifold", "density", "density"]
+    run = tmp_path / "alt"
+    res = train(tiny_cfg("mflow-alternating", epochs=5, manifold_epochs=4), run,
+                progress=False, echo=False)  # fmt: skip
+    assert res["status"] == "finished" and not res["warnings"]
+    ep = epochs_of(run)
+    # a density epoch leaves the validated reconstruction error as it was, a manifold epoch
+    # lowers it; the losses alternate between the reconstruction error and the inner NLL
+    assert ep[1]["val"] == ep[0]["val"] > ep[2]["val"] == ep[3]["val"]
+    assert ep[0]["train_loss"] > 1 > abs(ep[1]["train_loss"])
+    assert [e["loss_kind"] for e in ep] == ["manifold", "density"] * 2 + ["density"]
+
+
+def test_interrupted_mflow_run_resumes_bit_identically(tmp_path, capsys):
+    cfg = tiny_cfg(epochs=4, manifold_epochs=2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg, a, progress=False, echo=False)
+
+    def interrupt(trainer):  # after the manifold phase's last step (before its validation),
+        if trainer.global_step in (6, 8):  # then inside the density phase
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert train(cfg, b, progress=False, echo=False, callback=interrupt)["status"] == "interrupted"
+    res = train({}, b, resume=True, progress=False, echo=False, callback=interrupt)
+    assert res["status"] == "interrupted" and res["steps"] == 8
+    rc, _, _ = cli(capsys, "train", "--out", b, "--resume", "--no-progress", "--quiet")
+    assert rc == 0
+    _, ta = read_checkpoint(a / "checkpoint.safetensors")
+    _, tb = read_checkpoint(b / "checkpoint.safetensors")
+    keys = [k for k in ta if k.startswith(("model/", "optim/"))]
+    assert keys and all(torch.equal(ta[k], tb[k]) for k in keys)
+    assert (a / "model.ff").read_bytes() == (b / "model.ff").read_bytes()
 
 
 def test_bad_input_is_refused():
@@ -83,10 +235,50 @@ def test_bad_input_is_refused():
         mflow(4, 4)
     with pytest.raises(ValueError, match="manifold_dim to be an integer >= 1"):
         mflow(4, 0)
+    with pytest.raises(ValueError, match="variant to be one of m, me"):
+        mflow(4, 2, variant="pie")
     m = small(5, 2)
     with pytest.raises(ValueError, match=r"expected data to project of shape \(batch, 5\)"):
         m.project(torch.randn(3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"manifold coordinates of shape \(batch, 2\)"):
         m.decode(torch.randn(3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"manifold coordinates of shape \(batch, 2\)"):
+        m.log_det_gram_estimate(torch.randn(3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="probes >= 2"):
+        m.log_det_gram_estimate(torch.randn(3, 2, dtype=torch.float64), probes=1)
     with pytest.raises(ValueError, match="manifold_dim=3 and features=3"):
         MFlow(small(3, 2).outer, small(6, 3).inner)
+    with pytest.raises(ValueError, match="takes no context"):
+        m.sample(2, context=torch.zeros(2, 1))
+
+
+def test_workbench_refuses_mismatched_objectives_and_phases(tmp_path, capsys):
+    cases = [
+        ({"train": {"objective": "nll"}}, ["trains with train.objective mflow", "'nll'"]),
+        ({"train": {"manifold_epochs": 4}}, ["manifold_epochs (4) below train.epochs (4)"]),
+        ({"model": "realnvp"}, ["train.objective 'mflow' trains M-flows"]),
+    ]
+    for i, (change, needles) in enumerate(cases):
+        cfg = tiny_cfg()
+        for k, v in change.items():
+            cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
+        if change.get("model") == "realnvp":
+            cfg["model"] = {"name": "realnvp", "layers": 2, "hidden": [8]}
+        path = tmp_path / f"c{i}.json"
+        path.write_text(json.dumps(cfg))
+        rc, _, err = cli(capsys, "train", "--config", path, "--out", tmp_path / f"r{i}")
+        one_line_error(rc, err, *needles)
+        assert not (tmp_path / f"r{i}" / "checkpoint.safetensors").exists()
+    # a table the workbench would standardise
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).standard_normal((64, 4)).astype("f4"))
+    cfg = {**tiny_cfg(), "data": {"name": str(tmp_path / "t.npy")}}
+    (tmp_path / "t.json").write_text(json.dumps(cfg))
+    rc, _, err = cli(capsys, "train", "--config", tmp_path / "t.json", "--out", tmp_path / "rt")
+    one_line_error(rc, err, "standardize: false")
+    # commands that have nothing for an M-flow say so
+    run = tmp_path / "ok"
+    train(tiny_cfg(epochs=2, manifold_epochs=1), run, progress=False, echo=False)
+    rc, _, err = cli(capsys, "report", run)
+    one_line_error(rc, err, "no report for a mflow model")
+    rc, _, err = cli(capsys, "eval", run, "--data", tmp_path / "t.npy")
+    one_line_error(rc, err, "has shape (64, 4); this run's model expects 64 columns")

@@ -12,6 +12,7 @@ from . import (
     image,
     integer,
     manifolds,
+    mflow,
     options,
     residual,
     transformer,
@@ -30,6 +31,7 @@ CASES: list[Case] = [
     *options.CASES,
     *integer.CASES,
     *manifolds.CASES,
+    *mflow.CASES,
     *transformer.CASES,
     *defaults.CASES,
 ]

@@ -28,6 +28,8 @@ class Case:
     # noise sampler for the round trip from fresh noise (default randn); a base with bounded
     # support (angles on a torus) needs noise inside it
     noise: Callable[[int, tuple], torch.Tensor] | None = None
+    # a registered model that is not a Flow (an M-flow) whose invertible parts this case checks
+    covers: str | None = None
 
     @functools.cached_property
     def _built(self) -> torch.nn.Module:

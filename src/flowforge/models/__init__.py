@@ -13,7 +13,8 @@ per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealN
 ``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
 ``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``transformer`` (TarFlow),
 ``integer`` (IDF), ``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``,
-``mflow``; not registered, as an M-flow is not a ``Flow`` on ``R^D``).
+``mflow``; registered, though an M-flow is not a ``Flow`` on ``R^D``: the workbench
+trains it with its own objectives).
 """
 
 from .assembly import DataOptions, standardized

@@ -14,10 +14,21 @@ An :class:`MFlow` has an *outer* invertible flow ``f`` on ``R^D`` and an *inner*
   where ``J_g`` is the ``D x d`` Jacobian of the generator, computed exactly here with ``d``
   Jacobian-vector products (fine for small ``d``).
 
-Training (the paper's sequential M-flow): a *manifold phase* fits ``f`` to the reconstruction
-error (:meth:`MFlow.manifold_loss`), then a *density phase* fits the inner flow by maximum
-likelihood of the encoded data with ``f`` frozen (:meth:`MFlow.density_loss`; the
-``log det`` term does not depend on the inner flow).
+The *M_e-flow* variant (``variant="me"``) encodes with a separate network ``e: R^D -> R^d``
+(an MLP) instead of the outer flow's inverse: ``u = e(x)``, ``pi(x) = g(e(x))``. The decoder
+``g`` stays the injective ``f^{-1}([u, 0])``, so the manifold and its density are defined as for
+the M-flow; the encoder is only bound to invert ``g`` through the reconstruction loss, which
+lets it learn a projection that is not along the outer flow's fibres.
+
+Training (the paper's separated updates): a *manifold phase* fits ``f`` (and the M_e-flow's
+encoder) to the reconstruction error (:meth:`MFlow.manifold_loss`), a *density phase* fits the
+inner flow by maximum likelihood of the encoded data with the rest frozen
+(:meth:`MFlow.density_loss`; the ``log det`` term does not depend on the inner flow). The
+workbench runs them in sequence or alternating (:mod:`flowforge.workbench.mflow`).
+
+This is not a :class:`~flowforge.Flow`: it has no density on ``R^D``. The builder is registered
+(``flowforge train --model mflow``), so that ``ff.save``/``ff.load`` and run folders work; the
+workbench trains it with its own objectives only (:attr:`MFlow.objectives`).
 """
 
 from __future__ import annotations
@@ -27,9 +38,11 @@ from torch import Tensor, nn
 from torch.autograd.functional import jvp
 
 from ..core import Compose, Flow, Transform, check_shape
+from ..nets import MLP
 from ..transforms import Affine, Coupling, LULinear, half_mask
 from .assembly import mlp_conditioner, widths
 from .coupling import RealNVP
+from .registry import register
 
 __all__ = ["MFlow", "mflow"]
 
@@ -40,6 +53,8 @@ class MFlow(nn.Module):
     Args:
         outer: an invertible :class:`~flowforge.Transform` on vectors ``(D,)``.
         inner: a :class:`~flowforge.Flow` on vectors ``(d,)``, ``d < D``.
+        encoder: for an M_e-flow, a module mapping ``(batch, D)`` to ``(batch, d)``; None (the
+            M-flow) encodes with the outer flow, ``f(x)[:d]``.
 
     Example:
         >>> m = mflow(features=6, manifold_dim=2, outer_layers=2, inner_layers=2, hidden=(16,))
@@ -48,7 +63,10 @@ class MFlow(nn.Module):
         (torch.Size([4, 6]), torch.Size([4]))
     """
 
-    def __init__(self, outer: Transform, inner: Flow):
+    #: the workbench objectives that train it (``train.objective``)
+    objectives = ("mflow", "mflow-alternating")
+
+    def __init__(self, outer: Transform, inner: Flow, encoder: nn.Module | None = None):
         super().__init__()
         if len(outer.event_shape) != 1 or outer.output_shape != outer.event_shape:
             raise ValueError(
@@ -59,14 +77,29 @@ class MFlow(nn.Module):
             raise ValueError(f"the inner flow must model vectors, got {inner.event_shape}")
         self.features, self.manifold_dim = outer.event_shape[0], inner.event_shape[0]
         _check_dims(self.manifold_dim, self.features)
-        self.outer, self.inner = outer, inner
+        self.outer, self.inner, self.encoder = outer, inner, encoder
+
+    @property
+    def variant(self) -> str:
+        """``"m"`` (the M-flow: the outer flow's inverse encodes) or ``"me"`` (the M_e-flow)."""
+        return "m" if self.encoder is None else "me"
+
+    @property
+    def event_shape(self) -> tuple[int]:
+        """The data's shape, ``(D,)``."""
+        return (self.features,)
 
     def _check(self, x: Tensor, what: str, size: int) -> None:
         check_shape(x, (size,), what)
 
     def encode(self, x: Tensor) -> Tensor:
-        """The manifold coordinates ``u = f(x)[:d]`` of data ``x`` of shape ``(batch, D)``."""
+        """The manifold coordinates of data ``x`` of shape ``(batch, D)``: ``f(x)[:d]`` (M-flow)
+        or ``e(x)`` (M_e-flow)."""
         self._check(x, "data to project", self.features)
+        if self.encoder is not None:
+            u = self.encoder(x)
+            self._check(u, "the encoder's output", self.manifold_dim)
+            return u
         return self.outer(x)[0][:, : self.manifold_dim]
 
     def decode(self, u: Tensor) -> Tensor:
@@ -76,7 +109,7 @@ class MFlow(nn.Module):
         return self.outer.inverse(torch.cat([u, pad], 1))[0]
 
     def project(self, x: Tensor) -> Tensor:
-        """``x`` projected onto the learned manifold, ``g(f(x)[:d])``."""
+        """``x`` projected onto the learned manifold, ``g(encode(x))``."""
         return self.decode(self.encode(x))
 
     def reconstruction_error(self, x: Tensor) -> Tensor:
@@ -94,6 +127,73 @@ class MFlow(nn.Module):
         jac = torch.stack(cols, 2)  # (B, D, d)
         return torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
 
+    def log_det_gram_estimate(
+        self, u: Tensor, probes: int = 8, steps: int = 10, create_graph: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        r"""A stochastic estimate of ``log det(J_g^T J_g)`` at ``u`` and its standard error
+        (each ``(batch,)``), from Jacobian-vector and vector-Jacobian products only (no
+        ``D x d`` Jacobian), for ``d`` where the exact value is costly.
+
+        ``log det G = tr log G`` (``G = J^T J``) with the trace estimated from ``probes``
+        Rademacher vectors ``v`` (Hutchinson), each ``v^T log(G) v`` by stochastic Lanczos
+        quadrature: ``steps`` Lanczos steps on ``G`` from ``v`` give a tridiagonal ``T`` and
+        ``v^T log(G) v ~ |v|^2 e_1^T log(T) e_1`` (exact when ``steps >= d``; the error of fewer
+        steps shrinks fast with ``G``'s conditioning). The standard error is that of the mean
+        over the probes. Costs ``2 probes min(steps, d)`` passes through the decoder; the exact
+        :meth:`log_det_gram` costs ``d``.
+        """
+        from torch.autograd.functional import vjp
+
+        self._check(u, "manifold coordinates", self.manifold_dim)
+        for name, v in (("probes", probes), ("steps", steps)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+        if probes < 2:
+            raise ValueError("a standard error needs probes >= 2")
+        d, m = self.manifold_dim, min(steps, self.manifold_dim)
+
+        def gram(v: Tensor) -> Tensor:  # G v per example, (B, d)
+            jv = jvp(self.decode, u, v, create_graph=create_graph)[1]
+            return vjp(self.decode, u, jv, create_graph=create_graph)[1]
+
+        def dot(a: Tensor, b: Tensor) -> Tensor:
+            return (a * b).sum(1, keepdim=True)
+
+        per_probe = []
+        for _ in range(probes):
+            v = torch.randint(0, 2, u.shape, device=u.device).to(u.dtype) * 2 - 1
+            qs = [v / d**0.5]
+            alphas, betas = [], []
+            for j in range(m):
+                w = gram(qs[j])
+                if j > 0:
+                    w = w - betas[-1] * qs[j - 1]
+                alphas.append(dot(w, qs[j]))
+                for _ in range(2):  # full re-orthogonalisation
+                    for q in qs:
+                        w = w - dot(w, q) * q
+                if j == m - 1:
+                    break
+                beta = w.norm(dim=1, keepdim=True)
+                # a Krylov space exhausted early: go on from a fresh orthogonal direction with a
+                # zero coupling (the start vector's quadrature is then already exact)
+                tiny = beta <= 1e-9 * alphas[0].abs().clamp_min(1e-30)
+                r = torch.randn_like(w)
+                for _ in range(2):
+                    for q in qs:
+                        r = r - dot(r, q) * q
+                nxt = torch.where(tiny, r / r.norm(dim=1, keepdim=True), w / beta.clamp_min(1e-30))
+                betas.append(torch.where(tiny, torch.zeros_like(beta), beta))
+                qs.append(nxt)
+            t = torch.diag_embed(torch.cat(alphas, 1))
+            if betas:
+                off = torch.cat(betas, 1)
+                t = t + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+            theta, vec = torch.linalg.eigh(t)
+            per_probe.append(d * (vec[:, 0, :].square() * theta.log()).sum(1))
+        est = torch.stack(per_probe)  # (probes, B)
+        return est.mean(0), est.std(0) / probes**0.5
+
     def log_prob(self, x: Tensor, create_graph: bool = False) -> Tensor:
         """The manifold-restricted log-density at the projection of ``x`` (w.r.t. the learned
         manifold's volume), ``(batch,)``."""
@@ -101,9 +201,12 @@ class MFlow(nn.Module):
         return self.inner.log_prob(u) - 0.5 * self.log_det_gram(u, create_graph)
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """``n`` points on the learned manifold, ``(n, D)``."""
-        return self.decode(self.inner.sample(n))
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """``n`` points on the learned manifold, ``(n, D)`` (``temperature`` scales the inner
+        flow's base noise; an M-flow takes no context)."""
+        if context is not None:
+            raise ValueError("an M-flow is unconditional; it takes no context")
+        return self.decode(self.inner.sample(n, temperature=temperature))
 
     # -- the two training phases -----------------------------------------------------------
     def manifold_loss(self, x: Tensor) -> Tensor:
@@ -129,30 +232,47 @@ def _check_dims(d: int, features: int) -> None:
         )
 
 
+VARIANTS = ("m", "me")
+
+
+@register(inputs=("features",), depth="outer_layers", width="hidden")
 def mflow(
     features: int,
-    manifold_dim: int,
+    manifold_dim: int = 2,
     outer_layers: int = 8,
     inner_layers: int = 6,
     hidden: int | tuple[int, ...] = (128, 128),
     activation: str = "relu",
+    variant: str = "m",
 ) -> MFlow:
-    r"""An M-flow: the outer flow alternates LU-linear mixing and affine couplings on ``R^D``,
-    the inner flow is a :func:`~flowforge.models.RealNVP` on ``R^d``.
+    r"""M-flow (Brehmer & Cranmer 2020): a density on a learned d-dim manifold (variant m or me).
+
+    The outer flow alternates LU-linear mixing and affine couplings on ``R^D``, the inner flow
+    is a :func:`~flowforge.models.RealNVP` on ``R^d``; ``variant="me"`` adds the M_e-flow's
+    separate encoder, an MLP ``R^D -> R^d`` with the same widths.
 
     Args:
         features: the data dimension ``D``.
         manifold_dim: the manifold dimension ``d < D``.
         outer_layers: couplings in the outer flow.
         inner_layers: couplings in the inner flow.
-        hidden: the couplings' MLP widths (both flows).
+        hidden: the MLPs' widths (both flows and the encoder).
         activation: the MLPs' activation.
+        variant: ``"m"`` (the outer flow's inverse encodes) or ``"me"`` (a separate encoder).
     """
     _check_dims(manifold_dim, features)
+    if variant not in VARIANTS:
+        raise ValueError(f"expected variant to be one of {', '.join(VARIANTS)}, got {variant!r}")
+    for name, v in (("outer_layers", outer_layers), ("inner_layers", inner_layers)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
     h = widths(hidden)
     cond = mlp_conditioner(h, 0, activation)
     chain: list[Transform] = []
     for i in range(outer_layers):
         chain += [LULinear(features), Coupling(half_mask(features, i % 2 == 1), cond, Affine())]
     inner = RealNVP(features=manifold_dim, layers=inner_layers, hidden=h, activation=activation)
-    return MFlow(Compose(chain), inner)
+    encoder = None
+    if variant == "me":
+        encoder = MLP(features, manifold_dim, h, activation=activation, zero_init=False)
+    return MFlow(Compose(chain), inner, encoder)

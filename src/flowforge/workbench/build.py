@@ -205,6 +205,7 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     except (TypeError, ValueError) as e:
         raise WorkbenchError(f"cannot build {name!r}: {' '.join(str(e).split())}") from None
     event_shape = tuple(ds.shape) if layout == "image" else (math.prod(ds.shape),)
+    _check_objective(name, inner, cfg["train"]["objective"], ds)
     flow = inner
     if ds.stats is not None:
         flow = standardized(inner, ds.stats, event_shape)
@@ -227,6 +228,25 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     if ds.info.get("columns"):
         resolved["columns"] = ds.info["columns"]
     return flow, inner, resolved
+
+
+def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:
+    """A model that trains with its own objectives only (an M-flow: ``model.objectives``) gets
+    one of them, on data that is not standardised; the other models never get those."""
+    own = getattr(model, "objectives", None)
+    if own is None:
+        if objective in models.MFlow.objectives:
+            raise WorkbenchError(f"train.objective {objective!r} trains M-flows (model mflow)")
+        return
+    if objective not in own:
+        raise WorkbenchError(
+            f"model {name!r} trains with train.objective {' or '.join(own)}, not {objective!r}"
+        )
+    if ds.stats is not None:
+        raise WorkbenchError(
+            f"model {name!r} models the data on its own scale: set the data option "
+            "standardize: false"
+        )
 
 
 def same_model(before: dict | None, now: dict | None) -> bool:

@@ -206,6 +206,9 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(res, allow_nan=False))
     else:
+        if "reconstruction" in res:  # an M-flow run
+            _print_manifold_eval(res)
+            return 0
         msg = f"{res['split']} NLL {res['nll']:.4f} nats/example"
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
@@ -217,6 +220,23 @@ def cmd_eval(args) -> int:
                 f"{res['gap']:.4f} +- {res['gap_se']:.4f} nats, an estimate of KL(data || model)"
             )
     return 0
+
+
+def _print_manifold_eval(res: dict) -> None:
+    rec = f"{res['reconstruction']:.5f} +- {res['reconstruction_se']:.5f}"
+    noise = res.get("noise_level")
+    print(
+        f"{res['split']} reconstruction error |x - pi(x)|^2 {rec}"
+        + (f" (the data's noise level {noise:.5f})" if noise is not None else "")
+        + f" ({res['examples']} examples)"
+    )
+    print(f"on-manifold NLL {res['nll']:.4f} +- {res['nll_se']:.4f} nats/example")
+    if "true_nll" in res:
+        print(
+            f"true NLL {res['true_nll']:.4f} (the data's known density on its surface); gap "
+            f"{res['gap']:.4f} +- {res['gap_se']:.4f} nats (mean absolute per example "
+            f"{res['gap_mean_abs']:.4f})"
+        )
 
 
 def cmd_sample(args) -> int:

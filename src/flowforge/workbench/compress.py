@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import bitsback, codec
+from ..core import Flow
 from .data import DATASETS, load_dataset, read_examples
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
@@ -36,6 +37,8 @@ def data_hash(x: np.ndarray) -> str:
 
 def _flow_of(run: str):
     flow = load_run(run)
+    if not isinstance(flow, Flow):
+        raise WorkbenchError(f"{run}: its {type(flow).__name__} model cannot compress data")
     try:
         if codec._bits_back(flow):
             bitsback.check_flow(flow)

@@ -54,6 +54,7 @@ DEFAULT_TRAIN: dict = {
     "log_every": 10,  # steps between 'step' records in metrics.jsonl
     "device": "cpu",  # cpu | cuda | cuda:N | auto
     "tensorboard": True,  # used only if tensorboard is installed
+    "manifold_epochs": 0,  # M-flow objectives: epochs of the first phase; 0: half the epochs
 }
 TOP_KEYS = ("seed", "model", "data", "layout", "train")
 LAYOUTS = ("auto", "vector", "image")
@@ -64,6 +65,8 @@ OBJECTIVES: dict[str, str] = {
     "flow-matching": "conditional flow matching of a CNF, linear path (flowforge.matching)",
     "flow-matching-ot": "flow matching, linear path, mini-batch optimal-transport pairing",
     "flow-matching-vp": "flow matching, variance-preserving path",
+    "mflow": "an M-flow's manifold phase (reconstruction), then its density phase",
+    "mflow-alternating": "an M-flow's manifold and density epochs alternating, then density",
 }
 
 
@@ -288,6 +291,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "log_every": _int(0),
     "device": _device,
     "tensorboard": _bool,
+    "manifold_epochs": _int(0),
 }
 
 

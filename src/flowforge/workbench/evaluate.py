@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ..core import Flow
 from ..objectives import log_likelihoods
 from ..transforms.continuous import exact_scoring
 from .data import column_context, label_context, read_examples
@@ -46,6 +47,8 @@ def evaluate_run(
     r = cfg["resolved"]
     truth = None
     flow = load_run(run)
+    if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
+        return _evaluate_manifold_model(run, cfg, flow, split, data, batch_size)
     shape = tuple(r["event_shape"])
     info = r.get("context")
     context = None
@@ -112,6 +115,42 @@ def evaluate_run(
         out["gap"] = gap.mean().item()
         out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else 0.0
     return out
+
+
+def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size: int) -> dict:
+    """An M-flow run's figures (:func:`~flowforge.workbench.mflow.evaluate_mflow`): the
+    reconstruction error against the data's noise level where known, the on-manifold NLL, and
+    the gap to the true density where the data has one on a surface."""
+    from .mflow import evaluate_mflow, noise_level
+
+    truth, noise = None, None
+    if data is not None:
+        x = read_examples(data)
+        if x.dim() != 2 or x.shape[1] != model.features:
+            raise DataError(
+                f"{data} has shape {tuple(x.shape)}; this run's model expects "
+                f"{model.features} columns"
+            )
+        split = str(data)
+    else:
+        ds = run_dataset(cfg)
+        x = ds.split(split)
+        noise = noise_level(ds.name)
+        if ds.density is not None and ds.density_measure == "surface":
+            truth = torch.from_numpy(ds.density(x.double().numpy()))
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    out = evaluate_mflow(model, x.to(dtype), truth, batch_size)
+    if not all(math.isfinite(v) for v in out.values()):
+        raise DataError(f"{split}: the model cannot score every example (non-finite figures)")
+    return {
+        "run": str(run),
+        "split": split,
+        "model": cfg["model"]["name"],
+        "bits_per_dim": None,
+        "samples": 1,
+        "noise_level": noise,
+        **out,
+    }
 
 
 def sample_context(cfg: dict, label: str | None, context: str | None):

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core import Flow
+from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import load_run, read_metrics, run_config
 
@@ -606,6 +608,11 @@ def write_report(
     run = Path(run)
     cfg = run_config(run)
     flow = load_run(run)
+    if not isinstance(flow, Flow):
+        raise WorkbenchError(
+            f"{run}: flowforge report has no report for a {cfg['model']['name']} model yet; use "
+            "flowforge eval and flowforge sample"
+        )
     r = cfg["resolved"]
     ds = run_dataset(cfg)
     shape = tuple(r["event_shape"])

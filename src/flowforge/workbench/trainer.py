@@ -65,6 +65,20 @@ class Objective:
     needs_data = True
     skip_nonfinite = False  # skip (and count) steps whose loss is not finite, instead of stopping
 
+    def phase_starts(self, cfg: dict) -> list[int]:
+        """The epochs (0-based) at which a new training phase begins, besides epoch 0, for the
+        train options ``cfg`` (default: none, one phase). At each phase the trainer restarts
+        the learning-rate schedule
+        (warm-up, then cosine), starts from the best validated weights of the phase before and
+        compares validation numbers only within the phase; ``patience`` stops the run in its
+        last phase only (an earlier phase runs its epochs in full)."""
+        return []
+
+    def loss_kind(self, trainer: Trainer) -> str:
+        """Which of the objective's losses the epoch in progress minimises (one by default): the
+        trainer watches each kind's losses for spikes apart."""
+        return "loss"
+
     def loss(self, trainer: Trainer, model, x: Tensor | None, context: Tensor | None) -> Tensor:
         raise NotImplementedError
 
@@ -183,7 +197,17 @@ _OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "flow-matching": lambda: FlowMatchingObjective(),
     "flow-matching-ot": lambda: FlowMatchingObjective(ot=True, name="flow-matching-ot"),
     "flow-matching-vp": lambda: FlowMatchingObjective(path="vp", name="flow-matching-vp"),
+    "mflow": lambda: _mflow("sequential"),
+    "mflow-alternating": lambda: _mflow("alternating"),
 }
+
+
+def _mflow(schedule: str) -> Objective:
+    from .mflow import MFlowObjective  # (it imports this module)
+
+    return MFlowObjective(schedule)
+
+
 assert set(_OBJECTIVES) == set(OBJECTIVES), "config.OBJECTIVES and the trainer's must agree"
 
 
@@ -487,6 +511,13 @@ class Trainer:
                 raise WorkbenchError("an objective without data needs steps_per_epoch >= 1")
             self.steps_per_epoch = int(steps_per_epoch)
         self.total_steps = self.steps_per_epoch * self.cfg["epochs"]
+        starts = sorted(set(self.objective.phase_starts(self.cfg)) - {0})
+        if any(not 0 < s < self.cfg["epochs"] for s in starts):
+            raise WorkbenchError(
+                f"the {self.objective.name} objective's phases {starts} do not fit in "
+                f"{self.cfg['epochs']} epochs"
+            )
+        self.phase_starts = [0, *starts]
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = adam(
             params,
@@ -513,7 +544,7 @@ class Trainer:
         self.history: list[dict] = []
         self.warnings: list[str] = []
         self.best_state: dict | None = None  # without a run folder, the best weights
-        self._watch = _Watch()
+        self._watch: dict[str, _Watch] = {}  # one per kind of loss
         self._signals: _Signals | None = None
         self._tb = None
 
@@ -532,13 +563,22 @@ class Trainer:
     def writer(self) -> bool:
         return self.rank == 0 and self.out is not None
 
+    def _phase_span(self, epoch: int) -> tuple[int, int]:
+        """``(first, end)`` epochs of the training phase that holds ``epoch``."""
+        first = max(s for s in self.phase_starts if s <= epoch)
+        end = min((s for s in self.phase_starts if s > epoch), default=self.cfg["epochs"])
+        return first, end
+
     def _lr_lambda(self, step: int) -> float:
+        # warm-up then cosine within the phase that holds the step (the whole run by default)
+        first, end = self._phase_span(min(step // self.steps_per_epoch, self.cfg["epochs"] - 1))
+        step -= first * self.steps_per_epoch
         warmup = int(self.cfg["warmup_steps"])
         if warmup > 0 and step < warmup:
             return self.lr_factor * (step + 1) / warmup
         if self.cfg["schedule"] == "constant":
             return self.lr_factor
-        span = max(1, self.total_steps - warmup)
+        span = max(1, (end - first) * self.steps_per_epoch - warmup)
         progress = min(1.0, (step - warmup) / span)
         lo = float(self.cfg["min_lr_ratio"])
         return self.lr_factor * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress)))
@@ -656,7 +696,8 @@ class Trainer:
                 raise ValueError(f"its counter {k!r} is {v!r}, expected an integer {span}")
 
         whole("epoch", 0, self.cfg["epochs"])
-        whole("step_in_epoch", 0, max(self.steps_per_epoch - 1, 0))
+        # (steps_per_epoch: an epoch interrupted after its last step, before its validation)
+        whole("step_in_epoch", 0, self.steps_per_epoch)
         whole("global_step", 0, self.cfg["epochs"] * self.steps_per_epoch)
         whole("best_epoch", -1, self.cfg["epochs"])
         whole("bad_epochs", 0, self.cfg["epochs"])
@@ -782,6 +823,8 @@ class Trainer:
         import torch.distributed as dist
 
         t0 = time.time()
+        if self.step_in_epoch == 0 and self.epoch in self.phase_starts[1:]:
+            self._new_phase()
         losses = self.epoch_losses
         self.model.train()
         clip = float(self.cfg["grad_clip"] or 0)
@@ -818,7 +861,8 @@ class Trainer:
             value = stats[0].item()
             if math.isfinite(value):
                 losses.append(value)
-                spike = self._watch.check(value, float(norm) if norm is not None else math.nan)
+                watch = self._watch.setdefault(self.objective.loss_kind(self), _Watch())
+                spike = watch.check(value, float(norm) if norm is not None else math.nan)
                 if spike:
                     self._warn(f"step {self.global_step}: {spike}; {self._largest_gradient()}")
             bar.update(1)
@@ -887,6 +931,9 @@ class Trainer:
         }
         if self.bits_dims and self.objective.name == "nll":
             rec["train_bpd"], rec["val_bpd"] = self._bpd(train_loss), self._bpd(val)
+        if len(self.phase_starts) > 1:  # a phased objective: which phase, which loss
+            rec["phase"] = sum(s <= self.epoch for s in self.phase_starts)
+            rec["loss_kind"] = self.objective.loss_kind(self)
         self._log(rec)
         msg = f"epoch {self.epoch + 1}/{self.cfg['epochs']}  train {train_loss:.4f}  val {val:.4f}"
         if self.bits_dims and self.objective.name == "nll":
@@ -899,13 +946,26 @@ class Trainer:
         self.epoch_losses = []
         patience = int(self.cfg["patience"] or 0)
         status = "running"
-        if patience and self.bad_epochs >= patience:
+        last_phase = self.epoch - 1 >= self.phase_starts[-1]  # the epoch just validated
+        if patience and self.bad_epochs >= patience and last_phase:
             status = self.finished = "early-stopped"
             self._say(
                 f"early stop: no better validation {self.objective.name} for {patience} epochs"
             )
         self.save_checkpoint()
         return status
+
+    def _new_phase(self) -> None:
+        """At the first epoch of a phase: continue from the best weights of the phase before
+        and validate afresh (the phases' validation numbers are not comparable). Idempotent,
+        so a run resumed at this point does the same."""
+        if self.best_epoch < 0:
+            return  # done already (or nothing was validated better than infinity)
+        self.load_best()
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
+        self.best, self.best_epoch, self.bad_epochs, self.best_state = math.inf, -1, 0, None
+        self._say(f"phase {self.phase_starts.index(self.epoch) + 1}: from the best weights so far")
 
     def load_best(self) -> torch.nn.Module:
         """Load the best validated weights into the model (from memory without a run folder,
