@@ -196,6 +196,45 @@ def test_resuming_a_run_from_before_the_rule_rebuilds_its_model(moons):
     assert not same_model(before["flow_config"], now["flow_config"])
 
 
+def test_resuming_rebuilds_the_model_as_it_was_when_the_defaults_change(moons):
+    # a MAF run of the old defaults (5 plain layers, stored in full in its flow_config) resumes
+    # with that model, although MAF's defaults are now residual and deeper in 2-D
+    _, _, now = build_flow(_cfg("maf"), moons)
+    before = json.loads(json.dumps(now))
+    before["flow_config"]["kwargs"].update(layers=5, hidden=[16, 16], residual=False)
+    before["sizing"] = None
+    flow, inner, again = build_flow(_cfg("maf"), moons, before)
+    assert again["flow_config"]["kwargs"]["hidden"] == [16, 16]
+    assert sum(type(m).__name__ == "Autoregressive" for m in inner.modules()) == 5
+    assert same_model(before["flow_config"], again["flow_config"])
+    assert not same_model(before["flow_config"], now["flow_config"])
+
+
+def test_affine_defaults():
+    # RealNVP: 16 residual couplings of width 128 (the parameters of 8 plain ones of 256x256);
+    # MAF: residual, max(5, 32 // D) layers; explicit widths keep plain networks
+    def count(flow, kind):
+        return sum(type(m).__name__ == kind for m in flow.modules())
+
+    flow = ff.models.RealNVP(features=2)
+    assert count(flow, "Coupling") == 16 and count(flow, "ResidualMLP") == 16
+    plain = ff.models.RealNVP(features=2, residual=False)
+    assert count(plain, "Coupling") == 8 and count(plain, "ResidualMLP") == 0
+    n = sum(p.numel() for p in flow.parameters())
+    assert abs(n - sum(p.numel() for p in plain.parameters())) < 0.01 * n
+    assert count(ff.models.RealNVP(features=2, hidden=[32, 32]), "ResidualMLP") == 0
+    assert [count(ff.models.MAF(features=d), "Autoregressive") for d in (2, 3, 4, 8, 64)] == [
+        16,
+        10,
+        8,
+        5,
+        5,
+    ]
+    assert ff.models.MAF(features=3).config["kwargs"]["residual"] is None
+    made = [m for m in ff.models.MAF(features=3).modules() if type(m).__name__ == "MADE"]
+    assert made and all(m.residual for m in made)
+
+
 def test_list_shows_each_models_arguments(capsys):
     rc = main(["list", "--json"])
     info = json.loads(capsys.readouterr().out)

@@ -64,7 +64,7 @@ def _autoregressive_stack(
 
 def maf_layers(features: int) -> int:
     """MAF's default depth for data of ``features`` dimensions."""
-    return max(5, 40 // max(features, 1))
+    return max(5, 32 // max(features, 1))
 
 
 @register(inputs=("features",), depth="layers")
@@ -88,10 +88,11 @@ def MAF(
 
     Args:
         features: data dimension (1 is allowed).
-        layers: number of autoregressive layers (None: ``max(5, 40 // features)``: 20 for
-            2-D data, 5 from 8 dimensions on; in few dimensions an affine layer gives each
+        layers: number of autoregressive layers (None: ``max(5, 32 // features)``: 16 for
+            2-D data, 5 from 7 dimensions on; in few dimensions an affine layer gives each
             entry one affine map, so low-dimensional data needs more of them, docs/defaults.md).
-        hidden: MADE hidden widths (None: ``(128, 128)``).
+        hidden: MADE hidden widths (None: three layers of 128 in a residual MADE, ``(128, 128)``
+            without ``residual``).
         order: the first layer's order (``"natural"``, ``"reversed"``, ``"random"``); the
             ``permutation`` between layers varies it for the others.
         permutation: between layers: ``"reverse"``, ``"random"``, ``"lu"`` or None.
@@ -111,7 +112,7 @@ def MAF(
     (d,) = event_shape(features, None)
     cf = data.context_features
     residual = hidden is None if residual is None else residual
-    hidden = (128, 128) if hidden is None else hidden
+    hidden = ((128, 128, 128) if residual else (128, 128)) if hidden is None else hidden
     layers = maf_layers(d) if layers is None else layers
     chain = _autoregressive_stack(
         d,

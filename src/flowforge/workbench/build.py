@@ -189,14 +189,22 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
             "base 'class-gaussian' needs a conditional run: add --conditional label (or "
             "--target-columns for a table)"
         )
-    if legacy:  # the builder's arguments added since take the values that rebuild the run
-        kwargs = models.registry.saved_kwargs(name, kwargs)
-    elif ds.stats is not None and "standardize" in takes:
-        # the data is standardised here, with the whole training split's statistics
-        kwargs.setdefault("standardize", False)
-    sizing = None if legacy else _sizing(spec.name.lower(), spec, kwargs, layout, ds)
-    if sizing:
-        kwargs.update(sizing["arguments"])
+    before = (stored or {}).get("flow_config") or {}
+    if isinstance(before.get("kwargs"), dict) and before.get("model", "").lower() == name.lower():
+        # resuming: the arguments the run's model was built with, all of them (completed with
+        # the values of those added since), so that changed builder defaults rebuild it as it was
+        kwargs = models.registry.saved_kwargs(name, before["kwargs"])
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("features", "shape")}
+        sizing = stored.get("sizing")
+    else:
+        if legacy:  # the builder's arguments added since take the values that rebuild the run
+            kwargs = models.registry.saved_kwargs(name, kwargs)
+        elif ds.stats is not None and "standardize" in takes:
+            # the data is standardised here, with the whole training split's statistics
+            kwargs.setdefault("standardize", False)
+        sizing = None if legacy else _sizing(spec.name.lower(), spec, kwargs, layout, ds)
+        if sizing:
+            kwargs.update(sizing["arguments"])
     shape_kw = {"shape": list(ds.shape)} if layout == "image" else {"features": math.prod(ds.shape)}
     try:
         inner = models.build(name, **shape_kw, **kwargs)
