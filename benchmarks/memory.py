@@ -35,7 +35,8 @@ MODELS = {
 }
 
 
-def one(name: str, saving: bool, steps: int) -> dict:
+def _setup(name: str):
+    """The model ``name`` (seeded, data-initialised, in training mode) and its batch."""
     import torch
 
     import flowforge as ff
@@ -49,6 +50,16 @@ def one(name: str, saving: bool, steps: int) -> dict:
     flow.train()
     with torch.no_grad():
         flow.log_prob(x)  # ActNorm's initialisation
+    return flow, x
+
+
+def one(name: str, saving: bool, steps: int) -> dict:
+    import torch
+
+    import flowforge as ff
+
+    flow, x = _setup(name)
+    shape = MODELS[name]["batch"]
     if saving:
         ff.memory_saving(flow)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
@@ -92,15 +103,7 @@ def timing(name: str, rounds: int) -> dict:
 
     import flowforge as ff
 
-    torch.manual_seed(0)
-    spec = MODELS[name]
-    model, kwargs = spec["build"]
-    flow = ff.models.build(model, **kwargs)
-    shape = spec["batch"]
-    x = torch.randint(0, 256, shape).float() if spec["discrete"] else torch.randn(shape)
-    flow.train()
-    with torch.no_grad():
-        flow.log_prob(x)
+    flow, x = _setup(name)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     times = {False: [], True: []}
     for i in range(rounds + 1):
