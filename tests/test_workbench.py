@@ -452,3 +452,20 @@ def test_trainer_adam_is_fused_on_cpu_and_follows_the_same_rule():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_eval_importance_weighted_bound(digits_run, capsys):
+    # --iw: log (1/K) sum_k of the K draws' weights, a tighter bound than their mean
+    rc, out, _ = cli(capsys, "eval", digits_run, "--samples", 4, "--json")
+    mean = json.loads(out)
+    rc, out, _ = cli(capsys, "eval", digits_run, "--samples", 4, "--iw", "--json")
+    assert rc == 0
+    iw = json.loads(out)
+    assert iw["bound"] == "importance-weighted" and mean["bound"] == "mean"
+    assert math.isfinite(iw["nll"]) and iw["nll"] <= mean["nll"] + 1e-6
+    # the same draws (same seed): by Jensen the gap is positive unless the draws agree
+    assert iw["nll"] < mean["nll"]
+    rc, out, _ = cli(capsys, "eval", digits_run, "--samples", 4, "--iw")
+    assert "the importance-weighted bound with K = 4" in out
+    rc, _, err = cli(capsys, "eval", digits_run, "--iw")
+    assert_one_line_error(rc, err, "--iw", "--samples of 2 or more")
