@@ -19,25 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from sampling import timed  # benchmarks/sampling.py (this folder is on the path)
 
 import flowforge as ff
 from flowforge.transforms import EmergingConv2d, LULinear
 
 SHAPES = [(4, 4, 4), (8, 2, 2), (3, 16, 16), (3, 32, 32)]
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure(shape, batch: int, perturb: float, repeats: int, tol: float) -> dict:
