@@ -51,7 +51,7 @@ def evaluate_run(
     if iw and (r.get("levels") is None or samples < 2):
         raise DataError(
             "--iw is the importance-weighted dequantization bound: it needs discrete data "
-            f"(this run's has {'no levels' if r.get('levels') is None else 'levels'}) and "
+            f"(this run's data {'has no' if r.get('levels') is None else 'has'} levels) and "
             f"--samples of 2 or more (got {samples})"
         )
     truth = None
