@@ -210,7 +210,7 @@ def test_a_crafted_header_cannot_make_decoding_run_long():
         with pytest.raises(codec.CodecError, match=needle):
             codec.decode(flow, crafted)
         assert time.perf_counter() - t < 20
-    for field, value in (("version", 7), ("flags", 4)):
+    for field, value in (("version", 7), ("flags", 8)):
         forged = dataclasses.replace(h, **{field: value}).pack() + blob[h.size :]
         with pytest.raises(codec.CodecError, match="not a bits-back .ffz file"):
             bitsback.decode(flow, forged)

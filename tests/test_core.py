@@ -370,3 +370,18 @@ def test_input_checks_are_switchable(flow):
         assert torch.isnan(flow.log_prob(bad)).all()  # the caller asked for no checks
     finally:
         flow.validate_args = None
+
+
+def test_the_dequantizers_range_check_follows_validate_args():
+    # the range check reads the data back to the host: Flow runs it only where it validates
+    flow = ff.models.RealNVP(features=4, layers=2, hidden=(8,), levels=5)
+    bad = torch.full((3, 4), 7.0)  # above the 5 levels
+    with pytest.raises(ValueError, match=r"discrete data in \[0, 4\]"):
+        flow.log_prob(bad)
+    with pytest.raises(ValueError, match=r"discrete data in \[0, 4\]"):
+        flow.dequantizer(bad)  # called alone, it always checks
+    flow.validate_args = False
+    try:
+        assert flow.log_prob(bad).shape == (3,)  # the caller asked for no checks
+    finally:
+        flow.validate_args = None

@@ -251,3 +251,42 @@ def test_flowforge_train_tarflow_on_digits(tmp_path, capsys):
     assert main(["sample", str(out), "--out", str(tmp_path / "t.png"), "--tol", "0"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--tol must be positive" in err[0]
+
+
+@pytest.mark.parametrize("parallel_faster", [True, False])
+def test_auto_times_both_inverses_once_per_batch_size_and_keeps_the_faster(
+    monkeypatch, parallel_faster
+):
+    import flowforge.transforms.autoregressive as AR
+
+    fresh = T.Autoregressive(8, T.Affine(), (8,), inverse_mode="auto")  # converges in 1 sweep
+    calls = {"parallel": 0, "sequential": 0}
+    seconds = {"parallel": 1 if parallel_faster else 5, "sequential": 3}
+    clock = [0.0]
+
+    def fake_clock(_):
+        return clock[0]
+
+    for name in calls:
+        real = getattr(fresh, f"_{name}_inverse")
+
+        def timed(z, c, real=real, name=name):
+            calls[name] += 1
+            clock[0] += seconds[name]
+            return real(z, c)
+
+        monkeypatch.setattr(fresh, f"_{name}_inverse", timed)
+    monkeypatch.setattr(AR, "_clock", fake_clock)
+    z = torch.randn(5, 8)
+    x, _ = fresh.inverse(z)  # the first call of this batch size runs both
+    assert calls == {"parallel": 1, "sequential": 1}
+    assert fresh.last_sweeps == (1 if parallel_faster else 0)
+    x2, _ = fresh.inverse(torch.randn(7, 8))  # same power-of-two bucket: only the pick runs
+    assert calls == (
+        {"parallel": 2, "sequential": 1} if parallel_faster else {"parallel": 1, "sequential": 2}
+    )
+    fresh.inverse(torch.randn(64, 8))  # another bucket: timed again
+    assert sum(calls.values()) == 5
+    assert torch.allclose(x, z, atol=1e-6)  # the identity layer, either way
+    fresh.set_inverse("auto")  # a new choice forgets the picks
+    assert fresh._auto_picks == {}

@@ -34,8 +34,11 @@ example and direction). When every layer of the flow declares its Jacobian's str
 (couplings and elementwise layers, re-indexing, linear layers; see
 :mod:`flowforge.bitsback_layers`), the flow is coded one layer at a time instead, with forward
 passes only; ``scheme="auto"`` (the default) does so, and the header's flags record it (bit 0:
-the flow, bit 1: a variational dequantizer's flow; files with flags 0 are the whole-flow scheme,
-as every version-2 file written before).
+the flow, bit 1: a variational dequantizer's flow; files with neither are the whole-flow
+scheme, as every version-2 file written before). Bit 2: every example carries a one-symbol
+escape flag (probability 2^-12); an example whose layer inverse misses the coder's window, as
+data far out in the model's tails can make it, is then coded uniformly, ``log2(levels)`` bits
+per entry, instead of stopping the encoder.
 
 Determinism: every network call is made on one example at a time (the same shapes in both
 directions), in float64 on a copy of the flow, on the CPU, with ``threads`` torch threads; the
@@ -86,7 +89,11 @@ PRECISION = 24
 # means the whole-flow black-box Jacobian (the only scheme of the first version-2 files)
 FLAG_LAYERS = 1  # the flow
 FLAG_Q_LAYERS = 2  # the variational dequantizer's flow
-FLAGS = FLAG_LAYERS | FLAG_Q_LAYERS
+# every example carries a flag: 1 if the local Gaussian could not code it (an inverse that
+# missed its window, as data far out in the model's tails can make it) and its cells were coded
+# uniformly instead; files without this bit (written before it existed) have no such flags
+FLAG_ESCAPE = 4
+FLAGS = FLAG_LAYERS | FLAG_Q_LAYERS | FLAG_ESCAPE
 SCHEMES = ("auto", "layers", "jacobian")
 _TAIL = struct.Struct("<HBBBBHB16sIIIIIII")
 _DEQ = {UniformDequantization: 0, VariationalDequantization: 1}
@@ -284,6 +291,19 @@ class _OutOfWindow(ValueError):
     dequantization noise, the encoder falls back to uniform noise for that example."""
 
 
+class _Unfit(ValueError):
+    """Encoding: the local Gaussian cannot code this example (see :func:`_unfit`)."""
+
+
+def _unfit() -> Exception:
+    """The encoder's error when a layer's inverse misses its input by more than the coder's
+    window: with :data:`FLAG_ESCAPE` the example is coded uniformly instead."""
+    return _Unfit(
+        "a layer's inverse misses its input by more than the coder's window (an inexact or "
+        "ill-conditioned inverse); this flow cannot be bits-back coded at this sigma"
+    )
+
+
 class _LocalDensity:
     """The density ``N(f(v); 0, I) |det df/dv|`` of a flow on the grid of cells
     ``[n, n + 1) * step`` (index vectors ``n``), coded by local bits-back: :meth:`push` encodes
@@ -397,11 +417,7 @@ class _LocalDensity:
         c, mu, sd, w = self._y_params(m)
         off = n - c
         if (np.abs(off) > w).any():
-            raise _codec().CodecError(
-                "the flow's inverse misses its input by more than the coder's window (an "
-                "inexact or ill-conditioned inverse); this flow cannot be bits-back coded at "
-                "this sigma"
-            )
+            raise _unfit()
         self._push_y(coder, off, mu, sd, w)
         self._push_prior(coder, m)
 
@@ -477,7 +493,7 @@ def _choose_flags(flow64: Flow, scheme: str) -> int:
     """The header flags for ``scheme``: "auto" codes layer-wise every density whose layers all
     declare their structure, "layers" insists on it, "jacobian" never uses it."""
     if scheme == "jacobian":
-        return 0
+        return FLAG_ESCAPE
     variational = isinstance(flow64.dequantizer, VariationalDequantization)
     steps, q_steps = _plans(flow64, FLAGS, check=True)
     flags = (FLAG_LAYERS if steps is not None else 0) | (
@@ -490,7 +506,7 @@ def _choose_flags(flow64: Flow, scheme: str) -> int:
             "flowforge.bitsback_layers.STRUCTURES); this flow has one that does not: use "
             "scheme='auto' or 'jacobian'"
         )
-    return flags
+    return flags | FLAG_ESCAPE
 
 
 class _Coder:
@@ -528,6 +544,8 @@ class _Coder:
         else:
             self.density = _LocalDensity(_jacobian_fn(flow.transform, self.shape, post), inv, grid)
         self.deq = flow.dequantizer
+        self.escape, self.escapes = bool(flags & FLAG_ESCAPE), 0
+        self.levels = flow.dequantizer.levels
         self.uniform = grid.models.m.Uniform(1 << y_bits)
         # per example, with variational dequantization: 1 if it fell back to uniform noise
         self.flag = grid.models.m.Categorical(np.array([1 - 2.0**-12, 2.0**-12]), perfect=False)
@@ -568,13 +586,51 @@ class _Coder:
         else:
             nu = np.asarray(coder.decode(self.uniform, self.d), np.int64)
             log_q = 0.0
-        self.density.push(coder, (x << self.y_bits) + nu)
-        ideal = (log_q - self.density.last_log_density) / math.log(2)
-        return coder, fallback, ideal
+        n = (x << self.y_bits) + nu
+        if not self.escape:
+            self.density.push(coder, n)
+            return coder, fallback, (log_q - self.density.last_log_density) / math.log(2)
+        saved, escaped = coder.clone(), False
+        try:
+            self.density.push(coder, n)
+            log_p = self.density.last_log_density
+        except _Unfit:  # undo its pops and pushes; the cells, uniformly
+            coder, escaped = saved, True
+            coder.encode_reverse(nu.astype(np.int32), self.uniform)
+            self._push_raw(coder, x)
+            log_p = -len(x) * math.log(self.levels * 2.0**self.y_bits)
+        coder.encode_reverse(np.array([int(escaped)], np.int32), self.flag)
+        self.escapes += escaped
+        return coder, fallback, (log_q - log_p) / math.log(2)
+
+    # an escaped example's values: base-2^16 digits, each under a uniform model
+    def _digits(self) -> list[int]:
+        sizes, rest = [], self.levels - 1
+        while True:
+            sizes.append(min(rest, 0xFFFF) + 1)
+            rest >>= 16
+            if not rest:
+                return sizes
+
+    def _push_raw(self, coder, x: np.ndarray) -> None:
+        for k, size in enumerate(self._digits()):
+            coder.encode_reverse(
+                ((x >> (16 * k)) & 0xFFFF).astype(np.int32), self.grid.models.m.Uniform(size)
+            )
+
+    def _pop_raw(self, coder, d: int) -> np.ndarray:
+        x = np.zeros(d, np.int64)
+        for k, size in reversed(list(enumerate(self._digits()))):
+            x |= np.asarray(coder.decode(self.grid.models.m.Uniform(size), d), np.int64) << (16 * k)
+        return x
 
     def pop_example(self, coder, levels: int) -> np.ndarray:
-        n = self.density.pop(coder, self.d)
-        x, nu = n >> self.y_bits, n & ((1 << self.y_bits) - 1)
+        if self.escape and int(coder.decode(self.flag, 1)[0]) == 1:
+            x = self._pop_raw(coder, self.d)
+            nu = np.asarray(coder.decode(self.uniform, self.d), np.int64)
+        else:
+            n = self.density.pop(coder, self.d)
+            x, nu = n >> self.y_bits, n & ((1 << self.y_bits) - 1)
         if x.min() < 0 or x.max() >= levels:
             raise _codec().CodecError("corrupt .ffz file: decoded values off the data's grid")
         if isinstance(self.deq, VariationalDequantization):
@@ -644,7 +700,8 @@ def encode_stats(
     scheme: str = "auto",
 ) -> tuple[bytes, dict]:
     """:func:`encode`, also returning the sizes: ``{"initial_bits", "header_bits",
-    "payload_bits", "uniform_fallbacks", "ideal_bits", "scheme"}`` (``scheme``: "layers",
+    "payload_bits", "uniform_fallbacks", "escapes", "ideal_bits", "scheme"}`` (``escapes``: the
+    examples coded uniformly because the local Gaussian missed; ``scheme``: "layers",
     "jacobian", or "layers+jacobian" where the flow and a variational dequantizer's flow differ;
     see :mod:`flowforge.bitsback_layers`); ``ideal_bits`` is the sum over the
     examples of ``-log2 p(y) + log2 q(u | x)`` at the cells the coder drew (the dequantization
@@ -730,6 +787,7 @@ def encode_stats(
         "header_bits": 8 * header.size,
         "payload_bits": 8 * len(payload),
         "uniform_fallbacks": fallbacks,
+        "escapes": c.escapes,
         "ideal_bits": ideal,
         "scheme": _scheme_name(flags, flow.dequantizer),
     }

@@ -409,11 +409,7 @@ class LayerDensity(bb._LocalDensity):
         c, mu, sd, w = self._cells(xhat, x_on_y[mv], 16.0)
         off = x_idx[mv] - c
         if (np.abs(off) > w).any():
-            raise bb._codec().CodecError(
-                "a layer's inverse misses its input by more than the coder's window (an "
-                "inexact or ill-conditioned inverse); this flow cannot be bits-back coded at "
-                "this sigma"
-            )
+            raise bb._unfit()
         _gpush(coder, m, off, mu, sd, w, False)
         idx[lo:hi][mv] = zbar
         on_y[lo:hi][mv] = False
@@ -468,10 +464,7 @@ class LayerDensity(bb._LocalDensity):
         c, mu, sd, w = self._cells(xhat, x_on_y, 8.0 * math.sqrt(s.c) + 8.0)
         off = x_idx - c
         if (np.abs(off) > w).any():
-            raise bb._codec().CodecError(
-                "a linear layer's inverse misses its input by more than the coder's window; "
-                "this flow cannot be bits-back coded at this sigma"
-            )
+            raise bb._unfit()
         _gpush(coder, m, off, mu, sd, w, False)
         idx[lo:hi] = zbar
         on_y[lo:hi] = False

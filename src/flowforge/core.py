@@ -425,8 +425,14 @@ class Dequantizer(nn.Module):
                 "got non-integer values"
             )
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self.check(x)
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, validate: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        # validate=False skips the range check (which reads the values back to the host):
+        # Flow passes its own validate_args decision, so that on an accelerator a training
+        # step does not wait on the device for it
+        if validate:
+            self.check(x)
         return self._dequantize(x, context)
 
     def _dequantize(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -548,7 +554,8 @@ class Flow(nn.Module):
         self.event_shape = transform.event_shape
         self.config: dict | None = None  # set by the builders in flowforge.models; used by ff.save
 
-    # Scan inputs and contexts for NaN/inf (a clear ValueError instead of a NaN result). None:
+    # Scan inputs and contexts for NaN/inf, and discrete data for its range (the dequantizer's
+    # check): a clear ValueError instead of a NaN or a wrong bound. None:
     # on CPU tensors, where the scan is one cheap reduction; skipped on accelerators, where it
     # would force a host synchronisation every call. True/False: always/never (per instance or
     # on the class, as torch.distributions' validate_args).
@@ -619,7 +626,7 @@ class Flow(nn.Module):
         x, context, batch = self._prepare(x, context)
         log_q = 0.0
         if self.dequantizer is not None:
-            x, log_q = self.dequantizer(x, context)
+            x, log_q = self.dequantizer(x, context, validate=self._validating(x))
         z, ladj = self.transform(x, context)
         return (self.base.log_prob(z, context) + ladj - log_q).reshape(batch)
 

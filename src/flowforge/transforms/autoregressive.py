@@ -42,13 +42,16 @@ that does not converge (or produces a non-finite value) falls back to the exact 
 inverse with a :class:`ParallelInverseWarning`, never a silently wrong sample.
 ``inverse_mode="auto"`` tries at most ``max(2, steps // 4)`` sweeps (or ``max_iter``) and
 takes the sequential inverse, without a warning, when they do not reach the tolerance: Jacobi
-pays when it converges in a small fraction of the steps (see ``docs/tarflow.md`` for the
-measured speeds). :func:`set_inverse` switches every autoregressive layer of a model at once.
+pays when it converges in a small fraction of the steps. Which is faster also depends on the
+conditioner and the batch (see ``docs/tarflow.md`` for the measured speeds), so the first
+``"auto"`` inverse of each batch size (to a power of two) times both and the layer keeps the
+faster for that size. :func:`set_inverse` switches every autoregressive layer of a model at once.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -61,6 +64,12 @@ from ..nets import MADE
 __all__ = ["Autoregressive", "ParallelInverseWarning", "set_inverse", "INVERSE_MODES"]
 
 INVERSE_MODES = ("sequential", "parallel", "auto")
+
+
+def _clock(t: Tensor) -> float:
+    if t.is_cuda:  # time the work, not its launch
+        torch.cuda.synchronize(t.device)
+    return time.perf_counter()
 
 
 class ParallelInverseWarning(UserWarning):
@@ -196,6 +205,7 @@ class Autoregressive(Transform):
         # test checks it there)
         self.numeric_inverse = None if mode == "sequential" else self.tol
         self.last_sweeps = 0  # sweeps used by the latest parallel inverse (0: sequential)
+        self._auto_picks = {}  # "auto": batch-size bucket -> the inverse measured faster
         return self
 
     def _forward(self, x, context):
@@ -203,12 +213,42 @@ class Autoregressive(Transform):
         return y, ladj.reshape(x.shape[0], -1).sum(1)
 
     def _inverse(self, z, context):
-        if self.inverse_mode != "sequential":
+        if self.inverse_mode == "auto":
+            return self._auto_inverse(z, context)
+        if self.inverse_mode == "parallel":
             out = self._parallel_inverse(z, context)
             if out is not None:
                 return out
         self.last_sweeps = 0
         return self._sequential_inverse(z, context)
+
+    def _auto_inverse(self, z, context):
+        # which inverse is faster depends on the conditioner, the batch and the machine (a
+        # transformer's key/value-cached sequential pass beats Jacobi sweeps on large CPU
+        # batches, a MADE's does not): the first call per batch size (to a power of two) times
+        # both and remembers the faster; later calls take it, the sequential one whenever the
+        # sweeps do not reach the tolerance
+        picks = self.__dict__.setdefault("_auto_picks", {})
+        key = int(z.shape[0]).bit_length()
+        pick = picks.get(key)
+        if pick == "sequential":
+            self.last_sweeps = 0
+            return self._sequential_inverse(z, context)
+        t0 = _clock(z)
+        out = self._parallel_inverse(z, context)
+        if pick is None and out is not None:
+            t1 = _clock(z)
+            sweeps = self.last_sweeps
+            seq = self._sequential_inverse(z, context)
+            faster = t1 - t0 < _clock(z) - t1
+            picks[key] = "parallel" if faster else "sequential"
+            self.last_sweeps = sweeps if faster else 0
+            return out if faster else seq
+        if out is None:
+            picks.setdefault(key, "sequential")
+            self.last_sweeps = 0
+            return self._sequential_inverse(z, context)
+        return out
 
     def _sequential_inverse(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         b = z.shape[0]

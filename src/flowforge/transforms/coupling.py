@@ -143,6 +143,15 @@ class Coupling(Transform):
     def _take(self, x: Tensor, idx: Tensor, rng) -> Tensor:
         return x.narrow(1, *rng) if rng is not None else x.index_select(1, idx)
 
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        ra, rb = self._range_a, self._range_b
+        if ra is not None and rb is not None:  # two blocks: one split (its backward is one cat)
+            if ra[0] == 0:
+                return x.split([ra[1], rb[1]], 1)
+            x_b, x_a = x.split([rb[1], ra[1]], 1)
+            return x_a, x_b
+        return self._take(x, self.idx_a, ra), self._take(x, self.idx_b, rb)
+
     def _merge(self, a: Tensor, b: Tensor) -> Tensor:
         if self._range_a is not None and self._range_b is not None:
             return torch.cat([a, b] if self._range_a[0] == 0 else [b, a], 1)
@@ -159,8 +168,7 @@ class Coupling(Transform):
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         law = self.transformer.inverse if inverse else self.transformer.forward
         if self.indexed:
-            x_a = self._take(x, self.idx_a, self._range_a)
-            x_b = self._take(x, self.idx_b, self._range_b)
+            x_a, x_b = self._split(x)
             y_b, ladj = law(x_b, self._params(x_a, context, x_b.shape[1]))
             return self._merge(x_a, y_b), ladj.flatten(1).sum(1)
         m = self.mask.to(x.dtype)

@@ -64,13 +64,15 @@ class Affine(Transformer):
         return self.bound * torch.tanh(r / self.bound)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        t, s = params[..., 0], self._scale(params[..., 1])
+        t, r = params.unbind(-1)
+        s = self._scale(r)
         if self.shift_first:
             return (x + t) * torch.exp(s), s
         return x * torch.exp(s) + t, s
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        t, s = params[..., 0], self._scale(params[..., 1])
+        t, r = params.unbind(-1)
+        s = self._scale(r)
         if self.shift_first:
             return z * torch.exp(-s) - t, -s
         return (z - t) * torch.exp(-s), -s

@@ -830,39 +830,41 @@ class Trainer:
         clip = float(self.cfg["grad_clip"] or 0)
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for xb, cb in self._batches():
-            rng, norm = torch.get_rng_state(), None
+            rng = torch.get_rng_state()
             loss = self.objective.loss(self, model, xb, cb)
             stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double()])
             if self.world > 1:
                 dist.all_reduce(stats)
                 stats[0] /= self.world
             self.opt.zero_grad(set_to_none=True)
-            if stats[1] > 0 and self.objective.skip_nonfinite:
+            reg = regularization(self.model)
+            (loss if reg is None else loss + reg).backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+            # the step's one read-back from the device: loss, its finiteness and the norm
+            value, bad_loss, norm = torch.cat([stats, norm.detach().double().reshape(1)]).tolist()
+            if bad_loss > 0 and self.objective.skip_nonfinite:
                 self.skipped += 1
+                norm = None
+            elif bad_loss > 0:
+                self._nonfinite(xb, cb, rng, "loss")
+            elif not math.isfinite(norm):
+                if not self.objective.skip_nonfinite:
+                    self._nonfinite(xb, cb, rng, "gradient")
+                self.skipped += 1
+                norm = None
+            if norm is None:
+                self.opt.zero_grad(set_to_none=True)
             else:
-                if stats[1] > 0:
-                    self._nonfinite(xb, cb, rng, "loss")
-                reg = regularization(self.model)
-                (loss if reg is None else loss + reg).backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-                if not torch.isfinite(norm):
-                    if not self.objective.skip_nonfinite:
-                        self._nonfinite(xb, cb, rng, "gradient")
-                    self.skipped += 1
-                    self.opt.zero_grad(set_to_none=True)
-                    norm = None
-                if norm is not None:
-                    self.opt.step()
-                    if self.ema is not None:
-                        self._update_ema()
+                self.opt.step()
+                if self.ema is not None:
+                    self._update_ema()
             self.sched.step()
             self.global_step += 1
             self.step_in_epoch += 1
-            value = stats[0].item()
             if math.isfinite(value):
                 losses.append(value)
                 watch = self._watch.setdefault(self.objective.loss_kind(self), _Watch())
-                spike = watch.check(value, float(norm) if norm is not None else math.nan)
+                spike = watch.check(value, norm if norm is not None else math.nan)
                 if spike:
                     self._warn(f"step {self.global_step}: {spike}; {self._largest_gradient()}")
             bar.update(1)
@@ -879,7 +881,7 @@ class Trainer:
                         "step": self.global_step,
                         "loss": value,
                         "lr": self.opt.param_groups[0]["lr"],
-                        "grad_norm": float(norm) if norm is not None else None,
+                        "grad_norm": norm,
                         **layer_metrics(self.model),
                     }
                 )
