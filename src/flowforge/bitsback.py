@@ -70,6 +70,7 @@ from torch import Tensor
 
 from .core import Flow
 from .distributions import DiagGaussian, StandardNormal
+from .transforms.autoregressive import set_inverse
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
 
 __all__ = [
@@ -655,6 +656,9 @@ def _copy64(flow: Flow) -> Flow:
     f = copy.deepcopy(flow).to("cpu", torch.float64).eval()  # coding runs on the CPU
     for p in f.parameters():
         p.requires_grad_(False)
+    # the exact step-by-step inverse of autoregressive layers: Jacobi sweeps stop at a
+    # tolerance, and "auto" picks by timing, which another process may pick differently
+    set_inverse(f, "sequential")
     return f
 
 

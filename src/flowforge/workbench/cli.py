@@ -523,9 +523,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--inverse",
         choices=("sequential", "parallel", "auto"),
-        default="sequential",
-        help="how autoregressive layers invert: exactly, step by step (default), or by "
-        "parallel Jacobi sweeps to --tol ('auto': a few sweeps, else step by step)",
+        default="auto",
+        help="how autoregressive layers invert: 'auto' (default) times both ways on the first "
+        "batch and keeps the faster per layer, 'sequential' is the exact step-by-step inverse, "
+        "'parallel' always uses Jacobi sweeps; the sweeps stop at --tol and fall back to the "
+        "exact inverse when they do not reach it",
     )
     s.add_argument("--tol", type=float, default=1e-4, help="tolerance of the parallel inverse")
     s.set_defaults(func=cmd_sample)
