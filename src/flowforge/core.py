@@ -337,6 +337,26 @@ class DataInit:
 
     initialized: Tensor
 
+    def _waiting(self) -> bool:
+        """Whether the layer still waits for its initialisation. Once it has seen itself
+        initialised it answers from a Python flag instead of reading the buffer: a read that
+        ``torch.compile`` cannot trace (a graph break at every layer) and that an accelerator
+        must synchronise for. Loading a state dict makes it read the buffer again."""
+        if self.__dict__.get("_seen_initialized", False):
+            return False
+        if bool(self.initialized):
+            self.__dict__["_seen_initialized"] = True
+            return False
+        return True
+
+    def _mark_initialized(self) -> None:
+        self.initialized.fill_(True)
+        self.__dict__["_seen_initialized"] = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_seen_initialized", None)
+        return super()._load_from_state_dict(*args, **kwargs)
+
 
 def needs_data_init(model: nn.Module) -> bool:
     """Whether a layer of ``model`` still waits for its data-dependent initialisation."""
@@ -558,10 +578,12 @@ class Flow(nn.Module):
     # check): a clear ValueError instead of a NaN or a wrong bound. None:
     # on CPU tensors, where the scan is one cheap reduction; skipped on accelerators, where it
     # would force a host synchronisation every call. True/False: always/never (per instance or
-    # on the class, as torch.distributions' validate_args).
+    # on the class, as torch.distributions' validate_args). Never inside torch.compile.
     validate_args: bool | None = None
 
     def _validating(self, t: Tensor) -> bool:
+        if torch.compiler.is_compiling():  # a data-dependent branch: no checks inside a graph
+            return False
         return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
 
     @property

@@ -48,10 +48,10 @@ class ActNorm(DataInit, Transform):
         mean, var = _channel_stats(x)
         self.loc.copy_(-mean)
         self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
-        self.initialized.fill_(True)
+        self._mark_initialized()
 
     def _forward(self, x, context):
-        if self.training and not self.initialized:
+        if self.training and self._waiting():
             self.initialize(x)
         z = (x + _per_channel(self.loc, x)) * _per_channel(self.log_scale.exp(), x)
         return z, (self.positions * self.log_scale.sum()).expand(x.shape[0])

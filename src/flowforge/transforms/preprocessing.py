@@ -112,19 +112,19 @@ class DataStandardize(DataInit, Transform):
         sd = torch.where(sd > self.eps * (1 + mean.abs()), sd, torch.ones_like(sd))
         self.loc.copy_(mean)
         self.scale.copy_(sd)
-        self.initialized.fill_(True)
+        self._mark_initialized()
 
     def _forward(self, x, context):
-        if self.training and not self.initialized and x.shape[0] > 1:
+        if self.training and self._waiting() and x.shape[0] > 1:
             self.initialize(x)
         ladj = -self.scale.log().sum()
         return (x - self.loc) / self.scale, ladj.expand(x.shape[0])
 
     def _inverse(self, z, context):
-        if self.training and not self.initialized and torch.is_grad_enabled():
+        if self.training and self._waiting() and torch.is_grad_enabled():
             # a reparameterised sampling pass in training mode (variational inference): there
             # are no data to take statistics from, so the layer stays the identity for good
-            self.initialized.fill_(True)
+            self._mark_initialized()
         return z * self.scale + self.loc, self.scale.log().sum().expand(z.shape[0])
 
     def extra_repr(self) -> str:

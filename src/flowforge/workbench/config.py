@@ -51,6 +51,7 @@ DEFAULT_TRAIN: dict = {
     "init_batch": 0,  # examples for a data-dependent initialisation (ActNorm); 0: one batch
     "val_samples": 1,  # dequantization draws averaged in each validation NLL
     "memory_saving": False,  # recompute activations from outputs (flowforge.memory_saving)
+    "compile": False,  # torch.compile the training forward pass (eager if compiling fails)
     "log_every": 10,  # steps between 'step' records in metrics.jsonl
     "device": "cpu",  # cpu | cuda | cuda:N | auto
     "tensorboard": True,  # used only if tensorboard is installed
@@ -288,6 +289,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "init_batch": _int(0),
     "val_samples": _int(1),
     "memory_saving": _bool,
+    "compile": _bool,
     "log_every": _int(0),
     "device": _device,
     "tensorboard": _bool,

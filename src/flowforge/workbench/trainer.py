@@ -759,6 +759,15 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(self.model)  # broadcasts rank 0's state
+        self._eager_model = None
+        if self.cfg.get("compile"):
+            if self.cfg["memory_saving"]:
+                raise WorkbenchError(
+                    "train.compile and train.memory_saving do not combine (the recomputing "
+                    "backward pass runs outside the compiled graph); choose one"
+                )
+            self._eager_model, model = model, torch.compile(model)
+            self._compile_time = None
         from tqdm import tqdm
 
         bar = tqdm(
@@ -831,7 +840,7 @@ class Trainer:
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for xb, cb in self._batches():
             rng = torch.get_rng_state()
-            loss = self.objective.loss(self, model, xb, cb)
+            loss, model = self._loss(model, xb, cb)
             stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double()])
             if self.world > 1:
                 dist.all_reduce(stats)
@@ -888,6 +897,28 @@ class Trainer:
             if self.callback is not None:
                 self.callback(self)
         return self._end_epoch(losses, t0)
+
+    def _loss(self, model, xb, cb):
+        """The objective's loss on a batch, and the model to use from now on: with
+        ``train.compile`` the first call compiles (its time is reported); if compiling fails,
+        a warning says why and training goes on with the eager model."""
+        if self._eager_model is None or self._compile_time is not None:
+            return self.objective.loss(self, model, xb, cb), model
+        t0 = time.perf_counter()
+        try:
+            loss = self.objective.loss(self, model, xb, cb)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why
+            self._warn(
+                f"train.compile: compiling failed ({type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0]}); "
+                "training continues without compiling"
+            )
+            model, self._eager_model = self._eager_model, None
+            return self.objective.loss(self, model, xb, cb), model
+        self._compile_time = time.perf_counter() - t0
+        self._say(f"compiled the training forward pass in {self._compile_time:.1f} s")
+        self._log({"type": "compile", "step": self.global_step, "seconds": self._compile_time})
+        return loss, model
 
     def _end_epoch(self, losses: list[float], t0: float) -> str:
         # validation (every rank computes it: same weights, same seeded noise, same number)

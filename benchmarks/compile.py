@@ -1,0 +1,117 @@
+"""``torch.compile`` against eager on the benchmark's flowforge models (digits, 64-d): training
+step (batch 256, Adam) and ``log_prob`` (batch 1,024, no grad), one thread, with the compile
+times and the conditioner floor (``benchmarks/floor.py``) of the same model.
+
+Eager and compiled calls are interleaved round by round (median over the rounds), so that the
+load of a shared machine weighs on both alike.
+
+    python benchmarks/compile.py --out benchmarks/results/compile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import floor
+import peers
+import torch
+
+MODELS = ("maf", "realnvp", "nsf-c", "nsf-ar", "glow")
+
+
+def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: int = 8) -> dict:
+    torch.manual_seed(0)
+    model = peers.flowforge(kind, 64, layers, hidden, bins)
+    flow = model.module
+    flow.validate_args = False  # as in a compiled graph (no checks inside one)
+    x = torch.randn(256, 64) * 0.5
+    xe = torch.randn(1024, 64) * 0.5
+    opt = torch.optim.Adam(flow.parameters(), 1e-3)
+
+    model.log_prob(x)  # data-dependent initialisation (DataStandardize, ActNorm), eagerly
+
+    def loss_eager(b):
+        return -model.log_prob(b).mean()
+
+    loss_compiled = torch.compile(loss_eager)
+    lp_compiled = torch.compile(model.log_prob)
+
+    def step(loss):
+        opt.zero_grad(set_to_none=True)
+        loss(x).backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    step(loss_compiled)
+    compile_train = time.perf_counter() - t0
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        lp_compiled(xe)
+        compile_lp = time.perf_counter() - t0
+        diff = (lp_compiled(xe) - model.log_prob(xe)).abs().max().item()
+    times = {k: [] for k in ("train_eager", "train_compiled", "lp_eager", "lp_compiled")}
+    for _ in range(5):
+        step(loss_eager)
+        step(loss_compiled)
+    for _ in range(rounds):
+        for name, loss in (("train_eager", loss_eager), ("train_compiled", loss_compiled)):
+            t0 = time.perf_counter()
+            step(loss)
+            times[name].append(time.perf_counter() - t0)
+        with torch.no_grad():
+            for name, fn in (("lp_eager", model.log_prob), ("lp_compiled", lp_compiled)):
+                t0 = time.perf_counter()
+                fn(xe)
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fl = floor.floor_seconds(peers.flowforge(kind, 64, layers, hidden, bins).module, 256, 1024)
+    out = {
+        "model": kind,
+        "params": model.params(),
+        "compile_train_s": compile_train,
+        "compile_log_prob_s": compile_lp,
+        "log_prob_max_abs_difference": diff,
+        "train_eager_per_s": 256 / med["train_eager"],
+        "train_compiled_per_s": 256 / med["train_compiled"],
+        "log_prob_eager_per_s": 1024 / med["lp_eager"],
+        "log_prob_compiled_per_s": 1024 / med["lp_compiled"],
+    }
+    if fl is not None:
+        out["train_floor_per_s"] = 256 / fl["train_s"]
+        out["log_prob_floor_per_s"] = 1024 / fl["log_prob_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for kind in args.models.split(","):
+        r = measure(kind, args.rounds)
+        rows.append(r)
+        fl = ""
+        if "train_floor_per_s" in r:
+            fl = f"  floor {r['train_floor_per_s']:8.0f} / {r['log_prob_floor_per_s']:8.0f}"
+        print(
+            f"{kind:8s} compile {r['compile_train_s']:5.1f} + {r['compile_log_prob_s']:5.1f} s  "
+            f"train {r['train_eager_per_s']:8.0f} -> {r['train_compiled_per_s']:8.0f}/s  "
+            f"log_prob {r['log_prob_eager_per_s']:8.0f} -> {r['log_prob_compiled_per_s']:8.0f}/s"
+            f"{fl}  diff {r['log_prob_max_abs_difference']:.1e}",
+            flush=True,
+        )
+    if args.out:
+        meta = {"torch": torch.__version__, "threads": 1, "load_average": os.getloadavg()}
+        with open(args.out, "w") as f:
+            json.dump({**meta, "results": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
