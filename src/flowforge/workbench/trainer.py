@@ -766,6 +766,7 @@ class Trainer:
                     "train.compile and train.memory_saving do not combine (the recomputing "
                     "backward pass runs outside the compiled graph); choose one"
                 )
+            # each new batch size (the epoch's last, smaller batch) compiles once more
             self._eager_model, model = model, torch.compile(model)
             self._compile_time = None
         from tqdm import tqdm
