@@ -54,6 +54,13 @@ __all__ = [
 # -- objectives ----------------------------------------------------------------------------------
 
 
+# torch.compile's generated CPU kernels run on one thread: with two OpenMP threads, kernels
+# that inductor (torch 2.13) generates for small training graphs abort the process on this
+# project's CPUs (tests/test_compile.py reproduces it without this option); the matrix
+# products it calls out to keep every thread
+COMPILE_OPTIONS = {"cpp.threads": 1}
+
+
 class Objective:
     """What the :class:`Trainer` minimises, and the number it validates with (lower is better).
 
@@ -767,7 +774,7 @@ class Trainer:
                     "backward pass runs outside the compiled graph); choose one"
                 )
             # each new batch size (the epoch's last, smaller batch) compiles once more
-            self._eager_model, model = model, torch.compile(model)
+            self._eager_model, model = model, torch.compile(model, options=COMPILE_OPTIONS)
             self._compile_time = None
         from tqdm import tqdm
 
