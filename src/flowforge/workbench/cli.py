@@ -314,6 +314,12 @@ def cmd_compress(args) -> int:
             f"  bits-back   initial bits {res['initial_bits']:,} "
             f"({res['initial_bits_per_dim']:.4f} bits/dim, included in the file), "
             f"{res['scheme']} scheme"
+            + (
+                f"; {res['escapes']} example(s) too far in the model's tails for bits-back, "
+                "coded uniformly"
+                if res.get("escapes")
+                else ""
+            )
         )
     if res["classical"]:
         print(

@@ -190,6 +190,7 @@ def compress_run(
         result["initial_bits"] = stats["initial_bits"]
         result["initial_bits_per_dim"] = stats["initial_bits"] / dims
         result["uniform_fallbacks"] = stats["uniform_fallbacks"]
+        result["escapes"] = stats["escapes"]
         result["scheme"] = stats["scheme"]
     return result
 
