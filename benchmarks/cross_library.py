@@ -41,13 +41,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +68,7 @@ SKIP = 10.0  # seconds: batch 10,000 is not timed when it would take longer than
 MIN_TIME = 0.05  # one timing repeats the call until this many seconds have passed
 THRESHOLDS = (110.0, 105.0, 102.0)  # nats: the curve part reports the time to reach these
 CURVE_MODELS = {  # each library's best model of about 0.9M parameters on digits
+    "flowjax": "nsf-ar",
     "flowforge": "nsf-ar",
     "zuko": "nsf-ar",
     "nflows": "nsf-ar",
@@ -75,6 +76,70 @@ CURVE_MODELS = {  # each library's best model of about 0.9M parameters on digits
     "FrEIA": "realnvp",
 }
 FLOWJAX_PYTHON = os.environ.get("FLOWJAX_PYTHON", "/work/venv-jax/bin/python")
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+class Flowjax:
+    """A ``flowjax_worker.py`` process in the JAX environment, at a fixed thread count."""
+
+    def __init__(self, threads: int, tmp: Path):
+        if not Path(FLOWJAX_PYTHON).exists():
+            raise Unavailable(f"no JAX environment at {FLOWJAX_PYTHON} (set FLOWJAX_PYTHON)")
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        if threads == 1:
+            env["XLA_FLAGS"] = ONE_THREAD_XLA
+        elif threads != os.cpu_count():
+            raise Unavailable(f"flowjax runs at 1 thread or all {os.cpu_count()}")
+        worker = Path(__file__).with_name("flowjax_worker.py")
+        self.proc = subprocess.Popen(
+            [FLOWJAX_PYTHON, str(worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, env=env,
+        )  # fmt: skip
+        self.tmp = tmp
+        self.threads = threads
+
+    def ask(self, **msg) -> dict:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise Unavailable("the flowjax worker stopped")
+        ans = json.loads(line)
+        if "error" in ans:
+            raise Unavailable(f"flowjax: {ans['error']}")
+        return ans
+
+    def build(self, kind: str, data, batches=None) -> dict:
+        train, val, test, logjac = data
+        f = self.tmp / f"data{self.threads}.npz"
+        arrays = {"train": train.numpy(), "val": val.numpy(), "test": test.numpy(),
+                  "logjac": logjac.numpy()}  # fmt: skip
+        if batches is not None:
+            arrays["batches"] = torch.stack(batches).numpy().astype(np.int32)
+        np.savez(f, **arrays)
+        return self.ask(cmd="build", kind=kind, d=train.shape[1], data=str(f), lr=LR, **ARCH)
+
+    def close(self):
+        try:
+            self.ask(cmd="quit")
+        except Exception:
+            pass
+        self.proc.wait(timeout=30)
+
+
+class RemoteOp:
+    """One of the worker's operations: calling it warms up (compiles), ``once()`` times it."""
+
+    def __init__(self, worker: Flowjax, op: str, batch: int):
+        self.worker, self.op, self.batch = worker, op, batch
+        self.compile_s = None
+
+    def __call__(self):
+        s = self.worker.ask(cmd="warm", op=self.op, batch=self.batch)["s"]
+        self.compile_s = s if self.compile_s is None else self.compile_s
+
+    def once(self) -> float:
+        return self.worker.ask(cmd="time", op=self.op, batch=self.batch, min_time=MIN_TIME)["s"]
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -204,10 +269,13 @@ def interleaved(fns: dict, ops: list, rounds: int, skip_big: dict | None = None)
             for lib in todo[k:] + todo[:k]:
                 if r and times[lib] and times[lib][0] > SLOW:
                     continue
-                times[lib].append(_once(fns[lib][op]))
+                f = fns[lib][op]
+                times[lib].append(f.once() if isinstance(f, RemoteOp) else _once(f))
         for lib in todo:
             s = statistics.median(times[lib])
             out[lib][op] = {"s": s, "ex_s": op[1] / s, "rounds": len(times[lib])}
+            if isinstance(fns[lib][op], RemoteOp):
+                out[lib][op]["first_call_s"] = fns[lib][op].compile_s
     return out
 
 
@@ -215,7 +283,13 @@ def part_throughput(args, datasets, models, libs) -> dict:
     batch_sizes, eval_sizes = args.train_batches, args.eval_batches
     ops = [("train", b) for b in batch_sizes]
     ops += [(o, b) for b in eval_sizes for o in ("log_prob", "sample")]
-    records, params = [], {}
+    records, params, jax, notes_all = [], {}, {}, {}
+    if "flowjax" in libs:
+        tmp = Path(tempfile.mkdtemp(prefix="cross_library_"))
+        try:
+            jax = {t: Flowjax(t, tmp) for t in args.threads}
+        except Unavailable as e:
+            print(f"flowjax: {e}")
     for ds in datasets:
         data = load(ds)
         d = data[0].shape[1]
@@ -223,11 +297,26 @@ def part_throughput(args, datasets, models, libs) -> dict:
             if kind == "glow" and ds != "digits":
                 continue
             fns, notes = {}, {}
+            notes_all[f"{ds}/{kind}"] = notes
+            jax_ops = {}
+            for t, worker in jax.items():
+                try:
+                    ans = worker.build(kind, data)
+                except Unavailable:
+                    continue
+                params[f"{ds}/{kind}/flowjax"] = ans["params"]
+                notes["flowjax"] = ans["note"]
+                jax_ops[t] = {op: RemoteOp(worker, *op) for op in ops}
             for lib in libs:
+                if lib == "flowjax":
+                    if jax_ops:
+                        print(f"{ds:7s} D={d:<3d} {kind:8s} flowjax    params "
+                              f"{params[f'{ds}/{kind}/flowjax']:>9,d}", flush=True)  # fmt: skip
+                    continue
                 torch.manual_seed(0)
                 try:
                     m = LIBRARIES[lib](kind, d, ARCH["layers"], ARCH["hidden"], ARCH["bins"])
-                except Unavailable as e:
+                except Unavailable:
                     continue
                 params[f"{ds}/{kind}/{lib}"] = m.params()
                 notes[lib] = m.note
@@ -238,6 +327,9 @@ def part_throughput(args, datasets, models, libs) -> dict:
                 fns["floor"] = fl
             for threads in args.threads:
                 torch.set_num_threads(threads)
+                fns.pop("flowjax", None)
+                if threads in jax_ops:
+                    fns["flowjax"] = jax_ops[threads]
                 load0 = os.getloadavg()
                 t0 = time.perf_counter()
                 res = interleaved(fns, ops, args.rounds)
@@ -267,7 +359,9 @@ def part_throughput(args, datasets, models, libs) -> dict:
                     flush=True,
                 )
     torch.set_num_threads(1)
-    return {"records": records, "params": params, "rounds": args.rounds,
+    for worker in jax.values():
+        worker.close()
+    return {"records": records, "params": params, "rounds": args.rounds, "notes": notes_all,
             "train_batches": batch_sizes, "eval_batches": eval_sizes, "threads": args.threads,
             "min_time_s": MIN_TIME, "slow_s": SLOW, "skip_s": SKIP}  # fmt: skip
 
@@ -342,6 +436,18 @@ NLL_SKIP = {
 }
 
 
+def _flowjax_fit(kind, data, cfg, batches) -> dict:
+    """``run_one``'s training protocol (same batches, early stopping) in the flowjax worker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        worker = Flowjax(1, Path(tmp))
+        try:
+            ans = worker.build(kind, data, batches)
+            fit = worker.ask(cmd="fit", steps=cfg["steps"], eval_every=cfg["eval_every"])
+        finally:
+            worker.close()
+    return {"params": ans["params"], **fit}
+
+
 def part_nll(args, datasets, models, libs) -> dict:
     torch.set_num_threads(1)
     cfg = dict(ARCH, batch=256, lr=LR, steps=args.steps, eval_batch=1000, sample_batch=100,
@@ -360,7 +466,10 @@ def part_nll(args, datasets, models, libs) -> dict:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    row = run_one(lib, kind, data, cfg, batches, 0)
+                    if lib == "flowjax":
+                        row = _flowjax_fit(kind, data, cfg, batches)
+                    else:
+                        row = run_one(lib, kind, data, cfg, batches, 0)
                 except Unavailable:
                     continue
                 rec.update(
@@ -382,10 +491,25 @@ def part_curve(args, libs) -> dict:
     torch.set_num_threads(1)
     train, val, test, logjac = digits()
     d = train.shape[1]
-    runs = {}
+    runs, worker = {}, None
+    tmp = Path(tempfile.mkdtemp(prefix="cross_library_"))
     for lib in libs:
         kind = CURVE_MODELS.get(lib)
         if kind is None:
+            continue
+        if lib == "flowjax":
+            g = torch.Generator().manual_seed(0)  # the torch libraries' first 20,000 batches
+            batches = [torch.randint(0, len(train), (256,), generator=g) for _ in range(20_000)]
+            try:
+                worker = Flowjax(1, tmp)
+                ans = worker.build(kind, (train, val, test, logjac), batches)
+                worker.ask(cmd="warm", op="train", batch=256)  # compiles, outside the budget
+                worker.ask(cmd="nll", split="val")
+            except Unavailable as e:
+                print(f"flowjax: {e}")
+                continue
+            runs[lib] = {"remote": worker, "params": ans["params"], "spent": 0.0, "cpu": None,
+                         "steps": 0, "points": [], "kind": kind}  # fmt: skip
             continue
         torch.manual_seed(0)
         try:
@@ -404,10 +528,14 @@ def part_curve(args, libs) -> dict:
         }
 
     def evaluate(r):
-        r["model"].module.eval()
-        v = test_nll(r["model"], val, torch.zeros(len(val)))
-        t = test_nll(r["model"], test, logjac)
-        r["model"].module.train()
+        if "remote" in r:
+            v = r["remote"].ask(cmd="nll", split="val")["nll"]
+            t = r["remote"].ask(cmd="nll", split="test")["nll"]
+        else:
+            r["model"].module.eval()
+            v = test_nll(r["model"], val, torch.zeros(len(val)))
+            t = test_nll(r["model"], test, logjac)
+            r["model"].module.train()
         r["points"].append(
             {"train_s": r["spent"], "cpu_s": r["cpu"], "step": r["steps"], "val": v, "test": t}
         )
@@ -418,6 +546,14 @@ def part_curve(args, libs) -> dict:
     while any(r["spent"] < args.budget for r in runs.values()):
         for lib in order[k:] + order[:k]:
             r = runs[lib]
+            if "remote" in r:
+                left = min(args.chunk, args.budget - r["spent"])
+                if left > 0:
+                    ans = r["remote"].ask(cmd="train_for", seconds=left)
+                    r["spent"] += ans["spent"]
+                    r["steps"] += ans["steps"]
+                    evaluate(r)
+                continue
             m, opt = r["model"], r["opt"]
             m.module.train()
             chunk = 0.0
@@ -441,6 +577,8 @@ def part_curve(args, libs) -> dict:
             ),  # fmt: skip
             flush=True,
         )
+    if worker is not None:
+        worker.close()
     out = {}
     for lib, r in runs.items():
         pts = r["points"]
@@ -449,7 +587,8 @@ def part_curve(args, libs) -> dict:
         for thr in THRESHOLDS:
             hit = next((p for p in pts if p["test"] <= thr), None)
             reach[f"{thr:g}"] = None if hit is None else hit["train_s"]
-        out[lib] = {"model": r["kind"], "params": r["model"].params(), "points": pts,
+        params = r["params"] if "remote" in r else r["model"].params()
+        out[lib] = {"model": r["kind"], "params": params, "points": pts,
                     "steps": r["steps"], "best_test": min(p["test"] for p in pts),
                     "test_at_best_val": best["test"], "time_to": reach}  # fmt: skip
     return {"budget_s": args.budget, "chunk_s": args.chunk, "batch": 256, "lr": LR,
@@ -465,8 +604,9 @@ def plot_curve(curve: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for lib, r in curve["runs"].items():
         pts = r["points"]
-        ax.plot([p["train_s"] for p in pts], [p["test"] for p in pts], label=f"{lib} ({r['model']}, "
-                f"{r['params'] / 1e3:.0f}k params)", lw=1.6 if lib == "flowforge" else 1.1)  # fmt: skip
+        label = f"{lib} ({r['model']}, {r['params'] / 1e3:.0f}k params)"
+        lw = 1.8 if lib == "flowforge" else 1.1
+        ax.plot([p["train_s"] for p in pts], [p["test"] for p in pts], label=label, lw=lw)
     for thr in THRESHOLDS:
         ax.axhline(thr, color="grey", lw=0.6, ls=":")
     tests = [p["test"] for r in curve["runs"].values() for p in r["points"]]
@@ -566,8 +706,9 @@ def render(out: dict) -> str:
                              f"{r['skipped']} | |")  # fmt: skip
                 continue
             v = r.get("test_nll")
+            v = r.get("error", "–") if v is None else f"{v:.3f}"
             lines.append(f"| {r['dataset']} | {r['model']} | {r['library']} | {r['params']:,} | "
-                         f"{'–' if v is None else f'{v:.3f}'} | {r.get('best_step')} |")  # fmt: skip
+                         f"{v} | {r.get('best_step')} |")  # fmt: skip
         lines.append("")
     cv = out.get("curve")
     if cv:
@@ -594,6 +735,15 @@ def render(out: dict) -> str:
 # -- main ----------------------------------------------------------------------------------------
 
 
+def _jax_versions() -> str:
+    if not Path(FLOWJAX_PYTHON).exists():
+        return "not installed"
+    code = ("import importlib.metadata as m; print(' '.join(f'{p} ' + m.version(p) for p in "
+            "('flowjax', 'jax', 'jaxlib', 'equinox', 'optax')))")  # fmt: skip
+    r = subprocess.run([FLOWJAX_PYTHON, "-c", code], capture_output=True, text=True)
+    return r.stdout.strip() or "not importable"
+
+
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",")]
 
@@ -602,7 +752,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run in under 2 minutes")
     ap.add_argument("--parts", default="throughput,memory,nll,curve")
-    ap.add_argument("--libs", default=",".join(LIBRARIES))
+    ap.add_argument("--libs", default=",".join([*LIBRARIES, "flowjax"]))
     ap.add_argument("--models", default=None, help="default maf,realnvp,nsf-ar,nsf-c,glow")
     ap.add_argument("--datasets", default=None, help="default moons,pca8,digits")
     ap.add_argument("--threads", type=_ints, default=None, help="default 1,2")
@@ -640,7 +790,7 @@ def main(argv=None):
     if args.budget <= 0 or args.chunk <= 0:
         ap.error("--budget and --chunk must be positive")
     libs = args.libs.split(",")
-    unknown = [lib for lib in libs if lib not in LIBRARIES]
+    unknown = [lib for lib in libs if lib not in LIBRARIES and lib != "flowjax"]
     if unknown:
         ap.error(f"unknown libraries {unknown}; known: {list(LIBRARIES)}")
     parts = args.parts.split(",")
@@ -656,6 +806,8 @@ def main(argv=None):
             versions[lib] = importlib.metadata.version(lib)
         except importlib.metadata.PackageNotFoundError:
             versions[lib] = "not installed"
+    if "flowjax" in libs:
+        versions["flowjax"] = _jax_versions()
     out["meta"] = {"torch": torch.__version__, "python": platform.python_version(),
                    "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                    "versions": versions, "arch": ARCH, "lr": LR}  # fmt: skip
