@@ -23,8 +23,10 @@ its own section) and all rendered to ``results/cross_library.md``:
     sampling at D = 64, one MADE pass per dimension): such cells say so.
 ``memory``
     The bytes autograd saves for the backward pass of one training step (``run.saved_bytes``),
-    at batch 256 and 1,024; and on digits at batch 1,024 the growth of the process's peak RSS
-    over two training steps, each library in a fresh process (as ``memory.py`` does).
+    at batch 256 and 1,024; and on digits at batch 1,024 the rise of the process's peak RSS
+    over two training steps (the first creates Adam's state), each model in a fresh process,
+    the peak reset before the steps (``/proc/self/clear_refs``). flowjax is left out (JAX has
+    no saved tensors to count).
 ``nll``
     Test NLL after 400 Adam steps at batch 256 (``run.run_one``: early stopping on validation
     every 25 steps), one seed (seed 0; ``run.py --seeds 3`` has three for digits and moons).
@@ -43,7 +45,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -369,26 +370,36 @@ def part_throughput(args, datasets, models, libs) -> dict:
 # -- memory --------------------------------------------------------------------------------------
 
 
+def _vm_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def rss_growth(lib: str, kind: str, ds: str, batch: int) -> dict:
-    """In this (fresh) process: peak-RSS growth over two training steps of one model."""
+    """In this (fresh) process: the rise of the peak RSS over two training steps of one model.
+
+    The peak is reset just before the steps (``/proc/self/clear_refs``, Linux): a child's
+    ``ru_maxrss`` starts at its parent's RSS, so it cannot be used here."""
     torch.set_num_threads(1)
     data = load(ds)
     torch.manual_seed(0)
     m = LIBRARIES[lib](kind, data[0].shape[1], ARCH["layers"], ARCH["hidden"], ARCH["bins"])
-    x = data[0][
-        torch.randint(0, len(data[0]), (batch,), generator=torch.Generator().manual_seed(0))
-    ]
+    g = torch.Generator().manual_seed(0)
+    x = data[0][torch.randint(0, len(data[0]), (batch,), generator=g)]
     opt = torch.optim.Adam(m.module.parameters(), lr=LR)
     with torch.no_grad():
         m.log_prob(x[:2])  # lazy initialisation outside the measured window
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    base = _vm_kb("VmRSS")
     for _ in range(2):
         loss = -m.log_prob(x).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rss_growth_MB": (peak - base) / 1024, "peak_rss_MB": peak / 1024}
+    peak = _vm_kb("VmHWM")
+    return {"rss_growth_MB": (peak - base) / 1024, "rss_before_MB": base / 1024}
 
 
 def part_memory(args, datasets, models, libs) -> dict:
@@ -402,6 +413,8 @@ def part_memory(args, datasets, models, libs) -> dict:
             if kind == "glow" and ds != "digits":
                 continue
             for lib in libs:
+                if lib not in LIBRARIES:  # flowjax: JAX has no autograd saved tensors to count
+                    continue
                 torch.manual_seed(0)
                 try:
                     m = LIBRARIES[lib](kind, d, ARCH["layers"], ARCH["hidden"], ARCH["bins"])
@@ -630,6 +643,58 @@ def _n(v) -> str:
     return "–" if v is None else f"{v:,.0f}"
 
 
+# peers whose model of that name is another model (``report.DIFFERENT_MODEL``): normflows' MAF
+# is an IAF (D-pass log_prob, 1-pass sampling); left out of the "fastest peer" comparisons
+NOT_SAME = {("normflows", "maf")}
+
+
+def summary(tp: dict) -> list[dict]:
+    """Per (data, threads, model, op, batch): flowforge's speed over the fastest peer's (which
+    one) and over the floor's."""
+    by = {}
+    for r in tp["records"]:
+        if "ex_s" in r:
+            by.setdefault((r["dataset"], r["threads"], r["model"], r["op"], r["batch"]), {})[
+                r["library"]
+            ] = r["ex_s"]
+    rows = []
+    for (ds, th, kind, op, b), v in by.items():
+        if "flowforge" not in v:
+            continue
+        peers = {k: x for k, x in v.items()
+                 if k not in ("flowforge", "floor") and (k, kind) not in NOT_SAME}  # fmt: skip
+        best = max(peers, key=peers.get) if peers else None
+        ff = v["flowforge"]
+        rows.append({"dataset": ds, "threads": th, "model": kind, "op": op, "batch": b,
+                     "flowforge": ff, "fastest_peer": best,
+                     "vs_peer": ff / peers[best] if best else None,
+                     "vs_floor": ff / v["floor"] if "floor" in v else None})  # fmt: skip
+    return rows
+
+
+def _summary_lines(tp: dict) -> list[str]:
+    rows = summary(tp)
+    cols = list(dict.fromkeys((r["op"], r["batch"]) for r in rows))
+    lines = ["### flowforge against the fastest peer (and the floor)", "",
+             "flowforge's examples/s over the fastest peer's at the same model (normflows' MAF, "
+             "an IAF, left out), and in brackets over the floor's.", "",
+             "| data | threads | model | " + " | ".join(f"{o} {b:,}" for o, b in cols) + " |",
+             "|---|---:|---|" + "---:|" * len(cols)]  # fmt: skip
+    for key in dict.fromkeys((r["dataset"], r["threads"], r["model"]) for r in rows):
+        cell = {(r["op"], r["batch"]): r for r in rows if (r["dataset"], r["threads"],
+                r["model"]) == key}  # fmt: skip
+        vals = []
+        for c in cols:
+            r = cell.get(c)
+            if r is None or r["vs_peer"] is None:
+                vals.append("–")
+                continue
+            fl = "" if r["vs_floor"] is None else f" ({r['vs_floor']:.2f})"
+            vals.append(f"{r['vs_peer']:.2f}× {r['fastest_peer']}{fl}")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(vals) + " |")
+    return lines + [""]
+
+
 def render(out: dict) -> str:
     lines = ["# Cross-library speed table", ""]
     meta = out.get("meta", {})
@@ -675,6 +740,7 @@ def render(out: dict) -> str:
                         lines.append(f"| {kind} | {name} | {_n(p) if p else ''} | "
                                      + " | ".join(vals) + " |")  # fmt: skip
                 lines.append("")
+        lines += _summary_lines(tp)
     mem = out.get("memory")
     if mem:
         bs = sorted({int(k.rsplit("_", 1)[1]) for r in mem["records"] for k in r
