@@ -134,13 +134,16 @@ class RemoteOp:
     def __init__(self, worker: Flowjax, op: str, batch: int):
         self.worker, self.op, self.batch = worker, op, batch
         self.compile_s = None
+        self.cpu = []  # the worker's CPU seconds per wall second, per timing
 
     def __call__(self):
         s = self.worker.ask(cmd="warm", op=self.op, batch=self.batch)["s"]
         self.compile_s = s if self.compile_s is None else self.compile_s
 
     def once(self) -> float:
-        return self.worker.ask(cmd="time", op=self.op, batch=self.batch, min_time=MIN_TIME)["s"]
+        ans = self.worker.ask(cmd="time", op=self.op, batch=self.batch, min_time=MIN_TIME)
+        self.cpu.append(ans["cpu_s"] / ans["s"])
+        return ans["s"]
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -277,6 +280,7 @@ def interleaved(fns: dict, ops: list, rounds: int, skip_big: dict | None = None)
             out[lib][op] = {"s": s, "ex_s": op[1] / s, "rounds": len(times[lib])}
             if isinstance(fns[lib][op], RemoteOp):
                 out[lib][op]["first_call_s"] = fns[lib][op].compile_s
+                out[lib][op]["cpu_per_wall"] = statistics.median(fns[lib][op].cpu)
     return out
 
 
@@ -565,6 +569,7 @@ def part_curve(args, libs) -> dict:
                     ans = r["remote"].ask(cmd="train_for", seconds=left)
                     r["spent"] += ans["spent"]
                     r["steps"] += ans["steps"]
+                    r["cpu"] = (r["cpu"] or 0.0) + ans["cpu"]
                     evaluate(r)
                 continue
             m, opt = r["model"], r["opt"]
@@ -601,9 +606,11 @@ def part_curve(args, libs) -> dict:
             hit = next((p for p in pts if p["test"] <= thr), None)
             reach[f"{thr:g}"] = None if hit is None else hit["train_s"]
         params = r["params"] if "remote" in r else r["model"].params()
+        cpu_per_wall = r["cpu"] / r["spent"] if r["cpu"] and r["spent"] else None
         out[lib] = {"model": r["kind"], "params": params, "points": pts,
                     "steps": r["steps"], "best_test": min(p["test"] for p in pts),
-                    "test_at_best_val": best["test"], "time_to": reach}  # fmt: skip
+                    "test_at_best_val": best["test"], "time_to": reach,
+                    "cpu_per_wall": cpu_per_wall}  # fmt: skip
     return {"budget_s": args.budget, "chunk_s": args.chunk, "batch": 256, "lr": LR,
             "threads": 1, "runs": out, "loadavg": list(os.getloadavg())}  # fmt: skip
 

@@ -163,17 +163,18 @@ def main() -> None:
                 state["params"], state["opt_state"], state["pos"] = kept
             elif cmd == "time":
                 f = op_fn(msg["op"], msg["batch"])
-                n, t0 = 0, time.perf_counter()
+                n, t0, c0 = 0, time.perf_counter(), time.process_time()
                 while True:
                     f()
                     n += 1
                     dt = time.perf_counter() - t0
                     if dt >= msg.get("min_time", 0.05):
                         break
-                ans = {"s": dt / n}
+                ans = {"s": dt / n, "cpu_s": (time.process_time() - c0) / n}
             elif cmd == "train_for":
+                c0 = time.process_time()
                 spent, n, loss = train_steps(seconds=msg["seconds"])
-                ans = {"spent": spent, "steps": n, "loss": loss}
+                ans = {"spent": spent, "steps": n, "loss": loss, "cpu": time.process_time() - c0}
             elif cmd == "nll":
                 ans = {"nll": nll(msg["split"])}
             elif cmd == "fit":
