@@ -722,7 +722,7 @@ def render(out: dict) -> str:
             "",
         ]
         for ds in dict.fromkeys(r["dataset"] for r in recs):
-            for th in tp["threads"]:
+            for th in sorted({r["threads"] for r in recs}):
                 rs = [r for r in recs if r["dataset"] == ds and r["threads"] == th]
                 if not rs:
                     continue
@@ -902,11 +902,19 @@ def main(argv=None):
         res["started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0))
         res["loadavg_start_end"] = [list(load0), list(os.getloadavg())]
         old = out.get(part, {})
-        if "records" in res and "records" in old:  # a run over some libraries keeps the others'
-            keep = [r for r in old["records"] if r["library"] not in libs + ["floor"]]
-            res["records"] = keep + res["records"]
-            if "params" in old:
-                res["params"] = {**old["params"], **res["params"]}
+        if "records" in res and "records" in old:
+            # a run over some libraries, data sets or thread counts keeps the others' records
+            def replaced(r):
+                return (
+                    r["library"] in libs + ["floor"]
+                    and r["dataset"] in datasets
+                    and r.get("threads", 1) in args.threads
+                )
+
+            res["records"] = [r for r in old["records"] if not replaced(r)] + res["records"]
+            for k in ("params", "notes"):
+                if k in old:
+                    res[k] = {**old[k], **res[k]}
         out[part] = res
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1))  # after each part: a stopped run keeps it
