@@ -702,6 +702,15 @@ def _summary_lines(tp: dict) -> list[str]:
     return lines + [""]
 
 
+def _ordered(records: list[dict]) -> list[dict]:
+    """Records grouped by data set, then model, then library, each in order of appearance."""
+    first: dict = {}
+    for r in records:
+        for k in ("dataset", "model", "library"):
+            first.setdefault((k, r[k]), len(first))
+    return sorted(records, key=lambda r: [first[k, r[k]] for k in ("dataset", "model", "library")])
+
+
 def render(out: dict) -> str:
     lines = ["# Cross-library speed table", ""]
     meta = out.get("meta", {})
@@ -758,7 +767,7 @@ def render(out: dict) -> str:
                   "fresh process per model (1 thread).", "",
                   "| data | model | library | params | " + " | ".join(f"saved @{b:,}" for b in bs)
                   + " | RSS growth |", "|---|---|---|---:|" + "---:|" * (len(bs) + 1)]  # fmt: skip
-        for r in mem["records"]:
+        for r in _ordered(mem["records"]):
             rss = r.get("rss_growth_MB")
             lines.append(
                 f"| {r['dataset']} | {r['model']} | {r['library']} | {r['params']:,} | "
@@ -773,7 +782,7 @@ def render(out: dict) -> str:
         lines += [f"## Test NLL after {nll['steps']} steps at batch {nll['batch']} (nats, "
                   "seed 0 only)", "", "| data | model | library | params | test NLL | best step |",
                   "|---|---|---|---:|---:|---:|"]  # fmt: skip
-        for r in nll["records"]:
+        for r in _ordered(nll["records"]):
             if "skipped" in r:
                 lines.append(f"| {r['dataset']} | {r['model']} | {r['library']} | | "
                              f"{r['skipped']} | |")  # fmt: skip
