@@ -277,7 +277,8 @@ def interleaved(fns: dict, ops: list, rounds: int, skip_big: dict | None = None)
                 times[lib].append(f.once() if isinstance(f, RemoteOp) else _once(f))
         for lib in todo:
             s = statistics.median(times[lib])
-            out[lib][op] = {"s": s, "ex_s": op[1] / s, "rounds": len(times[lib])}
+            out[lib][op] = {"s": s, "ex_s": op[1] / s, "rounds": len(times[lib]),
+                            "times_s": times[lib]}  # fmt: skip
             if isinstance(fns[lib][op], RemoteOp):
                 out[lib][op]["first_call_s"] = fns[lib][op].compile_s
                 out[lib][op]["cpu_per_wall"] = statistics.median(fns[lib][op].cpu)
@@ -838,7 +839,7 @@ def main(argv=None):
     ap.add_argument("--models", default=None, help="default maf,realnvp,nsf-ar,nsf-c,glow")
     ap.add_argument("--datasets", default=None, help="default moons,pca8,digits")
     ap.add_argument("--threads", type=_ints, default=None, help="default 1,2")
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5)")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7)")
     ap.add_argument("--train-batches", type=_ints, default=None, help="default 256,1024")
     ap.add_argument("--eval-batches", type=_ints, default=None, help="default 1024,10000")
     ap.add_argument("--steps", type=int, default=None, help="NLL part: steps (default 400)")
@@ -859,7 +860,7 @@ def main(argv=None):
     )
     datasets = (args.datasets or ("moons,pca8" if q else "moons,pca8,digits")).split(",")
     args.threads = args.threads or ([1] if q else [1, 2])
-    args.rounds = args.rounds or (2 if q else 5)
+    args.rounds = args.rounds or (2 if q else 7)
     args.train_batches = args.train_batches or ([64, 256] if q else [256, 1024])
     args.eval_batches = args.eval_batches or ([256, 1024] if q else [1024, 10_000])
     args.steps = args.steps or (20 if q else 400)
