@@ -15,11 +15,11 @@ others reverse or swap, and its affine layers use a softplus scale (with a 0.01 
 
 Commands (``{"cmd": ...}``): ``build`` (kind, d, data: an .npz with train/val/test/logjac and
 the batch indices), ``warm`` (op, batch: compiles; answers the seconds), ``time`` (op, batch:
-seconds per call, the call repeated until ``min_time`` has passed), ``train_for`` (seconds:
-Adam steps on the next batches of ``batches`` until that much time has been spent inside the
-steps), ``nll`` (split: val or test, in nats per example, test with the preprocessing's
-log-Jacobian), ``fit`` (steps, eval_every: ``run.py``'s protocol, early stopping on validation),
-``quit``.
+wall-clock and process CPU seconds per call, the call repeated until ``min_time`` has
+passed), ``train_for`` (cpu_seconds: Adam steps on the next batches of ``batches`` until that
+much process CPU time has been spent inside the steps), ``nll`` (split: val or test, in nats
+per example, test with the preprocessing's log-Jacobian), ``fit`` (steps, eval_every:
+``run.py``'s protocol, early stopping on validation), ``quit``.
 """
 
 from __future__ import annotations
@@ -134,17 +134,18 @@ def main() -> None:
         lj = np.asarray(state["logjac"], np.float64) if split == "test" else 0.0
         return float(-(np.asarray(lp, np.float64) + lj).mean())
 
-    def train_steps(seconds=None, steps=None):
-        spent, n = 0.0, 0
-        while (seconds is None or spent < seconds) and (steps is None or n < steps):
+    def train_steps(cpu_seconds=None, steps=None):
+        spent, cpu, n = 0.0, 0.0, 0
+        while (cpu_seconds is None or cpu < cpu_seconds) and (steps is None or n < steps):
             x = batch(256)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             p, s, loss = state["step"](state["params"], state["opt_state"], x)
             loss.block_until_ready()
             spent += time.perf_counter() - t0
+            cpu += time.process_time() - c0
             state["params"], state["opt_state"] = p, s
             n += 1
-        return spent, n, float(loss)
+        return spent, cpu, n, float(loss)
 
     for line in sys.stdin:
         msg = json.loads(line)
@@ -172,9 +173,8 @@ def main() -> None:
                         break
                 ans = {"s": dt / n, "cpu_s": (time.process_time() - c0) / n}
             elif cmd == "train_for":
-                c0 = time.process_time()
-                spent, n, loss = train_steps(seconds=msg["seconds"])
-                ans = {"spent": spent, "steps": n, "loss": loss, "cpu": time.process_time() - c0}
+                spent, cpu, n, loss = train_steps(cpu_seconds=msg["cpu_seconds"])
+                ans = {"spent": spent, "cpu": cpu, "steps": n, "loss": loss}
             elif cmd == "nll":
                 ans = {"nll": nll(msg["split"])}
             elif cmd == "fit":
@@ -183,7 +183,7 @@ def main() -> None:
                 done = 0
                 while done < msg["steps"]:
                     k = min(msg["eval_every"], msg["steps"] - done)
-                    _, _, loss = train_steps(steps=k)
+                    _, _, _, loss = train_steps(steps=k)
                     done += k
                     if not np.isfinite(loss):
                         ans = {"error": f"non-finite loss at step {done}"}
