@@ -1,7 +1,7 @@
 """The cross-library speed table: flowforge, zuko, nflows, normflows and FrEIA (and flowjax,
 through a worker process in its own JAX environment) on matched architectures.
 
-    python benchmarks/cross_library.py                      # everything (~40 min on 2 cores)
+    python benchmarks/cross_library.py                      # everything (~50 min, shared 2 cores)
     python benchmarks/cross_library.py --parts throughput   # one part; merged into the JSON
     python benchmarks/cross_library.py --quick              # smoke run, under 2 minutes
 
@@ -17,7 +17,10 @@ its own section) and all rendered to ``results/cross_library.md``:
     timed as one more "library". The machine is shared, so the timings are interleaved: for
     each operation, ``--rounds`` rounds, each timing every library once (in an order that
     rotates between rounds), and the median over rounds is reported; the load average is
-    recorded with every group. One timing repeats the call until 50 ms have passed. A call
+    recorded with every group. One timing repeats the call until 50 ms have passed and records
+    both the wall-clock and the process CPU time: the tables give examples per CPU second at 1
+    thread (on a shared machine, the wall clock also counts the other jobs' time slices) and per
+    wall-clock second at 2 threads. A call
     slower than ``SLOW`` seconds is timed in the first round only, and batch 10,000 is not
     timed when batch 1,024 took more than a tenth of ``SKIP`` seconds (a peer's autoregressive
     sampling at D = 64, one MADE pass per dimension): such cells say so.
@@ -33,8 +36,8 @@ its own section) and all rendered to ``results/cross_library.md``:
 ``curve``
     Test NLL against training time on digits, for each library's best model of about the same
     size (NSF autoregressive; FrEIA has no spline layer: RealNVP). The libraries train in turn,
-    ``--chunk`` seconds each, until each has trained ``--budget`` seconds; only the time inside
-    training steps counts (evaluations are not timed). Writes the curve to the JSON and a PNG
+    ``--chunk`` CPU seconds each, until each has trained ``--budget`` CPU seconds; only the time
+    inside training steps counts (evaluations are not timed; wall-clock is recorded too). Writes the curve to the JSON and a PNG
     (``docs/img/nll_vs_time.png``), and the time each library takes to reach 110 and 105 nats.
 """
 

@@ -58,7 +58,7 @@ def test_quick_run_on_a_tiny_case(tmp_path):
     assert {"flowforge", "zuko", "floor"} <= libs
     for r in recs:
         if r["library"] != "floor" or r["op"] != "sample":  # no sampling floor for a MAF
-            assert r["ex_s"] > 0 and r["rounds"] == 1 and len(r["loadavg_1min"]) == 2
+            assert r["ex_s"] > 0 and r["cpu_ex_s"] > 0 and r["rounds"] == 1 and len(r["loadavg_1min"]) == 2
     assert (
         out["throughput"]["params"]["moons/maf/flowforge"]
         == (out["throughput"]["params"]["moons/maf/zuko"])
@@ -70,7 +70,7 @@ def test_quick_run_on_a_tiny_case(tmp_path):
     runs = out["curve"]["runs"]
     assert set(runs) == {"flowforge", "zuko"}
     for r in runs.values():
-        assert r["points"][0]["train_s"] == 0 and r["points"][-1]["train_s"] >= 0.4
+        assert r["points"][0]["cpu_s"] == 0 and r["points"][-1]["cpu_s"] >= 0.4
         assert set(r["time_to"]) == {f"{t:g}" for t in cl.THRESHOLDS}
     assert plot.stat().st_size > 1000
     md = (tmp_path / "tiny.md").read_text()
