@@ -58,7 +58,8 @@ def test_quick_run_on_a_tiny_case(tmp_path):
     assert {"flowforge", "zuko", "floor"} <= libs
     for r in recs:
         if r["library"] != "floor" or r["op"] != "sample":  # no sampling floor for a MAF
-            assert r["ex_s"] > 0 and r["cpu_ex_s"] > 0 and r["rounds"] == 1 and len(r["loadavg_1min"]) == 2
+            assert r["ex_s"] > 0 and r["cpu_ex_s"] > 0 and r["rounds"] == 1
+            assert len(r["loadavg_1min"]) == 2
     assert (
         out["throughput"]["params"]["moons/maf/flowforge"]
         == (out["throughput"]["params"]["moons/maf/zuko"])
