@@ -871,6 +871,12 @@ def main(argv=None):
     ap.add_argument("--name", default=None, help="results/<name>.json/.md (cross_library)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--plot", type=Path, default=None, help="the curve's PNG")
+    ap.add_argument(
+        "--rss-dataset",
+        default=None,
+        help="memory: the data set whose RSS growth is measured, a fresh process per model "
+        "(default digits, else the last one; 'none': no RSS)",
+    )
     ap.add_argument("--rss", nargs=4, help=argparse.SUPPRESS)  # internal: LIB MODEL DATA BATCH
     args = ap.parse_args(argv)
     if args.rss:
@@ -889,7 +895,8 @@ def main(argv=None):
     args.steps = args.steps or (20 if q else 400)
     args.budget = args.budget or (3.0 if q else 60.0)
     args.chunk = args.chunk or (1.0 if q else 2.0)
-    args.rss_dataset = "digits" if "digits" in datasets else datasets[-1]
+    if args.rss_dataset is None:
+        args.rss_dataset = "digits" if "digits" in datasets else datasets[-1]
     for name, v in (("--rounds", args.rounds), ("--steps", args.steps)):
         if v < 1:
             ap.error(f"{name} must be at least 1")

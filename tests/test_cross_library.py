@@ -50,7 +50,7 @@ def test_quick_run_on_a_tiny_case(tmp_path):
     argv = ["--quick", "--libs", "flowforge,zuko", "--models", "maf", "--datasets", "moons",
             "--train-batches", "32", "--eval-batches", "64", "--rounds", "1", "--steps", "8",
             "--budget", "0.4", "--chunk", "0.2", "--out", str(tmp_path), "--plot", str(plot),
-            "--name", "tiny"]  # fmt: skip
+            "--name", "tiny", "--rss-dataset", "none"]  # fmt: skip
     cl.main(argv)
     out = json.loads((tmp_path / "tiny.json").read_text())
     recs = out["throughput"]["records"]
@@ -65,7 +65,7 @@ def test_quick_run_on_a_tiny_case(tmp_path):
         == (out["throughput"]["params"]["moons/maf/zuko"])
     )
     mem = out["memory"]["records"]
-    assert all(r["saved_MB_32"] > 0 and "rss_growth_MB" in r for r in mem)
+    assert len(mem) == 2 and all(r["saved_MB_32"] > 0 for r in mem)
     nll = out["nll"]["records"]
     assert len(nll) == 2 and all(r["test_nll"] == r["test_nll"] for r in nll)  # not NaN
     runs = out["curve"]["runs"]
@@ -76,6 +76,11 @@ def test_quick_run_on_a_tiny_case(tmp_path):
     assert plot.stat().st_size > 1000
     md = (tmp_path / "tiny.md").read_text()
     assert "| maf | zuko |" in md and "s to 105 nats" in md
+
+
+def test_rss_growth_of_a_training_step():
+    r = cl.rss_growth("flowforge", "maf", "moons", 4096)
+    assert r["rss_before_MB"] > 50 and r["rss_growth_MB"] >= 0
 
 
 def test_bad_arguments_are_refused(capsys):
