@@ -875,7 +875,7 @@ def main(argv=None):
         "--rss-dataset",
         default=None,
         help="memory: the data set whose RSS growth is measured, a fresh process per model "
-        "(default digits, else the last one; 'none': no RSS)",
+        "(default digits, else the last one; --quick: none; 'none': no RSS)",
     )
     ap.add_argument("--rss", nargs=4, help=argparse.SUPPRESS)  # internal: LIB MODEL DATA BATCH
     args = ap.parse_args(argv)
@@ -896,8 +896,8 @@ def main(argv=None):
     # 1,000 training digits: every model has overfit after ~10 CPU seconds
     args.budget = args.budget or (3.0 if q else 20.0)
     args.chunk = args.chunk or (1.0 if q else 0.5)
-    if args.rss_dataset is None:
-        args.rss_dataset = "digits" if "digits" in datasets else datasets[-1]
+    if args.rss_dataset is None:  # a fresh process per model: too slow for --quick
+        args.rss_dataset = "none" if q else ("digits" if "digits" in datasets else datasets[-1])
     for name, v in (("--rounds", args.rounds), ("--steps", args.steps)):
         if v < 1:
             ap.error(f"{name} must be at least 1")
