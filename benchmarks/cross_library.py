@@ -894,7 +894,7 @@ def main(argv=None):
     args.eval_batches = args.eval_batches or ([256, 1024] if q else [1024, 10_000])
     args.steps = args.steps or (20 if q else 400)
     # 1,000 training digits: every model has overfit after ~10 CPU seconds
-    args.budget = args.budget or (3.0 if q else 20.0)
+    args.budget = args.budget or (2.0 if q else 20.0)
     args.chunk = args.chunk or (1.0 if q else 0.5)
     if args.rss_dataset is None:  # a fresh process per model: too slow for --quick
         args.rss_dataset = "none" if q else ("digits" if "digits" in datasets else datasets[-1])
