@@ -49,6 +49,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -297,8 +298,8 @@ def part_throughput(args, datasets, models, libs) -> dict:
     ops = [("train", b) for b in batch_sizes]
     ops += [(o, b) for b in eval_sizes for o in ("log_prob", "sample")]
     records, params, jax, notes_all = [], {}, {}, {}
+    tmp = Path(tempfile.mkdtemp(prefix="cross_library_"))  # the flowjax workers' data files
     if "flowjax" in libs:
-        tmp = Path(tempfile.mkdtemp(prefix="cross_library_"))
         try:
             jax = {t: Flowjax(t, tmp) for t in args.threads}
         except Unavailable as e:
@@ -374,6 +375,7 @@ def part_throughput(args, datasets, models, libs) -> dict:
     torch.set_num_threads(1)
     for worker in jax.values():
         worker.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"records": records, "params": params, "rounds": args.rounds, "notes": notes_all,
             "train_batches": batch_sizes, "eval_batches": eval_sizes, "threads": args.threads,
             "min_time_s": MIN_TIME, "slow_s": SLOW, "skip_s": SKIP}  # fmt: skip
@@ -605,6 +607,7 @@ def part_curve(args, libs) -> dict:
         )
     if worker is not None:
         worker.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     out = {}
     for lib, r in runs.items():
         pts = r["points"]
