@@ -847,8 +847,10 @@ def render(out: dict) -> str:
 def _jax_versions() -> str:
     if not Path(FLOWJAX_PYTHON).exists():
         return "not installed"
-    code = ("import importlib.metadata as m; print(' '.join(f'{p} ' + m.version(p) for p in "
-            "('flowjax', 'jax', 'jaxlib', 'equinox', 'optax')))")  # fmt: skip
+    code = (
+        "import importlib.metadata as m; print(m.version('flowjax'), '(' + ', '.join("
+        "f'{p} ' + m.version(p) for p in ('jax', 'jaxlib', 'equinox', 'optax')) + ')')"
+    )
     r = subprocess.run([FLOWJAX_PYTHON, "-c", code], capture_output=True, text=True)
     return r.stdout.strip() or "not importable"
 
@@ -860,7 +862,11 @@ def _ints(s: str) -> list[int]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run in under 2 minutes")
-    ap.add_argument("--parts", default="throughput,memory,nll,curve")
+    ap.add_argument(
+        "--parts",
+        default="throughput,memory,nll,curve",
+        help="any of throughput, memory, nll, curve; report: only rewrite the tables",
+    )
     ap.add_argument("--libs", default=",".join([*LIBRARIES, "flowjax"]))
     ap.add_argument("--models", default=None, help="default maf,realnvp,nsf-ar,nsf-c,glow")
     ap.add_argument("--datasets", default=None, help="default moons,pca8,digits")
@@ -911,7 +917,7 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown libraries {unknown}; known: {list(LIBRARIES)}")
     parts = args.parts.split(",")
-    bad = [p for p in parts if p not in ("throughput", "memory", "nll", "curve")]
+    bad = [p for p in parts if p not in ("throughput", "memory", "nll", "curve", "report")]
     if bad:
         ap.error(f"unknown parts {bad}")
     name = args.name or ("cross_library_quick" if q else "cross_library")
@@ -929,6 +935,11 @@ def main(argv=None):
                    "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                    "versions": versions, "arch": ARCH, "lr": LR}  # fmt: skip
     for part in parts:
+        if part == "report":  # only the versions and the tables, from the results so far
+            args.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(out, indent=1))
+            (args.out / f"{name}.md").write_text(render(out))
+            continue
         t0, load0 = time.time(), os.getloadavg()
         print(f"\n== {part}", flush=True)
         if part == "throughput":
