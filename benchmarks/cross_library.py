@@ -20,10 +20,10 @@ its own section) and all rendered to ``results/cross_library.md``:
     recorded with every group. One timing repeats the call until 50 ms have passed and records
     both the wall-clock and the process CPU time: the tables give examples per CPU second at 1
     thread (on a shared machine, the wall clock also counts the other jobs' time slices) and per
-    wall-clock second at 2 threads. A call
-    slower than ``SLOW`` seconds is timed in the first round only, and batch 10,000 is not
-    timed when batch 1,024 took more than a tenth of ``SKIP`` seconds (a peer's autoregressive
-    sampling at D = 64, one MADE pass per dimension): such cells say so.
+    wall-clock second at 2 threads (which needs a quiet machine: docs/speed.md). A call slower
+    than ``SLOW`` seconds is timed in the first round only, and batch 10,000 is not timed when
+    batch 1,024 predicts a call over ``SKIP`` seconds (a peer's autoregressive sampling at
+    D = 64, one MADE pass per dimension): such cells say so.
 ``memory``
     The bytes autograd saves for the backward pass of one training step (``run.saved_bytes``),
     at batch 256 and 1,024; and on digits at batch 1,024 the rise of the process's peak RSS
