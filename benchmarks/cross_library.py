@@ -896,7 +896,7 @@ def main(argv=None):
     args.models = (args.models or ("maf,realnvp" if q else "maf,realnvp,nsf-ar,nsf-c,glow")).split(
         ","
     )
-    datasets = (args.datasets or ("moons,pca8" if q else "moons,pca8,digits")).split(",")
+    datasets = (args.datasets or ("moons" if q else "moons,pca8,digits")).split(",")
     args.threads = args.threads or ([1] if q else [1, 2])
     args.rounds = args.rounds or (2 if q else 7)
     args.train_batches = args.train_batches or ([64, 256] if q else [256, 1024])
