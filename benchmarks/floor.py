@@ -51,6 +51,21 @@ def floor_seconds(flow, batch: int, eval_batch: int, lr: float = 1e-3, calls: in
     Returns ``None`` when the model has no conditioners this module knows. The Adam steps
     change the conditioners' weights: pass a model built for the purpose (``run.py`` does).
     """
+    fns = floor_fns(flow, batch, eval_batch, lr)
+    if fns is None:
+        return None
+    step, density = fns
+    # the statistics run.py uses: the median training step, the fastest log_prob call
+    return {
+        "train_s": statistics.median(_timings(step, calls)),
+        "log_prob_s": min(_timings(density, calls // 4)),
+    }
+
+
+def floor_fns(flow, batch: int, eval_batch: int, lr: float = 1e-3):
+    """``(step, density)``: one training step and one ``log_prob``-like pass of the
+    conditioners alone (see :func:`floor_seconds`), for callers that time them their own way
+    (``cross_library.py`` interleaves them with the libraries); ``None`` without conditioners."""
     nets = conditioners(flow)
     if not nets:
         return None
@@ -70,8 +85,4 @@ def floor_seconds(flow, batch: int, eval_batch: int, lr: float = 1e-3, calls: in
         for (net, _), x in zip(nets, xe):
             net(x, None)
 
-    # the statistics run.py uses: the median training step, the fastest log_prob call
-    return {
-        "train_s": statistics.median(_timings(step, calls)),
-        "log_prob_s": min(_timings(density, calls // 4)),
-    }
+    return step, density
