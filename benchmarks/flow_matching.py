@@ -49,19 +49,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TOYS = ["8gaussians", "checkerboard", "moons", "rings", "2spirals", "pinwheel"]
 
 
-def build_cnf(seed: int, hidden=(64, 64, 64)) -> ff.Flow:
+def build_cnf(seed: int, hidden=(64, 64, 64), activation: str = "tanh") -> ff.Flow:
     torch.manual_seed(seed)
-    return ff.models.build("cnf", features=2, hidden=hidden)
+    return ff.models.build("cnf", features=2, hidden=hidden, activation=activation)
 
 
 def train_fm(
-    flow, x, budget, lr, batch, seed, ema=0.999, path="linear", ot=False, clock="cpu"
+    flow, x, budget, lr, batch, seed, ema=0.999, path="linear", ot=False, clock="cpu", **times
 ) -> dict:
     """Flow matching for ``budget`` seconds of ``clock`` (``"cpu"``: this process's CPU time,
     which a loaded machine does not inflate; ``"wall"``); the EMA weights are loaded at the
-    end."""
+    end. ``times``: the time distribution's keywords of :class:`FlowMatching`."""
     now = time.process_time if clock == "cpu" else time.perf_counter
-    loss_fn = FlowMatching(path=path, ot=ot)
+    loss_fn = FlowMatching(path=path, ot=ot, **times)
     g = torch.Generator().manual_seed(seed)
     flow.train()
     with torch.no_grad():
@@ -231,6 +231,17 @@ def main(argv=None) -> dict:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--path", default="linear")
     p.add_argument("--ot", action="store_true")
+    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64, 64], help="network widths")
+    p.add_argument("--activation", default="tanh", help="tanh, softplus, elu or silu")
+    p.add_argument("--times", default="uniform", help="uniform, logit-normal or power")
+    p.add_argument("--time-loc", type=float, default=0.0, help="logit-normal: mean")
+    p.add_argument("--time-scale", type=float, default=1.0, help="logit-normal: std")
+    p.add_argument("--time-power", type=float, default=1.0, help="power: s = u ** power")
+    p.add_argument(
+        "--split", default="test", choices=["val", "test"],
+        help="the split scored against the oracle (choose settings on val)",
+    )  # fmt: skip
+    p.add_argument("--rtol", type=float, default=1e-5, help="scoring: dopri5 rtol = atol")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-rounds", type=int, default=15, help="interleaved timing rounds")
@@ -248,9 +259,9 @@ def main(argv=None) -> dict:
     first = None
     for toy in args.toys:
         ds = load_dataset(toy, seed=0)
-        train, test = ds.split("train"), ds.split("test")
+        train, test = ds.split("train"), ds.split(args.split)
         ora = toy_density.log_prob(toy, test.numpy())
-        flow = build_cnf(args.seed)
+        flow = build_cnf(args.seed, tuple(args.hidden), args.activation)
         info = train_fm(
             flow,
             train,
@@ -262,9 +273,15 @@ def main(argv=None) -> dict:
             args.path,
             args.ot,
             args.clock,
+            times=args.times,
+            time_loc=args.time_loc,
+            time_scale=args.time_scale,
+            time_power=args.time_power,
         )
-        r = log_likelihood(flow, test, method="dopri5", rtol=1e-5, atol=1e-5, trace="exact")
+        tol = args.rtol
+        r = log_likelihood(flow, test, method="dopri5", rtol=tol, atol=tol, trace="exact")
         info.update(
+            split=args.split,
             oracle=float(ora.mean()),
             test_log_lik=r.mean,
             test_se=r.stderr,
