@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 import flowforge as ff
-from flowforge.matching import FlowMatching, log_likelihood, nfe, sample
+from flowforge.matching import FlowMatching, TimeEmbeddingNet, log_likelihood, nfe, sample
 from flowforge.workbench import toy_density
 from flowforge.workbench.data import load_dataset
 
@@ -49,9 +49,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TOYS = ["8gaussians", "checkerboard", "moons", "rings", "2spirals", "pinwheel"]
 
 
-def build_cnf(seed: int, hidden=(64, 64, 64), activation: str = "tanh") -> ff.Flow:
+def build_cnf(
+    seed: int, hidden=(64, 64, 64), activation: str = "tanh", frequencies=None, eps=1e-3
+) -> ff.Flow:
+    """The CNF builder's flow; with ``frequencies`` (an int) its network is a
+    :class:`TimeEmbeddingNet` of the same widths (time embedded by sines, cosines, log)."""
     torch.manual_seed(seed)
-    return ff.models.build("cnf", features=2, hidden=hidden, activation=activation)
+    flow = ff.models.build("cnf", features=2, hidden=hidden, activation=activation)
+    if frequencies is not None:
+        cnf = [m for m in flow.modules() if isinstance(m, ff.transforms.CNF)][0]
+        cnf.net = TimeEmbeddingNet(2, hidden, 0, activation, frequencies, eps)
+    return flow
 
 
 def train_fm(
@@ -233,6 +241,11 @@ def main(argv=None) -> dict:
     p.add_argument("--ot", action="store_true")
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64, 64], help="network widths")
     p.add_argument("--activation", default="tanh", help="tanh, softplus, elu or silu")
+    p.add_argument(
+        "--time-embed", type=int, metavar="J",
+        help="embed time (J sine/cosine pairs and log(t + eps)): TimeEmbeddingNet",
+    )  # fmt: skip
+    p.add_argument("--time-eps", type=float, default=1e-3, help="TimeEmbeddingNet's log offset")
     p.add_argument("--times", default="uniform", help="uniform, logit-normal or power")
     p.add_argument("--time-loc", type=float, default=0.0, help="logit-normal: mean")
     p.add_argument("--time-scale", type=float, default=1.0, help="logit-normal: std")
@@ -242,6 +255,7 @@ def main(argv=None) -> dict:
         help="the split scored against the oracle (choose settings on val)",
     )  # fmt: skip
     p.add_argument("--rtol", type=float, default=1e-5, help="scoring: dopri5 rtol = atol")
+    p.add_argument("--save", help="a folder for each toy's trained weights (TOY.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-rounds", type=int, default=15, help="interleaved timing rounds")
@@ -261,7 +275,9 @@ def main(argv=None) -> dict:
         ds = load_dataset(toy, seed=0)
         train, test = ds.split("train"), ds.split(args.split)
         ora = toy_density.log_prob(toy, test.numpy())
-        flow = build_cnf(args.seed, tuple(args.hidden), args.activation)
+        flow = build_cnf(
+            args.seed, tuple(args.hidden), args.activation, args.time_embed, args.time_eps
+        )
         info = train_fm(
             flow,
             train,
@@ -291,6 +307,9 @@ def main(argv=None) -> dict:
             params=sum(q.numel() for q in flow.parameters()),
         )
         res["toys"][toy] = info
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            torch.save(flow.state_dict(), Path(args.save) / f"{toy}.pt")
         print(
             f"{toy:13s} {info['steps']:6d} steps {info['train_s']:5.1f}s {args.clock} "
             f"({info['wall_s']:.0f}s wall)  test log-lik "
