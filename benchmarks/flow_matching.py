@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 import flowforge as ff
-from flowforge.matching import FlowMatching, TimeEmbeddingNet, log_likelihood, nfe, sample
+from flowforge.matching import FlowMatching, log_likelihood, nfe, sample
 from flowforge.workbench import toy_density
 from flowforge.workbench.data import load_dataset
 
@@ -53,13 +53,10 @@ def build_cnf(
     seed: int, hidden=(64, 64, 64), activation: str = "tanh", frequencies=None, eps=1e-3
 ) -> ff.Flow:
     """The CNF builder's flow; with ``frequencies`` (an int) its network is a
-    :class:`TimeEmbeddingNet` of the same widths (time embedded by sines, cosines, log)."""
+    ``TimeEmbeddingNet`` of the same widths (time embedded by sines, cosines, log)."""
     torch.manual_seed(seed)
-    flow = ff.models.build("cnf", features=2, hidden=hidden, activation=activation)
-    if frequencies is not None:
-        cnf = [m for m in flow.modules() if isinstance(m, ff.transforms.CNF)][0]
-        cnf.net = TimeEmbeddingNet(2, hidden, 0, activation, frequencies, eps)
-    return flow
+    kw = {} if frequencies is None else dict(time_frequencies=frequencies, time_eps=eps)
+    return ff.models.build("cnf", features=2, hidden=hidden, activation=activation, **kw)
 
 
 def train_fm(

@@ -55,7 +55,8 @@ import torch
 from torch import Tensor, nn
 
 from .core import Compose, DataInit, Flow, Transform
-from .transforms.continuous import _FIXED, CNF, SMOOTH_ACTIVATIONS, ODENet, ode_methods
+from .models.flowmatching import TimeEmbeddingNet
+from .transforms.continuous import _FIXED, CNF, ode_methods
 
 __all__ = [
     "PATHS",
@@ -166,71 +167,6 @@ def ot_pairing(y: Tensor, e: Tensor) -> Tensor:
     cost = torch.cdist(y.detach().flatten(1).double(), e.detach().flatten(1).double()) ** 2
     perm = assignment(cost.cpu().numpy())
     return e[torch.as_tensor(perm, device=e.device)]
-
-
-# -- a dynamics network with embedded time -----------------------------------------------------
-
-
-class TimeEmbeddingNet(nn.Module):
-    r"""FFJORD's concat-squash network (:class:`~flowforge.transforms.continuous.ODENet`) with
-    the time embedded: every layer's gate and shift see ``t``, ``sin(pi 2^j t)``,
-    ``cos(pi 2^j t)`` for ``j < frequencies`` and ``log(t + eps)`` (and the context), so the
-    field can change quickly in time (near the data end, ``t = 0``, for thin structures).
-    A CNF's ``net`` (``CNF(d, net=TimeEmbeddingNet(d, ...))``); it accepts one time per row
-    (flow matching) or a 0-d time (an ODE solve).
-
-    Args:
-        features: data dimension.
-        hidden: widths of the concat-squash layers.
-        context_features: the context's width (0: unconditional).
-        activation: tanh, softplus, elu or silu.
-        frequencies: how many sine/cosine pairs, ``>= 0``.
-        eps: the offset of the log-time feature, ``> 0`` (0: no log feature).
-    """
-
-    def __init__(
-        self,
-        features: int,
-        hidden=(64, 64, 64),
-        context_features: int = 0,
-        activation: str = "tanh",
-        frequencies: int = 6,
-        eps: float = 1e-3,
-    ):
-        super().__init__()
-        if isinstance(frequencies, bool) or not isinstance(frequencies, int) or frequencies < 0:
-            raise ValueError(f"expected an integer frequencies >= 0, got {frequencies!r}")
-        if (
-            isinstance(eps, bool)
-            or not isinstance(eps, (int, float))
-            or not (math.isfinite(eps) and eps >= 0)
-        ):
-            raise ValueError(f"expected a finite eps >= 0, got {eps!r}")
-        if activation not in SMOOTH_ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; expected one of {SMOOTH_ACTIVATIONS}"
-            )
-        self.frequencies, self.eps = frequencies, float(eps)
-        self.context_features = context_features
-        width = 2 * frequencies + (1 if eps else 0)
-        self.inner = ODENet(features, tuple(hidden), context_features + width, activation)
-        self.register_buffer("scales", math.pi * 2.0 ** torch.arange(frequencies), False)
-
-    def embed(self, t: Tensor, n: int, like: Tensor) -> Tensor:
-        t = t.to(like).reshape(-1, 1).expand(n, 1)
-        parts = []
-        if self.frequencies:
-            arg = t * self.scales.to(like)
-            parts += [torch.sin(arg), torch.cos(arg)]
-        if self.eps:
-            parts.append(torch.log(t + self.eps))
-        return torch.cat(parts, 1) if parts else t[:, :0]
-
-    def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
-        c = self.embed(t, z.shape[0], z)
-        if self.context_features:
-            c = torch.cat([c, context.to(z)], 1)
-        return self.inner(t, z, c)
 
 
 # -- the loss ------------------------------------------------------------------------------------

@@ -5,15 +5,85 @@ torchdiffeq is imported only when a CNF is built (``pip install 'flowforge[ode]'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
 
 from ..core import Flow, Transform
 from ..transforms import CNF as CNFLayer
 from ..transforms import ActNorm
+from ..transforms.continuous import SMOOTH_ACTIVATIONS, ODENet
 from .assembly import DataOptions, assemble, event_shape, widths
 from .registry import register
 
-__all__ = ["CNF"]
+__all__ = ["CNF", "TimeEmbeddingNet"]
+
+
+# -- a dynamics network with embedded time -----------------------------------------------------
+
+
+class TimeEmbeddingNet(nn.Module):
+    r"""FFJORD's concat-squash network (:class:`~flowforge.transforms.continuous.ODENet`) with
+    the time embedded: every layer's gate and shift see ``t``, ``sin(pi 2^j t)``,
+    ``cos(pi 2^j t)`` for ``j < frequencies`` and ``log(t + eps)`` (and the context), so the
+    field can change quickly in time (near the data end, ``t = 0``, for thin structures).
+    A CNF's ``net`` (``CNF(d, net=TimeEmbeddingNet(d, ...))``); it accepts one time per row
+    (flow matching) or a 0-d time (an ODE solve).
+
+    Args:
+        features: data dimension.
+        hidden: widths of the concat-squash layers.
+        context_features: the context's width (0: unconditional).
+        activation: tanh, softplus, elu or silu.
+        frequencies: how many sine/cosine pairs, ``>= 0``.
+        eps: the offset of the log-time feature, ``> 0`` (0: no log feature).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden=(64, 64, 64),
+        context_features: int = 0,
+        activation: str = "tanh",
+        frequencies: int = 6,
+        eps: float = 1e-3,
+    ):
+        super().__init__()
+        if isinstance(frequencies, bool) or not isinstance(frequencies, int) or frequencies < 0:
+            raise ValueError(f"expected an integer frequencies >= 0, got {frequencies!r}")
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, (int, float))
+            or not (math.isfinite(eps) and eps >= 0)
+        ):
+            raise ValueError(f"expected a finite eps >= 0, got {eps!r}")
+        if activation not in SMOOTH_ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; expected one of {SMOOTH_ACTIVATIONS}"
+            )
+        self.frequencies, self.eps = frequencies, float(eps)
+        self.context_features = context_features
+        width = 2 * frequencies + (1 if eps else 0)
+        self.inner = ODENet(features, tuple(hidden), context_features + width, activation)
+        self.register_buffer("scales", math.pi * 2.0 ** torch.arange(frequencies), False)
+
+    def embed(self, t: Tensor, n: int, like: Tensor) -> Tensor:
+        t = t.to(like).reshape(-1, 1).expand(n, 1)
+        parts = []
+        if self.frequencies:
+            arg = t * self.scales.to(like)
+            parts += [torch.sin(arg), torch.cos(arg)]
+        if self.eps:
+            parts.append(torch.log(t + self.eps))
+        return torch.cat(parts, 1) if parts else t[:, :0]
+
+    def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
+        c = self.embed(t, z.shape[0], z)
+        if self.context_features:
+            c = torch.cat([c, context.to(z)], 1)
+        return self.inner(t, z, c)
 
 
 @register(inputs=("features",))
@@ -30,6 +100,8 @@ def CNF(
     max_steps: int = 1000,
     activation: str = "tanh",
     actnorm: bool = True,
+    time_frequencies: int | None = None,
+    time_eps: float = 1e-3,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -49,6 +121,9 @@ def CNF(
         trace: ``"auto"`` (exact for ``features <= 8``, else Hutchinson), ``"exact"`` or
             ``"hutchinson"``.
         actnorm: a data-initialised ActNorm before the CNF.
+        time_frequencies: ``None`` (FFJORD's network, time entering each gate raw) or an
+            ``int >= 0``: a :class:`TimeEmbeddingNet` of the same widths with that many
+            sine/cosine pairs of time and ``log(t + time_eps)`` (``time_eps > 0``; 0: none).
         (and the data options of :mod:`flowforge.models.assembly`; flow matching needs
         ``base="normal"`` and uniform dequantization)
 
@@ -74,6 +149,11 @@ def CNF(
             noise=noise,
             max_steps=max_steps,
             activation=activation,
+            net=None
+            if time_frequencies is None
+            else TimeEmbeddingNet(
+                d, widths(hidden), data.context_features, activation, time_frequencies, time_eps
+            ),
         )
     )
     return assemble(chain, (d,), data)
