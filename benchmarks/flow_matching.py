@@ -50,12 +50,20 @@ TOYS = ["8gaussians", "checkerboard", "moons", "rings", "2spirals", "pinwheel"]
 
 
 def build_cnf(
-    seed: int, hidden=(64, 64, 64), activation: str = "tanh", frequencies=None, eps=1e-3
+    seed: int,
+    hidden=(64, 64, 64),
+    activation: str = "tanh",
+    frequencies=None,
+    eps=1e-3,
+    space=0,
+    space_scale=1.0,
 ) -> ff.Flow:
     """The CNF builder's flow; with ``frequencies`` (an int) its network is a
     ``TimeEmbeddingNet`` of the same widths (time embedded by sines, cosines, log)."""
     torch.manual_seed(seed)
     kw = {} if frequencies is None else dict(time_frequencies=frequencies, time_eps=eps)
+    if space:
+        kw.update(space_features=space, space_scale=space_scale)
     return ff.models.build("cnf", features=2, hidden=hidden, activation=activation, **kw)
 
 
@@ -243,6 +251,8 @@ def main(argv=None) -> dict:
         help="embed time (J sine/cosine pairs and log(t + eps)): TimeEmbeddingNet",
     )  # fmt: skip
     p.add_argument("--time-eps", type=float, default=1e-3, help="TimeEmbeddingNet's log offset")
+    p.add_argument("--space-features", type=int, default=0, help="random Fourier features of z")
+    p.add_argument("--space-scale", type=float, default=1.0, help="their frequencies' std")
     p.add_argument("--times", default="uniform", help="uniform, logit-normal or power")
     p.add_argument("--time-loc", type=float, default=0.0, help="logit-normal: mean")
     p.add_argument("--time-scale", type=float, default=1.0, help="logit-normal: std")
@@ -273,7 +283,13 @@ def main(argv=None) -> dict:
         train, test = ds.split("train"), ds.split(args.split)
         ora = toy_density.log_prob(toy, test.numpy())
         flow = build_cnf(
-            args.seed, tuple(args.hidden), args.activation, args.time_embed, args.time_eps
+            args.seed,
+            tuple(args.hidden),
+            args.activation,
+            args.time_embed,
+            args.time_eps,
+            args.space_features,
+            args.space_scale,
         )
         info = train_fm(
             flow,

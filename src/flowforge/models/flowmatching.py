@@ -29,6 +29,11 @@ class TimeEmbeddingNet(nn.Module):
     the time embedded: every layer's gate and shift see ``t``, ``sin(pi 2^j t)``,
     ``cos(pi 2^j t)`` for ``j < frequencies`` and ``log(t + eps)`` (and the context), so the
     field can change quickly in time (near the data end, ``t = 0``, for thin structures).
+    With ``space_features = K > 0`` the state enters as ``[z, sin(z B), cos(z B)]`` too, ``B``
+    a fixed ``(d, K)`` Gaussian matrix of standard deviation ``space_scale`` (drawn from seed
+    0, so every build has the same one): random Fourier features (Tancik et al. 2020), which
+    let the field change quickly in space; the network then has ``d + 2K`` outputs of which
+    the first ``d`` are the velocity.
     A CNF's ``net`` (``CNF(d, net=TimeEmbeddingNet(d, ...))``); it accepts one time per row
     (flow matching) or a 0-d time (an ODE solve).
 
@@ -39,6 +44,8 @@ class TimeEmbeddingNet(nn.Module):
         activation: tanh, softplus, elu or silu.
         frequencies: how many sine/cosine pairs, ``>= 0``.
         eps: the offset of the log-time feature, ``> 0`` (0: no log feature).
+        space_features: how many random Fourier features of the state, ``>= 0``.
+        space_scale: their frequencies' standard deviation, ``> 0``.
     """
 
     def __init__(
@@ -49,10 +56,17 @@ class TimeEmbeddingNet(nn.Module):
         activation: str = "tanh",
         frequencies: int = 6,
         eps: float = 1e-3,
+        space_features: int = 0,
+        space_scale: float = 1.0,
     ):
         super().__init__()
-        if isinstance(frequencies, bool) or not isinstance(frequencies, int) or frequencies < 0:
-            raise ValueError(f"expected an integer frequencies >= 0, got {frequencies!r}")
+        for name, v in (("frequencies", frequencies), ("space_features", space_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"expected an integer {name} >= 0, got {v!r}")
+        if isinstance(space_scale, bool) or not (
+            isinstance(space_scale, (int, float)) and math.isfinite(space_scale) and space_scale > 0
+        ):
+            raise ValueError(f"expected a finite space_scale > 0, got {space_scale!r}")
         if (
             isinstance(eps, bool)
             or not isinstance(eps, (int, float))
@@ -66,8 +80,13 @@ class TimeEmbeddingNet(nn.Module):
         self.frequencies, self.eps = frequencies, float(eps)
         self.context_features = context_features
         width = 2 * frequencies + (1 if eps else 0)
-        self.inner = ODENet(features, tuple(hidden), context_features + width, activation)
+        self.features, self.space_features = features, space_features
+        wide = features + 2 * space_features
+        self.inner = ODENet(wide, tuple(hidden), context_features + width, activation)
         self.register_buffer("scales", math.pi * 2.0 ** torch.arange(frequencies), False)
+        g = torch.Generator().manual_seed(0)
+        B = torch.randn(features, space_features, generator=g) * float(space_scale)
+        self.register_buffer("B", B, False)
 
     def embed(self, t: Tensor, n: int, like: Tensor) -> Tensor:
         t = t.to(like).reshape(-1, 1).expand(n, 1)
@@ -83,7 +102,10 @@ class TimeEmbeddingNet(nn.Module):
         c = self.embed(t, z.shape[0], z)
         if self.context_features:
             c = torch.cat([c, context.to(z)], 1)
-        return self.inner(t, z, c)
+        if not self.space_features:
+            return self.inner(t, z, c)
+        zb = z @ self.B.to(z)
+        return self.inner(t, torch.cat([z, torch.sin(zb), torch.cos(zb)], 1), c)[:, : z.shape[1]]
 
 
 @register(inputs=("features",))
@@ -102,6 +124,8 @@ def CNF(
     actnorm: bool = True,
     time_frequencies: int | None = None,
     time_eps: float = 1e-3,
+    space_features: int = 0,
+    space_scale: float = 1.0,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -124,6 +148,8 @@ def CNF(
         time_frequencies: ``None`` (FFJORD's network, time entering each gate raw) or an
             ``int >= 0``: a :class:`TimeEmbeddingNet` of the same widths with that many
             sine/cosine pairs of time and ``log(t + time_eps)`` (``time_eps > 0``; 0: none).
+        space_features, space_scale: random Fourier features of the state
+            (:class:`TimeEmbeddingNet`; 0: none).
         (and the data options of :mod:`flowforge.models.assembly`; flow matching needs
         ``base="normal"`` and uniform dequantization)
 
@@ -150,9 +176,16 @@ def CNF(
             max_steps=max_steps,
             activation=activation,
             net=None
-            if time_frequencies is None
+            if time_frequencies is None and not space_features
             else TimeEmbeddingNet(
-                d, widths(hidden), data.context_features, activation, time_frequencies, time_eps
+                d,
+                widths(hidden),
+                data.context_features,
+                activation,
+                time_frequencies or 0,
+                time_eps if time_frequencies is not None else 0.0,
+                space_features,
+                space_scale,
             ),
         )
     )
