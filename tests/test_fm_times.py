@@ -11,6 +11,7 @@ import torch
 
 import flowforge as ff
 from flowforge import matching as M
+from flowforge.models.flowmatching import TimeEmbeddingNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 200_000
@@ -79,3 +80,66 @@ def test_bad_time_options_are_refused(kw, msg):
     sample_kw = {k.removeprefix("time_"): v for k, v in kw.items()}
     with pytest.raises(ValueError, match=msg):
         M.sample_times(4, **sample_kw)
+
+
+# -- TimeEmbeddingNet (the CNF builder's time_frequencies / space_features) ----------------------
+
+
+def test_time_embedding_features_and_shapes():
+    net = TimeEmbeddingNet(2, (8,), context_features=1, frequencies=3, eps=0.01)
+    t = torch.tensor([0.0, 0.25])
+    e = net.embed(t, 2, torch.zeros(2, 2))
+    want = [
+        *[math.sin(math.pi * 2**j * 0.25) for j in range(3)],
+        *[math.cos(math.pi * 2**j * 0.25) for j in range(3)],
+        math.log(0.25 + 0.01),
+    ]
+    assert e.shape == (2, 7)
+    assert torch.allclose(e[1], torch.tensor(want), atol=1e-6)
+    assert torch.allclose(e[0, 3:], torch.tensor([1.0, 1.0, 1.0, math.log(0.01)]), atol=1e-6)
+    z, c = torch.randn(5, 2), torch.randn(5, 1)
+    assert net(torch.tensor(0.3), z, c).shape == (5, 2)  # one time for the batch (a solve)
+    assert net(torch.rand(5), z, c).shape == (5, 2)  # one per row (flow matching)
+    # the state's Fourier features: the same fixed matrix in every build, first d outputs
+    a = TimeEmbeddingNet(2, (8,), frequencies=0, eps=0.0, space_features=4, space_scale=2.0)
+    b = TimeEmbeddingNet(2, (8,), frequencies=0, eps=0.0, space_features=4, space_scale=2.0)
+    assert torch.equal(a.B, b.B) and a.B.shape == (2, 4)
+    assert abs(float(a.B.std()) - 2.0) < 2.0  # scaled (a loose check on 8 draws)
+    assert a(torch.tensor(0.5), z).shape == (5, 2)
+
+
+def test_builder_builds_the_embedding_and_default_is_unchanged():
+    torch.manual_seed(0)
+    plain = ff.models.build("cnf", features=2, hidden=(8,))
+    assert not any(isinstance(m, TimeEmbeddingNet) for m in plain.modules())
+    torch.manual_seed(0)
+    emb = ff.models.build("cnf", features=2, hidden=(8,), time_frequencies=2, space_features=2)
+    nets = [m for m in emb.modules() if isinstance(m, TimeEmbeddingNet)]
+    assert len(nets) == 1 and nets[0].frequencies == 2 and nets[0].space_features == 2
+    x = torch.randn(16, 2)
+    assert torch.isfinite(emb.log_prob(x)).all()
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(frequencies=-1), "integer frequencies >= 0"),
+        (dict(frequencies=1.5), "integer frequencies >= 0"),
+        (dict(frequencies=True), "integer frequencies >= 0"),
+        (dict(eps=-0.1), "finite eps >= 0"),
+        (dict(eps=float("nan")), "finite eps >= 0"),
+        (dict(space_features=-2), "integer space_features >= 0"),
+        (dict(space_scale=0.0), "finite space_scale > 0"),
+        (dict(activation="relu"), "unknown activation"),
+    ],
+)
+def test_bad_embedding_options_are_refused(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        TimeEmbeddingNet(2, (8,), **kw)
+
+
+def test_builder_refuses_bad_embedding_options():
+    with pytest.raises(ValueError, match="integer frequencies >= 0"):
+        ff.models.build("cnf", features=2, hidden=(8,), time_frequencies=-1)
+    with pytest.raises(ValueError, match="finite space_scale > 0"):
+        ff.models.build("cnf", features=2, hidden=(8,), space_features=2, space_scale=-1.0)

@@ -19,11 +19,12 @@ def trained(
     path: str = "linear", context_features: int = 0, embed: int | None = None, **kw
 ) -> ff.Flow:
     """A small CNF after 30 flow-matching steps on a shifted, scaled Gaussian (``embed``: a
-    ``TimeEmbeddingNet`` with that many frequencies, trained with power-law times)."""
+    ``TimeEmbeddingNet`` with that many frequencies and 3 random Fourier features of the
+    state, trained with power-law times)."""
     torch.manual_seed(0)
     kw = {"hidden": (8, 8), **kw}
     if embed is not None:
-        kw.update(time_frequencies=embed, time_eps=0.1)
+        kw.update(time_frequencies=embed, time_eps=0.1, space_features=3, space_scale=0.5)
     flow = ff.models.build("cnf", features=2, context_features=context_features, **kw)
     opt = torch.optim.Adam(flow.parameters(), lr=2e-2)
     times = {} if embed is None else dict(times="power", time_power=2.0)
