@@ -325,7 +325,7 @@ def main(argv=None) -> dict:
             torch.save(flow.state_dict(), Path(args.save) / f"{toy}.pt")
         print(
             f"{toy:13s} {info['steps']:6d} steps {info['train_s']:5.1f}s {args.clock} "
-            f"({info['wall_s']:.0f}s wall)  test log-lik "
+            f"({info['wall_s']:.0f}s wall)  {args.split} log-lik "
             f"{r.mean:.3f} +- {r.stderr:.3f}  oracle {info['oracle']:.3f}  gap {info['gap']:.3f}"
             f"  test NFE {r.nfe:.0f} ({r.seconds:.1f}s)",
             flush=True,
@@ -395,17 +395,34 @@ def merge(paths: list[str], out: str) -> dict:
                 res[k] = r[k]
     _write(res, out)
     a = res["args"]
+    hidden = "x".join(str(h) for h in a.get("hidden", [64, 64, 64]))
+    net = f"concat-squash MLP {hidden}, {a.get('activation', 'tanh')}"
+    if a.get("time_embed") is not None:
+        net += f", time embedded ({a['time_embed']} frequencies, log(t + {a['time_eps']:g}))"
+    if a.get("space_features"):
+        net += (
+            f", {a['space_features']} random Fourier features of the state (scale "
+            f"{a['space_scale']:g})"
+        )
+    times = a.get("times", "uniform")
+    if times == "power":
+        times += f" (s = u^{a['time_power']:g})"
+    elif times == "logit-normal":
+        times += f" ({a['time_loc']:g}, {a['time_scale']:g})"
+    split = a.get("split", "test")
+    n = 1000
     lines = [
         "# Flow matching on the 2-D toys (`benchmarks/flow_matching.py`)",
         "",
-        f"CNF `ff.models.build('cnf', features=2)` (ActNorm + concat-squash MLP 64x64x64, tanh), "
-        f"linear path, batch {a['batch']}, Adam lr {a['lr']} cosine, EMA {a['ema']}, "
-        f"{a['budget']:g} s of {a.get('clock', 'wall')} time per toy, 5000 training points; test "
-        "log-likelihood on the 1000 test points (data seed 0), exact divergence, dopri5 at "
-        "rtol = atol = 1e-5; oracle: each generator's exact density "
-        "(`flowforge.workbench.toy_density`).",
+        f"CNF `ff.models.build('cnf', features=2, ...)` (ActNorm + {net}; "
+        f"{res['toys'][next(iter(res['toys']))].get('params', 9228)} parameters), "
+        f"linear path, {times} times, batch {a['batch']}, Adam lr {a['lr']} cosine, EMA "
+        f"{a['ema']}, {a['budget']:g} s of {a.get('clock', 'wall')} time per toy, 5000 training "
+        f"points; {split} log-likelihood on the {n} {split} points (data seed 0), exact "
+        f"divergence, dopri5 at rtol = atol = {a.get('rtol', 1e-5):g}; oracle: each generator's "
+        "exact density (`flowforge.workbench.toy_density`).",
         "",
-        "| toy | oracle | flow matching | gap | steps | wall s | test NFE |",
+        "| toy | oracle | flow matching | gap | steps | wall s | scoring NFE |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for toy, t in res["toys"].items():
