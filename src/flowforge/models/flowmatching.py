@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..core import Flow, Transform
 from ..transforms import CNF as CNFLayer
 from ..transforms import ActNorm
-from ..transforms.continuous import SMOOTH_ACTIVATIONS, ODENet
+from ..transforms.continuous import SMOOTH_ACTIVATIONS, ConcatSquash, ODENet
 from .assembly import DataOptions, assemble, event_shape, widths
 from .registry import register
 
@@ -32,8 +32,8 @@ class TimeEmbeddingNet(nn.Module):
     With ``space_features = K > 0`` the state enters as ``[z, sin(z B), cos(z B)]`` too, ``B``
     a fixed ``(d, K)`` Gaussian matrix of standard deviation ``space_scale`` (drawn from seed
     0, so every build has the same one): random Fourier features (Tancik et al. 2020), which
-    let the field change quickly in space; the network then has ``d + 2K`` outputs of which
-    the first ``d`` are the velocity.
+    let the field change quickly in space; the first layer has ``d + 2K`` inputs, the last ``d``
+    outputs.
     A CNF's ``net`` (``CNF(d, net=TimeEmbeddingNet(d, ...))``); it accepts one time per row
     (flow matching) or a 0-d time (an ODE solve).
 
@@ -83,6 +83,9 @@ class TimeEmbeddingNet(nn.Module):
         self.features, self.space_features = features, space_features
         wide = features + 2 * space_features
         self.inner = ODENet(wide, tuple(hidden), context_features + width, activation)
+        if space_features:  # the velocity only: the last layer has d outputs, not d + 2K
+            last = self.inner.layers[-1].linear.in_features
+            self.inner.layers[-1] = ConcatSquash(last, features, 1 + context_features + width)
         self.register_buffer("scales", math.pi * 2.0 ** torch.arange(frequencies), False)
         g = torch.Generator().manual_seed(0)
         B = torch.randn(features, space_features, generator=g) * float(space_scale)
@@ -105,7 +108,7 @@ class TimeEmbeddingNet(nn.Module):
         if not self.space_features:
             return self.inner(t, z, c)
         zb = z @ self.B.to(z)
-        return self.inner(t, torch.cat([z, torch.sin(zb), torch.cos(zb)], 1), c)[:, : z.shape[1]]
+        return self.inner(t, torch.cat([z, torch.sin(zb), torch.cos(zb)], 1), c)
 
 
 @register(inputs=("features",))
