@@ -7,7 +7,7 @@ tails), and for the radial toys (rings) by the distance to the nearest ring. Val
 only: this is for choosing a recipe.
 
     python benchmarks/flow_matching_where.py --weights DIR --toys rings 2spirals \\
-        [--hidden 64 64 64 --activation tanh]
+        [--hidden 64 64 64 --activation silu --space-features 32 --space-scale 4]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from flowforge.workbench import toy_density  # noqa: E402
 from flowforge.workbench.data import load_dataset  # noqa: E402
 
 
-def where(toy: str, weights: Path, hidden, activation, embed=None, split="val") -> dict:
-    x = load_dataset(toy, seed=0).split(split)
-    flow = build_cnf(0, tuple(hidden), activation, embed)
+def where(toy: str, weights: Path, hidden, activation, embed=None, space=0, scale=1.0) -> dict:
+    x = load_dataset(toy, seed=0).split("val")
+    flow = build_cnf(0, tuple(hidden), activation, embed, 1e-3, space, scale)
     flow.load_state_dict(torch.load(weights / f"{toy}.pt"))
     flow.eval()
     r = log_likelihood(flow, x, method="dopri5", rtol=1e-5, atol=1e-5, trace="exact")
@@ -63,10 +63,20 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64, 64])
     p.add_argument("--activation", default="tanh")
     p.add_argument("--time-embed", type=int, help="as in flow_matching.py")
+    p.add_argument("--space-features", type=int, default=0, help="as in flow_matching.py")
+    p.add_argument("--space-scale", type=float, default=1.0, help="as in flow_matching.py")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     for toy in args.toys:
-        o = where(toy, Path(args.weights), args.hidden, args.activation, args.time_embed)
+        o = where(
+            toy,
+            Path(args.weights),
+            args.hidden,
+            args.activation,
+            args.time_embed,
+            args.space_features,
+            args.space_scale,
+        )
         print(f"{toy}: mean gap {o['gap']:.3f}")
         print("  gap by oracle-density decile (sparse -> dense):",
               " ".join(f"{g:.2f}" for g in o["by_density_decile"]))  # fmt: skip
