@@ -49,19 +49,32 @@ ROOT = Path(__file__).resolve().parents[1]
 TOYS = ["8gaussians", "checkerboard", "moons", "rings", "2spirals", "pinwheel"]
 
 
-def build_cnf(seed: int, hidden=(64, 64, 64)) -> ff.Flow:
+def build_cnf(
+    seed: int,
+    hidden=(64, 64, 64),
+    activation: str = "tanh",
+    frequencies=None,
+    eps=1e-3,
+    space=0,
+    space_scale=1.0,
+) -> ff.Flow:
+    """The CNF builder's flow; with ``frequencies`` (an int) its network is a
+    ``TimeEmbeddingNet`` of the same widths (time embedded by sines, cosines, log)."""
     torch.manual_seed(seed)
-    return ff.models.build("cnf", features=2, hidden=hidden)
+    kw = {} if frequencies is None else dict(time_frequencies=frequencies, time_eps=eps)
+    if space:
+        kw.update(space_features=space, space_scale=space_scale)
+    return ff.models.build("cnf", features=2, hidden=hidden, activation=activation, **kw)
 
 
 def train_fm(
-    flow, x, budget, lr, batch, seed, ema=0.999, path="linear", ot=False, clock="cpu"
+    flow, x, budget, lr, batch, seed, ema=0.999, path="linear", ot=False, clock="cpu", **times
 ) -> dict:
     """Flow matching for ``budget`` seconds of ``clock`` (``"cpu"``: this process's CPU time,
     which a loaded machine does not inflate; ``"wall"``); the EMA weights are loaded at the
-    end."""
+    end. ``times``: the time distribution's keywords of :class:`FlowMatching`."""
     now = time.process_time if clock == "cpu" else time.perf_counter
-    loss_fn = FlowMatching(path=path, ot=ot)
+    loss_fn = FlowMatching(path=path, ot=ot, **times)
     g = torch.Generator().manual_seed(seed)
     flow.train()
     with torch.no_grad():
@@ -231,6 +244,25 @@ def main(argv=None) -> dict:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--path", default="linear")
     p.add_argument("--ot", action="store_true")
+    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64, 64], help="network widths")
+    p.add_argument("--activation", default="tanh", help="tanh, softplus, elu or silu")
+    p.add_argument(
+        "--time-embed", type=int, metavar="J",
+        help="embed time (J sine/cosine pairs and log(t + eps)): TimeEmbeddingNet",
+    )  # fmt: skip
+    p.add_argument("--time-eps", type=float, default=1e-3, help="TimeEmbeddingNet's log offset")
+    p.add_argument("--space-features", type=int, default=0, help="random Fourier features of z")
+    p.add_argument("--space-scale", type=float, default=1.0, help="their frequencies' std")
+    p.add_argument("--times", default="uniform", help="uniform, logit-normal or power")
+    p.add_argument("--time-loc", type=float, default=0.0, help="logit-normal: mean")
+    p.add_argument("--time-scale", type=float, default=1.0, help="logit-normal: std")
+    p.add_argument("--time-power", type=float, default=1.0, help="power: s = u ** power")
+    p.add_argument(
+        "--split", default="test", choices=["val", "test"],
+        help="the split scored against the oracle (choose settings on val)",
+    )  # fmt: skip
+    p.add_argument("--rtol", type=float, default=1e-5, help="scoring: dopri5 rtol = atol")
+    p.add_argument("--save", help="a folder for each toy's trained weights (TOY.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-rounds", type=int, default=15, help="interleaved timing rounds")
@@ -248,9 +280,17 @@ def main(argv=None) -> dict:
     first = None
     for toy in args.toys:
         ds = load_dataset(toy, seed=0)
-        train, test = ds.split("train"), ds.split("test")
+        train, test = ds.split("train"), ds.split(args.split)
         ora = toy_density.log_prob(toy, test.numpy())
-        flow = build_cnf(args.seed)
+        flow = build_cnf(
+            args.seed,
+            tuple(args.hidden),
+            args.activation,
+            args.time_embed,
+            args.time_eps,
+            args.space_features,
+            args.space_scale,
+        )
         info = train_fm(
             flow,
             train,
@@ -262,9 +302,15 @@ def main(argv=None) -> dict:
             args.path,
             args.ot,
             args.clock,
+            times=args.times,
+            time_loc=args.time_loc,
+            time_scale=args.time_scale,
+            time_power=args.time_power,
         )
-        r = log_likelihood(flow, test, method="dopri5", rtol=1e-5, atol=1e-5, trace="exact")
+        tol = args.rtol
+        r = log_likelihood(flow, test, method="dopri5", rtol=tol, atol=tol, trace="exact")
         info.update(
+            split=args.split,
             oracle=float(ora.mean()),
             test_log_lik=r.mean,
             test_se=r.stderr,
@@ -274,9 +320,12 @@ def main(argv=None) -> dict:
             params=sum(q.numel() for q in flow.parameters()),
         )
         res["toys"][toy] = info
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            torch.save(flow.state_dict(), Path(args.save) / f"{toy}.pt")
         print(
             f"{toy:13s} {info['steps']:6d} steps {info['train_s']:5.1f}s {args.clock} "
-            f"({info['wall_s']:.0f}s wall)  test log-lik "
+            f"({info['wall_s']:.0f}s wall)  {args.split} log-lik "
             f"{r.mean:.3f} +- {r.stderr:.3f}  oracle {info['oracle']:.3f}  gap {info['gap']:.3f}"
             f"  test NFE {r.nfe:.0f} ({r.seconds:.1f}s)",
             flush=True,
@@ -346,17 +395,34 @@ def merge(paths: list[str], out: str) -> dict:
                 res[k] = r[k]
     _write(res, out)
     a = res["args"]
+    hidden = "x".join(str(h) for h in a.get("hidden", [64, 64, 64]))
+    net = f"concat-squash MLP {hidden}, {a.get('activation', 'tanh')}"
+    if a.get("time_embed") is not None:
+        net += f", time embedded ({a['time_embed']} frequencies, log(t + {a['time_eps']:g}))"
+    if a.get("space_features"):
+        net += (
+            f", {a['space_features']} random Fourier features of the state (scale "
+            f"{a['space_scale']:g})"
+        )
+    times = a.get("times", "uniform")
+    if times == "power":
+        times += f" (s = u^{a['time_power']:g})"
+    elif times == "logit-normal":
+        times += f" ({a['time_loc']:g}, {a['time_scale']:g})"
+    split = a.get("split", "test")
+    n = 1000
     lines = [
         "# Flow matching on the 2-D toys (`benchmarks/flow_matching.py`)",
         "",
-        f"CNF `ff.models.build('cnf', features=2)` (ActNorm + concat-squash MLP 64x64x64, tanh), "
-        f"linear path, batch {a['batch']}, Adam lr {a['lr']} cosine, EMA {a['ema']}, "
-        f"{a['budget']:g} s of {a.get('clock', 'wall')} time per toy, 5000 training points; test "
-        "log-likelihood on the 1000 test points (data seed 0), exact divergence, dopri5 at "
-        "rtol = atol = 1e-5; oracle: each generator's exact density "
-        "(`flowforge.workbench.toy_density`).",
+        f"CNF `ff.models.build('cnf', features=2, ...)` (ActNorm + {net}; "
+        f"{res['toys'][next(iter(res['toys']))].get('params', 9228)} parameters), "
+        f"linear path, {times} times, batch {a['batch']}, Adam lr {a['lr']} cosine, EMA "
+        f"{a['ema']}, {a['budget']:g} s of {a.get('clock', 'wall')} time per toy, 5000 training "
+        f"points; {split} log-likelihood on the {n} {split} points (data seed 0), exact "
+        f"divergence, dopri5 at rtol = atol = {a.get('rtol', 1e-5):g}; oracle: each generator's "
+        "exact density (`flowforge.workbench.toy_density`).",
         "",
-        "| toy | oracle | flow matching | gap | steps | wall s | test NFE |",
+        "| toy | oracle | flow matching | gap | steps | wall s | scoring NFE |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for toy, t in res["toys"].items():

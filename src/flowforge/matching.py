@@ -15,7 +15,9 @@ a path between a data point ``y`` and a base draw ``e``, at a random time ``s ~ 
 The loss is ``mean ||f(s T, x_s, c) - velocity / T||^2`` (per dimension): one network pass per
 example, no solver, no trace. ``sigma > 0`` adds ``N(0, sigma^2)`` noise to ``x_s`` (I-CFM);
 ``ot=True`` pairs the batch's data and noise by an exact minimum-cost assignment of squared
-distances (mini-batch OT-CFM) before the paths are drawn.
+distances (mini-batch OT-CFM) before the paths are drawn. ``times`` chooses the distribution
+of ``s`` (:func:`sample_times`): uniform (the default), logit-normal (Esser et al. 2024), or
+``s = u ** power`` (``power > 1`` puts more of the regression near the data end, ``s = 0``).
 
 The flow must end in its one CNF: transforms before it (preprocessing, a data-initialised
 ActNorm) are applied without gradients, the base must be fixed (its samples are the path's
@@ -53,10 +55,14 @@ import torch
 from torch import Tensor, nn
 
 from .core import Compose, DataInit, Flow, Transform
+from .models.flowmatching import TimeEmbeddingNet
 from .transforms.continuous import _FIXED, CNF, ode_methods
 
 __all__ = [
     "PATHS",
+    "TIMES",
+    "sample_times",
+    "TimeEmbeddingNet",
     "FlowMatching",
     "flow_matching_loss",
     "split_flow",
@@ -70,6 +76,7 @@ __all__ = [
 ]
 
 PATHS = ("linear", "vp")
+TIMES = ("uniform", "logit-normal", "power")
 
 
 # -- the flow's parts ----------------------------------------------------------------------------
@@ -173,6 +180,42 @@ def _path(path: str, y: Tensor, e: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     return a * y + b * e, 0.5 * math.pi * (a * e - b * y)
 
 
+def _time_options(times: str, loc, scale, power) -> tuple[str, float, float, float]:
+    if times not in TIMES:
+        raise ValueError(f"unknown time distribution {times!r}; expected one of {TIMES}")
+    for name, v, lo in (("loc", loc, None), ("scale", scale, 0.0), ("power", power, 0.0)):
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        if not ok or (lo is not None and v <= lo):
+            raise ValueError(
+                f"expected a finite time {name}{'' if lo is None else ' > 0'}, got {v!r}"
+            )
+    return times, float(loc), float(scale), float(power)
+
+
+def sample_times(
+    n: int,
+    times: str = "uniform",
+    loc: float = 0.0,
+    scale: float = 1.0,
+    power: float = 1.0,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> Tensor:
+    """``n`` path times in ``[0, 1]`` (0: data, 1: noise) for the flow-matching regression.
+
+    ``"uniform"``: ``U[0, 1]``; ``"logit-normal"``: ``sigmoid(N(loc, scale^2))``;
+    ``"power"``: ``u ** power`` with ``u ~ U[0, 1]`` (density ``s^(1/power - 1) / power``:
+    ``power > 1`` draws more times near the data). ``scale`` and ``power`` must be ``> 0``.
+    """
+    times, loc, scale, power = _time_options(times, loc, scale, power)
+    u = torch.rand(n, dtype=dtype, device=device)
+    if times == "logit-normal":
+        return torch.sigmoid(loc + scale * torch.randn(n, dtype=dtype, device=device))
+    if times == "power":
+        return u.pow(power)
+    return u
+
+
 class FlowMatching:
     r"""The conditional flow-matching loss, ``FlowMatching(...)(flow, x, context) -> scalar``.
 
@@ -182,14 +225,26 @@ class FlowMatching:
         ot: pair each batch's data and noise by an exact minimum-cost assignment (mini-batch
             OT-CFM; unconditional flows only, ``O(batch^3)`` on the CPU).
         sigma: standard deviation of Gaussian noise added along the path (I-CFM), ``>= 0``.
+        times, time_loc, time_scale, time_power: the distribution of the path's times
+            (:func:`sample_times`): ``"uniform"`` (default), ``"logit-normal"`` (``time_loc``,
+            ``time_scale``) or ``"power"`` (``s = u ** time_power``).
 
     Callable as ``(model, x, context)``, so it is also a workbench objective
     (``Trainer(..., objective=FlowMatching())``; ``flowforge train --objective
-    flow-matching``). Time is drawn uniformly per example; the CNF's network is called with
+    flow-matching``). One time is drawn per example; the CNF's network is called with
     one time per row, so a custom ``net`` must accept ``t`` of shape ``(batch,)``.
     """
 
-    def __init__(self, path: str = "linear", ot: bool = False, sigma: float = 0.0):
+    def __init__(
+        self,
+        path: str = "linear",
+        ot: bool = False,
+        sigma: float = 0.0,
+        times: str = "uniform",
+        time_loc: float = 0.0,
+        time_scale: float = 1.0,
+        time_power: float = 1.0,
+    ):
         if path not in PATHS:
             raise ValueError(f"unknown flow-matching path {path!r}; expected one of {PATHS}")
         if not isinstance(ot, bool):
@@ -199,12 +254,23 @@ class FlowMatching:
         ):
             raise ValueError(f"expected a finite sigma >= 0, got {sigma!r}")
         self.path, self.ot, self.sigma = path, ot, float(sigma)
+        self.times = _time_options(times, time_loc, time_scale, time_power)
 
     def __repr__(self) -> str:
-        return f"FlowMatching(path={self.path!r}, ot={self.ot}, sigma={self.sigma:g})"
+        t, loc, scale, power = self.times
+        extra = {"uniform": "", "logit-normal": f", time_loc={loc:g}, time_scale={scale:g}"}
+        extra["power"] = f", time_power={power:g}"
+        return (
+            f"FlowMatching(path={self.path!r}, ot={self.ot}, sigma={self.sigma:g}"
+            + ("" if t == "uniform" else f", times={t!r}{extra[t]}")
+            + ")"
+        )
 
     def __call__(self, flow, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return flow_matching_loss(flow, x, context, self.path, self.ot, self.sigma)
+        t, loc, scale, power = self.times
+        return flow_matching_loss(
+            flow, x, context, self.path, self.ot, self.sigma, t, loc, scale, power
+        )
 
 
 def flow_matching_loss(
@@ -214,10 +280,15 @@ def flow_matching_loss(
     path: str = "linear",
     ot: bool = False,
     sigma: float = 0.0,
+    times: str = "uniform",
+    time_loc: float = 0.0,
+    time_scale: float = 1.0,
+    time_power: float = 1.0,
 ) -> Tensor:
     """The flow-matching regression loss of ``flow`` on the batch ``x`` (see the module)."""
     if path not in PATHS:
         raise ValueError(f"unknown flow-matching path {path!r}; expected one of {PATHS}")
+    _time_options(times, time_loc, time_scale, time_power)
     before, cnf = split_flow(flow)
     x, context, _ = flow._prepare(x, context)
     if ot and context is not None:
@@ -234,7 +305,7 @@ def flow_matching_loss(
         e = flow.base.sample(y.shape[0], context).to(y)
         if ot:
             e = ot_pairing(y, e)
-        s = torch.rand(y.shape[0], dtype=y.dtype, device=y.device)
+        s = sample_times(y.shape[0], times, time_loc, time_scale, time_power, y.dtype, y.device)
         xs, target = _path(path, y, e, s)
         if sigma:
             xs = xs + sigma * torch.randn_like(xs)

@@ -5,15 +5,110 @@ torchdiffeq is imported only when a CNF is built (``pip install 'flowforge[ode]'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
 
 from ..core import Flow, Transform
 from ..transforms import CNF as CNFLayer
 from ..transforms import ActNorm
+from ..transforms.continuous import SMOOTH_ACTIVATIONS, ConcatSquash, ODENet
 from .assembly import DataOptions, assemble, event_shape, widths
 from .registry import register
 
-__all__ = ["CNF"]
+__all__ = ["CNF", "TimeEmbeddingNet"]
+
+
+# -- a dynamics network with embedded time -----------------------------------------------------
+
+
+class TimeEmbeddingNet(nn.Module):
+    r"""FFJORD's concat-squash network (:class:`~flowforge.transforms.continuous.ODENet`) with
+    the time embedded: every layer's gate and shift see ``t``, ``sin(pi 2^j t)``,
+    ``cos(pi 2^j t)`` for ``j < frequencies`` and ``log(t + eps)`` (and the context), so the
+    field can change quickly in time (near the data end, ``t = 0``, for thin structures).
+    With ``space_features = K > 0`` the state enters as ``[z, sin(z B), cos(z B)]`` too, ``B``
+    a fixed ``(d, K)`` Gaussian matrix of standard deviation ``space_scale`` (drawn from seed
+    0, so every build has the same one): random Fourier features (Tancik et al. 2020), which
+    let the field change quickly in space; the first layer has ``d + 2K`` inputs, the last ``d``
+    outputs.
+    A CNF's ``net`` (``CNF(d, net=TimeEmbeddingNet(d, ...))``); it accepts one time per row
+    (flow matching) or a 0-d time (an ODE solve).
+
+    Args:
+        features: data dimension.
+        hidden: widths of the concat-squash layers.
+        context_features: the context's width (0: unconditional).
+        activation: tanh, softplus, elu or silu.
+        frequencies: how many sine/cosine pairs, ``>= 0``.
+        eps: the offset of the log-time feature, ``> 0`` (0: no log feature).
+        space_features: how many random Fourier features of the state, ``>= 0``.
+        space_scale: their frequencies' standard deviation, ``> 0``.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden=(64, 64, 64),
+        context_features: int = 0,
+        activation: str = "tanh",
+        frequencies: int = 6,
+        eps: float = 1e-3,
+        space_features: int = 0,
+        space_scale: float = 1.0,
+    ):
+        super().__init__()
+        for name, v in (("frequencies", frequencies), ("space_features", space_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"expected an integer {name} >= 0, got {v!r}")
+        if isinstance(space_scale, bool) or not (
+            isinstance(space_scale, (int, float)) and math.isfinite(space_scale) and space_scale > 0
+        ):
+            raise ValueError(f"expected a finite space_scale > 0, got {space_scale!r}")
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, (int, float))
+            or not (math.isfinite(eps) and eps >= 0)
+        ):
+            raise ValueError(f"expected a finite eps >= 0, got {eps!r}")
+        if activation not in SMOOTH_ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; expected one of {SMOOTH_ACTIVATIONS}"
+            )
+        self.frequencies, self.eps = frequencies, float(eps)
+        self.context_features = context_features
+        width = 2 * frequencies + (1 if eps else 0)
+        self.features, self.space_features = features, space_features
+        wide = features + 2 * space_features
+        self.inner = ODENet(wide, tuple(hidden), context_features + width, activation)
+        if space_features:  # the velocity only: the last layer has d outputs, not d + 2K
+            last = self.inner.layers[-1].linear.in_features
+            self.inner.layers[-1] = ConcatSquash(last, features, 1 + context_features + width)
+        self.register_buffer("scales", math.pi * 2.0 ** torch.arange(frequencies), False)
+        g = torch.Generator().manual_seed(0)
+        B = torch.randn(features, space_features, generator=g) * float(space_scale)
+        self.register_buffer("B", B, False)
+
+    def embed(self, t: Tensor, n: int, like: Tensor) -> Tensor:
+        t = t.to(like).reshape(-1, 1).expand(n, 1)
+        parts = []
+        if self.frequencies:
+            arg = t * self.scales.to(like)
+            parts += [torch.sin(arg), torch.cos(arg)]
+        if self.eps:
+            parts.append(torch.log(t + self.eps))
+        return torch.cat(parts, 1) if parts else t[:, :0]
+
+    def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
+        c = self.embed(t, z.shape[0], z)
+        if self.context_features:
+            c = torch.cat([c, context.to(z)], 1)
+        if not self.space_features:
+            return self.inner(t, z, c)
+        zb = z @ self.B.to(z)
+        return self.inner(t, torch.cat([z, torch.sin(zb), torch.cos(zb)], 1), c)
 
 
 @register(inputs=("features",))
@@ -30,6 +125,10 @@ def CNF(
     max_steps: int = 1000,
     activation: str = "tanh",
     actnorm: bool = True,
+    time_frequencies: int | None = None,
+    time_eps: float = 1e-3,
+    space_features: int = 0,
+    space_scale: float = 1.0,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -49,6 +148,11 @@ def CNF(
         trace: ``"auto"`` (exact for ``features <= 8``, else Hutchinson), ``"exact"`` or
             ``"hutchinson"``.
         actnorm: a data-initialised ActNorm before the CNF.
+        time_frequencies: ``None`` (FFJORD's network, time entering each gate raw) or an
+            ``int >= 0``: a :class:`TimeEmbeddingNet` of the same widths with that many
+            sine/cosine pairs of time and ``log(t + time_eps)`` (``time_eps > 0``; 0: none).
+        space_features, space_scale: random Fourier features of the state
+            (:class:`TimeEmbeddingNet`; 0: none).
         (and the data options of :mod:`flowforge.models.assembly`; flow matching needs
         ``base="normal"`` and uniform dequantization)
 
@@ -74,6 +178,18 @@ def CNF(
             noise=noise,
             max_steps=max_steps,
             activation=activation,
+            net=None
+            if time_frequencies is None and not space_features
+            else TimeEmbeddingNet(
+                d,
+                widths(hidden),
+                data.context_features,
+                activation,
+                time_frequencies or 0,
+                time_eps if time_frequencies is not None else 0.0,
+                space_features,
+                space_scale,
+            ),
         )
     )
     return assemble(chain, (d,), data)
