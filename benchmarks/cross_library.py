@@ -185,6 +185,16 @@ def load(name: str):
 # -- timing --------------------------------------------------------------------------------------
 
 
+def build(lib: str, kind: str, d: int):
+    """``lib``'s model of ``kind`` at the benchmark's architecture, seeded; None if the library
+    cannot build it."""
+    torch.manual_seed(0)
+    try:
+        return LIBRARIES[lib](kind, d, ARCH["layers"], ARCH["hidden"], ARCH["bins"])
+    except Unavailable:
+        return None
+
+
 def _once(fn) -> tuple[float, float]:
     """Wall-clock and process CPU seconds per call of ``fn``: calls repeated until
     ``MIN_TIME`` has passed."""
@@ -327,10 +337,8 @@ def part_throughput(args, datasets, models, libs) -> dict:
                         print(f"{ds:7s} D={d:<3d} {kind:8s} flowjax    params "
                               f"{params[f'{ds}/{kind}/flowjax']:>9,d}", flush=True)  # fmt: skip
                     continue
-                torch.manual_seed(0)
-                try:
-                    m = LIBRARIES[lib](kind, d, ARCH["layers"], ARCH["hidden"], ARCH["bins"])
-                except Unavailable:
+                m = build(lib, kind, d)
+                if m is None:
                     continue
                 params[f"{ds}/{kind}/{lib}"] = m.params()
                 notes[lib] = m.note
@@ -429,10 +437,8 @@ def part_memory(args, datasets, models, libs) -> dict:
             for lib in libs:
                 if lib not in LIBRARIES:  # flowjax: JAX has no autograd saved tensors to count
                     continue
-                torch.manual_seed(0)
-                try:
-                    m = LIBRARIES[lib](kind, d, ARCH["layers"], ARCH["hidden"], ARCH["bins"])
-                except Unavailable:
+                m = build(lib, kind, d)
+                if m is None:
                     continue
                 rec = {"dataset": ds, "model": kind, "library": lib, "params": m.params()}
                 m.module.train()
@@ -538,10 +544,8 @@ def part_curve(args, libs) -> dict:
             runs[lib] = {"remote": worker, "params": ans["params"], "spent": 0.0, "cpu": 0.0,
                          "steps": 0, "points": [], "kind": kind}  # fmt: skip
             continue
-        torch.manual_seed(0)
-        try:
-            m = LIBRARIES[lib](kind, d, ARCH["layers"], ARCH["hidden"], ARCH["bins"])
-        except Unavailable:
+        m = build(lib, kind, d)
+        if m is None:
             continue
         runs[lib] = {
             "model": m,
