@@ -15,7 +15,6 @@ import torch
 import flowforge as ff
 from flowforge.workbench import Trainer, WorkbenchError
 
-
 # inductor compiles C++ on the CPU: without a compiler there is nothing to test but the fall-back
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
