@@ -231,24 +231,27 @@ class Autoregressive(Transform):
         picks = self.__dict__.setdefault("_auto_picks", {})
         key = int(z.shape[0]).bit_length()
         pick = picks.get(key)
-        if pick == "sequential":
-            self.last_sweeps = 0
-            return self._sequential_inverse(z, context)
-        t0 = _clock(z)
-        out = self._parallel_inverse(z, context)
-        if pick is None and out is not None:
+        if pick is None:  # time both (the clock waits for an accelerator: only here)
+            t0 = _clock(z)
+            out = self._parallel_inverse(z, context)
             t1 = _clock(z)
             sweeps = self.last_sweeps
-            seq = self._sequential_inverse(z, context)
-            faster = t1 - t0 < _clock(z) - t1
+            faster = False
+            if out is not None:
+                seq = self._sequential_inverse(z, context)
+                faster = t1 - t0 < _clock(z) - t1
             picks[key] = "parallel" if faster else "sequential"
-            self.last_sweeps = sweeps if faster else 0
-            return out if faster else seq
-        if out is None:
-            picks.setdefault(key, "sequential")
+            if faster:
+                self.last_sweeps = sweeps
+                return out
             self.last_sweeps = 0
-            return self._sequential_inverse(z, context)
-        return out
+            return seq if out is not None else self._sequential_inverse(z, context)
+        if pick == "parallel":
+            out = self._parallel_inverse(z, context)
+            if out is not None:
+                return out
+        self.last_sweeps = 0
+        return self._sequential_inverse(z, context)
 
     def _sequential_inverse(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         b = z.shape[0]
