@@ -55,14 +55,12 @@ import torch
 from torch import Tensor, nn
 
 from .core import Compose, DataInit, Flow, Transform
-from .models.flowmatching import TimeEmbeddingNet
 from .transforms.continuous import _FIXED, CNF, ode_methods
 
 __all__ = [
     "PATHS",
     "TIMES",
     "sample_times",
-    "TimeEmbeddingNet",
     "FlowMatching",
     "flow_matching_loss",
     "split_flow",
