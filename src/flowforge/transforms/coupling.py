@@ -187,15 +187,15 @@ class Coupling(Transform):
         # gives the parameters of both the inverse (without a graph) and the recomputed forward
         replay()
         if self.indexed:
-            z_b = self._take(z, self.idx_b, self._range_b)
-            a = self._take(z, self.idx_a, self._range_a).detach().requires_grad_()
+            a, z_b = self._split(z)
+            a = a.detach().requires_grad_()
             params = self._params(a, context, z_b.shape[1])
             with torch.no_grad():
                 x_b, _ = self.transformer.inverse(z_b, params)
             x = self._merge(a.detach(), x_b).requires_grad_()
-            x_b = self._take(x, self.idx_b, self._range_b)
+            x_a, x_b = self._split(x)
             y_b, ladj = self.transformer.forward(x_b, params)
-            out = self._merge(self._take(x, self.idx_a, self._range_a), y_b)
+            out = self._merge(x_a, y_b)
             fold = lambda g: self._merge(g, torch.zeros_like(x_b))  # noqa: E731
             return x, out, ladj.flatten(1).sum(1), [(a, fold)]
         m = self.mask.to(z.dtype)
