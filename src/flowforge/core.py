@@ -360,7 +360,7 @@ class DataInit:
 
 def needs_data_init(model: nn.Module) -> bool:
     """Whether a layer of ``model`` still waits for its data-dependent initialisation."""
-    return any(isinstance(m, DataInit) and not bool(m.initialized) for m in model.modules())
+    return any(isinstance(m, DataInit) and m._waiting() for m in model.modules())
 
 
 def regularization(model: nn.Module) -> Tensor | None:
