@@ -71,6 +71,7 @@ from torch import Tensor
 from .core import Flow
 from .distributions import DiagGaussian, StandardNormal
 from .transforms.autoregressive import set_inverse
+from .transforms.coupling import Coupling
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
 
 __all__ = [
@@ -659,6 +660,11 @@ def _copy64(flow: Flow) -> Flow:
     # the exact step-by-step inverse of autoregressive layers: Jacobi sweeps stop at a
     # tolerance, and "auto" picks by timing, which another process may pick differently
     set_inverse(f, "sequential")
+    # the plain conditioner path: a grouped one permutes the output layer's rows, and the
+    # matmul may round them differently on another layout (files must decode across versions)
+    for m in f.modules():
+        if isinstance(m, Coupling):
+            m.grouped_params = False
     return f
 
 

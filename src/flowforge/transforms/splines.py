@@ -33,9 +33,9 @@ __all__ = ["RationalQuadratic", "rational_quadratic"]
 
 
 def _sizes(logits: Tensor, bound: float, minimum: float) -> Tensor:
-    """Sizes ``(K, ...)`` of ``K`` bins tiling ``[-bound, bound]``, from logits along dim 0."""
-    k = logits.shape[0]
-    return (2 * bound) * (minimum + (1 - minimum * k) * torch.softmax(logits, dim=0))
+    """Sizes ``(B, K, ...)`` of ``K`` bins tiling ``[-bound, bound]``, from logits along dim 1."""
+    k = logits.shape[1]
+    return (2 * bound) * (minimum + (1 - minimum * k) * torch.softmax(logits, dim=1))
 
 
 def rational_quadratic(
@@ -54,12 +54,19 @@ def rational_quadratic(
     pass through unchanged with ``ladj = 0``. See the module docstring.
     """
     k = (params.shape[-1] + 1) // 3
-    # Bins-first layout, (3K - 1, *x.shape): the softmax and the sums over the K bins run
-    # along the outer dimension and vectorise over the examples (reducing over a short
-    # innermost dimension is an order of magnitude slower on CPU). The bin's knots, sizes and
-    # slopes are picked with one-hot sums rather than gathers: their backward is a product,
-    # where a gather's backward fills and scatters into a zero tensor per quantity.
-    uw, uh, ud = params.movedim(-1, 0).split([k, k, k - 1])
+    if x.dim() < 2:  # one example axis: a length-1 entry axis for the layout below
+        y, ladj = rational_quadratic(
+            x.reshape(-1, 1), params.reshape(-1, 1, params.shape[-1]), inverse=inverse,
+            bound=bound, min_width=min_width, min_height=min_height, min_derivative=min_derivative,
+        )  # fmt: skip
+        return y.reshape(x.shape), ladj.reshape(x.shape)
+    # Bins-second layout, (B, 3K - 1, *x.shape[1:]): the softmax and the sums over the K bins
+    # run along dimension 1 and vectorise over the entries after it (reducing over a short
+    # innermost dimension is an order of magnitude slower on CPU); parameters from a grouped
+    # conditioner (nets.grouped_linear) are already laid out so, and this is a view. The bin's
+    # knots, sizes and slopes are picked with one-hot sums rather than gathers: their backward
+    # is a product, where a gather's backward fills and scatters into a zero tensor.
+    uw, uh, ud = params.movedim(-1, 1).split([k, k, k - 1], 1)
     widths = _sizes(uw, bound, min_width)
     heights = _sizes(uh, bound, min_height)
     shift = math.log(math.expm1(1 - min_derivative))
@@ -67,20 +74,21 @@ def rational_quadratic(
 
     inside = (x >= -bound) & (x <= bound)
     xc = x.clamp(-bound, bound)  # tails are computed on a safe stand-in, then discarded
+    xk = xc.unsqueeze(1)
     with torch.no_grad():
         # bin index: how many interior knots lie at or below the input, in [0, K - 1]
         # (clamped so that the last edge, x == bound, lands in the last bin, never past it)
-        knots = torch.cumsum(heights if inverse else widths, 0)[:-1] - bound
-        idx = (xc >= knots).sum(0).clamp_(0, k - 1)
-        bins = torch.arange(k, device=x.device).view(k, *[1] * x.dim())
+        knots = torch.cumsum(heights if inverse else widths, 1)[:, :-1] - bound
+        idx = (xk >= knots).sum(1, keepdim=True).clamp_(0, k - 1)
+        bins = torch.arange(k, device=x.device).view(1, k, *[1] * (x.dim() - 1))
         below = (bins < idx).to(params.dtype)  # the bins left of the input's bin
         this = (bins == idx).to(params.dtype)  # the input's bin
-    x0 = (below * widths).sum(0) - bound
-    y0 = (below * heights).sum(0) - bound
-    w, h = (this * widths).sum(0), (this * heights).sum(0)
+    x0 = (below * widths).sum(1) - bound
+    y0 = (below * heights).sum(1) - bound
+    w, h = (this * widths).sum(1), (this * heights).sum(1)
     # slopes at the bin's left and right knots; the two outer knots have slope 1 (the tails')
-    d0 = (this[1:] * d_in).sum(0) + this[0]
-    d1 = (this[:-1] * d_in).sum(0) + this[-1]
+    d0 = (this[:, 1:] * d_in).sum(1) + this[:, 0]
+    d1 = (this[:, :-1] * d_in).sum(1) + this[:, -1]
     s = h / w
     if not inverse:
         xi = ((xc - x0) / w).clamp(0, 1)
