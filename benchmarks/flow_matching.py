@@ -182,6 +182,63 @@ def cost(x: torch.Tensor, batch: int, trained: ff.Flow | None, rounds: int) -> d
     return out
 
 
+def run_cost(x: torch.Tensor, batch: int, steps: int, seed: int = 0) -> dict:
+    """Step costs averaged over whole training runs from initialisation, in this process's
+    CPU time: ``steps`` steps of flow matching, then ``steps`` of maximum-likelihood FFJORD at
+    the FFJORD paper's toy settings (Hutchinson trace, dopri5 at rtol = atol = 1e-5), same
+    network, batch, fused Adam at lr 1e-3. FFJORD's cost grows as its field trains (more
+    function evaluations); the mean over a run is what a user pays per step."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict = {"steps": steps, "batch": batch}
+    for name in ("flow_matching", "ffjord_hutchinson_1e-5"):
+        torch.manual_seed(seed)
+        if name == "flow_matching":
+            flow, fm = build_cnf(seed), FlowMatching()
+            with torch.no_grad():
+                fm(flow, x)  # the ActNorm's initialisation
+
+            def loss_fn(xb, flow=flow, fm=fm):
+                return fm(flow, xb)
+        else:
+            flow = ff.models.FFJORD(
+                features=2, hidden=(64, 64, 64), trace="hutchinson", rtol=1e-5, atol=1e-5
+            )
+            with torch.no_grad():
+                flow.train()
+                flow.log_prob(x[:1000])  # ActNorm init
+
+            def loss_fn(xb, flow=flow):
+                return -flow.log_prob(xb).mean()
+
+        cnf = [m for m in flow.modules() if isinstance(m, ff.transforms.CNF)][0]
+        opt = torch.optim.Adam(flow.parameters(), lr=1e-3, fused=True)
+        flow.train()
+        times, nfes = [], []
+        for _ in range(steps):
+            xb = x[torch.randint(0, len(x), (batch,), generator=g)]
+            t0 = time.process_time()
+            loss = loss_fn(xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.process_time() - t0)
+            nfes.append(cnf.nfe_forward + cnf.nfe_backward)
+        tenth = max(1, steps // 10)
+        out[name] = {
+            "mean_ms": 1e3 * statistics.mean(times),
+            "first_tenth_ms": 1e3 * statistics.mean(times[:tenth]),
+            "last_tenth_ms": 1e3 * statistics.mean(times[-tenth:]),
+            "nfe_first_tenth": statistics.mean(nfes[:tenth]),
+            "nfe_last_tenth": statistics.mean(nfes[-tenth:]),
+            "final_loss": loss.item(),
+        }
+        print(f"  {name}: {out[name]}", flush=True)
+    fm_ms = out["flow_matching"]["mean_ms"]
+    out["ratio_mean"] = out["ffjord_hutchinson_1e-5"]["mean_ms"] / fm_ms
+    out["ratio_last_tenth"] = out["ffjord_hutchinson_1e-5"]["last_tenth_ms"] / fm_ms
+    return out
+
+
 def train_ml(flow, x, budget, lr, batch, seed, clock="cpu") -> dict:
     """Maximum-likelihood fine-tuning as ``configs/ffjord-toy.yaml`` trains FFJORD (Hutchinson
     trace, rtol = atol = 1e-3, RNODE penalties 0.01), cosine decay over the budget."""
@@ -269,7 +326,11 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-rounds", type=int, default=15, help="interleaved timing rounds")
-    p.add_argument("--parts", nargs="+", default=["toys", "cost", "sampling"])
+    p.add_argument(
+        "--parts", nargs="+", default=["toys", "cost", "sampling"],
+        help="toys, cost, runcost, sampling, warmstart",
+    )  # fmt: skip
+    p.add_argument("--run-steps", type=int, default=400, help="runcost: steps per run")
     p.add_argument("--quick", action="store_true", help="fewer timings and sampling runs")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/flow_matching.json"))
     p.add_argument("--ml-budget", type=float, default=45.0, help="warmstart: ML seconds")
@@ -361,6 +422,17 @@ def main(argv=None) -> dict:
                 for k, v in c.items()
                 if k.startswith("ffjord") and k.endswith("_s")
             ),
+            flush=True,
+        )
+        _write(res, args.out)
+    if "runcost" in args.parts:
+        res["run_cost"] = run_cost(train, args.batch, args.run_steps, args.seed)
+        c = res["run_cost"]
+        print(
+            f"step cost over {c['steps']}-step runs: flow matching "
+            f"{c['flow_matching']['mean_ms']:.2f} ms, FFJORD (Hutchinson, 1e-5) "
+            f"{c['ffjord_hutchinson_1e-5']['mean_ms']:.0f} ms: {c['ratio_mean']:.0f}x on average, "
+            f"{c['ratio_last_tenth']:.0f}x over the last tenth",
             flush=True,
         )
         _write(res, args.out)
