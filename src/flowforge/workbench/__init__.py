@@ -10,8 +10,8 @@ without the command line::
 Modules, by concern: ``errors``, ``config`` (defaults, files, checks), ``data`` (datasets),
 ``build`` (the model a config asks for), ``runs`` (the run folder), ``checkpoint``,
 ``distributed``, ``trainer`` (the one training loop), ``runner`` (a whole run: ``train``),
-``evaluate``, ``vi`` (fit-target), ``report`` (figures and report.html), ``cli`` (the command). See
-``docs/workbench.md``.
+``evaluate``, ``vi`` (fit-target), ``report`` (figures and report.html), ``allocator`` (the
+process's malloc settings), ``cli`` (the command). See ``docs/workbench.md``.
 """
 
 import importlib
@@ -38,6 +38,7 @@ _NAMES = {
     "Objective": "trainer",
     "ReverseKL": "trainer",
     "Trainer": "trainer",
+    "reuse_freed_memory": "allocator",
 }
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "load_run",
     "read_config",
     "resolve_config",
+    "reuse_freed_memory",
     "train",
 ]
 

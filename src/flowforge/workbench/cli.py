@@ -643,9 +643,11 @@ def _attach_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    from .allocator import reuse_freed_memory
     from .errors import WorkbenchError
 
     args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
+    reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -1,0 +1,28 @@
+"""The workbench keeps freed memory for reuse (glibc's mallopt), and the command applies it."""
+
+import platform
+import sys
+
+import pytest
+
+from flowforge.workbench import allocator, cli
+
+
+def test_reuse_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch):
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert allocator.reuse_freed_memory() is glibc
+    monkeypatch.setenv(allocator.ENV, "0")
+    assert allocator.reuse_freed_memory() is False
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1 << 31, 1.5, "1G"])
+def test_a_bad_limit_is_refused(limit):
+    with pytest.raises(ValueError, match="limit in bytes"):
+        allocator.reuse_freed_memory(limit)
+
+
+def test_the_command_applies_it(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(1) or True)
+    assert cli.main(["list"]) == 0
+    assert calls == [1]
