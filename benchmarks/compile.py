@@ -2,8 +2,8 @@
 step (batch 256, Adam) and ``log_prob`` (batch 1,024, no grad), one thread, with the compile
 times and the conditioner floor (``benchmarks/floor.py``) of the same model.
 
-Eager and compiled calls are interleaved round by round (median over the rounds), so that the
-load of a shared machine weighs on both alike.
+Eager, compiled and floor calls are interleaved round by round (median over the rounds), so
+that the load of a shared machine weighs on all alike.
 
     python benchmarks/compile.py --out benchmarks/results/compile.json
 """
@@ -53,10 +53,16 @@ def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: in
         lp_compiled(xe)
         compile_lp = time.perf_counter() - t0
         diff = (lp_compiled(xe) - model.log_prob(xe)).abs().max().item()
-    times = {k: [] for k in ("train_eager", "train_compiled", "lp_eager", "lp_compiled")}
+    # the floor (the conditioners and Adam alone, of a model built for it), timed in the same
+    # rounds so that the machine's load weighs on it as on the rest
+    fns = floor.floor_fns(peers.flowforge(kind, 64, layers, hidden, bins).module, 256, 1024)
+    names = ("train_eager", "train_compiled", "lp_eager", "lp_compiled", "train_floor", "lp_floor")
+    times = {k: [] for k in names}
     for _ in range(5):
         step(loss_eager)
         step(loss_compiled)
+        if fns is not None:
+            fns[0]()
     for _ in range(rounds):
         for name, loss in (("train_eager", loss_eager), ("train_compiled", loss_compiled)):
             t0 = time.perf_counter()
@@ -67,8 +73,12 @@ def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: in
                 t0 = time.perf_counter()
                 fn(xe)
                 times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    fl = floor.floor_seconds(peers.flowforge(kind, 64, layers, hidden, bins).module, 256, 1024)
+        if fns is not None:
+            for name, fn in (("train_floor", fns[0]), ("lp_floor", fns[1])):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
     out = {
         "model": kind,
         "params": model.params(),
@@ -80,9 +90,9 @@ def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: in
         "log_prob_eager_per_s": 1024 / med["lp_eager"],
         "log_prob_compiled_per_s": 1024 / med["lp_compiled"],
     }
-    if fl is not None:
-        out["train_floor_per_s"] = 256 / fl["train_s"]
-        out["log_prob_floor_per_s"] = 1024 / fl["log_prob_s"]
+    if fns is not None:
+        out["train_floor_per_s"] = 256 / med["train_floor"]
+        out["log_prob_floor_per_s"] = 1024 / med["lp_floor"]
     return out
 
 

@@ -79,3 +79,17 @@ def test_the_bits_back_coder_uses_the_plain_path():
     layers = [m for m in f64.modules() if isinstance(m, Coupling)]
     assert layers and not any(m.grouped_params for m in layers)
     assert all(m.grouped_params for m in flow.modules() if isinstance(m, Coupling))
+
+
+def test_made_grouped_false_gives_the_same_numbers_dimension_major():
+    made = _perturb(MADE(4, params_per_dim=3, hidden=(16,)))
+    x = torch.randn(5, 4)
+    a = made(x)
+    made.grouped = False
+    b = made(x)
+    assert b.is_contiguous() and not a.is_contiguous()
+    torch.testing.assert_close(a, b)
+    # the mixture base reduces over the last axis: it asks for the dimension-major layout
+    from flowforge.distributions import MADEMoG
+
+    assert MADEMoG((4,), components=2).made.grouped is False

@@ -179,7 +179,9 @@ class MADEMoG(Distribution):
         if components < 1:
             raise ValueError(f"expected components >= 1, got {components}")
         self.components = k = int(components)
-        self.made = MADE(self.features, 3 * k, hidden, context_features, zero_init=True)
+        self.made = MADE(
+            self.features, 3 * k, hidden, context_features, zero_init=True, grouped=False
+        )  # dimension-major: the mixture's sums run over the last axis
         # Start as an equal-weight mixture of unit Gaussians with spread means: distinct
         # components from the first step (zero-initialised means would never separate).
         with torch.no_grad():

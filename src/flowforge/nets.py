@@ -288,6 +288,10 @@ class MADE(nn.Module):
         residual: pre-activation residual blocks (two masked layers each), as in NSF's ResMADE.
         activation: as in :class:`MLP`.
         zero_init: zero the output layer, so an autoregressive layer starts as the identity.
+        grouped: return the parameters in parameter-major memory (:func:`grouped_linear`),
+            what an elementwise transformer reads fastest; ``False``: dimension-major, for a
+            consumer that reduces over the last axis (the mixture base of
+            :class:`~flowforge.distributions.MADEMoG`). The same numbers either way.
 
     Example:
         >>> made = MADE(3, params_per_dim=2, hidden=(16,))
@@ -305,11 +309,13 @@ class MADE(nn.Module):
         residual: bool = False,
         activation: str = "relu",
         zero_init: bool = True,
+        grouped: bool = True,
     ):
         super().__init__()
         hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
         if not hidden or min(hidden) < 1:
             raise ValueError(f"MADE needs at least one hidden layer of positive width: {hidden}")
+        self.grouped = bool(grouped)
         if residual and len(set(hidden)) != 1:
             raise ValueError(f"a residual MADE needs equal hidden widths, got {hidden}")
         self.features, self.params_per_dim = int(features), int(params_per_dim)
@@ -383,9 +389,9 @@ class MADE(nn.Module):
             else:  # h0 = W0 x; h_i = h_{i-1} + W_i act(h_{i-1}): one masked layer per block
                 h = pre if i == 0 else h + pre
         h = self.act(h) if self.residual else h
-        if self.params_per_dim > 1:  # each parameter contiguous, for the transformer
+        if self.grouped and self.params_per_dim > 1:  # each parameter contiguous
             return grouped_linear(h, ws[-1], self.out.bias, self.params_per_dim)
-        return lin(h, ws[-1], self.out.bias).reshape(x.shape[0], self.features, 1)
+        return lin(h, ws[-1], self.out.bias).reshape(x.shape[0], self.features, self.params_per_dim)
 
     def solve(
         self,
