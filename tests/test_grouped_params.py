@@ -93,3 +93,18 @@ def test_made_grouped_false_gives_the_same_numbers_dimension_major():
     from flowforge.distributions import MADEMoG
 
     assert MADEMoG((4,), components=2).made.grouped is False
+
+
+def test_a_subclass_forward_or_a_hook_is_respected():
+    class Doubled(MLP):
+        def forward(self, x, context=None):
+            return 2 * super().forward(x, context)
+
+    net = _perturb(Doubled(3, 4 * 5, (8,)))
+    x = torch.randn(6, 3)
+    torch.testing.assert_close(net.grouped(x, None, 5), net(x).view(6, 4, 5))
+    plain = _perturb(MLP(3, 4 * 5, (8,)))
+    seen = []
+    plain.net[-1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    torch.testing.assert_close(plain.grouped(x, None, 5), plain(x).view(6, 4, 5))
+    assert len(seen) == 2  # the hook ran in the grouped call too

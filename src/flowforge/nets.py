@@ -55,6 +55,15 @@ def activation_class(name: str, allowed: Sequence[str] | None = None) -> type[nn
     return choices[name]
 
 
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether any of ``modules`` has forward hooks (which a grouped call would skip)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _grouped_view(out: Tensor, groups: int) -> Tensor:
+    return out.view(*out.shape[:-1], -1, groups)
+
+
 def grouped_linear(h: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
     r"""``linear(h, weight, bias)`` for ``D * P`` outputs grouped by dimension (output
     ``i * P + k``: parameter ``k`` of dimension ``i``), returned as ``(B, D, P)``, a view of
@@ -113,10 +122,13 @@ class MLP(nn.Module):
 
     def grouped(self, x: Tensor, context: Tensor | None, groups: int) -> Tensor:
         """``forward(x, context).view(B, -1, groups)``, in parameter-major memory
-        (:func:`grouped_linear`)."""
+        (:func:`grouped_linear`); a subclass's own ``forward`` or a forward hook is called as
+        it is instead."""
+        last = self.net[-1]
+        if type(self).forward is not MLP.forward or _hooked(self, last):
+            return _grouped_view(self(x, context), groups)
         if self.context_features:
             x = torch.cat([x, context], dim=-1)
-        last = self.net[-1]
         return grouped_linear(self.net[:-1](x), last.weight, last.bias, groups)
 
 
@@ -169,8 +181,11 @@ class ResidualMLP(nn.Module):
 
     def grouped(self, x: Tensor, context: Tensor | None, groups: int) -> Tensor:
         """``forward(x, context).view(B, -1, groups)``, in parameter-major memory
-        (:func:`grouped_linear`)."""
+        (:func:`grouped_linear`); a subclass's own ``forward`` or a forward hook is called as
+        it is instead."""
         last = self.out[1]
+        if type(self).forward is not ResidualMLP.forward or _hooked(self, self.out, last):
+            return _grouped_view(self(x, context), groups)
         return grouped_linear(self.out[0](self._trunk(x, context)), last.weight, last.bias, groups)
 
 
