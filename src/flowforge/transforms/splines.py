@@ -82,13 +82,21 @@ def rational_quadratic(
         idx = (xk >= knots).sum(1, keepdim=True).clamp_(0, k - 1)
         bins = torch.arange(k, device=x.device).view(1, k, *[1] * (x.dim() - 1))
         below = (bins < idx).to(params.dtype)  # the bins left of the input's bin
-        this = (bins == idx).to(params.dtype)  # the input's bin
     x0 = (below * widths).sum(1) - bound
     y0 = (below * heights).sum(1) - bound
-    w, h = (this * widths).sum(1), (this * heights).sum(1)
-    # slopes at the bin's left and right knots; the two outer knots have slope 1 (the tails')
-    d0 = (this[:, 1:] * d_in).sum(1) + this[:, 0]
-    d1 = (this[:, :-1] * d_in).sum(1) + this[:, -1]
+    # the bin's size and its knots' slopes (the two outer knots have slope 1, the tails'): a
+    # one-hot sum adds exact zeros to the picked value, so it equals a gather bit for bit;
+    # the one-hot form is cheaper to differentiate, the gather cheaper without a graph
+    if torch.is_grad_enabled() and (params.requires_grad or x.requires_grad):
+        with torch.no_grad():
+            this = (bins == idx).to(params.dtype)  # the input's bin
+        w, h = (this * widths).sum(1), (this * heights).sum(1)
+        d0 = (this[:, 1:] * d_in).sum(1) + this[:, 0]
+        d1 = (this[:, :-1] * d_in).sum(1) + this[:, -1]
+    else:
+        w, h = widths.gather(1, idx).squeeze(1), heights.gather(1, idx).squeeze(1)
+        d0 = torch.where(idx == 0, 1.0, d_in.gather(1, (idx - 1).clamp(min=0))).squeeze(1)
+        d1 = torch.where(idx == k - 1, 1.0, d_in.gather(1, idx.clamp(max=k - 2))).squeeze(1)
     s = h / w
     if not inverse:
         xi = ((xc - x0) / w).clamp(0, 1)
