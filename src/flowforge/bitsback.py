@@ -70,6 +70,7 @@ from torch import Tensor
 
 from .core import Flow
 from .distributions import DiagGaussian, StandardNormal
+from .nets import MADE
 from .transforms.autoregressive import set_inverse
 from .transforms.coupling import Coupling
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
@@ -665,6 +666,8 @@ def _copy64(flow: Flow) -> Flow:
     for m in f.modules():
         if isinstance(m, Coupling):
             m.grouped_params = False
+        elif isinstance(m, MADE):
+            m.grouped = False
     return f
 
 
