@@ -64,7 +64,9 @@ def main(argv=None) -> None:
     p.add_argument("--activation", default="tanh")
     p.add_argument("--time-embed", type=int, help="as in flow_matching.py")
     p.add_argument("--space-features", type=int, default=0, help="as in flow_matching.py")
-    p.add_argument("--space-scale", type=float, default=1.0, help="as in flow_matching.py")
+    p.add_argument(
+        "--space-scale", type=float, nargs="+", default=[1.0], help="as flow_matching.py"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     for toy in args.toys:
