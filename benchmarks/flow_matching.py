@@ -352,6 +352,7 @@ def main(argv=None) -> dict:
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             torch.save(flow.state_dict(), Path(args.save) / f"{toy}.pt")
+            torch.save(r.log_prob, Path(args.save) / f"{toy}.{args.split}_log_prob.pt")
         print(
             f"{toy:13s} {info['steps']:6d} steps {info['train_s']:5.1f}s {args.clock} "
             f"({info['wall_s']:.0f}s wall)  {args.split} log-lik "
