@@ -83,6 +83,8 @@ def train_fm(
     ot=False,
     clock="cpu",
     warmup=0.0,
+    weight_decay=0.0,
+    betas=(0.9, 0.999),
     **times,
 ) -> dict:
     """Flow matching for ``budget`` seconds of ``clock`` (``"cpu"``: this process's CPU time,
@@ -97,7 +99,11 @@ def train_fm(
     with torch.no_grad():
         loss_fn(flow, x)  # the ActNorm's data-dependent initialisation, on the whole set
     params = [p for p in flow.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, fused=True)  # as the Trainer
+    betas = tuple(betas)
+    if weight_decay:  # decoupled (AdamW), as the Trainer's adamw
+        opt = torch.optim.AdamW(params, lr, betas, weight_decay=weight_decay, fused=True)
+    else:
+        opt = torch.optim.Adam(params, lr, betas, fused=True)  # as the Trainer
     avg = copy.deepcopy(flow)
     avg_p = list(avg.parameters())
     steps, t0, w0, losses = 0, now(), time.perf_counter(), []
@@ -265,6 +271,8 @@ def main(argv=None) -> dict:
     p.add_argument("--path", default="linear")
     p.add_argument("--ot", action="store_true")
     p.add_argument("--sigma", type=float, default=0.0, help="I-CFM noise along the path")
+    p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], help="Adam's betas")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="> 0: AdamW's decay")
     p.add_argument("--warmup", type=float, default=0.0, help="linear warmup, fraction of budget")
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64, 64], help="network widths")
     p.add_argument("--activation", default="tanh", help="tanh, softplus, elu or silu")
@@ -328,6 +336,8 @@ def main(argv=None) -> dict:
             args.ot,
             args.clock,
             args.warmup,
+            args.weight_decay,
+            args.betas,
             sigma=args.sigma,
             times=args.times,
             time_loc=args.time_loc,
