@@ -8,7 +8,8 @@ Three measurements, each written to ``benchmarks/results/flow_matching.json`` (a
 for a wall-clock budget on each toy's 5000 training points (Adam, cosine decay over the budget,
 EMA of the weights), then scored on the 1000 test points (data seed 0) through the ODE with the
 exact divergence, dopri5 at rtol = atol = 1e-5, against the toy's exact oracle
-(``flowforge.workbench.toy_density``).
+(``flowforge.workbench.toy_density``); the gap's standard error ``gap_se`` is the paired one,
+of ``oracle_i - log q_i`` over the scored points.
 
 ``cost``: the median wall time of one training step (forward, backward, fused Adam as the
 Trainer uses) at the same network and batch: flow matching against FFJORD as
