@@ -8,7 +8,8 @@ Three measurements, each written to ``benchmarks/results/flow_matching.json`` (a
 for a wall-clock budget on each toy's 5000 training points (Adam, cosine decay over the budget,
 EMA of the weights), then scored on the 1000 test points (data seed 0) through the ODE with the
 exact divergence, dopri5 at rtol = atol = 1e-5, against the toy's exact oracle
-(``flowforge.workbench.toy_density``).
+(``flowforge.workbench.toy_density``); the gap's standard error ``gap_se`` is the paired one,
+of ``oracle_i - log q_i`` over the scored points.
 
 ``cost``: the median wall time of one training step (forward, backward, fused Adam as the
 Trainer uses) at the same network and batch: flow matching against FFJORD as
@@ -65,16 +66,33 @@ def build_cnf(
     torch.manual_seed(seed)
     kw = {} if frequencies is None else dict(time_frequencies=frequencies, time_eps=eps)
     if space:
+        if not isinstance(space_scale, (int, float)) and len(space_scale) == 1:
+            space_scale = space_scale[0]
         kw.update(space_features=space, space_scale=space_scale)
     return ff.models.build("cnf", features=2, hidden=hidden, activation=activation, **kw)
 
 
 def train_fm(
-    flow, x, budget, lr, batch, seed, ema=0.999, path="linear", ot=False, clock="cpu", **times
+    flow,
+    x,
+    budget,
+    lr,
+    batch,
+    seed,
+    ema=0.999,
+    path="linear",
+    ot=False,
+    clock="cpu",
+    warmup=0.0,
+    weight_decay=0.0,
+    betas=(0.9, 0.999),
+    **times,
 ) -> dict:
     """Flow matching for ``budget`` seconds of ``clock`` (``"cpu"``: this process's CPU time,
     which a loaded machine does not inflate; ``"wall"``); the EMA weights are loaded at the
-    end. ``times``: the time distribution's keywords of :class:`FlowMatching`."""
+    end. The learning rate rises linearly over the first ``warmup`` fraction of the budget,
+    then decays as a cosine. ``times``: the other keywords of :class:`FlowMatching` (the time
+    distribution, ``sigma``)."""
     now = time.process_time if clock == "cpu" else time.perf_counter
     loss_fn = FlowMatching(path=path, ot=ot, **times)
     g = torch.Generator().manual_seed(seed)
@@ -82,13 +100,19 @@ def train_fm(
     with torch.no_grad():
         loss_fn(flow, x)  # the ActNorm's data-dependent initialisation, on the whole set
     params = [p for p in flow.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    betas = tuple(betas)
+    if weight_decay:  # decoupled (AdamW), as the Trainer's adamw
+        opt = torch.optim.AdamW(params, lr, betas, weight_decay=weight_decay, fused=True)
+    else:
+        opt = torch.optim.Adam(params, lr, betas, fused=True)  # as the Trainer
     avg = copy.deepcopy(flow)
     avg_p = list(avg.parameters())
     steps, t0, w0, losses = 0, now(), time.perf_counter(), []
     while (elapsed := now() - t0) < budget:
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+            if elapsed < warmup * budget:
+                group["lr"] *= elapsed / (warmup * budget)
         xb = x[torch.randint(0, len(x), (batch,), generator=g)]
         loss = loss_fn(flow, xb)
         opt.zero_grad(set_to_none=True)
@@ -304,6 +328,10 @@ def main(argv=None) -> dict:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--path", default="linear")
     p.add_argument("--ot", action="store_true")
+    p.add_argument("--sigma", type=float, default=0.0, help="I-CFM noise along the path")
+    p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], help="Adam's betas")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="> 0: AdamW's decay")
+    p.add_argument("--warmup", type=float, default=0.0, help="linear warmup, fraction of budget")
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64, 64], help="network widths")
     p.add_argument("--activation", default="tanh", help="tanh, softplus, elu or silu")
     p.add_argument(
@@ -312,7 +340,10 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     p.add_argument("--time-eps", type=float, default=1e-3, help="TimeEmbeddingNet's log offset")
     p.add_argument("--space-features", type=int, default=0, help="random Fourier features of z")
-    p.add_argument("--space-scale", type=float, default=1.0, help="their frequencies' std")
+    p.add_argument(
+        "--space-scale", type=float, nargs="+", default=[1.0],
+        help="their frequencies' std (several: a mixture, the features split equally)",
+    )  # fmt: skip
     p.add_argument("--times", default="uniform", help="uniform, logit-normal or power")
     p.add_argument("--time-loc", type=float, default=0.0, help="logit-normal: mean")
     p.add_argument("--time-scale", type=float, default=1.0, help="logit-normal: std")
@@ -366,6 +397,10 @@ def main(argv=None) -> dict:
             args.path,
             args.ot,
             args.clock,
+            args.warmup,
+            args.weight_decay,
+            args.betas,
+            sigma=args.sigma,
             times=args.times,
             time_loc=args.time_loc,
             time_scale=args.time_scale,
@@ -373,12 +408,14 @@ def main(argv=None) -> dict:
         )
         tol = args.rtol
         r = log_likelihood(flow, test, method="dopri5", rtol=tol, atol=tol, trace="exact")
+        diff = torch.as_tensor(ora, dtype=torch.float64) - r.log_prob.double()
         info.update(
             split=args.split,
             oracle=float(ora.mean()),
             test_log_lik=r.mean,
             test_se=r.stderr,
             gap=float(ora.mean()) - r.mean,
+            gap_se=float(diff.std() / math.sqrt(len(diff))),  # paired: same points
             test_nfe=r.nfe,
             test_s=r.seconds,
             params=sum(q.numel() for q in flow.parameters()),
@@ -387,11 +424,12 @@ def main(argv=None) -> dict:
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
             torch.save(flow.state_dict(), Path(args.save) / f"{toy}.pt")
+            torch.save(r.log_prob, Path(args.save) / f"{toy}.{args.split}_log_prob.pt")
         print(
             f"{toy:13s} {info['steps']:6d} steps {info['train_s']:5.1f}s {args.clock} "
             f"({info['wall_s']:.0f}s wall)  {args.split} log-lik "
             f"{r.mean:.3f} +- {r.stderr:.3f}  oracle {info['oracle']:.3f}  gap {info['gap']:.3f}"
-            f"  test NFE {r.nfe:.0f} ({r.seconds:.1f}s)",
+            f" +- {info['gap_se']:.3f}  test NFE {r.nfe:.0f} ({r.seconds:.1f}s)",
             flush=True,
         )
         if first is None:
@@ -477,7 +515,7 @@ def merge(paths: list[str], out: str) -> dict:
     if a.get("space_features"):
         net += (
             f", {a['space_features']} random Fourier features of the state (scale "
-            f"{a['space_scale']:g})"
+            f"{_scales(a['space_scale'])})"
         )
     times = a.get("times", "uniform")
     if times == "power":
@@ -497,13 +535,14 @@ def merge(paths: list[str], out: str) -> dict:
         f"divergence, dopri5 at rtol = atol = {a.get('rtol', 1e-5):g}; oracle: each generator's "
         "exact density (`flowforge.workbench.toy_density`).",
         "",
-        "| toy | oracle | flow matching | gap | steps | wall s | scoring NFE |",
+        "| toy | oracle | flow matching | gap (± paired se) | steps | wall s | scoring NFE |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for toy, t in res["toys"].items():
         lines.append(
             f"| {toy} | {t['oracle']:.3f} | {t['test_log_lik']:.3f} ± {t['test_se']:.3f} | "
-            f"{t['gap']:.3f} | {t['steps']} | {t.get('wall_s', t['train_s']):.0f} | "
+            f"{t['gap']:.3f}{_pm(t.get('gap_se'))} | {t['steps']} | "
+            f"{t.get('wall_s', t['train_s']):.0f} | "
             f"{t['test_nfe']:.0f} |"
         )
     if "warmstart" in res:
@@ -553,6 +592,15 @@ def merge(paths: list[str], out: str) -> dict:
             )
     Path(out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     return res
+
+
+def _pm(se) -> str:
+    return "" if se is None else f" ± {se:.3f}"
+
+
+def _scales(v) -> str:
+    v = v if isinstance(v, list) else [v]
+    return " + ".join(f"{x:g}" for x in v)
 
 
 def _write(res: dict, out: str) -> None:

@@ -24,6 +24,23 @@ __all__ = ["CNF", "TimeEmbeddingNet"]
 # -- a dynamics network with embedded time -----------------------------------------------------
 
 
+def _space_scales(space_scale, space_features: int) -> tuple[float, ...]:
+    """``space_scale`` (a number or a non-empty sequence of them) as a tuple, checked."""
+    many = isinstance(space_scale, Sequence) and not isinstance(space_scale, str)
+    scales = tuple(space_scale) if many else (space_scale,)
+    for v in scales:
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"expected a finite space_scale > 0, got {space_scale!r}")
+    if not scales:
+        raise ValueError("expected at least one space_scale, got an empty sequence")
+    if space_features % len(scales):
+        raise ValueError(
+            f"space_features ({space_features}) must be a multiple of the number of space "
+            f"scales ({len(scales)})"
+        )
+    return tuple(float(v) for v in scales)
+
+
 class TimeEmbeddingNet(nn.Module):
     r"""FFJORD's concat-squash network (:class:`~flowforge.transforms.continuous.ODENet`) with
     the time embedded: every layer's gate and shift see ``t``, ``sin(pi 2^j t)``,
@@ -31,7 +48,8 @@ class TimeEmbeddingNet(nn.Module):
     field can change quickly in time (near the data end, ``t = 0``, for thin structures).
     With ``space_features = K > 0`` the state enters as ``[z, sin(z B), cos(z B)]`` too, ``B``
     a fixed ``(d, K)`` Gaussian matrix of standard deviation ``space_scale`` (drawn from seed
-    0, so every build has the same one): random Fourier features (Tancik et al. 2020), which
+    0, so every build has the same one; a list of scales splits its columns into equal groups,
+    one per scale): random Fourier features (Tancik et al. 2020), which
     let the field change quickly in space; the first layer has ``d + 2K`` inputs, the last ``d``
     outputs.
     A CNF's ``net`` (``CNF(d, net=TimeEmbeddingNet(d, ...))``); it accepts one time per row
@@ -45,7 +63,9 @@ class TimeEmbeddingNet(nn.Module):
         frequencies: how many sine/cosine pairs, ``>= 0``.
         eps: the offset of the log-time feature, ``> 0`` (0: no log feature).
         space_features: how many random Fourier features of the state, ``>= 0``.
-        space_scale: their frequencies' standard deviation, ``> 0``.
+        space_scale: their frequencies' standard deviation, ``> 0``; or a sequence of ``m``
+            such scales (a mixture: ``space_features`` must be a multiple of ``m``, and each
+            scale has ``space_features / m`` of the features).
     """
 
     def __init__(
@@ -57,16 +77,13 @@ class TimeEmbeddingNet(nn.Module):
         frequencies: int = 6,
         eps: float = 1e-3,
         space_features: int = 0,
-        space_scale: float = 1.0,
+        space_scale: float | Sequence[float] = 1.0,
     ):
         super().__init__()
         for name, v in (("frequencies", frequencies), ("space_features", space_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"expected an integer {name} >= 0, got {v!r}")
-        if isinstance(space_scale, bool) or not (
-            isinstance(space_scale, (int, float)) and math.isfinite(space_scale) and space_scale > 0
-        ):
-            raise ValueError(f"expected a finite space_scale > 0, got {space_scale!r}")
+        scales = _space_scales(space_scale, space_features)
         if (
             isinstance(eps, bool)
             or not isinstance(eps, (int, float))
@@ -88,7 +105,11 @@ class TimeEmbeddingNet(nn.Module):
             self.inner.layers[-1] = ConcatSquash(last, features, 1 + context_features + width)
         self.register_buffer("scales", math.pi * 2.0 ** torch.arange(frequencies), False)
         g = torch.Generator().manual_seed(0)
-        B = torch.randn(features, space_features, generator=g) * float(space_scale)
+        B = torch.randn(features, space_features, generator=g)
+        if space_features:  # group j of the columns has standard deviation scales[j]
+            B = B * torch.tensor(scales, dtype=B.dtype).repeat_interleave(
+                space_features // len(scales)
+            )
         self.register_buffer("B", B, False)
 
     def embed(self, t: Tensor, n: int, like: Tensor) -> Tensor:
@@ -128,7 +149,7 @@ def CNF(
     time_frequencies: int | None = None,
     time_eps: float = 1e-3,
     space_features: int = 0,
-    space_scale: float = 1.0,
+    space_scale: float | Sequence[float] = 1.0,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -152,7 +173,8 @@ def CNF(
             ``int >= 0``: a :class:`TimeEmbeddingNet` of the same widths with that many
             sine/cosine pairs of time and ``log(t + time_eps)`` (``time_eps > 0``; 0: none).
         space_features, space_scale: random Fourier features of the state
-            (:class:`TimeEmbeddingNet`; 0: none).
+            (:class:`TimeEmbeddingNet`; 0: none); ``space_scale`` may be a list of scales
+            (a mixture, the features split equally among them).
         (and the data options of :mod:`flowforge.models.assembly`; flow matching needs
         ``base="normal"`` and uniform dequantization)
 

@@ -56,6 +56,7 @@ DEFAULT_TRAIN: dict = {
     "device": "cpu",  # cpu | cuda | cuda:N | auto
     "tensorboard": True,  # used only if tensorboard is installed
     "manifold_epochs": 0,  # M-flow objectives: epochs of the first phase; 0: half the epochs
+    "fm_time_power": 1.0,  # flow matching: path times s = u ** p (1: uniform; > 1: nearer data)
 }
 TOP_KEYS = ("seed", "model", "data", "layout", "train")
 LAYOUTS = ("auto", "vector", "image")
@@ -294,6 +295,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "device": _device,
     "tensorboard": _bool,
     "manifold_epochs": _int(0),
+    "fm_time_power": _float(0.0, lo_open=True),
 }
 
 

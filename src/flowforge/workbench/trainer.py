@@ -190,6 +190,10 @@ class FlowMatchingObjective(Objective):
             raise WorkbenchError(str(e)) from None
         if trainer.world > 1:
             raise WorkbenchError("the flow-matching objective runs in a single process")
+        power = trainer.cfg["fm_time_power"]
+        if power != 1.0:  # train.fm_time_power: times s = u ** p, more of them near the data
+            f = self.fm
+            self.fm = type(f)(f.path, f.ot, f.sigma, times="power", time_power=power)
 
     def loss(self, trainer, model, x, context):
         return self.fm(model, x, context)
@@ -459,6 +463,10 @@ class Trainer:
             for k, v in {**DEFAULT_TRAIN, **(train or {})}.items()
         }
         self.objective = make_objective(self.cfg["objective"] if objective is None else objective)
+        if self.cfg["fm_time_power"] != 1.0 and not isinstance(
+            self.objective, FlowMatchingObjective
+        ):
+            raise WorkbenchError("train.fm_time_power applies to the flow-matching objectives only")
         self.model, self.seed = model, int(seed)
         self.out = None if out is None else Path(out)
         self.rank, self.world = dist_env()
