@@ -354,6 +354,10 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     p.add_argument("--rtol", type=float, default=1e-5, help="scoring: dopri5 rtol = atol")
     p.add_argument("--save", help="a folder for each toy's trained weights (TOY.pt)")
+    p.add_argument(
+        "--n-train", type=int, default=5000,
+        help="training points drawn from the toy's generator (the README's rows: 5000)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-rounds", type=int, default=15, help="interleaved timing rounds")
@@ -374,7 +378,7 @@ def main(argv=None) -> dict:
     res: dict = {"args": vars(args), "torch": torch.__version__, "toys": {}}
     first = None
     for toy in args.toys:
-        ds = load_dataset(toy, seed=0)
+        ds = load_dataset(toy, seed=0, n_train=args.n_train)  # val and test do not change
         train, test = ds.split("train"), ds.split(args.split)
         ora = toy_density.log_prob(toy, test.numpy())
         flow = build_cnf(
