@@ -5,11 +5,11 @@ Three measurements, each written to ``benchmarks/results/flow_matching.json`` (a
 
 ``toys``: a CNF (``ff.models.build("cnf")``: ActNorm, then concat-squash MLP 64x64x64, tanh,
 9,228 parameters: FFJORD's network in ``configs/ffjord-toy.yaml``) trained by flow matching
-for a wall-clock budget on each toy's 5000 training points (Adam, cosine decay over the budget,
-EMA of the weights), then scored on the 1000 test points (data seed 0) through the ODE with the
-exact divergence, dopri5 at rtol = atol = 1e-5, against the toy's exact oracle
-(``flowforge.workbench.toy_density``); the gap's standard error ``gap_se`` is the paired one,
-of ``oracle_i - log q_i`` over the scored points.
+for a wall-clock budget on each toy's 5000 training points (``--n-train``; Adam, cosine decay
+over the budget, EMA of the weights), then scored on the 1000 test points (data seed 0)
+through the ODE with the exact divergence, dopri5 at rtol = atol = 1e-5, against the toy's
+exact oracle (``flowforge.workbench.toy_density``); the gap's standard error ``gap_se`` is the
+paired one, of ``oracle_i - log q_i`` over the scored points.
 
 ``cost``: the median wall time of one training step (forward, backward, fused Adam as the
 Trainer uses) at the same network and batch: flow matching against FFJORD as
@@ -534,10 +534,10 @@ def merge(paths: list[str], out: str) -> dict:
         f"CNF `ff.models.build('cnf', features=2, ...)` (ActNorm + {net}; "
         f"{res['toys'][next(iter(res['toys']))].get('params', 9228)} parameters), "
         f"linear path, {times} times, batch {a['batch']}, Adam lr {a['lr']} cosine, EMA "
-        f"{a['ema']}, {a['budget']:g} s of {a.get('clock', 'wall')} time per toy, 5000 training "
-        f"points; {split} log-likelihood on the {n} {split} points (data seed 0), exact "
-        f"divergence, dopri5 at rtol = atol = {a.get('rtol', 1e-5):g}; oracle: each generator's "
-        "exact density (`flowforge.workbench.toy_density`).",
+        f"{a['ema']}, {a['budget']:g} s of {a.get('clock', 'wall')} time per toy, "
+        f"{a.get('n_train', 5000):,} training points; {split} log-likelihood on the {n} {split} "
+        f"points (data seed 0), exact divergence, dopri5 at rtol = atol = {a.get('rtol', 1e-5):g}; "
+        "oracle: each generator's exact density (`flowforge.workbench.toy_density`).",
         "",
         "| toy | oracle | flow matching | gap (± paired se) | steps | wall s | scoring NFE |",
         "|---|---:|---:|---:|---:|---:|---:|",
