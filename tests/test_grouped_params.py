@@ -37,7 +37,7 @@ def test_grouped_linear_is_the_linear_map_in_parameter_major_memory():
 def test_mlp_grouped_matches_forward(net):
     net = _perturb(net().double())
     x, c = torch.randn(6, 3, dtype=torch.double), torch.randn(6, 2, dtype=torch.double)
-    torch.testing.assert_close(net.grouped(x, c, 5), net(x, c).view(6, 4, 5))
+    torch.testing.assert_close(net.forward_grouped(x, c, 5), net(x, c).view(6, 4, 5))
 
 
 def test_made_output_is_grouped_and_keeps_its_gradients():
@@ -102,9 +102,9 @@ def test_a_subclass_forward_or_a_hook_is_respected():
 
     net = _perturb(Doubled(3, 4 * 5, (8,)))
     x = torch.randn(6, 3)
-    torch.testing.assert_close(net.grouped(x, None, 5), net(x).view(6, 4, 5))
+    torch.testing.assert_close(net.forward_grouped(x, None, 5), net(x).view(6, 4, 5))
     plain = _perturb(MLP(3, 4 * 5, (8,)))
     seen = []
     plain.net[-1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
-    torch.testing.assert_close(plain.grouped(x, None, 5), plain(x).view(6, 4, 5))
+    torch.testing.assert_close(plain.forward_grouped(x, None, 5), plain(x).view(6, 4, 5))
     assert len(seen) == 2  # the hook ran in the grouped call too

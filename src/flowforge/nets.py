@@ -120,7 +120,7 @@ class MLP(nn.Module):
             x = torch.cat([x, context], dim=-1)
         return self.net(x)
 
-    def grouped(self, x: Tensor, context: Tensor | None, groups: int) -> Tensor:
+    def forward_grouped(self, x: Tensor, context: Tensor | None, groups: int) -> Tensor:
         """``forward(x, context).view(B, -1, groups)``, in parameter-major memory
         (:func:`grouped_linear`); a subclass's own ``forward`` or a forward hook is called as
         it is instead."""
@@ -179,7 +179,7 @@ class ResidualMLP(nn.Module):
             h = h + block(h)
         return h
 
-    def grouped(self, x: Tensor, context: Tensor | None, groups: int) -> Tensor:
+    def forward_grouped(self, x: Tensor, context: Tensor | None, groups: int) -> Tensor:
         """``forward(x, context).view(B, -1, groups)``, in parameter-major memory
         (:func:`grouped_linear`); a subclass's own ``forward`` or a forward hook is called as
         it is instead."""

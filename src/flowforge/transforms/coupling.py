@@ -157,16 +157,16 @@ class Coupling(Transform):
             return torch.cat([a, b] if self._range_a[0] == 0 else [b, a], 1)
         return torch.cat([a, b], 1).index_select(1, self.merge)
 
-    # A conditioner with ``grouped(x, context, P)`` (MLP, ResidualMLP) returns vector parameters
-    # with each parameter contiguous (nets.grouped_linear): the same numbers, cheaper for the
-    # transformer to read. False: the plain ``net(x)`` path (the bits-back coder's copy uses it,
-    # so files it wrote decode whatever the matmul's rounding on the permuted rows).
+    # A conditioner with ``forward_grouped(x, context, P)`` (MLP, ResidualMLP) returns vector
+    # parameters with each parameter contiguous (nets.grouped_linear): the same numbers, cheaper
+    # for the transformer to read. False: the plain ``net(x)`` path (the bits-back coder's copy
+    # uses it, so files it wrote decode whatever the matmul's rounding on the permuted rows).
     grouped_params = True
 
     def _params(self, x_a: Tensor, context: Tensor | None, n_out: int) -> Tensor:
         p = self.transformer.params_per_dim
-        grouped = getattr(self.net, "grouped", None)
-        if grouped is not None and self.grouped_params and p > 1 and x_a.dim() == 2:
+        grouped = getattr(self.net, "forward_grouped", None)
+        if callable(grouped) and self.grouped_params and p > 1 and x_a.dim() == 2:
             params = grouped(x_a, context, p)
             return params if self.gate is None else params * self.gate
         h = self.net(x_a, context)
