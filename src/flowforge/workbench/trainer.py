@@ -190,10 +190,13 @@ class FlowMatchingObjective(Objective):
             raise WorkbenchError(str(e)) from None
         if trainer.world > 1:
             raise WorkbenchError("the flow-matching objective runs in a single process")
-        power = trainer.cfg["fm_time_power"]
-        if power != 1.0:  # train.fm_time_power: times s = u ** p, more of them near the data
-            f = self.fm
-            self.fm = type(f)(f.path, f.ot, f.sigma, times="power", time_power=power)
+
+    def with_time_power(self, power: float) -> FlowMatchingObjective:
+        """A copy drawing the path's times as ``s = u ** power`` (``train.fm_time_power``:
+        more of them near the data for ``power > 1``)."""
+        out, f = copy.copy(self), self.fm
+        out.fm = type(f)(f.path, f.ot, f.sigma, times="power", time_power=power)
+        return out
 
     def loss(self, trainer, model, x, context):
         return self.fm(model, x, context)
@@ -463,10 +466,12 @@ class Trainer:
             for k, v in {**DEFAULT_TRAIN, **(train or {})}.items()
         }
         self.objective = make_objective(self.cfg["objective"] if objective is None else objective)
-        if self.cfg["fm_time_power"] != 1.0 and not isinstance(
-            self.objective, FlowMatchingObjective
-        ):
-            raise WorkbenchError("train.fm_time_power applies to the flow-matching objectives only")
+        if self.cfg["fm_time_power"] != 1.0:
+            if not isinstance(self.objective, FlowMatchingObjective):
+                raise WorkbenchError(
+                    "train.fm_time_power applies to the flow-matching objectives only"
+                )
+            self.objective = self.objective.with_time_power(self.cfg["fm_time_power"])
         self.model, self.seed = model, int(seed)
         self.out = None if out is None else Path(out)
         self.rank, self.world = dist_env()
