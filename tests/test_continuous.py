@@ -254,3 +254,35 @@ def test_exact_scoring_uses_the_exact_trace_and_restores_the_settings():
     assert (cnf.trace, cnf.rtol, cnf.atol) == ("hutchinson", 1e-3, 1e-3)
     with pytest.raises(ValueError, match="tol > 0"), exact_scoring(flow, tol=0):
         pass
+
+
+@pytest.mark.parametrize("context", [0, 2])
+@pytest.mark.parametrize("embedded", [False, True])
+def test_a_0d_time_conditions_every_row_as_a_time_per_row_does(context, embedded):
+    # an ODE solve passes one time for the batch: the network computes one row of gates and
+    # shifts and broadcasts it; the numbers (and gradients) are those of one time per row
+    from flowforge.models.flowmatching import TimeEmbeddingNet
+    from flowforge.transforms.continuous import ODENet
+
+    torch.manual_seed(0)
+    if embedded:
+        net = TimeEmbeddingNet(3, (16, 16), context, space_features=4)
+    else:
+        net = ODENet(3, (16, 16), context)
+    net = net.double()
+    z = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(5, context, dtype=torch.float64) if context else None
+    t = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    inner = net.inner if embedded else net
+    seen = []
+    inner.layers[0].gate.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[0]))
+    one = net(t, z, c)
+    assert seen == [5 if context else 1]  # without a context: one row of gates
+    rows = t.expand(5)
+    per_row = net(rows, z, c)
+    assert one.shape == (5, 3)
+    torch.testing.assert_close(one, per_row, rtol=1e-14, atol=1e-14)
+    g_one = torch.autograd.grad(one.square().sum(), [z, t, *net.parameters()])
+    g_row = torch.autograd.grad(per_row.square().sum(), [z, t, *net.parameters()])
+    for a, b in zip(g_one, g_row):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -385,3 +385,35 @@ def test_the_dequantizers_range_check_follows_validate_args():
         assert flow.log_prob(bad).shape == (3,)  # the caller asked for no checks
     finally:
         flow.validate_args = None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_the_entrywise_test(dtype):
+    # the fast path sums first; a finite sum clears the tensor, any other sum falls back
+    from flowforge._util import all_finite
+
+    big, nan, inf = torch.finfo(dtype).max, float("nan"), float("inf")
+    rows = [
+        [big] * 8,  # finite entries whose sum overflows
+        [big, -big, 1.0],
+        [1.0, nan],
+        [1.0, inf],
+        [-inf, 2.0],
+        [inf, -inf],  # a NaN sum
+        [big, big, nan],
+    ]
+    cases = [torch.zeros(0, 3, dtype=dtype), torch.randn(64, 5).to(dtype)]
+    cases += [torch.tensor(r, dtype=dtype) for r in rows]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t
+    assert all_finite(torch.arange(5)) and all_finite(torch.tensor([True]))
+    x = torch.randn(3, 2, requires_grad=True)
+    assert all_finite(x) and x.grad is None
+
+
+def test_a_flow_refuses_nonfinite_rows_whose_finite_rows_overflow_a_sum():
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,))
+    x = torch.full((4, 2), 3e38)  # the sum of these finite entries is inf: checked entry-wise
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf \(first bad batch indices: \[\[2\]\]\)"):
+        flow.log_prob(x)

@@ -73,6 +73,7 @@ from .distributions import DiagGaussian, StandardNormal
 from .nets import MADE
 from .transforms.autoregressive import set_inverse
 from .transforms.coupling import Coupling
+from .transforms.elementwise import Affine
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
 
 __all__ = [
@@ -663,11 +664,14 @@ def _copy64(flow: Flow) -> Flow:
     set_inverse(f, "sequential")
     # the plain conditioner path: a grouped one permutes the output layer's rows, and the
     # matmul may round them differently on another layout (files must decode across versions)
+    # (and the affine layers' tanh clamp, not its faster sigmoid form)
     for m in f.modules():
         if isinstance(m, Coupling):
             m.grouped_params = False
         elif isinstance(m, MADE):
             m.grouped = False
+        elif isinstance(m, Affine):
+            m.sigmoid_clamp = False
     return f
 
 

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ._util import all_finite
 from ._util import event_shape as _event_shape
 from .reversible import ReversibleChain, refusal
 
@@ -612,7 +613,7 @@ class Flow(nn.Module):
                 f"got {_fmt(x.shape)}"
             )
         batch = tuple(x.shape[: x.dim() - k])
-        if self._validating(x) and not torch.isfinite(x).all():
+        if self._validating(x) and not all_finite(x):
             bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5].tolist()
             raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
         x = x.reshape(-1, *self.event_shape)
@@ -635,7 +636,7 @@ class Flow(nn.Module):
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
             raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}")
-        if self._validating(context) and not torch.isfinite(context).all():
+        if self._validating(context) and not all_finite(context):
             raise ValueError("context contains NaN or inf")
         return context.reshape(-1, c)
 

@@ -29,6 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from ._util import all_finite
 from .core import Flow
 
 __all__ = ["save", "load", "atomic_write", "pack", "unpack", "Budget", "FORMAT", "MAX_BYTES"]
@@ -194,7 +195,7 @@ def unpack(
             f"{path} is not a readable {what} (corrupt or truncated?): {msg}"
         ) from None
     for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise ValueError(f"{path}: tensor {name!r} holds NaN or inf; the file is damaged")
     return meta, tensors
 

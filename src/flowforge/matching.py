@@ -105,7 +105,10 @@ def split_flow(flow) -> tuple[list[Transform], CNF]:
         )
     layers = _flatten(flow.transform)
     where = [i for i, layer in enumerate(layers) if isinstance(layer, CNF)]
-    names = ", ".join(type(layer).__name__ for layer in layers)
+    if len(where) == 1 and where[0] == len(layers) - 1:
+        names = ""  # the usual case: the names are only for the errors below
+    else:
+        names = ", ".join(type(layer).__name__ for layer in layers)
     if not where:
         raise ValueError(
             "flow matching needs a continuous flow (a CNF, e.g. the 'cnf' or 'ffjord' model); "
@@ -123,7 +126,7 @@ def split_flow(flow) -> tuple[list[Transform], CNF]:
         )
     before = layers[:-1]
     for layer in before:
-        if _trainable(layer) and not isinstance(layer, DataInit):
+        if not isinstance(layer, DataInit) and _trainable(layer):
             raise ValueError(
                 f"flow matching trains only the CNF, but {type(layer).__name__} before it has "
                 "trainable parameters (only fixed or data-initialised layers may precede it)"

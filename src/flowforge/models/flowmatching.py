@@ -123,7 +123,9 @@ class TimeEmbeddingNet(nn.Module):
         return torch.cat(parts, 1) if parts else t[:, :0]
 
     def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
-        c = self.embed(t, z.shape[0], z)
+        # a 0-d time (an ODE solve) is embedded once; the network broadcasts its one row
+        rows = z.shape[0] if t.dim() or self.context_features else 1
+        c = self.embed(t, rows, z)
         if self.context_features:
             c = torch.cat([c, context.to(z)], 1)
         if not self.space_features:

@@ -138,14 +138,22 @@ class ODENet(nn.Module):
         self.context_features = context_features
 
     def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
-        # t: a 0-d tensor (an ODE solve) or one time per row (flow matching's regression)
-        c = t.to(z).reshape(-1, 1).expand(z.shape[0], 1)
+        # t: a 0-d tensor (an ODE solve) or one time per row (flow matching's regression). A
+        # 0-d time without a context conditions every row alike: the gates and shifts of one
+        # row, broadcast (a context of one row, a time embedding of a 0-d time, likewise).
+        rows = z.shape[0] if t.dim() else 1
+        c = t.to(z).reshape(-1, 1)
         if self.context_features:
-            c = torch.cat([c, context.to(z)], dim=1)
+            context = context.to(z)
+            rows = max(rows, context.shape[0])
+            c = torch.cat([c.expand(rows, 1), context.expand(rows, -1)], dim=1)
+        else:
+            c = c.expand(rows, 1)
         h = z
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, c)
-            if i < len(self.layers) - 1:
+            if i < last:
                 h = self.act(h)
         return h
 
