@@ -73,8 +73,8 @@ from .distributions import DiagGaussian, StandardNormal
 from .nets import MADE
 from .transforms.autoregressive import set_inverse
 from .transforms.coupling import Coupling
-from .transforms.elementwise import Affine
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
+from .transforms.elementwise import Affine
 
 __all__ = [
     "Header",
