@@ -108,3 +108,28 @@ def test_a_subclass_forward_or_a_hook_is_respected():
     plain.net[-1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
     torch.testing.assert_close(plain.forward_grouped(x, None, 5), plain(x).view(6, 4, 5))
     assert len(seen) == 2  # the hook ran in the grouped call too
+
+
+def test_two_parameters_per_dimension_keep_the_plain_layout():
+    # the affine layer's stride-2 reads cost less than permuting the output rows: P < 3 is not
+    # grouped (nets.GROUPED_FROM), P >= 3 is
+    from flowforge.nets import GROUPED_FROM
+    from flowforge.transforms import Affine
+
+    assert GROUPED_FROM == 3
+    x = torch.randn(5, 4)
+    assert MADE(4, params_per_dim=2, hidden=(16,))(x).is_contiguous()
+    assert not MADE(4, params_per_dim=3, hidden=(16,))(x).is_contiguous()
+
+    calls = []
+
+    class Watched(MLP):
+        def forward_grouped(self, x, context, groups):
+            calls.append(groups)
+            return super().forward_grouped(x, context, groups)
+
+    for transformer, want in ((Affine(), []), (RationalQuadratic(bins=4), [11])):
+        calls.clear()
+        layer = Coupling(half_mask(4), lambda i, o: Watched(i, o, (8,)), transformer)
+        layer(torch.randn(3, 4))
+        assert calls == want

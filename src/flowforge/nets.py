@@ -55,6 +55,13 @@ def activation_class(name: str, allowed: Sequence[str] | None = None) -> type[nn
     return choices[name]
 
 
+# Grouped outputs pay from this many parameters per dimension (the spline's 3K - 1). For the
+# affine layer's 2, reading each parameter with a stride of 2 costs less than permuting the
+# output layer's rows and their gradient: the plain layout trains RealNVP and MAF 2 to 10%
+# faster at D = 64 (benchmarks/results: docs/speed.md, "Since the tables").
+GROUPED_FROM = 3
+
+
 def _hooked(*modules: nn.Module) -> bool:
     """Whether any of ``modules`` has forward hooks (which a grouped call would skip)."""
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
@@ -304,7 +311,8 @@ class MADE(nn.Module):
         activation: as in :class:`MLP`.
         zero_init: zero the output layer, so an autoregressive layer starts as the identity.
         grouped: return the parameters in parameter-major memory (:func:`grouped_linear`),
-            what an elementwise transformer reads fastest; ``False``: dimension-major, for a
+            what an elementwise transformer with ``P >= 3`` parameters reads fastest (with
+            ``P <= 2`` the output is dimension-major either way); ``False``: dimension-major, for a
             consumer that reduces over the last axis (the mixture base of
             :class:`~flowforge.distributions.MADEMoG`). The same numbers either way.
 
@@ -404,7 +412,7 @@ class MADE(nn.Module):
             else:  # h0 = W0 x; h_i = h_{i-1} + W_i act(h_{i-1}): one masked layer per block
                 h = pre if i == 0 else h + pre
         h = self.act(h) if self.residual else h
-        if self.grouped and self.params_per_dim > 1:  # each parameter contiguous
+        if self.grouped and self.params_per_dim >= GROUPED_FROM:  # each parameter contiguous
             return grouped_linear(h, ws[-1], self.out.bias, self.params_per_dim)
         return lin(h, ws[-1], self.out.bias).reshape(x.shape[0], self.features, self.params_per_dim)
 

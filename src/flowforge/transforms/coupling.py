@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Transform, Transformer
+from ..nets import GROUPED_FROM
 
 __all__ = [
     "Coupling",
@@ -159,14 +160,15 @@ class Coupling(Transform):
 
     # A conditioner with ``forward_grouped(x, context, P)`` (MLP, ResidualMLP) returns vector
     # parameters with each parameter contiguous (nets.grouped_linear): the same numbers, cheaper
-    # for the transformer to read. False: the plain ``net(x)`` path (the bits-back coder's copy
-    # uses it, so files it wrote decode whatever the matmul's rounding on the permuted rows).
+    # for the transformer to read when it has P >= nets.GROUPED_FROM of them. False: the plain
+    # ``net(x)`` path (the bits-back coder's copy uses it, so files it wrote decode whatever the
+    # matmul's rounding on the permuted rows).
     grouped_params = True
 
     def _params(self, x_a: Tensor, context: Tensor | None, n_out: int) -> Tensor:
         p = self.transformer.params_per_dim
         grouped = getattr(self.net, "forward_grouped", None)
-        if callable(grouped) and self.grouped_params and p > 1 and x_a.dim() == 2:
+        if callable(grouped) and self.grouped_params and p >= GROUPED_FROM and x_a.dim() == 2:
             params = grouped(x_a, context, p)
             return params if self.gate is None else params * self.gate
         h = self.net(x_a, context)
