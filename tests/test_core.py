@@ -158,6 +158,25 @@ def test_affine_scale_is_bounded():
     assert torch.isfinite(z).all() and (ladj.abs() <= 3.0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_affine_clamp_forms_agree_and_training_keeps_tanh(dtype):
+    # scoring and sampling run the clamp through a sigmoid (faster on CPU); a graph-recording
+    # call (training) keeps bound * tanh(r / bound) bit for bit, so trained weights reproduce
+    law = T.Affine(bound=3.0)
+    r = torch.linspace(-40, 40, 2001, dtype=dtype)
+    exact = 3.0 * torch.tanh(r / 3.0)
+    with torch.no_grad():
+        fast = law._scale(r)
+    eps = torch.finfo(dtype).eps
+    assert (fast - exact).abs().max() <= 8 * 3.0 * eps and (fast.abs() <= 3.0).all()
+    assert not torch.equal(fast, exact)  # the fast form is in use
+    rg = r.clone().requires_grad_()
+    assert torch.equal(law._scale(rg).detach(), exact)
+    law.sigmoid_clamp = False
+    with torch.no_grad():
+        assert torch.equal(law._scale(r), exact)
+
+
 # -- bases ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "base",

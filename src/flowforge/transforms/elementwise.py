@@ -53,11 +53,13 @@ class Affine(Transformer):
 
     params_per_dim = 2
 
-    # The soft clamp through a sigmoid, ``bound - 2 bound sigmoid(-2 r / bound)`` (the same
-    # function): torch's CPU tanh is several times slower than its sigmoid, and this is most of
-    # the layer's cost when scoring. It differs from ``bound * tanh(r / bound)`` by a few units
-    # in the last place; False: the tanh form (the bits-back coder's copy uses it, so that files
-    # it wrote decode bit for bit across versions).
+    # Without a graph (scoring, sampling) the soft clamp runs through a sigmoid,
+    # ``bound - 2 bound sigmoid(-2 r / bound)``, the same function: torch's CPU tanh is several
+    # times slower than its sigmoid, and the clamp was a tenth of a MAF's log_prob. The two
+    # forms differ by a few units in the last place, so training, which records a graph, keeps
+    # the tanh form (its steps, and so the trained weights, are those of earlier versions).
+    # False: the tanh form everywhere (the bits-back coder's copy, so that files it wrote decode
+    # bit for bit across versions).
     sigmoid_clamp = True
 
     def __init__(self, bound: float | None = 3.0, shift_first: bool = False):
@@ -69,7 +71,7 @@ class Affine(Transformer):
         b = self.bound
         if b is None:
             return r
-        if self.sigmoid_clamp:
+        if self.sigmoid_clamp and not (r.requires_grad and torch.is_grad_enabled()):
             return torch.rsub(torch.sigmoid(r * (-2.0 / b)), b, alpha=2.0 * b)
         return b * torch.tanh(r / b)
 
