@@ -426,6 +426,8 @@ def test_all_finite_agrees_with_the_entrywise_test(dtype):
     for t in cases:
         assert all_finite(t) == bool(torch.isfinite(t).all()), t
     assert all_finite(torch.arange(5)) and all_finite(torch.tensor([True]))
+    nan8 = torch.tensor([float("nan"), 1.0]).to(torch.float8_e4m3fn)  # no isfinite kernel
+    assert not all_finite(nan8) and all_finite(torch.ones(3).to(torch.float8_e4m3fn))
     x = torch.randn(3, 2, requires_grad=True)
     assert all_finite(x) and x.grad is None
 

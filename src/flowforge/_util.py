@@ -91,7 +91,7 @@ def all_finite(t: Tensor) -> bool:
     total = t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum()  # half: no overflow
     if math.isfinite(total.item()):
         return True
-    return bool(torch.isfinite(t).all())
+    return bool(torch.isfinite(t.float() if t.element_size() < 2 else t).all())  # float8 too
 
 
 def largest(t: Tensor) -> float:
