@@ -133,3 +133,13 @@ def test_two_parameters_per_dimension_keep_the_plain_layout():
         layer = Coupling(half_mask(4), lambda i, o: Watched(i, o, (8,)), transformer)
         layer(torch.randn(3, 4))
         assert calls == want
+
+
+def test_a_compiled_made_with_two_parameters_gives_the_eager_numbers():
+    # under torch.compile MADE groups from P = 2 (nets.GROUPED_FROM_COMPILED): same numbers
+    torch.manual_seed(0)
+    made = _perturb(MADE(5, params_per_dim=2, hidden=(16,))).double()
+    x = torch.randn(7, 5, dtype=torch.double)
+    torch._dynamo.reset()
+    compiled = torch.compile(made, fullgraph=True)
+    torch.testing.assert_close(compiled(x), made(x), rtol=1e-12, atol=1e-12)
