@@ -58,7 +58,7 @@ def activation_class(name: str, allowed: Sequence[str] | None = None) -> type[nn
 # Grouped outputs pay from this many parameters per dimension (the spline's 3K - 1). For the
 # affine layer's 2, reading each parameter with a stride of 2 costs less than permuting the
 # output layer's rows and their gradient: the plain layout trains RealNVP and MAF 2 to 15%
-# faster at D = 64 (docs/speed.md, "Since the tables"). Compiled, a MADE's grouped output
+# faster at D = 64 (docs/speed.md, "Since the first run"). Compiled, a MADE's grouped output
 # trains MAF 12% faster than the plain one (the fused kernels read it contiguously), so MADE
 # groups from 2 parameters under torch.compile.
 GROUPED_FROM = 3
