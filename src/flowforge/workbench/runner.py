@@ -7,6 +7,7 @@ checked, and the model built, before anything is written; only rank 0 writes und
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -193,6 +194,12 @@ def train(
         return result
     finally:
         if started:
+            # the DDP wrapper's reducer holds the process group, and the group's gloo threads
+            # live as long as it does: free it (it sits in reference cycles) while the group is
+            # still whole, so that destroying the group joins those threads instead of leaving
+            # them to the interpreter's exit, where gloo can abort ("terminate called without
+            # an active exception")
+            gc.collect()
             dist.destroy_process_group()
 
 
