@@ -66,6 +66,27 @@ def test_trainer_compile_trains_like_eager_and_reports_its_time(tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-4)
 
 
+@needs_compiler
+def test_trainer_compile_with_flow_matching_compiles_the_velocity_network(tmp_path):
+    pytest.importorskip("torchdiffeq")
+    x = _data(256)[:, :2]
+    runs = {}
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        flow = ff.models.build("cnf", features=2, hidden=(16, 16))
+        cfg = {"epochs": 2, "batch_size": 64, "tensorboard": False, "compile": compile_,
+               "objective": "flow-matching"}  # fmt: skip
+        out = tmp_path / str(compile_)
+        out.mkdir()
+        tr = Trainer(flow, x, x[:64], cfg, out=out, progress=False, echo=False)
+        assert tr.fit()["status"] == "finished"
+        assert not [w for w in tr.warnings if "compil" in w]  # no fall-back
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert ("compile" in {r["type"] for r in records}) == compile_
+        runs[compile_] = [r["train_loss"] for r in tr.history if r["type"] == "epoch"]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4, abs=1e-5)
+
+
 def test_trainer_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     def broken(model, *args, **kwargs):
         def call(*a, **k):
@@ -77,10 +98,12 @@ def test_trainer_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     torch.manual_seed(0)
     flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))
     x = _data()
-    tr = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 16, "tensorboard": False,
+    tr = Trainer(flow, x, x[:16], {"epochs": 3, "batch_size": 16, "tensorboard": False,
                                    "compile": True}, progress=False, echo=False)  # fmt: skip
-    assert tr.fit()["status"] == "finished"
-    assert any("compiling failed (RuntimeError: no C++ compiler)" in w for w in tr.warnings)
+    # the eager model for the rest of the run: later epochs do not call the broken one again
+    assert tr.fit()["status"] == "finished" and tr.epoch == 3
+    failed = [w for w in tr.warnings if "compiling failed" in w]
+    assert len(failed) == 1 and "compiling failed (RuntimeError: no C++ compiler)" in failed[0]
     both = {"epochs": 1, "compile": True, "memory_saving": True, "tensorboard": False}
     with pytest.raises(WorkbenchError, match="compile and train.memory_saving"):
         Trainer(flow, x, x[:16], both, progress=False, echo=False).fit()

@@ -267,10 +267,10 @@ class FlowMatching:
             + ")"
         )
 
-    def __call__(self, flow, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def __call__(self, flow, x: Tensor, context: Tensor | None = None, net=None) -> Tensor:
         t, loc, scale, power = self.times
         return flow_matching_loss(
-            flow, x, context, self.path, self.ot, self.sigma, t, loc, scale, power
+            flow, x, context, self.path, self.ot, self.sigma, t, loc, scale, power, net
         )
 
 
@@ -285,8 +285,12 @@ def flow_matching_loss(
     time_loc: float = 0.0,
     time_scale: float = 1.0,
     time_power: float = 1.0,
+    net=None,
 ) -> Tensor:
-    """The flow-matching regression loss of ``flow`` on the batch ``x`` (see the module)."""
+    """The flow-matching regression loss of ``flow`` on the batch ``x`` (see the module).
+
+    ``net``: a module to call in place of the CNF's network, computing the same function with
+    the same weights (e.g. ``torch.compile(cnf.net)``; the workbench's ``train.compile``)."""
     if path not in PATHS:
         raise ValueError(f"unknown flow-matching path {path!r}; expected one of {PATHS}")
     _time_options(times, time_loc, time_scale, time_power)
@@ -310,7 +314,7 @@ def flow_matching_loss(
         xs, target = _path(path, y, e, s)
         if sigma:
             xs = xs + sigma * torch.randn_like(xs)
-    velocity = cnf.net(s * cnf.time, xs, context)
+    velocity = (cnf.net if net is None else net)(s * cnf.time, xs, context)
     if velocity.shape != xs.shape:
         raise ValueError(
             f"the CNF's network returned shape {tuple(velocity.shape)} for a batch of "

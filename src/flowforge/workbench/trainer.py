@@ -179,6 +179,7 @@ class FlowMatchingObjective(Objective):
 
         self.fm = Matching(path, ot, sigma)
         self.name = name or "flow-matching"
+        self._compiled = (None, None)  # (a CNF's network, its compiled module): train.compile
 
     def check(self, trainer: Trainer, model) -> None:
         """Before training: the model is one the loss can train, in a single process."""
@@ -199,7 +200,17 @@ class FlowMatchingObjective(Objective):
         return out
 
     def loss(self, trainer, model, x, context):
-        return self.fm(model, x, context)
+        flow = getattr(model, "_orig_mod", model)
+        if flow is model:
+            return self.fm(model, x, context)
+        # train.compile: the trainer compiled the flow, but flow matching never calls it (the
+        # loss regresses the CNF's network at points of the path): compile that network
+        from ..matching import split_flow
+
+        net = split_flow(flow)[1].net
+        if self._compiled[0] is not net:
+            self._compiled = (net, torch.compile(net, options=COMPILE_OPTIONS))
+        return self.fm(flow, x, context, net=self._compiled[1])
 
     @torch.no_grad()
     def validate(self, trainer, x, context):
@@ -789,6 +800,7 @@ class Trainer:
             # each new batch size (the epoch's last, smaller batch) compiles once more
             self._eager_model, model = model, torch.compile(model, options=COMPILE_OPTIONS)
             self._compile_time = None
+        self._step_model = model  # what the steps call (the eager model after a compile fallback)
         from tqdm import tqdm
 
         bar = tqdm(
@@ -804,7 +816,7 @@ class Trainer:
         try:
             with _Signals() as self._signals:
                 while status == "running" and self.epoch < self.cfg["epochs"]:
-                    status = self._epoch(model, bar)
+                    status = self._epoch(bar)
                 if status == "running":
                     status = self.finished = "finished"
                     self.save_checkpoint()
@@ -849,7 +861,7 @@ class Trainer:
             ib = order[s * b : (s + 1) * b] if s < self.steps_per_epoch - 1 else order[s * b :]
             yield self.train_x[ib], (None if self.train_c is None else self.train_c[ib])
 
-    def _epoch(self, model, bar) -> str:
+    def _epoch(self, bar) -> str:
         import torch.distributed as dist
 
         t0 = time.time()
@@ -861,7 +873,7 @@ class Trainer:
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for xb, cb in self._batches():
             rng = torch.get_rng_state()
-            loss, model = self._loss(model, xb, cb)
+            loss = self._loss(xb, cb)
             stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double()])
             if self.world > 1:
                 dist.all_reduce(stats)
@@ -919,12 +931,13 @@ class Trainer:
                 self.callback(self)
         return self._end_epoch(losses, t0)
 
-    def _loss(self, model, xb, cb):
-        """The objective's loss on a batch, and the model to use from now on: with
-        ``train.compile`` the first call compiles (its time is reported); if compiling fails,
-        a warning says why and training goes on with the eager model."""
+    def _loss(self, xb, cb):
+        """The objective's loss on a batch: with ``train.compile`` the first call compiles (its
+        time is reported); if compiling fails, a warning says why and training goes on with the
+        eager model, for the rest of the run."""
+        model = self._step_model
         if self._eager_model is None or self._compile_time is not None:
-            return self.objective.loss(self, model, xb, cb), model
+            return self.objective.loss(self, model, xb, cb)
         t0 = time.perf_counter()
         try:
             loss = self.objective.loss(self, model, xb, cb)
@@ -934,12 +947,12 @@ class Trainer:
                 f"{(str(e).strip().splitlines() or [''])[0]}); "
                 "training continues without compiling"
             )
-            model, self._eager_model = self._eager_model, None
-            return self.objective.loss(self, model, xb, cb), model
+            self._step_model, self._eager_model = self._eager_model, None
+            return self.objective.loss(self, self._step_model, xb, cb)
         self._compile_time = time.perf_counter() - t0
         self._say(f"compiled the training forward pass in {self._compile_time:.1f} s")
         self._log({"type": "compile", "step": self.global_step, "seconds": self._compile_time})
-        return loss, model
+        return loss
 
     def _end_epoch(self, losses: list[float], t0: float) -> str:
         # validation (every rank computes it: same weights, same seeded noise, same number)
