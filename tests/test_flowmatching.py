@@ -244,6 +244,54 @@ def test_the_cli_trains_a_cnf_by_flow_matching_and_refuses_other_models(tmp_path
     assert rc != 0 and "flow-matching" in capsys.readouterr().err
 
 
+def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, capsys):
+    run = tmp_path / "cnf"
+    rc = main(["train", "--data", "moons", "--limit", "256", "--epochs", "1", "--no-progress",
+               "--model", "cnf", "--model-kwargs", '{"hidden": [8]}', "--objective",
+               "flow-matching", "--out", str(run)])  # fmt: skip
+    assert rc == 0
+    capsys.readouterr()
+    got = {}
+    for name, extra in (("rk4", ["--ode-method", "rk4", "--ode-steps", "3"]),
+                        ("steps", ["--ode-steps", "3"]), ("euler", ["--ode-method", "euler",
+                        "--ode-steps", "5"]), ("tol", ["--ode-tol", "1e-3"]),
+                        ("default", [])):  # fmt: skip
+        out = tmp_path / f"{name}.npy"
+        assert main(["sample", str(run), "-n", "16", "--out", str(out), *extra]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        got[name] = np.load(out)
+        assert got[name].shape == (16, 2) and np.isfinite(got[name]).all()
+        if name in ("rk4", "steps"):  # rk4 is the default fixed-grid solver: 4 stages a step
+            assert lines[-1] == "ODE: rk4, 3 steps, 12 function evaluations in the last solve"
+        elif name == "euler":
+            assert lines[-1] == "ODE: euler, 5 steps, 5 function evaluations in the last solve"
+        elif name == "tol":
+            assert lines[-1].startswith("ODE: dopri5, tol 0.001, ")
+        else:
+            assert not lines[-1].startswith("ODE:")  # the model's own solver, nothing to say
+    np.testing.assert_array_equal(got["rk4"], got["steps"])  # same seed, same solver
+    assert not np.array_equal(got["rk4"], got["euler"])  # the solver was used
+    refused = (
+        (["--ode-steps", "0"], "steps >= 1"),
+        (["--ode-method", "nope"], "unknown ODE solver 'nope'"),
+        (["--ode-tol", "0"], "--ode-tol must be a positive number"),
+        (["--ode-method", "dopri5", "--ode-steps", "4"], "adaptive"),
+    )
+    for extra, needle in refused:
+        rc = main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "x.npy"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc != 0 and len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+        assert not (tmp_path / "x.npy").exists()
+    maf = tmp_path / "maf"
+    rc = main(["train", "--data", "moons", "--limit", "256", "--epochs", "1", "--no-progress",
+               "--model", "maf", "--out", str(maf)])  # fmt: skip
+    assert rc == 0
+    capsys.readouterr()
+    rc = main(["sample", str(maf), "-n", "4", "--out", str(tmp_path / "m.npy"), "--ode-steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "this run's model has none" in err[0]
+
+
 # -- refused input -------------------------------------------------------------------------------
 
 

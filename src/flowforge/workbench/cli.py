@@ -11,6 +11,7 @@ resumable checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -267,10 +268,41 @@ def cmd_sample(args) -> int:
         from ..transforms import set_inverse
 
         set_inverse(flow, args.inverse, tol=args.tol)
-    x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
+    ode, used = _ode_solver(flow, args.ode_method, args.ode_steps, args.ode_tol), None
+    with ode:  # checks the solver's settings (one line if wrong) before sampling
+        x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
+        if not isinstance(ode, contextlib.nullcontext):
+            from ..matching import _cnfs, nfe
+
+            c = _cnfs(flow)[0]
+            grid = f"{round(c.time / c.step_size)} steps" if c.step_size else f"tol {c.rtol:g}"
+            used = f"ODE: {c.method}, {grid}, {nfe(flow)} function evaluations in the last solve"
     save_samples(x, cfg, out, title=f"{args.n} samples{what}, T={args.temperature:g}")
     print(f"wrote {x.shape[0]} samples{what} to {out}")
+    if used:
+        print(used)
     return 0
+
+
+def _ode_solver(flow, method, steps, tol):
+    """The context that sets a continuous flow's ODE solver for ``flowforge sample``
+    (``--ode-method/--ode-steps/--ode-tol``; a null one when none is given). Refused, in one
+    line, for a model without a CNF."""
+    from ..matching import _cnfs, solver
+    from .errors import WorkbenchError
+
+    if method is None and steps is None and tol is None:
+        return contextlib.nullcontext()
+    if not _cnfs(flow):
+        raise WorkbenchError(
+            "--ode-method, --ode-steps and --ode-tol set the ODE solver of a continuous flow "
+            "(the cnf and ffjord models); this run's model has none"
+        )
+    if tol is not None and not (math.isfinite(tol) and tol > 0):
+        raise WorkbenchError(f"--ode-tol must be a positive number, got {tol}")
+    if steps is not None and method is None:
+        method = "rk4"  # as flowforge.matching.sample
+    return solver(flow, method, steps=steps, rtol=tol, atol=tol)
 
 
 def cmd_report(args) -> int:
@@ -536,6 +568,17 @@ def make_parser() -> argparse.ArgumentParser:
         "exact inverse when they do not reach it",
     )
     s.add_argument("--tol", type=float, default=1e-4, help="tolerance of the parallel inverse")
+    s.add_argument(
+        "--ode-method",
+        help="continuous flows (cnf, ffjord): the ODE solver, e.g. dopri5 (adaptive) or rk4, "
+        "midpoint, euler (fixed grid); default: the model's own (dopri5), rk4 with --ode-steps",
+    )
+    s.add_argument(
+        "--ode-steps", type=int, help="continuous flows: steps of a fixed-grid solver (>= 1)"
+    )
+    s.add_argument(
+        "--ode-tol", type=float, help="continuous flows: an adaptive solver's rtol = atol (> 0)"
+    )
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
