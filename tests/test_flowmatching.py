@@ -235,13 +235,33 @@ def test_the_cli_trains_a_cnf_by_flow_matching_and_refuses_other_models(tmp_path
     assert rc == 0
     assert "best val flow-matching loss" in capsys.readouterr().out  # not called an NLL
     assert main(["eval", str(tmp_path / "a")]) == 0
-    capsys.readouterr()
+    lines = capsys.readouterr().out.strip().splitlines()  # how it was scored, and at what cost
+    assert lines[-1].startswith("ODE: dopri5, rtol 1e-05, atol 1e-05, exact trace; ")
+    assert "function evaluations per solve (max " in lines[-1]
     rc = main([*common, "--model", "maf", "--objective", "flow-matching",
                "--out", str(tmp_path / "b")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "no CNF" in err[0]
     rc = main([*common, "--model", "cnf", "--objective", "flow-match", "--out", str(tmp_path)])
     assert rc != 0 and "flow-matching" in capsys.readouterr().err
+
+
+def test_eval_reports_the_scoring_solver_of_a_ffjord_trained_loosely(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "ffjord"
+    kw = '{"hidden": [8], "trace": "hutchinson", "rtol": 0.001, "atol": 0.001}'
+    rc = main(["train", "--data", "moons", "--limit", "128", "--epochs", "1", "--no-progress",
+               "--model", "ffjord", "--model-kwargs", kw, "--out", str(run)])  # fmt: skip
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--batch-size", "400", "--json"]) == 0
+    ode = json.loads(capsys.readouterr().out)["ode"]
+    # scored with the exact trace at 1e-5 whatever the training settings; the 1000 test
+    # points in batches of 400: three solves
+    assert ode["trace"] == "exact" and ode["rtol"] == ode["atol"] == 1e-5
+    assert ode["method"] == "dopri5" and ode["steps"] is None and ode["blocks"] == 1
+    assert ode["solves"] == 3 and 0 < ode["nfe_mean"] <= ode["nfe_max"]
 
 
 def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, capsys):

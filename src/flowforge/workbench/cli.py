@@ -224,6 +224,19 @@ def cmd_eval(args) -> int:
                 f"true NLL {res['true_nll']:.4f} (the data's known density); gap "
                 f"{res['gap']:.4f} +- {res['gap_se']:.4f} nats, an estimate of KL(data || model)"
             )
+        if "ode" in res:
+            o = res["ode"]
+            grid = (
+                f"{o['steps']} steps"
+                if o["steps"] is not None
+                else f"rtol {o['rtol']:g}, atol {o['atol']:g}"
+            )
+            blocks = f" in each of {o['blocks']} blocks" if o["blocks"] > 1 else ""
+            print(
+                f"ODE: {o['method']}, {grid}, {o['trace']} trace; {o['nfe_mean']:.1f} function "
+                f"evaluations per solve{blocks} (max {o['nfe_max']}, {o['solves']} "
+                f"solve{'s' if o['solves'] != 1 else ''})"
+            )
     return 0
 
 

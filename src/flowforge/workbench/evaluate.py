@@ -9,7 +9,7 @@ import torch
 
 from ..core import Flow
 from ..objectives import log_likelihoods
-from ..transforms.continuous import exact_scoring
+from ..transforms.continuous import _FIXED, CNF, exact_scoring
 from .data import column_context, label_context, read_examples
 from .errors import ContextError, DataError
 from .runner import run_dataset
@@ -98,12 +98,19 @@ def evaluate_run(
     dtype = next((p.dtype for p in flow.parameters()), torch.float32)
     x = x.reshape(-1, *shape).to(dtype)
     context = None if context is None else context.to(dtype)
+    cnfs = [m for m in flow.modules() if isinstance(m, CNF)]
+    nfes: list[int] = []  # function evaluations of each solve (each CNF block, each batch)
+    hooks = [c.register_forward_hook(lambda m, i, o: nfes.append(m.nfe_forward)) for c in cnfs]
     with torch.random.fork_rng(devices=[]), exact_scoring(flow):
         torch.manual_seed(seed)
+        ode = _solver_settings(cnfs)  # as scored (exact trace, tight tolerances)
         try:
             draws = [log_likelihoods(flow, x, context, batch_size) for _ in range(samples)]
         except ValueError as e:
             raise DataError(f"{split}: {_one_line(e)}") from None
+        finally:
+            for h in hooks:
+                h.remove()
     if iw:  # log of the mean weight, in float64
         lp = torch.logsumexp(torch.stack(draws).double(), 0) - math.log(samples)
     else:
@@ -122,12 +129,32 @@ def evaluate_run(
         "model": cfg["model"]["name"],
         "seed": seed,
     }
+    if ode is not None and nfes:
+        ode.update(solves=len(nfes), nfe_mean=sum(nfes) / len(nfes), nfe_max=max(nfes))
+        out["ode"] = ode
     if truth is not None and bool(torch.isfinite(truth).all()):
         gap = truth - lp  # per example: log p - log q
         out["true_nll"] = -truth.mean().item()
         out["gap"] = gap.mean().item()
         out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else 0.0
     return out
+
+
+def _solver_settings(cnfs: list) -> dict | None:
+    """How a continuous flow's blocks are solved (the first block's settings; ``blocks``
+    counts them), for the report; None without a CNF."""
+    if not cnfs:
+        return None
+    c = cnfs[0]
+    fixed = c.method in _FIXED
+    return {
+        "method": c.method,
+        "steps": round(c.time / (c.step_size or c.time / 10)) if fixed else None,
+        "rtol": None if fixed else c.rtol,
+        "atol": None if fixed else c.atol,
+        "trace": c.trace,
+        "blocks": len(cnfs),
+    }
 
 
 def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size: int) -> dict:
