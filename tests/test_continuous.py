@@ -286,3 +286,80 @@ def test_a_0d_time_conditions_every_row_as_a_time_per_row_does(context, embedded
     g_row = torch.autograd.grad(per_row.square().sum(), [z, t, *net.parameters()])
     for a, b in zip(g_one, g_row):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu"])
+@pytest.mark.parametrize("context", [0, 2])
+def test_the_regression_pass_computes_the_modules_function_and_gradients(activation, context):
+    # flow matching's regression (one time per row, no input needing a gradient) runs as one
+    # autograd node with a hand-written backward: the modules' numbers and weight gradients
+    from flowforge.transforms.continuous import ODENet
+
+    torch.manual_seed(0)
+    net = ODENet(3, (16, 16), context, activation=activation).double()
+    t = torch.rand(7, dtype=torch.float64)
+    z = torch.randn(7, 3, dtype=torch.float64)
+    c = torch.randn(7, context, dtype=torch.float64) if context else None
+    fused = net(t, z, c)
+    assert type(fused.grad_fn).__name__ == "_RegressionPassBackward"
+    calls = []
+    hook = net.act.register_forward_hook(lambda *a: calls.append(1))  # a hook: the modules
+    plain = net(t, z, c)
+    hook.remove()
+    assert calls and type(plain.grad_fn).__name__ != "_RegressionPassBackward"
+    torch.testing.assert_close(fused, plain, rtol=1e-14, atol=1e-15)
+    weights = torch.randn_like(fused)
+    g_fused = torch.autograd.grad((fused * weights).sum(), list(net.parameters()))
+    g_plain = torch.autograd.grad((plain * weights).sum(), list(net.parameters()))
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # an input that needs a gradient, a 0-d time, no graph: the modules, as before
+    zg = z.clone().requires_grad_()
+    assert type(net(t, zg, c).grad_fn).__name__ != "_RegressionPassBackward"
+    assert type(net(t[0], z, c).grad_fn).__name__ != "_RegressionPassBackward"
+    with torch.no_grad():
+        torch.testing.assert_close(net(t, z, c), plain, rtol=1e-14, atol=1e-15)
+    # first derivatives only: a second derivative through the node is refused, not wrong
+    (g,) = torch.autograd.grad(net(t, z, c).sum(), [net.layers[0].linear.weight],
+                               create_graph=True)  # fmt: skip
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), [net.layers[1].linear.weight])
+
+
+def test_the_regression_pass_is_left_to_the_modules_it_does_not_know():
+    from flowforge.transforms.continuous import ODENet
+
+    torch.manual_seed(0)
+    t, z = torch.rand(4), torch.randn(4, 2)
+    for net in (ODENet(2, (8,), activation="softplus"), ODENet(2, (8,), activation="elu")):
+        assert type(net(t, z).grad_fn).__name__ != "_RegressionPassBackward"
+    net = ODENet(2, (8,))
+    net.layers[0].register_forward_hook(lambda *a: None)  # hooks must see their modules run
+    assert type(net(t, z).grad_fn).__name__ != "_RegressionPassBackward"
+
+
+def test_flow_matching_trains_the_same_with_the_regression_pass():
+    # a few Adam steps of the flow-matching loss, the regression pass against the modules
+    from flowforge.matching import FlowMatching
+
+    x = torch.randn(256, 2) * torch.tensor([1.0, 0.5])
+    losses = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        flow = ff.models.build("cnf", features=2, hidden=(16, 16))
+        if not fused:
+            flow.transform.layers[-1].net.act.register_forward_hook(lambda *a: None)
+        fm = FlowMatching()
+        with torch.no_grad():
+            fm(flow, x)
+        opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+        torch.manual_seed(1)
+        out = []
+        for i in range(20):
+            loss = fm(flow, x[i * 12 : i * 12 + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        losses[fused] = out
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-6)

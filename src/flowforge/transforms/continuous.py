@@ -31,10 +31,12 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 
 from .._util import jacobian_rows
 from ..core import Transform
-from ..nets import activation_class
+from ..nets import _hooked, activation_class
 
 __all__ = ["CNF", "ODENet", "ConcatSquash", "ODEStepBudgetError", "ode_methods", "exact_scoring"]
 
@@ -112,12 +114,80 @@ class ConcatSquash(nn.Module):
         return self.linear(x) * torch.sigmoid(self.gate(c)) + self.shift(c)
 
 
+class _RegressionPass(torch.autograd.Function):
+    """:class:`ODENet`'s forward pass for flow matching's regression (one time per row, no
+    gradient wanted for the inputs), as one autograd node with a hand-written backward pass.
+
+    The modules' function, computed with fewer passes: each layer's ``linear * gate + shift``
+    in one ``addcmul``, and tanh as ``2 sigmoid(2x) - 1`` (torch's CPU tanh is scalar, six times
+    its vectorised sigmoid; the two agree to a unit in the last place of 1), differentiated as
+    tanh from its output. One backward node instead of about thirty: a flow-matching step of
+    FFJORD's network (tanh) costs about 13% less, with silu about 5%. First derivatives only
+    (the regression needs no more; a second derivative through the node raises): ``ODENet``
+    takes the module path whenever an input requires a gradient, and for ODE solves.
+    """
+
+    @staticmethod
+    def forward(ctx, act: str, c: Tensor, z: Tensor, *params: Tensor) -> Tensor:
+        n = len(params) // 5  # per layer: weight, bias, gate weight, gate bias, shift weight
+        h, saved = z, []
+        for i in range(n):
+            w, b, gw, gb, hw = params[5 * i : 5 * i + 5]
+            a = F.linear(h, w, b)
+            g = torch.sigmoid(F.linear(c, gw, gb))
+            out = torch.addcmul(F.linear(c, hw), a, g)
+            saved += [h, a, g]
+            if i == n - 1:
+                h = out
+            elif act == "tanh":
+                h = torch.sigmoid(out.mul_(2)).mul_(2).sub_(1)
+                saved.append(h)
+            else:  # silu: its backward reads the input
+                saved.append(out)
+                h = F.silu(out)
+        ctx.act, ctx.n = act, n
+        ctx.save_for_backward(c, *saved, *params)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        n, saved = ctx.n, ctx.saved_tensors
+        c, params = saved[0], saved[1 + 4 * n - 1 :]
+        acts = list(saved[1 : 1 + 4 * n - 1])
+        grads: list[Tensor | None] = [None] * (5 * n)
+        d = grad
+        for i in reversed(range(n)):
+            if i < n - 1:
+                y = acts.pop()
+                if ctx.act == "tanh":
+                    d = torch.ops.aten.tanh_backward(d, y)
+                else:
+                    d = torch.ops.aten.silu_backward(d, y)
+            g, a, h = acts.pop(), acts.pop(), acts.pop()
+            w = params[5 * i]
+            da = d * g
+            dg = torch.ops.aten.sigmoid_backward(d * a, g)
+            # as autograd computes linear's weight gradient: (input^T grad)^T
+            grads[5 * i : 5 * i + 5] = [
+                h.t().mm(da).t(), da.sum(0), c.t().mm(dg).t(), dg.sum(0), c.t().mm(d).t()
+            ]  # fmt: skip
+            if i:
+                d = da.mm(w)
+        return (None, None, None, *grads)
+
+
+_FUSED = {nn.Tanh: "tanh", nn.SiLU: "silu"}  # the activations _RegressionPass computes
+
+
 class ODENet(nn.Module):
     """The default dynamics ``f(t, z, context)``: an MLP of :class:`ConcatSquash` layers.
 
     Time and the context enter every layer through the gate and the shift. Activations must
     be smooth (the trace and its gradient differentiate ``f`` twice): tanh, softplus, elu,
-    silu.
+    silu. Called with one time per row and no input that requires a gradient (flow matching's
+    regression), a tanh or silu network runs as one autograd node with a hand-written backward
+    pass (:class:`_RegressionPass`).
     """
 
     def __init__(
@@ -149,6 +219,23 @@ class ODENet(nn.Module):
             c = torch.cat([c.expand(rows, 1), context.expand(rows, -1)], dim=1)
         else:
             c = c.expand(rows, 1)
+        fused = _FUSED.get(type(self.act))
+        if (
+            fused
+            and t.dim()
+            and torch.is_grad_enabled()
+            and not (z.requires_grad or c.requires_grad)
+            and not torch.compiler.is_compiling()
+            and all(type(layer) is ConcatSquash for layer in self.layers)
+            and not _hooked(self.act, *self.layers.modules())
+        ):
+            params = [
+                p
+                for layer in self.layers
+                for p in (layer.linear.weight, layer.linear.bias, layer.gate.weight,
+                          layer.gate.bias, layer.shift.weight)
+            ]  # fmt: skip
+            return _RegressionPass.apply(fused, c, z, *params)
         h = z
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
