@@ -334,6 +334,10 @@ def test_the_regression_pass_is_left_to_the_modules_it_does_not_know():
     for net in (ODENet(2, (8,), activation="softplus"), ODENet(2, (8,), activation="elu")):
         assert type(net(t, z).grad_fn).__name__ != "_RegressionPassBackward"
     net = ODENet(2, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: autograd's own
+        out = net(t, z)
+    assert type(out.grad_fn).__name__ != "_RegressionPassBackward"
+    out.float().sum().backward()
     net.layers[0].register_forward_hook(lambda *a: None)  # hooks must see their modules run
     assert type(net(t, z).grad_fn).__name__ != "_RegressionPassBackward"
 

@@ -226,6 +226,7 @@ class ODENet(nn.Module):
             and torch.is_grad_enabled()
             and not (z.requires_grad or c.requires_grad)
             and not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled(z.device.type)  # its backward assumes one dtype
             and all(type(layer) is ConcatSquash for layer in self.layers)
             and not _hooked(self.act, *self.layers.modules())
         ):
