@@ -262,6 +262,29 @@ def test_eval_reports_the_scoring_solver_of_a_ffjord_trained_loosely(tmp_path, c
     assert ode["trace"] == "exact" and ode["rtol"] == ode["atol"] == 1e-5
     assert ode["method"] == "dopri5" and ode["steps"] is None and ode["blocks"] == 1
     assert ode["solves"] == 3 and 0 < ode["nfe_mean"] <= ode["nfe_max"]
+    # faster scoring on request: Hutchinson's estimate, a looser tolerance; said in the result
+    args = ["eval", str(run), "--json", "--trace", "hutchinson", "--ode-tol", "1e-3"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ode"]["trace"] == "hutchinson" and res["ode"]["rtol"] == 1e-3
+    assert math.isfinite(res["nll"]) and res["ode"]["nfe_mean"] <= ode["nfe_mean"]
+    assert main(["eval", str(run), "--trace", "hutchinson"]) == 0
+    assert "Hutchinson's trace gives an unbiased estimate" in capsys.readouterr().out
+    for bad in ("0", "nan", "-1"):
+        assert main(["eval", str(run), "--ode-tol", bad]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "ODE tolerance must be a positive number" in err[0]
+
+
+def test_eval_refuses_ode_settings_for_a_flow_without_an_ode(tmp_path, capsys):
+    from cli_support import one_line_error, tiny_moons_run
+
+    run = tiny_moons_run(capsys, tmp_path / "rnvp")
+    for extra in (["--trace", "hutchinson"], ["--ode-tol", "1e-3"]):
+        rc = main(["eval", str(run), *extra])
+        one_line_error(rc, capsys.readouterr().err, "has no ODE")
+    assert main(["eval", str(run)]) == 0
+    assert "ODE:" not in capsys.readouterr().out
 
 
 def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, capsys):

@@ -204,8 +204,9 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_run
 
     res = evaluate_run(
-        args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw
-    )
+        args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
+        args.trace, args.ode_tol,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(res, allow_nan=False))
     else:
@@ -236,6 +237,11 @@ def cmd_eval(args) -> int:
                 f"ODE: {o['method']}, {grid}, {o['trace']} trace; {o['nfe_mean']:.1f} function "
                 f"evaluations per solve{blocks} (max {o['nfe_max']}, {o['solves']} "
                 f"solve{'s' if o['solves'] != 1 else ''})"
+                + (
+                    "; Hutchinson's trace gives an unbiased estimate, noisier than the exact one"
+                    if o["trace"] == "hutchinson"
+                    else ""
+                )
             )
     return 0
 
@@ -556,6 +562,19 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --samples K >= 2: the importance-weighted bound over the K draws (tighter) "
         "instead of their mean",
+    )
+    s.add_argument(
+        "--trace",
+        choices=("exact", "hutchinson"),
+        default="exact",
+        help="continuous flows: the divergence, exact (default; D backward passes per "
+        "evaluation) or Hutchinson's estimate (one; unbiased, noisier)",
+    )
+    s.add_argument(
+        "--ode-tol",
+        type=float,
+        help="continuous flows: the adaptive solver's rtol = atol (default 1e-5, or the "
+        "model's own if tighter)",
     )
     s.set_defaults(func=cmd_eval)
 
