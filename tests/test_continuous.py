@@ -340,6 +340,13 @@ def test_the_regression_pass_is_left_to_the_modules_it_does_not_know():
     out.float().sum().backward()
     net.layers[0].register_forward_hook(lambda *a: None)  # hooks must see their modules run
     assert type(net(t, z).grad_fn).__name__ != "_RegressionPassBackward"
+    # torch.func transforms (per-example gradients, meta-learning): autograd's modules
+    net = ODENet(2, (8,))
+    params = dict(net.named_parameters())
+    grads = torch.func.grad(lambda p: torch.func.functional_call(net, p, (t, z)).sum())(params)
+    expected = torch.autograd.grad(net(t, z).sum(), list(params.values()))
+    for a, b in zip(grads.values(), expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_flow_matching_trains_the_same_with_the_regression_pass():

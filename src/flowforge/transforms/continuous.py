@@ -180,6 +180,12 @@ class _RegressionPass(torch.autograd.Function):
 _FUSED = {nn.Tanh: "tanh", nn.SiLU: "silu"}  # the activations _RegressionPass computes
 
 
+def _functorch_active() -> bool:
+    """Whether a torch.func transform is running (True when torch cannot say)."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else bool(active())
+
+
 class ODENet(nn.Module):
     """The default dynamics ``f(t, z, context)``: an MLP of :class:`ConcatSquash` layers.
 
@@ -227,6 +233,7 @@ class ODENet(nn.Module):
             and not (z.requires_grad or c.requires_grad)
             and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled(z.device.type)  # its backward assumes one dtype
+            and not _functorch_active()  # torch.func.grad, vmap...: autograd's own
             and all(type(layer) is ConcatSquash for layer in self.layers)
             and not _hooked(self.act, *self.layers.modules())
         ):
