@@ -132,6 +132,21 @@ def test_toy_report_keeps_density_and_adds_columns(runs, capsys):
     assert table["sized to the data"] == "hidden=[32, 32]"  # 200 examples: the sizing rule
 
 
+def test_a_flow_matching_run_is_reported_with_its_loss_and_how_it_was_scored(capsys, tmp_path):
+    # flow matching logs a regression loss, not an NLL: the report once stopped on the missing
+    # val_nll; it now plots and names that loss, and says how the ODE scored the model
+    pytest.importorskip("torchdiffeq")
+    run = train(tmp_path, "fm", "--model", "cnf", "--data", "moons", "--objective",
+                "flow-matching", "--model-kwargs", '{"hidden": [8]}')  # fmt: skip
+    imgs, table = render(run, capsys)
+    assert {"report/curves.png", "report/density.png"} <= set(imgs)
+    best = table["best epoch (val flow-matching loss)"]
+    assert best.startswith("1 (") and best.endswith(")")
+    scored = table["test scored by the ODE"]
+    assert scored.startswith("dopri5, rtol 1e-05, atol 1e-05, exact trace; ")
+    assert float(table["test NLL (nats/example, 1000 examples)"]) > 0
+
+
 def test_curves_stay_readable_through_spikes(runs, capsys, tmp_path):
     lo, hi = R.robust_limits([5.0, 4.0, 3.5, 3.2, 3.1, 1e12, 3.0, 2.9, 4e9, 2.8])
     assert 2.5 < lo < 2.9 and 4.0 < hi < 20

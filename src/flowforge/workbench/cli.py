@@ -201,7 +201,7 @@ def _finish_train(result: dict) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import describe_ode, evaluate_run
 
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
@@ -226,23 +226,7 @@ def cmd_eval(args) -> int:
                 f"{res['gap']:.4f} +- {res['gap_se']:.4f} nats, an estimate of KL(data || model)"
             )
         if "ode" in res:
-            o = res["ode"]
-            grid = (
-                f"{o['steps']} steps"
-                if o["steps"] is not None
-                else f"rtol {o['rtol']:g}, atol {o['atol']:g}"
-            )
-            blocks = f" in each of {o['blocks']} blocks" if o["blocks"] > 1 else ""
-            print(
-                f"ODE: {o['method']}, {grid}, {o['trace']} trace; {o['nfe_mean']:.1f} function "
-                f"evaluations per solve{blocks} (max {o['nfe_max']}, {o['solves']} "
-                f"solve{'s' if o['solves'] != 1 else ''})"
-                + (
-                    "; Hutchinson's trace gives an unbiased estimate, noisier than the exact one"
-                    if o["trace"] == "hutchinson"
-                    else ""
-                )
-            )
+            print(f"ODE: {describe_ode(res['ode'])}")
     return 0
 
 

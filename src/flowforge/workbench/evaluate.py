@@ -178,6 +178,24 @@ def _solver_settings(cnfs: list) -> dict | None:
     }
 
 
+def describe_ode(o: dict) -> str:
+    """One line for a result's ``ode`` entry: the solver as scored and its evaluations."""
+    grid = (
+        f"{o['steps']} steps"
+        if o["steps"] is not None
+        else f"rtol {o['rtol']:g}, atol {o['atol']:g}"
+    )
+    blocks = f" in each of {o['blocks']} blocks" if o["blocks"] > 1 else ""
+    line = (
+        f"{o['method']}, {grid}, {o['trace']} trace; {o['nfe_mean']:.1f} function evaluations "
+        f"per solve{blocks} (max {o['nfe_max']}, {o['solves']} solve"
+        f"{'s' if o['solves'] != 1 else ''})"
+    )
+    if o["trace"] == "hutchinson":
+        line += "; Hutchinson's trace gives an unbiased estimate, noisier than the exact one"
+    return line
+
+
 def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size: int) -> dict:
     """An M-flow run's figures (:func:`~flowforge.workbench.mflow.evaluate_mflow`): the
     reconstruction error against the data's noise level where known, the on-manifold NLL, and

@@ -240,9 +240,10 @@ def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> int:
     return spikes
 
 
-def _curves(metrics: list[dict], path: Path, discrete: bool) -> int | None:
+def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "nll") -> int | None:
     """Training curves, clipped to robust limits with the spikes marked; the number of
-    points off the chart (None: no metrics)."""
+    points off the chart (None: no metrics). Another objective than the NLL (flow matching,
+    M-flows) logs its validation loss as ``val`` and is plotted under its name."""
     ep = [m for m in metrics if m.get("type") == "epoch"]
     steps = [m for m in metrics if m.get("type") == "step"]
     if not ep and not steps:
@@ -251,8 +252,9 @@ def _curves(metrics: list[dict], path: Path, discrete: bool) -> int | None:
     two = discrete and ep and "val_bpd" in ep[0]
     fig, ax = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6.5, 4), squeeze=False)
     per_epoch = max(1, ep[0]["step"]) if ep else 1
-    spikes = _curve_panel(ax[0, 0], ep, steps, "train_loss", "val_nll", per_epoch,
-                          "NLL (nats/example)")  # fmt: skip
+    nll = not ep or "val_nll" in ep[0]
+    key_val, label = ("val_nll", "NLL (nats/example)") if nll else ("val", f"{objective} loss")
+    spikes = _curve_panel(ax[0, 0], ep, steps, "train_loss", key_val, per_epoch, label)
     if two:
         spikes += _curve_panel(ax[0, 1], ep, [], "train_bpd", "val_bpd", per_epoch, "bits/dim")
     _savefig(fig, path)
@@ -603,7 +605,7 @@ def write_report(
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path."""
     from ..io import atomic_write
-    from .evaluate import evaluate_run
+    from .evaluate import describe_ode, evaluate_run
 
     run = Path(run)
     cfg = run_config(run)
@@ -624,7 +626,8 @@ def write_report(
     metrics = read_metrics(run)
     discrete = r.get("levels") is not None
     facts: list[tuple[str, str]] = []
-    spikes = _curves(metrics, figdir / "curves.png", discrete)
+    objective = cfg.get("train", {}).get("objective", "nll")
+    spikes = _curves(metrics, figdir / "curves.png", discrete, objective)
     if spikes is not None:
         figs.append(("Training curves", "report/curves.png"))
         if spikes:
@@ -642,6 +645,8 @@ def write_report(
             facts.append((f"{name} true NLL (the data's known density)", f"{res['true_nll']:.4f}"))
             gap = f"{res['gap']:.4f} +- {res['gap_se']:.4f}"
             facts.append((f"{name} gap to it (nats, an estimate of KL)", gap))
+        if "ode" in res:  # a continuous flow: how it was scored, and what that cost
+            facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
     if len(data_shape) == 3:
         if info and info["kind"] == "label":
             classes = info["classes"][:10]
@@ -699,7 +704,8 @@ def write_report(
     figs.append((f"Latent normality check ({split} split, all dimensions)", "report/latent.png"))
     facts.append(("latent mean / std", f"{zs['mean']:.3f} / {zs['std']:.3f}"))
     ep = [m for m in metrics if m.get("type") == "epoch"]
-    best = min(ep, key=lambda m: m["val_nll"]) if ep else None
+    key = "val_nll" if not ep or "val_nll" in ep[0] else "val"  # "val": another objective's loss
+    best = min(ep, key=lambda m: m[key]) if ep else None
     rows = [
         ("model", f"{cfg['model']['name']} {json.dumps(cfg['model']['kwargs'])}"),
         ("layout", f"{r['layout']} {tuple(r['event_shape'])}"),
@@ -719,7 +725,8 @@ def write_report(
     if info:
         rows.append(("conditional on", _context_words(info)))
     if best:
-        rows.append(("best epoch (val NLL)", f"{best['epoch']} ({best['val_nll']:.4f})"))
+        what = "val NLL" if key == "val_nll" else f"val {objective} loss"
+        rows.append((f"best epoch ({what})", f"{best['epoch']} ({best[key]:.4f})"))
     rows += facts
     table = "\n".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
