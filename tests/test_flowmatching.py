@@ -298,7 +298,7 @@ def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, cap
     for name, extra in (("rk4", ["--ode-method", "rk4", "--ode-steps", "3"]),
                         ("steps", ["--ode-steps", "3"]), ("euler", ["--ode-method", "euler",
                         "--ode-steps", "5"]), ("tol", ["--ode-tol", "1e-3"]),
-                        ("default", [])):  # fmt: skip
+                        ("grid", ["--ode-method", "rk4"]), ("default", [])):  # fmt: skip
         out = tmp_path / f"{name}.npy"
         assert main(["sample", str(run), "-n", "16", "--out", str(out), *extra]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
@@ -309,7 +309,9 @@ def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, cap
         elif name == "euler":
             assert lines[-1] == "ODE: euler, 5 steps, 5 function evaluations in the last solve"
         elif name == "tol":
-            assert lines[-1].startswith("ODE: dopri5, tol 0.001, ")
+            assert lines[-1].startswith("ODE: dopri5, rtol 0.001, atol 0.001, ")
+        elif name == "grid":  # a fixed-grid solver without --ode-steps: its default grid of 10
+            assert lines[-1] == "ODE: rk4, 10 steps, 40 function evaluations in the last solve"
         else:
             assert not lines[-1].startswith("ODE:")  # the model's own solver, nothing to say
     np.testing.assert_array_equal(got["rk4"], got["steps"])  # same seed, same solver

@@ -276,10 +276,12 @@ def cmd_sample(args) -> int:
         x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
         if not isinstance(ode, contextlib.nullcontext):
             from ..matching import _cnfs, nfe
+            from .evaluate import describe_solver, solver_settings
 
-            c = _cnfs(flow)[0]
-            grid = f"{round(c.time / c.step_size)} steps" if c.step_size else f"tol {c.rtol:g}"
-            used = f"ODE: {c.method}, {grid}, {nfe(flow)} function evaluations in the last solve"
+            used = (
+                f"ODE: {describe_solver(solver_settings(_cnfs(flow)))}, {nfe(flow)} function "
+                "evaluations in the last solve"
+            )
     save_samples(x, cfg, out, title=f"{args.n} samples{what}, T={args.temperature:g}")
     print(f"wrote {x.shape[0]} samples{what} to {out}")
     if used:

@@ -124,7 +124,7 @@ def evaluate_run(
             c.trace = trace
             if tol is not None and c.method not in _FIXED:
                 c.rtol = c.atol = float(tol)
-        ode = _solver_settings(cnfs)  # as scored (exact trace, tight tolerances)
+        ode = solver_settings(cnfs)  # as scored (exact trace, tight tolerances)
         try:
             draws = [log_likelihoods(flow, x, context, batch_size) for _ in range(samples)]
         except ValueError as e:
@@ -161,7 +161,7 @@ def evaluate_run(
     return out
 
 
-def _solver_settings(cnfs: list) -> dict | None:
+def solver_settings(cnfs: list) -> dict | None:
     """How a continuous flow's blocks are solved (the first block's settings; ``blocks``
     counts them), for the report; None without a CNF."""
     if not cnfs:
@@ -178,16 +178,21 @@ def _solver_settings(cnfs: list) -> dict | None:
     }
 
 
-def describe_ode(o: dict) -> str:
-    """One line for a result's ``ode`` entry: the solver as scored and its evaluations."""
+def describe_solver(o: dict) -> str:
+    """``"rk4, 8 steps"`` or ``"dopri5, rtol 1e-05, atol 1e-05"`` for :func:`solver_settings`."""
     grid = (
         f"{o['steps']} steps"
         if o["steps"] is not None
         else f"rtol {o['rtol']:g}, atol {o['atol']:g}"
     )
+    return f"{o['method']}, {grid}"
+
+
+def describe_ode(o: dict) -> str:
+    """One line for a result's ``ode`` entry: the solver as scored and its evaluations."""
     blocks = f" in each of {o['blocks']} blocks" if o["blocks"] > 1 else ""
     line = (
-        f"{o['method']}, {grid}, {o['trace']} trace; {o['nfe_mean']:.1f} function evaluations "
+        f"{describe_solver(o)}, {o['trace']} trace; {o['nfe_mean']:.1f} function evaluations "
         f"per solve{blocks} (max {o['nfe_max']}, {o['solves']} solve"
         f"{'s' if o['solves'] != 1 else ''})"
     )

@@ -240,6 +240,14 @@ def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> int:
     return spikes
 
 
+def _validation(ep: list[dict], objective: str) -> tuple[str, str]:
+    """The epoch records' validation key and what it is: the NLL, or (``val``) the loss of
+    another objective (flow matching, M-flows)."""
+    if not ep or "val_nll" in ep[0]:
+        return "val_nll", "NLL"
+    return "val", f"{objective} loss"
+
+
 def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "nll") -> int | None:
     """Training curves, clipped to robust limits with the spikes marked; the number of
     points off the chart (None: no metrics). Another objective than the NLL (flow matching,
@@ -252,8 +260,8 @@ def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "n
     two = discrete and ep and "val_bpd" in ep[0]
     fig, ax = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6.5, 4), squeeze=False)
     per_epoch = max(1, ep[0]["step"]) if ep else 1
-    nll = not ep or "val_nll" in ep[0]
-    key_val, label = ("val_nll", "NLL (nats/example)") if nll else ("val", f"{objective} loss")
+    key_val, what = _validation(ep, objective)
+    label = "NLL (nats/example)" if key_val == "val_nll" else what
     spikes = _curve_panel(ax[0, 0], ep, steps, "train_loss", key_val, per_epoch, label)
     if two:
         spikes += _curve_panel(ax[0, 1], ep, [], "train_bpd", "val_bpd", per_epoch, "bits/dim")
@@ -704,7 +712,7 @@ def write_report(
     figs.append((f"Latent normality check ({split} split, all dimensions)", "report/latent.png"))
     facts.append(("latent mean / std", f"{zs['mean']:.3f} / {zs['std']:.3f}"))
     ep = [m for m in metrics if m.get("type") == "epoch"]
-    key = "val_nll" if not ep or "val_nll" in ep[0] else "val"  # "val": another objective's loss
+    key, what = _validation(ep, objective)
     best = min(ep, key=lambda m: m[key]) if ep else None
     rows = [
         ("model", f"{cfg['model']['name']} {json.dumps(cfg['model']['kwargs'])}"),
@@ -725,8 +733,7 @@ def write_report(
     if info:
         rows.append(("conditional on", _context_words(info)))
     if best:
-        what = "val NLL" if key == "val_nll" else f"val {objective} loss"
-        rows.append((f"best epoch ({what})", f"{best['epoch']} ({best[key]:.4f})"))
+        rows.append((f"best epoch (val {what})", f"{best['epoch']} ({best[key]:.4f})"))
     rows += facts
     table = "\n".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
