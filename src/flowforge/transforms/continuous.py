@@ -122,9 +122,10 @@ class _RegressionPass(torch.autograd.Function):
     in one ``addcmul``, and tanh as ``2 sigmoid(2x) - 1`` (torch's CPU tanh is scalar, six times
     its vectorised sigmoid; the two agree to a unit in the last place of 1), differentiated as
     tanh from its output. One backward node instead of about thirty: a flow-matching step of
-    FFJORD's network (tanh) costs about 13% less, with silu about 5%. First derivatives only
-    (the regression needs no more; a second derivative through the node raises): ``ODENet``
-    takes the module path whenever an input requires a gradient, and for ODE solves.
+    FFJORD's network (tanh) costs about 14% less, with silu 0-5%
+    (``benchmarks/regression_pass.py``). First derivatives only (the regression needs no more;
+    a second derivative through the node raises): ``ODENet`` takes the module path whenever an
+    input requires a gradient, and for ODE solves.
     """
 
     @staticmethod
