@@ -614,7 +614,10 @@ class Flow(nn.Module):
             )
         batch = tuple(x.shape[: x.dim() - k])
         if self._validating(x) and not all_finite(x):
-            bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5].tolist()
+            bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5]
+            bad = (
+                bad.flatten().tolist() if len(batch) == 1 else bad.tolist()
+            )  # [3, 7], not [[3], [7]]
             raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
         x = x.reshape(-1, *self.event_shape)
         context = self._check_context(context, batch)

@@ -287,9 +287,16 @@ class Budget(TorchFunctionMode):
     number of tensor operations, and the wall time. A file's configuration can then never make
     flowforge allocate or compute without bound."""
 
-    def __init__(self, max_bytes: int, max_seconds: float, max_ops: int | None = None):
+    def __init__(
+        self,
+        max_bytes: int,
+        max_seconds: float,
+        max_ops: int | None = None,
+        why: str = "far more than the file holds",
+    ):
         super().__init__()
         self.max_bytes, self.max_seconds, self.max_ops = max_bytes, max_seconds, max_ops
+        self.why = why
         self.used, self.ops, self.start = 0, 0, time.monotonic()
 
     @staticmethod
@@ -320,8 +327,8 @@ class Budget(TorchFunctionMode):
         self.used += n
         if self.used > self.max_bytes:
             raise ValueError(
-                f"its configuration would allocate more than {self.max_bytes:,} bytes, far more "
-                "than the file holds; refusing to build it"
+                f"its configuration would allocate more than {self.max_bytes:,} bytes, "
+                f"{self.why}; refusing to build it"
             )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

@@ -7,11 +7,13 @@ the shared data options), never from inspecting signatures.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from .. import models
 from ..core import Flow
+from ..io import Budget
 from .catalog import SIZING
 from .data import Dataset
 from .errors import WorkbenchError
@@ -157,6 +159,11 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     for k in ("features", "shape"):
         if k in kwargs:
             raise WorkbenchError(f"model argument {k!r} comes from the data; remove it")
+    if ds.levels is not None and "levels" in kwargs and kwargs["levels"] != ds.levels:
+        raise WorkbenchError(
+            f"model argument levels={kwargs['levels']!r} does not match the data's "
+            f"{ds.levels} levels; remove it (levels come from the data)"
+        )
     layout = cfg["layout"]
     if layout == "image":
         if not ds.is_image:
@@ -207,13 +214,16 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
             kwargs.update(sizing["arguments"])
     shape_kw = {"shape": list(ds.shape)} if layout == "image" else {"features": math.prod(ds.shape)}
     try:
-        inner = models.build(name, **shape_kw, **kwargs)
+        # a config's sizes (bins, widths, layers) are bounded by the machine: half its memory
+        with Budget(_build_bytes(), math.inf, why="half this machine's memory"):
+            inner = models.build(name, **shape_kw, **kwargs)
     except ImportError as e:
         raise WorkbenchError(f"model {name!r} is not available here: {e}") from None
     except (TypeError, ValueError) as e:
         raise WorkbenchError(f"cannot build {name!r}: {' '.join(str(e).split())}") from None
     event_shape = tuple(ds.shape) if layout == "image" else (math.prod(ds.shape),)
     _check_objective(name, inner, cfg["train"]["objective"], ds)
+    _check_angles(name, inner, ds)
     flow = inner
     if ds.stats is not None:
         flow = standardized(inner, ds.stats, event_shape)
@@ -236,6 +246,41 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     if ds.info.get("columns"):
         resolved["columns"] = ds.info["columns"]
     return flow, inner, resolved
+
+
+def _build_bytes() -> int:
+    """What building a model may allocate: half the machine's physical memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf: 8 GiB
+        return 1 << 33
+
+
+def _check_angles(name: str, model, ds: Dataset) -> None:
+    """A flow on the torus (uniform base on ``[-pi, pi)^D``) models angles: refuse data that
+    is not, before anything is written (it would train, and print an NLL on another space)."""
+    from ..transforms.manifolds import UniformTorus
+
+    if not isinstance(getattr(model, "base", None), UniformTorus):
+        return
+    if ds.density_measure != "lebesgue":
+        raise WorkbenchError(
+            f"model {name!r} models angles in [-pi, pi]; {ds.name} holds points on a "
+            f"{ds.density_measure}, not angles"
+        )
+    if ds.stats is not None:
+        raise WorkbenchError(
+            f"model {name!r} models angles in [-pi, pi], which must not be standardised: set "
+            "the data option standardize: false"
+        )
+    lo = min(ds.split(k).min().item() for k in ("train", "val", "test") if len(ds.split(k)))
+    hi = max(ds.split(k).max().item() for k in ("train", "val", "test") if len(ds.split(k)))
+    if lo < -math.pi or hi > math.pi:
+        raise WorkbenchError(
+            f"model {name!r} models angles in [-pi, pi]; {ds.name} has values in "
+            f"[{lo:.6g}, {hi:.6g}] (radians wrapped to [-pi, pi) are expected: "
+            "(x + pi) % (2 pi) - pi)"
+        )
 
 
 def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:

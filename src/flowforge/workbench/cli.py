@@ -34,12 +34,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def _parse_mapping(text: str, what: str) -> dict:
+    from .config import _yaml_load
     from .errors import WorkbenchError
 
     try:
-        import yaml
-
-        value = yaml.safe_load(text)
+        value = _yaml_load(text)
     except ImportError:
         try:
             value = json.loads(text)
@@ -53,10 +52,10 @@ def _parse_mapping(text: str, what: str) -> dict:
 
 
 def _parse_scalar(text: str):
-    try:
-        import yaml
+    from .config import _yaml_load
 
-        return yaml.safe_load(text)
+    try:
+        return _yaml_load(text)
     except Exception:
         return text
 
@@ -216,7 +215,7 @@ def cmd_eval(args) -> int:
         msg = f"{res['split']} NLL {res['nll']:.4f} nats/example"
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
-        extra = f", {res['samples']} dequantization draws" if res["samples"] > 1 else ""
+        extra = f", {res['samples']} {res['noise']} draws" if res["samples"] > 1 else ""
         if res.get("bound") == "importance-weighted":
             extra = f", the importance-weighted bound with K = {res['samples']}"
         print(msg + f" ({res['examples']} examples{extra})")
@@ -268,8 +267,15 @@ def cmd_sample(args) -> int:
     context, what = sample_context(cfg, args.label, args.context)
     flow = load_run(args.run)
     if args.inverse != "sequential":  # autoregressive layers: Jacobi sweeps (see set_inverse)
-        from ..transforms import set_inverse
+        from ..transforms import Autoregressive, set_inverse
 
+        if args.inverse != "auto" and not any(
+            isinstance(m, Autoregressive) for m in flow.modules()
+        ):
+            raise WorkbenchError(
+                f"--inverse {args.inverse} sets how autoregressive layers (MAF, NSF-AR, TarFlow) "
+                "invert; this run's model has none"
+            )
         set_inverse(flow, args.inverse, tol=args.tol)
     ode, used = _ode_solver(flow, args.ode_method, args.ode_steps, args.ode_tol), None
     with ode:  # checks the solver's settings (one line if wrong) before sampling
@@ -303,17 +309,37 @@ def _ode_solver(flow, method, steps, tol):
             "--ode-method, --ode-steps and --ode-tol set the ODE solver of a continuous flow "
             "(the cnf and ffjord models); this run's model has none"
         )
-    if tol is not None and not (math.isfinite(tol) and tol > 0):
-        raise WorkbenchError(f"--ode-tol must be a positive number, got {tol}")
+    if tol is not None and not (math.isfinite(tol) and 0 < tol < 1):
+        raise WorkbenchError(f"--ode-tol must be a number in (0, 1), got {tol}")
     if steps is not None and method is None:
         method = "rk4"  # as flowforge.matching.sample
+    from ..transforms.continuous import _FIXED
+
+    fixed = method in _FIXED if method is not None else _cnfs(flow)[0].method in _FIXED
+    if tol is not None and fixed:
+        raise WorkbenchError(
+            f"--ode-tol sets an adaptive solver's tolerance, but "
+            f"{method or _cnfs(flow)[0].method} steps on a fixed grid: set --ode-steps instead "
+            "(or --ode-method dopri5 with --ode-tol)"
+        )
     return solver(flow, method, steps=steps, rtol=tol, atol=tol)
 
 
 def cmd_report(args) -> int:
+    from .errors import WorkbenchError
     from .report import write_report
 
-    temps = tuple(float(t) for t in args.temperatures.split(","))
+    temps = []
+    for t in args.temperatures.split(","):
+        try:
+            temps.append(float(t))
+        except ValueError:
+            temps.append(math.nan)
+        if not (math.isfinite(temps[-1]) and temps[-1] >= 0):
+            raise WorkbenchError(
+                f"--temperatures: expected comma-separated finite numbers >= 0, got {t.strip()!r}"
+            )
+    temps = tuple(temps)
     path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)
     print(f"report: {path}")
     return 0
@@ -463,13 +489,16 @@ def cmd_fit_target(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    # --debug before or after the command: the command's own flag has no default, so that
+    # `flowforge --debug CMD` is not reset to False by CMD's parser
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p = argparse.ArgumentParser(
-        prog="flowforge",
-        parents=[common],
-        description="Train, evaluate, sample and report normalizing flows.",
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
     )
+    p = argparse.ArgumentParser(
+        prog="flowforge", description="Train, evaluate, sample and report normalizing flows."
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -738,6 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
+        ode = sys.modules.get("flowforge.transforms.continuous")  # (imported if it was used)
+        if ode is not None and isinstance(e, ode.ODEStepBudgetError):  # a solve's budget: ours
+            print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+            return 1
         print(
             f"flowforge: internal error: {type(e).__name__}: {_one_line(e)} "
             "(rerun with --debug for the traceback)",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "make_conditional",
     "load_dataset",
     "read_examples",
+    "read_table",
     "TOYS",
 ]
 
@@ -166,9 +168,21 @@ TOYS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 }
 
 
+MAX_DRAWN_VALUES = 1 << 28  # values (1 GiB of float32) a synthetic dataset may draw
+
+
 def _draw_splits(name: str, draw, seed: int, sizes) -> list[Tensor]:
     """Train, validation and test draws of a synthetic dataset, as float32 tensors: one
     independent stream per split, so changing ``n_train`` leaves val and test unchanged."""
+    for key, k in zip(("n_train", "n_val", "n_test"), sizes):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise DataError(f"data option {key} must be an integer >= 1, got {k!r}")
+    columns = np.asarray(draw(np.random.default_rng(0), 1)).size  # values per example
+    if sum(sizes) * columns > MAX_DRAWN_VALUES:
+        raise DataError(
+            f"{name}: {sum(sizes):,} examples of {columns} values are more than the "
+            f"{MAX_DRAWN_VALUES:,} values flowforge draws for a synthetic dataset (1 GiB)"
+        )
     seqs = np.random.SeedSequence([int(seed), sum(map(ord, name))]).spawn(3)
     return [
         torch.from_numpy(np.asarray(draw(np.random.default_rng(s), int(k)), dtype=np.float32))
@@ -335,10 +349,39 @@ def _is_float(s: str) -> bool:
         return False
 
 
+def _check_npy_header(f, size: int, where: str) -> None:
+    """Refuse a ``.npy`` stream whose header promises more bytes than ``size`` holds, before
+    numpy allocates what the header claims (a 200-byte file can claim terabytes)."""
+    try:
+        version = np.lib.format.read_magic(f)
+    except (ValueError, EOFError):  # not a .npy stream: np.load says what it is
+        return
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:  # numpy's own reader refuses other versions with its message
+        return
+    need = math.prod(shape) * dtype.itemsize
+    if need > size:
+        raise DataError(
+            f"{where}: its header promises an array of shape {tuple(shape)} ({need:,} bytes), "
+            f"but the file holds {size:,} bytes"
+        )
+
+
 def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
     try:
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                _check_npy_header(f, path.stat().st_size, str(path))
             return np.load(path, allow_pickle=False)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if info.filename.endswith(".npy"):
+                        with zf.open(info) as f:
+                            _check_npy_header(f, info.file_size, f"{path}[{info.filename!r}]")
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except ValueError as e:
@@ -348,8 +391,10 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
                 ".npz file at all); only numeric arrays are read"
             ) from None
         raise DataError(f"{path} is not a readable numpy file: {e}") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path} is not a readable numpy file: {e}") from None
+    except MemoryError:
+        raise DataError(f"{path} is too large to read into this machine's memory") from None
 
 
 def _as_table(a: np.ndarray, where: str) -> np.ndarray:
@@ -524,31 +569,48 @@ def _image_folder(
     return Dataset(str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image")
 
 
-def read_examples(spec: str, bits: int = 8) -> Tensor:
-    """Every example of a table file or image folder, unsplit (for ``flowforge eval --data``)."""
+def read_table(spec: str, bits: int = 8, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Every example of a table file or image folder, unsplit, as float64 ``(N, columns)``:
+    the file's own values, not rounded to float32 (``flowforge compress`` checks them for
+    integers). With ``shape``, a ``.npy``/``.npz`` array of shape ``(N, *shape)`` (what
+    ``flowforge sample`` and ``decompress`` write for the run) is read as its flattened table."""
     path = Path(spec).expanduser()
     if path.is_dir():
         ds = _image_folder(path, 0, bits=bits, shuffle=False, val_fraction=0, test_fraction=0)
-        return torch.cat([ds.train, ds.val, ds.test])
-    if not path.is_file():
+        x = torch.cat([ds.train, ds.val, ds.test])
+        return x.reshape(len(x), -1).double().numpy()
+    if not path.exists():
         raise DataError(f"no such file or folder: {spec}")
+    if not path.is_file():
+        raise DataError(f"{spec} is not a regular file or a folder of images")
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         a, _ = _read_csv(path)
-    elif suffix in (".npy", ".npz"):
-        raw = _read_array(path)
-        if isinstance(raw, dict):
-            if len(raw) != 1:
-                raise DataError(f"{path} holds arrays {sorted(raw)}; expected exactly one")
-            (k,) = raw
-            a = _as_table(raw[k], f"{path}[{k!r}]")
-        else:
-            a = _as_table(raw, str(path))
-    else:
+        return a
+    if suffix not in (".npy", ".npz"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r}")
-    return torch.from_numpy(a.astype(np.float32))
+    raw = _read_array(path)
+    where = str(path)
+    if isinstance(raw, dict):
+        if len(raw) != 1:
+            raise DataError(f"{path} holds arrays {sorted(raw)}; expected exactly one")
+        ((k, raw),) = raw.items()
+        where = f"{path}[{k!r}]"
+    if shape is not None and len(shape) > 1 and raw.ndim == 1 + len(shape):
+        if tuple(raw.shape[1:]) != tuple(shape):
+            raise DataError(
+                f"{where} has shape {raw.shape}; expected (examples, {', '.join(map(str, shape))})"
+                f" or a table (examples, {math.prod(shape)})"
+            )
+        raw = raw.reshape(len(raw), -1)
+    return _as_table(raw, where)
+
+
+def read_examples(spec: str, bits: int = 8, shape: tuple[int, ...] | None = None) -> Tensor:
+    """:func:`read_table` as float32 (for ``flowforge eval --data``)."""
+    return torch.from_numpy(read_table(spec, bits, shape).astype(np.float32))
 
 
 # -- entry point ---------------------------------------------------------------------------------

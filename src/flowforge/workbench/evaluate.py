@@ -55,9 +55,9 @@ def evaluate_run(
     if trace not in ("exact", "hutchinson"):
         raise DataError(f"unknown trace {trace!r}; expected 'exact' or 'hutchinson'")
     if tol is not None and (
-        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < math.inf
+        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1
     ):
-        raise DataError(f"the ODE tolerance must be a positive number, got {tol!r}")
+        raise DataError(f"the ODE tolerance must be a number in (0, 1), got {tol!r}")
     cfg = run_config(run)
     r = cfg["resolved"]
     if iw and (r.get("levels") is None or samples < 2):
@@ -89,15 +89,15 @@ def evaluate_run(
         context = column_context(full[:, info["context_columns"]], info)
         split = str(data)
     elif data is not None:
-        x = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8)))
-        if tuple(x.shape[1:]) != tuple(r["data_shape"]):
-            what = f"{x.shape[1]} columns" if x.dim() == 2 else f"shape {tuple(x.shape[1:])}"
-            want = (
-                f"{r['data_shape'][0]} columns"
-                if len(r["data_shape"]) == 1
-                else f"shape {tuple(r['data_shape'])}"
+        want = tuple(r["data_shape"])
+        x = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8)), shape=want)
+        if x.shape[1] != math.prod(want):  # a table, or an image folder or array flattened
+            shape = f" or arrays of shape (examples, {', '.join(map(str, want))})"
+            raise DataError(
+                f"{data} has {x.shape[1]} columns; this run's model expects "
+                f"{math.prod(want)} columns{shape if len(want) > 1 else ''}"
             )
-            raise DataError(f"{data} has {what}; this run's model expects {want}")
+        x = x.reshape(-1, *want)
         split = str(data)
     else:
         ds = run_dataset(cfg)
@@ -115,6 +115,14 @@ def evaluate_run(
         raise DataError(
             "the trace and the ODE tolerance apply to continuous flows (the cnf and ffjord "
             f"models); this run's model ({cfg['model']['name']}) has no ODE"
+        )
+    noise = _scoring_noise(flow, trace)
+    if samples > 1 and noise is None:
+        raise DataError(
+            f"--samples {samples} averages draws of a random score (dequantization noise, "
+            f"Hutchinson's trace, a Russian-roulette log-determinant); this run's model "
+            f"({cfg['model']['name']}) scores its data exactly, so every draw is the same: "
+            "use --samples 1"
         )
     nfes: list[int] = []  # function evaluations of each solve (each CNF block, each batch)
     hooks = [c.register_forward_hook(lambda m, i, o: nfes.append(m.nfe_forward)) for c in cnfs]
@@ -146,6 +154,7 @@ def evaluate_run(
             v / (math.prod(shape) * math.log(2)) if r.get("levels") is not None else None
         ),
         "samples": samples,
+        "noise": noise,  # what the draws average over (None: an exact, deterministic score)
         "bound": "importance-weighted" if iw else "mean",
         "model": cfg["model"]["name"],
         "seed": seed,
@@ -159,6 +168,20 @@ def evaluate_run(
         out["gap"] = gap.mean().item()
         out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else 0.0
     return out
+
+
+def _scoring_noise(flow, trace: str) -> str | None:
+    """What makes a flow's score random, as eval's output names it ("dequantization", ...),
+    or None when ``log_prob`` is exact and deterministic (then more draws are pointless)."""
+    from ..transforms.iresnet import ResidualBlock
+
+    if flow.dequantizer is not None:
+        return "dequantization"
+    if trace == "hutchinson" and any(isinstance(m, CNF) for m in flow.modules()):
+        return "Hutchinson trace"
+    if any(isinstance(m, ResidualBlock) and m._method() == "roulette" for m in flow.modules()):
+        return "Russian-roulette log-determinant"
+    return None
 
 
 def solver_settings(cnfs: list) -> dict | None:
@@ -223,7 +246,13 @@ def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size
         if ds.density is not None and ds.density_measure == "surface":
             truth = torch.from_numpy(ds.density(x.double().numpy()))
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    out = evaluate_mflow(model, x.to(dtype), truth, batch_size)
+    try:
+        out = evaluate_mflow(model, x.to(dtype), truth, batch_size)
+    except ValueError:  # a layer met non-finite values the (finite) data made overflow
+        raise DataError(
+            f"{split}: the model cannot score every example (non-finite values inside it: "
+            "examples this far from the training data overflow its layers)"
+        ) from None
     if not all(math.isfinite(v) for v in out.values()):
         raise DataError(f"{split}: the model cannot score every example (non-finite figures)")
     return {

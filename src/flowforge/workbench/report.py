@@ -625,15 +625,34 @@ def write_report(
         )
     r = cfg["resolved"]
     ds = run_dataset(cfg)
+    if ds.density_measure == "sphere":  # latents on a cylinder: no plot here fits them
+        raise WorkbenchError(
+            f"{run}: flowforge report has no report for a density on the sphere yet; use "
+            "flowforge eval and flowforge sample (and scripts/manifold_plots.py for figures)"
+        )
     shape = tuple(r["event_shape"])
     data_shape = tuple(r["data_shape"])
     info = r.get("context")
     figdir = run / "report"
     figdir.mkdir(exist_ok=True)
     figs: list[tuple[str, str]] = []
-    metrics = read_metrics(run)
+    damaged: list[int] = []
+    metrics = read_metrics(run, damaged)
     discrete = r.get("levels") is not None
     facts: list[tuple[str, str]] = []
+    if damaged:  # a cut or edited metrics file: say so, rather than report fewer epochs
+        where = ", ".join(map(str, damaged[:5])) + (" ..." if len(damaged) > 5 else "")
+        facts.append((
+            "warning: metrics.jsonl is damaged",
+            f"{len(damaged)} unreadable line(s) ({where}); the epoch count and the curves "
+            "miss their records",
+        ))  # fmt: skip
+    if not any(m.get("type") == "epoch" for m in metrics):
+        facts.append((
+            "warning: no epoch records",
+            "metrics.jsonl holds no finished epoch (missing, emptied or damaged): the epochs "
+            "run and the training curves are unknown",
+        ))  # fmt: skip
     objective = cfg.get("train", {}).get("objective", "nll")
     spikes = _curves(metrics, figdir / "curves.png", discrete, objective)
     if spikes is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -77,7 +78,31 @@ def run_config(run: str | os.PathLike) -> dict:
         raise RunError(f"{run} is not a flowforge run ({CONFIG_FILE} was not written by flowforge)")
     if not isinstance(cfg.get("resolved"), dict):
         raise RunError(f"{path} is not a complete flowforge run config")
+    _check_shapes(path, cfg["resolved"])
     return cfg
+
+
+def _check_shapes(path: Path, r: dict) -> None:
+    """The shapes every command reshapes data with: lists of positive integers of one size
+    (a damaged or hand-edited config is refused here, not met as an error deep inside)."""
+    shapes = {}
+    for key in ("data_shape", "event_shape"):
+        v = r.get(key)
+        if not (
+            isinstance(v, list)
+            and 1 <= len(v) <= 8
+            and all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1 << 24 for n in v)
+        ):
+            raise RunError(
+                f"{path} is damaged: resolved.{key} must be a list of positive integers, got "
+                f"{json.dumps(v)[:60]}"
+            )
+        shapes[key] = v
+    if math.prod(shapes["data_shape"]) != math.prod(shapes["event_shape"]):
+        raise RunError(
+            f"{path} is damaged: resolved.data_shape {shapes['data_shape']} and event_shape "
+            f"{shapes['event_shape']} hold different numbers of values"
+        )
 
 
 def is_run(path: Path) -> bool:
@@ -93,6 +118,15 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
     and one-line errors. The flow takes inputs of shape ``config["resolved"]["event_shape"]``
     (flattened images under the vector layout)."""
     run_config(run)
+    if not (Path(run) / MODEL_FILE).exists():
+        resume = (
+            f"; continue it with flowforge train --out {run} --resume"
+            if _has_checkpoint(Path(run))
+            else "; run its flowforge train command again"
+        )
+        raise RunError(
+            f"{run} has no model yet: its training stopped before the first epoch ended{resume}"
+        )
     try:
         return io.load(Path(run) / MODEL_FILE, map_location)
     except ValueError as e:
@@ -240,19 +274,27 @@ def write_json(path: Path, obj) -> None:
     io.atomic_write(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
-def read_metrics(run: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` (unreadable lines are skipped)."""
+MAX_METRICS_BYTES = 256 << 20  # a metrics file larger than this is not read
+
+
+def read_metrics(run: Path, unreadable: list[int] | None = None) -> list[dict]:
+    """The records of ``metrics.jsonl``; unreadable lines (a damaged or hand-cut file) are
+    skipped, and their line numbers appended to ``unreadable`` when given."""
     path = Path(run) / METRICS_FILE
     if not path.is_file():
         return []
+    if path.stat().st_size > MAX_METRICS_BYTES:
+        raise RunError(f"{path} is larger than {MAX_METRICS_BYTES:,} bytes; not a run's metrics")
     out = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            rec = None
         if isinstance(rec, dict):
             out.append(rec)
+        elif unreadable is not None and line.strip():
+            unreadable.append(i)
     return out
 
 

@@ -191,6 +191,11 @@ class FlowMatchingObjective(Objective):
             raise WorkbenchError(str(e)) from None
         if trainer.world > 1:
             raise WorkbenchError("the flow-matching objective runs in a single process")
+        if self.fm.ot and getattr(model, "context_features", 0):
+            raise WorkbenchError(
+                f"train.objective {self.name} pairs examples across contexts (mini-batch OT); "
+                "a conditional run takes --objective flow-matching or flow-matching-vp"
+            )
 
     def with_time_power(self, power: float) -> FlowMatchingObjective:
         """A copy drawing the path's times as ``s = u ** power`` (``train.fm_time_power``:
