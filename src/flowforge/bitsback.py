@@ -172,7 +172,7 @@ def read_header(data: bytes) -> Header:
     version, flags, levels, count, shape, tail = codec._unpack_frame(data, _TAIL, check_version)
     h = Header(levels, count, shape, *tail, version=version, flags=flags)
     if (
-        not 1 <= h.threads <= 1024
+        not 1 <= h.threads <= codec.MAX_THREADS
         or h.count < 1
         or h.count * math.prod(h.shape) > MAX_VALUES
         or h.dequantization not in _DEQ_NAMES
@@ -727,7 +727,10 @@ def encode_stats(
     codec = _codec()
     stack, _ = codec._constriction()
     check_flow(flow)
-    for name, v, lo, hi in (("threads", threads, 1, 1024), ("seed", seed, 0, 2**32 - 1)):
+    for name, v, lo, hi in (
+        ("threads", threads, 1, codec.MAX_THREADS),
+        ("seed", seed, 0, 2**32 - 1),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise codec.CodecError(f"expected {name} to be an integer in [{lo}, {hi}], got {v!r}")
     if z_bits is None:

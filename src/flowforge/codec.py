@@ -4,8 +4,9 @@ r"""Lossless compression with integer discrete flows: ``encode(flow, x) -> bytes
 How a batch is coded
 --------------------
 ``x`` (integers in ``{0, ..., levels - 1}``, shape ``(N, *flow.event_shape)``) is cut into
-chunks of ``chunk`` examples (the last one padded with zeros), and each chunk is mapped to its
-integer latent ``z = flow.transform(x)``. The prior
+chunks of ``chunk`` examples (at most ``N``, and at most ``MAX_CHUNK_VALUES`` values; the last
+chunk padded with zeros), and each chunk is mapped to its integer latent
+``z = flow.transform(x)``. The prior
 (:class:`~flowforge.transforms.DiscretizedLogisticMixture`) is coded block by block, from the
 last block (unconditional) to the first, each block's parameters computed from the blocks
 already known, exactly as the decoder will see them. For every latent entry a probability table
@@ -67,7 +68,10 @@ MAGIC = b"FFZ\x01"
 VERSION = 1
 PRECISION = 24  # the coder's probability resolution: every table sums to 2**24
 MAX_VALUES = 2**31  # data values in one file, at most
-MAX_CHUNK = 65536  # examples per network call, at most (bounds what a header can make us allocate)
+MAX_CHUNK = 65536  # examples per network call, at most
+MAX_CHUNK_VALUES = 2**20  # values per network call (chunk x values per example), at most
+MAX_THREADS = 64  # torch threads a file may ask for (encoder and decoder)
+_PIECE = 2**20  # table entries (rows x window x components) computed at once
 _FIXED = struct.Struct("<4sHHIIB")  # magic, version, flags, levels, count, ndim
 _TAIL = struct.Struct("<IHHB16sIIII")  # chunk, threads, radius, precision, hash, env, crcs, words
 _CRC = struct.Struct("<I")
@@ -221,6 +225,8 @@ def environment(flow: torch.nn.Module) -> int:
 
 @contextlib.contextmanager
 def _threads(n: int):
+    """Run with ``n`` torch threads: the count a file records, since the networks' results
+    (and so the decoded data) depend on it; ``MAX_THREADS`` bounds what a header can ask."""
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -262,8 +268,15 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
     if x.size > MAX_VALUES:
         raise CodecError(f"one file holds at most {MAX_VALUES:,} values, got {x.size:,}")
     if x.dtype.kind not in "iub":
-        if x.dtype.kind != "f" or not np.all(np.isfinite(x)) or not np.array_equal(x, np.rint(x)):
+        if x.dtype.kind != "f":
             raise CodecError(f"expected integer data in [0, {flow.levels - 1}], got {x.dtype}")
+        bad = ~np.isfinite(x) | (x != np.rint(x))  # on the values as given: never rounded first
+        if bad.any():
+            row, col = divmod(int(np.argmax(bad)), math.prod(shape))
+            raise CodecError(
+                f"expected integer data in [0, {flow.levels - 1}]; the value at row {row}, "
+                f"column {col} (0-based) is {float(x[row].flat[col])!r}, not an integer"
+            )
     lo, hi = x.min(), x.max()
     if lo < 0 or hi > flow.levels - 1:
         raise CodecError(
@@ -273,6 +286,18 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
     return x.astype(np.int64)
 
 
+def _check_chunk(chunk: int, shape: tuple[int, ...]) -> None:
+    """Refuse a chunk whose network call would take more than ``MAX_CHUNK_VALUES`` values (one
+    example at a time is always allowed): the encoder and the decoder apply the same limit."""
+    values = math.prod(shape)
+    if chunk > 1 and chunk * values > MAX_CHUNK_VALUES:
+        raise CodecError(
+            f"a chunk of {chunk} examples of {values:,} values is more than the "
+            f"{MAX_CHUNK_VALUES:,} values one network call may take; expected a chunk of at "
+            f"most {max(1, MAX_CHUNK_VALUES // values)}"
+        )
+
+
 def _data_crc(x: np.ndarray) -> int:
     return zlib.crc32(x.astype("<i4").tobytes())
 
@@ -280,14 +305,16 @@ def _data_crc(x: np.ndarray) -> int:
 # -- probability tables --------------------------------------------------------------------------
 
 
-def _tables(params, radius: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer tables for the first ``rows`` entries of a block: ``(lo, counts)`` with ``lo``
-    ``(rows,)`` the first value of each entry's window and ``counts`` ``(rows, 2 * r + 2)``
-    int64 summing to ``2**24``, the last column the escape. The window half-width ``r`` is
-    the smallest that holds every component of weight above 1e-6 out to 16 of its scales
-    around the rounded mean (where a logistic's tail mass is below 1e-7), capped at
-    ``radius``: a function of the parameters alone, so encoder and decoder agree on it.
-    ``params`` as from ``block_params``, flattened to one row per entry."""
+def _tables(params, radius: int, rows: int):
+    """Integer tables for the first ``rows`` entries of a block, in consecutive pieces of rows:
+    ``(lo, counts)`` per piece, ``lo`` ``(m,)`` the first value of each entry's window and
+    ``counts`` ``(m, 2 * r + 2)`` int64 summing to ``2**24``, the last column the escape. The
+    window half-width ``r`` is the smallest that holds every component of weight above 1e-6 out
+    to 16 of its scales around the rounded mean (where a logistic's tail mass is below 1e-7),
+    capped at ``radius``: a function of the parameters alone, so encoder and decoder agree on
+    it. A piece has at most ``_PIECE`` table entries (rows x window x components), which bounds
+    the memory whatever the chunk and window, and lets the decoder check its payload between
+    pieces. ``params`` as from ``block_params``, flattened to one row per entry."""
     log_w, loc, log_scale = (
         p.detach().double().reshape(-1, p.shape[-1])[:rows].numpy() for p in params
     )
@@ -298,7 +325,15 @@ def _tables(params, radius: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     reach = np.abs(loc - center[:, None]) + 16.0 * np.exp(log_scale)
     need = np.where(w > 1e-6, reach, 0.0).max()
     r = int(min(radius, max(4, math.ceil(min(need, 2.0**20)))))
-    lo = center - r
+    step = max(1, _PIECE // ((2 * r + 2) * w.shape[1]))
+    for a in range(0, len(w), step):
+        b = a + step
+        lo = center[a:b] - r
+        yield lo, _counts(w[a:b], loc[a:b], log_scale[a:b], lo, r)
+
+
+def _counts(w, loc, log_scale, lo, r: int) -> np.ndarray:
+    """The integer table of each row's window ``[lo, lo + 2r]`` plus the escape."""
     edges = lo[:, None] - 0.5 + np.arange(2 * r + 2)[None, :]  # (M, 2r+2)
     inv = np.exp(-log_scale)  # (M, K)
     u = (edges[:, :, None] - loc[:, None, :]) * inv[:, None, :]
@@ -311,7 +346,7 @@ def _tables(params, radius: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     counts = np.floor(p * (total - bins)).astype(np.int64) + 1
     rest = total - counts.sum(-1)
     counts[np.arange(len(counts)), counts.argmax(-1)] += rest
-    return lo, counts
+    return counts
 
 
 def ideal_bits(flow: IntegerFlow, x, chunk: int = 64, radius: int | None = None) -> float:
@@ -381,14 +416,17 @@ def _segments(flow: IntegerFlow, xs: np.ndarray, chunk: int, radius: int):
         for i in reversed(range(len(base.blocks))):
             s = base.block_slice(i)
             m = n * (s.stop - s.start)
-            lo, counts = _tables(_block_params(base, i, z), radius, m)
             v = z[:n, s].reshape(-1).to(torch.int64).numpy()
-            off, escape = v - lo, counts.shape[1] - 1
-            esc = (off < 0) | (off >= escape)
-            syms = np.where(esc, escape, off).astype(np.int32)
-            yield "block", syms, counts, None
-            if esc.any():
-                yield "escape", _escape_words(v[esc]), None, None
+            escaped, a = [], 0
+            for lo, counts in _tables(_block_params(base, i, z), radius, m):
+                piece, a = v[a : a + len(lo)], a + len(lo)
+                off, escape = piece - lo, counts.shape[1] - 1
+                esc = (off < 0) | (off >= escape)
+                yield "block", np.where(esc, escape, off).astype(np.int32), counts, None
+                escaped.append(piece[esc])
+            escaped = np.concatenate(escaped)
+            if len(escaped):
+                yield "escape", _escape_words(escaped), None, None
 
 
 def _block_params(base: DiscretizedLogisticMixture, i: int, z: Tensor):
@@ -408,8 +446,10 @@ def encode(
     Args:
         flow: an integer discrete flow (:func:`flowforge.models.IDF`), in eval mode.
         x: integers in ``[0, flow.levels - 1]`` (a tensor or an array).
-        chunk: examples per network call (the decoder uses the same).
-        threads: torch threads during coding (recorded; the decoder uses the same).
+        chunk: examples per network call (the decoder uses the same): at most ``N`` is used,
+            and at most ``MAX_CHUNK_VALUES`` values per call (one example always works).
+        threads: torch threads during coding (recorded; the decoder uses the same, since the
+            networks' rounding depends on it), at most ``MAX_THREADS``.
         radius: the largest half-width of a table window (default ``min(2 * levels, 256)``,
             which covers the data range); each block's window is as wide as its mixtures
             need, up to this. Values outside the window are escaped, not lost.
@@ -431,10 +471,12 @@ def encode(
         return bitsback.encode(flow, x, threads=threads, verify=verify)
     stack, model = _constriction()
     _check_flow(flow)
-    for name, v, hi in (("chunk", chunk, MAX_CHUNK), ("threads", threads, 1024)):
+    for name, v, hi in (("chunk", chunk, MAX_CHUNK), ("threads", threads, MAX_THREADS)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
             raise CodecError(f"expected {name} to be an integer in [1, {hi}], got {v!r}")
     xs = _as_integers(flow, x)
+    chunk = min(chunk, len(xs))  # no padding beyond the data (the header records this)
+    _check_chunk(chunk, xs.shape[1:])
     radius = _radius(flow, radius)
     was_training = flow.training
     flow.eval()
@@ -501,6 +543,11 @@ def read_header(data: bytes):
                 f"unsupported .ffz version {version} (this flowforge reads {VERSION} and 2, "
                 "bits-back)"
             )
+        if flags:
+            raise CodecError(
+                f"corrupt .ffz file: unknown header flags {flags:#06x} (version {VERSION} "
+                "defines none)"
+            )
 
     version, flags, levels, count, shape, tail = _unpack_frame(data, _TAIL, check_version)
     chunk, threads, radius, precision, mhash, env, dcrc, pcrc, words = tail
@@ -523,13 +570,30 @@ def read_header(data: bytes):
     if (
         precision != PRECISION
         or not 1 <= chunk <= MAX_CHUNK
-        or not 1 <= threads <= 1024
+        or not 1 <= threads <= MAX_THREADS
         or radius < 1
         or count < 1
         or count * math.prod(shape) > MAX_VALUES
     ):
         raise CodecError("corrupt .ffz file: impossible header values")
+    try:
+        _check_chunk(chunk, shape)
+    except CodecError as e:
+        raise CodecError(f"corrupt or unsupported .ffz file: {e}") from None
     return h
+
+
+def _check_left(coder, done: int, count: int) -> None:
+    """Refuse to decode from an empty coder. Encoding a symbol (of probability below 1) always
+    grows the coder's state, and the encoder started empty: only the decoder's final state is
+    empty, so symbols still to decode from an empty coder mean a damaged or forged file.
+    Checked before every piece of a table, so that a header promising more examples than the
+    payload holds stops within one piece, not after a whole chunk."""
+    if coder.is_empty():
+        raise CodecError(
+            f"corrupt .ffz file: its payload ran out after {done} of the {count} examples its "
+            "header announces"
+        )
 
 
 def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
@@ -582,22 +646,22 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
     try:
         with torch.no_grad(), _threads(h.threads):
             for start, n in _chunks(h.count, h.chunk):
-                if coder.is_empty():  # the encoder started empty and ends there exactly
-                    raise CodecError(
-                        f"corrupt .ffz file: its payload ran out after {start} of the "
-                        f"{h.count} examples its header announces"
-                    )
+                _check_left(coder, start, h.count)
                 z = torch.zeros(h.chunk, base.features, dtype=flow.dtype)
                 for i in reversed(range(len(base.blocks))):
                     s = base.block_slice(i)
                     m = n * (s.stop - s.start)
-                    lo, counts = _tables(_block_params(base, i, z), r, m)
-                    syms = np.asarray(
-                        coder.decode(categorical, counts / float(1 << PRECISION)), np.int64
-                    )
-                    v = lo + syms
-                    esc = syms == counts.shape[1] - 1
+                    v, esc = [], []
+                    for lo, counts in _tables(_block_params(base, i, z), r, m):
+                        _check_left(coder, start, h.count)
+                        syms = np.asarray(
+                            coder.decode(categorical, counts / float(1 << PRECISION)), np.int64
+                        )
+                        v.append(lo + syms)
+                        esc.append(syms == counts.shape[1] - 1)
+                    v, esc = np.concatenate(v), np.concatenate(esc)
                     if esc.any():
+                        _check_left(coder, start, h.count)
                         v[esc] = _unescape(np.asarray(coder.decode(raw, 2 * int(esc.sum()))))
                     z[:n, s] = torch.from_numpy(v.reshape(n, -1)).to(z.dtype)
                 xt, _ = flow.transform.inverse(z.reshape(h.chunk, *flow.transform.output_shape))

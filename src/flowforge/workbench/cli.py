@@ -682,7 +682,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", help="with a dataset: train, val or test")
     s.add_argument("--out", required=True, help="the .ffz file")
     s.add_argument("--chunk", type=int, default=64, help="examples per network call")
-    s.add_argument("--threads", type=int, default=1, help="torch threads while coding")
+    s.add_argument(
+        "--threads", type=int, default=1, help="torch threads while coding (1 to 64; recorded)"
+    )
     s.add_argument("--no-baselines", action="store_true", help="skip the classical codecs")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--json", action="store_true")

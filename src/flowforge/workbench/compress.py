@@ -11,6 +11,7 @@ import io
 import lzma
 import math
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from .. import bitsback, codec
 from ..core import Flow
-from .data import DATASETS, load_dataset, read_examples
+from .data import DATASETS, load_dataset, read_table
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
 from .runs import load_run, run_config
@@ -49,6 +50,51 @@ def _flow_of(run: str):
     return flow.eval()
 
 
+def _data_shape(run: str, cfg: dict, flow) -> tuple[int, ...]:
+    """The run's data shape (``resolved.data_shape``), checked against the model: data are
+    reshaped with it, so it must hold exactly the model's values."""
+    shape = cfg["resolved"].get("data_shape")
+    values = math.prod(flow.event_shape)
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+        and math.prod(shape) == values
+    ):
+        raise WorkbenchError(
+            f"{Path(run) / 'config.json'} is damaged: resolved.data_shape "
+            f"{str(shape)[:60]} does not hold the model's {values:,} values per example"
+        )
+    return tuple(shape)
+
+
+def _check_out(out, overwrite: bool, suffix: str | None = None) -> Path:
+    """``--out`` as a path a file can be written at, checked before any work is done."""
+    if not str(out).strip():
+        raise WorkbenchError(f"--out is empty; expected a {suffix or 'file'} path")
+    path = Path(out)
+    if suffix and path.suffix.lower() != suffix:
+        raise WorkbenchError(f"--out {out}: expected a {suffix} file")
+    if path.is_dir():
+        raise WorkbenchError(f"--out {out} is a folder; expected a file path")
+    if path.exists() and not overwrite:
+        raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
+    folder = next((p for p in path.parents if p.exists()), Path("."))  # where it goes, or above
+    if not folder.is_dir():
+        raise WorkbenchError(f"--out {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WorkbenchError(f"--out {out}: no permission to write in {folder}")
+    return path
+
+
+def _check_args(chunk, threads) -> None:
+    for name, v, hi in (
+        ("--chunk", chunk, codec.MAX_CHUNK),
+        ("--threads", threads, codec.MAX_THREADS),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise WorkbenchError(f"{name} must be an integer in [1, {hi}], got {v!r}")
+
+
 def _levels(flow) -> int:
     return flow.dequantizer.levels if codec._bits_back(flow) else flow.levels
 
@@ -69,9 +115,11 @@ def _nll_bits(flow, xs: np.ndarray, samples: int) -> float:
     return total / reps / math.log(2)
 
 
-def _examples(run: str, cfg: dict, data: str | None, split: str) -> tuple[np.ndarray, str]:
-    """The integer examples to code, in the run's data shape, and a name for them."""
-    r = cfg["resolved"]
+def _examples(
+    cfg: dict, data: str | None, split: str, want: tuple[int, ...]
+) -> tuple[np.ndarray, str]:
+    """The examples to code, in the run's data shape ``want``, and a name for them. A file's
+    values are read as they are (float64, not rounded): the codec checks they are integers."""
     if data is None or data.lower() in DATASETS:
         if data is None or data.lower() == str(cfg["data"]["name"]).lower():
             ds = run_dataset(cfg)
@@ -79,9 +127,9 @@ def _examples(run: str, cfg: dict, data: str | None, split: str) -> tuple[np.nda
             ds = load_dataset(data, seed=cfg["data"].get("seed", 0))
         x, name = ds.split(split), f"{ds.name} {split}"
     else:
-        x, name = read_examples(data, bits=int(cfg["data"]["options"].get("bits", 8))), data
+        bits = int(cfg["data"]["options"].get("bits", 8))
+        x, name = read_table(data, bits=bits, shape=want), data
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    want = tuple(r["data_shape"])
     if math.prod(x.shape[1:]) != math.prod(want):
         raise DataError(f"{name}: examples of shape {tuple(x.shape[1:])}; this run takes {want}")
     return x.reshape(-1, *want), name
@@ -141,14 +189,18 @@ def compress_run(
     """Compress examples with a run's integer flow into ``out`` (a ``.ffz`` file), check that
     the file decodes to them, and measure it. Returns the numbers ``flowforge compress``
     prints."""
-    out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
+    out_path = _check_out(out, overwrite)
+    _check_args(chunk, threads)
     cfg = run_config(run)
     flow = _flow_of(run)
-    x, name = _examples(run, cfg, data, split)
+    x, name = _examples(cfg, data, split, _data_shape(run, cfg, flow))
     shape = tuple(flow.event_shape)
     xs = x.reshape(-1, *shape)
+    if not codec._bits_back(flow):
+        try:
+            codec._check_chunk(min(chunk, len(xs)), shape)
+        except codec.CodecError as e:
+            raise WorkbenchError(f"--chunk {chunk}: {e}") from None
     stats: dict = {}
     try:
         t0 = time.perf_counter()
@@ -199,8 +251,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
     a failure never leaves a partial file where the user's was."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the mode a plain open() would give: an existing file's, else what the umask allows
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -214,30 +273,40 @@ def decompress_file(
 ) -> dict:
     """Decode a ``.ffz`` file with a run's model into ``out`` (a ``.npy`` file, written
     atomically, never over an existing file without ``overwrite``)."""
-    out_path = Path(out)
-    if out_path.suffix.lower() != ".npy":
-        raise WorkbenchError(f"--out {out}: expected a .npy file")
-    if out_path.exists() and not overwrite:
-        raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
+    out_path = _check_out(out, overwrite, ".npy")
     path = Path(file)
-    if not path.is_file():
-        raise DataError(f"no such file: {file}")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"no such file: {file}") from None
+    except OSError as e:
+        raise DataError(f"{file}: cannot read it ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{file} is a folder; expected a .ffz file")
+    if not stat.S_ISREG(mode):
+        raise DataError(
+            f"{file} is not a regular file (a pipe, device or socket); expected a .ffz file"
+        )
     if path.stat().st_size > MAX_FILE_BYTES:
         raise DataError(f"{file} is larger than any .ffz file flowforge writes")
-    blob = path.read_bytes()
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{file}: cannot read it ({e.strerror})") from None
     try:
         codec.read_header(blob)
     except codec.CodecError as e:
         raise DataError(f"{file}: {e}") from None
     cfg = run_config(model)
     flow = _flow_of(model)
+    data_shape = _data_shape(model, cfg, flow)
     t0 = time.perf_counter()
     try:
         x = codec.decode(flow, blob, force=force).numpy()
     except codec.CodecError as e:
         raise DataError(f"{file}: {e}") from None
     seconds = time.perf_counter() - t0
-    x = x.reshape(-1, *cfg["resolved"]["data_shape"])
+    x = x.reshape(-1, *data_shape)
     levels = _levels(flow)
     dtype = np.uint8 if levels <= 256 else np.uint16 if levels <= 65536 else np.int64
     buf = io.BytesIO()

@@ -1,0 +1,219 @@
+"""``flowforge compress`` / ``decompress`` against hostile or careless input: data that is
+almost integer, forged ``.ffz`` headers, bad output paths, damaged run configs. Each is one
+clear line, before any expensive work, and nothing is changed or left behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import stat
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import flowforge as ff
+from cli_support import cli, one_line_error
+from flowforge import codec
+from flowforge.workbench.cli import main
+
+IDF = ["train", "--model", "idf", "--layout", "vector", "--no-progress", "--quiet",
+       "--model-kwargs", '{"layers": 2, "hidden": [16], "prior_blocks": 2, "prior_hidden": [16]}',
+       "--data", "digits", "--epochs", "1", "--limit", "128", "--batch-size", "64"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    assert main([*IDF, "--out", str(root / "idf")]) == 0
+    return root / "idf"
+
+
+@pytest.fixture(scope="module")
+def ffz(run, tmp_path_factory):
+    """The digits test split (447 examples) compressed with ``run``."""
+    out = tmp_path_factory.mktemp("ffz") / "t.ffz"
+    assert main(["compress", str(run), "--out", str(out), "--no-baselines"]) == 0
+    return out
+
+
+def _forge(src, dst, **changes):
+    """``src`` with header fields changed and the header CRC recomputed, as a forger would."""
+    blob = src.read_bytes()
+    h = codec.read_header(blob)
+    dst.write_bytes(dataclasses.replace(h, **changes).pack() + blob[h.size :])
+    return dst
+
+
+def _tiny_idf(features=6, levels=5):
+    torch.manual_seed(0)
+    return ff.models.IDF(
+        features=features, levels=levels, layers=2, hidden=(8,), prior_blocks=6,
+        prior_hidden=(8,), components=2,
+    ).eval()  # fmt: skip
+
+
+# -- the data are never changed ------------------------------------------------------------------
+
+
+def test_almost_integer_floats_are_refused_not_rounded(run, tmp_path, capsys):
+    # float64 2.00000001 rounds to 2.0 in float32: it must be refused, not coded as 2
+    x = np.zeros((5, 64))
+    x[0, 3] = 2.00000001
+    np.save(tmp_path / "near.npy", x)
+    rc, _, err = cli(capsys, "compress", run, "--data", tmp_path / "near.npy",
+                     "--out", tmp_path / "o.ffz", "--no-baselines")  # fmt: skip
+    one_line_error(rc, err, "near.npy", "row 0, column 3", "2.00000001", "not an integer")
+    assert not (tmp_path / "o.ffz").exists()
+    x[0, 3] = 2.0  # the same file with integer values is coded
+    np.save(tmp_path / "near.npy", x)
+    assert cli(capsys, "compress", run, "--data", tmp_path / "near.npy", "--out",
+               tmp_path / "o.ffz", "--no-baselines")[0] == 0  # fmt: skip
+
+
+def test_a_decompressed_file_compresses_again(run, ffz, tmp_path, capsys):
+    npy = tmp_path / "r.npy"
+    assert cli(capsys, "decompress", ffz, "--model", run, "--out", npy)[0] == 0
+    assert np.load(npy).shape == (447, 1, 8, 8)  # the run's data shape
+    rc, out, err = cli(capsys, "compress", run, "--data", npy, "--out", tmp_path / "again.ffz",
+                       "--no-baselines", "--json")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["sha256"] == ff.workbench.compress.data_hash(np.load(npy))
+
+
+# -- forged headers ------------------------------------------------------------------------------
+
+
+def test_a_forged_count_and_chunk_fail_fast(run, ffz, tmp_path, capsys):
+    # the audit's forgery: a 4-million-example header on a 447-example payload, CRC recomputed
+    big = _forge(ffz, tmp_path / "big.ffz", count=4_000_000, chunk=65536)
+    rc, _, err = cli(capsys, "decompress", big, "--model", run, "--out", tmp_path / "x.npy")
+    one_line_error(rc, err, "big.ffz", "16384")  # 65536 x 64 values: more than one call takes
+    t0 = time.perf_counter()
+    fit = _forge(ffz, tmp_path / "fit.ffz", count=4_000_000, chunk=16384)
+    rc, _, err = cli(capsys, "decompress", fit, "--model", run, "--out", tmp_path / "x.npy")
+    one_line_error(rc, err, "fit.ffz", "payload ran out after 0 of the 4000000 examples")
+    assert time.perf_counter() - t0 < 5
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_decoding_stops_inside_a_chunk_when_the_payload_runs_out(monkeypatch):
+    # 10 examples coded, a header that claims a million in chunks of 16384: the payload runs
+    # out within the first of the chunk's 6 prior blocks, and decoding stops at the next check
+    flow = _tiny_idf()
+    blob = codec.encode(flow, torch.randint(0, 5, (10, 6)))
+    h = codec.read_header(blob)
+    forged = dataclasses.replace(h, count=10**6, chunk=16384).pack() + blob[h.size :]
+    calls = []
+    block_params = codec._block_params
+    monkeypatch.setattr(codec, "_block_params", lambda *a: calls.append(1) or block_params(*a))
+    with pytest.raises(codec.CodecError, match="payload ran out after 0 of the 1000000"):
+        codec.decode(flow, forged)
+    assert len(calls) <= 2  # not all 6 blocks of the chunk
+
+
+def test_encoder_and_decoder_share_the_chunk_limit():
+    flow = _tiny_idf(features=64, levels=2)
+    x = torch.zeros(16385, 64, dtype=torch.int64)
+    with pytest.raises(codec.CodecError, match="at most 16384"):
+        codec.encode(flow, x, chunk=16385, verify=False)
+    h = codec.read_header(codec.encode(flow, x[:3], chunk=64))
+    assert h.chunk == 3  # never more than the examples: no padding to code
+    assert codec.encode(flow, x[:1], chunk=1)  # one example at a time always works
+
+
+def test_a_thread_count_beyond_the_limit_is_refused(tmp_path):
+    flow = _tiny_idf()
+    x = torch.randint(0, 5, (10, 6))
+    blob = codec.encode(flow, x, threads=2)  # more threads than a 1-core decoder has: still fine
+    assert torch.equal(codec.decode(flow, blob), x)
+    h = codec.read_header(blob)
+    forged = dataclasses.replace(h, threads=1024).pack() + blob[h.size :]
+    with pytest.raises(codec.CodecError, match="impossible header values"):
+        codec.decode(flow, forged)
+    with pytest.raises(codec.CodecError, match=r"threads to be an integer in \[1, 64\]"):
+        codec.encode(flow, x, threads=65)
+
+
+def test_unknown_flags_are_a_corrupt_header(run, ffz, tmp_path, capsys):
+    bad = _forge(ffz, tmp_path / "flags.ffz", flags=0x0001)
+    rc, _, err = cli(capsys, "decompress", bad, "--model", run, "--out", tmp_path / "x.npy")
+    one_line_error(rc, err, "flags.ffz", "corrupt", "flags")
+    assert not (tmp_path / "x.npy").exists()
+
+
+# -- output and input paths ----------------------------------------------------------------------
+
+
+def test_output_paths_are_checked_before_any_work(run, ffz, tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "afile").write_text("mine")
+    nowhere = tmp_path / "no-run"  # not a run: an output error must come before the model
+    for out, needle in (
+        (tmp_path / "folder", "is a folder"),
+        (tmp_path / "afile" / "x.ffz", "afile is not a folder"),
+        (tmp_path / "afile" / "sub" / "x.ffz", "afile is not a folder"),
+        ("", "--out is empty"),
+    ):
+        rc, _, err = cli(capsys, "compress", nowhere, "--out", out, "--overwrite")
+        one_line_error(rc, err, needle)
+    for out, needle in ((tmp_path / "folder.npy", "is a folder"), ("", "--out is empty")):
+        rc, _, err = cli(capsys, "decompress", ffz, "--model", nowhere, "--out", out,
+                         "--overwrite")  # fmt: skip
+        one_line_error(rc, err, needle)
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_decompress_input_that_is_not_a_file(run, tmp_path, capsys):
+    rc, _, err = cli(capsys, "decompress", tmp_path, "--model", run, "--out", tmp_path / "x.npy")
+    one_line_error(rc, err, "is a folder", ".ffz")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.ffz")  # opening it would block: it must not be read
+        rc, _, err = cli(capsys, "decompress", tmp_path / "pipe.ffz", "--model", run,
+                         "--out", tmp_path / "x.npy")  # fmt: skip
+        one_line_error(rc, err, "not a regular file")
+    one_line_error(*cli(capsys, "decompress", tmp_path / "none.ffz", "--model", run, "--out",
+                        tmp_path / "x.npy")[::2], "no such file")  # fmt: skip
+
+
+def test_written_files_get_the_umask_mode(run, ffz, tmp_path, capsys):
+    old = os.umask(0o027)
+    try:
+        assert cli(capsys, "compress", run, "--out", tmp_path / "m.ffz", "--no-baselines")[0] == 0
+        assert cli(capsys, "decompress", ffz, "--model", run, "--out", tmp_path / "m.npy")[0] == 0
+    finally:
+        os.umask(old)
+    for name in ("m.ffz", "m.npy"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+# -- arguments and run configs -------------------------------------------------------------------
+
+
+def test_chunk_errors_name_the_option_not_the_data(run, tmp_path, capsys):
+    np.save(tmp_path / "d.npy", np.zeros((16385, 64)))
+    for chunk, needle in (("0", "--chunk must be an integer in [1, 65536]"),
+                          ("20000", "--chunk 20000")):  # fmt: skip
+        rc, _, err = cli(capsys, "compress", run, "--data", tmp_path / "d.npy", "--out",
+                         tmp_path / "o.ffz", "--chunk", chunk, "--no-baselines")  # fmt: skip
+        one_line_error(rc, err, needle)
+        assert "d.npy" not in err
+    assert "at most 16384" in err
+
+
+def test_a_data_shape_that_does_not_fit_the_model(run, ffz, tmp_path, capsys):
+    evil = tmp_path / "evil"
+    shutil.copytree(run, evil)
+    cfg = json.loads((evil / "config.json").read_text())
+    cfg["resolved"]["data_shape"] = cfg["resolved"]["event_shape"] = [128]  # the model takes 64
+    (evil / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = cli(capsys, "decompress", ffz, "--model", evil, "--out", tmp_path / "x.npy")
+    one_line_error(rc, err, "config.json", "data_shape", "64")
+    rc, _, err = cli(capsys, "compress", evil, "--out", tmp_path / "o.ffz", "--no-baselines")
+    one_line_error(rc, err, "config.json", "data_shape", "64")
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "o.ffz").exists()
