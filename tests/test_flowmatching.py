@@ -270,10 +270,10 @@ def test_eval_reports_the_scoring_solver_of_a_ffjord_trained_loosely(tmp_path, c
     assert math.isfinite(res["nll"]) and res["ode"]["nfe_mean"] <= ode["nfe_mean"]
     assert main(["eval", str(run), "--trace", "hutchinson"]) == 0
     assert "Hutchinson's trace gives an unbiased estimate" in capsys.readouterr().out
-    for bad in ("0", "nan", "-1", "1", "1e300"):
+    for bad in ("0", "nan", "-1", "1", "1e300", "1e-30"):
         assert main(["eval", str(run), "--ode-tol", bad]) != 0
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "ODE tolerance must be a number in (0, 1)" in err[0]
+        assert len(err) == 1 and "ODE tolerance must be a number in [1e-12, 1)" in err[0]
 
 
 def test_eval_refuses_ode_settings_for_a_flow_without_an_ode(tmp_path, capsys):
@@ -319,8 +319,9 @@ def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, cap
     refused = (
         (["--ode-steps", "0"], "steps >= 1"),
         (["--ode-method", "nope"], "unknown ODE solver 'nope'"),
-        (["--ode-tol", "0"], "--ode-tol must be a number in (0, 1)"),
-        (["--ode-tol", "1e300"], "--ode-tol must be a number in (0, 1)"),
+        (["--ode-tol", "0"], "--ode-tol must be a number in [1e-12, 1)"),
+        (["--ode-tol", "1e300"], "--ode-tol must be a number in [1e-12, 1)"),
+        (["--ode-tol", "1e-30"], "--ode-tol must be a number in [1e-12, 1)"),
         (["--ode-method", "dopri5", "--ode-steps", "4"], "adaptive"),
         (["--ode-method", "euler", "--ode-tol", "1e-3"], "euler steps on a fixed grid"),
         (["--inverse", "parallel"], "this run's model has none"),

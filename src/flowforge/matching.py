@@ -55,7 +55,14 @@ import torch
 from torch import Tensor, nn
 
 from .core import Compose, DataInit, Flow, Transform
-from .transforms.continuous import _FIXED, CNF, ode_methods
+from .transforms.continuous import (
+    _FIXED,
+    CNF,
+    MAX_STEPS,
+    _check_max_steps,
+    _check_tolerance,
+    ode_methods,
+)
 
 __all__ = [
     "PATHS",
@@ -165,6 +172,8 @@ def assignment(cost) -> np.ndarray:
 
 def ot_pairing(y: Tensor, e: Tensor) -> Tensor:
     """``e`` reordered so that ``sum ||y_i - e_i||^2`` is minimal over the batch (exact)."""
+    if y.shape[0] < 2:  # the only pairing
+        return e
     cost = torch.cdist(y.detach().flatten(1).double(), e.detach().flatten(1).double()) ** 2
     perm = assignment(cost.cpu().numpy())
     return e[torch.as_tensor(perm, device=e.device)]
@@ -296,6 +305,10 @@ def flow_matching_loss(
     _time_options(times, time_loc, time_scale, time_power)
     before, cnf = split_flow(flow)
     x, context, _ = flow._prepare(x, context)
+    if not x.shape[0]:  # before a data-initialised layer (ActNorm) sees it
+        raise ValueError(
+            f"flow matching needs a batch of at least one example, got x of shape {tuple(x.shape)}"
+        )
     if ot and context is not None:
         raise ValueError(
             "mini-batch OT pairing mixes examples of different contexts; use ot=False for a "
@@ -335,12 +348,6 @@ def nfe(flow: nn.Module) -> int:
     return sum(c.nfe_forward for c in _cnfs(flow))
 
 
-def _positive(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"expected {name} > 0 (a finite number), got {v!r}")
-    return float(v)
-
-
 @contextlib.contextmanager
 def solver(
     flow: nn.Module,
@@ -356,10 +363,11 @@ def solver(
 
     ``method``: a torchdiffeq solver (:func:`~flowforge.transforms.continuous.ode_methods`);
     ``steps``: the number of steps of a fixed-grid solver (``euler``, ``midpoint``, ``rk4``...)
-    over ``[0, T]``, ``>= 1``; ``rtol``, ``atol``: an adaptive solver's tolerances, ``> 0``;
-    ``trace``: ``"exact"`` or ``"hutchinson"``; ``max_steps``: the step budget beyond which a
-    solve raises :class:`~flowforge.transforms.continuous.ODEStepBudgetError`. None keeps the
-    CNF's own value. Every value is checked (ValueError) before anything changes.
+    over ``[0, T]``, from 1 to the step budget; ``rtol``, ``atol``: an adaptive solver's
+    tolerances, ``>= 1e-12``; ``trace``: ``"exact"`` or ``"hutchinson"``; ``max_steps``: the
+    step budget (at most 100,000) beyond which a solve raises
+    :class:`~flowforge.transforms.continuous.ODEStepBudgetError`. None keeps the CNF's own
+    value. Every value is checked (ValueError) before anything changes.
     """
     cnfs = _cnfs(flow)
     if not cnfs:
@@ -377,14 +385,20 @@ def solver(
                     f"steps= sets a fixed-grid solver's steps, but {method or c.method!r} is "
                     f"adaptive (set rtol/atol); fixed-grid solvers: {', '.join(sorted(_FIXED))}"
                 )
-    rtol = None if rtol is None else _positive("rtol", rtol)
-    atol = None if atol is None else _positive("atol", atol)
+    rtol = None if rtol is None else _check_tolerance("rtol", rtol)
+    atol = None if atol is None else _check_tolerance("atol", atol)
     if trace is not None and trace not in ("exact", "hutchinson"):
         raise ValueError(f"unknown trace {trace!r}; expected 'exact' or 'hutchinson'")
-    if max_steps is not None and (
-        isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
-    ):
-        raise ValueError(f"expected max_steps >= 1, got {max_steps!r}")
+    if max_steps is not None:
+        max_steps = _check_max_steps(max_steps)
+    if steps is not None:
+        budget = max_steps or min(c.max_steps for c in cnfs)
+        if steps > budget:  # refused before torchdiffeq builds (and allocates) the grid
+            more = "" if budget == MAX_STEPS else f" (or raise max_steps, up to {MAX_STEPS:,})"
+            raise ValueError(
+                f"steps={steps:,} exceeds the step budget max_steps={budget:,}: use at most "
+                f"{budget:,} steps{more}"
+            )
     keys = ("method", "step_size", "rtol", "atol", "trace", "max_steps")
     saved = [{k: getattr(c, k) for k in keys} for c in cnfs]
     try:
@@ -490,6 +504,10 @@ def log_likelihood(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
     x, context, batch = flow._prepare(x, context)
+    if not x.shape[0]:
+        raise ValueError(
+            f"log_likelihood needs at least one example, got x of shape {tuple(x.shape)}"
+        )
     was = flow.training
     counts: list[int] = []
     t0 = time.perf_counter()

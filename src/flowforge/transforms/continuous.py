@@ -26,9 +26,11 @@ Training attributes, refreshed on every call:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -38,7 +40,23 @@ from .._util import jacobian_rows
 from ..core import Transform
 from ..nets import _hooked, activation_class
 
-__all__ = ["CNF", "ODENet", "ConcatSquash", "ODEStepBudgetError", "ode_methods", "exact_scoring"]
+__all__ = [
+    "CNF",
+    "ODENet",
+    "ConcatSquash",
+    "ODEStepBudgetError",
+    "ode_methods",
+    "exact_scoring",
+    "MAX_STEPS",
+    "MIN_TOL",
+]
+
+# Bounds on a CNF's solver settings, so that no setting (a checkpoint's stored config
+# included) makes a solve allocate or run without bound: at most MAX_STEPS steps per solve
+# (600,000 dopri5 evaluations), and tolerances of at least MIN_TOL (float64 resolves about
+# 1e-16 relative; a solve below what its dtype resolves stops with a ValueError).
+MAX_STEPS = 100_000
+MIN_TOL = 1e-12
 
 # Dynamics evaluations per step of each solver (an upper bound; used for the step budget).
 _STAGES = {
@@ -92,8 +110,36 @@ def ode_methods() -> list[str]:
     return sorted(names)
 
 
-class ODEStepBudgetError(RuntimeError):
-    """An ODE solve needed more steps than the CNF's ``max_steps`` allows."""
+class ODEStepBudgetError(RuntimeError, ValueError):
+    """An ODE solve needed more steps than the CNF's ``max_steps`` allows, or a fixed grid has
+    more steps than it. A RuntimeError, and a ValueError: the settings or the input cause it."""
+
+
+def grid_steps(time: float, step_size: float) -> int:
+    """The number of steps of a fixed grid of ``step_size`` over ``[0, time]``, as torchdiffeq
+    lays it out (the last step shortened to end at ``time``)."""
+    return max(1, math.ceil(time / step_size - 1e-9))
+
+
+def _check_tolerance(name: str, v) -> float:
+    """``v`` as a float, or a ValueError unless it is a finite number >= MIN_TOL."""
+    ok = not isinstance(v, bool) and isinstance(v, (int, float))
+    if not (ok and math.isfinite(v) and v > 0):
+        raise ValueError(f"expected {name} > 0 (a finite number), got {v!r}")
+    if v < MIN_TOL:
+        raise ValueError(
+            f"{name}={v:g} is below {MIN_TOL:g}, the smallest tolerance a CNF's solver accepts "
+            "(float64 resolves about 1e-16 relative, float32 about 1e-7)"
+        )
+    return float(v)
+
+
+def _check_max_steps(v) -> int:
+    """``v`` as an int, or a ValueError unless it is a whole number in ``[1, MAX_STEPS]``."""
+    whole = isinstance(v, (int, np.integer)) or (isinstance(v, float) and v.is_integer())
+    if isinstance(v, bool) or not whole or not 1 <= v <= MAX_STEPS:
+        raise ValueError(f"expected max_steps between 1 and {MAX_STEPS:,} (an integer), got {v!r}")
+    return int(v)
 
 
 # -- dynamics networks ---------------------------------------------------------------------------
@@ -298,6 +344,13 @@ class _Dynamics(nn.Module):
             n, where = cnf.nfe_backward, "adjoint (backward) solve"
         if n > self.budget:
             at = float(t.detach())
+            if cnf.method in _FIXED:  # rtol/atol do not apply to a grid
+                raise ODEStepBudgetError(
+                    f"CNF {where} stopped after {n} function evaluations at t={at:.4g}: it "
+                    f"exceeded its step budget (max_steps={cnf.max_steps} steps of "
+                    f"{cnf.method} on a grid of {grid_steps(cnf.time, cnf._step_size())} "
+                    "steps): use a grid of fewer steps (a larger step_size) or raise max_steps"
+                )
             raise ODEStepBudgetError(
                 f"CNF {where} stopped after {n} function evaluations at t={at:.4g}: it "
                 f"exceeded its step budget (max_steps={cnf.max_steps} steps of {cnf.method}, "
@@ -351,8 +404,9 @@ class CNF(Transform):
         context_features: size of a context vector the dynamics read.
         time: the integration time ``T``.
         method: a torchdiffeq solver (see :func:`ode_methods`); unknown names are refused.
-        rtol, atol: the adaptive solvers' tolerances.
-        step_size: the fixed-grid solvers' step (default ``time / 10``).
+        rtol, atol: the adaptive solvers' tolerances, at least ``MIN_TOL = 1e-12``.
+        step_size: the fixed-grid solvers' step (default ``time / 10``); its grid may have at
+            most ``max_steps`` steps.
         adjoint: backpropagate with the adjoint method (memory constant in the number of
             steps; the backward pass solves an ODE at the same tolerances).
         trace: ``"exact"`` (``D`` vector-Jacobian products per evaluation), ``"hutchinson"``
@@ -362,9 +416,10 @@ class CNF(Transform):
             in training mode ``regularization()`` then returns
             ``l1 * mean int ||f||^2 dt + l2 * mean int ||df/dz||_F^2 dt`` (the Frobenius norm
             estimated with the same Hutchinson noise, exact with ``trace="exact"``).
-        max_steps: the most solver steps a solve may take; beyond it the solve stops with
-            :class:`ODEStepBudgetError` (counted in evaluations: ``max_steps`` times the
-            solver's stages per step).
+        max_steps: the most solver steps a solve may take, at most ``MAX_STEPS = 100,000``;
+            beyond it the solve stops with :class:`ODEStepBudgetError` (counted in
+            evaluations: ``max_steps`` times the solver's stages per step). A fixed grid of
+            more steps is refused before it is built.
         activation: the default network's activation (tanh, softplus, elu, silu).
 
     ``numeric_inverse`` is ``max(1e-6, 100 * max(rtol, atol))`` for adaptive solvers and
@@ -417,12 +472,20 @@ class CNF(Transform):
             )
         if not float(time) > 0:
             raise ValueError(f"expected time > 0, got {time}")
-        if int(max_steps) < 1:
-            raise ValueError(f"expected max_steps >= 1, got {max_steps}")
+        max_steps = _check_max_steps(max_steps)
         if not (float(rtol) > 0 and float(atol) > 0):
             raise ValueError(f"expected tolerances rtol > 0 and atol > 0, got {rtol}, {atol}")
-        if step_size is not None and not float(step_size) > 0:
-            raise ValueError(f"expected step_size > 0, got {step_size}")
+        rtol, atol = _check_tolerance("rtol", float(rtol)), _check_tolerance("atol", float(atol))
+        if step_size is not None:
+            if not (math.isfinite(float(step_size)) and float(step_size) > 0):
+                raise ValueError(f"expected a finite step_size > 0, got {step_size}")
+            steps = grid_steps(float(time), float(step_size))
+            if method in _FIXED and steps > max_steps:  # refused before any grid is built
+                raise ValueError(
+                    f"step_size={float(step_size):g} makes a grid of {steps:,} steps over time "
+                    f"{float(time):g}, more than max_steps={max_steps:,}: use step_size >= "
+                    f"{float(time) / max_steps:.3g}, or raise max_steps (at most {MAX_STEPS:,})"
+                )
         self.net = (
             net if net is not None else ODENet(features, hidden, context_features, activation)
         )
@@ -455,21 +518,36 @@ class CNF(Transform):
         func = _Dynamics(self, context, noise, regularize)
         self.nfe_forward, self.nfe_backward = 0, 0
         zeros = x.new_zeros(x.shape[0])
+        if not x.shape[0]:  # nothing to solve (the solver would fail on an empty state)
+            self._penalty = None
+            return x.clone(), zeros
         state = (x, zeros) + ((zeros, zeros) if regularize else ())
         ts = torch.tensor([0.0, self.time], dtype=x.dtype, device=x.device)
         if reverse:
             ts = ts.flip(0)
         options = {}
         if self.method in _FIXED:
-            options["step_size"] = self.step_size or self.time / 10
+            options["step_size"] = self._step_size()
+            steps = grid_steps(self.time, options["step_size"])
+            if steps > self.max_steps:  # before torchdiffeq builds the grid
+                raise ODEStepBudgetError(
+                    f"a fixed grid of {steps:,} steps of {self.method} exceeds the CNF's step "
+                    f"budget (max_steps={self.max_steps:,}): use at most {self.max_steps:,} "
+                    "steps (a larger step_size) or raise max_steps"
+                )
         kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=options)
-        if self.adjoint:
-            params = tuple(p for p in func.parameters() if p.requires_grad)
-            if context is not None and context.requires_grad:
-                params += (context,)
-            out = tde.odeint_adjoint(func, state, ts, adjoint_params=params, **kwargs)
-        else:
-            out = tde.odeint(func, state, ts, **kwargs)
+        try:
+            if self.adjoint:
+                params = tuple(p for p in func.parameters() if p.requires_grad)
+                if context is not None and context.requires_grad:
+                    params += (context,)
+                out = tde.odeint_adjoint(func, state, ts, adjoint_params=params, **kwargs)
+            else:
+                out = tde.odeint(func, state, ts, **kwargs)
+        except AssertionError as e:  # torchdiffeq's checks of an adaptive solve
+            if str(e).startswith(("underflow in dt", "non-finite values in state")):
+                raise ValueError(self._stuck(x, str(e).startswith("underflow"))) from None
+            raise
         func.solving = False
         out = tuple(o[-1] for o in out)
         if regularize:
@@ -483,6 +561,30 @@ class CNF(Transform):
         else:
             self._penalty = None
         return out[0], out[1]
+
+    def _step_size(self) -> float:
+        """The fixed-grid solvers' step."""
+        return float(self.step_size or self.time / 10)
+
+    def _stuck(self, x: Tensor, underflow: bool) -> str:
+        """The message for a solve that torchdiffeq stopped: its step size underflowed, or its
+        state became NaN or inf."""
+        what = "its step size underflowed to 0" if underflow else "its state became NaN or inf"
+        dtype, eps = str(x.dtype).removeprefix("torch."), torch.finfo(x.dtype).eps
+        if not bool(torch.isfinite(x).all()):
+            why = "the starting state has NaN or inf values (inputs far outside the data?)"
+        elif self.method not in _FIXED and min(self.rtol, self.atol) < 10 * eps:
+            why = (
+                f"rtol={self.rtol:g}, atol={self.atol:g} are below what {dtype} resolves "
+                f"(eps {eps:.2g}): use tolerances >= {10 * eps:.0e}"
+            )
+        else:
+            big = float(x.detach().abs().max())
+            why = (
+                "the dynamics became NaN or inf, or too fast to follow, from these inputs "
+                f"(largest |value| {big:.3g}): inputs far outside the data?"
+            )
+        return f"the CNF's ODE solver ({self.method}) could not take a step ({what}): {why}"
 
     def _forward(self, x, context):
         return self._solve(x, context, reverse=False)
@@ -517,12 +619,16 @@ class CNF(Transform):
 
 @contextmanager
 def exact_scoring(module: nn.Module, tol: float = 1e-5) -> Iterator[None]:
-    """Score every :class:`CNF` inside ``module`` with the exact trace and adaptive-solver
-    tolerances of at most ``tol``, restoring the training settings on exit.
+    """Score every :class:`CNF` inside ``module`` with the exact trace and dopri5 at
+    tolerances of at most ``tol``, restoring the CNFs' own settings on exit.
 
     A CNF trained with Hutchinson's estimator at loose tolerances (FFJORD's recipe) defines the
     same continuous model; its log-density is the exact-trace, tight-tolerance solve, which this
-    computes (the workbench's ``eval`` and reports use it). Fixed-grid solvers keep their grid.
+    computes (the workbench's ``eval`` and reports use it). A CNF built with a fixed-grid solver
+    (``method="euler"``, ``"rk4"``... with ``step_size``) is scored by dopri5 too: a few grid
+    steps of the trace do not give a normalised density. Every CNF is solved at
+    ``rtol = min(rtol, tol)`` (``atol`` alike); one switched to dopri5 from another solver gets
+    a step budget (``max_steps``) of at least the default 1000.
 
     Example:
         >>> import flowforge as ff
@@ -530,16 +636,19 @@ def exact_scoring(module: nn.Module, tol: float = 1e-5) -> Iterator[None]:
         >>> with exact_scoring(flow):
         ...     lp = flow.log_prob(torch.randn(3, 2))
     """
-    if not float(tol) > 0:
-        raise ValueError(f"expected tol > 0, got {tol}")
+    tol = _check_tolerance("tol", float(tol))
+    keys = ("trace", "method", "step_size", "rtol", "atol", "max_steps")
     cnfs = [m for m in module.modules() if isinstance(m, CNF)]
-    saved = [(c.trace, c.rtol, c.atol) for c in cnfs]
+    saved = [{k: getattr(c, k) for k in keys} for c in cnfs]
     try:
         for c in cnfs:
             c.trace = "exact"
-            if c.method not in _FIXED:
-                c.rtol, c.atol = min(c.rtol, float(tol)), min(c.atol, float(tol))
+            if c.method != "dopri5":
+                c.method = "dopri5"
+                c.max_steps = max(c.max_steps, 1000)
+            c.rtol, c.atol = min(c.rtol, tol), min(c.atol, tol)
         yield
     finally:
-        for c, (trace, rtol, atol) in zip(cnfs, saved):
-            c.trace, c.rtol, c.atol = trace, rtol, atol
+        for c, old in zip(cnfs, saved):
+            for k, v in old.items():
+                setattr(c, k, v)

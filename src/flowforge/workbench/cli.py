@@ -309,11 +309,12 @@ def _ode_solver(flow, method, steps, tol):
             "--ode-method, --ode-steps and --ode-tol set the ODE solver of a continuous flow "
             "(the cnf and ffjord models); this run's model has none"
         )
-    if tol is not None and not (math.isfinite(tol) and 0 < tol < 1):
-        raise WorkbenchError(f"--ode-tol must be a number in (0, 1), got {tol}")
+    from ..transforms.continuous import _FIXED, MIN_TOL
+
+    if tol is not None and not (math.isfinite(tol) and MIN_TOL <= tol < 1):
+        raise WorkbenchError(f"--ode-tol must be a number in [{MIN_TOL:g}, 1), got {tol}")
     if steps is not None and method is None:
         method = "rk4"  # as flowforge.matching.sample
-    from ..transforms.continuous import _FIXED
 
     fixed = method in _FIXED if method is not None else _cnfs(flow)[0].method in _FIXED
     if tol is not None and fixed:

@@ -9,7 +9,7 @@ import torch
 
 from ..core import Flow
 from ..objectives import log_likelihoods
-from ..transforms.continuous import _FIXED, CNF, exact_scoring
+from ..transforms.continuous import _FIXED, CNF, MIN_TOL, exact_scoring
 from .data import column_context, label_context, read_examples
 from .errors import ContextError, DataError
 from .runner import run_dataset
@@ -55,9 +55,12 @@ def evaluate_run(
     if trace not in ("exact", "hutchinson"):
         raise DataError(f"unknown trace {trace!r}; expected 'exact' or 'hutchinson'")
     if tol is not None and (
-        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1
+        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not MIN_TOL <= tol < 1
     ):
-        raise DataError(f"the ODE tolerance must be a number in (0, 1), got {tol!r}")
+        raise DataError(
+            f"the ODE tolerance must be a number in [{MIN_TOL:g}, 1) (a CNF's solver resolves "
+            f"no finer), got {tol!r}"
+        )
     cfg = run_config(run)
     r = cfg["resolved"]
     if iw and (r.get("levels") is None or samples < 2):
