@@ -12,7 +12,6 @@ import lzma
 import math
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from .. import bitsback, codec
 from ..core import Flow
+from ..io import atomic_write
 from .data import DATASETS, load_dataset, read_table
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
@@ -216,7 +216,7 @@ def compress_run(
         raise DataError(f"{name}: {e}") from None
     if not np.array_equal(back, xs):
         raise WorkbenchError("the file did not decode to the data; nothing was written")
-    _atomic_write(out_path, blob)
+    atomic_write(out_path, blob)
     dims = xs.size
     nll_bits = _nll_bits(flow, xs, samples=8)
     file_bpd = len(blob) * 8 / dims
@@ -245,27 +245,6 @@ def compress_run(
         result["escapes"] = stats["escapes"]
         result["scheme"] = stats["scheme"]
     return result
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
-    a failure never leaves a partial file where the user's was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # the mode a plain open() would give: an existing file's, else what the umask allows
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def decompress_file(
@@ -311,7 +290,7 @@ def decompress_file(
     dtype = np.uint8 if levels <= 256 else np.uint16 if levels <= 65536 else np.int64
     buf = io.BytesIO()
     np.save(buf, x.astype(dtype))
-    _atomic_write(out_path, buf.getvalue())
+    atomic_write(out_path, buf.getvalue())
     return {
         "file": str(file),
         "out": str(out_path),
