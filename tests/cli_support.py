@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from flowforge.workbench.cli import main
 
+# the smallest integer flow (IDF) on 128 digits, one epoch: the compression tests' run
+TINY_IDF = [
+    "train", "--model", "idf", "--layout", "vector", "--no-progress", "--quiet", "--model-kwargs",
+    '{"layers": 2, "hidden": [16], "prior_blocks": 2, "prior_hidden": [16]}',
+    "--data", "digits", "--epochs", "1", "--limit", "128", "--batch-size", "64",
+]  # fmt: skip
+
 
 def cli(capsys, *args):
     """Run ``flowforge ARGS``; returns ``(exit status, stdout, stderr)``."""

@@ -8,13 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from cli_support import TINY_IDF as IDF
 from cli_support import cli, one_line_error, tiny_moons_run
 from flowforge.workbench.cli import main
 from flowforge.workbench.compress import classical_bits, data_hash
-
-IDF = ["train", "--model", "idf", "--layout", "vector", "--no-progress", "--quiet",
-       "--model-kwargs", '{"layers": 2, "hidden": [16], "prior_blocks": 2, "prior_hidden": [16]}',
-       "--data", "digits", "--epochs", "1", "--limit", "128", "--batch-size", "64"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

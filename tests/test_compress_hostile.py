@@ -16,13 +16,10 @@ import pytest
 import torch
 
 import flowforge as ff
+from cli_support import TINY_IDF as IDF
 from cli_support import cli, one_line_error
 from flowforge import codec
 from flowforge.workbench.cli import main
-
-IDF = ["train", "--model", "idf", "--layout", "vector", "--no-progress", "--quiet",
-       "--model-kwargs", '{"layers": 2, "hidden": [16], "prior_blocks": 2, "prior_hidden": [16]}',
-       "--data", "digits", "--epochs", "1", "--limit", "128", "--batch-size", "64"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
