@@ -236,3 +236,192 @@ def test_a_run_stopped_before_its_first_epoch_says_so(tmp_path, capsys):
     for args in (("eval", run), ("sample", run, "-n", 2, "--out", tmp_path / "s.npy")):
         rc, _, err = cli(capsys, *args)
         one_line_error(rc, err, "has no model yet", "--resume")
+
+
+def test_actnorm_refuses_to_initialise_from_one_value_per_channel():
+    import flowforge as ff
+
+    layer = ff.transforms.ActNorm(3)
+    for n in (0, 1):
+        with pytest.raises(ValueError, match="needs at least 2 values per channel"):
+            layer(torch.randn(n, 3))
+        assert not bool(layer.initialized)
+    z, _ = layer(torch.randn(8, 3))  # a real batch initialises it, as before
+    assert bool(layer.initialized) and torch.allclose(z.mean(0), torch.zeros(3), atol=1e-5)
+    img = ff.transforms.ActNorm((2, 4, 4))  # one image has 16 values per channel: enough
+    img(torch.randn(1, 2, 4, 4))
+    assert bool(img.initialized)
+
+
+# -- the library: bounds and edge cases of the newer families --------------------------------------
+
+
+def test_an_infinite_tolerance_is_refused():
+    import flowforge as ff
+    from flowforge.transforms import EmergingConv2d, set_inverse
+
+    flow = ff.models.TarFlow(features=4, blocks=1, width=8, heads=2)
+    with pytest.raises(ValueError, match="finite tolerance tol > 0"):
+        set_inverse(flow, "parallel", tol=float("inf"))
+    with pytest.raises(ValueError, match="finite tol > 0"):
+        EmergingConv2d((2, 3, 3)).set_solver("parallel", tol=float("inf"))
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0, float("inf"), float("nan")])
+def test_scale_bounds_must_be_finite_and_positive(bound):
+    import flowforge as ff
+
+    with pytest.raises(ValueError, match="bound"):
+        ff.models.TarFlow(features=4, blocks=1, width=8, heads=2, scale_bound=bound)
+    with pytest.raises(ValueError, match="bound"):
+        ff.models.RealNVP(features=4, layers=1, hidden=(8,), scale_bound=bound)
+    with pytest.raises(ValueError, match="bound"):
+        ff.transforms.LogisticMixture(2, affine_bound=bound)
+
+
+def test_a_nan_log_density_is_an_error_in_eval_mode():
+    import flowforge as ff
+
+    torch.manual_seed(0)
+    flow = ff.models.TarFlow(features=4, blocks=2, width=8, heads=2).eval()
+    x = torch.zeros(3, 4)
+    x[1] = 1e20  # finite, but the attention overflows on it
+    with pytest.raises(ff.core.NaNLogProb, match=r"NaN for batch rows \[1\]"):
+        flow.log_prob(x)
+    assert torch.isfinite(flow.log_prob(x[[0, 2]])).all()
+    flow.validate_args = False  # checks off (as on an accelerator): the raw numbers
+    assert torch.isnan(flow.log_prob(x)[1])
+
+
+@pytest.mark.parametrize("name", ["tarflow", "maf", "torusflow", "sphereflow", "idf"])
+def test_empty_batches_score_and_sample_nothing(name):
+    import flowforge as ff
+
+    kw = {"sphereflow": {}, "idf": {"features": 4, "levels": 5}}.get(name, {"features": 4})
+    flow = ff.models.build(name, **kw)
+    d = 3 if name == "sphereflow" else 4
+    assert flow.log_prob(torch.zeros(0, d)).shape == (0,)
+    assert flow.sample(0).shape == (0, d)
+
+
+def test_integer_flows_check_the_values_as_given():
+    import flowforge as ff
+
+    idf = ff.models.IDF(features=4, levels=5, layers=1, hidden=(8,))
+    x = torch.tensor([[2 + 1e-9, 1, 0, 4]], dtype=torch.float64)  # float32 would make it 2
+    with pytest.raises(ValueError, match="non-integer"):
+        idf.log_prob(x)
+    x = torch.randint(0, 5, (8, 4))
+    exact = idf.bits_per_dim(x).item()
+    assert ff.bits_per_dim(idf, x) == pytest.approx(exact, rel=1e-6)
+    assert ff.bits_per_dim(idf, x, levels=5) == pytest.approx(exact, rel=1e-6)
+    with pytest.raises(ValueError, match="models 5 levels, but levels=6"):
+        ff.bits_per_dim(idf, x, levels=6)
+    flow = ff.models.RealNVP(features=4, layers=1, hidden=(8,))
+    assert math.isfinite(ff.bits_per_dim(flow, x, levels=5))  # integer tensors dequantize
+    cond = ff.models.IDF(features=4, levels=5, layers=1, hidden=(8,), context_features=2)
+    with pytest.raises(ValueError, match="codes unconditional integer flows"):
+        ff.codec.encode(cond.eval(), x)
+
+
+def test_mflows_take_inputs_as_flows_do():
+    from flowforge.models import mflow
+
+    m = mflow(features=4, manifold_dim=2, outer_layers=1, inner_layers=1, hidden=(8,)).eval()
+    ref = m.log_prob(torch.zeros(2, 4))
+    assert torch.equal(m.log_prob(torch.zeros(2, 4, dtype=torch.float64)), ref)
+    assert torch.equal(m.log_prob(torch.zeros(2, 4, dtype=torch.long)), ref)
+    with pytest.raises(ValueError, match="unconditional"):
+        m.log_prob(torch.zeros(2, 4), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        m.reconstruction_error(torch.tensor([[float("nan"), 0.0, 0.0, 0.0]]))
+
+
+def test_overwrite_knows_every_figure_the_report_writes():
+    import re
+    from pathlib import Path
+
+    from flowforge.workbench import report
+    from flowforge.workbench.runs import REPORT_FIGURES
+
+    names = set(re.findall(r'figdir / "([a-z_]+)\.png"', Path(report.__file__).read_text()))
+    assert names and all(n.startswith(REPORT_FIGURES) for n in names), names
+
+
+def _csv(path, header, rows):
+    path.write_text(",".join(header) + "\n" + "\n".join(",".join(map(str, r)) for r in rows))
+    return path
+
+
+def test_tables_that_no_density_fits_or_that_mislead(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).round(6)
+    const = _csv(tmp_path / "const.csv", ["a", "b", "c"], np.c_[x[:, :2], np.full(200, 3.5)])
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", const, "--out",
+                     tmp_path / "r1", "--epochs", 1, "--quiet")  # fmt: skip
+    one_line_error(rc, err, "'c'", "same value in every training row")
+    assert not (tmp_path / "r1").exists()
+    y = x.copy()
+    y[5, 1] = 1e9
+    rows = np.r_[y, y]  # every row twice: val and test rows repeat training rows
+    data = _csv(tmp_path / "dup.csv", ["a", "b", "c"], rows)
+    rc, out, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out",
+                       tmp_path / "r2", "--epochs", 1, "--no-progress",
+                       "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    assert "column(s) 'b' (2) hold training values more than 100 robust" in out + err
+    assert "also appear in the training split" in out + err
+
+
+def test_eval_refuses_a_table_whose_columns_are_not_the_runs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3))
+    data = _csv(tmp_path / "t.csv", ["a", "b", "c"], x)
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out",
+                     tmp_path / "r", "--epochs", 1, "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    assert cli(capsys, "eval", tmp_path / "r", "--data", data)[0] == 0
+    swapped = _csv(tmp_path / "s.csv", ["c", "b", "a"], x[:, ::-1])
+    rc, _, err = cli(capsys, "eval", tmp_path / "r", "--data", swapped)
+    one_line_error(rc, err, "its column 1 is 'c' where this run's is 'a'")
+    semi = tmp_path / "semi.csv"
+    semi.write_text("a;b;c\n1.0;2.0;3.0\n4.0;5.0;6.0\n")
+    rc, _, err = cli(capsys, "eval", tmp_path / "r", "--data", semi)
+    one_line_error(rc, err, "separated by semicolons")
+
+
+def test_target_columns_by_name(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = _csv(tmp_path / "t.csv", ["a", "b", "target"], rng.normal(size=(100, 3)))
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", data, "--target-columns",
+                     "target", "--out", tmp_path / "r", "--epochs", 1, "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["resolved"]["context"]["target_columns"] == [2]
+    rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", data, "--target-columns",
+                     "nope", "--out", tmp_path / "r2", "--epochs", 1, "--quiet")  # fmt: skip
+    one_line_error(rc, err, "neither a column index nor a column name", "'target'")
+
+
+def test_eval_sets_a_table_model_beside_a_gaussian(tmp_path, capsys):
+    from scipy.stats import multivariate_normal
+
+    from flowforge.workbench.evaluate import gaussian_baseline
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3)) @ np.array([[2.0, 0, 0], [1.0, 0.5, 0], [0, 0, 100.0]])
+    mle = multivariate_normal(a.mean(0), np.cov(a.T, bias=True)).logpdf(a[:500]).mean()
+    assert gaussian_baseline(a, a[:500]) == pytest.approx(-mle, abs=0.01)  # little shrinkage
+    data = _csv(tmp_path / "t.csv", ["a", "b", "c"], a[:300])
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out",
+                     tmp_path / "r", "--epochs", 1, "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", tmp_path / "r", "--json")
+    res = json.loads(out)
+    assert rc == 0 and math.isfinite(res["gaussian_nll"])
+    rc, out, err = cli(capsys, "eval", tmp_path / "r")
+    assert "a Gaussian fitted to the training split: NLL" in out
+    assert ("warning: the model scores worse" in out) == (res["nll"] > res["gaussian_nll"])

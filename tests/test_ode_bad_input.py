@@ -204,6 +204,7 @@ def test_an_empty_batch_is_refused_and_leaves_the_flow_untouched():
         M.log_likelihood(flow, torch.zeros(0, 2))
     with pytest.raises(ValueError, match="at least one example"):
         M.log_likelihood(flow, torch.zeros(0, 2), batch_size=1, trace="hutchinson")
+    M.FlowMatching()(flow, torch.randn(8, 2))  # ActNorm initialises from a real batch
     loss = M.FlowMatching(ot=True)(flow, torch.randn(1, 2))  # one example: the trivial pairing
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in flow.parameters())

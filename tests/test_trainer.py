@@ -182,3 +182,15 @@ def test_a_loss_spike_is_reported_with_the_layer():
     assert "step 31" in w and "jumped far above its running median" in w
     assert "largest gradient" in w and "layers." in w
     assert any(r["type"] == "warning" for r in tr.history)
+
+
+def test_the_warm_up_is_at_most_a_tenth_of_a_short_run():
+    flow = ff.models.RealNVP(features=2, layers=1, hidden=(4,))
+    short = Trainer(flow, _data(64), _data(16), {"epochs": 5, "batch_size": 16,
+                    "tensorboard": False}, **QUIET)  # fmt: skip
+    assert short.steps_per_epoch == 4  # 20 steps: a warm-up of 2, not of the default 100
+    assert short._lr_lambda(0) == pytest.approx(short.lr_factor / 2)
+    assert short._lr_lambda(2) == pytest.approx(short.lr_factor)  # the cosine's start
+    long = Trainer(flow, _data(64), _data(16), {"epochs": 500, "batch_size": 16,
+                   "tensorboard": False}, **QUIET)  # fmt: skip
+    assert long._lr_lambda(49) == pytest.approx(long.lr_factor / 2)  # 2,000 steps: all 100

@@ -240,6 +240,11 @@ def _threads(n: int):
 
 def _check_flow(flow) -> None:
     if isinstance(flow, IntegerFlow) and isinstance(flow.base, DiscretizedLogisticMixture):
+        if flow.context_features:
+            raise CodecError(
+                f"the codec codes unconditional integer flows; this one is conditional "
+                f"(context_features={flow.context_features}) and a .ffz file holds no context"
+            )
         return
     if getattr(flow, "dequantizer", None) is not None:
         raise CodecError(

@@ -331,6 +331,10 @@ class Identity(Transform):
         return z, z.new_zeros(z.shape[0])
 
 
+class NaNLogProb(ValueError):
+    """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN for."""
+
+
 class DataInit:
     """Mixin for a layer that initialises itself from the first batch it sees in training mode
     (ActNorm). ``initialized`` is a saved bool buffer; trainers run one forward pass on a fixed
@@ -650,11 +654,26 @@ class Flow(nn.Module):
         With a dequantizer, a one-sample bound on the discrete log-likelihood.
         """
         x, context, batch = self._prepare(x, context)
+        if not x.shape[0]:  # an empty batch: no layer needs to see it
+            return x.new_zeros(batch)
         log_q = 0.0
         if self.dequantizer is not None:
             x, log_q = self.dequantizer(x, context, validate=self._validating(x))
         z, ladj = self.transform(x, context)
-        return (self.base.log_prob(z, context) + ladj - log_q).reshape(batch)
+        return self._scored(x, (self.base.log_prob(z, context) + ladj - log_q).reshape(batch))
+
+    def _scored(self, x: Tensor, lp: Tensor) -> Tensor:
+        """``lp``, or a :class:`NaNLogProb` naming the rows where it is NaN (inputs so far from
+        the data that the layers overflow): in eval mode with validation on, never a silent NaN.
+        In training mode a NaN goes on to the loss, where the trainer finds the layer that made
+        it."""
+        if self.training or not self._validating(x) or not bool(torch.isnan(lp).any()):
+            return lp
+        bad = torch.isnan(lp).reshape(-1).nonzero().flatten()[:5].tolist()
+        raise NaNLogProb(
+            f"the model's log-density is NaN for batch rows {bad} (inputs this far from the "
+            "training data overflow its layers); score them in float64, or remove them"
+        )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as :meth:`log_prob`, so DDP and hooks see a module call."""
@@ -709,6 +728,9 @@ class Flow(nn.Module):
         ):
             raise ValueError(f"expected a finite temperature >= 0, got {temperature!r}")
         ctx, shape = self._sample_context(n, context)
+        if not math.prod(shape):  # no samples: no layer needs to run
+            anchor = self.base._anchor
+            return anchor.new_zeros(*shape, *self.event_shape)
         z = self.base.sample(math.prod(shape), ctx, temperature=temperature)
         x, _ = self.transform.inverse(z, ctx)
         if self.dequantizer is not None:

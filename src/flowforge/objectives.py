@@ -119,6 +119,8 @@ def log_likelihoods(
             xb = x[i : i + batch_size]
             cb = None if context is None else context[i : i + batch_size]
             if dequantizer is not None:
+                if not xb.is_floating_point():  # integer pixel values: the noise is a float
+                    xb = xb.to(flow.dtype)
                 xb, _ = dequantizer(xb)
             lp = flow.log_prob(xb, cb).double()
             bad = ~torch.isfinite(lp)
@@ -155,8 +157,9 @@ def bits_per_dim(
 ) -> float:
     """Mean NLL of discrete data in bits per dimension.
 
-    ``x`` holds integers in ``[0, levels - 1]``. If the flow has a dequantizer, it is used (and
-    ``levels``, if given, must match it); otherwise ``x`` is dequantized here with
+    ``x`` holds integers in ``[0, levels - 1]``. An integer flow (IDF) scores them exactly. If
+    the flow has a dequantizer, it is used (and ``levels``, if given, must match it); otherwise
+    ``x`` is dequantized here with
     ``U[0, 1)`` noise on its own scale. The result is per example, then averaged:
     ``-E[log p(x + u)] / (D ln 2)``, a bound on the discrete bits/dim.
 
@@ -167,7 +170,11 @@ def bits_per_dim(
         >>> bpd = ff.bits_per_dim(flow, x, levels=17)
     """
     deq = None
-    if flow.dequantizer is not None:
+    exact = getattr(flow, "levels", None)  # an integer flow (IDF): an exact discrete model
+    if flow.dequantizer is None and isinstance(exact, int):
+        if levels is not None and levels != exact:
+            raise ValueError(f"the flow models {exact} levels, but levels={levels} was given")
+    elif flow.dequantizer is not None:
         have = flow.dequantizer.levels
         if levels is not None and have is not None and levels != have:
             raise ValueError(f"the flow dequantizes {have} levels, but levels={levels} was given")

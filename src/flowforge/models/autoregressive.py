@@ -225,7 +225,8 @@ def NSF(
     else:
         if d < 2:
             raise ValueError(
-                "a coupling NSF needs features >= 2; use NSF(..., autoregressive=True) for 1-d"
+                "a coupling NSF needs features >= 2; for 1-d use NSF(..., autoregressive=True) "
+                "(from the command line: --model-kwargs '{\"autoregressive\": true}')"
             )
         cond = mlp_conditioner(hidden, cf, activation, residual=residual)
         chain = []

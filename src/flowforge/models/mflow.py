@@ -92,10 +92,22 @@ class MFlow(nn.Module):
     def _check(self, x: Tensor, what: str, size: int) -> None:
         check_shape(x, (size,), what)
 
+    def _data(self, x: Tensor) -> Tensor:
+        """``x`` checked (a real ``(batch, D)`` tensor, finite) and in the model's dtype, as a
+        :class:`~flowforge.Flow` takes its inputs."""
+        self._check(x, "data to project", self.features)
+        if x.is_complex():
+            raise ValueError(f"expected real-valued data, got {x.dtype}")
+        x = x.to(self.inner.dtype)
+        if not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).any(1).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
+        return x
+
     def encode(self, x: Tensor) -> Tensor:
         """The manifold coordinates of data ``x`` of shape ``(batch, D)``: ``f(x)[:d]`` (M-flow)
         or ``e(x)`` (M_e-flow)."""
-        self._check(x, "data to project", self.features)
+        x = self._data(x)
         if self.encoder is not None:
             u = self.encoder(x)
             self._check(u, "the encoder's output", self.manifold_dim)
@@ -114,6 +126,7 @@ class MFlow(nn.Module):
 
     def reconstruction_error(self, x: Tensor) -> Tensor:
         """``|x - project(x)|^2`` per example, ``(batch,)``."""
+        x = self._data(x)
         return (x - self.project(x)).square().sum(1)
 
     def log_det_gram(self, u: Tensor, create_graph: bool = False) -> Tensor:
@@ -194,9 +207,14 @@ class MFlow(nn.Module):
         est = torch.stack(per_probe)  # (probes, B)
         return est.mean(0), est.std(0) / probes**0.5
 
-    def log_prob(self, x: Tensor, create_graph: bool = False) -> Tensor:
+    def log_prob(
+        self, x: Tensor, context: Tensor | None = None, *, create_graph: bool = False
+    ) -> Tensor:
         """The manifold-restricted log-density at the projection of ``x`` (w.r.t. the learned
-        manifold's volume), ``(batch,)``."""
+        manifold's volume), ``(batch,)``. An M-flow is unconditional: ``context`` must be None
+        (it is there so that ``log_prob(x, context)`` reads as a Flow's does)."""
+        if context is not None:
+            raise ValueError("an M-flow is unconditional; it takes no context")
         u = self.encode(x)
         return self.inner.log_prob(u) - 0.5 * self.log_det_gram(u, create_graph)
 

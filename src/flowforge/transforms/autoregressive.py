@@ -81,8 +81,8 @@ def _check_inverse_options(mode: str, tol: float, max_iter: int | None) -> None:
         raise ValueError(
             f"unknown inverse_mode {mode!r}; expected 'sequential', 'parallel' or 'auto'"
         )
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"expected a tolerance tol > 0, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < math.inf:
+        raise ValueError(f"expected a finite tolerance tol > 0, got {tol!r}")
     if max_iter is not None and (
         isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1
     ):

@@ -10,6 +10,8 @@ lives in :mod:`flowforge.transforms.splines`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -64,6 +66,15 @@ class Affine(Transformer):
 
     def __init__(self, bound: float | None = 3.0, shift_first: bool = False):
         super().__init__()
+        if bound is not None and (
+            isinstance(bound, bool)
+            or not isinstance(bound, (int, float))
+            or not 0 < bound < math.inf
+        ):
+            raise ValueError(
+                f"expected the log-scale bound to be a finite number > 0 (or None: unbounded), "
+                f"got {bound!r}"
+            )
         self.bound = bound
         self.shift_first = bool(shift_first)
 

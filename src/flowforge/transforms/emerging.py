@@ -128,8 +128,8 @@ class EmergingConv2d(Transform):
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
         tol = getattr(self, "tol", 1e-8) if tol is None else float(tol)
-        if not tol > 0:
-            raise ValueError(f"expected tol > 0, got {tol}")
+        if not 0 < tol < math.inf:  # inf would stop the iterations after one sweep, unsolved
+            raise ValueError(f"expected a finite tol > 0, got {tol}")
         if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) < 1):
             raise ValueError(f"expected max_iter >= 1 or None, got {max_iter!r}")
         self.solver, self.tol, self.max_iter = solver, tol, max_iter
@@ -169,7 +169,7 @@ class EmergingConv2d(Transform):
         solver = self.solver
         if solver == "auto":
             solver = "dense" if math.prod(self.event_shape) <= DENSE_LIMIT else "sequential"
-        if solver == "parallel":
+        if solver == "parallel" and y.shape[0]:  # (an empty batch: any solver, nothing to do)
             x = self._parallel(y, k1, k2)
         else:
             solve = self._dense if solver == "dense" else self._sequential

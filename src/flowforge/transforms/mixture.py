@@ -20,6 +20,8 @@ with one more Newton step taken with autograd on, so that gradients flow through
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -51,9 +53,9 @@ class LogisticMixture(Transformer):
         super().__init__()
         if isinstance(components, bool) or not isinstance(components, int) or components < 1:
             raise ValueError(f"expected components to be an integer >= 1, got {components!r}")
-        if not scale_bound > 0 or not affine_bound > 0:
+        if not 0 < scale_bound < math.inf or not 0 < affine_bound < math.inf:
             raise ValueError(
-                f"expected positive bounds, got scale_bound={scale_bound}, "
+                f"expected finite positive bounds, got scale_bound={scale_bound}, "
                 f"affine_bound={affine_bound}"
             )
         self.components = int(components)

@@ -45,6 +45,12 @@ class ActNorm(DataInit, Transform):
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Set the parameters from a batch ``x`` (called automatically on the first batch)."""
+        if x.shape[0] * self.positions < 2:  # no variance to read: NaN, or a scale of 1/sqrt(eps)
+            raise ValueError(
+                f"ActNorm initialises itself from its first batch in training mode and needs at "
+                f"least 2 values per channel, got a batch of {x.shape[0]}; give it a first batch "
+                "of several examples (or call flow.eval() to score without initialising)"
+            )
         mean, var = _channel_stats(x)
         self.loc.copy_(-mean)
         self.log_scale.copy_(-0.5 * torch.log(var + self.eps))

@@ -226,6 +226,14 @@ def cmd_eval(args) -> int:
             )
         if "ode" in res:
             print(f"ODE: {describe_ode(res['ode'])}")
+        if "gaussian_nll" in res:
+            g = res["gaussian_nll"]
+            print(f"a Gaussian fitted to the training split: NLL {g:.4f} on the same examples")
+            if res["nll"] > g:
+                print(
+                    "warning: the model scores worse than that Gaussian: it under- or over-fits "
+                    "(compare its validation and training losses in flowforge report)"
+                )
     return 0
 
 
@@ -641,11 +649,13 @@ def make_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="train on digits, evaluate on the test split, write the report",
     )
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--epochs", type=int)
+    s.add_argument("--out", default="runs/demo", help="the run folder (default runs/demo)")
+    s.add_argument("--epochs", type=int, help="training epochs (default: the demo config's)")
     s.add_argument("--model", help=f"default {DEMO['model']['name']}")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out if there is one"
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser(

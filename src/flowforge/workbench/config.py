@@ -42,7 +42,7 @@ DEFAULT_TRAIN: dict = {
     "weight_decay": 0.0,
     "betas": [0.9, 0.999],
     "schedule": "cosine",  # after the warm-up: cosine decay to min_lr_ratio * lr, or constant
-    "warmup_steps": 100,  # linear warm-up
+    "warmup_steps": "auto",  # linear warm-up steps; auto: 100, or a tenth of a shorter run
     "min_lr_ratio": 0.0,
     "grad_clip": 10.0,  # max global gradient norm; 0 disables clipping
     "patience": 20,  # epochs without a better validation NLL before stopping; 0 disables
@@ -228,6 +228,20 @@ def _int(lo: int, hi: float = math.inf) -> Callable:
     return check
 
 
+def _auto_or(check: Callable) -> Callable:
+    """``"auto"`` (the trainer decides), or a value ``check`` accepts."""
+
+    def either(v):
+        if v == "auto":
+            return v
+        try:
+            return check(v)
+        except ValueError as e:
+            raise ValueError(f"'auto' or {e}") from None
+
+    return either
+
+
 def _float(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
     def check(v):
         if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
@@ -290,7 +304,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "weight_decay": _float(0.0),
     "betas": _betas,
     "schedule": _choice(*SCHEDULES),
-    "warmup_steps": _int(0),
+    "warmup_steps": _auto_or(_int(0)),
     "min_lr_ratio": _float(0.0, 1.0),
     "grad_clip": _float(0.0),
     "patience": _int(0),

@@ -292,10 +292,11 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
         if not lines:
             raise DataError(f"{path} has a header but no data rows") from None
     d = len(lines[0][1])
+    sep = _other_separator(lines[0][1])
     if header is not None and len(header) != d:
         raise DataError(
             f"{path}: the header has {len(header)} columns, the first data row {d} "
-            f"(line {lines[0][0]})"
+            f"(line {lines[0][0]}){sep}"
         )
     out = np.empty((len(lines), d), dtype=np.float64)
     for j, (lineno, row) in enumerate(lines):
@@ -310,6 +311,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
             bad = next(c for c in row if not _is_float(c))
             raise DataError(
                 f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number"
+                f"{_other_separator(row)}"
             ) from None
     bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
     if len(bad):
@@ -321,6 +323,62 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
             f"{_rows([lines[i][0] for i in big])}"
         )
     return out, header
+
+
+def _other_separator(row: list[str]) -> str:
+    """A hint when a CSV row looks separated by ';' or tabs (one cell holding the whole row)."""
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if len(row) <= 2 and any(c.count(sep) >= 1 for c in row):
+            return (
+                f" (the file looks separated by {name}: flowforge reads comma-separated values "
+                "with '.' as the decimal point; convert it, e.g. with pandas: "
+                "pd.read_csv(f, sep=';', decimal=',').to_csv('out.csv', index=False))"
+            )
+    return ""
+
+
+def _column_name(j: int, names: list[str] | None) -> str:
+    return repr(names[j]) if names else f"{j} (0-based)"
+
+
+def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, where: str) -> list:
+    """Refuse what no density can model (a constant column) and return warnings for what
+    makes a fit or its test figure misleading: far outliers, which set the standardisation's
+    scale and squeeze every other value together, and test/val rows that repeat training rows
+    (exact duplicates, an optimistic test NLL)."""
+    const = [j for j in range(train.shape[1]) if np.all(train[:, j] == train[0, j])]
+    if const:
+        cols = ", ".join(_column_name(j, names) for j in const[:5])
+        raise DataError(
+            f"{where}: column(s) {cols} hold the same value in every training row: a density "
+            "over a constant is degenerate (it can grow without bound); drop them"
+        )
+    notes = []
+    med = np.median(train, 0)
+    robust = 1.4826 * np.median(np.abs(train - med), 0)  # the sd a normal column would have
+    far = [
+        (j, int((np.abs(train[:, j] - med[j]) > 100 * robust[j]).sum()))
+        for j in range(train.shape[1])
+        if robust[j] > 0
+    ]
+    far = [(j, n) for j, n in far if n]
+    if far:
+        what = ", ".join(f"{_column_name(j, names)} ({n})" for j, n in far[:5])
+        notes.append(
+            f"column(s) {what} hold training values more than 100 robust standard deviations "
+            "from the median: they set the standardisation's scale and squeeze the other values "
+            "together, and samples will spread far wider than the data; check or remove them"
+        )
+    seen = {r.tobytes() for r in np.ascontiguousarray(train)}
+    for name, a in splits.items():
+        dup = sum(r.tobytes() in seen for r in np.ascontiguousarray(a))
+        if dup:
+            notes.append(
+                f"{dup} of the {len(a)} {name} rows also appear in the training split (exact "
+                f"duplicates): the {name} NLL will be optimistic; remove duplicate rows before "
+                "splitting"
+            )
+    return notes
 
 
 def _integer_columns(train: np.ndarray, names: list[str] | None) -> str | None:
@@ -497,9 +555,13 @@ def _table(
     stats = _standardize_stats(t["train"]) if standardize else None
     info: dict = {"columns": columns}
     if levels is None:
+        notes = _table_checks(
+            arrays["train"], {"val": arrays["val"], "test": arrays["test"]}, columns, str(path)
+        )
         note = _integer_columns(arrays["train"], columns)
-        if note:
-            info["warnings"] = [note]
+        notes += [note] if note else []
+        if notes:
+            info["warnings"] = notes
     return Dataset(
         str(path),
         t["train"],
@@ -569,11 +631,14 @@ def _image_folder(
     return Dataset(str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image")
 
 
-def read_table(spec: str, bits: int = 8, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def read_table(
+    spec: str, bits: int = 8, shape: tuple[int, ...] | None = None, header: list | None = None
+) -> np.ndarray:
     """Every example of a table file or image folder, unsplit, as float64 ``(N, columns)``:
     the file's own values, not rounded to float32 (``flowforge compress`` checks them for
     integers). With ``shape``, a ``.npy``/``.npz`` array of shape ``(N, *shape)`` (what
-    ``flowforge sample`` and ``decompress`` write for the run) is read as its flattened table."""
+    ``flowforge sample`` and ``decompress`` write for the run) is read as its flattened table.
+    A CSV header's column names are appended to ``header`` when a list is given."""
     path = Path(spec).expanduser()
     if path.is_dir():
         ds = _image_folder(path, 0, bits=bits, shuffle=False, val_fraction=0, test_fraction=0)
@@ -587,10 +652,15 @@ def read_table(spec: str, bits: int = 8, shape: tuple[int, ...] | None = None) -
         raise DataError(f"{path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        a, _ = _read_csv(path)
+        a, names = _read_csv(path)
+        if header is not None and names:
+            header.extend(names)  # the caller checks them against the run's columns
         return a
     if suffix not in (".npy", ".npz"):
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}; expected a .csv (comma-separated), "
+            ".npy or .npz file, or a folder of images"
+        )
     raw = _read_array(path)
     where = str(path)
     if isinstance(raw, dict):
@@ -608,9 +678,25 @@ def read_table(spec: str, bits: int = 8, shape: tuple[int, ...] | None = None) -
     return _as_table(raw, where)
 
 
-def read_examples(spec: str, bits: int = 8, shape: tuple[int, ...] | None = None) -> Tensor:
-    """:func:`read_table` as float32 (for ``flowforge eval --data``)."""
-    return torch.from_numpy(read_table(spec, bits, shape).astype(np.float32))
+def read_examples(
+    spec: str, bits: int = 8, shape: tuple[int, ...] | None = None, columns: list | None = None
+) -> Tensor:
+    """:func:`read_table` as float32 (for ``flowforge eval --data``). With ``columns`` (the
+    run's column names), a CSV whose header names other columns, or the same in another
+    order, is refused: its numbers would be scored against the wrong columns."""
+    header: list = []
+    x = read_table(spec, bits, shape, header)
+    if columns and header and list(header) != list(columns):
+        j = next((i for i, (a, b) in enumerate(zip(header, columns)) if a != b), None)
+        what = (
+            f"its column {j + 1} is {header[j]!r} where this run's is {columns[j]!r}"
+            if j is not None
+            else f"it has {len(header)} columns, this run {len(columns)}"
+        )
+        raise DataError(
+            f"{spec}: {what}; give the columns the run was trained on, in the same order"
+        )
+    return torch.from_numpy(x.astype(np.float32))
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -676,7 +762,8 @@ def load_dataset(
 # -- conditional data ----------------------------------------------------------------------------
 
 
-def _parse_columns(spec, width: int) -> list[int]:
+def _parse_columns(spec, width: int, names: list[str] | None = None) -> list[int]:
+    """Target columns as indices: integers (negative from the end) or header names."""
     if isinstance(spec, str):
         parts = [p.strip() for p in spec.split(",") if p.strip()]
     elif isinstance(spec, int):
@@ -688,7 +775,13 @@ def _parse_columns(spec, width: int) -> list[int]:
         try:
             i = int(p)
         except (TypeError, ValueError):
-            raise DataError(f"target column {p!r} is not a column index") from None
+            if names and p in names:
+                i = names.index(p)
+            else:
+                known = f"; the columns are {', '.join(map(repr, names[:12]))}" if names else ""
+                raise DataError(
+                    f"target column {p!r} is neither a column index nor a column name{known}"
+                ) from None
         if not -width <= i < width:
             raise DataError(f"target column {i} is out of range for a table of {width} columns")
         out.append(i % width)
@@ -728,7 +821,7 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
     if ds.kind != "table":
         raise DataError(f"target_columns selects columns of a table; {ds.name} is {ds.kind} data")
     width = ds.shape[0]
-    ys = _parse_columns(target_columns, width)
+    ys = _parse_columns(target_columns, width, ds.info.get("columns"))
     cs = [i for i in range(width) if i not in ys]
     raw_c = {k: ds.split(k)[:, cs] for k in ("train", "val", "test")}
     for k in ("train", "val", "test"):

@@ -60,6 +60,11 @@ CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE = (
 LOCK_FILE = ".lock"
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE, "report.html", LOCK_FILE)
 REPORT_DIR, TB_DIR = "report", "tb"
+# the names of the figures flowforge report writes (what --overwrite removes from report/)
+REPORT_FIGURES = (
+    "curves", "samples", "nearest", "density", "latent", "table", "marginals", "pairs",
+    "correlations", "contexts",
+)  # fmt: skip
 MAX_CONFIG_BYTES = 16 << 20
 
 
@@ -202,7 +207,7 @@ def clear_run(out: Path) -> None:
     for name in RUN_FILES:
         if name != LOCK_FILE:
             (out / name).unlink(missing_ok=True)
-    _ours_in(out / REPORT_DIR, ("curves", "samples", "nearest", "density", "latent", "table"))
+    _ours_in(out / REPORT_DIR, REPORT_FIGURES)
     _ours_in(out / TB_DIR, ("events.out.tfevents.",))
     remove_orphans(out)
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import io
-from ..core import layer_metrics, needs_data_init, regularization
+from ..core import NaNLogProb, layer_metrics, needs_data_init, regularization
 from ..objectives import reverse_kl
 from .checkpoint import optimizer_state, read_checkpoint, save_checkpoint, set_rng_state
 from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked
@@ -609,7 +609,9 @@ class Trainer:
         # warm-up then cosine within the phase that holds the step (the whole run by default)
         first, end = self._phase_span(min(step // self.steps_per_epoch, self.cfg["epochs"] - 1))
         step -= first * self.steps_per_epoch
-        warmup = int(self.cfg["warmup_steps"])
+        warmup = self.cfg["warmup_steps"]
+        if warmup == "auto":  # 100 steps, but at most a tenth of a short run (small data)
+            warmup = min(100, (end - first) * self.steps_per_epoch // 10)
         if warmup > 0 and step < warmup:
             return self.lr_factor * (step + 1) / warmup
         if self.cfg["schedule"] == "constant":
@@ -961,7 +963,10 @@ class Trainer:
 
     def _end_epoch(self, losses: list[float], t0: float) -> str:
         # validation (every rank computes it: same weights, same seeded noise, same number)
-        val = self.objective.validate(self, self.val_x, self.val_c)
+        try:
+            val = self.objective.validate(self, self.val_x, self.val_c)
+        except NaNLogProb:  # the model gives NaN on validation data: as a NaN loss below
+            val = math.nan
         if not math.isfinite(val):
             raise NonFiniteError(
                 f"the validation {self.objective.name} is {val} at epoch {self.epoch + 1}"
