@@ -425,3 +425,15 @@ def test_eval_sets_a_table_model_beside_a_gaussian(tmp_path, capsys):
     rc, out, err = cli(capsys, "eval", tmp_path / "r")
     assert "a Gaussian fitted to the training split: NLL" in out
     assert ("warning: the model scores worse" in out) == (res["nll"] > res["gaussian_nll"])
+
+
+def test_the_report_sets_a_table_model_beside_the_gaussian(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    data = _csv(tmp_path / "t.csv", ["a", "b"], rng.normal(size=(200, 2)))
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out",
+                     tmp_path / "r", "--epochs", 1, "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    assert cli(capsys, "report", tmp_path / "r")[0] == 0
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "test NLL of a Gaussian fitted to the training split" in html

@@ -188,17 +188,23 @@ def _savefig(fig, path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def robust_limits(values, factor: float = 10.0) -> tuple[float, float]:
-    """y-limits that keep a curve readable through spikes: from the smallest value to
-    ``factor`` times the median's height above it (never above the largest value). Values
-    above the upper limit are spikes, drawn at the top edge; since the median decides, up to
-    half of the values may be spikes."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if not len(v):
+def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
+    """y-limits that keep curves readable through spikes. The spread is the median's height
+    above the smallest value (all curves together), but at least 1% of the median's size (at
+    least 0.01), so a flat curve has no spikes. The upper limit is ``factor`` spreads above the
+    lowest point of the highest curve of 3 or more points (never above the largest value): a
+    curve lying wholly above the others, such as a validation curve above the training one,
+    is drawn, not marked. Values above the limit are spikes, drawn at the top edge; since the
+    median decides, up to half of the values may be spikes."""
+    finite = [[x for x in c if x is not None and math.isfinite(x)] for c in curves]
+    finite = [np.asarray(c, dtype=np.float64) for c in finite if c]
+    if not finite:
         return 0.0, 1.0
+    v = np.concatenate(finite)
     bottom, med = float(v.min()), float(np.median(v))
-    rise = max(med - bottom, 1e-6 * max(1.0, abs(med)))
-    top = min(float(v.max()), bottom + factor * rise)
+    rise = max(med - bottom, 0.01 * max(1.0, abs(med)))
+    base = max([bottom] + [float(c.min()) for c in finite if len(c) >= 3])
+    top = min(float(v.max()), base + factor * rise)
     pad = 0.05 * max(top - bottom, rise)
     return bottom - pad, top + pad
 
@@ -217,10 +223,10 @@ def _plot_clipped(ax, x, y, top: float, **kw) -> int:
 
 
 def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> int:
-    values = [m[key_train] for m in ep] + [m[key_val] for m in ep]
+    curves = [[m[key_train] for m in ep], [m[key_val] for m in ep]]
     if steps and key_train == "train_loss":
-        values += [s["loss"] for s in steps]
-    lo, hi = robust_limits(values)
+        curves.append([s["loss"] for s in steps])
+    lo, hi = robust_limits(*curves)
     spikes = 0
     if steps and key_train == "train_loss":
         spikes += _plot_clipped(ax, [s["step"] / per_epoch for s in steps],
@@ -311,9 +317,7 @@ def _density(
 ):
     plt = _plt()
     x = train_x[:5000].numpy()
-    lo, hi = np.percentile(x, 0.5, 0), np.percentile(x, 99.5, 0)
-    pad = 0.15 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
+    lo, hi = _box(x, 0.15)
     if box is not None:  # the data's own domain (angles: [-pi, pi]^2)
         lo, hi = np.asarray(box, dtype=np.float64).T
     g = 200
@@ -376,7 +380,7 @@ def _latent_plot(z: Tensor, path: Path) -> dict:
     n = len(zs)
     q = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n)
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ax[0].hist(zs.numpy(), bins=80, density=True, alpha=0.6, label="z")
+    _hist(ax[0], zs.numpy(), np.linspace(-5, 5, 81), alpha=0.6, label="z")
     t = np.linspace(-4, 4, 200)
     ax[0].plot(t, np.exp(-t * t / 2) / math.sqrt(2 * math.pi), label="N(0, 1)")
     ax[0].set_xlim(-5, 5)
@@ -388,7 +392,8 @@ def _latent_plot(z: Tensor, path: Path) -> dict:
     ax[1].set_ylabel("latent quantile")
     ax[1].set_title("QQ plot")
     _savefig(fig, path)
-    return {"mean": float(z.mean()), "std": float(z.std()), "values": n}
+    mean = float(z.mean()) if n else None  # None: undefined (no value, or one for a std)
+    return {"mean": mean, "std": float(z.std()) if n > 1 else None, "values": n}
 
 
 # -- tables: the model against the data, column by column -----------------------------------------
@@ -397,14 +402,35 @@ MAX_COLUMNS = 16  # columns shown in the per-column panels
 PAIRS = 4  # pairwise panels (the most dependent pairs)
 
 
+def _count(k: int, noun: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{k:,} {noun}" if k == 1 else f"{k:,} {noun}s"
+
+
 def _finite_rows(a: np.ndarray) -> np.ndarray:
     return a[np.isfinite(a).all(1)]
 
 
-def _box(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _box(x: np.ndarray, pad: float = 0.1, also=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column plot limits around the central 99% of ``x``, in float64. A column with one
+    value (a single row, a constant column) takes its limits from ``x`` and ``also`` (the
+    samples) together, or failing that gets a box of its size around it (at least 1)."""
+    x = np.asarray(x, dtype=np.float64)
     lo, hi = np.percentile(x, 0.5, 0), np.percentile(x, 99.5, 0)
-    pad = 0.1 * np.maximum(hi - lo, 1e-9)
-    return lo - pad, hi + pad
+    if also is not None and len(also) and (lo == hi).any():
+        both = np.concatenate([x, np.asarray(also, dtype=np.float64)])
+        lo2, hi2 = np.percentile(both, 0.5, 0), np.percentile(both, 99.5, 0)
+        lo, hi = np.where(lo == hi, lo2, lo), np.where(lo == hi, hi2, hi)
+    size = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0)
+    width = np.where(hi - lo > 1e-9 * size, hi - lo, size)
+    return lo - pad * width, hi + pad * width
+
+
+def _hist(ax, v: np.ndarray, edges: np.ndarray, **kw) -> None:
+    """A density histogram normalised by all of ``v``, values outside the edges included (so
+    mass off the plot lowers the curve, and none inside is no division by zero)."""
+    w = np.full(len(v), 1.0 / (max(len(v), 1) * (edges[1] - edges[0])))
+    ax.hist(v, edges, weights=w, **kw)
 
 
 def dependence(x: np.ndarray, bins: int = 12) -> np.ndarray:
@@ -428,10 +454,31 @@ def dependence(x: np.ndarray, bins: int = 12) -> np.ndarray:
     return out
 
 
-def _corr(x: np.ndarray) -> np.ndarray:
-    sd = x.std(0)
-    c = np.corrcoef(np.where(sd > 0, x, x + np.random.default_rng(0).normal(0, 1e-9, x.shape)).T)
-    return np.atleast_2d(c)
+def _corr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlations of the columns (NaN in the rows and columns of a constant column,
+    where a correlation is undefined) and the mask of non-constant columns."""
+    x = np.asarray(x, dtype=np.float64)
+    varies = np.ptp(x, 0) > 0
+    u = x - x.mean(0)
+    u = u / np.where(varies, np.sqrt((u * u).sum(0)), 1.0)
+    c = u.T @ u
+    c[~varies] = np.nan
+    c[:, ~varies] = np.nan
+    np.fill_diagonal(c, 1.0)
+    return c, varies
+
+
+def _corr_fact(cd, cs, vd, vs, names) -> str:
+    """The largest off-diagonal ``|samples - data|`` correlation, or n/a and why."""
+    both = vd & vs
+    pick = np.outer(both, both) & ~np.eye(len(both), dtype=bool)
+    if not pick.any():
+        return "n/a (fewer than two columns vary in both the data and the samples)"
+    out = f"{np.abs(cs - cd)[pick].max():.3f}"
+    if not both.all():
+        left = ", ".join(names[j] for j in np.flatnonzero(~both)[:5])
+        out += f" (left out, constant in the data or the samples: {left})"
+    return out
 
 
 def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, names, figdir):
@@ -441,7 +488,7 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
     figs, facts = [], []
     data, samples = _finite_rows(data), _finite_rows(samples)
     d = data.shape[1]
-    lo, hi = _box(data)
+    lo, hi = _box(data, also=samples)
     shown = list(range(min(d, MAX_COLUMNS)))
     cols = min(4, len(shown))
     rows = math.ceil(len(shown) / cols)
@@ -452,10 +499,8 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
             continue
         j = shown[k]
         edges = np.linspace(lo[j], hi[j], 41)
-        ax.hist(data[:, j], edges, density=True, histtype="stepfilled", alpha=0.35,
-                label="data")  # fmt: skip
-        ax.hist(samples[:, j], edges, density=True, histtype="step", lw=1.5, color="C1",
-                label="samples")  # fmt: skip
+        _hist(ax, data[:, j], edges, histtype="stepfilled", alpha=0.35, label="data")
+        _hist(ax, samples[:, j], edges, histtype="step", lw=1.5, color="C1", label="samples")
         ax.set_title(names[j], fontsize=9)
         ax.tick_params(labelsize=7)
         if k == 0:
@@ -485,26 +530,32 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
                 ax.tick_params(labelsize=7)
         _savefig(fig, figdir / "pairs.png")
         figs.append(("The most dependent pairs of columns: data vs samples", "report/pairs.png"))
-        cd, cs = _corr(data), _corr(samples)
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-        for ax, c, t, cmap, v in (
-            (axes[0], cd, "data", "RdBu_r", 1),
-            (axes[1], cs, "samples", "RdBu_r", 1),
-            (axes[2], cs - cd, "samples - data", "PuOr_r", 0.5),
-        ):
-            im = ax.imshow(c, cmap=cmap, vmin=-v, vmax=v)
-            ax.set_title(f"correlation: {t}", fontsize=10)
-            ticks = range(d) if d <= MAX_COLUMNS else []
-            ax.set_xticks(ticks)
-            ax.set_yticks(ticks)
-            if d <= MAX_COLUMNS:
-                ax.set_xticklabels([names[j] for j in ticks], rotation=90, fontsize=7)
-                ax.set_yticklabels([names[j] for j in ticks], fontsize=7)
-            fig.colorbar(im, ax=ax, fraction=0.046)
-        _savefig(fig, figdir / "correlations.png")
-        figs.append(("Correlation matrices", "report/correlations.png"))
-        facts.append(("largest correlation difference (samples - data)",
-                      f"{np.abs(cs - cd).max():.3f}"))  # fmt: skip
+        n_rows = min(len(data), len(samples))
+        if n_rows < 3:  # a correlation of 2 rows is always +-1
+            (figdir / "correlations.png").unlink(missing_ok=True)  # an earlier report's
+            why = f"n/a (only {_count(n_rows, 'row')} to correlate; at least 3 needed)"
+            facts.append(("largest correlation difference (samples - data)", why))
+        else:
+            (cd, vd), (cs, vs) = _corr(data), _corr(samples)
+            fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+            for ax, c, t, cmap, v in (
+                (axes[0], cd, "data", "RdBu_r", 1),
+                (axes[1], cs, "samples", "RdBu_r", 1),
+                (axes[2], cs - cd, "samples - data", "PuOr_r", 0.5),
+            ):
+                im = ax.imshow(c, cmap=cmap, vmin=-v, vmax=v)
+                ax.set_title(f"correlation: {t}", fontsize=10)
+                ticks = range(d) if d <= MAX_COLUMNS else []
+                ax.set_xticks(ticks)
+                ax.set_yticks(ticks)
+                if d <= MAX_COLUMNS:
+                    ax.set_xticklabels([names[j] for j in ticks], rotation=90, fontsize=7)
+                    ax.set_yticklabels([names[j] for j in ticks], fontsize=7)
+                fig.colorbar(im, ax=ax, fraction=0.046)
+            _savefig(fig, figdir / "correlations.png")
+            figs.append(("Correlation matrices", "report/correlations.png"))
+            fact = _corr_fact(cd, cs, vd, vs, names)
+            facts.append(("largest correlation difference (samples - data)", fact))
     if z is not None:
         z = _finite_rows(z)
         n = len(z)
@@ -604,6 +655,77 @@ def _standardised(resolved: dict, flow) -> str:
     return "no"
 
 
+def _model_words(model: dict) -> str:
+    kw = model.get("kwargs") or {}
+    if not kw:
+        return f"{model['name']} (builder defaults)"
+    return f"{model['name']} with " + ", ".join(f"{k}={json.dumps(v)}" for k, v in kw.items())
+
+
+def _levels_words(levels) -> str:
+    if levels is None:
+        return "continuous data"
+    return f"{levels} (discrete data: integers 0 to {levels - 1})"
+
+
+MIN_TRAIN = 20  # fewer training examples than this: a small-data warning
+MAX_PARAMS_PER_VALUE = 100  # more parameters than this per training value: the same
+MIN_SCORED = 10  # fewer val or test examples than this: their NLLs are noted as fragile
+
+
+def _small_data(r: dict, split: str) -> list[tuple[str, str]]:
+    """Warnings for a run whose data are tiny for its model, or whose NLLs rest on a few
+    examples."""
+    n, params = r.get("examples") or {}, r.get("parameters")
+    out = []
+    train, per = n.get("train"), math.prod(r["event_shape"])
+    if train and params and (train < MIN_TRAIN or params > MAX_PARAMS_PER_VALUE * train * per):
+        out.append((
+            "warning: little training data",
+            f"{_count(train, 'training example')} ({_count(train * per, 'value')}) for "
+            f"{params:,} parameters ({params / (train * per):,.0f} per value): the model can "
+            "memorise them, so its training loss says little about new data; a smaller model "
+            "(--model-kwargs) or more data would help",
+        ))  # fmt: skip
+    few = [
+        f"{name}: {n[name]}"
+        for name in dict.fromkeys((split, "test"))
+        if name != "train" and isinstance(n.get(name), int) and n[name] < MIN_SCORED
+    ]
+    if few:
+        out.append((
+            "warning: few examples scored",
+            f"the NLL figures below rest on few examples ({', '.join(few)}); other examples "
+            "could give quite different ones",
+        ))  # fmt: skip
+    return out
+
+
+def _two_val_nlls(logged: float, res: dict, cfg: dict) -> str:
+    """Why the best epoch's logged val NLL and the report's rescoring of it differ."""
+    gap = f"{abs(logged - res['nll']):.4g} nats"
+    if res.get("noise"):
+        logged_draws = _count(int(cfg.get("train", {}).get("val_samples", 1)), "draw")
+        draws = _count(res["samples"], "draw")
+        return (
+            f"the best epoch's {logged:.4f} was scored during training, with {logged_draws} "
+            f"of {res['noise']} noise seeded by the trainer; the val NLL row rescores the "
+            f"saved model as `flowforge eval` does ({draws}, seed {res['seed']}). Both "
+            f"estimate the same NLL: the {gap} between them is the noise alone "
+            "(`flowforge eval --samples 10` averages more draws)"
+        )
+    if "ode" in res:
+        return (
+            f"the best epoch's {logged:.4f} was scored during training with the model's own "
+            "ODE settings; the val NLL row rescores the saved model as `flowforge eval` does "
+            f"(exact trace, tight tolerances); they differ by {gap}"
+        )
+    return (
+        f"the best epoch's {logged:.4f} is the value logged during training; the val NLL row "
+        f"rescores the saved model as `flowforge eval` does; they differ by {gap}"
+    )
+
+
 def write_report(
     run: str | os.PathLike,
     split: str = "val",
@@ -653,7 +775,12 @@ def write_report(
             "metrics.jsonl holds no finished epoch (missing, emptied or damaged): the epochs "
             "run and the training curves are unknown",
         ))  # fmt: skip
+    facts += _small_data(r, split)
     objective = cfg.get("train", {}).get("objective", "nll")
+    ep = [m for m in metrics if m.get("type") == "epoch"]
+    key, what = _validation(ep, objective)
+    scored = [m for m in ep if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
+    best = min(scored, key=lambda m: m[key]) if scored else None
     spikes = _curves(metrics, figdir / "curves.png", discrete, objective)
     if spikes is not None:
         figs.append(("Training curves", "report/curves.png"))
@@ -665,15 +792,27 @@ def write_report(
     for name in dict.fromkeys((split, "test")):
         res = evaluate_run(run, name, seed=seed)  # as `flowforge eval` scores it
         v = res["nll"]
-        facts.append((f"{name} NLL (nats/example, {res['examples']} examples)", f"{v:.4f}"))
+        many = f"{res['examples']} example{'s' if res['examples'] != 1 else ''}"
+        facts.append((f"{name} NLL (nats/example, {many})", f"{v:.4f}"))
         if discrete:
             facts.append((f"{name} bits/dim", f"{v / (math.prod(shape) * math.log(2)):.4f}"))
         if "true_nll" in res:
             facts.append((f"{name} true NLL (the data's known density)", f"{res['true_nll']:.4f}"))
             gap = f"{res['gap']:.4f} +- {res['gap_se']:.4f}"
             facts.append((f"{name} gap to it (nats, an estimate of KL)", gap))
+        if "gaussian_nll" in res:  # a table: the simplest density the model should beat
+            g = res["gaussian_nll"]
+            facts.append((f"{name} NLL of a Gaussian fitted to the training split", f"{g:.4f}"))
+            if v > g:
+                facts.append((
+                    f"warning: worse than a Gaussian on {name}",
+                    f"the model's {v:.4f} against the Gaussian's {g:.4f}: it under- or "
+                    "over-fits (compare the training and validation curves)",
+                ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
             facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
+        if name == "val" and best and key == "val_nll" and f"{best[key]:.4f}" != f"{v:.4f}":
+            facts.append(("note: two val NLLs", _two_val_nlls(best[key], res, cfg)))
     if len(data_shape) == 3:
         if info and info["kind"] == "label":
             classes = info["classes"][:10]
@@ -729,20 +868,21 @@ def write_report(
     z = latent(flow, x_split, seed, c_split)
     zs = _latent_plot(z, figdir / "latent.png")
     figs.append((f"Latent normality check ({split} split, all dimensions)", "report/latent.png"))
-    facts.append(("latent mean / std", f"{zs['mean']:.3f} / {zs['std']:.3f}"))
-    ep = [m for m in metrics if m.get("type") == "epoch"]
-    key, what = _validation(ep, objective)
-    best = min(ep, key=lambda m: m[key]) if ep else None
+    if zs["std"] is None:
+        stat = f"n/a ({_count(zs['values'], 'finite latent value')}; a std needs 2)"
+    else:
+        stat = f"{zs['mean']:.3f} / {zs['std']:.3f}"
+    facts.append(("latent mean / std", stat))
     rows = [
-        ("model", f"{cfg['model']['name']} {json.dumps(cfg['model']['kwargs'])}"),
-        ("layout", f"{r['layout']} {tuple(r['event_shape'])}"),
+        ("model", _model_words(cfg["model"])),
+        ("layout", f"{r['layout']} ({' x '.join(map(str, shape))} values per example)"),
         ("parameters", f"{r['parameters']:,}"),
         (
             "data",
             f"{cfg['data']['name']} ({r['examples']['train']} train, "
             f"{r['examples']['val']} val, {r['examples']['test']} test)",
         ),
-        ("levels", str(r.get("levels"))),
+        ("levels", _levels_words(r.get("levels"))),
         ("standardised", _standardised(r, flow)),
         ("epochs run", str(len(ep))),
     ]

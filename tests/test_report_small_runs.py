@@ -1,0 +1,137 @@
+"""Reports on runs with very little data (audit D, item 7 and its "still present" items): no
+raw warnings and no NaN, "n/a" with a reason instead; a flat validation curve is a curve, not
+"spikes"; a small-data warning; readable table values; the two val NLLs of a discrete run
+explained."""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from flowforge.workbench import report as R
+from flowforge.workbench.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUIET = ["--no-progress", "--quiet"]
+
+
+def report(run) -> dict:
+    """``flowforge report RUN``'s table; ``"python warnings"`` in it lists the Python
+    warnings raised on the way (on a console, each would be printed raw)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["report", str(run)]) == 0
+    rows = re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", (run / "report.html").read_text())
+    table = {html.unescape(k): html.unescape(v) for k, v in rows}
+    return {**table, "python warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """The report table of the audit's tiny5.csv case: 5 rows of 3 columns (3 train, 1 val,
+    1 test)."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    rows = np.random.default_rng(0).normal(size=(5, 3))
+    csv = tmp / "tiny5.csv"
+    csv.write_text("x,y,z\n" + "\n".join(",".join(f"{v:.6f}" for v in r) for r in rows))
+    out = tmp / "tiny5"
+    args = ["train", "--model", "realnvp", "--data", str(csv), "--out", str(out), *QUIET]
+    assert main(args) == 0
+    return report(out)
+
+
+def test_a_tiny_run_reports_without_warnings_or_nan(table):
+    assert table["python warnings"] == []
+    cells = [v for k, v in table.items() if k != "python warnings"]
+    assert not any("nan" in v.lower().replace("n/a", "") for v in cells), table
+    corr = table["largest correlation difference (samples - data)"]
+    assert corr == "n/a (only 1 row to correlate; at least 3 needed)"
+    assert table["val NLL (nats/example, 1 example)"]
+
+
+# the audit's tiny5 run: a slowly falling training loss, a flat validation NLL well above it
+TRAIN = [3.1275, 3.1272, 3.1267, 3.126, 3.125, 3.1237, 3.1222, 3.1204, 3.1184, 3.1161, 3.1134,
+         3.1105, 3.1072, 3.1037, 3.0997, 3.0954, 3.0907, 3.0856, 3.08, 3.074, 3.0675]  # fmt: skip
+VAL = [5.6898, 5.6903, 5.691, 5.692, 5.6933, 5.6949, 5.6967, 5.6989, 5.7014, 5.7042, 5.7074,
+       5.711, 5.7151, 5.7195, 5.7245, 5.73, 5.7362, 5.7429, 5.7503, 5.7585, 5.7675]  # fmt: skip
+
+
+def test_a_flat_validation_curve_is_no_spikes(table, tmp_path):
+    metrics = [
+        {"type": "epoch", "epoch": e + 1, "step": e + 1, "train_loss": t, "val_nll": v}
+        for e, (t, v) in enumerate(zip(TRAIN, VAL))
+    ] + [{"type": "step", "step": s, "loss": TRAIN[s - 1]} for s in (10, 20)]
+    assert R._curves(metrics, tmp_path / "curves.png", False) == 0  # was 21: all of val
+    metrics[7]["val_nll"] = 1e6
+    assert R._curves(metrics, tmp_path / "curves.png", False) == 1  # a real spike still is one
+    assert "warning: loss spikes" not in table, table["warning: loss spikes"]
+    # one flat curve with a step of 1e-3: the spread is at least 1% of the level
+    lo, hi = R.robust_limits([3.0] * 11 + [3.001] * 10)
+    assert hi > 3.001
+    # a validation curve wholly above a flat training curve is drawn, not marked
+    lo, hi = R.robust_limits([3.12 - 0.001 * k for k in range(21)], [5.69] * 21)
+    assert lo < 3.1 and 5.69 < hi < 6
+    # a real spike in it still is one
+    assert R.robust_limits([3.1] * 21, [5.69] * 20 + [1e6])[1] < 1e3
+
+
+def test_tiny_data_gets_a_warning(table):
+    assert table["warning: little training data"].startswith(
+        "3 training examples (9 values) for 7,410 parameters (823 per value)"
+    )
+    few = table["warning: few examples scored"]
+    assert few.startswith("the NLL figures below rest on few examples (val: 1, test: 1)")
+    keys = list(table)
+    assert keys.index("warning: few examples scored") < keys.index(
+        "val NLL (nats/example, 1 example)"
+    )
+    # and none for a run of ordinary size
+    r = {"examples": {"train": 800, "val": 100, "test": 100}, "parameters": 50_000}
+    assert R._small_data({**r, "event_shape": [4]}, "val") == []
+    wide = R._small_data({**r, "parameters": 400_000, "event_shape": [4]}, "val")
+    assert [k for k, _ in wide] == ["warning: little training data"]
+
+
+def test_the_table_prints_settings_for_people(table):
+    assert table["model"] == "realnvp (builder defaults)"
+    assert table["levels"] == "continuous data"
+    assert table["layout"] == "vector (3 values per example)"
+    assert R._model_words({"name": "glow", "kwargs": {"steps": 1, "hidden": [8]}}) == (
+        "glow with steps=1, hidden=[8]"
+    )
+
+
+def test_a_constant_column_in_the_split_is_left_out_of_the_correlations(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(50, 3)).astype(np.float32)
+    data[:, 1] = 2.5  # constant in this split (float32, as the report's data are)
+    samples = rng.normal(size=(50, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figs, facts = R.table_figures(data, samples, samples, ["a", "b", "c"], tmp_path)
+    corr = dict(facts)["largest correlation difference (samples - data)"]
+    value, why = corr.split(" ", 1)
+    assert math.isfinite(float(value))
+    assert why == "(left out, constant in the data or the samples: b)"
+
+
+def test_the_two_val_nlls_of_a_discrete_run_are_explained(tmp_path):
+    out = tmp_path / "digits"
+    small = '{"steps": 1, "hidden": 8, "scales": 1}'
+    args = ["train", "--model", "glow", "--data", "digits", "--model-kwargs", small]
+    assert main([*args, "--out", str(out), "--epochs", "1", "--limit", "100", *QUIET]) == 0
+    table = report(out)
+    assert table["python warnings"] == []
+    logged = table["best epoch (val NLL)"].split("(")[1].rstrip(")")
+    rescored = next(v for k, v in table.items() if k.startswith("val NLL (nats/example"))
+    assert logged != rescored  # another draw of the dequantization noise
+    note = table["note: two val NLLs"]
+    assert note.startswith(f"the best epoch's {logged} was scored during training, with 1 draw")
+    assert "as `flowforge eval` does (1 draw, seed 0)" in note and "noise alone" in note
+    assert table["levels"] == "17 (discrete data: integers 0 to 16)"
