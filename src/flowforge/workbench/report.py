@@ -852,7 +852,8 @@ def write_report(
                 )
                 figs.append(("Data and model density", "report/density.png"))
                 figs.append(("Samples", "report/samples.png"))
-            samples = sample_run(flow, cfg, m, 1.0, seed + 2)
+            # at least 2,000 samples: a split of a few rows would leave a few samples to judge by
+            samples = sample_run(flow, cfg, max(m, 2000), 1.0, seed + 2)
         else:
             # one sample given each row's context: draws from the joint of the split
             samples = sample_run(flow, cfg, 1, 1.0, seed + 2, context=c_split[:m])
@@ -861,7 +862,7 @@ def write_report(
             figs.append((title, "report/contexts.png"))
         z = latent(flow, x_split[:m], seed, None if c_split is None else c_split[:m], flat=False)
         tf, tfacts = table_figures(
-            data[:m].numpy(), samples.reshape(m, -1).numpy(), z.numpy(), names, figdir
+            data[:m].numpy(), samples.reshape(len(samples), -1).numpy(), z.numpy(), names, figdir
         )
         figs += tf
         facts += tfacts
