@@ -268,3 +268,79 @@ def test_nonsense_options_are_refused_before_anything_is_written(tmp_path, capsy
     key = option[1].split("=")[0] if option[0] == "--set" else option[0][2:].replace("-", "_")
     assert key.split(".")[-1] in lines[0], lines[0]
     assert not out.exists()
+
+
+def _epochs(run: Path) -> list:
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["epoch"], r["val_nll"], r["best"]) for r in recs if r.get("type") == "epoch"]
+
+
+def test_a_signal_inside_a_step_stops_after_it_and_resumes_exactly(
+    tmp_path, monkeypatch, capsys, reference
+):
+    """The step's dequantization noise is drawn when the signal arrives: the run finishes
+    that step, then saves, so the resumed run draws what the uninterrupted one drew."""
+    out = tmp_path / "run"
+    real = trainer_module.Trainer._loss
+
+    def loss(self, xb, cb):
+        value = real(self, xb, cb)
+        if self.global_step == 4:  # the forward pass of the fifth step is done
+            os.kill(os.getpid(), signal.SIGINT)
+        return value
+
+    monkeypatch.setattr(trainer_module.Trainer, "_loss", loss)
+    result = train(CFG, out, progress=False, echo=False)
+    assert result["status"] == "interrupted" and result["steps"] == 5  # the step finished
+    monkeypatch.setattr(trainer_module.Trainer, "_loss", real)
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference) and _epochs(out) == _epochs(reference)
+
+
+def test_a_signal_while_the_best_model_is_written_ends_that_epoch_first(
+    tmp_path, monkeypatch, capsys, reference
+):
+    """Before, the held signal was raised inside the epoch's end: the checkpoint had the new
+    best and the resumed run counted the same epoch as not improved."""
+    out = tmp_path / "run"
+    real = io.atomic_write
+    sent = []
+
+    def write(path, data):
+        if str(path).endswith("model.ff") and not sent:
+            sent.append(path)
+            os.kill(os.getpid(), signal.SIGINT)  # waits: a file is being written
+        return real(path, data)
+
+    monkeypatch.setattr(io, "atomic_write", write)
+    result = train(CFG, out, progress=False, echo=False)
+    assert result["status"] == "interrupted" and result["epochs"] == 1  # the epoch completed
+    monkeypatch.setattr(io, "atomic_write", real)
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference) and _epochs(out) == _epochs(reference)
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys, reference
+):
+    out = tmp_path / "run"
+    real = trainer_module.Trainer._loss
+
+    def loss(self, xb, cb):
+        if self.global_step == 4:  # (the first epoch's checkpoint holds step 3)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, xb, cb)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_loss", loss)
+    result = train(CFG, out, progress=False, echo=True)
+    printed = capsys.readouterr().out
+    assert result["status"] == "interrupted" and "stopped at once by a second signal" in printed
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 0)  # the last whole checkpoint
+    monkeypatch.setattr(trainer_module.Trainer, "_loss", real)
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference) and _epochs(out) == _epochs(reference)

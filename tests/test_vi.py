@@ -194,3 +194,28 @@ def test_target_returning_the_wrong_shape_is_named_in_the_error():
     # -inf (zero density) is a valid log-density
     wall = targets.Target("wall", lambda x: torch.full(x.shape[:-1], -math.inf), 2, (0, 1, 0, 1))
     assert wall(torch.zeros(3, 2)).shape == (3,)
+
+
+def test_fit_target_interrupted_writes_nothing(capsys, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from flowforge.workbench import trainer as trainer_module
+
+    real = trainer_module.Trainer._loss
+
+    def loss(self, xb, cb):
+        if self.global_step == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, xb, cb)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_loss", loss)
+    out = tmp_path / "vi"
+    rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "planar", "--layers", 2,
+                     "--steps", 500, "--out", out, "--quiet")  # fmt: skip
+    assert rc == 130 and "interrupted after 21 of 500 steps; nothing written" in err
+    assert not out.exists() or not any(out.iterdir())
+    monkeypatch.setattr(trainer_module.Trainer, "_loss", real)
+    rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "planar", "--layers", 2,
+                     "--steps", 10, "--n-eval", 1, "--out", out, "--quiet")  # fmt: skip
+    assert rc == 1 and "--n-eval must be at least 2, got 1" in err

@@ -12,6 +12,7 @@ gradient norm jumps.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -347,9 +348,17 @@ def find_nonfinite(model: torch.nn.Module, rerun: Callable[[], object], rng_stat
     return f"first non-finite output in {what}"
 
 
+class _ForcedStop(KeyboardInterrupt):
+    """A second signal before training reached a point where it can stop exactly."""
+
+
 class _Signals:
-    """While training: SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C; inside
-    :meth:`deferred` (a checkpoint being written) a signal waits until the write is done."""
+    """While training, SIGINT, SIGTERM and SIGHUP ask it to stop: the trainer stops at the end
+    of the step in progress (``pending``; with several processes, at the end of a step they all
+    agree on), where the checkpoint it saves resumes exactly: the weights, the optimizer and
+    the counters of finished steps, and the random state before the next step's draws. A
+    second signal before then stops at once (:class:`_ForcedStop`) and keeps the last
+    checkpoint; inside :meth:`deferred` (a file being written) every signal waits."""
 
     SIGNALS = tuple(
         s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s
@@ -361,10 +370,9 @@ class _Signals:
         self.deferring = False
 
     def _handler(self, signum, frame):
-        if self.deferring:
-            self.pending = True
-            return
-        raise KeyboardInterrupt
+        if self.pending and not self.deferring:
+            raise _ForcedStop
+        self.pending = True
 
     def __enter__(self):
         for s in self.SIGNALS:
@@ -379,24 +387,14 @@ class _Signals:
             signal.signal(s, h)
         return False
 
-    def deferred(self, reraise: bool = True):
-        """Signals wait while inside; on leaving, a waiting one raises KeyboardInterrupt
-        (``reraise=False``: it is only recorded in ``self.pending``, e.g. during the save
-        that an interrupt itself asked for)."""
-        signals = self
-
-        class _Deferred:
-            def __enter__(self):
-                signals.deferring = True
-
-            def __exit__(self, *exc):
-                signals.deferring = False
-                if reraise and signals.pending and exc[0] is None:
-                    signals.pending = False
-                    raise KeyboardInterrupt
-                return False
-
-        return _Deferred()
+    @contextlib.contextmanager
+    def deferred(self):
+        """Signals wait while inside (a file is being written): even a second one."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
 
 
 class _Watch:
@@ -715,7 +713,7 @@ class Trainer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
         meta.update(seed=self.seed, world=self.world)
-        ctx = self._signals.deferred(reraise=not final) if self._signals else _nothing()
+        ctx = self._signals.deferred() if self._signals else _nothing()
         with ctx:
             save_checkpoint(self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema)
 
@@ -824,13 +822,20 @@ class Trainer:
             with _Signals() as self._signals:
                 while status == "running" and self.epoch < self.cfg["epochs"]:
                     status = self._epoch(bar)
+                    if self._signals.pending and self.world == 1:  # asked during the epoch's end
+                        raise KeyboardInterrupt
                 if status == "running":
                     status = self.finished = "finished"
                     self.save_checkpoint()
-        except KeyboardInterrupt:
+        except _ForcedStop:
+            status = "interrupted"
+            kept = "the last checkpoint is kept" if self.writer else "nothing saved"
+            self._say(f"stopped at once by a second signal, at step {self.global_step}; {kept}")
+        except KeyboardInterrupt:  # at the end of a step: the state resumes exactly
             status = "interrupted"
             # A further signal waits for this save to finish: the checkpoint is written whole.
             with _Signals() as self._signals:
+                self._signals.deferring = True
                 self.save_checkpoint(final=True)
                 again = self._signals.pending
             saved = "checkpoint saved (resume with --resume)" if self.writer else "nothing saved"
@@ -881,8 +886,10 @@ class Trainer:
         for xb, cb in self._batches():
             rng = torch.get_rng_state()
             loss = self._loss(xb, cb)
-            stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double()])
-            if self.world > 1:
+            asked = float(self._signals is not None and self._signals.pending)
+            stop = torch.tensor(asked, dtype=torch.float64, device=loss.device)
+            stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double(), stop])
+            if self.world > 1:  # (every rank learns whether any was asked to stop)
                 dist.all_reduce(stats)
                 stats[0] /= self.world
             self.opt.zero_grad(set_to_none=True)
@@ -890,7 +897,9 @@ class Trainer:
             (loss if reg is None else loss + reg).backward()
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             # the step's one read-back from the device: loss, its finiteness and the norm
-            value, bad_loss, norm = torch.cat([stats, norm.detach().double().reshape(1)]).tolist()
+            value, bad_loss, asked, norm = torch.cat(
+                [stats, norm.detach().double().reshape(1)]
+            ).tolist()
             if bad_loss > 0 and self.objective.skip_nonfinite:
                 self.skipped += 1
                 norm = None
@@ -936,6 +945,10 @@ class Trainer:
                 )
             if self.callback is not None:
                 self.callback(self)
+            # a stop asked for: here, with the step finished (one process: asked at any time
+            # so far; several: asked before this step's all-reduce, on any rank, the same for all)
+            if asked or (self.world == 1 and self._signals is not None and self._signals.pending):
+                raise KeyboardInterrupt
         return self._end_epoch(losses, t0)
 
     def _loss(self, xb, cb):

@@ -91,7 +91,8 @@ def fit_target(
     flow.eval()
     tail = last[-100:]
     return {
-        "steps": steps,
+        "status": result["status"],  # "interrupted" after a signal
+        "steps": result["steps"],  # the steps taken (``steps`` unless interrupted)
         "batch_size": batch_size,
         "lr": lr,
         "anneal": anneal,
