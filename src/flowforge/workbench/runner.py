@@ -7,7 +7,6 @@ checked, and the model built, before anything is written; only rank 0 writes und
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import os
@@ -28,7 +27,6 @@ from .runs import (
     CKPT_FILE,
     CONFIG_FILE,
     RUN_FORMAT,
-    TB_DIR,
     RunLock,
     check_out_dir,
     clear_run,
@@ -158,21 +156,42 @@ def train(
             _check_fingerprint(out, stored, resolved["data_fingerprint"])
         shape = tuple(resolved["event_shape"])
         barrier()  # every rank has checked the folder before rank 0 writes to it
-        created = not out.exists()
+        # the Trainer checks the training options against the model (an objective the model
+        # cannot train): before anything is written, so a refusal leaves no folder behind
+        trainer = Trainer(
+            flow,
+            ds.train.reshape(-1, *shape),
+            ds.val.reshape(-1, *shape),
+            cfg["train"],
+            seed=cfg["seed"],
+            out=out,
+            bits_dims=math.prod(shape) if ds.levels else None,
+            progress=progress,
+            callback=callback,
+            echo=echo,
+            train_context=ds.split_context("train"),
+            val_context=ds.split_context("val"),
+        )
         lock = RunLock(out) if rank == 0 else _NoLock()
-        trainer, wrote = None, []  # _start records in `wrote` that it wrote the run's config
-        try:
-            with lock:
-                trainer = _start(flow, out, cfg, resolved, ds, shape, rank, world, resume,
-                                 echo, progress, callback, wrote)  # fmt: skip
-                result = trainer.fit(resume=resume)
-                # every rank leaves together: a rank that tears its process group down while
-                # another still uses it can abort in gloo's teardown
-                barrier()
-        except (WorkbenchError, ValueError):
-            if trainer is None and wrote:  # refused before training: leave nothing behind
-                _undo_start(out, created)
-            raise
+        with lock:
+            if rank == 0:
+                if not resume and out.is_dir() and is_run(out):
+                    clear_run(out)
+                out.mkdir(parents=True, exist_ok=True)
+                remove_orphans(out)
+                if not resume:
+                    write_json(
+                        out / CONFIG_FILE, {"format": RUN_FORMAT, **cfg, "resolved": resolved}
+                    )
+            barrier()
+            if echo and rank == 0:
+                print(describe(cfg, resolved, ds, world), flush=True)
+                for note in ds.info.get("warnings", ()):
+                    print(f"warning: {note}", flush=True)
+            result = trainer.fit(resume=resume)
+            # every rank leaves together: a rank that tears its process group down while
+            # another still uses it can abort in gloo's teardown
+            barrier()
         result.update(out=str(out), parameters=resolved["parameters"])
         return result
     finally:
@@ -184,55 +203,6 @@ def train(
             # an active exception")
             gc.collect()
             dist.destroy_process_group()
-
-
-def _start(flow, out, cfg, resolved, ds, shape, rank, world, resume, echo, progress, callback,
-           wrote):  # fmt: skip
-    """Write the run's config (rank 0; then ``wrote`` gets an entry) and build its Trainer
-    (which checks the training options against the model)."""
-    if rank == 0:
-        if not resume and out.is_dir() and is_run(out):
-            clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        remove_orphans(out)
-        if not resume:
-            write_json(out / CONFIG_FILE, {"format": RUN_FORMAT, **cfg, "resolved": resolved})
-            wrote.append(CONFIG_FILE)
-    barrier()
-    if echo and rank == 0:
-        print(describe(cfg, resolved, ds, world), flush=True)
-        for note in ds.info.get("warnings", ()):
-            print(f"warning: {note}", flush=True)
-    return Trainer(
-        flow,
-        ds.train.reshape(-1, *shape),
-        ds.val.reshape(-1, *shape),
-        cfg["train"],
-        seed=cfg["seed"],
-        out=out,
-        bits_dims=math.prod(shape) if ds.levels else None,
-        progress=progress,
-        callback=callback,
-        echo=echo,
-        train_context=ds.split_context("train"),
-        val_context=ds.split_context("val"),
-    )
-
-
-def _undo_start(out: Path, created: bool) -> None:
-    """Remove what starting a run wrote (its config, an empty TensorBoard folder), and the
-    folder itself if this command created it; a user's file in it stays."""
-    (out / CONFIG_FILE).unlink(missing_ok=True)
-    for d in (out / TB_DIR,):
-        if d.is_dir():
-            for f in d.iterdir():
-                if f.name.startswith("events.out.tfevents."):
-                    f.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                d.rmdir()
-    if created:
-        with contextlib.suppress(OSError):  # not empty: something else is in it, keep it
-            out.rmdir()
 
 
 class _NoLock:
