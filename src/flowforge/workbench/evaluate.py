@@ -107,8 +107,11 @@ def evaluate_run(
     else:
         ds = run_dataset(cfg)
         x, context = ds.split(split), ds.split_context(split)
-        if ds.kind == "table" and ds.levels is None and info is None:
-            baseline = gaussian_baseline(ds.train, x)
+        if ds.kind == "table" and ds.levels is None and info is None and len(ds.train) > 1:
+            try:
+                baseline = gaussian_baseline(ds.train, x)
+            except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
+                baseline = None
         comparable = ds.density_measure == "lebesgue" or (
             ds.density_measure == "sphere" and cfg["model"]["name"] == "sphereflow"
         )
