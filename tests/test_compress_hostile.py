@@ -214,3 +214,13 @@ def test_a_data_shape_that_does_not_fit_the_model(run, ffz, tmp_path, capsys):
     rc, _, err = cli(capsys, "compress", evil, "--out", tmp_path / "o.ffz", "--no-baselines")
     one_line_error(rc, err, "config.json", "data_shape", "64")
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "o.ffz").exists()
+
+
+def test_split_applies_to_a_named_dataset_only(run, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((3, 64), np.uint8))
+    rc, _, err = cli(capsys, "compress", run, "--data", tmp_path / "x.npy", "--split", "bogus",
+                     "--out", tmp_path / "x.ffz", "--no-baselines")  # fmt: skip
+    one_line_error(rc, err, "--split chooses a split of a dataset", "coded whole")
+    rc, _, err = cli(capsys, "compress", run, "--split", "bogus", "--out", tmp_path / "y.ffz",
+                     "--no-baselines")  # fmt: skip
+    one_line_error(rc, err, "unknown split 'bogus'")

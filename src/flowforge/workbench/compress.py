@@ -116,11 +116,15 @@ def _nll_bits(flow, xs: np.ndarray, samples: int) -> float:
 
 
 def _examples(
-    cfg: dict, data: str | None, split: str, want: tuple[int, ...]
+    cfg: dict, data: str | None, split: str | None, want: tuple[int, ...]
 ) -> tuple[np.ndarray, str]:
     """The examples to code, in the run's data shape ``want``, and a name for them. A file's
     values are read as they are (float64, not rounded): the codec checks they are integers."""
-    if data is None or data.lower() in DATASETS:
+    named = data is None or data.lower() in DATASETS
+    if not named and split is not None:
+        raise WorkbenchError(f"--split chooses a split of a dataset; {data} is coded whole")
+    split = split or "test"
+    if named:
         if data is None or data.lower() == str(cfg["data"]["name"]).lower():
             ds = run_dataset(cfg)
         else:
@@ -180,7 +184,7 @@ def compress_run(
     run: str,
     out: str,
     data: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     chunk: int = 64,
     threads: int = 1,
     overwrite: bool = False,
