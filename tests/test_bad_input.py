@@ -437,3 +437,80 @@ def test_the_report_sets_a_table_model_beside_the_gaussian(tmp_path, capsys):
     assert cli(capsys, "report", tmp_path / "r")[0] == 0
     html = (tmp_path / "r" / "report.html").read_text()
     assert "test NLL of a Gaussian fitted to the training split" in html
+
+
+def test_second_signals_nan_rows_solvers_and_chunks(tmp_path, monkeypatch):
+    import signal as sig
+
+    import flowforge as ff
+    from flowforge.transforms.continuous import exact_scoring
+    from flowforge.workbench.trainer import _ForcedStop, _Signals
+
+    # with several processes a second signal waits (a rank stopping alone would hang the rest)
+    for force, raises in ((True, True), (False, False)):
+        s = _Signals(force=force)
+        s._handler(sig.SIGINT, None)
+        if raises:
+            with pytest.raises(_ForcedStop):
+                s._handler(sig.SIGINT, None)
+        else:
+            s._handler(sig.SIGINT, None)
+            assert s.pending
+    # NaN rows are named by their index in the data, not in the batch
+    torch.manual_seed(0)
+    flow = ff.models.TarFlow(features=4, blocks=2, width=8, heads=2).eval()
+    x = torch.zeros(2200, 4)
+    x[2100] = 1e20
+    with pytest.raises(ValueError, match=r"indices \[2100\]"):
+        ff.objectives.log_likelihoods(flow, x, batch_size=1024)
+    # adaptive solvers keep their method under exact scoring; fixed grids get dopri5
+    cnf = ff.models.build("cnf", features=2, hidden=(4,), method="bosh3")
+    grid = ff.models.build("cnf", features=2, hidden=(4,), method="rk4", step_size=0.25)
+    with exact_scoring(cnf), exact_scoring(grid):
+        methods = [m.method for f in (cnf, grid) for m in f.modules() if hasattr(m, "method")]
+    assert methods == ["bosh3", "dopri5"]
+    assert ff.codec.default_chunk((3, 128, 128)) == 21 and ff.codec.default_chunk((64,)) == 64
+
+
+def test_a_signal_at_the_last_epochs_end_leaves_the_run_finished(tmp_path, monkeypatch):
+    import os
+    import signal as sig
+
+    from flowforge.workbench import trainer as trainer_module
+    from flowforge.workbench.runner import train
+
+    real = trainer_module.Trainer._end_epoch
+
+    def end(self, losses, t0):
+        if self.epoch == self.cfg["epochs"] - 1:
+            os.kill(os.getpid(), sig.SIGINT)  # during the last validation
+        return real(self, losses, t0)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", end)
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "data": "moons",
+           "train": {"epochs": 2, "batch_size": 500}}  # fmt: skip
+    result = train(cfg, tmp_path / "r", progress=False, echo=False)
+    assert result["status"] == "finished"
+
+
+def test_conditional_eval_data_checks_the_columns_too(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3))
+    data = _csv(tmp_path / "t.csv", ["a", "b", "c"], x)
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", data, "--target-columns",
+                     "a,b", "--out", tmp_path / "r", "--epochs", 1, "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    assert cli(capsys, "eval", tmp_path / "r", "--data", data)[0] == 0
+    swapped = _csv(tmp_path / "s.csv", ["c", "b", "a"], x[:, ::-1])
+    rc, _, err = cli(capsys, "eval", tmp_path / "r", "--data", swapped)
+    one_line_error(rc, err, "its column 1 is 'c' where this run's is 'a'")
+
+
+def test_a_constant_column_is_refused_for_training_only(tmp_path):
+    from flowforge.workbench.data import constant_columns, load_dataset
+
+    rng = np.random.default_rng(0)
+    data = _csv(tmp_path / "c.csv", ["a", "k"], np.c_[rng.normal(size=50), np.full(50, 2.0)])
+    ds = load_dataset(str(data))  # a run's data reloaded for eval or report: still readable
+    assert "'k' hold the same value" in constant_columns(ds)

@@ -291,6 +291,11 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
     return x.astype(np.int64)
 
 
+def default_chunk(shape) -> int:
+    """64 examples per network call, or as many as ``MAX_CHUNK_VALUES`` values allow."""
+    return max(1, min(64, MAX_CHUNK_VALUES // math.prod(shape)))
+
+
 def _check_chunk(chunk: int, shape: tuple[int, ...]) -> None:
     """Refuse a chunk whose network call would take more than ``MAX_CHUNK_VALUES`` values (one
     example at a time is always allowed): the encoder and the decoder apply the same limit."""
@@ -441,7 +446,7 @@ def _block_params(base: DiscretizedLogisticMixture, i: int, z: Tensor):
 def encode(
     flow: IntegerFlow,
     x,
-    chunk: int = 64,
+    chunk: int | None = None,
     threads: int = 1,
     radius: int | None = None,
     verify: bool = True,
@@ -453,6 +458,7 @@ def encode(
         x: integers in ``[0, flow.levels - 1]`` (a tensor or an array).
         chunk: examples per network call (the decoder uses the same): at most ``N`` is used,
             and at most ``MAX_CHUNK_VALUES`` values per call (one example always works).
+            Default: 64, or fewer for examples of more than 16,384 values.
         threads: torch threads during coding (recorded; the decoder uses the same, since the
             networks' rounding depends on it), at most ``MAX_THREADS``.
         radius: the largest half-width of a table window (default ``min(2 * levels, 256)``,
@@ -476,6 +482,8 @@ def encode(
         return bitsback.encode(flow, x, threads=threads, verify=verify)
     stack, model = _constriction()
     _check_flow(flow)
+    if chunk is None:
+        chunk = default_chunk(flow.event_shape)
     for name, v, hi in (("chunk", chunk, MAX_CHUNK), ("threads", threads, MAX_THREADS)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
             raise CodecError(f"expected {name} to be an integer in [1, {hi}], got {v!r}")

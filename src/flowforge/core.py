@@ -332,7 +332,12 @@ class Identity(Transform):
 
 
 class NaNLogProb(ValueError):
-    """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN for."""
+    """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN for; ``rows`` are
+    their first indices in the batch it was given."""
+
+    def __init__(self, message: str, rows: list | None = None):
+        super().__init__(message)
+        self.rows = rows or []
 
 
 class DataInit:
@@ -672,7 +677,8 @@ class Flow(nn.Module):
         bad = torch.isnan(lp).reshape(-1).nonzero().flatten()[:5].tolist()
         raise NaNLogProb(
             f"the model's log-density is NaN for batch rows {bad} (inputs this far from the "
-            "training data overflow its layers); score them in float64, or remove them"
+            "training data overflow its layers); score them in float64, or remove them",
+            bad,
         )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:

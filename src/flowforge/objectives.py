@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .core import Flow
+from .core import Flow, NaNLogProb
 from .transforms.dequantization import UniformDequantization
 
 __all__ = [
@@ -122,7 +122,14 @@ def log_likelihoods(
                 if not xb.is_floating_point():  # integer pixel values: the noise is a float
                     xb = xb.to(flow.dtype)
                 xb, _ = dequantizer(xb)
-            lp = flow.log_prob(xb, cb).double()
+            try:
+                lp = flow.log_prob(xb, cb).double()
+            except NaNLogProb as e:  # its rows count from this batch: name them in x
+                idx = [r + i for r in e.rows]
+                raise ValueError(
+                    f"the model gives a NaN log-density to example(s) at indices {idx}: they "
+                    "lie where it cannot score them (e.g. far outside the training data's range)"
+                ) from None
             bad = ~torch.isfinite(lp)
             if bad.any():
                 idx = (bad.nonzero().flatten()[:5] + i).tolist()

@@ -619,8 +619,8 @@ class CNF(Transform):
 
 @contextmanager
 def exact_scoring(module: nn.Module, tol: float = 1e-5) -> Iterator[None]:
-    """Score every :class:`CNF` inside ``module`` with the exact trace and dopri5 at
-    tolerances of at most ``tol``, restoring the CNFs' own settings on exit.
+    """Score every :class:`CNF` inside ``module`` with the exact trace and an adaptive solver
+    at tolerances of at most ``tol``, restoring the CNFs' own settings on exit.
 
     A CNF trained with Hutchinson's estimator at loose tolerances (FFJORD's recipe) defines the
     same continuous model; its log-density is the exact-trace, tight-tolerance solve, which this
@@ -643,7 +643,7 @@ def exact_scoring(module: nn.Module, tol: float = 1e-5) -> Iterator[None]:
     try:
         for c in cnfs:
             c.trace = "exact"
-            if c.method != "dopri5":
+            if c.method in _FIXED:  # a grid's few steps do not give a normalised density
                 c.method = "dopri5"
                 c.max_steps = max(c.max_steps, 1000)
             c.rtol, c.atol = min(c.rtol, tol), min(c.atol, tol)

@@ -245,6 +245,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         resolved["context"] = ds.context_info
     if ds.info.get("columns"):
         resolved["columns"] = ds.info["columns"]
+    if ds.info.get("context_columns"):  # a conditional table: its context columns' names
+        resolved["context_column_names"] = ds.info["context_columns"]
     return flow, inner, resolved
 
 

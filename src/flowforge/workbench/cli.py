@@ -703,7 +703,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="a dataset name or a .npy/.npz/.csv file or image folder")
     s.add_argument("--split", help="with a dataset: train, val or test (default test)")
     s.add_argument("--out", required=True, help="the .ffz file")
-    s.add_argument("--chunk", type=int, default=64, help="examples per network call")
+    s.add_argument(
+        "--chunk", type=int, help="examples per network call (default 64, fewer for large images)"
+    )
     s.add_argument(
         "--threads", type=int, default=1, help="torch threads while coding (1 to 64; recorded)"
     )

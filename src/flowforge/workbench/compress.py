@@ -185,7 +185,7 @@ def compress_run(
     out: str,
     data: str | None = None,
     split: str | None = None,
-    chunk: int = 64,
+    chunk: int | None = None,
     threads: int = 1,
     overwrite: bool = False,
     baselines: bool = True,
@@ -194,9 +194,11 @@ def compress_run(
     the file decodes to them, and measure it. Returns the numbers ``flowforge compress``
     prints."""
     out_path = _check_out(out, overwrite)
-    _check_args(chunk, threads)
+    _check_args(64 if chunk is None else chunk, threads)
     cfg = run_config(run)
     flow = _flow_of(run)
+    if chunk is None:  # 64, or fewer for large examples (an explicit --chunk is checked)
+        chunk = codec.default_chunk(flow.event_shape)
     x, name = _examples(cfg, data, split, _data_shape(run, cfg, flow))
     shape = tuple(flow.event_shape)
     xs = x.reshape(-1, *shape)

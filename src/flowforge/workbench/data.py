@@ -341,18 +341,27 @@ def _column_name(j: int, names: list[str] | None) -> str:
     return repr(names[j]) if names else f"{j} (0-based)"
 
 
-def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, where: str) -> list:
-    """Refuse what no density can model (a constant column) and return warnings for what
-    makes a fit or its test figure misleading: far outliers, which set the standardisation's
-    scale and squeeze every other value together, and test/val rows that repeat training rows
-    (exact duplicates, an optimistic test NLL)."""
+def constant_columns(ds) -> str | None:
+    """Why no density can model a table with a column that holds one value in every
+    training row (``flowforge train`` refuses it; a run's data reloaded for eval is not)."""
+    train = ds.train.numpy()
+    if ds.kind != "table" or ds.levels is not None or not len(train):
+        return None
     const = [j for j in range(train.shape[1]) if np.all(train[:, j] == train[0, j])]
-    if const:
-        cols = ", ".join(_column_name(j, names) for j in const[:5])
-        raise DataError(
-            f"{where}: column(s) {cols} hold the same value in every training row: a density "
-            "over a constant is degenerate (it can grow without bound); drop them"
-        )
+    if not const:
+        return None
+    cols = ", ".join(_column_name(j, ds.info.get("columns")) for j in const[:5])
+    return (
+        f"{ds.name}: column(s) {cols} hold the same value in every training row: a density "
+        "over a constant is degenerate (it can grow without bound); drop them"
+    )
+
+
+def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, where: str) -> list:
+    """Warnings for what makes a fit or its test figure misleading: far outliers, which set
+    the standardisation's scale and squeeze every other value together, and test/val rows that
+    repeat training rows (exact duplicates, an optimistic test NLL). A constant column is
+    refused when training starts (:func:`constant_columns`)."""
     notes = []
     med = np.median(train, 0)
     robust = 1.4826 * np.median(np.abs(train - med), 0)  # the sd a normal column would have

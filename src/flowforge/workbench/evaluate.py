@@ -83,8 +83,15 @@ def evaluate_run(
                 "eval --data is not available for a label-conditional run (the file has no "
                 "labels); evaluate its splits with --split"
             )
-        full = read_examples(data)
         want = len(info["target_columns"]) + len(info["context_columns"])
+        names = None  # the table's header as trained on (runs since the context names are kept)
+        if r.get("columns") and r.get("context_column_names"):
+            names = [None] * want
+            for i, n in zip(info["target_columns"], r["columns"]):
+                names[i] = n
+            for i, n in zip(info["context_columns"], r["context_column_names"]):
+                names[i] = n
+        full = read_examples(data, columns=names)
         if full.dim() != 2 or full.shape[1] != want:
             raise DataError(
                 f"{data} has shape {tuple(full.shape)}; this run expects {want} columns"

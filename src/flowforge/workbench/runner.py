@@ -20,7 +20,7 @@ import torch
 from .. import io
 from .build import build_flow, describe, same_model
 from .config import DEFAULT_TRAIN, read_config, resolve_config
-from .data import load_dataset
+from .data import constant_columns, load_dataset
 from .distributed import barrier, device, dist_env, init_distributed
 from .errors import DataError, NonFiniteError, RunError, WorkbenchError
 from .runs import (
@@ -138,6 +138,9 @@ def train(
             cfg = resolve_config(stored)  # exactly the stored run
         device(cfg["train"]["device"])  # refuse a missing device before writing anything
         ds = load_dataset(cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"])
+        degenerate = None if resume else constant_columns(ds)
+        if degenerate:
+            raise DataError(degenerate)
         seed_all(cfg["seed"])
         if resume:  # the stored config came from a folder: build it under the file budget
             size = (out / CKPT_FILE).stat().st_size

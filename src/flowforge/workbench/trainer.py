@@ -364,13 +364,16 @@ class _Signals:
         s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s
     )
 
-    def __init__(self):
+    def __init__(self, force: bool = True):
         self.old: dict = {}
         self.pending = False
         self.deferring = False
+        # with several processes a second signal waits too: a rank stopping alone would leave
+        # the others waiting in the next collective (torchrun's own kill is the hard stop)
+        self.force = force
 
     def _handler(self, signum, frame):
-        if self.pending and not self.deferring:
+        if self.pending and self.force and not self.deferring:
             raise _ForcedStop
         self.pending = True
 
@@ -390,11 +393,11 @@ class _Signals:
     @contextlib.contextmanager
     def deferred(self):
         """Signals wait while inside (a file is being written): even a second one."""
-        self.deferring = True
+        before, self.deferring = self.deferring, True
         try:
             yield
         finally:
-            self.deferring = False
+            self.deferring = before
 
 
 class _Watch:
@@ -706,9 +709,9 @@ class Trainer:
         "last_halved", "lr_factor", "skipped", "finished", "epoch_losses",
     )  # fmt: skip
 
-    def save_checkpoint(self, final: bool = False) -> None:
-        """Write the checkpoint; a signal during the write waits for it to finish (and, unless
-        ``final``, then interrupts training)."""
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint; a signal during the write waits for it to finish (training
+        then stops at the end of its step)."""
         if not self.writer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
@@ -818,30 +821,40 @@ class Trainer:
             leave=False,
         )
         status = self.finished or "running"
+        signals = self._signals = _Signals(force=self.world == 1)
         try:
-            with _Signals() as self._signals:
-                while status == "running" and self.epoch < self.cfg["epochs"]:
-                    status = self._epoch(bar)
-                    if self._signals.pending and self.world == 1:  # asked during the epoch's end
-                        raise KeyboardInterrupt
-                if status == "running":
-                    status = self.finished = "finished"
+            with signals:  # one context for training and the interrupt's save: no gap
+                try:
+                    while status == "running" and self.epoch < self.cfg["epochs"]:
+                        status = self._epoch(bar)
+                        more = status == "running" and self.epoch < self.cfg["epochs"]
+                        if signals.pending and self.world == 1 and more:  # asked at the epoch's end
+                            raise KeyboardInterrupt
+                    if status == "running":
+                        status = self.finished = "finished"
+                        self.save_checkpoint()
+                except _ForcedStop:
+                    status = "interrupted"
+                    kept = "the last checkpoint is kept" if self.writer else "nothing saved"
+                    self._say(
+                        f"stopped at once by a second signal, at step {self.global_step}; {kept}"
+                    )
+                except KeyboardInterrupt:  # at the end of a step: the state resumes exactly
+                    status = "interrupted"
+                    # a further signal waits for this save to finish: the checkpoint is whole
+                    signals.deferring, signals.pending = True, False
                     self.save_checkpoint()
-        except _ForcedStop:
-            status = "interrupted"
-            kept = "the last checkpoint is kept" if self.writer else "nothing saved"
-            self._say(f"stopped at once by a second signal, at step {self.global_step}; {kept}")
-        except KeyboardInterrupt:  # at the end of a step: the state resumes exactly
-            status = "interrupted"
-            # A further signal waits for this save to finish: the checkpoint is written whole.
-            with _Signals() as self._signals:
-                self._signals.deferring = True
-                self.save_checkpoint(final=True)
-                again = self._signals.pending
-            saved = "checkpoint saved (resume with --resume)" if self.writer else "nothing saved"
-            if again:
-                saved += "; a second signal arrived during the save and waited for it"
-            self._say(f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; {saved}")
+                    again = signals.pending
+                    saved = (
+                        "checkpoint saved (resume with --resume)"
+                        if self.writer
+                        else "nothing saved"
+                    )
+                    if again:
+                        saved += "; a second signal arrived during the save and waited for it"
+                    self._say(
+                        f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; {saved}"
+                    )
         finally:
             self._signals = None
             bar.close()
@@ -887,7 +900,7 @@ class Trainer:
             rng = torch.get_rng_state()
             loss = self._loss(xb, cb)
             asked = float(self._signals is not None and self._signals.pending)
-            stop = torch.tensor(asked, dtype=torch.float64, device=loss.device)
+            stop = loss.detach().new_full((), asked, dtype=torch.float64)  # (no host copy)
             stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double(), stop])
             if self.world > 1:  # (every rank learns whether any was asked to stop)
                 dist.all_reduce(stats)
