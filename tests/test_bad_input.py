@@ -373,18 +373,22 @@ def test_tables_that_no_density_fits_or_that_mislead(tmp_path, capsys):
     assert "also appear in the training split" in out + err
 
 
-def test_eval_refuses_a_table_whose_columns_are_not_the_runs(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(100, 3))
+def _swapped_header_is_refused(tmp_path, capsys, *extra):
+    """Train on a 3-column CSV, then eval on the same numbers with the header reversed."""
+    x = np.random.default_rng(0).normal(size=(100, 3))
     data = _csv(tmp_path / "t.csv", ["a", "b", "c"], x)
-    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out",
-                     tmp_path / "r", "--epochs", 1, "--quiet",
-                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    rc, _, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "r", "--epochs", 1,
+                     "--quiet", "--model-kwargs", '{"layers": 1, "hidden": [4]}',
+                     *extra)  # fmt: skip
     assert rc == 0, err
     assert cli(capsys, "eval", tmp_path / "r", "--data", data)[0] == 0
     swapped = _csv(tmp_path / "s.csv", ["c", "b", "a"], x[:, ::-1])
     rc, _, err = cli(capsys, "eval", tmp_path / "r", "--data", swapped)
     one_line_error(rc, err, "its column 1 is 'c' where this run's is 'a'")
+
+
+def test_eval_refuses_a_table_whose_columns_are_not_the_runs(tmp_path, capsys):
+    _swapped_header_is_refused(tmp_path, capsys, "--model", "realnvp")
     semi = tmp_path / "semi.csv"
     semi.write_text("a;b;c\n1.0;2.0;3.0\n4.0;5.0;6.0\n")
     rc, _, err = cli(capsys, "eval", tmp_path / "r", "--data", semi)
@@ -494,17 +498,7 @@ def test_a_signal_at_the_last_epochs_end_leaves_the_run_finished(tmp_path, monke
 
 
 def test_conditional_eval_data_checks_the_columns_too(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(100, 3))
-    data = _csv(tmp_path / "t.csv", ["a", "b", "c"], x)
-    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", data, "--target-columns",
-                     "a,b", "--out", tmp_path / "r", "--epochs", 1, "--quiet",
-                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
-    assert rc == 0, err
-    assert cli(capsys, "eval", tmp_path / "r", "--data", data)[0] == 0
-    swapped = _csv(tmp_path / "s.csv", ["c", "b", "a"], x[:, ::-1])
-    rc, _, err = cli(capsys, "eval", tmp_path / "r", "--data", swapped)
-    one_line_error(rc, err, "its column 1 is 'c' where this run's is 'a'")
+    _swapped_header_is_refused(tmp_path, capsys, "--model", "maf", "--target-columns", "a,b")
 
 
 def test_a_constant_column_is_refused_for_training_only(tmp_path):
