@@ -508,3 +508,13 @@ def test_a_constant_column_is_refused_for_training_only(tmp_path):
     data = _csv(tmp_path / "c.csv", ["a", "k"], np.c_[rng.normal(size=50), np.full(50, 2.0)])
     ds = load_dataset(str(data))  # a run's data reloaded for eval or report: still readable
     assert "'k' hold the same value" in constant_columns(ds)
+
+
+def test_a_run_still_improving_at_its_last_epoch_says_so(tmp_path, capsys):
+    rc, out, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out",
+                       tmp_path / "r", "--epochs", 2, "--no-progress", "--limit", 256,
+                       "--model-kwargs", '{"layers": 1, "hidden": [8]}')  # fmt: skip
+    assert rc == 0, err
+    last = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["type"] == "epoch" and last["best"]  # (seed 0: the second epoch improves)
+    assert "note: the best epoch is the last" in out

@@ -196,6 +196,11 @@ def _finish_train(result: dict) -> int:
         if what == "nll" and result.get("best_val_bpd") is not None:
             msg += f" ({result['best_val_bpd']:.4f} bits/dim)"
         print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
+        if result["status"] == "finished" and result["best_epoch"] == result["epochs"] > 1:
+            print(
+                "note: the best epoch is the last, so the model was still improving: a run with "
+                "more --epochs may do better"
+            )
     return 0
 
 
