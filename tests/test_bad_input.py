@@ -518,3 +518,19 @@ def test_a_run_still_improving_at_its_last_epoch_says_so(tmp_path, capsys):
     last = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["type"] == "epoch" and last["best"]  # (seed 0: the second epoch improves)
     assert "note: the best epoch is the last" in out
+
+
+def test_eval_sets_a_discrete_model_beside_a_per_position_histogram(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "digits", "--layout",
+                     "vector", "--out", tmp_path / "r", "--epochs", 1, "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", tmp_path / "r", "--split", "test", "--json")
+    res = json.loads(out)
+    assert res["histogram_nll"] == pytest.approx(106.3652, abs=1e-3)  # the README's 106.4
+    assert res["histogram_bits_per_dim"] == pytest.approx(2.3977, abs=1e-4)
+    rc, out, err = cli(capsys, "eval", tmp_path / "r", "--split", "test")
+    assert "a histogram per position of the training split: NLL 106.3652 (2.3977 bits/dim)" in out
+    assert ("worse than that histogram" in out) == (res["nll"] > res["histogram_nll"])
+    assert cli(capsys, "report", tmp_path / "r")[0] == 0
+    assert "NLL of a histogram per position" in (tmp_path / "r" / "report.html").read_text()

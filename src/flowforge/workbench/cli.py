@@ -231,14 +231,20 @@ def cmd_eval(args) -> int:
             )
         if "ode" in res:
             print(f"ODE: {describe_ode(res['ode'])}")
-        if "gaussian_nll" in res:
-            g = res["gaussian_nll"]
-            print(f"a Gaussian fitted to the training split: NLL {g:.4f} on the same examples")
-            if res["nll"] > g:
-                print(
-                    "warning: the model scores worse than that Gaussian: it under- or over-fits "
-                    "(compare its validation and training losses in flowforge report)"
-                )
+        for key, what, short in (
+            ("gaussian_nll", "a Gaussian fitted to the training split", "that Gaussian"),
+            ("histogram_nll", "a histogram per position of the training split", "that histogram"),
+        ):
+            if key in res:
+                g = res[key]
+                bpd = res.get(key.replace("_nll", "_bits_per_dim"))
+                extra = f" ({bpd:.4f} bits/dim)" if bpd is not None else ""
+                print(f"{what}: NLL {g:.4f}{extra} on the same examples")
+                if res["nll"] > g:
+                    print(
+                        f"warning: the model scores worse than {short}: it under- or over-fits "
+                        "(compare its validation and training losses in flowforge report)"
+                    )
     return 0
 
 

@@ -70,7 +70,7 @@ def evaluate_run(
             f"(this run's data {'has no' if r.get('levels') is None else 'has'} levels) and "
             f"--samples of 2 or more (got {samples})"
         )
-    truth, baseline = None, None
+    truth, baseline, histogram = None, None, None
     flow = load_run(run)
     if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
         return _evaluate_manifold_model(run, cfg, flow, split, data, batch_size)
@@ -114,6 +114,8 @@ def evaluate_run(
     else:
         ds = run_dataset(cfg)
         x, context = ds.split(split), ds.split_context(split)
+        if ds.levels is not None and info is None:  # discrete data: a per-position histogram
+            histogram = histogram_baseline(ds.train, x, ds.levels)
         if ds.kind == "table" and ds.levels is None and info is None and len(ds.train) > 1:
             try:
                 baseline = gaussian_baseline(ds.train, x)
@@ -178,6 +180,9 @@ def evaluate_run(
     }
     if baseline is not None and math.isfinite(baseline):
         out["gaussian_nll"] = baseline
+    if histogram is not None and math.isfinite(histogram):
+        out["histogram_nll"] = histogram
+        out["histogram_bits_per_dim"] = histogram / (math.prod(shape) * math.log(2))
     if ode is not None and nfes:
         ode.update(solves=len(nfes), nfe_mean=sum(nfes) / len(nfes), nfe_max=max(nfes))
         out["ode"] = ode
@@ -187,6 +192,20 @@ def evaluate_run(
         out["gap"] = gap.mean().item()
         out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else 0.0
     return out
+
+
+def histogram_baseline(train, x, levels: int) -> float:
+    """The mean NLL (nats) of discrete ``x`` under an independent histogram per position
+    (pixel or column) of the training split, with add-1/2 counts: the reference a model of
+    discrete data must beat to have learned any dependence (106.4 nats on the digits' test
+    split)."""
+    t = np.asarray(train, dtype=np.int64).reshape(len(train), -1)
+    v = np.asarray(x, dtype=np.int64).reshape(len(x), -1)
+    counts = np.full((t.shape[1], int(levels)), 0.5)
+    for j in range(t.shape[1]):
+        counts[j] += np.bincount(t[:, j], minlength=int(levels))[: int(levels)]
+    logp = np.log(counts / counts.sum(1, keepdims=True))
+    return float(-logp[np.arange(v.shape[1]), v].sum(1).mean())
 
 
 def gaussian_baseline(train, x) -> float:

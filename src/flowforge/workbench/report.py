@@ -800,15 +800,19 @@ def write_report(
             facts.append((f"{name} true NLL (the data's known density)", f"{res['true_nll']:.4f}"))
             gap = f"{res['gap']:.4f} +- {res['gap_se']:.4f}"
             facts.append((f"{name} gap to it (nats, an estimate of KL)", gap))
-        if "gaussian_nll" in res:  # a table: the simplest density the model should beat
-            g = res["gaussian_nll"]
-            facts.append((f"{name} NLL of a Gaussian fitted to the training split", f"{g:.4f}"))
-            if v > g:
-                facts.append((
-                    f"warning: worse than a Gaussian on {name}",
-                    f"the model's {v:.4f} against the Gaussian's {g:.4f}: it under- or "
-                    "over-fits (compare the training and validation curves)",
-                ))  # fmt: skip
+        for ref, ref_name, short in (  # the simplest densities the model should beat
+            ("gaussian_nll", "a Gaussian fitted to the training split", "a Gaussian"),
+            ("histogram_nll", "a histogram per position of the training split", "a histogram"),
+        ):
+            if ref in res:
+                g = res[ref]
+                facts.append((f"{name} NLL of {ref_name}", f"{g:.4f}"))
+                if v > g:
+                    facts.append((
+                        f"warning: worse than {short} on {name}",
+                        f"the model's {v:.4f} against {g:.4f}: it under- or over-fits (compare "
+                        "the training and validation curves)",
+                    ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
             facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
         if name == "val" and best and key == "val_nll" and f"{best[key]:.4f}" != f"{v:.4f}":
