@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.functional import jvp
 
+from .._util import all_finite
 from ..core import Compose, Flow, Transform, check_shape
 from ..nets import MLP
 from ..transforms import Affine, Coupling, LULinear, half_mask
@@ -96,10 +97,8 @@ class MFlow(nn.Module):
         """``x`` checked (a real ``(batch, D)`` tensor, finite) and in the model's dtype, as a
         :class:`~flowforge.Flow` takes its inputs."""
         self._check(x, "data to project", self.features)
-        if x.is_complex():
-            raise ValueError(f"expected real-valued data, got {x.dtype}")
-        x = x.to(self.inner.dtype)
-        if not bool(torch.isfinite(x).all()):
+        x = self.inner._as_input(x, "x")  # the dtype move and refusals a Flow applies
+        if not all_finite(x):
             bad = (~torch.isfinite(x)).any(1).nonzero().flatten()[:5].tolist()
             raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
         return x

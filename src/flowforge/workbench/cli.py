@@ -205,7 +205,7 @@ def _finish_train(result: dict) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import describe_ode, evaluate_run
+    from .evaluate import REFERENCES, describe_ode, evaluate_run
 
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
@@ -231,10 +231,8 @@ def cmd_eval(args) -> int:
             )
         if "ode" in res:
             print(f"ODE: {describe_ode(res['ode'])}")
-        for key, what, short in (
-            ("gaussian_nll", "a Gaussian fitted to the training split", "that Gaussian"),
-            ("histogram_nll", "a histogram per position of the training split", "that histogram"),
-        ):
+        for key, what, noun in REFERENCES:
+            short = f"that {noun}"
             if key in res:
                 g = res[key]
                 bpd = res.get(key.replace("_nll", "_bits_per_dim"))
@@ -335,12 +333,11 @@ def _ode_solver(flow, method, steps, tol):
     if steps is not None and method is None:
         method = "rk4"  # as flowforge.matching.sample
 
-    fixed = method in _FIXED if method is not None else _cnfs(flow)[0].method in _FIXED
-    if tol is not None and fixed:
+    used = method or _cnfs(flow)[0].method  # the solver asked for, or the model's own
+    if tol is not None and used in _FIXED:
         raise WorkbenchError(
-            f"--ode-tol sets an adaptive solver's tolerance, but "
-            f"{method or _cnfs(flow)[0].method} steps on a fixed grid: set --ode-steps instead "
-            "(or --ode-method dopri5 with --ode-tol)"
+            f"--ode-tol sets an adaptive solver's tolerance, but {used} steps on a fixed grid: "
+            "set --ode-steps instead (or --ode-method dopri5 with --ode-tol)"
         )
     return solver(flow, method, steps=steps, rtol=tol, atol=tol)
 

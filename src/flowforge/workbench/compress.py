@@ -51,15 +51,12 @@ def _flow_of(run: str):
 
 
 def _data_shape(run: str, cfg: dict, flow) -> tuple[int, ...]:
-    """The run's data shape (``resolved.data_shape``), checked against the model: data are
-    reshaped with it, so it must hold exactly the model's values."""
-    shape = cfg["resolved"].get("data_shape")
+    """The run's data shape (``resolved.data_shape``, a list of positive integers once
+    ``run_config`` has read it), checked against the model: data are reshaped with it, so it
+    must hold exactly the model's values."""
+    shape = cfg["resolved"]["data_shape"]
     values = math.prod(flow.event_shape)
-    if not (
-        isinstance(shape, list)
-        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
-        and math.prod(shape) == values
-    ):
+    if math.prod(shape) != values:
         raise WorkbenchError(
             f"{Path(run) / 'config.json'} is damaged: resolved.data_shape "
             f"{str(shape)[:60]} does not hold the model's {values:,} values per example"

@@ -194,6 +194,13 @@ def evaluate_run(
     return out
 
 
+# the reference densities eval and report set a model beside: (result key, what it is, its noun)
+REFERENCES = (
+    ("gaussian_nll", "a Gaussian fitted to the training split", "Gaussian"),
+    ("histogram_nll", "a histogram per position of the training split", "histogram"),
+)
+
+
 def histogram_baseline(train, x, levels: int) -> float:
     """The mean NLL (nats) of discrete ``x`` under an independent histogram per position
     (pixel or column) of the training split, with add-1/2 counts: the reference a model of

@@ -735,7 +735,7 @@ def write_report(
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path."""
     from ..io import atomic_write
-    from .evaluate import describe_ode, evaluate_run
+    from .evaluate import REFERENCES, describe_ode, evaluate_run
 
     run = Path(run)
     cfg = run_config(run)
@@ -800,10 +800,8 @@ def write_report(
             facts.append((f"{name} true NLL (the data's known density)", f"{res['true_nll']:.4f}"))
             gap = f"{res['gap']:.4f} +- {res['gap_se']:.4f}"
             facts.append((f"{name} gap to it (nats, an estimate of KL)", gap))
-        for ref, ref_name, short in (  # the simplest densities the model should beat
-            ("gaussian_nll", "a Gaussian fitted to the training split", "a Gaussian"),
-            ("histogram_nll", "a histogram per position of the training split", "a histogram"),
-        ):
+        for ref, ref_name, noun in REFERENCES:  # the simplest densities the model should beat
+            short = f"a {noun}"
             if ref in res:
                 g = res[ref]
                 facts.append((f"{name} NLL of {ref_name}", f"{g:.4f}"))
