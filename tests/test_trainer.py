@@ -194,3 +194,13 @@ def test_the_warm_up_is_at_most_a_tenth_of_a_short_run():
     long = Trainer(flow, _data(64), _data(16), {"epochs": 500, "batch_size": 16,
                    "tensorboard": False}, **QUIET)  # fmt: skip
     assert long._lr_lambda(49) == pytest.approx(long.lr_factor / 2)  # 2,000 steps: all 100
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    # a log file or a pipe gets the epoch lines, not a bar's carriage-return redraws
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "data": "moons",
+           "train": {"epochs": 2, "batch_size": 500}}  # fmt: skip
+    train(cfg, tmp_path / "r", progress=True, echo=True)
+    out, err = capsys.readouterr()
+    assert "epoch 2/2" in out
+    assert "step/s" not in err and "\r" not in err

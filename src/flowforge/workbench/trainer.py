@@ -815,7 +815,9 @@ class Trainer:
             total=self.total_steps,
             initial=self.global_step,
             unit="step",
-            disable=not (self.progress and self.rank == 0),
+            # None: tqdm leaves the bar out when stderr is not a terminal (a log file, a pipe),
+            # where its carriage returns would fill the log with partial lines
+            disable=None if self.progress and self.rank == 0 else True,
             dynamic_ncols=True,
             file=sys.stderr,
             leave=False,
