@@ -24,6 +24,7 @@ the :class:`Flow` is where a stray or a missing context is refused.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import operator
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ __all__ = [
     "Distribution",
     "DataInit",
     "check_shape",
+    "checking",
     "needs_data_init",
     "regularization",
     "layer_metrics",
@@ -331,6 +333,43 @@ class Identity(Transform):
         return z, z.new_zeros(z.shape[0])
 
 
+# The validate_args of the Flow whose call is running (None: none is, or it has the default), so
+# that a layer's own value checks (angles in range, unit vectors) follow the flow's decision.
+_FLOW_CHECKS: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "flowforge_flow_checks", default=None
+)
+
+
+def checking(t: Tensor) -> bool:
+    """Whether a layer should check the values of ``t`` (angles in range, unit vectors...).
+
+    Inside a :class:`Flow` call, the flow's ``validate_args`` when it is set; otherwise only
+    for CPU tensors: a check reads values back to the host, which on an accelerator forces a
+    synchronisation (the flow's own input scan follows the same rule). Never inside
+    ``torch.compile``, where a data-dependent branch cannot run."""
+    if torch.compiler.is_compiling():
+        return False
+    decided = _FLOW_CHECKS.get()
+    return t.device.type == "cpu" if decided is None else decided
+
+
+class _Checks:
+    """Sets :func:`checking`'s answer to a flow's ``validate_args`` for the call's duration."""
+
+    __slots__ = ("value", "token")
+
+    def __init__(self, value: bool | None):
+        self.value, self.token = value, None
+
+    def __enter__(self):
+        if self.value is not None:
+            self.token = _FLOW_CHECKS.set(bool(self.value))
+
+    def __exit__(self, *exc):
+        if self.token is not None:
+            _FLOW_CHECKS.reset(self.token)
+
+
 class NaNLogProb(ValueError):
     """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN for; ``rows`` are
     their first indices in the batch it was given."""
@@ -596,6 +635,10 @@ class Flow(nn.Module):
             return False
         return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
 
+    def _checks(self) -> _Checks:
+        """A context in which the layers' own value checks follow ``validate_args``."""
+        return _Checks(self.validate_args)
+
     @property
     def dtype(self) -> torch.dtype:
         """The floating-point dtype of the flow's weights (inputs are converted to it)."""
@@ -662,10 +705,12 @@ class Flow(nn.Module):
         if not x.shape[0]:  # an empty batch: no layer needs to see it
             return x.new_zeros(batch)
         log_q = 0.0
-        if self.dequantizer is not None:
-            x, log_q = self.dequantizer(x, context, validate=self._validating(x))
-        z, ladj = self.transform(x, context)
-        return self._scored(x, (self.base.log_prob(z, context) + ladj - log_q).reshape(batch))
+        with self._checks():
+            if self.dequantizer is not None:
+                x, log_q = self.dequantizer(x, context, validate=self._validating(x))
+            z, ladj = self.transform(x, context)
+            lp = self.base.log_prob(z, context) + ladj - log_q
+        return self._scored(x, lp.reshape(batch))
 
     def _scored(self, x: Tensor, lp: Tensor) -> Tensor:
         """``lp``, or a :class:`NaNLogProb` naming the rows where it is NaN (inputs so far from
@@ -737,10 +782,11 @@ class Flow(nn.Module):
         if not math.prod(shape):  # no samples: no layer needs to run
             anchor = self.base._anchor
             return anchor.new_zeros(*shape, *self.event_shape)
-        z = self.base.sample(math.prod(shape), ctx, temperature=temperature)
-        x, _ = self.transform.inverse(z, ctx)
-        if self.dequantizer is not None:
-            x = self.dequantizer.quantize(x)
+        with self._checks():
+            z = self.base.sample(math.prod(shape), ctx, temperature=temperature)
+            x, _ = self.transform.inverse(z, ctx)
+            if self.dequantizer is not None:
+                x = self.dequantizer.quantize(x)
         return x.reshape(*shape, *self.event_shape)
 
     def rsample(self, n, context: Tensor | None = None) -> Tensor:
@@ -756,8 +802,9 @@ class Flow(nn.Module):
         continuous.
         """
         ctx, shape = self._sample_context(n, context)
-        z, log_pz = self.base.rsample_and_log_prob(math.prod(shape), ctx)
-        x, ladj = self.transform.inverse(z, ctx)
+        with self._checks():
+            z, log_pz = self.base.rsample_and_log_prob(math.prod(shape), ctx)
+            x, ladj = self.transform.inverse(z, ctx)
         return x.reshape(*shape, *self.event_shape), (log_pz - ladj).reshape(shape)
 
     # -- metrics -----------------------------------------------------------------------------

@@ -379,6 +379,11 @@ class MADE(nn.Module):
         for i, m in enumerate(masks):
             self.register_buffer(f"mask{i}", m.to(dev, torch.get_default_dtype()), persistent=False)
         self._hidden_degrees = hid
+        # for solve(), kept on the host: the dimension of each degree, and per hidden layer the
+        # end of each degree's units, so that its loop reads nothing back from the device
+        self._order = torch.argsort(deg_in).tolist()  # _order[k]: the dimension of degree k + 1
+        self.register_buffer("_order_index", torch.tensor(self._order, device=dev), False)
+        self._degree_ends = [torch.bincount(h, minlength=d + 1).cumsum(0).tolist() for h in hid]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -439,17 +444,12 @@ class MADE(nn.Module):
         d, p = self.features, self.params_per_dim
         ref = self.out.weight if like is None else like
         ws, cs = self._weights(), self._context_terms(context)
-        order = torch.argsort(self.degrees)  # order[k] = dimension with degree k + 1
-        if d > 1:
-            ws[0] = ws[0].index_select(1, order)  # input columns in degree order
+        if d > 1:  # input columns in degree order
+            ws[0] = ws[0].index_select(1, self._order_index)
         w_out = ws[-1].reshape(d, p, -1)
         b_out = self.out.bias.reshape(d, p)
         # units of each layer with degree exactly k, as contiguous slices (degrees are sorted)
-        bounds = []
-        for deg in self._hidden_degrees:
-            counts = torch.bincount(deg, minlength=d + 1).tolist()
-            ends = [sum(counts[: k + 1]) for k in range(d + 1)]
-            bounds.append(ends)
+        bounds = self._degree_ends
         lin = nn.functional.linear
         x_known = ref.new_zeros(batch, 0)  # inputs in degree order
         hs = [ref.new_zeros(batch, 0) for _ in self.hidden]  # computed units per layer
@@ -471,7 +471,7 @@ class MADE(nn.Module):
                     hs[i] = torch.cat([hs[i], new], 1)
                 prev, n_prev = hs[i], hi
             last = acts[-1] if self.residual else hs[-1]
-            dim = int(order[k])
+            dim = self._order[k]
             params = lin(last[:, :n_prev], w_out[dim][:, :n_prev], b_out[dim])
             value = step(dim, params)
             if k + 1 < d:

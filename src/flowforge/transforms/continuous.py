@@ -227,6 +227,15 @@ class _RegressionPass(torch.autograd.Function):
 _FUSED = {nn.Tanh: "tanh", nn.SiLU: "silu"}  # the activations _RegressionPass computes
 
 
+def _autocast(t: Tensor) -> bool:
+    """Whether autocast is on for ``t``'s device (False for a device autocast does not know,
+    such as "meta", on which the tests stand in for an accelerator)."""
+    try:
+        return torch.is_autocast_enabled(t.device.type)
+    except RuntimeError:
+        return False
+
+
 def _functorch_active() -> bool:
     """Whether a torch.func transform is running (True when torch cannot say)."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
@@ -279,7 +288,7 @@ class ODENet(nn.Module):
             and torch.is_grad_enabled()
             and not (z.requires_grad or c.requires_grad)
             and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(z.device.type)  # its backward assumes one dtype
+            and not _autocast(z)  # its backward assumes one dtype
             and not _functorch_active()  # torch.func.grad, vmap...: autograd's own
             and all(type(layer) is ConcatSquash for layer in self.layers)
             and not _hooked(self.act, *self.layers.modules())

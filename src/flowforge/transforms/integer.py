@@ -236,7 +236,8 @@ class DiscretizedLogisticMixture(Distribution):
         z = torch.zeros(n, self.features, device=a.device, dtype=a.dtype)
         for i in reversed(range(len(self.blocks))):
             log_w, loc, log_scale = self.block_params(i, z, context)
-            pick = torch.distributions.Categorical(logits=log_w).sample()  # (n, size)
+            # (validate_args=False: torch's own argument check would read the logits back)
+            pick = torch.distributions.Categorical(logits=log_w, validate_args=False).sample()
             loc = loc.gather(-1, pick[..., None])[..., 0]
             scale = log_scale.gather(-1, pick[..., None])[..., 0].exp()
             u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core import Distribution, Transform
+from ..core import Distribution, Transform, checking
 from ..nets import MLP
 from .splines import rational_quadratic
 
@@ -67,8 +67,9 @@ def wrap(x: Tensor) -> Tensor:
 
 
 def check_angles(x: Tensor, what: str) -> None:
-    """``ValueError`` unless every entry of ``x`` is an angle in ``[-pi, pi]``."""
-    if x.numel() and (x.min() < -PI or x.max() > PI):
+    """``ValueError`` unless every entry of ``x`` is an angle in ``[-pi, pi]`` (where values
+    are checked: :func:`flowforge.core.checking`)."""
+    if x.numel() and checking(x) and (x.min() < -PI or x.max() > PI):
         raise ValueError(
             f"expected {what} to be angles in [-pi, pi], got values in "
             f"[{x.min().item():.6g}, {x.max().item():.6g}] (wrap them first, e.g. "
@@ -77,8 +78,9 @@ def check_angles(x: Tensor, what: str) -> None:
 
 
 def check_interval(t: Tensor, what: str) -> None:
-    """``ValueError`` unless every entry of ``t`` lies in ``[-1, 1]``."""
-    if t.numel() and (t.min() < -1 or t.max() > 1):
+    """``ValueError`` unless every entry of ``t`` lies in ``[-1, 1]`` (where values are
+    checked: :func:`flowforge.core.checking`)."""
+    if t.numel() and checking(t) and (t.min() < -1 or t.max() > 1):
         raise ValueError(
             f"expected {what} in [-1, 1], got values in "
             f"[{t.min().item():.6g}, {t.max().item():.6g}]"
@@ -189,12 +191,15 @@ class _Embed(nn.Module):
     def __init__(self, periodic: Tensor, out: int, hidden: Sequence[int], activation: str):
         super().__init__()
         self.register_buffer("periodic", periodic, persistent=False)
+        # positions rather than boolean masks: indexing by a mask reads it back to the host
+        self.register_buffer("angles", periodic.nonzero().squeeze(1), persistent=False)
+        self.register_buffer("others", (~periodic).nonzero().squeeze(1), persistent=False)
         n_in = int(periodic.sum()) * 2 + int((~periodic).sum())
         self.mlp = MLP(n_in, out, tuple(hidden), 0, activation, zero_init=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        a = x[:, self.periodic]
-        return self.mlp(torch.cat([torch.cos(a), torch.sin(a), x[:, ~self.periodic]], 1))
+        a = x.index_select(1, self.angles)
+        return self.mlp(torch.cat([torch.cos(a), torch.sin(a), x.index_select(1, self.others)], 1))
 
 
 class CircularCoupling(Transform):
@@ -248,18 +253,22 @@ class CircularCoupling(Transform):
         moved = ~mask
         self.register_buffer("moved_angles", (moved & periodic).nonzero().squeeze(1), False)
         self.register_buffer("moved_interval", (moved & ~periodic).nonzero().squeeze(1), False)
+        self.register_buffer("kept", mask.nonzero().squeeze(1), False)
+        self.register_buffer("angles", periodic.nonzero().squeeze(1), False)
+        self.register_buffer("intervals", (~periodic).nonzero().squeeze(1), False)
         self.n_circle = params_per_angle(kind, bins)
         self.n_interval = 3 * self.bins - 1
         out = len(self.moved_angles) * self.n_circle + len(self.moved_interval) * self.n_interval
         self.net = _Embed(periodic[mask], out, hidden, activation)
 
     def _check(self, x: Tensor, what: str) -> None:
-        check_angles(x[:, self.periodic], what)
-        check_interval(x[:, ~self.periodic], f"{what}'s interval coordinates")
+        if checking(x):  # (the selections themselves read nothing back)
+            check_angles(x.index_select(1, self.angles), what)
+            check_interval(x.index_select(1, self.intervals), f"{what}'s interval coordinates")
 
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(x, f"{type(self).__name__}{'.inverse' if inverse else ''} input")
-        h = self.net(x[:, self.mask])
+        h = self.net(x.index_select(1, self.kept))
         n_a = len(self.moved_angles) * self.n_circle
         pa = h[:, :n_a].reshape(x.shape[0], -1, self.n_circle)
         pi = h[:, n_a:].reshape(x.shape[0], -1, self.n_interval)
@@ -304,7 +313,7 @@ class SphereToCylinder(Transform):
 
     def _forward(self, x, context):
         r = x.norm(dim=1)
-        off = (r - 1).abs().max().item() if r.numel() else 0.0
+        off = (r - 1).abs().max().item() if r.numel() and checking(x) else 0.0
         if not off <= NORM_TOL:
             raise ValueError(
                 f"expected unit vectors on the sphere (norm 1 to {NORM_TOL:g}), got norms in "

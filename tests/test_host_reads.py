@@ -1,0 +1,111 @@
+"""Nothing in a training step, a scoring pass or sampling reads values back to the host.
+
+On an accelerator every such read (``.item()``, ``bool(tensor)``, indexing by a boolean mask,
+``.tolist()``) makes the host wait for the device. The "meta" device stands in for one here:
+its tensors have shapes and no values, so any read of a value raises. The flows are
+initialised on the CPU (ActNorm and DataStandardize take their statistics from a first
+batch), then moved to "meta" with their default ``validate_args`` (None: the input checks
+run on CPU tensors only). Layers that solve for their output to a tolerance (the planar
+flow's forward, Sylvester's orthogonalisation, residual flows' fixed-point inverse, ODE
+solvers) and mini-batch OT's assignment read by design and are not listed (docs/speed.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flowforge as ff
+from flowforge.matching import flow_matching_loss
+
+VEC = (16, 4)
+IMG = (4, 1, 8, 8)
+FAMILIES = {
+    "realnvp": lambda: (ff.models.RealNVP(features=4, layers=2, hidden=(8,)), VEC),
+    "nice": lambda: (ff.models.NICE(features=4, layers=2, hidden=(8,)), VEC),
+    "nsf": lambda: (ff.models.NSF(features=4, layers=2, hidden=(8,)), VEC),
+    "nsf-autoregressive": lambda: (
+        ff.models.NSF(features=4, layers=2, hidden=(8,), autoregressive=True),
+        VEC,
+    ),
+    "maf": lambda: (ff.models.MAF(features=4, layers=2, hidden=(8,)), VEC),
+    "iaf": lambda: (ff.models.IAF(features=4, layers=2, hidden=(8,)), VEC),
+    "maf-conditional": lambda: (
+        ff.models.MAF(features=4, layers=2, hidden=(8,), context_features=3),
+        VEC,
+    ),
+    "nsf-dequantized": lambda: (ff.models.NSF(features=4, layers=2, hidden=(8,), levels=5), VEC),
+    "radial": lambda: (ff.models.Radial(features=4, layers=2), VEC),
+    "glow": lambda: (ff.models.Glow((1, 8, 8), levels=256, hidden=8, steps=1, scales=2), IMG),
+    "realnvp-image": lambda: (
+        ff.models.RealNVP(shape=(1, 8, 8), levels=256, hidden=8, scales=1),
+        IMG,
+    ),
+    "tarflow": lambda: (ff.models.TarFlow(shape=(1, 8, 8), levels=256), IMG),
+    "idf": lambda: (ff.models.IDF(features=4, levels=5), VEC),
+    "torus": lambda: (ff.models.TorusFlow(features=2), (16, 2)),
+    "sphere": lambda: (ff.models.SphereFlow(), (16, 3)),
+}
+
+
+def _data(name: str, shape: tuple) -> torch.Tensor:
+    torch.manual_seed(0)
+    if name == "torus":
+        return (torch.rand(shape) * 2 - 1) * math.pi
+    if name == "sphere":
+        return torch.nn.functional.normalize(torch.randn(shape), dim=1)
+    if name in ("idf", "nsf-dequantized"):
+        return torch.randint(0, 5, shape).float()
+    if len(shape) == 4:
+        return torch.randint(0, 256, shape).float()
+    return torch.randn(shape)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_training_scoring_and_sampling_read_nothing_back(name):
+    flow, shape = FAMILIES[name]()
+    x = _data(name, shape)
+    context = torch.randn(shape[0], 3) if flow.context_features else None
+    flow.train()
+    flow.log_prob(x, context)  # data-dependent initialisation, on the CPU
+    flow.to("meta")
+    xm = x.to("meta")
+    cm = None if context is None else context.to("meta")
+    (-flow.log_prob(xm, cm).mean()).backward()  # any read of a value raises on "meta"
+    flow.eval()
+    with torch.no_grad():
+        assert flow.log_prob(xm, cm).shape == (shape[0],)
+        assert flow.sample(3, cm).shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"path": "vp"}, {"times": "power", "time_power": 2.0}, {"sigma": 0.01}],
+    ids=["linear", "vp", "power-times", "sigma"],
+)
+def test_a_flow_matching_step_reads_nothing_back(options):
+    flow = ff.models.CNF(features=2, hidden=(8,))
+    flow_matching_loss(flow, torch.randn(16, 2), **options)  # initialises DataStandardize
+    flow.to("meta")
+    flow_matching_loss(flow, torch.randn(16, 2, device="meta"), **options).backward()
+
+
+def test_layer_checks_follow_the_flows_validate_args():
+    # a torus flow's angle check: on CPU tensors by default, on any device when asked for,
+    # nowhere when switched off (the caller's choice, as for the input scan)
+    flow = ff.models.TorusFlow(features=2)
+    outside = torch.full((4, 2), 4.0)
+    with pytest.raises(ValueError, match=r"angles in \[-pi, pi\]"):
+        flow.log_prob(outside)
+    flow.validate_args = False
+    assert flow.log_prob(outside).shape == (4,)
+    flow.validate_args = True
+    flow.to("meta")
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the check reads the values
+        flow.log_prob(outside.to("meta"))
+    # outside a flow call the layers check CPU tensors, as before
+    from flowforge.core import checking
+
+    assert checking(torch.zeros(1)) and not checking(torch.zeros(1, device="meta"))
