@@ -1,6 +1,7 @@
 """``torch.compile`` against eager on the benchmark's flowforge models (digits, 64-d): training
 step (batch 256, Adam) and ``log_prob`` (batch 1,024, no grad), one thread, with the compile
-times and the conditioner floor (``benchmarks/floor.py``) of the same model.
+times and the conditioner floor (``benchmarks/floor.py``) of the same model; the spline models
+also with only their splines compiled (``RationalQuadratic.compiled``).
 
 Eager, compiled and floor calls are interleaved round by round (median over the rounds), so
 that the load of a shared machine weighs on all alike.
@@ -19,6 +20,8 @@ import time
 import floor
 import peers
 import torch
+
+from flowforge.transforms import RationalQuadratic
 
 MODELS = ("maf", "realnvp", "nsf-c", "nsf-ar", "glow")
 
@@ -56,20 +59,44 @@ def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: in
     # the floor (the conditioners and Adam alone, of a model built for it), timed in the same
     # rounds so that the machine's load weighs on it as on the rest
     fns = floor.floor_fns(peers.flowforge(kind, 64, layers, hidden, bins).module, 256, 1024)
-    names = ("train_eager", "train_compiled", "lp_eager", "lp_compiled", "train_floor", "lp_floor")
+    # the spline models once more with only their splines compiled (RationalQuadratic.compiled,
+    # the workbench's train.compile: splines), switched on for those calls only
+    trains = [("train_eager", loss_eager), ("train_compiled", loss_compiled)]
+    scores = [("lp_eager", model.log_prob), ("lp_compiled", lp_compiled)]
+    compile_splines = None
+    if any(isinstance(m, RationalQuadratic) for m in flow.modules()):
+
+        def splines(fn):
+            def call(b):
+                RationalQuadratic.compiled = True
+                try:
+                    return fn(b)
+                finally:
+                    RationalQuadratic.compiled = False
+
+            return call
+
+        trains.append(("train_splines", splines(loss_eager)))
+        scores.append(("lp_splines", splines(model.log_prob)))
+        t0 = time.perf_counter()
+        step(trains[-1][1])
+        with torch.no_grad():
+            scores[-1][1](xe)
+        compile_splines = time.perf_counter() - t0
+    names = [n for n, _ in trains + scores] + ["train_floor", "lp_floor"]
     times = {k: [] for k in names}
     for _ in range(5):
-        step(loss_eager)
-        step(loss_compiled)
+        for _, loss in trains:
+            step(loss)
         if fns is not None:
             fns[0]()
     for _ in range(rounds):
-        for name, loss in (("train_eager", loss_eager), ("train_compiled", loss_compiled)):
+        for name, loss in trains:
             t0 = time.perf_counter()
             step(loss)
             times[name].append(time.perf_counter() - t0)
         with torch.no_grad():
-            for name, fn in (("lp_eager", model.log_prob), ("lp_compiled", lp_compiled)):
+            for name, fn in scores:
                 t0 = time.perf_counter()
                 fn(xe)
                 times[name].append(time.perf_counter() - t0)
@@ -90,6 +117,10 @@ def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: in
         "log_prob_eager_per_s": 1024 / med["lp_eager"],
         "log_prob_compiled_per_s": 1024 / med["lp_compiled"],
     }
+    if compile_splines is not None:
+        out["compile_splines_s"] = compile_splines
+        out["train_splines_per_s"] = 256 / med["train_splines"]
+        out["log_prob_splines_per_s"] = 1024 / med["lp_splines"]
     if fns is not None:
         out["train_floor_per_s"] = 256 / med["train_floor"]
         out["log_prob_floor_per_s"] = 1024 / med["lp_floor"]
@@ -117,6 +148,12 @@ def main() -> None:
             f"{fl}  diff {r['log_prob_max_abs_difference']:.1e}",
             flush=True,
         )
+        if "compile_splines_s" in r:
+            print(
+                f"{'':8s} splines only: compile {r['compile_splines_s']:5.1f} s  train "
+                f"{r['train_splines_per_s']:8.0f}/s  log_prob {r['log_prob_splines_per_s']:8.0f}/s",
+                flush=True,
+            )
     if args.out:
         meta = {"torch": torch.__version__, "threads": 1, "load_average": os.getloadavg()}
         with open(args.out, "w") as f:

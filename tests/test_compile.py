@@ -107,3 +107,82 @@ def test_trainer_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     both = {"epochs": 1, "compile": True, "memory_saving": True, "tensorboard": False}
     with pytest.raises(WorkbenchError, match="compile and train.memory_saving"):
         Trainer(flow, x, x[:16], both, progress=False, echo=False).fit()
+
+
+@pytest.fixture
+def eager_splines_after():
+    from flowforge.transforms import splines
+
+    yield splines
+    splines._compiled, splines._compile_failed = None, None
+    splines.RationalQuadratic.compiled = False
+
+
+@needs_compiler
+def test_compiled_splines_agree_with_eager_forward_inverse_and_gradients(eager_splines_after):
+    torch.manual_seed(0)
+    rq = ff.transforms.RationalQuadratic(bins=4, bound=2.0)
+    x = torch.randn(32, 3) * 1.5  # some outside [-2, 2]: the identity tails
+    params = torch.randn(32, 3, rq.params_per_dim, requires_grad=True)
+    want = rq(x, params)
+    gw = torch.autograd.grad(sum(t.sum() for t in want), params)[0]
+    rq.compiled = True
+    got = rq(x, params)
+    gg = torch.autograd.grad(sum(t.sum() for t in got), params)[0]
+    for a, b in zip(want + (gw,), got + (gg,)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    z, _ = want
+    torch.testing.assert_close(rq.inverse(z, params)[0], x, rtol=1e-4, atol=1e-4)
+    assert eager_splines_after._compiled is not None  # it did go through torch.compile
+
+
+@needs_compiler
+def test_trainer_compile_splines_trains_like_eager(tmp_path, eager_splines_after):
+    x = _data()
+    losses = {}
+    for compile_ in (False, "splines"):
+        torch.manual_seed(0)
+        flow = ff.models.NSF(features=3, layers=2, hidden=(8,), bins=4)
+        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compile_}
+        tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
+        assert tr.fit()["status"] == "finished" and not tr.warnings
+        splines = [m for m in flow.modules() if isinstance(m, ff.transforms.RationalQuadratic)]
+        assert all(m.compiled == (compile_ == "splines") for m in splines)
+        losses[compile_] = [r["train_loss"] for r in tr.history if r["type"] == "epoch"]
+    assert losses["splines"] == pytest.approx(losses[False], rel=1e-4, abs=1e-4)
+    with pytest.raises(WorkbenchError, match="this model has none"):
+        Trainer(ff.models.RealNVP(features=3, layers=1, hidden=(4,)), x, x[:16],
+                {"compile": "splines"}, progress=False, echo=False)  # fmt: skip
+
+
+def test_compiled_splines_fall_back_to_eager_once(monkeypatch, eager_splines_after):
+    splines = eager_splines_after
+
+    def broken(fn, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler\nmore detail")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    rq = ff.transforms.RationalQuadratic(bins=4)
+    x, params = torch.randn(5, 2), torch.randn(5, 2, rq.params_per_dim)
+    want = rq(x, params)
+    rq.compiled = True
+    with pytest.raises(RuntimeError, match="split"):  # the caller's error: compiling stays on
+        rq(x, params[..., :-1])
+    assert splines._compile_failed is None
+    with pytest.warns(RuntimeWarning, match=r"compiling the spline failed \(RuntimeError: no C"):
+        got = rq(x, params)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))  # eager from now on
+    assert splines._compile_failed is not None
+
+
+def test_the_bits_back_coder_keeps_the_eager_spline(eager_splines_after):
+    from flowforge.bitsback import _copy64
+
+    ff.transforms.RationalQuadratic.compiled = True  # on for every layer...
+    flow = ff.models.NSF(features=4, layers=2, hidden=(8,), bins=4, levels=5)
+    copy = _copy64(flow)  # ...but the coder's copy evaluates eagerly (files decode anywhere)
+    splines = [m for m in copy.modules() if isinstance(m, ff.transforms.RationalQuadratic)]
+    assert splines and not any(m.compiled for m in splines)

@@ -311,3 +311,30 @@ def test_a_header_that_promises_more_examples_than_the_payload_holds():
     count = 2**31 // math.prod(h.shape) - 1
     with pytest.raises(codec.CodecError, match="payload ran out after"):
         codec.decode(flow, _reheader(blob, count=count - count % h.chunk))
+
+
+def test_samples_outside_the_levels_are_clamped_and_counted(tmp_path, capsys, monkeypatch):
+    from cli_support import TINY_IDF, cli
+    from flowforge.models import IntegerFlow
+
+    rc, _, err = cli(capsys, *TINY_IDF, "--out", tmp_path / "r")
+    assert rc == 0, err
+    flow = ff.load(tmp_path / "r")
+    x = flow.sample(64)
+    assert 0 <= x.min() and x.max() <= flow.levels - 1
+    assert 0 <= flow.clamped <= 1  # the fraction of values drawn outside [0, levels - 1]
+    big = flow.base.sample
+    flow.base.sample = lambda n, context=None, temperature=1.0: big(n) + 1000  # far outside
+    flow.sample(8)
+    assert flow.clamped > 0.5
+    real = IntegerFlow.sample
+
+    def quarter_outside(self, *args, **kwargs):
+        x = real(self, *args, **kwargs)
+        self.clamped = 0.25
+        return x
+
+    monkeypatch.setattr(IntegerFlow, "sample", quarter_outside)
+    rc, out, err = cli(capsys, "sample", tmp_path / "r", "-n", 64, "--out", tmp_path / "s.npy")
+    assert rc == 0 and "wrote 64 samples" in out
+    assert "warning: 25.00% of the sampled values fell outside [0, 16] and were clamped" in err

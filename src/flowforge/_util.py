@@ -11,6 +11,7 @@ from torch import Tensor
 
 __all__ = [
     "LOG_2PI",
+    "INFERENCE_MODE",
     "event_shape",
     "per_channel",
     "unknown",
@@ -19,9 +20,16 @@ __all__ = [
     "jacobian_rows",
     "largest",
     "all_finite",
+    "functorch_active",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
+
+# layers whose log-determinant (or trace) comes from autograd, which inference mode switches off
+INFERENCE_MODE = (
+    "{} computes its log-determinant with autograd, which torch.inference_mode() switches "
+    "off: use torch.no_grad() instead"
+)
 
 
 def event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -109,3 +117,9 @@ def checked_choice(what: str, name, choices: dict[str, Callable] | Sequence[str]
     if name in choices:
         return choices[name] if isinstance(choices, dict) else name
     raise unknown(what, name, choices)
+
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform is running (True when torch cannot say)."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else bool(active())

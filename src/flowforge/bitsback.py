@@ -75,6 +75,7 @@ from .transforms.autoregressive import set_inverse
 from .transforms.coupling import Coupling
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
 from .transforms.elementwise import Affine
+from .transforms.splines import RationalQuadratic
 
 __all__ = [
     "Header",
@@ -672,6 +673,8 @@ def _copy64(flow: Flow) -> Flow:
             m.grouped = False
         elif isinstance(m, Affine):
             m.sigmoid_clamp = False
+        elif isinstance(m, RationalQuadratic):
+            m.compiled = False  # the eager spline (a compiled one rounds differently)
     return f
 
 

@@ -370,9 +370,50 @@ class _Checks:
             _FLOW_CHECKS.reset(self.token)
 
 
+def _narrows(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether converting ``src`` values to the floating ``dst`` can overflow or round them
+    (float64 to float32, a 64-bit integer to float32...)."""
+    if src == torch.bool:
+        return False
+    info = torch.finfo(src) if src.is_floating_point else torch.iinfo(src)
+    big = torch.finfo(dst)
+    if src.is_floating_point:
+        return info.bits > big.bits or info.max > big.max
+    return info.bits > round(-math.log2(big.eps)) + 1  # integers beyond 2^(mantissa + 1) round
+
+
+def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype) -> None:
+    """A ``ValueError`` when moving ``t`` to ``out``'s dtype turned finite values into inf, or
+    rounded them by more than a thousandth of their spread over the batch (coordinates of
+    1e8 +- 1 in float32: every point becomes the same value), so that the flow would score
+    other data than it was given."""
+    x = t.double() if t.is_floating_point() else t.to(torch.float64)
+    back = out.double()
+    finite = torch.isfinite(x)
+    if not bool(torch.isfinite(back)[finite].all()):
+        raise ValueError(
+            f"{what} holds values beyond the range of the flow's {dtype} (largest magnitude "
+            f"{x[finite].abs().max().item():.6g}): move the flow to float64 (flow.double()) or "
+            "rescale the data"
+        )
+    if x.dim() < 2 or x.shape[0] < 2 or not bool(finite.all()):
+        return  # (a spread needs two rows; NaN/inf are the finiteness check's to report)
+    flat, err = x.reshape(x.shape[0], -1), (x - back).abs().reshape(x.shape[0], -1)
+    spread = flat.std(0)
+    lost = (err.amax(0) > 1e-3 * spread) & (spread > 0)
+    if bool(lost.any()):
+        i = int(lost.nonzero()[0, 0])
+        raise ValueError(
+            f"{what} loses its precision in the flow's {dtype}: entry {i} varies by "
+            f"{spread[i].item():.3g} around {flat[:, i].abs().max().item():.6g}, and the "
+            f"conversion rounds it by up to {err[:, i].max().item():.3g}; move the flow to "
+            "float64 (flow.double()) or subtract an offset from the data first"
+        )
+
+
 class NaNLogProb(ValueError):
-    """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN for; ``rows`` are
-    their first indices in the batch it was given."""
+    """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN (or an overflow to
+    -inf or inf) for; ``rows`` are their first indices in the batch it was given."""
 
     def __init__(self, message: str, rows: list | None = None):
         super().__init__(message)
@@ -653,7 +694,12 @@ class Flow(nn.Module):
             raise TypeError(f"expected {what} to be a torch.Tensor, got {type(t).__name__}")
         if t.is_complex():
             raise ValueError(f"expected a real-valued {what} ({self.dtype}), got {t.dtype}")
-        return t if t.dtype == self.dtype else t.to(self.dtype)
+        if t.dtype == self.dtype:
+            return t
+        out = t.to(self.dtype)
+        if self._validating(t) and _narrows(t.dtype, self.dtype) and t.numel():
+            _check_cast(t, out, what, self.dtype)
+        return out
 
     def _prepare(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None, tuple]:
         """Validate ``x`` and ``context``; flatten any batch shape to one dimension."""
@@ -717,12 +763,14 @@ class Flow(nn.Module):
         the data that the layers overflow): in eval mode with validation on, never a silent NaN.
         In training mode a NaN goes on to the loss, where the trainer finds the layer that made
         it."""
-        if self.training or not self._validating(x) or not bool(torch.isnan(lp).any()):
+        if self.training or not self._validating(x) or all_finite(lp):
             return lp
-        bad = torch.isnan(lp).reshape(-1).nonzero().flatten()[:5].tolist()
+        bad = (~torch.isfinite(lp)).reshape(-1).nonzero().flatten()[:5].tolist()
+        what = "NaN" if bool(torch.isnan(lp).any()) else "infinite (an overflow)"
         raise NaNLogProb(
-            f"the model's log-density is NaN for batch rows {bad} (inputs this far from the "
-            "training data overflow its layers); score them in float64, or remove them",
+            f"the model's log-density is {what} for batch rows {bad} (inputs this far from "
+            f"the training data overflow its {lp.dtype} layers); score them in float64 "
+            "(flow.double()), or remove them",
             bad,
         )
 
@@ -772,12 +820,19 @@ class Flow(nn.Module):
         vectorised call. A context of shape ``(c,)`` gives ``(n, *event_shape)``.
         ``temperature`` (finite, >= 0) scales the base noise (Glow's "temperature").
         """
-        if isinstance(temperature, bool) or not (
-            isinstance(temperature, (int, float))
-            and math.isfinite(temperature)
-            and temperature >= 0
+        if (
+            isinstance(temperature, bool)
+            or not (
+                isinstance(temperature, (int, float))
+                and math.isfinite(temperature)
+                and temperature >= 0
+            )
+            or temperature > torch.finfo(self.dtype).max
         ):
-            raise ValueError(f"expected a finite temperature >= 0, got {temperature!r}")
+            raise ValueError(
+                f"expected a temperature >= 0 and finite in the flow's {self.dtype}, got "
+                f"{temperature!r}"
+            )
         ctx, shape = self._sample_context(n, context)
         if not math.prod(shape):  # no samples: no layer needs to run
             anchor = self.base._anchor
@@ -787,7 +842,20 @@ class Flow(nn.Module):
             x, _ = self.transform.inverse(z, ctx)
             if self.dequantizer is not None:
                 x = self.dequantizer.quantize(x)
+        self._check_samples(x)
         return x.reshape(*shape, *self.event_shape)
+
+    def _check_samples(self, x: Tensor) -> None:
+        """A ``ValueError`` naming the rows where samples came out NaN or inf (the inverse
+        overflowed), where the flow validates (``validate_args``): never a silent NaN."""
+        if not self._validating(x) or all_finite(x):
+            return
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten()[:5]
+        raise ValueError(
+            f"the model's samples are NaN or infinite in rows {bad.tolist()} (its inverse "
+            f"overflows {x.dtype}: a high temperature, or a flow trained too little or too "
+            "far); sample in float64 (flow.double()), or at a lower temperature"
+        )
 
     def rsample(self, n, context: Tensor | None = None) -> Tensor:
         """Differentiable samples (reparameterised through the base and the flow), shaped as
@@ -802,9 +870,14 @@ class Flow(nn.Module):
         continuous.
         """
         ctx, shape = self._sample_context(n, context)
+        if not math.prod(shape):  # no samples: no layer needs to run (nor initialise)
+            anchor = self.base._anchor
+            return anchor.new_zeros(*shape, *self.event_shape), anchor.new_zeros(shape)
         with self._checks():
             z, log_pz = self.base.rsample_and_log_prob(math.prod(shape), ctx)
             x, ladj = self.transform.inverse(z, ctx)
+        if not self.training:  # in training (reverse KL) a NaN goes on to the loss's checks
+            self._check_samples(x)
         return x.reshape(*shape, *self.event_shape), (log_pz - ladj).reshape(shape)
 
     # -- metrics -----------------------------------------------------------------------------

@@ -429,11 +429,13 @@ def load(
     """Load a flow saved by :func:`save`, or the model of a workbench run folder.
 
     ``path`` may be a ``.ff`` file or a folder holding ``model.ff``. Never unpickles; reads at
-    most ``max_bytes`` (4 GiB by default) from a regular file.
+    most ``max_bytes`` (4 GiB by default) from a regular file. The flow comes back in eval
+    mode, so that it scores and samples as the saved one did (batch normalisation with its
+    running statistics, no dropout, the NaN guard on); call ``.train()`` to train it further.
     """
     meta, tensors = read(path, max_bytes)
     try:
         flow = from_parts(meta, tensors)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
-    return flow.to(map_location)
+    return flow.to(map_location).eval()

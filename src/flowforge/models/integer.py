@@ -32,7 +32,8 @@ class IntegerFlow(Flow):
 
     ``log_prob(x)`` is the exact log-probability of integer data ``x`` in
     ``{0, ..., levels - 1}`` (anything else is a ``ValueError``); ``sample`` returns integers,
-    clamped to that range (the model puts a little mass outside it).
+    clamped to that range (the model can put mass outside it; ``clamped`` says how much of the
+    last sample was).
 
     Args:
         transform: a transform built from integer-preserving layers.
@@ -76,9 +77,18 @@ class IntegerFlow(Flow):
         z, _ = self.transform(x, context)  # integer layers: ladj == 0
         return self.base.log_prob(z, context).reshape(batch)
 
+    # the fraction of values the last sample() drew outside [0, levels - 1] and clamped
+    clamped: float = 0.0
+
     @torch.no_grad()
     def sample(self, n, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        return super().sample(n, context, temperature).clamp_(0, self.levels - 1)
+        """Samples of the integer flow, clamped to ``[0, levels - 1]``: the model can put mass
+        outside the data's range (its NLL counts only the mass inside), and the fraction of
+        values that fell outside is left in :attr:`clamped` (``flowforge sample`` prints it)."""
+        x = super().sample(n, context, temperature)
+        outside = (x < 0) | (x > self.levels - 1)
+        self.clamped = float(outside.float().mean()) if x.numel() else 0.0
+        return x.clamp_(0, self.levels - 1)
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """The exact NLL in bits per dimension."""

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from .._util import jacobian_rows
+from .._util import INFERENCE_MODE, functorch_active, jacobian_rows
 from ..core import Transform
 from ..nets import _hooked, activation_class
 
@@ -236,12 +236,6 @@ def _autocast(t: Tensor) -> bool:
         return False
 
 
-def _functorch_active() -> bool:
-    """Whether a torch.func transform is running (True when torch cannot say)."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return True if active is None else bool(active())
-
-
 class ODENet(nn.Module):
     """The default dynamics ``f(t, z, context)``: an MLP of :class:`ConcatSquash` layers.
 
@@ -289,7 +283,7 @@ class ODENet(nn.Module):
             and not (z.requires_grad or c.requires_grad)
             and not torch.compiler.is_compiling()
             and not _autocast(z)  # its backward assumes one dtype
-            and not _functorch_active()  # torch.func.grad, vmap...: autograd's own
+            and not functorch_active()  # torch.func.grad, vmap...: autograd's own
             and all(type(layer) is ConcatSquash for layer in self.layers)
             and not _hooked(self.act, *self.layers.modules())
         ):
@@ -516,6 +510,8 @@ class CNF(Transform):
 
     # -- solving -------------------------------------------------------------------------
     def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(INFERENCE_MODE.format(type(self).__name__))
         tde = _torchdiffeq()
         regularize = bool(self.penalty_weights) and self.training
         noise = None

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._util import jacobian_rows, largest
+from .._util import INFERENCE_MODE, jacobian_rows, largest
 from ..core import Transform
 from ..nets import activation_class
 
@@ -242,6 +242,8 @@ class ResidualBlock(Transform):
 
     def _gz_logdet(self, g, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """``g(z)`` and ``log det(I + J_g(z))``, differentiable when grad is enabled."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(INFERENCE_MODE.format(type(self).__name__))
         outer = torch.is_grad_enabled()
         with torch.enable_grad():
             zz = z if z.requires_grad else z.detach().requires_grad_()

@@ -98,10 +98,13 @@ class LogisticMixture(Transformer):
             for _ in range(4):  # Newton steps kept inside the bracket (quadratic convergence)
                 f, log_d = self._logit_cdf(x, log_pi, mu, s)
                 x = torch.minimum(torch.maximum(x - (f - w) * torch.exp(-log_d), lo), hi)
-        # one Newton step with autograd on: exact at the root, and it carries the gradient
-        # of the root with respect to z and the parameters (implicit differentiation)
+        # one Newton step with autograd on, for its gradient only: at the root it is the
+        # gradient of the root with respect to z and the parameters (implicit
+        # differentiation). Its value is left out: where the CDF is flat (log_d of -38) a
+        # rounding-level residual would move x far outside the bracket it was found in
         f, log_d = self._logit_cdf(x, log_pi, mu, s)
-        x = x - (f - w) * torch.exp(-log_d)
+        step = (f - w) * torch.exp(-log_d)
+        x = x - (step - step.detach())
         return x, -(self._logit_cdf(x, log_pi, mu, s)[1] + a)
 
     def extra_repr(self) -> str:

@@ -309,6 +309,15 @@ def cmd_sample(args) -> int:
     print(f"wrote {x.shape[0]} samples{what} to {out}")
     if used:
         print(used)
+    clamped = getattr(flow, "clamped", 0.0)  # an integer flow's draws outside the levels
+    if clamped:
+        levels = flow.levels
+        print(
+            f"warning: {clamped:.2%} of the sampled values fell outside [0, {levels - 1}] and "
+            f"were clamped to it: the model puts that mass outside the data's {levels} levels, "
+            "so these samples are not exactly the model's",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -51,7 +51,8 @@ DEFAULT_TRAIN: dict = {
     "init_batch": 0,  # examples for a data-dependent initialisation (ActNorm); 0: one batch
     "val_samples": 1,  # dequantization draws averaged in each validation NLL
     "memory_saving": False,  # recompute activations from outputs (flowforge.memory_saving)
-    "compile": False,  # torch.compile the training forward pass (eager if compiling fails)
+    "compile": False,  # torch.compile the training forward pass (eager if compiling fails);
+    # "splines": only the rational-quadratic splines (seconds to compile, not minutes)
     "log_every": 10,  # steps between 'step' records in metrics.jsonl
     "device": "cpu",  # cpu | cuda | cuda:N | auto
     "tensorboard": True,  # used only if tensorboard is installed
@@ -276,6 +277,12 @@ def _bool(v):
     return v
 
 
+def _compile(v):
+    if v is True or v is False or v == "splines":
+        return v
+    raise ValueError("true, false or splines")
+
+
 def _betas(v):
     b = _float(0.0, 1.0, hi_open=True)
     if not isinstance(v, (list, tuple)) or len(v) != 2:
@@ -313,7 +320,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "init_batch": _int(0),
     "val_samples": _int(1),
     "memory_saving": _bool,
-    "compile": _bool,
+    "compile": _compile,
     "log_every": _int(0),
     "device": _device,
     "tensorboard": _bool,

@@ -503,6 +503,17 @@ class Trainer:
                 memory_saving(self.model)
             except ValueError as e:
                 raise WorkbenchError(f"train.memory_saving: {e}") from None
+        if self.cfg["compile"] == "splines":  # only the splines, through torch.compile
+            from ..transforms.splines import RationalQuadratic
+
+            splines = [m for m in self.model.modules() if isinstance(m, RationalQuadratic)]
+            if not splines:
+                raise WorkbenchError(
+                    "train.compile: splines compiles a model's rational-quadratic splines, and "
+                    "this model has none (use train.compile: true to compile the whole model)"
+                )
+            for m in splines:
+                m.compiled = True
         put = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         self.train_x, self.val_x = put(train_x), put(val_x)
         self.train_c, self.val_c = put(train_context), put(val_context)
@@ -799,7 +810,7 @@ class Trainer:
 
             model = DistributedDataParallel(self.model)  # broadcasts rank 0's state
         self._eager_model = None
-        if self.cfg.get("compile"):
+        if self.cfg.get("compile") is True:
             if self.cfg["memory_saving"]:
                 raise WorkbenchError(
                     "train.compile and train.memory_saving do not combine (the recomputing "

@@ -1,0 +1,92 @@
+"""The library's numbers are right or they are errors: the cases where it used to give a wrong
+number silently (a loaded model scoring with batch statistics, an inverse off its bracket, a
+float64 input rounded away, an overflow to -inf, non-finite samples)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flowforge as ff
+
+
+def test_a_loaded_flow_scores_as_the_saved_one(tmp_path):
+    torch.manual_seed(0)
+    flow = ff.models.MAF(features=2, layers=2, hidden=(8,), batch_norm=True)
+    opt = torch.optim.Adam(flow.parameters(), 1e-2)
+    for _ in range(20):  # moves the running statistics away from their start
+        opt.zero_grad()
+        (-flow.log_prob(torch.randn(64, 2) * 3 + 5).mean()).backward()
+        opt.step()
+    flow.eval()
+    x = torch.randn(4, 2) * 3 + 5
+    want = flow.log_prob(x)
+    ff.save(flow, tmp_path / "m.ff")
+    loaded = ff.load(tmp_path / "m.ff")
+    assert not loaded.training  # eval mode: running statistics, not the batch's
+    torch.testing.assert_close(loaded.log_prob(x[:2]), want[:2])
+    torch.testing.assert_close(loaded.log_prob(x), want)  # the first call changed nothing
+
+
+def test_the_mixture_inverse_stays_in_its_bracket_where_the_cdf_is_flat():
+    lm = ff.transforms.LogisticMixture(components=4)
+    params = torch.tensor([[11.5497, 17.2120, -15.8202, 15.2810, 16.0555, -0.2190, 2.1553,
+                            16.3696, -7.5420, -7.3353, 18.5766, -1.1254, 16.5905, -2.1086]],
+                          dtype=torch.float64)  # fmt: skip
+    x = torch.tensor([0.3084348142147064], dtype=torch.float64)
+    y, _ = lm(x, params)
+    back, _ = lm.inverse(y, params)
+    torch.testing.assert_close(lm(back, params)[0], y)  # was -682 for y = 36.2
+    # the implicit gradient of the root is still carried
+    p = params.clone().requires_grad_()
+    yy = y.clone().requires_grad_()
+    r, _ = lm.inverse(yy, p)
+    (g,) = torch.autograd.grad(r.sum(), yy)
+    _, ladj = lm(r.detach(), params)
+    torch.testing.assert_close(g, torch.exp(-ladj))  # dx/dy = 1 / (dy/dx)
+
+
+def test_float64_inputs_that_float32_cannot_hold_are_refused():
+    flow = ff.models.MAF(features=2, layers=1, hidden=(4,))
+    offset = 1e8 + torch.randn(64, 2, dtype=torch.float64)  # all 64 rows become one in float32
+    with pytest.raises(ValueError, match=r"loses its precision .*\(flow.double\(\)\)"):
+        flow.log_prob(offset)
+    with pytest.raises(ValueError, match=r"beyond the range of the flow's torch.float32"):
+        flow.log_prob(torch.tensor([[1e39, 0.0]], dtype=torch.float64))
+    ok = torch.randn(64, 2, dtype=torch.float64)  # ordinary float64 data: converted
+    assert flow.log_prob(ok).dtype == torch.float32
+    assert flow.double().log_prob(offset).isfinite().all()  # the remedy
+    pixels = torch.randint(0, 256, (4, 2))  # integers a float32 holds exactly
+    assert flow.float().log_prob(pixels).shape == (4,)
+
+
+def test_an_overflowing_log_density_is_an_error_in_eval_mode():
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(4,)).eval()
+    with pytest.raises(ff.core.NaNLogProb, match=r"infinite \(an overflow\) for batch rows \[1\]"):
+        flow.log_prob(torch.tensor([[0.0, 0.0], [3e19, 0.0]]))
+    assert torch.isfinite(flow.double().log_prob(torch.tensor([[3e19, 0.0]]))).all()
+
+
+def test_samples_are_finite_or_an_error():
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(4,))
+    with pytest.raises(ValueError, match="finite in the flow's torch.float32"):
+        flow.sample(2, temperature=1e39)
+    flow.base.sample = lambda n, context=None, temperature=1.0: torch.full((n, 2), float("inf"))
+    with pytest.raises(ValueError, match=r"samples are NaN or infinite in rows \[0, 1\]"):
+        flow.sample(2)
+
+
+def test_autograd_layers_say_what_to_do_under_inference_mode():
+    pytest.importorskip("torchdiffeq")
+    flow = ff.models.CNF(features=2, hidden=(8,))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"use torch.no_grad\(\)"):
+        flow.log_prob(torch.randn(3, 2))
+    with torch.no_grad():
+        assert flow.log_prob(torch.randn(3, 2)).shape == (3,)
+
+
+@pytest.mark.parametrize("name", ["maf", "iaf", "realnvp"])
+def test_no_reparameterised_samples_is_an_empty_answer(name):
+    flow = ff.models.build(name, features=3)
+    x, log_q = flow.rsample_and_log_prob(0)
+    assert x.shape == (0, 3) and log_q.shape == (0,)
