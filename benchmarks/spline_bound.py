@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import time
 
 import floor
 import peers
@@ -92,15 +91,8 @@ def fused_rq(x, params, bound: float, min_size: float = 1e-3, min_derivative: fl
 def _best(fn, calls: int) -> float:
     """The fastest of ``calls`` calls after a warm-up: the spline's most favourable cost, so
     that the ceilings below are upper bounds (floor.py's training step is a median, its
-    ``log_prob`` the fastest call)."""
-    for _ in range(20):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    ``log_prob`` the fastest call), timed as floor.py times (the same warm-up)."""
+    return min(floor._timings(fn, calls))
 
 
 def spline_times(batch: int, entries: int, bins: int, bound: float, calls: int) -> dict:
