@@ -21,10 +21,10 @@ The inverse is analytic: the root of a quadratic, taken in the cancellation-free
 Eagerly, the spline is a few dozen tensor operations over ``(B, 3K - 1, ...)`` parameters,
 each a pass through memory; it costs as much as the conditioner's matrix products in a neural
 spline flow. ``RationalQuadratic.compiled = True`` (on the class, or on one layer) evaluates it
-through ``torch.compile`` instead, fused into a few loops: about 10 s of compiling the first
-time (torch keeps the kernels in its on-disk cache), then the training step of the benchmark's
-coupling NSF is 1.3x faster and its ``log_prob`` 1.6x (docs/benchmarks.md). If compiling fails
-(no C++ compiler, say) it warns once and stays eager.
+through ``torch.compile`` instead, fused into a few loops: seconds to tens of seconds of
+compiling the first time (torch keeps the kernels in its on-disk cache), then the benchmark's
+NSFs train 1.25-1.3x and score 1.6-2.4x faster (docs/benchmarks.md). If compiling fails (no
+C++ compiler, say) it warns once and stays eager.
 """
 
 from __future__ import annotations
