@@ -77,8 +77,13 @@ class IntegerFlow(Flow):
         z, _ = self.transform(x, context)  # integer layers: ladj == 0
         return self.base.log_prob(z, context).reshape(batch)
 
-    # the fraction of values the last sample() drew outside [0, levels - 1] and clamped
-    clamped: float = 0.0
+    _outside: Tensor | None = None  # the last sample's fraction outside, on its device
+
+    @property
+    def clamped(self) -> float:
+        """The fraction of values the last :meth:`sample` drew outside ``[0, levels - 1]`` and
+        clamped (read when asked for: sampling itself reads nothing back from a device)."""
+        return 0.0 if self._outside is None else float(self._outside)
 
     @torch.no_grad()
     def sample(self, n, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
@@ -87,7 +92,7 @@ class IntegerFlow(Flow):
         values that fell outside is left in :attr:`clamped` (``flowforge sample`` prints it)."""
         x = super().sample(n, context, temperature)
         outside = (x < 0) | (x > self.levels - 1)
-        self.clamped = float(outside.float().mean()) if x.numel() else 0.0
+        self._outside = outside.float().mean() if x.numel() else None
         return x.clamp_(0, self.levels - 1)
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
