@@ -510,6 +510,34 @@ def test_a_constant_column_is_refused_for_training_only(tmp_path):
     assert "'k' hold the same value" in constant_columns(ds)
 
 
+def test_a_column_finer_than_float32_resolves_is_refused_with_the_remedy(tmp_path, capsys):
+    from flowforge.workbench.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    big = np.c_[1e6 + 0.01 * rng.normal(size=300), rng.normal(size=300)]  # 1e6 +- 0.01
+    path = _csv(tmp_path / "big.csv", ["metres", "b"], big)
+    with pytest.raises(DataError, match=r"column 'metres' varies by 0.0\d+ around 1e\+06"):
+        load_dataset(str(path))
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", path, "--out",
+                     tmp_path / "r", "--epochs", 1, "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "subtract an offset from the column")
+    assert not (tmp_path / "r").exists()
+    big[:, 0] -= 1e6  # the remedy: the same variation, near zero
+    assert load_dataset(str(_csv(tmp_path / "ok.csv", ["metres", "b"], big))).train.shape[1] == 2
+    wide = np.c_[1e6 + 10 * rng.normal(size=300), rng.normal(size=300)]  # float32 holds this
+    assert load_dataset(str(_csv(tmp_path / "wide.csv", ["a", "b"], wide))).train.shape[1] == 2
+
+
+def test_levels_with_standardize_is_refused_before_training(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = _csv(tmp_path / "ints.csv", ["a", "b"], rng.integers(0, 8, size=(100, 2)))
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", path, "--out",
+                     tmp_path / "r", "--set", "data.levels=8", "--set", "data.standardize=true",
+                     "--epochs", 1, "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "data.standardize applies to continuous tables")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_run_still_improving_at_its_last_epoch_says_so(tmp_path, capsys):
     rc, out, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out",
                        tmp_path / "r", "--epochs", 2, "--no-progress", "--limit", 256,

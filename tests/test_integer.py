@@ -338,3 +338,14 @@ def test_samples_outside_the_levels_are_clamped_and_counted(tmp_path, capsys, mo
     rc, out, err = cli(capsys, "sample", tmp_path / "r", "-n", 64, "--out", tmp_path / "s.npy")
     assert rc == 0 and "wrote 64 samples" in out
     assert "warning: 25.00% of the sampled values fell outside [0, 16] and were clamped" in err
+
+
+def test_the_report_of_an_integer_flow_makes_no_normality_claim(tmp_path, capsys):
+    from cli_support import TINY_IDF, cli
+
+    rc, _, err = cli(capsys, *TINY_IDF, "--out", tmp_path / "r")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "report", tmp_path / "r")
+    assert rc == 0, err
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "not a standard normal" in page and "Latent normality check" not in page

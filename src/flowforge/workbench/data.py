@@ -357,6 +357,29 @@ def constant_columns(ds) -> str | None:
     )
 
 
+def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> None:
+    """A ``DataError`` for a column whose variation float32 (the models' precision) cannot
+    hold: values of 1e6 +- 0.01 all round to one or a few float32 numbers, which would be
+    refused as a constant column, or modelled as a handful of spikes. Refused when rounding
+    moves a value by more than a hundredth of the column's standard deviation."""
+    a = np.asarray(train, dtype=np.float64)
+    if a.shape[0] < 2 or not np.isfinite(a).all():
+        return  # (too few rows to judge; non-finite values are refused elsewhere)
+    with np.errstate(over="ignore"):
+        err = np.abs(a - a.astype(np.float32).astype(np.float64)).max(0)
+    sd = a.std(0)
+    lost = np.flatnonzero((err > 1e-2 * sd) & (sd > 0))
+    if lost.size:
+        j = int(lost[0])
+        more = f" (and {lost.size - 1} more)" if lost.size > 1 else ""
+        raise DataError(
+            f"{where}: column {_column_name(j, names)}{more} varies by {sd[j]:.3g} around "
+            f"{np.abs(a[:, j]).max():.6g}, finer than float32 (the models' precision) resolves "
+            f"there (it rounds by up to {err[j]:.3g}); subtract an offset from the column, e.g. "
+            "its first value or its mean, before training"
+        )
+
+
 def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, where: str) -> list:
     """Warnings for what makes a fit or its test figure misleading: far outliers, which set
     the standardisation's scale and squeeze every other value together, and test/val rows that
@@ -523,6 +546,11 @@ def _table(
     **options,
 ) -> Dataset:
     _no_options(str(path), options)
+    if levels is not None and standardize:
+        raise DataError(
+            "data.standardize applies to continuous tables; a table with levels is modelled on "
+            "its integer grid 0..levels-1 by dequantization (drop standardize, or levels)"
+        )
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
     columns = None
@@ -558,6 +586,8 @@ def _table(
     if levels is not None:
         for k, v in arrays.items():
             _check_levels(v, int(levels), f"{path} ({k})")
+    else:
+        _check_float32(arrays["train"], columns, str(path))
     t = {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()}
     if standardize is None:
         standardize = levels is None
