@@ -69,6 +69,13 @@ def test_class_conditional_glow_trains_saves_and_samples(label_run, tmp_path, ca
     )
     x = np.load(tmp_path / "s.npy")
     assert code == 0 and x.shape == (12, 1, 8, 8)
+    code, out, _ = run(
+        ["sample", label_run, "--label", "0,1,2", "-n", "4", "--out", tmp_path / "s.csv"], capsys
+    )
+    lines = (tmp_path / "s.csv").read_text().splitlines()  # images, one flattened per row
+    assert code == 0 and lines[0].startswith("label,x0,x1,") and len(lines) == 13
+    assert [line.split(",")[0] for line in lines[1:]] == ["0"] * 4 + ["1"] * 4 + ["2"] * 4
+    assert len(lines[1].split(",")) == 1 + 64
     code, out, _ = run(["eval", label_run, "--json"], capsys)
     assert code == 0 and '"nll"' in out
 
@@ -140,7 +147,11 @@ def test_conditional_density_estimation_on_a_table(table, tmp_path, capsys, mode
         ["sample", out, "--context", "5,5;30,-10", "-n", "3", "--out", tmp_path / "s.csv"], capsys
     )
     assert code == 0, err
-    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (6, 2)
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "2,3,x0,x1"  # the context columns (by position here), then the samples
+    got = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert got.shape == (6, 4)  # each sample beside the context it was drawn for
+    assert np.array_equal(got[:, :2], [[5, 5]] * 3 + [[30, -10]] * 3)
     code, _, err = run(
         ["sample", out, "--context", "5", "-n", "3", "--out", tmp_path / "b.csv"], capsys
     )

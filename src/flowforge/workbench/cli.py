@@ -281,7 +281,7 @@ def cmd_sample(args) -> int:
     if not args.tol > 0:
         raise WorkbenchError(f"--tol must be positive, got {args.tol}")
     cfg = run_config(args.run)
-    context, what = sample_context(cfg, args.label, args.context)
+    context, what, given = sample_context(cfg, args.label, args.context)
     flow = load_run(args.run)
     if args.inverse != "sequential":  # autoregressive layers: Jacobi sweeps (see set_inverse)
         from ..transforms import Autoregressive, set_inverse
@@ -305,7 +305,8 @@ def cmd_sample(args) -> int:
                 f"ODE: {describe_solver(solver_settings(_cnfs(flow)))}, {nfe(flow)} function "
                 "evaluations in the last solve"
             )
-    save_samples(x, cfg, out, title=f"{args.n} samples{what}, T={args.temperature:g}")
+    title = f"{args.n} samples{what}, T={args.temperature:g}"
+    save_samples(x, cfg, out, title=title, given=given)
     print(f"wrote {x.shape[0]} samples{what} to {out}")
     if used:
         print(used)

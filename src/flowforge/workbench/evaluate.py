@@ -330,12 +330,13 @@ def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size
 
 def sample_context(cfg: dict, label: str | None, context: str | None):
     """The model-ready context rows that ``--label`` / ``--context`` ask for (None for an
-    unconditional run) and a few words for the messages; one-line errors otherwise."""
+    unconditional run), a few words for the messages, and what was given as ``(column names,
+    raw rows)`` (None when unconditional) for the samples' CSV; one-line errors otherwise."""
     info = cfg["resolved"].get("context")
     if info is None:
         if label is not None or context is not None:
             raise ContextError("this run is unconditional; drop --label/--context")
-        return None, ""
+        return None, "", None
     if info["kind"] == "label":
         if context is not None:
             raise ContextError(
@@ -350,7 +351,7 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
             labels = [int(v) for v in str(label).split(",") if v.strip()]
         except ValueError:
             raise ContextError(f"--label expects integers like 3 or 0,1,2, got {label!r}") from None
-        return label_context(labels, info), f" of label {label}"
+        return label_context(labels, info), f" of label {label}", (["label"], [[v] for v in labels])
     if label is not None:
         raise ContextError("this run is conditioned on table columns: use --context, not --label")
     if context is None:
@@ -366,4 +367,5 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
         ) from None
     if len({len(r) for r in rows}) > 1:
         raise ContextError("--context rows have different lengths")
-    return column_context(rows, info), f" given context {context}"
+    names = [str(c) for c in info["context_columns"]]
+    return column_context(rows, info), f" given context {context}", (names, rows)

@@ -131,8 +131,15 @@ def _csv_field(name: str) -> str:
     return name
 
 
-def save_samples(x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "") -> None:
-    """Write samples as .npy, .csv or .png (a grid for images, a scatter for 2-D data)."""
+def save_samples(
+    x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "", given=None
+) -> None:
+    """Write samples as .npy, .csv or .png (a grid for images, a scatter for 2-D data).
+
+    A CSV has one sample per row (an image's values flattened), under the data's column names
+    when the run knows them. ``given``: ``(names, rows)``, the contexts the samples were drawn
+    for, as :func:`sample_run` orders them (each row's samples together); a CSV then starts
+    each line with its context's values, so that every sample says what it was given."""
     from ..io import atomic_write
     from .data import WorkbenchError
 
@@ -146,12 +153,20 @@ def save_samples(x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "")
         atomic_write(path, buf.getvalue())
         return
     if suffix == ".csv":
-        if x.dim() != 2:
-            raise WorkbenchError("CSV output needs vector data; use .npy or .png for images")
+        x = x.reshape(x.shape[0], -1)
         rows = [",".join(f"{v:.9g}" for v in row) for row in x.tolist()]
         names = cfg.get("resolved", {}).get("columns")
-        if names and len(names) == x.shape[1]:
-            rows.insert(0, ",".join(_csv_field(n) for n in names))
+        header = list(names) if names and len(names) == x.shape[1] else None
+        if given is not None and rows:
+            context_names, context_rows = given
+            per = len(rows) // len(context_rows)  # samples per context row, row by row
+            lead = [",".join(f"{v:.9g}" for v in r) for r in context_rows]
+            rows = [f"{lead[i // per]},{row}" for i, row in enumerate(rows)]
+            if header is None:
+                header = [f"x{j}" for j in range(x.shape[1])]
+            header = [*context_names, *header]
+        if header:
+            rows.insert(0, ",".join(_csv_field(n) for n in header))
         text = "\n".join(rows) + "\n"
         atomic_write(path, text.encode())
         return
