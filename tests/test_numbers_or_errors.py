@@ -90,3 +90,24 @@ def test_no_reparameterised_samples_is_an_empty_answer(name):
     flow = ff.models.build(name, features=3)
     x, log_q = flow.rsample_and_log_prob(0)
     assert x.shape == (0, 3) and log_q.shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_flow_is_refused_with_the_remedy(dtype):
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(4,)).to(dtype)
+    for call in (lambda: flow.log_prob(torch.randn(3, 2)), lambda: flow.sample(2),
+                 lambda: flow.rsample_and_log_prob(2)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"float32 or float64.*flow.float\(\)"):
+            call()
+    assert flow.float().log_prob(torch.randn(3, 2)).shape == (3,)
+
+
+def test_more_levels_than_the_dtype_resolves_are_refused():
+    idf = ff.models.IDF(features=2, levels=2**25, partitions=2, layers=1, hidden=(4,))
+    with pytest.raises(ValueError, match=r"33,554,432 levels are more than torch.float32"):
+        idf.log_prob(torch.tensor([[2.0**24, 5.0]]))  # 2^24 + 1 would round to 2^24
+    lp = idf.double().log_prob(torch.tensor([[2.0**24, 5.0], [2.0**24 + 1, 5.0]]))
+    assert lp.shape == (2,)  # float64 holds both integers
+    flow = ff.models.RealNVP(features=2, layers=1, hidden=(4,), levels=2**25)
+    with pytest.raises(ValueError, match="levels are more than torch.float32"):
+        flow.log_prob(torch.tensor([[3.0, 5.0]]))

@@ -48,6 +48,7 @@ __all__ = [
     "DataInit",
     "check_shape",
     "checking",
+    "exact_levels",
     "needs_data_init",
     "regularization",
     "layer_metrics",
@@ -333,6 +334,8 @@ class Identity(Transform):
         return z, z.new_zeros(z.shape[0])
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # refused as a flow's dtype (Flow._checks)
+
 # The validate_args of the Flow whose call is running (None: none is, or it has the default), so
 # that a layer's own value checks (angles in range, unit vectors) follow the flow's decision.
 _FLOW_CHECKS: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
@@ -368,6 +371,20 @@ class _Checks:
     def __exit__(self, *exc):
         if self.token is not None:
             _FLOW_CHECKS.reset(self.token)
+
+
+def exact_levels(levels: int, dtype: torch.dtype) -> None:
+    """``ValueError`` when ``dtype`` cannot tell the ``levels`` integers apart with room to
+    spare (above ``2^mantissa``, float32's 2^23, consecutive integers round together or leave
+    no room for dequantization noise): a density over them would be another one's."""
+    if not dtype.is_floating_point:
+        return
+    bits = round(-math.log2(torch.finfo(dtype).eps))
+    if levels - 1 > 2**bits:
+        raise ValueError(
+            f"{levels:,} levels are more than {dtype} resolves (integers up to 2^{bits}); "
+            "move the flow to float64 (flow.double())"
+        )
 
 
 def _narrows(src: torch.dtype, dst: torch.dtype) -> bool:
@@ -522,7 +539,9 @@ class Dequantizer(nn.Module):
         self.context_features = int(context_features)
 
     def check(self, x: Tensor) -> None:
-        """``ValueError`` unless ``x`` holds integers in ``[0, levels - 1]``."""
+        """``ValueError`` unless ``x`` holds integers in ``[0, levels - 1]`` that ``x``'s dtype
+        resolves with the dequantization noise added."""
+        exact_levels(self.levels, x.dtype)
         lo, hi = x.min().item(), x.max().item()
         if lo < 0 or hi > self.levels - 1:
             raise ValueError(
@@ -677,7 +696,15 @@ class Flow(nn.Module):
         return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
 
     def _checks(self) -> _Checks:
-        """A context in which the layers' own value checks follow ``validate_args``."""
+        """A context in which the layers' own value checks follow ``validate_args``; refuses
+        a half-precision flow first."""
+        if self.dtype in LOW_PRECISION:
+            raise ValueError(
+                f"flowforge computes densities in float32 or float64, and this flow is "
+                f"{self.dtype}: its log-densities would be off by up to a nat and overflow at "
+                "|z| of a few hundred; move it with flow.float() (for mixed precision, keep "
+                "the weights in float32 under torch.autocast)"
+            )
         return _Checks(self.validate_args)
 
     @property

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..core import Compose, Distribution, Flow, Transform
+from ..core import Compose, Distribution, Flow, Transform, exact_levels
 from ..nets import MLP, ConvResNet
 from ..transforms import FactorOut, Permutation, Reverse, Squeeze, channel_mask
 from ..transforms.integer import DiscretizedLogisticMixture, IntegerCoupling
@@ -49,7 +49,9 @@ class IntegerFlow(Flow):
         self.levels = levels
 
     def check(self, x: Tensor) -> None:
-        """``ValueError`` unless ``x`` holds integers in ``[0, levels - 1]``."""
+        """``ValueError`` unless ``x`` holds integers in ``[0, levels - 1]`` that the flow's
+        dtype holds exactly."""
+        exact_levels(self.levels, self.dtype)
         if x.numel() == 0:
             return
         lo, hi = x.min().item(), x.max().item()
