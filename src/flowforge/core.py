@@ -715,7 +715,8 @@ class Flow(nn.Module):
     # -- checks ------------------------------------------------------------------------------
     def _as_input(self, t: Tensor, what: str) -> Tensor:
         """``t`` in the flow's dtype. Floating, integer and bool inputs are converted (so a
-        float64 numpy array, integer pixel values or a float16 batch just work); complex
+        float64 tensor, integer pixel values or a float16 batch just work, where validating,
+        unless the conversion would overflow or round the data's variation away); complex
         inputs are refused."""
         if not isinstance(t, Tensor):
             raise TypeError(f"expected {what} to be a torch.Tensor, got {type(t).__name__}")
