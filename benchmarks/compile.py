@@ -1,7 +1,8 @@
-"""``torch.compile`` against eager on the benchmark's flowforge models (digits, 64-d): training
-step (batch 256, Adam) and ``log_prob`` (batch 1,024, no grad), one thread, with the compile
-times and the conditioner floor (``benchmarks/floor.py``) of the same model; the spline models
-also with only their splines compiled (``RationalQuadratic.compiled``).
+"""``torch.compile`` against eager on the benchmark's flowforge models (digits' 64-d, or
+``--features 2`` for the toys' size): training step (batch 256, Adam) and ``log_prob`` (batch
+1,024, no grad), one thread, with the compile times and the conditioner floor
+(``benchmarks/floor.py``) of the same model; the spline models also with only their splines
+compiled (``RationalQuadratic.compiled``).
 
 Eager, compiled and floor calls are interleaved round by round (median over the rounds), so
 that the load of a shared machine weighs on all alike.
@@ -26,13 +27,15 @@ from flowforge.transforms import RationalQuadratic
 MODELS = ("maf", "realnvp", "nsf-c", "nsf-ar", "glow")
 
 
-def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: int = 8) -> dict:
+def measure(
+    kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: int = 8, d: int = 64
+) -> dict:
     torch.manual_seed(0)
-    model = peers.flowforge(kind, 64, layers, hidden, bins)
+    model = peers.flowforge(kind, d, layers, hidden, bins)
     flow = model.module
     flow.validate_args = False  # as in a compiled graph (no checks inside one)
-    x = torch.randn(256, 64) * 0.5
-    xe = torch.randn(1024, 64) * 0.5
+    x = torch.randn(256, d) * 0.5
+    xe = torch.randn(1024, d) * 0.5
     opt = torch.optim.Adam(flow.parameters(), 1e-3)
 
     model.log_prob(x)  # data-dependent initialisation (DataStandardize, ActNorm), eagerly
@@ -58,7 +61,7 @@ def measure(kind: str, rounds: int, layers: int = 4, hidden: int = 128, bins: in
         diff = (lp_compiled(xe) - model.log_prob(xe)).abs().max().item()
     # the floor (the conditioners and Adam alone, of a model built for it), timed in the same
     # rounds so that the machine's load weighs on it as on the rest
-    fns = floor.floor_fns(peers.flowforge(kind, 64, layers, hidden, bins).module, 256, 1024)
+    fns = floor.floor_fns(peers.flowforge(kind, d, layers, hidden, bins).module, 256, 1024)
     # the spline models once more with only their splines compiled (RationalQuadratic.compiled,
     # the workbench's train.compile: splines), switched on for those calls only
     trains = [("train_eager", loss_eager), ("train_compiled", loss_compiled)]
@@ -131,12 +134,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--features", type=int, default=64, help="D: 64 (digits' size) or 2 (toys)")
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for kind in args.models.split(","):
-        r = measure(kind, args.rounds)
+        r = measure(kind, args.rounds, d=args.features)
         rows.append(r)
         fl = ""
         if "train_floor_per_s" in r:
@@ -155,7 +159,8 @@ def main() -> None:
                 flush=True,
             )
     if args.out:
-        meta = {"torch": torch.__version__, "threads": 1, "load_average": os.getloadavg()}
+        meta = {"torch": torch.__version__, "threads": 1, "features": args.features,
+                "load_average": os.getloadavg()}  # fmt: skip
         with open(args.out, "w") as f:
             json.dump({**meta, "results": rows}, f, indent=1)
 
