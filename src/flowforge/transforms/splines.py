@@ -16,7 +16,12 @@ Parametrisation (all-zero parameters give the identity):
 With equal bins and unit derivatives each bin is the line ``y = x``, the identity.
 
 The inverse is analytic: the root of a quadratic, taken in the cancellation-free form
-``xi = 2c / (-b - sqrt(b^2 - 4ac))``.
+``xi = 2c / (-b - sqrt(b^2 - 4ac))``. Where a bin is very thin and its slopes near
+``min_derivative`` (large conditioner outputs), the forward map is flatter than float32
+resolves: a whole interval of ``x`` maps to one ``y``, so ``inverse(forward(x))`` can miss ``x``
+by up to the bin's width, while the forward value and log-derivative stay right and
+``forward(inverse(y)) == y`` to rounding (so samples are consistent); float64 has no such case
+at ordinary parameters.
 
 Eagerly, the spline is a few dozen tensor operations over ``(B, 3K - 1, ...)`` parameters,
 each a pass through memory; it costs as much as the conditioner's matrix products in a neural
