@@ -40,6 +40,11 @@ def test_a_flow_with_a_data_dependent_layer_compiles_in_one_graph():
     torch.testing.assert_close(got, flow(x), rtol=1e-5, atol=1e-5)
     got.mean().backward()
     assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
+    for setting in (True, False):  # the checks' switch leaves the graph whole either way
+        flow.validate_args = setting
+        torch._dynamo.reset()
+        torch.compile(flow, fullgraph=True, options={"cpp.threads": 1})(x)
+    flow.validate_args = None
     # a reloaded state decides from its buffer again
     fresh = ff.models.MAF(features=3, layers=2, hidden=(8,))
     fresh.load_state_dict(flow.state_dict())

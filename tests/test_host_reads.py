@@ -101,11 +101,23 @@ def test_layer_checks_follow_the_flows_validate_args():
         flow.log_prob(outside)
     flow.validate_args = False
     assert flow.log_prob(outside).shape == (4,)
-    flow.validate_args = True
-    flow.to("meta")
-    with pytest.raises((RuntimeError, NotImplementedError)):  # the check reads the values
-        flow.log_prob(outside.to("meta"))
-    # outside a flow call the layers check CPU tensors, as before
     from flowforge.core import checking
 
-    assert checking(torch.zeros(1)) and not checking(torch.zeros(1, device="meta"))
+    meta = torch.zeros(1, device="meta")
+    flow.validate_args = True  # inside its calls, the layers check on any device
+    with flow._checks():
+        assert checking(meta) and checking(torch.zeros(1))
+    flow.validate_args = False
+    with flow._checks():
+        assert not checking(meta) and not checking(torch.zeros(1))
+    flow.validate_args = None  # the default: CPU tensors only, as outside a flow call
+    with flow._checks():
+        assert checking(torch.zeros(1)) and not checking(meta)
+    assert checking(torch.zeros(1)) and not checking(meta)
+    coupling = flow.to("meta").transform.layers[0]  # a layer's own angle check, on "meta":
+    flow.validate_args = False
+    with flow._checks():
+        assert coupling(outside.to("meta"))[0].shape == (4, 2)  # off: nothing is read
+    flow.validate_args = True
+    with flow._checks(), pytest.raises(RuntimeError, match="meta"):
+        coupling(outside.to("meta"))  # on: it reads the values, which "meta" does not have

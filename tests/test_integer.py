@@ -322,20 +322,25 @@ def test_samples_outside_the_levels_are_clamped_and_counted(tmp_path, capsys, mo
     flow = ff.load(tmp_path / "r")
     x = flow.sample(64)
     assert 0 <= x.min() and x.max() <= flow.levels - 1
-    assert 0 <= flow.clamped <= 1  # the fraction of values drawn outside [0, levels - 1]
+    assert 0 <= float(flow.clamped) <= 1  # the fraction of values drawn outside the levels
     big = flow.base.sample
     flow.base.sample = lambda n, context=None, temperature=1.0: big(n) + 1000  # far outside
     flow.sample(8)
-    assert flow.clamped > 0.5
-    real = IntegerFlow.sample
+    assert float(flow.clamped) > 0.5
+    from flowforge.workbench import report
 
-    def quarter_outside(self, *args, **kwargs):
+    real, calls = IntegerFlow.sample, []
+
+    def first_chunk_outside(self, *args, **kwargs):  # all of the first chunk, none after
         x = real(self, *args, **kwargs)
-        self._outside = torch.tensor(0.25)
+        self.clamped = torch.tensor(0.0 if calls else 1.0)
+        calls.append(len(x))
         return x
 
-    monkeypatch.setattr(IntegerFlow, "sample", quarter_outside)
+    monkeypatch.setattr(IntegerFlow, "sample", first_chunk_outside)
+    monkeypatch.setattr(report, "SAMPLE_CHUNK", 16)  # 64 samples in 4 draws: all counted
     rc, out, err = cli(capsys, "sample", tmp_path / "r", "-n", 64, "--out", tmp_path / "s.npy")
+    assert calls == [16, 16, 16, 16]
     assert rc == 0 and "wrote 64 samples" in out
     assert "warning: 25.00% of the sampled values fell outside [0, 16] and were clamped" in err
 

@@ -183,3 +183,19 @@ def test_label_flag_on_an_unconditional_run(tmp_path, capsys):
         ["sample", out, "--label", "3", "-n", "2", "--out", tmp_path / "s.png"], capsys
     )
     assert code == 1 and "unconditional" in err
+
+
+def test_a_sample_csv_names_the_context_columns_by_their_header(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    path = tmp_path / "named.csv"
+    np.savetxt(path, x, delimiter=",", header="y1,y2,age,dose", comments="")
+    out = tmp_path / "r"
+    code, _, err = run(["train", "--model", "maf", "--data", path, "--target-columns", "y1,y2",
+                        "--model-kwargs", '{"hidden": [8]}', "--epochs", "1", "--out", out,
+                        "--no-progress", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(["sample", out, "--context", "1,2", "-n", "2", "--out",
+                        tmp_path / "s.csv"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "age,dose,y1,y2"

@@ -24,6 +24,7 @@ the :class:`Flow` is where a stray or a missing context is refused.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import operator
@@ -380,57 +381,63 @@ def exact_levels(levels: int, dtype: torch.dtype) -> None:
     if not dtype.is_floating_point:
         return
     bits = round(-math.log2(torch.finfo(dtype).eps))
-    if levels - 1 > 2**bits:
+    if levels > 2**bits:
         raise ValueError(
-            f"{levels:,} levels are more than {dtype} resolves (integers up to 2^{bits}); "
-            "move the flow to float64 (flow.double())"
+            f"{levels:,} levels are more than {dtype} resolves (at most 2^{bits}); move the "
+            "flow to float64 (flow.double())"
         )
 
 
 def _narrows(src: torch.dtype, dst: torch.dtype) -> bool:
-    """Whether converting ``src`` values to the floating ``dst`` can overflow or round them
-    (float64 to float32, a 64-bit integer to float32...)."""
-    if src == torch.bool:
+    """Whether converting floating ``src`` values to the floating ``dst`` can overflow or round
+    them (float64 to float32). Integers are not looked at: none overflows float32, and discrete
+    data's range is the levels' check (:func:`exact_levels`)."""
+    if not src.is_floating_point:
         return False
-    info = torch.finfo(src) if src.is_floating_point else torch.iinfo(src)
-    big = torch.finfo(dst)
-    if src.is_floating_point:
-        return info.bits > big.bits or info.max > big.max
-    return info.bits > round(-math.log2(big.eps)) + 1  # integers beyond 2^(mantissa + 1) round
+    info, big = torch.finfo(src), torch.finfo(dst)
+    return info.bits > big.bits or info.max > big.max
 
 
-def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype) -> None:
-    """A ``ValueError`` when moving ``t`` to ``out``'s dtype turned finite values into inf, or
-    rounded them by more than a hundredth of their spread over the batch (coordinates of
-    1e8 +- 1 in float32: every point becomes the same value), so that the flow would score
-    other data than it was given."""
-    x = t.double() if t.is_floating_point() else t.to(torch.float64)
-    back = out.double()
-    finite = torch.isfinite(x)
-    if not bool(torch.isfinite(back)[finite].all()):
+def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: bool) -> None:
+    """A ``ValueError`` when moving ``t`` to ``out``'s dtype turned finite values into inf
+    (otherwise reported as "NaN or inf", which the data do not hold). With ``warn``, also a
+    ``RuntimeWarning`` when the conversion rounds an entry by more than a hundredth of its
+    spread over the batch (coordinates of 1e8 +- 1 in float32: every point becomes the same
+    value). A warning, not an error: a batch's spread can be much smaller than the data's (a
+    sorted column), and the workbench checks whole columns of a table
+    (``workbench.data._check_float32``)."""
+    finite = all_finite(t)
+    if finite and not all_finite(out):
+        big = t.abs().max().item()
         raise ValueError(
             f"{what} holds values beyond the range of the flow's {dtype} (largest magnitude "
-            f"{x[finite].abs().max().item():.6g}): move the flow to float64 (flow.double()) or "
-            "rescale the data"
+            f"{big:.6g}): move the flow to float64 (flow.double()) or rescale the data"
         )
-    if x.dim() < 2 or x.shape[0] < 2 or not bool(finite.all()):
-        return  # (a spread needs two rows; NaN/inf are the finiteness check's to report)
-    flat, err = x.reshape(x.shape[0], -1), (x - back).abs().reshape(x.shape[0], -1)
-    spread = flat.std(0)
-    lost = (err.amax(0) > 1e-2 * spread) & (spread > 0)
+    if not warn or not finite or t.dim() < 2 or t.shape[0] < 2:
+        return
+    x, back = t.double().reshape(t.shape[0], -1), out.double().reshape(t.shape[0], -1)
+    spread, size = x.std(0), x.abs().amax(0)
+    err = (x - back).abs().amax(0)
+    # a spread at float64's own rounding level (0.1 + 0.2 next to 0.3) is a constant entry
+    lost = (err > 1e-2 * spread) & (spread > 64 * torch.finfo(torch.float64).eps * size)
     if bool(lost.any()):
+        import warnings
+
         i = int(lost.nonzero()[0, 0])
-        raise ValueError(
+        warnings.warn(
             f"{what} loses its precision in the flow's {dtype}: entry {i} varies by "
-            f"{spread[i].item():.3g} around {flat[:, i].abs().max().item():.6g}, and the "
-            f"conversion rounds it by up to {err[:, i].max().item():.3g}; move the flow to "
-            "float64 (flow.double()) or subtract an offset from the data first"
+            f"{spread[i].item():.3g} in this batch around {size[i].item():.6g}, and the "
+            f"conversion rounds it by up to {err[i].item():.3g}; move the flow to float64 "
+            "(flow.double()) or subtract an offset from the data first",
+            RuntimeWarning,
+            stacklevel=4,
         )
 
 
 class NaNLogProb(ValueError):
-    """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN (or an overflow to
-    -inf or inf) for; ``rows`` are their first indices in the batch it was given."""
+    """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN (or +inf) for;
+    ``rows`` are their first indices in the batch it was given. (-inf is returned: a density
+    of zero, or an overflow in the flow's dtype that ``flow.double()`` would show.)"""
 
     def __init__(self, message: str, rows: list | None = None):
         super().__init__(message)
@@ -695,9 +702,12 @@ class Flow(nn.Module):
             return False
         return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
 
-    def _checks(self) -> _Checks:
+    def _checks(self) -> _Checks | contextlib.nullcontext:
         """A context in which the layers' own value checks follow ``validate_args``; refuses
-        a half-precision flow first."""
+        a half-precision flow first. Inside ``torch.compile`` it sets nothing (dynamo cannot
+        trace a context variable, and :func:`checking` is False there anyway)."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()  # (the one context dynamo enters without a break)
         if self.dtype in LOW_PRECISION:
             raise ValueError(
                 f"flowforge computes densities in float32 or float64, and this flow is "
@@ -726,8 +736,13 @@ class Flow(nn.Module):
             return t
         out = t.to(self.dtype)
         if self._validating(t) and _narrows(t.dtype, self.dtype) and t.numel():
-            _check_cast(t, out, what, self.dtype)
+            # the precision warning once per flow (a few reductions; overflow every call)
+            warn = not self._cast_warned
+            _check_cast(t, out, what, self.dtype, warn)
+            self._cast_warned = self._cast_warned or warn
         return out
+
+    _cast_warned = False  # the precision of a narrowing input conversion was looked at
 
     def _prepare(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None, tuple]:
         """Validate ``x`` and ``context``; flatten any batch shape to one dimension."""
@@ -791,10 +806,15 @@ class Flow(nn.Module):
         the data that the layers overflow): in eval mode with validation on, never a silent NaN.
         In training mode a NaN goes on to the loss, where the trainer finds the layer that made
         it."""
-        if self.training or not self._validating(x) or all_finite(lp):
+        # -inf is a density of zero (a base with bounded support), not an error
+        if (
+            self.training
+            or not self._validating(x)
+            or not bool((lp.isnan() | (lp == math.inf)).any())
+        ):
             return lp
-        bad = (~torch.isfinite(lp)).reshape(-1).nonzero().flatten()[:5].tolist()
-        what = "NaN" if bool(torch.isnan(lp).any()) else "infinite (an overflow)"
+        bad = (lp.isnan() | (lp == math.inf)).reshape(-1).nonzero().flatten()[:5].tolist()
+        what = "NaN" if bool(torch.isnan(lp).any()) else "+inf"
         raise NaNLogProb(
             f"the model's log-density is {what} for batch rows {bad} (inputs this far from "
             f"the training data overflow its {lp.dtype} layers); score them in float64 "

@@ -31,7 +31,8 @@ class IntegerFlow(Flow):
     r"""A :class:`~flowforge.Flow` of integer bijections over a discrete prior.
 
     ``log_prob(x)`` is the exact log-probability of integer data ``x`` in
-    ``{0, ..., levels - 1}`` (anything else is a ``ValueError``); ``sample`` returns integers,
+    ``{0, ..., levels - 1}`` (anything else is a ``ValueError`` where the flow validates its
+    inputs: ``validate_args``, by default on CPU tensors); ``sample`` returns integers,
     clamped to that range (the model can put mass outside it; ``clamped`` says how much of the
     last sample was).
 
@@ -79,22 +80,18 @@ class IntegerFlow(Flow):
         z, _ = self.transform(x, context)  # integer layers: ladj == 0
         return self.base.log_prob(z, context).reshape(batch)
 
-    _outside: Tensor | None = None  # the last sample's fraction outside, on its device
-
-    @property
-    def clamped(self) -> float:
-        """The fraction of values the last :meth:`sample` drew outside ``[0, levels - 1]`` and
-        clamped (read when asked for: sampling itself reads nothing back from a device)."""
-        return 0.0 if self._outside is None else float(self._outside)
+    # the fraction of values the last sample() drew outside [0, levels - 1] and clamped, as a
+    # 0-d tensor on the flow's device (sampling itself reads nothing back; float() it to read)
+    clamped: Tensor | float = 0.0
 
     @torch.no_grad()
     def sample(self, n, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """Samples of the integer flow, clamped to ``[0, levels - 1]``: the model can put mass
         outside the data's range (its NLL counts only the mass inside), and the fraction of
-        values that fell outside is left in :attr:`clamped` (``flowforge sample`` prints it)."""
+        values that fell outside is left in ``clamped`` (``flowforge sample`` prints it)."""
         x = super().sample(n, context, temperature)
         outside = (x < 0) | (x > self.levels - 1)
-        self._outside = outside.float().mean() if x.numel() else None
+        self.clamped = outside.float().mean() if x.numel() else 0.0
         return x.clamp_(0, self.levels - 1)
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:

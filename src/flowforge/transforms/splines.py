@@ -28,7 +28,7 @@ each a pass through memory; it costs as much as the conditioner's matrix product
 spline flow. ``RationalQuadratic.compiled = True`` (on the class, or on one layer) evaluates it
 through ``torch.compile`` instead, fused into a few loops: seconds to tens of seconds of
 compiling the first time (torch keeps the kernels in its on-disk cache), then the benchmark's
-NSFs train 1.25-1.3x and score 1.6-2.4x faster (docs/benchmarks.md). If compiling fails (no
+NSFs train 1.25-1.3x and score 1.9-2.0x faster (docs/benchmarks.md). If compiling fails (no
 C++ compiler, say) it warns once and stays eager.
 """
 
@@ -148,10 +148,17 @@ _compiled = None  # rational_quadratic through torch.compile, made on first use
 _compile_failed: str | None = None  # why compiling failed (then the spline stays eager)
 
 
+# One compiled function serves every layer: dynamic shapes (no recompiling per batch size),
+# and room for the variants a model asks for (forward/inverse, with/without grad, inputs that
+# do or do not require grad, dtypes, bounds) beyond dynamo's default of 8 per function, past
+# which it would run the rest eagerly without a word
+RECOMPILE_LIMIT = 64
+
+
 def _compiled_spline():
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(rational_quadratic, options=COMPILE_OPTIONS)
+        _compiled = torch.compile(rational_quadratic, options=COMPILE_OPTIONS, dynamic=True)
     return _compiled
 
 
@@ -161,7 +168,8 @@ def _spline_compiled(x: Tensor, params: Tensor, **options) -> tuple[Tensor, Tens
     compiler's: it is raised and compiling stays on."""
     global _compile_failed
     try:
-        return _compiled_spline()(x, params, **options)
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return _compiled_spline()(x, params, **options)
     except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why
         out = rational_quadratic(x, params, **options)  # re-raises an input error
         _compile_failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
@@ -188,7 +196,9 @@ class RationalQuadratic(Transformer):
 
     Set ``compiled = True`` on the class or on a layer to evaluate the spline through
     ``torch.compile`` (see the module's docstring); the result agrees with the eager spline to
-    float rounding, not bit for bit.
+    float rounding, not bit for bit. First derivatives only: torch.compile's backward cannot
+    be differentiated again, so gradient penalties, ``create_graph=True`` and Jacobian-vector
+    products (M-flows) need the eager spline.
 
     Example:
         >>> rq = RationalQuadratic(bins=4, bound=3.0)

@@ -168,7 +168,7 @@ def cmd_train(args) -> int:
         args.out,
         resume=args.resume,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=_progress(args),
         echo=not args.quiet,
     )
     return _finish_train(result)
@@ -263,6 +263,12 @@ def _print_manifold_eval(res: dict) -> None:
         )
 
 
+def _progress(args) -> bool:
+    """A progress bar for a command's training: asked for (no --no-progress) and on a terminal;
+    a log file or a pipe gets the epoch lines, not the bar's carriage-return redraws."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def cmd_sample(args) -> int:
     from .errors import WorkbenchError
     from .evaluate import sample_context
@@ -310,7 +316,7 @@ def cmd_sample(args) -> int:
     print(f"wrote {x.shape[0]} samples{what} to {out}")
     if used:
         print(used)
-    clamped = getattr(flow, "clamped", 0.0)  # an integer flow's draws outside the levels
+    clamped = float(getattr(flow, "clamped", 0.0))  # an integer flow's draws outside its levels
     if clamped:
         levels = flow.levels
         print(
@@ -445,7 +451,7 @@ def cmd_demo(args) -> int:
     if args.model is not None:
         cfg["model"] = {"name": args.model}
         cfg["layout"] = "auto"
-    result = train(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    result = train(cfg, args.out, overwrite=args.overwrite, progress=_progress(args))
     if result["status"] == "interrupted":
         return _finish_train(result)
     res = evaluate_run(args.out, "test")

@@ -365,8 +365,14 @@ def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> No
     a = np.asarray(train, dtype=np.float64)
     if a.shape[0] < 2 or not np.isfinite(a).all():
         return  # (too few rows to judge; non-finite values are refused elsewhere)
-    with np.errstate(over="ignore"):
-        err = np.abs(a - a.astype(np.float32).astype(np.float64)).max(0)
+    big = np.abs(a).max(0) > np.finfo(np.float32).max
+    if big.any():
+        j = int(np.flatnonzero(big)[0])
+        raise DataError(
+            f"{where}: column {_column_name(j, names)} holds values beyond float32's range "
+            f"(the models' precision; largest {np.abs(a[:, j]).max():.6g}): rescale it"
+        )
+    err = np.abs(a - a.astype(np.float32).astype(np.float64)).max(0)
     sd = a.std(0)
     lost = np.flatnonzero((err > 1e-2 * sd) & (sd > 0))
     if lost.size:

@@ -367,5 +367,7 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
         ) from None
     if len({len(r) for r in rows}) > 1:
         raise ContextError("--context rows have different lengths")
-    names = [str(c) for c in info["context_columns"]]
+    # the context columns' header names when the table had a header, else their positions
+    names = cfg["resolved"].get("context_column_names") or info["context_columns"]
+    names = [str(c) for c in names]
     return column_context(rows, info), f" given context {context}", (names, rows)

@@ -110,12 +110,16 @@ def sample_run(
         )
     flow.eval()
     out = torch.empty(rows, n, *shape)
+    clamped = 0.0  # an integer flow's values drawn outside its levels, over all the chunks
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, n, SAMPLE_CHUNK):
             m = min(SAMPLE_CHUNK, n - start)
             x = flow.sample(m, context, temperature=temperature)
             out[:, start : start + m] = x.reshape(m, rows, *shape).transpose(0, 1)
+            clamped += float(getattr(flow, "clamped", 0.0)) * m / n
+    if hasattr(flow, "clamped"):
+        flow.clamped = clamped  # the whole draw's fraction, for the caller to report
     bad = (~torch.isfinite(out.reshape(rows * n, -1))).any(1).sum().item()
     if bad:
         raise WorkbenchError(

@@ -505,8 +505,14 @@ class Trainer:
                 raise WorkbenchError(f"train.memory_saving: {e}") from None
         if self.cfg["compile"] == "splines":  # only the splines, through torch.compile
             from ..transforms.splines import RationalQuadratic
+            from .mflow import MFlowObjective
 
             splines = [m for m in self.model.modules() if isinstance(m, RationalQuadratic)]
+            if isinstance(self.objective, MFlowObjective):
+                raise WorkbenchError(
+                    "train.compile: splines cannot train an M-flow (its Jacobian-vector "
+                    "products differentiate twice, which a compiled spline cannot)"
+                )
             if not splines:
                 raise WorkbenchError(
                     "train.compile: splines compiles a model's rational-quadratic splines, and "
@@ -826,9 +832,7 @@ class Trainer:
             total=self.total_steps,
             initial=self.global_step,
             unit="step",
-            # None: tqdm leaves the bar out when stderr is not a terminal (a log file, a pipe),
-            # where its carriage returns would fill the log with partial lines
-            disable=None if self.progress and self.rank == 0 else True,
+            disable=not (self.progress and self.rank == 0),
             dynamic_ncols=True,
             file=sys.stderr,
             leave=False,
