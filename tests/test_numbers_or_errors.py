@@ -61,8 +61,9 @@ def test_float64_inputs_that_float32_cannot_hold_are_refused_or_warned_about():
         fresh = ff.models.MAF(features=2, layers=1, hidden=(4,))
         fresh.log_prob(torch.randn(64, 2, dtype=torch.float64))  # ordinary float64 data
         near = torch.tensor([[0.5, 0.3], [-0.3, 0.1 + 0.2]], dtype=torch.float64)
-        ff.models.MAF(features=2, layers=1, hidden=(4,)).log_prob(near)  # float64 noise only
-        ff.models.MAF(features=2, layers=1, hidden=(4,)).log_prob(torch.randint(0, 256, (4, 2)))
+        scorer = ff.models.MAF(features=2, layers=1, hidden=(4,)).eval()
+        scorer.log_prob(near)  # float64 noise only: a constant entry, nothing to warn about
+        scorer.log_prob(torch.randint(0, 256, (4, 2)))  # integers: exact in float32
     assert flow.double().log_prob(offset).isfinite().all()  # the remedy
 
 
@@ -124,3 +125,46 @@ def test_more_levels_than_the_dtype_resolves_are_refused():
     flow = ff.models.RealNVP(features=2, layers=1, hidden=(4,), levels=2**25)
     with pytest.raises(ValueError, match="levels are more than torch.float32"):
         flow.log_prob(torch.tensor([[3.0, 5.0]]))
+
+
+def test_a_tiny_first_batch_for_the_standardisation_is_warned_about():
+    import warnings
+
+    flow = ff.models.NSF(features=2, layers=1, hidden=(4,))
+    with pytest.warns(RuntimeWarning, match="first batch of only 4 examples"):
+        flow.log_prob(torch.randn(4, 2))  # train mode: this batch sets loc and scale for good
+    fresh = ff.models.NSF(features=2, layers=1, hidden=(4,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.log_prob(torch.randn(64, 2))
+
+
+def test_vmap_over_log_prob_gives_per_example_values_and_gradients():
+    from torch.func import functional_call, grad, vmap
+
+    flow = ff.models.NSF(features=3, layers=2, hidden=(8,))
+    x = torch.randn(5, 3)
+    flow.log_prob(torch.randn(256, 3))  # the data-dependent initialisation, eagerly
+    flow.eval()
+    one = lambda r: flow.log_prob(r.unsqueeze(0)).squeeze(0)  # noqa: E731
+    torch.testing.assert_close(vmap(one)(x), flow.log_prob(x))  # the input checks stand aside
+    params = {k: v.detach() for k, v in flow.named_parameters()}
+    per = vmap(grad(lambda p, r: functional_call(flow, p, (r.unsqueeze(0),)).sum()),
+               in_dims=(None, 0))(params, x)  # fmt: skip
+    name = next(iter(params))
+    want = torch.autograd.grad(flow.log_prob(x[2:3]).sum(), dict(flow.named_parameters())[name])
+    torch.testing.assert_close(per[name][2], want[0])
+
+
+def test_a_context_broadcasts_against_the_batch_as_in_torch_distributions():
+    flow = ff.models.MAF(features=2, layers=1, hidden=(4,), context_features=3)
+    flow.eval()
+    ctx = torch.randn(4, 3)
+    x = flow.sample(5, ctx)  # (5, 4, 2): five samples per context row
+    lp = flow.log_prob(x, ctx)  # the (4, 3) context broadcasts over the 5 draws
+    assert lp.shape == (5, 4)
+    torch.testing.assert_close(lp[2], flow.log_prob(x[2], ctx))
+    one = flow.log_prob(x[:, 0], ctx[0])  # a single (c,) context for a batch
+    torch.testing.assert_close(one, lp[:, 0])
+    with pytest.raises(ValueError, match=r"expected context of shape \(5, 4, 3\)"):
+        flow.log_prob(x, torch.randn(3, 3))  # not broadcastable

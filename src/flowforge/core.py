@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._util import all_finite
+from ._util import all_finite, functorch_active
 from ._util import event_shape as _event_shape
 from .reversible import ReversibleChain, refusal
 
@@ -350,8 +350,9 @@ def checking(t: Tensor) -> bool:
     Inside a :class:`Flow` call, the flow's ``validate_args`` when it is set; otherwise only
     for CPU tensors: a check reads values back to the host, which on an accelerator forces a
     synchronisation (the flow's own input scan follows the same rule). Never inside
-    ``torch.compile``, where a data-dependent branch cannot run."""
-    if torch.compiler.is_compiling():
+    ``torch.compile`` or a ``torch.func`` transform (``vmap``, ``grad``...), where a
+    data-dependent branch cannot run."""
+    if torch.compiler.is_compiling() or functorch_active():
         return False
     decided = _FLOW_CHECKS.get()
     return t.device.type == "cpu" if decided is None else decided
@@ -694,11 +695,13 @@ class Flow(nn.Module):
     # check): a clear ValueError instead of a NaN or a wrong bound. None:
     # on CPU tensors, where the scan is one cheap reduction; skipped on accelerators, where it
     # would force a host synchronisation every call. True/False: always/never (per instance or
-    # on the class, as torch.distributions' validate_args). Never inside torch.compile.
+    # on the class, as torch.distributions' validate_args). Never inside torch.compile or a
+    # torch.func transform (vmap, grad...).
     validate_args: bool | None = None
 
     def _validating(self, t: Tensor) -> bool:
-        if torch.compiler.is_compiling():  # a data-dependent branch: no checks inside a graph
+        # a data-dependent branch: no checks inside a compiled graph or a torch.func transform
+        if torch.compiler.is_compiling() or functorch_active():
             return False
         return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
 
@@ -712,8 +715,8 @@ class Flow(nn.Module):
             raise ValueError(
                 f"flowforge computes densities in float32 or float64, and this flow is "
                 f"{self.dtype}: its log-densities would be off by up to a nat and overflow at "
-                "|z| of a few hundred; move it with flow.float() (for mixed precision, keep "
-                "the weights in float32 under torch.autocast)"
+                "|z| of a few hundred; move it with flow.float() (for mixed-precision training, "
+                "keep the weights in float32 under torch.autocast, and score in float32)"
             )
         return _Checks(self.validate_args)
 
@@ -777,6 +780,11 @@ class Flow(nn.Module):
                 f"this flow is conditional and expects a context of shape (*batch, {c}), got None"
             )
         context = self._as_input(context, "context")
+        if context.shape[-1:] == (c,) and batch and tuple(context.shape[:-1]) != batch:
+            try:  # broadcast as torch.distributions does: (c,) or (B, c) against x's (n, B)
+                context = context.expand(*batch, c)
+            except RuntimeError:
+                pass  # (refused below, with the shape it needs)
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
             raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}")

@@ -203,15 +203,48 @@ def unpack(
 # -- flows ---------------------------------------------------------------------------------------
 
 
+def _unwrap(flow):
+    """The flowforge Flow inside ``torch.compile``'s, DDP's or ``AveragedModel``'s wrapper (their
+    state dicts prefix every name, which the saved configuration would not rebuild)."""
+    for _ in range(4):
+        if isinstance(flow, Flow):
+            break
+        inner = getattr(flow, "_orig_mod", None) or getattr(flow, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        flow = inner
+    return flow
+
+
 def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
-    """Serialise a flow built by :mod:`flowforge.models` to safetensors bytes."""
+    """Serialise a flow built by :mod:`flowforge.models` to safetensors bytes (through a
+    ``torch.compile``, DDP or ``AveragedModel`` wrapper). The flow's state must be what its
+    configuration rebuilds, so that :func:`load` can read the file: a flow whose parts were
+    replaced after it was built is refused here, not when it is loaded."""
+    flow = _unwrap(flow)
+    if not isinstance(flow, Flow):
+        raise TypeError(f"ff.save takes a flowforge Flow, got {type(flow).__name__}")
     if getattr(flow, "config", None) is None:
         raise ValueError(
             "ff.save needs a flow built by a flowforge.models builder (it records the "
             "configuration); for a hand-built flow, save flow.state_dict() with "
             "safetensors.torch.save_file and rebuild the flow before loading it"
         )
-    return pack(flow.state_dict(), {"format": FORMAT, "config": flow.config, **(extra or {})})
+    state = flow.state_dict()
+    try:
+        _check_tensors(_build(flow.config, BUILD_FLOOR + 8 * _size(state), len(state)), state)
+    except ValueError as e:
+        why = str(e).replace("checkpoint does not match its configuration: ", "")
+        raise ValueError(
+            f"ff.save: this flow no longer matches the configuration it was built with ({why}); "
+            "was a part replaced after building? Save flow.state_dict() with "
+            "safetensors.torch.save_file instead, and rebuild the same flow to load it"
+        ) from None
+    return pack(state, {"format": FORMAT, "config": flow.config, **(extra or {})})
+
+
+def _size(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def save(flow: Flow, path: str | os.PathLike) -> None:
@@ -385,27 +418,32 @@ def _check_tensors(flow: Flow, tensors: dict[str, torch.Tensor]) -> None:
             )
 
 
-def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | None = None) -> Flow:
-    """Rebuild a flow from a config and its tensors.
-
-    The build runs under an allocation budget (``max_bytes``; default eight times the
-    tensors' size, at least 64 MiB) and a time limit (30 s), and the built model's tensors
-    must match the file's names, shapes and kinds of dtype before anything is copied."""
+def _build(config: dict, max_bytes: int, n_tensors: int = 0) -> Flow:
+    """The flow a saved configuration describes, built under an allocation and time budget."""
     from . import models
 
-    config = meta["config"]
-    if meta.get("format") == "flowforge/1":
-        config, tensors = _upgrade_format1(config, tensors)
-    if max_bytes is None:
-        held = sum(t.numel() * t.element_size() for t in tensors.values())
-        max_bytes = max(BUILD_FLOOR, 8 * held)
-    with Budget(max_bytes, BUILD_SECONDS, BUILD_OPS + BUILD_OPS_PER_TENSOR * len(tensors)):
+    with Budget(max_bytes, BUILD_SECONDS, BUILD_OPS + BUILD_OPS_PER_TENSOR * n_tensors):
         kwargs = models.registry.saved_kwargs(config["model"], config["kwargs"])
         flow = models.build(config["model"], **kwargs)
         for layer in config.get("prefix", []):
             if layer != "standardize":
                 raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")
             flow = models.standardized(flow)
+    return flow
+
+
+def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | None = None) -> Flow:
+    """Rebuild a flow from a config and its tensors.
+
+    The build runs under an allocation budget (``max_bytes``; default eight times the
+    tensors' size, at least 64 MiB) and a time limit (30 s), and the built model's tensors
+    must match the file's names, shapes and kinds of dtype before anything is copied."""
+    config = meta["config"]
+    if meta.get("format") == "flowforge/1":
+        config, tensors = _upgrade_format1(config, tensors)
+    if max_bytes is None:
+        max_bytes = max(BUILD_FLOOR, 8 * _size(tensors))
+    flow = _build(config, max_bytes, len(tensors))
     # the configuration as saved, before the builder's later arguments completed it: the
     # identity the flow had when it was saved (the .ffz model hash covers it)
     flow.saved_config = config

@@ -105,9 +105,28 @@ class DataStandardize(DataInit, Transform):
         self.register_buffer("initialized", torch.tensor(False))
         self.eps = eps
 
+    # fewer examples than this in the batch it initialises from: a warning (2 to 4 rows can
+    # leave a spline flow's data outside its splines' range for good)
+    FEW = 16
+
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set ``loc`` and ``scale`` from a batch ``x`` (called on the first training batch)."""
+        """Set ``loc`` and ``scale`` from a batch ``x`` (called on the first training batch).
+
+        The statistics are fixed from then on, so the first batch had better be large and
+        shuffled: a few rows, or the first rows of sorted data, can put the data far outside
+        the range a spline flow transforms (the identity beyond its ``bound``), for good. To
+        choose the sample, call ``flow.train(); flow.log_prob(sample)`` before training."""
+        if x.shape[0] < self.FEW:
+            import warnings
+
+            warnings.warn(
+                f"DataStandardize takes its statistics for good from a first batch of only "
+                f"{x.shape[0]} examples; initialise it from a larger shuffled sample first "
+                "(flow.train(); flow.log_prob(sample))",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         sd, mean = torch.std_mean(x.detach(), dim=0, correction=0)
         sd = torch.where(sd > self.eps * (1 + mean.abs()), sd, torch.ones_like(sd))
         self.loc.copy_(mean)

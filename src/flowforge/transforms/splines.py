@@ -94,7 +94,7 @@ def rational_quadratic(
         # bin index: how many interior knots lie at or below the input, in [0, K - 1]
         # (clamped so that the last edge, x == bound, lands in the last bin, never past it)
         knots = torch.cumsum(heights if inverse else widths, 1)[:, :-1] - bound
-        idx = (xk >= knots).sum(1, keepdim=True).clamp_(0, k - 1)
+        idx = (xk >= knots).sum(1, keepdim=True).clamp(0, k - 1)
         bins = torch.arange(k, device=x.device).view(1, k, *[1] * (x.dim() - 1))
         below = (bins < idx).to(params.dtype)  # the bins left of the input's bin
     x0 = (below * widths).sum(1) - bound

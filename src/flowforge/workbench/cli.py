@@ -781,6 +781,12 @@ def _attach_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (the library's, say a compiled spline falling back to eager) printed
+    as one ``flowforge: warning:`` line, like the command's own, without file and line."""
+    print(f"flowforge: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     from .allocator import reuse_freed_memory
@@ -788,6 +794,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
     reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
+    import warnings
+
+    shown = warnings.showwarning
+    if not args.debug:  # the library's warnings as the command's own lines, not Python's
+        warnings.showwarning = _warning_line
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -827,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":
