@@ -366,11 +366,18 @@ def test_tables_that_no_density_fits_or_that_mislead(tmp_path, capsys):
     rows = np.r_[y, y]  # every row twice: val and test rows repeat training rows
     data = _csv(tmp_path / "dup.csv", ["a", "b", "c"], rows)
     rc, out, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out",
-                       tmp_path / "r2", "--epochs", 1, "--no-progress",
+                       tmp_path / "r2", "--epochs", 1, "--no-progress", "--quiet",
                        "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
-    assert rc == 0, err
+    assert rc == 0, err  # (--quiet silences the epoch lines, not what the data checks found)
     assert "column(s) 'b' (2) hold training values more than 100 robust" in out + err
     assert "also appear in the training split" in out + err
+    # kept with the run, and repeated where its numbers are read
+    stored = json.loads((tmp_path / "r2" / "config.json").read_text())["resolved"]
+    assert any("also appear in the training split" in w for w in stored["data_warnings"])
+    rc, out, err = cli(capsys, "eval", tmp_path / "r2")
+    assert rc == 0 and "warning: the training data: " in out and "training split" in out
+    assert cli(capsys, "report", tmp_path / "r2")[0] == 0
+    assert "warning: the training data" in (tmp_path / "r2" / "report.html").read_text()
 
 
 def _swapped_header_is_refused(tmp_path, capsys, *extra):
@@ -428,7 +435,22 @@ def test_eval_sets_a_table_model_beside_a_gaussian(tmp_path, capsys):
     assert rc == 0 and math.isfinite(res["gaussian_nll"])
     rc, out, err = cli(capsys, "eval", tmp_path / "r")
     assert "a Gaussian fitted to the training split: NLL" in out
-    assert ("warning: the model scores worse" in out) == (res["nll"] > res["gaussian_nll"])
+    # a warning only when the model is worse by more than twice the paired standard error
+    d, se = res["nll"] - res["gaussian_nll"], res["gaussian_difference_se"]
+    assert 0 < se < math.inf and f"{abs(d):.4f} +- {se:.4f} nats/example" in out
+    assert ("warning: the model scores worse" in out) == (d > 2 * se)
+
+
+def test_a_difference_within_the_noise_is_neither_warned_about_nor_claimed():
+    from flowforge.workbench.evaluate import against_reference
+
+    res = {"nll": 2.007, "gaussian_nll": 2.0, "gaussian_difference_se": 0.011}
+    words, worse = against_reference(res, "gaussian_nll")
+    assert not worse and "0.0070 +- 0.0110 nats/example worse (within the noise" in words
+    res = {"nll": 2.1, "gaussian_nll": 2.0, "gaussian_difference_se": 0.011}
+    assert against_reference(res, "gaussian_nll")[1]  # 9 standard errors: a warning
+    res = {"nll": 1.994, "gaussian_nll": 2.0, "gaussian_difference_se": 0.058}
+    assert "better (within the noise" in against_reference(res, "gaussian_nll")[0]
 
 
 def test_the_report_sets_a_table_model_beside_the_gaussian(tmp_path, capsys):
@@ -499,6 +521,22 @@ def test_a_signal_at_the_last_epochs_end_leaves_the_run_finished(tmp_path, monke
 
 def test_conditional_eval_data_checks_the_columns_too(tmp_path, capsys):
     _swapped_header_is_refused(tmp_path, capsys, "--model", "maf", "--target-columns", "a,b")
+
+
+def test_columns_that_are_a_linear_function_of_each_other_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    a, b, e = rng.normal(size=(3, 400))
+    data = _csv(tmp_path / "lin.csv", ["a", "b", "c", "e"], np.c_[a, b, a + 2 * b, e])
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out",
+                     tmp_path / "r", "--epochs", 1, "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "columns 'a', 'b', 'c' are a linear function of each other")
+    assert not (tmp_path / "r").exists()
+    near = _csv(tmp_path / "near.csv", ["a", "b", "c", "e"],
+                np.c_[a, b, a + 2 * b + 0.01 * e, rng.normal(size=400)])  # fmt: skip
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", near, "--out",
+                     tmp_path / "r2", "--epochs", 1, "--no-progress", "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err  # strongly correlated, not degenerate: trained
 
 
 def test_a_constant_column_is_refused_for_training_only(tmp_path):

@@ -168,3 +168,30 @@ def test_a_context_broadcasts_against_the_batch_as_in_torch_distributions():
     torch.testing.assert_close(one, lp[:, 0])
     with pytest.raises(ValueError, match=r"expected context of shape \(5, 4, 3\)"):
         flow.log_prob(x, torch.randn(3, 3))  # not broadcastable
+
+
+def test_save_unwraps_wrappers_and_refuses_what_load_could_not_rebuild(tmp_path):
+    from torch.optim.swa_utils import AveragedModel
+
+    flow = ff.models.MAF(features=3, layers=2, hidden=(8,))
+    for name, wrapped in (("compiled", torch.compile(flow)), ("ema", AveragedModel(flow))):
+        ff.save(wrapped, tmp_path / f"{name}.ff")  # the flow inside, under its own names
+        assert ff.load(tmp_path / f"{name}.ff").config["model"] == "MAF"
+    flow.base = ff.distributions.DiagGaussian(3)  # a part replaced after building
+    with pytest.raises(ValueError, match=r"no longer matches the configuration .*base.loc"):
+        ff.save(flow, tmp_path / "changed.ff")
+    assert not (tmp_path / "changed.ff").exists()
+    with pytest.raises(TypeError, match="takes a flowforge Flow, got Linear"):
+        ff.save(torch.nn.Linear(2, 2), tmp_path / "linear.ff")
+
+
+def test_the_command_prints_library_warnings_as_one_line(tmp_path, capsys):
+    from cli_support import cli
+
+    rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", "moons", "--out", tmp_path / "r",
+                     "--epochs", 1, "--limit", 64, "--batch-size", 4, "--no-progress", "--quiet",
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
+    assert rc == 0, err
+    lines = [line for line in err.splitlines() if "DataStandardize" in line]
+    assert lines and all(line.startswith("flowforge: warning: ") for line in lines)
+    assert "RuntimeWarning" not in err and ".py:" not in err

@@ -210,3 +210,16 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
            "train": {"epochs": 1, "batch_size": 500}}  # fmt: skip
     train(cfg, tmp_path / "py", progress=True, echo=False)
     assert "step/s" in capsys.readouterr().err
+
+
+def test_an_average_longer_than_the_run_is_warned_about():
+    flow, x = _flow(), _data()
+    tr = Trainer(flow, x, x[:16], {"epochs": 2, "batch_size": 16, "ema": 0.999,
+                                   "tensorboard": False}, progress=False, echo=False)  # fmt: skip
+    tr.fit()
+    warned = [w for w in tr.warnings if "train.ema 0.999 averages over about 1,000 steps" in w]
+    assert warned and "99% the initialisation's" in warned[0]
+    cfg = {"epochs": 2, "batch_size": 16, "ema": 0.5, "tensorboard": False}
+    tr = Trainer(_flow(), x, x[:16], cfg, progress=False, echo=False)
+    tr.fit()
+    assert not [w for w in tr.warnings if "train.ema" in w]

@@ -122,6 +122,14 @@ def test_image_folder(tmp_path):
     assert len(ds.train) + len(ds.val) + len(ds.test) == 10
     ds5 = wbdata.load_dataset(str(tmp_path), bits=5)
     assert ds5.levels == 32 and torch.cat([ds5.train, ds5.val, ds5.test]).max() == 90 >> 3
+    assert not ds.info.get("warnings")
+    copies = tmp_path / "copies"  # every image saved four times: val and test repeat training
+    copies.mkdir()
+    for i in range(10):
+        for k in range(4):
+            _png(copies / f"{i:02d}_{k}.png", value=10 * i)
+    notes = wbdata.load_dataset(str(copies)).info["warnings"]
+    assert any("val images also appear in the training split" in n for n in notes)
 
 
 # -- the command line ----------------------------------------------------------------------------

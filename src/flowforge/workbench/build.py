@@ -247,6 +247,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         resolved["columns"] = ds.info["columns"]
     if ds.info.get("context_columns"):  # a conditional table: its context columns' names
         resolved["context_column_names"] = ds.info["context_columns"]
+    if ds.info.get("warnings"):  # what the data checks found: eval and report repeat it
+        resolved["data_warnings"] = list(ds.info["warnings"])
     return flow, inner, resolved
 
 

@@ -170,6 +170,7 @@ def cmd_train(args) -> int:
         overwrite=args.overwrite,
         progress=_progress(args),
         echo=not args.quiet,
+        notes=True,  # the data's warnings even with --quiet (it silences the epoch lines)
     )
     return _finish_train(result)
 
@@ -205,7 +206,7 @@ def _finish_train(result: dict) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import REFERENCES, describe_ode, evaluate_run
+    from .evaluate import REFERENCES, against_reference, describe_ode, evaluate_run
 
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
@@ -231,14 +232,17 @@ def cmd_eval(args) -> int:
             )
         if "ode" in res:
             print(f"ODE: {describe_ode(res['ode'])}")
+        for note in res.get("data_warnings", ()):  # found when the run was trained
+            print(f"warning: the training data: {note}")
         for key, what, noun in REFERENCES:
             short = f"that {noun}"
             if key in res:
                 g = res[key]
                 bpd = res.get(key.replace("_nll", "_bits_per_dim"))
                 extra = f" ({bpd:.4f} bits/dim)" if bpd is not None else ""
-                print(f"{what}: NLL {g:.4f}{extra} on the same examples")
-                if res["nll"] > g:
+                words, worse = against_reference(res, key)
+                print(f"{what}: NLL {g:.4f}{extra} on the same examples; {words}")
+                if worse:
                     print(
                         f"warning: the model scores worse than {short}: it under- or over-fits "
                         "(compare its validation and training losses in flowforge report)"

@@ -343,17 +343,35 @@ def _column_name(j: int, names: list[str] | None) -> str:
 
 def constant_columns(ds) -> str | None:
     """Why no density can model a table with a column that holds one value in every
-    training row (``flowforge train`` refuses it; a run's data reloaded for eval is not)."""
+    training row, or columns that are a linear function of each other (a density on a
+    hyperplane: its likelihood grows without bound while training goes on). ``flowforge
+    train`` refuses such a table; a run's data reloaded for eval is not."""
     train = ds.train.numpy()
     if ds.kind != "table" or ds.levels is not None or not len(train):
         return None
+    names = ds.info.get("columns")
     const = [j for j in range(train.shape[1]) if np.all(train[:, j] == train[0, j])]
-    if not const:
+    if const:
+        cols = ", ".join(_column_name(j, names) for j in const[:5])
+        return (
+            f"{ds.name}: column(s) {cols} hold the same value in every training row: a density "
+            "over a constant is degenerate (it can grow without bound); drop them"
+        )
+    n, d = train.shape
+    if d < 2 or n <= 2 * d:  # (with few rows per column a correlation is singular anyway)
         return None
-    cols = ", ".join(_column_name(j, ds.info.get("columns")) for j in const[:5])
+    z = train.astype(np.float64)
+    z = (z - z.mean(0)) / z.std(0)
+    eig, vec = np.linalg.eigh(z.T @ z / n)  # the correlation's eigenvalues, ascending
+    if eig[0] > 1e-7:
+        return None
+    weight = np.abs(vec[:, 0])
+    tied = [j for j in np.argsort(-weight) if weight[j] > 0.1][:5]
+    cols = ", ".join(_column_name(int(j), names) for j in sorted(tied))
     return (
-        f"{ds.name}: column(s) {cols} hold the same value in every training row: a density "
-        "over a constant is degenerate (it can grow without bound); drop them"
+        f"{ds.name}: columns {cols} are a linear function of each other in the training rows "
+        f"(their correlation's smallest eigenvalue is {eig[0]:.2g}): a density on a hyperplane "
+        "is degenerate (it can grow without bound); drop one of them"
     )
 
 
@@ -407,14 +425,23 @@ def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, wher
             "from the median: they set the standardisation's scale and squeeze the other values "
             "together, and samples will spread far wider than the data; check or remove them"
         )
-    seen = {r.tobytes() for r in np.ascontiguousarray(train)}
+    return notes + _duplicates(train, splits)
+
+
+def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
+    """Warnings for validation and test examples that repeat a training example exactly (a
+    table's rows, an image folder's images): their NLL is optimistic, and early stopping on a
+    contaminated validation split does not stop."""
+    flat = lambda a: np.ascontiguousarray(np.asarray(a).reshape(len(a), -1))  # noqa: E731
+    seen = {r.tobytes() for r in flat(train)}
+    notes = []
     for name, a in splits.items():
-        dup = sum(r.tobytes() in seen for r in np.ascontiguousarray(a))
+        dup = sum(r.tobytes() in seen for r in flat(a))
         if dup:
             notes.append(
-                f"{dup} of the {len(a)} {name} rows also appear in the training split (exact "
-                f"duplicates): the {name} NLL will be optimistic; remove duplicate rows before "
-                "splitting"
+                f"{dup} of the {len(a)} {name} {what} also appear in the training split (exact "
+                f"duplicates): the {name} NLL will be optimistic; remove duplicate {what} "
+                "before splitting"
             )
     return notes
 
@@ -607,6 +634,10 @@ def _table(
         notes += [note] if note else []
         if notes:
             info["warnings"] = notes
+    else:  # discrete tables: exact repeats are the one check that applies
+        notes = _duplicates(arrays["train"], {"val": arrays["val"], "test": arrays["test"]})
+        if notes:
+            info["warnings"] = notes
     return Dataset(
         str(path),
         t["train"],
@@ -673,7 +704,11 @@ def _image_folder(
     x = np.stack(arrays) >> (8 - int(bits))
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
     t = [torch.from_numpy(x[i].astype(np.float32)) for i in (tr, va, te)]
-    return Dataset(str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image")
+    notes = _duplicates(x[tr], {"val": x[va], "test": x[te]}, "images")
+    return Dataset(
+        str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image",
+        info={"warnings": notes} if notes else {},
+    )  # fmt: skip
 
 
 def read_table(

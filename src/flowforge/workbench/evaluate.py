@@ -115,10 +115,10 @@ def evaluate_run(
         ds = run_dataset(cfg)
         x, context = ds.split(split), ds.split_context(split)
         if ds.levels is not None and info is None:  # discrete data: a per-position histogram
-            histogram = histogram_baseline(ds.train, x, ds.levels)
+            histogram = histogram_baseline(ds.train, x, ds.levels, per_example=True)
         if ds.kind == "table" and ds.levels is None and info is None and len(ds.train) > 1:
             try:
-                baseline = gaussian_baseline(ds.train, x)
+                baseline = gaussian_baseline(ds.train, x, per_example=True)
             except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
                 baseline = None
         comparable = ds.density_measure == "lebesgue" or (
@@ -178,11 +178,21 @@ def evaluate_run(
         "model": cfg["model"]["name"],
         "seed": seed,
     }
-    if baseline is not None and math.isfinite(baseline):
-        out["gaussian_nll"] = baseline
-    if histogram is not None and math.isfinite(histogram):
-        out["histogram_nll"] = histogram
-        out["histogram_bits_per_dim"] = histogram / (math.prod(shape) * math.log(2))
+    model_lp = lp.double().numpy()
+    for key, ref in (("gaussian", baseline), ("histogram", histogram)):
+        if ref is None or not np.isfinite(ref).all():
+            continue
+        out[f"{key}_nll"] = float(-ref.mean())
+        # the model's NLL minus the reference's, example by example: its standard error says
+        # whether the difference is more than the noise of this many examples
+        diff = ref - model_lp
+        out[f"{key}_difference_se"] = (
+            float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+        )
+        if key == "histogram":
+            out["histogram_bits_per_dim"] = out["histogram_nll"] / (math.prod(shape) * math.log(2))
+    if r.get("data_warnings"):
+        out["data_warnings"] = list(r["data_warnings"])
     if ode is not None and nfes:
         ode.update(solves=len(nfes), nfe_mean=sum(nfes) / len(nfes), nfe_max=max(nfes))
         out["ode"] = ode
@@ -201,25 +211,41 @@ REFERENCES = (
 )
 
 
-def histogram_baseline(train, x, levels: int) -> float:
+def against_reference(res: dict, key: str) -> tuple[str, bool]:
+    """How the model's NLL compares with a reference's in ``res`` (``key`` from
+    :data:`REFERENCES`): words like "the model is 0.33 +- 0.12 nats/example better", and
+    whether it is worse by more than twice the paired standard error (a warning), so that a
+    difference within the noise of the scored examples is neither warned about nor claimed."""
+    d = res["nll"] - res[key]
+    se = res.get(key.replace("_nll", "_difference_se"), 0.0)
+    way = "worse" if d > 0 else "better"
+    words = f"the model is {abs(d):.4f} +- {se:.4f} nats/example {way}"
+    if abs(d) <= 2 * se:
+        words += " (within the noise of these examples)"
+    return words, d > 2 * se
+
+
+def histogram_baseline(train, x, levels: int, per_example: bool = False):
     """The mean NLL (nats) of discrete ``x`` under an independent histogram per position
     (pixel or column) of the training split, with add-1/2 counts: the reference a model of
     discrete data must beat to have learned any dependence (106.4 nats on the digits' test
-    split)."""
+    split). ``per_example``: the log-probability of each example instead (an array)."""
     t = np.asarray(train, dtype=np.int64).reshape(len(train), -1)
     v = np.asarray(x, dtype=np.int64).reshape(len(x), -1)
     counts = np.full((t.shape[1], int(levels)), 0.5)
     for j in range(t.shape[1]):
         counts[j] += np.bincount(t[:, j], minlength=int(levels))[: int(levels)]
     logp = np.log(counts / counts.sum(1, keepdims=True))
-    return float(-logp[np.arange(v.shape[1]), v].sum(1).mean())
+    lp = logp[np.arange(v.shape[1]), v].sum(1)
+    return lp if per_example else float(-lp.mean())
 
 
-def gaussian_baseline(train, x) -> float:
+def gaussian_baseline(train, x, per_example: bool = False):
     """The mean NLL (nats) of ``x`` under a Gaussian fitted to ``train``: its mean, its
     columns' standard deviations and their Ledoit-Wolf shrunk correlation (well defined with
     fewer rows than columns, and blind to the columns' units). The simplest density a table's
-    model should beat, on the same raw scale as the model's NLL."""
+    model should beat, on the same raw scale as the model's NLL. ``per_example``: the
+    log-density of each row instead (an array)."""
     from scipy.stats import multivariate_normal
     from sklearn.covariance import LedoitWolf
 
@@ -229,7 +255,8 @@ def gaussian_baseline(train, x) -> float:
     corr = LedoitWolf(assume_centered=True).fit((t - loc) / scale).covariance_
     z = (np.asarray(x, dtype=np.float64) - loc) / scale
     lp = multivariate_normal(np.zeros(len(loc)), corr).logpdf(z).reshape(-1)
-    return float(-np.mean(lp) + np.log(scale).sum())
+    lp = lp - np.log(scale).sum()
+    return lp if per_example else float(-np.mean(lp))
 
 
 def _scoring_noise(flow, trace: str) -> str | None:

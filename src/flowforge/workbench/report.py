@@ -755,7 +755,7 @@ def write_report(
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path."""
     from ..io import atomic_write
-    from .evaluate import REFERENCES, describe_ode, evaluate_run
+    from .evaluate import REFERENCES, against_reference, describe_ode, evaluate_run
 
     run = Path(run)
     cfg = run_config(run)
@@ -796,6 +796,15 @@ def write_report(
             "run and the training curves are unknown",
         ))  # fmt: skip
     facts += _small_data(r, split)
+    for note in r.get("data_warnings", ()):  # what the data checks found at training time
+        facts.append(("warning: the training data", note))
+    ema = float(cfg.get("train", {}).get("ema") or 0)
+    if ema > 0:  # the two curves are two models
+        facts.append((
+            "note: two sets of weights",
+            f"the training curve scores the weights as trained, the validation curve their "
+            f"moving average (train.ema {ema:g}), which is what the run keeps",
+        ))  # fmt: skip
     objective = cfg.get("train", {}).get("objective", "nll")
     ep = [m for m in metrics if m.get("type") == "epoch"]
     key, what = _validation(ep, objective)
@@ -824,8 +833,9 @@ def write_report(
             short = f"a {noun}"
             if ref in res:
                 g = res[ref]
-                facts.append((f"{name} NLL of {ref_name}", f"{g:.4f}"))
-                if v > g:
+                words, worse = against_reference(res, ref)
+                facts.append((f"{name} NLL of {ref_name}", f"{g:.4f} ({words})"))
+                if worse:
                     facts.append((
                         f"warning: worse than {short} on {name}",
                         f"the model's {v:.4f} against {g:.4f}: it under- or over-fits (compare "

@@ -116,12 +116,16 @@ def train(
     progress: bool = True,
     echo: bool = True,
     callback: Callable[[Trainer], None] | None = None,
+    notes: bool | None = None,
 ) -> dict:
     """Train a model as a config describes, into run folder ``out``.
 
     ``config`` is a raw config (as in a YAML file); on ``resume`` it may be empty and the run's
     own config is used (anything it does set must agree with the stored config). Returns the
-    trainer's summary plus ``out`` and ``parameters``.
+    trainer's summary plus ``out``, ``parameters`` and ``data_warnings`` (what the data checks
+    found: duplicates, outliers, integer columns; also kept in the run's ``config.json``, and
+    repeated by ``eval`` and ``report``). ``notes``: print those warnings (default: as
+    ``echo``; the command prints them even with ``--quiet``).
     """
     import torch.distributed as dist
 
@@ -189,13 +193,18 @@ def train(
             barrier()
             if echo and rank == 0:
                 print(describe(cfg, resolved, ds, world), flush=True)
+            if (echo if notes is None else notes) and rank == 0:
                 for note in ds.info.get("warnings", ()):
                     print(f"warning: {note}", flush=True)
             result = trainer.fit(resume=resume)
             # every rank leaves together: a rank that tears its process group down while
             # another still uses it can abort in gloo's teardown
             barrier()
-        result.update(out=str(out), parameters=resolved["parameters"])
+        result.update(
+            out=str(out),
+            parameters=resolved["parameters"],
+            data_warnings=list(ds.info.get("warnings", ())),
+        )
         return result
     finally:
         if started:

@@ -803,6 +803,14 @@ class Trainer:
             self.load_checkpoint()
         else:
             self._init_data_dependent()
+            decay = float(self.cfg["ema"] or 0)
+            if decay > 0 and self.total_steps * (1 - decay) < 3:  # the average is mostly the start
+                self._warn(
+                    f"train.ema {decay:g} averages over about {1 / (1 - decay):,.0f} steps and "
+                    f"this run has {self.total_steps:,}: the weights it keeps would still be "
+                    f"{decay**self.total_steps:.0%} the initialisation's; use a smaller decay "
+                    f"(about {1 - 10 / self.total_steps:.3g}) or more epochs"
+                )
         if self.writer and self.cfg["tensorboard"]:
             try:
                 from torch.utils.tensorboard import SummaryWriter
