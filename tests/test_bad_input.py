@@ -600,3 +600,15 @@ def test_eval_sets_a_discrete_model_beside_a_per_position_histogram(tmp_path, ca
     assert ("worse than that histogram" in out) == (res["nll"] > res["histogram_nll"])
     assert cli(capsys, "report", tmp_path / "r")[0] == 0
     assert "NLL of a histogram per position" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_a_run_whose_best_epoch_is_its_first_says_so(capsys):
+    from flowforge.workbench.cli import _finish_train
+
+    result = {"status": "early-stopped", "best_val_nll": 2.5, "best_epoch": 1, "epochs": 21,
+              "out": "runs/x", "objective": "nll"}  # fmt: skip
+    assert _finish_train(result) == 0
+    out = capsys.readouterr().out
+    assert "note: the best epoch is the first" in out and "one epoch of training" in out
+    _finish_train({**result, "best_epoch": 5})
+    assert "note:" not in capsys.readouterr().out

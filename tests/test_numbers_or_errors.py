@@ -181,8 +181,10 @@ def test_save_unwraps_wrappers_and_refuses_what_load_could_not_rebuild(tmp_path)
     with pytest.raises(ValueError, match=r"no longer matches the configuration .*base.loc"):
         ff.save(flow, tmp_path / "changed.ff")
     assert not (tmp_path / "changed.ff").exists()
-    with pytest.raises(TypeError, match="takes a flowforge Flow, got Linear"):
+    with pytest.raises(ValueError, match="needs a flow built by a flowforge.models builder"):
         ff.save(torch.nn.Linear(2, 2), tmp_path / "linear.ff")
+    with pytest.raises(TypeError, match="takes a flowforge Flow, got dict"):
+        ff.save({"weights": 1}, tmp_path / "dict.ff")
 
 
 def test_the_command_prints_library_warnings_as_one_line(tmp_path, capsys):

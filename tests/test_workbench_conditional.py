@@ -111,7 +111,8 @@ def table(tmp_path_factory):
     x = rng.uniform(-3, 3, (300, 2))
     y = np.sin(x[:, :1]) + 0.1 * rng.normal(size=(300, 1))
     path = tmp_path_factory.mktemp("table") / "t.csv"
-    np.savetxt(path, np.hstack([y, y * 0.5, 10 * x + 5]), delimiter=",")
+    y2 = y * 0.5 + 0.1 * rng.normal(size=(300, 1))  # (not a function of y: no hyperplane)
+    np.savetxt(path, np.hstack([y, y2, 10 * x + 5]), delimiter=",")
     return path
 
 

@@ -207,9 +207,11 @@ def _unwrap(flow):
     """The flowforge Flow inside ``torch.compile``'s, DDP's or ``AveragedModel``'s wrapper (their
     state dicts prefix every name, which the saved configuration would not rebuild)."""
     for _ in range(4):
-        if isinstance(flow, Flow):
-            break
-        inner = getattr(flow, "_orig_mod", None) or getattr(flow, "module", None)
+        inner = getattr(flow, "_orig_mod", None)  # (torch.compile's wrapper passes attributes on)
+        if not isinstance(inner, torch.nn.Module):
+            if isinstance(flow, Flow) or getattr(flow, "__dict__", {}).get("config") is not None:
+                break  # a Flow, or another model a builder made (an M-flow)
+            inner = getattr(flow, "module", None)  # DDP, AveragedModel
         if not isinstance(inner, torch.nn.Module):
             break
         flow = inner
@@ -222,7 +224,7 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
     configuration rebuilds, so that :func:`load` can read the file: a flow whose parts were
     replaced after it was built is refused here, not when it is loaded."""
     flow = _unwrap(flow)
-    if not isinstance(flow, Flow):
+    if not isinstance(flow, torch.nn.Module):
         raise TypeError(f"ff.save takes a flowforge Flow, got {type(flow).__name__}")
     if getattr(flow, "config", None) is None:
         raise ValueError(

@@ -199,8 +199,14 @@ def _finish_train(result: dict) -> int:
         print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
         if result["status"] == "finished" and result["best_epoch"] == result["epochs"] > 1:
             print(
-                "note: the best epoch is the last, so the model was still improving: a run with "
-                "more --epochs may do better"
+                "note: the best epoch is the last, so the model was still improving: a new run "
+                "with more --epochs may do better"
+            )
+        elif result["best_epoch"] == 1 and result["epochs"] > 1:
+            print(
+                "note: the best epoch is the first: every later epoch scored worse on validation "
+                "(a learning rate too high, or a model that overfits at once), so the kept model "
+                "has had one epoch of training"
             )
     return 0
 
