@@ -174,6 +174,10 @@ def test_save_unwraps_wrappers_and_refuses_what_load_could_not_rebuild(tmp_path)
     from torch.optim.swa_utils import AveragedModel
 
     flow = ff.models.MAF(features=3, layers=2, hidden=(8,))
+    shuffled = ff.models.MAF(features=3, layers=2, hidden=(8,), order="random")
+    state = torch.get_rng_state()
+    ff.save(shuffled, tmp_path / "n.ff")  # its check rebuilds the flow: on a forked random state
+    assert torch.equal(torch.get_rng_state(), state)  # a training run saving keeps its draws
     for name, wrapped in (("compiled", torch.compile(flow)), ("ema", AveragedModel(flow))):
         ff.save(wrapped, tmp_path / f"{name}.ff")  # the flow inside, under its own names
         assert ff.load(tmp_path / f"{name}.ff").config["model"] == "MAF"

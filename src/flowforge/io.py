@@ -234,7 +234,7 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
         )
     state = flow.state_dict()
     try:
-        _check_tensors(_build(flow.config, BUILD_FLOOR + 8 * _size(state), len(state)), state)
+        _check_rebuilds(flow.config, state)
     except ValueError as e:
         why = str(e).replace("checkpoint does not match its configuration: ", "")
         raise ValueError(
@@ -243,6 +243,28 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
             "safetensors.torch.save_file instead, and rebuild the same flow to load it"
         ) from None
     return pack(state, {"format": FORMAT, "config": flow.config, **(extra or {})})
+
+
+_REBUILDS: dict[str, None] = {}  # structures already checked (the trainer saves every best epoch)
+
+
+def _check_rebuilds(config: dict, state: dict[str, torch.Tensor]) -> None:
+    """``ValueError`` unless ``config`` rebuilds a flow with ``state``'s tensors (names, shapes,
+    kinds of dtype). The trial build runs on a forked random state, so that saving never moves
+    the caller's random numbers (a training run saves its best model as it goes), and a
+    structure that passed once is not built again."""
+    key = json.dumps(
+        [config, [(k, tuple(t.shape), str(t.dtype)) for k, t in state.items()]],
+        sort_keys=True,
+        default=str,
+    )
+    if key in _REBUILDS:
+        return
+    with torch.random.fork_rng(devices=[]):
+        _check_tensors(_build(config, BUILD_FLOOR + 8 * _size(state), len(state)), state)
+    if len(_REBUILDS) >= 16:
+        _REBUILDS.pop(next(iter(_REBUILDS)))
+    _REBUILDS[key] = None
 
 
 def _size(tensors: dict[str, torch.Tensor]) -> int:
