@@ -612,3 +612,19 @@ def test_a_run_whose_best_epoch_is_its_first_says_so(capsys):
     assert "note: the best epoch is the first" in out and "one epoch of training" in out
     _finish_train({**result, "best_epoch": 5})
     assert "note:" not in capsys.readouterr().out
+
+
+def test_near_duplicates_across_the_splits_are_warned_about(tmp_path):
+    from flowforge.workbench.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 3))
+    copies = np.r_[a, a + 1e-4 * rng.normal(size=a.shape)]  # every row twice, a little noise
+    ds = load_dataset(str(_csv(tmp_path / "jitter.csv", ["a", "b", "c"], copies)))
+    assert any("lie almost on a training row" in w for w in ds.info.get("warnings", []))
+    fresh = rng.normal(size=(600, 3))  # the same distribution, no copies: no warning
+    ds = load_dataset(str(_csv(tmp_path / "fresh.csv", ["a", "b", "c"], fresh)))
+    assert not ds.info.get("warnings")
+    grid = np.round(rng.normal(size=(600, 3)) * 2) / 2  # quantised: exact repeats, not near ones
+    ds = load_dataset(str(_csv(tmp_path / "grid.csv", ["a", "b", "c"], grid)))
+    assert not any("almost" in w for w in ds.info.get("warnings", []))

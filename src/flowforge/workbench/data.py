@@ -425,7 +425,48 @@ def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, wher
             "from the median: they set the standardisation's scale and squeeze the other values "
             "together, and samples will spread far wider than the data; check or remove them"
         )
-    return notes + _duplicates(train, splits)
+    dup = _duplicates(train, splits)
+    return notes + (dup or _near_duplicates(train, splits))
+
+
+def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int = 10000) -> list:
+    """Warnings for validation and test rows that sit almost on a training row (a copy with a
+    little noise added, a row saved twice with rounding): closer to their nearest training row
+    than a hundredth of the usual distance between training rows (the median distance to a
+    row's fifth nearest, which copies inside the training split cannot shrink), in
+    standardised units. Exact copies are :func:`_duplicates`' to report. At most ``rows`` rows
+    of each split are compared with at most ``pool`` training rows."""
+    t = np.asarray(train, dtype=np.float64)
+    if len(t) < 20 or not np.isfinite(t).all():
+        return []
+    rng = np.random.default_rng(0)
+    sd = t.std(0)
+    sd[sd == 0] = 1.0
+    z = (t - t.mean(0)) / sd
+    ref = torch.from_numpy(z[rng.permutation(len(z))[:pool]])
+    own = torch.from_numpy(z[rng.permutation(len(z))[: min(rows, len(z))]])
+    exact = "donot_use_mm_for_euclid_dist"  # (exact zeros for exact copies)
+    d_own = torch.cdist(own, ref, compute_mode=exact).sort(1).values[:, 5]  # ([:, 0]: itself)
+    typical = float(d_own.median())
+    if not typical > 0:
+        return []
+    notes = []
+    for name, a in splits.items():
+        a = np.asarray(a, dtype=np.float64)
+        if not len(a) or not np.isfinite(a).all():
+            continue
+        pick = a[rng.permutation(len(a))[:rows]]
+        d = torch.cdist(torch.from_numpy((pick - t.mean(0)) / sd), ref, compute_mode=exact)
+        d = d.min(1).values
+        near = int(((d > 0) & (d < 0.01 * typical)).sum())
+        if near > max(1, len(pick) // 20):  # more than 1 in 20: not chance
+            notes.append(
+                f"{near} of {len(pick)} {name} rows checked lie almost on a training row (closer "
+                f"than a hundredth of the usual distance between training rows): copies with a "
+                f"little noise? the {name} NLL would be optimistic; remove near-duplicates before "
+                "splitting"
+            )
+    return notes
 
 
 def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
