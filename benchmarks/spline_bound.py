@@ -37,9 +37,8 @@ import peers
 import torch
 from torch.nn import functional as F
 
+from flowforge._util import COMPILE_OPTIONS
 from flowforge.transforms.splines import rational_quadratic
-
-COMPILE_OPTIONS = {"cpp.threads": 1}
 
 
 def fused_rq(x, params, bound: float, min_size: float = 1e-3, min_derivative: float = 1e-3):

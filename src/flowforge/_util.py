@@ -12,6 +12,7 @@ from torch import Tensor
 __all__ = [
     "LOG_2PI",
     "INFERENCE_MODE",
+    "COMPILE_OPTIONS",
     "event_shape",
     "per_channel",
     "unknown",
@@ -24,6 +25,12 @@ __all__ = [
 ]
 
 LOG_2PI = math.log(2 * math.pi)
+
+# torch.compile's generated CPU kernels run on one thread: with two OpenMP threads, kernels
+# that inductor (torch 2.13) generates for small training graphs abort the process on this
+# project's CPUs (tests/test_compile.py reproduces it without this option); the matrix
+# products it calls out to keep every thread. The trainer and the compiled spline use it.
+COMPILE_OPTIONS = {"cpp.threads": 1}
 
 # layers whose log-determinant (or trace) comes from autograd, which inference mode switches off
 INFERENCE_MODE = (

@@ -352,10 +352,15 @@ def checking(t: Tensor) -> bool:
     synchronisation (the flow's own input scan follows the same rule). Never inside
     ``torch.compile`` or a ``torch.func`` transform (``vmap``, ``grad``...), where a
     data-dependent branch cannot run."""
+    return _checks_on(t, _FLOW_CHECKS.get())
+
+
+def _checks_on(t: Tensor, decided: bool | None) -> bool:
+    """Whether values of ``t`` are checked under a ``validate_args``-like decision (None: CPU
+    tensors only); never inside a compiled graph or a torch.func transform."""
     if torch.compiler.is_compiling() or functorch_active():
         return False
-    decided = _FLOW_CHECKS.get()
-    return t.device.type == "cpu" if decided is None else decided
+    return t.device.type == "cpu" if decided is None else bool(decided)
 
 
 class _Checks:
@@ -700,10 +705,7 @@ class Flow(nn.Module):
     validate_args: bool | None = None
 
     def _validating(self, t: Tensor) -> bool:
-        # a data-dependent branch: no checks inside a compiled graph or a torch.func transform
-        if torch.compiler.is_compiling() or functorch_active():
-            return False
-        return t.device.type == "cpu" if self.validate_args is None else bool(self.validate_args)
+        return _checks_on(t, self.validate_args)
 
     def _checks(self) -> _Checks | contextlib.nullcontext:
         """A context in which the layers' own value checks follow ``validate_args``; refuses
@@ -814,14 +816,12 @@ class Flow(nn.Module):
         the data that the layers overflow): in eval mode with validation on, never a silent NaN.
         In training mode a NaN goes on to the loss, where the trainer finds the layer that made
         it."""
-        # -inf is a density of zero (a base with bounded support), not an error
-        if (
-            self.training
-            or not self._validating(x)
-            or not bool((lp.isnan() | (lp == math.inf)).any())
-        ):
+        if self.training or not self._validating(x) or all_finite(lp):
             return lp
-        bad = (lp.isnan() | (lp == math.inf)).reshape(-1).nonzero().flatten()[:5].tolist()
+        wrong = lp.isnan() | (lp == math.inf)  # -inf is a density of zero (a bounded support)
+        if not bool(wrong.any()):
+            return lp
+        bad = wrong.reshape(-1).nonzero().flatten()[:5].tolist()
         what = "NaN" if bool(torch.isnan(lp).any()) else "+inf"
         raise NaNLogProb(
             f"the model's log-density is {what} for batch rows {bad} (inputs this far from "

@@ -378,7 +378,6 @@ class MADE(nn.Module):
         dev = self.out.weight.device
         for i, m in enumerate(masks):
             self.register_buffer(f"mask{i}", m.to(dev, torch.get_default_dtype()), persistent=False)
-        self._hidden_degrees = hid
         # for solve(), kept on the host: the dimension of each degree, and per hidden layer the
         # end of each degree's units, so that its loop reads nothing back from the device
         self._order = torch.argsort(deg_in).tolist()  # _order[k]: the dimension of degree k + 1

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .._util import functorch_active
+from .._util import COMPILE_OPTIONS, functorch_active
 from ..core import Transformer
 
 __all__ = ["RationalQuadratic", "rational_quadratic"]
@@ -141,9 +141,6 @@ def rational_quadratic(
     return torch.where(inside, y, x), torch.where(inside, ladj, torch.zeros_like(ladj))
 
 
-# torch.compile's generated CPU kernels on one thread (the workbench's trainer compiles so too:
-# with two OpenMP threads, torch 2.13's inductor kernels aborted on this project's CPUs)
-COMPILE_OPTIONS = {"cpp.threads": 1}
 _compiled = None  # rational_quadratic through torch.compile, made on first use
 _compile_failed: str | None = None  # why compiling failed (then the spline stays eager)
 

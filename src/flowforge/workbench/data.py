@@ -444,7 +444,7 @@ def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int
     sd[sd == 0] = 1.0
     z = (t - t.mean(0)) / sd
     ref = torch.from_numpy(z[rng.permutation(len(z))[:pool]])
-    own = torch.from_numpy(z[rng.permutation(len(z))[: min(rows, len(z))]])
+    own = ref[:rows]  # (rows of the pool: each finds itself first)
     exact = "donot_use_mm_for_euclid_dist"  # (exact zeros for exact copies)
     d_own = torch.cdist(own, ref, compute_mode=exact).sort(1).values[:, 5]  # ([:, 0]: itself)
     typical = float(d_own.median())

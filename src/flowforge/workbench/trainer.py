@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import io
+from .._util import COMPILE_OPTIONS
 from ..core import NaNLogProb, layer_metrics, needs_data_init, regularization
 from ..objectives import reverse_kl
 from .checkpoint import optimizer_state, read_checkpoint, save_checkpoint, set_rng_state
@@ -53,13 +54,6 @@ __all__ = [
 
 
 # -- objectives ----------------------------------------------------------------------------------
-
-
-# torch.compile's generated CPU kernels run on one thread: with two OpenMP threads, kernels
-# that inductor (torch 2.13) generates for small training graphs abort the process on this
-# project's CPUs (tests/test_compile.py reproduces it without this option); the matrix
-# products it calls out to keep every thread
-COMPILE_OPTIONS = {"cpp.threads": 1}
 
 
 class Objective:
