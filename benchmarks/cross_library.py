@@ -40,6 +40,15 @@ its own section) and all rendered to ``results/cross_library.md``:
     inside training steps counts (evaluations are not timed; wall-clock is recorded too).
     Writes the curve to the JSON and a PNG (``docs/img/nll_vs_time.png``), and the time each
     library takes to reach 110, 105 and 102 nats.
+
+``--compile LIBS`` adds, to the throughput part, each named library once more as
+``LIB+compile``: its training loss and its ``log_prob`` through ``torch.compile`` (static
+shapes, one compiled program per batch size, the trainer's one-thread kernels
+``COMPILE_OPTIONS``; the optimizer step stays eager, as in every library), timed at one thread
+only (those kernels do not use a second) in the same rounds as the rest. Sampling is not
+compiled. The first call's time (the compilation) is recorded as ``first_call_s``, and the
+compiled ``log_prob``'s largest difference from the eager one in the notes; a library whose
+model does not compile is left out of that cell, the error in the notes.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +74,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from floor import floor_fns  # noqa: E402
 from peers import LIBRARIES, Unavailable  # noqa: E402
 from run import digits, make_batches, run_one, saved_bytes, test_nll, toy  # noqa: E402
+
+from flowforge._util import COMPILE_OPTIONS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 IMG = Path(__file__).parent.parent / "docs" / "img"
@@ -243,6 +255,73 @@ def _ops(model, data, batch_sizes, eval_sizes, seed=0):
     return ops
 
 
+class CompiledOp:
+    """A compiled operation: the first call (the compilation) is timed as ``compile_s``."""
+
+    def __init__(self, fn):
+        self.fn, self.compile_s = fn, None
+
+    def __call__(self):
+        if self.compile_s is not None:
+            return self.fn()
+        t0 = time.perf_counter()
+        self.fn()
+        self.compile_s = time.perf_counter() - t0
+
+
+def _compiled_ops(model, data, batch_sizes, eval_sizes, seed=0):
+    """``_ops`` through ``torch.compile``: the training loss and ``log_prob``, one static-shape
+    program per batch size, on the same batches as ``_ops`` (the same seed). Returns the ops
+    and a function that gives the largest difference of the compiled ``log_prob`` from the
+    eager one (to call after the ops have compiled)."""
+    train = data[0]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.module.parameters(), lr=LR)
+    # dynamo keeps its compiled programs on the code object, so functions made by the same
+    # lambda share one cache (and past its recompile limit run eagerly, silently): every
+    # model and batch size gets a code object of its own
+
+    def compiled(fn):
+        own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                                 fn.__defaults__, fn.__closure__)  # fmt: skip
+        return torch.compile(own, dynamic=False, options=COMPILE_OPTIONS)
+
+    ops, scored = {}, []
+    for b in batch_sizes:
+        xb = train[torch.randint(0, len(train), (b,), generator=g)]
+        if not ops:  # data-dependent initialisation (DataStandardize, ActNorm) eagerly,
+            with torch.no_grad():  # from the batch the eager model's first call takes it from
+                model.module.train()
+                model.log_prob(xb)
+        loss = compiled(lambda x: -model.log_prob(x).mean())
+
+        def step(xb=xb, loss=loss):
+            model.module.train()
+            opt.zero_grad(set_to_none=True)
+            loss(xb).backward()
+            opt.step()
+
+        ops["train", b] = CompiledOp(step)
+    for b in eval_sizes:
+        xe = train[torch.randint(0, len(train), (b,), generator=g)]
+        lp = compiled(lambda x: model.log_prob(x))
+
+        @torch.no_grad()
+        def score(xe=xe, lp=lp):
+            model.module.eval()
+            return lp(xe)
+
+        ops["log_prob", b] = CompiledOp(score)
+        scored.append((xe, score))
+
+    @torch.no_grad()
+    def max_abs_diff() -> float:
+        model.module.eval()
+        return max((f() - model.log_prob(x)).abs().max().item() for x, f in scored)
+
+    return ops, max_abs_diff
+
+
 def _floor_ops(kind, d, batch_sizes, eval_sizes):
     """The floor's operations (``floor.py``), on a flowforge model built for the purpose.
     Sampling: for coupling models the inverse runs each conditioner once, as ``log_prob``
@@ -263,10 +342,15 @@ def _floor_ops(kind, d, batch_sizes, eval_sizes):
     return ops
 
 
-def interleaved(fns: dict, ops: list, rounds: int, skip_big: dict | None = None) -> dict:
+def interleaved(
+    fns: dict, ops: list, rounds: int, skip_big: dict | None = None, errors: dict | None = None
+) -> dict:
     """Median seconds per call of every ``fns[lib][op]``, timed round-robin over the libraries
     (the order rotated each round) within each op. Returns ``{lib: {op: record}}``: wall-clock
-    (``s``, ``ex_s``) and process CPU time (``cpu_s``, ``cpu_ex_s``), medians over rounds."""
+    (``s``, ``ex_s``) and process CPU time (``cpu_s``, ``cpu_ex_s``), medians over rounds.
+    With ``errors``, a compiled library (``CompiledOp``) whose warm-up call (the compilation)
+    raises is left out of that op and the error stored as ``errors[lib]``; otherwise errors
+    propagate."""
     libs = list(fns)
     out = {lib: {} for lib in libs}
     for op in ops:
@@ -282,8 +366,15 @@ def interleaved(fns: dict, ops: list, rounds: int, skip_big: dict | None = None)
             if reason:
                 out[lib][op] = {"skipped": reason}
                 todo.remove(lib)
-        for lib in todo:  # warm-up: allocations, lazy initialisation, Adam's state
-            fns[lib][op]()
+        for lib in list(todo):  # warm-up: allocations, lazy initialisation, Adam's state
+            try:
+                fns[lib][op]()
+            except Exception as e:  # noqa: BLE001 - a compiler's failure is a result here
+                if errors is None or not isinstance(fns[lib][op], CompiledOp):
+                    raise
+                errors[lib] = f"did not compile: {type(e).__name__}: {str(e).splitlines()[0]}"
+                out[lib][op] = {"skipped": errors[lib]}
+                todo.remove(lib)
         for r in range(rounds):
             k = r % max(len(todo), 1)
             for lib in todo[k:] + todo[:k]:
@@ -298,7 +389,7 @@ def interleaved(fns: dict, ops: list, rounds: int, skip_big: dict | None = None)
             out[lib][op] = {"s": s, "ex_s": op[1] / s, "cpu_s": c, "cpu_ex_s": op[1] / c,
                             "rounds": len(times[lib]), "times_s": times[lib],
                             "cpu_times_s": cpu[lib]}  # fmt: skip
-            if isinstance(fns[lib][op], RemoteOp):
+            if isinstance(fns[lib][op], (RemoteOp, CompiledOp)):
                 out[lib][op]["first_call_s"] = fns[lib][op].compile_s
     return out
 
@@ -320,7 +411,7 @@ def part_throughput(args, datasets, models, libs) -> dict:
         for kind in models:
             if kind == "glow" and ds != "digits":
                 continue
-            fns, notes = {}, {}
+            fns, notes, checks = {}, {}, {}
             notes_all[f"{ds}/{kind}"] = notes
             jax_ops = {}
             for t, worker in jax.items():
@@ -344,6 +435,12 @@ def part_throughput(args, datasets, models, libs) -> dict:
                 notes[lib] = m.note
                 fns[lib] = _ops(m, data, batch_sizes, eval_sizes)
                 print(f"{ds:7s} D={d:<3d} {kind:8s} {lib:10s} params {m.params():>9,d}", flush=True)
+                if lib in args.compile and 1 in args.threads:
+                    mc = build(lib, kind, d)  # a model of its own: the same start, own steps
+                    fns[lib + "+compile"], checks[lib + "+compile"] = _compiled_ops(
+                        mc, data, batch_sizes, eval_sizes
+                    )
+                    params[f"{ds}/{kind}/{lib}+compile"] = mc.params()
             fl = _floor_ops(kind, d, batch_sizes, eval_sizes)
             if fl:
                 fns["floor"] = fl
@@ -352,10 +449,19 @@ def part_throughput(args, datasets, models, libs) -> dict:
                 fns.pop("flowjax", None)
                 if threads in jax_ops:
                     fns["flowjax"] = jax_ops[threads]
+                timed = {lib: f for lib, f in fns.items() if threads == 1 or lib not in checks}
                 load0 = os.getloadavg()
                 t0 = time.perf_counter()
-                res = interleaved(fns, ops, args.rounds)
+                res = interleaved(timed, ops, args.rounds, errors=notes)
                 load1 = os.getloadavg()
+                for lib, check in checks.items():
+                    if threads == 1 and lib not in notes:
+                        diff = check()  # on the model after its timed training steps
+                        notes[lib] = (
+                            f"compiled log_prob - eager: max |diff| {diff:.2e}"
+                            if diff == diff
+                            else "log_prob not finite after the timed training steps"
+                        )
                 for lib, cells in res.items():
                     for (op, b), cell in cells.items():
                         records.append(
@@ -678,23 +784,27 @@ def _speed(r: dict) -> float:
     return r.get("cpu_ex_s", r["ex_s"]) if r["threads"] == 1 else r["ex_s"]
 
 
-def summary(tp: dict) -> list[dict]:
+def summary(tp: dict, compiled: bool = False) -> list[dict]:
     """Per (data, threads, model, op, batch): flowforge's speed over the fastest peer's (which
-    one) and over the floor's."""
+    one) and over the floor's. ``compiled``: flowforge through ``torch.compile`` over the
+    fastest peer, eager or compiled (``--compile``)."""
     by = {}
     for r in tp["records"]:
         if "ex_s" in r:
             by.setdefault((r["dataset"], r["threads"], r["model"], r["op"], r["batch"]), {})[
                 r["library"]
             ] = _speed(r)
+    ours = "flowforge+compile" if compiled else "flowforge"
     rows = []
     for (ds, th, kind, op, b), v in by.items():
-        if "flowforge" not in v:
+        if ours not in v:
             continue
         peers = {k: x for k, x in v.items()
-                 if k not in ("flowforge", "floor") and (k, kind) not in NOT_SAME}  # fmt: skip
+                 if k.split("+")[0] not in ("flowforge", "floor")
+                 and (compiled or "+" not in k)
+                 and (k.split("+")[0], kind) not in NOT_SAME}  # fmt: skip
         best = max(peers, key=peers.get) if peers else None
-        ff = v["flowforge"]
+        ff = v[ours]
         rows.append({"dataset": ds, "threads": th, "model": kind, "op": op, "batch": b,
                      "flowforge": ff, "fastest_peer": best,
                      "vs_peer": ff / peers[best] if best else None,
@@ -702,14 +812,26 @@ def summary(tp: dict) -> list[dict]:
     return rows
 
 
-def _summary_lines(tp: dict) -> list[str]:
-    rows = summary(tp)
+def _summary_lines(tp: dict, compiled: bool = False) -> list[str]:
+    rows = summary(tp, compiled)
+    if not rows:
+        return []
     cols = list(dict.fromkeys((r["op"], r["batch"]) for r in rows))
-    lines = ["### flowforge against the fastest peer (and the floor)", "",
-             "flowforge's examples/s over the fastest peer's at the same model (normflows' MAF, "
-             "an IAF, left out), and in brackets over the floor's.", "",
-             "| data | threads | model | " + " | ".join(f"{o} {b:,}" for o, b in cols) + " |",
-             "|---|---:|---|" + "---:|" * len(cols)]  # fmt: skip
+    if compiled:
+        lines = ["### flowforge compiled against the fastest peer, eager or compiled", "",
+                 "`flowforge+compile`'s examples/s over the fastest peer's at the same model, "
+                 "eager or through `torch.compile` (`--compile`), and in brackets over the "
+                 "(eager) floor's.", ""]  # fmt: skip
+    else:
+        lines = [
+            "### flowforge against the fastest peer (and the floor)",
+            "",
+            "flowforge's examples/s over the fastest eager peer's at the same model "
+            "(normflows' MAF, an IAF, left out), and in brackets over the floor's.",
+            "",
+        ]
+    lines += ["| data | threads | model | " + " | ".join(f"{o} {b:,}" for o, b in cols) + " |",
+              "|---|---:|---|" + "---:|" * len(cols)]  # fmt: skip
     for key in dict.fromkeys((r["dataset"], r["threads"], r["model"]) for r in rows):
         cell = {(r["op"], r["batch"]): r for r in rows if (r["dataset"], r["threads"],
                 r["model"]) == key}  # fmt: skip
@@ -784,6 +906,17 @@ def render(out: dict) -> str:
                                      + " | ".join(vals) + " |")  # fmt: skip
                 lines.append("")
         lines += _summary_lines(tp)
+        lines += _summary_lines(tp, compiled=True)
+        firsts = [r for r in recs if "+compile" in r["library"] and r.get("first_call_s")]
+        if firsts:
+            lines += ["Compile times (the first call, seconds): " + "; ".join(
+                f"{r['dataset']} {r['model']} {r['library']} {r['op']} {r['batch']:,}: "
+                f"{r['first_call_s']:.1f}" for r in firsts) + ".", ""]  # fmt: skip
+        notes = {f"{k}/{lib}": v for k, n in tp.get("notes", {}).items() for lib, v in n.items()
+                 if "+compile" in lib}  # fmt: skip
+        if notes:
+            lines += ["Compiled models: " + "; ".join(f"{k}: {v}" for k, v in notes.items())
+                      + ".", ""]  # fmt: skip
     mem = out.get("memory")
     if mem:
         bs = sorted({int(k.rsplit("_", 1)[1]) for r in mem["records"] for k in r
@@ -872,6 +1005,11 @@ def main(argv=None):
         help="any of throughput, memory, nll, curve; report: only rewrite the tables",
     )
     ap.add_argument("--libs", default=",".join([*LIBRARIES, "flowjax"]))
+    ap.add_argument(
+        "--compile",
+        default="",
+        help="throughput: these libraries also through torch.compile (LIB+compile; 1 thread)",
+    )
     ap.add_argument("--models", default=None, help="default maf,realnvp,nsf-ar,nsf-c,glow")
     ap.add_argument("--datasets", default=None, help="default moons,pca8,digits")
     ap.add_argument("--threads", type=_ints, default=None, help="default 1,2")
@@ -920,6 +1058,17 @@ def main(argv=None):
     unknown = [lib for lib in libs if lib not in LIBRARIES and lib != "flowjax"]
     if unknown:
         ap.error(f"unknown libraries {unknown}; known: {list(LIBRARIES)}")
+    args.compile = [lib for lib in args.compile.split(",") if lib]
+    unknown = [lib for lib in args.compile if lib not in libs or lib == "flowjax"]
+    if unknown:
+        ap.error(f"--compile {unknown}: not among --libs, or not a torch library")
+    if args.compile:
+        # a library's functions that dynamo compiles on their own (after a graph break) are
+        # shared by all its models and batch sizes, past dynamo's default of 8 programs per
+        # function: allow them, and fail rather than silently run eagerly beyond the limit
+        torch._dynamo.config.recompile_limit = 256
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
     parts = args.parts.split(",")
     bad = [p for p in parts if p not in ("throughput", "memory", "nll", "curve", "report")]
     if bad:
@@ -965,7 +1114,7 @@ def main(argv=None):
             # a run over some libraries, data sets or thread counts keeps the others' records
             def replaced(r):
                 return (
-                    r["library"] in libs + ["floor"]
+                    r["library"] in libs + ["floor"] + [f"{lib}+compile" for lib in args.compile]
                     and r["dataset"] in datasets
                     and r.get("threads", 1) in args.threads
                 )

@@ -90,3 +90,59 @@ def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         cl.main(["--libs", "tensorflow_probability"])
     assert "unknown libraries" in capsys.readouterr().err
+
+
+def test_compiled_ops_train_and_score_as_the_eager_model():
+    data = cl.load("moons")
+    m = cl.build("flowforge", "realnvp", 2)
+    ops, max_abs_diff = cl._compiled_ops(m, data, [32], [64])
+    assert set(ops) == {("train", 32), ("log_prob", 64)}  # sampling is not compiled
+    before = [p.detach().clone() for p in m.module.parameters()]
+    for op in ops.values():
+        op()
+        assert op.compile_s is not None and op.compile_s > 0
+        first = op.compile_s
+        op()
+        assert op.compile_s == first  # the first call is the one timed as the compilation
+    assert any(not torch.equal(a, p) for a, p in zip(before, m.module.parameters()))
+    assert max_abs_diff() < 1e-4
+
+
+def test_a_compiler_failure_is_a_result_and_other_errors_propagate():
+    def broken():
+        raise RuntimeError("inductor gave up\nmore lines")
+
+    fns = {"a": {("op", 8): lambda: None}, "a+compile": {("op", 8): cl.CompiledOp(broken)}}
+    errors = {}
+    res = cl.interleaved(fns, [("op", 8)], rounds=2, errors=errors)
+    assert res["a"][("op", 8)]["rounds"] == 2
+    assert res["a+compile"][("op", 8)] == {"skipped": errors["a+compile"]}
+    assert errors["a+compile"] == "did not compile: RuntimeError: inductor gave up"
+    with pytest.raises(RuntimeError, match="inductor gave up"):  # no errors dict: raised
+        cl.interleaved(fns, [("op", 8)], rounds=1)
+    eager_broken = {"a": {("op", 8): broken}}
+    with pytest.raises(RuntimeError):  # an eager library's error is never a result
+        cl.interleaved(eager_broken, [("op", 8)], rounds=1, errors={})
+
+
+def test_summary_of_compiled_runs_against_every_peer_mode():
+    def rec(lib, v):
+        return {"dataset": "moons", "threads": 1, "model": "maf", "op": "train", "batch": 256,
+                "library": lib, "ex_s": v, "cpu_ex_s": v}  # fmt: skip
+
+    tp = {
+        "records": [
+            rec("flowforge", 100.0),
+            rec("flowforge+compile", 150.0),
+            rec("zuko", 110.0),
+            rec("zuko+compile", 140.0),
+            rec("floor", 160.0),
+        ]
+    }
+    (eager,) = cl.summary(tp)
+    assert eager["fastest_peer"] == "zuko" and eager["vs_peer"] == pytest.approx(100 / 110)
+    (comp,) = cl.summary(tp, compiled=True)
+    assert comp["fastest_peer"] == "zuko+compile"
+    assert comp["vs_peer"] == pytest.approx(150 / 140)
+    assert comp["vs_floor"] == pytest.approx(150 / 160)
+    assert "flowforge compiled against" in "\n".join(cl._summary_lines(tp, compiled=True))
