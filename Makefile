@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-quick clean ablations
+.PHONY: install test test-compile lint format demo bench bench-quick clean ablations
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# the generic test on the compiled path for every compiled family (about 5-10 minutes; `make
+# test` runs it for RealNVP)
+test-compile: $(STAMP)
+	FLOWFORGE_COMPILE_TESTS=all $(BIN)/python -m pytest tests/test_compile_generic.py
 
 demo: $(STAMP)
 	$(BIN)/flowforge demo --out runs/demo --overwrite
