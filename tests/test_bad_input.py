@@ -233,9 +233,24 @@ def test_report_options_and_damaged_metrics(tmp_path, capsys):
 def test_a_run_stopped_before_its_first_epoch_says_so(tmp_path, capsys):
     run = tiny_moons_run(capsys, tmp_path / "moons")
     (run / "model.ff").unlink()
+    metrics = run / "metrics.jsonl"  # no epoch ended: no epoch record
+    keep = [ln for ln in metrics.read_text().splitlines() if '"type": "epoch"' not in ln]
+    metrics.write_text("".join(ln + "\n" for ln in keep))
     for args in (("eval", run), ("sample", run, "-n", 2, "--out", tmp_path / "s.npy")):
         rc, _, err = cli(capsys, *args)
         one_line_error(rc, err, "has no model yet", "--resume")
+
+
+def test_a_finished_run_that_lost_its_model_says_so_and_is_not_resumed(tmp_path, capsys):
+    # the best model lives only in model.ff (the checkpoint holds the last weights): eval must
+    # not send the user to --resume, and --resume must not end by naming a file it never wrote
+    run = tiny_moons_run(capsys, tmp_path / "moons")
+    (run / "model.ff").unlink()
+    rc, _, err = cli(capsys, "eval", run)
+    one_line_error(rc, err, "has no model.ff, although its training finished epochs", "--overwrite")
+    rc, out, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress")
+    one_line_error(rc, err, "its best model (model.ff, epoch 1) is missing", "--overwrite")
+    assert "finished" not in out and not (run / "model.ff").exists()
 
 
 def test_actnorm_refuses_to_initialise_from_one_value_per_channel():
@@ -628,3 +643,54 @@ def test_near_duplicates_across_the_splits_are_warned_about(tmp_path):
     grid = np.round(rng.normal(size=(600, 3)) * 2) / 2  # quantised: exact repeats, not near ones
     ds = load_dataset(str(_csv(tmp_path / "grid.csv", ["a", "b", "c"], grid)))
     assert not any("almost" in w for w in ds.info.get("warnings", []))
+
+
+def test_one_dimensional_data_gives_no_false_near_duplicate_alarm(tmp_path):
+    from flowforge.workbench.data import load_dataset
+
+    for seed in range(6):  # a hundredth of the usual distance catches 1 honest 1-D row in 20
+        x = np.random.default_rng(seed).normal(size=(800, 1))
+        ds = load_dataset(str(_csv(tmp_path / f"one{seed}.csv", ["a"], x)))
+        assert not any("almost" in w for w in ds.info.get("warnings", [])), seed
+    a = np.random.default_rng(0).normal(size=(400, 1))
+    copies = np.r_[a, a + 1e-9 * np.random.default_rng(1).normal(size=a.shape)]
+    ds = load_dataset(str(_csv(tmp_path / "jitter1.csv", ["a"], copies)))
+    assert any("lie almost on a training row" in w for w in ds.info.get("warnings", []))
+
+
+def test_a_flag_and_a_set_that_disagree_are_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", "--model", "cnf", "--data", "moons", "--objective",
+                     "flow-matching", "--set", "train.objective=nll", "--out", out)  # fmt: skip
+    one_line_error(rc, err, "--set train.objective=nll contradicts the --objective flag")
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--batch-size",
+                     "64", "--set", "train.batch_size=32", "--out", out)  # fmt: skip
+    one_line_error(rc, err, "contradicts the --batch-size flag")
+    assert not out.exists()
+
+
+def test_flow_matching_options_under_another_objective_say_where_they_came_from(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", "--config", "configs/fm-moons.yaml", "--objective", "nll",
+                     "--out", tmp_path / "r")  # fmt: skip
+    one_line_error(rc, err, "train.fm_time_power = 2", "objective is nll",
+                   "--set train.fm_time_power=1")  # fmt: skip
+
+
+def test_a_first_batch_too_small_to_initialise_from_names_the_option(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", "--model", "cnf", "--data", "moons", "--objective",
+                     "flow-matching", "--batch-size", 1, "--limit", 32, "--epochs", 1,
+                     "--out", tmp_path / "b1", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "first 1 training example(s)", "--set train.init_batch=256")
+
+
+def test_ema_advice_for_a_run_of_few_steps_is_a_possible_setting(capsys):
+    import flowforge as ff
+    from flowforge.workbench import Trainer
+
+    x = torch.randn(64, 2)
+    for steps, advice in ((2, "use more epochs, or train.ema: 0"), (32, "(about 0.688)")):
+        flow = ff.models.RealNVP(features=2, layers=1, hidden=(4,))
+        cfg = {"epochs": steps // 2, "batch_size": 32, "ema": 0.999}
+        Trainer(flow, x, x, train=cfg).fit()
+        err = capsys.readouterr().err
+        assert advice in err and "about -" not in err

@@ -208,3 +208,88 @@ def test_an_empty_batch_is_refused_and_leaves_the_flow_untouched():
     loss = M.FlowMatching(ot=True)(flow, torch.randn(1, 2))  # one example: the trivial pairing
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in flow.parameters())
+
+
+# -- audit K: what a user of the continuous flows met -------------------------------------------
+
+
+def _perturbed_cnf(seed=0):
+    torch.manual_seed(seed)
+    flow = ff.models.build("cnf", features=2, hidden=(16,))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(torch.randn_like(p))
+    return flow
+
+
+def test_a_budget_error_below_the_dtypes_resolution_names_the_precision_not_stiffness():
+    flow = _perturbed_cnf()
+    x = torch.randn(20, 2)
+    assert M.log_likelihood(flow, x, rtol=1e-5, atol=1e-5).nfe < 200  # not a stiff field
+    with pytest.raises(ODEStepBudgetError) as e:
+        M.log_likelihood(flow, x, rtol=1e-12, atol=1e-12)
+    msg = str(e.value)
+    assert "near or below what float32 resolves" in msg and "tolerances >= 1e-06" in msg
+    assert "raise max_steps" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("time", [float("inf"), float("nan"), 0.0, -1.0, 1e-300, 1e300])
+def test_a_cnf_refuses_an_integration_time_outside_its_range(time):
+    with pytest.raises(ValueError, match=r"integration time in \[1e-06, 1e\+06\]"):
+        CNF(2, hidden=(4,), time=time)
+    with pytest.raises(ValueError, match="integration time"):
+        ff.models.build("cnf", features=2, hidden=(4,), time=time)
+
+
+def test_a_solve_that_fails_from_its_context_names_the_context():
+    torch.manual_seed(0)
+    flow = ff.models.build("cnf", features=2, hidden=(8,), context_features=1)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(torch.randn_like(p))
+    flow.eval()
+    with pytest.raises(ValueError) as e:
+        flow.log_prob(torch.randn(3, 2), torch.full((3, 1), 1e30))
+    msg = str(e.value)
+    assert "context's 1e+30" in msg and "inputs or context far outside the data" in msg
+
+
+def test_a_fixed_grid_likelihood_states_the_grid_it_took():
+    flow = _perturbed_cnf()
+    x = torch.randn(5, 2)
+    res = M.log_likelihood(flow, x, method="rk4")  # the CNF's own grid: time / 10
+    assert res.steps == 10 and res.nfe == 40 and "rk4, 10 steps" in res.describe()
+    assert "rtol" not in res.describe()
+    assert "rk4, 1 step," in M.log_likelihood(flow, x, steps=1).describe()
+    one = M.log_likelihood(flow, x[:1]).describe()
+    assert "nan" not in one and "(one example)" in one
+    assert M.log_likelihood(flow, x).steps is None  # adaptive: rtol and atol apply
+
+
+def test_the_importance_weighted_bound_refuses_hutchinsons_estimate():
+    torch.manual_seed(0)
+    flow = ff.models.build("cnf", features=2, hidden=(8,), levels=4, preprocess="scale")
+    x = torch.randint(0, 4, (20, 2))
+    with pytest.raises(ValueError, match="trace='exact'") as e:
+        M.log_likelihood(flow, x, samples=4, trace="hutchinson")
+    assert "too high" in str(e.value)
+    M.log_likelihood(flow, x, samples=1, trace="hutchinson")  # one draw: an unbiased estimate
+    M.log_likelihood(flow, x, samples=2, rtol=1e-3, atol=1e-3)  # exact: a bound
+
+
+def test_matching_helpers_check_their_arguments_and_take_numpy_scalars():
+    import numpy as np
+
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="number of times n >= 0"):
+            M.sample_times(bad)
+    assert M.sample_times(np.int64(3)).shape == (3,)
+    with pytest.raises(ValueError, match="same shape"):
+        M.ot_pairing(torch.randn(4), torch.randn(4))
+    with pytest.raises(ValueError, match="same shape"):
+        M.ot_pairing(torch.randn(4, 2), torch.randn(3, 2))
+    fm = M.FlowMatching(times="power", time_power=np.float32(2.0))
+    assert fm.times[3] == 2.0
+    flow = _perturbed_cnf()
+    res = M.log_likelihood(flow, torch.randn(3, 2), samples=np.int64(1), batch_size=np.int64(2))
+    assert res.samples == 1 and torch.isfinite(res.log_prob).all()

@@ -193,3 +193,30 @@ def test_a_real_browser_renders_the_report(runs, capsys, tmp_path):
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", head[16:24])
     assert width >= 1200 and height > 2000  # the whole page: table, curves and figures
+
+
+def test_a_report_that_fails_leaves_the_last_report_as_it_was(runs, capsys, monkeypatch):
+    import flowforge.workbench.evaluate as evaluate
+
+    run = runs["toy"]
+    render(run, capsys)
+    (run / "report" / "curves.png").write_bytes(b"the last report's curves")  # (a marker)
+    before = {f.name: f.read_bytes() for f in (run / "report").iterdir()}
+    page = (run / "report.html").read_bytes()
+    (run / "report" / "notes.txt").write_text("the user's own file")
+
+    def fail(*a, **k):
+        raise evaluate.DataError("test: the model cannot score this split")
+
+    monkeypatch.setattr(evaluate, "evaluate_run", fail)
+    assert main(["report", str(run)]) != 0
+    assert "cannot score this split" in capsys.readouterr().err
+    after = {f.name: f.read_bytes() for f in (run / "report").iterdir()}
+    assert after == {**before, "notes.txt": b"the user's own file"}  # the figures untouched
+    assert (run / "report.html").read_bytes() == page
+    assert not list(run.glob(".report-*"))  # no half-made figures left behind
+    monkeypatch.undo()
+    (run / "report" / "density.png").unlink()
+    render(run, capsys)  # a report that succeeds replaces the figures, keeps the user's file
+    assert (run / "report" / "density.png").is_file()
+    assert (run / "report" / "notes.txt").read_text() == "the user's own file"

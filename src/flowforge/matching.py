@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import time
 from collections.abc import Iterator
 
@@ -61,6 +62,7 @@ from .transforms.continuous import (
     MAX_STEPS,
     _check_max_steps,
     _check_tolerance,
+    grid_steps,
     ode_methods,
 )
 
@@ -172,6 +174,11 @@ def assignment(cost) -> np.ndarray:
 
 def ot_pairing(y: Tensor, e: Tensor) -> Tensor:
     """``e`` reordered so that ``sum ||y_i - e_i||^2`` is minimal over the batch (exact)."""
+    if y.dim() < 2 or e.shape != y.shape:
+        raise ValueError(
+            "ot_pairing pairs two batches of the same shape (n, ...), got "
+            f"{tuple(y.shape)} and {tuple(e.shape)}"
+        )
     if y.shape[0] < 2:  # the only pairing
         return e
     cost = torch.cdist(y.detach().flatten(1).double(), e.detach().flatten(1).double()) ** 2
@@ -194,7 +201,7 @@ def _time_options(times: str, loc, scale, power) -> tuple[str, float, float, flo
     if times not in TIMES:
         raise ValueError(f"unknown time distribution {times!r}; expected one of {TIMES}")
     for name, v, lo in (("loc", loc, None), ("scale", scale, 0.0), ("power", power, 0.0)):
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
         if not ok or (lo is not None and v <= lo):
             raise ValueError(
                 f"expected a finite time {name}{'' if lo is None else ' > 0'}, got {v!r}"
@@ -218,6 +225,9 @@ def sample_times(
     ``power > 1`` draws more times near the data). ``scale`` and ``power`` must be ``> 0``.
     """
     times, loc, scale, power = _time_options(times, loc, scale, power)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"expected a number of times n >= 0, got {n!r}")
+    n = int(n)
     u = torch.rand(n, dtype=dtype, device=device)
     if times == "logit-normal":
         return torch.sigmoid(loc + scale * torch.randn(n, dtype=dtype, device=device))
@@ -434,7 +444,9 @@ class Likelihood:
 
     ``log_prob``: per example (a bound on the discrete log-likelihood with a dequantizer);
     ``nfe``: dynamics evaluations per solve (mean over batches and draws); ``samples``: the
-    dequantization samples ``K`` of the importance-weighted bound (1 for continuous data).
+    dequantization samples ``K`` of the importance-weighted bound (1 for continuous data);
+    ``steps``: the grid a fixed-step solver took (None for an adaptive one, whose ``rtol`` and
+    ``atol`` apply instead).
     """
 
     log_prob: Tensor
@@ -457,9 +469,14 @@ class Likelihood:
         return float(self.log_prob.double().std() / math.sqrt(n)) if n > 1 else float("nan")
 
     def describe(self) -> str:
-        how = f"{self.steps} steps" if self.steps else f"rtol={self.rtol:g}, atol={self.atol:g}"
+        how = (
+            f"{self.steps} step{'s' if self.steps != 1 else ''}"
+            if self.steps
+            else f"rtol={self.rtol:g}, atol={self.atol:g}"
+        )
+        se = f" +- {self.stderr:.4f}" if self.log_prob.numel() > 1 else " (one example)"
         return (
-            f"log-likelihood {self.mean:.4f} +- {self.stderr:.4f} ({self.method}, {how}, "
+            f"log-likelihood {self.mean:.4f}{se} ({self.method}, {how}, "
             f"{self.trace} trace, NFE {self.nfe:.0f} per solve, K={self.samples}, "
             f"{self.seconds:.1f} s)"
         )
@@ -486,7 +503,8 @@ def log_likelihood(
     evaluation (use it for scoring); ``"hutchinson"`` uses one noise draw per solve, held fixed
     along the trajectory (unbiased for ``log p``; fast for large ``D``). With a dequantizer
     (discrete data), ``samples = K`` gives the importance-weighted bound
-    ``log 1/K sum_k p(x + u_k) / q(u_k | x)``; for continuous data ``K`` must be 1. ``seed``
+    ``log 1/K sum_k p(x + u_k) / q(u_k | x)`` (with the exact trace only: the log-mean-exp of
+    Hutchinson's noisy estimates is biased upwards); for continuous data ``K`` must be 1. ``seed``
     fixes the dequantization and Hutchinson noise (None: the global stream). ``method`` None
     means ``"dopri5"``, or ``"rk4"`` when ``steps`` is given. The flow is scored in eval mode;
     its solver settings are restored afterwards.
@@ -494,15 +512,25 @@ def log_likelihood(
     method = _default_method(method, steps)
     if not isinstance(flow, Flow) or not _cnfs(flow):
         raise ValueError("log_likelihood integrates a CNF: expected a flowforge Flow with a CNF")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
         raise ValueError(f"expected samples (K) to be an integer >= 1, got {samples!r}")
+    samples = int(samples)
     if samples > 1 and flow.dequantizer is None:
         raise ValueError(
             "samples > 1 is the importance-weighted dequantization bound, but this flow has no "
             "dequantizer (continuous data): use samples=1"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if samples > 1 and trace == "hutchinson":
+        raise ValueError(
+            "samples > 1 is the importance-weighted bound, which needs each draw's log-density "
+            "exactly: with Hutchinson's estimate the log of the mean weight comes out too high "
+            "(an optimistic number, not a bound); use trace='exact'"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
     x, context, batch = flow._prepare(x, context)
     if not x.shape[0]:
         raise ValueError(
@@ -519,6 +547,8 @@ def log_likelihood(
     ):
         if seed is not None:
             torch.manual_seed(seed)
+        c = _cnfs(flow)[0]  # the grid a fixed-step solve took (the CNF's own without steps=)
+        grid = grid_steps(c.time, c._step_size()) if c.method in _FIXED else None
         flow.eval()
         try:
             out = []
@@ -538,7 +568,7 @@ def log_likelihood(
         method=method,
         rtol=float(rtol),
         atol=float(atol),
-        steps=steps,
+        steps=grid,
         trace=trace,
         samples=samples,
         nfe=float(np.mean(counts)),

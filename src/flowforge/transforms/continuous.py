@@ -351,11 +351,23 @@ class _Dynamics(nn.Module):
                     f"{cnf.method} on a grid of {grid_steps(cnf.time, cnf._step_size())} "
                     "steps): use a grid of fewer steps (a larger step_size) or raise max_steps"
                 )
-            raise ODEStepBudgetError(
+            head = (
                 f"CNF {where} stopped after {n} function evaluations at t={at:.4g}: it "
                 f"exceeded its step budget (max_steps={cnf.max_steps} steps of {cnf.method}, "
-                f"rtol={cnf.rtol:g}, atol={cnf.atol:g}). The dynamics are too stiff for these "
-                "tolerances: loosen rtol/atol, raise max_steps, or regularise the dynamics "
+                f"rtol={cnf.rtol:g}, atol={cnf.atol:g})"
+            )
+            eps = torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0
+            if min(cnf.rtol, cnf.atol) < 10 * eps:  # the error estimate is rounding noise
+                dtype = str(t.dtype).removeprefix("torch.")
+                raise ODEStepBudgetError(
+                    f"{head}. These tolerances are near or below what {dtype} resolves (eps "
+                    f"{eps:.2g}), where the solver's error estimate is mostly rounding, or the "
+                    f"dynamics are too stiff for them: use tolerances >= {10 * eps:.0e} (or the "
+                    "model in float64), or regularise the dynamics"
+                )
+            raise ODEStepBudgetError(
+                f"{head}. The dynamics are too stiff for these tolerances: loosen rtol/atol, "
+                "raise max_steps, or regularise the dynamics "
                 "(regularization={'kinetic': ..., 'jacobian': ...})"
             )
 
@@ -390,6 +402,9 @@ class _Dynamics(nn.Module):
 
 
 # -- the transform ---------------------------------------------------------------------------------
+
+
+MIN_TIME, MAX_TIME = 1e-6, 1e6  # a CNF's integration time, the range it accepts
 
 
 class CNF(Transform):
@@ -470,8 +485,11 @@ class CNF(Transform):
             raise ValueError(
                 f"unknown regularization {sorted(unknown)}; expected keys 'kinetic', 'jacobian'"
             )
-        if not float(time) > 0:
-            raise ValueError(f"expected time > 0, got {time}")
+        if not MIN_TIME <= float(time) <= MAX_TIME:  # NaN and inf too
+            # the velocity is scaled by 1 / time: beyond this range it overflows or vanishes
+            raise ValueError(
+                f"expected an integration time in [{MIN_TIME:g}, {MAX_TIME:g}], got {time}"
+            )
         max_steps = _check_max_steps(max_steps)
         if not (float(rtol) > 0 and float(atol) > 0):
             raise ValueError(f"expected tolerances rtol > 0 and atol > 0, got {rtol}, {atol}")
@@ -548,7 +566,7 @@ class CNF(Transform):
                 out = tde.odeint(func, state, ts, **kwargs)
         except AssertionError as e:  # torchdiffeq's checks of an adaptive solve
             if str(e).startswith(("underflow in dt", "non-finite values in state")):
-                raise ValueError(self._stuck(x, str(e).startswith("underflow"))) from None
+                raise ValueError(self._stuck(x, str(e).startswith("underflow"), context)) from None
             raise
         func.solving = False
         out = tuple(o[-1] for o in out)
@@ -568,7 +586,7 @@ class CNF(Transform):
         """The fixed-grid solvers' step."""
         return float(self.step_size or self.time / 10)
 
-    def _stuck(self, x: Tensor, underflow: bool) -> str:
+    def _stuck(self, x: Tensor, underflow: bool, context: Tensor | None = None) -> str:
         """The message for a solve that torchdiffeq stopped: its step size underflowed, or its
         state became NaN or inf."""
         what = "its step size underflowed to 0" if underflow else "its state became NaN or inf"
@@ -582,9 +600,15 @@ class CNF(Transform):
             )
         else:
             big = float(x.detach().abs().max())
+            ctx = (
+                f", context's {float(context.detach().abs().max()):.3g}"
+                if context is not None and context.numel()
+                else ""
+            )
+            far = "inputs or context" if ctx else "inputs"
             why = (
                 "the dynamics became NaN or inf, or too fast to follow, from these inputs "
-                f"(largest |value| {big:.3g}): inputs far outside the data?"
+                f"(largest |value| {big:.3g}{ctx}): {far} far outside the data?"
             )
         return f"the CNF's ODE solver ({self.method}) could not take a step ({what}): {why}"
 

@@ -148,6 +148,13 @@ def _train_overrides(args) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = _parse_scalar(value)
+        if parts[0] == "train" and len(parts) == 2 and parts[1] in tr:
+            if tr[parts[1]] != node[parts[-1]]:  # two flags that disagree: neither wins quietly
+                raise WorkbenchError(
+                    f"--set {key.strip()}={value.strip()} contradicts the "
+                    f"--{parts[1].replace('_', '-')} flag "
+                    f"({tr[parts[1]]!r}): give one of them"
+                )
         o = deep_merge(o, layer)  # --set model=glow keeps the --model-kwargs given
     return o
 
@@ -630,7 +637,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--iw",
         action="store_true",
         help="with --samples K >= 2: the importance-weighted bound over the K draws (tighter) "
-        "instead of their mean",
+        "instead of their mean (exact log-densities only: not with --trace hutchinson)",
     )
     s.add_argument(
         "--trace",

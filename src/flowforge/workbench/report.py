@@ -17,6 +17,8 @@ import html
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from ..core import Flow
 from ..distributions import StandardNormal
 from .errors import WorkbenchError
 from .runner import run_dataset
-from .runs import load_run, read_metrics, run_config
+from .runs import REPORT_DIR, REPORT_FIGURES, load_run, read_metrics, run_config
 
 __all__ = [
     "write_report",
@@ -754,9 +756,6 @@ def write_report(
     seed: int = 0,
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path."""
-    from ..io import atomic_write
-    from .evaluate import REFERENCES, against_reference, describe_ode, evaluate_run
-
     run = Path(run)
     cfg = run_config(run)
     flow = load_run(run)
@@ -765,18 +764,29 @@ def write_report(
             f"{run}: flowforge report has no report for a {cfg['model']['name']} model yet; use "
             "flowforge eval and flowforge sample"
         )
-    r = cfg["resolved"]
     ds = run_dataset(cfg)
     if ds.density_measure == "sphere":  # latents on a cylinder: no plot here fits them
         raise WorkbenchError(
             f"{run}: flowforge report has no report for a density on the sphere yet; use "
             "flowforge eval and flowforge sample (and scripts/manifold_plots.py for figures)"
         )
+    # the figures go to a folder of their own first and replace report/'s only when the whole
+    # report has been made: a report that fails leaves the last one as it was
+    figdir = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=run))
+    try:
+        return _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir)
+    finally:
+        shutil.rmtree(figdir, ignore_errors=True)
+
+
+def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path) -> Path:
+    from ..io import atomic_write
+    from .evaluate import REFERENCES, against_reference, describe_ode, evaluate_run
+
+    r = cfg["resolved"]
     shape = tuple(r["event_shape"])
     data_shape = tuple(r["data_shape"])
     info = r.get("context")
-    figdir = run / "report"
-    figdir.mkdir(exist_ok=True)
     figs: list[tuple[str, str]] = []
     damaged: list[int] = []
     metrics = read_metrics(run, damaged)
@@ -950,6 +960,14 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
     }</pre>
 </body></html>
 """
+    final = run / REPORT_DIR
+    final.mkdir(exist_ok=True)
+    ours = (*REPORT_FIGURES, "classes_")
+    for f in final.iterdir():  # an earlier report's figures that this one has not made
+        if f.is_file() and f.name.startswith(ours) and not (figdir / f.name).exists():
+            f.unlink()
+    for f in figdir.iterdir():
+        os.replace(f, final / f.name)
     out = run / "report.html"
     atomic_write(out, page.encode())
     return out

@@ -124,6 +124,16 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
     (flattened images under the vector layout)."""
     run_config(run)
     if not (Path(run) / MODEL_FILE).exists():
+        try:
+            epochs = any(r.get("type") == "epoch" for r in read_metrics(Path(run)))
+        except RunError:
+            epochs = False
+        if epochs:  # the best model was written, then lost
+            raise RunError(
+                f"{run} has no {MODEL_FILE}, although its training finished epochs: the file was "
+                "removed or lost, and the checkpoint holds the last weights, not the best; train "
+                f"the run again (flowforge train ... --out {run} --overwrite)"
+            )
         resume = (
             f"; continue it with flowforge train --out {run} --resume"
             if _has_checkpoint(Path(run))
@@ -213,7 +223,8 @@ def clear_run(out: Path) -> None:
 
 
 def remove_orphans(out: Path) -> None:
-    """Remove temporary files that a killed atomic write left behind (``.<name>.*.tmp``)."""
+    """Remove temporary files that a killed atomic write left behind (``.<name>.*.tmp``), and
+    the figures of a killed ``flowforge report`` (``.report-*.tmp/``)."""
     if not out.is_dir():
         return
     for f in out.iterdir():
@@ -221,6 +232,8 @@ def remove_orphans(out: Path) -> None:
             base = f.name[1:].split(".")[0]
             if any(n.split(".")[0] == base for n in RUN_FILES):
                 f.unlink(missing_ok=True)
+        elif f.name.startswith(".report-") and f.name.endswith(".tmp") and f.is_dir():
+            _ours_in(f, (*REPORT_FIGURES, "classes_"))  # a killed report's figures
 
 
 class RunLock:

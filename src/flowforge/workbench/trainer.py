@@ -479,8 +479,11 @@ class Trainer:
         self.objective = make_objective(self.cfg["objective"] if objective is None else objective)
         if self.cfg["fm_time_power"] != 1.0:
             if not isinstance(self.objective, FlowMatchingObjective):
+                name = getattr(self.objective, "name", self.cfg["objective"])
                 raise WorkbenchError(
-                    "train.fm_time_power applies to the flow-matching objectives only"
+                    f"train.fm_time_power = {self.cfg['fm_time_power']:g} applies to the "
+                    f"flow-matching objectives only, and this run's objective is {name}: drop "
+                    "it, or override a config file's with --set train.fm_time_power=1"
                 )
             self.objective = self.objective.with_time_power(self.cfg["fm_time_power"])
         self.model, self.seed = model, int(seed)
@@ -701,7 +704,17 @@ class Trainer:
             torch.manual_seed(self.seed + 104729)
             self.model.train()
             c = None if self.train_c is None else self.train_c[idx]
-            self.objective.loss(self, self.model, self.train_x[idx], c)
+            try:
+                self.objective.loss(self, self.model, self.train_x[idx], c)
+            except ValueError as e:
+                if "first batch" not in str(e):
+                    raise
+                raise WorkbenchError(
+                    f"a layer initialises itself from the first {len(idx)} training example(s) "
+                    "(train.init_batch, or the batch size when it is 0), too few for its "
+                    "statistics: set train.init_batch to a few hundred (--set "
+                    "train.init_batch=256)"
+                ) from None
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
 
@@ -795,15 +808,31 @@ class Trainer:
         """Train; returns a summary with ``status`` in finished, early-stopped, interrupted."""
         if resume:
             self.load_checkpoint()
+            if (
+                self.out is not None
+                and self.best_epoch >= 0
+                and not (self.out / MODEL_FILE).is_file()
+            ):
+                # the best weights live only in model.ff: without it the run would end by
+                # naming a model that is not there, or the last weights as the best
+                raise RunError(
+                    f"cannot resume {self.out}: its best model ({MODEL_FILE}, epoch "
+                    f"{self.best_epoch + 1}) is missing, and the checkpoint holds the last "
+                    "weights, not the best; train the run again with --overwrite"
+                )
         else:
             self._init_data_dependent()
             decay = float(self.cfg["ema"] or 0)
             if decay > 0 and self.total_steps * (1 - decay) < 3:  # the average is mostly the start
+                fix = (
+                    f"a smaller decay (about {1 - 10 / self.total_steps:.3g}) or more epochs"
+                    if self.total_steps >= 20
+                    else "more epochs, or train.ema: 0"
+                )
                 self._warn(
                     f"train.ema {decay:g} averages over about {1 / (1 - decay):,.0f} steps and "
                     f"this run has {self.total_steps:,}: the weights it keeps would still be "
-                    f"{decay**self.total_steps:.0%} the initialisation's; use a smaller decay "
-                    f"(about {1 - 10 / self.total_steps:.3g}) or more epochs"
+                    f"{decay**self.total_steps:.0%} the initialisation's; use {fix}"
                 )
         if self.writer and self.cfg["tensorboard"]:
             try:
