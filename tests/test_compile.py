@@ -45,10 +45,19 @@ def test_a_flow_with_a_data_dependent_layer_compiles_in_one_graph():
         torch._dynamo.reset()
         torch.compile(flow, fullgraph=True, options={"cpp.threads": 1})(x)
     flow.validate_args = None
-    # a reloaded state decides from its buffer again
+    # a reloaded state decides from its buffer again, when it is loaded (eagerly): a resumed or
+    # loaded model compiles in one graph too
     fresh = ff.models.MAF(features=3, layers=2, hidden=(8,))
     fresh.load_state_dict(flow.state_dict())
+    assert fresh.transform.layers[0].__dict__.get("_seen_initialized") is True
     assert not ff.core.needs_data_init(fresh) and not fresh.transform.layers[0]._waiting()
+    fresh = ff.models.MAF(features=3, layers=2, hidden=(8,))
+    fresh.load_state_dict(flow.state_dict())
+    torch._dynamo.reset()
+    torch.compile(fresh, fullgraph=True, options={"cpp.threads": 1})(x).mean().backward()
+    waiting = ff.models.MAF(features=3, layers=2, hidden=(8,))
+    waiting.load_state_dict(ff.models.MAF(features=3, layers=2, hidden=(8,)).state_dict())
+    assert ff.core.needs_data_init(waiting)  # an uninitialised state still waits
 
 
 @needs_compiler
@@ -58,7 +67,8 @@ def test_trainer_compile_trains_like_eager_and_reports_its_time(tmp_path):
     for compile_ in (False, True):
         torch.manual_seed(0)
         flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))
-        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compile_}
+        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compile_,
+               "log_every": 1}  # fmt: skip
         out = tmp_path / str(compile_)
         out.mkdir()
         tr = Trainer(flow, x, x[:16], cfg, out=out, progress=False, echo=False)
@@ -111,7 +121,68 @@ def test_trainer_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     assert len(failed) == 1 and "compiling failed (RuntimeError: no C++ compiler)" in failed[0]
     both = {"epochs": 1, "compile": True, "memory_saving": True, "tensorboard": False}
     with pytest.raises(WorkbenchError, match="compile and train.memory_saving"):
-        Trainer(flow, x, x[:16], both, progress=False, echo=False).fit()
+        Trainer(flow, x, x[:16], both, progress=False, echo=False)  # before any folder
+
+
+class _FailsBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("the backward graph did not compile")
+
+
+def test_a_compile_failure_in_the_backward_pass_redoes_the_step_eagerly(monkeypatch):
+    # AOTAutograd compiles the backward pass on the first backward: a failure there must fall
+    # back like one in the forward pass, the step redone from the same random state
+    def compile_whose_backward_fails(model, *args, **kwargs):
+        def call(*a, **k):
+            return _FailsBackward.apply(model(*a, **k))
+
+        return call
+
+    x = _data()
+    losses = {}
+    for broken in (False, True):
+        torch.manual_seed(0)
+        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=None)
+        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": broken}
+        if broken:
+            monkeypatch.setattr(torch, "compile", compile_whose_backward_fails)
+        tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
+        assert tr.fit()["status"] == "finished"
+        losses[broken] = [r["train_loss"] for r in tr.history if r["type"] == "epoch"]
+        if broken:
+            failed = [w for w in tr.warnings if "compiling failed" in w]
+            assert len(failed) == 1 and "the backward graph did not compile" in failed[0]
+    assert losses[True] == losses[False]  # the same steps, eagerly, from the same state
+
+
+@needs_compiler
+def test_trainer_compile_on_discrete_data_draws_the_eager_runs_noise(tmp_path):
+    # the dequantization noise is drawn inside the compiled graph: from torch's generator
+    # (COMPILE_OPTIONS' fallback_random), so the compiled run sees the eager run's data
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (64, 3), generator=g)
+    runs = {}
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4)
+        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compile_,
+               "log_every": 1}  # fmt: skip
+        out = tmp_path / str(compile_)
+        out.mkdir()
+        tr = Trainer(flow, x, x[:16], cfg, out=out, progress=False, echo=False)
+        tr.fit()
+        runs[compile_] = [
+            json.loads(line)["loss"]
+            for line in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["type"] == "step"
+        ]
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)  # the first step: the same
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4, abs=1e-4)
 
 
 @pytest.fixture
@@ -139,6 +210,17 @@ def test_compiled_splines_agree_with_eager_forward_inverse_and_gradients(eager_s
     z, _ = want
     torch.testing.assert_close(rq.inverse(z, params)[0], x, rtol=1e-4, atol=1e-4)
     assert eager_splines_after._compiled is not None  # it did go through torch.compile
+    # a graph backpropagated twice (retain_graph=True): as the docstring says, with torch's
+    # donated buffers off around both passes
+    from torch._functorch import config as functorch_config
+
+    with functorch_config.patch(donated_buffer=False):
+        y, ladj = rq(x, params)
+        g1 = torch.autograd.grad(y.sum(), params, retain_graph=True)[0]
+        g2 = torch.autograd.grad(ladj.sum(), params)[0]
+    want_y, want_ladj = rq.__class__(bins=4, bound=2.0)(x, params)  # (a fresh layer: eager)
+    torch.testing.assert_close(g1, torch.autograd.grad(want_y.sum(), params, retain_graph=True)[0])
+    torch.testing.assert_close(g2, torch.autograd.grad(want_ladj.sum(), params)[0])
 
 
 @needs_compiler
@@ -155,6 +237,8 @@ def test_trainer_compile_splines_trains_like_eager(tmp_path, eager_splines_after
         assert all(m.compiled == (compile_ == "splines") for m in splines)
         losses[compile_] = [r["train_loss"] for r in tr.history if r["type"] == "epoch"]
     assert losses["splines"] == pytest.approx(losses[False], rel=1e-4, abs=1e-4)
+    # the compiling first step is timed and logged, as for train.compile: true
+    assert any(r["type"] == "compile" and r["seconds"] > 0 for r in tr.history)
     with pytest.raises(WorkbenchError, match="this model has none"):
         Trainer(ff.models.RealNVP(features=3, layers=1, hidden=(4,)), x, x[:16],
                 {"compile": "splines"}, progress=False, echo=False)  # fmt: skip

@@ -281,18 +281,18 @@ def test_a_signal_inside_a_step_stops_after_it_and_resumes_exactly(
     """The step's dequantization noise is drawn when the signal arrives: the run finishes
     that step, then saves, so the resumed run draws what the uninterrupted one drew."""
     out = tmp_path / "run"
-    real = trainer_module.Trainer._loss
+    real = trainer_module.Trainer._forward_backward
 
-    def loss(self, xb, cb):
-        value = real(self, xb, cb)
-        if self.global_step == 4:  # the forward pass of the fifth step is done
+    def loss(self, xb, cb, rng):
+        value = real(self, xb, cb, rng)
+        if self.global_step == 4:  # the fifth step's passes are done, its update is not
             os.kill(os.getpid(), signal.SIGINT)
         return value
 
-    monkeypatch.setattr(trainer_module.Trainer, "_loss", loss)
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", loss)
     result = train(CFG, out, progress=False, echo=False)
     assert result["status"] == "interrupted" and result["steps"] == 5  # the step finished
-    monkeypatch.setattr(trainer_module.Trainer, "_loss", real)
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", real)
     rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err
     assert same_weights(out, reference) and _epochs(out) == _epochs(reference)
@@ -326,21 +326,21 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
     tmp_path, monkeypatch, capsys, reference
 ):
     out = tmp_path / "run"
-    real = trainer_module.Trainer._loss
+    real = trainer_module.Trainer._forward_backward
 
-    def loss(self, xb, cb):
+    def loss(self, xb, cb, rng):
         if self.global_step == 4:  # (the first epoch's checkpoint holds step 3)
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-        return real(self, xb, cb)
+        return real(self, xb, cb, rng)
 
-    monkeypatch.setattr(trainer_module.Trainer, "_loss", loss)
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", loss)
     result = train(CFG, out, progress=False, echo=True)
     printed = capsys.readouterr().out
     assert result["status"] == "interrupted" and "stopped at once by a second signal" in printed
     meta, _ = read_checkpoint(out / "checkpoint.safetensors")
     assert (meta["epoch"], meta["step_in_epoch"]) == (1, 0)  # the last whole checkpoint
-    monkeypatch.setattr(trainer_module.Trainer, "_loss", real)
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", real)
     rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err
     assert same_weights(out, reference) and _epochs(out) == _epochs(reference)

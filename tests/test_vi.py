@@ -202,20 +202,20 @@ def test_fit_target_interrupted_writes_nothing(capsys, tmp_path, monkeypatch):
 
     from flowforge.workbench import trainer as trainer_module
 
-    real = trainer_module.Trainer._loss
+    real = trainer_module.Trainer._forward_backward
 
-    def loss(self, xb, cb):
+    def loss(self, xb, cb, rng):
         if self.global_step == 20:
             os.kill(os.getpid(), signal.SIGINT)
-        return real(self, xb, cb)
+        return real(self, xb, cb, rng)
 
-    monkeypatch.setattr(trainer_module.Trainer, "_loss", loss)
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", loss)
     out = tmp_path / "vi"
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "planar", "--layers", 2,
                      "--steps", 500, "--out", out, "--quiet")  # fmt: skip
     assert rc == 130 and "interrupted after 21 of 500 steps; nothing written" in err
     assert not out.exists() or not any(out.iterdir())
-    monkeypatch.setattr(trainer_module.Trainer, "_loss", real)
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", real)
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "planar", "--layers", 2,
                      "--steps", 10, "--n-eval", 1, "--out", out, "--quiet")  # fmt: skip
     assert rc == 1 and "--n-eval must be at least 2, got 1" in err

@@ -29,8 +29,11 @@ LOG_2PI = math.log(2 * math.pi)
 # torch.compile's generated CPU kernels run on one thread: with two OpenMP threads, kernels
 # that inductor (torch 2.13) generates for small training graphs abort the process on this
 # project's CPUs (tests/test_compile.py reproduces it without this option); the matrix
-# products it calls out to keep every thread. The trainer and the compiled spline use it.
-COMPILE_OPTIONS = {"cpp.threads": 1}
+# products it calls out to keep every thread. fallback_random: random numbers drawn inside a
+# compiled graph (the dequantization noise) come from torch's own generator, as eagerly, so a
+# compiled run draws what the eager run with the same seed draws (inductor's own would differ).
+# The trainer, the compiled spline and the benchmarks use these options.
+COMPILE_OPTIONS = {"cpp.threads": 1, "fallback_random": True}
 
 # layers whose log-determinant (or trace) comes from autograd, which inference mode switches off
 INFERENCE_MODE = (

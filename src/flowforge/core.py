@@ -475,7 +475,12 @@ class DataInit:
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.pop("_seen_initialized", None)
-        return super()._load_from_state_dict(*args, **kwargs)
+        out = super()._load_from_state_dict(*args, **kwargs)
+        # settle the flag now, eagerly: read first inside torch.compile (a resumed or loaded
+        # model compiled afterwards), the buffer would break the graph at every such layer
+        if self.initialized.device.type != "meta" and bool(self.initialized):
+            self.__dict__["_seen_initialized"] = True
+        return out
 
 
 def needs_data_init(model: nn.Module) -> bool:

@@ -193,9 +193,12 @@ class RationalQuadratic(Transformer):
 
     Set ``compiled = True`` on the class or on a layer to evaluate the spline through
     ``torch.compile`` (see the module's docstring); the result agrees with the eager spline to
-    float rounding, not bit for bit. First derivatives only: torch.compile's backward cannot
-    be differentiated again, so gradient penalties, ``create_graph=True`` and Jacobian-vector
-    products (M-flows) need the eager spline.
+    float rounding, not bit for bit. One backward pass per graph: torch.compile's backward
+    cannot be differentiated again, so gradient penalties, ``create_graph=True`` and
+    Jacobian-vector products (M-flows) need the eager spline; and it frees what it saved as it
+    runs (donated buffers), so a second pass through the same graph (``retain_graph=True``)
+    needs ``torch._functorch.config.donated_buffer = False`` around both passes, or the eager
+    spline.
 
     Example:
         >>> rq = RationalQuadratic(bins=4, bound=3.0)

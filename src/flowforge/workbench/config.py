@@ -51,7 +51,7 @@ DEFAULT_TRAIN: dict = {
     "init_batch": 0,  # examples for a data-dependent initialisation (ActNorm); 0: one batch
     "val_samples": 1,  # dequantization draws averaged in each validation NLL
     "memory_saving": False,  # recompute activations from outputs (flowforge.memory_saving)
-    "compile": False,  # torch.compile the training forward pass (eager if compiling fails);
+    "compile": False,  # torch.compile the training step (eager if compiling fails);
     # "splines": only the rational-quadratic splines (seconds to compile, not minutes)
     "log_every": 10,  # steps between 'step' records in metrics.jsonl
     "device": "cpu",  # cpu | cuda | cuda:N | auto

@@ -493,6 +493,11 @@ class Trainer:
             self.objective.check(self, model)
         self.device = resolve_device(self.cfg["device"])
         self.model.to(self.device)
+        if self.cfg["compile"] is True and self.cfg["memory_saving"]:
+            raise WorkbenchError(
+                "train.compile and train.memory_saving do not combine (the recomputing "
+                "backward pass runs outside the compiled graph); choose one"
+            )
         if self.cfg["memory_saving"]:
             from ..core import memory_saving
 
@@ -848,14 +853,10 @@ class Trainer:
             model = DistributedDataParallel(self.model)  # broadcasts rank 0's state
         self._eager_model = None
         if self.cfg.get("compile") is True:
-            if self.cfg["memory_saving"]:
-                raise WorkbenchError(
-                    "train.compile and train.memory_saving do not combine (the recomputing "
-                    "backward pass runs outside the compiled graph); choose one"
-                )
             # each new batch size (the epoch's last, smaller batch) compiles once more
             self._eager_model, model = model, torch.compile(model, options=COMPILE_OPTIONS)
-            self._compile_time = None
+        # the first step of a compiled run (or of compiled splines) is timed: it compiles
+        self._compile_time = None if self.cfg["compile"] else 0.0
         self._step_model = model  # what the steps call (the eager model after a compile fallback)
         from tqdm import tqdm
 
@@ -946,16 +947,13 @@ class Trainer:
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for xb, cb in self._batches():
             rng = torch.get_rng_state()
-            loss = self._loss(xb, cb)
+            loss = self._forward_backward(xb, cb, rng)
             asked = float(self._signals is not None and self._signals.pending)
             stop = loss.detach().new_full((), asked, dtype=torch.float64)  # (no host copy)
             stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double(), stop])
             if self.world > 1:  # (every rank learns whether any was asked to stop)
                 dist.all_reduce(stats)
                 stats[0] /= self.world
-            self.opt.zero_grad(set_to_none=True)
-            reg = regularization(self.model)
-            (loss if reg is None else loss + reg).backward()
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             # the step's one read-back from the device: loss, its finiteness and the norm
             value, bad_loss, asked, norm = torch.cat(
@@ -1012,27 +1010,45 @@ class Trainer:
                 raise KeyboardInterrupt
         return self._end_epoch(losses, t0)
 
-    def _loss(self, xb, cb):
-        """The objective's loss on a batch: with ``train.compile`` the first call compiles (its
-        time is reported); if compiling fails, a warning says why and training goes on with the
-        eager model, for the rest of the run."""
-        model = self._step_model
-        if self._eager_model is None or self._compile_time is not None:
-            return self.objective.loss(self, model, xb, cb)
+    def _forward_backward(self, xb, cb, rng) -> Tensor:
+        """The step's loss, its gradients in ``.grad``. With ``train.compile`` the first step
+        compiles (forward and backward; its time is reported), and so does a new batch size
+        later: if compiling fails, a warning says why, and the step is redone eagerly from the
+        same random state, as is the rest of the run. An error the eager model raises too is
+        the run's."""
+        first = self._compile_time is None
         t0 = time.perf_counter()
         try:
-            loss = self.objective.loss(self, model, xb, cb)
+            loss = self._loss_and_backward(self._step_model, xb, cb)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why
+            if self._eager_model is None:
+                raise
             self._warn(
                 f"train.compile: compiling failed ({type(e).__name__}: "
                 f"{(str(e).strip().splitlines() or [''])[0]}); "
                 "training continues without compiling"
             )
             self._step_model, self._eager_model = self._eager_model, None
-            return self.objective.loss(self, self._step_model, xb, cb)
-        self._compile_time = time.perf_counter() - t0
-        self._say(f"compiled the training forward pass in {self._compile_time:.1f} s")
-        self._log({"type": "compile", "step": self.global_step, "seconds": self._compile_time})
+            torch.set_rng_state(rng)
+            return self._loss_and_backward(self._step_model, xb, cb)
+        if first:
+            self._compile_time = time.perf_counter() - t0
+            what = "the training step" if self._eager_model is not None else "the splines"
+            if self._eager_model is not None or self.cfg["compile"] == "splines":
+                self._say(
+                    f"compiled {what} (forward and backward, in the first step) in "
+                    f"{self._compile_time:.1f} s; a new batch size compiles once more"
+                )
+                self._log(
+                    {"type": "compile", "step": self.global_step, "seconds": self._compile_time}
+                )
+        return loss
+
+    def _loss_and_backward(self, model, xb, cb) -> Tensor:
+        loss = self.objective.loss(self, model, xb, cb)
+        self.opt.zero_grad(set_to_none=True)
+        reg = regularization(self.model)
+        (loss if reg is None else loss + reg).backward()
         return loss
 
     def _end_epoch(self, losses: list[float], t0: float) -> str:
