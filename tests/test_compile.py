@@ -60,24 +60,32 @@ def test_a_flow_with_a_data_dependent_layer_compiles_in_one_graph():
     assert ff.core.needs_data_init(waiting)  # an uninitialised state still waits
 
 
-@needs_compiler
-def test_trainer_compile_trains_like_eager_and_reports_its_time(tmp_path):
-    x = _data()
-    runs = {}
+def _eager_and_compiled(tmp_path, x, build) -> dict:
+    """``{compile: (history, metrics records)}`` of two 2-epoch runs of ``build()`` on ``x``,
+    eager and compiled, from the same seed."""
+    out = {}
     for compile_ in (False, True):
         torch.manual_seed(0)
-        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))
         cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compile_,
                "log_every": 1}  # fmt: skip
-        out = tmp_path / str(compile_)
-        out.mkdir()
-        tr = Trainer(flow, x, x[:16], cfg, out=out, progress=False, echo=False)
+        folder = tmp_path / str(compile_)
+        folder.mkdir()
+        tr = Trainer(build(), x, x[:16], cfg, out=folder, progress=False, echo=False)
         tr.fit()
-        runs[compile_] = [r for r in tr.history if r["type"] == "epoch"]
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        kinds = {r["type"] for r in records}
-        assert ("compile" in kinds) == compile_
-    for a, b in zip(runs[False], runs[True]):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        out[compile_] = (tr.history, [json.loads(line) for line in lines])
+    return out
+
+
+@needs_compiler
+def test_trainer_compile_trains_like_eager_and_reports_its_time(tmp_path):
+    runs = _eager_and_compiled(
+        tmp_path, _data(), lambda: ff.models.RealNVP(features=3, layers=2, hidden=(8,))
+    )
+    for compile_, (_, records) in runs.items():
+        assert ("compile" in {r["type"] for r in records}) == compile_
+    eager, compiled = ([r for r in h if r["type"] == "epoch"] for h, _ in runs.values())
+    for a, b in zip(eager, compiled):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-4)
 
 
@@ -164,25 +172,15 @@ def test_a_compile_failure_in_the_backward_pass_redoes_the_step_eagerly(monkeypa
 def test_trainer_compile_on_discrete_data_draws_the_eager_runs_noise(tmp_path):
     # the dequantization noise is drawn inside the compiled graph: from torch's generator
     # (COMPILE_OPTIONS' fallback_random), so the compiled run sees the eager run's data
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 4, (64, 3), generator=g)
-    runs = {}
-    for compile_ in (False, True):
-        torch.manual_seed(0)
-        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4)
-        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compile_,
-               "log_every": 1}  # fmt: skip
-        out = tmp_path / str(compile_)
-        out.mkdir()
-        tr = Trainer(flow, x, x[:16], cfg, out=out, progress=False, echo=False)
-        tr.fit()
-        runs[compile_] = [
-            json.loads(line)["loss"]
-            for line in (out / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["type"] == "step"
-        ]
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)  # the first step: the same
-    assert runs[True] == pytest.approx(runs[False], rel=1e-4, abs=1e-4)
+    x = torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0))
+    runs = _eager_and_compiled(
+        tmp_path, x, lambda: ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4)
+    )
+    eager, compiled = (
+        [r["loss"] for r in recs if r["type"] == "step"] for _, recs in runs.values()
+    )
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-6)  # the first step: the same
+    assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-4)
 
 
 @pytest.fixture
