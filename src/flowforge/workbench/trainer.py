@@ -1032,9 +1032,12 @@ class Trainer:
             torch.set_rng_state(rng)
             return self._loss_and_backward(self._step_model, xb, cb)
         if first:
+            from ..transforms import splines
+
             self._compile_time = time.perf_counter() - t0
             what = "the training step" if self._eager_model is not None else "the splines"
-            if self._eager_model is not None or self.cfg["compile"] == "splines":
+            splines_compiled = self.cfg["compile"] == "splines" and not splines._compile_failed
+            if self._eager_model is not None or splines_compiled:
                 self._say(
                     f"compiled {what} (forward and backward, in the first step) in "
                     f"{self._compile_time:.1f} s; a new batch size compiles once more"
