@@ -694,3 +694,36 @@ def test_ema_advice_for_a_run_of_few_steps_is_a_possible_setting(capsys):
         Trainer(flow, x, x, train=cfg).fit()
         err = capsys.readouterr().err
         assert advice in err and "about -" not in err
+
+
+def test_a_manifold_model_takes_a_users_file_as_it_is(tmp_path, capsys):
+    # unit vectors and angles in a file: not standardised by default (a standardised copy is
+    # off the sphere or the torus), and the sphere's per-area NLL is not compared with a
+    # Gaussian's per-volume one
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(300, 3))
+    np.save(tmp_path / "sph.npy", (v / np.linalg.norm(v, axis=1, keepdims=True)).astype("f4"))
+    np.save(tmp_path / "ang.npy", rng.uniform(-np.pi, np.pi, size=(300, 2)).astype("f4"))
+    small = ["--epochs", 1, "--model-kwargs", '{"layers": 1, "hidden": [8]}', "--no-progress"]
+    for model, data in (("sphereflow", "sph.npy"), ("torusflow", "ang.npy")):
+        run = tmp_path / model
+        rc, _, err = cli(capsys, "train", "--model", model, "--data", tmp_path / data,
+                         "--out", run, *small)  # fmt: skip
+        assert rc == 0, err
+        assert json.loads((run / "config.json").read_text())["data"]["options"] == {
+            "standardize": False
+        }
+        rc, out, err = cli(capsys, "eval", run)
+        assert rc == 0, err
+        assert ("a Gaussian fitted" in out) == (model == "torusflow")
+
+
+def test_a_flag_a_model_does_not_take_says_so(tmp_path, capsys):
+    for model, data, flag, value, why in (
+        ("idf", "digits", "--dequantization", "variational", "it models integers exactly"),
+        ("torusflow", "torus-vonmises", "--base", "mixture", "fixed by the space it models"),
+    ):
+        rc, _, err = cli(capsys, "train", "--model", model, "--data", data, flag, value,
+                         "--epochs", 1, "--limit", 50, "--out", tmp_path / model)  # fmt: skip
+        one_line_error(rc, err, f"model '{model}' takes no {flag[2:]} option", why)
+        assert not (tmp_path / model).exists()

@@ -224,3 +224,25 @@ def test_split_applies_to_a_named_dataset_only(run, tmp_path, capsys):
     rc, _, err = cli(capsys, "compress", run, "--split", "bogus", "--out", tmp_path / "y.ffz",
                      "--no-baselines")  # fmt: skip
     one_line_error(rc, err, "unknown split 'bogus'")
+
+
+def test_a_payload_the_coder_refuses_is_a_corrupt_file_in_the_codecs_own_error():
+    # a forger who recomputes the payload's CRC too: the rANS coder refuses a stream that does
+    # not end in a non-zero word, which must be a CodecError like every other damage
+    import zlib
+
+    flow = _tiny_idf()
+    blob = codec.encode(flow, torch.randint(0, 5, (10, 6)))
+    h = codec.read_header(blob)
+    zeros = bytes(len(blob) - h.size)
+    forged = dataclasses.replace(h, payload_crc=zlib.crc32(zeros)).pack() + zeros
+    with pytest.raises(codec.CodecError, match="corrupt .ffz file: the payload is not an rANS"):
+        codec.decode(flow, forged)
+
+
+def test_an_empty_array_is_refused_as_holding_no_examples(run, tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 64), dtype=np.int64))
+    rc, _, err = cli(capsys, "compress", run, "--data", tmp_path / "empty.npy",
+                     "--out", tmp_path / "e.ffz", "--no-baselines")  # fmt: skip
+    one_line_error(rc, err, "empty.npy holds no examples")
+    assert not (tmp_path / "e.ffz").exists()

@@ -154,6 +154,15 @@ class Header:
         return _frame_size(self.shape, _TAIL)
 
 
+def _coder(stack, words: np.ndarray):
+    """An rANS decoder on a file's payload words; a payload the coder refuses (it passed its
+    CRC, so it was written so) is a corrupt file, in the codec's own error."""
+    try:
+        return stack.AnsCoder(words)
+    except ValueError as e:
+        raise CodecError(f"corrupt .ffz file: the payload is not an rANS stream ({e})") from None
+
+
 def _constriction():
     try:
         import constriction
@@ -650,7 +659,7 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
             "its tables may differ here: pass force=True (--force) to try anyway"
         )
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    coder = stack.AnsCoder(words)
+    coder = _coder(stack, words)
     categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
     base, r = flow.base, h.radius
     parts: list[np.ndarray] = []  # grown as chunks decode: a header's count allocates nothing

@@ -178,6 +178,17 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         if layout == "vector" and "features" not in spec.inputs:
             raise WorkbenchError(f"model {name!r} takes images only; {ds.name} is not image data")
     takes = spec.signature.parameters
+    extra = any(p.kind == p.VAR_KEYWORD for p in takes.values())
+    for opt in ("dequantization", "base"):  # the flags every builder of a continuous flow has
+        if opt in kwargs and opt not in takes and not extra:
+            why = (
+                "its base distribution is fixed by the space it models"
+                if opt == "base"
+                else "it models integers exactly"
+                if name.lower() == "idf"
+                else "it has no dequantizer"
+            )
+            raise WorkbenchError(f"model {name!r} takes no {opt} option (--{opt}): {why}")
     if ds.levels is not None and "levels" not in kwargs:
         if "levels" not in takes:
             raise WorkbenchError(f"model {name!r} cannot model discrete data (no levels= option)")

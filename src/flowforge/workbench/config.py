@@ -336,6 +336,9 @@ def checked(key: str, value, check: Callable):
         raise WorkbenchError(f"{key} must be {e}, got {value!r}") from None
 
 
+MANIFOLD_MODELS = ("torusflow", "sphereflow")  # flows on a manifold: data as it is
+
+
 def resolve_config(*layers: dict | None) -> dict:
     """Merge config layers (later ones win) and check every value; returns plain JSON types."""
     cfg = None
@@ -354,6 +357,10 @@ def resolve_config(*layers: dict | None) -> dict:
     except ValueError as e:
         raise WorkbenchError(str(e)) from None
     cfg["model"]["name"] = spec.name.lower()
+    if cfg["model"]["name"] in MANIFOLD_MODELS and Path(str(cfg["data"]["name"])).is_file():
+        # angles and unit vectors in a file of the user's are modelled as they are: a
+        # standardised copy would no longer lie on the torus or the sphere
+        cfg["data"]["options"].setdefault("standardize", False)
     for k, check in TRAIN_CHECKS.items():
         cfg["train"][k] = checked(f"train.{k}", cfg["train"][k], check)
     limit = cfg["data"]["options"].get("limit")

@@ -792,6 +792,8 @@ def read_table(
             raise DataError(f"{path} holds arrays {sorted(raw)}; expected exactly one")
         ((k, raw),) = raw.items()
         where = f"{path}[{k!r}]"
+    if not raw.size:
+        raise DataError(f"{where} holds no examples (an array of shape {raw.shape})")
     if shape is not None and len(shape) > 1 and raw.ndim == 1 + len(shape):
         if tuple(raw.shape[1:]) != tuple(shape):
             raise DataError(

@@ -116,7 +116,15 @@ def evaluate_run(
         x, context = ds.split(split), ds.split_context(split)
         if ds.levels is not None and info is None:  # discrete data: a per-position histogram
             histogram = histogram_baseline(ds.train, x, ds.levels, per_example=True)
-        if ds.kind == "table" and ds.levels is None and info is None and len(ds.train) > 1:
+        # (not for a density on the sphere: per unit area, where a Gaussian's is per volume)
+        on_sphere = cfg["model"]["name"] == "sphereflow" or ds.density_measure == "sphere"
+        if (
+            ds.kind == "table"
+            and ds.levels is None
+            and info is None
+            and len(ds.train) > 1
+            and not on_sphere
+        ):
             try:
                 baseline = gaussian_baseline(ds.train, x, per_example=True)
             except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
