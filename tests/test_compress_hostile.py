@@ -246,3 +246,13 @@ def test_an_empty_array_is_refused_as_holding_no_examples(run, tmp_path, capsys)
                      "--out", tmp_path / "e.ffz", "--no-baselines")  # fmt: skip
     one_line_error(rc, err, "empty.npy holds no examples")
     assert not (tmp_path / "e.ffz").exists()
+
+
+def test_levels_the_tables_cannot_hold_are_refused_before_coding():
+    x = torch.zeros(2, 6, dtype=torch.int64)
+    f32 = _tiny_idf(levels=2**24 + 1)  # float32 tells at most 2^23 integers apart
+    with pytest.raises(codec.CodecError, match="more than torch.float32 resolves"):
+        codec.encode(f32, x)
+    f64 = _tiny_idf(levels=2**32).double()
+    with pytest.raises(codec.CodecError, match="at most 2\\^31 - 1 levels"):
+        codec.encode(f64, x)

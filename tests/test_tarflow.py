@@ -248,9 +248,14 @@ def test_flowforge_train_tarflow_on_digits(tmp_path, capsys):
         assert main(["sample", str(out), "-n", "4", "--out", str(png), "--inverse", inverse]) == 0
     assert (out / "model.ff").exists()
     capsys.readouterr()
-    assert main(["sample", str(out), "--out", str(tmp_path / "t.png"), "--tol", "0"]) != 0
+    for bad in ("0", "nan", "inf", "1e300", "-1"):
+        assert main(["sample", str(out), "--out", str(tmp_path / "t.png"), "--tol", bad]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--tol must be a number in (0, 1)" in err[0]
+    args = ["sample", str(out), "--out", str(tmp_path / "t.png"), "--inverse", "sequential"]
+    assert main([*args, "--tol", "1e-3"]) != 0  # the exact inverse has no tolerance to set
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--tol must be positive" in err[0]
+    assert len(err) == 1 and "the sequential inverse is exact" in err[0]
 
 
 @pytest.mark.parametrize("parallel_faster", [True, False])

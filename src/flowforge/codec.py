@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .core import exact_levels
 from .models import registry
 from .models.integer import IntegerFlow
 from .transforms.integer import DiscretizedLogisticMixture
@@ -254,6 +255,13 @@ def _check_flow(flow) -> None:
                 f"the codec codes unconditional integer flows; this one is conditional "
                 f"(context_features={flow.context_features}) and a .ffz file holds no context"
             )
+        if flow.levels >= 2**31:  # the header's levels field, the int32 data checksum
+            raise CodecError(f"the codec codes at most 2^31 - 1 levels, got {flow.levels:,}")
+        try:  # a float32 flow cannot tell more than 2^23 integers apart: no table would decode
+            exact_levels(flow.levels, next(flow.parameters()).dtype)
+        except (ValueError, StopIteration) as e:
+            if isinstance(e, ValueError):
+                raise CodecError(str(e)) from None
         return
     if getattr(flow, "dequantizer", None) is not None:
         raise CodecError(

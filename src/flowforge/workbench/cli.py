@@ -301,8 +301,14 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
     if not args.temperature > 0:
         raise WorkbenchError(f"--temperature must be positive, got {args.temperature}")
-    if not args.tol > 0:
-        raise WorkbenchError(f"--tol must be positive, got {args.tol}")
+    if args.tol is not None and args.inverse == "sequential":
+        raise WorkbenchError(
+            "--tol is the parallel inverse's tolerance; the sequential inverse is exact: use "
+            "--inverse parallel or auto, or drop --tol"
+        )
+    tol = 1e-4 if args.tol is None else args.tol
+    if not 0 < tol < 1:  # (NaN too) at 1 and above, one sweep would pass for converged
+        raise WorkbenchError(f"--tol must be a number in (0, 1), got {tol}")
     cfg = run_config(args.run)
     context, what, given = sample_context(cfg, args.label, args.context)
     flow = load_run(args.run)
@@ -316,7 +322,7 @@ def cmd_sample(args) -> int:
                 f"--inverse {args.inverse} sets how autoregressive layers (MAF, NSF-AR, TarFlow) "
                 "invert; this run's model has none"
             )
-        set_inverse(flow, args.inverse, tol=args.tol)
+        set_inverse(flow, args.inverse, tol=tol)
     ode, used = _ode_solver(flow, args.ode_method, args.ode_steps, args.ode_tol), None
     with ode:  # checks the solver's settings (one line if wrong) before sampling
         x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
@@ -675,7 +681,12 @@ def make_parser() -> argparse.ArgumentParser:
         "'parallel' always uses Jacobi sweeps; the sweeps stop at --tol and fall back to the "
         "exact inverse when they do not reach it",
     )
-    s.add_argument("--tol", type=float, default=1e-4, help="tolerance of the parallel inverse")
+    s.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="tolerance of the parallel inverse, in (0, 1) (default 1e-4)",
+    )
     s.add_argument(
         "--ode-method",
         help="continuous flows (cnf, ffjord): the ODE solver, e.g. dopri5 (adaptive) or rk4, "
