@@ -151,11 +151,12 @@ def test_a_compile_failure_in_the_backward_pass_redoes_the_step_eagerly(monkeypa
 
         return call
 
-    x = _data()
+    # discrete data: the step draws dequantization noise, which the redo must draw again
+    x = torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0))
     losses = {}
     for broken in (False, True):
         torch.manual_seed(0)
-        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=None)
+        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4)
         cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": broken}
         if broken:
             monkeypatch.setattr(torch, "compile", compile_whose_backward_fails)
@@ -166,6 +167,39 @@ def test_a_compile_failure_in_the_backward_pass_redoes_the_step_eagerly(monkeypa
             failed = [w for w in tr.warnings if "compiling failed" in w]
             assert len(failed) == 1 and "the backward graph did not compile" in failed[0]
     assert losses[True] == losses[False]  # the same steps, eagerly, from the same state
+
+
+def test_an_error_the_eager_model_raises_too_is_the_runs_not_a_compile_failure(monkeypatch):
+    def compile_that_fails(model, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("the compiled graph failed")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))
+    x = _data()
+    cfg = {"epochs": 1, "batch_size": 16, "tensorboard": False, "compile": True}
+    tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
+    monkeypatch.setattr(tr, "objective", _Raising(tr.objective), raising=False)
+    with pytest.raises(ValueError, match="the data's own error"):
+        tr.fit()
+    assert not any("compiling failed" in w for w in tr.warnings)
+
+
+class _Raising:
+    """An objective whose eager loss raises, as bad data would."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def loss(self, trainer, model, x, context):
+        if torch.is_grad_enabled():  # a training step (not the no-grad initialisation)
+            raise ValueError("the data's own error")
+        return self.inner.loss(trainer, model, x, context)
 
 
 @needs_compiler

@@ -223,3 +223,29 @@ def test_an_average_longer_than_the_run_is_warned_about():
     tr = Trainer(_flow(), x, x[:16], cfg, progress=False, echo=False)
     tr.fit()
     assert not [w for w in tr.warnings if "train.ema" in w]
+
+
+def test_a_model_without_a_config_resumes_though_it_writes_no_model_file(tmp_path):
+    # the trainer writes model.ff only for a flow with a config (a builder's); a hand-built one
+    # keeps its best weights in the checkpoint's run, and resuming must not ask for the file
+    import flowforge as ff
+    from flowforge.workbench import Trainer
+
+    def flow():
+        torch.manual_seed(0)
+        from flowforge.nets import MLP
+
+        net = lambda i, o: MLP(i, o, hidden=(4,))  # noqa: E731
+        t = ff.Compose(
+            ff.transforms.Coupling(ff.transforms.half_mask(2), net, ff.transforms.Affine())
+        )
+        return ff.Flow(t, ff.distributions.StandardNormal((2,)))
+
+    x = torch.randn(64, 2)
+    cfg = {"epochs": 1, "batch_size": 16, "tensorboard": False}
+    first = flow()
+    assert getattr(first, "config", None) is None
+    Trainer(first, x, x[:16], cfg, out=tmp_path, progress=False, echo=False).fit()
+    assert not (tmp_path / "model.ff").exists() and (tmp_path / "checkpoint.safetensors").exists()
+    tr = Trainer(flow(), x, x[:16], cfg, out=tmp_path, progress=False, echo=False)
+    assert tr.fit(resume=True)["status"] == "finished"  # (no "model.ff is missing")

@@ -149,7 +149,7 @@ def _train_overrides(args) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = _parse_scalar(value)
         if parts[0] == "train" and len(parts) == 2 and parts[1] in tr:
-            if tr[parts[1]] != node[parts[-1]]:  # two flags that disagree: neither wins quietly
+            if tr[parts[1]] != node[parts[-1]]:  # a train flag and its --set: neither wins quietly
                 raise WorkbenchError(
                     f"--set {key.strip()}={value.strip()} contradicts the "
                     f"--{parts[1].replace('_', '-')} flag "

@@ -962,9 +962,8 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
 """
     final = run / REPORT_DIR
     final.mkdir(exist_ok=True)
-    ours = (*REPORT_FIGURES, "classes_")
     for f in final.iterdir():  # an earlier report's figures that this one has not made
-        if f.is_file() and f.name.startswith(ours) and not (figdir / f.name).exists():
+        if f.is_file() and f.name.startswith(REPORT_FIGURES) and not (figdir / f.name).exists():
             f.unlink()
     for f in figdir.iterdir():
         os.replace(f, final / f.name)

@@ -63,7 +63,7 @@ REPORT_DIR, TB_DIR = "report", "tb"
 # the names of the figures flowforge report writes (what --overwrite removes from report/)
 REPORT_FIGURES = (
     "curves", "samples", "nearest", "density", "latent", "table", "marginals", "pairs",
-    "correlations", "contexts",
+    "correlations", "contexts", "classes_",
 )  # fmt: skip
 MAX_CONFIG_BYTES = 16 << 20
 
@@ -233,7 +233,7 @@ def remove_orphans(out: Path) -> None:
             if any(n.split(".")[0] == base for n in RUN_FILES):
                 f.unlink(missing_ok=True)
         elif f.name.startswith(".report-") and f.name.endswith(".tmp") and f.is_dir():
-            _ours_in(f, (*REPORT_FIGURES, "classes_"))  # a killed report's figures
+            _ours_in(f, REPORT_FIGURES)  # a killed report's figures
 
 
 class RunLock:

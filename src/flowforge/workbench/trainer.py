@@ -816,6 +816,7 @@ class Trainer:
             if (
                 self.out is not None
                 and self.best_epoch >= 0
+                and getattr(self.eval_model, "config", None) is not None  # (it writes one)
                 and not (self.out / MODEL_FILE).is_file()
             ):
                 # the best weights live only in model.ff: without it the run would end by
@@ -1017,20 +1018,26 @@ class Trainer:
         same random state, as is the rest of the run. An error the eager model raises too is
         the run's."""
         first = self._compile_time is None
+        cuda = self.device.type == "cuda" and self._eager_model is not None
+        cuda_rng = torch.cuda.get_rng_state(self.device) if cuda else None
         t0 = time.perf_counter()
         try:
             loss = self._loss_and_backward(self._step_model, xb, cb)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why
+        except Exception as e:  # noqa: BLE001 - a compiler failure: redo eagerly, say why
             if self._eager_model is None:
                 raise
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            # an error the eager model raises too is the run's (no word of compiling then)
+            loss = self._loss_and_backward(self._eager_model, xb, cb)
             self._warn(
                 f"train.compile: compiling failed ({type(e).__name__}: "
                 f"{(str(e).strip().splitlines() or [''])[0]}); "
                 "training continues without compiling"
             )
             self._step_model, self._eager_model = self._eager_model, None
-            torch.set_rng_state(rng)
-            return self._loss_and_backward(self._step_model, xb, cb)
+            return loss
         if first:
             from ..transforms import splines
 
