@@ -110,14 +110,20 @@ def test_trainer_compile_with_flow_matching_compiles_the_velocity_network(tmp_pa
     assert runs[True] == pytest.approx(runs[False], rel=1e-4, abs=1e-5)
 
 
-def test_trainer_compile_falls_back_to_eager_with_a_warning(monkeypatch):
-    def broken(model, *args, **kwargs):
+def _compiler_that_fails(message: str):
+    """A stand-in for ``torch.compile`` whose compiled model raises ``message`` when called."""
+
+    def compile_(model, *args, **kwargs):
         def call(*a, **k):
-            raise RuntimeError("no C++ compiler\nmore detail")
+            raise RuntimeError(message)
 
         return call
 
-    monkeypatch.setattr(torch, "compile", broken)
+    return compile_
+
+
+def test_trainer_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    monkeypatch.setattr(torch, "compile", _compiler_that_fails("no C++ compiler\nmore detail"))
     torch.manual_seed(0)
     flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))
     x = _data()
@@ -170,13 +176,7 @@ def test_a_compile_failure_in_the_backward_pass_redoes_the_step_eagerly(monkeypa
 
 
 def test_an_error_the_eager_model_raises_too_is_the_runs_not_a_compile_failure(monkeypatch):
-    def compile_that_fails(model, *args, **kwargs):
-        def call(*a, **k):
-            raise RuntimeError("the compiled graph failed")
-
-        return call
-
-    monkeypatch.setattr(torch, "compile", compile_that_fails)
+    monkeypatch.setattr(torch, "compile", _compiler_that_fails("the compiled graph failed"))
     flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))
     x = _data()
     cfg = {"epochs": 1, "batch_size": 16, "tensorboard": False, "compile": True}
