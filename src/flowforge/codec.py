@@ -258,10 +258,9 @@ def _check_flow(flow) -> None:
         if flow.levels >= 2**31:  # the header's levels field, the int32 data checksum
             raise CodecError(f"the codec codes at most 2^31 - 1 levels, got {flow.levels:,}")
         try:  # a float32 flow cannot tell more than 2^23 integers apart: no table would decode
-            exact_levels(flow.levels, next(flow.parameters()).dtype)
-        except (ValueError, StopIteration) as e:
-            if isinstance(e, ValueError):
-                raise CodecError(str(e)) from None
+            exact_levels(flow.levels, flow.dtype)
+        except ValueError as e:
+            raise CodecError(str(e)) from None
         return
     if getattr(flow, "dequantizer", None) is not None:
         raise CodecError(

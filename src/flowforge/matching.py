@@ -526,9 +526,11 @@ def log_likelihood(
             "exactly: with Hutchinson's estimate the log of the mean weight comes out too high "
             "(an optimistic number, not a bound); use trace='exact'"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
-    if batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
         raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
     batch_size = int(batch_size)
     x, context, batch = flow._prepare(x, context)

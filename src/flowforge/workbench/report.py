@@ -554,7 +554,6 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
         figs.append(("The most dependent pairs of columns: data vs samples", "report/pairs.png"))
         n_rows = min(len(data), len(samples))
         if n_rows < 3:  # a correlation of 2 rows is always +-1
-            (figdir / "correlations.png").unlink(missing_ok=True)  # an earlier report's
             why = f"n/a (only {_count(n_rows, 'row')} to correlate; at least 3 needed)"
             facts.append(("largest correlation difference (samples - data)", why))
         else:
