@@ -3,10 +3,11 @@
 ``benchmarks/floor.py`` times a model's conditioner networks alone; the issue's target is 0.9
 of that floor for every model. A spline flow also has to evaluate its splines, and a
 rational-quadratic spline of ``K`` bins costs per transformed entry ``2K`` exponentials (the
-softmaxes of the bin widths and heights), ``K - 1`` softplus (the knot slopes) and three
-logarithms (the log-derivative), whatever the implementation. This script times, at the shapes
-the benchmark's NSFs see (digits, 4 layers, hidden 128, 8 bins; training batch 256,
-``log_prob`` batch 1,024; one thread):
+softmaxes of the bin widths and heights), two softplus (the slopes of the entry's bin's two
+knots) and two logarithms (the log-derivative), whatever the implementation (until 2026-12-06
+flowforge's spline took the softplus of all ``K - 1`` interior slopes, and three logarithms).
+This script times, at the shapes the benchmark's NSFs see (digits, 4 layers, hidden 128, 8
+bins; training batch 256, ``log_prob`` batch 1,024; one thread):
 
 - ``floor``: the conditioners alone (training step with Adam; ``log_prob`` without grad);
 - ``eager``: flowforge's spline (``rational_quadratic``), forward without grad, and forward
@@ -61,29 +62,31 @@ def fused_rq(x, params, bound: float, min_size: float = 1e-3, min_derivative: fl
 
     widths, heights = sizes(u[:k]), sizes(u[k : 2 * k])
     shift = math.log(math.expm1(1 - min_derivative))
-    slopes = [min_derivative + F.softplus(v.clamp(max=1e4) + shift) for v in u[2 * k :]]
+    slopes = u[2 * k :]  # logits: the softplus runs on the bin's two only
     inside = (x >= -bound) & (x <= bound)
     xc = x.clamp(-bound, bound)
     one = torch.ones_like(xc)
     x0 = y0 = cx = cy = -bound * one
-    w, h, d0, d1 = widths[0], heights[0], one, slopes[0]
+    w, h, u0, u1 = widths[0], heights[0], slopes[0], slopes[0]
+    first = last = None
     for j in range(1, k):  # the input's bin: the last knot at or below it
         cx, cy = cx + widths[j - 1], cy + heights[j - 1]
         sel = xc >= cx
         x0, y0 = torch.where(sel, cx, x0), torch.where(sel, cy, y0)
         w, h = torch.where(sel, widths[j], w), torch.where(sel, heights[j], h)
-        d0 = torch.where(sel, slopes[j - 1], d0)
-        d1 = torch.where(sel, slopes[j] if j < k - 1 else one, d1)
+        u0 = torch.where(sel, slopes[j - 1], u0)
+        if j < k - 1:
+            u1 = torch.where(sel, slopes[j], u1)
+        first = ~sel if j == 1 else first
+        last = sel if j == k - 1 else last
+    d0 = torch.where(first, 1.0, min_derivative + F.softplus(u0.clamp(max=1e4) + shift))
+    d1 = torch.where(last, 1.0, min_derivative + F.softplus(u1.clamp(max=1e4) + shift))
     s = h / w
     xi = ((xc - x0) / w).clamp(0, 1)
     t = xi * (1 - xi)
     den = s + (d1 + d0 - 2 * s) * t
     y = (y0 + h * (s * xi * xi + d0 * t) / den).clamp(-bound, bound)
-    ladj = (
-        2 * torch.log(s)
-        + torch.log(d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi))
-        - 2 * torch.log(den)
-    )
+    ladj = 2 * torch.log(s / den) + torch.log(d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi))
     return torch.where(inside, y, x), torch.where(inside, ladj, torch.zeros_like(ladj))
 
 
@@ -118,8 +121,8 @@ def spline_times(batch: int, entries: int, bins: int, bound: float, calls: int) 
         difference = max((r - g).abs().max().item() for r, g in zip(ref, got))
         n = batch * entries
         u = torch.randn(n * 2 * bins)
-        v = torch.randn(n * (bins - 1))
-        w = torch.rand(n * 3) + 0.5
+        v = torch.randn(n * 2)
+        w = torch.rand(n * 2) + 0.5
 
         def transcendentals():
             torch.exp(u)

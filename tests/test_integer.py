@@ -4,6 +4,7 @@ sums to one, the .ffz file and every way a file or an input can be wrong."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import struct
@@ -226,8 +227,41 @@ def test_a_damaged_payload_with_a_matching_crc_is_still_caught():
     payload = bytearray(blob[h.size :])
     payload[0] ^= 0xFF
     forged = _reheader(blob, payload_crc=zlib.crc32(bytes(payload)))[: h.size] + bytes(payload)
-    with pytest.raises(codec.CodecError, match="corrupt"):
+    with pytest.raises(codec.CodecError, match="corrupt") as e:
         codec.decode(flow, forged)
+    assert "kernels" not in str(e.value)  # the file records its kernels: they are not the cause
+    # the same damage in a file written before the kernels were recorded: they may be the cause
+    old = codec._environment_key(torch.float32, None)
+    with pytest.raises(codec.CodecError, match="corrupt .* does not record the CPU kernels"):
+        codec.decode(flow, _reheader(forged, environment=old))
+
+
+def test_files_written_with_other_cpu_kernels_name_them():
+    """The same torch computes with AVX2 or AVX-512 kernels by the CPU (MKL's matrix products
+    round differently), so a file records them, and one written with others names the setting
+    that decodes it."""
+    flow = tiny_idf()
+    blob = codec.encode(flow, data(10))
+    here = codec.kernels()
+    assert len(here) == 2 and all(isinstance(k, str) and k for k in here)
+    assert codec.read_header(blob).environment == codec.environment(flow)
+    other = ("AVX2", "AVX2") if here != ("AVX2", "AVX2") else ("AVX512", "AVX512_E1")
+    env = codec._environment_key(torch.float32, other)
+    setting = f"ATEN_CPU_CAPABILITY={other[0].lower()} MKL_CBWR={other[1]}"
+    with pytest.raises(codec.CodecError, match=f"other CPU kernels .*{setting}"):
+        codec.decode(flow, _reheader(blob, environment=env))
+    assert torch.equal(codec.decode(flow, _reheader(blob, environment=env), force=True), data(10))
+    # a file written before the kernels were recorded is decoded as it comes
+    old = _reheader(blob, environment=codec._environment_key(torch.float32, None))
+    assert torch.equal(codec.decode(flow, old), data(10))
+    # the bits-back coder's files likewise
+    vflow = ff.models.RealNVP(features=4, layers=2, hidden=(8,), levels=5).eval()
+    x = torch.randint(0, 5, (6, 4))
+    bb = codec.encode(vflow, x)
+    h = codec.read_header(bb)
+    forged = dataclasses.replace(h, environment=env).pack() + bb[h.size :]
+    with pytest.raises(codec.CodecError, match=f"other CPU kernels .*{setting}"):
+        codec.decode(vflow, forged)
 
 
 def test_encode_errors():

@@ -164,3 +164,28 @@ def test_the_graph_free_path_gives_the_same_bits(dtype, inverse, bins):
         y0, l0 = rational_quadratic(x, p, inverse=inverse, bound=3.0)
     y1, l1 = rational_quadratic(x, p.clone().requires_grad_(), inverse=inverse, bound=3.0)
     assert torch.equal(y0, y1.detach()) and torch.equal(l0, l1.detach())
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("bins", [2, 3, 8])
+def test_the_coders_order_of_operations_gives_the_same_spline(inverse, bins):
+    # eagerly the softplus runs on the bin's two slopes and the log-derivative takes two
+    # logarithms; the coder's arithmetic (and a compiled graph) takes the softplus of every
+    # slope and three logarithms: the same function, to rounding, in either path, at the
+    # knots, the outer bins and the tails
+    torch.manual_seed(bins)
+    x = torch.randn(64, 6, dtype=torch.float64) * 2.5
+    x[0, :4] = torch.tensor([-3.0, 3.0, 0.0, -2.999], dtype=torch.float64)
+    p = torch.randn(64, 6, 3 * bins - 1, dtype=torch.float64) * 3
+    for grad in (False, True):
+        q = p.clone().requires_grad_(grad)
+        y0, l0 = rational_quadratic(x, q, inverse=inverse, bound=3.0)
+        y1, l1 = rational_quadratic(x, q, inverse=inverse, bound=3.0, coder_arithmetic=True)
+        assert torch.allclose(y0, y1, rtol=1e-14, atol=1e-14)
+        assert torch.allclose(l0, l1, rtol=1e-12, atol=1e-12)
+        if grad:
+            g0 = torch.autograd.grad(y0.sum() + l0.sum(), q)[0]
+            g1 = torch.autograd.grad(y1.sum() + l1.sum(), q)[0]
+            assert torch.allclose(g0, g1, rtol=1e-10, atol=1e-12)
+    rq = RationalQuadratic(bins=bins)
+    assert rq.coder_arithmetic is False  # the default is the eager fast path

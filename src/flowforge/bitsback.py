@@ -675,6 +675,7 @@ def _copy64(flow: Flow) -> Flow:
             m.sigmoid_clamp = False
         elif isinstance(m, RationalQuadratic):
             m.compiled = False  # the eager spline (a compiled one rounds differently)
+            m.coder_arithmetic = True  # in the order files were always written with
     return f
 
 
@@ -867,11 +868,7 @@ def decode(flow: Flow, data: bytes, force: bool = False) -> Tensor:
             f"takes shape {tuple(flow.event_shape)} with {levels} levels"
         )
     codec.check_model(h.model_hash, flow)
-    if h.environment != codec.environment(flow) and not force:
-        raise codec.CodecError(
-            "this file was made in another environment (torch version, platform or dtype); "
-            "its coder parameters may differ here: pass force=True (--force) to try anyway"
-        )
+    codec.check_environment(h.environment, flow, force, "coder parameters")
     if _DEQ.get(type(flow.dequantizer)) != h.dequantization:
         have = _DEQ_NAMES.get(_DEQ.get(type(flow.dequantizer)), type(flow.dequantizer).__name__)
         raise codec.CodecError(

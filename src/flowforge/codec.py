@@ -19,9 +19,10 @@ The decoder rebuilds the same tables from the same inputs, decodes ``z``, and in
 Determinism: the networks run in the flow's dtype on the CPU with ``threads`` torch threads
 (recorded in the file) and the same chunk shape as the encoder, so encoder and decoder compute
 bit-identical tables on the same machine and software. The file records a fingerprint of the
-environment (torch version, platform, dtype); :func:`decode` refuses a file from another
-environment unless ``force=True``. :func:`encode` decodes its own output before returning it
-(``verify=True``) and fails loudly rather than hand back a file that would not decode.
+environment (torch version, platform, dtype, and the CPU kernels: :func:`kernels`);
+:func:`decode` refuses a file from another environment unless ``force=True``. :func:`encode`
+decodes its own output before returning it (``verify=True``) and fails loudly rather than hand
+back a file that would not decode.
 
 File format (``.ffz``, little-endian), see ``docs/compression.md``::
 
@@ -34,9 +35,12 @@ File format (``.ffz``, little-endian), see ``docs/compression.md``::
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import json
 import math
+import os
 import platform
 import struct
 import zlib
@@ -59,6 +63,7 @@ __all__ = [
     "read_header",
     "model_hash",
     "environment",
+    "kernels",
     "ideal_bits",
     "MAGIC",
     "VERSION",
@@ -226,11 +231,97 @@ def check_model(file_hash: bytes, flow: torch.nn.Module) -> None:
         )
 
 
-def environment(flow: torch.nn.Module) -> int:
-    """CRC32 of what the float computations depend on: torch version, machine, OS, dtype."""
-    dtype = next((p.dtype for p in flow.parameters()), torch.float32)
+# MKL's code paths (mkl_cbwr.h), by the number MKL reports and the name MKL_CBWR takes
+_MKL_BRANCHES = {
+    2: "COMPATIBLE", 3: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX", 10: "AVX2",
+    11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1",
+}  # fmt: skip
+# torch's vectorised kernels, as torch.backends.cpu.get_cpu_capability() names them
+_TORCH_KERNELS = ("DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256")
+
+
+@functools.cache
+def _mkl_branch() -> str:
+    """The code path MKL's matrix products take in this process (fixed when MKL first runs:
+    the ``MKL_CBWR`` environment variable, or else the best the CPU has), or "none" where
+    torch has no MKL."""
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        branch = lib.mkl_serv_cbwr_get(1)  # 1: MKL_CBWR_BRANCH; it answers 1 for "auto"
+        if branch == 1:
+            branch = lib.mkl_serv_cbwr_get_auto_branch()
+    except (OSError, AttributeError):
+        return "none"
+    return _MKL_BRANCHES.get(branch, str(branch))
+
+
+def kernels() -> tuple[str, str]:
+    """The CPU kernels this process computes with: torch's vectorised kernels
+    (``ATEN_CPU_CAPABILITY``) and MKL's code path for matrix products (``MKL_CBWR``). The same
+    torch rounds differently with other kernels (an AVX-512 matrix product is not an AVX2 one),
+    so a coded file decodes only with the kernels it was written with."""
+    return torch.backends.cpu.get_cpu_capability(), _mkl_branch()
+
+
+def _environment_key(dtype, kernels: tuple[str, str] | None) -> int:
     key = f"torch {torch.__version__}|{platform.machine()}|{platform.system()}|{dtype}"
+    if kernels is not None:  # None: the key of files written before the kernels were in it
+        key += f"|kernels {kernels[0]}|mkl {kernels[1]}"
     return zlib.crc32(key.encode())
+
+
+def _dtype(flow: torch.nn.Module):
+    return next((p.dtype for p in flow.parameters()), torch.float32)
+
+
+def environment(flow: torch.nn.Module) -> int:
+    """CRC32 of what the float computations depend on: torch version, machine, OS, dtype and
+    the CPU kernels (:func:`kernels`)."""
+    return _environment_key(_dtype(flow), kernels())
+
+
+def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: str) -> None:
+    """Refuse (a :class:`CodecError`, unless ``force``) a file whose recorded environment is
+    not this one's, naming the kernels to decode it with where only they differ. A file
+    written before the kernels were recorded is taken as it comes."""
+    dtype = _dtype(flow)
+    if force or recorded in (environment(flow), _environment_key(dtype, None)):
+        return
+    here = kernels()
+    for cap in _TORCH_KERNELS:
+        for mkl in ("none", *_MKL_BRANCHES.values()):
+            if recorded != _environment_key(dtype, (cap, mkl)):
+                continue
+            setting = f"ATEN_CPU_CAPABILITY={cap.lower()}" + (
+                f" MKL_CBWR={mkl}" if mkl != "none" else ""
+            )
+            raise CodecError(
+                f"this file was written with other CPU kernels (torch {cap}, MKL {mkl}; here "
+                f"torch {here[0]}, MKL {here[1]}), which round differently: decode it in a "
+                f"process started with {setting} set (`{setting} flowforge decompress ...`), or "
+                "pass force=True (--force) to try anyway"
+            )
+    raise CodecError(
+        "this file was made in another environment (torch version, platform or dtype); "
+        f"its {what} may differ here: pass force=True (--force) to try anyway"
+    )
+
+
+LEGACY_HINT = (
+    "; the file does not record the CPU kernels it was written with (flowforge before "
+    "2026-12-06): if it was written on another machine, decode it in a process started with "
+    "that machine's kernels, e.g. ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2"
+)
+
+
+def _legacy_environment(flow: torch.nn.Module, data) -> bool:
+    """Whether ``data``'s header has the environment key of a file written before the kernels
+    were recorded (and not also this environment's)."""
+    try:
+        recorded = read_header(data).environment
+    except CodecError:
+        return False
+    return recorded == _environment_key(_dtype(flow), None)
 
 
 @contextlib.contextmanager
@@ -630,8 +721,17 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
 
     Returns an int64 tensor of shape ``(count, *flow.event_shape)``. Raises
     :class:`CodecError` for a corrupt, truncated or foreign file, another model, or (unless
-    ``force``) another environment.
+    ``force``) another environment, CPU kernels included (:func:`kernels`).
     """
+    try:
+        return _decode(flow, data, force)
+    except CodecError as e:  # a file without kernels that fails to decode: say what may be why
+        if "decod" in str(e) and _legacy_environment(flow, data):
+            raise CodecError(f"{e}{LEGACY_HINT}") from None
+        raise
+
+
+def _decode(flow, data: bytes, force: bool) -> Tensor:
     if _version(data) == 2 or _bits_back(flow):
         from . import bitsback
 
@@ -660,11 +760,7 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
             f"takes shape {tuple(flow.event_shape)} with {flow.levels} levels"
         )
     check_model(h.model_hash, flow)
-    if h.environment != environment(flow) and not force:
-        raise CodecError(
-            "this file was made in another environment (torch version, platform or dtype); "
-            "its tables may differ here: pass force=True (--force) to try anyway"
-        )
+    check_environment(h.environment, flow, force, "tables")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     coder = _coder(stack, words)
     categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)

@@ -62,17 +62,25 @@ def rational_quadratic(
     min_width: float = 1e-3,
     min_height: float = 1e-3,
     min_derivative: float = 1e-3,
+    coder_arithmetic: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The spline (or its inverse) applied elementwise; returns ``(y, elementwise ladj)``.
 
     ``x``: any shape; ``params``: ``(*x.shape, 3K - 1)``. Inputs outside ``[-bound, bound]``
     pass through unchanged with ``ladj = 0``. See the module docstring.
+
+    ``coder_arithmetic``: the operations in the order the bits-back coder's files were written
+    with, which must not change from one version to the next (a file decodes only if every
+    value rounds as it did): the softplus of every knot's slope before the bin's two are
+    picked, and the log-derivative in three logarithms. The same values to rounding, 1.1-1.3x
+    slower than the default, which computes the softplus of the two slopes only.
     """
     k = (params.shape[-1] + 1) // 3
     if x.dim() < 2:  # one example axis: a length-1 entry axis for the layout below
         y, ladj = rational_quadratic(
             x.reshape(-1, 1), params.reshape(-1, 1, params.shape[-1]), inverse=inverse,
             bound=bound, min_width=min_width, min_height=min_height, min_derivative=min_derivative,
+            coder_arithmetic=coder_arithmetic,
         )  # fmt: skip
         return y.reshape(x.shape), ladj.reshape(x.shape)
     # Bins-second layout, (B, 3K - 1, *x.shape[1:]): the softmax and the sums over the K bins
@@ -84,8 +92,6 @@ def rational_quadratic(
     uw, uh, ud = params.movedim(-1, 1).split([k, k, k - 1], 1)
     widths = _sizes(uw, bound, min_width)
     heights = _sizes(uh, bound, min_height)
-    shift = math.log(math.expm1(1 - min_derivative))
-    d_in = min_derivative + F.softplus(ud.clamp(max=1e4) + shift)  # interior knots' slopes
 
     inside = (x >= -bound) & (x <= bound)
     xc = x.clamp(-bound, bound)  # tails are computed on a safe stand-in, then discarded
@@ -99,19 +105,40 @@ def rational_quadratic(
         below = (bins < idx).to(params.dtype)  # the bins left of the input's bin
     x0 = (below * widths).sum(1) - bound
     y0 = (below * heights).sum(1) - bound
-    # the bin's size and its knots' slopes (the two outer knots have slope 1, the tails'): a
-    # one-hot sum adds exact zeros to the picked value, so it equals a gather bit for bit;
-    # the one-hot form is cheaper to differentiate, the gather cheaper without a graph
-    if torch.is_grad_enabled() and (params.requires_grad or x.requires_grad):
+    shift = math.log(math.expm1(1 - min_derivative))
+
+    def slope(u: Tensor) -> Tensor:
+        return min_derivative + F.softplus(u.clamp(max=1e4) + shift)
+
+    # Only the bin's two slopes enter the map, so eagerly the softplus runs on those two, not
+    # on all K - 1 interior knots (5-15% faster). The coder's arithmetic takes it on all, then
+    # picks (the order its files were written with), and so does a compiled graph: inductor
+    # fuses it into the one-hot sums, and differentiates that 10-15% faster.
+    every_slope = coder_arithmetic or torch.compiler.is_compiling()
+    if every_slope:
+        ud = slope(ud)
+    # the bin's size and its knots' slopes: a one-hot sum adds exact zeros to the picked
+    # value, so it equals a gather bit for bit; the one-hot form is cheaper to differentiate,
+    # the gather cheaper without a graph
+    grad = torch.is_grad_enabled() and (params.requires_grad or x.requires_grad)
+    if grad:
         with torch.no_grad():
             this = (bins == idx).to(params.dtype)  # the input's bin
         w, h = (this * widths).sum(1), (this * heights).sum(1)
-        d0 = (this[:, 1:] * d_in).sum(1) + this[:, 0]
-        d1 = (this[:, :-1] * d_in).sum(1) + this[:, -1]
+        d0, d1 = (this[:, 1:] * ud).sum(1), (this[:, :-1] * ud).sum(1)
     else:
         w, h = widths.gather(1, idx).squeeze(1), heights.gather(1, idx).squeeze(1)
-        d0 = torch.where(idx == 0, 1.0, d_in.gather(1, (idx - 1).clamp(min=0))).squeeze(1)
-        d1 = torch.where(idx == k - 1, 1.0, d_in.gather(1, idx.clamp(max=k - 2))).squeeze(1)
+        d0 = ud.gather(1, (idx - 1).clamp(min=0)).squeeze(1)
+        d1 = ud.gather(1, idx.clamp(max=k - 2)).squeeze(1)
+    if not every_slope:
+        d0, d1 = slope(d0), slope(d1)
+    # the two outer knots have slope 1, the tails' (where the one-hot sum is 0, so that adding
+    # the one-hot's end is exact: the form a compiled graph differentiates fastest)
+    if grad and every_slope:
+        d0, d1 = d0 + this[:, 0], d1 + this[:, -1]
+    else:
+        idx = idx.squeeze(1)
+        d0, d1 = torch.where(idx == 0, 1.0, d0), torch.where(idx == k - 1, 1.0, d1)
     s = h / w
     if not inverse:
         xi = ((xc - x0) / w).clamp(0, 1)
@@ -129,12 +156,13 @@ def rational_quadratic(
         t = xi * (1 - xi)
         den = s + c2 * t
         y = x0 + xi * w
-    # log of s^2 (d1 xi^2 + 2 s t + d0 (1 - xi)^2) / den^2, without forming squares of d
-    ladj = (
-        2 * torch.log(s)
-        + torch.log(d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi))
-        - 2 * torch.log(den)
-    )
+    # log of s^2 num / den^2, without forming squares that could overflow: eagerly in two
+    # logarithms (den >= s / 2 as t <= 1/4, so s / den lies in (0, 2]), else in three
+    num = d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi)
+    if every_slope:
+        ladj = 2 * torch.log(s) + torch.log(num) - 2 * torch.log(den)
+    else:
+        ladj = 2 * torch.log(s / den) + torch.log(num)
     if inverse:
         ladj = -ladj
     y = y.clamp(-bound, bound)  # x_k + w may round one ulp past the last knot
@@ -231,6 +259,7 @@ class RationalQuadratic(Transformer):
         self.params_per_dim = 3 * self.bins - 1
 
     compiled = False  # evaluate through torch.compile (opt-in; the class or one layer)
+    coder_arithmetic = False  # rational_quadratic's; the bits-back coder sets it on its copy
 
     def _spline(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         options = dict(
@@ -239,6 +268,7 @@ class RationalQuadratic(Transformer):
             min_width=self.min_width,
             min_height=self.min_height,
             min_derivative=self.min_derivative,
+            coder_arithmetic=self.coder_arithmetic,
         )
         if (
             self.compiled
