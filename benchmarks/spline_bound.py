@@ -45,7 +45,9 @@ from flowforge.transforms.splines import rational_quadratic
 def fused_rq(x, params, bound: float, min_size: float = 1e-3, min_derivative: float = 1e-3):
     """The forward spline with every operation elementwise over ``x`` (bins unrolled), the
     same function as ``rational_quadratic(x, params)`` (checked in :func:`main`) for
-    ``x`` of shape ``(B, E)`` and parameters in the bins-second layout ``(B, 3K - 1, E)``."""
+    ``x`` of shape ``(B, E)`` and parameters in the bins-second layout ``(B, 3K - 1, E)``.
+    The softplus of every slope and three logarithms: compiled, faster than the softplus of
+    the bin's two slopes and two logarithms (which the eager spline takes)."""
     k = (params.shape[1] + 1) // 3
     u = params.unbind(1)
 
@@ -62,31 +64,29 @@ def fused_rq(x, params, bound: float, min_size: float = 1e-3, min_derivative: fl
 
     widths, heights = sizes(u[:k]), sizes(u[k : 2 * k])
     shift = math.log(math.expm1(1 - min_derivative))
-    slopes = u[2 * k :]  # logits: the softplus runs on the bin's two only
+    slopes = [min_derivative + F.softplus(v.clamp(max=1e4) + shift) for v in u[2 * k :]]
     inside = (x >= -bound) & (x <= bound)
     xc = x.clamp(-bound, bound)
     one = torch.ones_like(xc)
     x0 = y0 = cx = cy = -bound * one
-    w, h, u0, u1 = widths[0], heights[0], slopes[0], slopes[0]
-    first = last = None
+    w, h, d0, d1 = widths[0], heights[0], one, slopes[0]
     for j in range(1, k):  # the input's bin: the last knot at or below it
         cx, cy = cx + widths[j - 1], cy + heights[j - 1]
         sel = xc >= cx
         x0, y0 = torch.where(sel, cx, x0), torch.where(sel, cy, y0)
         w, h = torch.where(sel, widths[j], w), torch.where(sel, heights[j], h)
-        u0 = torch.where(sel, slopes[j - 1], u0)
-        if j < k - 1:
-            u1 = torch.where(sel, slopes[j], u1)
-        first = ~sel if j == 1 else first
-        last = sel if j == k - 1 else last
-    d0 = torch.where(first, 1.0, min_derivative + F.softplus(u0.clamp(max=1e4) + shift))
-    d1 = torch.where(last, 1.0, min_derivative + F.softplus(u1.clamp(max=1e4) + shift))
+        d0 = torch.where(sel, slopes[j - 1], d0)
+        d1 = torch.where(sel, slopes[j] if j < k - 1 else one, d1)
     s = h / w
     xi = ((xc - x0) / w).clamp(0, 1)
     t = xi * (1 - xi)
     den = s + (d1 + d0 - 2 * s) * t
     y = (y0 + h * (s * xi * xi + d0 * t) / den).clamp(-bound, bound)
-    ladj = 2 * torch.log(s / den) + torch.log(d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi))
+    ladj = (
+        2 * torch.log(s)
+        + torch.log(d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi))
+        - 2 * torch.log(den)
+    )
     return torch.where(inside, y, x), torch.where(inside, ladj, torch.zeros_like(ladj))
 
 
