@@ -7,7 +7,10 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -262,6 +265,33 @@ def test_files_written_with_other_cpu_kernels_name_them():
     forged = dataclasses.replace(h, environment=env).pack() + bb[h.size :]
     with pytest.raises(codec.CodecError, match=f"other CPU kernels .*{setting}"):
         codec.decode(vflow, forged)
+
+
+def test_kernels_name_mkls_code_path_as_mkl_cbwr_does():
+    # MKL numbers its code paths 1 (unset) and 2 (AUTO) for the CPU's own choice, 3 COMPATIBLE,
+    # 4 SSE2, ..., with STRICT a flag: each is named as the MKL_CBWR setting that selects it
+    if codec.kernels()[1] == "none":
+        pytest.skip("this torch has no MKL")
+
+    def mkl(setting):
+        env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+        if setting:
+            env["MKL_CBWR"] = setting
+        code = "from flowforge import codec; print(codec.kernels()[1])"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    own = mkl(None)
+    assert own not in ("", "1", "2", "AUTO") and mkl("AUTO") == own
+    assert mkl("COMPATIBLE") == "COMPATIBLE"
+    if codec.kernels()[0] in ("AVX2", "AVX512"):
+        assert mkl("AVX2,STRICT") == "AVX2,STRICT"
+    # a file from an s390x build names the ATEN_CPU_CAPABILITY value, not torch's label
+    flow = tiny_idf()
+    env = codec._environment_key(torch.float32, ("Z VECTOR", "none"))
+    forged = _reheader(codec.encode(flow, data(3)), environment=env)
+    with pytest.raises(codec.CodecError, match=r"ATEN_CPU_CAPABILITY=zvector set"):
+        codec.decode(flow, forged)
 
 
 def test_encode_errors():

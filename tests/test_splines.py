@@ -172,15 +172,22 @@ def test_the_coders_order_of_operations_gives_the_same_spline(inverse, bins):
     # eagerly the softplus runs on the bin's two slopes and the log-derivative takes two
     # logarithms; the coder's arithmetic (and a compiled graph) takes the softplus of every
     # slope and three logarithms: the same function, to rounding, in either path, at the
-    # knots, the outer bins and the tails
+    # edges and a knot, the outer bins, the tails and infinite slope logits
     torch.manual_seed(bins)
     x = torch.randn(64, 6, dtype=torch.float64) * 2.5
-    x[0, :4] = torch.tensor([-3.0, 3.0, 0.0, -2.999], dtype=torch.float64)
     p = torch.randn(64, 6, 3 * bins - 1, dtype=torch.float64) * 3
+    p[1, :, 2 * bins] = torch.tensor([float("inf"), -float("inf"), 1e30, -1e30, 0.0, 5.0])
+    # the edges, and an interior knot of row 0's first entry, exactly
+    with torch.no_grad():
+        _, knot = rational_quadratic(x[:1, :1], p[:1, :1], inverse=inverse, bound=3.0)
+        widths = torch.softmax(p[0, 0, bins * inverse : bins * (inverse + 1)], 0)
+        knot = -3.0 + 6.0 * (1e-3 + (1 - 1e-3 * bins) * widths[0])
+    x[0, :4] = torch.stack([torch.tensor(-3.0), torch.tensor(3.0), knot, torch.tensor(0.0)])
     for grad in (False, True):
         q = p.clone().requires_grad_(grad)
         y0, l0 = rational_quadratic(x, q, inverse=inverse, bound=3.0)
         y1, l1 = rational_quadratic(x, q, inverse=inverse, bound=3.0, coder_arithmetic=True)
+        assert torch.isfinite(y0).all() and torch.isfinite(l0).all()  # inf logits included
         assert torch.allclose(y0, y1, rtol=1e-14, atol=1e-14)
         assert torch.allclose(l0, l1, rtol=1e-12, atol=1e-12)
         if grad:

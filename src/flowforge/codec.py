@@ -231,28 +231,36 @@ def check_model(file_hash: bytes, flow: torch.nn.Module) -> None:
         )
 
 
-# MKL's code paths (mkl_cbwr.h), by the number MKL reports and the name MKL_CBWR takes
+# MKL's code paths (mkl_cbwr.h), by the number MKL reports and the name MKL_CBWR takes (1:
+# not set, 2: AUTO, both the CPU's own choice; STRICT, a flag, is 0x10000)
 _MKL_BRANCHES = {
-    2: "COMPATIBLE", 3: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX", 10: "AVX2",
+    3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX", 10: "AVX2",
     11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1",
 }  # fmt: skip
-# torch's vectorised kernels, as torch.backends.cpu.get_cpu_capability() names them
-_TORCH_KERNELS = ("DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256")
+_MKL_STRICT = 0x10000
+# torch's vectorised kernels, as torch.backends.cpu.get_cpu_capability() names them, and the
+# ATEN_CPU_CAPABILITY value that selects each
+_TORCH_KERNELS = {
+    "DEFAULT": "default", "NO AVX": "default", "AVX2": "avx2", "AVX512": "avx512",
+    "VSX": "vsx", "Z VECTOR": "zvector", "ZVECTOR": "zvector", "SVE256": "sve256",
+}  # fmt: skip
 
 
 @functools.cache
 def _mkl_branch() -> str:
     """The code path MKL's matrix products take in this process (fixed when MKL first runs:
-    the ``MKL_CBWR`` environment variable, or else the best the CPU has), or "none" where
-    torch has no MKL."""
+    the ``MKL_CBWR`` environment variable, or else the best the CPU has), as ``MKL_CBWR``
+    names it (``AVX2``, ``AVX2,STRICT``...), or "none" where torch has no MKL."""
     try:
         lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-        branch = lib.mkl_serv_cbwr_get(1)  # 1: MKL_CBWR_BRANCH; it answers 1 for "auto"
-        if branch == 1:
+        mode = lib.mkl_serv_cbwr_get(-1)  # -1: MKL_CBWR_ALL, the branch and the STRICT flag
+        branch = mode & 0xFFFF
+        if branch in (1, 2):  # not set, or AUTO: the branch MKL picks for this CPU
             branch = lib.mkl_serv_cbwr_get_auto_branch()
     except (OSError, AttributeError):
         return "none"
-    return _MKL_BRANCHES.get(branch, str(branch))
+    name = _MKL_BRANCHES.get(branch, str(branch))
+    return name + (",STRICT" if mode & _MKL_STRICT else "")
 
 
 def kernels() -> tuple[str, str]:
@@ -288,22 +296,21 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
     if force or recorded in (environment(flow), _environment_key(dtype, None)):
         return
     here = kernels()
-    for cap in _TORCH_KERNELS:
-        for mkl in ("none", *_MKL_BRANCHES.values()):
+    branches = [b + f for b in _MKL_BRANCHES.values() for f in ("", ",STRICT")]
+    for cap, value in _TORCH_KERNELS.items():
+        for mkl in ("none", *branches):
             if recorded != _environment_key(dtype, (cap, mkl)):
                 continue
-            setting = f"ATEN_CPU_CAPABILITY={cap.lower()}" + (
-                f" MKL_CBWR={mkl}" if mkl != "none" else ""
-            )
+            setting = f"ATEN_CPU_CAPABILITY={value}" + (f" MKL_CBWR={mkl}" if mkl != "none" else "")
             raise CodecError(
                 f"this file was written with other CPU kernels (torch {cap}, MKL {mkl}; here "
-                f"torch {here[0]}, MKL {here[1]}), which round differently: decode it in a "
-                f"process started with {setting} set (`{setting} flowforge decompress ...`), or "
-                "pass force=True (--force) to try anyway"
+                f"torch {here[0]}, MKL {here[1]}), which round differently: decode it on a CPU "
+                f"that has them, in a process started with {setting} set (`{setting} flowforge "
+                "decompress ...`), or pass force=True (--force) to try anyway"
             )
     raise CodecError(
-        "this file was made in another environment (torch version, platform or dtype); "
-        f"its {what} may differ here: pass force=True (--force) to try anyway"
+        "this file was made in another environment (torch version, platform, dtype or CPU "
+        f"kernels); its {what} may differ here: pass force=True (--force) to try anyway"
     )
 
 
