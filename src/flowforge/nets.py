@@ -7,6 +7,7 @@ coupling layer built on it starts as the identity.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -139,7 +140,9 @@ class MLP(nn.Module):
             return _grouped_view(self(x, context), groups)
         if self.context_features:
             x = torch.cat([x, context], dim=-1)
-        return grouped_linear(self.net[:-1](x), last.weight, last.bias, groups)
+        for layer in itertools.islice(self.net, len(self.net) - 1):  # net[:-1] builds a module
+            x = layer(x)
+        return grouped_linear(x, last.weight, last.bias, groups)
 
 
 class ResidualMLP(nn.Module):
