@@ -4,7 +4,7 @@
 of that floor for every model. A spline flow also has to evaluate its splines, and a
 rational-quadratic spline of ``K`` bins costs per transformed entry ``2K`` exponentials (the
 softmaxes of the bin widths and heights), two softplus (the slopes of the entry's bin's two
-knots) and two logarithms (the log-derivative), whatever the implementation (until 2026-12-06
+knots) and two logarithms (the log-derivative), whatever the implementation (until 2026-12-05
 flowforge's spline took the softplus of all ``K - 1`` interior slopes, and three logarithms).
 This script times, at the shapes the benchmark's NSFs see (digits, 4 layers, hidden 128, 8
 bins; training batch 256, ``log_prob`` batch 1,024; one thread):

@@ -315,15 +315,15 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
 
 
 LEGACY_HINT = (
-    "; the file does not record the CPU kernels it was written with (flowforge before "
-    "2026-12-06): if it was written on another machine, decode it in a process started with "
+    "; the file does not record the CPU kernels it was written with (an earlier flowforge): "
+    "if it was written on another machine, decode it in a process started with "
     "that machine's kernels, e.g. ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2"
 )
 
 
 def _legacy_environment(flow: torch.nn.Module, data) -> bool:
     """Whether ``data``'s header has the environment key of a file written before the kernels
-    were recorded (and not also this environment's)."""
+    were recorded."""
     try:
         recorded = read_header(data).environment
     except CodecError:
