@@ -47,6 +47,31 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+# Activations that may overwrite their input. Applied to a layer's fresh output, which nothing
+# else reads, they give the same numbers and, bit for bit, the same gradients (the backward of
+# each reads the sign of its output, which it keeps) without allocating a second tensor per
+# hidden layer (docs/speed.md, "In-place activations"). Not ELU: its in-place backward computes
+# the derivative from the output, which rounds differently from the out-of-place one.
+IN_PLACE_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.LeakyReLU)
+
+
+def fresh_activation(act: type[nn.Module]) -> nn.Module:
+    """An ``act`` module for a layer's fresh output: in place for ReLU and LeakyReLU (default
+    slope), a new module of ``act`` otherwise."""
+    return act(inplace=True) if act in IN_PLACE_ACTIVATIONS else act()
+
+
+def apply_to_fresh(act: nn.Module, t: Tensor) -> Tensor:
+    """``act(t)`` for a ``t`` that nothing else reads, in place where :func:`fresh_activation`
+    would be (the module's forward hooks are then skipped: callers check)."""
+    kind = type(act)
+    if kind is nn.ReLU:
+        return torch.relu_(t)
+    if kind is nn.LeakyReLU and act.negative_slope > 0:
+        return nn.functional.leaky_relu_(t, act.negative_slope)
+    return act(t)
+
+
 def activation_class(name: str, allowed: Sequence[str] | None = None) -> type[nn.Module]:
     """The activation called ``name``; ``allowed`` narrows the choice (e.g. to the 1-Lipschitz
     or the smooth ones)."""
@@ -118,7 +143,7 @@ class MLP(nn.Module):
         widths = [in_features + context_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), act()]
+            layers += [nn.Linear(a, b), fresh_activation(act)]
         layers.append(nn.Linear(widths[-1], out_features))
         if zero_init:
             nn.init.zeros_(layers[-1].weight)
@@ -402,6 +427,11 @@ class MADE(nn.Module):
         ws = [lin.weight * self._mask(i) for i, lin in enumerate(self.linears)]
         return ws + [self.out.weight * self._mask(len(self.linears))]
 
+    def _act_fresh(self, pre: Tensor) -> Tensor:
+        if _hooked(self.act):
+            return self.act(pre)
+        return apply_to_fresh(self.act, pre)
+
     def _context_terms(self, context: Tensor | None) -> list[Tensor | None]:
         if not self.context_features:
             return [None] * len(self.hidden)
@@ -418,7 +448,7 @@ class MADE(nn.Module):
             if cs[i] is not None:
                 pre = pre + cs[i]
             if not self.residual:
-                h = self.act(pre)
+                h = self._act_fresh(pre)
             else:  # h0 = W0 x; h_i = h_{i-1} + W_i act(h_{i-1}): one masked layer per block
                 h = pre if i == 0 else h + pre
         h = self.act(h) if self.residual else h
@@ -466,7 +496,7 @@ class MADE(nn.Module):
                     if cs[i] is not None:
                         pre = pre + cs[i][:, lo:hi]
                     if not self.residual:
-                        new = self.act(pre)
+                        new = self._act_fresh(pre)
                     else:
                         new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
                         acts[i] = torch.cat([acts[i], self.act(new)], 1)
