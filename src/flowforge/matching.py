@@ -407,7 +407,7 @@ def solver(
             more = "" if budget == MAX_STEPS else f" (or raise max_steps, up to {MAX_STEPS:,})"
             raise ValueError(
                 f"steps={steps:,} exceeds the step budget max_steps={budget:,}: use at most "
-                f"{budget:,} steps{more}"
+                f"{budget:,} step{'' if budget == 1 else 's'}{more}"
             )
     keys = ("method", "step_size", "rtol", "atol", "trace", "max_steps")
     saved = [{k: getattr(c, k) for k in keys} for c in cnfs]

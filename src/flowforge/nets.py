@@ -47,23 +47,21 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-# Activations that may overwrite their input. Applied to a layer's fresh output, which nothing
-# else reads, they give the same numbers and, bit for bit, the same gradients (the backward of
-# each reads the sign of its output, which it keeps) without allocating a second tensor per
-# hidden layer (docs/speed.md, "In-place activations"). Not ELU: its in-place backward computes
-# the derivative from the output, which rounds differently from the out-of-place one.
+# Activations that may overwrite their input. Applied to a linear layer's fresh output, which
+# nothing else reads, they give the same numbers and, bit for bit, the same gradients (the
+# backward of each reads the sign of its output, which it keeps) without allocating a second
+# tensor per hidden layer (docs/speed.md, "In-place activations"). Not ELU: its in-place
+# backward computes the derivative from the output, which rounds differently. Only where no
+# hook of any kind watches the layers (a hook may read or keep the linear output, and a full
+# backward hook wraps it in a view that must not be modified): otherwise the modules run as
+# they are, out of place.
 IN_PLACE_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.LeakyReLU)
 
 
-def fresh_activation(act: type[nn.Module]) -> nn.Module:
-    """An ``act`` module for a layer's fresh output: in place for ReLU and LeakyReLU (default
-    slope), a new module of ``act`` otherwise."""
-    return act(inplace=True) if act in IN_PLACE_ACTIVATIONS else act()
-
-
 def apply_to_fresh(act: nn.Module, t: Tensor) -> Tensor:
-    """``act(t)`` for a ``t`` that nothing else reads, in place where :func:`fresh_activation`
-    would be (the module's forward hooks are then skipped: callers check)."""
+    """``act(t)`` for a ``t`` that nothing else reads: in place for ReLU and LeakyReLU (with
+    a positive slope), ``act(t)`` otherwise. Skips the module's hooks: callers check
+    :func:`_hooked` first."""
     kind = type(act)
     if kind is nn.ReLU:
         return torch.relu_(t)
@@ -91,9 +89,37 @@ GROUPED_FROM = 3
 GROUPED_FROM_COMPILED = 2
 
 
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
 def _hooked(*modules: nn.Module) -> bool:
-    """Whether any of ``modules`` has forward hooks (which a grouped call would skip)."""
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    """Whether any of ``modules`` has hooks of any kind (forward, forward-pre, backward,
+    backward-pre), or any module-wide hook is registered: a call that skips the modules' own
+    ``__call__`` (grouped outputs, in-place activations) is then not made."""
+    if any(getattr(nn.modules.module, name, None) for name in _GLOBAL_HOOKS):
+        return True
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in modules
+    )
+
+
+def _hidden_layers(net: nn.Sequential, x: Tensor, stop: int) -> Tensor:
+    """``net[:stop](x)``, each activation that follows an ``nn.Linear`` applied in place to
+    its fresh output (:func:`apply_to_fresh`); the caller has checked that no hook watches."""
+    prev = None
+    for layer in itertools.islice(net, stop):
+        if type(prev) is nn.Linear and type(layer) in IN_PLACE_ACTIVATIONS:
+            x = apply_to_fresh(layer, x)
+        else:
+            x = layer(x)
+        prev = layer
+    return x
 
 
 def _grouped_view(out: Tensor, groups: int) -> Tensor:
@@ -143,7 +169,7 @@ class MLP(nn.Module):
         widths = [in_features + context_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), fresh_activation(act)]
+            layers += [nn.Linear(a, b), act()]
         layers.append(nn.Linear(widths[-1], out_features))
         if zero_init:
             nn.init.zeros_(layers[-1].weight)
@@ -154,20 +180,22 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if self.context_features:
             x = torch.cat([x, context], dim=-1)
-        return self.net(x)
+        if _hooked(self.net, *self.net):
+            return self.net(x)
+        return _hidden_layers(self.net, x, len(self.net))
 
     def forward_grouped(self, x: Tensor, context: Tensor | None, groups: int) -> Tensor:
         """``forward(x, context).view(B, -1, groups)``, in parameter-major memory
-        (:func:`grouped_linear`); a subclass's own ``forward`` or a forward hook is called as
-        it is instead."""
+        (:func:`grouped_linear`); a subclass's own ``forward`` or a hook is called as it is
+        instead."""
         last = self.net[-1]
-        if type(self).forward is not MLP.forward or _hooked(self, last):
+        if type(self).forward is not MLP.forward or _hooked(self, self.net, *self.net):
             return _grouped_view(self(x, context), groups)
         if self.context_features:
             x = torch.cat([x, context], dim=-1)
-        for layer in itertools.islice(self.net, len(self.net) - 1):  # net[:-1] builds a module
-            x = layer(x)
-        return grouped_linear(x, last.weight, last.bias, groups)
+        return grouped_linear(
+            _hidden_layers(self.net, x, len(self.net) - 1), last.weight, last.bias, groups
+        )
 
 
 class ResidualMLP(nn.Module):

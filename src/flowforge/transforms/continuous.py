@@ -433,7 +433,8 @@ class CNF(Transform):
             estimated with the same Hutchinson noise, exact with ``trace="exact"``).
         max_steps: the most solver steps a solve may take, at most ``MAX_STEPS = 100,000``;
             beyond it the solve stops with :class:`ODEStepBudgetError` (counted in
-            evaluations: ``max_steps`` times the solver's stages per step). A fixed grid of
+            evaluations: ``max_steps`` times the solver's stages per step, plus 14 for the
+            first step's size search and rejected steps). A fixed grid of
             more steps is refused before it is built.
         activation: the default network's activation (tanh, softplus, elu, silu).
 
@@ -553,7 +554,8 @@ class CNF(Transform):
                 raise ODEStepBudgetError(
                     f"a fixed grid of {steps:,} steps of {self.method} exceeds the CNF's step "
                     f"budget (max_steps={self.max_steps:,}): use at most {self.max_steps:,} "
-                    "steps (a larger step_size) or raise max_steps"
+                    f"step{'' if self.max_steps == 1 else 's'} (a larger step_size) or raise "
+                    "max_steps"
                 )
         kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=options)
         try:

@@ -696,7 +696,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--ode-steps", type=int, help="continuous flows: steps of a fixed-grid solver (>= 1)"
     )
     s.add_argument(
-        "--ode-tol", type=float, help="continuous flows: an adaptive solver's rtol = atol (> 0)"
+        "--ode-tol",
+        type=float,
+        help="continuous flows: an adaptive solver's rtol = atol, in [1e-12, 1)",
     )
     s.set_defaults(func=cmd_sample)
 
