@@ -208,3 +208,30 @@ def test_a_maf_and_a_realnvp_train_to_the_same_weights_as_out_of_place():
     ):
         for a, b in zip(trained(builder, False), trained(builder, True)):
             assert torch.equal(a, b)
+
+
+def test_the_benchmark_times_both_paths_on_one_model():
+    """benchmarks/in_place.py: both paths give the same log_prob (it checks before timing)
+    and the out-of-place switch is undone afterwards."""
+    import os
+    import sys
+
+    pytest.importorskip("sklearn")
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import in_place
+    finally:
+        sys.path.remove(bench)
+    train = torch.randn(3000, 64)
+    for op in ("log_prob", "train"):
+        row = in_place.measure("realnvp", op, 32, train, rounds=2, min_time=0.001)
+        assert row["in_place_s"] > 0 and row["out_of_place_s"] > 0 and row["speedup"] > 0
+    flow = ff.models.MAF(features=4, layers=1, hidden=(8, 8))
+    handles = in_place.out_of_place(flow)
+    assert len(handles) == 1
+    x = torch.randn(2, 4)
+    assert not any("relu_" in n for n in _ops(lambda: flow.log_prob(x)))
+    for h in handles:
+        h.remove()
+    assert any("relu_" in n for n in _ops(lambda: flow.log_prob(x)))
