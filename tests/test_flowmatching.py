@@ -331,6 +331,13 @@ def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert rc != 0 and len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
         assert not (tmp_path / "x.npy").exists()
+    # a solve over its step budget: one line, with what the command offers against it
+    rc = main(
+        ["sample", str(run), "-n", "4", "--out", str(tmp_path / "b.npy"), "--ode-tol", "1e-12"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "exceeded its step budget" in err[0]
+    assert err[0].endswith("from this command: a looser --ode-tol, or a fixed grid (--ode-steps N)")
     maf = tmp_path / "maf"
     rc = main(["train", "--data", "moons", "--limit", "256", "--epochs", "1", "--no-progress",
                "--model", "maf", "--out", str(maf)])  # fmt: skip

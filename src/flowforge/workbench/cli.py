@@ -853,14 +853,13 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkbenchError, ValueError, OSError) as e:
         if args.debug:
             raise
-        print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+        print(f"flowforge: error: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
         return 1
     except Exception as e:
         if args.debug:
             raise
-        ode = sys.modules.get("flowforge.transforms.continuous")  # (imported if it was used)
-        if ode is not None and isinstance(e, ode.ODEStepBudgetError):  # a solve's budget: ours
-            print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+        if _ode_hint(e, args) is not None:  # a solve's step budget: ours
+            print(f"flowforge: error: {_one_line(e)}{_ode_hint(e, args)}", file=sys.stderr)
             return 1
         print(
             f"flowforge: internal error: {type(e).__name__}: {_one_line(e)} "
@@ -870,6 +869,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+
+
+# what the command itself offers against a solve over its step budget (the library's message
+# names the Python arguments)
+_ODE_HINTS = {
+    cmd_eval: "; from this command: a looser --ode-tol",
+    cmd_sample: "; from this command: a looser --ode-tol, or a fixed grid (--ode-steps N)",
+}
+
+
+def _ode_hint(e: BaseException, args) -> str | None:
+    """For a solve over its step budget, the command's own remedy ("" if it has none);
+    None for any other error."""
+    ode = sys.modules.get("flowforge.transforms.continuous")  # (imported if it was used)
+    if ode is None or not isinstance(e, ode.ODEStepBudgetError):
+        return None
+    return _ODE_HINTS.get(getattr(args, "func", None), "")
 
 
 if __name__ == "__main__":
