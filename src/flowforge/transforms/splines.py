@@ -93,7 +93,7 @@ def rational_quadratic(
     widths = _sizes(uw, bound, min_width)
     heights = _sizes(uh, bound, min_height)
 
-    inside = (x >= -bound) & (x <= bound)
+    inside = x.abs() <= bound  # (NaN: outside, as with two comparisons)
     xc = x.clamp(-bound, bound)  # tails are computed on a safe stand-in, then discarded
     xk = xc.unsqueeze(1)
     with torch.no_grad():
@@ -169,7 +169,7 @@ def rational_quadratic(
     if inverse:
         ladj = -ladj
     y = y.clamp(-bound, bound)  # x_k + w may round one ulp past the last knot
-    return torch.where(inside, y, x), torch.where(inside, ladj, torch.zeros_like(ladj))
+    return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)
 
 
 _compiled = None  # rational_quadratic through torch.compile, made on first use
