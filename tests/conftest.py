@@ -11,6 +11,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 collect_ignore_glob = ["cases/*", "data/*"]
 
 
+# Property tests draw the same examples on every run (a clean clone's CI must not pass or fail
+# by chance); HYPOTHESIS_PROFILE=explore draws new ones, for looking for counterexamples.
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True)
+    settings.register_profile("explore", derandomize=False)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # (hypothesis is a test extra)
+    pass
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of many small ops (``pytestmark = pytest.mark.usefixtures("one_thread")``):

@@ -81,7 +81,10 @@ def test_property_finite_monotone_and_invertible(x, scale, bins, seed, dtype):
     xs.requires_grad_(True)
     y, ladj = rational_quadratic(xs, p, bound=B)
     assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
-    assert y[1] >= y[0]  # monotone
+    # monotone, to float rounding: the knots are sums of up to ``bins`` heights reaching
+    # 2 * B, so y carries an absolute error of a few ulps of B where the slope is tiny
+    # (x = 0.0449, scale 1e6, 10 bins, float32: a slope of 2e-4 over 1e-3, under one ulp)
+    assert y[1] >= y[0] - (bins + 2) * torch.finfo(dtype).eps * 2 * B
     (y.sum() + ladj.sum()).backward()
     assert torch.isfinite(p.grad).all() and torch.isfinite(xs.grad).all()
     x2, ladj2 = rational_quadratic(y.detach(), p.detach(), inverse=True, bound=B)
