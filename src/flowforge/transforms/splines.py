@@ -93,7 +93,7 @@ def rational_quadratic(
     widths = _sizes(uw, bound, min_width)
     heights = _sizes(uh, bound, min_height)
 
-    inside = x.abs() <= bound  # (NaN: outside, as with two comparisons)
+    inside = x.detach().abs() <= bound  # a mask, no graph (NaN: outside)
     xc = x.clamp(-bound, bound)  # tails are computed on a safe stand-in, then discarded
     xk = xc.unsqueeze(1)
     with torch.no_grad():

@@ -858,8 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        if _ode_hint(e, args) is not None:  # a solve's step budget: ours
-            print(f"flowforge: error: {_one_line(e)}{_ode_hint(e, args)}", file=sys.stderr)
+        hint = _ode_hint(e, args)
+        if hint is not None:  # a solve's step budget: ours
+            print(f"flowforge: error: {_one_line(e)}{hint}", file=sys.stderr)
             return 1
         print(
             f"flowforge: internal error: {type(e).__name__}: {_one_line(e)} "
