@@ -727,3 +727,49 @@ def test_a_flag_a_model_does_not_take_says_so(tmp_path, capsys):
                          "--epochs", 1, "--limit", 50, "--out", tmp_path / model)  # fmt: skip
         one_line_error(rc, err, f"model '{model}' takes no {flag[2:]} option", why)
         assert not (tmp_path / model).exists()
+
+
+def test_a_run_whose_config_and_model_disagree_on_levels_is_refused(tmp_path, capsys):
+    """A config.json that says the data are discrete while model.ff models continuous data
+    (or other levels) would print bits/dim of nothing: refused in one line, by every
+    command that loads the model."""
+    run = tiny_moons_run(capsys, tmp_path / "moons")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["resolved"]["levels"] = 17
+    (run / "config.json").write_text(json.dumps(cfg))
+    for args in (("eval", run), ("sample", run, "-n", 2, "--out", tmp_path / "s.npy")):
+        rc, _, err = cli(capsys, *args)
+        one_line_error(rc, err, "config.json and model.ff disagree", "data of 17 levels",
+                       "continuous data")  # fmt: skip
+    assert not (tmp_path / "s.npy").exists()
+
+
+def test_seeds_outside_their_range_are_refused_by_every_command(tmp_path, capsys):
+    run = tiny_moons_run(capsys, tmp_path / "moons")
+    for seed in ("-1", "4294967296", "99999999999999999999999", "abc"):
+        for args in (("eval", run), ("sample", run, "-n", 2, "--out", tmp_path / "s.npy"),
+                     ("train", "--data", "moons", "--out", tmp_path / "t")):  # fmt: skip
+            with pytest.raises(SystemExit) as stop:  # argparse's usage line and its error
+                cli(capsys, *args, "--seed", seed)
+            err = capsys.readouterr().err
+            assert stop.value.code == 2 and "--seed: expected an integer in [0, 4294967295]" in err
+    rc, _, err = cli(capsys, "train", "--data", "moons", "--out", tmp_path / "t", "--set",
+                     "seed=4294967296")  # fmt: skip
+    one_line_error(rc, err, "seed must be an integer in [0, 4294967295]")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s.npy").exists()
+
+
+def test_eval_says_a_dequantized_nll_is_a_bound_with_k(tmp_path, capsys):
+    run = tmp_path / "digits"
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "digits", "--limit", 200,
+                     "--layout", "vector", "--epochs", 1, "--model-kwargs",
+                     '{"layers": 1, "hidden": [8]}', "--no-progress", "--quiet",
+                     "--out", run)  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    assert "examples, a dequantization bound with K = 1)" in out.splitlines()[0]
+    rc, out, err = cli(capsys, "eval", run, "--samples", 3)
+    assert "examples, the mean of 3 dequantization bounds with K = 1)" in out
+    rc, out, err = cli(capsys, "eval", run, "--samples", 3, "--iw")
+    assert "examples, the importance-weighted bound with K = 3)" in out

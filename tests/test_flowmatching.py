@@ -348,6 +348,68 @@ def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, cap
     assert rc != 0 and len(err) == 1 and "this run's model has none" in err[0]
 
 
+def test_the_cli_states_the_grid_blocks_and_budget_remedy_of_what_it_solved(tmp_path, capsys):
+    """The sample line counts the grid as solved (a step that does not divide T: one more,
+    shortened), the evaluations of each block of a multi-block FFJORD, and eval's step-budget
+    error ends with the remedy eval offers."""
+
+    def train(name, model, kwargs, *extra):
+        rc = main(["train", "--data", "moons", "--limit", "256", "--epochs", "1", "--no-progress",
+                   "--quiet", "--model", model, "--model-kwargs", kwargs, *extra, "--out",
+                   str(tmp_path / name)])  # fmt: skip
+        assert rc == 0
+        capsys.readouterr()
+        return str(tmp_path / name)
+
+    def sample(run, *extra):
+        assert main(["sample", run, "-n", "1", "--out", str(tmp_path / "x.npy"),
+                     "--overwrite", *extra]) == 0  # fmt: skip
+        return capsys.readouterr().out.strip().splitlines()
+
+    grid = train("grid", "cnf", '{"hidden": [8], "step_size": 0.3}', "--objective", "flow-matching")
+    assert sample(grid, "--ode-method", "rk4") == [
+        f"wrote 1 sample to {tmp_path / 'x.npy'}",
+        "ODE: rk4, 4 steps, 16 function evaluations in the last solve",
+    ]
+    assert sample(grid, "--ode-method", "euler")[-1] == (
+        "ODE: euler, 4 steps, 4 function evaluations in the last solve"
+    )
+    two = train("two", "ffjord", '{"hidden": [8], "blocks": 2}')
+    assert sample(two, "--ode-steps", "3")[-1] == (
+        "ODE: rk4, 3 steps, 12 function evaluations in the last solve of each of its 2 blocks"
+    )
+    fourier = train("fourier", "cnf", '{"hidden": [8], "space_features": 4, "space_scale": 4.0}',
+                    "--objective", "flow-matching")  # fmt: skip
+    np.save(tmp_path / "few.npy", np.array([[0.5, 0.25]], dtype=np.float32))
+    rc = main(["eval", fourier, "--data", str(tmp_path / "few.npy"), "--ode-tol", "1e-12"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "exceeded its step budget" in err[0]
+    assert err[0].endswith("; from this command: a looser --ode-tol")
+
+
+def test_far_inputs_sigma_and_empty_conditional_draws_are_errors_or_right():
+    """A log-density that overflows to -inf is an error naming the example, never a mean of
+    -inf; a sigma whose noise overflows the loss is refused; zero draws for a context are an
+    empty tensor."""
+    flow = ff.models.build("cnf", features=2, hidden=(8,))
+    M.FlowMatching()(flow, torch.randn(64, 2))  # the ActNorm's initialisation
+    with pytest.raises(
+        ValueError,
+        match=r"non-finite log-density \(-inf\) to 1 example\(s\), first at indices \[1\]",
+    ):
+        M.log_likelihood(flow, torch.tensor([[0.5, 0.5], [3e19, 0.0]]))
+    with pytest.raises(
+        ValueError, match="sigma=1e[+]300 is too large for the flow's torch.float32"
+    ):
+        M.FlowMatching(sigma=1e300)(flow, torch.randn(8, 2))
+    assert torch.isfinite(M.FlowMatching(sigma=1e3)(flow, torch.randn(8, 2)))
+    fc = ff.models.build("cnf", features=2, hidden=(8,), context_features=3).eval()
+    assert M.sample(fc, 0, torch.randn(2, 3)).shape == (0, 2, 2)
+    assert M.sample(fc, 0, torch.randn(3)).shape == (0, 2)
+    maf = ff.models.build("maf", features=2, context_features=3)
+    assert maf.sample((0,), torch.randn(2, 3)).shape == (0, 2, 2)
+
+
 # -- refused input -------------------------------------------------------------------------------
 
 

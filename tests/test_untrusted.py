@@ -188,6 +188,12 @@ def test_config_files_are_data(tmp_path, capsys, text, needle):
         ({"global_step": -1}, "'global_step'"),
         ({"finished": "rm -rf"}, "status"),
         ("rng", "cannot resume"),
+        ({"epoch_losses": ["x", "y"]}, "losses is malformed"),  # before a file is written
+        ({"epoch_losses": [float("nan")]}, "losses is malformed"),
+        ("lr", "optimizer setting 'lr' is 'x'"),
+        ("betas", "optimizer setting 'betas'"),
+        ("exp_avg", "holds ['exp_avg_sq', 'step'], expected ['exp_avg', 'exp_avg_sq', 'step']"),
+        ("shape", "optimizer state 'exp_avg' of parameter 0 has shape (3,)"),
     ],
 )
 def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle):
@@ -209,6 +215,15 @@ def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle
     if change == "rng":
         key = next(k for k in tensors if k.startswith("rng/"))
         tensors[key] = tensors[key][:3]
+    elif change == "lr":
+        meta["optimizer"]["param_groups"][0]["lr"] = "x"
+    elif change == "betas":
+        meta["optimizer"]["param_groups"][0]["betas"] = [0.9]
+    elif change in ("exp_avg", "shape"):
+        if change == "exp_avg":
+            del tensors["optim/0/exp_avg"]
+        else:
+            tensors["optim/0/exp_avg"] = torch.zeros(3)
     else:
         meta.update(change)
     path.write_bytes(io.pack(tensors, meta))

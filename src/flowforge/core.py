@@ -868,7 +868,7 @@ class Flow(nn.Module):
             batch = tuple(context.shape[:-1])
         context = self._check_context(context, tuple(context.shape[:-1]))
         b = context.shape[0]
-        ctx = context.unsqueeze(0).expand(k, b, -1).reshape(k * b, -1)
+        ctx = context.unsqueeze(0).expand(k, b, -1).reshape(k * b, context.shape[1])  # k may be 0
         return ctx, (*sample_shape, *batch)
 
     @torch.no_grad()

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from .core import Compose, DataInit, Flow, Transform
+from .objectives import finite_log_prob
 from .transforms.continuous import (
     _FIXED,
     CNF,
@@ -335,6 +336,11 @@ def flow_matching_loss(
             e = ot_pairing(y, e)
         s = sample_times(y.shape[0], times, time_loc, time_scale, time_power, y.dtype, y.device)
         xs, target = _path(path, y, e, s)
+        if sigma > (most := math.sqrt(torch.finfo(y.dtype).max) / 64):
+            raise ValueError(
+                f"sigma={sigma:g} is too large for the flow's {y.dtype}: the squares of its noise "
+                f"overflow in the loss; use sigma <= {most:.3g}"
+            )
         if sigma:
             xs = xs + sigma * torch.randn_like(xs)
     velocity = (cnf.net if net is None else net)(s * cnf.time, xs, context)
@@ -507,7 +513,8 @@ def log_likelihood(
     Hutchinson's noisy estimates is biased upwards); for continuous data ``K`` must be 1. ``seed``
     fixes the dequantization and Hutchinson noise (None: the global stream). ``method`` None
     means ``"dopri5"``, or ``"rk4"`` when ``steps`` is given. The flow is scored in eval mode;
-    its solver settings are restored afterwards.
+    its solver settings are restored afterwards. An example whose log-density is not finite
+    (far outside the data, where float arithmetic overflows) raises a ValueError that names it.
     """
     method = _default_method(method, steps)
     if not isinstance(flow, Flow) or not _cnfs(flow):
@@ -559,7 +566,7 @@ def log_likelihood(
                 cb = None if context is None else context[i : i + batch_size]
                 draws = []
                 for _ in range(samples):
-                    draws.append(flow.log_prob(xb, cb).double())
+                    draws.append(finite_log_prob(flow, xb, cb, i))
                     counts.append(nfe(flow))
                 lp = torch.stack(draws)
                 out.append(torch.logsumexp(lp, 0) - math.log(samples) if samples > 1 else lp[0])

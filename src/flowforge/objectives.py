@@ -20,6 +20,7 @@ __all__ = [
     "reverse_kl",
     "nll",
     "log_likelihoods",
+    "finite_log_prob",
     "bits_per_dim",
     "nll_to_bits_per_dim",
     "check_log_prob",
@@ -122,26 +123,32 @@ def log_likelihoods(
                 if not xb.is_floating_point():  # integer pixel values: the noise is a float
                     xb = xb.to(flow.dtype)
                 xb, _ = dequantizer(xb)
-            try:
-                lp = flow.log_prob(xb, cb).double()
-            except NaNLogProb as e:  # its rows count from this batch: name them in x
-                idx = [r + i for r in e.rows]
-                raise ValueError(
-                    f"the model gives a NaN log-density to example(s) at indices {idx}: they "
-                    "lie where it cannot score them (e.g. far outside the training data's range)"
-                ) from None
-            bad = ~torch.isfinite(lp)
-            if bad.any():
-                idx = (bad.nonzero().flatten()[:5] + i).tolist()
-                raise ValueError(
-                    f"the model gives a non-finite log-density ({lp[bad][0].item()}) to "
-                    f"{int(bad.sum())} example(s), first at indices {idx}: they lie where it "
-                    "cannot score them (e.g. far outside the training data's range)"
-                )
-            out.append(lp)
+            out.append(finite_log_prob(flow, xb, cb, i))
         return torch.cat(out)
     finally:
         flow.train(was_training)
+
+
+def finite_log_prob(flow: Flow, x: Tensor, context: Tensor | None, first: int = 0) -> Tensor:
+    """``flow.log_prob(x, context)`` in float64, or a ``ValueError`` that names the examples
+    whose log-density is NaN or infinite, counting ``x``'s first row as index ``first``."""
+    try:
+        lp = flow.log_prob(x, context).double()
+    except NaNLogProb as e:  # its rows count from this batch: name them from `first`
+        idx = [r + first for r in e.rows]
+        raise ValueError(
+            f"the model gives a NaN log-density to example(s) at indices {idx}: they "
+            "lie where it cannot score them (e.g. far outside the training data's range)"
+        ) from None
+    bad = ~torch.isfinite(lp)
+    if bad.any():
+        idx = (bad.nonzero().flatten()[:5] + first).tolist()
+        raise ValueError(
+            f"the model gives a non-finite log-density ({lp[bad][0].item()}) to "
+            f"{int(bad.sum())} example(s), first at indices {idx}: they lie where it "
+            "cannot score them (e.g. far outside the training data's range)"
+        )
+    return lp
 
 
 def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:

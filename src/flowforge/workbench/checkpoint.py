@@ -18,7 +18,13 @@ from torch import Tensor
 from .. import io
 from .errors import RunError
 
-__all__ = ["CKPT_FORMAT", "save_checkpoint", "read_checkpoint", "optimizer_state"]
+__all__ = [
+    "CKPT_FORMAT",
+    "save_checkpoint",
+    "read_checkpoint",
+    "optimizer_state",
+    "check_optimizer_state",
+]
 
 CKPT_FORMAT = "flowforge-checkpoint/1"
 
@@ -79,6 +85,72 @@ def optimizer_state(tensors: dict[str, Tensor], meta: dict) -> dict:
     for idx, st in meta["state"].items():
         state.setdefault(int(idx), {}).update(st)
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# what each of the Trainer's optimizers keeps per parameter once it has stepped
+_STATE_KEYS = {
+    torch.optim.Adam: {"step", "exp_avg", "exp_avg_sq"},
+    torch.optim.AdamW: {"step", "exp_avg", "exp_avg_sq"},
+    torch.optim.Adamax: {"step", "exp_avg", "exp_inf"},
+}
+
+
+def _number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and v == v and abs(v) < 1e308
+
+
+def check_optimizer_state(opt: torch.optim.Optimizer, sd: dict) -> None:
+    """A ``ValueError`` unless ``sd`` (from a checkpoint) is a state ``opt`` can load and step
+    with: its groups hold the same settings, each a value of the same kind (numbers, flags),
+    and each parameter's state has the optimizer's entries, in the parameter's shape; so a
+    damaged file is refused when it is read, not in the middle of an epoch."""
+    fresh, groups = opt.param_groups, sd["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(fresh):
+        raise ValueError(f"its optimizer should have {len(fresh)} parameter group(s)")
+    for g, f in zip(groups, fresh):
+        if not isinstance(g, dict):
+            raise ValueError("its optimizer's settings are malformed")
+        for k, v in f.items():
+            if k == "params" or (k not in g and (isinstance(v, bool) or v is None)):
+                continue  # (flags torch fills in when missing)
+            got = g.get(k)
+            if isinstance(v, bool):
+                ok = isinstance(got, bool)
+            elif _number(v):
+                ok = _number(got)
+            elif isinstance(v, (tuple, list)):
+                ok = isinstance(got, (tuple, list)) and len(got) == len(v)
+                ok = ok and all(_number(a) for a in got)
+            else:
+                ok = got is None or type(got) is type(v)
+            if not ok:
+                raise ValueError(f"its optimizer setting {k!r} is {got!r}, expected one like {v!r}")
+    params = [p for f in fresh for p in f["params"]]
+    want = _STATE_KEYS.get(type(opt))
+    if want is not None and any(g.get("amsgrad") for g in groups):
+        want = want | {"max_exp_avg_sq"}
+    for idx, st in sd["state"].items():
+        if not 0 <= idx < len(params):
+            raise ValueError(f"its optimizer state names parameter {idx}, of {len(params)}")
+        if want is not None and set(st) != want:
+            raise ValueError(
+                f"its optimizer state for parameter {idx} holds {sorted(st)}, expected "
+                f"{sorted(want)}"
+            )
+        for name, v in st.items():
+            if name == "step":  # a number, or a one-element tensor
+                ok = _number(v) or (isinstance(v, Tensor) and v.numel() == 1)
+                if not ok:
+                    raise ValueError(f"its optimizer's step count of parameter {idx} is {v!r}")
+                continue
+            shape = params[idx].shape
+            if isinstance(v, Tensor) and v.shape != shape:
+                raise ValueError(
+                    f"its optimizer state {name!r} of parameter {idx} has shape "
+                    f"{tuple(v.shape)}, expected {tuple(shape)}"
+                )
+            if not isinstance(v, Tensor):
+                raise ValueError(f"its optimizer state {name!r} of parameter {idx} is {v!r}")
 
 
 def save_checkpoint(

@@ -33,6 +33,19 @@ def _one_line(e: BaseException) -> str:
     return msg.strip("'\"") if isinstance(e, KeyError) else msg
 
 
+def _seed(text: str) -> int:
+    """A ``--seed``: an integer in [0, 2**32 - 1], as a config's seed."""
+    from .config import SEED_MAX
+
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}")
+    return v
+
+
 def _parse_mapping(text: str, what: str) -> dict:
     from .config import _yaml_load
     from .errors import WorkbenchError
@@ -235,6 +248,10 @@ def cmd_eval(args) -> int:
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
         extra = f", {res['samples']} {res['noise']} draws" if res["samples"] > 1 else ""
+        if res["noise"] == "dequantization":  # the variational bound, as the Trainer's
+            k = res["samples"]
+            extra = f", the mean of {k} dequantization bounds with K = 1" if k > 1 else ""
+            extra = extra or ", a dequantization bound with K = 1"
         if res.get("bound") == "importance-weighted":
             extra = f", the importance-weighted bound with K = {res['samples']}"
         print(msg + f" ({res['examples']} examples{extra})")
@@ -330,13 +347,20 @@ def cmd_sample(args) -> int:
             from ..matching import _cnfs, nfe
             from .evaluate import describe_solver, solver_settings
 
-            used = (
-                f"ODE: {describe_solver(solver_settings(_cnfs(flow)))}, {nfe(flow)} function "
-                "evaluations in the last solve"
-            )
+            cnfs = _cnfs(flow)
+            counts = sorted({c.nfe_forward for c in cnfs})
+            if len(cnfs) == 1:
+                nfes = f"{_count(nfe(flow), 'function evaluation')} in the last solve"
+            elif len(counts) == 1:  # a fixed grid: every block the same
+                nfes = f"{_count(counts[0], 'function evaluation')} in the last solve of each "
+                nfes += f"of its {len(cnfs)} blocks"
+            else:
+                each = ", ".join(str(c.nfe_forward) for c in cnfs)
+                nfes = f"function evaluations in the last solve of its {len(cnfs)} blocks: {each}"
+            used = f"ODE: {describe_solver(solver_settings(cnfs))}, {nfes}"
     title = f"{args.n} samples{what}, T={args.temperature:g}"
     save_samples(x, cfg, out, title=title, given=given)
-    print(f"wrote {x.shape[0]} samples{what} to {out}")
+    print(f"wrote {_count(x.shape[0], 'sample')}{what} to {out}")
     if used:
         print(used)
     clamped = float(getattr(flow, "clamped", 0.0))  # an integer flow's draws outside its levels
@@ -581,7 +605,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-kwargs", help="builder arguments as JSON, e.g. '{\"layers\": 4}'")
     s.add_argument("--data-kwargs", help="dataset options as JSON, e.g. '{\"n_train\": 2000}'")
     s.add_argument("--layout", help="auto (default), vector or image")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--seed", type=_seed)
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int, help="the global batch size")
     s.add_argument("--lr", type=float)
@@ -631,7 +655,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", help="train, val or test (default test)")
     s.add_argument("--data", help="evaluate on this file or image folder instead")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--seed", type=int, default=0, help="seeds the dequantization noise")
+    s.add_argument("--seed", type=_seed, default=0, help="seeds the dequantization noise")
     s.add_argument("--batch-size", type=int, default=1024)
     s.add_argument(
         "--samples",
@@ -670,7 +694,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--context",
         help="raw context values of a column-conditional run, e.g. '1.5,2' (rows split by ';')",
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument(
         "--inverse",
@@ -706,7 +730,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--split", default="val")
     s.add_argument("--temperatures", default="0.5,0.7,0.85,1.0")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(
@@ -742,7 +766,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="annealing steps (0: off; default min(1000, steps / 3))",
     )
     s.add_argument("--n-eval", type=int, default=20000, help="samples for the diagnostics")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_fit_target)
@@ -870,6 +894,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+
+
+def _count(k: int, noun: str) -> str:
+    """``1 sample``, ``2 samples``."""
+    return f"{k} {noun}" if k == 1 else f"{k} {noun}s"
 
 
 # what the command itself offers against a solve over its step budget (the library's message

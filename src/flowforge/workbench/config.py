@@ -219,6 +219,9 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
 # -- checking ------------------------------------------------------------------------------------
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds; every command's seeds are in [0, SEED_MAX]
+
+
 def _int(lo: int, hi: float = math.inf) -> Callable:
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -345,8 +348,8 @@ def resolve_config(*layers: dict | None) -> dict:
     for layer in layers:
         cfg = merge_config(cfg, layer)
     cfg = cfg or merge_config(None, None)
-    cfg["seed"] = checked("seed", cfg["seed"], _int(0))
-    cfg["data"]["seed"] = checked("data.seed", cfg["data"]["seed"], _int(0))
+    cfg["seed"] = checked("seed", cfg["seed"], _int(0, SEED_MAX))
+    cfg["data"]["seed"] = checked("data.seed", cfg["data"]["seed"], _int(0, SEED_MAX))
     cfg["layout"] = checked("layout", cfg["layout"], _choice(*LAYOUTS))
     if not cfg["model"]["name"]:
         raise WorkbenchError("no model given: use --model NAME or a 'model:' section")

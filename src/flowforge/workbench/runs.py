@@ -122,7 +122,7 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
     """The best model of a run, scoring raw data: ``ff.load(run)`` with a run-folder check
     and one-line errors. The flow takes inputs of shape ``config["resolved"]["event_shape"]``
     (flattened images under the vector layout)."""
-    run_config(run)
+    cfg = run_config(run)
     if not (Path(run) / MODEL_FILE).exists():
         try:
             epochs = any(r.get("type") == "epoch" for r in read_metrics(Path(run)))
@@ -143,9 +143,20 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
             f"{run} has no model yet: its training stopped before the first epoch ended{resume}"
         )
     try:
-        return io.load(Path(run) / MODEL_FILE, map_location)
+        flow = io.load(Path(run) / MODEL_FILE, map_location)
     except ValueError as e:
         raise RunError(" ".join(str(e).split())) from None
+    levels = cfg["resolved"].get("levels")
+    if isinstance(flow, Flow):  # discrete data: a dequantizer, or an integer flow's levels
+        has = getattr(flow.dequantizer or flow, "levels", None)
+        if has != levels:
+            said = "continuous data" if levels is None else f"data of {levels} levels"
+            model = "continuous data" if has is None else f"data of {has} levels"
+            raise RunError(
+                f"{run}'s config.json and {MODEL_FILE} disagree: the config says {said}, the "
+                f"model is one for {model}; one of the files was changed or replaced"
+            )
+    return flow
 
 
 def _has_checkpoint(out: Path) -> bool:

@@ -33,7 +33,13 @@ from .. import io
 from .._util import COMPILE_OPTIONS
 from ..core import NaNLogProb, layer_metrics, needs_data_init, regularization
 from ..objectives import reverse_kl
-from .checkpoint import optimizer_state, read_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (
+    check_optimizer_state,
+    optimizer_state,
+    read_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked
 from .distributed import device as resolve_device
 from .distributed import dist_env
@@ -66,6 +72,8 @@ class Objective:
     name = "objective"
     needs_data = True
     skip_nonfinite = False  # skip (and count) steps whose loss is not finite, instead of stopping
+    # what overflowed when a non-finite loss comes from no layer's output
+    overflow = "the base log-density or the log-det sum overflowed"
 
     def phase_starts(self, cfg: dict) -> list[int]:
         """The epochs (0-based) at which a new training phase begins, besides epoch 0, for the
@@ -174,6 +182,10 @@ class FlowMatchingObjective(Objective):
 
         self.fm = Matching(path, ot, sigma)
         self.name = name or "flow-matching"
+        self.overflow = (
+            "the flow-matching regression loss overflowed (the data, or the velocities between "
+            "them and the noise, are too large for the model's dtype: standardise the data)"
+        )
         self._compiled = (None, None)  # (a CNF's network, its compiled module): train.compile
 
     def check(self, trainer: Trainer, model) -> None:
@@ -310,8 +322,14 @@ def _layer_name(model: torch.nn.Module, name: str) -> str:
 
 
 @torch.no_grad()
-def find_nonfinite(model: torch.nn.Module, rerun: Callable[[], object], rng_state=None) -> str:
-    """Re-run a forward pass with hooks; name the first module whose output is NaN/inf."""
+def find_nonfinite(
+    model: torch.nn.Module,
+    rerun: Callable[[], object],
+    rng_state=None,
+    overflow: str = Objective.overflow,
+) -> str:
+    """Re-run a forward pass with hooks; name the first module whose output is NaN/inf
+    (``overflow``: what to say when none is)."""
     names = {m: n for n, m in model.named_modules()}
     hits: list[str] = []
 
@@ -333,7 +351,7 @@ def find_nonfinite(model: torch.nn.Module, rerun: Callable[[], object], rng_stat
         for h in handles:
             h.remove()
     if not hits:
-        return "no layer output is NaN/inf: the base log-density or the log-det sum overflowed"
+        return f"no layer output is NaN/inf: {overflow}"
     inner = hits[0]
     what = _layer_name(model, inner)
     mods = dict(model.named_modules())
@@ -777,7 +795,14 @@ class Trainer:
         if st["finished"] not in (None, "finished", "early-stopped"):
             raise ValueError(f"its status {st['finished']!r} is not one this trainer writes")
         losses = st["epoch_losses"]
-        if not isinstance(losses, list) or len(losses) > self.steps_per_epoch:
+        if (
+            not isinstance(losses, list)
+            or len(losses) > self.steps_per_epoch
+            or not all(
+                not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                for v in losses
+            )
+        ):
             raise ValueError("its list of the epoch's losses is malformed")
 
     def load_checkpoint(self) -> None:
@@ -788,7 +813,9 @@ class Trainer:
             self.model.load_state_dict(model)
             if self.ema is not None:
                 self.ema.load_state_dict(ema)
-            self.opt.load_state_dict(optimizer_state(tensors, meta["optimizer"]))
+            opt_state = optimizer_state(tensors, meta["optimizer"])
+            check_optimizer_state(self.opt, opt_state)
+            self.opt.load_state_dict(opt_state)
             lambdas = [None] * len(self.opt.param_groups)  # closures: rebuilt, not stored
             self.sched.load_state_dict({**meta["scheduler"], "lr_lambdas": lambdas})
             state = {k: meta.get(k, getattr(self, k)) for k in self._STATE}
@@ -1068,8 +1095,9 @@ class Trainer:
         except NaNLogProb:  # the model gives NaN on validation data: as a NaN loss below
             val = math.nan
         if not math.isfinite(val):
+            what = self.objective.name + ("" if self.objective.name == "nll" else " loss")
             raise NonFiniteError(
-                f"the validation {self.objective.name} is {val} at epoch {self.epoch + 1}"
+                f"the validation {what} is {val} at epoch {self.epoch + 1}"
                 + (
                     f"; the best model so far is kept in {self.out}"
                     if self.best_epoch >= 0 and self.out
@@ -1171,7 +1199,10 @@ class Trainer:
 
     def _nonfinite(self, xb, cb, rng, what: str) -> None:
         where = find_nonfinite(
-            self.model, lambda: self.objective.loss(self, self.model, xb, cb), rng
+            self.model,
+            lambda: self.objective.loss(self, self.model, xb, cb),
+            rng,
+            getattr(self.objective, "overflow", Objective.overflow),
         )
         if self.out is None:
             kept = ""
