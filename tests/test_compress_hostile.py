@@ -112,6 +112,58 @@ def test_decoding_stops_inside_a_chunk_when_the_payload_runs_out(monkeypatch):
     assert len(calls) <= 2  # not all 6 blocks of the chunk
 
 
+@pytest.mark.parametrize("words", [[1], [2**31], [5, 7, 11, 13], [3] * 40])
+def test_a_forged_payload_cannot_decode_more_than_it_holds(words):
+    """A coder whose state has run below its floor decodes the same symbol for ever without
+    changing: emptiness never comes, and a header claiming 2**31 values would run for hours.
+    The decoder counts the information its symbols take and stops once it exceeds what the
+    payload holds, at the next piece of a table."""
+    import zlib
+
+    flow = _tiny_idf()
+    blob = codec.encode(flow, torch.randint(0, 5, (10, 6)))
+    h = codec.read_header(blob)
+    payload = np.array(words, "<u4").tobytes()
+    forged = dataclasses.replace(
+        h, count=codec.MAX_VALUES // 6, payload_crc=zlib.crc32(payload), words=len(words)
+    ).pack()
+    t0 = time.perf_counter()
+    with pytest.raises(
+        codec.CodecError,
+        match="corrupt .ffz file: (its payload ran out|it decodes to values outside)",
+    ):
+        codec.decode(flow, forged + payload)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_decoded_values_off_the_levels_are_refused(monkeypatch):
+    """A file whose (CRC-consistent) payload decodes to values outside [0, levels - 1] is
+    corrupt: refused, never wrapped into the output's dtype."""
+    flow = _tiny_idf()
+    x = torch.randint(0, 5, (10, 6))
+    x[0, :3] = torch.tensor([-1, 5, 300])
+    monkeypatch.setattr(codec, "_as_integers", lambda flow, x: np.asarray(x, np.int64))
+    blob = codec.encode(flow, x, verify=False)  # (the encoder's own check bypassed)
+    with pytest.raises(codec.CodecError, match=r"values outside the data's 5 levels \[0, 4\]"):
+        codec.decode(flow, blob)
+
+
+def test_the_encoder_holds_one_chunk_of_tables_at_a_time():
+    """The tables (hundreds of bytes per value) are built and coded a chunk at a time, last
+    chunk first: the encoder's memory does not grow with the number of examples."""
+    import tracemalloc
+
+    flow = _tiny_idf(features=16)
+    peaks = []
+    for n in (500, 4000):
+        x = torch.randint(0, 5, (n, 16), generator=torch.Generator().manual_seed(0))
+        tracemalloc.start()
+        codec.encode(flow, x, chunk=50, verify=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 3 * peaks[0], peaks  # 8 times the data, not 8 times the memory
+
+
 def test_encoder_and_decoder_share_the_chunk_limit():
     flow = _tiny_idf(features=64, levels=2)
     x = torch.zeros(16385, 64, dtype=torch.int64)
@@ -143,6 +195,59 @@ def test_unknown_flags_are_a_corrupt_header(run, ffz, tmp_path, capsys):
 
 
 # -- output and input paths ----------------------------------------------------------------------
+
+
+def test_a_file_that_appears_at_out_meanwhile_is_never_replaced(run, ffz, tmp_path, capsys,
+                                                                 monkeypatch):  # fmt: skip
+    """--out is checked before the work, but a file (or a link, even a dangling one) can
+    appear there while it runs: without --overwrite it is kept, and the command says so."""
+    from flowforge.workbench import compress as compress_module
+
+    real = codec.decode
+
+    def decode_and_race(flow, blob, *a, **k):  # someone writes at --out during the work
+        (tmp_path / "race.ffz").write_text("theirs")
+        (tmp_path / "race.npy").write_text("theirs")
+        return real(flow, blob, *a, **k)
+
+    monkeypatch.setattr(compress_module.codec, "decode", decode_and_race)
+    rc, _, err = cli(capsys, "compress", run, "--out", tmp_path / "race.ffz", "--no-baselines")
+    one_line_error(rc, err, "race.ffz appeared while this command ran; it is kept")
+    (tmp_path / "race.npy").unlink()
+    rc, _, err = cli(capsys, "decompress", ffz, "--model", run, "--out", tmp_path / "race.npy")
+    one_line_error(rc, err, "race.npy appeared while this command ran; it is kept")
+    assert (tmp_path / "race.ffz").read_text() == (tmp_path / "race.npy").read_text() == "theirs"
+    assert not list(tmp_path.rglob(".*.tmp"))
+    monkeypatch.undo()
+    os.symlink(tmp_path / "absent.ffz", tmp_path / "dangling.ffz")
+    os.symlink(tmp_path / "absent.npy", tmp_path / "dangling.npy")
+    rc, _, err = cli(capsys, "compress", run, "--out", tmp_path / "dangling.ffz", "--no-baselines")
+    one_line_error(rc, err, "dangling.ffz exists")
+    rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", tmp_path / "dangling.npy")
+    one_line_error(rc, err, "dangling.npy exists")
+    assert (tmp_path / "dangling.ffz").is_symlink() and (tmp_path / "dangling.npy").is_symlink()
+
+
+def test_an_image_folder_compresses_and_decodes_exactly(run, tmp_path, capsys):
+    """A folder of images is a documented --data (read whole: no validation or test split,
+    which the duplicate check once failed on)."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 17, (3, 8, 8), dtype=np.uint8)
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(folder / f"{i}.png")
+    rc, _, err = cli(capsys, "compress", run, "--data", folder, "--out", tmp_path / "i.ffz",
+                     "--no-baselines")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "decompress", tmp_path / "i.ffz", "--model", run, "--out",
+                     tmp_path / "i.npy")  # fmt: skip
+    assert rc == 0, err
+    back = np.load(tmp_path / "i.npy")
+    assert back.shape == (3, 1, 8, 8)
+    assert sorted(map(bytes, back.reshape(3, -1))) == sorted(map(bytes, images.reshape(3, -1)))
 
 
 def test_output_paths_are_checked_before_any_work(run, ffz, tmp_path, capsys):

@@ -74,6 +74,9 @@ MAGIC = b"FFZ\x01"
 VERSION = 1
 PRECISION = 24  # the coder's probability resolution: every table sums to 2**24
 MAX_VALUES = 2**31  # data values in one file, at most
+# the default window radius's cap: 2 * levels covers the data's range up to 2,048 levels (each
+# window is only as wide as its mixtures need, so a sharp model never pays for it)
+MAX_DEFAULT_RADIUS = 4096
 MAX_CHUNK = 65536  # examples per network call, at most
 MAX_CHUNK_VALUES = 2**20  # values per network call (chunk x values per example), at most
 MAX_THREADS = 64  # torch threads a file may ask for (encoder and decoder)
@@ -442,12 +445,13 @@ def _tables(params, radius: int, rows: int):
     log_w, loc, log_scale = (
         p.detach().double().reshape(-1, p.shape[-1])[:rows].numpy() for p in params
     )
-    w = np.exp(log_w)
-    w /= w.sum(-1, keepdims=True)
-    mean = (w * loc).sum(-1)
-    center = np.clip(np.rint(mean), -(2**30), 2**30).astype(np.int64)
-    reach = np.abs(loc - center[:, None]) + 16.0 * np.exp(log_scale)
-    need = np.where(w > 1e-6, reach, 0.0).max()
+    with np.errstate(all="ignore"):  # (a damaged model's overflow: its file fails its CRC)
+        w = np.exp(log_w)
+        w /= w.sum(-1, keepdims=True)
+        mean = (w * loc).sum(-1)
+        center = np.clip(np.nan_to_num(np.rint(mean)), -(2**30), 2**30).astype(np.int64)
+        reach = np.abs(loc - center[:, None]) + 16.0 * np.exp(log_scale)
+        need = np.nan_to_num(np.where(w > 1e-6, reach, 0.0).max(), nan=0.0)
     r = int(min(radius, max(4, math.ceil(min(need, 2.0**20)))))
     step = max(1, _PIECE // ((2 * r + 2) * w.shape[1]))
     for a in range(0, len(w), step):
@@ -458,6 +462,11 @@ def _tables(params, radius: int, rows: int):
 
 def _counts(w, loc, log_scale, lo, r: int) -> np.ndarray:
     """The integer table of each row's window ``[lo, lo + 2r]`` plus the escape."""
+    with np.errstate(all="ignore"):  # (as in _tables)
+        return _quantized(w, loc, log_scale, lo, r)
+
+
+def _quantized(w, loc, log_scale, lo, r: int) -> np.ndarray:
     edges = lo[:, None] - 0.5 + np.arange(2 * r + 2)[None, :]  # (M, 2r+2)
     inv = np.exp(-log_scale)  # (M, K)
     u = (edges[:, :, None] - loc[:, None, :]) * inv[:, None, :]
@@ -495,7 +504,7 @@ def ideal_bits(flow: IntegerFlow, x, chunk: int = 64, radius: int | None = None)
 
 
 def _radius(flow: IntegerFlow, radius: int | None) -> int:
-    r = min(2 * flow.levels, 256) if radius is None else radius
+    r = min(2 * flow.levels, MAX_DEFAULT_RADIUS) if radius is None else radius
     if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 65535:
         raise CodecError(f"expected a window radius in [1, 65535], got {radius!r}")
     return r
@@ -532,25 +541,30 @@ def _unescape(words: np.ndarray) -> np.ndarray:
 def _segments(flow: IntegerFlow, xs: np.ndarray, chunk: int, radius: int):
     """What the encoder writes, in decoding order: ``(kind, symbols, counts, values)`` with
     ``counts`` None for raw 16-bit words of escaped values."""
-    base = flow.base
     for start, n in _chunks(len(xs), chunk):
-        z_full = _latent(flow, xs[start : start + n], chunk)
-        z = torch.zeros_like(z_full)
-        z[:n] = z_full[:n]  # padding rows read as zeros, as the decoder sees them
-        for i in reversed(range(len(base.blocks))):
-            s = base.block_slice(i)
-            m = n * (s.stop - s.start)
-            v = z[:n, s].reshape(-1).to(torch.int64).numpy()
-            escaped, a = [], 0
-            for lo, counts in _tables(_block_params(base, i, z), radius, m):
-                piece, a = v[a : a + len(lo)], a + len(lo)
-                off, escape = piece - lo, counts.shape[1] - 1
-                esc = (off < 0) | (off >= escape)
-                yield "block", np.where(esc, escape, off).astype(np.int32), counts, None
-                escaped.append(piece[esc])
-            escaped = np.concatenate(escaped)
-            if len(escaped):
-                yield "escape", _escape_words(escaped), None, None
+        yield from _chunk_segments(flow, xs[start : start + n], chunk, radius)
+
+
+def _chunk_segments(flow: IntegerFlow, x: np.ndarray, chunk: int, radius: int):
+    """:func:`_segments` of one chunk of ``n <= chunk`` examples ``x``."""
+    base, n = flow.base, len(x)
+    z_full = _latent(flow, x, chunk)
+    z = torch.zeros_like(z_full)
+    z[:n] = z_full[:n]  # padding rows read as zeros, as the decoder sees them
+    for i in reversed(range(len(base.blocks))):
+        s = base.block_slice(i)
+        m = n * (s.stop - s.start)
+        v = z[:n, s].reshape(-1).to(torch.int64).numpy()
+        escaped, a = [], 0
+        for lo, counts in _tables(_block_params(base, i, z), radius, m):
+            piece, a = v[a : a + len(lo)], a + len(lo)
+            off, escape = piece - lo, counts.shape[1] - 1
+            esc = (off < 0) | (off >= escape)
+            yield "block", np.where(esc, escape, off).astype(np.int32), counts, None
+            escaped.append(piece[esc])
+        escaped = np.concatenate(escaped)
+        if len(escaped):
+            yield "escape", _escape_words(escaped), None, None
 
 
 def _block_params(base: DiscretizedLogisticMixture, i: int, z: Tensor):
@@ -575,9 +589,10 @@ def encode(
             Default: 64, or fewer for examples of more than 16,384 values.
         threads: torch threads during coding (recorded; the decoder uses the same, since the
             networks' rounding depends on it), at most ``MAX_THREADS``.
-        radius: the largest half-width of a table window (default ``min(2 * levels, 256)``,
-            which covers the data range); each block's window is as wide as its mixtures
-            need, up to this. Values outside the window are escaped, not lost.
+        radius: the largest half-width of a table window (default ``min(2 * levels, 4096)``,
+            which covers the data range up to 2,048 levels); each block's window is as wide
+            as its mixtures need, up to this. Values outside the window are escaped, not
+            lost.
         verify: decode the result and compare before returning it.
 
     Returns:
@@ -607,18 +622,21 @@ def encode(
     radius = _radius(flow, radius)
     was_training = flow.training
     flow.eval()
-    try:
-        with torch.no_grad(), _threads(threads):
-            segments = list(_segments(flow, xs, chunk, radius))
-    finally:
-        flow.train(was_training)
     coder = stack.AnsCoder()
     categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
-    for kind, syms, counts, _ in reversed(segments):
-        if kind == "block":
-            coder.encode_reverse(syms, categorical, counts / float(1 << PRECISION))
-        else:
-            coder.encode_reverse(syms, raw)
+    try:
+        with torch.no_grad(), _threads(threads):
+            # the stack codes in reverse: the last chunk first, so that only one chunk's
+            # tables are held at a time, whatever the number of examples
+            for start, n in reversed(list(_chunks(len(xs), chunk))):
+                segments = list(_chunk_segments(flow, xs[start : start + n], chunk, radius))
+                for kind, syms, counts, _ in reversed(segments):
+                    if kind == "block":
+                        coder.encode_reverse(syms, categorical, counts / float(1 << PRECISION))
+                    else:
+                        coder.encode_reverse(syms, raw)
+    finally:
+        flow.train(was_training)
     words = np.asarray(coder.get_compressed(), dtype=np.uint32).astype("<u4")
     payload = words.tobytes()
     header = Header(
@@ -710,17 +728,25 @@ def read_header(data: bytes):
     return h
 
 
-def _check_left(coder, done: int, count: int) -> None:
-    """Refuse to decode from an empty coder. Encoding a symbol (of probability below 1) always
-    grows the coder's state, and the encoder started empty: only the decoder's final state is
-    empty, so symbols still to decode from an empty coder mean a damaged or forged file.
-    Checked before every piece of a table, so that a header promising more examples than the
-    payload holds stops within one piece, not after a whole chunk."""
-    if coder.is_empty():
+def _check_left(coder, done: int, count: int, spent: float = 0.0, budget: float = math.inf):
+    """Refuse to decode past the payload. Symbols still to decode from an empty coder, or
+    decoded symbols whose information (``spent``, ``-log2`` of their table probabilities, in
+    bits) exceeds what the payload holds (``budget``), mean a damaged or forged file: a coder
+    whose state has run below its floor goes on decoding the same symbol at no cost to its
+    state, so emptiness alone would let a forged header's count run for hours. Checked before
+    every piece of a table, so that a header promising more examples than the payload holds
+    stops within one piece, not after a whole chunk."""
+    if coder.is_empty() or spent > budget:
         raise CodecError(
             f"corrupt .ffz file: its payload ran out after {done} of the {count} examples its "
             "header announces"
         )
+
+
+def _information(counts: np.ndarray, syms: np.ndarray) -> float:
+    """The bits that decoding ``syms`` from tables ``counts`` took from the coder."""
+    taken = counts[np.arange(len(syms)), syms]
+    return float(len(syms) * PRECISION - np.log2(taken).sum())
 
 
 def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
@@ -770,34 +796,49 @@ def _decode(flow, data: bytes, force: bool) -> Tensor:
     check_environment(h.environment, flow, force, "tables")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     coder = _coder(stack, words)
+    # the payload's information, with room for the coder's sub-word state and the rounding of
+    # the tables' quantization (a genuine file spends at most its payload)
+    budget = 32.0 * (len(words) + 2)
+    budget += 1e-3 * budget
+    spent = 0.0
     categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
     base, r = flow.base, h.radius
     parts: list[np.ndarray] = []  # grown as chunks decode: a header's count allocates nothing
+    store = np.uint8 if flow.levels <= 256 else np.uint16 if flow.levels <= 65536 else np.int64
     was_training = flow.training
     flow.eval()
     try:
         with torch.no_grad(), _threads(h.threads):
             for start, n in _chunks(h.count, h.chunk):
-                _check_left(coder, start, h.count)
+                _check_left(coder, start, h.count, spent, budget)
                 z = torch.zeros(h.chunk, base.features, dtype=flow.dtype)
                 for i in reversed(range(len(base.blocks))):
                     s = base.block_slice(i)
                     m = n * (s.stop - s.start)
                     v, esc = [], []
                     for lo, counts in _tables(_block_params(base, i, z), r, m):
-                        _check_left(coder, start, h.count)
+                        _check_left(coder, start, h.count, spent, budget)
                         syms = np.asarray(
                             coder.decode(categorical, counts / float(1 << PRECISION)), np.int64
                         )
+                        spent += _information(counts, syms)
                         v.append(lo + syms)
                         esc.append(syms == counts.shape[1] - 1)
                     v, esc = np.concatenate(v), np.concatenate(esc)
                     if esc.any():
-                        _check_left(coder, start, h.count)
+                        _check_left(coder, start, h.count, spent, budget)
                         v[esc] = _unescape(np.asarray(coder.decode(raw, 2 * int(esc.sum()))))
+                        spent += 32.0 * int(esc.sum())
                     z[:n, s] = torch.from_numpy(v.reshape(n, -1)).to(z.dtype)
                 xt, _ = flow.transform.inverse(z.reshape(h.chunk, *flow.transform.output_shape))
-                parts.append(xt[:n].round().to(torch.int64).numpy())
+                x = xt[:n].round().to(torch.int64).numpy()
+                if x.size and (x.min() < 0 or x.max() > flow.levels - 1):
+                    raise CodecError(
+                        f"corrupt .ffz file: it decodes to values outside the data's "
+                        f"{flow.levels} levels [0, {flow.levels - 1}] (in its examples from "
+                        f"{start})"
+                    )
+                parts.append(x.astype(store))
     except CodecError:
         raise
     except Exception as e:  # the coder or the model fed garbage by a damaged payload
@@ -807,4 +848,4 @@ def _decode(flow, data: bytes, force: bool) -> Tensor:
     out = np.concatenate(parts).reshape(h.count, *h.shape)
     if not coder.is_empty() or _data_crc(out) != h.data_crc:
         raise CodecError("corrupt .ffz file: the decoded data fail the CRC check")
-    return torch.from_numpy(out)
+    return torch.from_numpy(out.astype(np.int64))

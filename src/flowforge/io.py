@@ -16,6 +16,7 @@ reads any tensor. See ``docs/security.md`` for what a file can and cannot make f
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -66,11 +67,13 @@ def _safetensors():
     return safetensors
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, replace: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     An ``OSError`` (a full disk, a read-only folder) names the file and leaves any previous
-    version of it in place."""
+    version of it in place. ``replace=False``: never replace anything at ``path`` (a file, or
+    a link, that appeared since the caller looked): the new file is linked into place, which
+    fails if the name exists (``FileExistsError``), and the temporary file is removed."""
     path = Path(path)
     tmp = None
     try:
@@ -83,7 +86,15 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
+            Path(tmp).unlink(missing_ok=True)
+    except FileExistsError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
     except OSError as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -95,6 +106,27 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Give the file ``tmp`` the name ``path`` unless ``path`` exists (a hard link fails on an
+    existing name, atomically); where the file system has no hard links, a check then a
+    rename."""
+    exists = FileExistsError(
+        errno.EEXIST,
+        f"{path} appeared while this command ran; it is kept (choose another --out, or pass "
+        "--overwrite to replace it)",
+    )
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise exists from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.ENOTSUP):
+            raise
+        if os.path.lexists(path):
+            raise exists from None
+        os.replace(tmp, path)
 
 
 # -- the codec -----------------------------------------------------------------------------------

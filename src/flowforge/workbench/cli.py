@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -312,7 +313,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npy", ".csv"):
         raise WorkbenchError(f"--out {out}: expected a .png, .npy or .csv file")
-    if out.exists() and not args.overwrite:
+    if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
     if args.n < 1:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
@@ -359,7 +360,7 @@ def cmd_sample(args) -> int:
                 nfes = f"function evaluations in the last solve of its {len(cnfs)} blocks: {each}"
             used = f"ODE: {describe_solver(solver_settings(cnfs))}, {nfes}"
     title = f"{args.n} samples{what}, T={args.temperature:g}"
-    save_samples(x, cfg, out, title=title, given=given)
+    save_samples(x, cfg, out, title=title, given=given, overwrite=args.overwrite)
     print(f"wrote {_count(x.shape[0], 'sample')}{what} to {out}")
     if used:
         print(used)

@@ -73,7 +73,7 @@ def _check_out(out, overwrite: bool, suffix: str | None = None) -> Path:
         raise WorkbenchError(f"--out {out}: expected a {suffix} file")
     if path.is_dir():
         raise WorkbenchError(f"--out {out} is a folder; expected a file path")
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
     folder = next((p for p in path.parents if p.exists()), Path("."))  # where it goes, or above
     if not folder.is_dir():
@@ -212,14 +212,21 @@ def compress_run(
         else:
             blob = codec.encode(flow, xs, chunk=chunk, threads=threads, verify=False)
         t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        back = codec.decode(flow, blob).numpy()
-        t_dec = time.perf_counter() - t0
     except codec.CodecError as e:
         raise DataError(f"{name}: {e}") from None
+    t0 = time.perf_counter()
+    try:
+        back = codec.decode(flow, blob).numpy()
+    except codec.CodecError as e:  # our own fresh file: the model, not the data or a file
+        raise WorkbenchError(
+            f"the run's model does not decode what it encoded from {name} ({e}): its "
+            "transform is not exact on these data in float arithmetic (parameters far out of "
+            "range?); nothing was written"
+        ) from None
+    t_dec = time.perf_counter() - t0
     if not np.array_equal(back, xs):
         raise WorkbenchError("the file did not decode to the data; nothing was written")
-    atomic_write(out_path, blob)
+    atomic_write(out_path, blob, replace=overwrite)
     dims = xs.size
     nll_bits = _nll_bits(flow, xs, samples=8)
     file_bpd = len(blob) * 8 / dims
@@ -293,7 +300,7 @@ def decompress_file(
     dtype = np.uint8 if levels <= 256 else np.uint16 if levels <= 65536 else np.int64
     buf = io.BytesIO()
     np.save(buf, x.astype(dtype))
-    atomic_write(out_path, buf.getvalue())
+    atomic_write(out_path, buf.getvalue(), replace=overwrite)
     return {
         "file": str(file),
         "out": str(out_path),

@@ -476,7 +476,11 @@ def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
     """Warnings for validation and test examples that repeat a training example exactly (a
     table's rows, an image folder's images): their NLL is optimistic, and early stopping on a
     contaminated validation split does not stop."""
-    flat = lambda a: np.ascontiguousarray(np.asarray(a).reshape(len(a), -1))  # noqa: E731
+
+    def flat(a):  # (an empty split, as when a folder is read whole, has no rows to compare)
+        a = np.asarray(a)
+        return np.ascontiguousarray(a.reshape(len(a), -1)) if len(a) else a[:0].reshape(0, 0)
+
     seen = {r.tobytes() for r in flat(train)}
     notes = []
     for name, a in splits.items():

@@ -138,14 +138,20 @@ def _csv_field(name: str) -> str:
 
 
 def save_samples(
-    x: Tensor, cfg: dict, path: str | os.PathLike, title: str = "", given=None
+    x: Tensor,
+    cfg: dict,
+    path: str | os.PathLike,
+    title: str = "",
+    given=None,
+    overwrite: bool = True,
 ) -> None:
     """Write samples as .npy, .csv or .png (a grid for images, a scatter for 2-D data).
 
     A CSV has one sample per row (an image's values flattened), under the data's column names
     when the run knows them. ``given``: ``(names, rows)``, the contexts the samples were drawn
     for, as :func:`sample_run` orders them (each row's samples together); a CSV then starts
-    each line with its context's values, so that every sample says what it was given."""
+    each line with its context's values, so that every sample says what it was given.
+    ``overwrite=False``: a file that appeared at ``path`` meanwhile is kept (FileExistsError)."""
     from ..io import atomic_write
     from .data import WorkbenchError
 
@@ -156,7 +162,7 @@ def save_samples(
 
         buf = _io.BytesIO()
         np.save(buf, x.cpu().numpy())
-        atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getvalue(), replace=overwrite)
         return
     if suffix == ".csv":
         x = x.reshape(x.shape[0], -1)
@@ -174,7 +180,7 @@ def save_samples(
         if header:
             rows.insert(0, ",".join(_csv_field(n) for n in header))
         text = "\n".join(rows) + "\n"
-        atomic_write(path, text.encode())
+        atomic_write(path, text.encode(), replace=overwrite)
         return
     if suffix != ".png":
         raise WorkbenchError(f"unsupported output {path.name}; expected .png, .npy or .csv")
@@ -195,10 +201,10 @@ def save_samples(
         )
     if title:
         ax.set_title(title)
-    _savefig(fig, path)
+    _savefig(fig, path, overwrite)
 
 
-def _savefig(fig, path: Path) -> None:
+def _savefig(fig, path: Path, overwrite: bool = True) -> None:
     import io as _io
 
     from ..io import atomic_write
@@ -207,7 +213,7 @@ def _savefig(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=100)
     _plt().close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), replace=overwrite)
 
 
 def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
