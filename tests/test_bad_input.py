@@ -773,3 +773,15 @@ def test_eval_says_a_dequantized_nll_is_a_bound_with_k(tmp_path, capsys):
     assert "examples, the mean of 3 dequantization bounds with K = 1)" in out
     rc, out, err = cli(capsys, "eval", run, "--samples", 3, "--iw")
     assert "examples, the importance-weighted bound with K = 3)" in out
+
+
+def test_options_a_run_cannot_use_are_named(tmp_path, capsys):
+    """A context width for data without a context, and the parallel inverse's --tol for a model
+    without autoregressive layers, are refused in one line naming the option."""
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "moons", "--set",
+                     "model.context_features=2", "--out", tmp_path / "c")  # fmt: skip
+    one_line_error(rc, err, "context_features=2 comes from the data", "--conditional label")
+    run = tiny_moons_run(capsys, tmp_path / "moons")  # a RealNVP: couplings, no autoregression
+    rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", tmp_path / "s.npy", "--tol", 0.5)
+    one_line_error(rc, err, "--tol sets how autoregressive layers", "this run's model has none")
+    assert not (tmp_path / "s.npy").exists()

@@ -317,12 +317,13 @@ def test_the_cli_samples_a_cnf_with_the_solver_and_steps_asked_for(tmp_path, cap
     np.testing.assert_array_equal(got["rk4"], got["steps"])  # same seed, same solver
     assert not np.array_equal(got["rk4"], got["euler"])  # the solver was used
     refused = (
-        (["--ode-steps", "0"], "steps >= 1"),
+        (["--ode-steps", "0"], "--ode-steps must be an integer in [1, 1,000]"),
+        (["--ode-steps", "5000"], "--ode-steps must be an integer in [1, 1,000] (the model's"),
         (["--ode-method", "nope"], "unknown ODE solver 'nope'"),
         (["--ode-tol", "0"], "--ode-tol must be a number in [1e-12, 1)"),
         (["--ode-tol", "1e300"], "--ode-tol must be a number in [1e-12, 1)"),
         (["--ode-tol", "1e-30"], "--ode-tol must be a number in [1e-12, 1)"),
-        (["--ode-method", "dopri5", "--ode-steps", "4"], "adaptive"),
+        (["--ode-method", "dopri5", "--ode-steps", "4"], "--ode-method dopri5 is adaptive"),
         (["--ode-method", "euler", "--ode-tol", "1e-3"], "euler steps on a fixed grid"),
         (["--inverse", "parallel"], "this run's model has none"),
     )

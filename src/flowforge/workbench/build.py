@@ -202,6 +202,12 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
                 f"model argument context_features={kwargs['context_features']} does not match "
                 f"the data's context of {k} features; remove it"
             )
+    elif kwargs.get("context_features"):
+        raise WorkbenchError(
+            f"model argument context_features={kwargs['context_features']!r} comes from the "
+            "data, and this run's data has no context: remove it, or make the run conditional "
+            "(--conditional label, or --target-columns for a table)"
+        )
     elif kwargs.get("base") == "class-gaussian":
         raise WorkbenchError(
             "base 'class-gaussian' needs a conditional run: add --conditional label (or "

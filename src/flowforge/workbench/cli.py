@@ -333,12 +333,12 @@ def cmd_sample(args) -> int:
     if args.inverse != "sequential":  # autoregressive layers: Jacobi sweeps (see set_inverse)
         from ..transforms import Autoregressive, set_inverse
 
-        if args.inverse != "auto" and not any(
-            isinstance(m, Autoregressive) for m in flow.modules()
-        ):
+        none = not any(isinstance(m, Autoregressive) for m in flow.modules())
+        if none and (args.inverse != "auto" or args.tol is not None):
+            option = f"--inverse {args.inverse}" if args.inverse != "auto" else "--tol"
             raise WorkbenchError(
-                f"--inverse {args.inverse} sets how autoregressive layers (MAF, NSF-AR, TarFlow) "
-                "invert; this run's model has none"
+                f"{option} sets how autoregressive layers (MAF, NSF-AR, TarFlow) invert; this "
+                "run's model has none"
             )
         set_inverse(flow, args.inverse, tol=tol)
     ode, used = _ode_solver(flow, args.ode_method, args.ode_steps, args.ode_tol), None
@@ -403,6 +403,18 @@ def _ode_solver(flow, method, steps, tol):
             f"--ode-tol sets an adaptive solver's tolerance, but {used} steps on a fixed grid: "
             "set --ode-steps instead (or --ode-method dopri5 with --ode-tol)"
         )
+    if steps is not None:  # in the command's words (the library's name its arguments)
+        budget = min(c.max_steps for c in _cnfs(flow))
+        if steps < 1 or steps > budget:
+            raise WorkbenchError(
+                f"--ode-steps must be an integer in [1, {budget:,}] (the model's step budget), "
+                f"got {steps:,}"
+            )
+        if used not in _FIXED:
+            raise WorkbenchError(
+                f"--ode-steps sets a fixed grid, but --ode-method {used} is adaptive: use a "
+                f"fixed-grid method ({', '.join(sorted(_FIXED))}), or --ode-tol for {used}"
+            )
     return solver(flow, method, steps=steps, rtol=tol, atol=tol)
 
 
@@ -916,6 +928,8 @@ def _ode_hint(e: BaseException, args) -> str | None:
     ode = sys.modules.get("flowforge.transforms.continuous")  # (imported if it was used)
     if ode is None or not isinstance(e, ode.ODEStepBudgetError):
         return None
+    if "fixed grid" in str(e) and getattr(args, "func", None) is cmd_sample:
+        return "; from this command: a fixed grid within the budget (--ode-steps N)"
     return _ODE_HINTS.get(getattr(args, "func", None), "")
 
 
