@@ -30,6 +30,8 @@ DEMO = {
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror and e.filename is None and len(e.args) == 2:
+        return " ".join(e.strerror.split())  # our own (errno, message): without "[Errno N]"
     msg = " ".join(str(e).split()) or type(e).__name__
     return msg.strip("'\"") if isinstance(e, KeyError) else msg
 

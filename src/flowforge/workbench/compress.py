@@ -279,7 +279,11 @@ def decompress_file(
     if path.stat().st_size > MAX_FILE_BYTES:
         raise DataError(f"{file} is larger than any .ffz file flowforge writes")
     try:
-        blob = path.read_bytes()
+        with path.open("rb") as f:  # the magic first: a large file that is not ours is not read
+            head = f.read(len(codec.MAGIC))
+            if len(head) == len(codec.MAGIC) and head != codec.MAGIC:
+                raise DataError(f"{file}: not a flowforge .ffz file (bad magic bytes)")
+            blob = head + f.read()
     except OSError as e:
         raise DataError(f"{file}: cannot read it ({e.strerror})") from None
     try:
