@@ -594,7 +594,10 @@ class CNF(Transform):
         what = "its step size underflowed to 0" if underflow else "its state became NaN or inf"
         dtype, eps = str(x.dtype).removeprefix("torch."), torch.finfo(x.dtype).eps
         if not bool(torch.isfinite(x).all()):
-            why = "the starting state has NaN or inf values (inputs far outside the data?)"
+            why = (
+                "the starting state has NaN or inf values (inputs far outside the data, or "
+                "layers before the CNF whose parameters overflow, as in a damaged model file?)"
+            )
         elif self.method not in _FIXED and min(self.rtol, self.atol) < 10 * eps:
             why = (
                 f"rtol={self.rtol:g}, atol={self.atol:g} are below what {dtype} resolves "
