@@ -171,3 +171,13 @@ def test_glow_with_emerging_convolutions_trains_from_the_command_line(tmp_path, 
                      tmp_path / "r2", "--model-kwargs", '{"permutation": "emerging-2"}',
                      "--no-progress")  # fmt: skip
     one_line_error(rc, err, "emerging-2", "odd kernel size")
+
+
+def test_solver_iterations_and_shapes_are_checked():
+    glow = ff.models.Glow(shape=(1, 4, 4), scales=1, steps=1, hidden=8, permutation="emerging")
+    for bad in (2.5, float("nan"), float("inf"), "x", 0, True):
+        with pytest.raises(ValueError, match="expected max_iter to be an integer >= 1 or None"):
+            set_emerging_solver(glow, "parallel", tol=1e-6, max_iter=bad)
+    for shape in ((0, 4, 4), (1, 0, 4), (-1, 4, 4)):
+        with pytest.raises(ValueError, match="image shape \\(C, H, W\\) of positive sizes"):
+            EmergingConv2d(shape)

@@ -172,3 +172,9 @@ def test_bad_arguments_are_refused():
         ff.models.TorusFlow(features=2, layers=0)
     with pytest.raises(ValueError, match="has no temperature"):
         ff.models.TorusFlow(features=2, layers=1, hidden=(8,)).sample(3, temperature=0.5)
+
+
+def test_an_angle_just_past_pi_is_shown_past_pi():
+    flow = ff.models.build("torusflow", features=2, layers=1, hidden=(8,))
+    with pytest.raises(ValueError, match=r"got values in \[0, 3.14159[3-9]"):
+        flow.log_prob(torch.tensor([[math.pi + 1e-6, 0.0]]))

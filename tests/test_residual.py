@@ -256,3 +256,32 @@ def test_orthogonalize_refuses_dependent_columns():
     q = torch.randn(4, 1, dtype=F64).expand(4, 3).unsqueeze(0)  # rank 1
     with pytest.raises(RuntimeError, match=r"orthogonalize did not converge .*max \|QᵀQ - I\| = "):
         orthogonalize(q)
+
+
+def test_builder_arguments_that_would_bias_or_empty_the_flow_are_refused():
+    """roulette_p outside (0, 1) biased the estimate (p = -1: half the log-det) or failed with
+    a raw OverflowError; zero blocks or layers built a flow with nothing to train."""
+    for p in (-1.0, 0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="expected 0 < roulette_p < 1"):
+            ff.models.build("residualflow", features=3, estimator="roulette", roulette_p=p)
+    with pytest.raises(ValueError, match="n_exact to be an integer >= 0"):
+        ff.models.build("residualflow", features=3, n_exact=-1)
+    with pytest.raises(ValueError, match="expected blocks to be an integer >= 1, got 0"):
+        ff.models.build("residualflow", features=3, blocks=0)
+    for name in ("planar", "radial", "sylvester"):
+        with pytest.raises(ValueError, match="expected layers to be an integer >= 1, got -1"):
+            ff.models.build(name, features=3, layers=-1)
+
+
+def test_two_training_calls_before_one_backward_pass():
+    """The spectral norm's vectors were used in the graph and then advanced in place by the
+    next call: forward-KL plus reverse-KL, or two batches in one loss, raised autograd's
+    in-place error."""
+    torch.manual_seed(0)
+    flow = ff.models.build("residualflow", features=3, blocks=2, hidden=(8,))
+    flow.train()
+    flow.log_prob(torch.randn(64, 3))  # the standardisation's first batch
+    loss = -(flow.log_prob(torch.randn(5, 3)).mean() + flow.log_prob(torch.randn(5, 3)).mean())
+    loss.backward()
+    grads = [p.grad for p in flow.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -295,3 +295,12 @@ def test_auto_times_both_inverses_once_per_batch_size_and_keeps_the_faster(
     assert torch.allclose(x, z, atol=1e-6)  # the identity layer, either way
     fresh.set_inverse("auto")  # a new choice forgets the picks
     assert fresh._auto_picks == {}
+
+
+def test_sizes_of_the_transformer_are_checked():
+    for ratio in (0, -1):
+        with pytest.raises(ValueError, match="expected mlp_ratio to be an integer >= 1"):
+            ff.models.build("tarflow", features=4, blocks=1, width=8, heads=2, mlp_ratio=ratio)
+    with pytest.raises(ValueError, match="expected a finite bound > 0, got inf"):
+        ff.models.build("tarflow", features=4, blocks=1, width=8, heads=2, transformer="spline",
+                        bound=float("inf"))  # fmt: skip

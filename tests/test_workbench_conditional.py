@@ -87,6 +87,8 @@ def test_class_conditional_glow_trains_saves_and_samples(label_run, tmp_path, ca
         ([], "this run is conditional: pass --label"),
         (["--context", "1,2"], "use --label, not --context"),
         (["--label", "x"], "--label expects integers"),
+        (["--label", ""], "--label expects integers like 3 or 0,1,2, got ''"),  # (no labels)
+        (["--label", ","], "--label expects integers like 3 or 0,1,2, got ','"),
     ],
 )
 def test_bad_labels_are_one_line_errors(label_run, tmp_path, capsys, extra, message):

@@ -143,7 +143,8 @@ class CausalTransformer(nn.Module):
         super().__init__()
         shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
         index = token_layout(shape, patch)
-        for name, v, low in (("width", width, 1), ("depth", depth, 1), ("heads", heads, 1)):
+        sizes = (("width", width), ("depth", depth), ("heads", heads), ("mlp_ratio", mlp_ratio))
+        for name, v, low in ((name, v, 1) for name, v in sizes):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"expected {name} to be an integer >= {low}, got {v!r}")
         if width % heads:

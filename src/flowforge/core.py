@@ -828,10 +828,14 @@ class Flow(nn.Module):
             return lp
         bad = wrong.reshape(-1).nonzero().flatten()[:5].tolist()
         what = "NaN" if bool(torch.isnan(lp).any()) else "+inf"
+        remedy = (
+            "remove them"
+            if lp.dtype == torch.float64
+            else "score them in float64 (flow.double()), or remove them"
+        )
         raise NaNLogProb(
             f"the model's log-density is {what} for batch rows {bad} (inputs this far from "
-            f"the training data overflow its {lp.dtype} layers); score them in float64 "
-            "(flow.double()), or remove them",
+            f"the training data overflow its {lp.dtype} layers); {remedy}",
             bad,
         )
 

@@ -77,6 +77,7 @@ __all__ = [
     "preprocessing",
     "standardized",
     "event_shape",
+    "count",
     "widths",
     "channels",
     "mlp_conditioner",
@@ -151,6 +152,14 @@ class DataOptions:
 
 
 # -- shapes and widths ---------------------------------------------------------------------------
+
+
+def count(name: str, v) -> int:
+    """``v`` if it is an integer >= 1 (a depth, a number of blocks); a ValueError naming
+    ``name`` otherwise."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+    return v
 
 
 def event_shape(features: int | None, shape: Sequence[int] | None) -> tuple[int, ...]:

@@ -18,16 +18,14 @@ from ..transforms.manifolds import (
     UniformCylinder,
     UniformTorus,
 )
-from .assembly import event_shape, widths
+from .assembly import count, event_shape, widths
 from .registry import register
 
 __all__ = ["SphereFlow", "TorusFlow"]
 
 
 def _layers(layers: int) -> int:
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"expected layers to be an integer >= 1, got {layers!r}")
-    return layers
+    return count("layers", layers)
 
 
 @register(inputs=("features",), depth="layers", width="hidden")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .. import transforms as T
 from ..core import Flow, Inverse, Transform
-from .assembly import DataOptions, assemble, event_shape, widths
+from .assembly import DataOptions, assemble, count, event_shape, widths
 from .registry import register
 
 __all__ = ["Planar", "Radial", "Sylvester", "ResidualFlow"]
@@ -49,7 +49,7 @@ def Planar(
     """
     (d,) = event_shape(features, None)
     hidden, cf = widths(hidden, 1), data.context_features
-    chain = [T.Planar(d, cf, hidden) for _ in range(layers)]
+    chain = [T.Planar(d, cf, hidden) for _ in range(count("layers", layers))]
     return assemble(chain, (d,), data)
 
 
@@ -72,7 +72,7 @@ def Radial(
     """
     (d,) = event_shape(features, None)
     hidden, cf = widths(hidden, 1), data.context_features
-    chain = [T.Radial(d, cf, hidden) for _ in range(layers)]
+    chain = [T.Radial(d, cf, hidden) for _ in range(count("layers", layers))]
     return assemble(chain, (d,), data)
 
 
@@ -108,7 +108,7 @@ def Sylvester(
     hidden, cf = widths(hidden, 1), data.context_features
     chain = [
         T.Sylvester(d, kind, rank, reflections, flip=i % 2 == 1, context_features=cf, hidden=hidden)
-        for i in range(layers)
+        for i in range(count("layers", layers))
     ]
     return assemble(chain, (d,), data)
 
@@ -158,7 +158,7 @@ def ResidualFlow(
         raise ValueError(f"unknown closed_form {closed_form!r}; expected 'sample' or 'density'")
     hidden, cf = widths(hidden), data.context_features
     chain: list[Transform] = []
-    for _ in range(blocks):
+    for _ in range(count("blocks", blocks)):
         block = T.ResidualBlock(
             d, hidden, coeff, activation, estimator, n_exact, roulette_p, context_features=cf
         )

@@ -100,8 +100,11 @@ class EmergingConv2d(Transform):
         max_iter: int | None = None,
     ):
         shape = _event(shape)
-        if len(shape) != 3:
-            raise ValueError(f"EmergingConv2d needs an image shape (C, H, W), got {tuple(shape)}")
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(
+                f"EmergingConv2d needs an image shape (C, H, W) of positive sizes, got "
+                f"{tuple(shape)}"
+            )
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
             raise ValueError(f"expected an odd int kernel_size, got {kernel_size!r}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -130,8 +133,10 @@ class EmergingConv2d(Transform):
         tol = getattr(self, "tol", 1e-8) if tol is None else float(tol)
         if not 0 < tol < math.inf:  # inf would stop the iterations after one sweep, unsolved
             raise ValueError(f"expected a finite tol > 0, got {tol}")
-        if max_iter is not None and (isinstance(max_iter, bool) or int(max_iter) < 1):
-            raise ValueError(f"expected max_iter >= 1 or None, got {max_iter!r}")
+        if max_iter is not None and (
+            isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1
+        ):
+            raise ValueError(f"expected max_iter to be an integer >= 1 or None, got {max_iter!r}")
         self.solver, self.tol, self.max_iter = solver, tol, max_iter
         self.numeric_inverse = tol if solver == "parallel" else None
         self.last_sweeps = 0  # sweeps of the latest parallel inverse

@@ -66,9 +66,11 @@ class SpectralLinear(nn.Linear):
         self.running_v.copy_(v)
 
     def sigma(self) -> Tensor:
-        """The spectral-norm estimate ``uᵀ W v`` (with a graph to the weight)."""
+        """The spectral-norm estimate ``uᵀ W v`` (with a graph to the weight). The vectors are
+        copies: the graph keeps them, and the next call's :meth:`update_` changes the buffers
+        in place (two calls before one backward pass)."""
         u, v = self._power(0 if self.training else self.eval_power_iterations)
-        return torch.dot(u, self.weight @ v).abs()
+        return torch.dot(u.clone(), self.weight @ v.clone()).abs()
 
     def normalized_weight(self) -> Tensor:
         return self.weight / torch.clamp(self.sigma() / self.coeff, min=1.0)
@@ -185,6 +187,12 @@ class ResidualBlock(Transform):
             raise ValueError(f"expected 0 < coeff < 1 (a contraction), got {coeff}")
         if estimator not in ("auto", "exact", "roulette"):
             raise ValueError(f"unknown estimator {estimator!r}; expected auto, exact or roulette")
+        if isinstance(roulette_p, bool) or not (
+            isinstance(roulette_p, (int, float)) and 0 < roulette_p < 1
+        ):  # (the roulette's geometric draw: p outside (0, 1) biases the estimate or fails)
+            raise ValueError(f"expected 0 < roulette_p < 1, got {roulette_p!r}")
+        if isinstance(n_exact, bool) or not isinstance(n_exact, int) or n_exact < 0:
+            raise ValueError(f"expected n_exact to be an integer >= 0, got {n_exact!r}")
         act = activation_class(activation, LIPSCHITZ_ACTIVATIONS)
         d = int(features)
         self.features = d

@@ -72,7 +72,7 @@ def check_angles(x: Tensor, what: str) -> None:
     if x.numel() and checking(x) and (x.min() < -PI or x.max() > PI):
         raise ValueError(
             f"expected {what} to be angles in [-pi, pi], got values in "
-            f"[{x.min().item():.6g}, {x.max().item():.6g}] (wrap them first, e.g. "
+            f"[{x.min().item():.10g}, {x.max().item():.10g}] (wrap them first, e.g. "
             "torch.remainder(x + pi, 2 * pi) - pi)"
         )
 
@@ -83,7 +83,7 @@ def check_interval(t: Tensor, what: str) -> None:
     if t.numel() and checking(t) and (t.min() < -1 or t.max() > 1):
         raise ValueError(
             f"expected {what} in [-1, 1], got values in "
-            f"[{t.min().item():.6g}, {t.max().item():.6g}]"
+            f"[{t.min().item():.10g}, {t.max().item():.10g}]"
         )
 
 

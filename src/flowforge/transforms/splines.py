@@ -250,8 +250,8 @@ class RationalQuadratic(Transformer):
         super().__init__()
         if bins < 2:
             raise ValueError(f"expected bins >= 2 for a rational-quadratic spline, got {bins}")
-        if not bound > 0:
-            raise ValueError(f"expected bound > 0, got {bound}")
+        if not 0 < bound < math.inf:
+            raise ValueError(f"expected a finite bound > 0, got {bound}")
         if min_width * bins >= 1 or min_height * bins >= 1:
             raise ValueError("min_width * bins and min_height * bins must be below 1")
         if not 0 < min_derivative < 1:

@@ -405,7 +405,9 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
         try:
             labels = [int(v) for v in str(label).split(",") if v.strip()]
         except ValueError:
-            raise ContextError(f"--label expects integers like 3 or 0,1,2, got {label!r}") from None
+            labels = []
+        if not labels:
+            raise ContextError(f"--label expects integers like 3 or 0,1,2, got {label!r}")
         return label_context(labels, info), f" of label {label}", (["label"], [[v] for v in labels])
     if label is not None:
         raise ContextError("this run is conditioned on table columns: use --context, not --label")
@@ -417,9 +419,9 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
     try:
         rows = [[float(v) for v in row.split(",")] for row in context.split(";") if row.strip()]
     except ValueError:
-        raise ContextError(
-            f"--context expects numbers like '1.5,2' or '1,2;3,4', got {context!r}"
-        ) from None
+        rows = []
+    if not rows:
+        raise ContextError(f"--context expects numbers like '1.5,2' or '1,2;3,4', got {context!r}")
     if len({len(r) for r in rows}) > 1:
         raise ContextError("--context rows have different lengths")
     # the context columns' header names when the table had a header, else their positions
