@@ -283,3 +283,13 @@ def test_workbench_refuses_mismatched_objectives_and_phases(tmp_path, capsys):
     one_line_error(rc, err, "no report for a mflow model")
     rc, _, err = cli(capsys, "eval", run, "--data", tmp_path / "t.npy")
     one_line_error(rc, err, "has shape (64, 4); this run's model expects 64 columns")
+
+
+def test_the_generator_takes_inputs_as_the_encoder_does():
+    """decode (and log_det_gram through it) moves u to the model's dtype and refuses NaN, as
+    encode does with x; it raised a dtype error and returned NaN silently."""
+    m = ff.models.build("mflow", features=5, manifold_dim=2).double()
+    assert m.decode(torch.randn(3, 2)).dtype == torch.float64
+    for f in (m.decode, m.log_det_gram):
+        with pytest.raises(ValueError, match="u contains NaN or inf"):
+            f(torch.full((1, 2), float("nan")))

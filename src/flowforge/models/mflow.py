@@ -93,14 +93,14 @@ class MFlow(nn.Module):
     def _check(self, x: Tensor, what: str, size: int) -> None:
         check_shape(x, (size,), what)
 
-    def _data(self, x: Tensor) -> Tensor:
+    def _data(self, x: Tensor, what: str = "data to project", name: str = "x") -> Tensor:
         """``x`` checked (a real ``(batch, D)`` tensor, finite) and in the model's dtype, as a
-        :class:`~flowforge.Flow` takes its inputs."""
-        self._check(x, "data to project", self.features)
-        x = self.inner._as_input(x, "x")  # the dtype move and refusals a Flow applies
+        :class:`~flowforge.Flow` takes its inputs (``u``: manifold coordinates, ``(batch, d)``)."""
+        self._check(x, what, self.features if name == "x" else self.manifold_dim)
+        x = self.inner._as_input(x, name)  # the dtype move and refusals a Flow applies
         if not all_finite(x):
             bad = (~torch.isfinite(x)).any(1).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
+            raise ValueError(f"{name} contains NaN or inf (first bad batch indices: {bad})")
         return x
 
     def encode(self, x: Tensor) -> Tensor:
@@ -115,7 +115,7 @@ class MFlow(nn.Module):
 
     def decode(self, u: Tensor) -> Tensor:
         """The generator ``g(u) = f^{-1}([u, 0])``: points on the manifold, ``(batch, D)``."""
-        self._check(u, "manifold coordinates", self.manifold_dim)
+        u = self._data(u, "manifold coordinates", "u")
         pad = u.new_zeros(u.shape[0], self.features - self.manifold_dim)
         return self.outer.inverse(torch.cat([u, pad], 1))[0]
 
