@@ -92,3 +92,5 @@ def test_workbench_trains_a_manifold_flow(tmp_path, model, data):
     if data == "torus-vonmises":  # the report's density grid stays inside [-pi, pi]^2
         write_report(tmp_path / "run")
         assert (tmp_path / "run" / "report" / "density.png").is_file()
+        # latents uniform on [-pi, pi] are not drawn against normal quantiles
+        assert not (tmp_path / "run" / "report" / "latent_columns.png").exists()

@@ -907,9 +907,12 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
             title = "Samples given the context of a few rows, against their true values"
             _per_context(flow, cfg, ds, split, names, seed, figdir / "contexts.png")
             figs.append((title, "report/contexts.png"))
-        z = latent(flow, x_split[:m], seed, None if c_split is None else c_split[:m], flat=False)
+        z = None  # the per-column latent QQ is against N(0, 1): for that base only
+        if isinstance(flow.base, StandardNormal):
+            c_m = None if c_split is None else c_split[:m]
+            z = latent(flow, x_split[:m], seed, c_m, flat=False).numpy()
         tf, tfacts = table_figures(
-            data[:m].numpy(), samples.reshape(len(samples), -1).numpy(), z.numpy(), names, figdir
+            data[:m].numpy(), samples.reshape(len(samples), -1).numpy(), z, names, figdir
         )
         figs += tf
         facts += tfacts
