@@ -93,6 +93,8 @@ def models() -> list[dict]:
                     "summary": doc.strip().splitlines()[0] if doc.strip() else "",
                     "inputs": list(inputs),
                     "arguments": arguments,
+                    # whether it takes the shared data options (a keyword-only ``data``)
+                    "data_options": any(k.arg == "data" for k in a.kwonlyargs),
                     **marks,
                 }
             )
