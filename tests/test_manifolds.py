@@ -178,3 +178,14 @@ def test_an_angle_just_past_pi_is_shown_past_pi():
     flow = ff.models.build("torusflow", features=2, layers=1, hidden=(8,))
     with pytest.raises(ValueError, match=r"got values in \[0, 3.14159[3-9]"):
         flow.log_prob(torch.tensor([[math.pi + 1e-6, 0.0]]))
+
+
+def test_the_generic_check_takes_noise_from_the_manifold():
+    """check_transform's default noise is N(0, 1), off the sphere and the torus: the layer's
+    own refusal ended the check. With noise= from the base it checks them like any layer."""
+    from flowforge.testing import check_transform
+
+    torch.manual_seed(0)
+    for flow in (ff.models.SphereFlow(layers=2, hidden=(8,)).double(),
+                 ff.models.build("torusflow", features=2, layers=2, hidden=(8,)).double()):  # fmt: skip
+        check_transform(flow.transform, flow.sample(4), noise=flow.base.sample(4).double())

@@ -139,11 +139,18 @@ def check_gradients(t: nn.Module, x: Tensor, context: Tensor | None = None) -> N
     t.zero_grad(set_to_none=True)
 
 
-def check_transform(t, x: Tensor, context: Tensor | None = None) -> None:
-    """Round trips from both sides, ladj against autograd in both directions, and shapes."""
+def check_transform(
+    t, x: Tensor, context: Tensor | None = None, noise: Tensor | None = None
+) -> None:
+    """Round trips from both sides, ladj against autograd in both directions, and shapes.
+
+    ``noise``: the points to invert from (default: standard normal draws of the output's
+    shape); give draws of the layer's own output space for a layer whose outputs are
+    confined, such as a manifold flow's (``flow.base.sample(n)``)."""
     check_round_trip(t, x, context)
-    z = torch.randn(x.shape[0], *t.output_shape, dtype=x.dtype, device=x.device)
-    check_round_trip_from_noise(t, z, context)
+    if noise is None:
+        noise = torch.randn(x.shape[0], *t.output_shape, dtype=x.dtype, device=x.device)
+    check_round_trip_from_noise(t, noise, context)
     check_log_det(t, x, context)
 
 
