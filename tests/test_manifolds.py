@@ -186,6 +186,7 @@ def test_the_generic_check_takes_noise_from_the_manifold():
     from flowforge.testing import check_transform
 
     torch.manual_seed(0)
-    for flow in (ff.models.SphereFlow(layers=2, hidden=(8,)).double(),
-                 ff.models.build("torusflow", features=2, layers=2, hidden=(8,)).double()):  # fmt: skip
+    sphere = ff.models.SphereFlow(layers=2, hidden=(8,)).double()
+    torus = ff.models.build("torusflow", features=2, layers=2, hidden=(8,)).double()
+    for flow in (sphere, torus):
         check_transform(flow.transform, flow.sample(4), noise=flow.base.sample(4).double())
