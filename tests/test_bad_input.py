@@ -357,10 +357,13 @@ def test_overwrite_knows_every_figure_the_report_writes():
     from pathlib import Path
 
     from flowforge.workbench import report
-    from flowforge.workbench.runs import REPORT_FIGURES
+    from flowforge.workbench.runs import is_report_figure
 
-    names = set(re.findall(r'figdir / "([a-z_]+)\.png"', Path(report.__file__).read_text()))
-    assert names and all(n.startswith(REPORT_FIGURES) for n in names), names
+    names = set(re.findall(r'figdir / "([a-z_]+\.png)"', Path(report.__file__).read_text()))
+    assert names and all(is_report_figure(n) for n in names), names
+    assert is_report_figure("classes_T0.7.png") and is_report_figure("classes_T1.png")
+    for mine in ("latent_notes.txt", "table_notes.txt", "curves.png.bak", "samples_old.png"):
+        assert not is_report_figure(mine)  # a user's files there are not ours
 
 
 def _csv(path, header, rows):
@@ -785,3 +788,16 @@ def test_options_a_run_cannot_use_are_named(tmp_path, capsys):
     rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", tmp_path / "s.npy", "--tol", 0.5)
     one_line_error(rc, err, "--tol sets how autoregressive layers", "this run's model has none")
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_a_users_files_in_the_report_folder_are_kept(tmp_path, capsys):
+    """Report figures are removed by their exact names: notes whose names merely start like a
+    figure's ("latent_notes.txt") were deleted by the next report."""
+    run = tiny_moons_run(capsys, tmp_path / "moons")
+    assert cli(capsys, "report", run)[0] == 0
+    for name in ("latent_notes.txt", "table_notes.txt", "curves_old.png"):
+        (run / "report" / name).write_text("mine")
+    assert cli(capsys, "report", run)[0] == 0
+    assert (run / "report" / "curves.png").is_file()
+    for name in ("latent_notes.txt", "table_notes.txt", "curves_old.png"):
+        assert (run / "report" / name).read_text() == "mine"

@@ -259,11 +259,11 @@ def cmd_eval(args) -> int:
             extra = extra or ", a dequantization bound with K = 1"
         if res.get("bound") == "importance-weighted":
             extra = f", the importance-weighted bound with K = {res['samples']}"
-        print(msg + f" ({res['examples']} examples{extra})")
+        print(msg + f" ({_count(res['examples'], 'example')}{extra})")
         if "true_nll" in res:
             print(
                 f"true NLL {res['true_nll']:.4f} (the data's known density); gap "
-                f"{res['gap']:.4f} +- {res['gap_se']:.4f} nats, an estimate of KL(data || model)"
+                f"{res['gap']:.4f} {_se(res['gap_se'])} nats, an estimate of KL(data || model)"
             )
         if "ode" in res:
             print(f"ODE: {describe_ode(res['ode'])}")
@@ -911,6 +911,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+
+
+def _se(se) -> str:
+    """``+- 0.0123``, or what one example gives (no standard error)."""
+    return "(one example: no standard error)" if se is None else f"+- {se:.4f}"
 
 
 def _count(k: int, noun: str) -> str:

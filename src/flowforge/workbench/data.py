@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import stat
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -604,7 +605,11 @@ def _standardize_stats(train: Tensor) -> dict:
     t = train.double()
     loc = t.mean(0)
     scale = t.std(0, correction=0) if t.shape[0] > 1 else torch.ones_like(loc)
-    scale = torch.where(scale > 1e-8, scale, torch.ones_like(scale))
+    # a column is left unscaled only where its spread is float noise around its mean (a
+    # relative 1e-6) or nothing at all: a small column in its own units (5e-9 +- 5e-9, a
+    # wavelength in metres) is scaled like any other, or the flow could not fit it
+    ok = (scale > 1e-6 * loc.abs()) & (scale > 1e-30)
+    scale = torch.where(ok, scale, torch.ones_like(scale))
     return {"loc": loc.tolist(), "scale": scale.tolist()}
 
 
@@ -702,6 +707,16 @@ def _table(
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth a PNG's header declares (8 when the header cannot be read here; Pillow
+    then says what is wrong with the file)."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return head[24]
+    return 8
+
+
 def _image_folder(
     path: Path,
     seed: int,
@@ -725,13 +740,22 @@ def _image_folder(
         raise DataError(f"{path} holds no PNG or JPEG images")
     arrays, first = [], None
     for f in files:
+        try:  # a pipe or a device is never opened (a FIFO named x.png would block for ever)
+            if not stat.S_ISREG(f.stat().st_mode):
+                raise DataError(f"{f} is not a regular file (a pipe, device or socket)")
+        except OSError as e:
+            raise DataError(f"{f}: cannot read it ({e.strerror})") from None
         try:
             with Image.open(f) as im:
                 im.load()
                 mode, size = im.mode, im.size
-                if mode not in ("L", "RGB"):
+                # 16-bit PNGs: Pillow keeps an RGB one's top bytes without a word
+                deep = f.suffix.lower() == ".png" and _png_bit_depth(f) > 8
+                if mode not in ("L", "RGB") or deep:
+                    depth = " of 16 bits per channel" if deep else ""
                     raise DataError(
-                        f"{f}: image mode {mode}; expected L (grayscale) or RGB, 8 bits per channel"
+                        f"{f}: image mode {mode}{depth}; expected L (grayscale) or RGB, 8 bits "
+                        "per channel"
                     )
                 a = np.asarray(im, dtype=np.uint8)
         except Image.DecompressionBombError:

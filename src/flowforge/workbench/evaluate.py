@@ -54,7 +54,8 @@ def evaluate_run(
     and ``ode`` in the result says how they were solved. On a synthetic dataset with a known density
     (the 2-D toys, the manifold sets) the result also holds the
     true NLL on the same examples (``true_nll``) and the gap, an estimate of ``KL(p || q)``,
-    with its standard error (``gap``, ``gap_se``). Every number returned is finite, or a
+    with its standard error (``gap``, ``gap_se``; None for one example). Every number returned
+    is finite (or None where one example gives no standard error), or a
     :class:`DataError` says which examples the model cannot score.
     """
     for name, v in (("batch size", batch_size), ("samples", samples)):
@@ -214,8 +215,8 @@ def evaluate_run(
         # whether the difference is more than the noise of this many examples
         diff = ref - model_lp
         out[f"{key}_difference_se"] = (
-            float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
-        )
+            float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None
+        )  # (None: one example, no standard error)
         if key == "histogram":
             out["histogram_bits_per_dim"] = out["histogram_nll"] / (math.prod(shape) * math.log(2))
     if r.get("data_warnings"):
@@ -227,7 +228,7 @@ def evaluate_run(
         gap = truth - lp  # per example: log p - log q
         out["true_nll"] = -truth.mean().item()
         out["gap"] = gap.mean().item()
-        out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else 0.0
+        out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else None
     return out
 
 
@@ -246,6 +247,9 @@ def against_reference(res: dict, key: str) -> tuple[str, bool]:
     d = res["nll"] - res[key]
     se = res.get(key.replace("_nll", "_difference_se"), 0.0)
     way = "worse" if d > 0 else "better"
+    if se is None:  # one example: no noise estimate, so neither a claim nor a warning
+        words = f"the model is {abs(d):.4f} nats/example {way} (one example: no standard error)"
+        return words, False
     words = f"the model is {abs(d):.4f} +- {se:.4f} nats/example {way}"
     if abs(d) <= 2 * se:
         words += " (within the noise of these examples)"

@@ -29,7 +29,7 @@ from ..core import Flow
 from ..distributions import StandardNormal
 from .errors import WorkbenchError
 from .runner import run_dataset
-from .runs import REPORT_DIR, REPORT_FIGURES, load_run, read_metrics, run_config
+from .runs import REPORT_DIR, is_report_figure, load_run, read_metrics, run_config
 
 __all__ = [
     "write_report",
@@ -842,7 +842,8 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
             facts.append((f"{name} bits/dim", f"{v / (math.prod(shape) * math.log(2)):.4f}"))
         if "true_nll" in res:
             facts.append((f"{name} true NLL (the data's known density)", f"{res['true_nll']:.4f}"))
-            gap = f"{res['gap']:.4f} +- {res['gap_se']:.4f}"
+            se = res["gap_se"]
+            gap = f"{res['gap']:.4f} " + ("(one example)" if se is None else f"+- {se:.4f}")
             facts.append((f"{name} gap to it (nats, an estimate of KL)", gap))
         for ref, ref_name, noun in REFERENCES:  # the simplest densities the model should beat
             short = f"a {noun}"
@@ -971,7 +972,7 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
     final = run / REPORT_DIR
     final.mkdir(exist_ok=True)
     for f in final.iterdir():  # an earlier report's figures that this one has not made
-        if f.is_file() and f.name.startswith(REPORT_FIGURES) and not (figdir / f.name).exists():
+        if f.is_file() and is_report_figure(f.name) and not (figdir / f.name).exists():
             f.unlink()
     for f in figdir.iterdir():
         os.replace(f, final / f.name)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -60,11 +61,20 @@ CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE = (
 LOCK_FILE = ".lock"
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE, "report.html", LOCK_FILE)
 REPORT_DIR, TB_DIR = "report", "tb"
-# the names of the figures flowforge report writes (what --overwrite removes from report/)
+# the figures flowforge report writes (what --overwrite removes from report/: these names
+# exactly, so that a user's own notes there, "latent_notes.txt", stay)
 REPORT_FIGURES = (
-    "curves", "samples", "nearest", "density", "latent", "table", "marginals", "pairs",
-    "correlations", "contexts", "classes_",
+    "curves.png", "samples.png", "nearest.png", "density.png", "latent.png",
+    "latent_columns.png", "marginals.png", "pairs.png", "correlations.png", "contexts.png",
 )  # fmt: skip
+_CLASS_FIGURE = re.compile(r"classes_T[0-9.e+-]+\.png")  # samples per class at temperature T
+
+
+def is_report_figure(name: str) -> bool:
+    """Whether a file name in ``report/`` is one of the figures ``flowforge report`` writes."""
+    return name in REPORT_FIGURES or _CLASS_FIGURE.fullmatch(name) is not None
+
+
 MAX_CONFIG_BYTES = 16 << 20
 
 
@@ -207,13 +217,13 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
     )
 
 
-def _ours_in(folder: Path, prefixes: tuple[str, ...]) -> None:
-    """Remove the files flowforge wrote in ``folder`` (names starting with ``prefixes``) and
-    the folder if that leaves it empty; anything else stays."""
+def _ours_in(folder: Path, ours) -> None:
+    """Remove the files flowforge wrote in ``folder`` (``ours(name)`` true) and the folder if
+    that leaves it empty; anything else stays."""
     if not folder.is_dir() or folder.is_symlink():
         return
     for f in folder.iterdir():
-        if f.is_file() and not f.is_symlink() and f.name.startswith(prefixes):
+        if f.is_file() and not f.is_symlink() and ours(f.name):
             f.unlink()
     try:
         folder.rmdir()
@@ -228,8 +238,8 @@ def clear_run(out: Path) -> None:
     for name in RUN_FILES:
         if name != LOCK_FILE:
             (out / name).unlink(missing_ok=True)
-    _ours_in(out / REPORT_DIR, REPORT_FIGURES)
-    _ours_in(out / TB_DIR, ("events.out.tfevents.",))
+    _ours_in(out / REPORT_DIR, is_report_figure)
+    _ours_in(out / TB_DIR, lambda name: name.startswith("events.out.tfevents."))
     remove_orphans(out)
 
 
@@ -244,7 +254,7 @@ def remove_orphans(out: Path) -> None:
             if any(n.split(".")[0] == base for n in RUN_FILES):
                 f.unlink(missing_ok=True)
         elif f.name.startswith(".report-") and f.name.endswith(".tmp") and f.is_dir():
-            _ours_in(f, REPORT_FIGURES)  # a killed report's figures
+            _ours_in(f, is_report_figure)  # a killed report's figures
 
 
 class RunLock:
