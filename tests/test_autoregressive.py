@@ -179,7 +179,7 @@ def test_invalid_orders_are_refused():
 def test_spline_models_refuse_bad_bins_and_bounds():
     with pytest.raises(ValueError, match="expected bins >= 2"):
         ff.models.NSF(features=3, bins=1)
-    with pytest.raises(ValueError, match="expected bound > 0"):
+    with pytest.raises(ValueError, match="expected a finite bound > 0"):
         ff.models.NSF(features=3, bound=0.0)
 
 

@@ -138,13 +138,13 @@ def test_bad_input_gets_one_clear_error():
         EmergingConv2d((2, 4, 4), kernel_size=0)
     with pytest.raises(ValueError, match="odd int kernel_size"):
         EmergingConv2d((2, 4, 4), kernel_size=3.0)
-    with pytest.raises(ValueError, match=r"image shape \(C, H, W\), got \(8,\)"):
+    with pytest.raises(ValueError, match=r"image shape \(C, H, W\) of positive sizes, got \(8,\)"):
         EmergingConv2d(8)
     with pytest.raises(ValueError, match="unknown solver 'lu'"):
         EmergingConv2d((2, 4, 4), solver="lu")
     with pytest.raises(ValueError, match="tol > 0"):
         EmergingConv2d((2, 4, 4), tol=0)
-    with pytest.raises(ValueError, match="max_iter >= 1"):
+    with pytest.raises(ValueError, match="max_iter to be an integer >= 1"):
         EmergingConv2d((2, 4, 4), max_iter=0)
     t = EmergingConv2d((2, 4, 4))
     with pytest.raises(ValueError, match=r"shape \(batch, 2, 4, 4\), got \(3, 3, 4, 4\)"):

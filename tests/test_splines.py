@@ -146,7 +146,7 @@ def test_bad_arguments():
         with pytest.raises(ValueError, match=f"expected bins >= 2 .*, got {bins}"):
             RationalQuadratic(bins=bins)
     for bound in (0, -1.0):
-        with pytest.raises(ValueError, match=f"expected bound > 0, got {bound}"):
+        with pytest.raises(ValueError, match=f"expected a finite bound > 0, got {bound}"):
             RationalQuadratic(bound=bound)
     with pytest.raises(ValueError, match="min_width"):
         RationalQuadratic(bins=10, min_width=0.2)
