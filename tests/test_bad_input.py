@@ -801,3 +801,13 @@ def test_a_users_files_in_the_report_folder_are_kept(tmp_path, capsys):
     assert (run / "report" / "curves.png").is_file()
     for name in ("latent_notes.txt", "table_notes.txt", "curves_old.png"):
         assert (run / "report" / name).read_text() == "mine"
+
+
+def test_a_folder_named_like_a_built_in_dataset_is_not_silently_replaced(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()  # the user's own "digits"
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "digits", "--out", "r")
+    one_line_error(rc, err, "names a built-in dataset", "give ./digits for yours")
+    assert not (tmp_path / "r").exists()

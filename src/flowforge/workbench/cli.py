@@ -177,6 +177,20 @@ def _train_overrides(args) -> dict:
     return o
 
 
+def _unambiguous_data(data) -> None:
+    """A new run's data named like a built-in dataset while a file or folder of that name is
+    here: refused, rather than training the built-in one on the user's behalf."""
+    from .data import DATASETS
+    from .errors import WorkbenchError
+
+    name = data.get("name") if isinstance(data, dict) else data
+    if isinstance(name, str) and name.lower() in DATASETS and os.path.lexists(name):
+        raise WorkbenchError(
+            f"the data {name!r} names a built-in dataset, and {name} here is a file or folder "
+            f"of that name: give ./{name} for yours, or run elsewhere for the built-in one"
+        )
+
+
 def cmd_train(args) -> int:
     from .config import deep_merge, read_config
     from .runner import train
@@ -188,6 +202,7 @@ def cmd_train(args) -> int:
     raw: dict = {}
     for layer in layers:  # the file, then the flags on top
         raw = deep_merge(raw, layer)
+    _unambiguous_data(raw.get("data"))
     result = train(
         raw,
         args.out,
