@@ -811,3 +811,31 @@ def test_a_folder_named_like_a_built_in_dataset_is_not_silently_replaced(
     rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "digits", "--out", "r")
     one_line_error(rc, err, "names a built-in dataset", "give ./digits for yours")
     assert not (tmp_path / "r").exists()
+
+
+def test_data_options_and_unreadable_files_are_one_line_errors(tmp_path, capsys):
+    """Data options are checked for type and range (a string fraction was an internal error, a
+    negative one and shuffle: "no" were taken); a CSV field beyond the csv module's limit and
+    an .npz member that is not an array were internal errors."""
+    import zipfile
+
+    data = tmp_path / "t.csv"
+    np.savetxt(data, np.random.default_rng(0).normal(size=(40, 2)), delimiter=",")
+    for kw, needle in (
+        ('{"val_fraction": "abc"}', "val_fraction must be a number in [0, 1), got 'abc'"),
+        ('{"val_fraction": -0.1}', "val_fraction must be a number in [0, 1), got -0.1"),
+        ('{"shuffle": "no"}', "shuffle must be true or false, got 'no'"),
+        ('{"val_fraction": 0.6, "test_fraction": 0.5}', "must be below 1"),
+    ):
+        rc, _, err = cli(capsys, "train", "--model", "maf", "--data", data, "--data-kwargs", kw,
+                         "--out", tmp_path / "r")  # fmt: skip
+        one_line_error(rc, err, needle)
+    (tmp_path / "big.csv").write_text("a,b\n" + "x" * 200_000 + ",1\n")
+    with zipfile.ZipFile(tmp_path / "m.npz", "w") as z:
+        z.writestr("x", b"hello")
+    for f, needle in (("big.csv", "cannot be read as a CSV table"),
+                      ("m.npz", "its member 'x' is not a numpy array")):  # fmt: skip
+        rc, _, err = cli(capsys, "train", "--model", "maf", "--data", tmp_path / f, "--out",
+                         tmp_path / "r")  # fmt: skip
+        one_line_error(rc, err, needle)
+    assert not (tmp_path / "r").exists()

@@ -276,7 +276,10 @@ def _check_finite(a: np.ndarray, where: str, unit: str, base: int) -> None:
 def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
     """The table and its header's column names (None without a header)."""
     text = path.read_text(encoding="utf-8-sig", errors="replace")
-    lines = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines())) if row]
+    try:
+        lines = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines())) if row]
+    except csv.Error as e:  # a field beyond the csv module's limit: a binary file, or not a table
+        raise DataError(f"{path} cannot be read as a CSV table ({e}): is it a text CSV?") from None
     lines = [(i, r) for i, r in lines if any(c.strip() for c in r)]
     if not lines:
         raise DataError(f"{path} is empty")
@@ -555,7 +558,11 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
                         with zf.open(info) as f:
                             _check_npy_header(f, info.file_size, f"{path}[{info.filename!r}]")
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            out = {k: z[k] for k in z.files}
+        for k, v in out.items():  # (a member that is not a .npy stream comes back as bytes)
+            if not isinstance(v, np.ndarray):
+                raise DataError(f"{path}: its member {k!r} is not a numpy array")
+        return out
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise DataError(
@@ -590,6 +597,16 @@ def _as_table(a: np.ndarray, where: str) -> np.ndarray:
 
 
 def _splits(n: int, seed: int, val_fraction: float, test_fraction: float, shuffle: bool):
+    for name, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise DataError(f"data option {name} must be a number in [0, 1), got {v!r}")
+    if val_fraction + test_fraction >= 1:
+        raise DataError(
+            f"data options val_fraction + test_fraction must be below 1, got "
+            f"{val_fraction} + {test_fraction}"
+        )
+    if not isinstance(shuffle, bool):
+        raise DataError(f"data option shuffle must be true or false, got {shuffle!r}")
     if n < 3 and (val_fraction or test_fraction):
         raise DataError(f"need at least 3 examples to split into train/val/test, got {n}")
     n_val = max(1, round(n * val_fraction)) if val_fraction else 0
@@ -733,8 +750,8 @@ def _image_folder(
         raise DataError(
             "reading image folders needs pillow: pip install 'flowforge[workbench]'"
         ) from None
-    if not 1 <= int(bits) <= 8:
-        raise DataError(f"expected 1 <= bits <= 8, got {bits}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise DataError(f"data option bits must be an integer in [1, 8], got {bits!r}")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{path} holds no PNG or JPEG images")
