@@ -114,8 +114,8 @@ def check_optimizer_state(opt: torch.optim.Optimizer, sd: dict) -> None:
             if k == "params" or (k not in g and (isinstance(v, bool) or v is None)):
                 continue  # (flags torch fills in when missing)
             got = g.get(k)
-            if isinstance(v, bool):
-                ok = isinstance(got, bool)
+            if isinstance(v, bool):  # (None: a flag torch resolves itself, as older files hold)
+                ok = isinstance(got, bool) or got is None
             elif _number(v):
                 ok = _number(got)
             elif isinstance(v, (tuple, list)):
