@@ -833,8 +833,16 @@ def test_data_options_and_unreadable_files_are_one_line_errors(tmp_path, capsys)
     (tmp_path / "big.csv").write_text("a,b\n" + "x" * 200_000 + ",1\n")
     with zipfile.ZipFile(tmp_path / "m.npz", "w") as z:
         z.writestr("x", b"hello")
+    import io as _io
+
+    buf = _io.BytesIO()  # a bzip2 member declaring 400 MB in a few hundred bytes: not read
+    np.save(buf, np.zeros((12_500_000, 4)))
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", compression=zipfile.ZIP_BZIP2) as z:
+        z.writestr("x.npy", buf.getvalue())
+    del buf
     for f, needle in (("big.csv", "cannot be read as a CSV table"),
-                      ("m.npz", "its member 'x' is not a numpy array")):  # fmt: skip
+                      ("m.npz", "m.npz['x'] is not a .npy array"),
+                      ("bomb.npz", "declares 400,000,128 bytes from")):  # fmt: skip
         rc, _, err = cli(capsys, "train", "--model", "maf", "--data", tmp_path / f, "--out",
                          tmp_path / "r")  # fmt: skip
         one_line_error(rc, err, needle)

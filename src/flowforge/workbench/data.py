@@ -554,9 +554,21 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
-                    if info.filename.endswith(".npy"):
-                        with zf.open(info) as f:
-                            _check_npy_header(f, info.file_size, f"{path}[{info.filename!r}]")
+                    where = f"{path}[{info.filename!r}]"
+                    if not info.filename.endswith(".npy"):  # numpy would read it as raw bytes
+                        raise DataError(f"{where} is not a .npy array (an .npz holds only those)")
+                    # a member's declared size is only what the zip says: deflate (what numpy
+                    # writes) expands at most about 1,032 times, so more is a crafted member
+                    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+                        1 << 26, 1100 * info.compress_size
+                    ):
+                        raise DataError(
+                            f"{where} declares {info.file_size:,} bytes from "
+                            f"{info.compress_size:,} compressed: more than a compressor gives "
+                            "for real data; refused unread"
+                        )
+                    with zf.open(info) as f:
+                        _check_npy_header(f, info.file_size, where)
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
         for k, v in out.items():  # (a member that is not a .npy stream comes back as bytes)
