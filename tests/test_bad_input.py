@@ -847,3 +847,19 @@ def test_data_options_and_unreadable_files_are_one_line_errors(tmp_path, capsys)
                          tmp_path / "r")  # fmt: skip
         one_line_error(rc, err, needle)
     assert not (tmp_path / "r").exists()
+
+
+def test_small_columns_are_standardised_and_rounding_is_not():
+    """A spread of 5e-9 in a column's own units is scaled like any other (the rule was an
+    absolute 1e-8, and such a column's NLL came out 37 nats off); a column whose spread is
+    float32 rounding around its mean is left unscaled."""
+    from flowforge.workbench.data import _standardize_stats
+
+    g = torch.Generator().manual_seed(0)
+    small = torch.randn(300, generator=g) * 5e-9
+    stamps = 1.7e9 + 1000 * torch.randn(300, generator=g, dtype=torch.float64)
+    ulp = torch.tensor(0.01).nextafter(torch.tensor(1.0)) - 0.01  # one float32 step at 0.01
+    rounding = 0.01 + torch.tensor([0.0, 1.0] * 150) * ulp  # spread 5e-10: rounding, unscaled
+    t = torch.stack([small, stamps.float(), rounding], 1)
+    scale = _standardize_stats(t)["scale"]
+    assert 4e-9 < scale[0] < 6e-9 and 900 < scale[1] < 1100 and scale[2] == 1.0

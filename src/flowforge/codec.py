@@ -736,7 +736,7 @@ def _check_left(coder, done: int, count: int, spent: float = 0.0, budget: float 
     state, so emptiness alone would let a forged header's count run for hours. Checked before
     every piece of a table, so that a header promising more examples than the payload holds
     stops within one piece, not after a whole chunk."""
-    if coder.is_empty() or spent > budget:
+    if coder.is_empty() or not spent <= budget:  # (NaN from a damaged table: refused too)
         raise CodecError(
             f"corrupt .ffz file: its payload ran out after {done} of the {count} examples its "
             "header announces"

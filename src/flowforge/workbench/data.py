@@ -634,10 +634,11 @@ def _standardize_stats(train: Tensor) -> dict:
     t = train.double()
     loc = t.mean(0)
     scale = t.std(0, correction=0) if t.shape[0] > 1 else torch.ones_like(loc)
-    # a column is left unscaled only where its spread is float noise around its mean (a
-    # relative 1e-6) or nothing at all: a small column in its own units (5e-9 +- 5e-9, a
+    # a spread of at most 1e-8 is left unscaled only where it is float32 rounding around the
+    # column's mean, or nothing at all: a small column in its own units (5e-9 +- 5e-9, a
     # wavelength in metres) is scaled like any other, or the flow could not fit it
-    ok = (scale > 1e-6 * loc.abs()) & (scale > 1e-30)
+    noise = 4 * torch.finfo(torch.float32).eps * loc.abs()
+    ok = (scale > 1e-8) | ((scale > noise) & (scale > 1e-30))
     scale = torch.where(ok, scale, torch.ones_like(scale))
     return {"loc": loc.tolist(), "scale": scale.tolist()}
 
