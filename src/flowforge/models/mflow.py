@@ -115,13 +115,16 @@ class MFlow(nn.Module):
 
     def decode(self, u: Tensor) -> Tensor:
         """The generator ``g(u) = f^{-1}([u, 0])``: points on the manifold, ``(batch, D)``."""
-        u = self._data(u, "manifold coordinates", "u")
+        return self._generate(self._data(u, "manifold coordinates", "u"))
+
+    def _generate(self, u: Tensor) -> Tensor:
+        """:meth:`decode` of coordinates already checked (the Jacobian products call it)."""
         pad = u.new_zeros(u.shape[0], self.features - self.manifold_dim)
         return self.outer.inverse(torch.cat([u, pad], 1))[0]
 
     def project(self, x: Tensor) -> Tensor:
         """``x`` projected onto the learned manifold, ``g(encode(x))``."""
-        return self.decode(self.encode(x))
+        return self._generate(self.encode(x))
 
     def reconstruction_error(self, x: Tensor) -> Tensor:
         """``|x - project(x)|^2`` per example, ``(batch,)``."""
@@ -131,11 +134,15 @@ class MFlow(nn.Module):
     def log_det_gram(self, u: Tensor, create_graph: bool = False) -> Tensor:
         """``log det(J_g^T J_g)`` at ``u`` (``(batch,)``), exactly, from ``d`` Jacobian-vector
         products (each example's output depends on its own input only)."""
+        return self._log_det_gram(self._data(u, "manifold coordinates", "u"), create_graph)
+
+    def _log_det_gram(self, u: Tensor, create_graph: bool) -> Tensor:
+        """:meth:`log_det_gram` of coordinates already checked (``log_prob``'s encoding)."""
         cols = []
         for i in range(self.manifold_dim):
             e = torch.zeros_like(u)
             e[:, i] = 1
-            cols.append(jvp(self.decode, u, e, create_graph=create_graph)[1])
+            cols.append(jvp(self._generate, u, e, create_graph=create_graph)[1])
         jac = torch.stack(cols, 2)  # (B, D, d)
         return torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
 
@@ -156,7 +163,7 @@ class MFlow(nn.Module):
         """
         from torch.autograd.functional import vjp
 
-        self._check(u, "manifold coordinates", self.manifold_dim)
+        u = self._data(u, "manifold coordinates", "u")
         for name, v in (("probes", probes), ("steps", steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
@@ -165,8 +172,8 @@ class MFlow(nn.Module):
         d, m = self.manifold_dim, min(steps, self.manifold_dim)
 
         def gram(v: Tensor) -> Tensor:  # G v per example, (B, d)
-            jv = jvp(self.decode, u, v, create_graph=create_graph)[1]
-            return vjp(self.decode, u, jv, create_graph=create_graph)[1]
+            jv = jvp(self._generate, u, v, create_graph=create_graph)[1]
+            return vjp(self._generate, u, jv, create_graph=create_graph)[1]
 
         def dot(a: Tensor, b: Tensor) -> Tensor:
             return (a * b).sum(1, keepdim=True)
@@ -215,7 +222,7 @@ class MFlow(nn.Module):
         if context is not None:
             raise ValueError("an M-flow is unconditional; it takes no context")
         u = self.encode(x)
-        return self.inner.log_prob(u) - 0.5 * self.log_det_gram(u, create_graph)
+        return self.inner.log_prob(u) - 0.5 * self._log_det_gram(u, create_graph)
 
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
@@ -223,7 +230,7 @@ class MFlow(nn.Module):
         flow's base noise; an M-flow takes no context)."""
         if context is not None:
             raise ValueError("an M-flow is unconditional; it takes no context")
-        return self.decode(self.inner.sample(n, temperature=temperature))
+        return self._generate(self.inner.sample(n, temperature=temperature))
 
     # -- the two training phases -----------------------------------------------------------
     def manifold_loss(self, x: Tensor) -> Tensor:
