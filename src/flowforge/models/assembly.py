@@ -131,9 +131,7 @@ class DataOptions:
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < 0.5:
             raise ValueError(f"expected 0 <= alpha < 0.5, got {a!r}")
-        k = self.components
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"expected components to be an integer >= 1, got {k!r}")
+        count("components", self.components)
         if not isinstance(self.standardize, bool):
             raise ValueError(f"expected standardize to be True or False, got {self.standardize!r}")
         _named(self.base, "base", BASES)
@@ -167,9 +165,7 @@ def event_shape(features: int | None, shape: Sequence[int] | None) -> tuple[int,
     if (features is None) == (shape is None):
         raise ValueError("give exactly one of features= (vectors) or shape=(C, H, W) (images)")
     if features is not None:
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"expected features to be an integer >= 1, got {features!r}")
-        return (features,)
+        return (count("features", features),)
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
         raise ValueError(f"expected shape=(C, H, W), got {shape!r}")
     if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) for s in shape):

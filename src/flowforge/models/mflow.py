@@ -41,7 +41,7 @@ from .._util import all_finite
 from ..core import Compose, Flow, Transform, check_shape
 from ..nets import MLP
 from ..transforms import Affine, Coupling, LULinear, half_mask
-from .assembly import mlp_conditioner, widths
+from .assembly import count, mlp_conditioner, widths
 from .coupling import RealNVP
 from .registry import register
 
@@ -165,8 +165,7 @@ class MFlow(nn.Module):
 
         u = self._data(u, "manifold coordinates", "u")
         for name, v in (("probes", probes), ("steps", steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+            count(name, v)
         if probes < 2:
             raise ValueError("a standard error needs probes >= 2")
         d, m = self.manifold_dim, min(steps, self.manifold_dim)
@@ -247,8 +246,7 @@ class MFlow(nn.Module):
 
 def _check_dims(d: int, features: int) -> None:
     for name, v in (("manifold_dim", d), ("features", features)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+        count(name, v)
     if d >= features:
         raise ValueError(
             f"the manifold dimension must be below the data dimension, got manifold_dim={d} "
@@ -288,8 +286,7 @@ def mflow(
     if variant not in VARIANTS:
         raise ValueError(f"expected variant to be one of {', '.join(VARIANTS)}, got {variant!r}")
     for name, v in (("outer_layers", outer_layers), ("inner_layers", inner_layers)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+        count(name, v)
     h = widths(hidden)
     cond = mlp_conditioner(h, 0, activation)
     chain: list[Transform] = []

@@ -22,7 +22,7 @@ from .._util import unknown
 from ..attention import CausalTransformer
 from ..core import Flow, Transform, Transformer
 from ..transforms import Affine, Autoregressive, LogisticMixture, RationalQuadratic
-from .assembly import DataOptions, assemble, event_shape
+from .assembly import DataOptions, assemble, count, event_shape
 from .registry import register
 
 __all__ = ["TarFlow", "TRANSFORMERS"]
@@ -91,8 +91,7 @@ def TarFlow(
     """
     shape = event_shape(features, shape)
     for name, v in (("blocks", blocks), ("depth", depth), ("mixtures", mixtures)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+        count(name, v)
     if deep is not None and (isinstance(deep, bool) or not isinstance(deep, int) or deep < 1):
         raise ValueError(f"expected deep to be None or an integer >= 1, got {deep!r}")
     cf = data.context_features
