@@ -728,7 +728,7 @@ def read_header(data: bytes):
     return h
 
 
-def _check_left(coder, done: int, count: int, spent: float = 0.0, budget: float = math.inf):
+def _check_left(coder, done: int, count: int, spent: float, budget: float) -> None:
     """Refuse to decode past the payload. Symbols still to decode from an empty coder, or
     decoded symbols whose information (``spent``, ``-log2`` of their table probabilities, in
     bits) exceeds what the payload holds (``budget``), mean a damaged or forged file: a coder
