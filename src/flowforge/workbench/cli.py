@@ -301,18 +301,18 @@ def cmd_eval(args) -> int:
 
 
 def _print_manifold_eval(res: dict) -> None:
-    rec = f"{res['reconstruction']:.5f} +- {res['reconstruction_se']:.5f}"
+    rec = f"{res['reconstruction']:.5f} {_se(res['reconstruction_se'], 5)}"
     noise = res.get("noise_level")
     print(
         f"{res['split']} reconstruction error |x - pi(x)|^2 {rec}"
         + (f" (the data's noise level {noise:.5f})" if noise is not None else "")
-        + f" ({res['examples']} examples)"
+        + f" ({_count(res['examples'], 'example')})"
     )
-    print(f"on-manifold NLL {res['nll']:.4f} +- {res['nll_se']:.4f} nats/example")
+    print(f"on-manifold NLL {res['nll']:.4f} {_se(res['nll_se'])} nats/example")
     if "true_nll" in res:
         print(
             f"true NLL {res['true_nll']:.4f} (the data's known density on its surface); gap "
-            f"{res['gap']:.4f} +- {res['gap_se']:.4f} nats (mean absolute per example "
+            f"{res['gap']:.4f} {_se(res['gap_se'])} nats (mean absolute per example "
             f"{res['gap_mean_abs']:.4f})"
         )
 
@@ -928,9 +928,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = shown
 
 
-def _se(se) -> str:
+def _se(se, digits: int = 4) -> str:
     """``+- 0.0123``, or what one example gives (no standard error)."""
-    return "(one example: no standard error)" if se is None else f"+- {se:.4f}"
+    return "(one example: no standard error)" if se is None else f"+- {se:.{digits}f}"
 
 
 def _count(k: int, noun: str) -> str:

@@ -129,7 +129,9 @@ def _examples(
         x, name = ds.split(split), f"{ds.name} {split}"
     else:
         bits = int(cfg["data"]["options"].get("bits", 8))
-        x, name = read_table(data, bits=bits, shape=want), data
+        header = cfg["data"]["options"].get("header")
+        columns = cfg["resolved"].get("columns")
+        x, name = read_table(data, bits, want, header=header, columns=columns), data
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if math.prod(x.shape[1:]) != math.prod(want):
         raise DataError(f"{name}: examples of shape {tuple(x.shape[1:])}; this run takes {want}")

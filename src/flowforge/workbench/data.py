@@ -14,9 +14,11 @@ generators already put them in roughly ``[-4, 4]^2``.
 
 from __future__ import annotations
 
+import array
 import csv
 import functools
 import math
+import re
 import stat
 import zipfile
 from collections.abc import Callable
@@ -273,70 +275,209 @@ def _check_finite(a: np.ndarray, where: str, unit: str, base: int) -> None:
         raise DataError(f"{where} contains NaN or inf in {unit} {_rows(bad, base)}")
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
-    """The table and its header's column names (None without a header)."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    try:
-        lines = [(i + 1, row) for i, row in enumerate(csv.reader(text.splitlines())) if row]
-    except csv.Error as e:  # a field beyond the csv module's limit: a binary file, or not a table
-        raise DataError(f"{path} cannot be read as a CSV table ({e}): is it a text CSV?") from None
-    lines = [(i, r) for i, r in lines if any(c.strip() for c in r)]
-    if not lines:
-        raise DataError(f"{path} is empty")
+# the signatures of files that are not text, what they look like, and what to do
+_NOT_TEXT = (
+    (b"\x1f\x8b", "a gzip-compressed file", "decompress it first (gunzip)"),
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one)", "export the sheet as CSV"),
+    (b"\xd0\xcf\x11\xe0", "an Office file (an Excel .xls workbook?)", "export the sheet as CSV"),
+    (b"BZh", "a bzip2-compressed file", "decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file", "decompress it first (unxz)"),
+    (b"(\xb5/\xfd", "a zstd-compressed file", "decompress it first (unzstd)"),
+    (b"\x89PNG", "a PNG image", "give a folder of images as --data"),
+    (b"\xff\xd8\xff", "a JPEG image", "give a folder of images as --data"),
+    (b"\x93NUMPY", "a NumPy array", "name it .npy"),
+    (b"\xff\xfe", "UTF-16 text", "save it as UTF-8 (Excel: CSV UTF-8)"),
+    (b"\xfe\xff", "UTF-16 text", "save it as UTF-8 (Excel: CSV UTF-8)"),
+)
+# the cells that stand for a missing value in a data row, not for a column's name
+_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "nil", "-", "?", "#n/a", "missing"})
 
-    def parse(row):
-        return [float(c) for c in row]
 
-    header = None
-    try:
-        parse(lines[0][1])
-    except ValueError:
-        header = [c.strip() for c in lines[0][1]]
-        lines = lines[1:]
-        if not lines:
-            raise DataError(f"{path} has a header but no data rows") from None
-    d = len(lines[0][1])
-    sep = _other_separator(lines[0][1])
-    if header is not None and len(header) != d:
+def _check_text(path: Path) -> None:
+    """Refuse a file named ``.csv`` that is not a text table (compressed, a workbook, an
+    image, UTF-16), saying what it looks like, before any of it is parsed."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for magic, what, fix in _NOT_TEXT:
+        if head.startswith(magic):
+            raise DataError(f"{path} is not a text CSV file: it looks like {what}; {fix}")
+    if b"\x00" in head:
+        what = "UTF-16 text" if 3 * head.count(b"\x00") > len(head) else "a binary file"
         raise DataError(
-            f"{path}: the header has {len(header)} columns, the first data row {d} "
-            f"(line {lines[0][0]}){sep}"
+            f"{path} is not a UTF-8 text CSV file: it holds NUL bytes (it looks like {what}); "
+            "save it as UTF-8 text"
         )
-    out = np.empty((len(lines), d), dtype=np.float64)
-    for j, (lineno, row) in enumerate(lines):
-        if len(row) != d:
-            raise DataError(
-                f"{path}: line {lineno} has {len(row)} columns, expected {d} "
-                f"(as on line {lines[0][0]})"
-            )
+
+
+def _read_csv(
+    path: Path, header: bool | None = None, names: list | None = None
+) -> tuple[np.ndarray, list[str] | None]:
+    """The table and its header's column names (None without a header).
+
+    ``header``: None decides from the first row (a row with a cell that is not a number is a
+    header; one that reads as data with a missing value, or a row of whole numbers over rows
+    that are not, is refused as ambiguous), True or False say. ``names``: the column names a
+    run was trained with; a first row equal to them is a header even where they are numbers.
+    The file is read row by row into one float64 buffer (8 bytes a value); it is UTF-8, or
+    read as Windows-1252 where it is not."""
+    _check_text(path)
+    try:
+        return _parse_csv(path, "utf-8-sig", "strict", header, names)
+    except UnicodeDecodeError:  # a Windows spreadsheet's export with accented names
+        return _parse_csv(path, "cp1252", "replace", header, names)
+
+
+def _parse_csv(path: Path, encoding: str, errors: str, header, names):
+    values, lines = array.array("d"), array.array("q")
+    first, d, columns, zero_led = None, 0, None, None
+    with open(path, encoding=encoding, errors=errors, newline="") as f:
+        reader = csv.reader(f)
         try:
-            out[j] = parse(row)
-        except ValueError:
-            bad = next(c for c in row if not _is_float(c))
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue
+                lineno = reader.line_num
+                if first is None:
+                    first = (lineno, row)
+                    if _is_header(path, lineno, row, header, names):
+                        columns = [c.strip() for c in row]
+                        continue
+                if not d:
+                    d = len(row)
+                    if columns is not None and len(columns) != d:
+                        raise DataError(
+                            f"{path}: the header has {len(columns)} columns, the first data row "
+                            f"{d} (line {lineno}){_other_separator(row)}"
+                        )
+                if len(row) != d:
+                    raise DataError(
+                        f"{path}: line {lineno} has {len(row)} columns, expected {d} (as on "
+                        f"line {lines[0]}){_other_separator(row)}"
+                    )
+                try:
+                    values.extend([float(c) for c in row])
+                except ValueError:
+                    bad = next(c for c in row if not _is_float(c))
+                    raise DataError(
+                        f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number"
+                        f"{_other_separator(row)}"
+                    ) from None
+                lines.append(lineno)
+                if d == 2 and zero_led is None and _zero_led(row[1]):
+                    zero_led = (lineno, row)
+        except csv.Error as e:  # a field beyond the csv module's limit: binary, or not a table
             raise DataError(
-                f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number"
-                f"{_other_separator(row)}"
+                f"{path} cannot be read as a CSV table ({e}): is it a text CSV?"
             ) from None
+    if first is None:
+        raise DataError(f"{path} is empty")
+    if not lines:
+        raise DataError(f"{path} has a header but no data rows")
+    out = np.frombuffer(values, dtype=np.float64).reshape(-1, d)
     bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
     if len(bad):
-        raise DataError(f"{path} contains NaN or inf on lines {_rows([lines[i][0] for i in bad])}")
+        raise DataError(f"{path} contains NaN or inf on lines {_rows([lines[i] for i in bad])}")
     big = np.nonzero((np.abs(out) > np.finfo(np.float32).max).any(axis=1))[0]
     if len(big):
         raise DataError(
             f"{path}: values beyond float32's range (about 3.4e38) on lines "
-            f"{_rows([lines[i][0] for i in big])}"
+            f"{_rows([lines[i] for i in big])}"
         )
-    return out, header
+    whole = (out == np.round(out)).all(axis=1)
+    if zero_led is not None and columns is None and whole.all():
+        lineno, row = zero_led
+        raise DataError(
+            f"{path}: every line holds two whole numbers, and line {lineno} writes "
+            f"{','.join(row)!r}: one column of numbers with decimal commas? flowforge reads ',' "
+            "as the separator and '.' as the decimal point; convert the file, e.g. with pandas: "
+            "pd.read_csv(f, sep=';', decimal=',', header=None).to_csv('out.csv', index=False, "
+            "header=False); if they are two columns of whole numbers, write them without "
+            "leading zeros"
+        )
+    lineno, row = first
+    if header is None and columns is None and len(out) >= 3 and whole[0]:
+        if _integers(row) and not whole[1:].any():
+            cells = ", ".join(c.strip() for c in row[:6]) + (", ..." if d > 6 else "")
+            raise DataError(
+                f"{path}: line {lineno} ({cells}) holds whole numbers and no other line does: a "
+                "header of numeric column names (years, wavelengths)? Set the data option "
+                f"header: true to read line {lineno} as the columns' names, or header: false to "
+                "read it as data"
+            )
+    return out, columns
+
+
+def _check_header_option(header, path: Path | None = None) -> None:
+    if header is not None and not isinstance(header, bool):
+        raise DataError(
+            f"data option header must be true or false (or left out: decided from the first "
+            f"row), got {header!r}"
+        )
+    if header is not None and path is not None and path.suffix.lower() != ".csv":
+        raise DataError(f"data option header applies to CSV files, not {path}")
+
+
+def _unnamed_columns(table: np.ndarray, columns: list[str] | None) -> str | None:
+    """A warning for header cells left empty: modelled as data all the same, and a row index
+    that pandas writes (``to_csv`` without ``index=False``) says nothing about the data."""
+    empty = [j for j, c in enumerate(columns or []) if not c]
+    if not empty:
+        return None
+    j = empty[0]
+    rows = np.arange(len(table))
+    if np.array_equal(table[:, j], rows) or np.array_equal(table[:, j], rows + 1):
+        return (
+            f"column {j} (0-based) has no name in the header and holds the row numbers: a row "
+            "index (pandas writes one unless to_csv(..., index=False)) is modelled as data; "
+            "drop it"
+        )
+    more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+    return f"column {j} (0-based){more} has no name in the header; it is modelled as data"
+
+
+def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
+    """Whether a CSV's first row names the columns (see :func:`_read_csv`)."""
+    if header is not None:
+        return bool(header)
+    cells = [c.strip() for c in row]
+    if names and cells == [str(n) for n in names]:
+        return True
+    text = [(j, c) for j, c in enumerate(cells) if not _is_float(c)]
+    if text and all(c.lower() in _MISSING for _, c in text):
+        j, c = text[0]
+        raise DataError(
+            f"{path}: line {lineno} reads as data with a missing value "
+            f"({repr(c) if c else 'an empty cell'} in column {j}, 0-based), not as a header: "
+            f"every cell must be a number (fill or drop the row); if line {lineno} names the "
+            "columns, name every column (or set the data option header: true)"
+        )
+    return bool(text)
+
+
+def _integers(row: list[str]) -> bool:
+    return all(re.fullmatch(r"[+-]?\d+", c.strip()) for c in row)
+
+
+def _zero_led(cell: str) -> bool:
+    """A cell such as '05': whole-number digits after a leading zero (decimal commas split
+    326,05 into 326 and 05)."""
+    c = cell.strip()
+    return len(c) > 1 and c[0] == "0" and c.isdigit()
 
 
 def _other_separator(row: list[str]) -> str:
-    """A hint when a CSV row looks separated by ';' or tabs (one cell holding the whole row)."""
-    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
-        if len(row) <= 2 and any(c.count(sep) >= 1 for c in row):
+    """A hint when a CSV row looks separated by ';' or tabs (its cells hold them), with
+    decimal commas when commas split it as well."""
+    line = ",".join(row)
+    for sep, name, code in ((";", "semicolons", "';'"), ("\t", "tabs", "'\\t'")):
+        if sep in line:
+            comma = len(row) > 1  # commas split the row: decimal commas, in such a file
+            with_ = " with decimal commas" if comma else ""
+            decimal = ", decimal=','" if comma else ""
             return (
-                f" (the file looks separated by {name}: flowforge reads comma-separated values "
-                "with '.' as the decimal point; convert it, e.g. with pandas: "
-                "pd.read_csv(f, sep=';', decimal=',').to_csv('out.csv', index=False))"
+                f" (the file looks separated by {name}{with_}: flowforge reads comma-separated "
+                "values with '.' as the decimal point; convert it, e.g. with pandas: "
+                f"pd.read_csv(f, sep={code}{decimal}).to_csv('out.csv', index=False))"
             )
     return ""
 
@@ -354,6 +495,11 @@ def constant_columns(ds) -> str | None:
     if ds.kind != "table" or ds.levels is not None or not len(train):
         return None
     names = ds.info.get("columns")
+    if len(train) == 1:
+        return (
+            f"{ds.name}: the training split holds one row: no density can be fitted to one "
+            "example; give more rows (or smaller data options val_fraction and test_fraction)"
+        )
     const = [j for j in range(train.shape[1]) if np.all(train[:, j] == train[0, j])]
     if const:
         cols = ", ".join(_column_name(j, names) for j in const[:5])
@@ -393,6 +539,15 @@ def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> No
         raise DataError(
             f"{where}: column {_column_name(j, names)} holds values beyond float32's range "
             f"(the models' precision; largest {np.abs(a[:, j]).max():.6g}): rescale it"
+        )
+    top = np.abs(a).max(0)
+    tiny = np.flatnonzero((top > 0) & (top < 1e-20))
+    if tiny.size:  # float32 flushes or coarsens them, and their spread underflows
+        j = int(tiny[0])
+        raise DataError(
+            f"{where}: column {_column_name(j, names)} holds only values smaller than 1e-20 "
+            f"(largest {top[j]:.3g}), too small for float32 (the models' precision) to keep "
+            f"their spread: rescale it, e.g. multiply it by 1e{-math.floor(math.log10(top[j]))}"
         )
     err = np.abs(a - a.astype(np.float32).astype(np.float64)).max(0)
     sd = a.std(0)
@@ -659,9 +814,11 @@ def _table(
     shuffle=True,
     levels=None,
     standardize=None,
+    header=None,
     **options,
 ) -> Dataset:
     _no_options(str(path), options)
+    _check_header_option(header, path)
     if levels is not None and standardize:
         raise DataError(
             "data.standardize applies to continuous tables; a table with levels is modelled on "
@@ -669,10 +826,11 @@ def _table(
         )
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
-    columns = None
+    columns, unnamed = None, None
     if path.suffix.lower() == ".csv":
-        table, columns = _read_csv(path)
+        table, columns = _read_csv(path, header)
         arrays = {"data": table}
+        unnamed = _unnamed_columns(table, columns)
     else:
         raw = _read_array(path)
         if isinstance(raw, dict):
@@ -710,7 +868,8 @@ def _table(
     stats = _standardize_stats(t["train"]) if standardize else None
     info: dict = {"columns": columns}
     if levels is None:
-        notes = _table_checks(
+        notes = [unnamed] if unnamed else []
+        notes += _table_checks(
             arrays["train"], {"val": arrays["val"], "test": arrays["test"]}, columns, str(path)
         )
         note = _integer_columns(arrays["train"], columns)
@@ -718,7 +877,8 @@ def _table(
         if notes:
             info["warnings"] = notes
     else:  # discrete tables: exact repeats are the one check that applies
-        notes = _duplicates(arrays["train"], {"val": arrays["val"], "test": arrays["test"]})
+        notes = [unnamed] if unnamed else []
+        notes += _duplicates(arrays["train"], {"val": arrays["val"], "test": arrays["test"]})
         if notes:
             info["warnings"] = notes
     return Dataset(
@@ -735,6 +895,10 @@ def _table(
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -765,8 +929,21 @@ def _image_folder(
         ) from None
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise DataError(f"data option bits must be an integer in [1, 8], got {bits!r}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        entries = sorted(path.iterdir())
+        # (macOS's AppleDouble files ._name.png carry no image)
+        files = [p for p in entries if _is_image_name(p) and not p.name.startswith("._")]
+        nested = [p.name for p in entries if p.is_dir() and any(map(_is_image_name, p.iterdir()))]
+    except OSError as e:
+        raise DataError(f"{path}: cannot list it ({e.strerror})") from None
+    inner = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
     if not files:
+        if nested:
+            raise DataError(
+                f"{path} holds no PNG or JPEG images of its own; its subfolders {inner} do (one "
+                "folder per class?): flowforge reads the images of one folder; give a subfolder "
+                "as --data, or move the images up"
+            )
         raise DataError(f"{path} holds no PNG or JPEG images")
     arrays, first = [], None
     for f in files:
@@ -807,6 +984,8 @@ def _image_folder(
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
     t = [torch.from_numpy(x[i].astype(np.float32)) for i in (tr, va, te)]
     notes = _duplicates(x[tr], {"val": x[va], "test": x[te]}, "images")
+    if nested:
+        notes.insert(0, f"the images in subfolders {inner} of {path} are not read")
     return Dataset(
         str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image",
         info={"warnings": notes} if notes else {},
@@ -814,13 +993,21 @@ def _image_folder(
 
 
 def read_table(
-    spec: str, bits: int = 8, shape: tuple[int, ...] | None = None, header: list | None = None
+    spec: str,
+    bits: int = 8,
+    shape: tuple[int, ...] | None = None,
+    names: list | None = None,
+    header: bool | None = None,
+    columns: list | None = None,
 ) -> np.ndarray:
     """Every example of a table file or image folder, unsplit, as float64 ``(N, columns)``:
     the file's own values, not rounded to float32 (``flowforge compress`` checks them for
     integers). With ``shape``, a ``.npy``/``.npz`` array of shape ``(N, *shape)`` (what
     ``flowforge sample`` and ``decompress`` write for the run) is read as its flattened table.
-    A CSV header's column names are appended to ``header`` when a list is given."""
+    A CSV header's column names are appended to ``names`` when a list is given; ``header``
+    is the run's data option of that name, and ``columns`` the run's column names (a first
+    row equal to them is a header, numbers or not)."""
+    _check_header_option(header)
     path = Path(spec).expanduser()
     if path.is_dir():
         ds = _image_folder(path, 0, bits=bits, shuffle=False, val_fraction=0, test_fraction=0)
@@ -834,9 +1021,9 @@ def read_table(
         raise DataError(f"{path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        a, names = _read_csv(path)
-        if header is not None and names:
-            header.extend(names)  # the caller checks them against the run's columns
+        a, found = _read_csv(path, header, columns)
+        if names is not None and found:
+            names.extend(found)  # the caller checks them against the run's columns
         return a
     if suffix not in (".npy", ".npz"):
         raise DataError(
@@ -863,19 +1050,24 @@ def read_table(
 
 
 def read_examples(
-    spec: str, bits: int = 8, shape: tuple[int, ...] | None = None, columns: list | None = None
+    spec: str,
+    bits: int = 8,
+    shape: tuple[int, ...] | None = None,
+    columns: list | None = None,
+    header: bool | None = None,
 ) -> Tensor:
     """:func:`read_table` as float32 (for ``flowforge eval --data``). With ``columns`` (the
     run's column names), a CSV whose header names other columns, or the same in another
-    order, is refused: its numbers would be scored against the wrong columns."""
-    header: list = []
-    x = read_table(spec, bits, shape, header)
-    if columns and header and list(header) != list(columns):
-        j = next((i for i, (a, b) in enumerate(zip(header, columns)) if a != b), None)
+    order, is refused: its numbers would be scored against the wrong columns. ``header``: the
+    run's data option (None: decided from the file's first row)."""
+    found: list = []
+    x = read_table(spec, bits, shape, found, header, columns)
+    if columns and found and list(found) != list(columns):
+        j = next((i for i, (a, b) in enumerate(zip(found, columns)) if a != b), None)
         what = (
-            f"its column {j + 1} is {header[j]!r} where this run's is {columns[j]!r}"
+            f"its column {j + 1} is {found[j]!r} where this run's is {columns[j]!r}"
             if j is not None
-            else f"it has {len(header)} columns, this run {len(columns)}"
+            else f"it has {len(found)} columns, this run {len(columns)}"
         )
         raise DataError(
             f"{spec}: {what}; give the columns the run was trained on, in the same order"
@@ -923,6 +1115,8 @@ def load_dataset(
                     "or a folder of PNG/JPEG images"
                 )
             ds = _table(path, seed, **options)
+        elif path.exists():
+            raise DataError(f"{spec} is not a regular file or a folder (a pipe, device or socket)")
         elif path.suffix or "/" in str(spec) or "\\" in str(spec):
             raise DataError(f"no such file or folder: {spec}")
         else:

@@ -99,7 +99,8 @@ def evaluate_run(
                 names[i] = n
             for i, n in zip(info["context_columns"], r["context_column_names"]):
                 names[i] = n
-        full = read_examples(data, columns=names)
+        header = cfg["data"]["options"].get("header")
+        full = read_examples(data, columns=names, header=header)
         if full.dim() != 2 or full.shape[1] != want:
             raise DataError(
                 f"{data} has shape {tuple(full.shape)}; this run expects {want} columns"
@@ -110,7 +111,8 @@ def evaluate_run(
     elif data is not None:
         want = tuple(r["data_shape"])
         bits = int(cfg["data"]["options"].get("bits", 8))
-        x = read_examples(data, bits=bits, shape=want, columns=r.get("columns"))
+        header = cfg["data"]["options"].get("header")
+        x = read_examples(data, bits, want, r.get("columns"), header)
         if x.shape[1] != math.prod(want):  # a table, or an image folder or array flattened
             shape = f" or arrays of shape (examples, {', '.join(map(str, want))})"
             raise DataError(
@@ -353,7 +355,7 @@ def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size
 
     truth, noise = None, None
     if data is not None:
-        x = read_examples(data)
+        x = read_examples(data, header=cfg["data"]["options"].get("header"))
         if x.dim() != 2 or x.shape[1] != model.features:
             raise DataError(
                 f"{data} has shape {tuple(x.shape)}; this run's model expects "

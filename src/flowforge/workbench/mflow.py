@@ -135,8 +135,8 @@ def evaluate_mflow(
     rec_t, lq_t = torch.cat(rec).double(), torch.cat(lq).double()
     n = len(rec_t)
 
-    def se(t: Tensor) -> float:
-        return (t.std() / math.sqrt(n)).item() if n > 1 else 0.0
+    def se(t: Tensor) -> float | None:  # (one example: no standard error, as eval says)
+        return (t.std() / math.sqrt(n)).item() if n > 1 else None
 
     out = {
         "examples": n,
