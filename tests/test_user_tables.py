@@ -12,8 +12,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from cli_support import cli, one_line_error
 
+from cli_support import cli, one_line_error
 from flowforge.workbench.data import DataError, _read_csv, load_dataset
 
 TINY = ["--model", "realnvp", "--epochs", 1, "--quiet", "--no-progress", "--model-kwargs",
