@@ -578,11 +578,15 @@ def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, wher
     ]
     far = [(j, n) for j, n in far if n]
     if far:
-        what = ", ".join(f"{_column_name(j, names)} ({n})" for j, n in far[:5])
+        what = "; ".join(
+            f"column {_column_name(j, names)}: {n} {'row' if n == 1 else 'rows'}"
+            for j, n in far[:5]
+        )
         notes.append(
-            f"column(s) {what} hold training values more than 100 robust standard deviations "
-            "from the median: they set the standardisation's scale and squeeze the other values "
-            "together, and samples will spread far wider than the data; check or remove them"
+            f"training values more than 100 robust standard deviations from the median ({what}"
+            f"{'; ...' if len(far) > 5 else ''}): they set the standardisation's scale and "
+            "squeeze the other values together, and samples will spread far wider than the "
+            "data; check or remove them"
         )
     dup = _duplicates(train, splits)
     return notes + (dup or _near_duplicates(train, splits))
@@ -667,7 +671,8 @@ def _integer_columns(train: np.ndarray, names: list[str] | None) -> str | None:
         f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} hold only a "
         "few integer values (categories or counts?); they are modelled as continuous, where a "
         "flow can put density spikes on the integers and report a misleadingly low NLL. Give "
-        "the data levels= (all columns integer), or drop or one-hot such columns"
+        "the data option levels: K (all columns integers in [0, K-1]), or drop or one-hot such "
+        "columns"
     )
 
 
@@ -1180,15 +1185,15 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
       standardised with the training split's mean and std (``context_info["stats"]``).
     """
     if conditional is not None and target_columns is not None:
-        raise DataError("give either conditional='label' or target_columns, not both")
+        raise DataError("give either --conditional label or --target-columns, not both")
     if conditional is not None:
         if conditional != "label":
             raise DataError(f"unknown conditional {conditional!r}; expected 'label'")
         labels = ds.info.get("labels")
         if labels is None:
             raise DataError(
-                f"{ds.name} has no class labels (conditional='label' works with digits); for a "
-                "table, use target_columns to condition on the other columns"
+                f"{ds.name} has no class labels (--conditional label works with digits); for a "
+                "table, use --target-columns to condition on the other columns"
             )
         labels = {k: labels[k][: ds.split(k).shape[0]] for k in ("train", "val", "test")}
         classes = sorted(int(c) for c in torch.unique(labels["train"]))
@@ -1197,7 +1202,7 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
         ds.context_info = info
         return ds
     if ds.kind != "table":
-        raise DataError(f"target_columns selects columns of a table; {ds.name} is {ds.kind} data")
+        raise DataError(f"--target-columns selects columns of a table; {ds.name} is {ds.kind} data")
     width = ds.shape[0]
     ys = _parse_columns(target_columns, width, ds.info.get("columns"))
     cs = [i for i in range(width) if i not in ys]
