@@ -74,10 +74,15 @@ class LogisticMixture(Transformer):
         """``(logit u(x), log u'(x) - log u - log(1 - u))``: the logit of the mixture CDF and
         the log-derivative of that logit."""
         t = (x[..., None] - mu) * torch.exp(-s)  # (..., K)
-        log_u = torch.logsumexp(log_pi + F.logsigmoid(t), -1)
-        log_1mu = torch.logsumexp(log_pi + F.logsigmoid(-t), -1)
-        log_pdf = torch.logsumexp(log_pi + F.logsigmoid(t) + F.logsigmoid(-t) - s, -1)
-        return log_u - log_1mu, log_pdf - log_u - log_1mu
+        a = log_pi + F.logsigmoid(t)  # log u = logsumexp(a), log (1 - u) = logsumexp(b)
+        b = log_pi + F.logsigmoid(-t)
+        # log u' - log u - log(1 - u) = log sum_k exp(a_k + b_k - log_pi_k - s_k - log u -
+        # log(1 - u)): taken as the two log-softmaxes, each a difference between components,
+        # so that s_k is not lost against a |t| beyond 1/eps far in the tails
+        ladj = torch.logsumexp(
+            torch.log_softmax(a, -1) + torch.log_softmax(b, -1) - log_pi - s, -1
+        )
+        return torch.logsumexp(a, -1) - torch.logsumexp(b, -1), ladj
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         log_pi, mu, s, a, b = self._split(params)
