@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from cli_support import cli, one_line_error
 from flowforge.workbench.data import DataError, _read_csv, load_dataset
@@ -188,3 +189,22 @@ def test_image_subfolders_are_named(tmp_path):
     ds = load_dataset(str(tmp_path / "mixed"))
     assert len(ds.train) + len(ds.val) + len(ds.test) == 20
     assert any("subfolders more" in n for n in ds.info["warnings"])
+
+
+def test_python_remedies_are_said_in_the_commands_words(tmp_path, capsys):
+    """The library's "move the flow to float64 (flow.double())" is a Python remedy; the
+    command line's models are float32, so its messages give what the command can do."""
+    import flowforge as ff
+    from flowforge.workbench.cli import _one_line
+
+    path = tmp_path / "counts.csv"
+    np.savetxt(path, np.random.default_rng(0).integers(0, 1000, (100, 2)), fmt="%d", delimiter=",")
+    rc, _, err = cli(capsys, "train", "--data", path, "--out", tmp_path / "r", *TINY,
+                     "--set", "data.levels=100000000")  # fmt: skip
+    one_line_error(rc, err, "levels are more than", "the workbench's models are float32")
+    assert "flow.double()" not in err
+    flow = ff.models.build("realnvp", features=2, layers=1, hidden=[4])
+    with pytest.raises(ValueError) as e:
+        flow._check_samples(torch.tensor([[float("inf"), 0.0]]))
+    assert "flow.double()" in str(e.value)
+    assert _one_line(e.value).endswith("sample at a lower --temperature")

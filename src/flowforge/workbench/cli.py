@@ -29,10 +29,27 @@ DEMO = {
 }
 
 
-def _one_line(e: BaseException) -> str:
+# the library's remedies that only Python can take (the workbench's models are float32),
+# and what the command offers instead
+_PYTHON_REMEDIES = (
+    ("; move the flow to float64 (flow.double())", " (the workbench's models are float32)"),
+    ("move the flow to float64 (flow.double()) or rescale", "rescale"),
+    ("move the flow to float64 (flow.double()) or subtract", "subtract"),
+    (
+        "sample in float64 (flow.double()), or at a lower temperature",
+        "sample at a lower --temperature",
+    ),
+    ("score them in float64 (flow.double()), or remove them", "remove them"),
+)
+
+
+def _one_line(e) -> str:
+    """An exception's (or a warning's) message on one line, in the command's words."""
     if isinstance(e, OSError) and e.strerror and e.filename is None and len(e.args) == 2:
         return " ".join(e.strerror.split())  # our own (errno, message): without "[Errno N]"
     msg = " ".join(str(e).split()) or type(e).__name__
+    for python, ours in _PYTHON_REMEDIES:
+        msg = msg.replace(python, ours)
     return msg.strip("'\"") if isinstance(e, KeyError) else msg
 
 
