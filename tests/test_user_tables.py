@@ -208,3 +208,18 @@ def test_python_remedies_are_said_in_the_commands_words(tmp_path, capsys):
         flow._check_samples(torch.tensor([[float("inf"), 0.0]]))
     assert "flow.double()" in str(e.value)
     assert _one_line(e.value).endswith("sample at a lower --temperature")
+
+
+def test_record_and_long_double_arrays(tmp_path):
+    rec = tmp_path / "rec.npy"
+    table = np.random.default_rng(0).normal(size=(50, 2))
+    np.save(rec, np.rec.fromarrays(table.T, names="height,weight"))
+    with pytest.raises(DataError, match=r"structured array with fields \(height, weight\)"):
+        load_dataset(str(rec))
+    if np.finfo(np.longdouble).max > np.finfo(np.float64).max:  # (x86: 80-bit)
+        big = tmp_path / "big.npy"
+        wide = table.astype(np.longdouble)
+        wide[7, 0] = np.longdouble("1e400")  # finite in 80 bits, inf in float64
+        np.save(big, wide)
+        with pytest.raises(DataError, match="beyond float32's range .* rows .0-based. 7"):
+            load_dataset(str(big))

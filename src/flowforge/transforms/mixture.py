@@ -79,9 +79,7 @@ class LogisticMixture(Transformer):
         # log u' - log u - log(1 - u) = log sum_k exp(a_k + b_k - log_pi_k - s_k - log u -
         # log(1 - u)): taken as the two log-softmaxes, each a difference between components,
         # so that s_k is not lost against a |t| beyond 1/eps far in the tails
-        ladj = torch.logsumexp(
-            torch.log_softmax(a, -1) + torch.log_softmax(b, -1) - log_pi - s, -1
-        )
+        ladj = torch.logsumexp(torch.log_softmax(a, -1) + torch.log_softmax(b, -1) - log_pi - s, -1)
         return torch.logsumexp(a, -1) - torch.logsumexp(b, -1), ladj
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

@@ -751,12 +751,27 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
 def _as_table(a: np.ndarray, where: str) -> np.ndarray:
     if a.size == 0:
         raise DataError(f"{where} is empty")
+    if a.dtype.names:  # a record array, as np.genfromtxt(names=True) reads a CSV
+        fields = ", ".join(a.dtype.names[:6]) + (", ..." if len(a.dtype.names) > 6 else "")
+        raise DataError(
+            f"{where} is a structured array with fields ({fields}); expected a plain table "
+            "(examples, columns): save numpy.lib.recfunctions.structured_to_unstructured(a), or "
+            "give the CSV itself (its header names the columns)"
+        )
     if a.ndim != 2:
         raise DataError(f"{where} has shape {a.shape}; expected a table (examples, columns)")
     if np.issubdtype(a.dtype, np.complexfloating):
         raise DataError(f"{where} has complex dtype {a.dtype}; expected real numbers")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise DataError(f"{where} has dtype {a.dtype}; expected numbers")
+    if a.dtype.itemsize > 8 and np.issubdtype(a.dtype, np.floating):  # longdouble
+        finite = np.isfinite(a).all()
+        if finite and (np.abs(a) > np.finfo(np.float32).max).any():
+            rows = np.nonzero((np.abs(a) > np.finfo(np.float32).max).any(axis=1))[0]
+            raise DataError(
+                f"{where} has values beyond float32's range (about 3.4e38) in rows (0-based) "
+                f"{_rows(rows)}"
+            )
     a = a.astype(np.float64)
     _check_finite(a, where, "rows (0-based)", 0)
     big = np.nonzero((np.abs(a) > np.finfo(np.float32).max).any(axis=1))[0]
