@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -135,6 +136,35 @@ def test_fit_target_cli_writes_a_report(capsys, tmp_path):
     # an existing, non-empty folder is refused without --overwrite
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--out", out, "--steps", 1)
     assert rc == 1 and "--overwrite" in err
+    # the ELBO with its standard error, and the KL row intact in the markdown table
+    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert f"ELBO {m['elbo']:.4f} +- {m['elbo_se']:.4f}" in stdout
+    assert "| KL(q ‖ p) | " in (out / "report.md").read_text()
+    assert "Monte-Carlo standard error over 500 samples" in (out / "report.md").read_text()
+
+
+def test_fit_target_never_writes_into_a_run_or_a_users_folder(capsys, tmp_path):
+    from cli_support import tiny_moons_run
+
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    kept = (run / "model.ff").read_bytes()
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "report.md").write_text("my notes")
+    fit = ["fit-target", "--target", "u1", "--layers", 2, "--steps", 3, "--n-eval", 10,
+           "--quiet", "--overwrite"]  # fmt: skip
+    rc, _, err = cli(capsys, *fit, "--out", run)
+    assert rc == 1 and "holds a training run" in err
+    assert (run / "model.ff").read_bytes() == kept
+    rc, _, err = cli(capsys, *fit, "--out", user)
+    assert rc == 1 and "holds no fit-target report" in err
+    assert (user / "report.md").read_text() == "my notes"
+    (tmp_path / "file").write_text("x")
+    rc, _, err = cli(capsys, *fit, "--out", tmp_path / "file")
+    assert rc == 1 and "is not a folder" in err
+    # its own report is replaced with --overwrite
+    assert cli(capsys, *fit, "--out", tmp_path / "vi")[0] == 0
+    assert cli(capsys, *fit, "--out", tmp_path / "vi")[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -142,8 +172,12 @@ def test_fit_target_cli_writes_a_report(capsys, tmp_path):
     [
         (["--target", "u9"], "unknown target 'u9'"),
         (["--target", "u1", "--model", "planr"], "unknown model 'planr'"),
-        (["--target", "u1", "--steps", "0"], "--steps must be at least 1"),
+        (["--target", "u1", "--steps", "0"], "--steps must be between 1 and"),
         (["--target", "u1", "--model-kwargs", "{bad"], "--model-kwargs"),
+        (["--target", "u1", "--n-eval", "100000000"], "--n-eval must be between 2 and 10,000,000"),
+        (["--target", "u1", "--batch-size", "10000000000"], "--batch-size must be between"),
+        (["--target", "u1", "--model-kwargs", '{"features": 5}'], "drop 'features'"),
+        (["--target", "u1", "--model-kwargs", '{"context_features": 3}'], "unconditional"),
     ],
 )
 def test_fit_target_cli_bad_input(capsys, tmp_path, args, message):
@@ -152,6 +186,49 @@ def test_fit_target_cli_bad_input(capsys, tmp_path, args, message):
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_diagnostics_with_contexts_average_their_errors():
+    """With B contexts the ELBO is the mean of B per-context means: its error is theirs
+    combined, not the spread between contexts (which is no noise), and n counts samples per
+    context."""
+    torch.manual_seed(0)
+    flow = ff.models.build("planar", features=1, layers=1, context_features=1)
+    c = torch.tensor([[0.0], [10.0]])
+
+    def target(x, ctx):
+        return -0.5 * (x[..., 0] - ctx[..., 0]) ** 2 - 0.5 * math.log(2 * math.pi)
+
+    d = vi_diagnostics(flow, target, n=4000, context=c)
+    assert d["n"] == 4000
+    repeats = torch.tensor([vi_diagnostics(flow, target, n=4000, context=c)["elbo"]
+                            for _ in range(20)])  # fmt: skip
+    assert 0.5 < d["elbo_se"] / repeats.std().item() < 2.0
+    assert vi_diagnostics(flow, target, n=1, context=c)["elbo_se"] is None
+
+
+def test_fit_target_refuses_what_would_invert_or_empty_the_objective():
+    from flowforge.workbench.vi import fit_target
+
+    flow = ff.models.Planar(features=2, layers=2)
+    with pytest.raises(ValueError, match="anneal to be an integer >= 0"):
+        fit_target(flow, targets.get("u1"), steps=2, anneal=-5)
+    with pytest.raises(ValueError, match="batch_size to be an integer >= 1"):
+        fit_target(flow, targets.get("u1"), steps=2, batch_size=0)
+
+
+def test_the_funnel_is_finite_in_its_neck():
+    """x e^{-v/2} squared, not x² e^{-v}: at v = -100 float32's e^{100} overflows."""
+    funnel = targets.get("funnel")
+    z = torch.tensor([[-100.0, 0.0], [-100.0, 1e-20], [-100.0, 1.0], [2.0, -1.5]])
+    got = funnel(z)
+    want = funnel(z.double())
+    assert torch.isfinite(want[:2]).all() and torch.allclose(got[:2].double(), want[:2])
+    assert got[2] == -math.inf or got[2] < -1e30  # a real underflow of the density
+    v, x = -100.0, z[1, 1].item()  # (1e-20 as float32 holds it)
+    exact = -0.5 * (v / 3) ** 2 - math.log(3) - 0.5 * math.log(2 * math.pi)
+    exact += -0.5 * x * x * math.exp(-v) - 0.5 * v - 0.5 * math.log(2 * math.pi)
+    assert want[1].item() == pytest.approx(exact, rel=1e-12)
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -218,4 +295,4 @@ def test_fit_target_interrupted_writes_nothing(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", real)
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "planar", "--layers", 2,
                      "--steps", 10, "--n-eval", 1, "--out", out, "--quiet")  # fmt: skip
-    assert rc == 1 and "--n-eval must be at least 2, got 1" in err
+    assert rc == 1 and "--n-eval must be between 2 and 10,000,000, got 1" in err

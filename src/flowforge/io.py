@@ -67,8 +67,11 @@ def _safetensors():
     return safetensors
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, replace: bool = True) -> None:
+def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    ``data``: bytes (or any buffer), or an iterable of them written one after the other (a
+    large output made piece by piece, never whole in memory).
 
     An ``OSError`` (a full disk, a read-only folder) names the file and leaves any previous
     version of it in place. ``replace=False``: never replace anything at ``path`` (a file, or
@@ -83,7 +86,8 @@ def atomic_write(path: str | os.PathLike, data: bytes, replace: bool = True) -> 
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         if replace:

@@ -260,7 +260,9 @@ def vi_diagnostics(
     With ``log w = log p~ - log q`` on ``n`` samples of the flow:
 
     - ``elbo = mean log w`` (a lower bound on ``log Z``), ``reverse_kl = -elbo``
-      (``KL(q || p) - log Z``), with its Monte-Carlo standard error ``elbo_se``;
+      (``KL(q || p) - log Z``), with its Monte-Carlo standard error ``elbo_se`` (None for
+      ``n = 1``); with a ``(B, c)`` context, the mean over the contexts' ELBOs and the error
+      of that mean, and ``n`` is the number of samples per context;
     - ``log_z = log mean w`` (:func:`importance_log_z`);
     - ``ess = (sum w)² / (n sum w²)`` (:func:`effective_sample_size`).
 
@@ -287,11 +289,17 @@ def vi_diagnostics(
             "(the target or the flow returned NaN or inf)"
         )
     elbo = log_w.mean().item()
+    # the mean over contexts of each context's mean: its error adds the contexts' sampling
+    # variances (the spread between contexts' ELBOs is not noise); one draw: no error
+    per = log_w.reshape(log_w.shape[0], -1)
+    se = None
+    if per.shape[0] > 1:
+        se = (per.var(0).sum() / per.shape[0]).sqrt().item() / per.shape[1]
     return {
         "elbo": elbo,
-        "elbo_se": (log_w.std() / math.sqrt(log_w.numel())).item(),
+        "elbo_se": se,
         "reverse_kl": -elbo,
         "log_z": importance_log_z(log_w),
         "ess": effective_sample_size(log_w),
-        "n": int(log_w.numel()),
+        "n": int(per.shape[0]),
     }

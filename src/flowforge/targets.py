@@ -139,7 +139,10 @@ def _banana(z):
 def _funnel(z):
     v, x = z[..., 0], z[..., 1:]
     # x_i | v ~ N(0, exp(v)): log-density -x²/(2 e^v) - v/2 - log(2 pi)/2
-    lx = -0.5 * x.square() * torch.exp(-v).unsqueeze(-1) - 0.5 * v.unsqueeze(-1) - 0.5 * LOG_2PI
+    # (x e^{-v/2})² rather than x² e^{-v}: in the neck (v < -88 in float32) e^{-v} overflows
+    # and x² underflows, where their product is an ordinary number
+    scaled = x * torch.exp(-0.5 * v).unsqueeze(-1)
+    lx = -0.5 * scaled.square() - 0.5 * v.unsqueeze(-1) - 0.5 * LOG_2PI
     return _normal(v, 0.0, 3.0) + lx.sum(-1)
 
 

@@ -340,6 +340,34 @@ def _progress(args) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+PNG_IMAGES, PNG_POINTS = 1024, 100_000  # what sample --out X.png draws at most
+FIT_MAX_SAMPLES = 10**7  # fit-target's --batch-size and --n-eval (float64 weights: 80 MB)
+
+
+def _check_fit_out(out: Path, overwrite: bool) -> None:
+    """fit-target writes into an empty or new folder, or (with ``--overwrite``) over an
+    earlier fit-target report; never into a training run or a folder of the user's."""
+    from .errors import WorkbenchError
+    from .report import is_vi_report
+    from .runs import is_run
+
+    if os.path.lexists(out) and not out.is_dir():
+        raise WorkbenchError(f"--out {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if is_run(out):
+        raise WorkbenchError(
+            f"{out} holds a training run; fit-target never writes into one: use another --out"
+        )
+    if not is_vi_report(out):
+        raise WorkbenchError(
+            f"{out} is not empty and holds no fit-target report; flowforge never writes into "
+            "a folder it did not create: use another --out"
+        )
+    if not overwrite:
+        raise WorkbenchError(f"{out} holds a fit-target report; pass --overwrite or another --out")
+
+
 def cmd_sample(args) -> int:
     from .errors import WorkbenchError
     from .evaluate import sample_context
@@ -365,6 +393,15 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"--tol must be a number in (0, 1), got {tol}")
     cfg = run_config(args.run)
     context, what, given = sample_context(cfg, args.label, args.context)
+    if out.suffix.lower() == ".png":  # a picture shows so many; more is memory for nothing
+        total = args.n * (len(given[1]) if given else 1)
+        images = len(cfg["resolved"]["data_shape"]) == 3
+        cap, noun = (PNG_IMAGES, "images") if images else (PNG_POINTS, "points")
+        if total > cap:
+            raise WorkbenchError(
+                f"--out {out}: a PNG shows at most {cap:,} {noun}, and {total:,} were asked "
+                "for; write them to a .npy or .csv file"
+            )
     flow = load_run(args.run)
     if args.inverse != "sequential":  # autoregressive layers: Jacobi sweeps (see set_inverse)
         from ..transforms import Autoregressive, set_inverse
@@ -566,7 +603,7 @@ def cmd_fit_target(args) -> int:
     from .. import io, targets
     from .errors import WorkbenchError
     from .report import write_vi_report
-    from .vi import build_vi_model, evaluate_target, fit_target, summary_line
+    from .vi import build_vi_model, ess_warning, evaluate_target, fit_target, summary_line
 
     target = targets.get(args.target)  # unknown target: ValueError, one line
     kwargs = {}
@@ -578,21 +615,26 @@ def cmd_fit_target(args) -> int:
         if not isinstance(kwargs, dict):
             raise WorkbenchError("--model-kwargs: expected a JSON object like '{\"hidden\": 8}'")
     checks = (
-        ("--steps", args.steps, 1),
-        ("--batch-size", args.batch_size, 1),
-        ("--n-eval", args.n_eval, 2),
+        ("--steps", args.steps, 1, 10**8),
+        ("--batch-size", args.batch_size, 1, FIT_MAX_SAMPLES),
+        ("--n-eval", args.n_eval, 2, FIT_MAX_SAMPLES),
     )  # fmt: skip (the ELBO's standard error needs 2)
-    for flag, v, lo in checks:
-        if v < lo:
-            raise WorkbenchError(f"{flag} must be at least {lo}, got {v}")
+    for flag, v, lo, hi in checks:
+        if not lo <= v <= hi:
+            raise WorkbenchError(f"{flag} must be between {lo} and {hi:,}, got {v}")
+    for key, why in (
+        ("features", f"the target {args.target!r} sets it ({target.dim})"),
+        ("context_features", "fit-target fits unconditional flows"),
+    ):
+        if key in kwargs:
+            raise WorkbenchError(f"--model-kwargs: drop {key!r}: {why}")
     anneal = min(1000, args.steps // 3) if args.anneal is None else args.anneal
     if anneal < 0:
         raise WorkbenchError(f"--anneal must be 0 or more, got {anneal}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise WorkbenchError(f"--lr must be positive, got {args.lr}")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise WorkbenchError(f"{out} exists and is not empty; pass --overwrite or another --out")
+    _check_fit_out(out, args.overwrite)
     torch.manual_seed(args.seed)
     try:
         flow = build_vi_model(args.model, target.dim, args.layers, **kwargs)
@@ -621,6 +663,8 @@ def cmd_fit_target(args) -> int:
     if getattr(flow, "config", None) is not None:
         io.save(flow, out / "model.ff")
     print(summary_line(metrics))
+    if ess_warning(metrics):
+        print(f"warning: {ess_warning(metrics)}")
     print(f"report: {report}")
     return 0
 

@@ -275,6 +275,9 @@ def _check_finite(a: np.ndarray, where: str, unit: str, base: int) -> None:
         raise DataError(f"{where} contains NaN or inf in {unit} {_rows(bad, base)}")
 
 
+# the first characters that make a spreadsheet read a cell as a formula
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
 # the signatures of files that are not text, what they look like, and what to do
 _NOT_TEXT = (
     (b"\x1f\x8b", "a gzip-compressed file", "decompress it first (gunzip)"),
@@ -1082,6 +1085,8 @@ def read_examples(
     run's data option (None: decided from the file's first row)."""
     found: list = []
     x = read_table(spec, bits, shape, found, header, columns)
+    # a name that flowforge sample led by ' (a spreadsheet would run it as a formula)
+    found = [n[1:] if n[:1] == "'" and n[1:2] in FORMULA_LEADS else n for n in found]
     if columns and found and list(found) != list(columns):
         j = next((i for i, (a, b) in enumerate(zip(found, columns)) if a != b), None)
         what = (

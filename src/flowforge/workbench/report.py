@@ -14,6 +14,7 @@ links them by relative path, so the folder can be copied or zipped as a whole:
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from ..core import Flow
 from ..distributions import StandardNormal
+from .data import FORMULA_LEADS
 from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import REPORT_DIR, is_report_figure, load_run, read_metrics, run_config
@@ -132,9 +134,50 @@ def sample_run(
 
 
 def _csv_field(name: str) -> str:
+    """A column name as a CSV cell: quoted where it holds a separator, a quote or a line
+    break, and led by ``'`` where a spreadsheet would run it as a formula (a name from a
+    user's file such as ``=cmd|...``; OWASP's advice)."""
+    if name[:1] in FORMULA_LEADS and not _is_number(name):
+        name = "'" + name
     if any(c in name for c in ',"\n\r'):
         return '"' + name.replace('"', '""') + '"'
     return name
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _table_order(x: Tensor, header, given, info: dict):
+    """Samples of a column-conditional run and the context they were given, as rows of the
+    table the run was trained on: every column in its place (what ``eval --data`` reads)."""
+    context_names, context_rows = given
+    ys, cs = info["target_columns"], info["context_columns"]
+    c = torch.tensor(context_rows, dtype=torch.float64)
+    full = torch.empty(x.shape[0], len(ys) + len(cs), dtype=torch.float64)
+    full[:, ys] = x.double()
+    full[:, cs] = c.repeat_interleave(x.shape[0] // len(c), 0)
+    names = [f"x{j}" for j in range(full.shape[1])]
+    if header is not None:
+        for j, n in zip(ys, header):
+            names[j] = n
+        for j, n in zip(cs, context_names):
+            names[j] = n
+    return full, names
+
+
+def _csv_lines(x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096):
+    """The CSV's data lines as encoded chunks of ``chunk`` rows (never the whole text in
+    memory); ``lead``: each context row's cells, for ``per`` samples each."""
+    for i in range(0, x.shape[0], chunk):
+        rows = [",".join(f"{v:.9g}" for v in row) for row in x[i : i + chunk].tolist()]
+        if lead is not None:
+            rows = [f"{lead[(i + k) // per]},{r}" for k, r in enumerate(rows)]
+        yield ("\n".join(rows) + "\n").encode()
 
 
 def save_samples(
@@ -149,38 +192,40 @@ def save_samples(
 
     A CSV has one sample per row (an image's values flattened), under the data's column names
     when the run knows them. ``given``: ``(names, rows)``, the contexts the samples were drawn
-    for, as :func:`sample_run` orders them (each row's samples together); a CSV then starts
-    each line with its context's values, so that every sample says what it was given.
+    for, as :func:`sample_run` orders them (each row's samples together), so that every sample
+    says what it was given: a label starts each line; context columns take their places in the
+    table the run was trained on (a file ``eval --data`` reads).
     ``overwrite=False``: a file that appeared at ``path`` meanwhile is kept (FileExistsError)."""
     from ..io import atomic_write
     from .data import WorkbenchError
 
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
+    if suffix == ".npy":  # the header, then the array's own memory: no copy of the samples
         import io as _io
 
-        buf = _io.BytesIO()
-        np.save(buf, x.cpu().numpy())
-        atomic_write(path, buf.getvalue(), replace=overwrite)
+        a = np.ascontiguousarray(x.cpu().numpy())
+        head = _io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
+        atomic_write(path, [head.getvalue(), memoryview(a.reshape(-1))], replace=overwrite)
         return
     if suffix == ".csv":
         x = x.reshape(x.shape[0], -1)
-        rows = [",".join(f"{v:.9g}" for v in row) for row in x.tolist()]
         names = cfg.get("resolved", {}).get("columns")
         header = list(names) if names and len(names) == x.shape[1] else None
-        if given is not None and rows:
+        lead, per = None, 1
+        info = cfg.get("resolved", {}).get("context") or {}
+        if given is not None and x.shape[0] and info.get("kind") == "columns":
+            x, header = _table_order(x, header, given, info)  # as eval --data reads a table
+        elif given is not None and x.shape[0]:
             context_names, context_rows = given
-            per = len(rows) // len(context_rows)  # samples per context row, row by row
+            per = x.shape[0] // len(context_rows)  # samples per context row, row by row
             lead = [",".join(f"{v:.9g}" for v in r) for r in context_rows]
-            rows = [f"{lead[i // per]},{row}" for i, row in enumerate(rows)]
             if header is None:
                 header = [f"x{j}" for j in range(x.shape[1])]
             header = [*context_names, *header]
-        if header:
-            rows.insert(0, ",".join(_csv_field(n) for n in header))
-        text = "\n".join(rows) + "\n"
-        atomic_write(path, text.encode(), replace=overwrite)
+        head = [(",".join(_csv_field(str(n)) for n in header) + "\n").encode()] if header else []
+        atomic_write(path, itertools.chain(head, _csv_lines(x, lead, per)), replace=overwrite)
         return
     if suffix != ".png":
         raise WorkbenchError(f"unsupported output {path.name}; expected .png, .npy or .csv")
@@ -1021,8 +1066,30 @@ def _dtype(flow):
     return torch.float32
 
 
+VI_FILES = ("report.png", "report.md", "metrics.json", "model.ff")  # what fit-target writes
+
+
+def is_vi_report(folder: Path) -> bool:
+    """Whether ``folder`` holds what ``flowforge fit-target`` writes (its ``metrics.json``
+    with the fit's ``metrics`` and ``fit``), which ``fit-target --overwrite`` may replace."""
+    path = folder / "metrics.json"
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return False
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and set(d) == {"metrics", "fit"}
+
+
 def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: str) -> Path:
-    """``report.png`` (target, learned density, samples), ``report.md``, ``metrics.json``."""
+    """``report.png`` (target, learned density, samples), ``report.md``, ``metrics.json``,
+    each written atomically."""
+    import io as _io
+
+    from ..io import atomic_write
+    from .vi import describe_elbo
+
     plt = _plt()
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
@@ -1040,16 +1107,27 @@ def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: st
         axes[2].set_ylim(target.box[2], target.box[3])
     axes[2].set_title("2000 samples (dims 1, 2)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "report.png", dpi=110)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "fit": fit}, indent=2))
+    atomic_write(out / "report.png", buf.getvalue())
+    metrics_json = json.dumps({"metrics": metrics, "fit": fit}, indent=2, allow_nan=False)
+    atomic_write(out / "metrics.json", metrics_json.encode())
+    se = metrics["elbo_se"]
+
+    def pm(v):
+        return "n/a" if v is None else f"{v:.4f}" + ("" if se is None else f" ± {se:.4f}")
+
     rows = [
-        ("reverse KL up to log Z (= -ELBO)", metrics["reverse_kl"]),
-        ("ELBO", metrics["elbo"]),
-        ("log Z, importance sampled", metrics["log_z"]),
-        ("ESS (normalised)", metrics["ess"]),
-        ("log Z, exact or grid", metrics["true_log_z"]),
-        ("KL(q || p)", metrics["kl"]),
+        ("reverse KL up to log Z (= -ELBO)", pm(metrics["reverse_kl"])),
+        ("ELBO", pm(metrics["elbo"])),
+        ("log Z, importance sampled", f"{metrics['log_z']:.4f}"),
+        ("ESS (normalised)", f"{metrics['ess']:.4f}"),
+        (
+            "log Z, exact or grid",
+            "n/a" if metrics["kl"] is None else f"{metrics['true_log_z']:.4f}",
+        ),
+        ("KL(q ‖ p)", pm(metrics["kl"])),
     ]
     lines = [
         f"# {title} on {target.name}",
@@ -1062,8 +1140,10 @@ def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: st
         "",
         "| quantity | value |",
         "|---|---|",
-        *[f"| {k} | {'n/a' if v is None else f'{v:.4f}'} |" for k, v in rows],
+        *[f"| {k} | {v} |" for k, v in rows],
+        "",
+        describe_elbo(metrics),
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write(out / "report.md", "\n".join(lines).encode())
     return out / "report.md"

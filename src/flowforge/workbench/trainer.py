@@ -32,6 +32,7 @@ from torch import Tensor
 from .. import io
 from .._util import COMPILE_OPTIONS
 from ..core import NaNLogProb, layer_metrics, needs_data_init, regularization
+from ..models.assembly import count
 from ..objectives import reverse_kl
 from .checkpoint import (
     check_optimizer_state,
@@ -125,7 +126,11 @@ class ReverseKL(Objective):
         anneal: int = 0,
         n_val: int = 4096,
     ):
-        self.target, self.batch, self.anneal, self.n_val = target, batch, anneal, n_val
+        if isinstance(anneal, bool) or not isinstance(anneal, int) or anneal < 0:
+            # (a negative anneal makes beta negative: the flow would flee the target)
+            raise ValueError(f"expected anneal to be an integer >= 0 (0: off), got {anneal!r}")
+        self.target, self.anneal = target, anneal
+        self.batch, self.n_val = count("batch", batch), count("n_val", n_val)
 
     def beta(self, step: int) -> float:
         return min(1.0, 0.01 + step / self.anneal) if self.anneal else 1.0

@@ -19,11 +19,19 @@ import time
 import torch
 
 from .. import models
+from ..models.assembly import count
 from ..objectives import vi_diagnostics
 from ..targets import grid_log_z
 from .trainer import ReverseKL, Trainer
 
-__all__ = ["build_vi_model", "fit_target", "evaluate_target", "summary_line"]
+__all__ = [
+    "build_vi_model",
+    "describe_elbo",
+    "ess_warning",
+    "fit_target",
+    "evaluate_target",
+    "summary_line",
+]
 
 
 def build_vi_model(name: str, features: int, layers: int | None = None, **kwargs):
@@ -59,6 +67,8 @@ def fit_target(
     decays by cosine to 1/10 over the run. Steps whose loss is not finite are skipped
     (counted in ``skipped``). Returns a history summary.
     """
+    count("steps", steps)
+    count("batch_size", batch_size)
     if anneal > steps:
         raise ValueError(
             f"annealing over {anneal} steps is longer than the run's {steps} steps: the target "
@@ -119,11 +129,37 @@ def evaluate_target(flow, target, n: int = 20000, seed: int = 1, grid_n: int = 6
     return d
 
 
+LOW_ESS = 0.1  # below it, the importance-sampled log Z is said to be unreliable
+
+
 def summary_line(m: dict) -> str:
+    pm = "" if m["elbo_se"] is None else f" +- {m['elbo_se']:.4f}"
     s = (
-        f"reverse KL (up to log Z) {m['reverse_kl']:.4f}, ELBO {m['elbo']:.4f}, "
+        f"reverse KL (up to log Z) {m['reverse_kl']:.4f}{pm}, ELBO {m['elbo']:.4f}{pm}, "
         f"log Z (IS) {m['log_z']:.4f}, ESS {m['ess']:.3f}"
     )
     if m["kl"] is not None:
-        s += f"; log Z (grid/exact) {m['true_log_z']:.4f}, KL {m['kl']:.4f}"
+        s += f"; log Z (grid/exact) {m['true_log_z']:.4f}, KL {m['kl']:.4f}{pm}"
     return s
+
+
+def ess_warning(m: dict) -> str | None:
+    """A warning where the ESS makes the importance-sampled log Z unreliable."""
+    if m["ess"] >= LOW_ESS:
+        return None
+    return (
+        f"the ESS is {m['ess']:.3f} (below {LOW_ESS}): a few samples carry the importance "
+        "weights, so the importance-sampled log Z is unreliable"
+    )
+
+
+def describe_elbo(m: dict) -> str:
+    """What the figures are worth: the Monte-Carlo error of the ELBO (and of the KL, which is
+    log Z minus it) over ``n`` samples, and :func:`ess_warning`."""
+    s = (
+        f"± is the Monte-Carlo standard error over {m['n']:,} samples."
+        if m["elbo_se"] is not None
+        else "One sample: no standard error."
+    )
+    warning = ess_warning(m)
+    return s + (f" Warning: {warning}." if warning else "")
