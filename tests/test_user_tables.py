@@ -223,3 +223,39 @@ def test_record_and_long_double_arrays(tmp_path):
         np.save(big, wide)
         with pytest.raises(DataError, match="beyond float32's range .* rows .0-based. 7"):
             load_dataset(str(big))
+
+
+def test_formula_led_column_names_are_neutralised_and_read_back(tmp_path, capsys):
+    """A column named like a spreadsheet formula (from the user's file) is written to a
+    sample CSV led by ', which a spreadsheet shows as text; eval reads it as the name."""
+    path = tmp_path / "t.csv"
+    path.write_text("=cmd|' /C calc'!A0,-x,plain\n" + _rows(_normal(80)))
+    assert cli(capsys, "train", "--data", path, "--out", tmp_path / "r", *TINY)[0] == 0
+    rc, _, err = cli(capsys, "sample", tmp_path / "r", "-n", 3, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    head = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert head == "'=cmd|' /C calc'!A0,'-x,plain"
+    rc, out, err = cli(capsys, "eval", tmp_path / "r", "--data", tmp_path / "s.csv")
+    assert rc == 0 and "(3 examples)" in out, err
+
+
+def test_sample_outputs_are_bounded(tmp_path, capsys):
+    from flowforge.workbench.report import save_samples
+
+    cfg = {"resolved": {"columns": ["a", "b"], "data_shape": [2]}}
+    x = torch.randn(50_000, 2)
+    tracemalloc.start()
+    save_samples(x, cfg, tmp_path / "s.csv")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    back = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert np.allclose(back, x.numpy(), rtol=1e-8, atol=0)  # 9 digits hold a float32
+    assert peak < 4_000_000, peak  # chunks of 4,096 rows: 1.3 MB (the whole text: 10.5 MB)
+    save_samples(x, cfg, tmp_path / "s.npy")
+    assert np.array_equal(np.load(tmp_path / "s.npy"), x.numpy())
+    from cli_support import tiny_moons_run
+
+    run = tiny_moons_run(capsys, tmp_path / "moons")
+    rc, _, err = cli(capsys, "sample", run, "-n", 100_001, "--out", tmp_path / "p.png")
+    one_line_error(rc, err, "a PNG shows at most 100,000 points", ".npy or .csv")
+    assert not (tmp_path / "p.png").exists()

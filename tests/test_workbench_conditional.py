@@ -151,10 +151,12 @@ def test_conditional_density_estimation_on_a_table(table, tmp_path, capsys, mode
     )
     assert code == 0, err
     lines = (tmp_path / "s.csv").read_text().splitlines()
-    assert lines[0] == "2,3,x0,x1"  # the context columns (by position here), then the samples
+    assert lines[0] == "x0,x1,x2,x3"  # the table's columns in its order (no header: positions)
     got = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
     assert got.shape == (6, 4)  # each sample beside the context it was drawn for
-    assert np.array_equal(got[:, :2], [[5, 5]] * 3 + [[30, -10]] * 3)
+    assert np.array_equal(got[:, 2:], [[5, 5]] * 3 + [[30, -10]] * 3)
+    code, out_, err = run(["eval", out, "--data", tmp_path / "s.csv"], capsys)
+    assert code == 0 and "(6 examples)" in out_, err  # the samples read back as the table
     code, _, err = run(
         ["sample", out, "--context", "5", "-n", "3", "--out", tmp_path / "b.csv"], capsys
     )
@@ -201,4 +203,20 @@ def test_a_sample_csv_names_the_context_columns_by_their_header(tmp_path, capsys
     code, _, err = run(["sample", out, "--context", "1,2", "-n", "2", "--out",
                         tmp_path / "s.csv"], capsys)  # fmt: skip
     assert code == 0, err
-    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "age,dose,y1,y2"
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "y1,y2,age,dose"  # the table's
+    code, out_, err = run(["eval", out, "--data", tmp_path / "s.csv"], capsys)
+    assert code == 0 and "(2 examples)" in out_, err
+    # the context columns first in the table: still in their places
+    np.savetxt(path, x[:, [2, 0, 3, 1]], delimiter=",", header="age,y1,dose,y2", comments="")
+    code, _, err = run(["train", "--model", "maf", "--data", path, "--target-columns", "y1,y2",
+                        "--model-kwargs", '{"hidden": [8]}', "--epochs", "1", "--out",
+                        tmp_path / "r2", "--no-progress", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(["sample", tmp_path / "r2", "--context", "1,2", "-n", "2", "--out",
+                        tmp_path / "s2.csv"], capsys)  # fmt: skip
+    assert code == 0, err
+    got = np.loadtxt(tmp_path / "s2.csv", delimiter=",", skiprows=1)
+    assert (tmp_path / "s2.csv").read_text().splitlines()[0] == "age,y1,dose,y2"
+    assert np.array_equal(got[:, [0, 2]], [[1, 2], [1, 2]])
+    code, out_, err = run(["eval", tmp_path / "r2", "--data", tmp_path / "s2.csv"], capsys)
+    assert code == 0 and "(2 examples)" in out_, err
