@@ -406,7 +406,7 @@ def test_samples_outside_the_levels_are_clamped_and_counted(tmp_path, capsys, mo
     rc, out, err = cli(capsys, "sample", tmp_path / "r", "-n", 64, "--out", tmp_path / "s.npy")
     assert calls == [16, 16, 16, 16]
     assert rc == 0 and "wrote 64 samples" in out
-    assert "warning: 25.00% of the sampled values fell outside [0, 16] and were clamped" in err
+    assert "warning: 25.00% of the sampled values fell outside the data's 17 levels" in err
 
 
 def test_the_report_of_an_integer_flow_makes_no_normality_claim(tmp_path, capsys):

@@ -663,6 +663,10 @@ class Flow(nn.Module):
         torch.Size([3, 4])
     """
 
+    # a dequantizing flow's fraction of the last sample()'s values drawn outside the data's
+    # levels and clamped, as a 0-d tensor on the flow's device (float() it to read)
+    clamped: Tensor | float = 0.0
+
     def __init__(
         self, transform: Transform, base: Distribution, dequantizer: Dequantizer | None = None
     ):
@@ -906,6 +910,10 @@ class Flow(nn.Module):
             z = self.base.sample(math.prod(shape), ctx, temperature=temperature)
             x, _ = self.transform.inverse(z, ctx)
             if self.dequantizer is not None:
+                # the continuous draws whose floor falls off the grid (mass the discrete model
+                # leaves out): counted as the integer flows count theirs, then clamped
+                outside = (x < 0) | (x >= self.dequantizer.levels)
+                self.clamped = outside.float().mean() if x.numel() else 0.0
                 x = self.dequantizer.quantize(x)
         self._check_samples(x)
         return x.reshape(*shape, *self.event_shape)

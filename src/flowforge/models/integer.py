@@ -80,10 +80,6 @@ class IntegerFlow(Flow):
         z, _ = self.transform(x, context)  # integer layers: ladj == 0
         return self.base.log_prob(z, context).reshape(batch)
 
-    # the fraction of values the last sample() drew outside [0, levels - 1] and clamped, as a
-    # 0-d tensor on the flow's device (sampling itself reads nothing back; float() it to read)
-    clamped: Tensor | float = 0.0
-
     @torch.no_grad()
     def sample(self, n, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """Samples of the integer flow, clamped to ``[0, levels - 1]``: the model can put mass

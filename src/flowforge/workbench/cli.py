@@ -437,13 +437,13 @@ def cmd_sample(args) -> int:
     print(f"wrote {_count(x.shape[0], 'sample')}{what} to {out}")
     if used:
         print(used)
-    clamped = float(getattr(flow, "clamped", 0.0))  # an integer flow's draws outside its levels
+    clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
     if clamped:
-        levels = flow.levels
+        levels = cfg["resolved"]["levels"]
         print(
-            f"warning: {clamped:.2%} of the sampled values fell outside [0, {levels - 1}] and "
-            f"were clamped to it: the model puts that mass outside the data's {levels} levels, "
-            "so these samples are not exactly the model's",
+            f"warning: {clamped:.2%} of the sampled values fell outside the data's {levels} "
+            f"levels (0 to {levels - 1}) and were clamped to them: the model puts that mass "
+            "outside the data's range, so these samples are not exactly the model's",
             file=sys.stderr,
         )
     return 0
