@@ -160,6 +160,18 @@ def test_curves_stay_readable_through_spikes(runs, capsys, tmp_path):
         imgs, table = render(run, capsys)
         assert "report/curves.png" in imgs
         assert table["warning: loss spikes"].startswith("3 logged values")
+        # NaN and inf in the history: said, never drawn nor counted as spikes
+        recs = [json.loads(line) for line in saved.decode().splitlines()]
+        for r in recs:
+            if r.get("type") == "epoch":
+                r["val_nll"], r["train_loss"] = float("nan"), float("inf")
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        imgs, table = render(run, capsys)
+        assert "warning: loss spikes" not in table
+        assert "hold NaN or inf (epoch 1" in table["warning: non-finite values in the history"]
+        assert table["best epoch (val NLL)"].startswith("n/a")
+        shown = [v for k, v in table.items() if "non-finite" not in k and "config" not in k]
+        assert not [v for v in shown if "nan" in v.lower()]
     finally:
         metrics.write_bytes(saved)
 

@@ -259,3 +259,13 @@ def test_sample_outputs_are_bounded(tmp_path, capsys):
     rc, _, err = cli(capsys, "sample", run, "-n", 100_001, "--out", tmp_path / "p.png")
     one_line_error(rc, err, "a PNG shows at most 100,000 points", ".npy or .csv")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_column_names_are_drawn_as_written(tmp_path, capsys):
+    """A "$" in a column name is text in the report's figures, not TeX (a$_$b stopped the
+    report with a parser error)."""
+    path = tmp_path / "t.csv"
+    path.write_text("a$_$b,R$ / US$\n" + _rows(_normal(120, 2)))
+    assert cli(capsys, "train", "--data", path, "--out", tmp_path / "r", *TINY)[0] == 0
+    rc, _, err = cli(capsys, "report", tmp_path / "r")
+    assert rc == 0, err

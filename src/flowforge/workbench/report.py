@@ -47,6 +47,9 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    # names from the user's data are drawn as written: "$" would start TeX (a column named
+    # a$_$b stopped the report with a parser error; R$ turned italic)
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -295,26 +298,38 @@ def _plot_clipped(ax, x, y, top: float, **kw) -> int:
     return int(over.sum())
 
 
+def _series(records: list[dict], key: str, at: str, per: float = 1) -> tuple[list, list]:
+    """The finite values of ``key`` against ``record[at] / per`` (a damaged or hand-edited
+    history's missing, NaN or non-numeric entries are left out)."""
+    xs, ys = [], []
+    for m in records:
+        x, y = m.get(at), m.get(key)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in (x, y)):  # fmt: skip
+            xs.append(x / per)
+            ys.append(y)
+    return xs, ys
+
+
 def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> int:
-    curves = [[m[key_train] for m in ep], [m[key_val] for m in ep]]
-    if steps and key_train == "train_loss":
-        curves.append([s["loss"] for s in steps])
-    lo, hi = robust_limits(*curves)
+    train, val = _series(ep, key_train, "epoch"), _series(ep, key_val, "epoch")
+    logged = _series(steps, "loss", "step", per_epoch) if key_train == "train_loss" else ([], [])
+    lo, hi = robust_limits(train[1], val[1], *([logged[1]] if logged[1] else []))
     spikes = 0
-    if steps and key_train == "train_loss":
-        spikes += _plot_clipped(ax, [s["step"] / per_epoch for s in steps],
-                                [s["loss"] for s in steps], hi, color="0.6", lw=0.8,
-                                label="train (logged steps)")  # fmt: skip
-    if ep:
-        e = [m["epoch"] for m in ep]
-        spikes += _plot_clipped(ax, e, [m[key_train] for m in ep], hi, marker=".", label="train")
-        spikes += _plot_clipped(ax, e, [m[key_val] for m in ep], hi, marker=".", label="validation")
+    if logged[0]:
+        spikes += _plot_clipped(ax, *logged, hi, color="0.6", lw=0.8, label="train (logged steps)")
+    if train[0] or val[0]:
+        spikes += _plot_clipped(ax, *train, hi, marker=".", label="train")
+        spikes += _plot_clipped(ax, *val, hi, marker=".", label="validation")
     ax.set_ylim(lo, hi)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if spikes:
         ax.plot([], [], "v", color="red", label=f"off the chart ({spikes})")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finite values logged", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     return spikes
 
@@ -325,6 +340,10 @@ def _validation(ep: list[dict], objective: str) -> tuple[str, str]:
     if not ep or "val_nll" in ep[0]:
         return "val_nll", "NLL"
     return "val", f"{objective} loss"
+
+
+def _non_finite(v) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
 
 
 def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "nll") -> int | None:
@@ -849,6 +868,15 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
             f"{len(damaged)} unreadable line(s) ({where}); the epoch count and the curves "
             "miss their records",
         ))  # fmt: skip
+    bad = [m for m in metrics if any(_non_finite(v) for v in m.values())]
+    if bad:  # never drawn, nor counted as spikes, nor taken for the best epoch
+        where = ", ".join(f"{m.get('type', 'record')} {m.get('epoch', m.get('step', '?'))}"
+                          for m in bad[:5]) + (" ..." if len(bad) > 5 else "")  # fmt: skip
+        facts.append((
+            "warning: non-finite values in the history",
+            f"{len(bad)} logged record(s) hold NaN or inf ({where}); those values are left "
+            "out of the curves and of the best epoch",
+        ))  # fmt: skip
     if not any(m.get("type") == "epoch" for m in metrics):
         facts.append((
             "warning: no epoch records",
@@ -994,6 +1022,8 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         rows.append(("conditional on", _context_words(info)))
     if best:
         rows.append((f"best epoch (val {what})", f"{best['epoch']} ({best[key]:.4f})"))
+    elif ep:
+        rows.append((f"best epoch (val {what})", f"n/a (no finite validation {what})"))
     rows += facts
     table = "\n".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
