@@ -133,6 +133,38 @@ def test_a_crafted_run_config_cannot_read_other_files(tmp_path, capsys):
     assert not (run / "report.html").exists()
 
 
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"columns": [1, 2]}, "resolved.columns must be a list of column names"),
+        ({"context_column_names": [None, {"a": 1}]}, "resolved.context_column_names"),
+        ({"context": {"kind": "label", "classes": ["x"], "features": 1}}, "context.classes"),
+        ({"context": {"kind": "sideways"}}, "resolved.context must be"),
+        (
+            {
+                "context": {
+                    "kind": "columns",
+                    "target_columns": [0],
+                    "context_columns": "1",
+                    "features": 1,
+                }
+            },
+            "context.context_columns",
+        ),  # fmt: skip
+    ],
+)
+def test_a_runs_names_and_context_are_checked_when_read(tmp_path, capsys, change, needle):
+    """What a hand-edited config.json says about columns and contexts is refused in one line
+    by every command (a sample CSV's header met an int: internal error)."""
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["resolved"].update(change)
+    (run / "config.json").write_text(json.dumps(cfg))
+    for args in (("eval", run), ("sample", run, "-n", 2, "--out", tmp_path / "s.csv")):
+        rc, _, err = cli(capsys, *args)
+        one_line_error(rc, err, "is damaged", needle)
+
+
 def test_nonfinite_numbers_never_print(tmp_path, capsys):
     run = tmp_path / "run"
     tiny_moons_run(capsys, run)

@@ -94,7 +94,40 @@ def run_config(run: str | os.PathLike) -> dict:
     if not isinstance(cfg.get("resolved"), dict):
         raise RunError(f"{path} is not a complete flowforge run config")
     _check_shapes(path, cfg["resolved"])
+    _check_names(path, cfg["resolved"])
     return cfg
+
+
+def _is_list(v, kind) -> bool:
+    return (
+        isinstance(v, list)
+        and len(v) <= 1 << 20
+        and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+    )
+
+
+def _check_names(path: Path, r: dict) -> None:
+    """The column names and the context description commands print, write and index with:
+    of the kinds flowforge writes (a hand-edited config is refused here, not met as an
+    internal error when a sample file is written)."""
+
+    def damaged(key: str, what: str):
+        return RunError(f"{path} is damaged: resolved.{key} must be {what}")
+
+    for key in ("columns", "context_column_names"):
+        if r.get(key) is not None and not _is_list(r[key], str):
+            raise damaged(key, "a list of column names (strings)")
+    info = r.get("context")
+    if info is None:
+        return
+    if not isinstance(info, dict) or info.get("kind") not in ("label", "columns"):
+        raise damaged("context", "a description of a label or column context")
+    lists = ("classes",) if info["kind"] == "label" else ("target_columns", "context_columns")
+    for key in lists:
+        if not _is_list(info.get(key), int):
+            raise damaged(f"context.{key}", "a list of integers")
+    if not (isinstance(info.get("features"), int) and info["features"] >= 1):
+        raise damaged("context.features", "a positive integer")
 
 
 def _check_shapes(path: Path, r: dict) -> None:
