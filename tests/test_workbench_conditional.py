@@ -220,3 +220,17 @@ def test_a_sample_csv_names_the_context_columns_by_their_header(tmp_path, capsys
     assert np.array_equal(got[:, [0, 2]], [[1, 2], [1, 2]])
     code, out_, err = run(["eval", tmp_path / "r2", "--data", tmp_path / "s2.csv"], capsys)
     assert code == 0 and "(2 examples)" in out_, err
+
+
+def test_a_context_far_outside_or_beyond_float32_is_said():
+    from flowforge.workbench.data import ContextError, column_context
+
+    info = {"kind": "columns", "features": 2, "context_columns": [1, 2],
+            "stats": {"loc": [10.0, 0.0], "scale": [2.0, 1.0]}}  # fmt: skip
+    assert torch.allclose(column_context([[12.0, 1.0]], info), torch.tensor([[1.0, 1.0]]))
+    with pytest.warns(RuntimeWarning, match="5e\\+29 standard deviations"):
+        column_context([[1e30, 0.0]], info)
+    with pytest.raises(ContextError, match="1e\\+39, beyond float32's range"):
+        column_context([[1e39, 0.0]], info)
+    with pytest.raises(ContextError, match="NaN or inf"):
+        column_context([[float("inf"), 0.0]], info)

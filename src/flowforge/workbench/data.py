@@ -1273,12 +1273,15 @@ def label_context(labels, info: dict) -> Tensor:
     return torch.nn.functional.one_hot(idx, len(classes)).float()
 
 
+FAR_CONTEXT = 100  # standard deviations from the training contexts' mean: a warning
+
+
 def column_context(values, info: dict) -> Tensor:
     """Standardised contexts from raw context-column ``values`` of shape ``(B, k)`` (or
     ``(k,)``); ``ContextError`` if the width is wrong or a value is not finite."""
     if not info or info.get("kind") != "columns":
         raise ContextError("this model is not conditioned on table columns")
-    t = torch.as_tensor(values, dtype=torch.float32)
+    t = torch.as_tensor(values, dtype=torch.float64)
     if t.dim() == 1:
         t = t.unsqueeze(0)
     k = info["features"]
@@ -1289,6 +1292,24 @@ def column_context(values, info: dict) -> Tensor:
         )
     if not torch.isfinite(t).all():
         raise ContextError("the context contains NaN or inf")
-    loc = torch.tensor(info["stats"]["loc"], dtype=torch.float32)
-    scale = torch.tensor(info["stats"]["scale"], dtype=torch.float32)
-    return (t - loc) / scale
+    big = t.abs().max().item() if t.numel() else 0.0
+    if big > torch.finfo(torch.float32).max:
+        raise ContextError(
+            f"the context holds {big:.3g}, beyond float32's range (about 3.4e38; the models' "
+            "precision)"
+        )
+    loc = torch.tensor(info["stats"]["loc"], dtype=torch.float64)
+    scale = torch.tensor(info["stats"]["scale"], dtype=torch.float64)
+    z = (t - loc) / scale
+    far = z.abs().max().item() if z.numel() else 0.0
+    if far > FAR_CONTEXT:
+        import warnings
+
+        warnings.warn(
+            f"a context value lies {far:.3g} standard deviations from the training contexts' "
+            "mean: far outside what the model was trained on, its densities and samples "
+            "there are extrapolation",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return z.float()
