@@ -269,3 +269,36 @@ def test_column_names_are_drawn_as_written(tmp_path, capsys):
     assert cli(capsys, "train", "--data", path, "--out", tmp_path / "r", *TINY)[0] == 0
     rc, _, err = cli(capsys, "report", tmp_path / "r")
     assert rc == 0, err
+
+
+def test_small_messages_of_the_conditional_and_output_commands(tmp_path, capsys):
+    import flowforge as ff
+    from cli_support import tiny_moons_run
+
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    (tmp_path / "d.csv").mkdir()
+    rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", tmp_path / "d.csv", "--overwrite")
+    one_line_error(rc, err, "is a folder; give a file name")
+    (run / "report").write_text("mine")
+    rc, _, err = cli(capsys, "report", run)
+    one_line_error(rc, err, "is not the report's folder")
+    assert (run / "report").read_text() == "mine"
+    with pytest.raises(ValueError, match="n >= 1 cells"):
+        ff.targets.grid_log_z(ff.targets.get("u1"), (-6, 6, -6, 6), 0)
+    with pytest.raises(ValueError, match="x0 < x1"):
+        ff.targets.grid_log_z(ff.targets.get("u1"), (6, -6, -6, 6), 10)
+    flow = ff.models.Planar(features=2, layers=1)
+    with pytest.raises(ValueError, match="batch_size to be an integer >= 1"):
+        ff.objectives.vi_diagnostics(flow, ff.targets.get("u1"), n=10, batch_size=0)
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c\n" + _rows(_normal(40)))
+    rc, _, err = cli(capsys, "train", "--data", path, "--target-columns", "", "--out",
+                     tmp_path / "r", *TINY)  # fmt: skip
+    one_line_error(rc, err, "at least one target column")
+    from flowforge.workbench.data import ContextError
+    from flowforge.workbench.evaluate import sample_context
+
+    cfg = {"resolved": {"context": {"kind": "label", "classes": [0, 1, 2], "features": 3}}}
+    assert sample_context(cfg, "0,2", None)[2] == (["label"], [[0], [2]])
+    with pytest.raises(ContextError, match="--label expects integers"):
+        sample_context(cfg, "1,,2", None)

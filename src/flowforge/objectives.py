@@ -218,6 +218,8 @@ def log_importance_weights(
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"expected batch_size to be an integer >= 1, got {batch_size!r}")
     out = []
     for i in range(0, n, batch_size):
         m = min(batch_size, n - i)

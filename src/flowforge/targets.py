@@ -209,6 +209,10 @@ def grid(box, n: int = 400, dtype=torch.float64) -> tuple[Tensor, float]:
     """Cell centres of an ``n x n`` grid over ``box`` as ``(n*n, 2)`` (rows vary in y), and the
     cell area."""
     x0, x1, y0, y1 = box
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"expected a grid of n >= 1 cells a side (an integer), got {n!r}")
+    if not (x0 < x1 and y0 < y1) or not all(map(math.isfinite, (x0, x1, y0, y1))):
+        raise ValueError(f"expected a finite box (x0, x1, y0, y1) with x0 < x1, y0 < y1, got {box}")
     hx, hy = (x1 - x0) / n, (y1 - y0) / n
     xs = torch.linspace(x0 + hx / 2, x1 - hx / 2, n, dtype=dtype)
     ys = torch.linspace(y0 + hy / 2, y1 - hy / 2, n, dtype=dtype)

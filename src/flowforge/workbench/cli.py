@@ -377,6 +377,8 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npy", ".csv"):
         raise WorkbenchError(f"--out {out}: expected a .png, .npy or .csv file")
+    if out.is_dir():
+        raise WorkbenchError(f"--out {out} is a folder; give a file name")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
     if args.n < 1:

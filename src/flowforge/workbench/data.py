@@ -1188,7 +1188,9 @@ def _parse_columns(spec, width: int, names: list[str] | None = None) -> list[int
         if not -width <= i < width:
             raise DataError(f"target column {i} is out of range for a table of {width} columns")
         out.append(i % width)
-    if not out or len(set(out)) != len(out):
+    if not out:
+        raise DataError(f"expected at least one target column (indices or names), got {spec!r}")
+    if len(set(out)) != len(out):
         raise DataError(f"expected distinct target columns, got {spec!r}")
     if len(out) == width:
         raise DataError(

@@ -408,8 +408,8 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
                 f"this run is conditional: pass --label with one or more of its classes "
                 f"{info['classes']} (e.g. --label 3 or --label 0,1,2)"
             )
-        try:
-            labels = [int(v) for v in str(label).split(",") if v.strip()]
+        try:  # (an empty item, as in 1,,2, is a typo: refused, not skipped)
+            labels = [int(v) for v in str(label).split(",")]
         except ValueError:
             labels = []
         if not labels:

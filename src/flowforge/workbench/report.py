@@ -827,6 +827,11 @@ def write_report(
     """Write ``<run>/report.html`` and its figures; returns the HTML path."""
     run = Path(run)
     cfg = run_config(run)
+    folder = run / REPORT_DIR
+    if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+        raise WorkbenchError(
+            f"{folder} is not the report's folder (a file or a link); move it away and rerun"
+        )
     flow = load_run(run)
     if not isinstance(flow, Flow):
         raise WorkbenchError(
