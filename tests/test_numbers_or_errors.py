@@ -4,6 +4,8 @@ float64 input rounded away, an overflow to -inf, non-finite samples)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -201,3 +203,63 @@ def test_the_command_prints_library_warnings_as_one_line(tmp_path, capsys):
     lines = [line for line in err.splitlines() if "DataStandardize" in line]
     assert lines and all(line.startswith("flowforge: warning: ") for line in lines)
     assert "RuntimeWarning" not in err and ".py:" not in err
+
+
+def test_metrics_never_return_nan_even_in_training_mode():
+    """nll() and bits_per_dim() are metrics: a built flow is in training mode (where log_prob
+    leaves NaN to the loss), and they gave NaN for inputs that overflow, and for no input."""
+    flow = ff.models.Radial(features=3, layers=2, standardize=False)
+    assert flow.training
+    with pytest.raises(ValueError, match="the mean NLL is nan"):
+        flow.nll(torch.full((1, 3), 1e25))
+    with pytest.raises(ValueError, match="at least one example"):
+        flow.nll(torch.zeros(0, 3))
+    assert torch.isfinite(flow.nll(torch.randn(4, 3)))
+    digits = ff.models.RealNVP(features=2, layers=1, hidden=[4], levels=17)
+    with pytest.raises(ValueError, match="at least one example"):
+        digits.bits_per_dim(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="n >= 1"):
+        ff.reverse_kl(ff.models.Planar(features=2, layers=1), ff.targets.get("u1"), 0)
+    with pytest.raises(ValueError, match="every importance weight is zero"):
+        ff.objectives.effective_sample_size(torch.full((3,), -math.inf))
+    with pytest.raises(ValueError, match="at least one importance weight"):
+        ff.objectives.effective_sample_size(torch.zeros(0))
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda: ff.models.build("nice", features=3, layers=0), "layers to be an integer >= 1"),
+        (lambda: ff.models.build("maf", features=3, layers=-3), "layers to be an integer >= 1"),
+        (lambda: ff.models.build("nsf", features=3, layers=0), "layers to be an integer >= 1"),
+        (lambda: ff.models.RealNVP(features=2, layers=1, levels=256, alpha=0.0), "alpha > 0"),
+        (lambda: ff.models.NSF(features=2, layers=1, base={"name": "mixture", "spread": math.inf}),
+         "finite spread"),
+        (lambda: ff.transforms.RationalQuadratic(bins=4, min_width=-0.5), "min_width, min_height"),
+        (lambda: ff.transforms.RationalQuadratic(bins=2.5), "bins to be an integer"),
+        (lambda: ff.transforms.ActNorm(3, eps=0.0), "eps > 0"),
+        (lambda: ff.transforms.BatchNorm(3, momentum=5.0), "momentum <= 1"),
+        (lambda: ff.transforms.Standardize(3, scale=math.inf), "scale finite and > 0"),
+        (lambda: ff.transforms.Standardize(3, loc=math.nan), "finite loc"),
+        (lambda: ff.transforms.Standardize(3, torch.zeros(4)), "event's shape"),
+        (lambda: ff.transforms.Permutation(3, [0.9, 1.5, 2.2]), "permutation of integers"),
+        (lambda: ff.transforms.Logit(3, levels=0), "levels > 0"),
+        (lambda: ff.distributions.MADEMoG(3, components=2.5), "components to be an integer"),
+        (lambda: ff.Compose(ff.transforms.Reverse(3), torch.nn.Linear(3, 3)),
+         "expected flowforge Transforms, got Linear at position 1"),
+    ],
+)  # fmt: skip
+def test_arguments_that_would_give_nan_or_a_folded_map_are_refused(make, needle):
+    with pytest.raises((ValueError, TypeError), match=needle):
+        make()
+
+
+def test_a_list_context_is_a_type_error_everywhere():
+    flow = ff.models.RealNVP(features=2, layers=1, hidden=[4], context_features=2).eval()
+    for call in (
+        lambda: flow.log_prob(torch.zeros(1, 2), [0.0, 1.0]),
+        lambda: flow.sample(2, [0.0, 1.0]),
+        lambda: flow.rsample_and_log_prob(2, [0.0, 1.0]),
+    ):
+        with pytest.raises(TypeError, match="context to be a torch.Tensor, got list"):
+            call()

@@ -115,6 +115,72 @@ def test_a_header_that_lies_about_its_size(tmp_path):
         ff.load(path)
 
 
+def _tampered(tmp_path, flow, **changes):
+    """``flow`` saved, then its tensors ``changes`` (names with '.') replaced in the file."""
+    path = tmp_path / "f.ff"
+    ff.save(flow, path)
+    meta, tensors = io.read(path)
+    for name, value in changes.items():
+        assert name in tensors, sorted(tensors)
+        tensors[name] = value.to(tensors[name].dtype)
+    path.write_bytes(io.pack(tensors, meta))
+    return path
+
+
+@pytest.mark.parametrize(
+    "build, name, value, needle",
+    [
+        (lambda: ff.models.MAF(features=3, layers=1, hidden=[6], permutation=None),
+         "transform.layers.1.net.degrees", torch.tensor([1, 1, 2]), "not an order of 1..3"),
+        (lambda: ff.models.MAF(features=3, layers=2, hidden=[6], permutation="random"),
+         "transform.layers.2.perm", torch.tensor([0, 0, 0]), "not a permutation"),
+        (lambda: ff.models.MAF(features=3, layers=2, hidden=[6], permutation="random"),
+         "transform.layers.2.perm", torch.tensor([0, 1, 7]), "not a permutation"),
+        (lambda: ff.models.RealNVP(features=3, layers=2, hidden=[4], permutation="lu"),
+         "transform.layers.2.p", 5 * torch.eye(3), "not a permutation matrix"),
+        (lambda: ff.models.RealNVP(features=3, layers=2, hidden=[4], permutation="lu"),
+         "transform.layers.2.sign", torch.zeros(3), "other than .1 and -1"),
+        (lambda: ff.models.RealNVP(features=3, layers=1, hidden=[4]),
+         "transform.layers.0.scale", torch.tensor([0.0, 1.0, 1.0]), "scale finite and > 0"),
+        (lambda: ff.models.RealNVP(features=3, layers=1, hidden=[4], batch_norm=True),
+         "transform.layers.2.running_var", torch.tensor([-4.0, 1.0, 1.0]), "negative variances"),
+    ],
+)  # fmt: skip
+def test_a_checkpoints_structural_tensors_are_checked(tmp_path, build, name, value, needle):
+    """A crafted file's permutations, orders, LU pivots, signs, scales and variances are
+    refused when loaded, naming the tensor (they loaded, and gave wrong densities and
+    samples, or a raw index error)."""
+    torch.manual_seed(0)
+    flow = build()
+    path = _tampered(tmp_path, flow, **{name: value})
+    with pytest.raises(ValueError, match=needle) as e:
+        ff.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_crafted_config_is_a_value_error_naming_the_file(tmp_path):
+    flow = ff.models.NICE(features=3, layers=1, hidden=[4])
+    path = tmp_path / "f.ff"
+    ff.save(flow, path)
+    meta, tensors = io.read(path)
+    meta["config"]["prefix"] = "standardize"
+    path.write_bytes(io.pack(tensors, meta))
+    with pytest.raises(ValueError, match="prefix must be a list of layer names"):
+        ff.load(path)
+
+
+def test_a_diverged_flow_is_not_saved_over_a_good_file(tmp_path):
+    flow = ff.models.NICE(features=3, layers=1, hidden=[4])
+    path = tmp_path / "f.ff"
+    ff.save(flow, path)
+    good = path.read_bytes()
+    with torch.no_grad():
+        next(flow.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="holds NaN or inf .* nothing was written"):
+        ff.save(flow, path)
+    assert path.read_bytes() == good
+
+
 # -- run folders ---------------------------------------------------------------------------------
 
 

@@ -211,6 +211,11 @@ class Compose(Transform):
             layers = tuple(layers[0])
         if not layers:
             raise ValueError("Compose needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Transform):
+                raise TypeError(
+                    f"expected flowforge Transforms, got {type(layer).__name__} at position {i}"
+                )
         for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
             if a.output_shape != b.event_shape:
                 raise ValueError(
@@ -869,6 +874,8 @@ class Flow(nn.Module):
         if context is None:
             self._check_context(None, ())
             return None, sample_shape
+        if not isinstance(context, Tensor):
+            raise TypeError(f"expected context to be a torch.Tensor, got {type(context).__name__}")
         if context.dim() == 1:
             context = context.unsqueeze(0)
             batch: tuple = ()
@@ -959,8 +966,19 @@ class Flow(nn.Module):
         return math.prod(self.event_shape)
 
     def nll(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Mean negative log-likelihood in nats per example."""
-        return -self.log_prob(x, context).mean()
+        """Mean negative log-likelihood in nats per example. A metric: no examples, or a NaN
+        or infinite mean (a log-density that overflows, in training mode too, where
+        :meth:`log_prob` leaves NaN to the loss), is a ``ValueError`` where the flow validates
+        (``validate_args``); for a training loss use ``-log_prob(x).mean()``."""
+        if isinstance(x, Tensor) and x.dim() > len(self.event_shape) and not x.shape[0]:
+            raise ValueError("expected at least one example, got an empty batch")
+        out = -self.log_prob(x, context).mean()
+        if self._validating(out) and not all_finite(out):
+            raise ValueError(
+                f"the mean NLL is {out.item()}: the model's log-density of some examples is NaN "
+                "or infinite (score them in eval mode to have the rows named)"
+            )
+        return out
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Mean NLL in bits per dimension (needs a dequantizer, i.e. discrete data)."""

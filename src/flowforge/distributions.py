@@ -13,6 +13,7 @@ A base of your own subclasses :class:`Distribution` and implements ``log_prob`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -101,8 +102,10 @@ class GaussianMixture(Distribution):
         spread: float = 1.0,
     ):
         super().__init__(event_shape, context_features)
-        if components < 1:
-            raise ValueError(f"expected components >= 1, got {components}")
+        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+            raise ValueError(f"expected components to be an integer >= 1, got {components!r}")
+        if not 0 <= spread < math.inf:
+            raise ValueError(f"expected a finite spread >= 0, got {spread!r}")
         self.components = components
         k, d = components, self.features
         if context_features:
@@ -176,8 +179,10 @@ class MADEMoG(Distribution):
         spread: float = 1.0,
     ):
         super().__init__(event_shape, context_features)
-        if components < 1:
-            raise ValueError(f"expected components >= 1, got {components}")
+        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+            raise ValueError(f"expected components to be an integer >= 1, got {components!r}")
+        if not 0 <= spread < math.inf:
+            raise ValueError(f"expected a finite spread >= 0, got {spread!r}")
         self.components = k = int(components)
         self.made = MADE(
             self.features, 3 * k, hidden, context_features, zero_init=True, grouped=False

@@ -269,6 +269,12 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
             "safetensors.torch.save_file and rebuild the flow before loading it"
         )
     state = flow.state_dict()
+    for name, t in state.items():  # what load() refuses is not written (over a good file)
+        if t.is_floating_point() and not all_finite(t):
+            raise ValueError(
+                f"ff.save: the flow's tensor {name!r} holds NaN or inf (training diverged?); "
+                "nothing was written"
+            )
     try:
         _check_rebuilds(flow.config, state)
     except ValueError as e:
@@ -485,7 +491,10 @@ def _build(config: dict, max_bytes: int, n_tensors: int = 0) -> Flow:
     with Budget(max_bytes, BUILD_SECONDS, BUILD_OPS + BUILD_OPS_PER_TENSOR * n_tensors):
         kwargs = models.registry.saved_kwargs(config["model"], config["kwargs"])
         flow = models.build(config["model"], **kwargs)
-        for layer in config.get("prefix", []):
+        prefix = config.get("prefix", [])
+        if not isinstance(prefix, list):
+            raise ValueError("the checkpoint's configuration: prefix must be a list of layer names")
+        for layer in prefix:
             if layer != "standardize":
                 raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")
             flow = models.standardized(flow)
@@ -534,6 +543,6 @@ def load(
     meta, tensors = read(path, max_bytes)
     try:
         flow = from_parts(meta, tensors)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:  # (torch's own, from a crafted config)
         raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
     return flow.to(map_location).eval()

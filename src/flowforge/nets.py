@@ -442,6 +442,10 @@ class MADE(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if sorted(self.degrees.tolist()) != list(range(1, self.features + 1)):  # a crafted file
+            raise ValueError(
+                f"tensor '{prefix}degrees' is not an order of 1..{self.features} (each once)"
+            )
         dtype = self.out.weight.dtype
         self._build_masks()
         for i in range(len(self.hidden) + 1):

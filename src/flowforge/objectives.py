@@ -80,6 +80,8 @@ def reverse_kl(
     when a context is given, ``(x, context)``). The result is ``-ELBO``, differentiable through
     :meth:`Flow.rsample_and_log_prob`.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
     x, log_q = flow.rsample_and_log_prob(n, context)
     if context is None:
         log_p = target_log_prob(x)
@@ -237,7 +239,11 @@ def log_importance_weights(
 def effective_sample_size(log_w: Tensor) -> float:
     r"""Normalised effective sample size ``(sum w)² / (n sum w²)`` of importance weights given as
     ``log w`` over the first dimension, in ``(0, 1]``: 1 when ``q`` matches the target."""
+    if not log_w.numel():
+        raise ValueError("expected at least one importance weight, got none")
     log_w = log_w.double().reshape(log_w.shape[0], -1)
+    if bool((log_w == -math.inf).all(0).any()):
+        raise ValueError("every importance weight is zero (log w = -inf): the ESS is undefined")
     n = log_w.shape[0]
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / n
     return ess.mean().item()

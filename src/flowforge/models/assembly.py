@@ -131,6 +131,13 @@ class DataOptions:
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < 0.5:
             raise ValueError(f"expected 0 <= alpha < 0.5, got {a!r}")
+        if a == 0 and lv is not None and self.preprocess == "logit":
+            # the top level's x + u rounds to `levels` in float32 (7 draws in a million at 256
+            # levels), where the logit is infinite: a NaN density from valid data
+            raise ValueError(
+                "expected alpha > 0 for the logit of dequantized data (alpha = 0 puts the "
+                "levels' edges at infinity); RealNVP's is 0.05"
+            )
         count("components", self.components)
         if not isinstance(self.standardize, bool):
             raise ValueError(f"expected standardize to be True or False, got {self.standardize!r}")

@@ -33,7 +33,7 @@ from ..transforms import (
     RationalQuadratic,
     half_mask,
 )
-from .assembly import DataOptions, assemble, event_shape, mixer, mlp_conditioner, widths
+from .assembly import DataOptions, assemble, count, event_shape, mixer, mlp_conditioner, widths
 from .registry import register
 
 __all__ = ["MAF", "IAF", "NSF"]
@@ -54,7 +54,7 @@ def _autoregressive_stack(
     batch_norm: bool,
 ) -> list[Transform]:
     chain: list[Transform] = []
-    for i in range(layers):
+    for i in range(count("layers", layers)):
         chain += _between(i, permutation, lu, d)
         chain.append(make())
         if batch_norm:
@@ -230,7 +230,7 @@ def NSF(
             )
         cond = mlp_conditioner(hidden, cf, activation, residual=residual)
         chain = []
-        for i in range(layers):
+        for i in range(count("layers", layers)):
             chain += _between(i, permutation, lu, d)
             flip = permutation is None and i % 2 == 1
             # True = kept: the last floor(D/2) entries condition the first ceil(D/2)

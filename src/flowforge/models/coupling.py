@@ -12,7 +12,7 @@ import torch  # noqa: F401  (doctests use it)
 
 from ..core import Flow, Transform
 from ..transforms import Additive, Affine, BatchNorm, Coupling, Scaling
-from .assembly import DataOptions, assemble, event_shape, mixer, mlp_conditioner, widths
+from .assembly import DataOptions, assemble, count, event_shape, mixer, mlp_conditioner, widths
 from .assembly import mask as coupling_mask
 from .image import realnvp_image
 from .registry import register
@@ -56,7 +56,7 @@ def NICE(
     cf = data.context_features
     cond = mlp_conditioner(widths(hidden), cf, activation)
     chain: list[Transform] = []
-    for i in range(layers):
+    for i in range(count("layers", layers)):
         if i:
             chain += mixer(permutation, d)
         chain.append(Coupling(coupling_mask(mask, d, i % 2 == 1), cond, Additive(), cf))
@@ -166,7 +166,7 @@ def RealNVP(
     cf = data.context_features
     cond = mlp_conditioner(widths(hidden), cf, activation, not rezero, residual)
     chain: list[Transform] = []
-    for i in range(layers):
+    for i in range(count("layers", layers)):
         if i:
             chain += mixer(permutation, d)
         m = coupling_mask(mask, d, i % 2 == 1)

@@ -20,7 +20,7 @@ from ..core import Compose, Distribution, Flow, Transform, exact_levels
 from ..nets import MLP, ConvResNet
 from ..transforms import FactorOut, Permutation, Reverse, Squeeze, channel_mask
 from ..transforms.integer import DiscretizedLogisticMixture, IntegerCoupling
-from .assembly import channels, event_shape, widths
+from .assembly import channels, count, event_shape, widths
 from .image import default_scales
 from .registry import register
 
@@ -195,7 +195,7 @@ def IDF(
             raise ValueError(f"expected 1 <= prior_blocks <= features ({d}), got {prior_blocks}")
         h = widths((256, 256) if hidden is None else hidden)
         masks = _quarter_masks(d, partitions)
-        for i in range(layers):
+        for i in range(count("layers", layers)):
             if i and permutation is not None:
                 chain.append(Permutation(d) if permutation == "random" else Reverse(d))
             chain.append(

@@ -43,6 +43,8 @@ class Permutation(_OnDim1):
 
     def __init__(self, shape, perm: Tensor | None = None):
         super().__init__(shape)
+        if perm is not None and torch.as_tensor(perm).is_floating_point():
+            raise ValueError(f"expected a permutation of integers, got {perm!r}")
         perm = torch.randperm(self.features) if perm is None else torch.as_tensor(perm).long()
         if sorted(perm.tolist()) != list(range(self.features)):
             raise ValueError(
@@ -53,6 +55,10 @@ class Permutation(_OnDim1):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if sorted(self.perm.tolist()) != list(range(self.features)):  # a crafted file
+            raise ValueError(
+                f"tensor '{prefix}perm' is not a permutation of range({self.features})"
+            )
         self.inv = torch.argsort(self.perm)
 
     def _forward(self, x, context):
@@ -124,6 +130,15 @@ class LULinear(_OnDim1):
         self.log_s = nn.Parameter(d.abs().log().to(dtype))
         self.bias = nn.Parameter(torch.zeros(c))
         self.register_buffer("eye", torch.eye(c), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        p = self.p
+        ones = (p == 1).sum(0), (p == 1).sum(1)
+        if not (((p == 0) | (p == 1)).all() and all(bool((n == 1).all()) for n in ones)):
+            raise ValueError(f"tensor '{prefix}p' is not a permutation matrix")  # (a crafted file)
+        if not (self.sign.abs() == 1).all():
+            raise ValueError(f"tensor '{prefix}sign' holds entries other than +1 and -1")
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         lower = self.eye.index_put(tuple(self.tril_idx), self.lower)

@@ -40,6 +40,8 @@ class ActNorm(DataInit, Transform):
         self.loc = nn.Parameter(torch.zeros(c))
         self.log_scale = nn.Parameter(torch.zeros(c))
         self.register_buffer("initialized", torch.tensor(False))
+        if not 0 < eps < math.inf:
+            raise ValueError(f"expected eps > 0 (finite), got {eps!r}")
         self.eps = eps
 
     @torch.no_grad()
@@ -91,7 +93,16 @@ class BatchNorm(Transform):
         self.beta = nn.Parameter(torch.zeros(c))
         self.register_buffer("running_mean", torch.zeros(c))
         self.register_buffer("running_var", torch.ones(c))
+        if not 0 < momentum <= 1:
+            raise ValueError(f"expected 0 < momentum <= 1, got {momentum!r}")
+        if not 0 < eps < math.inf:
+            raise ValueError(f"expected eps > 0 (finite), got {eps!r}")
         self.momentum, self.eps = momentum, eps
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not (self.running_var >= 0).all():  # (a crafted file; NaN is refused by the reader)
+            raise ValueError(f"tensor '{prefix}running_var' holds negative variances")
 
     def _forward(self, x, context):
         if self.training:

@@ -31,6 +31,8 @@ class Logit(Transform):
         super().__init__(_event(shape))
         if not 0 <= alpha < 0.5:
             raise ValueError(f"expected 0 <= alpha < 0.5, got {alpha}")
+        if not 0 < levels < math.inf:
+            raise ValueError(f"expected levels > 0 (finite), got {levels}")
         self.levels, self.alpha = float(levels), float(alpha)
         self._const = math.log(1 - 2 * alpha) - math.log(self.levels)
 
@@ -51,6 +53,15 @@ class Logit(Transform):
         return super().extra_repr() + f", levels={self.levels:g}, alpha={self.alpha}"
 
 
+def _check_standardization(loc: Tensor, scale: Tensor, prefix: str) -> None:
+    """A ``ValueError`` unless ``loc`` is finite and ``scale`` finite and positive (a scale
+    of 0 makes every sample the same value; ``prefix``: the tensor names of a loaded file)."""
+    if not torch.isfinite(loc).all():
+        raise ValueError(f"expected a finite {prefix}loc, got NaN or inf")
+    if not (torch.isfinite(scale) & (scale > 0)).all():
+        raise ValueError(f"expected every {prefix}scale finite and > 0")
+
+
 class Standardize(Transform):
     r"""A fixed affine map ``z = (x - loc) / scale`` (e.g. training-set statistics).
 
@@ -59,12 +70,22 @@ class Standardize(Transform):
 
     def __init__(self, shape, loc: Tensor | float = 0.0, scale: Tensor | float = 1.0):
         super().__init__(_event(shape))
-        loc = torch.as_tensor(loc, dtype=torch.get_default_dtype()).expand(self.event_shape)
-        scale = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(self.event_shape)
-        if not (scale > 0).all():
-            raise ValueError("expected every scale > 0")
+        loc = torch.as_tensor(loc, dtype=torch.get_default_dtype())
+        scale = torch.as_tensor(scale, dtype=torch.get_default_dtype())
+        try:
+            loc, scale = loc.expand(self.event_shape), scale.expand(self.event_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"expected loc and scale of the event's shape {self.event_shape} (or scalars), "
+                f"got {tuple(loc.shape)} and {tuple(scale.shape)}"
+            ) from None
+        _check_standardization(loc, scale, "")
         self.register_buffer("loc", loc.clone())
         self.register_buffer("scale", scale.clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        _check_standardization(self.loc, self.scale, prefix)
 
     def _forward(self, x, context):
         return (x - self.loc) / self.scale, (-self.scale.log().sum()).expand(x.shape[0])
@@ -104,6 +125,10 @@ class DataStandardize(DataInit, Transform):
         self.register_buffer("scale", torch.ones(self.event_shape, dtype=dtype))
         self.register_buffer("initialized", torch.tensor(False))
         self.eps = eps
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        _check_standardization(self.loc, self.scale, prefix)
 
     # fewer examples than this in the batch it initialises from: a warning (2 to 4 rows can
     # leave a spline flow's data outside its splines' range for good)

@@ -252,6 +252,10 @@ class RationalQuadratic(Transformer):
             raise ValueError(f"expected bins >= 2 for a rational-quadratic spline, got {bins}")
         if not 0 < bound < math.inf:
             raise ValueError(f"expected a finite bound > 0, got {bound}")
+        if isinstance(bins, bool) or not isinstance(bins, int):
+            raise ValueError(f"expected bins to be an integer, got {bins!r}")
+        if not (0 <= min_width and 0 <= min_height):  # a negative one folds the spline
+            raise ValueError(f"expected min_width, min_height >= 0, got {min_width}, {min_height}")
         if min_width * bins >= 1 or min_height * bins >= 1:
             raise ValueError("min_width * bins and min_height * bins must be below 1")
         if not 0 < min_derivative < 1:
