@@ -100,13 +100,16 @@ class LogisticMixture(Transformer):
             x = (lo + hi) / 2
             for _ in range(4):  # Newton steps kept inside the bracket (quadratic convergence)
                 f, log_d = self._logit_cdf(x, log_pi, mu, s)
-                x = torch.minimum(torch.maximum(x - (f - w) * torch.exp(-log_d), lo), hi)
+                new = x - (f - w) * torch.exp(-log_d)  # inf or NaN where the CDF is flat:
+                x = torch.where(torch.isfinite(new), new.clamp(lo, hi), x)  # kept bisected
         # one Newton step with autograd on, for its gradient only: at the root it is the
         # gradient of the root with respect to z and the parameters (implicit
         # differentiation). Its value is left out: where the CDF is flat (log_d of -38) a
-        # rounding-level residual would move x far outside the bracket it was found in
+        # rounding-level residual would move x far outside the bracket it was found in. Where
+        # 1 / u' overflows the dtype, no gradient flows (and no inf - inf makes the value NaN)
         f, log_d = self._logit_cdf(x, log_pi, mu, s)
-        step = (f - w) * torch.exp(-log_d)
+        ok = log_d.detach() > -math.log(torch.finfo(log_d.dtype).max) / 2
+        step = torch.where(ok, f - w, 0) * torch.exp(-torch.where(ok, log_d, 0))
         x = x - (step - step.detach())
         return x, -(self._logit_cdf(x, log_pi, mu, s)[1] + a)
 
