@@ -263,3 +263,17 @@ def test_a_list_context_is_a_type_error_everywhere():
     ):
         with pytest.raises(TypeError, match="context to be a torch.Tensor, got list"):
             call()
+
+
+def test_integers_float32_cannot_hold_are_warned_of_as_floats_are():
+    flow = ff.models.RealNVP(features=2, layers=1, hidden=[4], standardize=False).eval()
+    x = torch.tensor([[100_000_001, 0], [100_000_002, 0], [100_000_003, 0], [100_000_004, 0]])
+    with pytest.warns(RuntimeWarning, match="loses its precision in the flow's torch.float32"):
+        flow.log_prob(x)
+    pixels = torch.randint(0, 256, (8, 2))  # (int64, well inside 2^24: no word)
+    fresh = ff.models.RealNVP(features=2, layers=1, hidden=[4], standardize=False).eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.log_prob(pixels)

@@ -400,11 +400,14 @@ def exact_levels(levels: int, dtype: torch.dtype) -> None:
 
 
 def _narrows(src: torch.dtype, dst: torch.dtype) -> bool:
-    """Whether converting floating ``src`` values to the floating ``dst`` can overflow or round
-    them (float64 to float32). Integers are not looked at: none overflows float32, and discrete
-    data's range is the levels' check (:func:`exact_levels`)."""
-    if not src.is_floating_point:
+    """Whether converting ``src`` values to the floating ``dst`` can overflow or round them
+    (float64 to float32; int32 or int64 to float32, whose mantissa holds integers up to 2^24,
+    and int64 to float64). None overflows; discrete data's range is the levels' check
+    (:func:`exact_levels`)."""
+    if src == torch.bool:
         return False
+    if not src.is_floating_point:
+        return torch.iinfo(src).bits - 1 > -math.log2(torch.finfo(dst).eps) + 1
     info, big = torch.finfo(src), torch.finfo(dst)
     return info.bits > big.bits or info.max > big.max
 
