@@ -277,3 +277,21 @@ def test_integers_float32_cannot_hold_are_warned_of_as_floats_are():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fresh.log_prob(pixels)
+
+
+@pytest.mark.parametrize(
+    "call, needle",
+    [
+        (lambda D: D.StandardNormal(3).log_prob(torch.zeros(2, 4)), "shape \\(batch, 3\\)"),
+        (lambda D: D.StandardNormal(3).log_prob(torch.zeros(2, 5, 3)), "shape \\(batch, 3\\)"),
+        (lambda D: D.GaussianMixture(3).log_prob(torch.zeros(2)), "shape \\(batch, 3\\)"),
+        (lambda D: D.DiagGaussian(3, context_features=2).log_prob(torch.zeros(2, 3)),
+         "this base is conditional"),
+        (lambda D: D.StandardNormal(3).sample(2, temperature=math.nan), "temperature >= 0"),
+        (lambda D: D.StandardNormal(3).sample(-1), "n >= 0"),
+        (lambda D: D.StandardNormal(3).sample(2.5), "n >= 0"),
+    ],
+)  # fmt: skip
+def test_a_base_used_directly_checks_what_it_is_given(call, needle):
+    with pytest.raises(ValueError, match=needle):
+        call(ff.distributions)

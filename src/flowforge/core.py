@@ -625,9 +625,30 @@ class Distribution(nn.Module):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def _n(self, n: int, context: Tensor | None) -> int:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"expected a number of samples n >= 0 (an integer), got {n!r}")
+        self._context(context)
         if context is not None and context.shape[0] != n:
             raise ValueError(f"expected a context with {n} rows, got {context.shape[0]}")
         return n
+
+    def _context(self, context: Tensor | None) -> None:
+        # (an unconditional base is given the flow's context too, for its layers: ignored)
+        if self.context_features and context is None:
+            raise ValueError(
+                f"this base is conditional: expected a context of {self.context_features} "
+                "features per row"
+            )
+
+    def _check(self, z: Tensor, context: Tensor | None) -> None:
+        """For a base used directly: ``z`` of shape ``(batch, *event_shape)`` and the context
+        it takes (a wrong shape would broadcast into a wrong number). Shapes only: no value is
+        read."""
+        if not isinstance(z, Tensor) or tuple(z.shape[1:]) != self.event_shape or z.dim() < 1:
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            shape = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"expected z of shape (batch, {shape}), got {got}")
+        self._context(context)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -636,6 +657,9 @@ class Distribution(nn.Module):
         raise NotImplementedError
 
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not (ok and 0 <= temperature < math.inf):
+            raise ValueError(f"expected a temperature >= 0 and finite, got {temperature!r}")
         with torch.no_grad():
             return self._sample(self._n(n, context), context, temperature)
 

@@ -31,6 +31,7 @@ class StandardNormal(Distribution):
     """``N(0, I)`` over ``event_shape``; no parameters."""
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check(z, context)
         z = z.flatten(1)
         return -0.5 * (z.square().sum(-1) + self.features * LOG_2PI)
 
@@ -66,6 +67,7 @@ class DiagGaussian(Distribution):
         return self.loc.expand(n, -1), self.log_scale.expand(n, -1)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check(z, context)
         z = z.flatten(1)
         loc, log_scale = self._params(z.shape[0], context)
         u = (z - loc) * torch.exp(-log_scale)
@@ -128,6 +130,7 @@ class GaussianMixture(Distribution):
         )
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check(z, context)
         z = z.reshape(z.shape[0], 1, -1)
         logits, loc, log_scale = self._params(z.shape[0], context)
         u = (z - loc) * torch.exp(-log_scale)
@@ -199,6 +202,7 @@ class MADEMoG(Distribution):
         return F.log_softmax(logits, -1), loc, log_scale
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check(z, context)
         z = z.reshape(z.shape[0], -1)
         log_w, loc, log_scale = self._split(self.made(z, context))  # (n, D, K) each
         u = (z.unsqueeze(-1) - loc) * torch.exp(-log_scale)
