@@ -295,3 +295,11 @@ def test_integers_float32_cannot_hold_are_warned_of_as_floats_are():
 def test_a_base_used_directly_checks_what_it_is_given(call, needle):
     with pytest.raises(ValueError, match=needle):
         call(ff.distributions)
+
+
+def test_vector_arguments_for_images_and_a_folder_to_save_to(tmp_path):
+    for kw in ({"mask": "half"}, {"permutation": "lu"}):
+        with pytest.raises(ValueError, match="vector RealNVP given for images"):
+            ff.models.RealNVP(shape=[1, 4, 4], **kw)
+    with pytest.raises(IsADirectoryError, match="give a file name such as"):
+        ff.save(ff.models.NICE(features=2, layers=1, hidden=[4]), tmp_path)

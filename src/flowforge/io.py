@@ -324,6 +324,10 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
         >>> ff.load(path).config["model"]
         'NICE'
     """
+    if Path(path).is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder; give a file name such as {Path(path) / 'model.ff'}"
+        )
     atomic_write(path, to_bytes(flow))
 
 

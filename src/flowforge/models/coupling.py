@@ -145,6 +145,10 @@ def RealNVP(
                 "layers= counts the couplings of the vector RealNVP; for images use scales=, "
                 "couplings= (per group, default 3) and final_couplings= (default 4)"
             )
+        vector = {"mask": (mask, "alternating"), "permutation": (permutation, None)}
+        given = sorted(k for k, (v, default) in vector.items() if v != default)
+        if given:  # the image RealNVP's masks are checkerboard and channel-wise, its own
+            raise ValueError(f"arguments of the vector RealNVP given for images: {given}")
         return realnvp_image(
             shape=shape,
             hidden=hidden,
