@@ -718,9 +718,14 @@ def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int 
     _savefig(fig, path)
 
 
-def _context_words(info: dict) -> str:
+def _context_words(info: dict, r: dict) -> str:
+    """What a conditional run is conditioned on, by the columns' names where the table had
+    a header (``r``: the run's resolved config)."""
     if info["kind"] == "label":
         return f"class labels {info['classes']}"
+    given, modelled = r.get("context_column_names"), r.get("columns")
+    if given and modelled:
+        return f"columns {', '.join(given)} (modelled: {', '.join(modelled)})"
     return f"columns {info['context_columns']} (modelled: columns {info['target_columns']})"
 
 
@@ -1024,7 +1029,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         args = ", ".join(f"{k}={v}" for k, v in r["sizing"]["arguments"].items())
         rows.append(("sized to the data", args))
     if info:
-        rows.append(("conditional on", _context_words(info)))
+        rows.append(("conditional on", _context_words(info, r)))
     if best:
         rows.append((f"best epoch (val {what})", f"{best['epoch']} ({best[key]:.4f})"))
     elif ep:
