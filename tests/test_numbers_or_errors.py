@@ -303,3 +303,13 @@ def test_vector_arguments_for_images_and_a_folder_to_save_to(tmp_path):
             ff.models.RealNVP(shape=[1, 4, 4], **kw)
     with pytest.raises(IsADirectoryError, match="give a file name such as"):
         ff.save(ff.models.NICE(features=2, layers=1, hidden=[4]), tmp_path)
+
+
+def test_nll_in_batches_with_a_context():
+    flow = ff.models.RealNVP(features=2, layers=1, hidden=[4], context_features=3).eval()
+    x, c = torch.randn(5, 2), torch.randn(5, 3)
+    with pytest.raises(ValueError, match="context has 3 rows and x 5"):
+        ff.nll(flow, x, c[:3], batch_size=2)
+    one = torch.randn(3)  # one context for every row, in batches smaller than its width
+    want = flow.log_prob(x, one.expand(5, 3)).mean()
+    assert ff.nll(flow, x, one, batch_size=2) == pytest.approx(-want.item(), abs=1e-5)

@@ -114,13 +114,18 @@ def log_likelihoods(
         raise ValueError(f"expected batch_size to be a positive integer, got {batch_size!r}")
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
         raise ValueError("expected at least one example, got an empty tensor")
+    rows = isinstance(context, Tensor) and context.dim() > 1  # (a (c,) context: every row's)
+    if rows and context.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"context has {context.shape[0]} rows and x {x.shape[0]}; expected one each"
+        )
     was_training = flow.training
     flow.eval()
     try:
         out = []
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            cb = None if context is None else context[i : i + batch_size]
+            cb = context[i : i + batch_size] if rows else context
             if dequantizer is not None:
                 if not xb.is_floating_point():  # integer pixel values: the noise is a float
                     xb = xb.to(flow.dtype)
