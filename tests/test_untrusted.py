@@ -329,3 +329,17 @@ def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle
     rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
     one_line_error(rc, err, needle)
     assert path.read_bytes() == before
+
+
+def test_half_precision_weights_load_in_float32(tmp_path):
+    flow = ff.models.NICE(features=3, layers=1, hidden=[4])
+    path = tmp_path / "f.ff"
+    ff.save(flow, path)
+    meta, tensors = io.read(path)
+    path.write_bytes(
+        io.pack({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, meta)
+    )
+    back = ff.load(path)
+    assert back.dtype == torch.float32
+    x = torch.randn(4, 3)
+    assert torch.isfinite(back.log_prob(x)).all()

@@ -522,8 +522,9 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | No
     flow.saved_config = config
     _check_tensors(flow, tensors)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
-    if len(dtypes) == 1:
-        flow.to(dtypes.pop())
+    if len(dtypes) == 1:  # (half-precision weights come back in float32, where flows compute)
+        dtype = dtypes.pop()
+        flow.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
     try:
         flow.load_state_dict(tensors)
     except RuntimeError as e:
