@@ -237,10 +237,16 @@ def _finish_train(result: dict) -> int:
 
     rank, _ = dist_env()
     if result["status"] == "interrupted":
-        if rank == 0:
+        if rank == 0 and (Path(result["out"]) / "checkpoint.safetensors").is_file():
             print(
                 f"flowforge: interrupted; resume with: flowforge train --out {result['out']} "
                 "--resume",
+                file=sys.stderr,
+            )
+        elif rank == 0:  # stopped before the first checkpoint: nothing to resume
+            print(
+                "flowforge: interrupted before the first checkpoint; nothing to resume: run "
+                "the same command again",
                 file=sys.stderr,
             )
         return 130

@@ -95,6 +95,18 @@ def _yaml_load(text: str):
                 )
             return super().compose_node(parent, index)
 
+    def construct_int(loader, node):  # YAML 1.2's integers: 010 is 10, not octal 8
+        text = loader.construct_scalar(node)
+        digits = text.replace("_", "")
+        if ":" in digits:  # YAML 1.1's base 60 (1:01 was 61): a string, refused where a
+            return text  # number is wanted
+        sign, digits = (-1, digits[1:]) if digits[:1] == "-" else (1, digits.lstrip("+"))
+        for prefix, base in (("0x", 16), ("0o", 8), ("0b", 2)):
+            if digits.lower().startswith(prefix):
+                return sign * int(digits[2:], base)
+        return sign * int(digits, 10)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
     Loader.add_implicit_resolver(  # copies the resolvers for this class; SafeLoader is unchanged
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -109,6 +121,8 @@ MAX_CONFIG_BYTES = 1 << 20
 def read_config(path: str | os.PathLike) -> dict:
     """Read a YAML, TOML or JSON config file (at most 1 MiB) into a dict."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise WorkbenchError(f"config {path} is not a regular file (a folder, pipe or device)")
     if not path.is_file():
         raise WorkbenchError(f"no such config file: {path}")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -369,7 +383,24 @@ def resolve_config(*layers: dict | None) -> dict:
     limit = cfg["data"]["options"].get("limit")
     if limit is not None:
         checked("data.limit", limit, _int(1))
+    _json_types(cfg, "")
     return json.loads(json.dumps(cfg))  # plain JSON types only (tuples -> lists)
+
+
+def _json_types(v, where: str) -> None:
+    """A ``WorkbenchError`` naming the key of a value that is not a number, string, list or
+    mapping (a YAML date, ``!!binary`` or ``!!set``, a TOML date): a config is JSON data."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _json_types(x, f"{where}.{k}" if where else str(k))
+    elif isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            _json_types(x, f"{where}[{i}]")
+    elif not (v is None or isinstance(v, (str, int, float, bool))):
+        raise WorkbenchError(
+            f"config {where} must be a number, string, list or mapping, got a "
+            f"{type(v).__name__} ({str(v)[:40]})"
+        )
 
 
 def user_part(cfg: dict) -> dict:

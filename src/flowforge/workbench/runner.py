@@ -69,42 +69,51 @@ def _splits_fingerprint(ds) -> dict:
     )
 
 
-def run_dataset(cfg: dict):
+def run_dataset(cfg: dict, error=DataError, run=None):
     """Reload the dataset a run was trained on, and check it is that data.
 
-    A file is read again from the path the run recorded when the name alone no longer
-    resolves. The data's fingerprint (recorded when the run started) must match, so a run
-    folder's config can never make flowforge read and plot some other file of yours, and a
-    run is never evaluated on data that changed since."""
+    A file is read by its name, and from the path the run recorded when the name no longer
+    finds it or finds other data (a command run from another folder). The data's fingerprint
+    (recorded when the run started) must match, so a run folder's config can never make
+    flowforge read and plot some other file of yours, and a run is never evaluated, or
+    resumed (``run``: the folder, for the messages), on data that changed since."""
     d = cfg["data"]
     name = d["name"]
     resolved = cfg.get("resolved", {})
     path = resolved.get("data_path")
-    if path and not Path(name).exists() and Path(path).exists():
-        name = path
+    names = [name] + ([path] if path and Path(path).exists() else [])
+    names = [n for i, n in enumerate(names) if i == 0 or not _same_file(n, names[0])]
+    if not Path(name).exists() and len(names) > 1:
+        names = names[1:]
     want = resolved.get("data_fingerprint")
-    if want is None and Path(name).exists():
-        raise DataError(
-            f"the run's config names the file {name} but records no fingerprint of it, so "
-            "flowforge cannot tell it is the run's data; evaluate a file of your choice with --data"
+    what = f"cannot resume {run}: " if run is not None else ""
+    if want is None and Path(names[0]).exists():
+        raise error(
+            f"{what}the run's config names the file {names[0]} but records no fingerprint of "
+            "it, so flowforge cannot tell it is the run's data"
+            + ("" if run is not None else "; evaluate a file of your choice with --data")
         )
-    ds = load_dataset(name, seed=d["seed"], **d["options"])
-    if want is not None and _splits_fingerprint(ds) != want:
-        raise DataError(
-            f"the data at {name} is not the data this run was trained on (its fingerprint "
-            "differs); evaluate a file of your choice with --data instead"
+    for candidate in names:
+        ds = load_dataset(candidate, seed=d["seed"], **d["options"])
+        if want is None or _splits_fingerprint(ds) == want:
+            return ds
+    tried = " nor at ".join(names)
+    if run is not None:
+        raise error(
+            f"{what}the data changed since the run started (the data at {tried} has another "
+            "fingerprint); restore the data or start a new run"
         )
-    return ds
+    raise error(
+        f"the data at {tried} is not the data this run was trained on (its fingerprint "
+        "differs); evaluate a file of your choice with --data instead"
+    )
 
 
-def _check_fingerprint(out: Path, stored: dict, fp: dict) -> None:
-    old = stored["resolved"].get("data_fingerprint")
-    if old is not None and old != fp:
-        raise RunError(
-            f"cannot resume {out}: the data changed since the run started (shapes "
-            f"{old['shapes']} -> {fp['shapes']}, hash {old['sha256'][:12]} -> "
-            f"{fp['sha256'][:12]}); restore the data or start a new run"
-        )
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def train(
@@ -141,7 +150,13 @@ def train(
         if stored is not None:
             cfg = resolve_config(stored)  # exactly the stored run
         device(cfg["train"]["device"])  # refuse a missing device before writing anything
-        ds = load_dataset(cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"])
+        if stored is not None:  # the run's own data: by its recorded path where the name no
+            # longer finds it, checked against its fingerprint (never another file)
+            ds = run_dataset({**cfg, "resolved": stored["resolved"]}, RunError, out)
+        else:
+            ds = load_dataset(
+                cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"]
+            )
         degenerate = None if resume else constant_columns(ds)
         if degenerate:
             raise DataError(degenerate)
@@ -152,7 +167,9 @@ def train(
                 flow, _, resolved = build_flow(cfg, ds, stored and stored["resolved"])
         else:
             flow, _, resolved = build_flow(cfg, ds)
-        if Path(cfg["data"]["name"]).exists():
+        if stored is not None and stored["resolved"].get("data_path"):
+            resolved["data_path"] = stored["resolved"]["data_path"]
+        elif Path(cfg["data"]["name"]).exists():
             resolved["data_path"] = str(Path(cfg["data"]["name"]).resolve())
         resolved["data_fingerprint"] = _splits_fingerprint(ds)
         if stored is not None:
@@ -160,7 +177,6 @@ def train(
                 raise RunError(
                     f"cannot resume {out}: the model builder now gives a different model"
                 )
-            _check_fingerprint(out, stored, resolved["data_fingerprint"])
         shape = tuple(resolved["event_shape"])
         barrier()  # every rank has checked the folder before rank 0 writes to it
         # the Trainer checks the training options against the model (an objective the model
@@ -182,6 +198,8 @@ def train(
         lock = RunLock(out) if rank == 0 else _NoLock()
         with lock:
             if rank == 0:
+                if not resume:  # again, under the lock: another training may have finished
+                    check_out_dir(out, cfg, resume, overwrite)  # a run here since the first look
                 if not resume and out.is_dir() and is_run(out):
                     clear_run(out)
                 out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import io
 from ..core import Flow
-from .config import config_diff, user_part
+from .config import config_diff, resolve_config, user_part
 from .errors import RunError
 
 __all__ = [
@@ -87,12 +87,16 @@ def run_config(run: str | os.PathLike) -> dict:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise RunError(f"{path} is too large to be a flowforge run config")
         cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise RunError(f"{path} is corrupt: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise RunError(f"{path} is corrupt: nested too deeply") from None
+    except (ValueError, OSError) as e:  # (JSON, UTF-8, a number of thousands of digits)
+        raise RunError(f"{path} is corrupt: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
         raise RunError(f"{run} is not a flowforge run ({CONFIG_FILE} was not written by flowforge)")
     if not isinstance(cfg.get("resolved"), dict):
         raise RunError(f"{path} is not a complete flowforge run config")
+    _check_run_files(Path(run))
+    _check_sections(path, cfg)
     _check_shapes(path, cfg["resolved"])
     _check_names(path, cfg["resolved"])
     return cfg
@@ -128,6 +132,29 @@ def _check_names(path: Path, r: dict) -> None:
             raise damaged(f"context.{key}", "a list of integers")
     if not (isinstance(info.get("features"), int) and info["features"] >= 1):
         raise damaged("context.features", "a positive integer")
+
+
+def _check_run_files(run: Path) -> None:
+    """A run's files are plain files in its folder: a link (to a file elsewhere, or to
+    nothing) or a pipe there would make flowforge read or append outside the folder, or wait
+    for ever."""
+    for name in (CONFIG_FILE, METRICS_FILE, MODEL_FILE, CKPT_FILE):
+        p = run / name
+        if os.path.lexists(p) and (p.is_symlink() or not p.is_file()):
+            raise RunError(
+                f"{p} is not a regular file (a link, pipe or folder); a run's files are plain "
+                "files in its folder"
+            )
+
+
+def _check_sections(path: Path, cfg: dict) -> None:
+    """The sections every command reads, of the kinds flowforge writes."""
+    for key in ("model", "data", "train"):
+        if not isinstance(cfg.get(key), dict):
+            raise RunError(f"{path} is damaged: {key} must be a mapping")
+    d = cfg["data"]
+    if not isinstance(d.get("name"), str) or not isinstance(d.get("options", {}), dict):
+        raise RunError(f"{path} is damaged: data must name a dataset and map its options")
 
 
 def _check_shapes(path: Path, r: dict) -> None:
@@ -189,6 +216,14 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
         flow = io.load(Path(run) / MODEL_FILE, map_location)
     except ValueError as e:
         raise RunError(" ".join(str(e).split())) from None
+    from .build import same_model
+
+    built = cfg["resolved"].get("flow_config")
+    if built is not None and not same_model(built, getattr(flow, "saved_config", None)):
+        raise RunError(
+            f"{run}'s config.json and {MODEL_FILE} disagree: the model is not the one this run "
+            "built (another architecture or size); one of the files was changed or replaced"
+        )
     levels = cfg["resolved"].get("levels")
     if isinstance(flow, Flow):  # discrete data: a dequantizer, or an integer flow's levels
         has = getattr(flow.dequantizer or flow, "levels", None)
@@ -221,17 +256,20 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
                 f"{out} has no {CKPT_FILE} to resume from (its training stopped before the "
                 "first checkpoint); run the same command without --resume to start it again"
             )
-        diff = config_diff(user_part(stored), user_part(cfg))
+        # (a key added to flowforge since the run was written takes its default: no change)
+        diff = config_diff(user_part(resolve_config(stored)), user_part(cfg))
         if diff:
             raise RunError(
                 f"cannot resume {out}: its config differs ({'; '.join(diff[:4])}"
                 f"{'; ...' if len(diff) > 4 else ''}); drop the changed options or use a new --out"
             )
         return stored
+    if os.path.lexists(out) and not out.exists():
+        raise RunError(f"--out {out} is a link to nothing ({os.readlink(out)})")
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
+    if not out.is_dir() or not any(f.name != LOCK_FILE for f in out.iterdir()):
+        return None  # (empty, or holding only the lock this training took)
     if not is_run(out):
         raise RunError(
             f"{out} is not empty and is not a flowforge run; flowforge never writes into or "
@@ -283,8 +321,11 @@ def remove_orphans(out: Path) -> None:
         return
     for f in out.iterdir():
         if f.name.startswith(".") and f.name.endswith(".tmp") and f.is_file():
-            base = f.name[1:].split(".")[0]
-            if any(n.split(".")[0] == base for n in RUN_FILES):
+            # exactly the names io.atomic_write gives (mkstemp's 8 random characters): a
+            # user's .config.backup.tmp stays
+            if any(
+                re.fullmatch(rf"\.{re.escape(n)}\.[a-z0-9_]{{8}}\.tmp", f.name) for n in RUN_FILES
+            ):
                 f.unlink(missing_ok=True)
         elif f.name.startswith(".report-") and f.name.endswith(".tmp") and f.is_dir():
             _ours_in(f, is_report_figure)  # a killed report's figures
@@ -361,7 +402,7 @@ def read_metrics(run: Path, unreadable: list[int] | None = None) -> list[dict]:
     for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # (a number of thousands of digits, deep nesting)
             rec = None
         if isinstance(rec, dict):
             out.append(rec)

@@ -109,6 +109,22 @@ class NLL(Objective):
         return trainer.nll(x, context)
 
 
+def _same_settings(mine: list[dict], theirs: list[dict]) -> None:
+    """A ``ValueError`` when a checkpoint's optimizer settings are not this run's (its own
+    would replace the config's: a checkpoint of another run, with its learning rate)."""
+    for a, b in zip(mine, theirs):
+        for key in ("initial_lr", "betas", "weight_decay", "eps"):
+            if key in a and key in b:
+                x = [float(v) for v in a[key]] if isinstance(a[key], (list, tuple)) else a[key]
+                y = [float(v) for v in b[key]] if isinstance(b[key], (list, tuple)) else b[key]
+                if x != y:
+                    name = "lr" if key == "initial_lr" else key
+                    raise ValueError(
+                        f"its optimizer's {name} is {b[key]!r}, this run's {a[key]!r}: it "
+                        "belongs to another run"
+                    )
+
+
 class ReverseKL(Objective):
     r"""Reverse KL to an unnormalised target, ``E_q[log q - log p~]`` (``-ELBO``), with
     ``batch`` samples per step. ``anneal > 0`` multiplies ``log p~`` by
@@ -818,8 +834,14 @@ class Trainer:
             self.model.load_state_dict(model)
             if self.ema is not None:
                 self.ema.load_state_dict(ema)
+            if meta.get("seed", self.seed) != self.seed:
+                raise ValueError(
+                    f"it belongs to another run (its seed is {meta.get('seed')!r}, this run's "
+                    f"{self.seed})"
+                )
             opt_state = optimizer_state(tensors, meta["optimizer"])
             check_optimizer_state(self.opt, opt_state)
+            _same_settings(self.opt.param_groups, opt_state["param_groups"])
             self.opt.load_state_dict(opt_state)
             lambdas = [None] * len(self.opt.param_groups)  # closures: rebuilt, not stored
             self.sched.load_state_dict({**meta["scheduler"], "lr_lambdas": lambdas})
@@ -917,7 +939,8 @@ class Trainer:
                         self.save_checkpoint()
                 except _ForcedStop:
                     status = "interrupted"
-                    kept = "the last checkpoint is kept" if self.writer else "nothing saved"
+                    saved = self.writer and (self.out / CKPT_FILE).is_file()
+                    kept = "the last checkpoint is kept" if saved else "nothing saved yet"
                     self._say(
                         f"stopped at once by a second signal, at step {self.global_step}; {kept}"
                     )

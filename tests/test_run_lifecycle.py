@@ -1,0 +1,206 @@
+"""The run folder against careless and hostile use (an audit's findings): two trainings into
+one new folder, a user's hidden files, run files that are links, checkpoints and models of
+other runs, YAML 1.1 numbers, configs holding dates or deep nesting, runs written by an
+older flowforge, and resuming from another working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_support import cli, one_line_error, tiny_moons_run
+from flowforge.workbench import runner
+from flowforge.workbench.runner import train
+
+SMALL = {
+    "model": {"name": "realnvp", "layers": 1, "hidden": [8]},
+    "data": {"name": "moons", "limit": 128},
+    "train": {"epochs": 3, "batch_size": 32, "tensorboard": False},
+}
+
+
+def interrupted(out: Path, cfg=SMALL, at: int = 5) -> Path:
+    """A run interrupted (SIGINT) after step ``at``: a folder with a checkpoint to resume."""
+
+    def stop(t):
+        if t.global_step == at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert train(cfg, out, progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    return out
+
+
+def test_a_run_that_appears_while_another_loads_its_data_is_kept(tmp_path, capsys, monkeypatch):
+    """The folder is looked at again under the lock: a training that finished into it
+    meanwhile is not cleared by the slower one (it was, without --overwrite)."""
+    done = tiny_moons_run(capsys, tmp_path / "done")
+    out = tmp_path / "shared"
+    real = runner.load_dataset
+
+    def slow(*a, **k):  # the other training finishes while this one loads its data
+        shutil.copytree(done, out)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "load_dataset", slow)
+    with pytest.raises(Exception, match="already holds"):
+        train({**SMALL, "seed": 3}, out, progress=False, echo=False)
+    assert (out / "model.ff").read_bytes() == (done / "model.ff").read_bytes()
+
+
+def test_only_flowforges_own_temporary_files_are_removed(tmp_path, capsys):
+    run = interrupted(tmp_path / "run")
+    for name in (".config.backup.tmp", ".model.v1.tmp", ".metrics.tmp", "..tmp"):
+        (run / name).write_text("mine")
+    (run / ".model.ff.a1b2c3d4.tmp").write_text("a killed write")
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    for name in (".config.backup.tmp", ".model.v1.tmp", ".metrics.tmp", "..tmp"):
+        assert (run / name).read_text() == "mine"
+    assert not (run / ".model.ff.a1b2c3d4.tmp").exists()
+
+
+def test_run_files_that_are_links_or_pipes_are_refused(tmp_path, capsys):
+    run = interrupted(tmp_path / "run")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress")
+    one_line_error(rc, err, "metrics.jsonl is not a regular file")
+    assert not (tmp_path / "outside.jsonl").exists()
+    if hasattr(os, "mkfifo"):
+        (run / "metrics.jsonl").unlink()
+        os.mkfifo(run / "metrics.jsonl")
+        rc, _, err = cli(capsys, "eval", run)
+        one_line_error(rc, err, "is not a regular file")
+
+
+def test_a_checkpoint_or_model_of_another_run_is_refused(tmp_path, capsys):
+    a = interrupted(tmp_path / "a", at=10)
+    b = interrupted(tmp_path / "b", {**SMALL, "seed": 99}, at=9)
+    c = interrupted(tmp_path / "c", {**SMALL, "train": {**SMALL["train"], "lr": 0.01}}, at=9)
+    saved = (a / "checkpoint.safetensors").read_bytes()
+    for other, needle in ((b, "its seed is 99"), (c, "its optimizer's lr is 0.01")):
+        shutil.copy(other / "checkpoint.safetensors", a / "checkpoint.safetensors")
+        rc, _, err = cli(capsys, "train", "--out", a, "--resume", "--no-progress")
+        one_line_error(rc, err, "cannot resume", needle, "another run")
+    (a / "checkpoint.safetensors").write_bytes(saved)
+    big = {**SMALL, "model": {"name": "realnvp", "layers": 2, "hidden": [4]}}
+    d = interrupted(tmp_path / "d", big, at=10)
+    rc, _, err = cli(capsys, "train", "--out", d, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    tiny_moons_run(capsys, tmp_path / "e")
+    shutil.copy(d / "model.ff", tmp_path / "e" / "model.ff")
+    rc, _, err = cli(capsys, "eval", tmp_path / "e")
+    one_line_error(rc, err, "disagree: the model is not the one this run built")
+
+
+def test_yaml_numbers_are_read_as_yaml_1_2_reads_them(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 017\ntrain: {epochs: 01}\n")
+    out = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--limit", 64,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--config", cfg,
+                     "--out", out, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads((out / "config.json").read_text())["seed"] == 17  # (octal 15 before)
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out",
+                     tmp_path / "r2", "--set", "train.epochs=1:01", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "epochs")
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("model: {layers: 1, hidden: 2001-01-01}\n", "hidden must be a number, string"),
+        ("model: {hidden: !!binary aGVsbG8=}\n", "got a bytes"),
+    ],
+)
+def test_config_values_that_are_not_json_are_named(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--config", cfg,
+                     "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, needle)
+
+
+def test_damaged_run_files_are_one_line_errors(tmp_path, capsys):
+    good = tiny_moons_run(capsys, tmp_path / "good")
+    deep = tmp_path / "deep"
+    shutil.copytree(good, deep)
+    text = (deep / "config.json").read_text().rstrip().rstrip("}")
+    (deep / "config.json").write_text(text + ', "x": ' + "[" * 100000 + "]" * 100000 + "}")
+    rc, _, err = cli(capsys, "eval", deep)
+    one_line_error(rc, err, "is corrupt: nested too deeply")
+    lines = tmp_path / "lines"
+    shutil.copytree(good, lines)
+    with open(lines / "metrics.jsonl", "a") as f:
+        f.write("[" * 100000 + "]" * 100000 + "\n")
+        f.write('{"type": "epoch", "epoch": ' + "9" * 5000 + "}\n")
+    rc, _, err = cli(capsys, "report", lines)
+    assert rc == 0, err  # the damaged lines are skipped, and said
+    changes = (
+        ({"data": None}, "data must be a mapping"),
+        ({"data": {"name": "moons", "options": [1]}}, "map its options"),
+    )
+    for change, needle in changes:
+        bad = tmp_path / f"bad{len(needle)}"
+        shutil.copytree(good, bad)
+        cfg = json.loads((bad / "config.json").read_text())
+        cfg.update(change)
+        (bad / "config.json").write_text(json.dumps(cfg))
+        rc, _, err = cli(capsys, "eval", bad)
+        one_line_error(rc, err, "is damaged", needle)
+
+
+def test_a_run_of_an_older_flowforge_resumes(tmp_path, capsys):
+    """A train key added since the run was written takes its default: not a change the
+    user made (resume was refused: "train.fm_time_power: '<unset>' -> 1.0")."""
+    run = interrupted(tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["train"]["fm_time_power"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+
+
+def test_resume_finds_its_data_from_another_folder_and_never_another_file(
+    tmp_path, capsys, monkeypatch
+):
+    rng = np.random.default_rng(0)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    np.savetxt(tmp_path / "x" / "t.csv", rng.normal(size=(200, 2)), delimiter=",")
+    np.savetxt(tmp_path / "y" / "t.csv", rng.normal(size=(200, 2)), delimiter=",")
+    monkeypatch.chdir(tmp_path / "x")
+    run = interrupted(tmp_path / "x" / "run", {**SMALL, "data": {"name": "t.csv"}})
+    monkeypatch.chdir(tmp_path / "y")  # another t.csv here: the recorded path is the run's
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    # a run whose config names a file but records no fingerprint: refused, as eval refuses it
+    crafted = interrupted(tmp_path / "crafted")
+    cfg = json.loads((crafted / "config.json").read_text())
+    cfg["data"] = {"name": str(tmp_path / "y" / "t.csv"), "seed": 0, "options": {}}
+    cfg["resolved"].pop("data_fingerprint")
+    (crafted / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = cli(capsys, "train", "--out", crafted, "--resume", "--no-progress")
+    one_line_error(rc, err, "records no fingerprint")
+
+
+def test_small_messages_of_the_run_folder(tmp_path, capsys):
+    from flowforge.workbench.cli import _finish_train
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out",
+                     tmp_path / "dangling", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "is a link to nothing")
+    rc, _, err = cli(capsys, "train", "--config", tmp_path, "--out", tmp_path / "r")
+    one_line_error(rc, err, "is not a regular file")
+    (tmp_path / "fresh").mkdir()
+    assert _finish_train({"status": "interrupted", "out": str(tmp_path / "fresh")}) == 130
+    err = capsys.readouterr().err
+    assert "before the first checkpoint" in err and "--resume" not in err
