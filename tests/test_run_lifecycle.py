@@ -204,3 +204,25 @@ def test_small_messages_of_the_run_folder(tmp_path, capsys):
     assert _finish_train({"status": "interrupted", "out": str(tmp_path / "fresh")}) == 130
     err = capsys.readouterr().err
     assert "before the first checkpoint" in err and "--resume" not in err
+
+
+def test_a_replayed_config_names_its_data_as_the_run_recorded_it(tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(0)
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        np.savetxt(tmp_path / sub / "t.csv", rng.normal(size=(200, 2)), delimiter=",")
+    monkeypatch.chdir(tmp_path / "x")
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "t.csv", "--epochs", 1,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--out", "run",
+                     "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    config = tmp_path / "x" / "run" / "config.json"
+    rc, _, err = cli(capsys, "train", "--config", config, "--out", tmp_path / "again",
+                     "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err  # from the run's own folder: the same file
+    monkeypatch.chdir(tmp_path / "y")
+    rc, _, err = cli(capsys, "train", "--config", config, "--out", "replay", "--no-progress")
+    one_line_error(rc, err, "names its data 't.csv'", f"--data {tmp_path / 'x' / 't.csv'}")
+    rc, _, err = cli(capsys, "train", "--config", config, "--data", tmp_path / "x" / "t.csv",
+                     "--out", "replay", "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err

@@ -220,6 +220,8 @@ def cmd_train(args) -> int:
     for layer in layers:  # the file, then the flags on top
         raw = deep_merge(raw, layer)
     _unambiguous_data(raw.get("data"))
+    if args.config and not args.resume and args.data is None:  # (--data: the user's choice)
+        _replayed_data(args.config, layers[0], raw.get("data"))
     result = train(
         raw,
         args.out,
@@ -230,6 +232,26 @@ def cmd_train(args) -> int:
         notes=True,  # the data's warnings even with --quiet (it silences the epoch lines)
     )
     return _finish_train(result)
+
+
+def _replayed_data(config: str, stored: dict, data) -> None:
+    """A run's config.json as --config names its data as it was given (a relative path): from
+    another folder that is another file, or none. Refused when it is not the file the run
+    recorded, with the path that replays the run."""
+    from .errors import WorkbenchError
+
+    resolved = stored.get("resolved")
+    recorded = resolved.get("data_path") if isinstance(resolved, dict) else None
+    name = data.get("name") if isinstance(data, dict) else data
+    if not (isinstance(recorded, str) and isinstance(name, str)) or Path(name).is_absolute():
+        return
+    here = Path(name).resolve() if Path(name).exists() else None
+    if here != Path(recorded):
+        where = f"here that is {here}" if here else "here there is no such file"
+        raise WorkbenchError(
+            f"{config} names its data {name!r}, and {where}; the run was trained on "
+            f"{recorded}: give --data {recorded} to replay it (or --data with the file you mean)"
+        )
 
 
 def _finish_train(result: dict) -> int:
