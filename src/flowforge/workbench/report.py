@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..core import Flow
 from ..distributions import StandardNormal
-from .data import FORMULA_LEADS
+from .data import FORMULA_LEADS, _is_float
 from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import REPORT_DIR, is_report_figure, load_run, read_metrics, run_config
@@ -140,19 +140,11 @@ def _csv_field(name: str) -> str:
     """A column name as a CSV cell: quoted where it holds a separator, a quote or a line
     break, and led by ``'`` where a spreadsheet would run it as a formula (a name from a
     user's file such as ``=cmd|...``; OWASP's advice)."""
-    if name[:1] in FORMULA_LEADS and not _is_number(name):
+    if name[:1] in FORMULA_LEADS and not _is_float(name):
         name = "'" + name
     if any(c in name for c in ',"\n\r'):
         return '"' + name.replace('"', '""') + '"'
     return name
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def _table_order(x: Tensor, header, given, info: dict):
