@@ -313,3 +313,11 @@ def test_nll_in_batches_with_a_context():
     one = torch.randn(3)  # one context for every row, in batches smaller than its width
     want = flow.log_prob(x, one.expand(5, 3)).mean()
     assert ff.nll(flow, x, one, batch_size=2) == pytest.approx(-want.item(), abs=1e-5)
+
+
+def test_a_nan_density_from_the_models_own_weights_blames_the_model():
+    flow = ff.models.RealNVP(features=2, layers=1, hidden=[4]).eval()
+    with torch.no_grad():
+        next(flow.parameters()).fill_(math.nan)
+    with pytest.raises(ff.core.NaNLogProb, match="its own tensor .* holds NaN or inf"):
+        flow.log_prob(torch.randn(3, 2))

@@ -864,6 +864,20 @@ class Flow(nn.Module):
             return lp
         bad = wrong.reshape(-1).nonzero().flatten()[:5].tolist()
         what = "NaN" if bool(torch.isnan(lp).any()) else "+inf"
+        broken = next(
+            (
+                n
+                for n, t in self.state_dict().items()
+                if t.is_floating_point() and not all_finite(t)
+            ),
+            None,
+        )
+        if broken is not None:  # the model, not the inputs
+            raise NaNLogProb(
+                f"the model's log-density is {what} for batch rows {bad}: its own tensor "
+                f"{broken!r} holds NaN or inf (training diverged, or its weights were damaged)",
+                bad,
+            )
         remedy = (
             "remove them"
             if lp.dtype == torch.float64
