@@ -302,3 +302,15 @@ def test_small_messages_of_the_conditional_and_output_commands(tmp_path, capsys)
     assert sample_context(cfg, "0,2", None)[2] == (["label"], [[0], [2]])
     with pytest.raises(ContextError, match="--label expects integers"):
         sample_context(cfg, "1,,2", None)
+
+
+def test_a_png_of_several_labels_has_one_row_per_label(tmp_path):
+    from PIL import Image
+
+    from flowforge.workbench.report import save_samples
+
+    cfg = {"resolved": {"data_shape": [1, 8, 8], "levels": 17}}
+    x = torch.randint(0, 17, (30, 1, 8, 8)).float()
+    save_samples(x, cfg, tmp_path / "a.png", given=(["label"], [[0], [1], [2]]))
+    w, h = Image.open(tmp_path / "a.png").size
+    assert w > 2.5 * h  # 3 rows of 10, not a 6 x 5 square mixing the labels

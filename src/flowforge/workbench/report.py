@@ -226,8 +226,9 @@ def save_samples(
         raise WorkbenchError(f"unsupported output {path.name}; expected .png, .npy or .csv")
     plt = _plt()
     shape = tuple(cfg["resolved"]["data_shape"])
-    if len(shape) == 3:
-        grid = image_grid(_as_images(x, cfg))
+    if len(shape) == 3:  # one row per context given (a label's samples side by side)
+        per = x.shape[0] // len(given[1]) if given is not None and given[1] else None
+        grid = image_grid(_as_images(x, cfg), cols=per if per and len(given[1]) > 1 else None)
         fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1]))
         _show(ax, grid)
     elif shape == (2,):
