@@ -283,7 +283,7 @@ _NOT_TEXT = (
     (b"\x1f\x8b", "a gzip-compressed file", "decompress it first (gunzip)"),
     (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook is one)", "export the sheet as CSV"),
     (b"\xd0\xcf\x11\xe0", "an Office file (an Excel .xls workbook?)", "export the sheet as CSV"),
-    (b"BZh", "a bzip2-compressed file", "decompress it first (bunzip2)"),
+    (b"BZh[1-9]1AY&SY", "a bzip2-compressed file", "decompress it first (bunzip2)"),
     (b"\xfd7zXZ\x00", "an xz-compressed file", "decompress it first (unxz)"),
     (b"(\xb5/\xfd", "a zstd-compressed file", "decompress it first (unzstd)"),
     (b"\x89PNG", "a PNG image", "give a folder of images as --data"),
@@ -302,7 +302,7 @@ def _check_text(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(4096)
     for magic, what, fix in _NOT_TEXT:
-        if head.startswith(magic):
+        if re.match(re.escape(magic) if b"[" not in magic else magic, head):
             raise DataError(f"{path} is not a text CSV file: it looks like {what}; {fix}")
     if b"\x00" in head:
         what = "UTF-16 text" if 3 * head.count(b"\x00") > len(head) else "a binary file"
