@@ -226,3 +226,16 @@ def test_a_replayed_config_names_its_data_as_the_run_recorded_it(tmp_path, capsy
     rc, _, err = cli(capsys, "train", "--config", config, "--data", tmp_path / "x" / "t.csv",
                      "--out", "replay", "--no-progress", "--quiet")  # fmt: skip
     assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [("c.yaml", "train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.01\n"),
+     ("c.json", '{"train": {"lr": 0.1, "lr": 0.2}}')],
+)  # fmt: skip
+def test_a_key_given_twice_in_a_config_is_refused(tmp_path, capsys, name, text):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--config", cfg,
+                     "--out", tmp_path / "r", "--no-progress")  # fmt: skip
+    one_line_error(rc, err, "the key 'lr' is given twice")

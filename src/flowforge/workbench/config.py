@@ -86,6 +86,18 @@ def _yaml_load(text: str):
     import yaml
 
     class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:  # a key given twice: the first would be dropped
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str) and key in seen:
+                    raise yaml.YAMLError(
+                        f"the key {key!r} is given twice (again at line "
+                        f"{key_node.start_mark.line + 1})"
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
@@ -115,6 +127,16 @@ def _yaml_load(text: str):
     return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are each given once (json keeps the last silently)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the key {k!r} is given twice")
+        out[k] = v
+    return out
+
+
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -139,7 +161,7 @@ def read_config(path: str | os.PathLike) -> dict:
                 import tomli as tomllib
             data = tomllib.loads(text)
         elif suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         else:
             raise WorkbenchError(f"{path}: expected a .yaml, .yml, .toml or .json config file")
     except WorkbenchError:
