@@ -678,7 +678,8 @@ def cmd_fit_target(args) -> int:
         lr=args.lr,
         anneal=anneal,
         seed=args.seed,
-        log_every=0 if args.quiet else max(1, args.steps // 10),
+        # (the bar only on a terminal, as train's: a log file gets no carriage-return redraws)
+        log_every=0 if args.quiet or not sys.stderr.isatty() else max(1, args.steps // 10),
     )
     if fit["status"] == "interrupted":  # a partial fit is not reported as the one asked for
         print(
@@ -732,7 +733,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int, help="the global batch size")
     s.add_argument("--lr", type=float)
-    s.add_argument("--optimizer", help="adam or adamw")
+    s.add_argument("--optimizer", help="adam, adamw or adamax")
     s.add_argument("--weight-decay", type=float)
     s.add_argument("--warmup-steps", type=int)
     s.add_argument("--grad-clip", type=float)
@@ -760,7 +761,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--base",
         help="base distribution: normal, diag, mixture, made-mog or class-gaussian",
     )
-    s.add_argument("--device", help="cpu, cuda or auto")
+    s.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     s.add_argument(
         "--set",
         action="append",
