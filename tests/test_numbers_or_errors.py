@@ -321,3 +321,11 @@ def test_a_nan_density_from_the_models_own_weights_blames_the_model():
         next(flow.parameters()).fill_(math.nan)
     with pytest.raises(ff.core.NaNLogProb, match="its own tensor .* holds NaN or inf"):
         flow.log_prob(torch.randn(3, 2))
+
+
+def test_an_inverse_that_cannot_converge_is_a_value_error_too():
+    """Planar's density inverts the layer by a safeguarded Newton; at 3e38 in float32 the
+    equation overflows. The error is a ValueError (one line on the command line), naming it."""
+    flow = ff.models.Planar(features=2, layers=2).eval()
+    with pytest.raises(ValueError, match="did not converge .* overflows the layer's torch.float32"):
+        flow.log_prob(torch.full((1, 2), 3e38))

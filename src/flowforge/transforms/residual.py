@@ -59,6 +59,11 @@ def _tol(dtype: torch.dtype) -> float:
     return 64 * torch.finfo(dtype).eps
 
 
+class NotConverged(RuntimeError, ValueError):
+    """An iterative inverse that did not converge: a RuntimeError, and a ValueError (the
+    input or the settings cause it; the command line prints it as one line)."""
+
+
 def solve_monotone(
     fn,
     lo: Tensor,
@@ -96,11 +101,12 @@ def solve_monotone(
                 break
         if not done:
             res = fn(a)[0].abs()
-            raise RuntimeError(
+            raise NotConverged(
                 f"{what} did not converge within max_iter={max_iter} "
                 f"iterations: largest residual |f(a)| = {largest(res):.3g}, largest last step "
                 f"{largest(step):.3g} (tolerance {tol:.3g}); the input or the layer's parameters "
-                "are not finite, or max_iter is too small"
+                f"are not finite, the input overflows the layer's {lo.dtype} (score it in "
+                "float64), or max_iter is too small"
             )
     return a
 
