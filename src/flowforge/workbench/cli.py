@@ -853,7 +853,11 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
     s.add_argument("run")
     s.add_argument("--split", default="val")
-    s.add_argument("--temperatures", default="0.5,0.7,0.85,1.0")
+    s.add_argument(
+        "--temperatures",
+        default="0.5,0.7,0.85,1.0",
+        help="temperatures of an unconditional image run's samples figure (class grids: 1, 0.7)",
+    )
     s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_report)
 
