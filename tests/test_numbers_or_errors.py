@@ -236,6 +236,8 @@ def test_metrics_never_return_nan_even_in_training_mode():
         (lambda: ff.models.NSF(features=2, layers=1, base={"name": "mixture", "spread": math.inf}),
          "finite spread"),
         (lambda: ff.transforms.RationalQuadratic(bins=4, min_width=-0.5), "min_width, min_height"),
+        (lambda: ff.models.NICE(features=3, context_features=2,
+                                base={"name": "mixture", "hidden": [-1]}), "hidden widths >= 1"),
         (lambda: ff.transforms.RationalQuadratic(bins=2.5), "bins to be an integer"),
         (lambda: ff.transforms.ActNorm(3, eps=0.0), "eps > 0"),
         (lambda: ff.transforms.BatchNorm(3, momentum=5.0), "momentum <= 1"),

@@ -298,6 +298,8 @@ def make_base(
     components = options.pop("components", components)
     if options and name not in ("made-mog", "mixture"):
         raise ValueError(f"base {name!r} takes no options, got {sorted(options)}")
+    if "hidden" in options:  # (a negative width reached torch's allocator)
+        options["hidden"] = widths(options["hidden"])
     try:
         if name == "made-mog":
             return D.MADEMoG(event_shape, components, context_features, **options)
