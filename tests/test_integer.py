@@ -418,3 +418,44 @@ def test_the_report_of_an_integer_flow_makes_no_normality_claim(tmp_path, capsys
     assert rc == 0, err
     page = (tmp_path / "r" / "report.html").read_text()
     assert "not a standard normal" in page and "Latent normality check" not in page
+
+
+def _pushed(levels, gate, dtype=torch.float32, seed=0):
+    """An IDF whose couplings shift far (the ReZero gates set to ``gate``)."""
+    torch.manual_seed(seed)
+    f = ff.models.IDF(features=4, levels=levels, layers=2, hidden=(8,), prior_hidden=(8,))
+    with torch.no_grad():
+        for p in f.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+            if p.numel() == 1:
+                p.fill_(gate)
+    return f.to(dtype).eval()
+
+
+def test_latents_beyond_the_dtypes_exact_integers_are_refused():
+    """Past 2^24 in float32 the rounded couplings merge inputs: log_prob gave finite numbers of
+    no mass function, and the codec wrote files that failed their CRC; past 32 bits the codec
+    wrapped escaped values into a file that never decoded (verify=False)."""
+    from flowforge import codec
+
+    f = _pushed(2**23, 4.0)
+    x = torch.randint(0, 2**23, (8, 4))
+    with pytest.raises(ValueError, match="latents reach .* beyond the integers torch.float32"):
+        f.log_prob(x.float())
+    with pytest.raises(codec.CodecError, match="cannot code the data"):
+        codec.encode(f, x)
+    g = _pushed(2**30, 8.0, torch.float64)
+    x = torch.randint(0, 2**30, (8, 4))
+    z, _ = g.transform(x.double())
+    assert torch.equal(g.transform.inverse(z)[0], x.double())  # the flow itself is exact
+    for verify in (True, False):
+        with pytest.raises(codec.CodecError, match="beyond the 32 bits"):
+            codec.encode(g, x, verify=verify)
+    with pytest.raises(ValueError, match="more than torch.float32 resolves"):
+        ff.models.IDF(features=4, levels=2**30, layers=1, hidden=(4,), prior_hidden=(4,)).sample(2)
+    small = ff.models.IDF(features=4, levels=5, layers=2, hidden=(8,)).eval()
+    for chunk in (-1, 0, 2.5, 10**6):
+        with pytest.raises(codec.CodecError, match="expected chunk"):
+            codec.ideal_bits(small, torch.randint(0, 5, (10, 4)), chunk=chunk)
+    with pytest.raises(ValueError, match="context_features to be an integer >= 0"):
+        ff.models.IDF(features=4, levels=5, context_features=-1)

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from .core import exact_levels
 from .models import registry
-from .models.integer import IntegerFlow
+from .models.integer import IntegerFlow, check_exact_latents
 from .transforms.integer import DiscretizedLogisticMixture
 
 __all__ = [
@@ -486,7 +486,11 @@ def ideal_bits(flow: IntegerFlow, x, chunk: int = 64, radius: int | None = None)
     """The code length in bits that the integer tables give ``x`` (what an ideal entropy coder
     would write, header aside): the model's NLL plus the table rounding and window cost."""
     _check_flow(flow)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= MAX_CHUNK:
+        raise CodecError(f"expected chunk to be an integer in [1, {MAX_CHUNK}], got {chunk!r}")
     xs = _as_integers(flow, x)
+    chunk = min(chunk, len(xs))
+    _check_chunk(chunk, xs.shape[1:])
     radius = _radius(flow, radius)
     bits = 0.0
     was_training = flow.training
@@ -524,11 +528,21 @@ def _latent(flow: IntegerFlow, x: np.ndarray, chunk: int) -> Tensor:
     pad[: len(x)] = x
     xt = torch.from_numpy(pad).to(flow.dtype)
     z, _ = flow.transform(xt)
+    try:
+        check_exact_latents(z, flow.dtype)
+    except ValueError as e:
+        raise CodecError(f"this model cannot code the data: {e}") from None
     return z.reshape(chunk, -1)
 
 
 def _escape_words(v: np.ndarray) -> np.ndarray:
-    """Escaped latent values as pairs of 16-bit symbols (two's complement, high half first)."""
+    """Escaped latent values as pairs of 16-bit symbols (two's complement, high half first);
+    a value beyond 32 bits is refused, never wrapped (the file would not decode)."""
+    if len(v) and (v.min() < -(2**31) or v.max() >= 2**31):
+        raise CodecError(
+            f"a latent value of the model reaches {int(np.abs(v).max()):,}, beyond the 32 bits "
+            "an escaped value is stored in; use fewer levels"
+        )
     u = v.astype(np.int64) & 0xFFFFFFFF
     return np.stack([u >> 16, u & 0xFFFF], 1).reshape(-1).astype(np.int32)
 

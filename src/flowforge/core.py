@@ -393,9 +393,9 @@ def exact_levels(levels: int, dtype: torch.dtype) -> None:
         return
     bits = round(-math.log2(torch.finfo(dtype).eps))
     if levels > 2**bits:
+        fix = "; move the flow to float64 (flow.double())" if dtype != torch.float64 else ""
         raise ValueError(
-            f"{levels:,} levels are more than {dtype} resolves (at most 2^{bits}); move the "
-            "flow to float64 (flow.double())"
+            f"{levels:,} levels are more than {dtype} resolves (at most 2^{bits}){fix}"
         )
 
 

@@ -78,6 +78,8 @@ class IntegerFlow(Flow):
         if not x.shape[0]:
             return x.new_zeros(batch)
         z, _ = self.transform(x, context)  # integer layers: ladj == 0
+        if self._validating(z):
+            check_exact_latents(z, self.dtype)
         return self.base.log_prob(z, context).reshape(batch)
 
     @torch.no_grad()
@@ -85,6 +87,7 @@ class IntegerFlow(Flow):
         """Samples of the integer flow, clamped to ``[0, levels - 1]``: the model can put mass
         outside the data's range (its NLL counts only the mass inside), and the fraction of
         values that fell outside is left in ``clamped`` (``flowforge sample`` prints it)."""
+        exact_levels(self.levels, self.dtype)  # as log_prob: samples the dtype cannot hold
         x = super().sample(n, context, temperature)
         outside = (x < 0) | (x > self.levels - 1)
         self.clamped = outside.float().mean() if x.numel() else 0.0
@@ -93,6 +96,21 @@ class IntegerFlow(Flow):
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """The exact NLL in bits per dimension."""
         return self.nll(x, context) / (self.dims * math.log(2))
+
+
+def check_exact_latents(z: Tensor, dtype: torch.dtype) -> None:
+    """A ``ValueError`` when an integer flow's latents leave the integers ``dtype`` holds
+    exactly (2^24 in float32, 2^53 in float64): there its rounded couplings merge distinct
+    inputs, so the map is no longer a bijection and its probabilities are not a mass
+    function's."""
+    top = z.detach().abs().max().item() if z.numel() else 0.0
+    bits = round(-math.log2(torch.finfo(dtype).eps)) + 1
+    if top > 2**bits:
+        raise ValueError(
+            f"the integer flow's latents reach {top:.3g}, beyond the integers {dtype} holds "
+            f"exactly (2^{bits}): its couplings no longer invert there; use fewer levels, or "
+            "float64 (flow.double()) below 2^53"
+        )
 
 
 def _quarter_masks(features: int, partitions: int) -> list[Tensor]:
@@ -183,6 +201,12 @@ def IDF(
             raise ValueError(f"expected {name} >= {least}, got {v!r}")
     center, spread = (levels - 1) / 2, float(levels)
     shape_ = event_shape(features, shape)
+    if isinstance(context_features, bool) or not isinstance(context_features, int):
+        raise ValueError(
+            f"expected context_features to be an integer >= 0, got {context_features!r}"
+        )
+    if context_features < 0:
+        raise ValueError(f"expected context_features to be an integer >= 0, got {context_features}")
     cf = context_features
     chain: list[Transform] = []
     if len(shape_) == 1:
