@@ -459,3 +459,17 @@ def test_latents_beyond_the_dtypes_exact_integers_are_refused():
             codec.ideal_bits(small, torch.randint(0, 5, (10, 4)), chunk=chunk)
     with pytest.raises(ValueError, match="context_features to be an integer >= 0"):
         ff.models.IDF(features=4, levels=5, context_features=-1)
+
+
+def test_codec_and_sampling_messages_and_signs():
+    from flowforge import codec
+
+    with pytest.raises(ValueError, match="the default is 4: pass partitions=2 or fewer"):
+        ff.models.IDF(features=2, levels=4)
+    flow = ff.models.RealNVP(features=6, layers=1, hidden=(8,), levels=5).eval()
+    with pytest.raises(codec.CodecError, match="chunk set the integer codec's tables"):
+        codec.encode(flow, torch.randint(0, 5, (4, 6)), chunk=8)
+    torch.manual_seed(0)
+    idf = ff.models.IDF(features=4, levels=5, layers=1, hidden=(4,), prior_hidden=(4,)).eval()
+    s = idf.sample(2000, temperature=3.0)
+    assert not torch.signbit(s).any()  # clamped, and no -0.0 among the zeros

@@ -622,6 +622,12 @@ def encode(
     if _bits_back(flow):
         from . import bitsback
 
+        given = [n for n, v in (("chunk", chunk), ("radius", radius)) if v is not None]
+        if given:  # (silently dropped before)
+            raise CodecError(
+                f"{' and '.join(given)} set the integer codec's tables; a dequantizing flow is "
+                "coded by bits-back (flowforge.bitsback.encode takes its own options)"
+            )
         return bitsback.encode(flow, x, threads=threads, verify=verify)
     stack, model = _constriction()
     _check_flow(flow)
@@ -667,8 +673,13 @@ def encode(
         words=len(words),
     )
     data = header.pack() + payload
-    if verify:
-        back = decode(flow, data)
+    if verify:  # (a failure here is the model's, not a file's: said so)
+        try:
+            back = decode(flow, data)
+        except CodecError as e:
+            raise CodecError(
+                f"the encoded data did not decode to the input ({e}); nothing was written"
+            ) from None
         if not np.array_equal(back.numpy(), xs):
             raise CodecError(
                 "the encoded data did not decode to the input (non-deterministic model "

@@ -91,7 +91,7 @@ class IntegerFlow(Flow):
         x = super().sample(n, context, temperature)
         outside = (x < 0) | (x > self.levels - 1)
         self.clamped = outside.float().mean() if x.numel() else 0.0
-        return x.clamp_(0, self.levels - 1)
+        return x.clamp_(0, self.levels - 1).add_(0.0)  # (+ 0: no -0.0 from rounding)
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """The exact NLL in bits per dimension."""
@@ -214,7 +214,8 @@ def IDF(
         if d < 2:
             raise ValueError(f"an IDF on vectors needs at least 2 features, got {d}")
         if not 2 <= partitions <= d:
-            raise ValueError(f"expected 2 <= partitions <= features ({d}), got {partitions}")
+            hint = f" (the default is 4: pass partitions={d} or fewer)" if partitions > d else ""
+            raise ValueError(f"expected 2 <= partitions <= features ({d}), got {partitions}{hint}")
         if not 1 <= prior_blocks <= d:
             raise ValueError(f"expected 1 <= prior_blocks <= features ({d}), got {prior_blocks}")
         h = widths((256, 256) if hidden is None else hidden)
