@@ -473,3 +473,15 @@ def test_codec_and_sampling_messages_and_signs():
     idf = ff.models.IDF(features=4, levels=5, layers=1, hidden=(4,), prior_hidden=(4,)).eval()
     s = idf.sample(2000, temperature=3.0)
     assert not torch.signbit(s).any()  # clamped, and no -0.0 among the zeros
+
+
+def test_the_same_model_in_another_dtype_is_named_as_such():
+    from flowforge import codec
+
+    torch.manual_seed(0)
+    f = ff.models.IDF(features=4, levels=5, layers=2, hidden=(8,)).eval()
+    data = codec.encode(f, torch.randint(0, 5, (10, 4)))
+    with pytest.raises(
+        codec.CodecError, match=r"made with this model in torch.float32.*\.float\(\)"
+    ):
+        codec.decode(copy.deepcopy(f).double(), data)

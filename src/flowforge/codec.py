@@ -35,6 +35,7 @@ File format (``.ffz``, little-endian), see ``docs/compression.md``::
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import functools
 import hashlib
@@ -228,6 +229,13 @@ def check_model(file_hash: bytes, flow: torch.nn.Module) -> None:
     earlier version wrote for it)."""
     ours = model_hash(flow)
     if file_hash != ours and file_hash not in _earlier_hashes(flow):
+        for dtype, move in ((torch.float32, ".float()"), (torch.float64, ".double()")):
+            other = copy.deepcopy(flow).to(dtype) if flow.dtype != dtype else None
+            if other is not None and model_hash(other) == file_hash:  # (on the error path only)
+                raise CodecError(
+                    f"this file was made with this model in {dtype}, and the model is now "
+                    f"{flow.dtype}; move it back ({move}) to decode it"
+                )
         raise CodecError(
             f"this file was made with another model (model hash {file_hash.hex()}, this "
             f"model's is {ours.hex()})"
