@@ -485,3 +485,5 @@ def test_the_same_model_in_another_dtype_is_named_as_such():
         codec.CodecError, match=r"made with this model in torch.float32.*\.float\(\)"
     ):
         codec.decode(copy.deepcopy(f).double(), data)
+    with pytest.raises(codec.CodecError, match="rows of different lengths"):
+        codec.encode(f, [[1, 2, 3, 4], [1, 2]])

@@ -384,10 +384,16 @@ def _check_flow(flow) -> None:
 
 def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
     """``x`` as an int64 array of shape ``(N, *event_shape)``, checked."""
+    shape = tuple(flow.event_shape)
     if isinstance(x, Tensor):
         x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    shape = tuple(flow.event_shape)
+    try:
+        x = np.asarray(x)
+    except ValueError:  # ragged nested lists
+        raise CodecError(
+            f"expected data of shape (N, {', '.join(map(str, shape))}) for this model, got "
+            "rows of different lengths"
+        ) from None
     if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
         raise CodecError(
             f"expected data of shape (N, {', '.join(map(str, shape))}) for this model, got "
