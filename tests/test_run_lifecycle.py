@@ -239,3 +239,13 @@ def test_a_key_given_twice_in_a_config_is_refused(tmp_path, capsys, name, text):
     rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--config", cfg,
                      "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "the key 'lr' is given twice")
+
+
+def test_a_wrong_option_value_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(capsys, "sample", "run", "-n", "1e3", "--out", "a.npy")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["flowforge: error: argument -n: invalid int value: '1e3' "
+                     "(see: flowforge sample --help)"]  # fmt: skip

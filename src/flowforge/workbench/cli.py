@@ -703,18 +703,26 @@ def cmd_fit_target(args) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a wrong option or value said in one line as the command's own errors
+    are (argparse prints its usage block first), and where to read the options."""
+
+    def error(self, message: str):
+        self.exit(2, f"flowforge: error: {message} (see: {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
     # --debug before or after the command: the command's own flag has no default, so that
     # `flowforge --debug CMD` is not reset to False by CMD's parser
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
     )
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="flowforge", description="Train, evaluate, sample and report normalizing flows."
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     s = sub.add_parser("list", parents=[common], help="list models and datasets")
