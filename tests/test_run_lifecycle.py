@@ -249,3 +249,10 @@ def test_a_wrong_option_value_is_one_line(capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["flowforge: error: argument -n: invalid int value: '1e3' "
                      "(see: flowforge sample --help)"]  # fmt: skip
+
+
+def test_resuming_a_finished_run_says_there_was_nothing_to_train(tmp_path, capsys):
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    rc, out, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress")
+    assert rc == 0, err
+    assert "nothing to train: the run had finished: best val NLL" in out

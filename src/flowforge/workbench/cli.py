@@ -281,6 +281,8 @@ def _finish_train(result: dict) -> int:
             msg = f"{result['status']}: best val {what} loss {best:.4f}"
         if what == "nll" and result.get("best_val_bpd") is not None:
             msg += f" ({result['best_val_bpd']:.4f} bits/dim)"
+        if result.get("already_ended"):
+            msg = f"nothing to train: the run had {msg}"
         print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
         if result["status"] == "finished" and result["best_epoch"] == result["epochs"] > 1:
             print(

@@ -925,6 +925,7 @@ class Trainer:
             leave=False,
         )
         status = self.finished or "running"
+        already = bool(self.finished)  # a resumed run that had ended: nothing is trained
         signals = self._signals = _Signals(force=self.world == 1)
         try:
             with signals:  # one context for training and the interrupt's save: no gap
@@ -976,6 +977,7 @@ class Trainer:
             "best_val_bpd": self._bpd(self.best) if math.isfinite(self.best) else None,
             "skipped_steps": self.skipped,
             "warnings": list(self.warnings),
+            "already_ended": already,
         }
 
     def _batches(self):
