@@ -222,6 +222,13 @@ def test_report_options_and_damaged_metrics(tmp_path, capsys):
     for bad in ("abc", "nan", "-1", "0.5,x"):
         rc, _, err = cli(capsys, "report", run, "--temperatures", bad)
         one_line_error(rc, err, "--temperatures: expected comma-separated finite numbers >= 0")
+    rc, _, err = cli(capsys, "report", run, "--temperatures", ",".join(["1"] * 9))
+    one_line_error(rc, err, "--temperatures: at most 8 (one sample grid each), got 9")
+    from flowforge.workbench.errors import WorkbenchError
+    from flowforge.workbench.report import write_report
+
+    with pytest.raises(WorkbenchError, match="temperatures: expected 1 to 8 finite numbers"):
+        write_report(run, temperatures=(1.0, math.inf))
     metrics = run / "metrics.jsonl"
     metrics.write_text(metrics.read_text()[:40] + "\ngarbage {{\n")
     rc, out, err = cli(capsys, "report", run)

@@ -44,10 +44,10 @@ class _Page(HTMLParser):
             self.cells[-1] += data
 
 
-def render(run: Path, capsys) -> tuple[list[str], dict]:
+def render(run: Path, capsys, *options: str) -> tuple[list[str], dict]:
     """Report ``run``; the images it links (each checked to exist and to be a PNG) and its
     table as a dict."""
-    assert main(["report", str(run)]) == 0
+    assert main(["report", str(run), *options]) == 0
     capsys.readouterr()
     page = _Page()
     page.feed((run / "report.html").read_text())
@@ -117,6 +117,9 @@ def test_conditional_table_report(runs, capsys):
     imgs, table = render(runs["ctable"], capsys)
     assert {"report/contexts.png", "report/marginals.png", "report/pairs.png"} <= set(imgs)
     assert table["conditional on"] == "columns c, d (modelled: a, b)"
+    assert "note: temperatures" not in table
+    _, table = render(runs["ctable"], capsys, "--temperatures", "0.5,1")
+    assert "drawn at T = 1" in table["note: temperatures"]
 
 
 def test_conditional_image_report_has_samples_per_class(runs, capsys):
@@ -124,6 +127,12 @@ def test_conditional_image_report_has_samples_per_class(runs, capsys):
     assert {"report/classes_T1.png", "report/classes_T0.7.png"} <= set(imgs)
     assert table["conditional on"].startswith("class labels [0, 1")
     assert any(k.startswith("test bits/dim") for k in table)
+    # the temperatures asked for replace the two defaults, and their stale figures go
+    imgs, _ = render(runs["cimage"], capsys, "--temperatures", "0.6")
+    assert [i for i in imgs if "classes" in i] == ["report/classes_T0.6.png"]
+    assert sorted(p.name for p in (runs["cimage"] / "report").glob("classes_*")) == [
+        "classes_T0.6.png"
+    ]
 
 
 def test_toy_report_keeps_density_and_adds_columns(runs, capsys):

@@ -525,19 +525,27 @@ def _ode_solver(flow, method, steps, tol):
 
 def cmd_report(args) -> int:
     from .errors import WorkbenchError
-    from .report import write_report
+    from .report import MAX_TEMPERATURES, write_report
 
-    temps = []
-    for t in args.temperatures.split(","):
-        try:
-            temps.append(float(t))
-        except ValueError:
-            temps.append(math.nan)
-        if not (math.isfinite(temps[-1]) and temps[-1] >= 0):
+    temps = None
+    if args.temperatures is not None:
+        temps = []
+        for t in args.temperatures.split(","):
+            try:
+                temps.append(float(t))
+            except ValueError:
+                temps.append(math.nan)
+            if not (math.isfinite(temps[-1]) and temps[-1] >= 0):
+                raise WorkbenchError(
+                    "--temperatures: expected comma-separated finite numbers >= 0, got "
+                    f"{t.strip()!r}"
+                )
+        if len(temps) > MAX_TEMPERATURES:
             raise WorkbenchError(
-                f"--temperatures: expected comma-separated finite numbers >= 0, got {t.strip()!r}"
+                f"--temperatures: at most {MAX_TEMPERATURES} (one sample grid each), got "
+                f"{len(temps)}"
             )
-    temps = tuple(temps)
+        temps = tuple(temps)
     path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)
     print(f"report: {path}")
     return 0
@@ -865,8 +873,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val")
     s.add_argument(
         "--temperatures",
-        default="0.5,0.7,0.85,1.0",
-        help="temperatures of an unconditional image run's samples figure (class grids: 1, 0.7)",
+        help="comma-separated sampling temperatures of an image run's sample grids (default: "
+        "0.5,0.7,0.85,1 unconditional, 1,0.7 per class; a table's samples stay at 1)",
     )
     s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(func=cmd_report)

@@ -91,6 +91,7 @@ def _show(ax, img: np.ndarray) -> None:
 
 SAMPLE_CHUNK = 4096  # samples drawn per call: memory stays that of the output
 SAMPLE_LIMIT = 2**28  # values (1 GiB of float32) one sample command may write
+MAX_TEMPERATURES = 8  # sample grids one report draws per figure
 
 
 @torch.no_grad()
@@ -818,12 +819,28 @@ def _two_val_nlls(logged: float, res: dict, cfg: dict) -> str:
 def write_report(
     run: str | os.PathLike,
     split: str = "val",
-    temperatures=(0.5, 0.7, 0.85, 1.0),
+    temperatures=None,
     n: int = 64,
     seed: int = 0,
 ) -> Path:
-    """Write ``<run>/report.html`` and its figures; returns the HTML path."""
+    """Write ``<run>/report.html`` and its figures; returns the HTML path.
+
+    ``temperatures`` (at most :data:`MAX_TEMPERATURES`) sets the sampling temperatures of an
+    image run's figures: one grid each (default 0.5, 0.7, 0.85 and 1 for an unconditional run,
+    1 and 0.7 for the per-class grids of a label-conditional one). A table run's samples are
+    drawn at T = 1, to be compared with the data; the report notes temperatures given for one.
+    """
     run = Path(run)
+    if temperatures is not None:
+        temperatures = tuple(float(t) for t in temperatures)
+        if not 1 <= len(temperatures) <= MAX_TEMPERATURES or not all(
+            math.isfinite(t) and t >= 0 for t in temperatures
+        ):
+            raise WorkbenchError(
+                f"temperatures: expected 1 to {MAX_TEMPERATURES} finite numbers >= 0, got "
+                f"{', '.join(f'{t:g}' for t in temperatures[: MAX_TEMPERATURES + 1])}"
+                + (" ..." if len(temperatures) > MAX_TEMPERATURES + 1 else "")
+            )
     cfg = run_config(run)
     folder = run / REPORT_DIR
     if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
@@ -940,14 +957,16 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     if len(data_shape) == 3:
         if info and info["kind"] == "label":
             classes = info["classes"][:10]
-            for t in dict.fromkeys((1.0, 0.7)):
+            for t in dict.fromkeys(temperatures or (1.0, 0.7)):
                 _class_grid(flow, cfg, classes, 8, t, seed, figdir / f"classes_T{t:g}.png")
                 figs.append((f"Samples per class (T = {t:g})", f"report/classes_T{t:g}.png"))
         else:
-            _samples_images(flow, cfg, temperatures, n, seed, figdir / "samples.png")
-            figs.append(("Samples at several temperatures", "report/samples.png"))
+            temps = temperatures or (0.5, 0.7, 0.85, 1.0)
+            _samples_images(flow, cfg, temps, n, seed, figdir / "samples.png")
+            title = "Samples at several temperatures" if len(temps) > 1 else "Samples"
+            figs.append((title, "report/samples.png"))
         if info is None:
-            t_near = 1.0 if 1.0 in temperatures else temperatures[-1]
+            t_near = 1.0 if 1.0 in temps else temps[-1]
             med = _nearest(flow, cfg, ds.train, 16, t_near, seed + 1, figdir / "nearest.png")
             figs.append(
                 (
@@ -959,6 +978,12 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                 ("median L2 distance sample -> nearest training image (data units)", f"{med:.3f}")
             )
     else:
+        if temperatures is not None and temperatures != (1.0,):
+            facts.append((
+                "note: temperatures",
+                "a table's samples are drawn at T = 1, to compare with the data; the "
+                "temperatures given apply to an image run's figures",
+            ))  # fmt: skip
         d = math.prod(data_shape)
         names = _column_names(cfg, d)
         data = x_split.reshape(len(x_split), -1)
