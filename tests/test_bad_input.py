@@ -871,3 +871,9 @@ def test_small_columns_are_standardised_and_rounding_is_not():
     t = torch.stack([small, stamps.float(), rounding], 1)
     scale = _standardize_stats(t)["scale"]
     assert 4e-9 < scale[0] < 6e-9 and 900 < scale[1] < 1100 and scale[2] == 1.0
+
+
+def test_train_without_a_model_names_where_to_find_one(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run")
+    one_line_error(rc, err, "no model given: use --model NAME", "flowforge list")
+    assert not (tmp_path / "run").exists()

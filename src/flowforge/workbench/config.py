@@ -388,7 +388,10 @@ def resolve_config(*layers: dict | None) -> dict:
     cfg["data"]["seed"] = checked("data.seed", cfg["data"]["seed"], _int(0, SEED_MAX))
     cfg["layout"] = checked("layout", cfg["layout"], _choice(*LAYOUTS))
     if not cfg["model"]["name"]:
-        raise WorkbenchError("no model given: use --model NAME or a 'model:' section")
+        raise WorkbenchError(
+            "no model given: use --model NAME (e.g. nsf for a table, glow for images; "
+            "'flowforge list' names them all) or a 'model:' section"
+        )
     if not cfg["data"]["name"]:
         raise WorkbenchError("no data given: use --data NAME|PATH or a 'data:' section")
     try:
