@@ -249,3 +249,70 @@ def test_a_model_without_a_config_resumes_though_it_writes_no_model_file(tmp_pat
     assert not (tmp_path / "model.ff").exists() and (tmp_path / "checkpoint.safetensors").exists()
     tr = Trainer(flow(), x, x[:16], cfg, out=tmp_path, progress=False, echo=False)
     assert tr.fit(resume=True)["status"] == "finished"  # (no "model.ff is missing")
+
+
+def test_a_resumed_run_flags_the_spikes_the_uninterrupted_one_flags(tmp_path):
+    """The spike watch's windows and the warnings are in the checkpoint: a resumed run started
+    with empty windows, so a spike soon after the resume went unflagged (and later medians
+    differed), and the summary lost the warnings from before the interrupt."""
+    from flowforge.workbench.trainer import NLL
+
+    class Spiky(NLL):  # bad batches at steps 12 and 16, either side of the interrupt
+        def loss(self, trainer, model, x, context):
+            extra = 50.0 if trainer.global_step + 1 in (12, 16) else 0.0
+            return super().loss(trainer, model, x, context) + extra
+
+    def make(out, callback=None):
+        x = torch.randn(320, 2, generator=torch.Generator().manual_seed(1))
+        cfg = {"epochs": 2, "batch_size": 32, "log_every": 1, "tensorboard": False}
+        return Trainer(_flow(), x, x[:64], cfg, objective=Spiky(), seed=0, out=out,
+                       callback=callback, **QUIET)  # fmt: skip
+
+    def records(out):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"}
+                for line in (out / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    ra = make(a).fit()
+    assert [w[:13] for w in ra["warnings"]] == ["step 12: loss", "step 16: loss"]
+
+    def stop(trainer):
+        if trainer.global_step == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert make(b, stop).fit()["status"] == "interrupted"
+    assert make(b).fit(resume=True)["warnings"] == ra["warnings"]
+    assert records(a) == records(b)
+
+
+def test_a_resumed_run_has_tensorboard_hide_what_followed_its_checkpoint(tmp_path, monkeypatch):
+    """A killed run's TensorBoard events after its last checkpoint are purged on resume, as
+    metrics.jsonl's records are (TensorBoard's purge_step)."""
+    import sys
+    import types
+
+    made = []
+
+    class Writer:
+        def __init__(self, logdir, purge_step=None):
+            made.append(purge_step)
+
+        def add_scalar(self, *args):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(
+        SummaryWriter=Writer))  # fmt: skip
+    cfg = {**TINY_CFG, "data": {"name": "moons", "limit": 96},
+           "train": {"epochs": 2, "batch_size": 32, "tensorboard": True}}  # fmt: skip
+
+    def interrupt(trainer):
+        if trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert train(cfg, tmp_path / "r", callback=interrupt, **QUIET)["status"] == "interrupted"
+    assert train({}, tmp_path / "r", resume=True, **QUIET)["status"] == "finished"
+    assert made == [None, 2]

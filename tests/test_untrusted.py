@@ -288,6 +288,9 @@ def test_config_files_are_data(tmp_path, capsys, text, needle):
         ("rng", "cannot resume"),
         ({"epoch_losses": ["x", "y"]}, "losses is malformed"),  # before a file is written
         ({"epoch_losses": [float("nan")]}, "losses is malformed"),
+        ({"warnings": ["x"] * 5000}, "list of warnings is malformed"),
+        ({"watch": {"nll": [[1.0] * 51, []]}}, "loss watch 'nll' is malformed"),
+        ({"watch": {"nll": [["1"], []]}}, "loss watch 'nll' is malformed"),
         ("lr", "optimizer setting 'lr' is 'x'"),
         ("betas", "optimizer setting 'betas'"),
         ("exp_avg", "holds ['exp_avg_sq', 'step'], expected ['exp_avg', 'exp_avg_sq', 'step']"),

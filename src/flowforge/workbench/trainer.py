@@ -436,7 +436,9 @@ class _Signals:
 class _Watch:
     """Flags a loss far above its running median, or a gradient norm far above its own."""
 
-    def __init__(self, window: int = 50):
+    WINDOW = 50
+
+    def __init__(self, window: int = WINDOW):
         self.losses: deque[float] = deque(maxlen=window)
         self.norms: deque[float] = deque(maxlen=window)
 
@@ -456,6 +458,44 @@ class _Watch:
         if math.isfinite(norm):
             self.norms.append(norm)
         return msg
+
+
+MAX_WARNINGS = 1000  # warnings a checkpoint keeps for the resumed run's summary
+
+
+def _saved_watch(meta: dict) -> tuple[list[str], dict[str, _Watch]]:
+    """A checkpoint's warnings and spike-watch windows (none in one from before they were
+    saved); ValueError for values this trainer does not write."""
+    warnings = meta.get("warnings", [])
+    if (
+        not isinstance(warnings, list)
+        or len(warnings) > MAX_WARNINGS
+        or not all(isinstance(w, str) and len(w) <= 10_000 for w in warnings)
+    ):
+        raise ValueError("its list of warnings is malformed")
+    watch = {}
+    saved = meta.get("watch", {})
+    if not isinstance(saved, dict) or len(saved) > 8:
+        raise ValueError("its loss watch is malformed")
+    for kind, windows in saved.items():
+        if not (
+            isinstance(windows, list)
+            and len(windows) == 2
+            and all(
+                isinstance(w, list)
+                and len(w) <= _Watch.WINDOW
+                and all(
+                    not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                    for v in w
+                )
+                for w in windows
+            )
+        ):
+            raise ValueError(f"its loss watch {kind!r} is malformed")
+        w = watch[kind] = _Watch()
+        w.losses.extend(float(v) for v in windows[0])
+        w.norms.extend(float(v) for v in windows[1])
+    return list(warnings), watch
 
 
 # -- the trainer ---------------------------------------------------------------------------------
@@ -783,7 +823,9 @@ class Trainer:
         if not self.writer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
-        meta.update(seed=self.seed, world=self.world)
+        meta.update(seed=self.seed, world=self.world, warnings=self.warnings[-MAX_WARNINGS:])
+        # the spike watch's windows: a resumed run flags (and misses) the spikes it would have
+        meta["watch"] = {k: [list(w.losses), list(w.norms)] for k, w in self._watch.items()}
         ctx = self._signals.deferred() if self._signals else _nothing()
         with ctx:
             save_checkpoint(self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema)
@@ -850,6 +892,7 @@ class Trainer:
             for k, v in state.items():
                 setattr(self, k, v)
             set_rng_state(tensors, meta["rng"])
+            self.warnings, self._watch = _saved_watch(meta)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             msg = " ".join(str(e).split())[:300]
             raise RunError(f"cannot resume from {self.out / CKPT_FILE}: {msg}") from None
@@ -898,7 +941,10 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.out / "tb"))
+                # resumed: TensorBoard hides what a killed process logged after the checkpoint
+                # (metrics.jsonl drops those records likewise)
+                purge = self.global_step if self.global_step > 0 else None
+                self._tb = SummaryWriter(str(self.out / "tb"), purge_step=purge)
             except ImportError:
                 self._tb = None
         model = self.model
@@ -1192,14 +1238,18 @@ class Trainer:
 
     def _new_phase(self) -> None:
         """At the first epoch of a phase: continue from the best weights of the phase before
-        and validate afresh (the phases' validation numbers are not comparable). Idempotent,
-        so a run resumed at this point does the same."""
+        and validate afresh (the phases' validation numbers are not comparable). The checkpoint
+        then holds the phase's start, so a run resumed in the phase starts from it, and one
+        resumed before it does the same again."""
         if self.best_epoch < 0:
             return  # done already (or nothing was validated better than infinity)
         self.load_best()
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
         self.best, self.best_epoch, self.bad_epochs, self.best_state = math.inf, -1, 0, None
+        # the phase's start in the checkpoint: the phase's first epoch rewrites model.ff (its
+        # first validation is its best), and a run resumed after that must not start from it
+        self.save_checkpoint()
         self._say(f"phase {self.phase_starts.index(self.epoch) + 1}: from the best weights so far")
 
     def load_best(self) -> torch.nn.Module:
