@@ -256,3 +256,54 @@ def test_resuming_a_finished_run_says_there_was_nothing_to_train(tmp_path, capsy
     rc, out, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress")
     assert rc == 0, err
     assert "nothing to train: the run had finished: best val NLL" in out
+
+
+def test_a_long_history_is_thinned_evenly_in_memory():
+    from flowforge.workbench.runs import Records
+
+    r = Records(steps=5)
+    for i in range(1000):
+        r.append({"type": "step", "step": i})
+        if i % 100 == 0:
+            r.append({"type": "epoch", "step": i})
+    steps = [x["step"] for x in r if x["type"] == "step"]
+    assert 5 <= len(steps) <= 10 and steps == list(range(0, 1000, r.stride))
+    assert [x["step"] for x in r if x["type"] == "epoch"] == list(range(0, 1000, 100))
+    assert [x["step"] for x in r] == sorted(x["step"] for x in r)  # in logged order
+
+
+def test_a_run_never_writes_metrics_it_cannot_read_back(tmp_path, capsys, monkeypatch):
+    """The readers' size cap refused a long run's own metrics.jsonl (--resume and report
+    failed with 'not a run's metrics'): past METRICS_STEP_BYTES the trainer writes no more
+    step records (one warning says so), and the files are read line by line."""
+    from flowforge.workbench import runs
+    from flowforge.workbench import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "METRICS_STEP_BYTES", 3000)
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]},
+           "data": {"name": "moons", "limit": 256},
+           "train": {"epochs": 4, "batch_size": 16, "log_every": 1, "tensorboard": False}}  # fmt: skip
+
+    def stop(trainer):
+        if trainer.global_step == 40:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    assert train(cfg, run, progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    res = train({}, run, resume=True, progress=False, echo=False)
+    assert res["status"] == "finished"
+    recs = runs.read_metrics(run)
+    warned = [r for r in recs if r["type"] == "warning" and "no more step records" in r["message"]]
+    assert len(warned) == 1 and sum(r["type"] == "epoch" for r in recs) == 4
+    last = max(r["step"] for r in recs if r["type"] == "step")
+    assert last < 40 and (run / "metrics.jsonl").stat().st_size < 3000 + 2000
+    rc, _, err = cli(capsys, "report", run)
+    assert rc == 0, err
+    # a file larger than any the trainer writes is still refused, and a line of a megabyte is
+    # skipped as unreadable without being parsed
+    (run / "metrics.jsonl").write_bytes(b'{"type": "epoch", "x": "' + b"a" * (2 << 20) + b'"}\n')
+    bad: list[int] = []
+    assert runs.read_metrics(run, bad) == [] and bad == [1]
+    monkeypatch.setattr(runs, "MAX_METRICS_BYTES", 1000)
+    with pytest.raises(runs.RunError, match="which flowforge never writes"):
+        runs.read_metrics(run)

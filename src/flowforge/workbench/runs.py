@@ -21,6 +21,7 @@ behind are removed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -387,34 +388,122 @@ def write_json(path: Path, obj) -> None:
     io.atomic_write(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
-MAX_METRICS_BYTES = 256 << 20  # a metrics file larger than this is not read
+MAX_METRICS_BYTES = 4 << 30  # a metrics file larger than this is not read (not one we wrote)
+METRICS_STEP_BYTES = 1 << 30  # past this size the trainer logs no more step records
+MAX_METRICS_LINE = 1 << 20  # a longer line is unreadable (no record is that long)
+MAX_STEP_RECORDS = 50_000  # step records held in memory; beyond, every other one is dropped
 
 
-def read_metrics(run: Path, unreadable: list[int] | None = None) -> list[dict]:
-    """The records of ``metrics.jsonl``; unreadable lines (a damaged or hand-cut file) are
-    skipped, and their line numbers appended to ``unreadable`` when given."""
-    path = Path(run) / METRICS_FILE
-    if not path.is_file():
-        return []
+class Records(list):
+    """Metrics records in logged order, holding at most about ``2 * steps`` step records: past
+    that, every other step record is dropped (and then only every 2nd, 4th, ... new one kept),
+    so a long run's history is an even thinning of its steps in bounded memory. Every other
+    record (epochs, warnings) is kept."""
+
+    def __init__(self, records=(), steps: int = MAX_STEP_RECORDS):
+        super().__init__()
+        self.limit, self.stride, self.seen, self.steps = steps, 1, 0, 0
+        self.extend(records)
+
+    def append(self, record) -> None:
+        if isinstance(record, dict) and record.get("type") == "step":
+            self.seen += 1
+            if (self.seen - 1) % self.stride:
+                return
+            if self.steps >= 2 * self.limit:
+                self._thin()
+                if (self.seen - 1) % self.stride:
+                    return
+            self.steps += 1
+        super().append(record)
+
+    def extend(self, records) -> None:
+        for r in records:
+            self.append(r)
+
+    def _thin(self) -> None:
+        i, kept = -1, []
+        for r in self:
+            if isinstance(r, dict) and r.get("type") == "step":
+                i += 1
+                if i % 2:
+                    continue
+            kept.append(r)
+        self[:] = kept
+        self.stride *= 2
+        self.steps = (i + 2) // 2  # the step records held now
+
+
+def _metrics_lines(path: Path):
+    """``(line number, bytes of the line or None when it is too long to be a record)``."""
+    with open(path, "rb") as f:
+        for i in itertools.count(1):
+            line = f.readline(MAX_METRICS_LINE + 1)
+            if not line:
+                return
+            if len(line) > MAX_METRICS_LINE and not line.endswith(b"\n"):
+                while (more := f.readline(MAX_METRICS_LINE)) and not more.endswith(b"\n"):
+                    pass  # the rest of the overlong line
+                line = None
+            yield i, line
+
+
+def _record(line: bytes | None) -> dict | None:
+    if line is None:
+        return None
+    try:
+        rec = json.loads(line.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):  # (a number of thousands of digits, deep nesting)
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _check_metrics_size(path: Path) -> None:
     if path.stat().st_size > MAX_METRICS_BYTES:
-        raise RunError(f"{path} is larger than {MAX_METRICS_BYTES:,} bytes; not a run's metrics")
-    out = []
-    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        try:
-            rec = json.loads(line)
-        except (ValueError, RecursionError):  # (a number of thousands of digits, deep nesting)
-            rec = None
-        if isinstance(rec, dict):
+        raise RunError(
+            f"{path} is larger than {MAX_METRICS_BYTES:,} bytes, which flowforge never writes; "
+            "not a run's metrics"
+        )
+
+
+def read_metrics(
+    run: Path, unreadable: list[int] | None = None, steps: int = MAX_STEP_RECORDS
+) -> Records:
+    """The records of ``metrics.jsonl``, read line by line, with the step records evenly
+    thinned to at most about ``2 * steps`` (:class:`Records`); unreadable lines (a damaged or
+    hand-cut file) are skipped, and their line numbers appended to ``unreadable`` when given."""
+    path = Path(run) / METRICS_FILE
+    out = Records(steps=steps)
+    if not path.is_file():
+        return out
+    _check_metrics_size(path)
+    for i, line in _metrics_lines(path):
+        rec = _record(line)
+        if rec is not None:
             out.append(rec)
-        elif unreadable is not None and line.strip():
+        elif unreadable is not None and (line is None or line.strip()):
             unreadable.append(i)
     return out
 
 
-def truncate_metrics(run: Path, step: int) -> list[dict]:
-    """Drop the records after ``step`` (a lost future after an interrupt); returns the rest."""
-    keep = [r for r in read_metrics(run) if r.get("step", 0) <= step]
-    io.atomic_write(Path(run) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
+def truncate_metrics(run: Path, step: int) -> Records:
+    """Drop the records after ``step`` (a lost future after an interrupt), streaming the file
+    through; returns the records kept (:class:`Records`)."""
+    path = Path(run) / METRICS_FILE
+    keep = Records()
+    if not path.is_file():
+        return keep
+    _check_metrics_size(path)
+
+    def kept():
+        for _, line in _metrics_lines(path):
+            rec = _record(line)
+            at = None if rec is None else rec.get("step", 0)
+            if not isinstance(at, bool) and isinstance(at, (int, float)) and at <= step:
+                keep.append(rec)
+                yield line if line.endswith(b"\n") else line + b"\n"
+
+    io.atomic_write(path, kept())
     return keep
 
 

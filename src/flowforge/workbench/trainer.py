@@ -45,7 +45,14 @@ from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked
 from .distributed import device as resolve_device
 from .distributed import dist_env
 from .errors import NonFiniteError, RunError, WorkbenchError
-from .runs import CKPT_FILE, METRICS_FILE, MODEL_FILE, truncate_metrics
+from .runs import (
+    CKPT_FILE,
+    METRICS_FILE,
+    METRICS_STEP_BYTES,
+    MODEL_FILE,
+    Records,
+    truncate_metrics,
+)
 
 __all__ = [
     "Trainer",
@@ -676,7 +683,10 @@ class Trainer:
         self.skipped = 0
         self.epoch_losses: list[float] = []  # losses of the epoch in progress
         self.finished: str | None = None
-        self.history: list[dict] = []
+        # the records logged; step records evenly thinned past MAX_STEP_RECORDS (runs.Records)
+        self.history: list[dict] = Records()
+        self._metrics_bytes: int | None = None  # metrics.jsonl's size (None: not looked yet)
+        self._metrics_full = False  # step records no longer written (METRICS_STEP_BYTES)
         self.warnings: list[str] = []
         self.best_state: dict | None = None  # without a run folder, the best weights
         self._watch: dict[str, _Watch] = {}  # one per kind of loss
@@ -723,8 +733,24 @@ class Trainer:
     def _log(self, record: dict) -> None:
         self.history.append(record)
         if self.writer:
-            with open(self.out / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            path = self.out / METRICS_FILE
+            if self._metrics_bytes is None:  # (a resumed run that was full has said so)
+                self._metrics_bytes = path.stat().st_size if path.is_file() else 0
+                self._metrics_full = self._metrics_bytes >= METRICS_STEP_BYTES
+            full = self._metrics_bytes >= METRICS_STEP_BYTES
+            if record["type"] != "step" or not full:
+                line = (json.dumps(record) + "\n").encode()
+                with open(path, "ab") as f:
+                    f.write(line)
+                self._metrics_bytes += len(line)
+            if record["type"] == "step" and self._metrics_bytes >= METRICS_STEP_BYTES:
+                if not self._metrics_full:  # (the warning is not a step record: no loop)
+                    self._metrics_full = True
+                    self._warn(
+                        f"metrics.jsonl has reached {METRICS_STEP_BYTES >> 20:,} MiB: no more "
+                        "step records are written to it (epoch records are); raise "
+                        "train.log_every to log fewer steps"
+                    )
             if self._tb is not None:
                 for k, v in record.items():
                     if isinstance(v, float) and k != "time":
@@ -903,7 +929,8 @@ class Trainer:
             )
         if self.writer and (self.out / METRICS_FILE).is_file():
             # metrics written after the checkpoint belong to a lost future: drop them
-            self.history.extend(truncate_metrics(self.out, self.global_step))
+            self.history = truncate_metrics(self.out, self.global_step)
+            self._metrics_bytes = None  # (its size is looked up again)
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
