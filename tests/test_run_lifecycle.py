@@ -280,9 +280,11 @@ def test_a_run_never_writes_metrics_it_cannot_read_back(tmp_path, capsys, monkey
     from flowforge.workbench import trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "METRICS_STEP_BYTES", 3000)
-    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]},
-           "data": {"name": "moons", "limit": 256},
-           "train": {"epochs": 4, "batch_size": 16, "log_every": 1, "tensorboard": False}}  # fmt: skip
+    cfg = {
+        "model": {"name": "realnvp", "layers": 1, "hidden": [4]},
+        "data": {"name": "moons", "limit": 256},
+        "train": {"epochs": 4, "batch_size": 16, "log_every": 1, "tensorboard": False},
+    }
 
     def stop(trainer):
         if trainer.global_step == 40:
