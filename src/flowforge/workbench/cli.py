@@ -987,6 +987,17 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"flowforge: warning: {_one_line(message)}", file=sys.stderr)
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     from .allocator import reuse_freed_memory
@@ -1028,6 +1039,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
+        if _out_of_memory(e):  # the data or model outgrew the machine: not a flowforge bug
+            print(
+                f"flowforge: error: out of memory ({type(e).__name__}: {_one_line(e)[:200]}); "
+                "the data, the model or a batch needs more memory than is free: use a smaller "
+                "--batch-size, --limit or model, or a machine with more memory",
+                file=sys.stderr,
+            )
+            return 1
         hint = _ode_hint(e, args)
         if hint is not None:  # a solve's step budget: ours
             print(f"flowforge: error: {_one_line(e)}{hint}", file=sys.stderr)

@@ -269,8 +269,38 @@ def _rows(idx, base: int = 0, limit: int = 8) -> str:
     return s + (f" and {len(idx) - limit} more" if len(idx) > limit else "")
 
 
+CHUNK_ROWS = 1 << 16  # rows a check looks at at once: its temporaries stay that size
+
+
+def _bad_rows(a: np.ndarray, bad) -> np.ndarray:
+    """The indices of the rows of a table where ``bad(chunk)`` (elementwise) holds anywhere,
+    looked at a chunk of rows at a time."""
+    hits = [
+        i + np.flatnonzero(bad(a[i : i + CHUNK_ROWS]).any(axis=1))
+        for i in range(0, len(a), CHUNK_ROWS)
+    ]
+    return np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
+
+
+def _column_stats(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of a finite table: the mean, the (population) standard deviation and the
+    largest absolute value, in float64, a chunk of rows at a time."""
+    n = len(a)
+    total = np.zeros(a.shape[1])
+    top = np.zeros(a.shape[1])
+    for i in range(0, n, CHUNK_ROWS):
+        c = np.asarray(a[i : i + CHUNK_ROWS], dtype=np.float64)
+        total += c.sum(0)
+        top = np.maximum(top, np.abs(c).max(0))
+    mean = total / max(n, 1)
+    sq = np.zeros(a.shape[1])
+    for i in range(0, n, CHUNK_ROWS):
+        sq += np.square(np.asarray(a[i : i + CHUNK_ROWS], dtype=np.float64) - mean).sum(0)
+    return mean, np.sqrt(sq / max(n, 1)), top
+
+
 def _check_finite(a: np.ndarray, where: str, unit: str, base: int) -> None:
-    bad = np.nonzero(~np.isfinite(a).all(axis=1))[0]
+    bad = _bad_rows(a, lambda c: ~np.isfinite(c))
     if len(bad):
         raise DataError(f"{where} contains NaN or inf in {unit} {_rows(bad, base)}")
 
@@ -533,17 +563,17 @@ def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> No
     hold: values of 1e6 +- 0.01 all round to one or a few float32 numbers, which would be
     refused as a constant column, or modelled as a handful of spikes. Refused when rounding
     moves a value by more than a hundredth of the column's standard deviation."""
-    a = np.asarray(train, dtype=np.float64)
-    if a.shape[0] < 2 or not np.isfinite(a).all():
+    a = train
+    if a.shape[0] < 2 or len(_bad_rows(a, lambda c: ~np.isfinite(c))):
         return  # (too few rows to judge; non-finite values are refused elsewhere)
-    big = np.abs(a).max(0) > np.finfo(np.float32).max
+    _, sd, top = _column_stats(a)
+    big = top > np.finfo(np.float32).max
     if big.any():
         j = int(np.flatnonzero(big)[0])
         raise DataError(
             f"{where}: column {_column_name(j, names)} holds values beyond float32's range "
-            f"(the models' precision; largest {np.abs(a[:, j]).max():.6g}): rescale it"
+            f"(the models' precision; largest {top[j]:.6g}): rescale it"
         )
-    top = np.abs(a).max(0)
     tiny = np.flatnonzero((top > 0) & (top < 1e-20))
     if tiny.size:  # float32 flushes or coarsens them, and their spread underflows
         j = int(tiny[0])
@@ -552,8 +582,11 @@ def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> No
             f"(largest {top[j]:.3g}), too small for float32 (the models' precision) to keep "
             f"their spread: rescale it, e.g. multiply it by 1e{-math.floor(math.log10(top[j]))}"
         )
-    err = np.abs(a - a.astype(np.float32).astype(np.float64)).max(0)
-    sd = a.std(0)
+    err = np.zeros(a.shape[1])
+    if a.dtype != np.float32:  # (float32 data loses nothing)
+        for i in range(0, len(a), CHUNK_ROWS):
+            c = np.asarray(a[i : i + CHUNK_ROWS], dtype=np.float64)
+            err = np.maximum(err, np.abs(c - c.astype(np.float32).astype(np.float64)).max(0))
     lost = np.flatnonzero((err > 1e-2 * sd) & (sd > 0))
     if lost.size:
         j = int(lost[0])
@@ -566,14 +599,23 @@ def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> No
         )
 
 
+MEDIAN_ROWS = 200_000  # rows the outlier check takes its median and spread from
+
+
 def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, where: str) -> list:
     """Warnings for what makes a fit or its test figure misleading: far outliers, which set
     the standardisation's scale and squeeze every other value together, and test/val rows that
     repeat training rows (exact duplicates, an optimistic test NLL). A constant column is
     refused when training starts (:func:`constant_columns`)."""
     notes = []
-    med = np.median(train, 0)
-    robust = 1.4826 * np.median(np.abs(train - med), 0)  # the sd a normal column would have
+    # the median and the spread around it: of a sample of rows when there are many (the counts
+    # below are over every row)
+    some = train
+    if len(train) > MEDIAN_ROWS:
+        pick = np.random.default_rng(0).permutation(len(train))[:MEDIAN_ROWS]
+        some = np.asarray(train[np.sort(pick)], dtype=np.float64)
+    med = np.median(some, 0)
+    robust = 1.4826 * np.median(np.abs(some - med), 0)  # the sd a normal column would have
     far = [
         (j, int((np.abs(train[:, j] - med[j]) > 100 * robust[j]).sum()))
         for j in range(train.shape[1])
@@ -603,14 +645,14 @@ def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int
     standardised units; in one dimension a ten-thousandth, since there a hundredth catches
     about 1 honest row in 20 by chance. Exact copies are :func:`_duplicates`' to report. At
     most ``rows`` rows of each split are compared with at most ``pool`` training rows."""
-    t = np.asarray(train, dtype=np.float64)
-    if len(t) < 20 or not np.isfinite(t).all():
+    t = train
+    if len(t) < 20 or len(_bad_rows(t, lambda c: ~np.isfinite(c))):
         return []
     rng = np.random.default_rng(0)
-    sd = t.std(0)
+    mean, sd, _ = _column_stats(t)
     sd[sd == 0] = 1.0
-    z = (t - t.mean(0)) / sd
-    ref = torch.from_numpy(z[rng.permutation(len(z))[:pool]])
+    pool_rows = rng.permutation(len(t))[:pool]  # (standardised: these rows only)
+    ref = torch.from_numpy((np.asarray(t[pool_rows], dtype=np.float64) - mean) / sd)
     own = ref[:rows]  # (rows of the pool: each finds itself first)
     exact = "donot_use_mm_for_euclid_dist"  # (exact zeros for exact copies)
     d_own = torch.cdist(own, ref, compute_mode=exact).sort(1).values[:, 5]  # ([:, 0]: itself)
@@ -621,11 +663,10 @@ def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int
     frac, said = (1e-4, "a ten-thousandth") if t.shape[1] == 1 else (0.01, "a hundredth")
     notes = []
     for name, a in splits.items():
-        a = np.asarray(a, dtype=np.float64)
-        if not len(a) or not np.isfinite(a).all():
+        if not len(a) or len(_bad_rows(a, lambda c: ~np.isfinite(c))):
             continue
-        pick = a[rng.permutation(len(a))[:rows]]
-        d = torch.cdist(torch.from_numpy((pick - t.mean(0)) / sd), ref, compute_mode=exact)
+        pick = np.asarray(a[rng.permutation(len(a))[:rows]], dtype=np.float64)
+        d = torch.cdist(torch.from_numpy((pick - mean) / sd), ref, compute_mode=exact)
         d = d.min(1).values
         near = int(((d > 0) & (d < frac * typical)).sum())
         if near > max(1, len(pick) // 20):  # more than 1 in 20: not chance
@@ -638,6 +679,28 @@ def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int
     return notes
 
 
+def _row_hashes(a: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's bytes (a 2-D C-contiguous array), a chunk of rows at a
+    time: equal rows hash alike, and different rows rarely do."""
+    out = np.zeros(len(a), dtype=np.uint64)
+    width = a.shape[1] * a.dtype.itemsize if a.ndim == 2 else 0
+    if not len(a) or not width:
+        return out
+    with np.errstate(over="ignore"):
+        for i in range(0, len(a), CHUNK_ROWS):
+            b = a[i : i + CHUNK_ROWS].view(np.uint8).reshape(-1, width)
+            if width % 8:
+                b = np.pad(b, ((0, 0), (0, 8 - width % 8)))
+            words = b.view(np.uint64)
+            h = np.full(len(b), 0x9E3779B97F4A7C15, dtype=np.uint64)
+            for j in range(words.shape[1]):
+                h ^= words[:, j]
+                h *= np.uint64(0xBF58476D1CE4E5B9)
+                h ^= h >> np.uint64(31)
+            out[i : i + len(b)] = h
+    return out
+
+
 def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
     """Warnings for validation and test examples that repeat a training example exactly (a
     table's rows, an image folder's images): their NLL is optimistic, and early stopping on a
@@ -647,10 +710,17 @@ def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
         a = np.asarray(a)
         return np.ascontiguousarray(a.reshape(len(a), -1)) if len(a) else a[:0].reshape(0, 0)
 
-    seen = {r.tobytes() for r in flat(train)}
+    train = flat(train)
+    train_hashes = _row_hashes(train)
+    hashes = np.sort(train_hashes)
     notes = []
     for name, a in splits.items():
-        dup = sum(r.tobytes() in seen for r in flat(a))
+        a = flat(a)
+        h = _row_hashes(a)
+        maybe = np.flatnonzero(np.isin(h, hashes))  # equal rows hash alike: check those only
+        same = np.isin(train_hashes, h[maybe]) if len(maybe) else []
+        seen = {r.tobytes() for r in train[np.flatnonzero(same)]} if len(maybe) else set()
+        dup = sum(a[i].tobytes() in seen for i in maybe)
         if dup:
             notes.append(
                 f"{dup} of the {len(a)} {name} {what} also appear in the training split (exact "
@@ -775,9 +845,14 @@ def _as_table(a: np.ndarray, where: str) -> np.ndarray:
                 f"{where} has values beyond float32's range (about 3.4e38) in rows (0-based) "
                 f"{_rows(rows)}"
             )
-    a = a.astype(np.float64)
+    exact = a.dtype in (np.float32, np.float16, bool) or (
+        np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize <= 2
+    )
+    # float32 holds these exactly: no float64 copy (a large file needs memory for two copies
+    # while it is split, not nine)
+    a = a.astype(np.float32 if exact else np.float64, copy=False)
     _check_finite(a, where, "rows (0-based)", 0)
-    big = np.nonzero((np.abs(a) > np.finfo(np.float32).max).any(axis=1))[0]
+    big = [] if exact else _bad_rows(a, lambda c: np.abs(c) > np.finfo(np.float32).max)
     if len(big):
         raise DataError(
             f"{where} has values beyond float32's range (about 3.4e38) in rows (0-based) "
@@ -809,9 +884,13 @@ def _splits(n: int, seed: int, val_fraction: float, test_fraction: float, shuffl
 
 
 def _standardize_stats(train: Tensor) -> dict:
-    t = train.double()
-    loc = t.mean(0)
-    scale = t.std(0, correction=0) if t.shape[0] > 1 else torch.ones_like(loc)
+    if train.numel() > 1 << 24 and train.dim() == 2:  # a large table: no float64 copy of it
+        mean, sd, _ = _column_stats(train.numpy())
+        loc, scale = torch.from_numpy(mean), torch.from_numpy(sd)
+    else:
+        t = train.double()
+        loc = t.mean(0)
+        scale = t.std(0, correction=0) if t.shape[0] > 1 else torch.ones_like(loc)
     # a spread of at most 1e-8 is left unscaled only where it is float32 rounding around the
     # column's mean, or nothing at all: a small column in its own units (5e-9 +- 5e-9, a
     # wavelength in metres) is scaled like any other, or the flow could not fit it
@@ -854,6 +933,7 @@ def _table(
         table, columns = _read_csv(path, header)
         arrays = {"data": table}
         unnamed = _unnamed_columns(table, columns)
+        del table
     else:
         raw = _read_array(path)
         if isinstance(raw, dict):
@@ -873,10 +953,12 @@ def _table(
                 )
         else:
             arrays = {"data": _as_table(raw, str(path))}
+        del raw  # (the file's array, when its dtype needed converting)
     if "data" in arrays:
         a = arrays.pop("data")
         tr, va, te = _splits(len(a), seed, val_fraction, test_fraction, shuffle)
         arrays = {"train": a[tr], "val": a[va], "test": a[te]}
+        del a
     widths = {k: v.shape[1] for k, v in arrays.items()}
     if len(set(widths.values())) > 1:
         raise DataError(f"{path}: the splits have different numbers of columns {widths}")
@@ -885,7 +967,7 @@ def _table(
             _check_levels(v, int(levels), f"{path} ({k})")
     else:
         _check_float32(arrays["train"], columns, str(path))
-    t = {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()}
+    t = {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()}
     if standardize is None:
         standardize = levels is None
     stats = _standardize_stats(t["train"]) if standardize else None

@@ -40,6 +40,7 @@ def evaluate_run(
     iw: bool = False,
     trace: str = "exact",
     tol: float | None = None,
+    dataset=None,
 ) -> dict:
     """The NLL of a run's best model on one split (or on a file), in the data's units.
 
@@ -56,7 +57,9 @@ def evaluate_run(
     true NLL on the same examples (``true_nll``) and the gap, an estimate of ``KL(p || q)``,
     with its standard error (``gap``, ``gap_se``; None for one example). Every number returned
     is finite (or None where one example gives no standard error), or a
-    :class:`DataError` says which examples the model cannot score.
+    :class:`DataError` says which examples the model cannot score. ``dataset``: the run's
+    data as :func:`~flowforge.workbench.runner.run_dataset` gave it, when the caller has it
+    already (it is not read again).
     """
     for name, v in (("batch size", batch_size), ("samples", samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -122,7 +125,7 @@ def evaluate_run(
         x = x.reshape(-1, *want)
         split = str(data)
     else:
-        ds = run_dataset(cfg)
+        ds = dataset if dataset is not None else run_dataset(cfg)
         x, context = ds.split(split), ds.split_context(split)
         if ds.levels is not None and info is None:  # discrete data: a per-position histogram
             histogram = histogram_baseline(ds.train, x, ds.levels, per_example=True)

@@ -927,7 +927,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     x_split = ds.split(split).reshape(-1, *shape)
     c_split = ds.split_context(split)
     for name in dict.fromkeys((split, "test")):
-        res = evaluate_run(run, name, seed=seed)  # as `flowforge eval` scores it
+        res = evaluate_run(run, name, seed=seed, dataset=ds)  # as `flowforge eval` scores it
         v = res["nll"]
         many = f"{res['examples']} example{'s' if res['examples'] != 1 else ''}"
         facts.append((f"{name} NLL (nats/example, {many})", f"{v:.4f}"))

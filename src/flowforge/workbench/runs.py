@@ -29,6 +29,8 @@ import re
 import socket
 from pathlib import Path
 
+import numpy as np
+
 from .. import io
 from ..core import Flow
 from .config import config_diff, resolve_config, user_part
@@ -518,5 +520,5 @@ def fingerprint(*tensors) -> dict:
         t = t.detach().cpu().contiguous()
         shapes.append(list(t.shape))
         h.update(str(t.dtype).encode())
-        h.update(t.numpy().tobytes())
+        h.update(t.numpy().reshape(-1).view(np.uint8))  # (the bytes, without a copy)
     return {"sha256": h.hexdigest(), "shapes": shapes}
