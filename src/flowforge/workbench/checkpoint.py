@@ -160,11 +160,15 @@ def save_checkpoint(
     sched,
     meta: dict,
     ema: torch.nn.Module | None = None,
+    best: dict[str, Tensor] | None = None,
 ) -> None:
-    """Write the whole training state to ``path``, atomically."""
+    """Write the whole training state to ``path``, atomically (``best``: the best weights, for
+    a model that has no ``model.ff`` to keep them)."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
+    if best is not None:
+        tensors.update({f"best/{k}": v for k, v in best.items()})
     t_opt, m_opt = _flatten_optimizer(opt)
     t_rng, m_rng = _rng_state()
     tensors.update(t_opt)

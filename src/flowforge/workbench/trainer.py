@@ -843,6 +843,12 @@ class Trainer:
         "last_halved", "lr_factor", "skipped", "finished", "epoch_losses",
     )  # fmt: skip
 
+    @property
+    def _saves_model(self) -> bool:
+        """Whether the best weights go to ``model.ff`` (a model with a builder config, which
+        ``ff.load`` can rebuild); other models keep them in memory and in the checkpoint."""
+        return getattr(self.eval_model, "config", None) is not None
+
     def save_checkpoint(self) -> None:
         """Write the checkpoint; a signal during the write waits for it to finish (training
         then stops at the end of its step)."""
@@ -854,7 +860,10 @@ class Trainer:
         meta["watch"] = {k: [list(w.losses), list(w.norms)] for k, w in self._watch.items()}
         ctx = self._signals.deferred() if self._signals else _nothing()
         with ctx:
-            save_checkpoint(self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema)
+            save_checkpoint(
+                self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema,
+                best=None if self._saves_model else self.best_state,
+            )  # fmt: skip
 
     def _check_counters(self, st: dict) -> None:
         """A checkpoint's counters must describe a point of this run (ValueError otherwise)."""
@@ -898,8 +907,16 @@ class Trainer:
         meta, tensors = read_checkpoint(self.out / CKPT_FILE)
         model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
         ema = {k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")}
+        best = {k[len("best/") :]: v for k, v in tensors.items() if k.startswith("best/")}
         try:
             self.model.load_state_dict(model)
+            if best:  # a model without model.ff: its best weights, shaped like the model's
+                like = self.eval_model.state_dict()
+                if best.keys() != like.keys() or any(
+                    v.shape != like[k].shape or v.dtype != like[k].dtype for k, v in best.items()
+                ):
+                    raise ValueError("its best weights do not fit the model")
+                self.best_state = best
             if self.ema is not None:
                 self.ema.load_state_dict(ema)
             if meta.get("seed", self.seed) != self.seed:
@@ -935,6 +952,8 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
         """Train; returns a summary with ``status`` in finished, early-stopped, interrupted."""
+        if self.writer and not resume:
+            self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
             if (
@@ -952,6 +971,13 @@ class Trainer:
                 )
         else:
             self._init_data_dependent()
+            if self.out is not None and not self._saves_model:
+                self._say(
+                    f"note: {type(self.eval_model).__name__} has no builder config (built by "
+                    f"hand), so no {MODEL_FILE} is written: the best weights are kept in "
+                    f"{CKPT_FILE} (Trainer.load_best()); a builder registered with "
+                    "ff.models.register makes a model that ff.save and ff.load take"
+                )
             decay = float(self.cfg["ema"] or 0)
             if decay > 0 and self.total_steps * (1 - decay) < 3:  # the average is mostly the start
                 fix = (
@@ -1210,11 +1236,11 @@ class Trainer:
         improved = val < self.best
         if improved:
             self.best, self.best_epoch, self.bad_epochs = val, self.epoch, 0
-            if self.out is None:  # no run folder: keep the best weights in memory
+            if self.out is None or not self._saves_model:  # kept in memory (and checkpoint)
                 self.best_state = {
                     k: v.detach().clone() for k, v in self.eval_model.state_dict().items()
                 }
-            elif self.writer and getattr(self.eval_model, "config", None) is not None:
+            elif self.writer:
                 ctx = self._signals.deferred() if self._signals else _nothing()
                 with ctx:
                     io.atomic_write(self.out / MODEL_FILE, self.model_bytes(self.eval_model))
@@ -1280,8 +1306,8 @@ class Trainer:
         self._say(f"phase {self.phase_starts.index(self.epoch) + 1}: from the best weights so far")
 
     def load_best(self) -> torch.nn.Module:
-        """Load the best validated weights into the model (from memory without a run folder,
-        from ``model.ff`` with one) and return it."""
+        """Load the best validated weights into the model (from ``model.ff`` in a run folder,
+        from memory without one or for a model that has no builder config) and return it."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         elif self.out is not None and (self.out / MODEL_FILE).is_file():
