@@ -236,6 +236,79 @@ def test_generic_checks_catch_a_dead_parameter():
         check_gradients(Dead(2).double(), torch.randn(3, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_every_tensor_a_layer_holds_is_registered(case):
+    from flowforge.testing import check_registered
+
+    check_registered(prepared(case))
+
+
+class _Cubic(ff.Transform):
+    """z = x - a x^3: monotone only for |x| < 1 / sqrt(3 a)."""
+
+    def __init__(self, a=0.02, context_features=0):
+        super().__init__((2,), context_features=context_features)
+        self.a = torch.nn.Parameter(torch.tensor(a))
+
+    def _forward(self, x, context):
+        return x - self.a * x**3, torch.log((1 - 3 * self.a * x**2).abs()).sum(-1)
+
+    def _inverse(self, z, context):  # a few Newton steps from z: a root, not the root
+        x = z
+        for _ in range(60):
+            x = x - (x - self.a * x**3 - z) / (1 - 3 * self.a * x**2)
+        return x, -torch.log((1 - 3 * self.a * x**2).abs()).sum(-1)
+
+
+def test_check_transform_catches_what_a_researchers_layer_gets_wrong():
+    """The mistakes of the extension audit that passed flowforge.testing before."""
+    from flowforge.testing import check_transform
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    check_transform(_Cubic().double(), x)  # near the origin, it is a bijection
+    wide = x * torch.tensor([1.0, 8.0], dtype=torch.float64)
+    with pytest.raises(AssertionError, match="sign of det J changes"):
+        check_log_det(_Cubic().double(), wide)  # log|det| agrees with autograd; the sign not
+
+    class Plain(_Cubic):
+        def __init__(self):
+            super().__init__()
+            self.s = torch.tensor([0.3, 0.3])  # meant as a parameter
+
+    with pytest.raises(AssertionError, match="attribute 's' is a plain tensor"):
+        check_transform(Plain().double(), x)
+
+    class Ignores(_Cubic):
+        def __init__(self):
+            super().__init__(context_features=3)
+
+    with pytest.raises(AssertionError, match="does not depend on the context"):
+        check_transform(Ignores().double(), x, torch.randn(6, 3, dtype=torch.float64))
+
+    class InPlace(_Cubic):
+        def _forward(self, x, context):
+            z, ladj = super()._forward(x.clone(), context)
+            x.mul_(1.0)  # harmless here...
+            x.add_(1.0)  # ...not here
+            return z, ladj
+
+    with pytest.raises(AssertionError, match="changed its input in place"):
+        check_transform(InPlace().double(), x.clone())
+
+    class Leaks(_Cubic):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.ones(2, dtype=torch.float64))
+
+        def _forward(self, x, context):
+            z, ladj = super()._forward(x, context)
+            return z * self.w.double(), ladj
+
+    with pytest.raises(AssertionError, match="torch.float32 in, torch.float64 out"):
+        check_transform(Leaks(), x.float())
+
+
 def test_registry_covers_every_model():
     """A builder registered in ff.models must have a flow case in the registry."""
     covered = {case.build().config["model"].lower() for case in CASES if case.is_flow}
@@ -382,6 +455,14 @@ def test_side_protocol_checks_catch_mistakes():
 
     with pytest.raises(AssertionError, match="integrates to"):
         check_distribution(Unnormalised(1).double())
+
+    class WideDrawnNarrow(D.StandardNormal):  # the density of N(0, 1.5^2), draws of N(0, 1)
+        def log_prob(self, z, context=None):
+            wide = torch.distributions.Normal(z.new_zeros(()), z.new_full((), 1.5))
+            return wide.log_prob(z).sum(-1)
+
+    with pytest.raises(AssertionError, match=r"samples disagree with log_prob: P\(\|z\| < 1\)"):
+        check_distribution(WideDrawnNarrow(2).double())
 
     class Leaky(T.UniformDequantization):
         def _dequantize(self, x, context):

@@ -106,6 +106,20 @@ def test_unknown_model_name_suggests():
         ff.models.build("realnpv", features=2)
 
 
+def test_a_builder_of_your_own_cannot_take_a_taken_name():
+    with pytest.raises(ValueError, match="a model named 'RealNVP' is registered already"):
+
+        @ff.models.register
+        def RealNVP(features: int = 2):  # noqa: N802
+            raise AssertionError("never built")
+
+    assert ff.models.builder("realnvp").__module__ == "flowforge.models.coupling"
+    with pytest.raises(ValueError, match="imported"):
+        ff.models.build("sasflow")
+    with pytest.raises(ValueError, match=r"@ff.models.register"):
+        ff.save(ff.Flow(T.Reverse(2), ff.distributions.StandardNormal(2)), "never.ff")
+
+
 def test_unknown_options():
     with pytest.raises(ValueError, match="unknown base 'gauss'"):
         ff.models.RealNVP(features=2, base="gauss")

@@ -265,7 +265,8 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
     if getattr(flow, "config", None) is None:
         raise ValueError(
             "ff.save needs a flow built by a flowforge.models builder (it records the "
-            "configuration); for a hand-built flow, save flow.state_dict() with "
+            "configuration); for a flow of your own, decorate the function that builds it with "
+            "@ff.models.register (docs/extending.md), or save flow.state_dict() with "
             "safetensors.torch.save_file and rebuild the flow before loading it"
         )
     state = flow.state_dict()

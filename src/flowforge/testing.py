@@ -20,6 +20,9 @@ from torch import Tensor, nn
 
 __all__ = [
     "check_transform",
+    "check_registered",
+    "check_context",
+    "perturbed",
     "check_round_trip",
     "check_round_trip_from_noise",
     "check_log_det",
@@ -50,13 +53,39 @@ def _shape_ok(t, x: Tensor, z: Tensor, ladj: Tensor, inverse: bool = False) -> N
     assert torch.isfinite(z).all() and torch.isfinite(ladj).all(), f"{where} output not finite"
 
 
+def _name(t) -> str:
+    return type(t).__name__
+
+
+def _dtypes_ok(t, x: Tensor, z: Tensor, ladj: Tensor, where: str) -> None:
+    assert z.dtype == x.dtype and ladj.dtype == x.dtype, (
+        f"{_name(t)} {where}: {x.dtype} in, {z.dtype} out (ladj {ladj.dtype}); a layer "
+        "computes in its input's dtype (a tensor attribute left in another dtype? register "
+        "it as a buffer, so that .to() moves it)"
+    )
+
+
+def _untouched(t, x: Tensor, before: Tensor, where: str) -> None:
+    assert torch.equal(x, before), (
+        f"{_name(t)} {where} changed its input in place (an in-place op such as x.mul_() on "
+        "the tensor it was given): the caller's data is altered; compute out of place"
+    )
+
+
 def check_round_trip(t, x: Tensor, context: Tensor | None = None, rtol: float | None = None):
-    """``inverse(forward(x)) == x`` and ``forward ladj == -inverse ladj``."""
+    """``inverse(forward(x)) == x`` and ``forward ladj == -inverse ladj``; outputs in the
+    input's dtype, and the inputs left as they were."""
     tol = rtol if rtol is not None else (t.numeric_inverse or ROUND_TRIP_RTOL)
+    before = x.clone()
     z, ladj = t(x, context)
+    _untouched(t, x, before, "forward")
     _shape_ok(t, x, z, ladj)
+    _dtypes_ok(t, x, z, ladj, "forward")
+    z_before = z.clone()
     x2, ladj_inv = t.inverse(z, context)
+    _untouched(t, z, z_before, "inverse")
     _shape_ok(t, z, x2, ladj_inv, inverse=True)
+    _dtypes_ok(t, z, x2, ladj_inv, "inverse")
     err = _rel_err(x2, x)
     assert err <= tol, f"round trip relative error {err:.3g} > {tol:.1g}"
     err = _rel_err(-ladj_inv, ladj)
@@ -77,9 +106,10 @@ def check_round_trip_from_noise(
     assert err <= max(tol, LADJ_ATOL), f"forward ladj != -inverse ladj from noise ({err:.3g})"
 
 
-def _jacobian_ladj(fn, x: Tensor, context: Tensor | None) -> Tensor:
+def _jacobian_ladj(fn, x: Tensor, context: Tensor | None, signs: list | None = None) -> Tensor:
     """``log|det J|`` of ``fn`` at each example of ``x``, by autograd, one example at a time
-    (for a non-square ``J``, the change of volume on the manifold, see below)."""
+    (for a non-square ``J``, the change of volume on the manifold, see below); the sign of
+    each square ``det J`` is appended to ``signs`` when given."""
     out = []
     for i in range(x.shape[0]):
         ci = None if context is None else context[i : i + 1]
@@ -90,7 +120,10 @@ def _jacobian_ladj(fn, x: Tensor, context: Tensor | None) -> Tensor:
 
         jac = torch.autograd.functional.jacobian(f, xi.reshape(-1))
         if jac.shape[0] == jac.shape[1]:
-            out.append(torch.linalg.slogdet(jac)[1])
+            sign, logabs = torch.linalg.slogdet(jac)
+            out.append(logabs)
+            if signs is not None:
+                signs.append(float(sign))
         else:
             # a chart between a d-manifold embedded in R^D and R^d (the sphere's): the change
             # of volume is (1/2) log det of the d x d Gram matrix (J J^T for the d x D Jacobian
@@ -100,11 +133,31 @@ def _jacobian_ladj(fn, x: Tensor, context: Tensor | None) -> Tensor:
     return torch.stack(out)
 
 
+def _one_sign(t, signs: list[float], context: Tensor | None) -> None:
+    """A bijection of R^D keeps the sign of its Jacobian's determinant (per context): a sign
+    that changes between the points, or a zero determinant, means a fold, where ``log|det|``
+    can match autograd while the map is not invertible (``z = x - 0.02 x^3`` past 4.08)."""
+    if not signs:
+        return
+    keys = [None] * len(signs) if context is None else [tuple(c.reshape(-1).tolist())
+                                                        for c in context]  # fmt: skip
+    seen: dict = {}
+    for key, sign in zip(keys, signs):
+        assert sign != 0, f"{_name(t)}: the Jacobian is singular at one of the points"
+        assert seen.setdefault(key, sign) == sign, (
+            f"{_name(t)}: the sign of det J changes between the points (a fold: the map is not "
+            "invertible there, though log|det J| may agree with autograd)"
+        )
+
+
 def check_log_det(t, x: Tensor, context: Tensor | None = None, atol: float | None = None):
-    """``ladj`` equals the autograd Jacobian's ``slogdet``, in both directions."""
+    """``ladj`` equals the autograd Jacobian's ``slogdet``, in both directions, and the sign
+    of ``det J`` is the same at every point (for one context)."""
     tol = atol if atol is not None else max(LADJ_ATOL, 10 * (t.numeric_inverse or 0))
     z, ladj = t(x, context)
-    want = _jacobian_ladj(t, x, context)
+    signs: list[float] = []
+    want = _jacobian_ladj(t, x, context, signs)
+    _one_sign(t, signs, context)
     err = (ladj - want).abs().max().item()
     assert err <= tol * (1 + want.abs().max().item()), (
         f"forward ladj differs from autograd slogdet by {err:.3g} "
@@ -139,19 +192,68 @@ def check_gradients(t: nn.Module, x: Tensor, context: Tensor | None = None) -> N
     t.zero_grad(set_to_none=True)
 
 
+def check_registered(t: nn.Module) -> None:
+    """Every tensor a layer holds is a parameter or a buffer: a plain tensor attribute is not
+    trained, saved or moved by ``.to()``."""
+    for name, m in t.named_modules():
+        for k, v in vars(m).items():
+            if isinstance(v, Tensor):
+                where = f"{name}.{k}" if name else k
+                raise AssertionError(
+                    f"{_name(t)}: attribute {where!r} is a plain tensor, which is not trained, "
+                    "saved or moved by .to(); make it an nn.Parameter (learned) or "
+                    "register_buffer it (a constant)"
+                )
+
+
+def perturbed(t: nn.Module, scale: float = 0.1, seed: int = 0) -> nn.Module:
+    """A copy of ``t`` with every parameter moved by ``scale`` standard normal noise, away
+    from an identity initialisation (a zero last layer), where gradients and the context's
+    effect vanish by construction."""
+    import copy
+
+    t = copy.deepcopy(t)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
+    return t
+
+
+def check_context(t: nn.Module, x: Tensor, context: Tensor) -> None:
+    """The output depends on the context (checked on :func:`perturbed` weights)."""
+    p = perturbed(t)
+    z1, l1 = p(x, context)
+    z2, l2 = p(x, context + 1)
+    assert not (torch.allclose(z1, z2) and torch.allclose(l1, l2)), (
+        f"{_name(t)}: the output does not depend on the context (with perturbed weights)"
+    )
+
+
 def check_transform(
     t, x: Tensor, context: Tensor | None = None, noise: Tensor | None = None
 ) -> None:
-    """Round trips from both sides, ladj against autograd in both directions, and shapes.
+    """What the generic test checks of every library layer, for your own: registered tensors
+    only, round trips from both sides (leaving the inputs untouched, in the input's dtype),
+    shapes, ``ladj`` against autograd in both directions with one sign of ``det J``, a finite
+    non-zero gradient for every parameter, and with a context, that the output depends on it
+    (the last two on :func:`perturbed` weights). Call it in eval mode (dropout) and float64.
 
     ``noise``: the points to invert from (default: standard normal draws of the output's
     shape); give draws of the layer's own output space for a layer whose outputs are
-    confined, such as a manifold flow's (``flow.base.sample(n)``)."""
+    confined, such as a manifold flow's (``flow.base.sample(n)``). Probe ``x`` as wide as
+    the data will be: the checks hold at the points given."""
+    check_registered(t)
+    if t.training and any(isinstance(m, nn.Dropout) for m in t.modules()):
+        raise AssertionError(f"{_name(t)} is in training mode with dropout: call t.eval() first")
     check_round_trip(t, x, context)
     if noise is None:
         noise = torch.randn(x.shape[0], *t.output_shape, dtype=x.dtype, device=x.device)
     check_round_trip_from_noise(t, noise, context)
     check_log_det(t, x, context)
+    check_gradients(perturbed(t), x, context)
+    if context is not None:
+        check_context(t, x, context)
 
 
 # -- the side protocols --------------------------------------------------------------------------
@@ -188,7 +290,9 @@ def _grid(dims: int, half_width: float, n: int, dtype) -> tuple[Tensor, float]:
 def check_distribution(base, context: Tensor | None = None, half_width: float = 12.0) -> None:
     """A base distribution: samples of the right shape and dtype, ``rsample_and_log_prob``
     agreeing with ``log_prob``, every parameter trained by ``log_prob``, and (for 1 or 2
-    dimensions) a density that integrates to 1 over ``[-half_width, half_width]^D``."""
+    dimensions) a density that integrates to 1 over ``[-half_width, half_width]^D`` and
+    samples that fall where it puts its mass (the chance of ``|z_j| < 1`` and of ``z_j < 0``
+    in each dimension, from 4,000 seeded draws against the density's grid)."""
     n = 4 if context is None else context.shape[0]
     dtype = base._anchor.dtype
     s = base.sample(n, context)
@@ -208,8 +312,28 @@ def check_distribution(base, context: Tensor | None = None, half_width: float = 
         for i in range(1 if context is None else min(2, n)):
             c = None if context is None else context[i : i + 1].expand(len(pts), -1)
             with torch.no_grad():
-                mass = (base.log_prob(pts, c).exp().sum() * cell).item()
+                dens = base.log_prob(pts, c).exp() * cell
+            mass = dens.sum().item()
             assert abs(mass - 1) < 1e-3, f"the density integrates to {mass:.5f}, not 1"
+            _check_draws(base, context, i, pts.reshape(len(pts), -1), dens / mass)
+
+
+def _check_draws(base, context, i: int, pts: Tensor, prob: Tensor, m: int = 4000) -> None:
+    """Samples fall where the density (``prob`` on the grid ``pts``) puts its mass."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        cm = None if context is None else context[i : i + 1].expand(m, -1)
+        draws = base.sample(m, cm).reshape(m, -1)
+    events = (("|z| < 1", lambda v: v.abs() < 1), ("z < 0", lambda v: v < 0))
+    for j in range(pts.shape[1]):
+        for what, event in events:
+            want = prob[event(pts[:, j])].sum().item()
+            got = event(draws[:, j]).double().mean().item()
+            tol = 5 * math.sqrt(max(want * (1 - want), 1e-4) / m) + 0.01
+            assert abs(got - want) <= tol, (
+                f"samples disagree with log_prob: P({what}) in dimension {j} is {got:.3f} in "
+                f"the samples, {want:.3f} by the density"
+            )
 
 
 def check_dequantizer(deq, x: Tensor) -> None:

@@ -174,6 +174,13 @@ def register(
                 hints[f.name] = data_hints[f.name]
         public = sig.replace(parameters=params)
         name = fn.__name__
+        taken = _SPECS.get(name.lower())
+        if taken is not None and _origin(taken.build) != _origin(fn):  # (the same one again: ok)
+            raise ValueError(
+                f"a model named {taken.name!r} is registered already (by "
+                f"{_origin(taken.build)}): name the builder something else, or a file saved "
+                "by either would rebuild as the other"
+            )
         data_fields = DataOptions.fields() if takes_data else ()
 
         @functools.wraps(fn)
@@ -211,6 +218,11 @@ def register(
     return wrap if fn is None else wrap(fn)
 
 
+def _origin(fn) -> str:
+    fn = inspect.unwrap(fn)
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
 def available() -> list[str]:
     """Names of the registered builders (lower case)."""
     return sorted(_SPECS)
@@ -220,7 +232,11 @@ def spec(name: str) -> BuilderSpec:
     """The :class:`BuilderSpec` of the builder called ``name`` (case-insensitive)."""
     key = str(name).lower()
     if key not in _SPECS:
-        raise unknown("model", name, _SPECS)
+        e = unknown("model", name, _SPECS)
+        raise ValueError(
+            f"{e}; a model of your own is known once the module that registers it "
+            "(@ff.models.register) is imported"
+        ) from None
     return _SPECS[key]
 
 
