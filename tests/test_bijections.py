@@ -470,3 +470,17 @@ def test_side_protocol_checks_catch_mistakes():
 
     with pytest.raises(AssertionError, match=r"leaves \[0, 1\)"):
         check_dequantizer(Leaky(5), torch.zeros(2, 3))
+
+
+def test_a_layers_log_det_of_the_wrong_shape_is_named_at_once():
+    """A per-dimension ladj broadcast silently in a Compose (batch = D) or failed in a reshape
+    deep in the Flow without naming the layer."""
+
+    class PerDimension(_Cubic):
+        def _forward(self, x, context):
+            return x, torch.zeros_like(x)
+
+    flow = ff.Flow(ff.Compose(PerDimension(), T.Reverse(2)), D.StandardNormal(2))
+    with pytest.raises(ValueError, match=r"PerDimension._forward returned a log-determinant of "
+                       r"shape \(2, 2\); expected \(2,\)"):  # fmt: skip
+        flow.log_prob(torch.randn(2, 2))

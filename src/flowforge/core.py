@@ -141,13 +141,26 @@ class Transform(nn.Module):
         """Data to noise: returns ``(z, log|det dz/dx|)``."""
         check_shape(x, self.event_shape, f"{type(self).__name__} input")
         self._check_context(context, x.shape[0])
-        return self._forward(x, context)
+        z, ladj = self._forward(x, context)
+        if ladj.dim() != 1 or ladj.shape[0] != x.shape[0]:  # (shapes only: no host sync)
+            self._bad_ladj(ladj, x.shape[0], "_forward")
+        return z, ladj
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Noise to data: returns ``(x, log|det dx/dz|)``."""
         check_shape(z, self.output_shape, f"{type(self).__name__}.inverse input")
         self._check_context(context, z.shape[0])
-        return self._inverse(z, context)
+        x, ladj = self._inverse(z, context)
+        if ladj.dim() != 1 or ladj.shape[0] != z.shape[0]:
+            self._bad_ladj(ladj, z.shape[0], "_inverse")
+        return x, ladj
+
+    def _bad_ladj(self, ladj: Tensor, batch: int, where: str) -> None:
+        raise ValueError(
+            f"{type(self).__name__}.{where} returned a log-determinant of shape "
+            f"{tuple(ladj.shape)}; expected ({batch},), one per example (sum it over the "
+            "event's dimensions)"
+        )
 
     def _check_context(self, context: Tensor | None, batch: int) -> None:
         if self.context_features == 0:
