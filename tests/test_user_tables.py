@@ -359,3 +359,13 @@ def test_out_of_memory_is_the_machine_not_an_internal_error(tmp_path, capsys, mo
     monkeypatch.setattr(cli_module, "cmd_train", huge)
     rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", "moons", "--out", tmp_path / "r")
     one_line_error(rc, err, "out of memory (MemoryError: Unable to allocate 3.73 GiB", "--limit")
+
+
+def test_a_csv_line_longer_than_any_table_row_is_refused_before_it_is_split(tmp_path, monkeypatch):
+    from flowforge.workbench import data
+
+    monkeypatch.setattr(data, "MAX_CSV_LINE", 1000)
+    path = tmp_path / "one.csv"
+    path.write_text("a,b\n1,2\n" + ",".join(["12"] * 400) + "\n")
+    with pytest.raises(DataError, match="one.csv: line 3 is longer than 1,000 characters"):
+        data.load_dataset(str(path))

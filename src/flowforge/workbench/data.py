@@ -360,11 +360,27 @@ def _read_csv(
         return _parse_csv(path, "cp1252", "replace", header, names)
 
 
+MAX_CSV_LINE = 4 << 20  # characters in one line of a CSV (a table of some 300,000 columns)
+
+
+def _bounded_lines(f, path: Path):
+    """The file's lines, each refused past :data:`MAX_CSV_LINE` characters before the csv
+    module splits it (a one-line file of 10M fields took 1.5 GB to be refused)."""
+    for i, line in enumerate(iter(lambda: f.readline(MAX_CSV_LINE + 1), ""), 1):
+        if len(line) > MAX_CSV_LINE:
+            raise DataError(
+                f"{path}: line {i} is longer than {MAX_CSV_LINE:,} characters, more than a "
+                "table's row (is the file one line, or not a table?); flowforge reads tables "
+                "of one row per line"
+            )
+        yield line
+
+
 def _parse_csv(path: Path, encoding: str, errors: str, header, names):
     values, lines = array.array("d"), array.array("q")
     first, d, columns, zero_led = None, 0, None, None
     with open(path, encoding=encoding, errors=errors, newline="") as f:
-        reader = csv.reader(f)
+        reader = csv.reader(_bounded_lines(f, path))
         try:
             for row in reader:
                 if not any(c.strip() for c in row):
