@@ -369,3 +369,20 @@ def test_a_csv_line_longer_than_any_table_row_is_refused_before_it_is_split(tmp_
     path.write_text("a,b\n1,2\n" + ",".join(["12"] * 400) + "\n")
     with pytest.raises(DataError, match="one.csv: line 3 is longer than 1,000 characters"):
         data.load_dataset(str(path))
+
+
+def test_a_large_data_file_is_announced_before_it_is_read(tmp_path, capsys, monkeypatch):
+    """A million-row CSV took 14 s to read and check with nothing printed."""
+    from flowforge.workbench import runner
+
+    monkeypatch.setattr(runner, "BIG_DATA_BYTES", 100)
+    path = tmp_path / "t.csv"
+    rng = np.random.default_rng(0)
+    path.write_text("a,b\n" + "\n".join(f"{u:.4f},{v:.4f}" for u, v in rng.normal(size=(80, 2))))
+    rc, out, err = cli(capsys, "train", "--model", "realnvp", "--data", path, "--out",
+                       tmp_path / "r", "--model-kwargs", '{"layers": 1, "hidden": [4]}',
+                       "--epochs", 1, "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    assert out.splitlines()[0].startswith("reading t.csv (0 MiB) ...")
+    rc, out, err = cli(capsys, "eval", tmp_path / "r", "--json")
+    assert rc == 0 and json.loads(out) and "reading t.csv" in err  # stdout stays JSON

@@ -20,7 +20,7 @@ from ..transforms.continuous import (
 )
 from .data import column_context, label_context, read_examples
 from .errors import ContextError, DataError
-from .runner import run_dataset
+from .runner import run_dataset, say_reading
 from .runs import load_run, run_config
 
 __all__ = ["evaluate_run", "sample_context"]
@@ -103,6 +103,7 @@ def evaluate_run(
             for i, n in zip(info["context_columns"], r["context_column_names"]):
                 names[i] = n
         header = cfg["data"]["options"].get("header")
+        say_reading(data)
         full = read_examples(data, columns=names, header=header)
         if full.dim() != 2 or full.shape[1] != want:
             raise DataError(
@@ -115,6 +116,7 @@ def evaluate_run(
         want = tuple(r["data_shape"])
         bits = int(cfg["data"]["options"].get("bits", 8))
         header = cfg["data"]["options"].get("header")
+        say_reading(data)
         x = read_examples(data, bits, want, r.get("columns"), header)
         if x.shape[1] != math.prod(want):  # a table, or an image folder or array flattened
             shape = f" or arrays of shape (examples, {', '.join(map(str, want))})"
@@ -358,6 +360,7 @@ def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size
 
     truth, noise = None, None
     if data is not None:
+        say_reading(data)
         x = read_examples(data, header=cfg["data"]["options"].get("header"))
         if x.dim() != 2 or x.shape[1] != model.features:
             raise DataError(

@@ -11,6 +11,7 @@ import gc
 import math
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,22 @@ def _splits_fingerprint(ds) -> dict:
     )
 
 
+BIG_DATA_BYTES = 50 << 20  # a data file this large gets a line saying it is being read
+
+
+def say_reading(name, stream=None) -> None:
+    """One line before a large data file is read (a million-row CSV takes seconds to read
+    and check, and nothing else is printed meanwhile); ``stream``: stderr by default."""
+    path = Path(str(name))
+    try:
+        size = path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return
+    if size >= BIG_DATA_BYTES:
+        print(f"reading {path.name} ({size / 2**20:,.0f} MiB) ...", file=stream or sys.stderr,
+              flush=True)  # fmt: skip
+
+
 def run_dataset(cfg: dict, error=DataError, run=None):
     """Reload the dataset a run was trained on, and check it is that data.
 
@@ -94,6 +111,7 @@ def run_dataset(cfg: dict, error=DataError, run=None):
             + ("" if run is not None else "; evaluate a file of your choice with --data")
         )
     for candidate in names:
+        say_reading(candidate)
         ds = load_dataset(candidate, seed=d["seed"], **d["options"])
         if want is None or _splits_fingerprint(ds) == want:
             return ds
@@ -154,6 +172,8 @@ def train(
             # longer finds it, checked against its fingerprint (never another file)
             ds = run_dataset({**cfg, "resolved": stored["resolved"]}, RunError, out)
         else:
+            if echo and rank == 0:
+                say_reading(cfg["data"]["name"], sys.stdout)
             ds = load_dataset(
                 cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"]
             )
