@@ -44,6 +44,14 @@ def test_round_trip_is_exact(dequantization):
     assert 0 < h.initial_bits <= 32 * h.init_words
 
 
+def test_coding_reports_its_progress_example_by_example():
+    flow, x = tiny_flow(), data(7)
+    enc, dec = [], []
+    blob, _ = bitsback.encode_stats(flow, x, progress=enc.append)
+    assert torch.equal(bitsback.decode(flow, blob, progress=dec.append), x)
+    assert enc == dec == [1] * 7
+
+
 def test_round_trip_of_an_image_flow_with_a_diagonal_gaussian_base():
     torch.manual_seed(0)
     flow = ff.models.RealNVP(shape=(1, 4, 4), scales=1, hidden=8, levels=3, base="diag").eval()
@@ -163,6 +171,7 @@ def test_compress_and_decompress_a_continuous_run(tmp_path, capsys):
     rc, out, err = cli(capsys, "compress", run, "--data", tmp_path / "x.npy", "--out", ffz)
     assert rc == 0, err
     assert "initial bits" in out and "model NLL" in out and "file " in out
+    assert "encoding 5 examples by bits-back coding, then decoding them" in err  # not silent
     rc, out, err = cli(capsys, "decompress", ffz, "--model", run, "--out", npy)
     assert rc == 0, err
     assert np.array_equal(np.load(npy).reshape(5, 64), x)

@@ -719,6 +719,7 @@ def encode_stats(
     init_words: int | None = None,
     verify: bool = True,
     scheme: str = "auto",
+    progress=None,
 ) -> tuple[bytes, dict]:
     """:func:`encode`, also returning the sizes: ``{"initial_bits", "header_bits",
     "payload_bits", "uniform_fallbacks", "escapes", "ideal_bits", "scheme"}`` (``escapes``: the
@@ -727,7 +728,8 @@ def encode_stats(
     see :mod:`flowforge.bitsback_layers`); ``ideal_bits`` is the sum over the
     examples of ``-log2 p(y) + log2 q(u | x)`` at the cells the coder drew (the dequantization
     bound's one-sample estimate that this file realises), so ``payload_bits - initial_bits -
-    ideal_bits`` is what the coder itself costs."""
+    ideal_bits`` is what the coder itself costs. ``progress``: called with 1 after each
+    example (a progress bar's ``update``)."""
     codec = _codec()
     stack, _ = codec._constriction()
     check_flow(flow)
@@ -769,6 +771,8 @@ def encode_stats(
             coder, fell, bits = c.push_example(coder, row)
             fallbacks += fell
             ideal += bits
+            if progress is not None:
+                progress(1)
     words = np.asarray(coder.get_compressed(), dtype=np.uint32)
     kept = 0
     limit = min(len(init), len(words))
@@ -852,8 +856,9 @@ def encode(flow: Flow, x, **kwargs) -> bytes:
     return encode_stats(flow, x, **kwargs)[0]
 
 
-def decode(flow: Flow, data: bytes, force: bool = False) -> Tensor:
-    """Decompress a bits-back ``.ffz`` file made by :func:`encode` with the same ``flow``."""
+def decode(flow: Flow, data: bytes, force: bool = False, progress=None) -> Tensor:
+    """Decompress a bits-back ``.ffz`` file made by :func:`encode` with the same ``flow``
+    (``progress``: called with 1 after each example)."""
     codec = _codec()
     stack, _ = codec._constriction()
     check_flow(flow)
@@ -891,6 +896,8 @@ def decode(flow: Flow, data: bytes, force: bool = False) -> Tensor:
         with torch.no_grad(), codec._threads(h.threads):
             for _ in range(h.count):
                 rows.append(c.pop_example(coder, levels))
+                if progress is not None:
+                    progress(1)
                 if coder.num_words() < floor:
                     raise codec.CodecError(
                         f"corrupt .ffz file: its payload ran out after {len(rows)} of the "

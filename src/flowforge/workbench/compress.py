@@ -12,6 +12,7 @@ import lzma
 import math
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
@@ -179,6 +180,14 @@ def classical_bits(x: np.ndarray, levels: int) -> dict[str, float]:
     return out
 
 
+def _bar(total: int, what: str):
+    """A progress bar on stderr when it is a terminal (none in logs)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="example", file=sys.stderr, leave=False,
+                disable=not sys.stderr.isatty())  # fmt: skip
+
+
 def compress_run(
     run: str,
     out: str,
@@ -207,10 +216,16 @@ def compress_run(
         except codec.CodecError as e:
             raise WorkbenchError(f"--chunk {chunk}: {e}") from None
     stats: dict = {}
+    bits_back = codec._bits_back(flow)
     try:
         t0 = time.perf_counter()
-        if codec._bits_back(flow):
-            blob, stats = bitsback.encode_stats(flow, xs, threads=threads, verify=False)
+        if bits_back:  # example by example (tens a second): a bar on a terminal, a line in logs
+            print(f"encoding {len(xs):,} examples by bits-back coding, then decoding them to "
+                  "check ...", file=sys.stderr, flush=True)  # fmt: skip
+            with _bar(len(xs), "encoding") as bar:
+                blob, stats = bitsback.encode_stats(
+                    flow, xs, threads=threads, verify=False, progress=bar.update
+                )
         else:
             blob = codec.encode(flow, xs, chunk=chunk, threads=threads, verify=False)
         t_enc = time.perf_counter() - t0
@@ -218,7 +233,11 @@ def compress_run(
         raise DataError(f"{name}: {e}") from None
     t0 = time.perf_counter()
     try:
-        back = codec.decode(flow, blob).numpy()
+        if bits_back:
+            with _bar(len(xs), "checking") as bar:
+                back = bitsback.decode(flow, blob, progress=bar.update).numpy()
+        else:
+            back = codec.decode(flow, blob).numpy()
     except codec.CodecError as e:  # our own fresh file: the model, not the data or a file
         raise WorkbenchError(
             f"the run's model does not decode what it encoded from {name} ({e}): its "
