@@ -484,3 +484,19 @@ def test_a_layers_log_det_of_the_wrong_shape_is_named_at_once():
     with pytest.raises(ValueError, match=r"PerDimension._forward returned a log-determinant of "
                        r"shape \(2, 2\); expected \(2,\)"):  # fmt: skip
         flow.log_prob(torch.randn(2, 2))
+
+
+def test_a_conditioner_of_the_wrong_size_is_named_with_what_was_expected():
+    class OneTooMany(torch.nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.lin = torch.nn.Linear(i, o + 1)
+
+        def forward(self, x, context=None):
+            return self.lin(x)
+
+    layer = T.Coupling(T.half_mask(4), OneTooMany, T.Affine())
+    with pytest.raises(ValueError, match=r"OneTooMany, the coupling's conditioner, returned shape "
+                       r"\(3, 5\) for input \(3, 2\); expected \(3, 4\): 2 transformed entries "
+                       r"times the 2 parameters of Affine"):  # fmt: skip
+        layer(torch.randn(3, 4))

@@ -172,6 +172,14 @@ class Coupling(Transform):
             params = grouped(x_a, context, p)
             return params if self.gate is None else params * self.gate
         h = self.net(x_a, context)
+        if h.dim() < 2 or h.shape[0] != x_a.shape[0] or h.shape[1] != n_out * p:  # (shapes only)
+            raise ValueError(
+                f"{type(self.net).__name__}, the coupling's conditioner, returned shape "
+                f"{tuple(h.shape)} for input {tuple(x_a.shape)}; expected "
+                f"({x_a.shape[0]}, {n_out * p}{', ...' if x_a.dim() > 2 else ''}): "
+                f"{n_out} transformed entries times the {p} parameters of "
+                f"{type(self.transformer).__name__}"
+            )
         if self.gate is not None:
             h = h * self.gate
         # (B, n*P, *rest) -> (B, n, *rest, P)
