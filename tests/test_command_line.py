@@ -172,3 +172,35 @@ def test_a_section_of_the_wrong_type_and_a_file_that_is_not_numpy(tmp_path, caps
                          "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     one_line_error(rc, err, "not a numeric numpy array")
     assert not (tmp_path / "r").exists()
+
+
+def test_import_brings_a_users_own_model_to_the_command_line(tmp_path, capsys):
+    """A builder registered by the user's module: the command line could not reach it."""
+    mod = tmp_path / "my_cli_flows.py"
+    mod.write_text(
+        "import flowforge as ff\n\n\n"
+        "@ff.models.register\n"
+        "def my_cli_flow(features: int = 2, hidden: int = 8) -> ff.Flow:\n"
+        '    """An affine coupling and a reversal."""\n'
+        "    t = ff.transforms\n"
+        "    net = lambda i, o: ff.nets.MLP(i, o, (hidden,))  # noqa: E731\n"
+        "    return ff.Flow(ff.Compose(t.Coupling(t.half_mask(features), net, t.Affine()),\n"
+        "                              t.Reverse(features)), ff.distributions.StandardNormal(features))\n"
+    )
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--import", mod, "--model", "my_cli_flow", "--data",
+                     "moons", "--limit", 64, "--epochs", 1, "--out", run, "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", run, "--import", mod)
+    assert rc == 0 and "NLL" in out, err
+    # a fresh process: the run's model is found only with the module imported (a run folder
+    # never imports code itself)
+    cmd = [sys.executable, "-m", "flowforge", "eval", str(run)]
+    bare = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert bare.returncode == 1 and "the module that registers it" in bare.stderr
+    given = subprocess.run([*cmd, "--import", "my_cli_flows"], capture_output=True, text=True,
+                           cwd=tmp_path)  # fmt: skip
+    assert given.returncode == 0 and "NLL" in given.stdout, given.stderr
+    rc, _, err = cli(capsys, "train", "--import", tmp_path / "nowhere.py", "--model", "nsf",
+                     "--data", "moons", "--out", tmp_path / "r2")  # fmt: skip
+    one_line_error(rc, err, "--import", "no such file")

@@ -728,10 +728,22 @@ def make_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
     )
+    common.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        default=argparse.SUPPRESS,
+        help="import a module (a name, or a .py file) that registers models of your own "
+        "with ff.models.register first; repeatable",
+    )
     p = _Parser(
         prog="flowforge", description="Train, evaluate, sample and report normalizing flows."
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE", default=[],
+                   help="import a module (a name, or a .py file) that registers models of "
+                   "your own first; repeatable")  # fmt: skip
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -987,6 +999,32 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"flowforge: warning: {_one_line(message)}", file=sys.stderr)
 
 
+def _import_user_module(name: str) -> None:
+    """Import ``name``: a ``.py`` file by its path, or a module by name, found from the
+    current folder first (as ``python -m`` would)."""
+    import importlib
+    import importlib.util
+
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {name}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        return
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
 def _out_of_memory(e: BaseException) -> bool:
     import torch
 
@@ -1005,6 +1043,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
     reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
+    for name in getattr(args, "imports", []):  # the user's own builders: named here, never by a
+        try:  # config or a run folder
+            _import_user_module(name)
+        except Exception as e:
+            if args.debug:
+                raise
+            print(f"flowforge: error: --import {name}: {type(e).__name__}: {_one_line(e)}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
     import warnings
 
     shown = warnings.showwarning
