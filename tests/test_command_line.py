@@ -184,12 +184,12 @@ def test_import_brings_a_users_own_model_to_the_command_line(tmp_path, capsys):
         '    """An affine coupling and a reversal."""\n'
         "    t = ff.transforms\n"
         "    net = lambda i, o: ff.nets.MLP(i, o, (hidden,))  # noqa: E731\n"
-        "    return ff.Flow(ff.Compose(t.Coupling(t.half_mask(features), net, t.Affine()),\n"
-        "                              t.Reverse(features)), ff.distributions.StandardNormal(features))\n"
+        "    layers = [t.Coupling(t.half_mask(features), net, t.Affine()), t.Reverse(features)]\n"
+        "    return ff.Flow(ff.Compose(*layers), ff.distributions.StandardNormal(features))\n"
     )
     run = tmp_path / "run"
-    rc, _, err = cli(capsys, "train", "--import", mod, "--model", "my_cli_flow", "--data",
-                     "moons", "--limit", 64, "--epochs", 1, "--out", run, "--no-progress")  # fmt: skip
+    rc, _, err = cli(capsys, "train", "--import", mod, "--model", "my_cli_flow", "--data", "moons",
+                     "--limit", 64, "--epochs", 1, "--out", run, "--no-progress")  # fmt: skip
     assert rc == 0, err
     rc, out, err = cli(capsys, "eval", run, "--import", mod)
     assert rc == 0 and "NLL" in out, err
