@@ -1101,10 +1101,14 @@ def _image_folder(
                 f"{first[1]} like {first[0].name}"
             )
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    x = np.stack(arrays) >> (8 - int(bits))
+    x = np.stack(arrays)
+    del arrays
+    np.right_shift(x, 8 - int(bits), out=x)
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
-    t = [torch.from_numpy(x[i].astype(np.float32)) for i in (tr, va, te)]
-    notes = _duplicates(x[tr], {"val": x[va], "test": x[te]}, "images")
+    parts = [x] if len(tr) == len(x) and not shuffle else [x[i] for i in (tr, va, te)]
+    parts += [x[:0]] * (3 - len(parts))  # (unsplit and in order: no copy)
+    t = [torch.from_numpy(p.astype(np.float32)) for p in parts]
+    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
     if nested:
         notes.insert(0, f"the images in subfolders {inner} of {path} are not read")
     return Dataset(
@@ -1121,8 +1125,9 @@ def read_table(
     header: bool | None = None,
     columns: list | None = None,
 ) -> np.ndarray:
-    """Every example of a table file or image folder, unsplit, as float64 ``(N, columns)``:
-    the file's own values, not rounded to float32 (``flowforge compress`` checks them for
+    """Every example of a table file or image folder, unsplit, as ``(N, columns)``: the
+    file's own values, in float64, or in float32 where that holds them exactly (images,
+    float32 and small-integer arrays), never rounded (``flowforge compress`` checks them for
     integers). With ``shape``, a ``.npy``/``.npz`` array of shape ``(N, *shape)`` (what
     ``flowforge sample`` and ``decompress`` write for the run) is read as its flattened table.
     A CSV header's column names are appended to ``names`` when a list is given; ``header``
@@ -1132,8 +1137,8 @@ def read_table(
     path = Path(spec).expanduser()
     if path.is_dir():
         ds = _image_folder(path, 0, bits=bits, shuffle=False, val_fraction=0, test_fraction=0)
-        x = torch.cat([ds.train, ds.val, ds.test])
-        return x.reshape(len(x), -1).double().numpy()
+        x = ds.train  # (every image: no split was made; integers, exact in float32)
+        return x.reshape(len(x), -1).numpy()
     if not path.exists():
         raise DataError(f"no such file or folder: {spec}")
     if not path.is_file():
@@ -1195,7 +1200,7 @@ def read_examples(
         raise DataError(
             f"{spec}: {what}; give the columns the run was trained on, in the same order"
         )
-    return torch.from_numpy(x.astype(np.float32))
+    return torch.from_numpy(x.astype(np.float32, copy=False))
 
 
 # -- entry point ---------------------------------------------------------------------------------
