@@ -452,3 +452,14 @@ def test_a_flow_refuses_nonfinite_rows_whose_finite_rows_overflow_a_sum():
     x[2, 1] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or inf \(first bad batch indices: \[2\]\)"):
         flow.log_prob(x)
+
+
+def test_every_public_submodule_is_an_attribute_from_the_start():
+    """``ff.core.NaNLogProb`` (as the README writes it) and ``ff.testing`` were AttributeErrors
+    in a fresh process until something else imported them."""
+    import subprocess
+    import sys
+
+    code = "import flowforge as ff; ff.core.NaNLogProb; ff.testing.check_transform; print('ok')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "ok", r.stderr
