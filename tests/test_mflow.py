@@ -311,10 +311,10 @@ def test_a_crash_in_the_second_phases_first_checkpoint_resumes_from_the_phase_st
     train(cfg, a, progress=False, echo=False)
     real = trainer_module.save_checkpoint
 
-    def save(path, model, opt, sched, meta, ema=None):
+    def save(path, model, opt, sched, meta, ema=None, **more):
         if meta["epoch"] == 3 and meta["step_in_epoch"] == 0:  # model.ff is written already
             raise _PowerCut
-        return real(path, model, opt, sched, meta, ema)
+        return real(path, model, opt, sched, meta, ema, **more)
 
     monkeypatch.setattr(trainer_module, "save_checkpoint", save)
     with pytest.raises(_PowerCut):
