@@ -482,8 +482,39 @@ def test_a_layers_log_det_of_the_wrong_shape_is_named_at_once():
 
     flow = ff.Flow(ff.Compose(PerDimension(), T.Reverse(2)), D.StandardNormal(2))
     with pytest.raises(ValueError, match=r"PerDimension._forward returned a log-determinant of "
-                       r"shape \(2, 2\); expected \(2,\)"):  # fmt: skip
+                       r"shape \(2, 2\); expected a tensor of shape \(2,\)"):  # fmt: skip
         flow.log_prob(torch.randn(2, 2))
+
+    class PythonZero(_Cubic):  # volume-preserving, with a Python number for its log-det
+        def _forward(self, x, context):
+            return x, 0.0
+
+    with pytest.raises(ValueError, match=r"PythonZero._forward returned a log-determinant of "
+                       r"0.0; expected a tensor"):  # fmt: skip
+        PythonZero()(torch.randn(3, 2))
+
+
+def test_check_transform_without_false_alarms_and_with_any_dropout():
+    from flowforge.testing import check_registered, check_transform
+
+    class Caches(_Cubic):  # keeps a result of its last call (as a regularised CNF its penalty)
+        def _forward(self, x, context):
+            z, ladj = super()._forward(x, context)
+            self._last = ladj.sum()
+            return z, ladj
+
+    layer = Caches().double()
+    layer(torch.randn(3, 2, dtype=torch.float64))
+    check_registered(layer)
+
+    class Drops(_Cubic):
+        def __init__(self):
+            super().__init__()
+            self.drop = torch.nn.Dropout1d(0.5)
+
+    with pytest.raises(AssertionError, match="training mode with dropout: call t.eval"):
+        check_transform(Drops().double(), torch.randn(3, 2, dtype=torch.float64))
+    check_transform(Drops().double().eval(), torch.randn(3, 2, dtype=torch.float64))
 
 
 def test_a_conditioner_of_the_wrong_size_is_named_with_what_was_expected():

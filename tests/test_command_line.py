@@ -204,3 +204,16 @@ def test_import_brings_a_users_own_model_to_the_command_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "train", "--import", tmp_path / "nowhere.py", "--model", "nsf",
                      "--data", "moons", "--out", tmp_path / "r2")  # fmt: skip
     one_line_error(rc, err, "--import", "no such file")
+
+
+def test_import_before_and_after_the_command_and_a_file_named_like_a_module(tmp_path, capsys):
+    for name in ("copy", "flows_b"):
+        (tmp_path / f"{name}.py").write_text(f"import builtins\nbuiltins._ff_{name} = 1\n")
+    rc, _, err = cli(capsys, "--import", tmp_path / "copy.py", "list",
+                     "--import", tmp_path / "flows_b.py")  # fmt: skip
+    assert rc == 0, err
+    import builtins
+    import copy
+
+    assert builtins._ff_copy == builtins._ff_flows_b == 1  # both ran...
+    assert callable(copy.deepcopy)  # ...and the module copy is still the standard library's

@@ -270,6 +270,13 @@ def test_a_long_history_is_thinned_evenly_in_memory():
     assert 5 <= len(steps) <= 10 and steps == list(range(0, 1000, r.stride))
     assert [x["step"] for x in r if x["type"] == "epoch"] == list(range(0, 1000, 100))
     assert [x["step"] for x in r] == sorted(x["step"] for x in r)  # in logged order
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(r)), copy.copy(r), copy.deepcopy(r)):
+        assert list(again) == list(r) and again.stride == r.stride
+        again.append({"type": "step", "step": 1000})
+        assert len(again) == len(r) + (1000 % r.stride == 0)  # it thins on as the original
 
 
 def test_a_run_never_writes_metrics_it_cannot_read_back(tmp_path, capsys, monkeypatch):

@@ -315,7 +315,7 @@ def test_a_resumed_run_has_tensorboard_hide_what_followed_its_checkpoint(tmp_pat
 
     assert train(cfg, tmp_path / "r", callback=interrupt, **QUIET)["status"] == "interrupted"
     assert train({}, tmp_path / "r", resume=True, **QUIET)["status"] == "finished"
-    assert made == [None, 2]
+    assert made == [None, 3]  # (the records at the checkpoint's step 2 stay)
 
 
 def test_a_hand_built_flow_in_a_run_folder_keeps_its_best_weights(tmp_path):
@@ -383,3 +383,18 @@ def test_a_checkpoints_best_weights_must_fit_the_model(tmp_path):
     path.write_bytes(io.pack(tensors, meta))
     with pytest.raises(RunError, match="its best weights do not fit the model"):
         Trainer(flow(), x, x, cfg, out=run, **QUIET).fit(resume=True)
+
+
+def test_a_long_warning_does_not_make_the_runs_own_checkpoint_unresumable(tmp_path):
+    def stop(trainer):
+        if trainer.global_step == 3:
+            trainer.warnings.append("w" * 50_000)  # (a compiler's message, say)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    x, cfg = _data(64), {"epochs": 2, "batch_size": 16, "tensorboard": False}
+    run = tmp_path / "run"
+    assert Trainer(_flow(), x, x, cfg, out=run, callback=stop, **QUIET).fit()["status"] == (
+        "interrupted"
+    )
+    res = Trainer(_flow(), x, x, cfg, out=run, **QUIET).fit(resume=True)
+    assert res["status"] == "finished" and res["warnings"] == ["w" * 10_000]

@@ -437,3 +437,28 @@ def test_numpys_reader_and_the_row_by_row_one_read_every_table_alike(name, tmp_p
     encoding = "cp1252" if "latin" in name else "utf-8-sig"
     fast = data._parse_csv_fast(path, encoding, "strict", None, None)
     assert (fast is not None) == plain  # (the plain ones did take numpy's path)
+
+
+def test_duplicates_are_found_across_splits_saved_in_different_dtypes(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(200, 3)).astype(np.float32)
+    path = tmp_path / "s.npz"
+    np.savez(path, train=train, val=rng.normal(size=(20, 3)), test=train[:40].astype(np.float64))
+    notes = load_dataset(str(path)).info["warnings"]
+    assert any(n.startswith("40 of the 40 test rows also appear") for n in notes), notes
+
+
+def test_a_csv_as_wide_as_the_run_is_read_past_the_usual_line_cap(tmp_path, monkeypatch):
+    """flowforge sample writes a 3x384x384 run's CSV in lines of 4.8M characters: eval --data
+    and compress --data read it (the cap follows the width they expect)."""
+    from flowforge.workbench import data
+
+    monkeypatch.setattr(data, "MAX_CSV_LINE", 100)
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join(",".join(["1.5"] * 40) for _ in range(3)) + "\n")  # 159 chars
+    with pytest.raises(DataError, match="line 1 is longer than 100 characters"):
+        data.read_table(str(path))
+    assert data.read_table(str(path), shape=(40,)).shape == (3, 40)
+    exact = tmp_path / "exact.csv"  # exactly the cap, with a Windows line end: not over it
+    exact.write_bytes(b"\r\n".join([b",".join([b"1"] * 50)[:99] + b"9"] * 3) + b"\r\n")
+    assert data.read_table(str(exact)).shape == (3, 50)

@@ -142,7 +142,7 @@ class Transform(nn.Module):
         check_shape(x, self.event_shape, f"{type(self).__name__} input")
         self._check_context(context, x.shape[0])
         z, ladj = self._forward(x, context)
-        if ladj.dim() != 1 or ladj.shape[0] != x.shape[0]:  # (shapes only: no host sync)
+        if not isinstance(ladj, Tensor) or ladj.dim() != 1 or ladj.shape[0] != x.shape[0]:
             self._bad_ladj(ladj, x.shape[0], "_forward")
         return z, ladj
 
@@ -150,16 +150,17 @@ class Transform(nn.Module):
         """Noise to data: returns ``(x, log|det dx/dz|)``."""
         check_shape(z, self.output_shape, f"{type(self).__name__}.inverse input")
         self._check_context(context, z.shape[0])
-        x, ladj = self._inverse(z, context)
-        if ladj.dim() != 1 or ladj.shape[0] != z.shape[0]:
+        x, ladj = self._inverse(z, context)  # (shapes only: no host sync)
+        if not isinstance(ladj, Tensor) or ladj.dim() != 1 or ladj.shape[0] != z.shape[0]:
             self._bad_ladj(ladj, z.shape[0], "_inverse")
         return x, ladj
 
-    def _bad_ladj(self, ladj: Tensor, batch: int, where: str) -> None:
+    def _bad_ladj(self, ladj, batch: int, where: str) -> None:
+        what = f"shape {tuple(ladj.shape)}" if isinstance(ladj, Tensor) else repr(ladj)
         raise ValueError(
-            f"{type(self).__name__}.{where} returned a log-determinant of shape "
-            f"{tuple(ladj.shape)}; expected ({batch},), one per example (sum it over the "
-            "event's dimensions)"
+            f"{type(self).__name__}.{where} returned a log-determinant of {what}; expected a "
+            f"tensor of shape ({batch},), one per example (sum it over the event's dimensions; "
+            "x.new_zeros(x.shape[0]) for a volume-preserving map)"
         )
 
     def _check_context(self, context: Tensor | None, batch: int) -> None:

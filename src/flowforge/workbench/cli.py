@@ -730,7 +730,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--import",
-        dest="imports",
+        dest="imports_cmd",  # (after the command: kept apart from those before it)
         action="append",
         metavar="MODULE",
         default=argparse.SUPPRESS,
@@ -1009,10 +1009,16 @@ def _import_user_module(name: str) -> None:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {name}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
+        # under a name of its own: a file called copy.py must not replace the module copy
+        key = f"_flowforge_import_{path.stem}"
+        spec = importlib.util.spec_from_file_location(key, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
         return
     here = os.getcwd()
     added = here not in sys.path
@@ -1043,7 +1049,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
     reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
-    for name in getattr(args, "imports", []):  # the user's own builders: named here, never by a
+    imports = [*getattr(args, "imports", []), *getattr(args, "imports_cmd", [])]
+    for name in imports:  # the user's own builders: named here, never by a
         try:  # config or a run folder
             _import_user_module(name)
         except Exception as e:

@@ -344,7 +344,7 @@ def _check_text(path: Path) -> None:
 
 
 def _read_csv(
-    path: Path, header: bool | None = None, names: list | None = None
+    path: Path, header: bool | None = None, names: list | None = None, width: int | None = None
 ) -> tuple[np.ndarray, list[str] | None]:
     """The table and its header's column names (None without a header).
 
@@ -357,23 +357,26 @@ def _read_csv(
     either way. The file is UTF-8, or read as Windows-1252 where it is not."""
     _check_text(path)
     try:
-        return _parse_csv(path, "utf-8-sig", "strict", header, names)
+        return _parse_csv(path, "utf-8-sig", "strict", header, names, width)
     except UnicodeDecodeError:  # a Windows spreadsheet's export with accented names
-        return _parse_csv(path, "cp1252", "replace", header, names)
+        return _parse_csv(path, "cp1252", "replace", header, names, width)
 
 
 MAX_CSV_LINE = 4 << 20  # characters in one line of a CSV (a table of some 300,000 columns)
 
 
-def _bounded_lines(f, path: Path):
-    """The file's lines, each refused past :data:`MAX_CSV_LINE` characters before the csv
-    module splits it (a one-line file of 10M fields took 1.5 GB to be refused)."""
-    for i, line in enumerate(iter(lambda: f.readline(MAX_CSV_LINE + 1), ""), 1):
-        if len(line) > MAX_CSV_LINE:
+def _bounded_lines(f, path: Path, cap: int | None = None):
+    """The file's lines, each refused past ``cap`` characters (:data:`MAX_CSV_LINE`, or
+    what a known width needs) before the csv module splits it (a one-line file of 10M fields
+    took 1.5 GB to be refused)."""
+    cap = cap or MAX_CSV_LINE
+    for i, line in enumerate(iter(lambda: f.readline(cap + 2), ""), 1):
+        end = 2 if line.endswith("\r\n") else 1 if line.endswith(("\n", "\r")) else 0
+        if len(line) - end > cap:
             raise DataError(
-                f"{path}: line {i} is longer than {MAX_CSV_LINE:,} characters, more than a "
-                "table's row (is the file one line, or not a table?); flowforge reads tables "
-                "of one row per line"
+                f"{path}: line {i} is longer than {cap:,} characters, more than a table's row "
+                "(is the file one line, or not a table? a table this wide reads faster as "
+                ".npy); flowforge reads tables of one row per line"
             )
         yield line
 
@@ -381,7 +384,12 @@ def _bounded_lines(f, path: Path):
 FAST_CSV_BYTES = 1 << 20  # from this size, a plain table is read by numpy's C reader
 
 
-def _parse_csv_fast(path: Path, encoding: str, errors: str, header, names):
+def _line_cap(width: int | None) -> int:
+    """The longest line a CSV of ``width`` columns may have (None: not known)."""
+    return max(MAX_CSV_LINE, 64 * width) if width else MAX_CSV_LINE
+
+
+def _parse_csv_fast(path: Path, encoding: str, errors: str, header, names, width=None):
     """``(table, columns, first row)`` by numpy's C reader (4 to 5 times faster than row by
     row), for a plain table: every line after the header a row of the same number of finite
     numbers. None for anything else, which the row-by-row reader then reads, or refuses with
@@ -389,7 +397,7 @@ def _parse_csv_fast(path: Path, encoding: str, errors: str, header, names):
     if path.stat().st_size < FAST_CSV_BYTES:
         return None
     with open(path, encoding=encoding, errors=errors, newline="") as f:
-        reader = csv.reader(_bounded_lines(f, path))
+        reader = csv.reader(_bounded_lines(f, path, _line_cap(width)))
         try:
             row = next((r for r in reader if any(c.strip() for c in r)), None)
         except csv.Error:
@@ -419,15 +427,15 @@ def _parse_csv_fast(path: Path, encoding: str, errors: str, header, names):
     return out, ([c.strip() for c in row] if named else None), (lineno, row)
 
 
-def _parse_csv(path: Path, encoding: str, errors: str, header, names):
-    fast = _parse_csv_fast(path, encoding, errors, header, names)
+def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None):
+    fast = _parse_csv_fast(path, encoding, errors, header, names, width)
     if fast is not None:
         out, columns, first = fast
         return _csv_verdicts(path, out, columns, first, header, None)
     values, lines = array.array("d"), array.array("q")
     first, d, columns, zero_led = None, 0, None, None
     with open(path, encoding=encoding, errors=errors, newline="") as f:
-        reader = csv.reader(_bounded_lines(f, path))
+        reader = csv.reader(_bounded_lines(f, path, _line_cap(width)))
         try:
             for row in reader:
                 if not any(c.strip() for c in row):
@@ -678,20 +686,21 @@ def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, wher
     repeat training rows (exact duplicates, an optimistic test NLL). A constant column is
     refused when training starts (:func:`constant_columns`)."""
     notes = []
-    # the median and the spread around it: of a sample of rows when there are many (the counts
-    # below are over every row)
-    some = train
+    # per column, in float64: the median and the spread around it (of a sample of rows when
+    # there are many), and the rows far from it (all of them)
+    pick = None
     if len(train) > MEDIAN_ROWS:
-        pick = np.random.default_rng(0).permutation(len(train))[:MEDIAN_ROWS]
-        some = np.asarray(train[np.sort(pick)], dtype=np.float64)
-    med = np.median(some, 0)
-    robust = 1.4826 * np.median(np.abs(some - med), 0)  # the sd a normal column would have
-    far = [
-        (j, int((np.abs(train[:, j] - med[j]) > 100 * robust[j]).sum()))
-        for j in range(train.shape[1])
-        if robust[j] > 0
-    ]
-    far = [(j, n) for j, n in far if n]
+        pick = np.sort(np.random.default_rng(0).permutation(len(train))[:MEDIAN_ROWS])
+    far = []
+    for j in range(train.shape[1]):
+        col = np.asarray(train[:, j], dtype=np.float64)
+        some = col if pick is None else col[pick]
+        med = np.median(some)
+        robust = 1.4826 * np.median(np.abs(some - med))  # the sd a normal column would have
+        if robust > 0:
+            n = int((np.abs(col - med) > 100 * robust).sum())
+            if n:
+                far.append((j, n))
     if far:
         what = "; ".join(
             f"column {_column_name(j, names)}: {n} {'row' if n == 1 else 'rows'}"
@@ -1024,6 +1033,9 @@ def _table(
         else:
             arrays = {"data": _as_table(raw, str(path))}
         del raw  # (the file's array, when its dtype needed converting)
+    if len({v.dtype for v in arrays.values()}) > 1:  # splits saved in different dtypes: one,
+        common = np.result_type(*arrays.values())  # so that equal rows have equal bytes
+        arrays = {k: v.astype(common, copy=False) for k, v in arrays.items()}
     if "data" in arrays:
         a = arrays.pop("data")
         tr, va, te = _splits(len(a), seed, val_fraction, test_fraction, shuffle)
@@ -1201,7 +1213,8 @@ def read_table(
         raise DataError(f"{path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        a, found = _read_csv(path, header, columns)
+        width = math.prod(shape) if shape else (len(columns) if columns else None)
+        a, found = _read_csv(path, header, columns, width)
         if names is not None and found:
             names.extend(found)  # the caller checks them against the run's columns
         return a

@@ -423,6 +423,9 @@ class Records(list):
         for r in records:
             self.append(r)
 
+    def __reduce__(self):  # (pickle, copy: the records as held, with the thinning's state)
+        return _records, (list(self), self.limit, self.stride, self.seen, self.steps)
+
     def _thin(self) -> None:
         i, kept = -1, []
         for r in self:
@@ -434,6 +437,13 @@ class Records(list):
         self[:] = kept
         self.stride *= 2
         self.steps = (i + 2) // 2  # the step records held now
+
+
+def _records(items: list, limit: int, stride: int, seen: int, steps: int) -> Records:
+    r = Records(steps=limit)
+    list.extend(r, items)
+    r.stride, r.seen, r.steps = stride, seen, steps
+    return r
 
 
 def _metrics_lines(path: Path):

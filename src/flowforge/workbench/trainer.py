@@ -468,6 +468,7 @@ class _Watch:
 
 
 MAX_WARNINGS = 1000  # warnings a checkpoint keeps for the resumed run's summary
+MAX_WARNING_CHARS = 10_000  # and their length
 
 
 def _saved_watch(meta: dict) -> tuple[list[str], dict[str, _Watch]]:
@@ -477,7 +478,7 @@ def _saved_watch(meta: dict) -> tuple[list[str], dict[str, _Watch]]:
     if (
         not isinstance(warnings, list)
         or len(warnings) > MAX_WARNINGS
-        or not all(isinstance(w, str) and len(w) <= 10_000 for w in warnings)
+        or not all(isinstance(w, str) and len(w) <= MAX_WARNING_CHARS for w in warnings)
     ):
         raise ValueError("its list of warnings is malformed")
     watch = {}
@@ -855,7 +856,8 @@ class Trainer:
         if not self.writer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
-        meta.update(seed=self.seed, world=self.world, warnings=self.warnings[-MAX_WARNINGS:])
+        warned = [w[:MAX_WARNING_CHARS] for w in self.warnings[-MAX_WARNINGS:]]
+        meta.update(seed=self.seed, world=self.world, warnings=warned)
         # the spike watch's windows: a resumed run flags (and misses) the spikes it would have
         meta["watch"] = {k: [list(w.losses), list(w.norms)] for k, w in self._watch.items()}
         ctx = self._signals.deferred() if self._signals else _nothing()
@@ -910,6 +912,8 @@ class Trainer:
         best = {k[len("best/") :]: v for k, v in tensors.items() if k.startswith("best/")}
         try:
             self.model.load_state_dict(model)
+            if best and self._saves_model:  # (model.ff holds them: the trainer writes none)
+                raise ValueError("it holds best weights for a model whose best is in model.ff")
             if best:  # a model without model.ff: its best weights, shaped like the model's
                 like = self.eval_model.state_dict()
                 if best.keys() != like.keys() or any(
@@ -936,7 +940,7 @@ class Trainer:
                 setattr(self, k, v)
             set_rng_state(tensors, meta["rng"])
             self.warnings, self._watch = _saved_watch(meta)
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
             msg = " ".join(str(e).split())[:300]
             raise RunError(f"cannot resume from {self.out / CKPT_FILE}: {msg}") from None
         if meta.get("world", 1) != self.world:
@@ -996,7 +1000,8 @@ class Trainer:
 
                 # resumed: TensorBoard hides what a killed process logged after the checkpoint
                 # (metrics.jsonl drops those records likewise)
-                purge = self.global_step if self.global_step > 0 else None
+                # (the records at the checkpoint's own step are kept: those after it go)
+                purge = self.global_step + 1 if self.global_step > 0 else None
                 self._tb = SummaryWriter(str(self.out / "tb"), purge_step=purge)
             except ImportError:
                 self._tb = None
