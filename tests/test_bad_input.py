@@ -877,3 +877,13 @@ def test_train_without_a_model_names_where_to_find_one(tmp_path, capsys):
     rc, _, err = cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run")
     one_line_error(rc, err, "no model given: use --model NAME", "flowforge list")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_preprocessing_option_for_discrete_data_is_refused_on_a_continuous_table(
+    tmp_path, capsys
+):
+    """model.preprocess=logit on a continuous table was recorded and silently not applied."""
+    rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", "moons", "--set",
+                     "model.preprocess=logit", "--out", tmp_path / "r")  # fmt: skip
+    one_line_error(rc, err, "model argument preprocess applies to discrete data")
+    assert not (tmp_path / "r").exists()

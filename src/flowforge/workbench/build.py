@@ -164,6 +164,14 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
             f"model argument levels={kwargs['levels']!r} does not match the data's "
             f"{ds.levels} levels; remove it (levels come from the data)"
         )
+    ignored = [k for k in ("preprocess", "alpha") if k in kwargs]
+    if ds.levels is None and "levels" not in kwargs and ignored and stored is None:
+        raise WorkbenchError(
+            f"model argument {ignored[0]} applies to discrete data (data.levels): continuous "
+            "data are standardised instead (data.standardize); remove it (a bounded or "
+            "positive column can be mapped to the real line, with log or logit, before "
+            "training)"
+        )
     layout = cfg["layout"]
     if layout == "image":
         if not ds.is_image:
