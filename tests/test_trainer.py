@@ -398,3 +398,23 @@ def test_a_long_warning_does_not_make_the_runs_own_checkpoint_unresumable(tmp_pa
     )
     res = Trainer(_flow(), x, x, cfg, out=run, **QUIET).fit(resume=True)
     assert res["status"] == "finished" and res["warnings"] == ["w" * 10_000]
+
+
+def test_loss_spikes_past_the_fifth_are_logged_not_printed(tmp_path, capsys):
+    from flowforge.workbench.trainer import NLL
+
+    class Spiky(NLL):  # a bad batch every third step from step 12
+        def loss(self, trainer, model, x, context):
+            step = trainer.global_step + 1
+            extra = 50.0 if step >= 12 and step % 3 == 0 else 0.0
+            return super().loss(trainer, model, x, context) + extra
+
+    x = torch.randn(320, 2, generator=torch.Generator().manual_seed(1))
+    cfg = {"epochs": 4, "batch_size": 32, "tensorboard": False}
+    tr = Trainer(_flow(), x, x[:64], cfg, objective=Spiky(), seed=0, out=tmp_path, **QUIET)
+    res = tr.fit()
+    printed = [ln for ln in capsys.readouterr().err.splitlines() if "jumped far above" in ln]
+    logged = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    spikes = [r for r in logged if r["type"] == "warning" and "jumped far above" in r["message"]]
+    assert len(printed) == 5 and len(spikes) > 8 and tr.spikes == len(spikes)
+    assert any("further ones go to metrics.jsonl only" in w for w in res["warnings"])

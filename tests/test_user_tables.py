@@ -462,3 +462,23 @@ def test_a_csv_as_wide_as_the_run_is_read_past_the_usual_line_cap(tmp_path, monk
     exact = tmp_path / "exact.csv"  # exactly the cap, with a Windows line end: not over it
     exact.write_bytes(b"\r\n".join([b",".join([b"1"] * 50)[:99] + b"9"] * 3) + b"\r\n")
     assert data.read_table(str(exact)).shape == (3, 50)
+
+
+def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(tmp_path):
+    """A [0, 1] column with 30% exact zeros gave an NLL that fell without bound, unwarned; a
+    binary table's inevitable repeats were called duplicates to remove."""
+    rng = np.random.default_rng(0)
+    n = 600
+    prob = np.where(rng.random(n) < 0.3, 0.0, rng.random(n))
+    path = tmp_path / "p.csv"
+    rows = np.stack([prob, rng.normal(size=n)], 1)
+    path.write_text("prob,z\n" + "\n".join(f"{a:.17g},{b:.17g}" for a, b in rows))
+    notes = load_dataset(str(path)).info.get("warnings", [])
+    assert any(n.startswith("column(s) 'prob' (") and "on 0)" in n and "falls without bound" in n
+               for n in notes), notes  # fmt: skip
+    binary = tmp_path / "b.csv"
+    bits = rng.integers(0, 2, (n, 3))
+    binary.write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in bits))
+    notes = load_dataset(str(binary)).info["warnings"]
+    dup = [n for n in notes if "also appear in the training split" in n]
+    assert dup and all("repeats are expected" in n for n in dup), dup

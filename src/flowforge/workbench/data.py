@@ -801,12 +801,24 @@ def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
         seen = {r.tobytes() for r in train[np.flatnonzero(same)]} if len(maybe) else set()
         dup = sum(a[i].tobytes() in seen for i in maybe)
         if dup:
+            # the training split repeating its own rows: discrete-valued data, where repeats
+            # across splits follow from the values themselves, or copies of records
+            own = 1 - len(np.unique(train_hashes)) / max(len(train), 1)
+            fix = (
+                f"the training split repeats {own:.0%} of its own {what} too: if the data take "
+                f"few values, repeats are expected and the NLL is fair; if they are copies of "
+                f"one record, remove them before splitting"
+                if own >= 0.1
+                else f"the {name} NLL will be optimistic; remove duplicate {what} before splitting"
+            )
             notes.append(
                 f"{dup} of the {len(a)} {name} {what} also appear in the training split (exact "
-                f"duplicates): the {name} NLL will be optimistic; remove duplicate {what} "
-                "before splitting"
+                f"duplicates): {fix}"
             )
     return notes
+
+
+ATOM_SHARE = 0.01  # a value that this share of a non-integer column's rows hold is an atom
 
 
 def _integer_columns(train: np.ndarray, names: list[str] | None) -> str | None:
@@ -822,9 +834,39 @@ def _integer_columns(train: np.ndarray, names: list[str] | None) -> str | None:
     return (
         f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} hold only a "
         "few integer values (categories or counts?); they are modelled as continuous, where a "
-        "flow can put density spikes on the integers and report a misleadingly low NLL. Give "
-        "the data option levels: K (all columns integers in [0, K-1]), or drop or one-hot such "
-        "columns"
+        "flow can put density spikes on the integers and report a misleadingly low NLL (that "
+        "falls the longer it trains). Give the data option levels: K if every column is an "
+        "integer in [0, K-1]; otherwise add uniform noise in [0, 1) to those columns before "
+        "training (dequantization: the NLL is then a bound on theirs), or drop them"
+    )
+
+
+def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
+    """A warning for non-integer columns that put many rows on single values (exact 0s and 1s
+    in a probability, a floor or a cap): a density spikes on them, and its NLL has no floor."""
+    found = []
+    n = len(train)
+    if n < 20:
+        return None
+    for j in range(train.shape[1]):
+        col = np.asarray(train[:, j], dtype=np.float64)
+        if np.array_equal(col, np.round(col)):
+            continue  # (integer columns: _integer_columns)
+        values, counts = np.unique(col, return_counts=True)
+        top = np.argsort(counts)[::-1][:2]
+        atoms = [(values[i], counts[i] / n) for i in top if counts[i] / n >= ATOM_SHARE and
+                 counts[i] > 1]  # fmt: skip
+        if atoms:
+            what = " and ".join(f"{share:.1%} on {value:g}" for value, share in atoms)
+            found.append(f"{_column_name(j, names)} ({what})")
+    if not found:
+        return None
+    return (
+        f"column(s) {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''} put many rows on "
+        "single values (a floor, a cap, exact 0s and 1s): a continuous density puts spikes "
+        "there, and its NLL falls without bound the longer it trains (not a better model). "
+        "Model the exact values apart (a flag column and the rest), or spread them with a "
+        "little noise before training"
     )
 
 
@@ -1059,8 +1101,9 @@ def _table(
         notes += _table_checks(
             arrays["train"], {"val": arrays["val"], "test": arrays["test"]}, columns, str(path)
         )
-        note = _integer_columns(arrays["train"], columns)
-        notes += [note] if note else []
+        for check in (_integer_columns, _atoms):
+            note = check(arrays["train"], columns)
+            notes += [note] if note else []
         if notes:
             info["warnings"] = notes
     else:  # discrete tables: exact repeats are the one check that applies

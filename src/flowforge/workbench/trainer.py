@@ -467,6 +467,7 @@ class _Watch:
         return msg
 
 
+SPIKES_SHOWN = 5  # loss spikes printed; the rest are logged only
 MAX_WARNINGS = 1000  # warnings a checkpoint keeps for the resumed run's summary
 MAX_WARNING_CHARS = 10_000  # and their length
 
@@ -682,6 +683,7 @@ class Trainer:
         self.bad_epochs = 0
         self.last_halved = -1
         self.skipped = 0
+        self.spikes = 0  # loss spikes flagged
         self.epoch_losses: list[float] = []  # losses of the epoch in progress
         self.finished: str | None = None
         # the records logged; step records evenly thinned past MAX_STEP_RECORDS (runs.Records)
@@ -841,7 +843,7 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------
     _STATE = (
         "epoch", "step_in_epoch", "global_step", "best", "best_epoch", "bad_epochs",
-        "last_halved", "lr_factor", "skipped", "finished", "epoch_losses",
+        "last_halved", "lr_factor", "skipped", "finished", "epoch_losses", "spikes",
     )  # fmt: skip
 
     @property
@@ -889,6 +891,7 @@ class Trainer:
         whole("bad_epochs", 0, self.cfg["epochs"])
         whole("last_halved", -1, self.cfg["epochs"])
         whole("skipped", 0)
+        whole("spikes", 0)
         for k in ("best", "lr_factor"):
             if isinstance(st[k], bool) or not isinstance(st[k], (int, float)):
                 raise ValueError(f"its value {k!r} is {st[k]!r}, expected a number")
@@ -1145,7 +1148,18 @@ class Trainer:
                 watch = self._watch.setdefault(self.objective.loss_kind(self), _Watch())
                 spike = watch.check(value, norm if norm is not None else math.nan)
                 if spike:
-                    self._warn(f"step {self.global_step}: {spike}; {self._largest_gradient()}")
+                    self.spikes += 1
+                    msg = f"step {self.global_step}: {spike}; {self._largest_gradient()}"
+                    if self.spikes <= SPIKES_SHOWN:
+                        self._warn(msg)
+                    else:  # logged, not printed (a run of 80 filled the terminal)
+                        self._log({"type": "warning", "epoch": self.epoch + 1,
+                                   "step": self.global_step, "message": msg})  # fmt: skip
+                    if self.spikes == SPIKES_SHOWN:
+                        self._warn(
+                            f"{SPIKES_SHOWN} loss spikes so far: further ones go to "
+                            "metrics.jsonl only (a lower --lr or train.grad_clip may help)"
+                        )
             bar.update(1)
             post = {"epoch": self.epoch + 1, "loss": f"{value:.4g}"}
             if self.bits_dims:
