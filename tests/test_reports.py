@@ -258,3 +258,22 @@ def test_a_report_that_fails_leaves_the_last_report_as_it_was(runs, capsys, monk
     render(run, capsys)  # a report that succeeds replaces the figures, keeps the user's file
     assert (run / "report" / "density.png").is_file()
     assert (run / "report" / "notes.txt").read_text() == "the user's own file"
+
+
+def test_samples_outside_a_bounded_columns_range_are_warned_of(tmp_path, capsys):
+    """Samples of a [0, 1] column fell at -1.3 to 2.2 (25% outside), and neither sample nor
+    report said so."""
+    rng = np.random.default_rng(0)
+    n = 400
+    prob = rng.beta(0.3, 0.3, n)  # most mass at the two bounds
+    csv = tmp_path / "b.csv"
+    csv.write_text("prob,z\n" + "\n".join(f"{a:.6f},{b:.6f}" for a, b in
+                                          zip(prob, rng.normal(size=n))))  # fmt: skip
+    run = train(tmp_path, "b", "--model", "realnvp", "--data", csv, "--model-kwargs",
+                '{"layers": 2, "hidden": [8]}')  # fmt: skip
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "2000", "--out", str(tmp_path / "s.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "samples fall outside the training data's range in column(s) prob" in err
+    _, table = render(run, capsys)
+    assert "prob" in table["warning: samples outside the data's range"]

@@ -274,6 +274,11 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         resolved["context_column_names"] = ds.info["context_columns"]
     if ds.info.get("warnings"):  # what the data checks found: eval and report repeat it
         resolved["data_warnings"] = list(ds.info["warnings"])
+    if ds.kind == "table" and ds.levels is None and len(ds.shape) == 1 and len(ds.train):
+        # each column's training range: `flowforge sample` says how much falls outside it
+        t = ds.train.reshape(len(ds.train), -1)
+        lows, highs = t.min(0).values.tolist(), t.max(0).values.tolist()
+        resolved["ranges"] = [[float(a), float(b)] for a, b in zip(lows, highs)]
     return flow, inner, resolved
 
 

@@ -469,6 +469,11 @@ def cmd_sample(args) -> int:
     print(f"wrote {_count(x.shape[0], 'sample')}{what} to {out}")
     if used:
         print(used)
+    from .report import outside_ranges
+
+    outside = outside_ranges(x, cfg)
+    if outside:
+        print(f"warning: {outside}", file=sys.stderr)
     clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
     if clamped:
         levels = cfg["resolved"]["levels"]

@@ -868,6 +868,37 @@ def write_report(
         shutil.rmtree(figdir, ignore_errors=True)
 
 
+OUTSIDE_SHARE = 0.01  # samples beyond a column's training range worth a warning
+
+
+def outside_ranges(x, cfg: dict) -> str | None:
+    """What share of a table run's samples fall outside each column's training range, where
+    1% or more do (a bounded or positive column drawn past its bounds); None otherwise, or
+    for a run that recorded no ranges. (Draws from the data's own distribution pass the range
+    of n training rows with probability 2 / (n + 1).)"""
+    ranges = cfg.get("resolved", {}).get("ranges")
+    if not ranges or x.dim() != 2 or x.shape[1] != len(ranges) or not len(x):
+        return None
+    lo, hi = torch.tensor(ranges, dtype=torch.float64).T
+    v = x.double()
+    share = ((v < lo) | (v > hi)).double().mean(0)
+    names = cfg["resolved"].get("columns") or [str(j) for j in range(len(ranges))]
+    bad = [j for j in torch.argsort(share, descending=True).tolist() if share[j] >= OUTSIDE_SHARE]
+    if not bad:
+        return None
+    each = "; ".join(
+        f"{names[j]} {share[j]:.1%} (samples {v[:, j].min():.4g} to {v[:, j].max():.4g}, "
+        f"data {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
+        for j in bad[:5]
+    )
+    return (
+        f"samples fall outside the training data's range in column(s) {each}"
+        f"{' ...' if len(bad) > 5 else ''}: the model puts mass where the data has none (a "
+        "bounded or positive column? map it to the real line, with log or logit, before "
+        "training)"
+    )
+
+
 def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path) -> Path:
     from ..io import atomic_write
     from .evaluate import REFERENCES, against_reference, describe_ode, evaluate_run
@@ -1013,6 +1044,9 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         if isinstance(flow.base, StandardNormal):
             c_m = None if c_split is None else c_split[:m]
             z = latent(flow, x_split[:m], seed, c_m, flat=False).numpy()
+        outside = outside_ranges(samples.reshape(len(samples), -1), cfg)
+        if outside:
+            facts.append(("warning: samples outside the data's range", outside))
         tf, tfacts = table_figures(
             data[:m].numpy(), samples.reshape(len(samples), -1).numpy(), z, names, figdir
         )
