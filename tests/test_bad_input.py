@@ -624,6 +624,7 @@ def test_eval_sets_a_discrete_model_beside_a_per_position_histogram(tmp_path, ca
     rc, out, err = cli(capsys, "eval", tmp_path / "r", "--split", "test")
     assert "a histogram per position of the training split: NLL 106.3652 (2.3977 bits/dim)" in out
     assert ("worse than that histogram" in out) == (res["nll"] > res["histogram_nll"])
+    assert ("the reference is the better model" in out) == (res["nll"] > res["histogram_nll"])
     assert cli(capsys, "report", tmp_path / "r")[0] == 0
     assert "NLL of a histogram per position" in (tmp_path / "r" / "report.html").read_text()
 

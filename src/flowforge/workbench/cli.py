@@ -299,7 +299,13 @@ def _finish_train(result: dict) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import REFERENCES, against_reference, describe_ode, evaluate_run
+    from .evaluate import (
+        REFERENCES,
+        WORSE_HINT,
+        against_reference,
+        describe_ode,
+        evaluate_run,
+    )
 
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
@@ -340,10 +346,7 @@ def cmd_eval(args) -> int:
                 words, worse = against_reference(res, key)
                 print(f"{what}: NLL {g:.4f}{extra} on the same examples; {words}")
                 if worse:
-                    print(
-                        f"warning: the model scores worse than {short}: it under- or over-fits "
-                        "(compare its validation and training losses in flowforge report)"
-                    )
+                    print(f"warning: the model scores worse than {short}: {WORSE_HINT}")
     return 0
 
 

@@ -240,6 +240,13 @@ def evaluate_run(
 
 
 # the reference densities eval and report set a model beside: (result key, what it is, its noun)
+WORSE_HINT = (
+    "it under- or over-fits (compare its training and validation losses in flowforge report: "
+    "a training loss far below the validation loss is overfitting, common with few rows for "
+    "the columns); try a smaller model, train.weight_decay or more data, and where none beats "
+    "the reference, the reference is the better model of these data"
+)
+
 REFERENCES = (
     ("gaussian_nll", "a Gaussian fitted to the training split", "Gaussian"),
     ("histogram_nll", "a histogram per position of the training split", "histogram"),

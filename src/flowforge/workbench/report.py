@@ -901,7 +901,13 @@ def outside_ranges(x, cfg: dict) -> str | None:
 
 def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path) -> Path:
     from ..io import atomic_write
-    from .evaluate import REFERENCES, against_reference, describe_ode, evaluate_run
+    from .evaluate import (
+        REFERENCES,
+        WORSE_HINT,
+        against_reference,
+        describe_ode,
+        evaluate_run,
+    )
 
     r = cfg["resolved"]
     shape = tuple(r["event_shape"])
@@ -978,8 +984,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                 if worse:
                     facts.append((
                         f"warning: worse than {short} on {name}",
-                        f"the model's {v:.4f} against {g:.4f}: it under- or over-fits (compare "
-                        "the training and validation curves)",
+                        f"the model's {v:.4f} against {g:.4f}: {WORSE_HINT}",
                     ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
             facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
