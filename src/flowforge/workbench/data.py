@@ -462,9 +462,15 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                     values.extend([float(c) for c in row])
                 except ValueError:
                     bad = next(c for c in row if not _is_float(c))
+                    missing = (
+                        " (a missing value: drop the rows that miss values, or fill them in, "
+                        "before training; a flow models complete rows)"
+                        if bad.strip().lower() in _MISSING
+                        else ""
+                    )
                     raise DataError(
                         f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number"
-                        f"{_other_separator(row)}"
+                        f"{missing}{_other_separator(row)}"
                     ) from None
                 lines.append(lineno)
                 if d == 2 and zero_led is None and _zero_led(row[1]):
@@ -480,7 +486,10 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
     out = np.frombuffer(values, dtype=np.float64).reshape(-1, d)
     bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
     if len(bad):
-        raise DataError(f"{path} contains NaN or inf on lines {_rows([lines[i] for i in bad])}")
+        raise DataError(
+            f"{path} contains NaN or inf on lines {_rows([lines[i] for i in bad])} (missing "
+            "values? drop those rows, or fill them in, before training)"
+        )
     big = np.nonzero((np.abs(out) > np.finfo(np.float32).max).any(axis=1))[0]
     if len(big):
         raise DataError(
