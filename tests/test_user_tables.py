@@ -484,9 +484,14 @@ def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(tmp_path)
     assert dup and all("repeats are expected" in n for n in dup), dup
 
 
-@pytest.mark.parametrize("cell, needle", [("", "cannot read '' as a number (a missing value"),
-                                          ("NA", "cannot read 'NA' as a number (a missing"),
-                                          ("nan", "contains NaN or inf on lines 3 (missing")])  # fmt: skip
+MISSING = [
+    ("", "cannot read '' as a number (a missing value"),
+    ("NA", "cannot read 'NA' as a number (a missing"),
+    ("nan", "contains NaN or inf on lines 3 (missing"),
+]
+
+
+@pytest.mark.parametrize("cell, needle", MISSING)
 def test_a_missing_value_is_called_one_with_what_to_do(tmp_path, cell, needle):
     path = tmp_path / "m.csv"
     path.write_text(f"a,b\n1,2\n3,{cell}\n5,6\n7,8\n")
