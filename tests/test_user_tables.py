@@ -498,3 +498,18 @@ def test_a_missing_value_is_called_one_with_what_to_do(tmp_path, cell, needle):
     with pytest.raises(DataError, match="drop") as e:
         load_dataset(str(path))
     assert needle in str(e.value)
+
+
+def test_a_last_best_epoch_on_spiky_columns_does_not_ask_for_more_epochs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 300
+    prob = np.where(rng.random(n) < 0.3, 0.0, rng.random(n))
+    path = tmp_path / "p.csv"
+    path.write_text("prob,z\n" + "\n".join(f"{a:.17g},{b:.17g}" for a, b in
+                                            zip(prob, rng.normal(size=n))))  # fmt: skip
+    rc, out, err = cli(capsys, "train", "--model", "realnvp", "--data", path, "--out",
+                       tmp_path / "r", "--model-kwargs", '{"layers": 2, "hidden": [8]}',
+                       "--epochs", 3, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    assert "note: the best epoch is the last, but the columns the data warnings name" in out
+    assert "more epochs sharpen the spikes" in out and "may do better" not in out

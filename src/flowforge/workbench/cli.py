@@ -285,10 +285,20 @@ def _finish_train(result: dict) -> int:
             msg = f"nothing to train: the run had {msg}"
         print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
         if result["status"] == "finished" and result["best_epoch"] == result["epochs"] > 1:
-            print(
-                "note: the best epoch is the last, so the model was still improving: a new run "
-                "with more --epochs may do better"
-            )
+            from .runs import run_config
+
+            warned = run_config(result["out"])["resolved"].get("data_warnings", [])
+            if any("the longer it trains" in w for w in warned):  # spikes on atoms: no floor
+                print(
+                    "note: the best epoch is the last, but the columns the data warnings name "
+                    "let the NLL fall for as long as it trains: more epochs sharpen the spikes, "
+                    "not the model"
+                )
+            else:
+                print(
+                    "note: the best epoch is the last, so the model was still improving: a new "
+                    "run with more --epochs may do better"
+                )
         elif result["best_epoch"] == 1 and result["epochs"] > 1:
             print(
                 "note: the best epoch is the first: every later epoch scored worse on validation "
