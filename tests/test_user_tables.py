@@ -502,7 +502,7 @@ def test_a_missing_value_is_called_one_with_what_to_do(tmp_path, cell, needle):
 
 def test_a_last_best_epoch_on_spiky_columns_does_not_ask_for_more_epochs(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    n = 300
+    n = 2000
     prob = np.where(rng.random(n) < 0.3, 0.0, rng.random(n))
     path = tmp_path / "p.csv"
     path.write_text("prob,z\n" + "\n".join(f"{a:.17g},{b:.17g}" for a, b in
