@@ -464,9 +464,16 @@ def test_a_csv_as_wide_as_the_run_is_read_past_the_usual_line_cap(tmp_path, monk
     assert data.read_table(str(exact)).shape == (3, 50)
 
 
-def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(tmp_path):
+@pytest.mark.parametrize("sampled", [False, True])
+def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(
+    tmp_path, monkeypatch, sampled
+):
     """A [0, 1] column with 30% exact zeros gave an NLL that fell without bound, unwarned; a
     binary table's inevitable repeats were called duplicates to remove."""
+    from flowforge.workbench import data
+
+    if sampled:  # many rows: the shares come from a sample of them
+        monkeypatch.setattr(data, "MEDIAN_ROWS", 100)
     rng = np.random.default_rng(0)
     n = 600
     prob = np.where(rng.random(n) < 0.3, 0.0, rng.random(n))

@@ -857,8 +857,12 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
     n = len(train)
     if n < 20:
         return None
+    rows = None  # (the shares from a sample of rows when there are many)
+    if n > MEDIAN_ROWS:
+        rows = np.sort(np.random.default_rng(0).permutation(n)[:MEDIAN_ROWS])
+        n = MEDIAN_ROWS
     for j in range(train.shape[1]):
-        col = np.asarray(train[:, j], dtype=np.float64)
+        col = np.asarray(train[:, j] if rows is None else train[rows, j], dtype=np.float64)
         if np.array_equal(col, np.round(col)):
             continue  # (integer columns: _integer_columns)
         values, counts = np.unique(col, return_counts=True)
