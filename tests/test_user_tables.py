@@ -483,6 +483,9 @@ def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(
     notes = load_dataset(str(path)).info.get("warnings", [])
     assert any(n.startswith("column(s) 'prob' (") and "on 0)" in n and "falls without bound" in n
                for n in notes), notes  # fmt: skip
+    # values rounded to a few decimals repeat too, spread over many: no point masses there
+    rounded = np.stack([np.round(rng.normal(170, 10, n), 1), np.round(rng.normal(0, 1, n), 2)], 1)
+    assert data._atoms(rounded, ["height", "z"]) is None
     binary = tmp_path / "b.csv"
     bits = rng.integers(0, 2, (n, 3))
     binary.write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in bits))

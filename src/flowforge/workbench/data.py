@@ -867,8 +867,11 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
             continue  # (integer columns: _integer_columns)
         values, counts = np.unique(col, return_counts=True)
         top = np.argsort(counts)[::-1][:2]
-        atoms = [(values[i], counts[i] / n) for i in top if counts[i] / n >= ATOM_SHARE and
-                 counts[i] > 1]  # fmt: skip
+        # a floor or a cap (the smallest or largest value) held by 1% of the rows, or any
+        # value by 5% (values rounded to a few decimals repeat too, but spread over many)
+        edge = {0, len(values) - 1}
+        atoms = [(values[i], counts[i] / n) for i in top if counts[i] > 1 and
+                 counts[i] / n >= (ATOM_SHARE if i in edge else 5 * ATOM_SHARE)]  # fmt: skip
         if atoms:
             what = " and ".join(f"{share:.1%} on {value:g}" for value, share in atoms)
             found.append(f"{_column_name(j, names)} ({what})")

@@ -877,12 +877,20 @@ def outside_ranges(x, cfg: dict) -> str | None:
     for a run that recorded no ranges. (Draws from the data's own distribution pass the range
     of n training rows with probability 2 / (n + 1).)"""
     ranges = cfg.get("resolved", {}).get("ranges")
-    if not ranges or x.dim() != 2 or x.shape[1] != len(ranges) or not len(x):
+    if not isinstance(ranges, list) or not ranges or x.dim() != 2 or x.shape[1] != len(ranges):
+        return None
+    if not len(x) or not all(  # (a config is data: anything else, no verdict)
+        isinstance(r, list) and len(r) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+        for r in ranges
+    ):  # fmt: skip
         return None
     lo, hi = torch.tensor(ranges, dtype=torch.float64).T
     v = x.double()
     share = ((v < lo) | (v > hi)).double().mean(0)
-    names = cfg["resolved"].get("columns") or [str(j) for j in range(len(ranges))]
+    names = cfg["resolved"].get("columns")
+    if not isinstance(names, list) or len(names) != len(ranges):
+        names = [str(j) for j in range(len(ranges))]
     bad = [j for j in torch.argsort(share, descending=True).tolist() if share[j] >= OUTSIDE_SHARE]
     if not bad:
         return None
