@@ -1001,9 +1001,8 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                # resumed: TensorBoard hides what a killed process logged after the checkpoint
-                # (metrics.jsonl drops those records likewise)
-                # (the records at the checkpoint's own step are kept: those after it go)
+                # resumed: TensorBoard hides what a killed process logged after the checkpoint's
+                # step (as metrics.jsonl drops it), keeping the records at that step
                 purge = self.global_step + 1 if self.global_step > 0 else None
                 self._tb = SummaryWriter(str(self.out / "tb"), purge_step=purge)
             except ImportError:
