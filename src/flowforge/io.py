@@ -500,9 +500,19 @@ def _build(config: dict, max_bytes: int, n_tensors: int = 0) -> Flow:
         if not isinstance(prefix, list):
             raise ValueError("the checkpoint's configuration: prefix must be a list of layer names")
         for layer in prefix:
-            if layer != "standardize":
-                raise ValueError(f"unknown fixed layer {layer!r} in the checkpoint's configuration")
-            flow = models.standardized(flow)
+            if layer == "standardize":
+                flow = models.standardized(flow)
+            elif isinstance(layer, dict) and list(layer) == ["bounded"]:
+                bounds = layer["bounded"]
+                if not isinstance(bounds, dict) or not set(bounds) <= {"lower", "upper"}:
+                    raise ValueError(
+                        "the checkpoint's configuration: a bounded layer takes lower and upper"
+                    )
+                flow = models.bounded(flow, bounds.get("lower"), bounds.get("upper"))
+            else:
+                raise ValueError(
+                    f"unknown fixed layer {str(layer)[:80]!r} in the checkpoint's configuration"
+                )
     return flow
 
 

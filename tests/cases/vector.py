@@ -20,8 +20,26 @@ def add(*cases: Case) -> None:
     CASES.extend(cases)
 
 
+# per entry, cycling: bounded below (log), above, on both sides (logit), and not at all
+_LOWER, _UPPER = (0.0, None, -1.0, None), (None, 2.0, 3.0, None)
+
+
+def _bounded(d):
+    return T.Bounded(d, [_LOWER[i % 4] for i in range(d)], [_UPPER[i % 4] for i in range(d)])
+
+
+def _in_bounds(n, shape):
+    u = torch.rand(n, *shape) * 0.98 + 0.01
+    cols = [
+        (u[:, i] * 6, 2 - u[:, i] * 6, -1 + 4 * u[:, i], torch.randn(n))[i % 4]
+        for i in range(shape[0])
+    ]
+    return torch.stack(cols, 1)
+
+
 for d in (1, 2, 5):
     add(
+        Case(f"bounded-{d}", lambda d=d: _bounded(d), sample=_in_bounds),
         Case(f"reverse-{d}", lambda d=d: T.Reverse(d)),
         Case(f"permutation-{d}", lambda d=d: T.Permutation(d)),
         Case(f"scaling-{d}", lambda d=d: T.Scaling(d)),

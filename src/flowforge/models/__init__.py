@@ -17,7 +17,7 @@ per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealN
 trains it with its own objectives).
 """
 
-from .assembly import DataOptions, standardized
+from .assembly import DataOptions, bounded, standardized
 from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
@@ -59,4 +59,5 @@ __all__ = [
     "register",
     "spec",
     "standardized",
+    "bounded",
 ]

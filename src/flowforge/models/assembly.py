@@ -51,6 +51,7 @@ from ..nets import MLP, ConvResNet, ResidualMLP
 from ..transforms import (
     Additive,
     Affine,
+    Bounded,
     DataStandardize,
     EmergingConv2d,
     Logit,
@@ -351,6 +352,15 @@ def assemble(layers: list[Transform], event_shape: tuple[int, ...], data: DataOp
     return Flow(transform, base, make_dequantizer(data.dequantization, event_shape, data.levels))
 
 
+def _prepended(flow: Flow, layer: Transform, entry) -> Flow:
+    """``flow`` with the fixed ``layer`` first; its config lists ``entry`` under ``"prefix"``
+    (what :func:`flowforge.load` replays, in order)."""
+    out = Flow(Compose(layer, flow.transform), flow.base, flow.dequantizer)
+    if flow.config is not None:
+        out.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), entry]}
+    return out
+
+
 def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:
     """``flow`` with a fixed :class:`~flowforge.transforms.Standardize` prepended.
 
@@ -358,8 +368,19 @@ def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:
     *raw* data, counting ``-sum(log scale)``, and ``ff.save``/``ff.load`` keep the statistics
     (they are buffers; the config lists the layer under ``"prefix"``).
     """
-    pre = Standardize(flow.event_shape, loc, scale)
-    out = Flow(Compose(pre, flow.transform), flow.base, flow.dequantizer)
-    if flow.config is not None:
-        out.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), "standardize"]}
-    return out
+    return _prepended(flow, Standardize(flow.event_shape, loc, scale), "standardize")
+
+
+def bounded(flow: Flow, lower=None, upper=None) -> Flow:
+    """``flow`` with a fixed :class:`~flowforge.transforms.Bounded` prepended: each entry's
+    interval ``(lower, upper)`` mapped onto the real line (log for one bound, logit for two).
+
+    The returned flow scores data in its own units (the map's log-determinant counted) and
+    samples inside the bounds; ``ff.save``/``ff.load`` keep them (in the config, under
+    ``"prefix"``). ``lower``/``upper``: None, one number, or one number or None per entry.
+
+    Example:
+        >>> flow = bounded(NSF(features=3), lower=[0, None, 0], upper=[None, None, 1])
+    """
+    pre = Bounded(flow.event_shape, lower, upper)
+    return _prepended(flow, pre, {"bounded": {"lower": pre.lower, "upper": pre.upper}})

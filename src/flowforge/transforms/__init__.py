@@ -29,7 +29,7 @@ from .manifolds import (
 )
 from .mixture import LogisticMixture
 from .normalization import ActNorm, BatchNorm
-from .preprocessing import DataStandardize, Logit, Standardize
+from .preprocessing import Bounded, DataStandardize, Logit, Standardize
 from .residual import Planar, Radial, Sylvester
 from .splines import RationalQuadratic, rational_quadratic
 
@@ -44,6 +44,7 @@ __all__ = [
     "CircularElementwise",
     "Coupling",
     "DataStandardize",
+    "Bounded",
     "EmergingConv2d",
     "FactorOut",
     "Identity",

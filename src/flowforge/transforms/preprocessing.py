@@ -1,9 +1,10 @@
 r"""Preprocessing that counts: fixed rescalings whose log-determinant is part of every reported
 likelihood.
 
-:class:`Logit` (RealNVP) and :class:`Standardize` are ordinary transforms placed first in the
-chain, so their ``ladj`` lands in ``log_prob`` and the units stay those of the raw data (the
-dequantizers are in :mod:`flowforge.transforms.dequantization`).
+:class:`Logit` (RealNVP), :class:`Standardize` and :class:`Bounded` (a positive or bounded
+column onto the real line) are ordinary transforms placed first in the chain, so their
+``ladj`` lands in ``log_prob`` and the units stay those of the raw data (the dequantizers
+are in :mod:`flowforge.transforms.dequantization`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._util import event_shape as _event
-from ..core import DataInit, Transform
+from ..core import DataInit, Transform, checking
 
-__all__ = ["Logit", "Standardize", "DataStandardize"]
+__all__ = ["Logit", "Standardize", "DataStandardize", "Bounded"]
 
 
 class Logit(Transform):
@@ -173,3 +174,166 @@ class DataStandardize(DataInit, Transform):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", initialized={bool(self.initialized)}"
+
+
+def _bounds(value, n: int, what: str) -> list[float | None]:
+    """``value`` (None, a number, or one number or None per entry) as ``n`` floats or Nones."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value] * n
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"expected {what} to be None, a number or a list, got {value!r}")
+    try:
+        out = list(value)
+    except TypeError:
+        raise ValueError(f"expected {what} to be None, a number or a list, got {value!r}") from None
+    if len(out) != n:
+        raise ValueError(
+            f"expected {n} {what} bounds (one per entry, None for none), got {len(out)}"
+        )
+    for i, v in enumerate(out):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(
+                f"expected entry {i}'s {what} bound to be a finite number or None, got {v!r}"
+            )
+        out[i] = float(v)
+    return out
+
+
+class Bounded(Transform):
+    r"""Each entry from its interval onto the real line, so that a flow behind it keeps the
+    data's support: positive amounts, shares, scores between two limits.
+
+    Per entry, with lower bound ``a`` and upper bound ``b`` (``None``: unbounded on that side):
+
+    - neither: ``y = x``;
+    - ``a`` only: ``y = log(x - a)``;
+    - ``b`` only: ``y = -log(b - x)``;
+    - both: ``y = log(x - a) - log(b - x)``, the logit of ``(x - a) / (b - a)``.
+
+    Every map is increasing, and its log-determinant is part of ``log_prob``: a flow behind it
+    scores ``x`` in the data's own units, and its samples never leave ``(a, b)`` (in float32 a
+    sample far in a tail can round onto a bound). A value on or beyond a bound has no density
+    here and is refused where values are checked (:func:`flowforge.core.checking`; otherwise
+    its log-density is ``-inf`` or NaN).
+
+    Args:
+        shape: the event shape.
+        lower, upper: ``None`` (no bound), one number for every entry, or one number or
+            ``None`` per entry (in the flattened event's order). Where both are given,
+            ``lower < upper``.
+
+    Example:
+        >>> layer = Bounded(2, lower=[0.0, None])  # a positive first column
+        >>> y, ladj = layer(torch.tensor([[1.0, -3.0]]))
+        >>> y
+        tensor([[ 0., -3.]])
+    """
+
+    def __init__(self, shape, lower=None, upper=None):
+        super().__init__(_event(shape))
+        n = math.prod(self.event_shape)
+        self.lower, self.upper = _bounds(lower, n, "lower"), _bounds(upper, n, "upper")
+        for i, (a, b) in enumerate(zip(self.lower, self.upper)):
+            if a is not None and b is not None and not a < b:
+                raise ValueError(
+                    f"expected entry {i}'s lower bound below its upper bound, got {a} and {b}"
+                )
+        groups = {"below": [], "above": [], "both": []}  # bounded below only, above only, both
+        for i, (a, b) in enumerate(zip(self.lower, self.upper)):
+            if a is not None or b is not None:
+                groups[
+                    "both" if a is not None and b is not None else "below" if b is None else "above"
+                ].append(i)
+        dtype = torch.get_default_dtype()
+        for name, idx in groups.items():  # (fixed by the arguments: not saved, moved by .to())
+            self.register_buffer(f"_{name}", torch.tensor(idx, dtype=torch.long), persistent=False)
+        low = [self.lower[i] for i in groups["below"] + groups["both"]]
+        high = [self.upper[i] for i in groups["above"] + groups["both"]]
+        self.register_buffer("_low", torch.tensor(low, dtype=dtype), persistent=False)
+        self.register_buffer("_high", torch.tensor(high, dtype=dtype), persistent=False)
+        self._n_below, self._n_above = len(groups["below"]), len(groups["above"])
+
+    def _split(self):
+        """The lower bounds of the below-only and two-sided entries, and the upper ones of the
+        above-only and two-sided entries."""
+        nb, na = self._n_below, self._n_above
+        return self._low[:nb], self._low[nb:], self._high[:na], self._high[na:]
+
+    def _check(self, x: Tensor) -> None:
+        if not x.numel() or not checking(x):
+            return
+        flat = x.flatten(1)
+        for idx, bound, side in (
+            (torch.cat([self._below, self._both]), self._low, "lower"),
+            (torch.cat([self._above, self._both]), self._high, "upper"),
+        ):
+            if not idx.numel():
+                continue
+            v = flat[:, idx]
+            bad = (v <= bound) if side == "lower" else (v >= bound)
+            bad = bad | v.isnan()
+            if bad.any():
+                j = int(bad.any(0).nonzero()[0, 0])
+                entry, worst = int(idx[j]), v[:, j]
+                worst = worst.min() if side == "lower" else worst.max()
+                where = "above its lower" if side == "lower" else "below its upper"
+                raise ValueError(
+                    f"expected entry {entry} {where} bound {float(bound[j]):g} (the bounds are "
+                    f"open: the density is not defined on them), got {float(worst):.10g}"
+                )
+
+    def _forward(self, x, context):
+        self._check(x)
+        flat = x.flatten(1)
+        ladj = flat.new_zeros(flat.shape[0])
+        if not (self._below.numel() or self._above.numel() or self._both.numel()):
+            return x, ladj
+        y = flat.clone()
+        low_b, low_2, high_a, high_2 = self._split()
+        if self._below.numel():
+            v = torch.log(flat[:, self._below] - low_b)
+            y[:, self._below] = v
+            ladj = ladj - v.sum(1)
+        if self._above.numel():
+            v = -torch.log(high_a - flat[:, self._above])
+            y[:, self._above] = v
+            ladj = ladj + v.sum(1)
+        if self._both.numel():
+            s = flat[:, self._both]
+            lu, lr = torch.log(s - low_2), torch.log(high_2 - s)
+            y[:, self._both] = lu - lr
+            ladj = ladj + (torch.log(high_2 - low_2) - lu - lr).sum(1)
+        return y.reshape(x.shape), ladj
+
+    def _inverse(self, y, context):
+        flat = y.flatten(1)
+        ladj = flat.new_zeros(flat.shape[0])
+        if not (self._below.numel() or self._above.numel() or self._both.numel()):
+            return y, ladj
+        x = flat.clone()
+        low_b, low_2, high_a, high_2 = self._split()
+        if self._below.numel():
+            v = flat[:, self._below]
+            x[:, self._below] = low_b + torch.exp(v)
+            ladj = ladj + v.sum(1)
+        if self._above.numel():
+            v = flat[:, self._above]
+            x[:, self._above] = high_a - torch.exp(-v)
+            ladj = ladj - v.sum(1)
+        if self._both.numel():
+            v = flat[:, self._both]
+            w = high_2 - low_2
+            # from the nearer bound, so that values close to either keep their precision
+            x[:, self._both] = torch.where(
+                v > 0, high_2 - w * torch.sigmoid(-v), low_2 + w * torch.sigmoid(v)
+            )
+            ladj = ladj + (torch.log(w) - F.softplus(-v) - F.softplus(v)).sum(1)
+        return x.reshape(y.shape), ladj
+
+    def extra_repr(self) -> str:
+        def fmt(bounds):
+            return "[" + ", ".join("None" if b is None else f"{b:g}" for b in bounds) + "]"
+
+        return super().extra_repr() + f", lower={fmt(self.lower)}, upper={fmt(self.upper)}"

@@ -15,7 +15,7 @@ from .. import models
 from ..core import Flow
 from ..io import Budget
 from .catalog import SIZING
-from .data import Dataset
+from .data import Dataset, describe_bounds
 from .errors import WorkbenchError
 
 __all__ = [
@@ -252,6 +252,9 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     flow = inner
     if ds.stats is not None:
         flow = standardized(inner, ds.stats, event_shape)
+    bounds = ds.info.get("bounds")
+    if bounds:  # first of all: the bounds' logs and logits, then the standardisation
+        flow = models.bounded(flow, bounds["lower"], bounds["upper"])
     resolved = {
         "layout": layout,
         "event_shape": list(event_shape),
@@ -270,6 +273,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         resolved["context"] = ds.context_info
     if ds.info.get("columns"):
         resolved["columns"] = ds.info["columns"]
+    if bounds:
+        resolved["bounds"] = bounds
     if ds.info.get("context_columns"):  # a conditional table: its context columns' names
         resolved["context_column_names"] = ds.info["context_columns"]
     if ds.info.get("warnings"):  # what the data checks found: eval and report repeat it
@@ -358,4 +363,11 @@ def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:
         f"{_context_note(resolved)}"
         f"{'; ' + str(world) + ' processes' if world > 1 else ''}"
         + (f"\n{_sizing_note(resolved.get('sizing'))}" if resolved.get("sizing") else "")
+        + (f"\n{_bounds_note(resolved)}" if resolved.get("bounds") else "")
     )
+
+
+def _bounds_note(resolved: dict) -> str:
+    b = resolved["bounds"]
+    names = resolved.get("columns") or [f"column {i}" for i in range(len(b["lower"]))]
+    return f"bounded columns (data.bounds): {describe_bounds(b, names)}; samples stay inside"

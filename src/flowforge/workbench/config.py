@@ -239,7 +239,11 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
             out["data"]["name"] = str(name)
         if "seed" in options:
             out["data"]["seed"] = options.pop("seed")
-        out["data"]["options"].update(options)
+        for k, v in options.items():  # a mapping option (bounds) merges column by column
+            had = out["data"]["options"].get(k)
+            out["data"]["options"][k] = (
+                {**had, **v} if isinstance(had, dict) and isinstance(v, dict) else v
+            )
         tr = raw.get("train") or {}
         if not isinstance(tr, dict):
             raise WorkbenchError("config 'train' must be a mapping")

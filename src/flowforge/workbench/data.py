@@ -606,6 +606,11 @@ def _column_name(j: int, names: list[str] | None) -> str:
     return repr(names[j]) if names else f"{j} (0-based)"
 
 
+def _column_key(j: int, names: list[str] | None) -> str:
+    """How ``data.bounds`` names column ``j``: its header name, else its index."""
+    return str(names[j]) if names else str(j)
+
+
 def constant_columns(ds) -> str | None:
     """Why no density can model a table with a column that holds one value in every
     training row, or columns that are a linear function of each other (a density on a
@@ -689,12 +694,24 @@ def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> No
 MEDIAN_ROWS = 200_000  # rows the outlier check takes its median and spread from
 
 
-def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, where: str) -> list:
+def _table_checks(
+    train: np.ndarray, splits: dict, names: list[str] | None, where: str, bounds=None
+) -> list:
     """Warnings for what makes a fit or its test figure misleading: far outliers, which set
     the standardisation's scale and squeeze every other value together, and test/val rows that
     repeat training rows (exact duplicates, an optimistic test NLL). A constant column is
-    refused when training starts (:func:`constant_columns`)."""
+    refused when training starts (:func:`constant_columns`). ``bounds``: outliers are sought
+    on the scale the model sees (``data.bounds``' logs and logits)."""
     notes = []
+    raw = train
+    bounded = set()
+    if bounds:
+        bounded = {
+            j
+            for j, (a, b) in enumerate(zip(bounds["lower"], bounds["upper"]))
+            if (a, b) != (None, None)
+        }
+        train = to_reals(train, bounds)
     # per column, in float64: the median and the spread around it (of a sample of rows when
     # there are many), and the rows far from it (all of them)
     pick = None
@@ -713,16 +730,24 @@ def _table_checks(train: np.ndarray, splits: dict, names: list[str] | None, wher
     if far:
         what = "; ".join(
             f"column {_column_name(j, names)}: {n} {'row' if n == 1 else 'rows'}"
+            f"{' (on its bounds scale)' if j in bounded else ''}"
             for j, n in far[:5]
+        )
+        positive = [j for j, _ in far if j not in bounded and raw[:, j].min() > 0]
+        keys = ", ".join(f"{_column_key(j, names)}: positive" for j in positive[:3])
+        hint = (
+            "; if they are real, a positive column's heavy tail is better modelled on a log "
+            f"scale: data.bounds: {{{keys}}}"
+            if positive
+            else ""
         )
         notes.append(
             f"training values more than 100 robust standard deviations from the median ({what}"
             f"{'; ...' if len(far) > 5 else ''}): they set the standardisation's scale and "
-            "squeeze the other values together, and samples will spread far wider than the "
-            "data; check or remove them"
+            f"squeeze the other values together; check them (a typo, a missing-value code?){hint}"
         )
-    dup = _duplicates(train, splits)
-    return notes + (dup or _near_duplicates(train, splits))
+    dup = _duplicates(raw, splits)
+    return notes + (dup or _near_duplicates(raw, splits))
 
 
 def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int = 10000) -> list:
@@ -1020,6 +1045,119 @@ def _splits(n: int, seed: int, val_fraction: float, test_fraction: float, shuffl
     return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
 
 
+BOUND_WORDS = {"positive": (0.0, None), "negative": (None, 0.0)}
+BOUNDS_FORMS = (
+    "positive, negative, or [lower, upper] with null for no bound (e.g. {income: positive, "
+    "share: [0, 1]})"
+)
+
+
+def _parse_bounds(spec, width: int, names: list[str] | None) -> dict:
+    """``data.bounds`` (columns, by name or 0-based index, to ``positive``, ``negative`` or
+    ``[lower, upper]``) as ``{"lower": [...], "upper": [...]}``, one entry (or None) a column."""
+    if not isinstance(spec, dict) or not spec:
+        raise DataError(
+            f"data.bounds must map columns (names or 0-based indices) to {BOUNDS_FORMS}"
+        )
+    lower, upper = [None] * width, [None] * width
+    seen = {}
+    for key, value in spec.items():
+        j = _column_index(key, width, names, "data.bounds column")
+        if j in seen:
+            raise DataError(
+                f"data.bounds names column {_column_name(j, names)} twice ({seen[j]!r}, {key!r})"
+            )
+        seen[j] = key
+        if isinstance(value, str) and value.strip().lower() in BOUND_WORDS:
+            lo, hi = BOUND_WORDS[value.strip().lower()]
+        elif (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(
+                v is None
+                or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                for v in value
+            )
+            and list(value) != [None, None]
+        ):
+            lo, hi = (None if v is None else float(v) for v in value)
+            if lo is not None and hi is not None and not lo < hi:
+                raise DataError(
+                    f"data.bounds for column {_column_name(j, names)}: expected lower < upper, "
+                    f"got [{lo:g}, {hi:g}]"
+                )
+        else:
+            raise DataError(
+                f"data.bounds for column {_column_name(j, names)}: expected {BOUNDS_FORMS}, "
+                f"got {value!r}"
+            )
+        lower[j], upper[j] = lo, hi
+    return {"lower": lower, "upper": upper}
+
+
+def check_bounds(arrays: dict, bounds: dict, names: list[str] | None, where: str) -> None:
+    """A ``DataError`` naming the first column with a value on or beyond its bounds
+    (``arrays``: split name, or "", to its rows)."""
+    for split, a in arrays.items():
+        a = np.asarray(a)
+        for j, (lo, hi) in enumerate(zip(bounds["lower"], bounds["upper"])):
+            for b, side in ((lo, "lower"), (hi, "upper")):
+                if b is None or not len(a):
+                    continue
+                col = a[:, j]
+                bad = col <= b if side == "lower" else col >= b
+                n = int(bad.sum())
+                if n:
+                    worst = col.min() if side == "lower" else col.max()
+                    what = f"{split} value" if split else "value"
+                    below = side == "lower"
+                    raise DataError(
+                        f"{where}: column {_column_name(j, names)} has {n} {what}"
+                        f"{'' if n == 1 else 's'} on or {'below' if below else 'above'} its "
+                        f"{side} bound {b:g} (the {'lowest' if below else 'highest'}: "
+                        f"{float(worst):.10g}); data.bounds are open intervals, as the density is "
+                        "not defined on a bound: widen it, or drop those rows"
+                    )
+
+
+def describe_bounds(bounds: dict, names: list[str]) -> str:
+    """``data.bounds`` as a user reads them: each bounded column, its interval and its map."""
+    out = []
+    for name, a, b in zip(names, bounds["lower"], bounds["upper"]):
+        if a is None and b is None:
+            continue
+        if a is not None and b is not None:
+            out.append(f"{name} in ({a:g}, {b:g}), logit")
+        elif a is not None:
+            out.append(f"{name} > {a:g}, log")
+        else:
+            out.append(f"{name} < {b:g}, -log({b:g} - x)")
+    return "; ".join(out)
+
+
+def to_reals(a: np.ndarray, bounds: dict | None) -> np.ndarray:
+    """A table's columns as the model sees them after its ``Bounded`` layer (float64): log for
+    one bound, logit for two (:class:`flowforge.transforms.Bounded`); ``a`` if none."""
+    if not bounds:
+        return a
+    out = np.array(a, dtype=np.float64)
+    for j, (lo, hi) in enumerate(zip(bounds["lower"], bounds["upper"])):
+        if lo is not None and hi is not None:
+            out[:, j] = np.log(out[:, j] - lo) - np.log(hi - out[:, j])
+        elif lo is not None:
+            out[:, j] = np.log(out[:, j] - lo)
+        elif hi is not None:
+            out[:, j] = -np.log(hi - out[:, j])
+    return out
+
+
+def model_stats(train: Tensor, bounds: dict | None = None) -> dict:
+    """The standardisation statistics of a training split, taken after its bounds' map."""
+    if bounds:
+        train = torch.from_numpy(to_reals(train.numpy(), bounds))
+    return _standardize_stats(train)
+
+
 def _standardize_stats(train: Tensor) -> dict:
     if train.numel() > 1 << 24 and train.dim() == 2:  # a large table: no float64 copy of it
         mean, sd, _ = _column_stats(train.numpy())
@@ -1054,6 +1192,7 @@ def _table(
     levels=None,
     standardize=None,
     header=None,
+    bounds=None,
     **options,
 ) -> Dataset:
     _no_options(str(path), options)
@@ -1062,6 +1201,11 @@ def _table(
         raise DataError(
             "data.standardize applies to continuous tables; a table with levels is modelled on "
             "its integer grid 0..levels-1 by dequantization (drop standardize, or levels)"
+        )
+    if levels is not None and bounds is not None:
+        raise DataError(
+            "data.bounds applies to continuous tables; a table with levels is modelled on its "
+            "integer grid 0..levels-1 (drop bounds, or levels)"
         )
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
@@ -1107,15 +1251,24 @@ def _table(
             _check_levels(v, int(levels), f"{path} ({k})")
     else:
         _check_float32(arrays["train"], columns, str(path))
+    if bounds is not None:
+        bounds = _parse_bounds(bounds, arrays["train"].shape[1], columns)
+        check_bounds(arrays, bounds, columns, str(path))
     t = {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()}
     if standardize is None:
         standardize = levels is None
-    stats = _standardize_stats(t["train"]) if standardize else None
+    stats = model_stats(t["train"], bounds) if standardize else None
     info: dict = {"columns": columns}
+    if bounds is not None:
+        info["bounds"] = bounds
     if levels is None:
         notes = [unnamed] if unnamed else []
         notes += _table_checks(
-            arrays["train"], {"val": arrays["val"], "test": arrays["test"]}, columns, str(path)
+            arrays["train"],
+            {"val": arrays["val"], "test": arrays["test"]},
+            columns,
+            str(path),
+            bounds,
         )
         for check in (_integer_columns, _atoms):
             note = check(arrays["train"], columns)
@@ -1382,7 +1535,7 @@ def load_dataset(
     if limit is not None:
         ds.train = ds.train[: int(limit)]
         if ds.stats is not None:
-            ds.stats = _standardize_stats(ds.train)
+            ds.stats = model_stats(ds.train, ds.info.get("bounds"))
     for k in ("train", "val", "test"):
         if ds.split(k).shape[0] == 0:
             raise DataError(f"{spec}: the {k} split is empty")
@@ -1394,6 +1547,24 @@ def load_dataset(
 # -- conditional data ----------------------------------------------------------------------------
 
 
+def _column_index(p, width: int, names: list[str] | None, what: str) -> int:
+    """A column given as an integer (negative from the end) or a header name, as an index."""
+    try:
+        if isinstance(p, bool):
+            raise TypeError
+        i = int(p)
+    except (TypeError, ValueError):
+        if names and p in names:
+            return names.index(p)
+        known = f"; the columns are {', '.join(map(repr, names[:12]))}" if names else ""
+        raise DataError(
+            f"{what} {p!r} is neither a column index nor a column name{known}"
+        ) from None
+    if not -width <= i < width:
+        raise DataError(f"{what} {i} is out of range for a table of {width} columns")
+    return i % width
+
+
 def _parse_columns(spec, width: int, names: list[str] | None = None) -> list[int]:
     """Target columns as indices: integers (negative from the end) or header names."""
     if isinstance(spec, str):
@@ -1402,21 +1573,7 @@ def _parse_columns(spec, width: int, names: list[str] | None = None) -> list[int
         parts = [spec]
     else:
         parts = list(spec)
-    out = []
-    for p in parts:
-        try:
-            i = int(p)
-        except (TypeError, ValueError):
-            if names and p in names:
-                i = names.index(p)
-            else:
-                known = f"; the columns are {', '.join(map(repr, names[:12]))}" if names else ""
-                raise DataError(
-                    f"target column {p!r} is neither a column index nor a column name{known}"
-                ) from None
-        if not -width <= i < width:
-            raise DataError(f"target column {i} is out of range for a table of {width} columns")
-        out.append(i % width)
+    out = [_column_index(p, width, names, "target column") for p in parts]
     if not out:
         raise DataError(f"expected at least one target column (indices or names), got {spec!r}")
     if len(set(out)) != len(out):
@@ -1465,8 +1622,18 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
     if names:
         ds.info["columns"] = [names[i] for i in ys]
         ds.info["context_columns"] = [names[i] for i in cs]
+    bounds = ds.info.get("bounds")
+    if bounds:
+        on_context = [i for i in cs if (bounds["lower"][i], bounds["upper"][i]) != (None, None)]
+        if on_context:
+            raise DataError(
+                f"data.bounds names column {_column_name(on_context[0], names)}, a context "
+                "column: bounds apply to the modelled (target) columns; a context is only "
+                "standardised"
+            )
+        ds.info["bounds"] = {k: [bounds[k][i] for i in ys] for k in ("lower", "upper")}
     if ds.stats is not None:
-        ds.stats = _standardize_stats(ds.train)
+        ds.stats = model_stats(ds.train, ds.info.get("bounds"))
     info = {
         "kind": "columns",
         "target_columns": ys,

@@ -18,7 +18,7 @@ from ..transforms.continuous import (
     exact_scoring,
     grid_steps,
 )
-from .data import column_context, label_context, read_examples
+from .data import check_bounds, column_context, label_context, read_examples
 from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config
@@ -112,6 +112,8 @@ def evaluate_run(
         x = full[:, info["target_columns"]]
         context = column_context(full[:, info["context_columns"]], info)
         split = str(data)
+        if r.get("bounds"):
+            check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), str(data))
     elif data is not None:
         want = tuple(r["data_shape"])
         bits = int(cfg["data"]["options"].get("bits", 8))
@@ -126,6 +128,8 @@ def evaluate_run(
             )
         x = x.reshape(-1, *want)
         split = str(data)
+        if r.get("bounds"):
+            check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), str(data))
     else:
         ds = dataset if dataset is not None else run_dataset(cfg)
         x, context = ds.split(split), ds.split_context(split)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..core import Flow
 from ..distributions import StandardNormal
-from .data import FORMULA_LEADS, _is_float
+from .data import FORMULA_LEADS, _is_float, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import REPORT_DIR, is_report_figure, load_run, read_metrics, run_config
@@ -1090,6 +1090,9 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         ("standardised", _standardised(r, flow)),
         ("epochs run", str(len(ep))),
     ]
+    if r.get("bounds"):
+        names = _column_names(cfg, len(r["bounds"]["lower"]))
+        rows.append(("bounds (data.bounds)", describe_bounds(r["bounds"], names)))
     if r.get("sizing"):
         args = ", ".join(f"{k}={v}" for k, v in r["sizing"]["arguments"].items())
         rows.append(("sized to the data", args))
