@@ -169,8 +169,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         raise WorkbenchError(
             f"model argument {ignored[0]} applies to discrete data (data.levels): continuous "
             "data are standardised instead (data.standardize); remove it (a bounded or "
-            "positive column can be mapped to the real line, with log or logit, before "
-            "training)"
+            "positive column is mapped to the real line by data.bounds, e.g. --set "
+            "data.bounds.COLUMN=positive or =[0, 1])"
         )
     layout = cfg["layout"]
     if layout == "image":

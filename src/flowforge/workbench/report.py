@@ -902,8 +902,8 @@ def outside_ranges(x, cfg: dict) -> str | None:
     return (
         f"samples fall outside the training data's range in column(s) {each}"
         f"{' ...' if len(bad) > 5 else ''}: the model puts mass where the data has none (a "
-        "bounded or positive column? map it to the real line, with log or logit, before "
-        "training)"
+        "bounded or positive column? declare its bounds and the model keeps to them: "
+        "data.bounds, e.g. --set data.bounds.COLUMN=positive or =[0, 1])"
     )
 
 
