@@ -347,6 +347,7 @@ DEQUANTIZERS = {
     "variational-1": lambda: T.VariationalDequantization(1, levels=5, hidden=8),
     "variational-3": lambda: T.VariationalDequantization(3, levels=5, steps=2, hidden=8),
     "variational-image": lambda: T.VariationalDequantization((2, 2, 2), 5, steps=2, hidden=4),
+    "columns": lambda: T.ColumnDequantization(3, [0, 2]),
 }
 
 

@@ -212,6 +212,7 @@ def check_flow(flow) -> None:
             "bits-back coding needs a flow with a discrete likelihood: build the flow with "
             "levels= (a dequantizer); this one models continuous data"
         )
+    codec._mixed(flow)
     if type(deq) not in _DEQ:
         raise codec.CodecError(
             f"bits-back coding takes uniform or variational dequantization, got "

@@ -633,6 +633,7 @@ def encode(
         >>> torch.equal(ff.codec.decode(flow, ff.codec.encode(flow, x)), x)
         True
     """
+    _mixed(flow)
     if _bits_back(flow):
         from . import bitsback
 
@@ -700,6 +701,17 @@ def encode(
                 "computations?); nothing was written"
             )
     return data
+
+
+def _mixed(flow) -> None:
+    """A :class:`CodecError` for a flow of mixed data (some integer columns among continuous
+    ones), which no lossless code covers."""
+    deq = getattr(flow, "dequantizer", None)
+    if deq is not None and deq.levels is None:
+        raise CodecError(
+            "the model scores integer columns among continuous ones (data.integers); lossless "
+            "coding needs discrete data throughout (levels, or an integer flow)"
+        )
 
 
 def _bits_back(flow) -> bool:
@@ -804,6 +816,7 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
 
 
 def _decode(flow, data: bytes, force: bool) -> Tensor:
+    _mixed(flow)
     if _version(data) == 2 or _bits_back(flow):
         from . import bitsback
 

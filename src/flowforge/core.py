@@ -567,13 +567,16 @@ class Dequantizer(nn.Module):
     call checks the data first (:meth:`check`).
 
     Args:
-        levels: number of discrete levels.
+        levels: number of discrete levels (None: integers of any size, for a subclass that
+            dequantizes some entries only, :class:`~flowforge.transforms.ColumnDequantization`).
         context_features: size of the context it reads (0: none).
     """
 
-    def __init__(self, levels: int, context_features: int = 0):
+    def __init__(self, levels: int | None, context_features: int = 0):
         super().__init__()
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        if levels is not None and (
+            isinstance(levels, bool) or not isinstance(levels, int) or levels < 2
+        ):
             raise ValueError(f"expected levels to be an integer >= 2, got {levels!r}")
         self.levels = levels
         self.context_features = int(context_features)
@@ -606,6 +609,11 @@ class Dequantizer(nn.Module):
 
     def _dequantize(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def off_grid(self, y: Tensor) -> Tensor:
+        """Where a continuous sample's floor falls off the grid (mass the discrete model leaves
+        out, which :meth:`quantize` clamps)."""
+        return (y < 0) | (y >= self.levels)
 
     def quantize(self, y: Tensor) -> Tensor:
         """A continuous sample back to the grid: floor, then clamp to ``[0, levels - 1]``."""
@@ -974,7 +982,7 @@ class Flow(nn.Module):
             if self.dequantizer is not None:
                 # the continuous draws whose floor falls off the grid (mass the discrete model
                 # leaves out): counted as the integer flows count theirs, then clamped
-                outside = (x < 0) | (x >= self.dequantizer.levels)
+                outside = self.dequantizer.off_grid(x)
                 self.clamped = outside.float().mean() if x.numel() else 0.0
                 x = self.dequantizer.quantize(x)
         self._check_samples(x)
@@ -1037,7 +1045,7 @@ class Flow(nn.Module):
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Mean NLL in bits per dimension (needs a dequantizer, i.e. discrete data)."""
-        if self.dequantizer is None:
+        if self.dequantizer is None or self.dequantizer.levels is None:
             raise ValueError(
                 "bits/dim is defined for discrete data: build the flow with levels=..., "
                 "or use ff.bits_per_dim(flow, x, levels=...)"

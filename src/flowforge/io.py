@@ -509,6 +509,16 @@ def _build(config: dict, max_bytes: int, n_tensors: int = 0) -> Flow:
                         "the checkpoint's configuration: a bounded layer takes lower and upper"
                     )
                 flow = models.bounded(flow, bounds.get("lower"), bounds.get("upper"))
+            elif isinstance(layer, dict) and list(layer) == ["integer_columns"]:
+                spec = layer["integer_columns"]
+                if not isinstance(spec, dict) or not set(spec) <= {"columns", "lower", "upper"}:
+                    raise ValueError(
+                        "the checkpoint's configuration: integer columns take columns, lower "
+                        "and upper"
+                    )
+                flow = models.integer_columns(
+                    flow, spec.get("columns") or [], spec.get("lower"), spec.get("upper")
+                )
             else:
                 raise ValueError(
                     f"unknown fixed layer {str(layer)[:80]!r} in the checkpoint's configuration"

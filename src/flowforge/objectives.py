@@ -197,6 +197,11 @@ def bits_per_dim(
             raise ValueError(f"the flow models {exact} levels, but levels={levels} was given")
     elif flow.dequantizer is not None:
         have = flow.dequantizer.levels
+        if have is None:  # some integer columns among continuous ones: no bits per dimension
+            raise ValueError(
+                "bits/dim is defined for discrete data; this flow dequantizes some integer "
+                "columns of otherwise continuous vectors (use flow.nll in nats)"
+            )
         if levels is not None and have is not None and levels != have:
             raise ValueError(f"the flow dequantizes {have} levels, but levels={levels} was given")
     elif levels is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 import flowforge as ff
 from flowforge import transforms as T
 
@@ -81,6 +83,13 @@ CASES += [
     Case(
         "NSF-AR",
         lambda: ff.models.NSF(features=3, bins=4, autoregressive=True, lu=True, **small),
+    ),
+    Case(
+        "NSF-integer-columns",
+        lambda: ff.models.integer_columns(ff.models.NSF(features=3, bins=4, **small), [1]),
+        sample=lambda n, shape: torch.stack(
+            [torch.randn(n), torch.randint(-3, 4, (n,)).float(), torch.randn(n)], 1
+        ),
     ),
     Case(
         "NSF-AR-1-levels",

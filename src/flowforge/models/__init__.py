@@ -17,7 +17,7 @@ per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealN
 trains it with its own objectives).
 """
 
-from .assembly import DataOptions, bounded, standardized
+from .assembly import DataOptions, bounded, integer_columns, standardized
 from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
@@ -60,4 +60,5 @@ __all__ = [
     "spec",
     "standardized",
     "bounded",
+    "integer_columns",
 ]

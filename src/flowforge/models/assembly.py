@@ -52,6 +52,7 @@ from ..transforms import (
     Additive,
     Affine,
     Bounded,
+    ColumnDequantization,
     DataStandardize,
     EmergingConv2d,
     Logit,
@@ -384,3 +385,35 @@ def bounded(flow: Flow, lower=None, upper=None) -> Flow:
     """
     pre = Bounded(flow.event_shape, lower, upper)
     return _prepended(flow, pre, {"bounded": {"lower": pre.lower, "upper": pre.upper}})
+
+
+def integer_columns(flow: Flow, columns, lower=None, upper=None) -> Flow:
+    """``flow`` scoring vectors whose ``columns`` hold integers (counts, ages, codes) and whose
+    other entries are continuous: those columns are dequantized with uniform noise
+    (:class:`~flowforge.transforms.ColumnDequantization`), so that ``log_prob`` is a lower
+    bound on the mixed likelihood (probability of the integers times the density of the
+    rest) and samples hold integers there. ``ff.save``/``ff.load`` keep the columns (in the
+    config, under ``"prefix"``). For a flow of continuous vectors without a dequantizer.
+    ``lower``/``upper``: one inclusive bound (an integer or None) per entry of ``columns``:
+    samples are clamped to them (pair with :func:`bounded` on ``(lower - 1/2, upper + 3/2)``
+    for a density that keeps to them).
+
+    Example:
+        >>> flow = integer_columns(NSF(features=3), columns=[0, 2])
+    """
+    if flow.dequantizer is not None:
+        raise ValueError(
+            "the flow has a dequantizer already (discrete data: levels=); integer columns are "
+            "for flows of continuous vectors"
+        )
+    if len(flow.event_shape) != 1:
+        shape = tuple(flow.event_shape)
+        raise ValueError(f"integer columns are entries of vectors; the flow's events are {shape}")
+    deq = ColumnDequantization(flow.event_shape[0], columns, lower, upper)
+    out = Flow(flow.transform, flow.base, deq)
+    if flow.config is not None:
+        entry = {
+            "integer_columns": {"columns": deq.columns, "lower": deq.lower, "upper": deq.upper}
+        }
+        out.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), entry]}
+    return out

@@ -13,7 +13,11 @@ from ..core import Identity
 from .autoregressive import Autoregressive, ParallelInverseWarning, set_inverse
 from .continuous import CNF, ODENet, ODEStepBudgetError, exact_scoring, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
-from .dequantization import UniformDequantization, VariationalDequantization
+from .dequantization import (
+    ColumnDequantization,
+    UniformDequantization,
+    VariationalDequantization,
+)
 from .elementwise import Additive, Affine
 from .emerging import EmergingConv2d, set_emerging_solver
 from .image import FactorOut, Squeeze
@@ -73,6 +77,7 @@ __all__ = [
     "UniformCylinder",
     "UniformTorus",
     "UniformDequantization",
+    "ColumnDequantization",
     "VariationalDequantization",
     "alternating_mask",
     "channel_mask",

@@ -38,7 +38,7 @@ from .coupling import Coupling, alternating_mask, checkerboard_mask
 from .elementwise import Affine
 from .preprocessing import Logit
 
-__all__ = ["UniformDequantization", "VariationalDequantization"]
+__all__ = ["UniformDequantization", "VariationalDequantization", "ColumnDequantization"]
 
 
 class UniformDequantization(Dequantizer):
@@ -163,3 +163,133 @@ class VariationalDequantization(Dequantizer):
             w[f"{last}.bias"] = w[f"{last}.bias"][rows]
             out.update({new + k: v for k, v in w.items()})
         return out
+
+
+class ColumnDequantization(Dequantizer):
+    r"""Uniform dequantization of some entries of a vector, for tables that mix integer
+    columns (counts, ages, categories coded 0..K-1) with continuous ones.
+
+    ``x -> x + u`` on the ``columns`` given, with ``u ~ U[0, 1)`` there and 0 elsewhere. The
+    flow's ``log_prob`` is then a lower bound (exact in the limit of a flat density over each
+    bin) on the log of the probability of the integer columns times the density of the
+    continuous ones given them, ``E_u[log p(x + u)] <= log P(x_int, x_cont)`` (Jensen), the
+    likelihood of mixed data; on integer columns alone a continuous density has no meaning, as
+    it can grow without bound at the integers. ``quantize`` floors those columns of a sample
+    (clamped to ``[lower, upper]`` where given) and leaves the others.
+
+    Args:
+        features: the vector's length.
+        columns: the indices of the integer-valued entries (0-based, distinct).
+        lower, upper: None, or one inclusive bound (a number or None) per entry of
+            ``columns``, in its order: the integers each column holds (a flag: 0 and 1; a
+            count: 0 and up). Data outside them is refused where values are checked; samples
+            are clamped to them, and the share clamped is :meth:`off_grid`'s.
+
+    Example:
+        >>> deq = ColumnDequantization(3, columns=[1])
+        >>> y, log_q = deq(torch.tensor([[0.5, 4.0, -1.2]]))
+        >>> bool(4 <= y[0, 1] < 5), y[0, 0].item(), y[0, 2].item()
+        (True, 0.5, -1.2000000476837158)
+    """
+
+    def __init__(self, features: int, columns: Sequence[int], lower=None, upper=None):
+        super().__init__(None)
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"expected features to be an integer >= 1, got {features!r}")
+        cols = list(columns)
+        if not cols or any(isinstance(c, bool) or not isinstance(c, int) for c in cols):
+            raise ValueError(
+                f"expected columns to be a non-empty list of integers, got {columns!r}"
+            )
+        if len(set(cols)) != len(cols) or not all(0 <= c < features for c in cols):
+            raise ValueError(f"expected distinct columns in [0, {features - 1}], got {cols}")
+        lows, highs = _inclusive(lower, len(cols), "lower"), _inclusive(upper, len(cols), "upper")
+        for c, a, b in zip(cols, lows, highs):
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"expected column {c}'s lower bound <= its upper, got {a}, {b}")
+        order = sorted(range(len(cols)), key=cols.__getitem__)
+        self.features = features
+        self.columns = [cols[i] for i in order]
+        self.lower, self.upper = [lows[i] for i in order], [highs[i] for i in order]
+        mask = torch.zeros(features, dtype=torch.bool)
+        mask[self.columns] = True
+        low = torch.full((features,), -math.inf)
+        high = torch.full((features,), math.inf)
+        for c, a, b in zip(self.columns, self.lower, self.upper):
+            low[c] = -math.inf if a is None else a
+            high[c] = math.inf if b is None else b
+        # (fixed by the arguments: not saved; moved by .to())
+        self.register_buffer("_mask", mask, persistent=False)
+        self.register_buffer("_low", low.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("_high", high.to(torch.get_default_dtype()), persistent=False)
+
+    def check(self, x: Tensor) -> None:
+        """``ValueError`` unless ``x`` is ``(N, features)`` with integers within their bounds in
+        its integer columns, which its dtype resolves with the noise added."""
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ValueError(f"expected data of shape (N, {self.features}), got {tuple(x.shape)}")
+        if not x.numel():
+            return
+        v = x[:, self._mask]
+        bad = (v != v.floor()) | (v < self._low[self._mask]) | (v > self._high[self._mask])
+        if bad.any():
+            j = int(bad.any(0).nonzero()[0, 0])
+            value = v[:, j][bad[:, j]][0].item()
+            a, b = self.lower[j], self.upper[j]
+            span = f" in [{'-inf' if a is None else f'{a:g}'}, {'inf' if b is None else f'{b:g}'}]"
+            raise ValueError(
+                f"expected integers{span if (a, b) != (None, None) else ''} in column "
+                f"{self.columns[j]} (an integer column), got {value:.10g}"
+            )
+        top = v.abs().max().item()
+        # (from 2^17 on, float32 spaces its values 1/64 apart or more: the noise too coarse)
+        bits = round(-math.log2(torch.finfo(x.dtype).eps))
+        if top >= 2.0 ** (bits - 6):
+            raise ValueError(
+                f"integer columns of magnitude {top:g} are more than {x.dtype} resolves with "
+                "dequantization noise added; move the flow to float64 (flow.double())"
+            )
+
+    def _dequantize(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        u = torch.rand_like(x) * self._mask
+        return x + u, x.new_zeros(x.shape[0])
+
+    def off_grid(self, y: Tensor) -> Tensor:
+        """Where a sample's integer columns floor to a value outside their bounds."""
+        f = y.floor()
+        return self._mask & ((f < self._low) | (f > self._high))
+
+    def quantize(self, y: Tensor) -> Tensor:
+        """A sample's integer columns floored (and clamped to their bounds); the others as
+        they are."""
+        f = torch.minimum(torch.maximum(y.floor(), self._low), self._high)
+        return torch.where(self._mask, f, y)
+
+    def extra_repr(self) -> str:
+        bounds = (
+            f", lower={self.lower}, upper={self.upper}"
+            if any(b is not None for b in self.lower + self.upper)
+            else ""
+        )
+        return f"features={self.features}, columns={self.columns}{bounds}"
+
+
+def _inclusive(value, n: int, what: str) -> list:
+    """``value`` (None, or one integer or None per column) as ``n`` integers or Nones."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != n:
+        raise ValueError(
+            f"expected one {what} bound (an integer or None) per column, got {value!r}"
+        )
+    out = []
+    for v in value:
+        if v is not None and (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or v != math.floor(v)
+        ):
+            raise ValueError(f"expected each {what} bound to be an integer or None, got {v!r}")
+        out.append(None if v is None else int(v))
+    return out

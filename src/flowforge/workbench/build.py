@@ -15,7 +15,7 @@ from .. import models
 from ..core import Flow
 from ..io import Budget
 from .catalog import SIZING
-from .data import Dataset, describe_bounds
+from .data import Dataset, describe_bounds, model_bounds
 from .errors import WorkbenchError
 
 __all__ = [
@@ -252,9 +252,14 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     flow = inner
     if ds.stats is not None:
         flow = standardized(inner, ds.stats, event_shape)
-    bounds = ds.info.get("bounds")
+    bounds, integers = ds.info.get("bounds"), ds.info.get("integers")
     if bounds:  # first of all: the bounds' logs and logits, then the standardisation
-        flow = models.bounded(flow, bounds["lower"], bounds["upper"])
+        wide = model_bounds(bounds, integers or ())
+        flow = models.bounded(flow, wide["lower"], wide["upper"])
+    if integers:  # uniform noise on those columns, before everything else
+        ranges = bounds or {"lower": [None] * event_shape[0], "upper": [None] * event_shape[0]}
+        lower, upper = ([ranges[k][j] for j in integers] for k in ("lower", "upper"))
+        flow = models.integer_columns(flow, integers, lower, upper)
     resolved = {
         "layout": layout,
         "event_shape": list(event_shape),
@@ -275,6 +280,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         resolved["columns"] = ds.info["columns"]
     if bounds:
         resolved["bounds"] = bounds
+    if integers:
+        resolved["integers"] = list(integers)
     if ds.info.get("context_columns"):  # a conditional table: its context columns' names
         resolved["context_column_names"] = ds.info["context_columns"]
     if ds.info.get("warnings"):  # what the data checks found: eval and report repeat it
@@ -364,10 +371,21 @@ def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:
         f"{'; ' + str(world) + ' processes' if world > 1 else ''}"
         + (f"\n{_sizing_note(resolved.get('sizing'))}" if resolved.get("sizing") else "")
         + (f"\n{_bounds_note(resolved)}" if resolved.get("bounds") else "")
+        + (f"\n{_integers_note(resolved)}" if resolved.get("integers") else "")
+    )
+
+
+def _integers_note(resolved: dict) -> str:
+    names = resolved.get("columns")
+    cols = [names[j] if names else str(j) for j in resolved["integers"]]
+    return (
+        f"integer columns (data.integers): {', '.join(cols)}; dequantized, so the NLL is a bound "
+        "on the likelihood of the integers and the other columns together"
     )
 
 
 def _bounds_note(resolved: dict) -> str:
     b = resolved["bounds"]
     names = resolved.get("columns") or [f"column {i}" for i in range(len(b["lower"]))]
-    return f"bounded columns (data.bounds): {describe_bounds(b, names)}; samples stay inside"
+    said = describe_bounds(b, names, resolved.get("integers") or ())
+    return f"bounded columns (data.bounds): {said}; samples stay inside"

@@ -490,7 +490,14 @@ def cmd_sample(args) -> int:
     if outside:
         print(f"warning: {outside}", file=sys.stderr)
     clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
-    if clamped:
+    if clamped and cfg["resolved"].get("levels") is None:  # integer columns with bounds
+        print(
+            f"warning: {clamped:.2%} of the sampled values fell outside the bounds of their "
+            "integer columns and were clamped to them: the model puts that mass outside the "
+            "data's range, so these samples are not exactly the model's",
+            file=sys.stderr,
+        )
+    elif clamped:
         levels = cfg["resolved"]["levels"]
         print(
             f"warning: {clamped:.2%} of the sampled values fell outside the data's {levels} "

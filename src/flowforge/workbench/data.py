@@ -855,11 +855,14 @@ def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
 ATOM_SHARE = 0.01  # a value that this share of a non-integer column's rows hold is an atom
 
 
-def _integer_columns(train: np.ndarray, names: list[str] | None) -> str | None:
+def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) -> str | None:
     """A warning for columns that hold only a few integer values (categories or counts): a
-    continuous density can put spikes on them and report a meaninglessly low NLL."""
+    continuous density can put spikes on them and report a meaninglessly low NLL (not for the
+    ``declared`` ones, which ``data.integers`` dequantizes)."""
     flagged = []
     for j in range(train.shape[1]):
+        if j in declared:
+            continue
         col = train[:, j]
         if np.array_equal(col, np.round(col)) and len(np.unique(col)) <= 32:
             flagged.append(names[j] if names else str(j))
@@ -870,8 +873,9 @@ def _integer_columns(train: np.ndarray, names: list[str] | None) -> str | None:
         "few integer values (categories or counts?); they are modelled as continuous, where a "
         "flow can put density spikes on the integers and report a misleadingly low NLL (that "
         "falls the longer it trains). Give the data option levels: K if every column is an "
-        "integer in [0, K-1]; otherwise add uniform noise in [0, 1) to those columns before "
-        "training (dequantization: the NLL is then a bound on theirs), or drop them"
+        "integer in [0, K-1]; otherwise declare them, data.integers: "
+        f"[{', '.join(flagged[:8])}] (dequantized: the NLL is then a bound on the likelihood "
+        "of the integers and the other columns together), or drop them"
     )
 
 
@@ -1095,44 +1099,127 @@ def _parse_bounds(spec, width: int, names: list[str] | None) -> dict:
     return {"lower": lower, "upper": upper}
 
 
-def check_bounds(arrays: dict, bounds: dict, names: list[str] | None, where: str) -> None:
-    """A ``DataError`` naming the first column with a value on or beyond its bounds
-    (``arrays``: split name, or "", to its rows)."""
+def check_bounds(
+    arrays: dict, bounds: dict, names: list[str] | None, where: str, integers=()
+) -> None:
+    """A ``DataError`` naming the first column with a value on or beyond its bounds (within
+    them, inclusive, for the ``integers`` columns; ``arrays``: split name, or "", to its
+    rows)."""
     for split, a in arrays.items():
         a = np.asarray(a)
         for j, (lo, hi) in enumerate(zip(bounds["lower"], bounds["upper"])):
+            closed = j in integers
             for b, side in ((lo, "lower"), (hi, "upper")):
                 if b is None or not len(a):
                     continue
                 col = a[:, j]
-                bad = col <= b if side == "lower" else col >= b
+                below = side == "lower"
+                if closed:
+                    bad = col < b if below else col > b
+                else:
+                    bad = col <= b if below else col >= b
                 n = int(bad.sum())
                 if n:
-                    worst = col.min() if side == "lower" else col.max()
+                    worst = col.min() if below else col.max()
                     what = f"{split} value" if split else "value"
-                    below = side == "lower"
+                    why = (
+                        "the bounds of an integer column are the integers it may hold"
+                        if closed
+                        else "data.bounds are open intervals, as the density is not defined "
+                        "on a bound"
+                    )
                     raise DataError(
                         f"{where}: column {_column_name(j, names)} has {n} {what}"
-                        f"{'' if n == 1 else 's'} on or {'below' if below else 'above'} its "
-                        f"{side} bound {b:g} (the {'lowest' if below else 'highest'}: "
-                        f"{float(worst):.10g}); data.bounds are open intervals, as the density is "
-                        "not defined on a bound: widen it, or drop those rows"
+                        f"{'' if n == 1 else 's'} {'' if closed else 'on or '}"
+                        f"{'below' if below else 'above'} its {side} bound {b:g} (the "
+                        f"{'lowest' if below else 'highest'}: {float(worst):.10g}); {why}: "
+                        "widen it, or drop those rows"
                     )
 
 
-def describe_bounds(bounds: dict, names: list[str]) -> str:
-    """``data.bounds`` as a user reads them: each bounded column, its interval and its map."""
+def model_bounds(bounds: dict | None, integers=()) -> dict | None:
+    """The intervals the model's ``Bounded`` layer maps: ``data.bounds`` as given, except for
+    integer columns, whose inclusive range ``[a, b]`` of integers becomes ``(a - 1/2, b + 3/2)``
+    around the dequantized values ``x + u`` in ``[a, b + 1)`` (a margin that keeps a value
+    and its noise off the bounds in float32)."""
+    if not bounds:
+        return bounds
+    lower, upper = list(bounds["lower"]), list(bounds["upper"])
+    for j in integers:
+        lower[j] = None if lower[j] is None else lower[j] - 0.5
+        upper[j] = None if upper[j] is None else upper[j] + 1.5
+    return {"lower": lower, "upper": upper}
+
+
+def describe_bounds(bounds: dict, names: list[str], integers=()) -> str:
+    """``data.bounds`` as a user reads them: each bounded column, its interval and its map
+    (for integer columns, the integers they hold)."""
     out = []
-    for name, a, b in zip(names, bounds["lower"], bounds["upper"]):
+    for j, (name, a, b) in enumerate(zip(names, bounds["lower"], bounds["upper"])):
         if a is None and b is None:
             continue
-        if a is not None and b is not None:
+        if j in integers:
+            lo = "-inf" if a is None else f"{a:g}"
+            out.append(f"{name} integers in [{lo}, {'inf' if b is None else f'{b:g}'}]")
+        elif a is not None and b is not None:
             out.append(f"{name} in ({a:g}, {b:g}), logit")
         elif a is not None:
             out.append(f"{name} > {a:g}, log")
         else:
             out.append(f"{name} < {b:g}, -log({b:g} - x)")
     return "; ".join(out)
+
+
+def _parse_integers(spec, width: int, names: list[str] | None, bounds: dict | None) -> list[int]:
+    """``data.integers`` (columns by name or 0-based index: a list, or a comma-separated
+    string) as sorted indices."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()] if isinstance(spec, str) else spec
+    if isinstance(parts, (int, float)) and not isinstance(parts, bool):
+        parts = [parts]
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise DataError(
+            "data.integers must list the integer-valued columns (names or 0-based indices), "
+            f"e.g. [age, visits], got {spec!r}"
+        )
+    out = [_column_index(p, width, names, "data.integers column") for p in parts]
+    if len(set(out)) != len(out):
+        raise DataError(f"data.integers names a column twice: {spec!r}")
+    for j in out:
+        for b in (bounds["lower"][j], bounds["upper"][j]) if bounds else ():
+            if b is not None and b != math.floor(b):
+                raise DataError(
+                    f"data.bounds for column {_column_name(j, names)}, an integer column: "
+                    f"expected whole numbers (the integers it may hold), got {b:g}"
+                )
+    return sorted(out)
+
+
+def check_integers(arrays: dict, integers: list[int], names: list[str] | None, where: str):
+    """A ``DataError`` naming the first integer column (``data.integers``) holding a value that
+    is not a whole number, or one too large for float32 to carry dequantization noise
+    (``arrays``: split name, or "", to its rows)."""
+    top = 2.0**17  # (as flowforge.transforms.ColumnDequantization checks, in float32)
+    for split, a in arrays.items():
+        a = np.asarray(a)
+        for j in integers:
+            if not len(a):
+                continue
+            col = a[:, j]
+            bad = col != np.floor(col)
+            what = f"in the {split} split" if split else "in the file"
+            if bad.any():
+                raise DataError(
+                    f"{where}: column {_column_name(j, names)} is in data.integers but holds "
+                    f"{int(bad.sum())} values that are not whole numbers {what} (e.g. "
+                    f"{float(col[bad][0]):.10g}); drop it from data.integers, or round it"
+                )
+            if np.abs(col).max() >= top:
+                raise DataError(
+                    f"{where}: column {_column_name(j, names)} in data.integers holds "
+                    f"{float(np.abs(col).max()):g}, beyond the 2^17 that float32 resolves with "
+                    "dequantization noise added: a continuous column, rather (drop it from "
+                    "data.integers)"
+                )
 
 
 def to_reals(a: np.ndarray, bounds: dict | None) -> np.ndarray:
@@ -1151,10 +1238,11 @@ def to_reals(a: np.ndarray, bounds: dict | None) -> np.ndarray:
     return out
 
 
-def model_stats(train: Tensor, bounds: dict | None = None) -> dict:
-    """The standardisation statistics of a training split, taken after its bounds' map."""
+def model_stats(train: Tensor, bounds: dict | None = None, integers=None) -> dict:
+    """The standardisation statistics of a training split, taken after its bounds' map
+    (:func:`model_bounds`)."""
     if bounds:
-        train = torch.from_numpy(to_reals(train.numpy(), bounds))
+        train = torch.from_numpy(to_reals(train.numpy(), model_bounds(bounds, integers or ())))
     return _standardize_stats(train)
 
 
@@ -1193,6 +1281,7 @@ def _table(
     standardize=None,
     header=None,
     bounds=None,
+    integers=None,
     **options,
 ) -> Dataset:
     _no_options(str(path), options)
@@ -1201,6 +1290,11 @@ def _table(
         raise DataError(
             "data.standardize applies to continuous tables; a table with levels is modelled on "
             "its integer grid 0..levels-1 by dequantization (drop standardize, or levels)"
+        )
+    if levels is not None and integers is not None:
+        raise DataError(
+            "data.integers applies to continuous tables with some integer columns; a table "
+            "with levels is all integers already (drop integers, or levels)"
         )
     if levels is not None and bounds is not None:
         raise DataError(
@@ -1253,14 +1347,20 @@ def _table(
         _check_float32(arrays["train"], columns, str(path))
     if bounds is not None:
         bounds = _parse_bounds(bounds, arrays["train"].shape[1], columns)
-        check_bounds(arrays, bounds, columns, str(path))
+    if integers is not None:
+        integers = _parse_integers(integers, arrays["train"].shape[1], columns, bounds)
+        check_integers(arrays, integers, columns, str(path))
+    if bounds is not None:
+        check_bounds(arrays, bounds, columns, str(path), integers or ())
     t = {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()}
     if standardize is None:
         standardize = levels is None
-    stats = model_stats(t["train"], bounds) if standardize else None
+    stats = model_stats(t["train"], bounds, integers) if standardize else None
     info: dict = {"columns": columns}
     if bounds is not None:
         info["bounds"] = bounds
+    if integers is not None:
+        info["integers"] = integers
     if levels is None:
         notes = [unnamed] if unnamed else []
         notes += _table_checks(
@@ -1268,10 +1368,12 @@ def _table(
             {"val": arrays["val"], "test": arrays["test"]},
             columns,
             str(path),
-            bounds,
+            model_bounds(bounds, integers or ()),
         )
-        for check in (_integer_columns, _atoms):
-            note = check(arrays["train"], columns)
+        for note in (
+            _integer_columns(arrays["train"], columns, set(integers or ())),
+            _atoms(arrays["train"], columns),
+        ):
             notes += [note] if note else []
         if notes:
             info["warnings"] = notes
@@ -1535,7 +1637,7 @@ def load_dataset(
     if limit is not None:
         ds.train = ds.train[: int(limit)]
         if ds.stats is not None:
-            ds.stats = model_stats(ds.train, ds.info.get("bounds"))
+            ds.stats = model_stats(ds.train, ds.info.get("bounds"), ds.info.get("integers"))
     for k in ("train", "val", "test"):
         if ds.split(k).shape[0] == 0:
             raise DataError(f"{spec}: the {k} split is empty")
@@ -1632,8 +1734,14 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
                 "standardised"
             )
         ds.info["bounds"] = {k: [bounds[k][i] for i in ys] for k in ("lower", "upper")}
+    if ds.info.get("integers"):  # (an integer context column is a context like any other)
+        kept = [ys.index(j) for j in ds.info["integers"] if j in ys]
+        if kept:
+            ds.info["integers"] = sorted(kept)
+        else:
+            del ds.info["integers"]
     if ds.stats is not None:
-        ds.stats = model_stats(ds.train, ds.info.get("bounds"))
+        ds.stats = model_stats(ds.train, ds.info.get("bounds"), ds.info.get("integers"))
     info = {
         "kind": "columns",
         "target_columns": ys,

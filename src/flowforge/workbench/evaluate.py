@@ -18,7 +18,7 @@ from ..transforms.continuous import (
     exact_scoring,
     grid_steps,
 )
-from .data import check_bounds, column_context, label_context, read_examples
+from .data import check_bounds, check_integers, column_context, label_context, read_examples
 from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config
@@ -75,11 +75,12 @@ def evaluate_run(
         )
     cfg = run_config(run)
     r = cfg["resolved"]
-    if iw and (r.get("levels") is None or samples < 2):
+    discrete = r.get("levels") is not None or bool(r.get("integers"))
+    if iw and (not discrete or samples < 2):
         raise DataError(
             "--iw is the importance-weighted dequantization bound: it needs discrete data "
-            f"(this run's data {'has no' if r.get('levels') is None else 'has'} levels) and "
-            f"--samples of 2 or more (got {samples})"
+            f"(this run's data {'has' if discrete else 'has no'} levels or integer columns) "
+            f"and --samples of 2 or more (got {samples})"
         )
     truth, baseline, histogram = None, None, None
     flow = load_run(run)
@@ -112,8 +113,7 @@ def evaluate_run(
         x = full[:, info["target_columns"]]
         context = column_context(full[:, info["context_columns"]], info)
         split = str(data)
-        if r.get("bounds"):
-            check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), str(data))
+        _check_file(x, r, str(data))
     elif data is not None:
         want = tuple(r["data_shape"])
         bits = int(cfg["data"]["options"].get("bits", 8))
@@ -128,8 +128,7 @@ def evaluate_run(
             )
         x = x.reshape(-1, *want)
         split = str(data)
-        if r.get("bounds"):
-            check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), str(data))
+        _check_file(x, r, str(data))
     else:
         ds = dataset if dataset is not None else run_dataset(cfg)
         x, context = ds.split(split), ds.split_context(split)
@@ -145,7 +144,9 @@ def evaluate_run(
             and not on_sphere
         ):
             try:
-                baseline = gaussian_baseline(ds.train, x, per_example=True)
+                baseline = gaussian_baseline(
+                    ds.train, x, per_example=True, integers=r.get("integers"), seed=seed
+                )
             except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
                 baseline = None
         comparable = ds.density_measure == "lebesgue" or (
@@ -289,16 +290,32 @@ def histogram_baseline(train, x, levels: int, per_example: bool = False):
     return lp if per_example else float(-lp.mean())
 
 
-def gaussian_baseline(train, x, per_example: bool = False):
+def _check_file(x, r: dict, where: str) -> None:
+    """Another file's rows against the run's integer columns and bounds (one line each)."""
+    if r.get("integers"):
+        check_integers({"": x.numpy()}, r["integers"], r.get("columns"), where)
+    if r.get("bounds"):
+        check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or ())
+
+
+def gaussian_baseline(train, x, per_example: bool = False, integers=None, seed: int = 0):
     """The mean NLL (nats) of ``x`` under a Gaussian fitted to ``train``: its mean, its
     columns' standard deviations and their Ledoit-Wolf shrunk correlation (well defined with
     fewer rows than columns, and blind to the columns' units). The simplest density a table's
     model should beat, on the same raw scale as the model's NLL. ``per_example``: the
-    log-density of each row instead (an array)."""
+    log-density of each row instead (an array). ``integers``: columns dequantized, as the
+    model's are, with uniform noise (seeded by ``seed``), so that the Gaussian's figure is the
+    same kind of bound as the model's."""
     from scipy.stats import multivariate_normal
     from sklearn.covariance import LedoitWolf
 
     t = np.asarray(train, dtype=np.float64)
+    if integers:
+        g = np.random.default_rng(seed)
+        x = np.array(x, dtype=np.float64)
+        t = t.copy()
+        for a in (t, x):
+            a[:, integers] += g.random((len(a), len(integers)))
     loc, scale = t.mean(0), t.std(0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     corr = LedoitWolf(assume_centered=True).fit((t - loc) / scale).covariance_

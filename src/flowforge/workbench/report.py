@@ -1092,7 +1092,12 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     ]
     if r.get("bounds"):
         names = _column_names(cfg, len(r["bounds"]["lower"]))
-        rows.append(("bounds (data.bounds)", describe_bounds(r["bounds"], names)))
+        said = describe_bounds(r["bounds"], names, r.get("integers") or ())
+        rows.append(("bounds (data.bounds)", said))
+    if r.get("integers"):
+        names = _column_names(cfg, r["event_shape"][0])
+        said = ", ".join(names[j] for j in r["integers"])
+        rows.append(("integer columns (data.integers)", f"{said}: dequantized, NLL a bound"))
     if r.get("sizing"):
         args = ", ".join(f"{k}={v}" for k, v in r["sizing"]["arguments"].items())
         rows.append(("sized to the data", args))

@@ -1,0 +1,212 @@
+"""Integer columns among continuous ones: ``ColumnDequantization`` (``ff.models.integer_columns``)
+and the workbench's ``data.integers``, under which a table's likelihood is a bound on the
+probability of its integers times the density of its other columns, and samples hold integers
+there (within the column's bounds, where given)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import flowforge as ff
+from cli_support import cli, one_line_error
+from flowforge import io
+from flowforge.workbench.data import DataError, load_dataset
+
+TINY = ["--model", "nsf", "--epochs", 2, "--quiet", "--no-progress", "--model-kwargs",
+        '{"layers": 2, "hidden": [16]}']  # fmt: skip
+
+
+def _table(n=400, seed=0):
+    """count (Poisson(3)), flag (0/1), x (normal, shifted by the flag)."""
+    g = np.random.default_rng(seed)
+    count = g.poisson(3.0, n)
+    flag = (g.random(n) < 0.3).astype(float)
+    return np.c_[count, flag, g.normal(size=n) + 2 * flag]
+
+
+def _csv(path, x, names=("count", "flag", "x")):
+    rows = "".join(",".join(f"{v:.9g}" for v in r) + "\n" for r in x)
+    path.write_text(",".join(names) + "\n" + rows)
+    return path
+
+
+def test_only_the_integer_columns_get_noise_and_samples_hold_integers_there():
+    torch.manual_seed(0)
+    deq = ff.transforms.ColumnDequantization(3, [1, 0], lower=[0, None], upper=[1, None])
+    assert deq.columns == [0, 1] and deq.lower == [None, 0] and deq.upper == [None, 1]
+    x = torch.from_numpy(_table(64)).float()
+    y, log_q = deq(x)
+    assert torch.equal(y[:, 2], x[:, 2]) and torch.equal(log_q, torch.zeros(64))
+    u = y[:, :2] - x[:, :2]
+    assert ((u >= 0) & (u < 1)).all() and u.std() > 0.2
+    assert torch.equal(deq.quantize(y), x)
+    # a sample's floor outside a column's inclusive bounds is clamped, and counted
+    s = torch.tensor([[2.5, -0.3, 0.7], [-1.2, 2.0, 0.1]])
+    want = torch.tensor([[2.0, 0.0, 0.7], [-2.0, 1.0, 0.1]])
+    assert torch.equal(deq.quantize(s), want)
+    assert deq.off_grid(s).tolist() == [[False, True, False], [False, True, False]]
+
+
+def test_the_flow_scores_the_inner_density_of_the_dequantized_rows():
+    torch.manual_seed(0)
+    inner = ff.models.NSF(features=3, layers=2, hidden=[16]).double()
+    flow = ff.models.integer_columns(inner, [0, 1])
+    x = torch.from_numpy(_table(32))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        got = flow.log_prob(x)
+    torch.manual_seed(5)
+    u = torch.rand_like(x) * torch.tensor([1.0, 1.0, 0.0], dtype=x.dtype)
+    with torch.no_grad():
+        want = inner.log_prob(x + u)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="defined for discrete data"):
+        flow.bits_per_dim(x)
+    with pytest.raises(ValueError, match="defined for discrete data"):
+        ff.bits_per_dim(flow, x)
+
+
+@pytest.mark.parametrize(
+    "row, msg",
+    [
+        ([2.5, 0.0, 0.1], "expected integers in column 0 (an integer column), got 2.5"),
+        ([2.0, 3.0, 0.1], "expected integers in [0, 1] in column 1"),
+        ([3e5, 0.0, 0.1], "more than torch.float32 resolves"),
+    ],
+)
+def test_bad_integer_data_is_refused_by_the_flow(row, msg):
+    flow = ff.models.integer_columns(
+        ff.models.NSF(features=3, layers=1, hidden=[8]), [0, 1], [None, 0], [None, 1]
+    )
+    x = torch.from_numpy(_table(8)).float()
+    x[2] = torch.tensor(row)
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        flow.log_prob(x)
+
+
+def test_integer_columns_are_for_continuous_vector_flows():
+    with pytest.raises(ValueError, match="has a dequantizer already"):
+        ff.models.integer_columns(ff.models.MAF(features=3, levels=5), [0])
+    for columns, msg in (([], "non-empty list"), ([0, 0], "distinct"), ([3], "distinct columns")):
+        with pytest.raises(ValueError, match=msg):
+            ff.transforms.ColumnDequantization(3, columns)
+    with pytest.raises(ValueError, match="integer or None"):
+        ff.transforms.ColumnDequantization(3, [0], lower=[0.5])
+    with pytest.raises(ValueError, match="lower bound <= its upper"):
+        ff.transforms.ColumnDequantization(3, [0], lower=[2], upper=[1])
+
+
+def test_integer_columns_survive_save_and_load_and_crafted_entries_are_refused(tmp_path):
+    flow = ff.models.integer_columns(
+        ff.models.RealNVP(features=3, layers=1, hidden=[4]), [1], lower=[0], upper=[1]
+    )
+    path = tmp_path / "f.ff"
+    ff.save(flow, path)
+    back = ff.load(path)
+    assert back.dequantizer.columns == [1] and back.dequantizer.upper == [1]
+    meta, tensors = io.read(path)
+    for entry, msg in (
+        ({"integer_columns": [1]}, "take columns, lower and upper"),
+        ({"integer_columns": {"columns": [7]}}, "distinct columns in"),
+        ({"integer_columns": {"columns": [1], "lower": ["0"]}}, "integer or None"),
+    ):
+        meta["config"]["prefix"] = [entry]
+        path.write_bytes(io.pack(tensors, meta))
+        with pytest.raises(ValueError, match=msg):
+            ff.load(path)
+
+
+def test_data_integers_train_a_run_whose_numbers_are_bounds_and_samples_integers(tmp_path, capsys):
+    path = _csv(tmp_path / "t.csv", _table())
+    out = tmp_path / "run"
+    loud = [a for a in TINY if a != "--quiet"]
+    rc, stdout, err = cli(capsys, "train", "--data", path, "--out", out, *loud,
+                          "--set", "data.integers=[count, flag]",
+                          "--set", "data.bounds.count=positive",
+                          "--set", "data.bounds.flag=[0, 1]")  # fmt: skip
+    assert rc == 0, err
+    assert "integer columns (data.integers): count, flag; dequantized" in stdout
+    assert "count integers in [0, inf]; flag integers in [0, 1]" in stdout
+    assert "hold only a few integer values" not in stdout + err  # (declared: no warning)
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["integers"] == [0, 1]
+    flow = ff.load(out / "model.ff")
+    # the model's bounds keep half a bin around the dequantized values x + u in [a, b + 1)
+    assert flow.config["prefix"][-2] == {
+        "bounded": {"lower": [-0.5, -0.5, None], "upper": [None, 2.5, None]}
+    }
+    rc, stdout, err = cli(capsys, "eval", out)
+    assert rc == 0, err
+    assert "a dequantization bound with K = 1" in stdout
+    assert "a Gaussian fitted to the training split: NLL" in stdout
+    rc, stdout, err = cli(capsys, "eval", out, "--samples", 4, "--iw", "--json")
+    assert rc == 0, err
+    res = json.loads(stdout)
+    assert res["bound"] == "importance-weighted" and math.isfinite(res["nll"])
+    assert res["bits_per_dim"] is None and math.isfinite(res["gaussian_nll"])
+    rc, _, err = cli(capsys, "sample", out, "-n", 3000, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    s = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert np.array_equal(s[:, :2], np.floor(s[:, :2])) and (s[:, 0] >= 0).all()
+    assert set(np.unique(s[:, 1])) <= {0.0, 1.0} and len(np.unique(s[:, 2])) > 2900
+    # another file with a non-integer count: one line naming the column
+    bad = _table(20, seed=1)
+    bad[3, 0] = 2.5
+    rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "bad.csv", bad))
+    one_line_error(rc, err, "column 'count' is in data.integers but holds 1 values that are not")
+    bad = _table(20, seed=1)
+    bad[3, 1] = 2
+    rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "bad.csv", bad))
+    one_line_error(rc, err, "column 'flag' has 1 value above its upper bound 1 (the highest: 2)")
+    rc, _, err = cli(capsys, "compress", out, "--out", tmp_path / "x.ffz")
+    one_line_error(rc, err, "integer columns among continuous ones")
+    rc, _, err = cli(capsys, "report", out)
+    assert rc == 0, err
+    assert "count, flag: dequantized, NLL a bound" in (out / "report.html").read_text()
+
+
+def test_the_integer_warning_names_the_option_that_fixes_it(tmp_path):
+    path = _csv(tmp_path / "t.csv", _table())
+    notes = load_dataset(str(path)).info["warnings"]
+    assert any("data.integers: [count, flag]" in n for n in notes), notes
+    notes = load_dataset(str(path), integers=["count", "flag"]).info.get("warnings", [])
+    assert not any("few integer values" in n for n in notes), notes
+
+
+@pytest.mark.parametrize(
+    "options, msg",
+    [
+        ({"integers": ["x"]}, "column 'x' is in data.integers but holds"),
+        ({"integers": ["nope"]}, "data.integers column 'nope' is neither"),
+        ({"integers": []}, "data.integers must list the integer-valued columns"),
+        ({"integers": "count,count"}, "names a column twice"),
+        ({"integers": ["count"], "bounds": {"count": [0.5, None]}}, "expected whole numbers"),
+        ({"integers": ["count"], "bounds": {"count": [1, None]}}, "below its lower bound 1"),
+    ],
+)
+def test_bad_integer_options_get_one_line(tmp_path, options, msg):
+    path = _csv(tmp_path / "t.csv", _table())
+    with pytest.raises(DataError) as e:
+        load_dataset(str(path), **options)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_integer_options_need_a_continuous_table_and_follow_the_modelled_columns(tmp_path):
+    path = _csv(tmp_path / "t.csv", _table())
+    ds = load_dataset(str(path), integers="count,flag", target_columns="x,count")
+    assert ds.info["integers"] == [1]  # count, the second modelled column; flag is context
+    ds = load_dataset(str(path), integers="flag", target_columns="x,count")
+    assert "integers" not in ds.info
+    big = _table()
+    big[:, 0] *= 100000
+    with pytest.raises(DataError, match="beyond the 2.17 that float32 resolves"):
+        load_dataset(str(_csv(tmp_path / "big.csv", big)), integers=["count"])
+    ints = _csv(tmp_path / "i.csv", np.random.default_rng(0).integers(0, 4, size=(100, 2)))
+    with pytest.raises(DataError, match="data.integers applies to continuous tables"):
+        load_dataset(str(ints), levels=4, integers=[0])
