@@ -502,6 +502,8 @@ def _build(config: dict, max_bytes: int, n_tensors: int = 0) -> Flow:
         for layer in prefix:
             if layer == "standardize":
                 flow = models.standardized(flow)
+            elif layer == "whiten":
+                flow = models.whitened(flow)
             elif isinstance(layer, dict) and list(layer) == ["bounded"]:
                 bounds = layer["bounded"]
                 if not isinstance(bounds, dict) or not set(bounds) <= {"lower", "upper"}:

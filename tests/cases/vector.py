@@ -50,6 +50,14 @@ for d in (1, 2, 5):
         Case(f"actnorm-{d}", lambda d=d: T.ActNorm(d)),
         Case(f"logit-{d}", lambda d=d: T.Logit(d, 17, 0.05), sample=in_levels(17)),
         Case(
+            f"whiten-{d}",
+            lambda d=d: T.Whiten(
+                d,
+                torch.linspace(-1, 1, d),
+                torch.eye(d) * torch.linspace(0.5, 2, d) + torch.ones(d, d).tril(-1) * 0.3,
+            ),
+        ),
+        Case(
             f"standardize-{d}",
             lambda d=d: T.Standardize(d, torch.linspace(-1, 1, d), torch.linspace(0.5, 2, d)),
         ),

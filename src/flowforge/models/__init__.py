@@ -17,7 +17,7 @@ per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealN
 trains it with its own objectives).
 """
 
-from .assembly import DataOptions, bounded, integer_columns, standardized
+from .assembly import DataOptions, bounded, integer_columns, standardized, whitened
 from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
@@ -61,4 +61,5 @@ __all__ = [
     "standardized",
     "bounded",
     "integer_columns",
+    "whitened",
 ]

@@ -63,6 +63,7 @@ from ..transforms import (
     Standardize,
     UniformDequantization,
     VariationalDequantization,
+    Whiten,
     alternating_mask,
     half_mask,
 )
@@ -370,6 +371,15 @@ def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:
     (they are buffers; the config lists the layer under ``"prefix"``).
     """
     return _prepended(flow, Standardize(flow.event_shape, loc, scale), "standardize")
+
+
+def whitened(flow: Flow, loc=None, factor=None) -> Flow:
+    """``flow`` with a fixed :class:`~flowforge.transforms.Whiten` prepended: ``z = F^{-1} (x -
+    loc)`` with ``F`` the Cholesky factor of a covariance fitted to the data, so that the flow
+    starts as that Gaussian. Like :func:`standardized`, the result scores raw data, and
+    ``ff.save``/``ff.load`` keep ``loc`` and ``factor`` (buffers; ``"whiten"`` in the config's
+    ``"prefix"``). Defaults: zero and the identity."""
+    return _prepended(flow, Whiten(flow.event_shape, loc, factor), "whiten")
 
 
 def bounded(flow: Flow, lower=None, upper=None) -> Flow:

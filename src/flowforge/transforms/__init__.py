@@ -33,7 +33,7 @@ from .manifolds import (
 )
 from .mixture import LogisticMixture
 from .normalization import ActNorm, BatchNorm
-from .preprocessing import Bounded, DataStandardize, Logit, Standardize
+from .preprocessing import Bounded, DataStandardize, Logit, Standardize, Whiten
 from .residual import Planar, Radial, Sylvester
 from .splines import RationalQuadratic, rational_quadratic
 
@@ -49,6 +49,7 @@ __all__ = [
     "Coupling",
     "DataStandardize",
     "Bounded",
+    "Whiten",
     "EmergingConv2d",
     "FactorOut",
     "Identity",

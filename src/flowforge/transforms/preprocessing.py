@@ -18,7 +18,7 @@ from torch import Tensor
 from .._util import event_shape as _event
 from ..core import DataInit, Transform, checking
 
-__all__ = ["Logit", "Standardize", "DataStandardize", "Bounded"]
+__all__ = ["Logit", "Standardize", "DataStandardize", "Bounded", "Whiten"]
 
 
 class Logit(Transform):
@@ -337,3 +337,65 @@ class Bounded(Transform):
             return "[" + ", ".join("None" if b is None else f"{b:g}" for b in bounds) + "]"
 
         return super().extra_repr() + f", lower={fmt(self.lower)}, upper={fmt(self.upper)}"
+
+
+def _check_whitening(loc: Tensor, factor: Tensor, prefix: str) -> None:
+    """A ``ValueError`` unless ``loc`` is finite and ``factor`` is lower triangular with a
+    finite, positive diagonal (``prefix``: the tensor names of a loaded file)."""
+    if not torch.isfinite(loc).all() or not torch.isfinite(factor).all():
+        raise ValueError(f"expected a finite {prefix}loc and {prefix}factor, got NaN or inf")
+    if not torch.equal(factor, factor.tril()) or not (factor.diagonal() > 0).all():
+        raise ValueError(
+            f"expected {prefix}factor lower triangular with a positive diagonal (a Cholesky factor)"
+        )
+
+
+class Whiten(Transform):
+    r"""A fixed affine map ``z = F^{-1} (x - loc)`` with ``F`` lower triangular and a positive
+    diagonal (the Cholesky factor of a covariance): standardisation that also undoes the
+    columns' correlations, for vectors.
+
+    With ``F F^T`` a covariance fitted to the data (the workbench's ``data.whiten`` takes the
+    Ledoit-Wolf shrunk one, defined with fewer rows than columns), a flow behind it starts as
+    that Gaussian, and has only the data's departures from it to learn. ``log|det| =
+    -sum(log diag F)``; ``loc`` and ``factor`` are saved buffers (checked when loaded).
+
+    Example:
+        >>> layer = Whiten(2, torch.zeros(2), torch.tensor([[2.0, 0.0], [1.0, 1.0]]))
+        >>> z, ladj = layer(torch.tensor([[2.0, 2.0]]))
+        >>> z, ladj
+        (tensor([[1., 1.]]), tensor([-0.6931]))
+    """
+
+    def __init__(self, shape, loc: Tensor | None = None, factor: Tensor | None = None):
+        super().__init__(_event(shape))
+        if len(self.event_shape) != 1:
+            raise ValueError(f"Whiten takes vectors; got the event shape {self.event_shape}")
+        d = self.event_shape[0]
+        dtype = torch.get_default_dtype()
+        loc = torch.zeros(d, dtype=dtype) if loc is None else torch.as_tensor(loc, dtype=dtype)
+        factor = (
+            torch.eye(d, dtype=dtype) if factor is None else torch.as_tensor(factor, dtype=dtype)
+        )
+        if loc.shape != (d,) or factor.shape != (d, d):
+            raise ValueError(
+                f"expected loc of shape ({d},) and factor of shape ({d}, {d}), got "
+                f"{tuple(loc.shape)} and {tuple(factor.shape)}"
+            )
+        _check_whitening(loc, factor, "")
+        self.register_buffer("loc", loc.clone())
+        self.register_buffer("factor", factor.clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        _check_whitening(self.loc, self.factor, prefix)
+
+    def _log_diagonal(self) -> Tensor:
+        return self.factor.diagonal().log().sum()
+
+    def _forward(self, x, context):
+        z = torch.linalg.solve_triangular(self.factor, (x - self.loc).T, upper=False).T
+        return z, (-self._log_diagonal()).expand(x.shape[0])
+
+    def _inverse(self, z, context):
+        return z @ self.factor.T + self.loc, self._log_diagonal().expand(z.shape[0])

@@ -250,7 +250,12 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     _check_objective(name, inner, cfg["train"]["objective"], ds)
     _check_angles(name, inner, ds)
     flow = inner
-    if ds.stats is not None:
+    # a run from before data.whiten keeps its plain standardisation
+    whitening = ds.info.get("whitening") if stored is None or stored.get("whiten") else None
+    if whitening is not None:
+        loc = torch.tensor(whitening["loc"], dtype=torch.float32)
+        flow = models.whitened(inner, loc, torch.tensor(whitening["factor"], dtype=torch.float32))
+    elif ds.stats is not None:
         flow = standardized(inner, ds.stats, event_shape)
     bounds, integers = ds.info.get("bounds"), ds.info.get("integers")
     if bounds:  # first of all: the bounds' logs and logits, then the standardisation
@@ -282,6 +287,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         resolved["bounds"] = bounds
     if integers:
         resolved["integers"] = list(integers)
+    if whitening is not None:
+        resolved["whiten"] = True
     if ds.info.get("context_columns"):  # a conditional table: its context columns' names
         resolved["context_column_names"] = ds.info["context_columns"]
     if ds.info.get("warnings"):  # what the data checks found: eval and report repeat it
@@ -372,6 +379,15 @@ def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:
         + (f"\n{_sizing_note(resolved.get('sizing'))}" if resolved.get("sizing") else "")
         + (f"\n{_bounds_note(resolved)}" if resolved.get("bounds") else "")
         + (f"\n{_integers_note(resolved)}" if resolved.get("integers") else "")
+        + (f"\n{_whiten_note(resolved)}" if resolved.get("whiten") else "")
+    )
+
+
+def _whiten_note(resolved: dict) -> str:
+    n, d = resolved["examples"]["train"], resolved["event_shape"][0]
+    return (
+        f"whitened (data.whiten; {n} training rows for {d} columns): the model starts as the "
+        "Gaussian with the training split's shrunk (Ledoit-Wolf) covariance"
     )
 
 

@@ -1246,6 +1246,48 @@ def model_stats(train: Tensor, bounds: dict | None = None, integers=None) -> dic
     return _standardize_stats(train)
 
 
+# data.whiten: auto decorrelates a table with fewer than this many training rows per column
+WHITEN_ROWS_PER_COLUMN = 10
+WHITEN_MAX_COLUMNS = 2048  # (the factor is columns^2 numbers, in the model and in memory)
+
+
+def _whitening(train: Tensor, info: dict) -> dict | None:
+    """``{"loc", "factor"}`` of the :class:`flowforge.transforms.Whiten` a table's model
+    starts with when ``data.whiten`` asks (auto: fewer than ``WHITEN_ROWS_PER_COLUMN``
+    training rows per column), else None. The factor is the Cholesky factor of the training
+    split's Ledoit-Wolf shrunk correlation in its columns' units (as the Gaussian that eval
+    sets beside the model), with each whitened column's spread folded in, so that the
+    whitened training data has unit variances: the flow starts as that Gaussian."""
+    n, d = train.shape
+    option = info.get("whiten", "auto")
+    if option is False or d < 2 or n < 2:
+        return None
+    if option == "auto" and (n >= WHITEN_ROWS_PER_COLUMN * d or d > WHITEN_MAX_COLUMNS):
+        return None
+    from sklearn.covariance import LedoitWolf
+
+    t = to_reals(train.numpy(), model_bounds(info.get("bounds"), info.get("integers") or ()))
+    t = np.asarray(t, dtype=np.float64)
+    loc, sd = t.mean(0), t.std(0)
+    sd = np.where(sd > 1e-12 * (1 + np.abs(loc)), sd, 1.0)
+    u = (t - loc) / sd
+    corr = LedoitWolf(assume_centered=True).fit(u).covariance_
+    factor = np.linalg.cholesky(corr + 1e-9 * np.eye(d))
+    z = np.linalg.solve(factor, u.T).T
+    spread = np.maximum(z.std(0), 1e-6)
+    return {"loc": loc, "factor": sd[:, None] * factor * spread[None, :]}
+
+
+def _restandardize(ds) -> None:
+    """A table's standardisation (and whitening) taken again from its training split, after
+    the split changed (``--limit``, ``--target-columns``)."""
+    ds.stats = model_stats(ds.train, ds.info.get("bounds"), ds.info.get("integers"))
+    ds.info.pop("whitening", None)
+    whitening = _whitening(ds.train, ds.info)
+    if whitening is not None:
+        ds.info["whitening"] = whitening
+
+
 def _standardize_stats(train: Tensor) -> dict:
     if train.numel() > 1 << 24 and train.dim() == 2:  # a large table: no float64 copy of it
         mean, sd, _ = _column_stats(train.numpy())
@@ -1282,6 +1324,7 @@ def _table(
     header=None,
     bounds=None,
     integers=None,
+    whiten="auto",
     **options,
 ) -> Dataset:
     _no_options(str(path), options)
@@ -1290,6 +1333,13 @@ def _table(
         raise DataError(
             "data.standardize applies to continuous tables; a table with levels is modelled on "
             "its integer grid 0..levels-1 by dequantization (drop standardize, or levels)"
+        )
+    if whiten not in (True, False, "auto"):
+        raise DataError(f"data.whiten must be auto, true or false, got {whiten!r}")
+    if whiten is True and (levels is not None or standardize is False):
+        raise DataError(
+            "data.whiten: true replaces the standardisation of a continuous table with a "
+            "decorrelating one; it needs a continuous table with standardize on"
         )
     if levels is not None and integers is not None:
         raise DataError(
@@ -1361,6 +1411,11 @@ def _table(
         info["bounds"] = bounds
     if integers is not None:
         info["integers"] = integers
+    if stats is not None:
+        info["whiten"] = whiten
+        whitening = _whitening(t["train"], info)
+        if whitening is not None:
+            info["whitening"] = whitening
     if levels is None:
         notes = [unnamed] if unnamed else []
         notes += _table_checks(
@@ -1637,7 +1692,7 @@ def load_dataset(
     if limit is not None:
         ds.train = ds.train[: int(limit)]
         if ds.stats is not None:
-            ds.stats = model_stats(ds.train, ds.info.get("bounds"), ds.info.get("integers"))
+            _restandardize(ds)
     for k in ("train", "val", "test"):
         if ds.split(k).shape[0] == 0:
             raise DataError(f"{spec}: the {k} split is empty")
@@ -1741,7 +1796,7 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
         else:
             del ds.info["integers"]
     if ds.stats is not None:
-        ds.stats = model_stats(ds.train, ds.info.get("bounds"), ds.info.get("integers"))
+        _restandardize(ds)
     info = {
         "kind": "columns",
         "target_columns": ys,

@@ -738,6 +738,8 @@ def _column_names(cfg: dict, d: int) -> list[str]:
 def _standardised(resolved: dict, flow) -> str:
     from ..transforms import DataStandardize
 
+    if resolved.get("whiten"):
+        return "yes, and decorrelated (data.whiten: the training split's Ledoit-Wolf covariance)"
     if resolved.get("stats"):
         return "yes, by the workbench (training-split statistics)"
     if any(isinstance(m, DataStandardize) for m in flow.modules()):
