@@ -102,9 +102,9 @@ def cmd_list(args) -> int:
     info = {
         "models": {m["name"]: m for m in models()},
         "datasets": dict(DATASET_NOTES),
-        "files": ".npy/.npz/.csv tables (data options: header, levels, standardize, bounds, "
-        "val_fraction, test_fraction, shuffle, limit; docs/workbench.md); a folder of PNG/JPEG "
-        "images (bits)",
+        "files": ".npy/.npz/.csv tables (data options: header, levels, standardize, whiten, "
+        "bounds, integers, val_fraction, test_fraction, shuffle, limit; docs/workbench.md); a "
+        "folder of PNG/JPEG images (bits)",
     }
     for m in live_models():  # builders registered in this process (plugins), when loaded
         info["models"].setdefault(m["name"], m)
