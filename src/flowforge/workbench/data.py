@@ -1264,18 +1264,29 @@ def _whitening(train: Tensor, info: dict) -> dict | None:
         return None
     if option == "auto" and (n >= WHITEN_ROWS_PER_COLUMN * d or d > WHITEN_MAX_COLUMNS):
         return None
+    t = to_reals(train.numpy(), model_bounds(info.get("bounds"), info.get("integers") or ()))
+    loc, factor = shrunk_gaussian(t)
+    return {"loc": loc, "factor": factor}
+
+
+def shrunk_gaussian(train) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, F)`` of the Gaussian fitted to a table's training rows, ``F`` the lower
+    triangular factor of its covariance ``F F^T``: the columns' means and standard deviations,
+    their Ledoit-Wolf shrunk correlation (defined with fewer rows than columns, blind to the
+    columns' units), and the spread of the training rows along each axis it whitens (which
+    the shrinkage leaves too small or too large where rows are few)."""
     from sklearn.covariance import LedoitWolf
 
-    t = to_reals(train.numpy(), model_bounds(info.get("bounds"), info.get("integers") or ()))
-    t = np.asarray(t, dtype=np.float64)
+    t = np.asarray(train, dtype=np.float64)
+    d = t.shape[1]
     loc, sd = t.mean(0), t.std(0)
     sd = np.where(sd > 1e-12 * (1 + np.abs(loc)), sd, 1.0)
     u = (t - loc) / sd
     corr = LedoitWolf(assume_centered=True).fit(u).covariance_
     factor = np.linalg.cholesky(corr + 1e-9 * np.eye(d))
     z = np.linalg.solve(factor, u.T).T
-    spread = np.maximum(z.std(0), 1e-6)
-    return {"loc": loc, "factor": sd[:, None] * factor * spread[None, :]}
+    spread = np.where(z.std(0) > 1e-6, z.std(0), 1.0)
+    return loc, sd[:, None] * factor * spread[None, :]
 
 
 def _restandardize(ds) -> None:

@@ -18,7 +18,14 @@ from ..transforms.continuous import (
     exact_scoring,
     grid_steps,
 )
-from .data import check_bounds, check_integers, column_context, label_context, read_examples
+from .data import (
+    check_bounds,
+    check_integers,
+    column_context,
+    label_context,
+    read_examples,
+    shrunk_gaussian,
+)
 from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config
@@ -299,15 +306,15 @@ def _check_file(x, r: dict, where: str) -> None:
 
 
 def gaussian_baseline(train, x, per_example: bool = False, integers=None, seed: int = 0):
-    """The mean NLL (nats) of ``x`` under a Gaussian fitted to ``train``: its mean, its
-    columns' standard deviations and their Ledoit-Wolf shrunk correlation (well defined with
-    fewer rows than columns, and blind to the columns' units). The simplest density a table's
-    model should beat, on the same raw scale as the model's NLL. ``per_example``: the
-    log-density of each row instead (an array). ``integers``: columns dequantized, as the
-    model's are, with uniform noise (seeded by ``seed``), so that the Gaussian's figure is the
-    same kind of bound as the model's."""
-    from scipy.stats import multivariate_normal
-    from sklearn.covariance import LedoitWolf
+    """The mean NLL (nats) of ``x`` under a Gaussian fitted to ``train``
+    (:func:`~flowforge.workbench.data.shrunk_gaussian`: the columns' means and standard
+    deviations, their Ledoit-Wolf shrunk correlation, well defined with fewer rows than
+    columns, and the rows' spread along its axes; the Gaussian a wide table's model starts
+    as). The simplest density a table's model should beat, on the same raw scale as the
+    model's NLL. ``per_example``: the log-density of each row instead (an array).
+    ``integers``: columns dequantized, as the model's are, with uniform noise (seeded by
+    ``seed``), so that the Gaussian's figure is the same kind of bound as the model's."""
+    from scipy.linalg import solve_triangular
 
     t = np.asarray(train, dtype=np.float64)
     if integers:
@@ -316,12 +323,10 @@ def gaussian_baseline(train, x, per_example: bool = False, integers=None, seed: 
         t = t.copy()
         for a in (t, x):
             a[:, integers] += g.random((len(a), len(integers)))
-    loc, scale = t.mean(0), t.std(0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    corr = LedoitWolf(assume_centered=True).fit((t - loc) / scale).covariance_
-    z = (np.asarray(x, dtype=np.float64) - loc) / scale
-    lp = multivariate_normal(np.zeros(len(loc)), corr).logpdf(z).reshape(-1)
-    lp = lp - np.log(scale).sum()
+    loc, factor = shrunk_gaussian(t)
+    z = solve_triangular(factor, (np.asarray(x, dtype=np.float64) - loc).T, lower=True).T
+    d = len(loc)
+    lp = -0.5 * (z**2).sum(1) - 0.5 * d * math.log(2 * math.pi) - np.log(np.diag(factor)).sum()
     return lp if per_example else float(-np.mean(lp))
 
 
