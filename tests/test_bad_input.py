@@ -92,6 +92,15 @@ def test_a_torus_flow_refuses_data_that_are_not_angles(tmp_path, capsys, data, n
     assert not out.exists()
 
 
+def test_a_torus_flow_names_degrees_when_the_angles_look_like_them(tmp_path, capsys):
+    deg = np.random.default_rng(0).uniform(0, 360, size=(200, 2))
+    path = tmp_path / "deg.npy"
+    np.save(path, deg)
+    rc, _, err = cli(capsys, "train", "--model", "torusflow", "--data", path, "--out",
+                     tmp_path / "run", "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    one_line_error(rc, err, "models angles in [-pi, pi]", "degrees? numpy.deg2rad(x) first")
+
+
 def test_levels_come_from_the_data(tmp_path, capsys):
     out = tmp_path / "run"
     rc, _, err = cli(capsys, "train", "--model", "idf", "--data", "digits", "--out", out,

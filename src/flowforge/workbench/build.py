@@ -332,7 +332,9 @@ def _check_angles(name: str, model, ds: Dataset) -> None:
         raise WorkbenchError(
             f"model {name!r} models angles in [-pi, pi]; {ds.name} has values in "
             f"[{lo:.6g}, {hi:.6g}] (radians wrapped to [-pi, pi) are expected: "
-            "(x + pi) % (2 pi) - pi)"
+            "(x + pi) % (2 pi) - pi"
+            + ("; degrees? numpy.deg2rad(x) first" if hi > 2 * math.pi + 1e-9 else "")
+            + ")"
         )
 
 
