@@ -523,3 +523,12 @@ def test_a_last_best_epoch_on_spiky_columns_does_not_ask_for_more_epochs(tmp_pat
     assert rc == 0, err
     assert "note: the best epoch is the last, but the columns the data warnings name" in out
     assert "more epochs sharpen the spikes" in out and "may do better" not in out
+
+
+def test_a_table_of_very_few_rows_is_warned_of(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c\n" + _rows(_normal(30)))
+    notes = load_dataset(str(path)).info["warnings"]
+    assert any(n.startswith("only 24 training, 3 validation and 3 test rows") for n in notes)
+    path.write_text("a,b,c\n" + _rows(_normal(200)))
+    assert not any("training, " in n for n in load_dataset(str(path)).info.get("warnings", []))

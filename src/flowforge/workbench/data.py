@@ -855,6 +855,21 @@ def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
 ATOM_SHARE = 0.01  # a value that this share of a non-integer column's rows hold is an atom
 
 
+FEW_ROWS = 100  # fewer training rows than this: a table too small to say much (a warning)
+
+
+def _few_rows(sizes: dict) -> str | None:
+    """A warning for a table with very few rows: its fit and its test figure are noise."""
+    if sizes["train"] >= FEW_ROWS:
+        return None
+    return (
+        f"only {sizes['train']} training, {sizes['val']} validation and {sizes['test']} test "
+        "rows: a flow can overfit so few at once (the early stop then keeps an almost "
+        "untrained model), and a test NLL over so few rows is mostly noise (eval gives its "
+        "standard error); compare with eval's Gaussian, often the better model here"
+    )
+
+
 def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) -> str | None:
     """A warning for columns that hold only a few integer values (categories or counts): a
     continuous density can put spikes on them and report a meaninglessly low NLL (not for the
@@ -1437,6 +1452,7 @@ def _table(
             model_bounds(bounds, integers or ()),
         )
         for note in (
+            _few_rows({k: len(v) for k, v in arrays.items()}),
             _integer_columns(arrays["train"], columns, set(integers or ())),
             _atoms(arrays["train"], columns),
         ):
