@@ -227,3 +227,61 @@ def test_bounds_need_a_continuous_table_and_modelled_columns(tmp_path):
     ints = _csv(tmp_path / "i.csv", g.integers(0, 4, size=(100, 2)), names=("a", "b"))
     with pytest.raises(DataError, match="data.bounds applies to continuous tables"):
         load_dataset(str(ints), levels=4, bounds={"a": [0, 4]})
+
+
+def test_float32_limits_of_the_bounds_are_refused_naming_the_column(tmp_path):
+    g = np.random.default_rng(0)
+    x = np.c_[g.uniform(0.4, 12.6, 400), g.beta(2, 2, 400), g.normal(size=400)]
+    path = _csv(tmp_path / "f.csv", x, names=("income", "share", "z"))
+    for bounds, msg in (
+        ({"income": [-1e7, None]}, "column 'income' lies so far inside its bounds (-1e+07, inf)"),
+        ({"z": [-1e30, 1e30]}, "column 'z' lies so far inside its bounds"),
+        ({"income": [0, 1e50]}, "within float32's range"),
+        ({"income": [0, 10**400]}, "within float32's range"),
+    ):
+        with pytest.raises(DataError) as e:
+            load_dataset(str(path), bounds=bounds)
+        assert msg in str(e.value), str(e.value)
+    x[5, 1] = 0.99999999  # inside the bound in float64, on it in float32
+    path = _csv(tmp_path / "g.csv", x, names=("income", "share", "z"))
+    with pytest.raises(DataError, match="column 'share' has .*values that float32 .* rounds onto"):
+        load_dataset(str(path), bounds={"share": [0, 1]})
+    with pytest.raises(ValueError, match="within float32's range"):
+        ff.transforms.Bounded(2, lower=[0.0, 1e50])
+    with pytest.raises(ValueError, match="within float32's range"):
+        ff.transforms.Bounded(2, lower=[0.0, 10**400])
+
+
+def test_samples_far_in_a_tail_stay_strictly_inside_the_bounds():
+    layer = ff.transforms.Bounded(3, lower=[1e5, 0.0, None], upper=[None, 1.0, 5.0])
+    y = torch.tensor([[-60.0, 60.0, -60.0], [-200.0, -200.0, 200.0]])
+    x, _ = layer.inverse(y)
+    assert (x[:, 0] > 1e5).all() and (x[:, 1] > 0).all() and (x[:, 1] < 1).all()
+    assert (x[:, 2] < 5).all()
+    z, ladj = layer(x)  # and they score
+    assert torch.isfinite(z).all() and torch.isfinite(ladj).all()
+
+
+def test_the_out_of_range_warning_does_not_ask_for_bounds_a_run_has():
+    from flowforge.workbench.report import outside_ranges
+
+    cfg = {"resolved": {"ranges": [[0.1, 0.9], [0.0, 1.0]], "columns": ["a", "b"]}}
+    x = torch.tensor([[0.95, 0.5]] * 10)
+    assert "declare its bounds" in outside_ranges(x, cfg)
+    cfg["resolved"]["bounds"] = {"lower": [0.0, None], "upper": [1.0, None]}
+    said = outside_ranges(x, cfg)
+    assert "declare its bounds" not in said and "within the bounds declared" in said
+
+
+def test_a_header_of_numbers_names_columns_by_name_first(tmp_path):
+    g = np.random.default_rng(0)
+    x = np.c_[g.uniform(1, 2, 200), g.normal(size=200), g.normal(size=200)]
+    path = _csv(tmp_path / "n.csv", x, names=("1", "0", "x"))
+    ds = load_dataset(str(path), bounds={"1": "positive"}, header=True)  # the column named "1"
+    assert ds.info["bounds"]["lower"] == [0.0, None, None]
+    with pytest.raises(DataError, match="1 is both the index of column '0' and the name"):
+        load_dataset(str(path), bounds={1: "positive"}, header=True)
+    with pytest.raises(DataError, match="0.7' is neither a column index nor a column name"):
+        load_dataset(str(path), integers=[0.7], header=True)
+    with pytest.raises(DataError, match="inf' is neither a column index"):
+        load_dataset(str(path), integers=[float("inf")], header=True)

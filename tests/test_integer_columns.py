@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import flowforge as ff
 from cli_support import cli, one_line_error
@@ -96,7 +97,7 @@ def test_integer_columns_are_for_continuous_vector_flows():
     for columns, msg in (([], "non-empty list"), ([0, 0], "distinct"), ([3], "distinct columns")):
         with pytest.raises(ValueError, match=msg):
             ff.transforms.ColumnDequantization(3, columns)
-    with pytest.raises(ValueError, match="integer or None"):
+    with pytest.raises(ValueError, match="an integer of at most 2.53 or None"):
         ff.transforms.ColumnDequantization(3, [0], lower=[0.5])
     with pytest.raises(ValueError, match="lower bound <= its upper"):
         ff.transforms.ColumnDequantization(3, [0], lower=[2], upper=[1])
@@ -114,7 +115,7 @@ def test_integer_columns_survive_save_and_load_and_crafted_entries_are_refused(t
     for entry, msg in (
         ({"integer_columns": [1]}, "take columns, lower and upper"),
         ({"integer_columns": {"columns": [7]}}, "distinct columns in"),
-        ({"integer_columns": {"columns": [1], "lower": ["0"]}}, "integer or None"),
+        ({"integer_columns": {"columns": [1], "lower": ["0"]}}, "or None, got '0'"),
     ):
         meta["config"]["prefix"] = [entry]
         path.write_bytes(io.pack(tensors, meta))
@@ -159,7 +160,7 @@ def test_data_integers_train_a_run_whose_numbers_are_bounds_and_samples_integers
     bad = _table(20, seed=1)
     bad[3, 0] = 2.5
     rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "bad.csv", bad))
-    one_line_error(rc, err, "column 'count' is in data.integers but holds 1 values that are not")
+    one_line_error(rc, err, "column 'count' is in data.integers but holds 1 value that is not")
     bad = _table(20, seed=1)
     bad[3, 1] = 2
     rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "bad.csv", bad))
@@ -205,8 +206,63 @@ def test_integer_options_need_a_continuous_table_and_follow_the_modelled_columns
     assert "integers" not in ds.info
     big = _table()
     big[:, 0] *= 100000
-    with pytest.raises(DataError, match="beyond the 2.17 that float32 resolves"):
+    with pytest.raises(DataError, match="beyond the 131072 that float32 resolves"):
         load_dataset(str(_csv(tmp_path / "big.csv", big)), integers=["count"])
     ints = _csv(tmp_path / "i.csv", np.random.default_rng(0).integers(0, 4, size=(100, 2)))
     with pytest.raises(DataError, match="data.integers applies to continuous tables"):
         load_dataset(str(ints), levels=4, integers=[0])
+
+
+def test_the_importance_weighted_bound_tends_to_the_mixed_likelihood():
+    # a flow that is N(0, I) at its identity start: P(x_int) = Phi(x + 1) - Phi(x) exactly
+    torch.manual_seed(0)
+    inner = ff.models.MAF(features=2, layers=1, hidden=[4], standardize=False).double().eval()
+    flow = ff.models.integer_columns(inner, [0]).double()
+    x = torch.tensor([[-1.0, 0.3], [0.0, -1.2], [2.0, 0.0]], dtype=torch.float64)
+    exact = np.log(stats.norm.cdf(x[:, 0] + 1) - stats.norm.cdf(x[:, 0])) + stats.norm.logpdf(
+        x[:, 1]
+    )
+    k = 100_000
+    with torch.no_grad():
+        draws = flow.log_prob(x.repeat(k, 1)).reshape(k, len(x))
+    single = draws.mean(0).numpy()
+    iw = (torch.logsumexp(draws, 0) - math.log(k)).numpy()
+    assert (single < exact - 0.005).all()  # (Jensen's gap: one draw is a loose bound)
+    np.testing.assert_allclose(iw, exact, atol=0.01)  # (the weights' noise: about 0.003)
+
+
+def test_the_clamped_share_counts_the_integer_columns_only():
+    deq = ff.transforms.ColumnDequantization(4, [0], lower=[0], upper=[1])
+    y = torch.tensor([[3.5, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
+    assert deq.clamped_share(y).item() == 0.5
+
+
+def test_crafted_or_huge_integer_columns_get_short_errors(tmp_path):
+    for columns, msg in ((5, "non-empty list"), (list(range(3_000_000)), "distinct columns")):
+        with pytest.raises(ValueError, match=msg) as e:
+            ff.transforms.ColumnDequantization(3, columns)
+        assert len(str(e.value)) < 200
+    with pytest.raises(ValueError, match="at most 2.53"):
+        ff.transforms.ColumnDequantization(3, [0], lower=[10**400])
+    path = _csv(tmp_path / "t.csv", _table())
+    with pytest.raises(DataError, match="below 2.24 in magnitude"):
+        load_dataset(str(path), integers=["count"], bounds={"count": [0, 1e30]})
+
+
+def test_a_constant_integer_column_is_not_degenerate_once_dequantized(tmp_path):
+    from flowforge.workbench.data import constant_columns
+
+    x = _table()
+    x[:, 1] = 1.0
+    path = _csv(tmp_path / "t.csv", x)
+    assert "hold the same value" in constant_columns(load_dataset(str(path)))
+    assert constant_columns(load_dataset(str(path), integers=["flag"])) is None
+
+
+def test_eval_gives_the_gaussian_the_same_kind_of_bound():
+    from flowforge.workbench.evaluate import gaussian_baseline
+
+    train, x = _table(300), _table(50, seed=1)
+    one = gaussian_baseline(train, x, per_example=True, integers=[0, 1], samples=8)
+    iw = gaussian_baseline(train, x, per_example=True, integers=[0, 1], samples=8, iw=True)
+    assert (iw >= one).all() and (iw > one).any()

@@ -615,6 +615,10 @@ class Dequantizer(nn.Module):
         out, which :meth:`quantize` clamps)."""
         return (y < 0) | (y >= self.levels)
 
+    def clamped_share(self, y: Tensor) -> Tensor:
+        """The share of a continuous sample's values that :meth:`quantize` clamps."""
+        return self.off_grid(y).float().mean()
+
     def quantize(self, y: Tensor) -> Tensor:
         """A continuous sample back to the grid: floor, then clamp to ``[0, levels - 1]``."""
         return y.floor().clamp_(0, self.levels - 1)
@@ -982,8 +986,7 @@ class Flow(nn.Module):
             if self.dequantizer is not None:
                 # the continuous draws whose floor falls off the grid (mass the discrete model
                 # leaves out): counted as the integer flows count theirs, then clamped
-                outside = self.dequantizer.off_grid(x)
-                self.clamped = outside.float().mean() if x.numel() else 0.0
+                self.clamped = self.dequantizer.clamped_share(x) if x.numel() else 0.0
                 x = self.dequantizer.quantize(x)
         self._check_samples(x)
         return x.reshape(*shape, *self.event_shape)

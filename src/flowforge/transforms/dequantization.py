@@ -196,13 +196,15 @@ class ColumnDequantization(Dequantizer):
         super().__init__(None)
         if isinstance(features, bool) or not isinstance(features, int) or features < 1:
             raise ValueError(f"expected features to be an integer >= 1, got {features!r}")
-        cols = list(columns)
+        cols = list(columns) if isinstance(columns, (list, tuple)) else None
         if not cols or any(isinstance(c, bool) or not isinstance(c, int) for c in cols):
             raise ValueError(
-                f"expected columns to be a non-empty list of integers, got {columns!r}"
+                f"expected columns to be a non-empty list of integers, got {str(columns)[:80]}"
             )
         if len(set(cols)) != len(cols) or not all(0 <= c < features for c in cols):
-            raise ValueError(f"expected distinct columns in [0, {features - 1}], got {cols}")
+            raise ValueError(
+                f"expected distinct columns in [0, {features - 1}], got {str(cols)[:80]}"
+            )
         lows, highs = _inclusive(lower, len(cols), "lower"), _inclusive(upper, len(cols), "upper")
         for c, a, b in zip(cols, lows, highs):
             if a is not None and b is not None and a > b:
@@ -242,9 +244,7 @@ class ColumnDequantization(Dequantizer):
                 f"{self.columns[j]} (an integer column), got {value:.10g}"
             )
         top = v.abs().max().item()
-        # (from 2^17 on, float32 spaces its values 1/64 apart or more: the noise too coarse)
-        bits = round(-math.log2(torch.finfo(x.dtype).eps))
-        if top >= 2.0 ** (bits - 6):
+        if top >= integer_limit(x.dtype):
             raise ValueError(
                 f"integer columns of magnitude {top:g} are more than {x.dtype} resolves with "
                 "dequantization noise added; move the flow to float64 (flow.double())"
@@ -258,6 +258,10 @@ class ColumnDequantization(Dequantizer):
         """Where a sample's integer columns floor to a value outside their bounds."""
         f = y.floor()
         return self._mask & ((f < self._low) | (f > self._high))
+
+    def clamped_share(self, y: Tensor) -> Tensor:
+        """The share of the integer columns' sampled values that :meth:`quantize` clamps."""
+        return self.off_grid(y)[:, self._mask].float().mean()
 
     def quantize(self, y: Tensor) -> Tensor:
         """A sample's integer columns floored (and clamped to their bounds); the others as
@@ -274,22 +278,33 @@ class ColumnDequantization(Dequantizer):
         return f"features={self.features}, columns={self.columns}{bounds}"
 
 
+def integer_limit(dtype: torch.dtype) -> float:
+    """The integer magnitude from which ``dtype`` spaces its numbers 1/64 apart or more (2^17
+    in float32), too coarse for dequantization noise: :class:`ColumnDequantization` refuses
+    integers at or beyond it."""
+    return 2.0 ** (round(-math.log2(torch.finfo(dtype).eps)) - 6)
+
+
 def _inclusive(value, n: int, what: str) -> list:
     """``value`` (None, or one integer or None per column) as ``n`` integers or Nones."""
     if value is None:
         return [None] * n
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != n:
+    if not isinstance(value, (list, tuple)) or len(value) != n:
         raise ValueError(
-            f"expected one {what} bound (an integer or None) per column, got {value!r}"
+            f"expected one {what} bound (an integer or None) per column, got {str(value)[:80]}"
         )
     out = []
     for v in value:
-        if v is not None and (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or not math.isfinite(v)
-            or v != math.floor(v)
-        ):
-            raise ValueError(f"expected each {what} bound to be an integer or None, got {v!r}")
+        ok = v is None or (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and abs(v) <= 2**53  # (exact in a float; a JSON integer can be of any size)
+            and v == math.floor(v)
+        )
+        if not ok:
+            raise ValueError(
+                f"expected each {what} bound to be an integer of at most 2^53 or None, got "
+                f"{repr(v)[:40]}"
+            )
         out.append(None if v is None else int(v))
     return out

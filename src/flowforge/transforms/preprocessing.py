@@ -190,14 +190,20 @@ def _bounds(value, n: int, what: str) -> list[float | None]:
         raise ValueError(
             f"expected {n} {what} bounds (one per entry, None for none), got {len(out)}"
         )
+    top = torch.finfo(torch.float32).max
     for i, v in enumerate(out):
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        try:  # (a JSON integer can be too large for a float)
+            f = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        except OverflowError:
+            f = math.inf
+        if f is None or not math.isfinite(f) or abs(f) > top:
             raise ValueError(
-                f"expected entry {i}'s {what} bound to be a finite number or None, got {v!r}"
+                f"expected entry {i}'s {what} bound to be a finite number or None, within "
+                f"float32's range, got {repr(v)[:40]}"
             )
-        out[i] = float(v)
+        out[i] = f
     return out
 
 
@@ -330,7 +336,20 @@ class Bounded(Transform):
                 v > 0, high_2 - w * torch.sigmoid(-v), low_2 + w * torch.sigmoid(v)
             )
             ladj = ladj + (torch.log(w) - F.softplus(-v) - F.softplus(v)).sum(1)
-        return x.reshape(y.shape), ladj
+        return self._inside(x).reshape(y.shape), ladj
+
+    def _inside(self, x: Tensor) -> Tensor:
+        """``x`` with the values that rounded onto a bound (a point far in a tail, in float32)
+        moved to the nearest number strictly inside it, so that a sample always scores."""
+        inf = torch.tensor(math.inf, dtype=x.dtype, device=x.device)
+        low_b, low_2, high_a, high_2 = self._split()
+        for idx, low in ((self._below, low_b), (self._both, low_2)):
+            if idx.numel():
+                x[:, idx] = torch.maximum(x[:, idx], torch.nextafter(low.to(x.dtype), inf))
+        for idx, high in ((self._above, high_a), (self._both, high_2)):
+            if idx.numel():
+                x[:, idx] = torch.minimum(x[:, idx], torch.nextafter(high.to(x.dtype), -inf))
+        return x
 
     def extra_repr(self) -> str:
         def fmt(bounds):

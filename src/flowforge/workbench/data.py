@@ -619,6 +619,8 @@ def constant_columns(ds) -> str | None:
     train = ds.train.numpy()
     if ds.kind != "table" or ds.levels is not None or not len(train):
         return None
+    if ds.info.get("integers"):  # dequantized: a constant integer column is not degenerate
+        train = model_view(train, None, ds.info["integers"])
     names = ds.info.get("columns")
     if len(train) == 1:
         return (
@@ -705,13 +707,11 @@ def _table_checks(
     notes = []
     raw = train
     bounded = set()
-    if bounds:
-        bounded = {
-            j
-            for j, (a, b) in enumerate(zip(bounds["lower"], bounds["upper"]))
-            if (a, b) != (None, None)
-        }
-        train = to_reals(train, bounds)
+    bounds, integers = bounds or (None, None)
+    if bounds or integers:
+        pairs = enumerate(zip(*(bounds or {"lower": [], "upper": []}).values()))
+        bounded = {j for j, (a, b) in pairs if (a, b) != (None, None)}
+        train = model_view(train, bounds, integers)
     # per column, in float64: the median and the spread around it (of a sample of rows when
     # there are many), and the rows far from it (all of them)
     pick = None
@@ -747,7 +747,9 @@ def _table_checks(
             f"squeeze the other values together; check them (a typo, a missing-value code?){hint}"
         )
     dup = _duplicates(raw, splits)
-    return notes + (dup or _near_duplicates(raw, splits))
+    if dup or integers:  # (rows of integer columns sit close by design: no near-copy check)
+        return notes + dup
+    return notes + _near_duplicates(raw, splits)
 
 
 def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int = 10000) -> list:
@@ -1071,6 +1073,25 @@ BOUNDS_FORMS = (
 )
 
 
+def _bound_pair(value) -> bool:
+    """Whether ``value`` is ``[lower, upper]``: numbers within float32's range (the models'
+    precision) or None, not both None."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or list(value) == [None, None]:
+        return False
+    top = float(np.finfo(np.float32).max)
+    for v in value:
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        try:
+            if not abs(float(v)) <= top:  # (NaN and inf too)
+                return False
+        except OverflowError:  # (an integer too large for a float)
+            return False
+    return True
+
+
 def _parse_bounds(spec, width: int, names: list[str] | None) -> dict:
     """``data.bounds`` (columns, by name or 0-based index, to ``positive``, ``negative`` or
     ``[lower, upper]``) as ``{"lower": [...], "upper": [...]}``, one entry (or None) a column."""
@@ -1089,16 +1110,7 @@ def _parse_bounds(spec, width: int, names: list[str] | None) -> dict:
         seen[j] = key
         if isinstance(value, str) and value.strip().lower() in BOUND_WORDS:
             lo, hi = BOUND_WORDS[value.strip().lower()]
-        elif (
-            isinstance(value, (list, tuple))
-            and len(value) == 2
-            and all(
-                v is None
-                or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-                for v in value
-            )
-            and list(value) != [None, None]
-        ):
+        elif _bound_pair(value):
             lo, hi = (None if v is None else float(v) for v in value)
             if lo is not None and hi is not None and not lo < hi:
                 raise DataError(
@@ -1108,7 +1120,7 @@ def _parse_bounds(spec, width: int, names: list[str] | None) -> dict:
         else:
             raise DataError(
                 f"data.bounds for column {_column_name(j, names)}: expected {BOUNDS_FORMS}, "
-                f"got {value!r}"
+                f"within float32's range (the models' precision), got {str(value)[:60]}"
             )
         lower[j], upper[j] = lo, hi
     return {"lower": lower, "upper": upper}
@@ -1201,10 +1213,11 @@ def _parse_integers(spec, width: int, names: list[str] | None, bounds: dict | No
         raise DataError(f"data.integers names a column twice: {spec!r}")
     for j in out:
         for b in (bounds["lower"][j], bounds["upper"][j]) if bounds else ():
-            if b is not None and b != math.floor(b):
+            if b is not None and (b != math.floor(b) or abs(b) >= 2.0**24):
                 raise DataError(
                     f"data.bounds for column {_column_name(j, names)}, an integer column: "
-                    f"expected whole numbers (the integers it may hold), got {b:g}"
+                    f"expected whole numbers (the integers it may hold) below 2^24 in "
+                    f"magnitude, got {b:g}"
                 )
     return sorted(out)
 
@@ -1213,7 +1226,9 @@ def check_integers(arrays: dict, integers: list[int], names: list[str] | None, w
     """A ``DataError`` naming the first integer column (``data.integers``) holding a value that
     is not a whole number, or one too large for float32 to carry dequantization noise
     (``arrays``: split name, or "", to its rows)."""
-    top = 2.0**17  # (as flowforge.transforms.ColumnDequantization checks, in float32)
+    from ..transforms.dequantization import integer_limit
+
+    top = integer_limit(torch.float32)  # (the models' precision)
     for split, a in arrays.items():
         a = np.asarray(a)
         for j in integers:
@@ -1223,41 +1238,104 @@ def check_integers(arrays: dict, integers: list[int], names: list[str] | None, w
             bad = col != np.floor(col)
             what = f"in the {split} split" if split else "in the file"
             if bad.any():
+                n = int(bad.sum())
                 raise DataError(
                     f"{where}: column {_column_name(j, names)} is in data.integers but holds "
-                    f"{int(bad.sum())} values that are not whole numbers {what} (e.g. "
+                    f"{n} {'value' if n == 1 else 'values'} that {'is' if n == 1 else 'are'} "
+                    f"not {'a whole number' if n == 1 else 'whole numbers'} {what} (e.g. "
                     f"{float(col[bad][0]):.10g}); drop it from data.integers, or round it"
                 )
             if np.abs(col).max() >= top:
                 raise DataError(
                     f"{where}: column {_column_name(j, names)} in data.integers holds "
-                    f"{float(np.abs(col).max()):g}, beyond the 2^17 that float32 resolves with "
+                    f"{float(np.abs(col).max()):g}, beyond the {top:g} that float32 resolves with "
                     "dequantization noise added: a continuous column, rather (drop it from "
                     "data.integers)"
                 )
 
 
-def to_reals(a: np.ndarray, bounds: dict | None) -> np.ndarray:
-    """A table's columns as the model sees them after its ``Bounded`` layer (float64): log for
-    one bound, logit for two (:class:`flowforge.transforms.Bounded`); ``a`` if none."""
+def to_reals(a: np.ndarray, bounds: dict | None, dtype=torch.float64) -> np.ndarray:
+    """A table's columns as the model sees them after its ``Bounded`` layer (the layer itself,
+    in ``dtype``): log for one bound, logit for two; ``a`` if none. Values on a bound come out
+    infinite (they are refused before this is called)."""
     if not bounds:
         return a
-    out = np.array(a, dtype=np.float64)
-    for j, (lo, hi) in enumerate(zip(bounds["lower"], bounds["upper"])):
-        if lo is not None and hi is not None:
-            out[:, j] = np.log(out[:, j] - lo) - np.log(hi - out[:, j])
-        elif lo is not None:
-            out[:, j] = np.log(out[:, j] - lo)
-        elif hi is not None:
-            out[:, j] = -np.log(hi - out[:, j])
-    return out
+    from ..core import _Checks
+    from ..transforms import Bounded
+
+    layer = Bounded(a.shape[1], bounds["lower"], bounds["upper"]).to(dtype)
+    x = torch.as_tensor(np.asarray(a), dtype=dtype)
+    with torch.no_grad(), _Checks(False):
+        y, _ = layer(x)
+    return y.numpy()
+
+
+def model_view(train: np.ndarray, bounds: dict | None, integers=None) -> np.ndarray:
+    """A table's training rows as its model sees them before the standardisation: its integer
+    columns with one draw of dequantization noise (seeded: the same every time), then the
+    bounds' map (:func:`model_bounds`), in float64."""
+    if not bounds and not integers:
+        return train
+    t = np.array(train, dtype=np.float64)
+    if integers:
+        t[:, integers] += np.random.default_rng(0).random((len(t), len(integers)))
+    return to_reals(t, model_bounds(bounds, integers or ()))
+
+
+def check_float32_bounds(arrays: dict, bounds: dict, integers, names, where: str) -> None:
+    """A ``DataError`` for a bounded column that float32 (the models' precision) cannot map:
+    a value that rounds onto its bound (0.99999999 with the bound 1), or a bound so far from
+    the values that their distance to it keeps too little of their variation (values of 1 to
+    10 above a bound of -1e7)."""
+    wide = model_bounds(bounds, integers or ())
+    cols = [
+        j for j, (a, b) in enumerate(zip(wide["lower"], wide["upper"])) if (a, b) != (None, None)
+    ]
+    cols = [j for j in cols if j not in (integers or ())]  # (integer columns keep half a bin)
+    if not cols:
+        return
+    sub = {"lower": [wide["lower"][j] for j in cols], "upper": [wide["upper"][j] for j in cols]}
+    for split, a in arrays.items():
+        if not len(a):
+            continue
+        v = np.asarray(a)[:, cols]
+        y32 = to_reals(v.astype(np.float32), sub, torch.float32)
+        bad = ~np.isfinite(y32)
+        if bad.any():
+            k = int(np.flatnonzero(bad.any(0))[0])
+            value = float(v[bad[:, k], k][0])
+            raise DataError(
+                f"{where}: column {_column_name(cols[k], names)} has {split + ' ' if split else ''}"
+                f"values that float32 (the models' precision) rounds onto a bound (e.g. "
+                f"{value:.10g}, bounds {_interval(sub, k)}): widen the bound a little, or round "
+                "the values"
+            )
+        if split != "train":
+            continue
+        y64 = to_reals(v.astype(np.float64), sub)
+        sd = y64.std(0)
+        err = np.abs(y32.astype(np.float64) - y64).max(0)
+        lost = np.flatnonzero((err > 1e-2 * sd) | (sd == 0))
+        if lost.size:
+            k = int(lost[0])
+            raise DataError(
+                f"{where}: column {_column_name(cols[k], names)} lies so far inside its bounds "
+                f"{_interval(sub, k)} that float32 (the models' precision) keeps too little of "
+                "its variation on their log scale: set the bounds near the values (a lower "
+                "bound just below the smallest possible value, e.g. 0 for amounts)"
+            )
+
+
+def _interval(bounds: dict, k: int) -> str:
+    a, b = bounds["lower"][k], bounds["upper"][k]
+    return f"({'-inf' if a is None else f'{a:g}'}, {'inf' if b is None else f'{b:g}'})"
 
 
 def model_stats(train: Tensor, bounds: dict | None = None, integers=None) -> dict:
-    """The standardisation statistics of a training split, taken after its bounds' map
-    (:func:`model_bounds`)."""
-    if bounds:
-        train = torch.from_numpy(to_reals(train.numpy(), model_bounds(bounds, integers or ())))
+    """The standardisation statistics of a training split as its model sees it
+    (:func:`model_view`)."""
+    if bounds or integers:
+        train = torch.from_numpy(model_view(train.numpy(), bounds, integers))
     return _standardize_stats(train)
 
 
@@ -1279,7 +1357,7 @@ def _whitening(train: Tensor, info: dict) -> dict | None:
         return None
     if option == "auto" and (n >= WHITEN_ROWS_PER_COLUMN * d or d > WHITEN_MAX_COLUMNS):
         return None
-    t = to_reals(train.numpy(), model_bounds(info.get("bounds"), info.get("integers") or ()))
+    t = model_view(train.numpy(), info.get("bounds"), info.get("integers"))
     loc, factor = shrunk_gaussian(t)
     return {"loc": loc, "factor": factor}
 
@@ -1428,6 +1506,7 @@ def _table(
         check_integers(arrays, integers, columns, str(path))
     if bounds is not None:
         check_bounds(arrays, bounds, columns, str(path), integers or ())
+        check_float32_bounds(arrays, bounds, integers, columns, str(path))
     t = {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()}
     if standardize is None:
         standardize = levels is None
@@ -1449,7 +1528,7 @@ def _table(
             {"val": arrays["val"], "test": arrays["test"]},
             columns,
             str(path),
-            model_bounds(bounds, integers or ()),
+            (bounds, integers),
         )
         for note in (
             _few_rows({k: len(v) for k, v in arrays.items()}),
@@ -1732,18 +1811,25 @@ def load_dataset(
 
 
 def _column_index(p, width: int, names: list[str] | None, what: str) -> int:
-    """A column given as an integer (negative from the end) or a header name, as an index."""
+    """A column given as a header name or an integer index (negative from the end), as an
+    index. A string is a name first (a header of numbers: ``--set data.bounds.2=...`` names
+    the column called "2"); an integer that is also another column's name is refused."""
+    if isinstance(p, str) and names and p in names:
+        return names.index(p)
     try:
-        if isinstance(p, bool):
+        if isinstance(p, bool) or (isinstance(p, float) and not p.is_integer()):
             raise TypeError
         i = int(p)
-    except (TypeError, ValueError):
-        if names and p in names:
-            return names.index(p)
+    except (TypeError, ValueError, OverflowError):
         known = f"; the columns are {', '.join(map(repr, names[:12]))}" if names else ""
         raise DataError(
-            f"{what} {p!r} is neither a column index nor a column name{known}"
+            f"{what} {str(p)[:40]!r} is neither a column index nor a column name{known}"
         ) from None
+    if not isinstance(p, str) and names and str(i) in names and names.index(str(i)) != i % width:
+        raise DataError(
+            f"{what} {i} is both the index of column {names[i % width]!r} and the name of "
+            f"another column: give the name as a string ('{i}') or the other column's name"
+        )
     if not -width <= i < width:
         raise DataError(f"{what} {i} is out of range for a table of {width} columns")
     return i % width

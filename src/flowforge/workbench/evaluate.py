@@ -152,7 +152,13 @@ def evaluate_run(
         ):
             try:
                 baseline = gaussian_baseline(
-                    ds.train, x, per_example=True, integers=r.get("integers"), seed=seed
+                    ds.train,
+                    x,
+                    per_example=True,
+                    integers=r.get("integers"),
+                    seed=seed,
+                    samples=samples,
+                    iw=iw,
                 )
             except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
                 baseline = None
@@ -305,7 +311,15 @@ def _check_file(x, r: dict, where: str) -> None:
         check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or ())
 
 
-def gaussian_baseline(train, x, per_example: bool = False, integers=None, seed: int = 0):
+def gaussian_baseline(
+    train,
+    x,
+    per_example: bool = False,
+    integers=None,
+    seed: int = 0,
+    samples: int = 1,
+    iw: bool = False,
+):
     """The mean NLL (nats) of ``x`` under a Gaussian fitted to ``train``
     (:func:`~flowforge.workbench.data.shrunk_gaussian`: the columns' means and standard
     deviations, their Ledoit-Wolf shrunk correlation, well defined with fewer rows than
@@ -313,20 +327,30 @@ def gaussian_baseline(train, x, per_example: bool = False, integers=None, seed: 
     as). The simplest density a table's model should beat, on the same raw scale as the
     model's NLL. ``per_example``: the log-density of each row instead (an array).
     ``integers``: columns dequantized, as the model's are, with uniform noise (seeded by
-    ``seed``), so that the Gaussian's figure is the same kind of bound as the model's."""
+    ``seed``), so that the Gaussian's figure is the same kind of bound as the model's: the
+    mean of ``samples`` single-draw bounds, or with ``iw`` the importance-weighted bound with
+    ``K = samples``, as eval gives the model's."""
     from scipy.linalg import solve_triangular
+    from scipy.special import logsumexp
 
     t = np.asarray(train, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    g = np.random.default_rng(seed)
     if integers:
-        g = np.random.default_rng(seed)
-        x = np.array(x, dtype=np.float64)
         t = t.copy()
-        for a in (t, x):
-            a[:, integers] += g.random((len(a), len(integers)))
+        t[:, integers] += g.random((len(t), len(integers)))
     loc, factor = shrunk_gaussian(t)
-    z = solve_triangular(factor, (np.asarray(x, dtype=np.float64) - loc).T, lower=True).T
-    d = len(loc)
-    lp = -0.5 * (z**2).sum(1) - 0.5 * d * math.log(2 * math.pi) - np.log(np.diag(factor)).sum()
+    const = 0.5 * len(loc) * math.log(2 * math.pi) + np.log(np.diag(factor)).sum()
+    draws = []
+    for _ in range(samples if integers else 1):
+        v = x
+        if integers:
+            v = x.copy()
+            v[:, integers] += g.random((len(v), len(integers)))
+        z = solve_triangular(factor, (v - loc).T, lower=True).T
+        draws.append(-0.5 * (z**2).sum(1) - const)
+    lp = np.stack(draws)
+    lp = logsumexp(lp, 0) - math.log(len(draws)) if iw else lp.mean(0)
     return lp if per_example else float(-np.mean(lp))
 
 

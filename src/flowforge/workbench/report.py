@@ -901,11 +901,21 @@ def outside_ranges(x, cfg: dict) -> str | None:
         f"data {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
         for j in bad[:5]
     )
+    bounds = cfg["resolved"].get("bounds") or {}
+    declared = {
+        j
+        for j, pair in enumerate(zip(bounds.get("lower") or [], bounds.get("upper") or []))
+        if pair != (None, None)
+    }
+    hint = (
+        " (a bounded or positive column? declare its bounds and the model keeps to them: "
+        "data.bounds, e.g. --set data.bounds.COLUMN=positive or =[0, 1])"
+        if set(bad) - declared
+        else " (within the bounds declared, beyond the training values)"
+    )
     return (
         f"samples fall outside the training data's range in column(s) {each}"
-        f"{' ...' if len(bad) > 5 else ''}: the model puts mass where the data has none (a "
-        "bounded or positive column? declare its bounds and the model keeps to them: "
-        "data.bounds, e.g. --set data.bounds.COLUMN=positive or =[0, 1])"
+        f"{' ...' if len(bad) > 5 else ''}: the model puts mass where the data has none{hint}"
     )
 
 
