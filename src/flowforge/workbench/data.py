@@ -697,17 +697,21 @@ MEDIAN_ROWS = 200_000  # rows the outlier check takes its median and spread from
 
 
 def _table_checks(
-    train: np.ndarray, splits: dict, names: list[str] | None, where: str, bounds=None
+    train: np.ndarray,
+    splits: dict,
+    names: list[str] | None,
+    where: str,
+    bounds=None,
+    integers=None,
 ) -> list:
     """Warnings for what makes a fit or its test figure misleading: far outliers, which set
     the standardisation's scale and squeeze every other value together, and test/val rows that
     repeat training rows (exact duplicates, an optimistic test NLL). A constant column is
-    refused when training starts (:func:`constant_columns`). ``bounds``: outliers are sought
-    on the scale the model sees (``data.bounds``' logs and logits)."""
+    refused when training starts (:func:`constant_columns`). ``bounds``, ``integers``:
+    outliers are sought on the scale the model sees (:func:`model_view`)."""
     notes = []
     raw = train
     bounded = set()
-    bounds, integers = bounds or (None, None)
     if bounds or integers:
         pairs = enumerate(zip(*(bounds or {"lower": [], "upper": []}).values()))
         bounded = {j for j, (a, b) in pairs if (a, b) != (None, None)}
@@ -1528,7 +1532,8 @@ def _table(
             {"val": arrays["val"], "test": arrays["test"]},
             columns,
             str(path),
-            (bounds, integers),
+            bounds,
+            integers,
         )
         for note in (
             _few_rows({k: len(v) for k, v in arrays.items()}),
