@@ -266,3 +266,31 @@ def test_eval_gives_the_gaussian_the_same_kind_of_bound():
     one = gaussian_baseline(train, x, per_example=True, integers=[0, 1], samples=8)
     iw = gaussian_baseline(train, x, per_example=True, integers=[0, 1], samples=8, iw=True)
     assert (iw >= one).all() and (iw > one).any()
+
+
+def test_a_conditional_run_with_integer_targets_scores_other_files(tmp_path, capsys):
+    path = _csv(tmp_path / "t.csv", _table())
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", path, "--out", out, *TINY,
+                     "--target-columns", "count,x", "--set", "data.integers=[count, flag]",
+                     "--set", "data.bounds.count=[0, null]")  # fmt: skip
+    assert rc == 0, err
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["integers"] == [0] and resolved["bounds"]["lower"] == [0, None]
+    rc, stdout, err = cli(capsys, "eval", out, "--data", path)
+    assert rc == 0, err
+    assert "a dequantization bound with K = 1" in stdout
+    bad = _table(30, seed=2)
+    bad[4, 0] = -1
+    rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "bad.csv", bad))
+    one_line_error(rc, err, "column 'count' has 1 value below its lower bound 0")
+
+
+def test_limit_takes_the_statistics_from_the_rows_it_keeps(tmp_path):
+    path = _csv(tmp_path / "t.csv", _table())
+    full = load_dataset(str(path), integers=["count", "flag"], bounds={"count": [0, None]})
+    few = load_dataset(str(path), integers=["count", "flag"], bounds={"count": [0, None]}, limit=40)
+    assert few.stats != full.stats and len(few.train) == 40
+    from flowforge.workbench.data import model_stats
+
+    assert few.stats == model_stats(few.train, few.info["bounds"], few.info["integers"])
