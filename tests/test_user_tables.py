@@ -532,3 +532,5 @@ def test_a_table_of_very_few_rows_is_warned_of(tmp_path):
     assert any(n.startswith("only 24 training, 3 validation and 3 test rows") for n in notes)
     path.write_text("a,b,c\n" + _rows(_normal(200)))
     assert not any("training, " in n for n in load_dataset(str(path)).info.get("warnings", []))
+    notes = load_dataset(str(path), limit=40).info["warnings"]  # (the rows --limit keeps)
+    assert any(n.startswith("only 40 training, 20 validation and 20 test rows") for n in notes)

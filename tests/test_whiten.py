@@ -15,7 +15,7 @@ from scipy import stats
 import flowforge as ff
 from cli_support import cli
 from flowforge import io
-from flowforge.workbench.data import DataError, load_dataset
+from flowforge.workbench.data import DataError, load_dataset, shrunk_gaussian, whitening
 
 TINY = ["--model", "maf", "--epochs", 2, "--no-progress", "--model-kwargs",
         '{"layers": 2, "hidden": [16]}']  # fmt: skip
@@ -41,6 +41,8 @@ def test_a_whitened_flow_at_its_identity_start_is_the_gaussian_of_the_factor():
         ([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "lower triangular"),
         ([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], "positive diagonal"),
         ([[1.0, 0.0, 0.0], [0.0, float("nan"), 0.0], [0.0, 0.0, 1.0]], "finite|NaN or inf"),
+        ([[1.0, 0.0, 0.0], [0.0, 1e-35, 0.0], [0.0, 0.0, 1.0]], "diagonal in .1e-30, 1e30."),
+        ([[1.0, 0.0, 0.0], [3e37, 1.0, 0.0], [0.0, 0.0, 1.0]], "at most 1e30 in magnitude"),
     ],
 )
 def test_a_bad_factor_is_refused_when_built_and_when_loaded(tmp_path, factor, msg):
@@ -65,30 +67,61 @@ def _wide(path, n=100, d=20, seed=0):
 
 
 def test_auto_whitens_a_table_with_few_rows_per_column_only(tmp_path):
+    from sklearn.covariance import LedoitWolf
+
     wide = load_dataset(str(_wide(tmp_path / "w.csv")))  # 80 training rows for 20 columns
-    w = wide.info["whitening"]
+    w = whitening(wide)
     factor = np.asarray(w["factor"])
     assert factor.shape == (20, 20) and np.allclose(factor, np.tril(factor))
-    # the whitened training rows have unit variances
-    z = np.linalg.solve(factor, (wide.train.double().numpy() - w["loc"]).T).T
-    np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-6)
+    # F F^T is the Ledoit-Wolf shrunk correlation in the columns' units
+    t = wide.train.double().numpy()
+    sd = t.std(0)
+    corr = LedoitWolf(assume_centered=True).fit((t - t.mean(0)) / sd).covariance_
+    np.testing.assert_allclose(factor @ factor.T, sd[:, None] * corr * sd[None, :], rtol=1e-6)
+    np.testing.assert_allclose(w["loc"], t.mean(0), rtol=1e-6, atol=1e-9)
     tall = load_dataset(str(_wide(tmp_path / "t.csv", n=400, d=4)))
-    assert "whitening" not in tall.info
-    assert "whitening" in load_dataset(str(tmp_path / "t.csv"), whiten=True).info
-    assert "whitening" not in load_dataset(str(tmp_path / "w.csv"), whiten=False).info
-    # --limit and --target-columns take it again from the split they leave
+    assert whitening(tall) is None
+    assert whitening(load_dataset(str(tmp_path / "t.csv"), whiten=True)) is not None
+    assert whitening(load_dataset(str(tmp_path / "w.csv"), whiten=False)) is None
+    # --limit and --target-columns: taken from the split they leave
     few = load_dataset(str(tmp_path / "t.csv"), limit=20)
-    assert "whitening" in few.info and np.asarray(few.info["whitening"]["factor"]).shape == (4, 4)
+    assert np.asarray(whitening(few)["factor"]).shape == (4, 4)
     part = load_dataset(str(tmp_path / "w.csv"), target_columns=list(range(15)))
-    assert np.asarray(part.info["whitening"]["factor"]).shape == (15, 15)
+    assert np.asarray(whitening(part)["factor"]).shape == (15, 15)
     part = load_dataset(str(tmp_path / "w.csv"), target_columns="c0,c1,c2")  # 80 rows for 3
-    assert "whitening" not in part.info
+    assert whitening(part) is None
+
+
+def test_degenerate_or_tiny_tables_fall_back_to_the_standardisation(tmp_path):
+    # two training rows: the shrunk correlation is singular
+    path = _wide(tmp_path / "two.csv", n=4, d=5)
+    two = load_dataset(str(path), val_fraction=0.25, test_fraction=0.25)
+    assert len(two.train) == 2 and whitening(two) is None
+    with pytest.raises(np.linalg.LinAlgError):
+        shrunk_gaussian(two.train.numpy())
+    # columns on a tiny scale are scaled, as the standardisation scales them
+    x = np.random.default_rng(0).normal(size=(60, 12)) * 1e-15
+    loc, factor = shrunk_gaussian(x)
+    assert np.allclose(np.diag(factor) / x.std(0), 1, rtol=0.2)
+
+
+def test_eval_s_gaussian_is_a_gaussian_log_density(tmp_path):
+    from flowforge.workbench.evaluate import gaussian_baseline
+
+    g = np.random.default_rng(0)
+    train = g.normal(size=(300, 4)) @ g.normal(size=(4, 4)) + [1.0, -2.0, 0.0, 5.0]
+    x = g.normal(size=(20, 4))
+    loc, factor = shrunk_gaussian(train)
+    want = stats.multivariate_normal(loc, factor @ factor.T).logpdf(x)
+    np.testing.assert_allclose(gaussian_baseline(train, x, per_example=True), want, rtol=1e-10)
 
 
 @pytest.mark.parametrize(
     "options, msg",
     [
         ({"whiten": "yes"}, "data.whiten must be auto, true or false"),
+        ({"whiten": 0}, "data.whiten must be auto, true or false"),
+        ({"whiten": 1}, "data.whiten must be auto, true or false"),
         ({"whiten": True, "standardize": False}, "it needs a continuous table"),
     ],
 )

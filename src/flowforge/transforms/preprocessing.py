@@ -367,6 +367,17 @@ def _check_whitening(loc: Tensor, factor: Tensor, prefix: str) -> None:
         raise ValueError(
             f"expected {prefix}factor lower triangular with a positive diagonal (a Cholesky factor)"
         )
+    diag = factor.diagonal().double()
+    if (
+        (diag < 1e-30).any()
+        or (diag > 1e30).any()
+        or factor.abs().max() > 1e30
+        or (loc.numel() and loc.abs().max() > 1e30)
+    ):
+        raise ValueError(
+            f"expected {prefix}factor's diagonal in [1e-30, 1e30] and every entry of "
+            f"{prefix}factor and {prefix}loc at most 1e30 in magnitude (a table's scales)"
+        )
 
 
 class Whiten(Transform):

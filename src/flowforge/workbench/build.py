@@ -16,6 +16,7 @@ from ..core import Flow
 from ..io import Budget
 from .catalog import SIZING
 from .data import Dataset, describe_bounds, model_bounds
+from .data import whitening as data_whitening
 from .errors import WorkbenchError
 
 __all__ = [
@@ -250,11 +251,17 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     _check_objective(name, inner, cfg["train"]["objective"], ds)
     _check_angles(name, inner, ds)
     flow = inner
-    # a run from before data.whiten keeps its plain standardisation
-    whitening = ds.info.get("whitening") if stored is None or stored.get("whiten") else None
+    # resuming, the checkpoint holds the whitening (a run from before data.whiten has none)
+    if stored is not None:
+        whitening = {} if stored.get("whiten") else None
+    else:
+        whitening = data_whitening(ds)
     if whitening is not None:
-        loc = torch.tensor(whitening["loc"], dtype=torch.float32)
-        flow = models.whitened(inner, loc, torch.tensor(whitening["factor"], dtype=torch.float32))
+        loc, factor = (
+            torch.tensor(whitening[k], dtype=torch.float32) if k in whitening else None
+            for k in ("loc", "factor")
+        )
+        flow = models.whitened(inner, loc, factor)
     elif ds.stats is not None:
         flow = standardized(inner, ds.stats, event_shape)
     bounds, integers = ds.info.get("bounds"), ds.info.get("integers")
@@ -333,7 +340,7 @@ def _check_angles(name: str, model, ds: Dataset) -> None:
             f"model {name!r} models angles in [-pi, pi]; {ds.name} has values in "
             f"[{lo:.6g}, {hi:.6g}] (radians wrapped to [-pi, pi) are expected: "
             "(x + pi) % (2 pi) - pi"
-            + ("; degrees? numpy.deg2rad(x) first" if hi > 2 * math.pi + 1e-9 else "")
+            + ("; degrees? numpy.deg2rad(x) first" if max(hi, -lo) > 2 * math.pi else "")
             + ")"
         )
 

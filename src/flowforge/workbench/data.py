@@ -713,7 +713,8 @@ def _table_checks(
     raw = train
     bounded = set()
     if bounds or integers:
-        pairs = enumerate(zip(*(bounds or {"lower": [], "upper": []}).values()))
+        given = bounds or {"lower": [], "upper": []}
+        pairs = enumerate(zip(given["lower"], given["upper"]))
         bounded = {j for j, (a, b) in pairs if (a, b) != (None, None)}
         train = model_view(train, bounds, integers)
     # per column, in float64: the median and the spread around it (of a sample of rows when
@@ -864,6 +865,10 @@ ATOM_SHARE = 0.01  # a value that this share of a non-integer column's rows hold
 FEW_ROWS = 100  # fewer training rows than this: a table too small to say much (a warning)
 
 
+def _is_few_rows_note(note: str) -> bool:
+    return note.startswith("only ") and " training, " in note
+
+
 def _few_rows(sizes: dict) -> str | None:
     """A warning for a table with very few rows: its fit and its test figure are noise."""
     if sizes["train"] >= FEW_ROWS:
@@ -872,7 +877,8 @@ def _few_rows(sizes: dict) -> str | None:
         f"only {sizes['train']} training, {sizes['val']} validation and {sizes['test']} test "
         "rows: a flow can overfit so few at once (the early stop then keeps an almost "
         "untrained model), and a test NLL over so few rows is mostly noise (eval gives its "
-        "standard error); compare with eval's Gaussian, often the better model here"
+        "standard error); a Gaussian (eval's reference, for an unconditional table) is often "
+        "the better model here"
     )
 
 
@@ -1348,52 +1354,58 @@ WHITEN_ROWS_PER_COLUMN = 10
 WHITEN_MAX_COLUMNS = 2048  # (the factor is columns^2 numbers, in the model and in memory)
 
 
-def _whitening(train: Tensor, info: dict) -> dict | None:
+WHITEN_MIN_ROWS = 10  # (fewer: a covariance of so few rows is no start for a model)
+
+
+def whitening(ds) -> dict | None:
     """``{"loc", "factor"}`` of the :class:`flowforge.transforms.Whiten` a table's model
     starts with when ``data.whiten`` asks (auto: fewer than ``WHITEN_ROWS_PER_COLUMN``
-    training rows per column), else None. The factor is the Cholesky factor of the training
-    split's Ledoit-Wolf shrunk correlation in its columns' units (as the Gaussian that eval
-    sets beside the model), with each whitened column's spread folded in, so that the
-    whitened training data has unit variances: the flow starts as that Gaussian."""
-    n, d = train.shape
-    option = info.get("whiten", "auto")
-    if option is False or d < 2 or n < 2:
+    training rows per column), else None: the mean and the Cholesky factor of the covariance
+    of :func:`shrunk_gaussian` (the estimator of the Gaussian eval sets beside the model),
+    fitted to the training rows as the model sees them (:func:`model_view`). Computed when a
+    model is built (it is saved in the model), not when data is loaded."""
+    if ds.stats is None or ds.kind != "table" or ds.levels is not None:
+        return None
+    n, d = ds.train.shape[0], math.prod(ds.shape)
+    option = ds.info.get("whiten", "auto")
+    if option is True and d > WHITEN_MAX_COLUMNS:
+        raise DataError(
+            f"data.whiten: true takes at most {WHITEN_MAX_COLUMNS:,} columns (its factor is "
+            f"columns^2 numbers); this table has {d:,}"
+        )
+    if option is False or d < 2 or n < WHITEN_MIN_ROWS:
         return None
     if option == "auto" and (n >= WHITEN_ROWS_PER_COLUMN * d or d > WHITEN_MAX_COLUMNS):
         return None
-    t = model_view(train.numpy(), info.get("bounds"), info.get("integers"))
-    loc, factor = shrunk_gaussian(t)
+    t = model_view(ds.train.numpy(), ds.info.get("bounds"), ds.info.get("integers"))
+    try:
+        loc, factor = shrunk_gaussian(t)
+    except np.linalg.LinAlgError:  # (a singular correlation: the plain standardisation)
+        return None
     return {"loc": loc, "factor": factor}
 
 
 def shrunk_gaussian(train) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, F)`` of the Gaussian fitted to a table's training rows, ``F`` the lower
-    triangular factor of its covariance ``F F^T``: the columns' means and standard deviations,
-    their Ledoit-Wolf shrunk correlation (defined with fewer rows than columns, blind to the
-    columns' units), and the spread of the training rows along each axis it whitens (which
-    the shrinkage leaves too small or too large where rows are few)."""
+    triangular factor of its covariance ``F F^T``: the columns' means and standard deviations
+    (as the standardisation takes them), and their Ledoit-Wolf shrunk correlation (defined
+    with fewer rows than columns, blind to the columns' units and to their order). A
+    ``numpy.linalg.LinAlgError`` when that correlation is singular (two rows, no shrinkage)."""
     from sklearn.covariance import LedoitWolf
 
     t = np.asarray(train, dtype=np.float64)
-    d = t.shape[1]
-    loc, sd = t.mean(0), t.std(0)
-    sd = np.where(sd > 1e-12 * (1 + np.abs(loc)), sd, 1.0)
-    u = (t - loc) / sd
-    corr = LedoitWolf(assume_centered=True).fit(u).covariance_
-    factor = np.linalg.cholesky(corr + 1e-9 * np.eye(d))
-    z = np.linalg.solve(factor, u.T).T
-    spread = np.where(z.std(0) > 1e-6, z.std(0), 1.0)
-    return loc, sd[:, None] * factor * spread[None, :]
+    stats = _standardize_stats(torch.from_numpy(t))
+    loc, sd = np.asarray(stats["loc"]), np.asarray(stats["scale"])
+    corr = LedoitWolf(assume_centered=True).fit((t - loc) / sd).covariance_
+    if np.linalg.eigvalsh(corr)[0] < 1e-8:
+        raise np.linalg.LinAlgError("the shrunk correlation is singular")
+    return loc, sd[:, None] * np.linalg.cholesky(corr)
 
 
 def _restandardize(ds) -> None:
-    """A table's standardisation (and whitening) taken again from its training split, after
-    the split changed (``--limit``, ``--target-columns``)."""
+    """A table's standardisation taken again from its training split, after the split
+    changed (``--limit``, ``--target-columns``)."""
     ds.stats = model_stats(ds.train, ds.info.get("bounds"), ds.info.get("integers"))
-    ds.info.pop("whitening", None)
-    whitening = _whitening(ds.train, ds.info)
-    if whitening is not None:
-        ds.info["whitening"] = whitening
 
 
 def _standardize_stats(train: Tensor) -> dict:
@@ -1442,8 +1454,8 @@ def _table(
             "data.standardize applies to continuous tables; a table with levels is modelled on "
             "its integer grid 0..levels-1 by dequantization (drop standardize, or levels)"
         )
-    if whiten not in (True, False, "auto"):
-        raise DataError(f"data.whiten must be auto, true or false, got {whiten!r}")
+    if not (isinstance(whiten, bool) or whiten == "auto"):  # (not 0 or 1: they equal bools)
+        raise DataError(f"data.whiten must be auto, true or false, got {str(whiten)[:40]!r}")
     if whiten is True and (levels is not None or standardize is False):
         raise DataError(
             "data.whiten: true replaces the standardisation of a continuous table with a "
@@ -1522,9 +1534,6 @@ def _table(
         info["integers"] = integers
     if stats is not None:
         info["whiten"] = whiten
-        whitening = _whitening(t["train"], info)
-        if whitening is not None:
-            info["whitening"] = whitening
     if levels is None:
         notes = [unnamed] if unnamed else []
         notes += _table_checks(
@@ -1804,6 +1813,12 @@ def load_dataset(
         ds.train = ds.train[: int(limit)]
         if ds.stats is not None:
             _restandardize(ds)
+        if ds.kind == "table" and ds.levels is None:  # the few-rows note, for the rows kept
+            notes = [n for n in ds.info.get("warnings", []) if not _is_few_rows_note(n)]
+            note = _few_rows({k: int(ds.split(k).shape[0]) for k in ("train", "val", "test")})
+            ds.info["warnings"] = ([note] if note else []) + notes
+            if not ds.info["warnings"]:
+                del ds.info["warnings"]
     for k in ("train", "val", "test"):
         if ds.split(k).shape[0] == 0:
             raise DataError(f"{spec}: the {k} split is empty")
