@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
-
-from flowforge.workbench.cli import main as flowforge
+from workbench_cli import quiet
 
 BOUNDS = ["--set", "data.bounds.income=positive", "--set", "data.bounds.share=[0, 1]",
           "--set", "data.bounds.score=[null, 10]"]  # fmt: skip
@@ -48,23 +47,12 @@ def table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run(csv: Path, out: Path, extra: list[str], seed: int) -> dict:
     t0 = time.process_time()
-    rc = flowforge(["train", "--model", "nsf", "--data", str(csv), "--out", str(out), "--seed",
-                    str(seed), "--quiet", "--no-progress", "--overwrite", *extra])  # fmt: skip
+    quiet(["train", "--model", "nsf", "--data", str(csv), "--out", str(out), "--seed", str(seed),
+           "--quiet", "--no-progress", "--overwrite", *extra])  # fmt: skip
     seconds = time.process_time() - t0
-    if rc:
-        raise SystemExit(f"training failed ({rc})")
-    json_out = out / "eval.json"
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        flowforge(["eval", str(out), "--json"])
-    nll = json.loads(buf.getvalue())["nll"]
-    json_out.write_text(buf.getvalue())
+    nll = json.loads(quiet(["eval", str(out), "--json"]))["nll"]
     samples = out / "samples.csv"
-    with contextlib.redirect_stdout(io.StringIO()):
-        flowforge(["sample", str(out), "-n", "10000", "--out", str(samples), "--overwrite"])
+    quiet(["sample", str(out), "-n", "10000", "--out", str(samples), "--overwrite"])
     s = np.loadtxt(samples, delimiter=",", skiprows=1)
     outside = {
         "income <= 0": float((s[:, 0] <= 0).mean()),

@@ -16,8 +16,6 @@ rows, and the share of 10,000 samples whose integer columns leave the data's val
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import tempfile
 import time
@@ -25,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
-
-from flowforge.workbench.cli import main as flowforge
+from workbench_cli import quiet
 
 INTEGERS = ["--set", "data.integers=[count, flag]"]
 BOUNDS = ["--set", "data.bounds.count=[0, null]", "--set", "data.bounds.flag=[0, 1]"]
@@ -49,26 +46,17 @@ def table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.c_[count, flag, x], log_p
 
 
-def _quiet(args: list[str]) -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
-        rc = flowforge(args)
-    if rc:
-        raise SystemExit(f"flowforge {args[0]} failed ({rc})")
-    return buf.getvalue()
-
-
 def run(csv: Path, out: Path, extra: list[str], seed: int) -> dict:
     t0 = time.process_time()
-    _quiet(["train", "--model", "nsf", "--data", str(csv), "--out", str(out), "--seed", str(seed),
+    quiet(["train", "--model", "nsf", "--data", str(csv), "--out", str(out), "--seed", str(seed),
             "--quiet", "--no-progress", "--overwrite", *extra])  # fmt: skip
     seconds = time.process_time() - t0
-    nll = json.loads(_quiet(["eval", str(out), "--json"]))["nll"]
+    nll = json.loads(quiet(["eval", str(out), "--json"]))["nll"]
     iw = None
     if extra:
-        iw = json.loads(_quiet(["eval", str(out), "--json", "--samples", "16", "--iw"]))["nll"]
+        iw = json.loads(quiet(["eval", str(out), "--json", "--samples", "16", "--iw"]))["nll"]
     samples = out / "samples.csv"
-    _quiet(["sample", str(out), "-n", "10000", "--out", str(samples), "--overwrite"])
+    quiet(["sample", str(out), "-n", "10000", "--out", str(samples), "--overwrite"])
     s = np.loadtxt(samples, delimiter=",", skiprows=1)
     count_off = (s[:, 0] != np.floor(s[:, 0])) | (s[:, 0] < 0)
     off = {

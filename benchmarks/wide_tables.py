@@ -17,8 +17,6 @@ Gaussian that ``flowforge eval`` sets beside every table's model.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import tempfile
 import time
@@ -26,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
-
-from flowforge.workbench.cli import main as flowforge
+from workbench_cli import quiet
 
 MODELS = ("nsf", "maf", "realnvp")
 SETTINGS = (
@@ -45,15 +42,6 @@ def table(n: int = 500, noise: float = 0.3, d: int = 200, k: int = 10, seed: int
     loading = g.normal(size=(d, k))
     x = g.normal(size=(n, k)) @ loading.T + noise * g.normal(size=(n, d))
     return x, loading @ loading.T + noise**2 * np.eye(d)
-
-
-def _quiet(args: list[str]) -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
-        rc = flowforge(args)
-    if rc:
-        raise SystemExit(f"flowforge {args[0]} failed ({rc})")
-    return buf.getvalue()
 
 
 def main() -> None:
@@ -82,11 +70,11 @@ def main() -> None:
                     for name, extra in SETTINGS:
                         out = Path(tmp) / f"{len(results['runs'])}"
                         t0 = time.process_time()
-                        _quiet(["train", "--model", model, "--data", str(csv),
+                        quiet(["train", "--model", model, "--data", str(csv),
                                 "--out", str(out), "--seed", str(seed), "--quiet",
                                 "--no-progress", *extra])  # fmt: skip
                         seconds = time.process_time() - t0
-                        r = json.loads(_quiet(["eval", str(out), "--json"]))
+                        r = json.loads(quiet(["eval", str(out), "--json"]))
                         results["runs"].append({"table": tname, "model": model, "setting": name,
                                                 "seed": seed, "nll": r["nll"],
                                                 "gaussian_nll": r["gaussian_nll"],

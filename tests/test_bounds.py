@@ -285,3 +285,11 @@ def test_a_header_of_numbers_names_columns_by_name_first(tmp_path):
         load_dataset(str(path), integers=[0.7], header=True)
     with pytest.raises(DataError, match="inf' is neither a column index"):
         load_dataset(str(path), integers=[float("inf")], header=True)
+
+
+def test_values_near_their_bounds_are_not_taken_for_a_far_bound(tmp_path):
+    # a share piled against both ends: a few values lose digits in float32, most do not
+    share = np.random.default_rng(0).beta(0.6, 0.6, 3000)
+    path = _csv(tmp_path / "s.csv", np.c_[share, share**2], names=("share", "sq"))
+    ds = load_dataset(str(path), bounds={"share": [0, 1]})
+    assert ds.info["bounds"]["upper"] == [1.0, None]
