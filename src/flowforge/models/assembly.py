@@ -391,7 +391,10 @@ def bounded(flow: Flow, lower=None, upper=None) -> Flow:
     ``"prefix"``). ``lower``/``upper``: None, one number, or one number or None per entry.
 
     Example:
-        >>> flow = bounded(NSF(features=3), lower=[0, None, 0], upper=[None, None, 1])
+        >>> import flowforge as ff
+        >>> flow = ff.models.bounded(ff.models.NSF(features=3), [0, None, 0], [None, None, 1])
+        >>> flow.sample(5).min(0).values[[0, 2]].gt(0).all().item()
+        True
     """
     pre = Bounded(flow.event_shape, lower, upper)
     return _prepended(flow, pre, {"bounded": {"lower": pre.lower, "upper": pre.upper}})
@@ -409,7 +412,11 @@ def integer_columns(flow: Flow, columns, lower=None, upper=None) -> Flow:
     for a density that keeps to them).
 
     Example:
-        >>> flow = integer_columns(NSF(features=3), columns=[0, 2])
+        >>> import flowforge as ff
+        >>> flow = ff.models.integer_columns(ff.models.NSF(features=3), columns=[0, 2])
+        >>> x = flow.sample(4)
+        >>> torch.equal(x[:, [0, 2]], x[:, [0, 2]].floor())
+        True
     """
     if flow.dequantizer is not None:
         raise ValueError(
