@@ -293,3 +293,16 @@ def test_values_near_their_bounds_are_not_taken_for_a_far_bound(tmp_path):
     path = _csv(tmp_path / "s.csv", np.c_[share, share**2], names=("share", "sq"))
     ds = load_dataset(str(path), bounds={"share": [0, 1]})
     assert ds.info["bounds"]["upper"] == [1.0, None]
+
+
+def test_a_float64_flow_keeps_to_the_bounds_as_given():
+    torch.manual_seed(0)
+    flow = ff.models.bounded(
+        ff.models.NSF(features=2, layers=1, hidden=[8]), [0.7, None], [0.8, None]
+    )
+    flow = flow.double().eval()
+    with torch.no_grad():
+        s = flow.sample(20000, temperature=10.0)
+    assert (s[:, 0] > 0.7).all() and (s[:, 0] < 0.8).all()
+    with pytest.raises(ValueError, match="above its lower bound 0.7"):
+        flow.log_prob(torch.tensor([[0.69999999, 0.0]], dtype=torch.float64))

@@ -294,3 +294,13 @@ def test_limit_takes_the_statistics_from_the_rows_it_keeps(tmp_path):
     from flowforge.workbench.data import model_stats
 
     assert few.stats == model_stats(few.train, few.info["bounds"], few.info["integers"])
+
+
+def test_an_integer_column_far_inside_its_bounds_is_refused(tmp_path):
+    x = _table()
+    x[:, 0] += 100000  # counts around 1e5 ...
+    path = _csv(tmp_path / "t.csv", x)
+    with pytest.raises(DataError, match="column 'count' lies so far inside its bounds"):
+        load_dataset(str(path), integers=["count"], bounds={"count": [-16000000, None]})
+    ds = load_dataset(str(path), integers=["count"], bounds={"count": [99990, None]})
+    assert ds.info["integers"] == [0]

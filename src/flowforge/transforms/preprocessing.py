@@ -252,28 +252,36 @@ class Bounded(Transform):
                 groups[
                     "both" if a is not None and b is not None else "below" if b is None else "above"
                 ].append(i)
-        dtype = torch.get_default_dtype()
         for name, idx in groups.items():  # (fixed by the arguments: not saved, moved by .to())
             self.register_buffer(f"_{name}", torch.tensor(idx, dtype=torch.long), persistent=False)
-        low = [self.lower[i] for i in groups["below"] + groups["both"]]
-        high = [self.upper[i] for i in groups["above"] + groups["both"]]
-        self.register_buffer("_low", torch.tensor(low, dtype=dtype), persistent=False)
-        self.register_buffer("_high", torch.tensor(high, dtype=dtype), persistent=False)
+        # the bounds as given (Python floats): made tensors in the data's dtype when used, so
+        # that a float64 flow maps with the bounds themselves, not their float32 roundings
+        self._low_values = [self.lower[i] for i in groups["below"] + groups["both"]]
+        self._high_values = [self.upper[i] for i in groups["above"] + groups["both"]]
         self._n_below, self._n_above = len(groups["below"]), len(groups["above"])
 
-    def _split(self):
-        """The lower bounds of the below-only and two-sided entries, and the upper ones of the
-        above-only and two-sided entries."""
+    def _bounds_for(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The lower bounds of the below-only and two-sided entries, and the upper bounds of
+        the above-only and two-sided ones, as tensors of ``x``'s dtype and device."""
+        low = torch.tensor(self._low_values, dtype=x.dtype, device=x.device)
+        high = torch.tensor(self._high_values, dtype=x.dtype, device=x.device)
+        return low, high
+
+    def _split(self, x: Tensor):
+        """:meth:`_bounds_for`, the below-only, two-sided lower, above-only and two-sided
+        upper parts."""
+        low, high = self._bounds_for(x)
         nb, na = self._n_below, self._n_above
-        return self._low[:nb], self._low[nb:], self._high[:na], self._high[na:]
+        return low[:nb], low[nb:], high[:na], high[na:]
 
     def _check(self, x: Tensor) -> None:
         if not x.numel() or not checking(x):
             return
         flat = x.flatten(1)
+        low, high = self._bounds_for(flat)
         for idx, bound, side in (
-            (torch.cat([self._below, self._both]), self._low, "lower"),
-            (torch.cat([self._above, self._both]), self._high, "upper"),
+            (torch.cat([self._below, self._both]), low, "lower"),
+            (torch.cat([self._above, self._both]), high, "upper"),
         ):
             if not idx.numel():
                 continue
@@ -297,7 +305,7 @@ class Bounded(Transform):
         if not (self._below.numel() or self._above.numel() or self._both.numel()):
             return x, ladj
         y = flat.clone()
-        low_b, low_2, high_a, high_2 = self._split()
+        low_b, low_2, high_a, high_2 = self._split(flat)
         if self._below.numel():
             v = torch.log(flat[:, self._below] - low_b)
             y[:, self._below] = v
@@ -319,7 +327,7 @@ class Bounded(Transform):
         if not (self._below.numel() or self._above.numel() or self._both.numel()):
             return y, ladj
         x = flat.clone()
-        low_b, low_2, high_a, high_2 = self._split()
+        low_b, low_2, high_a, high_2 = self._split(flat)
         if self._below.numel():
             v = flat[:, self._below]
             x[:, self._below] = low_b + torch.exp(v)
@@ -342,13 +350,13 @@ class Bounded(Transform):
         """``x`` with the values that rounded onto a bound (a point far in a tail, in float32)
         moved to the nearest number strictly inside it, so that a sample always scores."""
         inf = torch.tensor(math.inf, dtype=x.dtype, device=x.device)
-        low_b, low_2, high_a, high_2 = self._split()
+        low_b, low_2, high_a, high_2 = self._split(x)
         for idx, low in ((self._below, low_b), (self._both, low_2)):
             if idx.numel():
-                x[:, idx] = torch.maximum(x[:, idx], torch.nextafter(low.to(x.dtype), inf))
+                x[:, idx] = torch.maximum(x[:, idx], torch.nextafter(low, inf))
         for idx, high in ((self._above, high_a), (self._both, high_2)):
             if idx.numel():
-                x[:, idx] = torch.minimum(x[:, idx], torch.nextafter(high.to(x.dtype), -inf))
+                x[:, idx] = torch.minimum(x[:, idx], torch.nextafter(high, -inf))
         return x
 
     def extra_repr(self) -> str:

@@ -1296,33 +1296,36 @@ def check_float32_bounds(arrays: dict, bounds: dict, integers, names, where: str
     """A ``DataError`` for a bounded column that float32 (the models' precision) cannot map:
     a value that rounds onto its bound (0.99999999 with the bound 1), or a bound so far from
     the values that their distance to it keeps too little of their variation (values of 1 to
-    10 above a bound of -1e7)."""
+    10 above a bound of -1e7; for an integer column, its values with their noise)."""
+    ints = set(integers or ())
     wide = model_bounds(bounds, integers or ())
-    cols = [
-        j for j, (a, b) in enumerate(zip(wide["lower"], wide["upper"])) if (a, b) != (None, None)
-    ]
-    cols = [j for j in cols if j not in (integers or ())]  # (integer columns keep half a bin)
+    pairs = enumerate(zip(wide["lower"], wide["upper"]))
+    cols = [j for j, (a, b) in pairs if (a, b) != (None, None)]
     if not cols:
         return
-    sub = {"lower": [wide["lower"][j] for j in cols], "upper": [wide["upper"][j] for j in cols]}
+    sub = {k: [wide[k][j] for j in cols] for k in ("lower", "upper")}
+    shown = {k: [bounds[k][j] for j in cols] for k in ("lower", "upper")}  # (as given)
+    noisy = [k for k, j in enumerate(cols) if j in ints]
     for split, a in arrays.items():
         if not len(a):
             continue
-        v = np.asarray(a)[:, cols]
+        v = np.array(np.asarray(a)[:, cols], dtype=np.float64)
+        if noisy:  # (the values an integer column's model sees)
+            v[:, noisy] += np.random.default_rng(0).random((len(v), len(noisy)))
         y32 = to_reals(v.astype(np.float32), sub, torch.float32)
         bad = ~np.isfinite(y32)
         if bad.any():
             k = int(np.flatnonzero(bad.any(0))[0])
-            value = float(v[bad[:, k], k][0])
+            value = float(np.asarray(a)[:, cols][bad[:, k], k][0])
             raise DataError(
                 f"{where}: column {_column_name(cols[k], names)} has {split + ' ' if split else ''}"
                 f"values that float32 (the models' precision) rounds onto a bound (e.g. "
-                f"{value:.10g}, bounds {_interval(sub, k)}): widen the bound a little, or round "
-                "the values"
+                f"{value:.10g}, bounds {_interval(shown, k)}): widen the bound a little, or "
+                "round the values"
             )
         if split != "train":
             continue
-        y64 = to_reals(v.astype(np.float64), sub)
+        y64 = to_reals(v, sub)
         sd = y64.std(0)
         # (the typical value's error: a few values near a bound lose digits in any case)
         err = np.median(np.abs(y32.astype(np.float64) - y64), 0)
@@ -1331,8 +1334,8 @@ def check_float32_bounds(arrays: dict, bounds: dict, integers, names, where: str
             k = int(lost[0])
             raise DataError(
                 f"{where}: column {_column_name(cols[k], names)} lies so far inside its bounds "
-                f"{_interval(sub, k)} that float32 (the models' precision) keeps too little of "
-                "its variation on their log scale: set the bounds near the values (a lower "
+                f"{_interval(shown, k)} that float32 (the models' precision) keeps too little "
+                "of its variation on their log scale: set the bounds near the values (a lower "
                 "bound just below the smallest possible value, e.g. 0 for amounts)"
             )
 
