@@ -324,11 +324,12 @@ def gaussian_baseline(
     (:func:`~flowforge.workbench.data.shrunk_gaussian`: the columns' means and standard
     deviations and their Ledoit-Wolf shrunk correlation, well defined with fewer rows than
     columns; the estimator of the Gaussian a wide table's model starts as). The simplest
-    density a table's model should beat, on the same raw scale as the model's NLL. ``per_example``: the log-density of each row instead (an array).
-    ``integers``: columns dequantized, as the model's are, with uniform noise (seeded by
-    ``seed``), so that the Gaussian's figure is the same kind of bound as the model's: the
-    mean of ``samples`` single-draw bounds, or with ``iw`` the importance-weighted bound with
-    ``K = samples``, as eval gives the model's."""
+    density a table's model should beat, on the same raw scale as the model's NLL.
+    ``per_example``: the log-density of each row instead (an array). ``integers``: columns
+    dequantized, as the model's are, with uniform noise (seeded by ``seed``), so that the
+    Gaussian's figure is the same kind of bound as the model's: the mean of ``samples``
+    single-draw bounds, or with ``iw`` the importance-weighted bound with ``K = samples``, as
+    eval gives the model's."""
     from scipy.linalg import solve_triangular
     from scipy.special import logsumexp
 
