@@ -306,3 +306,12 @@ def test_a_float64_flow_keeps_to_the_bounds_as_given():
     assert (s[:, 0] > 0.7).all() and (s[:, 0] < 0.8).all()
     with pytest.raises(ValueError, match="above its lower bound 0.7"):
         flow.log_prob(torch.tensor([[0.69999999, 0.0]], dtype=torch.float64))
+
+
+def test_the_out_of_range_warning_reads_a_malformed_bounds_record_as_none():
+    from flowforge.workbench.report import outside_ranges
+
+    x = torch.tensor([[0.95, 0.5]] * 10)
+    for junk in ("x", {"lower": 3}, {"lower": [0.0, None]}):
+        cfg = {"resolved": {"ranges": [[0.1, 0.9], [0.0, 1.0]], "bounds": junk}}
+        assert "declare its bounds" in outside_ranges(x, cfg)

@@ -354,10 +354,11 @@ def assemble(layers: list[Transform], event_shape: tuple[int, ...], data: DataOp
     return Flow(transform, base, make_dequantizer(data.dequantization, event_shape, data.levels))
 
 
-def _prepended(flow: Flow, layer: Transform, entry) -> Flow:
-    """``flow`` with the fixed ``layer`` first; its config lists ``entry`` under ``"prefix"``
-    (what :func:`flowforge.load` replays, in order)."""
-    out = Flow(Compose(layer, flow.transform), flow.base, flow.dequantizer)
+def _prepended(flow: Flow, entry, layer: Transform | None = None, dequantizer=None) -> Flow:
+    """``flow`` with the fixed ``layer`` first (or with ``dequantizer``); its config lists
+    ``entry`` under ``"prefix"`` (what :func:`flowforge.load` replays, in order)."""
+    transform = flow.transform if layer is None else Compose(layer, flow.transform)
+    out = Flow(transform, flow.base, dequantizer or flow.dequantizer)
     if flow.config is not None:
         out.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), entry]}
     return out
@@ -370,7 +371,7 @@ def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:
     *raw* data, counting ``-sum(log scale)``, and ``ff.save``/``ff.load`` keep the statistics
     (they are buffers; the config lists the layer under ``"prefix"``).
     """
-    return _prepended(flow, Standardize(flow.event_shape, loc, scale), "standardize")
+    return _prepended(flow, "standardize", Standardize(flow.event_shape, loc, scale))
 
 
 def whitened(flow: Flow, loc=None, factor=None) -> Flow:
@@ -379,7 +380,7 @@ def whitened(flow: Flow, loc=None, factor=None) -> Flow:
     starts as that Gaussian. Like :func:`standardized`, the result scores raw data, and
     ``ff.save``/``ff.load`` keep ``loc`` and ``factor`` (buffers; ``"whiten"`` in the config's
     ``"prefix"``). Defaults: zero and the identity."""
-    return _prepended(flow, Whiten(flow.event_shape, loc, factor), "whiten")
+    return _prepended(flow, "whiten", Whiten(flow.event_shape, loc, factor))
 
 
 def bounded(flow: Flow, lower=None, upper=None) -> Flow:
@@ -397,7 +398,7 @@ def bounded(flow: Flow, lower=None, upper=None) -> Flow:
         True
     """
     pre = Bounded(flow.event_shape, lower, upper)
-    return _prepended(flow, pre, {"bounded": {"lower": pre.lower, "upper": pre.upper}})
+    return _prepended(flow, {"bounded": {"lower": pre.lower, "upper": pre.upper}}, pre)
 
 
 def integer_columns(flow: Flow, columns, lower=None, upper=None) -> Flow:
@@ -427,10 +428,5 @@ def integer_columns(flow: Flow, columns, lower=None, upper=None) -> Flow:
         shape = tuple(flow.event_shape)
         raise ValueError(f"integer columns are entries of vectors; the flow's events are {shape}")
     deq = ColumnDequantization(flow.event_shape[0], columns, lower, upper)
-    out = Flow(flow.transform, flow.base, deq)
-    if flow.config is not None:
-        entry = {
-            "integer_columns": {"columns": deq.columns, "lower": deq.lower, "upper": deq.upper}
-        }
-        out.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), entry]}
-    return out
+    entry = {"integer_columns": {"columns": deq.columns, "lower": deq.lower, "upper": deq.upper}}
+    return _prepended(flow, entry, dequantizer=deq)

@@ -267,18 +267,15 @@ class Bounded(Transform):
         high = torch.tensor(self._high_values, dtype=x.dtype, device=x.device)
         return low, high
 
-    def _split(self, x: Tensor):
-        """:meth:`_bounds_for`, the below-only, two-sided lower, above-only and two-sided
-        upper parts."""
-        low, high = self._bounds_for(x)
+    def _split(self, low: Tensor, high: Tensor):
+        """:meth:`_bounds_for`'s bounds as the below-only, two-sided lower, above-only and
+        two-sided upper parts."""
         nb, na = self._n_below, self._n_above
         return low[:nb], low[nb:], high[:na], high[na:]
 
-    def _check(self, x: Tensor) -> None:
-        if not x.numel() or not checking(x):
+    def _check(self, flat: Tensor, low: Tensor, high: Tensor) -> None:
+        if not flat.numel() or not checking(flat):
             return
-        flat = x.flatten(1)
-        low, high = self._bounds_for(flat)
         for idx, bound, side in (
             (torch.cat([self._below, self._both]), low, "lower"),
             (torch.cat([self._above, self._both]), high, "upper"),
@@ -299,13 +296,14 @@ class Bounded(Transform):
                 )
 
     def _forward(self, x, context):
-        self._check(x)
         flat = x.flatten(1)
         ladj = flat.new_zeros(flat.shape[0])
         if not (self._below.numel() or self._above.numel() or self._both.numel()):
             return x, ladj
+        low, high = self._bounds_for(flat)
+        self._check(flat, low, high)
         y = flat.clone()
-        low_b, low_2, high_a, high_2 = self._split(flat)
+        low_b, low_2, high_a, high_2 = self._split(low, high)
         if self._below.numel():
             v = torch.log(flat[:, self._below] - low_b)
             y[:, self._below] = v
@@ -327,7 +325,8 @@ class Bounded(Transform):
         if not (self._below.numel() or self._above.numel() or self._both.numel()):
             return y, ladj
         x = flat.clone()
-        low_b, low_2, high_a, high_2 = self._split(flat)
+        low, high = self._bounds_for(flat)
+        low_b, low_2, high_a, high_2 = self._split(low, high)
         if self._below.numel():
             v = flat[:, self._below]
             x[:, self._below] = low_b + torch.exp(v)
@@ -344,20 +343,16 @@ class Bounded(Transform):
                 v > 0, high_2 - w * torch.sigmoid(-v), low_2 + w * torch.sigmoid(v)
             )
             ladj = ladj + (torch.log(w) - F.softplus(-v) - F.softplus(v)).sum(1)
-        return self._inside(x).reshape(y.shape), ladj
-
-    def _inside(self, x: Tensor) -> Tensor:
-        """``x`` with the values that rounded onto a bound (a point far in a tail, in float32)
-        moved to the nearest number strictly inside it, so that a sample always scores."""
+        # values that rounded onto a bound (a point far in a tail, in float32) move to the
+        # nearest number strictly inside it, so that a sample always scores
         inf = torch.tensor(math.inf, dtype=x.dtype, device=x.device)
-        low_b, low_2, high_a, high_2 = self._split(x)
-        for idx, low in ((self._below, low_b), (self._both, low_2)):
-            if idx.numel():
-                x[:, idx] = torch.maximum(x[:, idx], torch.nextafter(low, inf))
-        for idx, high in ((self._above, high_a), (self._both, high_2)):
-            if idx.numel():
-                x[:, idx] = torch.minimum(x[:, idx], torch.nextafter(high, -inf))
-        return x
+        lows = torch.cat([self._below, self._both])
+        highs = torch.cat([self._above, self._both])
+        if lows.numel():
+            x[:, lows] = torch.maximum(x[:, lows], torch.nextafter(low, inf))
+        if highs.numel():
+            x[:, highs] = torch.minimum(x[:, highs], torch.nextafter(high, -inf))
+        return x.reshape(y.shape), ladj
 
     def extra_repr(self) -> str:
         def fmt(bounds):

@@ -1280,16 +1280,22 @@ def to_reals(a: np.ndarray, bounds: dict | None, dtype=torch.float64) -> np.ndar
     return y.numpy()
 
 
+def _with_noise(a: np.ndarray, columns) -> np.ndarray:
+    """A float64 copy of ``a`` with one draw of dequantization noise on ``columns``, seeded:
+    the same every time (the values an integer column's model sees)."""
+    t = np.array(a, dtype=np.float64)
+    if len(columns):
+        t[:, columns] += np.random.default_rng(0).random((len(t), len(columns)))
+    return t
+
+
 def model_view(train: np.ndarray, bounds: dict | None, integers=None) -> np.ndarray:
     """A table's training rows as its model sees them before the standardisation: its integer
-    columns with one draw of dequantization noise (seeded: the same every time), then the
-    bounds' map (:func:`model_bounds`), in float64."""
+    columns with one draw of dequantization noise (:func:`_with_noise`), then the bounds' map
+    (:func:`model_bounds`), in float64."""
     if not bounds and not integers:
         return train
-    t = np.array(train, dtype=np.float64)
-    if integers:
-        t[:, integers] += np.random.default_rng(0).random((len(t), len(integers)))
-    return to_reals(t, model_bounds(bounds, integers or ()))
+    return to_reals(_with_noise(train, list(integers or ())), model_bounds(bounds, integers or ()))
 
 
 def check_float32_bounds(arrays: dict, bounds: dict, integers, names, where: str) -> None:
@@ -1309,9 +1315,7 @@ def check_float32_bounds(arrays: dict, bounds: dict, integers, names, where: str
     for split, a in arrays.items():
         if not len(a):
             continue
-        v = np.array(np.asarray(a)[:, cols], dtype=np.float64)
-        if noisy:  # (the values an integer column's model sees)
-            v[:, noisy] += np.random.default_rng(0).random((len(v), len(noisy)))
+        v = _with_noise(np.asarray(a)[:, cols], noisy)
         y32 = to_reals(v.astype(np.float32), sub, torch.float32)
         bad = ~np.isfinite(y32)
         if bad.any():

@@ -873,6 +873,9 @@ def write_report(
 OUTSIDE_SHARE = 0.01  # samples beyond a column's training range worth a warning
 
 
+BOUND_KEYS = ("lower", "upper")
+
+
 def outside_ranges(x, cfg: dict) -> str | None:
     """What share of a table run's samples fall outside each column's training range, where
     1% or more do (a bounded or positive column drawn past its bounds); None otherwise, or
@@ -901,12 +904,13 @@ def outside_ranges(x, cfg: dict) -> str | None:
         f"data {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
         for j in bad[:5]
     )
-    bounds = cfg["resolved"].get("bounds") or {}
-    declared = {
-        j
-        for j, pair in enumerate(zip(bounds.get("lower") or [], bounds.get("upper") or []))
-        if pair != (None, None)
-    }
+    bounds = cfg["resolved"].get("bounds")
+    declared = set()
+    if isinstance(bounds, dict) and all(
+        isinstance(bounds.get(k), list) for k in ("lower", "upper")
+    ):
+        pairs = enumerate(zip(bounds["lower"], bounds["upper"]))
+        declared = {j for j, pair in pairs if pair != (None, None)}
     hint = (
         " (a bounded or positive column? declare its bounds and the model keeps to them: "
         "data.bounds, e.g. --set data.bounds.COLUMN=positive or =[0, 1])"
