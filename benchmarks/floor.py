@@ -69,9 +69,11 @@ def floor_fns(flow, batch: int, eval_batch: int, lr: float = 1e-3):
     nets = conditioners(flow)
     if not nets:
         return None
-    xs = [torch.randn(batch, *shape, requires_grad=i > 0) for i, (_, shape) in enumerate(nets)]
-    xe = [torch.randn(eval_batch, *shape) for _, shape in nets]
     params = [p for net, _ in nets for p in net.parameters()]
+    dev = params[0].device  # (the model's: the CPU, or a GPU for benchmarks/device.py)
+    xs = [torch.randn(batch, *shape, requires_grad=i > 0, device=dev)
+          for i, (_, shape) in enumerate(nets)]  # fmt: skip
+    xe = [torch.randn(eval_batch, *shape, device=dev) for _, shape in nets]
     opt = torch.optim.Adam(params, lr=lr)
 
     def step():

@@ -322,7 +322,7 @@ def freia(kind: str, d: int, layers: int, hidden: int, bins: int) -> Model:
         return -0.5 * z.square().sum(1) - c + jac
 
     def sample(n):
-        return inn(torch.randn(n, d), rev=True)[0]
+        return inn(torch.randn(n, d, device=next(inn.parameters()).device), rev=True)[0]
 
     return Model(inn, log_prob, sample, "GLOWCouplingBlock = two affine couplings")
 

@@ -264,12 +264,18 @@ class Autoregressive(Transform):
             nonlocal ladj
             x_i, l_i = self.transformer.inverse(flat[:, index], params)
             pieces.append(x_i.reshape(b, -1))
-            where.append(torch.as_tensor(index, device=z.device).reshape(-1))
+            where.append(index)
             ladj = ladj + l_i.reshape(b, -1).sum(1)
             return x_i
 
         self.net.solve(step, b, context, like=z)
-        x = torch.cat(pieces, 1)[:, torch.argsort(torch.cat(where))]
+        if all(isinstance(i, int) for i in where):  # (a MADE's order, kept on the host: the
+            # pieces are put in place there, without copying an index to the device, which
+            # would make the host wait for it)
+            x = torch.cat([pieces[j] for j in sorted(range(len(where)), key=where.__getitem__)], 1)
+        else:  # index tensors (a transformer's tokens), on the device already
+            order = torch.cat([torch.as_tensor(i, device=z.device).reshape(-1) for i in where])
+            x = torch.cat(pieces, 1)[:, torch.argsort(order)]
         return x.reshape(z.shape), ladj
 
     def _parallel_inverse(self, z: Tensor, context: Tensor | None):

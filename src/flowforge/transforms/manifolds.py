@@ -375,7 +375,7 @@ class UniformCylinder(Distribution):
         _no_temperature(temperature)
         a = self._anchor
         u = torch.rand(n, 2, dtype=a.dtype, device=a.device) * 2 - 1
-        return u * torch.tensor([PI, 1.0], dtype=a.dtype, device=a.device)
+        return torch.cat([u[:, :1] * PI, u[:, 1:]], 1)  # (no constant copied to the device)
 
 
 def _constant(z: Tensor, value: float) -> Tensor:

@@ -1,0 +1,204 @@
+"""The library and the workbench on a CUDA device: skipped where none is present (as in CI).
+
+What the CPU suite cannot see: that every layer of the generic test gives on the device what it
+gives on the CPU (forward and inverse, float64) and keeps its contract there (round trips, the
+log-determinant against the autograd Jacobian, gradients); that a training step, scoring and
+sampling make no host synchronisation (``torch.cuda.set_sync_debug_mode("error")`` raises on
+any, where ``test_host_reads.py`` can only see reads of values on the "meta" device); that
+memory-saving backpropagation lowers the device's peak memory with the same gradients; and
+that ``flowforge train`` runs, resumes and evaluates on ``--device cuda``, its files loading on
+a machine without one. Run on a GPU machine with ``pytest tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flowforge as ff
+from cases import CASES
+from cli_support import cli
+from flowforge.testing import (
+    check_gradients,
+    check_log_det,
+    check_round_trip,
+    check_round_trip_from_noise,
+)
+from test_bijections import IDS, prepared, transform_of
+from test_host_reads import FAMILIES, _data
+
+if not torch.cuda.is_available():  # (one skip, not one per case)
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+DEV = torch.device("cuda")
+
+
+def _on(t, dev=DEV):
+    return None if t is None else t.to(dev)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_layer_on_the_device_gives_what_it_gives_on_the_cpu(case):
+    """Float64, both directions; an ODE layer's adaptive solver may choose other steps on the
+    device, so its tolerance is its solver's."""
+    m = prepared(case)
+    t = transform_of(m)
+    torch.manual_seed(5)
+    x, c = case.draw(4), case.draw_context(4)
+    with torch.no_grad():
+        z, ladj = t(x, c)
+        x2, ladj_inv = t.inverse(z, c)
+    t.to(DEV)
+    with torch.no_grad():
+        zd, ladjd = t(_on(x), _on(c))
+        xd, ladj_invd = t.inverse(_on(z), _on(c))
+    assert zd.device.type == "cuda" and ladjd.device.type == "cuda"
+    tol = max(1e-9, 10 * (t.numeric_inverse or 0))
+    for got, want in ((zd, z), (ladjd, ladj), (xd, x2), (ladj_invd, ladj_inv)):
+        scale = 1 + want.abs().max().item()
+        assert (got.cpu() - want).abs().max().item() <= tol * scale
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_contract_holds_on_the_device(case):
+    """The generic test's checks (round trips from both sides, log-det against autograd in
+    float64, gradients) with the layer and its inputs on the device."""
+
+    def fresh():  # each check draws its inputs right after preparing, as the generic test
+        return transform_of(prepared(case).to(DEV))
+
+    t = fresh()
+    check_round_trip(t, _on(case.draw(3)), _on(case.draw_context(3)))
+    t = fresh()
+    check_log_det(t, _on(case.draw(3)), _on(case.draw_context(3)))
+    t = fresh()
+    check_gradients(t, _on(case.draw(4)), _on(case.draw_context(4)))
+    t = fresh()
+    if isinstance(t, ff.Compose) and isinstance(t[0], ff.transforms.Logit) and len(t) > 1:
+        t = ff.Compose(*t.layers[1:])  # (as the generic test: the logit saturates)
+    torch.manual_seed(3)
+    z = _on(case.draw_noise(3, t.output_shape))
+    check_round_trip_from_noise(t, z, _on(case.draw_context(3)))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_training_scoring_and_sampling_never_synchronise(name):
+    """Any synchronisation of the host with the device (a read of a value, a boolean mask, a
+    blocking copy) raises under the "error" sync debug mode: a training step (log_prob,
+    backward, Adam), scoring without grad and sampling make none, once initialised."""
+    flow, shape = FAMILIES[name]()
+    x = _data(name, shape)
+    context = torch.randn(shape[0], 3) if flow.context_features else None
+    flow.train()
+    flow.log_prob(x, context)  # data-dependent initialisation, once
+    flow.to(DEV)
+    x, context = x.to(DEV), _on(context)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            loss = -flow.log_prob(x, context).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        flow.eval()
+        with torch.no_grad():
+            lp = flow.log_prob(x, context)
+            s = flow.sample(3, None if context is None else context[:3])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(lp).all() and s.shape[0] == 3 and s.device.type == "cuda"
+
+
+def test_memory_saving_lowers_the_devices_peak_with_the_same_gradients():
+    """A 16-step Glow on 3x32x32 images: the same gradients to float32 precision, and a lower
+    peak of allocated device memory over a training step (the benchmark measures how much:
+    ``benchmarks/device.py``)."""
+
+    def step(saving):
+        torch.manual_seed(0)
+        flow = ff.models.Glow(shape=(3, 32, 32), scales=2, steps=8, hidden=32, levels=256)
+        x = torch.randint(0, 256, (16, 3, 32, 32)).float()
+        flow.train()
+        with torch.no_grad():
+            flow.log_prob(x)  # ActNorm's initialisation, on the CPU
+        flow.to(DEV)
+        ff.memory_saving(flow, saving)
+        x = x.to(DEV)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        (-flow.log_prob(x).mean()).backward()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        return peak, {n: p.grad.cpu() for n, p in flow.named_parameters()}
+
+    # float32 as written: with TF32 convolutions (cuDNN's default in torch) the recomputed
+    # inputs differ from the kept ones at TF32's precision, about 1e-3 (docs/benchmarks.md)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        peak_off, g_off = step(False)
+        peak_on, g_on = step(True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert peak_on < 0.6 * peak_off, (peak_on, peak_off)
+    for n, g in g_off.items():
+        err = (g_on[n] - g).abs().max().item()
+        assert err <= 1e-4 * (1 + g.abs().max().item()), (n, err)
+
+
+def test_flow_matching_and_ffjord_on_the_device():
+    """A flow-matching step, the exact likelihood by the ODE (its divergence) and sampling,
+    all on the device; the device's log-likelihood matches the CPU's."""
+    from flowforge.matching import flow_matching_loss
+
+    torch.manual_seed(0)
+    flow = ff.models.CNF(features=2, hidden=(32, 32))
+    x = torch.randn(64, 2)
+    with torch.no_grad():
+        want = flow.log_prob(x[:8])
+    flow.to(DEV)
+    loss = flow_matching_loss(flow, x.to(DEV))
+    loss.backward()
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        got = flow.log_prob(x[:8].to(DEV))
+        s = flow.sample(16)
+    assert s.device.type == "cuda" and torch.isfinite(s).all()
+    assert (got.cpu() - want).abs().max().item() < 1e-3
+
+
+def test_workbench_trains_resumes_and_evaluates_on_the_device(tmp_path, capsys):
+    """A run trained on the device; one interrupted (SIGTERM) in its second epoch and resumed
+    from the command line ends with the same weights, bit for bit; its model file scores on a
+    machine without a device (eval runs on the CPU) and samples."""
+    import os
+    import signal
+
+    from flowforge.workbench.checkpoint import read_checkpoint
+    from flowforge.workbench.runner import train
+
+    cfg = {"model": {"name": "realnvp", "layers": 2, "hidden": [16]}, "layout": "vector",
+           "data": {"name": "moons", "limit": 256},
+           "train": {"epochs": 3, "batch_size": 64, "device": "cuda"}}  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train(cfg, a, progress=False, echo=False)["status"] == "finished"
+
+    def interrupt(trainer):
+        assert next(trainer.model.parameters()).device.type == "cuda"
+        if trainer.global_step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert train(cfg, b, progress=False, echo=False, callback=interrupt)["status"] == "interrupted"
+    rc, _, err = cli(capsys, "train", "--out", b, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    _, ta = read_checkpoint(a / "checkpoint.safetensors")
+    _, tb = read_checkpoint(b / "checkpoint.safetensors")
+    keys = [k for k in ta if k.startswith(("model/", "optim/"))]
+    assert keys and all(torch.equal(ta[k], tb[k]) for k in keys)
+    rc, out, err = cli(capsys, "eval", a, "--split", "test")
+    assert rc == 0 and "NLL" in out, err
+    rc, _, err = cli(capsys, "sample", a, "-n", 100, "--out", tmp_path / "s.npy")
+    assert rc == 0, err
