@@ -35,8 +35,10 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -207,7 +209,13 @@ def part_compiled(args, dev, peak) -> list[dict]:
     """flowforge eager against ``torch.compile(mode="reduce-overhead")`` (inductor's fused
     kernels replayed as CUDA graphs: one launch per call instead of one per operation) and the
     eager floor, on the digits: a training step at ``--train-batches[1]`` and ``log_prob`` at
-    ``--eval-batches[0]``. The compiled ``log_prob`` is checked against the eager one."""
+    ``--eval-batches[0]``, all timed in the same rounds. The compiled ``log_prob`` must agree
+    with the eager one to 1e-3 nats, or the part stops. Inductor compiles in this process
+    (``compile_threads = 1``): its pool of compiling processes, left running, would compete
+    with the host thread that launches the kernels."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
     data = tuple(t.to(dev) for t in xl.load("digits"))
     b, e = args.train_batches[min(1, len(args.train_batches) - 1)], args.eval_batches[0]
     g = torch.Generator().manual_seed(0)
@@ -250,6 +258,8 @@ def part_compiled(args, dev, peak) -> list[dict]:
         with torch.no_grad():
             m.module.eval()
             diff = (lp().clone() - m.log_prob(xe)).abs().max().item()
+        if not diff <= 1e-3:  # (a wrong program's speed is no result)
+            raise SystemExit(f"compiled {kind}: log_prob differs from the eager one by {diff:.3g}")
         fns["flowforge+compile"] = {("train", b): synced(step), ("log_prob", e): synced(lp)}
         fl = _device_floor(kind, 64, [b], [e], dev)
         if fl:
@@ -329,7 +339,9 @@ def part_images(args, dev, peak) -> list[dict]:
                        "times_s": cell["times_s"]}  # fmt: skip
                 f = counted[lib, (op, b)]
                 rec["tflops"] = f / cell["s"] / 1e12
-                rec["fraction_of_fp32_peak"] = rec["tflops"] / peak["fp32_tflops"]
+                # (cuDNN's convolutions run in TF32 unless torch.backends.cudnn.allow_tf32 is off)
+                key = "tf32_tflops" if torch.backends.cudnn.allow_tf32 else "fp32_tflops"
+                rec[f"fraction_of_{key[:4]}_peak"] = rec["tflops"] / peak[key]
                 records.append(rec)
         print(f"{name}: " + "  ".join(
             f"{lib} {op}@{b} {res[lib][op, b]['ex_s']:,.0f} img/s"
@@ -414,7 +426,7 @@ def part_memory(args, dev) -> list[dict]:
                "parameters": sum(p.numel() for p in flow.parameters())}  # fmt: skip
         times = {False: [], True: []}
         for i in range(args.rounds + 2):
-            for saving in (False, True):
+            for saving in (False, True) if i % 2 else (True, False):  # (the order alternates)
                 ff.memory_saving(flow, saving)
                 opt.zero_grad(set_to_none=True)
                 sync()
@@ -422,20 +434,20 @@ def part_memory(args, dev) -> list[dict]:
                 base = torch.cuda.memory_allocated()
                 t0 = time.perf_counter()
                 (-flow.log_prob(x).mean()).backward()
+                opt.step()  # (a whole training step, as the CPU table in docs/benchmarks.md)
                 sync()
                 dt = time.perf_counter() - t0
                 key = "on" if saving else "off"
                 out[f"peak_mb_{key}"] = (torch.cuda.max_memory_allocated() - base) / 2**20
                 if i >= 2:
                     times[saving].append(dt)
-                opt.step()
         out["step_s_off"] = statistics.median(times[False])
         out["step_s_on"] = statistics.median(times[True])
         out["memory_ratio"] = out["peak_mb_off"] / out["peak_mb_on"]
         out["time_ratio"] = out["step_s_on"] / out["step_s_off"]
         records.append(out)
         print(f"memory {name}: peak {out['peak_mb_off']:,.0f} -> {out['peak_mb_on']:,.0f} MiB "
-              f"({out['memory_ratio']:.1f}x lower), forward+backward "
+              f"({out['memory_ratio']:.1f}x lower), step "
               f"{out['step_s_off'] * 1e3:.1f} -> {out['step_s_on'] * 1e3:.1f} ms "
               f"({out['time_ratio']:.2f}x)", flush=True)  # fmt: skip
         del flow, opt, x
@@ -523,25 +535,33 @@ def _image_lines(recs: list[dict], peak: dict) -> list[str]:
     return lines
 
 
+def _peak(r: dict) -> dict:
+    """A result file's own measured peak (NaN where it measured none: shares read nan)."""
+    k = r.get("peak") or {}
+    if isinstance(k.get("tf32_tflops"), float):
+        return k
+    return {"fp32_tflops": math.nan, "tf32_tflops": math.nan}
+
+
 def render(paths: list[Path]) -> str:
     """Markdown tables of result files: each part from every file that has it."""
     runs = [(p, json.loads(p.read_text())) for p in paths]
     head = runs[0][1]
     v = head["versions"]
-    peers = ", ".join(f"{k} {x}" for k, x in v.items() if k not in ("torch", "python", "flowforge"))
+    mine = ("torch", "python", "flowforge", "flowforge_commit")
+    peers = ", ".join(f"{k} {x}" for k, x in v.items() if k not in mine)
     out = [
         f"# flowforge on {head['device']}",
         "",
-        f"torch {v['torch']}; peers: {peers}. Written by `python benchmarks/device.py --render "
+        f"flowforge at {v.get('flowforge_commit', 'an unrecorded commit')}; torch {v['torch']}; "
+        f"peers: {peers}. Written by `python benchmarks/device.py --render "
         + " ".join(p.name for p in paths)
         + "` (in benchmarks/results); the method is in docs/benchmarks.md, On a GPU.",
         "",
     ]
-    peak = None
     for p, r in runs:
-        k = r.get("peak", {})
-        if "tf32_tflops" in k:
-            peak = peak or k
+        k = _peak(r)
+        if math.isfinite(k["tf32_tflops"]):
             out.append(
                 f"- `{p.name}`: measured peak {k['fp32_tflops']:.1f} TFLOP/s float32, "
                 f"{k['tf32_tflops']:.1f} TF32, device-to-device copy {k['copy_tb_s']:.2f} TB/s"
@@ -549,14 +569,15 @@ def render(paths: list[Path]) -> str:
     for p, r in runs:
         if r.get("throughput"):
             title = f"## Throughput (`{p.name}`, {r['args']['rounds']} rounds, interleaved)"
-            out += ["", title, "", *_throughput_lines(r["throughput"], peak)]
+            out += ["", title, "", *_throughput_lines(r["throughput"], _peak(r))]
     comp = [rec for _, r in runs for rec in r.get("compiled", [])]
     if comp:
         out += ["", "## Compiled: inductor kernels replayed as CUDA graphs", ""]
         out += _compiled_lines(comp)
     for p, r in runs:
         if r.get("images"):
-            out += ["", f"## Images, 3x32x32 (`{p.name}`)", "", *_image_lines(r["images"], peak)]
+            title = f"## Images, 3x32x32 (`{p.name}`)"
+            out += ["", title, "", *_image_lines(r["images"], _peak(r))]
         if r.get("trainer"):
             out += ["", f"## The workbench's Trainer (`{p.name}`)", ""]
             out += [_row("model", "batch", "Trainer epoch (training and validation)",
@@ -579,6 +600,17 @@ def render(paths: list[Path]) -> str:
                     f"{x['time_ratio']:.2f}x",
                 ))  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+def _finite(v):
+    """``v`` with NaN and infinities as None (JSON has no NaN)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _ints(s: str) -> list[int]:
@@ -616,6 +648,13 @@ def main(argv=None):
         args.parts = [p for p in args.parts if p not in ("peak", "memory")]
     torch.backends.cuda.matmul.allow_tf32 = False  # (torch's default: float32 as written)
     versions = {"torch": torch.__version__, "python": platform.python_version()}
+    try:  # (the package's version says nothing of an uncommitted tree)
+        git = ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"]
+        versions["flowforge_commit"] = subprocess.run(
+            git, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        versions["flowforge_commit"] = "unknown"
     for lib in args.libs:
         try:
             __import__(lib)
@@ -633,9 +672,10 @@ def main(argv=None):
     print(f"{out['device']}; torch {torch.__version__}; libraries {args.libs}", flush=True)
 
     def save():
-        args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
+        args.out.write_text(json.dumps(_finite(out), indent=1, default=str) + "\n")
 
-    peak = part_peak(dev) if "peak" in args.parts else {"fp32_tflops": float("nan")}
+    none = {"fp32_tflops": math.nan, "tf32_tflops": math.nan}  # (not measured: shares read nan)
+    peak = part_peak(dev) if "peak" in args.parts else none
     out["peak"] = peak
     for part, fn in (("throughput", lambda: part_throughput(args, dev, peak)),
                      ("compiled", lambda: part_compiled(args, dev, peak)),

@@ -19,12 +19,14 @@ from flowforge.transforms import Autoregressive, Coupling
 
 
 def conditioners(flow) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
-    """``(net, input shape without the batch)`` for every indexed coupling (vectors, channel
-    masks) and autoregressive layer."""
+    """``(net, input shape without the batch)`` for every coupling (an indexed one, of vectors or
+    channel masks, sees its kept part; a masked one, a checkerboard, the whole masked input)
+    and autoregressive layer."""
     found = []
     for m in flow.modules():
-        if isinstance(m, Coupling) and m.indexed:
-            found.append((m.net, (len(m.idx_a), *m.event_shape[1:])))
+        if isinstance(m, Coupling):
+            shape = (len(m.idx_a), *m.event_shape[1:]) if m.indexed else tuple(m.event_shape)
+            found.append((m.net, shape))
         elif isinstance(m, Autoregressive):
             found.append((m.net, m.event_shape))
     return found

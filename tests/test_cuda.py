@@ -174,6 +174,7 @@ def test_workbench_trains_resumes_and_evaluates_on_the_device(tmp_path, capsys):
     """A run trained on the device; one interrupted (SIGTERM) in its second epoch and resumed
     from the command line ends with the same weights, bit for bit; its model file scores on a
     machine without a device (eval runs on the CPU) and samples."""
+    import json
     import os
     import signal
 
@@ -184,21 +185,75 @@ def test_workbench_trains_resumes_and_evaluates_on_the_device(tmp_path, capsys):
            "data": {"name": "moons", "limit": 256},
            "train": {"epochs": 3, "batch_size": 64, "device": "cuda"}}  # fmt: skip
     a, b = tmp_path / "a", tmp_path / "b"
-    assert train(cfg, a, progress=False, echo=False)["status"] == "finished"
+    ra = train(cfg, a, progress=False, echo=False)
+    assert ra["status"] == "finished" and ra["steps"] == 12  # (4 steps an epoch)
 
     def interrupt(trainer):
         assert next(trainer.model.parameters()).device.type == "cuda"
         if trainer.global_step == 6:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    assert train(cfg, b, progress=False, echo=False, callback=interrupt)["status"] == "interrupted"
+    rb = train(cfg, b, progress=False, echo=False, callback=interrupt)
+    assert rb["status"] == "interrupted" and rb["steps"] == 6
+    meta, _ = read_checkpoint(b / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 2)  # (a resume, not a restart)
     rc, _, err = cli(capsys, "train", "--out", b, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err
     _, ta = read_checkpoint(a / "checkpoint.safetensors")
     _, tb = read_checkpoint(b / "checkpoint.safetensors")
     keys = [k for k in ta if k.startswith(("model/", "optim/"))]
     assert keys and all(torch.equal(ta[k], tb[k]) for k in keys)
+    assert (a / "model.ff").read_bytes() == (b / "model.ff").read_bytes()
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert records(a) == records(b)
     rc, out, err = cli(capsys, "eval", a, "--split", "test")
     assert rc == 0 and "NLL" in out, err
     rc, _, err = cli(capsys, "sample", a, "-n", 100, "--out", tmp_path / "s.npy")
     assert rc == 0, err
+
+
+FLOAT32 = {
+    "realnvp": lambda d: ff.models.RealNVP(features=d, layers=2, hidden=(16,)),
+    "nsf": lambda d: ff.models.NSF(features=d, layers=2, hidden=(16,)),
+    "nsf-autoregressive": lambda d: ff.models.NSF(
+        features=d, layers=2, hidden=(16,), autoregressive=True
+    ),
+    "maf": lambda d: ff.models.MAF(features=d, layers=2, hidden=(16,)),
+    "iaf": lambda d: ff.models.IAF(features=d, layers=2, hidden=(16,)),
+}
+
+
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("name", sorted(FLOAT32))
+def test_float32_on_the_device_at_one_and_odd_dimensions(name, d):
+    """Peers have met NaNs on the GPU only, at one dimension (normflows#58): in float32, at
+    D = 1 (where a model takes it) and an odd D, the device's log-likelihood matches the CPU's,
+    a few Adam steps keep it finite, and samples are finite."""
+    if d == 1 and name in ("realnvp", "nsf"):
+        with pytest.raises(ValueError, match="1"):  # (a coupling has nothing to split)
+            FLOAT32[name](d)
+        return
+    torch.manual_seed(0)
+    flow = FLOAT32[name](d)
+    x = torch.randn(256, d) * 2
+    flow.train()
+    want = flow.log_prob(x).detach()  # (and the data-dependent initialisation, on the CPU)
+    flow.to(DEV)
+    xd = x.to(DEV)
+    got = flow.log_prob(xd).detach().cpu()
+    assert (got - want).abs().max().item() <= 1e-4 * (1 + want.abs().max().item())
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    for _ in range(20):
+        loss = -flow.log_prob(xd).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in flow.parameters())
+    flow.eval()
+    with torch.no_grad():
+        s = flow.sample(500)
+    assert s.shape == (500, d) and torch.isfinite(s).all()

@@ -257,7 +257,7 @@ class Autoregressive(Transform):
         b = z.shape[0]
         flat = z.reshape(b, -1)
         pieces: list[Tensor] = []
-        where: list[Tensor] = []
+        where: list = []  # each step's index: an int (a MADE's) or a tensor of them
         ladj = z.new_zeros(b)
 
         def step(index, params: Tensor) -> Tensor:
