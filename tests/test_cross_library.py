@@ -146,3 +146,29 @@ def test_summary_of_compiled_runs_against_every_peer_mode():
     assert comp["vs_peer"] == pytest.approx(150 / 140)
     assert comp["vs_floor"] == pytest.approx(150 / 160)
     assert "flowforge compiled against" in "\n".join(cl._summary_lines(tp, compiled=True))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda ff: ff.models.RealNVP(shape=(1, 8, 8), scales=2, hidden=8, levels=17),
+        lambda ff: ff.models.Glow(shape=(1, 8, 8), scales=2, steps=2, hidden=8, levels=17),
+        lambda ff: ff.models.MAF(features=5, layers=2, hidden=[8]),
+    ],
+    ids=["realnvp-image", "glow", "maf"],
+)
+def test_the_floor_holds_every_conditioner_and_runs_it(build):
+    """The floor times every conditioner of the model (checkerboard couplings included), each
+    on an input of the shape it sees inside the flow."""
+    from floor import conditioners, floor_fns
+
+    import flowforge as ff
+
+    flow = build(ff)
+    held = {id(p) for net, _ in conditioners(flow) for p in net.parameters()}
+    every = {id(p) for name, m in flow.named_modules() if name.endswith(".net")
+             for p in m.parameters()}  # fmt: skip
+    assert held == every and every
+    step, density = floor_fns(flow, 4, 4)
+    step()
+    density()
