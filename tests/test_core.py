@@ -463,3 +463,20 @@ def test_every_public_submodule_is_an_attribute_from_the_start():
     code = "import flowforge as ff; ff.core.NaNLogProb; ff.testing.check_transform; print('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_fork_rng_forks_the_generator_of_a_cuda_device_it_is_given(monkeypatch):
+    """``_util.fork_rng`` forks the CPU's generator and, for a CUDA device, a tensor or a module
+    there, that device's (tests/test_cuda.py checks the effect on a GPU)."""
+    from flowforge import _util
+
+    seen = []
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: seen.append(devices))
+    cuda = torch.device("cuda", 1)
+    _util.fork_rng(cuda)
+    _util.fork_rng("cuda:1")
+    _util.fork_rng(torch.empty(0, device="meta"))
+    _util.fork_rng(torch.nn.Linear(2, 2))
+    _util.fork_rng(torch.nn.Identity())
+    _util.fork_rng(None)
+    assert seen == [[cuda], [cuda], [], [], [], []]

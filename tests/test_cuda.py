@@ -257,3 +257,32 @@ def test_float32_on_the_device_at_one_and_odd_dimensions(name, d):
     with torch.no_grad():
         s = flow.sample(500)
     assert s.shape == (500, d) and torch.isfinite(s).all()
+
+
+def test_seeded_passes_leave_the_devices_random_stream_alone(tmp_path):
+    """Validation, scoring and data-dependent initialisation seed torch's generators
+    (``torch.manual_seed`` seeds every device); their fork restores the device's stream too, so
+    a run's noise on the GPU does not restart from the validation seed after every epoch."""
+    from flowforge._util import fork_rng
+    from flowforge.workbench.runner import train
+
+    torch.cuda.manual_seed(1)
+    before = torch.cuda.get_rng_state()
+    with fork_rng(DEV):
+        torch.manual_seed(5)
+        torch.rand(3, device=DEV)
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+
+    starts = []
+
+    def record(trainer):  # the device's stream at each epoch's first step
+        if trainer.step_in_epoch == 1:
+            starts.append(torch.cuda.get_rng_state())
+
+    cfg = {"model": {"name": "realnvp", "layers": 2, "hidden": [16]}, "layout": "vector",
+           "data": {"name": "digits", "limit": 96},
+           "train": {"epochs": 3, "batch_size": 32, "device": "cuda"}}  # fmt: skip
+    run = train(cfg, tmp_path / "run", progress=False, echo=False, callback=record)
+    assert run["status"] == "finished"
+    assert len(starts) == 3
+    assert not torch.equal(starts[1], starts[2])  # (dequantization noise drawn on the device)

@@ -22,6 +22,7 @@ __all__ = [
     "largest",
     "all_finite",
     "functorch_active",
+    "fork_rng",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -133,3 +134,18 @@ def functorch_active() -> bool:
     """Whether a torch.func transform is running (True when torch cannot say)."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return True if active is None else bool(active())
+
+
+def fork_rng(where=None):
+    """``torch.random.fork_rng`` of the CPU's generator and, where ``where`` (a device, a
+    tensor, or a module by its first parameter or buffer) is on a CUDA device, of that
+    device's too. ``torch.manual_seed`` inside seeds every device: a fork of the CPU's alone
+    would leave a GPU's stream reset to that seed on exit, so the caller's next draws there
+    would repeat after every seeded pass (a training run's noise after each validation)."""
+    if isinstance(where, torch.nn.Module):
+        held = next(iter(where.parameters()), None)
+        where = held if held is not None else next(iter(where.buffers()), None)
+    if isinstance(where, Tensor):
+        where = where.device
+    dev = torch.device(where) if where is not None else None
+    return torch.random.fork_rng(devices=[dev] if dev is not None and dev.type == "cuda" else [])

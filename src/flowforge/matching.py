@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._util import fork_rng
 from .core import Compose, DataInit, Flow, Transform
 from .objectives import finite_log_prob
 from .transforms.continuous import (
@@ -548,7 +549,7 @@ def log_likelihood(
     was = flow.training
     counts: list[int] = []
     t0 = time.perf_counter()
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    rng = fork_rng(x) if seed is not None else contextlib.nullcontext()
     with (
         solver(flow, method, steps=steps, rtol=rtol, atol=atol, trace=trace, max_steps=max_steps),
         rng,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._util import fork_rng
 from ..core import Flow
 from ..distributions import StandardNormal
 from .data import FORMULA_LEADS, _is_float, describe_bounds
@@ -119,7 +120,7 @@ def sample_run(
     flow.eval()
     out = torch.empty(rows, n, *shape)
     clamped = 0.0  # an integer flow's values drawn outside its levels, over all the chunks
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng(flow):
         torch.manual_seed(seed)
         for start in range(0, n, SAMPLE_CHUNK):
             m = min(SAMPLE_CHUNK, n - start)
@@ -444,7 +445,7 @@ def latent(flow, x: Tensor, seed: int = 0, context: Tensor | None = None, flat: 
     """``z = flow.transform(x)`` (after dequantization for discrete data), flattened unless
     ``flat=False`` (then one row per example)."""
     flow.eval()
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng(flow):
         torch.manual_seed(seed)
         if flow.dequantizer is not None:
             x, _ = flow.dequantizer(x, context)
