@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._util import fork_rng
+
 __all__ = [
     "check_transform",
     "check_registered",
@@ -321,8 +323,7 @@ def check_distribution(base, context: Tensor | None = None, half_width: float = 
 
 def _check_draws(base, context, i: int, pts: Tensor, prob: Tensor, m: int = 4000) -> None:
     """Samples fall where the density (``prob`` on the grid ``pts``) puts its mass."""
-    dev = base._anchor.device
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+    with fork_rng(base._anchor), torch.no_grad():
         torch.manual_seed(0)  # (the caller's random state, on the base's device too, is kept)
         cm = None if context is None else context[i : i + 1].expand(m, -1)
         draws = base.sample(m, cm).reshape(m, -1)
