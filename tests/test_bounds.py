@@ -315,3 +315,20 @@ def test_the_out_of_range_warning_reads_a_malformed_bounds_record_as_none():
     for junk in ("x", {"lower": 3}, {"lower": [0.0, None]}):
         cfg = {"resolved": {"ranges": [[0.1, 0.9], [0.0, 1.0]], "bounds": junk}}
         assert "declare its bounds" in outside_ranges(x, cfg)
+
+
+def test_bounded_builds_no_constant_per_call(monkeypatch):
+    """On a GPU each ``torch.tensor`` of host values is a blocking copy to the device: the
+    bounds live on the layer's device, and neither direction builds a tensor from the host."""
+    from flowforge.transforms import Bounded
+
+    b = Bounded(3, lower=[0.1, None, -1.0], upper=[None, 0.7, 2.3])
+    x = torch.tensor([[0.5, 0.2, 0.0], [3.0, -4.0, 2.0]])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.tensor called on the hot path")
+
+    monkeypatch.setattr(torch, "tensor", refuse)
+    z, ladj = b(x)
+    x2, _ = b.inverse(z)
+    assert torch.allclose(x2, x) and torch.isfinite(ladj).all()

@@ -268,7 +268,7 @@ def test_seeded_passes_leave_the_devices_random_stream_alone(tmp_path):
 
     torch.cuda.manual_seed(1)
     before = torch.cuda.get_rng_state()
-    with fork_rng(DEV):
+    with fork_rng():
         torch.manual_seed(5)
         torch.rand(3, device=DEV)
     assert torch.equal(torch.cuda.get_rng_state(), before)

@@ -92,6 +92,16 @@ def test_a_flow_matching_step_reads_nothing_back(options):
     flow_matching_loss(flow, torch.randn(16, 2, device="meta"), **options).backward()
 
 
+def test_a_flow_matching_step_on_discrete_data_reads_nothing_back():
+    """The dequantizer's value check follows validate_args in a flow-matching step, as in
+    log_prob (it read the batch's minimum and maximum back on every step)."""
+    flow = ff.models.CNF(features=2, hidden=(8,), levels=5)
+    x = torch.randint(0, 5, (16, 2)).float()
+    flow_matching_loss(flow, x)  # initialises DataStandardize
+    flow.to("meta")
+    flow_matching_loss(flow, x.to("meta")).backward()
+
+
 def test_layer_checks_follow_the_flows_validate_args():
     # a torus flow's angle check: on CPU tensors by default, on any device when asked for,
     # nowhere when switched off (the caller's choice, as for the input scan)
@@ -121,3 +131,18 @@ def test_layer_checks_follow_the_flows_validate_args():
     flow.validate_args = True
     with flow._checks(), pytest.raises(RuntimeError, match="meta"):
         coupling(outside.to("meta"))  # on: it reads the values, which "meta" does not have
+
+
+def test_an_mflow_training_step_reads_nothing_back():
+    """An M-flow's two losses scan their input for NaN as a Flow does, by validate_args (the
+    scan read a value back on every call)."""
+    from flowforge.models.mflow import mflow
+
+    torch.manual_seed(0)
+    m = mflow(3, 2, outer_layers=2, inner_layers=2, hidden=(8,), activation="tanh")
+    x = torch.randn(16, 3)
+    m.manifold_loss(x)
+    m.density_loss(x)
+    m.to("meta")
+    xm = x.to("meta")
+    (m.manifold_loss(xm) + m.density_loss(xm)).backward()

@@ -136,16 +136,10 @@ def functorch_active() -> bool:
     return True if active is None else bool(active())
 
 
-def fork_rng(where=None):
-    """``torch.random.fork_rng`` of the CPU's generator and, where ``where`` (a device, a
-    tensor, or a module by its first parameter or buffer) is on a CUDA device, of that
-    device's too. ``torch.manual_seed`` inside seeds every device: a fork of the CPU's alone
-    would leave a GPU's stream reset to that seed on exit, so the caller's next draws there
-    would repeat after every seeded pass (a training run's noise after each validation)."""
-    if isinstance(where, torch.nn.Module):
-        held = next(iter(where.parameters()), None)
-        where = held if held is not None else next(iter(where.buffers()), None)
-    if isinstance(where, Tensor):
-        where = where.device
-    dev = torch.device(where) if where is not None else None
-    return torch.random.fork_rng(devices=[dev] if dev is not None and dev.type == "cuda" else [])
+def fork_rng():
+    """``torch.random.fork_rng`` of the CPU's generator and every CUDA device's in use.
+    ``torch.manual_seed`` inside seeds every device: a fork of the CPU's alone would leave a
+    GPU's stream reset to that seed on exit, so that the caller's next draws there would repeat
+    after every seeded pass (a training run's noise after each validation)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])

@@ -328,8 +328,8 @@ def flow_matching_loss(
         )
     with torch.no_grad():  # fixed preprocessing: dequantize, standardise, ActNorm (initialised)
         y = x
-        if flow.dequantizer is not None:
-            y, _ = flow.dequantizer(y, context)
+        if flow.dequantizer is not None:  # (its value check follows validate_args, as in
+            y, _ = flow.dequantizer(y, context, validate=flow._validating(y))  # log_prob)
         for layer in before:
             y, _ = layer(y, context)
         e = flow.base.sample(y.shape[0], context).to(y)
@@ -549,7 +549,7 @@ def log_likelihood(
     was = flow.training
     counts: list[int] = []
     t0 = time.perf_counter()
-    rng = fork_rng(x) if seed is not None else contextlib.nullcontext()
+    rng = fork_rng() if seed is not None else contextlib.nullcontext()
     with (
         solver(flow, method, steps=steps, rtol=rtol, atol=atol, trace=trace, max_steps=max_steps),
         rng,

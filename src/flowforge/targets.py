@@ -153,9 +153,14 @@ def gaussian_mixture(locs, scale: float, weights=None) -> Callable[[Tensor], Ten
     w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
     log_w = torch.log(w / w.sum()).to(torch.float64)
 
+    moved: dict = {}  # (device, dtype) -> (locs, log_w): copied there once, not every call
+
     def fn(x):
-        loc = locs.to(x)
-        lp = _normal(x.unsqueeze(-2), loc, scale).sum(-1) + log_w.to(x)
+        key = (x.device, x.dtype)
+        if key not in moved:
+            moved[key] = (locs.to(x), log_w.to(x))
+        loc, lw = moved[key]
+        lp = _normal(x.unsqueeze(-2), loc, scale).sum(-1) + lw
         return torch.logsumexp(lp, -1)
 
     return fn

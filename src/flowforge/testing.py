@@ -323,7 +323,7 @@ def check_distribution(base, context: Tensor | None = None, half_width: float = 
 
 def _check_draws(base, context, i: int, pts: Tensor, prob: Tensor, m: int = 4000) -> None:
     """Samples fall where the density (``prob`` on the grid ``pts``) puts its mass."""
-    with fork_rng(base._anchor), torch.no_grad():
+    with fork_rng(), torch.no_grad():
         torch.manual_seed(0)  # (the caller's random state, on the base's device too, is kept)
         cm = None if context is None else context[i : i + 1].expand(m, -1)
         draws = base.sample(m, cm).reshape(m, -1)

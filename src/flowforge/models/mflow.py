@@ -98,7 +98,9 @@ class MFlow(nn.Module):
         :class:`~flowforge.Flow` takes its inputs (``u``: manifold coordinates, ``(batch, d)``)."""
         self._check(x, what, self.features if name == "x" else self.manifold_dim)
         x = self.inner._as_input(x, name)  # the dtype move and refusals a Flow applies
-        if not all_finite(x):
+        # the NaN scan follows the inner flow's validate_args, as a Flow's (on a GPU it reads
+        # a value back, which a training step must not)
+        if self.inner._validating(x) and not all_finite(x):
             bad = (~torch.isfinite(x)).any(1).nonzero().flatten()[:5].tolist()
             raise ValueError(f"{name} contains NaN or inf (first bad batch indices: {bad})")
         return x

@@ -259,12 +259,18 @@ class Bounded(Transform):
         self._low_values = [self.lower[i] for i in groups["below"] + groups["both"]]
         self._high_values = [self.upper[i] for i in groups["above"] + groups["both"]]
         self._n_below, self._n_above = len(groups["below"]), len(groups["above"])
+        # ... kept on the layer's device as the bits of their float64 values (an integer
+        # buffer, which .to(dtype) leaves alone), so that no call copies them from the host
+        for name, values in (("_low_bits", self._low_values), ("_high_bits", self._high_values)):
+            bits = torch.tensor(values, dtype=torch.float64).view(torch.int64)
+            self.register_buffer(name, bits, persistent=False)
 
     def _bounds_for(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The lower bounds of the below-only and two-sided entries, and the upper bounds of
-        the above-only and two-sided ones, as tensors of ``x``'s dtype and device."""
-        low = torch.tensor(self._low_values, dtype=x.dtype, device=x.device)
-        high = torch.tensor(self._high_values, dtype=x.dtype, device=x.device)
+        the above-only and two-sided ones, as tensors of ``x``'s dtype and device (rounded
+        from the bounds as given, as ``torch.tensor(bounds, dtype=x.dtype)`` rounds them)."""
+        low = self._low_bits.view(torch.float64).to(x.dtype)
+        high = self._high_bits.view(torch.float64).to(x.dtype)
         return low, high
 
     def _split(self, low: Tensor, high: Tensor):
@@ -345,7 +351,7 @@ class Bounded(Transform):
             ladj = ladj + (torch.log(w) - F.softplus(-v) - F.softplus(v)).sum(1)
         # values that rounded onto a bound (a point far in a tail, in float32) move to the
         # nearest number strictly inside it, so that a sample always scores
-        inf = torch.tensor(math.inf, dtype=x.dtype, device=x.device)
+        inf = x.new_full((), math.inf)
         lows = torch.cat([self._below, self._both])
         highs = torch.cat([self._above, self._both])
         if lows.numel():

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import bitsback, codec
+from .._util import fork_rng
 from ..core import Flow
 from ..io import atomic_write
 from .data import DATASETS, load_dataset, read_table
@@ -101,7 +102,7 @@ def _nll_bits(flow, xs: np.ndarray, samples: int) -> float:
     """The model's NLL of ``xs`` in bits: exact for an integer flow; for a dequantizing flow
     the bound, averaged over ``samples`` draws of the noise (seeded, the global RNG kept)."""
     total = 0.0
-    with torch.no_grad(), torch.random.fork_rng():
+    with torch.no_grad(), fork_rng():
         torch.manual_seed(0)
         xt = torch.from_numpy(xs).to(flow.dtype)
         reps = samples if codec._bits_back(flow) else 1

@@ -197,7 +197,7 @@ def evaluate_run(
         )
     nfes: list[int] = []  # function evaluations of each solve (each CNF block, each batch)
     hooks = [c.register_forward_hook(lambda m, i, o: nfes.append(m.nfe_forward)) for c in cnfs]
-    with fork_rng(flow), exact_scoring(flow):
+    with fork_rng(), exact_scoring(flow):
         torch.manual_seed(seed)
         for c in cnfs:  # as asked (exact_scoring restores the training settings on exit)
             c.trace = trace

@@ -120,7 +120,7 @@ def sample_run(
     flow.eval()
     out = torch.empty(rows, n, *shape)
     clamped = 0.0  # an integer flow's values drawn outside its levels, over all the chunks
-    with fork_rng(flow):
+    with fork_rng():
         torch.manual_seed(seed)
         for start in range(0, n, SAMPLE_CHUNK):
             m = min(SAMPLE_CHUNK, n - start)
@@ -445,7 +445,7 @@ def latent(flow, x: Tensor, seed: int = 0, context: Tensor | None = None, flat: 
     """``z = flow.transform(x)`` (after dequantization for discrete data), flattened unless
     ``flat=False`` (then one row per example)."""
     flow.eval()
-    with fork_rng(flow):
+    with fork_rng():
         torch.manual_seed(seed)
         if flow.dequantizer is not None:
             x, _ = flow.dequantizer(x, context)

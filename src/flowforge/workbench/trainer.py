@@ -164,7 +164,7 @@ class ReverseKL(Objective):
 
     @torch.no_grad()
     def validate(self, trainer, x, context):
-        with fork_rng(trainer.device):
+        with fork_rng():
             torch.manual_seed(trainer.seed + 7919)
             return reverse_kl(trainer.eval_model, self.target, self.n_val).item()
 
@@ -185,7 +185,7 @@ class Loss(Objective):
         was = model.training
         model.eval()
         try:
-            with fork_rng(trainer.device):
+            with fork_rng():
                 torch.manual_seed(trainer.seed + 7919)
                 if self._validate is not None:
                     return float(self._validate(model, x, context))
@@ -785,7 +785,7 @@ class Trainer:
         number is repeatable and independent of the training random stream."""
         model = self.eval_model
         samples = int(samples or self.cfg["val_samples"])
-        with fork_rng(self.device):
+        with fork_rng():
             torch.manual_seed(self.seed + 7919)
             was = model.training
             model.eval()
@@ -813,7 +813,7 @@ class Trainer:
         whole.set_epoch(0)
         size = int(self.cfg["init_batch"]) or self.cfg["batch_size"]
         idx = torch.tensor(list(whole)[:size]).to(self.device)
-        with fork_rng(self.device), torch.no_grad():
+        with fork_rng(), torch.no_grad():
             torch.manual_seed(self.seed + 104729)
             self.model.train()
             c = None if self.train_c is None else self.train_c[idx]

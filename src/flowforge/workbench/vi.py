@@ -116,7 +116,7 @@ def fit_target(
 def evaluate_target(flow, target, n: int = 20000, seed: int = 1, grid_n: int = 600) -> dict:
     """:func:`~flowforge.objectives.vi_diagnostics` plus, for 2-D targets, the grid log Z and
     the true ``KL(q || p) = log Z - ELBO`` (or the exact log Z where the target knows it)."""
-    with fork_rng(flow):
+    with fork_rng():
         torch.manual_seed(seed)
         d = vi_diagnostics(flow, target, n=n)
     log_z = target.log_z
