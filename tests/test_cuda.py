@@ -286,3 +286,27 @@ def test_seeded_passes_leave_the_devices_random_stream_alone(tmp_path):
     assert run["status"] == "finished"
     assert len(starts) == 3
     assert not torch.equal(starts[1], starts[2])  # (dequantization noise drawn on the device)
+
+
+def test_the_nonfinite_diagnosis_replays_the_devices_noise():
+    """The Trainer's diagnosis of a non-finite step re-runs it with the step's random state on
+    the device too (noise drawn there comes from the device's generator)."""
+    from flowforge._util import rng_states
+    from flowforge.workbench.trainer import find_nonfinite
+
+    class Noisy(torch.nn.Module):  # infinite where its draw on the device is 0.5 or more
+        def forward(self, x):
+            return x / (torch.rand((), device=x.device) < 0.5).to(x.dtype)
+
+    for seed in range(100):  # a seed whose first draw there is >= 0.5 and second < 0.5
+        torch.manual_seed(seed)
+        if torch.rand((), device=DEV) >= 0.5 and torch.rand((), device=DEV) < 0.5:
+            break
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), Noisy()).to(DEV)
+    x = torch.ones(1, 2, device=DEV)
+    torch.manual_seed(seed)
+    state = rng_states(DEV)
+    assert not torch.isfinite(model(x)).all()
+    after = torch.cuda.get_rng_state()
+    assert "first non-finite output in 1" in find_nonfinite(model, lambda: model(x), state)
+    assert torch.equal(torch.cuda.get_rng_state(), after)

@@ -418,3 +418,26 @@ def test_loss_spikes_past_the_fifth_are_logged_not_printed(tmp_path, capsys):
     spikes = [r for r in logged if r["type"] == "warning" and "jumped far above" in r["message"]]
     assert len(printed) == 5 and len(spikes) > 8 and tr.spikes == len(spikes)
     assert any("further ones go to metrics.jsonl only" in w for w in res["warnings"])
+
+
+def test_the_nonfinite_diagnosis_replays_the_steps_random_state():
+    """The re-run that names the first non-finite layer draws the failed step's noise again
+    (the CPU's and, for a model on a CUDA device, that device's: ``rng_states``) and leaves the
+    random state as it found it."""
+    from flowforge._util import rng_states
+    from flowforge.workbench.trainer import find_nonfinite
+
+    class Noisy(torch.nn.Module):  # infinite where its draw is 0.5 or more
+        def forward(self, x):
+            return x / (torch.rand(()) < 0.5).to(x.dtype)
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), Noisy())
+    x = torch.ones(1, 2)
+    torch.manual_seed(1)  # (draws 0.76, then 0.28)
+    state = rng_states(torch.device("cpu"))
+    assert not torch.isfinite(model(x)).all()  # the failed step
+    after = torch.get_rng_state()
+    where = find_nonfinite(model, lambda: model(x), state)
+    assert "first non-finite output in 1" in where, where
+    assert torch.equal(torch.get_rng_state(), after)
+    assert "no layer output" in find_nonfinite(model, lambda: model(x))  # (the next draw)

@@ -23,6 +23,8 @@ __all__ = [
     "all_finite",
     "functorch_active",
     "fork_rng",
+    "rng_states",
+    "set_rng_states",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -143,3 +145,18 @@ def fork_rng():
     after every seeded pass (a training run's noise after each validation)."""
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
+
+
+def rng_states(device: torch.device):
+    """The random state that draws on ``device`` depend on: the CPU generator's, and the
+    device's own where it is a CUDA device (a host-side read: no synchronisation)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_states(state, device: torch.device) -> None:
+    """Restore what :func:`rng_states` returned for ``device``."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)

@@ -33,20 +33,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._util import rng_states, set_rng_states
+
 __all__ = ["ReversibleChain", "Split", "Join", "refusal"]
-
-
-def _rng_state(device: torch.device):
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return cpu, cuda
-
-
-def _set_rng_state(state, device: torch.device) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
 
 
 class Split:
@@ -105,7 +94,7 @@ class ReversibleChain(torch.autograd.Function):
                 elif isinstance(op, Join):
                     x = op(aside.pop(), x)
                 else:
-                    states[-1] = _rng_state(x.device)
+                    states[-1] = rng_states(x.device)
                     x, step = op(x, context)
                     ladj = ladj + step
         ctx.ops, ctx.states, ctx.params = ops, states, params
@@ -125,7 +114,7 @@ class ReversibleChain(torch.autograd.Function):
         if grad_z is None:
             grad_z = torch.zeros_like(z)
         device = z.device
-        outside = _rng_state(device)
+        outside = rng_states(device)
         aside: list[tuple[Tensor, Tensor]] = []  # (set-aside values, their gradient)
         try:
             for op, state in zip(reversed(ctx.ops), reversed(ctx.states)):
@@ -142,7 +131,7 @@ class ReversibleChain(torch.autograd.Function):
                 with torch.enable_grad():
                     c = context.detach().requires_grad_() if want_context else context
                     x, z2, ladj, shared = layer._recompute(
-                        z, c, lambda s=state: _set_rng_state(s, device)
+                        z, c, lambda s=state: set_rng_states(s, device)
                     )
                     own = [p for p in layer.parameters() if p.requires_grad]
                     leaves = [leaf for leaf, _ in shared]
@@ -168,7 +157,7 @@ class ReversibleChain(torch.autograd.Function):
                         grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
                 z = x.detach()
         finally:
-            _set_rng_state(outside, device)
+            set_rng_states(outside, device)
         return (None, grad_context, grad_z, *(grads.get(id(p)) for p in ctx.params))
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .. import io
-from .._util import COMPILE_OPTIONS, fork_rng
+from .._util import COMPILE_OPTIONS, fork_rng, rng_states, set_rng_states
 from ..core import NaNLogProb, layer_metrics, needs_data_init, regularization
 from ..models.assembly import count
 from ..objectives import reverse_kl
@@ -366,16 +366,22 @@ def find_nonfinite(
             hits.append(names[module])
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    state = torch.get_rng_state()
+    # the step's random state on the CPU and on the model's device (a CUDA device draws its
+    # noise from its own generator), restored afterwards
+    held = next(iter(model.parameters()), None)
+    device = held.device if held is not None else torch.device("cpu")
+    state = rng_states(device)
     try:
-        if rng_state is not None:
+        if isinstance(rng_state, tuple):
+            set_rng_states(rng_state, device)
+        elif rng_state is not None:  # (a CPU state alone)
             torch.set_rng_state(rng_state)
         try:
             rerun()
         except Exception as e:  # report, do not mask the original problem
             return f"the re-run raised {type(e).__name__}: {' '.join(str(e).split())}"
     finally:
-        torch.set_rng_state(state)
+        set_rng_states(state, device)
         for h in handles:
             h.remove()
     if not hits:
@@ -1110,7 +1116,7 @@ class Trainer:
         clip = float(self.cfg["grad_clip"] or 0)
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for xb, cb in self._batches():
-            rng = torch.get_rng_state()
+            rng = rng_states(self.device)  # (to redo the step: compile fallback, diagnosis)
             loss = self._forward_backward(xb, cb, rng)
             asked = float(self._signals is not None and self._signals.pending)
             stop = loss.detach().new_full((), asked, dtype=torch.float64)  # (no host copy)
@@ -1192,17 +1198,13 @@ class Trainer:
         same random state, as is the rest of the run. An error the eager model raises too is
         the run's."""
         first = self._compile_time is None
-        cuda = self.device.type == "cuda" and self._eager_model is not None
-        cuda_rng = torch.cuda.get_rng_state(self.device) if cuda else None
         t0 = time.perf_counter()
         try:
             loss = self._loss_and_backward(self._step_model, xb, cb)
         except Exception as e:  # noqa: BLE001 - a compiler failure: redo eagerly, say why
             if self._eager_model is None:
                 raise
-            torch.set_rng_state(rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, self.device)
+            set_rng_states(rng, self.device)
             # an error the eager model raises too is the run's (no word of compiling then)
             loss = self._loss_and_backward(self._eager_model, xb, cb)
             self._warn(
