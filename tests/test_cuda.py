@@ -182,7 +182,7 @@ def test_workbench_trains_resumes_and_evaluates_on_the_device(tmp_path, capsys):
     from flowforge.workbench.runner import train
 
     cfg = {"model": {"name": "realnvp", "layers": 2, "hidden": [16]}, "layout": "vector",
-           "data": {"name": "moons", "limit": 256},
+           "data": {"name": "digits", "limit": 256},  # (dequantization noise, on the device)
            "train": {"epochs": 3, "batch_size": 64, "device": "cuda"}}  # fmt: skip
     a, b = tmp_path / "a", tmp_path / "b"
     ra = train(cfg, a, progress=False, echo=False)

@@ -441,3 +441,22 @@ def test_the_nonfinite_diagnosis_replays_the_steps_random_state():
     assert "first non-finite output in 1" in where, where
     assert torch.equal(torch.get_rng_state(), after)
     assert "no layer output" in find_nonfinite(model, lambda: model(x))  # (the next draw)
+
+
+def test_a_checkpoint_keeps_the_runs_device_random_state_for_every_rank(monkeypatch):
+    """The checkpoint keeps the random state of the run's device (``rng/device``), and each
+    rank restores it into its own device (rank 0's state is every rank's: the same seed, the
+    same draws); a checkpoint without it restores as before."""
+    from flowforge.workbench import checkpoint
+
+    got = []
+    state = torch.arange(16, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: got.append((s, device)))
+    tensors, meta = checkpoint._rng_state(torch.device("cuda", 0))
+    assert torch.equal(tensors["rng/device"], state)
+    assert "rng/device" not in checkpoint._rng_state(torch.device("cpu"))[0]
+    checkpoint.set_rng_state(tensors, meta, torch.device("cuda", 3))  # rank 3's device
+    assert len(got) == 1 and torch.equal(got[0][0], state) and got[0][1] == torch.device("cuda", 3)
+    checkpoint.set_rng_state(tensors, meta, torch.device("cpu"))  # (resumed on the CPU)
+    assert len(got) == 1

@@ -29,7 +29,10 @@ __all__ = [
 CKPT_FORMAT = "flowforge-checkpoint/1"
 
 
-def _rng_state() -> tuple[dict[str, Tensor], dict]:
+def _rng_state(device: torch.device | None = None) -> tuple[dict[str, Tensor], dict]:
+    """The random state of the CPU, numpy and Python, and of the run's CUDA device (``device``)
+    as ``rng/device``: every rank of a multi-GPU run draws the same noise on its own device
+    (the same seed, the same shapes), so rank 0's device state is each rank's to restore."""
     np_state = np.random.get_state()
     py_state = random.getstate()
     tensors = {
@@ -41,13 +44,15 @@ def _rng_state() -> tuple[dict[str, Tensor], dict]:
         "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "python": [py_state[0], py_state[2]],
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = s
+    if device is not None and device.type == "cuda":
+        tensors["rng/device"] = torch.cuda.get_rng_state(device)
     return tensors, meta
 
 
-def set_rng_state(tensors: dict[str, Tensor], meta: dict) -> None:
+def set_rng_state(
+    tensors: dict[str, Tensor], meta: dict, device: torch.device | None = None
+) -> None:
+    """Restore :func:`_rng_state`'s state, the device's into ``device`` (a CUDA device)."""
     torch.set_rng_state(tensors["rng/torch"])
     kind, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state(
@@ -55,6 +60,11 @@ def set_rng_state(tensors: dict[str, Tensor], meta: dict) -> None:
     )
     version, gauss_next = meta["python"]
     random.setstate((version, tuple(int(v) for v in tensors["rng/python"].tolist()), gauss_next))
+    if "rng/device" in tensors:
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/device"], device)
+        return
+    # a checkpoint written before rng/device: every device's state as rank 0's process saw it
     cuda = sorted(k for k in tensors if k.startswith("rng/cuda/"))
     if cuda and torch.cuda.is_available():
         for k in cuda:
@@ -161,16 +171,18 @@ def save_checkpoint(
     meta: dict,
     ema: torch.nn.Module | None = None,
     best: dict[str, Tensor] | None = None,
+    device: torch.device | None = None,
 ) -> None:
     """Write the whole training state to ``path``, atomically (``best``: the best weights, for
-    a model that has no ``model.ff`` to keep them)."""
+    a model that has no ``model.ff`` to keep them; ``device``: the run's device, whose random
+    state is kept)."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
     if best is not None:
         tensors.update({f"best/{k}": v for k, v in best.items()})
     t_opt, m_opt = _flatten_optimizer(opt)
-    t_rng, m_rng = _rng_state()
+    t_rng, m_rng = _rng_state(device)
     tensors.update(t_opt)
     tensors.update(t_rng)
     sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}

@@ -872,7 +872,7 @@ class Trainer:
         with ctx:
             save_checkpoint(
                 self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema,
-                best=None if self._saves_model else self.best_state,
+                best=None if self._saves_model else self.best_state, device=self.device,
             )  # fmt: skip
 
     def _check_counters(self, st: dict) -> None:
@@ -947,7 +947,7 @@ class Trainer:
             self._check_counters(state)
             for k, v in state.items():
                 setattr(self, k, v)
-            set_rng_state(tensors, meta["rng"])
+            set_rng_state(tensors, meta["rng"], self.device)
             self.warnings, self._watch = _saved_watch(meta)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
             msg = " ".join(str(e).split())[:300]
