@@ -58,3 +58,36 @@ def test_two_processes_match_one(tmp_path):
     # whatever the float noise, so weights agree more loosely than the losses
     for k in p1:
         torch.testing.assert_close(p2[k], p1[k], rtol=1e-2, atol=5e-3, msg=k)
+
+
+def test_the_process_group_follows_the_device_the_run_resolves(monkeypatch, tmp_path):
+    """The backend is chosen from the run's device as it resolves: NCCL for ``cuda`` and for
+    ``auto`` on a GPU machine, with the rank's GPU made current first; a resumed run's own
+    device where the command sets none; gloo on the CPU."""
+    import torch.distributed as dist
+
+    from flowforge.workbench import distributed
+    from flowforge.workbench.runner import _device_name
+
+    run = tmp_path / "run"  # a run trained on cuda (as its config says), resumed without one
+    assert train({**CONFIG, "train": {**CONFIG["train"], "epochs": 1}}, run, echo=False,
+                 progress=False)["status"] == "finished"  # fmt: skip
+    stored = json.loads((run / "config.json").read_text())
+    stored["train"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(stored))
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(backend))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(d))
+    for name in ("cuda", "auto", "cpu"):
+        assert distributed.init_distributed(name)
+    cuda1 = torch.device("cuda", 1)
+    assert calls == [cuda1, "nccl", cuda1, "nccl", "gloo"]
+    assert _device_name({**CONFIG, "train": {"device": "auto"}}, tmp_path, False) == "auto"
+    assert _device_name(CONFIG, tmp_path, False) == "cpu"  # (the default)
+    assert _device_name({"train": {"device": "cuda"}}, tmp_path, False) == "cuda"  # (raw)
+    assert _device_name({}, run, True) == "cuda"

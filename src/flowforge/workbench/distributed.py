@@ -21,13 +21,20 @@ def dist_env() -> tuple[int, int]:
 
 
 def init_distributed(device_name: str) -> bool:
-    """Start the process group under torchrun (gloo on CPU, NCCL on GPU). True if started."""
+    """Start the process group under torchrun (gloo on CPU, NCCL on GPU, ``auto`` resolved as
+    :func:`device` resolves it), with this rank's GPU made current before any collective.
+    True if started."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
         return False
-    backend = "nccl" if str(device_name).startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
+    try:
+        dev = device(str(device_name))
+    except (WorkbenchError, ValueError, RuntimeError):  # (refused with its message later)
+        dev = torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # (NCCL's collectives run on the current device)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return True
 
 

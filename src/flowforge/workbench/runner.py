@@ -134,6 +134,18 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _device_name(config, out: Path, resume: bool) -> str:
+    """``train.device`` of the run as it will resolve (a resumed run's own, the default where
+    none is set), for choosing the process group's backend before anything else; "cpu" where
+    the config cannot be resolved and sets none (training then refuses it with its own
+    message)."""
+    try:
+        return str(resolve_config(run_config(out) if resume else None, config)["train"]["device"])
+    except Exception:  # noqa: BLE001 - refused later, in order, with a one-line error
+        section = config.get("train") if isinstance(config, dict) else None
+        return str(section.get("device", "cpu")) if isinstance(section, dict) else "cpu"
+
+
 def train(
     config: dict,
     out: str | os.PathLike,
@@ -157,9 +169,7 @@ def train(
     import torch.distributed as dist
 
     out = Path(out)
-    section = config.get("train") if isinstance(config, dict) else None
-    device_name = section.get("device", "cpu") if isinstance(section, dict) else "cpu"
-    started = init_distributed(str(device_name))
+    started = init_distributed(_device_name(config, out, resume))
     try:
         rank, world = dist_env()
         stored_raw = run_config(out) if resume else None
