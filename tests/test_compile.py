@@ -122,6 +122,27 @@ def _compiler_that_fails(message: str):
     return compile_
 
 
+def test_running_out_of_memory_is_not_taken_for_a_compiler_failure(monkeypatch):
+    """A compiled step that runs out of memory raises as such (the eager step needs the memory
+    too), instead of switching compiling off with a warning that blames the compiler."""
+    oom = getattr(torch, "OutOfMemoryError", MemoryError)
+
+    def compile_(model, *args, **kwargs):
+        def call(*a, **k):
+            raise oom("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))
+    x = _data()
+    tr = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 16, "tensorboard": False,
+                                   "compile": True}, progress=False, echo=False)  # fmt: skip
+    with pytest.raises(oom):
+        tr.fit()
+    assert not [w for w in tr.warnings if "compiling failed" in w]
+
+
 def test_trainer_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     monkeypatch.setattr(torch, "compile", _compiler_that_fails("no C++ compiler\nmore detail"))
     torch.manual_seed(0)

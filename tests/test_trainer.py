@@ -460,3 +460,17 @@ def test_a_checkpoint_keeps_the_runs_device_random_state_for_every_rank(monkeypa
     assert len(got) == 1 and torch.equal(got[0][0], state) and got[0][1] == torch.device("cuda", 3)
     checkpoint.set_rng_state(tensors, meta, torch.device("cpu"))  # (resumed on the CPU)
     assert len(got) == 1
+
+
+def test_the_largest_gradient_is_found_with_one_read(monkeypatch):
+    """Naming the layer with the largest gradient (a loss spike's warning) reads the squared
+    norms back once, not once per parameter (each a wait for the device on a GPU)."""
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,))
+    tr = Trainer(flow, _data(64), _data(16), {"epochs": 1, "tensorboard": False}, **QUIET)
+    (-flow.log_prob(_data(16)).mean()).backward()
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(1) or tolist(t))
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: 1 / 0)  # (no float() per tensor)
+    assert "largest gradient in" in tr._largest_gradient()
+    assert len(reads) == 1

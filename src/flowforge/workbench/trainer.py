@@ -394,6 +394,9 @@ def find_nonfinite(
     return f"first non-finite output in {what}"
 
 
+_OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+
+
 class _ForcedStop(KeyboardInterrupt):
     """A second signal before training reached a point where it can stop exactly."""
 
@@ -1202,8 +1205,8 @@ class Trainer:
         try:
             loss = self._loss_and_backward(self._step_model, xb, cb)
         except Exception as e:  # noqa: BLE001 - a compiler failure: redo eagerly, say why
-            if self._eager_model is None:
-                raise
+            if self._eager_model is None or isinstance(e, _OUT_OF_MEMORY):
+                raise  # (memory is not the compiler's failing: the eager step needs it too)
             set_rng_states(rng, self.device)
             # an error the eager model raises too is the run's (no word of compiling then)
             loss = self._loss_and_backward(self._eager_model, xb, cb)
@@ -1337,13 +1340,16 @@ class Trainer:
     def _largest_gradient(self) -> str:
         """Where the gradient is largest: the layer holding the largest share of its norm."""
         share: dict[str, float] = {}
-        for name, p in self.model.named_parameters():
-            if p.grad is not None:
-                g = float(p.grad.detach().float().square().sum())
-                if not math.isfinite(g):
-                    return f"non-finite gradient in {_layer_name(self.model, name)}"
-                layer = _layer_name(self.model, name)
-                share[layer] = share.get(layer, 0.0) + g
+        held = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if not held:
+            return "no gradient recorded"
+        # one read from the device for all of them (not one per parameter)
+        squares = torch.stack([g.detach().float().square().sum() for _, g in held]).tolist()
+        for (name, _), g in zip(held, squares):
+            if not math.isfinite(g):
+                return f"non-finite gradient in {_layer_name(self.model, name)}"
+            layer = _layer_name(self.model, name)
+            share[layer] = share.get(layer, 0.0) + g
         total = sum(share.values())
         if not share or total <= 0:
             return "no gradient recorded"
