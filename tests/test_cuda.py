@@ -310,3 +310,15 @@ def test_the_nonfinite_diagnosis_replays_the_devices_noise():
     after = torch.cuda.get_rng_state()
     assert "first non-finite output in 1" in find_nonfinite(model, lambda: model(x), state)
     assert torch.equal(torch.cuda.get_rng_state(), after)
+
+
+def test_a_trainer_keeps_a_model_on_the_device_it_is_on():
+    """``Trainer`` without ``device`` trains a model that is on a GPU there (it moved it to the
+    CPU, the option's default for the command line)."""
+    from flowforge.workbench import Trainer
+
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,)).to(DEV)
+    x = torch.randn(64, 2, device=DEV)
+    tr = Trainer(flow, x, x[:16], {"epochs": 1, "tensorboard": False}, progress=False, echo=False)
+    assert tr.device.type == "cuda" and tr.fit()["status"] == "finished"
+    assert next(flow.parameters()).device.type == "cuda"

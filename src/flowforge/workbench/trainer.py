@@ -569,6 +569,9 @@ class Trainer:
         unknown = set(train or {}) - set(DEFAULT_TRAIN)
         if unknown:
             raise WorkbenchError(f"unknown train options {sorted(unknown)}")
+        held = next(iter(model.parameters()), None)
+        if "device" not in (train or {}) and held is not None and held.device.type == "cuda":
+            train = {**train, "device": str(held.device)}  # (not moved to the CPU unasked)
         self.cfg = {
             k: checked(f"train.{k}", v, TRAIN_CHECKS[k])
             for k, v in {**DEFAULT_TRAIN, **(train or {})}.items()
