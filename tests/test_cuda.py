@@ -322,3 +322,11 @@ def test_a_trainer_keeps_a_model_on_the_device_it_is_on():
     tr = Trainer(flow, x, x[:16], {"epochs": 1, "tensorboard": False}, progress=False, echo=False)
     assert tr.device.type == "cuda" and tr.fit()["status"] == "finished"
     assert next(flow.parameters()).device.type == "cuda"
+
+
+def test_a_trainer_without_options_keeps_a_model_on_the_device():
+    from flowforge.workbench import Trainer
+
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,)).to(DEV)
+    x = torch.randn(64, 2, device=DEV)
+    assert Trainer(flow, x, x[:16], progress=False, echo=False).device.type == "cuda"

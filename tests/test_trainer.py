@@ -474,3 +474,31 @@ def test_the_largest_gradient_is_found_with_one_read(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__float__", lambda t: 1 / 0)  # (no float() per tensor)
     assert "largest gradient in" in tr._largest_gradient()
     assert len(reads) == 1
+
+
+def test_the_checkpoint_is_given_the_runs_device(monkeypatch, tmp_path):
+    """The Trainer hands its device to the checkpoint, whose random state it keeps and
+    restores (``rng/device`` on a GPU): saved with it, and restored into it on resume."""
+    from flowforge.workbench import trainer as trainer_module
+
+    saved, restored = [], []
+    save, restore = trainer_module.save_checkpoint, trainer_module.set_rng_state
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda *a, **k: saved.append(k.get("device")) or save(*a, **k))  # fmt: skip
+    monkeypatch.setattr(trainer_module, "set_rng_state",
+                        lambda t, m, d=None: restored.append(d) or restore(t, m, d))  # fmt: skip
+    flow, x = _flow(), _data(64)
+    cfg = {"epochs": 1, "batch_size": 16, "tensorboard": False}
+    Trainer(flow, x, x[:16], cfg, out=tmp_path / "r", **QUIET).fit()
+    Trainer(_flow(), x, x[:16], cfg, out=tmp_path / "r", **QUIET).fit(resume=True)
+    assert saved and set(saved) == {torch.device("cpu")}
+    assert restored == [torch.device("cpu")]
+
+
+def test_out_of_memory_is_recognised_however_it_is_worded():
+    from flowforge.workbench.errors import out_of_memory
+
+    assert out_of_memory(MemoryError())
+    assert out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not out_of_memory(RuntimeError("shape mismatch"))

@@ -91,3 +91,24 @@ def test_the_process_group_follows_the_device_the_run_resolves(monkeypatch, tmp_
     assert _device_name(CONFIG, tmp_path, False) == "cpu"  # (the default)
     assert _device_name({"train": {"device": "cuda"}}, tmp_path, False) == "cuda"  # (raw)
     assert _device_name({}, run, True) == "cuda"
+
+
+def test_train_starts_the_process_group_for_the_resolved_device(monkeypatch, tmp_path):
+    """``train`` passes the device the run resolves to (a resumed run's own ``auto``, not the
+    command's empty section) to the process group's start; ``cuda:N`` under torchrun is
+    refused in one line (every process would share that GPU)."""
+    from flowforge.workbench import distributed, runner
+    from flowforge.workbench.errors import WorkbenchError
+
+    seen = []
+    monkeypatch.setattr(runner, "init_distributed", lambda name: seen.append(name) or False)
+    cfg = {**CONFIG, "train": {**CONFIG["train"], "epochs": 1, "device": "auto"}}
+    run = tmp_path / "run"
+    assert train(cfg, run, echo=False, progress=False)["status"] == "finished"
+    train({}, run, resume=True, echo=False, progress=False)
+    assert seen == ["auto", "auto"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(WorkbenchError, match="under torchrun"):
+        distributed.device("cuda:1")

@@ -142,7 +142,10 @@ def fork_rng():
     """``torch.random.fork_rng`` of the CPU's generator and every CUDA device's in use.
     ``torch.manual_seed`` inside seeds every device: a fork of the CPU's alone would leave a
     GPU's stream reset to that seed on exit, so that the caller's next draws there would repeat
-    after every seeded pass (a training run's noise after each validation)."""
+    after every seeded pass (a training run's noise after each validation). Before CUDA is
+    initialised, torch queues such a seed for the devices and this fork cannot restore the
+    queue: a process that seeds inside it and only then starts using a GPU finds that GPU
+    seeded by the inner seed (the workbench moves its model first)."""
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
 

@@ -32,7 +32,9 @@ CKPT_FORMAT = "flowforge-checkpoint/1"
 def _rng_state(device: torch.device | None = None) -> tuple[dict[str, Tensor], dict]:
     """The random state of the CPU, numpy and Python, and of the run's CUDA device (``device``)
     as ``rng/device``: every rank of a multi-GPU run draws the same noise on its own device
-    (the same seed, the same shapes), so rank 0's device state is each rank's to restore."""
+    (the same seed, the same shapes: the sampler pads every rank to the same batches), so rank
+    0's device state is each rank's to restore, as its ``rng/torch`` is. This assumes GPUs of
+    one model: a CUDA generator's position after a draw can depend on the device's size."""
     np_state = np.random.get_state()
     py_state = random.getstate()
     tensors = {

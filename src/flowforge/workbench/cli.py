@@ -1058,21 +1058,10 @@ def _import_user_module(name: str) -> None:
             sys.path.remove(here)
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    import torch
-
-    if isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and (
-        "can't allocate memory" in text or "out of memory" in text
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     from .allocator import reuse_freed_memory
-    from .errors import WorkbenchError
+    from .errors import WorkbenchError, out_of_memory
 
     args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
     reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
@@ -1120,7 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        if _out_of_memory(e):  # the data or model outgrew the machine: not a flowforge bug
+        if out_of_memory(e):  # the data or model outgrew the machine: not a flowforge bug
             print(
                 f"flowforge: error: out of memory ({type(e).__name__}: {_one_line(e)[:200]}); "
                 "the data, the model or a batch needs more memory than is free: use a smaller "

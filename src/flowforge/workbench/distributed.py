@@ -56,6 +56,11 @@ def device(name: str) -> torch.device:
             raise WorkbenchError(f"train.device is {name!r} but no GPU is available here")
         if name == "cuda":
             return torch.device("cuda", rank_local % torch.cuda.device_count())
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise WorkbenchError(
+                f"train.device is {name!r} under torchrun, which would put every process on "
+                "that one GPU; use cuda (each process takes the GPU of its LOCAL_RANK)"
+            )
         index = int(name.split(":", 1)[1])
         if index >= torch.cuda.device_count():
             raise WorkbenchError(

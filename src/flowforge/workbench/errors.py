@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["WorkbenchError", "DataError", "ContextError", "RunError", "NonFiniteError"]
+__all__ = [
+    "WorkbenchError",
+    "DataError",
+    "ContextError",
+    "RunError",
+    "NonFiniteError",
+    "out_of_memory",
+]
 
 
 class WorkbenchError(Exception):
@@ -23,3 +30,16 @@ class RunError(WorkbenchError):
 
 class NonFiniteError(WorkbenchError):
     """Training produced a NaN or inf."""
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says that memory ran out (the host's or a GPU's, however torch or a
+    library under it words it)."""
+    import torch
+
+    if isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text or "ALLOC_FAILED" in text
+    )

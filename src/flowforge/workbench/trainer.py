@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from .checkpoint import (
 from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked
 from .distributed import device as resolve_device
 from .distributed import dist_env
-from .errors import NonFiniteError, RunError, WorkbenchError
+from .errors import NonFiniteError, RunError, WorkbenchError, out_of_memory
 from .runs import (
     CKPT_FILE,
     METRICS_FILE,
@@ -394,9 +395,6 @@ def find_nonfinite(
     return f"first non-finite output in {what}"
 
 
-_OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
-
-
 class _ForcedStop(KeyboardInterrupt):
     """A second signal before training reached a point where it can stop exactly."""
 
@@ -569,9 +567,12 @@ class Trainer:
         unknown = set(train or {}) - set(DEFAULT_TRAIN)
         if unknown:
             raise WorkbenchError(f"unknown train options {sorted(unknown)}")
-        held = next(iter(model.parameters()), None)
+        held = next(itertools.chain(model.parameters(), model.buffers()), None)
         if "device" not in (train or {}) and held is not None and held.device.type == "cuda":
-            train = {**train, "device": str(held.device)}  # (not moved to the CPU unasked)
+            # trained where it is, not moved to the CPU unasked; under torchrun each rank on
+            # its own GPU ("cuda": LOCAL_RANK's), whichever one the model was put on
+            where = "cuda" if dist_env()[1] > 1 else str(held.device)
+            train = {**(train or {}), "device": where}
         self.cfg = {
             k: checked(f"train.{k}", v, TRAIN_CHECKS[k])
             for k, v in {**DEFAULT_TRAIN, **(train or {})}.items()
@@ -1208,7 +1209,7 @@ class Trainer:
         try:
             loss = self._loss_and_backward(self._step_model, xb, cb)
         except Exception as e:  # noqa: BLE001 - a compiler failure: redo eagerly, say why
-            if self._eager_model is None or isinstance(e, _OUT_OF_MEMORY):
+            if self._eager_model is None or out_of_memory(e):
                 raise  # (memory is not the compiler's failing: the eager step needs it too)
             set_rng_states(rng, self.device)
             # an error the eager model raises too is the run's (no word of compiling then)
