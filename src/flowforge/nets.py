@@ -348,6 +348,12 @@ def _hidden_degrees(features: int, width: int, conditional: bool) -> Tensor:
     return torch.sort(torch.arange(width) % (features - low) + low).values
 
 
+def _grown(known: Tensor, new: Tensor) -> Tensor:
+    """``known`` with the columns ``new`` appended; ``new`` itself while ``known`` has none (a
+    copy fewer: on a GPU each is a kernel launch, and sampling launches D steps of them)."""
+    return new if not known.shape[1] else torch.cat([known, new], 1)
+
+
 class MADE(nn.Module):
     r"""A masked MLP whose output for dimension ``i`` depends only on inputs earlier in ``order``.
 
@@ -531,15 +537,15 @@ class MADE(nn.Module):
                         new = self._act_fresh(pre)
                     else:
                         new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
-                        acts[i] = torch.cat([acts[i], self.act(new)], 1)
-                    hs[i] = torch.cat([hs[i], new], 1)
+                        acts[i] = _grown(acts[i], self.act(new))
+                    hs[i] = _grown(hs[i], new)
                 prev, n_prev = hs[i], hi
             last = acts[-1] if self.residual else hs[-1]
             dim = self._order[k]
             params = lin(last[:, :n_prev], w_out[dim][:, :n_prev], b_out[dim])
             value = step(dim, params)
             if k + 1 < d:
-                x_known = torch.cat([x_known, value.unsqueeze(1)], 1)
+                x_known = _grown(x_known, value.unsqueeze(1))
 
     def extra_repr(self) -> str:
         return (
