@@ -265,7 +265,8 @@ class Autoregressive(Transform):
             x_i, l_i = self.transformer.inverse(flat[:, index], params)
             pieces.append(x_i.reshape(b, -1))
             where.append(index)
-            ladj = ladj + l_i.reshape(b, -1).sum(1)
+            l_i = l_i.reshape(b, -1)  # (one column, a MADE's: taken as it is, a launch fewer)
+            ladj = ladj + (l_i[:, 0] if l_i.shape[1] == 1 else l_i.sum(1))
             return x_i
 
         self.net.solve(step, b, context, like=z)
