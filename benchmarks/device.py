@@ -356,7 +356,10 @@ def part_images(args, dev, peak) -> list[dict]:
 
 def part_trainer(args, dev) -> list[dict]:
     """``flowforge train`` (the demo's RealNVP on the digits images, as configs/demo.yaml, and
-    the vector MAF) against a bare loop of the same model, batch and optimizer."""
+    the vector MAF) against a bare loop of the same model, batch and optimizer (AdamW with the
+    Trainer's gradient clipping at 10, reading its loss each step). Two comparisons: a whole
+    epoch (the Trainer's includes its validation pass), and one training step (the time between
+    the Trainer's callbacks within an epoch, which follow its one read per step)."""
     import tempfile
 
     from flowforge.workbench.runner import train
@@ -371,8 +374,13 @@ def part_trainer(args, dev) -> list[dict]:
                          "device": str(dev), "val_samples": 1}}  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
+            marks: list[tuple[int, float]] = []  # (step in its epoch, time) after each step
+
+            def mark(trainer, marks=marks):
+                marks.append((trainer.step_in_epoch, time.perf_counter()))
+
             t0 = time.perf_counter()
-            r = train(cfg, out, progress=False, echo=False)
+            r = train(cfg, out, progress=False, echo=False, callback=mark)
             wall = time.perf_counter() - t0
             epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             epochs = [e for e in epochs if e.get("type") == "epoch"]
@@ -382,13 +390,14 @@ def part_trainer(args, dev) -> list[dict]:
         n_train = 1000  # (the digits' training split)
         steps_per_epoch = -(-n_train // batch)
         x = torch.randint(0, 17, (batch, *flow.event_shape), device=dev).float()
-        opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
+        opt = torch.optim.AdamW(flow.parameters(), lr=1e-3)
         flow.train()
 
         def step(flow=flow, opt=opt, x=x):
             loss = -flow.log_prob(x).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
             opt.step()
             return loss
 
@@ -400,13 +409,18 @@ def part_trainer(args, dev) -> list[dict]:
             step().item()  # (one read per step, as any loop that logs its loss)
         bare = (time.perf_counter() - t0) / 10
         epoch_s = statistics.median(e["time"] for e in epochs[1:] or epochs)
+        steps = [b - a for (_, a), (k, b) in zip(marks, marks[1:]) if k > 1]  # (within epochs)
+        step_s = statistics.median(steps) if steps else math.nan
+        bare_step = bare / steps_per_epoch
         rec = {"model": name, "batch": batch, "status": r["status"], "epochs": len(epochs),
                "wall_s": wall, "epoch_s_median": epoch_s, "bare_epoch_s": bare,
-               "trainer_over_bare": epoch_s / bare,
+               "trainer_over_bare": epoch_s / bare, "trainer_step_s": step_s,
+               "bare_step_s": bare_step, "trainer_step_over_bare": step_s / bare_step,
                "val_nll_last": epochs[-1].get("val_nll")}  # fmt: skip
         records.append(rec)
         print(f"trainer {name}: epoch {epoch_s * 1e3:.0f} ms (train and validation), bare loop "
-              f"{bare * 1e3:.0f} ms, {len(epochs)} epochs in {wall:.1f} s", flush=True)  # fmt: skip
+              f"{bare * 1e3:.0f} ms; a step {step_s * 1e3:.2f} ms, bare {bare_step * 1e3:.2f} ms; "
+              f"{len(epochs)} epochs in {wall:.1f} s", flush=True)  # fmt: skip
     return records
 
 
@@ -581,12 +595,18 @@ def render(paths: list[Path]) -> str:
         if r.get("trainer"):
             out += ["", f"## The workbench's Trainer (`{p.name}`)", ""]
             out += [_row("model", "batch", "Trainer epoch (training and validation)",
-                         "bare loop (training steps only)", "ratio"),
-                    "|---|---:|---:|---:|---:|"]  # fmt: skip
+                         "bare loop (training steps only)", "ratio", "Trainer step",
+                         "bare step", "ratio"),
+                    "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
             for x in r["trainer"]:
+                step = x.get("trainer_step_s")  # (runs before the step timing: n/a)
                 out.append(_row(x["model"], x["batch"], f"{x['epoch_s_median'] * 1e3:.0f} ms",
                                 f"{x['bare_epoch_s'] * 1e3:.0f} ms",
-                                f"{x['trainer_over_bare']:.2f}"))  # fmt: skip
+                                f"{x['trainer_over_bare']:.2f}",
+                                _f(step and step * 1e3, ".2f") + (" ms" if step else ""),
+                                _f(step and x["bare_step_s"] * 1e3, ".2f")
+                                + (" ms" if step else ""),
+                                _f(step and x["trainer_step_over_bare"], ".2f")))  # fmt: skip
         if r.get("memory"):
             out += ["", f"## Memory-saving backpropagation (`{p.name}`)", ""]
             out += [_row("model", "batch", "peak allocated, off", "on", "lower by",
