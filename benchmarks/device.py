@@ -369,6 +369,8 @@ def part_trainer(args, dev) -> list[dict]:
         ("realnvp-image", {"name": "realnvp", "hidden": 64, "actnorm": True}, "image", 256),
         ("maf", {"name": "maf", "layers": 4, "hidden": [128, 128]}, "vector", 256),
     ):
+        if name not in args.trainer_models:
+            continue
         cfg = {"seed": 0, "model": model, "data": "digits", "layout": layout,
                "train": {"epochs": args.trainer_epochs, "batch_size": batch, "lr": 1e-3,
                          "device": str(dev), "val_samples": 1}}  # fmt: skip
@@ -651,6 +653,7 @@ def main(argv=None):
     ap.add_argument("--eval-batches", type=_ints, default=[10_000, 100_000])
     ap.add_argument("--image-batches", type=_ints, default=[64, 256])
     ap.add_argument("--trainer-epochs", type=int, default=6)
+    ap.add_argument("--trainer-models", default="realnvp-image,maf")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     if args.render:
@@ -658,7 +661,7 @@ def main(argv=None):
         return
     if args.out is None:
         ap.error("--out is required (or --render FILES)")
-    for k in ("parts", "datasets", "models", "libs", "compile_models"):
+    for k in ("parts", "datasets", "models", "libs", "compile_models", "trainer_models"):
         setattr(args, k, getattr(args, k).split(","))
     dev = torch.device(args.device)
     _CUDA[0] = dev.type == "cuda"
