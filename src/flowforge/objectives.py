@@ -202,7 +202,7 @@ def bits_per_dim(
                 "bits/dim is defined for discrete data; this flow dequantizes some integer "
                 "columns of otherwise continuous vectors (use flow.nll in nats)"
             )
-        if levels is not None and have is not None and levels != have:
+        if levels is not None and levels != have:
             raise ValueError(f"the flow dequantizes {have} levels, but levels={levels} was given")
     elif levels is None:
         raise ValueError(

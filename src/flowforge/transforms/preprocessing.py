@@ -252,16 +252,20 @@ class Bounded(Transform):
                 groups[
                     "both" if a is not None and b is not None else "below" if b is None else "above"
                 ].append(i)
-        for name, idx in groups.items():  # (fixed by the arguments: not saved, moved by .to())
+        lows, highs = groups["below"] + groups["both"], groups["above"] + groups["both"]
+        # (fixed by the arguments: not saved, moved by .to()); _lows and _highs: the entries
+        # with a lower (upper) bound, in the order of _low_bits (_high_bits)
+        for name, idx in (*groups.items(), ("lows", lows), ("highs", highs)):
             self.register_buffer(f"_{name}", torch.tensor(idx, dtype=torch.long), persistent=False)
-        # the bounds as given (Python floats): made tensors in the data's dtype when used, so
-        # that a float64 flow maps with the bounds themselves, not their float32 roundings
-        self._low_values = [self.lower[i] for i in groups["below"] + groups["both"]]
-        self._high_values = [self.upper[i] for i in groups["above"] + groups["both"]]
         self._n_below, self._n_above = len(groups["below"]), len(groups["above"])
-        # ... kept on the layer's device as the bits of their float64 values (an integer
-        # buffer, which .to(dtype) leaves alone), so that no call copies them from the host
-        for name, values in (("_low_bits", self._low_values), ("_high_bits", self._high_values)):
+        # the bounds as given, made tensors in the data's dtype when used (a float64 flow maps
+        # with the bounds themselves, not their float32 roundings); kept on the layer's device
+        # as the bits of their float64 values (an integer buffer, which .to(dtype) leaves
+        # alone), so that no call copies them from the host
+        for name, values in (
+            ("_low_bits", [self.lower[i] for i in lows]),
+            ("_high_bits", [self.upper[i] for i in highs]),
+        ):
             bits = torch.tensor(values, dtype=torch.float64).view(torch.int64)
             self.register_buffer(name, bits, persistent=False)
 
@@ -282,10 +286,7 @@ class Bounded(Transform):
     def _check(self, flat: Tensor, low: Tensor, high: Tensor) -> None:
         if not flat.numel() or not checking(flat):
             return
-        for idx, bound, side in (
-            (torch.cat([self._below, self._both]), low, "lower"),
-            (torch.cat([self._above, self._both]), high, "upper"),
-        ):
+        for idx, bound, side in ((self._lows, low, "lower"), (self._highs, high, "upper")):
             if not idx.numel():
                 continue
             v = flat[:, idx]
@@ -352,8 +353,7 @@ class Bounded(Transform):
         # values that rounded onto a bound (a point far in a tail, in float32) move to the
         # nearest number strictly inside it, so that a sample always scores
         inf = x.new_full((), math.inf)
-        lows = torch.cat([self._below, self._both])
-        highs = torch.cat([self._above, self._both])
+        lows, highs = self._lows, self._highs
         if lows.numel():
             x[:, lows] = torch.maximum(x[:, lows], torch.nextafter(low, inf))
         if highs.numel():
