@@ -157,6 +157,35 @@ def test_flows_it_cannot_code_are_refused():
         bitsback.encode(flow, data(3), sigma_bits=20, y_bits=16)
 
 
+def test_continuous_time_flows_are_refused_in_one_line():
+    for flow in (
+        ff.models.CNF(features=2, hidden=(8,), levels=5),
+        ff.models.FFJORD(features=2, hidden=(8,), levels=5),
+    ):
+        with pytest.raises(codec.CodecError, match="continuous flows .* not supported"):
+            codec.encode(flow.eval(), data(2, features=2))
+
+
+def test_residual_flows_round_trip_through_a_row_by_row_jacobian():
+    # their blocks run autograd inside the forward pass, which torch.func cannot trace
+    torch.manual_seed(0)
+    flow = ff.models.ResidualFlow(features=3, blocks=2, levels=5).eval()
+    x = data(6, features=3)
+    blob = codec.encode(flow, x)
+    assert torch.equal(codec.decode(flow, blob), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_low_precision_float_input_is_coded_like_float32(dtype):
+    flow, x = tiny_flow(), data(4)
+    assert torch.equal(codec.decode(flow, codec.encode(flow, x.to(dtype))), x)
+    idf = ff.models.IDF(features=4, levels=5, layers=2, hidden=(8,)).eval()
+    y = data(3, features=4)
+    assert torch.equal(torch.as_tensor(codec.decode(idf, codec.encode(idf, y.to(dtype)))), y)
+    with pytest.raises(codec.CodecError, match="not an integer"):
+        codec.encode(idf, (y + 0.5).to(dtype))
+
+
 def test_compress_and_decompress_a_continuous_run(tmp_path, capsys):
     from cli_support import cli
     from flowforge.workbench.cli import main

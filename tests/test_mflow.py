@@ -326,3 +326,12 @@ def test_a_crash_in_the_second_phases_first_checkpoint_resumes_from_the_phase_st
     keys = [k for k in ta if k.startswith(("model/", "optim/", "ema/"))]
     assert keys and all(torch.equal(ta[k], tb[k]) for k in keys)
     assert (a / "model.ff").read_bytes() == (b / "model.ff").read_bytes()
+
+
+def test_sampling_takes_a_shape_as_every_flow_does():
+    m = small()
+    torch.manual_seed(0)
+    a = m.sample((2, 3))
+    torch.manual_seed(0)
+    b = m.sample(6)
+    assert a.shape == (2, 3, 3) and torch.equal(a.reshape(6, 3), b)

@@ -72,9 +72,11 @@ from .core import Flow
 from .distributions import DiagGaussian, StandardNormal
 from .nets import MADE
 from .transforms.autoregressive import set_inverse
+from .transforms.continuous import CNF
 from .transforms.coupling import Coupling
 from .transforms.dequantization import UniformDequantization, VariationalDequantization
 from .transforms.elementwise import Affine
+from .transforms.iresnet import ResidualBlock
 from .transforms.splines import RationalQuadratic
 
 __all__ = [
@@ -220,6 +222,11 @@ def check_flow(flow) -> None:
         )
     if flow.context_features:
         raise codec.CodecError("bits-back coding of conditional flows is not supported")
+    if any(isinstance(m, CNF) for m in flow.modules()):
+        raise codec.CodecError(
+            "bits-back coding of continuous flows (CNF, FFJORD) is not supported: their inverse "
+            "is an ODE solve, which the decoder cannot reproduce to the bit"
+        )
     base = flow.base
     if not (
         isinstance(base, StandardNormal)
@@ -452,7 +459,10 @@ class _LocalDensity:
 
 
 def _jacobian_fn(transform, event_shape, post=None, context: Tensor | None = None):
-    """``v (D,) -> (z (D,), J (D, D))`` for one example, by reverse-mode autodiff."""
+    """``v (D,) -> (z (D,), J (D, D))`` for one example, by reverse-mode autodiff: vectorised
+    (``torch.func.jacrev``), or one backward pass per row for a transform with residual blocks,
+    whose log-determinant and implicit gradient run autograd inside the forward pass, which
+    ``torch.func`` cannot trace."""
 
     def f(v):
         z, _ = transform(v.reshape(1, *event_shape), context)
@@ -460,6 +470,18 @@ def _jacobian_fn(transform, event_shape, post=None, context: Tensor | None = Non
         if post is not None:
             z = post(z)
         return z, z
+
+    if any(isinstance(m, ResidualBlock) for m in transform.modules()):
+
+        def by_rows(v: Tensor):
+            with torch.enable_grad():
+                v = v.detach().requires_grad_()
+                z = f(v)[0]
+                eye = torch.eye(z.numel(), dtype=z.dtype, device=z.device)
+                rows = [torch.autograd.grad(z, v, e, retain_graph=True)[0] for e in eye]
+            return z.detach(), torch.stack(rows)
+
+        return by_rows
 
     jac = torch.func.jacrev(f, has_aux=True)
 

@@ -386,7 +386,10 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
     """``x`` as an int64 array of shape ``(N, *event_shape)``, checked."""
     shape = tuple(flow.event_shape)
     if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32, torch.float64):
+            x = x.float()  # bfloat16 and the float8s: numpy has none, float32 holds their values
+        x = x.numpy()
     try:
         x = np.asarray(x)
     except ValueError:  # ragged nested lists

@@ -91,9 +91,13 @@ class Transform(nn.Module):
     Class attributes:
         numeric_inverse: ``None`` for an exact inverse, else the tolerance a numerical inverse
             reaches (the generic test checks it at that tolerance).
+        projects: ``True`` for a parameter-free chart that first projects its input onto a
+            manifold (normalises a vector), so that its inverse gives back the projection, not
+            the input; memory saving runs such a first layer outside its recomputed chain.
     """
 
     numeric_inverse: float | None = None
+    projects: bool = False
 
     def __init__(
         self,
@@ -255,7 +259,12 @@ class Compose(Transform):
         if self.memory_saving and torch.is_grad_enabled():
             params = [p for p in self.layers.parameters() if p.requires_grad]
             if params or x.requires_grad or (context is not None and context.requires_grad):
-                return ReversibleChain.apply(self.reversible_ops(), context, x, *params)
+                ops = self.reversible_ops()
+                if ops[0].projects:  # its input is not its inverse's output: run it with a graph
+                    x, head = ops[0](x, context)
+                    z, ladj = ReversibleChain.apply(ops[1:], context, x, *params)
+                    return z, head + ladj
+                return ReversibleChain.apply(ops, context, x, *params)
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, l = layer(x, context)

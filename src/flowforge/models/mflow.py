@@ -227,11 +227,13 @@ class MFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """``n`` points on the learned manifold, ``(n, D)`` (``temperature`` scales the inner
-        flow's base noise; an M-flow takes no context)."""
+        """``n`` points on the learned manifold, ``(n, D)``, or ``(*n, D)`` for a shape ``n``
+        (``temperature`` scales the inner flow's base noise; an M-flow takes no context)."""
         if context is not None:
             raise ValueError("an M-flow is unconditional; it takes no context")
-        return self._generate(self.inner.sample(n, temperature=temperature))
+        u = self.inner.sample(n, temperature=temperature)
+        x = self._generate(u.reshape(-1, u.shape[-1]))
+        return x.reshape(*u.shape[:-1], x.shape[-1])
 
     # -- the two training phases -----------------------------------------------------------
     def manifold_loss(self, x: Tensor) -> Tensor:

@@ -308,6 +308,8 @@ class SphereToCylinder(Transform):
         True
     """
 
+    projects = True  # normalises its input: the inverse gives back x / |x|, not x
+
     def __init__(self):
         super().__init__((3,), output_shape=(2,))
 
