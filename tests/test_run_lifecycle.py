@@ -316,3 +316,103 @@ def test_a_run_never_writes_metrics_it_cannot_read_back(tmp_path, capsys, monkey
     monkeypatch.setattr(runs, "MAX_METRICS_BYTES", 1000)
     with pytest.raises(runs.RunError, match="which flowforge never writes"):
         runs.read_metrics(run)
+
+
+def test_a_trained_run_whose_checkpoint_was_removed_is_not_replaced(tmp_path, capsys):
+    run = tiny_moons_run(capsys, tmp_path / "fin")
+    (run / "checkpoint.safetensors").unlink()  # e.g. to save disk once the run finished
+    model = (run / "model.ff").read_bytes()
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "8gaussians", "--epochs", 1,
+                     "--out", run, "--no-progress", "--quiet")  # fmt: skip
+    one_line_error(rc, err, "already holds a different run")
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    one_line_error(rc, err, "trained model", "cannot be resumed", "--overwrite")
+    assert (run / "model.ff").read_bytes() == model
+
+
+def test_a_users_lock_file_is_not_ours(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / ".lock").write_text("my notes")
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    one_line_error(rc, err, "not empty and is not a flowforge run")
+    assert [f.name for f in out.iterdir()] == [".lock"]
+    assert (out / ".lock").read_text() == "my notes"
+    # and a lock our own crash cut short still counts as stale
+    (out / ".lock").write_text('{"pid": 12')
+    tiny_moons_run(capsys, out)
+    assert not (out / ".lock").exists()
+
+
+def test_a_linked_tensorboard_folder_is_refused(tmp_path, capsys):
+    run = interrupted(tmp_path / "run")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    shutil.rmtree(run / "tb", ignore_errors=True)
+    (run / "tb").symlink_to(victim)
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, "tb is not a folder of the run's own")
+    assert list(victim.iterdir()) == []
+
+
+def test_a_run_config_naming_another_file_never_shows_or_parses_it(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    rng = np.random.default_rng(0)
+    np.savetxt(data, rng.normal(size=(200, 2)), delimiter=",", header="a,b", comments="")
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", data, "--out", run,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--epochs", 1,
+                     "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["resolved"]["data_bytes"] == data.stat().st_size
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a,b\n1.5,SECRET-TOKEN\n")
+    cfg["data"]["name"] = str(secret)
+    cfg["resolved"]["data_path"] = str(secret)
+    (run / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = cli(capsys, "eval", run)
+    one_line_error(rc, err, "not the data this run was trained on")
+    assert "SECRET" not in err
+    # a file of the run's size that is not its data: parsed, refused, its contents not shown
+    secret.write_text("a,b\n" + "x" * (data.stat().st_size - 5) + "\n")
+    assert secret.stat().st_size == data.stat().st_size
+    rc, _, err = cli(capsys, "eval", run)
+    one_line_error(rc, err, "not the data this run was trained on")
+    assert "xxxx" not in err
+
+
+def test_a_huge_sparse_checkpoint_is_refused_before_the_model_is_built(tmp_path, capsys):
+    run = interrupted(tmp_path / "run")
+    ckpt = run / "checkpoint.safetensors"
+    ckpt.unlink()
+    with open(ckpt, "wb") as f:
+        f.truncate(5 << 30)  # sparse: no disk used
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, "more than the 4,294,967,296 a checkpoint may hold")
+
+
+def test_a_config_whose_shapes_are_not_the_models_is_refused(tmp_path, capsys):
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["resolved"]["event_shape"] = cfg["resolved"]["data_shape"] = [4]
+    (run / "config.json").write_text(json.dumps(cfg))
+    for args in (("sample", run, "-n", 3, "--out", tmp_path / "s.npy"), ("eval", run)):
+        rc, _, err = cli(capsys, *args)
+        one_line_error(rc, err, "config says examples of shape (4,), the model takes (2,)")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out",
+                         ro / "run", "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    finally:
+        ro.chmod(0o755)
+    one_line_error(rc, err, "cannot write into", "choose an --out you can write to")

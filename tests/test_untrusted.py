@@ -297,6 +297,11 @@ def test_config_files_are_data(tmp_path, capsys, text, needle):
         ("betas", "optimizer setting 'betas'"),
         ("exp_avg", "holds ['exp_avg_sq', 'step'], expected ['exp_avg', 'exp_avg_sq', 'step']"),
         ("shape", "optimizer state 'exp_avg' of parameter 0 has shape (3,)"),
+        ({"best": float("nan")}, "best validation value is nan"),
+        ({"lr_factor": 1e308}, "learning-rate factor is 1e+308"),
+        ("sched_count", "scheduler's _step_count is 'x'"),
+        ("sched_lrs", "base learning rates [1e+300]"),
+        ("sched_last", "last learning rates"),
     ],
 )
 def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle):
@@ -325,6 +330,12 @@ def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle
     elif change == "best":  # (the trainer writes none for a model with a model.ff)
         tensors.update({"best/" + k[len("model/") :]: v for k, v in tensors.items()
                         if k.startswith("model/")})  # fmt: skip
+    elif change == "sched_count":
+        meta["scheduler"]["_step_count"] = "x"
+    elif change == "sched_lrs":
+        meta["scheduler"]["base_lrs"] = [1e300]
+    elif change == "sched_last":
+        meta["scheduler"]["_last_lr"] = [float("inf")]
     elif change in ("exp_avg", "shape"):
         if change == "exp_avg":
             del tensors["optim/0/exp_avg"]

@@ -155,7 +155,7 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
         if st.st_size > max_bytes:
             raise ValueError(
                 f"{path} is {st.st_size:,} bytes, more than the limit of {max_bytes:,}; "
-                "pass max_bytes= to read a larger file you trust"
+                "a larger file you trust is read from Python with ff.load(path, max_bytes=...)"
             )
         chunks, left = [], st.st_size + 1  # one byte more: a file that grows is refused
         while left > 0:

@@ -11,6 +11,7 @@ import gc
 import math
 import os
 import random
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -110,21 +111,38 @@ def run_dataset(cfg: dict, error=DataError, run=None):
             "it, so flowforge cannot tell it is the run's data"
             + ("" if run is not None else "; evaluate a file of your choice with --data")
         )
+    size = resolved.get("data_bytes")  # a file's size when the run started (since 2026-12-06)
     for candidate in names:
+        if size is not None and _file_size(candidate) not in (None, size):
+            continue  # not the run's file: never read
         say_reading(candidate)
-        ds = load_dataset(candidate, seed=d["seed"], **d["options"])
+        try:
+            ds = load_dataset(candidate, seed=d["seed"], **d["options"])
+        except DataError:
+            if want is None:
+                raise
+            continue  # the run's data reads: this is not it (and its contents are not shown)
         if want is None or _splits_fingerprint(ds) == want:
             return ds
     tried = " nor at ".join(names)
     if run is not None:
         raise error(
             f"{what}the data changed since the run started (the data at {tried} has another "
-            "fingerprint); restore the data or start a new run"
+            "size or fingerprint, or no longer reads); restore the data or start a new run"
         )
     raise error(
-        f"the data at {tried} is not the data this run was trained on (its fingerprint "
-        "differs); evaluate a file of your choice with --data instead"
+        f"the data at {tried} is not the data this run was trained on (its size or fingerprint "
+        "differs, or it does not read); evaluate a file of your choice with --data instead"
     )
+
+
+def _file_size(name: str) -> int | None:
+    """The size of a regular file, None for anything else (a dataset's name, a folder)."""
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -193,6 +211,11 @@ def train(
         seed_all(cfg["seed"])
         if resume:  # the stored config came from a folder: build it under the file budget
             size = (out / CKPT_FILE).stat().st_size
+            if size > io.MAX_BYTES:  # refused when read: before it sizes the build's budget
+                raise RunError(
+                    f"cannot resume {out}: its {CKPT_FILE} is {size:,} bytes, more than the "
+                    f"{io.MAX_BYTES:,} a checkpoint may hold"
+                )
             with io.Budget(max(io.BUILD_FLOOR, 8 * size), io.BUILD_SECONDS):
                 flow, _, resolved = build_flow(cfg, ds, stored and stored["resolved"])
         else:
@@ -202,6 +225,10 @@ def train(
         elif Path(cfg["data"]["name"]).exists():
             resolved["data_path"] = str(Path(cfg["data"]["name"]).resolve())
         resolved["data_fingerprint"] = _splits_fingerprint(ds)
+        if stored is not None and "data_bytes" in stored["resolved"]:
+            resolved["data_bytes"] = stored["resolved"]["data_bytes"]
+        elif stored is None and _file_size(cfg["data"]["name"]) is not None:
+            resolved["data_bytes"] = _file_size(cfg["data"]["name"])
         if stored is not None:
             if not same_model(stored["resolved"].get("flow_config"), resolved["flow_config"]):
                 raise RunError(

@@ -148,6 +148,12 @@ def _check_run_files(run: Path) -> None:
                 f"{p} is not a regular file (a link, pipe or folder); a run's files are plain "
                 "files in its folder"
             )
+    tb = run / TB_DIR  # where training appends TensorBoard's events
+    if os.path.lexists(tb) and (tb.is_symlink() or not tb.is_dir()):
+        raise RunError(
+            f"{tb} is not a folder of the run's own (a link, or a file); training writes its "
+            "TensorBoard events there, and flowforge writes only inside the run folder"
+        )
 
 
 def _check_sections(path: Path, cfg: dict) -> None:
@@ -227,6 +233,13 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
             f"{run}'s config.json and {MODEL_FILE} disagree: the model is not the one this run "
             "built (another architecture or size); one of the files was changed or replaced"
         )
+    has = getattr(flow, "event_shape", None)
+    said = cfg["resolved"].get("event_shape")
+    if has is not None and said is not None and list(has) != list(said):
+        raise RunError(
+            f"{run}'s config.json and {MODEL_FILE} disagree: the config says examples of shape "
+            f"{tuple(said)}, the model takes {tuple(has)}; one of the files was changed or replaced"
+        )
     levels = cfg["resolved"].get("levels")
     if isinstance(flow, Flow):  # discrete data: a dequantizer, or an integer flow's levels
         has = getattr(flow.dequantizer or flow, "levels", None)
@@ -271,16 +284,21 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
         raise RunError(f"--out {out} is a link to nothing ({os.readlink(out)})")
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a folder")
-    if not out.is_dir() or not any(f.name != LOCK_FILE for f in out.iterdir()):
-        return None  # (empty, or holding only the lock this training took)
+    if not out.is_dir() or not any(f.name != LOCK_FILE or not _our_lock(f) for f in out.iterdir()):
+        return None  # (empty, or holding only a lock a training took)
     if not is_run(out):
         raise RunError(
             f"{out} is not empty and is not a flowforge run; flowforge never writes into or "
             "clears a folder it did not create: use another --out"
         )
-    if not _has_checkpoint(out) or overwrite:
-        return None  # nothing to keep (a failed start), or the user asked to replace it
+    if overwrite or not (_has_checkpoint(out) or (out / MODEL_FILE).exists()):
+        return None  # the user asked to replace it, or nothing to keep (a failed start)
     same = not config_diff(user_part(run_config(out)), user_part(cfg))
+    if same and not _has_checkpoint(out):  # a trained model whose checkpoint was removed
+        raise RunError(
+            f"{out} already holds this run's trained model (its {CKPT_FILE} is gone, so it "
+            "cannot be resumed); use --overwrite to train it again, or another --out"
+        )
     if same:
         raise RunError(
             f"{out} already holds this run; use --resume to continue it or --overwrite "
@@ -334,6 +352,21 @@ def remove_orphans(out: Path) -> None:
             _ours_in(f, is_report_figure)  # a killed report's figures
 
 
+_LOCK_START = b'{"pid": '  # how every lock RunLock writes begins
+
+
+def _our_lock(path: Path) -> bool:
+    """Whether ``path`` is a lock file RunLock wrote (whole, or cut short by a crash): a
+    regular file whose bytes start like its record; a user's ``.lock`` is not."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
+            return False
+        head = path.read_bytes()
+    except OSError:
+        return False
+    return head.startswith(_LOCK_START) or _LOCK_START.startswith(head)
+
+
 class RunLock:
     """``with RunLock(out):`` holds ``out/.lock`` (pid and host) for one training; a second
     training into the same folder is refused; a lock whose process is gone is taken over."""
@@ -359,12 +392,17 @@ class RunLock:
         return pid != os.getpid() or self.held
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
         for _ in range(2):
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
+                if not _our_lock(self.path):
+                    raise RunError(
+                        f"{self.path} exists and is not a lock flowforge wrote; flowforge does "
+                        "not touch files it did not create: use another --out"
+                    ) from None
                 if self._owner_alive():
                     info = self.path.read_text(errors="replace").strip()
                     raise RunError(
@@ -373,6 +411,11 @@ class RunLock:
                     ) from None
                 self.path.unlink(missing_ok=True)  # stale: its owner is gone
                 continue
+            except OSError as e:  # a read-only or full disk, a folder that is not ours to write
+                raise RunError(
+                    f"cannot write into {self.path.parent}: {e.strerror or e}; choose an --out "
+                    "you can write to"
+                ) from None
             with os.fdopen(fd, "wb") as f:
                 f.write(record)
             self.held = True

@@ -908,6 +908,10 @@ class Trainer:
         for k in ("best", "lr_factor"):
             if isinstance(st[k], bool) or not isinstance(st[k], (int, float)):
                 raise ValueError(f"its value {k!r} is {st[k]!r}, expected a number")
+        if math.isnan(st["best"]) or st["best"] == -math.inf:
+            raise ValueError(f"its best validation value is {st['best']!r}, expected a number")
+        if not 0 < st["lr_factor"] <= 1:  # (1, halved on each plateau)
+            raise ValueError(f"its learning-rate factor is {st['lr_factor']!r}, expected (0, 1]")
         if st["finished"] not in (None, "finished", "early-stopped"):
             raise ValueError(f"its status {st['finished']!r} is not one this trainer writes")
         losses = st["epoch_losses"]
@@ -920,6 +924,44 @@ class Trainer:
             )
         ):
             raise ValueError("its list of the epoch's losses is malformed")
+
+    def _scheduler_state(self, saved) -> dict:
+        """A checkpoint's scheduler state, checked against this run's scheduler: integer
+        counters within the run, this run's base learning rates, finite rates, and flags (what
+        else a torch version stores) that are flags."""
+        own = self.sched.state_dict()
+        need = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
+        if (
+            not isinstance(saved, dict)
+            or any(k not in saved for k in need)
+            or any(
+                not (v is None or isinstance(v, bool))
+                for k, v in saved.items()
+                if k not in (*need, "lr_lambdas")
+            )
+        ):
+            raise ValueError("its scheduler state does not fit the run's scheduler")
+        total = self.cfg["epochs"] * self.steps_per_epoch
+        for k, lo in (("last_epoch", -1), ("_step_count", 0)):
+            v = saved[k]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= total + 1:
+                raise ValueError(f"its scheduler's {k} is {v!r}, expected an integer in "
+                                 f"[{lo}, {total + 1}]")  # fmt: skip
+        if saved["base_lrs"] != own["base_lrs"]:
+            raise ValueError(
+                f"its scheduler's base learning rates {saved['base_lrs']!r} are not the run's "
+                f"{own['base_lrs']!r}"
+            )
+        last = saved.get("_last_lr")
+        if not (
+            isinstance(last, list)
+            and len(last) == len(own["base_lrs"])
+            and all(not isinstance(v, bool) and isinstance(v, (int, float)) for v in last)
+            and all(math.isfinite(v) and v >= 0 for v in last)
+        ):
+            raise ValueError(f"its scheduler's last learning rates {last!r} are malformed")
+        # the learning-rate functions are closures: rebuilt, not stored
+        return {**saved, "lr_lambdas": [None] * len(self.opt.param_groups)}
 
     def load_checkpoint(self) -> None:
         meta, tensors = read_checkpoint(self.out / CKPT_FILE)
@@ -948,8 +990,7 @@ class Trainer:
             check_optimizer_state(self.opt, opt_state)
             _same_settings(self.opt.param_groups, opt_state["param_groups"])
             self.opt.load_state_dict(opt_state)
-            lambdas = [None] * len(self.opt.param_groups)  # closures: rebuilt, not stored
-            self.sched.load_state_dict({**meta["scheduler"], "lr_lambdas": lambdas})
+            self.sched.load_state_dict(self._scheduler_state(meta["scheduler"]))
             state = {k: meta.get(k, getattr(self, k)) for k in self._STATE}
             self._check_counters(state)
             for k, v in state.items():
