@@ -109,6 +109,28 @@ def test_levels_come_from_the_data(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_model_levels_on_continuous_data_point_to_the_datas_levels(tmp_path, capsys):
+    # the IDF trained on standardised floats off its grid, and printed NLLs of nothing
+    path = tmp_path / "ints.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 17, (200, 4)) + 0.5)
+    out = tmp_path / "run"
+    for model in ("idf", "realnvp"):
+        rc, _, err = cli(capsys, "train", "--model", model, "--data", path, "--out", out,
+                         "--set", "model.levels=17", "--epochs", 1, "--quiet")  # fmt: skip
+        one_line_error(rc, err, "levels=17 applies to discrete data", "--set data.levels=17")
+        assert not out.exists()
+
+
+def test_a_sphere_flow_on_vectors_off_the_sphere_is_refused_before_writing(tmp_path, capsys):
+    path = tmp_path / "off.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(200, 3)))
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--model", "sphereflow", "--data", path, "--out", out,
+                     "--epochs", 1, "--quiet")  # fmt: skip
+    one_line_error(rc, err, "models unit vectors in R^3", "off.npy has rows of norm in")
+    assert not out.exists()
+
+
 def test_a_sphere_run_has_no_report_and_nothing_is_written(tmp_path, capsys):
     out = tmp_path / "sphere"
     rc, _, err = cli(capsys, "train", "--model", "sphereflow", "--data", "sphere-vmf",
@@ -126,6 +148,8 @@ def test_samples_are_refused_where_the_score_is_exact(tmp_path, capsys):
     run = tiny_moons_run(capsys, tmp_path / "moons")
     rc, _, err = cli(capsys, "eval", run, "--samples", 4)
     one_line_error(rc, err, "scores its data exactly", "use --samples 1")
+    rc, _, err = cli(capsys, "eval", run, "--samples", 10**9)  # it ran for ever, silently
+    one_line_error(rc, err, "more than the 10,000 draws")
     rc, out, err = cli(capsys, "eval", run)
     assert rc == 0, err
 

@@ -187,7 +187,7 @@ def test_low_precision_float_input_is_coded_like_float32(dtype):
 
 
 def test_compress_and_decompress_a_continuous_run(tmp_path, capsys):
-    from cli_support import cli
+    from cli_support import cli, one_line_error
     from flowforge.workbench.cli import main
 
     run = tmp_path / "realnvp"
@@ -204,6 +204,9 @@ def test_compress_and_decompress_a_continuous_run(tmp_path, capsys):
     rc, out, err = cli(capsys, "decompress", ffz, "--model", run, "--out", npy)
     assert rc == 0, err
     assert np.array_equal(np.load(npy).reshape(5, 64), x)
+    rc, _, err = cli(capsys, "compress", run, "--data", tmp_path / "x.npy", "--out",
+                     tmp_path / "y.ffz", "--chunk", 5)  # fmt: skip
+    one_line_error(rc, err, "--chunk applies to integer flows")
 
 
 def test_short_and_foreign_bytes_are_refused():

@@ -306,6 +306,11 @@ def test_chunk_errors_name_the_option_not_the_data(run, tmp_path, capsys):
         one_line_error(rc, err, needle)
         assert "d.npy" not in err
     assert "at most 16384" in err
+    # the run's own test split (447 digits) with a chunk beyond the limit: refused, as the
+    # docs say, not clamped to the number of examples
+    rc, _, err = cli(capsys, "compress", run, "--out", tmp_path / "o.ffz", "--chunk", 20000,
+                     "--no-baselines")  # fmt: skip
+    one_line_error(rc, err, "--chunk 20000", "at most 16384")
 
 
 def test_a_data_shape_that_does_not_fit_the_model(run, ffz, tmp_path, capsys):

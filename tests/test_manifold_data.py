@@ -11,6 +11,8 @@ import torch
 
 from flowforge.workbench import manifold_data
 from flowforge.workbench.data import DATASETS, DataError, load_dataset
+from flowforge.workbench.errors import WorkbenchError
+from flowforge.workbench.evaluate import evaluate_run
 from flowforge.workbench.report import write_report
 from flowforge.workbench.runner import train
 from flowforge.workbench.runs import load_run
@@ -94,3 +96,10 @@ def test_workbench_trains_a_manifold_flow(tmp_path, model, data):
         assert (tmp_path / "run" / "report" / "density.png").is_file()
         # latents uniform on [-pi, pi] are not drawn against normal quantiles
         assert not (tmp_path / "run" / "report" / "latent_columns.png").exists()
+
+    # another file off the manifold, given to eval: refused in one line naming the file
+    bad = tmp_path / "bad.npy"
+    off = ds.test * 1.5 if data == "sphere-vmf" else ds.test + 4.0
+    np.save(bad, off.numpy())
+    with pytest.raises(WorkbenchError, match="bad.npy has (values|rows of norm) in"):
+        evaluate_run(str(tmp_path / "run"), data=str(bad))

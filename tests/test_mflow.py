@@ -184,6 +184,8 @@ def test_sequential_schedule_trains_both_phases(tmp_path, capsys):
     assert figs["noise_level"] == pytest.approx(64 * 0.01**2)
     rc, out, _ = cli(capsys, "eval", run)
     assert rc == 0 and "reconstruction error" in out and "gap" in out
+    rc, _, err = cli(capsys, "eval", run, "--samples", 2)  # it was taken, and did nothing
+    one_line_error(rc, err, "an M-flow scores its data exactly", "use --samples 1")
     rc, out, _ = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.npy")
     s = torch.from_numpy(np.load(tmp_path / "s.npy"))
     assert rc == 0 and s.shape == (5, 64)

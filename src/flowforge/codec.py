@@ -317,11 +317,13 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
                 f"this file was written with other CPU kernels (torch {cap}, MKL {mkl}; here "
                 f"torch {here[0]}, MKL {here[1]}), which round differently: decode it on a CPU "
                 f"that has them, in a process started with {setting} set (`{setting} flowforge "
-                "decompress ...`), or pass force=True (--force) to try anyway"
+                "decompress ...`), or pass force=True (on the command line: --force) to try "
+                "anyway"
             )
     raise CodecError(
         "this file was made in another environment (torch version, platform, dtype or CPU "
-        f"kernels); its {what} may differ here: pass force=True (--force) to try anyway"
+        f"kernels); its {what} may differ here: pass force=True (on the command line: "
+        "--force) to try anyway"
     )
 
 
@@ -377,8 +379,8 @@ def _check_flow(flow) -> None:
             "integer discrete flow (ff.models.IDF); encode/decode code it by bits-back instead"
         )
     raise CodecError(
-        f"the codec needs a flow with a discrete likelihood (an ff.models.IDF with levels=), "
-        f"got {type(flow).__name__} without levels"
+        f"the codec needs a flow with a discrete likelihood (an ff.models.IDF, or a flow built "
+        f"with levels=, coded by bits-back), got {type(flow).__name__} without levels"
     )
 
 

@@ -103,9 +103,8 @@ def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         reason = e.strerror or str(e)
-        raise OSError(
-            e.errno, f"cannot write {path}: {reason}; the previous file is kept"
-        ) from None
+        kept = "; the previous file is kept" if os.path.lexists(path) else ""
+        raise OSError(e.errno, f"cannot write {path}: {reason}{kept}") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -125,6 +125,9 @@ def _type_ok(value, hint) -> bool:
 
 
 def _describe(hint) -> str:
+    if isinstance(hint, type):  # <class 'float'> reads as Python; "a float" reads as English
+        return {"float": "a number", "int": "an integer", "bool": "true or false",
+                "str": "a string"}.get(hint.__name__, hint.__name__)  # fmt: skip
     return str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 

@@ -257,7 +257,12 @@ class RationalQuadratic(Transformer):
         if not (0 <= min_width and 0 <= min_height):  # a negative one folds the spline
             raise ValueError(f"expected min_width, min_height >= 0, got {min_width}, {min_height}")
         if min_width * bins >= 1 or min_height * bins >= 1:
-            raise ValueError("min_width * bins and min_height * bins must be below 1")
+            most = math.ceil(1 / max(min_width, min_height)) - 1
+            raise ValueError(
+                f"min_width * bins and min_height * bins must be below 1: with min_width "
+                f"{min_width:g} and min_height {min_height:g}, bins {bins} is too many "
+                f"(at most {most})"
+            )
         if not 0 < min_derivative < 1:
             raise ValueError(f"expected 0 < min_derivative < 1, got {min_derivative}")
         self.bins, self.bound = int(bins), float(bound)

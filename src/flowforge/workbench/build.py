@@ -165,6 +165,13 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
             f"model argument levels={kwargs['levels']!r} does not match the data's "
             f"{ds.levels} levels; remove it (levels come from the data)"
         )
+    if ds.levels is None and "levels" in kwargs and stored is None:
+        lv = kwargs["levels"]
+        raise WorkbenchError(
+            f"model argument levels={lv!r} applies to discrete data, and {ds.name} is read as "
+            f"continuous (standardised); declare its levels on the data instead, --set "
+            f"data.levels={lv!r} (integer values in [0, levels - 1]), and remove model.levels"
+        )
     ignored = [k for k in ("preprocess", "alpha") if k in kwargs]
     if ds.levels is None and "levels" not in kwargs and ignored and stored is None:
         raise WorkbenchError(
@@ -317,32 +324,55 @@ def _build_bytes() -> int:
 
 
 def _check_angles(name: str, model, ds: Dataset) -> None:
-    """A flow on the torus (uniform base on ``[-pi, pi)^D``) models angles: refuse data that
-    is not, before anything is written (it would train, and print an NLL on another space)."""
+    """A flow on the torus (uniform base on ``[-pi, pi)^D``) models angles, a flow on the
+    sphere unit vectors: refuse data that is not, before anything is written (it would train
+    and print an NLL on another space, or stop at its first step)."""
     from ..transforms.manifolds import UniformTorus
 
-    if not isinstance(getattr(model, "base", None), UniformTorus):
+    if isinstance(getattr(model, "base", None), UniformTorus):
+        if ds.density_measure != "lebesgue":
+            raise WorkbenchError(
+                f"model {name!r} models angles in [-pi, pi]; {ds.name} holds points on a "
+                f"{ds.density_measure}, not angles"
+            )
+        if ds.stats is not None:
+            raise WorkbenchError(
+                f"model {name!r} models angles in [-pi, pi], which must not be standardised: "
+                "set the data option standardize: false"
+            )
+    splits = [ds.split(k) for k in ("train", "val", "test") if len(ds.split(k))]
+    if splits:
+        check_manifold_data(name, model, torch.cat([x.reshape(len(x), -1) for x in splits]),
+                            ds.name)  # fmt: skip
+
+
+def check_manifold_data(name: str, model, x: torch.Tensor, where: str) -> None:
+    """``WorkbenchError`` unless the rows ``x`` lie where ``model`` has its density: angles in
+    ``[-pi, pi]`` for a flow on the torus, unit vectors for a flow on the sphere (``where``
+    names the data in the message)."""
+    from ..transforms.manifolds import NORM_TOL, SphereToCylinder, UniformTorus
+
+    if not len(x):
         return
-    if ds.density_measure != "lebesgue":
-        raise WorkbenchError(
-            f"model {name!r} models angles in [-pi, pi]; {ds.name} holds points on a "
-            f"{ds.density_measure}, not angles"
-        )
-    if ds.stats is not None:
-        raise WorkbenchError(
-            f"model {name!r} models angles in [-pi, pi], which must not be standardised: set "
-            "the data option standardize: false"
-        )
-    lo = min(ds.split(k).min().item() for k in ("train", "val", "test") if len(ds.split(k)))
-    hi = max(ds.split(k).max().item() for k in ("train", "val", "test") if len(ds.split(k)))
-    if lo < -math.pi or hi > math.pi:
-        raise WorkbenchError(
-            f"model {name!r} models angles in [-pi, pi]; {ds.name} has values in "
-            f"[{lo:.6g}, {hi:.6g}] (radians wrapped to [-pi, pi) are expected: "
-            "(x + pi) % (2 pi) - pi"
-            + ("; degrees? numpy.deg2rad(x) first" if max(hi, -lo) > 2 * math.pi else "")
-            + ")"
-        )
+    if isinstance(getattr(model, "base", None), UniformTorus):
+        lo, hi = x.min().item(), x.max().item()
+        if lo < -math.pi or hi > math.pi:
+            raise WorkbenchError(
+                f"model {name!r} models angles in [-pi, pi]; {where} has values in "
+                f"[{lo:.6g}, {hi:.6g}] (radians wrapped to [-pi, pi) are expected: "
+                "(x + pi) % (2 pi) - pi"
+                + ("; degrees? numpy.deg2rad(x) first" if max(hi, -lo) > 2 * math.pi else "")
+                + ")"
+            )
+    if any(isinstance(m, SphereToCylinder) for m in model.modules()):
+        norms = x.reshape(len(x), -1).norm(dim=1)
+        lo, hi = norms.min().item(), norms.max().item()
+        if not (1 - NORM_TOL <= lo and hi <= 1 + NORM_TOL):
+            raise WorkbenchError(
+                f"model {name!r} models unit vectors in R^3; {where} has rows of norm in "
+                f"[{lo:.6g}, {hi:.6g}] (norm 1 to {NORM_TOL:g} is expected: divide each row by "
+                "its norm first)"
+            )
 
 
 def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:

@@ -41,7 +41,10 @@ def data_hash(x: np.ndarray) -> str:
 def _flow_of(run: str):
     flow = load_run(run)
     if not isinstance(flow, Flow):
-        raise WorkbenchError(f"{run}: its {type(flow).__name__} model cannot compress data")
+        raise WorkbenchError(
+            f"{run}: its {type(flow).__name__} model has no discrete likelihood, so it cannot "
+            "compress or decompress data"
+        )
     try:
         if codec._bits_back(flow):
             bitsback.check_flow(flow)
@@ -206,18 +209,23 @@ def compress_run(
     _check_args(64 if chunk is None else chunk, threads)
     cfg = run_config(run)
     flow = _flow_of(run)
+    bits_back = codec._bits_back(flow)
+    if bits_back and chunk is not None:
+        raise WorkbenchError(
+            "--chunk applies to integer flows (IDF); bits-back coding codes one example at a "
+            "time: drop --chunk"
+        )
     if chunk is None:  # 64, or fewer for large examples (an explicit --chunk is checked)
         chunk = codec.default_chunk(flow.event_shape)
+    elif not bits_back:
+        try:
+            codec._check_chunk(chunk, tuple(flow.event_shape))
+        except codec.CodecError as e:
+            raise WorkbenchError(f"--chunk {chunk}: {e}") from None
     x, name = _examples(cfg, data, split, _data_shape(run, cfg, flow))
     shape = tuple(flow.event_shape)
     xs = x.reshape(-1, *shape)
-    if not codec._bits_back(flow):
-        try:
-            codec._check_chunk(min(chunk, len(xs)), shape)
-        except codec.CodecError as e:
-            raise WorkbenchError(f"--chunk {chunk}: {e}") from None
     stats: dict = {}
-    bits_back = codec._bits_back(flow)
     try:
         t0 = time.perf_counter()
         if bits_back:  # example by example (tens a second): a bar on a terminal, a line in logs

@@ -19,6 +19,7 @@ from ..transforms.continuous import (
     exact_scoring,
     grid_steps,
 )
+from .build import check_manifold_data
 from .data import (
     check_bounds,
     check_integers,
@@ -36,6 +37,9 @@ __all__ = ["evaluate_run", "sample_context"]
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
+
+
+MAX_SAMPLES = 10_000  # draws one evaluation averages (IWAE's bounds use up to 5,000)
 
 
 def evaluate_run(
@@ -72,6 +76,11 @@ def evaluate_run(
     for name, v in (("batch size", batch_size), ("samples", samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise DataError(f"the {name} must be a positive integer, got {v!r}")
+    if samples > MAX_SAMPLES:
+        raise DataError(
+            f"--samples {samples:,} is more than the {MAX_SAMPLES:,} draws one evaluation "
+            "averages (each is a full pass over the split; the bound tightens as 1/K)"
+        )
     if trace not in ("exact", "hutchinson"):
         raise DataError(f"unknown trace {trace!r}; expected 'exact' or 'hutchinson'")
     if tol is not None and (
@@ -93,6 +102,11 @@ def evaluate_run(
     truth, baseline, histogram = None, None, None
     flow = load_run(run)
     if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
+        if samples > 1:
+            raise DataError(
+                f"--samples {samples} averages draws of a random score; an M-flow scores its "
+                "data exactly, so every draw is the same: use --samples 1"
+            )
         return _evaluate_manifold_model(run, cfg, flow, split, data, batch_size)
     shape = tuple(r["event_shape"])
     info = r.get("context")
@@ -122,6 +136,7 @@ def evaluate_run(
         context = column_context(full[:, info["context_columns"]], info)
         split = str(data)
         _check_file(x, r, str(data))
+        check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None:
         want = tuple(r["data_shape"])
         bits = int(cfg["data"]["options"].get("bits", 8))
@@ -137,6 +152,7 @@ def evaluate_run(
         x = x.reshape(-1, *want)
         split = str(data)
         _check_file(x, r, str(data))
+        check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     else:
         ds = dataset if dataset is not None else run_dataset(cfg)
         x, context = ds.split(split), ds.split_context(split)
