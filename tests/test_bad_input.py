@@ -129,6 +129,12 @@ def test_a_sphere_flow_on_vectors_off_the_sphere_is_refused_before_writing(tmp_p
                      "--epochs", 1, "--quiet")  # fmt: skip
     one_line_error(rc, err, "models unit vectors in R^3", "off.npy has rows of norm in")
     assert not out.exists()
+    x = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    np.save(path, x / np.linalg.norm(x, axis=1, keepdims=True))  # float32 unit vectors: fine,
+    rc, _, err = cli(capsys, "train", "--model", "sphereflow", "--data", path, "--out", out,
+                     "--set", "data.standardize=true", "--epochs", 1, "--quiet")  # fmt: skip
+    one_line_error(rc, err, "must not be standardised")  # but not standardised
+    assert not out.exists()
 
 
 def test_a_sphere_run_has_no_report_and_nothing_is_written(tmp_path, capsys):

@@ -188,3 +188,20 @@ def test_a_chart_that_normalises_its_input_gets_the_inputs_own_gradient():
     torch.testing.assert_close(got[1][0], got[0][0], rtol=1e-10, atol=1e-12)
     for n, g in got[0][1].items():
         torch.testing.assert_close(got[1][1][n], g, rtol=1e-10, atol=1e-12)
+
+
+def test_a_projecting_layer_after_the_first_is_refused_and_a_split_may_come_first():
+    from flowforge.core import Compose
+    from flowforge.transforms import ActNorm, FactorOut, Reverse, SphereToCylinder
+
+    chain = Compose([Reverse(3), SphereToCylinder(), ActNorm((2,))])
+    with pytest.raises(ValueError, match="SphereToCylinder projects its input"):
+        ff.memory_saving(chain)
+    torch.manual_seed(0)
+    c = Compose([FactorOut((4, 2, 2), ActNorm((2, 2, 2)))])  # its ops start with a Split
+    x = torch.randn(3, 4, 2, 2)
+    z0, l0 = c(x)
+    ff.memory_saving(c)
+    z, ladj = c(x.requires_grad_())
+    torch.testing.assert_close(z, z0)
+    torch.testing.assert_close(ladj, l0)

@@ -319,39 +319,68 @@ def test_a_run_never_writes_metrics_it_cannot_read_back(tmp_path, capsys, monkey
 
 
 def test_a_trained_run_whose_checkpoint_was_removed_is_not_replaced(tmp_path, capsys):
-    run = tiny_moons_run(capsys, tmp_path / "fin")
+    run = tmp_path / "fin"
+    args = ["train", "--model", "realnvp", "--data", "moons", "--out", run, "--model-kwargs",
+            '{"layers": 1, "hidden": [4]}', "--limit", 64, "--no-progress", "--quiet"]  # fmt: skip
+    rc, _, err = cli(capsys, *args, "--epochs", 2)
+    assert rc == 0, err
     (run / "checkpoint.safetensors").unlink()  # e.g. to save disk once the run finished
     model = (run / "model.ff").read_bytes()
     rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "8gaussians", "--epochs", 1,
                      "--out", run, "--no-progress", "--quiet")  # fmt: skip
     one_line_error(rc, err, "already holds a different run")
-    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
-                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
-                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
-    one_line_error(rc, err, "trained model", "cannot be resumed", "--overwrite")
+    rc, _, err = cli(capsys, *args, "--epochs", 2)
+    one_line_error(rc, err, "trained model (2 epochs)", "cannot be resumed", "--overwrite")
     assert (run / "model.ff").read_bytes() == model
 
 
-def test_a_users_lock_file_is_not_ours(tmp_path, capsys):
+def test_a_run_whose_first_checkpoint_was_never_written_starts_again(tmp_path, capsys):
+    # model.ff is written at the first validation, the checkpoint after it: a full disk in
+    # between leaves the first epoch's model alone, and the same command starts the run again
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    (run / "checkpoint.safetensors").unlink()
+    tiny_moons_run(capsys, run)
+    assert (run / "checkpoint.safetensors").is_file()
+
+
+@pytest.mark.parametrize("text", ["my notes", ""])
+def test_a_users_lock_file_is_not_ours(tmp_path, capsys, text):
     out = tmp_path / "mine"
     out.mkdir()
-    (out / ".lock").write_text("my notes")
+    (out / ".lock").write_text(text)  # (`touch .lock` makes the empty one)
     rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
                      "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
     one_line_error(rc, err, "not empty and is not a flowforge run")
     assert [f.name for f in out.iterdir()] == [".lock"]
-    assert (out / ".lock").read_text() == "my notes"
-    # and a lock our own crash cut short still counts as stale
-    (out / ".lock").write_text('{"pid": 12')
-    tiny_moons_run(capsys, out)
-    assert not (out / ".lock").exists()
+    assert (out / ".lock").read_text() == text
+
+
+def test_a_lock_is_written_whole_and_a_stale_one_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    seen = []
+
+    def look(t):
+        if t.global_step == 1:
+            seen.append(json.loads((out / ".lock").read_text()))
+
+    cfg = {**SMALL, "train": {**SMALL["train"], "epochs": 1}}
+    assert train(cfg, out, progress=False, echo=False, callback=look)["status"] == "finished"
+    assert seen[0]["pid"] == os.getpid() and not (out / ".lock").exists()
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]
+    (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": seen[0]["host"]}))
+    rc, _, err = cli(capsys, "train", "--out", out, "--overwrite", "--model", "realnvp",
+                     "--data", "moons", "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err  # its process is gone: taken over
 
 
 def test_a_linked_tensorboard_folder_is_refused(tmp_path, capsys):
-    run = interrupted(tmp_path / "run")
+    pytest.importorskip("tensorboard")
+    cfg = {**SMALL, "train": {**SMALL["train"], "tensorboard": True}}
+    run = interrupted(tmp_path / "run", cfg)
+    assert any((run / "tb").iterdir())  # it logs there
     victim = tmp_path / "victim"
     victim.mkdir()
-    shutil.rmtree(run / "tb", ignore_errors=True)
+    shutil.rmtree(run / "tb")
     (run / "tb").symlink_to(victim)
     rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
     one_line_error(rc, err, "tb is not a folder of the run's own")
@@ -405,6 +434,14 @@ def test_a_config_whose_shapes_are_not_the_models_is_refused(tmp_path, capsys):
         one_line_error(rc, err, "config says examples of shape (4,), the model takes (2,)")
 
 
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    out = tmp_path / "file" / "run"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    one_line_error(rc, err, "cannot write into", "file/run")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     ro = tmp_path / "ro"
@@ -415,4 +452,4 @@ def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
                          ro / "run", "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
     finally:
         ro.chmod(0o755)
-    one_line_error(rc, err, "cannot write into", "choose an --out you can write to")
+    one_line_error(rc, err, "cannot write into")

@@ -148,8 +148,16 @@ def test_bad_arguments():
     for bound in (0, -1.0):
         with pytest.raises(ValueError, match=f"expected a finite bound > 0, got {bound}"):
             RationalQuadratic(bound=bound)
-    with pytest.raises(ValueError, match="min_width"):
+    with pytest.raises(ValueError, match=r"10 bins do not fit \(at most 4 bins\)"):
         RationalQuadratic(bins=10, min_width=0.2)
+    m = 1 / 135  # the largest count that fits, also where 1 / m rounds: 134 * m < 1 <= 135 * m
+    with pytest.raises(ValueError, match=r"at most (\d+) bins") as e:
+        RationalQuadratic(bins=136, min_width=m, min_height=m)
+    most = int(e.value.args[0].split("at most ")[1].split()[0])
+    assert most * m < 1 <= (most + 1) * m
+    RationalQuadratic(bins=most, min_width=m, min_height=m)
+    with pytest.raises(ValueError, match="min_width and min_height below 1/2"):
+        RationalQuadratic(bins=2, min_width=1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

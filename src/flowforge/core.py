@@ -260,7 +260,8 @@ class Compose(Transform):
             params = [p for p in self.layers.parameters() if p.requires_grad]
             if params or x.requires_grad or (context is not None and context.requires_grad):
                 ops = self.reversible_ops()
-                if ops[0].projects:  # its input is not its inverse's output: run it with a graph
+                if getattr(ops[0], "projects", False):  # (a Split has none) its input is not
+                    # its inverse's output: it runs with a graph, keeping its input
                     x, head = ops[0](x, context)
                     z, ladj = ReversibleChain.apply(ops[1:], context, x, *params)
                     return z, head + ladj
@@ -327,6 +328,13 @@ def memory_saving(module: nn.Module, enabled: bool = True) -> nn.Module:
                         f"memory saving recomputes each layer's input from its output, but layer "
                         f"{i} ({type(layer).__name__}) cannot be inverted exactly: {why}"
                     )
+            inner = [op for op in chain.reversible_ops()[1:] if getattr(op, "projects", False)]
+            if inner:
+                raise ValueError(
+                    f"memory saving recomputes each layer's input from its output, but "
+                    f"{type(inner[0]).__name__} projects its input (its inverse gives back the "
+                    "projection), which only a chain's first layer may do"
+                )
     for chain in chains:
         chain.memory_saving = bool(enabled)
     return module

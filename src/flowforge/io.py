@@ -141,7 +141,7 @@ def pack(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
     return _safetensors().torch.save(tensors, metadata={"flowforge": json.dumps(meta)})
 
 
-def _read_bounded(path: Path, max_bytes: int) -> bytes:
+def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; ``ValueError`` otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -153,8 +153,7 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
             raise ValueError(f"{path} is not a regular file")
         if st.st_size > max_bytes:
             raise ValueError(
-                f"{path} is {st.st_size:,} bytes, more than the limit of {max_bytes:,}; "
-                "a larger file you trust is read from Python with ff.load(path, max_bytes=...)"
+                f"{path} is {st.st_size:,} bytes, more than the limit of {max_bytes:,}{hint}"
             )
         chunks, left = [], st.st_size + 1  # one byte more: a file that grows is refused
         while left > 0:
@@ -219,7 +218,12 @@ def unpack(
     path = Path(path)
     st = _safetensors()
     try:
-        data = _read_bounded(path, max_bytes)
+        hint = (  # (a model file: what ff.load reads; a checkpoint has no such way)
+            "; a larger model you trust is read with ff.load(path, max_bytes=...)"
+            if what == "flowforge file"
+            else ""
+        )
+        data = _read_bounded(path, max_bytes, hint)
         meta, _ = _header(data, path)
         tensors = st.torch.load(data)
     except ValueError as e:

@@ -257,11 +257,14 @@ class RationalQuadratic(Transformer):
         if not (0 <= min_width and 0 <= min_height):  # a negative one folds the spline
             raise ValueError(f"expected min_width, min_height >= 0, got {min_width}, {min_height}")
         if min_width * bins >= 1 or min_height * bins >= 1:
-            most = math.ceil(1 / max(min_width, min_height)) - 1
+            m = max(min_width, min_height)
+            most = math.floor(1 / m) + 1
+            while most > 0 and most * m >= 1:  # the largest count whose minima fit below 1
+                most -= 1
+            fix = f"at most {most} bins" if most >= 2 else "min_width and min_height below 1/2"
             raise ValueError(
                 f"min_width * bins and min_height * bins must be below 1: with min_width "
-                f"{min_width:g} and min_height {min_height:g}, bins {bins} is too many "
-                f"(at most {most})"
+                f"{min_width:g} and min_height {min_height:g}, {bins} bins do not fit ({fix})"
             )
         if not 0 < min_derivative < 1:
             raise ValueError(f"expected 0 < min_derivative < 1, got {min_derivative}")

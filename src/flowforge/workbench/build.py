@@ -169,7 +169,7 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         lv = kwargs["levels"]
         raise WorkbenchError(
             f"model argument levels={lv!r} applies to discrete data, and {ds.name} is read as "
-            f"continuous (standardised); declare its levels on the data instead, --set "
+            f"continuous; declare its levels on the data instead, --set "
             f"data.levels={lv!r} (integer values in [0, levels - 1]), and remove model.levels"
         )
     ignored = [k for k in ("preprocess", "alpha") if k in kwargs]
@@ -327,23 +327,25 @@ def _check_angles(name: str, model, ds: Dataset) -> None:
     """A flow on the torus (uniform base on ``[-pi, pi)^D``) models angles, a flow on the
     sphere unit vectors: refuse data that is not, before anything is written (it would train
     and print an NLL on another space, or stop at its first step)."""
-    from ..transforms.manifolds import UniformTorus
+    from ..transforms.manifolds import SphereToCylinder, UniformTorus
 
-    if isinstance(getattr(model, "base", None), UniformTorus):
-        if ds.density_measure != "lebesgue":
-            raise WorkbenchError(
-                f"model {name!r} models angles in [-pi, pi]; {ds.name} holds points on a "
-                f"{ds.density_measure}, not angles"
-            )
-        if ds.stats is not None:
-            raise WorkbenchError(
-                f"model {name!r} models angles in [-pi, pi], which must not be standardised: "
-                "set the data option standardize: false"
-            )
-    splits = [ds.split(k) for k in ("train", "val", "test") if len(ds.split(k))]
-    if splits:
-        check_manifold_data(name, model, torch.cat([x.reshape(len(x), -1) for x in splits]),
-                            ds.name)  # fmt: skip
+    torus = isinstance(getattr(model, "base", None), UniformTorus)
+    sphere = any(isinstance(m, SphereToCylinder) for m in model.modules())
+    if not (torus or sphere):
+        return
+    what = "angles in [-pi, pi]" if torus else "unit vectors in R^3"
+    if torus and ds.density_measure != "lebesgue":
+        raise WorkbenchError(
+            f"model {name!r} models {what}; {ds.name} holds points on a {ds.density_measure}, "
+            "not angles"
+        )
+    if ds.stats is not None:
+        raise WorkbenchError(
+            f"model {name!r} models {what}, which must not be standardised: set the data option "
+            "standardize: false"
+        )
+    for k in ("train", "val", "test"):
+        check_manifold_data(name, model, ds.split(k).reshape(len(ds.split(k)), -1), ds.name)
 
 
 def check_manifold_data(name: str, model, x: torch.Tensor, where: str) -> None:

@@ -79,7 +79,7 @@ def evaluate_run(
     if samples > MAX_SAMPLES:
         raise DataError(
             f"--samples {samples:,} is more than the {MAX_SAMPLES:,} draws one evaluation "
-            "averages (each is a full pass over the split; the bound tightens as 1/K)"
+            "averages (each is a full pass over the split)"
         )
     if trace not in ("exact", "hutchinson"):
         raise DataError(f"unknown trace {trace!r}; expected 'exact' or 'hutchinson'")

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -284,8 +285,11 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
         raise RunError(f"--out {out} is a link to nothing ({os.readlink(out)})")
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a folder")
-    if not out.is_dir() or not any(f.name != LOCK_FILE or not _our_lock(f) for f in out.iterdir()):
-        return None  # (empty, or holding only a lock a training took)
+    if not out.is_dir() or all(
+        (f.name == LOCK_FILE and _our_lock(f)) or (_our_temporary(f.name) and f.is_file())
+        for f in out.iterdir()
+    ):
+        return None  # (empty, or holding only a lock a training took, or its leftovers)
     if not is_run(out):
         raise RunError(
             f"{out} is not empty and is not a flowforge run; flowforge never writes into or "
@@ -294,10 +298,17 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
     if overwrite or not (_has_checkpoint(out) or (out / MODEL_FILE).exists()):
         return None  # the user asked to replace it, or nothing to keep (a failed start)
     same = not config_diff(user_part(run_config(out)), user_part(cfg))
-    if same and not _has_checkpoint(out):  # a trained model whose checkpoint was removed
-        raise RunError(
-            f"{out} already holds this run's trained model (its {CKPT_FILE} is gone, so it "
-            "cannot be resumed); use --overwrite to train it again, or another --out"
+    if same and not _has_checkpoint(out):
+        try:
+            epochs = sum(r.get("type") == "epoch" for r in read_metrics(out))
+        except RunError:
+            epochs = 0
+        if epochs <= 1:  # the first checkpoint's write failed (a full disk): start it again
+            return None
+        raise RunError(  # a trained model whose checkpoint was removed
+            f"{out} already holds this run's trained model ({epochs} epochs) but no "
+            f"{CKPT_FILE}, so it cannot be resumed; use --overwrite to train it again, or "
+            "another --out"
         )
     if same:
         raise RunError(
@@ -335,6 +346,13 @@ def clear_run(out: Path) -> None:
     remove_orphans(out)
 
 
+def _our_temporary(name: str) -> bool:
+    """Exactly the names io.atomic_write and the lock give their temporary files (a run file's
+    name between dots, mkstemp's 8 random characters, ``.tmp``): a user's .config.backup.tmp
+    is not one."""
+    return any(re.fullmatch(rf"\.{re.escape(n)}\.[a-z0-9_]{{8}}\.tmp", name) for n in RUN_FILES)
+
+
 def remove_orphans(out: Path) -> None:
     """Remove temporary files that a killed atomic write left behind (``.<name>.*.tmp``), and
     the figures of a killed ``flowforge report`` (``.report-*.tmp/``)."""
@@ -344,27 +362,23 @@ def remove_orphans(out: Path) -> None:
         if f.name.startswith(".") and f.name.endswith(".tmp") and f.is_file():
             # exactly the names io.atomic_write gives (mkstemp's 8 random characters): a
             # user's .config.backup.tmp stays
-            if any(
-                re.fullmatch(rf"\.{re.escape(n)}\.[a-z0-9_]{{8}}\.tmp", f.name) for n in RUN_FILES
-            ):
+            if _our_temporary(f.name):
                 f.unlink(missing_ok=True)
         elif f.name.startswith(".report-") and f.name.endswith(".tmp") and f.is_dir():
             _ours_in(f, is_report_figure)  # a killed report's figures
 
 
-_LOCK_START = b'{"pid": '  # how every lock RunLock writes begins
-
-
 def _our_lock(path: Path) -> bool:
-    """Whether ``path`` is a lock file RunLock wrote (whole, or cut short by a crash): a
-    regular file whose bytes start like its record; a user's ``.lock`` is not."""
+    """Whether ``path`` is a lock file RunLock wrote: a regular file holding its whole record
+    (it is written aside and linked into place, so it is never seen part-written); a user's
+    ``.lock``, even an empty one, is not."""
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
             return False
-        head = path.read_bytes()
-    except OSError:
+        info = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         return False
-    return head.startswith(_LOCK_START) or _LOCK_START.startswith(head)
+    return isinstance(info, dict) and isinstance(info.get("pid"), int) and "host" in info
 
 
 class RunLock:
@@ -391,17 +405,39 @@ class RunLock:
             return True
         return pid != os.getpid() or self.held
 
+    def _take(self, record: bytes) -> None:
+        """Create the lock holding ``record``, whole or not at all (``FileExistsError`` if
+        there is one): written to a temporary name and hard-linked into place; where the file
+        system has no hard links, created exclusively and written."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(record)
+            try:
+                os.link(tmp, self.path)
+                return
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here (FAT, some network file systems)
+                pass
+        finally:
+            os.unlink(tmp)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(record)
+
     def __enter__(self) -> RunLock:
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
         for _ in range(2):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                self._take(record)
             except FileExistsError:
                 if not _our_lock(self.path):
                     raise RunError(
-                        f"{self.path} exists and is not a lock flowforge wrote; flowforge does "
-                        "not touch files it did not create: use another --out"
+                        f"{self.path} exists and is not a lock flowforge wrote (an empty one "
+                        "included); flowforge does not touch files it did not create: use "
+                        "another --out, or remove it if it is an old lock of flowforge's"
                     ) from None
                 if self._owner_alive():
                     info = self.path.read_text(errors="replace").strip()
@@ -412,12 +448,7 @@ class RunLock:
                 self.path.unlink(missing_ok=True)  # stale: its owner is gone
                 continue
             except OSError as e:  # a read-only or full disk, a folder that is not ours to write
-                raise RunError(
-                    f"cannot write into {self.path.parent}: {e.strerror or e}; choose an --out "
-                    "you can write to"
-                ) from None
-            with os.fdopen(fd, "wb") as f:
-                f.write(record)
+                raise RunError(f"cannot write into {self.path.parent}: {e.strerror or e}") from None
             self.held = True
             return self
         raise RunError(f"cannot take the lock {self.path}")
