@@ -534,3 +534,95 @@ def test_a_table_of_very_few_rows_is_warned_of(tmp_path):
     assert not any("training, " in n for n in load_dataset(str(path)).info.get("warnings", []))
     notes = load_dataset(str(path), limit=40).info["warnings"]  # (the rows --limit keeps)
     assert any(n.startswith("only 40 training, 20 validation and 20 test rows") for n in notes)
+
+
+def _png_rgb16(path, rng):
+    """A 16-bit RGB PNG (colour type 2, depth 16), written by hand: Pillow writes none."""
+    import struct
+    import zlib
+
+    rows = b"".join(b"\0" + rng.integers(0, 65535, 24).astype(">u2").tobytes() for _ in range(8))
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_image_folders_against_bombs_links_and_disguised_depths(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(2):  # 25 M pixels each, a few kB on disk: refused from the header, unread
+        Image.new("L", (5000, 5000)).save(big / f"{i}.png")
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"0.png is 5000x5000, more than the 16,777,216 pixels"):
+        load_dataset(str(big))
+    assert tracemalloc.get_traced_memory()[1] < 5_000_000
+    tracemalloc.stop()
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    for i in range(4):  # a 16-bit PNG named .jpg was cut to its top 8 bits
+        _png_rgb16(deep / f"{i}.jpg", rng)
+    with pytest.raises(DataError, match="16 bits per channel"):
+        load_dataset(str(deep))
+    ok, outside = tmp_path / "ok", tmp_path / "outside"
+    ok.mkdir()
+    outside.mkdir()
+    for i in range(19):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(ok / f"{i:02d}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(outside / "secret.png")
+    (ok / "19.png").symlink_to(ok / "00.png")  # a link within the folder reads
+    ds = load_dataset(str(ok))
+    assert sum(len(ds.split(k)) for k in ("train", "val", "test")) == 20
+    (ok / "zz.png").symlink_to(outside / "secret.png")
+    with pytest.raises(DataError, match="zz.png is a link to .*outside the folder"):
+        load_dataset(str(ok))
+
+
+def test_npz_bombs_and_a_npy_named_npz_are_refused_unread(tmp_path):
+    path = tmp_path / "many.npz"
+    member = np.lib.format.header_data_from_array_1_0(np.zeros((1 << 17, 1)))
+    head = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(head, member)
+    payload = head.getvalue() + bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as z:
+        for i in range(70):  # 70 MiB declared from a few kB: each member alone passed
+            z.writestr(f"m{i}.npy", payload)
+    with pytest.raises(DataError, match="more than a compressor gives for real data"):
+        load_dataset(str(path))
+    fake = tmp_path / "fake.npz"  # a .npy under another name: its header is checked as one's
+    head = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False,
+                                                "shape": (10**9, 8)})  # fmt: skip
+    fake.write_bytes(head.getvalue() + bytes(64))
+    with pytest.raises(DataError, match="header promises an array of shape"):
+        load_dataset(str(fake))
+
+
+def test_digit_separators_and_repeated_column_names(tmp_path, capsys):
+    path = tmp_path / "u.csv"
+    rows = "\n".join(f"{i % 7 + 0.5},{i % 5 + 0.25}" for i in range(60))
+    path.write_text("a,b\n" + rows + "\n1_000,0.5\n")
+    with pytest.raises(DataError, match="1_000"):
+        load_dataset(str(path))
+    dup = tmp_path / "dup.csv"
+    dup.write_text("a,a,b\n" + "\n".join(f"{i % 7 - 3},{i % 5 + 1},{i % 3}" for i in range(60)))
+    with pytest.raises(DataError, match=r"'a' names columns 0, 1 \(the header repeats it\)"):
+        load_dataset(str(dup), bounds={"a": "positive"})
+
+
+def test_long_column_names_are_shortened_in_figures():
+    from flowforge.workbench.report import MAX_LABEL, _label
+
+    assert _label("x" * 300) == "x" * (MAX_LABEL - 1) + "…"
+    assert _label("a\nb") == "a b" and _label("short") == "short"

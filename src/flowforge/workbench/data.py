@@ -18,6 +18,7 @@ import array
 import csv
 import functools
 import math
+import os
 import re
 import stat
 import warnings
@@ -459,7 +460,7 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                         f"line {lines[0]}){_other_separator(row)}"
                     )
                 try:
-                    values.extend([float(c) for c in row])
+                    values.extend([_number(c) for c in row])
                 except ValueError:
                     bad = next(c for c in row if not _is_float(c))
                     missing = (
@@ -944,10 +945,18 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
 
 def _is_float(s: str) -> bool:
     try:
-        float(s)
+        _number(s)
         return True
     except ValueError:
         return False
+
+
+def _number(s: str) -> float:
+    """A CSV cell as a number, as spreadsheets and pandas read one: Python's ``float`` also
+    takes digit separators (``1_000``), which they read as text."""
+    if "_" in s:
+        raise ValueError(f"could not convert string to float: {s!r}")
+    return float(s)
 
 
 def _check_npy_header(f, size: int, where: str) -> None:
@@ -973,12 +982,21 @@ def _check_npy_header(f, size: int, where: str) -> None:
 
 def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
     try:
-        if path.suffix.lower() == ".npy":
+        if path.suffix.lower() == ".npy" or not zipfile.is_zipfile(path):
+            # (a .npy renamed .npz is still one: its header is checked as any .npy's)
             with open(path, "rb") as f:
                 _check_npy_header(f, path.stat().st_size, str(path))
             return np.load(path, allow_pickle=False)
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
+                packed = [i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
+                declared = sum(i.file_size for i in packed)
+                if declared > max(1 << 26, 1100 * sum(i.compress_size for i in packed)):
+                    raise DataError(  # the members together, however many (see below)
+                        f"{path} declares {declared:,} bytes from "
+                        f"{sum(i.compress_size for i in packed):,} compressed: more than a "
+                        "compressor gives for real data; refused unread"
+                    )
                 for info in zf.infolist():
                     where = f"{path}[{info.filename!r}]"
                     if not info.filename.endswith(".npy"):  # numpy would read it as raw bytes
@@ -1595,6 +1613,19 @@ def _png_bit_depth(path: Path) -> int:
     return 8
 
 
+MAX_IMAGE_PIXELS = 1 << 24  # pixels of one image in a folder (4096 x 4096), checked unread
+
+
+def _memory_values() -> int:
+    """How many data values training may hold: a value is a byte read and four as float32,
+    twice over (the splits' copies), within half this machine's memory."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 << 30
+    return ram // 2 // 9
+
+
 def _image_folder(
     path: Path,
     seed: int,
@@ -1630,39 +1661,57 @@ def _image_folder(
             )
         raise DataError(f"{path} holds no PNG or JPEG images")
     arrays, first = [], None
+    budget = _memory_values()
+    home = path.resolve()
     for f in files:
         try:  # a pipe or a device is never opened (a FIFO named x.png would block for ever)
             if not stat.S_ISREG(f.stat().st_mode):
                 raise DataError(f"{f} is not a regular file (a pipe, device or socket)")
+            if f.is_symlink() and f.resolve().parent != home:
+                raise DataError(
+                    f"{f} is a link to {os.readlink(f)}, outside the folder; flowforge reads "
+                    "only the folder's own images: copy the image in"
+                )
         except OSError as e:
             raise DataError(f"{f}: cannot read it ({e.strerror})") from None
         try:
-            with Image.open(f) as im:
-                im.load()
+            with warnings.catch_warnings():  # (Pillow's bomb warning: the size is checked here)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(f)  # (reads the header only: the size before the pixels)
+            with im:
                 mode, size = im.mode, im.size
-                # 16-bit PNGs: Pillow keeps an RGB one's top bytes without a word
-                deep = f.suffix.lower() == ".png" and _png_bit_depth(f) > 8
+                if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                    raise DataError(
+                        f"{f} is {size[0]}x{size[1]}, more than the {MAX_IMAGE_PIXELS:,} pixels "
+                        "an image of a flow's data set may have (downscale the images first)"
+                    )
+                # 16-bit PNGs (whatever the file's name): Pillow keeps an RGB one's top bytes
+                deep = _png_bit_depth(f) > 8
                 if mode not in ("L", "RGB") or deep:
                     depth = " of 16 bits per channel" if deep else ""
                     raise DataError(
                         f"{f}: image mode {mode}{depth}; expected L (grayscale) or RGB, 8 bits "
                         "per channel"
                     )
+                if first is not None and (mode, size) != first[1:3]:
+                    raise DataError(
+                        f"{f} is {size[0]}x{size[1]} {mode}, expected {first[2][0]}x"
+                        f"{first[2][1]} {first[1]} like {first[0].name}"
+                    )
+                if first is not None and len(files) * math.prod(first[3]) > budget:
+                    raise DataError(
+                        f"{path}: {len(files):,} images of {first[2][0]}x{first[2][1]} {mode} "
+                        f"are more than this machine's memory holds for training (about "
+                        f"{budget:,} values); use fewer or smaller images"
+                    )
+                im.load()
                 a = np.asarray(im, dtype=np.uint8)
         except Image.DecompressionBombError:
-            raise DataError(
-                f"{f} declares an image too large to read safely (more than "
-                f"{Image.MAX_IMAGE_PIXELS:,} pixels)"
-            ) from None
+            raise DataError(f"{f} declares an image too large to read safely") from None
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f} is not a readable image: {' '.join(str(e).split())}") from None
         if first is None:
-            first = (f, mode, size)
-        elif (mode, size) != first[1:]:
-            raise DataError(
-                f"{f} is {size[0]}x{size[1]} {mode}, expected {first[2][0]}x{first[2][1]} "
-                f"{first[1]} like {first[0].name}"
-            )
+            first = (f, mode, size, a.shape)
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     x = np.stack(arrays)
     del arrays
@@ -1843,7 +1892,13 @@ def _column_index(p, width: int, names: list[str] | None, what: str) -> int:
     index. A string is a name first (a header of numbers: ``--set data.bounds.2=...`` names
     the column called "2"); an integer that is also another column's name is refused."""
     if isinstance(p, str) and names and p in names:
-        return names.index(p)
+        same = [j for j, n in enumerate(names) if n == p]
+        if len(same) > 1:
+            raise DataError(
+                f"{what} {p[:40]!r} names columns {', '.join(map(str, same[:6]))} (the header "
+                "repeats it); give the column's index instead"
+            )
+        return same[0]
     try:
         if isinstance(p, bool) or (isinstance(p, float) and not p.is_integer()):
             raise TypeError

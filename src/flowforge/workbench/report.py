@@ -724,6 +724,16 @@ def _context_words(info: dict, r: dict) -> str:
     return f"columns {info['context_columns']} (modelled: columns {info['target_columns']})"
 
 
+MAX_LABEL = 30  # characters of a column name a figure shows
+
+
+def _label(name: str) -> str:
+    """A column name as a figure's label: at most :data:`MAX_LABEL` characters, on one line (a
+    long one broke the figures' layout and printed matplotlib's warning)."""
+    name = " ".join(str(name).split())
+    return name if len(name) <= MAX_LABEL else name[: MAX_LABEL - 1] + "…"
+
+
 def _column_names(cfg: dict, d: int) -> list[str]:
     """The modelled columns' names (a CSV header, kept in ``resolved.columns``), else their
     indices in the table."""
@@ -1046,7 +1056,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                 "temperatures given apply to an image run's figures",
             ))  # fmt: skip
         d = math.prod(data_shape)
-        names = _column_names(cfg, d)
+        names = [_label(n) for n in _column_names(cfg, d)]  # (the figures' labels)
         data = x_split.reshape(len(x_split), -1)
         m = min(len(data), 5000)
         if info is None:
