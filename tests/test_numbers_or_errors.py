@@ -332,3 +332,38 @@ def test_an_inverse_that_cannot_converge_is_a_value_error_too():
     flow = ff.models.Planar(features=2, layers=2).eval()
     with pytest.raises(ValueError, match="did not converge .* overflows the layer's torch.float32"):
         flow.log_prob(torch.full((1, 2), 3e38))
+
+
+def test_the_log_density_of_a_flows_own_samples_is_finite_or_an_error():
+    # a diagonal base whose scale underflows float32 gave finite samples and a log_q of -inf/NaN
+    f = ff.models.MAF(features=3, layers=2, context_features=2, base="diag").eval()
+    with torch.no_grad():
+        f.base.net.net[0].weight[3:] = -1.0  # log_scale = -(c1 + c2)
+    with pytest.raises(ValueError, match="log-density of the model's own samples"):
+        f.rsample_and_log_prob(3, torch.full((2, 2), 60.0))
+    _, lq = f.double().rsample_and_log_prob(3, torch.full((2, 2), 50.0, dtype=torch.float64))
+    assert torch.isfinite(lq).all()
+
+
+def test_a_mixture_base_whose_weights_overflow_says_so():
+    torch.manual_seed(0)
+    f = ff.models.MAF(features=3, layers=2, context_features=2, base="made-mog").eval()
+    with torch.no_grad():
+        for p in f.base.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    with pytest.raises(ValueError, match="mixture base's component weights overflow"):
+        f.sample(3, torch.full((1, 2), 10.0))
+
+
+def test_discrete_data_is_checked_before_a_narrowing_cast():
+    f = ff.models.RealNVP(features=4, layers=2, hidden=(16,), levels=17).eval()
+    x = torch.full((1, 4), 16.0000001, dtype=torch.float64)  # rounds to 16 in float32
+    with pytest.raises(ValueError, match=r"got values in \[16.0000001, 16.0000001\]"):
+        f.log_prob(x)
+    assert torch.isfinite(f.log_prob(torch.full((1, 4), 16.0, dtype=torch.float64))).all()
+
+
+def test_bounds_wider_than_float32_are_refused():
+    with pytest.raises(ValueError, match="more than float32 holds"):
+        ff.models.bounded(ff.models.MAF(features=2, standardize=False), [-3e38, 0.0], [3e38, 1.0])
+    ff.models.bounded(ff.models.MAF(features=2, standardize=False), [-1e30, 0.0], [None, 1.0])

@@ -606,7 +606,7 @@ class Dequantizer(nn.Module):
         if lo < 0 or hi > self.levels - 1:
             raise ValueError(
                 f"expected discrete data in [0, {self.levels - 1}] ({self.levels} levels), "
-                f"got values in [{lo:g}, {hi:g}]"
+                f"got values in [{lo:.10g}, {hi:.10g}]"
             )
         if not torch.equal(x, x.floor()):
             raise ValueError(
@@ -884,9 +884,18 @@ class Flow(nn.Module):
 
         With a dequantizer, a one-sample bound on the discrete log-likelihood.
         """
+        given = x
         x, context, batch = self._prepare(x, context)
         if not x.shape[0]:  # an empty batch: no layer needs to see it
             return x.new_zeros(batch)
+        if (
+            self.dequantizer is not None
+            and given.is_floating_point()
+            and torch.finfo(given.dtype).bits > torch.finfo(x.dtype).bits
+            and self._validating(x)
+        ):
+            # the values as given: a narrowing cast could round 16.0000001 onto the grid
+            self.dequantizer.check(given)
         log_q = 0.0
         with self._checks():
             if self.dequantizer is not None:
@@ -1039,9 +1048,17 @@ class Flow(nn.Module):
         with self._checks():
             z, log_pz = self.base.rsample_and_log_prob(math.prod(shape), ctx)
             x, ladj = self.transform.inverse(z, ctx)
+        log_q = log_pz - ladj
         if not self.training:  # in training (reverse KL) a NaN goes on to the loss's checks
             self._check_samples(x)
-        return x.reshape(*shape, *self.event_shape), (log_pz - ladj).reshape(shape)
+            if self._validating(x) and not all_finite(log_q):
+                bad = (~torch.isfinite(log_q)).nonzero().flatten()[:5].tolist()
+                raise ValueError(
+                    f"the log-density of the model's own samples is NaN or infinite in rows "
+                    f"{bad} (its base or layers overflow {x.dtype} there); sample in float64 "
+                    "(flow.double())"
+                )
+        return x.reshape(*shape, *self.event_shape), log_q.reshape(shape)
 
     # -- metrics -----------------------------------------------------------------------------
     @property

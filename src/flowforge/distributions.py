@@ -27,6 +27,21 @@ from .nets import MADE, MLP
 __all__ = ["Distribution", "StandardNormal", "DiagGaussian", "GaussianMixture", "MADEMoG"]
 
 
+def _draw_component(weights: Tensor) -> Tensor:
+    """One mixture component per row, ``(n, 1)``; a clear error where the weights overflowed
+    (torch's own message names only the probability tensor)."""
+    try:
+        return torch.multinomial(weights, 1)
+    except RuntimeError as e:
+        if "probability tensor" not in str(e):
+            raise
+        raise ValueError(
+            "the model's samples are NaN or infinite: its mixture base's component weights "
+            f"overflow {weights.dtype} (a flow trained too little or too far); sample in float64 "
+            "(flow.double())"
+        ) from None
+
+
 class StandardNormal(Distribution):
     """``N(0, I)`` over ``event_shape``; no parameters."""
 
@@ -139,7 +154,7 @@ class GaussianMixture(Distribution):
 
     def _sample(self, n, context, temperature):
         logits, loc, log_scale = self._params(n, context)
-        idx = torch.multinomial(F.softmax(logits, -1), 1)  # (n, 1)
+        idx = _draw_component(F.softmax(logits, -1))  # (n, 1)
         idx = idx.unsqueeze(-1).expand(n, 1, self.features)
         loc = loc.gather(1, idx).squeeze(1)
         scale = log_scale.gather(1, idx).squeeze(1).exp()
@@ -216,7 +231,7 @@ class MADEMoG(Distribution):
 
         def step(i: int, params: Tensor) -> Tensor:
             log_w, loc, log_scale = self._split(params)
-            idx = torch.multinomial(log_w.exp(), 1)
+            idx = _draw_component(log_w.exp())
             mu, ls = loc.gather(1, idx).squeeze(1), log_scale.gather(1, idx).squeeze(1)
             cols[i] = mu + temperature * ls.exp() * torch.randn_like(mu)
             return cols[i]

@@ -207,6 +207,9 @@ def _bounds(value, n: int, what: str) -> list[float | None]:
     return out
 
 
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
 class Bounded(Transform):
     r"""Each entry from its interval onto the real line, so that a flow behind it keeps the
     data's support: positive amounts, shares, scores between two limits.
@@ -245,6 +248,11 @@ class Bounded(Transform):
             if a is not None and b is not None and not a < b:
                 raise ValueError(
                     f"expected entry {i}'s lower bound below its upper bound, got {a} and {b}"
+                )
+            if a is not None and b is not None and not b - a <= _F32_MAX:
+                raise ValueError(  # (its width overflows float32: samples pinned to a bound)
+                    f"entry {i}'s bounds [{a:g}, {b:g}] are {b - a:g} apart, more than float32 "
+                    f"holds ({_F32_MAX:.4g}); leave the entry unbounded or bound one side only"
                 )
         groups = {"below": [], "above": [], "both": []}  # bounded below only, above only, both
         for i, (a, b) in enumerate(zip(self.lower, self.upper)):
