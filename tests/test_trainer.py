@@ -502,3 +502,54 @@ def test_out_of_memory_is_recognised_however_it_is_worded():
     assert out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_contexts_must_have_a_row_per_example_and_the_data_must_be_tensors():
+    flow = _flow(context_features=1)
+    x, v = _data(64), _data(32, seed=1)
+    for kw, needle in (
+        ({"train_context": torch.zeros(64, 1), "val_context": torch.zeros(1, 1)},
+         "the validation context has 1 rows and the validation data 32"),
+        ({"train_context": torch.zeros(5000, 1), "val_context": torch.zeros(32, 1)},
+         "the training context has 5,000 rows"),
+    ):  # fmt: skip
+        with pytest.raises(WorkbenchError, match=needle):
+            Trainer(flow, x, v, {"epochs": 1}, **kw, **QUIET)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=8)
+    with pytest.raises(
+        WorkbenchError, match="train_x must be a tensor of examples, got DataLoader"
+    ):
+        Trainer(_flow(), loader, v, {"epochs": 1}, **QUIET)
+
+
+def test_a_loss_that_is_not_a_scalar_is_one_clear_error():
+    per_example = Loss(lambda m, x, c: -m.log_prob(x))
+    t = Trainer(_flow(), _data(), _data(16, 1), {"epochs": 1}, objective=per_example, **QUIET)
+    with pytest.raises(WorkbenchError, match=r"must be a scalar tensor .*got shape \(64,\)"):
+        t.fit()
+
+
+def test_a_gradient_that_overflows_after_a_finite_loss_is_said_to_be_the_backward_pass(
+    tmp_path, capsys
+):
+    from cli_support import cli
+
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--limit", 256,
+                     "--set", "model.hidden=[8]", "--lr", "1e3", "--epochs", 5, "--out",
+                     tmp_path / "r", "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 1
+    assert "non-finite gradient" in err and "the backward pass overflowed" in err
+
+
+def test_reverse_kl_validation_is_repeatable_and_leaves_the_model_alone():
+    from flowforge.targets import TARGETS
+
+    target = TARGETS["u1"]
+    torch.manual_seed(0)
+    flow = ff.models.ResidualFlow(features=2, blocks=2)
+    t = Trainer(flow, None, None, {"epochs": 1}, objective=ReverseKL(target, 8, n_val=64),
+                steps_per_epoch=1, **QUIET)  # fmt: skip
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    a, b = t.objective.validate(t, None, None), t.objective.validate(t, None, None)
+    assert a == b
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import flowforge as ff
-from cli_support import cli
+from cli_support import cli, one_line_error
 from flowforge import targets
 from flowforge.objectives import (
     effective_sample_size,
@@ -296,3 +296,21 @@ def test_fit_target_interrupted_writes_nothing(capsys, tmp_path, monkeypatch):
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "planar", "--layers", 2,
                      "--steps", 10, "--n-eval", 1, "--out", out, "--quiet")  # fmt: skip
     assert rc == 1 and "--n-eval must be between 2 and 10,000,000, got 1" in err
+
+
+def test_a_fit_that_diverges_blames_the_flow_and_skipped_steps_are_said(capsys, tmp_path):
+    # the flow's NaN samples were reported as the target's NaN ("target 'u1' returned NaN")
+    rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--lr", "1e30", "--steps", 30,
+                     "--layers", 2, "--out", tmp_path / "a", "--quiet")  # fmt: skip
+    assert rc == 1 and "target 'u1' returned" not in err
+    assert "validation reverse-kl loss is nan" in err and "a lower learning rate" in err
+    b = tmp_path / "b"
+    rc, out, err = cli(capsys, "fit-target", "--target", "funnel", "--lr", "10", "--steps", 60,
+                       "--layers", 4, "--n-eval", 200, "--out", b, "--quiet")  # fmt: skip
+    skipped = json.loads((tmp_path / "b" / "metrics.json").read_text())["fit"]["skipped"]
+    assert rc == 0 and skipped > 0, err
+    assert f"warning: {skipped} of 60 steps were skipped" in out
+    assert f"{skipped} steps skipped" in (tmp_path / "b" / "report.md").read_text()
+    rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "cnf", "--layers", 2,
+                     "--out", tmp_path / "c")  # fmt: skip
+    one_line_error(rc, err, "model 'cnf': it has no depth argument for --layers")

@@ -479,6 +479,11 @@ def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: boo
         )
 
 
+class NonFiniteSamples(ValueError):
+    """:meth:`Flow.sample` (or ``rsample_and_log_prob``) in eval mode drew samples, or their
+    log-density, that its dtype cannot hold: the inverse or the base overflowed."""
+
+
 class NaNLogProb(ValueError):
     """:meth:`Flow.log_prob` in eval mode met inputs it can only give NaN (or +inf) for;
     ``rows`` are their first indices in the batch it was given. (-inf is returned: a density
@@ -1023,7 +1028,7 @@ class Flow(nn.Module):
         if not self._validating(x) or all_finite(x):
             return
         bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten()[:5]
-        raise ValueError(
+        raise NonFiniteSamples(
             f"the model's samples are NaN or infinite in rows {bad.tolist()} (its inverse "
             f"overflows {x.dtype}: a high temperature, or a flow trained too little or too "
             "far); sample in float64 (flow.double()), or at a lower temperature"
@@ -1053,7 +1058,7 @@ class Flow(nn.Module):
             self._check_samples(x)
             if self._validating(x) and not all_finite(log_q):
                 bad = (~torch.isfinite(log_q)).nonzero().flatten()[:5].tolist()
-                raise ValueError(
+                raise NonFiniteSamples(
                     f"the log-density of the model's own samples is NaN or infinite in rows "
                     f"{bad} (its base or layers overflow {x.dtype} there); sample in float64 "
                     "(flow.double())"

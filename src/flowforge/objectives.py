@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._util import all_finite
 from .core import Flow, NaNLogProb
 from .transforms.dequantization import UniformDequantization
 
@@ -83,6 +84,9 @@ def reverse_kl(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
     x, log_q = flow.rsample_and_log_prob(n, context)
+    if not all_finite(x):  # the flow's samples overflowed (training mode lets them through):
+        # a non-finite loss, which the trainer skips and counts; the target is not to blame
+        return log_q.mean() + math.nan
     if context is None:
         log_p = target_log_prob(x)
     else:

@@ -211,8 +211,9 @@ def register(
             name=name,
             build=builder,
             inputs=tuple(inputs),
-            depth=depth,
-            width=width,
+            # (the defaults name arguments a builder may not have: then it has no such knob)
+            depth=depth if depth in public.parameters else None,
+            width=width if width in public.parameters else None,
             data=takes_data,
             summary=doc.splitlines()[0] if doc else "",
         )

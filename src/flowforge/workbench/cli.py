@@ -733,6 +733,11 @@ def cmd_fit_target(args) -> int:
     print(summary_line(metrics))
     if ess_warning(metrics):
         print(f"warning: {ess_warning(metrics)}")
+    if fit["skipped"]:  # (their loss or gradient was not finite: the fit is that much shorter)
+        print(
+            f"warning: {fit['skipped']} of {fit['steps']} steps were skipped (a non-finite "
+            "loss or gradient); a lower --lr may help"
+        )
     print(f"report: {report}")
     return 0
 

@@ -1274,7 +1274,9 @@ def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: st
         "",
         f"{target.description}. Model parameters: {metrics['params']}. Training: {fit['steps']} "
         f"steps, batch {fit['batch_size']}, Adam lr {fit['lr']} (cosine), anneal "
-        f"{fit['anneal']}, {fit['seconds']:.1f} s. Diagnostics on {metrics['n']} samples.",
+        f"{fit['anneal']}, {fit['seconds']:.1f} s"
+        + (f", {fit['skipped']} steps skipped (non-finite)" if fit.get("skipped") else "")
+        + f". Diagnostics on {metrics['n']} samples.",
         "",
         "![target, learned density, samples](report.png)",
         "",

@@ -22,6 +22,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from .. import io
 from .._util import COMPILE_OPTIONS, fork_rng, rng_states, set_rng_states
-from ..core import NaNLogProb, layer_metrics, needs_data_init, regularization
+from ..core import NaNLogProb, NonFiniteSamples, layer_metrics, needs_data_init, regularization
 from ..models.assembly import count
 from ..objectives import reverse_kl
 from .checkpoint import (
@@ -165,9 +166,17 @@ class ReverseKL(Objective):
 
     @torch.no_grad()
     def validate(self, trainer, x, context):
-        with fork_rng():
-            torch.manual_seed(trainer.seed + 7919)
-            return reverse_kl(trainer.eval_model, self.target, self.n_val).item()
+        model = trainer.eval_model
+        was = model.training
+        model.eval()  # (as every validation: repeatable, and no layer's running state moves)
+        try:
+            with fork_rng():
+                torch.manual_seed(trainer.seed + 7919)
+                return reverse_kl(model, self.target, self.n_val).item()
+        except NonFiniteSamples:  # the flow diverged: a non-finite validation loss, said so
+            return math.nan
+        finally:
+            model.train(was)
 
 
 class Loss(Objective):
@@ -623,6 +632,20 @@ class Trainer:
                 )
             for m in splines:
                 m.compiled = True
+        for what, t in (("train_x", train_x), ("val_x", val_x), ("train_context", train_context),
+                        ("val_context", val_context)):  # fmt: skip
+            if t is not None and not isinstance(t, Tensor):
+                raise WorkbenchError(
+                    f"{what} must be a tensor of examples, got {type(t).__name__} (the Trainer "
+                    "batches the data itself: pass the tensors a DataLoader would draw from)"
+                )
+        for what, x, c in (("training", train_x, train_context),
+                           ("validation", val_x, val_context)):  # fmt: skip
+            if x is not None and c is not None and len(c) != len(x):
+                raise WorkbenchError(
+                    f"the {what} context has {len(c):,} rows and the {what} data {len(x):,}; "
+                    "expected one context row per example"
+                )
         put = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         self.train_x, self.val_x = put(train_x), put(val_x)
         self.train_c, self.val_c = put(train_context), put(val_context)
@@ -831,7 +854,18 @@ class Trainer:
             self.model.train()
             c = None if self.train_c is None else self.train_c[idx]
             try:
-                self.objective.loss(self, self.model, self.train_x[idx], c)
+                with warnings.catch_warnings(record=True) as said:
+                    warnings.simplefilter("always")
+                    self.objective.loss(self, self.model, self.train_x[idx], c)
+                for w in said:  # the layer's advice is Python's; the trainer says it its way
+                    if "takes its statistics for good" in str(w.message):
+                        self._warn(
+                            f"a layer takes its statistics from the first {len(idx)} training "
+                            "examples only (train.init_batch, or the batch size when it is 0); "
+                            "--set train.init_batch=256 gives it more"
+                        )
+                    else:
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             except ValueError as e:
                 if "first batch" not in str(e):
                     raise
@@ -1050,6 +1084,12 @@ class Trainer:
                     f"train.ema {decay:g} averages over about {1 / (1 - decay):,.0f} steps and "
                     f"this run has {self.total_steps:,}: the weights it keeps would still be "
                     f"{decay**self.total_steps:.0%} the initialisation's; use {fix}"
+                )
+            warmup = self.cfg["warmup_steps"]
+            if warmup != "auto" and warmup >= self.total_steps > 0:
+                self._warn(
+                    f"train.warmup_steps {warmup:,} is at least the run's {self.total_steps:,} "
+                    "steps: the learning rate never reaches train.lr; use fewer warm-up steps"
                 )
         if self.writer and self.cfg["tensorboard"]:
             try:
@@ -1280,6 +1320,12 @@ class Trainer:
 
     def _loss_and_backward(self, model, xb, cb) -> Tensor:
         loss = self.objective.loss(self, model, xb, cb)
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+            raise WorkbenchError(
+                f"the training objective's loss must be a scalar tensor (the batch's mean), "
+                f"got {got}"
+            )
         self.opt.zero_grad(set_to_none=True)
         reg = regularization(self.model)
         (loss if reg is None else loss + reg).backward()
@@ -1292,9 +1338,11 @@ class Trainer:
         except NaNLogProb:  # the model gives NaN on validation data: as a NaN loss below
             val = math.nan
         if not math.isfinite(val):
-            what = self.objective.name + ("" if self.objective.name == "nll" else " loss")
+            what = self.objective.name
+            what += "" if what == "nll" or what.endswith("loss") else " loss"
             raise NonFiniteError(
-                f"the validation {what} is {val} at epoch {self.epoch + 1}"
+                f"the validation {what} is {val} at epoch {self.epoch + 1} (after step "
+                f"{self.global_step}; a lower learning rate or train.grad_clip may help)"
                 + (
                     f"; the best model so far is kept in {self.out}"
                     if self.best_epoch >= 0 and self.out
@@ -1402,11 +1450,14 @@ class Trainer:
         return f"largest gradient in {where} ({share[where] / total:.0%} of its squared norm)"
 
     def _nonfinite(self, xb, cb, rng, what: str) -> None:
+        overflow = getattr(self.objective, "overflow", Objective.overflow)
+        if what == "gradient":  # the loss was finite: the backward pass overflowed
+            overflow = (
+                "the loss was finite, so the backward pass overflowed (too large a step: a "
+                "lower --lr, or train.grad_clip)"
+            )
         where = find_nonfinite(
-            self.model,
-            lambda: self.objective.loss(self, self.model, xb, cb),
-            rng,
-            getattr(self.objective, "overflow", Objective.overflow),
+            self.model, lambda: self.objective.loss(self, self.model, xb, cb), rng, overflow
         )
         if self.out is None:
             kept = ""

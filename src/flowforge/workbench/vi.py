@@ -40,10 +40,10 @@ def build_vi_model(name: str, features: int, layers: int | None = None, **kwargs
     depth argument (``layers``, ``blocks`` or ``steps``, from its spec)."""
     spec = models.spec(name)  # ValueError for an unknown name, with suggestions
     if "features" not in spec.inputs:
-        raise ValueError(f"model {name!r} takes images only; a target needs a vector model")
+        raise ValueError("it takes images only; a target needs a vector model")
     if layers is not None:
         if spec.depth is None:
-            raise ValueError(f"model {name!r} has no depth argument for --layers")
+            raise ValueError("it has no depth argument for --layers: leave --layers out")
         kwargs[spec.depth] = layers
     if spec.data:
         kwargs.setdefault("standardize", False)  # no data to initialise from
