@@ -200,8 +200,9 @@ def test_the_command_prints_library_warnings_as_one_line(tmp_path, capsys):
                      "--epochs", 1, "--limit", 64, "--batch-size", 4, "--no-progress", "--quiet",
                      "--model-kwargs", '{"layers": 1, "hidden": [4]}')  # fmt: skip
     assert rc == 0, err
-    lines = [line for line in err.splitlines() if "DataStandardize" in line]
+    lines = [line for line in err.splitlines() if "takes its statistics" in line]
     assert lines and all(line.startswith("flowforge: warning: ") for line in lines)
+    assert "--set train.init_batch=256" in lines[0]  # the command's words, not Python's
     assert "RuntimeWarning" not in err and ".py:" not in err
 
 

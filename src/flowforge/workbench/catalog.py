@@ -86,6 +86,8 @@ def models() -> list[dict]:
                 for p, d in zip(pos, defaults)
                 if p.arg not in inputs
             }
+            names = {p.arg for p in pos + a.kwonlyargs}
+            marks = {k: v if v in names else None for k, v in marks.items()}  # (as register())
             doc = ast.get_docstring(fn) or ""
             out.append(
                 {
