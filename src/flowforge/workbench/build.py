@@ -345,7 +345,7 @@ def _check_angles(name: str, model, ds: Dataset) -> None:
             "standardize: false"
         )
     for k in ("train", "val", "test"):
-        check_manifold_data(name, model, ds.split(k).reshape(len(ds.split(k)), -1), ds.name)
+        check_manifold_data(name, model, ds.split(k), ds.name)
 
 
 def check_manifold_data(name: str, model, x: torch.Tensor, where: str) -> None:
