@@ -368,3 +368,22 @@ def test_bounds_wider_than_float32_are_refused():
     with pytest.raises(ValueError, match="more than float32 holds"):
         ff.models.bounded(ff.models.MAF(features=2, standardize=False), [-3e38, 0.0], [3e38, 1.0])
     ff.models.bounded(ff.models.MAF(features=2, standardize=False), [-1e30, 0.0], [None, 1.0])
+
+
+def test_the_grid_check_before_the_cast_takes_any_batch_shape():
+    flow = ff.models.integer_columns(ff.models.build("realnvp", features=3), [0]).eval()
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    x[..., 0] = x[..., 0].round()
+    assert flow.log_prob(x).shape == (4, 5)
+
+
+def test_reverse_kl_names_the_flow_when_its_samples_overflow():
+    from flowforge.core import NonFiniteSamples
+    from flowforge.objectives import reverse_kl
+
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,), standardize=False)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.fill_(1e30)
+    with pytest.raises(NonFiniteSamples, match="its inverse overflowed, not the target"):
+        reverse_kl(flow, lambda z: -0.5 * (z**2).sum(-1), 16)

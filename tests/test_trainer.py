@@ -553,3 +553,9 @@ def test_reverse_kl_validation_is_repeatable_and_leaves_the_model_alone():
     a, b = t.objective.validate(t, None, None), t.objective.validate(t, None, None)
     assert a == b
     assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_of(capsys):
+    Trainer(_flow(), _data(), _data(16, 1), {"epochs": 1, "batch_size": 32, "warmup_steps": 50},
+            progress=False).fit()  # fmt: skip
+    assert "train.warmup_steps 50 is at least the run's 2 steps" in capsys.readouterr().err

@@ -615,6 +615,10 @@ def test_digit_separators_and_repeated_column_names(tmp_path, capsys):
     path.write_text("a,b\n" + rows + "\n1_000,0.5\n")
     with pytest.raises(DataError, match="1_000"):
         load_dataset(str(path))
+    first = tmp_path / "first.csv"  # on the first row it was taken for a header, the row lost
+    first.write_text("1_000,2\n" + rows + "\n")
+    with pytest.raises(DataError, match=r"line 1: cannot read '1_000' .* write '1000'"):
+        load_dataset(str(first))
     dup = tmp_path / "dup.csv"
     dup.write_text("a,a,b\n" + "\n".join(f"{i % 7 - 3},{i % 5 + 1},{i % 3}" for i in range(60)))
     with pytest.raises(DataError, match=r"'a' names columns 0, 1 \(the header repeats it\)"):

@@ -900,7 +900,7 @@ class Flow(nn.Module):
             and self._validating(x)
         ):
             # the values as given: a narrowing cast could round 16.0000001 onto the grid
-            self.dequantizer.check(given)
+            self.dequantizer.check(given.reshape(-1, *self.event_shape))
         log_q = 0.0
         with self._checks():
             if self.dequantizer is not None:
@@ -1037,7 +1037,7 @@ class Flow(nn.Module):
     def rsample(self, n, context: Tensor | None = None) -> Tensor:
         """Differentiable samples (reparameterised through the base and the flow), shaped as
         :meth:`sample` gives them; continuous (any dequantizer is ignored)."""
-        return self.rsample_and_log_prob(n, context)[0]
+        return self._rsample(n, context, log_q_checked=False)[0]
 
     def rsample_and_log_prob(self, n, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Differentiable samples and their log-density, for reverse-KL / variational inference.
@@ -1046,6 +1046,9 @@ class Flow(nn.Module):
         and ``(n, B)`` with a ``(B, c)`` context). Ignores any dequantizer: the samples are
         continuous.
         """
+        return self._rsample(n, context, log_q_checked=True)
+
+    def _rsample(self, n, context, log_q_checked: bool) -> tuple[Tensor, Tensor]:
         ctx, shape = self._sample_context(n, context)
         if not math.prod(shape):  # no samples: no layer needs to run (nor initialise)
             anchor = self.base._anchor
@@ -1056,7 +1059,7 @@ class Flow(nn.Module):
         log_q = log_pz - ladj
         if not self.training:  # in training (reverse KL) a NaN goes on to the loss's checks
             self._check_samples(x)
-            if self._validating(x) and not all_finite(log_q):
+            if log_q_checked and self._validating(x) and not all_finite(log_q):
                 bad = (~torch.isfinite(log_q)).nonzero().flatten()[:5].tolist()
                 raise NonFiniteSamples(
                     f"the log-density of the model's own samples is NaN or infinite in rows "

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._util import all_finite
-from .core import Flow, NaNLogProb
+from .core import Flow, NaNLogProb, NonFiniteSamples
 from .transforms.dequantization import UniformDequantization
 
 __all__ = [
@@ -79,14 +79,17 @@ def reverse_kl(
 
     ``target_log_prob(x)`` is the unnormalised log-density of the target (it gets ``x`` and,
     when a context is given, ``(x, context)``). The result is ``-ELBO``, differentiable through
-    :meth:`Flow.rsample_and_log_prob`.
+    :meth:`Flow.rsample_and_log_prob`. Samples that overflow the flow's dtype raise
+    :class:`~flowforge.core.NonFiniteSamples` (the workbench's trainer skips such a step).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
     x, log_q = flow.rsample_and_log_prob(n, context)
-    if not all_finite(x):  # the flow's samples overflowed (training mode lets them through):
-        # a non-finite loss, which the trainer skips and counts; the target is not to blame
-        return log_q.mean() + math.nan
+    if not all_finite(x):  # the flow's own samples overflowed (training mode lets them through)
+        raise NonFiniteSamples(
+            f"the flow's samples are NaN or infinite ({int((~torch.isfinite(x)).sum())} values; "
+            "its inverse overflowed, not the target: a lower learning rate, or sample in float64)"
+        )
     if context is None:
         log_p = target_log_prob(x)
     else:

@@ -572,7 +572,23 @@ def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
             f"every cell must be a number (fill or drop the row); if line {lineno} names the "
             "columns, name every column (or set the data option header: true)"
         )
+    if text and all(_python_float(c) for _, c in text):  # (1_000: a number to Python alone)
+        j, c = text[0]
+        raise DataError(
+            f"{path}: line {lineno}: cannot read {c!r} (column {j}, 0-based) as a number: digit "
+            "separators are not read as numbers, as spreadsheets and pandas do not; write "
+            f"{c.replace('_', '')!r}, or if line {lineno} names the columns, set the data option "
+            "header: true"
+        )
     return bool(text)
+
+
+def _python_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
 
 
 def _integers(row: list[str]) -> bool:
@@ -982,37 +998,38 @@ def _check_npy_header(f, size: int, where: str) -> None:
 
 def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
     try:
-        if path.suffix.lower() == ".npy" or not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # (a zip appended to a .npy is still a .npy)
+        if path.suffix.lower() == ".npy" or not (zipped and zipfile.is_zipfile(path)):
             # (a .npy renamed .npz is still one: its header is checked as any .npy's)
             with open(path, "rb") as f:
                 _check_npy_header(f, path.stat().st_size, str(path))
             return np.load(path, allow_pickle=False)
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                packed = [i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
-                declared = sum(i.file_size for i in packed)
-                if declared > max(1 << 26, 1100 * sum(i.compress_size for i in packed)):
-                    raise DataError(  # the members together, however many (see below)
-                        f"{path} declares {declared:,} bytes from "
-                        f"{sum(i.compress_size for i in packed):,} compressed: more than a "
-                        "compressor gives for real data; refused unread"
+        with zipfile.ZipFile(path) as zf:
+            packed = [i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            declared = sum(i.file_size for i in packed)
+            if declared > max(1 << 26, 1100 * sum(i.compress_size for i in packed)):
+                raise DataError(  # the members together, however many (see below)
+                    f"{path} declares {declared:,} bytes from "
+                    f"{sum(i.compress_size for i in packed):,} compressed: more than a "
+                    "compressor gives for real data; refused unread"
+                )
+            for info in zf.infolist():
+                where = f"{path}[{info.filename!r}]"
+                if not info.filename.endswith(".npy"):  # numpy would read it as raw bytes
+                    raise DataError(f"{where} is not a .npy array (an .npz holds only those)")
+                # a member's declared size is only what the zip says: deflate (what numpy
+                # writes) expands at most about 1,032 times, so more is a crafted member
+                if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+                    1 << 26, 1100 * info.compress_size
+                ):
+                    raise DataError(
+                        f"{where} declares {info.file_size:,} bytes from "
+                        f"{info.compress_size:,} compressed: more than a compressor gives "
+                        "for real data; refused unread"
                     )
-                for info in zf.infolist():
-                    where = f"{path}[{info.filename!r}]"
-                    if not info.filename.endswith(".npy"):  # numpy would read it as raw bytes
-                        raise DataError(f"{where} is not a .npy array (an .npz holds only those)")
-                    # a member's declared size is only what the zip says: deflate (what numpy
-                    # writes) expands at most about 1,032 times, so more is a crafted member
-                    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
-                        1 << 26, 1100 * info.compress_size
-                    ):
-                        raise DataError(
-                            f"{where} declares {info.file_size:,} bytes from "
-                            f"{info.compress_size:,} compressed: more than a compressor gives "
-                            "for real data; refused unread"
-                        )
-                    with zf.open(info) as f:
-                        _check_npy_header(f, info.file_size, where)
+                with zf.open(info) as f:
+                    _check_npy_header(f, info.file_size, where)
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
         for k, v in out.items():  # (a member that is not a .npy stream comes back as bytes)
@@ -1617,8 +1634,8 @@ MAX_IMAGE_PIXELS = 1 << 24  # pixels of one image in a folder (4096 x 4096), che
 
 
 def _memory_values() -> int:
-    """How many data values training may hold: a value is a byte read and four as float32,
-    twice over (the splits' copies), within half this machine's memory."""
+    """How many data values training may hold within half this machine's physical memory: a
+    value costs one byte as read and 4 + 4 as float32 (the splits and a copy of them)."""
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -162,7 +162,10 @@ class ReverseKL(Objective):
 
     def loss(self, trainer, model, x, context):
         beta = self.beta(trainer.global_step)
-        return reverse_kl(model, lambda z: beta * self.target(z), self.batch)
+        try:
+            return reverse_kl(model, lambda z: beta * self.target(z), self.batch)
+        except NonFiniteSamples:  # a non-finite loss through every parameter: skipped, counted
+            return sum(p.sum() for p in model.parameters()) * math.nan
 
     @torch.no_grad()
     def validate(self, trainer, x, context):
@@ -853,19 +856,11 @@ class Trainer:
             torch.manual_seed(self.seed + 104729)
             self.model.train()
             c = None if self.train_c is None else self.train_c[idx]
+            said: list = []
             try:
                 with warnings.catch_warnings(record=True) as said:
                     warnings.simplefilter("always")
                     self.objective.loss(self, self.model, self.train_x[idx], c)
-                for w in said:  # the layer's advice is Python's; the trainer says it its way
-                    if "takes its statistics for good" in str(w.message):
-                        self._warn(
-                            f"a layer takes its statistics from the first {len(idx)} training "
-                            "examples only (train.init_batch, or the batch size when it is 0); "
-                            "--set train.init_batch=256 gives it more"
-                        )
-                    else:
-                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             except ValueError as e:
                 if "first batch" not in str(e):
                     raise
@@ -875,6 +870,22 @@ class Trainer:
                     "statistics: set train.init_batch to a few hundred (--set "
                     "train.init_batch=256)"
                 ) from None
+            finally:
+                small = False
+                for w in said:  # the layer's advice is Python's; the trainer says it its way
+                    if "takes its statistics for good" in str(w.message):
+                        small = True
+                    else:
+                        warnings.warn_explicit(
+                            w.message, w.category, w.filename, w.lineno,
+                            module=getattr(w, "module", None),
+                        )  # fmt: skip
+                if small:
+                    self._warn(
+                        f"a layer takes its statistics from the first {len(idx)} training "
+                        "examples only (train.init_batch, or the batch size when it is 0); "
+                        "--set train.init_batch=256 gives it more"
+                    )
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
 
