@@ -572,7 +572,7 @@ def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
             f"every cell must be a number (fill or drop the row); if line {lineno} names the "
             "columns, name every column (or set the data option header: true)"
         )
-    if text and all(_python_float(c) for _, c in text):  # (1_000: a number to Python alone)
+    if text and all(_is_float(c, python=True) for _, c in text):  # (1_000: to Python alone)
         j, c = text[0]
         raise DataError(
             f"{path}: line {lineno}: cannot read {c!r} (column {j}, 0-based) as a number: digit "
@@ -581,14 +581,6 @@ def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
             "header: true"
         )
     return bool(text)
-
-
-def _python_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def _integers(row: list[str]) -> bool:
@@ -959,9 +951,10 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
     )
 
 
-def _is_float(s: str) -> bool:
+def _is_float(s: str, python: bool = False) -> bool:
+    """Whether a CSV cell is a number (``python``: whether Python's ``float`` takes it)."""
     try:
-        _number(s)
+        float(s) if python else _number(s)
         return True
     except ValueError:
         return False
