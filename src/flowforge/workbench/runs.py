@@ -286,7 +286,8 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a folder")
     if not out.is_dir() or all(
-        (f.name == LOCK_FILE and _our_lock(f)) or (_our_temporary(f.name) and f.is_file())
+        (_lock_record(f) is not None if f.name == LOCK_FILE else _our_temporary(f.name))
+        and f.is_file()
         for f in out.iterdir()
     ):
         return None  # (empty, or holding only a lock a training took, or its leftovers)
@@ -368,17 +369,18 @@ def remove_orphans(out: Path) -> None:
             _ours_in(f, is_report_figure)  # a killed report's figures
 
 
-def _our_lock(path: Path) -> bool:
-    """Whether ``path`` is a lock file RunLock wrote: a regular file holding its whole record
-    (it is written aside and linked into place, so it is never seen part-written); a user's
-    ``.lock``, even an empty one, is not."""
+def _lock_record(path: Path) -> dict | None:
+    """The record of a lock file RunLock wrote (``pid``, ``host``): a regular file holding it
+    whole (it is written aside and linked into place, so it is never seen part-written); None
+    for anything else, a user's ``.lock`` (even an empty one) included."""
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
-            return False
+            return None
         info = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and isinstance(info.get("pid"), int) and "host" in info
+        return None
+    ok = isinstance(info, dict) and isinstance(info.get("pid"), int) and "host" in info
+    return info if ok else None
 
 
 class RunLock:
@@ -389,12 +391,9 @@ class RunLock:
         self.path = Path(out) / LOCK_FILE
         self.held = False
 
-    def _owner_alive(self) -> bool:
-        try:
-            info = json.loads(self.path.read_text())
-            pid, host = int(info["pid"]), info.get("host")
-        except (OSError, ValueError, KeyError, TypeError):
-            return False  # unreadable: a writer died mid-write; stale
+    def _owner_alive(self, info: dict) -> bool:
+        """Whether the process of a lock's record (:func:`_lock_record`) may still run."""
+        pid, host = info["pid"], info.get("host")
         if host != socket.gethostname():
             return True  # another machine's lock: cannot tell, keep it
         try:
@@ -433,17 +432,17 @@ class RunLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._take(record)
             except FileExistsError:
-                if not _our_lock(self.path):
+                info = _lock_record(self.path)
+                if info is None:
                     raise RunError(
                         f"{self.path} exists and is not a lock flowforge wrote (an empty one "
                         "included); flowforge does not touch files it did not create: use "
                         "another --out, or remove it if it is an old lock of flowforge's"
                     ) from None
-                if self._owner_alive():
-                    info = self.path.read_text(errors="replace").strip()
+                if self._owner_alive(info):
                     raise RunError(
-                        f"{self.path.parent} is in use by another training ({info}); wait for it "
-                        f"to finish, or remove {self.path} if that process is gone"
+                        f"{self.path.parent} is in use by another training ({json.dumps(info)}); "
+                        f"wait for it to finish, or remove {self.path} if that process is gone"
                     ) from None
                 self.path.unlink(missing_ok=True)  # stale: its owner is gone
                 continue

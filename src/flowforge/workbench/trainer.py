@@ -169,17 +169,11 @@ class ReverseKL(Objective):
 
     @torch.no_grad()
     def validate(self, trainer, x, context):
-        model = trainer.eval_model
-        was = model.training
-        model.eval()  # (as every validation: repeatable, and no layer's running state moves)
-        try:
-            with fork_rng():
-                torch.manual_seed(trainer.seed + 7919)
+        with trainer.validating() as model:
+            try:
                 return reverse_kl(model, self.target, self.n_val).item()
-        except NonFiniteSamples:  # the flow diverged: a non-finite validation loss, said so
-            return math.nan
-        finally:
-            model.train(was)
+            except NonFiniteSamples:  # the flow diverged: a non-finite validation loss, said so
+                return math.nan
 
 
 class Loss(Objective):
@@ -194,22 +188,15 @@ class Loss(Objective):
 
     @torch.no_grad()
     def validate(self, trainer, x, context):
-        model = trainer.eval_model
-        was = model.training
-        model.eval()
-        try:
-            with fork_rng():
-                torch.manual_seed(trainer.seed + 7919)
-                if self._validate is not None:
-                    return float(self._validate(model, x, context))
-                bs, total = trainer.cfg["eval_batch_size"], 0.0
-                for i in range(0, x.shape[0], bs):
-                    c = None if context is None else context[i : i + bs]
-                    xb = x[i : i + bs]
-                    total += float(self.fn(model, xb, c)) * xb.shape[0]
-                return total / x.shape[0]
-        finally:
-            model.train(was)
+        with trainer.validating() as model:
+            if self._validate is not None:
+                return float(self._validate(model, x, context))
+            bs, total = trainer.cfg["eval_batch_size"], 0.0
+            for i in range(0, x.shape[0], bs):
+                c = None if context is None else context[i : i + bs]
+                xb = x[i : i + bs]
+                total += float(self.fn(model, xb, c)) * xb.shape[0]
+            return total / x.shape[0]
 
 
 class FlowMatchingObjective(Objective):
@@ -822,22 +809,29 @@ class Trainer:
         """Mean NLL (nats/example) of the evaluated weights in eval mode, averaged over
         ``samples`` dequantization draws (``train.val_samples``); the noise is seeded, so the
         number is repeatable and independent of the training random stream."""
-        model = self.eval_model
         samples = int(samples or self.cfg["val_samples"])
+        total, bs = 0.0, self.cfg["eval_batch_size"]
+        with self.validating() as model:
+            for _ in range(samples):
+                for i in range(0, x.shape[0], bs):
+                    c = None if context is None else context[i : i + bs]
+                    total += model.log_prob(x[i : i + bs], c).double().sum().item()
+        return -total / (x.shape[0] * samples)
+
+    @contextlib.contextmanager
+    def validating(self):
+        """The evaluated weights in eval mode, under a forked random stream seeded apart from
+        training's: every validation number is repeatable, moves no layer's running state and
+        leaves the training stream as it was."""
+        model = self.eval_model
+        was = model.training
         with fork_rng():
             torch.manual_seed(self.seed + 7919)
-            was = model.training
             model.eval()
             try:
-                total = 0.0
-                bs = self.cfg["eval_batch_size"]
-                for _ in range(samples):
-                    for i in range(0, x.shape[0], bs):
-                        c = None if context is None else context[i : i + bs]
-                        total += model.log_prob(x[i : i + bs], c).double().sum().item()
+                yield model
             finally:
                 model.train(was)
-        return -total / (x.shape[0] * samples)
 
     def _init_data_dependent(self) -> None:
         """One forward pass on a fixed batch (``train.init_batch`` examples of the first
