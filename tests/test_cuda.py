@@ -179,10 +179,13 @@ def test_flow_matching_and_ffjord_on_the_device():
 def test_workbench_trains_resumes_and_evaluates_on_the_device(tmp_path, capsys):
     """A run trained on the device; one interrupted (SIGTERM) in its second epoch and resumed
     from the command line ends with the same weights, bit for bit; its model file scores on a
-    machine without a device (eval runs on the CPU) and samples."""
+    machine without a device (eval runs on the CPU) and, with --device cuda, on the device
+    (the same figure up to the dequantization noise, drawn there), and samples both ways."""
     import json
     import os
     import signal
+
+    import numpy as np
 
     from flowforge.workbench.checkpoint import read_checkpoint
     from flowforge.workbench.runner import train
@@ -216,10 +219,19 @@ def test_workbench_trains_resumes_and_evaluates_on_the_device(tmp_path, capsys):
                 for line in (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
 
     assert records(a) == records(b)
-    rc, out, err = cli(capsys, "eval", a, "--split", "test")
-    assert rc == 0 and "NLL" in out, err
+    rc, out, err = cli(capsys, "eval", a, "--split", "test", "--json")
+    assert rc == 0, err
+    rc, out_gpu, err = cli(capsys, "eval", a, "--split", "test", "--json", "--device", "cuda")
+    assert rc == 0, err
+    cpu, gpu = json.loads(out), json.loads(out_gpu)  # (the noise is drawn on each device)
+    assert cpu["examples"] == gpu["examples"] and abs(cpu["nll"] - gpu["nll"]) < 1.0
     rc, _, err = cli(capsys, "sample", a, "-n", 100, "--out", tmp_path / "s.npy")
     assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", a, "-n", 100, "--out", tmp_path / "g.npy", "--device",
+                     "cuda")  # fmt: skip
+    assert rc == 0, err
+    g = np.load(tmp_path / "g.npy")
+    assert g.shape == np.load(tmp_path / "s.npy").shape and np.isfinite(g).all()
 
 
 FLOAT32 = {

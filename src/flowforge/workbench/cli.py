@@ -53,6 +53,26 @@ def _one_line(e) -> str:
     return msg.strip("'\"") if isinstance(e, KeyError) else msg
 
 
+def _device_name(text: str) -> str:
+    """A ``--device`` of eval or sample, checked as ``train.device`` is."""
+    from .config import _device
+
+    try:
+        return _device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected {e}, got {text!r}") from None
+
+
+def _device_option(parser, verb: str) -> None:
+    parser.add_argument(
+        "--device",
+        type=_device_name,
+        default="cpu",
+        help=f"where the model {verb}: cpu (default), cuda, cuda:N, or auto (a GPU if there is "
+        "one); the figures come back the same up to the last digits",
+    )
+
+
 def _seed(text: str) -> int:
     """A ``--seed``: an integer in [0, 2**32 - 1], as a config's seed."""
     from .config import SEED_MAX
@@ -321,7 +341,7 @@ def cmd_eval(args) -> int:
 
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
-        args.trace, args.ode_tol,
+        args.trace, args.ode_tol, device=args.device,
     )  # fmt: skip
     if args.json:
         print(json.dumps(res, allow_nan=False))
@@ -449,7 +469,11 @@ def cmd_sample(args) -> int:
                 f"--out {out}: a PNG shows at most {cap:,} {noun}, and {total:,} were asked "
                 "for; write them to a .npy or .csv file"
             )
-    flow = load_run(args.run)
+    from .distributed import device
+
+    dev = device(args.device, "--device")  # (a missing GPU: one line, before any loading)
+    flow = load_run(args.run).to(dev)
+    context = None if context is None else context.to(dev)
     if args.inverse != "sequential":  # autoregressive layers: Jacobi sweeps (see set_inverse)
         from ..transforms import Autoregressive, set_inverse
 
@@ -868,6 +892,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="continuous flows: the adaptive solver's rtol = atol (default 1e-5, or the "
         "model's own if tighter)",
     )
+    _device_option(s, "scores")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", parents=[common], help="draw samples from a run's model")
@@ -910,6 +935,7 @@ def make_parser() -> argparse.ArgumentParser:
         type=float,
         help="continuous flows: an adaptive solver's rtol = atol, in [1e-12, 1)",
     )
+    _device_option(s, "samples")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")

@@ -46,25 +46,26 @@ def barrier() -> None:
         dist.barrier()
 
 
-def device(name: str) -> torch.device:
-    """The device ``train.device`` names, for this rank; :class:`WorkbenchError` if absent."""
+def device(name: str, what: str = "train.device") -> torch.device:
+    """The device ``train.device`` (or the option ``what``) names, for this rank;
+    :class:`WorkbenchError` if absent."""
     rank_local = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise WorkbenchError(f"train.device is {name!r} but no GPU is available here")
+            raise WorkbenchError(f"{what} is {name!r} but no GPU is available here")
         if name == "cuda":
             return torch.device("cuda", rank_local % torch.cuda.device_count())
         if int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise WorkbenchError(
-                f"train.device is {name!r} under torchrun, which would put every process on "
+                f"{what} is {name!r} under torchrun, which would put every process on "
                 "that one GPU; use cuda (each process takes the GPU of its LOCAL_RANK)"
             )
         index = int(name.split(":", 1)[1])
         if index >= torch.cuda.device_count():
             raise WorkbenchError(
-                f"train.device is {name!r} but only {torch.cuda.device_count()} GPU(s) exist"
+                f"{what} is {name!r} but only {torch.cuda.device_count()} GPU(s) exist"
             )
         return torch.device(name)
     return torch.device(name)

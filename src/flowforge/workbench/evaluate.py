@@ -28,6 +28,7 @@ from .data import (
     read_examples,
     shrunk_gaussian,
 )
+from .distributed import device as resolve_device
 from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config
@@ -53,6 +54,7 @@ def evaluate_run(
     trace: str = "exact",
     tol: float | None = None,
     dataset=None,
+    device: str = "cpu",
 ) -> dict:
     """The NLL of a run's best model on one split (or on a file), in the data's units.
 
@@ -71,7 +73,9 @@ def evaluate_run(
     is finite (or None where one example gives no standard error), or a
     :class:`DataError` says which examples the model cannot score. ``dataset``: the run's
     data as :func:`~flowforge.workbench.runner.run_dataset` gave it, when the caller has it
-    already (it is not read again).
+    already (it is not read again). ``device``: where the model scores (``cpu``, ``cuda``,
+    ``cuda:N`` or ``auto``); the numbers come back on the host either way, and on a GPU differ
+    from the CPU's in the last digits (another order of float operations).
     """
     for name, v in (("batch size", batch_size), ("samples", samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -100,14 +104,15 @@ def evaluate_run(
             f"and --samples of 2 or more (got {samples})"
         )
     truth, baseline, histogram = None, None, None
-    flow = load_run(run)
+    dev = resolve_device(device, "--device")  # (a missing GPU: one line, before any loading)
+    flow = load_run(run).to(dev)
     if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
         if samples > 1:
             raise DataError(
                 f"--samples {samples} averages draws of a random score; an M-flow scores its "
                 "data exactly, so every draw is the same: use --samples 1"
             )
-        return _evaluate_manifold_model(run, cfg, flow, split, data, batch_size)
+        return _evaluate_manifold_model(run, cfg, flow, split, data, batch_size, dev)
     shape = tuple(r["event_shape"])
     info = r.get("context")
     context = None
@@ -185,8 +190,8 @@ def evaluate_run(
         if ds.density is not None and comparable:
             truth = torch.from_numpy(ds.density(x.double().numpy()))
     dtype = next((p.dtype for p in flow.parameters()), torch.float32)
-    x = x.reshape(-1, *shape).to(dtype)
-    context = None if context is None else context.to(dtype)
+    x = x.reshape(-1, *shape).to(dev, dtype)
+    context = None if context is None else context.to(dev, dtype)
     cnfs = [m for m in flow.modules() if isinstance(m, CNF)]
     if not cnfs and (trace != "exact" or tol is not None):
         raise DataError(
@@ -221,7 +226,7 @@ def evaluate_run(
                 c.rtol = c.atol = float(tol)
         ode = solver_settings(cnfs)  # as scored (exact trace, tight tolerances)
         try:
-            draws = [log_likelihoods(flow, x, context, batch_size) for _ in range(samples)]
+            draws = [log_likelihoods(flow, x, context, batch_size).cpu() for _ in range(samples)]
         except ODEStepBudgetError as e:  # kept as what it is: the CLI adds its remedy
             raise ODEStepBudgetError(f"{split}: {_one_line(e)}") from None
         except ValueError as e:
@@ -426,7 +431,9 @@ def describe_ode(o: dict) -> str:
     return line
 
 
-def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size: int) -> dict:
+def _evaluate_manifold_model(
+    run, cfg: dict, model, split: str, data, batch_size: int, dev: torch.device
+) -> dict:
     """An M-flow run's figures (:func:`~flowforge.workbench.mflow.evaluate_mflow`): the
     reconstruction error against the data's noise level where known, the on-manifold NLL, and
     the gap to the true density where the data has one on a surface."""
@@ -450,7 +457,7 @@ def _evaluate_manifold_model(run, cfg: dict, model, split: str, data, batch_size
             truth = torch.from_numpy(ds.density(x.double().numpy()))
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     try:
-        out = evaluate_mflow(model, x.to(dtype), truth, batch_size)
+        out = evaluate_mflow(model, x.to(dev, dtype), truth, batch_size)
     except ValueError:  # a layer met non-finite values the (finite) data made overflow
         raise DataError(
             f"{split}: the model cannot score every example (non-finite values inside it: "

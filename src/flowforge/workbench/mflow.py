@@ -132,7 +132,7 @@ def evaluate_mflow(
         with torch.no_grad():
             rec.append(model.reconstruction_error(xb))
         lq.append(model.log_prob(xb).detach())
-    rec_t, lq_t = torch.cat(rec).double(), torch.cat(lq).double()
+    rec_t, lq_t = torch.cat(rec).double().cpu(), torch.cat(lq).double().cpu()
     n = len(rec_t)
 
     def se(t: Tensor) -> float | None:  # (one example: no standard error, as eval says)

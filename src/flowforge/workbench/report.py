@@ -125,7 +125,7 @@ def sample_run(
         for start in range(0, n, SAMPLE_CHUNK):
             m = min(SAMPLE_CHUNK, n - start)
             x = flow.sample(m, context, temperature=temperature)
-            out[:, start : start + m] = x.reshape(m, rows, *shape).transpose(0, 1)
+            out[:, start : start + m] = x.reshape(m, rows, *shape).transpose(0, 1).cpu()
             clamped += float(getattr(flow, "clamped", 0.0)) * m / n
     if hasattr(flow, "clamped"):
         flow.clamped = clamped  # the whole draw's fraction, for the caller to report
