@@ -136,12 +136,39 @@ def test_hpd_coverage_reads_over_and_underconfidence():
     assert "overconfident" in str(narrow)
 
 
+def test_hpd_coverage_matches_the_closed_form_of_a_scaled_posterior():
+    # in 2-D, the truth is inside the c-HPD region of a posterior with its sd scaled by w when
+    # |z / w|^2 < -2 log(1 - c) for z ~ N(0, I): coverage 1 - (1 - c)^(w^2)
+    theta, x = joint(2000)
+    for flow, w in ((NARROW, 0.5), (WIDE, 2.0), (EXACT, 1.0)):
+        cov = dg.hpd_coverage(flow, theta, x, 200)
+        want = 1 - (1 - cov.levels) ** (w**2)
+        assert (cov.coverage - want).abs().max() < 0.035, (w, cov.coverage, want)
+
+
 def test_randomised_ranks_are_exact_even_with_one_draw():
     # with L = 1 the raw rank is 0 or 1; the jitter makes the HPD level exactly uniform
     theta, x = joint(N)
     cov = dg.hpd_coverage(EXACT, theta, x, 1)
     assert cov.verdict() == "calibrated" and cov.ks_pvalue > 0.01
     assert dg.hpd_coverage(NARROW, theta, x, 1).verdict() == "overconfident"
+
+
+def test_p_values_are_uniform_for_the_exact_posterior_even_with_few_draws():
+    # 100 seeded runs with L = 5: the jittered ranks keep every p-value uniform (without the
+    # jitter, the KS p-values of six-valued ranks would all be near 0)
+    p_ks, p_lp, p_tarp, alarms = [], [], [], 0
+    for seed in range(100):
+        theta, x = joint(100, seed=seed + 10)
+        s = dg.sbc(EXACT, theta, x, 5, seed=seed)
+        p_ks.append(float(s.ks_pvalues[0]))
+        p_lp.append(s.log_prob_ks_pvalue)
+        p_tarp.append(dg.tarp(EXACT, theta, x, 5, seed=seed).ks_pvalue)
+        alarms += dg.hpd_coverage(EXACT, theta, x, 5, seed=seed).verdict() != "calibrated"
+    for p in (p_ks, p_lp, p_tarp):
+        p = torch.tensor(p)
+        assert 0.4 < float(p.mean()) < 0.6 and 0.03 < float((p < 0.2).double().mean()) < 0.37
+    assert alarms <= 4
 
 
 # -- TARP --------------------------------------------------------------------------------------
@@ -158,15 +185,19 @@ def test_tarp_passes_the_exact_posterior_and_flags_the_wrong_ones():
         assert res.max_deviation > 0.1 and res.area > 2 * exact.area
 
 
-def test_tarp_from_samples_agrees_with_tarp_on_the_same_draws():
+def test_tarp_from_samples_takes_draws_of_any_estimator():
     theta, x = joint(200)
     with torch.random.fork_rng():
         torch.manual_seed(3)
-        draws = NARROW.sample(L, x)
-    res = dg.tarp_from_samples(draws, theta, seed=3)
-    assert res.n == 200 and res.ks_pvalue < 1e-3
-    exact = dg.tarp_from_samples(EXACT.sample(L, x), theta, levels=11)
-    assert exact.levels.shape == (11,) and exact.ks_pvalue > 0.01
+        narrow, exact = NARROW.sample(L, x), EXACT.sample(L, x)
+        # an "ensemble": half the draws from each of two members
+        ensemble = torch.cat([EXACT.sample(L // 2, x), posterior(shift=0.0).sample(L // 2, x)])
+    assert dg.tarp_from_samples(narrow, theta, seed=3).ks_pvalue < 1e-3
+    res = dg.tarp_from_samples(exact, theta, levels=11)
+    assert res.n == 200 and res.levels.shape == (11,) and res.ks_pvalue > 0.01
+    assert dg.tarp_from_samples(ensemble.numpy(), theta.numpy()).ks_pvalue > 0.01
+    a, b = dg.tarp_from_samples(narrow, theta), dg.tarp_from_samples(narrow, theta)
+    assert torch.equal(a.f, b.f)  # seeded references and jitter
 
 
 def test_tarp_with_given_references():

@@ -260,17 +260,16 @@ class CoverageResult:
     n: int
     seconds: float = field(default=0.0, compare=False)
 
-    def verdict(self, z: float = 3.0) -> str:
-        """``"calibrated"``, ``"overconfident"`` or ``"underconfident"``: the sign of the
-        largest deviation when it exceeds ``z`` binomial standard errors, else calibrated.
-        With the default 21 levels and ``z = 3`` a calibrated flow is called miscalibrated about
-        3% of the time (8 of 300 seeded runs of the conjugate model, N = 200, L = 30)."""
-        se = self.stderr.clamp_min(1 / self.n)
-        score = (self.coverage - self.levels) / se
-        i = int(score.abs().argmax())
-        if abs(float(score[i])) <= z:
+    def verdict(self, level: float = 0.01) -> str:
+        """``"calibrated"``, ``"overconfident"`` or ``"underconfident"``.
+
+        Calibrated unless the KS test of the whole curve (``ks_pvalue``) rejects at ``level``
+        (a calibrated flow is called miscalibrated with probability about ``level``); then the
+        sign of ``signed_area`` says which way (a biased posterior reads as overconfident: its
+        regions miss the truth)."""
+        if self.ks_pvalue >= level:
             return "calibrated"
-        return "overconfident" if score[i] < 0 else "underconfident"
+        return "overconfident" if self.signed_area < 0 else "underconfident"
 
     def describe(self) -> str:
         return (
