@@ -4,6 +4,7 @@ underconfident and a biased one are flagged, and bad input is one clear ``ValueE
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -144,6 +145,16 @@ def test_hpd_coverage_matches_the_closed_form_of_a_scaled_posterior():
         cov = dg.hpd_coverage(flow, theta, x, 200)
         want = 1 - (1 - cov.levels) ** (w**2)
         assert (cov.coverage - want).abs().max() < 0.035, (w, cov.coverage, want)
+
+
+def test_the_coverage_of_an_sbc_result_is_hpd_coverage_without_drawing_again():
+    theta, x = joint(N)
+    for flow in (EXACT, NARROW):
+        direct = dg.hpd_coverage(flow, theta, x, L, seed=4)
+        via = dg.sbc(flow, theta, x, L, seed=4).coverage(seed=4)
+        assert via.verdict() == direct.verdict()
+        # the same draws give the same ranks; only the tie-breaking jitter differs
+        assert (via.coverage - direct.coverage).abs().max() < 0.03
 
 
 def test_randomised_ranks_are_exact_even_with_one_draw():
@@ -363,3 +374,85 @@ def test_numpy_inputs_work():
     theta, x = joint(200)
     res = dg.sbc(EXACT, theta.numpy(), x.numpy().astype(np.float64), 20)
     assert res.consistent()
+
+
+# -- the workbench: flowforge eval RUN --calibration ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conjugate_run(tmp_path_factory):
+    """A MAF trained on a table of (theta, x) pairs of the conjugate model, theta the targets."""
+    from flowforge.workbench.cli import main
+
+    folder = tmp_path_factory.mktemp("calibration")
+    theta, x = joint(3000, seed=5)
+    table = folder / "pairs.csv"
+    np.savetxt(table, torch.cat([theta, x], 1).numpy(), delimiter=",",
+               header="t1,t2,x1,x2", comments="")  # fmt: skip
+    out = folder / "run"
+    code = main(["train", "--model", "maf", "--data", str(table), "--target-columns", "t1,t2",
+                 "--model-kwargs", '{"hidden": [32], "layers": 3}', "--epochs", "15",
+                 "--out", str(out), "--no-progress", "--quiet"])  # fmt: skip
+    assert code == 0
+    return out, table
+
+
+def _cli(args, capsys):
+    from flowforge.workbench.cli import main
+
+    code = main([str(a) for a in args])
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def test_eval_calibration_of_a_trained_posterior(conjugate_run, capsys):
+    run, _ = conjugate_run
+    code, out, err = _cli(["eval", run, "--split", "val", "--calibration"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1] == "calibration on val (rows, 100 draws each, seed 0):"
+    assert lines[2].startswith("  SBC: 300 pairs, L=100, 2 dims") and "consistent" in lines[2]
+    assert lines[3].startswith("  HPD coverage:") and lines[3].endswith(": calibrated")
+    assert lines[4].startswith("  TARP: 300 pairs")
+    more = ["--calibration-samples", "40", "--calibration-pairs", "120"]
+    code, out, err = _cli(["eval", run, "--split", "val", "--calibration", "--json", *more], capsys)
+    assert code == 0, err
+    c = json.loads(out)["calibration"]
+    assert (c["pairs"], c["rows"], c["samples"]) == (120, 300, 40)
+    assert c["sbc"]["consistent"] and c["coverage"]["verdict"] == "calibrated"
+    assert len(c["coverage"]["coverage"]) == 21 and len(c["sbc"]["ks_pvalues"]) == 2
+
+
+def test_eval_calibration_is_the_library_on_the_same_rows(conjugate_run, capsys):
+    from flowforge.workbench.data import load_dataset
+    from flowforge.workbench.evaluate import calibrate_run
+
+    run, table = conjugate_run
+    got = calibrate_run(str(run), "test", seed=3, samples=30, pairs=100)
+    ds = load_dataset(str(table), target_columns="t1,t2")
+    keep = torch.randperm(300, generator=torch.Generator().manual_seed(3))[:100].sort().values
+    flow = ff.load(run)
+    ref = dg.sbc(flow, ds.test[keep], ds.context["test"][keep], 30, seed=3)
+    assert got["sbc"]["ks_pvalues"] == ref.ks_pvalues.tolist()
+    assert got["sbc"]["log_prob_chi2_pvalue"] == ref.log_prob_chi2_pvalue
+
+
+def test_eval_calibration_refusals_are_one_line(conjugate_run, tmp_path, capsys):
+    run, table = conjugate_run
+    code, _, _ = _cli(["train", "--model", "maf", "--data", table, "--model-kwargs",
+                       '{"hidden": [8]}', "--epochs", "1", "--out", tmp_path / "u",
+                       "--no-progress", "--quiet"], capsys)  # fmt: skip
+    assert code == 0
+    cases = [
+        (["eval", tmp_path / "u", "--calibration"], "this run is unconditional"),
+        (["eval", run, "--calibration", "--data", table], "not with --data"),
+        (["eval", run, "--calibration-samples", "10"], "go with --calibration"),
+        (["eval", run, "--calibration", "--calibration-samples", "0"], "integer >= 1, got 0"),
+        (["eval", run, "--calibration", "--calibration-pairs", "1"], "integer >= 2, got 1"),
+        (["eval", run, "--calibration", "--calibration-samples", "20000"], "more than the"),
+        (["eval", run, "--calibration", "--split", "nope"], "unknown split"),
+    ]
+    for args, message in cases:
+        code, out, err = _cli(args, capsys)
+        assert code == 1 and message in err and err.count("\n") == 1, (args, err)
+        assert out == ""

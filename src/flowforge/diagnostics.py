@@ -215,6 +215,11 @@ class SBCResult:
         number of p-values (a calibrated flow fails this with probability at most ``level``)."""
         return self.min_pvalue * len(self.pvalues) > level
 
+    def coverage(self, levels=None, seed: int | None = 0) -> CoverageResult:
+        """The HPD coverage curve from this result's log-density ranks: what
+        :func:`hpd_coverage` gives, without drawing again (``seed`` seeds the tie-breaking)."""
+        return _coverage(self.log_prob_ranks, self.num_samples, _levels(levels), _generator(seed))
+
     def describe(self) -> str:
         n, d = self.ranks.shape
         mr = self.mean_rank
@@ -629,9 +634,16 @@ def hpd_coverage(
     lv = _levels(levels)
     pass_ = _Pass(flow, theta, x, L, batch_size)
     (_, lower, _), seconds = _run(flow, seed, lambda: pass_.run(log_prob=True))
+    res = _coverage(lower, L, lv, _generator(seed))
+    res.seconds = seconds
+    return res
+
+
+def _coverage(lower: Tensor, L: int, lv: Tensor, g: torch.Generator | None) -> CoverageResult:
+    """HPD coverage from log-density ranks (draws with a lower density than the truth)."""
     # share of draws with a higher density than theta_i, jittered: the HPD level at which it
     # enters the region, Uniform(0, 1) when calibrated
-    h = 1.0 - _jitter(lower, L, _generator(seed))
+    h = 1.0 - _jitter(lower, L, g)
     n = h.numel()
     coverage = _ecdf(h, lv)
     area, signed, dmax = _areas(lv, coverage)
@@ -645,7 +657,6 @@ def hpd_coverage(
         ks_pvalue=ks_uniform_pvalue(h),
         num_samples=L,
         n=n,
-        seconds=seconds,
     )
 
 
