@@ -327,8 +327,10 @@ def test_p_values_match_scipy():
 def test_bad_input_is_one_clear_value_error():
     theta, x = joint(20)
     uncond = ff.models.build("maf", features=2)
+    discrete = ff.models.build("maf", features=2, context_features=2, levels=4)
     cases = [
         (lambda: dg.sbc(uncond, theta, x), "conditional flow"),
+        (lambda: dg.tarp(discrete, theta, x), "has a dequantizer"),
         (lambda: dg.sbc("flow", theta, x), "flowforge Flow"),
         (lambda: dg.sbc(EXACT, theta[:10], x), "10 rows of theta and 20 of x"),
         (lambda: dg.sbc(EXACT, theta, x, 0), "num_samples to be an integer >= 1"),
@@ -368,6 +370,15 @@ def test_bad_input_is_one_clear_value_error():
             call()
         assert message in str(info.value), (message, str(info.value))
         assert "\n" not in str(info.value)
+
+
+def test_c2st_without_scikit_learn_names_the_extra(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "sklearn"] + ["sklearn"]:
+        monkeypatch.setitem(sys.modules, name, None)  # (None: an import of it fails)
+    with pytest.raises(ImportError, match=r"pip install flowforge\[workbench\]"):
+        dg.c2st(torch.randn(20, 2), torch.randn(20, 2))
 
 
 def test_numpy_inputs_work():

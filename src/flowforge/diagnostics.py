@@ -401,6 +401,11 @@ def _pairs(flow, theta, x) -> tuple[Tensor, Tensor]:
             "calibration checks a posterior q(theta | x): expected a conditional flow "
             "(context_features > 0), got an unconditional one"
         )
+    if flow.dequantizer is not None:
+        raise ValueError(
+            "calibration ranks continuous draws by their exact density, but this flow has a "
+            "dequantizer: its samples are discrete (ranks tie) and its log_prob is a bound"
+        )
     theta, x = _tensor(theta, "theta"), _tensor(x, "x")
     event = tuple(flow.event_shape)
     if theta.dim() != len(event) + 1 or tuple(theta.shape[1:]) != event:
