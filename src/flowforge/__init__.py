@@ -18,6 +18,7 @@ _SUBMODULES = (
     "codec",
     "bitsback",
     "core",
+    "diagnostics",
     "testing",
     "attention",
     "distributions",

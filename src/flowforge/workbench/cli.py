@@ -339,10 +339,36 @@ def cmd_eval(args) -> int:
         evaluate_run,
     )
 
+    calibration = None
+    if args.calibration:
+        from .errors import WorkbenchError
+
+        if args.data is not None:
+            raise WorkbenchError(
+                "--calibration scores a split of the run's data (--split); not with --data"
+            )
+    elif args.calibration_samples is not None or args.calibration_pairs is not None:
+        from .errors import WorkbenchError
+
+        raise WorkbenchError("--calibration-samples and --calibration-pairs go with --calibration")
+    if args.calibration:  # first: its refusals come before the NLL's pass over the split
+        from .evaluate import calibrate_run
+
+        samples, pairs = args.calibration_samples, args.calibration_pairs
+        calibration = calibrate_run(
+            args.run,
+            args.split,
+            args.seed,
+            100 if samples is None else samples,
+            1000 if pairs is None else pairs,
+            device=args.device,
+        )
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
         args.trace, args.ode_tol, device=args.device,
     )  # fmt: skip
+    if calibration is not None:
+        res["calibration"] = calibration
     if args.json:
         print(json.dumps(res, allow_nan=False))
     else:
@@ -379,6 +405,10 @@ def cmd_eval(args) -> int:
                 print(f"{what}: NLL {g:.4f}{extra} on the same examples; {words}")
                 if worse:
                     print(f"warning: the model scores worse than {short}: {WORSE_HINT}")
+        if calibration is not None:
+            from .evaluate import describe_calibration
+
+            print("\n".join(describe_calibration(calibration)))
     return 0
 
 
@@ -891,6 +921,23 @@ def make_parser() -> argparse.ArgumentParser:
         type=float,
         help="continuous flows: the adaptive solver's rtol = atol (default 1e-5, or the "
         "model's own if tighter)",
+    )
+    s.add_argument(
+        "--calibration",
+        action="store_true",
+        help="a --target-columns run as a posterior q(targets | context): SBC, HPD coverage "
+        "and TARP on the split (its rows taken as draws from the joint; docs/diagnostics.md)",
+    )
+    s.add_argument(
+        "--calibration-samples",
+        type=int,
+        help="with --calibration: posterior draws per row (default 100)",
+    )
+    s.add_argument(
+        "--calibration-pairs",
+        type=int,
+        help="with --calibration: at most this many rows of the split, a seeded random subset "
+        "(default 1000)",
     )
     _device_option(s, "scores")
     s.set_defaults(func=cmd_eval)

@@ -33,7 +33,7 @@ from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config
 
-__all__ = ["evaluate_run", "sample_context"]
+__all__ = ["evaluate_run", "calibrate_run", "sample_context"]
 
 
 def _one_line(e: BaseException) -> str:
@@ -277,6 +277,118 @@ def evaluate_run(
         out["gap"] = gap.mean().item()
         out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else None
     return out
+
+
+MAX_CALIBRATION_DRAWS = 10_000  # posterior draws per pair that --calibration-samples allows
+
+
+def calibrate_run(
+    run: str,
+    split: str = "test",
+    seed: int = 0,
+    samples: int = 100,
+    pairs: int = 1000,
+    batch_size: int = 8192,
+    dataset=None,
+    device: str = "cpu",
+) -> dict:
+    """Calibration of a column-conditional run's model as a posterior ``q(targets | context)``
+    on one split: SBC, the HPD coverage from its log-density ranks, and TARP
+    (:mod:`flowforge.diagnostics`), with ``samples`` draws per row, on at most ``pairs`` rows
+    of the split (a seeded random subset when it has more). The split's rows are the pairs
+    ``(theta_i, x_i)``: valid when they were drawn from the joint (a simulator's output).
+    Numbers only (finite), for ``eval --json``; :func:`describe_calibration` gives the lines.
+    ``device``: where the model draws, as in :func:`evaluate_run`."""
+    from .. import diagnostics
+
+    for name, v, low in (("--calibration-samples", samples, 1), ("--calibration-pairs", pairs, 2)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise DataError(f"{name} must be an integer >= {low}, got {v!r}")
+    if samples > MAX_CALIBRATION_DRAWS:
+        raise DataError(
+            f"--calibration-samples {samples:,} is more than the {MAX_CALIBRATION_DRAWS:,} "
+            "draws per row it allows (100 to 1,000 is typical)"
+        )
+    cfg = run_config(run)
+    r = cfg["resolved"]
+    info = r.get("context")
+    if info is None or info.get("kind") != "columns":
+        what = "unconditional" if info is None else "label-conditional"
+        raise DataError(
+            "--calibration checks a posterior q(target columns | context columns): it needs a "
+            f"run trained with --target-columns, and this run is {what}"
+        )
+    if r.get("levels") is not None or r.get("integers"):
+        raise DataError(
+            "--calibration needs continuous targets: this run dequantizes discrete columns "
+            "(its samples tie on the integers and its log-density is a bound)"
+        )
+    flow = load_run(run).to(resolve_device(device, "--device"))
+    if not isinstance(flow, Flow):
+        raise DataError("--calibration needs a flow with a density; this run's model is not one")
+    ds = dataset if dataset is not None else run_dataset(cfg)
+    theta, x = ds.split(split), ds.split_context(split)
+    n = theta.shape[0]
+    if n < 2:
+        raise DataError(f"--calibration needs at least 2 rows in the {split} split, got {n}")
+    if n > pairs:
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:pairs]
+        theta, x = theta[keep.sort().values], x[keep.sort().values]
+    dtype = next((p.dtype for p in flow.parameters()), torch.float32)
+    theta = theta.reshape(-1, *r["event_shape"]).to(dtype)
+    x = x.to(dtype)
+    try:
+        sbc = diagnostics.sbc(flow, theta, x, samples, batch_size=batch_size, seed=seed)
+        cov = sbc.coverage(seed=seed)
+        tarp = diagnostics.tarp(flow, theta, x, samples, batch_size=batch_size, seed=seed)
+    except ValueError as e:
+        raise DataError(f"{split}: --calibration: {_one_line(e)}") from None
+    return {
+        "split": split,
+        "pairs": int(theta.shape[0]),
+        "rows": int(n),
+        "samples": samples,
+        "seed": seed,
+        "sbc": {
+            "chi2_pvalues": sbc.chi2_pvalues.tolist(),
+            "ks_pvalues": sbc.ks_pvalues.tolist(),
+            "log_prob_chi2_pvalue": sbc.log_prob_chi2_pvalue,
+            "log_prob_ks_pvalue": sbc.log_prob_ks_pvalue,
+            "mean_rank": sbc.mean_rank.tolist(),
+            "bins": sbc.bins,
+            "consistent": sbc.consistent(),
+            "summary": sbc.describe(),
+        },
+        "coverage": {
+            "levels": cov.levels.tolist(),
+            "coverage": cov.coverage.tolist(),
+            "area": cov.area,
+            "signed_area": cov.signed_area,
+            "max_deviation": cov.max_deviation,
+            "ks_pvalue": cov.ks_pvalue,
+            "verdict": cov.verdict(),
+            "summary": cov.describe(),
+        },
+        "tarp": {
+            "levels": tarp.levels.tolist(),
+            "ecp": tarp.ecp.tolist(),
+            "area": tarp.area,
+            "max_deviation": tarp.max_deviation,
+            "ks_pvalue": tarp.ks_pvalue,
+            "summary": tarp.describe(),
+        },
+    }
+
+
+def describe_calibration(c: dict) -> list[str]:
+    """The lines ``eval --calibration`` prints for :func:`calibrate_run`'s result."""
+    rows = f"{c['pairs']:,} of its {c['rows']:,} rows" if c["pairs"] < c["rows"] else "rows"
+    return [
+        f"calibration on {c['split']} ({rows}, {c['samples']} draws each, seed {c['seed']}):",
+        "  " + c["sbc"]["summary"],
+        "  " + c["coverage"]["summary"],
+        "  " + c["tarp"]["summary"],
+    ]
 
 
 # the reference densities eval and report set a model beside: (result key, what it is, its noun)
