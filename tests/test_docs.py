@@ -19,5 +19,10 @@ BLOCKS = [
 
 @pytest.mark.parametrize("code", [c for _, c in BLOCKS], ids=[n for n, _ in BLOCKS])
 def test_snippet_runs(code, tmp_path, monkeypatch):
+    from flowforge.models import registry
+
     monkeypatch.chdir(tmp_path)
+    # a snippet that registers a builder (docs/extending.md) leaves the registry as it was,
+    # so later tests see the library's models only, whatever the order they run in
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
     exec(compile(code, "<snippet>", "exec"), {"__name__": "__snippet__"})
