@@ -184,8 +184,13 @@ def test_spline_models_refuse_bad_bins_and_bounds():
 
 
 def test_couplings_need_two_features():
+    for model in (ff.models.RealNVP, ff.models.NICE):  # (pointed to the models that take 1-d)
+        with pytest.raises(ValueError, match=r"needs features >= 2; for 1-d data use MAF"):
+            model(features=1)
     with pytest.raises(ValueError, match="a coupling layer needs at least 2 features"):
-        ff.models.RealNVP(features=1)
+        ff.transforms.Coupling(
+            ff.transforms.half_mask(1), lambda a, b: None, ff.transforms.Affine()
+        )
     with pytest.raises(ValueError, match="autoregressive=True"):
         ff.models.NSF(features=1)
 

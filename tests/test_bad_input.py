@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import flowforge as ff
 from cli_support import cli, one_line_error, tiny_moons_run
 from flowforge.workbench.data import DataError, read_examples, read_table
 
@@ -927,3 +928,10 @@ def test_a_preprocessing_option_for_discrete_data_is_refused_on_a_continuous_tab
                      "model.preprocess=logit", "--out", tmp_path / "r")  # fmt: skip
     one_line_error(rc, err, "model argument preprocess applies to discrete data")
     assert not (tmp_path / "r").exists()
+
+
+def test_vectors_and_images_given_the_other_word_say_which_the_model_takes():
+    with pytest.raises(TypeError, match=r"Glow takes images: shape=\(C, H, W\)"):
+        ff.models.Glow(features=4)
+    with pytest.raises(TypeError, match=r"MAF takes vectors: features=D"):
+        ff.models.build("maf", shape=(1, 4, 4))

@@ -217,3 +217,13 @@ def test_import_before_and_after_the_command_and_a_file_named_like_a_module(tmp_
 
     assert builtins._ff_copy == builtins._ff_flows_b == 1  # both ran...
     assert callable(copy.deepcopy)  # ...and the module copy is still the standard library's
+
+
+def test_version(capsys):
+    import flowforge
+    from flowforge.workbench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"flowforge {flowforge.__version__}"

@@ -41,7 +41,7 @@ def test_wrong_rank(flow):
 
 def test_split_the_mask_cannot_make():
     with pytest.raises(ValueError, match="must keep at least one entry and transform at least one"):
-        ff.models.RealNVP(features=1)
+        T.Coupling(T.half_mask(1), lambda i, o: None, T.Affine())
     with pytest.raises(ValueError, match="got 3 kept and 0 transformed"):
         T.Coupling(torch.ones(3, dtype=torch.bool), lambda i, o: None, T.Affine())
 
@@ -482,3 +482,20 @@ def test_fork_rng_forks_every_cuda_device_in_use(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     _util.fork_rng()
     assert seen == [[], [], [0, 1]]
+
+
+def test_a_label_given_as_context_gets_the_one_hot_hint():
+    flow = ff.models.build("maf", features=2, context_features=10)
+    for labels in (torch.tensor([[3]]), torch.tensor([[3.0], [9.0]])):
+        with pytest.raises(ValueError, match=r"one_hot\(labels, 10\)"):
+            flow.sample(1, labels)
+    with pytest.raises(ValueError) as e:  # a value that is no label: the shape alone
+        flow.sample(1, torch.tensor([[0.5]]))
+    assert "one_hot" not in str(e.value) and "expected context of shape" in str(e.value)
+
+
+def test_a_number_of_samples_that_is_no_integer_says_so():
+    flow = ff.models.build("maf", features=2)
+    for n in (4.0, "3"):
+        with pytest.raises(ValueError, match="an integer"):
+            flow.sample(n)

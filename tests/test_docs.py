@@ -17,6 +17,7 @@ BLOCKS = [
 ]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # (a snippet that walks into a trap)
 @pytest.mark.parametrize("code", [c for _, c in BLOCKS], ids=[n for n, _ in BLOCKS])
 def test_snippet_runs(code, tmp_path, monkeypatch):
     from flowforge.models import registry

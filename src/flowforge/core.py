@@ -720,6 +720,14 @@ class Distribution(nn.Module):
         return s + (f", context_features={self.context_features}" if self.context_features else "")
 
 
+def _labels(context: Tensor, classes: int) -> bool:
+    """Whether ``context`` holds only integers in ``[0, classes)`` (an error path's read)."""
+    try:
+        return bool(((context >= 0) & (context < classes) & (context == context.round())).all())
+    except (RuntimeError, NotImplementedError):  # (a meta tensor: no values, no hint)
+        return False
+
+
 class Flow(nn.Module):
     r"""A base distribution pushed through an invertible transform.
 
@@ -878,7 +886,13 @@ class Flow(nn.Module):
                 pass  # (refused below, with the shape it needs)
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
-            raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}")
+            hint = ""
+            if c > 1 and context.shape[-1:] == (1,) and _labels(context, c):
+                hint = (
+                    f" (class labels? a label-conditional flow takes one-hot rows: "
+                    f"torch.nn.functional.one_hot(labels, {c}).float())"
+                )
+            raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}{hint}")
         if self._validating(context) and not all_finite(context):
             raise ValueError("context contains NaN or inf")
         return context.reshape(-1, c)
@@ -961,7 +975,10 @@ class Flow(nn.Module):
                 raise TypeError
             shape = tuple(operator.index(i) for i in items)
         except TypeError:
-            raise ValueError(f"expected a number of samples n >= 0, got {n!r}") from None
+            raise ValueError(
+                f"expected a number of samples n >= 0: an integer (or a tuple of integers, a "
+                f"sample shape), got {n!r}"
+            ) from None
         if any(i < 0 for i in shape):
             raise ValueError(f"expected a number of samples n >= 0, got {n!r}")
         return shape

@@ -20,6 +20,15 @@ from .registry import register
 __all__ = ["NICE", "RealNVP"]
 
 
+def _two_or_more(name: str, d: int) -> None:
+    """A coupling splits the features in two: refuse 1-d data with the models that take it."""
+    if d < 2:
+        raise ValueError(
+            f"a coupling {name} needs features >= 2; for 1-d data use MAF or NSF(..., "
+            "autoregressive=True) (from the command line: --model maf)"
+        )
+
+
 @register(inputs=("features",), depth="layers")
 def NICE(
     features: int | None = None,
@@ -53,6 +62,7 @@ def NICE(
         torch.Size([2, 8])
     """
     (d,) = event_shape(features, None)
+    _two_or_more("NICE", d)
     cf = data.context_features
     cond = mlp_conditioner(widths(hidden), cf, activation)
     chain: list[Transform] = []
@@ -164,6 +174,7 @@ def RealNVP(
     if given:
         raise ValueError(f"arguments of the image RealNVP given for vectors: {given}")
     (d,) = event_shape(features, shape)
+    _two_or_more("RealNVP", d)
     residual = hidden is None if residual is None else residual
     layers = (16 if residual else 8) if layers is None else layers
     hidden = ((128, 128) if residual else (256, 256)) if hidden is None else hidden

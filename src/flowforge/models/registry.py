@@ -193,6 +193,10 @@ def register(
             except TypeError as e:
                 bad = next((k for k in kwargs if k not in public.parameters), None)
                 hint = suggest(bad, public.parameters, n=1, cutoff=0.6) if bad else ""
+                if bad == "features" and "shape" in public.parameters:  # (vectors' word)
+                    hint = f"; {name} takes images: shape=(C, H, W)"
+                elif bad == "shape" and "features" in public.parameters:
+                    hint = f"; {name} takes vectors: features=D (flatten images first)"
                 raise TypeError(f"{name}(): {e}{hint}") from None
             bound.apply_defaults()
             arguments = dict(bound.arguments)

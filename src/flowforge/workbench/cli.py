@@ -649,7 +649,7 @@ def cmd_compress(args) -> int:
         print(json.dumps(res, allow_nan=False))
         return 0
     print(
-        f"{res['data']}: {res['examples']} examples, {res['dims']} dims -> {res['out']} "
+        f"{res['data']}: {res['examples']} examples, {res['dims']} values -> {res['out']} "
         f"({res['bytes']:,} bytes)\n"
         f"  model NLL   {res['nll_bits_per_dim']:.4f} bits/dim "
         f"({res['nll_nats_per_example']:.2f} nats/example)\n"
@@ -807,6 +807,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"flowforge: error: {message} (see: {self.prog} --help)\n")
 
 
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 def make_parser() -> argparse.ArgumentParser:
     # --debug before or after the command: the command's own flag has no default, so that
     # `flowforge --debug CMD` is not reset to False by CMD's parser
@@ -827,6 +833,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="flowforge", description="Train, evaluate, sample and report normalizing flows."
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"flowforge {_version()}")
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE", default=[],
                    help="import a module (a name, or a .py file) that registers models of "
                    "your own first; repeatable")  # fmt: skip
@@ -952,7 +959,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--context",
         help="raw context values of a column-conditional run, e.g. '1.5,2' (rows split by ';')",
     )
-    s.add_argument("--seed", type=_seed, default=0)
+    s.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seeds the draws (default 0: the same samples every time; another seed, others)",
+    )
     s.add_argument("--overwrite", action="store_true")
     s.add_argument(
         "--inverse",

@@ -139,7 +139,14 @@ def _examples(
         x, name = read_table(data, bits, want, header=header, columns=columns), data
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if math.prod(x.shape[1:]) != math.prod(want):
-        raise DataError(f"{name}: examples of shape {tuple(x.shape[1:])}; this run takes {want}")
+        got, k = tuple(x.shape[1:]), math.prod(x.shape[1:])
+        if len(want) == 3:  # an image run: say it in images' words
+            c, h, w = want
+            raise DataError(
+                f"{name}: examples of {k} values (shape {got}); this run takes {h}x{w} images "
+                f"of {c} channel{'s' if c > 1 else ''}, {math.prod(want)} values each"
+            )
+        raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
     return x.reshape(-1, *want), name
 
 
