@@ -905,14 +905,23 @@ def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) ->
     if not flagged:
         return None
     return (
-        f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} hold only a "
-        "few integer values (categories or counts?); they are modelled as continuous, where a "
+        f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} "
+        f"{_INTEGERS_NOTE}; they are modelled as continuous, where a "
         "flow can put density spikes on the integers and report a misleadingly low NLL (that "
         "falls the longer it trains). Give the data option levels: K if every column is an "
         "integer in [0, K-1]; otherwise declare them, data.integers: "
         f"[{', '.join(flagged[:8])}] (dequantized: the NLL is then a bound on the likelihood "
         "of the integers and the other columns together), or drop them"
     )
+
+
+_INTEGERS_NOTE = "hold only a few integer values (categories or counts?)"
+_ATOMS_NOTE = "put many rows on single values (a floor, a cap, exact 0s and 1s)"
+
+
+def _is_column_note(note: str) -> bool:
+    """Whether a data warning is one of :func:`_integer_columns`'s or :func:`_atoms`'s."""
+    return note.startswith("column(s) ") and (_INTEGERS_NOTE in note or _ATOMS_NOTE in note)
 
 
 def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
@@ -943,8 +952,8 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
     if not found:
         return None
     return (
-        f"column(s) {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''} put many rows on "
-        "single values (a floor, a cap, exact 0s and 1s): a continuous density puts spikes "
+        f"column(s) {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''} {_ATOMS_NOTE}: "
+        "a continuous density puts spikes "
         "there, and its NLL falls without bound the longer it trains (not a better model). "
         "Model the exact values apart (a flag column and the rest), or spread them with a "
         "little noise before training"
@@ -1184,6 +1193,24 @@ def check_bounds(
                 else:
                     bad = col <= b if below else col >= b
                 n = int(bad.sum())
+                on = int((col == b).sum())
+                integral = n == on and float(b).is_integer() and np.array_equal(col, np.round(col))
+                if n and not closed and integral:
+                    # a flag or a count whose values sit on its (integer) bound, as they may
+                    raise DataError(
+                        f"{where}: column {_column_name(j, names)} holds only integers, "
+                        f"{n} of its {len(col)} {split + ' ' if split else ''}values on its "
+                        f"{side} bound {b:g}: declare it in data.integers (then its bounds are "
+                        f"inclusive: --set 'data.integers=[{_column_key(j, names)}]')"
+                    )
+                if n and not closed and n == on >= max(2, ATOM_SHARE * len(col)):  # an atom
+                    raise DataError(
+                        f"{where}: column {_column_name(j, names)} has {on} of its {len(col)} "
+                        f"{split + ' ' if split else ''}values exactly on its {side} bound "
+                        f"{b:g}: a density has no room for a share of values on one point "
+                        "(data.bounds are open intervals); model the exact values apart (a "
+                        "flag column and the rest), or widen the bound"
+                    )
                 if n:
                     worst = col.min() if below else col.max()
                     what = f"{split} value" if split else "value"
@@ -1481,8 +1508,11 @@ def _table(
     bounds=None,
     integers=None,
     whiten="auto",
+    targets=None,
     **options,
 ) -> Dataset:
+    """A table file; ``targets``: the ``--target-columns`` of a conditional run (checked
+    against ``bounds`` and ``integers`` before any value is)."""
     _no_options(str(path), options)
     _check_header_option(header, path)
     if levels is not None and standardize:
@@ -1555,6 +1585,9 @@ def _table(
         bounds = _parse_bounds(bounds, arrays["train"].shape[1], columns)
     if integers is not None:
         integers = _parse_integers(integers, arrays["train"].shape[1], columns, bounds)
+    if targets is not None:
+        _check_targets(targets, arrays["train"].shape[1], columns, bounds, integers)
+    if integers is not None:
         check_integers(arrays, integers, columns, str(path))
     if bounds is not None:
         check_bounds(arrays, bounds, columns, str(path), integers or ())
@@ -1865,7 +1898,7 @@ def load_dataset(
                     f"{path}: unsupported file type {path.suffix!r}; expected .npy, .npz, .csv "
                     "or a folder of PNG/JPEG images"
                 )
-            ds = _table(path, seed, **options)
+            ds = _table(path, seed, targets=target_columns, **options)
         elif path.exists():
             raise DataError(f"{spec} is not a regular file or a folder (a pipe, device or socket)")
         elif path.suffix or "/" in str(spec) or "\\" in str(spec):
@@ -1948,6 +1981,24 @@ def _parse_columns(spec, width: int, names: list[str] | None = None) -> list[int
     return out
 
 
+def _check_targets(targets, width: int, names, bounds: dict | None, integers) -> None:
+    """``DataError`` if ``data.bounds`` or ``data.integers`` names a context column (one that
+    ``targets``, the modelled columns, leaves out)."""
+    ys = _parse_columns(targets, width, names)
+    for j in integers or ():
+        if j not in ys:
+            raise DataError(
+                f"data.integers names column {_column_name(j, names)}, a context column: "
+                "context columns are conditioned on, not modelled; name the target columns"
+            )
+    for j in range(width):
+        if bounds and (bounds["lower"][j], bounds["upper"][j]) != (None, None) and j not in ys:
+            raise DataError(
+                f"data.bounds names column {_column_name(j, names)}, a context column: bounds "
+                "apply to the modelled (target) columns; a context is only standardised"
+            )
+
+
 def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) -> Dataset:
     """Give ``ds`` a context per example, in place.
 
@@ -1977,11 +2028,30 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
     width = ds.shape[0]
     ys = _parse_columns(target_columns, width, ds.info.get("columns"))
     cs = [i for i in range(width) if i not in ys]
+    names = ds.info.get("columns")
+    if ds.info.get("integers"):
+        on_context = [j for j in ds.info["integers"] if j not in ys]
+        if on_context:
+            raise DataError(
+                f"data.integers names column {_column_name(on_context[0], names)}, a context "
+                "column: context columns are conditioned on, not modelled; name the target "
+                "columns"
+            )
     raw_c = {k: ds.split(k)[:, cs] for k in ("train", "val", "test")}
+    if ds.info.get("warnings") and ds.levels is None:
+        # the per-column checks of the whole table, again for the modelled columns only
+        notes = [n for n in ds.info["warnings"] if not _is_column_note(n)]
+        train = ds.train[:, ys].numpy()
+        target_names = [names[i] for i in ys] if names else [str(i) for i in ys]
+        declared = {ys.index(j) for j in ds.info.get("integers") or () if j in ys}
+        for note in (_integer_columns(train, target_names, declared), _atoms(train, target_names)):
+            notes += [note] if note else []
+        ds.info["warnings"] = notes
+        if not notes:
+            del ds.info["warnings"]
     for k in ("train", "val", "test"):
         setattr(ds, k, ds.split(k)[:, ys].contiguous())
     ds.shape = (len(ys),)
-    names = ds.info.get("columns")
     if names:
         ds.info["columns"] = [names[i] for i in ys]
         ds.info["context_columns"] = [names[i] for i in cs]
@@ -1995,12 +2065,8 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
                 "standardised"
             )
         ds.info["bounds"] = {k: [bounds[k][i] for i in ys] for k in ("lower", "upper")}
-    if ds.info.get("integers"):  # (an integer context column is a context like any other)
-        kept = [ys.index(j) for j in ds.info["integers"] if j in ys]
-        if kept:
-            ds.info["integers"] = sorted(kept)
-        else:
-            del ds.info["integers"]
+    if ds.info.get("integers"):  # (all of them targets: a context column is refused above)
+        ds.info["integers"] = sorted(ys.index(j) for j in ds.info["integers"])
     if ds.stats is not None:
         _restandardize(ds)
     info = {
