@@ -199,7 +199,7 @@ def _toy(name: str):
     def load(
         seed: int = 0, n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, **options
     ) -> Dataset:
-        _no_options(name, options)
+        _no_options(name, options, _TOY_OPTIONS)
         parts = _draw_splits(name, TOYS[name], seed, (n_train, n_val, n_test))
         density = functools.partial(toy_density.log_prob, name)
         return Dataset(name, *parts, shape=(2,), kind="points", density=density)
@@ -227,16 +227,31 @@ def _digits(seed: int = 0, **options) -> Dataset:
     )
 
 
-def _no_options(name: str, options: dict) -> None:
+_TOY_OPTIONS = ("n_train", "n_val", "n_test")
+_TABLE_OPTIONS = ("val_fraction", "test_fraction", "shuffle", "levels", "standardize", "header",
+                  "bounds", "integers", "whiten")  # fmt: skip
+_IMAGE_OPTIONS = ("bits", "val_fraction", "test_fraction", "shuffle")
+
+
+def _no_options(name: str, options: dict, valid=()) -> None:
+    """``DataError`` for the first of ``options`` that the dataset ``name`` does not take
+    (``valid``: those it takes), with the close matches among them."""
     if options:
-        raise DataError(f"dataset {name!r} takes no options {sorted(options)}")
+        bad = sorted(options)[0]
+        kind = Path(name).name if Path(name).suffix or os.sep in name else name
+        if not valid:
+            raise DataError(f"unknown data option {bad!r}: dataset {kind!r} takes no options")
+        raise DataError(
+            f"unknown data option {bad!r}{suggest(bad, valid)} (dataset {kind!r} takes "
+            f"{', '.join(valid)})"
+        )
 
 
 def _manifold(name: str):
     def load(
         seed: int = 0, n_train: int = 20000, n_val: int = 5000, n_test: int = 10000, **options
     ) -> Dataset:
-        _no_options(name, options)
+        _no_options(name, options, _TOY_OPTIONS)
         draw = functools.partial(manifold_data.sample, name)
         parts = _draw_splits(name, draw, seed, (n_train, n_val, n_test))
         shape = tuple(parts[0].shape[1:])
@@ -1513,7 +1528,7 @@ def _table(
 ) -> Dataset:
     """A table file; ``targets``: the ``--target-columns`` of a conditional run (checked
     against ``bounds`` and ``integers`` before any value is)."""
-    _no_options(str(path), options)
+    _no_options(str(path), options, _TABLE_OPTIONS)
     _check_header_option(header, path)
     if levels is not None and standardize:
         raise DataError(
@@ -1678,7 +1693,7 @@ def _image_folder(
     shuffle=True,
     **options,
 ) -> Dataset:
-    _no_options(str(path), options)
+    _no_options(str(path), options, _IMAGE_OPTIONS)
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
