@@ -1011,6 +1011,11 @@ def _check_npy_header(f, size: int, where: str) -> None:
             f"{where}: its header promises an array of shape {tuple(shape)} ({need:,} bytes), "
             f"but the file holds {size:,} bytes"
         )
+    if math.prod(shape) > _memory_values():
+        raise DataError(
+            f"{where}: an array of shape {tuple(shape)} holds more values than this machine's "
+            f"memory holds for training (about {_memory_values():,}); use fewer examples"
+        )
 
 
 def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
@@ -1066,6 +1071,79 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
         raise DataError(f"{path} is too large to read into this machine's memory") from None
 
 
+def _shape_hint(a: np.ndarray) -> str:
+    """What an array of the wrong shape for a table could be given as."""
+    if a.ndim == 3:
+        return (
+            " or images (examples, channels, height, width): for grayscale images add the "
+            "channel axis, numpy.save(path, a[:, None])"
+        )
+    if a.ndim == 4:
+        return (
+            " (images, (examples, channels, height, width), are read from one .npy array, or "
+            "an .npz of one)"
+        )
+    return ""
+
+
+def _image_array(
+    a: np.ndarray, path: Path, seed: int, bits, levels, val_fraction, test_fraction, shuffle
+) -> Dataset:
+    """Images given as one integer array ``(N, C, H, W)`` (what ``flowforge decompress``
+    writes): 8-bit values kept to their top ``bits`` bits as for a folder of PNGs (levels
+    ``2**bits``), or, with ``levels``, integers in ``[0, levels - 1]`` as they are."""
+    where = str(path)
+    if a.size == 0:
+        raise DataError(f"{where} is empty")
+    if a.shape[1] > 4 and a.shape[3] in (1, 3):
+        raise DataError(
+            f"{where} has shape {a.shape}: channels last? images are (examples, channels, "
+            "height, width): numpy.save(path, a.transpose(0, 3, 1, 2))"
+        )
+    if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+        raise DataError(
+            f"{where} holds images of dtype {a.dtype}; expected integer pixel values (uint8, "
+            "0-255, or integers in [0, levels - 1] with data.levels): scale and round them, "
+            "or flatten to a table, a.reshape(len(a), -1)"
+        )
+    lo, hi = int(a.min()), int(a.max())
+    if levels is not None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 2**16:
+            raise DataError(f"data.levels must be an integer in [2, 65536], got {levels!r}")
+        if bits is not None:
+            raise DataError(
+                "data.bits keeps the top bits of 8-bit images, data.levels takes integers as "
+                "they are: give one of them"
+            )
+        if lo < 0 or hi > levels - 1:
+            raise DataError(
+                f"{where}: levels={levels} needs integer values in [0, {levels - 1}], got "
+                f"values in [{lo}, {hi}]"
+            )
+        x = a.astype(np.int32 if levels > 256 else np.uint8)
+    else:
+        bits = 8 if bits is None else bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise DataError(f"data option bits must be an integer in [1, 8], got {bits!r}")
+        if lo < 0 or hi > 255:
+            raise DataError(
+                f"{where} holds images with values in [{lo}, {hi}]; 8-bit pixel values are in "
+                "[0, 255] (other integers: give data.levels, values in [0, levels - 1])"
+            )
+        x = a.astype(np.uint8)
+        np.right_shift(x, 8 - int(bits), out=x)
+        levels = 2 ** int(bits)
+    del a
+    tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
+    parts = [x[i] for i in (tr, va, te)]
+    t = [torch.from_numpy(p.astype(np.float32)) for p in parts]
+    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
+    return Dataset(
+        where, *t, shape=tuple(x.shape[1:]), levels=int(levels), kind="image",
+        info={"warnings": notes} if notes else {},
+    )  # fmt: skip
+
+
 def _as_table(a: np.ndarray, where: str) -> np.ndarray:
     if a.size == 0:
         raise DataError(f"{where} is empty")
@@ -1077,7 +1155,9 @@ def _as_table(a: np.ndarray, where: str) -> np.ndarray:
             "give the CSV itself (its header names the columns)"
         )
     if a.ndim != 2:
-        raise DataError(f"{where} has shape {a.shape}; expected a table (examples, columns)")
+        raise DataError(
+            f"{where} has shape {a.shape}; expected a table (examples, columns){_shape_hint(a)}"
+        )
     if np.issubdtype(a.dtype, np.complexfloating):
         raise DataError(f"{where} has complex dtype {a.dtype}; expected real numbers")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
@@ -1523,12 +1603,14 @@ def _table(
     bounds=None,
     integers=None,
     whiten="auto",
+    bits=None,
     targets=None,
     **options,
 ) -> Dataset:
-    """A table file; ``targets``: the ``--target-columns`` of a conditional run (checked
+    """A table file, or images as one array ``(N, C, H, W)`` (:func:`_image_array`, which
+    takes ``bits``); ``targets``: the ``--target-columns`` of a conditional run (checked
     against ``bounds`` and ``integers`` before any value is)."""
-    _no_options(str(path), options, _TABLE_OPTIONS)
+    _no_options(str(path), options, _TABLE_OPTIONS + ("bits",))
     _check_header_option(header, path)
     if levels is not None and standardize:
         raise DataError(
@@ -1577,9 +1659,26 @@ def _table(
                 raise DataError(
                     f"{path} holds arrays {sorted(raw)}; expected one array, or train/val/test"
                 )
+        elif raw.ndim == 4:  # images (examples, channels, height, width)
+            table_only = {"standardize": standardize, "header": header, "bounds": bounds,
+                          "integers": integers}  # fmt: skip
+            given = [k for k, v in table_only.items() if v is not None]
+            given += ["whiten"] if whiten != "auto" else []
+            if given:
+                raise DataError(
+                    f"data.{given[0]} applies to tables; {path} holds images of shape "
+                    f"{raw.shape[1:]} (their options: bits or levels, val_fraction, "
+                    "test_fraction, shuffle)"
+                )
+            return _image_array(raw, path, seed, bits, levels, val_fraction, test_fraction, shuffle)
         else:
             arrays = {"data": _as_table(raw, str(path))}
         del raw  # (the file's array, when its dtype needed converting)
+    if bits is not None:
+        raise DataError(
+            f"data.bits applies to images (a folder of PNGs, or one array (examples, channels, "
+            f"height, width)); {path} is a table"
+        )
     if len({v.dtype for v in arrays.values()}) > 1:  # splits saved in different dtypes: one,
         common = np.result_type(*arrays.values())  # so that equal rows have equal bytes
         arrays = {k: v.astype(common, copy=False) for k, v in arrays.items()}
