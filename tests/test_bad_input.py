@@ -14,6 +14,7 @@ import torch
 import flowforge as ff
 from cli_support import cli, one_line_error, tiny_moons_run
 from flowforge.workbench.data import DataError, read_examples, read_table
+from flowforge.workbench.errors import WorkbenchError
 
 
 def test_debug_before_the_command_shows_the_traceback(tmp_path, capsys):
@@ -935,3 +936,44 @@ def test_vectors_and_images_given_the_other_word_say_which_the_model_takes():
         ff.models.Glow(features=4)
     with pytest.raises(TypeError, match=r"MAF takes vectors: features=D"):
         ff.models.build("maf", shape=(1, 4, 4))
+
+
+def test_a_mistyped_data_option_is_named_with_its_close_match_and_the_valid_ones(tmp_path, capsys):
+    # it was "dataset 't.csv' takes no options ['integer']"
+    data = tmp_path / "t.csv"
+    np.savetxt(data, np.random.default_rng(0).integers(0, 3, size=(40, 2)), delimiter=",")
+    for args, needles in (
+        ((data, "--set", "data.integer=[1]"),
+         ("unknown data option 'integer'; did you mean integers?", "dataset 't.csv' takes",
+          "bounds, integers, whiten")),
+        (("moons", "--set", "data.ntrain=100"),
+         ("unknown data option 'ntrain'; did you mean n_train?", "takes n_train, n_val, n_test")),
+        (("digits", "--set", "data.bits=3"), ("unknown data option 'bits'", "takes no options")),
+    ):  # fmt: skip
+        rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", *args, "--out",
+                         tmp_path / "r")  # fmt: skip
+        one_line_error(rc, err, *needles)
+        assert not (tmp_path / "r").exists()
+
+
+def test_mistyped_train_keys_and_unbracketed_lists_get_suggestions(tmp_path, capsys):
+    for setting, needles in (
+        ("epochs=1", ("unknown config key 'epochs'; did you mean train.epochs?",)),
+        ("learning_rate=0.1", ("unknown config key 'learning_rate'; did you mean train.lr?",)),
+        ("train.learning_rate=0.1", ("unknown train option 'learning_rate'; did you mean lr?",)),
+        ("train.epoc=3", ("unknown train option 'epoc'; did you mean epochs?",)),
+        ("model.hidden=64,64", ("hidden='64,64' has the wrong type", "give a list, [64, 64]")),
+        ("model.hidden=(64,64)", ("give a list, [64, 64]",)),
+    ):
+        rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", "moons", "--set", setting,
+                         "--out", tmp_path / "r")  # fmt: skip
+        one_line_error(rc, err, *needles)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: nsf\ndata: moons\ntrain:\n  learning_rate: 0.01\n")
+    rc, _, err = cli(capsys, "train", "--config", config, "--out", tmp_path / "r")
+    one_line_error(rc, err, "unknown train option 'learning_rate'; did you mean lr?")
+    from flowforge.workbench.trainer import Trainer
+
+    x = torch.randn(8, 2)
+    with pytest.raises(WorkbenchError, match=r"\['learning_rate'\]; did you mean lr\?"):
+        Trainer(ff.models.NSF(features=2), x, x, train={"learning_rate": 0.1})

@@ -332,3 +332,32 @@ def test_bounded_builds_no_constant_per_call(monkeypatch):
     z, ladj = b(x)
     x2, _ = b.inverse(z)
     assert torch.allclose(x2, x) and torch.isfinite(ladj).all()
+
+
+def test_a_bound_that_integer_or_atom_values_sit_on_points_to_what_fixes_it(tmp_path, capsys):
+    # a 0/1 flag bounded [0, 1] without data.integers used to be told to drop 70% of its rows
+    g = np.random.default_rng(0)
+    n = 300
+    flag = (g.random(n) < 0.7).astype(int)
+    share = np.where(g.random(n) < 0.2, 0.0, g.uniform(0.01, 0.99, n))
+    x = g.normal(size=n)
+    path = tmp_path / "t.csv"
+    rows = "".join(f"{a},{b:.6f},{c:.6f}\n" for a, b, c in zip(flag, share, x))
+    path.write_text("is member,share,x\n" + rows)
+    rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", path, "--out", tmp_path / "r",
+                     "--set", "data.bounds.is member=[0, 1]")  # fmt: skip
+    one_line_error(rc, err, "column 'is member' holds only integers",
+                   "declare it in data.integers (then its bounds are inclusive",
+                   "--set 'data.integers=[is member]'")  # fmt: skip
+    assert "drop those rows" not in err and not (tmp_path / "r").exists()
+    # declared, it loads (the bounds inclusive)
+    ds = load_dataset(str(path), bounds={"is member": [0, 1]}, integers=["is member"])
+    assert ds.info["integers"] == [0]
+    # a continuous column with a share of its rows on the bound: a point mass, not stray rows
+    with pytest.raises(DataError) as e:
+        load_dataset(str(path), bounds={"share": [0, 1]})
+    assert "values exactly on its lower bound 0" in str(e.value)
+    assert "model the exact values apart" in str(e.value) and "drop those rows" not in str(e.value)
+    # values beyond a bound still get the rows to drop
+    with pytest.raises(DataError, match="drop those rows"):
+        load_dataset(str(path), bounds={"x": [0, None]})

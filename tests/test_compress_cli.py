@@ -86,3 +86,30 @@ def test_classical_codecs_on_known_data():
     assert set(bits) >= {"gzip", "bz2", "lzma", "png"} and all(v < 0.2 for v in bits.values())
     noise = np.random.default_rng(0).integers(0, 256, (100, 1, 8, 8)).astype(np.uint8)
     assert classical_bits(noise, 256)["lzma"] > 7.5  # random bytes do not compress
+
+
+def test_idf_with_defaults_on_a_table_of_three_columns(tmp_path, capsys):
+    # IDF's default partitions (4) used to exceed 3 columns: now min(4, columns)
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "ints.csv"
+    rows = "\n".join(",".join(map(str, r)) for r in rng.integers(0, 16, (200, 3)))
+    csv.write_text("a,b,c\n" + rows + "\n")
+    run = tmp_path / "ints"
+    rc, out, err = cli(capsys, "train", "--model", "idf", "--data", csv, "--set",
+                       "data.levels=16", "--out", run, "--epochs", "1", "--no-progress",
+                       "--quiet")  # fmt: skip
+    assert rc == 0, err
+    ffz, npy = tmp_path / "ints.ffz", tmp_path / "back.npy"
+    rc, out, err = cli(capsys, "compress", run, "--data", csv, "--out", ffz, "--json",
+                       "--no-baselines")  # fmt: skip
+    assert rc == 0, err
+    assert cli(capsys, "decompress", ffz, "--model", run, "--out", npy)[0] == 0
+    back = np.load(npy)
+    assert back.shape == (200, 3)
+    assert np.array_equal(back, np.loadtxt(csv, delimiter=",", skiprows=1).astype(back.dtype))
+    one = tmp_path / "one.csv"
+    one.write_text("a\n" + "\n".join(str(v) for v in rng.integers(0, 16, 50)) + "\n")
+    one_line_error(*cli(capsys, "train", "--model", "idf", "--data", one, "--set",
+                        "data.levels=16", "--out", tmp_path / "one")[::2],
+                   "at least 2 features (columns), got 1")  # fmt: skip
+    assert not (tmp_path / "one").exists()

@@ -250,3 +250,50 @@ def test_list_shows_each_models_arguments(capsys):
     assert "vectors: depth = 4 + ceil(log2(d))" in out
     assert model_arguments("glow")["steps"] == 8
     assert math.isfinite(size_rule(1, 1, False)[0])
+
+
+def test_every_vector_builder_is_sized_to_the_documented_width():
+    # 3 columns, 1200 training rows: width 2^round(log2(1200 / 50)) = 32, depth 4 + 2 = 6.
+    # MAF and the vector IDF (whose default width is None) were left at 128/256 wide
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(1200, 3)), dtype=torch.float32)
+    ds = wbdata.Dataset("arr", x, x[:100], x[:100], (3,), None, kind="table")
+    depth, width = size_rule(3, 1200, False)
+    assert (depth, width) == (6, 32)
+    unsized = {"planar", "radial", "sylvester"}  # one layer of 32: the floor of the rule
+    for name in ff.models.available():
+        spec = ff.models.spec(name)
+        skip = ("sphereflow", "torusflow", "mflow")
+        if "features" not in spec.inputs or not spec.width or name in skip:
+            continue
+        cfg = _cfg(name)
+        xs = ds if name != "idf" else wbdata.Dataset("ints", x.abs().round().clamp(max=7),
+                                                     x[:100].abs().round().clamp(max=7),
+                                                     x[:100].abs().round().clamp(max=7),
+                                                     (3,), 8, kind="table")  # fmt: skip
+        _, inner, resolved = build_flow(cfg, xs)
+        got = inner.config["kwargs"][spec.width]
+        widths = [got] if isinstance(got, int) else list(got)
+        assert widths and max(widths) <= width, (name, got)
+        sizing = resolved["sizing"]
+        if name in unsized:
+            continue
+        assert spec.width in sizing["arguments"], name
+        line = describe(cfg, resolved, xs)
+        said = ", ".join(f"{k}={v}" for k, v in sizing["arguments"].items())
+        assert f"training examples: {said} (set them" in line
+        for k, v in sizing["arguments"].items():  # the line says exactly what was built
+            assert inner.config["kwargs"][k] == v, (name, k)
+    # MAF keeps its default's residual MADEs (three hidden layers), narrowed: 14,628
+    # parameters, not the 205,860 of three layers of 128
+    _, inner, resolved = build_flow(_cfg("maf"), ds)
+    assert resolved["sizing"]["arguments"] == {"layers": 6, "hidden": [32] * 3, "residual": True}
+    assert resolved["parameters"] == 14628 < 20_000
+    # residual=False given: the plain default (two layers) is narrowed
+    _, inner, resolved = build_flow(_cfg("maf", residual=False), ds)
+    assert resolved["sizing"]["arguments"] == {"layers": 6, "hidden": [32, 32]}
+    assert resolved["parameters"] == 8292
+    # where the rule's width is the default's, nothing is set (moons, 5000 rows: the MAF of
+    # docs/defaults.md's table is unchanged)
+    _, _, resolved = build_flow(_cfg("maf"), wbdata.load_dataset("moons", n_train=5000))
+    assert resolved["sizing"]["arguments"] == {"layers": 5}

@@ -464,8 +464,10 @@ def test_latents_beyond_the_dtypes_exact_integers_are_refused():
 def test_codec_and_sampling_messages_and_signs():
     from flowforge import codec
 
-    with pytest.raises(ValueError, match="the default is 4: pass partitions=2 or fewer"):
-        ff.models.IDF(features=2, levels=4)
+    # the default partitions fit the features (min(4, features)); more than that is refused
+    assert ff.models.IDF(features=2, levels=4).config["kwargs"]["partitions"] is None
+    with pytest.raises(ValueError, match=r"partitions <= features \(2\), got 3"):
+        ff.models.IDF(features=2, levels=4, partitions=3)
     flow = ff.models.RealNVP(features=6, layers=1, hidden=(8,), levels=5).eval()
     with pytest.raises(codec.CodecError, match="chunk set the integer codec's tables"):
         codec.encode(flow, torch.randint(0, 5, (4, 6)), chunk=8)

@@ -200,10 +200,16 @@ def test_bad_integer_options_get_one_line(tmp_path, options, msg):
 
 def test_integer_options_need_a_continuous_table_and_follow_the_modelled_columns(tmp_path):
     path = _csv(tmp_path / "t.csv", _table())
-    ds = load_dataset(str(path), integers="count,flag", target_columns="x,count")
-    assert ds.info["integers"] == [1]  # count, the second modelled column; flag is context
-    ds = load_dataset(str(path), integers="flag", target_columns="x,count")
-    assert "integers" not in ds.info
+    ds = load_dataset(str(path), integers="count", target_columns="x,count")
+    assert ds.info["integers"] == [1]  # count, the second modelled column
+    # a context column is conditioned on, not modelled: naming it did nothing, now refused
+    for integers in ("count,flag", "flag"):
+        with pytest.raises(DataError) as e:
+            load_dataset(str(path), integers=integers, target_columns="x,count")
+        assert "data.integers names column 'flag', a context column" in str(e.value)
+        assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match="data.bounds names column 'flag', a context column"):
+        load_dataset(str(path), bounds={"flag": [0, 1]}, target_columns="x,count")
     big = _table()
     big[:, 0] *= 100000
     with pytest.raises(DataError, match="beyond the 131072 that float32 resolves"):
@@ -272,7 +278,7 @@ def test_a_conditional_run_with_integer_targets_scores_other_files(tmp_path, cap
     path = _csv(tmp_path / "t.csv", _table())
     out = tmp_path / "run"
     rc, _, err = cli(capsys, "train", "--data", path, "--out", out, *TINY,
-                     "--target-columns", "count,x", "--set", "data.integers=[count, flag]",
+                     "--target-columns", "count,x", "--set", "data.integers=[count]",
                      "--set", "data.bounds.count=[0, null]")  # fmt: skip
     assert rc == 0, err
     resolved = json.loads((out / "config.json").read_text())["resolved"]
@@ -304,3 +310,22 @@ def test_an_integer_column_far_inside_its_bounds_is_refused(tmp_path):
         load_dataset(str(path), integers=["count"], bounds={"count": [-16000000, None]})
     ds = load_dataset(str(path), integers=["count"], bounds={"count": [99990, None]})
     assert ds.info["integers"] == [0]
+
+
+def test_the_column_warnings_name_modelled_columns_only(tmp_path, capsys):
+    # count and flag hold few integers, flag puts many rows on 0 and 1: as context columns
+    # they are conditioned on, and neither train nor eval warns about them
+    path = _csv(tmp_path / "t.csv", _table())
+    notes = load_dataset(str(path), target_columns="x").info.get("warnings", [])
+    assert not any("count" in n or "flag" in n for n in notes), notes
+    notes = load_dataset(str(path), target_columns="x,count").info["warnings"]
+    assert any("column(s) count hold only a few integer" in n for n in notes), notes
+    assert not any("flag" in n for n in notes), notes
+    run = tmp_path / "run"
+    one_column = '{"layers": 2, "hidden": [16], "autoregressive": true}'
+    rc, out, err = cli(capsys, "train", "--data", path, "--target-columns", "x", "--out", run,
+                       *TINY[:-1], one_column)  # fmt: skip
+    assert rc == 0, err
+    assert "integer values" not in out + err and "sharpen the spikes" not in out + err
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0 and "integer values" not in out + err

@@ -131,7 +131,7 @@ def IDF(
     levels: int | None = None,
     layers: int = 8,
     hidden: Sequence[int] | int | None = None,
-    partitions: int = 4,
+    partitions: int | None = None,
     permutation: str | None = "random",
     rezero: bool = True,
     components: int = 5,
@@ -163,7 +163,9 @@ def IDF(
         layers: couplings (vectors), or couplings per scale (images).
         hidden: the couplings' MLP widths (vectors, default (256, 256)); the conv
             conditioner's channels (images, an int, default 64).
-        partitions: vectors: how many parts the features are cut into (2: half couplings).
+        partitions: vectors: how many parts the features are cut into (2: half couplings;
+            None: ``min(4, features)``, IDF's quarter coupling where there are 4 features or
+            more).
         permutation: between couplings: ``"random"`` (saved), ``"reverse"`` or None.
         rezero: gate every translation with a scalar that starts at 0 (IDF++).
         components: logistic components per latent entry.
@@ -212,10 +214,13 @@ def IDF(
     if len(shape_) == 1:
         (d,) = shape_
         if d < 2:
-            raise ValueError(f"an IDF on vectors needs at least 2 features, got {d}")
+            raise ValueError(
+                f"an IDF on vectors needs at least 2 features (columns), got {d}: its couplings "
+                "shift one part of the features by a function of the others"
+            )
+        partitions = min(4, d) if partitions is None else partitions
         if not 2 <= partitions <= d:
-            hint = f" (the default is 4: pass partitions={d} or fewer)" if partitions > d else ""
-            raise ValueError(f"expected 2 <= partitions <= features ({d}), got {partitions}{hint}")
+            raise ValueError(f"expected 2 <= partitions <= features ({d}), got {partitions}")
         if not 1 <= prior_blocks <= d:
             raise ValueError(f"expected 1 <= prior_blocks <= features ({d}), got {prior_blocks}")
         h = widths((256, 256) if hidden is None else hidden)

@@ -131,6 +131,21 @@ def _describe(hint) -> str:
     return str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 
+def _list_hint(v, hint) -> str:
+    """For a string of numbers given where a sequence is expected (``"64,64"``, ``"(64, 64)"``,
+    as a command line's ``--set model.hidden=64,64`` gives): the list to write instead."""
+    if not isinstance(v, str) or "Sequence" not in str(hint):
+        return ""
+    parts = [p for p in v.strip().strip("()[]").replace(",", " ").split() if p]
+    try:
+        numbers = [int(p) if p.lstrip("+-").isdigit() else float(p) for p in parts]
+    except ValueError:
+        return ""
+    if not numbers:
+        return ""
+    return f": give a list, [{', '.join(map(str, numbers))}] (in brackets, also on a command line)"
+
+
 def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
     """``ValueError`` naming the first argument whose value does not fit its annotation."""
     hints = spec.build.__annotations_resolved__
@@ -139,6 +154,7 @@ def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
         if not _type_ok(v, hint):
             raise ValueError(
                 f"{spec.name}: argument {k}={v!r} has the wrong type; expected {_describe(hint)}"
+                f"{_list_hint(v, hint)}"
             )
 
 

@@ -90,14 +90,23 @@ def _as_width(default, width: int, image: bool):
 # builders whose default depth/width is None: the caps the sizing rule uses for
 # d-dimensional vectors, and the image width. The vector RealNVP is sized as plain MLP
 # couplings (8 of 256x256 at most; its width is always set, so its residual default, which
-# applies when no width is given, does not); MAF's depth default depends on d.
-def _vector_defaults(name: str, d: int) -> tuple[int | None, int | None]:
+# applies when no width is given, does not). MAF's depth default depends on d; its width
+# default is three layers of 128 in residual MADEs (two, plain, with residual=False), which
+# the rule narrows keeping the residual MADEs (so residual=True is set with the width). The
+# vector IDF's couplings default to MLPs of two layers of 256.
+def _vector_defaults(name: str, d: int, kwargs: dict) -> tuple[int | None, list | None]:
     if name == "realnvp":
-        return 8, 256
+        return 8, [256, 256]
     if name == "maf":
-        return models.autoregressive.maf_layers(d), None
+        plain = kwargs.get("residual") is False
+        return models.autoregressive.maf_layers(d), [128] * (2 if plain else 3)
+    if name == "idf":
+        return None, [256, 256]
     return None, None
 
+
+# builders whose width default (None) is set whenever the run is sized, matching or not
+_ALWAYS_SET = {"realnvp"}
 
 _IMAGE_WIDTHS = {"realnvp": 64}
 
@@ -115,21 +124,23 @@ def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | N
     if dep and dep not in kwargs and not (image and name == "realnvp"):
         default = defaults.get(dep)
         if default is None and not image:
-            default = _vector_defaults(name, d)[0]
+            default = _vector_defaults(name, d, kwargs)[0]
         if isinstance(default, int) and not isinstance(default, bool) and depth < default:
             chosen[dep] = depth
     wid = spec.width
     if wid and wid not in kwargs:
         default = defaults.get(wid)
-        if default is None and not image and _vector_defaults(name, d)[1]:
-            default = [_vector_defaults(name, d)[1]] * 2
+        if default is None and not image:
+            default = _vector_defaults(name, d, kwargs)[1]
         if default is None and image:
             default = _IMAGE_WIDTHS.get(name)
         if default is not None:
             w = _as_width(default, width, image)
-            concrete = defaults.get(wid) is not None or image  # else always set: see above
-            if not concrete or w != (list(default) if isinstance(default, tuple) else default):
+            always = name in _ALWAYS_SET and not image
+            if always or w != (list(default) if isinstance(default, tuple) else default):
                 chosen[wid] = w
+                if name == "maf" and "residual" not in kwargs:
+                    chosen["residual"] = True  # the default's residual MADEs, narrower
     if not chosen:
         return None
     return {"dimension": d, "examples": n, "arguments": chosen}

@@ -60,6 +60,37 @@ DEFAULT_TRAIN: dict = {
     "fm_time_power": 1.0,  # flow matching: path times s = u ** p (1: uniform; > 1: nearer data)
 }
 TOP_KEYS = ("seed", "model", "data", "layout", "train")
+# names other libraries give to a train option, and the option they are here
+TRAIN_ALIASES = {
+    "learning_rate": "lr",
+    "learningrate": "lr",
+    "epoch": "epochs",
+    "n_epochs": "epochs",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "batch": "batch_size",
+    "batchsize": "batch_size",
+    "clip": "grad_clip",
+    "gradient_clip": "grad_clip",
+    "clip_grad_norm": "grad_clip",
+    "scheduler": "schedule",
+    "warmup": "warmup_steps",
+    "early_stopping": "patience",
+}
+
+
+def train_key_hint(key: str, prefix: str = "") -> str:
+    """``"; did you mean X?"`` for a mistyped train option ``key`` (an alias another library
+    uses, or a close match), each name given with ``prefix`` (``"train."`` for a top-level
+    key); ``""`` if none is close."""
+    key = str(key)
+    name = key if key in DEFAULT_TRAIN else TRAIN_ALIASES.get(key.lower())
+    if name is not None:
+        return f"; did you mean {prefix}{name}?"
+    close = suggest(key, DEFAULT_TRAIN, 1, 0.6)
+    return close.replace("did you mean ", f"did you mean {prefix}") if close else ""
+
+
 LAYOUTS = ("auto", "vector", "image")
 OPTIMIZERS = ("adam", "adamw", "adamax")
 SCHEDULES = ("cosine", "constant")
@@ -225,7 +256,11 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
     for raw in (base or {}, override or {}):
         for key in raw:
             if key not in TOP_KEYS and key not in ("format", "resolved"):
-                raise WorkbenchError(f"unknown config key {key!r}{suggest(key, TOP_KEYS, 1, 0.6)}")
+                hint = suggest(key, TOP_KEYS, 1, 0.6) or train_key_hint(key, "train.")
+                raise WorkbenchError(
+                    f"unknown config key {key!r}{hint} (the keys: {', '.join(TOP_KEYS)}; "
+                    "training options go under train)"
+                )
         if raw.get("seed") is not None:
             out["seed"] = raw["seed"]
         if raw.get("layout") is not None:
@@ -249,9 +284,7 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
             raise WorkbenchError("config 'train' must be a mapping")
         for k, v in tr.items():
             if k not in DEFAULT_TRAIN:
-                raise WorkbenchError(
-                    f"unknown train option {k!r}{suggest(k, DEFAULT_TRAIN, 1, 0.6)}"
-                )
+                raise WorkbenchError(f"unknown train option {k!r}{train_key_hint(k)}")
             out["train"][k] = v
     return out
 

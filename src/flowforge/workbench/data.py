@@ -199,7 +199,7 @@ def _toy(name: str):
     def load(
         seed: int = 0, n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, **options
     ) -> Dataset:
-        _no_options(name, options)
+        _no_options(name, options, _TOY_OPTIONS)
         parts = _draw_splits(name, TOYS[name], seed, (n_train, n_val, n_test))
         density = functools.partial(toy_density.log_prob, name)
         return Dataset(name, *parts, shape=(2,), kind="points", density=density)
@@ -227,16 +227,31 @@ def _digits(seed: int = 0, **options) -> Dataset:
     )
 
 
-def _no_options(name: str, options: dict) -> None:
+_TOY_OPTIONS = ("n_train", "n_val", "n_test")
+_TABLE_OPTIONS = ("val_fraction", "test_fraction", "shuffle", "levels", "standardize", "header",
+                  "bounds", "integers", "whiten")  # fmt: skip
+_IMAGE_OPTIONS = ("bits", "val_fraction", "test_fraction", "shuffle")
+
+
+def _no_options(name: str, options: dict, valid=()) -> None:
+    """``DataError`` for the first of ``options`` that the dataset ``name`` does not take
+    (``valid``: those it takes), with the close matches among them."""
     if options:
-        raise DataError(f"dataset {name!r} takes no options {sorted(options)}")
+        bad = sorted(options)[0]
+        kind = Path(name).name if Path(name).suffix or os.sep in name else name
+        if not valid:
+            raise DataError(f"unknown data option {bad!r}: dataset {kind!r} takes no options")
+        raise DataError(
+            f"unknown data option {bad!r}{suggest(bad, valid)} (dataset {kind!r} takes "
+            f"{', '.join(valid)})"
+        )
 
 
 def _manifold(name: str):
     def load(
         seed: int = 0, n_train: int = 20000, n_val: int = 5000, n_test: int = 10000, **options
     ) -> Dataset:
-        _no_options(name, options)
+        _no_options(name, options, _TOY_OPTIONS)
         draw = functools.partial(manifold_data.sample, name)
         parts = _draw_splits(name, draw, seed, (n_train, n_val, n_test))
         shape = tuple(parts[0].shape[1:])
@@ -905,14 +920,23 @@ def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) ->
     if not flagged:
         return None
     return (
-        f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} hold only a "
-        "few integer values (categories or counts?); they are modelled as continuous, where a "
+        f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} "
+        f"{_INTEGERS_NOTE}; they are modelled as continuous, where a "
         "flow can put density spikes on the integers and report a misleadingly low NLL (that "
         "falls the longer it trains). Give the data option levels: K if every column is an "
         "integer in [0, K-1]; otherwise declare them, data.integers: "
         f"[{', '.join(flagged[:8])}] (dequantized: the NLL is then a bound on the likelihood "
         "of the integers and the other columns together), or drop them"
     )
+
+
+_INTEGERS_NOTE = "hold only a few integer values (categories or counts?)"
+_ATOMS_NOTE = "put many rows on single values (a floor, a cap, exact 0s and 1s)"
+
+
+def _is_column_note(note: str) -> bool:
+    """Whether a data warning is one of :func:`_integer_columns`'s or :func:`_atoms`'s."""
+    return note.startswith("column(s) ") and (_INTEGERS_NOTE in note or _ATOMS_NOTE in note)
 
 
 def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
@@ -943,8 +967,8 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
     if not found:
         return None
     return (
-        f"column(s) {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''} put many rows on "
-        "single values (a floor, a cap, exact 0s and 1s): a continuous density puts spikes "
+        f"column(s) {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''} {_ATOMS_NOTE}: "
+        "a continuous density puts spikes "
         "there, and its NLL falls without bound the longer it trains (not a better model). "
         "Model the exact values apart (a flag column and the rest), or spread them with a "
         "little noise before training"
@@ -986,6 +1010,11 @@ def _check_npy_header(f, size: int, where: str) -> None:
         raise DataError(
             f"{where}: its header promises an array of shape {tuple(shape)} ({need:,} bytes), "
             f"but the file holds {size:,} bytes"
+        )
+    if math.prod(shape) > _memory_values():
+        raise DataError(
+            f"{where}: an array of shape {tuple(shape)} holds more values than this machine's "
+            f"memory holds for training (about {_memory_values():,}); use fewer examples"
         )
 
 
@@ -1042,6 +1071,79 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
         raise DataError(f"{path} is too large to read into this machine's memory") from None
 
 
+def _shape_hint(a: np.ndarray) -> str:
+    """What an array of the wrong shape for a table could be given as."""
+    if a.ndim == 3:
+        return (
+            " or images (examples, channels, height, width): for grayscale images add the "
+            "channel axis, numpy.save(path, a[:, None])"
+        )
+    if a.ndim == 4:
+        return (
+            " (images, (examples, channels, height, width), are read from one .npy array, or "
+            "an .npz of one)"
+        )
+    return ""
+
+
+def _image_array(
+    a: np.ndarray, path: Path, seed: int, bits, levels, val_fraction, test_fraction, shuffle
+) -> Dataset:
+    """Images given as one integer array ``(N, C, H, W)`` (what ``flowforge decompress``
+    writes): 8-bit values kept to their top ``bits`` bits as for a folder of PNGs (levels
+    ``2**bits``), or, with ``levels``, integers in ``[0, levels - 1]`` as they are."""
+    where = str(path)
+    if a.size == 0:
+        raise DataError(f"{where} is empty")
+    if a.shape[1] > 4 and a.shape[3] in (1, 3):
+        raise DataError(
+            f"{where} has shape {a.shape}: channels last? images are (examples, channels, "
+            "height, width): numpy.save(path, a.transpose(0, 3, 1, 2))"
+        )
+    if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+        raise DataError(
+            f"{where} holds images of dtype {a.dtype}; expected integer pixel values (uint8, "
+            "0-255, or integers in [0, levels - 1] with data.levels): scale and round them, "
+            "or flatten to a table, a.reshape(len(a), -1)"
+        )
+    lo, hi = int(a.min()), int(a.max())
+    if levels is not None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 2**16:
+            raise DataError(f"data.levels must be an integer in [2, 65536], got {levels!r}")
+        if bits is not None:
+            raise DataError(
+                "data.bits keeps the top bits of 8-bit images, data.levels takes integers as "
+                "they are: give one of them"
+            )
+        if lo < 0 or hi > levels - 1:
+            raise DataError(
+                f"{where}: levels={levels} needs integer values in [0, {levels - 1}], got "
+                f"values in [{lo}, {hi}]"
+            )
+        x = a.astype(np.int32 if levels > 256 else np.uint8)
+    else:
+        bits = 8 if bits is None else bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise DataError(f"data option bits must be an integer in [1, 8], got {bits!r}")
+        if lo < 0 or hi > 255:
+            raise DataError(
+                f"{where} holds images with values in [{lo}, {hi}]; 8-bit pixel values are in "
+                "[0, 255] (other integers: give data.levels, values in [0, levels - 1])"
+            )
+        x = a.astype(np.uint8)
+        np.right_shift(x, 8 - int(bits), out=x)
+        levels = 2 ** int(bits)
+    del a
+    tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
+    parts = [x[i] for i in (tr, va, te)]
+    t = [torch.from_numpy(p.astype(np.float32)) for p in parts]
+    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
+    return Dataset(
+        where, *t, shape=tuple(x.shape[1:]), levels=int(levels), kind="image",
+        info={"warnings": notes} if notes else {},
+    )  # fmt: skip
+
+
 def _as_table(a: np.ndarray, where: str) -> np.ndarray:
     if a.size == 0:
         raise DataError(f"{where} is empty")
@@ -1053,7 +1155,9 @@ def _as_table(a: np.ndarray, where: str) -> np.ndarray:
             "give the CSV itself (its header names the columns)"
         )
     if a.ndim != 2:
-        raise DataError(f"{where} has shape {a.shape}; expected a table (examples, columns)")
+        raise DataError(
+            f"{where} has shape {a.shape}; expected a table (examples, columns){_shape_hint(a)}"
+        )
     if np.issubdtype(a.dtype, np.complexfloating):
         raise DataError(f"{where} has complex dtype {a.dtype}; expected real numbers")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
@@ -1184,6 +1288,24 @@ def check_bounds(
                 else:
                     bad = col <= b if below else col >= b
                 n = int(bad.sum())
+                on = int((col == b).sum())
+                integral = n == on and float(b).is_integer() and np.array_equal(col, np.round(col))
+                if n and not closed and integral:
+                    # a flag or a count whose values sit on its (integer) bound, as they may
+                    raise DataError(
+                        f"{where}: column {_column_name(j, names)} holds only integers, "
+                        f"{n} of its {len(col)} {split + ' ' if split else ''}values on its "
+                        f"{side} bound {b:g}: declare it in data.integers (then its bounds are "
+                        f"inclusive: --set 'data.integers=[{_column_key(j, names)}]')"
+                    )
+                if n and not closed and n == on >= max(2, ATOM_SHARE * len(col)):  # an atom
+                    raise DataError(
+                        f"{where}: column {_column_name(j, names)} has {on} of its {len(col)} "
+                        f"{split + ' ' if split else ''}values exactly on its {side} bound "
+                        f"{b:g}: a density has no room for a share of values on one point "
+                        "(data.bounds are open intervals); model the exact values apart (a "
+                        "flag column and the rest), or widen the bound"
+                    )
                 if n:
                     worst = col.min() if below else col.max()
                     what = f"{split} value" if split else "value"
@@ -1481,9 +1603,14 @@ def _table(
     bounds=None,
     integers=None,
     whiten="auto",
+    bits=None,
+    targets=None,
     **options,
 ) -> Dataset:
-    _no_options(str(path), options)
+    """A table file, or images as one array ``(N, C, H, W)`` (:func:`_image_array`, which
+    takes ``bits``); ``targets``: the ``--target-columns`` of a conditional run (checked
+    against ``bounds`` and ``integers`` before any value is)."""
+    _no_options(str(path), options, _TABLE_OPTIONS)  # (bits: for an array of images)
     _check_header_option(header, path)
     if levels is not None and standardize:
         raise DataError(
@@ -1532,9 +1659,26 @@ def _table(
                 raise DataError(
                     f"{path} holds arrays {sorted(raw)}; expected one array, or train/val/test"
                 )
+        elif raw.ndim == 4:  # images (examples, channels, height, width)
+            table_only = {"standardize": standardize, "header": header, "bounds": bounds,
+                          "integers": integers}  # fmt: skip
+            given = [k for k, v in table_only.items() if v is not None]
+            given += ["whiten"] if whiten != "auto" else []
+            if given:
+                raise DataError(
+                    f"data.{given[0]} applies to tables; {path} holds images of shape "
+                    f"{raw.shape[1:]} (their options: bits or levels, val_fraction, "
+                    "test_fraction, shuffle)"
+                )
+            return _image_array(raw, path, seed, bits, levels, val_fraction, test_fraction, shuffle)
         else:
             arrays = {"data": _as_table(raw, str(path))}
         del raw  # (the file's array, when its dtype needed converting)
+    if bits is not None:
+        raise DataError(
+            f"data.bits applies to images (a folder of PNGs, or one array (examples, channels, "
+            f"height, width)); {path} is a table"
+        )
     if len({v.dtype for v in arrays.values()}) > 1:  # splits saved in different dtypes: one,
         common = np.result_type(*arrays.values())  # so that equal rows have equal bytes
         arrays = {k: v.astype(common, copy=False) for k, v in arrays.items()}
@@ -1555,6 +1699,9 @@ def _table(
         bounds = _parse_bounds(bounds, arrays["train"].shape[1], columns)
     if integers is not None:
         integers = _parse_integers(integers, arrays["train"].shape[1], columns, bounds)
+    if targets is not None:
+        _check_targets(targets, arrays["train"].shape[1], columns, bounds, integers)
+    if integers is not None:
         check_integers(arrays, integers, columns, str(path))
     if bounds is not None:
         check_bounds(arrays, bounds, columns, str(path), integers or ())
@@ -1645,7 +1792,7 @@ def _image_folder(
     shuffle=True,
     **options,
 ) -> Dataset:
-    _no_options(str(path), options)
+    _no_options(str(path), options, _IMAGE_OPTIONS)
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -1865,7 +2012,7 @@ def load_dataset(
                     f"{path}: unsupported file type {path.suffix!r}; expected .npy, .npz, .csv "
                     "or a folder of PNG/JPEG images"
                 )
-            ds = _table(path, seed, **options)
+            ds = _table(path, seed, targets=target_columns, **options)
         elif path.exists():
             raise DataError(f"{spec} is not a regular file or a folder (a pipe, device or socket)")
         elif path.suffix or "/" in str(spec) or "\\" in str(spec):
@@ -1948,6 +2095,24 @@ def _parse_columns(spec, width: int, names: list[str] | None = None) -> list[int
     return out
 
 
+def _check_targets(targets, width: int, names, bounds: dict | None, integers) -> None:
+    """``DataError`` if ``data.bounds`` or ``data.integers`` names a context column (one that
+    ``targets``, the modelled columns, leaves out)."""
+    ys = _parse_columns(targets, width, names)
+    for j in integers or ():
+        if j not in ys:
+            raise DataError(
+                f"data.integers names column {_column_name(j, names)}, a context column: "
+                "context columns are conditioned on, not modelled; name the target columns"
+            )
+    for j in range(width):
+        if bounds and (bounds["lower"][j], bounds["upper"][j]) != (None, None) and j not in ys:
+            raise DataError(
+                f"data.bounds names column {_column_name(j, names)}, a context column: bounds "
+                "apply to the modelled (target) columns; a context is only standardised"
+            )
+
+
 def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) -> Dataset:
     """Give ``ds`` a context per example, in place.
 
@@ -1977,11 +2142,30 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
     width = ds.shape[0]
     ys = _parse_columns(target_columns, width, ds.info.get("columns"))
     cs = [i for i in range(width) if i not in ys]
+    names = ds.info.get("columns")
+    if ds.info.get("integers"):
+        on_context = [j for j in ds.info["integers"] if j not in ys]
+        if on_context:
+            raise DataError(
+                f"data.integers names column {_column_name(on_context[0], names)}, a context "
+                "column: context columns are conditioned on, not modelled; name the target "
+                "columns"
+            )
     raw_c = {k: ds.split(k)[:, cs] for k in ("train", "val", "test")}
+    if ds.info.get("warnings") and ds.levels is None:
+        # the per-column checks of the whole table, again for the modelled columns only
+        notes = [n for n in ds.info["warnings"] if not _is_column_note(n)]
+        train = ds.train[:, ys].numpy()
+        target_names = [names[i] for i in ys] if names else [str(i) for i in ys]
+        declared = {ys.index(j) for j in ds.info.get("integers") or () if j in ys}
+        for note in (_integer_columns(train, target_names, declared), _atoms(train, target_names)):
+            notes += [note] if note else []
+        ds.info["warnings"] = notes
+        if not notes:
+            del ds.info["warnings"]
     for k in ("train", "val", "test"):
         setattr(ds, k, ds.split(k)[:, ys].contiguous())
     ds.shape = (len(ys),)
-    names = ds.info.get("columns")
     if names:
         ds.info["columns"] = [names[i] for i in ys]
         ds.info["context_columns"] = [names[i] for i in cs]
@@ -1995,12 +2179,8 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
                 "standardised"
             )
         ds.info["bounds"] = {k: [bounds[k][i] for i in ys] for k in ("lower", "upper")}
-    if ds.info.get("integers"):  # (an integer context column is a context like any other)
-        kept = [ys.index(j) for j in ds.info["integers"] if j in ys]
-        if kept:
-            ds.info["integers"] = sorted(kept)
-        else:
-            del ds.info["integers"]
+    if ds.info.get("integers"):  # (all of them targets: a context column is refused above)
+        ds.info["integers"] = sorted(ys.index(j) for j in ds.info["integers"])
     if ds.stats is not None:
         _restandardize(ds)
     info = {

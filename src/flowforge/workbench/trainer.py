@@ -43,7 +43,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked
+from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked, train_key_hint
 from .distributed import device as resolve_device
 from .distributed import dist_env
 from .errors import NonFiniteError, RunError, WorkbenchError, out_of_memory
@@ -565,7 +565,10 @@ class Trainer:
     ):
         unknown = set(train or {}) - set(DEFAULT_TRAIN)
         if unknown:
-            raise WorkbenchError(f"unknown train options {sorted(unknown)}")
+            first = sorted(unknown, key=str)[0]
+            raise WorkbenchError(
+                f"unknown train options {sorted(map(str, unknown))}{train_key_hint(first)}"
+            )
         held = next(itertools.chain(model.parameters(), model.buffers()), None)
         if "device" not in (train or {}) and held is not None and held.device.type == "cuda":
             # trained where it is, not moved to the CPU unasked; under torchrun each rank on
