@@ -196,10 +196,13 @@ def test_a_sample_csv_names_the_context_columns_by_their_header(tmp_path, capsys
     path = tmp_path / "named.csv"
     np.savetxt(path, x, delimiter=",", header="y1,y2,age,dose", comments="")
     out = tmp_path / "r"
-    code, _, err = run(["train", "--model", "maf", "--data", path, "--target-columns", "y1,y2",
-                        "--model-kwargs", '{"hidden": [8]}', "--epochs", "1", "--out", out,
-                        "--no-progress", "--quiet"], capsys)  # fmt: skip
+    code, said, err = run(["train", "--model", "maf", "--data", path, "--target-columns",
+                           "y1,y2", "--model-kwargs", '{"hidden": [8]}', "--epochs", "1",
+                           "--out", out, "--no-progress"], capsys)  # fmt: skip
     assert code == 0, err
+    assert "p('y1', 'y2' | 'age', 'dose')" in said  # (by name, not "columns [0, 1]")
+    code, _, err = run(["sample", out, "-n", "2", "--out", tmp_path / "s.csv"], capsys)
+    assert code == 1 and "2 raw values of 'age', 'dose'" in err
     code, _, err = run(["sample", out, "--context", "1,2", "-n", "2", "--out",
                         tmp_path / "s.csv"], capsys)  # fmt: skip
     assert code == 0, err

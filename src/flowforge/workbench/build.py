@@ -40,13 +40,24 @@ def standardized(flow: Flow, stats: dict, shape) -> Flow:
     return models.standardized(flow, loc, scale)
 
 
+def column_words(names, indices) -> str:
+    """Columns as a user's table names them (``'income', 'age'``), or by their indices in the
+    table where the run kept no names (runs from before the names were kept, headerless
+    files)."""
+    if names and len(names) == len(indices) and all(isinstance(n, str) for n in names):
+        return ", ".join(repr(n) for n in names)
+    return f"columns {list(indices)}"
+
+
 def _context_note(resolved: dict) -> str:
     c = resolved.get("context")
     if not c:
         return ""
     if c["kind"] == "label":
         return f"; conditional on {c['features']} class labels"
-    return f"; p(columns {c['target_columns']} | columns {c['context_columns']})"
+    targets = column_words(resolved.get("columns"), c["target_columns"])
+    context = column_words(resolved.get("context_column_names"), c["context_columns"])
+    return f"; p({targets} | {context})"
 
 
 def model_arguments(name: str) -> dict:

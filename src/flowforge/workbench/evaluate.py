@@ -19,7 +19,7 @@ from ..transforms.continuous import (
     exact_scoring,
     grid_steps,
 )
-from .build import check_manifold_data
+from .build import check_manifold_data, column_words
 from .data import (
     check_bounds,
     check_integers,
@@ -619,7 +619,8 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
     if context is None:
         raise ContextError(
             f"this run is conditional: pass --context with the {info['features']} raw values of "
-            f"columns {info['context_columns']} (rows separated by ';')"
+            f"{column_words(cfg['resolved'].get('context_column_names'), info['context_columns'])}"
+            " (rows separated by ';')"
         )
     try:
         rows = [[float(v) for v in row.split(",")] for row in context.split(";") if row.strip()]
