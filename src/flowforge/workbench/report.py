@@ -259,14 +259,37 @@ def _savefig(fig, path: Path, overwrite: bool = True) -> None:
     atomic_write(path, buf.getvalue(), replace=overwrite)
 
 
+SPIKE_WINDOW = 5  # values before a spike it is judged against; the longest run of spikes
+MAX_SPIKE_LABELS = 3  # spikes labelled with their value (the rest counted in the legend)
+
+
+def spike_mask(curve, gap: float) -> np.ndarray:
+    """Which values of ``curve`` (in order) are spikes: a run of at most :data:`SPIKE_WINDOW`
+    values, each more than ``gap`` above the lowest of the :data:`SPIKE_WINDOW` values before
+    the run, that falls back below that or ends the curve. So a falling start is a descent,
+    not spikes (the first value has none before it), and neither a slowly rising curve nor a
+    lasting step up is spikes."""
+    y = np.asarray(curve, dtype=np.float64)
+    w, out = SPIKE_WINDOW, np.zeros(len(y), dtype=bool)
+    k = 1
+    while k < len(y):
+        limit = y[max(0, k - w) : k].min() + gap
+        end = k
+        while end < len(y) and y[end] > limit:
+            end += 1
+        if end > k and end - k <= w:
+            out[k:end] = True
+        k = max(end, k + 1)
+    return out
+
+
 def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
-    """y-limits that keep curves readable through spikes. The spread is the median's height
-    above the smallest value (all curves together), but at least 1% of the median's size (at
-    least 0.01), so a flat curve has no spikes. The upper limit is ``factor`` spreads above the
-    lowest point of the highest curve of 3 or more points (never above the largest value): a
-    curve lying wholly above the others, such as a validation curve above the training one,
-    is drawn, not marked. Values above the limit are spikes, drawn at the top edge; since the
-    median decides, up to half of the values may be spikes."""
+    """y-limits that keep curves readable through spikes. A spike is a value, or a short run of
+    them, more than ``factor`` spreads above the values before it (:func:`spike_mask`, each
+    curve on its own), where the spread is the median's height above the smallest value (all curves
+    together), but at least 1% of the median's size (at least 0.01). The limits span every
+    other value, a falling start and a validation curve above the training one included;
+    spikes lie above the upper limit and are drawn at the top edge."""
     finite = [[x for x in c if x is not None and math.isfinite(x)] for c in curves]
     finite = [np.asarray(c, dtype=np.float64) for c in finite if c]
     if not finite:
@@ -274,59 +297,74 @@ def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
     v = np.concatenate(finite)
     bottom, med = float(v.min()), float(np.median(v))
     rise = max(med - bottom, 0.01 * max(1.0, abs(med)))
-    base = max([bottom] + [float(c.min()) for c in finite if len(c) >= 3])
-    top = min(float(v.max()), base + factor * rise)
+    kept = np.concatenate([c[~spike_mask(c, factor * rise)] for c in finite])
+    top = float(kept.max())
     pad = 0.05 * max(top - bottom, rise)
     return bottom - pad, top + pad
 
 
-def _plot_clipped(ax, x, y, top: float, **kw) -> int:
-    """Plot ``y`` with values above ``top`` drawn as red marks at the top edge; their count."""
+def _plot_clipped(ax, x, y, top: float, **kw) -> np.ndarray:
+    """Plot ``y`` with values above ``top`` drawn as red marks at the top edge; the mask of
+    those values. At most :data:`MAX_SPIKE_LABELS` of them are labelled with their value, the
+    highest first, each apart from the others (labels never overprint)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     over = ~(y <= top)  # NaN and inf count as spikes too
     ax.plot(x, np.where(over, np.nan, y), **kw)
     if over.any():
         ax.plot(x[over], np.full(over.sum(), top), "v", color="red", ms=6, clip_on=False)
-        for xi, yi in zip(x[over][:5], y[over][:5]):
-            ax.annotate(f"{yi:.3g}", (xi, top), fontsize=7, color="red",
-                        xytext=(2, -10), textcoords="offset points")  # fmt: skip
-    return int(over.sum())
+        span = float(x.max() - x.min()) if len(x) > 1 else 1.0
+        labelled: list[float] = []
+        for i in np.flatnonzero(over)[np.argsort(-y[over], kind="stable")]:
+            if len(labelled) == MAX_SPIKE_LABELS:
+                break
+            if all(abs(x[i] - u) > 0.12 * span for u in labelled):
+                labelled.append(float(x[i]))
+                ax.annotate(f"{y[i]:.3g}", (x[i], top), fontsize=7, color="red",
+                            xytext=(2, -10), textcoords="offset points")  # fmt: skip
+    return over
 
 
-def _series(records: list[dict], key: str, at: str, per: float = 1) -> tuple[list, list]:
+def _series(records: list[dict], key: str, at: str, per: float = 1) -> tuple[list, list, list]:
     """The finite values of ``key`` against ``record[at] / per`` (a damaged or hand-edited
-    history's missing, NaN or non-numeric entries are left out)."""
-    xs, ys = [], []
+    history's missing, NaN or non-numeric entries are left out), and the records' ids."""
+    xs, ys, ids = [], [], []
     for m in records:
         x, y = m.get(at), m.get(key)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                for v in (x, y)):  # fmt: skip
             xs.append(x / per)
             ys.append(y)
-    return xs, ys
+            ids.append(id(m))
+    return xs, ys, ids
 
 
-def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> int:
+def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> set:
+    """One panel of curves; the logged values off the chart, as ``(record id, curve)`` pairs
+    (the same value in nats and in bits/dim is one pair)."""
     train, val = _series(ep, key_train, "epoch"), _series(ep, key_val, "epoch")
-    logged = _series(steps, "loss", "step", per_epoch) if key_train == "train_loss" else ([], [])
+    logged = ([], [], [])
+    if key_train == "train_loss":
+        logged = _series(steps, "loss", "step", per_epoch)
     lo, hi = robust_limits(train[1], val[1], *([logged[1]] if logged[1] else []))
-    spikes = 0
-    if logged[0]:
-        spikes += _plot_clipped(ax, *logged, hi, color="0.6", lw=0.8, label="train (logged steps)")
-    if train[0] or val[0]:
-        spikes += _plot_clipped(ax, *train, hi, marker=".", label="train")
-        spikes += _plot_clipped(ax, *val, hi, marker=".", label="validation")
+    off: set = set()
+    curves = [(logged, "step", dict(color="0.6", lw=0.8, label="train (logged steps)"))]
+    curves += [(train, "train", dict(marker=".", label="train"))]
+    curves += [(val, "val", dict(marker=".", label="validation"))]
+    for (xs, ys, ids), role, kw in curves:
+        if xs or (role != "step" and (train[0] or val[0])):
+            over = _plot_clipped(ax, xs, ys, hi, **kw)
+            off |= {(ids[i], role) for i in np.flatnonzero(over)}
     ax.set_ylim(lo, hi)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    if spikes:
-        ax.plot([], [], "v", color="red", label=f"off the chart ({spikes})")
+    if off:
+        ax.plot([], [], "v", color="red", label=f"off the chart ({len(off)})")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no finite values logged", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
-    return spikes
+    return off
 
 
 def _validation(ep: list[dict], objective: str) -> tuple[str, str]:
@@ -343,8 +381,9 @@ def _non_finite(v) -> bool:
 
 def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "nll") -> int | None:
     """Training curves, clipped to robust limits with the spikes marked; the number of
-    points off the chart (None: no metrics). Another objective than the NLL (flow matching,
-    M-flows) logs its validation loss as ``val`` and is plotted under its name."""
+    logged values off the chart, each counted once over the panels (None: no metrics). Another
+    objective than the NLL (flow matching, M-flows) logs its validation loss as ``val`` and is
+    plotted under its name."""
     ep = [m for m in metrics if m.get("type") == "epoch"]
     steps = [m for m in metrics if m.get("type") == "step"]
     if not ep and not steps:
@@ -356,10 +395,10 @@ def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "n
     key_val, what = _validation(ep, objective)
     label = "NLL (nats/example)" if key_val == "val_nll" else what
     spikes = _curve_panel(ax[0, 0], ep, steps, "train_loss", key_val, per_epoch, label)
-    if two:
-        spikes += _curve_panel(ax[0, 1], ep, [], "train_bpd", "val_bpd", per_epoch, "bits/dim")
+    if two:  # the same values in bits/dim: a spike in both panels is counted once
+        spikes |= _curve_panel(ax[0, 1], ep, [], "train_bpd", "val_bpd", per_epoch, "bits/dim")
     _savefig(fig, path)
-    return spikes
+    return len(spikes)
 
 
 def _samples_images(flow, cfg, temps, n, seed, path: Path) -> None:
@@ -994,7 +1033,10 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     if spikes is not None:
         figs.append(("Training curves", "report/curves.png"))
         if spikes:
-            note = f"{spikes} logged values far above the rest (red marks on the curves)"
+            note = (
+                f"{_count(spikes, 'logged value')} far above the values before them (red marks "
+                "at the top of the curves)"
+            )
             facts.append(("warning: loss spikes", note))
     x_split = ds.split(split).reshape(-1, *shape)
     c_split = ds.split_context(split)
