@@ -32,7 +32,15 @@ from ..distributions import StandardNormal
 from .data import FORMULA_LEADS, _is_float, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
-from .runs import REPORT_DIR, is_report_figure, load_run, read_metrics, run_config
+from .runs import (
+    REPORT_DIR,
+    describe_run_status,
+    is_report_figure,
+    load_run,
+    read_metrics,
+    run_config,
+    run_status,
+)
 
 __all__ = [
     "write_report",
@@ -785,6 +793,13 @@ def _column_names(cfg: dict, d: int) -> list[str]:
     return [f"column {i}" for i in index]
 
 
+def _epochs_run(k: int, cfg: dict) -> str:
+    """``65 of 200`` (the epochs logged, of the configured ``train.epochs``)."""
+    n = cfg.get("train", {}).get("epochs")
+    ok = isinstance(n, int) and not isinstance(n, bool) and n > 0
+    return f"{k} of {n} (train.epochs)" if ok else str(k)
+
+
 def _standardised(resolved: dict, flow) -> str:
     from ..transforms import DataStandardize
 
@@ -1014,6 +1029,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
             "metrics.jsonl holds no finished epoch (missing, emptied or damaged): the epochs "
             "run and the training curves are unknown",
         ))  # fmt: skip
+    unfinished = run_status(run, cfg)  # interrupted, or still training: said first
     facts += _small_data(r, split)
     for note in r.get("data_warnings", ()):  # what the data checks found at training time
         facts.append(("warning: the training data", note))
@@ -1058,10 +1074,11 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                 g = res[ref]
                 words, worse = against_reference(res, ref)
                 facts.append((f"{name} NLL of {ref_name}", f"{g:.4f} ({words})"))
-                if worse:
+                if worse:  # an unfinished model gets no advice on its size
                     facts.append((
-                        f"warning: worse than {short} on {name}",
-                        f"the model's {v:.4f} against {g:.4f}: {WORSE_HINT}",
+                        f"{'note' if unfinished else 'warning'}: worse than {short} on {name}",
+                        f"the model's {v:.4f} against {g:.4f}: "
+                        + ("its training is unfinished" if unfinished else WORSE_HINT),
                     ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
             facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
@@ -1146,7 +1163,10 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     else:  # a learned or discrete base: its latents need not look normal
         stat = f"n/a (the base is a {type(flow.base).__name__}, not a standard normal)"
     facts.append(("latent mean / std", stat))
-    rows = [
+    rows = []
+    if unfinished:  # first: every number below is of an unfinished model
+        rows.append(("note: unfinished training", describe_run_status(unfinished, run)))
+    rows += [
         ("model", _model_words(cfg["model"])),
         ("layout", f"{r['layout']} ({' x '.join(map(str, shape))} values per example)"),
         ("parameters", f"{r['parameters']:,}"),
@@ -1157,7 +1177,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         ),
         ("levels", _levels_words(r.get("levels"))),
         ("standardised", _standardised(r, flow)),
-        ("epochs run", str(len(ep))),
+        ("epochs run", _epochs_run(len(ep), cfg)),
     ]
     if r.get("bounds"):
         names = _column_names(cfg, len(r["bounds"]["lower"]))
