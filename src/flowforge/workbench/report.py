@@ -615,12 +615,38 @@ def _corr_fact(cd, cs, vd, vs, names) -> str:
     return out
 
 
-def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, names, figdir):
+def _few_ticks(ax) -> None:
+    """At most 4 or 5 ticks a side, short labels (a large scale in an offset: "1e5"), so that
+    the labels of a wide-valued column ("100000120000" on an income axis) never run together."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=4))
+        f = ScalarFormatter(useOffset=True)
+        f.set_powerlimits((-3, 4))
+        axis.set_major_formatter(f)
+        axis.get_offset_text().set_fontsize(7)
+    ax.tick_params(labelsize=7)
+
+
+def table_figures(
+    data: np.ndarray,
+    samples: np.ndarray,
+    z: np.ndarray | None,
+    names,
+    figdir,
+    split: str = "val",
+    total: int | None = None,
+):
     """Per-column marginals, the most dependent pairs, correlation matrices and a per-column
-    latent QQ for vector data; returns ``[(title, file)]`` and facts ``[(name, value)]``."""
+    latent QQ for vector data; returns ``[(title, file)]`` and facts ``[(name, value)]``.
+    ``data``: rows of the ``split`` (of ``total`` rows there), named in the figures."""
     plt = _plt()
     figs, facts = [], []
     data, samples = _finite_rows(data), _finite_rows(samples)
+    total = max(total or 0, len(data))
+    rows_shown = f"{len(data):,} of {total:,} rows" if total > len(data) else _count(total, "row")
+    side = f"data ({split}, {rows_shown})"  # what every figure's data side is
     d = data.shape[1]
     lo, hi = _box(data, also=samples)
     shown = list(range(min(d, MAX_COLUMNS)))
@@ -633,16 +659,17 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
             continue
         j = shown[k]
         edges = np.linspace(lo[j], hi[j], 41)
-        _hist(ax, data[:, j], edges, histtype="stepfilled", alpha=0.35, label="data")
-        _hist(ax, samples[:, j], edges, histtype="step", lw=1.5, color="C1", label="samples")
+        _hist(ax, data[:, j], edges, histtype="stepfilled", alpha=0.35, label=side)
+        _hist(ax, samples[:, j], edges, histtype="step", lw=1.5, color="C1",
+              label=f"{len(samples):,} samples")  # fmt: skip
         ax.set_title(names[j], fontsize=9)
-        ax.tick_params(labelsize=7)
+        _few_ticks(ax)
         if k == 0:
             ax.legend(fontsize=7)
-    more = f" (first {len(shown)} of {d})" if d > len(shown) else ""
-    fig.suptitle(f"marginals: data vs {len(samples)} model samples{more}", fontsize=10)
+    more = f" (first {len(shown)} of {d} columns)" if d > len(shown) else ""
+    fig.suptitle(f"marginals: {side} vs {len(samples):,} model samples{more}", fontsize=10)
     _savefig(fig, figdir / "marginals.png")
-    figs.append(("Per-column marginals: data vs samples", "report/marginals.png"))
+    figs.append((f"Per-column marginals: {side} vs samples", "report/marginals.png"))
     if d >= 2:
         k = min(d, 48)  # pairs among the first 48 columns (the estimate is quadratic in d)
         dep = dependence(data[:, :k])
@@ -650,20 +677,23 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
         order = np.argsort(-dep[iu])[:PAIRS]
         pairs = [(int(iu[0][k]), int(iu[1][k])) for k in order]
         fig, axes = plt.subplots(len(pairs), 2, figsize=(8, 3.6 * len(pairs)), squeeze=False)
-        m = min(len(data), len(samples), 3000)
+        m = min(len(data), len(samples), 3000)  # as many points on each side
+        pair_side = f"data ({split}, {m:,} of {total:,} rows)" if m < total else side
         for (i, j), (a, b) in zip(pairs, axes):
             a.scatter(data[:m, i], data[:m, j], s=2, alpha=0.35)
             b.scatter(samples[:m, i], samples[:m, j], s=2, alpha=0.35, color="C1")
-            a.set_title(f"data: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)", fontsize=9)
-            b.set_title(f"samples: {names[i]} vs {names[j]}", fontsize=9)
+            a.set_title(f"{pair_side}: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)",
+                        fontsize=8)  # fmt: skip
+            b.set_title(f"{m:,} samples: {names[i]} vs {names[j]}", fontsize=8)
             for ax in (a, b):
                 ax.set_xlim(lo[i], hi[i])
                 ax.set_ylim(lo[j], hi[j])
                 ax.set_xlabel(names[i], fontsize=8)
                 ax.set_ylabel(names[j], fontsize=8)
-                ax.tick_params(labelsize=7)
+                _few_ticks(ax)
         _savefig(fig, figdir / "pairs.png")
-        figs.append(("The most dependent pairs of columns: data vs samples", "report/pairs.png"))
+        title = f"The most dependent pairs of columns: {side} vs samples"
+        figs.append((title, "report/pairs.png"))
         n_rows = min(len(data), len(samples))
         if n_rows < 3:  # a correlation of 2 rows is always +-1
             why = f"n/a (only {_count(n_rows, 'row')} to correlate; at least 3 needed)"
@@ -701,7 +731,8 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
             j = shown[k]
             ax.plot(q, np.sort(z[:, j]), ".", ms=1.5)
             ax.plot([-4, 4], [-4, 4], "k--", lw=0.8)
-            ax.set_title(f"latent {j} ({names[j]})", fontsize=9)
+            # (after couplings and permutations latent j is not column j: no column's name)
+            ax.set_title(f"latent {j}", fontsize=9)
             ax.tick_params(labelsize=7)
         fig.supxlabel("standard normal quantile", fontsize=9)
         fig.supylabel("latent quantile", fontsize=9)
@@ -732,6 +763,16 @@ def _class_grid(flow, cfg, classes, n, temperature, seed, path):
     _savefig(fig, path)
 
 
+def _context_value(v: float) -> str:
+    """A context value as the table holds it: un-standardising (``c * scale + loc`` in float32)
+    leaves a flag's 0 at 3.98e-09 and its 1 at 0.99999994, so a value within 1e-6 (relative) of
+    an integer is that integer; 4 significant digits otherwise."""
+    v = float(v)
+    if math.isfinite(v) and abs(v - round(v)) <= 1e-6 * max(1.0, abs(v)):
+        v = float(round(v)) + 0.0  # (+ 0.0: no "-0")
+    return f"{v:.4g}"
+
+
 def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int = 500):
     """For a few rows of the split: samples given that row's context against its true value."""
     info = cfg["resolved"]["context"]
@@ -752,7 +793,7 @@ def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int 
             ax.plot(truth[k, 0], truth[k, 1], "k*", ms=12, label="true value")
             ax.set_xlabel(names[0], fontsize=8)
             ax.set_ylabel(names[1], fontsize=8)
-        given = ", ".join(f"{v:.3g}" for v in raw[k][:4]) + (", ..." if raw.shape[1] > 4 else "")
+        given = ", ".join(map(_context_value, raw[k][:4])) + (", ..." if raw.shape[1] > 4 else "")
         ax.set_title(f"{split} row {k}: context {given}", fontsize=8)
         ax.tick_params(labelsize=7)
         if k == 0:
@@ -1147,7 +1188,13 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         if outside:
             facts.append(("warning: samples outside the data's range", outside))
         tf, tfacts = table_figures(
-            data[:m].numpy(), samples.reshape(len(samples), -1).numpy(), z, names, figdir
+            data[:m].numpy(),
+            samples.reshape(len(samples), -1).numpy(),
+            z,
+            names,
+            figdir,
+            split,
+            len(data),
         )
         figs += tf
         facts += tfacts
