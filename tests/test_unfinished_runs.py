@@ -140,7 +140,9 @@ def test_a_damaged_checkpoint_or_lock_says_nothing(run):
     assert RUNS.run_status(run) is None
     ckpt.rmdir()
     ckpt.write_bytes(good)
-    for lock in ("", "{", json.dumps({"pid": "x", "host": 1}), "[]"):
+    here = socket.gethostname()
+    odd = [{"pid": "x", "host": 1}, {"pid": 0, "host": here}, {"pid": -1, "host": here}]
+    for lock in ("", "{", "[]", *map(json.dumps, odd), json.dumps({"pid": 2**80, "host": here})):
         (run / ".lock").write_text(lock)
         assert (
             RUNS.run_status(run)["state"] == "interrupted"

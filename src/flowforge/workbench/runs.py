@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shlex
 import socket
 import stat
 import struct
@@ -513,7 +514,8 @@ def run_status(run: str | os.PathLike, cfg: dict | None = None) -> dict | None:
         return None
     lock = _lock_record(run / LOCK_FILE)
     try:
-        training = lock is not None and RunLock(run)._owner_alive(lock)
+        # (a pid of 0 or below would ask after a process group: not a lock of ours)
+        training = lock is not None and lock["pid"] > 0 and RunLock(run)._owner_alive(lock)
     except (OSError, ValueError, TypeError, OverflowError):
         training = False
     counters = _checkpoint_counters(run / CKPT_FILE)
@@ -542,7 +544,7 @@ def describe_run_status(status: dict, run) -> str:
         )
     return (
         f"this run was interrupted at epoch {k} of {n} ({finished}); its scores are of an "
-        f"unfinished model (flowforge train --out {run} --resume continues it)"
+        f"unfinished model (flowforge train --out {shlex.quote(str(run))} --resume continues it)"
     )
 
 
