@@ -135,3 +135,55 @@ def test_the_two_val_nlls_of_a_discrete_run_are_explained(tmp_path):
     assert note.startswith(f"the best epoch's {logged} was scored during training, with 1 draw")
     assert "as `flowforge eval` does (1 draw, seed 0)" in note and "noise alone" in note
     assert table["levels"] == "17 (discrete data: integers 0 to 16)"
+
+
+def _decay(epochs: int = 100, bpd: bool = False) -> list[dict]:
+    """A healthy run's history: losses falling fast from 3.25 to a floor near 1.7 (the
+    newcomer study's nsf-moons run), with logged steps, in nats and (``bpd``) bits/dim."""
+    rng = np.random.default_rng(0)
+    out = []
+    for e in range(1, epochs + 1):
+        t = 1.7 + 1.55 * math.exp(-(e - 1) / 4) + 0.003 * rng.normal()
+        v = t + 0.04
+        rec = {"type": "epoch", "epoch": e, "step": 10 * e, "train_loss": t, "val_nll": v}
+        if bpd:
+            rec |= {"train_bpd": t / (2 * math.log(2)), "val_bpd": v / (2 * math.log(2))}
+        out += [{"type": "step", "epoch": e, "step": 10 * e, "loss": t + 0.02 * rng.normal()}]
+        out.append(rec)
+    return out
+
+
+def test_a_falling_start_is_a_curve_not_spikes(tmp_path):
+    # the study's nsf-moons run: the first epochs (3.25, 3.05, 2.83, ...) were clipped as 7
+    # "loss spikes" because the limit was 10 late-phase spreads above the floor
+    metrics = _decay()
+    assert R._curves(metrics, tmp_path / "curves.png", False) == 0
+    ys = [m["train_loss"] for m in metrics if m["type"] == "epoch"]
+    lo, hi = R.robust_limits(ys, [y + 0.04 for y in ys])
+    assert lo < 1.7 and 3.29 < hi < 3.5  # the whole descent is on the chart
+    assert R._curves(_decay(bpd=True), tmp_path / "curves.png", True) == 0
+
+
+def test_spikes_are_counted_once_per_logged_value(tmp_path):
+    metrics = _decay(bpd=True)
+    ep = [m for m in metrics if m["type"] == "epoch"]
+    for e in (30, 70):  # two spikes, in nats and (the same values) in bits/dim
+        ep[e]["train_loss"], ep[e]["train_bpd"] = 400.0, 400.0 / (2 * math.log(2))
+    # the two panels once counted each spike twice
+    assert R._curves(metrics, tmp_path / "curves.png", True) == 2
+    assert R._curves([m for m in metrics if m["type"] == "epoch"], tmp_path / "c.png", False) == 2
+    # a spike in a falling start is one too, the descent around it is not
+    ep[3]["train_loss"] = 60.0
+    assert R._curves(metrics, tmp_path / "curves.png", True) == 3
+
+
+def test_spike_labels_never_overprint():
+    plt = R._plt()
+    fig, ax = plt.subplots()
+    x = np.arange(40.0)
+    y = np.where((x > 10) & (x < 20), 1e3 + x, 1.0)  # nine spikes side by side
+    assert np.sum(R._plot_clipped(ax, x, y, 2.0)) == 9
+    # at most 3 labels, far apart (it was five, one epoch apart, printed over each other)
+    at = sorted(t.xy[0] for t in ax.texts)
+    assert 1 <= len(at) <= 3 and all(b - a > 0.1 * 39 for a, b in zip(at, at[1:]))
+    plt.close(fig)

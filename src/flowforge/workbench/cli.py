@@ -395,6 +395,11 @@ def cmd_eval(args) -> int:
             print(f"ODE: {describe_ode(res['ode'])}")
         for note in res.get("data_warnings", ()):  # found when the run was trained
             print(f"warning: the training data: {note}")
+        unfinished = res.get("run_status")
+        if unfinished:
+            from .runs import describe_run_status
+
+            print(f"note: {describe_run_status(unfinished, args.run)}")
         for key, what, noun in REFERENCES:
             short = f"that {noun}"
             if key in res:
@@ -403,7 +408,10 @@ def cmd_eval(args) -> int:
                 extra = f" ({bpd:.4f} bits/dim)" if bpd is not None else ""
                 words, worse = against_reference(res, key)
                 print(f"{what}: NLL {g:.4f}{extra} on the same examples; {words}")
-                if worse:
+                if worse and unfinished:  # no advice on the model: it is not trained yet
+                    print(f"note: the model scores worse than {short}, but its training is "
+                          "unfinished")  # fmt: skip
+                elif worse:
                     print(f"warning: the model scores worse than {short}: {WORSE_HINT}")
         if calibration is not None:
             from .evaluate import describe_calibration

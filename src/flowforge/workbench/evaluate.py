@@ -31,7 +31,7 @@ from .data import (
 from .distributed import device as resolve_device
 from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
-from .runs import load_run, run_config
+from .runs import load_run, run_config, run_status
 
 __all__ = ["evaluate_run", "calibrate_run", "sample_context"]
 
@@ -276,6 +276,9 @@ def evaluate_run(
         out["true_nll"] = -truth.mean().item()
         out["gap"] = gap.mean().item()
         out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else None
+    status = run_status(run, cfg)  # an interrupted run, or one still training: said
+    if status is not None:
+        out["run_status"] = status
     return out
 
 

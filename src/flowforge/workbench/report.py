@@ -32,7 +32,15 @@ from ..distributions import StandardNormal
 from .data import FORMULA_LEADS, _is_float, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
-from .runs import REPORT_DIR, is_report_figure, load_run, read_metrics, run_config
+from .runs import (
+    REPORT_DIR,
+    describe_run_status,
+    is_report_figure,
+    load_run,
+    read_metrics,
+    run_config,
+    run_status,
+)
 
 __all__ = [
     "write_report",
@@ -259,14 +267,37 @@ def _savefig(fig, path: Path, overwrite: bool = True) -> None:
     atomic_write(path, buf.getvalue(), replace=overwrite)
 
 
+SPIKE_WINDOW = 5  # values before a spike it is judged against; the longest run of spikes
+MAX_SPIKE_LABELS = 3  # spikes labelled with their value (the rest counted in the legend)
+
+
+def spike_mask(curve, gap: float) -> np.ndarray:
+    """Which values of ``curve`` (in order) are spikes: a run of at most :data:`SPIKE_WINDOW`
+    values, each more than ``gap`` above the lowest of the :data:`SPIKE_WINDOW` values before
+    the run, that falls back below that or ends the curve. So a falling start is a descent,
+    not spikes (the first value has none before it), and neither a slowly rising curve nor a
+    lasting step up is spikes."""
+    y = np.asarray(curve, dtype=np.float64)
+    w, out = SPIKE_WINDOW, np.zeros(len(y), dtype=bool)
+    k = 1
+    while k < len(y):
+        limit = y[max(0, k - w) : k].min() + gap
+        end = k
+        while end < len(y) and y[end] > limit:
+            end += 1
+        if end > k and end - k <= w:
+            out[k:end] = True
+        k = max(end, k + 1)
+    return out
+
+
 def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
-    """y-limits that keep curves readable through spikes. The spread is the median's height
-    above the smallest value (all curves together), but at least 1% of the median's size (at
-    least 0.01), so a flat curve has no spikes. The upper limit is ``factor`` spreads above the
-    lowest point of the highest curve of 3 or more points (never above the largest value): a
-    curve lying wholly above the others, such as a validation curve above the training one,
-    is drawn, not marked. Values above the limit are spikes, drawn at the top edge; since the
-    median decides, up to half of the values may be spikes."""
+    """y-limits that keep curves readable through spikes. A spike is a value, or a short run of
+    them, more than ``factor`` spreads above the values before it (:func:`spike_mask`, each
+    curve on its own), where the spread is the median's height above the smallest value (all curves
+    together), but at least 1% of the median's size (at least 0.01). The limits span every
+    other value, a falling start and a validation curve above the training one included;
+    spikes lie above the upper limit and are drawn at the top edge."""
     finite = [[x for x in c if x is not None and math.isfinite(x)] for c in curves]
     finite = [np.asarray(c, dtype=np.float64) for c in finite if c]
     if not finite:
@@ -274,59 +305,74 @@ def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
     v = np.concatenate(finite)
     bottom, med = float(v.min()), float(np.median(v))
     rise = max(med - bottom, 0.01 * max(1.0, abs(med)))
-    base = max([bottom] + [float(c.min()) for c in finite if len(c) >= 3])
-    top = min(float(v.max()), base + factor * rise)
+    kept = np.concatenate([c[~spike_mask(c, factor * rise)] for c in finite])
+    top = float(kept.max())
     pad = 0.05 * max(top - bottom, rise)
     return bottom - pad, top + pad
 
 
-def _plot_clipped(ax, x, y, top: float, **kw) -> int:
-    """Plot ``y`` with values above ``top`` drawn as red marks at the top edge; their count."""
+def _plot_clipped(ax, x, y, top: float, **kw) -> np.ndarray:
+    """Plot ``y`` with values above ``top`` drawn as red marks at the top edge; the mask of
+    those values. At most :data:`MAX_SPIKE_LABELS` of them are labelled with their value, the
+    highest first, each apart from the others (labels never overprint)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     over = ~(y <= top)  # NaN and inf count as spikes too
     ax.plot(x, np.where(over, np.nan, y), **kw)
     if over.any():
         ax.plot(x[over], np.full(over.sum(), top), "v", color="red", ms=6, clip_on=False)
-        for xi, yi in zip(x[over][:5], y[over][:5]):
-            ax.annotate(f"{yi:.3g}", (xi, top), fontsize=7, color="red",
-                        xytext=(2, -10), textcoords="offset points")  # fmt: skip
-    return int(over.sum())
+        span = float(x.max() - x.min()) if len(x) > 1 else 1.0
+        labelled: list[float] = []
+        for i in np.flatnonzero(over)[np.argsort(-y[over], kind="stable")]:
+            if len(labelled) == MAX_SPIKE_LABELS:
+                break
+            if all(abs(x[i] - u) > 0.12 * span for u in labelled):
+                labelled.append(float(x[i]))
+                ax.annotate(f"{y[i]:.3g}", (x[i], top), fontsize=7, color="red",
+                            xytext=(2, -10), textcoords="offset points")  # fmt: skip
+    return over
 
 
-def _series(records: list[dict], key: str, at: str, per: float = 1) -> tuple[list, list]:
+def _series(records: list[dict], key: str, at: str, per: float = 1) -> tuple[list, list, list]:
     """The finite values of ``key`` against ``record[at] / per`` (a damaged or hand-edited
-    history's missing, NaN or non-numeric entries are left out)."""
-    xs, ys = [], []
+    history's missing, NaN or non-numeric entries are left out), and the records' ids."""
+    xs, ys, ids = [], [], []
     for m in records:
         x, y = m.get(at), m.get(key)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                for v in (x, y)):  # fmt: skip
             xs.append(x / per)
             ys.append(y)
-    return xs, ys
+            ids.append(id(m))
+    return xs, ys, ids
 
 
-def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> int:
+def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> set:
+    """One panel of curves; the logged values off the chart, as ``(record id, curve)`` pairs
+    (the same value in nats and in bits/dim is one pair)."""
     train, val = _series(ep, key_train, "epoch"), _series(ep, key_val, "epoch")
-    logged = _series(steps, "loss", "step", per_epoch) if key_train == "train_loss" else ([], [])
+    logged = ([], [], [])
+    if key_train == "train_loss":
+        logged = _series(steps, "loss", "step", per_epoch)
     lo, hi = robust_limits(train[1], val[1], *([logged[1]] if logged[1] else []))
-    spikes = 0
-    if logged[0]:
-        spikes += _plot_clipped(ax, *logged, hi, color="0.6", lw=0.8, label="train (logged steps)")
-    if train[0] or val[0]:
-        spikes += _plot_clipped(ax, *train, hi, marker=".", label="train")
-        spikes += _plot_clipped(ax, *val, hi, marker=".", label="validation")
+    off: set = set()
+    curves = [(logged, "step", dict(color="0.6", lw=0.8, label="train (logged steps)"))]
+    curves += [(train, "train", dict(marker=".", label="train"))]
+    curves += [(val, "val", dict(marker=".", label="validation"))]
+    for (xs, ys, ids), role, kw in curves:
+        if xs or (role != "step" and (train[0] or val[0])):
+            over = _plot_clipped(ax, xs, ys, hi, **kw)
+            off |= {(ids[i], role) for i in np.flatnonzero(over)}
     ax.set_ylim(lo, hi)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    if spikes:
-        ax.plot([], [], "v", color="red", label=f"off the chart ({spikes})")
+    if off:
+        ax.plot([], [], "v", color="red", label=f"off the chart ({len(off)})")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no finite values logged", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
-    return spikes
+    return off
 
 
 def _validation(ep: list[dict], objective: str) -> tuple[str, str]:
@@ -343,8 +389,9 @@ def _non_finite(v) -> bool:
 
 def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "nll") -> int | None:
     """Training curves, clipped to robust limits with the spikes marked; the number of
-    points off the chart (None: no metrics). Another objective than the NLL (flow matching,
-    M-flows) logs its validation loss as ``val`` and is plotted under its name."""
+    logged values off the chart, each counted once over the panels (None: no metrics). Another
+    objective than the NLL (flow matching, M-flows) logs its validation loss as ``val`` and is
+    plotted under its name."""
     ep = [m for m in metrics if m.get("type") == "epoch"]
     steps = [m for m in metrics if m.get("type") == "step"]
     if not ep and not steps:
@@ -356,10 +403,10 @@ def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "n
     key_val, what = _validation(ep, objective)
     label = "NLL (nats/example)" if key_val == "val_nll" else what
     spikes = _curve_panel(ax[0, 0], ep, steps, "train_loss", key_val, per_epoch, label)
-    if two:
-        spikes += _curve_panel(ax[0, 1], ep, [], "train_bpd", "val_bpd", per_epoch, "bits/dim")
+    if two:  # the same values in bits/dim: a spike in both panels is counted once
+        spikes |= _curve_panel(ax[0, 1], ep, [], "train_bpd", "val_bpd", per_epoch, "bits/dim")
     _savefig(fig, path)
-    return spikes
+    return len(spikes)
 
 
 def _samples_images(flow, cfg, temps, n, seed, path: Path) -> None:
@@ -568,12 +615,38 @@ def _corr_fact(cd, cs, vd, vs, names) -> str:
     return out
 
 
-def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, names, figdir):
+def _few_ticks(ax) -> None:
+    """At most 4 or 5 ticks a side, short labels (a large scale in an offset: "1e5"), so that
+    the labels of a wide-valued column ("100000120000" on an income axis) never run together."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=4))
+        f = ScalarFormatter(useOffset=True)
+        f.set_powerlimits((-3, 4))
+        axis.set_major_formatter(f)
+        axis.get_offset_text().set_fontsize(7)
+    ax.tick_params(labelsize=7)
+
+
+def table_figures(
+    data: np.ndarray,
+    samples: np.ndarray,
+    z: np.ndarray | None,
+    names,
+    figdir,
+    split: str = "val",
+    total: int | None = None,
+):
     """Per-column marginals, the most dependent pairs, correlation matrices and a per-column
-    latent QQ for vector data; returns ``[(title, file)]`` and facts ``[(name, value)]``."""
+    latent QQ for vector data; returns ``[(title, file)]`` and facts ``[(name, value)]``.
+    ``data``: rows of the ``split`` (of ``total`` rows there), named in the figures."""
     plt = _plt()
     figs, facts = [], []
     data, samples = _finite_rows(data), _finite_rows(samples)
+    total = max(total or 0, len(data))
+    rows_shown = f"{len(data):,} of {total:,} rows" if total > len(data) else _count(total, "row")
+    side = f"data ({split}, {rows_shown})"  # what every figure's data side is
     d = data.shape[1]
     lo, hi = _box(data, also=samples)
     shown = list(range(min(d, MAX_COLUMNS)))
@@ -586,16 +659,17 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
             continue
         j = shown[k]
         edges = np.linspace(lo[j], hi[j], 41)
-        _hist(ax, data[:, j], edges, histtype="stepfilled", alpha=0.35, label="data")
-        _hist(ax, samples[:, j], edges, histtype="step", lw=1.5, color="C1", label="samples")
+        _hist(ax, data[:, j], edges, histtype="stepfilled", alpha=0.35, label=side)
+        _hist(ax, samples[:, j], edges, histtype="step", lw=1.5, color="C1",
+              label=f"{len(samples):,} samples")  # fmt: skip
         ax.set_title(names[j], fontsize=9)
-        ax.tick_params(labelsize=7)
+        _few_ticks(ax)
         if k == 0:
             ax.legend(fontsize=7)
-    more = f" (first {len(shown)} of {d})" if d > len(shown) else ""
-    fig.suptitle(f"marginals: data vs {len(samples)} model samples{more}", fontsize=10)
+    more = f" (first {len(shown)} of {d} columns)" if d > len(shown) else ""
+    fig.suptitle(f"marginals: {side} vs {len(samples):,} model samples{more}", fontsize=10)
     _savefig(fig, figdir / "marginals.png")
-    figs.append(("Per-column marginals: data vs samples", "report/marginals.png"))
+    figs.append((f"Per-column marginals: {side} vs samples", "report/marginals.png"))
     if d >= 2:
         k = min(d, 48)  # pairs among the first 48 columns (the estimate is quadratic in d)
         dep = dependence(data[:, :k])
@@ -603,20 +677,23 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
         order = np.argsort(-dep[iu])[:PAIRS]
         pairs = [(int(iu[0][k]), int(iu[1][k])) for k in order]
         fig, axes = plt.subplots(len(pairs), 2, figsize=(8, 3.6 * len(pairs)), squeeze=False)
-        m = min(len(data), len(samples), 3000)
+        m = min(len(data), len(samples), 3000)  # as many points on each side
+        pair_side = f"data ({split}, {m:,} of {total:,} rows)" if m < total else side
         for (i, j), (a, b) in zip(pairs, axes):
             a.scatter(data[:m, i], data[:m, j], s=2, alpha=0.35)
             b.scatter(samples[:m, i], samples[:m, j], s=2, alpha=0.35, color="C1")
-            a.set_title(f"data: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)", fontsize=9)
-            b.set_title(f"samples: {names[i]} vs {names[j]}", fontsize=9)
+            a.set_title(f"{pair_side}: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)",
+                        fontsize=8)  # fmt: skip
+            b.set_title(f"{m:,} samples: {names[i]} vs {names[j]}", fontsize=8)
             for ax in (a, b):
                 ax.set_xlim(lo[i], hi[i])
                 ax.set_ylim(lo[j], hi[j])
                 ax.set_xlabel(names[i], fontsize=8)
                 ax.set_ylabel(names[j], fontsize=8)
-                ax.tick_params(labelsize=7)
+                _few_ticks(ax)
         _savefig(fig, figdir / "pairs.png")
-        figs.append(("The most dependent pairs of columns: data vs samples", "report/pairs.png"))
+        title = f"The most dependent pairs of columns: {side} vs samples"
+        figs.append((title, "report/pairs.png"))
         n_rows = min(len(data), len(samples))
         if n_rows < 3:  # a correlation of 2 rows is always +-1
             why = f"n/a (only {_count(n_rows, 'row')} to correlate; at least 3 needed)"
@@ -654,7 +731,8 @@ def table_figures(data: np.ndarray, samples: np.ndarray, z: np.ndarray | None, n
             j = shown[k]
             ax.plot(q, np.sort(z[:, j]), ".", ms=1.5)
             ax.plot([-4, 4], [-4, 4], "k--", lw=0.8)
-            ax.set_title(f"latent {j} ({names[j]})", fontsize=9)
+            # (after couplings and permutations latent j is not column j: no column's name)
+            ax.set_title(f"latent {j}", fontsize=9)
             ax.tick_params(labelsize=7)
         fig.supxlabel("standard normal quantile", fontsize=9)
         fig.supylabel("latent quantile", fontsize=9)
@@ -685,6 +763,16 @@ def _class_grid(flow, cfg, classes, n, temperature, seed, path):
     _savefig(fig, path)
 
 
+def _context_value(v: float) -> str:
+    """A context value as the table holds it: un-standardising (``c * scale + loc`` in float32)
+    leaves a flag's 0 at 3.98e-09 and its 1 at 0.99999994, so a value within 1e-6 (relative) of
+    an integer is that integer; 4 significant digits otherwise."""
+    v = float(v)
+    if math.isfinite(v) and abs(v - round(v)) <= 1e-6 * max(1.0, abs(v)):
+        v = float(round(v)) + 0.0  # (+ 0.0: no "-0")
+    return f"{v:.4g}"
+
+
 def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int = 500):
     """For a few rows of the split: samples given that row's context against its true value."""
     info = cfg["resolved"]["context"]
@@ -705,7 +793,7 @@ def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int 
             ax.plot(truth[k, 0], truth[k, 1], "k*", ms=12, label="true value")
             ax.set_xlabel(names[0], fontsize=8)
             ax.set_ylabel(names[1], fontsize=8)
-        given = ", ".join(f"{v:.3g}" for v in raw[k][:4]) + (", ..." if raw.shape[1] > 4 else "")
+        given = ", ".join(map(_context_value, raw[k][:4])) + (", ..." if raw.shape[1] > 4 else "")
         ax.set_title(f"{split} row {k}: context {given}", fontsize=8)
         ax.tick_params(labelsize=7)
         if k == 0:
@@ -744,6 +832,13 @@ def _column_names(cfg: dict, d: int) -> list[str]:
     ctx = r.get("context") or {}
     index = ctx.get("target_columns") or list(range(d))
     return [f"column {i}" for i in index]
+
+
+def _epochs_run(k: int, cfg: dict) -> str:
+    """``65 of 200`` (the epochs logged, of the configured ``train.epochs``)."""
+    n = cfg.get("train", {}).get("epochs")
+    ok = isinstance(n, int) and not isinstance(n, bool) and n > 0
+    return f"{k} of {n} (train.epochs)" if ok else str(k)
 
 
 def _standardised(resolved: dict, flow) -> str:
@@ -975,6 +1070,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
             "metrics.jsonl holds no finished epoch (missing, emptied or damaged): the epochs "
             "run and the training curves are unknown",
         ))  # fmt: skip
+    unfinished = run_status(run, cfg)  # interrupted, or still training: said first
     facts += _small_data(r, split)
     for note in r.get("data_warnings", ()):  # what the data checks found at training time
         facts.append(("warning: the training data", note))
@@ -994,7 +1090,10 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     if spikes is not None:
         figs.append(("Training curves", "report/curves.png"))
         if spikes:
-            note = f"{spikes} logged values far above the rest (red marks on the curves)"
+            note = (
+                f"{_count(spikes, 'logged value')} far above the values before them (red marks "
+                "at the top of the curves)"
+            )
             facts.append(("warning: loss spikes", note))
     x_split = ds.split(split).reshape(-1, *shape)
     c_split = ds.split_context(split)
@@ -1016,10 +1115,11 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                 g = res[ref]
                 words, worse = against_reference(res, ref)
                 facts.append((f"{name} NLL of {ref_name}", f"{g:.4f} ({words})"))
-                if worse:
+                if worse:  # an unfinished model gets no advice on its size
                     facts.append((
-                        f"warning: worse than {short} on {name}",
-                        f"the model's {v:.4f} against {g:.4f}: {WORSE_HINT}",
+                        f"{'note' if unfinished else 'warning'}: worse than {short} on {name}",
+                        f"the model's {v:.4f} against {g:.4f}: "
+                        + ("its training is unfinished" if unfinished else WORSE_HINT),
                     ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
             facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
@@ -1088,7 +1188,13 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         if outside:
             facts.append(("warning: samples outside the data's range", outside))
         tf, tfacts = table_figures(
-            data[:m].numpy(), samples.reshape(len(samples), -1).numpy(), z, names, figdir
+            data[:m].numpy(),
+            samples.reshape(len(samples), -1).numpy(),
+            z,
+            names,
+            figdir,
+            split,
+            len(data),
         )
         figs += tf
         facts += tfacts
@@ -1104,7 +1210,10 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     else:  # a learned or discrete base: its latents need not look normal
         stat = f"n/a (the base is a {type(flow.base).__name__}, not a standard normal)"
     facts.append(("latent mean / std", stat))
-    rows = [
+    rows = []
+    if unfinished:  # first: every number below is of an unfinished model
+        rows.append(("note: unfinished training", describe_run_status(unfinished, run)))
+    rows += [
         ("model", _model_words(cfg["model"])),
         ("layout", f"{r['layout']} ({' x '.join(map(str, shape))} values per example)"),
         ("parameters", f"{r['parameters']:,}"),
@@ -1115,7 +1224,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         ),
         ("levels", _levels_words(r.get("levels"))),
         ("standardised", _standardised(r, flow)),
-        ("epochs run", str(len(ep))),
+        ("epochs run", _epochs_run(len(ep), cfg)),
     ]
     if r.get("bounds"):
         names = _column_names(cfg, len(r["bounds"]["lower"]))

@@ -26,7 +26,10 @@ import json
 import math
 import os
 import re
+import shlex
 import socket
+import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -53,6 +56,8 @@ __all__ = [
     "read_metrics",
     "truncate_metrics",
     "fingerprint",
+    "run_status",
+    "describe_run_status",
 ]
 
 RUN_FORMAT = "flowforge-run/1"
@@ -457,6 +462,90 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
         return False
+
+
+MAX_STATUS_HEADER = 16 * 2**20  # bytes of a checkpoint's header run_status reads at most
+
+
+def _checkpoint_counters(path: Path) -> dict | None:
+    """``epoch`` and ``finished`` from a checkpoint's header (the tensors are not read), or
+    None for a missing, unreadable or malformed one (a run folder is untrusted data)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < 8:
+            return None
+        (n,) = struct.unpack("<Q", os.read(fd, 8))
+        if not 2 <= n <= min(MAX_STATUS_HEADER, st.st_size - 8):
+            return None
+        raw = b""
+        while len(raw) < n and (chunk := os.read(fd, n - len(raw))):
+            raw += chunk
+        meta = json.loads(raw)["__metadata__"]["flowforge"]
+        meta = json.loads(meta)
+        epoch, finished = meta["epoch"], meta["finished"]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return None
+    if finished not in (None, "finished", "early-stopped"):
+        return None
+    return {"epoch": epoch, "finished": finished}
+
+
+def run_status(run: str | os.PathLike, cfg: dict | None = None) -> dict | None:
+    """Whether a run's training is unfinished: ``{"state": "training" | "interrupted",
+    "epoch": E, "epochs": N, "finished_epochs": F}`` (``E``: the epoch in progress or cut off,
+    ``F``: the epochs finished), from its lock (a live owner: still training) and its
+    checkpoint's counters; None for a finished or early-stopped run, and wherever the files
+    do not tell (missing, malformed: nothing is said rather than a guess)."""
+    run = Path(run)
+    try:
+        cfg = cfg if cfg is not None else run_config(run)
+        epochs = cfg["train"]["epochs"]
+    except (RunError, KeyError, TypeError):
+        return None
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        return None
+    lock = _lock_record(run / LOCK_FILE)
+    try:
+        # (a pid of 0 or below would ask after a process group: not a lock of ours)
+        training = lock is not None and lock["pid"] > 0 and RunLock(run)._owner_alive(lock)
+    except (OSError, ValueError, TypeError, OverflowError):
+        training = False
+    counters = _checkpoint_counters(run / CKPT_FILE)
+    if counters is None and not training:
+        return None
+    done = counters["epoch"] if counters is not None else 0
+    if done > epochs or (not training and (counters["finished"] or done == epochs)):
+        return None  # (finished, early-stopped, or counters that fit no run of this config)
+    state = "training" if training else "interrupted"
+    return {
+        "state": state,
+        "epoch": min(done + 1, epochs),
+        "epochs": epochs,
+        "finished_epochs": done,
+    }
+
+
+def describe_run_status(status: dict, run) -> str:
+    """One sentence for :func:`run_status`'s record."""
+    k, n, done = status["epoch"], status["epochs"], status["finished_epochs"]
+    finished = f"{done} epoch{'s' if done != 1 else ''} finished"  # (interrupted)
+    if status["state"] == "training":
+        return (
+            f"this run is still training ({done} of {n} epochs finished so far); its scores are "
+            "of the best model so far"
+        )
+    return (
+        f"this run was interrupted at epoch {k} of {n} ({finished}); its scores are of an "
+        f"unfinished model (flowforge train --out {shlex.quote(str(run))} --resume continues it)"
+    )
 
 
 def write_json(path: Path, obj) -> None:

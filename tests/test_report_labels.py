@@ -1,0 +1,133 @@
+"""The report's figures say what they show (a newcomer study): the data side of the table
+figures names its split and its rows, latent QQ panels are not titled with column names,
+context values are the table's (a 0/1 flag's 0, not 3.98e-09), and tick labels of a
+wide-valued column never run together ("100000120000")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_support import cli
+from flowforge.workbench import report as R
+from flowforge.workbench.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = '{"layers": 2, "hidden": [8]}'
+QUIET = ["--epochs", "1", "--no-progress", "--quiet", "--model-kwargs", TINY]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 300-row table (30 validation rows): a wide income column, a share, a 0/1 flag and
+    a count; one unconditional run and one conditional on the flag and the count."""
+    tmp = tmp_path_factory.mktemp("labels")
+    rng = np.random.default_rng(0)
+    n = 300
+    income = rng.uniform(1_000, 128_000, n).round(0)  # ticks 0 to 140000, 20000 apart
+    share = rng.uniform(0, 0.7, n)
+    flag = (rng.uniform(size=n) < 0.2).astype(int)  # mostly 0
+    kids = rng.integers(0, 5, n)
+    csv = tmp / "people.csv"
+    rows = [f"{a:.0f},{b:.4f},{c},{d}" for a, b, c, d in zip(income, share, flag, kids)]
+    csv.write_text("income,share,flag,kids\n" + "\n".join(rows) + "\n")
+    out = {}
+    for name, extra in (("plain", []), ("cond", ["--target-columns", "income,share"])):
+        out[name] = tmp / name
+        args = ["train", "--model", "maf", "--data", csv, "--out", out[name], *QUIET, *extra]
+        assert main([str(a) for a in args]) == 0
+    return out
+
+
+def _overlaps(labels, renderer, horizontal: bool) -> list[str]:
+    boxes = [(t.get_window_extent(renderer), t.get_text()) for t in labels]
+    key = (lambda b: b[0].x0) if horizontal else (lambda b: b[0].y0)
+    boxes.sort(key=key)
+    bad = []
+    for (a, ta), (b, tb) in zip(boxes, boxes[1:]):
+        if (b.x0 < a.x1 - 0.5) if horizontal else (b.y0 < a.y1 - 0.5):
+            bad.append(f"{ta!r} / {tb!r}")
+    return bad
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """What each figure the report saves shows: ``{file: {"titles", "legends", "suptitle",
+    "overlaps"}}`` (overlapping tick labels, as drawn)."""
+    seen: dict[str, dict] = {}
+    real = R._savefig
+
+    def look(fig, path, overwrite=True):
+        fig.tight_layout()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        titles, legends, overlaps = [], [], []
+        for ax in fig.axes:
+            if not ax.get_visible() or not ax.axison:
+                continue
+            titles.append(ax.get_title())
+            if ax.get_legend() is not None:
+                legends += [t.get_text() for t in ax.get_legend().get_texts()]
+            for axis, lim, horizontal in ((ax.xaxis, ax.get_xlim(), True),
+                                          (ax.yaxis, ax.get_ylim(), False)):  # fmt: skip
+                lo, hi = min(lim), max(lim)
+                labels = [
+                    t for loc, t in zip(axis.get_majorticklocs(), axis.get_ticklabels())
+                    if lo <= loc <= hi and t.get_visible() and t.get_text()
+                ]  # fmt: skip
+                overlaps += _overlaps(labels, renderer, horizontal)
+        sup = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        seen[Path(path).name] = dict(titles=titles, legends=legends, suptitle=sup,
+                                     overlaps=overlaps)  # fmt: skip
+        real(fig, path, overwrite)
+
+    monkeypatch.setattr(R, "_savefig", look)
+    return seen
+
+
+def test_the_data_side_names_its_split_and_rows(runs, figures, capsys):
+    rc, _, err = cli(capsys, "report", runs["plain"])
+    assert rc == 0, err
+    side = "data (val, 30 rows)"
+    assert side in figures["marginals.png"]["legends"]
+    assert figures["marginals.png"]["suptitle"].startswith(f"marginals: {side} vs 2,000 model")
+    pairs = figures["pairs.png"]["titles"]
+    assert all(t.startswith(f"{side}: ") for t in pairs[::2]), pairs
+    assert all(t.startswith("30 samples: ") for t in pairs[1::2]), pairs
+    html = (runs["plain"] / "report.html").read_text()
+    assert f"Per-column marginals: {side} vs samples" in html
+
+
+def test_latent_panels_are_not_titled_with_column_names(runs, figures, capsys):
+    assert cli(capsys, "report", runs["plain"])[0] == 0
+    assert figures["latent_columns.png"]["titles"][:4] == [f"latent {j}" for j in range(4)]
+
+
+def test_wide_valued_tick_labels_never_overlap(runs, figures, capsys):
+    assert cli(capsys, "report", runs["plain"])[0] == 0
+    for name in ("marginals.png", "pairs.png"):
+        assert figures[name]["overlaps"] == [], (name, figures[name]["overlaps"])
+
+
+def test_context_values_are_the_tables(runs, figures, capsys):
+    rc, _, err = cli(capsys, "report", runs["cond"])
+    assert rc == 0, err
+    titles = figures["contexts.png"]["titles"]
+    assert len(titles) == 4
+    for t in titles:  # "val row 0: context 1, 3": a flag, then a count
+        given = t.split("context ")[1].split(", ")
+        assert given[0] in ("0", "1") and given[1] in ("0", "1", "2", "3", "4"), t
+
+
+def test_context_values_are_snapped_and_rounded():
+    assert [R._context_value(v) for v in (3.98e-09, 0.99999994, -1e-12, 2.0, 1234567.0)] == [
+        "0",
+        "1",
+        "0",
+        "2",
+        "1.235e+06",
+    ]
+    assert R._context_value(0.123456) == "0.1235" and R._context_value(2.5) == "2.5"

@@ -1,0 +1,151 @@
+"""A run whose training is unfinished (interrupted, or still training) says so: ``eval`` prints
+a note (``run_status`` with ``--json``) and gives no advice on the model's size, and the
+report's first row says it (a newcomer study: an interrupted run was told to "try a smaller
+model"). A damaged run folder is read safely: nothing is said rather than a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_support import cli
+from flowforge.workbench import evaluate
+from flowforge.workbench import runs as RUNS
+from flowforge.workbench.runner import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A table run interrupted in its second epoch of 3, and one that finished."""
+    tmp = tmp_path_factory.mktemp("unfinished")
+    rows = np.random.default_rng(0).normal(size=(160, 2))  # 128 train rows: 4 steps an epoch
+    (tmp / "t.csv").write_text("a,b\n" + "\n".join(f"{x:.5f},{y:.5f}" for x, y in rows))
+    SMALL = {
+        "model": {"name": "realnvp", "layers": 1, "hidden": [8]},
+        "data": {"name": str(tmp / "t.csv")},
+        "train": {"epochs": 3, "batch_size": 32, "tensorboard": False},
+    }
+
+    def stop(t):  # in the second epoch (4 steps an epoch)
+        if t.global_step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = train(SMALL, tmp / "cut", progress=False, echo=False, callback=stop)
+    done = train(SMALL, tmp / "done", progress=False, echo=False)
+    assert (cut["status"], done["status"]) == ("interrupted", "finished")
+    return tmp
+
+
+@pytest.fixture
+def run(runs, tmp_path, request):
+    import shutil
+
+    return Path(shutil.copytree(runs / request.param, tmp_path / request.param))
+
+
+def _worse(monkeypatch):
+    """Every reference comparison a warning (the advice shows only then)."""
+    monkeypatch.setattr(evaluate, "against_reference", lambda res, key: ("it is worse", True))
+
+
+def _table(run: Path) -> list[tuple[str, str]]:
+    return re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", (run / "report.html").read_text())
+
+
+@pytest.mark.parametrize("run", ["cut"], indirect=True)
+def test_an_interrupted_run_says_so(run, capsys, monkeypatch):
+    _worse(monkeypatch)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    lines = out.splitlines()
+    note = "note: this run was interrupted at epoch 2 of 3 (1 epoch finished); its scores are"
+    at = [i for i, line in enumerate(lines) if line.startswith(note)]
+    assert len(at) == 1 and f"flowforge train --out {run} --resume continues it" in lines[at[0]]
+    assert at[0] < min(i for i, line in enumerate(lines) if "it is worse" in line), out
+    assert "smaller model" not in out and "warning: the model scores worse" not in out
+    assert "note: the model scores worse than that Gaussian, but its training is unfinished" in out
+    rc, out, err = cli(capsys, "eval", run, "--json")
+    assert rc == 0, err
+    status = json.loads(out)["run_status"]
+    assert status == {"state": "interrupted", "epoch": 2, "epochs": 3, "finished_epochs": 1}
+    rc, out, err = cli(capsys, "report", run)
+    assert rc == 0, err
+    table = _table(run)
+    assert table[0][0] == "note: unfinished training"
+    assert table[0][1].startswith("this run was interrupted at epoch 2 of 3")
+    rows = dict(table)
+    assert rows["epochs run"] == "1 of 3 (train.epochs)"
+    assert "smaller model" not in (run / "report.html").read_text()
+
+
+@pytest.mark.parametrize("run", ["done"], indirect=True)
+def test_a_run_still_training_says_so(run, capsys, monkeypatch):
+    lock = {"pid": os.getppid(), "host": socket.gethostname()}  # a live process: its owner
+    (run / ".lock").write_text(json.dumps(lock))
+    _worse(monkeypatch)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    assert "note: this run is still training (3 of 3 epochs finished so far)" in out
+    assert "smaller model" not in out
+    rc, out, _ = cli(capsys, "eval", run, "--json")
+    assert json.loads(out)["run_status"]["state"] == "training"
+    lock["pid"] = 2**22 + 12345  # its owner is gone: a finished run again
+    (run / ".lock").write_text(json.dumps(lock))
+    assert RUNS.run_status(run) is None
+
+
+@pytest.mark.parametrize("run", ["done"], indirect=True)
+def test_a_finished_run_gets_no_note(run, capsys, monkeypatch):
+    _worse(monkeypatch)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    assert "note: this run" not in out and "smaller model" in out  # the advice, as before
+    rc, out, _ = cli(capsys, "eval", run, "--json")
+    assert "run_status" not in json.loads(out)
+
+
+@pytest.mark.parametrize("run", ["cut"], indirect=True)
+def test_a_damaged_checkpoint_or_lock_says_nothing(run):
+    ckpt = run / "checkpoint.safetensors"
+    assert RUNS.run_status(run)["state"] == "interrupted"
+    good = ckpt.read_bytes()
+    n = int.from_bytes(good[:8], "little")
+    header = json.loads(good[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["flowforge"])
+    for bad in (
+        b"",
+        b"\x00" * 7,
+        (2**63).to_bytes(8, "little") + good[8:],  # a header beyond the file
+        good[:8] + b"[" + good[9:],  # not JSON
+        good[: 8 + n // 2],  # cut inside the header
+    ):
+        ckpt.write_bytes(bad)
+        assert RUNS.run_status(run) is None
+    for change in ({"epoch": "1"}, {"epoch": -1}, {"finished": "maybe"}, {"epoch": 99}):
+        header["__metadata__"]["flowforge"] = json.dumps({**meta, **change})
+        text = json.dumps(header).encode()
+        ckpt.write_bytes(len(text).to_bytes(8, "little") + text)
+        assert RUNS.run_status(run) is None, change
+    ckpt.unlink()
+    ckpt.mkdir()  # not a file
+    assert RUNS.run_status(run) is None
+    ckpt.rmdir()
+    ckpt.write_bytes(good)
+    here = socket.gethostname()
+    odd = [{"pid": "x", "host": 1}, {"pid": 0, "host": here}, {"pid": -1, "host": here}]
+    for lock in ("", "{", "[]", *map(json.dumps, odd), json.dumps({"pid": 2**80, "host": here})):
+        (run / ".lock").write_text(lock)
+        assert (
+            RUNS.run_status(run)["state"] == "interrupted"
+        )  # the lock is not ours: the checkpoint
+    (run / "config.json").write_text("{")
+    assert RUNS.run_status(run) is None
