@@ -79,6 +79,7 @@ def test_an_interrupted_run_says_so(run, capsys, monkeypatch):
     assert status == {"state": "interrupted", "epoch": 2, "epochs": 3, "finished_epochs": 1}
     rc, out, err = cli(capsys, "report", run)
     assert rc == 0, err
+    assert "note: this run was interrupted at epoch 2 of 3" in out  # on the console too
     table = _table(run)
     assert table[0][0] == "note: unfinished training"
     assert table[0][1].startswith("this run was interrupted at epoch 2 of 3")

@@ -637,6 +637,11 @@ def cmd_report(args) -> int:
         temps = tuple(temps)
     path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)
     print(f"report: {path}")
+    from .runs import describe_run_status, run_status
+
+    status = run_status(args.run)  # (the report's first row says it too)
+    if status is not None:
+        print(f"note: {describe_run_status(status, args.run)}")
     return 0
 
 
