@@ -39,7 +39,9 @@ def make_table(path: Path, n: int = 3000, seed: int = 0) -> None:
     c = a * b + 0.2 * rng.normal(size=n)
     d = np.exp(0.3 * rng.normal(size=n))
     e = rng.normal(size=n)
-    f = 100 + 10 * (a + e)
+    # its own noise: 100 + 10 (a + e) alone is a linear function of two other columns, which
+    # training refuses (a density on a hyperplane is degenerate)
+    f = 100 + 10 * (a + e) + 3 * rng.normal(size=n)
     rows = np.stack([a, b, c, d, e, f], 1)
     text = "alpha,beta,gamma,delta,eps,big\n"
     text += "\n".join(",".join(f"{v:.6g}" for v in r) for r in rows) + "\n"
