@@ -21,6 +21,8 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 
+import torch
+
 from .._util import suggest, unknown
 from ..core import Flow
 from .assembly import DataOptions
@@ -42,6 +44,7 @@ LEGACY = {
     "standardize": False,
     "shift_first": False,  # RealNVP's affine order; images now default to True (docs/images.md)
     "residual": False,  # RealNVP's conditioners: plain MLPs (8 of 256x256 by default) before
+    "adjacency": None,  # MAF, IAF and NSF: unstructured (an order) before
 }
 
 
@@ -85,6 +88,8 @@ _SPECS: dict[str, BuilderSpec] = {}
 
 
 def _jsonable(v):
+    if isinstance(v, torch.Tensor):  # (e.g. an adjacency given as a tensor)
+        return v.tolist()
     if isinstance(v, (tuple, list)):
         return [_jsonable(i) for i in v]
     if isinstance(v, dict):
