@@ -562,7 +562,7 @@ class MADE(nn.Module):
         for k, w in enumerate(self.hidden):
             if w < sets:
                 raise ValueError(
-                    f"hidden layer {k} of the MADE has {w} units, fewer than the {sets} distinct "
+                    f"hidden layer {k} of the MADE has {w} units, fewer than {sets}, the distinct "
                     f"parent sets of the adjacency{note}: "
                     f"give every hidden layer at least {sets} units, or some dimension could "
                     "not read all its parents"
