@@ -255,9 +255,10 @@ def NSF(
 
     ``autoregressive=False`` (NSF-C): spline couplings, fast in both directions; each coupling
     transforms the first ``ceil(D/2)`` entries from the others, and the ``permutation``
-    between layers (default ``"reverse"``) swaps the roles (needs ``features >= 2``; with
-    ``permutation=None`` the two halves alternate instead). ``autoregressive=True`` (NSF-AR):
-    spline MADE layers, fast density and ``features`` sequential sampling steps.
+    between layers (default ``"auto"``: ``"reverse"``) swaps the roles (needs
+    ``features >= 2``; with ``permutation=None`` the two halves alternate instead).
+    ``autoregressive=True`` (NSF-AR): spline MADE layers, fast density and ``features``
+    sequential sampling steps.
 
     Args:
         features: data dimension (at least 2 for couplings).
