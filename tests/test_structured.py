@@ -426,3 +426,19 @@ def test_a_structured_run_is_never_whitened(tmp_path, capsys):
                      "--set", chain, "--set", "data.whiten=true", "--epochs", 1,
                      "--no-progress", "--quiet")  # fmt: skip
     one_line_error(rc, err, "data.whiten: true mixes the columns", "data.whiten: false")
+
+
+def test_a_fresh_models_earlier_configuration_is_what_the_builder_recorded_before():
+    """Files of the coder hold a model hash over the configuration: a MAF built now records
+    adjacency=None and permutation='auto', where the builder before recorded neither and
+    'reverse'; the earlier form is recognised (an adjacency model never had one)."""
+    from flowforge.models.registry import earlier_configs
+
+    plain = ff.models.MAF(features=3, layers=1, hidden=(4,)).config
+    before = {k: v for k, v in plain["kwargs"].items() if k != "adjacency"}
+    before["permutation"] = "reverse"
+    assert earlier_configs(plain)[0] == {**plain, "kwargs": before}
+    chosen = ff.models.MAF(features=3, layers=1, hidden=(4,), permutation="random").config
+    assert earlier_configs(chosen)[0]["kwargs"]["permutation"] == "random"
+    graph = ff.models.MAF(features=3, layers=1, hidden=(4,), adjacency=torch.zeros(3, 3)).config
+    assert earlier_configs(graph) == []
