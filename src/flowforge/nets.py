@@ -492,7 +492,7 @@ class MADE(nn.Module):
         >>> made(torch.randn(5, 3)).shape
         torch.Size([5, 3, 2])
         >>> chain = MADE(3, hidden=(8,), adjacency=[[0, 0, 0], [1, 0, 0], [0, 1, 0]])
-        >>> chain.steps  # inverted in 3 passes, one per generation: 0, then 1, then 2
+        >>> chain.steps  # inverted in 3 steps, one per generation: 0, then 1, then 2
         3
     """
 
@@ -552,8 +552,8 @@ class MADE(nn.Module):
 
     @property
     def steps(self) -> int:
-        """The network passes (or incremental steps) of the exact inverse: ``D`` in an order,
-        the depth of the graph plus one with an adjacency."""
+        """The sequential steps of the exact inverse (:meth:`solve`): ``D`` in an order, the
+        depth of the graph plus one (its generations) with an adjacency."""
         return self.features if self.adjacency is None else len(self._generation_sizes)
 
     def _check_width(self, adjacency: Tensor) -> None:
@@ -612,6 +612,17 @@ class MADE(nn.Module):
         self._generation_sizes = [len(g) for g in gens]
         flat = torch.tensor([i for g in gens for i in g], device=dev)
         self.register_buffer("_generation_index", flat, persistent=False)
+        # for the inverse: the step at which each set's units can be computed (0 for the
+        # empty set, else one after the latest generation among its members) and, per layer,
+        # the units in step order with each step's end (host side: the loop reads nothing back)
+        gen_of = {j: g for g, dims in enumerate(gens) for j in dims}
+        ready = torch.tensor([1 + max(gen_of[j] for j in s) if s else 0 for s in sets])
+        self._unit_ends = []
+        for k, u in enumerate(units):
+            when = ready[u]
+            self.register_buffer(f"_units{k}", torch.argsort(when, stable=True).to(dev), False)
+            counts = torch.bincount(when, minlength=len(gens))
+            self._unit_ends.append(counts.cumsum(0).tolist())
 
     def _check_loaded_adjacency(self, state_dict, prefix) -> None:
         """``ValueError`` naming the tensor for a file's adjacency that is not a DAG on
@@ -699,10 +710,13 @@ class MADE(nn.Module):
         loop costs about one forward pass in arithmetic, spread over ``D`` small steps, instead
         of the ``D`` full passes of the naive inverse.
 
-        With an adjacency it inverts by generations of the graph instead: each step is one
-        full network pass, and calls ``step(index, params)`` once for all the dimensions
-        whose parents are all known, ``index`` a tensor of ``k`` dimensions and ``params``
-        ``(B, k, P)``: ``steps`` (the depth of the graph plus one) passes instead of ``D``.
+        With an adjacency it inverts by generations of the graph instead: each step calls
+        ``step(index, params)`` once for all the ``k`` dimensions whose parents are all known
+        (``index`` a tensor of them, ``params`` ``(B, k, P)``), so it takes ``steps`` (the
+        depth of the graph plus one) steps instead of ``D``. Each hidden unit is computed
+        once here too, at the step where the last input its set reads becomes known: about
+        one forward pass of arithmetic in all (a full pass per generation would be the naive
+        way: the same numbers, ``steps`` times the arithmetic).
         """
         if self.adjacency is not None:
             return self._solve_by_generations(step, batch, context, like)
@@ -743,15 +757,43 @@ class MADE(nn.Module):
                 x_known = _grown(x_known, value.unsqueeze(1))
 
     def _solve_by_generations(self, step, batch: int, context, like) -> None:
+        """The inverse by generations, each hidden unit computed once: at the step where the
+        last input its set reads becomes known (units not computed yet are zeros, which the
+        masks never read), so the whole loop costs about one forward pass of arithmetic."""
+        d, p = self.features, self.params_per_dim
         ref = self.out.weight if like is None else like
-        x = ref.new_zeros(batch, self.features)
+        ws, cs = self._weights(), self._context_terms(context)
+        w_out = ws[-1].reshape(d, p, -1)
+        b_out = self.out.bias.reshape(d, p)
+        lin = nn.functional.linear
+        x = ref.new_zeros(batch, d)
+        hs = [ref.new_zeros(batch, h) for h in self.hidden]
+        acts = [ref.new_zeros(batch, h) for h in self.hidden]  # act(hs) for residual nets
         start = 0
-        for size in self._generation_sizes:
-            index = self._generation_index[start : start + size]
+        for g, size in enumerate(self._generation_sizes):
+            prev = x[:, : self._n_in]
+            for i, layer in enumerate(self.linears):
+                lo, hi = (self._unit_ends[i][g - 1] if g else 0), self._unit_ends[i][g]
+                if hi > lo:
+                    units = getattr(self, f"_units{i}")[lo:hi]
+                    inp = acts[i - 1] if self.residual and i > 0 else prev
+                    pre = lin(inp, ws[i].index_select(0, units), layer.bias.index_select(0, units))
+                    if cs[i] is not None:
+                        pre = pre + cs[i].index_select(1, units)
+                    if not self.residual:
+                        new = self._act_fresh(pre)
+                    else:
+                        new = pre if i == 0 else hs[i - 1].index_select(1, units) + pre
+                        acts[i] = acts[i].index_copy(1, units, self.act(new))
+                    hs[i] = hs[i].index_copy(1, units, new)  # out of place: gradients flow
+                prev = hs[i]
+            last = acts[-1] if self.residual else hs[-1]
+            dims = self._generation_index[start : start + size]
             start += size
-            params = self(x, context).index_select(1, index)  # (B, k, P)
-            value = step(index, params)
-            x = x.index_copy(1, index, value.to(x.dtype))  # out of place: gradients flow
+            w = w_out.index_select(0, dims).reshape(size * p, -1)
+            params = lin(last, w, b_out.index_select(0, dims).reshape(-1)).view(batch, size, p)
+            value = step(dims, params)
+            x = x.index_copy(1, dims, value.to(x.dtype))
 
     def extra_repr(self) -> str:
         s = (

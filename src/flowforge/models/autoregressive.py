@@ -145,7 +145,7 @@ def MAF(
         adjacency: a ``(D, D)`` matrix of 0/1 or booleans, ``adjacency[i, j]`` set where
             dimension ``i`` may depend on dimension ``j`` (a directed acyclic graph): every
             layer's MADE reads only the parents of each dimension, and sampling takes the
-            graph's depth plus one passes per layer. No permutation, ``lu`` or ``order``
+            graph's depth plus one sequential steps per layer. No permutation, ``lu`` or ``order``
             with it (they would break the structure).
         (and the data options of :mod:`flowforge.models.assembly`)
 
@@ -202,7 +202,7 @@ def IAF(
     Sampling and ``rsample_and_log_prob`` are one pass per layer (the choice for variational
     inference); ``log_prob`` of given data is ``features`` sequential steps per layer.
     Arguments as in :func:`MAF` (``adjacency`` included: with it ``log_prob`` takes the
-    graph's depth plus one passes per layer).
+    graph's depth plus one sequential steps per layer).
 
     Example:
         >>> import flowforge as ff

@@ -13,8 +13,9 @@ Directions and costs (``forward`` is data to noise):
   as its inputs become known, so the whole inverse costs about one MADE pass of arithmetic,
   though in ``D`` small steps. With an ``adjacency`` (a directed acyclic graph: dimension
   ``i`` depends only on its parents) the inverse runs by generations of the graph instead:
-  one full MADE pass solves every dimension whose parents are all known, so it takes the
-  graph's depth plus one passes (``steps``) instead of ``D``.
+  each step solves every dimension whose parents are all known, so it takes the graph's
+  depth plus one steps (``steps``) instead of ``D``, again about one MADE pass of arithmetic
+  in all (each hidden unit computed once, when its inputs are known).
 
 A MAF is a stack of ``Autoregressive`` layers (fast density, slow sampling). An IAF is
 ``Inverse(Autoregressive(...))``: sampling and ``rsample_and_log_prob`` run in one pass and
@@ -124,8 +125,8 @@ class Autoregressive(Transform):
             dimension ``i`` may depend on dimension ``j`` (a directed acyclic graph, no
             self-loops): the MADE's output for ``i`` then reads only the parents of ``i`` and
             the context (structured autoregression), instead of everything before ``i`` in an
-            ``order`` (giving both is an error). The exact inverse then takes one MADE pass
-            per generation of the graph (``steps``: its depth plus one), not ``D`` steps.
+            ``order`` (giving both is an error). The exact inverse then takes one step per
+            generation of the graph (``steps``: its depth plus one), not ``D`` steps.
 
     Example:
         >>> from flowforge.transforms import Autoregressive, Affine
@@ -134,7 +135,7 @@ class Autoregressive(Transform):
         >>> x, _ = maf_layer.inverse(z)                # four sequential steps
         >>> chain = [[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]  # 0 -> 1 -> 2 -> 3
         >>> markov = Autoregressive(4, Affine(), hidden=(32,), adjacency=chain)
-        >>> markov.steps                               # generations: 4 passes for a chain
+        >>> markov.steps                               # generations: 4 steps for a chain
         4
     """
 
