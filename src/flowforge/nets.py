@@ -600,7 +600,17 @@ class MADE(nn.Module):
         holds = torch.tensor([[j in s for j in range(d)] for s in sets])  # (S, D)
         within = torch.tensor([[a <= b for a in sets] for b in sets])  # [b, a]: a within b
         reads = torch.tensor([[s <= parents[i] for s in sets] for i in range(d)])  # (D, S)
-        units = [torch.arange(h) % len(sets) for h in self.hidden]  # each unit's set
+        gens = generations(adj)
+        # the inverse's step at which a set's units can be computed: 0 for the empty set, else
+        # one after the latest generation among its members
+        gen_of = {j: g for g, dims in enumerate(gens) for j in dims}
+        ready = torch.tensor([1 + max(gen_of[j] for j in s) if s else 0 for s in sets])
+        # each unit's set: the sets cycled over the width, then sorted by that step, so that
+        # the units of one step form a contiguous block (as a MADE's degrees do in an order)
+        units = []
+        for h in self.hidden:
+            cycled = torch.arange(h) % len(sets)
+            units.append(cycled[torch.argsort(ready[cycled], stable=True)])
         masks = [holds[units[0]][:, : self._n_in]]
         for prev, now in zip(units[:-1], units[1:]):
             masks.append(within[now][:, prev])
@@ -608,21 +618,14 @@ class MADE(nn.Module):
         dev = self.out.weight.device
         for i, m in enumerate(masks):
             self.register_buffer(f"mask{i}", m.to(dev, torch.get_default_dtype()), persistent=False)
-        gens = generations(adj)
+        # for the inverse, kept on the host: the size of each generation, and per hidden layer
+        # the end of each step's units
         self._generation_sizes = [len(g) for g in gens]
         flat = torch.tensor([i for g in gens for i in g], device=dev)
         self.register_buffer("_generation_index", flat, persistent=False)
-        # for the inverse: the step at which each set's units can be computed (0 for the
-        # empty set, else one after the latest generation among its members) and, per layer,
-        # the units in step order with each step's end (host side: the loop reads nothing back)
-        gen_of = {j: g for g, dims in enumerate(gens) for j in dims}
-        ready = torch.tensor([1 + max(gen_of[j] for j in s) if s else 0 for s in sets])
-        self._unit_ends = []
-        for k, u in enumerate(units):
-            when = ready[u]
-            self.register_buffer(f"_units{k}", torch.argsort(when, stable=True).to(dev), False)
-            counts = torch.bincount(when, minlength=len(gens))
-            self._unit_ends.append(counts.cumsum(0).tolist())
+        self._unit_ends = [
+            torch.bincount(ready[u], minlength=len(gens)).cumsum(0).tolist() for u in units
+        ]
 
     def _check_loaded_adjacency(self, state_dict, prefix) -> None:
         """``ValueError`` naming the tensor for a file's adjacency that is not a DAG on
@@ -758,42 +761,45 @@ class MADE(nn.Module):
 
     def _solve_by_generations(self, step, batch: int, context, like) -> None:
         """The inverse by generations, each hidden unit computed once: at the step where the
-        last input its set reads becomes known (units not computed yet are zeros, which the
-        masks never read), so the whole loop costs about one forward pass of arithmetic."""
+        last input its set reads becomes known (the units of one step are a contiguous block,
+        the inputs are taken in generation order), so the whole loop costs about one forward
+        pass of arithmetic."""
         d, p = self.features, self.params_per_dim
         ref = self.out.weight if like is None else like
         ws, cs = self._weights(), self._context_terms(context)
+        if self._n_in:  # input columns in generation order
+            ws[0] = ws[0].index_select(1, self._generation_index)
         w_out = ws[-1].reshape(d, p, -1)
         b_out = self.out.bias.reshape(d, p)
         lin = nn.functional.linear
-        x = ref.new_zeros(batch, d)
-        hs = [ref.new_zeros(batch, h) for h in self.hidden]
-        acts = [ref.new_zeros(batch, h) for h in self.hidden]  # act(hs) for residual nets
+        x_known = ref.new_zeros(batch, 0)  # inputs in generation order
+        hs = [ref.new_zeros(batch, 0) for _ in self.hidden]  # computed units per layer
+        acts = [ref.new_zeros(batch, 0) for _ in self.hidden]  # act(hs) for residual nets
         start = 0
         for g, size in enumerate(self._generation_sizes):
-            prev = x[:, : self._n_in]
+            prev, n_prev = x_known, (start if self._n_in else 0)
             for i, layer in enumerate(self.linears):
                 lo, hi = (self._unit_ends[i][g - 1] if g else 0), self._unit_ends[i][g]
                 if hi > lo:
-                    units = getattr(self, f"_units{i}")[lo:hi]
                     inp = acts[i - 1] if self.residual and i > 0 else prev
-                    pre = lin(inp, ws[i].index_select(0, units), layer.bias.index_select(0, units))
+                    pre = lin(inp[:, :n_prev], ws[i][lo:hi, :n_prev], layer.bias[lo:hi])
                     if cs[i] is not None:
-                        pre = pre + cs[i].index_select(1, units)
+                        pre = pre + cs[i][:, lo:hi]
                     if not self.residual:
                         new = self._act_fresh(pre)
                     else:
-                        new = pre if i == 0 else hs[i - 1].index_select(1, units) + pre
-                        acts[i] = acts[i].index_copy(1, units, self.act(new))
-                    hs[i] = hs[i].index_copy(1, units, new)  # out of place: gradients flow
-                prev = hs[i]
+                        new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
+                        acts[i] = _grown(acts[i], self.act(new))
+                    hs[i] = _grown(hs[i], new)
+                prev, n_prev = hs[i], hi
             last = acts[-1] if self.residual else hs[-1]
             dims = self._generation_index[start : start + size]
+            w = w_out.index_select(0, dims)[:, :, :n_prev].reshape(size * p, n_prev)
+            b = b_out.index_select(0, dims).reshape(-1)
+            value = step(dims, lin(last[:, :n_prev], w, b).view(batch, size, p))
             start += size
-            w = w_out.index_select(0, dims).reshape(size * p, -1)
-            params = lin(last, w, b_out.index_select(0, dims).reshape(-1)).view(batch, size, p)
-            value = step(dims, params)
-            x = x.index_copy(1, dims, value.to(x.dtype))
+            if start < d:
+                x_known = _grown(x_known, value.reshape(batch, size).to(x_known.dtype))
 
     def extra_repr(self) -> str:
         s = (
