@@ -460,11 +460,12 @@ class MADE(nn.Module):
     With ``adjacency`` (structured autoregression) ``out[:, i]`` depends on ``x[:, j]`` only
     where ``adjacency[i, j]`` is set, and on the whole context. Each hidden unit sees one of
     the graph's distinct non-empty parent sets (with a context also the empty set: units that
-    see only the context, so that root dimensions are conditioned too), cycled over the width;
-    input ``j`` feeds a unit whose set holds ``j``, a unit feeds a unit of the next layer whose
-    set contains its own, and an output ``i`` whose parents contain it. Every hidden layer
-    needs at least as many units as there are such sets (``ValueError`` otherwise), so that
-    each dimension's own parent set has units and its output can read all of its parents.
+    see only the context, so that root dimensions are conditioned too), cycled over the width
+    (then sorted by the step of :meth:`solve` that can compute them); input ``j`` feeds a
+    unit whose set holds ``j``, a unit feeds a unit of the next layer whose set contains its
+    own, and an output ``i`` whose parents contain it. Every hidden layer needs at least as
+    many units as there are such sets (``ValueError`` otherwise), so that each dimension's own
+    parent set has units and its output can read all of its parents.
 
     Args:
         features: D.
