@@ -206,10 +206,14 @@ def model_hash(flow: torch.nn.Module) -> bytes:
 
 
 def _earlier_hashes(flow: torch.nn.Module) -> list[bytes]:
-    """The hashes earlier versions of flowforge wrote for the same loaded flow: they hashed its
-    configuration as completed by the builder arguments added until then (``registry.LEGACY``,
-    in the order they were added)."""
+    """The hashes earlier versions of flowforge wrote for the same flow. A loaded flow: they
+    hashed its configuration as completed by the builder arguments added until then
+    (``registry.LEGACY``, in the order they were added). A flow built here: the configuration
+    their builders recorded for the same call (:func:`~flowforge.models.registry.earlier_configs`:
+    without the arguments added since, with the defaults changed since as they were)."""
     saved = getattr(flow, "saved_config", None)
+    if saved is None:
+        return [_hash(c, flow) for c in registry.earlier_configs(getattr(flow, "config", None))]
     if not isinstance(saved, dict) or not isinstance(saved.get("kwargs"), dict):
         return []
     try:

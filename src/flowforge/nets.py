@@ -22,6 +22,8 @@ __all__ = [
     "ResidualMLP",
     "ConvResNet",
     "MADE",
+    "check_adjacency",
+    "generations",
     "LipSwish",
     "ACTIVATIONS",
     "activation_class",
@@ -320,7 +322,10 @@ class ConvResNet(nn.Module):
 
 
 def _input_degrees(features: int, order) -> Tensor:
-    """Degree ``1..D`` of each input: its position in the autoregressive order."""
+    """Degree ``1..D`` of each input: its position in the autoregressive order (None:
+    natural)."""
+    if order is None:
+        order = "natural"
     if isinstance(order, str):
         if order == "natural":
             return torch.arange(1, features + 1)
@@ -348,6 +353,93 @@ def _hidden_degrees(features: int, width: int, conditional: bool) -> Tensor:
     return torch.sort(torch.arange(width) % (features - low) + low).values
 
 
+def check_adjacency(adjacency, features: int) -> Tensor:
+    """``adjacency`` as a ``(D, D)`` boolean tensor, or ``ValueError`` in one line saying what
+    is wrong with it: not a square matrix, not ``D x D``, entries other than 0/1, a self-loop,
+    a cycle. ``adjacency[i, j]`` True: dimension ``i`` depends on dimension ``j``.
+
+    Example:
+        >>> check_adjacency([[0, 0], [1, 0]], 2)
+        tensor([[False, False],
+                [ True, False]])
+    """
+    if isinstance(adjacency, Tensor):
+        a = adjacency.detach().cpu()
+    else:
+        try:
+            a = torch.as_tensor(adjacency)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                "adjacency must be a square matrix of 0/1 or booleans (a list of equally long "
+                f"rows or a tensor), got {str(adjacency)[:60]}"
+            ) from None
+    if a.dim() != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(
+            f"adjacency must be a square (D, D) matrix of 0/1 or booleans, got shape "
+            f"{tuple(a.shape)}"
+        )
+    if a.shape[0] != features:
+        raise ValueError(f"adjacency is {a.shape[0]} x {a.shape[1]} but features={features}")
+    if a.dtype != torch.bool:
+        if a.is_complex() or not ((a == 0) | (a == 1)).all():
+            bad = (~((a == 0) | (a == 1))).nonzero()[0].tolist()
+            raise ValueError(
+                f"adjacency entries must be 0/1 or booleans, got {a[tuple(bad)].item()!r} at {bad}"
+            )
+        a = a != 0
+    loops = a.diagonal().nonzero().flatten().tolist()
+    if loops:
+        i = loops[0]
+        raise ValueError(
+            f"adjacency[{i}, {i}] is set: dimension {i} cannot depend on itself (an "
+            "autoregressive transform conditions each dimension on others); clear the diagonal"
+        )
+    generations(a)  # raises on a cycle
+    return a.clone()
+
+
+def generations(adjacency: Tensor) -> list[list[int]]:
+    """The dimensions of a DAG by generation: first those without parents, then those whose
+    parents are all in earlier generations, and so on; ``ValueError`` naming a cycle."""
+    a = adjacency.bool().cpu()
+    d = a.shape[0]
+    parents = [set(a[i].nonzero().flatten().tolist()) for i in range(d)]
+    known: set[int] = set()
+    out: list[list[int]] = []
+    while len(known) < d:
+        ready = [i for i in range(d) if i not in known and parents[i] <= known]
+        if not ready:
+            raise ValueError(
+                f"adjacency has a cycle, {_a_cycle(parents, known)} (i <- j: i depends on j); "
+                "an autoregressive flow needs a directed acyclic graph"
+            )
+        out.append(ready)
+        known.update(ready)
+    return out
+
+
+def _a_cycle(parents: list[set[int]], known: set[int]) -> str:
+    """One cycle among the dimensions not in ``known``, as ``"i <- j <- ... <- i"``."""
+    i = min(k for k in range(len(parents)) if k not in known)
+    path: list[int] = []
+    while i not in path:  # every unsolved dimension has an unsolved parent
+        path.append(i)
+        i = min(parents[i] - known)
+    cycle = path[path.index(i) :] + [i]
+    return " <- ".join(map(str, cycle))
+
+
+def _receptive_sets(adjacency: Tensor, conditional: bool) -> list[frozenset[int]]:
+    """The distinct non-empty parent sets of a DAG (the empty set too with a context, or when
+    no dimension has a parent), smallest first: what the hidden units of a structured MADE see."""
+    d = adjacency.shape[0]
+    sets = {frozenset(adjacency[i].nonzero().flatten().tolist()) for i in range(d)}
+    sets.discard(frozenset())
+    if conditional or not sets:
+        sets.add(frozenset())
+    return sorted(sets, key=lambda s: (len(s), sorted(s)))
+
+
 def _grown(known: Tensor, new: Tensor) -> Tensor:
     """``known`` with the columns ``new`` appended; ``new`` itself while ``known`` has none (a
     copy fewer: on a GPU each is a kernel launch, and sampling launches D steps of them)."""
@@ -355,7 +447,8 @@ def _grown(known: Tensor, new: Tensor) -> Tensor:
 
 
 class MADE(nn.Module):
-    r"""A masked MLP whose output for dimension ``i`` depends only on inputs earlier in ``order``.
+    r"""A masked MLP whose output for dimension ``i`` depends only on inputs earlier in ``order``,
+    or only on the parents of ``i`` in a directed acyclic graph (``adjacency``).
 
     MADE (Germain et al., 2015) as the conditioner of autoregressive flows: from ``x`` of shape
     ``(B, D)`` it returns parameters of shape ``(B, D, P)``, where ``out[:, i]`` depends on
@@ -364,14 +457,24 @@ class MADE(nn.Module):
     units of one degree form a contiguous block (:meth:`solve` uses this to invert in about
     one pass of arithmetic).
 
+    With ``adjacency`` (structured autoregression) ``out[:, i]`` depends on ``x[:, j]`` only
+    where ``adjacency[i, j]`` is set, and on the whole context. Each hidden unit sees one of
+    the graph's distinct non-empty parent sets (with a context also the empty set: units that
+    see only the context, so that root dimensions are conditioned too), cycled over the width
+    (then sorted by the step of :meth:`solve` that can compute them); input ``j`` feeds a
+    unit whose set holds ``j``, a unit feeds a unit of the next layer whose set contains its
+    own, and an output ``i`` whose parents contain it. Every hidden layer needs at least as
+    many units as there are such sets (``ValueError`` otherwise), so that each dimension's own
+    parent set has units and its output can read all of its parents.
+
     Args:
         features: D.
         params_per_dim: P, the parameters of the elementwise transformer per dimension.
         hidden: hidden widths, e.g. ``(128, 128)``; with ``residual=True`` all must be equal
             (an input layer, then one residual block per further entry).
         context_features: size of a context vector, connected to every hidden unit (unmasked).
-        order: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation listing the
-            dimensions from first to last. Saved in the state dict.
+        order: ``"natural"`` (None: natural), ``"reversed"``, ``"random"`` or a permutation
+            listing the dimensions from first to last. Saved in the state dict.
         residual: pre-activation residual blocks (two masked layers each), as in NSF's ResMADE.
         activation: as in :class:`MLP`.
         zero_init: zero the output layer, so an autoregressive layer starts as the identity.
@@ -380,11 +483,18 @@ class MADE(nn.Module):
             ``P <= 2`` the output is dimension-major either way); ``False``: dimension-major, for a
             consumer that reduces over the last axis (the mixture base of
             :class:`~flowforge.distributions.MADEMoG`). The same numbers either way.
+        adjacency: a ``(D, D)`` matrix of 0/1 or booleans (a tensor or a list of rows),
+            ``adjacency[i, j]`` set where dimension ``i`` may depend on dimension ``j``; it
+            must describe a directed acyclic graph without self-loops. Replaces ``order``
+            (giving both is an error). Saved in the state dict.
 
     Example:
         >>> made = MADE(3, params_per_dim=2, hidden=(16,))
         >>> made(torch.randn(5, 3)).shape
         torch.Size([5, 3, 2])
+        >>> chain = MADE(3, hidden=(8,), adjacency=[[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+        >>> chain.steps  # inverted in 3 steps, one per generation: 0, then 1, then 2
+        3
     """
 
     def __init__(
@@ -393,11 +503,12 @@ class MADE(nn.Module):
         params_per_dim: int = 1,
         hidden: Sequence[int] | int = (128, 128),
         context_features: int = 0,
-        order="natural",
+        order=None,
         residual: bool = False,
         activation: str = "relu",
         zero_init: bool = True,
         grouped: bool = True,
+        adjacency=None,
     ):
         super().__init__()
         hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
@@ -411,10 +522,24 @@ class MADE(nn.Module):
         self.context_features = int(context_features)
         self.act = activation_class(activation)()
         d, p = self.features, self.params_per_dim
-        self.register_buffer("degrees", _input_degrees(d, order))  # persistent: a random order
-        # Inputs with degree D feed nothing; with D == 1 no input feeds anything, and the input
-        # layer has zero columns (no dead weights).
-        n_in = d if d > 1 else 0
+        if adjacency is None:
+            self.register_buffer("degrees", _input_degrees(d, order))  # persistent: random order
+            self.register_buffer("adjacency", None)
+            # Inputs with degree D feed nothing; with D == 1 no input feeds anything, and the
+            # input layer has zero columns (no dead weights).
+            n_in = d if d > 1 else 0
+        else:
+            if order is not None:
+                raise ValueError(
+                    "MADE takes an order or an adjacency, not both: the adjacency decides what "
+                    "each dimension depends on"
+                )
+            adj = check_adjacency(adjacency, d)
+            self._check_width(adj)
+            self.register_buffer("degrees", None)
+            self.register_buffer("adjacency", adj)  # persistent, checked when loaded
+            n_in = d if adj.any() else 0  # a graph without edges: no input feeds anything
+        self._n_in = n_in
         with warnings.catch_warnings():  # a zero-column layer warns that its init is a no-op
             warnings.simplefilter("ignore", UserWarning)
             self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip((n_in, *hidden), hidden))
@@ -426,7 +551,27 @@ class MADE(nn.Module):
             nn.init.zeros_(self.out.bias)
         self._build_masks()
 
+    @property
+    def steps(self) -> int:
+        """The sequential steps of the exact inverse (:meth:`solve`): ``D`` in an order, the
+        depth of the graph plus one (its generations) with an adjacency."""
+        return self.features if self.adjacency is None else len(self._generation_sizes)
+
+    def _check_width(self, adjacency: Tensor) -> None:
+        sets = len(_receptive_sets(adjacency, self.context_features > 0))
+        note = " (the context-only one included)" if self.context_features else ""
+        for k, w in enumerate(self.hidden):
+            if w < sets:
+                raise ValueError(
+                    f"hidden layer {k} of the MADE has {w} units, fewer than {sets}, the distinct "
+                    f"parent sets of the adjacency{note}: "
+                    f"give every hidden layer at least {sets} units, or some dimension could "
+                    "not read all its parents"
+                )
+
     def _build_masks(self) -> None:
+        if self.adjacency is not None:
+            return self._build_graph_masks()
         d, p = self.features, self.params_per_dim
         deg_in = self.degrees.cpu()
         hid = [_hidden_degrees(d, h, self.context_features > 0) for h in self.hidden]
@@ -446,9 +591,67 @@ class MADE(nn.Module):
         self.register_buffer("_order_index", torch.tensor(self._order, device=dev), False)
         self._degree_ends = [torch.bincount(h, minlength=d + 1).cumsum(0).tolist() for h in hid]
 
+    def _build_graph_masks(self) -> None:
+        """Masks from the adjacency: each hidden unit sees one receptive set (see the class
+        docstring), the same sets in the same places in every layer."""
+        d, p = self.features, self.params_per_dim
+        adj = self.adjacency.cpu()
+        sets = _receptive_sets(adj, self.context_features > 0)
+        parents = [frozenset(adj[i].nonzero().flatten().tolist()) for i in range(d)]
+        holds = torch.tensor([[j in s for j in range(d)] for s in sets])  # (S, D)
+        within = torch.tensor([[a <= b for a in sets] for b in sets])  # [b, a]: a within b
+        reads = torch.tensor([[s <= parents[i] for s in sets] for i in range(d)])  # (D, S)
+        gens = generations(adj)
+        # the inverse's step at which a set's units can be computed: 0 for the empty set, else
+        # one after the latest generation among its members
+        gen_of = {j: g for g, dims in enumerate(gens) for j in dims}
+        ready = torch.tensor([1 + max(gen_of[j] for j in s) if s else 0 for s in sets])
+        # each unit's set: the sets cycled over the width, then sorted by that step, so that
+        # the units of one step form a contiguous block (as a MADE's degrees do in an order)
+        units = []
+        for h in self.hidden:
+            cycled = torch.arange(h) % len(sets)
+            units.append(cycled[torch.argsort(ready[cycled], stable=True)])
+        masks = [holds[units[0]][:, : self._n_in]]
+        for prev, now in zip(units[:-1], units[1:]):
+            masks.append(within[now][:, prev])
+        masks.append(reads[:, units[-1]].repeat_interleave(p, 0))  # output i * P + k: dim i
+        dev = self.out.weight.device
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask{i}", m.to(dev, torch.get_default_dtype()), persistent=False)
+        # for the inverse, kept on the host: the size of each generation, and per hidden layer
+        # the end of each step's units
+        self._generation_sizes = [len(g) for g in gens]
+        flat = torch.tensor([i for g in gens for i in g], device=dev)
+        self.register_buffer("_generation_index", flat, persistent=False)
+        self._unit_ends = [
+            torch.bincount(ready[u], minlength=len(gens)).cumsum(0).tolist() for u in units
+        ]
+
+    def _check_loaded_adjacency(self, state_dict, prefix) -> None:
+        """``ValueError`` naming the tensor for a file's adjacency that is not a DAG on
+        ``D`` dimensions this MADE can hold (before anything is loaded)."""
+        key = prefix + "adjacency"
+        if key not in state_dict:
+            return
+        t = state_dict[key]
+        d = self.features
+        try:
+            if not isinstance(t, Tensor) or tuple(t.shape) != (d, d):
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"expected shape {(d, d)}, got {shape}")
+            adj = check_adjacency(t, d)
+            self._check_width(adj)
+        except ValueError as e:
+            raise ValueError(f"tensor '{key}' is not a usable adjacency: {e}") from None
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.adjacency is not None:
+            self._check_loaded_adjacency(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if sorted(self.degrees.tolist()) != list(range(1, self.features + 1)):  # a crafted file
+        if self.adjacency is None and sorted(self.degrees.tolist()) != list(
+            range(1, self.features + 1)
+        ):  # a crafted file
             raise ValueError(
                 f"tensor '{prefix}degrees' is not an order of 1..{self.features} (each once)"
             )
@@ -479,7 +682,7 @@ class MADE(nn.Module):
         """``(B, D)`` (and ``(B, C)``) to parameters ``(B, D, P)``, in one pass."""
         ws, cs = self._weights(), self._context_terms(context)
         lin = nn.functional.linear
-        h = x if self.features > 1 else x[:, :0]
+        h = x if self._n_in else x[:, :0]
         for i, layer in enumerate(self.linears):
             inp = self.act(h) if self.residual and i > 0 else h
             pre = lin(inp, ws[i], layer.bias)
@@ -510,7 +713,17 @@ class MADE(nn.Module):
         (when the last input it sees becomes known) and each output row once, so the whole
         loop costs about one forward pass in arithmetic, spread over ``D`` small steps, instead
         of the ``D`` full passes of the naive inverse.
+
+        With an adjacency it inverts by generations of the graph instead: each step calls
+        ``step(index, params)`` once for all the ``k`` dimensions whose parents are all known
+        (``index`` a tensor of them, ``params`` ``(B, k, P)``), so it takes ``steps`` (the
+        depth of the graph plus one) steps instead of ``D``. Each hidden unit is computed
+        once here too, at the step where the last input its set reads becomes known: about
+        one forward pass of arithmetic in all (a full pass per generation would be the naive
+        way: the same numbers, ``steps`` times the arithmetic).
         """
+        if self.adjacency is not None:
+            return self._solve_by_generations(step, batch, context, like)
         d, p = self.features, self.params_per_dim
         ref = self.out.weight if like is None else like
         ws, cs = self._weights(), self._context_terms(context)
@@ -547,8 +760,53 @@ class MADE(nn.Module):
             if k + 1 < d:
                 x_known = _grown(x_known, value.unsqueeze(1))
 
+    def _solve_by_generations(self, step, batch: int, context, like) -> None:
+        """The inverse by generations, each hidden unit computed once: at the step where the
+        last input its set reads becomes known (the units of one step are a contiguous block,
+        the inputs are taken in generation order), so the whole loop costs about one forward
+        pass of arithmetic."""
+        d, p = self.features, self.params_per_dim
+        ref = self.out.weight if like is None else like
+        ws, cs = self._weights(), self._context_terms(context)
+        if self._n_in:  # input columns in generation order
+            ws[0] = ws[0].index_select(1, self._generation_index)
+        w_out = ws[-1].reshape(d, p, -1)
+        b_out = self.out.bias.reshape(d, p)
+        lin = nn.functional.linear
+        x_known = ref.new_zeros(batch, 0)  # inputs in generation order
+        hs = [ref.new_zeros(batch, 0) for _ in self.hidden]  # computed units per layer
+        acts = [ref.new_zeros(batch, 0) for _ in self.hidden]  # act(hs) for residual nets
+        start = 0
+        for g, size in enumerate(self._generation_sizes):
+            prev, n_prev = x_known, (start if self._n_in else 0)
+            for i, layer in enumerate(self.linears):
+                lo, hi = (self._unit_ends[i][g - 1] if g else 0), self._unit_ends[i][g]
+                if hi > lo:
+                    inp = acts[i - 1] if self.residual and i > 0 else prev
+                    pre = lin(inp[:, :n_prev], ws[i][lo:hi, :n_prev], layer.bias[lo:hi])
+                    if cs[i] is not None:
+                        pre = pre + cs[i][:, lo:hi]
+                    if not self.residual:
+                        new = self._act_fresh(pre)
+                    else:
+                        new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
+                        acts[i] = _grown(acts[i], self.act(new))
+                    hs[i] = _grown(hs[i], new)
+                prev, n_prev = hs[i], hi
+            last = acts[-1] if self.residual else hs[-1]
+            dims = self._generation_index[start : start + size]
+            w = w_out.index_select(0, dims)[:, :, :n_prev].reshape(size * p, n_prev)
+            b = b_out.index_select(0, dims).reshape(-1)
+            value = step(dims, lin(last[:, :n_prev], w, b).view(batch, size, p))
+            start += size
+            if start < d:
+                x_known = _grown(x_known, value.reshape(batch, size).to(x_known.dtype))
+
     def extra_repr(self) -> str:
-        return (
+        s = (
             f"features={self.features}, params_per_dim={self.params_per_dim}, "
             f"hidden={self.hidden}, residual={self.residual}"
         )
+        if self.adjacency is not None:
+            s += f", adjacency: {int(self.adjacency.sum())} edges, {self.steps} generations"
+        return s

@@ -44,6 +44,25 @@ CASES += [
     ),
 ]
 
+# structured (graph) autoregression: 0 and 3 are roots, 1 <- 0, 2 <- {0, 1}, 4 <- {2, 3}
+# (depth 3: four generations); an edgeless graph on 3 dimensions; the one-dimensional graph
+DAG5 = [
+    [0, 0, 0, 0, 0],
+    [1, 0, 0, 0, 0],
+    [1, 1, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+    [0, 0, 1, 1, 0],
+]
+CASES += [
+    Case("maf-layer-adjacency-5", ar(5, T.Affine, adjacency=DAG5)),
+    Case(
+        "ar-spline-adjacency-residual-context-5",
+        ar(5, lambda: T.RationalQuadratic(3, 1.5), 2, residual=True, adjacency=DAG5),
+    ),
+    Case("maf-layer-adjacency-edgeless-3", ar(3, T.Affine, 2, adjacency=torch.zeros(3, 3))),
+    Case("iaf-layer-adjacency-1", lambda: ff.Inverse(ar(1, T.Affine, adjacency=[[0]])())),
+]
+
 small = dict(layers=2, hidden=(8, 8))
 CASES += [
     Case("MAF", lambda: ff.models.MAF(features=4, **small)),
@@ -83,6 +102,29 @@ CASES += [
     Case(
         "NSF-AR",
         lambda: ff.models.NSF(features=3, bins=4, autoregressive=True, lu=True, **small),
+    ),
+    Case("MAF-adjacency", lambda: ff.models.MAF(features=5, adjacency=DAG5, **small)),
+    Case(
+        "MAF-adjacency-context-bn-residual",
+        lambda: ff.models.MAF(
+            features=5,
+            context_features=2,
+            adjacency=DAG5,
+            batch_norm=True,
+            residual=True,
+            **small,
+        ),
+    ),  # fmt: skip
+    Case("IAF-adjacency", lambda: ff.models.IAF(features=5, adjacency=DAG5, **small)),
+    Case(
+        "IAF-adjacency-context",
+        lambda: ff.models.IAF(features=5, context_features=2, adjacency=DAG5, **small),
+    ),
+    Case(
+        "NSF-AR-adjacency-context",
+        lambda: ff.models.NSF(
+            features=5, bins=4, autoregressive=True, adjacency=DAG5, context_features=2, **small
+        ),
     ),
     Case(
         "NSF-integer-columns",

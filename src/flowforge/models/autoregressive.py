@@ -4,7 +4,15 @@ All three take ``features=`` and the shared data options of :mod:`flowforge.mode
 (``context_features``, ``levels``, ``preprocess``, ``alpha``, ``base``, ``components``,
 ``dequantization``).
 Between layers a ``permutation`` mixes the dimensions (``"reverse"``, ``"random"``, ``"lu"`` or
-None) and ``lu=True`` adds a learnable LU-linear layer after it.
+None; ``"auto"``, the default: ``"reverse"``, or None with an ``adjacency``) and ``lu=True``
+adds a learnable LU-linear layer after it.
+
+``adjacency=`` (MAF, IAF, NSF with ``autoregressive=True``) makes every layer structured: a
+``(D, D)`` matrix of 0/1 or booleans, ``adjacency[i, j]`` set where dimension ``i`` may depend
+on dimension ``j``, a directed acyclic graph. Every layer uses the same graph, so the model's
+transform stays lower-triangular in the graph's sense: ``z_i`` depends only on the ancestors
+of ``i``. A permutation or an LU layer between layers would mix the dimensions and lose that,
+so with an adjacency there is none (an explicit one is refused).
 
 Which direction is fast:
 
@@ -21,9 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch  # noqa: F401  (doctests use it)
+import torch
 
 from ..core import Flow, Inverse, Transform
+from ..nets import check_adjacency
 from ..transforms import (
     Affine,
     Autoregressive,
@@ -37,6 +46,36 @@ from .assembly import DataOptions, assemble, count, event_shape, mixer, mlp_cond
 from .registry import register
 
 __all__ = ["MAF", "IAF", "NSF"]
+
+# what adjacency= takes: a list of rows of 0/1 or booleans (a config file's form) or a tensor;
+# the values are checked by flowforge.nets.check_adjacency, each problem in one line
+AdjacencyArg = Sequence[Sequence[float | bool]] | torch.Tensor | None
+
+
+def _structure(
+    adjacency, d: int, permutation: str | None, lu: bool, order="natural"
+) -> tuple[torch.Tensor | None, str | None]:
+    """The checked adjacency (None: none) and the permutation between layers it allows."""
+    if adjacency is None:
+        return None, "reverse" if permutation == "auto" else permutation
+    adj = check_adjacency(adjacency, d)
+    why = (
+        "every layer uses the same graph, and mixing the dimensions between layers would "
+        "break its structure"
+    )
+    if permutation not in ("auto", None, "none"):
+        raise ValueError(
+            f"permutation={permutation!r} with an adjacency: {why}; leave permutation unset "
+            "(no mixing with an adjacency)"
+        )
+    if lu:
+        raise ValueError(f"lu=True with an adjacency: {why}; remove lu")
+    if order not in ("natural", None):
+        raise ValueError(
+            f"order={order!r} with an adjacency: the adjacency decides what each dimension "
+            "depends on; remove order"
+        )
+    return adj, None
 
 
 def _between(i: int, permutation: str | None, lu: bool, d: int) -> list[Transform]:
@@ -73,12 +112,13 @@ def MAF(
     layers: int | None = None,
     hidden: Sequence[int] | int | None = None,
     order: str | Sequence[int] = "natural",
-    permutation: str | None = "reverse",
+    permutation: str | None = "auto",
     lu: bool = False,
     residual: bool | None = None,
     batch_norm: bool = False,
     scale_bound: float | None = 3.0,
     activation: str = "relu",
+    adjacency: AdjacencyArg = None,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -95,12 +135,18 @@ def MAF(
             without ``residual``).
         order: the first layer's order (``"natural"``, ``"reversed"``, ``"random"``); the
             ``permutation`` between layers varies it for the others.
-        permutation: between layers: ``"reverse"``, ``"random"``, ``"lu"`` or None.
+        permutation: between layers: ``"reverse"``, ``"random"``, ``"lu"`` or None
+            (``"auto"``: ``"reverse"``, or None with an ``adjacency``).
         lu: add an LU-linear layer after each permutation.
         residual: residual MADEs (None: True when ``hidden`` is not given; plain MADEs of the
             widths given otherwise).
         batch_norm: a batch-norm bijector after each layer (as in the paper).
         scale_bound: soft bound of the log-scale (None: unbounded).
+        adjacency: a ``(D, D)`` matrix of 0/1 or booleans, ``adjacency[i, j]`` set where
+            dimension ``i`` may depend on dimension ``j`` (a directed acyclic graph): every
+            layer's MADE reads only the parents of each dimension, and sampling takes the
+            graph's depth plus one sequential steps per layer. No permutation, ``lu`` or ``order``
+            with it (they would break the structure).
         (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
@@ -111,6 +157,8 @@ def MAF(
     """
     (d,) = event_shape(features, None)
     cf = data.context_features
+    adj, permutation = _structure(adjacency, d, permutation, lu, order)
+    order = None if adj is not None else order
     residual = hidden is None if residual is None else residual
     hidden = ((128, 128, 128) if residual else (128, 128)) if hidden is None else hidden
     layers = maf_layers(d) if layers is None else layers
@@ -118,7 +166,14 @@ def MAF(
         d,
         layers,
         lambda: Autoregressive(
-            d, Affine(scale_bound), widths(hidden), cf, order, residual, activation
+            d,
+            Affine(scale_bound),
+            widths(hidden),
+            cf,
+            order,
+            residual,
+            activation,
+            adjacency=adj,
         ),
         permutation,
         lu,
@@ -133,11 +188,12 @@ def IAF(
     layers: int = 5,
     hidden: Sequence[int] | int = (128, 128),
     order: str | Sequence[int] = "natural",
-    permutation: str | None = "reverse",
+    permutation: str | None = "auto",
     lu: bool = False,
     residual: bool = False,
     scale_bound: float | None = 3.0,
     activation: str = "relu",
+    adjacency: AdjacencyArg = None,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -145,7 +201,8 @@ def IAF(
 
     Sampling and ``rsample_and_log_prob`` are one pass per layer (the choice for variational
     inference); ``log_prob`` of given data is ``features`` sequential steps per layer.
-    Arguments as in :func:`MAF`.
+    Arguments as in :func:`MAF` (``adjacency`` included: with it ``log_prob`` takes the
+    graph's depth plus one sequential steps per layer).
 
     Example:
         >>> import flowforge as ff
@@ -154,11 +211,22 @@ def IAF(
     """
     (d,) = event_shape(features, None)
     cf = data.context_features
+    adj, permutation = _structure(adjacency, d, permutation, lu, order)
+    order = None if adj is not None else order
     chain = _autoregressive_stack(
         d,
         layers,
         lambda: Inverse(
-            Autoregressive(d, Affine(scale_bound), widths(hidden), cf, order, residual, activation)
+            Autoregressive(
+                d,
+                Affine(scale_bound),
+                widths(hidden),
+                cf,
+                order,
+                residual,
+                activation,
+                adjacency=adj,
+            )
         ),
         permutation,
         lu,
@@ -175,10 +243,11 @@ def NSF(
     bins: int = 8,
     bound: float = 3.0,
     autoregressive: bool = False,
-    permutation: str | None = "reverse",
+    permutation: str | None = "auto",
     lu: bool = False,
     residual: bool = False,
     activation: str = "relu",
+    adjacency: AdjacencyArg = None,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -186,9 +255,10 @@ def NSF(
 
     ``autoregressive=False`` (NSF-C): spline couplings, fast in both directions; each coupling
     transforms the first ``ceil(D/2)`` entries from the others, and the ``permutation``
-    between layers (default ``"reverse"``) swaps the roles (needs ``features >= 2``; with
-    ``permutation=None`` the two halves alternate instead). ``autoregressive=True`` (NSF-AR):
-    spline MADE layers, fast density and ``features`` sequential sampling steps.
+    between layers (default ``"auto"``: ``"reverse"``) swaps the roles (needs
+    ``features >= 2``; with ``permutation=None`` the two halves alternate instead).
+    ``autoregressive=True`` (NSF-AR): spline MADE layers, fast density and ``features``
+    sequential sampling steps.
 
     Args:
         features: data dimension (at least 2 for couplings).
@@ -198,6 +268,8 @@ def NSF(
         bins: spline bins per dimension.
         bound: the splines act on ``[-bound, bound]`` and are the identity outside.
         permutation, lu: mixing between layers, as in :func:`MAF`.
+        adjacency: with ``autoregressive=True``, a directed acyclic graph as in :func:`MAF`
+            (structured spline MADEs, no mixing between layers); couplings take none.
         (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
@@ -209,6 +281,12 @@ def NSF(
     (d,) = event_shape(features, None)
     cf = data.context_features
     hidden = widths(hidden)
+    if adjacency is not None and not autoregressive:
+        raise ValueError(
+            "adjacency= needs NSF(autoregressive=True): a coupling splits the dimensions in "
+            "halves and cannot follow a graph"
+        )
+    adj, permutation = _structure(adjacency, d, permutation, lu)
 
     def spline():
         return RationalQuadratic(bins, bound)
@@ -217,7 +295,9 @@ def NSF(
         chain = _autoregressive_stack(
             d,
             layers,
-            lambda: Autoregressive(d, spline(), hidden, cf, "natural", residual, activation),
+            lambda: Autoregressive(
+                d, spline(), hidden, cf, None, residual, activation, adjacency=adj
+            ),
             permutation,
             lu,
             False,

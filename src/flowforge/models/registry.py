@@ -21,6 +21,8 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 
+import torch
+
 from .._util import suggest, unknown
 from ..core import Flow
 from .assembly import DataOptions
@@ -34,6 +36,7 @@ __all__ = [
     "spec",
     "check_arguments",
     "saved_kwargs",
+    "earlier_configs",
 ]
 
 # Arguments added after configurations were first saved, each with the value that rebuilds
@@ -42,6 +45,13 @@ LEGACY = {
     "standardize": False,
     "shift_first": False,  # RealNVP's affine order; images now default to True (docs/images.md)
     "residual": False,  # RealNVP's conditioners: plain MLPs (8 of 256x256 by default) before
+    "adjacency": None,  # MAF, IAF and NSF: unstructured (an order) before
+}
+
+# The defaults that changed when an argument of LEGACY was added, per builder: the value
+# recorded since and the value recorded before for the same model.
+CHANGED_WITH = {
+    "adjacency": {b: {"permutation": ("auto", "reverse")} for b in ("maf", "iaf", "nsf")},
 }
 
 
@@ -85,6 +95,8 @@ _SPECS: dict[str, BuilderSpec] = {}
 
 
 def _jsonable(v):
+    if isinstance(v, torch.Tensor):  # (e.g. an adjacency given as a tensor)
+        return v.tolist()
     if isinstance(v, (tuple, list)):
         return [_jsonable(i) for i in v]
     if isinstance(v, dict):
@@ -279,3 +291,25 @@ def saved_kwargs(name: str, kwargs: dict) -> dict:
     :data:`LEGACY` value of every argument the builder gained after it was written."""
     params = spec(name).signature.parameters
     return {**{k: v for k, v in LEGACY.items() if k in params and k not in kwargs}, **kwargs}
+
+
+def earlier_configs(config) -> list[dict]:
+    """The configurations earlier versions recorded for a model built now with ``config``
+    (``flow.config``), newest first: without each argument added since (at its :data:`LEGACY`
+    value; a model that sets one otherwise had no earlier form), the defaults changed with it
+    (:data:`CHANGED_WITH`) at their earlier values."""
+    if not isinstance(config, dict) or not isinstance(config.get("kwargs"), dict):
+        return []
+    name = str(config.get("model", "")).lower()
+    kwargs, out = dict(config["kwargs"]), []
+    for k in reversed(list(LEGACY)):
+        if k not in kwargs:
+            continue
+        if kwargs[k] != LEGACY[k]:
+            break
+        del kwargs[k]
+        for arg, (now, before) in CHANGED_WITH.get(k, {}).get(name, {}).items():
+            if kwargs.get(arg) == now:
+                kwargs[arg] = before
+        out.append({**config, "kwargs": dict(kwargs)})
+    return out

@@ -11,7 +11,11 @@ Directions and costs (``forward`` is data to noise):
 - ``inverse`` (sampling): **sequential**, ``D`` steps, because ``x_i`` is needed before the
   parameters of ``x_{i+1}`` exist. :meth:`MADE.solve` computes each hidden unit exactly once
   as its inputs become known, so the whole inverse costs about one MADE pass of arithmetic,
-  though in ``D`` small steps.
+  though in ``D`` small steps. With an ``adjacency`` (a directed acyclic graph: dimension
+  ``i`` depends only on its parents) the inverse runs by generations of the graph instead:
+  each step solves every dimension whose parents are all known, so it takes the graph's
+  depth plus one steps (``steps``) instead of ``D``, again about one MADE pass of arithmetic
+  in all (each hidden unit computed once, when its inputs are known).
 
 A MAF is a stack of ``Autoregressive`` layers (fast density, slow sampling). An IAF is
 ``Inverse(Autoregressive(...))``: sampling and ``rsample_and_log_prob`` run in one pass and
@@ -104,8 +108,8 @@ class Autoregressive(Transform):
             ``RationalQuadratic(bins=8)``, ``LogisticMixture(4)``...
         hidden: hidden widths of the MADE.
         context_features: size of a context vector (fed to every hidden unit).
-        order: ``"natural"``, ``"reversed"``, ``"random"`` or an explicit permutation (first
-            dimension first).
+        order: ``"natural"`` (None: natural), ``"reversed"``, ``"random"`` or an explicit
+            permutation (first dimension first).
         residual: residual MADE (each hidden layer after the first is a residual block).
         activation: the MADE's activation.
         net: a conditioner to use instead of the MADE (``hidden``, ``order``, ``residual``
@@ -117,12 +121,22 @@ class Autoregressive(Transform):
         tol: the parallel inverse stops when no entry moves by more than ``tol``.
         max_iter: the most sweeps of the parallel inverse (None: ``steps + 1``, which always
             converges; ``max(2, steps // 4)`` in ``"auto"`` mode).
+        adjacency: a ``(D, D)`` matrix of 0/1 or booleans, ``adjacency[i, j]`` set where
+            dimension ``i`` may depend on dimension ``j`` (a directed acyclic graph, no
+            self-loops): the MADE's output for ``i`` then reads only the parents of ``i`` and
+            the context (structured autoregression), instead of everything before ``i`` in an
+            ``order`` (giving both is an error). The exact inverse then takes one step per
+            generation of the graph (``steps``: its depth plus one), not ``D`` steps.
 
     Example:
         >>> from flowforge.transforms import Autoregressive, Affine
         >>> maf_layer = Autoregressive(4, Affine(), hidden=(32, 32))
         >>> z, ladj = maf_layer(torch.randn(10, 4))    # one pass
         >>> x, _ = maf_layer.inverse(z)                # four sequential steps
+        >>> chain = [[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]  # 0 -> 1 -> 2 -> 3
+        >>> markov = Autoregressive(4, Affine(), hidden=(32,), adjacency=chain)
+        >>> markov.steps                               # generations: 4 steps for a chain
+        4
     """
 
     def __init__(
@@ -131,13 +145,14 @@ class Autoregressive(Transform):
         transformer: Transformer,
         hidden: Sequence[int] | int = (128, 128),
         context_features: int = 0,
-        order="natural",
+        order=None,
         residual: bool = False,
         activation: str = "relu",
         net: nn.Module | None = None,
         inverse_mode: str = "sequential",
         tol: float = 1e-6,
         max_iter: int | None = None,
+        adjacency=None,
     ):
         if not isinstance(transformer, Transformer):
             raise TypeError(
@@ -161,8 +176,14 @@ class Autoregressive(Transform):
                 order=order,
                 residual=residual,
                 activation=activation,
+                adjacency=adjacency,
             )
         else:
+            if adjacency is not None:
+                raise ValueError(
+                    "adjacency= shapes the MADE this layer builds; a net= of your own has its "
+                    "own structure (give one or the other)"
+                )
             self._check_net(net, shape, transformer, context_features)
         super().__init__(shape, context_features)
         self.transformer = transformer

@@ -283,6 +283,14 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     # resuming, the checkpoint holds the whitening (a run from before data.whiten has none)
     if stored is not None:
         whitening = {} if stored.get("whiten") else None
+    elif kwargs.get("adjacency") is not None:  # a graph on the columns: none mixes them first
+        if ds.info.get("whiten") is True:
+            raise WorkbenchError(
+                "model.adjacency is a graph on the data's columns, and data.whiten: true mixes "
+                "the columns before the model sees them; set data.whiten: false (a structured "
+                "model is never whitened automatically)"
+            )
+        whitening = None
     else:
         whitening = data_whitening(ds)
     if whitening is not None:
