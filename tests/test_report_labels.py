@@ -99,6 +99,9 @@ def test_the_data_side_names_its_split_and_rows(runs, figures, capsys):
     assert all(t.startswith("30 samples: ") for t in pairs[1::2]), pairs
     html = (runs["plain"] / "report.html").read_text()
     assert f"Per-column marginals: {side} vs samples" in html
+    corr = figures["correlations.png"]["titles"]  # (they read "data" and "samples")
+    assert corr[:2] == [f"correlation: {side}", "correlation: 2,000 samples"], corr
+    assert f"Correlation matrices: {side} vs samples" in html
 
 
 def test_latent_panels_are_not_titled_with_column_names(runs, figures, capsys):

@@ -187,3 +187,24 @@ def test_spike_labels_never_overprint():
     at = sorted(t.xy[0] for t in ax.texts)
     assert 1 <= len(at) <= 3 and all(b - a > 0.1 * 39 for a, b in zip(at, at[1:]))
     plt.close(fig)
+
+
+def test_spike_labels_are_shared_by_a_panels_curves(tmp_path):
+    # spikes at the same epochs in the logged steps, training and validation curves: each
+    # curve labelled its own three, and labels of different curves printed over each other
+    metrics = []
+    for e in range(1, 61):
+        bad = e in (10, 30, 50)
+        metrics.append({"type": "step", "step": 10 * e, "epoch": e, "lr": 1e-3,
+                        "loss": 58.0 + e if bad else 1.0})  # fmt: skip
+        metrics.append({"type": "epoch", "epoch": e, "train_loss": 48.0 + e if bad else 1.0,
+                        "val_nll": 40.0 + e if bad else 1.1})  # fmt: skip
+    plt = R._plt()
+    fig, ax = plt.subplots()
+    ep = [m for m in metrics if m["type"] == "epoch"]
+    steps = [m for m in metrics if m["type"] == "step"]
+    off = R._curve_panel(ax, ep, steps, "train_loss", "val_nll", 10, "NLL")
+    assert len(off) == 9  # three spikes in each of the three curves
+    at = sorted(t.xy[0] for t in ax.texts)
+    assert 1 <= len(at) <= 3 and all(b - a > 0.1 * 59 for a, b in zip(at, at[1:])), at
+    plt.close(fig)

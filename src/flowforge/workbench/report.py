@@ -311,25 +311,34 @@ def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
     return bottom - pad, top + pad
 
 
-def _plot_clipped(ax, x, y, top: float, **kw) -> np.ndarray:
+def _plot_clipped(ax, x, y, top: float, annotate: bool = True, **kw) -> np.ndarray:
     """Plot ``y`` with values above ``top`` drawn as red marks at the top edge; the mask of
-    those values. At most :data:`MAX_SPIKE_LABELS` of them are labelled with their value, the
-    highest first, each apart from the others (labels never overprint)."""
+    those values. With ``annotate``, the highest of them are labelled (:func:`_label_spikes`);
+    a panel of several curves labels their spikes together instead."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     over = ~(y <= top)  # NaN and inf count as spikes too
     ax.plot(x, np.where(over, np.nan, y), **kw)
     if over.any():
         ax.plot(x[over], np.full(over.sum(), top), "v", color="red", ms=6, clip_on=False)
-        span = float(x.max() - x.min()) if len(x) > 1 else 1.0
-        labelled: list[float] = []
-        for i in np.flatnonzero(over)[np.argsort(-y[over], kind="stable")]:
-            if len(labelled) == MAX_SPIKE_LABELS:
-                break
-            if all(abs(x[i] - u) > 0.12 * span for u in labelled):
-                labelled.append(float(x[i]))
-                ax.annotate(f"{y[i]:.3g}", (x[i], top), fontsize=7, color="red",
-                            xytext=(2, -10), textcoords="offset points")  # fmt: skip
+        if annotate:
+            _label_spikes(ax, x[over], y[over], top, (float(x.min()), float(x.max())))
     return over
+
+
+def _label_spikes(ax, x, y, top: float, extent: tuple[float, float]) -> None:
+    """Label at most :data:`MAX_SPIKE_LABELS` of the spikes ``(x, y)`` of one panel with their
+    values, the highest first, each apart from the others by an eighth of the ``extent`` of
+    the x-axis (labels never overprint, whichever curve they come from)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    span = (extent[1] - extent[0]) or 1.0
+    labelled: list[float] = []
+    for i in np.argsort(-np.nan_to_num(y, nan=np.inf), kind="stable"):
+        if len(labelled) == MAX_SPIKE_LABELS:
+            break
+        if all(abs(x[i] - u) > 0.12 * span for u in labelled):
+            labelled.append(float(x[i]))
+            ax.annotate(f"{y[i]:.3g}", (x[i], top), fontsize=7, color="red",
+                        xytext=(2, -10), textcoords="offset points")  # fmt: skip
 
 
 def _series(records: list[dict], key: str, at: str, per: float = 1) -> tuple[list, list, list]:
@@ -358,10 +367,16 @@ def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> set:
     curves = [(logged, "step", dict(color="0.6", lw=0.8, label="train (logged steps)"))]
     curves += [(train, "train", dict(marker=".", label="train"))]
     curves += [(val, "val", dict(marker=".", label="validation"))]
+    spikes_x, spikes_y, xs_all = [], [], []  # the panel's spikes, labelled together
     for (xs, ys, ids), role, kw in curves:
         if xs or (role != "step" and (train[0] or val[0])):
-            over = _plot_clipped(ax, xs, ys, hi, **kw)
+            over = _plot_clipped(ax, xs, ys, hi, annotate=False, **kw)
             off |= {(ids[i], role) for i in np.flatnonzero(over)}
+            spikes_x += [xs[i] for i in np.flatnonzero(over)]
+            spikes_y += [ys[i] for i in np.flatnonzero(over)]
+            xs_all += list(xs)
+    if spikes_x:
+        _label_spikes(ax, spikes_x, spikes_y, hi, (min(xs_all), max(xs_all)))
     ax.set_ylim(lo, hi)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -451,6 +466,9 @@ def _density(
 ):
     plt = _plt()
     x = train_x[:5000].numpy()
+    shown = f"training data ({_count(len(x), 'row')}" + (
+        f" of {len(train_x):,})" if len(train_x) > len(x) else ")"
+    )
     lo, hi = _box(x, 0.15)
     if box is not None:  # the data's own domain (angles: [-pi, pi]^2)
         lo, hi = np.asarray(box, dtype=np.float64).T
@@ -465,7 +483,7 @@ def _density(
         dens = None
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.6))
     ax[0].scatter(x[:, 0], x[:, 1], s=2, alpha=0.4)
-    ax[0].set_title("training data")
+    ax[0].set_title(shown)
     if dens is not None:
         ax[1].imshow(
             dens, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
@@ -478,9 +496,9 @@ def _density(
     s = samples.numpy()
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.6))
     ax[0].scatter(x[:, 0], x[:, 1], s=2, alpha=0.4)
-    ax[0].set_title("training data")
+    ax[0].set_title(shown)
     ax[1].scatter(s[:, 0], s[:, 1], s=2, alpha=0.4, color="C1")
-    ax[1].set_title(f"{len(s)} model samples")
+    ax[1].set_title(f"{len(s):,} model samples")
     for a in ax:
         a.set_xlim(lo[0], hi[0])
         a.set_ylim(lo[1], hi[1])
@@ -702,8 +720,8 @@ def table_figures(
             (cd, vd), (cs, vs) = _corr(data), _corr(samples)
             fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
             for ax, c, t, cmap, v in (
-                (axes[0], cd, "data", "RdBu_r", 1),
-                (axes[1], cs, "samples", "RdBu_r", 1),
+                (axes[0], cd, side, "RdBu_r", 1),
+                (axes[1], cs, f"{len(samples):,} samples", "RdBu_r", 1),
                 (axes[2], cs - cd, "samples - data", "PuOr_r", 0.5),
             ):
                 im = ax.imshow(c, cmap=cmap, vmin=-v, vmax=v)
@@ -716,7 +734,7 @@ def table_figures(
                     ax.set_yticklabels([names[j] for j in ticks], fontsize=7)
                 fig.colorbar(im, ax=ax, fraction=0.046)
             _savefig(fig, figdir / "correlations.png")
-            figs.append(("Correlation matrices", "report/correlations.png"))
+            figs.append((f"Correlation matrices: {side} vs samples", "report/correlations.png"))
             fact = _corr_fact(cd, cs, vd, vs, names)
             facts.append(("largest correlation difference (samples - data)", fact))
     if z is not None:
