@@ -698,6 +698,28 @@ class MADE(nn.Module):
             return grouped_linear(h, ws[-1], self.out.bias, self.params_per_dim)
         return lin(h, ws[-1], self.out.bias).reshape(x.shape[0], self.features, self.params_per_dim)
 
+    def _grow(self, ws, cs, hs, acts, x_known, n_known: int, ends) -> tuple[Tensor, int]:
+        """One step of an incremental inverse: the hidden units ``ends[i] = (lo, hi)`` of each
+        layer ``i``, whose inputs are all known now, appended to ``hs`` (and their activations
+        to ``acts``, residual nets); returns the last layer's known units and their count."""
+        lin = nn.functional.linear
+        prev, n_prev = x_known, n_known
+        for i, layer in enumerate(self.linears):
+            lo, hi = ends[i]
+            if hi > lo:
+                inp = acts[i - 1] if self.residual and i > 0 else prev
+                pre = lin(inp[:, :n_prev], ws[i][lo:hi, :n_prev], layer.bias[lo:hi])
+                if cs[i] is not None:
+                    pre = pre + cs[i][:, lo:hi]
+                if not self.residual:
+                    new = self._act_fresh(pre)
+                else:
+                    new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
+                    acts[i] = _grown(acts[i], self.act(new))
+                hs[i] = _grown(hs[i], new)
+            prev, n_prev = hs[i], hi
+        return (acts[-1] if self.residual else hs[-1]), n_prev
+
     def solve(
         self,
         step: Callable[[int, Tensor], Tensor],
@@ -738,22 +760,8 @@ class MADE(nn.Module):
         hs = [ref.new_zeros(batch, 0) for _ in self.hidden]  # computed units per layer
         acts = [ref.new_zeros(batch, 0) for _ in self.hidden]  # act(hs) for residual nets
         for k in range(d):  # inputs with degree <= k are known; find dimension of degree k + 1
-            prev, n_prev = x_known, (k if d > 1 else 0)
-            for i, layer in enumerate(self.linears):
-                lo, hi = (bounds[i][k - 1] if k else 0), bounds[i][k]
-                if hi > lo:
-                    inp = acts[i - 1] if self.residual and i > 0 else prev
-                    pre = lin(inp[:, :n_prev], ws[i][lo:hi, :n_prev], layer.bias[lo:hi])
-                    if cs[i] is not None:
-                        pre = pre + cs[i][:, lo:hi]
-                    if not self.residual:
-                        new = self._act_fresh(pre)
-                    else:
-                        new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
-                        acts[i] = _grown(acts[i], self.act(new))
-                    hs[i] = _grown(hs[i], new)
-                prev, n_prev = hs[i], hi
-            last = acts[-1] if self.residual else hs[-1]
+            ends = [((b[k - 1] if k else 0), b[k]) for b in bounds]
+            last, n_prev = self._grow(ws, cs, hs, acts, x_known, (k if d > 1 else 0), ends)
             dim = self._order[k]
             params = lin(last[:, :n_prev], w_out[dim][:, :n_prev], b_out[dim])
             value = step(dim, params)
@@ -778,22 +786,8 @@ class MADE(nn.Module):
         acts = [ref.new_zeros(batch, 0) for _ in self.hidden]  # act(hs) for residual nets
         start = 0
         for g, size in enumerate(self._generation_sizes):
-            prev, n_prev = x_known, (start if self._n_in else 0)
-            for i, layer in enumerate(self.linears):
-                lo, hi = (self._unit_ends[i][g - 1] if g else 0), self._unit_ends[i][g]
-                if hi > lo:
-                    inp = acts[i - 1] if self.residual and i > 0 else prev
-                    pre = lin(inp[:, :n_prev], ws[i][lo:hi, :n_prev], layer.bias[lo:hi])
-                    if cs[i] is not None:
-                        pre = pre + cs[i][:, lo:hi]
-                    if not self.residual:
-                        new = self._act_fresh(pre)
-                    else:
-                        new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
-                        acts[i] = _grown(acts[i], self.act(new))
-                    hs[i] = _grown(hs[i], new)
-                prev, n_prev = hs[i], hi
-            last = acts[-1] if self.residual else hs[-1]
+            ends = [((u[g - 1] if g else 0), u[g]) for u in self._unit_ends]
+            last, n_prev = self._grow(ws, cs, hs, acts, x_known, (start if self._n_in else 0), ends)
             dims = self._generation_index[start : start + size]
             w = w_out.index_select(0, dims)[:, :, :n_prev].reshape(size * p, n_prev)
             b = b_out.index_select(0, dims).reshape(-1)

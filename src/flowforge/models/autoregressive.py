@@ -166,14 +166,7 @@ def MAF(
         d,
         layers,
         lambda: Autoregressive(
-            d,
-            Affine(scale_bound),
-            widths(hidden),
-            cf,
-            order,
-            residual,
-            activation,
-            adjacency=adj,
+            d, Affine(scale_bound), widths(hidden), cf, order, residual, activation, adjacency=adj
         ),
         permutation,
         lu,
@@ -226,7 +219,7 @@ def IAF(
                 residual,
                 activation,
                 adjacency=adj,
-            )
+            )  # fmt: skip
         ),
         permutation,
         lu,
