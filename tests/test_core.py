@@ -486,7 +486,7 @@ def test_fork_rng_forks_every_cuda_device_in_use(monkeypatch):
 
 def test_a_label_given_as_context_gets_the_one_hot_hint():
     flow = ff.models.build("maf", features=2, context_features=10)
-    for labels in (torch.tensor([[3]]), torch.tensor([[3.0], [9.0]])):
+    for labels in (torch.tensor([[3]]), torch.tensor([[3.0], [9.0]]), torch.tensor([0, 1, 2])):
         with pytest.raises(ValueError, match=r"one_hot\(labels, 10\)"):
             flow.sample(1, labels)
     with pytest.raises(ValueError) as e:  # a value that is no label: the shape alone

@@ -354,7 +354,8 @@ def test_bad_input_is_one_clear_value_error():
         (lambda: dg.tarp(EXACT, theta, x[:3]), "pair up"),
         (lambda: dg.tarp_from_samples(theta, theta), "samples (L, N, *event)"),
         (lambda: dg.tarp_from_samples(torch.zeros(5, 19, 2), theta), "do not match theta"),
-        (lambda: dg.tarp_from_samples(torch.zeros(0, 20, 2), theta), "L >= 1"),
+        (lambda: dg.tarp_from_samples(torch.zeros(0, 20, 2), theta), "L >= 2"),
+        (lambda: dg.tarp_from_samples(torch.zeros(1, 20, 2), theta), "L >= 2"),
         (lambda: dg.tarp_from_samples(torch.full((5, 20, 2), math.nan), theta), "samples"),
         (lambda: dg.c2st(theta, x[:, :1]), "rows of one size"),
         (lambda: dg.c2st(theta, theta[:3]), "at least 5 rows in each set"),
@@ -476,3 +477,47 @@ def test_eval_calibration_refusals_are_one_line(conjugate_run, tmp_path, capsys)
         code, out, err = _cli(args, capsys)
         assert code == 1 and message in err and err.count("\n") == 1, (args, err)
         assert out == ""
+
+
+def test_c2st_separates_small_sets_too():
+    # scikit-learn's early stopping took one step per epoch on under 200 rows and stopped at
+    # chance: 0.5 for sets 10 standard deviations apart
+    pytest.importorskip("sklearn")
+    g = torch.Generator().manual_seed(0)
+    for n in (30, 100):
+        a, b = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g) + 3
+        res = dg.c2st(a, b)
+        assert res.accuracy > 0.9 and res.p_value < 1e-6, (n, res)
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        dg.c2st(a, b, seed=2**33)
+
+
+def test_tarp_from_samples_is_unbiased_with_few_pairs():
+    # the first draw set the references and the scale and was counted too: the mean of f was
+    # 0.545 for an exact posterior at N = 2 (0.5 calibrated)
+    g = torch.Generator().manual_seed(0)
+    fs = []
+    for r in range(600):
+        theta = torch.randn(2, 2, generator=g)
+        x = theta + torch.randn(2, 2, generator=g)
+        draws = x / 2 + math.sqrt(0.5) * torch.randn(20, 2, 2, generator=g)
+        fs.append(dg.tarp_from_samples(draws, theta, seed=r).f)
+    mean = float(torch.cat(fs).mean())
+    assert abs(mean - 0.5) < 0.025, mean  # (standard error about 0.008)
+
+
+def test_the_uniformity_tests_refuse_what_they_cannot_test():
+    # (they gave NaN, an IndexError or a truncated float)
+    r = torch.tensor([0, 1, 2, 3])
+    for call, message in (
+        (lambda: dg.chi2_uniform_pvalue(r, num_samples=3, bins=10), r"bins .* \[2, 4\]"),
+        (lambda: dg.chi2_uniform_pvalue(r, num_samples=3, bins=1), r"bins .* \[2, 4\]"),
+        (lambda: dg.chi2_uniform_pvalue(torch.tensor([0, 1, 5]), 3, 2), r"each in \[0, 3\]"),
+        (lambda: dg.chi2_uniform_pvalue(torch.tensor([], dtype=torch.long), 3, 2), "at least"),
+        (lambda: dg.chi2_uniform_pvalue(torch.tensor([0.5, 1.7]), 3, 2), "integer ranks"),
+        (lambda: dg.ks_uniform_pvalue(torch.tensor([math.nan, 0.5])), r"each in \[0, 1\]"),
+        (lambda: dg.ks_uniform_pvalue(torch.tensor([])), "at least one"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert 0 <= dg.chi2_uniform_pvalue(r, 3, 2) <= 1

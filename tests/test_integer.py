@@ -489,3 +489,17 @@ def test_the_same_model_in_another_dtype_is_named_as_such():
         codec.decode(copy.deepcopy(f).double(), data)
     with pytest.raises(codec.CodecError, match="rows of different lengths"):
         codec.encode(f, [[1, 2, 3, 4], [1, 2]])
+
+
+def test_an_idf_built_in_memory_keeps_the_model_hash_of_its_earlier_partitions_default():
+    """IDF's partitions default became None (min(4, features)) where it was 4: a .ffz coded by
+    an IDF(features=8) built in memory before still names this model (its hash is among the
+    earlier ones the coder accepts)."""
+    from flowforge import codec
+    from flowforge.models.registry import earlier_configs
+
+    flow = ff.models.build("idf", features=8, levels=16, hidden=[16])
+    assert flow.config["kwargs"]["partitions"] is None
+    old = {**flow.config, "kwargs": {**flow.config["kwargs"], "partitions": 4}}
+    assert old in earlier_configs(flow.config)
+    assert codec._hash(old, flow) in codec._earlier_hashes(flow)

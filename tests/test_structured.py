@@ -452,3 +452,29 @@ def test_a_fresh_models_earlier_configuration_is_what_the_builder_recorded_befor
     assert earlier_configs(chosen)[0]["kwargs"]["permutation"] == "random"
     graph = ff.models.MAF(features=3, layers=1, hidden=(4,), adjacency=torch.zeros(3, 3)).config
     assert earlier_configs(graph) == []
+
+
+def test_a_base_that_couples_the_dimensions_is_refused_with_an_adjacency():
+    # a MADE mixture base (natural order) or a full mixture undid the structure silently
+    adj = torch.zeros(3, 3)
+    for base in ("made-mog", {"name": "mixture", "components": 2}):
+        with pytest.raises(ValueError, match="couples the dimensions"):
+            ff.models.MAF(features=3, adjacency=adj, base=base)
+    ff.models.MAF(features=3, adjacency=adj, base="diag")  # (one Gaussian per dimension)
+    with pytest.raises(ValueError, match="unknown permutation 'bogus'"):  # (not "mixing")
+        ff.models.MAF(features=3, adjacency=adj, permutation="bogus")
+
+
+def test_numpy_lists_and_odd_dtypes_as_adjacency():
+    import numpy as np
+
+    from flowforge.nets import check_adjacency, generations
+
+    flow = ff.models.build("maf", features=3, layers=1, adjacency=np.eye(3, k=-1))
+    assert flow.config["kwargs"]["adjacency"] == np.eye(3, k=-1).tolist()  # (JSON, as lists)
+    assert generations([[0, 0], [1, 0]]) == [[0], [1]]
+    with pytest.raises(ValueError, match="0/1 or booleans, got dtype torch.complex64"):
+        check_adjacency(torch.zeros(2, 2, dtype=torch.complex64), 2)
+    with pytest.raises(ValueError) as e:  # (the value on one line, cut short)
+        ff.models.build("maf", features=3, hidden=torch.ones(50, 50))
+    assert "\n" not in str(e.value) and "..." in str(e.value)

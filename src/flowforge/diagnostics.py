@@ -24,12 +24,15 @@ times per ``x_i``:
 Every diagnostic samples in chunks of at most ``batch_size`` flow evaluations (memory is
 bounded whatever ``N`` and ``L``), runs without gradients with the flow in eval mode (its mode
 is restored), and is repeatable: ``seed`` seeds a forked random stream (the caller's stream is
-left as it was); ``seed=None`` draws from the global stream.
+left as it was), and the same ``seed`` and ``batch_size`` give the same numbers (another
+``batch_size`` draws the same number of samples in other chunks, so other samples);
+``seed=None`` draws from the global stream.
 
-Ranks with ties broken at random. Every rank statistic here counts the draws *strictly* below
-the true value and adds a uniform jitter before it is tested: ``u = (r + U) / (L + 1)`` with
-``U ~ Uniform(0, 1)`` is exactly ``Uniform(0, 1)`` for a calibrated posterior, whatever ``L``,
-so the p-values and curves carry no ``O(1/L)`` bias.
+Ranks. Every rank statistic here counts the draws *strictly* below the true value and adds a
+uniform jitter before it is tested: ``u = (r + U) / (L + 1)`` with ``U ~ Uniform(0, 1)`` is
+exactly ``Uniform(0, 1)`` for a calibrated posterior with continuous draws, whatever ``L``, so
+the p-values and curves carry no ``O(1/L)`` bias. Draws tied with the true value (which
+continuous draws almost never are) count as not below it.
 """
 
 from __future__ import annotations
@@ -80,8 +83,16 @@ def chi2_uniform_pvalue(ranks: Tensor, num_samples: int, bins: int) -> float:
         >>> ff.diagnostics.chi2_uniform_pvalue(r, num_samples=9, bins=5)
         1.0
     """
+    ranks = torch.as_tensor(ranks)
+    if ranks.is_floating_point() and not bool((ranks == ranks.round()).all()):
+        raise ValueError("expected integer ranks (counts of draws below the truth)")
     ranks = ranks.reshape(-1).long().cpu()
-    n, values = ranks.numel(), num_samples + 1
+    L = _positive_int(num_samples, "num_samples")
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or not 2 <= bins <= L + 1:
+        raise ValueError(f"expected bins to be an integer in [2, {L + 1}] (L + 1), got {bins!r}")
+    if not ranks.numel() or int(ranks.min()) < 0 or int(ranks.max()) > L:
+        raise ValueError(f"expected at least one rank, each in [0, {L}] (L = num_samples)")
+    n, values = ranks.numel(), L + 1
     edges = torch.div(torch.arange(values) * bins, values, rounding_mode="floor")  # value -> bin
     observed = torch.bincount(edges[ranks], minlength=bins).double()
     expected = n * torch.bincount(edges, minlength=bins).double() / values
@@ -102,6 +113,9 @@ def ks_uniform_pvalue(u: Tensor) -> float:
         >>> ff.diagnostics.ks_uniform_pvalue(u) > 0.99
         True
     """
+    u = torch.as_tensor(u)
+    if not u.numel() or not bool(((u >= 0) & (u <= 1)).all()):
+        raise ValueError("expected at least one value, each in [0, 1] (no NaN)")
     try:
         from scipy.stats import kstest
     except ImportError:
@@ -415,7 +429,10 @@ def _pairs(flow, theta, x) -> tuple[Tensor, Tensor]:
     _finite(theta, "theta")
     _finite(x, "x")
     anchor = flow.base._anchor
-    return theta.to(anchor.device, anchor.dtype), x.to(anchor.device, anchor.dtype)
+    theta, x = theta.to(anchor.device, anchor.dtype), x.to(anchor.device, anchor.dtype)
+    for t, what in ((theta, "theta"), (x, "x")):  # (finite in float64, beyond the flow's dtype)
+        _finite(t, f"{what} in the flow's dtype {anchor.dtype}")
+    return theta, x
 
 
 def _seed(seed) -> int | None:
@@ -768,7 +785,10 @@ def tarp_from_samples(
             (the layout of ``flow.sample(L, x)``).
         theta: ``(N, *event)`` the true parameters.
         references: ``(N, *event)``; default uniform over the box of the first draw of each
-            posterior.
+            posterior. The first draw of each pair sets that box and the distances' scale and
+            is not counted, so that nothing the references depend on is ranked against them
+            (counting it biased the curve upwards with few pairs: 0.545 instead of 0.5 for an
+            exact posterior at N = 2): ``L >= 2`` draws, ``L - 1`` of them ranked.
         levels: credibility levels (as :func:`hpd_coverage`).
         seed: seeds the references and the jitter.
 
@@ -790,8 +810,11 @@ def tarp_from_samples(
             f"(L, {', '.join(map(str, theta.shape))})"
         )
     L, n = samples.shape[0], theta.shape[0]
-    if L < 1:
-        raise ValueError("expected at least one draw per pair (L >= 1), got 0")
+    if L < 2:
+        raise ValueError(
+            f"expected at least 2 draws per pair (L >= 2: the first sets the references' box and "
+            f"the scale, the others are ranked), got {L}"
+        )
     if n < 2:
         raise ValueError(f"expected at least 2 pairs, got {n}")
     _finite(theta, "theta")
@@ -810,8 +833,11 @@ def tarp_from_samples(
         references = references.reshape(n, -1)
     refs, scale = _tarp_refs(s[0], n, references, g)
     d_true = ((theta - refs) / scale).square().sum(-1)
-    closer = (((s - refs) / scale).square().sum(-1) < d_true).sum(0)
-    return _tarp_result(_jitter(closer, L, g), lv, L)
+    closer = (((s[1:] - refs) / scale).square().sum(-1) < d_true).sum(0)
+    return _tarp_result(_jitter(closer, L - 1, g), lv, L - 1)
+
+
+C2ST_EARLY_STOP_ROWS = 1000  # training rows per fold from which c2st's MLP stops early
 
 
 def c2st(a, b, *, folds: int = 5, seed: int = 0, hidden=(64, 64), max_iter: int = 1000):
@@ -830,7 +856,10 @@ def c2st(a, b, *, folds: int = 5, seed: int = 0, hidden=(64, 64), max_iter: int 
         folds: cross-validation folds, >= 2 (each set needs at least ``folds`` rows).
         seed: seeds the folds' shuffling and the classifier.
         hidden: the MLP's hidden widths.
-        max_iter: the MLP's iteration limit (it stops early on a held-out tenth).
+        max_iter: the MLP's iteration limit. With at least :data:`C2ST_EARLY_STOP_ROWS`
+            training rows per fold it stops early on a held-out tenth; with fewer it trains to
+            convergence (on small sets scikit-learn's early stopping, one batch per epoch, stops
+            before the classifier has learnt anything and reports chance for any two sets).
 
     Raises:
         ValueError: rows of different sizes, NaN or inf, too few rows for the folds.
@@ -852,8 +881,8 @@ def c2st(a, b, *, folds: int = 5, seed: int = 0, hidden=(64, 64), max_iter: int 
             f"a and b must have rows of one size: got {a.shape[1]} and {b.shape[1]} values per row"
         )
     folds = _positive_int(folds, "folds", 2)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"expected seed to be an integer >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"expected seed to be an integer in [0, 2**32), got {seed!r}")
     max_iter = _positive_int(max_iter, "max_iter")
     if min(a.shape[0], b.shape[0]) < folds:
         raise ValueError(
@@ -879,8 +908,9 @@ def c2st(a, b, *, folds: int = 5, seed: int = 0, hidden=(64, 64), max_iter: int 
         MLPClassifier(
             hidden_layer_sizes=tuple(int(h) for h in hidden),
             max_iter=max_iter,
-            early_stopping=True,
-            random_state=seed,
+            # (each fold trains on (folds - 1) / folds of the rows)
+            early_stopping=(a.shape[0] + b.shape[0]) * (folds - 1) // folds >= C2ST_EARLY_STOP_ROWS,
+            random_state=int(seed),
         ),
     )
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

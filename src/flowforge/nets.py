@@ -381,7 +381,9 @@ def check_adjacency(adjacency, features: int) -> Tensor:
     if a.shape[0] != features:
         raise ValueError(f"adjacency is {a.shape[0]} x {a.shape[1]} but features={features}")
     if a.dtype != torch.bool:
-        if a.is_complex() or not ((a == 0) | (a == 1)).all():
+        if a.is_complex():
+            raise ValueError(f"adjacency entries must be 0/1 or booleans, got dtype {a.dtype}")
+        if not ((a == 0) | (a == 1)).all():
             bad = (~((a == 0) | (a == 1))).nonzero()[0].tolist()
             raise ValueError(
                 f"adjacency entries must be 0/1 or booleans, got {a[tuple(bad)].item()!r} at {bad}"
@@ -398,10 +400,11 @@ def check_adjacency(adjacency, features: int) -> Tensor:
     return a.clone()
 
 
-def generations(adjacency: Tensor) -> list[list[int]]:
+def generations(adjacency) -> list[list[int]]:
     """The dimensions of a DAG by generation: first those without parents, then those whose
-    parents are all in earlier generations, and so on; ``ValueError`` naming a cycle."""
-    a = adjacency.bool().cpu()
+    parents are all in earlier generations, and so on; ``ValueError`` naming a cycle.
+    ``adjacency``: a square 0/1 matrix (tensor, array or nested lists)."""
+    a = torch.as_tensor(adjacency).bool().cpu()
     d = a.shape[0]
     parents = [set(a[i].nonzero().flatten().tolist()) for i in range(d)]
     known: set[int] = set()
@@ -564,9 +567,10 @@ class MADE(nn.Module):
             if w < sets:
                 raise ValueError(
                     f"hidden layer {k} of the MADE has {w} units, fewer than {sets}, the distinct "
-                    f"parent sets of the adjacency{note}: "
-                    f"give every hidden layer at least {sets} units, or some dimension could "
-                    "not read all its parents"
+                    f"parent sets of the adjacency{note}: give every hidden layer at least "
+                    f"{sets} units (hidden=, e.g. hidden=[{2 * sets}] * 2; each output "
+                    "reads about width / sets units), or some dimension could not read all its "
+                    "parents"
                 )
 
     def _build_masks(self) -> None:
@@ -802,5 +806,9 @@ class MADE(nn.Module):
             f"hidden={self.hidden}, residual={self.residual}"
         )
         if self.adjacency is not None:
-            s += f", adjacency: {int(self.adjacency.sum())} edges, {self.steps} generations"
+            sets = len(_receptive_sets(self.adjacency, self.context_features > 0))
+            s += (
+                f", adjacency: {int(self.adjacency.sum())} edges, {self.steps} generations, "
+                f"{sets} parent sets sharing the width"
+            )
         return s

@@ -52,8 +52,13 @@ __all__ = ["MAF", "IAF", "NSF"]
 AdjacencyArg = Sequence[Sequence[float | bool]] | torch.Tensor | None
 
 
+# bases whose density factorises over the dimensions (one Gaussian per dimension, given the
+# context): the only ones that keep a structured flow's graph
+_FACTORISED_BASES = ("normal", "diag", "class-gaussian")
+
+
 def _structure(
-    adjacency, d: int, permutation: str | None, lu: bool, order="natural"
+    adjacency, d: int, permutation: str | None, lu: bool, order="natural", base="normal"
 ) -> tuple[torch.Tensor | None, str | None]:
     """The checked adjacency (None: none) and the permutation between layers it allows."""
     if adjacency is None:
@@ -63,7 +68,15 @@ def _structure(
         "every layer uses the same graph, and mixing the dimensions between layers would "
         "break its structure"
     )
+    name = base.get("name") if isinstance(base, dict) else base
+    if name not in _FACTORISED_BASES:
+        raise ValueError(
+            f"base={name!r} with an adjacency: that base couples the dimensions (a mixture over "
+            f"all of them), which would undo the graph's structure; use one of "
+            f"{list(_FACTORISED_BASES)}"
+        )
     if permutation not in ("auto", None, "none"):
+        mixer(permutation, d)  # (an unknown name is said as such first)
         raise ValueError(
             f"permutation={permutation!r} with an adjacency: {why}; leave permutation unset "
             "(no mixing with an adjacency)"
@@ -157,7 +170,7 @@ def MAF(
     """
     (d,) = event_shape(features, None)
     cf = data.context_features
-    adj, permutation = _structure(adjacency, d, permutation, lu, order)
+    adj, permutation = _structure(adjacency, d, permutation, lu, order, data.base)
     order = None if adj is not None else order
     residual = hidden is None if residual is None else residual
     hidden = ((128, 128, 128) if residual else (128, 128)) if hidden is None else hidden
@@ -204,7 +217,7 @@ def IAF(
     """
     (d,) = event_shape(features, None)
     cf = data.context_features
-    adj, permutation = _structure(adjacency, d, permutation, lu, order)
+    adj, permutation = _structure(adjacency, d, permutation, lu, order, data.base)
     order = None if adj is not None else order
     chain = _autoregressive_stack(
         d,
@@ -279,7 +292,7 @@ def NSF(
             "adjacency= needs NSF(autoregressive=True): a coupling splits the dimensions in "
             "halves and cannot follow a graph"
         )
-    adj, permutation = _structure(adjacency, d, permutation, lu)
+    adj, permutation = _structure(adjacency, d, permutation, lu, base=data.base)
 
     def spline():
         return RationalQuadratic(bins, bound)

@@ -21,6 +21,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .._util import suggest, unknown
@@ -53,6 +54,11 @@ LEGACY = {
 CHANGED_WITH = {
     "adjacency": {b: {"permutation": ("auto", "reverse")} for b in ("maf", "iaf", "nsf")},
 }
+
+# Defaults that changed without an argument being added, per builder: the value recorded
+# since and the value recorded before for the same model (the IDF's partitions: 4 before,
+# None since, which is min(4, features), the same model wherever 4 was valid).
+CHANGED_DEFAULTS = {"idf": {"partitions": (None, 4)}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +164,12 @@ def _list_hint(v, hint) -> str:
     return f": give a list, [{', '.join(map(str, numbers))}] (in brackets, also on a command line)"
 
 
+def _short(v, most: int = 80) -> str:
+    """``repr(v)`` on one line, cut to ``most`` characters (a tensor or array spans many)."""
+    r = " ".join(repr(v).split())
+    return r if len(r) <= most else r[: most - 3] + "..."
+
+
 def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
     """``ValueError`` naming the first argument whose value does not fit its annotation."""
     hints = spec.build.__annotations_resolved__
@@ -165,7 +177,8 @@ def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
         hint = hints.get(k, inspect.Parameter.empty)
         if not _type_ok(v, hint):
             raise ValueError(
-                f"{spec.name}: argument {k}={v!r} has the wrong type; expected {_describe(hint)}"
+                f"{spec.name}: argument {k}={_short(v)} has the wrong type; expected "
+                f"{_describe(hint)}"
                 f"{_list_hint(v, hint)}"
             )
 
@@ -227,7 +240,11 @@ def register(
                     hint = f"; {name} takes vectors: features=D (flatten images first)"
                 raise TypeError(f"{name}(): {e}{hint}") from None
             bound.apply_defaults()
-            arguments = dict(bound.arguments)
+            # (a numpy array where a list is expected, e.g. an adjacency: as its nested lists)
+            arguments = {
+                k: v.tolist() if isinstance(v, np.ndarray) else v
+                for k, v in bound.arguments.items()
+            }
             check_arguments(_SPECS[name.lower()], arguments)
             own = {k: v for k, v in arguments.items() if k not in data_fields}
             if takes_data:
@@ -297,7 +314,8 @@ def earlier_configs(config) -> list[dict]:
     """The configurations earlier versions recorded for a model built now with ``config``
     (``flow.config``), newest first: without each argument added since (at its :data:`LEGACY`
     value; a model that sets one otherwise had no earlier form), the defaults changed with it
-    (:data:`CHANGED_WITH`) at their earlier values."""
+    (:data:`CHANGED_WITH`) at their earlier values; and each of those with the defaults changed
+    on their own (:data:`CHANGED_DEFAULTS`) at their earlier values."""
     if not isinstance(config, dict) or not isinstance(config.get("kwargs"), dict):
         return []
     name = str(config.get("model", "")).lower()
@@ -312,4 +330,9 @@ def earlier_configs(config) -> list[dict]:
             if kwargs.get(arg) == now:
                 kwargs[arg] = before
         out.append({**config, "kwargs": dict(kwargs)})
+    changed = CHANGED_DEFAULTS.get(name, {})
+    for c in [config, *out]:
+        was = {a: before for a, (now, before) in changed.items() if c["kwargs"].get(a) == now}
+        if was:
+            out.append({**c, "kwargs": {**c["kwargs"], **was}})
     return out
