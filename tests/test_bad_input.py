@@ -43,6 +43,21 @@ def test_a_npy_header_cannot_claim_more_than_the_file_holds(tmp_path):
         read_examples(str(tmp_path / "bad.npz"))
 
 
+def test_a_npy_header_length_is_checked_before_numpy_reads_it(tmp_path):
+    # a version-2 header may claim 4 GiB, which numpy read in full before its own limit (a
+    # sparse 4.4 GB file took 8.6 GB of memory); a broken header is one line too
+    huge = tmp_path / "huge.npy"
+    with open(huge, "wb") as f:
+        f.write(b"\x93NUMPY\x02\x00" + (2**32 - 1).to_bytes(4, "little") + b"{")
+        f.truncate(1 << 20)
+    with pytest.raises(DataError, match=r"its header claims 4,294,967,295 bytes"):
+        read_examples(str(huge))
+    broken = tmp_path / "broken.npy"
+    broken.write_bytes(b"\x93NUMPY\x01\x00" + (10).to_bytes(2, "little") + b"{nonsense}")
+    with pytest.raises(DataError, match="not a readable .npy file"):
+        read_examples(str(broken))
+
+
 def test_tables_keep_their_values_and_arrays_of_the_run_shape_are_read(tmp_path):
     a = np.zeros((2, 4))
     a[0, 0] = 2.00000001  # float32 would round this to 2.0

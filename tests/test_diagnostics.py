@@ -431,10 +431,15 @@ def test_eval_calibration_of_a_trained_posterior(conjugate_run, capsys):
     code, out, err = _cli(["eval", run, "--split", "val", "--calibration"], capsys)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[1] == "calibration on val (rows, 100 draws each, seed 0):"
+    assert lines[1] == "calibration on val (all 300 rows, 100 draws each, seed 0):"
     assert lines[2].startswith("  SBC: 300 pairs, L=100, 2 dims") and "consistent" in lines[2]
     assert lines[3].startswith("  HPD coverage:") and lines[3].endswith(": calibrated")
     assert lines[4].startswith("  TARP: 300 pairs")
+    code, out, err = _cli(["eval", run, "--split", "val", "--calibration",
+                           "--calibration-pairs", "10"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "calibration on val (10 of its 300 rows" in out
+    assert "note: 10 pairs are too few for these tests to tell much" in out
     more = ["--calibration-samples", "40", "--calibration-pairs", "120"]
     code, out, err = _cli(["eval", run, "--split", "val", "--calibration", "--json", *more], capsys)
     assert code == 0, err

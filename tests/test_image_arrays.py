@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cli_support import cli, one_line_error
 from flowforge.workbench.data import DataError, load_dataset
@@ -80,3 +81,32 @@ def test_the_cli_refuses_a_channels_last_array_in_one_line(tmp_path, capsys):
     one_line_error(*cli(capsys, "train", "--data", path, "--out", tmp_path / "r",
                         *TINY_GLOW)[::2], "channels last?")  # fmt: skip
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_of_fewer_bits_says_how_to_give_it_an_8_bit_array(tmp_path, capsys):
+    # an array is taken as the model's levels (what decompress writes); 8-bit values for a
+    # run trained with data.bits=4 failed in the dequantizer's words, with no way out
+    path = tmp_path / "img.npy"
+    np.save(path, _images())
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", path, "--layout", "image", "--out", run,
+                     "--set", "data.bits=4", *TINY_GLOW)  # fmt: skip
+    assert rc == 0, err
+    for command in (["eval", run, "--data", path],
+                    ["compress", run, "--data", path, "--out", tmp_path / "c.ffz"]):  # fmt: skip
+        rc, _, err = cli(capsys, *command)
+        one_line_error(rc, err, "keeps the top 4 bits", "give a >> 4")
+    np.save(tmp_path / "four.npy", _images() >> 4)  # the model's levels: scored
+    rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "four.npy")
+    assert rc == 0 and "bits/dim" in out, err
+
+
+def test_boolean_and_fortran_order_arrays(tmp_path):
+    np.save(tmp_path / "b.npy", _images() > 127)
+    with pytest.raises(DataError, match="binary images\\? give data.levels=2"):
+        load_dataset(str(tmp_path / "b.npy"))
+    assert load_dataset(str(tmp_path / "b.npy"), levels=2).levels == 2
+    np.save(tmp_path / "f.npy", np.asfortranarray(_images()))  # (trained differently before)
+    np.save(tmp_path / "c.npy", _images())
+    f, c = load_dataset(str(tmp_path / "f.npy")), load_dataset(str(tmp_path / "c.npy"))
+    assert f.train.is_contiguous() and torch.equal(f.train, c.train)

@@ -208,3 +208,20 @@ def test_spike_labels_are_shared_by_a_panels_curves(tmp_path):
     at = sorted(t.xy[0] for t in ax.texts)
     assert 1 <= len(at) <= 3 and all(b - a > 0.1 * 59 for a, b in zip(at, at[1:])), at
     plt.close(fig)
+
+
+def test_limits_of_finite_but_huge_values_are_finite():
+    # +-1.7e308 in a damaged history: the spread overflowed and matplotlib refused the limits
+    lo, hi = R.robust_limits([1.7e308, -1.7e308, 1.0, 2.0], [1e308, 3.0])
+    assert math.isfinite(lo) and math.isfinite(hi) and lo < hi
+
+
+def test_a_history_of_huge_values_is_drawn(tmp_path):
+    import warnings
+
+    metrics = [{"type": "epoch", "epoch": e, "step": 10 * e, "train_loss": v, "val_nll": -v}
+               for e, v in enumerate([1.7e308, 2.0, 1.5, 1.2], 1)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (an overflow inside matplotlib's limits)
+        R._curves(metrics, tmp_path / "curves.png", False)
+    assert (tmp_path / "curves.png").is_file()

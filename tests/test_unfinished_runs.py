@@ -142,11 +142,17 @@ def test_a_damaged_checkpoint_or_lock_says_nothing(run):
     ckpt.rmdir()
     ckpt.write_bytes(good)
     here = socket.gethostname()
-    odd = [{"pid": "x", "host": 1}, {"pid": 0, "host": here}, {"pid": -1, "host": here}]
+    odd = [{"pid": "x", "host": 1}, {"pid": 0, "host": here}, {"pid": -1, "host": here},
+           {"pid": True, "host": here}]  # (True asked after pid 1: "still training")  # fmt: skip
     for lock in ("", "{", "[]", *map(json.dumps, odd), json.dumps({"pid": 2**80, "host": here})):
         (run / ".lock").write_text(lock)
         assert (
             RUNS.run_status(run)["state"] == "interrupted"
         )  # the lock is not ours: the checkpoint
+    (run / ".lock").write_text(json.dumps({"pid": 1234, "host": "elsewhere"}))
+    status = RUNS.run_status(run)  # another machine's lock: said as the lock's word
+    assert status["state"] == "training" and status["host"] == "elsewhere"
+    assert "lock says it is training on host 'elsewhere'" in RUNS.describe_run_status(status, run)
+    (run / ".lock").unlink()
     (run / "config.json").write_text("{")
     assert RUNS.run_status(run) is None

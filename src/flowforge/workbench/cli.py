@@ -63,13 +63,13 @@ def _device_name(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected {e}, got {text!r}") from None
 
 
-def _device_option(parser, verb: str) -> None:
+def _device_option(parser, verb: str, same: str) -> None:
     parser.add_argument(
         "--device",
         type=_device_name,
         default="cpu",
         help=f"where the model {verb}: cpu (default), cuda, cuda:N, or auto (a GPU if there is "
-        "one); the figures come back the same up to the last digits",
+        f"one); {same}",
     )
 
 
@@ -959,7 +959,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="with --calibration: at most this many rows of the split, a seeded random subset "
         "(default 1000)",
     )
-    _device_option(s, "scores")
+    _device_option(
+        s,
+        "scores",
+        "the figures agree up to the last digits (and the dequantization noise, "
+        "drawn on the device)",
+    )
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", parents=[common], help="draw samples from a run's model")
@@ -1007,7 +1012,12 @@ def make_parser() -> argparse.ArgumentParser:
         type=float,
         help="continuous flows: an adaptive solver's rtol = atol, in [1e-12, 1)",
     )
-    _device_option(s, "samples")
+    _device_option(
+        s,
+        "samples",
+        "a GPU draws from its own random stream: other samples than the CPU's for "
+        "the same --seed, from the same model",
+    )
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")

@@ -23,7 +23,7 @@ from .. import bitsback, codec
 from .._util import fork_rng
 from ..core import Flow
 from ..io import atomic_write
-from .data import DATASETS, load_dataset, read_table
+from .data import DATASETS, check_levels, load_dataset, read_table
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
 from .runs import load_run, run_config
@@ -147,6 +147,9 @@ def _examples(
                 f"of {c} channel{'s' if c > 1 else ''}, {math.prod(want)} values each"
             )
         raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
+    if not named:  # (8-bit pixels for a run of fewer bits: said with the shift to give)
+        bits = int(cfg["data"]["options"].get("bits", 8))
+        check_levels(x, cfg["resolved"].get("levels"), bits, str(name))
     return x.reshape(-1, *want), name
 
 

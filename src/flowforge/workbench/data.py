@@ -992,6 +992,9 @@ def _number(s: str) -> float:
     return float(s)
 
 
+NPY_HEADER_MAX = 1 << 16  # bytes of a .npy header (numpy's own default limit is 10,000)
+
+
 def _check_npy_header(f, size: int, where: str) -> None:
     """Refuse a ``.npy`` stream whose header promises more bytes than ``size`` holds, before
     numpy allocates what the header claims (a 200-byte file can claim terabytes)."""
@@ -999,12 +1002,27 @@ def _check_npy_header(f, size: int, where: str) -> None:
         version = np.lib.format.read_magic(f)
     except (ValueError, EOFError):  # not a .npy stream: np.load says what it is
         return
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    else:  # numpy's own reader refuses other versions with its message
+    if version not in ((1, 0), (2, 0)):  # numpy's own reader refuses them with its message
         return
+    # the header's length, read here: numpy reads every byte it claims (up to 4 GiB) before
+    # its own limit on the header's size applies
+    start = f.tell()
+    raw = f.read(2 if version == (1, 0) else 4)
+    length = int.from_bytes(raw, "little") if len(raw) in (2, 4) else -1
+    if not 0 < length <= NPY_HEADER_MAX:
+        raise DataError(
+            f"{where}: not a readable .npy file (its header claims {max(length, 0):,} bytes; a "
+            f".npy header holds at most {NPY_HEADER_MAX:,})"
+        )
+    f.seek(start)
+    try:
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, EOFError, SyntaxError) as e:
+        why = " ".join(str(e).split())[:120]
+        raise DataError(f"{where}: not a readable .npy file ({why})") from None
     need = math.prod(shape) * dtype.itemsize
     if need > size:
         raise DataError(
@@ -1086,6 +1104,29 @@ def _shape_hint(a: np.ndarray) -> str:
     return ""
 
 
+def check_levels(x, levels: int | None, bits: int, where: str) -> None:
+    """``DataError`` when discrete data of another file lie outside the run's ``levels``, saying
+    what to give: a folder of images is read at the run's ``bits``, an array is taken as it is
+    (what ``flowforge decompress`` writes), so 8-bit values for a run of fewer bits are one
+    shift away (``a >> (8 - bits)``)."""
+    if levels is None or not len(x):
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= levels - 1:
+        return
+    hint = ""
+    if bits < 8 and hi <= 255 and levels == 2**bits:
+        hint = (
+            f": this run keeps the top {bits} bits of 8-bit pixels ({levels} levels), and an "
+            f"array is taken as the model's levels, as flowforge decompress writes them: give "
+            f"a >> {8 - bits}, or the images as a folder"
+        )
+    raise DataError(
+        f"{where} has values in [{lo:g}, {hi:g}]; this run models {levels} levels, values in "
+        f"[0, {levels - 1}]{hint}"
+    )
+
+
 def _image_array(
     a: np.ndarray, path: Path, seed: int, bits, levels, val_fraction, test_fraction, shuffle
 ) -> Dataset:
@@ -1105,6 +1146,11 @@ def _image_array(
             f"{where} holds images of dtype {a.dtype}; expected integer pixel values (uint8, "
             "0-255, or integers in [0, levels - 1] with data.levels): scale and round them, "
             "or flatten to a table, a.reshape(len(a), -1)"
+        )
+    if a.dtype == bool and levels is None:
+        raise DataError(
+            f"{where} holds booleans: binary images? give data.levels=2 (then False/True are "
+            "the levels 0 and 1); without it they would be 8-bit pixel values 0 and 1"
         )
     lo, hi = int(a.min()), int(a.max())
     if levels is not None:
@@ -1136,7 +1182,8 @@ def _image_array(
     del a
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
     parts = [x[i] for i in (tr, va, te)]
-    t = [torch.from_numpy(p.astype(np.float32)) for p in parts]
+    # (C order, whatever the file's: a Fortran-order array trained differently)
+    t = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
     notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
     return Dataset(
         where, *t, shape=tuple(x.shape[1:]), levels=int(levels), kind="image",
@@ -1876,7 +1923,8 @@ def _image_folder(
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
     parts = [x] if len(tr) == len(x) and not shuffle else [x[i] for i in (tr, va, te)]
     parts += [x[:0]] * (3 - len(parts))  # (unsplit and in order: no copy)
-    t = [torch.from_numpy(p.astype(np.float32)) for p in parts]
+    # (C order, whatever the file's: a Fortran-order array trained differently)
+    t = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
     notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
     if nested:
         notes.insert(0, f"the images in subfolders {inner} of {path} are not read")

@@ -23,6 +23,7 @@ from .build import check_manifold_data, column_words
 from .data import (
     check_bounds,
     check_integers,
+    check_levels,
     column_context,
     label_context,
     read_examples,
@@ -156,7 +157,7 @@ def evaluate_run(
             )
         x = x.reshape(-1, *want)
         split = str(data)
-        _check_file(x, r, str(data))
+        _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     else:
         ds = dataset if dataset is not None else run_dataset(cfg)
@@ -282,6 +283,7 @@ def evaluate_run(
     return out
 
 
+CALIBRATION_FEW = 50  # pairs below which eval --calibration says its verdicts are weak
 MAX_CALIBRATION_DRAWS = 10_000  # posterior draws per pair that --calibration-samples allows
 
 
@@ -385,9 +387,20 @@ def calibrate_run(
 
 def describe_calibration(c: dict) -> list[str]:
     """The lines ``eval --calibration`` prints for :func:`calibrate_run`'s result."""
-    rows = f"{c['pairs']:,} of its {c['rows']:,} rows" if c["pairs"] < c["rows"] else "rows"
+    rows = (
+        f"{c['pairs']:,} of its {c['rows']:,} rows"
+        if c["pairs"] < c["rows"]
+        else f"all {c['rows']:,} rows"
+    )
+    few = []
+    if c["pairs"] < CALIBRATION_FEW:  # (a verdict from a handful of pairs is mostly noise)
+        few = [
+            f"  note: {c['pairs']} pairs are too few for these tests to tell much (a few hundred "
+            "are usual); their verdicts are weak either way"
+        ]
     return [
         f"calibration on {c['split']} ({rows}, {c['samples']} draws each, seed {c['seed']}):",
+        *few,
         "  " + c["sbc"]["summary"],
         "  " + c["coverage"]["summary"],
         "  " + c["tarp"]["summary"],
@@ -440,8 +453,10 @@ def histogram_baseline(train, x, levels: int, per_example: bool = False):
     return lp if per_example else float(-lp.mean())
 
 
-def _check_file(x, r: dict, where: str) -> None:
-    """Another file's rows against the run's integer columns and bounds (one line each)."""
+def _check_file(x, r: dict, where: str, bits: int = 8) -> None:
+    """Another file's rows against the run's levels, integer columns and bounds (one line
+    each)."""
+    check_levels(x, r.get("levels"), bits, where)
     if r.get("integers"):
         check_integers({"": x.numpy()}, r["integers"], r.get("columns"), where)
     if r.get("bounds"):

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +292,9 @@ def spike_mask(curve, gap: float) -> np.ndarray:
     return out
 
 
+PLOT_MAX = 1e100  # the largest magnitude a curve's value is drawn at (a damaged history's)
+
+
 def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
     """y-limits that keep curves readable through spikes. A spike is a value, or a short run of
     them, more than ``factor`` spreads above the values before it (:func:`spike_mask`, each
@@ -299,7 +303,8 @@ def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
     other value, a falling start and a validation curve above the training one included;
     spikes lie above the upper limit and are drawn at the top edge."""
     finite = [[x for x in c if x is not None and math.isfinite(x)] for c in curves]
-    finite = [np.asarray(c, dtype=np.float64) for c in finite if c]
+    # (values beyond +-PLOT_MAX count as that: their spreads would overflow in the plotting)
+    finite = [np.clip(np.asarray(c, dtype=np.float64), -PLOT_MAX, PLOT_MAX) for c in finite if c]
     if not finite:
         return 0.0, 1.0
     v = np.concatenate(finite)
@@ -317,7 +322,7 @@ def _plot_clipped(ax, x, y, top: float, annotate: bool = True, **kw) -> np.ndarr
     a panel of several curves labels their spikes together instead."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     over = ~(y <= top)  # NaN and inf count as spikes too
-    ax.plot(x, np.where(over, np.nan, y), **kw)
+    ax.plot(x, np.where(over | (y < -PLOT_MAX), np.nan, y), **kw)  # (below: off every chart)
     if over.any():
         ax.plot(x[over], np.full(over.sum(), top), "v", color="red", ms=6, clip_on=False)
         if annotate:
@@ -685,7 +690,9 @@ def table_figures(
         if k == 0:
             ax.legend(fontsize=7)
     more = f" (first {len(shown)} of {d} columns)" if d > len(shown) else ""
-    fig.suptitle(f"marginals: {side} vs {len(samples):,} model samples{more}", fontsize=10)
+    title = f"marginals: {side} vs {len(samples):,} model samples{more}"
+    # (wrapped to the figure: one column's is 3.2 inches wide, and the title was cut off)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(15 * 3.2 * cols))), fontsize=10)
     _savefig(fig, figdir / "marginals.png")
     figs.append((f"Per-column marginals: {side} vs samples", "report/marginals.png"))
     if d >= 2:

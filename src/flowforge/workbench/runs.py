@@ -384,7 +384,8 @@ def _lock_record(path: Path) -> dict | None:
         info = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    ok = isinstance(info, dict) and isinstance(info.get("pid"), int) and "host" in info
+    pid = info.get("pid") if isinstance(info, dict) else None
+    ok = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and "host" in info
     return info if ok else None
 
 
@@ -525,18 +526,27 @@ def run_status(run: str | os.PathLike, cfg: dict | None = None) -> dict | None:
     if done > epochs or (not training and (counters["finished"] or done == epochs)):
         return None  # (finished, early-stopped, or counters that fit no run of this config)
     state = "training" if training else "interrupted"
-    return {
+    out = {
         "state": state,
         "epoch": min(done + 1, epochs),
         "epochs": epochs,
         "finished_epochs": done,
     }
+    if training and lock.get("host") != socket.gethostname():  # (its process cannot be asked)
+        out["host"] = str(lock.get("host"))[:100]
+    return out
 
 
 def describe_run_status(status: dict, run) -> str:
     """One sentence for :func:`run_status`'s record."""
     k, n, done = status["epoch"], status["epochs"], status["finished_epochs"]
     finished = f"{done} epoch{'s' if done != 1 else ''} finished"  # (interrupted)
+    if status["state"] == "training" and "host" in status:
+        return (
+            f"this run's lock says it is training on host {status['host']!r} ({done} of {n} "
+            "epochs finished so far), which cannot be checked from here; its scores are of the "
+            "best model so far"
+        )
     if status["state"] == "training":
         return (
             f"this run is still training ({done} of {n} epochs finished so far); its scores are "
