@@ -110,3 +110,9 @@ def test_boolean_and_fortran_order_arrays(tmp_path):
     np.save(tmp_path / "c.npy", _images())
     f, c = load_dataset(str(tmp_path / "f.npy")), load_dataset(str(tmp_path / "c.npy"))
     assert f.train.is_contiguous() and torch.equal(f.train, c.train)
+
+
+def test_a_mistyped_option_of_an_array_file_suggests_bits(tmp_path):
+    np.save(tmp_path / "i.npy", _images())
+    with pytest.raises(DataError, match="did you mean bits"):
+        load_dataset(str(tmp_path / "i.npy"), bitz=3)

@@ -1657,7 +1657,8 @@ def _table(
     """A table file, or images as one array ``(N, C, H, W)`` (:func:`_image_array`, which
     takes ``bits``); ``targets``: the ``--target-columns`` of a conditional run (checked
     against ``bounds`` and ``integers`` before any value is)."""
-    _no_options(str(path), options, _TABLE_OPTIONS)  # (bits: for an array of images)
+    array = path.suffix.lower() != ".csv"  # (may hold images, which take bits)
+    _no_options(str(path), options, _TABLE_OPTIONS + (("bits",) if array else ()))
     _check_header_option(header, path)
     if levels is not None and standardize:
         raise DataError(
