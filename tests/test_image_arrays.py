@@ -116,3 +116,10 @@ def test_a_mistyped_option_of_an_array_file_suggests_bits(tmp_path):
     np.save(tmp_path / "i.npy", _images())
     with pytest.raises(DataError, match="did you mean bits"):
         load_dataset(str(tmp_path / "i.npy"), bitz=3)
+
+
+def test_an_npz_of_one_image_array_is_images(tmp_path):
+    # (the message said "or an .npz of one" and refused it)
+    np.savez(tmp_path / "i.npz", x=_images())
+    ds = load_dataset(str(tmp_path / "i.npz"))
+    assert ds.kind == "image" and ds.shape == (1, 8, 8) and ds.levels == 256

@@ -1700,6 +1700,8 @@ def _table(
                 if missing:
                     raise DataError(f"{path} has 'train' but no {sorted(missing)} array")
                 arrays = {k: _as_table(raw[k], f"{path}[{k!r}]") for k in ("train", "val", "test")}
+            elif len(raw) == 1 and next(iter(raw.values())).ndim == 4:  # an .npz of images
+                raw = next(iter(raw.values()))
             elif len(raw) == 1:
                 (k,) = raw
                 arrays = {"data": _as_table(raw[k], f"{path}[{k!r}]")}
@@ -1707,7 +1709,7 @@ def _table(
                 raise DataError(
                     f"{path} holds arrays {sorted(raw)}; expected one array, or train/val/test"
                 )
-        elif raw.ndim == 4:  # images (examples, channels, height, width)
+        if not isinstance(raw, dict) and raw.ndim == 4:  # images (examples, C, H, W)
             table_only = {"standardize": standardize, "header": header, "bounds": bounds,
                           "integers": integers}  # fmt: skip
             given = [k for k, v in table_only.items() if v is not None]
@@ -1719,7 +1721,7 @@ def _table(
                     "test_fraction, shuffle)"
                 )
             return _image_array(raw, path, seed, bits, levels, val_fraction, test_fraction, shuffle)
-        else:
+        elif not isinstance(raw, dict):
             arrays = {"data": _as_table(raw, str(path))}
         del raw  # (the file's array, when its dtype needed converting)
     if bits is not None:
