@@ -963,7 +963,11 @@ def test_a_mistyped_data_option_is_named_with_its_close_match_and_the_valid_ones
           "bounds, integers, whiten")),
         (("moons", "--set", "data.ntrain=100"),
          ("unknown data option 'ntrain'; did you mean n_train?", "takes n_train, n_val, n_test")),
-        (("digits", "--set", "data.bits=3"), ("unknown data option 'bits'", "takes no options")),
+        (("digits", "--set", "data.bits=3"),
+         ("data option 'bits' does not apply to dataset 'digits'", "takes no options")),
+        # another kind's option: said as such (it suggested n_test for integers)
+        (("moons", "--set", "data.integers=[1]"),
+         ("data option 'integers' does not apply to dataset 'moons'", "n_train, n_val, n_test")),
     ):  # fmt: skip
         rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", *args, "--out",
                          tmp_path / "r")  # fmt: skip
@@ -977,6 +981,8 @@ def test_mistyped_train_keys_and_unbracketed_lists_get_suggestions(tmp_path, cap
         ("learning_rate=0.1", ("unknown config key 'learning_rate'; did you mean train.lr?",)),
         ("train.learning_rate=0.1", ("unknown train option 'learning_rate'; did you mean lr?",)),
         ("train.epoc=3", ("unknown train option 'epoc'; did you mean epochs?",)),
+        ("LR=0.1", ("unknown config key 'LR'; did you mean train.lr?",)),  # (upper case: none)
+        ("train.Epoch=3", ("unknown train option 'Epoch'; did you mean epochs?",)),
         ("model.hidden=64,64", ("hidden='64,64' has the wrong type", "give a list, [64, 64]")),
         ("model.hidden=(64,64)", ("give a list, [64, 64]",)),
     ):

@@ -84,10 +84,11 @@ def train_key_hint(key: str, prefix: str = "") -> str:
     uses, or a close match), each name given with ``prefix`` (``"train."`` for a top-level
     key); ``""`` if none is close."""
     key = str(key)
-    name = key if key in DEFAULT_TRAIN else TRAIN_ALIASES.get(key.lower())
+    name = next((k for k in (key, key.lower()) if k in DEFAULT_TRAIN), None)  # (LR: lr)
+    name = name or TRAIN_ALIASES.get(key.lower())
     if name is not None:
         return f"; did you mean {prefix}{name}?"
-    close = suggest(key, DEFAULT_TRAIN, 1, 0.6)
+    close = suggest(key.lower(), DEFAULT_TRAIN, 1, 0.6)
     return close.replace("did you mean ", f"did you mean {prefix}") if close else ""
 
 

@@ -239,6 +239,9 @@ def _no_options(name: str, options: dict, valid=()) -> None:
     if options:
         bad = sorted(options)[0]
         kind = Path(name).name if Path(name).suffix or os.sep in name else name
+        if bad in (*_TOY_OPTIONS, *_TABLE_OPTIONS, *_IMAGE_OPTIONS):  # another kind's option
+            takes = f"it takes {', '.join(valid)}" if valid else "it takes no options"
+            raise DataError(f"data option {bad!r} does not apply to dataset {kind!r} ({takes})")
         if not valid:
             raise DataError(f"unknown data option {bad!r}: dataset {kind!r} takes no options")
         raise DataError(
