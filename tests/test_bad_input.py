@@ -52,6 +52,18 @@ def test_a_npy_header_length_is_checked_before_numpy_reads_it(tmp_path):
         f.truncate(1 << 20)
     with pytest.raises(DataError, match=r"its header claims 4,294,967,295 bytes"):
         read_examples(str(huge))
+    v3 = tmp_path / "v3.npy"  # (version 3 reads as 2 does: it was let through unchecked)
+    with open(v3, "wb") as f:
+        f.write(b"\x93NUMPY\x03\x00" + (600 * 2**20).to_bytes(4, "little") + b"{")
+        f.truncate(1 << 20)
+    with pytest.raises(DataError, match=r"its header claims 629,145,600 bytes"):
+        read_examples(str(v3))
+    with open(tmp_path / "ok3.npy", "wb") as f:
+        np.lib.format.write_array(f, np.arange(6.0).reshape(3, 2), version=(3, 0))
+    assert read_examples(str(tmp_path / "ok3.npy")).shape == (3, 2)
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY\x02\x00\x05")
+    with pytest.raises(DataError, match="ends inside its header"):
+        read_examples(str(tmp_path / "cut.npy"))
     broken = tmp_path / "broken.npy"
     broken.write_bytes(b"\x93NUMPY\x01\x00" + (10).to_bytes(2, "little") + b"{nonsense}")
     with pytest.raises(DataError, match="not a readable .npy file"):

@@ -486,9 +486,15 @@ def test_fork_rng_forks_every_cuda_device_in_use(monkeypatch):
 
 def test_a_label_given_as_context_gets_the_one_hot_hint():
     flow = ff.models.build("maf", features=2, context_features=10)
-    for labels in (torch.tensor([[3]]), torch.tensor([[3.0], [9.0]]), torch.tensor([0, 1, 2])):
+    for labels in (torch.tensor([[3]]), torch.tensor([[3.0], [9.0]])):
         with pytest.raises(ValueError, match=r"one_hot\(labels, 10\)"):
             flow.sample(1, labels)
+    with pytest.raises(ValueError, match=r"one_hot\(labels, 10\)"):  # (1-d labels)
+        flow.log_prob(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
+    one_hot = torch.nn.functional.one_hot(torch.arange(4), 12).float()  # (already one-hot)
+    with pytest.raises(ValueError) as e:
+        flow.log_prob(torch.zeros(4, 2), one_hot)
+    assert "one_hot" not in str(e.value)
     with pytest.raises(ValueError) as e:  # a value that is no label: the shape alone
         flow.sample(1, torch.tensor([[0.5]]))
     assert "one_hot" not in str(e.value) and "expected context of shape" in str(e.value)

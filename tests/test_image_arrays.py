@@ -96,6 +96,10 @@ def test_a_run_of_fewer_bits_says_how_to_give_it_an_8_bit_array(tmp_path, capsys
                     ["compress", run, "--data", path, "--out", tmp_path / "c.ffz"]):  # fmt: skip
         rc, _, err = cli(capsys, *command)
         one_line_error(rc, err, "keeps the top 4 bits", "give a >> 4")
+    off = tmp_path / "off.npy"  # (not 8-bit pixels: no shift to advise)
+    np.save(off, (_images() >> 4).astype(np.float64) + 0.5)
+    rc, _, err = cli(capsys, "eval", run, "--data", off)
+    assert rc == 1 and "values in [0.5, 15.5]" in err and ">>" not in err, err
     np.save(tmp_path / "four.npy", _images() >> 4)  # the model's levels: scored
     rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "four.npy")
     assert rc == 0 and "bits/dim" in out, err

@@ -214,6 +214,9 @@ def test_limits_of_finite_but_huge_values_are_finite():
     # +-1.7e308 in a damaged history: the spread overflowed and matplotlib refused the limits
     lo, hi = R.robust_limits([1.7e308, -1.7e308, 1.0, 2.0], [1e308, 3.0])
     assert math.isfinite(lo) and math.isfinite(hi) and lo < hi
+    # a value far below is left out, not a floor that flattens the curve onto 0
+    lo, hi = R.robust_limits([-1e200, 1.0, 2.0, 3.0])
+    assert 0.5 < lo < 1.0 and 3.0 < hi < 3.5
 
 
 def test_a_history_of_huge_values_is_drawn(tmp_path):

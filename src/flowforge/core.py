@@ -887,7 +887,8 @@ class Flow(nn.Module):
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
             hint = ""
-            if c > 1 and context.shape[-1:] != (c,) and _labels(context, c):
+            one_column = context.dim() == 1 or context.shape[-1] == 1
+            if c > 1 and one_column and context.numel() and _labels(context, c):
                 hint = (
                     f" (class labels? a label-conditional flow takes one-hot rows: "
                     f"torch.nn.functional.one_hot(labels, {c}).float())"

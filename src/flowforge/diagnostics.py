@@ -787,8 +787,9 @@ def tarp_from_samples(
         references: ``(N, *event)``; default uniform over the box of the first draw of each
             posterior. The first draw of each pair sets that box and the distances' scale and
             is not counted, so that nothing the references depend on is ranked against them
-            (counting it biased the curve upwards with few pairs: 0.545 instead of 0.5 for an
-            exact posterior at N = 2): ``L >= 2`` draws, ``L - 1`` of them ranked.
+            (counting it biased the curve upwards with few pairs and draws: 0.586 instead of
+            0.5 for an exact posterior at N = 2, L = 3): ``L >= 2`` draws, ``L - 1`` of them
+            ranked.
         levels: credibility levels (as :func:`hpd_coverage`).
         seed: seeds the references and the jitter.
 

@@ -568,7 +568,7 @@ class MADE(nn.Module):
                 raise ValueError(
                     f"hidden layer {k} of the MADE has {w} units, fewer than {sets}, the distinct "
                     f"parent sets of the adjacency{note}: give every hidden layer at least "
-                    f"{sets} units (hidden=, e.g. hidden=[{2 * sets}] * 2; each output "
+                    f"{sets} units (e.g. hidden=[{2 * sets}, {2 * sets}]; each output "
                     "reads about width / sets units), or some dimension could not read all its "
                     "parents"
                 )

@@ -995,7 +995,7 @@ def _number(s: str) -> float:
     return float(s)
 
 
-NPY_HEADER_MAX = 1 << 16  # bytes of a .npy header (numpy's own default limit is 10,000)
+NPY_HEADER_MAX = 10_000  # bytes of a .npy header: numpy's own limit (np.load's default)
 
 
 def _check_npy_header(f, size: int, where: str) -> None:
@@ -1005,23 +1005,26 @@ def _check_npy_header(f, size: int, where: str) -> None:
         version = np.lib.format.read_magic(f)
     except (ValueError, EOFError):  # not a .npy stream: np.load says what it is
         return
-    if version not in ((1, 0), (2, 0)):  # numpy's own reader refuses them with its message
+    if version not in ((1, 0), (2, 0), (3, 0)):  # numpy's reader refuses the others itself
         return
     # the header's length, read here: numpy reads every byte it claims (up to 4 GiB) before
     # its own limit on the header's size applies
     start = f.tell()
-    raw = f.read(2 if version == (1, 0) else 4)
-    length = int.from_bytes(raw, "little") if len(raw) in (2, 4) else -1
+    field = 2 if version == (1, 0) else 4
+    raw = f.read(field)
+    if len(raw) < field:
+        raise DataError(f"{where}: not a readable .npy file (it ends inside its header)")
+    length = int.from_bytes(raw, "little")
     if not 0 < length <= NPY_HEADER_MAX:
         raise DataError(
-            f"{where}: not a readable .npy file (its header claims {max(length, 0):,} bytes; a "
-            f".npy header holds at most {NPY_HEADER_MAX:,})"
+            f"{where}: not a readable .npy file (its header claims {length:,} bytes; numpy "
+            f"reads headers of at most {NPY_HEADER_MAX:,})"
         )
     f.seek(start)
     try:
         if version == (1, 0):
             shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
+        else:  # (version 3 is version 2 with a UTF-8 header)
             shape, _, dtype = np.lib.format.read_array_header_2_0(f)
     except (ValueError, EOFError, SyntaxError) as e:
         why = " ".join(str(e).split())[:120]
@@ -1114,11 +1117,15 @@ def check_levels(x, levels: int | None, bits: int, where: str) -> None:
     shift away (``a >> (8 - bits)``)."""
     if levels is None or not len(x):
         return
+    x = torch.as_tensor(x)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise DataError(f"{where} holds NaN or inf; this run models {levels} levels")
     lo, hi = float(x.min()), float(x.max())
     if lo >= 0 and hi <= levels - 1:
         return
     hint = ""
-    if bits < 8 and hi <= 255 and levels == 2**bits:
+    whole = not x.is_floating_point() or bool((x == x.round()).all())
+    if bits < 8 and whole and hi <= 255 and levels == 2**bits:
         hint = (
             f": this run keeps the top {bits} bits of 8-bit pixels ({levels} levels), and an "
             f"array is taken as the model's levels, as flowforge decompress writes them: give "

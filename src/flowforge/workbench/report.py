@@ -303,8 +303,11 @@ def robust_limits(*curves, factor: float = 10.0) -> tuple[float, float]:
     other value, a falling start and a validation curve above the training one included;
     spikes lie above the upper limit and are drawn at the top edge."""
     finite = [[x for x in c if x is not None and math.isfinite(x)] for c in curves]
-    # (values beyond +-PLOT_MAX count as that: their spreads would overflow in the plotting)
-    finite = [np.clip(np.asarray(c, dtype=np.float64), -PLOT_MAX, PLOT_MAX) for c in finite if c]
+    # (values above PLOT_MAX count as that, and those below -PLOT_MAX, never drawn, not at all:
+    # their spreads would overflow in the plotting)
+    finite = [np.minimum(np.asarray([x for x in c if x >= -PLOT_MAX], dtype=np.float64),
+                         PLOT_MAX) for c in finite]  # fmt: skip
+    finite = [c for c in finite if len(c)]
     if not finite:
         return 0.0, 1.0
     v = np.concatenate(finite)
