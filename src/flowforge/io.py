@@ -33,7 +33,17 @@ from torch.utils._pytree import tree_flatten
 from ._util import all_finite
 from .core import Flow
 
-__all__ = ["save", "load", "atomic_write", "pack", "unpack", "Budget", "FORMAT", "MAX_BYTES"]
+__all__ = [
+    "save",
+    "load",
+    "atomic_write",
+    "pack",
+    "unpack",
+    "read_metadata",
+    "Budget",
+    "FORMAT",
+    "MAX_BYTES",
+]
 
 FORMAT = "flowforge/2"
 FORMATS = ("flowforge/1", FORMAT)
@@ -170,16 +180,11 @@ def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
         os.close(fd)
 
 
-def _header(data: bytes, path: Path) -> tuple[dict, dict]:
-    """``(flowforge metadata, {name: (dtype, shape)})`` from the safetensors header alone."""
-    if len(data) < 8:
-        raise ValueError("the file is shorter than a safetensors header")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(_MAX_HEADER, len(data) - 8):
-        raise ValueError(f"the header claims {n:,} bytes, beyond the file or the limit")
+def _parse_header(raw: bytes) -> tuple[dict, dict]:
+    """``(flowforge metadata, the other entries)`` of a safetensors JSON header."""
     try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"the header is not JSON ({e})") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
@@ -188,10 +193,44 @@ def _header(data: bytes, path: Path) -> tuple[dict, dict]:
         raise ValueError("the header has no flowforge metadata")
     try:
         ours = json.loads(meta["flowforge"])
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"the flowforge metadata is not JSON ({e})") from None
     if not isinstance(ours, dict):
         raise ValueError("the flowforge metadata is not a JSON object")
+    return ours, header
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The flowforge metadata of a file written with :func:`pack`, from its header alone (at
+    most 16 MiB read, the tensors not at all); ``ValueError`` for anything else."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ValueError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < 8:
+            raise ValueError(f"{path} is not a flowforge file")
+        (n,) = struct.unpack("<Q", os.read(fd, 8).ljust(8, b"\0"))
+        if n > min(_MAX_HEADER, st.st_size - 8):
+            raise ValueError(f"{path}: the header claims {n:,} bytes, beyond the file or the limit")
+        raw = b""
+        while len(raw) < n and (chunk := os.read(fd, n - len(raw))):
+            raw += chunk
+    finally:
+        os.close(fd)
+    return _parse_header(raw)[0]
+
+
+def _header(data: bytes, path: Path) -> tuple[dict, dict]:
+    """``(flowforge metadata, {name: (dtype, shape)})`` from the safetensors header alone."""
+    if len(data) < 8:
+        raise ValueError("the file is shorter than a safetensors header")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(_MAX_HEADER, len(data) - 8):
+        raise ValueError(f"the header claims {n:,} bytes, beyond the file or the limit")
+    ours, header = _parse_header(data[8 : 8 + n])
     body = len(data) - 8 - n
     specs = {}
     for name, info in header.items():

@@ -28,8 +28,6 @@ import os
 import re
 import shlex
 import socket
-import stat
-import struct
 import tempfile
 from pathlib import Path
 
@@ -465,33 +463,14 @@ class RunLock:
         return False
 
 
-MAX_STATUS_HEADER = 16 * 2**20  # bytes of a checkpoint's header run_status reads at most
-
-
 def _checkpoint_counters(path: Path) -> dict | None:
     """``epoch`` and ``finished`` from a checkpoint's header (the tensors are not read), or
     None for a missing, unreadable or malformed one (a run folder is untrusted data)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < 8:
-            return None
-        (n,) = struct.unpack("<Q", os.read(fd, 8))
-        if not 2 <= n <= min(MAX_STATUS_HEADER, st.st_size - 8):
-            return None
-        raw = b""
-        while len(raw) < n and (chunk := os.read(fd, n - len(raw))):
-            raw += chunk
-        meta = json.loads(raw)["__metadata__"]["flowforge"]
-        meta = json.loads(meta)
+        meta = io.read_metadata(path)
         epoch, finished = meta["epoch"], meta["finished"]
-    except (OSError, ValueError, TypeError, KeyError, RecursionError, struct.error):
+    except (ValueError, KeyError):
         return None
-    finally:
-        os.close(fd)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         return None
     if finished not in (None, "finished", "early-stopped"):
