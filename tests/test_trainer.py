@@ -59,11 +59,17 @@ def test_lr_halves_after_stale_epochs():
                                    "tensorboard": False}, **QUIET)  # fmt: skip
     vals = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])  # improves, then stalls
     tr.objective.validate = lambda trainer, x, c: next(vals)
+    taken = []  # the rate each optimizer step used
+    tr.opt.register_step_pre_hook(lambda opt, a, k: taken.append(opt.param_groups[0]["lr"]))
     tr.fit()
     lrs = [r["lr"] for r in tr.history if r["type"] == "epoch"]
-    # stale epochs 3 and 4 -> halved after epoch 4; stale 5, 6 -> halved again after epoch 6
-    assert lrs[:4] == [1e-3] * 4 and math.isclose(lrs[4], 5e-4) and math.isclose(lrs[5], 5e-4)
-    assert tr.lr_factor == 0.25
+    # stale epochs 3 and 4 -> halved after epoch 4; stale 5, 6 -> halved again after epoch 6;
+    # each epoch's record says the rate the next step takes
+    assert lrs[:3] == [1e-3] * 3 and math.isclose(lrs[3], 5e-4) and math.isclose(lrs[4], 5e-4)
+    assert math.isclose(lrs[5], 2.5e-4) and tr.lr_factor == 0.25
+    per_epoch = len(taken) // 6
+    assert taken[: 4 * per_epoch] == [1e-3] * (4 * per_epoch)  # from epoch 5's first step on:
+    assert all(math.isclose(r, 5e-4) for r in taken[4 * per_epoch :])  # the halved rate
 
 
 @pytest.mark.parametrize(

@@ -1376,6 +1376,12 @@ class Trainer:
             self.lr_factor /= 2
             self.last_halved = self.epoch
             halved = True
+            # the scheduler set the next step's rate before the halving: set it again now, or
+            # the next epoch's first step would still take the old rate
+            rates = [base * self._lr_lambda(self.sched.last_epoch) for base in self.sched.base_lrs]
+            for group, lr in zip(self.opt.param_groups, rates):
+                group["lr"] = lr
+            self.sched._last_lr = rates
         train_loss = float(np.mean(losses)) if losses else float("nan")
         rec = {
             "type": "epoch",
