@@ -157,6 +157,20 @@ def test_flows_it_cannot_code_are_refused():
         bitsback.encode(flow, data(3), sigma_bits=20, y_bits=16)
 
 
+def test_many_levels_take_the_finest_latent_grid_the_coder_allows():
+    # default_z_bits grows with the levels (27 bits at 70,000), beyond what the coder takes
+    # (coarse_bits + 20): the default stops there, and a flow with more levels than the
+    # header's field holds is refused
+    torch.manual_seed(0)
+    flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=70_000).eval()
+    x = torch.randint(0, 70_000, (4, 3), generator=torch.Generator().manual_seed(2))
+    blob = bitsback.encode(flow, x)
+    assert bitsback.read_header(blob).z_bits == 26 and torch.equal(bitsback.decode(flow, blob), x)
+    huge = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=2**32 + 5).eval()
+    with pytest.raises(codec.CodecError, match="at most 2\\^32 - 1 levels"):
+        bitsback.encode(huge, x)
+
+
 def test_continuous_time_flows_are_refused_in_one_line():
     for flow in (
         ff.models.CNF(features=2, hidden=(8,), levels=5),

@@ -75,7 +75,7 @@ def _same_file(blob: bytes, stored: bytes, flow=None) -> bool:
     """Whether a file written now equals a stored one but for its environment key, which
     records the CPU kernels now (and so the header's CRC), and, given the ``flow``, for a model
     hash an earlier version wrote for it (a builder that gained an argument since records it
-    in a freshly built flow's configuration)."""
+    in a freshly built flow's configuration; a flow built by hand has its repr hashed since)."""
     a, b = codec.read_header(blob), codec.read_header(stored)
     if flow is not None and b.model_hash in codec._earlier_hashes(flow):
         assert a.model_hash == codec.model_hash(flow)
@@ -279,8 +279,8 @@ def test_flows_without_structure_fall_back_to_the_whole_flow_jacobian():
 
 
 def old_flow():
-    """The flow of ``tests/data/bitsback-v2``, built by hand (no builder configuration, so its
-    model hash depends on its weights alone)."""
+    """The flow of ``tests/data/bitsback-v2``, built by hand (no builder configuration: its
+    model hash is of its weights and its repr; the stored files hashed its weights alone)."""
     from flowforge.nets import MLP
     from flowforge.transforms import Affine, Coupling, Reverse, half_mask
 
@@ -333,7 +333,7 @@ def test_data_the_local_gaussian_cannot_code_is_escaped_not_refused(request):
     # in a layer's floating-point evaluation breaks every file written before it)
     stored = _stored(flow, "realnvp-escapes.ffz")
     if _here(request):
-        assert _same_file(blob, stored)
+        assert _same_file(blob, stored, flow)  # (written when its hash was of its weights)
         assert torch.equal(codec.decode(flow, stored), x)
 
 

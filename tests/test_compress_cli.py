@@ -113,3 +113,13 @@ def test_idf_with_defaults_on_a_table_of_three_columns(tmp_path, capsys):
                         "data.levels=16", "--out", tmp_path / "one")[::2],
                    "at least 2 features (columns), got 1")  # fmt: skip
     assert not (tmp_path / "one").exists()
+
+
+def test_compress_refuses_a_file_decompress_would_not_read(runs, tmp_path, capsys, monkeypatch):
+    import flowforge.workbench.compress as compress
+
+    monkeypatch.setattr(compress, "MAX_FILE_BYTES", 1000)  # (the real limit is 2 GiB)
+    out = tmp_path / "big.ffz"
+    one_line_error(*cli(capsys, "compress", runs / "idf", "--out", out, "--no-baselines")[::2],
+                   "more than the 1,000 that decompress reads", "in parts")  # fmt: skip
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))

@@ -215,6 +215,10 @@ def check_flow(flow) -> None:
             "levels= (a dequantizer); this one models continuous data"
         )
     codec._mixed(flow)
+    if deq.levels >= 2**32:  # the header's levels field
+        raise codec.CodecError(
+            f"bits-back coding codes at most 2^32 - 1 levels, got {deq.levels:,}"
+        )
     if type(deq) not in _DEQ:
         raise codec.CodecError(
             f"bits-back coding takes uniform or variational dequantization, got "
@@ -716,7 +720,8 @@ def default_z_bits(levels: int) -> int:
     of unit scale, so its derivatives shrink as the levels grow, and with them the widths
     ``sigma * |f'|`` of the Gaussians bits back are taken from; on a grid coarser than about a
     tenth of those widths the coder pays for the discretisation (an untrained Glow on 3x8x8
-    8-bit images: +4.5% over ``ideal_bits`` with 14 bits, +0.9% with 18)."""
+    8-bit images: +4.5% over ``ideal_bits`` with 14 bits, +0.9% with 18). :func:`encode` takes
+    at most ``coarse_bits + 20`` (26 with its defaults, reached at 69,633 levels)."""
     return 14 + max(0, math.ceil(math.log2(levels / 17)))
 
 
@@ -762,8 +767,8 @@ def encode_stats(
     ):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise codec.CodecError(f"expected {name} to be an integer in [{lo}, {hi}], got {v!r}")
-    if z_bits is None:
-        z_bits = default_z_bits(flow.dequantizer.levels)
+    if z_bits is None:  # (at most 20 bits finer than the coarse grid, as the coder allows)
+        z_bits = min(default_z_bits(flow.dequantizer.levels), coarse_bits + 20, 30)
     if not _params_ok(sigma_bits, y_bits, z_bits, coarse_bits, z_range):
         raise codec.CodecError(
             "bad bits-back parameters: need 1 <= sigma_bits < y_bits <= 22, sigma_bits < "
@@ -863,7 +868,8 @@ def encode(flow: Flow, x, **kwargs) -> bytes:
         threads: torch threads while coding (recorded; the decoder uses the same).
         sigma_bits: the local Gaussian's scale ``sigma = 2^-sigma_bits`` (in the data's units).
         y_bits: the dequantization grid ``2^-y_bits``; ``z_bits``: the latent grid
-            ``2^-z_bits`` (default: :func:`default_z_bits` of the levels); ``coarse_bits``,
+            ``2^-z_bits`` (default: :func:`default_z_bits` of the levels, at most
+            ``coarse_bits + 20``); ``coarse_bits``,
             ``z_range``: the base's table (cells of ``2^-coarse_bits`` on
             ``[-z_range, z_range)``, an escape outside).
         seed, init_words: the seeded initial stack.

@@ -187,9 +187,11 @@ def _constriction():
 # -- model identity ------------------------------------------------------------------------------
 
 
-def _hash(config, flow: torch.nn.Module) -> bytes:
+def _hash(config, flow: torch.nn.Module, settings: bool = True) -> bytes:
     h = hashlib.sha256()
     h.update(json.dumps(config, sort_keys=True).encode())
+    if config is None and settings:  # built by hand: its modules' settings (a coupling's center
+        h.update(repr(flow).encode())  # and scale, ...), which the state does not hold
     for name, t in sorted(flow.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -198,7 +200,8 @@ def _hash(config, flow: torch.nn.Module) -> bytes:
 
 
 def model_hash(flow: torch.nn.Module) -> bytes:
-    """16 bytes of SHA-256 over the flow's configuration and every tensor of its state. For a
+    """16 bytes of SHA-256 over the flow's configuration and every tensor of its state (a flow
+    built by hand, without a configuration: its ``repr``, which holds its modules' settings). For a
     flow loaded from a file, the configuration as that file holds it (``saved_config``), not as
     today's builder completes it, so that a builder gaining an argument later does not change
     the identity of a model saved before."""
@@ -210,10 +213,14 @@ def _earlier_hashes(flow: torch.nn.Module) -> list[bytes]:
     hashed its configuration as completed by the builder arguments added until then
     (``registry.LEGACY``, in the order they were added). A flow built here: the configuration
     their builders recorded for the same call (:func:`~flowforge.models.registry.earlier_configs`:
-    without the arguments added since, with the defaults changed since as they were)."""
+    without the arguments added since, with the defaults changed since as they were). A flow
+    built by hand (no configuration): its state alone, without its settings."""
     saved = getattr(flow, "saved_config", None)
     if saved is None:
-        return [_hash(c, flow) for c in registry.earlier_configs(getattr(flow, "config", None))]
+        config = getattr(flow, "config", None)
+        if config is None:
+            return [_hash(None, flow, settings=False)]
+        return [_hash(c, flow) for c in registry.earlier_configs(config)]
     if not isinstance(saved, dict) or not isinstance(saved.get("kwargs"), dict):
         return []
     try:
@@ -393,6 +400,8 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
     shape = tuple(flow.event_shape)
     if isinstance(x, Tensor):
         x = x.detach().cpu()
+        if x.layout != torch.strided:  # (sparse: numpy has no such array)
+            x = x.to_dense()
         if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32, torch.float64):
             x = x.float()  # bfloat16 and the float8s: numpy has none, float32 holds their values
         x = x.numpy()
@@ -505,10 +514,13 @@ def _quantized(w, loc, log_scale, lo, r: int) -> np.ndarray:
     return counts
 
 
-def ideal_bits(flow: IntegerFlow, x, chunk: int = 64, radius: int | None = None) -> float:
+def ideal_bits(flow: IntegerFlow, x, chunk: int | None = None, radius: int | None = None) -> float:
     """The code length in bits that the integer tables give ``x`` (what an ideal entropy coder
-    would write, header aside): the model's NLL plus the table rounding and window cost."""
+    would write, header aside): the model's NLL plus the table rounding and window cost.
+    ``chunk`` and ``radius`` as in :func:`encode` (the same defaults)."""
     _check_flow(flow)
+    if chunk is None:
+        chunk = default_chunk(flow.event_shape)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= MAX_CHUNK:
         raise CodecError(f"expected chunk to be an integer in [1, {MAX_CHUNK}], got {chunk!r}")
     xs = _as_integers(flow, x)

@@ -71,7 +71,7 @@ class IntegerAdditive(Transformer):
         return z - self._shift(params), torch.zeros_like(z)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale:g}"
+        return f"scale={self.scale!r}"
 
 
 class IntegerCoupling(Coupling):
@@ -116,6 +116,9 @@ class IntegerCoupling(Coupling):
 
     def _params(self, x_a: Tensor, context: Tensor | None, n_out: int) -> Tensor:
         return super()._params((x_a - self.center) / self.transformer.scale, context, n_out)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", center={self.center!r}"
 
 
 def _log_interval(z: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
@@ -245,4 +248,8 @@ class DiscretizedLogisticMixture(Distribution):
         return z.reshape(n, *self.event_shape)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", components={self.components}, blocks={self.blocks}"
+        return (
+            super().extra_repr()
+            + f", components={self.components}, blocks={self.blocks}, center={self.center!r}, "
+            f"spread={self.spread!r}"
+        )

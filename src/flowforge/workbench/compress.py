@@ -250,6 +250,12 @@ def compress_run(
         t_enc = time.perf_counter() - t0
     except codec.CodecError as e:
         raise DataError(f"{name}: {e}") from None
+    if len(blob) > MAX_FILE_BYTES:  # what decompress would refuse to read
+        raise WorkbenchError(
+            f"the compressed file would take {len(blob):,} bytes, more than the "
+            f"{MAX_FILE_BYTES:,} that decompress reads; compress the data in parts; nothing was "
+            "written"
+        )
     t0 = time.perf_counter()
     try:
         if bits_back:
