@@ -700,7 +700,7 @@ def test_eval_sets_a_discrete_model_beside_a_per_position_histogram(tmp_path, ca
 def test_a_run_whose_best_epoch_is_its_first_says_so(capsys):
     from flowforge.workbench.cli import _finish_train
 
-    result = {"status": "early-stopped", "best_val_nll": 2.5, "best_epoch": 1, "epochs": 21,
+    result = {"status": "early-stopped", "best_val": 2.5, "best_epoch": 1, "epochs": 21,
               "out": "runs/x", "objective": "nll"}  # fmt: skip
     assert _finish_train(result) == 0
     out = capsys.readouterr().out

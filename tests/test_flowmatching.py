@@ -223,6 +223,20 @@ def test_the_trainer_objective_by_name_object_and_callable():
         out = t.fit()
         assert out["status"] == "finished" and math.isfinite(out["best_val"])
         assert bool(flow.transform.layers[0].initialized)  # the ActNorm saw the data
+        # its loss is no likelihood: no NLL, no bits/dim in the summary
+        assert out["objective"].startswith("flow-matching") and out["best_val_nll"] is None
+        assert out["best_val_bpd"] is None
+    # the library's loss object is the flow-matching objective: its checks, fm_time_power
+    flow = ff.models.build("cnf", features=2, hidden=(8,))
+    t = Trainer(flow, x, x[:64], {**cfg, "fm_time_power": 2.0}, objective=M.FlowMatching(ot=True),
+                progress=False, echo=False)  # fmt: skip
+    assert t.objective.fm.ot and t.objective.fm.times == ("power", 0.0, 1.0, 2.0)
+    with pytest.raises(WorkbenchError, match="both set the path's times"):
+        Trainer(flow, x, x, {**cfg, "fm_time_power": 2.0}, progress=False,
+                objective=M.FlowMatching(times="logit-normal"))  # fmt: skip
+    with pytest.raises(WorkbenchError, match="no CNF"):
+        Trainer(ff.models.RealNVP(features=2, layers=2, hidden=(8,)), x, x,
+                cfg, objective=M.FlowMatching(), progress=False)  # fmt: skip
     with pytest.raises(WorkbenchError, match="no CNF"):
         Trainer(ff.models.RealNVP(features=2, layers=2, hidden=(8,)), x, x,
                 cfg, objective="flow-matching", progress=False)  # fmt: skip
@@ -509,3 +523,32 @@ def test_eval_refuses_the_importance_weighted_bound_over_hutchinson_estimates(tm
     rc = main(["eval", str(run), "--samples", "2", "--iw", "--trace", "hutchinson"])
     one_line_error(rc, capsys.readouterr().err, "--iw needs each draw's log-density exactly",
                    "use --trace exact")  # fmt: skip
+
+
+def test_log_likelihood_checks_discrete_values_as_given_and_counts_nfe_per_solve():
+    torch.manual_seed(0)
+    flow = ff.models.build("cnf", features=2, hidden=(8,), levels=17)
+    M.FlowMatching()(flow, torch.randint(0, 17, (64, 2)).float())  # (the ActNorm's start)
+    bad = torch.tensor([[16.0000001, 3.0]], dtype=torch.float64)  # float32 rounds it to 16
+    with pytest.raises(ValueError, match=r"expected discrete data in \[0, 16\]"):
+        M.FlowMatching()(flow, bad.repeat(4, 1))
+    flow.eval()
+    with pytest.raises(ValueError, match=r"expected discrete data in \[0, 16\]"):
+        M.log_likelihood(flow, bad)
+    # two CNF blocks, 4 rk4 steps each: 16 evaluations per solve, not their sum
+    two = ff.models.FFJORD(features=2, blocks=2, hidden=(8,))
+    two.log_prob(torch.randn(64, 2))
+    r = M.log_likelihood(two.eval(), torch.randn(5, 2), method="rk4", steps=4)
+    assert r.nfe == 16 and "NFE 16 per solve" in r.describe()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fixed_grid_of_n_steps_takes_n_steps(dtype):
+    # torchdiffeq counts the grid's steps in the state's dtype, where 61 * (1 / 61) can round
+    # past the end and add a step of nearly zero length (61 rk4 steps took 248 evaluations)
+    flow = gaussian_flow().to(dtype)
+    for method, per, n in (("rk4", 4, 61), ("euler", 1, 61), ("euler", 1, 49), ("euler", 1, 109)):
+        M.sample(flow, 3, method=method, steps=n)
+        assert M.nfe(flow) == per * n, (method, n)
+        r = M.log_likelihood(flow, torch.randn(3, 2, dtype=dtype), method=method, steps=n)
+        assert r.nfe == per * n and r.steps == n

@@ -120,6 +120,22 @@ def test_builder_builds_the_embedding_and_default_is_unchanged():
     assert torch.isfinite(emb.log_prob(x)).all()
 
 
+def test_a_time_embedded_cnf_samples_and_inverts_with_the_adaptive_solver():
+    # dopri5's stages step a little past t = 0 on the way back, where log(t + eps) was NaN:
+    # every step was rejected until the step size underflowed
+    from flowforge.matching import sample
+
+    torch.manual_seed(0)
+    flow = ff.models.build("cnf", features=2, hidden=(8,), time_frequencies=2)
+    x = sample(flow, 5)
+    assert x.shape == (5, 2) and torch.isfinite(x).all()
+    flow.log_prob(torch.randn(64, 2))  # (the standardisation's statistics, then fixed)
+    flow = flow.double().eval()
+    z = torch.randn(5, 2, dtype=torch.float64)
+    back = flow.transform(flow.transform.inverse(z)[0])[0]
+    torch.testing.assert_close(back, z, rtol=0, atol=2e-3)  # (log(t + eps) is stiff near 0)
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [

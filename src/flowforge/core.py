@@ -866,6 +866,18 @@ class Flow(nn.Module):
         context = self._check_context(context, batch)
         return x, context, batch
 
+    def _check_as_given(self, given: Tensor, x: Tensor) -> None:
+        """A dequantizer's check of the values as given, before :meth:`_prepare` narrowed them
+        to the flow's dtype (a cast to float32 rounds 16.0000001 onto the grid)."""
+        if (
+            self.dequantizer is not None
+            and isinstance(given, Tensor)
+            and given.is_floating_point()
+            and torch.finfo(given.dtype).bits > torch.finfo(x.dtype).bits
+            and self._validating(x)
+        ):
+            self.dequantizer.check(given.reshape(-1, *self.event_shape))
+
     def _check_context(self, context: Tensor | None, batch: tuple) -> Tensor | None:
         c = self.context_features
         if c == 0:
@@ -908,14 +920,7 @@ class Flow(nn.Module):
         x, context, batch = self._prepare(x, context)
         if not x.shape[0]:  # an empty batch: no layer needs to see it
             return x.new_zeros(batch)
-        if (
-            self.dequantizer is not None
-            and given.is_floating_point()
-            and torch.finfo(given.dtype).bits > torch.finfo(x.dtype).bits
-            and self._validating(x)
-        ):
-            # the values as given: a narrowing cast could round 16.0000001 onto the grid
-            self.dequantizer.check(given.reshape(-1, *self.event_shape))
+        self._check_as_given(given, x)
         log_q = 0.0
         with self._checks():
             if self.dequantizer is not None:

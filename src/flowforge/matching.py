@@ -316,11 +316,13 @@ def flow_matching_loss(
         raise ValueError(f"unknown flow-matching path {path!r}; expected one of {PATHS}")
     _time_options(times, time_loc, time_scale, time_power)
     before, cnf = split_flow(flow)
+    given = x
     x, context, _ = flow._prepare(x, context)
     if not x.shape[0]:  # before a data-initialised layer (ActNorm) sees it
         raise ValueError(
             f"flow matching needs a batch of at least one example, got x of shape {tuple(x.shape)}"
         )
+    flow._check_as_given(given, x)
     if ot and context is not None:
         raise ValueError(
             "mini-batch OT pairing mixes examples of different contexts; use ot=False for a "
@@ -450,7 +452,8 @@ class Likelihood:
     """What :func:`log_likelihood` measured.
 
     ``log_prob``: per example (a bound on the discrete log-likelihood with a dequantizer);
-    ``nfe``: dynamics evaluations per solve (mean over batches and draws); ``samples``: the
+    ``nfe``: dynamics evaluations per solve (mean over a flow's CNF blocks, the batches and
+    the draws); ``samples``: the
     dequantization samples ``K`` of the importance-weighted bound (1 for continuous data);
     ``steps``: the grid a fixed-step solver took (None for an adaptive one, whose ``rtol`` and
     ``atol`` apply instead).
@@ -541,11 +544,13 @@ def log_likelihood(
     ):
         raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
     batch_size = int(batch_size)
+    given = x
     x, context, batch = flow._prepare(x, context)
     if not x.shape[0]:
         raise ValueError(
             f"log_likelihood needs at least one example, got x of shape {tuple(x.shape)}"
         )
+    flow._check_as_given(given, x)
     was = flow.training
     counts: list[int] = []
     t0 = time.perf_counter()
@@ -568,7 +573,7 @@ def log_likelihood(
                 draws = []
                 for _ in range(samples):
                     draws.append(finite_log_prob(flow, xb, cb, i))
-                    counts.append(nfe(flow))
+                    counts.append(nfe(flow) / len(_cnfs(flow)))  # (per block's solve)
                 lp = torch.stack(draws)
                 out.append(torch.logsumexp(lp, 0) - math.log(samples) if samples > 1 else lp[0])
         finally:

@@ -118,8 +118,8 @@ class TimeEmbeddingNet(nn.Module):
         if self.frequencies:
             arg = t * self.scales.to(like)
             parts += [torch.sin(arg), torch.cos(arg)]
-        if self.eps:
-            parts.append(torch.log(t + self.eps))
+        if self.eps:  # (an adaptive solver's stages may step a little past t = 0)
+            parts.append(torch.log(t.clamp_min(0) + self.eps))
         return torch.cat(parts, 1) if parts else t[:, :0]
 
     def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:

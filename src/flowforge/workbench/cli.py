@@ -295,7 +295,7 @@ def _finish_train(result: dict) -> int:
             )
         return 130
     if rank == 0:
-        best = result["best_val_nll"]
+        best = result["best_val"]
         what = result.get("objective", "nll")
         if what == "nll":
             msg = f"{result['status']}: best val NLL {best:.4f} nats/example"

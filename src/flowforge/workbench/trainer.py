@@ -236,6 +236,11 @@ class FlowMatchingObjective(Objective):
         """A copy drawing the path's times as ``s = u ** power`` (``train.fm_time_power``:
         more of them near the data for ``power > 1``)."""
         out, f = copy.copy(self), self.fm
+        if f.times[0] != "uniform":
+            raise WorkbenchError(
+                f"train.fm_time_power = {power:g} and the objective's own times ({f!r}) both "
+                "set the path's times; keep one"
+            )
         out.fm = type(f)(f.path, f.ot, f.sigma, times="power", time_power=power)
         return out
 
@@ -287,6 +292,12 @@ def make_objective(spec) -> Objective:
                 f"unknown objective {spec!r}; expected one of {sorted(_OBJECTIVES)}"
             )
         return _OBJECTIVES[spec]()
+    from ..matching import FlowMatching
+
+    if isinstance(spec, FlowMatching):  # the library's loss: the flow-matching objective (its
+        out = FlowMatchingObjective(spec.path, spec.ot, spec.sigma)  # checks, fm_time_power)
+        out.fm = spec
+        return out
     if callable(spec):
         return Loss(spec)
     raise WorkbenchError(f"expected an objective name or callable, got {type(spec).__name__}")
@@ -1174,15 +1185,16 @@ class Trainer:
             bar.close()
             if self._tb is not None:
                 self._tb.close()
+        nll = self.objective.name == "nll"  # (another objective's loss is no likelihood)
         return {
             "status": status,
             "epochs": self.epoch,
             "steps": self.global_step,
-            "best_val": self.best,
-            "best_val_nll": self.best,
+            "best_val": self.best,  # the objective's validation value (an NLL for "nll")
+            "best_val_nll": self.best if nll else None,
             "objective": self.objective.name,
             "best_epoch": self.best_epoch + 1,
-            "best_val_bpd": self._bpd(self.best) if math.isfinite(self.best) else None,
+            "best_val_bpd": self._bpd(self.best) if nll and math.isfinite(self.best) else None,
             "skipped_steps": self.skipped,
             "warnings": list(self.warnings),
             "already_ended": already,
@@ -1263,7 +1275,7 @@ class Trainer:
                         )
             bar.update(1)
             post = {"epoch": self.epoch + 1, "loss": f"{value:.4g}"}
-            if self.bits_dims:
+            if self.bits_dims and self.objective.name == "nll":
                 post["bpd"] = f"{self._bpd(value):.4f}"
             bar.set_postfix(post, refresh=False)
             every = int(self.cfg["log_every"] or 0)
