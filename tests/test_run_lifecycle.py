@@ -453,3 +453,57 @@ def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     finally:
         ro.chmod(0o755)
     one_line_error(rc, err, "cannot write into")
+
+
+def test_a_stale_lock_is_taken_over_by_one_process_only(tmp_path):
+    # two trainings found the same stale lock; the first took it over and holds a fresh one:
+    # the second's takeover must not remove it, nor its exit remove another's lock
+    import socket
+
+    from flowforge.workbench.runs import RunLock, _lock_record
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / ".lock"
+    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    stale = _lock_record(lock)
+    first = RunLock(out).__enter__()  # takes it over
+    fresh = lock.read_bytes()
+    second = RunLock(out)
+    second._take_over(stale)  # late: the record it found stale is gone
+    assert lock.read_bytes() == fresh and not (out / ".lock.takeover").exists()
+    second.held, second._record = True, b"{}"  # (as if it had held one)
+    second.__exit__(None, None, None)
+    assert lock.read_bytes() == fresh
+    first.__exit__(None, None, None)
+    assert not lock.exists()
+
+
+def test_damaged_files_are_refused_on_resume_and_an_ended_run_writes_nothing(tmp_path, capsys):
+    run = interrupted(tmp_path / "run")
+    ckpt = run / "checkpoint.safetensors"
+    good = ckpt.read_bytes()
+    bad = bytearray(good)
+    bad[-10] ^= 0x10  # one bit of a tensor: a slightly different model, were it not checked
+    ckpt.write_bytes(bytes(bad))
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, "fail their checksum")
+    ckpt.write_bytes(good)
+    model = run / "model.ff"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, "its best model (model.ff, epoch", "is damaged", "--overwrite")
+    # a finished run: resuming it trains nothing and starts no TensorBoard file
+    done = tmp_path / "done"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", done,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 2, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    before = sorted(p.name for p in done.rglob("*"))
+    rc, _, err = cli(capsys, "train", "--out", done, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert sorted(p.name for p in done.rglob("*")) == before
+    # a trained run whose checkpoint was removed: said so, not "stopped before the first"
+    (done / "checkpoint.safetensors").unlink()
+    rc, _, err = cli(capsys, "train", "--out", done, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, "though it holds a model trained for", "--overwrite")

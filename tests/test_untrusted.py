@@ -302,6 +302,12 @@ def test_config_files_are_data(tmp_path, capsys, text, needle):
         ("sched_count", "scheduler's _step_count is 'x'"),
         ("sched_lrs", "base learning rates [1e+300]"),
         ("sched_last", "last learning rates"),
+        # each in range, but not a point of this run (it stopped at step 3: epoch 1, step 1)
+        ({"step_in_epoch": 0}, "its counters disagree"),
+        ({"epoch_losses": [1.0, 1.0]}, "its counters disagree"),
+        ({"steps_per_epoch": 5}, "counts 5 steps per epoch, and the run's data and batch"),
+        ("sched_step", "scheduler step 2"),
+        ("train", "train.batch_size 16, now 32"),
     ],
 )
 def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle):
@@ -336,6 +342,10 @@ def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle
         meta["scheduler"]["base_lrs"] = [1e300]
     elif change == "sched_last":
         meta["scheduler"]["_last_lr"] = [float("inf")]
+    elif change == "sched_step":
+        meta["scheduler"]["last_epoch"] = 2
+    elif change == "train":
+        meta["train"]["batch_size"] = 16
     elif change in ("exp_avg", "shape"):
         if change == "exp_avg":
             del tensors["optim/0/exp_avg"]
@@ -348,6 +358,24 @@ def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle
     rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
     one_line_error(rc, err, needle)
     assert path.read_bytes() == before
+
+
+def test_a_run_whose_config_was_edited_since_its_checkpoint_is_not_resumed(tmp_path, capsys):
+    from flowforge.workbench.runner import train
+
+    def stop(trainer):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "data": {"name": "moons",
+           "limit": 64}, "train": {"epochs": 3, "batch_size": 32}}  # fmt: skip
+    assert train(cfg, run, progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    stored = json.loads((run / "config.json").read_text())
+    stored["train"].update(batch_size=16, epochs=4)  # by hand, in the folder
+    (run / "config.json").write_text(json.dumps(stored))
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, "other training options", "train.epochs 3, now 4")
 
 
 def test_half_precision_weights_load_in_float32(tmp_path):

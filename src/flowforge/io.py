@@ -24,6 +24,7 @@ import stat
 import struct
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -148,7 +149,28 @@ def _link_new(tmp: str, path: Path) -> None:
 def pack(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
     """Tensors and a JSON-able ``meta`` dict as safetensors bytes (``meta`` in the header)."""
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
-    return _safetensors().torch.save(tensors, metadata={"flowforge": json.dumps(meta)})
+    if CRC_KEY in meta:
+        raise ValueError(f"the metadata key {CRC_KEY!r} is flowforge's own")
+    # (one metadata entry: safetensors writes several in no fixed order, and files would differ)
+    ours = json.dumps({**meta, CRC_KEY: _crc32(tensors)})
+    return _safetensors().torch.save(tensors, metadata={"flowforge": ours})
+
+
+CRC_KEY = "tensors_crc32"  # in the metadata: the tensors' checksum (files since 2026-12-06)
+
+
+def _crc32(tensors: dict[str, torch.Tensor]) -> int:
+    """CRC-32 of the tensors' names, dtypes, shapes and bytes, in the order of their names: a
+    flipped bit in a weight is a damaged file, not a slightly different model."""
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        crc = zlib.crc32(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(
+                t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc
+            )
+    return crc
 
 
 def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
@@ -180,8 +202,9 @@ def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
         os.close(fd)
 
 
-def _parse_header(raw: bytes) -> tuple[dict, dict]:
-    """``(flowforge metadata, the other entries)`` of a safetensors JSON header."""
+def _parse_header(raw: bytes) -> tuple[dict, dict, int | None]:
+    """``(flowforge metadata, the other entries, the tensors' checksum or None)`` of a
+    safetensors JSON header."""
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -197,7 +220,10 @@ def _parse_header(raw: bytes) -> tuple[dict, dict]:
         raise ValueError(f"the flowforge metadata is not JSON ({e})") from None
     if not isinstance(ours, dict):
         raise ValueError("the flowforge metadata is not a JSON object")
-    return ours, header
+    crc = ours.pop(CRC_KEY, None)
+    if crc is not None and (isinstance(crc, bool) or not isinstance(crc, int) or crc < 0):
+        raise ValueError("the tensors' checksum in the header is malformed")
+    return ours, header, crc
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -223,14 +249,15 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _parse_header(raw)[0]
 
 
-def _header(data: bytes, path: Path) -> tuple[dict, dict]:
-    """``(flowforge metadata, {name: (dtype, shape)})`` from the safetensors header alone."""
+def _header(data: bytes, path: Path) -> tuple[dict, dict, int | None]:
+    """``(flowforge metadata, {name: (dtype, shape)}, the tensors' checksum or None)`` from
+    the safetensors header alone."""
     if len(data) < 8:
         raise ValueError("the file is shorter than a safetensors header")
     (n,) = struct.unpack("<Q", data[:8])
     if n > min(_MAX_HEADER, len(data) - 8):
         raise ValueError(f"the header claims {n:,} bytes, beyond the file or the limit")
-    ours, header = _parse_header(data[8 : 8 + n])
+    ours, header, crc = _parse_header(data[8 : 8 + n])
     body = len(data) - 8 - n
     specs = {}
     for name, info in header.items():
@@ -243,7 +270,7 @@ def _header(data: bytes, path: Path) -> tuple[dict, dict]:
         if not 0 <= start <= end <= body or min(shape, default=0) < 0:
             raise ValueError(f"tensor {name!r} lies outside the file")
         specs[name] = (dtype, shape)
-    return ours, specs
+    return ours, specs, crc
 
 
 def unpack(
@@ -251,8 +278,9 @@ def unpack(
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a file written with :func:`pack`: ``(meta, tensors)``.
 
-    Reads only a regular file of at most ``max_bytes``, checks the header, and refuses
-    non-finite floating-point tensors. Every problem is a ``ValueError`` that names the file.
+    Reads only a regular file of at most ``max_bytes``, checks the header and the tensors'
+    checksum (files written since 2026-12-06 carry one), and refuses non-finite
+    floating-point tensors. Every problem is a ``ValueError`` that names the file.
     """
     path = Path(path)
     st = _safetensors()
@@ -263,8 +291,10 @@ def unpack(
             else ""
         )
         data = _read_bounded(path, max_bytes, hint)
-        meta, _ = _header(data, path)
+        meta, _, crc = _header(data, path)
         tensors = st.torch.load(data)
+        if crc is not None and _crc32(tensors) != crc:
+            raise ValueError("its tensors fail their checksum (a damaged file)")
     except ValueError as e:
         raise ValueError(f"{path} is not a readable {what} (corrupt or truncated?): {e}") from None
     except (st.SafetensorError, RuntimeError, OSError) as e:

@@ -20,6 +20,7 @@ behind are removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -29,6 +30,7 @@ import re
 import shlex
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,7 @@ CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE = (
     "metrics.jsonl",
 )
 LOCK_FILE = ".lock"
+TAKEOVER = ".takeover"  # the guard of a stale lock's takeover: LOCK_FILE + TAKEOVER
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE, "report.html", LOCK_FILE)
 REPORT_DIR, TB_DIR = "report", "tb"
 # the figures flowforge report writes (what --overwrite removes from report/: these names
@@ -272,6 +275,16 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
             raise RunError("--resume and --overwrite contradict each other")
         stored = run_config(out)
         if not _has_checkpoint(out):
+            try:
+                epochs = sum(r.get("type") == "epoch" for r in read_metrics(out))
+            except RunError:
+                epochs = 0
+            if (out / MODEL_FILE).exists() and epochs > 1:  # trained, its checkpoint removed
+                raise RunError(
+                    f"{out} has no {CKPT_FILE} to resume from, though it holds a model trained "
+                    f"for {epochs} epochs (the checkpoint was removed?); use --overwrite to "
+                    "train it again, or another --out"
+                )
             raise RunError(
                 f"{out} has no {CKPT_FILE} to resume from (its training stopped before the "
                 "first checkpoint); run the same command without --resume to start it again"
@@ -289,8 +302,12 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} exists and is not a folder")
     if not out.is_dir() or all(
-        (_lock_record(f) is not None if f.name == LOCK_FILE else _our_temporary(f.name))
-        and f.is_file()
+        f.is_file()
+        and (
+            _lock_record(f) is not None
+            if f.name == LOCK_FILE
+            else _our_temporary(f.name) or (f.name == LOCK_FILE + TAKEOVER and not f.stat().st_size)
+        )
         for f in out.iterdir()
     ):
         return None  # (empty, or holding only a lock a training took, or its leftovers)
@@ -429,9 +446,32 @@ class RunLock:
         with os.fdopen(fd, "wb") as f:
             f.write(record)
 
+    def _take_over(self, stale: dict) -> None:
+        """Remove a stale lock, one process at a time and only while it still holds the record
+        found stale: two processes that both found it stale would otherwise each remove it,
+        the second removing the lock the first had just taken. The guard, ``.lock.takeover``,
+        is created exclusively; one left by a process killed within these lines is removed
+        after 30 s."""
+        guard = self.path.with_name(self.path.name + TAKEOVER)
+        try:
+            fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # another process is taking it over: look again shortly
+            with contextlib.suppress(OSError):
+                if time.time() - guard.stat().st_mtime > 30:
+                    guard.unlink()
+            time.sleep(0.05)
+            return
+        os.close(fd)
+        try:
+            if _lock_record(self.path) == stale:
+                self.path.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
+
     def __enter__(self) -> RunLock:
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
-        for _ in range(2):
+        self._record = record
+        for _ in range(100):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._take(record)
@@ -448,7 +488,7 @@ class RunLock:
                         f"{self.path.parent} is in use by another training ({json.dumps(info)}); "
                         f"wait for it to finish, or remove {self.path} if that process is gone"
                     ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                self._take_over(info)  # stale: its owner is gone
                 continue
             except OSError as e:  # a read-only or full disk, a folder that is not ours to write
                 raise RunError(f"cannot write into {self.path.parent}: {e.strerror or e}") from None
@@ -458,7 +498,9 @@ class RunLock:
 
     def __exit__(self, *exc) -> bool:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if self.path.read_bytes() == self._record:  # ours still (never another's)
+                    self.path.unlink()
             self.held = False
         return False
 

@@ -926,6 +926,8 @@ class Trainer:
         meta = {k: getattr(self, k) for k in self._STATE}
         warned = [w[:MAX_WARNING_CHARS] for w in self.warnings[-MAX_WARNINGS:]]
         meta.update(seed=self.seed, world=self.world, warnings=warned)
+        # what the counters count in, and the options they ran under (checked on resume)
+        meta.update(steps_per_epoch=self.steps_per_epoch, train=self._run_options())
         # the spike watch's windows: a resumed run flags (and misses) the spikes it would have
         meta["watch"] = {k: [list(w.losses), list(w.norms)] for k, w in self._watch.items()}
         ctx = self._signals.deferred() if self._signals else _nothing()
@@ -934,6 +936,51 @@ class Trainer:
                 self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema,
                 best=None if self._saves_model else self.best_state, device=self.device,
             )  # fmt: skip
+
+    def _run_options(self) -> dict:
+        """The training options a resumed run must share with its checkpoint (as JSON has
+        them): all but where it runs and whether it writes TensorBoard files."""
+        keep = {k: v for k, v in self.cfg.items() if k not in ("device", "tensorboard")}
+        return json.loads(json.dumps(keep))
+
+    def _check_same_run(self, meta: dict, sched: dict) -> None:
+        """A checkpoint written by this run as configured now, its counters consistent with
+        one another (ValueError otherwise). Checkpoints written before these were recorded
+        are checked for what they hold."""
+        saved = meta.get("train")
+        if saved is not None:
+            if not isinstance(saved, dict):
+                raise ValueError("its record of the training options is malformed")
+            now = self._run_options()
+            diff = [
+                f"train.{k} {saved[k]!r}, now {v!r}"
+                for k, v in now.items()
+                if k in saved and saved[k] != v
+            ]
+            if diff:
+                raise ValueError(
+                    f"it was written with other training options than the run's config.json "
+                    f"holds now ({'; '.join(diff[:4])}): restore them, or start the run again "
+                    "with --overwrite"
+                )
+        if meta.get("world", 1) != self.world:  # (a note follows; the counters were another's)
+            return
+        spe = meta.get("steps_per_epoch", self.steps_per_epoch)
+        if spe != self.steps_per_epoch:
+            raise ValueError(
+                f"it counts {spe!r} steps per epoch, and the run's data and batch size make "
+                f"{self.steps_per_epoch}"
+            )
+        if (
+            meta["global_step"] != meta["epoch"] * spe + meta["step_in_epoch"]
+            or len(meta["epoch_losses"]) > meta["step_in_epoch"]
+            or sched["last_epoch"] != meta["global_step"]
+        ):
+            raise ValueError(
+                f"its counters disagree (epoch {meta['epoch']}, step {meta['step_in_epoch']} "
+                f"of the epoch, step {meta['global_step']} of the run, scheduler step "
+                f"{sched['last_epoch']}, {len(meta['epoch_losses'])} losses of the epoch)"
+            )
 
     def _check_counters(self, st: dict) -> None:
         """A checkpoint's counters must describe a point of this run (ValueError otherwise)."""
@@ -1043,9 +1090,11 @@ class Trainer:
             check_optimizer_state(self.opt, opt_state)
             _same_settings(self.opt.param_groups, opt_state["param_groups"])
             self.opt.load_state_dict(opt_state)
-            self.sched.load_state_dict(self._scheduler_state(meta["scheduler"]))
+            sched = self._scheduler_state(meta["scheduler"])
+            self.sched.load_state_dict(sched)
             state = {k: meta.get(k, getattr(self, k)) for k in self._STATE}
             self._check_counters(state)
+            self._check_same_run({**meta, **state}, sched)
             for k, v in state.items():
                 setattr(self, k, v)
             set_rng_state(tensors, meta["rng"], self.device)
@@ -1083,6 +1132,20 @@ class Trainer:
                     f"{self.best_epoch + 1}) is missing, and the checkpoint holds the last "
                     "weights, not the best; train the run again with --overwrite"
                 )
+            if (
+                self.out is not None
+                and self.best_epoch >= 0
+                and self._saves_model
+                and self.model_bytes is io.to_bytes  # (a format of the caller's: theirs)
+            ):
+                try:  # read now, not named at the end as the model when it cannot be loaded
+                    io.unpack(self.out / MODEL_FILE, what="model file")
+                except ValueError as e:
+                    raise RunError(
+                        f"cannot resume {self.out}: its best model ({MODEL_FILE}, epoch "
+                        f"{self.best_epoch + 1}) is damaged ({' '.join(str(e).split())[:200]}); "
+                        "train the run again with --overwrite"
+                    ) from None
         else:
             self._init_data_dependent()
             if self.out is not None and not self._saves_model:
@@ -1110,7 +1173,7 @@ class Trainer:
                     f"train.warmup_steps {warmup:,} is at least the run's {self.total_steps:,} "
                     "steps: the learning rate never reaches train.lr; use fewer warm-up steps"
                 )
-        if self.writer and self.cfg["tensorboard"]:
+        if self.writer and self.cfg["tensorboard"] and not self.finished:  # (an ended run: none)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
