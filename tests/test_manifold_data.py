@@ -103,3 +103,26 @@ def test_workbench_trains_a_manifold_flow(tmp_path, model, data):
     np.save(bad, off.numpy())
     with pytest.raises(WorkbenchError, match="bad.npy has (values|rows of norm) in"):
         evaluate_run(str(tmp_path / "run"), data=str(bad))
+
+
+def test_angles_of_exactly_pi_train_and_coordinate_changes_are_refused(tmp_path, capsys):
+    from cli_support import cli, one_line_error
+
+    a = np.random.default_rng(0).uniform(-3, 3, (300, 2))
+    a[0, 0], a[1, 1] = np.pi, -np.pi  # float32's pi lies a hair above math.pi
+    np.save(tmp_path / "pi.npy", a.astype(np.float32))
+    base = ["train", "--model", "torusflow", "--data", tmp_path / "pi.npy", "--epochs", 1,
+            "--model-kwargs", '{"layers": 1, "hidden": [8], "bins": 4}', "--no-progress",
+            "--quiet"]  # fmt: skip
+    rc, _, err = cli(capsys, *base, "--out", tmp_path / "r")
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", tmp_path / "r", "--data", tmp_path / "pi.npy")
+    assert rc == 0, err
+    np.savetxt(tmp_path / "a.csv", a, delimiter=",", header="a,b", comments="")
+    np.savetxt(tmp_path / "i.csv", np.rint(a), delimiter=",", header="a,b", comments="")
+    for option, does, file in (("data.bounds.a=[-3.2,3.2]", "logits", "a.csv"),
+                               ("data.integers=[a]", "noise", "i.csv")):  # fmt: skip
+        rc, _, err = cli(capsys, *base[:4], tmp_path / file, *base[5:], "--set", option,
+                         "--out", tmp_path / "r2")  # fmt: skip
+        one_line_error(rc, err, "models angles", does, "drop data.")
+        assert not (tmp_path / "r2").exists()

@@ -184,6 +184,10 @@ def test_sequential_schedule_trains_both_phases(tmp_path, capsys):
     assert figs["noise_level"] == pytest.approx(64 * 0.01**2)
     rc, out, _ = cli(capsys, "eval", run)
     assert rc == 0 and "reconstruction error" in out and "gap" in out
+    # a short run: the surface is far from the data's, and the gap is said to mean little
+    test = json.loads(cli(capsys, "eval", run, "--json")[1])
+    far = test["reconstruction"] > 10 * test["noise_level"]
+    assert far == ("compares densities on different surfaces" in out)
     rc, _, err = cli(capsys, "eval", run, "--samples", 2)  # it was taken, and did nothing
     one_line_error(rc, err, "an M-flow scores its data exactly", "use --samples 1")
     rc, out, _ = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.npy")
@@ -286,6 +290,10 @@ def test_workbench_refuses_mismatched_objectives_and_phases(tmp_path, capsys):
     one_line_error(rc, err, "no report for a mflow model")
     rc, _, err = cli(capsys, "eval", run, "--data", tmp_path / "t.npy")
     one_line_error(rc, err, "has shape (64, 4); this run's model expects 64 columns")
+    # one example: the figures without standard errors (was an internal error)
+    np.save(tmp_path / "one.npy", np.random.default_rng(0).standard_normal((1, 64)).astype("f4"))
+    rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "one.npy")
+    assert rc == 0 and "on-manifold NLL" in out, err
 
 
 def test_the_generator_takes_inputs_as_the_encoder_does():
@@ -337,3 +345,16 @@ def test_sampling_takes_a_shape_as_every_flow_does():
     torch.manual_seed(0)
     b = m.sample(6)
     assert a.shape == (2, 3, 3) and torch.equal(a.reshape(6, 3), b)
+
+
+def test_a_one_dimensional_manifold_builds_with_a_spline_inner_flow(tmp_path):
+    # no coupling splits one dimension: a curve in R^D gets an autoregressive NSF inside
+    # (it was refused with advice to use a MAF, which is no M-flow)
+    torch.manual_seed(0)
+    m = ff.models.build("mflow", features=3, manifold_dim=1, hidden=(8,))
+    x = torch.randn(6, 3)
+    lp = m.log_prob(x)
+    assert lp.shape == (6,) and torch.isfinite(lp).all()
+    assert m.encode(x).shape == (6, 1) and m.decode(m.encode(x)).shape == (6, 3)
+    ff.save(m, tmp_path / "m.ff")
+    torch.testing.assert_close(ff.load(tmp_path / "m.ff").log_prob(x), m.eval().log_prob(x))

@@ -42,6 +42,7 @@ from ..core import Compose, Flow, Transform, check_shape
 from ..nets import MLP
 from ..transforms import Affine, Coupling, LULinear, half_mask
 from .assembly import count, mlp_conditioner, widths
+from .autoregressive import NSF
 from .coupling import RealNVP
 from .registry import register
 
@@ -281,7 +282,8 @@ def mflow(
         features: the data dimension ``D``.
         manifold_dim: the manifold dimension ``d < D``.
         outer_layers: couplings in the outer flow.
-        inner_layers: couplings in the inner flow.
+        inner_layers: couplings in the inner flow (a RealNVP; for ``manifold_dim=1``, which
+            no coupling can split, an autoregressive NSF of that many layers).
         hidden: the MLPs' widths (both flows and the encoder).
         activation: the MLPs' activation.
         variant: ``"m"`` (the outer flow's inverse encodes) or ``"me"`` (a separate encoder).
@@ -296,7 +298,12 @@ def mflow(
     chain: list[Transform] = []
     for i in range(outer_layers):
         chain += [LULinear(features), Coupling(half_mask(features, i % 2 == 1), cond, Affine())]
-    inner = RealNVP(features=manifold_dim, layers=inner_layers, hidden=h, activation=activation)
+    if manifold_dim == 1:  # (a curve: no coupling splits one dimension)
+        inner = NSF(
+            features=1, layers=inner_layers, hidden=h, activation=activation, autoregressive=True
+        )
+    else:
+        inner = RealNVP(features=manifold_dim, layers=inner_layers, hidden=h, activation=activation)
     encoder = None
     if variant == "me":
         encoder = MLP(features, manifold_dim, h, activation=activation, zero_init=False)

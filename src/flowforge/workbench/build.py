@@ -374,6 +374,13 @@ def _check_angles(name: str, model, ds: Dataset) -> None:
             f"model {name!r} models {what}, which must not be standardised: set the data option "
             "standardize: false"
         )
+    for option, does in (("bounds", "logits of the bounded columns"),
+                         ("integers", "dequantization noise on the integer columns")):  # fmt: skip
+        if ds.info.get(option):
+            raise WorkbenchError(
+                f"model {name!r} models {what}, and data.{option} would give it {does} "
+                f"instead; drop data.{option}"
+            )
     for k in ("train", "val", "test"):
         check_manifold_data(name, model, ds.split(k), ds.name)
 
@@ -388,7 +395,8 @@ def check_manifold_data(name: str, model, x: torch.Tensor, where: str) -> None:
         return
     if isinstance(getattr(model, "base", None), UniformTorus):
         lo, hi = x.min().item(), x.max().item()
-        if lo < -math.pi or hi > math.pi:
+        pi = torch.tensor(math.pi, dtype=x.dtype).item()  # (float32's pi lies above math.pi)
+        if lo < -pi or hi > pi:
             raise WorkbenchError(
                 f"model {name!r} models angles in [-pi, pi]; {where} has values in "
                 f"[{lo:.6g}, {hi:.6g}] (radians wrapped to [-pi, pi) are expected: "

@@ -435,6 +435,12 @@ def _print_manifold_eval(res: dict) -> None:
             f"{res['gap']:.4f} {_se(res['gap_se'])} nats (mean absolute per example "
             f"{res['gap_mean_abs']:.4f})"
         )
+        if noise is not None and res["reconstruction"] > 10 * noise:  # (off the surface)
+            print(
+                f"note: the reconstruction error is {res['reconstruction'] / noise:.0f} times "
+                "the data's noise: the learned surface is still far from the data's, so the gap "
+                "compares densities on different surfaces; train longer before reading it"
+            )
 
 
 def _progress(args) -> bool:

@@ -593,7 +593,7 @@ def _evaluate_manifold_model(
             f"{split}: the model cannot score every example (non-finite values inside it: "
             "examples this far from the training data overflow its layers)"
         ) from None
-    if not all(math.isfinite(v) for v in out.values()):
+    if not all(v is None or math.isfinite(v) for v in out.values()):  # (None: a one-row se)
         raise DataError(f"{split}: the model cannot score every example (non-finite figures)")
     return {
         "run": str(run),
