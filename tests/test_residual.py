@@ -285,3 +285,36 @@ def test_two_training_calls_before_one_backward_pass():
     loss.backward()
     grads = [p.grad for p in flow.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["Planar", "Sylvester"])
+def test_second_derivatives_of_the_iterative_inverse_are_right(name):
+    # log_prob runs an iterative inverse; its Newton steps with a graph make the Hessian of
+    # log_prob (a gradient penalty's) the implicit function's: against finite differences
+    torch.manual_seed(0)
+    flow = ff.models.build(name, features=3).double().eval()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+
+    def score(x):
+        x = x.clone().requires_grad_()
+        return torch.autograd.grad(flow.log_prob(x).sum(), x, create_graph=True)[0][0]
+
+    x = torch.randn(1, 3, dtype=torch.float64)
+    xx = x.clone().requires_grad_()
+    s = score(xx)
+    hess = torch.stack([torch.autograd.grad(s[i], xx, retain_graph=True)[0][0] for i in range(3)])
+    eye, h = torch.eye(3, dtype=torch.float64), 1e-5
+    fd = torch.stack([(score(x + h * eye[i]) - score(x - h * eye[i])) / (2 * h) for i in range(3)])
+    assert (hess - fd).abs().max() < 1e-7, (hess - fd).abs().max()
+
+
+def test_a_residual_flows_higher_derivatives_are_refused():
+    torch.manual_seed(0)
+    flow = ff.models.build("ResidualFlow", features=3).double().eval()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(flow.log_prob(x).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(flow.log_prob(x).sum(), x)  # first derivatives: as before
+    assert torch.isfinite(g).all()

@@ -205,3 +205,30 @@ def test_a_projecting_layer_after_the_first_is_refused_and_a_split_may_come_firs
     z, ladj = c(x.requires_grad_())
     torch.testing.assert_close(z, z0)
     torch.testing.assert_close(ladj, l0)
+
+
+def test_higher_derivatives_are_refused_not_silently_dropped():
+    # a gradient penalty through memory saving: its backward recomputes without a graph, so
+    # the penalty's own gradient was silently zero
+    torch.manual_seed(0)
+    flow = ff.memory_saving(ff.models.RealNVP(features=3, layers=2, hidden=(8,)))
+    x = torch.randn(16, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(flow.log_prob(x).sum(), x, create_graph=True)
+
+
+def test_a_layer_that_does_not_invert_exactly_is_an_error_not_wrong_gradients():
+    # a variational dequantizer's log-scales at their bound: u rounds to 1 in float32, the
+    # recomputation takes logit(1), and the gradients were NaN (or, milder, another point's)
+    from flowforge.reversible import InexactInverseError
+
+    torch.manual_seed(0)
+    flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=17,
+                             dequantization="variational")  # fmt: skip
+    x = torch.randint(0, 17, (64, 3)).float()
+    flow.log_prob(x)
+    with torch.no_grad():
+        flow.dequantizer.flow.transform.layers[-2].net.net[-1].bias[1::2] = 10.0
+    saver = ff.memory_saving(copy.deepcopy(flow))
+    with pytest.raises(InexactInverseError, match="does not invert exactly here in float32"):
+        (-saver.log_prob(x).mean()).backward()

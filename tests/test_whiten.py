@@ -151,3 +151,26 @@ def test_a_wide_run_is_whitened_and_says_so(tmp_path, capsys):
     assert rc == 0, err
     assert "whitened (data.whiten" not in stdout
     assert ff.load(out2 / "model.ff").config["prefix"] == ["standardize"]
+
+
+def test_prepended_layers_take_the_flows_dtype(tmp_path):
+    # built in the default dtype before: a float64 flow standardised with float32-rounded
+    # statistics, sampling a whitened one failed on mixed dtypes, and a saved one reloaded
+    # as float32
+    torch.manual_seed(0)
+    loc = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64) * (1 + 1e-7)
+    scale = torch.full((3,), 3.0000001, dtype=torch.float64)
+    std = ff.models.standardized(ff.models.NSF(features=3).double(), loc, scale)
+    assert torch.equal(std.transform.layers[0].loc, loc)
+    ff.save(std, tmp_path / "s.ff")
+    assert ff.load(tmp_path / "s.ff").dtype == torch.float64
+    for flow in (
+        ff.models.whitened(ff.models.NSF(features=3).double()),
+        ff.models.bounded(ff.models.NSF(features=3).double(), 0.0, 1.0),
+        ff.models.integer_columns(ff.models.NSF(features=3).double(), [0]),
+    ):
+        assert flow.eval().sample(2).dtype == torch.float64
+        assert {t.dtype for t in flow.state_dict().values() if t.is_floating_point()} == {
+            torch.float64
+        }
+    assert torch.get_default_dtype() == torch.float32

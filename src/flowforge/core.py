@@ -508,6 +508,12 @@ class DataInit:
         must synchronise for. Loading a state dict makes it read the buffer again."""
         if self.__dict__.get("_seen_initialized", False):
             return False
+        if self.initialized.is_meta:  # (no value to read: shapes only)
+            raise RuntimeError(
+                f"{type(self).__name__} initialises from data, and on device 'meta' there are "
+                "none: initialise the flow on a real device first, or call .eval() for shapes "
+                "only"
+            )
         if bool(self.initialized):
             self.__dict__["_seen_initialized"] = True
             return False
@@ -899,7 +905,7 @@ class Flow(nn.Module):
         if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
             want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
             hint = ""
-            one_column = context.dim() == 1 or context.shape[-1] == 1
+            one_column = context.dim() == 1 or (context.dim() > 1 and context.shape[-1] == 1)
             if c > 1 and one_column and context.numel() and _labels(context, c):
                 hint = (
                     f" (class labels? a label-conditional flow takes one-hot rows: "

@@ -71,6 +71,19 @@ class Join:
         return out, z[:, f._n_out :].reshape(b, *f.inner.output_shape)
 
 
+class InexactInverseError(RuntimeError, ValueError):
+    """A layer's output, recomputed from the input its inverse recovered, is not the output the
+    forward pass gave: memory saving's gradients would be those of another point. A
+    RuntimeError, and a ValueError: the model's state (saturated or ill-conditioned layers) in
+    this dtype causes it."""
+
+
+def _round_trip_tolerance(dtype: torch.dtype) -> float:
+    """The relative difference between a layer's output and its recomputation taken as exact:
+    8 sqrt(eps) (float32 about 3e-3, float64 1e-7)."""
+    return 8 * torch.finfo(dtype).eps ** 0.5
+
+
 class ReversibleChain(torch.autograd.Function):
     """``(z, ladj)`` of the steps ``ops`` applied to ``x``, keeping only ``z`` for the backward
     pass.
@@ -104,6 +117,12 @@ class ReversibleChain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_z, grad_ladj):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient penalty, a Hessian
+            raise RuntimeError(
+                "memory_saving computes first derivatives only (its backward pass recomputes "
+                "each layer without a graph of its own); for a gradient penalty or other "
+                "higher derivatives (create_graph=True) use the flow without memory_saving"
+            )
         (z,) = ctx.saved_tensors
         context = ctx.context
         grads: dict[int, Tensor] = {}
@@ -116,6 +135,7 @@ class ReversibleChain(torch.autograd.Function):
         device = z.device
         outside = rng_states(device)
         aside: list[tuple[Tensor, Tensor]] = []  # (set-aside values, their gradient)
+        errors: list[tuple[Tensor, nn.Module]] = []  # each layer's round-trip difference
         try:
             for op, state in zip(reversed(ctx.ops), reversed(ctx.states)):
                 if isinstance(op, Join):
@@ -133,6 +153,13 @@ class ReversibleChain(torch.autograd.Function):
                     x, z2, ladj, shared = layer._recompute(
                         z, c, lambda s=state: set_rng_states(s, device)
                     )
+                    with torch.no_grad():  # (checked once, after the loop: one host sync)
+                        diff = (
+                            ((z2.detach() - z).abs() / (1 + z.abs())).amax()
+                            if z.numel()
+                            else z.new_zeros(())
+                        )
+                        errors.append((torch.nan_to_num(diff, nan=float("inf")), layer))
                     own = [p for p in layer.parameters() if p.requires_grad]
                     leaves = [leaf for leaf, _ in shared]
                     inputs = [x, *leaves, *([c] if want_context else []), *own]
@@ -158,6 +185,20 @@ class ReversibleChain(torch.autograd.Function):
                 z = x.detach()
         finally:
             set_rng_states(outside, device)
+        if errors:
+            worst = torch.stack([e for e, _ in errors])
+            i = int(worst.argmax())
+            tol = _round_trip_tolerance(z.dtype)
+            if float(worst[i]) > tol:
+                layer = errors[i][1]
+                raise InexactInverseError(
+                    f"memory_saving: {type(layer).__name__} does not invert exactly here in "
+                    f"{str(z.dtype).removeprefix('torch.')}: its output recomputed from the "
+                    f"input its inverse recovered differs by {float(worst[i]):.3g} (relative; "
+                    f"at most {tol:.2g} taken as exact), so the gradients would be another "
+                    "point's; train without memory_saving, in float64, or from a model whose "
+                    "layers are not saturated"
+                )
         return (None, grad_context, grad_z, *(grads.get(id(p)) for p in ctx.params))
 
 

@@ -39,9 +39,12 @@ channel count, and take their depth from ``blocks``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from .. import distributions as D
@@ -354,9 +357,36 @@ def assemble(layers: list[Transform], event_shape: tuple[int, ...], data: DataOp
     return Flow(transform, base, make_dequantizer(data.dequantization, event_shape, data.levels))
 
 
+def _like(flow: Flow) -> tuple[torch.dtype | None, torch.device | None]:
+    """The dtype and device of ``flow``'s floating-point tensors (None, None without any)."""
+    ref = next((t for t in itertools.chain(flow.parameters(), flow.buffers())
+                if t.is_floating_point()), None)  # fmt: skip
+    return (None, None) if ref is None else (ref.dtype, ref.device)
+
+
+@contextlib.contextmanager
+def _built_like(flow: Flow):
+    """Build a layer to prepend in ``flow``'s dtype: its statistics (a float64 flow's
+    standardisation, whitening) are not first rounded to float32."""
+    dtype, _ = _like(flow)
+    old = torch.get_default_dtype()
+    if dtype in (torch.float32, torch.float64):
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def _prepended(flow: Flow, entry, layer: Transform | None = None, dequantizer=None) -> Flow:
-    """``flow`` with the fixed ``layer`` first (or with ``dequantizer``); its config lists
-    ``entry`` under ``"prefix"`` (what :func:`flowforge.load` replays, in order)."""
+    """``flow`` with the fixed ``layer`` first (or with ``dequantizer``), moved to the flow's
+    dtype and device; its config lists ``entry`` under ``"prefix"`` (what
+    :func:`flowforge.load` replays, in order)."""
+    dtype, device = _like(flow)
+    if dtype is not None:
+        for part in (layer, dequantizer):
+            if part is not None:
+                part.to(device=device, dtype=dtype)
     transform = flow.transform if layer is None else Compose(layer, flow.transform)
     out = Flow(transform, flow.base, dequantizer or flow.dequantizer)
     if flow.config is not None:
@@ -371,7 +401,9 @@ def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:
     *raw* data, counting ``-sum(log scale)``, and ``ff.save``/``ff.load`` keep the statistics
     (they are buffers; the config lists the layer under ``"prefix"``).
     """
-    return _prepended(flow, "standardize", Standardize(flow.event_shape, loc, scale))
+    with _built_like(flow):
+        layer = Standardize(flow.event_shape, loc, scale)
+    return _prepended(flow, "standardize", layer)
 
 
 def whitened(flow: Flow, loc=None, factor=None) -> Flow:
@@ -380,7 +412,9 @@ def whitened(flow: Flow, loc=None, factor=None) -> Flow:
     starts as that Gaussian. Like :func:`standardized`, the result scores raw data, and
     ``ff.save``/``ff.load`` keep ``loc`` and ``factor`` (buffers; ``"whiten"`` in the config's
     ``"prefix"``). Defaults: zero and the identity."""
-    return _prepended(flow, "whiten", Whiten(flow.event_shape, loc, factor))
+    with _built_like(flow):
+        layer = Whiten(flow.event_shape, loc, factor)
+    return _prepended(flow, "whiten", layer)
 
 
 def bounded(flow: Flow, lower=None, upper=None) -> Flow:
@@ -397,7 +431,8 @@ def bounded(flow: Flow, lower=None, upper=None) -> Flow:
         >>> flow.sample(5).min(0).values[[0, 2]].gt(0).all().item()
         True
     """
-    pre = Bounded(flow.event_shape, lower, upper)
+    with _built_like(flow):
+        pre = Bounded(flow.event_shape, lower, upper)
     return _prepended(flow, {"bounded": {"lower": pre.lower, "upper": pre.upper}}, pre)
 
 
@@ -427,6 +462,7 @@ def integer_columns(flow: Flow, columns, lower=None, upper=None) -> Flow:
     if len(flow.event_shape) != 1:
         shape = tuple(flow.event_shape)
         raise ValueError(f"integer columns are entries of vectors; the flow's events are {shape}")
-    deq = ColumnDequantization(flow.event_shape[0], columns, lower, upper)
+    with _built_like(flow):
+        deq = ColumnDequantization(flow.event_shape[0], columns, lower, upper)
     entry = {"integer_columns": {"columns": deq.columns, "lower": deq.lower, "upper": deq.upper}}
     return _prepended(flow, entry, dequantizer=deq)

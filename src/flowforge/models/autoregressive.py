@@ -142,7 +142,7 @@ def MAF(
     Args:
         features: data dimension (1 is allowed).
         layers: number of autoregressive layers (None: ``max(5, 32 // features)``: 16 for
-            2-D data, 5 from 7 dimensions on; in few dimensions an affine layer gives each
+            2-D data, 5 from 6 dimensions on; in few dimensions an affine layer gives each
             entry one affine map, so low-dimensional data needs more of them, docs/defaults.md).
         hidden: MADE hidden widths (None: three layers of 128 in a residual MADE, ``(128, 128)``
             without ``residual``).

@@ -302,6 +302,12 @@ class ResidualBlock(Transform):
             g0 = g(z0, context)
 
             def hook(grad):
+                if torch.is_grad_enabled():  # create_graph=True: this solve has no graph
+                    raise RuntimeError(
+                        "a ResidualBlock's inverse (its log_prob) has first derivatives only: "
+                        "the implicit gradient is a fixed-point solve without a graph; a "
+                        "gradient penalty or Hessian (create_graph=True) is not supported"
+                    )
                 lam = grad
                 for _ in range(self.max_iter):
                     new = grad - torch.autograd.grad(g0, z0, lam, retain_graph=True)[0]

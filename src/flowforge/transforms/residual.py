@@ -197,9 +197,12 @@ class Planar(_Amortised):
 
         span = wu.abs().detach().expand_as(c)
         a = solve_monotone(fn, c.detach() - span, c.detach() + span, what="Planar.forward")
-        # one Newton step with a graph: the implicit-function gradient of the root
-        f, df = fn(a)
-        a = a - f / df.detach()
+        # two Newton steps with a graph from the (detached) root: the value stays the root, and
+        # its derivatives are the implicit function's to the third order (one step with the
+        # slope detached gives first derivatives only: a gradient penalty came out wrong)
+        for _ in range(2):
+            f, df = fn(a)
+            a = a - f / df
         h = torch.tanh(a)
         z = x - u * h.unsqueeze(-1)
         return z, -torch.log1p(wu * (1 - h * h)).expand(x.shape[0])
@@ -426,11 +429,21 @@ class Sylvester(_Amortised):
                 torch.eye(m, dtype=x.dtype, device=x.device)
                 + rd * (1 - hv * hv).unsqueeze(-2) @ rtd
             )
-        # one Newton step with a graph: the implicit-function gradient of the solution
-        res = v + self._mv(r, torch.tanh(self._mv(rt, v) + b)) - y
-        v = v - torch.linalg.solve_triangular(
-            jac.expand(x.shape[0], m, m), res.unsqueeze(-1), upper=True
-        ).squeeze(-1)
+        # two Newton steps with a graph from the (detached) solution, as in Planar: derivatives
+        # of the implicit function to the third order (the first step's Jacobian may be the
+        # detached one: its error multiplies a residual that is zero at the solution)
+        for step in range(2):
+            pre = self._mv(rt, v) + b
+            hv = torch.tanh(pre)
+            res = v + self._mv(r, hv) - y
+            if step:
+                jac = (
+                    torch.eye(m, dtype=x.dtype, device=x.device)
+                    + (r * (1 - hv * hv).unsqueeze(-2)) @ rt
+                )
+            v = v - torch.linalg.solve_triangular(
+                jac.expand(x.shape[0], m, m), res.unsqueeze(-1), upper=True
+            ).squeeze(-1)
         pre = self._mv(rt, v) + b
         z = x - self._mv(q, self._mv(r, torch.tanh(pre)))
         return z, -self._ladj(r, rt, pre)
