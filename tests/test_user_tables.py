@@ -201,7 +201,7 @@ def test_python_remedies_are_said_in_the_commands_words(tmp_path, capsys):
     np.savetxt(path, np.random.default_rng(0).integers(0, 1000, (100, 2)), fmt="%d", delimiter=",")
     rc, _, err = cli(capsys, "train", "--data", path, "--out", tmp_path / "r", *TINY,
                      "--set", "data.levels=100000000")  # fmt: skip
-    one_line_error(rc, err, "levels are more than", "the workbench's models are float32")
+    one_line_error(rc, err, "data.levels must be an integer", "a float32 model tells apart")
     assert "flow.double()" not in err
     flow = ff.models.build("realnvp", features=2, layers=1, hidden=[4])
     with pytest.raises(ValueError) as e:
@@ -630,3 +630,98 @@ def test_long_column_names_are_shortened_in_figures():
 
     assert _label("x" * 300) == "x" * (MAX_LABEL - 1) + "…"
     assert _label("a\nb") == "a b" and _label("short") == "short"
+
+
+# -- a data review's findings (2026-12-06) ---------------------------------------------------------
+
+
+def test_one_column_of_decimal_commas_with_one_decimal_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    temps = tmp_path / "temps.csv"  # 36,6 37,1 ...: never a zero-led second cell
+    temps.write_text("".join(f"{v:.1f}".replace(".", ",") + "\n" for v in rng.normal(37, 0.6, 300)))
+    with pytest.raises(DataError, match=r"always of 1 digit .*decimal commas"):
+        load_dataset(str(temps))
+    thousands = tmp_path / "thousands.csv"  # 13,750
+    thousands.write_text(
+        "".join(f"{a},{b}\n" for a, b in zip(rng.integers(1, 99, 50), rng.integers(100, 999, 50)))
+    )
+    with pytest.raises(DataError, match="thousands separators"):
+        load_dataset(str(thousands))
+    dice = tmp_path / "dice.csv"  # both columns of one digit: two columns, as written
+    dice.write_text("".join(f"{a},{b}\n" for a, b in rng.integers(1, 7, (50, 2))))
+    assert load_dataset(str(dice)).shape == (2,)
+    named = tmp_path / "named.csv"
+    named.write_text("age,children\n" + "".join(f"{a},{b}\n" for a, b in zip(
+        rng.integers(20, 60, 50), rng.integers(0, 9, 50))))  # fmt: skip
+    assert load_dataset(str(named)).shape == (2,)
+
+
+def test_a_header_of_evenly_spaced_numbers_over_whole_rows_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    f = tmp_path / "sales.csv"
+    rows = rng.integers(100, 5000, (300, 3))
+    f.write_text("2019,2020,2021\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    with pytest.raises(DataError, match="evenly spaced whole numbers"):
+        load_dataset(str(f))
+    assert load_dataset(str(f), header=True).info["columns"] == ["2019", "2020", "2021"]
+    assert load_dataset(str(f), header=False).shape == (3,)
+
+
+def test_levels_of_a_table_are_checked_before_reading(tmp_path):
+    f = tmp_path / "bin.csv"
+    f.write_text("".join(f"{a},{b}\n" for a, b in np.random.default_rng(0).integers(0, 2, (50, 2))))
+    for bad in (2.5, 1e9, True, "8"):
+        with pytest.raises(DataError, match=r"data.levels must be an integer in \[2, 8,388,608\]"):
+            load_dataset(str(f), levels=bad)
+    assert load_dataset(str(f), levels=2.0).shape == (2,)
+
+
+def test_a_png_with_an_oversized_text_chunk_is_named(tmp_path, capsys):
+    from PIL import Image, PngImagePlugin
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("note", "x" * 5_000_000, zip=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "big.png", pnginfo=info)
+    rc, _, err = cli(capsys, "train", "--data", folder, "--out", tmp_path / "r", *TINY)
+    one_line_error(rc, err, "big.png is not a readable image")
+
+
+def test_image_arrays_of_two_or_four_channels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "rgba.npy", rng.integers(0, 256, (40, 16, 16, 4), dtype=np.uint8))
+    rc, _, err = cli(capsys, "train", "--data", tmp_path / "rgba.npy", "--out", tmp_path / "g",
+                     *TINY)  # fmt: skip
+    one_line_error(rc, err, "channels last?", "transpose(0, 3, 1, 2)")
+    # two channels (gray and alpha, two fields): trained, and drawn channel by channel
+    np.save(tmp_path / "la.npy", rng.integers(0, 256, (40, 2, 8, 8), dtype=np.uint8))
+    rc, _, err = cli(capsys, "train", "--data", tmp_path / "la.npy", "--out", tmp_path / "la",
+                     "--layout", "vector", *TINY)  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", tmp_path / "la", "-n", 4, "--out", tmp_path / "la.png")
+    assert rc == 0 and (tmp_path / "la.png").stat().st_size > 0, err
+
+
+def test_a_headerless_conditional_run_reads_its_own_samples_back(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(10, 3, 400)
+    rows = np.stack([x, 1 / (1 + np.exp(-(x - 10) / 3)), 2 * x + rng.normal(0, 1, 400)], 1)
+    np.savetxt(tmp_path / "c.csv", rows, delimiter=",", fmt="%.4f")
+    rc, _, err = cli(capsys, "train", "--data", tmp_path / "c.csv", "--out", tmp_path / "c",
+                     "--target-columns", "1,2", "--set", "data.header=false",
+                     *TINY)  # fmt: skip
+    assert rc == 0, err
+    out = tmp_path / "s.csv"
+    rc, _, err = cli(capsys, "sample", tmp_path / "c", "-n", 20, "--context", 1712345678.25,
+                     "--temperature", 3, "--out", out)  # fmt: skip
+    assert rc == 0, err
+    lines = out.read_text().splitlines()
+    assert lines[0] == "x0,x1,x2" and lines[1].startswith("1712345678.25,")  # as given
+    # a warning about samples beyond the data names the table's columns (1, 2), not 0, 1
+    assert "column(s) 1 " in err or "column(s) 2 " in err, err
+    rc, got, err = cli(capsys, "eval", tmp_path / "c", "--data", out)
+    assert rc == 0 and "20 examples" in got, err

@@ -453,6 +453,7 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
         return _csv_verdicts(path, out, columns, first, header, None)
     values, lines = array.array("d"), array.array("q")
     first, d, columns, zero_led = None, 0, None, None
+    widths: list[set[int]] = [set(), set()]  # two columns: the digits of each one's cells
     with open(path, encoding=encoding, errors=errors, newline="") as f:
         reader = csv.reader(_bounded_lines(f, path, _line_cap(width)))
         try:
@@ -494,6 +495,9 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                 lines.append(lineno)
                 if d == 2 and zero_led is None and _zero_led(row[1]):
                     zero_led = (lineno, row)
+                if d == 2 and len(widths[1]) < 2:
+                    for j in (0, 1):
+                        widths[j].add(len(row[j].strip().lstrip("+-")))
         except csv.Error as e:  # a field beyond the csv module's limit: binary, or not a table
             raise DataError(
                 f"{path} cannot be read as a CSV table ({e}): is it a text CSV?"
@@ -515,14 +519,30 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
             f"{path}: values beyond float32's range (about 3.4e38) on lines "
             f"{_rows([lines[i] for i in big])}"
         )
-    return _csv_verdicts(path, out, columns, first, header, zero_led)
+    # the second column's cells all of one width, the first's not that one: 36,6 or 13,750
+    split = len(widths[1]) == 1 and widths[0] != widths[1]
+    return _csv_verdicts(path, out, columns, first, header, zero_led, split)
 
 
-def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led):
+def _csv_verdicts(
+    path: Path, out: np.ndarray, columns, first, header, zero_led, split: bool = False
+):
     """The refusals a whole table decides (a read that the first row or the file's lines
-    cannot): two columns of whole numbers that are one of decimal commas, a header of numbers."""
+    cannot): two columns of whole numbers that are one of decimal commas (a zero-led second
+    cell, or second cells all of one width that the first's are not), a header of numbers."""
     d = out.shape[1]
     whole = (out == np.round(out)).all(axis=1)
+    if split and zero_led is None and columns is None and whole.all() and len(out) >= 10:
+        k = len(first[1][1].strip().lstrip("+-")) if len(first[1]) > 1 else 0
+        raise DataError(
+            f"{path}: every line holds two whole numbers, the second always of {k} "
+            f"digit{'s' if k != 1 else ''} (line {first[0]}: {','.join(first[1])!r}): one column "
+            "of numbers with decimal commas (36,6) or thousands separators (13,750)? flowforge "
+            "reads ',' as the separator and '.' as the decimal point; convert the file, e.g. "
+            "with pandas: pd.read_csv(f, sep=';', decimal=',', thousands='.', header=None)"
+            ".to_csv('out.csv', index=False, header=False); if they are two columns of whole "
+            "numbers, name them in a first line (e.g. a,b)"
+        )
     if zero_led is not None and columns is None and whole.all():
         lineno, row = zero_led
         raise DataError(
@@ -542,6 +562,17 @@ def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led)
                 "header of numeric column names (years, wavelengths)? Set the data option "
                 f"header: true to read line {lineno} as the columns' names, or header: false to "
                 "read it as data"
+            )
+        steps = np.diff(out, axis=1)
+        # evenly spaced whole numbers (2019, 2020, 2021; 400, 450, 500), and no later row so
+        progression = (steps[:, :1] == steps).all(axis=1) & (steps[:, 0] != 0)
+        if d >= 3 and _integers(row) and progression[0] and not progression[1:].any():
+            cells = ", ".join(c.strip() for c in row[:6]) + (", ..." if d > 6 else "")
+            raise DataError(
+                f"{path}: line {lineno} ({cells}) holds evenly spaced whole numbers and no "
+                "other line does: a header of numeric column names (years, wavelengths)? Set "
+                f"the data option header: true to read line {lineno} as the columns' names, or "
+                "header: false to read it as data"
             )
     return out, columns
 
@@ -1146,7 +1177,7 @@ def _image_array(
     where = str(path)
     if a.size == 0:
         raise DataError(f"{where} is empty")
-    if a.shape[1] > 4 and a.shape[3] in (1, 3):
+    if a.shape[1] > 4 and a.shape[3] <= 4:  # (gray, gray and alpha, RGB, RGBA)
         raise DataError(
             f"{where} has shape {a.shape}: channels last? images are (examples, channels, "
             "height, width): numpy.save(path, a.transpose(0, 3, 1, 2))"
@@ -1670,6 +1701,14 @@ def _table(
     array = path.suffix.lower() != ".csv"  # (may hold images, which take bits)
     _no_options(str(path), options, _TABLE_OPTIONS + (("bits",) if array else ()))
     _check_header_option(header, path)
+    if levels is not None:  # (before a value is read; an image array checks its own range)
+        whole = isinstance(levels, int) or (isinstance(levels, float) and levels.is_integer())
+        if isinstance(levels, bool) or not whole or not 2 <= levels <= 2**23:
+            raise DataError(
+                f"data.levels must be an integer in [2, {2**23:,}] (the integers a float32 "
+                f"model tells apart), got {levels!r}"
+            )
+        levels = int(levels)
     if levels is not None and standardize:
         raise DataError(
             "data.standardize applies to continuous tables; a table with levels is modelled on "
@@ -1925,7 +1964,10 @@ def _image_folder(
                 a = np.asarray(im, dtype=np.uint8)
         except Image.DecompressionBombError:
             raise DataError(f"{f} declares an image too large to read safely") from None
-        except (UnidentifiedImageError, OSError) as e:
+        except DataError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError) as e:  # (ValueError: a text or
+            # colour-profile chunk beyond Pillow's limits, among others)
             raise DataError(f"{f} is not a readable image: {' '.join(str(e).split())}") from None
         if first is None:
             first = (f, mode, size, a.shape)

@@ -4,6 +4,7 @@ conditional run asks for."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +43,20 @@ def _one_line(e: BaseException) -> str:
 
 
 MAX_SAMPLES = 10_000  # draws one evaluation averages (IWAE's bounds use up to 5,000)
+
+
+def _sample_names_first(path, width: int) -> bool:
+    """Whether the CSV at ``path`` starts with ``x0,x1,...``: the header ``flowforge sample``
+    writes for a table trained without one (its first 64 KiB read, no more)."""
+    want = ",".join(f"x{j}" for j in range(width))
+    if not Path(path).is_file():  # (a pipe or device is never opened here)
+        return False
+    try:
+        with open(path, "rb") as f:
+            line = f.read(65536).split(b"\n", 1)[0].decode("utf-8", "replace")
+    except OSError:
+        return False
+    return ",".join(c.strip() for c in line.lstrip("\ufeff").strip().split(",")) == want
 
 
 def evaluate_run(
@@ -132,6 +147,8 @@ def evaluate_run(
             for i, n in zip(info["context_columns"], r["context_column_names"]):
                 names[i] = n
         header = cfg["data"]["options"].get("header")
+        if header is False and names is None and _sample_names_first(data, want):
+            header = True  # (the header `sample` writes for a table that had none)
         say_reading(data)
         full = read_examples(data, columns=names, header=header)
         if full.dim() != 2 or full.shape[1] != want:

@@ -91,6 +91,9 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.
 
 
 def _show(ax, img: np.ndarray) -> None:
+    c = img.shape[-1]
+    if c not in (1, 3, 4):  # channels a screen has no colours for: side by side, in gray
+        img = np.concatenate([img[..., k] for k in range(c)], axis=1)[..., None]
     if img.shape[-1] == 1:
         ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
@@ -176,11 +179,23 @@ def _table_order(x: Tensor, header, given, info: dict):
     return full, names
 
 
-def _csv_lines(x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096):
+def _exact(v: float) -> str:
+    """``v`` in at most 9 significant digits where they hold it exactly (a float32 sample, a
+    label), else as Python's shortest round-trip form (a context value 1712345678)."""
+    short = f"{v:.9g}"
+    return short if float(short) == v else repr(float(v))
+
+
+def _csv_lines(x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096, exact=()):
     """The CSV's data lines as encoded chunks of ``chunk`` rows (never the whole text in
-    memory); ``lead``: each context row's cells, for ``per`` samples each."""
+    memory); ``lead``: each context row's cells, for ``per`` samples each; ``exact``: the
+    columns written in full (a context the user gave, not a float32 sample)."""
+    exact = set(exact)
     for i in range(0, x.shape[0], chunk):
-        rows = [",".join(f"{v:.9g}" for v in row) for row in x[i : i + chunk].tolist()]
+        rows = [
+            ",".join(_exact(v) if j in exact else f"{v:.9g}" for j, v in enumerate(row))
+            for row in x[i : i + chunk].tolist()
+        ]
         if lead is not None:
             rows = [f"{lead[(i + k) // per]},{r}" for k, r in enumerate(rows)]
         yield ("\n".join(rows) + "\n").encode()
@@ -219,19 +234,21 @@ def save_samples(
         x = x.reshape(x.shape[0], -1)
         names = cfg.get("resolved", {}).get("columns")
         header = list(names) if names and len(names) == x.shape[1] else None
-        lead, per = None, 1
+        lead, per, exact = None, 1, ()
         info = cfg.get("resolved", {}).get("context") or {}
         if given is not None and x.shape[0] and info.get("kind") == "columns":
             x, header = _table_order(x, header, given, info)  # as eval --data reads a table
+            exact = info["context_columns"]
         elif given is not None and x.shape[0]:
             context_names, context_rows = given
             per = x.shape[0] // len(context_rows)  # samples per context row, row by row
-            lead = [",".join(f"{v:.9g}" for v in r) for r in context_rows]
+            lead = [",".join(_exact(v) for v in r) for r in context_rows]
             if header is None:
                 header = [f"x{j}" for j in range(x.shape[1])]
             header = [*context_names, *header]
         head = [(",".join(_csv_field(str(n)) for n in header) + "\n").encode()] if header else []
-        atomic_write(path, itertools.chain(head, _csv_lines(x, lead, per)), replace=overwrite)
+        lines = _csv_lines(x, lead, per, exact=exact)
+        atomic_write(path, itertools.chain(head, lines), replace=overwrite)
         return
     if suffix != ".png":
         raise WorkbenchError(f"unsupported output {path.name}; expected .png, .npy or .csv")
@@ -1029,7 +1046,11 @@ def outside_ranges(x, cfg: dict) -> str | None:
     share = ((v < lo) | (v > hi)).double().mean(0)
     names = cfg["resolved"].get("columns")
     if not isinstance(names, list) or len(names) != len(ranges):
-        names = [str(j) for j in range(len(ranges))]
+        info = cfg["resolved"].get("context") or {}
+        where = info.get("target_columns") if info.get("kind") == "columns" else None
+        if not (isinstance(where, list) and len(where) == len(ranges)):
+            where = range(len(ranges))  # (a conditional run's targets: their table columns)
+        names = [str(j) for j in where]
     bad = [j for j in torch.argsort(share, descending=True).tolist() if share[j] >= OUTSIDE_SHARE]
     if not bad:
         return None
