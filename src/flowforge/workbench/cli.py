@@ -987,7 +987,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--seed",
         type=_seed,
         default=0,
-        help="seeds the draws (default 0: the same samples every time; another seed, others)",
+        help="seeds the draws (default 0: the same samples every time; another seed, others; "
+        "with --inverse auto, a run whose timing picks the other inverse differs within --tol)",
     )
     s.add_argument("--overwrite", action="store_true")
     s.add_argument(
@@ -995,7 +996,8 @@ def make_parser() -> argparse.ArgumentParser:
         choices=("sequential", "parallel", "auto"),
         default="auto",
         help="how autoregressive layers invert: 'auto' (default) times both ways on the first "
-        "batch and keeps the faster per layer, 'sequential' is the exact step-by-step inverse, "
+        "batch and keeps the parallel one where it is 1.25x faster or more, 'sequential' is the "
+        "exact step-by-step inverse (identical files for a seed), "
         "'parallel' always uses Jacobi sweeps; the sweeps stop at --tol and fall back to the "
         "exact inverse when they do not reach it",
     )

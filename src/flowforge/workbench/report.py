@@ -103,6 +103,7 @@ def _show(ax, img: np.ndarray) -> None:
 
 
 SAMPLE_CHUNK = 4096  # samples drawn per call: memory stays that of the output
+PAIR_COLUMNS = 128  # a report's search for dependent pairs: among this many columns at most
 SAMPLE_LIMIT = 2**28  # values (1 GiB of float32) one sample command may write
 MAX_TEMPERATURES = 8  # sample grids one report draws per figure
 
@@ -394,6 +395,8 @@ def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> set:
     curves += [(val, "val", dict(marker=".", label="validation"))]
     spikes_x, spikes_y, xs_all = [], [], []  # the panel's spikes, labelled together
     for (xs, ys, ids), role, kw in curves:
+        if role == "step" and len(xs) == 1:  # one logged step: a point, not an unseen line
+            kw = {**kw, "marker": "."}
         if xs or (role != "step" and (train[0] or val[0])):
             over = _plot_clipped(ax, xs, ys, hi, annotate=False, **kw)
             off |= {(ids[i], role) for i in np.flatnonzero(over)}
@@ -404,6 +407,7 @@ def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> set:
         _label_spikes(ax, spikes_x, spikes_y, hi, (min(xs_all), max(xs_all)))
     ax.set_ylim(lo, hi)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(_integer_ticks())  # (a run of one epoch: no ticks of 0.96)
     ax.set_ylabel(ylabel)
     if off:
         ax.plot([], [], "v", color="red", label=f"off the chart ({len(off)})")
@@ -413,6 +417,12 @@ def _curve_panel(ax, ep, steps, key_train, key_val, per_epoch, ylabel) -> set:
         ax.text(0.5, 0.5, "no finite values logged", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     return off
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _validation(ep: list[dict], objective: str) -> tuple[str, str]:
@@ -487,7 +497,14 @@ def _nearest(flow, cfg, train_x: Tensor, n: int, temperature, seed: int, path: P
 
 @torch.no_grad()
 def _density(
-    flow, train_x: Tensor, samples: Tensor, path_density: Path, path_samples: Path, box=None
+    flow,
+    train_x: Tensor,
+    samples: Tensor,
+    path_density: Path,
+    path_samples: Path,
+    box=None,
+    bounds=None,
+    names=None,
 ):
     plt = _plt()
     x = train_x[:5000].numpy()
@@ -497,13 +514,29 @@ def _density(
     lo, hi = _box(x, 0.15)
     if box is not None:  # the data's own domain (angles: [-pi, pi]^2)
         lo, hi = np.asarray(box, dtype=np.float64).T
+    lower, upper = _declared_bounds(bounds)
+    for j in range(2):  # not past a declared bound: the model has no density there
+        if lower[j] is not None:
+            lo[j] = max(lo[j], lower[j])
+        if upper[j] is not None:
+            hi[j] = min(hi[j], upper[j])
     g = 200
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], g), np.linspace(lo[1], hi[1], g))
     pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+    inside = torch.ones(len(pts), dtype=torch.bool)  # (the bounds are open: their edges out)
+    for j in range(2):
+        if lower[j] is not None:
+            inside &= pts[:, j] > lower[j]
+        if upper[j] is not None:
+            inside &= pts[:, j] < upper[j]
     flow.eval()
     if flow.dequantizer is None:
-        logp = torch.cat([flow.log_prob(pts[i : i + 8192]) for i in range(0, len(pts), 8192)])
-        dens = logp.exp().reshape(g, g).numpy()
+        dens = torch.zeros(len(pts))
+        keep = pts[inside]
+        if len(keep):
+            logp = torch.cat([flow.log_prob(c) for c in keep.split(8192)])
+            dens[inside] = logp.exp()
+        dens = dens.reshape(g, g).numpy()
     else:
         dens = None
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.6))
@@ -514,9 +547,18 @@ def _density(
             dens, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
         )
         ax[1].set_title("model density")
+    else:  # a discrete likelihood: no density over the plane to draw
+        ax[1].set_title("model density: none drawn")
+        ax[1].text(
+            0.5, 0.5, "the model scores integers\n(a discrete likelihood);\nsee samples.png",
+            ha="center", va="center", transform=ax[1].transAxes,
+        )  # fmt: skip
     for a in ax:
         a.set_xlim(lo[0], hi[0])
         a.set_ylim(lo[1], hi[1])
+        if names:
+            a.set_xlabel(names[0])
+            a.set_ylabel(names[1])
     _savefig(fig, path_density)
     s = samples.numpy()
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.6))
@@ -527,7 +569,25 @@ def _density(
     for a in ax:
         a.set_xlim(lo[0], hi[0])
         a.set_ylim(lo[1], hi[1])
+        if names:
+            a.set_xlabel(names[0])
+            a.set_ylabel(names[1])
     _savefig(fig, path_samples)
+
+
+def _declared_bounds(bounds) -> tuple[list, list]:
+    """``(lower, upper)`` of a run's recorded bounds for two columns (None: unbounded), from
+    the config (data: anything malformed counts as no bound)."""
+    out = []
+    for k in ("lower", "upper"):
+        v = bounds.get(k) if isinstance(bounds, dict) else None
+        ok = isinstance(v, list) and len(v) == 2
+        out.append([
+            float(b) if ok and isinstance(b, (int, float)) and not isinstance(b, bool)
+            and math.isfinite(b) else None
+            for b in (v if ok else [None, None])
+        ])  # fmt: skip
+    return out[0], out[1]
 
 
 @torch.no_grad()
@@ -610,24 +670,34 @@ def _hist(ax, v: np.ndarray, edges: np.ndarray, **kw) -> None:
     ax.hist(v, edges, weights=w, **kw)
 
 
-def dependence(x: np.ndarray, bins: int = 12) -> np.ndarray:
+def dependence(x: np.ndarray, bins: int | None = None) -> np.ndarray:
     """Pairwise dependence of the columns of ``x``: the mutual information (nats) of a 2-D
     histogram on each column's quantile bins, so monotone and non-monotone dependence count
-    alike. A ``(d, d)`` matrix with zeros on the diagonal."""
+    alike, less the Miller-Madow estimate of the histogram's bias ((cells - rows - columns +
+    1) / 2n over the occupied ones; independent columns of 100 rows read about 0 instead of
+    0.7), floored at 0. ``bins``: per column (default: 12, fewer for fewer than 720 rows, so
+    that a cell holds about 5 rows). A ``(d, d)`` matrix with zeros on the diagonal, from one
+    matrix product of the columns' one-hot bins."""
     n, d = x.shape
-    ranks = np.empty_like(x, dtype=np.int64)
+    if bins is None:
+        bins = int(np.clip(round(math.sqrt(n / 5)), 2, 12))
+    if n == 0 or d < 2:
+        return np.zeros((d, d))
+    onehot = np.zeros((n, d * bins), dtype=np.float32)
     for j in range(d):
         edges = np.unique(np.quantile(x[:, j], np.linspace(0, 1, bins + 1)[1:-1]))
-        ranks[:, j] = np.searchsorted(edges, x[:, j], side="right")
-    out = np.zeros((d, d))
-    for i in range(d):
-        for j in range(i + 1, d):
-            joint = np.zeros((bins, bins))
-            np.add.at(joint, (ranks[:, i], ranks[:, j]), 1.0)
-            p = joint / n
-            pi, pj = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
-            nz = p > 0
-            out[i, j] = out[j, i] = float((p[nz] * np.log(p[nz] / (pi @ pj)[nz])).sum())
+        onehot[np.arange(n), j * bins + np.searchsorted(edges, x[:, j], side="right")] = 1.0
+    joint = (onehot.T @ onehot).astype(np.float64).reshape(d, bins, d, bins) / n
+    marg = onehot.sum(0).astype(np.float64).reshape(d, bins) / n
+    outer = marg[:, :, None, None] * marg[None, None, :, :]  # p_i(a) p_j(b)
+    nz = joint > 0
+    ratio = np.where(nz, joint / np.where(nz, outer, 1.0), 1.0)
+    mi = (joint * np.log(ratio)).sum(axis=(1, 3))
+    cells = nz.sum(axis=(1, 3))
+    used = (marg > 0).sum(1)
+    mi -= (cells - used[:, None] - used[None, :] + 1) / (2 * n)
+    out = np.maximum(mi, 0.0)
+    np.fill_diagonal(out, 0.0)
     return out
 
 
@@ -716,8 +786,8 @@ def table_figures(
     _savefig(fig, figdir / "marginals.png")
     figs.append((f"Per-column marginals: {side} vs samples", "report/marginals.png"))
     if d >= 2:
-        k = min(d, 48)  # pairs among the first 48 columns (the estimate is quadratic in d)
-        dep = dependence(data[:, :k])
+        k = min(d, PAIR_COLUMNS)  # (the estimate is quadratic in d)
+        dep = dependence(data[:5000, :k])
         iu = np.triu_indices(k, 1)
         order = np.argsort(-dep[iu])[:PAIRS]
         pairs = [(int(iu[0][k]), int(iu[1][k])) for k in order]
@@ -727,9 +797,12 @@ def table_figures(
         for (i, j), (a, b) in zip(pairs, axes):
             a.scatter(data[:m, i], data[:m, j], s=2, alpha=0.35)
             b.scatter(samples[:m, i], samples[:m, j], s=2, alpha=0.35, color="C1")
-            a.set_title(f"{pair_side}: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)",
+            # (wrapped to the panel: long column names ran into the next panel's title)
+            a.set_title("\n".join(textwrap.wrap(
+                f"{pair_side}: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)", 60)),
+                fontsize=8)  # fmt: skip
+            b.set_title("\n".join(textwrap.wrap(f"{m:,} samples: {names[i]} vs {names[j]}", 60)),
                         fontsize=8)  # fmt: skip
-            b.set_title(f"{m:,} samples: {names[i]} vs {names[j]}", fontsize=8)
             for ax in (a, b):
                 ax.set_xlim(lo[i], hi[i])
                 ax.set_ylim(lo[j], hi[j])
@@ -737,7 +810,8 @@ def table_figures(
                 ax.set_ylabel(names[j], fontsize=8)
                 _few_ticks(ax)
         _savefig(fig, figdir / "pairs.png")
-        title = f"The most dependent pairs of columns: {side} vs samples"
+        among = f" (among the first {k} of {d} columns)" if k < d else ""
+        title = f"The most dependent pairs of columns{among}: {side} vs samples"
         figs.append((title, "report/pairs.png"))
         n_rows = min(len(data), len(samples))
         if n_rows < 3:  # a correlation of 2 rows is always +-1
@@ -782,7 +856,8 @@ def table_figures(
         fig.supxlabel("standard normal quantile", fontsize=9)
         fig.supylabel("latent quantile", fontsize=9)
         _savefig(fig, figdir / "latent_columns.png")
-        figs.append(("Per-dimension latent QQ plots", "report/latent_columns.png"))
+        some = f" (the first {len(shown)} of {d} dimensions)" if len(shown) < d else ""
+        figs.append((f"Per-dimension latent QQ plots{some}", "report/latent_columns.png"))
     return figs, facts
 
 
@@ -1218,6 +1293,8 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                     figdir / "density.png",
                     figdir / "samples.png",
                     ds.info.get("box"),
+                    cfg["resolved"].get("bounds"),
+                    names if cfg["resolved"].get("columns") else None,
                 )
                 figs.append(("Data and model density", "report/density.png"))
                 figs.append(("Samples", "report/samples.png"))

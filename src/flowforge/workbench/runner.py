@@ -109,7 +109,11 @@ def run_dataset(cfg: dict, error=DataError, run=None):
         raise error(
             f"{what}the run's config names the file {names[0]} but records no fingerprint of "
             "it, so flowforge cannot tell it is the run's data"
-            + ("" if run is not None else "; evaluate a file of your choice with --data")
+            + (
+                ""
+                if run is not None
+                else "; flowforge eval RUN --data FILE scores a file of your choice"
+            )
         )
     size = resolved.get("data_bytes")  # a file's size when the run started (since 2026-12-06)
     for candidate in names:
@@ -125,6 +129,13 @@ def run_dataset(cfg: dict, error=DataError, run=None):
         if want is None or _splits_fingerprint(ds) == want:
             return ds
     tried = " nor at ".join(names)
+    other = "; flowforge eval RUN --data FILE scores a file of your choice"
+    if path and not any(Path(n).exists() for n in names):
+        gone = (
+            f"the run's data file {path} is not there (moved, deleted, or a relative path "
+            "from another folder?)"
+        )
+        raise error(f"{what}{gone}; restore it" + ("" if run is not None else other))
     if run is not None:
         raise error(
             f"{what}the data changed since the run started (the data at {tried} has another "
@@ -132,7 +143,7 @@ def run_dataset(cfg: dict, error=DataError, run=None):
         )
     raise error(
         f"the data at {tried} is not the data this run was trained on (its size or fingerprint "
-        "differs, or it does not read); evaluate a file of your choice with --data instead"
+        f"differs, or it does not read){other}"
     )
 
 
