@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -314,3 +315,62 @@ def test_a_fit_that_diverges_blames_the_flow_and_skipped_steps_are_said(capsys, 
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "cnf", "--layers", 2,
                      "--out", tmp_path / "c")  # fmt: skip
     one_line_error(rc, err, "model 'cnf': it has no depth argument for --layers")
+
+
+# -- a review of VI (2026-12-06) -------------------------------------------------------------------
+
+
+def test_a_target_without_a_gradient_is_refused():
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,))
+    target = ff.targets.get("banana")
+    with pytest.raises(ValueError, match="without a gradient with respect to x"):
+        ff.objectives.reverse_kl(flow, lambda x: target(x).detach(), 16)
+
+
+def test_importance_weights_use_exact_log_densities():
+    # a CNF's Hutchinson trace and a residual flow's roulette estimate are unbiased for a
+    # loss, but inside log w they bias log Z and the ESS whatever n: q = p, log Z = 2.5
+    torch.manual_seed(0)
+    for flow in (
+        ff.models.build("cnf", features=10, hidden=(16,), trace="hutchinson"),
+        ff.models.ResidualFlow(features=3, blocks=2, hidden=(16,), estimator="roulette"),
+    ):
+        flow.log_prob(torch.randn(64, flow.event_shape[0]))
+        flow.eval()
+        exact = copy.deepcopy(flow)
+        with ff.objectives._exact_densities(exact):
+            pass  # (restores what it changed)
+        target = _ExactPlus(copy.deepcopy(flow), 2.5)
+        d = ff.objectives.vi_diagnostics(flow, target, n=200)
+        assert abs(d["log_z"] - 2.5) < 1e-3 and d["ess"] > 0.999, d
+        assert [getattr(m, "trace", None) for m in flow.modules()] == [
+            getattr(m, "trace", None) for m in exact.modules()
+        ]
+
+
+class _ExactPlus:
+    """A flow's exact log-density plus a constant (its log Z)."""
+
+    def __init__(self, flow, c):
+        self.flow, self.c, self.name = flow, c, "exact"
+
+    def __call__(self, x):
+        with ff.objectives._exact_densities(self.flow):
+            return self.flow.log_prob(x) + self.c
+
+
+def test_bad_weights_contexts_and_mixtures_are_one_line_errors():
+    for bad in ([0.0, float("nan")], [0.0, float("inf")], []):
+        for fn in (ff.objectives.importance_log_z, ff.objectives.effective_sample_size):
+            with pytest.raises(ValueError):
+                fn(torch.tensor(bad))
+    flow = ff.models.Planar(features=2, layers=2, context_features=3)
+    with pytest.raises(ValueError, match="at least one context row"):
+        ff.objectives.reverse_kl(flow, lambda x, c: -x.square().sum(-1), 4, torch.randn(0, 3))
+    with pytest.raises(ValueError, match="takes no context"):
+        ff.objectives.vi_diagnostics(flow, ff.targets.get("u1"), 4, torch.randn(2, 3))
+    for kw in (dict(scale=0.0), dict(scale=1.0, weights=[1, -1]), dict(scale=1.0, weights=[1])):
+        with pytest.raises(ValueError):
+            ff.targets.gaussian_mixture([[0.0, 0.0], [1.0, 1.0]], **kw)
+    with pytest.raises(ValueError, match="NaN"):
+        ff.targets.grid_log_z(lambda x: x[:, 0] * float("nan"), (-1, 1, -1, 1), 10)

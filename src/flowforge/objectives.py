@@ -6,8 +6,9 @@ keeps those as layers, so the numbers are in the data's own units and compare wi
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -84,6 +85,8 @@ def reverse_kl(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
+    if context is not None and context.dim() > 1 and not context.shape[0]:
+        raise ValueError("expected at least one context row, got none")
     x, log_q = flow.rsample_and_log_prob(n, context)
     if not all_finite(x):  # the flow's own samples overflowed (training mode lets them through)
         raise NonFiniteSamples(
@@ -96,6 +99,13 @@ def reverse_kl(
         log_p = target_log_prob(x, context.expand(n, *context.shape))
     # a NaN or a wrong shape here would broadcast or poison the loss silently
     log_p = check_log_prob(log_p, x, target_name(target_log_prob))
+    if torch.is_grad_enabled() and x.requires_grad and not log_p.requires_grad:
+        raise ValueError(
+            f"target {target_name(target_log_prob)!r} returned log-densities without a gradient "
+            "with respect to x (detached, computed in numpy or under torch.no_grad): the "
+            "reverse KL trains the flow through that gradient; compute the target with torch "
+            "operations on x"
+        )
     return (log_q - log_p).mean()
 
 
@@ -233,32 +243,63 @@ def log_importance_weights(
 ) -> Tensor:
     r"""``log w = log p~(x) - log q(x)`` for ``n`` samples ``x ~ q`` (the flow), no gradient.
 
-    Returns ``(n,)`` (``(n, B)`` with a ``(B, c)`` context), in float64.
+    ``log q`` is the flow's exact log-density: a CNF's Hutchinson trace and a residual flow's
+    Russian-roulette log-determinant (random, unbiased estimates, which training can use) are
+    replaced by the exact ones for the call (an estimate inside ``log w`` biases ``log Z``
+    and the ESS, however many samples). Returns ``(n,)`` (``(n, B)`` with a ``(B, c)``
+    context), in float64.
     """
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
+    if context is not None and context.dim() > 1 and not context.shape[0]:
+        raise ValueError("expected at least one context row, got none")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size to be an integer >= 1, got {batch_size!r}")
     out = []
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        x, log_q = flow.rsample_and_log_prob(m, context)
-        log_p = (
-            target_log_prob(x)
-            if context is None
-            else target_log_prob(x, context.expand(m, *context.shape))
-        )
-        log_p = check_log_prob(log_p, x, target_name(target_log_prob))
-        out.append((log_p - log_q).double())
+    with _exact_densities(flow):
+        for i in range(0, n, batch_size):
+            out.append(_log_weights(flow, target_log_prob, min(batch_size, n - i), context))
     return torch.cat(out)
+
+
+def _log_weights(flow, target_log_prob, m: int, context) -> Tensor:
+    """One batch of :func:`log_importance_weights`: ``m`` samples' ``log p~ - log q``."""
+    x, log_q = flow.rsample_and_log_prob(m, context)
+    log_p = (
+        target_log_prob(x)
+        if context is None
+        else target_log_prob(x, context.expand(m, *context.shape))
+    )
+    log_p = check_log_prob(log_p, x, target_name(target_log_prob))
+    return (log_p - log_q).double()
+
+
+@contextlib.contextmanager
+def _exact_densities(flow) -> Iterator[None]:
+    """For the block: every CNF's trace exact and every residual block's log-determinant
+    exact (their random estimates are unbiased for a loss, not inside a log-weight)."""
+    from .transforms.continuous import CNF
+    from .transforms.iresnet import ResidualBlock
+
+    saved = []
+    for m in flow.modules():
+        if isinstance(m, CNF) and m.trace != "exact":
+            saved.append((m, "trace", m.trace))
+            m.trace = "exact"
+        elif isinstance(m, ResidualBlock) and m._method() != "exact":
+            saved.append((m, "estimator", m.estimator))
+            m.estimator = "exact"
+    try:
+        yield
+    finally:
+        for m, k, v in saved:
+            setattr(m, k, v)
 
 
 def effective_sample_size(log_w: Tensor) -> float:
     r"""Normalised effective sample size ``(sum w)² / (n sum w²)`` of importance weights given as
     ``log w`` over the first dimension, in ``(0, 1]``: 1 when ``q`` matches the target."""
-    if not log_w.numel():
-        raise ValueError("expected at least one importance weight, got none")
-    log_w = log_w.double().reshape(log_w.shape[0], -1)
+    log_w = _checked_log_w(log_w)
     if bool((log_w == -math.inf).all(0).any()):
         raise ValueError("every importance weight is zero (log w = -inf): the ESS is undefined")
     n = log_w.shape[0]
@@ -269,8 +310,20 @@ def effective_sample_size(log_w: Tensor) -> float:
 def importance_log_z(log_w: Tensor) -> float:
     r"""The importance-sampling estimate ``log (1/n sum w)`` of the target's ``log Z``. Its
     exponential is unbiased for ``Z``; the log is biased low by about ``var(w) / (2 n Z²)``."""
-    log_w = log_w.double().reshape(log_w.shape[0], -1)
+    log_w = _checked_log_w(log_w)
     return (torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])).mean().item()
+
+
+def _checked_log_w(log_w: Tensor) -> Tensor:
+    """``log_w`` as float64 ``(n, -1)``, or a ValueError: none given, NaN or ``+inf`` among them
+    (``-inf``, a weight of zero, is a weight)."""
+    log_w = torch.as_tensor(log_w)
+    if not log_w.numel() or log_w.dim() == 0:
+        raise ValueError("expected at least one importance weight (shape (n, ...)), got none")
+    log_w = log_w.double().reshape(log_w.shape[0], -1)
+    if bool(torch.isnan(log_w).any()) or bool((log_w == math.inf).any()):
+        raise ValueError("the log importance weights hold NaN or +inf; expected finite or -inf")
+    return log_w
 
 
 def vi_diagnostics(

@@ -70,7 +70,12 @@ class Target:
     log_z: float | None = None
     description: str = ""
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is not None:
+            raise ValueError(
+                f"target {self.name!r} takes no context; a conditional flow fitted to it needs a "
+                "target of (x, context)"
+            )
         if x.shape[-1] != self.dim:
             raise ValueError(
                 f"target {self.name!r} is {self.dim}-dimensional, got x of shape {tuple(x.shape)}"
@@ -149,8 +154,23 @@ def _funnel(z):
 def gaussian_mixture(locs, scale: float, weights=None) -> Callable[[Tensor], Tensor]:
     """The log-density of an isotropic Gaussian mixture (normalised)."""
     locs = torch.as_tensor(locs, dtype=torch.float64)
+    if locs.dim() != 2 or not locs.numel() or not bool(torch.isfinite(locs).all()):
+        raise ValueError(
+            f"expected finite component means of shape (K, D), got {tuple(locs.shape)}"
+        )
     k, d = locs.shape
-    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ValueError(f"expected a finite scale > 0, got {scale!r}")
+    w = (
+        torch.full((k,), 1.0 / k)
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.float64)
+    )
+    if w.shape != (k,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or w.sum() <= 0:
+        raise ValueError(
+            f"expected {k} finite weights >= 0 with a positive sum (one per mean), got "
+            f"{w.tolist() if w.numel() <= 8 else tuple(w.shape)}"
+        )
     log_w = torch.log(w / w.sum()).to(torch.float64)
 
     moved: dict = {}  # (device, dtype) -> (locs, log_w): copied there once, not every call
@@ -232,6 +252,7 @@ def grid_log_z(log_prob: Callable[[Tensor], Tensor], box, n: int = 1000) -> floa
     ``u1``-``u4`` the box ``(-6, 6, -6, 6)`` does (the wall bounds ``z1``).
     """
     pts, area = grid(box, n)
+    name = getattr(log_prob, "name", None) or getattr(log_prob, "__name__", repr(log_prob))
     with torch.no_grad():
-        lp = torch.cat([log_prob(c) for c in pts.split(1 << 16)])
+        lp = torch.cat([check_log_prob(log_prob(c), c, str(name)) for c in pts.split(1 << 16)])
     return (torch.logsumexp(lp, 0) + math.log(area)).item()

@@ -35,7 +35,7 @@ from .. import io
 from .._util import COMPILE_OPTIONS, fork_rng, rng_states, set_rng_states
 from ..core import NaNLogProb, NonFiniteSamples, layer_metrics, needs_data_init, regularization
 from ..models.assembly import count
-from ..objectives import reverse_kl
+from ..objectives import reverse_kl, target_name
 from .checkpoint import (
     check_optimizer_state,
     optimizer_state,
@@ -163,7 +163,7 @@ class ReverseKL(Objective):
     def loss(self, trainer, model, x, context):
         beta = self.beta(trainer.global_step)
         try:
-            return reverse_kl(model, lambda z: beta * self.target(z), self.batch)
+            return reverse_kl(model, _Annealed(self.target, beta), self.batch)
         except NonFiniteSamples:  # a non-finite loss through every parameter: skipped, counted
             return sum(p.sum() for p in model.parameters()) * math.nan
 
@@ -197,6 +197,17 @@ class Loss(Objective):
                 xb = x[i : i + bs]
                 total += float(self.fn(model, xb, c)) * xb.shape[0]
             return total / x.shape[0]
+
+
+class _Annealed:
+    """``beta * target(z)``, named as the target (its messages name the user's target)."""
+
+    def __init__(self, target, beta: float):
+        self.target, self.beta = target, beta
+        self.name = target_name(target)
+
+    def __call__(self, z):
+        return self.beta * self.target(z)
 
 
 class FlowMatchingObjective(Objective):
