@@ -742,10 +742,25 @@ def test_a_flag_and_a_set_that_disagree_are_refused(tmp_path, capsys):
     out = tmp_path / "r"
     rc, _, err = cli(capsys, "train", "--model", "cnf", "--data", "moons", "--objective",
                      "flow-matching", "--set", "train.objective=nll", "--out", out)  # fmt: skip
-    one_line_error(rc, err, "--set train.objective=nll contradicts the --objective flag")
+    one_line_error(rc, err, "--set train.objective=nll contradicts --objective")
     rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--batch-size",
                      "64", "--set", "train.batch_size=32", "--out", out)  # fmt: skip
-    one_line_error(rc, err, "contradicts the --batch-size flag")
+    one_line_error(rc, err, "contradicts --batch-size")
+    # every flag, and a --set that replaces or empties its section (they won quietly)
+    base = ["train", "--model", "realnvp", "--data", "moons", "--out", out]
+    for extra, needle in (
+        (["--seed", "5", "--set", "seed=7"], "contradicts --seed (seed = 5)"),
+        (["--limit", "50", "--set", "data.limit=20"], "contradicts --limit"),
+        (["--set", "model=nice"], "contradicts --model (model.name = 'realnvp')"),
+        (["--epochs", "2", "--set", "train={epochs: 1}"], "contradicts --epochs"),
+        (["--epochs", "2", "--set", "train="], "contradicts --epochs"),
+        (["--model-kwargs", '{"name": "nice"}'], "--model-kwargs names 'nice', and --model"),
+        (
+            ["--model-kwargs", '{"layers": 2}', "--set", "model.layers=3"],
+            "contradicts --model-kwargs",
+        ),
+    ):
+        one_line_error(*cli(capsys, *base, *extra)[::2], needle)
     assert not out.exists()
 
 
@@ -1010,3 +1025,22 @@ def test_mistyped_train_keys_and_unbracketed_lists_get_suggestions(tmp_path, cap
     x = torch.randn(8, 2)
     with pytest.raises(WorkbenchError, match=r"\['learning_rate'\]; did you mean lr\?"):
         Trainer(ff.models.NSF(features=2), x, x, train={"learning_rate": 0.1})
+
+
+def test_config_values_that_meant_a_default_or_another_type_are_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["train", "--model", "realnvp", "--data", "moons", "--out", out]
+    for extra, needle in (
+        (["--set", "seed="], "config 'seed' is empty"),
+        (["--set", "layout=null"], "config 'layout' is empty"),
+        (["--set", "train=[]"], "config 'train' must be a mapping"),
+        (["--set", "train.grad_clip=1:30.0"], "grad_clip"),  # YAML 1.1's base 60: not 90.0
+        (["--set", "train.device=cuda:00"], "cpu, cuda, cuda:N or auto"),
+        (["--set", "model.layers=100000000"], "integer in [1, 4096]"),
+    ):
+        one_line_error(*cli(capsys, *base, *extra)[::2], needle)
+    np.savetxt(tmp_path / "t.csv", np.random.default_rng(0).normal(size=(50, 2)), delimiter=",")
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", tmp_path / "t.csv",
+                     "--out", out, "--set", 'data.standardize="false"')  # fmt: skip
+    one_line_error(rc, err, "data.standardize must be true or false")
+    assert not out.exists()

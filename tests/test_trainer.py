@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import warnings
 
 import pytest
 import torch
@@ -565,3 +566,20 @@ def test_a_warm_up_longer_than_the_run_is_warned_of(capsys):
     Trainer(_flow(), _data(), _data(16, 1), {"epochs": 1, "batch_size": 32, "warmup_steps": 50},
             progress=False).fit()  # fmt: skip
     assert "train.warmup_steps 50 is at least the run's 2 steps" in capsys.readouterr().err
+
+
+def test_warnings_of_the_data_initialisation_pass_are_shown():
+    # they were re-emitted with module=None, which Python drops silently (a compile fallback
+    # of train.compile: splines went unsaid)
+    flow, x = _flow(), _data()
+    layer = flow.transform.layers[1]
+    real = layer.forward
+
+    def forward(*a, **k):
+        warnings.warn("a layer's own warning", RuntimeWarning, stacklevel=2)
+        return real(*a, **k)
+
+    layer.forward = forward
+    tr = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 32, "tensorboard": False}, **QUIET)
+    with pytest.warns(RuntimeWarning, match="a layer's own warning"):
+        tr._init_data_dependent()

@@ -112,3 +112,18 @@ def test_train_starts_the_process_group_for_the_resolved_device(monkeypatch, tmp
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(WorkbenchError, match="under torchrun"):
         distributed.device("cuda:1")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_ranks_take_the_same_decisions_with_batch_norm(tmp_path):
+    # a batch norm's running statistics differ between the ranks by the last step's batch, so
+    # their validation NLLs did too: rank 0 stopped early while rank 1 trained on (a hang)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "flowforge", "train", "--model", "realnvp", "--model-kwargs",
+           '{"layers": 2, "hidden": [16], "batch_norm": true}', "--data", "moons",
+           "--set", "data.n_train=512", "--set", "data.n_val=200", "--epochs", "8",
+           "--batch-size", "64", "--lr", "1e-6", "--set", "train.schedule=constant",
+           "--warmup-steps", "0", "--patience", "2", "--no-progress",
+           "--out", str(tmp_path / "bn")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]

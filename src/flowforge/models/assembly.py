@@ -165,11 +165,14 @@ class DataOptions:
 # -- shapes and widths ---------------------------------------------------------------------------
 
 
+MAX_COUNT = 4096  # layers, blocks, steps of one builder (a build's time grows with them)
+
+
 def count(name: str, v) -> int:
-    """``v`` if it is an integer >= 1 (a depth, a number of blocks); a ValueError naming
-    ``name`` otherwise."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"expected {name} to be an integer >= 1, got {v!r}")
+    """``v`` if it is an integer in ``[1, MAX_COUNT]`` (a depth, a number of blocks); a
+    ValueError naming ``name`` otherwise (``layers: 100000000`` built for minutes)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_COUNT:
+        raise ValueError(f"expected {name} to be an integer in [1, {MAX_COUNT}], got {v!r}")
     return v
 
 

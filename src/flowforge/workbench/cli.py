@@ -153,12 +153,23 @@ def _train_overrides(args) -> dict:
     o: dict = {}
     if args.model is not None:
         o["model"] = {"name": args.model}
-    if args.model_kwargs is not None:
-        o.setdefault("model", {}).update(_parse_mapping(args.model_kwargs, "--model-kwargs"))
+    from .errors import WorkbenchError
+
     if args.data is not None:
         o["data"] = {"name": args.data}
-    if args.data_kwargs is not None:
-        o.setdefault("data", {}).update(_parse_mapping(args.data_kwargs, "--data-kwargs"))
+    for given, flag, section, option in (
+        (args.model_kwargs, "--model", "model", "--model-kwargs"),
+        (args.data_kwargs, "--data", "data", "--data-kwargs"),
+    ):
+        if given is None:
+            continue
+        kwargs = _parse_mapping(given, option)
+        name = o.get(section, {}).get("name")
+        if name is not None and "name" in kwargs and kwargs["name"] != name:
+            raise WorkbenchError(
+                f"{option} names {kwargs['name']!r}, and {flag} {name!r}: give one of them"
+            )
+        o.setdefault(section, {}).update(kwargs)
     if args.limit is not None:
         o.setdefault("data", {})["limit"] = args.limit
     if args.conditional is not None:
@@ -190,8 +201,11 @@ def _train_overrides(args) -> dict:
             tr[key] = v
     if tr:
         o["train"] = tr
+    import copy
+
     from .config import deep_merge
-    from .errors import WorkbenchError
+
+    flags = copy.deepcopy(o)  # what the flags set: no --set may change or drop it quietly
 
     for item in args.set or []:
         if "=" not in item:
@@ -205,15 +219,51 @@ def _train_overrides(args) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = _parse_scalar(value)
-        if parts[0] == "train" and len(parts) == 2 and parts[1] in tr:
-            if tr[parts[1]] != node[parts[-1]]:  # a train flag and its --set: neither wins quietly
-                raise WorkbenchError(
-                    f"--set {key.strip()}={value.strip()} contradicts the "
-                    f"--{parts[1].replace('_', '-')} flag "
-                    f"({tr[parts[1]]!r}): give one of them"
-                )
         o = deep_merge(o, layer)  # --set model=glow keeps the --model-kwargs given
+        for path, want in _leaves(flags):  # a flag and a --set: neither wins quietly
+            got = _lookup(o, path)
+            if got != want:
+                flag = _FLAG_OF.get(path) or (
+                    f"--{path[0]}-kwargs" if path[0] in ("model", "data") and len(path) > 1
+                    else "--" + path[-1].replace("_", "-")
+                )  # fmt: skip
+                raise WorkbenchError(
+                    f"--set {key.strip()}={value.strip()} contradicts {flag} "
+                    f"({'.'.join(path)} = {want!r}): give one of them"
+                )
     return o
+
+
+# the flags whose keys are not the flag's own name
+_FLAG_OF = {
+    ("model", "name"): "--model",
+    ("model", "dequantization"): "--dequantization",
+    ("model", "base"): "--base",
+    ("data", "name"): "--data",
+    ("data", "limit"): "--limit",
+    ("data", "conditional"): "--conditional",
+    ("data", "target_columns"): "--target-columns",
+}
+_ABSENT = object()
+
+
+def _leaves(tree, path=()):
+    """``(path, value)`` of every value below the mappings of ``tree``."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, (*path, k))
+    else:
+        yield path, tree
+
+
+def _lookup(tree, path):
+    """``tree``'s value at ``path``; ``_ABSENT`` where a step is missing or not a mapping
+    (a flag's value replaced by --set model=NAME keeps the name's place: see deep_merge)."""
+    for k in path:
+        if not isinstance(tree, dict) or k not in tree:
+            return _ABSENT
+        tree = tree[k]
+    return tree
 
 
 def _unambiguous_data(data) -> None:
@@ -776,8 +826,14 @@ def cmd_fit_target(args) -> int:
     out = Path(args.out)
     _check_fit_out(out, args.overwrite)
     torch.manual_seed(args.seed)
+    if "layers" in kwargs and args.layers is not None and kwargs["layers"] != args.layers:
+        raise WorkbenchError(
+            f"--model-kwargs sets layers {kwargs['layers']!r}, and --layers {args.layers}: give "
+            "one of them"
+        )
+    layers = kwargs.pop("layers", args.layers)
     try:
-        flow = build_vi_model(args.model, target.dim, args.layers, **kwargs)
+        flow = build_vi_model(args.model, target.dim, layers, **kwargs)
     except (TypeError, ValueError) as e:
         raise WorkbenchError(f"model {args.model!r}: {' '.join(str(e).split())}") from None
     fit = fit_target(
@@ -1225,7 +1281,8 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkbenchError, ValueError, OSError) as e:
         if args.debug:
             raise
-        print(f"flowforge: error: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
+        if _rank() == 0:  # (under torchrun every rank meets the same input: one line, rank 0's)
+            print(f"flowforge: error: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
         return 1
     except Exception as e:
         if args.debug:
@@ -1242,6 +1299,13 @@ def main(argv: list[str] | None = None) -> int:
         if hint is not None:  # a solve's step budget: ours
             print(f"flowforge: error: {_one_line(e)}{hint}", file=sys.stderr)
             return 1
+        if (
+            _rank() > 0
+            and type(e).__name__ in ("RuntimeError", "DistBackendError")
+            and any(w in str(e) for w in ("Connection closed", "Connection reset", "gloo", "NCCL"))
+        ):  # rank 0 stopped (and said why): not this rank's own error
+            print(f"flowforge: rank {_rank()} stopped: rank 0 ended the run", file=sys.stderr)
+            return 1
         print(
             f"flowforge: internal error: {type(e).__name__}: {_one_line(e)} "
             "(rerun with --debug for the traceback)",
@@ -1250,6 +1314,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise, or for a malformed RANK)."""
+    v = os.environ.get("RANK", "0")
+    return int(v) if v.isascii() and v.isdigit() else 0
 
 
 def _se(se, digits: int = 4) -> str:

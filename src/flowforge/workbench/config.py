@@ -151,6 +151,14 @@ def _yaml_load(text: str):
         return sign * int(digits, 10)
 
     Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+
+    def construct_float(loader, node):  # YAML 1.1's base 60 (1:30.5 was 90.5): a string
+        text = loader.construct_scalar(node)
+        if ":" in text:
+            return text
+        return yaml.SafeLoader.construct_yaml_float(loader, node)
+
+    Loader.add_constructor("tag:yaml.org,2002:float", construct_float)
     Loader.add_implicit_resolver(  # copies the resolvers for this class; SafeLoader is unchanged
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -262,9 +270,14 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
                     f"unknown config key {key!r}{hint} (the keys: {', '.join(TOP_KEYS)}; "
                     "training options go under train)"
                 )
-        if raw.get("seed") is not None:
+        for key in ("seed", "layout", "train"):  # (an empty --set seed= is no default)
+            if key in raw and raw[key] is None:
+                raise WorkbenchError(
+                    f"config {key!r} is empty (null); give it a value or leave the key out"
+                )
+        if "seed" in raw:
             out["seed"] = raw["seed"]
-        if raw.get("layout") is not None:
+        if "layout" in raw:
             out["layout"] = raw["layout"]
         name, kwargs = _section(raw.get("model"), "model")
         if name is not None:
@@ -280,7 +293,7 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
             out["data"]["options"][k] = (
                 {**had, **v} if isinstance(had, dict) and isinstance(v, dict) else v
             )
-        tr = raw.get("train") or {}
+        tr = raw.get("train", {})
         if not isinstance(tr, dict):
             raise WorkbenchError("config 'train' must be a mapping")
         for k, v in tr.items():
@@ -371,8 +384,10 @@ def _betas(v):
 
 
 def _device(v):
-    if not isinstance(v, str) or not (
-        v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit())
+    import re
+
+    if not isinstance(v, str) or not (  # (ASCII digits, no leading zero: cuda:00 is no device)
+        v in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:(0|[1-9][0-9]{0,3})", v)
     ):
         raise ValueError("cpu, cuda, cuda:N or auto")
     return v

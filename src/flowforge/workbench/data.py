@@ -1806,6 +1806,8 @@ def _table(
         check_bounds(arrays, bounds, columns, str(path), integers or ())
         check_float32_bounds(arrays, bounds, integers, columns, str(path))
     t = {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()}
+    if standardize is not None and not isinstance(standardize, bool):  # ("false" is truthy)
+        raise DataError(f"data.standardize must be true or false, got {standardize!r}")
     if standardize is None:
         standardize = levels is None
     stats = model_stats(t["train"], bounds, integers) if standardize else None

@@ -895,10 +895,9 @@ class Trainer:
                     if "takes its statistics for good" in str(w.message):
                         small = True
                     else:
-                        warnings.warn_explicit(
-                            w.message, w.category, w.filename, w.lineno,
-                            module=getattr(w, "module", None),
-                        )  # fmt: skip
+                        # (module=None made Python drop it silently: a recorded warning has
+                        # no module; without the argument it is derived from the file name)
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 if small:
                     self._warn(
                         f"a layer takes its statistics from the first {len(idx)} training "
@@ -1426,11 +1425,17 @@ class Trainer:
         return loss
 
     def _end_epoch(self, losses: list[float], t0: float) -> str:
-        # validation (every rank computes it: same weights, same seeded noise, same number)
+        # validation (every rank computes it: same weights, same seeded noise; rank 0's
+        # number then goes to all, since a batch norm's running statistics differ by the last
+        # step's batch between the ranks, and so would the stop and halving decisions)
         try:
             val = self.objective.validate(self, self.val_x, self.val_c)
         except NaNLogProb:  # the model gives NaN on validation data: as a NaN loss below
             val = math.nan
+        if self.world > 1:
+            shared = torch.tensor([val], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(shared, src=0)
+            val = float(shared.item())
         if not math.isfinite(val):
             what = self.objective.name
             what += "" if what == "nll" or what.endswith("loss") else " loss"
