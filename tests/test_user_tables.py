@@ -665,6 +665,9 @@ def test_a_header_of_evenly_spaced_numbers_over_whole_rows_is_refused(tmp_path):
         load_dataset(str(f))
     assert load_dataset(str(f), header=True).info["columns"] == ["2019", "2020", "2021"]
     assert load_dataset(str(f), header=False).shape == (3,)
+    one = tmp_path / "one.csv"  # one column of whole numbers: data, read as before
+    one.write_text("".join(f"{v}\n" for v in range(1, 40)))
+    assert load_dataset(str(one)).shape == (1,)
 
 
 def test_levels_of_a_table_are_checked_before_reading(tmp_path):

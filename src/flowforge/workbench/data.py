@@ -554,25 +554,21 @@ def _csv_verdicts(
             "leading zeros"
         )
     lineno, row = first
-    if header is None and columns is None and len(out) >= 3 and whole[0]:
-        if _integers(row) and not whole[1:].any():
+    if header is None and columns is None and len(out) >= 3 and whole[0] and _integers(row):
+        what = "whole numbers" if not whole[1:].any() else None
+        if what is None and d >= 3:
+            steps = np.diff(out, axis=1)
+            # evenly spaced whole numbers (2019, 2020, 2021; 400, 450, 500), no later row so
+            progression = (steps[:, :1] == steps).all(axis=1) & (steps[:, 0] != 0)
+            if progression[0] and not progression[1:].any():
+                what = "evenly spaced whole numbers"
+        if what is not None:
             cells = ", ".join(c.strip() for c in row[:6]) + (", ..." if d > 6 else "")
             raise DataError(
-                f"{path}: line {lineno} ({cells}) holds whole numbers and no other line does: a "
-                "header of numeric column names (years, wavelengths)? Set the data option "
-                f"header: true to read line {lineno} as the columns' names, or header: false to "
-                "read it as data"
-            )
-        steps = np.diff(out, axis=1)
-        # evenly spaced whole numbers (2019, 2020, 2021; 400, 450, 500), and no later row so
-        progression = (steps[:, :1] == steps).all(axis=1) & (steps[:, 0] != 0)
-        if d >= 3 and _integers(row) and progression[0] and not progression[1:].any():
-            cells = ", ".join(c.strip() for c in row[:6]) + (", ..." if d > 6 else "")
-            raise DataError(
-                f"{path}: line {lineno} ({cells}) holds evenly spaced whole numbers and no "
-                "other line does: a header of numeric column names (years, wavelengths)? Set "
-                f"the data option header: true to read line {lineno} as the columns' names, or "
-                "header: false to read it as data"
+                f"{path}: line {lineno} ({cells}) holds {what} and no other line does: a header "
+                "of numeric column names (years, wavelengths)? Set the data option header: "
+                f"true to read line {lineno} as the columns' names, or header: false to read it "
+                "as data"
             )
     return out, columns
 
