@@ -165,14 +165,18 @@ class DataOptions:
 # -- shapes and widths ---------------------------------------------------------------------------
 
 
-MAX_COUNT = 4096  # layers, blocks, steps of one builder (a build's time grows with them)
+MAX_COUNT = 4096  # a builder's depth: layers, blocks (a build's time grows with them)
+DEPTHS = ("layers", "blocks", "depth", "outer_layers", "inner_layers")
 
 
 def count(name: str, v) -> int:
-    """``v`` if it is an integer in ``[1, MAX_COUNT]`` (a depth, a number of blocks); a
-    ValueError naming ``name`` otherwise (``layers: 100000000`` built for minutes)."""
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_COUNT:
-        raise ValueError(f"expected {name} to be an integer in [1, {MAX_COUNT}], got {v!r}")
+    """``v`` if it is an integer >= 1 (a size, a number of components), and for a depth
+    (``DEPTHS``) at most ``MAX_COUNT`` (``layers: 100000000`` built for minutes); a
+    ValueError naming ``name`` otherwise."""
+    hi = MAX_COUNT if name in DEPTHS else None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (hi is not None and v > hi):
+        span = f"an integer in [1, {hi}]" if hi is not None else "an integer >= 1"
+        raise ValueError(f"expected {name} to be {span}, got {v!r}")
     return v
 
 
