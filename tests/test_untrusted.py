@@ -33,7 +33,8 @@ def small_file(tmp_path, **changes) -> Path:
     "changes, needle",
     [
         ({"hidden": [1_000_000_000]}, "allocate more than"),
-        ({"layers": 10_000_000}, "tensor operations"),
+        ({"layers": 4_000}, "tensor operations"),  # (within the depth cap, over the budget)
+        ({"layers": 10_000_000}, r"an integer in \[1, 4096\]"),
         ({"hidden": "abc"}, "hidden"),
         ({"layers": [2]}, "layers"),
         ({"features": -3}, "features"),
