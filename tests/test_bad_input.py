@@ -13,7 +13,7 @@ import torch
 
 import flowforge as ff
 from cli_support import cli, one_line_error, tiny_moons_run
-from flowforge.workbench.data import DataError, read_examples, read_table
+from flowforge.workbench.data import DataError, load_dataset, read_examples, read_table
 from flowforge.workbench.errors import WorkbenchError
 
 
@@ -762,6 +762,13 @@ def test_a_flag_and_a_set_that_disagree_are_refused(tmp_path, capsys):
     ):
         one_line_error(*cli(capsys, *base, *extra)[::2], needle)
     assert not out.exists()
+    # a --set of the model's name keeps the --model-kwargs given (no flag names the model)
+    rc, _, err = cli(capsys, "train", "--data", "moons", "--limit", "64", "--epochs", "1",
+                     "--model-kwargs", '{"layers": 2, "hidden": [4]}', "--set", "model=nice",
+                     "--out", out, "--quiet", "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["name"] == "nice" and cfg["model"]["kwargs"]["layers"] == 2
 
 
 def test_flow_matching_options_under_another_objective_say_where_they_came_from(tmp_path, capsys):
@@ -1043,4 +1050,5 @@ def test_config_values_that_meant_a_default_or_another_type_are_refused(tmp_path
     rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", tmp_path / "t.csv",
                      "--out", out, "--set", 'data.standardize="false"')  # fmt: skip
     one_line_error(rc, err, "data.standardize must be true or false")
+    assert load_dataset(str(tmp_path / "t.csv"), standardize=0).stats is None  # (0/1: as before)
     assert not out.exists()

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import tracemalloc
+import warnings
 import zipfile
 
 import numpy as np
@@ -639,14 +640,23 @@ def test_one_column_of_decimal_commas_with_one_decimal_is_refused(tmp_path):
     rng = np.random.default_rng(0)
     temps = tmp_path / "temps.csv"  # 36,6 37,1 ...: never a zero-led second cell
     temps.write_text("".join(f"{v:.1f}".replace(".", ",") + "\n" for v in rng.normal(37, 0.6, 300)))
-    with pytest.raises(DataError, match=r"always of 1 digit .*decimal commas"):
+    with pytest.warns(UserWarning, match=r"always of 1 digit .*decimal commas"):
         load_dataset(str(temps))
     thousands = tmp_path / "thousands.csv"  # 13,750
     thousands.write_text(
         "".join(f"{a},{b}\n" for a, b in zip(rng.integers(1, 99, 50), rng.integers(100, 999, 50)))
     )
-    with pytest.raises(DataError, match="thousands separators"):
+    with pytest.warns(UserWarning, match="thousands separators"):
         load_dataset(str(thousands))
+    with warnings.catch_warnings():  # said to be two columns: no warning
+        warnings.simplefilter("error")
+        assert load_dataset(str(thousands), header=False).shape == (2,)
+    signed = tmp_path / "signed.csv"  # a sign rules out a decimal comma
+    pairs = zip(rng.integers(-50, 50, 50), rng.integers(-9, 9, 50))
+    signed.write_text("".join(f"{a},{b:+d}\n" for a, b in pairs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_dataset(str(signed)).shape == (2,)
     dice = tmp_path / "dice.csv"  # both columns of one digit: two columns, as written
     dice.write_text("".join(f"{a},{b}\n" for a, b in rng.integers(1, 7, (50, 2))))
     assert load_dataset(str(dice)).shape == (2,)
@@ -700,6 +710,8 @@ def test_image_arrays_of_two_or_four_channels(tmp_path, capsys):
     rc, _, err = cli(capsys, "train", "--data", tmp_path / "rgba.npy", "--out", tmp_path / "g",
                      *TINY)  # fmt: skip
     one_line_error(rc, err, "channels last?", "transpose(0, 3, 1, 2)")
+    np.save(tmp_path / "c8.npy", rng.integers(0, 256, (60, 8, 4, 4), dtype=np.uint8))
+    assert load_dataset(str(tmp_path / "c8.npy")).shape == (8, 4, 4)  # channels first, small
     # two channels (gray and alpha, two fields): trained, and drawn channel by channel
     np.save(tmp_path / "la.npy", rng.integers(0, 256, (40, 2, 8, 8), dtype=np.uint8))
     rc, _, err = cli(capsys, "train", "--data", tmp_path / "la.npy", "--out", tmp_path / "la",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -256,7 +257,9 @@ def log_importance_weights(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size to be an integer >= 1, got {batch_size!r}")
     out = []
-    with _exact_densities(flow):
+    with _exact_densities(flow) as exact:
+        if exact:  # (an exact log-determinant holds a (batch, D, D) Jacobian per block)
+            batch_size = min(batch_size, 1024)
         for i in range(0, n, batch_size):
             out.append(_log_weights(flow, target_log_prob, min(batch_size, n - i), context))
     return torch.cat(out)
@@ -274,23 +277,39 @@ def _log_weights(flow, target_log_prob, m: int, context) -> Tensor:
     return (log_p - log_q).double()
 
 
+EXACT_LOGDET_MAX = 128  # the widest residual block whose log-determinant is made exact
+
+
 @contextlib.contextmanager
-def _exact_densities(flow) -> Iterator[None]:
+def _exact_densities(flow) -> Iterator[bool]:
     """For the block: every CNF's trace exact and every residual block's log-determinant
-    exact (their random estimates are unbiased for a loss, not inside a log-weight)."""
+    exact (their random estimates are unbiased for a loss, not inside a log-weight); yields
+    whether a residual block was switched. A residual block wider than ``EXACT_LOGDET_MAX``
+    keeps its estimate (its exact log-determinant costs D passes and a (batch, D, D)
+    Jacobian), said in a warning: its log-weights carry the estimate's bias."""
     from .transforms.continuous import CNF
     from .transforms.iresnet import ResidualBlock
 
-    saved = []
+    saved, wide = [], 0
     for m in flow.modules():
         if isinstance(m, CNF) and m.trace != "exact":
             saved.append((m, "trace", m.trace))
             m.trace = "exact"
         elif isinstance(m, ResidualBlock) and m._method() != "exact":
+            if m.features > EXACT_LOGDET_MAX:
+                wide += 1
+                continue
             saved.append((m, "estimator", m.estimator))
             m.estimator = "exact"
+    if wide:
+        warnings.warn(
+            f"{wide} residual block(s) wider than {EXACT_LOGDET_MAX} keep their Russian-roulette "
+            "log-determinant: importance weights, log Z and the ESS carry its bias",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     try:
-        yield
+        yield any(k == "estimator" for _, k, _ in saved)
     finally:
         for m, k, v in saved:
             setattr(m, k, v)

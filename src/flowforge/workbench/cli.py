@@ -1281,8 +1281,8 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkbenchError, ValueError, OSError) as e:
         if args.debug:
             raise
-        if _rank() == 0:  # (under torchrun every rank meets the same input: one line, rank 0's)
-            print(f"flowforge: error: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
+        rank = f" (rank {_rank()})" if _rank() else ""  # (under torchrun: whose it is)
+        print(f"flowforge: error{rank}: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
         return 1
     except Exception as e:
         if args.debug:

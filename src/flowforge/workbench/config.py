@@ -227,7 +227,7 @@ def deep_merge(a, b):
         for k, v in b.items():
             out[k] = deep_merge(a[k], v) if k in a else v
         return out
-    if isinstance(a, dict) and isinstance(b, str) and "name" in a:
+    if isinstance(a, dict) and isinstance(b, str):
         return {**a, "name": b}
     if isinstance(a, str) and isinstance(b, dict) and "name" not in b:
         return {"name": a, **b}
@@ -270,7 +270,7 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
                     f"unknown config key {key!r}{hint} (the keys: {', '.join(TOP_KEYS)}; "
                     "training options go under train)"
                 )
-        for key in ("seed", "layout", "train"):  # (an empty --set seed= is no default)
+        for key in ("seed", "layout"):  # (an empty --set seed= is no default)
             if key in raw and raw[key] is None:
                 raise WorkbenchError(
                     f"config {key!r} is empty (null); give it a value or leave the key out"
@@ -294,6 +294,8 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
                 {**had, **v} if isinstance(had, dict) and isinstance(v, dict) else v
             )
         tr = raw.get("train", {})
+        if tr is None:  # (a train: section whose options are all commented out)
+            tr = {}
         if not isinstance(tr, dict):
             raise WorkbenchError("config 'train' must be a mapping")
         for k, v in tr.items():

@@ -496,8 +496,9 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                 if d == 2 and zero_led is None and _zero_led(row[1]):
                     zero_led = (lineno, row)
                 if d == 2 and len(widths[1]) < 2:
-                    for j in (0, 1):
-                        widths[j].add(len(row[j].strip().lstrip("+-")))
+                    for j in (0, 1):  # (a sign or a '.' is no decimal comma's: width 0 marks it)
+                        c = row[j].strip()
+                        widths[j].add(0 if c[:1] in "+-" or "." in c else len(c))
         except csv.Error as e:  # a field beyond the csv module's limit: binary, or not a table
             raise DataError(
                 f"{path} cannot be read as a CSV table ({e}): is it a text CSV?"
@@ -520,7 +521,7 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
             f"{_rows([lines[i] for i in big])}"
         )
     # the second column's cells all of one width, the first's not that one: 36,6 or 13,750
-    split = len(widths[1]) == 1 and widths[0] != widths[1]
+    split = len(widths[1]) == 1 and 0 not in widths[0] | widths[1] and widths[0] != widths[1]
     return _csv_verdicts(path, out, columns, first, header, zero_led, split)
 
 
@@ -532,16 +533,19 @@ def _csv_verdicts(
     cell, or second cells all of one width that the first's are not), a header of numbers."""
     d = out.shape[1]
     whole = (out == np.round(out)).all(axis=1)
-    if split and zero_led is None and columns is None and whole.all() and len(out) >= 10:
-        k = len(first[1][1].strip().lstrip("+-")) if len(first[1]) > 1 else 0
-        raise DataError(
+    if split and zero_led is None and columns is None and header is None and whole.all():
+        # (a warning, not a refusal: two columns of whole numbers, an age and a 0/1 flag, look
+        # the same; it names what to do either way)
+        k = len(first[1][1].strip()) if len(first[1]) > 1 else 0
+        warnings.warn(
             f"{path}: every line holds two whole numbers, the second always of {k} "
-            f"digit{'s' if k != 1 else ''} (line {first[0]}: {','.join(first[1])!r}): one column "
-            "of numbers with decimal commas (36,6) or thousands separators (13,750)? flowforge "
-            "reads ',' as the separator and '.' as the decimal point; convert the file, e.g. "
-            "with pandas: pd.read_csv(f, sep=';', decimal=',', thousands='.', header=None)"
-            ".to_csv('out.csv', index=False, header=False); if they are two columns of whole "
-            "numbers, name them in a first line (e.g. a,b)"
+            f"digit{'s' if k != 1 else ''} (line {first[0]}: {','.join(first[1])!r}), read as "
+            "two columns; if it is one column of numbers with decimal commas (36,6) or "
+            "thousands separators (13,750), convert the file, e.g. with pandas: "
+            "pd.read_csv(f, sep=';', decimal=',', thousands='.', header=None).to_csv('out.csv', "
+            "index=False, header=False); set data.header: false to say the two columns are right",
+            UserWarning,
+            stacklevel=2,
         )
     if zero_led is not None and columns is None and whole.all():
         lineno, row = zero_led
@@ -1173,7 +1177,7 @@ def _image_array(
     where = str(path)
     if a.size == 0:
         raise DataError(f"{where} is empty")
-    if a.shape[1] > 4 and a.shape[3] <= 4:  # (gray, gray and alpha, RGB, RGBA)
+    if a.shape[1] > 4 and a.shape[2] > 4 and a.shape[3] <= 4:  # (gray, +alpha, RGB, RGBA last)
         raise DataError(
             f"{where} has shape {a.shape}: channels last? images are (examples, channels, "
             "height, width): numpy.save(path, a.transpose(0, 3, 1, 2))"
@@ -1802,7 +1806,7 @@ def _table(
         check_bounds(arrays, bounds, columns, str(path), integers or ())
         check_float32_bounds(arrays, bounds, integers, columns, str(path))
     t = {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()}
-    if standardize is not None and not isinstance(standardize, bool):  # ("false" is truthy)
+    if standardize is not None and standardize not in (True, False):  # ("false" is truthy; 0/1)
         raise DataError(f"data.standardize must be true or false, got {standardize!r}")
     if standardize is None:
         standardize = levels is None

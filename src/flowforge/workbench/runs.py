@@ -494,7 +494,10 @@ class RunLock:
                 raise RunError(f"cannot write into {self.path.parent}: {e.strerror or e}") from None
             self.held = True
             return self
-        raise RunError(f"cannot take the lock {self.path}")
+        raise RunError(
+            f"cannot take the lock {self.path}: another process is taking over its stale lock "
+            f"({self.path.name}{TAKEOVER}, removed after 30 s if that process died); try again"
+        )
 
     def __exit__(self, *exc) -> bool:
         if self.held:
