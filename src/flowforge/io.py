@@ -173,14 +173,20 @@ def _crc32(tensors: dict[str, torch.Tensor]) -> int:
     return crc
 
 
-def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``; ``ValueError`` otherwise."""
+def _open(path: Path) -> tuple[int, os.stat_result]:
+    """A descriptor of ``path``, opened without blocking (a FIFO is not waited on), and its
+    ``fstat``; ``ValueError`` where it cannot be opened. The caller closes it."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise ValueError(f"cannot open {path}: {e.strerror}") from None
+    return fd, os.fstat(fd)
+
+
+def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; ``ValueError`` otherwise."""
+    fd, st = _open(path)
     try:
-        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{path} is not a regular file")
         if st.st_size > max_bytes:
@@ -230,12 +236,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """The flowforge metadata of a file written with :func:`pack`, from its header alone (at
     most 16 MiB read, the tensors not at all); ``ValueError`` for anything else."""
     path = Path(path)
+    fd, st = _open(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise ValueError(f"cannot open {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size < 8:
             raise ValueError(f"{path} is not a flowforge file")
         (n,) = struct.unpack("<Q", os.read(fd, 8).ljust(8, b"\0"))
