@@ -199,8 +199,9 @@ class Planar(_Amortised):
         a = solve_monotone(fn, c.detach() - span, c.detach() + span, what="Planar.forward")
         # two Newton steps with a graph from the (detached) root: the value stays the root, and
         # its derivatives are the implicit function's to the third order (one step with the
-        # slope detached gives first derivatives only: a gradient penalty came out wrong)
-        for _ in range(2):
+        # slope detached gives first derivatives only: a gradient penalty came out wrong);
+        # without a graph one step, as before (the root is the value either way)
+        for _ in range(2 if torch.is_grad_enabled() else 1):
             f, df = fn(a)
             a = a - f / df
         h = torch.tanh(a)
@@ -432,7 +433,7 @@ class Sylvester(_Amortised):
         # two Newton steps with a graph from the (detached) solution, as in Planar: derivatives
         # of the implicit function to the third order (the first step's Jacobian may be the
         # detached one: its error multiplies a residual that is zero at the solution)
-        for step in range(2):
+        for step in range(2 if torch.is_grad_enabled() else 1):  # (no graph: one, as before)
             pre = self._mv(rt, v) + b
             hv = torch.tanh(pre)
             res = v + self._mv(r, hv) - y
