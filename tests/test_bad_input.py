@@ -759,9 +759,28 @@ def test_a_flag_and_a_set_that_disagree_are_refused(tmp_path, capsys):
             ["--model-kwargs", '{"layers": 2}', "--set", "model.layers=3"],
             "contradicts --model-kwargs",
         ),
+        # the nested keys a config may give them under (they won over the flag quietly)
+        (["--limit", "50", "--set", "data.options.limit=20"], "contradicts --limit"),
+        (
+            ["--model-kwargs", '{"layers": 2}', "--set", "model.kwargs.layers=3"],
+            "contradicts --model-kwargs",
+        ),
     ):
         one_line_error(*cli(capsys, *base, *extra)[::2], needle)
     assert not out.exists()
+    # the same value, as a list or a comma-separated string: no contradiction
+    from flowforge.workbench.cli import _train_overrides, make_parser
+    from flowforge.workbench.errors import WorkbenchError
+
+    for cols, same in (("[a, b]", True), ("[b, a]", False), ("a", False), ("'a,b'", True)):
+        argv = ["train", "--data", "t.csv", "--target-columns", "a,b",
+                "--set", f"data.target_columns={cols}", "--out", "o"]  # fmt: skip
+        args = make_parser().parse_args(argv)
+        if same:
+            assert _train_overrides(args)["data"]["target_columns"] in ("a,b", ["a", "b"])
+        else:
+            with pytest.raises(WorkbenchError, match="contradicts --target-columns"):
+                _train_overrides(args)
     # a --set of the model's name keeps the --model-kwargs given (no flag names the model)
     rc, _, err = cli(capsys, "train", "--data", "moons", "--limit", "64", "--epochs", "1",
                      "--model-kwargs", '{"layers": 2, "hidden": [4]}', "--set", "model=nice",
@@ -1052,3 +1071,44 @@ def test_config_values_that_meant_a_default_or_another_type_are_refused(tmp_path
     one_line_error(rc, err, "data.standardize must be true or false")
     assert load_dataset(str(tmp_path / "t.csv"), standardize=0).stats is None  # (0/1: as before)
     assert not out.exists()
+
+
+def test_a_config_giving_one_key_twice_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: realnvp, layers: 2, kwargs: {layers: 3}}\ndata: moons\n")
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", tmp_path / "r")
+    one_line_error(rc, err, "config 'model' gives 'layers' twice", "model.kwargs.layers = 3")
+    cfg.write_text("model: realnvp\ndata: {name: moons, limit: 64, options: {limit: 32}}\n")
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", tmp_path / "r")
+    one_line_error(rc, err, "config 'data' gives 'limit' twice")
+    assert not (tmp_path / "r").exists()
+
+
+def test_options_are_not_abbreviated(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # --ep would have been --epochs
+        cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--ep", "1",
+            "--out", tmp_path / "r")  # fmt: skip
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --ep 1" in err and not (tmp_path / "r").exists()
+
+
+def test_a_huge_bad_value_is_not_echoed_whole(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons",
+                     "--set", "train.lr=" + "x" * 100_000, "--out", tmp_path / "r")  # fmt: skip
+    one_line_error(rc, err, "train.lr", "characters left out")
+    assert len(err) < 2100
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    import subprocess
+    import sys
+
+    # `flowforge list | head -1` where head has already closed the pipe: no "Broken pipe"
+    # error and no traceback, the exit status a shell gives a command ended by SIGPIPE
+    read, write = os.pipe()
+    os.close(read)
+    lister = subprocess.run([sys.executable, "-m", "flowforge", "list"], stdout=write,
+                            stderr=subprocess.PIPE, timeout=120)  # fmt: skip
+    os.close(write)
+    err = lister.stderr.decode()
+    assert lister.returncode == 141 and not err.strip(), err

@@ -50,7 +50,14 @@ def _one_line(e) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
     for python, ours in _PYTHON_REMEDIES:
         msg = msg.replace(python, ours)
-    return msg.strip("'\"") if isinstance(e, KeyError) else msg
+    msg = msg.strip("'\"") if isinstance(e, KeyError) else msg
+    if len(msg) > _LONGEST:  # (a 100 KB value echoed back is no longer one line to read)
+        cut = len(msg) - _LONGEST + 200
+        msg = f"{msg[: _LONGEST - 400]} ... ({cut:,} characters left out) ... {msg[-200:]}"
+    return msg
+
+
+_LONGEST = 2000  # characters of one error line
 
 
 def _device_name(text: str) -> str:
@@ -222,7 +229,10 @@ def _train_overrides(args) -> dict:
         o = deep_merge(o, layer)  # --set model=glow keeps the --model-kwargs given
         for path, want in _leaves(flags):  # a flag and a --set: neither wins quietly
             got = _lookup(o, path)
-            if got != want:
+            nested = _lookup(o, _nested(path))  # model.kwargs.X, data.options.X: the same
+            if nested is not _ABSENT:  # key, and the one that wins (config._section)
+                got = nested
+            if not _same(path, got, want):
                 flag = _FLAG_OF.get(path) or (
                     f"--{path[0]}-kwargs" if path[0] in ("model", "data") and len(path) > 1
                     else "--" + path[-1].replace("_", "-")
@@ -254,6 +264,32 @@ def _leaves(tree, path=()):
             yield from _leaves(v, (*path, k))
     else:
         yield path, tree
+
+
+def _nested(path: tuple) -> tuple:
+    """``model.X`` and ``data.X`` as the nested keys a config may also give them under
+    (``model.kwargs.X``, ``data.options.X``, which win over them: see config._section)."""
+    if len(path) == 2 and path[0] in ("model", "data") and path[1] != "name":
+        return (path[0], "kwargs" if path[0] == "model" else "options", path[1])
+    return path
+
+
+def _same(path: tuple, got, want) -> bool:
+    """A --set value equal to a flag's: columns as a list or a comma-separated string alike."""
+    if got == want:
+        return True
+    if path == ("data", "target_columns"):  # (a flag's "a,b", --set data.target_columns=[a, b])
+        return _column_list(got) == _column_list(want)
+    return False
+
+
+def _column_list(v):
+    """Columns given as ``"a, b"``, ``[a, b]`` or ``3``, as data._parse_columns reads them."""
+    if isinstance(v, str):
+        return [w.strip() for w in v.split(",") if w.strip()]
+    if isinstance(v, list):
+        return [w.strip() if isinstance(w, str) else w for w in v]
+    return v  # (an index 2 and a name "2" may be different columns: not the same)
 
 
 def _lookup(tree, path):
@@ -876,7 +912,13 @@ def cmd_fit_target(args) -> int:
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a wrong option or value said in one line as the command's own errors
-    are (argparse prints its usage block first), and where to read the options."""
+    are (argparse prints its usage block first), and where to read the options. Options are
+    taken as written: ``--ep 1`` is refused, not read as ``--epochs`` (an abbreviation that a
+    later option makes ambiguous would break a script)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"flowforge: error: {message} (see: {self.prog} --help)\n")
@@ -1259,6 +1301,16 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _warning_line
     try:
         return args.func(args)
+    except BrokenPipeError as e:
+        if args.debug:
+            raise
+        if not _stdout_gone():  # another pipe's: an error as any other
+            print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+            return 1
+        # `flowforge list | head -1`: the reader has what it wanted; no second error when
+        # Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
     except KeyboardInterrupt:
         print("flowforge: interrupted", file=sys.stderr)
         return 130
@@ -1314,6 +1366,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # (no file descriptor: captured in tests)
+        return False
 
 
 def _rank() -> int:

@@ -250,6 +250,12 @@ def _section(value, what: str) -> tuple[str | None, dict]:
     nested = value.pop(extra, None) or {}
     if not isinstance(nested, dict):
         raise WorkbenchError(f"config '{what}.{extra}' must be a mapping")
+    for k in nested.keys() & value.keys():  # one of the two would win without a word
+        if nested[k] != value[k]:
+            raise WorkbenchError(
+                f"config '{what}' gives {k!r} twice, {what}.{k} = {value[k]!r} and "
+                f"{what}.{extra}.{k} = {nested[k]!r}: give one of them"
+            )
     return name, {**value, **nested}
 
 
