@@ -30,9 +30,21 @@ def test_wrong_feature_count(flow):
         flow.log_prob(torch.randn(5, 3))
 
 
-def test_wrong_rank(flow):
-    with pytest.raises(ValueError, match=r"expected x of shape \(\*batch, 4\), got \(4,\)"):
-        flow.log_prob(torch.randn(4))
+def test_wrong_rank(flow, cflow):
+    # one example without a batch dimension (as sample(()) draws it, as torch.distributions
+    # and zuko take it) is scored as one: a scalar
+    x = torch.randn(4)
+    assert flow.log_prob(x).shape == () and torch.allclose(flow.log_prob(x), flow.log_prob(x[None]))
+    assert flow.log_prob(flow.sample(())).shape == ()
+    c = torch.randn(2)
+    y = torch.randn(3)
+    assert torch.allclose(cflow.log_prob(y, c), cflow.log_prob(y[None], c[None])[0])
+    with pytest.raises(ValueError, match=r"expected context of shape \(2,\), got \(5, 2\)"):
+        cflow.log_prob(y, torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"expected x of shape \(\*batch, 4\), got \(3,\)"):
+        flow.log_prob(torch.randn(3))
+    with pytest.raises(ValueError, match=r"expected x of shape \(\*batch, 4\), got \(\)"):
+        flow.log_prob(torch.tensor(1.0))
     with pytest.raises(
         ValueError, match=r"expected Compose input of shape \(batch, 4\), got \(2, 2, 4\)"
     ):
@@ -505,3 +517,16 @@ def test_a_number_of_samples_that_is_no_integer_says_so():
     for n in (4.0, "3"):
         with pytest.raises(ValueError, match="an integer"):
             flow.sample(n)
+
+
+def test_per_example_scores_with_torch_func():
+    # vmap(grad(log_prob)) passes each example without its batch dimension
+    from torch.func import grad, vmap
+
+    torch.manual_seed(0)
+    flow = ff.models.NSF(features=3, layers=2, hidden=(8,)).eval()
+    x = torch.randn(5, 3)
+    score = vmap(grad(flow.log_prob))(x)
+    xx = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(flow.log_prob(xx).sum(), xx)
+    assert torch.allclose(score, want, atol=1e-5)

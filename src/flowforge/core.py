@@ -380,6 +380,29 @@ _FLOW_CHECKS: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
 )
 
 
+# Set while Flow.sample runs its layers' inverses: the log-determinants are thrown away, so a
+# layer that pays for its own (a CNF's trace, a residual block's log-det) may skip it and
+# return NaN in its place (never a number that looks right).
+_SAMPLES_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "flowforge_samples_only", default=False
+)
+
+
+def samples_only() -> bool:
+    """Whether the running call wants samples only (:meth:`Flow.sample`): a layer may then
+    skip the cost of its log-determinant and return NaN for it."""
+    return not torch.compiler.is_compiling() and _SAMPLES_ONLY.get()
+
+
+@contextlib.contextmanager
+def _sampling_only():
+    token = _SAMPLES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SAMPLES_ONLY.reset(token)
+
+
 def checking(t: Tensor) -> bool:
     """Whether a layer should check the values of ``t`` (angles in range, unit vectors...).
 
@@ -721,6 +744,15 @@ class Distribution(nn.Module):
         z = self._sample(self._n(n, context), context, 1.0)
         return z, self.log_prob(z, context)
 
+    def rsample_with_choice(self, n: int, context: Tensor | None = None):
+        """``(z, log_prob, choice)``: :meth:`rsample_and_log_prob`, and for a base whose
+        sampling makes a discrete choice (a mixture's component) the log-probability of the
+        choices made, differentiable, shape ``(n,)``; ``None`` for a continuous base. A
+        discrete choice is not reparameterisable: :func:`flowforge.reverse_kl` adds the
+        score-function term it needs for the choice's parameters (the mixture weights)."""
+        z, log_prob = self.rsample_and_log_prob(n, context)
+        return z, log_prob, None
+
     def extra_repr(self) -> str:
         s = f"event_shape={self.event_shape}"
         return s + (f", context_features={self.context_features}" if self.context_features else "")
@@ -853,10 +885,12 @@ class Flow(nn.Module):
     _cast_warned = False  # the precision of a narrowing input conversion was looked at
 
     def _prepare(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None, tuple]:
-        """Validate ``x`` and ``context``; flatten any batch shape to one dimension."""
+        """Validate ``x`` and ``context``; flatten any batch shape to one dimension (one
+        example without a batch dimension, as ``sample(())`` draws it, has the batch shape
+        ``()``)."""
         x = self._as_input(x, "x")
         k = len(self.event_shape)
-        if x.dim() < k + 1 or tuple(x.shape[x.dim() - k :]) != self.event_shape:
+        if x.dim() < k or tuple(x.shape[x.dim() - k :]) != self.event_shape:
             raise ValueError(
                 f"expected x of shape (*batch, {', '.join(map(str, self.event_shape))}), "
                 f"got {_fmt(x.shape)}"
@@ -902,8 +936,8 @@ class Flow(nn.Module):
                 context = context.expand(*batch, c)
             except RuntimeError:
                 pass  # (refused below, with the shape it needs)
-        if context.shape[-1:] != (c,) or (batch and tuple(context.shape[:-1]) != batch):
-            want = ", ".join(map(str, (*batch, c))) if batch else f"batch, {c}"
+        if context.shape[-1:] != (c,) or tuple(context.shape[:-1]) != batch:
+            want = ", ".join(map(str, (*batch, c))) + ("," if not batch else "")
             hint = ""
             one_column = context.dim() == 1 or (context.dim() > 1 and context.shape[-1] == 1)
             if c > 1 and one_column and context.numel() and _labels(context, c):
@@ -1040,9 +1074,9 @@ class Flow(nn.Module):
         if not math.prod(shape):  # no samples: no layer needs to run
             anchor = self.base._anchor
             return anchor.new_zeros(*shape, *self.event_shape)
-        with self._checks():
+        with self._checks(), _sampling_only():
             z = self.base.sample(math.prod(shape), ctx, temperature=temperature)
-            x, _ = self.transform.inverse(z, ctx)
+            x, _ = self.transform.inverse(z, ctx)  # (log-determinants unused: see samples_only)
             if self.dequantizer is not None:
                 # the continuous draws whose floor falls off the grid (mass the discrete model
                 # leaves out): counted as the integer flows count theirs, then clamped
@@ -1073,17 +1107,28 @@ class Flow(nn.Module):
 
         Returns ``(x, log_q)`` with shapes ``(n, *event_shape)`` and ``(n,)`` (``(n, B, ...)``
         and ``(n, B)`` with a ``(B, c)`` context). Ignores any dequantizer: the samples are
-        continuous.
+        continuous. A mixture base's component choice is discrete: no gradient reaches its
+        weights through these samples (a loss's gradient in them has expectation zero), and
+        :func:`flowforge.reverse_kl` adds the score-function term that trains them.
         """
         return self._rsample(n, context, log_q_checked=True)
 
-    def _rsample(self, n, context, log_q_checked: bool) -> tuple[Tensor, Tensor]:
+    def _rsample(self, n, context, log_q_checked: bool, choice: list | None = None):
+        """``(x, log_q)``; with a list ``choice``, the base's discrete choices' log-probability
+        (``rsample_with_choice``, None for a continuous base) is appended to it, shaped as
+        ``log_q``."""
         ctx, shape = self._sample_context(n, context)
         if not math.prod(shape):  # no samples: no layer needs to run (nor initialise)
             anchor = self.base._anchor
+            if choice is not None:
+                choice.append(None)
             return anchor.new_zeros(*shape, *self.event_shape), anchor.new_zeros(shape)
         with self._checks():
-            z, log_pz = self.base.rsample_and_log_prob(math.prod(shape), ctx)
+            if choice is None:
+                z, log_pz = self.base.rsample_and_log_prob(math.prod(shape), ctx)
+            else:
+                z, log_pz, made = self.base.rsample_with_choice(math.prod(shape), ctx)
+                choice.append(None if made is None else made.reshape(shape))
             x, ladj = self.transform.inverse(z, ctx)
         log_q = log_pz - ladj
         if not self.training:  # in training (reverse KL) a NaN goes on to the loss's checks

@@ -99,8 +99,9 @@ class GaussianMixture(Distribution):
 
     With a context, the mixture weights, means and log-scales come from an MLP of the context.
     ``rsample_and_log_prob`` is reparametrised within each component; the component choice
-    itself is discrete, so no gradient flows through the weights from the samples (the
-    log-probability term still trains them).
+    itself is discrete, so no gradient reaches the weights through the samples:
+    :func:`flowforge.reverse_kl` adds the score-function term for the choice
+    (:meth:`rsample_with_choice`), so that variational inference trains them.
 
     Args:
         event_shape: shape of one sample (an int for vectors).
@@ -153,13 +154,23 @@ class GaussianMixture(Distribution):
         return torch.logsumexp(F.log_softmax(logits, -1) + comp, dim=-1)
 
     def _sample(self, n, context, temperature):
+        return self._draw(n, context, temperature)[0]
+
+    def _draw(self, n, context, temperature):
+        """Samples, and the log-probability of the components drawn, ``(n,)``."""
         logits, loc, log_scale = self._params(n, context)
-        idx = _draw_component(F.softmax(logits, -1))  # (n, 1)
-        idx = idx.unsqueeze(-1).expand(n, 1, self.features)
+        log_w = F.log_softmax(logits, -1)
+        k = _draw_component(log_w.detach().exp())  # (n, 1)
+        idx = k.unsqueeze(-1).expand(n, 1, self.features)
         loc = loc.gather(1, idx).squeeze(1)
         scale = log_scale.gather(1, idx).squeeze(1).exp()
         eps = torch.randn_like(loc)
-        return (loc + temperature * scale * eps).reshape(n, *self.event_shape)
+        z = (loc + temperature * scale * eps).reshape(n, *self.event_shape)
+        return z, log_w.gather(1, k).squeeze(1)
+
+    def rsample_with_choice(self, n: int, context: Tensor | None = None):
+        z, choice = self._draw(self._n(n, context), context, 1.0)
+        return z, self.log_prob(z, context), choice
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", components={self.components}"
@@ -225,13 +236,20 @@ class MADEMoG(Distribution):
         return torch.logsumexp(log_w + comp, dim=-1).sum(-1)
 
     def _sample(self, n, context, temperature):
+        return self._draw(n, context, temperature)[0]
+
+    def _draw(self, n, context, temperature):
+        """Samples, and the log-probability of the components drawn (summed over the
+        dimensions, each given the dimensions before it), ``(n,)``."""
         a = self._anchor
         z = torch.zeros(n, self.features, device=a.device, dtype=a.dtype)
         cols: dict[int, Tensor] = {}
+        chosen: list[Tensor] = []
 
         def step(i: int, params: Tensor) -> Tensor:
             log_w, loc, log_scale = self._split(params)
-            idx = _draw_component(log_w.exp())
+            idx = _draw_component(log_w.detach().exp())
+            chosen.append(log_w.gather(1, idx).squeeze(1))
             mu, ls = loc.gather(1, idx).squeeze(1), log_scale.gather(1, idx).squeeze(1)
             cols[i] = mu + temperature * ls.exp() * torch.randn_like(mu)
             return cols[i]
@@ -239,7 +257,12 @@ class MADEMoG(Distribution):
         self.made.solve(step, n, context, like=z)
         if cols:
             z = torch.stack([cols[i] for i in range(self.features)], 1)
-        return z.reshape(n, *self.event_shape)
+        choice = torch.stack(chosen, 0).sum(0) if chosen else a.new_zeros(n)
+        return z.reshape(n, *self.event_shape), choice
+
+    def rsample_with_choice(self, n: int, context: Tensor | None = None):
+        z, choice = self._draw(self._n(n, context), context, 1.0)
+        return z, self.log_prob(z, context), choice
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", components={self.components}"

@@ -17,6 +17,7 @@ from torch import Tensor
 from ._util import all_finite
 from .core import Flow, NaNLogProb, NonFiniteSamples
 from .transforms.dequantization import UniformDequantization
+from .transforms.iresnet import EXACT_LOGDET_MAX
 
 __all__ = [
     "forward_kl",
@@ -81,14 +82,20 @@ def reverse_kl(
 
     ``target_log_prob(x)`` is the unnormalised log-density of the target (it gets ``x`` and,
     when a context is given, ``(x, context)``). The result is ``-ELBO``, differentiable through
-    :meth:`Flow.rsample_and_log_prob`. Samples that overflow the flow's dtype raise
+    :meth:`Flow.rsample_and_log_prob`; for a mixture base, whose component choice is discrete,
+    a score-function term with a leave-one-out baseline (zero in value) gives the mixture
+    weights their gradient, which the reparameterised samples cannot. Samples that overflow the flow's dtype raise
     :class:`~flowforge.core.NonFiniteSamples` (the workbench's trainer skips such a step).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
     if context is not None and context.dim() > 1 and not context.shape[0]:
         raise ValueError("expected at least one context row, got none")
-    x, log_q = flow.rsample_and_log_prob(n, context)
+    made: list = []  # the log-probability of a mixture base's discrete choices, if any
+    if isinstance(flow, Flow):
+        x, log_q = flow._rsample(n, context, log_q_checked=True, choice=made)
+    else:  # (any object with the method)
+        x, log_q = flow.rsample_and_log_prob(n, context)
     if not all_finite(x):  # the flow's own samples overflowed (training mode lets them through)
         raise NonFiniteSamples(
             f"the flow's samples are NaN or infinite ({int((~torch.isfinite(x)).sum())} values; "
@@ -107,7 +114,17 @@ def reverse_kl(
             "reverse KL trains the flow through that gradient; compute the target with torch "
             "operations on x"
         )
-    return (log_q - log_p).mean()
+    f = log_q - log_p
+    loss = f.mean()
+    choice = made[0] if made else None
+    if choice is not None and choice.requires_grad and n > 1:
+        # the score-function term of a discrete choice (a mixture base's component), which the
+        # reparameterised samples cannot carry: (f - b) d log P(choice), with the other
+        # samples' mean as b (a leave-one-out baseline keeps it unbiased); its value is zero
+        fd = f.detach()
+        baseline = (fd.sum(0, keepdim=True) - fd) / (n - 1)
+        loss = loss + ((fd - baseline) * (choice - choice.detach())).mean()
+    return loss
 
 
 def nll_to_bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
@@ -275,9 +292,6 @@ def _log_weights(flow, target_log_prob, m: int, context) -> Tensor:
     )
     log_p = check_log_prob(log_p, x, target_name(target_log_prob))
     return (log_p - log_q).double()
-
-
-EXACT_LOGDET_MAX = 128  # the widest residual block whose log-determinant is made exact
 
 
 @contextlib.contextmanager

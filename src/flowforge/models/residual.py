@@ -138,7 +138,8 @@ def ResidualFlow(
         hidden: widths of each block's ``g``.
         coeff: spectral-norm bound of each linear map, in ``(0, 1)``.
         activation: ``"lipswish"``, ``"elu"`` or ``"tanh"``.
-        estimator: log-det estimator: ``"auto"`` (exact for ``D <= 16``), ``"exact"`` or
+        estimator: log-det estimator: ``"auto"`` (exact for ``D <= 16``, and up to 128 in
+            eval mode), ``"exact"`` or
             ``"roulette"`` (unbiased Russian roulette with ``n_exact`` and ``roulette_p``).
         closed_form: ``"sample"`` puts the closed form in the noise-to-data direction
             (variational inference: sampling and the density of samples in one pass; the

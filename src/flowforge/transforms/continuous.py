@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from .._util import INFERENCE_MODE, functorch_active, jacobian_rows
-from ..core import Transform
+from ..core import Transform, samples_only
 from ..nets import _hooked, activation_class
 
 __all__ = [
@@ -346,6 +346,7 @@ class _Dynamics(nn.Module):
         object.__setattr__(self, "cnf", cnf)  # a back-reference, not a submodule
         self.context, self.noise, self.regularize = context, noise, regularize
         self.solving = True  # False once the forward solve returned: later calls are adjoint's
+        self.velocity_only, self.no_trace = False, None
         self.nfe = 0
         self.budget = cnf.max_steps * _STAGES.get(cnf.method, 14) + 14
 
@@ -391,6 +392,8 @@ class _Dynamics(nn.Module):
         self._count(t)
         cnf = self.cnf
         z = state[0]
+        if self.velocity_only:  # samples only: no trace (and no autograd: inference mode works)
+            return self.net(t, z, self.context), self.no_trace
         differentiable = torch.is_grad_enabled()  # the caller will differentiate this step
         with torch.enable_grad():
             if not z.requires_grad:
@@ -542,10 +545,12 @@ class CNF(Transform):
 
     # -- solving -------------------------------------------------------------------------
     def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
-        if torch.is_inference_mode_enabled():
+        # Flow.sample throws the log-determinant away: the velocity alone, half the cost or less
+        velocity_only = samples_only() and not torch.is_grad_enabled()
+        if torch.is_inference_mode_enabled() and not velocity_only:
             raise RuntimeError(INFERENCE_MODE.format(type(self).__name__))
         tde = _torchdiffeq()
-        regularize = bool(self.penalty_weights) and self.training
+        regularize = bool(self.penalty_weights) and self.training and not velocity_only
         noise = None
         if self.trace == "hutchinson":
             if self.noise == "gaussian":
@@ -555,6 +560,8 @@ class CNF(Transform):
         func = _Dynamics(self, context, noise, regularize)
         self.nfe_forward, self.nfe_backward = 0, 0
         zeros = x.new_zeros(x.shape[0])
+        if velocity_only:
+            func.velocity_only, func.no_trace = True, zeros
         if not x.shape[0]:  # nothing to solve (the solver would fail on an empty state)
             self._penalty = None
             return x.clone(), zeros
@@ -599,6 +606,8 @@ class CNF(Transform):
             self._penalty = loss
         else:
             self._penalty = None
+        if velocity_only:  # (no log-determinant was integrated: NaN, never a plausible 0)
+            return out[0], torch.full_like(out[1], math.nan)
         return out[0], out[1]
 
     def _step_size(self) -> float:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._util import INFERENCE_MODE, jacobian_rows, largest
-from ..core import Transform
+from ..core import Transform, samples_only
 from ..nets import activation_class
 
 __all__ = ["SpectralLinear", "ResidualBlock", "logdet_exact", "logdet_roulette"]
@@ -85,6 +85,9 @@ class SpectralLinear(nn.Linear):
 
 
 LIPSCHITZ_ACTIVATIONS = ("lipswish", "elu", "tanh")  # 1-Lipschitz
+# the widest block whose log-determinant is computed exactly when scoring (eval mode, importance
+# weights): D backward passes and a (batch, D, D) Jacobian per block
+EXACT_LOGDET_MAX = 128
 
 
 def logdet_exact(gz: Tensor, z: Tensor, create_graph: bool) -> Tensor:
@@ -154,7 +157,9 @@ class ResidualBlock(Transform):
     - ``"exact"``: the full Jacobian (``D`` backward passes; for small ``D``; the tests use it);
     - ``"roulette"``: :func:`logdet_roulette`, unbiased, with the Neumann-series gradient
       (Residual Flows, Chen et al., 2019); ``log_prob`` then is a stochastic estimate;
-    - ``"auto"``: exact for ``D <= 16``, roulette above.
+    - ``"auto"``: exact for ``D <= 16``, roulette above; in eval mode (scoring: ``ff.nll``,
+      ``flowforge eval``, a trainer's validation) exact up to ``D = 128``
+      (:data:`EXACT_LOGDET_MAX`), so that a score is a number, not a random estimate.
 
     Args:
         features: dimension ``D``.
@@ -244,12 +249,17 @@ class ResidualBlock(Transform):
         return bound
 
     def _method(self) -> str:
-        if self.estimator == "auto":
-            return "exact" if self.features <= 16 else "roulette"
+        if self.estimator == "auto":  # (scoring, in eval mode: exact up to EXACT_LOGDET_MAX)
+            limit = 16 if self.training else EXACT_LOGDET_MAX
+            return "exact" if self.features <= limit else "roulette"
         return self.estimator
 
     def _gz_logdet(self, g, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``g(z)`` and ``log det(I + J_g(z))``, differentiable when grad is enabled."""
+        """``g(z)`` and ``log det(I + J_g(z))``, differentiable when grad is enabled (NaN for
+        the log-determinant where :meth:`Flow.sample` throws it away)."""
+        if samples_only() and not torch.is_grad_enabled():
+            gz = g(z, context)
+            return gz, torch.full_like(gz[:, 0], math.nan)
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE.format(type(self).__name__))
         outer = torch.is_grad_enabled()

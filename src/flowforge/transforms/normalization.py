@@ -30,7 +30,10 @@ class ActNorm(DataInit, Transform):
 
     The first forward pass in training mode sets ``loc`` and ``log_scale`` so that this batch
     comes out with zero mean and unit variance per channel (Glow's data-dependent init). The
-    ``initialized`` flag is a saved buffer: a reloaded model never re-initialises.
+    ``initialized`` flag is a saved buffer: a reloaded model never re-initialises. A
+    reparameterised sampling pass in training mode with gradients (``rsample_and_log_prob``, in
+    variational inference, where there are no data) marks it initialised as it stands, so
+    that a later training-mode ``log_prob`` cannot overwrite what it has learned.
     """
 
     def __init__(self, shape, eps: float = 1e-6):
@@ -65,6 +68,11 @@ class ActNorm(DataInit, Transform):
         return z, (self.positions * self.log_scale.sum()).expand(x.shape[0])
 
     def _inverse(self, z, context):
+        if self.training and self._waiting() and torch.is_grad_enabled():
+            # a reparameterised sampling pass in training mode (variational inference): no data
+            # to initialise from, and the parameters it trains must not be overwritten later by
+            # the first batch a training-mode log_prob scores
+            self._mark_initialized()
         x = z * _per_channel((-self.log_scale).exp(), z) - _per_channel(self.loc, z)
         return x, (-self.positions * self.log_scale.sum()).expand(z.shape[0])
 

@@ -109,7 +109,9 @@ class DataStandardize(DataInit, Transform):
     A reparameterised sampling pass in training mode with gradients (``rsample_and_log_prob``
     in variational inference, where there are no data) fixes it as the identity instead, so
     that scoring points later cannot change the flow. ``sample`` (no gradients) leaves it
-    waiting for data.
+    waiting for data; but a training-mode ``log_prob`` of those samples initialises it from
+    them, and the next training batches, if they lie far from that first batch, get a
+    warning (the statistics are fixed: a check of :attr:`CHECKS` batches, then none).
 
     Example:
         >>> layer = DataStandardize(2)
@@ -154,16 +156,53 @@ class DataStandardize(DataInit, Transform):
                 stacklevel=2,
             )
         sd, mean = torch.std_mean(x.detach(), dim=0, correction=0)
-        sd = torch.where(sd > self.eps * (1 + mean.abs()), sd, torch.ones_like(sd))
+        # constant: no spread above the dtype's rounding of the mean (eps is float32's; a float64
+        # flow's data may vary by less than that and still be resolved)
+        tiny = self.eps * torch.finfo(x.dtype).eps / torch.finfo(torch.float32).eps
+        sd = torch.where(sd > tiny * (1 + mean.abs()), sd, torch.ones_like(sd))
         self.loc.copy_(mean)
         self.scale.copy_(sd)
         self._mark_initialized()
+        # (a first batch too small for its statistics has had its warning above)
+        self.__dict__["_checks_left"] = self.CHECKS if x.shape[0] >= self.FEW else 0
+
+    # training batches after the first checked against its statistics, and how far off (in the
+    # first batch's standard deviations) a batch's mean may lie before a warning
+    CHECKS, FAR = 8, 8.0
 
     def _forward(self, x, context):
         if self.training and self._waiting() and x.shape[0] > 1:
             self.initialize(x)
+        elif self.training and self.__dict__.get("_checks_left") and x.shape[0] > 1:
+            self._check_like_first(x)
         ladj = -self.scale.log().sum()
         return (x - self.loc) / self.scale, ladj.expand(x.shape[0])
+
+    @torch.no_grad()
+    def _check_like_first(self, x: Tensor) -> None:
+        """A warning when a training batch soon after the first lies far from the first's
+        statistics: the first batch was not the training data (the flow's own samples scored
+        in training mode, another or an unshuffled set), and the statistics are fixed."""
+        if torch.compiler.is_compiling():  # (a Python counter would recompile the graph)
+            return
+        self.__dict__["_checks_left"] -= 1
+        off = ((x.detach().mean(0) - self.loc) / self.scale).abs().max().item()
+        if not off > self.FAR:  # (NaN data: the loss's checks say it)
+            return
+        self.__dict__["_checks_left"] = 0  # said once
+        import warnings
+
+        warnings.warn(
+            f"DataStandardize took its statistics for good from a first training-mode batch, "
+            f"and this training batch's mean lies {off:.3g} of that batch's standard deviations "
+            "from it: the first batch was not like the training data (the flow's own samples "
+            "scored in training mode? another or an unshuffled set? or very heavy tails); "
+            "re-initialise it from "
+            "the training data (layer.initialize(batch), or a new flow whose first "
+            "training-mode log_prob sees a shuffled training batch)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def _inverse(self, z, context):
         if self.training and self._waiting() and torch.is_grad_enabled():
