@@ -84,8 +84,9 @@ def reverse_kl(
     when a context is given, ``(x, context)``). The result is ``-ELBO``, differentiable through
     :meth:`Flow.rsample_and_log_prob`; for a mixture base, whose component choice is discrete,
     a score-function term with a leave-one-out baseline (zero in value) gives the mixture
-    weights their gradient, which the reparameterised samples cannot. Samples that overflow the flow's dtype raise
-    :class:`~flowforge.core.NonFiniteSamples` (the workbench's trainer skips such a step).
+    weights their gradient, which the reparameterised samples cannot. Samples that overflow
+    the flow's dtype raise :class:`~flowforge.core.NonFiniteSamples` (the workbench's trainer
+    skips such a step).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
