@@ -530,3 +530,41 @@ def test_per_example_scores_with_torch_func():
     xx = x.clone().requires_grad_()
     (want,) = torch.autograd.grad(flow.log_prob(xx).sum(), xx)
     assert torch.allclose(score, want, atol=1e-5)
+
+
+def test_conditioner_mistakes_are_said_where_the_layer_is_built():
+    from torch import nn
+
+    with pytest.raises(TypeError, match="got the module Linear itself"):
+        T.Coupling(T.half_mask(4), nn.Linear(2, 4), T.Affine())
+    with pytest.raises(TypeError, match="factory returned str"):
+        T.Coupling(T.half_mask(4), lambda i, o: "net", T.Affine())
+    # a module of x alone (nn.Sequential) serves an unconditional coupling; it had failed in
+    # its first call with "forward() takes 2 positional arguments but 3 were given"
+    layer = T.Coupling(T.half_mask(4), lambda i, o: nn.Sequential(nn.Linear(i, o)), T.Affine())
+    x = torch.randn(3, 4)
+    z, _ = layer(x)
+    assert torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+    with pytest.raises(TypeError, match=r"its forward must take \(x, context\)"):
+        T.Coupling(T.half_mask(4), lambda i, o: nn.Sequential(nn.Linear(i, o)), T.Affine(), 2)
+
+
+def test_peer_names_and_sample_and_log_prob():
+    # zuko's and nflows' names get flowforge's in the error
+    for kwargs, ours in (
+        ({"hidden_features": (8,)}, "hidden"),
+        ({"transforms": 2}, "layers"),
+        ({"num_bins": 4}, "bins"),
+        ({"context": 2}, "context_features"),
+    ):
+        with pytest.raises(TypeError, match=f"NSF calls it {ours}"):
+            ff.models.NSF(features=2, **kwargs)
+    with pytest.raises(TypeError, match="Glow calls it steps"):
+        ff.models.Glow(shape=(1, 4, 4), num_layers=2)
+    torch.manual_seed(0)
+    flow = ff.models.NSF(features=2, layers=2, hidden=(8,))
+    x, lp = flow.sample_and_log_prob(16)
+    assert not x.requires_grad and not lp.requires_grad and lp.shape == (16,)
+    assert not bool(flow.transform.layers[0].initialized)  # still waiting for data
+    flow.eval()
+    assert torch.allclose(lp, flow.log_prob(x), atol=1e-4)

@@ -351,3 +351,30 @@ def test_the_monotone_solve_converges_on_a_steep_tanh(p):
     lo, hi = c - p - 1, c + p + 1
     a = T.residual.solve_monotone(fn, lo, hi)
     assert fn(a)[0].abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("name", ["ResidualFlow", "Sylvester", "Planar"])
+def test_layers_with_solves_run_in_full_precision_under_autocast(name):
+    # in bfloat16 the power iteration refused mixed dtypes, and the fixed-point, Newton and
+    # orthogonalisation solves did not converge (errors naming the wrong cause)
+    torch.manual_seed(0)
+    flow = (
+        ff.models.build(name, features=4, hidden=(8,))
+        if name == "ResidualFlow"
+        else (ff.models.build(name, features=4))
+    )
+    x = torch.randn(64, 4)
+    flow.train()
+    flow.log_prob(x)
+    flow.eval()
+    want = flow.log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = flow.log_prob(x)
+        back = flow.sample(8)
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
+    assert back.dtype == torch.float32 and torch.isfinite(back).all()
+    flow.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = -flow.log_prob(x).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in flow.parameters() if p.grad is not None)

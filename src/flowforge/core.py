@@ -94,10 +94,14 @@ class Transform(nn.Module):
         projects: ``True`` for a parameter-free chart that first projects its input onto a
             manifold (normalises a vector), so that its inverse gives back the projection, not
             the input; memory saving runs such a first layer outside its recomputed chain.
+        full_precision: ``True`` for a layer whose iterations (a fixed-point or Newton solve,
+            a power iteration, an orthogonalisation) do not converge in half precision: under
+            ``torch.autocast`` it runs with autocast off, in its parameters' dtype.
     """
 
     numeric_inverse: float | None = None
     projects: bool = False
+    full_precision: bool = False
 
     def __init__(
         self,
@@ -145,6 +149,8 @@ class Transform(nn.Module):
         """Data to noise: returns ``(z, log|det dz/dx|)``."""
         check_shape(x, self.event_shape, f"{type(self).__name__} input")
         self._check_context(context, x.shape[0])
+        if self.full_precision and _autocasting(x):
+            return self._without_autocast(self.forward, x, context)
         z, ladj = self._forward(x, context)
         if not isinstance(ladj, Tensor) or ladj.dim() != 1 or ladj.shape[0] != x.shape[0]:
             self._bad_ladj(ladj, x.shape[0], "_forward")
@@ -154,10 +160,20 @@ class Transform(nn.Module):
         """Noise to data: returns ``(x, log|det dx/dz|)``."""
         check_shape(z, self.output_shape, f"{type(self).__name__}.inverse input")
         self._check_context(context, z.shape[0])
+        if self.full_precision and _autocasting(z):
+            return self._without_autocast(self.inverse, z, context)
         x, ladj = self._inverse(z, context)  # (shapes only: no host sync)
         if not isinstance(ladj, Tensor) or ladj.dim() != 1 or ladj.shape[0] != z.shape[0]:
             self._bad_ladj(ladj, z.shape[0], "_inverse")
         return x, ladj
+
+    def _without_autocast(self, method, t: Tensor, context: Tensor | None):
+        """``method(t, context)`` with autocast off, inputs in the parameters' dtype."""
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), t.dtype)
+        with torch.autocast(t.device.type, enabled=False):
+            if context is not None and context.is_floating_point():
+                context = context.to(dtype)
+            return method(t.to(dtype), context)
 
     def _bad_ladj(self, ladj, batch: int, where: str) -> None:
         what = f"shape {tuple(ladj.shape)}" if isinstance(ladj, Tensor) else repr(ladj)
@@ -372,6 +388,12 @@ class Identity(Transform):
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)  # refused as a flow's dtype (Flow._checks)
+
+
+def _autocasting(t: Tensor) -> bool:
+    """Whether ``torch.autocast`` is on for ``t``'s device (never on "meta")."""
+    return t.device.type != "meta" and torch.is_autocast_enabled(t.device.type)
+
 
 # The validate_args of the Flow whose call is running (None: none is, or it has the default), so
 # that a layer's own value checks (angles in range, unit vectors) follow the flow's decision.
@@ -1110,6 +1132,14 @@ class Flow(nn.Module):
         continuous. A mixture base's component choice is discrete: no gradient reaches its
         weights through these samples (a loss's gradient in them has expectation zero), and
         :func:`flowforge.reverse_kl` adds the score-function term that trains them.
+        """
+        return self._rsample(n, context, log_q_checked=True)
+
+    @torch.no_grad()
+    def sample_and_log_prob(self, n, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Samples and their log-density in one pass, without gradients (nflows' name):
+        :meth:`rsample_and_log_prob` under ``torch.no_grad()``, shaped as it is, continuous
+        (any dequantizer is ignored). A layer waiting for its data initialisation keeps waiting.
         """
         return self._rsample(n, context, log_q_checked=True)
 

@@ -186,6 +186,23 @@ def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
 # -- registration --------------------------------------------------------------------------------
 
 
+# what zuko, nflows and normflows call some arguments, and flowforge's name ("DEPTH": the
+# builder's own depth argument: layers, steps, blocks...)
+_PEER_NAMES = {
+    "hidden_features": "hidden",
+    "hidden_units": "hidden",
+    "transforms": "DEPTH",
+    "num_layers": "DEPTH",
+    "num_transforms": "DEPTH",
+    "num_flows": "DEPTH",
+    "n_layers": "DEPTH",
+    "context": "context_features",
+    "num_bins": "bins",
+    "count_bins": "bins",
+    "tail_bound": "bound",
+}
+
+
 def register(
     fn: Callable[..., Flow] | None = None,
     *,
@@ -234,6 +251,11 @@ def register(
             except TypeError as e:
                 bad = next((k for k in kwargs if k not in public.parameters), None)
                 hint = suggest(bad, public.parameters, n=1, cutoff=0.6) if bad else ""
+                ours = _PEER_NAMES.get(bad or "")
+                if ours == "DEPTH":
+                    ours = _SPECS[name.lower()].depth
+                if ours and ours in public.parameters:  # (zuko's or nflows' word for it)
+                    hint = f"; {name} calls it {ours}"
                 if bad == "features" and "shape" in public.parameters:  # (vectors' word)
                     hint = f"; {name} takes images: shape=(C, H, W)"
                 elif bad == "shape" and "features" in public.parameters:

@@ -71,6 +71,43 @@ def _as_range(idx: Tensor) -> tuple[int, int] | None:
     return None
 
 
+def _conditioner(factory, n_in: int, n_out: int) -> nn.Module:
+    """``factory(n_in, n_out)``, checked: a module given in place of the factory, or a factory
+    that returns no module, is a ``TypeError`` saying so (they failed deep in the first call)."""
+    if isinstance(factory, nn.Module):
+        raise TypeError(
+            f"expected the conditioner as a factory (in_size, out_size) -> nn.Module, called "
+            f"once per layer with its sizes, got the module {type(factory).__name__} itself: "
+            "pass e.g. lambda i, o: MyNet(i, o)"
+        )
+    if not callable(factory):
+        raise TypeError(
+            "expected the conditioner as a factory (in_size, out_size) -> nn.Module, got "
+            f"{type(factory).__name__}"
+        )
+    net = factory(n_in, n_out)
+    if not isinstance(net, nn.Module):
+        raise TypeError(
+            f"the conditioner factory returned {type(net).__name__} for sizes ({n_in}, "
+            f"{n_out}); expected an nn.Module"
+        )
+    return net
+
+
+def _takes_context(net: nn.Module) -> bool:
+    """Whether ``net``'s forward takes a second positional argument (the context)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(net.forward).parameters.values())
+    except (TypeError, ValueError):  # (no signature to read: assume the documented contract)
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(q.kind is inspect.Parameter.VAR_POSITIONAL for q in params):
+        return True
+    return sum(q.kind in positional for q in params) >= 2
+
+
 class Coupling(Transform):
     r"""A coupling layer: half the entries parametrise an elementwise map of the other half.
 
@@ -80,7 +117,8 @@ class Coupling(Transform):
         conditioner: ``conditioner(in_size, out_size) -> nn.Module``, called once here. In the
             indexed split ``in_size``/``out_size`` count features (vectors) or channels
             (images); in the masked split both count channels. The module is called as
-            ``net(x_kept, context)``.
+            ``net(x_kept, context)``, or ``net(x_kept)`` if its forward takes one argument
+            (an ``nn.Sequential``; unconditional layers only).
         transformer: an elementwise transformer such as ``Affine()`` or ``Additive()``.
         context_features: size of the context the conditioner reads.
         rezero: multiply the parameters by a learnable gate that starts at 0 (ReZero), so the
@@ -134,11 +172,23 @@ class Coupling(Transform):
                 "merge", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False
             )
             self._range_a, self._range_b = _as_range(idx_a), _as_range(idx_b)
-            self.net = conditioner(len(idx_a), len(idx_b) * p)
+            self.net = _conditioner(conditioner, len(idx_a), len(idx_b) * p)
         else:
             self.register_buffer("mask", mask, persistent=False)
-            self.net = conditioner(mask.shape[0], mask.shape[0] * p)
+            self.net = _conditioner(conditioner, mask.shape[0], mask.shape[0] * p)
+        # a module of x alone (an nn.Sequential) is called without the context
+        self._reads_context = _takes_context(self.net)
+        if self.context_features and not self._reads_context:
+            raise TypeError(
+                f"the conditioner {type(self.net).__name__} takes x alone, and this coupling is "
+                f"conditional (context_features={self.context_features}): its forward must "
+                "take (x, context)"
+            )
         self.gate = nn.Parameter(torch.zeros(())) if rezero else None
+
+    def __setstate__(self, state):  # (pickles from before the flag: nets took the context)
+        state.setdefault("_reads_context", True)
+        super().__setstate__(state)
 
     # -- split / merge -----------------------------------------------------------------------
     def _take(self, x: Tensor, idx: Tensor, rng) -> Tensor:
@@ -171,7 +221,7 @@ class Coupling(Transform):
         if callable(grouped) and self.grouped_params and p >= GROUPED_FROM and x_a.dim() == 2:
             params = grouped(x_a, context, p)
             return params if self.gate is None else params * self.gate
-        h = self.net(x_a, context)
+        h = self.net(x_a, context) if self._reads_context else self.net(x_a)
         if h.dim() < 2 or h.shape[0] != x_a.shape[0] or h.shape[1] != n_out * p:  # (shapes only)
             raise ValueError(
                 f"{type(self.net).__name__}, the coupling's conditioner, returned shape "

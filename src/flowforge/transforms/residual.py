@@ -168,6 +168,7 @@ class Planar(_Amortised):
     """
 
     numeric_inverse = 1e-9
+    full_precision = True  # (its solves do not converge in bfloat16)
 
     def __init__(self, features: int, context_features: int = 0, hidden: Sequence[int] = (32,)):
         super().__init__((features,), context_features)
@@ -323,6 +324,7 @@ class Sylvester(_Amortised):
     """
 
     numeric_inverse = 1e-9
+    full_precision = True  # (its solves do not converge in bfloat16)
     KINDS = ("orthogonal", "householder", "triangular")
 
     def __init__(
