@@ -192,6 +192,52 @@ def test_codec_escapes_values_outside_the_window():
     assert len(blob) > len(codec.encode(flow, x))  # escapes cost raw bits
 
 
+def _reference_tables(w, loc, log_scale, lo, r):
+    """The mixture's CDF at the window's edges and the integer tables, as the format defined
+    them, in one expression over the (rows, window, components) array: what codec._counts
+    must give bit for bit, however it is computed (a file decodes only from the same
+    integers; a CDF one rounding off changes an integer too seldom for the integers alone to
+    show it)."""
+    with np.errstate(all="ignore"):
+        edges = lo[:, None] - 0.5 + np.arange(2 * r + 2)[None, :]
+        inv = np.exp(-log_scale)
+        u = (edges[:, :, None] - loc[:, None, :]) * inv[:, None, :]
+        cdf = (w[:, None, :] / (1.0 + np.exp(-np.clip(u, -700, 700)))).sum(-1)
+        mass = np.diff(cdf, axis=1)
+        escape = np.clip(1.0 - (cdf[:, -1] - cdf[:, 0]), 0.0, 1.0)
+        p = np.clip(np.concatenate([mass, escape[:, None]], 1), 0.0, None)
+        p /= p.sum(-1, keepdims=True)
+        total, bins = 1 << codec.PRECISION, p.shape[1]
+        counts = np.floor(p * (total - bins)).astype(np.int64) + 1
+        counts[np.arange(len(counts)), counts.argmax(-1)] += total - counts.sum(-1)
+    return cdf, counts
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 8, 9, 17, 130])
+def test_the_tables_are_the_formats_integers_bit_for_bit(k):
+    # codec._counts sums the components one buffer at a time, in the order numpy's sum over
+    # the components' axis adds them (pairwise: sequential below 8, eight running sums up to
+    # 128, halves beyond), rows a cache's worth at a time: the same integers as the formula.
+    # (Should a numpy sum in another order one day, the reference moves, not the codec: its
+    # files were written in this order.)
+    g = np.random.default_rng(k)
+    for r, m in ((4, 3000), (37, 200), (512, 70), (3000, 2)):
+        w = np.exp(g.normal(size=(m, k)))
+        w /= w.sum(-1, keepdims=True)
+        loc = g.normal(scale=r / 2, size=(m, k))
+        log_scale = g.uniform(-7.0, math.log(r + 1.0), size=(m, k))
+        if r == 37:  # a damaged model's values: NaN, infinities, overflow
+            for a in (w, loc, log_scale):
+                hit = g.uniform(size=a.shape) < 0.05
+                a[hit] = g.choice([np.nan, np.inf, -np.inf, 1e300, -1e300, -0.0], hit.sum())
+        lo = np.rint((w * loc).sum(-1)).astype(np.int64) - r if r != 37 else np.zeros(m, np.int64)
+        cdf, counts = _reference_tables(w, loc, log_scale, lo, r)
+        with np.errstate(all="ignore"):
+            ours = codec._mixture_cdf(w, loc, log_scale, lo, 2 * r + 2)
+        assert np.array_equal(ours, cdf, equal_nan=True), (k, r)  # every bit of every float
+        assert np.array_equal(codec._counts(w, loc, log_scale, lo, r), counts), (k, r)
+
+
 def test_file_size_matches_the_likelihood():
     flow = tiny_idf(levels=17, features=8)
     x = data(200, 8, 17)

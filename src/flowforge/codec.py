@@ -81,7 +81,8 @@ MAX_DEFAULT_RADIUS = 4096
 MAX_CHUNK = 65536  # examples per network call, at most
 MAX_CHUNK_VALUES = 2**20  # values per network call (chunk x values per example), at most
 MAX_THREADS = 64  # torch threads a file may ask for (encoder and decoder)
-_PIECE = 2**20  # table entries (rows x window x components) computed at once
+_PIECE = 2**20  # table entries (rows x window x components) of one piece, at most
+_PASS = 2**16  # window entries (rows x window) computed in one pass: its buffers fit a cache
 _FIXED = struct.Struct("<4sHHIIB")  # magic, version, flags, levels, count, ndim
 _TAIL = struct.Struct("<IHHB16sIIII")  # chunk, threads, radius, precision, hash, env, crcs, words
 _CRC = struct.Struct("<I")
@@ -464,16 +465,16 @@ def _data_crc(x: np.ndarray) -> int:
 # -- probability tables --------------------------------------------------------------------------
 
 
-def _tables(params, radius: int, rows: int):
-    """Integer tables for the first ``rows`` entries of a block, in consecutive pieces of rows:
-    ``(lo, counts)`` per piece, ``lo`` ``(m,)`` the first value of each entry's window and
-    ``counts`` ``(m, 2 * r + 2)`` int64 summing to ``2**24``, the last column the escape. The
-    window half-width ``r`` is the smallest that holds every component of weight above 1e-6 out
-    to 16 of its scales around the rounded mean (where a logistic's tail mass is below 1e-7),
-    capped at ``radius``: a function of the parameters alone, so encoder and decoder agree on
-    it. A piece has at most ``_PIECE`` table entries (rows x window x components), which bounds
-    the memory whatever the chunk and window, and lets the decoder check its payload between
-    pieces. ``params`` as from ``block_params``, flattened to one row per entry."""
+def _plan(params, radius: int, rows: int):
+    """A block's mixtures as float64 arrays, one row per entry (the first ``rows``), with what
+    fixes its tables: ``(w, loc, log_scale, center, r, step)``, ``center`` the rounded mean of
+    each entry's mixture, ``r`` the window's half-width and ``step`` the rows of a piece.
+    The window half-width ``r`` is the smallest that holds every component of weight above
+    1e-6 out to 16 of its scales around the rounded mean (where a logistic's tail mass is below
+    1e-7), capped at ``radius``: a function of the parameters alone, so encoder and decoder
+    agree on it. A piece has at most ``_PIECE`` table entries (rows x window x components),
+    which bounds the memory whatever the chunk and window, and lets the decoder check its
+    payload between pieces. ``params`` as from ``block_params``."""
     log_w, loc, log_scale = (
         p.detach().double().reshape(-1, p.shape[-1])[:rows].numpy() for p in params
     )
@@ -486,6 +487,15 @@ def _tables(params, radius: int, rows: int):
         need = np.nan_to_num(np.where(w > 1e-6, reach, 0.0).max(), nan=0.0)
     r = int(min(radius, max(4, math.ceil(min(need, 2.0**20)))))
     step = max(1, _PIECE // ((2 * r + 2) * w.shape[1]))
+    return w, loc, log_scale, center, r, step
+
+
+def _tables(params, radius: int, rows: int):
+    """Integer tables for the first ``rows`` entries of a block, in consecutive pieces of rows
+    (:func:`_plan`): ``(lo, counts)`` per piece, ``lo`` ``(m,)`` the first value of each
+    entry's window and ``counts`` ``(m, 2 * r + 2)`` int64 summing to ``2**24``, the last
+    column the escape."""
+    w, loc, log_scale, center, r, step = _plan(params, radius, rows)
     for a in range(0, len(w), step):
         b = a + step
         lo = center[a:b] - r
@@ -493,25 +503,97 @@ def _tables(params, radius: int, rows: int):
 
 
 def _counts(w, loc, log_scale, lo, r: int) -> np.ndarray:
-    """The integer table of each row's window ``[lo, lo + 2r]`` plus the escape."""
-    with np.errstate(all="ignore"):  # (as in _tables)
-        return _quantized(w, loc, log_scale, lo, r)
+    """The integer table of each row's window ``[lo, lo + 2r]`` plus the escape, computed
+    ``_PASS`` window entries at a time (each row's table is its own: the same integers
+    however the rows are grouped)."""
+    bins = 2 * r + 2
+    step = max(1, _PASS // bins)
+    with np.errstate(all="ignore"):  # (as in _plan)
+        if len(w) <= step:
+            return _quantized(w, loc, log_scale, lo, r)
+        out = np.empty((len(w), bins), np.int64)
+        for a in range(0, len(w), step):
+            b = a + step
+            out[a:b] = _quantized(w[a:b], loc[a:b], log_scale[a:b], lo[a:b], r)
+        return out
 
 
 def _quantized(w, loc, log_scale, lo, r: int) -> np.ndarray:
-    edges = lo[:, None] - 0.5 + np.arange(2 * r + 2)[None, :]  # (M, 2r+2)
-    inv = np.exp(-log_scale)  # (M, K)
-    u = (edges[:, :, None] - loc[:, None, :]) * inv[:, None, :]
-    cdf = (w[:, None, :] / (1.0 + np.exp(-np.clip(u, -700, 700)))).sum(-1)  # (M, 2r+2)
-    mass = np.diff(cdf, axis=1)
-    escape = np.clip(1.0 - (cdf[:, -1] - cdf[:, 0]), 0.0, 1.0)
-    p = np.clip(np.concatenate([mass, escape[:, None]], 1), 0.0, None)
+    """The tables of rows ``(w, loc, log_scale)`` (``(m, K)`` each) over the windows that start
+    at ``lo``: the mixture's CDF at the ``2r + 2`` bin edges in float64, its differences and
+    the escape mass, quantized to integers summing to ``2**24`` (every bin at least 1, the
+    rounding's remainder on the largest). The arithmetic is the format's definition (the
+    decoder must rebuild these integers bit for bit): each operation, and the order in which
+    the components are summed, is that of the original one-expression form (see
+    :func:`_mixture_cdf`); only the buffers are reused."""
+    m, bins = len(w), 2 * r + 2
+    cdf = _mixture_cdf(w, loc, log_scale, lo, bins)
+    p = np.empty((m, bins))
+    np.subtract(cdf[:, 1:], cdf[:, :-1], out=p[:, :-1])  # (np.diff)
+    p[:, -1] = np.clip(1.0 - (cdf[:, -1] - cdf[:, 0]), 0.0, 1.0)  # the escape
+    np.clip(p, 0.0, None, out=p)
     p /= p.sum(-1, keepdims=True)
-    total, bins = 1 << PRECISION, p.shape[1]
-    counts = np.floor(p * (total - bins)).astype(np.int64) + 1
+    total = 1 << PRECISION
+    p *= total - bins
+    np.floor(p, out=p)
+    counts = p.astype(np.int64)
+    counts += 1
     rest = total - counts.sum(-1)
-    counts[np.arange(len(counts)), counts.argmax(-1)] += rest
+    counts[np.arange(m), counts.argmax(-1)] += rest
     return counts
+
+
+def _mixture_cdf(w, loc, log_scale, lo, bins: int) -> np.ndarray:
+    """``sum_k w_k / (1 + exp(-clip((edge - loc_k) / scale_k, -700, 700)))`` at the ``bins``
+    edges ``lo - 0.5 + j``, ``(m, bins)``: component by component into ``(m, bins)`` buffers,
+    summed in the order numpy's ``ndarray.sum(-1)`` adds the ``(m, bins, K)`` array of the
+    terms (its pairwise summation: :func:`_pairwise`), so bit for bit that sum without
+    building the array K times the size, or reducing over its short last axis (a third of the
+    time of a table)."""
+    m, k = w.shape
+    edges = lo[:, None] - 0.5 + np.arange(bins, dtype=np.float64)[None, :]
+    inv = np.exp(-log_scale)
+
+    def term(j: int, out: np.ndarray) -> np.ndarray:
+        np.subtract(edges, loc[:, j, None], out=out)
+        out *= inv[:, j, None]
+        np.clip(out, -700, 700, out=out)
+        np.negative(out, out=out)
+        np.exp(out, out=out)
+        np.add(1.0, out, out=out)
+        return np.divide(w[:, j, None], out, out=out)
+
+    return _pairwise(term, 0, k, (m, bins))
+
+
+def _pairwise(term, start: int, n: int, shape) -> np.ndarray:
+    """``term(start) + ... + term(start + n - 1)`` (each ``term(j, out)`` written into a
+    buffer ``out`` of ``shape``) added in the order of numpy's pairwise summation, which
+    ``ndarray.sum`` applies along a contiguous axis (``pairwise_sum`` in numpy's
+    ``loops_utils.h.src``): fewer than 8 terms one after another from 0; up to 128, eight
+    running sums over every eighth term, combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
+    (r6 + r7)), then the rest one by one; beyond, the two halves (cut at a multiple of 8)."""
+    if n < 8:
+        res, buf = np.zeros(shape), np.empty(shape)
+        for j in range(start, start + n):
+            res += term(j, buf)
+        return res
+    if n <= 128:
+        acc = [term(start + j, np.empty(shape)) for j in range(8)]
+        buf, i, whole = np.empty(shape), 8, n - n % 8
+        while i < whole:
+            for j in range(8):
+                acc[j] += term(start + i + j, buf)
+            i += 8
+        for a, b in ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (4, 6), (0, 4)):
+            acc[a] += acc[b]
+        res = acc[0]
+        for j in range(start + whole, start + n):
+            res += term(j, buf)
+        return res
+    half = n // 2
+    half -= half % 8
+    return _pairwise(term, start, half, shape) + _pairwise(term, start + half, n - half, shape)
 
 
 def ideal_bits(flow: IntegerFlow, x, chunk: int | None = None, radius: int | None = None) -> float:
@@ -597,9 +679,7 @@ def _segments(flow: IntegerFlow, xs: np.ndarray, chunk: int, radius: int):
 def _chunk_segments(flow: IntegerFlow, x: np.ndarray, chunk: int, radius: int):
     """:func:`_segments` of one chunk of ``n <= chunk`` examples ``x``."""
     base, n = flow.base, len(x)
-    z_full = _latent(flow, x, chunk)
-    z = torch.zeros_like(z_full)
-    z[:n] = z_full[:n]  # padding rows read as zeros, as the decoder sees them
+    z = _chunk_latent(flow, x, chunk)
     for i in reversed(range(len(base.blocks))):
         s = base.block_slice(i)
         m = n * (s.stop - s.start)
@@ -614,6 +694,41 @@ def _chunk_segments(flow: IntegerFlow, x: np.ndarray, chunk: int, radius: int):
         escaped = np.concatenate(escaped)
         if len(escaped):
             yield "escape", _escape_words(escaped), None, None
+
+
+def _chunk_latent(flow: IntegerFlow, x: np.ndarray, chunk: int) -> Tensor:
+    """The flat latent ``(chunk, D)`` of one chunk of ``n <= chunk`` examples, its padding
+    rows zeros, as the decoder sees them."""
+    z_full = _latent(flow, x, chunk)
+    z = torch.zeros_like(z_full)
+    z[: len(x)] = z_full[: len(x)]
+    return z
+
+
+def _encode_chunk(coder, categorical, raw, flow: IntegerFlow, x: np.ndarray, chunk, radius):
+    """Push one chunk of ``n <= chunk`` examples ``x`` onto the rANS ``coder``, in the reverse
+    of the order the decoder reads them (:func:`_chunk_segments`; the coder is a stack): the
+    first block first, and in each block the words of its escaped values, then its pieces of
+    tables from the last piece. The encoder knows the whole latent, so every block's
+    parameters come from it in any order, and only one piece of tables exists at a time (at
+    most ``_PIECE`` entries, the decoder's bound), whatever the chunk."""
+    base, n = flow.base, len(x)
+    z = _chunk_latent(flow, x, chunk)
+    for i in range(len(base.blocks)):
+        s = base.block_slice(i)
+        m = n * (s.stop - s.start)
+        v = z[:n, s].reshape(-1).to(torch.int64).numpy()
+        w, loc, log_scale, center, r, step = _plan(_block_params(base, i, z), radius, m)
+        lo, escape = center - r, 2 * r + 1  # (the escape: a table's last column)
+        off = v - lo
+        esc = (off < 0) | (off >= escape)
+        if esc.any():
+            coder.encode_reverse(_escape_words(v[esc]), raw)
+        syms = np.where(esc, escape, off).astype(np.int32)
+        for a in reversed(range(0, m, step)):
+            b = a + step
+            counts = _counts(w[a:b], loc[a:b], log_scale[a:b], lo[a:b], r)
+            coder.encode_reverse(syms[a:b], categorical, counts / float(1 << PRECISION))
 
 
 def _block_params(base: DiscretizedLogisticMixture, i: int, z: Tensor):
@@ -682,15 +797,11 @@ def encode(
     categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
     try:
         with torch.no_grad(), _threads(threads):
-            # the stack codes in reverse: the last chunk first, so that only one chunk's
-            # tables are held at a time, whatever the number of examples
+            # the stack codes in reverse: the last chunk first, and in each chunk the last
+            # piece of tables first, so that one piece of tables exists at a time
             for start, n in reversed(list(_chunks(len(xs), chunk))):
-                segments = list(_chunk_segments(flow, xs[start : start + n], chunk, radius))
-                for kind, syms, counts, _ in reversed(segments):
-                    if kind == "block":
-                        coder.encode_reverse(syms, categorical, counts / float(1 << PRECISION))
-                    else:
-                        coder.encode_reverse(syms, raw)
+                part = xs[start : start + n]
+                _encode_chunk(coder, categorical, raw, flow, part, chunk, radius)
     finally:
         flow.train(was_training)
     words = np.asarray(coder.get_compressed(), dtype=np.uint32).astype("<u4")

@@ -102,7 +102,7 @@ def _show(ax, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-SAMPLE_CHUNK = 4096  # samples drawn per call: memory stays that of the output
+SAMPLE_CHUNK = 4096  # samples drawn (and checked) per call: memory is the output's and a chunk
 PAIR_COLUMNS = 128  # a report's search for dependent pairs: among this many columns at most
 SAMPLE_LIMIT = 2**28  # values (1 GiB of float32) one sample command may write
 MAX_TEMPERATURES = 8  # sample grids one report draws per figure
@@ -133,16 +133,18 @@ def sample_run(
     flow.eval()
     out = torch.empty(rows, n, *shape)
     clamped = 0.0  # an integer flow's values drawn outside its levels, over all the chunks
+    bad = 0  # samples with a value that is not finite, counted chunk by chunk (as stored)
     with fork_rng():
         torch.manual_seed(seed)
         for start in range(0, n, SAMPLE_CHUNK):
             m = min(SAMPLE_CHUNK, n - start)
             x = flow.sample(m, context, temperature=temperature)
-            out[:, start : start + m] = x.reshape(m, rows, *shape).transpose(0, 1).cpu()
+            part = out[:, start : start + m]
+            part.copy_(x.reshape(m, rows, *shape).transpose(0, 1))
+            bad += int((~torch.isfinite(part.reshape(rows * m, -1))).any(1).sum())
             clamped += float(getattr(flow, "clamped", 0.0)) * m / n
     if hasattr(flow, "clamped"):
         flow.clamped = clamped  # the whole draw's fraction, for the caller to report
-    bad = (~torch.isfinite(out.reshape(rows * n, -1))).any(1).sum().item()
     if bad:
         raise WorkbenchError(
             f"{bad} of {rows * n} samples are not finite (inf or NaN): the model is unstable "
@@ -1097,6 +1099,7 @@ def write_report(
 
 
 OUTSIDE_SHARE = 0.01  # samples beyond a column's training range worth a warning
+RANGE_CHUNK = 2**20  # sample values outside_ranges compares at once (8 MiB in float64)
 
 
 BOUND_KEYS = ("lower", "upper")
@@ -1117,8 +1120,12 @@ def outside_ranges(x, cfg: dict) -> str | None:
     ):  # fmt: skip
         return None
     lo, hi = torch.tensor(ranges, dtype=torch.float64).T
-    v = x.double()
-    share = ((v < lo) | (v > hi)).double().mean(0)
+    outside = torch.zeros(len(ranges), dtype=torch.int64)
+    step = max(1, RANGE_CHUNK // len(ranges))  # rows at a time: never a copy of all
+    for a in range(0, len(x), step):
+        v = x[a : a + step].double()
+        outside += ((v < lo) | (v > hi)).sum(0)
+    share = outside.double() / len(x)  # (as the mean of the 0/1 flags: sum / n, exact sums)
     names = cfg["resolved"].get("columns")
     if not isinstance(names, list) or len(names) != len(ranges):
         info = cfg["resolved"].get("context") or {}
@@ -1130,7 +1137,8 @@ def outside_ranges(x, cfg: dict) -> str | None:
     if not bad:
         return None
     each = "; ".join(
-        f"{names[j]} {share[j]:.1%} (samples {v[:, j].min():.4g} to {v[:, j].max():.4g}, "
+        f"{names[j]} {share[j]:.1%} (samples {x[:, j].double().min():.4g} to "
+        f"{x[:, j].double().max():.4g}, "
         f"data {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
         for j in bad[:5]
     )
