@@ -46,8 +46,7 @@ def test_data_standardize_takes_the_first_training_batch_and_keeps_it():
     assert torch.allclose(z.std(0, correction=0), torch.ones(2), atol=1e-6)
     sd = x.std(0, correction=0)
     assert torch.allclose(ladj, -sd.log().sum().expand(3))
-    with pytest.warns(RuntimeWarning, match="not like the training data"):
-        layer(x * 100)  # fixed from now on (and far from the first batch: said)
+    layer(x * 100)  # fixed from now on (a first batch this small has had its warning)
     assert torch.allclose(layer.scale, sd)
     back, _ = layer.inverse(z)
     assert torch.allclose(back, x, atol=1e-5)
