@@ -438,8 +438,13 @@ def cmd_eval(args) -> int:
 
         raise WorkbenchError("--calibration-samples and --calibration-pairs go with --calibration")
     if args.calibration:  # first: its refusals come before the NLL's pass over the split
-        from .evaluate import calibrate_run
+        from .evaluate import calibrate_run, check_eval_options
 
+        # (and the NLL's own refusals of these options, before either reads the data)
+        check_eval_options(
+            args.run, args.samples, args.iw, args.trace, args.ode_tol, args.batch_size,
+            args.device,
+        )  # fmt: skip
         samples, pairs = args.calibration_samples, args.calibration_pairs
         calibration = calibrate_run(
             args.run,

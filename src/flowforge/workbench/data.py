@@ -47,6 +47,7 @@ __all__ = [
     "make_conditional",
     "load_dataset",
     "read_examples",
+    "reload_dataset",
     "read_table",
     "TOYS",
 ]
@@ -290,6 +291,13 @@ def _rows(idx, base: int = 0, limit: int = 8) -> str:
 
 
 CHUNK_ROWS = 1 << 16  # rows a check looks at at once: its temporaries stay that size
+CHUNK_VALUES = 1 << 22  # values a chunk of a wide table holds at most (32 MiB in float64)
+
+
+def _chunk_rows(width: int) -> int:
+    """Rows of a table ``width`` columns wide to look at at once: :data:`CHUNK_ROWS`, fewer
+    for a wide table, so that a chunk's float64 temporaries stay near 32 MiB."""
+    return max(1, min(CHUNK_ROWS, CHUNK_VALUES // max(int(width), 1)))
 
 
 def _bad_rows(a: np.ndarray, bad) -> np.ndarray:
@@ -436,12 +444,12 @@ def _parse_csv_fast(path: Path, encoding: str, errors: str, header, names, width
             )  # fmt: skip
     except Exception:  # noqa: BLE001 - anything unusual: the row-by-row reader says what
         return None
-    if (
-        out.shape[1] != len(row)
-        or not len(out)
-        or not np.isfinite(out).all()
-        or (np.abs(out) > np.finfo(np.float32).max).any()
-    ):
+    if out.shape[1] != len(row) or not len(out):
+        return None
+    # every value finite and within float32's range: the extremes say (NaN propagates into
+    # them), with no temporary the table's size
+    top = float(np.finfo(np.float32).max)
+    if not (-top <= out.min() and out.max() <= top):
         return None
     return out, ([c.strip() for c in row] if named else None), (lineno, row)
 
@@ -508,13 +516,13 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
     if not lines:
         raise DataError(f"{path} has a header but no data rows")
     out = np.frombuffer(values, dtype=np.float64).reshape(-1, d)
-    bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
+    bad = _bad_rows(out, lambda c: ~np.isfinite(c))
     if len(bad):
         raise DataError(
             f"{path} contains NaN or inf on lines {_rows([lines[i] for i in bad])} (missing "
             "values? drop those rows, or fill them in, before training)"
         )
-    big = np.nonzero((np.abs(out) > np.finfo(np.float32).max).any(axis=1))[0]
+    big = _bad_rows(out, lambda c: np.abs(c) > np.finfo(np.float32).max)
     if len(big):
         raise DataError(
             f"{path}: values beyond float32's range (about 3.4e38) on lines "
@@ -525,6 +533,14 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
     return _csv_verdicts(path, out, columns, first, header, zero_led, split)
 
 
+def _whole_rows(a: np.ndarray) -> np.ndarray:
+    """Whether each row of a table holds only whole numbers, a chunk of rows at a time (no
+    rounded copy of the table)."""
+    step = _chunk_rows(a.shape[1])
+    chunks = (a[i : i + step] for i in range(0, len(a), step))
+    return np.concatenate([(c == np.round(c)).all(axis=1) for c in chunks])
+
+
 def _csv_verdicts(
     path: Path, out: np.ndarray, columns, first, header, zero_led, split: bool = False
 ):
@@ -532,7 +548,7 @@ def _csv_verdicts(
     cannot): two columns of whole numbers that are one of decimal commas (a zero-led second
     cell, or second cells all of one width that the first's are not), a header of numbers."""
     d = out.shape[1]
-    whole = (out == np.round(out)).all(axis=1)
+    whole = _whole_rows(out)
     if split and zero_led is None and columns is None and header is None and whole.all():
         # (a warning, not a refusal: two columns of whole numbers, an age and a 0/1 flag, look
         # the same; it names what to do either way)
@@ -669,35 +685,61 @@ def _column_key(j: int, names: list[str] | None) -> str:
     return str(names[j]) if names else str(j)
 
 
+def _model_chunks(train: np.ndarray, integers=None):
+    """A table's training rows as :func:`model_view` gives them without bounds (its integer
+    columns with the same draw of dequantization noise), in float64, a chunk of
+    :func:`_chunk_rows` rows at a time: never a whole copy of the split."""
+    cols = list(integers or ())
+    rng = np.random.default_rng(0)  # (drawn row after row: the stream of _with_noise's draw)
+    step = _chunk_rows(train.shape[1])
+    for i in range(0, len(train), step):
+        c = np.array(train[i : i + step], dtype=np.float64)
+        if cols:
+            c[:, cols] += rng.random((len(c), len(cols)))
+        yield c
+
+
 def constant_columns(ds) -> str | None:
     """Why no density can model a table with a column that holds one value in every
     training row, or columns that are a linear function of each other (a density on a
     hyperplane: its likelihood grows without bound while training goes on). ``flowforge
-    train`` refuses such a table; a run's data reloaded for eval is not."""
+    train`` refuses such a table; a run's data reloaded for eval is not. The training split
+    is read a chunk of rows at a time (its mean, spread and cross-products summed in
+    float64), never copied whole."""
     train = ds.train.numpy()
     if ds.kind != "table" or ds.levels is not None or not len(train):
         return None
-    if ds.info.get("integers"):  # dequantized: a constant integer column is not degenerate
-        train = model_view(train, None, ds.info["integers"])
+    # (dequantized: a constant integer column is not degenerate)
+    integers = ds.info.get("integers") or None
     names = ds.info.get("columns")
     if len(train) == 1:
         return (
             f"{ds.name}: the training split holds one row: no density can be fitted to one "
             "example; give more rows (or smaller data options val_fraction and test_fraction)"
         )
-    const = [j for j in range(train.shape[1]) if np.all(train[:, j] == train[0, j])]
+    n, d = train.shape
+    first, same, total = None, np.ones(d, dtype=bool), np.zeros(d)
+    for c in _model_chunks(train, integers):
+        first = c[0].copy() if first is None else first
+        same &= (c == first).all(0)
+        total += c.sum(0)
+    const = np.flatnonzero(same).tolist()
     if const:
         cols = ", ".join(_column_name(j, names) for j in const[:5])
         return (
             f"{ds.name}: column(s) {cols} hold the same value in every training row: a density "
             "over a constant is degenerate (it can grow without bound); drop them"
         )
-    n, d = train.shape
     if d < 2 or n <= 2 * d:  # (with few rows per column a correlation is singular anyway)
         return None
-    z = train.astype(np.float64)
-    z = (z - z.mean(0)) / z.std(0)
-    eig, vec = np.linalg.eigh(z.T @ z / n)  # the correlation's eigenvalues, ascending
+    mean = total / n
+    cross = np.zeros((d, d))  # the centred cross-products, summed over the chunks
+    for c in _model_chunks(train, integers):
+        c -= mean
+        cross += c.T @ c
+    sd = np.sqrt(np.diag(cross) / n)
+    corr = cross / n / np.outer(sd, sd)
+    eig, vec = np.linalg.eigh(corr)  # the correlation's eigenvalues, ascending
     if eig[0] > 1e-7:
         return None
     weight = np.abs(vec[:, 0])
@@ -1169,11 +1211,22 @@ def check_levels(x, levels: int | None, bits: int, where: str) -> None:
 
 
 def _image_array(
-    a: np.ndarray, path: Path, seed: int, bits, levels, val_fraction, test_fraction, shuffle
+    a: np.ndarray,
+    path: Path,
+    seed: int,
+    bits,
+    levels,
+    val_fraction,
+    test_fraction,
+    shuffle,
+    checks: bool = True,
 ) -> Dataset:
     """Images given as one integer array ``(N, C, H, W)`` (what ``flowforge decompress``
     writes): 8-bit values kept to their top ``bits`` bits as for a folder of PNGs (levels
-    ``2**bits``), or, with ``levels``, integers in ``[0, levels - 1]`` as they are."""
+    ``2**bits``), or, with ``levels``, integers in ``[0, levels - 1]`` as they are. A uint8
+    array is shifted in place, not copied. ``checks``: look for what the warnings say
+    (duplicates across the splits); False when a run's data are reloaded
+    (:func:`reload_dataset`)."""
     where = str(path)
     if a.size == 0:
         raise DataError(f"{where} is empty")
@@ -1207,7 +1260,7 @@ def _image_array(
                 f"{where}: levels={levels} needs integer values in [0, {levels - 1}], got "
                 f"values in [{lo}, {hi}]"
             )
-        x = a.astype(np.int32 if levels > 256 else np.uint8)
+        x = a.astype(np.int32 if levels > 256 else np.uint8, copy=False)
     else:
         bits = 8 if bits is None else bits
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
@@ -1217,15 +1270,16 @@ def _image_array(
                 f"{where} holds images with values in [{lo}, {hi}]; 8-bit pixel values are in "
                 "[0, 255] (other integers: give data.levels, values in [0, levels - 1])"
             )
-        x = a.astype(np.uint8)
-        np.right_shift(x, 8 - int(bits), out=x)
+        x = a.astype(np.uint8, copy=False)  # (the file's array itself, shifted in place)
+        if bits < 8:
+            np.right_shift(x, 8 - int(bits), out=x)
         levels = 2 ** int(bits)
     del a
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
     parts = [x[i] for i in (tr, va, te)]
     # (C order, whatever the file's: a Fortran-order array trained differently)
     t = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
-    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
+    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images") if checks else []
     return Dataset(
         where, *t, shape=tuple(x.shape[1:]), levels=int(levels), kind="image",
         info={"warnings": notes} if notes else {},
@@ -1682,6 +1736,8 @@ def _check_levels(x: np.ndarray, levels: int, where: str) -> None:
 def _table(
     path: Path,
     seed: int,
+    checks: bool = True,
+    /,
     val_fraction=0.1,
     test_fraction=0.1,
     shuffle=True,
@@ -1697,7 +1753,10 @@ def _table(
 ) -> Dataset:
     """A table file, or images as one array ``(N, C, H, W)`` (:func:`_image_array`, which
     takes ``bits``); ``targets``: the ``--target-columns`` of a conditional run (checked
-    against ``bounds`` and ``integers`` before any value is)."""
+    against ``bounds`` and ``integers`` before any value is). ``checks``: look for what the
+    warnings say (outliers, duplicates, integer columns, atoms); False when a finished run's
+    data are reloaded (:func:`reload_dataset`): the checks that refuse data are made either
+    way. (Positional only: a data option of that name is refused as any unknown one.)"""
     array = path.suffix.lower() != ".csv"  # (may hold images, which take bits)
     _no_options(str(path), options, _TABLE_OPTIONS + (("bits",) if array else ()))
     _check_header_option(header, path)
@@ -1737,7 +1796,7 @@ def _table(
     if path.suffix.lower() == ".csv":
         table, columns = _read_csv(path, header)
         arrays = {"data": table}
-        unnamed = _unnamed_columns(table, columns)
+        unnamed = _unnamed_columns(table, columns) if checks else None
         del table
     else:
         raw = _read_array(path)
@@ -1769,7 +1828,9 @@ def _table(
                     f"{raw.shape[1:]} (their options: bits or levels, val_fraction, "
                     "test_fraction, shuffle)"
                 )
-            return _image_array(raw, path, seed, bits, levels, val_fraction, test_fraction, shuffle)
+            return _image_array(
+                raw, path, seed, bits, levels, val_fraction, test_fraction, shuffle, checks
+            )
         elif not isinstance(raw, dict):
             arrays = {"data": _as_table(raw, str(path))}
         del raw  # (the file's array, when its dtype needed converting)
@@ -1818,7 +1879,7 @@ def _table(
         info["integers"] = integers
     if stats is not None:
         info["whiten"] = whiten
-    if levels is None:
+    if checks and levels is None:
         notes = [unnamed] if unnamed else []
         notes += _table_checks(
             arrays["train"],
@@ -1836,7 +1897,7 @@ def _table(
             notes += [note] if note else []
         if notes:
             info["warnings"] = notes
-    else:  # discrete tables: exact repeats are the one check that applies
+    elif checks:  # discrete tables: exact repeats are the one check that applies
         notes = [unnamed] if unnamed else []
         notes += _duplicates(arrays["train"], {"val": arrays["val"], "test": arrays["test"]})
         if notes:
@@ -1887,6 +1948,8 @@ def _memory_values() -> int:
 def _image_folder(
     path: Path,
     seed: int,
+    checks: bool = True,
+    /,
     bits: int = 8,
     val_fraction=0.1,
     test_fraction=0.1,
@@ -1982,8 +2045,8 @@ def _image_folder(
     parts += [x[:0]] * (3 - len(parts))  # (unsplit and in order: no copy)
     # (C order, whatever the file's: a Fortran-order array trained differently)
     t = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
-    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
-    if nested:
+    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images") if checks else []
+    if nested and checks:
         notes.insert(0, f"the images in subfolders {inner} of {path} are not read")
     return Dataset(
         str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image",
@@ -2104,20 +2167,41 @@ def load_dataset(
             the context of a conditional density ``p(y | x)``, standardised with training-split
             statistics.
     """
+    return _load_dataset(spec, seed, limit, conditional, target_columns, options, True)
+
+
+def reload_dataset(spec: str, seed: int = 0, options: dict | None = None) -> Dataset:
+    """:func:`load_dataset` for the data of a run that has been trained (``options``: its
+    data options as a dict, ``limit``, ``conditional`` and ``target_columns`` among them, as
+    ``load_dataset`` takes them), without the checks whose only product is a warning (outliers,
+    duplicates and near-duplicates across the splits, integer columns, atoms, a few rows):
+    what they found when the run was trained is in its ``config.json``
+    (``resolved.data_warnings``), and eval and report repeat that. Every check that refuses
+    data is made as in :func:`load_dataset`; the caller compares the data's fingerprint with
+    the run's. The dataset's ``info`` holds no ``"warnings"``."""
+    options = dict(options or {})
+    limit, conditional = options.pop("limit", None), options.pop("conditional", None)
+    targets = options.pop("target_columns", None)
+    return _load_dataset(spec, seed, limit, conditional, targets, options, False)
+
+
+def _load_dataset(
+    spec: str, seed: int, limit, conditional, target_columns, options: dict, checks: bool
+) -> Dataset:
     key = str(spec).lower()
     if key in DATASETS:
         ds = DATASETS[key][0](seed=seed, **options)
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
-            ds = _image_folder(path, seed, **options)
+            ds = _image_folder(path, seed, checks, **options)
         elif path.is_file():
             if path.suffix.lower() not in (".npy", ".npz", ".csv"):
                 raise DataError(
                     f"{path}: unsupported file type {path.suffix!r}; expected .npy, .npz, .csv "
                     "or a folder of PNG/JPEG images"
                 )
-            ds = _table(path, seed, targets=target_columns, **options)
+            ds = _table(path, seed, checks, targets=target_columns, **options)
         elif path.exists():
             raise DataError(f"{spec} is not a regular file or a folder (a pipe, device or socket)")
         elif path.suffix or "/" in str(spec) or "\\" in str(spec):
@@ -2129,10 +2213,12 @@ def load_dataset(
                 "or a .npy/.npz/.csv file or an image folder)"
             )
     if limit is not None:
-        ds.train = ds.train[: int(limit)]
+        if int(limit) < len(ds.train):  # a copy: the rest of the split is freed (not a view)
+            ds.train = ds.train[: int(limit)].clone()
         if ds.stats is not None:
             _restandardize(ds)
-        if ds.kind == "table" and ds.levels is None:  # the few-rows note, for the rows kept
+        # the few-rows note, for the rows kept
+        if checks and ds.kind == "table" and ds.levels is None:
             notes = [n for n in ds.info.get("warnings", []) if not _is_few_rows_note(n)]
             note = _few_rows({k: int(ds.split(k).shape[0]) for k in ("train", "val", "test")})
             ds.info["warnings"] = ([note] if note else []) + notes

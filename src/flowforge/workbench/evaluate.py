@@ -35,7 +35,7 @@ from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config, run_status
 
-__all__ = ["evaluate_run", "calibrate_run", "sample_context"]
+__all__ = ["evaluate_run", "calibrate_run", "check_eval_options", "sample_context"]
 
 
 def _one_line(e: BaseException) -> str:
@@ -71,6 +71,7 @@ def evaluate_run(
     tol: float | None = None,
     dataset=None,
     device: str = "cpu",
+    references: dict | None = None,
 ) -> dict:
     """The NLL of a run's best model on one split (or on a file), in the data's units.
 
@@ -91,43 +92,16 @@ def evaluate_run(
     data as :func:`~flowforge.workbench.runner.run_dataset` gave it, when the caller has it
     already (it is not read again). ``device``: where the model scores (``cpu``, ``cuda``,
     ``cuda:N`` or ``auto``); the numbers come back on the host either way, and on a GPU differ
-    from the CPU's in the last digits (another order of float operations).
+    from the CPU's in the last digits (another order of float operations). ``references``: a
+    dict the caller keeps between calls on the same ``dataset`` (``flowforge report`` scores
+    two splits): the reference densities fitted to its training split are kept in it and
+    reused, not fitted again. Everything the model and the options alone decide is refused
+    before any data is read (:func:`check_eval_options`).
     """
-    for name, v in (("batch size", batch_size), ("samples", samples)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise DataError(f"the {name} must be a positive integer, got {v!r}")
-    if samples > MAX_SAMPLES:
-        raise DataError(
-            f"--samples {samples:,} is more than the {MAX_SAMPLES:,} draws one evaluation "
-            "averages (each is a full pass over the split)"
-        )
-    if trace not in ("exact", "hutchinson"):
-        raise DataError(f"unknown trace {trace!r}; expected 'exact' or 'hutchinson'")
-    if tol is not None and (
-        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not MIN_TOL <= tol < 1
-    ):
-        raise DataError(
-            f"the ODE tolerance must be a number in [{MIN_TOL:g}, 1) (a CNF's solver resolves "
-            f"no finer), got {tol!r}"
-        )
-    cfg = run_config(run)
+    cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device)
     r = cfg["resolved"]
-    discrete = r.get("levels") is not None or bool(r.get("integers"))
-    if iw and (not discrete or samples < 2):
-        raise DataError(
-            "--iw is the importance-weighted dequantization bound: it needs discrete data "
-            f"(this run's data {'has' if discrete else 'has no'} levels or integer columns) "
-            f"and --samples of 2 or more (got {samples})"
-        )
     truth, baseline, histogram = None, None, None
-    dev = resolve_device(device, "--device")  # (a missing GPU: one line, before any loading)
-    flow = load_run(run).to(dev)
     if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
-        if samples > 1:
-            raise DataError(
-                f"--samples {samples} averages draws of a random score; an M-flow scores its "
-                "data exactly, so every draw is the same: use --samples 1"
-            )
         return _evaluate_manifold_model(run, cfg, flow, split, data, batch_size, dev)
     shape = tuple(r["event_shape"])
     info = r.get("context")
@@ -177,10 +151,12 @@ def evaluate_run(
         _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     else:
-        ds = dataset if dataset is not None else run_dataset(cfg)
+        ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
         x, context = ds.split(split), ds.split_context(split)
         if ds.levels is not None and info is None:  # discrete data: a per-position histogram
-            histogram = histogram_baseline(ds.train, x, ds.levels, per_example=True)
+            histogram = histogram_baseline(
+                ds.train, x, ds.levels, per_example=True, fitted=references
+            )
         # (not for a density on the sphere: per unit area, where a Gaussian's is per volume)
         on_sphere = cfg["model"]["name"] == "sphereflow" or ds.density_measure == "sphere"
         if (
@@ -199,6 +175,7 @@ def evaluate_run(
                     seed=seed,
                     samples=samples,
                     iw=iw,
+                    fitted=references,
                 )
             except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
                 baseline = None
@@ -211,29 +188,7 @@ def evaluate_run(
     x = x.reshape(-1, *shape).to(dev, dtype)
     context = None if context is None else context.to(dev, dtype)
     cnfs = [m for m in flow.modules() if isinstance(m, CNF)]
-    if not cnfs and (trace != "exact" or tol is not None):
-        raise DataError(
-            "the trace and the ODE tolerance apply to continuous flows (the cnf and ffjord "
-            f"models); this run's model ({cfg['model']['name']}) has no ODE"
-        )
     noise = _scoring_noise(flow, trace)
-    estimated = _scoring_noise(flow, trace, dequantization=False)
-    if iw and estimated is not None:
-        # log(1/K sum_k exp(l_k)) of noisy, unbiased estimates l_k of log p(x + u_k) is biased
-        # upwards (Jensen): not a bound, and optimistic (0.2 nats on the digits' CNF)
-        fix = "--trace exact" if estimated == "Hutchinson trace" else "no --iw"
-        raise DataError(
-            f"--iw needs each draw's log-density exactly, but this model's {estimated} is an "
-            "estimate: the log of a mean of exponentiated noisy estimates comes out too high "
-            f"(an optimistic NLL, not a bound); use {fix}"
-        )
-    if samples > 1 and noise is None:
-        raise DataError(
-            f"--samples {samples} averages draws of a random score (dequantization noise, "
-            f"Hutchinson's trace, a Russian-roulette log-determinant); this run's model "
-            f"({cfg['model']['name']}) scores its data exactly, so every draw is the same: "
-            "use --samples 1"
-        )
     nfes: list[int] = []  # function evaluations of each solve (each CNF block, each batch)
     hooks = [c.register_forward_hook(lambda m, i, o: nfes.append(m.nfe_forward)) for c in cnfs]
     with fork_rng(), exact_scoring(flow):
@@ -300,6 +255,88 @@ def evaluate_run(
     return out
 
 
+def check_eval_options(
+    run: str,
+    samples: int = 1,
+    iw: bool = False,
+    trace: str = "exact",
+    tol: float | None = None,
+    batch_size: int = 1024,
+    device: str = "cpu",
+) -> None:
+    """A ``DataError`` for what :func:`evaluate_run` refuses from the run's model and these
+    options alone (``--samples`` above 1 for a model that scores exactly, ``--iw`` without
+    discrete data, a trace for a model without an ODE, ...), with its message, before any
+    data is read (``flowforge eval --calibration`` checks them before its own pass)."""
+    _checked_options(run, samples, iw, trace, tol, batch_size, device)
+
+
+def _checked_options(run, samples, iw, trace, tol, batch_size, device):
+    """``(config, model on its device, device)`` of a run whose options :func:`evaluate_run`
+    takes (:func:`check_eval_options`)."""
+    for name, v in (("batch size", batch_size), ("samples", samples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise DataError(f"the {name} must be a positive integer, got {v!r}")
+    if samples > MAX_SAMPLES:
+        raise DataError(
+            f"--samples {samples:,} is more than the {MAX_SAMPLES:,} draws one evaluation "
+            "averages (each is a full pass over the split)"
+        )
+    if trace not in ("exact", "hutchinson"):
+        raise DataError(f"unknown trace {trace!r}; expected 'exact' or 'hutchinson'")
+    if tol is not None and (
+        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not MIN_TOL <= tol < 1
+    ):
+        raise DataError(
+            f"the ODE tolerance must be a number in [{MIN_TOL:g}, 1) (a CNF's solver resolves "
+            f"no finer), got {tol!r}"
+        )
+    cfg = run_config(run)
+    r = cfg["resolved"]
+    discrete = r.get("levels") is not None or bool(r.get("integers"))
+    if iw and (not discrete or samples < 2):
+        raise DataError(
+            "--iw is the importance-weighted dequantization bound: it needs discrete data "
+            f"(this run's data {'has' if discrete else 'has no'} levels or integer columns) "
+            f"and --samples of 2 or more (got {samples})"
+        )
+    dev = resolve_device(device, "--device")  # (a missing GPU: one line, before any loading)
+    flow = load_run(run).to(dev)
+    if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
+        if samples > 1:
+            raise DataError(
+                f"--samples {samples} averages draws of a random score; an M-flow scores its "
+                "data exactly, so every draw is the same: use --samples 1"
+            )
+        return cfg, flow, dev
+    # what the model decides, before any data is read (a large table takes seconds to load)
+    cnfs = [m for m in flow.modules() if isinstance(m, CNF)]
+    if not cnfs and (trace != "exact" or tol is not None):
+        raise DataError(
+            "the trace and the ODE tolerance apply to continuous flows (the cnf and ffjord "
+            f"models); this run's model ({cfg['model']['name']}) has no ODE"
+        )
+    noise = _scoring_noise(flow, trace)
+    estimated = _scoring_noise(flow, trace, dequantization=False)
+    if iw and estimated is not None:
+        # log(1/K sum_k exp(l_k)) of noisy, unbiased estimates l_k of log p(x + u_k) is biased
+        # upwards (Jensen): not a bound, and optimistic (0.2 nats on the digits' CNF)
+        fix = "--trace exact" if estimated == "Hutchinson trace" else "no --iw"
+        raise DataError(
+            f"--iw needs each draw's log-density exactly, but this model's {estimated} is an "
+            "estimate: the log of a mean of exponentiated noisy estimates comes out too high "
+            f"(an optimistic NLL, not a bound); use {fix}"
+        )
+    if samples > 1 and noise is None:
+        raise DataError(
+            f"--samples {samples} averages draws of a random score (dequantization noise, "
+            f"Hutchinson's trace, a Russian-roulette log-determinant); this run's model "
+            f"({cfg['model']['name']}) scores its data exactly, so every draw is the same: "
+            "use --samples 1"
+        )
+    return cfg, flow, dev
+
+
 CALIBRATION_FEW = 50  # pairs below which eval --calibration says its verdicts are weak
 MAX_CALIBRATION_DRAWS = 10_000  # posterior draws per pair that --calibration-samples allows
 
@@ -348,7 +385,7 @@ def calibrate_run(
     flow = load_run(run).to(resolve_device(device, "--device"))
     if not isinstance(flow, Flow):
         raise DataError("--calibration needs a flow with a density; this run's model is not one")
-    ds = dataset if dataset is not None else run_dataset(cfg)
+    ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
     theta, x = ds.split(split), ds.split_context(split)
     n = theta.shape[0]
     if n < 2:
@@ -455,18 +492,48 @@ def against_reference(res: dict, key: str) -> tuple[str, bool]:
     return words, d > 2 * se
 
 
-def histogram_baseline(train, x, levels: int, per_example: bool = False):
+HISTOGRAM_CHUNK = 1 << 22  # values histogram_baseline converts to integers at once
+
+
+def _integer_chunks(a, width: int):
+    """The rows of ``a`` (examples of ``width`` values, a tensor or an array) as int64
+    arrays ``(rows, width)``, :data:`HISTOGRAM_CHUNK` values at a time: never an 8-byte copy
+    of the whole split."""
+    step = max(1, HISTOGRAM_CHUNK // max(width, 1))
+    for i in range(0, len(a), step):
+        yield np.asarray(a[i : i + step], dtype=np.int64).reshape(-1, width)
+
+
+def histogram_baseline(train, x, levels: int, per_example: bool = False, fitted=None):
     """The mean NLL (nats) of discrete ``x`` under an independent histogram per position
     (pixel or column) of the training split, with add-1/2 counts: the reference a model of
     discrete data must beat to have learned any dependence (106.4 nats on the digits' test
-    split). ``per_example``: the log-probability of each example instead (an array)."""
-    t = np.asarray(train, dtype=np.int64).reshape(len(train), -1)
-    v = np.asarray(x, dtype=np.int64).reshape(len(x), -1)
-    counts = np.full((t.shape[1], int(levels)), 0.5)
-    for j in range(t.shape[1]):
-        counts[j] += np.bincount(t[:, j], minlength=int(levels))[: int(levels)]
-    logp = np.log(counts / counts.sum(1, keepdims=True))
-    lp = logp[np.arange(v.shape[1]), v].sum(1)
+    split). ``per_example``: the log-probability of each example instead (an array). The
+    counts are taken a chunk of examples at a time (one ``np.bincount`` over every position of
+    the chunk). ``fitted``: a dict kept between calls with the same ``train`` (as
+    :func:`evaluate_run`'s ``references``): the histogram is counted once and kept in it."""
+    levels = int(levels)
+    width = math.prod(train.shape[1:])
+    key = ("histogram", levels)
+    logp = None if fitted is None else fitted.get(key)
+    if logp is None:
+        counts = np.zeros(width * levels, dtype=np.int64)
+        offsets = np.arange(width, dtype=np.int64) * levels  # (position j counts at j * levels)
+        for t in _integer_chunks(train, width):
+            if t.min() < 0:  # (numpy's refusal, as a count of the whole column gave it)
+                raise ValueError("'list' argument must have no negative elements")
+            inside = t < levels  # (a value past the levels is not counted, as bincount's [:K])
+            t += offsets
+            counts += np.bincount(t[inside] if not inside.all() else t.ravel(),
+                                  minlength=len(counts))  # fmt: skip
+        counts = counts.reshape(width, levels) + 0.5
+        logp = np.log(counts / counts.sum(1, keepdims=True))
+        if fitted is not None:
+            fitted[key] = logp
+    positions = np.arange(width)
+    lp = np.concatenate(
+        [logp[positions, v].sum(1) for v in _integer_chunks(x, width)] or [np.zeros(0)]
+    )
     return lp if per_example else float(-lp.mean())
 
 
@@ -488,6 +555,7 @@ def gaussian_baseline(
     seed: int = 0,
     samples: int = 1,
     iw: bool = False,
+    fitted=None,
 ):
     """The mean NLL (nats) of ``x`` under a Gaussian fitted to ``train``
     (:func:`~flowforge.workbench.data.shrunk_gaussian`: the columns' means and standard
@@ -498,18 +566,30 @@ def gaussian_baseline(
     dequantized, as the model's are, with uniform noise (seeded by ``seed``), so that the
     Gaussian's figure is the same kind of bound as the model's: the mean of ``samples``
     single-draw bounds, or with ``iw`` the importance-weighted bound with ``K = samples``, as
-    eval gives the model's."""
+    eval gives the model's. ``fitted``: a dict kept between calls with the same ``train`` (as
+    :func:`evaluate_run`'s ``references``): the Gaussian is fitted once and kept in it, and
+    later calls give what a fit of their own would (the same noise after it)."""
     from scipy.linalg import solve_triangular
     from scipy.special import logsumexp
 
-    t = np.asarray(train, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
+    key = ("gaussian", tuple(integers or ()), seed)
+    fit = None if fitted is None else fitted.get(key)
+    if fit is None:
+        t = np.asarray(train, dtype=np.float64)
+        g = np.random.default_rng(seed)
+        if integers:
+            t = t.copy()
+            t[:, integers] += g.random((len(t), len(integers)))
+        loc, factor = shrunk_gaussian(t)
+        del t
+        const = 0.5 * len(loc) * math.log(2 * math.pi) + np.log(np.diag(factor)).sum()
+        fit = (loc, factor, const, g.bit_generator.state)  # (the stream where the fit left it)
+        if fitted is not None:
+            fitted[key] = fit
+    loc, factor, const, state = fit
     g = np.random.default_rng(seed)
-    if integers:
-        t = t.copy()
-        t[:, integers] += g.random((len(t), len(integers)))
-    loc, factor = shrunk_gaussian(t)
-    const = 0.5 * len(loc) * math.log(2 * math.pi) + np.log(np.diag(factor)).sum()
+    g.bit_generator.state = state
     draws = []
     for _ in range(samples if integers else 1):
         v = x
@@ -597,7 +677,7 @@ def _evaluate_manifold_model(
             )
         split = str(data)
     else:
-        ds = run_dataset(cfg)
+        ds = run_dataset(cfg, checks=False)
         x = ds.split(split)
         noise = noise_level(ds.name)
         if ds.density is not None and ds.density_measure == "surface":

@@ -1083,7 +1083,7 @@ def write_report(
             f"{run}: flowforge report has no report for a {cfg['model']['name']} model yet; use "
             "flowforge eval and flowforge sample"
         )
-    ds = run_dataset(cfg)
+    ds = run_dataset(cfg, checks=False)  # (the data checks' warnings: in the run's config)
     if ds.density_measure == "sphere":  # latents on a cylinder: no plot here fits them
         raise WorkbenchError(
             f"{run}: flowforge report has no report for a density on the sphere yet; use "
@@ -1229,8 +1229,10 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
             facts.append(("warning: loss spikes", note))
     x_split = ds.split(split).reshape(-1, *shape)
     c_split = ds.split_context(split)
+    fitted: dict = {}  # the references fitted to the training split: once for both splits
     for name in dict.fromkeys((split, "test")):
-        res = evaluate_run(run, name, seed=seed, dataset=ds)  # as `flowforge eval` scores it
+        # as `flowforge eval` scores it
+        res = evaluate_run(run, name, seed=seed, dataset=ds, references=fitted)
         v = res["nll"]
         many = f"{res['examples']} example{'s' if res['examples'] != 1 else ''}"
         facts.append((f"{name} NLL (nats/example, {many})", f"{v:.4f}"))

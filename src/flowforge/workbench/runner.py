@@ -22,7 +22,7 @@ import torch
 from .. import io
 from .build import build_flow, describe, same_model
 from .config import DEFAULT_TRAIN, read_config, resolve_config
-from .data import constant_columns, load_dataset
+from .data import constant_columns, load_dataset, reload_dataset
 from .distributed import barrier, device, dist_env, init_distributed
 from .errors import DataError, NonFiniteError, RunError, WorkbenchError
 from .runs import (
@@ -87,14 +87,17 @@ def say_reading(name, stream=None) -> None:
               flush=True)  # fmt: skip
 
 
-def run_dataset(cfg: dict, error=DataError, run=None):
+def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
     """Reload the dataset a run was trained on, and check it is that data.
 
     A file is read by its name, and from the path the run recorded when the name no longer
     finds it or finds other data (a command run from another folder). The data's fingerprint
     (recorded when the run started) must match, so a run folder's config can never make
     flowforge read and plot some other file of yours, and a run is never evaluated, or
-    resumed (``run``: the folder, for the messages), on data that changed since."""
+    resumed (``run``: the folder, for the messages), on data that changed since.
+    ``checks=False`` (eval, report) leaves out the data checks whose only product is a
+    warning (:func:`~flowforge.workbench.data.reload_dataset`): the run's ``config.json``
+    keeps what they found (``resolved.data_warnings``); the fingerprint is checked either way."""
     d = cfg["data"]
     name = d["name"]
     resolved = cfg.get("resolved", {})
@@ -121,7 +124,10 @@ def run_dataset(cfg: dict, error=DataError, run=None):
             continue  # not the run's file: never read
         say_reading(candidate)
         try:
-            ds = load_dataset(candidate, seed=d["seed"], **d["options"])
+            if checks:
+                ds = load_dataset(candidate, seed=d["seed"], **d["options"])
+            else:
+                ds = reload_dataset(candidate, d["seed"], d["options"])
         except DataError:
             if want is None:
                 raise

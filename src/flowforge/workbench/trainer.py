@@ -339,11 +339,19 @@ def _nonfinite(obj) -> bool:
     return False
 
 
+CHECK_VALUES = 1 << 22  # values _check_rows looks at at once: its temporaries stay that size
+
+
 def _check_rows(t: Tensor | None, what: str) -> None:
-    """Once, before training: the data's NaN/inf rows, by their index in the data set."""
+    """Once, before training: the data's NaN/inf rows, by their index in the data set,
+    looked for a chunk of rows at a time (``torch.isfinite`` of a whole split of images
+    takes temporaries of the split's size)."""
     if t is None or not t.is_floating_point():
         return
-    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+    step = max(1, CHECK_VALUES // max(math.prod(t.shape[1:]), 1))
+    chunks = (t[i : i + step] for i in range(0, len(t), step))
+    bad = [~torch.isfinite(c.reshape(len(c), -1)).all(1) for c in chunks]
+    bad = torch.cat(bad) if bad else torch.zeros(0, dtype=torch.bool, device=t.device)
     if bad.any():
         rows = bad.nonzero().flatten()[:8].tolist()
         raise WorkbenchError(
