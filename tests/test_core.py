@@ -568,3 +568,8 @@ def test_peer_names_and_sample_and_log_prob():
     assert not bool(flow.transform.layers[0].initialized)  # still waiting for data
     flow.eval()
     assert torch.allclose(lp, flow.log_prob(x), atol=1e-4)
+
+
+def test_an_unbatched_example_with_nan_is_said_plainly(flow):
+    with pytest.raises(ValueError, match=r"^x contains NaN or inf$"):
+        flow.log_prob(torch.tensor([1.0, float("nan"), 0.0, 2.0]))

@@ -330,3 +330,27 @@ def test_data_standardize_resolves_what_a_float64_flow_resolves():
     layer = DataStandardize(2)  # float32: the same spread is below its rounding of 1e4
     layer(x.float())
     assert torch.equal(layer.scale, torch.ones(2))
+
+
+def test_heavy_tails_are_not_taken_for_other_data():
+    # a batch's mean of Cauchy columns lies many first-batch standard deviations away in about
+    # one run in six; its median does not
+    import warnings
+
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.distributions.Cauchy(0.0, 1.0).sample((64 * 9, 3))
+        x = x[torch.randperm(len(x), generator=g)]
+        layer = DataStandardize(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for i in range(9):
+                layer(x[64 * i : 64 * (i + 1)])
+
+
+def test_the_check_reads_no_value_where_values_are_not_checked():
+    flow = ff.models.NSF(features=4, layers=2, hidden=(8,))
+    flow.train()
+    flow.log_prob(torch.randn(64, 4))
+    flow.to("meta")  # (a value read raises on meta; a GPU would synchronise)
+    (-flow.log_prob(torch.randn(16, 4, device="meta")).mean()).backward()

@@ -460,3 +460,33 @@ def test_variational_inference_fixes_actnorm_as_it_trained():
     with torch.no_grad():
         flow.log_prob(torch.randn(100, 2) * 10)
     assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters()))
+
+
+def test_exact_residual_log_weights_are_batched(monkeypatch):
+    # in eval mode "auto" is exact up to 128 dimensions already: nothing was switched, and the
+    # 1,024-row cap on the (batch, D, D) Jacobian was lost (8,192 rows: 2.3 GB at D = 128)
+    from flowforge import objectives
+
+    sizes = []
+    real = objectives._log_weights
+    monkeypatch.setattr(
+        objectives, "_log_weights", lambda f, t, m, c: sizes.append(m) or real(f, t, m, c)
+    )
+    flow = ff.models.ResidualFlow(features=20, blocks=1, hidden=(8,)).eval()
+    target = lambda x: -0.5 * (x**2).sum(-1)  # noqa: E731
+    objectives.log_importance_weights(flow, target, 2500, batch_size=4096)
+    assert sizes == [1024, 1024, 452]
+
+
+def test_reverse_kl_trains_the_weights_of_a_compiled_flow_too():
+    flow, logits = _mixture_flow("mixture")
+    grads = []
+    for f in (flow, torch.compile(flow, backend="eager")):
+        flow.zero_grad()
+        torch.manual_seed(5)
+        ff.reverse_kl(f, _two_modes, 256).backward()
+        grads.append(logits.grad.clone())
+    assert torch.allclose(grads[0], grads[1]) and grads[0].abs().max() > 0.05
+    flow.zero_grad()
+    ff.reverse_kl(flow, _two_modes, 1).backward()  # one sample: the term, without a baseline
+    assert logits.grad.abs().max() > 0

@@ -919,6 +919,8 @@ class Flow(nn.Module):
             )
         batch = tuple(x.shape[: x.dim() - k])
         if self._validating(x) and not all_finite(x):
+            if not batch:  # one example without a batch dimension
+                raise ValueError("x contains NaN or inf")
             bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5]
             bad = (
                 bad.flatten().tolist() if len(batch) == 1 else bad.tolist()

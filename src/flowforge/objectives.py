@@ -93,8 +93,9 @@ def reverse_kl(
     if context is not None and context.dim() > 1 and not context.shape[0]:
         raise ValueError("expected at least one context row, got none")
     made: list = []  # the log-probability of a mixture base's discrete choices, if any
-    if isinstance(flow, Flow):
-        x, log_q = flow._rsample(n, context, log_q_checked=True, choice=made)
+    inner = getattr(flow, "_orig_mod", flow)  # (torch.compile's wrapper: its own Flow)
+    if isinstance(inner, Flow):
+        x, log_q = inner._rsample(n, context, log_q_checked=True, choice=made)
     else:  # (any object with the method)
         x, log_q = flow.rsample_and_log_prob(n, context)
     if not all_finite(x):  # the flow's own samples overflowed (training mode lets them through)
@@ -118,12 +119,13 @@ def reverse_kl(
     f = log_q - log_p
     loss = f.mean()
     choice = made[0] if made else None
-    if choice is not None and choice.requires_grad and n > 1:
+    if choice is not None and choice.requires_grad:
         # the score-function term of a discrete choice (a mixture base's component), which the
         # reparameterised samples cannot carry: (f - b) d log P(choice), with the other
-        # samples' mean as b (a leave-one-out baseline keeps it unbiased); its value is zero
+        # samples' mean as b (a leave-one-out baseline keeps it unbiased; none for n = 1); its
+        # value is zero
         fd = f.detach()
-        baseline = (fd.sum(0, keepdim=True) - fd) / (n - 1)
+        baseline = (fd.sum(0, keepdim=True) - fd) / (n - 1) if n > 1 else 0.0
         loss = loss + ((fd - baseline) * (choice - choice.detach())).mean()
     return loss
 
@@ -299,7 +301,8 @@ def _log_weights(flow, target_log_prob, m: int, context) -> Tensor:
 def _exact_densities(flow) -> Iterator[bool]:
     """For the block: every CNF's trace exact and every residual block's log-determinant
     exact (their random estimates are unbiased for a loss, not inside a log-weight); yields
-    whether a residual block was switched. A residual block wider than ``EXACT_LOGDET_MAX``
+    whether a residual block computes its log-determinant exactly (its Jacobian's memory
+    bounds the caller's batch). A residual block wider than ``EXACT_LOGDET_MAX``
     keeps its estimate (its exact log-determinant costs D passes and a (batch, D, D)
     Jacobian), said in a warning: its log-weights carry the estimate's bias."""
     from .transforms.continuous import CNF
@@ -323,8 +326,8 @@ def _exact_densities(flow) -> Iterator[bool]:
             RuntimeWarning,
             stacklevel=3,
         )
-    try:
-        yield any(k == "estimator" for _, k, _ in saved)
+    try:  # (an exact block, switched or exact already: "auto" is in eval mode up to 128)
+        yield any(isinstance(m, ResidualBlock) and m._method() == "exact" for m in flow.modules())
     finally:
         for m, k, v in saved:
             setattr(m, k, v)

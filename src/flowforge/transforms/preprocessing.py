@@ -174,7 +174,8 @@ class DataStandardize(DataInit, Transform):
         if self.training and self._waiting() and x.shape[0] > 1:
             self.initialize(x)
         elif self.training and self.__dict__.get("_checks_left") and x.shape[0] > 1:
-            self._check_like_first(x)
+            if checking(x):  # (a value read: where the flow checks values, CPU by default)
+                self._check_like_first(x)
         ladj = -self.scale.log().sum()
         return (x - self.loc) / self.scale, ladj.expand(x.shape[0])
 
@@ -186,7 +187,10 @@ class DataStandardize(DataInit, Transform):
         if torch.compiler.is_compiling():  # (a Python counter would recompile the graph)
             return
         self.__dict__["_checks_left"] -= 1
-        off = ((x.detach().mean(0) - self.loc) / self.scale).abs().max().item()
+        # the batch's median, not its mean: heavy tails (Cauchy-like columns) move a mean by
+        # many standard deviations of a first batch, and never a median
+        centre = x.detach().median(0).values
+        off = ((centre - self.loc) / self.scale).abs().max().item()
         if not off > self.FAR:  # (NaN data: the loss's checks say it)
             return
         self.__dict__["_checks_left"] = 0  # said once
@@ -194,9 +198,9 @@ class DataStandardize(DataInit, Transform):
 
         warnings.warn(
             f"DataStandardize took its statistics for good from a first training-mode batch, "
-            f"and this training batch's mean lies {off:.3g} of that batch's standard deviations "
-            "from it: the first batch was not like the training data (the flow's own samples "
-            "scored in training mode? another or an unshuffled set? or very heavy tails); "
+            f"and this training batch's median lies {off:.3g} of that batch's standard "
+            "deviations from its mean: the first batch was not like the training data (the "
+            "flow's own samples scored in training mode? another or an unshuffled set?); "
             "re-initialise it from "
             "the training data (layer.initialize(batch), or a new flow whose first "
             "training-mode log_prob sees a shuffled training batch)",

@@ -76,10 +76,10 @@ def solve_monotone(
 
     ``fn(a)`` returns ``(f(a), f'(a))`` with ``f(lo) <= 0 <= f(hi)`` and ``f' > 0``. A Newton
     step that leaves the current bracket (or is not finite) is replaced by a bisection step,
-    and so is one taken while the bracket shrank by less than half in the step before (Newton
-    bouncing between the flat ends of a steep ``tanh`` shrank it only like ``1/k``): the
-    bracket halves at least every other step, so the iteration converges within about twice
-    the bits of the bracket; it stops when every step is below ``tol (1 + |a|)``.
+    and so is one not half the size of the step before last (``rtsafe``'s rule: Newton
+    bouncing between the flat ends of a steep ``tanh`` shrank the bracket only like ``1/k``),
+    so the iteration always converges, as fast as Newton where Newton converges; it stops
+    when every step is below ``tol (1 + |a|)``.
     Runs without gradient; returns the detached root. If some element has not converged
     within ``max_iter`` steps (or the equation is not finite), raises a ``RuntimeError`` with
     the largest residual ``|f(a)|`` and step reached: it never returns an unconverged root.
@@ -89,18 +89,18 @@ def solve_monotone(
         lo, hi = lo.clone(), hi.clone()
         a = 0.5 * (lo + hi)
         done, step = False, torch.full_like(a, float("inf"))
-        width = torch.full_like(a, float("inf"))
+        last = before = hi - lo  # the last two steps' sizes (the bracket's, to begin)
         for _ in range(max_iter):
             f, df = fn(a)
             hi = torch.where(f > 0, a, hi)
             lo = torch.where(f < 0, a, lo)
-            slow = hi - lo > 0.5 * width  # the last step did not halve the bracket
-            width = hi - lo
             new = a - f / df
+            slow = (new - a).abs() > 0.5 * before  # not half the step before last (rtsafe)
             bad = ~((new > lo) & (new < hi)) | ~torch.isfinite(new) | slow
             new = torch.where(bad, 0.5 * (lo + hi), new)
             new = torch.where(f == 0, a, new)
             step = (new - a).abs()
+            before, last = last, step
             done = bool((step <= tol * (1 + a.abs())).all())
             a = new
             if done:
