@@ -418,6 +418,9 @@ def samples_only() -> bool:
 
 @contextlib.contextmanager
 def _sampling_only():
+    if torch.compiler.is_compiling():  # (dynamo cannot set a context variable: samples_only()
+        yield  # is False there, and the log-determinants are computed)
+        return
     token = _SAMPLES_ONLY.set(True)
     try:
         yield
@@ -433,6 +436,8 @@ def checking(t: Tensor) -> bool:
     synchronisation (the flow's own input scan follows the same rule). Never inside
     ``torch.compile`` or a ``torch.func`` transform (``vmap``, ``grad``...), where a
     data-dependent branch cannot run."""
+    if torch.compiler.is_compiling():  # (before the context variable: dynamo cannot read one)
+        return False
     return _checks_on(t, _FLOW_CHECKS.get())
 
 
