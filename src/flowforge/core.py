@@ -411,9 +411,9 @@ _SAMPLES_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 
 def samples_only() -> bool:
-    """Whether the running call wants samples only (:meth:`Flow.sample`): a layer may then
-    skip the cost of its log-determinant and return NaN for it."""
-    return not torch.compiler.is_compiling() and _SAMPLES_ONLY.get()
+    """Whether the running call wants samples only (:meth:`Flow.sample`, without gradients): a
+    layer may then skip the cost of its log-determinant and return NaN for it."""
+    return not torch.compiler.is_compiling() and not torch.is_grad_enabled() and _SAMPLES_ONLY.get()
 
 
 @contextlib.contextmanager
@@ -1140,7 +1140,7 @@ class Flow(nn.Module):
         weights through these samples (a loss's gradient in them has expectation zero), and
         :func:`flowforge.reverse_kl` adds the score-function term that trains them.
         """
-        return self._rsample(n, context, log_q_checked=True)
+        return self._rsample(n, context, log_q_checked=True)[:2]
 
     @torch.no_grad()
     def sample_and_log_prob(self, n, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -1148,24 +1148,18 @@ class Flow(nn.Module):
         :meth:`rsample_and_log_prob` under ``torch.no_grad()``, shaped as it is, continuous
         (any dequantizer is ignored). A layer waiting for its data initialisation keeps waiting.
         """
-        return self._rsample(n, context, log_q_checked=True)
+        return self._rsample(n, context, log_q_checked=True)[:2]
 
-    def _rsample(self, n, context, log_q_checked: bool, choice: list | None = None):
-        """``(x, log_q)``; with a list ``choice``, the base's discrete choices' log-probability
-        (``rsample_with_choice``, None for a continuous base) is appended to it, shaped as
-        ``log_q``."""
+    def _rsample(self, n, context, log_q_checked: bool):
+        """``(x, log_q, choice)``: ``choice`` the log-probability of the base's discrete choices
+        (:meth:`Distribution.rsample_with_choice`) shaped as ``log_q``, None for a continuous
+        base."""
         ctx, shape = self._sample_context(n, context)
         if not math.prod(shape):  # no samples: no layer needs to run (nor initialise)
             anchor = self.base._anchor
-            if choice is not None:
-                choice.append(None)
-            return anchor.new_zeros(*shape, *self.event_shape), anchor.new_zeros(shape)
+            return anchor.new_zeros(*shape, *self.event_shape), anchor.new_zeros(shape), None
         with self._checks():
-            if choice is None:
-                z, log_pz = self.base.rsample_and_log_prob(math.prod(shape), ctx)
-            else:
-                z, log_pz, made = self.base.rsample_with_choice(math.prod(shape), ctx)
-                choice.append(None if made is None else made.reshape(shape))
+            z, log_pz, choice = self.base.rsample_with_choice(math.prod(shape), ctx)
             x, ladj = self.transform.inverse(z, ctx)
         log_q = log_pz - ladj
         if not self.training:  # in training (reverse KL) a NaN goes on to the loss's checks
@@ -1177,7 +1171,8 @@ class Flow(nn.Module):
                     f"{bad} (its base or layers overflow {x.dtype} there); sample in float64 "
                     "(flow.double())"
                 )
-        return x.reshape(*shape, *self.event_shape), log_q.reshape(shape)
+        choice = None if choice is None else choice.reshape(shape)
+        return x.reshape(*shape, *self.event_shape), log_q.reshape(shape), choice
 
     # -- metrics -----------------------------------------------------------------------------
     @property

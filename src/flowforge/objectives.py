@@ -92,12 +92,11 @@ def reverse_kl(
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
     if context is not None and context.dim() > 1 and not context.shape[0]:
         raise ValueError("expected at least one context row, got none")
-    made: list = []  # the log-probability of a mixture base's discrete choices, if any
     inner = getattr(flow, "_orig_mod", flow)  # (torch.compile's wrapper: its own Flow)
-    if isinstance(inner, Flow):
-        x, log_q = inner._rsample(n, context, log_q_checked=True, choice=made)
+    if isinstance(inner, Flow):  # choice: the log-probability of a mixture base's draws
+        x, log_q, choice = inner._rsample(n, context, log_q_checked=True)
     else:  # (any object with the method)
-        x, log_q = flow.rsample_and_log_prob(n, context)
+        (x, log_q), choice = flow.rsample_and_log_prob(n, context), None
     if not all_finite(x):  # the flow's own samples overflowed (training mode lets them through)
         raise NonFiniteSamples(
             f"the flow's samples are NaN or infinite ({int((~torch.isfinite(x)).sum())} values; "
@@ -118,7 +117,6 @@ def reverse_kl(
         )
     f = log_q - log_p
     loss = f.mean()
-    choice = made[0] if made else None
     if choice is not None and choice.requires_grad:
         # the score-function term of a discrete choice (a mixture base's component), which the
         # reparameterised samples cannot carry: (f - b) d log P(choice), with the other

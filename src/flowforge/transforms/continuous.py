@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from .._util import INFERENCE_MODE, functorch_active, jacobian_rows
-from ..core import Transform, samples_only
+from ..core import Transform, _autocasting, samples_only
 from ..nets import _hooked, activation_class
 
 __all__ = [
@@ -243,12 +243,6 @@ class _RegressionPass(torch.autograd.Function):
 _FUSED = {nn.Tanh: "tanh", nn.SiLU: "silu"}  # the activations _RegressionPass computes
 
 
-def _autocast(t: Tensor) -> bool:
-    """Whether autocast is on for ``t``'s device (False on "meta", which autocast does not
-    know and on which the tests stand in for an accelerator)."""
-    return t.device.type != "meta" and torch.is_autocast_enabled(t.device.type)
-
-
 class ODENet(nn.Module):
     """The default dynamics ``f(t, z, context)``: an MLP of :class:`ConcatSquash` layers.
 
@@ -295,7 +289,7 @@ class ODENet(nn.Module):
             and torch.is_grad_enabled()
             and not (z.requires_grad or c.requires_grad)
             and not torch.compiler.is_compiling()
-            and not _autocast(z)  # its backward assumes one dtype
+            and not _autocasting(z)  # its backward assumes one dtype
             and not functorch_active()  # torch.func.grad, vmap...: autograd's own
             and all(type(layer) is ConcatSquash for layer in self.layers)
             and not _hooked(self.act, *self.layers.modules())
@@ -340,13 +334,20 @@ class _Dynamics(nn.Module):
     are those of its own forward solve.
     """
 
-    def __init__(self, cnf: CNF, context: Tensor | None, noise: Tensor | None, regularize: bool):
+    def __init__(
+        self,
+        cnf: CNF,
+        context: Tensor | None,
+        noise: Tensor | None,
+        regularize: bool,
+        velocity_only: bool = False,
+    ):
         super().__init__()
         self.net = cnf.net
         object.__setattr__(self, "cnf", cnf)  # a back-reference, not a submodule
         self.context, self.noise, self.regularize = context, noise, regularize
         self.solving = True  # False once the forward solve returned: later calls are adjoint's
-        self.velocity_only, self.no_trace = False, None
+        self.velocity_only = velocity_only  # samples only (Flow.sample): no trace
         self.nfe = 0
         self.budget = cnf.max_steps * _STAGES.get(cnf.method, 14) + 14
 
@@ -393,7 +394,7 @@ class _Dynamics(nn.Module):
         cnf = self.cnf
         z = state[0]
         if self.velocity_only:  # samples only: no trace (and no autograd: inference mode works)
-            return self.net(t, z, self.context), self.no_trace
+            return self.net(t, z, self.context), torch.zeros_like(state[1])
         differentiable = torch.is_grad_enabled()  # the caller will differentiate this step
         with torch.enable_grad():
             if not z.requires_grad:
@@ -546,7 +547,7 @@ class CNF(Transform):
     # -- solving -------------------------------------------------------------------------
     def _solve(self, x: Tensor, context: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
         # Flow.sample throws the log-determinant away: the velocity alone, half the cost or less
-        velocity_only = samples_only() and not torch.is_grad_enabled()
+        velocity_only = samples_only()
         if torch.is_inference_mode_enabled() and not velocity_only:
             raise RuntimeError(INFERENCE_MODE.format(type(self).__name__))
         tde = _torchdiffeq()
@@ -557,11 +558,9 @@ class CNF(Transform):
                 noise = torch.randn_like(x)
             else:
                 noise = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
-        func = _Dynamics(self, context, noise, regularize)
+        func = _Dynamics(self, context, noise, regularize, velocity_only)
         self.nfe_forward, self.nfe_backward = 0, 0
         zeros = x.new_zeros(x.shape[0])
-        if velocity_only:
-            func.velocity_only, func.no_trace = True, zeros
         if not x.shape[0]:  # nothing to solve (the solver would fail on an empty state)
             self._penalty = None
             return x.clone(), zeros

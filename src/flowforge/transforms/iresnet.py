@@ -258,7 +258,7 @@ class ResidualBlock(Transform):
     def _gz_logdet(self, g, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """``g(z)`` and ``log det(I + J_g(z))``, differentiable when grad is enabled (NaN for
         the log-determinant where :meth:`Flow.sample` throws it away)."""
-        if samples_only() and not torch.is_grad_enabled():
+        if samples_only():
             gz = g(z, context)
             return gz, torch.full_like(gz[:, 0], math.nan)
         if torch.is_inference_mode_enabled():
