@@ -179,7 +179,7 @@ def test_a_gaussian_fitted_once_scores_as_one_fitted_each_time():
 def test_histogram_baseline_counts_a_chunk_at_a_time(monkeypatch):
     """It converted the whole training split to int64 (8 bytes a pixel: 40k images of 3x32x32
     added 1.2 GB)."""
-    monkeypatch.setattr(evaluate, "HISTOGRAM_CHUNK", 4096)
+    monkeypatch.setattr(data, "CHUNK_VALUES", 4096)
     g = np.random.default_rng(0)
     train = g.integers(0, 17, (3000, 1, 8, 24)).astype(np.float32)
     x = g.integers(0, 17, (50, 1, 8, 24)).astype(np.float32)
@@ -249,7 +249,7 @@ def test_the_fast_csv_reader_checks_the_values_without_a_table_sized_temporary(
 
 def test_the_trainer_checks_rows_for_nan_a_chunk_at_a_time(monkeypatch):
     """``torch.isfinite`` of the whole float32 training tensor: +480 MB on 50k images."""
-    monkeypatch.setattr(trainer, "CHECK_VALUES", 64)
+    monkeypatch.setattr(data, "CHUNK_VALUES", 64)
     seen, isfinite = [], torch.isfinite
 
     def counted(t):

@@ -22,6 +22,7 @@ from ..transforms.continuous import (
 )
 from .build import check_manifold_data, column_words
 from .data import (
+    _chunk_rows,
     check_bounds,
     check_integers,
     check_levels,
@@ -492,14 +493,11 @@ def against_reference(res: dict, key: str) -> tuple[str, bool]:
     return words, d > 2 * se
 
 
-HISTOGRAM_CHUNK = 1 << 22  # values histogram_baseline converts to integers at once
-
-
 def _integer_chunks(a, width: int):
     """The rows of ``a`` (examples of ``width`` values, a tensor or an array) as int64
-    arrays ``(rows, width)``, :data:`HISTOGRAM_CHUNK` values at a time: never an 8-byte copy
-    of the whole split."""
-    step = max(1, HISTOGRAM_CHUNK // max(width, 1))
+    arrays ``(rows, width)``, a chunk of rows at a time (``data._chunk_rows``): never an
+    8-byte copy of the whole split."""
+    step = _chunk_rows(width)
     for i in range(0, len(a), step):
         yield np.asarray(a[i : i + step], dtype=np.int64).reshape(-1, width)
 

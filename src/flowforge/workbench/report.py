@@ -30,7 +30,7 @@ from torch import Tensor
 from .._util import fork_rng
 from ..core import Flow
 from ..distributions import StandardNormal
-from .data import FORMULA_LEADS, _is_float, describe_bounds
+from .data import FORMULA_LEADS, _chunk_rows, _is_float, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import (
@@ -1099,7 +1099,6 @@ def write_report(
 
 
 OUTSIDE_SHARE = 0.01  # samples beyond a column's training range worth a warning
-RANGE_CHUNK = 2**20  # sample values outside_ranges compares at once (8 MiB in float64)
 
 
 BOUND_KEYS = ("lower", "upper")
@@ -1121,7 +1120,7 @@ def outside_ranges(x, cfg: dict) -> str | None:
         return None
     lo, hi = torch.tensor(ranges, dtype=torch.float64).T
     outside = torch.zeros(len(ranges), dtype=torch.int64)
-    step = max(1, RANGE_CHUNK // len(ranges))  # rows at a time: never a copy of all
+    step = _chunk_rows(len(ranges))  # rows at a time: never a copy of all
     for a in range(0, len(x), step):
         v = x[a : a + step].double()
         outside += ((v < lo) | (v > hi)).sum(0)

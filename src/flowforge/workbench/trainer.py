@@ -44,6 +44,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked, train_key_hint
+from .data import _chunk_rows
 from .distributed import device as resolve_device
 from .distributed import dist_env
 from .errors import NonFiniteError, RunError, WorkbenchError, out_of_memory
@@ -339,16 +340,13 @@ def _nonfinite(obj) -> bool:
     return False
 
 
-CHECK_VALUES = 1 << 22  # values _check_rows looks at at once: its temporaries stay that size
-
-
 def _check_rows(t: Tensor | None, what: str) -> None:
     """Once, before training: the data's NaN/inf rows, by their index in the data set,
     looked for a chunk of rows at a time (``torch.isfinite`` of a whole split of images
     takes temporaries of the split's size)."""
     if t is None or not t.is_floating_point():
         return
-    step = max(1, CHECK_VALUES // max(math.prod(t.shape[1:]), 1))
+    step = _chunk_rows(math.prod(t.shape[1:]))  # (rows whose temporaries stay small)
     chunks = (t[i : i + step] for i in range(0, len(t), step))
     bad = [~torch.isfinite(c.reshape(len(c), -1)).all(1) for c in chunks]
     bad = torch.cat(bad) if bad else torch.zeros(0, dtype=torch.bool, device=t.device)
