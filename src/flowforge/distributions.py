@@ -42,6 +42,22 @@ def _draw_component(weights: Tensor) -> Tensor:
         ) from None
 
 
+class _Mixture(Distribution):
+    """A base that draws a discrete component before its continuous sample: subclasses
+    implement ``_draw(n, context, temperature) -> (z, log-probability of the components
+    drawn)``, which :meth:`rsample_with_choice` hands to :func:`flowforge.reverse_kl`."""
+
+    def _draw(self, n: int, context: Tensor | None, temperature: float):
+        raise NotImplementedError
+
+    def _sample(self, n, context, temperature):
+        return self._draw(n, context, temperature)[0]
+
+    def rsample_with_choice(self, n: int, context: Tensor | None = None):
+        z, choice = self._draw(self._n(n, context), context, 1.0)
+        return z, self.log_prob(z, context), choice
+
+
 class StandardNormal(Distribution):
     """``N(0, I)`` over ``event_shape``; no parameters."""
 
@@ -94,7 +110,7 @@ class DiagGaussian(Distribution):
         return (loc + temperature * eps * log_scale.exp()).reshape(n, *self.event_shape)
 
 
-class GaussianMixture(Distribution):
+class GaussianMixture(_Mixture):
     """A learnable mixture of ``components`` diagonal Gaussians.
 
     With a context, the mixture weights, means and log-scales come from an MLP of the context.
@@ -153,9 +169,6 @@ class GaussianMixture(Distribution):
         comp = -0.5 * (u.square() + LOG_2PI).sum(-1) - log_scale.sum(-1)  # (n, k)
         return torch.logsumexp(F.log_softmax(logits, -1) + comp, dim=-1)
 
-    def _sample(self, n, context, temperature):
-        return self._draw(n, context, temperature)[0]
-
     def _draw(self, n, context, temperature):
         """Samples, and the log-probability of the components drawn, ``(n,)``."""
         logits, loc, log_scale = self._params(n, context)
@@ -168,15 +181,11 @@ class GaussianMixture(Distribution):
         z = (loc + temperature * scale * eps).reshape(n, *self.event_shape)
         return z, log_w.gather(1, k).squeeze(1)
 
-    def rsample_with_choice(self, n: int, context: Tensor | None = None):
-        z, choice = self._draw(self._n(n, context), context, 1.0)
-        return z, self.log_prob(z, context), choice
-
     def extra_repr(self) -> str:
         return super().extra_repr() + f", components={self.components}"
 
 
-class MADEMoG(Distribution):
+class MADEMoG(_Mixture):
     r"""An autoregressive base: a mixture of Gaussians per dimension, parametrised by MADE.
 
     ``p(z) = prod_i sum_k pi_ik N(z_i; mu_ik, sigma_ik)`` where ``(pi, mu, sigma)`` of dimension
@@ -235,9 +244,6 @@ class MADEMoG(Distribution):
         comp = -0.5 * (u.square() + LOG_2PI) - log_scale
         return torch.logsumexp(log_w + comp, dim=-1).sum(-1)
 
-    def _sample(self, n, context, temperature):
-        return self._draw(n, context, temperature)[0]
-
     def _draw(self, n, context, temperature):
         """Samples, and the log-probability of the components drawn (summed over the
         dimensions, each given the dimensions before it), ``(n,)``."""
@@ -259,10 +265,6 @@ class MADEMoG(Distribution):
             z = torch.stack([cols[i] for i in range(self.features)], 1)
         choice = torch.stack(chosen, 0).sum(0) if chosen else a.new_zeros(n)
         return z.reshape(n, *self.event_shape), choice
-
-    def rsample_with_choice(self, n: int, context: Tensor | None = None):
-        z, choice = self._draw(self._n(n, context), context, 1.0)
-        return z, self.log_prob(z, context), choice
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", components={self.components}"

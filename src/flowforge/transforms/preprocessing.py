@@ -167,7 +167,7 @@ class DataStandardize(DataInit, Transform):
         self.__dict__["_checks_left"] = self.CHECKS if x.shape[0] >= self.FEW else 0
 
     # training batches after the first checked against its statistics, and how far off (in the
-    # first batch's standard deviations) a batch's mean may lie before a warning
+    # first batch's standard deviations) a batch's median may lie before a warning
     CHECKS, FAR = 8, 8.0
 
     def _forward(self, x, context):
@@ -183,9 +183,8 @@ class DataStandardize(DataInit, Transform):
     def _check_like_first(self, x: Tensor) -> None:
         """A warning when a training batch soon after the first lies far from the first's
         statistics: the first batch was not the training data (the flow's own samples scored
-        in training mode, another or an unshuffled set), and the statistics are fixed."""
-        if torch.compiler.is_compiling():  # (a Python counter would recompile the graph)
-            return
+        in training mode, another or an unshuffled set), and the statistics are fixed. Called
+        where the flow checks values (never inside torch.compile: see ``checking``)."""
         self.__dict__["_checks_left"] -= 1
         # the batch's median, not its mean: heavy tails (Cauchy-like columns) move a mean by
         # many standard deviations of a first batch, and never a median
@@ -201,8 +200,8 @@ class DataStandardize(DataInit, Transform):
             f"and this training batch's median lies {off:.3g} of that batch's standard "
             "deviations from its mean: the first batch was not like the training data (the "
             "flow's own samples scored in training mode? another or an unshuffled set?); "
-            "re-initialise it from "
-            "the training data (layer.initialize(batch), or a new flow whose first "
+            "re-initialise it from the training data (layer.initialize(batch), or a new flow "
+            "whose first "
             "training-mode log_prob sees a shuffled training batch)",
             RuntimeWarning,
             stacklevel=2,
