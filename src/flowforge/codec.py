@@ -687,13 +687,21 @@ def _chunk_segments(flow: IntegerFlow, x: np.ndarray, chunk: int, radius: int):
         escaped, a = [], 0
         for lo, counts in _tables(_block_params(base, i, z), radius, m):
             piece, a = v[a : a + len(lo)], a + len(lo)
-            off, escape = piece - lo, counts.shape[1] - 1
-            esc = (off < 0) | (off >= escape)
-            yield "block", np.where(esc, escape, off).astype(np.int32), counts, None
+            syms, esc = _symbols(piece, lo, counts.shape[1] - 1)
+            yield "block", syms, counts, None
             escaped.append(piece[esc])
         escaped = np.concatenate(escaped)
         if len(escaped):
             yield "escape", _escape_words(escaped), None, None
+
+
+def _symbols(v: np.ndarray, lo: np.ndarray, escape: int) -> tuple[np.ndarray, np.ndarray]:
+    """The table symbols of latent values ``v`` in windows starting at ``lo``: the offset in
+    the window, or ``escape`` (a table's last column) where the value falls outside it; and
+    where it does."""
+    off = v - lo
+    esc = (off < 0) | (off >= escape)
+    return np.where(esc, escape, off).astype(np.int32), esc
 
 
 def _chunk_latent(flow: IntegerFlow, x: np.ndarray, chunk: int) -> Tensor:
@@ -719,12 +727,10 @@ def _encode_chunk(coder, categorical, raw, flow: IntegerFlow, x: np.ndarray, chu
         m = n * (s.stop - s.start)
         v = z[:n, s].reshape(-1).to(torch.int64).numpy()
         w, loc, log_scale, center, r, step = _plan(_block_params(base, i, z), radius, m)
-        lo, escape = center - r, 2 * r + 1  # (the escape: a table's last column)
-        off = v - lo
-        esc = (off < 0) | (off >= escape)
+        lo = center - r
+        syms, esc = _symbols(v, lo, 2 * r + 1)
         if esc.any():
             coder.encode_reverse(_escape_words(v[esc]), raw)
-        syms = np.where(esc, escape, off).astype(np.int32)
         for a in reversed(range(0, m, step)):
             b = a + step
             counts = _counts(w[a:b], loc[a:b], log_scale[a:b], lo[a:b], r)
