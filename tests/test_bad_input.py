@@ -392,6 +392,18 @@ def test_empty_batches_score_and_sample_nothing(name):
     d = 3 if name == "sphereflow" else 4
     assert flow.log_prob(torch.zeros(0, d)).shape == (0,)
     assert flow.sample(0).shape == (0, d)
+    # in training mode the loss of an empty batch backpropagates (zero gradients), as in
+    # torch.distributions, instead of autograd's "does not require grad"
+    flow.train()
+    x = torch.zeros(0, d, requires_grad=True)
+    lp = flow.log_prob(x)
+    assert lp.dtype == flow.dtype and lp.shape == (0,)
+    lp.sum().backward()
+    assert x.grad is not None and x.grad.shape == (0, d)
+    grads = [p.grad for p in flow.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)
+    with torch.no_grad():
+        assert flow.log_prob(torch.zeros(0, d)).grad_fn is None
 
 
 def test_integer_flows_check_the_values_as_given():

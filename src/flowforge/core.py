@@ -988,7 +988,7 @@ class Flow(nn.Module):
         given = x
         x, context, batch = self._prepare(x, context)
         if not x.shape[0]:  # an empty batch: no layer needs to see it
-            return x.new_zeros(batch)
+            return self._empty_log_prob(batch, x, context)
         self._check_as_given(given, x)
         log_q = 0.0
         with self._checks():
@@ -997,6 +997,18 @@ class Flow(nn.Module):
             z, ladj = self.transform(x, context)
             lp = self.base.log_prob(z, context) + ladj - log_q
         return self._scored(x, lp.reshape(batch))
+
+    def _empty_log_prob(self, batch: tuple[int, ...], *inputs: Tensor | None) -> Tensor:
+        """The log-density of an empty batch: zeros of shape ``batch`` that still hang on the
+        parameters and on any input that requires a gradient, so that ``backward()`` of its
+        loss gives zero gradients, as in ``torch.distributions``, not autograd's "does not
+        require grad"."""
+        out = inputs[0].new_zeros(batch, dtype=self.dtype)
+        if torch.is_grad_enabled():
+            for t in (*self.parameters(), *inputs):
+                if t is not None and t.requires_grad:
+                    out = out + t.reshape(-1)[:0].sum().to(out.dtype)
+        return out
 
     def _scored(self, x: Tensor, lp: Tensor) -> Tensor:
         """``lp``, or a :class:`NaNLogProb` naming the rows where it is NaN (inputs so far from

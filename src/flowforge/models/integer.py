@@ -76,7 +76,7 @@ class IntegerFlow(Flow):
         if self._validating(x):
             self.check(raw if isinstance(raw, Tensor) and raw.is_floating_point() else x)
         if not x.shape[0]:
-            return x.new_zeros(batch)
+            return self._empty_log_prob(batch, x, context)
         z, _ = self.transform(x, context)  # integer layers: ladj == 0
         if self._validating(z):
             check_exact_latents(z, self.dtype)
