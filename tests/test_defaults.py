@@ -309,8 +309,9 @@ def test_a_first_batch_unlike_the_training_data_is_warned_about():
     flow = ff.models.NSF(features=2, layers=1, hidden=(8,))
     flow.train()
     flow.log_prob(flow.sample(256))
-    with pytest.warns(RuntimeWarning, match="first batch was not like the training data"):
+    with pytest.warns(RuntimeWarning, match="first batch was not like the training data") as rec:
         flow.log_prob(x[:256])
+    assert [w.filename for w in rec] == [__file__]  # the user's line, not torch's no_grad wrapper
     fresh = ff.models.NSF(features=2, layers=1, hidden=(8,))  # shuffled batches of the data: quiet
     fresh.train()
     import warnings

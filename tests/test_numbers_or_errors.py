@@ -55,8 +55,9 @@ def test_float64_inputs_that_float32_cannot_hold_are_refused_or_warned_about():
     with pytest.raises(ValueError, match=r"beyond the range of the flow's torch.float32"):
         flow.log_prob(torch.tensor([[1e39, 0.0]], dtype=torch.float64))  # not "NaN or inf"
     offset = 1e8 + torch.randn(64, 2, dtype=torch.float64)  # all 64 rows become one in float32
-    with pytest.warns(RuntimeWarning, match=r"loses its precision .*\(flow.double\(\)\)"):
+    with pytest.warns(RuntimeWarning, match=r"loses its precision .*\(flow.double\(\)\)") as rec:
         flow.log_prob(offset)
+    assert [w.filename for w in rec] == [__file__]  # attributed to the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         flow.log_prob(offset)  # once per flow
@@ -133,8 +134,9 @@ def test_a_tiny_first_batch_for_the_standardisation_is_warned_about():
     import warnings
 
     flow = ff.models.NSF(features=2, layers=1, hidden=(4,))
-    with pytest.warns(RuntimeWarning, match="first batch of only 4 examples"):
+    with pytest.warns(RuntimeWarning, match="first batch of only 4 examples") as rec:
         flow.log_prob(torch.randn(4, 2))  # train mode: this batch sets loc and scale for good
+    assert [w.filename for w in rec] == [__file__]
     fresh = ff.models.NSF(features=2, layers=1, hidden=(4,))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -25,6 +29,7 @@ __all__ = [
     "fork_rng",
     "rng_states",
     "set_rng_states",
+    "warn",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -43,6 +48,31 @@ INFERENCE_MODE = (
     "{} computes its log-determinant with autograd, which torch.inference_mode() switches "
     "off: use torch.no_grad() instead"
 )
+
+
+# the library's own folder and torch's: a warning from a layer is attributed to the first
+# caller outside both (the user's line), however deep the call came from (hooks, no_grad
+# wrappers, Compose, the workbench's objectives)
+_LIBRARY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_WORKBENCH = os.path.join(_LIBRARY, "workbench") + os.sep
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_WRAPPERS = ("<frozen", os.path.abspath(contextlib.__file__))  # (context managers' frames)
+
+
+def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn(message, category)`` pointing at the first frame outside flowforge's
+    library and torch (the user's code, or the workbench's), as ``stacklevel`` would if the
+    depth of the call were known."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        inside = (name.startswith(_LIBRARY) and not name.startswith(_WORKBENCH)) or (
+            name.startswith(_TORCH)
+        )
+        if not inside and not name.startswith(_WRAPPERS):
+            break
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:

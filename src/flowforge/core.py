@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ._util import all_finite, functorch_active
 from ._util import event_shape as _event_shape
+from ._util import warn as _warn
 from .reversible import ReversibleChain, refusal
 
 __all__ = [
@@ -516,16 +517,13 @@ def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: boo
     # a spread at float64's own rounding level (0.1 + 0.2 next to 0.3) is a constant entry
     lost = (err > 1e-2 * spread) & (spread > 64 * torch.finfo(torch.float64).eps * size)
     if bool(lost.any()):
-        import warnings
-
         i = int(lost.nonzero()[0, 0])
-        warnings.warn(
+        _warn(
             f"{what} loses its precision in the flow's {dtype}: entry {i} varies by "
             f"{spread[i].item():.3g} in this batch around {size[i].item():.6g}, and the "
             f"conversion rounds it by up to {err[i].item():.3g}; move the flow to float64 "
             "(flow.double()) or subtract an offset from the data first",
             RuntimeWarning,
-            stacklevel=4,
         )
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from ._util import all_finite
+from ._util import all_finite, warn
 from .core import Flow, NaNLogProb, NonFiniteSamples
 from .transforms.dequantization import UniformDequantization
 from .transforms.iresnet import EXACT_LOGDET_MAX
@@ -318,11 +317,10 @@ def _exact_densities(flow) -> Iterator[bool]:
             saved.append((m, "estimator", m.estimator))
             m.estimator = "exact"
     if wide:
-        warnings.warn(
+        warn(
             f"{wide} residual block(s) wider than {EXACT_LOGDET_MAX} keep their Russian-roulette "
             "log-determinant: importance weights, log Z and the ESS carry its bias",
             RuntimeWarning,
-            stacklevel=3,
         )
     try:  # (an exact block, switched or exact already: "auto" is in eval mode up to 128)
         yield any(isinstance(m, ResidualBlock) and m._method() == "exact" for m in flow.modules())

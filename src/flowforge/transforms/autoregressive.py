@@ -56,12 +56,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .._util import warn
 from ..core import Transform, Transformer, refresh_tolerances
 from ..nets import MADE
 
@@ -322,11 +322,10 @@ class Autoregressive(Transform):
                 return x, ladj.reshape(z.shape[0], -1).sum(1)
         if self.inverse_mode == "auto":
             return None
-        warnings.warn(
+        warn(
             f"the parallel inverse of {type(self).__name__} did not converge in {cap} sweeps "
             f"(largest change {delta:.3g} > tol {self.tol:g}); used the sequential inverse",
             ParallelInverseWarning,
-            stacklevel=3,
         )
         return None
 

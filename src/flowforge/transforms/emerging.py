@@ -21,14 +21,13 @@ order, then ``K_1`` in raster order); see :class:`EmergingConv2d` for the three 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._util import event_shape as _event
-from .._util import per_channel
+from .._util import per_channel, warn
 from ..core import Transform, refresh_tolerances
 from .autoregressive import ParallelInverseWarning
 
@@ -229,11 +228,10 @@ class EmergingConv2d(Transform):
         for w, upper in ((k2, True), (k1, False)):
             out = self._jacobi(x, w, upper, cap)
             if out is None:
-                warnings.warn(
+                warn(
                     f"EmergingConv2d's parallel inverse did not reach tol={self.tol:g} in "
                     f"{cap} sweeps; used the sequential solver",
                     ParallelInverseWarning,
-                    stacklevel=4,
                 )
                 self.last_sweeps = 0
                 return self._sequential(self._sequential(y, k2, True), k1, False)

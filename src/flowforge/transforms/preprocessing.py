@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._util import event_shape as _event
+from .._util import warn
 from ..core import DataInit, Transform, checking
 
 __all__ = ["Logit", "Standardize", "DataStandardize", "Bounded", "Whiten"]
@@ -146,14 +147,11 @@ class DataStandardize(DataInit, Transform):
         the range a spline flow transforms (the identity beyond its ``bound``), for good. To
         choose the sample, call ``flow.train(); flow.log_prob(sample)`` before training."""
         if x.shape[0] < self.FEW:
-            import warnings
-
-            warnings.warn(
+            warn(
                 f"DataStandardize takes its statistics for good from a first batch of only "
                 f"{x.shape[0]} examples; initialise it from a larger shuffled sample first "
                 "(flow.train(); flow.log_prob(sample))",
                 RuntimeWarning,
-                stacklevel=2,
             )
         sd, mean = torch.std_mean(x.detach(), dim=0, correction=0)
         # constant: no spread above the dtype's rounding of the mean (eps is float32's; a float64
@@ -193,9 +191,7 @@ class DataStandardize(DataInit, Transform):
         if not off > self.FAR:  # (NaN data: the loss's checks say it)
             return
         self.__dict__["_checks_left"] = 0  # said once
-        import warnings
-
-        warnings.warn(
+        warn(
             f"DataStandardize took its statistics for good from a first training-mode batch, "
             f"and this training batch's median lies {off:.3g} of that batch's standard "
             "deviations from its mean: the first batch was not like the training data (the "
@@ -204,7 +200,6 @@ class DataStandardize(DataInit, Transform):
             "whose first "
             "training-mode log_prob sees a shuffled training batch)",
             RuntimeWarning,
-            stacklevel=2,
         )
 
     def _inverse(self, z, context):

@@ -35,13 +35,12 @@ C++ compiler, say) it warns once and stays eager.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .._util import COMPILE_OPTIONS, functorch_active
+from .._util import COMPILE_OPTIONS, functorch_active, warn
 from ..core import Transformer
 
 __all__ = ["RationalQuadratic", "rational_quadratic"]
@@ -201,11 +200,10 @@ def _spline_compiled(x: Tensor, params: Tensor, **options) -> tuple[Tensor, Tens
     except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say why
         out = rational_quadratic(x, params, **options)  # re-raises an input error
         _compile_failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
-        warnings.warn(
+        warn(
             f"RationalQuadratic.compiled: compiling the spline failed ({_compile_failed}); "
             "evaluating it eagerly from now on",
             RuntimeWarning,
-            stacklevel=3,
         )
         return out
 
