@@ -1685,18 +1685,23 @@ def whitening(ds) -> dict | None:
     return {"loc": loc, "factor": factor}
 
 
-def shrunk_gaussian(train) -> tuple[np.ndarray, np.ndarray]:
+def shrunk_gaussian(train, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, F)`` of the Gaussian fitted to a table's training rows, ``F`` the lower
     triangular factor of its covariance ``F F^T``: the columns' means and standard deviations
     (as the standardisation takes them), and their Ledoit-Wolf shrunk correlation (defined
     with fewer rows than columns, blind to the columns' units and to their order). A
-    ``numpy.linalg.LinAlgError`` when that correlation is singular (two rows, no shrinkage)."""
-    from sklearn.covariance import LedoitWolf
+    ``numpy.linalg.LinAlgError`` when that correlation is singular (two rows, no shrinkage).
+    ``overwrite``: ``train`` is a float64 array of the caller's own that may be standardised in
+    place (no copy of the table)."""
+    from sklearn.covariance import ledoit_wolf
 
-    t = np.asarray(train, dtype=np.float64)
+    given = np.asarray(train)
+    t = given if overwrite and given.dtype == np.float64 else np.array(given, dtype=np.float64)
     stats = _standardize_stats(torch.from_numpy(t))
     loc, sd = np.asarray(stats["loc"]), np.asarray(stats["scale"])
-    corr = LedoitWolf(assume_centered=True).fit((t - loc) / sd).covariance_
+    t -= loc  # (standardised in place: one float64 table, and sklearn's blocks of it)
+    t /= sd
+    corr, _ = ledoit_wolf(t, assume_centered=True)
     if np.linalg.eigvalsh(corr)[0] < 1e-8:
         raise np.linalg.LinAlgError("the shrunk correlation is singular")
     return loc, sd[:, None] * np.linalg.cholesky(corr)

@@ -575,11 +575,12 @@ def gaussian_baseline(
     fit = None if fitted is None else fitted.get(key)
     if fit is None:
         t = np.asarray(train, dtype=np.float64)
+        own = t is not train and not np.shares_memory(t, np.asarray(train))
         g = np.random.default_rng(seed)
         if integers:
-            t = t.copy()
+            t, own = (t, own) if own else (t.copy(), True)
             t[:, integers] += g.random((len(t), len(integers)))
-        loc, factor = shrunk_gaussian(t)
+        loc, factor = shrunk_gaussian(t, overwrite=own)
         del t
         const = 0.5 * len(loc) * math.log(2 * math.pi) + np.log(np.diag(factor)).sum()
         fit = (loc, factor, const, g.bit_generator.state)  # (the stream where the fit left it)
