@@ -583,3 +583,23 @@ def test_warnings_of_the_data_initialisation_pass_are_shown():
     tr = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 32, "tensorboard": False}, **QUIET)
     with pytest.warns(RuntimeWarning, match="a layer's own warning"):
         tr._init_data_dependent()
+
+
+def test_validation_draws_only_where_the_score_is_random():
+    """train.val_samples: 4 scored a continuous table's validation split four times over, to
+    the same number each time; the draws stay where dequantization makes the score random."""
+    x = _data()
+    calls = []
+    for dequantize, want in ((False, 1), (True, 4)):
+        flow = _flow()
+        if dequantize:
+            flow = ff.Flow(flow.transform, flow.base, ff.transforms.UniformDequantization(16))
+        tr = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 16, "val_samples": 4,
+                                       "tensorboard": False}, **QUIET)  # fmt: skip
+        calls.clear()
+        hook = flow.transform.register_forward_hook(lambda m, i, o: calls.append(1))
+        with torch.no_grad():
+            data = x[:16].clamp(0, 15).round() if dequantize else x[:16]
+            value = tr.nll(data)
+        hook.remove()
+        assert len(calls) == want and math.isfinite(value)

@@ -49,7 +49,7 @@ DEFAULT_TRAIN: dict = {
     "halve_after": 0,  # halve the learning rate after this many epochs without one; 0 disables
     "ema": 0.0,  # decay of an exponential moving average of the weights (evaluated, saved); 0: off
     "init_batch": 0,  # examples for a data-dependent initialisation (ActNorm); 0: one batch
-    "val_samples": 1,  # dequantization draws averaged in each validation NLL
+    "val_samples": 1,  # draws averaged in each validation NLL (one where the score is exact)
     "memory_saving": False,  # recompute activations from outputs (flowforge.memory_saving)
     "compile": False,  # torch.compile the training step (eager if compiling fails);
     # "splines": only the rational-quadratic splines (seconds to compile, not minutes)

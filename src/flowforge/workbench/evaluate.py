@@ -602,15 +602,18 @@ def gaussian_baseline(
     return lp if per_example else float(-np.mean(lp))
 
 
-def _scoring_noise(flow, trace: str, dequantization: bool = True) -> str | None:
+def _scoring_noise(flow, trace: str | None, dequantization: bool = True) -> str | None:
     """What makes a flow's score random, as eval's output names it ("dequantization", ...),
     or None when ``log_prob`` is exact and deterministic (then more draws are pointless).
-    ``dequantization=False``: only an estimated log-density (Hutchinson, Russian roulette)."""
+    ``dequantization=False``: only an estimated log-density (Hutchinson, Russian roulette).
+    ``trace``: the trace estimator eval sets on every CNF block, or None for each block's own
+    (as the trainer's validation scores them)."""
     from ..transforms.iresnet import ResidualBlock
 
-    if dequantization and flow.dequantizer is not None:
+    if dequantization and getattr(flow, "dequantizer", None) is not None:
         return "dequantization"
-    if trace == "hutchinson" and any(isinstance(m, CNF) for m in flow.modules()):
+    cnfs = [m for m in flow.modules() if isinstance(m, CNF)]
+    if any((trace or m.trace) == "hutchinson" for m in cnfs):
         return "Hutchinson trace"
     if any(isinstance(m, ResidualBlock) and m._method() == "roulette" for m in flow.modules()):
         return "Russian-roulette log-determinant"

@@ -838,11 +838,17 @@ class Trainer:
     @torch.no_grad()
     def nll(self, x: Tensor, context: Tensor | None = None, samples: int | None = None) -> float:
         """Mean NLL (nats/example) of the evaluated weights in eval mode, averaged over
-        ``samples`` dequantization draws (``train.val_samples``); the noise is seeded, so the
-        number is repeatable and independent of the training random stream."""
+        ``samples`` draws (``train.val_samples``) where the score is random (dequantization, a
+        Hutchinson trace, Russian roulette), in one pass where it is exact; the noise is seeded,
+        so the number is repeatable and independent of the training random stream."""
         samples = int(samples or self.cfg["val_samples"])
         total, bs = 0.0, self.cfg["eval_batch_size"]
         with self.validating() as model:
+            if samples > 1:
+                from .evaluate import _scoring_noise
+
+                if _scoring_noise(model, None) is None:  # each draw the same number
+                    samples = 1
             for _ in range(samples):
                 for i in range(0, x.shape[0], bs):
                     c = None if context is None else context[i : i + bs]
