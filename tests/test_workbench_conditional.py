@@ -3,6 +3,8 @@ and the one-line errors for bad contexts."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 import flowforge as ff
 from flowforge.workbench.cli import main
 from flowforge.workbench.data import ContextError, label_context, load_dataset
+from flowforge.workbench.runs import load_run
 
 TINY_GLOW = '{"steps": 1, "hidden": 8, "blocks": 0}'
 
@@ -143,9 +146,21 @@ def test_conditional_density_estimation_on_a_table(table, tmp_path, capsys, mode
     )
     assert code == 0, err
     ds = load_dataset(str(table), target_columns="0,1")
-    # the context is standardised with training statistics
-    assert torch.allclose(ds.context["train"].mean(0), torch.zeros(2), atol=1e-5)
+    # the contexts are the raw columns; the run's model standardises them with the training
+    # statistics (in its config: ff.load of model.ff alone takes raw contexts too)
     assert ds.shape == (2,) and ds.context_info["context_columns"] == [2, 3]
+    stats = ds.context_info["stats"]
+    raw = torch.from_numpy(np.loadtxt(table, delimiter=",")[:, 2:]).float()
+    assert set(map(tuple, ds.context["train"].tolist())) <= set(map(tuple, raw.tolist()))
+    assert ds.context["train"].double().mean(0).tolist() == pytest.approx(stats["loc"])
+    for flow in (ff.load(out / "model.ff"), load_run(out)):
+        assert flow.context_map.loc == stats["loc"] and flow.context_map.scale == stats["scale"]
+    flow = ff.load(out).eval()
+    y, c = ds.split("test"), ds.split_context("test")
+    code, said, err = run(["eval", out, "--split", "test", "--json"], capsys)
+    assert code == 0, err
+    nll = -flow.log_prob(y, c).double().mean().item()
+    assert nll == pytest.approx(json.loads(said)["nll"], rel=1e-6)  # raw contexts, as eval
     code, _, err = run(
         ["sample", out, "--context", "5,5;30,-10", "-n", "3", "--out", tmp_path / "s.csv"], capsys
     )
@@ -230,10 +245,61 @@ def test_a_context_far_outside_or_beyond_float32_is_said():
 
     info = {"kind": "columns", "features": 2, "context_columns": [1, 2],
             "stats": {"loc": [10.0, 0.0], "scale": [2.0, 1.0]}}  # fmt: skip
-    assert torch.allclose(column_context([[12.0, 1.0]], info), torch.tensor([[1.0, 1.0]]))
+    got = column_context([[12.0, 1.0]], info)  # raw, checked: the model standardises them
+    assert got.dtype == torch.float64 and torch.equal(got, torch.tensor([[12.0, 1.0]]).double())
+    flow = ff.models.context_standardized(
+        ff.models.MAF(features=1, context_features=2), **info["stats"]
+    )
+    assert torch.equal(flow.context_map(got, torch.float32), torch.tensor([[1.0, 1.0]]))
     with pytest.warns(RuntimeWarning, match="5e\\+29 standard deviations"):
         column_context([[1e30, 0.0]], info)
     with pytest.raises(ContextError, match="1e\\+39, beyond float32's range"):
         column_context([[1e39, 0.0]], info)
     with pytest.raises(ContextError, match="NaN or inf"):
         column_context([[float("inf"), 0.0]], info)
+
+
+def test_a_column_conditional_run_from_before_the_model_standardised_its_contexts(
+    table, tmp_path, capsys
+):
+    """Runs written before the model took raw contexts (their workbench standardised them,
+    and model.ff has no context layer) score, sample and resume as they did: load_run gives
+    their model the layer from config.json's statistics."""
+    import os
+    import signal
+
+    from flowforge.workbench.runner import train
+
+    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]}, "layout": "vector",
+           "data": {"name": str(table), "target_columns": [0, 1]},
+           "train": {"epochs": 3, "batch_size": 64, "tensorboard": False}}  # fmt: skip
+
+    def stop(t):
+        if t.global_step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "old"
+    assert train(cfg, out, progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    code, said, err = run(["eval", out, "--json"], capsys)
+    assert code == 0, err
+    before = json.loads(said)["nll"]
+    # what the older flowforge wrote: no context_standardize layer in either file
+    flow = ff.load(out / "model.ff")
+    prefix = [p for p in flow.config["prefix"] if "context_standardize" not in p]
+    flow.context_map, flow.config = None, {**flow.config, "prefix": prefix}
+    ff.save(flow, out / "model.ff")
+    stored = json.loads((out / "config.json").read_text())
+    stored["resolved"]["flow_config"]["prefix"] = prefix
+    (out / "config.json").write_text(json.dumps(stored))
+    assert ff.load(out / "model.ff").context_map is None
+    code, said, err = run(["eval", out, "--json"], capsys)
+    assert code == 0 and json.loads(said)["nll"] == before, err
+    code, _, err = run(["train", "--out", out, "--resume", "--no-progress", "--quiet"], capsys)
+    assert code == 0, err
+    assert ff.load(out / "model.ff").context_map is None  # (the run keeps its model's identity)
+    assert load_run(out).context_map is not None
+    code, said, err = run(["eval", out, "--json"], capsys)
+    assert code == 0 and json.loads(said)["nll"] < before + 1.0, err
+    code, _, err = run(["sample", out, "--context", "5,5", "-n", "4", "--out", tmp_path / "s.csv"],
+                       capsys)  # fmt: skip
+    assert code == 0, err

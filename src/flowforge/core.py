@@ -855,6 +855,8 @@ class Flow(nn.Module):
         self.context_features = cf.pop() if cf else 0
         self.event_shape = transform.event_shape
         self.config: dict | None = None  # set by the builders in flowforge.models; used by ff.save
+        # a fixed map of raw contexts onto the layers' scale (models.context_standardized)
+        self.context_map: nn.Module | None = None
 
     # Scan inputs and contexts for NaN/inf, and discrete data for its range (the dequantizer's
     # check): a clear ValueError instead of a NaN or a wrong bound. None:
@@ -957,6 +959,13 @@ class Flow(nn.Module):
             raise ValueError(
                 f"this flow is conditional and expects a context of shape (*batch, {c}), got None"
             )
+        if (
+            self.context_map is not None
+            and isinstance(context, Tensor)
+            and not context.is_complex()
+            and context.shape[-1:] == (c,)
+        ):  # raw contexts, standardised before any narrowing to the flow's dtype
+            context = self.context_map(context, self.dtype)
         context = self._as_input(context, "context")
         if context.shape[-1:] == (c,) and batch and tuple(context.shape[:-1]) != batch:
             try:  # broadcast as torch.distributions does: (c,) or (B, c) against x's (n, B)

@@ -585,6 +585,14 @@ def _build(config: dict, max_bytes: int, n_tensors: int = 0) -> Flow:
                         "the checkpoint's configuration: a bounded layer takes lower and upper"
                     )
                 flow = models.bounded(flow, bounds.get("lower"), bounds.get("upper"))
+            elif isinstance(layer, dict) and list(layer) == ["context_standardize"]:
+                spec = layer["context_standardize"]
+                if not isinstance(spec, dict) or set(spec) != {"loc", "scale"}:
+                    raise ValueError(
+                        "the checkpoint's configuration: a context standardisation takes loc and "
+                        "scale"
+                    )
+                flow = models.context_standardized(flow, spec["loc"], spec["scale"])
             elif isinstance(layer, dict) and list(layer) == ["integer_columns"]:
                 spec = layer["integer_columns"]
                 if not isinstance(spec, dict) or not set(spec) <= {"columns", "lower", "upper"}:

@@ -17,7 +17,14 @@ per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealN
 trains it with its own objectives).
 """
 
-from .assembly import DataOptions, bounded, integer_columns, standardized, whitened
+from .assembly import (
+    DataOptions,
+    bounded,
+    context_standardized,
+    integer_columns,
+    standardized,
+    whitened,
+)
 from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
@@ -59,6 +66,7 @@ __all__ = [
     "register",
     "spec",
     "standardized",
+    "context_standardized",
     "bounded",
     "integer_columns",
     "whitened",

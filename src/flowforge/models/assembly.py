@@ -56,6 +56,7 @@ from ..transforms import (
     Affine,
     Bounded,
     ColumnDequantization,
+    ContextStandardize,
     DataStandardize,
     EmergingConv2d,
     Logit,
@@ -396,9 +397,41 @@ def _prepended(flow: Flow, entry, layer: Transform | None = None, dequantizer=No
                 part.to(device=device, dtype=dtype)
     transform = flow.transform if layer is None else Compose(layer, flow.transform)
     out = Flow(transform, flow.base, dequantizer or flow.dequantizer)
+    out.context_map = flow.context_map
     if flow.config is not None:
         out.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), entry]}
     return out
+
+
+def context_standardized(flow: Flow, loc, scale) -> Flow:
+    """``flow``, in place, taking raw contexts: each context feature is standardised with
+    ``loc`` and ``scale`` (one number per feature, the training contexts' mean and standard
+    deviation) before any layer reads it, in float64
+    (:class:`~flowforge.transforms.ContextStandardize`). ``log_prob``, ``sample`` and the
+    losses all take the raw values then, and ``ff.save``/``ff.load`` keep the statistics (in
+    the config, under ``"prefix"``). The workbench's runs with ``--target-columns`` are built
+    so.
+
+    Example:
+        >>> import flowforge as ff
+        >>> flow = ff.models.NSF(features=2, context_features=1)
+        >>> flow = ff.models.context_standardized(flow, loc=[1000.0], scale=[0.5])
+        >>> flow.sample(3, context=torch.tensor([[1000.2]])).shape
+        torch.Size([3, 1, 2])
+    """
+    if not flow.context_features:
+        raise ValueError("the flow is unconditional (context_features=0): it takes no context")
+    if flow.context_map is not None:
+        raise ValueError("the flow standardises its contexts already")
+    layer = ContextStandardize(flow.context_features, loc, scale)
+    _, device = _like(flow)
+    if device is not None:
+        layer.to(device=device)
+    flow.context_map = layer
+    if flow.config is not None:
+        entry = {"context_standardize": {"loc": layer.loc, "scale": layer.scale}}
+        flow.config = {**flow.config, "prefix": [*flow.config.get("prefix", []), entry]}
+    return flow
 
 
 def standardized(flow: Flow, loc=0.0, scale=1.0) -> Flow:

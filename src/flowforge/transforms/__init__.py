@@ -33,7 +33,14 @@ from .manifolds import (
 )
 from .mixture import LogisticMixture
 from .normalization import ActNorm, BatchNorm
-from .preprocessing import Bounded, DataStandardize, Logit, Standardize, Whiten
+from .preprocessing import (
+    Bounded,
+    ContextStandardize,
+    DataStandardize,
+    Logit,
+    Standardize,
+    Whiten,
+)
 from .residual import Planar, Radial, Sylvester
 from .splines import RationalQuadratic, rational_quadratic
 
@@ -46,6 +53,7 @@ __all__ = [
     "CNF",
     "CircularCoupling",
     "CircularElementwise",
+    "ContextStandardize",
     "Coupling",
     "DataStandardize",
     "Bounded",

@@ -19,7 +19,7 @@ from .._util import event_shape as _event
 from .._util import warn
 from ..core import DataInit, Transform, checking
 
-__all__ = ["Logit", "Standardize", "DataStandardize", "Bounded", "Whiten"]
+__all__ = ["Logit", "Standardize", "DataStandardize", "Bounded", "Whiten", "ContextStandardize"]
 
 
 class Logit(Transform):
@@ -483,3 +483,41 @@ class Whiten(Transform):
 
     def _inverse(self, z, context):
         return z @ self.factor.T + self.loc, self._log_diagonal().expand(z.shape[0])
+
+
+class ContextStandardize(torch.nn.Module):
+    """A conditional flow's fixed map of raw contexts onto the scale its layers were trained
+    on: ``(c - loc) / scale``, per context feature, computed in float64 from the statistics
+    as given and returned in the flow's dtype (a context of 1e8 +- 1 keeps its variation).
+
+    Set on a flow by :func:`flowforge.models.context_standardized`; the flow applies it to
+    every context it is given (``log_prob``, ``sample``, the losses), so that the flow takes
+    raw contexts as it takes raw data. The statistics live in the flow's config (``ff.save``
+    keeps them there), not in its state dict.
+    """
+
+    def __init__(self, features: int, loc, scale):
+        super().__init__()
+        values = {}
+        for name, v in (("loc", loc), ("scale", scale)):
+            t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+            if t.numel() != features:
+                raise ValueError(f"expected {features} context {name} value(s), got {t.numel()}")
+            if not torch.isfinite(t).all() or (name == "scale" and not (t > 0).all()):
+                want = "finite and positive" if name == "scale" else "finite"
+                raise ValueError(f"the context's {name} must be {want}, got {t.tolist()}")
+            values[name] = t
+        self.features = int(features)
+        self.loc, self.scale = values["loc"].tolist(), values["scale"].tolist()
+        # the float64 values' bits in integer buffers, which .to(dtype) leaves exact (as
+        # Bounded keeps its bounds) and .to(device) moves: no copy from the host per call
+        for name, t in values.items():
+            self.register_buffer(f"_{name}_bits", t.view(torch.int64), persistent=False)
+
+    def forward(self, c: Tensor, dtype: torch.dtype) -> Tensor:
+        loc = self._loc_bits.view(torch.float64)
+        scale = self._scale_bits.view(torch.float64)
+        return ((c.to(torch.float64) - loc) / scale).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}"

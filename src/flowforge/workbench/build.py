@@ -309,6 +309,13 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
         ranges = bounds or {"lower": [None] * event_shape[0], "upper": [None] * event_shape[0]}
         lower, upper = ([ranges[k][j] for j in integers] for k in ("lower", "upper"))
         flow = models.integer_columns(flow, integers, lower, upper)
+    context = ds.context_info
+    if context is not None and context["kind"] == "columns":
+        # the model takes the raw context columns, as it takes the raw data
+        saved = flow.config
+        flow = models.context_standardized(flow, **context["stats"])
+        if _legacy_context(stored):  # resumed from before: the files keep its identity
+            flow.config = saved
     resolved = {
         "layout": layout,
         "event_shape": list(event_shape),
@@ -443,6 +450,23 @@ def same_model(before: dict | None, now: dict | None) -> bool:
         return False
     kwargs = models.registry.saved_kwargs(before["model"], before["kwargs"])
     return {**before, "kwargs": kwargs} == now
+
+
+def _legacy_context(stored: dict | None) -> bool:
+    """Whether a resumed run is a column-conditional one from before its model standardised
+    its contexts (its stored model has no ``context_standardize`` layer): its config keeps the
+    model's identity as it was, and :func:`~flowforge.workbench.runs.load_run` gives the
+    saved model the layer from the run's statistics."""
+    before = (stored or {}).get("flow_config")
+    if not isinstance(before, dict) or (stored or {}).get("context", {}).get("kind") != "columns":
+        return False
+    return not has_context_map(before)
+
+
+def has_context_map(flow_config: dict | None) -> bool:
+    """Whether a flow's saved config standardises its contexts."""
+    prefix = (flow_config or {}).get("prefix") or []
+    return any(isinstance(p, dict) and "context_standardize" in p for p in prefix)
 
 
 def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:

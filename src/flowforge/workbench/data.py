@@ -2314,7 +2314,8 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
 
     - ``conditional="label"``: the one-hot class label (classes: those of the training split).
     - ``target_columns``: table columns kept as the data ``y``; the others become the context,
-      standardised with the training split's mean and std (``context_info["stats"]``).
+      raw: the run's model standardises them with the training split's mean and std
+      (``context_info["stats"]``).
     """
     if conditional is not None and target_columns is not None:
         raise DataError("give either --conditional label or --target-columns, not both")
@@ -2420,11 +2421,19 @@ FAR_CONTEXT = 100  # standard deviations from the training contexts' mean: a war
 
 
 def column_context(values, info: dict) -> Tensor:
-    """Standardised contexts from raw context-column ``values`` of shape ``(B, k)`` (or
-    ``(k,)``); ``ContextError`` if the width is wrong or a value is not finite."""
+    """Raw context-column ``values`` of shape ``(B, k)`` (or ``(k,)``), checked, for a run's
+    model, which standardises them itself (:func:`flowforge.models.context_standardized`, with
+    ``info["stats"]``): ``ContextError`` if the width is wrong or a value is not finite, and a
+    warning for a value far outside the training contexts. A float32 or float64 tensor stays
+    in its dtype; anything else becomes float64."""
     if not info or info.get("kind") != "columns":
         raise ContextError("this model is not conditioned on table columns")
-    t = torch.as_tensor(values, dtype=torch.float64)
+    if not isinstance(values, (Tensor, np.ndarray)):  # (numbers as parsed: float64)
+        values = np.asarray(values, dtype=np.float64)
+    given = torch.as_tensor(values)
+    if given.dtype not in (torch.float32, torch.float64):
+        given = given.to(torch.float64)
+    t = given.to(torch.float64)
     if t.dim() == 1:
         t = t.unsqueeze(0)
     k = info["features"]
@@ -2455,4 +2464,4 @@ def column_context(values, info: dict) -> Tensor:
             RuntimeWarning,
             stacklevel=2,
         )
-    return z.float()
+    return given.reshape(t.shape)

@@ -886,21 +886,15 @@ def _class_grid(flow, cfg, classes, n, temperature, seed, path):
 
 
 def _context_value(v: float) -> str:
-    """A context value as the table holds it: un-standardising (``c * scale + loc`` in float32)
-    leaves a flag's 0 at 3.98e-09 and its 1 at 0.99999994, so a value within 1e-6 (relative) of
-    an integer is that integer; 4 significant digits otherwise."""
-    v = float(v)
-    if math.isfinite(v) and abs(v - round(v)) <= 1e-6 * max(1.0, abs(v)):
-        v = float(round(v)) + 0.0  # (+ 0.0: no "-0")
-    return f"{v:.4g}"
+    """A context value as the table holds it, to 4 significant digits."""
+    return f"{float(v) + 0.0:.4g}"  # (+ 0.0: no "-0")
 
 
 def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int = 500):
     """For a few rows of the split: samples given that row's context against its true value."""
-    info = cfg["resolved"]["context"]
     ctx = ds.split_context(split)[:rows]
     truth = ds.split(split)[:rows].numpy()
-    raw = ctx.numpy() * np.array(info["stats"]["scale"]) + np.array(info["stats"]["loc"])
+    raw = ctx.numpy()  # (the model standardises them itself)
     x = sample_run(flow, cfg, n, 1.0, seed, context=ctx).reshape(len(ctx), n, -1).numpy()
     plt = _plt()
     fig, axes = plt.subplots(1, len(ctx), figsize=(3.6 * len(ctx), 3.6), squeeze=False)

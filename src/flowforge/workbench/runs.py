@@ -247,6 +247,15 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
             f"{run}'s config.json and {MODEL_FILE} disagree: the config says examples of shape "
             f"{tuple(said)}, the model takes {tuple(has)}; one of the files was changed or replaced"
         )
+    info = cfg["resolved"].get("context")
+    if isinstance(flow, Flow) and info and info["kind"] == "columns" and flow.context_map is None:
+        # a run from before its model standardised its contexts: the layer from its statistics
+        from .. import models
+
+        try:
+            flow = models.context_standardized(flow, **info["stats"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunError(f"{run} is damaged: resolved.context.stats: {e}") from None
     levels = cfg["resolved"].get("levels")
     if isinstance(flow, Flow):  # discrete data: a dequantizer, or an integer flow's levels
         has = getattr(flow.dequantizer or flow, "levels", None)
