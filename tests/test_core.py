@@ -573,3 +573,36 @@ def test_peer_names_and_sample_and_log_prob():
 def test_an_unbatched_example_with_nan_is_said_plainly(flow):
     with pytest.raises(ValueError, match=r"^x contains NaN or inf$"):
         flow.log_prob(torch.tensor([1.0, float("nan"), 0.0, 2.0]))
+
+
+def test_a_flow_that_standardises_its_contexts(tmp_path):
+    torch.manual_seed(0)
+    inner = ff.models.MAF(features=2, layers=1, hidden=(8,), context_features=2)
+    loc, scale = [1e8, -3.0], [0.5, 2.0]
+    c = torch.tensor([[1e8 + 0.25, 1.0], [1e8 - 1.0, -7.0]], dtype=torch.float64)
+    x = torch.randn(2, 2)
+    inner.eval()
+    want = inner.log_prob(x, ((c - torch.tensor(loc, dtype=torch.float64)) / torch.tensor(scale,
+                                dtype=torch.float64)).float())  # fmt: skip
+    flow = ff.models.context_standardized(inner, loc, scale)
+    # the raw float64 contexts standardised before the float32 flow narrows them: 1e8 + 0.25
+    # and 1e8 - 1 stay apart (float32 alone would make both 1e8)
+    torch.testing.assert_close(flow.log_prob(x, c), want)
+    assert flow.sample(3, context=c).shape == (3, 2, 2)
+    ff.save(flow, tmp_path / "m.ff")
+    back = ff.load(tmp_path / "m.ff").eval()
+    assert back.context_map.loc == loc and back.context_map.scale == scale
+    torch.testing.assert_close(back.log_prob(x, c), want)
+    wide = back.double()  # the statistics stay float64 whatever the flow's dtype
+    assert wide.context_map._loc_bits.view(torch.float64).tolist() == loc
+    torch.testing.assert_close(wide.log_prob(x.double(), c), want.double(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unconditional"):
+        ff.models.context_standardized(ff.models.MAF(features=2), [0.0], [1.0])
+    with pytest.raises(ValueError, match="expected 2 context loc"):
+        ff.models.context_standardized(
+            ff.models.MAF(features=2, context_features=2), [0.0], [1.0, 1.0]
+        )
+    with pytest.raises(ValueError, match="scale must be finite and positive"):
+        ff.models.context_standardized(ff.models.MAF(features=2, context_features=1), [0.0], [0.0])
+    with pytest.raises(ValueError, match="standardises its contexts already"):
+        ff.models.context_standardized(flow, loc, scale)

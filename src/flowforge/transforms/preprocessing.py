@@ -500,7 +500,12 @@ class ContextStandardize(torch.nn.Module):
         super().__init__()
         values = {}
         for name, v in (("loc", loc), ("scale", scale)):
-            t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+            try:
+                t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(
+                    f"expected the context's {name} as numbers, got {str(v)[:80]}"
+                ) from None
             if t.numel() != features:
                 raise ValueError(f"expected {features} context {name} value(s), got {t.numel()}")
             if not torch.isfinite(t).all() or (name == "scale" and not (t > 0).all()):
