@@ -122,7 +122,10 @@ class DataStandardize(DataInit, Transform):
                 [ 1.,  1.]])
     """
 
-    def __init__(self, shape, eps: float = 1e-6):
+    # a spread of at most 4 float32 rounding steps of the mean (relative) is no variation
+    EPS = 4 * 2.0**-23
+
+    def __init__(self, shape, eps: float = EPS):
         super().__init__(_event(shape))
         dtype = torch.get_default_dtype()
         self.register_buffer("loc", torch.zeros(self.event_shape, dtype=dtype))
@@ -154,10 +157,15 @@ class DataStandardize(DataInit, Transform):
                 RuntimeWarning,
             )
         sd, mean = torch.std_mean(x.detach(), dim=0, correction=0)
-        # constant: no spread above the dtype's rounding of the mean (eps is float32's; a float64
-        # flow's data may vary by less than that and still be resolved)
-        tiny = self.eps * torch.finfo(x.dtype).eps / torch.finfo(torch.float32).eps
-        sd = torch.where(sd > tiny * (1 + mean.abs()), sd, torch.ones_like(sd))
+        # constant: no spread above the dtype's rounding of the mean (eps is relative, for
+        # float32; a float64 flow's data may vary by less than that and still be resolved), or
+        # none a division resolves. Relative only: a column of 0 +- 1e-7 is data (an absolute
+        # 1e-6 had left it unscaled: 15-29 nats lost), and 1e3 +- 1e-3 (16 float32 steps) is
+        # well above its rounding, not decided by the noise of the threshold
+        finfo = torch.finfo(x.dtype)
+        rel = self.eps * finfo.eps / torch.finfo(torch.float32).eps
+        keep = (sd > rel * mean.abs()) & (sd > finfo.tiny / finfo.eps)
+        sd = torch.where(keep, sd, torch.ones_like(sd))
         self.loc.copy_(mean)
         self.scale.copy_(sd)
         self._mark_initialized()
