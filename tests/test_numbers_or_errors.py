@@ -61,6 +61,15 @@ def test_float64_inputs_that_float32_cannot_hold_are_refused_or_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         flow.log_prob(offset)  # once per flow
+    # a first call of one row looks at nothing (no spread): the check waits for a batch, and
+    # the context has a check of its own (a timestamp context float32 rounds away)
+    fresh = ff.models.MAF(features=2, layers=1, hidden=(4,), context_features=1)
+    fresh.log_prob(offset[:1], torch.zeros(1, 1, dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match="x loses its precision"):
+        fresh.log_prob(offset, torch.zeros(64, 1))
+    stamps = 1.7e9 + torch.rand(64, 1, dtype=torch.float64) * 100
+    with pytest.warns(RuntimeWarning, match="context loses its precision"):
+        fresh.log_prob(torch.zeros(64, 2, dtype=torch.float64), stamps)
         fresh = ff.models.MAF(features=2, layers=1, hidden=(4,))
         fresh.log_prob(torch.randn(64, 2, dtype=torch.float64))  # ordinary float64 data
         near = torch.tensor([[0.5, 0.3], [-0.3, 0.1 + 0.2]], dtype=torch.float64)

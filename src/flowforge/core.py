@@ -494,7 +494,7 @@ def _narrows(src: torch.dtype, dst: torch.dtype) -> bool:
     return info.bits > big.bits or info.max > big.max
 
 
-def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: bool) -> None:
+def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: bool) -> bool:
     """A ``ValueError`` when moving ``t`` to ``out``'s dtype turned finite values into inf
     (otherwise reported as "NaN or inf", which the data do not hold). With ``warn``, also a
     ``RuntimeWarning`` when the conversion rounds an entry by more than a hundredth of its
@@ -510,7 +510,7 @@ def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: boo
             f"{big:.6g}): move the flow to float64 (flow.double()) or rescale the data"
         )
     if not warn or not finite or t.dim() < 2 or t.shape[0] < 2:
-        return
+        return False  # (the precision not looked at: a later batch is)
     x, back = t.double().reshape(t.shape[0], -1), out.double().reshape(t.shape[0], -1)
     spread, size = x.std(0), x.abs().amax(0)
     err = (x - back).abs().amax(0)
@@ -525,6 +525,7 @@ def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: boo
             "(flow.double()) or subtract an offset from the data first",
             RuntimeWarning,
         )
+    return True
 
 
 class NonFiniteSamples(ValueError):
@@ -904,12 +905,12 @@ class Flow(nn.Module):
         out = t.to(self.dtype)
         if self._validating(t) and _narrows(t.dtype, self.dtype) and t.numel():
             # the precision warning once per flow (a few reductions; overflow every call)
-            warn = not self._cast_warned
-            _check_cast(t, out, what, self.dtype, warn)
-            self._cast_warned = self._cast_warned or warn
+            # the precision checked until one batch of each input (x, context) was looked at
+            # (a batch of one row has no spread to lose): then only overflow, every call
+            looked = self.__dict__.setdefault("_cast_looked", set())
+            if _check_cast(t, out, what, self.dtype, what not in looked):
+                looked.add(what)
         return out
-
-    _cast_warned = False  # the precision of a narrowing input conversion was looked at
 
     def _prepare(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None, tuple]:
         """Validate ``x`` and ``context``; flatten any batch shape to one dimension (one
