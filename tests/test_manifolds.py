@@ -190,3 +190,16 @@ def test_the_generic_check_takes_noise_from_the_manifold():
     torus = ff.models.build("torusflow", features=2, layers=2, hidden=(8,)).double()
     for flow in (sphere, torus):
         check_transform(flow.transform, flow.sample(4), noise=flow.base.sample(4).double())
+
+
+def test_a_pole_is_scored_the_same_whichever_signed_zero_it_holds():
+    # atan2(0, -0.0) is pi: (-0.0, 0, 1) was scored 4 to 12 nats away from (0, 0, 1)
+    torch.manual_seed(0)
+    flow = ff.models.SphereFlow()
+    for p in flow.parameters():
+        p.data.normal_(0, 0.3)
+    flow.eval()
+    for t in (1.0, -1.0):
+        poles = torch.tensor([[0.0, 0.0, t], [-0.0, 0.0, t], [0.0, -0.0, t], [-0.0, -0.0, t]])
+        lp = flow.log_prob(poles)
+        assert torch.isfinite(lp).all() and torch.equal(lp, lp[:1].expand(4)), lp

@@ -322,7 +322,9 @@ class SphereToCylinder(Transform):
                 f"[{r.min().item():.6g}, {r.max().item():.6g}]"
             )
         x = x / r.unsqueeze(1)
-        phi = torch.atan2(x[:, 1], x[:, 0])
+        # (+ 0.0: a signed zero is +0, so a pole is scored at atan2(0, 0) = 0 whichever zero
+        # the point holds: atan2(0, -0.0) is pi, and -0.0 comes from r cos(a) at r = 0)
+        phi = torch.atan2(x[:, 1] + 0.0, x[:, 0] + 0.0)
         return torch.stack([phi, x[:, 2]], 1), x.new_zeros(x.shape[0])
 
     def _inverse(self, z, context):
