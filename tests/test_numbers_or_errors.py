@@ -398,3 +398,22 @@ def test_reverse_kl_names_the_flow_when_its_samples_overflow():
             p.fill_(1e30)
     with pytest.raises(NonFiniteSamples, match="its inverse overflowed, not the target"):
         reverse_kl(flow, lambda z: -0.5 * (z**2).sum(-1), 16)
+
+
+def test_a_model_with_a_broken_weight_is_named_by_every_check():
+    # sampling and log_likelihoods blamed float32 ("sample in float64") or the inputs ("far
+    # outside the training data's range"), where log_prob named the tensor
+    torch.manual_seed(0)
+    flow = ff.models.NSF(features=2, layers=2, hidden=(16, 16)).eval()
+    with torch.no_grad():
+        flow.transform.layers[1].net.net[0].weight[0, 0] = float("nan")
+    x = torch.randn(4, 2)
+    calls = (
+        lambda: flow.log_prob(x),
+        lambda: flow.sample(4),
+        lambda: flow.sample_and_log_prob(4),
+        lambda: ff.objectives.log_likelihoods(flow, x),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match=r"its own tensor '.*\.weight' holds NaN or inf"):
+            call()

@@ -1030,19 +1030,10 @@ class Flow(nn.Module):
             return lp
         bad = wrong.reshape(-1).nonzero().flatten()[:5].tolist()
         what = "NaN" if bool(torch.isnan(lp).any()) else "+inf"
-        broken = next(
-            (
-                n
-                for n, t in self.state_dict().items()
-                if t.is_floating_point() and not all_finite(t)
-            ),
-            None,
-        )
+        broken = self.broken_tensor()
         if broken is not None:  # the model, not the inputs
             raise NaNLogProb(
-                f"the model's log-density is {what} for batch rows {bad}: its own tensor "
-                f"{broken!r} holds NaN or inf (training diverged, or its weights were damaged)",
-                bad,
+                f"the model's log-density is {what} for batch rows {bad}: {broken}", bad
             )
         remedy = (
             "remove them"
@@ -1134,12 +1125,36 @@ class Flow(nn.Module):
         self._check_samples(x)
         return x.reshape(*shape, *self.event_shape)
 
+    def broken_tensor(self) -> str | None:
+        """Which of the model's own tensors holds NaN or inf, said as the errors say it (None
+        when every one is finite): a non-finite result is then the model's, not its inputs'
+        or its dtype's."""
+        name = next(
+            (
+                n
+                for n, t in self.state_dict().items()
+                if t.is_floating_point() and not all_finite(t)
+            ),
+            None,
+        )
+        if name is None:
+            return None
+        return (
+            f"its own tensor {name!r} holds NaN or inf (training diverged, or its weights were "
+            "damaged)"
+        )
+
     def _check_samples(self, x: Tensor) -> None:
         """A ``ValueError`` naming the rows where samples came out NaN or inf (the inverse
         overflowed), where the flow validates (``validate_args``): never a silent NaN."""
         if not self._validating(x) or all_finite(x):
             return
         bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten()[:5]
+        broken = self.broken_tensor()
+        if broken is not None:
+            raise NonFiniteSamples(
+                f"the model's samples are NaN or infinite in rows {bad.tolist()}: {broken}"
+            )
         raise NonFiniteSamples(
             f"the model's samples are NaN or infinite in rows {bad.tolist()} (its inverse "
             f"overflows {x.dtype}: a high temperature, or a flow trained too little or too "
@@ -1186,9 +1201,14 @@ class Flow(nn.Module):
             self._check_samples(x)
             if log_q_checked and self._validating(x) and not all_finite(log_q):
                 bad = (~torch.isfinite(log_q)).nonzero().flatten()[:5].tolist()
+                said = (
+                    f"the log-density of the model's own samples is NaN or infinite in rows {bad}"
+                )
+                broken = self.broken_tensor()
+                if broken is not None:
+                    raise NonFiniteSamples(f"{said}: {broken}")
                 raise NonFiniteSamples(
-                    f"the log-density of the model's own samples is NaN or infinite in rows "
-                    f"{bad} (its base or layers overflow {x.dtype} there); sample in float64 "
+                    f"{said} (its base or layers overflow {x.dtype} there); sample in float64 "
                     "(flow.double())"
                 )
         choice = None if choice is None else choice.reshape(shape)

@@ -97,9 +97,13 @@ def reverse_kl(
     else:  # (any object with the method)
         (x, log_q), choice = flow.rsample_and_log_prob(n, context), None
     if not all_finite(x):  # the flow's own samples overflowed (training mode lets them through)
+        count = int((~torch.isfinite(x)).sum())
+        broken = inner.broken_tensor() if isinstance(inner, Flow) else None
         raise NonFiniteSamples(
-            f"the flow's samples are NaN or infinite ({int((~torch.isfinite(x)).sum())} values; "
-            "its inverse overflowed, not the target: a lower learning rate, or sample in float64)"
+            f"the flow's samples are NaN or infinite ({count} values): {broken}"
+            if broken is not None
+            else f"the flow's samples are NaN or infinite ({count} values; its inverse "
+            "overflowed, not the target: a lower learning rate, or sample in float64)"
         )
     if context is None:
         log_p = target_log_prob(x)
@@ -174,21 +178,22 @@ def log_likelihoods(
 def finite_log_prob(flow: Flow, x: Tensor, context: Tensor | None, first: int = 0) -> Tensor:
     """``flow.log_prob(x, context)`` in float64, or a ``ValueError`` that names the examples
     whose log-density is NaN or infinite, counting ``x``'s first row as index ``first``."""
+    where = "they lie where it cannot score them (e.g. far outside the training data's range)"
     try:
         lp = flow.log_prob(x, context).double()
     except NaNLogProb as e:  # its rows count from this batch: name them from `first`
         idx = [r + first for r in e.rows]
+        broken = flow.broken_tensor() if isinstance(flow, Flow) else None
         raise ValueError(
-            f"the model gives a NaN log-density to example(s) at indices {idx}: they "
-            "lie where it cannot score them (e.g. far outside the training data's range)"
+            f"the model gives a NaN log-density to example(s) at indices {idx}: {broken or where}"
         ) from None
     bad = ~torch.isfinite(lp)
     if bad.any():
         idx = (bad.nonzero().flatten()[:5] + first).tolist()
+        broken = flow.broken_tensor() if isinstance(flow, Flow) else None
         raise ValueError(
             f"the model gives a non-finite log-density ({lp[bad][0].item()}) to "
-            f"{int(bad.sum())} example(s), first at indices {idx}: they lie where it "
-            "cannot score them (e.g. far outside the training data's range)"
+            f"{int(bad.sum())} example(s), first at indices {idx}: {broken or where}"
         )
     return lp
 
