@@ -1136,7 +1136,11 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
-        """Train; returns a summary with ``status`` in finished, early-stopped, interrupted."""
+        """Train; returns a summary with ``status`` in finished, early-stopped, interrupted.
+
+        The model holds the last step's weights afterwards (what more training continues
+        from); the summary's ``best_val`` and ``best_epoch`` describe the best validated
+        weights, which :meth:`load_best` loads (a run folder's ``model.ff`` holds them)."""
         if self.writer and not resume:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
