@@ -507,3 +507,28 @@ def test_damaged_files_are_refused_on_resume_and_an_ended_run_writes_nothing(tmp
     (done / "checkpoint.safetensors").unlink()
     rc, _, err = cli(capsys, "train", "--out", done, "--resume", "--no-progress", "--quiet")
     one_line_error(rc, err, "though it holds a model trained for", "--overwrite")
+
+
+def test_training_and_loading_leave_the_callers_random_streams(tmp_path):
+    """train() seeded Python's, numpy's and torch's global streams for its run and left them
+    so (a user's seeded draws after it were the run's); ff.load rebuilt the model on the
+    caller's torch stream (loading a second model changed every seeded sample after it)."""
+    import random
+
+    import torch
+
+    import flowforge as ff
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    want = draws()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    assert train(SMALL, tmp_path / "r", progress=False, echo=False)["status"] == "finished"
+    assert draws() == want
+    torch.manual_seed(3)
+    want = torch.rand(3)
+    torch.manual_seed(3)
+    ff.load(tmp_path / "r")
+    assert torch.equal(torch.rand(3), want)

@@ -621,7 +621,8 @@ def from_parts(meta: dict, tensors: dict[str, torch.Tensor], max_bytes: int | No
         config, tensors = _upgrade_format1(config, tensors)
     if max_bytes is None:
         max_bytes = max(BUILD_FLOOR, 8 * _size(tensors))
-    flow = _build(config, max_bytes, len(tensors))
+    with torch.random.fork_rng(devices=[]):  # (its weights are the file's: the caller's random
+        flow = _build(config, max_bytes, len(tensors))  # numbers stay where they were, as save)
     # the configuration as saved, before the builder's later arguments completed it: the
     # identity the flow had when it was saved (the .ffz model hash covers it)
     flow.saved_config = config

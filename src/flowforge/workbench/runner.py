@@ -7,6 +7,7 @@ checked, and the model built, before anything is written; only rank 0 writes und
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._util import fork_rng
 from .build import build_flow, describe, same_model
 from .config import DEFAULT_TRAIN, read_config, resolve_config
 from .data import constant_columns, load_dataset, reload_dataset
@@ -62,6 +64,20 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _callers_random_state():
+    """Python's, numpy's and torch's global streams (every CUDA device's in use) as they were
+    on entry, once the block is done: a training called from Python seeds them all for its
+    run, and leaves the caller's seeded draws after it as they would have been without it."""
+    py, np_state = random.getstate(), np.random.get_state()
+    with fork_rng():
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
 
 
 def _splits_fingerprint(ds) -> dict:
@@ -199,8 +215,14 @@ def train(
     trainer's summary plus ``out``, ``parameters`` and ``data_warnings`` (what the data checks
     found: duplicates, outliers, integer columns; also kept in the run's ``config.json``, and
     repeated by ``eval`` and ``report``). ``notes``: print those warnings (default: as
-    ``echo``; the command prints them even with ``--quiet``).
+    ``echo``; the command prints them even with ``--quiet``). Python's, numpy's and torch's
+    global random streams, seeded for the run, are as they were once it returns.
     """
+    with _callers_random_state():
+        return _train(config, out, resume, overwrite, progress, echo, callback, notes)
+
+
+def _train(config, out, resume, overwrite, progress, echo, callback, notes) -> dict:
     import torch.distributed as dist
 
     out = Path(out)
