@@ -218,6 +218,9 @@ def test_a_sample_csv_names_the_context_columns_by_their_header(tmp_path, capsys
     assert "p('y1', 'y2' | 'age', 'dose')" in said  # (by name, not "columns [0, 1]")
     code, _, err = run(["sample", out, "-n", "2", "--out", tmp_path / "s.csv"], capsys)
     assert code == 1 and "2 raw values of 'age', 'dose'" in err
+    code, _, err = run(["sample", out, "--context", "7", "-n", "2", "--out", tmp_path / "s.csv"],
+                       capsys)  # fmt: skip
+    assert code == 1 and "per row ('age', 'dose'), got shape (1, 1)" in err  # (not [2, 3])
     code, _, err = run(["sample", out, "--context", "1,2", "-n", "2", "--out",
                         tmp_path / "s.csv"], capsys)  # fmt: skip
     assert code == 0, err

@@ -491,8 +491,8 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                 except ValueError:
                     bad = next(c for c in row if not _is_float(c))
                     missing = (
-                        " (a missing value: drop the rows that miss values, or fill them in, "
-                        "before training; a flow models complete rows)"
+                        " (a missing value: drop the rows that miss values, or fill them in: "
+                        "a flow models complete rows)"
                         if bad.strip().lower() in _MISSING
                         else ""
                     )
@@ -520,7 +520,7 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
     if len(bad):
         raise DataError(
             f"{path} contains NaN or inf on lines {_rows([lines[i] for i in bad])} (missing "
-            "values? drop those rows, or fill them in, before training)"
+            "values? drop those rows, or fill them in: a flow models complete rows)"
         )
     big = _bad_rows(out, lambda c: np.abs(c) > np.finfo(np.float32).max)
     if len(big):
@@ -2420,12 +2420,13 @@ def label_context(labels, info: dict) -> Tensor:
 FAR_CONTEXT = 100  # standard deviations from the training contexts' mean: a warning
 
 
-def column_context(values, info: dict) -> Tensor:
+def column_context(values, info: dict, names=None) -> Tensor:
     """Raw context-column ``values`` of shape ``(B, k)`` (or ``(k,)``), checked, for a run's
     model, which standardises them itself (:func:`flowforge.models.context_standardized`, with
     ``info["stats"]``): ``ContextError`` if the width is wrong or a value is not finite, and a
     warning for a value far outside the training contexts. A float32 or float64 tensor stays
-    in its dtype; anything else becomes float64."""
+    in its dtype; anything else becomes float64. ``names``: the context columns' header names,
+    for the messages (else their positions)."""
     if not info or info.get("kind") != "columns":
         raise ContextError("this model is not conditioned on table columns")
     if not isinstance(values, (Tensor, np.ndarray)):  # (numbers as parsed: float64)
@@ -2438,9 +2439,13 @@ def column_context(values, info: dict) -> Tensor:
         t = t.unsqueeze(0)
     k = info["features"]
     if t.dim() != 2 or t.shape[1] != k:
+        which = (
+            ", ".join(repr(str(n)) for n in names)
+            if names and len(names) == k
+            else f"columns {info['context_columns']}"
+        )
         raise ContextError(
-            f"expected {k} context value(s) per row (columns {info['context_columns']}), "
-            f"got shape {tuple(t.shape)}"
+            f"expected {k} context value(s) per row ({which}), got shape {tuple(t.shape)}"
         )
     if not torch.isfinite(t).all():
         raise ContextError("the context contains NaN or inf")

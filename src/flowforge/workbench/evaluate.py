@@ -131,7 +131,9 @@ def evaluate_run(
                 f"{data} has shape {tuple(full.shape)}; this run expects {want} columns"
             )
         x = full[:, info["target_columns"]]
-        context = column_context(full[:, info["context_columns"]], info)
+        context = column_context(
+            full[:, info["context_columns"]], info, r.get("context_column_names")
+        )
         split = str(data)
         _check_file(x, r, str(data))
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
@@ -750,4 +752,5 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
     # the context columns' header names when the table had a header, else their positions
     names = cfg["resolved"].get("context_column_names") or info["context_columns"]
     names = [str(c) for c in names]
-    return column_context(rows, info), f" given context {context}", (names, rows)
+    header = cfg["resolved"].get("context_column_names")
+    return column_context(rows, info, header), f" given context {context}", (names, rows)

@@ -103,6 +103,13 @@ def say_reading(name, stream=None) -> None:
               flush=True)  # fmt: skip
 
 
+# (eval and report read a run's data: only eval takes a file of the user's choice)
+OTHER_FILE = (
+    "; the run's own splits need its data as it was (report has no other); flowforge eval RUN "
+    "--data FILE scores a file of your choice"
+)
+
+
 def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
     """Reload the dataset a run was trained on, and check it is that data.
 
@@ -128,11 +135,7 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         raise error(
             f"{what}the run's config names the file {names[0]} but records no fingerprint of "
             "it, so flowforge cannot tell it is the run's data"
-            + (
-                ""
-                if run is not None
-                else "; flowforge eval RUN --data FILE scores a file of your choice"
-            )
+            + ("" if run is not None else OTHER_FILE)
         )
     size = resolved.get("data_bytes")  # a file's size when the run started (since 2026-12-06)
     for candidate in names:
@@ -151,7 +154,7 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         if want is None or _splits_fingerprint(ds) == want:
             return ds
     tried = " nor at ".join(names)
-    other = "; flowforge eval RUN --data FILE scores a file of your choice"
+    other = OTHER_FILE
     if path and not any(Path(n).exists() for n in names):
         gone = (
             f"the run's data file {path} is not there (moved, deleted, or a relative path "
