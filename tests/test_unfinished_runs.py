@@ -156,3 +156,22 @@ def test_a_damaged_checkpoint_or_lock_says_nothing(run):
     (run / ".lock").unlink()
     (run / "config.json").write_text("{")
     assert RUNS.run_status(run) is None
+
+
+@pytest.mark.parametrize("run", ["done"], indirect=True)
+def test_a_run_still_improving_is_told_to_train_longer(run, capsys, monkeypatch):
+    """An undertrained run (its best epoch its last) was told to try a smaller model or weight
+    decay, the advice for overfitting."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if r.get("type") == "epoch"]
+    for r in epochs:
+        r["best"] = r is epochs[-1]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _worse(monkeypatch)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    assert "still improving: train it longer" in out and "smaller model" not in out
+    rc, _, err = cli(capsys, "report", run)
+    assert rc == 0, err
+    page = (run / "report.html").read_text()
+    assert "still improving: train it longer" in page and "smaller model" not in page

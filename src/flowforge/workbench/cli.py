@@ -419,10 +419,10 @@ def _finish_train(result: dict) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import (
         REFERENCES,
-        WORSE_HINT,
         against_reference,
         describe_ode,
         evaluate_run,
+        worse_hint,
     )
 
     calibration = None
@@ -503,7 +503,7 @@ def cmd_eval(args) -> int:
                     print(f"note: the model scores worse than {short}, but its training is "
                           "unfinished")  # fmt: skip
                 elif worse:
-                    print(f"warning: the model scores worse than {short}: {WORSE_HINT}")
+                    print(f"warning: the model scores worse than {short}: {worse_hint(args.run)}")
         if calibration is not None:
             from .evaluate import describe_calibration
 

@@ -32,7 +32,7 @@ from .data import (
     shrunk_gaussian,
 )
 from .distributed import device as resolve_device
-from .errors import ContextError, DataError
+from .errors import ContextError, DataError, RunError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config, run_status
 
@@ -471,6 +471,27 @@ WORSE_HINT = (
     "the columns); try a smaller model, train.weight_decay or more data, and where none beats "
     "the reference, the reference is the better model of these data"
 )
+
+IMPROVING_HINT = (
+    "its best epoch is its last, so it was still improving: train it longer (a new run with "
+    "more --epochs) before judging its size"
+)
+
+
+def worse_hint(run) -> str:
+    """What to try for a model that scores worse than a reference: more training where its best
+    validation epoch is its last of two or more (an undertrained model, not an overfitted
+    one), else :data:`WORSE_HINT`."""
+    from .runs import read_metrics
+
+    try:
+        epochs = [r for r in read_metrics(Path(run)) if r.get("type") == "epoch"]
+    except (OSError, ValueError, RunError):  # (no metrics to tell by: the general advice)
+        return WORSE_HINT
+    if len(epochs) >= 2 and epochs[-1].get("best") is True:
+        return IMPROVING_HINT
+    return WORSE_HINT
+
 
 REFERENCES = (
     ("gaussian_nll", "a Gaussian fitted to the training split", "Gaussian"),

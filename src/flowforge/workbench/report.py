@@ -1158,10 +1158,10 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     from ..io import atomic_write
     from .evaluate import (
         REFERENCES,
-        WORSE_HINT,
         against_reference,
         describe_ode,
         evaluate_run,
+        worse_hint,
     )
 
     r = cfg["resolved"]
@@ -1246,7 +1246,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                     facts.append((
                         f"{'note' if unfinished else 'warning'}: worse than {short} on {name}",
                         f"the model's {v:.4f} against {g:.4f}: "
-                        + ("its training is unfinished" if unfinished else WORSE_HINT),
+                        + ("its training is unfinished" if unfinished else worse_hint(run)),
                     ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
             facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
