@@ -332,3 +332,22 @@ def test_sampling_takes_the_memory_of_its_output_and_a_chunk():
     ratio, said = out.stdout.split()
     assert said == "True"  # (the range check ran: a normal column past [-1, 1])
     assert float(ratio) < 2.0, ratio
+
+
+def test_conditional_samples_outside_the_marginal_range_are_not_called_wrong():
+    """A posterior sampled at an extreme context passes the range of all training values as
+    the true posterior does: the warning had advised declaring bounds as for a wrong model."""
+    import torch
+
+    from flowforge.workbench.report import outside_ranges
+
+    x = torch.cat([torch.zeros(95, 1), torch.full((5, 1), 3.0)])
+    cfg = {"resolved": {"ranges": [[-1.0, 1.0]], "columns": ["t1"]}}
+    plain = outside_ranges(x, cfg)
+    assert "the model puts mass where the data has none" in plain and "over all" not in plain
+    cfg["resolved"]["context"] = {"kind": "columns", "target_columns": [0],
+                                  "context_columns": [1], "features": 1}  # fmt: skip
+    said = outside_ranges(x, cfg)
+    assert said.startswith("samples fall outside the training data's range (over all its "
+                           "contexts) in column(s) t1 5.0%")  # fmt: skip
+    assert "expected for a context at the edge of the training contexts" in said

@@ -1148,9 +1148,17 @@ def outside_ranges(x, cfg: dict) -> str | None:
         if set(bad) - declared
         else " (within the bounds declared, beyond the training values)"
     )
+    more = " ..." if len(bad) > 5 else ""
+    if cfg["resolved"].get("context"):  # samples for given contexts, a range over all of them
+        return (
+            f"samples fall outside the training data's range (over all its contexts) in "
+            f"column(s) {each}{more}: expected for a context at the edge of the training "
+            f"contexts, where the data's own values pass the range; otherwise the model puts "
+            f"mass where the data has none{hint}"
+        )
     return (
         f"samples fall outside the training data's range in column(s) {each}"
-        f"{' ...' if len(bad) > 5 else ''}: the model puts mass where the data has none{hint}"
+        f"{more}: the model puts mass where the data has none{hint}"
     )
 
 
