@@ -142,8 +142,16 @@ def rational_quadratic(
         idx = idx.squeeze(1)
         d0, d1 = torch.where(idx == 0, 1.0, d0), torch.where(idx == k - 1, 1.0, d1)
     s = h / w
+
+    def clamp(v: Tensor, lo: float, hi: float) -> Tensor:
+        # an input on a bin's edge may round one ulp past it: clamped in value, but with a
+        # graph the gradient of the unclamped formula (the value's own, at the edge: autograd
+        # had given 0 at x == bound, a singular Jacobian); v + (c - v) is c exactly there
+        c = v.clamp(lo, hi)
+        return v + (c - v).detach() if grad else c
+
     if not inverse:
-        xi = ((xc - x0) / w).clamp(0, 1)
+        xi = clamp((xc - x0) / w, 0, 1)
         t = xi * (1 - xi)
         den = s + (d1 + d0 - 2 * s) * t
         y = y0 + h * (s * xi * xi + d0 * t) / den
@@ -154,7 +162,7 @@ def rational_quadratic(
         b = h * d0 - dy * c2
         c = -s * dy
         disc = (b * b - 4 * a * c).clamp(min=0)
-        xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
+        xi = clamp((2 * c) / (-b - torch.sqrt(disc)), 0, 1)
         t = xi * (1 - xi)
         den = s + c2 * t
         y = x0 + xi * w
@@ -167,7 +175,7 @@ def rational_quadratic(
         ladj = 2 * torch.log(s / den) + torch.log(num)
     if inverse:
         ladj = -ladj
-    y = y.clamp(-bound, bound)  # x_k + w may round one ulp past the last knot
+    y = clamp(y, -bound, bound)  # x_k + w may round one ulp past the last knot
     return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)
 
 
