@@ -297,9 +297,9 @@ def describe_bound(res: dict) -> str:
     if res.get("bound") == "importance-weighted":
         return f"the importance-weighted bound with K = {k}"
     if noise == "dequantization":  # the variational bound, as the Trainer's
-        return f"the mean of {k} dequantization bounds with K = 1" if k > 1 else (
-            "a dequantization bound with K = 1"
-        )  # fmt: skip
+        if k > 1:
+            return f"the mean of {k} dequantization bounds with K = 1"
+        return "a dequantization bound with K = 1"
     return f"{k} {noise} draws" if k > 1 else ""
 
 
