@@ -420,12 +420,14 @@ def cmd_eval(args) -> int:
     from .evaluate import (
         REFERENCES,
         against_reference,
+        describe_bound,
         describe_ode,
         evaluate_run,
         worse_hint,
     )
 
     calibration = None
+    scores = _scores_path(args)  # (checked before any scoring)
     if args.calibration:
         from .errors import WorkbenchError
 
@@ -456,10 +458,23 @@ def cmd_eval(args) -> int:
         )
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
-        args.trace, args.ode_tol, device=args.device,
+        args.trace, args.ode_tol, device=args.device, scores=scores is not None,
     )  # fmt: skip
     if calibration is not None:
         res["calibration"] = calibration
+    wrote = None
+    if scores is not None:
+        from .evaluate import save_scores
+
+        columns = save_scores(scores, res, overwrite=args.overwrite)
+        del res["log_densities"], res["dims"]
+        res["scores"] = {"path": str(scores), "columns": columns, "examples": res["examples"]}
+        bound = describe_bound(res)
+        wrote = (
+            f"wrote {_count(res['examples'], 'log-density', 'log-densities')} (nats"
+            f"{', ' + bound if bound else ''}) to {scores}"
+            + (f": columns {', '.join(columns)}" if scores.suffix.lower() == ".csv" else "")
+        )
     if args.json:
         print(json.dumps(res, allow_nan=False))
     else:
@@ -469,14 +484,8 @@ def cmd_eval(args) -> int:
         msg = f"{res['split']} NLL {res['nll']:.4f} nats/example"
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
-        extra = f", {res['samples']} {res['noise']} draws" if res["samples"] > 1 else ""
-        if res["noise"] == "dequantization":  # the variational bound, as the Trainer's
-            k = res["samples"]
-            extra = f", the mean of {k} dequantization bounds with K = 1" if k > 1 else ""
-            extra = extra or ", a dequantization bound with K = 1"
-        if res.get("bound") == "importance-weighted":
-            extra = f", the importance-weighted bound with K = {res['samples']}"
-        print(msg + f" ({_count(res['examples'], 'example')}{extra})")
+        extra = describe_bound(res)
+        print(msg + f" ({_count(res['examples'], 'example')}{', ' + extra if extra else ''})")
         if "true_nll" in res:
             print(
                 f"true NLL {res['true_nll']:.4f} (the data's known density); gap "
@@ -508,7 +517,29 @@ def cmd_eval(args) -> int:
             from .evaluate import describe_calibration
 
             print("\n".join(describe_calibration(calibration)))
+        if wrote:
+            print(wrote)
     return 0
+
+
+def _scores_path(args) -> Path | None:
+    """``eval --scores FILE`` checked before anything is scored: a .csv or .npy file that is
+    not there yet, or ``--overwrite``; None without ``--scores``."""
+    from .errors import WorkbenchError
+    from .evaluate import SCORE_SUFFIXES
+
+    if args.scores is None:
+        if args.overwrite:
+            raise WorkbenchError("--overwrite goes with --scores (the file it may replace)")
+        return None
+    out = Path(args.scores)
+    if out.suffix.lower() not in SCORE_SUFFIXES:
+        raise WorkbenchError(f"--scores {out}: expected a .csv or .npy file")
+    if out.is_dir():
+        raise WorkbenchError(f"--scores {out} is a folder; give a file name")
+    if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
+        raise WorkbenchError(f"{out} exists; choose another --scores file or pass --overwrite")
+    return out
 
 
 def _print_manifold_eval(res: dict) -> None:
@@ -1022,7 +1053,19 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", parents=[common], help="NLL of a run's best model")
     s.add_argument("run")
     s.add_argument("--split", default="test", help="train, val or test (default test)")
-    s.add_argument("--data", help="evaluate on this file or image folder instead")
+    s.add_argument(
+        "--data",
+        help="evaluate on this file or image folder instead (a label-conditional run: a CSV "
+        "whose first column is label, or an .npz with arrays x and labels)",
+    )
+    s.add_argument(
+        "--scores",
+        metavar="FILE",
+        help="also write each example's log-density (nats, the bound or estimate the NLL "
+        "averages; bits/dim too for discrete data) to a .csv (a header names the columns) or "
+        ".npy file, in the order of the split or file",
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --scores file")
     s.add_argument("--json", action="store_true")
     s.add_argument("--seed", type=_seed, default=0, help="seeds the dequantization noise")
     s.add_argument("--batch-size", type=int, default=1024)
@@ -1396,9 +1439,9 @@ def _se(se, digits: int = 4) -> str:
     return "(one example: no standard error)" if se is None else f"+- {se:.{digits}f}"
 
 
-def _count(k: int, noun: str) -> str:
+def _count(k: int, noun: str, plural: str | None = None) -> str:
     """``1 sample``, ``2 samples``."""
-    return f"{k} {noun}" if k == 1 else f"{k} {noun}s"
+    return f"{k} {noun}" if k == 1 else f"{k} {plural or noun + 's'}"
 
 
 # what the command itself offers against a solve over its step budget (the library's message

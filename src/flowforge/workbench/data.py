@@ -47,6 +47,7 @@ __all__ = [
     "make_conditional",
     "load_dataset",
     "read_examples",
+    "read_labelled",
     "reload_dataset",
     "read_table",
     "TOYS",
@@ -2144,6 +2145,92 @@ def read_examples(
             f"{spec}: {what}; give the columns the run was trained on, in the same order"
         )
     return torch.from_numpy(x.astype(np.float32, copy=False))
+
+
+LABELLED_FORMATS = (
+    "a CSV whose first column is named label, then the data columns (as flowforge sample "
+    "--label writes), or an .npz with arrays x (the examples) and labels (one integer each)"
+)
+
+
+def read_labelled(
+    spec: str, shape: tuple[int, ...], columns: list | None = None
+) -> tuple[Tensor, np.ndarray]:
+    """The examples and class labels of a labelled file (``flowforge eval --data`` of a
+    label-conditional run): ``(x, labels)``, ``x`` float32 ``(N, prod(shape))`` and ``labels``
+    whole numbers ``(N,)``. The file is :data:`LABELLED_FORMATS`: a CSV under a header whose
+    first column is ``label`` (its other names checked against ``columns``, the run's, when it
+    has them), or an ``.npz`` with ``x`` of shape ``(N, *shape)`` or ``(N, prod(shape))`` and
+    ``labels`` of shape ``(N,)``. Anything else is a one-line ``DataError`` saying so."""
+    path = Path(spec).expanduser()
+    width = math.prod(shape)
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise DataError(f"no such file or folder: {spec}")
+    if suffix == ".npz" and path.is_file():
+        raw = _read_array(path)
+        if not isinstance(raw, dict) or "labels" not in raw or "x" not in raw:
+            held = f"arrays {sorted(raw)}" if isinstance(raw, dict) else "one array"
+            raise DataError(
+                f"{spec} holds {held}; a label-conditional run scores {LABELLED_FORMATS}"
+            )
+        x, labels = raw["x"], raw["labels"]
+        if len(shape) > 1 and x.ndim == 1 + len(shape) and tuple(x.shape[1:]) == tuple(shape):
+            x = x.reshape(len(x), -1)
+        x = _as_table(x, f"{spec}['x']")
+        if x.shape[1] != width:
+            raise DataError(
+                f"{spec}['x'] has shape {raw['x'].shape}; this run's model expects "
+                f"(examples, {', '.join(map(str, shape))})"
+                + (f" or (examples, {width})" if len(shape) > 1 else "")
+            )
+        if labels.ndim != 1 or len(labels) != len(x):
+            raise DataError(
+                f"{spec}['labels'] has shape {labels.shape}; expected one label per example "
+                f"({len(x)},)"
+            )
+        if not (np.issubdtype(labels.dtype, np.number) and labels.dtype.kind != "c"):
+            raise DataError(f"{spec}['labels'] has dtype {labels.dtype}; expected integers")
+        where = f"{spec}['labels']"
+    elif suffix == ".csv" and path.is_file():
+        found: list = []
+        names = ["label", *columns] if columns else None
+        t = read_table(spec, names=found, header=True, columns=names)
+        found = [n[1:] if n[:1] == "'" and n[1:2] in FORMULA_LEADS else n for n in found]
+        if not found or found[0].strip().lower() != "label":
+            first = repr(found[0]) if found else "nothing"
+            raise DataError(
+                f"{spec} has no label column (its first row starts with {first}); a "
+                f"label-conditional run scores {LABELLED_FORMATS}"
+            )
+        if t.shape[1] != width + 1:
+            raise DataError(
+                f"{spec} has {t.shape[1] - 1} data columns after its label; this run's model "
+                f"expects {width}"
+            )
+        if columns and list(found[1:]) != list(columns):
+            j = next(i for i, (a, b) in enumerate(zip(found[1:], columns)) if a != b)
+            raise DataError(
+                f"{spec}: its column {j + 2} is {found[j + 1]!r} where this run's is "
+                f"{columns[j]!r}; give label, then the columns the run was trained on, in the "
+                "same order"
+            )
+        labels, x = t[:, 0].copy(), t[:, 1:]
+        where = f"{spec}: the label column"
+    else:
+        raise DataError(
+            f"{spec}: a label-conditional run scores examples with their class labels: "
+            f"{LABELLED_FORMATS}"
+        )
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if len(bad):
+            raise DataError(
+                f"{where} holds {labels[bad[0]]:g} (example {bad[0]}, 0-based); labels are "
+                "whole numbers"
+            )
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), labels
 
 
 # -- entry point ---------------------------------------------------------------------------------

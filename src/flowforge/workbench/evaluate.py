@@ -29,6 +29,7 @@ from .data import (
     column_context,
     label_context,
     read_examples,
+    read_labelled,
     shrunk_gaussian,
 )
 from .distributed import device as resolve_device
@@ -36,7 +37,13 @@ from .errors import ContextError, DataError, RunError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config, run_status
 
-__all__ = ["evaluate_run", "calibrate_run", "check_eval_options", "sample_context"]
+__all__ = [
+    "evaluate_run",
+    "calibrate_run",
+    "check_eval_options",
+    "sample_context",
+    "save_scores",
+]
 
 
 def _one_line(e: BaseException) -> str:
@@ -73,6 +80,7 @@ def evaluate_run(
     dataset=None,
     device: str = "cpu",
     references: dict | None = None,
+    scores: bool = False,
 ) -> dict:
     """The NLL of a run's best model on one split (or on a file), in the data's units.
 
@@ -98,21 +106,41 @@ def evaluate_run(
     two splits): the reference densities fitted to its training split are kept in it and
     reused, not fitted again. Everything the model and the options alone decide is refused
     before any data is read (:func:`check_eval_options`).
+
+    A label-conditional run's ``data`` holds each example's label (:func:`~flowforge.
+    workbench.data.read_labelled`). ``scores``: the result also holds ``log_densities``, each
+    example's log-density (the bound or estimate the NLL averages, nats, float64, in the order
+    of the split or file; its mean is ``-nll``), and ``dims`` (values per example), for
+    :func:`save_scores`; refused for an M-flow.
     """
     cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device)
     r = cfg["resolved"]
     truth, baseline, histogram = None, None, None
+    if not isinstance(flow, Flow) and scores:
+        raise DataError(
+            "--scores writes each example's log-density; an M-flow run's model has a density "
+            "on its learned surface and a reconstruction error instead, not one figure per "
+            "example (from Python: model.log_prob(x) and model.reconstruction_error(x))"
+        )
     if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
         return _evaluate_manifold_model(run, cfg, flow, split, data, batch_size, dev)
     shape = tuple(r["event_shape"])
     info = r.get("context")
     context = None
-    if data is not None and info is not None:
-        if info["kind"] != "columns":
-            raise DataError(
-                "eval --data is not available for a label-conditional run (the file has no "
-                "labels); evaluate its splits with --split"
-            )
+    if data is not None and info is not None and info["kind"] == "label":
+        want = tuple(r["data_shape"])
+        say_reading(data)
+        x, labels = read_labelled(data, want, r.get("columns"))
+        try:  # (a label not seen in training: label_context's words, with the file's name)
+            context = label_context(labels, info)
+        except ContextError as e:
+            raise ContextError(f"{data}: {_one_line(e)}") from None
+        del labels
+        x = x.reshape(-1, *want)
+        split = str(data)
+        _check_file(x, r, str(data), int(cfg["data"]["options"].get("bits", 8)))
+        check_manifold_data(cfg["model"]["name"], flow, x, str(data))
+    elif data is not None and info is not None:
         want = len(info["target_columns"]) + len(info["context_columns"])
         names = None  # the table's header as trained on (runs since the context names are kept)
         if r.get("columns") and r.get("context_column_names"):
@@ -255,7 +283,89 @@ def evaluate_run(
     status = run_status(run, cfg)  # an interrupted run, or one still training: said
     if status is not None:
         out["run_status"] = status
+    if scores:  # (for save_scores; not in the command's --json)
+        out["log_densities"], out["dims"] = model_lp, math.prod(shape)
     return out
+
+
+SCORE_SUFFIXES = (".csv", ".npy")
+
+
+def describe_bound(res: dict) -> str:
+    """What an eval result's NLL is, in words ("a dequantization bound with K = 1", "the
+    importance-weighted bound with K = 8", "4 Hutchinson trace draws"), or "" for an exact
+    log-density of one draw."""
+    k, noise = res["samples"], res.get("noise")
+    if res.get("bound") == "importance-weighted":
+        return f"the importance-weighted bound with K = {k}"
+    if noise == "dequantization":  # the variational bound, as the Trainer's
+        if k > 1:
+            return f"the mean of {k} dequantization bounds with K = 1"
+        return "a dequantization bound with K = 1"
+    return f"{k} {noise} draws" if k > 1 else ""
+
+
+def score_columns(res: dict) -> list[str]:
+    """The column names of :func:`save_scores`'s CSV for an eval result: ``log_density`` (an
+    exact log-density), ``log_density_bound_k1`` (one dequantization draw: a lower bound),
+    ``log_density_mean_of_K_bounds_k1`` (``--samples K``), ``log_density_iw_bound_kK``
+    (``--iw``), ``log_density_estimate`` / ``log_density_mean_of_K_estimates`` (a Hutchinson
+    trace or Russian-roulette estimate); then, for discrete data, the same as
+    ``bits_per_dim...``."""
+    k, noise = res["samples"], res.get("noise")
+    if res.get("bound") == "importance-weighted":
+        tail = f"_iw_bound_k{k}"
+    elif noise == "dequantization":
+        tail = f"_mean_of_{k}_bounds_k1" if k > 1 else "_bound_k1"
+    elif noise is not None:
+        tail = f"_mean_of_{k}_estimates" if k > 1 else "_estimate"
+    else:  # (an exact log-density: K > 1 is refused)
+        tail = ""
+    names = [f"log_density{tail}"]
+    if res.get("bits_per_dim") is not None:
+        names.append(f"bits_per_dim{tail}")
+    return names
+
+
+def save_scores(path, res: dict, overwrite: bool = False) -> list[str]:
+    """Write the per-example scores of :func:`evaluate_run` (``scores=True``) to ``path``,
+    atomically, and return the column names (:func:`score_columns`). A ``.csv`` has a header
+    and one row per example: its log-density in nats and, for discrete data, its bits/dim
+    (``-log_density / (D ln 2)``), written in full (float64 as Python's ``repr``), a chunk of
+    rows at a time. A ``.npy`` holds the log-densities alone, float64 ``(N,)``. The order is
+    the split's or the file's. ``overwrite=False``: a file that exists at ``path`` is kept
+    (``FileExistsError``)."""
+    from ..io import atomic_write
+
+    path = Path(path)
+    lp = np.asarray(res["log_densities"], dtype=np.float64)
+    names = score_columns(res)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        import io as _io
+
+        head = _io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(lp))
+        atomic_write(path, [head.getvalue(), memoryview(lp)], replace=overwrite)
+        return names[:1]
+    if suffix != ".csv":
+        raise DataError(f"--scores {path}: expected a .csv or .npy file")
+    per_bit = None
+    if len(names) > 1:
+        per_bit = 1.0 / (res["dims"] * math.log(2))
+
+    def lines(chunk: int = 1 << 14):
+        yield (",".join(names) + "\n").encode()
+        for i in range(0, len(lp), chunk):
+            part = lp[i : i + chunk]
+            if per_bit is None:
+                rows = (repr(v) for v in part.tolist())
+            else:
+                rows = (f"{v!r},{b!r}" for v, b in zip(part.tolist(), (-part * per_bit).tolist()))
+            yield ("\n".join(rows) + "\n").encode()
+
+    atomic_write(path, lines(), replace=overwrite)
+    return names
 
 
 def check_eval_options(

@@ -1,0 +1,204 @@
+"""``flowforge eval --scores``: each example's log-density in a file, and ``eval --data`` of a
+label-conditional run, with each example's label in the file (the sample -> eval round trip)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import flowforge as ff
+from cli_support import cli, one_line_error
+from flowforge.workbench import load_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_LABEL_RUN = [
+    "train", "--model", "realnvp", "--layout", "vector", "--data", "digits", "--conditional",
+    "label", "--model-kwargs", '{"hidden": [16], "layers": 2}', "--limit", "128", "--epochs",
+    "1", "--no-progress", "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def moons(tmp_path_factory):
+    from flowforge.workbench.cli import main
+
+    out = tmp_path_factory.mktemp("scores") / "moons"
+    assert main(["train", "--model", "realnvp", "--data", "moons", "--out", str(out),
+                 "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", "64",
+                 "--epochs", "1", "--no-progress", "--quiet"]) == 0  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    from flowforge.workbench.cli import main
+
+    out = tmp_path_factory.mktemp("scores") / "digits-label"
+    assert main([*TINY_LABEL_RUN, "--out", str(out)]) == 0
+    return out
+
+
+def read_scores(path):
+    lines = path.read_text().splitlines()
+    return lines[0].split(","), np.array([[float(v) for v in r.split(",")] for r in lines[1:]])
+
+
+def test_the_scores_mean_is_the_printed_nll_in_the_order_of_the_file(moons, tmp_path, capsys):
+    rc, out, err = cli(capsys, "eval", moons, "--json", "--scores", tmp_path / "t.csv")
+    res = json.loads(out)
+    names, t = read_scores(tmp_path / "t.csv")
+    assert rc == 0 and names == ["log_density"] and t.shape == (1000, 1), err
+    assert res["scores"] == {"path": str(tmp_path / "t.csv"), "columns": names, "examples": 1000}
+    assert -t[:, 0].mean() == pytest.approx(res["nll"], rel=1e-12, abs=1e-12)
+    # the library's own per-example figures, which the docs name beside the option
+    test = load_dataset("moons", n_train=5000).test
+    lp = ff.objectives.log_likelihoods(ff.load(moons), test).numpy()
+    assert np.allclose(t[:, 0], lp, rtol=1e-6, atol=1e-6)
+    # a file's rows, and the same rows reversed: the scores follow the file's order
+    x = test[:200].numpy()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "r.npy", x[::-1].copy())
+    rc, out, err = cli(capsys, "eval", moons, "--data", tmp_path / "x.npy", "--scores",
+                       tmp_path / "x.csv")  # fmt: skip
+    assert rc == 0 and "wrote 200 log-densities (nats) to" in out and "columns log_density" in out
+    assert "nats/example (200 examples)" in out.splitlines()[0]
+    rc, _, err = cli(capsys, "eval", moons, "--data", tmp_path / "r.npy", "--scores",
+                     tmp_path / "r.npy.npy")  # fmt: skip
+    forward, backward = read_scores(tmp_path / "x.csv")[1][:, 0], np.load(tmp_path / "r.npy.npy")
+    assert rc == 0 and backward.dtype == np.float64 and backward.shape == (200,), err
+    assert np.allclose(forward, backward[::-1], rtol=1e-6, atol=1e-6)
+    assert np.allclose(forward, lp[:200], rtol=1e-6, atol=1e-6)
+    printed = float(out.split("NLL ")[1].split()[0])
+    assert -forward.mean() == pytest.approx(printed, abs=1e-4)
+
+
+def test_an_existing_scores_file_is_kept_without_overwrite(moons, tmp_path, capsys):
+    path = tmp_path / "s.csv"
+    path.write_text("mine\n")
+    rc, out, err = cli(capsys, "eval", moons, "--scores", path)
+    one_line_error(rc, err, f"{path} exists", "--overwrite")
+    assert path.read_text() == "mine\n" and out == ""  # refused before anything was scored
+    rc, _, err = cli(capsys, "eval", moons, "--scores", path, "--overwrite")
+    assert rc == 0 and read_scores(path)[0] == ["log_density"], err
+    assert not [p for p in tmp_path.iterdir() if p.name != "s.csv"]  # (no temporary left)
+    rc, _, err = cli(capsys, "eval", moons, "--overwrite")
+    one_line_error(rc, err, "--overwrite goes with --scores")
+    rc, _, err = cli(capsys, "eval", moons, "--scores", tmp_path / "s.txt")
+    one_line_error(rc, err, "expected a .csv or .npy file")
+    rc, _, err = cli(capsys, "eval", moons, "--scores", tmp_path)
+    one_line_error(rc, err, "expected a .csv or .npy file")
+
+
+def test_a_discrete_runs_scores_say_which_bound_they_are(labelled, tmp_path, capsys):
+    rc, out, err = cli(capsys, "eval", labelled, "--scores", tmp_path / "k1.csv")
+    names, t = read_scores(tmp_path / "k1.csv")
+    assert rc == 0 and names == ["log_density_bound_k1", "bits_per_dim_bound_k1"], err
+    assert "(nats, a dequantization bound with K = 1)" in out
+    nll = float(out.split("NLL ")[1].split()[0])
+    assert -t[:, 0].mean() == pytest.approx(nll, abs=1e-4)
+    assert np.allclose(t[:, 1], -t[:, 0] / (64 * math.log(2)), rtol=1e-12)
+    rc, out, err = cli(capsys, "eval", labelled, "--samples", 3, "--iw", "--json", "--scores",
+                       tmp_path / "iw.csv")  # fmt: skip
+    res = json.loads(out)
+    names, t = read_scores(tmp_path / "iw.csv")
+    assert rc == 0 and names == ["log_density_iw_bound_k3", "bits_per_dim_iw_bound_k3"], err
+    assert -t[:, 0].mean() == pytest.approx(res["nll"], rel=1e-12)
+    assert t[:, 1].mean() == pytest.approx(res["bits_per_dim"], rel=1e-12)
+    assert (t[:, 0] >= read_scores(tmp_path / "k1.csv")[1][:, 0] - 30).all()  # (sane: a bound)
+    rc, out, err = cli(capsys, "eval", labelled, "--samples", 2, "--scores", tmp_path / "m.npy")
+    assert rc == 0 and "the mean of 2 dequantization bounds with K = 1) to" in out, err
+    assert np.load(tmp_path / "m.npy").shape == (447,)
+
+
+def test_a_label_conditional_run_scores_what_sample_wrote(labelled, tmp_path, capsys):
+    s = tmp_path / "s.csv"
+    rc, _, err = cli(capsys, "sample", labelled, "--label", "3,7", "-n", 8, "--out", s)
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", labelled, "--data", s, "--json", "--scores",
+                       tmp_path / "sc.csv")  # fmt: skip
+    res = json.loads(out)
+    assert rc == 0 and res["examples"] == 16 and res["split"] == str(s), err
+    _, t = read_scores(tmp_path / "sc.csv")
+    assert -t[:, 0].mean() == pytest.approx(res["nll"], rel=1e-12)
+    # the same examples and labels as an .npz (images or flattened): the same scores
+    table = np.loadtxt(s, delimiter=",", skiprows=1)
+    labels, x = table[:, 0].astype(np.int64), table[:, 1:]
+    for name, xs in (("a.npz", x.reshape(-1, 1, 8, 8)), ("b.npz", x)):
+        np.savez(tmp_path / name, x=xs, labels=labels)
+        rc, _, err = cli(capsys, "eval", labelled, "--data", tmp_path / name, "--scores",
+                         tmp_path / f"{name}.csv")  # fmt: skip
+        assert rc == 0, err
+        assert np.array_equal(read_scores(tmp_path / f"{name}.csv")[1], t)
+    # the model's own figures for those labels (their one-hot context), in the file's order
+    flow = ff.load(labelled)
+    context = torch.nn.functional.one_hot(torch.from_numpy(labels), 10).float()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # (the seed eval draws its dequantization noise with)
+        lp = ff.objectives.log_likelihoods(flow, torch.from_numpy(x).float(), context).numpy()
+    assert np.allclose(t[:, 0], lp, rtol=1e-5, atol=1e-4)
+    # the other labels give the same images other scores: the labels are read
+    np.savez(tmp_path / "swapped.npz", x=x, labels=np.where(labels == 3, 7, 3))
+    rc, _, err = cli(capsys, "eval", labelled, "--data", tmp_path / "swapped.npz", "--scores",
+                     tmp_path / "swapped.csv")  # fmt: skip
+    assert rc == 0 and not np.allclose(read_scores(tmp_path / "swapped.csv")[1], t), err
+
+
+def test_labelled_files_that_cannot_be_scored_are_one_line(labelled, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = d.data[:6], d.target[:6]
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "nolabels.npz", x=x)
+    np.savez(tmp_path / "half.npz", x=x, labels=y + 0.5)
+    np.savez(tmp_path / "unseen.npz", x=x, labels=y + 9)
+    np.savez(tmp_path / "short.npz", x=x, labels=y[:3])
+    np.savetxt(tmp_path / "plain.csv", np.c_[y, x], delimiter=",", fmt="%g")
+    header = ",".join(["label", *(f"x{j}" for j in range(64))])
+    np.savetxt(tmp_path / "wide.csv", np.c_[y, x, x[:, :1]], delimiter=",", fmt="%g",
+               header=header + ",extra", comments="")  # fmt: skip
+    for name, needles in (
+        ("x.npy", ["a CSV whose first column is named label", "an .npz with arrays x"]),
+        ("nolabels.npz", ["holds arrays ['x']", "arrays x (the examples) and labels"]),
+        ("half.npz", ["holds 0.5 (example 0, 0-based)", "whole numbers"]),
+        ("unseen.npz", ["unseen.npz: label 10 is not one of the 10 classes seen in training"]),
+        ("short.npz", ["expected one label per example (6,)"]),
+        ("plain.csv", ["has no label column (its first row starts with '0')", "named label"]),
+        ("wide.csv", ["has 65 data columns after its label", "expects 64"]),
+    ):
+        rc, out, err = cli(capsys, "eval", labelled, "--data", tmp_path / name, "--scores",
+                           tmp_path / f"{name}.scores.csv")  # fmt: skip
+        one_line_error(rc, err, *needles)
+        assert not (tmp_path / f"{name}.scores.csv").exists()  # nothing written
+
+
+def test_an_mflow_run_is_refused_scores_in_one_line(tmp_path, capsys):
+    from flowforge.workbench import train
+
+    cfg = {
+        "seed": 0,
+        "model": {
+            "name": "mflow",
+            "manifold_dim": 2,
+            "outer_layers": 1,
+            "inner_layers": 1,
+            "hidden": [8],
+        },  # fmt: skip
+        "data": {"name": "surface-64", "n_train": 64, "n_val": 32, "n_test": 32},
+        "train": {
+            "objective": "mflow",
+            "epochs": 2,
+            "manifold_epochs": 1,
+            "batch_size": 64,
+            "tensorboard": False,
+        },  # fmt: skip
+    }
+    train(cfg, tmp_path / "m", progress=False, echo=False)
+    rc, _, err = cli(capsys, "eval", tmp_path / "m", "--scores", tmp_path / "s.csv")
+    one_line_error(rc, err, "--scores writes each example's log-density", "an M-flow")
+    assert not (tmp_path / "s.csv").exists()
