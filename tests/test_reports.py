@@ -351,3 +351,19 @@ def test_conditional_samples_outside_the_marginal_range_are_not_called_wrong():
     assert said.startswith("samples fall outside the training data's range (over all its "
                            "contexts) in column(s) t1 5.0%")  # fmt: skip
     assert "expected for a context at the edge of the training contexts" in said
+
+
+def test_the_latent_of_a_conditional_flow_maps_raw_contexts_as_the_flow_does():
+    """The report's latent figures fed a column-conditional run's raw contexts to the layers,
+    which read standardised ones."""
+    import torch
+
+    import flowforge as ff
+    from flowforge.workbench.report import latent
+
+    torch.manual_seed(0)
+    flow = ff.models.MAF(features=2, layers=2, hidden=(8,), context_features=1)
+    flow = ff.models.context_standardized(flow, [1000.0], [5.0]).eval()
+    x, c = torch.randn(6, 2), 1000 + 5 * torch.randn(6, 1)
+    want = flow.transform(x, (c - 1000) / 5)[0]
+    torch.testing.assert_close(latent(flow, x, context=c, flat=False), want)

@@ -604,7 +604,8 @@ def latent(flow, x: Tensor, seed: int = 0, context: Tensor | None = None, flat: 
         parts = []
         for i in range(0, len(x), 1024):
             c = None if context is None else context[i : i + 1024]
-            parts.append(flow.transform(x[i : i + 1024], c)[0])
+            xb, c, _ = flow._prepare(x[i : i + 1024], c)  # (raw contexts as the flow maps them)
+            parts.append(flow.transform(xb, c)[0])
         z = torch.cat(parts)
     return z.reshape(-1) if flat else z.reshape(z.shape[0], -1)
 
