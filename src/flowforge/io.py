@@ -122,6 +122,19 @@ def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
         raise
 
 
+def write_npy(path: str | os.PathLike, a, replace: bool = True) -> None:
+    """``numpy.save`` of array ``a`` to ``path``, atomically (:func:`atomic_write`): its header,
+    then the array's own memory (no copy of a contiguous array)."""
+    import io as _io
+
+    import numpy as np
+
+    a = np.ascontiguousarray(a)
+    head = _io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
+    atomic_write(path, [head.getvalue(), memoryview(a.reshape(-1))], replace=replace)
+
+
 def _link_new(tmp: str, path: Path) -> None:
     """Give the file ``tmp`` the name ``path`` unless ``path`` exists (a hard link fails on an
     existing name, atomically); where the file system has no hard links, a check then a

@@ -335,18 +335,14 @@ def save_scores(path, res: dict, overwrite: bool = False) -> list[str]:
     rows at a time. A ``.npy`` holds the log-densities alone, float64 ``(N,)``. The order is
     the split's or the file's. ``overwrite=False``: a file that exists at ``path`` is kept
     (``FileExistsError``)."""
-    from ..io import atomic_write
+    from ..io import atomic_write, write_npy
 
     path = Path(path)
     lp = np.asarray(res["log_densities"], dtype=np.float64)
     names = score_columns(res)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        import io as _io
-
-        head = _io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(lp))
-        atomic_write(path, [head.getvalue(), memoryview(lp)], replace=overwrite)
+        write_npy(path, lp, replace=overwrite)
         return names[:1]
     if suffix != ".csv":
         raise DataError(f"--scores {path}: expected a .csv or .npy file")

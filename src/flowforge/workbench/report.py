@@ -220,18 +220,13 @@ def save_samples(
     says what it was given: a label starts each line; context columns take their places in the
     table the run was trained on (a file ``eval --data`` reads).
     ``overwrite=False``: a file that appeared at ``path`` meanwhile is kept (FileExistsError)."""
-    from ..io import atomic_write
+    from ..io import atomic_write, write_npy
     from .data import WorkbenchError
 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":  # the header, then the array's own memory: no copy of the samples
-        import io as _io
-
-        a = np.ascontiguousarray(x.cpu().numpy())
-        head = _io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
-        atomic_write(path, [head.getvalue(), memoryview(a.reshape(-1))], replace=overwrite)
+        write_npy(path, x.cpu().numpy(), replace=overwrite)
         return
     if suffix == ".csv":
         x = x.reshape(x.shape[0], -1)
