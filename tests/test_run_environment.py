@@ -5,6 +5,7 @@ the model arguments the run recorded (an audit's findings F1 and F2)."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -77,6 +78,9 @@ def test_a_run_records_its_environment(tmp_path, capsys):
     assert said["run"] == env and said["eval"] == run_environment("cpu")
     line = describe_environment(env)
     assert f"torch {torch.__version__}" in line and f"kernels {env['kernels'][0]}" in line
+    rc, _, err = cli(capsys, "report", run)
+    assert rc == 0, err
+    assert f"<th>trained with</th><td>{html.escape(line)}</td>" in (run / "report.html").read_text()
 
 
 def test_the_warning_names_what_differs_and_how_to_match_it():

@@ -262,7 +262,7 @@ def build_flow(
     if not isinstance(before, dict):
         before = {}
     own = None  # replaying: whether the config's model is the one the run recorded
-    if isinstance(before.get("kwargs"), dict) and before.get("model", "").lower() == name.lower():
+    if isinstance(before.get("kwargs"), dict) and str(before.get("model")).lower() == name.lower():
         # resuming or replaying: the arguments the run's model was built with, all of them
         # (completed with the values of those added since), so that changed builder defaults
         # rebuild it as it was
