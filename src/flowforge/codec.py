@@ -65,6 +65,7 @@ __all__ = [
     "model_hash",
     "environment",
     "kernels",
+    "kernel_setting",
     "ideal_bits",
     "MAGIC",
     "VERSION",
@@ -294,6 +295,14 @@ def kernels() -> tuple[str, str]:
     return torch.backends.cpu.get_cpu_capability(), _mkl_branch()
 
 
+def kernel_setting(kernels: tuple[str, str] | list) -> str:
+    """The environment variables that select ``kernels`` (as :func:`kernels` reports them) in
+    a process started with them: ``ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2``."""
+    cap, mkl = kernels
+    setting = f"ATEN_CPU_CAPABILITY={_TORCH_KERNELS.get(cap, str(cap).lower())}"
+    return setting + (f" MKL_CBWR={mkl}" if mkl != "none" else "")
+
+
 def _environment_key(dtype, kernels: tuple[str, str] | None) -> int:
     key = f"torch {torch.__version__}|{platform.machine()}|{platform.system()}|{dtype}"
     if kernels is not None:  # None: the key of files written before the kernels were in it
@@ -320,11 +329,11 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
         return
     here = kernels()
     branches = [b + f for b in _MKL_BRANCHES.values() for f in ("", ",STRICT")]
-    for cap, value in _TORCH_KERNELS.items():
+    for cap in _TORCH_KERNELS:
         for mkl in ("none", *branches):
             if recorded != _environment_key(dtype, (cap, mkl)):
                 continue
-            setting = f"ATEN_CPU_CAPABILITY={value}" + (f" MKL_CBWR={mkl}" if mkl != "none" else "")
+            setting = kernel_setting((cap, mkl))
             raise CodecError(
                 f"this file was written with other CPU kernels (torch {cap}, MKL {mkl}; here "
                 f"torch {here[0]}, MKL {here[1]}), which round differently: decode it on a CPU "

@@ -167,14 +167,21 @@ def _sizing_note(sizing: dict | None) -> str:
     )
 
 
-def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow, Flow, dict]:
+def build_flow(
+    cfg: dict, ds: Dataset, stored: dict | None = None, recorded: dict | None = None
+) -> tuple[Flow, Flow, dict]:
     """Build the model a config asks for, shaped for ``ds``.
 
     Returns ``(flow, inner, resolved)``: ``inner`` is the builder's flow; ``flow`` is what the
     trainer fits, saves to ``model.ff`` and scores raw data with (``inner`` preceded by the
     standardisation, if the data has statistics); ``resolved`` records the decisions.
     ``stored``: the resolved section of the run being resumed (a run from before the sizing
-    rule and the ``standardize`` option is rebuilt as it was).
+    rule and the ``standardize`` option is rebuilt as it was). ``recorded``: the resolved
+    section of the run a config replays (``train --config RUN/config.json``, on the data it
+    recorded): the model is built from the arguments that run's model was built with, the
+    config's own model arguments over them (a copy edited on purpose), so that a later
+    flowforge's sizing rule or defaults do not change it; a :class:`WorkbenchError` when this
+    flowforge builds another model from them.
     """
     name, kwargs = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
     spec = models.spec(name)
@@ -251,13 +258,33 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
             "base 'class-gaussian' needs a conditional run: add --conditional label (or "
             "--target-columns for a table)"
         )
-    before = (stored or {}).get("flow_config") or {}
-    if isinstance(before.get("kwargs"), dict) and before.get("model", "").lower() == name.lower():
-        # resuming: the arguments the run's model was built with, all of them (completed with
-        # the values of those added since), so that changed builder defaults rebuild it as it was
-        kwargs = models.registry.saved_kwargs(name, before["kwargs"])
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("features", "shape")}
-        sizing = stored.get("sizing")
+    before = (stored or recorded or {}).get("flow_config") or {}
+    if not isinstance(before, dict):
+        before = {}
+    own = None  # replaying: whether the config's model is the one the run recorded
+    if isinstance(before.get("kwargs"), dict) and str(before.get("model")).lower() == name.lower():
+        # resuming or replaying: the arguments the run's model was built with, all of them
+        # (completed with the values of those added since), so that changed builder defaults
+        # rebuild it as it was
+        saved = models.registry.saved_kwargs(name, before["kwargs"])
+        saved = {k: v for k, v in saved.items() if k not in ("features", "shape")}
+        sizing = (stored or recorded).get("sizing")
+        if stored is None:  # replaying: the config's own arguments (as given) over them
+            own = layout == recorded.get("layout") and all(
+                saved.get(k, _ABSENT) == v for k, v in kwargs.items()
+            )
+            if ds.stats is not None and "standardize" in takes:
+                kwargs.setdefault("standardize", False)  # standardised here, as a new run
+            if (recorded.get("stats") is None) != (ds.stats is None):  # data.standardize
+                own = False  # changed in the copy: the model follows it, as a new run's
+                if ds.stats is None:
+                    saved.pop("standardize", None)
+            if isinstance(sizing, dict) and isinstance(sizing.get("arguments"), dict):
+                chosen = {k: v for k, v in sizing["arguments"].items() if k not in kwargs}
+                sizing = {**sizing, "arguments": chosen} if chosen else None
+            kwargs = {**saved, **kwargs}
+        else:
+            kwargs = saved
     else:
         if legacy:  # the builder's arguments added since take the values that rebuild the run
             kwargs = models.registry.saved_kwargs(name, kwargs)
@@ -330,6 +357,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
     }
     if not legacy:
         resolved["sizing"] = sizing
+    if own:  # a replay of the recorded model: this flowforge must build that model
+        _check_replayed(before, flow.config, recorded.get("parameters"), resolved["parameters"])
     if ds.context_info is not None:
         resolved["context"] = ds.context_info
     if ds.info.get("columns"):
@@ -439,6 +468,31 @@ def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:
             f"model {name!r} models the data on its own scale: set the data option "
             "standardize: false"
         )
+
+
+_ABSENT = object()
+
+
+def _check_replayed(before: dict, now: dict, then_params, now_params: int) -> None:
+    """A replayed run's model as this flowforge builds it from the recorded arguments must be
+    the recorded one: the builder's arguments and its parameter count (the layers in front,
+    standardisation, bounds, whitening, follow the data options, which a copied config may
+    change on purpose)."""
+    inner = ("model", "kwargs")
+    same = same_model({k: before.get(k) for k in inner}, {k: now.get(k) for k in inner})
+    if same and then_params in (None, now_params):
+        return
+    what = (
+        f"{now_params:,} parameters, not the run's {then_params:,}"
+        if isinstance(then_params, int) and then_params != now_params
+        else "other builder arguments than the run's"
+    )
+    raise WorkbenchError(
+        f"cannot replay the run this config records: this flowforge builds another model from "
+        f"the arguments it recorded ({what}); replay it with the flowforge it was trained with "
+        "(resolved.environment), or train a new run from these options (remove the config's "
+        "resolved section)"
+    )
 
 
 def same_model(before: dict | None, now: dict | None) -> bool:

@@ -338,6 +338,9 @@ def cmd_train(args) -> int:
         progress=_progress(args),
         echo=not args.quiet,
         notes=True,  # the data's warnings even with --quiet (it silences the epoch lines)
+        # data options on the command line (--data, --limit, --set data.X ...): a run's
+        # config.json then trains a new run if they give other data than the run recorded
+        new_data=bool(layers[-1].get("data")),
     )
     return _finish_train(result)
 
@@ -476,6 +479,16 @@ def cmd_eval(args) -> int:
             + (f": columns {', '.join(columns)}" if scores.suffix.lower() == ".csv" else "")
         )
     if args.json:
+        from .distributed import device
+        from .runs import run_config, run_environment
+
+        # the setup the run was trained in (null for a run from before it was recorded) and
+        # the one this evaluation ran in: the last digits of both numbers follow them
+        trained = run_config(args.run)["resolved"].get("environment")
+        res["environment"] = {
+            "run": trained if isinstance(trained, dict) else None,
+            "eval": run_environment(device(args.device, "--device")),
+        }
         print(json.dumps(res, allow_nan=False))
     else:
         if "reconstruction" in res:  # an M-flow run

@@ -35,6 +35,7 @@ from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import (
     REPORT_DIR,
+    describe_environment,
     describe_run_status,
     is_report_figure,
     load_run,
@@ -1372,6 +1373,9 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         rows.append(("sized to the data", args))
     if info:
         rows.append(("conditional on", _context_words(info, r)))
+    trained_with = describe_environment(r.get("environment"))
+    if trained_with:  # (a run from before the environment was recorded has none)
+        rows.append(("trained with", trained_with))
     if best:
         rows.append((f"best epoch (val {what})", f"{best['epoch']} ({best[key]:.4f})"))
     elif ep:

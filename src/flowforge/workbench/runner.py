@@ -34,11 +34,13 @@ from .runs import (
     RunLock,
     check_out_dir,
     clear_run,
+    environment_warning,
     fingerprint,
     is_run,
     load_run,
     remove_orphans,
     run_config,
+    run_environment,
     write_json,
 )
 from .trainer import Trainer, adam, find_nonfinite
@@ -210,6 +212,7 @@ def train(
     echo: bool = True,
     callback: Callable[[Trainer], None] | None = None,
     notes: bool | None = None,
+    new_data: bool = False,
 ) -> dict:
     """Train a model as a config describes, into run folder ``out``.
 
@@ -218,14 +221,24 @@ def train(
     trainer's summary plus ``out``, ``parameters`` and ``data_warnings`` (what the data checks
     found: duplicates, outliers, integer columns; also kept in the run's ``config.json``, and
     repeated by ``eval`` and ``report``). ``notes``: print those warnings (default: as
-    ``echo``; the command prints them even with ``--quiet``). Python's, numpy's and torch's
-    global random streams, seeded for the run, are as they were once it returns.
+    ``echo``; the command prints them even with ``--quiet``).
+
+    A run's own ``config.json`` as ``config`` (it has a ``resolved`` section) replays that
+    run: its data must be the data the run recorded (the fingerprint), or a
+    :class:`RunError` says so, and its model is built from the arguments the run recorded
+    (:func:`~flowforge.workbench.build.build_flow`). ``new_data``: the data was named anew
+    (the command sets it when its flags or ``--set`` give data options): other data is then
+    a new run on it, sized as any new run. On a replay and on ``resume``, a thread count,
+    CPU kernels or torch version other than the run recorded (``resolved.environment``) get
+    one warning line: the result will not be bit-identical to the recorded one. Python's,
+    numpy's and torch's global random streams, seeded for the run, are as they were once it
+    returns.
     """
     with _callers_random_state():
-        return _train(config, out, resume, overwrite, progress, echo, callback, notes)
+        return _train(config, out, resume, overwrite, progress, echo, callback, notes, new_data)
 
 
-def _train(config, out, resume, overwrite, progress, echo, callback, notes) -> dict:
+def _train(config, out, resume, overwrite, progress, echo, callback, notes, new_data) -> dict:
     import torch.distributed as dist
 
     out = Path(out)
@@ -247,6 +260,32 @@ def _train(config, out, resume, overwrite, progress, echo, callback, notes) -> d
             ds = load_dataset(
                 cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"]
             )
+        prints = (echo if notes is None else notes) and rank == 0
+        recorded = None  # a replayed run's resolved section, while the data is its data
+        if stored is None and isinstance(config, dict) and isinstance(config.get("resolved"), dict):
+            recorded = config["resolved"]
+        data_fingerprint = _splits_fingerprint(ds)
+        if recorded is not None and recorded.get("data_fingerprint") not in (
+            None,
+            data_fingerprint,
+        ):
+            if not new_data:
+                name = cfg["data"]["name"]
+                raise RunError(
+                    f"cannot replay the run this config records: the data {name!r} is not "
+                    "the data it was trained on (its fingerprint differs: an edited file, or "
+                    "a dataset another library version makes otherwise); "
+                    "restore that data to replay the run, or name the data on the command "
+                    f"line (--data {name}; from Python new_data=True) to train a new run "
+                    "on it with the same options"
+                )
+            if prints:
+                print(
+                    "note: the data differs from the data the config's run was trained on: "
+                    "this is a new run on it, not a replay",
+                    flush=True,
+                )
+            recorded = None
         degenerate = None if resume else constant_columns(ds)
         if degenerate:
             raise DataError(degenerate)
@@ -261,12 +300,12 @@ def _train(config, out, resume, overwrite, progress, echo, callback, notes) -> d
             with io.Budget(max(io.BUILD_FLOOR, 8 * size), io.BUILD_SECONDS):
                 flow, _, resolved = build_flow(cfg, ds, stored and stored["resolved"])
         else:
-            flow, _, resolved = build_flow(cfg, ds)
+            flow, _, resolved = build_flow(cfg, ds, recorded=recorded)
         if stored is not None and stored["resolved"].get("data_path"):
             resolved["data_path"] = stored["resolved"]["data_path"]
         elif Path(cfg["data"]["name"]).exists():
             resolved["data_path"] = str(Path(cfg["data"]["name"]).resolve())
-        resolved["data_fingerprint"] = _splits_fingerprint(ds)
+        resolved["data_fingerprint"] = data_fingerprint
         if stored is not None and "data_bytes" in stored["resolved"]:
             resolved["data_bytes"] = stored["resolved"]["data_bytes"]
         elif stored is None and _file_size(cfg["data"]["name"]) is not None:
@@ -276,6 +315,12 @@ def _train(config, out, resume, overwrite, progress, echo, callback, notes) -> d
                 raise RunError(
                     f"cannot resume {out}: the model builder now gives a different model"
                 )
+        environment = run_environment(device(cfg["train"]["device"]))
+        if stored is None:
+            resolved["environment"] = environment
+        before = (stored["resolved"] if stored is not None else recorded or {}).get("environment")
+        what = "an uninterrupted run on the recorded setup" if resume else "the recorded run"
+        changed = environment_warning(before, environment, what)
         shape = tuple(resolved["event_shape"])
         barrier()  # every rank has checked the folder before rank 0 writes to it
         # the Trainer checks the training options against the model (an objective the model
@@ -310,9 +355,11 @@ def _train(config, out, resume, overwrite, progress, echo, callback, notes) -> d
             barrier()
             if echo and rank == 0:
                 print(describe(cfg, resolved, ds, world), flush=True)
-            if (echo if notes is None else notes) and rank == 0:
+            if prints:
                 for note in ds.info.get("warnings", ()):
                     print(f"warning: {note}", flush=True)
+                if changed:
+                    print(changed, flush=True)
             result = trainer.fit(resume=resume)
             # every rank leaves together: a rank that tears its process group down while
             # another still uses it can abort in gloo's teardown

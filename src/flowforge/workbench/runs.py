@@ -58,6 +58,9 @@ __all__ = [
     "fingerprint",
     "run_status",
     "describe_run_status",
+    "run_environment",
+    "describe_environment",
+    "environment_warning",
 ]
 
 RUN_FORMAT = "flowforge-run/1"
@@ -737,3 +740,108 @@ def fingerprint(*tensors) -> dict:
         h.update(str(t.dtype).encode())
         h.update(t.numpy().reshape(-1).view(np.uint8))  # (the bytes, without a copy)
     return {"sha256": h.hexdigest(), "shapes": shapes}
+
+
+# -- the environment a run's numbers depend on ---------------------------------------------------
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def run_environment(device="cpu") -> dict:
+    """What a run's numbers depend on besides its config and data, as ``config.json`` records
+    it (``resolved.environment``): the versions of flowforge, torch, numpy, scikit-learn (the
+    digits dataset) and Python, torch's thread count, the device (and the GPU's name), and the
+    CPU kernels as :func:`flowforge.codec.kernels` reports them (torch's vectorised kernels,
+    MKL's code path)."""
+    import platform
+
+    import torch
+
+    from .. import __version__, codec
+
+    dev = torch.device(device)
+    env = {
+        "flowforge": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": _version("scikit-learn"),
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "device": dev.type,
+        "kernels": list(codec.kernels()),
+    }
+    if dev.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(dev)
+    return env
+
+
+def _kernels_of(env: dict) -> list | None:
+    k = env.get("kernels")
+    if isinstance(k, list) and len(k) == 2 and all(isinstance(v, str) for v in k):
+        return k
+    return None
+
+
+def describe_environment(env) -> str:
+    """``flowforge 0.1.0, torch 2.5.1, numpy 2.1.0, scikit-learn 1.5.2, Python 3.12.3; cpu,
+    1 thread, kernels AVX2 (MKL AVX2)``; "" for a run that recorded none."""
+    if not isinstance(env, dict):
+        return ""
+    names = ("flowforge", "torch", "numpy", "scikit-learn")
+    versions = [f"{k} {env[k]}" for k in names if isinstance(env.get(k), str)]
+    if isinstance(env.get("python"), str):
+        versions.append(f"Python {env['python']}")
+    setup = []
+    if isinstance(env.get("device"), str):
+        gpu = env.get("gpu")
+        setup.append(env["device"] + (f" ({gpu})" if isinstance(gpu, str) else ""))
+    threads = env.get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        setup.append(f"{threads} thread{'s' if threads != 1 else ''}")
+    k = _kernels_of(env)
+    if k:
+        setup.append(f"kernels {k[0]} (MKL {k[1]})")
+    return "; ".join(", ".join(part) for part in (versions, setup) if part)
+
+
+def environment_warning(recorded, now: dict, what: str) -> str | None:
+    """One line when this process's thread count, CPU kernels or torch version (or device)
+    differ from those a run recorded (``resolved.environment``), so that the result will not
+    be bit-identical to ``what`` (e.g. "an uninterrupted run on the recorded setup"); None
+    when they agree or the run recorded none (a run from before they were recorded)."""
+    if not isinstance(recorded, dict):
+        return None
+    diffs, fixes = [], []
+    cpu = recorded.get("device") == "cpu" and now.get("device") == "cpu"
+    if isinstance(recorded.get("device"), str) and recorded["device"] != now["device"]:
+        diffs.append(f"device {recorded['device']}, here {now['device']}")
+        fixes.append(f"train on {recorded['device']}")
+    threads = recorded.get("threads")
+    if cpu and isinstance(threads, int) and not isinstance(threads, bool):
+        if threads != now["threads"]:
+            many = "s" if threads != 1 else ""
+            diffs.append(f"{threads} torch thread{many}, here {now['threads']}")
+            fixes.append(f"OMP_NUM_THREADS={threads}")
+    k = _kernels_of(recorded)
+    if cpu and k and k != list(now["kernels"]):
+        from ..codec import kernel_setting
+
+        here = now["kernels"]
+        diffs.append(f"CPU kernels {k[0]} (MKL {k[1]}), here {here[0]} (MKL {here[1]})")
+        fixes.append(kernel_setting(k) + " (on a CPU that has them)")
+    if isinstance(recorded.get("torch"), str) and recorded["torch"] != now["torch"]:
+        diffs.append(f"torch {recorded['torch']}, here {now['torch']}")
+        fixes.append(f"torch {recorded['torch']}")
+    if not diffs:
+        return None
+    return (
+        f"warning: the run was recorded with {'; '.join(diffs)}: the result will not be "
+        f"bit-identical to {what}; to match it, run with {', '.join(fixes)}"
+    )
