@@ -157,6 +157,21 @@ def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | N
     return {"dimension": d, "examples": n, "arguments": chosen}
 
 
+def _sizing_like(like: dict, name: str, kwargs: dict, own: dict | None) -> dict | None:
+    """The sizing of the run a new run starts from (``like``, its resolved section), for the
+    arguments ``kwargs`` leave unset: its model was sized for its own data, and a model sized
+    for this run's (fewer rows, say) would not take its weights. ``own`` (this run's sizing)
+    where that run's model is another builder's (refused afterwards, naming both)."""
+    before = like.get("flow_config")
+    if not isinstance(before, dict) or str(before.get("model", "")).lower() != name.lower():
+        return own
+    theirs = like.get("sizing")  # (absent: a run from before the sizing rule, sized by defaults)
+    if not isinstance(theirs, dict) or not isinstance(theirs.get("arguments"), dict):
+        return None
+    chosen = {k: v for k, v in theirs["arguments"].items() if k not in kwargs}
+    return {**theirs, "arguments": chosen} if chosen else None
+
+
 def _sizing_note(sizing: dict | None) -> str:
     if not sizing:
         return ""
@@ -167,14 +182,19 @@ def _sizing_note(sizing: dict | None) -> str:
     )
 
 
-def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow, Flow, dict]:
+def build_flow(
+    cfg: dict, ds: Dataset, stored: dict | None = None, like: dict | None = None
+) -> tuple[Flow, Flow, dict]:
     """Build the model a config asks for, shaped for ``ds``.
 
     Returns ``(flow, inner, resolved)``: ``inner`` is the builder's flow; ``flow`` is what the
     trainer fits, saves to ``model.ff`` and scores raw data with (``inner`` preceded by the
     standardisation, if the data has statistics); ``resolved`` records the decisions.
     ``stored``: the resolved section of the run being resumed (a run from before the sizing
-    rule and the ``standardize`` option is rebuilt as it was).
+    rule and the ``standardize`` option is rebuilt as it was). ``like``: the resolved section
+    of the run a new run starts from (``init_from``): the depth and width the model arguments
+    leave unset are that run's, not those the sizing rule gives this run's data (its weights
+    are loaded into the model).
     """
     name, kwargs = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
     spec = models.spec(name)
@@ -265,6 +285,8 @@ def build_flow(cfg: dict, ds: Dataset, stored: dict | None = None) -> tuple[Flow
             # the data is standardised here, with the whole training split's statistics
             kwargs.setdefault("standardize", False)
         sizing = None if legacy else _sizing(spec.name.lower(), spec, kwargs, layout, ds)
+        if like is not None and not legacy:
+            sizing = _sizing_like(like, spec.name, kwargs, sizing)
         if sizing:
             kwargs.update(sizing["arguments"])
     shape_kw = {"shape": list(ds.shape)} if layout == "image" else {"features": math.prod(ds.shape)}

@@ -338,6 +338,7 @@ def cmd_train(args) -> int:
         progress=_progress(args),
         echo=not args.quiet,
         notes=True,  # the data's warnings even with --quiet (it silences the epoch lines)
+        init_from=args.init_from,
     )
     return _finish_train(result)
 
@@ -403,9 +404,12 @@ def _finish_train(result: dict) -> int:
                     "not the model"
                 )
             else:
+                import shlex
+
                 print(
-                    "note: the best epoch is the last, so the model was still improving: a new "
-                    "run with more --epochs may do better"
+                    "note: the best epoch is the last, so the model was still improving: more "
+                    "epochs may do better; a new run can start from this model: flowforge train "
+                    f"--init-from {shlex.quote(str(result['out']))} --out NEW_RUN --epochs N"
                 )
         elif result["best_epoch"] == 1 and result["epochs"] > 1:
             print(
@@ -1012,6 +1016,12 @@ def make_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="set any config key, e.g. --set train.log_every=1 (repeatable)",
+    )
+    s.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start this new run from RUN's best model (the same architecture; RUN's model, data "
+        "and layout where none is given; its preprocessing statistics are kept)",
     )
     s.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
