@@ -90,6 +90,27 @@ def test_step_zero_weights_are_the_runs_best_and_data_init_layers_are_kept(tmp_p
     assert cfg_b["data"]["name"] == "circles"  # (its own data; the model section was taken)
 
 
+def test_the_data_taken_from_the_run_is_checked_against_its_fingerprint(tmp_path, capsys):
+    """No --data: the run's own file, split as it was; a file changed since is said."""
+    first = _table(tmp_path / "t.csv", 200, [0.0] * 3, [1.0] * 3, 5)
+    run = tmp_path / "a"
+    cfg = {"model": TINY, "data": {"name": str(first), "seed": 3}, "train": {"epochs": 1}}
+    train(cfg, run, progress=False, echo=False)
+    rc, out, err = _one(capsys, "--init-from", run, "--out", tmp_path / "b", "--epochs", 1)
+    assert rc == 0 and "warning" not in out + err, err
+    b = run_config(tmp_path / "b")
+    assert b["data"]["seed"] == 3 and b["resolved"]["init_from"]["took"] == [
+        "model",
+        "data",
+        "layout",
+    ]
+    assert b["resolved"]["data_fingerprint"] == run_config(run)["resolved"]["data_fingerprint"]
+    _table(first, 200, [0.0] * 3, [1.0] * 3, 6)  # the file changed since
+    rc, out, err = cli(capsys, "train", "--init-from", run, "--out", tmp_path / "c",
+                       "--epochs", 1, "--no-progress")  # fmt: skip
+    assert rc == 0 and "warning: the data taken from" in out, out
+
+
 def test_fine_tuning_on_another_table_keeps_the_runs_standardisation(
     tables, table_run, tmp_path, capsys
 ):
@@ -228,6 +249,8 @@ def test_refusals_are_one_line(tables, table_run, tmp_path, capsys):
     assert (table_run / "model.ff").is_file()
     rc, _, err = _one(capsys, "--init-from", table_run, "--out", out, "--resume")
     one_line_error(rc, err, "--init-from", "--resume")
+    rc, _, err = _one(capsys, "--init-from", table_run, "--out", out, "--set", "init_from=x")
+    one_line_error(rc, err, "--set init_from=x contradicts --init-from")
     # a run without its model, and one whose model is damaged
     copy = tmp_path / "copy"
     shutil.copytree(table_run, copy)

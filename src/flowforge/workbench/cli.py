@@ -188,6 +188,8 @@ def _train_overrides(args) -> dict:
             o.setdefault("model", {})[flag] = getattr(args, flag)
     if args.seed is not None:
         o["seed"] = args.seed
+    if getattr(args, "init_from", None) is not None:
+        o["init_from"] = args.init_from
     if args.layout is not None:
         o["layout"] = args.layout
     tr = {}
@@ -246,6 +248,7 @@ def _train_overrides(args) -> dict:
 
 # the flags whose keys are not the flag's own name
 _FLAG_OF = {
+    ("init_from",): "--init-from",
     ("model", "name"): "--model",
     ("model", "dequantization"): "--dequantization",
     ("model", "base"): "--base",

@@ -317,6 +317,10 @@ def train(
                 print(describe(cfg, resolved, ds, world), flush=True)
                 if source is not None:
                     print(warm_start.describe_source(source), flush=True)
+            if source is not None and (echo if notes is None else notes) and rank == 0:
+                note = warm_start.data_note(source, resolved)
+                if note:
+                    print(f"warning: {note}", flush=True)
             if (echo if notes is None else notes) and rank == 0:
                 for note in ds.info.get("warnings", ()):
                     print(f"warning: {note}", flush=True)

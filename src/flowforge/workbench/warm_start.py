@@ -32,7 +32,16 @@ from .config import _run_path, checked, deep_merge, merge_config
 from .errors import RunError
 from .runs import CKPT_FILE, MODEL_FILE, load_run, run_config, run_status
 
-__all__ = ["Source", "open_source", "with_defaults", "adopt", "rebuild", "describe_source"]
+__all__ = [
+    "Source",
+    "open_source",
+    "with_defaults",
+    "adopt",
+    "rebuild",
+    "take_preprocessing",
+    "describe_source",
+    "data_note",
+]
 
 # builder arguments that come from the data, not from the user's model options
 _DATA_ARGS = {
@@ -348,3 +357,18 @@ def describe_source(source: Source) -> str:
     if source.unfinished:
         line += f"; note: {source.given} has not finished training (its best model so far)"
     return line
+
+
+def data_note(source: Source, resolved: dict) -> str | None:
+    """A warning when the data taken from the source run (none was given) is no longer the data
+    it was trained on (its fingerprint, over the same splits, differs)."""
+    if "data" not in source.took:
+        return None
+    theirs = source.cfg["resolved"].get("data_fingerprint")
+    if theirs is None or theirs == resolved.get("data_fingerprint"):
+        return None
+    return (
+        f"the data taken from {source.given} ({source.cfg['data'].get('name')}) is not what it "
+        "was trained on (its splits' fingerprint differs: the file changed since, or an option "
+        "given here splits it otherwise); this run trains on it as it is now"
+    )
