@@ -10,8 +10,9 @@ without the command line::
 Modules, by concern: ``errors``, ``config`` (defaults, files, checks), ``data`` (datasets),
 ``build`` (the model a config asks for), ``runs`` (the run folder), ``checkpoint``,
 ``distributed``, ``trainer`` (the one training loop), ``runner`` (a whole run: ``train``),
-``evaluate``, ``vi`` (fit-target), ``report`` (figures and report.html), ``allocator`` (the
-process's malloc settings), ``cli`` (the command). See ``docs/workbench.md``.
+``warm_start`` (a run started from another's model: ``init_from``), ``evaluate``, ``vi``
+(fit-target), ``report`` (figures and report.html), ``allocator`` (the process's malloc
+settings), ``cli`` (the command). See ``docs/workbench.md``.
 """
 
 import importlib

@@ -157,6 +157,21 @@ def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | N
     return {"dimension": d, "examples": n, "arguments": chosen}
 
 
+def _sizing_like(like: dict, name: str, kwargs: dict, own: dict | None) -> dict | None:
+    """The sizing of the run a new run starts from (``like``, its resolved section), for the
+    arguments ``kwargs`` leave unset: its model was sized for its own data, and a model sized
+    for this run's (fewer rows, say) would not take its weights. ``own`` (this run's sizing)
+    where that run's model is another builder's (refused afterwards, naming both)."""
+    before = like.get("flow_config")
+    if not isinstance(before, dict) or str(before.get("model", "")).lower() != name.lower():
+        return own
+    theirs = like.get("sizing")  # (absent: a run from before the sizing rule, sized by defaults)
+    if not isinstance(theirs, dict) or not isinstance(theirs.get("arguments"), dict):
+        return None
+    chosen = {k: v for k, v in theirs["arguments"].items() if k not in kwargs}
+    return {**theirs, "arguments": chosen} if chosen else None
+
+
 def _sizing_note(sizing: dict | None) -> str:
     if not sizing:
         return ""
@@ -168,7 +183,11 @@ def _sizing_note(sizing: dict | None) -> str:
 
 
 def build_flow(
-    cfg: dict, ds: Dataset, stored: dict | None = None, recorded: dict | None = None
+    cfg: dict,
+    ds: Dataset,
+    stored: dict | None = None,
+    recorded: dict | None = None,
+    like: dict | None = None,
 ) -> tuple[Flow, Flow, dict]:
     """Build the model a config asks for, shaped for ``ds``.
 
@@ -181,7 +200,10 @@ def build_flow(
     recorded): the model is built from the arguments that run's model was built with, the
     config's own model arguments over them (a copy edited on purpose), so that a later
     flowforge's sizing rule or defaults do not change it; a :class:`WorkbenchError` when this
-    flowforge builds another model from them.
+    flowforge builds another model from them. ``like``: the resolved section of the run a new
+    run starts from (``init_from``): the depth and width the model arguments leave unset are
+    that run's, not those the sizing rule gives this run's data (its weights are loaded into
+    the model).
     """
     name, kwargs = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
     spec = models.spec(name)
@@ -292,6 +314,8 @@ def build_flow(
             # the data is standardised here, with the whole training split's statistics
             kwargs.setdefault("standardize", False)
         sizing = None if legacy else _sizing(spec.name.lower(), spec, kwargs, layout, ds)
+        if like is not None and not legacy:
+            sizing = _sizing_like(like, spec.name, kwargs, sizing)
         if sizing:
             kwargs.update(sizing["arguments"])
     shape_kw = {"shape": list(ds.shape)} if layout == "image" else {"features": math.prod(ds.shape)}

@@ -188,6 +188,8 @@ def _train_overrides(args) -> dict:
             o.setdefault("model", {})[flag] = getattr(args, flag)
     if args.seed is not None:
         o["seed"] = args.seed
+    if getattr(args, "init_from", None) is not None:
+        o["init_from"] = args.init_from
     if args.layout is not None:
         o["layout"] = args.layout
     tr = {}
@@ -246,6 +248,7 @@ def _train_overrides(args) -> dict:
 
 # the flags whose keys are not the flag's own name
 _FLAG_OF = {
+    ("init_from",): "--init-from",
     ("model", "name"): "--model",
     ("model", "dequantization"): "--dequantization",
     ("model", "base"): "--base",
@@ -341,6 +344,7 @@ def cmd_train(args) -> int:
         # data options on the command line (--data, --limit, --set data.X ...): a run's
         # config.json then trains a new run if they give other data than the run recorded
         new_data=bool(layers[-1].get("data")),
+        init_from=args.init_from,
     )
     return _finish_train(result)
 
@@ -406,9 +410,12 @@ def _finish_train(result: dict) -> int:
                     "not the model"
                 )
             else:
+                import shlex
+
                 print(
-                    "note: the best epoch is the last, so the model was still improving: a new "
-                    "run with more --epochs may do better"
+                    "note: the best epoch is the last, so the model was still improving: more "
+                    "epochs may do better; a new run can start from this model: flowforge train "
+                    f"--init-from {shlex.quote(str(result['out']))} --out NEW_RUN --epochs N"
                 )
         elif result["best_epoch"] == 1 and result["epochs"] > 1:
             print(
@@ -1056,6 +1063,12 @@ def make_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="KEY=VALUE",
         help="set any config key, e.g. --set train.log_every=1 (repeatable)",
+    )
+    s.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start this new run from RUN's best model (the same architecture; RUN's model, data "
+        "and layout where none is given; its preprocessing statistics are kept)",
     )
     s.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     s.add_argument("--overwrite", action="store_true", help="replace the run in --out")

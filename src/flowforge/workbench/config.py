@@ -2,9 +2,10 @@ r"""Run configuration: defaults, reading config files, merging layers, and check
 
 A config has five sections: ``seed``, ``model`` (a builder name and its arguments), ``data``
 (a dataset name or path and its options), ``layout`` (``auto``, ``vector`` or ``image``) and
-``train`` (:data:`DEFAULT_TRAIN`). Files, ``--config``, flags and ``--set`` are merged in that
-order; :func:`resolve_config` checks every value's type and range *before* anything is
-written, and names the key when one is wrong.
+``train`` (:data:`DEFAULT_TRAIN`), and optionally ``init_from`` (a run folder whose best model
+the new run starts from: :mod:`.warm_start`). Files, ``--config``, flags and ``--set`` are
+merged in that order; :func:`resolve_config` checks every value's type and range *before*
+anything is written, and names the key when one is wrong.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ DEFAULT_TRAIN: dict = {
     "manifold_epochs": 0,  # M-flow objectives: epochs of the first phase; 0: half the epochs
     "fm_time_power": 1.0,  # flow matching: path times s = u ** p (1: uniform; > 1: nearer data)
 }
-TOP_KEYS = ("seed", "model", "data", "layout", "train")
+TOP_KEYS = ("seed", "model", "data", "layout", "train", "init_from")
+# the top-level keys a config may leave out (a resolved config has them only when set)
+OPTIONAL_KEYS = ("init_from",)
 # names other libraries give to a train option, and the option they are here
 TRAIN_ALIASES = {
     "learning_rate": "lr",
@@ -283,6 +286,8 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
                 )
         if "seed" in raw:
             out["seed"] = raw["seed"]
+        if raw.get("init_from") is not None:  # (null: none, as when the key is left out)
+            out["init_from"] = raw["init_from"]
         if "layout" in raw:
             out["layout"] = raw["layout"]
         name, kwargs = _section(raw.get("model"), "model")
@@ -469,8 +474,19 @@ def resolve_config(*layers: dict | None) -> dict:
     limit = cfg["data"]["options"].get("limit")
     if limit is not None:
         checked("data.limit", limit, _int(1))
+    if "init_from" in cfg:
+        cfg["init_from"] = checked("init_from", cfg["init_from"], _run_path)
     _json_types(cfg, "")
     return json.loads(json.dumps(cfg))  # plain JSON types only (tuples -> lists)
+
+
+def _run_path(v):
+    """A run folder's path (``init_from``): a non-empty string."""
+    if isinstance(v, os.PathLike):
+        v = os.fspath(v)
+    if not isinstance(v, str) or not v.strip() or "\0" in v:
+        raise ValueError("the path of a run folder")
+    return v
 
 
 def _json_types(v, where: str) -> None:
@@ -491,7 +507,7 @@ def _json_types(v, where: str) -> None:
 
 def user_part(cfg: dict) -> dict:
     """The part of a config that defines the run (what --resume compares)."""
-    return {k: cfg[k] for k in TOP_KEYS}
+    return {k: cfg[k] for k in TOP_KEYS if k in cfg or k not in OPTIONAL_KEYS}
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

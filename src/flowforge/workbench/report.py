@@ -966,6 +966,20 @@ def _standardised(resolved: dict, flow) -> str:
     return "no"
 
 
+def _init_words(rec: dict) -> str:
+    """Where a run's model started (``resolved.init_from``): the run, its best epoch, the hash
+    of its model.ff."""
+    said = str(rec.get("run"))
+    if rec.get("path") and str(rec["path"]) != said:
+        said += f" ({rec['path']})"
+    epoch = rec.get("best_epoch")
+    said += f": its best model (epoch {epoch})" if isinstance(epoch, int) else ": its best model"
+    sha = rec.get("model_sha256")
+    if isinstance(sha, str):
+        said += f", model.ff SHA-256 {sha[:16]}..."
+    return said + "; its weights and fixed preprocessing statistics"
+
+
 def _model_words(model: dict) -> str:
     kw = model.get("kwargs") or {}
     if not kw:
@@ -1371,6 +1385,8 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     if r.get("sizing"):
         args = ", ".join(f"{k}={v}" for k, v in r["sizing"]["arguments"].items())
         rows.append(("sized to the data", args))
+    if isinstance(r.get("init_from"), dict):
+        rows.append(("initialised from", _init_words(r["init_from"])))
     if info:
         rows.append(("conditional on", _context_words(info, r)))
     trained_with = describe_environment(r.get("environment"))

@@ -22,6 +22,7 @@ import torch
 
 from .. import io
 from .._util import fork_rng
+from . import warm_start
 from .build import build_flow, describe, same_model
 from .config import DEFAULT_TRAIN, read_config, resolve_config
 from .data import constant_columns, load_dataset, reload_dataset
@@ -213,11 +214,16 @@ def train(
     callback: Callable[[Trainer], None] | None = None,
     notes: bool | None = None,
     new_data: bool = False,
+    init_from: str | os.PathLike | None = None,
 ) -> dict:
     """Train a model as a config describes, into run folder ``out``.
 
     ``config`` is a raw config (as in a YAML file); on ``resume`` it may be empty and the run's
-    own config is used (anything it does set must agree with the stored config). Returns the
+    own config is used (anything it does set must agree with the stored config).
+    ``init_from`` (or ``init_from:`` in the config): a run folder whose best model the new
+    run starts from, the same architecture, with that run's fixed preprocessing
+    (:mod:`.warm_start`); its model, data and layout sections are taken where the config
+    gives none. Returns the
     trainer's summary plus ``out``, ``parameters`` and ``data_warnings`` (what the data checks
     found: duplicates, outliers, integer columns; also kept in the run's ``config.json``, and
     repeated by ``eval`` and ``report``). ``notes``: print those warnings (default: as
@@ -235,13 +241,31 @@ def train(
     returns.
     """
     with _callers_random_state():
-        return _train(config, out, resume, overwrite, progress, echo, callback, notes, new_data)
+        return _train(
+            config, out, resume, overwrite, progress, echo, callback, notes, new_data, init_from
+        )
 
 
-def _train(config, out, resume, overwrite, progress, echo, callback, notes, new_data) -> dict:
+def _train(
+    config, out, resume, overwrite, progress, echo, callback, notes, new_data, init_from
+) -> dict:
     import torch.distributed as dist
 
     out = Path(out)
+    if init_from is not None:
+        if resume:
+            raise RunError(
+                "--init-from starts a new run from another run's model, and --resume continues "
+                f"the run in {out} from its own checkpoint: drop --init-from (a resumed run "
+                "keeps the init_from it started with)"
+            )
+        config = {**(config or {}), "init_from": os.fspath(init_from)}
+    source = None
+    if not resume and isinstance(config, dict) and config.get("init_from") is not None:
+        # the run it starts from, checked and loaded before anything else: its sections
+        # complete this run's config
+        source = warm_start.open_source(config["init_from"], out)
+        config = warm_start.with_defaults(config, source)
     started = init_distributed(_device_name(config, out, resume))
     try:
         rank, world = dist_env()
@@ -297,8 +321,18 @@ def _train(config, out, resume, overwrite, progress, echo, callback, notes, new_
                     f"cannot resume {out}: its {CKPT_FILE} is {size:,} bytes, more than the "
                     f"{io.MAX_BYTES:,} a checkpoint may hold"
                 )
-            with io.Budget(max(io.BUILD_FLOOR, 8 * size), io.BUILD_SECONDS):
+            budget = max(io.BUILD_FLOOR, 8 * size)
+            with io.Budget(budget, io.BUILD_SECONDS):
                 flow, _, resolved = build_flow(cfg, ds, stored and stored["resolved"])
+            if stored is not None and stored["resolved"].get("init_from") is not None:
+                # started from another run's model: its structure and fixed preprocessing, as
+                # config.json records them (the run it came from is not read again)
+                flow = warm_start.rebuild(stored["resolved"], budget)
+                resolved = warm_start.take_preprocessing(resolved, stored["resolved"])
+                resolved["init_from"] = stored["resolved"]["init_from"]
+        elif source is not None:
+            flow, _, resolved = build_flow(cfg, ds, like=source.cfg["resolved"])
+            flow, resolved = warm_start.adopt(source, cfg, flow, resolved)
         else:
             flow, _, resolved = build_flow(cfg, ds, recorded=recorded)
         if stored is not None and stored["resolved"].get("data_path"):
@@ -355,6 +389,12 @@ def _train(config, out, resume, overwrite, progress, echo, callback, notes, new_
             barrier()
             if echo and rank == 0:
                 print(describe(cfg, resolved, ds, world), flush=True)
+                if source is not None:
+                    print(warm_start.describe_source(source), flush=True)
+            if source is not None and prints:
+                note = warm_start.data_note(source, resolved)
+                if note:
+                    print(f"warning: {note}", flush=True)
             if prints:
                 for note in ds.info.get("warnings", ()):
                     print(f"warning: {note}", flush=True)
