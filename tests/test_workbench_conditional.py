@@ -293,6 +293,16 @@ def test_a_column_conditional_run_from_before_the_model_standardised_its_context
     ff.save(flow, out / "model.ff")
     stored = json.loads((out / "config.json").read_text())
     stored["resolved"]["flow_config"]["prefix"] = prefix
+    # and its data fingerprint over the contexts it handed the model: standardised
+    from flowforge.workbench.runs import fingerprint
+
+    ds = load_dataset(str(table), target_columns=[0, 1])
+    stats = stored["resolved"]["context"]["stats"]
+    loc, scale = (torch.tensor(stats[k], dtype=torch.float64) for k in ("loc", "scale"))
+    old = [((ds.split_context(k).double() - loc) / scale).float() for k in ("train", "val")]
+    legacy = fingerprint(*(ds.split(k) for k in ("train", "val", "test")), *old)
+    assert legacy != stored["resolved"]["data_fingerprint"]
+    stored["resolved"]["data_fingerprint"] = legacy
     (out / "config.json").write_text(json.dumps(stored))
     assert ff.load(out / "model.ff").context_map is None
     code, said, err = run(["eval", out, "--json"], capsys)

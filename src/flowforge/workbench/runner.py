@@ -23,7 +23,7 @@ import torch
 from .. import io
 from .._util import fork_rng
 from . import warm_start
-from .build import build_flow, describe, same_model
+from .build import build_flow, describe, has_context_map, same_model
 from .config import DEFAULT_TRAIN, read_config, resolve_config
 from .data import constant_columns, load_dataset, reload_dataset
 from .distributed import barrier, device, dist_env, init_distributed
@@ -83,10 +83,27 @@ def _callers_random_state():
             np.random.set_state(np_state)
 
 
-def _splits_fingerprint(ds) -> dict:
-    return fingerprint(
-        *(ds.split(k) for k in ("train", "val", "test")),
-        *(ds.split_context(k) for k in ("train", "val")),
+def _splits_fingerprint(ds, legacy: bool = False) -> dict:
+    contexts = [ds.split_context(k) for k in ("train", "val")]
+    if legacy:  # standardised, as the workbench handed them to the model before 2026-12-06
+        info = ds.context_info
+        loc, scale = (torch.tensor(info["stats"][k], dtype=torch.float64) for k in ("loc", "scale"))
+        contexts = [((c.double() - loc) / scale).float() for c in contexts]
+    return fingerprint(*(ds.split(k) for k in ("train", "val", "test")), *contexts)
+
+
+def same_data(ds, resolved: dict) -> bool:
+    """Whether ``ds`` is the data a run recorded (``resolved.data_fingerprint``; True when it
+    recorded none). A column-conditional run from before its model standardised its contexts
+    (no ``context_standardize`` in its model's config) fingerprinted them standardised."""
+    want = resolved.get("data_fingerprint")
+    if want is None or _splits_fingerprint(ds) == want:
+        return True
+    info = ds.context_info or {}
+    return (
+        info.get("kind") == "columns"
+        and not has_context_map(resolved.get("flow_config"))
+        and _splits_fingerprint(ds, legacy=True) == want
     )
 
 
@@ -154,7 +171,7 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
             if want is None:
                 raise
             continue  # the run's data reads: this is not it (and its contents are not shown)
-        if want is None or _splits_fingerprint(ds) == want:
+        if same_data(ds, resolved):
             return ds
     tried = " nor at ".join(names)
     other = OTHER_FILE
@@ -289,10 +306,7 @@ def _train(
         if stored is None and isinstance(config, dict) and isinstance(config.get("resolved"), dict):
             recorded = config["resolved"]
         data_fingerprint = _splits_fingerprint(ds)
-        if recorded is not None and recorded.get("data_fingerprint") not in (
-            None,
-            data_fingerprint,
-        ):
+        if recorded is not None and not same_data(ds, recorded):
             if not new_data:
                 name = cfg["data"]["name"]
                 raise RunError(
@@ -392,7 +406,7 @@ def _train(
                 if source is not None:
                     print(warm_start.describe_source(source), flush=True)
             if source is not None and prints:
-                note = warm_start.data_note(source, resolved)
+                note = warm_start.data_note(source, same_data(ds, source.cfg["resolved"]))
                 if note:
                     print(f"warning: {note}", flush=True)
             if prints:

@@ -359,13 +359,11 @@ def describe_source(source: Source) -> str:
     return line
 
 
-def data_note(source: Source, resolved: dict) -> str | None:
+def data_note(source: Source, same: bool) -> str | None:
     """A warning when the data taken from the source run (none was given) is no longer the data
-    it was trained on (its fingerprint, over the same splits, differs)."""
-    if "data" not in source.took:
-        return None
-    theirs = source.cfg["resolved"].get("data_fingerprint")
-    if theirs is None or theirs == resolved.get("data_fingerprint"):
+    it was trained on (``same``: whether its fingerprint, over the same splits, matches:
+    :func:`~flowforge.workbench.runner.same_data`)."""
+    if "data" not in source.took or same:
         return None
     return (
         f"the data taken from {source.given} ({source.cfg['data'].get('name')}) is not what it "
