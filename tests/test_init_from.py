@@ -292,3 +292,29 @@ def test_an_mflow_run_starts_from_another(tmp_path):
     assert rec["model_sha256"] == io_sha256(tmp_path / "m" / "model.ff")
     assert type(io.load(tmp_path / "m2")) is type(load_run(tmp_path / "m"))
     assert best.keys() == load_run(tmp_path / "m2").state_dict().keys()
+
+
+def test_a_replay_of_an_init_from_run_needs_the_model_it_started_from(tmp_path, capsys):
+    """Replaying the config.json of a run started from another run's model, after that run
+    was trained again, silently started from the other model (a different run)."""
+    import json
+
+    from flowforge.workbench.runner import train
+
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [8]},
+           "data": {"name": "moons", "limit": 128},
+           "train": {"epochs": 1, "batch_size": 32, "tensorboard": False}}  # fmt: skip
+    quiet = {"progress": False, "echo": False}
+    assert train(cfg, tmp_path / "src", **quiet)["status"] == "finished"
+    assert train({"init_from": str(tmp_path / "src")}, tmp_path / "b", **quiet)["status"] == (
+        "finished"
+    )
+    recorded = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert train(recorded, tmp_path / "again", **quiet)["status"] == "finished"  # unchanged
+    assert (tmp_path / "again" / "model.ff").read_bytes() == (
+        tmp_path / "b" / "model.ff"
+    ).read_bytes()
+    retrained = {**cfg, "seed": 1}
+    assert train(retrained, tmp_path / "src", overwrite=True, **quiet)["status"] == "finished"
+    with pytest.raises(Exception, match="best model, and that model has changed since"):
+        train(recorded, tmp_path / "c", **quiet)

@@ -31,6 +31,7 @@ from .errors import DataError, NonFiniteError, RunError, WorkbenchError
 from .runs import (
     CKPT_FILE,
     CONFIG_FILE,
+    MODEL_FILE,
     RUN_FORMAT,
     RunLock,
     check_out_dir,
@@ -306,6 +307,16 @@ def _train(
         if stored is None and isinstance(config, dict) and isinstance(config.get("resolved"), dict):
             recorded = config["resolved"]
         data_fingerprint = _splits_fingerprint(ds)
+        started_from = (recorded or {}).get("init_from")
+        if source is not None and isinstance(started_from, dict):
+            sha = started_from.get("model_sha256")
+            if sha is not None and sha != source.sha256:  # (a replay starts from that model)
+                raise RunError(
+                    f"cannot replay the run this config records: it started from "
+                    f"{source.given}'s best model, and that model has changed since (its "
+                    f"{MODEL_FILE}'s SHA-256 differs); restore it, or train a new run from "
+                    "these options (remove the config's resolved section)"
+                )
         if recorded is not None and not same_data(ds, recorded):
             if not new_data:
                 name = cfg["data"]["name"]
