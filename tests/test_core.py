@@ -606,3 +606,28 @@ def test_a_flow_that_standardises_its_contexts(tmp_path):
         ff.models.context_standardized(ff.models.MAF(features=2, context_features=1), [0.0], [0.0])
     with pytest.raises(ValueError, match="standardises its contexts already"):
         ff.models.context_standardized(flow, loc, scale)
+
+
+def test_a_flow_pickled_before_the_context_map_existed_loads(tmp_path):
+    import pickle
+
+    flow = ff.models.MAF(features=2, layers=1, hidden=(8,), context_features=1).eval()
+    del flow.__dict__["context_map"]  # as torch.save(flow) wrote it before
+    back = pickle.loads(pickle.dumps(flow))
+    assert back.context_map is None
+    assert back.log_prob(torch.zeros(1, 2), torch.ones(1, 1)).shape == (1,)
+    mapped = ff.models.context_standardized(back, [1.0], [2.0])
+    again = pickle.loads(pickle.dumps(mapped))  # a map, once set, is kept
+    assert again.context_map.loc == [1.0]
+
+
+def test_a_context_that_overflows_once_standardised_is_said_so():
+    flow = ff.models.MAF(features=2, layers=1, hidden=(4,), context_features=1)
+    flow = ff.models.context_standardized(flow, [0.0], [1e-3]).eval()
+    for c in (torch.tensor([[1e37]], dtype=torch.float64), torch.tensor([[1e37]])):
+        with pytest.raises(
+            ValueError, match=r"standardised with the flow's statistics .* overflows"
+        ):
+            flow.log_prob(torch.zeros(1, 2), c)  # (finite: not "NaN or inf")
+    with pytest.raises(ValueError, match="context contains NaN or inf"):
+        flow.log_prob(torch.zeros(1, 2), torch.tensor([[float("nan")]]))

@@ -350,7 +350,7 @@ def test_conditional_samples_outside_the_marginal_range_are_not_called_wrong():
     said = outside_ranges(x, cfg)
     assert said.startswith("samples fall outside the training data's range (over all its "
                            "contexts) in column(s) t1 5.0%")  # fmt: skip
-    assert "expected for a context at the edge of the training contexts" in said
+    assert "for a context near the edge of the training contexts the data's own" in said
 
 
 def test_the_latent_of_a_conditional_flow_maps_raw_contexts_as_the_flow_does():

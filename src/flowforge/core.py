@@ -859,6 +859,11 @@ class Flow(nn.Module):
         # a fixed map of raw contexts onto the layers' scale (models.context_standardized)
         self.context_map: nn.Module | None = None
 
+    def __setstate__(self, state):  # (flows pickled before the context map existed)
+        if "context_map" not in state.get("_modules", {}):
+            state.setdefault("context_map", None)
+        super().__setstate__(state)
+
     # Scan inputs and contexts for NaN/inf, and discrete data for its range (the dequantizer's
     # check): a clear ValueError instead of a NaN or a wrong bound. None:
     # on CPU tensors, where the scan is one cheap reduction; skipped on accelerators, where it
@@ -966,7 +971,14 @@ class Flow(nn.Module):
             and not context.is_complex()
             and context.shape[-1:] == (c,)
         ):  # raw contexts, standardised before any narrowing to the flow's dtype
-            context = self.context_map(context, self.dtype)
+            raw, context = context, self.context_map(context, self.dtype)
+            if self._validating(context) and not all_finite(context) and all_finite(raw):
+                big = raw.abs().max().item()
+                raise ValueError(
+                    f"the context, standardised with the flow's statistics (context_map), "
+                    f"overflows {self.dtype} (largest value given {big:.6g}): a context this "
+                    "far from the training contexts is far outside what the flow was trained on"
+                )
         context = self._as_input(context, "context")
         if context.shape[-1:] == (c,) and batch and tuple(context.shape[:-1]) != batch:
             try:  # broadcast as torch.distributions does: (c,) or (B, c) against x's (n, B)

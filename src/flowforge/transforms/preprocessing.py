@@ -105,7 +105,11 @@ class DataStandardize(DataInit, Transform):
     workbench's models do, without the user computing statistics. Until it is initialised it is
     the identity. ``loc``, ``scale`` and ``initialized`` are saved buffers (a reloaded model
     never re-initialises). Statistics are per entry of the event; an entry that does not vary in
-    the first batch keeps ``scale = 1``; a batch of one example leaves it waiting.
+    the first batch keeps ``scale = 1``; a batch of one example leaves it waiting. ``eps``: the
+    relative spread at or below which an entry counts as not varying, as a multiple of its mean
+    in float32 (scaled by the dtype's rounding for another; default :attr:`EPS`, 4 float32
+    rounding steps). Until 2026-12-06 it was a threshold on ``sd / (1 + |mean|)``, 1e-6 by
+    default: an entry of spread below about 1e-6 around 0 was left unscaled.
 
     A reparameterised sampling pass in training mode with gradients (``rsample_and_log_prob``
     in variational inference, where there are no data) fixes it as the identity instead, so
@@ -510,7 +514,7 @@ class ContextStandardize(torch.nn.Module):
         for name, v in (("loc", loc), ("scale", scale)):
             try:
                 t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
-            except (TypeError, ValueError, RuntimeError):
+            except (TypeError, ValueError, RuntimeError, OverflowError):
                 raise ValueError(
                     f"expected the context's {name} as numbers, got {str(v)[:80]}"
                 ) from None

@@ -1163,9 +1163,9 @@ def outside_ranges(x, cfg: dict) -> str | None:
     if cfg["resolved"].get("context"):  # samples for given contexts, a range over all of them
         return (
             f"samples fall outside the training data's range (over all its contexts) in "
-            f"column(s) {each}{more}: expected for a context at the edge of the training "
-            f"contexts, where the data's own values pass the range; otherwise the model puts "
-            f"mass where the data has none{hint}"
+            f"column(s) {each}{more}: for a context near the edge of the training contexts "
+            f"the data's own values can pass that range too; for one inside them, the model "
+            f"puts mass where the data has none{hint}"
         )
     return (
         f"samples fall outside the training data's range in column(s) {each}"

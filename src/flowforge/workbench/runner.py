@@ -101,11 +101,12 @@ def same_data(ds, resolved: dict) -> bool:
     if want is None or _splits_fingerprint(ds) == want:
         return True
     info = ds.context_info or {}
-    return (
-        info.get("kind") == "columns"
-        and not has_context_map(resolved.get("flow_config"))
-        and _splits_fingerprint(ds, legacy=True) == want
-    )
+    if info.get("kind") != "columns" or has_context_map(resolved.get("flow_config")):
+        return False
+    try:
+        return _splits_fingerprint(ds, legacy=True) == want
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError):
+        return False  # (statistics that are not numbers: not the run's data, said as such)
 
 
 BIG_DATA_BYTES = 50 << 20  # a data file this large gets a line saying it is being read

@@ -257,8 +257,8 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
 
         try:
             flow = models.context_standardized(flow, **info["stats"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise RunError(f"{run} is damaged: resolved.context.stats: {e}") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise RunError(f"{run} is damaged: resolved.context.stats: {str(e)[:200]}") from None
     levels = cfg["resolved"].get("levels")
     if isinstance(flow, Flow):  # discrete data: a dequantizer, or an integer flow's levels
         has = getattr(flow.dequantizer or flow, "levels", None)
