@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,22 @@ def test_an_existing_scores_file_is_kept_without_overwrite(moons, tmp_path, caps
     one_line_error(rc, err, "expected a .csv or .npy file")
     rc, _, err = cli(capsys, "eval", moons, "--scores", tmp_path)
     one_line_error(rc, err, "expected a .csv or .npy file")
+    # never over the file it scores, the run's data or the run's own files, even with
+    # --overwrite (a --data file replaced by its scores is lost)
+    data = tmp_path / "rows.csv"
+    np.savetxt(data, np.random.default_rng(0).normal(size=(20, 2)), delimiter=",")
+    kept = data.read_bytes()
+    rc, _, err = cli(capsys, "eval", moons, "--data", data, "--scores", data, "--overwrite")
+    one_line_error(rc, err, "which this evaluation reads or the run keeps")
+    assert data.read_bytes() == kept
+    model = Path(moons) / "model.ff"
+    before = model.read_bytes()
+    rc, _, err = cli(capsys, "eval", moons, "--scores", model.with_suffix(".npy"))
+    assert rc == 0, err  # (a new file beside it is fine)
+    rc, _, err = cli(capsys, "eval", moons, "--scores", Path(moons) / "config.json",
+                     "--overwrite")  # fmt: skip
+    one_line_error(rc, err, "expected a .csv or .npy file")
+    assert model.read_bytes() == before
 
 
 def test_a_discrete_runs_scores_say_which_bound_they_are(labelled, tmp_path, capsys):

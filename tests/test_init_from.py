@@ -105,10 +105,31 @@ def test_the_data_taken_from_the_run_is_checked_against_its_fingerprint(tmp_path
         "layout",
     ]
     assert b["resolved"]["data_fingerprint"] == run_config(run)["resolved"]["data_fingerprint"]
-    _table(first, 200, [0.0] * 3, [1.0] * 3, 6)  # the file changed since
+    _table(first, 200, [0.0] * 3, [1.0] * 3, 6)  # the file changed since: not trained on
     rc, out, err = cli(capsys, "train", "--init-from", run, "--out", tmp_path / "c",
                        "--epochs", 1, "--no-progress")  # fmt: skip
-    assert rc == 0 and "warning: the data taken from" in out, out
+    one_line_error(rc, err, "is not the data it was trained on")
+    assert not (tmp_path / "c").exists()
+    # named on the command line, the changed file is the new run's data
+    rc, out, err = cli(capsys, "train", "--init-from", run, "--out", tmp_path / "c",
+                       "--data", first, "--epochs", 1, "--no-progress")  # fmt: skip
+    assert rc == 0, err
+
+
+def test_a_run_folder_naming_another_file_never_has_it_read(tmp_path, capsys):
+    """A copied run folder whose config.json names another file of the user's: --init-from
+    (no --data) read it, trained on it, and recorded its columns and ranges."""
+    mine = _table(tmp_path / "t.csv", 200, [0.0] * 3, [1.0] * 3, 5)
+    run = tmp_path / "a"
+    train({"model": TINY, "data": {"name": str(mine)}, "train": {"epochs": 1}}, run,
+          progress=False, echo=False)  # fmt: skip
+    secret = _table(tmp_path / "secret.csv", 300, [5e4] * 3, [1e3] * 3, 1)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["name"] = cfg["resolved"]["data_path"] = str(secret)
+    (run / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = _one(capsys, "--init-from", run, "--out", tmp_path / "b", "--epochs", 1)
+    one_line_error(rc, err, "is not the data it was trained on (another file size)")
+    assert not (tmp_path / "b").exists()
 
 
 def test_fine_tuning_on_another_table_keeps_the_runs_standardisation(

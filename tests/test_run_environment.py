@@ -92,6 +92,12 @@ def test_the_warning_names_what_differs_and_how_to_match_it():
     assert len(line.splitlines()) == 1 and "bit-identical to the recorded run" in line
     assert f"OMP_NUM_THREADS={now['threads'] + 1}" in line
     assert "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2" in line and "torch 1.0" in line
+    # a config.json is data: what flowforge never writes is never echoed to a terminal
+    forged = {**now, "torch": "2.0\nflowforge: forged\x1b[31m", "threads": 10**30,
+              "kernels": ["A" * 100_000, "x"]}  # fmt: skip
+    assert environment_warning(forged, now, "x") is None
+    said = describe_environment(forged)
+    assert "forged" not in said and "\x1b" not in said and "thread" not in said and len(said) < 300
 
 
 def test_a_replay_is_bit_for_bit_and_refused_on_edited_data(tmp_path, capsys):

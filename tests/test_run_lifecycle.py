@@ -532,3 +532,22 @@ def test_training_and_loading_leave_the_callers_random_streams(tmp_path):
     torch.manual_seed(3)
     ff.load(tmp_path / "r")
     assert torch.equal(torch.rand(3), want)
+
+
+def test_damaged_sections_of_a_run_config_are_one_line(tmp_path, capsys):
+    """model.kwargs as a list and resolved.flow_config as a string were internal errors (a
+    TypeError in --init-from, an AttributeError in eval)."""
+    run = tmp_path / "r"
+    assert train(SMALL, run, progress=False, echo=False)["status"] == "finished"
+    good = (run / "config.json").read_text()
+    for where, value, said in (
+        (("model", "kwargs"), [1, 2], "model.kwargs must be a mapping"),
+        (("resolved", "flow_config"), "x", "resolved.flow_config must be a mapping"),
+        (("resolved", "environment"), [1], "resolved.environment must be a mapping"),
+    ):
+        cfg = json.loads(good)
+        cfg[where[0]][where[1]] = value
+        (run / "config.json").write_text(json.dumps(cfg))
+        for args in (("eval", run), ("train", "--init-from", run, "--out", tmp_path / "n")):
+            rc, _, err = cli(capsys, *args)
+            one_line_error(rc, err, said)

@@ -524,6 +524,8 @@ def same_model(before: dict | None, now: dict | None) -> bool:
     from before an argument existed counts that argument at its legacy value)."""
     if before == now:
         return True
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return False
     if not before or not now or not isinstance(before.get("kwargs"), dict):
         return False
     kwargs = models.registry.saved_kwargs(before["model"], before["kwargs"])

@@ -416,6 +416,11 @@ def _finish_train(result: dict) -> int:
                     "note: the best epoch is the last, so the model was still improving: more "
                     "epochs may do better; a new run can start from this model: flowforge train "
                     f"--init-from {shlex.quote(str(result['out']))} --out NEW_RUN --epochs N"
+                    + (  # (training options are the new run's own: its objective too)
+                        f" --set train.objective={shlex.quote(str(result['objective']))}"
+                        if result.get("objective", "nll") != "nll"
+                        else ""
+                    )
                 )
         elif result["best_epoch"] == 1 and result["epochs"] > 1:
             print(
@@ -559,6 +564,22 @@ def _scores_path(args) -> Path | None:
         raise WorkbenchError(f"--scores {out} is a folder; give a file name")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --scores file or pass --overwrite")
+    if os.path.exists(out):  # never over what is scored, nor the run's data or its own files
+        from .runs import CKPT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, run_config
+
+        cfg = run_config(args.run)
+        kept = [args.data, cfg["data"]["name"], cfg["resolved"].get("data_path")]
+        kept += [Path(args.run) / f for f in (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE)]
+        for p in kept:
+            try:
+                same = isinstance(p, (str, Path)) and os.path.samefile(out, p)
+            except (OSError, ValueError):
+                same = False
+            if same:
+                raise WorkbenchError(
+                    f"--scores {out} is {p}, which this evaluation reads or the run keeps; "
+                    "write the scores to another file"
+                )
     return out
 
 

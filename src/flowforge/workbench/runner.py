@@ -194,6 +194,27 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
     )
 
 
+def _source_data(source, cfg: dict):
+    """The data an ``--init-from`` run takes from the run it starts from (none given): the
+    file that run's config names is read only where it is that run's file (its recorded size),
+    and used only where it is that run's data (its fingerprint), unless data options were given
+    here (another split of it): a copied or edited run folder cannot make flowforge read and
+    train on some other file of the user's."""
+    r, name = source.cfg["resolved"], cfg["data"]["name"]
+    size = r.get("data_bytes")
+    other = (
+        f"{source.what}: the data its config names ({name}) is not the data it was trained on "
+        "({why}); give the data to train on with --data"
+    )
+    if size is not None and _file_size(name) not in (None, size):
+        raise RunError(other.format(why="another file size"))
+    say_reading(name)
+    ds = load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
+    if not source.data_options and not same_data(ds, r):
+        raise RunError(other.format(why="its fingerprint differs: the file changed since"))
+    return ds
+
+
 def _file_size(name: str) -> int | None:
     """The size of a regular file, None for anything else (a dataset's name, a folder)."""
     try:
@@ -297,6 +318,8 @@ def _train(
         if stored is not None:  # the run's own data: by its recorded path where the name no
             # longer finds it, checked against its fingerprint (never another file)
             ds = run_dataset({**cfg, "resolved": stored["resolved"]}, RunError, out)
+        elif source is not None and "data" in source.took:
+            ds = _source_data(source, cfg)
         else:
             if echo and rank == 0:
                 say_reading(cfg["data"]["name"], sys.stdout)

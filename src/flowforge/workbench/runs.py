@@ -174,6 +174,11 @@ def _check_sections(path: Path, cfg: dict) -> None:
     d = cfg["data"]
     if not isinstance(d.get("name"), str) or not isinstance(d.get("options", {}), dict):
         raise RunError(f"{path} is damaged: data must name a dataset and map its options")
+    if not isinstance(cfg["model"].get("kwargs", {}), dict):
+        raise RunError(f"{path} is damaged: model.kwargs must be a mapping")
+    for key in ("flow_config", "init_from", "environment", "sizing"):
+        if cfg["resolved"].get(key) is not None and not isinstance(cfg["resolved"][key], dict):
+            raise RunError(f"{path} is damaged: resolved.{key} must be a mapping")
 
 
 def _check_shapes(path: Path, r: dict) -> None:
@@ -782,6 +787,35 @@ def run_environment(device="cpu") -> dict:
     return env
 
 
+_ENV_TEXT = re.compile(r"[A-Za-z0-9 ._+()\-:/,]{1,64}")  # a version, a device, a GPU's name
+MAX_THREADS = 1 << 16
+
+
+def _recorded_environment(env) -> dict | None:
+    """A run's recorded environment as data from a file: only fields of the kinds flowforge
+    writes (short plain text, a thread count up to :data:`MAX_THREADS`, two kernel names);
+    anything else (control characters, a 100,000-character version, 10**30 threads) is left
+    out, never echoed to a terminal."""
+    if not isinstance(env, dict):
+        return None
+    out = {}
+    for k in ("flowforge", "torch", "numpy", "scikit-learn", "python", "device", "gpu"):
+        v = env.get(k)
+        if isinstance(v, str) and _ENV_TEXT.fullmatch(v):
+            out[k] = v
+    t = env.get("threads")
+    if isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= MAX_THREADS:
+        out["threads"] = t
+    k = env.get("kernels")
+    if (
+        isinstance(k, list)
+        and len(k) == 2
+        and all(isinstance(v, str) and _ENV_TEXT.fullmatch(v) for v in k)
+    ):
+        out["kernels"] = list(k)
+    return out
+
+
 def _kernels_of(env: dict) -> list | None:
     k = env.get("kernels")
     if isinstance(k, list) and len(k) == 2 and all(isinstance(v, str) for v in k):
@@ -792,7 +826,8 @@ def _kernels_of(env: dict) -> list | None:
 def describe_environment(env) -> str:
     """``flowforge 0.1.0, torch 2.5.1, numpy 2.1.0, scikit-learn 1.5.2, Python 3.12.3; cpu,
     1 thread, kernels AVX2 (MKL AVX2)``; "" for a run that recorded none."""
-    if not isinstance(env, dict):
+    env = _recorded_environment(env)
+    if not env:
         return ""
     names = ("flowforge", "torch", "numpy", "scikit-learn")
     versions = [f"{k} {env[k]}" for k in names if isinstance(env.get(k), str)]
@@ -816,7 +851,8 @@ def environment_warning(recorded, now: dict, what: str) -> str | None:
     differ from those a run recorded (``resolved.environment``), so that the result will not
     be bit-identical to ``what`` (e.g. "an uninterrupted run on the recorded setup"); None
     when they agree or the run recorded none (a run from before they were recorded)."""
-    if not isinstance(recorded, dict):
+    recorded = _recorded_environment(recorded)
+    if not recorded:
         return None
     diffs, fixes = [], []
     cpu = recorded.get("device") == "cpu" and now.get("device") == "cpu"

@@ -67,6 +67,7 @@ class Source:
     best: float | None = None
     unfinished: dict | None = None
     took: list[str] = field(default_factory=list)  # the sections the new run took from it
+    data_options: bool = False  # data options given here over the data taken from it
 
     @property
     def what(self) -> str:
@@ -113,6 +114,18 @@ def open_source(given, out: Path) -> Source:
     except RunError as e:
         raise RunError(f"--init-from {given}: {e}") from None
     model = path / MODEL_FILE
+
+    def sha256() -> str:
+        h = hashlib.sha256()
+        try:
+            with open(model, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise RunError(f"--init-from {given}: cannot read {model}: {e.strerror}") from None
+        return h.hexdigest()
+
+    before = sha256() if model.is_file() else None
     try:
         # its weights are read without moving this run's random numbers (a run started from
         # it draws what any run of its seed draws)
@@ -122,18 +135,22 @@ def open_source(given, out: Path) -> Source:
         raise RunError(f"--init-from {given}: {e}") from None
     if getattr(flow, "config", None) is None:  # (a run's model is always a builder's)
         raise RunError(f"--init-from {given}: its model has no builder config to rebuild it from")
-    h = hashlib.sha256()
-    with open(model, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    digest = sha256()
+    if digest != before:  # (the recorded hash must be that of the model loaded)
+        raise RunError(
+            f"--init-from {given}: its {MODEL_FILE} changed while it was read (is it still "
+            "training, writing a new best model?); try again, or once it has finished"
+        )
     best_epoch = best = None
     try:
         meta = io.read_metadata(path / CKPT_FILE)
         e, b = meta.get("best_epoch"), meta.get("best")
-        if isinstance(e, int) and not isinstance(e, bool) and e >= 0:
+        epochs = cfg["train"].get("epochs")
+        most = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 1 << 30
+        if isinstance(e, int) and not isinstance(e, bool) and 0 <= e < most:
             best_epoch = e + 1
-        if isinstance(b, (int, float)) and not isinstance(b, bool):
-            best = float(b)
+        if isinstance(b, (int, float)) and not isinstance(b, bool) and abs(b) < 1e15:
+            best = float(b)  # (a checkpoint's header is data: an edited value is not said)
     except (ValueError, OSError):  # no checkpoint (removed): its best epoch is not said
         pass
     flow.__dict__.pop("saved_config", None)  # (trained on, it is this run's model now)
@@ -143,7 +160,7 @@ def open_source(given, out: Path) -> Source:
         path=path.resolve(),
         cfg=cfg,
         flow=flow,
-        sha256=h.hexdigest(),
+        sha256=digest,
         best_epoch=best_epoch,
         best=best,
         unfinished=run_status(path, cfg),
@@ -172,6 +189,7 @@ def with_defaults(config: dict, source: Source) -> dict:
         mine = config.get("data") or {}
         config["data"] = deep_merge(data, mine if isinstance(mine, dict) else {})
         source.took.append("data")
+        source.data_options = bool(mine)
     if "layout" not in config:
         layout = theirs["resolved"].get("layout")
         if layout in ("vector", "image"):
