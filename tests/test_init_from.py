@@ -339,3 +339,25 @@ def test_a_replay_of_an_init_from_run_needs_the_model_it_started_from(tmp_path, 
     assert train(retrained, tmp_path / "src", overwrite=True, **quiet)["status"] == "finished"
     with pytest.raises(Exception, match="best model, and that model has changed since"):
         train(recorded, tmp_path / "c", **quiet)
+
+
+def test_contradictions_with_the_run_started_from_are_one_line(tmp_path, capsys):
+    """An explicit data.whiten=false on a whitened run's model was ignored (the config said
+    false, the model whitened); a replay given another --init-from than the run started from
+    blamed that run for having changed."""
+    t = _table(tmp_path / "t.csv", 60, [0.0] * 3, [1.0] * 3, 5)
+    w = tmp_path / "w"
+    train({"model": TINY, "data": {"name": str(t), "whiten": True}, "train": {"epochs": 1}}, w,
+          progress=False, echo=False)  # fmt: skip
+    rc, _, err = _one(capsys, "--init-from", w, "--set", "data.whiten=false",
+                      "--out", tmp_path / "b", "--epochs", 1)  # fmt: skip
+    one_line_error(rc, err, "its model whitens the data", "drop data.whiten=false")
+    rc, out, err = cli(capsys, "train", "--init-from", w, "--out", tmp_path / "b", "--epochs", 1,
+                       "--no-progress")  # fmt: skip
+    assert rc == 0 and "the model starts as the Gaussian" not in out, err  # (it starts as w's)
+    other = tmp_path / "o"
+    train({"model": TINY, "data": {"name": str(t)}, "train": {"epochs": 1}}, other,
+          progress=False, echo=False)  # fmt: skip
+    rc, _, err = _one(capsys, "--config", tmp_path / "b" / "config.json", "--init-from", other,
+                      "--out", tmp_path / "c")  # fmt: skip
+    one_line_error(rc, err, f"it started from {w.resolve()}, not {other}")

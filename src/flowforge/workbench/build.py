@@ -562,7 +562,11 @@ def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:
         + (f"\n{_sizing_note(resolved.get('sizing'))}" if resolved.get("sizing") else "")
         + (f"\n{_bounds_note(resolved)}" if resolved.get("bounds") else "")
         + (f"\n{_integers_note(resolved)}" if resolved.get("integers") else "")
-        + (f"\n{_whiten_note(resolved)}" if resolved.get("whiten") else "")
+        + (
+            f"\n{_whiten_note(resolved)}"
+            if resolved.get("whiten") and not resolved.get("init_from")  # (it starts from a run)
+            else ""
+        )
     )
 
 

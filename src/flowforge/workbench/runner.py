@@ -209,7 +209,12 @@ def _source_data(source, cfg: dict):
     if size is not None and _file_size(name) not in (None, size):
         raise RunError(other.format(why="another file size"))
     say_reading(name)
-    ds = load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
+    try:
+        ds = load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
+    except DataError as e:  # (moved or deleted since: said as the run's data)
+        raise DataError(
+            f"{source.what}: the data its config names: {e}; give the data to train on with --data"
+        ) from None
     if not source.data_options and not same_data(ds, r):
         raise RunError(other.format(why="its fingerprint differs: the file changed since"))
     return ds
@@ -334,6 +339,12 @@ def _train(
         started_from = (recorded or {}).get("init_from")
         if source is not None and isinstance(started_from, dict):
             sha = started_from.get("model_sha256")
+            was = started_from.get("path")
+            if isinstance(was, str) and Path(was) != source.path and sha != source.sha256:
+                raise RunError(
+                    f"cannot replay the run this config records: it started from {was}, not "
+                    f"{source.given}; give --init-from {was} (or drop --init-from)"
+                )
             if sha is not None and sha != source.sha256:  # (a replay starts from that model)
                 raise RunError(
                     f"cannot replay the run this config records: it started from "

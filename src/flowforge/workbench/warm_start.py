@@ -335,6 +335,13 @@ def adopt(source: Source, cfg: dict, flow, resolved: dict):
     _check_model(source, cfg, resolved)
     _check_data(source, resolved)
     theirs = source.cfg["resolved"]
+    asked = cfg["data"]["options"].get("whiten")
+    if asked in (True, False) and asked != bool(theirs.get("whiten")):
+        did = "whitens" if theirs.get("whiten") else "does not whiten"
+        raise RunError(
+            f"{source.what}: its model {did} the data (data.whiten), and a run started from it "
+            f"keeps its model whole: drop data.whiten={str(asked).lower()}"
+        )
     model = {
         "flow_config": source.flow.config,
         "stats": theirs.get("stats"),
