@@ -126,11 +126,8 @@ def open_source(given, out: Path) -> Source:
         return h.hexdigest()
 
     before = sha256() if model.is_file() else None
-    try:
-        # its weights are read without moving this run's random numbers (a run started from
-        # it draws what any run of its seed draws)
-        with torch.random.fork_rng(devices=[]):
-            flow = load_run(path)
+    try:  # (ff.load builds on a forked random stream: this run draws what its seed draws)
+        flow = load_run(path)
     except RunError as e:
         raise RunError(f"--init-from {given}: {e}") from None
     if getattr(flow, "config", None) is None:  # (a run's model is always a builder's)
@@ -269,10 +266,9 @@ def _check_model(source: Source, cfg: dict, resolved: dict) -> None:
 
 def _check_data(source: Source, resolved: dict) -> None:
     """What the source model's fixed layers and inputs assume of the data: the same bounds and
-    integer columns, the same kind of context (the same classes), the same column names where
-    both runs have them; a one-line :class:`RunError` otherwise."""
+    integer columns, the same classes (the kind of context: :func:`_check_context`, first),
+    the same column names where both runs have them; a one-line :class:`RunError` otherwise."""
     theirs = source.cfg["resolved"]
-    _check_context(source, resolved)
     for key, option in (("bounds", "data.bounds"), ("integers", "data.integers")):
         if theirs.get(key) != resolved.get(key):
             raise RunError(
