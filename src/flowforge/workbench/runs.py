@@ -816,33 +816,23 @@ def _recorded_environment(env) -> dict | None:
     return out
 
 
-def _kernels_of(env: dict) -> list | None:
-    k = env.get("kernels")
-    if isinstance(k, list) and len(k) == 2 and all(isinstance(v, str) for v in k):
-        return k
-    return None
-
-
 def describe_environment(env) -> str:
     """``flowforge 0.1.0, torch 2.5.1, numpy 2.1.0, scikit-learn 1.5.2, Python 3.12.3; cpu,
     1 thread, kernels AVX2 (MKL AVX2)``; "" for a run that recorded none."""
     env = _recorded_environment(env)
     if not env:
         return ""
-    names = ("flowforge", "torch", "numpy", "scikit-learn")
-    versions = [f"{k} {env[k]}" for k in names if isinstance(env.get(k), str)]
-    if isinstance(env.get("python"), str):
+    names = ("flowforge", "torch", "numpy", "scikit-learn")  # (every field checked: above)
+    versions = [f"{k} {env[k]}" for k in names if k in env]
+    if "python" in env:
         versions.append(f"Python {env['python']}")
     setup = []
-    if isinstance(env.get("device"), str):
-        gpu = env.get("gpu")
-        setup.append(env["device"] + (f" ({gpu})" if isinstance(gpu, str) else ""))
-    threads = env.get("threads")
-    if isinstance(threads, int) and not isinstance(threads, bool):
-        setup.append(f"{threads} thread{'s' if threads != 1 else ''}")
-    k = _kernels_of(env)
-    if k:
-        setup.append(f"kernels {k[0]} (MKL {k[1]})")
+    if "device" in env:
+        setup.append(env["device"] + (f" ({env['gpu']})" if "gpu" in env else ""))
+    if "threads" in env:
+        setup.append(f"{env['threads']} thread{'s' if env['threads'] != 1 else ''}")
+    if "kernels" in env:
+        setup.append(f"kernels {env['kernels'][0]} (MKL {env['kernels'][1]})")
     return "; ".join(", ".join(part) for part in (versions, setup) if part)
 
 
@@ -856,23 +846,22 @@ def environment_warning(recorded, now: dict, what: str) -> str | None:
         return None
     diffs, fixes = [], []
     cpu = recorded.get("device") == "cpu" and now.get("device") == "cpu"
-    if isinstance(recorded.get("device"), str) and recorded["device"] != now["device"]:
+    if "device" in recorded and recorded["device"] != now["device"]:
         diffs.append(f"device {recorded['device']}, here {now['device']}")
         fixes.append(f"train on {recorded['device']}")
     threads = recorded.get("threads")
-    if cpu and isinstance(threads, int) and not isinstance(threads, bool):
-        if threads != now["threads"]:
-            many = "s" if threads != 1 else ""
-            diffs.append(f"{threads} torch thread{many}, here {now['threads']}")
-            fixes.append(f"OMP_NUM_THREADS={threads}")
-    k = _kernels_of(recorded)
+    if cpu and threads is not None and threads != now["threads"]:
+        many = "s" if threads != 1 else ""
+        diffs.append(f"{threads} torch thread{many}, here {now['threads']}")
+        fixes.append(f"OMP_NUM_THREADS={threads}")
+    k = recorded.get("kernels")
     if cpu and k and k != list(now["kernels"]):
         from ..codec import kernel_setting
 
         here = now["kernels"]
         diffs.append(f"CPU kernels {k[0]} (MKL {k[1]}), here {here[0]} (MKL {here[1]})")
         fixes.append(kernel_setting(k) + " (on a CPU that has them)")
-    if isinstance(recorded.get("torch"), str) and recorded["torch"] != now["torch"]:
+    if "torch" in recorded and recorded["torch"] != now["torch"]:
         diffs.append(f"torch {recorded['torch']}, here {now['torch']}")
         fixes.append(f"torch {recorded['torch']}")
     if not diffs:
