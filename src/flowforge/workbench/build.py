@@ -165,11 +165,17 @@ def _sizing_like(like: dict, name: str, kwargs: dict, own: dict | None) -> dict 
     before = like.get("flow_config")
     if not isinstance(before, dict) or str(before.get("model", "")).lower() != name.lower():
         return own
-    theirs = like.get("sizing")  # (absent: a run from before the sizing rule, sized by defaults)
-    if not isinstance(theirs, dict) or not isinstance(theirs.get("arguments"), dict):
+    # (absent: a run from before the sizing rule, sized by defaults)
+    return _unset_sizing(like.get("sizing"), kwargs)
+
+
+def _unset_sizing(sizing, kwargs: dict) -> dict | None:
+    """A recorded ``sizing`` reduced to the arguments ``kwargs`` leave unset (those given win);
+    None when it leaves none, or is not a sizing record."""
+    if not isinstance(sizing, dict) or not isinstance(sizing.get("arguments"), dict):
         return None
-    chosen = {k: v for k, v in theirs["arguments"].items() if k not in kwargs}
-    return {**theirs, "arguments": chosen} if chosen else None
+    chosen = {k: v for k, v in sizing["arguments"].items() if k not in kwargs}
+    return {**sizing, "arguments": chosen} if chosen else None
 
 
 def _sizing_note(sizing: dict | None) -> str:
@@ -301,9 +307,7 @@ def build_flow(
                 own = False  # changed in the copy: the model follows it, as a new run's
                 if ds.stats is None:
                     saved.pop("standardize", None)
-            if isinstance(sizing, dict) and isinstance(sizing.get("arguments"), dict):
-                chosen = {k: v for k, v in sizing["arguments"].items() if k not in kwargs}
-                sizing = {**sizing, "arguments": chosen} if chosen else None
+            sizing = _unset_sizing(sizing, kwargs)
             kwargs = {**saved, **kwargs}
         else:
             kwargs = saved
