@@ -492,13 +492,14 @@ def cmd_eval(args) -> int:
         )
     if args.json:
         from .distributed import device
-        from .runs import run_config, run_environment
+        from .runs import recorded_environment, run_config, run_environment
 
-        # the setup the run was trained in (null for a run from before it was recorded) and
-        # the one this evaluation ran in: the last digits of both numbers follow them
+        # the setup the run was trained in (null for a run from before it was recorded; only
+        # fields of the kinds flowforge writes) and the one this evaluation ran in: the last
+        # digits of both numbers follow them
         trained = run_config(args.run)["resolved"].get("environment")
         res["environment"] = {
-            "run": trained if isinstance(trained, dict) else None,
+            "run": recorded_environment(trained),
             "eval": run_environment(device(args.device, "--device")),
         }
         print(json.dumps(res, allow_nan=False))

@@ -59,6 +59,7 @@ __all__ = [
     "run_status",
     "describe_run_status",
     "run_environment",
+    "recorded_environment",
     "describe_environment",
     "environment_warning",
 ]
@@ -791,7 +792,7 @@ _ENV_TEXT = re.compile(r"[A-Za-z0-9 ._+()\-:/,]{1,64}")  # a version, a device, 
 MAX_THREADS = 1 << 16
 
 
-def _recorded_environment(env) -> dict | None:
+def recorded_environment(env) -> dict | None:
     """A run's recorded environment as data from a file: only fields of the kinds flowforge
     writes (short plain text, a thread count up to :data:`MAX_THREADS`, two kernel names);
     anything else (control characters, a 100,000-character version, 10**30 threads) is left
@@ -819,7 +820,7 @@ def _recorded_environment(env) -> dict | None:
 def describe_environment(env) -> str:
     """``flowforge 0.1.0, torch 2.5.1, numpy 2.1.0, scikit-learn 1.5.2, Python 3.12.3; cpu,
     1 thread, kernels AVX2 (MKL AVX2)``; "" for a run that recorded none."""
-    env = _recorded_environment(env)
+    env = recorded_environment(env)
     if not env:
         return ""
     names = ("flowforge", "torch", "numpy", "scikit-learn")  # (every field checked: above)
@@ -841,7 +842,7 @@ def environment_warning(recorded, now: dict, what: str) -> str | None:
     differ from those a run recorded (``resolved.environment``), so that the result will not
     be bit-identical to ``what`` (e.g. "an uninterrupted run on the recorded setup"); None
     when they agree or the run recorded none (a run from before they were recorded)."""
-    recorded = _recorded_environment(recorded)
+    recorded = recorded_environment(recorded)
     if not recorded:
         return None
     diffs, fixes = [], []
