@@ -23,6 +23,14 @@ CASES: list[Case] = [
             features=3, layers=2, hidden=(8,), context_features=2, base=TINY_MOG
         ),
     ),
+    Case(  # raw contexts, standardised in float64 by the flow (statistics in its config)
+        "MAF-context-standardized",
+        lambda: ff.models.context_standardized(
+            ff.models.MAF(features=3, layers=2, hidden=(8,), context_features=2),
+            loc=[1e3, -5.0],
+            scale=[0.5, 2.0],
+        ),
+    ),
     Case(
         "Glow-variational-deq-made-mog",
         lambda: ff.models.Glow(
