@@ -93,12 +93,13 @@ def _splits_fingerprint(ds, legacy: bool = False) -> dict:
     return fingerprint(*(ds.split(k) for k in ("train", "val", "test")), *contexts)
 
 
-def same_data(ds, resolved: dict) -> bool:
+def same_data(ds, resolved: dict, now: dict | None = None) -> bool:
     """Whether ``ds`` is the data a run recorded (``resolved.data_fingerprint``; True when it
     recorded none). A column-conditional run from before its model standardised its contexts
-    (no ``context_standardize`` in its model's config) fingerprinted them standardised."""
+    (no ``context_standardize`` in its model's config) fingerprinted them standardised.
+    ``now``: ``ds``'s fingerprint where it was taken already (a pass over all the data)."""
     want = resolved.get("data_fingerprint")
-    if want is None or _splits_fingerprint(ds) == want:
+    if want is None or (now or _splits_fingerprint(ds)) == want:
         return True
     info = ds.context_info or {}
     if info.get("kind") != "columns" or has_context_map(resolved.get("flow_config")):
@@ -352,7 +353,7 @@ def _train(
                     f"{MODEL_FILE}'s SHA-256 differs); restore it, or train a new run from "
                     "these options (remove the config's resolved section)"
                 )
-        if recorded is not None and not same_data(ds, recorded):
+        if recorded is not None and not same_data(ds, recorded, data_fingerprint):
             if not new_data:
                 name = cfg["data"]["name"]
                 raise RunError(
@@ -452,7 +453,8 @@ def _train(
                 if source is not None:
                     print(warm_start.describe_source(source), flush=True)
             if source is not None and prints:
-                note = warm_start.data_note(source, same_data(ds, source.cfg["resolved"]))
+                same = same_data(ds, source.cfg["resolved"], resolved["data_fingerprint"])
+                note = warm_start.data_note(source, same)
                 if note:
                     print(f"warning: {note}", flush=True)
             if prints:
