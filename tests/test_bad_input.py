@@ -765,7 +765,7 @@ def test_a_flag_and_a_set_that_disagree_are_refused(tmp_path, capsys):
         (["--limit", "50", "--set", "data.limit=20"], "contradicts --limit"),
         (["--set", "model=nice"], "contradicts --model (model.name = 'realnvp')"),
         (["--epochs", "2", "--set", "train={epochs: 1}"], "contradicts --epochs"),
-        (["--epochs", "2", "--set", "train="], "contradicts --epochs"),
+        (["--epochs", "2", "--set", "train=null"], "contradicts --epochs"),
         (["--model-kwargs", '{"name": "nice"}'], "--model-kwargs names 'nice', and --model"),
         (
             ["--model-kwargs", '{"layers": 2}', "--set", "model.layers=3"],
@@ -1069,7 +1069,12 @@ def test_config_values_that_meant_a_default_or_another_type_are_refused(tmp_path
     out = tmp_path / "r"
     base = ["train", "--model", "realnvp", "--data", "moons", "--out", out]
     for extra, needle in (
-        (["--set", "seed="], "config 'seed' is empty"),
+        (["--set", "seed=null"], "config 'seed' is empty"),
+        # nothing after '=' (YAML's null: the default, or none, unasked): for every key
+        (["--set", "seed="], "--set seed= has no value"),
+        (["--set", "init_from= "], "--set init_from= has no value"),
+        (["--set", "data.limit="], "--set data.limit= has no value"),
+        (["--epochs", "2", "--set", "train="], "--set train= has no value"),
         (["--set", "layout=null"], "config 'layout' is empty"),
         (["--set", "train=[]"], "config 'train' must be a mapping"),
         (["--set", "train.grad_clip=1:30.0"], "grad_clip"),  # YAML 1.1's base 60: not 90.0

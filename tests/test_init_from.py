@@ -361,3 +361,50 @@ def test_contradictions_with_the_run_started_from_are_one_line(tmp_path, capsys)
     rc, _, err = _one(capsys, "--config", tmp_path / "b" / "config.json", "--init-from", other,
                       "--out", tmp_path / "c")  # fmt: skip
     one_line_error(rc, err, f"it started from {w.resolve()}, not {other}")
+
+
+def test_an_edited_init_from_run_a_replay_elsewhere_and_a_statistic_no_layer_holds(
+    tmp_path, capsys, monkeypatch
+):
+    """Three things the hostile audit met: the resume of an init-from run whose config.json's
+    model was edited gave torch's state-dict error (hundreds of characters); the replay of an
+    init-from run's config.json from another folder did not say where its run was; and a
+    statistic in the source's config.json that no layer of its model holds (crafted) was
+    carried over and announced as the new run's standardisation."""
+    quiet = {"progress": False, "echo": False}
+    src = tmp_path / "runs" / "src"
+    cfg = {"model": TINY, "data": {"name": "moons", "limit": 64},
+           "train": {"epochs": 1, "batch_size": 32, "tensorboard": False}}  # fmt: skip
+    assert train(cfg, src, **quiet)["status"] == "finished"
+    conf = json.loads((src / "config.json").read_text())
+    assert conf["resolved"]["stats"] is None  # moons: the model standardises nothing
+    conf["resolved"]["stats"] = {"loc": [1e308, 0.0], "scale": [0.0, 1.0]}
+    (src / "config.json").write_text(json.dumps(conf))
+
+    def stop(trainer):  # interrupted in its second epoch (two steps an epoch)
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.chdir(tmp_path)
+    b = tmp_path / "runs" / "b"
+    more = {"epochs": 2, "batch_size": 32, "tensorboard": False}
+    r = train({"init_from": "runs/src", "train": more}, b, callback=stop, **quiet)
+    assert r["status"] == "interrupted"
+    rec = json.loads((b / "config.json").read_text())
+    assert rec["resolved"]["stats"] is None and rec["init_from"] == "runs/src"
+    rc, _, err = cli(capsys, "report", b)
+    assert rc == 0, err
+    row = (b / "report.html").read_text().split("initialised from")[1][:400]
+    assert "its weights" in row and "statistics" not in row
+    # the replay from elsewhere: the folder as resolved then, named
+    (tmp_path / "else").mkdir()
+    monkeypatch.chdir(tmp_path / "else")
+    rc, _, err = cli(capsys, "train", "--config", b / "config.json", "--out", tmp_path / "c",
+                     *QUIET)  # fmt: skip
+    one_line_error(rc, err, "runs/src is not a flowforge run", f"give --init-from {src}")
+    # the resume of the edited run: one line, ours
+    rec["resolved"]["flow_config"]["kwargs"]["hidden"] = [16]
+    (b / "config.json").write_text(json.dumps(rec))
+    rc, _, err = cli(capsys, "train", "--out", b, "--resume", *QUIET)
+    one_line_error(rc, err, "cannot resume", "its weights do not fit this run's model")
+    assert len(err) < 400

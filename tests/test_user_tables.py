@@ -226,6 +226,18 @@ def test_record_and_long_double_arrays(tmp_path):
             load_dataset(str(big))
 
 
+def test_a_csv_number_too_long_for_float64_is_out_of_range_not_missing(tmp_path):
+    """400 nines read as inf: it was called "NaN or inf (missing values?)"; a spelled-out inf
+    still is."""
+    rows = "\n".join(f"{i},{i % 3}" for i in range(40))
+    (tmp_path / "huge.csv").write_text(f"a,b\n{rows}\n{'9' * 400},1\n")
+    with pytest.raises(DataError, match="beyond float32's range .*on lines 42"):
+        load_dataset(str(tmp_path / "huge.csv"))
+    (tmp_path / "inf.csv").write_text(f"a,b\n{rows}\ninf,1\n")
+    with pytest.raises(DataError, match="NaN or inf on lines 42"):
+        load_dataset(str(tmp_path / "inf.csv"))
+
+
 def test_formula_led_column_names_are_neutralised_and_read_back(tmp_path, capsys):
     """A column named like a spreadsheet formula (from the user's file) is written to a
     sample CSV led by ', which a spreadsheet shows as text; eval reads it as the name."""

@@ -108,6 +108,11 @@ def test_label_context_is_a_value_error():
     with pytest.raises(ValueError, match="label 10 is not one of"):
         label_context([10], info)
     assert issubclass(ContextError, ValueError)
+    # the label said is the one given: no cast to int64 first (it wrapped 2**64 - 1 to -1, and
+    # 1e30 to -2**63)
+    for given in (np.array([2**64 - 1], np.uint64), np.array([1e30])):
+        with pytest.raises(ContextError, match=f"label {int(given[0])} is not one of"):
+            label_context(given, info)
 
 
 @pytest.fixture(scope="module")

@@ -223,6 +223,11 @@ def _train_overrides(args) -> dict:
         parts = key.strip().split(".")
         if not all(parts):
             raise WorkbenchError(f"--set {item!r}: expected a dotted key like train.lr")
+        if not value.strip():  # (YAML reads nothing as null: the default, or none, unasked)
+            raise WorkbenchError(
+                f"--set {key.strip()}= has no value; give one (null, written out, where the key "
+                "takes none), or leave that --set out"
+            )
         layer: dict = {}
         node = layer
         for p in parts[:-1]:

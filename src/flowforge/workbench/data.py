@@ -21,6 +21,7 @@ import math
 import os
 import re
 import stat
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -1066,7 +1067,10 @@ def _number(s: str) -> float:
     takes digit separators (``1_000``), which they read as text."""
     if "_" in s:
         raise ValueError(f"could not convert string to float: {s!r}")
-    return float(s)
+    v = float(s)
+    if math.isinf(v) and "inf" not in s.lower():  # digits beyond float64 (400 nines): out of
+        return math.copysign(sys.float_info.max, v)  # range, as the caller says, not "inf"
+    return v
 
 
 NPY_HEADER_MAX = 10_000  # bytes of a .npy header: numpy's own limit (np.load's default)
@@ -2490,9 +2494,11 @@ def label_context(labels, info: dict) -> Tensor:
         t = t.reshape(1)
     if t.is_floating_point() and not torch.equal(t, t.floor()):
         raise ContextError(f"labels must be integers, got {t.tolist()}")
-    t = t.long()
+    # exact Python integers, not a cast to int64 (which wraps a uint64's 2**64 - 1 to -1 and
+    # a float's 1e30 to -2**63: a wrong label in the message)
+    values = [int(v) for v in t.reshape(-1).tolist()]
     index = {c: i for i, c in enumerate(classes)}
-    bad = sorted({int(v) for v in t.tolist()} - set(index))
+    bad = sorted(set(values) - set(index))
     if bad:
         raise ContextError(
             f"label {bad[0]} is not one of the {len(classes)} classes seen in training "
@@ -2500,7 +2506,7 @@ def label_context(labels, info: dict) -> Tensor:
             if classes == list(range(classes[0], classes[-1] + 1))
             else f"label {bad[0]} is not one of the classes seen in training {classes}"
         )
-    idx = torch.tensor([index[int(v)] for v in t.tolist()], dtype=torch.long)
+    idx = torch.tensor([index[v] for v in values], dtype=torch.long).reshape(t.shape)
     return torch.nn.functional.one_hot(idx, len(classes)).float()
 
 

@@ -43,6 +43,7 @@ from .runs import (
     run_config,
     run_status,
 )
+from .warm_start import preprocessing_words
 
 __all__ = [
     "write_report",
@@ -966,7 +967,7 @@ def _standardised(resolved: dict, flow) -> str:
     return "no"
 
 
-def _init_words(rec: dict) -> str:
+def _init_words(rec: dict, flow_config) -> str:
     """Where a run's model started (``resolved.init_from``): the run, its best epoch, the hash
     of its model.ff."""
     said = str(rec.get("run"))
@@ -977,7 +978,7 @@ def _init_words(rec: dict) -> str:
     sha = rec.get("model_sha256")
     if isinstance(sha, str):
         said += f", model.ff SHA-256 {sha[:16]}..."
-    return said + "; its weights and fixed preprocessing statistics"
+    return f"{said}; {preprocessing_words(flow_config)}"
 
 
 def _model_words(model: dict) -> str:
@@ -1386,7 +1387,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         args = ", ".join(f"{k}={v}" for k, v in r["sizing"]["arguments"].items())
         rows.append(("sized to the data", args))
     if isinstance(r.get("init_from"), dict):
-        rows.append(("initialised from", _init_words(r["init_from"])))
+        rows.append(("initialised from", _init_words(r["init_from"], r.get("flow_config"))))
     if info:
         rows.append(("conditional on", _context_words(info, r)))
     trained_with = describe_environment(r.get("environment"))

@@ -310,7 +310,10 @@ def _train(
     if not resume and isinstance(config, dict) and config.get("init_from") is not None:
         # the run it starts from, checked and loaded before anything else: its sections
         # complete this run's config
-        source = warm_start.open_source(config["init_from"], out)
+        try:
+            source = warm_start.open_source(config["init_from"], out)
+        except RunError as e:  # a replayed config.json names its run as given then: relative
+            raise RunError(f"{e}{warm_start.recorded_hint(config)}") from None  # to elsewhere
         config = warm_start.with_defaults(config, source)
     started = init_distributed(_device_name(config, out, resume))
     try:

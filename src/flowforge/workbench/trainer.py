@@ -1091,6 +1091,15 @@ class Trainer:
         ema = {k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")}
         best = {k[len("best/") :]: v for k, v in tensors.items() if k.startswith("best/")}
         try:
+            like = self.model.state_dict()
+            if model.keys() != like.keys() or any(
+                v.shape != like[k].shape for k, v in model.items()
+            ):  # (torch's own words name every tensor, in hundreds of characters)
+                raise ValueError(
+                    "its weights do not fit this run's model (a tensor missing, extra or of "
+                    "another shape): was the run's config.json or checkpoint edited, or copied "
+                    "from another run?"
+                )
             self.model.load_state_dict(model)
             if best and self._saves_model:  # (model.ff holds them: the trainer writes none)
                 raise ValueError("it holds best weights for a model whose best is in model.ff")

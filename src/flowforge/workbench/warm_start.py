@@ -30,7 +30,7 @@ import torch
 from .. import io
 from .config import _run_path, checked, deep_merge, merge_config
 from .errors import RunError
-from .runs import CKPT_FILE, MODEL_FILE, load_run, run_config, run_status
+from .runs import CKPT_FILE, CONFIG_FILE, MODEL_FILE, load_run, run_config, run_status
 
 __all__ = [
     "Source",
@@ -162,6 +162,23 @@ def open_source(given, out: Path) -> Source:
         best=best,
         unfinished=run_status(path, cfg),
     )
+
+
+def recorded_hint(config: dict) -> str:
+    """For a replayed ``config.json`` whose ``init_from`` is not found as given (a path relative
+    to where that run was started): the folder it recorded, resolved, as a hint; else ``""``."""
+    resolved = config.get("resolved")
+    was = resolved.get("init_from") if isinstance(resolved, dict) else None
+    path = was.get("path") if isinstance(was, dict) else None
+    given = config.get("init_from")
+    if not isinstance(path, str) or not isinstance(given, str) or not path.isprintable():
+        return ""
+    try:  # (found as given: the refusal is about that run; not found where it was: no hint)
+        if (Path(given) / CONFIG_FILE).is_file() or not (Path(path) / CONFIG_FILE).is_file():
+            return ""
+    except (OSError, ValueError):
+        return ""
+    return f"; the run this config records started from {path}: give --init-from {path}"
 
 
 def with_defaults(config: dict, source: Source) -> dict:
@@ -338,10 +355,11 @@ def adopt(source: Source, cfg: dict, flow, resolved: dict):
             f"{source.what}: its model {did} the data (data.whiten), and a run started from it "
             f"keeps its model whole: drop data.whiten={str(asked).lower()}"
         )
-    model = {
+    layers = fixed_layers(source.flow.config)  # (the record follows the model: a statistic
+    model = {  # config.json names that no layer of model.ff holds is not carried over)
         "flow_config": source.flow.config,
-        "stats": theirs.get("stats"),
-        "whiten": theirs.get("whiten"),
+        "stats": theirs.get("stats") if "standardize" in layers else None,
+        "whiten": theirs.get("whiten") if "whiten" in layers else None,
         "context": theirs.get("context"),
     }
     out = take_preprocessing(resolved, model)
@@ -361,16 +379,37 @@ def rebuild(resolved: dict, budget: int):
         ) from None
 
 
+def fixed_layers(flow_config) -> set[str]:
+    """The names of the fixed preprocessing layers a model's config lists under ``"prefix"``
+    (``standardize``, ``whiten``, ``context_standardize``, ``bounded``, ...)."""
+    prefix = flow_config.get("prefix") if isinstance(flow_config, dict) else None
+    names = set()
+    for layer in prefix if isinstance(prefix, list) else ():
+        if isinstance(layer, str):
+            names.add(layer)
+        elif isinstance(layer, dict) and len(layer) == 1:
+            names.add(str(next(iter(layer))))
+    return names
+
+
+def preprocessing_words(flow_config) -> str:
+    """What a run started from another keeps of it: ``"its weights"``, and the statistics of
+    the fixed layers its model holds (whitening or standardisation, context standardisation)."""
+    layers = fixed_layers(flow_config)
+    pre = [
+        "whitening" if "whiten" in layers else "standardisation" if "standardize" in layers else "",
+        "context standardisation" if "context_standardize" in layers else "",
+    ]
+    pre = " and ".join(p for p in pre if p)
+    return f"its weights and its {pre} statistics" if pre else "its weights"
+
+
 def describe_source(source: Source) -> str:
     """The start line's note: where the model comes from, and what was taken."""
     best = f"epoch {source.best_epoch}" if source.best_epoch else "its best epoch"
     if source.best is not None and source.cfg["train"].get("objective", "nll") == "nll":
         best += f", val NLL {source.best:.4f}"
-    fixed = source.cfg["resolved"]
-    pre = "whitening" if fixed.get("whiten") else "standardisation" if fixed.get("stats") else ""
-    if fixed.get("context", {}).get("kind") == "columns":
-        pre += (" and " if pre else "") + "context standardisation"
-    kept = f"its weights and its {pre} statistics" if pre else "its weights"
+    kept = preprocessing_words(source.flow.config)
     line = f"initialised from {source.given} (its best model, {best}): {kept}"
     took = [t for t in source.took if t != "layout"]
     if took:
