@@ -631,3 +631,68 @@ def test_a_context_that_overflows_once_standardised_is_said_so():
             flow.log_prob(torch.zeros(1, 2), c)  # (finite: not "NaN or inf")
     with pytest.raises(ValueError, match="context contains NaN or inf"):
         flow.log_prob(torch.zeros(1, 2), torch.tensor([[float("nan")]]))
+
+
+def test_what_a_port_from_a_peer_library_meets():
+    """An audit of users porting code from zuko/nflows and writing their own base: a list of
+    layers (their Flow's form) was refused; a scalar context per row, shape (B,), was said as
+    the reshaped (1, B) with a wanted (1, 1); a base drawing in the default dtype inside a
+    float64 flow failed in the first matrix product; a base drawing with .sample() passed the
+    checker although VI cannot train it; a float32 check read as a broken layer."""
+    from flowforge.testing import check_distribution, check_transform
+
+    torch.manual_seed(0)
+
+    def net(i, o):
+        return torch.nn.Sequential(torch.nn.Linear(i, 8), torch.nn.Tanh(), torch.nn.Linear(8, o))
+
+    layers = [T.Coupling(T.half_mask(2), net, T.Affine()), T.Reverse(2),
+              T.Coupling(T.half_mask(2), net, T.Affine())]  # fmt: skip
+    listed = ff.Flow(layers, D.StandardNormal(2))
+    composed = ff.Flow(ff.Compose(*layers), D.StandardNormal(2))
+    x = torch.randn(5, 2)
+    assert torch.equal(listed.log_prob(x), composed.log_prob(x))
+    for bad in ([], [T.Reverse(2), "relu"]):
+        with pytest.raises(TypeError, match="a non-empty list of them"):
+            ff.Flow(bad, D.StandardNormal(2))
+
+    cflow = ff.models.MAF(features=2, context_features=1, layers=1, hidden=(8,))
+    with pytest.raises(ValueError, match=r"got \(8,\); one scalar context per row\? give "
+                       r"context\[:, None\], shape \(8, 1\)"):  # fmt: skip
+        cflow.sample(4, torch.randn(8))
+    assert cflow.sample(4, torch.randn(8)[:, None]).shape == (4, 8, 2)
+
+    class Laplace(D.Distribution):
+        def __init__(self, reparameterised=True):
+            super().__init__(2)
+            self.loc = torch.nn.Parameter(torch.zeros(2))
+            self.reparameterised = reparameterised
+
+        def _dist(self):
+            return torch.distributions.Laplace(self.loc, torch.ones_like(self.loc))
+
+        def log_prob(self, z, context=None):
+            self._check(z, context)
+            return self._dist().log_prob(z).sum(-1)
+
+        def _sample(self, n, context, temperature):
+            d = self._dist()
+            z = d.rsample((n,)) if self.reparameterised else d.sample((n,))
+            return self.loc + temperature * (z - self.loc)
+
+    check_distribution(Laplace())
+    with pytest.raises(AssertionError, match=r"no gradient .* \.sample\(\) where \.rsample"):
+        check_distribution(Laplace(reparameterised=False))
+
+    class DefaultDtype(Laplace):  # draws in torch's default dtype, whatever the buffers'
+        def _sample(self, n, context, temperature):
+            return torch.zeros(n, 2)
+
+    flow = ff.Flow(layers[0], DefaultDtype()).double()
+    for call in (lambda: flow.sample(3), lambda: flow.rsample(3)):
+        with pytest.raises(ValueError, match=r"_sample gave \(3, 2\) float32 on cpu, expected "
+                           r"\(3, 2\) float64 on cpu"):  # fmt: skip
+            call()
+    with pytest.raises(AssertionError, match=r"float32 inputs, and the tolerances are float64"):
+        check_transform(T.Planar(3), torch.randn(8, 3))  # (Newton's inverse: float32's rounding)
+    check_transform(T.Planar(3).double(), torch.randn(8, 3, dtype=torch.float64))

@@ -58,6 +58,12 @@ __all__ = [
 ]
 
 
+def _listed(items) -> str:
+    """A list's element types, briefly (for a message)."""
+    names = [type(v).__name__ for v in list(items)[:4]]
+    return f"{type(items).__name__} [{', '.join(names)}{', ...' if len(items) > 4 else ''}]"
+
+
 def _fmt(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -764,11 +770,33 @@ class Distribution(nn.Module):
         if not (ok and 0 <= temperature < math.inf):
             raise ValueError(f"expected a temperature >= 0 and finite, got {temperature!r}")
         with torch.no_grad():
-            return self._sample(self._n(n, context), context, temperature)
+            m = self._n(n, context)
+            return self._drawn(self._sample(m, context, temperature), m)
 
     def rsample_and_log_prob(self, n: int, context: Tensor | None = None):
-        z = self._sample(self._n(n, context), context, 1.0)
+        m = self._n(n, context)
+        z = self._drawn(self._sample(m, context, 1.0), m)
         return z, self.log_prob(z, context)
+
+    def _drawn(self, z: Tensor, n: int) -> Tensor:
+        """``_sample``'s draws, checked against the contract (``(n, *event_shape)``, in the
+        dtype and on the device of the base's buffers): a base of one's own that breaks it is
+        named here, not by the first layer's matrix product."""
+        a = self._anchor
+        if isinstance(z, Tensor) and z.shape == (n, *self.event_shape) and z.dtype == a.dtype:
+            if z.device == a.device:
+                return z
+        got = (
+            f"{_fmt(z.shape)} {str(z.dtype).removeprefix('torch.')} on {z.device}"
+            if isinstance(z, Tensor)
+            else type(z).__name__
+        )
+        raise ValueError(
+            f"{type(self).__name__}._sample gave {got}, expected "
+            f"{_fmt((n, *self.event_shape))} {str(a.dtype).removeprefix('torch.')} on "
+            f"{a.device} (the base's buffers' dtype and device: create draws with "
+            "dtype=self._anchor.dtype, device=self._anchor.device)"
+        )
 
     def rsample_with_choice(self, n: int, context: Tensor | None = None):
         """``(z, log_prob, choice)``: :meth:`rsample_and_log_prob`, and for a base whose
@@ -801,7 +829,8 @@ class Flow(nn.Module):
     in the data's own units, and ``sample`` returns values on the data's grid.
 
     Args:
-        transform: data-to-noise :class:`Transform`.
+        transform: data-to-noise :class:`Transform`, or a list of them applied in order (one
+            :class:`Compose`, as zuko and nflows take a flow's layers).
         base: a base distribution over ``transform.output_shape`` (see
             :mod:`flowforge.distributions`).
         dequantizer: optional, e.g. :class:`~flowforge.transforms.UniformDequantization`.
@@ -823,6 +852,13 @@ class Flow(nn.Module):
         self, transform: Transform, base: Distribution, dequantizer: Dequantizer | None = None
     ):
         super().__init__()
+        if isinstance(transform, (list, tuple)):  # zuko's and nflows' form: layers in order
+            if not transform or not all(isinstance(t, Transform) for t in transform):
+                raise TypeError(
+                    "expected transform to be a flowforge Transform or a non-empty list of them "
+                    f"(applied in order, as Compose), got {_listed(transform)}"
+                )
+            transform = Compose(*transform)
         for what, obj, cls in (
             ("transform", transform, Transform),
             ("base", base, Distribution),
@@ -1090,6 +1126,18 @@ class Flow(nn.Module):
         if not isinstance(context, Tensor):
             raise TypeError(f"expected context to be a torch.Tensor, got {type(context).__name__}")
         if context.dim() == 1:
+            c = self.context_features
+            if c and context.shape[0] != c:  # (said as given, not as reshaped below)
+                hint = (
+                    f"; one scalar context per row? give context[:, None], shape "
+                    f"({context.shape[0]}, 1), for {context.shape[0]} rows of samples"
+                    if c == 1
+                    else ""
+                )
+                raise ValueError(
+                    f"expected a context of shape ({c},) (one for all samples) or (B, {c}) "
+                    f"(n samples for each of B rows), got ({context.shape[0]},){hint}"
+                )
             context = context.unsqueeze(0)
             batch: tuple = ()
         else:

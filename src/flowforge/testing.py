@@ -74,6 +74,17 @@ def _untouched(t, x: Tensor, before: Tensor, where: str) -> None:
     )
 
 
+def _f64_hint(x: Tensor) -> str:
+    """Where a check ran in a narrower dtype than its float64 tolerances: say so (rounding
+    alone misses them, which is not the layer's fault)."""
+    if x.dtype == torch.float64:
+        return ""
+    return (
+        f" ({str(x.dtype).removeprefix('torch.')} inputs, and the tolerances are float64's: "
+        "check on t.double() with float64 inputs)"
+    )
+
+
 def check_round_trip(t, x: Tensor, context: Tensor | None = None, rtol: float | None = None):
     """``inverse(forward(x)) == x`` and ``forward ladj == -inverse ladj``; outputs in the
     input's dtype, and the inputs left as they were."""
@@ -89,7 +100,7 @@ def check_round_trip(t, x: Tensor, context: Tensor | None = None, rtol: float | 
     _shape_ok(t, z, x2, ladj_inv, inverse=True)
     _dtypes_ok(t, z, x2, ladj_inv, "inverse")
     err = _rel_err(x2, x)
-    assert err <= tol, f"round trip relative error {err:.3g} > {tol:.1g}"
+    assert err <= tol, f"round trip relative error {err:.3g} > {tol:.1g}{_f64_hint(x)}"
     err = _rel_err(-ladj_inv, ladj)
     assert err <= max(tol, LADJ_ATOL), f"forward ladj != -inverse ladj (rel. error {err:.3g})"
 
@@ -103,7 +114,7 @@ def check_round_trip_from_noise(
     _shape_ok(t, z, x, ladj_inv, inverse=True)
     z2, ladj = t(x, context)
     err = _rel_err(z2, z)
-    assert err <= tol, f"forward(inverse(z)) relative error {err:.3g} > {tol:.1g}"
+    assert err <= tol, f"forward(inverse(z)) relative error {err:.3g} > {tol:.1g}{_f64_hint(z)}"
     err = _rel_err(-ladj_inv, ladj)
     assert err <= max(tol, LADJ_ATOL), f"forward ladj != -inverse ladj from noise ({err:.3g})"
 
@@ -299,9 +310,20 @@ def check_distribution(base, context: Tensor | None = None, half_width: float = 
     n = 4 if context is None else context.shape[0]
     dtype = base._anchor.dtype
     s = base.sample(n, context)
-    assert tuple(s.shape) == (n, *base.event_shape) and s.dtype == dtype, "bad sample shape"
+    assert tuple(s.shape) == (n, *base.event_shape), f"bad sample shape {tuple(s.shape)}"
+    assert s.dtype == dtype, f"samples are {s.dtype}, the base's buffers {dtype}"
     z, lp = base.rsample_and_log_prob(n, context)
     assert torch.allclose(lp, base.log_prob(z, context)), "rsample log-prob != log_prob"
+    if any(p.numel() for p in base.parameters()):  # reparameterised: VI trains through draws
+        base.zero_grad(set_to_none=True)
+        if z.requires_grad:
+            z.square().sum().backward()
+        reached = [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in base.parameters()]
+        base.zero_grad(set_to_none=True)
+        assert any(reached), (
+            "rsample_and_log_prob's draws carry no gradient to the base's parameters (does "
+            "_sample use .sample() where .rsample() is meant? reverse-KL/VI cannot train it)"
+        )
     base.zero_grad(set_to_none=True)
     if any(True for _ in base.parameters()):
         base.log_prob(s, context).sum().backward()
