@@ -323,6 +323,18 @@ def test_registry_covers_every_model():
 # -- the side protocols: transformers, bases, dequantizers ---------------------------------------
 
 T, D = ff.transforms, ff.distributions
+
+
+def _torch_diag_normal(loc, log_scale):
+    return torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 1)
+
+
+def _torch_mixture(logits, loc, log_scale):  # (no rsample: drawn with sample())
+    td = torch.distributions
+    comp = td.Independent(td.Normal(loc, log_scale.exp()), 1)
+    return td.MixtureSameFamily(td.Categorical(logits=logits), comp)
+
+
 TRANSFORMERS = {
     "additive": lambda: T.Additive(),
     "affine": lambda: T.Affine(),
@@ -341,6 +353,17 @@ BASES = {
     "mixture-context-1": lambda: D.GaussianMixture(1, 2, context_features=3, hidden=(8,)),
     "made-mog-2": lambda: D.MADEMoG(2, components=3, hidden=(8,)),
     "made-mog-context-2": lambda: D.MADEMoG(2, 2, context_features=3, hidden=(8,)),
+    "torch-normal-2": lambda: D.TorchBase(
+        _torch_diag_normal,
+        loc=torch.nn.Parameter(torch.zeros(2)),
+        log_scale=torch.nn.Parameter(torch.zeros(2)),
+    ),
+    "torch-mixture-1": lambda: D.TorchBase(
+        _torch_mixture,
+        logits=torch.nn.Parameter(torch.zeros(3)),
+        loc=torch.nn.Parameter(torch.linspace(-1, 1, 3)[:, None]),
+        log_scale=torch.nn.Parameter(torch.zeros(3, 1)),
+    ),
 }
 DEQUANTIZERS = {
     "uniform": lambda: T.UniformDequantization(5),

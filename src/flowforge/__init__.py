@@ -29,6 +29,7 @@ _SUBMODULES = (
     "objectives",
     "reversible",
     "targets",
+    "torch_distributions",
     "transforms",
 )
 _NAMES = {

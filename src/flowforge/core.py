@@ -723,7 +723,14 @@ class Distribution(nn.Module):
     Args:
         event_shape: shape of one sample (an int for vectors).
         context_features: size of the context, 0 for unconditional.
+
+    Class attributes:
+        has_rsample: ``True`` where :meth:`rsample_and_log_prob`'s samples carry the gradient
+            of every parameter (reparameterised, as ``torch.distributions`` means it); a
+            mixture, whose component choice is discrete, says ``False``.
     """
+
+    has_rsample: bool = True
 
     def __init__(self, event_shape, context_features: int = 0):
         super().__init__()
@@ -859,6 +866,13 @@ class Flow(nn.Module):
                     f"(applied in order, as Compose), got {_listed(transform)}"
                 )
             transform = Compose(*transform)
+        if isinstance(base, torch.distributions.Distribution):
+            raise TypeError(
+                f"expected base to be a flowforge Distribution, got the torch distribution "
+                f"{type(base).__name__}: wrap it as flowforge.distributions.TorchBase(factory, "
+                "**tensors), a function that builds it from tensors the base holds "
+                '(docs/extending.md, "Bases from torch.distributions")'
+            )
         for what, obj, cls in (
             ("transform", transform, Transform),
             ("base", base, Distribution),
@@ -1244,6 +1258,16 @@ class Flow(nn.Module):
         (any dequantizer is ignored). A layer waiting for its data initialisation keeps waiting.
         """
         return self._rsample(n, context, log_q_checked=True)[:2]
+
+    def as_torch(self, context: Tensor | None = None, support=None):
+        """This flow as a ``torch.distributions.Distribution`` (a
+        :class:`~flowforge.torch_distributions.FlowDistribution`), for code written against
+        that interface: ``log_prob``, ``sample`` and ``rsample`` are the flow's, ``batch_shape``
+        the leading shape of ``context`` (``(B,)`` for ``(B, c)``). ``support`` declares a
+        ``torch.distributions.constraints`` support (the real vectors by default)."""
+        from .torch_distributions import FlowDistribution
+
+        return FlowDistribution(self, context, support)
 
     def _rsample(self, n, context, log_q_checked: bool):
         """``(x, log_q, choice)``: ``choice`` the log-probability of the base's discrete choices

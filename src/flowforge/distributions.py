@@ -8,7 +8,8 @@ Every base subclasses :class:`Distribution` (defined in :mod:`flowforge.core`), 
 - ``rsample_and_log_prob(n, context=None) -> (z, log_prob)`` (differentiable)
 
 A base of your own subclasses :class:`Distribution` and implements ``log_prob`` and
-``_sample(n, context, temperature)``.
+``_sample(n, context, temperature)``. A ``torch.distributions`` distribution becomes a base
+with :class:`TorchBase` (defined in :mod:`flowforge.torch_distributions`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ from torch import Tensor, nn
 from ._util import LOG_2PI
 from .core import Distribution
 from .nets import MADE, MLP
+from .torch_distributions import TorchBase
 
-__all__ = ["Distribution", "StandardNormal", "DiagGaussian", "GaussianMixture", "MADEMoG"]
+__all__ = [
+    "Distribution",
+    "StandardNormal",
+    "DiagGaussian",
+    "GaussianMixture",
+    "MADEMoG",
+    "TorchBase",
+]
 
 
 def _draw_component(weights: Tensor) -> Tensor:
@@ -46,6 +55,8 @@ class _Mixture(Distribution):
     """A base that draws a discrete component before its continuous sample: subclasses
     implement ``_draw(n, context, temperature) -> (z, log-probability of the components
     drawn)``, which :meth:`rsample_with_choice` hands to :func:`flowforge.reverse_kl`."""
+
+    has_rsample = False  # (no gradient reaches the weights through the choice)
 
     def _draw(self, n: int, context: Tensor | None, temperature: float):
         raise NotImplementedError
