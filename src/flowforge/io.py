@@ -6,7 +6,10 @@ recorded only the arguments given, still load). Loading parses that JSON, checks
 registered builder's signature and types, rebuilds the flow and copies the tensors in; no code
 from the file is ever executed. Files are written atomically (a temporary file in the same
 folder, fsync, then rename), so a crash never leaves a half-written checkpoint in place of a
-good one.
+good one. Before writing, :func:`save` rebuilds the flow from its configuration, loads the
+state into it and compares samples and ``log_prob`` (:func:`rebuilt_differs`): a flow whose
+reload would be another model (state kept outside its parameters and persistent buffers) is
+refused, not written.
 
 :func:`pack` and :func:`unpack` are the one safetensors+JSON codec: ``.ff`` files and the
 workbench's training checkpoints both use them. :func:`unpack` reads only regular files of a

@@ -282,6 +282,11 @@ def register(
 
     The registered builder binds its arguments, applies the defaults, checks the types, calls
     the function and records ``flow.config = {"model": name, "kwargs": {...}}``.
+
+    ``**kwargs`` reach the function as given and are recorded flat beside the named arguments
+    (a file passes them back by name); ``*args`` and positional-only arguments cannot be, and
+    are refused here. A list (as JSON gives it) where the annotation, or without one the
+    default, is a tuple reaches the function as a tuple.
     """
 
     def wrap(fn: Callable[..., Flow]) -> Callable[..., Flow]:
