@@ -530,7 +530,11 @@ def rebuilt_differs(
         if len(floating) == 1:  # (as ff.load does: half precision comes back in float32)
             dtype = floating.pop()
             rebuilt.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
-        rebuilt.load_state_dict(state)
+        try:
+            rebuilt.load_state_dict(state)
+        except (RuntimeError, ValueError) as e:  # (a layer's own check of what it loads)
+            msg = " ".join(str(e).split())[:300]
+            return f"ff.load could not load this flow's state into the flow it rebuilds ({msg})"
         rebuilt.eval()
         modes = {m: m.training for m in flow.modules()}
         kept = {k: flow.__dict__[k] for k in ("clamped",) if k in flow.__dict__}
