@@ -6,7 +6,10 @@ recorded only the arguments given, still load). Loading parses that JSON, checks
 registered builder's signature and types, rebuilds the flow and copies the tensors in; no code
 from the file is ever executed. Files are written atomically (a temporary file in the same
 folder, fsync, then rename), so a crash never leaves a half-written checkpoint in place of a
-good one.
+good one. Before writing, :func:`save` rebuilds the flow from its configuration, loads the
+state into it and compares samples and ``log_prob`` (:func:`rebuilt_differs`): a flow whose
+reload would be another model (state kept outside its parameters and persistent buffers) is
+refused, not written.
 
 :func:`pack` and :func:`unpack` are the one safetensors+JSON codec: ``.ff`` files and the
 workbench's training checkpoints both use them. :func:`unpack` reads only regular files of a
@@ -42,6 +45,7 @@ __all__ = [
     "unpack",
     "read_metadata",
     "Budget",
+    "rebuilt_differs",
     "FORMAT",
     "MAX_BYTES",
 ]
@@ -356,6 +360,9 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
             "@ff.models.register (docs/extending.md), or save flow.state_dict() with "
             "safetensors.torch.save_file and rebuild the flow before loading it"
         )
+    why = unsaveable_config(flow.config)
+    if why is not None:  # (json.dumps would fail below, naming a type but no argument)
+        raise ValueError(f"ff.save: {why}")
     state = flow.state_dict()
     for name, t in state.items():  # what load() refuses is not written (over a good file)
         if t.is_floating_point() and not all_finite(t):
@@ -364,7 +371,9 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
                 "nothing was written"
             )
     try:
-        _check_rebuilds(flow.config, state)
+        _check_rebuilds(flow.config, state, flow)
+    except _Differs as e:
+        raise ValueError(f"ff.save: {e}; nothing was written") from None
     except ValueError as e:
         why = str(e).replace("checkpoint does not match its configuration: ", "")
         raise ValueError(
@@ -375,14 +384,38 @@ def to_bytes(flow: Flow, extra: dict | None = None) -> bytes:
     return pack(state, {"format": FORMAT, "config": flow.config, **(extra or {})})
 
 
+def unsaveable_config(config) -> str | None:
+    """Why a flow's configuration (``flow.config``) cannot be written to a file, in one line:
+    the builder argument that JSON cannot hold (a class, a function, a module); None if it
+    can be written. A builder may take such a value, but a file cannot record it: ``ff.save``
+    refuses it, and the workbench's trainer before its first epoch."""
+    from .models.registry import not_json
+
+    kwargs = config.get("kwargs") if isinstance(config, dict) else None
+    bad = not_json(kwargs) if isinstance(kwargs, dict) else None
+    if bad is None:
+        return None
+    return (
+        f"the argument {bad} of {config.get('model')} is not a JSON value, so no file can "
+        "record it; give the builder JSON values (numbers, strings, true/false, null, lists, "
+        "dicts), e.g. a name that it maps to the class (activation: str = 'tanh')"
+    )
+
+
 _REBUILDS: dict[str, None] = {}  # structures already checked (the trainer saves every best epoch)
+PROBE_POINTS = 3  # the points at which a save compares the flow with its rebuilt copy
 
 
-def _check_rebuilds(config: dict, state: dict[str, torch.Tensor]) -> None:
+class _Differs(ValueError):
+    """The flow rebuilt from a configuration and loaded with the state behaves otherwise."""
+
+
+def _check_rebuilds(config: dict, state: dict[str, torch.Tensor], flow=None) -> None:
     """``ValueError`` unless ``config`` rebuilds a flow with ``state``'s tensors (names, shapes,
-    kinds of dtype). The trial build runs on a forked random state, so that saving never moves
-    the caller's random numbers (a training run saves its best model as it goes), and a
-    structure that passed once is not built again."""
+    kinds of dtype) and, given the ``flow`` itself, one that behaves as it does once loaded
+    with ``state`` (:func:`rebuilt_differs`). The trial build runs on a forked random state, so
+    that saving never moves the caller's random numbers (a training run saves its best model
+    as it goes), and a structure that passed once is not built again."""
     key = json.dumps(
         [config, [(k, tuple(t.shape), str(t.dtype)) for k, t in state.items()]],
         sort_keys=True,
@@ -390,11 +423,183 @@ def _check_rebuilds(config: dict, state: dict[str, torch.Tensor]) -> None:
     )
     if key in _REBUILDS:
         return
-    with torch.random.fork_rng(devices=[]):
-        _check_tensors(_build(config, BUILD_FLOOR + 8 * _size(state), len(state)), state)
+    with _forked_rng(state):
+        rebuilt = _build(config, BUILD_FLOOR + 8 * _size(state), len(state))
+        _check_tensors(rebuilt, state)
+    if flow is not None:
+        why = rebuilt_differs(flow, rebuilt, state)
+        if why is not None:
+            raise _Differs(why)
     if len(_REBUILDS) >= 16:
         _REBUILDS.pop(next(iter(_REBUILDS)))
     _REBUILDS[key] = None
+
+
+class _forked_rng:
+    """torch's random state (on the CPU and on the devices of ``state``'s tensors) and numpy's,
+    restored on exit: building and probing a copy never moves the caller's random numbers."""
+
+    def __init__(self, state: dict[str, torch.Tensor] | None = None):
+        devices = {t.device for t in (state or {}).values() if t.device.type == "cuda"}
+        self._torch = torch.random.fork_rng(devices=sorted(d.index or 0 for d in devices))
+
+    def __enter__(self):
+        import numpy as np
+
+        self._np = np.random.get_state()
+        self._torch.__enter__()
+
+    def __exit__(self, *exc):
+        import numpy as np
+
+        np.random.set_state(self._np)
+        return self._torch.__exit__(*exc)
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` differs from ``a`` by more than the rounding of ``a``'s dtype can make two
+    runs of the same computation differ (NaN at the same places is no difference)."""
+    if a.shape != b.shape:
+        return True
+    tol = 1e-9 if a.dtype == torch.float64 else 1e-4
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    same = (torch.isnan(a) & torch.isnan(b)) | (a == b)
+    return bool((~same & ~((a - b).abs() <= tol * (1 + a.abs()))).any())
+
+
+def _first(a: torch.Tensor, b: torch.Tensor) -> str:
+    """``"a vs b"`` at the entry where they differ most."""
+    gap = (a.detach().double().cpu() - b.detach().double().cpu()).abs().nan_to_num(math.inf)
+    i = int(gap.reshape(-1).argmax())
+    return f"{a.reshape(-1)[i].item():.6g} vs {b.reshape(-1)[i].item():.6g}"
+
+
+def _hidden_state(flow: torch.nn.Module, rebuilt: torch.nn.Module) -> str:
+    """Where ``flow`` keeps state that its rebuilt copy does not share: a buffer registered
+    with ``persistent=False`` or a numpy array, list or tuple attribute whose values differ
+    (``""`` if none is found)."""
+    import numpy as np
+
+    others = dict(rebuilt.named_modules())
+    for name, m in flow.named_modules():
+        r = others.get(name)
+        if r is None or type(r) is not type(m):
+            continue
+        where = f"layer {name!r} ({type(m).__name__})" if name else type(m).__name__
+        for b in sorted(getattr(m, "_non_persistent_buffers_set", ())):
+            mine, theirs = m._buffers.get(b), r._buffers.get(b)
+            if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor):
+                if mine.shape != theirs.shape or not torch.equal(mine.cpu(), theirs.cpu()):
+                    return f"{where} holds {b!r} in a buffer registered with persistent=False"
+        for k, v in vars(m).items():
+            if k.startswith("_") or not isinstance(v, (np.ndarray, list, tuple)):
+                continue
+            w = getattr(r, k, None)
+            try:
+                same = type(w) is type(v) and bool(np.array_equal(np.asarray(v), np.asarray(w)))
+            except (TypeError, ValueError):  # (a list of modules, of strings...)
+                continue
+            if not same:
+                kind = "a numpy array" if isinstance(v, np.ndarray) else f"a {type(v).__name__}"
+                return f"{where} holds {k!r} in {kind}"
+    return ""
+
+
+def rebuilt_differs(
+    flow: torch.nn.Module,
+    rebuilt: torch.nn.Module,
+    state: dict[str, torch.Tensor] | None = None,
+    points: int = PROBE_POINTS,
+) -> str | None:
+    """What tells ``rebuilt`` (a flow built from ``flow``'s configuration) apart from ``flow``
+    once it is loaded with ``flow``'s state (``state``, default ``flow.state_dict()``), as
+    ``ff.load`` would return it; None if nothing does.
+
+    Compares, in eval mode, without gradients, with the same seed before each call: ``points``
+    samples of each (one per row of a one-hot context for a conditional flow), then ``log_prob``
+    of each at ``flow``'s samples. A flow that cannot sample (or whose samples it cannot score)
+    is compared at standard normal points; where ``flow`` itself fails there, nothing is
+    compared. ``flow`` is left as it was: its modes, its random numbers and the caller's.
+    """
+    if state is None:
+        state = flow.state_dict()
+    floating = {t.dtype for t in state.values() if t.is_floating_point()}
+    device = next((t.device for t in state.values()), torch.device("cpu"))
+    with _forked_rng(state):
+        rebuilt = rebuilt.to(device)
+        if len(floating) == 1:  # (as ff.load does: half precision comes back in float32)
+            dtype = floating.pop()
+            rebuilt.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+        try:
+            rebuilt.load_state_dict(state)
+        except (RuntimeError, ValueError) as e:  # (a layer's own check of what it loads)
+            msg = " ".join(str(e).split())[:300]
+            return f"ff.load could not load this flow's state into the flow it rebuilds ({msg})"
+        rebuilt.eval()
+        modes = {m: m.training for m in flow.modules()}
+        kept = {k: flow.__dict__[k] for k in ("clamped",) if k in flow.__dict__}
+        flow.eval()
+        try:
+            return _probe(flow, rebuilt, device, points)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+            for k in ("clamped",):
+                flow.__dict__.pop(k, None)
+            flow.__dict__.update(kept)
+
+
+def _probe(flow, rebuilt, device: torch.device, n: int) -> str | None:
+    def run(model, fn):
+        torch.default_generator.manual_seed(0)  # (the caller's are restored after)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(0)
+        with torch.no_grad():
+            return fn(model)
+
+    c = int(getattr(flow, "context_features", 0) or 0)
+    dtype = getattr(flow, "dtype", torch.get_default_dtype())
+    context = None
+    if c:  # (one-hot rows: a label-conditional flow's contexts, and fine for any other)
+        context = torch.eye(c, device=device, dtype=dtype)[torch.arange(n) % c]
+    shape = tuple(getattr(flow, "event_shape", ()) or ())
+
+    def sample(model):
+        x = model.sample(1, context) if c else model.sample(n)
+        return x.reshape(n, *x.shape[x.dim() - len(shape) :]) if shape else x
+
+    try:
+        x = run(flow, sample)
+        sampled = True
+    except Exception:  # (a flow that cannot sample: scored at normal points only)
+        x, sampled = torch.randn(n, *shape, device=device, dtype=dtype), False
+    try:
+        lp = run(flow, lambda m: m.log_prob(x, context))
+    except Exception:
+        return None  # (nothing to compare: the flow itself cannot score these points)
+    if not isinstance(lp, torch.Tensor):
+        return None
+    what = None
+    try:
+        if sampled and _differ(x, x2 := run(rebuilt, sample)):
+            what = f"its samples with the same seed differ, {_first(x, x2)}"
+        elif _differ(lp, lp2 := run(rebuilt, lambda m: m.log_prob(x, context))):
+            what = f"its log_prob differs, {_first(lp, lp2)} at the same point"
+    except Exception as e:
+        msg = " ".join(str(e).split())[:200]
+        what = f"it fails where this flow does not ({type(e).__name__}: {msg})"
+    if what is None:
+        return None
+    where = _hidden_state(flow, rebuilt) or (
+        "a layer holds state outside its parameters and persistent buffers (a numpy array, a "
+        "list, a buffer registered with persistent=False)"
+    )
+    return (
+        f"ff.load would rebuild another model from this file ({what}): likely {where}, which "
+        "a file does not keep; hold it in a parameter or a persistent buffer "
+        "(register_buffer(name, tensor); docs/extending.md)"
+    )
 
 
 def _size(tensors: dict[str, torch.Tensor]) -> int:

@@ -23,6 +23,7 @@ from ._util import fork_rng
 __all__ = [
     "check_transform",
     "check_registered",
+    "check_save_load",
     "check_context",
     "perturbed",
     "check_round_trip",
@@ -206,17 +207,55 @@ def check_gradients(t: nn.Module, x: Tensor, context: Tensor | None = None) -> N
 
 
 def check_registered(t: nn.Module) -> None:
-    """Every tensor a layer holds is a parameter or a buffer: a plain tensor attribute is not
-    trained, saved or moved by ``.to()``."""
+    """Every tensor a layer holds is a parameter or a buffer: a plain tensor attribute, or a
+    numpy array, is not trained, saved or moved by ``.to()``."""
+    import numpy as np
+
     for name, m in t.named_modules():
         for k, v in vars(m).items():  # (a result the layer keeps from its last call is no state)
+            where = f"{name}.{k}" if name else k
             if isinstance(v, Tensor) and v.grad_fn is None:
-                where = f"{name}.{k}" if name else k
                 raise AssertionError(
                     f"{_name(t)}: attribute {where!r} is a plain tensor, which is not trained, "
                     "saved or moved by .to(); make it an nn.Parameter (learned) or "
                     "register_buffer it (a constant)"
                 )
+            if isinstance(v, np.ndarray):
+                raise AssertionError(
+                    f"{_name(t)}: attribute {where!r} is a numpy array, which is not saved "
+                    "(ff.load rebuilds the layer without it) or moved by .to(); hold it in a "
+                    "tensor: register_buffer(name, torch.as_tensor(array))"
+                )
+
+
+def check_save_load(flow: nn.Module) -> None:
+    """A flow made by a registered builder (``@ff.models.register``) comes back from
+    ``ff.save`` and ``ff.load`` as the same model: rebuilt from its configuration and loaded
+    with its state dict, it draws the same samples with the same seed and gives the same
+    ``log_prob`` (the check ``ff.save`` runs, here every time, without writing a file). A layer
+    that keeps state outside its parameters and persistent buffers (a numpy array, a list, a
+    buffer registered with ``persistent=False`` that is not rebuilt as it was) fails it.
+
+    To check a layer of your own, register a small builder that uses it, give its parameters
+    values away from their initialisation (:func:`perturbed`), and pass the flow it builds."""
+    from . import io
+
+    if getattr(flow, "config", None) is None:
+        raise AssertionError(
+            f"{_name(flow)}: the flow has no configuration (flow.config); build it with a "
+            "builder decorated with @ff.models.register"
+        )
+    why = io.unsaveable_config(flow.config)
+    assert why is None, f"{_name(flow)}: {why}"
+    state = flow.state_dict()
+    try:
+        with io._forked_rng(state):
+            rebuilt = io._build(flow.config, io.BUILD_FLOOR + 8 * io._size(state), len(state))
+            io._check_tensors(rebuilt, state)
+    except ValueError as e:
+        raise AssertionError(f"{_name(flow)}: its configuration does not rebuild it: {e}") from None
+    why = io.rebuilt_differs(flow, rebuilt, state)
+    assert why is None, f"{_name(flow)}: {why}"
 
 
 def perturbed(t: nn.Module, scale: float = 0.1, seed: int = 0) -> nn.Module:

@@ -38,6 +38,7 @@ __all__ = [
     "check_arguments",
     "saved_kwargs",
     "earlier_configs",
+    "not_json",
 ]
 
 # Arguments added after configurations were first saved, each with the value that rebuilds
@@ -93,7 +94,7 @@ class BuilderSpec:
         return {
             k: p.default
             for k, p in self.signature.parameters.items()
-            if k not in data and k not in self.inputs
+            if k not in data and k not in self.inputs and p.kind != p.VAR_KEYWORD
         }
 
 
@@ -103,11 +104,74 @@ _SPECS: dict[str, BuilderSpec] = {}
 def _jsonable(v):
     if isinstance(v, torch.Tensor):  # (e.g. an adjacency given as a tensor)
         return v.tolist()
+    if isinstance(v, np.generic):  # (a numpy number: json writes Python's own)
+        return v.item()
     if isinstance(v, (tuple, list)):
         return [_jsonable(i) for i in v]
     if isinstance(v, dict):
         return {str(k): _jsonable(i) for k, i in v.items()}
     return v
+
+
+def _tuple_hint(hint) -> bool:
+    """Whether ``hint`` asks for a tuple and not a list (``tuple[int, ...]``, ``tuple``, or
+    such a hint in a union without ``list`` or ``Sequence``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        return any(map(_tuple_hint, members)) and not any(
+            h in (list, Sequence) or typing.get_origin(h) in (list, Sequence) for h in members
+        )
+    return hint is tuple or origin is tuple
+
+
+def _from_json(v, hint, default=inspect.Parameter.empty):
+    """``v`` with the lists a JSON configuration (or a command line) gives turned back into the
+    tuples its annotation asks for, nested ones included (``tuple[tuple[int, int], ...]``);
+    without an annotation, where its default is a tuple. Other values come back as they are."""
+    if isinstance(v, dict) and typing.get_origin(hint) is dict:
+        args = typing.get_args(hint)
+        return {k: _from_json(i, args[1]) for k, i in v.items()} if len(args) == 2 else v
+    if not isinstance(v, (list, tuple)):
+        return v
+    if hint in (inspect.Parameter.empty, typing.Any):
+        return tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = typing.get_args(hint) if union else (hint,)
+    seq = next((h for h in members if typing.get_origin(h) in (tuple, list, Sequence)), None)
+    items = list(v)
+    if seq is not None:
+        args = typing.get_args(seq)
+        if typing.get_origin(seq) is tuple and args and args[-1] is not Ellipsis:
+            if len(args) == len(items):  # (a fixed-length tuple: one hint per place)
+                items = [_from_json(i, h) for i, h in zip(items, args)]
+        elif args:
+            items = [_from_json(i, args[0]) for i in items]
+    if _tuple_hint(hint):
+        return tuple(items)
+    return type(v)(items)
+
+
+def not_json(kwargs: dict) -> str | None:
+    """The first argument of a configuration (``flow.config["kwargs"]``) that JSON cannot
+    hold, as ``"name=value"`` (``"layers[2]=..."`` inside a list), or None if every one is
+    JSON: None, a bool, a number, a string, or a list or dict (string keys) of them."""
+
+    def bad(v, where: str) -> str | None:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return None
+        if isinstance(v, (list, tuple)):
+            return next((b for i, x in enumerate(v) if (b := bad(x, f"{where}[{i}]"))), None)
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    return f"{where} (a key {_short(k)})"
+                if b := bad(x, f"{where}[{k!r}]"):
+                    return b
+            return None
+        return f"{where}={_short(v)}"
+
+    return next((b for k, v in kwargs.items() if (b := bad(v, str(k)))), None)
 
 
 # -- argument types ------------------------------------------------------------------------------
@@ -173,8 +237,12 @@ def _short(v, most: int = 80) -> str:
 def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
     """``ValueError`` naming the first argument whose value does not fit its annotation."""
     hints = spec.build.__annotations_resolved__
+    params = spec.signature.parameters
+    # an argument taken by **kwargs has the annotation of **kwargs (if any)
+    varkw = next((p.name for p in params.values() if p.kind == p.VAR_KEYWORD), None)
     for k, v in arguments.items():
-        hint = hints.get(k, inspect.Parameter.empty)
+        key = k if k in params or varkw is None else varkw
+        hint = hints.get(key, inspect.Parameter.empty)
         if not _type_ok(v, hint):
             raise ValueError(
                 f"{spec.name}: argument {k}={_short(v)} has the wrong type; expected "
@@ -214,12 +282,30 @@ def register(
 
     The registered builder binds its arguments, applies the defaults, checks the types, calls
     the function and records ``flow.config = {"model": name, "kwargs": {...}}``.
+
+    ``**kwargs`` reach the function as given and are recorded flat beside the named arguments
+    (a file passes them back by name); ``*args`` and positional-only arguments cannot be, and
+    are refused here. A list (as JSON gives it) where the annotation, or without one the
+    default, is a tuple reaches the function as a tuple.
     """
 
     def wrap(fn: Callable[..., Flow]) -> Callable[..., Flow]:
         sig = inspect.signature(fn)
+        name = fn.__name__
+        for p in sig.parameters.values():
+            # (a configuration records arguments by name, and a file rebuilds the flow with
+            # keyword arguments: an argument without a name could not be passed back)
+            if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+                what = f"*{p.name}" if p.kind == p.VAR_POSITIONAL else f"positional-only {p.name}"
+                raise TypeError(
+                    f"register: builder {name} takes {what}, which a saved configuration cannot "
+                    "pass back by name; give each argument a name (keyword arguments and "
+                    "**kwargs are fine)"
+                )
         takes_data = "data" in sig.parameters
         params = [p for p in sig.parameters.values() if p.name != "data"]
+        varkw = next((p for p in params if p.kind == p.VAR_KEYWORD), None)
+        params = [p for p in params if p is not varkw]  # (**kwargs last, after the data options)
         hints = typing.get_type_hints(fn)
         if takes_data:
             data_hints = typing.get_type_hints(DataOptions)
@@ -233,8 +319,10 @@ def register(
                     )
                 )
                 hints[f.name] = data_hints[f.name]
+        if varkw is not None:
+            params.append(varkw)
         public = sig.replace(parameters=params)
-        name = fn.__name__
+        defaults = {p.name: p.default for p in params}
         taken = _SPECS.get(name.lower())
         if taken is not None and _origin(taken.build) != _origin(fn):  # (the same one again: ok)
             raise ValueError(
@@ -262,10 +350,21 @@ def register(
                     hint = f"; {name} takes vectors: features=D (flatten images first)"
                 raise TypeError(f"{name}(): {e}{hint}") from None
             bound.apply_defaults()
-            # (a numpy array where a list is expected, e.g. an adjacency: as its nested lists)
+            given = dict(bound.arguments)
+            # **kwargs as the caller gave them: flat, beside the named arguments (bound holds
+            # them as one dict under the parameter's name)
+            extra = given.pop(varkw.name, {}) if varkw is not None else {}
+            if "data" in extra and takes_data:
+                raise TypeError(f"{name}(): data is set by its data options, not by keyword")
+            # (a numpy array where a list is expected, e.g. an adjacency: as its nested lists;
+            # a list where the annotation or the default is a tuple, as JSON gives it: a tuple)
             arguments = {
-                k: v.tolist() if isinstance(v, np.ndarray) else v
-                for k, v in bound.arguments.items()
+                k: _from_json(
+                    v.tolist() if isinstance(v, np.ndarray) else v,
+                    hints.get(k if k in given else varkw.name, inspect.Parameter.empty),
+                    defaults.get(k, inspect.Parameter.empty),
+                )
+                for k, v in {**given, **extra}.items()
             }
             check_arguments(_SPECS[name.lower()], arguments)
             own = {k: v for k, v in arguments.items() if k not in data_fields}

@@ -13,7 +13,7 @@ import torch
 
 from .. import models
 from ..core import Flow
-from ..io import Budget
+from ..io import Budget, unsaveable_config
 from .catalog import SIZING
 from .data import Dataset, describe_bounds, model_bounds
 from .data import whitening as data_whitening
@@ -331,6 +331,9 @@ def build_flow(
         raise WorkbenchError(f"model {name!r} is not available here: {e}") from None
     except (TypeError, ValueError) as e:
         raise WorkbenchError(f"cannot build {name!r}: {' '.join(str(e).split())}") from None
+    why = unsaveable_config(getattr(inner, "config", None))
+    if why is not None:  # (the run records it, and its model.ff: refused before training)
+        raise WorkbenchError(f"cannot build {name!r}: {why}")
     event_shape = tuple(ds.shape) if layout == "image" else (math.prod(ds.shape),)
     _check_objective(name, inner, cfg["train"]["objective"], ds)
     _check_angles(name, inner, ds)

@@ -680,6 +680,9 @@ class Trainer:
                             ("validation context", val_context)):  # fmt: skip
                 _check_rows(t, what)
         self.model_bytes = model_bytes or io.to_bytes
+        why = io.unsaveable_config(getattr(io._unwrap(model), "config", None))
+        if self.out is not None and self.model_bytes is io.to_bytes and why is not None:
+            raise WorkbenchError(f"cannot write {MODEL_FILE} for this model: {why}")
         self.bits_dims = bits_dims
         self.progress, self.callback, self.echo = progress, callback, echo
         if self.cfg["batch_size"] % self.world:
