@@ -1,6 +1,7 @@
 """Where the image RealNVP's training blow-up comes from (docs/images.md, "Training stability").
 
 python scripts/affine_blowup.py [--shift-first]
+python scripts/affine_blowup.py --write-shapes shapes/   # the 400 PNGs alone, then exit
 
 Trains the new user's run (RealNVP, hidden 32, ActNorm, on the 400 shapes of
 tests/test_affine_order.py) for 45 steps on one thread, keeps the weights after steps 44 and 45,
@@ -8,7 +9,8 @@ and prints: the NLL of every training and validation image under both; which sin
 tensor, set to its step-45 value, breaks the step-44 model; the shift and log-scale channels of
 that tensor separately; and what the step did to the first coupling's background pixels. With
 the paper's order (the default here) step 45 breaks the model; ``--shift-first`` runs the same
-with the fix.
+with the fix. ``--write-shapes DIR`` writes the 400 images as PNGs into a new folder ``DIR``
+(the data of the 15-epoch ``flowforge train --data DIR ...`` runs in docs/images.md) and exits.
 """
 
 from __future__ import annotations
@@ -31,18 +33,36 @@ def shapes():
     return module._shapes()
 
 
-def main(argv: list[str]) -> None:
+def write_shapes(folder: Path) -> None:
+    """The 400 images, as ``000.png`` to ``399.png`` in ``folder``."""
     from PIL import Image
+
+    for i, img in enumerate(shapes()):
+        Image.fromarray(img, "L").save(folder / f"{i:03d}.png")
+
+
+def main(argv: list[str]) -> None:
 
     from flowforge import transforms as T
     from flowforge.workbench import train
     from flowforge.workbench.data import load_dataset
 
+    if "--write-shapes" in argv:
+        i = argv.index("--write-shapes")
+        if i + 1 >= len(argv):
+            sys.exit("affine_blowup.py: --write-shapes needs a folder to create")
+        out = Path(argv[i + 1])
+        try:
+            out.mkdir(parents=True)
+        except FileExistsError:
+            sys.exit(f"affine_blowup.py: {out} exists; give a new folder")
+        write_shapes(out)
+        print(f"wrote 400 shapes to {out}")
+        return
     shift_first = "--shift-first" in argv
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
-    for i, img in enumerate(shapes()):
-        Image.fromarray(img, "L").save(tmp / f"{i:03d}.png")
+    write_shapes(tmp)
     saved, model = {}, {}
 
     def keep(trainer):
