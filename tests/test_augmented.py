@@ -278,3 +278,11 @@ def test_the_workbench_refuses_it_in_one_line(tmp_path):
     with pytest.raises(WorkbenchError, match=r"Python-only.*ff\.models\.augmented") as e:
         build_flow(cfg, load_dataset("moons", seed=0))
     assert "\n" not in str(e.value)
+
+
+def test_fit_target_refuses_it_in_one_line():
+    from flowforge.workbench.vi import build_vi_model
+
+    with pytest.raises(ValueError, match="bound over auxiliary draws") as e:
+        build_vi_model("augmented", 2)
+    assert "\n" not in str(e.value)
