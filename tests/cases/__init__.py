@@ -4,6 +4,7 @@ explicitly, so deleting one fails instead of dropping its cases)."""
 from __future__ import annotations
 
 from . import (
+    augmented,
     autoregressive,
     continuous,
     defaults,
@@ -32,6 +33,7 @@ CASES: list[Case] = [
     *integer.CASES,
     *manifolds.CASES,
     *mflow.CASES,
+    *augmented.CASES,
     *transformer.CASES,
     *defaults.CASES,
 ]

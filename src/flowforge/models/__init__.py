@@ -14,7 +14,8 @@ per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealN
 ``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``transformer`` (TarFlow),
 ``integer`` (IDF), ``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``,
 ``mflow``; registered, though an M-flow is not a ``Flow`` on ``R^D``: the workbench
-trains it with its own objectives).
+trains it with its own objectives), ``augmented`` (augmented flows: ``AugmentedFlow``,
+``augmented``; registered, not a ``Flow``: its ``log_prob`` is a bound, Python API only).
 """
 
 from .assembly import (
@@ -25,6 +26,7 @@ from .assembly import (
     standardized,
     whitened,
 )
+from .augmented import AugmentedFlow, augmented
 from .autoregressive import IAF, MAF, NSF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
@@ -56,6 +58,8 @@ __all__ = [
     "SphereFlow",
     "MFlow",
     "mflow",
+    "AugmentedFlow",
+    "augmented",
     "TarFlow",
     "BuilderSpec",
     "DataOptions",

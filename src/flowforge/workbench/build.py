@@ -188,6 +188,19 @@ def _sizing_note(sizing: dict | None) -> str:
     )
 
 
+# Registered models the workbench does not train or score, each with the line that says so:
+# an augmented flow's log_prob is a stochastic bound over auxiliary draws, which the
+# workbench's preprocessing wrappers, objectives and evaluation (exact densities, or the
+# dequantization bound) do not handle.
+PYTHON_ONLY = {
+    "augmented": (
+        "model 'augmented' (augmented flows) is Python-only: the workbench does not train or "
+        "score it; use ff.models.augmented(...) with its log_prob(x, samples=K) bound "
+        "(docs/augmented.md)"
+    ),
+}
+
+
 def build_flow(
     cfg: dict,
     ds: Dataset,
@@ -213,6 +226,8 @@ def build_flow(
     """
     name, kwargs = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
     spec = models.spec(name)
+    if spec.name in PYTHON_ONLY:
+        raise WorkbenchError(PYTHON_ONLY[spec.name])
     legacy = stored is not None and "sizing" not in stored
     for k in ("features", "shape"):
         if k in kwargs:

@@ -39,6 +39,11 @@ def build_vi_model(name: str, features: int, layers: int | None = None, **kwargs
     """Build a registered model for ``features`` dimensions; ``layers`` sets the builder's
     depth argument (``layers``, ``blocks`` or ``steps``, from its spec)."""
     spec = models.spec(name)  # ValueError for an unknown name, with suggestions
+    if spec.name == "augmented":  # (its log_prob is a bound: no reverse KL through it)
+        raise ValueError(
+            "an augmented flow's log_prob is a bound over auxiliary draws, not the density "
+            "the reverse KL needs; fit a target with a Flow (realnvp, nsf, maf, planar, ...)"
+        )
     if "features" not in spec.inputs:
         raise ValueError("it takes images only; a target needs a vector model")
     if layers is not None:
