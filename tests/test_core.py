@@ -696,3 +696,24 @@ def test_what_a_port_from_a_peer_library_meets():
     with pytest.raises(AssertionError, match=r"float32 inputs, and the tolerances are float64"):
         check_transform(T.Planar(3), torch.randn(8, 3))  # (Newton's inverse: float32's rounding)
     check_transform(T.Planar(3).double(), torch.randn(8, 3, dtype=torch.float64))
+
+
+def test_draws_under_autocast_and_a_rounded_prior_pass_the_base_checks():
+    """A review of the draw check: under torch.autocast a base whose draws come from a network
+    (a conditional diagonal Gaussian, a MADE mixture) gives them in bfloat16, which the check
+    refused as the base's own fault; the IDF prior's rounded draws carry no gradient, and
+    check_distribution refused it (it says has_rsample = False now)."""
+    from flowforge.testing import check_distribution
+    from flowforge.transforms.integer import DiscretizedLogisticMixture
+
+    torch.manual_seed(0)
+    ctx = torch.eye(3)[[0, 1, 2, 0]]
+    for base in ("diag", "made-mog"):
+        flow = ff.models.build("maf", features=2, layers=1, hidden=8, context_features=3,
+                               base=base).eval()  # fmt: skip
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert flow.sample(1, ctx).shape == (1, 4, 2)
+            assert flow.rsample_and_log_prob(1, ctx)[0].shape == (1, 4, 2)
+    prior = DiscretizedLogisticMixture(4)  # (D > 2: no density grid, a discrete prior)
+    assert prior.has_rsample is False
+    check_distribution(prior)

@@ -335,3 +335,35 @@ def test_check_save_load_needs_a_registered_flow():
     flow = _coupling_flow(2, (4,))
     with pytest.raises(AssertionError, match="@ff.models.register"):
         testing.check_save_load(flow)
+
+
+@ff.models.register
+def sb_tarflow_with_own_layer(features: int = 8) -> ff.Flow:
+    """A TarFlow with a layer of the user's own (so that ff.save probes it)."""
+    inner = ff.models.build("tarflow", features=features, blocks=2, depth=1, width=16, heads=2)
+    return ff.Flow(ff.Compose(DerivedBuffer(features), inner.transform), inner.base)
+
+
+def test_the_probe_draws_as_the_flow_was_set_and_skips_the_librarys_own_layers(
+    tmp_path, monkeypatch
+):
+    """A review: the probe compared a flow switched to the parallel inverse at tol=1e-2 with
+    its rebuilt copy's sequential draws (1e-4 apart: refused as "another model"), and sampled
+    the library's own layers too (a TarFlow's first save: 7 s)."""
+    from flowforge import io
+    from flowforge.transforms import set_inverse
+
+    torch.manual_seed(0)
+    flow = _trained(sb_tarflow_with_own_layer())
+    set_inverse(flow, "parallel", tol=1e-2)
+    io._REBUILDS.clear()
+    ff.save(flow, tmp_path / "own.ff")  # (probed: the user's layer)
+    probed = []
+    monkeypatch.setattr(io, "rebuilt_differs", lambda *a, **k: probed.append(1))
+    io._REBUILDS.clear()
+    ff.save(_trained(ff.models.build("tarflow", features=8, blocks=2, depth=1, width=16,
+                                     heads=2)), tmp_path / "tarflow.ff")  # fmt: skip
+    assert probed == []
+    io._REBUILDS.clear()
+    ff.save(flow, tmp_path / "own2.ff")
+    assert probed == [1]

@@ -110,6 +110,9 @@ def test_label_context_is_a_value_error():
     assert issubclass(ContextError, ValueError)
     # the label said is the one given: no cast to int64 first (it wrapped 2**64 - 1 to -1, and
     # 1e30 to -2**63)
+    for bad in ([1.0, float("inf")], [float("nan")]):  # (int(inf) raised OverflowError)
+        with pytest.raises(ContextError, match="labels must be integers"):
+            label_context(np.array(bad), info)
     for given in (np.array([2**64 - 1], np.uint64), np.array([1e30])):
         with pytest.raises(ContextError, match=f"label {int(given[0])} is not one of"):
             label_context(given, info)

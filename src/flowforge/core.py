@@ -790,8 +790,10 @@ class Distribution(nn.Module):
         dtype and on the device of the base's buffers): a base of one's own that breaks it is
         named here, not by the first layer's matrix product."""
         a = self._anchor
-        if isinstance(z, Tensor) and z.shape == (n, *self.event_shape) and z.dtype == a.dtype:
-            if z.device == a.device:
+        # (under torch.autocast a network's draws come out in the autocast dtype: allowed)
+        cast = isinstance(z, Tensor) and torch.is_autocast_enabled(z.device.type)
+        if isinstance(z, Tensor) and z.shape == (n, *self.event_shape):
+            if (z.dtype == a.dtype or (cast and z.is_floating_point())) and z.device == a.device:
                 return z
         got = (
             f"{_fmt(z.shape)} {str(z.dtype).removeprefix('torch.')} on {z.device}"

@@ -354,9 +354,9 @@ def check_distribution(base, context: Tensor | None = None, half_width: float = 
     z, lp = base.rsample_and_log_prob(n, context)
     assert torch.allclose(lp, base.log_prob(z, context)), "rsample log-prob != log_prob"
     # reparameterised: VI trains through the draws; a base that declares has_rsample = False
-    # and draws without a gradient (a TorchBase of a distribution without rsample) is trained
-    # by reverse_kl's score-function term instead
-    pathwise = getattr(base, "has_rsample", True) or z.requires_grad
+    # (a mixture's discrete choice, rounded draws, a TorchBase of a distribution without
+    # rsample) is trained by reverse_kl's score-function term instead
+    pathwise = getattr(base, "has_rsample", True)
     if pathwise and any(p.numel() for p in base.parameters()):
         base.zero_grad(set_to_none=True)
         if z.requires_grad:

@@ -155,6 +155,8 @@ class DiscretizedLogisticMixture(Distribution):
         True
     """
 
+    has_rsample = False  # (its draws are rounded: no gradient rides on them)
+
     def __init__(
         self,
         event_shape,

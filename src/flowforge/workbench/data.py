@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._util import suggest
+from .._util import all_finite, suggest
 from . import manifold_data, toy_density
 from .catalog import DATASET_NOTES
 from .errors import ContextError, DataError, WorkbenchError
@@ -2492,8 +2492,8 @@ def label_context(labels, info: dict) -> Tensor:
     t = torch.as_tensor(labels)
     if t.dim() == 0:
         t = t.reshape(1)
-    if t.is_floating_point() and not torch.equal(t, t.floor()):
-        raise ContextError(f"labels must be integers, got {t.tolist()}")
+    if t.is_floating_point() and not (all_finite(t) and torch.equal(t, t.floor())):
+        raise ContextError(f"labels must be integers, got {t.tolist()[:10]}")
     # exact Python integers, not a cast to int64 (which wraps a uint64's 2**64 - 1 to -1 and
     # a float's 1e30 to -2**63: a wrong label in the message)
     values = [int(v) for v in t.reshape(-1).tolist()]
