@@ -15,6 +15,7 @@ from flowforge import io
 from flowforge.transforms import DataStandardize
 from flowforge.workbench import data as wbdata
 from flowforge.workbench.build import (
+    PYTHON_ONLY,
     SIZING,
     build_flow,
     describe,
@@ -284,7 +285,7 @@ def test_every_vector_builder_is_sized_to_the_documented_width():
         if not spec.build.__module__.startswith("flowforge.models."):
             continue  # (a model another test registered: not the library's)
         skip = ("sphereflow", "torusflow", "mflow")
-        if "features" not in spec.inputs or not spec.width or name in skip:
+        if "features" not in spec.inputs or not spec.width or name in (*skip, *PYTHON_ONLY):
             continue
         cfg = _cfg(name)
         xs = ds if name != "idf" else wbdata.Dataset("ints", x.abs().round().clamp(max=7),

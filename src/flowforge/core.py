@@ -58,6 +58,15 @@ __all__ = [
 ]
 
 
+def _autocast(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` (False for a type it does not know,
+    such as ``meta``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def _listed(items) -> str:
     """A list's element types, briefly (for a message)."""
     names = [type(v).__name__ for v in list(items)[:4]]
@@ -790,11 +799,9 @@ class Distribution(nn.Module):
         dtype and on the device of the base's buffers): a base of one's own that breaks it is
         named here, not by the first layer's matrix product."""
         a = self._anchor
-        # (under torch.autocast a network's draws come out in the autocast dtype: allowed)
-        cast = isinstance(z, Tensor) and torch.is_autocast_enabled(z.device.type)
-        if isinstance(z, Tensor) and z.shape == (n, *self.event_shape):
-            if (z.dtype == a.dtype or (cast and z.is_floating_point())) and z.device == a.device:
-                return z
+        if isinstance(z, Tensor) and z.shape == (n, *self.event_shape) and z.device == a.device:
+            if z.dtype == a.dtype or (z.is_floating_point() and _autocast(z.device.type)):
+                return z  # (under torch.autocast a network's draws come in its dtype: allowed)
         got = (
             f"{_fmt(z.shape)} {str(z.dtype).removeprefix('torch.')} on {z.device}"
             if isinstance(z, Tensor)
