@@ -417,3 +417,28 @@ def test_a_model_with_a_broken_weight_is_named_by_every_check():
     for call in calls:
         with pytest.raises(ValueError, match=r"its own tensor '.*\.weight' holds NaN or inf"):
             call()
+
+
+def test_scoring_whole_data_that_float32_rounds_away_is_refused():
+    """A notebook audit: float64 data with a timestamp-like column (1.7e9 +- 10) scored by a
+    float32 flow gave an NLL of -1.80 where the true one is 5.10, with one warning on the
+    first batch the flow ever saw and none from ff.nll (once per flow). ff.nll and
+    log_likelihoods see the whole data: they refuse it; a numpy array is named as one."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    flow = ff.models.MAF(features=2, layers=1, hidden=(4,), standardize=False).eval()
+    x = torch.randn(500, 2, dtype=torch.float64)
+    x[:, 0] = 1.7e9 + 10 * x[:, 0]
+    with pytest.warns(RuntimeWarning, match="loses its precision"):
+        flow.log_prob(x[:100])  # (the per-flow warning, consumed)
+    for call in (ff.nll, ff.objectives.log_likelihoods):
+        with pytest.raises(ValueError, match=r"x loses its precision .* varies by 10.* in the "
+                           r"data .*flow.double\(\)"):  # fmt: skip
+            call(flow, x)
+    ints = torch.arange(100_000_001, 100_000_101).reshape(50, 2)  # (int64: rounded too)
+    with pytest.raises(ValueError, match="loses its precision"):
+        ff.nll(flow, ints)
+    assert math.isfinite(ff.nll(flow.double(), x))  # the remedy
+    with pytest.raises(TypeError, match=r"got ndarray \(a numpy array: torch.as_tensor"):
+        ff.nll(flow, np.zeros((5, 2)))

@@ -526,21 +526,35 @@ def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: boo
         )
     if not warn or not finite or t.dim() < 2 or t.shape[0] < 2:
         return False  # (the precision not looked at: a later batch is)
-    x, back = t.double().reshape(t.shape[0], -1), out.double().reshape(t.shape[0], -1)
+    said = precision_lost(t, dtype, out)
+    if said is not None:
+        _warn(
+            f"{what} {said.replace('in the data around', 'in this batch around')}", RuntimeWarning
+        )
+    return True
+
+
+def precision_lost(t: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> str | None:
+    """Where converting ``t`` (examples along its first dimension) to ``dtype`` rounds an
+    entry by more than a hundredth of its spread over the examples (coordinates of 1e8 +- 1
+    in float32: every example becomes one of a few values), the words that say so ("loses its
+    precision ..., move the flow to float64"); None where it does not. ``out``: ``t`` already
+    converted, if at hand. Finite values only."""
+    x = t.double().reshape(t.shape[0], -1)
+    back = (t.to(dtype) if out is None else out).double().reshape(t.shape[0], -1)
     spread, size = x.std(0), x.abs().amax(0)
     err = (x - back).abs().amax(0)
     # a spread at float64's own rounding level (0.1 + 0.2 next to 0.3) is a constant entry
     lost = (err > 1e-2 * spread) & (spread > 64 * torch.finfo(torch.float64).eps * size)
-    if bool(lost.any()):
-        i = int(lost.nonzero()[0, 0])
-        _warn(
-            f"{what} loses its precision in the flow's {dtype}: entry {i} varies by "
-            f"{spread[i].item():.3g} in this batch around {size[i].item():.6g}, and the "
-            f"conversion rounds it by up to {err[i].item():.3g}; move the flow to float64 "
-            "(flow.double()) or subtract an offset from the data first",
-            RuntimeWarning,
-        )
-    return True
+    if not bool(lost.any()):
+        return None
+    i = int(lost.nonzero()[0, 0])
+    return (
+        f"loses its precision in the flow's {dtype}: entry {i} varies by "
+        f"{spread[i].item():.3g} in the data around {size[i].item():.6g}, and the "
+        f"conversion rounds it by up to {err[i].item():.3g}; move the flow to float64 "
+        "(flow.double()) or subtract an offset from the data first"
+    )
 
 
 class NonFiniteSamples(ValueError):

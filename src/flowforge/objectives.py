@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._util import all_finite, warn
-from .core import Flow, NaNLogProb, NonFiniteSamples
+from .core import Flow, NaNLogProb, NonFiniteSamples, _narrows, precision_lost
 from .transforms.dequantization import UniformDequantization
 from .transforms.iresnet import EXACT_LOGDET_MAX
 
@@ -151,8 +151,23 @@ def log_likelihoods(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size to be a positive integer, got {batch_size!r}")
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"expected x to be a torch.Tensor, got {type(x).__name__} (a numpy array: "
+            "torch.as_tensor(x))"
+        )
+    if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError("expected at least one example, got an empty tensor")
+    if (
+        isinstance(flow, Flow)
+        and flow._validating(x)
+        and _narrows(x.dtype, flow.dtype)
+        and x.shape[0] > 1
+        and (not x.is_floating_point() or all_finite(x))
+    ):  # the whole data at hand: lost precision is refused, not warned of once per flow
+        said = precision_lost(x, flow.dtype)
+        if said is not None:
+            raise ValueError(f"x {said}")
     rows = isinstance(context, Tensor) and context.dim() > 1  # (a (c,) context: every row's)
     if rows and context.shape[0] != x.shape[0]:
         raise ValueError(
