@@ -656,9 +656,14 @@ class Trainer:
         for what, t in (("train_x", train_x), ("val_x", val_x), ("train_context", train_context),
                         ("val_context", val_context)):  # fmt: skip
             if t is not None and not isinstance(t, Tensor):
+                convert = (
+                    f"convert it with {what} = torch.as_tensor({what}, dtype=torch.float32)"
+                    if hasattr(t, "__array__")
+                    else "the Trainer batches the data itself: pass the tensors a DataLoader "
+                    "would draw from"
+                )
                 raise WorkbenchError(
-                    f"{what} must be a tensor of examples, got {type(t).__name__} (the Trainer "
-                    "batches the data itself: pass the tensors a DataLoader would draw from)"
+                    f"{what} must be a tensor of examples, got {type(t).__name__} ({convert})"
                 )
         for what, x, c in (("training", train_x, train_context),
                            ("validation", val_x, val_context)):  # fmt: skip
@@ -1089,6 +1094,11 @@ class Trainer:
         return {**saved, "lr_lambdas": [None] * len(self.opt.param_groups)}
 
     def load_checkpoint(self) -> None:
+        if self.out is None:
+            raise RunError(
+                "resume needs the run folder its checkpoint is in: give the Trainer out=; "
+                "without one, call fit() again on the same Trainer to continue in memory"
+            )
         meta, tensors = read_checkpoint(self.out / CKPT_FILE)
         model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
         ema = {k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")}
