@@ -122,3 +122,55 @@ def test_resume_without_a_run_folder_says_what_to_do():
     with pytest.raises(RunError, match=r"give the Trainer out=.*call fit\(\) again") as e:
         t.fit(resume=True)
     _one_short_line(str(e.value))
+
+
+# -- float64 data a float32 model cannot resolve (H1) ------------------------------------------
+
+
+def test_the_trainer_refuses_float64_columns_its_model_would_round_onto_a_few_values():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    big = x.clone()
+    big[:, 0] = 1.7e9 + 10 * big[:, 0]  # (float32's spacing there is 128)
+    opts = {"epochs": 1, "batch_size": 50}
+    with pytest.raises(WorkbenchError, match=r"flow\.double\(\)") as e:
+        Trainer(ff.models.RealNVP(features=2, layers=2, hidden=(8,)), big[:150], big[150:],
+                opts, progress=False, echo=False)  # fmt: skip
+    _one_short_line(str(e.value))
+    assert "train_x: column 0" in str(e.value)
+    with pytest.raises(WorkbenchError, match="val_x: column 0"):  # (the validation set too)
+        Trainer(ff.models.RealNVP(features=2, layers=2, hidden=(8,)), x[:150], big[150:],
+                opts, progress=False, echo=False)  # fmt: skip
+    # ordinary float64 data, and the remedy, train
+    Trainer(ff.models.RealNVP(features=2, layers=2, hidden=(8,)), x[:150], x[150:], opts,
+            progress=False, echo=False)  # fmt: skip
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,), standardize=True).double()
+    t = Trainer(flow, big[:150], big[150:], opts, progress=False, echo=False)
+    assert t.fit()["status"] == "finished"
+
+
+# -- a flow initialised from a few rows before fit() (M3) --------------------------------------
+
+
+def test_fit_warns_once_when_a_layer_took_its_statistics_from_a_few_rows_before_it():
+    import warnings
+
+    x = torch.randn(200, 2) * 5 + 100
+    opts = {"epochs": 1, "batch_size": 50}
+
+    def fitted(peek: int):
+        torch.manual_seed(0)
+        flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,), standardize=True)
+        if peek:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                flow.log_prob(x[:peek])  # (a fresh flow is in training mode)
+        t = Trainer(flow, x[:150], x[150:], opts, progress=False, echo=False)
+        summary = t.fit()
+        assert not any(m._forward_pre_hooks for m in flow.modules())  # (none left to run)
+        return [w for w in summary["warnings"] if "before fit()" in w]
+
+    said = fitted(3)
+    assert len(said) == 1 and "only 3 rows" in said[0] and "flow.eval()" in said[0]
+    _one_short_line(said[0], 500)
+    assert fitted(0) == [] and fitted(100) == []  # (the Trainer's own, or a larger sample)
