@@ -490,3 +490,25 @@ def test_reverse_kl_trains_the_weights_of_a_compiled_flow_too():
     flow.zero_grad()
     ff.reverse_kl(flow, _two_modes, 1).backward()  # one sample: the term, without a baseline
     assert logits.grad.abs().max() > 0
+
+
+def test_fit_target_leaves_the_callers_random_stream_and_its_seed_fixes_the_run():
+    # H2: it reseeded the global torch stream, so "random restarts" came out identical
+    from flowforge.workbench.vi import fit_target
+
+    t = targets.get("u1")
+
+    def run(seed):
+        torch.manual_seed(123)
+        flow = ff.models.Planar(features=2, layers=2)
+        fit_target(flow, t, steps=3, batch_size=16, seed=seed)
+        return torch.rand(3), torch.cat([p.detach().flatten() for p in flow.parameters()])
+
+    torch.manual_seed(123)
+    ff.models.Planar(features=2, layers=2)
+    untouched = torch.rand(3)
+    after0, w0 = run(0)
+    after1, w1 = run(1)
+    assert torch.equal(after0, untouched) and torch.equal(after1, untouched)
+    assert not torch.equal(w0, w1)  # different seeds, different runs
+    assert torch.equal(run(0)[1], w0)  # the same seed repeats the run

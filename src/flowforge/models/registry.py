@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .._util import suggest, unknown
-from ..core import Flow
+from ..core import DataInit, Flow
 from .assembly import DataOptions
 
 __all__ = [
@@ -228,6 +228,49 @@ def _list_hint(v, hint) -> str:
     return f": give a list, [{', '.join(map(str, numbers))}] (in brackets, also on a command line)"
 
 
+def _plain(v):
+    """``v`` with its numpy scalars as Python values (``np.int64(3)``, as ``np.arange`` gives,
+    is the integer 3; ``np.float32`` a float; ``np.bool_`` a bool), in lists, tuples and
+    mappings too: what the builder checks and ``flow.config`` records is plain JSON."""
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _note_rows(module, args) -> None:
+    """A forward pre-hook of a layer that initialises from data: the rows of each batch it is
+    given in training mode while it waits, so that the last, the batch it initialised from,
+    is known afterwards (``init_rows``: a Trainer warns when it was a few rows)."""
+    if torch.compiler.is_compiling():  # (nothing for a graph to trace: it runs eagerly)
+        return
+    if module.training and args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
+        if module._waiting():
+            module.__dict__["init_rows"] = int(args[0].shape[0])
+        else:  # (initialised: the hook has done its work)
+            forget_init_rows_hooks(module)
+
+
+def note_init_rows(flow: torch.nn.Module) -> None:
+    """Record, on each of ``flow``'s layers that initialise from data (ActNorm,
+    DataStandardize), the rows of the batch it initialises from (``layer.init_rows``)."""
+    for m in flow.modules():
+        if isinstance(m, DataInit):
+            m.register_forward_pre_hook(_note_rows)
+
+
+def forget_init_rows_hooks(flow: torch.nn.Module) -> None:
+    """Remove :func:`note_init_rows`'s hooks (a trainer does before it trains: no hook to
+    run at every step, nor for ``torch.compile`` to trace)."""
+    for m in flow.modules():
+        for k, hook in list(m._forward_pre_hooks.items()):
+            if hook is _note_rows:
+                del m._forward_pre_hooks[k]
+
+
 def _short(v, most: int = 80) -> str:
     """``repr(v)`` on one line, cut to ``most`` characters (a tensor or array spans many)."""
     r = " ".join(repr(v).split())
@@ -360,7 +403,7 @@ def register(
             # a list where the annotation or the default is a tuple, as JSON gives it: a tuple)
             arguments = {
                 k: _from_json(
-                    v.tolist() if isinstance(v, np.ndarray) else v,
+                    v.tolist() if isinstance(v, np.ndarray) else _plain(v),
                     hints.get(k if k in given else varkw.name, inspect.Parameter.empty),
                     defaults.get(k, inspect.Parameter.empty),
                 )
@@ -371,6 +414,7 @@ def register(
             if takes_data:
                 own["data"] = DataOptions(**{k: arguments[k] for k in data_fields})
             flow = fn(**own)
+            note_init_rows(flow)
             flow.config = {"model": name, "kwargs": _jsonable(arguments)}
             return flow
 

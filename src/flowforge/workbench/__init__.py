@@ -32,6 +32,9 @@ _NAMES = {
     "RunError": "errors",
     "WorkbenchError": "errors",
     "load_run": "runs",
+    "read_metrics": "runs",
+    "evaluate_run": "evaluate",
+    "write_report": "report",
     "train": "runner",
     "NLL": "trainer",
     "Loss": "trainer",
@@ -58,12 +61,15 @@ __all__ = [
     "Trainer",
     "WorkbenchError",
     "build_flow",
+    "evaluate_run",
     "load_dataset",
     "load_run",
     "read_config",
+    "read_metrics",
     "resolve_config",
     "reuse_freed_memory",
     "train",
+    "write_report",
 ]
 
 

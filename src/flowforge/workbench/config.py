@@ -16,9 +16,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from .. import models
 from .._util import suggest
-from .errors import WorkbenchError
+from .errors import WorkbenchError, in_memory_data, shown
 
 __all__ = [
     "DEFAULT_TRAIN",
@@ -243,12 +245,20 @@ def _section(value, what: str) -> tuple[str | None, dict]:
         return None, {}
     if isinstance(value, str):
         return value, {}
+    if what == "data" and isinstance(value, os.PathLike):
+        return os.fspath(value), {}
     if not isinstance(value, dict):
-        raise WorkbenchError(f"config '{what}' must be a name or a mapping, got {value!r}")
+        if what == "data":
+            raise WorkbenchError(f"config {in_memory_data(value)}")
+        raise WorkbenchError(f"config '{what}' must be a name or a mapping, got {shown(value)}")
     value = dict(value)
     name = value.pop("name", None)
+    if what == "data" and isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if name is not None and not isinstance(name, str):
-        raise WorkbenchError(f"config '{what}.name' must be a string, got {name!r}")
+        if what == "data":
+            raise WorkbenchError(f"config {in_memory_data(name)} (data.name)")
+        raise WorkbenchError(f"config '{what}.name' must be a string, got {shown(name)}")
     extra = "kwargs" if what == "model" else "options"
     nested = value.pop(extra, None) or {}
     if not isinstance(nested, dict):
@@ -322,8 +332,26 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
 SEED_MAX = 2**32 - 1  # numpy's seeds; every command's seeds are in [0, SEED_MAX]
 
 
+def plain(v):
+    """A numpy scalar as its Python value (``np.int64(3)`` -> 3, ``np.float32`` -> float,
+    ``np.bool_`` -> bool), so that what a run records is plain JSON; any other value as it is."""
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    return v
+
+
+def plain_tree(v):
+    """``v`` with every numpy scalar in its mappings and lists made a Python value."""
+    if isinstance(v, dict):
+        return {k: plain_tree(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(plain_tree(x) for x in v)
+    return plain(v)
+
+
 def _int(lo: int, hi: float = math.inf) -> Callable:
     def check(v):
+        v = plain(v)  # (np.int64 from np.arange: an integer; a bool is not one)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             rng = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
             raise ValueError(f"an integer {rng}")
@@ -348,6 +376,7 @@ def _auto_or(check: Callable) -> Callable:
 
 def _float(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
     def check(v):
+        v = plain(v)  # (np.float32, np.int64: numbers)
         if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
             try:
                 v = float(v)
@@ -375,6 +404,7 @@ def _choice(*choices) -> Callable:
 
 
 def _bool(v):
+    v = plain(v)
     if not isinstance(v, bool):
         raise ValueError("true or false")
     return v
@@ -438,7 +468,7 @@ def checked(key: str, value, check: Callable):
     try:
         return check(value)
     except ValueError as e:
-        raise WorkbenchError(f"{key} must be {e}, got {value!r}") from None
+        raise WorkbenchError(f"{key} must be {e}, got {shown(value)}") from None
 
 
 MANIFOLD_MODELS = ("torusflow", "sphereflow")  # flows on a manifold: data as it is
@@ -449,7 +479,7 @@ def resolve_config(*layers: dict | None) -> dict:
     cfg = None
     for layer in layers:
         cfg = merge_config(cfg, layer)
-    cfg = cfg or merge_config(None, None)
+    cfg = plain_tree(cfg or merge_config(None, None))  # (numpy scalars: Python's)
     cfg["seed"] = checked("seed", cfg["seed"], _int(0, SEED_MAX))
     cfg["data"]["seed"] = checked("data.seed", cfg["data"]["seed"], _int(0, SEED_MAX))
     cfg["layout"] = checked("layout", cfg["layout"], _choice(*LAYOUTS))

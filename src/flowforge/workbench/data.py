@@ -35,7 +35,7 @@ from torch import Tensor
 from .._util import all_finite, suggest
 from . import manifold_data, toy_density
 from .catalog import DATASET_NOTES
-from .errors import ContextError, DataError, WorkbenchError
+from .errors import ContextError, DataError, WorkbenchError, in_memory_data
 
 __all__ = [
     "DATASETS",
@@ -2284,6 +2284,10 @@ def reload_dataset(spec: str, seed: int = 0, options: dict | None = None) -> Dat
 def _load_dataset(
     spec: str, seed: int, limit, conditional, target_columns, options: dict, checks: bool
 ) -> Dataset:
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):  # (an array or a tensor: one line, not the array printed)
+        raise DataError(in_memory_data(spec))
     key = str(spec).lower()
     if key in DATASETS:
         ds = DATASETS[key][0](seed=seed, **options)

@@ -43,3 +43,27 @@ def out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and (
         "can't allocate memory" in text or "out of memory" in text or "ALLOC_FAILED" in text
     )
+
+
+SHOWN = 60  # the most characters of a value that an error message repeats
+
+
+def shown(value, limit: int = SHOWN) -> str:
+    """``value`` as an error message repeats it: an array or tensor by its type and shape, any
+    other value by its ``repr`` cut to ``limit`` characters (a message is one short line)."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not isinstance(value, (str, bytes)) and hasattr(value, "dtype"):
+        kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+        return f"a {kind} of shape {tuple(shape)}"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def in_memory_data(value) -> str:
+    """The refusal of data given as a value (an array, a tensor, a list) where a dataset's
+    name or a file's path is taken, with the two routes that work."""
+    return (
+        f"data must be a dataset name or a file path, got {shown(value)}: save an array with "
+        "np.save('x.npy', x) and pass 'x.npy', or train tensors with "
+        "Trainer(flow, x_train, x_val, ...)"
+    )

@@ -13,6 +13,7 @@ links them by relative path, so the folder can be copied or zipped as a whole:
 
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 import json
@@ -55,16 +56,46 @@ __all__ = [
 ]
 
 
-def _plt():
-    import matplotlib
+# names from the user's data are drawn as written: "$" would start TeX (a column named a$_$b
+# stopped the report with a parser error; R$ turned italic). Set only while a figure is drawn.
+_RC = {"text.parse_math": False}
 
-    matplotlib.use("Agg", force=True)
-    # names from the user's data are drawn as written: "$" would start TeX (a column named
-    # a$_$b stopped the report with a parser error; R$ turned italic)
-    matplotlib.rcParams["text.parse_math"] = False
-    import matplotlib.pyplot as plt
 
-    return plt
+class _Figures:
+    """What the report draws with in place of pyplot: figures of their own on an Agg canvas,
+    which neither pyplot's list of figures nor the process's backend ever sees (a notebook's
+    inline plots and its ``$...$`` labels are left as they were)."""
+
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        FigureCanvasAgg(fig)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig) -> None:  # (no pyplot figure to close: the figure goes with its last use)
+        fig.clear()
+
+
+def _plt() -> type[_Figures]:
+    return _Figures
+
+
+def _drawing(fn):
+    """``fn`` run under the report's matplotlib settings (:data:`_RC`), the caller's restored
+    after it, also when it raises."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(_RC):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def _as_images(x: Tensor, cfg: dict) -> np.ndarray:
@@ -206,6 +237,7 @@ def _csv_lines(x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096, e
         yield ("\n".join(rows) + "\n").encode()
 
 
+@_drawing
 def save_samples(
     x: Tensor,
     cfg: dict,
@@ -273,6 +305,7 @@ def save_samples(
     _savefig(fig, path, overwrite)
 
 
+@_drawing
 def _savefig(fig, path: Path, overwrite: bool = True) -> None:
     import io as _io
 
@@ -436,6 +469,7 @@ def _non_finite(v) -> bool:
     return isinstance(v, float) and not math.isfinite(v)
 
 
+@_drawing
 def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "nll") -> int | None:
     """Training curves, clipped to robust limits with the spikes marked; the number of
     logged values off the chart, each counted once over the panels (None: no metrics). Another
@@ -458,6 +492,7 @@ def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "n
     return len(spikes)
 
 
+@_drawing
 def _samples_images(flow, cfg, temps, n, seed, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(temps), figsize=(3.2 * len(temps), 3.6), squeeze=False)
@@ -468,6 +503,7 @@ def _samples_images(flow, cfg, temps, n, seed, path: Path) -> None:
     _savefig(fig, path)
 
 
+@_drawing
 def _nearest(flow, cfg, train_x: Tensor, n: int, temperature, seed: int, path: Path) -> float:
     x = sample_run(flow, cfg, n, temperature, seed).float()
     flat = x.reshape(n, -1)
@@ -495,6 +531,7 @@ def _nearest(flow, cfg, train_x: Tensor, n: int, temperature, seed: int, path: P
 
 
 @torch.no_grad()
+@_drawing
 def _density(
     flow,
     train_x: Tensor,
@@ -607,6 +644,7 @@ def latent(flow, x: Tensor, seed: int = 0, context: Tensor | None = None, flat: 
     return z.reshape(-1) if flat else z.reshape(z.shape[0], -1)
 
 
+@_drawing
 def _latent_plot(z: Tensor, path: Path) -> dict:
     plt = _plt()
     z = z[torch.isfinite(z)].double()
@@ -742,6 +780,7 @@ def _few_ticks(ax) -> None:
     ax.tick_params(labelsize=7)
 
 
+@_drawing
 def table_figures(
     data: np.ndarray,
     samples: np.ndarray,
@@ -864,6 +903,7 @@ def table_figures(
 # -- conditional runs ------------------------------------------------------------------------------
 
 
+@_drawing
 def _class_grid(flow, cfg, classes, n, temperature, seed, path):
     """One row of ``n`` samples per class (label-conditional image runs)."""
     from .data import label_context
@@ -888,6 +928,7 @@ def _context_value(v: float) -> str:
     return f"{float(v) + 0.0:.4g}"  # (+ 0.0: no "-0")
 
 
+@_drawing
 def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int = 500):
     """For a few rows of the split: samples given that row's context against its true value."""
     ctx = ds.split_context(split)[:rows]
@@ -1485,6 +1526,7 @@ def is_vi_report(folder: Path) -> bool:
     return isinstance(d, dict) and set(d) == {"metrics", "fit"}
 
 
+@_drawing
 def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: str) -> Path:
     """``report.png`` (target, learned density, samples), ``report.md``, ``metrics.json``,
     each written atomically."""

@@ -357,6 +357,39 @@ def _check_rows(t: Tensor | None, what: str) -> None:
         )
 
 
+def _check_precision(t: Tensor | None, what: str, dtype: torch.dtype) -> None:
+    """Once, before training: a ``WorkbenchError`` for a column of ``t`` (float64 data) whose
+    variation the model's ``dtype`` (float32) cannot hold, as the workbench checks a table
+    file: 1.7e9 +- 10 rounds onto a few float32 values, and the flow would fit those spikes
+    (an NLL far below the truth). Refused when rounding moves a value by more than a hundredth
+    of its column's standard deviation."""
+    if (
+        t is None
+        or not t.is_floating_point()
+        or not dtype.is_floating_point
+        or torch.finfo(t.dtype).eps >= torch.finfo(dtype).eps
+        or len(t) < 2
+    ):
+        return
+    flat = t.reshape(len(t), -1)
+    step = _chunk_rows(flat.shape[1])
+    err = torch.zeros(flat.shape[1], dtype=t.dtype, device=t.device)
+    for i in range(0, len(flat), step):
+        c = flat[i : i + step]
+        err = torch.maximum(err, (c - c.to(dtype).to(t.dtype)).abs().amax(0))
+    sd = flat.std(0, correction=0)
+    lost = ((err > 1e-2 * sd) & (sd > 0)).nonzero().flatten()
+    if len(lost):
+        j = int(lost[0])
+        more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+        raise WorkbenchError(
+            f"{what}: column {j} (0-based){more} varies by {float(sd[j]):.3g} around "
+            f"{float(flat[:, j].abs().max()):.6g}, finer than the model's {dtype} resolves there "
+            f"(it rounds by up to {float(err[j]):.3g}): train a float64 model (flow.double()), "
+            "or subtract an offset from the column (e.g. its mean) first"
+        )
+
+
 def _layer_name(model: torch.nn.Module, name: str) -> str:
     """``transform.layers.3 (Coupling)`` for a parameter or module path inside a flow: the
     deepest layer (a :class:`~flowforge.Transform` other than a chain) that holds it."""
@@ -656,9 +689,14 @@ class Trainer:
         for what, t in (("train_x", train_x), ("val_x", val_x), ("train_context", train_context),
                         ("val_context", val_context)):  # fmt: skip
             if t is not None and not isinstance(t, Tensor):
+                convert = (
+                    f"convert it with {what} = torch.as_tensor({what}, dtype=torch.float32)"
+                    if hasattr(t, "__array__")
+                    else "the Trainer batches the data itself: pass the tensors a DataLoader "
+                    "would draw from"
+                )
                 raise WorkbenchError(
-                    f"{what} must be a tensor of examples, got {type(t).__name__} (the Trainer "
-                    "batches the data itself: pass the tensors a DataLoader would draw from)"
+                    f"{what} must be a tensor of examples, got {type(t).__name__} ({convert})"
                 )
         for what, x, c in (("training", train_x, train_context),
                            ("validation", val_x, val_context)):  # fmt: skip
@@ -679,6 +717,11 @@ class Trainer:
                             ("training context", train_context),
                             ("validation context", val_context)):  # fmt: skip
                 _check_rows(t, what)
+            held = next((p for p in model.parameters() if p.is_floating_point()), None)
+            for what, t in (("train_x", train_x), ("val_x", val_x),
+                            ("train_context", train_context),
+                            ("val_context", val_context)):  # fmt: skip
+                _check_precision(t, what, torch.get_default_dtype() if held is None else held.dtype)
         self.model_bytes = model_bytes or io.to_bytes
         why = io.unsaveable_config(getattr(io._unwrap(model), "config", None))
         if self.out is not None and self.model_bytes is io.to_bytes and why is not None:
@@ -872,6 +915,36 @@ class Trainer:
                 yield model
             finally:
                 model.train(was)
+
+    def _warn_early_init(self) -> None:
+        """A warning, at the start of training, for a layer that initialised itself from data
+        (DataStandardize, ActNorm) before the Trainer saw the data, from fewer rows than the
+        Trainer would have given it (a ``flow.log_prob(x[:3])`` in training mode): its
+        statistics are fixed for good, and training from them can end far worse. Layers of a
+        registered builder's flow record the rows (``init_rows``); a layer without it says
+        nothing. The recording hooks are removed here (none runs during training)."""
+        from ..core import DataInit
+        from ..models.registry import forget_init_rows_hooks
+
+        early = []
+        if self.train_x is not None:
+            size = min(len(self.train_x), int(self.cfg["init_batch"]) or self.cfg["batch_size"])
+            for name, m in self.model.named_modules():
+                rows = m.__dict__.get("init_rows") if isinstance(m, DataInit) else None
+                if rows is not None and rows < size and not m._waiting():
+                    early.append((name, m, rows))
+        if early:
+            name, m, rows = early[0]
+            more = f" (and {len(early) - 1} more such layers)" if len(early) > 1 else ""
+            self._warn(
+                f"{type(m).__name__} ({name or 'the model'}){more} initialised itself before "
+                f"fit() from a batch of only {rows} rows (a call of the flow in training mode, "
+                f"e.g. flow.log_prob(x[:{rows}])), not the {size} the Trainer gives it; its "
+                "statistics stay fixed: build the flow again and look at it in eval mode "
+                "(flow.eval()) before fit(), or initialise it from a large shuffled sample "
+                "(flow.train(); flow.log_prob(sample))"
+            )
+        forget_init_rows_hooks(self.model)
 
     def _init_data_dependent(self) -> None:
         """One forward pass on a fixed batch (``train.init_batch`` examples of the first
@@ -1089,6 +1162,11 @@ class Trainer:
         return {**saved, "lr_lambdas": [None] * len(self.opt.param_groups)}
 
     def load_checkpoint(self) -> None:
+        if self.out is None:
+            raise RunError(
+                "resume needs the run folder its checkpoint is in: give the Trainer out=; "
+                "without one, call fit() again on the same Trainer to continue in memory"
+            )
         meta, tensors = read_checkpoint(self.out / CKPT_FILE)
         model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
         ema = {k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -1185,6 +1263,7 @@ class Trainer:
                         "train the run again with --overwrite"
                     ) from None
         else:
+            self._warn_early_init()
             self._init_data_dependent()
             if self.out is not None and not self._saves_model:
                 self._say(

@@ -23,6 +23,7 @@ from .._util import fork_rng
 from ..models.assembly import count
 from ..objectives import vi_diagnostics
 from ..targets import grid_log_z
+from .runner import _callers_random_state
 from .trainer import ReverseKL, Trainer
 
 __all__ = [
@@ -72,6 +73,10 @@ def fit_target(
     Mohamed's annealing); an annealing longer than the run is refused. The learning rate
     decays by cosine to 1/10 over the run. Steps whose loss is not finite are skipped
     (counted in ``skipped``). Returns a history summary.
+
+    ``seed`` fixes the whole run (the Trainer's draws and the target's samples): the same
+    ``seed`` on a freshly built flow repeats it, so random restarts need different seeds
+    (``seed=i``). The caller's Python, numpy and torch random streams are left as they were.
     """
     count("steps", steps)
     count("batch_size", batch_size)
@@ -80,7 +85,12 @@ def fit_target(
             f"annealing over {anneal} steps is longer than the run's {steps} steps: the target "
             "would never be reached at full strength; use --anneal <= --steps (or 0)"
         )
-    torch.manual_seed(seed)
+    with _callers_random_state():
+        torch.manual_seed(seed)
+        return _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every)
+
+
+def _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every) -> dict:
     last: list[float] = []
     trainer = Trainer(
         flow,
