@@ -597,9 +597,13 @@ class DataInit:
             return False
         return True
 
-    def _mark_initialized(self) -> None:
+    def _mark_initialized(self, rows: int | None = None) -> None:
+        """Initialised (from a batch of ``rows`` examples, kept as ``init_rows``, which a
+        trainer checks: a few rows fix statistics that training cannot mend)."""
         self.initialized.fill_(True)
         self.__dict__["_seen_initialized"] = True
+        if rows is not None:
+            self.__dict__["init_rows"] = int(rows)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.pop("_seen_initialized", None)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .._util import suggest, unknown
-from ..core import DataInit, Flow
+from ..core import Flow
 from .assembly import DataOptions
 
 __all__ = [
@@ -241,36 +241,6 @@ def _plain(v):
     return v
 
 
-def _note_rows(module, args) -> None:
-    """A forward pre-hook of a layer that initialises from data: the rows of each batch it is
-    given in training mode while it waits, so that the last, the batch it initialised from,
-    is known afterwards (``init_rows``: a Trainer warns when it was a few rows)."""
-    if torch.compiler.is_compiling():  # (nothing for a graph to trace: it runs eagerly)
-        return
-    if module.training and args and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
-        if module._waiting():
-            module.__dict__["init_rows"] = int(args[0].shape[0])
-        else:  # (initialised: the hook has done its work)
-            forget_init_rows_hooks(module)
-
-
-def note_init_rows(flow: torch.nn.Module) -> None:
-    """Record, on each of ``flow``'s layers that initialise from data (ActNorm,
-    DataStandardize), the rows of the batch it initialises from (``layer.init_rows``)."""
-    for m in flow.modules():
-        if isinstance(m, DataInit):
-            m.register_forward_pre_hook(_note_rows)
-
-
-def forget_init_rows_hooks(flow: torch.nn.Module) -> None:
-    """Remove :func:`note_init_rows`'s hooks (a trainer does before it trains: no hook to
-    run at every step, nor for ``torch.compile`` to trace)."""
-    for m in flow.modules():
-        for k, hook in list(m._forward_pre_hooks.items()):
-            if hook is _note_rows:
-                del m._forward_pre_hooks[k]
-
-
 def _short(v, most: int = 80) -> str:
     """``repr(v)`` on one line, cut to ``most`` characters (a tensor or array spans many)."""
     r = " ".join(repr(v).split())
@@ -414,7 +384,6 @@ def register(
             if takes_data:
                 own["data"] = DataOptions(**{k: arguments[k] for k in data_fields})
             flow = fn(**own)
-            note_init_rows(flow)
             flow.config = {"model": name, "kwargs": _jsonable(arguments)}
             return flow
 

@@ -59,7 +59,7 @@ class ActNorm(DataInit, Transform):
         mean, var = _channel_stats(x)
         self.loc.copy_(-mean)
         self.log_scale.copy_(-0.5 * torch.log(var + self.eps))
-        self._mark_initialized()
+        self._mark_initialized(x.shape[0])
 
     def _forward(self, x, context):
         if self.training and self._waiting():

@@ -172,7 +172,7 @@ class DataStandardize(DataInit, Transform):
         sd = torch.where(keep, sd, torch.ones_like(sd))
         self.loc.copy_(mean)
         self.scale.copy_(sd)
-        self._mark_initialized()
+        self._mark_initialized(x.shape[0])
         # (a first batch too small for its statistics has had its warning above)
         self.__dict__["_checks_left"] = self.CHECKS if x.shape[0] >= self.FEW else 0
 

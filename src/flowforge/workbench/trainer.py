@@ -920,11 +920,10 @@ class Trainer:
         """A warning, at the start of training, for a layer that initialised itself from data
         (DataStandardize, ActNorm) before the Trainer saw the data, from fewer rows than the
         Trainer would have given it (a ``flow.log_prob(x[:3])`` in training mode): its
-        statistics are fixed for good, and training from them can end far worse. Layers of a
-        registered builder's flow record the rows (``init_rows``); a layer without it says
-        nothing. The recording hooks are removed here (none runs during training)."""
+        statistics are fixed for good, and training from them can end far worse. Each such layer
+        records the rows it initialised from (``init_rows``); one loaded initialised (from a
+        file, a state dict) has no record and says nothing."""
         from ..core import DataInit
-        from ..models.registry import forget_init_rows_hooks
 
         early = []
         if self.train_x is not None:
@@ -944,7 +943,6 @@ class Trainer:
                 "(flow.eval()) before fit(), or initialise it from a large shuffled sample "
                 "(flow.train(); flow.log_prob(sample))"
             )
-        forget_init_rows_hooks(self.model)
 
     def _init_data_dependent(self) -> None:
         """One forward pass on a fixed batch (``train.init_batch`` examples of the first
