@@ -174,3 +174,38 @@ def test_fit_warns_once_when_a_layer_took_its_statistics_from_a_few_rows_before_
     assert len(said) == 1 and "only 3 rows" in said[0] and "flow.eval()" in said[0]
     _one_short_line(said[0], 500)
     assert fitted(0) == [] and fitted(100) == []  # (the Trainer's own, or a larger sample)
+
+
+def test_the_second_review_a_constant_column_a_second_stage_a_reload_one_line(tmp_path):
+    """A review of the notebook fixes: the Trainer's float64 check refused an exactly constant
+    column (a context of 0.3 everywhere: "varies by 5.55e-17"); a second Trainer continuing a
+    flow that the first had initialised from its batch of 128 warned of a stray call;
+    init_rows outlived load_state_dict; a value whose repr spans lines broke the one line."""
+    import warnings
+
+    from flowforge.core import DataInit
+    from flowforge.workbench.errors import shown
+
+    torch.manual_seed(0)
+    y = torch.randn(400, 2, dtype=torch.float64)
+    c = torch.full((400, 1), 0.3, dtype=torch.float64)
+    t = Trainer(ff.models.MAF(features=2, context_features=1, layers=1, hidden=(8,)), y[:300],
+                y[300:], {"epochs": 1, "batch_size": 100}, progress=False, echo=False,
+                train_context=c[:300], val_context=c[300:])  # fmt: skip
+    assert t.fit()["status"] == "finished"
+    x = torch.randn(1000, 2) * 3 + 5
+    flow = ff.Flow([ff.transforms.ActNorm(2), ff.transforms.ActNorm(2)],
+                   ff.distributions.StandardNormal(2))  # fmt: skip
+    Trainer(flow, x[:800], x[800:], {"epochs": 1, "batch_size": 128}, progress=False,
+            echo=False).fit()  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = Trainer(flow, x[:800], x[800:], {"epochs": 1, "batch_size": 512, "lr": 1e-4},
+                         progress=False, echo=False).fit()  # fmt: skip
+    assert not any("initialised itself before" in w for w in second.get("warnings", []))
+    layers = [m for m in flow.modules() if isinstance(m, DataInit)]
+    assert all(m.__dict__.get("init_rows") for m in layers)
+    flow.load_state_dict(flow.state_dict())
+    assert not any("init_rows" in m.__dict__ for m in layers)
+    table = type("Table", (), {"__repr__": lambda self: "   a  b\n0  1  4\n1  2  5"})()
+    assert "\n" not in shown(table) and "a b 0 1 4" in shown(table)

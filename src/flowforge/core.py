@@ -63,7 +63,7 @@ def _autocast(device_type: str) -> bool:
     such as ``meta``)."""
     try:
         return torch.is_autocast_enabled(device_type)
-    except RuntimeError:
+    except (RuntimeError, TypeError):  # (torch < 2.4 takes no device type: TypeError)
         return False
 
 
@@ -534,12 +534,21 @@ def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: boo
     return True
 
 
+PRECISION_ROWS = 4096  # the rows of whole data that precision_lost looks at, evenly spaced
+
+
 def precision_lost(t: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> str | None:
     """Where converting ``t`` (examples along its first dimension) to ``dtype`` rounds an
     entry by more than a hundredth of its spread over the examples (coordinates of 1e8 +- 1
     in float32: every example becomes one of a few values), the words that say so ("loses its
     precision ..., move the flow to float64"); None where it does not. ``out``: ``t`` already
     converted, if at hand. Finite values only."""
+    exact = 2 / torch.finfo(dtype).eps  # (float32: every integer up to 2^24)
+    if not t.is_floating_point() and t.numel() and t.abs().max().item() <= exact:
+        return None  # integers the dtype holds exactly (pixels): nothing to round
+    if t.shape[0] > PRECISION_ROWS:  # (whole data: an even subsample of rows judges it)
+        keep = torch.linspace(0, t.shape[0] - 1, PRECISION_ROWS, device=t.device).long()
+        t, out = t[keep], (None if out is None else out[keep])
     x = t.double().reshape(t.shape[0], -1)
     back = (t.to(dtype) if out is None else out).double().reshape(t.shape[0], -1)
     spread, size = x.std(0), x.abs().amax(0)
@@ -607,6 +616,7 @@ class DataInit:
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.pop("_seen_initialized", None)
+        self.__dict__.pop("init_rows", None)  # (the state loaded is not the batch's)
         out = super()._load_from_state_dict(*args, **kwargs)
         # settle the flag now, eagerly: read first inside torch.compile (a resumed or loaded
         # model compiled afterwards), the buffer would break the graph at every such layer

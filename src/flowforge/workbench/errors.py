@@ -55,7 +55,7 @@ def shown(value, limit: int = SHOWN) -> str:
     if shape is not None and not isinstance(value, (str, bytes)) and hasattr(value, "dtype"):
         kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
         return f"a {kind} of shape {tuple(shape)}"
-    text = repr(value)
+    text = " ".join(repr(value).split())  # (one line: a table's repr spans many)
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 

@@ -357,6 +357,9 @@ def _check_rows(t: Tensor | None, what: str) -> None:
         )
 
 
+FEW_INIT_ROWS = 16  # a data-dependent layer initialised from fewer rows: a warning at fit()
+
+
 def _check_precision(t: Tensor | None, what: str, dtype: torch.dtype) -> None:
     """Once, before training: a ``WorkbenchError`` for a column of ``t`` (float64 data) whose
     variation the model's ``dtype`` (float32) cannot hold, as the workbench checks a table
@@ -378,7 +381,9 @@ def _check_precision(t: Tensor | None, what: str, dtype: torch.dtype) -> None:
         c = flat[i : i + step]
         err = torch.maximum(err, (c - c.to(dtype).to(t.dtype)).abs().amax(0))
     sd = flat.std(0, correction=0)
-    lost = ((err > 1e-2 * sd) & (sd > 0)).nonzero().flatten()
+    # a spread at float64's own rounding level (a constant 0.3 column) is a constant column
+    floor = 64 * torch.finfo(t.dtype).eps * flat.abs().amax(0)
+    lost = ((err > 1e-2 * sd) & (sd > floor)).nonzero().flatten()
     if len(lost):
         j = int(lost[0])
         more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
@@ -930,7 +935,9 @@ class Trainer:
             size = min(len(self.train_x), int(self.cfg["init_batch"]) or self.cfg["batch_size"])
             for name, m in self.model.named_modules():
                 rows = m.__dict__.get("init_rows") if isinstance(m, DataInit) else None
-                if rows is not None and rows < size and not m._waiting():
+                # (a few rows, as a stray call gives them: an earlier Trainer's init batch of
+                # 128 is no cause for alarm)
+                if rows is not None and rows < min(size, FEW_INIT_ROWS) and not m._waiting():
                     early.append((name, m, rows))
         if early:
             name, m, rows = early[0]
