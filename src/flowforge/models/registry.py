@@ -39,6 +39,7 @@ __all__ = [
     "saved_kwargs",
     "earlier_configs",
     "not_json",
+    "plain_numbers",
 ]
 
 # Arguments added after configurations were first saved, each with the value that rebuilds
@@ -228,16 +229,16 @@ def _list_hint(v, hint) -> str:
     return f": give a list, [{', '.join(map(str, numbers))}] (in brackets, also on a command line)"
 
 
-def _plain(v):
+def plain_numbers(v):
     """``v`` with its numpy scalars as Python values (``np.int64(3)``, as ``np.arange`` gives,
     is the integer 3; ``np.float32`` a float; ``np.bool_`` a bool), in lists, tuples and
     mappings too: what the builder checks and ``flow.config`` records is plain JSON."""
     if isinstance(v, (np.integer, np.floating, np.bool_)):
         return v.item()
     if isinstance(v, (list, tuple)):
-        return type(v)(_plain(x) for x in v)
+        return type(v)(plain_numbers(x) for x in v)
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+        return {k: plain_numbers(x) for k, x in v.items()}
     return v
 
 
@@ -373,7 +374,7 @@ def register(
             # a list where the annotation or the default is a tuple, as JSON gives it: a tuple)
             arguments = {
                 k: _from_json(
-                    v.tolist() if isinstance(v, np.ndarray) else _plain(v),
+                    v.tolist() if isinstance(v, np.ndarray) else plain_numbers(v),
                     hints.get(k if k in given else varkw.name, inspect.Parameter.empty),
                     defaults.get(k, inspect.Parameter.empty),
                 )

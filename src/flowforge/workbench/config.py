@@ -16,10 +16,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from .. import models
 from .._util import suggest
+from ..models.registry import plain_numbers as plain
 from .errors import WorkbenchError, in_memory_data, shown
 
 __all__ = [
@@ -332,23 +331,6 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
 SEED_MAX = 2**32 - 1  # numpy's seeds; every command's seeds are in [0, SEED_MAX]
 
 
-def plain(v):
-    """A numpy scalar as its Python value (``np.int64(3)`` -> 3, ``np.float32`` -> float,
-    ``np.bool_`` -> bool), so that what a run records is plain JSON; any other value as it is."""
-    if isinstance(v, (np.integer, np.floating, np.bool_)):
-        return v.item()
-    return v
-
-
-def plain_tree(v):
-    """``v`` with every numpy scalar in its mappings and lists made a Python value."""
-    if isinstance(v, dict):
-        return {k: plain_tree(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return type(v)(plain_tree(x) for x in v)
-    return plain(v)
-
-
 def _int(lo: int, hi: float = math.inf) -> Callable:
     def check(v):
         v = plain(v)  # (np.int64 from np.arange: an integer; a bool is not one)
@@ -479,7 +461,7 @@ def resolve_config(*layers: dict | None) -> dict:
     cfg = None
     for layer in layers:
         cfg = merge_config(cfg, layer)
-    cfg = plain_tree(cfg or merge_config(None, None))  # (numpy scalars: Python's)
+    cfg = plain(cfg or merge_config(None, None))  # (numpy scalars: Python's)
     cfg["seed"] = checked("seed", cfg["seed"], _int(0, SEED_MAX))
     cfg["data"]["seed"] = checked("data.seed", cfg["data"]["seed"], _int(0, SEED_MAX))
     cfg["layout"] = checked("layout", cfg["layout"], _choice(*LAYOUTS))
