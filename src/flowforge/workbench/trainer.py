@@ -33,7 +33,14 @@ from torch import Tensor
 
 from .. import io
 from .._util import COMPILE_OPTIONS, fork_rng, rng_states, set_rng_states
-from ..core import NaNLogProb, NonFiniteSamples, layer_metrics, needs_data_init, regularization
+from ..core import (
+    NaNLogProb,
+    NonFiniteSamples,
+    layer_metrics,
+    needs_data_init,
+    precision_lost,
+    regularization,
+)
 from ..models.assembly import count
 from ..objectives import reverse_kl, target_name
 from .checkpoint import (
@@ -365,7 +372,7 @@ def _check_precision(t: Tensor | None, what: str, dtype: torch.dtype) -> None:
     variation the model's ``dtype`` (float32) cannot hold, as the workbench checks a table
     file: 1.7e9 +- 10 rounds onto a few float32 values, and the flow would fit those spikes
     (an NLL far below the truth). Refused when rounding moves a value by more than a hundredth
-    of its column's standard deviation."""
+    of its column's standard deviation (:func:`flowforge.core.precision_lost`)."""
     if (
         t is None
         or not t.is_floating_point()
@@ -374,25 +381,9 @@ def _check_precision(t: Tensor | None, what: str, dtype: torch.dtype) -> None:
         or len(t) < 2
     ):
         return
-    flat = t.reshape(len(t), -1)
-    step = _chunk_rows(flat.shape[1])
-    err = torch.zeros(flat.shape[1], dtype=t.dtype, device=t.device)
-    for i in range(0, len(flat), step):
-        c = flat[i : i + step]
-        err = torch.maximum(err, (c - c.to(dtype).to(t.dtype)).abs().amax(0))
-    sd = flat.std(0, correction=0)
-    # a spread at float64's own rounding level (a constant 0.3 column) is a constant column
-    floor = 64 * torch.finfo(t.dtype).eps * flat.abs().amax(0)
-    lost = ((err > 1e-2 * sd) & (sd > floor)).nonzero().flatten()
-    if len(lost):
-        j = int(lost[0])
-        more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
-        raise WorkbenchError(
-            f"{what}: column {j} (0-based){more} varies by {float(sd[j]):.3g} around "
-            f"{float(flat[:, j].abs().max()):.6g}, finer than the model's {dtype} resolves there "
-            f"(it rounds by up to {float(err[j]):.3g}): train a float64 model (flow.double()), "
-            "or subtract an offset from the column (e.g. its mean) first"
-        )
+    said = precision_lost(t, dtype)  # (the check of a flow's inputs, over the whole data)
+    if said is not None:
+        raise WorkbenchError(f"{what} {said}")
 
 
 def _layer_name(model: torch.nn.Module, name: str) -> str:
