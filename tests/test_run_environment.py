@@ -232,3 +232,23 @@ def test_a_run_from_before_the_environment_was_recorded_is_quiet(tmp_path, capsy
     assert not warnings_in(out + err)
     assert config_of(tmp_path / "replay")["resolved"]["environment"]["threads"] == 7
     assert describe_environment(None) == ""
+
+
+def test_a_resume_under_another_default_dtype_warns(tmp_path, capsys, monkeypatch):
+    """A notebook audit: torch.set_default_dtype(torch.float64) in a notebook, then a resume of
+    a run started under float32, mixed the dtypes and was no longer bit-exact without a word."""
+    from flowforge.workbench.runs import describe_environment, environment_warning
+
+    run = interrupted(tmp_path / "run")
+    env = config_of(run)["resolved"]["environment"]
+    assert env["default_dtype"] == "float32"
+    now = {**env, "default_dtype": "float64"}
+    line = environment_warning(env, now, "an uninterrupted run")
+    assert "torch's default dtype float32, here float64" in line
+    assert "torch.set_default_dtype(torch.float32)" in line and "\n" not in line
+    assert "default dtype float64" in describe_environment(now)
+    assert "default dtype" not in describe_environment(env)
+    monkeypatch.setattr(torch, "get_default_dtype", lambda: torch.float64)
+    rc, out, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+    said = warnings_in(out + err)
+    assert len(said) == 1 and "default dtype float32, here float64" in said[0], out + err

@@ -780,6 +780,8 @@ def run_environment(device="cpu") -> dict:
         "scikit-learn": _version("scikit-learn"),
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        # (set in a notebook, torch.set_default_dtype builds the model, and a resumed one, in it)
+        "default_dtype": str(torch.get_default_dtype()).removeprefix("torch."),
         "device": dev.type,
         "kernels": list(codec.kernels()),
     }
@@ -800,7 +802,16 @@ def recorded_environment(env) -> dict | None:
     if not isinstance(env, dict):
         return None
     out = {}
-    for k in ("flowforge", "torch", "numpy", "scikit-learn", "python", "device", "gpu"):
+    for k in (
+        "flowforge",
+        "torch",
+        "numpy",
+        "scikit-learn",
+        "python",
+        "device",
+        "gpu",
+        "default_dtype",
+    ):
         v = env.get(k)
         if isinstance(v, str) and _ENV_TEXT.fullmatch(v):
             out[k] = v
@@ -834,14 +845,17 @@ def describe_environment(env) -> str:
         setup.append(f"{env['threads']} thread{'s' if env['threads'] != 1 else ''}")
     if "kernels" in env:
         setup.append(f"kernels {env['kernels'][0]} (MKL {env['kernels'][1]})")
+    if env.get("default_dtype", "float32") != "float32":  # (torch's own default: not said)
+        setup.append(f"default dtype {env['default_dtype']}")
     return "; ".join(", ".join(part) for part in (versions, setup) if part)
 
 
 def environment_warning(recorded, now: dict, what: str) -> str | None:
-    """One line when this process's thread count, CPU kernels or torch version (or device)
-    differ from those a run recorded (``resolved.environment``), so that the result will not
-    be bit-identical to ``what`` (e.g. "an uninterrupted run on the recorded setup"); None
-    when they agree or the run recorded none (a run from before they were recorded)."""
+    """One line when this process's thread count, CPU kernels, torch version, default dtype
+    (or device) differ from those a run recorded (``resolved.environment``), so that the
+    result will not be bit-identical to ``what`` (e.g. "an uninterrupted run on the recorded
+    setup"); None when they agree or the run recorded none (a run from before they were
+    recorded)."""
     recorded = recorded_environment(recorded)
     if not recorded:
         return None
@@ -865,6 +879,10 @@ def environment_warning(recorded, now: dict, what: str) -> str | None:
     if "torch" in recorded and recorded["torch"] != now["torch"]:
         diffs.append(f"torch {recorded['torch']}, here {now['torch']}")
         fixes.append(f"torch {recorded['torch']}")
+    was = recorded.get("default_dtype")
+    if was is not None and was != now.get("default_dtype"):
+        diffs.append(f"torch's default dtype {was}, here {now.get('default_dtype')}")
+        fixes.append(f"torch.set_default_dtype(torch.{was}) before it")
     if not diffs:
         return None
     return (
