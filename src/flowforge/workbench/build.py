@@ -194,8 +194,9 @@ def _sizing_note(sizing: dict | None) -> str:
 # dequantization bound) do not handle.
 PYTHON_ONLY = {
     "augmented": (
-        "model 'augmented' (augmented flows) is Python-only: the workbench does not train or "
-        "score it; use ff.models.augmented(...) with its log_prob(x, samples=K) bound "
+        "model 'augmented' (augmented flows) is Python-only: its log_prob is a bound over "
+        "auxiliary draws, not a density, and the workbench neither trains, scores nor fits a "
+        "target with it; use ff.models.augmented(...) with its log_prob(x, samples=K) bound "
         "(docs/augmented.md)"
     ),
 }

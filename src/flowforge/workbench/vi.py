@@ -23,6 +23,7 @@ from .._util import fork_rng
 from ..models.assembly import count
 from ..objectives import vi_diagnostics
 from ..targets import grid_log_z
+from .build import PYTHON_ONLY
 from .runner import _callers_random_state
 from .trainer import ReverseKL, Trainer
 
@@ -40,11 +41,8 @@ def build_vi_model(name: str, features: int, layers: int | None = None, **kwargs
     """Build a registered model for ``features`` dimensions; ``layers`` sets the builder's
     depth argument (``layers``, ``blocks`` or ``steps``, from its spec)."""
     spec = models.spec(name)  # ValueError for an unknown name, with suggestions
-    if spec.name == "augmented":  # (its log_prob is a bound: no reverse KL through it)
-        raise ValueError(
-            "an augmented flow's log_prob is a bound over auxiliary draws, not the density "
-            "the reverse KL needs; fit a target with a Flow (realnvp, nsf, maf, planar, ...)"
-        )
+    if spec.name in PYTHON_ONLY:  # (a bound, not a density: no reverse KL through it)
+        raise ValueError(PYTHON_ONLY[spec.name])
     if "features" not in spec.inputs:
         raise ValueError("it takes images only; a target needs a vector model")
     if layers is not None:
