@@ -32,17 +32,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution as TorchDistribution
 from torch.distributions import constraints, register_kl
 
-from .core import Distribution, Flow
+from .core import Distribution, Flow, _fmt
 
 __all__ = ["TorchBase", "FlowDistribution"]
 
 _NO_SAMPLE_SHAPE = torch.Size()  # (one draw, as torch's default)
 
 _EXAMPLE = "TorchBase(lambda loc, scale: Independent(Normal(loc, scale), 1), loc=..., scale=...)"
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _checked(dist, event_shape: tuple[int, ...] | None = None) -> TorchDistribution:
