@@ -423,9 +423,7 @@ def _check_rebuilds(config: dict, state: dict[str, torch.Tensor], flow=None) -> 
     )
     if key in _REBUILDS:
         return
-    with _forked_rng(state):
-        rebuilt = _build(config, BUILD_FLOOR + 8 * _size(state), len(state))
-        _check_tensors(rebuilt, state)
+    rebuilt = rebuilt_from(config, state)
     if flow is not None and _own_code(flow):  # (the library's layers: the generic test's)
         why = rebuilt_differs(flow, rebuilt, state)
         if why is not None:
@@ -433,6 +431,16 @@ def _check_rebuilds(config: dict, state: dict[str, torch.Tensor], flow=None) -> 
     if len(_REBUILDS) >= 16:
         _REBUILDS.pop(next(iter(_REBUILDS)))
     _REBUILDS[key] = None
+
+
+def rebuilt_from(config: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The flow ``config`` builds, checked to hold ``state``'s tensors (names, shapes, kinds
+    of dtype; ``ValueError`` otherwise), built on a forked random state (the caller's random
+    numbers do not move) and not yet loaded with ``state``."""
+    with _forked_rng(state):
+        rebuilt = _build(config, BUILD_FLOOR + 8 * _size(state), len(state))
+        _check_tensors(rebuilt, state)
+    return rebuilt
 
 
 def _own_code(flow: torch.nn.Module) -> bool:

@@ -249,9 +249,7 @@ def check_save_load(flow: nn.Module) -> None:
     assert why is None, f"{_name(flow)}: {why}"
     state = flow.state_dict()
     try:
-        with io._forked_rng(state):
-            rebuilt = io._build(flow.config, io.BUILD_FLOOR + 8 * io._size(state), len(state))
-            io._check_tensors(rebuilt, state)
+        rebuilt = io.rebuilt_from(flow.config, state)
     except ValueError as e:
         raise AssertionError(f"{_name(flow)}: its configuration does not rebuild it: {e}") from None
     why = io.rebuilt_differs(flow, rebuilt, state)
