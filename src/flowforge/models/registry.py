@@ -105,8 +105,6 @@ _SPECS: dict[str, BuilderSpec] = {}
 def _jsonable(v):
     if isinstance(v, torch.Tensor):  # (e.g. an adjacency given as a tensor)
         return v.tolist()
-    if isinstance(v, np.generic):  # (a numpy number: json writes Python's own)
-        return v.item()
     if isinstance(v, (tuple, list)):
         return [_jsonable(i) for i in v]
     if isinstance(v, dict):
