@@ -526,23 +526,24 @@ def _check_cast(t: Tensor, out: Tensor, what: str, dtype: torch.dtype, warn: boo
         )
     if not warn or not finite or t.dim() < 2 or t.shape[0] < 2:
         return False  # (the precision not looked at: a later batch is)
-    said = precision_lost(t, dtype, out)
+    said = precision_lost(t, dtype, out, where="this batch")
     if said is not None:
-        _warn(
-            f"{what} {said.replace('in the data around', 'in this batch around')}", RuntimeWarning
-        )
+        _warn(f"{what} {said}", RuntimeWarning)
     return True
 
 
 PRECISION_ROWS = 4096  # the rows of whole data that precision_lost looks at, evenly spaced
 
 
-def precision_lost(t: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> str | None:
+def precision_lost(
+    t: Tensor, dtype: torch.dtype, out: Tensor | None = None, where: str = "the data"
+) -> str | None:
     """Where converting ``t`` (examples along its first dimension) to ``dtype`` rounds an
     entry by more than a hundredth of its spread over the examples (coordinates of 1e8 +- 1
     in float32: every example becomes one of a few values), the words that say so ("loses its
     precision ..., move the flow to float64"); None where it does not. ``out``: ``t`` already
-    converted, if at hand. Finite values only."""
+    converted, if at hand; ``where``: what ``t`` is, as the words say it. Finite values
+    only."""
     exact = 2 / torch.finfo(dtype).eps  # (float32: every integer up to 2^24)
     if not t.is_floating_point() and t.numel() and t.abs().max().item() <= exact:
         return None  # integers the dtype holds exactly (pixels): nothing to round
@@ -560,7 +561,7 @@ def precision_lost(t: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> 
     i = int(lost.nonzero()[0, 0])
     return (
         f"loses its precision in the flow's {dtype}: entry {i} varies by "
-        f"{spread[i].item():.3g} in the data around {size[i].item():.6g}, and the "
+        f"{spread[i].item():.3g} in {where} around {size[i].item():.6g}, and the "
         f"conversion rounds it by up to {err[i].item():.3g}; move the flow to float64 "
         "(flow.double()) or subtract an offset from the data first"
     )
