@@ -6,6 +6,7 @@ from __future__ import annotations
 from . import (
     augmented,
     autoregressive,
+    bnaf,
     continuous,
     defaults,
     emerging,
@@ -26,6 +27,7 @@ CASES: list[Case] = [
     *image.CASES,
     *emerging.CASES,
     *autoregressive.CASES,
+    *bnaf.CASES,
     *continuous.CASES,
     *flowmatching.CASES,
     *residual.CASES,

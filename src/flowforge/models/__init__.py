@@ -10,11 +10,11 @@ by name (case-insensitive); ``spec(name)`` says what it takes.
 Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
-``autoregressive`` (MAF, IAF, NSF), ``residual`` (Planar, Radial, Sylvester, ResidualFlow),
-``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching), ``transformer`` (TarFlow),
-``integer`` (IDF), ``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``,
-``mflow``; registered, though an M-flow is not a ``Flow`` on ``R^D``: the workbench
-trains it with its own objectives), ``augmented`` (augmented flows: ``AugmentedFlow``,
+``autoregressive`` (MAF, IAF, NSF), ``bnaf`` (BNAF), ``residual`` (Planar, Radial, Sylvester,
+ResidualFlow), ``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching),
+``transformer`` (TarFlow), ``integer`` (IDF), ``manifolds`` (TorusFlow, SphereFlow), ``mflow``
+(M-flows: ``MFlow``, ``mflow``; registered, though an M-flow is not a ``Flow`` on ``R^D``: the
+workbench trains it with its own objectives), ``augmented`` (augmented flows: ``AugmentedFlow``,
 ``augmented``; registered, not a ``Flow``: its ``log_prob`` is a bound, Python API only).
 """
 
@@ -28,6 +28,7 @@ from .assembly import (
 )
 from .augmented import AugmentedFlow, augmented
 from .autoregressive import IAF, MAF, NSF
+from .bnaf import BNAF
 from .continuous import FFJORD
 from .coupling import NICE, RealNVP
 from .flowmatching import CNF
@@ -46,6 +47,7 @@ __all__ = [
     "MAF",
     "IAF",
     "NSF",
+    "BNAF",
     "FFJORD",
     "CNF",
     "Planar",

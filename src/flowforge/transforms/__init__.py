@@ -2,15 +2,17 @@
 the elementwise transformers follow :class:`flowforge.core.Transformer`'s and the dequantizers
 :class:`flowforge.core.Dequantizer`'s.
 
-One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
-emerging (emerging k x k convolutions), normalization, image (squeeze, multi-scale factor-out),
-integer (integer discrete flows), residual (planar, radial, Sylvester), iresnet (invertible
-residual blocks), continuous (CNF; torchdiffeq is imported only when one is built),
-preprocessing, dequantization and manifolds (circles, tori, the sphere).
+One file per family: coupling, elementwise transformers, autoregressive, bnaf (block neural
+autoregressive flows), splines, linear, emerging (emerging k x k convolutions), normalization,
+image (squeeze, multi-scale factor-out), integer (integer discrete flows), residual (planar,
+radial, Sylvester), iresnet (invertible residual blocks), continuous (CNF; torchdiffeq is
+imported only when one is built), preprocessing, dequantization and manifolds (circles, tori,
+the sphere).
 """
 
 from ..core import Identity
 from .autoregressive import Autoregressive, ParallelInverseWarning, set_inverse
+from .bnaf import BlockNeuralAutoregressive
 from .continuous import CNF, ODENet, ODEStepBudgetError, exact_scoring, ode_methods
 from .coupling import Coupling, alternating_mask, channel_mask, checkerboard_mask, half_mask
 from .dequantization import (
@@ -50,6 +52,7 @@ __all__ = [
     "Affine",
     "Autoregressive",
     "BatchNorm",
+    "BlockNeuralAutoregressive",
     "CNF",
     "CircularCoupling",
     "CircularElementwise",
