@@ -4,8 +4,9 @@ the elementwise transformers follow :class:`flowforge.core.Transformer`'s and th
 
 One file per family: coupling, elementwise transformers, autoregressive, splines, linear,
 emerging (emerging k x k convolutions), normalization, image (squeeze, multi-scale factor-out),
-integer (integer discrete flows), residual (planar, radial, Sylvester), iresnet (invertible
-residual blocks), continuous (CNF; torchdiffeq is imported only when one is built),
+integer (integer discrete flows), mixture (Flow++'s logistic mixture), monotone (UMNN,
+sum-of-squares and Bernstein transformers), residual (planar, radial, Sylvester), iresnet
+(invertible residual blocks), continuous (CNF; torchdiffeq is imported only when one is built),
 preprocessing, dequantization and manifolds (circles, tori, the sphere).
 """
 
@@ -32,6 +33,7 @@ from .manifolds import (
     UniformTorus,
 )
 from .mixture import LogisticMixture
+from .monotone import Bernstein, SumOfSquares, UnconstrainedMonotonic
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import (
     Bounded,
@@ -50,6 +52,7 @@ __all__ = [
     "Affine",
     "Autoregressive",
     "BatchNorm",
+    "Bernstein",
     "CNF",
     "CircularCoupling",
     "CircularElementwise",
@@ -82,7 +85,9 @@ __all__ = [
     "SphereToCylinder",
     "Squeeze",
     "Standardize",
+    "SumOfSquares",
     "Sylvester",
+    "UnconstrainedMonotonic",
     "UniformCylinder",
     "UniformTorus",
     "UniformDequantization",
