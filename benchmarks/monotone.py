@@ -101,9 +101,14 @@ def main():
     ap.add_argument("--seconds", type=float, default=25.0)
     ap.add_argument("--datasets", nargs="+", default=["moons", "8gaussians", "digits"])
     ap.add_argument("--out", default="benchmarks/results/monotone")
+    ap.add_argument("--rows-from", help="write the results from a log of this script's rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
+    if args.rows_from:
+        with open(args.rows_from) as f:
+            rows = [json.loads(line) for line in f if line.startswith("{")]
+        args.datasets = []
     for ds in args.datasets:
         split = data(ds)
         for name in MODELS:
