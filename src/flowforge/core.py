@@ -660,10 +660,12 @@ class Transformer(nn.Module):
     r"""An elementwise transformer: the invertible scalar map that a coupling or autoregressive
     layer applies to each transformed dimension.
 
-    It has no weights of its own: ``params`` of shape ``(*x.shape, params_per_dim)`` come from a
-    conditioner, and each method returns ``(y, ladj)`` with ``ladj`` elementwise, the shape of
-    ``x``. All-zero parameters must give the identity, so that a conditioner with a
-    zero-initialised last layer starts its layer as the identity.
+    Its per-entry parameters, ``params`` of shape ``(*x.shape, params_per_dim)``, come from a
+    conditioner; it may hold weights of its own, shared by every entry (the integrand network
+    of :class:`~flowforge.transforms.UnconstrainedMonotonic`), which the layer holding it
+    registers, saves and moves like its conditioner's. Each method returns ``(y, ladj)`` with
+    ``ladj`` elementwise, the shape of ``x``. All-zero parameters must give the identity, so
+    that a conditioner with a zero-initialised last layer starts its layer as the identity.
 
     Subclasses set ``params_per_dim`` and implement :meth:`forward` (data to noise) and
     :meth:`inverse`.

@@ -10,11 +10,12 @@ by name (case-insensitive); ``spec(name)`` says what it takes.
 Layout, bottom to top (each file imports only the ones above it in this list):
 ``assembly`` (data options, bases, dequantizers, shared parsers), ``registry``, then one file
 per family: ``image`` (Glow, the multi-scale RealNVP), ``coupling`` (NICE, RealNVP),
-``autoregressive`` (MAF, IAF, NSF), ``bnaf`` (BNAF), ``residual`` (Planar, Radial, Sylvester,
-ResidualFlow), ``continuous`` (FFJORD), ``flowmatching`` (CNF, for flow matching),
-``transformer`` (TarFlow), ``integer`` (IDF), ``manifolds`` (TorusFlow, SphereFlow), ``mflow``
-(M-flows: ``MFlow``, ``mflow``; registered, though an M-flow is not a ``Flow`` on ``R^D``: the
-workbench trains it with its own objectives), ``augmented`` (augmented flows: ``AugmentedFlow``,
+``autoregressive`` (MAF, IAF, NSF), ``monotone`` (NAF, UNAF, SOSPF, BPF), ``bnaf`` (BNAF),
+``residual`` (Planar, Radial, Sylvester, ResidualFlow), ``continuous`` (FFJORD),
+``flowmatching`` (CNF, for flow matching), ``transformer`` (TarFlow), ``integer`` (IDF),
+``manifolds`` (TorusFlow, SphereFlow), ``mflow`` (M-flows: ``MFlow``, ``mflow``; registered,
+though an M-flow is not a ``Flow`` on ``R^D``: the workbench trains it with its own
+objectives), ``augmented`` (augmented flows: ``AugmentedFlow``,
 ``augmented``; registered, not a ``Flow``: its ``log_prob`` is a bound, Python API only).
 """
 
@@ -36,6 +37,7 @@ from .image import Glow, default_scales
 from .integer import IDF, IntegerFlow
 from .manifolds import SphereFlow, TorusFlow
 from .mflow import MFlow, mflow
+from .monotone import BPF, NAF, SOSPF, UNAF
 from .registry import BuilderSpec, available, build, builder, register, spec
 from .residual import Planar, Radial, ResidualFlow, Sylvester
 from .transformer import TarFlow
@@ -48,6 +50,10 @@ __all__ = [
     "IAF",
     "NSF",
     "BNAF",
+    "NAF",
+    "UNAF",
+    "SOSPF",
+    "BPF",
     "FFJORD",
     "CNF",
     "Planar",

@@ -27,11 +27,11 @@ NSF     one pass                one pass (coupling) / D steps (``autoregressive=
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from ..core import Flow, Inverse, Transform
+from ..core import Flow, Inverse, Transform, Transformer
 from ..nets import check_adjacency
 from ..transforms import (
     Affine,
@@ -45,7 +45,7 @@ from ..transforms import (
 from .assembly import DataOptions, assemble, count, event_shape, mixer, mlp_conditioner, widths
 from .registry import register
 
-__all__ = ["MAF", "IAF", "NSF"]
+__all__ = ["MAF", "IAF", "NSF", "elementwise_chain"]
 
 # what adjacency= takes: a list of rows of 0/1 or booleans (a config file's form) or a tensor;
 # the values are checked by flowforge.nets.check_adjacency, each problem in one line
@@ -111,6 +111,61 @@ def _autoregressive_stack(
         chain.append(make())
         if batch_norm:
             chain.append(BatchNorm(d))
+    return chain
+
+
+def elementwise_chain(
+    d: int,
+    layers: int,
+    transformer: Callable[[], Transformer],
+    hidden: Sequence[int] | int,
+    autoregressive: bool,
+    permutation: str | None,
+    lu: bool,
+    residual: bool,
+    activation: str,
+    adjacency: AdjacencyArg,
+    data: DataOptions,
+    name: str,
+) -> list[Transform]:
+    """The layers of a flow of ``layers`` elementwise-transformer layers (a new
+    ``transformer()`` each) on ``d`` features: MADE layers (``autoregressive``, with an
+    optional ``adjacency``) or half-mask couplings whose roles the ``permutation`` between
+    layers swaps (the halves alternate without one). NSF and the monotone flows
+    (:mod:`flowforge.models.monotone`) are this with their transformer; ``name`` is the
+    builder's, for the messages."""
+    cf = data.context_features
+    hidden = widths(hidden)
+    if adjacency is not None and not autoregressive:
+        raise ValueError(
+            f"adjacency= needs {name}(autoregressive=True): a coupling splits the dimensions in "
+            "halves and cannot follow a graph"
+        )
+    adj, permutation = _structure(adjacency, d, permutation, lu, base=data.base)
+    if autoregressive:
+        return _autoregressive_stack(
+            d,
+            layers,
+            lambda: Autoregressive(
+                d, transformer(), hidden, cf, None, residual, activation, adjacency=adj
+            ),
+            permutation,
+            lu,
+            False,
+        )
+    if d < 2:
+        raise ValueError(
+            f"a coupling {name} needs features >= 2; for 1-d use {name}(..., "
+            "autoregressive=True) (from the command line: --model-kwargs "
+            "'{\"autoregressive\": true}')"
+        )
+    cond = mlp_conditioner(hidden, cf, activation, residual=residual)
+    chain: list[Transform] = []
+    for i in range(count("layers", layers)):
+        chain += _between(i, permutation, lu, d)
+        flip = permutation is None and i % 2 == 1
+        # True = kept: the last floor(D/2) entries condition the first ceil(D/2)
+        chain.append(Coupling(half_mask(d, flip=not flip), cond, transformer(), cf))
     return chain
 
 
@@ -285,40 +340,18 @@ def NSF(
         torch.Size([3, 4])
     """
     (d,) = event_shape(features, None)
-    cf = data.context_features
-    hidden = widths(hidden)
-    if adjacency is not None and not autoregressive:
-        raise ValueError(
-            "adjacency= needs NSF(autoregressive=True): a coupling splits the dimensions in "
-            "halves and cannot follow a graph"
-        )
-    adj, permutation = _structure(adjacency, d, permutation, lu, base=data.base)
-
-    def spline():
-        return RationalQuadratic(bins, bound)
-
-    if autoregressive:
-        chain = _autoregressive_stack(
-            d,
-            layers,
-            lambda: Autoregressive(
-                d, spline(), hidden, cf, None, residual, activation, adjacency=adj
-            ),
-            permutation,
-            lu,
-            False,
-        )
-    else:
-        if d < 2:
-            raise ValueError(
-                "a coupling NSF needs features >= 2; for 1-d use NSF(..., autoregressive=True) "
-                "(from the command line: --model-kwargs '{\"autoregressive\": true}')"
-            )
-        cond = mlp_conditioner(hidden, cf, activation, residual=residual)
-        chain = []
-        for i in range(count("layers", layers)):
-            chain += _between(i, permutation, lu, d)
-            flip = permutation is None and i % 2 == 1
-            # True = kept: the last floor(D/2) entries condition the first ceil(D/2)
-            chain.append(Coupling(half_mask(d, flip=not flip), cond, spline(), cf))
+    chain = elementwise_chain(
+        d,
+        layers,
+        lambda: RationalQuadratic(bins, bound),
+        hidden,
+        autoregressive,
+        permutation,
+        lu,
+        residual,
+        activation,
+        adjacency,
+        data,
+        "NSF",
+    )
     return assemble(chain, (d,), data)

@@ -4,10 +4,11 @@ the elementwise transformers follow :class:`flowforge.core.Transformer`'s and th
 
 One file per family: coupling, elementwise transformers, autoregressive, bnaf (block neural
 autoregressive flows), splines, linear, emerging (emerging k x k convolutions), normalization,
-image (squeeze, multi-scale factor-out), integer (integer discrete flows), residual (planar,
-radial, Sylvester), iresnet (invertible residual blocks), continuous (CNF; torchdiffeq is
-imported only when one is built), preprocessing, dequantization and manifolds (circles, tori,
-the sphere).
+image (squeeze, multi-scale factor-out), integer (integer discrete flows), mixture (Flow++'s
+logistic mixture), monotone (UMNN, sum-of-squares and Bernstein transformers), residual
+(planar, radial, Sylvester), iresnet (invertible residual blocks), continuous (CNF;
+torchdiffeq is imported only when one is built), preprocessing, dequantization and manifolds
+(circles, tori, the sphere).
 """
 
 from ..core import Identity
@@ -34,6 +35,7 @@ from .manifolds import (
     UniformTorus,
 )
 from .mixture import LogisticMixture
+from .monotone import Bernstein, SumOfSquares, UnconstrainedMonotonic
 from .normalization import ActNorm, BatchNorm
 from .preprocessing import (
     Bounded,
@@ -53,6 +55,7 @@ __all__ = [
     "Autoregressive",
     "BatchNorm",
     "BlockNeuralAutoregressive",
+    "Bernstein",
     "CNF",
     "CircularCoupling",
     "CircularElementwise",
@@ -85,7 +88,9 @@ __all__ = [
     "SphereToCylinder",
     "Squeeze",
     "Standardize",
+    "SumOfSquares",
     "Sylvester",
+    "UnconstrainedMonotonic",
     "UniformCylinder",
     "UniformTorus",
     "UniformDequantization",
