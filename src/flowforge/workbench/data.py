@@ -867,10 +867,17 @@ def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int
     row's fifth nearest, which copies inside the training split cannot shrink), in
     standardised units; in one dimension a ten-thousandth, since there a hundredth catches
     about 1 honest row in 20 by chance. Exact copies are :func:`_duplicates`' to report. At
-    most ``rows`` rows of each split are compared with at most ``pool`` training rows."""
-    t = train
-    if len(t) < 20 or len(_bad_rows(t, lambda c: ~np.isfinite(c))):
+    most ``rows`` rows of each split are compared with at most ``pool`` training rows.
+    Columns whose training values are all whole numbers (counts, flags, labels: a context of
+    simulations, say) are left out of the distance, since independent rows share their values
+    by design; without another column there is nothing to check."""
+    if len(train) < 20 or len(_bad_rows(train, lambda c: ~np.isfinite(c))):
         return []
+    cont = [j for j in range(train.shape[1]) if not _whole(train[:, j])]
+    if not cont:
+        return []
+    t = train[:, cont]
+    splits = {name: a[:, cont] for name, a in splits.items()}
     rng = np.random.default_rng(0)
     mean, sd, _ = _column_stats(t)
     sd[sd == 0] = 1.0
@@ -900,6 +907,12 @@ def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int
                 "splitting"
             )
     return notes
+
+
+def _whole(col: np.ndarray) -> bool:
+    """Whether every finite value of a column is a whole number."""
+    col = np.asarray(col, dtype=np.float64)
+    return bool(np.all(col == np.round(col)))
 
 
 def _row_hashes(a: np.ndarray) -> np.ndarray:
