@@ -448,14 +448,9 @@ def cmd_eval(args) -> int:
 
     calibration = None
     scores = _scores_path(args)  # (checked before any scoring)
-    if args.calibration:
-        from .errors import WorkbenchError
-
-        if args.data is not None:
-            raise WorkbenchError(
-                "--calibration scores a split of the run's data (--split); not with --data"
-            )
-    elif args.calibration_samples is not None or args.calibration_pairs is not None:
+    if not args.calibration and (
+        args.calibration_samples is not None or args.calibration_pairs is not None
+    ):
         from .errors import WorkbenchError
 
         raise WorkbenchError("--calibration-samples and --calibration-pairs go with --calibration")
@@ -475,6 +470,7 @@ def cmd_eval(args) -> int:
             100 if samples is None else samples,
             1000 if pairs is None else pairs,
             device=args.device,
+            data=args.data,
         )
     res = evaluate_run(
         args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
@@ -1151,7 +1147,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--calibration",
         action="store_true",
         help="a --target-columns run as a posterior q(targets | context): SBC, HPD coverage "
-        "and TARP on the split (its rows taken as draws from the joint; docs/diagnostics.md)",
+        "and TARP on the split, or on --data's file of fresh simulations (its rows taken as "
+        "draws from the joint; docs/diagnostics.md)",
     )
     s.add_argument(
         "--calibration-samples",
@@ -1161,7 +1158,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--calibration-pairs",
         type=int,
-        help="with --calibration: at most this many rows of the split, a seeded random subset "
+        help="with --calibration: at most this many rows of the split (or file), a seeded "
+        "random subset "
         "(default 1000)",
     )
     _device_option(

@@ -141,27 +141,7 @@ def evaluate_run(
         _check_file(x, r, str(data), int(cfg["data"]["options"].get("bits", 8)))
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
-        want = len(info["target_columns"]) + len(info["context_columns"])
-        names = None  # the table's header as trained on (runs since the context names are kept)
-        if r.get("columns") and r.get("context_column_names"):
-            names = [None] * want
-            for i, n in zip(info["target_columns"], r["columns"]):
-                names[i] = n
-            for i, n in zip(info["context_columns"], r["context_column_names"]):
-                names[i] = n
-        header = cfg["data"]["options"].get("header")
-        if header is False and names is None and _sample_names_first(data, want):
-            header = True  # (the header `sample` writes for a table that had none)
-        say_reading(data)
-        full = read_examples(data, columns=names, header=header)
-        if full.dim() != 2 or full.shape[1] != want:
-            raise DataError(
-                f"{data} has shape {tuple(full.shape)}; this run expects {want} columns"
-            )
-        x = full[:, info["target_columns"]]
-        context = column_context(
-            full[:, info["context_columns"]], info, r.get("context_column_names")
-        )
+        x, context = read_column_file(cfg, data)
         split = str(data)
         _check_file(x, r, str(data))
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
@@ -450,6 +430,31 @@ CALIBRATION_FEW = 50  # pairs below which eval --calibration says its verdicts a
 MAX_CALIBRATION_DRAWS = 10_000  # posterior draws per pair that --calibration-samples allows
 
 
+def read_column_file(cfg: dict, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """A file of rows for a column-conditional run (its target and context columns, found by
+    the header names it was trained with where it kept them): the targets and the checked raw
+    contexts (:func:`~flowforge.workbench.data.column_context`), as the run's splits hold them."""
+    r = cfg["resolved"]
+    info = r["context"]
+    want = len(info["target_columns"]) + len(info["context_columns"])
+    names = None  # the table's header as trained on (runs since the context names are kept)
+    if r.get("columns") and r.get("context_column_names"):
+        names = [None] * want
+        for i, n in zip(info["target_columns"], r["columns"]):
+            names[i] = n
+        for i, n in zip(info["context_columns"], r["context_column_names"]):
+            names[i] = n
+    header = cfg["data"]["options"].get("header")
+    if header is False and names is None and _sample_names_first(data, want):
+        header = True  # (the header `sample` writes for a table that had none)
+    say_reading(data)
+    full = read_examples(data, columns=names, header=header)
+    if full.dim() != 2 or full.shape[1] != want:
+        raise DataError(f"{data} has shape {tuple(full.shape)}; this run expects {want} columns")
+    context = column_context(full[:, info["context_columns"]], info, r.get("context_column_names"))
+    return full[:, info["target_columns"]], context
+
+
 def calibrate_run(
     run: str,
     split: str = "test",
@@ -459,6 +464,7 @@ def calibrate_run(
     batch_size: int = 8192,
     dataset=None,
     device: str = "cpu",
+    data=None,
 ) -> dict:
     """Calibration of a column-conditional run's model as a posterior ``q(targets | context)``
     on one split: SBC, the HPD coverage from its log-density ranks, and TARP
@@ -466,7 +472,9 @@ def calibrate_run(
     of the split (a seeded random subset when it has more). The split's rows are the pairs
     ``(theta_i, x_i)``: valid when they were drawn from the joint (a simulator's output).
     Numbers only (finite), for ``eval --json``; :func:`describe_calibration` gives the lines.
-    ``device``: where the model draws, as in :func:`evaluate_run`."""
+    ``device``: where the model draws, as in :func:`evaluate_run`. ``data``: a file of such
+    rows (fresh simulations, say) to check instead of a split, read as ``eval --data`` reads
+    it."""
     from .. import diagnostics
 
     for name, v, low in (("--calibration-samples", samples, 1), ("--calibration-pairs", pairs, 2)):
@@ -494,11 +502,17 @@ def calibrate_run(
     flow = load_run(run).to(resolve_device(device, "--device"))
     if not isinstance(flow, Flow):
         raise DataError("--calibration needs a flow with a density; this run's model is not one")
-    ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
-    theta, x = ds.split(split), ds.split_context(split)
+    if data is not None:
+        theta, x = read_column_file(cfg, data)
+        split = str(data)
+        _check_file(theta, r, split)
+    else:
+        ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
+        theta, x = ds.split(split), ds.split_context(split)
     n = theta.shape[0]
     if n < 2:
-        raise DataError(f"--calibration needs at least 2 rows in the {split} split, got {n}")
+        where = split if data is not None else f"the {split} split"
+        raise DataError(f"--calibration needs at least 2 rows in {where}, got {n}")
     if n > pairs:
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:pairs]
         theta, x = theta[keep.sort().values], x[keep.sort().values]
