@@ -374,3 +374,28 @@ def test_the_check_reads_no_value_where_values_are_not_checked():
     flow.log_prob(torch.randn(64, 4))
     flow.to("meta")  # (a value read raises on meta; a GPU would synchronise)
     (-flow.log_prob(torch.randn(16, 4, device="meta")).mean()).backward()
+
+
+def test_raw_contexts_far_from_unit_scale_are_warned_about():
+    """The builders standardise the data, not the contexts: a context column offset by 1,000
+    cost a MAF 19 nats against the exact posterior, without a word. The first training batch
+    now says so; standardised contexts, or a flow that standardises them, train quietly."""
+    import warnings
+
+    torch.manual_seed(0)
+    theta, x = torch.randn(256, 2), torch.randn(256, 3)
+    flow = ff.models.MAF(features=2, context_features=3)
+    flow.train()
+    with pytest.warns(RuntimeWarning, match=r"context column 1: mean 1000.*context_standardized"):
+        flow.log_prob(theta, x + torch.tensor([0.0, 1000.0, 0.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for wrap in (False, True):
+            flow = ff.models.NSF(features=2, context_features=3)
+            ctx = x
+            if wrap:
+                loc, scale = [0.0, 1000.0, 0.0], [1.0, 1.0, 1.0]
+                flow = ff.models.context_standardized(flow, loc=loc, scale=scale)
+                ctx = x + torch.tensor(loc)
+            flow.train()
+            flow.log_prob(theta, ctx)
