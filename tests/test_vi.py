@@ -512,3 +512,37 @@ def test_fit_target_leaves_the_callers_random_stream_and_its_seed_fixes_the_run(
     assert torch.equal(after0, untouched) and torch.equal(after1, untouched)
     assert not torch.equal(w0, w1)  # different seeds, different runs
     assert torch.equal(run(0)[1], w0)  # the same seed repeats the run
+
+
+# -- an audit of VI from a scientist's view (2027-01) ----------------------------------------------
+
+
+def _truncated(x):
+    """N(0, I) unnormalised, restricted to x0 > -1: log Z = log(2 pi) + log Phi(1)."""
+    lp = -0.5 * x.square().sum(-1)
+    return torch.where(x[..., 0] > -1, lp, torch.full_like(lp, -math.inf))
+
+
+def test_a_target_with_a_zero_density_region():
+    # vi_diagnostics refused ("importance weights are not finite"); fit_target skipped every
+    # step in silence, then blamed the learning rate, with torch's lr_scheduler warning
+    import warnings
+
+    from flowforge.workbench.vi import fit_target
+
+    phi = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
+    flow = ff.models.build("realnvp", features=2, layers=2, hidden=(8,), standardize=False)
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match=r"the ELBO is -inf: .* at \d+ of 20000 of the flow"):
+        d = vi_diagnostics(flow, _truncated, n=20000)  # (the flow is N(0, I) at first)
+    assert d["log_z"] == pytest.approx(math.log(2 * math.pi) + math.log(phi), abs=0.02)
+    assert d["ess"] == pytest.approx(phi, abs=0.01)
+    assert d["elbo"] == -math.inf and d["reverse_kl"] == math.inf and d["elbo_se"] is None
+    assert 0.14 < d["zero_density"] / 20000 < 0.18 and "puts mass where" in d["warnings"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no torch lr_scheduler warning either)
+        said = r"-inf \(zero density\) at \d+ of 64 of the flow's samples .* positive everywhere"
+        with pytest.raises(ff.objectives.ZeroDensity, match=said):
+            fit_target(flow, _truncated, steps=5, batch_size=64)
+    with pytest.raises(ValueError, match="at all 8 of the flow's samples"):
+        vi_diagnostics(flow, lambda x: torch.full(x.shape[:-1], -math.inf), n=8)

@@ -28,6 +28,7 @@ __all__ = [
     "nll_to_bits_per_dim",
     "check_log_prob",
     "target_name",
+    "ZeroDensity",
     "log_importance_weights",
     "effective_sample_size",
     "importance_log_z",
@@ -66,6 +67,23 @@ def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
     return log_p
 
 
+class ZeroDensity(ValueError):
+    """A target whose log-density is ``-inf`` (zero density) at some of the flow's samples,
+    where the reverse KL is infinite: ``count`` of ``n`` samples."""
+
+    def __init__(self, name: str, count: int, n: int, x: Tensor, zero: Tensor):
+        self.count, self.n = count, n
+        first = x.reshape(-1, x.shape[-1])[zero.reshape(-1).nonzero()[0].item()].tolist()
+        super().__init__(
+            f"target {name!r}: its log-density is -inf (zero density) at {count} of {n} of the "
+            f"flow's samples (first at x = {[round(v, 4) for v in first]}): a flow on "
+            f"R^{x.shape[-1]} trained by reverse KL needs a target positive everywhere (the KL "
+            "is infinite otherwise); reparameterise (e.g. the log or logit of bounded "
+            "coordinates, adding the log-Jacobian to the log-density), or, where the density "
+            "is positive but underflowed, compute its log stably"
+        )
+
+
 def forward_kl(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tensor:
     """Maximum likelihood: ``-mean log p(x)``, equal to KL(data || flow) up to a constant."""
     return -flow.log_prob(x, context).mean()
@@ -85,7 +103,9 @@ def reverse_kl(
     a score-function term with a leave-one-out baseline (zero in value) gives the mixture
     weights their gradient, which the reparameterised samples cannot. Samples that overflow
     the flow's dtype raise :class:`~flowforge.core.NonFiniteSamples` (the workbench's trainer
-    skips such a step).
+    skips such a step); a target of ``-inf`` (zero density) at any sample raises
+    :class:`ZeroDensity` (a ``ValueError``): the KL is infinite there, and a flow on ``R^D``
+    cannot be trained by it.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
@@ -111,6 +131,9 @@ def reverse_kl(
         log_p = target_log_prob(x, context.expand(n, *context.shape))
     # a NaN or a wrong shape here would broadcast or poison the loss silently
     log_p = check_log_prob(log_p, x, target_name(target_log_prob))
+    zero = log_p == -math.inf
+    if bool(zero.any()):  # an infinite loss, and NaN gradients: no step can be taken
+        raise ZeroDensity(target_name(target_log_prob), int(zero.sum()), zero.numel(), x, zero)
     if torch.is_grad_enabled() and x.requires_grad and not log_p.requires_grad:
         raise ValueError(
             f"target {target_name(target_log_prob)!r} returned log-densities without a gradient "
@@ -400,12 +423,18 @@ def vi_diagnostics(
     The true ``KL(q || p) = log Z - elbo``; it needs ``log Z`` from elsewhere (a grid for 2-D
     targets, :func:`flowforge.targets.grid_log_z`).
 
+    A target of ``-inf`` (zero density) at some samples gives them a weight of zero: ``log_z``
+    and ``ess`` stay right, but the flow puts mass where the target has none, so the ELBO is
+    ``-inf`` (and ``reverse_kl`` ``+inf``, ``elbo_se`` None): ``zero_density`` counts those
+    samples (over all contexts), and ``warnings`` (a list of strings, empty when all is well)
+    says so, as does a ``RuntimeWarning``.
+
     Example:
         >>> import flowforge as ff
         >>> flow = ff.models.Planar(features=2, layers=2)
         >>> d = ff.objectives.vi_diagnostics(flow, ff.targets.get("banana"), n=500)
         >>> sorted(d)
-        ['elbo', 'elbo_se', 'ess', 'log_z', 'n', 'reverse_kl']
+        ['elbo', 'elbo_se', 'ess', 'log_z', 'n', 'reverse_kl', 'warnings', 'zero_density']
     """
     was_training = flow.training
     flow.eval()
@@ -413,19 +442,37 @@ def vi_diagnostics(
         log_w = log_importance_weights(flow, target_log_prob, n, context, batch_size)
     finally:
         flow.train(was_training)
-    finite = torch.isfinite(log_w)
-    if not finite.all():
+    # the target's NaN and +inf were refused above: these are the flow's log-densities
+    bad = torch.isnan(log_w) | (log_w == math.inf)
+    if bad.any():
         raise ValueError(
-            f"{int((~finite).sum())} of {log_w.numel()} importance weights are not finite "
-            "(the target or the flow returned NaN or inf)"
+            f"{int(bad.sum())} of {log_w.numel()} importance weights are NaN or +inf (the "
+            "flow's log-density at its own samples is NaN or -inf: it has diverged)"
         )
-    elbo = log_w.mean().item()
-    # the mean over contexts of each context's mean: its error adds the contexts' sampling
-    # variances (the spread between contexts' ELBOs is not noise); one draw: no error
+    zero = int((log_w == -math.inf).sum())
+    if zero == log_w.numel():
+        raise ValueError(
+            f"the target's log-density is -inf (zero density) at all {zero} of the flow's "
+            "samples: every importance weight is zero, so log Z, the ESS and the ELBO are "
+            "undefined (the flow puts no mass where the target has any)"
+        )
     per = log_w.reshape(log_w.shape[0], -1)
-    se = None
-    if per.shape[0] > 1:
-        se = (per.var(0).sum() / per.shape[0]).sqrt().item() / per.shape[1]
+    warnings = []
+    if zero:
+        warnings.append(
+            f"the ELBO is -inf: the target's log-density is -inf (zero density) at {zero} of "
+            f"{log_w.numel()} of the flow's samples, so the flow puts mass where the target has "
+            "none (KL(q || p) is infinite; log Z and the ESS count those samples as weight 0)"
+        )
+        warn(warnings[-1])
+        elbo, se = -math.inf, None
+    else:
+        elbo = log_w.mean().item()
+        # the mean over contexts of each context's mean: its error adds the contexts' sampling
+        # variances (the spread between contexts' ELBOs is not noise); one draw: no error
+        se = None
+        if per.shape[0] > 1:
+            se = (per.var(0).sum() / per.shape[0]).sqrt().item() / per.shape[1]
     return {
         "elbo": elbo,
         "elbo_se": se,
@@ -433,4 +480,6 @@ def vi_diagnostics(
         "log_z": importance_log_z(log_w),
         "ess": effective_sample_size(log_w),
         "n": int(per.shape[0]),
+        "zero_density": zero,
+        "warnings": warnings,
     }

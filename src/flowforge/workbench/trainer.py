@@ -1429,7 +1429,9 @@ class Trainer:
                 self.opt.step()
                 if self.ema is not None:
                     self._update_ema()
-            self.sched.step()
+            with warnings.catch_warnings():  # (a skipped first step: torch's warning is moot)
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                self.sched.step()
             self.global_step += 1
             self.step_in_epoch += 1
             if math.isfinite(value):

@@ -15,6 +15,7 @@ targets the grid-integrated log Z and the true KL.
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -129,9 +130,17 @@ def _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, lo
 def evaluate_target(flow, target, n: int = 20000, seed: int = 1, grid_n: int = 600) -> dict:
     """:func:`~flowforge.objectives.vi_diagnostics` plus, for 2-D targets, the grid log Z and
     the true ``KL(q || p) = log Z - ELBO`` (or the exact log Z where the target knows it)."""
-    with fork_rng():
+    with fork_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (its zero-density warning: raised)
         torch.manual_seed(seed)
         d = vi_diagnostics(flow, target, n=n)
+    if d["zero_density"]:  # an ELBO of -inf: not a number to print or write
+        raise ValueError(
+            f"the target's log-density is -inf (zero density) at {d['zero_density']} of "
+            f"{d['n']:,} of the flow's samples: the ELBO is -inf (the flow puts mass where the "
+            "target has none); a flow on R^D needs a target positive everywhere: reparameterise "
+            "(e.g. the log or logit of bounded coordinates, adding the log-Jacobian)"
+        )
     log_z = target.log_z
     if log_z is None and target.dim == 2:
         x0, x1, y0, y1 = target.box
