@@ -546,3 +546,21 @@ def test_a_target_with_a_zero_density_region():
             fit_target(flow, _truncated, steps=5, batch_size=64)
     with pytest.raises(ValueError, match="at all 8 of the flow's samples"):
         vi_diagnostics(flow, lambda x: torch.full(x.shape[:-1], -math.inf), n=8)
+
+
+def test_fit_target_names_a_bad_target_and_a_conditional_flow_in_one_line():
+    # a list gave "TypeError: can't multiply sequence by non-int of type 'float'" (annealing);
+    # a conditional flow gave only "expects a context ... got None"
+    from flowforge.workbench.vi import fit_target
+
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,))
+
+    def as_list(x):
+        return (-0.5 * x.square().sum(-1)).tolist()
+
+    for anneal in (0, 2):
+        with pytest.raises(ValueError, match=r"target 'as_list' returned list, expected a tensor"):
+            fit_target(flow, as_list, steps=2, batch_size=8, anneal=anneal)
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,), context_features=3)
+    with pytest.raises(ValueError, match=r"fit_target fits unconditional flows; .* ff.reverse_kl"):
+        fit_target(flow, targets.get("banana"), steps=2)

@@ -42,7 +42,7 @@ from ..core import (
     regularization,
 )
 from ..models.assembly import count
-from ..objectives import reverse_kl, target_name
+from ..objectives import check_log_prob, reverse_kl, target_name
 from .checkpoint import (
     check_optimizer_state,
     optimizer_state,
@@ -215,7 +215,8 @@ class _Annealed:
         self.name = target_name(target)
 
     def __call__(self, z):
-        return self.beta * self.target(z)
+        # checked before it is scaled: a list or a wrong shape is named as the target's error
+        return self.beta * check_log_prob(self.target(z), z, self.name)
 
 
 class FlowMatchingObjective(Objective):

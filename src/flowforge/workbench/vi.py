@@ -73,12 +73,22 @@ def fit_target(
     decays by cosine to 1/10 over the run. Steps whose loss is not finite are skipped
     (counted in ``skipped``). Returns a history summary.
 
+    ``flow`` is unconditional; a conditional flow (amortised VI) trains in a loop of your own
+    on :func:`flowforge.reverse_kl` with ``context=``.
+
     ``seed`` fixes the whole run (the Trainer's draws and the target's samples): the same
     ``seed`` on a freshly built flow repeats it, so random restarts need different seeds
     (``seed=i``). The caller's Python, numpy and torch random streams are left as they were.
     """
     count("steps", steps)
     count("batch_size", batch_size)
+    c = getattr(flow, "context_features", 0)
+    if c:
+        raise ValueError(
+            f"fit_target fits unconditional flows; this one takes a context of {c} features: "
+            "for amortised VI, train it in your own loop on ff.reverse_kl(flow, target, n, "
+            "context=c) with a target(x, context)"
+        )
     if anneal > steps:
         raise ValueError(
             f"annealing over {anneal} steps is longer than the run's {steps} steps: the target "
