@@ -304,7 +304,7 @@ def test_a_fit_that_diverges_blames_the_flow_and_skipped_steps_are_said(capsys, 
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--lr", "1e30", "--steps", 30,
                      "--layers", 2, "--out", tmp_path / "a", "--quiet")  # fmt: skip
     assert rc == 1 and "target 'u1' returned" not in err
-    assert "validation reverse-kl loss is nan" in err and "a lower learning rate" in err
+    assert "validation reverse-kl loss is nan" in err and "a lower --lr may help" in err
     b = tmp_path / "b"
     rc, out, err = cli(capsys, "fit-target", "--target", "funnel", "--lr", "10", "--steps", 60,
                        "--layers", 4, "--n-eval", 200, "--out", b, "--quiet")  # fmt: skip
@@ -564,3 +564,24 @@ def test_fit_target_names_a_bad_target_and_a_conditional_flow_in_one_line():
     flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,), context_features=3)
     with pytest.raises(ValueError, match=r"fit_target fits unconditional flows; .* ff.reverse_kl"):
         fit_target(flow, targets.get("banana"), steps=2)
+
+
+def test_fit_target_hints_name_its_own_options(capsys, tmp_path, monkeypatch):
+    # they named "train.grad_clip" and "metrics.jsonl", which fit-target has not, and missed
+    # the default annealing, the real cause of a funnel fit's divergence
+    rc, _, err = cli(capsys, "fit-target", "--target", "funnel", "--model", "maf", "--steps", 10,
+                     "--out", tmp_path / "a", "--quiet")  # fmt: skip
+    one_line_error(rc, err, "during the annealing")
+    assert "a shorter --anneal (0: off) or a lower --lr may help" in err, err
+    assert "grad_clip" not in err and "at step 2" in err
+    assert "(zero density, or an underflow)" in err
+    from flowforge.workbench import trainer as trainer_module
+    from flowforge.workbench.vi import fit_target
+
+    monkeypatch.setattr(trainer_module._Watch, "check", lambda self, loss, norm: "a loss spike")
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,))
+    fit_target(flow, targets.get("banana"), steps=6, batch_size=16)
+    err = capsys.readouterr().err
+    said = "5 loss spikes so far: further ones are not shown (a lower lr or grad_clip may help)"
+    assert said in err
+    assert "metrics.jsonl" not in err

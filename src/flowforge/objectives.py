@@ -72,13 +72,19 @@ class ZeroDensity(ValueError):
     where the reverse KL is infinite: ``count`` of ``n`` samples."""
 
     def __init__(self, name: str, count: int, n: int, x: Tensor, zero: Tensor):
-        self.count, self.n = count, n
+        self.name, self.count, self.n, self.dim = name, count, n, x.shape[-1]
         first = x.reshape(-1, x.shape[-1])[zero.reshape(-1).nonzero()[0].item()].tolist()
+        self.first = [round(v, 4) for v in first]
         super().__init__(
             f"target {name!r}: its log-density is -inf (zero density) at {count} of {n} of the "
-            f"flow's samples (first at x = {[round(v, 4) for v in first]}): a flow on "
-            f"R^{x.shape[-1]} trained by reverse KL needs a target positive everywhere (the KL "
-            "is infinite otherwise); reparameterise (e.g. the log or logit of bounded "
+            f"flow's samples (first at x = {self.first}): {self.remedy}"
+        )
+
+    @property
+    def remedy(self) -> str:
+        return (
+            f"a flow on R^{self.dim} trained by reverse KL needs a target positive everywhere "
+            "(the KL is infinite otherwise); reparameterise (e.g. the log or logit of bounded "
             "coordinates, adding the log-Jacobian to the log-density), or, where the density "
             "is positive but underflowed, compute its log stably"
         )

@@ -912,7 +912,14 @@ def cmd_fit_target(args) -> int:
     from .. import io, targets
     from .errors import WorkbenchError
     from .report import write_vi_report
-    from .vi import build_vi_model, ess_warning, evaluate_target, fit_target, summary_line
+    from .vi import (
+        CLI_OPTIONS,
+        build_vi_model,
+        ess_warning,
+        evaluate_target,
+        fit_target,
+        summary_line,
+    )
 
     target = targets.get(args.target)  # unknown target: ValueError, one line
     kwargs = {}
@@ -965,6 +972,7 @@ def cmd_fit_target(args) -> int:
         seed=args.seed,
         # (the bar only on a terminal, as train's: a log file gets no carriage-return redraws)
         log_every=0 if args.quiet or not sys.stderr.isatty() else max(1, args.steps // 10),
+        option_names=CLI_OPTIONS,  # (its hints name its flags)
     )
     if fit["status"] == "interrupted":  # a partial fit is not reported as the one asked for
         print(

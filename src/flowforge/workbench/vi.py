@@ -29,6 +29,7 @@ from .runner import _callers_random_state
 from .trainer import ReverseKL, Trainer
 
 __all__ = [
+    "CLI_OPTIONS",
     "build_vi_model",
     "describe_elbo",
     "ess_warning",
@@ -36,6 +37,10 @@ __all__ = [
     "evaluate_target",
     "summary_line",
 ]
+
+
+# how fit-target spells fit_target's options in its hints (it has no gradient-clipping flag)
+CLI_OPTIONS = {"lr": "--lr", "anneal": "--anneal"}
 
 
 def build_vi_model(name: str, features: int, layers: int | None = None, **kwargs):
@@ -65,6 +70,7 @@ def fit_target(
     grad_clip: float = 100.0,
     seed: int = 0,
     log_every: int = 0,
+    option_names: dict[str, str] | None = None,
 ) -> dict:
     r"""Minimise the reverse KL ``E_q[log q - log p~]`` with Adam, through the one Trainer.
 
@@ -79,6 +85,10 @@ def fit_target(
     ``seed`` fixes the whole run (the Trainer's draws and the target's samples): the same
     ``seed`` on a freshly built flow repeats it, so random restarts need different seeds
     (``seed=i``). The caller's Python, numpy and torch random streams are left as they were.
+
+    ``option_names`` spells the options that hints on a diverging run name (keys ``lr``,
+    ``grad_clip``, ``anneal``; default these arguments; ``flowforge fit-target`` passes its
+    flags, ``CLI_OPTIONS``).
     """
     count("steps", steps)
     count("batch_size", batch_size)
@@ -96,10 +106,14 @@ def fit_target(
         )
     with _callers_random_state():
         torch.manual_seed(seed)
-        return _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every)
+        return _fit_target(
+            flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every, option_names
+        )
 
 
-def _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every) -> dict:
+def _fit_target(
+    flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every, option_names
+) -> dict:
     last: list[float] = []
     trainer = Trainer(
         flow,
@@ -114,7 +128,7 @@ def _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, lo
             "log_every": 0,
             "tensorboard": False,
         },
-        objective=ReverseKL(target, batch=batch_size, anneal=anneal),
+        objective=ReverseKL(target, batch=batch_size, anneal=anneal, option_names=option_names),
         steps_per_epoch=steps,
         seed=seed,
         progress=log_every > 0,
