@@ -585,3 +585,31 @@ def test_fit_target_hints_name_its_own_options(capsys, tmp_path, monkeypatch):
     said = "5 loss spikes so far: further ones are not shown (a lower lr or grad_clip may help)"
     assert said in err
     assert "metrics.jsonl" not in err
+
+
+def test_log_z_has_a_standard_error_and_a_low_ess_is_said():
+    # log Z came without an uncertainty (the ELBO had one); a low ESS was said by the CLI only
+    flow = ff.models.build("realnvp", features=2, layers=2, hidden=(8,), standardize=False)
+
+    def narrow(x):  # N(0, 0.7² I) times e^{1.5}: log Z = 1.5, weights of finite variance
+        return 1.5 - 0.5 * (x / 0.7).square().sum(-1) - 2 * math.log(0.7) - math.log(2 * math.pi)
+
+    torch.manual_seed(0)
+    runs = [vi_diagnostics(flow, narrow, n=400) for _ in range(300)]
+    spread = torch.tensor([d["log_z"] for d in runs]).std().item()
+    se = sum(d["log_z_se"] for d in runs) / len(runs)
+    assert se == pytest.approx(spread, rel=0.15)  # the delta method is the sampling spread
+    mean = sum(d["log_z"] for d in runs) / len(runs)
+    assert abs(mean - 1.5) < 3 * spread / len(runs) ** 0.5 + 0.01
+    assert not runs[0]["warnings"] and vi_diagnostics(flow, narrow, n=1)["log_z_se"] is None
+
+    def far(x):  # all its mass 6 standard deviations away: a tiny ESS
+        return -0.5 * ((x - 6) / 0.3).square().sum(-1)
+
+    d = vi_diagnostics(flow, far, n=500)
+    assert d["ess"] < 0.1 and "log Z (and its standard error) is unreliable" in d["warnings"][0]
+    from flowforge.workbench.vi import summary_line
+
+    line = summary_line({**runs[0], "kl": None})
+    assert f"log Z (IS) {runs[0]['log_z']:.4f} +- {runs[0]['log_z_se']:.4f}" in line
+    assert line.endswith(f"ESS {runs[0]['ess']:.3f} (400 samples)")

@@ -408,6 +408,9 @@ def _checked_log_w(log_w: Tensor) -> Tensor:
     return log_w
 
 
+LOW_ESS = 0.1  # below it, the importance-sampled log Z is said to be unreliable
+
+
 def vi_diagnostics(
     flow: Flow,
     target_log_prob: Callable[[Tensor], Tensor],
@@ -423,8 +426,13 @@ def vi_diagnostics(
       (``KL(q || p) - log Z``), with its Monte-Carlo standard error ``elbo_se`` (None for
       ``n = 1``); with a ``(B, c)`` context, the mean over the contexts' ELBOs and the error
       of that mean, and ``n`` is the number of samples per context;
-    - ``log_z = log mean w`` (:func:`importance_log_z`);
-    - ``ess = (sum w)² / (n sum w²)`` (:func:`effective_sample_size`).
+    - ``log_z = log mean w`` (:func:`importance_log_z`), with ``log_z_se``, the delta-method
+      standard error of the log of the mean weight, ``sd(w) / (sqrt(n) mean w) =
+      sqrt((1/ESS - 1) / (n - 1))`` (None for ``n = 1``; with contexts, the error of the mean
+      over them). It is itself estimated from the weights: where the ESS is low it is
+      unreliable too, and it cannot see mass the flow never samples;
+    - ``ess = (sum w)² / (n sum w²)`` (:func:`effective_sample_size`); below ``LOW_ESS``
+      (0.1) a line in ``warnings`` says the importance-sampled ``log Z`` is unreliable.
 
     The true ``KL(q || p) = log Z - elbo``; it needs ``log Z`` from elsewhere (a grid for 2-D
     targets, :func:`flowforge.targets.grid_log_z`).
@@ -439,8 +447,8 @@ def vi_diagnostics(
         >>> import flowforge as ff
         >>> flow = ff.models.Planar(features=2, layers=2)
         >>> d = ff.objectives.vi_diagnostics(flow, ff.targets.get("banana"), n=500)
-        >>> sorted(d)
-        ['elbo', 'elbo_se', 'ess', 'log_z', 'n', 'reverse_kl', 'warnings', 'zero_density']
+        >>> print(*sorted(d))
+        elbo elbo_se ess log_z log_z_se n reverse_kl warnings zero_density
     """
     was_training = flow.training
     flow.eval()
@@ -479,12 +487,25 @@ def vi_diagnostics(
         se = None
         if per.shape[0] > 1:
             se = (per.var(0).sum() / per.shape[0]).sqrt().item() / per.shape[1]
+    ess = effective_sample_size(log_w)
+    if ess < LOW_ESS:
+        warnings.append(
+            f"the ESS is {ess:.3f} (below {LOW_ESS}): a few samples carry the importance "
+            "weights, so the importance-sampled log Z (and its standard error) is unreliable"
+        )
+    log_z_se = None
+    if per.shape[0] > 1:  # the delta method on log mean w, per context: sqrt((1/ESS - 1)/(n - 1))
+        m = per.shape[0]
+        ess_b = torch.exp(2 * torch.logsumexp(per, 0) - torch.logsumexp(2 * per, 0)) / m
+        var_b = ((1 / ess_b - 1).clamp(min=0) / (m - 1)).sum()
+        log_z_se = var_b.sqrt().item() / per.shape[1]
     return {
         "elbo": elbo,
         "elbo_se": se,
         "reverse_kl": -elbo,
         "log_z": importance_log_z(log_w),
-        "ess": effective_sample_size(log_w),
+        "log_z_se": log_z_se,
+        "ess": ess,
         "n": int(per.shape[0]),
         "zero_density": zero,
         "warnings": warnings,

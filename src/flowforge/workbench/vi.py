@@ -22,7 +22,7 @@ import torch
 from .. import models
 from .._util import fork_rng
 from ..models.assembly import count
-from ..objectives import vi_diagnostics
+from ..objectives import LOW_ESS, vi_diagnostics
 from ..targets import grid_log_z
 from .build import PYTHON_ONLY
 from .runner import _callers_random_state
@@ -176,18 +176,20 @@ def evaluate_target(flow, target, n: int = 20000, seed: int = 1, grid_n: int = 6
     return d
 
 
-LOW_ESS = 0.1  # below it, the importance-sampled log Z is said to be unreliable
-
-
 def summary_line(m: dict) -> str:
     pm = "" if m["elbo_se"] is None else f" +- {m['elbo_se']:.4f}"
     s = (
         f"reverse KL (up to log Z) {m['reverse_kl']:.4f}{pm}, ELBO {m['elbo']:.4f}{pm}, "
-        f"log Z (IS) {m['log_z']:.4f}, ESS {m['ess']:.3f}"
+        f"log Z (IS) {m['log_z']:.4f}{_pm(m['log_z_se'])}, ESS {m['ess']:.3f} "
+        f"({m['n']:,} samples)"
     )
     if m["kl"] is not None:
         s += f"; log Z (grid/exact) {m['true_log_z']:.4f}, KL {m['kl']:.4f}{pm}"
     return s
+
+
+def _pm(se: float | None) -> str:
+    return "" if se is None else f" +- {se:.4f}"
 
 
 def ess_warning(m: dict) -> str | None:
@@ -204,7 +206,9 @@ def describe_elbo(m: dict) -> str:
     """What the figures are worth: the Monte-Carlo error of the ELBO (and of the KL, which is
     log Z minus it) over ``n`` samples, and :func:`ess_warning`."""
     s = (
-        f"± is the Monte-Carlo standard error over {m['n']:,} samples."
+        f"± is the Monte-Carlo standard error over {m['n']:,} samples; for the importance-"
+        "sampled log Z, the delta-method standard error of the log of the mean weight, "
+        "sqrt((1/ESS - 1) / (n - 1))."
         if m["elbo_se"] is not None
         else "One sample: no standard error."
     )
