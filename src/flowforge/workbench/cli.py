@@ -1035,7 +1035,8 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         default=argparse.SUPPRESS,
         help="import a module (a name, or a .py file) that registers models of your own "
-        "with ff.models.register first; repeatable",
+        "with ff.models.register (or, for fit-target, targets with ff.targets.register) "
+        "first; repeatable",
     )
     p = _Parser(
         prog="flowforge", description="Train, evaluate, sample and report normalizing flows."
@@ -1043,8 +1044,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version=f"flowforge {_version()}")
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE", default=[],
-                   help="import a module (a name, or a .py file) that registers models of "
-                   "your own first; repeatable")  # fmt: skip
+                   help="import a module (a name, or a .py file) that registers models or "
+                   "targets of your own first; repeatable")  # fmt: skip
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -1265,7 +1266,12 @@ def make_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="variational inference: fit a flow to an unnormalised target by reverse KL",
     )
-    s.add_argument("--target", required=True, help="u1, u2, u3, u4, banana, funnel, mog2, ...")
+    s.add_argument(
+        "--target",
+        required=True,
+        help="u1, u2, u3, u4, banana, funnel, mog2, ... or one of your own (ff.targets.register "
+        "in a module given to --import)",
+    )
     s.add_argument("--model", default="planar", help="a model from 'flowforge list'")
     s.add_argument("--layers", type=int, help="number of layers (or residual blocks)")
     s.add_argument("--model-kwargs", help="more builder arguments as JSON")
