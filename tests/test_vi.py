@@ -647,3 +647,20 @@ def test_a_target_of_your_own_from_the_command_line(capsys, tmp_path):
     with pytest.raises(ValueError, match="expected dim to be an integer >= 1"):
         targets.register("x", fn, dim=0)
     assert "x" not in targets.TARGETS
+
+
+def _vi_doc() -> str:
+    from pathlib import Path
+
+    return " ".join((Path(__file__).resolve().parents[1] / "docs" / "vi.md").read_text().split())
+
+
+def test_the_vi_tables_caption_states_its_largest_standard_error():
+    # the caption said "the ELBO's standard error is <= 0.01" over cells of up to 0.019
+    import re
+    from pathlib import Path
+
+    bound = re.search(r"the ELBO's standard error is at most ([0-9.]+)", _vi_doc())
+    results = Path(__file__).resolve().parents[1] / "docs" / "img" / "vi_results.json"
+    worst = max(c["elbo_se"] for c in json.loads(results.read_text()).values())
+    assert bound is not None and worst <= float(bound.group(1)) < worst + 0.001
