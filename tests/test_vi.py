@@ -664,3 +664,22 @@ def test_the_vi_tables_caption_states_its_largest_standard_error():
     results = Path(__file__).resolve().parents[1] / "docs" / "img" / "vi_results.json"
     worst = max(c["elbo_se"] for c in json.loads(results.read_text()).values())
     assert bound is not None and worst <= float(bound.group(1)) < worst + 0.001
+
+
+def test_the_docs_say_the_ess_cannot_see_a_mode_the_flow_never_visits():
+    # they said "the ESS is the diagnostic that exposes the missed mass"; a flow on one of two
+    # equal modes has an ESS of about 1 and a log Z short by log 2, and nothing flags it
+    doc = _vi_doc()
+    assert "exposes the missed mass" not in doc and "It cannot expose a mode the flow never" in doc
+    mixture = ff.targets.gaussian_mixture([[-5.0, 0.0], [5.0, 0.0]], 0.5)
+
+    class OneMode(torch.nn.Module):  # q = the mode at (5, 0), exactly
+        def rsample_and_log_prob(self, n, context=None):
+            q = torch.distributions.Normal(torch.tensor([5.0, 0.0], dtype=F64), 0.5)
+            x = q.sample((n,))
+            return x, q.log_prob(x).sum(-1)
+
+    torch.manual_seed(0)
+    d = vi_diagnostics(OneMode(), mixture, n=4000)
+    assert d["ess"] > 0.99 and not d["warnings"]
+    assert d["log_z"] == pytest.approx(-math.log(2), abs=0.01)
