@@ -28,6 +28,7 @@ __all__ = [
     "nll_to_bits_per_dim",
     "check_log_prob",
     "target_name",
+    "ZeroDensity",
     "log_importance_weights",
     "effective_sample_size",
     "importance_log_z",
@@ -66,6 +67,29 @@ def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
     return log_p
 
 
+class ZeroDensity(ValueError):
+    """A target whose log-density is ``-inf`` (zero density) at some of the flow's samples,
+    where the reverse KL is infinite: ``count`` of ``n`` samples."""
+
+    def __init__(self, name: str, count: int, n: int, x: Tensor, zero: Tensor):
+        self.name, self.count, self.n, self.dim = name, count, n, x.shape[-1]
+        first = x.reshape(-1, x.shape[-1])[zero.reshape(-1).nonzero()[0].item()].tolist()
+        self.first = [round(v, 4) for v in first]
+        super().__init__(
+            f"target {name!r}: its log-density is -inf (zero density) at {count} of {n} of the "
+            f"flow's samples (first at x = {self.first}): {self.remedy}"
+        )
+
+    @property
+    def remedy(self) -> str:
+        return (
+            f"a flow on R^{self.dim} trained by reverse KL needs a target positive everywhere "
+            "(the KL is infinite otherwise); reparameterise (e.g. the log or logit of bounded "
+            "coordinates, adding the log-Jacobian to the log-density), or, where the density "
+            "is positive but underflowed, compute its log stably"
+        )
+
+
 def forward_kl(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tensor:
     """Maximum likelihood: ``-mean log p(x)``, equal to KL(data || flow) up to a constant."""
     return -flow.log_prob(x, context).mean()
@@ -85,7 +109,9 @@ def reverse_kl(
     a score-function term with a leave-one-out baseline (zero in value) gives the mixture
     weights their gradient, which the reparameterised samples cannot. Samples that overflow
     the flow's dtype raise :class:`~flowforge.core.NonFiniteSamples` (the workbench's trainer
-    skips such a step).
+    skips such a step); a target of ``-inf`` (zero density) at any sample raises
+    :class:`ZeroDensity` (a ``ValueError``): the KL is infinite there, and a flow on ``R^D``
+    cannot be trained by it.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
@@ -111,6 +137,9 @@ def reverse_kl(
         log_p = target_log_prob(x, context.expand(n, *context.shape))
     # a NaN or a wrong shape here would broadcast or poison the loss silently
     log_p = check_log_prob(log_p, x, target_name(target_log_prob))
+    zero = log_p == -math.inf
+    if bool(zero.any()):  # an infinite loss, and NaN gradients: no step can be taken
+        raise ZeroDensity(target_name(target_log_prob), int(zero.sum()), zero.numel(), x, zero)
     if torch.is_grad_enabled() and x.requires_grad and not log_p.requires_grad:
         raise ValueError(
             f"target {target_name(target_log_prob)!r} returned log-densities without a gradient "
@@ -379,6 +408,9 @@ def _checked_log_w(log_w: Tensor) -> Tensor:
     return log_w
 
 
+LOW_ESS = 0.1  # below it, the importance-sampled log Z is said to be unreliable
+
+
 def vi_diagnostics(
     flow: Flow,
     target_log_prob: Callable[[Tensor], Tensor],
@@ -394,18 +426,29 @@ def vi_diagnostics(
       (``KL(q || p) - log Z``), with its Monte-Carlo standard error ``elbo_se`` (None for
       ``n = 1``); with a ``(B, c)`` context, the mean over the contexts' ELBOs and the error
       of that mean, and ``n`` is the number of samples per context;
-    - ``log_z = log mean w`` (:func:`importance_log_z`);
-    - ``ess = (sum w)² / (n sum w²)`` (:func:`effective_sample_size`).
+    - ``log_z = log mean w`` (:func:`importance_log_z`), with ``log_z_se``, the delta-method
+      standard error of the log of the mean weight, ``sd(w) / (sqrt(n) mean w) =
+      sqrt((1/ESS - 1) / (n - 1))`` (None for ``n = 1``; with contexts, the error of the mean
+      over them). It is itself estimated from the weights: where the ESS is low it is
+      unreliable too, and it cannot see mass the flow never samples;
+    - ``ess = (sum w)² / (n sum w²)`` (:func:`effective_sample_size`); below ``LOW_ESS``
+      (0.1) a line in ``warnings`` says the importance-sampled ``log Z`` is unreliable.
 
     The true ``KL(q || p) = log Z - elbo``; it needs ``log Z`` from elsewhere (a grid for 2-D
     targets, :func:`flowforge.targets.grid_log_z`).
+
+    A target of ``-inf`` (zero density) at some samples gives them a weight of zero: ``log_z``
+    and ``ess`` stay right, but the flow puts mass where the target has none, so the ELBO is
+    ``-inf`` (and ``reverse_kl`` ``+inf``, ``elbo_se`` None): ``zero_density`` counts those
+    samples (over all contexts), and ``warnings`` (a list of strings, empty when all is well)
+    says so, as does a ``RuntimeWarning``.
 
     Example:
         >>> import flowforge as ff
         >>> flow = ff.models.Planar(features=2, layers=2)
         >>> d = ff.objectives.vi_diagnostics(flow, ff.targets.get("banana"), n=500)
-        >>> sorted(d)
-        ['elbo', 'elbo_se', 'ess', 'log_z', 'n', 'reverse_kl']
+        >>> print(*sorted(d))
+        elbo elbo_se ess log_z log_z_se n reverse_kl warnings zero_density
     """
     was_training = flow.training
     flow.eval()
@@ -413,24 +456,57 @@ def vi_diagnostics(
         log_w = log_importance_weights(flow, target_log_prob, n, context, batch_size)
     finally:
         flow.train(was_training)
-    finite = torch.isfinite(log_w)
-    if not finite.all():
+    # the target's NaN and +inf were refused above: these are the flow's log-densities
+    bad = torch.isnan(log_w) | (log_w == math.inf)
+    if bad.any():
         raise ValueError(
-            f"{int((~finite).sum())} of {log_w.numel()} importance weights are not finite "
-            "(the target or the flow returned NaN or inf)"
+            f"{int(bad.sum())} of {log_w.numel()} importance weights are NaN or +inf (the "
+            "flow's log-density at its own samples is NaN or -inf: it has diverged)"
         )
-    elbo = log_w.mean().item()
-    # the mean over contexts of each context's mean: its error adds the contexts' sampling
-    # variances (the spread between contexts' ELBOs is not noise); one draw: no error
+    zero = int((log_w == -math.inf).sum())
+    if zero == log_w.numel():
+        raise ValueError(
+            f"the target's log-density is -inf (zero density) at all {zero} of the flow's "
+            "samples: every importance weight is zero, so log Z, the ESS and the ELBO are "
+            "undefined (the flow puts no mass where the target has any)"
+        )
     per = log_w.reshape(log_w.shape[0], -1)
-    se = None
-    if per.shape[0] > 1:
-        se = (per.var(0).sum() / per.shape[0]).sqrt().item() / per.shape[1]
+    warnings = []
+    if zero:
+        warnings.append(
+            f"the ELBO is -inf: the target's log-density is -inf (zero density) at {zero} of "
+            f"{log_w.numel()} of the flow's samples, so the flow puts mass where the target has "
+            "none (KL(q || p) is infinite; log Z and the ESS count those samples as weight 0)"
+        )
+        warn(warnings[-1])
+        elbo, se = -math.inf, None
+    else:
+        elbo = log_w.mean().item()
+        # the mean over contexts of each context's mean: its error adds the contexts' sampling
+        # variances (the spread between contexts' ELBOs is not noise); one draw: no error
+        se = None
+        if per.shape[0] > 1:
+            se = (per.var(0).sum() / per.shape[0]).sqrt().item() / per.shape[1]
+    ess = effective_sample_size(log_w)
+    if ess < LOW_ESS:
+        warnings.append(
+            f"the ESS is {ess:.3f} (below {LOW_ESS}): a few samples carry the importance "
+            "weights, so the importance-sampled log Z (and its standard error) is unreliable"
+        )
+    log_z_se = None
+    if per.shape[0] > 1:  # the delta method on log mean w, per context: sqrt((1/ESS - 1)/(n - 1))
+        m = per.shape[0]
+        ess_b = torch.exp(2 * torch.logsumexp(per, 0) - torch.logsumexp(2 * per, 0)) / m
+        var_b = ((1 / ess_b - 1).clamp(min=0) / (m - 1)).sum()
+        log_z_se = var_b.sqrt().item() / per.shape[1]
     return {
         "elbo": elbo,
         "elbo_se": se,
         "reverse_kl": -elbo,
         "log_z": importance_log_z(log_w),
-        "ess": effective_sample_size(log_w),
+        "log_z_se": log_z_se,
+        "ess": ess,
         "n": int(per.shape[0]),
+        "zero_density": zero,
+        "warnings": warnings,
     }

@@ -2,7 +2,9 @@ r"""Unnormalised target densities for variational inference, and grid normalisat
 
 Each target is a :class:`Target`: a callable ``target(x) -> log p~(x)`` of shape ``(batch,)``
 with a ``name``, a dimension, a plotting box and, where it is known, the exact ``log Z``.
-``TARGETS`` maps names to targets; :func:`get` looks one up (with a clear error).
+``TARGETS`` maps names to targets; :func:`get` looks one up (with a clear error), and
+:func:`register` adds one of your own (``flowforge fit-target --import mytarget.py --target
+mine`` then fits it).
 
 The energies of Rezende & Mohamed (2015, Table 1), ``p~(z) = exp(-U(z))``:
 
@@ -43,6 +45,7 @@ __all__ = [
     "Target",
     "TARGETS",
     "get",
+    "register",
     "available",
     "grid_log_z",
     "grid",
@@ -213,6 +216,65 @@ _add(
     )
 )
 _add(Target("mog8", gaussian_mixture(_ring, 0.3), 2, (-4.5, 4.5, -4.5, 4.5), 0.0, "eight modes"))
+
+
+def register(
+    name: str,
+    log_prob: Callable[[Tensor], Tensor],
+    dim: int,
+    log_z: float | None = None,
+    box: tuple[float, float, float, float] | None = None,
+    description: str = "",
+) -> Target:
+    """Add a target of your own to ``TARGETS`` under ``name`` (case-insensitive), and return it.
+
+    ``log_prob(x)`` maps ``x`` of shape ``(batch, dim)`` to ``log p~(x)`` of shape ``(batch,)``,
+    in torch operations on ``x`` (the reverse KL trains through its gradient); ``log_z`` is
+    its exact ``log Z`` if known. ``box`` ``(x0, x1, y0, y1)`` is where the plots look (default
+    ``(-4, 4, -4, 4)``); a 2-D target without ``log_z`` needs it, since fit-target integrates
+    ``log Z`` on a grid over it (2 wider each side). In a module given to ``flowforge fit-target
+    --import mytarget.py --target NAME``.
+
+    Example:
+        >>> import flowforge as ff
+        >>> t = ff.targets.register("shifted", lambda x: -0.5 * (x - 1).square().sum(-1), dim=3)
+        >>> t(torch.ones(4, 3)).tolist()
+        [-0.0, -0.0, -0.0, -0.0]
+        >>> del ff.targets.TARGETS["shifted"]
+    """
+    if not isinstance(name, str) or not name or name != name.strip() or " " in name:
+        raise ValueError(f"expected a target name without spaces (like 'mine'), got {name!r}")
+    if name.lower() in TARGETS:
+        raise ValueError(
+            f"a target {name.lower()!r} is registered already (names are case-insensitive; "
+            f"taken: {', '.join(available())}): choose another name"
+        )
+    if not callable(log_prob):
+        raise TypeError(
+            f"expected log_prob to be a function of x (batch, dim) -> (batch,), got "
+            f"{type(log_prob).__name__}"
+        )
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"expected dim to be an integer >= 1, got {dim!r}")
+    if log_z is not None and (
+        isinstance(log_z, bool) or not isinstance(log_z, (int, float)) or not math.isfinite(log_z)
+    ):
+        raise ValueError(f"expected log_z to be a finite number or None (unknown), got {log_z!r}")
+    if box is None and dim == 2 and log_z is None:
+        raise ValueError(
+            "a 2-D target without log_z needs box=(x0, x1, y0, y1) around its mass: fit-target "
+            "integrates log Z on a grid over it"
+        )
+    box = (-4.0, 4.0, -4.0, 4.0) if box is None else box
+    try:
+        x0, x1, y0, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected box=(x0, x1, y0, y1), four numbers, got {box!r}") from None
+    if not (x0 < x1 and y0 < y1) or not all(map(math.isfinite, (x0, x1, y0, y1))):
+        raise ValueError(f"expected a finite box (x0, x1, y0, y1) with x0 < x1, y0 < y1, got {box}")
+    t = Target(name.lower(), log_prob, dim, (x0, x1, y0, y1), log_z, description)
+    TARGETS[t.name] = t
+    return t
 
 
 def available() -> list[str]:

@@ -908,7 +908,14 @@ def cmd_fit_target(args) -> int:
     from .. import io, targets
     from .errors import WorkbenchError
     from .report import write_vi_report
-    from .vi import build_vi_model, ess_warning, evaluate_target, fit_target, summary_line
+    from .vi import (
+        CLI_OPTIONS,
+        build_vi_model,
+        ess_warning,
+        evaluate_target,
+        fit_target,
+        summary_line,
+    )
 
     target = targets.get(args.target)  # unknown target: ValueError, one line
     kwargs = {}
@@ -961,6 +968,7 @@ def cmd_fit_target(args) -> int:
         seed=args.seed,
         # (the bar only on a terminal, as train's: a log file gets no carriage-return redraws)
         log_every=0 if args.quiet or not sys.stderr.isatty() else max(1, args.steps // 10),
+        option_names=CLI_OPTIONS,  # (its hints name its flags)
     )
     if fit["status"] == "interrupted":  # a partial fit is not reported as the one asked for
         print(
@@ -1023,7 +1031,8 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         default=argparse.SUPPRESS,
         help="import a module (a name, or a .py file) that registers models of your own "
-        "with ff.models.register first; repeatable",
+        "with ff.models.register (or, for fit-target, targets with ff.targets.register) "
+        "first; repeatable",
     )
     p = _Parser(
         prog="flowforge", description="Train, evaluate, sample and report normalizing flows."
@@ -1031,8 +1040,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version=f"flowforge {_version()}")
     p.add_argument("--import", dest="imports", action="append", metavar="MODULE", default=[],
-                   help="import a module (a name, or a .py file) that registers models of "
-                   "your own first; repeatable")  # fmt: skip
+                   help="import a module (a name, or a .py file) that registers models or "
+                   "targets of your own first; repeatable")  # fmt: skip
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -1255,7 +1264,12 @@ def make_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="variational inference: fit a flow to an unnormalised target by reverse KL",
     )
-    s.add_argument("--target", required=True, help="u1, u2, u3, u4, banana, funnel, mog2, ...")
+    s.add_argument(
+        "--target",
+        required=True,
+        help="u1, u2, u3, u4, banana, funnel, mog2, ... or one of your own (ff.targets.register "
+        "in a module given to --import)",
+    )
     s.add_argument("--model", default="planar", help="a model from 'flowforge list'")
     s.add_argument("--layers", type=int, help="number of layers (or residual blocks)")
     s.add_argument("--model-kwargs", help="more builder arguments as JSON")

@@ -1566,7 +1566,11 @@ def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: st
     rows = [
         ("reverse KL up to log Z (= -ELBO)", pm(metrics["reverse_kl"])),
         ("ELBO", pm(metrics["elbo"])),
-        ("log Z, importance sampled", f"{metrics['log_z']:.4f}"),
+        (
+            "log Z, importance sampled",
+            f"{metrics['log_z']:.4f}"
+            + ("" if metrics["log_z_se"] is None else f" ± {metrics['log_z_se']:.4f}"),
+        ),
         ("ESS (normalised)", f"{metrics['ess']:.4f}"),
         (
             "log Z, exact or grid",

@@ -42,7 +42,7 @@ from ..core import (
     regularization,
 )
 from ..models.assembly import count
-from ..objectives import reverse_kl, target_name
+from ..objectives import ZeroDensity, check_log_prob, reverse_kl, target_name
 from .checkpoint import (
     check_optimizer_state,
     optimizer_state,
@@ -92,6 +92,10 @@ class Objective:
     skip_nonfinite = False  # skip (and count) steps whose loss is not finite, instead of stopping
     # what overflowed when a non-finite loss comes from no layer's output
     overflow = "the base log-density or the log-det sum overflowed"
+
+    def remedy(self, trainer: Trainer) -> str:
+        """What may help a run whose loss spikes or diverges, in the caller's own options."""
+        return "a lower --lr or train.grad_clip may help"
 
     def phase_starts(self, cfg: dict) -> list[int]:
         """The epochs (0-based) at which a new training phase begins, besides epoch 0, for the
@@ -146,7 +150,9 @@ class ReverseKL(Objective):
     r"""Reverse KL to an unnormalised target, ``E_q[log q - log p~]`` (``-ELBO``), with
     ``batch`` samples per step. ``anneal > 0`` multiplies ``log p~`` by
     ``min(1, 0.01 + t / anneal)`` (Rezende & Mohamed). Validated by the reverse KL (up to
-    ``log Z``) on ``n_val`` seeded samples."""
+    ``log Z``) on ``n_val`` seeded samples. ``option_names`` spells the caller's options in its
+    hints (keys ``lr``, ``grad_clip``, ``anneal``; a key left out is not offered): by default
+    :func:`~.vi.fit_target`'s arguments."""
 
     name = "reverse-kl"
     needs_data = False
@@ -158,15 +164,43 @@ class ReverseKL(Objective):
         batch: int = 256,
         anneal: int = 0,
         n_val: int = 4096,
+        option_names: dict[str, str] | None = None,
     ):
         if isinstance(anneal, bool) or not isinstance(anneal, int) or anneal < 0:
             # (a negative anneal makes beta negative: the flow would flee the target)
             raise ValueError(f"expected anneal to be an integer >= 0 (0: off), got {anneal!r}")
         self.target, self.anneal = target, anneal
         self.batch, self.n_val = count("batch", batch), count("n_val", n_val)
+        self.options = (
+            {"lr": "lr", "grad_clip": "grad_clip", "anneal": "anneal"}
+            if option_names is None
+            else option_names
+        )
 
     def beta(self, step: int) -> float:
         return min(1.0, 0.01 + step / self.anneal) if self.anneal else 1.0
+
+    def remedy(self, trainer) -> str:
+        o, step = self.options, trainer.global_step
+        lower = " or ".join(f"a lower {o[k]}" if k == "lr" else o[k] for k in o if k != "anneal")
+        if not self.anneal or step >= self.anneal or "anneal" not in o:
+            return f"{lower} may help"
+        return (
+            f"this came during the annealing (beta = {self.beta(step):.2f} of 1, rising over "
+            f"{self.anneal} steps), whose flattened target lets the flow spread far: a shorter "
+            f"{o['anneal']} (0: off) or {lower} may help"
+        )
+
+    def _moved(self, trainer, e: ZeroDensity) -> ZeroDensity:
+        """``e``, said as the training's doing where the flow's earlier samples had no zero."""
+        if trainer.global_step > 0:
+            e.args = (
+                f"target {e.name!r}: its log-density is -inf (zero density, or an underflow) at "
+                f"{e.count} of {e.n} of the flow's samples at step {trainer.global_step + 1} "
+                f"(first at x = {e.first}), and at none of the steps before: "
+                f"{self.remedy(trainer)}; if the target really is zero there, {e.remedy}",
+            )
+        return e
 
     def loss(self, trainer, model, x, context):
         beta = self.beta(trainer.global_step)
@@ -174,6 +208,8 @@ class ReverseKL(Objective):
             return reverse_kl(model, _Annealed(self.target, beta), self.batch)
         except NonFiniteSamples:  # a non-finite loss through every parameter: skipped, counted
             return sum(p.sum() for p in model.parameters()) * math.nan
+        except ZeroDensity as e:  # an infinite loss: no step can be taken
+            raise self._moved(trainer, e) from None
 
     @torch.no_grad()
     def validate(self, trainer, x, context):
@@ -182,6 +218,8 @@ class ReverseKL(Objective):
                 return reverse_kl(model, self.target, self.n_val).item()
             except NonFiniteSamples:  # the flow diverged: a non-finite validation loss, said so
                 return math.nan
+            except ZeroDensity as e:
+                raise self._moved(trainer, e) from None
 
 
 class Loss(Objective):
@@ -215,7 +253,8 @@ class _Annealed:
         self.name = target_name(target)
 
     def __call__(self, z):
-        return self.beta * self.target(z)
+        # checked before it is scaled: a list or a wrong shape is named as the target's error
+        return self.beta * check_log_prob(self.target(z), z, self.name)
 
 
 class FlowMatchingObjective(Objective):
@@ -1429,7 +1468,9 @@ class Trainer:
                 self.opt.step()
                 if self.ema is not None:
                     self._update_ema()
-            self.sched.step()
+            with warnings.catch_warnings():  # (a skipped first step: torch's warning is moot)
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                self.sched.step()
             self.global_step += 1
             self.step_in_epoch += 1
             if math.isfinite(value):
@@ -1446,8 +1487,9 @@ class Trainer:
                                    "step": self.global_step, "message": msg})  # fmt: skip
                     if self.spikes == SPIKES_SHOWN:
                         self._warn(
-                            f"{SPIKES_SHOWN} loss spikes so far: further ones go to "
-                            "metrics.jsonl only (a lower --lr or train.grad_clip may help)"
+                            f"{SPIKES_SHOWN} loss spikes so far: further ones "
+                            + ("go to metrics.jsonl only" if self.writer else "are not shown")
+                            + f" ({self.objective.remedy(self)})"
                         )
             bar.update(1)
             post = {"epoch": self.epoch + 1, "loss": f"{value:.4g}"}
@@ -1544,7 +1586,7 @@ class Trainer:
             what += "" if what == "nll" or what.endswith("loss") else " loss"
             raise NonFiniteError(
                 f"the validation {what} is {val} at epoch {self.epoch + 1} (after step "
-                f"{self.global_step}; a lower learning rate or train.grad_clip may help)"
+                f"{self.global_step}; {self.objective.remedy(self)})"
                 + (
                     f"; the best model so far is kept in {self.out}"
                     if self.best_epoch >= 0 and self.out

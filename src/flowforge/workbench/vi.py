@@ -15,19 +15,21 @@ targets the grid-integrated log Z and the true KL.
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
 from .. import models
 from .._util import fork_rng
 from ..models.assembly import count
-from ..objectives import vi_diagnostics
+from ..objectives import LOW_ESS, vi_diagnostics
 from ..targets import grid_log_z
 from .build import PYTHON_ONLY
 from .runner import _callers_random_state
 from .trainer import ReverseKL, Trainer
 
 __all__ = [
+    "CLI_OPTIONS",
     "build_vi_model",
     "describe_elbo",
     "ess_warning",
@@ -35,6 +37,10 @@ __all__ = [
     "evaluate_target",
     "summary_line",
 ]
+
+
+# how fit-target spells fit_target's options in its hints (it has no gradient-clipping flag)
+CLI_OPTIONS = {"lr": "--lr", "anneal": "--anneal"}
 
 
 def build_vi_model(name: str, features: int, layers: int | None = None, **kwargs):
@@ -64,6 +70,7 @@ def fit_target(
     grad_clip: float = 100.0,
     seed: int = 0,
     log_every: int = 0,
+    option_names: dict[str, str] | None = None,
 ) -> dict:
     r"""Minimise the reverse KL ``E_q[log q - log p~]`` with Adam, through the one Trainer.
 
@@ -72,12 +79,26 @@ def fit_target(
     decays by cosine to 1/10 over the run. Steps whose loss is not finite are skipped
     (counted in ``skipped``). Returns a history summary.
 
+    ``flow`` is unconditional; a conditional flow (amortised VI) trains in a loop of your own
+    on :func:`flowforge.reverse_kl` with ``context=``.
+
     ``seed`` fixes the whole run (the Trainer's draws and the target's samples): the same
     ``seed`` on a freshly built flow repeats it, so random restarts need different seeds
     (``seed=i``). The caller's Python, numpy and torch random streams are left as they were.
+
+    ``option_names`` spells the options that hints on a diverging run name (keys ``lr``,
+    ``grad_clip``, ``anneal``; default these arguments; ``flowforge fit-target`` passes its
+    flags, ``CLI_OPTIONS``).
     """
     count("steps", steps)
     count("batch_size", batch_size)
+    c = getattr(flow, "context_features", 0)
+    if c:
+        raise ValueError(
+            f"fit_target fits unconditional flows; this one takes a context of {c} features: "
+            "for amortised VI, train it in your own loop on ff.reverse_kl(flow, target, n, "
+            "context=c) with a target(x, context)"
+        )
     if anneal > steps:
         raise ValueError(
             f"annealing over {anneal} steps is longer than the run's {steps} steps: the target "
@@ -85,10 +106,14 @@ def fit_target(
         )
     with _callers_random_state():
         torch.manual_seed(seed)
-        return _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every)
+        return _fit_target(
+            flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every, option_names
+        )
 
 
-def _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every) -> dict:
+def _fit_target(
+    flow, target, steps, batch_size, lr, anneal, grad_clip, seed, log_every, option_names
+) -> dict:
     last: list[float] = []
     trainer = Trainer(
         flow,
@@ -103,7 +128,7 @@ def _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, lo
             "log_every": 0,
             "tensorboard": False,
         },
-        objective=ReverseKL(target, batch=batch_size, anneal=anneal),
+        objective=ReverseKL(target, batch=batch_size, anneal=anneal, option_names=option_names),
         steps_per_epoch=steps,
         seed=seed,
         progress=log_every > 0,
@@ -129,9 +154,17 @@ def _fit_target(flow, target, steps, batch_size, lr, anneal, grad_clip, seed, lo
 def evaluate_target(flow, target, n: int = 20000, seed: int = 1, grid_n: int = 600) -> dict:
     """:func:`~flowforge.objectives.vi_diagnostics` plus, for 2-D targets, the grid log Z and
     the true ``KL(q || p) = log Z - ELBO`` (or the exact log Z where the target knows it)."""
-    with fork_rng():
+    with fork_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (its zero-density warning: raised)
         torch.manual_seed(seed)
         d = vi_diagnostics(flow, target, n=n)
+    if d["zero_density"]:  # an ELBO of -inf: not a number to print or write
+        raise ValueError(
+            f"the target's log-density is -inf (zero density) at {d['zero_density']} of "
+            f"{d['n']:,} of the flow's samples: the ELBO is -inf (the flow puts mass where the "
+            "target has none); a flow on R^D needs a target positive everywhere: reparameterise "
+            "(e.g. the log or logit of bounded coordinates, adding the log-Jacobian)"
+        )
     log_z = target.log_z
     if log_z is None and target.dim == 2:
         x0, x1, y0, y1 = target.box
@@ -143,18 +176,20 @@ def evaluate_target(flow, target, n: int = 20000, seed: int = 1, grid_n: int = 6
     return d
 
 
-LOW_ESS = 0.1  # below it, the importance-sampled log Z is said to be unreliable
-
-
 def summary_line(m: dict) -> str:
     pm = "" if m["elbo_se"] is None else f" +- {m['elbo_se']:.4f}"
     s = (
         f"reverse KL (up to log Z) {m['reverse_kl']:.4f}{pm}, ELBO {m['elbo']:.4f}{pm}, "
-        f"log Z (IS) {m['log_z']:.4f}, ESS {m['ess']:.3f}"
+        f"log Z (IS) {m['log_z']:.4f}{_pm(m['log_z_se'])}, ESS {m['ess']:.3f} "
+        f"({m['n']:,} samples)"
     )
     if m["kl"] is not None:
         s += f"; log Z (grid/exact) {m['true_log_z']:.4f}, KL {m['kl']:.4f}{pm}"
     return s
+
+
+def _pm(se: float | None) -> str:
+    return "" if se is None else f" +- {se:.4f}"
 
 
 def ess_warning(m: dict) -> str | None:
@@ -171,7 +206,9 @@ def describe_elbo(m: dict) -> str:
     """What the figures are worth: the Monte-Carlo error of the ELBO (and of the KL, which is
     log Z minus it) over ``n`` samples, and :func:`ess_warning`."""
     s = (
-        f"± is the Monte-Carlo standard error over {m['n']:,} samples."
+        f"± is the Monte-Carlo standard error over {m['n']:,} samples; for the importance-"
+        "sampled log Z, the delta-method standard error of the log of the mean weight, "
+        "sqrt((1/ESS - 1) / (n - 1))."
         if m["elbo_se"] is not None
         else "One sample: no standard error."
     )
