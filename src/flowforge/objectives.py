@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._util import all_finite, warn
-from .core import Flow, NaNLogProb, NonFiniteSamples, _narrows, precision_lost
+from .core import Flow, NaNLogProb, NonFiniteSamples, _narrows, checking, precision_lost
 from .transforms.dequantization import UniformDequantization
 from .transforms.iresnet import EXACT_LOGDET_MAX
 
@@ -138,7 +138,9 @@ def reverse_kl(
     # a NaN or a wrong shape here would broadcast or poison the loss silently
     log_p = check_log_prob(log_p, x, target_name(target_log_prob))
     zero = log_p == -math.inf
-    if bool(zero.any()):  # an infinite loss, and NaN gradients: no step can be taken
+    # (an infinite loss, and NaN gradients: no step can be taken; a value read, so where
+    # values are checked: CPU tensors, as the flow's own checks)
+    if checking(log_p) and bool(zero.any()):
         raise ZeroDensity(target_name(target_log_prob), int(zero.sum()), zero.numel(), x, zero)
     if torch.is_grad_enabled() and x.requires_grad and not log_p.requires_grad:
         raise ValueError(

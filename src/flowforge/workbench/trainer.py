@@ -1468,8 +1468,11 @@ class Trainer:
                 self.opt.step()
                 if self.ema is not None:
                     self._update_ema()
-            with warnings.catch_warnings():  # (a skipped first step: torch's warning is moot)
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            if norm is None:  # (a skipped first step: torch's scheduler warning is moot)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    self.sched.step()
+            else:
                 self.sched.step()
             self.global_step += 1
             self.step_in_epoch += 1
