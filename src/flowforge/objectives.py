@@ -180,6 +180,7 @@ def log_likelihoods(
         >>> ff.objectives.log_likelihoods(ff.models.MAF(features=3), torch.randn(5, 3)).shape
         torch.Size([5])
     """
+    _scored(flow)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"expected batch_size to be a positive integer, got {batch_size!r}")
     if not isinstance(x, Tensor):
@@ -219,6 +220,14 @@ def log_likelihoods(
         return torch.cat(out)
     finally:
         flow.train(was_training)
+
+
+def _scored(model) -> None:
+    """A ``TypeError`` for a model whose ``log_prob`` is not a log-density in ``R^D`` (an
+    augmented flow's bound, an M-flow's density on its manifold): it says what to call."""
+    why = getattr(type(model), "not_a_density", None)
+    if why:
+        raise TypeError(f"{type(model).__name__} is not a flow with a density on R^D: {why}")
 
 
 def finite_log_prob(flow: Flow, x: Tensor, context: Tensor | None, first: int = 0) -> Tensor:
@@ -276,6 +285,7 @@ def bits_per_dim(
         >>> x = torch.randint(0, 17, (32, 4)).float()
         >>> bpd = ff.bits_per_dim(flow, x, levels=17)
     """
+    _scored(flow)
     deq = None
     exact = getattr(flow, "levels", None)  # an integer flow (IDF): an exact discrete model
     if flow.dequantizer is None and isinstance(exact, int):

@@ -136,6 +136,13 @@ class AugmentedFlow(nn.Module):
         (torch.Size([5]), torch.Size([5]), torch.Size([3, 2]))
     """
 
+    #: why ``ff.nll``, ``ff.bits_per_dim`` and ``ff.objectives.log_likelihoods`` refuse it
+    not_a_density = (
+        "its log_prob is a random lower bound, not the log-density: score it with "
+        "model.nll(x, samples=K) (the importance-weighted bound, K stated) or model.log_prob"
+        "(x, samples=K)"
+    )
+
     def __init__(self, joint: Flow, augmentation: nn.Module, features: int):
         super().__init__()
         if not isinstance(joint, Flow):

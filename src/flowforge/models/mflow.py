@@ -67,6 +67,13 @@ class MFlow(nn.Module):
 
     #: the workbench objectives that train it (``train.objective``)
     objectives = ("mflow", "mflow-alternating")
+    #: why ``ff.nll``, ``ff.bits_per_dim`` and ``ff.objectives.log_likelihoods`` refuse it
+    not_a_density = (
+        "its density lives on its learned manifold, not in R^D (its log_prob scores each "
+        "point's projection, so off-manifold data get a finite, meaningless number): score "
+        "points on the manifold with model.log_prob, and check their distance to it with "
+        "model.reconstruction_error (docs/manifolds.md)"
+    )
 
     def __init__(self, outer: Transform, inner: Flow, encoder: nn.Module | None = None):
         super().__init__()
