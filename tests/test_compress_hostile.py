@@ -393,3 +393,43 @@ def test_levels_the_tables_cannot_hold_are_refused_before_coding():
     f64 = _tiny_idf(levels=2**32).double()
     with pytest.raises(codec.CodecError, match="at most 2\\^31 - 1 levels"):
         codec.encode(f64, x)
+
+
+# -- a run of fewer bits than the images hold ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def png5(tmp_path_factory):
+    """A tiny IDF trained on a folder of 8x8 PNGs read at 5 bits, and the folder."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("png5")
+    folder = root / "imgs"
+    folder.mkdir()
+    for i, a in enumerate(np.random.default_rng(0).integers(0, 256, (24, 8, 8), dtype=np.uint8)):
+        Image.fromarray(a).save(folder / f"{i:02d}.png")
+    args = [a if a != "digits" else str(folder) for a in IDF if a not in ("--limit", "128")]
+    assert main([*args, "--data-kwargs", '{"bits": 5}', "--out", str(root / "run")]) == 0
+    return root / "run", folder
+
+
+def test_a_folder_of_8_bit_images_for_a_5_bit_run_is_refused_not_cut(png5, tmp_path, capsys):
+    """It printed "decoded identical" and a hash, and decompress gave back pixels >> 3: the
+    images' 3 low bits were gone from a "lossless" file."""
+    run, folder = png5
+    out = tmp_path / "p.ffz"
+    one_line_error(*cli(capsys, "compress", run, "--data", folder, "--out", out)[::2],
+                   "drop the 3 low bits", "pixels >> 3", "trained on their 8 bits")  # fmt: skip
+    assert not out.exists()
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.open(f)) for f in sorted(folder.iterdir())])[:, None]
+    np.save(tmp_path / "p8.npy", pixels)
+    one_line_error(*cli(capsys, "compress", run, "--data", tmp_path / "p8.npy", "--out", out)[::2],
+                   "a >> 3", "trained on 8 bits")  # fmt: skip
+    np.save(tmp_path / "p5.npy", pixels >> 3)  # the reduced values: coded, and given back
+    assert cli(capsys, "compress", run, "--data", tmp_path / "p5.npy", "--out", out)[0] == 0
+    rc, stdout, err = cli(capsys, "decompress", out, "--model", run, "--out", tmp_path / "b.npy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), pixels >> 3)
+    assert "the values are 5-bit, 0 to 31" in stdout and "pixels >> 3" in stdout

@@ -875,6 +875,8 @@ def cmd_decompress(args) -> int:
         f"wrote {res['examples']} examples of shape {tuple(res['shape'])} to {res['out']} "
         f"({res['decode_per_s']:.0f} examples/s); sha256 {res['sha256']}"
     )
+    if "note" in res:
+        print(f"note: {res['note']}")
     return 0
 
 

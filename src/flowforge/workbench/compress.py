@@ -136,6 +136,8 @@ def _examples(
         bits = int(cfg["data"]["options"].get("bits", 8))
         header = cfg["data"]["options"].get("header")
         columns = cfg["resolved"].get("columns")
+        if bits < 8 and Path(data).expanduser().is_dir():
+            _refuse_reduced_images(data, bits, want)
         x, name = read_table(data, bits, want, header=header, columns=columns), data
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if math.prod(x.shape[1:]) != math.prod(want):
@@ -149,8 +151,25 @@ def _examples(
         raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
     if not named:  # (8-bit pixels for a run of fewer bits: said with the shift to give)
         bits = int(cfg["data"]["options"].get("bits", 8))
-        check_levels(x, cfg["resolved"].get("levels"), bits, str(name))
+        check_levels(x, cfg["resolved"].get("levels"), bits, str(name), coding=True)
     return x.reshape(-1, *want), name
+
+
+def _refuse_reduced_images(folder: str, bits: int, want: tuple[int, ...]) -> None:
+    """A folder of 8-bit images for a run of ``bits < 8``: read at the run's bits they would
+    lose their low bits, and decompress would give back ``pixels >> (8 - bits)``, not the
+    images. Refused, with the count of pixels that would change."""
+    x = read_table(folder, 8, want)
+    low = 8 - bits
+    changed = int(np.count_nonzero(x.astype(np.uint8) & ((1 << low) - 1)))
+    raise DataError(
+        f"{folder}: images of 8 bits per channel, and this run models their top {bits} bits "
+        f"({2**bits} levels): coding them would drop the {low} low bits of every pixel "
+        f"({changed:,} of the {x.size:,} values here have some set), and decompress would give "
+        f"back pixels >> {low}, not these images; to compress the images losslessly use a run "
+        f"trained on their 8 bits, or, to code the {bits}-bit values, give them as an array "
+        f"(numpy.save(path, pixels >> {low})), which decodes to exactly those"
+    )
 
 
 def _image_strip(x: np.ndarray) -> np.ndarray:
@@ -351,11 +370,19 @@ def decompress_file(
     buf = io.BytesIO()
     np.save(buf, x.astype(dtype))
     atomic_write(out_path, buf.getvalue(), replace=overwrite)
-    return {
+    result = {
         "file": str(file),
         "out": str(out_path),
         "examples": int(x.shape[0]),
         "shape": list(x.shape[1:]),
+        "levels": int(levels),
         "decode_per_s": x.shape[0] / seconds,
         "sha256": data_hash(x),
     }
+    bits = int(cfg["data"]["options"].get("bits", 8))
+    if bits < 8 and levels == 2**bits:  # (a run of images read at fewer bits)
+        result["note"] = (
+            f"the values are {bits}-bit, 0 to {levels - 1}, as the run models them: the top "
+            f"{bits} bits of 8-bit pixels (pixels >> {8 - bits}), not 8-bit images"
+        )
+    return result

@@ -1202,11 +1202,12 @@ def _shape_hint(a: np.ndarray) -> str:
     return ""
 
 
-def check_levels(x, levels: int | None, bits: int, where: str) -> None:
+def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = False) -> None:
     """``DataError`` when discrete data of another file lie outside the run's ``levels``, saying
     what to give: a folder of images is read at the run's ``bits``, an array is taken as it is
     (what ``flowforge decompress`` writes), so 8-bit values for a run of fewer bits are one
-    shift away (``a >> (8 - bits)``)."""
+    shift away (``a >> (8 - bits)``). ``coding``: for ``flowforge compress``, where the shift
+    loses the low bits (the file decodes to ``a >> (8 - bits)``) and a folder is refused."""
     if levels is None or not len(x):
         return
     x = torch.as_tensor(x)
@@ -1217,7 +1218,14 @@ def check_levels(x, levels: int | None, bits: int, where: str) -> None:
         return
     hint = ""
     whole = not x.is_floating_point() or bool((x == x.round()).all())
-    if bits < 8 and whole and hi <= 255 and levels == 2**bits:
+    if coding and bits < 8 and whole and hi <= 255 and levels == 2**bits:
+        hint = (
+            f": this run keeps the top {bits} bits of 8-bit pixels ({levels} levels), and "
+            f"an array is coded as it is: to compress these values losslessly use a run "
+            f"trained on 8 bits, or, to code their top {bits} bits, give a >> {8 - bits} "
+            f"(which decodes to a >> {8 - bits}, not a)"
+        )
+    elif bits < 8 and whole and hi <= 255 and levels == 2**bits:
         hint = (
             f": this run keeps the top {bits} bits of 8-bit pixels ({levels} levels), and an "
             f"array is taken as the model's levels, as flowforge decompress writes them: give "
