@@ -889,6 +889,12 @@ def decode(flow: Flow, data: bytes, force: bool = False, progress=None) -> Tenso
     """Decompress a bits-back ``.ffz`` file made by :func:`encode` with the same ``flow``
     (``progress``: called with 1 after each example)."""
     codec = _codec()
+    with codec._explained(flow, data, force):  # (a failure after force=True: likely why)
+        return _decode(flow, data, force, progress)
+
+
+def _decode(flow: Flow, data: bytes, force: bool, progress=None) -> Tensor:
+    codec = _codec()
     stack, _ = codec._constriction()
     check_flow(flow)
     h = read_header(data)
