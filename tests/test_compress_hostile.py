@@ -433,3 +433,25 @@ def test_a_folder_of_8_bit_images_for_a_5_bit_run_is_refused_not_cut(png5, tmp_p
     assert rc == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), pixels >> 3)
     assert "the values are 5-bit, 0 to 31" in stdout and "pixels >> 3" in stdout
+
+
+def test_a_csv_of_the_runs_columns_in_another_order_is_refused(tmp_path, capsys):
+    """compress coded the columns under the header's names in the run's order (so c5's
+    numbers as c0), where eval --data refuses the file."""
+    rng = np.random.default_rng(0)
+    names = [f"c{j}" for j in range(6)]
+    x = rng.integers(0, 5, (64, 6))
+    table = tmp_path / "t.csv"
+    np.savetxt(table, x, fmt="%d", delimiter=",", header=",".join(names), comments="")
+    args = [a if a != "digits" else str(table) for a in IDF if a not in ("--limit", "128")]
+    run = tmp_path / "run"
+    assert main([*args, "--data-kwargs", '{"levels": 5}', "--out", str(run)]) == 0
+    swapped = tmp_path / "swapped.csv"
+    np.savetxt(swapped, x[:, ::-1], fmt="%d", delimiter=",", header=",".join(names[::-1]),
+               comments="")  # fmt: skip
+    out = tmp_path / "s.ffz"
+    for command in (["eval", run, "--data", swapped], ["compress", run, "--data", swapped,
+                                                       "--out", out]):  # fmt: skip
+        one_line_error(*cli(capsys, *command)[::2], "its column 1 is 'c5' where this run's is 'c0'")
+    assert not out.exists()
+    assert cli(capsys, "compress", run, "--data", table, "--out", out, "--no-baselines")[0] == 0

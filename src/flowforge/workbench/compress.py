@@ -23,7 +23,7 @@ from .. import bitsback, codec
 from .._util import fork_rng
 from ..core import Flow
 from ..io import atomic_write
-from .data import DATASETS, check_levels, load_dataset, read_table
+from .data import DATASETS, check_levels, load_dataset, read_run_table, read_table
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
 from .runs import load_run, run_config
@@ -138,7 +138,7 @@ def _examples(
         columns = cfg["resolved"].get("columns")
         if bits < 8 and Path(data).expanduser().is_dir():
             _refuse_reduced_images(data, bits, want)
-        x, name = read_table(data, bits, want, header=header, columns=columns), data
+        x, name = read_run_table(data, bits, want, columns=columns, header=header), data
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if math.prod(x.shape[1:]) != math.prod(want):
         got, k = tuple(x.shape[1:]), math.prod(x.shape[1:])

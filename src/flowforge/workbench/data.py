@@ -48,6 +48,7 @@ __all__ = [
     "make_conditional",
     "load_dataset",
     "read_examples",
+    "read_run_table",
     "read_labelled",
     "reload_dataset",
     "read_table",
@@ -2156,6 +2157,21 @@ def read_examples(
     run's column names), a CSV whose header names other columns, or the same in another
     order, is refused: its numbers would be scored against the wrong columns. ``header``: the
     run's data option (None: decided from the file's first row)."""
+    x = read_run_table(spec, bits, shape, columns, header)
+    return torch.from_numpy(x.astype(np.float32, copy=False))
+
+
+def read_run_table(
+    spec: str,
+    bits: int = 8,
+    shape: tuple[int, ...] | None = None,
+    columns: list | None = None,
+    header: bool | None = None,
+) -> np.ndarray:
+    """:func:`read_table` of a file for a run, its values as the file holds them: with
+    ``columns`` (the run's column names), a CSV whose header names other columns, or the same
+    in another order, is refused, since its numbers would go to the wrong columns (what
+    ``flowforge eval --data`` and ``compress --data`` read)."""
     found: list = []
     x = read_table(spec, bits, shape, found, header, columns)
     # a name that flowforge sample led by ' (a spreadsheet would run it as a formula)
@@ -2170,7 +2186,7 @@ def read_examples(
         raise DataError(
             f"{spec}: {what}; give the columns the run was trained on, in the same order"
         )
-    return torch.from_numpy(x.astype(np.float32, copy=False))
+    return x
 
 
 LABELLED_FORMATS = (
