@@ -71,6 +71,26 @@ def test_almost_integer_floats_are_refused_not_rounded(run, tmp_path, capsys):
                tmp_path / "o.ffz", "--no-baselines")[0] == 0  # fmt: skip
 
 
+def test_values_just_off_the_integers_at_the_top_level_are_named_as_not_integers(
+    run, tmp_path, capsys
+):
+    """Digits + 1e-6 (the top level 16.000001) read "has values in [1e-06, 16]; this run
+    models 17 levels, values in [0, 16]": a bound printed equal to the levels', and the
+    problem, values that are not integers, unnamed."""
+    x = np.zeros((5, 64), np.float32)
+    x[:, 10] = 16
+    x[1, 7] = 5
+    x += 1e-6
+    np.save(tmp_path / "f32.npy", x)
+    rc, _, err = cli(capsys, "compress", run, "--data", tmp_path / "f32.npy",
+                     "--out", tmp_path / "o.ffz", "--no-baselines")  # fmt: skip
+    one_line_error(rc, err, "row 0, column 0", f"is {float(x[0, 0])!r}, not an integer",
+                   "integers in [0, 16]")  # fmt: skip
+    rc, _, err = cli(capsys, "eval", run, "--data", tmp_path / "f32.npy")  # (bounds, told apart)
+    one_line_error(rc, err, f"values in [{str(x.min())}, {str(x.max())}]")
+    assert str(x.max()) != "16"
+
+
 def test_a_decompressed_file_compresses_again(run, ffz, tmp_path, capsys):
     npy = tmp_path / "r.npy"
     assert cli(capsys, "decompress", ffz, "--model", run, "--out", npy)[0] == 0

@@ -1219,6 +1219,13 @@ def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = Fa
         return
     hint = ""
     whole = not x.is_floating_point() or bool((x == x.round()).all())
+    if coding and not whole:  # (what is wrong first: 16.000001 is not an integer, not a bound)
+        a = x.reshape(len(x), -1).numpy()
+        row, col = divmod(int(np.argmax(a != np.rint(a))), a.shape[1])
+        raise DataError(
+            f"{where}: the value at row {row}, column {col} (0-based) is {a[row, col]}, not an "
+            f"integer; this run models {levels} levels, integers in [0, {levels - 1}]"
+        )
     if coding and bits < 8 and whole and hi <= 255 and levels == 2**bits:
         hint = (
             f": this run keeps the top {bits} bits of 8-bit pixels ({levels} levels), and "
@@ -1232,8 +1239,10 @@ def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = Fa
             f"array is taken as the model's levels, as flowforge decompress writes them: give "
             f"a >> {8 - bits}, or the images as a folder"
         )
+    # (bounds with the digits that tell them apart from the levels': 16.000001, not 16)
+    lo, hi = (str(int(v)) if v == round(v) else str(x.new_tensor(v).numpy()) for v in (lo, hi))
     raise DataError(
-        f"{where} has values in [{lo:g}, {hi:g}]; this run models {levels} levels, values in "
+        f"{where} has values in [{lo}, {hi}]; this run models {levels} levels, values in "
         f"[0, {levels - 1}]{hint}"
     )
 
