@@ -855,6 +855,21 @@ def cmd_compress(args) -> int:
                 else ""
             )
         )
+    if res.get("base_escapes"):
+        r = res["z_range"]
+        # (the base's Gaussian alone gives a value past r at least r^2 / 2 nats: beyond the
+        # escape's 32 bits and its symbol for the default r = 32, not for a small r)
+        cheaper = r * r / 2 / math.log(2) > 40
+        why = ", more cheaply than the model's density there" if cheaper else ""
+        if cheaper and res["overhead_percent"] < 0:
+            why += (
+                f"; the file is {-res['overhead_percent']:.2f}% below the model's NLL: for "
+                "those rows the NLL, not the file, is the number that is off"
+            )
+        print(
+            f"  escapes     {res['base_escapes']:,} latent value(s) outside the base's table "
+            f"[-{r}, {r}) coded raw (about 32 bits each){why}"
+        )
     if res["classical"]:
         print(
             "  classical   "

@@ -318,6 +318,8 @@ def compress_run(
         result["initial_bits_per_dim"] = stats["initial_bits"] / dims
         result["uniform_fallbacks"] = stats["uniform_fallbacks"]
         result["escapes"] = stats["escapes"]
+        result["base_escapes"] = stats["base_escapes"]
+        result["z_range"] = bitsback.read_header(blob).z_range
         result["scheme"] = stats["scheme"]
     return result
 
