@@ -838,11 +838,19 @@ def cmd_compress(args) -> int:
         f"  model NLL   {res['nll_bits_per_dim']:.4f} bits/dim "
         f"({res['nll_nats_per_example']:.2f} nats/example)\n"
         f"  file        {res['file_bits_per_dim']:.4f} bits/dim "
-        f"(overhead {res['overhead_percent']:+.2f}% over the NLL)\n"
+        f"(overhead {res['overhead_percent']:+.2f}% over the NLL; "
+        f"{res['overhead_percent_without_header']:+.2f}% without the "
+        f"{res['header_bytes']}-byte header)\n"
         f"  speed       encode {res['encode_per_s']:.0f} examples/s, "
         f"decode {res['decode_per_s']:.0f} examples/s (decoded identical)\n"
         f"  sha256      {res['sha256']}"
     )
+    if res["bytes"] > res["raw_bytes"]:
+        print(
+            f"  note        the file is larger than the raw data ({res['raw_bytes']:,} bytes "
+            f"as decompress writes them): its {res['header_bytes']}-byte header is paid once "
+            "per file, so code more examples in one file"
+        )
     if "initial_bits" in res:
         print(
             f"  bits-back   initial bits {res['initial_bits']:,} "

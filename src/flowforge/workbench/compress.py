@@ -296,6 +296,9 @@ def compress_run(
     nll_bits = _nll_bits(flow, xs, samples=8)
     file_bpd = len(blob) * 8 / dims
     nll_bpd = nll_bits / dims
+    header_bytes = codec.read_header(blob).size  # (paid once per file, whatever its size)
+    levels = _levels(flow)
+    raw_bytes = dims * (1 if levels <= 256 else 2 if levels <= 65536 else 8)  # (as decompress)
     result = {
         "run": str(run),
         "codec": "bits-back" if codec._bits_back(flow) else "integer",
@@ -308,6 +311,9 @@ def compress_run(
         "nll_nats_per_example": nll_bits * math.log(2) / len(xs),
         "file_bits_per_dim": file_bpd,
         "overhead_percent": 100 * (file_bpd / nll_bpd - 1),
+        "header_bytes": header_bytes,
+        "overhead_percent_without_header": 100 * ((len(blob) - header_bytes) * 8 / nll_bits - 1),
+        "raw_bytes": raw_bytes,
         "encode_per_s": len(xs) / t_enc,
         "decode_per_s": len(xs) / t_dec,
         "sha256": data_hash(xs),
