@@ -72,7 +72,7 @@ def test_compress_refuses_bad_data_and_models(runs, tmp_path, capsys):
     np.save(bad, np.zeros((3, 10), np.int64))
     one_line_error(*cli(capsys, "compress", runs / "idf", "--data", bad, "--out",
                         tmp_path / "o.ffz")[::2], "10 values",
-                   "this run takes 8x8 images of 1 channel, 64 values each")  # fmt: skip
+                   "this run takes 8x8 grayscale images, 64 values each")  # fmt: skip
     # a continuous flow with levels is coded by bits-back (tests/test_bitsback.py); a flow
     # without levels has no discrete likelihood
     moons = tiny_moons_run(capsys, tmp_path / "moons")

@@ -475,3 +475,20 @@ def test_a_csv_of_the_runs_columns_in_another_order_is_refused(tmp_path, capsys)
         one_line_error(*cli(capsys, *command)[::2], "its column 1 is 'c5' where this run's is 'c0'")
     assert not out.exists()
     assert cli(capsys, "compress", run, "--data", table, "--out", out, "--no-baselines")[0] == 0
+
+
+def test_a_folder_of_other_images_is_described_as_images(run, tmp_path, capsys):
+    """A 16x16 folder read "examples of 256 values (shape (256,))", an RGB folder for a
+    grayscale run "examples of 432 values (shape (432,))"."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, shape, words in (("big", (16, 16), "16x16 grayscale images (256 values each)"),
+                               ("rgb", (8, 8, 3), "8x8 RGB images (192 values each)")):  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 17, shape, dtype=np.uint8)).save(folder / f"{i}.png")
+        rc, _, err = cli(capsys, "compress", run, "--data", folder, "--out", tmp_path / "o.ffz")
+        want = "this run takes 8x8 grayscale images, 64 values each"
+        one_line_error(rc, err, f"{folder}: {words}; {want}")

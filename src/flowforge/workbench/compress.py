@@ -23,7 +23,14 @@ from .. import bitsback, codec
 from .._util import fork_rng
 from ..core import Flow
 from ..io import atomic_write
-from .data import DATASETS, check_levels, load_dataset, read_run_table, read_table
+from .data import (
+    DATASETS,
+    _image_folder,
+    check_levels,
+    load_dataset,
+    read_run_table,
+    read_table,
+)
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
 from .runs import load_run, run_config
@@ -142,17 +149,28 @@ def _examples(
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if math.prod(x.shape[1:]) != math.prod(want):
         got, k = tuple(x.shape[1:]), math.prod(x.shape[1:])
+        given = f"examples of {k} values (shape {got})"
+        if not named and Path(data).expanduser().is_dir():  # images: say them as images
+            c, h, w = _image_folder(Path(data).expanduser(), 0, False, shuffle=False,
+                                    val_fraction=0, test_fraction=0).shape  # fmt: skip
+            given = f"{_images(c, h, w)} ({k} values each)"
         if len(want) == 3:  # an image run: say it in images' words
-            c, h, w = want
             raise DataError(
-                f"{name}: examples of {k} values (shape {got}); this run takes {h}x{w} images "
-                f"of {c} channel{'s' if c > 1 else ''}, {math.prod(want)} values each"
+                f"{name}: {given}; this run takes {_images(*want)}, {math.prod(want)} values each"
             )
-        raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
+        if given.startswith("examples"):
+            raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
+        raise DataError(f"{name}: {given}; this run takes examples of {want[0]} values")
     if not named:  # (8-bit pixels for a run of fewer bits: said with the shift to give)
         bits = int(cfg["data"]["options"].get("bits", 8))
         check_levels(x, cfg["resolved"].get("levels"), bits, str(name), coding=True)
     return x.reshape(-1, *want), name
+
+
+def _images(c: int, h: int, w: int) -> str:
+    """``"16x16 grayscale images"``, ``"8x8 RGB images"``, ``"8x8 images of 2 channels"``."""
+    kind = {1: "grayscale ", 3: "RGB "}.get(c, "")
+    return f"{h}x{w} {kind}images" + ("" if kind else f" of {c} channels")
 
 
 def _refuse_reduced_images(folder: str, bits: int, want: tuple[int, ...]) -> None:
