@@ -149,3 +149,16 @@ def test_the_header_is_broken_out_of_the_overhead(runs, tmp_path, capsys):
             1
         ]
     )
+
+
+def test_one_example_is_said_in_the_singular_and_a_split_in_capitals_is_named(
+    runs, tmp_path, capsys
+):
+    """ "1 examples"; and --split TEST was refused as unknown, as every command refuses it
+    (split names are lower case): the message now says so."""
+    np.save(tmp_path / "one.npy", np.zeros((1, 64), np.uint8))
+    rc, out, err = cli(capsys, "compress", runs / "idf", "--data", tmp_path / "one.npy",
+                       "--out", tmp_path / "one.ffz", "--no-baselines")  # fmt: skip
+    assert rc == 0 and "one.npy: 1 example, 64 values" in out, err
+    rc, _, err = cli(capsys, "compress", runs / "idf", "--split", "TEST", "--out", tmp_path / "t")
+    one_line_error(rc, err, "expected train, val or test (in lower case)")

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -622,3 +623,21 @@ def test_an_idf_built_in_memory_keeps_the_model_hash_of_its_earlier_partitions_d
     old = {**flow.config, "kwargs": {**flow.config["kwargs"], "partitions": 4}}
     assert old in earlier_configs(flow.config)
     assert codec._hash(old, flow) in codec._earlier_hashes(flow)
+
+
+def test_api_misuse_messages_say_what_to_do():
+    """``encode`` of the (N, 1, 8, 8) array decompress writes for a vector run, and ``decode``
+    of a path or an open file, were refused with no way out."""
+    import io
+
+    flow = tiny_idf()
+    x = data(3)
+    with pytest.raises(codec.CodecError, match=r"got \(3, 2, 3\): reshape it, x.reshape\(len"):
+        codec.encode(flow, x.reshape(3, 2, 3))
+    with pytest.raises(codec.CodecError) as e:  # (other values per example: no reshape)
+        codec.encode(flow, x[:, :4])
+    assert "reshape" not in str(e.value)
+    blob = codec.encode(flow, x)
+    for given, how in (("t.ffz", "open(path, 'rb').read()"), (io.BytesIO(blob), "f.read()")):
+        with pytest.raises(codec.CodecError, match=re.escape(f"(read it: {how})")):
+            codec.decode(flow, given)

@@ -107,7 +107,8 @@ def _unpack_frame(data, tail: struct.Struct, check_version) -> tuple:
     after the checks every version shares: bytes, magic, length, ``check_version(version,
     flags)``, the header CRC, and the file's length against the payload's word count."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError(f"expected the file's bytes, got {type(data).__name__}")
+        how = "f.read()" if hasattr(data, "read") else "open(path, 'rb').read()"
+        raise CodecError(f"expected the file's bytes, got {type(data).__name__} (read it: {how})")
     data = bytes(data)
     if len(data) < 4 or data[:4] != MAGIC:
         raise CodecError("not a flowforge .ffz file (bad magic bytes)")
@@ -480,9 +481,13 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
             "rows of different lengths"
         ) from None
     if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+        # (the same values per example in another shape, as decompress writes a run's data
+        # shape: a hint, not a silent reshape, since which axes are the example's is a guess)
+        fits = x.ndim >= 1 and math.prod(x.shape[1:]) == math.prod(shape)
+        hint = f": reshape it, x.reshape(len(x), {', '.join(map(str, shape))})" if fits else ""
         raise CodecError(
             f"expected data of shape (N, {', '.join(map(str, shape))}) for this model, got "
-            f"{tuple(x.shape)}"
+            f"{tuple(x.shape)}{hint}"
         )
     if x.shape[0] == 0:
         raise CodecError("expected at least one example, got 0")

@@ -833,7 +833,8 @@ def cmd_compress(args) -> int:
         print(json.dumps(res, allow_nan=False))
         return 0
     print(
-        f"{res['data']}: {res['examples']} examples, {res['dims']} values -> {res['out']} "
+        f"{res['data']}: {res['examples']:,} example{'s' * (res['examples'] != 1)}, "
+        f"{res['dims']:,} values -> {res['out']} "
         f"({res['bytes']:,} bytes)\n"
         f"  model NLL   {res['nll_bits_per_dim']:.4f} bits/dim "
         f"({res['nll_nats_per_example']:.2f} nats/example)\n"

@@ -92,7 +92,8 @@ class Dataset:
 
     def split(self, name: str) -> Tensor:
         if name not in ("train", "val", "test"):
-            raise DataError(f"unknown split {name!r}; expected train, val or test")
+            case = " (in lower case)" if str(name).lower() in ("train", "val", "test") else ""
+            raise DataError(f"unknown split {name!r}; expected train, val or test{case}")
         return getattr(self, name)
 
     def split_context(self, name: str) -> Tensor | None:
