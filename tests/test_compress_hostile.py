@@ -71,6 +71,26 @@ def test_almost_integer_floats_are_refused_not_rounded(run, tmp_path, capsys):
                tmp_path / "o.ffz", "--no-baselines")[0] == 0  # fmt: skip
 
 
+def test_values_just_off_the_integers_at_the_top_level_are_named_as_not_integers(
+    run, tmp_path, capsys
+):
+    """Digits + 1e-6 (the top level 16.000001) read "has values in [1e-06, 16]; this run
+    models 17 levels, values in [0, 16]": a bound printed equal to the levels', and the
+    problem, values that are not integers, unnamed."""
+    x = np.zeros((5, 64), np.float32)
+    x[:, 10] = 16
+    x[1, 7] = 5
+    x += 1e-6
+    np.save(tmp_path / "f32.npy", x)
+    rc, _, err = cli(capsys, "compress", run, "--data", tmp_path / "f32.npy",
+                     "--out", tmp_path / "o.ffz", "--no-baselines")  # fmt: skip
+    one_line_error(rc, err, "row 0, column 0", f"is {float(x[0, 0])!r}, not an integer",
+                   "integers in [0, 16]")  # fmt: skip
+    rc, _, err = cli(capsys, "eval", run, "--data", tmp_path / "f32.npy")  # (bounds, told apart)
+    one_line_error(rc, err, f"values in [{str(x.min())}, {str(x.max())}]")
+    assert str(x.max()) != "16"
+
+
 def test_a_decompressed_file_compresses_again(run, ffz, tmp_path, capsys):
     npy = tmp_path / "r.npy"
     assert cli(capsys, "decompress", ffz, "--model", run, "--out", npy)[0] == 0
@@ -393,3 +413,82 @@ def test_levels_the_tables_cannot_hold_are_refused_before_coding():
     f64 = _tiny_idf(levels=2**32).double()
     with pytest.raises(codec.CodecError, match="at most 2\\^31 - 1 levels"):
         codec.encode(f64, x)
+
+
+# -- a run of fewer bits than the images hold ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def png5(tmp_path_factory):
+    """A tiny IDF trained on a folder of 8x8 PNGs read at 5 bits, and the folder."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("png5")
+    folder = root / "imgs"
+    folder.mkdir()
+    for i, a in enumerate(np.random.default_rng(0).integers(0, 256, (24, 8, 8), dtype=np.uint8)):
+        Image.fromarray(a).save(folder / f"{i:02d}.png")
+    args = [a if a != "digits" else str(folder) for a in IDF if a not in ("--limit", "128")]
+    assert main([*args, "--data-kwargs", '{"bits": 5}', "--out", str(root / "run")]) == 0
+    return root / "run", folder
+
+
+def test_a_folder_of_8_bit_images_for_a_5_bit_run_is_refused_not_cut(png5, tmp_path, capsys):
+    """It printed "decoded identical" and a hash, and decompress gave back pixels >> 3: the
+    images' 3 low bits were gone from a "lossless" file."""
+    run, folder = png5
+    out = tmp_path / "p.ffz"
+    one_line_error(*cli(capsys, "compress", run, "--data", folder, "--out", out)[::2],
+                   "drop the 3 low bits", "pixels >> 3", "trained on their 8 bits")  # fmt: skip
+    assert not out.exists()
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.open(f)) for f in sorted(folder.iterdir())])[:, None]
+    np.save(tmp_path / "p8.npy", pixels)
+    one_line_error(*cli(capsys, "compress", run, "--data", tmp_path / "p8.npy", "--out", out)[::2],
+                   "a >> 3", "trained on 8 bits")  # fmt: skip
+    np.save(tmp_path / "p5.npy", pixels >> 3)  # the reduced values: coded, and given back
+    assert cli(capsys, "compress", run, "--data", tmp_path / "p5.npy", "--out", out)[0] == 0
+    rc, stdout, err = cli(capsys, "decompress", out, "--model", run, "--out", tmp_path / "b.npy")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), pixels >> 3)
+    assert "the values are 5-bit, 0 to 31" in stdout and "pixels >> 3" in stdout
+
+
+def test_a_csv_of_the_runs_columns_in_another_order_is_refused(tmp_path, capsys):
+    """compress coded the columns under the header's names in the run's order (so c5's
+    numbers as c0), where eval --data refuses the file."""
+    rng = np.random.default_rng(0)
+    names = [f"c{j}" for j in range(6)]
+    x = rng.integers(0, 5, (64, 6))
+    table = tmp_path / "t.csv"
+    np.savetxt(table, x, fmt="%d", delimiter=",", header=",".join(names), comments="")
+    args = [a if a != "digits" else str(table) for a in IDF if a not in ("--limit", "128")]
+    run = tmp_path / "run"
+    assert main([*args, "--data-kwargs", '{"levels": 5}', "--out", str(run)]) == 0
+    swapped = tmp_path / "swapped.csv"
+    np.savetxt(swapped, x[:, ::-1], fmt="%d", delimiter=",", header=",".join(names[::-1]),
+               comments="")  # fmt: skip
+    out = tmp_path / "s.ffz"
+    for command in (["eval", run, "--data", swapped], ["compress", run, "--data", swapped,
+                                                       "--out", out]):  # fmt: skip
+        one_line_error(*cli(capsys, *command)[::2], "its column 1 is 'c5' where this run's is 'c0'")
+    assert not out.exists()
+    assert cli(capsys, "compress", run, "--data", table, "--out", out, "--no-baselines")[0] == 0
+
+
+def test_a_folder_of_other_images_is_described_as_images(run, tmp_path, capsys):
+    """A 16x16 folder read "examples of 256 values (shape (256,))", an RGB folder for a
+    grayscale run "examples of 432 values (shape (432,))"."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, shape, words in (("big", (16, 16), "16x16 grayscale images (256 values each)"),
+                               ("rgb", (8, 8, 3), "8x8 RGB images (192 values each)")):  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 17, shape, dtype=np.uint8)).save(folder / f"{i}.png")
+        rc, _, err = cli(capsys, "compress", run, "--data", folder, "--out", tmp_path / "o.ffz")
+        want = "this run takes 8x8 grayscale images, 64 values each"
+        one_line_error(rc, err, f"{folder}: {words}; {want}")

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -347,6 +348,45 @@ def test_files_written_with_other_cpu_kernels_name_them():
         codec.decode(vflow, forged)
 
 
+def _other_kernels_failing(blob: bytes, env: int) -> bytes:
+    """``blob`` as another machine's kernels would leave it for this one: recording ``env``,
+    its payload decoding to something else (changed, with its CRC made to match, since the
+    decoder cannot tell other rounding from other bytes)."""
+    h = codec.read_header(blob)
+    payload = bytearray(blob[h.size :])
+    payload[0] ^= 0xFF
+    h = dataclasses.replace(h, environment=env, payload_crc=zlib.crc32(bytes(payload)))
+    return h.pack() + bytes(payload)
+
+
+def test_a_forced_decode_that_fails_blames_the_kernels_not_the_file():
+    """With --force on a file written with other CPU kernels, the failure read "corrupt .ffz
+    file: it decodes to values outside the data's 17 levels" (or "its payload ran out after 0
+    of the 40 examples"), though the file decoded bit for bit with the recorded kernels: a
+    user could delete a good file."""
+    here = codec.kernels()
+    other = ("AVX2", "AVX2") if here != ("AVX2", "AVX2") else ("AVX512", "AVX512_E1")
+    setting = f"ATEN_CPU_CAPABILITY={other[0].lower()} MKL_CBWR={other[1]}"
+    env = codec._environment_key(torch.float32, other)
+    vflow = ff.models.RealNVP(features=4, layers=2, hidden=(8,), levels=5).eval()
+    for flow, x in ((tiny_idf(), data(10)), (vflow, torch.randint(0, 5, (6, 4)))):
+        forged = _other_kernels_failing(codec.encode(flow, x), env)
+        decoders = [codec.decode] + [ff.bitsback.decode] * (flow is vflow)
+        for decode in decoders:
+            with pytest.raises(codec.CodecError) as e:
+                decode(flow, forged, force=True)
+            msg = str(e.value)
+            assert "\n" not in msg and not msg.startswith("corrupt"), msg
+            assert "probably intact" in msg and setting in msg and "what failed here" in msg
+        with pytest.raises(codec.CodecError, match="other CPU kernels"):  # (unforced: refused)
+            codec.decode(flow, forged)
+    # the same damage in a file of this environment is a corrupt file
+    blob = codec.encode(tiny_idf(), data(10))
+    forged = _other_kernels_failing(blob, codec.read_header(blob).environment)
+    with pytest.raises(codec.CodecError, match="^corrupt"):
+        codec.decode(tiny_idf(), forged, force=True)
+
+
 def test_kernels_name_mkls_code_path_as_mkl_cbwr_does():
     # MKL numbers its code paths 1 (unset) and 2 (AUTO) for the CPU's own choice, 3 COMPATIBLE,
     # 4 SSE2, ..., with STRICT a flag: each is named as the MKL_CBWR setting that selects it
@@ -583,3 +623,21 @@ def test_an_idf_built_in_memory_keeps_the_model_hash_of_its_earlier_partitions_d
     old = {**flow.config, "kwargs": {**flow.config["kwargs"], "partitions": 4}}
     assert old in earlier_configs(flow.config)
     assert codec._hash(old, flow) in codec._earlier_hashes(flow)
+
+
+def test_api_misuse_messages_say_what_to_do():
+    """``encode`` of the (N, 1, 8, 8) array decompress writes for a vector run, and ``decode``
+    of a path or an open file, were refused with no way out."""
+    import io
+
+    flow = tiny_idf()
+    x = data(3)
+    with pytest.raises(codec.CodecError, match=r"got \(3, 2, 3\): reshape it, x.reshape\(len"):
+        codec.encode(flow, x.reshape(3, 2, 3))
+    with pytest.raises(codec.CodecError) as e:  # (other values per example: no reshape)
+        codec.encode(flow, x[:, :4])
+    assert "reshape" not in str(e.value)
+    blob = codec.encode(flow, x)
+    for given, how in (("t.ffz", "open(path, 'rb').read()"), (io.BytesIO(blob), "f.read()")):
+        with pytest.raises(codec.CodecError, match=re.escape(f"(read it: {how})")):
+            codec.decode(flow, given)

@@ -402,6 +402,7 @@ class _LocalDensity:
         fine = (m - (cell << mods.fine_bits)).astype(np.int32)
         sym = cell + mods.buckets
         esc = (sym < 0) | (sym >= 2 * mods.buckets)
+        self.last_base_escapes = int(esc.sum())  # (counted by the caller if the push is kept)
         if esc.any():
             coder.encode_reverse(_codec()._escape_words(m[esc]), mods.raw16)
         coder.encode_reverse(np.where(esc, 2 * mods.buckets, sym).astype(np.int32), mods.coarse)
@@ -577,6 +578,7 @@ class _Coder:
             self.density = _LocalDensity(_jacobian_fn(flow.transform, self.shape, post), inv, grid)
         self.deq = flow.dequantizer
         self.escape, self.escapes = bool(flags & FLAG_ESCAPE), 0
+        self.base_escapes = 0  # latent values outside the base's table, coded raw
         self.levels = flow.dequantizer.levels
         self.uniform = grid.models.m.Uniform(1 << y_bits)
         # per example, with variational dequantization: 1 if it fell back to uniform noise
@@ -621,11 +623,13 @@ class _Coder:
         n = (x << self.y_bits) + nu
         if not self.escape:
             self.density.push(coder, n)
+            self.base_escapes += self.density.last_base_escapes
             return coder, fallback, (log_q - self.density.last_log_density) / math.log(2)
         saved, escaped = coder.clone(), False
         try:
             self.density.push(coder, n)
             log_p = self.density.last_log_density
+            self.base_escapes += self.density.last_base_escapes
         except _Unfit:  # undo its pops and pushes; the cells, uniformly
             coder, escaped = saved, True
             coder.encode_reverse(nu.astype(np.int32), self.uniform)
@@ -750,14 +754,17 @@ def encode_stats(
     progress=None,
 ) -> tuple[bytes, dict]:
     """:func:`encode`, also returning the sizes: ``{"initial_bits", "header_bits",
-    "payload_bits", "uniform_fallbacks", "escapes", "ideal_bits", "scheme"}`` (``escapes``: the
-    examples coded uniformly because the local Gaussian missed; ``scheme``: "layers",
+    "payload_bits", "uniform_fallbacks", "escapes", "base_escapes", "ideal_bits", "scheme"}``
+    (``escapes``: the examples coded uniformly because the local Gaussian missed;
+    ``base_escapes``: the latent values outside the base's table ``[-z_range, z_range)``, each
+    coded by an escape symbol and its raw 32 bits whatever the model's density there, which
+    ``ideal_bits`` does not count; ``scheme``: "layers",
     "jacobian", or "layers+jacobian" where the flow and a variational dequantizer's flow differ;
     see :mod:`flowforge.bitsback_layers`); ``ideal_bits`` is the sum over the
     examples of ``-log2 p(y) + log2 q(u | x)`` at the cells the coder drew (the dequantization
-    bound's one-sample estimate that this file realises), so ``payload_bits - initial_bits -
-    ideal_bits`` is what the coder itself costs. ``progress``: called with 1 after each
-    example (a progress bar's ``update``)."""
+    bound's one-sample estimate that this file realises), so without base escapes
+    ``payload_bits - initial_bits - ideal_bits`` is what the coder itself costs.
+    ``progress``: called with 1 after each example (a progress bar's ``update``)."""
     codec = _codec()
     stack, _ = codec._constriction()
     check_flow(flow)
@@ -844,6 +851,7 @@ def encode_stats(
         "payload_bits": 8 * len(payload),
         "uniform_fallbacks": fallbacks,
         "escapes": c.escapes,
+        "base_escapes": c.base_escapes,
         "ideal_bits": ideal,
         "scheme": _scheme_name(flags, flow.dequantizer),
     }
@@ -888,6 +896,12 @@ def encode(flow: Flow, x, **kwargs) -> bytes:
 def decode(flow: Flow, data: bytes, force: bool = False, progress=None) -> Tensor:
     """Decompress a bits-back ``.ffz`` file made by :func:`encode` with the same ``flow``
     (``progress``: called with 1 after each example)."""
+    codec = _codec()
+    with codec._explained(flow, data, force):  # (a failure after force=True: likely why)
+        return _decode(flow, data, force, progress)
+
+
+def _decode(flow: Flow, data: bytes, force: bool, progress=None) -> Tensor:
     codec = _codec()
     stack, _ = codec._constriction()
     check_flow(flow)

@@ -107,7 +107,8 @@ def _unpack_frame(data, tail: struct.Struct, check_version) -> tuple:
     after the checks every version shares: bytes, magic, length, ``check_version(version,
     flags)``, the header CRC, and the file's length against the payload's word count."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CodecError(f"expected the file's bytes, got {type(data).__name__}")
+        how = "f.read()" if hasattr(data, "read") else "open(path, 'rb').read()"
+        raise CodecError(f"expected the file's bytes, got {type(data).__name__} (read it: {how})")
     data = bytes(data)
     if len(data) < 4 or data[:4] != MAGIC:
         raise CodecError("not a flowforge .ffz file (bad magic bytes)")
@@ -328,24 +329,81 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
     if force or recorded in (environment(flow), _environment_key(dtype, None)):
         return
     here = kernels()
-    branches = [b + f for b in _MKL_BRANCHES.values() for f in ("", ",STRICT")]
-    for cap in _TORCH_KERNELS:
-        for mkl in ("none", *branches):
-            if recorded != _environment_key(dtype, (cap, mkl)):
-                continue
-            setting = kernel_setting((cap, mkl))
-            raise CodecError(
-                f"this file was written with other CPU kernels (torch {cap}, MKL {mkl}; here "
-                f"torch {here[0]}, MKL {here[1]}), which round differently: decode it on a CPU "
-                f"that has them, in a process started with {setting} set (`{setting} flowforge "
-                "decompress ...`), or pass force=True (on the command line: --force) to try "
-                "anyway"
-            )
+    found = _recorded_kernels(recorded, dtype)
+    if found is not None:
+        cap, mkl = found
+        setting = kernel_setting(found)
+        raise CodecError(
+            f"this file was written with other CPU kernels (torch {cap}, MKL {mkl}; here "
+            f"torch {here[0]}, MKL {here[1]}), which round differently: decode it on a CPU "
+            f"that has them, in a process started with {setting} set (`{setting} flowforge "
+            "decompress ...`), or pass force=True (on the command line: --force) to try "
+            "anyway"
+        )
     raise CodecError(
         "this file was made in another environment (torch version, platform, dtype or CPU "
         f"kernels); its {what} may differ here: pass force=True (on the command line: "
         "--force) to try anyway"
     )
+
+
+def _recorded_kernels(recorded: int, dtype) -> tuple[str, str] | None:
+    """The CPU kernels (as :func:`kernels` names them) of a recorded environment that differs
+    from this one's in its kernels alone; None when it differs otherwise."""
+    branches = [b + f for b in _MKL_BRANCHES.values() for f in ("", ",STRICT")]
+    for cap in _TORCH_KERNELS:
+        for mkl in ("none", *branches):
+            if recorded == _environment_key(dtype, (cap, mkl)):
+                return cap, mkl
+    return None
+
+
+def _forced_hint(flow: torch.nn.Module, data) -> str:
+    """What a failure to decode ``data`` with ``force=True`` most likely means, when the file
+    records another environment than this one's and its bytes check out (header, payload CRC,
+    model): the environment, as :func:`check_environment` warned, not a damaged file. Empty
+    otherwise."""
+    try:
+        h = read_header(data)
+        intact = zlib.crc32(bytes(data)[h.size :]) == h.payload_crc
+        check_model(h.model_hash, flow)
+    except CodecError:
+        return ""
+    dtype = _dtype(flow)
+    if not intact or h.environment in (environment(flow), _environment_key(dtype, None)):
+        return ""
+    found = _recorded_kernels(h.environment, dtype)
+    start = "decoding with force=True (--force) failed, as the refusal without it warned: "
+    if found is None:
+        return (
+            f"{start}this file was made in another environment (torch version, platform, dtype "
+            "or CPU kernels) and its bytes pass their CRC checks, so it is probably intact: "
+            "decode it where it was made"
+        )
+    here, setting = kernels(), kernel_setting(found)
+    return (
+        f"{start}this file was written with other CPU kernels (torch {found[0]}, MKL "
+        f"{found[1]}; here torch {here[0]}, MKL {here[1]}) and its bytes pass their CRC "
+        f"checks, so it is probably intact: decode it on a CPU that has them, in a process "
+        f"started with {setting} set: `{setting} flowforge decompress ...`"
+    )
+
+
+@contextlib.contextmanager
+def _explained(flow: torch.nn.Module, data, force: bool):
+    """Decoding ``data``: a :class:`CodecError` said with what may be its cause other than a
+    damaged file (a forced decode in another environment, or a file that does not record its
+    kernels)."""
+    try:
+        yield
+    except CodecError as e:
+        hint = _forced_hint(flow, data) if force else ""
+        if hint:
+            what = str(e).removeprefix("corrupt .ffz file: ")
+            raise CodecError(f"{hint}; what failed here: {what}") from None
+        if "decod" in str(e) and _legacy_environment(flow, data):
+            raise CodecError(f"{e}{LEGACY_HINT}") from None
+        raise
 
 
 LEGACY_HINT = (
@@ -423,9 +481,13 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
             "rows of different lengths"
         ) from None
     if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+        # (the same values per example in another shape, as decompress writes a run's data
+        # shape: a hint, not a silent reshape, since which axes are the example's is a guess)
+        fits = x.ndim >= 1 and math.prod(x.shape[1:]) == math.prod(shape)
+        hint = f": reshape it, x.reshape(len(x), {', '.join(map(str, shape))})" if fits else ""
         raise CodecError(
             f"expected data of shape (N, {', '.join(map(str, shape))}) for this model, got "
-            f"{tuple(x.shape)}"
+            f"{tuple(x.shape)}{hint}"
         )
     if x.shape[0] == 0:
         raise CodecError("expected at least one example, got 0")
@@ -954,12 +1016,8 @@ def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
     :class:`CodecError` for a corrupt, truncated or foreign file, another model, or (unless
     ``force``) another environment, CPU kernels included (:func:`kernels`).
     """
-    try:
+    with _explained(flow, data, force):  # (a failure after --force, or without kernels: why)
         return _decode(flow, data, force)
-    except CodecError as e:  # a file without kernels that fails to decode: say what may be why
-        if "decod" in str(e) and _legacy_environment(flow, data):
-            raise CodecError(f"{e}{LEGACY_HINT}") from None
-        raise
 
 
 def _decode(flow, data: bytes, force: bool) -> Tensor:
@@ -979,7 +1037,7 @@ def _decode(flow, data: bytes, force: bool) -> Tensor:
                 "this file was made with an integer flow, but the model is a continuous flow "
                 "(bits-back coding)"
             )
-        return bitsback.decode(flow, data, force=force)
+        return bitsback._decode(flow, data, force)
     stack, model = _constriction()
     _check_flow(flow)
     h = read_header(data)

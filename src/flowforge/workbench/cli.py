@@ -833,16 +833,25 @@ def cmd_compress(args) -> int:
         print(json.dumps(res, allow_nan=False))
         return 0
     print(
-        f"{res['data']}: {res['examples']} examples, {res['dims']} values -> {res['out']} "
+        f"{res['data']}: {res['examples']:,} example{'s' * (res['examples'] != 1)}, "
+        f"{res['dims']:,} values -> {res['out']} "
         f"({res['bytes']:,} bytes)\n"
         f"  model NLL   {res['nll_bits_per_dim']:.4f} bits/dim "
         f"({res['nll_nats_per_example']:.2f} nats/example)\n"
         f"  file        {res['file_bits_per_dim']:.4f} bits/dim "
-        f"(overhead {res['overhead_percent']:+.2f}% over the NLL)\n"
+        f"(overhead {res['overhead_percent']:+.2f}% over the NLL; "
+        f"{res['overhead_percent_without_header']:+.2f}% without the "
+        f"{res['header_bytes']}-byte header)\n"
         f"  speed       encode {res['encode_per_s']:.0f} examples/s, "
         f"decode {res['decode_per_s']:.0f} examples/s (decoded identical)\n"
         f"  sha256      {res['sha256']}"
     )
+    if res["bytes"] > res["raw_bytes"]:
+        print(
+            f"  note        the file is larger than the raw data ({res['raw_bytes']:,} bytes "
+            f"as decompress writes them): its {res['header_bytes']}-byte header is paid once "
+            "per file, so code more examples in one file"
+        )
     if "initial_bits" in res:
         print(
             f"  bits-back   initial bits {res['initial_bits']:,} "
@@ -854,6 +863,21 @@ def cmd_compress(args) -> int:
                 if res.get("escapes")
                 else ""
             )
+        )
+    if res.get("base_escapes"):
+        r = res["z_range"]
+        # (the base's Gaussian alone gives a value past r at least r^2 / 2 nats: beyond the
+        # escape's 32 bits and its symbol for the default r = 32, not for a small r)
+        cheaper = r * r / 2 / math.log(2) > 40
+        why = ", more cheaply than the model's density there" if cheaper else ""
+        if cheaper and res["overhead_percent"] < 0:
+            why += (
+                f"; the file is {-res['overhead_percent']:.2f}% below the model's NLL: for "
+                "those rows the NLL, not the file, is the number that is off"
+            )
+        print(
+            f"  escapes     {res['base_escapes']:,} latent value(s) outside the base's table "
+            f"[-{r}, {r}) coded raw (about 32 bits each){why}"
         )
     if res["classical"]:
         print(
@@ -875,6 +899,8 @@ def cmd_decompress(args) -> int:
         f"wrote {res['examples']} examples of shape {tuple(res['shape'])} to {res['out']} "
         f"({res['decode_per_s']:.0f} examples/s); sha256 {res['sha256']}"
     )
+    if "note" in res:
+        print(f"note: {res['note']}")
     return 0
 
 

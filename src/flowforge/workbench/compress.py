@@ -23,7 +23,14 @@ from .. import bitsback, codec
 from .._util import fork_rng
 from ..core import Flow
 from ..io import atomic_write
-from .data import DATASETS, check_levels, load_dataset, read_table
+from .data import (
+    DATASETS,
+    _image_folder,
+    check_levels,
+    load_dataset,
+    read_run_table,
+    read_table,
+)
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
 from .runs import load_run, run_config
@@ -136,21 +143,51 @@ def _examples(
         bits = int(cfg["data"]["options"].get("bits", 8))
         header = cfg["data"]["options"].get("header")
         columns = cfg["resolved"].get("columns")
-        x, name = read_table(data, bits, want, header=header, columns=columns), data
+        if bits < 8 and Path(data).expanduser().is_dir():
+            _refuse_reduced_images(data, bits, want)
+        x, name = read_run_table(data, bits, want, columns=columns, header=header), data
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if math.prod(x.shape[1:]) != math.prod(want):
         got, k = tuple(x.shape[1:]), math.prod(x.shape[1:])
+        given = f"examples of {k} values (shape {got})"
+        if not named and Path(data).expanduser().is_dir():  # images: say them as images
+            c, h, w = _image_folder(Path(data).expanduser(), 0, False, shuffle=False,
+                                    val_fraction=0, test_fraction=0).shape  # fmt: skip
+            given = f"{_images(c, h, w)} ({k} values each)"
         if len(want) == 3:  # an image run: say it in images' words
-            c, h, w = want
             raise DataError(
-                f"{name}: examples of {k} values (shape {got}); this run takes {h}x{w} images "
-                f"of {c} channel{'s' if c > 1 else ''}, {math.prod(want)} values each"
+                f"{name}: {given}; this run takes {_images(*want)}, {math.prod(want)} values each"
             )
-        raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
+        if given.startswith("examples"):
+            raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
+        raise DataError(f"{name}: {given}; this run takes examples of {want[0]} values")
     if not named:  # (8-bit pixels for a run of fewer bits: said with the shift to give)
         bits = int(cfg["data"]["options"].get("bits", 8))
-        check_levels(x, cfg["resolved"].get("levels"), bits, str(name))
+        check_levels(x, cfg["resolved"].get("levels"), bits, str(name), coding=True)
     return x.reshape(-1, *want), name
+
+
+def _images(c: int, h: int, w: int) -> str:
+    """``"16x16 grayscale images"``, ``"8x8 RGB images"``, ``"8x8 images of 2 channels"``."""
+    kind = {1: "grayscale ", 3: "RGB "}.get(c, "")
+    return f"{h}x{w} {kind}images" + ("" if kind else f" of {c} channels")
+
+
+def _refuse_reduced_images(folder: str, bits: int, want: tuple[int, ...]) -> None:
+    """A folder of 8-bit images for a run of ``bits < 8``: read at the run's bits they would
+    lose their low bits, and decompress would give back ``pixels >> (8 - bits)``, not the
+    images. Refused, with the count of pixels that would change."""
+    x = read_table(folder, 8, want)
+    low = 8 - bits
+    changed = int(np.count_nonzero(x.astype(np.uint8) & ((1 << low) - 1)))
+    raise DataError(
+        f"{folder}: images of 8 bits per channel, and this run models their top {bits} bits "
+        f"({2**bits} levels): coding them would drop the {low} low bits of every pixel "
+        f"({changed:,} of the {x.size:,} values here have some set), and decompress would give "
+        f"back pixels >> {low}, not these images; to compress the images losslessly use a run "
+        f"trained on their 8 bits, or, to code the {bits}-bit values, give them as an array "
+        f"(numpy.save(path, pixels >> {low})), which decodes to exactly those"
+    )
 
 
 def _image_strip(x: np.ndarray) -> np.ndarray:
@@ -277,6 +314,9 @@ def compress_run(
     nll_bits = _nll_bits(flow, xs, samples=8)
     file_bpd = len(blob) * 8 / dims
     nll_bpd = nll_bits / dims
+    header_bytes = codec.read_header(blob).size  # (paid once per file, whatever its size)
+    levels = _levels(flow)
+    raw_bytes = dims * (1 if levels <= 256 else 2 if levels <= 65536 else 8)  # (as decompress)
     result = {
         "run": str(run),
         "codec": "bits-back" if codec._bits_back(flow) else "integer",
@@ -289,6 +329,9 @@ def compress_run(
         "nll_nats_per_example": nll_bits * math.log(2) / len(xs),
         "file_bits_per_dim": file_bpd,
         "overhead_percent": 100 * (file_bpd / nll_bpd - 1),
+        "header_bytes": header_bytes,
+        "overhead_percent_without_header": 100 * ((len(blob) - header_bytes) * 8 / nll_bits - 1),
+        "raw_bytes": raw_bytes,
         "encode_per_s": len(xs) / t_enc,
         "decode_per_s": len(xs) / t_dec,
         "sha256": data_hash(xs),
@@ -299,6 +342,8 @@ def compress_run(
         result["initial_bits_per_dim"] = stats["initial_bits"] / dims
         result["uniform_fallbacks"] = stats["uniform_fallbacks"]
         result["escapes"] = stats["escapes"]
+        result["base_escapes"] = stats["base_escapes"]
+        result["z_range"] = bitsback.read_header(blob).z_range
         result["scheme"] = stats["scheme"]
     return result
 
@@ -351,11 +396,19 @@ def decompress_file(
     buf = io.BytesIO()
     np.save(buf, x.astype(dtype))
     atomic_write(out_path, buf.getvalue(), replace=overwrite)
-    return {
+    result = {
         "file": str(file),
         "out": str(out_path),
         "examples": int(x.shape[0]),
         "shape": list(x.shape[1:]),
+        "levels": int(levels),
         "decode_per_s": x.shape[0] / seconds,
         "sha256": data_hash(x),
     }
+    bits = int(cfg["data"]["options"].get("bits", 8))
+    if bits < 8 and levels == 2**bits:  # (a run of images read at fewer bits)
+        result["note"] = (
+            f"the values are {bits}-bit, 0 to {levels - 1}, as the run models them: the top "
+            f"{bits} bits of 8-bit pixels (pixels >> {8 - bits}), not 8-bit images"
+        )
+    return result

@@ -48,6 +48,7 @@ __all__ = [
     "make_conditional",
     "load_dataset",
     "read_examples",
+    "read_run_table",
     "read_labelled",
     "reload_dataset",
     "read_table",
@@ -91,7 +92,8 @@ class Dataset:
 
     def split(self, name: str) -> Tensor:
         if name not in ("train", "val", "test"):
-            raise DataError(f"unknown split {name!r}; expected train, val or test")
+            case = " (in lower case)" if str(name).lower() in ("train", "val", "test") else ""
+            raise DataError(f"unknown split {name!r}; expected train, val or test{case}")
         return getattr(self, name)
 
     def split_context(self, name: str) -> Tensor | None:
@@ -1202,11 +1204,12 @@ def _shape_hint(a: np.ndarray) -> str:
     return ""
 
 
-def check_levels(x, levels: int | None, bits: int, where: str) -> None:
+def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = False) -> None:
     """``DataError`` when discrete data of another file lie outside the run's ``levels``, saying
     what to give: a folder of images is read at the run's ``bits``, an array is taken as it is
     (what ``flowforge decompress`` writes), so 8-bit values for a run of fewer bits are one
-    shift away (``a >> (8 - bits)``)."""
+    shift away (``a >> (8 - bits)``). ``coding``: for ``flowforge compress``, where the shift
+    loses the low bits (the file decodes to ``a >> (8 - bits)``) and a folder is refused."""
     if levels is None or not len(x):
         return
     x = torch.as_tensor(x)
@@ -1217,14 +1220,30 @@ def check_levels(x, levels: int | None, bits: int, where: str) -> None:
         return
     hint = ""
     whole = not x.is_floating_point() or bool((x == x.round()).all())
-    if bits < 8 and whole and hi <= 255 and levels == 2**bits:
+    if coding and not whole:  # (what is wrong first: 16.000001 is not an integer, not a bound)
+        a = x.reshape(len(x), -1).numpy()
+        row, col = divmod(int(np.argmax(a != np.rint(a))), a.shape[1])
+        raise DataError(
+            f"{where}: the value at row {row}, column {col} (0-based) is {a[row, col]}, not an "
+            f"integer; this run models {levels} levels, integers in [0, {levels - 1}]"
+        )
+    if coding and bits < 8 and whole and hi <= 255 and levels == 2**bits:
+        hint = (
+            f": this run keeps the top {bits} bits of 8-bit pixels ({levels} levels), and "
+            f"an array is coded as it is: to compress these values losslessly use a run "
+            f"trained on 8 bits, or, to code their top {bits} bits, give a >> {8 - bits} "
+            f"(which decodes to a >> {8 - bits}, not a)"
+        )
+    elif bits < 8 and whole and hi <= 255 and levels == 2**bits:
         hint = (
             f": this run keeps the top {bits} bits of 8-bit pixels ({levels} levels), and an "
             f"array is taken as the model's levels, as flowforge decompress writes them: give "
             f"a >> {8 - bits}, or the images as a folder"
         )
+    # (bounds with the digits that tell them apart from the levels': 16.000001, not 16)
+    lo, hi = (str(int(v)) if v == round(v) else str(x.new_tensor(v).numpy()) for v in (lo, hi))
     raise DataError(
-        f"{where} has values in [{lo:g}, {hi:g}]; this run models {levels} levels, values in "
+        f"{where} has values in [{lo}, {hi}]; this run models {levels} levels, values in "
         f"[0, {levels - 1}]{hint}"
     )
 
@@ -2148,6 +2167,21 @@ def read_examples(
     run's column names), a CSV whose header names other columns, or the same in another
     order, is refused: its numbers would be scored against the wrong columns. ``header``: the
     run's data option (None: decided from the file's first row)."""
+    x = read_run_table(spec, bits, shape, columns, header)
+    return torch.from_numpy(x.astype(np.float32, copy=False))
+
+
+def read_run_table(
+    spec: str,
+    bits: int = 8,
+    shape: tuple[int, ...] | None = None,
+    columns: list | None = None,
+    header: bool | None = None,
+) -> np.ndarray:
+    """:func:`read_table` of a file for a run, its values as the file holds them: with
+    ``columns`` (the run's column names), a CSV whose header names other columns, or the same
+    in another order, is refused, since its numbers would go to the wrong columns (what
+    ``flowforge eval --data`` and ``compress --data`` read)."""
     found: list = []
     x = read_table(spec, bits, shape, found, header, columns)
     # a name that flowforge sample led by ' (a spreadsheet would run it as a formula)
@@ -2162,7 +2196,7 @@ def read_examples(
         raise DataError(
             f"{spec}: {what}; give the columns the run was trained on, in the same order"
         )
-    return torch.from_numpy(x.astype(np.float32, copy=False))
+    return x
 
 
 LABELLED_FORMATS = (

@@ -639,7 +639,7 @@ def against_reference(res: dict, key: str) -> tuple[str, bool]:
 def _integer_chunks(a, width: int):
     """The rows of ``a`` (examples of ``width`` values, a tensor or an array) as int64
     arrays ``(rows, width)``, a chunk of rows at a time (``data._chunk_rows``): never an
-    8-byte copy of the whole split."""
+    8-byte copy of the whole split. An int64 ``a``'s chunks are views of it: read-only."""
     step = _chunk_rows(width)
     for i in range(0, len(a), step):
         yield np.asarray(a[i : i + step], dtype=np.int64).reshape(-1, width)
@@ -664,7 +664,7 @@ def histogram_baseline(train, x, levels: int, per_example: bool = False, fitted=
             if t.min() < 0:  # (numpy's refusal, as a count of the whole column gave it)
                 raise ValueError("'list' argument must have no negative elements")
             inside = t < levels  # (a value past the levels is not counted, as bincount's [:K])
-            t += offsets
+            t = t + offsets  # (not +=: an int64 chunk is a view of the caller's array)
             counts += np.bincount(t[inside] if not inside.all() else t.ravel(),
                                   minlength=len(counts))  # fmt: skip
         counts = counts.reshape(width, levels) + 0.5
