@@ -50,7 +50,7 @@ def test_the_torch_free_catalog_matches_the_live_registry():
     for name, m in listed.items():
         spec = ff.models.spec(name)
         assert m["inputs"] == list(spec.inputs), name
-        assert (m["depth"], m["width"]) == (spec.depth, spec.width), name
+        assert (m["depth"], m["width"], m["lr"]) == (spec.depth, spec.width, spec.lr), name
         assert set(m["arguments"]) == set(spec.defaults()), name
         for k, text in m["arguments"].items():
             try:

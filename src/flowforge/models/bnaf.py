@@ -17,7 +17,7 @@ from .registry import register
 __all__ = ["BNAF"]
 
 
-@register(inputs=("features",), depth="layers", width="hidden")
+@register(inputs=("features",), depth="layers", width="hidden", lr=1e-2)
 def BNAF(
     features: int | None = None,
     layers: int = 3,

@@ -75,6 +75,8 @@ class BuilderSpec:
         width: the argument that sets the networks' widths (None: none).
         data: whether it takes the shared data options.
         summary: the first line of its docstring.
+        lr: the learning rate it trains well with, where the usual 1e-3 is far too slow
+            (the workbench uses it when a run leaves ``train.lr`` unset); None: no advice.
     """
 
     name: str
@@ -84,6 +86,7 @@ class BuilderSpec:
     width: str | None
     data: bool
     summary: str
+    lr: float | None = None
 
     @property
     def signature(self) -> inspect.Signature:
@@ -289,8 +292,12 @@ def register(
     inputs: Sequence[str] = ("features",),
     depth: str | None = "layers",
     width: str | None = "hidden",
+    lr: float | None = None,
 ):
     """Register a builder (used as ``@register`` or ``@register(inputs=("shape",), ...)``).
+
+    ``lr``: the learning rate the model trains well with, where the usual 1e-3 is far too
+    slow (the workbench takes it when a run leaves ``train.lr`` unset, and says so).
 
     The registered builder binds its arguments, applies the defaults, checks the types, calls
     the function and records ``flow.config = {"model": name, "kwargs": {...}}``.
@@ -398,6 +405,7 @@ def register(
             width=width if width in public.parameters else None,
             data=takes_data,
             summary=doc.splitlines()[0] if doc else "",
+            lr=lr,
         )
         return builder
 

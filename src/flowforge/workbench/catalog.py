@@ -72,12 +72,15 @@ def models() -> list[dict]:
                 continue
             inputs: tuple[str, ...] = ("features",)
             marks = {"depth": "layers", "width": "hidden"}  # register()'s defaults
+            lr = None
             if isinstance(deco, ast.Call):
                 for kw in deco.keywords:
                     if kw.arg == "inputs":
                         inputs = tuple(ast.literal_eval(kw.value))
                     if kw.arg in marks:
                         marks[kw.arg] = ast.literal_eval(kw.value)
+                    if kw.arg == "lr":
+                        lr = ast.literal_eval(kw.value)
             a = fn.args
             pos = a.posonlyargs + a.args
             defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
@@ -97,6 +100,7 @@ def models() -> list[dict]:
                     "arguments": arguments,
                     # whether it takes the shared data options (a keyword-only ``data``)
                     "data_options": any(k.arg == "data" for k in a.kwonlyargs),
+                    "lr": lr,  # (its own learning rate, where it has one: register(lr=))
                     **marks,
                 }
             )
@@ -133,6 +137,7 @@ def live_models() -> list[dict]:
                 "arguments": {k: repr(v) for k, v in spec.defaults().items()},
                 "depth": spec.depth,
                 "width": spec.width,
+                "lr": spec.lr,
             }
         )
     return out

@@ -145,6 +145,8 @@ def cmd_list(args) -> int:
         args = ", ".join(f"{k}{'*' if k in sized else ''}={v}" for k, v in m["arguments"].items())
         print(f"  {name:<13} {m['summary']}")
         print(f"  {'':<13} inputs: {'/'.join(m['inputs'])}; {args}")
+        if m.get("lr") is not None:
+            print(f"  {'':<13} trains with lr {m['lr']:g} unless train.lr is set")
     without = [n for n, m in info["models"].items() if not m.get("data_options", True)]
     which = f"every model but {', '.join(without)}" if without else "every model"
     print(f"  ({which} also takes the data options: " + ", ".join(data_options()) + ")")

@@ -32,6 +32,7 @@ __all__ = [
     "deep_merge",
     "checked",
     "TRAIN_CHECKS",
+    "model_lr",
 ]
 
 DEFAULT_TRAIN: dict = {
@@ -477,6 +478,8 @@ def resolve_config(*layers: dict | None) -> dict:
     except ValueError as e:
         raise WorkbenchError(str(e)) from None
     cfg["model"]["name"] = spec.name.lower()
+    if model_lr(spec, layers) is not None:
+        cfg["train"]["lr"] = spec.lr  # (the model's own: the usual default is far too slow)
     if cfg["model"]["name"] in MANIFOLD_MODELS and Path(str(cfg["data"]["name"])).is_file():
         # angles and unit vectors in a file of the user's are modelled as they are: a
         # standardised copy would no longer lie on the torus or the sphere
@@ -490,6 +493,16 @@ def resolve_config(*layers: dict | None) -> dict:
         cfg["init_from"] = checked("init_from", cfg["init_from"], _run_path)
     _json_types(cfg, "")
     return json.loads(json.dumps(cfg))  # plain JSON types only (tuples -> lists)
+
+
+def model_lr(spec, layers) -> float | None:
+    """The learning rate a registered model asks for (``register(lr=...)``), where none of
+    the config ``layers`` sets ``train.lr``; None otherwise."""
+    given = any(
+        isinstance(layer, dict) and isinstance(layer.get("train"), dict) and "lr" in layer["train"]
+        for layer in layers
+    )
+    return None if given else spec.lr
 
 
 def _run_path(v):

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import io
+from .. import io, models
 from .._util import fork_rng
 from . import warm_start
 from .build import build_flow, describe, has_context_map, same_model
-from .config import DEFAULT_TRAIN, read_config, resolve_config
+from .config import DEFAULT_TRAIN, model_lr, read_config, resolve_config
 from .data import constant_columns, load_dataset, reload_dataset
 from .distributed import barrier, device, dist_env, init_distributed
 from .errors import DataError, NonFiniteError, RunError, WorkbenchError
@@ -336,6 +336,14 @@ def _train(
                 cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"]
             )
         prints = (echo if notes is None else notes) and rank == 0
+        if prints and stored is None:
+            spec = models.spec(cfg["model"]["name"])
+            if model_lr(spec, (stored_raw, config)) is not None:
+                print(
+                    f"learning rate {spec.lr:g}: {spec.name}'s own (the usual 1e-3 trains it "
+                    "far too slowly; --lr or --set train.lr=... to choose)",
+                    flush=True,
+                )
         recorded = None  # a replayed run's resolved section, while the data is its data
         if stored is None and isinstance(config, dict) and isinstance(config.get("resolved"), dict):
             recorded = config["resolved"]
