@@ -39,7 +39,7 @@ class SpectralLinear(nn.Linear):
         in_features: int,
         out_features: int,
         coeff: float = 0.9,
-        power_iterations: int = 1,
+        power_iterations: int = 5,
         eval_power_iterations: int = 10,
     ):
         super().__init__(in_features, out_features)
@@ -184,7 +184,7 @@ class ResidualBlock(Transform):
         n_exact: int = 2,
         roulette_p: float = 0.5,
         context_features: int = 0,
-        power_iterations: int = 1,
+        power_iterations: int = 5,
         eval_power_iterations: int = 10,
         max_iter: int = 2000,
     ):
