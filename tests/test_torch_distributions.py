@@ -450,3 +450,24 @@ def test_bad_view_inputs_say_what_is_wrong_in_one_line(make, error, match):
     with pytest.raises(error, match=match) as e:
         make()
     assert "\n" not in str(e.value)
+
+
+def test_a_manifold_flow_reports_its_manifold_as_the_support():
+    """as_torch() of a TorusFlow or a SphereFlow said its support was all of R^D: pyro's
+    biject_to and other code reading the support would map onto the wrong space."""
+    from flowforge.torch_distributions import angles, unit_vectors
+
+    torus = ff.models.TorusFlow(features=2, layers=2, hidden=(8,)).as_torch()
+    sphere = ff.models.SphereFlow(layers=2, hidden=(8,)).double().as_torch()
+    assert torus.support is angles and sphere.support is unit_vectors
+    for d in (torus, sphere):
+        x = d.sample((64,))
+        assert d.support.check(x).all()
+        assert not d.support.check(x * 1.5 + 10).any()
+    real = ff.models.NSF(features=2).as_torch().support
+    assert (
+        isinstance(real, torch.distributions.constraints.independent)
+        and real.base_constraint is torch.distributions.constraints.real
+    )
+    mine = torch.distributions.constraints.positive
+    assert ff.models.SphereFlow(layers=2, hidden=(8,)).as_torch(support=mine).support is mine

@@ -891,6 +891,10 @@ class Flow(nn.Module):
         torch.Size([3, 4])
     """
 
+    #: a ``torch.distributions.constraints`` constraint the flow's samples lie in, where its
+    #: builder knows a narrower one than the real vectors (a manifold's); ``as_torch`` reports it
+    support = None
+
     # a dequantizing flow's fraction of the last sample()'s values drawn outside the data's
     # levels and clamped, as a 0-d tensor on the flow's device (float() it to read)
     clamped: Tensor | float = 0.0
@@ -1304,7 +1308,9 @@ class Flow(nn.Module):
         :class:`~flowforge.torch_distributions.FlowDistribution`), for code written against
         that interface: ``log_prob``, ``sample`` and ``rsample`` are the flow's, ``batch_shape``
         the leading shape of ``context`` (``(B,)`` for ``(B, c)``). ``support`` declares a
-        ``torch.distributions.constraints`` support (the real vectors by default)."""
+        ``torch.distributions.constraints`` support: by default the flow's own ``support``
+        where its builder set one (angles for ``TorusFlow``, unit vectors for
+        ``SphereFlow``), else the real vectors."""
         from .torch_distributions import FlowDistribution
 
         return FlowDistribution(self, context, support)

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -34,7 +35,7 @@ from torch.distributions import constraints, register_kl
 
 from .core import Distribution, Flow, _fmt
 
-__all__ = ["TorchBase", "FlowDistribution"]
+__all__ = ["TorchBase", "FlowDistribution", "angles", "unit_vectors"]
 
 _NO_SAMPLE_SHAPE = torch.Size()  # (one draw, as torch's default)
 
@@ -241,6 +242,25 @@ class TorchBase(Distribution):
         )
 
 
+class _UnitVectors(constraints.Constraint):
+    """Vectors of unit length along the last dimension (to a few roundings of their dtype)."""
+
+    event_dim = 1
+
+    def check(self, value: Tensor) -> Tensor:
+        tol = 16 * torch.finfo(value.dtype).eps if value.is_floating_point() else 0.0
+        return (torch.linalg.vector_norm(value, dim=-1) - 1).abs() <= tol
+
+    def __repr__(self) -> str:
+        return "UnitVectors()"
+
+
+#: the support of a flow on the sphere: unit vectors
+unit_vectors = _UnitVectors()
+#: the support of a flow on the torus: angles in ``[-pi, pi)``
+angles = constraints.independent(constraints.half_open_interval(-math.pi, math.pi), 1)
+
+
 class FlowDistribution(TorchDistribution):
     r"""A :class:`~flowforge.core.Flow` as a ``torch.distributions.Distribution``
     (``flow.as_torch(context)`` makes one).
@@ -327,6 +347,8 @@ class FlowDistribution(TorchDistribution):
     def support(self) -> constraints.Constraint:
         if self._support is not None:
             return self._support
+        if self.flow.support is not None:
+            return self.flow.support
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def _broadcast(self, value: Tensor) -> Tensor:

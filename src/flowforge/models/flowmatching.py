@@ -167,7 +167,10 @@ def CNF(
         features: data dimension.
         hidden: widths of the dynamics network (concat-squash layers, time in every layer).
         time, method, rtol, atol, step_size, noise, max_steps, activation: as in
-            :class:`~flowforge.transforms.CNF` (rtol = atol = 1e-5 score to about 1e-4 nats).
+            :class:`~flowforge.transforms.CNF` (rtol = atol = 1e-5: against a solve at 1e-10,
+            a trained 2-D model's points were off by 1e-5 nats on average and by up to 2e-3;
+            the adaptive step is shared by the batch, so a point's score moves by as much with
+            the batch it is scored in: tighten both tolerances for per-point accuracy).
         trace: ``"auto"`` (exact for ``features <= 8``, else Hutchinson), ``"exact"`` or
             ``"hutchinson"``.
         actnorm: a data-initialised ActNorm before the CNF.

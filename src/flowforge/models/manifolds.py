@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch  # noqa: F401  (doctests use it)
 
 from ..core import Compose, Flow, Transform
+from ..torch_distributions import angles, unit_vectors
 from ..transforms.manifolds import (
     CircularCoupling,
     CircularElementwise,
@@ -70,7 +71,9 @@ def TorusFlow(
             mask = [(j + i) % 2 == 0 for j in range(d)]
             chain.append(CircularCoupling([True] * d, mask, kind, bins, widths(hidden), activation))
         chain.append(CircularElementwise(d, kind, bins))
-    return Flow(Compose(chain), UniformTorus(d))
+    flow = Flow(Compose(chain), UniformTorus(d))
+    flow.support = angles  # (as_torch reports it)
+    return flow
 
 
 @register(inputs=("features",), depth="layers", width="hidden")
@@ -113,4 +116,6 @@ def SphereFlow(
     for i in range(layers):
         mask = [i % 2 == 1, i % 2 == 0]  # even layers move phi, odd layers move t
         chain.append(CircularCoupling([True, False], mask, kind, bins, widths(hidden), activation))
-    return Flow(Compose(chain), UniformCylinder())
+    flow = Flow(Compose(chain), UniformCylinder())
+    flow.support = unit_vectors  # (as_torch reports it)
+    return flow
