@@ -3,6 +3,8 @@ public elementwise transformer, base distribution and dequantizer passes its own
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -392,6 +394,36 @@ def test_transformer(name):
     torch.manual_seed(0)
     x = 1.5 * torch.randn(6, 3, dtype=torch.float64)
     check_transformer(t, x, 0.7 * torch.randn(6, 3, t.params_per_dim, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", [n for n in TRANSFORMERS if n != "integer-additive"])
+def test_transformer_gives_nan_for_a_nan_entry_and_leaves_the_others(name):
+    """A NaN entry (a diverged step's) comes back NaN in both directions, the other entries as
+    without it: the UMNN cast NaN to a bin index and failed the whole batch with an index
+    error, where the trainer's non-finite handling should have seen a NaN."""
+    t = TRANSFORMERS[name]().to(torch.float64)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    p = 0.5 * torch.randn(4, 3, t.params_per_dim, dtype=torch.float64)
+    bad = x.clone()
+    bad[1, 2] = math.nan
+    for fn in (t.forward, t.inverse):
+        ref, out = fn(x, p)[0], fn(bad, p)[0]
+        assert out[1, 2].isnan()
+        keep = ~torch.isnan(bad)
+        assert torch.equal(out[keep], ref[keep]), name
+
+
+def test_umnn_inverse_gradient_at_the_interval_edge():
+    """z exactly at F(-bound), a knot: dx/dz is 1 / F' there too (the clamp split it in two)."""
+    t = T.UnconstrainedMonotonic(embedding=3, hidden=(8,), nodes=9, bound=2.0).double()
+    torch.manual_seed(0)
+    p = 0.5 * torch.randn(1, t.params_per_dim, dtype=torch.float64)
+    edge, ladj = t.forward(torch.tensor([-2.0], dtype=torch.float64), p)
+    z = edge.detach().requires_grad_(True)
+    x, _ = t.inverse(z, p)
+    (dxdz,) = torch.autograd.grad(x.sum(), z)
+    assert torch.allclose(dxdz, (-ladj).exp(), rtol=1e-10)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])

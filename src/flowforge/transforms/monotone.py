@@ -217,7 +217,9 @@ class UnconstrainedMonotonic(_BoundedMonotone):
         """The interval of ``x`` (clamped to the grid) and the position ``s`` in it."""
         step = 2 * self.bound / (self.nodes - 1)
         pos = (x + self.bound) / step
-        j = pos.detach().floor().clamp(0, self.nodes - 2).long()
+        # (a NaN entry reads bin 0, and stays NaN through s: a NaN cast to an index was
+        # INT64_MIN, an index error for the whole batch)
+        j = pos.detach().nan_to_num(0.0).floor().clamp(0, self.nodes - 2).long()
         return j, pos - j
 
     def _integral(self, x: Tensor, state) -> tuple[Tensor, Tensor]:
@@ -238,7 +240,9 @@ class UnconstrainedMonotonic(_BoundedMonotone):
         step = 2 * self.bound / (self.nodes - 1)
         knots = cum + offset[..., None]  # F at the nodes: increasing
         lo, hi = knots[..., 0], knots[..., -1]
-        zc = torch.minimum(torch.maximum(z, lo), hi)
+        # clamped with where, not min/max: at a tie those split the gradient between z and
+        # the bound, and z = F(-bound) had half its dx/dz
+        zc = torch.where(z < lo, lo, torch.where(z > hi, hi, z))
         j = (knots[..., 1:-1] <= zc.detach()[..., None]).sum(-1, keepdim=True)
         f0 = f.gather(-1, j)[..., 0]
         df = f.gather(-1, j + 1)[..., 0] - f0
