@@ -47,7 +47,23 @@ FAMILIES = {
     "idf": lambda: (ff.models.IDF(features=4, levels=5), VEC),
     "torus": lambda: (ff.models.TorusFlow(features=2), (16, 2)),
     "sphere": lambda: (ff.models.SphereFlow(), (16, 3)),
+    "naf": lambda: (ff.models.NAF(features=4, layers=2, hidden=(8,)), VEC),
+    "unaf": lambda: (ff.models.UNAF(features=4, layers=2, hidden=(8,)), VEC),
+    "unaf-coupling-conditional": lambda: (
+        ff.models.UNAF(features=4, layers=2, hidden=(8,), autoregressive=False, context_features=3),
+        VEC,
+    ),
+    "sospf": lambda: (ff.models.SOSPF(features=4, layers=2, hidden=(8,)), VEC),
+    "bpf": lambda: (ff.models.BPF(features=4, layers=2, hidden=(8,)), VEC),
+    "bnaf": lambda: (ff.models.BNAF(features=4, layers=2, hidden=4), VEC),
+    "bnaf-conditional": lambda: (
+        ff.models.BNAF(features=4, layers=2, hidden=4, context_features=3),
+        VEC,
+    ),
 }
+# sampling solves a numerical inverse whose iterations read values (by design: it stops when
+# they converge); training and scoring must not
+SAMPLING_READS = {"bnaf", "bnaf-conditional"}
 
 
 def _data(name: str, shape: tuple) -> torch.Tensor:
@@ -77,6 +93,8 @@ def test_training_scoring_and_sampling_read_nothing_back(name):
     flow.eval()
     with torch.no_grad():
         assert flow.log_prob(xm, cm).shape == (shape[0],)
+        if name in SAMPLING_READS:
+            return
         assert flow.sample(3, cm).shape[0] == 3
 
 
