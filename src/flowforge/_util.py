@@ -85,6 +85,13 @@ def per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(-1, *[1] * (x.dim() - 2))
 
 
+def checked_int(name: str, value, least: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) ``>= least``; a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"expected {name} to be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> str:
     """``"; did you mean a, b?"`` for the close matches of ``name``, or ``""``."""
     close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)

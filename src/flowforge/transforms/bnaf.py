@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._util import checked_int
 from ..core import Transform
 from .residual import NotConverged, solve_monotone
 
@@ -69,12 +70,6 @@ __all__ = ["BlockNeuralAutoregressive"]
 def _log_dtanh(u: Tensor) -> Tensor:
     """``log(1 - tanh(u)^2)``, finite for every finite ``u``."""
     return 2 * (math.log(2) - u - F.softplus(-2 * u))
-
-
-def _positive_int(name: str, v, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"expected {name} to be an integer >= {low}, got {v!r}")
-    return v
 
 
 class BlockNeuralAutoregressive(Transform):
@@ -103,10 +98,10 @@ class BlockNeuralAutoregressive(Transform):
     full_precision = True  # (Newton in bfloat16 does not reach its tolerance)
 
     def __init__(self, features: int, hidden: int = 8, depth: int = 1, context_features: int = 0):
-        _positive_int("features", features)
-        _positive_int("hidden", hidden)
-        _positive_int("depth", depth)
-        _positive_int("context_features", context_features, 0)
+        checked_int("features", features)
+        checked_int("hidden", hidden)
+        checked_int("depth", depth)
+        checked_int("context_features", context_features, 0)
         super().__init__((features,), context_features)
         d = self.features = features
         self.hidden, self.depth = hidden, depth

@@ -45,17 +45,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._util import checked_int
 from ..core import Transformer
 
 __all__ = ["UnconstrainedMonotonic", "SumOfSquares", "Bernstein"]
 
 _SOFTPLUS_ONE = math.log(math.e - 1)  # softplus(_SOFTPLUS_ONE) == 1
-
-
-def _positive_int(name: str, value, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"expected {name} to be an integer >= {least}, got {value!r}")
-    return int(value)
 
 
 def _positive_float(name: str, value, below: float = math.inf) -> float:
@@ -185,11 +180,11 @@ class UnconstrainedMonotonic(_BoundedMonotone):
         floor: float = 1e-3,
     ):
         super().__init__(bound)
-        self.embedding = _positive_int("embedding", embedding)
-        self.nodes = _positive_int("nodes", nodes, least=2)
+        self.embedding = checked_int("embedding", embedding)
+        self.nodes = checked_int("nodes", nodes, least=2)
         self.floor = _positive_float("floor", floor, below=1.0)
         hidden = [hidden] if isinstance(hidden, int) else list(hidden)
-        widths = [_positive_int("every hidden width", h) for h in hidden]
+        widths = [checked_int("every hidden width", h) for h in hidden]
         layers: list[nn.Module] = []
         for a, b in zip([1 + self.embedding, *widths], [*widths, self.embedding], strict=True):
             layers += [nn.Linear(a, b), nn.Tanh()]
@@ -289,8 +284,8 @@ class SumOfSquares(_BoundedMonotone):
         self, polynomials: int = 3, degree: int = 4, bound: float = 5.0, floor: float = 1e-3
     ):
         super().__init__(bound)
-        self.polynomials = _positive_int("polynomials", polynomials)
-        self.degree = _positive_int("degree", degree, least=0)
+        self.polynomials = checked_int("polynomials", polynomials)
+        self.degree = checked_int("degree", degree, least=0)
         self.floor = _positive_float("floor", floor, below=1.0)
         self.params_per_dim = self.polynomials * (self.degree + 1) + 1
         n = self.degree + 1
@@ -353,7 +348,7 @@ class Bernstein(_BoundedMonotone):
 
     def __init__(self, degree: int = 16, bound: float = 5.0, floor: float = 1e-3):
         super().__init__(bound)
-        self.degree = _positive_int("degree", degree)
+        self.degree = checked_int("degree", degree)
         self.floor = _positive_float("floor", floor, below=1.0)
         self.params_per_dim = self.degree + 1
         binom = [math.comb(self.degree, i) for i in range(self.degree + 1)]
