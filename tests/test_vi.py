@@ -683,3 +683,16 @@ def test_the_docs_say_the_ess_cannot_see_a_mode_the_flow_never_visits():
     d = vi_diagnostics(OneMode(), mixture, n=4000)
     assert d["ess"] > 0.99 and not d["warnings"]
     assert d["log_z"] == pytest.approx(-math.log(2), abs=0.01)
+
+
+def test_a_context_whose_target_is_zero_wherever_the_flow_samples_is_named():
+    """With contexts, one context at zero density on all its samples gave the ESS's generic
+    "every importance weight is zero"; the message now names the context."""
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,), context_features=1)
+
+    def target(x, c):
+        lp = -0.5 * x.square().sum(-1) - math.log(2 * math.pi)
+        return torch.where(c[..., 0] > 0.5, torch.full_like(lp, -math.inf), lp)
+
+    with pytest.raises(ValueError, match=r"at all 50 of the flow's samples for context 1"):
+        ff.objectives.vi_diagnostics(flow, target, n=50, context=torch.tensor([[0.0], [1.0]]))

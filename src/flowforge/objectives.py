@@ -476,13 +476,15 @@ def vi_diagnostics(
             "flow's log-density at its own samples is NaN or -inf: it has diverged)"
         )
     zero = int((log_w == -math.inf).sum())
-    if zero == log_w.numel():
-        raise ValueError(
-            f"the target's log-density is -inf (zero density) at all {zero} of the flow's "
-            "samples: every importance weight is zero, so log Z, the ESS and the ELBO are "
-            "undefined (the flow puts no mass where the target has any)"
-        )
     per = log_w.reshape(log_w.shape[0], -1)
+    empty = (per == -math.inf).all(0)  # (per context: every sample at zero density)
+    if empty.any():
+        which = "" if per.shape[1] == 1 else f" for context {int(empty.nonzero()[0, 0])}"
+        raise ValueError(
+            f"the target's log-density is -inf (zero density) at all {per.shape[0]} of the "
+            f"flow's samples{which}: every importance weight is zero, so log Z, the ESS and the "
+            "ELBO are undefined (the flow puts no mass where the target has any)"
+        )
     warnings = []
     if zero:
         warnings.append(
