@@ -45,7 +45,7 @@ from ..transforms import (
 from .assembly import DataOptions, assemble, count, event_shape, mixer, mlp_conditioner, widths
 from .registry import register
 
-__all__ = ["MAF", "IAF", "NSF", "elementwise_chain"]
+__all__ = ["MAF", "IAF", "NSF", "elementwise_chain", "elementwise_flow"]
 
 # what adjacency= takes: a list of rows of 0/1 or booleans (a config file's form) or a tensor;
 # the values are checked by flowforge.nets.check_adjacency, each problem in one line
@@ -167,6 +167,24 @@ def elementwise_chain(
         # True = kept: the last floor(D/2) entries condition the first ceil(D/2)
         chain.append(Coupling(half_mask(d, flip=not flip), cond, transformer(), cf))
     return chain
+
+
+# the arguments every elementwise-transformer flow (NSF, the monotone flows) takes alike
+ELEMENTWISE_ARGS = (
+    "layers", "hidden", "autoregressive", "permutation", "lu", "residual", "activation",
+    "adjacency",
+)  # fmt: skip
+
+
+def elementwise_flow(name: str, transformer: Callable[[], Transformer], args: dict) -> Flow:
+    """The flow of a builder that is :func:`elementwise_chain` with its own ``transformer``:
+    ``args`` are the builder's arguments (its ``locals()``: ``features``, ``data`` and
+    :data:`ELEMENTWISE_ARGS`; the transformer's own are the factory's)."""
+    (d,) = event_shape(args["features"], None)
+    data = args["data"]
+    shared = {k: args[k] for k in ELEMENTWISE_ARGS}
+    chain = elementwise_chain(d, transformer=transformer, data=data, name=name, **shared)
+    return assemble(chain, (d,), data)
 
 
 def maf_layers(features: int) -> int:
@@ -339,19 +357,4 @@ def NSF(
         >>> flow.sample(3).shape
         torch.Size([3, 4])
     """
-    (d,) = event_shape(features, None)
-    chain = elementwise_chain(
-        d,
-        layers,
-        lambda: RationalQuadratic(bins, bound),
-        hidden,
-        autoregressive,
-        permutation,
-        lu,
-        residual,
-        activation,
-        adjacency,
-        data,
-        "NSF",
-    )
-    return assemble(chain, (d,), data)
+    return elementwise_flow("NSF", lambda: RationalQuadratic(bins, bound), locals())

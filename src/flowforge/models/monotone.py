@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 from ..core import Flow
 from ..transforms import Bernstein, LogisticMixture, SumOfSquares, UnconstrainedMonotonic
-from .assembly import DataOptions, assemble, event_shape
-from .autoregressive import AdjacencyArg, elementwise_chain
+from .assembly import DataOptions
+from .autoregressive import AdjacencyArg, elementwise_flow
 from .registry import register
 
 __all__ = ["NAF", "UNAF", "SOSPF", "BPF"]
@@ -68,22 +68,7 @@ def NAF(
         >>> flow.log_prob(torch.randn(4, 2)).shape
         torch.Size([4])
     """
-    (d,) = event_shape(features, None)
-    chain = elementwise_chain(
-        d,
-        layers,
-        lambda: LogisticMixture(mixtures),
-        hidden,
-        autoregressive,
-        permutation,
-        lu,
-        residual,
-        activation,
-        adjacency,
-        data,
-        "NAF",
-    )
-    return assemble(chain, (d,), data)
+    return elementwise_flow("NAF", lambda: LogisticMixture(mixtures), locals())
 
 
 @register(inputs=("features",), depth="layers")
@@ -122,23 +107,11 @@ def UNAF(
         >>> flow.sample(3).shape
         torch.Size([3, 2])
     """
-    (d,) = event_shape(features, None)
-    integrand = (integrand,) if isinstance(integrand, int) else tuple(integrand)
-    chain = elementwise_chain(
-        d,
-        layers,
-        lambda: UnconstrainedMonotonic(embedding, integrand, nodes, bound),
-        hidden,
-        autoregressive,
-        permutation,
-        lu,
-        residual,
-        activation,
-        adjacency,
-        data,
-        "UNAF",
-    )
-    return assemble(chain, (d,), data)
+
+    def transformer():
+        return UnconstrainedMonotonic(embedding, integrand, nodes, bound)
+
+    return elementwise_flow("UNAF", transformer, locals())
 
 
 @register(inputs=("features",), depth="layers")
@@ -174,22 +147,7 @@ def SOSPF(
         >>> flow.log_prob(torch.randn(4, 2)).shape
         torch.Size([4])
     """
-    (d,) = event_shape(features, None)
-    chain = elementwise_chain(
-        d,
-        layers,
-        lambda: SumOfSquares(polynomials, degree, bound),
-        hidden,
-        autoregressive,
-        permutation,
-        lu,
-        residual,
-        activation,
-        adjacency,
-        data,
-        "SOSPF",
-    )
-    return assemble(chain, (d,), data)
+    return elementwise_flow("SOSPF", lambda: SumOfSquares(polynomials, degree, bound), locals())
 
 
 @register(inputs=("features",), depth="layers")
@@ -223,19 +181,4 @@ def BPF(
         >>> flow.sample(3).shape
         torch.Size([3, 2])
     """
-    (d,) = event_shape(features, None)
-    chain = elementwise_chain(
-        d,
-        layers,
-        lambda: Bernstein(degree, bound),
-        hidden,
-        autoregressive,
-        permutation,
-        lu,
-        residual,
-        activation,
-        adjacency,
-        data,
-        "BPF",
-    )
-    return assemble(chain, (d,), data)
+    return elementwise_flow("BPF", lambda: Bernstein(degree, bound), locals())
