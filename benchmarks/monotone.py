@@ -10,8 +10,8 @@ families' defaults (flowforge: mixtures=8 / embedding 8, integrand (32, 32), 33 
 3 polynomials of degree 4 / degree 16; zuko: signal 16 / its UNAF defaults / the same SOSPF and
 BPF sizes); the parameter counts are recorded.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src /work/scratch/s23/peervenv/bin/python \
-        benchmarks/monotone.py --seconds 25 --out benchmarks/results/monotone
+    pip install -c constraints.txt -e ".[bench]"    # zuko, a benchmark extra
+    OMP_NUM_THREADS=1 python benchmarks/monotone.py --seconds 25 --out benchmarks/results/monotone
 """
 
 from __future__ import annotations
