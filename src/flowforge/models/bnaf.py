@@ -17,7 +17,7 @@ from .registry import register
 __all__ = ["BNAF"]
 
 
-@register(inputs=("features",), depth="layers", width="hidden", lr=1e-2)
+@register(inputs=("features",), depth="layers", width=None, lr=1e-2)
 def BNAF(
     features: int | None = None,
     layers: int = 3,
@@ -35,7 +35,8 @@ def BNAF(
             16 units per dimension, were the best of the sizes tried on 8gaussians' validation
             NLL at a 15-20 s training budget, docs/bnaf.md).
         hidden: hidden units per dimension in each transform (its hidden layers have
-            ``features * hidden`` units).
+            ``features * hidden`` units; per dimension, so the workbench's width rule, made
+            for whole layers, does not size it).
         depth: hidden layers in each transform.
         permutation: between transforms: ``"reverse"`` (the paper's), ``"random"``, ``"lu"``
             or None.
