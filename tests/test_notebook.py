@@ -209,3 +209,20 @@ def test_the_second_review_a_constant_column_a_second_stage_a_reload_one_line(tm
     assert not any("init_rows" in m.__dict__ for m in layers)
     table = type("Table", (), {"__repr__": lambda self: "   a  b\n0  1  4\n1  2  5"})()
     assert "\n" not in shown(table) and "a b 0 1 4" in shown(table)
+
+
+def test_refusals_a_python_caller_meets_name_the_python_spelling(tmp_path):
+    """A second train() into the same folder said "use --resume ... or --overwrite": flags a
+    notebook has no use for. The messages now give both spellings."""
+    from flowforge.workbench import train
+    from flowforge.workbench.errors import RunError
+
+    cfg = {"model": {"name": "realnvp", "kwargs": {"layers": 2, "hidden": [8]}},
+           "data": {"name": "moons", "options": {"limit": 64}}, "train": {"epochs": 1}}  # fmt: skip
+    out = tmp_path / "w"
+    train(cfg, out, progress=False, echo=False)
+    with pytest.raises(RunError, match=r"--resume .* \(from Python: resume=True, overwrite=True\)"):
+        train(cfg, out, progress=False, echo=False)
+    other = {**cfg, "seed": 3}
+    with pytest.raises(RunError, match=r"--overwrite \(overwrite=True from Python\)"):
+        train(other, out, progress=False, echo=False)

@@ -300,7 +300,8 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
             if (out / MODEL_FILE).exists() and epochs > 1:  # trained, its checkpoint removed
                 raise RunError(
                     f"{out} has no {CKPT_FILE} to resume from, though it holds a model trained "
-                    f"for {epochs} epochs (the checkpoint was removed?); use --overwrite to "
+                    f"for {epochs} epochs (the checkpoint was removed?); use --overwrite "
+                    "(overwrite=True from Python) to "
                     "train it again, or another --out"
                 )
             raise RunError(
@@ -346,16 +347,18 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
             return None
         raise RunError(  # a trained model whose checkpoint was removed
             f"{out} already holds this run's trained model ({epochs} epochs) but no "
-            f"{CKPT_FILE}, so it cannot be resumed; use --overwrite to train it again, or "
+            f"{CKPT_FILE}, so it cannot be resumed; use --overwrite (overwrite=True from "
+            "Python) to train it again, or "
             "another --out"
         )
     if same:
         raise RunError(
             f"{out} already holds this run; use --resume to continue it or --overwrite "
-            "to start again"
+            "to start again (from Python: resume=True, overwrite=True)"
         )
     raise RunError(
-        f"{out} already holds a different run; use another --out, or --overwrite to replace it"
+        f"{out} already holds a different run; use another --out, or --overwrite "
+        "(overwrite=True from Python) to replace it"
     )
 
 

@@ -1010,7 +1010,7 @@ class Trainer:
                     f"a layer initialises itself from the first {len(idx)} training example(s) "
                     "(train.init_batch, or the batch size when it is 0), too few for its "
                     "statistics: set train.init_batch to a few hundred (--set "
-                    "train.init_batch=256)"
+                    "train.init_batch=256; in Python, train={'init_batch': 256})"
                 ) from None
             finally:
                 small = False
@@ -1025,7 +1025,8 @@ class Trainer:
                     self._warn(
                         f"a layer takes its statistics from the first {len(idx)} training "
                         "examples only (train.init_batch, or the batch size when it is 0); "
-                        "--set train.init_batch=256 gives it more"
+                        "--set train.init_batch=256 (in Python, train={'init_batch': 256}) gives "
+                        "it more"
                     )
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
@@ -1386,7 +1387,7 @@ class Trainer:
                     self.save_checkpoint()
                     again = signals.pending
                     saved = (
-                        "checkpoint saved (resume with --resume)"
+                        "checkpoint saved (resume with --resume; from Python, resume=True)"
                         if self.writer
                         else "nothing saved"
                     )
