@@ -199,3 +199,26 @@ def test_the_workbench_trains_bnaf_with_its_own_learning_rate_unless_one_is_give
     assert main([*base, "--overwrite", "--lr", "0.002"]) == 0
     assert "BNAF's own" not in capsys.readouterr().out
     assert wbconfig.read_config(out / "config.json")["train"]["lr"] == 0.002
+
+
+def test_a_run_used_as_a_template_for_another_model_says_whose_learning_rate_it_carries(
+    tmp_path, capsys
+):
+    """A MAF run's config.json with --model bnaf trained BNAF at MAF's 1e-3 without a word
+    (and a BNAF run's, with --model maf, MAF at 1e-2): a config.json records its lr, so it
+    counts as given; the run now says whose it is."""
+    from flowforge.workbench.cli import main
+
+    small = ["--epochs", "1", "--limit", "200", "--no-progress"]
+    assert main(["train", "--model", "maf", "--data", "moons", "--out", str(tmp_path / "m"),
+                 *small]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "m" / "config.json"), "--model", "bnaf",
+                 "--model-kwargs", '{"layers": 1, "hidden": 4}', "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "learning rate 0.001 comes from the config's run, a MAF's; BNAF trains at 0.01" in said
+    # the same model from its own config.json: nothing to say
+    assert main(["train", "--config", str(tmp_path / "b" / "config.json"),
+                 "--out", str(tmp_path / "b2"), "--no-progress"]) == 0  # fmt: skip
+    assert "learning rate" not in capsys.readouterr().out

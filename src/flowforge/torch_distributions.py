@@ -274,10 +274,13 @@ class FlowDistribution(TorchDistribution):
 
     - ``has_rsample`` is the base's: ``False`` for a mixture base (its component choice is
       discrete) or a :class:`TorchBase` without ``rsample``; ``rsample`` is then refused.
-    - ``support`` is the real vectors over the event unless ``support=`` declares another: a
-      flow's log-density is defined on all of them (zero, ``-inf``, outside a bounded support),
-      but a flow whose layers bound its samples (a sigmoid last, bounded columns) should
-      declare its support for code that maps onto it (pyro's ``biject_to``).
+    - ``support`` is ``support=`` where given, else the flow's own ``flow.support`` where its
+      builder set one (:data:`angles` for a ``TorusFlow``, :data:`unit_vectors` for a
+      ``SphereFlow``; the sphere has no ``biject_to`` transform, as it is not a copy of
+      ``R^2``), else the real vectors over the event: a flow's log-density is defined on all
+      of them (zero, ``-inf``, outside a bounded support), but a flow whose layers bound its
+      samples (a sigmoid last, bounded columns) should declare its support for code that maps
+      onto it (pyro's ``biject_to``).
     - ``mean``, ``mode``, ``variance``, ``entropy`` and ``kl_divergence`` (against anything)
       have no closed form for a flow: they raise ``NotImplementedError`` naming the sample
       estimate; ``cdf``, ``icdf``, ``expand`` and ``enumerate_support`` are not provided

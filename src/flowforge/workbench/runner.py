@@ -249,6 +249,32 @@ def _device_name(config, out: Path, resume: bool) -> str:
         return str(section.get("device", "cpu")) if isinstance(section, dict) else "cpu"
 
 
+def _lr_note(cfg: dict, config, stored_raw) -> str | None:
+    """The line a new run prints about its learning rate, where it is not what was asked: the
+    model's own (``register(lr=...)``) where none was given, or one a run's config.json used
+    as a template carries from a model that trains at another rate."""
+    spec = models.spec(cfg["model"]["name"])
+    if model_lr(spec, (stored_raw, config)) is not None:
+        return (
+            f"learning rate {spec.lr:g}: {spec.name}'s own (the usual 1e-3 trains it far too "
+            "slowly; --lr or --set train.lr=..., in Python train={'lr': ...}, to choose)"
+        )
+    was = ((config or {}).get("resolved") or {}).get("flow_config") or {}
+    was = str(was.get("model", "")).lower() if isinstance(was, dict) else ""
+    if not was or was == spec.name.lower() or was not in models.available():
+        return None
+    other, usual = models.spec(was), DEFAULT_TRAIN["lr"]
+    theirs = usual if other.lr is None else other.lr
+    ours = usual if spec.lr is None else spec.lr
+    lr = cfg["train"]["lr"]
+    if lr != theirs or lr == ours:
+        return None
+    return (
+        f"note: learning rate {lr:g} comes from the config's run, a {other.name}'s; "
+        f"{spec.name} trains at {ours:g} (--lr or --set train.lr=... to choose)"
+    )
+
+
 def train(
     config: dict,
     out: str | os.PathLike,
@@ -336,14 +362,7 @@ def _train(
                 cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"]
             )
         prints = (echo if notes is None else notes) and rank == 0
-        if prints and stored is None:
-            spec = models.spec(cfg["model"]["name"])
-            if model_lr(spec, (stored_raw, config)) is not None:
-                print(
-                    f"learning rate {spec.lr:g}: {spec.name}'s own (the usual 1e-3 trains it "
-                    "far too slowly; --lr or --set train.lr=... to choose)",
-                    flush=True,
-                )
+        lr_note = _lr_note(cfg, config, stored_raw) if stored is None else None
         recorded = None  # a replayed run's resolved section, while the data is its data
         if stored is None and isinstance(config, dict) and isinstance(config.get("resolved"), dict):
             recorded = config["resolved"]
@@ -461,6 +480,8 @@ def _train(
             barrier()
             if echo and rank == 0:
                 print(describe(cfg, resolved, ds, world), flush=True)
+                if lr_note and prints:
+                    print(lr_note, flush=True)
                 if source is not None:
                     print(warm_start.describe_source(source), flush=True)
             if source is not None and prints:
