@@ -317,8 +317,10 @@ def test_sampling_takes_the_memory_of_its_output_and_a_chunk():
     """`flowforge sample` took about 24 bytes of memory per float32 value it drew (6.3 GB for 1
     GB of samples): its finiteness check copied the samples into masks, and the range check
     into two float64 copies and three masks. Both go a chunk of rows at a time: 120 MB of
-    samples take 120 MB and a chunk's work (1.3 to 1.4 times the output; 6.0 before, and one
-    float64 copy of the samples would make it 3)."""
+    samples take 120 MB and a chunk's work (1.3 to 1.4 times the output when this was written;
+    1.66 to 2.01 on 2026-12-07's machine, the code before that day's change included, as the
+    allocator's peak varies; 6.0 before the fix, and one float64 copy of the samples would
+    make it 3: the bound, 2.5, lies between)."""
     import os
     import sys
 
@@ -331,7 +333,7 @@ def test_sampling_takes_the_memory_of_its_output_and_a_chunk():
     assert out.returncode == 0, out.stderr[-2000:]
     ratio, said = out.stdout.split()
     assert said == "True"  # (the range check ran: a normal column past [-1, 1])
-    assert float(ratio) < 2.0, ratio
+    assert float(ratio) < 2.5, ratio
 
 
 def test_conditional_samples_outside_the_marginal_range_are_not_called_wrong():
