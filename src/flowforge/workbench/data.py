@@ -912,7 +912,7 @@ def _near_duplicates(train: np.ndarray, splits: dict, rows: int = 300, pool: int
 
 
 def _whole(col: np.ndarray) -> bool:
-    """Whether every finite value of a column is a whole number."""
+    """Whether every value of a column equals its rounding (a NaN does not, an inf does)."""
     col = np.asarray(col, dtype=np.float64)
     return bool(np.all(col == np.round(col)))
 
@@ -1009,7 +1009,7 @@ def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) ->
         if j in declared:
             continue
         col = train[:, j]
-        if np.array_equal(col, np.round(col)) and len(np.unique(col)) <= 32:
+        if _whole(col) and len(np.unique(col)) <= 32:
             flagged.append(names[j] if names else str(j))
     if not flagged:
         return None
@@ -1046,7 +1046,7 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
         n = MEDIAN_ROWS
     for j in range(train.shape[1]):
         col = np.asarray(train[:, j] if rows is None else train[rows, j], dtype=np.float64)
-        if np.array_equal(col, np.round(col)):
+        if _whole(col):
             continue  # (integer columns: _integer_columns)
         values, counts = np.unique(col, return_counts=True)
         top = np.argsort(counts)[::-1][:2]
@@ -1469,7 +1469,7 @@ def check_bounds(
                     bad = col <= b if below else col >= b
                 n = int(bad.sum())
                 on = int((col == b).sum())
-                integral = n == on and float(b).is_integer() and np.array_equal(col, np.round(col))
+                integral = n == on and float(b).is_integer() and _whole(col)
                 if n and not closed and integral:
                     # a flag or a count whose values sit on its (integer) bound, as they may
                     raise DataError(
