@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._util import LOG_2PI
+from .._util import LOG_2PI, checked_int
 from .._util import event_shape as _event
 from ..core import Compose, Dequantizer, Inverse
 from ..nets import MLP, ConvResNet
@@ -194,8 +194,7 @@ class ColumnDequantization(Dequantizer):
 
     def __init__(self, features: int, columns: Sequence[int], lower=None, upper=None):
         super().__init__(None)
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"expected features to be an integer >= 1, got {features!r}")
+        checked_int("features", features)
         cols = list(columns) if isinstance(columns, (list, tuple)) else None
         if not cols or any(isinstance(c, bool) or not isinstance(c, int) for c in cols):
             raise ValueError(

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._util import checked_int
 from ..core import Distribution, Transformer
 from ..nets import MLP
 from .coupling import Coupling
@@ -169,8 +170,7 @@ class DiscretizedLogisticMixture(Distribution):
     ):
         super().__init__(event_shape, context_features)
         k = components
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"expected components to be an integer >= 1, got {k!r}")
+        checked_int("components", k)
         if not (math.isfinite(spread) and spread > 0):
             raise ValueError(f"expected a finite spread > 0, got {spread!r}")
         blocks = [self.features] if blocks is None else [int(b) for b in blocks]

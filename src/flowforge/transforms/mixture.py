@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .._util import checked_int
 from ..core import Transformer
 
 __all__ = ["LogisticMixture"]
@@ -51,8 +52,7 @@ class LogisticMixture(Transformer):
 
     def __init__(self, components: int = 4, scale_bound: float = 6.0, affine_bound: float = 3.0):
         super().__init__()
-        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
-            raise ValueError(f"expected components to be an integer >= 1, got {components!r}")
+        checked_int("components", components)
         if not 0 < scale_bound < math.inf or not 0 < affine_bound < math.inf:
             raise ValueError(
                 f"expected finite positive bounds, got scale_bound={scale_bound}, "
