@@ -71,6 +71,10 @@ class _BoundedMonotone(Transformer):
     Subclasses implement ``_prepare(params) -> state`` and ``_inside(x, state) -> (F, F')`` for
     ``|x| <= bound`` (``F'`` positive)."""
 
+    # a fixed number of steps, not residual.solve_monotone's loop until converged: that loop
+    # reads a value back to decide when to stop, and a layer's inverse must not on an
+    # accelerator (tests/test_host_reads.py); 24 halvings of [-B, B] then 6 Newton steps
+    # reach the dtype's resolution
     bisections = 24
     newton = 6
 
