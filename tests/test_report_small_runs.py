@@ -99,12 +99,17 @@ def test_tiny_data_gets_a_warning(table):
 
 
 def test_the_table_prints_settings_for_people(table):
-    assert table["model"] == "realnvp (builder defaults)"
+    # (the sizing rule chose its depth and width: said, not "builder defaults", 2026-12-07)
+    assert table["model"] == "realnvp (sized to the data)" and table["sized to the data"]
     assert table["levels"] == "continuous data"
     assert table["layout"] == "vector (3 values per example)"
     assert R._model_words({"name": "glow", "kwargs": {"steps": 1, "hidden": [8]}}) == (
         "glow with steps=1, hidden=[8]"
     )
+    assert R._model_words({"name": "glow", "kwargs": {"steps": 1}}, sized=True) == (
+        "glow with steps=1 (the rest sized to the data)"
+    )
+    assert R._model_words({"name": "nsf", "kwargs": {}}) == "nsf (builder defaults)"
 
 
 def test_a_constant_column_in_the_split_is_left_out_of_the_correlations(tmp_path):

@@ -61,11 +61,23 @@ def default_scales(shape: Sequence[int], model: str = "glow", max_scales: int = 
     return best
 
 
-def _check_scales(shape: tuple[int, int, int], scales: int, squeezes: int, model: str) -> None:
+ANY_SIZE = "pad or crop the images to an even size, or use RealNVP or TarFlow, which take any"
+
+
+def _check_scales(
+    shape: tuple[int, int, int], scales: int, squeezes: int, model: str, given: bool = True
+) -> None:
+    """``ValueError`` unless ``squeezes`` halvings fit ``shape``. ``given``: the caller chose
+    ``scales``; else it is the builder's default, which fails only on an odd size."""
     if scales < 1:
         raise ValueError(f"expected scales >= 1, got {scales}")
     k = 2**squeezes
     c, h, w = shape
+    if (h % k or w % k) and not given:
+        raise ValueError(
+            f"{model} squeezes its images at least once and needs an even height and width, "
+            f"got shape {shape}: {ANY_SIZE} size"
+        )
     if h % k or w % k:
         raise ValueError(
             f"{model} with scales={scales} squeezes {squeezes} times and needs a height and width "
@@ -132,8 +144,9 @@ def Glow(
         torch.Size([4, 1, 8, 8])
     """
     shape = event_shape(None, shape)
+    given = scales is not None
     scales = default_scales(shape, "glow") if scales is None else scales
-    _check_scales(shape, scales, scales, "Glow")
+    _check_scales(shape, scales, scales, "Glow", given)
     if mask not in ("channel", "checkerboard"):
         raise ValueError(f"unknown mask {mask!r}; expected 'channel' or 'checkerboard'")
     cf = data.context_features

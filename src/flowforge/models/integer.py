@@ -270,6 +270,11 @@ def IDF(
 def _image_chain(shape, scales, steps, width, blocks, permutation, rezero, act, cf, center, spread):
     """The multi-scale chain and the prior's block sizes (factored halves first, deepest last)."""
     c, h, w = shape
+    if h % 2 or w % 2:
+        raise ValueError(
+            f"IDF squeezes its images at least once and needs an even height and width, got "
+            f"shape {tuple(shape)}: pad or crop the images to an even size"
+        )
     if h % 2**scales or w % 2**scales:
         raise ValueError(
             f"{scales} scales squeeze {scales} times and need H and W divisible by "

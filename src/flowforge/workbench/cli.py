@@ -524,6 +524,8 @@ def cmd_eval(args) -> int:
             print(f"ODE: {describe_ode(res['ode'])}")
         for note in res.get("data_warnings", ()):  # found when the run was trained
             print(f"warning: the training data: {note}")
+        for note in res.get("file_warnings", ()):  # found in the --data file now
+            print(f"warning: {note}")
         unfinished = res.get("run_status")
         if unfinished:
             from .runs import describe_run_status
@@ -645,6 +647,7 @@ def _check_fit_out(out: Path, overwrite: bool) -> None:
 
 
 def cmd_sample(args) -> int:
+    from .data import reduced_bits_note
     from .errors import WorkbenchError
     from .evaluate import sample_context
     from .report import sample_run, save_samples
@@ -719,6 +722,9 @@ def cmd_sample(args) -> int:
     print(f"wrote {_count(x.shape[0], 'sample')}{what} to {out}")
     if used:
         print(used)
+    reduced = reduced_bits_note(cfg) if Path(out).suffix.lower() != ".png" else None
+    if reduced:
+        print(f"note: {reduced}")
     from .report import outside_ranges
 
     outside = outside_ranges(x, cfg)

@@ -25,11 +25,13 @@ from ..core import Flow
 from ..io import atomic_write
 from .data import (
     DATASETS,
-    _image_folder,
     check_levels,
+    examples_words,
+    image_words,
     load_dataset,
     read_run_table,
     read_table,
+    reduced_bits_note,
 )
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
@@ -151,12 +153,11 @@ def _examples(
         got, k = tuple(x.shape[1:]), math.prod(x.shape[1:])
         given = f"examples of {k} values (shape {got})"
         if not named and Path(data).expanduser().is_dir():  # images: say them as images
-            c, h, w = _image_folder(Path(data).expanduser(), 0, False, shuffle=False,
-                                    val_fraction=0, test_fraction=0).shape  # fmt: skip
-            given = f"{_images(c, h, w)} ({k} values each)"
+            given = examples_words(data, k)
         if len(want) == 3:  # an image run: say it in images' words
             raise DataError(
-                f"{name}: {given}; this run takes {_images(*want)}, {math.prod(want)} values each"
+                f"{name}: {given}; this run takes {image_words(*want)}, {math.prod(want)} "
+                "values each"
             )
         if given.startswith("examples"):
             raise DataError(f"{name}: examples of shape {got}; this run takes {want}")
@@ -167,19 +168,18 @@ def _examples(
     return x.reshape(-1, *want), name
 
 
-def _images(c: int, h: int, w: int) -> str:
-    """``"16x16 grayscale images"``, ``"8x8 RGB images"``, ``"8x8 images of 2 channels"``."""
-    kind = {1: "grayscale ", 3: "RGB "}.get(c, "")
-    return f"{h}x{w} {kind}images" + ("" if kind else f" of {c} channels")
-
-
 def _refuse_reduced_images(folder: str, bits: int, want: tuple[int, ...]) -> None:
     """A folder of 8-bit images for a run of ``bits < 8``: read at the run's bits they would
     lose their low bits, and decompress would give back ``pixels >> (8 - bits)``, not the
-    images. Refused, with the count of pixels that would change."""
-    x = read_table(folder, 8, want)
+    images. Refused, with the count of pixels that would change. Images of ``bits`` bits
+    per pixel (4-bit PNGs for a 4-bit run), which Pillow reads scaled to 0..255 (``k * 17``),
+    pass: their values are exactly the run's levels ``k``, which decompress gives back."""
+    x = read_table(folder, 8, want).astype(np.uint8)
     low = 8 - bits
-    changed = int(np.count_nonzero(x.astype(np.uint8) & ((1 << low) - 1)))
+    k = x >> low
+    if np.array_equal(x, (k.astype(np.int32) * 255 // (2**bits - 1)).astype(np.uint8)):
+        return  # (images of `bits` bits per pixel, scaled to 0..255 by Pillow)
+    changed = int(np.count_nonzero(x & ((1 << low) - 1)))
     raise DataError(
         f"{folder}: images of 8 bits per channel, and this run models their top {bits} bits "
         f"({2**bits} levels): coding them would drop the {low} low bits of every pixel "
@@ -405,10 +405,7 @@ def decompress_file(
         "decode_per_s": x.shape[0] / seconds,
         "sha256": data_hash(x),
     }
-    bits = int(cfg["data"]["options"].get("bits", 8))
-    if bits < 8 and levels == 2**bits:  # (a run of images read at fewer bits)
-        result["note"] = (
-            f"the values are {bits}-bit, 0 to {levels - 1}, as the run models them: the top "
-            f"{bits} bits of 8-bit pixels (pixels >> {8 - bits}), not 8-bit images"
-        )
+    note = reduced_bits_note(cfg)
+    if note:
+        result["note"] = note
     return result

@@ -24,6 +24,7 @@ import stat
 import sys
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -987,16 +988,42 @@ def _is_few_rows_note(note: str) -> bool:
     return note.startswith("only ") and " training, " in note
 
 
-def _few_rows(sizes: dict) -> str | None:
-    """A warning for a table with very few rows: its fit and its test figure are noise."""
+def _few_rows(sizes: dict, images: bool = False) -> str | None:
+    """A warning for a table (or, ``images``, an image set) with very few rows: its fit and
+    its test figure are noise."""
     if sizes["train"] >= FEW_ROWS:
         return None
+    what = "images" if images else "rows"
     return (
         f"only {sizes['train']} training, {sizes['val']} validation and {sizes['test']} test "
-        "rows: a flow can overfit so few at once (the early stop then keeps an almost "
-        "untrained model), and a test NLL over so few rows is mostly noise (eval gives its "
-        "standard error); a Gaussian (eval's reference, for an unconditional table) is often "
-        "the better model here"
+        f"{what}: a flow can overfit so few at once (the early stop then keeps an almost "
+        f"untrained model), and a test NLL over so few {what} is mostly noise (eval gives its "
+        "standard error)"
+        + (
+            ""
+            if images
+            else "; a Gaussian (eval's reference, for an unconditional table) is often the "
+            "better model here"
+        )
+    )
+
+
+def _low_levels(hi: int, where: str, folder: bool = False) -> str | None:
+    """A warning for 8-bit images whose values all lie far below 255 (counts or class
+    indices, 0/1 masks): modelled as 256 levels, their bits/dim are per 8-bit pixel and the
+    samples spread over levels the data never uses. ``folder``: the images are files, which
+    take no ``data.levels``."""
+    if hi >= 64:
+        return None
+    fix = (
+        "save them as one .npy array (examples, channels, height, width) and give "
+        if folder
+        else "give "
+    )
+    return (
+        f"{where}: every value is in [0, {hi}], a small part of the 256 levels of 8-bit pixels "
+        f"this run models; if the images have {hi + 1} levels (class indices, masks), {fix}"
+        f"data.levels={hi + 1} (the likelihood and samples are then on those levels)"
     )
 
 
@@ -1204,6 +1231,58 @@ def _shape_hint(a: np.ndarray) -> str:
     return ""
 
 
+def image_words(c: int, h: int, w: int) -> str:
+    """``"16x16 grayscale images"``, ``"8x8 RGB images"``, ``"8x8 images of 2 channels"``."""
+    kind = {1: "grayscale ", 3: "RGB "}.get(c, "")
+    return f"{h}x{w} {kind}images" + ("" if kind else f" of {c} channels")
+
+
+def examples_words(spec: str, k: int) -> str:
+    """What a file given to a run holds, in a refusal: a folder's images as images
+    (``"8x8 RGB images (192 values each)"``), anything else as ``"examples of k values"``."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        c, h, w = _image_folder(path, 0, False, shuffle=False, val_fraction=0,
+                                test_fraction=0).shape  # fmt: skip
+        return f"{image_words(c, h, w)} ({k} values each)"
+    return f"examples of {k} values"
+
+
+def reduced_bits_note(cfg: dict) -> str | None:
+    """For a run of images read at ``data.bits < 8``: its values (samples, decoded files) are
+    its levels, the top bits of 8-bit pixels, not 8-bit images (None for any other run)."""
+    bits = int(cfg["data"]["options"].get("bits", 8))
+    levels = cfg["resolved"].get("levels")
+    if bits >= 8 or levels != 2**bits:
+        return None
+    return (
+        f"the values are {bits}-bit, 0 to {levels - 1}, as the run models them: the top "
+        f"{bits} bits of 8-bit pixels (pixels >> {8 - bits}), not 8-bit images"
+    )
+
+
+def unit_scaled(x, levels: int | None, where: str) -> str | None:
+    """An image file for a run of more than two levels whose values all lie in [0, 1]:
+    images scaled to [0, 1] (a float array of fractions) are refused with the scaling to give;
+    values that are all 0 or 1 give a warning (returned), since a float array that looks
+    scaled and an integer one of two levels read the same here."""
+    if levels is None or levels <= 2 or not len(x):
+        return None
+    x = torch.as_tensor(x)
+    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+        return None
+    scale = f"numpy.rint(a * {levels - 1})"
+    if x.is_floating_point() and not bool((x == x.round()).all()):
+        raise DataError(
+            f"{where} holds fractions in [0, 1]: images scaled to [0, 1]? this run models "
+            f"{levels} levels, integers in [0, {levels - 1}]: give {scale}"
+        )
+    return (
+        f"{where}: every value is 0 or 1, scored as the levels 0 and 1 of the {levels} this "
+        f"run models; if these are images scaled to [0, 1], give {scale}"
+    )
+
+
 def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = False) -> None:
     """``DataError`` when discrete data of another file lie outside the run's ``levels``, saying
     what to give: a folder of images is read at the run's ``bits``, an array is taken as it is
@@ -1268,10 +1347,22 @@ def _image_array(
     where = str(path)
     if a.size == 0:
         raise DataError(f"{where} is empty")
-    if a.shape[1] > 4 and a.shape[2] > 4 and a.shape[3] <= 4:  # (gray, +alpha, RGB, RGBA last)
+    transpose = "numpy.save(path, a.transpose(0, 3, 1, 2))"
+    small = (1, 3, 4)  # (gray, RGB, RGBA: a channel count; rarely an image's height or width)
+    if (a.shape[1] > 4 and a.shape[2] > 4 and a.shape[3] <= 4) or (
+        a.shape[3] in small and a.shape[1] not in small
+    ):
         raise DataError(
             f"{where} has shape {a.shape}: channels last? images are (examples, channels, "
-            "height, width): numpy.save(path, a.transpose(0, 3, 1, 2))"
+            f"height, width): {transpose}"
+        )
+    layout = None
+    if a.shape[1] in small and a.shape[3] in small and a.shape[2] != a.shape[3]:
+        layout = (  # (N, 1, 8, 3): gray 8x3 images, or RGB 1x8 strips?
+            f"{where} has shape {a.shape}, read as {a.shape[1]} channel(s) of "
+            f"{a.shape[2]}x{a.shape[3]} images (channels first); if its last axis is the "
+            f"channels ({a.shape[3]} channel(s) of {a.shape[1]}x{a.shape[2]} images), save it as "
+            f"{transpose}"
         )
     if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
         raise DataError(
@@ -1285,6 +1376,7 @@ def _image_array(
             "the levels 0 and 1); without it they would be 8-bit pixel values 0 and 1"
         )
     lo, hi = int(a.min()), int(a.max())
+    low = None  # (the few-levels note, for 8-bit pixels only)
     if levels is not None:
         if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 2**16:
             raise DataError(f"data.levels must be an integer in [2, 65536], got {levels!r}")
@@ -1312,12 +1404,17 @@ def _image_array(
         if bits < 8:
             np.right_shift(x, 8 - int(bits), out=x)
         levels = 2 ** int(bits)
+        low = _low_levels(hi, where) if bits == 8 else None
     del a
-    tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
+    tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle, where)
     parts = [x[i] for i in (tr, va, te)]
     # (C order, whatever the file's: a Fortran-order array trained differently)
     t = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
-    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images") if checks else []
+    notes = []
+    if checks:
+        few = _few_rows({k: len(p) for k, p in zip(("train", "val", "test"), parts)}, True)
+        notes = [n for n in (layout, low, few) if n]
+        notes += _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
     return Dataset(
         where, *t, shape=tuple(x.shape[1:]), levels=int(levels), kind="image",
         info={"warnings": notes} if notes else {},
@@ -1366,7 +1463,9 @@ def _as_table(a: np.ndarray, where: str) -> np.ndarray:
     return a
 
 
-def _splits(n: int, seed: int, val_fraction: float, test_fraction: float, shuffle: bool):
+def _splits(
+    n: int, seed: int, val_fraction: float, test_fraction: float, shuffle: bool, where: str = ""
+):
     for name, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise DataError(f"data option {name} must be a number in [0, 1), got {v!r}")
@@ -1378,7 +1477,8 @@ def _splits(n: int, seed: int, val_fraction: float, test_fraction: float, shuffl
     if not isinstance(shuffle, bool):
         raise DataError(f"data option shuffle must be true or false, got {shuffle!r}")
     if n < 3 and (val_fraction or test_fraction):
-        raise DataError(f"need at least 3 examples to split into train/val/test, got {n}")
+        of = f"{where}: " if where else ""
+        raise DataError(f"{of}need at least 3 examples to split into train/val/test, got {n}")
     n_val = max(1, round(n * val_fraction)) if val_fraction else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction else 0
     n_train = n - n_val - n_test
@@ -1959,6 +2059,11 @@ def _table(
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# image files a folder may hold that are not read (they are named, so none is left out unsaid)
+OTHER_IMAGE_SUFFIXES = (
+    *(".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"),
+    *(".heic", ".heif", ".avif", ".ico", ".tga", ".psd"),
+)
 
 
 def _is_image_name(p: Path) -> bool:
@@ -1973,6 +2078,21 @@ def _png_bit_depth(path: Path) -> int:
     if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
         return head[24]
     return 8
+
+
+def _mode_fix(mode: str, deep: bool) -> str:
+    """How to turn an image of a mode the folder reader refuses into one it reads."""
+    if deep or mode.startswith("I"):
+        return (
+            ": for 16-bit images, save them as one .npy array (examples, channels, height, "
+            "width) of their values and give data.levels=65536"
+        )
+    if mode == "1":
+        return ": convert each with Pillow, Image.open(f).convert('L'), and give data.bits=1"
+    to = "L" if mode in ("LA", "La") else "RGB"
+    what = " (a palette of colours)" if mode.startswith("P") else ""
+    alpha = ", which drops the transparency" if "A" in mode or mode == "RGBa" else ""
+    return f"{what}: convert each with Pillow, Image.open(f).convert('{to}'){alpha}"
 
 
 MAX_IMAGE_PIXELS = 1 << 24  # pixels of one image in a folder (4096 x 4096), checked unread
@@ -2016,6 +2136,8 @@ def _image_folder(
     except OSError as e:
         raise DataError(f"{path}: cannot list it ({e.strerror})") from None
     inner = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
+    kinds = Counter(p.suffix.lower() for p in entries if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+    others = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
     if not files:
         if nested:
             raise DataError(
@@ -2023,8 +2145,10 @@ def _image_folder(
                 "folder per class?): flowforge reads the images of one folder; give a subfolder "
                 "as --data, or move the images up"
             )
-        raise DataError(f"{path} holds no PNG or JPEG images")
+        held = f" (it holds {others}: convert them to PNG)" if others else ""
+        raise DataError(f"{path} holds no PNG or JPEG images{held}")
     arrays, first = [], None
+    shallow, turned = set(), 0  # PNG bit depths below 8; JPEGs an EXIF tag rotates or flips
     budget = _memory_values()
     home = path.resolve()
     for f in files:
@@ -2050,12 +2174,17 @@ def _image_folder(
                         "an image of a flow's data set may have (downscale the images first)"
                     )
                 # 16-bit PNGs (whatever the file's name): Pillow keeps an RGB one's top bytes
-                deep = _png_bit_depth(f) > 8
+                depth = _png_bit_depth(f)
+                deep = depth > 8
+                if depth < 8 and mode == "L":  # (Pillow scales 2- and 4-bit gray to 0..255)
+                    shallow.add(depth)
+                if im.format == "JPEG" and im.getexif().get(0x0112, 1) not in (0, 1):
+                    turned += 1  # (the EXIF orientation a viewer applies)
                 if mode not in ("L", "RGB") or deep:
                     depth = " of 16 bits per channel" if deep else ""
                     raise DataError(
                         f"{f}: image mode {mode}{depth}; expected L (grayscale) or RGB, 8 bits "
-                        "per channel"
+                        f"per channel{_mode_fix(mode, deep)}"
                     )
                 if first is not None and (mode, size) != first[1:3]:
                     raise DataError(
@@ -2082,15 +2211,39 @@ def _image_folder(
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     x = np.stack(arrays)
     del arrays
+    hi = int(x.max()) if checks else 255
     np.right_shift(x, 8 - int(bits), out=x)
-    tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle)
+    tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle, str(path))
     parts = [x] if len(tr) == len(x) and not shuffle else [x[i] for i in (tr, va, te)]
     parts += [x[:0]] * (3 - len(parts))  # (unsplit and in order: no copy)
     # (C order, whatever the file's: a Fortran-order array trained differently)
     t = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
-    notes = _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images") if checks else []
-    if nested and checks:
-        notes.insert(0, f"the images in subfolders {inner} of {path} are not read")
+    notes = []
+    if checks:
+        if nested:
+            notes.append(f"the images in subfolders {inner} of {path} are not read")
+        if others:
+            notes.append(
+                f"{path}: {others} files are not read (flowforge reads PNG and JPEG images): "
+                "convert them to PNG to train on them too"
+            )
+        if shallow and bits == 8:
+            d = max(shallow)
+            notes.append(
+                f"{path} holds PNGs of {'/'.join(map(str, sorted(shallow)))} bits per pixel, "
+                f"read as 8-bit pixels (0..255) with {2**d} of the 256 values used at most: "
+                f"give data.bits={d} to model their {2**d} levels"
+            )
+        elif bits == 8 and hi < 64:
+            notes.append(_low_levels(hi, str(path), folder=True))
+        if turned:
+            notes.append(
+                f"{path}: {turned} JPEG file(s) carry an EXIF orientation (a viewer shows them "
+                "rotated or flipped); they are read as stored, not turned"
+            )
+        few = _few_rows({k: len(p) for k, p in zip(("train", "val", "test"), parts)}, True)
+        notes += [few] if few else []
+        notes += _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
     return Dataset(
         str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image",
         info={"warnings": notes} if notes else {},
@@ -2116,7 +2269,8 @@ def read_table(
     _check_header_option(header)
     path = Path(spec).expanduser()
     if path.is_dir():
-        ds = _image_folder(path, 0, bits=bits, shuffle=False, val_fraction=0, test_fraction=0)
+        ds = _image_folder(path, 0, False, bits=bits, shuffle=False, val_fraction=0,
+                           test_fraction=0)  # fmt: skip
         x = ds.train  # (every image: no split was made; integers, exact in float32)
         return x.reshape(len(x), -1).numpy()
     if not path.exists():

@@ -27,10 +27,13 @@ from .data import (
     check_integers,
     check_levels,
     column_context,
+    examples_words,
+    image_words,
     label_context,
     read_examples,
     read_labelled,
     shrunk_gaussian,
+    unit_scaled,
 )
 from .distributed import device as resolve_device
 from .errors import ContextError, DataError, RunError
@@ -116,6 +119,7 @@ def evaluate_run(
     cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device)
     r = cfg["resolved"]
     truth, baseline, histogram = None, None, None
+    file_warnings: list[str] = []  # what the checks of a --data file found
     if not isinstance(flow, Flow) and scores:
         raise DataError(
             "--scores writes each example's log-density; an M-flow run's model has a density "
@@ -151,7 +155,13 @@ def evaluate_run(
         header = cfg["data"]["options"].get("header")
         say_reading(data)
         x = read_examples(data, bits, want, r.get("columns"), header)
-        if x.shape[1] != math.prod(want):  # a table, or an image folder or array flattened
+        if x.shape[1] != math.prod(want) and len(want) == 3:  # an image run: in images' words
+            raise DataError(
+                f"{data}: {examples_words(data, x.shape[1])}; this run takes "
+                f"{image_words(*want)}, {math.prod(want)} values each (or arrays of shape "
+                f"(examples, {', '.join(map(str, want))}))"
+            )
+        if x.shape[1] != math.prod(want):  # a table, or an array flattened
             shape = f" or arrays of shape (examples, {', '.join(map(str, want))})"
             raise DataError(
                 f"{data} has {x.shape[1]} columns; this run's model expects "
@@ -159,6 +169,9 @@ def evaluate_run(
             )
         x = x.reshape(-1, *want)
         split = str(data)
+        if len(want) > 1:  # (images scaled to [0, 1])
+            scaled = unit_scaled(x, r.get("levels"), str(data))
+            file_warnings += [scaled] if scaled else []
         _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     else:
@@ -252,6 +265,8 @@ def evaluate_run(
             out["histogram_bits_per_dim"] = out["histogram_nll"] / (math.prod(shape) * math.log(2))
     if r.get("data_warnings"):
         out["data_warnings"] = list(r["data_warnings"])
+    if file_warnings:
+        out["file_warnings"] = file_warnings
     if ode is not None and nfes:
         ode.update(solves=len(nfes), nfe_mean=sum(nfes) / len(nfes), nfe_max=max(nfes))
         out["ode"] = ode

@@ -109,9 +109,10 @@ def _as_images(x: Tensor, cfg: dict) -> np.ndarray:
 
 
 def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile ``(N, H, W, C)`` images into one ``(rows*H, cols*W, C)`` array."""
+    """Tile ``(N, H, W, C)`` images into one ``(rows*H, cols*W, C)`` array; ``cols`` by
+    default makes the grid about as tall as it is wide (strips of 1x16 stack in few columns)."""
     n, h, w, c = images.shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
+    cols = cols or max(1, min(n, math.ceil(math.sqrt(n * (h + pad) / (w + pad)))))
     rows = int(math.ceil(n / cols))
     grid = np.ones(((h + pad) * rows + pad, (w + pad) * cols + pad, c), dtype=np.float32)
     for i in range(n):
@@ -260,7 +261,13 @@ def save_samples(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":  # the header, then the array's own memory: no copy of the samples
-        write_npy(path, x.cpu().numpy(), replace=overwrite)
+        a = x.cpu().numpy()
+        levels = cfg.get("resolved", {}).get("levels")
+        shape = cfg.get("resolved", {}).get("data_shape") or ()
+        if len(shape) == 3 and levels and levels <= 2**16 and bool((a == np.rint(a)).all()):
+            # images as integers, as the data came (and as train, eval and compress read them)
+            a = a.astype(np.uint8 if levels <= 256 else np.uint16)
+        write_npy(path, a, replace=overwrite)
         return
     if suffix == ".csv":
         x = x.reshape(x.shape[0], -1)
@@ -1022,11 +1029,15 @@ def _init_words(rec: dict, flow_config) -> str:
     return f"{said}; {preprocessing_words(flow_config)}"
 
 
-def _model_words(model: dict) -> str:
+def _model_words(model: dict, sized: bool = False) -> str:
+    """The model's name and the arguments the run gave; ``sized``: the sizing rule set some
+    others (its own row says which)."""
     kw = model.get("kwargs") or {}
+    rest = "sized to the data" if sized else "builder defaults"
     if not kw:
-        return f"{model['name']} (builder defaults)"
-    return f"{model['name']} with " + ", ".join(f"{k}={json.dumps(v)}" for k, v in kw.items())
+        return f"{model['name']} ({rest})"
+    given = ", ".join(f"{k}={json.dumps(v)}" for k, v in kw.items())
+    return f"{model['name']} with {given}" + (f" (the rest {rest})" if sized else "")
 
 
 def _levels_words(levels) -> str:
@@ -1404,7 +1415,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     if unfinished:  # first: every number below is of an unfinished model
         rows.append(("note: unfinished training", describe_run_status(unfinished, run)))
     rows += [
-        ("model", _model_words(cfg["model"])),
+        ("model", _model_words(cfg["model"], bool(r.get("sizing")))),
         ("layout", f"{r['layout']} ({' x '.join(map(str, shape))} values per example)"),
         ("parameters", f"{r['parameters']:,}"),
         (
