@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cli_support import cli, one_line_error
 from flowforge.workbench.data import DataError, load_dataset
@@ -208,3 +209,65 @@ def test_sample_grids_keep_strips_about_square():
     grid = image_grid(np.zeros((64, 1, 16, 1)))
     assert 0.5 < grid.shape[0] / grid.shape[1] < 2  # (one column of 64 strips: 8 x 136 before)
     assert image_grid(np.zeros((64, 8, 8, 1))).shape == (73, 73, 1)
+
+
+def _classes(root, names=("cats", "dogs", "owls"), n=30):
+    for c, name in enumerate(names):
+        d = root / name
+        d.mkdir(parents=True)
+        rng = np.random.default_rng(c)
+        for i in range(n):
+            a = rng.integers(0, 40, (8, 8)) + 60 * c
+            Image.fromarray(a.astype(np.uint8), "L").save(d / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_class_subfolders_trains_a_class_conditional_model(tmp_path, capsys):
+    root = _classes(tmp_path / "pets")
+    ds = load_dataset(str(root), conditional="label")
+    assert ds.context_info["names"] == ["cats", "dogs", "owls"]
+    assert ds.context_info["classes"] == [0, 1, 2]
+    # each image's label is its subfolder's: the class means stand apart (60 per class)
+    for k in ("train", "val", "test"):
+        x, c = ds.split(k), ds.split_context(k).argmax(1)
+        assert torch.all((x.mean((1, 2, 3)) - 60 * c - 19.5).abs() < 8), k
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", root, "--conditional", "label", "--out", run,
+                     *TINY_GLOW)  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "sample", run, "--label", "dogs,0", "-n", 2, "--out",
+                       tmp_path / "s.csv")  # fmt: skip
+    assert rc == 0, err
+    assert [r.split(",")[0] for r in (tmp_path / "s.csv").read_text().splitlines()[1:]] == [
+        "1", "1", "0", "0"
+    ]  # fmt: skip
+    rc, _, err = cli(capsys, "sample", run, "--label", "horses", "-n", 2, "--out",
+                     tmp_path / "h.csv")  # fmt: skip
+    one_line_error(rc, err, "cats, dogs, owls")
+    # eval --data: a folder of some of the classes, labelled by their names
+    part = tmp_path / "part"
+    (part / "owls").mkdir(parents=True)
+    for f in sorted((root / "owls").iterdir())[:5]:
+        (part / "owls" / f.name).write_bytes(f.read_bytes())
+    rc, out, err = cli(capsys, "eval", run, "--data", part)
+    assert rc == 0 and "(5 examples" in out, err
+    (part / "horses").mkdir()
+    (part / "horses" / "a.png").write_bytes((root / "owls" / "0.png").read_bytes())
+    rc, _, err = cli(capsys, "eval", run, "--data", part)
+    one_line_error(rc, err, "class subfolder 'horses' is not one of this run's classes")
+
+
+def test_class_subfolders_that_cannot_be_classes_are_refused(tmp_path):
+    one = _classes(tmp_path / "one", names=("cats",))
+    with pytest.raises(DataError, match="needs one per class, at least two"):
+        load_dataset(str(one), conditional="label")
+    flat = _pngs(tmp_path / "flat", n=20)
+    with pytest.raises(DataError, match="has no subfolders of images"):
+        load_dataset(str(flat), conditional="label")
+    with pytest.raises(DataError, match="--conditional label"):  # unconditional: the hint
+        load_dataset(str(_classes(tmp_path / "three")))
+    outside = _classes(tmp_path / "elsewhere", names=("x",))
+    linked = _classes(tmp_path / "linked", names=("cats",))
+    (linked / "dogs").symlink_to(outside / "x", target_is_directory=True)
+    with pytest.raises(DataError, match="a link to a folder outside"):
+        load_dataset(str(linked), conditional="label")

@@ -2112,6 +2112,7 @@ def _image_folder(
     path: Path,
     seed: int,
     checks: bool = True,
+    labelled: bool = False,
     /,
     bits: int = 8,
     val_fraction=0.1,
@@ -2128,34 +2129,60 @@ def _image_folder(
         ) from None
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise DataError(f"data option bits must be an integer in [1, 8], got {bits!r}")
+    home = path.resolve()
     try:
         entries = sorted(path.iterdir())
         # (macOS's AppleDouble files ._name.png carry no image)
         files = [p for p in entries if _is_image_name(p) and not p.name.startswith("._")]
         nested = [p.name for p in entries if p.is_dir() and any(map(_is_image_name, p.iterdir()))]
+        labels = [0] * len(files)
+        own = len(files)  # (the folder's own images, which a labelled read leaves out)
+        if labelled:  # one subfolder of images per class, in the order of their names
+            for d in nested:
+                if (path / d).resolve().parent != home:
+                    raise DataError(
+                        f"{path / d} is a link to a folder outside {path}; flowforge reads only "
+                        "the folder's own class subfolders: copy the images in"
+                    )
+            inside = [(path / d, sorted((path / d).iterdir())) for d in nested]
+            files = [f for _, fs in inside for f in fs if _is_image_name(f)]
+            files = [f for f in files if not f.name.startswith("._")]
+            labels = [i for i, (_, fs) in enumerate(inside) for f in fs if _is_image_name(f)
+                      and not f.name.startswith("._")]  # fmt: skip
+            entries += [f for _, fs in inside for f in fs]
     except OSError as e:
         raise DataError(f"{path}: cannot list it ({e.strerror})") from None
     inner = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
     kinds = Counter(p.suffix.lower() for p in entries if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
     others = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    if labelled and not nested:
+        raise DataError(
+            f"{path} has no subfolders of images; --conditional label reads a folder of one "
+            "subfolder per class (cats/, dogs/, ...), each holding that class's images"
+        )
+    if labelled and len(nested) < 2 and checks:  # (eval --data may score one class)
+        raise DataError(
+            f"{path} has one subfolder of images ({nested[0]}); --conditional label needs one "
+            "per class, at least two"
+        )
     if not files:
         if nested:
             raise DataError(
                 f"{path} holds no PNG or JPEG images of its own; its subfolders {inner} do (one "
                 "folder per class?): flowforge reads the images of one folder; give a subfolder "
-                "as --data, or move the images up"
+                "as --data, move the images up, or train a class-conditional model on them all "
+                "with --conditional label"
             )
         held = f" (it holds {others}: convert them to PNG)" if others else ""
         raise DataError(f"{path} holds no PNG or JPEG images{held}")
     arrays, first = [], None
     shallow, turned = set(), 0  # PNG bit depths below 8; JPEGs an EXIF tag rotates or flips
     budget = _memory_values()
-    home = path.resolve()
     for f in files:
         try:  # a pipe or a device is never opened (a FIFO named x.png would block for ever)
             if not stat.S_ISREG(f.stat().st_mode):
                 raise DataError(f"{f} is not a regular file (a pipe, device or socket)")
-            if f.is_symlink() and f.resolve().parent != home:
+            if f.is_symlink() and f.resolve().parent != f.parent.resolve():
                 raise DataError(
                     f"{f} is a link to {os.readlink(f)}, outside the folder; flowforge reads "
                     "only the folder's own images: copy the image in"
@@ -2219,9 +2246,22 @@ def _image_folder(
     # (C order, whatever the file's: a Fortran-order array trained differently)
     t = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts]
     notes = []
+    info: dict = {}
+    if labelled:
+        y = torch.tensor(labels, dtype=torch.long)
+        info["labels"] = {
+            k: y[torch.from_numpy(np.asarray(i, dtype=np.int64))]
+            for k, i in zip(("train", "val", "test"), (tr, va, te))
+        }
+        info["class_names"] = list(nested)
     if checks:
-        if nested:
+        if nested and not labelled:
             notes.append(f"the images in subfolders {inner} of {path} are not read")
+        if labelled and own:
+            notes.append(
+                f"the {own} images in {path} itself are not read (--conditional label reads its "
+                "class subfolders)"
+            )
         if others:
             notes.append(
                 f"{path}: {others} files are not read (flowforge reads PNG and JPEG images): "
@@ -2246,7 +2286,7 @@ def _image_folder(
         notes += _duplicates(parts[0], {"val": parts[1], "test": parts[2]}, "images")
     return Dataset(
         str(path), *t, shape=tuple(x.shape[1:]), levels=2 ** int(bits), kind="image",
-        info={"warnings": notes} if notes else {},
+        info={**info, "warnings": notes} if notes else info,
     )  # fmt: skip
 
 
@@ -2355,24 +2395,45 @@ def read_run_table(
 
 LABELLED_FORMATS = (
     "a CSV whose first column is named label, then the data columns (as flowforge sample "
-    "--label writes), or an .npz with arrays x (the examples) and labels (one integer each)"
+    "--label writes), or an .npz with arrays x (the examples) and labels (one integer each), "
+    "or, for a run trained on a folder of class subfolders, such a folder"
 )
 
 
 def read_labelled(
-    spec: str, shape: tuple[int, ...], columns: list | None = None
+    spec: str,
+    shape: tuple[int, ...],
+    columns: list | None = None,
+    info: dict | None = None,
+    bits: int = 8,
 ) -> tuple[Tensor, np.ndarray]:
     """The examples and class labels of a labelled file (``flowforge eval --data`` of a
     label-conditional run): ``(x, labels)``, ``x`` float32 ``(N, prod(shape))`` and ``labels``
     whole numbers ``(N,)``. The file is :data:`LABELLED_FORMATS`: a CSV under a header whose
     first column is ``label`` (its other names checked against ``columns``, the run's, when it
     has them), or an ``.npz`` with ``x`` of shape ``(N, *shape)`` or ``(N, prod(shape))`` and
-    ``labels`` of shape ``(N,)``. Anything else is a one-line ``DataError`` saying so."""
+    ``labels`` of shape ``(N,)``; for a run trained on a folder of class subfolders (``info``,
+    its context, names them), also such a folder, read at ``bits``, its subfolders' names
+    taken as the labels. Anything else is a one-line ``DataError`` saying so."""
+    names, classes = (info or {}).get("names"), (info or {}).get("classes")
     path = Path(spec).expanduser()
     width = math.prod(shape)
     suffix = path.suffix.lower()
     if not path.exists():
         raise DataError(f"no such file or folder: {spec}")
+    if path.is_dir() and names:  # a folder of class subfolders, for a run trained on one
+        ds = _image_folder(path, 0, False, True, bits=bits, shuffle=False, val_fraction=0,
+                           test_fraction=0)  # fmt: skip
+        found = ds.info["class_names"]
+        unknown = [n for n in found if n not in names]
+        if unknown:
+            raise DataError(
+                f"{spec}: class subfolder {unknown[0]!r} is not one of this run's classes "
+                f"({', '.join(names)})"
+            )
+        label = {n: c for n, c in zip(names, classes)}
+        y = np.asarray([label[found[int(i)]] for i in ds.info["labels"]["train"]])
+        return ds.train.reshape(len(ds.train), -1), y
     if suffix == ".npz" and path.is_file():
         raw = _read_array(path)
         if not isinstance(raw, dict) or "labels" not in raw or "x" not in raw:
@@ -2495,8 +2556,8 @@ def _load_dataset(
         ds = DATASETS[key][0](seed=seed, **options)
     else:
         path = Path(spec).expanduser()
-        if path.is_dir():
-            ds = _image_folder(path, seed, checks, **options)
+        if path.is_dir():  # (--conditional label: one subfolder per class)
+            ds = _image_folder(path, seed, checks, conditional == "label", **options)
         elif path.is_file():
             if path.suffix.lower() not in (".npy", ".npz", ".csv"):
                 raise DataError(
@@ -2622,12 +2683,22 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
         labels = ds.info.get("labels")
         if labels is None:
             raise DataError(
-                f"{ds.name} has no class labels (--conditional label works with digits); for a "
-                "table, use --target-columns to condition on the other columns"
+                f"{ds.name} has no class labels (--conditional label works with digits and "
+                "with a folder of one image subfolder per class); for a table, use "
+                "--target-columns to condition on the other columns"
             )
         labels = {k: labels[k][: ds.split(k).shape[0]] for k in ("train", "val", "test")}
         classes = sorted(int(c) for c in torch.unique(labels["train"]))
         info = {"kind": "label", "classes": classes, "features": len(classes)}
+        names = ds.info.get("class_names")  # (a folder's class subfolders, label = position)
+        if names:
+            missing = [n for i, n in enumerate(names) if i not in classes]
+            if missing:
+                raise DataError(
+                    f"{ds.name}: class {missing[0]!r} has no image in the training split; give "
+                    "each class more images (or remove its subfolder)"
+                )
+            info["names"] = [names[c] for c in classes]
         ds.context = {k: label_context(v, info) for k, v in labels.items()}
         ds.context_info = info
         return ds

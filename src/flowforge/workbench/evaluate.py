@@ -134,7 +134,8 @@ def evaluate_run(
     if data is not None and info is not None and info["kind"] == "label":
         want = tuple(r["data_shape"])
         say_reading(data)
-        x, labels = read_labelled(data, want, r.get("columns"))
+        bits = int(cfg["data"]["options"].get("bits", 8))
+        x, labels = read_labelled(data, want, r.get("columns"), info, bits)
         try:  # (a label not seen in training: label_context's words, with the file's name)
             context = label_context(labels, info)
         except ContextError as e:
@@ -142,7 +143,7 @@ def evaluate_run(
         del labels
         x = x.reshape(-1, *want)
         split = str(data)
-        _check_file(x, r, str(data), int(cfg["data"]["options"].get("bits", 8)))
+        _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
         x, context = read_column_file(cfg, data)
@@ -881,13 +882,16 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
             raise ContextError(
                 f"this run is conditional: pass --label with one or more of its classes "
                 f"{info['classes']} (e.g. --label 3 or --label 0,1,2)"
+                + (f", or their names ({', '.join(info['names'])})" if info.get("names") else "")
             )
+        named = dict(zip(info.get("names") or (), info["classes"]))  # a folder's classes
         try:  # (an empty item, as in 1,,2, is a typo: refused, not skipped)
-            labels = [int(v) for v in str(label).split(",")]
+            labels = [named[v] if v in named else int(v) for v in str(label).split(",")]
         except ValueError:
             labels = []
         if not labels:
-            raise ContextError(f"--label expects integers like 3 or 0,1,2, got {label!r}")
+            names = f" or class names ({', '.join(named)})" if named else ""
+            raise ContextError(f"--label expects integers like 3 or 0,1,2{names}, got {label!r}")
         return label_context(labels, info), f" of label {label}", (["label"], [[v] for v in labels])
     if label is not None:
         raise ContextError("this run is conditioned on table columns: use --context, not --label")

@@ -967,7 +967,8 @@ def _context_words(info: dict, r: dict) -> str:
     """What a conditional run is conditioned on, by the columns' names where the table had
     a header (``r``: the run's resolved config)."""
     if info["kind"] == "label":
-        return f"class labels {info['classes']}"
+        named = [f"{c} {n}" for c, n in zip(info["classes"], info.get("names") or ())]
+        return f"class labels {info['classes']}" + (f" ({', '.join(named)})" if named else "")
     given, modelled = r.get("context_column_names"), r.get("columns")
     if given and modelled:
         return f"columns {', '.join(given)} (modelled: {', '.join(modelled)})"
