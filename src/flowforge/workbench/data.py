@@ -1349,8 +1349,10 @@ def _image_array(
         raise DataError(f"{where} is empty")
     transpose = "numpy.save(path, a.transpose(0, 3, 1, 2))"
     small = (1, 3, 4)  # (gray, RGB, RGBA: a channel count; rarely an image's height or width)
+    # (channels first, a width of 1, 3 or 4 beside another height reads as channels last;
+    # a square one, such as (N, 8, 4, 4), as 8 channels of 4x4 images)
     if (a.shape[1] > 4 and a.shape[2] > 4 and a.shape[3] <= 4) or (
-        a.shape[3] in small and a.shape[1] not in small
+        a.shape[3] in small and a.shape[1] not in small and a.shape[2] != a.shape[3]
     ):
         raise DataError(
             f"{where} has shape {a.shape}: channels last? images are (examples, channels, "
