@@ -544,15 +544,35 @@ def _check_replayed(before: dict, now: dict, then_params, now_params: int) -> No
 
 def same_model(before: dict | None, now: dict | None) -> bool:
     """Whether a stored ``flow_config`` and a rebuilt one describe the same model (a stored one
-    from before an argument existed counts that argument at its legacy value)."""
+    from before an argument existed counts that argument at its legacy value). A stored one
+    of flowforge/1 (:func:`format1_config`) is compared as loading reads it: upgraded
+    (``io._upgrade_format1``)."""
     if before == now:
         return True
     if not isinstance(before, dict) or not isinstance(now, dict):
         return False
     if not before or not now or not isinstance(before.get("kwargs"), dict):
         return False
+    old = format1_config(before)
+    if old:
+        from ..io import _upgrade_format1
+
+        before = _upgrade_format1(before, {})[0]
     kwargs = models.registry.saved_kwargs(before["model"], before["kwargs"])
-    return {**before, "kwargs": kwargs} == now
+    return {**before, "kwargs": kwargs} == now or (old and before == now)
+
+
+def format1_config(config: dict) -> bool:
+    """Whether a stored ``flow_config`` was written by flowforge/1 (before 2026-12-01), which
+    recorded only the arguments given: it has a top-level ``standardize``, or lacks the data
+    options that every flowforge/2 configuration of such a builder lists."""
+    if "standardize" in config:
+        return True
+    try:
+        spec = models.spec(str(config.get("model")))
+    except ValueError:
+        return False
+    return spec.data and not {"preprocess", "alpha", "base"} <= set(config.get("kwargs") or {})
 
 
 def _legacy_context(stored: dict | None) -> bool:
