@@ -53,3 +53,45 @@ def test_a_flowforge1_run_on_a_standardised_table_loads(tmp_path):
     flow = load_run(run)
     x = torch.randn(9, 2)
     torch.testing.assert_close(flow.log_prob(x), then.log_prob(x))
+
+
+def test_a_flowforge1_run_resumes_and_replays(tmp_path, capsys):
+    """F3: its stored flow_config (the arguments given) and the rebuilt one (every argument)
+    are compared completed with the builder's defaults. Before, resume said "the model builder
+    now gives a different model" and replay "this flowforge builds another model"."""
+    from cli_support import cli
+
+    run = _copy_run1(tmp_path)
+    rc, out, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress")
+    assert rc == 0, err
+    assert "nothing to train: the run had finished" in out + err
+    rc, _, err = cli(capsys, "train", "--config", run / "config.json", "--out", tmp_path / "r",
+                     "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    then, now = (
+        [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (RUN1, tmp_path / "r")
+    )
+    then, now = ([r for r in m if r["type"] == "epoch"] for m in (then, now))
+    assert now[0]["train_loss"] == then[0]["train_loss"]  # the same training, step by step
+    assert abs(now[0]["val_nll"] - then[0]["val_nll"]) < 1e-6
+
+
+def test_same_model_still_tells_other_models_apart():
+    """F3's comparison completes a flowforge/1 configuration with the builder's defaults, and
+    still refuses another model; a refusal of an old run says it predates flowforge/2."""
+    from flowforge.workbench.build import rebuild_refusal, same_model
+
+    before = {"model": "RealNVP", "kwargs": {"features": 2, "layers": 2, "hidden": [8]}}
+    legacy = {"standardize": False, "shift_first": False, "residual": False}
+    now = ff.models.build("realnvp", features=2, layers=2, hidden=[8], **legacy).config
+    assert same_model(before, now)
+    other = ff.models.build("realnvp", features=2, layers=3, hidden=[8], **legacy)
+    assert not same_model(before, other.config)
+    std = ff.models.build(
+        "realnvp", features=2, layers=2, hidden=[8], **{**legacy, "standardize": True}
+    )
+    assert not same_model(before, std.config)  # (flowforge/1 did not standardise inside)
+    assert "predates flowforge/2" in rebuild_refusal("r", before)
+    assert "--init-from r" in rebuild_refusal("r", before)
+    assert "predates" not in rebuild_refusal("r", now)

@@ -24,6 +24,7 @@ __all__ = [
     "standardized",
     "size_rule",
     "same_model",
+    "rebuild_refusal",
     "model_arguments",
     "SIZING",
 ]
@@ -536,9 +537,9 @@ def _check_replayed(before: dict, now: dict, then_params, now_params: int) -> No
     )
     raise WorkbenchError(
         f"cannot replay the run this config records: this flowforge builds another model from "
-        f"the arguments it recorded ({what}); replay it with the flowforge it was trained with "
-        "(resolved.environment), or train a new run from these options (remove the config's "
-        "resolved section)"
+        f"the arguments it recorded ({what}){_predates(before)}; replay it with the flowforge it "
+        "was trained with (resolved.environment), or train a new run from these options (remove "
+        "the config's resolved section)"
     )
 
 
@@ -546,7 +547,8 @@ def same_model(before: dict | None, now: dict | None) -> bool:
     """Whether a stored ``flow_config`` and a rebuilt one describe the same model (a stored one
     from before an argument existed counts that argument at its legacy value). A stored one
     of flowforge/1 (:func:`format1_config`) is compared as loading reads it: upgraded
-    (``io._upgrade_format1``)."""
+    (``io._upgrade_format1``), and both completed with the builder's defaults, since it lists
+    only the arguments given and a rebuilt one lists them all."""
     if before == now:
         return True
     if not isinstance(before, dict) or not isinstance(now, dict):
@@ -559,7 +561,40 @@ def same_model(before: dict | None, now: dict | None) -> bool:
 
         before = _upgrade_format1(before, {})[0]
     kwargs = models.registry.saved_kwargs(before["model"], before["kwargs"])
-    return {**before, "kwargs": kwargs} == now or (old and before == now)
+    if {**before, "kwargs": kwargs} == now:
+        return True
+    if not old or not isinstance(now.get("kwargs"), dict) or now.get("model") != before["model"]:
+        return False
+    params = models.spec(before["model"]).signature.parameters.values()
+    defaults = models.registry._jsonable(
+        {p.name: p.default for p in params if p.default is not p.empty}
+    )
+    theirs = models.registry.saved_kwargs(now["model"], now["kwargs"])
+    return {**before, "kwargs": {**defaults, **kwargs}} == {
+        **now,
+        "kwargs": {**defaults, **theirs},
+    }
+
+
+def _predates(flow_config) -> str:
+    """Where a stored ``flow_config`` is of flowforge/1, the words that say so."""
+    if isinstance(flow_config, dict) and format1_config(flow_config):
+        return (
+            " (the run predates flowforge/2, 2026-12-01, and its config lists only the arguments"
+            " given)"
+        )
+    return ""
+
+
+def rebuild_refusal(run, flow_config) -> str:
+    """Why a run cannot be resumed when this flowforge builds another model from its recorded
+    arguments, and the ways forward."""
+    return (
+        f"cannot resume {run}: the model builder now gives a different model"
+        f"{_predates(flow_config)}; finish it with the flowforge it was trained with "
+        f"(resolved.environment), or start a new run from its model: flowforge train "
+        f"--init-from {run} --out NEW_RUN --epochs N"
+    )
 
 
 def format1_config(config: dict) -> bool:

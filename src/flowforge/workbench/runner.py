@@ -23,7 +23,7 @@ import torch
 from .. import io, models
 from .._util import fork_rng
 from . import warm_start
-from .build import build_flow, describe, has_context_map, same_model
+from .build import build_flow, describe, has_context_map, rebuild_refusal, same_model
 from .config import DEFAULT_TRAIN, model_lr, read_config, resolve_config
 from .data import constant_columns, load_dataset, reload_dataset
 from .distributed import barrier, device, dist_env, init_distributed
@@ -437,9 +437,7 @@ def _train(
             resolved["data_bytes"] = _file_size(cfg["data"]["name"])
         if stored is not None:
             if not same_model(stored["resolved"].get("flow_config"), resolved["flow_config"]):
-                raise RunError(
-                    f"cannot resume {out}: the model builder now gives a different model"
-                )
+                raise RunError(rebuild_refusal(out, stored["resolved"].get("flow_config")))
         environment = run_environment(device(cfg["train"]["device"]))
         if stored is None:
             resolved["environment"] = environment
