@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import flowforge as ff
@@ -95,3 +96,34 @@ def test_same_model_still_tells_other_models_apart():
     assert "predates flowforge/2" in rebuild_refusal("r", before)
     assert "--init-from r" in rebuild_refusal("r", before)
     assert "predates" not in rebuild_refusal("r", now)
+
+
+def _column_table(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3)) * [1.0, 2.0, 1.4] + [0.0, -1.0, 3.16]
+    path = tmp_path / "t.csv"
+    np.savetxt(path, x, delimiter=",", fmt="%.5f", header="a,b,c", comments="")
+    return path
+
+
+def test_a_column_conditional_run_of_2026_12_05_keeps_its_data(tmp_path):
+    """F4: --target-columns runs up to 2026-12-05 fingerprinted their contexts standardised in
+    float32, ``(c - loc32) / scale32``; since then float64 is tried too. Before, such a run's
+    unchanged data was "not the data this run was trained on"."""
+    from flowforge.workbench.data import load_dataset
+    from flowforge.workbench.runner import same_data
+    from flowforge.workbench.runs import fingerprint
+
+    ds = load_dataset(str(_column_table(tmp_path)), seed=0, target_columns="0,1")
+    info = ds.context_info
+    loc, scale = (torch.tensor(info["stats"][k], dtype=torch.float32) for k in ("loc", "scale"))
+    base = [ds.split(k) for k in ("train", "val", "test")]
+    ctx = [(ds.split_context(k).float() - loc) / scale for k in ("train", "val")]
+    old = {
+        "flow_config": {"model": "MAF", "kwargs": {}},
+        "data_fingerprint": fingerprint(*base, *ctx),
+    }
+    assert same_data(ds, old)
+    moved = [c.clone() for c in ctx]
+    moved[1][0, 0] += 1e-3  # (another file: still refused)
+    assert not same_data(ds, {**old, "data_fingerprint": fingerprint(*base, *moved)})

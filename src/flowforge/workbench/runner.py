@@ -84,12 +84,12 @@ def _callers_random_state():
             np.random.set_state(np_state)
 
 
-def _splits_fingerprint(ds, legacy: bool = False) -> dict:
+def _splits_fingerprint(ds, legacy: bool = False, dtype=torch.float64) -> dict:
     contexts = [ds.split_context(k) for k in ("train", "val")]
     if legacy:  # standardised, as the workbench handed them to the model before 2026-12-06
-        info = ds.context_info
-        loc, scale = (torch.tensor(info["stats"][k], dtype=torch.float64) for k in ("loc", "scale"))
-        contexts = [((c.double() - loc) / scale).float() for c in contexts]
+        info = ds.context_info  # (in float32 up to 2026-12-05, in float64 then)
+        loc, scale = (torch.tensor(info["stats"][k], dtype=dtype) for k in ("loc", "scale"))
+        contexts = [((c.to(dtype) - loc) / scale).float() for c in contexts]
     return fingerprint(*(ds.split(k) for k in ("train", "val", "test")), *contexts)
 
 
@@ -105,7 +105,10 @@ def same_data(ds, resolved: dict, now: dict | None = None) -> bool:
     if info.get("kind") != "columns" or has_context_map(resolved.get("flow_config")):
         return False
     try:
-        return _splits_fingerprint(ds, legacy=True) == want
+        return any(
+            _splits_fingerprint(ds, legacy=True, dtype=dtype) == want
+            for dtype in (torch.float64, torch.float32)
+        )
     except (KeyError, TypeError, ValueError, OverflowError, RuntimeError):
         return False  # (statistics that are not numbers: not the run's data, said as such)
 
