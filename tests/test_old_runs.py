@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import flowforge as ff
@@ -127,3 +128,25 @@ def test_a_column_conditional_run_of_2026_12_05_keeps_its_data(tmp_path):
     moved = [c.clone() for c in ctx]
     moved[1][0, 0] += 1e-3  # (another file: still refused)
     assert not same_data(ds, {**old, "data_fingerprint": fingerprint(*base, *moved)})
+
+
+def test_a_run_on_a_csv_with_a_first_line_of_numbers_reads_it_as_then(tmp_path):
+    """F5: before 2026-12-06 a first line of numbers (``1,2,3``) was a row of data. A run that
+    recorded no ``header`` option reads its CSV so where its fingerprint says so; a new run on
+    such a file is still refused, naming ``data.header``."""
+    from flowforge.workbench.data import DataError, load_dataset
+    from flowforge.workbench.runner import _splits_fingerprint, run_dataset
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "numhdr.csv"
+    rows = "\n".join(",".join(f"{v:.5f}" for v in r) for r in rng.normal(size=(120, 3)))
+    path.write_text("1,2,3\n" + rows + "\n")
+    then = load_dataset(str(path), seed=0, header=False)
+    cfg = {
+        "data": {"name": str(path), "seed": 0, "options": {}},
+        "resolved": {"data_fingerprint": _splits_fingerprint(then)},
+    }
+    ds = run_dataset(cfg, checks=False)
+    assert torch.equal(ds.split("train"), then.split("train")) and len(then.split("train")) == 97
+    with pytest.raises(DataError, match="header"):
+        load_dataset(str(path), seed=0)

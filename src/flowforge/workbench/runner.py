@@ -168,17 +168,18 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         if size is not None and _file_size(candidate) not in (None, size):
             continue  # not the run's file: never read
         say_reading(candidate)
-        try:
-            if checks:
-                ds = load_dataset(candidate, seed=d["seed"], **d["options"])
-            else:
-                ds = reload_dataset(candidate, d["seed"], d["options"])
-        except DataError:
-            if want is None:
-                raise
-            continue  # the run's data reads: this is not it (and its contents are not shown)
-        if same_data(ds, resolved):
-            return ds
+        for options in _readings(d["options"], candidate, want):
+            try:
+                if checks:
+                    ds = load_dataset(candidate, seed=d["seed"], **options)
+                else:
+                    ds = reload_dataset(candidate, d["seed"], options)
+            except DataError:
+                if want is None:
+                    raise
+                continue  # the run's data reads: this is not it (and its contents are not shown)
+            if same_data(ds, resolved):
+                return ds
     tried = " nor at ".join(names)
     other = OTHER_FILE
     if path and not any(Path(n).exists() for n in names):
@@ -196,6 +197,16 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         f"the data at {tried} is not the data this run was trained on (its size or fingerprint "
         f"differs, or it does not read){other}"
     )
+
+
+def _readings(options: dict, name, want) -> list[dict]:
+    """The data options to read a run's file with: its own; and for a CSV of a run that
+    recorded no ``header`` (and a fingerprint to tell), ``header: false`` after them, as
+    flowforge read a first line of numbers (column names such as ``1,2,3``) before 2026-12-06:
+    a row of data, where a new run is now refused as ambiguous."""
+    if want is None or "header" in options or Path(str(name)).suffix.lower() != ".csv":
+        return [options]
+    return [options, {**options, "header": False}]
 
 
 def _source_data(source, cfg: dict):
