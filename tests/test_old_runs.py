@@ -150,3 +150,16 @@ def test_a_run_on_a_csv_with_a_first_line_of_numbers_reads_it_as_then(tmp_path):
     assert torch.equal(ds.split("train"), then.split("train")) and len(then.split("train")) == 97
     with pytest.raises(DataError, match="header"):
         load_dataset(str(path), seed=0)
+
+
+def test_a_new_run_starts_from_a_flowforge1_run(tmp_path, capsys):
+    """F6: --init-from with no model options builds the new run's model from the arguments
+    the source's model was built with (completed as loading completes them), not from today's
+    defaults; before, every old run was refused ("residual False there, None here ...")."""
+    from cli_support import cli
+
+    rc, out, err = cli(capsys, "train", "--init-from", RUN1, "--out", tmp_path / "n",
+                       "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    new = ff.load(tmp_path / "n" / "model.ff")
+    assert set(new.state_dict()) == set(ff.load(RUN1).state_dict())

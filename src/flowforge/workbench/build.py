@@ -329,6 +329,15 @@ def build_flow(
         else:
             kwargs = saved
     else:
+        theirs = (like or {}).get("flow_config")
+        if isinstance(theirs, dict) and isinstance(theirs.get("kwargs"), dict):
+            if str(theirs.get("model")).lower() == name.lower():
+                # a new run from another run's model: the arguments that model was built with
+                # (completed as loading completes them), the config's own over them, so that a
+                # default changed since (or an old run's legacy values) is not another model
+                saved = models.registry.saved_kwargs(name, theirs["kwargs"])
+                saved = {k: v for k, v in saved.items() if k not in ("features", "shape")}
+                kwargs = {**saved, **kwargs}
         if legacy:  # the builder's arguments added since take the values that rebuild the run
             kwargs = models.registry.saved_kwargs(name, kwargs)
         elif ds.stats is not None and "standardize" in takes:
