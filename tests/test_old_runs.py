@@ -163,3 +163,15 @@ def test_a_new_run_starts_from_a_flowforge1_run(tmp_path, capsys):
     assert rc == 0, err
     new = ff.load(tmp_path / "n" / "model.ff")
     assert set(new.state_dict()) == set(ff.load(RUN1).state_dict())
+
+
+def test_resuming_a_run_without_a_data_fingerprint_says_what_to_do(tmp_path):
+    """F9: a run from before data fingerprints cannot be resumed on its file (nothing tells
+    it is the run's data); the refusal gives the --init-from command that continues from it."""
+    from flowforge.workbench.errors import RunError
+    from flowforge.workbench.runner import run_dataset
+
+    path = _column_table(tmp_path)
+    cfg = {"data": {"name": str(path), "seed": 0, "options": {}}, "resolved": {}}
+    with pytest.raises(RunError, match=f"--init-from old --data {path} --out NEW_RUN"):
+        run_dataset(cfg, RunError, "old")

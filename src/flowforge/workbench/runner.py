@@ -161,7 +161,13 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         raise error(
             f"{what}the run's config names the file {names[0]} but records no fingerprint of "
             "it, so flowforge cannot tell it is the run's data"
-            + ("" if run is not None else OTHER_FILE)
+            + (
+                f" (a run from before data fingerprints); a new run can start from its model "
+                f"on that file: flowforge train --init-from {run} --data {names[0]} --out "
+                "NEW_RUN --epochs N"
+                if run is not None
+                else OTHER_FILE
+            )
         )
     size = resolved.get("data_bytes")  # a file's size when the run started (since 2026-12-06)
     for candidate in names:
