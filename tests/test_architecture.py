@@ -154,3 +154,24 @@ def test_a_run_folder_of_the_earlier_workbench_still_evaluates(tmp_path):
     res = evaluate_run(str(DATA / "format1" / "run-moons"), "test")
     assert res["examples"] == 1000
     assert abs(res["nll"] - 3.8089950013160707) < 1e-6
+
+
+@pytest.mark.parametrize("model", ["maf", "iaf", "nsf"])
+def test_a_format1_file_builds_with_the_defaults_of_its_time(tmp_path, model):
+    """flowforge/1 files record only the arguments given: an absent one stands for the default
+    of then (MAF: 5 layers of (128, 128) plain MADEs, today max(5, 32 // features) residual
+    ones; permutation "reverse", today "auto"), so the file loads as the model it holds."""
+    from flowforge import io
+
+    torch.manual_seed(0)
+    old = {"layers": 5, "hidden": [128, 128], "residual": False} if model == "maf" else {}
+    then = ff.models.build(model, features=3, permutation="reverse", standardize=False, **old)
+    with torch.no_grad():
+        for p in then.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    meta = {"format": "flowforge/1", "config": {"model": model.upper(), "kwargs": {"features": 3}}}
+    (tmp_path / "m.ff").write_bytes(io.pack(then.state_dict(), meta))
+    flow = ff.load(tmp_path / "m.ff")
+    assert flow.config["kwargs"]["permutation"] == "reverse"
+    x = torch.randn(6, 3)
+    torch.testing.assert_close(flow.log_prob(x), then.eval().log_prob(x))

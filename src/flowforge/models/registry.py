@@ -57,6 +57,17 @@ CHANGED_WITH = {
     "adjacency": {b: {"permutation": ("auto", "reverse")} for b in ("maf", "iaf", "nsf")},
 }
 
+# Defaults a builder had when flowforge/1 files were written (2026-11), which record only the
+# arguments given, and that changed since, per builder: the value an argument absent from such
+# a file stands for (MAF: 5 layers of two 128-wide plain MADEs, then max(5, 32 // features) of
+# residual ones; MAF, IAF, NSF: permutation "reverse", now "auto", the same without an
+# adjacency). A flowforge/2 configuration records every argument, so none is absent there.
+FORMAT1_DEFAULTS = {
+    "maf": {"layers": 5, "hidden": [128, 128], "permutation": "reverse"},
+    "iaf": {"permutation": "reverse"},
+    "nsf": {"permutation": "reverse"},
+}
+
 # Defaults that changed without an argument being added, per builder: the value recorded
 # since and the value recorded before for the same model (the IDF's partitions: 4 before,
 # None since, which is min(4, features), the same model wherever 4 was valid).
@@ -446,9 +457,11 @@ def build(name: str, **kwargs) -> Flow:
 
 def saved_kwargs(name: str, kwargs: dict) -> dict:
     """The arguments of a saved configuration (``flow.config["kwargs"]``), completed with the
-    :data:`LEGACY` value of every argument the builder gained after it was written."""
+    :data:`LEGACY` value of every argument the builder gained after it was written, and with
+    the :data:`FORMAT1_DEFAULTS` of a builder whose defaults changed since flowforge/1."""
     params = spec(name).signature.parameters
-    return {**{k: v for k, v in LEGACY.items() if k in params and k not in kwargs}, **kwargs}
+    old = {**LEGACY, **FORMAT1_DEFAULTS.get(str(name).lower(), {})}
+    return {**{k: v for k, v in old.items() if k in params and k not in kwargs}, **kwargs}
 
 
 def earlier_configs(config) -> list[dict]:

@@ -24,6 +24,7 @@ __all__ = [
     "standardized",
     "size_rule",
     "same_model",
+    "rebuild_refusal",
     "model_arguments",
     "SIZING",
 ]
@@ -328,6 +329,15 @@ def build_flow(
         else:
             kwargs = saved
     else:
+        theirs = (like or {}).get("flow_config")
+        if isinstance(theirs, dict) and isinstance(theirs.get("kwargs"), dict):
+            if str(theirs.get("model")).lower() == name.lower():
+                # a new run from another run's model: the arguments that model was built with
+                # (completed as loading completes them), the config's own over them, so that a
+                # default changed since (or an old run's legacy values) is not another model
+                saved = models.registry.saved_kwargs(name, theirs["kwargs"])
+                saved = {k: v for k, v in saved.items() if k not in ("features", "shape")}
+                kwargs = {**saved, **kwargs}
         if legacy:  # the builder's arguments added since take the values that rebuild the run
             kwargs = models.registry.saved_kwargs(name, kwargs)
         elif ds.stats is not None and "standardize" in takes:
@@ -536,23 +546,77 @@ def _check_replayed(before: dict, now: dict, then_params, now_params: int) -> No
     )
     raise WorkbenchError(
         f"cannot replay the run this config records: this flowforge builds another model from "
-        f"the arguments it recorded ({what}); replay it with the flowforge it was trained with "
-        "(resolved.environment), or train a new run from these options (remove the config's "
-        "resolved section)"
+        f"the arguments it recorded ({what}){_predates(before)}; replay it with the flowforge it "
+        "was trained with (resolved.environment), or train a new run from these options (remove "
+        "the config's resolved section)"
     )
 
 
 def same_model(before: dict | None, now: dict | None) -> bool:
     """Whether a stored ``flow_config`` and a rebuilt one describe the same model (a stored one
-    from before an argument existed counts that argument at its legacy value)."""
+    from before an argument existed counts that argument at its legacy value). A stored one
+    of flowforge/1 (:func:`format1_config`) is compared as loading reads it: upgraded
+    (``io._upgrade_format1``), and both completed with the builder's defaults, since it lists
+    only the arguments given and a rebuilt one lists them all."""
     if before == now:
         return True
     if not isinstance(before, dict) or not isinstance(now, dict):
         return False
     if not before or not now or not isinstance(before.get("kwargs"), dict):
         return False
+    old = format1_config(before)
+    if old:
+        from ..io import _upgrade_format1
+
+        before = _upgrade_format1(before, {})[0]
     kwargs = models.registry.saved_kwargs(before["model"], before["kwargs"])
-    return {**before, "kwargs": kwargs} == now
+    if {**before, "kwargs": kwargs} == now:
+        return True
+    if not old or not isinstance(now.get("kwargs"), dict) or now.get("model") != before["model"]:
+        return False
+    params = models.spec(before["model"]).signature.parameters.values()
+    defaults = models.registry._jsonable(
+        {p.name: p.default for p in params if p.default is not p.empty}
+    )
+    theirs = models.registry.saved_kwargs(now["model"], now["kwargs"])
+    return {**before, "kwargs": {**defaults, **kwargs}} == {
+        **now,
+        "kwargs": {**defaults, **theirs},
+    }
+
+
+def _predates(flow_config) -> str:
+    """Where a stored ``flow_config`` is of flowforge/1, the words that say so."""
+    if isinstance(flow_config, dict) and format1_config(flow_config):
+        return (
+            " (the run predates flowforge/2, 2026-12-01, and its config lists only the arguments"
+            " given)"
+        )
+    return ""
+
+
+def rebuild_refusal(run, flow_config) -> str:
+    """Why a run cannot be resumed when this flowforge builds another model from its recorded
+    arguments, and the ways forward."""
+    return (
+        f"cannot resume {run}: the model builder now gives a different model"
+        f"{_predates(flow_config)}; finish it with the flowforge it was trained with "
+        f"(resolved.environment), or start a new run from its model: flowforge train "
+        f"--init-from {run} --out NEW_RUN --epochs N"
+    )
+
+
+def format1_config(config: dict) -> bool:
+    """Whether a stored ``flow_config`` was written by flowforge/1 (before 2026-12-01), which
+    recorded only the arguments given: it has a top-level ``standardize``, or lacks the data
+    options that every flowforge/2 configuration of such a builder lists."""
+    if "standardize" in config:
+        return True
+    try:
+        spec = models.spec(str(config.get("model")))
+    except ValueError:
+        return False
+    return spec.data and not {"preprocess", "alpha", "base"} <= set(config.get("kwargs") or {})
 
 
 def _legacy_context(stored: dict | None) -> bool:

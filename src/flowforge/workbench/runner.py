@@ -23,7 +23,7 @@ import torch
 from .. import io, models
 from .._util import fork_rng
 from . import warm_start
-from .build import build_flow, describe, has_context_map, same_model
+from .build import build_flow, describe, has_context_map, rebuild_refusal, same_model
 from .config import DEFAULT_TRAIN, model_lr, read_config, resolve_config
 from .data import constant_columns, load_dataset, reload_dataset
 from .distributed import barrier, device, dist_env, init_distributed
@@ -84,12 +84,12 @@ def _callers_random_state():
             np.random.set_state(np_state)
 
 
-def _splits_fingerprint(ds, legacy: bool = False) -> dict:
+def _splits_fingerprint(ds, legacy: bool = False, dtype=torch.float64) -> dict:
     contexts = [ds.split_context(k) for k in ("train", "val")]
     if legacy:  # standardised, as the workbench handed them to the model before 2026-12-06
-        info = ds.context_info
-        loc, scale = (torch.tensor(info["stats"][k], dtype=torch.float64) for k in ("loc", "scale"))
-        contexts = [((c.double() - loc) / scale).float() for c in contexts]
+        info = ds.context_info  # (in float32 up to 2026-12-05, in float64 then)
+        loc, scale = (torch.tensor(info["stats"][k], dtype=dtype) for k in ("loc", "scale"))
+        contexts = [((c.to(dtype) - loc) / scale).float() for c in contexts]
     return fingerprint(*(ds.split(k) for k in ("train", "val", "test")), *contexts)
 
 
@@ -105,7 +105,10 @@ def same_data(ds, resolved: dict, now: dict | None = None) -> bool:
     if info.get("kind") != "columns" or has_context_map(resolved.get("flow_config")):
         return False
     try:
-        return _splits_fingerprint(ds, legacy=True) == want
+        return any(
+            _splits_fingerprint(ds, legacy=True, dtype=dtype) == want
+            for dtype in (torch.float64, torch.float32)
+        )
     except (KeyError, TypeError, ValueError, OverflowError, RuntimeError):
         return False  # (statistics that are not numbers: not the run's data, said as such)
 
@@ -158,24 +161,31 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         raise error(
             f"{what}the run's config names the file {names[0]} but records no fingerprint of "
             "it, so flowforge cannot tell it is the run's data"
-            + ("" if run is not None else OTHER_FILE)
+            + (
+                f" (a run from before data fingerprints); a new run can start from its model "
+                f"on that file: flowforge train --init-from {run} --data {names[0]} --out "
+                "NEW_RUN --epochs N"
+                if run is not None
+                else OTHER_FILE
+            )
         )
     size = resolved.get("data_bytes")  # a file's size when the run started (since 2026-12-06)
     for candidate in names:
         if size is not None and _file_size(candidate) not in (None, size):
             continue  # not the run's file: never read
         say_reading(candidate)
-        try:
-            if checks:
-                ds = load_dataset(candidate, seed=d["seed"], **d["options"])
-            else:
-                ds = reload_dataset(candidate, d["seed"], d["options"])
-        except DataError:
-            if want is None:
-                raise
-            continue  # the run's data reads: this is not it (and its contents are not shown)
-        if same_data(ds, resolved):
-            return ds
+        for options in _readings(d["options"], candidate, want):
+            try:
+                if checks:
+                    ds = load_dataset(candidate, seed=d["seed"], **options)
+                else:
+                    ds = reload_dataset(candidate, d["seed"], options)
+            except DataError:
+                if want is None:
+                    raise
+                continue  # the run's data reads: this is not it (and its contents are not shown)
+            if same_data(ds, resolved):
+                return ds
     tried = " nor at ".join(names)
     other = OTHER_FILE
     if path and not any(Path(n).exists() for n in names):
@@ -193,6 +203,16 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         f"the data at {tried} is not the data this run was trained on (its size or fingerprint "
         f"differs, or it does not read){other}"
     )
+
+
+def _readings(options: dict, name, want) -> list[dict]:
+    """The data options to read a run's file with: its own; and for a CSV of a run that
+    recorded no ``header`` (and a fingerprint to tell), ``header: false`` after them, as
+    flowforge read a first line of numbers (column names such as ``1,2,3``) before 2026-12-06:
+    a row of data, where a new run is now refused as ambiguous."""
+    if want is None or "header" in options or Path(str(name)).suffix.lower() != ".csv":
+        return [options]
+    return [options, {**options, "header": False}]
 
 
 def _source_data(source, cfg: dict):
@@ -437,9 +457,7 @@ def _train(
             resolved["data_bytes"] = _file_size(cfg["data"]["name"])
         if stored is not None:
             if not same_model(stored["resolved"].get("flow_config"), resolved["flow_config"]):
-                raise RunError(
-                    f"cannot resume {out}: the model builder now gives a different model"
-                )
+                raise RunError(rebuild_refusal(out, stored["resolved"].get("flow_config")))
         environment = run_environment(device(cfg["train"]["device"]))
         if stored is None:
             resolved["environment"] = environment
