@@ -252,3 +252,21 @@ def test_a_resume_under_another_default_dtype_warns(tmp_path, capsys, monkeypatc
     rc, out, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
     said = warnings_in(out + err)
     assert len(said) == 1 and "default dtype float32, here float64" in said[0], out + err
+
+
+def test_another_flowforge_code_is_said_on_resume_and_replay():
+    # the version stayed 0.1.0 while the splines' last digits changed (2026-12-05/06): a replay
+    # of an older NSF run drifted (1.3180 against 1.3322) and nothing said why; the package's
+    # code hash is recorded and compared since 2026-12-07
+    now = run_environment("cpu")
+    assert len(now["source"]) == 12 and now["source"] == run_environment("cpu")["source"]
+    assert environment_warning(now, now, "x") is None
+    line = environment_warning({**now, "source": "0123456789ab"}, now, "the recorded run")
+    assert "flowforge's code 0123456789ab, here " + now["source"] in line
+    assert "may not be bit-identical" in line
+    both = environment_warning({**now, "source": "0123456789ab", "torch": "1.0"}, now, "x")
+    assert "will not be bit-identical" in both
+    assert f"(code {now['source']})" in describe_environment(now)
+    # a run from before it was recorded: nothing to compare
+    old = {k: v for k, v in now.items() if k != "source"}
+    assert environment_warning(old, now, "x") is None

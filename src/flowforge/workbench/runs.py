@@ -21,6 +21,7 @@ behind are removed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -763,6 +764,19 @@ def _version(package: str) -> str | None:
         return None
 
 
+@functools.cache
+def source_hash() -> str:
+    """The first 12 hex digits of a SHA-256 over the flowforge package's Python files (their
+    paths and bytes, in path order): what tells one flowforge apart from another where the
+    version number stays (0.1.0 from 2026-11-22 on, while the splines' arithmetic changed in
+    its last digits). About a megabyte, read once per process."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def run_environment(device="cpu") -> dict:
     """What a run's numbers depend on besides its config and data, as ``config.json`` records
     it (``resolved.environment``): the versions of flowforge, torch, numpy, scikit-learn (the
@@ -778,6 +792,7 @@ def run_environment(device="cpu") -> dict:
     dev = torch.device(device)
     env = {
         "flowforge": __version__,
+        "source": source_hash(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "scikit-learn": _version("scikit-learn"),
@@ -807,6 +822,7 @@ def recorded_environment(env) -> dict | None:
     out = {}
     for k in (
         "flowforge",
+        "source",
         "torch",
         "numpy",
         "scikit-learn",
@@ -839,6 +855,8 @@ def describe_environment(env) -> str:
         return ""
     names = ("flowforge", "torch", "numpy", "scikit-learn")  # (every field checked: above)
     versions = [f"{k} {env[k]}" for k in names if k in env]
+    if "source" in env and versions and versions[0].startswith("flowforge "):
+        versions[0] += f" (code {env['source']})"
     if "python" in env:
         versions.append(f"Python {env['python']}")
     setup = []
@@ -882,13 +900,24 @@ def environment_warning(recorded, now: dict, what: str) -> str | None:
     if "torch" in recorded and recorded["torch"] != now["torch"]:
         diffs.append(f"torch {recorded['torch']}, here {now['torch']}")
         fixes.append(f"torch {recorded['torch']}")
+    if "source" in recorded and now.get("source") and recorded["source"] != now["source"]:
+        # (another flowforge: its arithmetic may differ in the last digits, which training
+        # amplifies; recorded since 2026-12-07)
+        diffs.append(f"flowforge's code {recorded['source']}, here {now['source']}")
+        fixes.append(f"the flowforge whose code hashes to {recorded['source']}")
     was = recorded.get("default_dtype")
     if was is not None and was != now.get("default_dtype"):
         diffs.append(f"torch's default dtype {was}, here {now.get('default_dtype')}")
         fixes.append(f"torch.set_default_dtype(torch.{was}) before it")
     if not diffs:
         return None
+    # (another flowforge alone: the numbers differ only where the code that changed computes)
+    will = (
+        "may not be"
+        if len(diffs) == 1 and diffs[0].startswith("flowforge's code")
+        else ("will not be")
+    )
     return (
-        f"warning: the run was recorded with {'; '.join(diffs)}: the result will not be "
+        f"warning: the run was recorded with {'; '.join(diffs)}: the result {will} "
         f"bit-identical to {what}; to match it, run with {', '.join(fixes)}"
     )
