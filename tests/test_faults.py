@@ -344,3 +344,39 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
     rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err
     assert same_weights(out, reference) and _epochs(out) == _epochs(reference)
+
+
+def _records(run: Path) -> list:
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time"} for r in recs]
+
+
+def test_a_crash_after_resuming_from_an_epochs_last_step_leaves_no_second_epoch_record(
+    tmp_path, monkeypatch, capsys, reference
+):
+    """Interrupted on an epoch's last step (its checkpoint has that epoch's step, its
+    validation still to do), resumed, and killed after the epoch's record but before its
+    checkpoint: the next resume drops that record (before, it was kept, and the epoch logged
+    twice: "epochs run 4 of 3")."""
+    out = tmp_path / "run"
+
+    def interrupt(trainer):
+        if trainer.global_step == 6:  # the last step of epoch 2 (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(CFG, out, progress=False, echo=False, callback=interrupt)
+    assert result["status"] == "interrupted" and result["steps"] == 6
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"], meta["global_step"]) == (1, 3, 6)
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "cannot write checkpoint.safetensors: No space left")
+
+    monkeypatch.setattr(trainer_module.Trainer, "save_checkpoint", full)
+    with pytest.raises(OSError):
+        train({}, out, resume=True, progress=False, echo=False)
+    assert [e for e, _, _ in _epochs(out)] == [1, 2]  # epoch 2's record, no checkpoint
+    monkeypatch.undo()
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference) and _records(out) == _records(reference)

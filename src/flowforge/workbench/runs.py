@@ -715,9 +715,11 @@ def read_metrics(
     return out
 
 
-def truncate_metrics(run: Path, step: int) -> Records:
+def truncate_metrics(run: Path, step: int, epochs: int | None = None) -> Records:
     """Drop the records after ``step`` (a lost future after an interrupt), streaming the file
-    through; returns the records kept (:class:`Records`)."""
+    through; returns the records kept (:class:`Records`). With ``epochs`` (the checkpoint's
+    finished epochs), an epoch record of a later epoch goes too: a checkpoint taken on an
+    epoch's last step, before its validation, has the step of that epoch's record."""
     path = Path(run) / METRICS_FILE
     keep = Records()
     if not path.is_file():
@@ -728,7 +730,11 @@ def truncate_metrics(run: Path, step: int) -> Records:
         for _, line in _metrics_lines(path):
             rec = _record(line)
             at = None if rec is None else rec.get("step", 0)
-            if not isinstance(at, bool) and isinstance(at, (int, float)) and at <= step:
+            ok = not isinstance(at, bool) and isinstance(at, (int, float)) and at <= step
+            if ok and epochs is not None and rec.get("type") == "epoch":
+                e = rec.get("epoch")
+                ok = isinstance(e, bool) or not isinstance(e, int) or e <= epochs
+            if ok:
                 keep.append(rec)
                 yield line if line.endswith(b"\n") else line + b"\n"
 

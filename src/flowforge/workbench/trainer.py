@@ -893,9 +893,12 @@ class Trainer:
                         "train.log_every to log fewer steps"
                     )
             if self._tb is not None:
-                for k, v in record.items():
-                    if isinstance(v, float) and k != "time":
-                        self._tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
+                self._tb_scalars(record)
+
+    def _tb_scalars(self, record: dict) -> None:
+        for k, v in record.items():
+            if isinstance(v, float) and k != "time":
+                self._tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
 
     def _say(self, msg: str) -> None:
         if self.echo and self.rank == 0:
@@ -1257,7 +1260,7 @@ class Trainer:
             )
         if self.writer and (self.out / METRICS_FILE).is_file():
             # metrics written after the checkpoint belong to a lost future: drop them
-            self.history = truncate_metrics(self.out, self.global_step)
+            self.history = truncate_metrics(self.out, self.global_step, self.epoch)
             self._metrics_bytes = None  # (its size is looked up again)
 
     # -- the loop -------------------------------------------------------------------------
@@ -1330,10 +1333,14 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                # resumed: TensorBoard hides what a killed process logged after the checkpoint's
-                # step (as metrics.jsonl drops it), keeping the records at that step
-                purge = self.global_step + 1 if self.global_step > 0 else None
+                # resumed: TensorBoard hides what a killed process logged from the checkpoint's
+                # step on (an epoch's validation can share its last step), and the records kept
+                # at that step (as metrics.jsonl keeps them) are logged again
+                purge = self.global_step if self.global_step > 0 else None
                 self._tb = SummaryWriter(str(self.out / "tb"), purge_step=purge)
+                for rec in self.history if purge else ():
+                    if rec.get("step") == self.global_step and isinstance(rec.get("type"), str):
+                        self._tb_scalars(rec)
             except ImportError:
                 self._tb = None
         model = self.model
