@@ -159,6 +159,25 @@ def test_sighup_saves_like_sigterm(tmp_path):
     assert meta["global_step"] == 4
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    """Under nohup SIGHUP is ignored when training starts (and SIGINT for `cmd &` in a
+    script): closing the terminal must not stop the training."""
+    out = tmp_path / "run"
+
+    def hangup(trainer):
+        if trainer.global_step == 4:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = train(CFG, out, progress=False, echo=False, callback=hangup)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert result["status"] == "finished" and result["epochs"] == CFG["train"]["epochs"]
+
+
 def test_two_trainings_into_one_folder(tmp_path, capsys, reference):
     """A run whose lock is held by a live process (a training in progress) is neither
     overwritten, resumed nor restarted; once that process is gone the lock is stale."""

@@ -500,7 +500,8 @@ class _Signals:
     agree on), where the checkpoint it saves resumes exactly: the weights, the optimizer and
     the counters of finished steps, and the random state before the next step's draws. A
     second signal before then stops at once (:class:`_ForcedStop`) and keeps the last
-    checkpoint; inside :meth:`deferred` (a file being written) every signal waits."""
+    checkpoint; inside :meth:`deferred` (a file being written) every signal waits. A signal
+    ignored when training starts (SIGHUP under ``nohup``) stays ignored."""
 
     SIGNALS = tuple(
         s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s
@@ -521,6 +522,8 @@ class _Signals:
 
     def __enter__(self):
         for s in self.SIGNALS:
+            if signal.getsignal(s) is signal.SIG_IGN:  # (nohup, `&` in a script): stays so
+                continue
             try:
                 self.old[s] = signal.signal(s, self._handler)
             except ValueError:  # not the main thread
