@@ -551,3 +551,52 @@ def test_damaged_sections_of_a_run_config_are_one_line(tmp_path, capsys):
         for args in (("eval", run), ("train", "--init-from", run, "--out", tmp_path / "n")):
             rc, _, err = cli(capsys, *args)
             one_line_error(rc, err, said)
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9 in the middle of clearing a run."""
+
+
+def test_a_kill_while_overwrite_clears_leaves_a_run_overwrite_clears(tmp_path, capsys, monkeypatch):
+    """config.json (what makes the folder a run) goes last: before, it went first, and a
+    folder killed midway was "not a flowforge run" that --overwrite refused to clear."""
+    from flowforge.workbench import runs
+
+    out = tiny_moons_run(capsys, tmp_path / "run")
+    real, calls = Path.unlink, []
+
+    def unlink(self, missing_ok=False):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise _Killed
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(_Killed):
+        runs.clear_run(out)
+    monkeypatch.undo()
+    assert runs.is_run(out) and "config.json" not in calls
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet", "--overwrite")  # fmt: skip
+    assert rc == 0, err
+
+
+def test_a_signal_while_a_run_is_cleared_waits_for_the_clearing(tmp_path, capsys, monkeypatch):
+    from flowforge.workbench import runs
+
+    out = tiny_moons_run(capsys, tmp_path / "run")
+    real, calls = Path.unlink, []
+
+    def unlink(self, missing_ok=False):
+        calls.append(self.name)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        runs.clear_run(out)
+    monkeypatch.undo()
+    assert calls[-1] == "config.json" and not (out / "config.json").exists()
+    assert not (out / "model.ff").exists() and not (out / "metrics.jsonl").exists()

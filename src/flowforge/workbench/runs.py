@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import socket
 import tempfile
 import time
@@ -376,16 +377,43 @@ def _ours_in(folder: Path, ours) -> None:
         pass
 
 
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT, SIGTERM and SIGHUP wait while inside (a run's files are being cleared): one
+    that arrives is raised again on leaving, under the handler there was before. An ignored
+    signal stays ignored; outside the main thread nothing is held."""
+    got: list[int] = []
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if s is None or signal.getsignal(s) in (signal.SIG_IGN, None):
+            continue
+        try:
+            old[s] = signal.signal(s, lambda signum, frame: got.append(signum))
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)
+
+
 def clear_run(out: Path) -> None:
-    """Remove the files a run writes, and nothing else (a user's file in the folder stays)."""
+    """Remove the files a run writes, and nothing else (a user's file in the folder stays).
+    ``config.json``, what marks the folder as a run, goes last: a folder left half cleared
+    (a kill) is still a run, which ``--overwrite`` clears; signals wait for the clearing."""
     if not is_run(out):
         raise RunError(f"{out} is not a flowforge run; refusing to clear it")
-    for name in RUN_FILES:
-        if name != LOCK_FILE:
-            (out / name).unlink(missing_ok=True)
-    _ours_in(out / REPORT_DIR, is_report_figure)
-    _ours_in(out / TB_DIR, lambda name: name.startswith("events.out.tfevents."))
-    remove_orphans(out)
+    with held_signals():
+        for name in RUN_FILES:
+            if name not in (LOCK_FILE, CONFIG_FILE):
+                (out / name).unlink(missing_ok=True)
+        _ours_in(out / REPORT_DIR, is_report_figure)
+        _ours_in(out / TB_DIR, lambda name: name.startswith("events.out.tfevents."))
+        remove_orphans(out)
+        (out / CONFIG_FILE).unlink(missing_ok=True)
 
 
 def _our_temporary(name: str) -> bool:
