@@ -399,3 +399,4 @@ def test_a_crash_after_resuming_from_an_epochs_last_step_leaves_no_second_epoch_
     rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err
     assert same_weights(out, reference) and _records(out) == _records(reference)
+

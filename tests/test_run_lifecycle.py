@@ -600,3 +600,61 @@ def test_a_signal_while_a_run_is_cleared_waits_for_the_clearing(tmp_path, capsys
     monkeypatch.undo()
     assert calls[-1] == "config.json" and not (out / "config.json").exists()
     assert not (out / "model.ff").exists() and not (out / "metrics.jsonl").exists()
+
+
+def _unreadable(monkeypatch, name: str) -> None:
+    """Opening the file ``name`` fails as a mode-000 file does for a user who is not root."""
+    import builtins
+
+    real_os_open, real_open, real_read_text = os.open, builtins.open, Path.read_text
+
+    def denied(path):
+        if Path(path).name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    def os_open(path, *a, **k):
+        denied(path)
+        return real_os_open(path, *a, **k)
+
+    def open_(path, *a, **k):
+        if isinstance(path, (str, os.PathLike)):
+            denied(path)
+        return real_open(path, *a, **k)
+
+    def read_text(self, *a, **k):
+        denied(self)
+        return real_read_text(self, *a, **k)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(Path, "read_text", read_text)
+
+
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("model.ff", "resume"),
+        ("model.ff", "eval"),
+        ("checkpoint.safetensors", "resume"),
+        ("config.json", "eval"),
+        ("metrics.jsonl", "resume"),
+        ("metrics.jsonl", "report"),
+    ],
+)
+def test_an_unreadable_file_is_said_to_be_unreadable_not_damaged(
+    tmp_path, capsys, monkeypatch, name, command
+):
+    """A permission problem is no damage: before, model.ff was "damaged" with the advice to
+    train again with --overwrite (which throws a resumable run away), config.json "corrupt",
+    and a metrics.jsonl that failed to read "cannot write"."""
+    out = interrupted(tmp_path / "run")
+    _unreadable(monkeypatch, name)
+    args = {
+        "resume": ("train", "--out", out, "--resume", "--no-progress", "--quiet"),
+        "eval": ("eval", out),
+        "report": ("report", out),
+    }[command]
+    rc, _, err = cli(capsys, *args)
+    one_line_error(rc, err, f"cannot read {out / name}: Permission denied")
+    for word in ("damaged", "corrupt", "--overwrite", "cannot write"):
+        assert word not in err, err

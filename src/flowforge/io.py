@@ -190,13 +190,18 @@ def _crc32(tensors: dict[str, torch.Tensor]) -> int:
     return crc
 
 
+class Unreadable(ValueError):
+    """A file that could not be read (no permission, an I/O error): not a damaged one. Its
+    message is ``cannot read PATH: REASON``."""
+
+
 def _open(path: Path) -> tuple[int, os.stat_result]:
     """A descriptor of ``path``, opened without blocking (a FIFO is not waited on), and its
-    ``fstat``; ``ValueError`` where it cannot be opened. The caller closes it."""
+    ``fstat``; :class:`Unreadable` where it cannot be opened. The caller closes it."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise ValueError(f"cannot open {path}: {e.strerror}") from None
+        raise Unreadable(f"cannot read {path}: {e.strerror or e}") from None
     return fd, os.fstat(fd)
 
 
@@ -212,7 +217,10 @@ def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
             )
         chunks, left = [], st.st_size + 1  # one byte more: a file that grows is refused
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
+            try:
+                chunk = os.read(fd, min(left, 1 << 24))
+            except OSError as e:
+                raise Unreadable(f"cannot read {path}: {e.strerror or e}") from None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -314,9 +322,13 @@ def unpack(
         tensors = st.torch.load(data)
         if crc is not None and _crc32(tensors) != crc:
             raise ValueError("its tensors fail their checksum (a damaged file)")
+    except Unreadable:
+        raise  # (no permission, an I/O error: not a damaged file)
     except ValueError as e:
         raise ValueError(f"{path} is not a readable {what} (corrupt or truncated?): {e}") from None
-    except (st.SafetensorError, RuntimeError, OSError) as e:
+    except OSError as e:
+        raise Unreadable(f"cannot read {path}: {e.strerror or e}") from None
+    except (st.SafetensorError, RuntimeError) as e:
         msg = " ".join(str(e).split())
         raise ValueError(
             f"{path} is not a readable {what} (corrupt or truncated?): {msg}"

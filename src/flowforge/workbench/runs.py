@@ -104,7 +104,9 @@ def run_config(run: str | os.PathLike) -> dict:
         cfg = json.loads(path.read_text())
     except RecursionError:
         raise RunError(f"{path} is corrupt: nested too deeply") from None
-    except (ValueError, OSError) as e:  # (JSON, UTF-8, a number of thousands of digits)
+    except OSError as e:  # (no permission, an I/O error: not a corrupt file)
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:  # (JSON, UTF-8, a number of thousands of digits)
         raise RunError(f"{path} is corrupt: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
         raise RunError(f"{run} is not a flowforge run ({CONFIG_FILE} was not written by flowforge)")
@@ -692,16 +694,24 @@ def _records(items: list, limit: int, stride: int, seen: int, steps: int) -> Rec
 
 
 def _metrics_lines(path: Path):
-    """``(line number, bytes of the line or None when it is too long to be a record)``."""
-    with open(path, "rb") as f:
+    """``(line number, bytes of the line or None when it is too long to be a record)``; a
+    file that cannot be read (no permission, an I/O error) is a :class:`RunError` saying so."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; its errors are a read's
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
         for i in itertools.count(1):
-            line = f.readline(MAX_METRICS_LINE + 1)
-            if not line:
+            try:
+                line = f.readline(MAX_METRICS_LINE + 1)
+                if len(line) > MAX_METRICS_LINE and not line.endswith(b"\n"):
+                    while (more := f.readline(MAX_METRICS_LINE)) and not more.endswith(b"\n"):
+                        pass  # the rest of the overlong line
+                    line = None
+            except OSError as e:
+                raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+            if line == b"":
                 return
-            if len(line) > MAX_METRICS_LINE and not line.endswith(b"\n"):
-                while (more := f.readline(MAX_METRICS_LINE)) and not more.endswith(b"\n"):
-                    pass  # the rest of the overlong line
-                line = None
             yield i, line
 
 

@@ -1298,6 +1298,8 @@ class Trainer:
             ):
                 try:  # read now, not named at the end as the model when it cannot be loaded
                     io.unpack(self.out / MODEL_FILE, what="model file")
+                except io.Unreadable as e:  # (no permission: not a reason to train again)
+                    raise RunError(f"cannot resume {self.out}: {e}") from None
                 except ValueError as e:
                     raise RunError(
                         f"cannot resume {self.out}: its best model ({MODEL_FILE}, epoch "
