@@ -400,3 +400,30 @@ def test_a_crash_after_resuming_from_an_epochs_last_step_leaves_no_second_epoch_
     assert rc == 0, err
     assert same_weights(out, reference) and _records(out) == _records(reference)
 
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_failed_metrics_append_names_the_file_and_leaves_no_partial_line(
+    tmp_path, capsys, monkeypatch
+):
+    """A file-size limit (or a full disk) in the middle of a record: before, the error was
+    "File too large" naming no file, and metrics.jsonl ended in half a record."""
+    out = tmp_path / "run"
+    real, writes = os.write, {"n": 0}
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+            writes["n"] += 1
+            if writes["n"] == 5:  # half the record goes in, then the limit is reached
+                real(fd, bytes(data[: len(data) // 2]))
+                raise OSError(errno.EFBIG, "File too large")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CFG))
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress", "--quiet")
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"cannot write {out / 'metrics.jsonl'}: File too large" in err, err
+    text = (out / "metrics.jsonl").read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == 4, text
+    assert all(json.loads(line) for line in text.splitlines())

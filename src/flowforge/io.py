@@ -19,6 +19,7 @@ reads any tensor. See ``docs/security.md`` for what a file can and cannot make f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -124,6 +125,28 @@ def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append(path: str | os.PathLike, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created if missing), whole or not at all: a failed write (a
+    full disk, a file-size limit) truncates the file back to its size before, where it can, and
+    raises an ``OSError`` that names the file."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        with contextlib.suppress(OSError):  # no partial line left, where it can be undone
+            os.ftruncate(fd, size)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
 
 
 def write_npy(path: str | os.PathLike, a, replace: bool = True) -> None:

@@ -884,8 +884,7 @@ class Trainer:
             full = self._metrics_bytes >= METRICS_STEP_BYTES
             if record["type"] != "step" or not full:
                 line = (json.dumps(record) + "\n").encode()
-                with open(path, "ab") as f:
-                    f.write(line)
+                io.append(path, line)  # (a failure names the file and leaves no partial line)
                 self._metrics_bytes += len(line)
             if record["type"] == "step" and self._metrics_bytes >= METRICS_STEP_BYTES:
                 if not self._metrics_full:  # (the warning is not a step record: no loop)
