@@ -427,3 +427,58 @@ def test_a_failed_metrics_append_names_the_file_and_leaves_no_partial_line(
     text = (out / "metrics.jsonl").read_text()
     assert text.endswith("\n") and len(text.splitlines()) == 4, text
     assert all(json.loads(line) for line in text.splitlines())
+
+
+class _FailingStdout:
+    """A standard output that fails from the first line holding ``after`` on (no descriptor)."""
+
+    def __init__(self, error: OSError, after: str = ""):
+        self.error, self.after, self.failed, self.text = error, after, False, []
+
+    def write(self, text):
+        if self.failed or self.after in text:
+            self.failed = True
+            raise self.error
+        self.text.append(text)
+        return len(text)
+
+    def flush(self):
+        if self.failed:
+            raise self.error
+
+    def isatty(self):
+        return False
+
+
+@pytest.mark.parametrize(
+    "error",
+    [BrokenPipeError(errno.EPIPE, "Broken pipe"), OSError(errno.ENOSPC, "No space left on device")],
+)
+def test_a_lost_standard_output_stops_training_with_a_checkpoint(
+    tmp_path, capsys, monkeypatch, reference, error
+):
+    """`train | head -3` (the reader gone) or `train > log` on a full disk: before, training
+    ended silently (exit 141, no interrupt save) or with "No space left on device" naming
+    no file. Now it stops as for SIGHUP, saving a checkpoint, and says it was stdout."""
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CFG))
+    monkeypatch.setattr(sys, "stdout", _FailingStdout(error, after="epoch 2/"))
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress")
+    reason = error.strerror
+    assert rc == 130, err
+    assert f"flowforge: cannot write to standard output: {reason}; interrupted at" in err, err
+    assert "checkpoint saved" in err and "Traceback" not in err, err
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (2, 0)  # epoch 2 finished and saved
+    monkeypatch.undo()
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference) and _epochs(out) == _epochs(reference)
+
+
+def test_a_full_standard_output_is_named_as_such(tmp_path, capsys, monkeypatch):
+    out = tiny_moons_run(capsys, tmp_path / "run")
+    monkeypatch.setattr(sys, "stdout", _FailingStdout(OSError(errno.ENOSPC, "No space left")))
+    rc, _, err = cli(capsys, "eval", out)
+    assert rc == 1 and err == "flowforge: error: cannot write to standard output: No space left\n"

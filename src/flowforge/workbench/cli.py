@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -41,6 +42,37 @@ _PYTHON_REMEDIES = (
     ),
     ("score them in float64 (flow.double()), or remove them", "remove them"),
 )
+
+
+class StdoutError(OSError):
+    """A write to standard output failed (its reader gone, its disk full): an ``OSError`` from
+    ``print`` names no file, and "No space left on device" sent the reader to the run's disk."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` for the command, whose write errors are :class:`StdoutError` saying
+    "cannot write to standard output: REASON" (everything else is the stream's own)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.failed = False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as e:
+            self.failed = True
+            reason = e.strerror or _one_line(e)
+            raise StdoutError(e.errno, f"cannot write to standard output: {reason}") from None
+
+    def write(self, text):
+        return self._call(self._stream.write, text)
+
+    def flush(self):
+        return self._call(self._stream.flush)
 
 
 def _one_line(e) -> str:
@@ -394,6 +426,14 @@ def _finish_train(result: dict) -> int:
                 file=sys.stderr,
             )
         return 130
+    if result.get("stdout_error") is not None:  # at the last epoch's line: the run has ended
+        if rank == 0:
+            print(
+                f"flowforge: error: {result['stdout_error']} (the training {result['status']}; "
+                f"model in {result['out']}/model.ff)",
+                file=sys.stderr,
+            )
+        return 1
     if rank == 0:
         best = result["best_val"]
         what = result.get("objective", "nll")
@@ -1440,8 +1480,20 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     if not args.debug:  # the library's warnings as the command's own lines, not Python's
         warnings.showwarning = _warning_line
+    stdout = sys.stdout = _GuardedStdout(sys.stdout)
     try:
-        return args.func(args)
+        status = args.func(args)
+        if not stdout.failed:  # (a training that lost it has said so, and stopped)
+            sys.stdout.flush()  # (a full disk is met here, not as Python's error at exit)
+        return status
+    except StdoutError as e:
+        if args.debug:
+            raise
+        _drop_stdout(stdout)  # (no second error when Python flushes stdout at exit)
+        if e.errno == errno.EPIPE:  # `flowforge list | head -1`: the reader has what it wanted
+            return 141  # as a shell reports a command ended by SIGPIPE
+        print(f"flowforge: error: {e.strerror}", file=sys.stderr)
+        return 1
     except BrokenPipeError as e:
         if args.debug:
             raise
@@ -1507,6 +1559,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+        if sys.stdout is stdout:
+            sys.stdout = stdout._stream
+            if stdout.failed:
+                _drop_stdout(stdout)
+
+
+def _drop_stdout(stdout: _GuardedStdout) -> None:
+    """Point a failed standard output at /dev/null (a stream without a descriptor, as tests
+    capture it, is left as it is)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout._stream.fileno())
+    except (OSError, ValueError, AttributeError):  # (no file descriptor: captured in tests)
+        pass
 
 
 def _stdout_gone() -> bool:

@@ -835,6 +835,7 @@ class Trainer:
         self.best_state: dict | None = None  # without a run folder, the best weights
         self._watch: dict[str, _Watch] = {}  # one per kind of loss
         self._signals: _Signals | None = None
+        self.stdout_error: str | None = None  # standard output failed: training stops
         self._tb = None
 
     # -- helpers --------------------------------------------------------------------------
@@ -906,7 +907,17 @@ class Trainer:
         if self.echo and self.rank == 0:
             from tqdm import tqdm
 
-            tqdm.write(msg, file=sys.stdout)
+            try:
+                tqdm.write(msg, file=sys.stdout)
+                sys.stdout.flush()  # (a full disk is met at this line, not at exit)
+            except OSError as e:  # its reader gone (`| head`), its disk full: as a SIGHUP
+                self.echo = False
+                reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+                if not reason.startswith("cannot write to standard output"):
+                    reason = f"cannot write to standard output: {reason}"
+                self.stdout_error = reason
+                if self._signals is not None:
+                    self._signals.pending = True  # training stops at the end of this step
 
     def _warn(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -1375,6 +1386,7 @@ class Trainer:
         signals = self._signals = _Signals(force=self.world == 1)
         try:
             with signals:  # one context for training and the interrupt's save: no gap
+                signals.pending = self.stdout_error is not None  # (failed before training)
                 try:
                     while status == "running" and self.epoch < self.cfg["epochs"]:
                         status = self._epoch(bar)
@@ -1404,9 +1416,11 @@ class Trainer:
                     )
                     if again:
                         saved += "; a second signal arrived during the save and waited for it"
-                    self._say(
-                        f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; {saved}"
-                    )
+                    said = f"interrupted at epoch {self.epoch + 1}, step {self.global_step}"
+                    said += f"; {saved}"
+                    if self.stdout_error is not None and self.rank == 0:  # said where it can be
+                        print(f"flowforge: {self.stdout_error}; {said}", file=sys.stderr)
+                    self._say(said)
         finally:
             self._signals = None
             bar.close()
@@ -1425,6 +1439,7 @@ class Trainer:
             "skipped_steps": self.skipped,
             "warnings": list(self.warnings),
             "already_ended": already,
+            "stdout_error": self.stdout_error,
         }
 
     def _batches(self):
