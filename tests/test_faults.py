@@ -21,6 +21,7 @@ from cli_support import cli, tiny_moons_run
 from flowforge import io
 from flowforge.workbench import trainer as trainer_module
 from flowforge.workbench.checkpoint import read_checkpoint
+from flowforge.workbench.cli import main
 from flowforge.workbench.runner import train
 from flowforge.workbench.runs import RunLock
 
@@ -482,3 +483,61 @@ def test_a_full_standard_output_is_named_as_such(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", _FailingStdout(OSError(errno.ENOSPC, "No space left")))
     rc, _, err = cli(capsys, "eval", out)
     assert rc == 1 and err == "flowforge: error: cannot write to standard output: No space left\n"
+
+
+TERMINATED = textwrap.dedent(
+    """
+    import os, signal, sys
+    import flowforge.io as io
+    from flowforge.workbench.cli import main
+    real = os.fsync
+    def fsync(fd):  # SIGTERM (timeout, a batch scheduler) while the output is being written
+        if sys.argv[1] in os.readlink(f"/proc/self/fd/{fd}"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(fd)
+    io.os.fsync = fsync
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("command", ["sample", "eval --scores", "report"])
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path, capsys, command):
+    """Before, SIGTERM killed sample, eval --scores and report at once, leaving their
+    temporary files (.s.npy.XXXXXXXX.tmp in the user's folder, .report-XXXXXXXX.tmp/ in the
+    run) for good."""
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    args, name = {
+        "sample": (["sample", run, "-n", 5, "--out", dest / "s.npy"], ".s.npy."),
+        "eval --scores": (["eval", run, "--scores", dest / "sc.csv"], ".sc.csv."),
+        "report": (["report", run], "report.html"),
+    }[command]
+    r = subprocess.run([sys.executable, "-c", TERMINATED, name, *map(str, args)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 130 and r.stderr.strip() == "flowforge: interrupted", r.stderr
+    assert not [p.name for p in [*dest.iterdir(), *run.iterdir()] if p.name.endswith(".tmp")]
+    assert not (dest / "s.npy").exists() and not (dest / "sc.csv").exists()
+
+
+def test_report_removes_a_killed_reports_leftovers_and_nothing_else(tmp_path, capsys):
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    ours = [".report-abcd_123.tmp", f".report-{dead}-x1y2z3w4.tmp"]
+    for name in ours:
+        (run / name).mkdir()
+        (run / name / "curves.png").write_bytes(b"a killed report's figure")
+        (run / name / "report.html").write_text("a killed report's page")
+    (run / ".report.html.q9w8e7r6.tmp").write_text("a killed report's page")
+    theirs = [".report-notes.tmp", ".report.html.backup.tmp"]
+    for name in theirs:
+        (run / name).write_text("the user's own")
+    (run / ".report-mine1234.tmp").mkdir()
+    (run / ".report-mine1234.tmp" / "notes.txt").write_text("the user's own")
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    left = sorted(p.name for p in run.iterdir() if p.name.startswith(".report"))
+    assert left == sorted([*theirs, ".report-mine1234.tmp"])
+    assert (run / ".report-mine1234.tmp" / "notes.txt").is_file()

@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -1481,6 +1482,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:  # the library's warnings as the command's own lines, not Python's
         warnings.showwarning = _warning_line
     stdout = sys.stdout = _GuardedStdout(sys.stdout)
+    handlers = _interrupt_on_terminate()
     try:
         status = args.func(args)
         if not stdout.failed:  # (a training that lost it has said so, and stopped)
@@ -1559,10 +1561,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+        for s, h in handlers.items():
+            signal.signal(s, h)
         if sys.stdout is stdout:
             sys.stdout = stdout._stream
             if stdout.failed:
                 _drop_stdout(stdout)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_terminate() -> dict:
+    """SIGTERM and SIGHUP (what ``timeout``, batch schedulers and a closed terminal send) as
+    Ctrl-C: the command's clean-up runs (its temporary files removed) and it exits with 130;
+    training handles them itself. Only where they have their default action (an ignored one
+    stays ignored); returns the handlers replaced."""
+    old = {}
+    for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if s is not None and signal.getsignal(s) is signal.SIG_DFL:
+            try:
+                old[s] = signal.signal(s, _interrupt)
+            except ValueError:  # not the main thread
+                pass
+    return old
 
 
 def _drop_stdout(stdout: _GuardedStdout) -> None:

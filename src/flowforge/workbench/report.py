@@ -41,6 +41,8 @@ from .runs import (
     is_report_figure,
     load_run,
     read_metrics,
+    remove_report_leftovers,
+    report_folder_name,
     run_config,
     run_status,
 )
@@ -1138,7 +1140,8 @@ def write_report(
         )
     # the figures go to a folder of their own first and replace report/'s only when the whole
     # report has been made: a report that fails leaves the last one as it was
-    figdir = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=run))
+    remove_report_leftovers(run)  # (a killed report's; a live one's stay)
+    figdir = Path(tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=run))
     try:
         return _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir)
     finally:
@@ -1466,7 +1469,8 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
     for f in figdir.iterdir():
         os.replace(f, final / f.name)
     out = run / "report.html"
-    atomic_write(out, page.encode())
+    atomic_write(figdir / out.name, page.encode())  # (no temporary page in the run itself)
+    os.replace(figdir / out.name, out)
     return out
 
 

@@ -425,6 +425,46 @@ def _our_temporary(name: str) -> bool:
     return any(re.fullmatch(rf"\.{re.escape(n)}\.[a-z0-9_]{{8}}\.tmp", name) for n in RUN_FILES)
 
 
+_REPORT_TMP = re.compile(r"\.report-(?:([0-9]+)-)?[a-z0-9_]{8}\.tmp")  # pid: its process
+
+
+def _report_file(name: str) -> bool:
+    """What ``flowforge report`` writes in its temporary folder: figures and the page."""
+    return is_report_figure(name) or name == "report.html" or _our_temporary(name)
+
+
+def report_folder_name() -> str:
+    """The prefix of ``flowforge report``'s temporary folder in a run (``tempfile.mkdtemp``
+    adds 8 random characters and ``.tmp``): its process id tells a live one from a leftover."""
+    return f".report-{os.getpid()}-"
+
+
+def remove_report_leftovers(run: Path) -> None:
+    """Remove what a killed ``flowforge report`` left in ``run``: its temporary folders
+    (``.report-PID-XXXXXXXX.tmp/`` whose process is gone, and an older flowforge's
+    ``.report-XXXXXXXX.tmp/``), their figures and page only, and its page's temporary file
+    (``.report.html.XXXXXXXX.tmp``). A user's file of another name stays."""
+    for f in Path(run).iterdir():
+        m = _REPORT_TMP.fullmatch(f.name)
+        if m and f.is_dir() and not f.is_symlink():
+            pid = int(m.group(1)) if m.group(1) else None
+            if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+                continue  # a report in progress (another command's)
+            _ours_in(f, _report_file)
+        elif f.name.startswith(".report.html.") and _our_temporary(f.name) and f.is_file():
+            f.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # (another user's: alive; an absurd number: leave it be)
+    return True
+
+
 def remove_orphans(out: Path) -> None:
     """Remove temporary files that a killed atomic write left behind (``.<name>.*.tmp``), and
     the figures of a killed ``flowforge report`` (``.report-*.tmp/``)."""
