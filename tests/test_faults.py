@@ -541,3 +541,39 @@ def test_report_removes_a_killed_reports_leftovers_and_nothing_else(tmp_path, ca
     left = sorted(p.name for p in run.iterdir() if p.name.startswith(".report"))
     assert left == sorted([*theirs, ".report-mine1234.tmp"])
     assert (run / ".report-mine1234.tmp" / "notes.txt").is_file()
+
+
+SWALLOWED = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from flowforge.workbench import cli
+    kind = sys.argv[1]
+    def swallowed():  # a dependency that catches the interrupt, half imported (numpy in torch)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+    def command(args):
+        swallowed()
+        if kind == "import":
+            raise ImportError("cannot load module more than once per process")
+        raise AttributeError("module 'numpy' has no attribute 'multiply'")
+    def parser():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command starts
+        time.sleep(5)
+    cli.cmd_list = command
+    if kind == "start":
+        cli.make_parser = parser
+    sys.exit(cli.main(["list"]))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["start", "import", "attribute"])
+def test_ctrl_c_during_start_up_is_an_interrupt(kind):
+    """Before: a KeyboardInterrupt traceback (start-up was outside main's handling), a raw
+    ImportError traceback, or "internal error: AttributeError: module 'numpy' ..."."""
+    r = subprocess.run([sys.executable, "-c", SWALLOWED, kind], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 130 and r.stderr == "flowforge: interrupted\n", r.stderr[-2000:]

@@ -1460,7 +1460,31 @@ def _import_user_module(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status. An interrupt (Ctrl-C, SIGTERM, SIGHUP) at any
+    point, start-up included, is one line and status 130."""
+    _SIGNALLED.clear()
+    handlers = _interrupt_handlers()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("flowforge: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def _interrupted_meanwhile(args) -> bool:
+    """Whether an error comes of an interrupt that a dependency swallowed (numpy imported
+    by torch, cut short, gives "module 'numpy' has no attribute ...", and a second import
+    "cannot load module more than once"): then it is said as the interrupt."""
+    if not _SIGNALLED or getattr(args, "debug", False):
+        return False
+    print("flowforge: interrupted", file=sys.stderr)
+    return True
+
+
+def _main(argv: list[str] | None) -> int:
     from .allocator import reuse_freed_memory
     from .errors import WorkbenchError, out_of_memory
 
@@ -1471,6 +1495,8 @@ def main(argv: list[str] | None = None) -> int:
         try:  # config or a run folder
             _import_user_module(name)
         except Exception as e:
+            if _interrupted_meanwhile(args):
+                return 130
             if args.debug:
                 raise
             print(f"flowforge: error: --import {name}: {type(e).__name__}: {_one_line(e)}",
@@ -1482,7 +1508,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:  # the library's warnings as the command's own lines, not Python's
         warnings.showwarning = _warning_line
     stdout = sys.stdout = _GuardedStdout(sys.stdout)
-    handlers = _interrupt_on_terminate()
     try:
         status = args.func(args)
         if not stdout.failed:  # (a training that lost it has said so, and stopped)
@@ -1509,7 +1534,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flowforge: interrupted", file=sys.stderr)
         return 130
-    except ModuleNotFoundError as e:
+    except ImportError as e:
+        if _interrupted_meanwhile(args):
+            return 130
+        if not isinstance(e, ModuleNotFoundError):
+            return _import_error(e, args)
         extra = EXTRAS.get((e.name or "").split(".")[0])
         if extra is None or args.debug:
             raise
@@ -1520,11 +1549,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except ImportError as e:  # the library's own "needs X: pip install ..." messages
-        if args.debug or "pip install" not in str(e):
-            raise
-        print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
-        return 1
     except (WorkbenchError, ValueError, OSError) as e:
         if args.debug:
             raise
@@ -1532,6 +1556,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowforge: error{rank}: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
         return 1
     except Exception as e:
+        if _interrupted_meanwhile(args):
+            return 130
         if args.debug:
             raise
         if out_of_memory(e):  # the data or model outgrew the machine: not a flowforge bug
@@ -1561,26 +1587,41 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
-        for s, h in handlers.items():
-            signal.signal(s, h)
         if sys.stdout is stdout:
             sys.stdout = stdout._stream
             if stdout.failed:
                 _drop_stdout(stdout)
 
 
+def _import_error(e: ImportError, args) -> int:
+    """The library's own "needs X: pip install ..." messages; any other ImportError is ours."""
+    if args.debug or "pip install" not in str(e):
+        raise e
+    print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+    return 1
+
+
+_SIGNALLED: list[int] = []  # the interrupts the command has received
+
+
 def _interrupt(signum, frame):
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt
 
 
-def _interrupt_on_terminate() -> dict:
-    """SIGTERM and SIGHUP (what ``timeout``, batch schedulers and a closed terminal send) as
-    Ctrl-C: the command's clean-up runs (its temporary files removed) and it exits with 130;
-    training handles them itself. Only where they have their default action (an ignored one
-    stays ignored); returns the handlers replaced."""
+def _interrupt_handlers() -> dict:
+    """Ctrl-C, and SIGTERM and SIGHUP (what ``timeout``, batch schedulers and a closed
+    terminal send), as a :class:`KeyboardInterrupt` that is remembered: the command's clean-up
+    runs (its temporary files removed) and it exits with 130; training handles them itself.
+    Only where they have their default action (an ignored one stays ignored); returns the
+    handlers replaced."""
     old = {}
-    for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if s is not None and signal.getsignal(s) is signal.SIG_DFL:
+    for s, default in (
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGTERM, signal.SIG_DFL),
+        (getattr(signal, "SIGHUP", None), signal.SIG_DFL),
+    ):
+        if s is not None and signal.getsignal(s) is default:
             try:
                 old[s] = signal.signal(s, _interrupt)
             except ValueError:  # not the main thread
