@@ -85,8 +85,28 @@ REPORT_FIGURES = (
 _CLASS_FIGURE = re.compile(r"classes_T[0-9.e+-]+\.png")  # samples per class at temperature T
 
 
+_VERSIONED = re.compile(r"(.+)\.([a-z0-9_]{8})(\.png)")  # curves.x1y2z3w4.png: one report's
+
+
+def versioned_figure(name: str, token: str) -> str:
+    """The name under which one report's page shows a figure: ``curves.png`` as
+    ``curves.TOKEN.png``, so that a page never shows another report's figure."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{token}{dot}{suffix}"
+
+
+def versioned_token(name: str) -> str | None:
+    """The TOKEN of a report's own copy of a figure (``curves.TOKEN.png``); None otherwise."""
+    m = _VERSIONED.fullmatch(name)
+    return m[2] if m is not None and is_report_figure(m[1] + m[3]) else None
+
+
 def is_report_figure(name: str) -> bool:
-    """Whether a file name in ``report/`` is one of the figures ``flowforge report`` writes."""
+    """Whether a file name in ``report/`` is one of the figures ``flowforge report`` writes
+    (``curves.png``, and one report's own copy ``curves.TOKEN.png``)."""
+    m = _VERSIONED.fullmatch(name)
+    if m is not None and (m[1] + m[3] in REPORT_FIGURES or _CLASS_FIGURE.fullmatch(m[1] + m[3])):
+        return True
     return name in REPORT_FIGURES or _CLASS_FIGURE.fullmatch(name) is not None
 
 
