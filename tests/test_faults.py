@@ -577,3 +577,23 @@ def test_ctrl_c_during_start_up_is_an_interrupt(kind):
     r = subprocess.run([sys.executable, "-c", SWALLOWED, kind], capture_output=True, text=True,
                        timeout=120)  # fmt: skip
     assert r.returncode == 130 and r.stderr == "flowforge: interrupted\n", r.stderr[-2000:]
+
+
+def test_the_resume_hint_after_an_interrupt_is_shell_quoted(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    out = tmp_path / "my run"
+    real = trainer_module.Trainer._forward_backward
+
+    def loss(self, xb, cb, rng):
+        if self.global_step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, xb, cb, rng)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", loss)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CFG))
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress", "--quiet")
+    assert rc == 130
+    hint = err.strip().splitlines()[-1].split("resume with: ")[1]
+    assert shlex.split(hint) == ["flowforge", "train", "--out", str(out), "--resume"], err

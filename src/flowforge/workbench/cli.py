@@ -415,9 +415,11 @@ def _finish_train(result: dict) -> int:
     rank, _ = dist_env()
     if result["status"] == "interrupted":
         if rank == 0 and (Path(result["out"]) / "checkpoint.safetensors").is_file():
+            import shlex
+
             print(
-                f"flowforge: interrupted; resume with: flowforge train --out {result['out']} "
-                "--resume",
+                "flowforge: interrupted; resume with: flowforge train --out "
+                f"{shlex.quote(str(result['out']))} --resume",
                 file=sys.stderr,
             )
         elif rank == 0:  # stopped before the first checkpoint: nothing to resume
