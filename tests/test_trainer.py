@@ -609,3 +609,24 @@ def test_validation_draws_only_where_the_score_is_random():
             value = tr.nll(data)
         hook.remove()
         assert len(calls) == want and math.isfinite(value)
+
+
+def test_epoch_durations_do_not_follow_a_clock_stepped_back(tmp_path, monkeypatch):
+    """An NTP step of the wall clock during an epoch wrote "time": -3599.9 into
+    metrics.jsonl: the durations are measured on a monotonic clock."""
+    import json
+    import time
+
+    real, calls = time.time, []
+
+    def stepped_back():  # each reading an hour earlier than the one before
+        calls.append(1)
+        return real() - 3600.0 * len(calls)
+
+    monkeypatch.setattr(time, "time", stepped_back)
+    cfg = {**TINY_CFG, "data": {"name": "moons", "limit": 96},
+           "train": {"epochs": 2, "batch_size": 32, "tensorboard": False}}  # fmt: skip
+    assert train(cfg, tmp_path / "r", **QUIET)["status"] == "finished"
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    times = [r["time"] for r in map(json.loads, lines) if r["type"] == "epoch"]
+    assert len(times) == 2 and all(0 <= t < 600 for t in times), times
