@@ -175,3 +175,32 @@ def test_a_run_still_improving_is_told_to_train_longer(run, capsys, monkeypatch)
     assert rc == 0, err
     page = (run / "report.html").read_text()
     assert "still improving: train it longer" in page and "smaller model" not in page
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="needs /proc")
+@pytest.mark.parametrize("run", ["done"], indirect=True)
+def test_a_stale_lock_whose_pid_was_reused_is_told_apart(run, capsys, monkeypatch):
+    """The lock records its process's start time: a live process that took the dead owner's
+    pid (a busy server, after a crash) made the run "still training" for good."""
+    owner = os.getppid()  # a live process
+
+    def started(pid):  # /proc/PID/stat's field 22
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(raw[raw.rindex(b")") + 2 :].split()[19])
+
+    start = started(owner)
+    lock = {"pid": owner, "host": socket.gethostname(), "start": start}
+    (run / ".lock").write_text(json.dumps(lock))
+    assert RUNS.run_status(run)["state"] == "training"  # its owner, as recorded
+    lock["start"] = start + 1  # the pid is another process's now
+    (run / ".lock").write_text(json.dumps(lock))
+    _worse(monkeypatch)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0 and "still training" not in out, err
+    assert RUNS.run_status(run) is None
+    # and a training's own lock records its start
+    record = RUNS.RunLock(run.parent / "new")
+    (run.parent / "new").mkdir()
+    with record:
+        held = json.loads((run.parent / "new" / ".lock").read_text())
+    assert held["start"] == started(os.getpid())

@@ -515,6 +515,16 @@ def _lock_record(path: Path) -> dict | None:
     return info if ok else None
 
 
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (``/proc/PID/stat``'s field 22, clock ticks since boot);
+    None where that cannot be read (no /proc, no such process)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(raw[raw.rindex(b")") + 2 :].split()[19])  # (fields from the 3rd on)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class RunLock:
     """``with RunLock(out):`` holds ``out/.lock`` (pid and host) for one training; a second
     training into the same folder is refused; a lock whose process is gone is taken over."""
@@ -533,7 +543,10 @@ class RunLock:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass
+        start = info.get("start")
+        if isinstance(start, int) and _process_start(pid) not in (None, start):
+            return False  # the pid now names another process (reused since the owner died)
         return pid != os.getpid() or self.held
 
     def _take(self, record: bytes) -> None:
@@ -580,7 +593,11 @@ class RunLock:
             guard.unlink(missing_ok=True)
 
     def __enter__(self) -> RunLock:
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+        mine = {"pid": os.getpid(), "host": socket.gethostname()}
+        start = _process_start(os.getpid())
+        if start is not None:  # (tells a reused pid from the owner)
+            mine["start"] = start
+        record = json.dumps(mine).encode()
         self._record = record
         for _ in range(100):
             try:
