@@ -648,7 +648,48 @@ def _checkpoint_counters(path: Path) -> dict | None:
         return None
     if finished not in (None, "finished", "early-stopped"):
         return None
-    return {"epoch": epoch, "finished": finished}
+    interrupt = meta.get("interrupt")  # (None: a checkpoint from before it was recorded)
+    return {"epoch": epoch, "finished": finished, "interrupt": interrupt}
+
+
+def _logged_epochs(run: Path) -> list[dict]:
+    """The epoch records of ``metrics.jsonl`` ([] where it cannot be read)."""
+    try:
+        return [
+            r
+            for r in read_metrics(run, steps=1)
+            if r.get("type") == "epoch"
+            and isinstance(r.get("epoch"), int)
+            and not isinstance(r.get("epoch"), bool)
+        ]
+    except (RunError, OSError):
+        return []
+
+
+def _before_first_checkpoint(run: Path, cfg: dict, epochs: int) -> dict | None:
+    """:func:`run_status` of a run with a model and no checkpoint: one killed (or failed) after
+    its first ``model.ff`` and before its first checkpoint; None for a run whose epochs all
+    ran, or that stopped early, and whose checkpoint was removed (to save disk)."""
+    if not (run / MODEL_FILE).is_file():
+        return None
+    logged = _logged_epochs(run)
+    done = max((r["epoch"] for r in logged), default=0)
+    if not 0 < done < epochs:
+        return None
+    patience = cfg["train"].get("patience")
+    if isinstance(patience, int) and patience > 0:
+        bad = 0
+        for r in logged:
+            bad = 0 if r.get("best") is True else bad + 1
+        if bad >= patience:
+            return None  # (early-stopped)
+    return {
+        "state": "interrupted",
+        "epoch": done + 1,
+        "epochs": epochs,
+        "finished_epochs": done,
+        "checkpoint": False,
+    }
 
 
 def run_status(run: str | os.PathLike, cfg: dict | None = None) -> dict | None:
@@ -673,17 +714,23 @@ def run_status(run: str | os.PathLike, cfg: dict | None = None) -> dict | None:
         training = False
     counters = _checkpoint_counters(run / CKPT_FILE)
     if counters is None and not training:
-        return None
+        if os.path.lexists(run / CKPT_FILE):
+            return None  # (a damaged checkpoint: nothing is said)
+        return _before_first_checkpoint(run, cfg, epochs)
     done = counters["epoch"] if counters is not None else 0
     if done > epochs or (not training and (counters["finished"] or done == epochs)):
         return None  # (finished, early-stopped, or counters that fit no run of this config)
     state = "training" if training else "interrupted"
+    if not training:  # an epoch's model.ff and record written, its checkpoint not (a kill)
+        done = max(done, min(epochs, max((r["epoch"] for r in _logged_epochs(run)), default=0)))
     out = {
         "state": state,
         "epoch": min(done + 1, epochs),
         "epochs": epochs,
         "finished_epochs": done,
     }
+    if not training and counters["interrupt"] is False:
+        out["interrupt"] = False  # it stopped without an interrupt's save: killed, or failed
     if training and lock.get("host") != socket.gethostname():  # (its process cannot be asked)
         out["host"] = str(lock.get("host"))[:100]
     return out
@@ -704,9 +751,20 @@ def describe_run_status(status: dict, run) -> str:
             f"this run is still training ({done} of {n} epochs finished so far); its scores are "
             "of the best model so far"
         )
+    if status.get("checkpoint") is False:
+        return (
+            f"this run stopped at epoch {k} of {n} before its first checkpoint ({finished}); its "
+            "scores are of an unfinished model (the same train command starts it again)"
+        )
+    how = f"was interrupted at epoch {k} of {n} ({finished})"
+    if status.get("interrupt") is False:
+        how = (
+            f"stopped at epoch {k} of {n} ({finished}) without an interrupt's save (killed, or "
+            "an error such as a full disk)"
+        )
     return (
-        f"this run was interrupted at epoch {k} of {n} ({finished}); its scores are of an "
-        f"unfinished model (flowforge train --out {shlex.quote(str(run))} --resume continues it)"
+        f"this run {how}; its scores are of an unfinished model "
+        f"(flowforge train --out {shlex.quote(str(run))} --resume continues it)"
     )
 
 

@@ -1068,12 +1068,14 @@ class Trainer:
         ``ff.load`` can rebuild); other models keep them in memory and in the checkpoint."""
         return getattr(self.eval_model, "config", None) is not None
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, interrupt: bool = False) -> None:
         """Write the checkpoint; a signal during the write waits for it to finish (training
-        then stops at the end of its step)."""
+        then stops at the end of its step). ``interrupt``: the save of an interrupt (recorded,
+        so that a run that stopped without one is not said to be interrupted)."""
         if not self.writer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
+        meta["interrupt"] = interrupt
         warned = [w[:MAX_WARNING_CHARS] for w in self.warnings[-MAX_WARNINGS:]]
         meta.update(seed=self.seed, world=self.world, warnings=warned)
         # what the counters count in, and the options they ran under (checked on resume)
@@ -1407,7 +1409,7 @@ class Trainer:
                     status = "interrupted"
                     # a further signal waits for this save to finish: the checkpoint is whole
                     signals.deferring, signals.pending = True, False
-                    self.save_checkpoint()
+                    self.save_checkpoint(interrupt=True)
                     again = signals.pending
                     saved = (
                         "checkpoint saved (resume with --resume; from Python, resume=True)"
