@@ -609,6 +609,8 @@ def _scores_path(args) -> Path | None:
         raise WorkbenchError(f"--scores {out}: expected a .csv or .npy file")
     if out.is_dir():
         raise WorkbenchError(f"--scores {out} is a folder; give a file name")
+    if not os.path.lexists(out.parent):  # (a mistyped folder is not made: a tree of typos)
+        raise WorkbenchError(f"--scores {out}: there is no folder {out.parent}; create it first")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --scores file or pass --overwrite")
     if os.path.exists(out):  # never over what is scored, nor the run's data or its own files
@@ -698,6 +700,8 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"--out {out}: expected a .png, .npy or .csv file")
     if out.is_dir():
         raise WorkbenchError(f"--out {out} is a folder; give a file name")
+    if not os.path.lexists(out.parent):  # (a mistyped folder is not made: a tree of typos)
+        raise WorkbenchError(f"--out {out}: there is no folder {out.parent}; create it first")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
     if args.n < 1:
