@@ -658,3 +658,17 @@ def test_an_unreadable_file_is_said_to_be_unreadable_not_damaged(
     one_line_error(rc, err, f"cannot read {out / name}: Permission denied")
     for word in ("damaged", "corrupt", "--overwrite", "cannot write"):
         assert word not in err, err
+
+
+def test_resume_refuses_run_files_made_read_only(tmp_path, capsys):
+    """A resume replaced a mode-444 checkpoint with a 644 one, without a word."""
+    out = interrupted(tmp_path / "run")
+    ckpt = out / "checkpoint.safetensors"
+    ckpt.chmod(0o444)
+    before = ckpt.read_bytes()
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, f"{ckpt} is read-only (mode 444)", "chmod u+w")
+    assert ckpt.read_bytes() == before and ckpt.stat().st_mode & 0o777 == 0o444
+    ckpt.chmod(0o644)
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
