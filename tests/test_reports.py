@@ -406,3 +406,19 @@ def test_a_report_is_all_old_or_all_new(runs, capsys, monkeypatch):
     figures = {f.name for f in (run / "report").iterdir()}
     versions = {m[1] for n in figures if (m := re.search(r"\.([a-z0-9_]{8})\.png$", n))}
     assert len(versions) == 1, figures
+
+
+def test_a_report_into_a_read_only_run_names_the_run(runs, capsys, monkeypatch):
+    """Before: "[Errno 13] Permission denied: 'run/.report-wl3tem_n.tmp'"."""
+    import errno
+    import tempfile
+
+    run = runs["toy"]
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(run / ".report-x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    assert main(["report", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"flowforge: error: cannot write the report into {run}: Permission denied\n"

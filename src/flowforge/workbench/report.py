@@ -1143,7 +1143,10 @@ def write_report(
     # the figures go to a folder of their own first and replace report/'s only when the whole
     # report has been made: a report that fails leaves the last one as it was
     remove_report_leftovers(run)  # (a killed report's; a live one's stay)
-    figdir = Path(tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=run))
+    try:
+        figdir = Path(tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=run))
+    except OSError as e:  # (a read-only run: said of the run, not of a temporary name)
+        raise WorkbenchError(f"cannot write the report into {run}: {e.strerror or e}") from None
     try:
         return _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir)
     finally:
