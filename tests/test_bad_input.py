@@ -1152,3 +1152,17 @@ def test_a_closed_pipe_ends_the_command_quietly():
     os.close(write)
     err = lister.stderr.decode()
     assert lister.returncode == 141 and not err.strip(), err
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_an_output_into_a_missing_folder_is_refused(tmp_path, capsys, command):
+    """`sample --out nodir/sub/s.csv` made the folders silently (a typo made a tree)."""
+    from cli_support import cli, one_line_error, tiny_moons_run
+
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    out = tmp_path / "nodir" / "sub" / "s.csv"
+    args = ["sample", run, "-n", 5, "--out", out] if command == "sample" else [
+        "eval", run, "--scores", out]  # fmt: skip
+    rc, _, err = cli(capsys, *args)
+    one_line_error(rc, err, f"there is no folder {out.parent}; create it first")
+    assert not (tmp_path / "nodir").exists()

@@ -21,6 +21,7 @@ from cli_support import cli, tiny_moons_run
 from flowforge import io
 from flowforge.workbench import trainer as trainer_module
 from flowforge.workbench.checkpoint import read_checkpoint
+from flowforge.workbench.cli import main
 from flowforge.workbench.runner import train
 from flowforge.workbench.runs import RunLock
 
@@ -157,6 +158,25 @@ def test_sighup_saves_like_sigterm(tmp_path):
     assert result["status"] == "interrupted" and result["steps"] == 4
     meta, _ = read_checkpoint(out / "checkpoint.safetensors")
     assert meta["global_step"] == 4
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    """Under nohup SIGHUP is ignored when training starts (and SIGINT for `cmd &` in a
+    script): closing the terminal must not stop the training."""
+    out = tmp_path / "run"
+
+    def hangup(trainer):
+        if trainer.global_step == 4:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = train(CFG, out, progress=False, echo=False, callback=hangup)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert result["status"] == "finished" and result["epochs"] == CFG["train"]["epochs"]
 
 
 def test_two_trainings_into_one_folder(tmp_path, capsys, reference):
@@ -344,3 +364,236 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
     rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err
     assert same_weights(out, reference) and _epochs(out) == _epochs(reference)
+
+
+def _records(run: Path) -> list:
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time"} for r in recs]
+
+
+def test_a_crash_after_resuming_from_an_epochs_last_step_leaves_no_second_epoch_record(
+    tmp_path, monkeypatch, capsys, reference
+):
+    """Interrupted on an epoch's last step (its checkpoint has that epoch's step, its
+    validation still to do), resumed, and killed after the epoch's record but before its
+    checkpoint: the next resume drops that record (before, it was kept, and the epoch logged
+    twice: "epochs run 4 of 3")."""
+    out = tmp_path / "run"
+
+    def interrupt(trainer):
+        if trainer.global_step == 6:  # the last step of epoch 2 (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(CFG, out, progress=False, echo=False, callback=interrupt)
+    assert result["status"] == "interrupted" and result["steps"] == 6
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"], meta["global_step"]) == (1, 3, 6)
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "cannot write checkpoint.safetensors: No space left")
+
+    monkeypatch.setattr(trainer_module.Trainer, "save_checkpoint", full)
+    with pytest.raises(OSError):
+        train({}, out, resume=True, progress=False, echo=False)
+    assert [e for e, _, _ in _epochs(out)] == [1, 2]  # epoch 2's record, no checkpoint
+    monkeypatch.undo()
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference) and _records(out) == _records(reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_failed_metrics_append_names_the_file_and_leaves_no_partial_line(
+    tmp_path, capsys, monkeypatch
+):
+    """A file-size limit (or a full disk) in the middle of a record: before, the error was
+    "File too large" naming no file, and metrics.jsonl ended in half a record."""
+    out = tmp_path / "run"
+    real, writes = os.write, {"n": 0}
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+            writes["n"] += 1
+            if writes["n"] == 5:  # half the record goes in, then the limit is reached
+                real(fd, bytes(data[: len(data) // 2]))
+                raise OSError(errno.EFBIG, "File too large")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CFG))
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress", "--quiet")
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"cannot write {out / 'metrics.jsonl'}: File too large" in err, err
+    text = (out / "metrics.jsonl").read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == 4, text
+    assert all(json.loads(line) for line in text.splitlines())
+
+
+class _FailingStdout:
+    """A standard output that fails from the first line holding ``after`` on (no descriptor)."""
+
+    def __init__(self, error: OSError, after: str = ""):
+        self.error, self.after, self.failed, self.text = error, after, False, []
+
+    def write(self, text):
+        if self.failed or self.after in text:
+            self.failed = True
+            raise self.error
+        self.text.append(text)
+        return len(text)
+
+    def flush(self):
+        if self.failed:
+            raise self.error
+
+    def isatty(self):
+        return False
+
+
+@pytest.mark.parametrize(
+    "error",
+    [BrokenPipeError(errno.EPIPE, "Broken pipe"), OSError(errno.ENOSPC, "No space left on device")],
+)
+def test_a_lost_standard_output_stops_training_with_a_checkpoint(
+    tmp_path, capsys, monkeypatch, reference, error
+):
+    """`train | head -3` (the reader gone) or `train > log` on a full disk: before, training
+    ended silently (exit 141, no interrupt save) or with "No space left on device" naming
+    no file. Now it stops as for SIGHUP, saving a checkpoint, and says it was stdout."""
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CFG))
+    monkeypatch.setattr(sys, "stdout", _FailingStdout(error, after="epoch 2/"))
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress")
+    reason = error.strerror
+    assert rc == 130, err
+    assert f"flowforge: cannot write to standard output: {reason}; interrupted at" in err, err
+    assert "checkpoint saved" in err and "Traceback" not in err, err
+    meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert (meta["epoch"], meta["step_in_epoch"]) == (2, 0)  # epoch 2 finished and saved
+    monkeypatch.undo()
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert same_weights(out, reference) and _epochs(out) == _epochs(reference)
+
+
+def test_a_full_standard_output_is_named_as_such(tmp_path, capsys, monkeypatch):
+    out = tiny_moons_run(capsys, tmp_path / "run")
+    monkeypatch.setattr(sys, "stdout", _FailingStdout(OSError(errno.ENOSPC, "No space left")))
+    rc, _, err = cli(capsys, "eval", out)
+    assert rc == 1 and err == "flowforge: error: cannot write to standard output: No space left\n"
+
+
+TERMINATED = textwrap.dedent(
+    """
+    import os, signal, sys
+    import flowforge.io as io
+    from flowforge.workbench.cli import main
+    real = os.fsync
+    def fsync(fd):  # SIGTERM (timeout, a batch scheduler) while the output is being written
+        if sys.argv[1] in os.readlink(f"/proc/self/fd/{fd}"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(fd)
+    io.os.fsync = fsync
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("command", ["sample", "eval --scores", "report"])
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path, capsys, command):
+    """Before, SIGTERM killed sample, eval --scores and report at once, leaving their
+    temporary files (.s.npy.XXXXXXXX.tmp in the user's folder, .report-XXXXXXXX.tmp/ in the
+    run) for good."""
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    args, name = {
+        "sample": (["sample", run, "-n", 5, "--out", dest / "s.npy"], ".s.npy."),
+        "eval --scores": (["eval", run, "--scores", dest / "sc.csv"], ".sc.csv."),
+        "report": (["report", run], "report.html"),
+    }[command]
+    r = subprocess.run([sys.executable, "-c", TERMINATED, name, *map(str, args)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 130 and r.stderr.strip() == "flowforge: interrupted", r.stderr
+    assert not [p.name for p in [*dest.iterdir(), *run.iterdir()] if p.name.endswith(".tmp")]
+    assert not (dest / "s.npy").exists() and not (dest / "sc.csv").exists()
+
+
+def test_report_removes_a_killed_reports_leftovers_and_nothing_else(tmp_path, capsys):
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    ours = [".report-abcd_123.tmp", f".report-{dead}-x1y2z3w4.tmp"]
+    for name in ours:
+        (run / name).mkdir()
+        (run / name / "curves.png").write_bytes(b"a killed report's figure")
+        (run / name / "report.html").write_text("a killed report's page")
+    (run / ".report.html.q9w8e7r6.tmp").write_text("a killed report's page")
+    theirs = [".report-notes.tmp", ".report.html.backup.tmp"]
+    for name in theirs:
+        (run / name).write_text("the user's own")
+    (run / ".report-mine1234.tmp").mkdir()
+    (run / ".report-mine1234.tmp" / "notes.txt").write_text("the user's own")
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    left = sorted(p.name for p in run.iterdir() if p.name.startswith(".report"))
+    assert left == sorted([*theirs, ".report-mine1234.tmp"])
+    assert (run / ".report-mine1234.tmp" / "notes.txt").is_file()
+
+
+SWALLOWED = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from flowforge.workbench import cli
+    kind = sys.argv[1]
+    def swallowed():  # a dependency that catches the interrupt, half imported (numpy in torch)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+    def command(args):
+        swallowed()
+        if kind == "import":
+            raise ImportError("cannot load module more than once per process")
+        raise AttributeError("module 'numpy' has no attribute 'multiply'")
+    def parser():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command starts
+        time.sleep(5)
+    cli.cmd_list = command
+    if kind == "start":
+        cli.make_parser = parser
+    sys.exit(cli.main(["list"]))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["start", "import", "attribute"])
+def test_ctrl_c_during_start_up_is_an_interrupt(kind):
+    """Before: a KeyboardInterrupt traceback (start-up was outside main's handling), a raw
+    ImportError traceback, or "internal error: AttributeError: module 'numpy' ..."."""
+    r = subprocess.run([sys.executable, "-c", SWALLOWED, kind], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 130 and r.stderr == "flowforge: interrupted\n", r.stderr[-2000:]
+
+
+def test_the_resume_hint_after_an_interrupt_is_shell_quoted(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    out = tmp_path / "my run"
+    real = trainer_module.Trainer._forward_backward
+
+    def loss(self, xb, cb, rng):
+        if self.global_step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, xb, cb, rng)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_forward_backward", loss)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CFG))
+    rc, _, err = cli(capsys, "train", "--config", cfg, "--out", out, "--no-progress", "--quiet")
+    assert rc == 130
+    hint = err.strip().splitlines()[-1].split("resume with: ")[1]
+    assert shlex.split(hint) == ["flowforge", "train", "--out", str(out), "--resume"], err

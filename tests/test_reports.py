@@ -5,6 +5,8 @@ conditional runs are reported, not refused."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import struct
 import subprocess
@@ -55,7 +57,8 @@ def render(run: Path, capsys, *options: str) -> tuple[list[str], dict]:
         f = run / src
         assert f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
     table = dict(zip(page.cells[::2], page.cells[1::2]))
-    return page.imgs, table
+    # the page shows the report's own copies (report/curves.TOKEN.png): named as report/curves.png
+    return [re.sub(r"\.[a-z0-9_]{8}\.png$", ".png", src) for src in page.imgs], table
 
 
 def train(tmp, name, *args):
@@ -147,9 +150,9 @@ def test_conditional_image_report_has_samples_per_class(runs, capsys):
     # the temperatures asked for replace the two defaults, and their stale figures go
     imgs, _ = render(runs["cimage"], capsys, "--temperatures", "0.6")
     assert [i for i in imgs if "classes" in i] == ["report/classes_T0.6.png"]
-    assert sorted(p.name for p in (runs["cimage"] / "report").glob("classes_*")) == [
-        "classes_T0.6.png"
-    ]
+    names = sorted(p.name for p in (runs["cimage"] / "report").glob("classes_*"))
+    # the plain name and the page's own copy (classes_T0.6.TOKEN.png)
+    assert [re.sub(r"\.[a-z0-9_]{8}\.png$", ".png", n) for n in names] == ["classes_T0.6.png"] * 2
 
 
 def test_toy_report_keeps_density_and_adds_columns(runs, capsys):
@@ -369,3 +372,53 @@ def test_the_latent_of_a_conditional_flow_maps_raw_contexts_as_the_flow_does():
     x, c = torch.randn(6, 2), 1000 + 5 * torch.randn(6, 1)
     want = flow.transform(x, (c - 1000) / 5)[0]
     torch.testing.assert_close(latent(flow, x, context=c, flat=False), want)
+
+
+class _Killed(BaseException):
+    """Stands for a kill (or a second report overtaking this one) at one moment."""
+
+
+def test_a_report_is_all_old_or_all_new(runs, capsys, monkeypatch):
+    """Killed between its figures and its page, report B left before A's page over B's
+    figures ("data (val)" over plots of the test split): the page now shows only figures of
+    its own report."""
+    run = runs["toy"]
+    render(run, capsys, "--seed", "1")
+    page = (run / "report.html").read_text()
+    parsed = _Page()
+    parsed.feed(page)
+    shown = {src: (run / src).read_bytes() for src in parsed.imgs}
+    assert shown
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == run / "report.html":
+            raise _Killed
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(_Killed):
+        main(["report", str(run), "--seed", "2", "--split", "test"])
+    monkeypatch.undo()
+    assert (run / "report.html").read_text() == page
+    assert {src: (run / src).read_bytes() for src in shown} == shown  # A's page, A's figures
+    render(run, capsys, "--seed", "2")  # the next report removes what no page shows
+    figures = {f.name for f in (run / "report").iterdir()}
+    versions = {m[1] for n in figures if (m := re.search(r"\.([a-z0-9_]{8})\.png$", n))}
+    assert len(versions) == 1, figures
+
+
+def test_a_report_into_a_read_only_run_names_the_run(runs, capsys, monkeypatch):
+    """Before: "[Errno 13] Permission denied: 'run/.report-wl3tem_n.tmp'"."""
+    import errno
+    import tempfile
+
+    run = runs["toy"]
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(run / ".report-x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    assert main(["report", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"flowforge: error: cannot write the report into {run}: Permission denied\n"

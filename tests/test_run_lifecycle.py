@@ -551,3 +551,124 @@ def test_damaged_sections_of_a_run_config_are_one_line(tmp_path, capsys):
         for args in (("eval", run), ("train", "--init-from", run, "--out", tmp_path / "n")):
             rc, _, err = cli(capsys, *args)
             one_line_error(rc, err, said)
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9 in the middle of clearing a run."""
+
+
+def test_a_kill_while_overwrite_clears_leaves_a_run_overwrite_clears(tmp_path, capsys, monkeypatch):
+    """config.json (what makes the folder a run) goes last: before, it went first, and a
+    folder killed midway was "not a flowforge run" that --overwrite refused to clear."""
+    from flowforge.workbench import runs
+
+    out = tiny_moons_run(capsys, tmp_path / "run")
+    real, calls = Path.unlink, []
+
+    def unlink(self, missing_ok=False):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise _Killed
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(_Killed):
+        runs.clear_run(out)
+    monkeypatch.undo()
+    assert runs.is_run(out) and "config.json" not in calls
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", out,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet", "--overwrite")  # fmt: skip
+    assert rc == 0, err
+
+
+def test_a_signal_while_a_run_is_cleared_waits_for_the_clearing(tmp_path, capsys, monkeypatch):
+    from flowforge.workbench import runs
+
+    out = tiny_moons_run(capsys, tmp_path / "run")
+    real, calls = Path.unlink, []
+
+    def unlink(self, missing_ok=False):
+        calls.append(self.name)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        runs.clear_run(out)
+    monkeypatch.undo()
+    assert calls[-1] == "config.json" and not (out / "config.json").exists()
+    assert not (out / "model.ff").exists() and not (out / "metrics.jsonl").exists()
+
+
+def _unreadable(monkeypatch, name: str) -> None:
+    """Opening the file ``name`` fails as a mode-000 file does for a user who is not root."""
+    import builtins
+
+    real_os_open, real_open, real_read_text = os.open, builtins.open, Path.read_text
+
+    def denied(path):
+        if Path(path).name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    def os_open(path, *a, **k):
+        denied(path)
+        return real_os_open(path, *a, **k)
+
+    def open_(path, *a, **k):
+        if isinstance(path, (str, os.PathLike)):
+            denied(path)
+        return real_open(path, *a, **k)
+
+    def read_text(self, *a, **k):
+        denied(self)
+        return real_read_text(self, *a, **k)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(Path, "read_text", read_text)
+
+
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("model.ff", "resume"),
+        ("model.ff", "eval"),
+        ("checkpoint.safetensors", "resume"),
+        ("config.json", "eval"),
+        ("metrics.jsonl", "resume"),
+        ("metrics.jsonl", "report"),
+    ],
+)
+def test_an_unreadable_file_is_said_to_be_unreadable_not_damaged(
+    tmp_path, capsys, monkeypatch, name, command
+):
+    """A permission problem is no damage: before, model.ff was "damaged" with the advice to
+    train again with --overwrite (which throws a resumable run away), config.json "corrupt",
+    and a metrics.jsonl that failed to read "cannot write"."""
+    out = interrupted(tmp_path / "run")
+    _unreadable(monkeypatch, name)
+    args = {
+        "resume": ("train", "--out", out, "--resume", "--no-progress", "--quiet"),
+        "eval": ("eval", out),
+        "report": ("report", out),
+    }[command]
+    rc, _, err = cli(capsys, *args)
+    one_line_error(rc, err, f"cannot read {out / name}: Permission denied")
+    for word in ("damaged", "corrupt", "--overwrite", "cannot write"):
+        assert word not in err, err
+
+
+def test_resume_refuses_run_files_made_read_only(tmp_path, capsys):
+    """A resume replaced a mode-444 checkpoint with a 644 one, without a word."""
+    out = interrupted(tmp_path / "run")
+    ckpt = out / "checkpoint.safetensors"
+    ckpt.chmod(0o444)
+    before = ckpt.read_bytes()
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, f"{ckpt} is read-only (mode 444)", "chmod u+w")
+    assert ckpt.read_bytes() == before and ckpt.stat().st_mode & 0o777 == 0o444
+    ckpt.chmod(0o644)
+    rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err

@@ -299,14 +299,15 @@ def test_a_resumed_run_has_tensorboard_hide_what_followed_its_checkpoint(tmp_pat
     import sys
     import types
 
-    made = []
+    made, logged = [], []
 
     class Writer:
         def __init__(self, logdir, purge_step=None):
             made.append(purge_step)
+            logged.append([])
 
-        def add_scalar(self, *args):
-            pass
+        def add_scalar(self, tag, value, step):
+            logged[-1].append((tag, value, step))
 
         def close(self):
             pass
@@ -314,7 +315,8 @@ def test_a_resumed_run_has_tensorboard_hide_what_followed_its_checkpoint(tmp_pat
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(
         SummaryWriter=Writer))  # fmt: skip
     cfg = {**TINY_CFG, "data": {"name": "moons", "limit": 96},
-           "train": {"epochs": 2, "batch_size": 32, "tensorboard": True}}  # fmt: skip
+           "train": {"epochs": 2, "batch_size": 32, "tensorboard": True,
+                     "log_every": 1}}  # fmt: skip
 
     def interrupt(trainer):
         if trainer.global_step == 2:
@@ -322,7 +324,11 @@ def test_a_resumed_run_has_tensorboard_hide_what_followed_its_checkpoint(tmp_pat
 
     assert train(cfg, tmp_path / "r", callback=interrupt, **QUIET)["status"] == "interrupted"
     assert train({}, tmp_path / "r", resume=True, **QUIET)["status"] == "finished"
-    assert made == [None, 3]  # (the records at the checkpoint's step 2 stay)
+    # hidden from the checkpoint's step 2 on (an epoch's record can share its last step),
+    # and the records kept at step 2 logged again
+    assert made == [None, 2]
+    at_2 = [x for x in logged[0] if x[2] == 2]
+    assert at_2 and logged[1][: len(at_2)] == at_2
 
 
 def test_a_hand_built_flow_in_a_run_folder_keeps_its_best_weights(tmp_path):
@@ -603,3 +609,24 @@ def test_validation_draws_only_where_the_score_is_random():
             value = tr.nll(data)
         hook.remove()
         assert len(calls) == want and math.isfinite(value)
+
+
+def test_epoch_durations_do_not_follow_a_clock_stepped_back(tmp_path, monkeypatch):
+    """An NTP step of the wall clock during an epoch wrote "time": -3599.9 into
+    metrics.jsonl: the durations are measured on a monotonic clock."""
+    import json
+    import time
+
+    real, calls = time.time, []
+
+    def stepped_back():  # each reading an hour earlier than the one before
+        calls.append(1)
+        return real() - 3600.0 * len(calls)
+
+    monkeypatch.setattr(time, "time", stepped_back)
+    cfg = {**TINY_CFG, "data": {"name": "moons", "limit": 96},
+           "train": {"epochs": 2, "batch_size": 32, "tensorboard": False}}  # fmt: skip
+    assert train(cfg, tmp_path / "r", **QUIET)["status"] == "finished"
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    times = [r["time"] for r in map(json.loads, lines) if r["type"] == "epoch"]
+    assert len(times) == 2 and all(0 <= t < 600 for t in times), times

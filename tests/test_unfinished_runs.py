@@ -175,3 +175,90 @@ def test_a_run_still_improving_is_told_to_train_longer(run, capsys, monkeypatch)
     assert rc == 0, err
     page = (run / "report.html").read_text()
     assert "still improving: train it longer" in page and "smaller model" not in page
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="needs /proc")
+@pytest.mark.parametrize("run", ["done"], indirect=True)
+def test_a_stale_lock_whose_pid_was_reused_is_told_apart(run, capsys, monkeypatch):
+    """The lock records its process's start time: a live process that took the dead owner's
+    pid (a busy server, after a crash) made the run "still training" for good."""
+    owner = os.getppid()  # a live process
+
+    def started(pid):  # /proc/PID/stat's field 22
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(raw[raw.rindex(b")") + 2 :].split()[19])
+
+    start = started(owner)
+    lock = {"pid": owner, "host": socket.gethostname(), "start": start}
+    (run / ".lock").write_text(json.dumps(lock))
+    assert RUNS.run_status(run)["state"] == "training"  # its owner, as recorded
+    lock["start"] = start + 1  # the pid is another process's now
+    (run / ".lock").write_text(json.dumps(lock))
+    _worse(monkeypatch)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0 and "still training" not in out, err
+    assert RUNS.run_status(run) is None
+    # and a training's own lock records its start
+    record = RUNS.RunLock(run.parent / "new")
+    (run.parent / "new").mkdir()
+    with record:
+        held = json.loads((run.parent / "new" / ".lock").read_text())
+    assert held["start"] == started(os.getpid())
+
+
+def _failing_run(runs: Path, out: Path, monkeypatch, failing_save: int) -> Path:
+    """A run whose ``failing_save``-th checkpoint write fails (a full disk, as a kill there):
+    the epoch's model.ff and record are written, its checkpoint not."""
+    from flowforge.workbench import trainer as trainer_module
+
+    real, saves = trainer_module.Trainer.save_checkpoint, []
+
+    def save(self, *a, **k):
+        saves.append(1)
+        if len(saves) == failing_save:
+            raise OSError(28, "cannot write checkpoint.safetensors: No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(trainer_module.Trainer, "save_checkpoint", save)
+    cfg = {
+        "model": {"name": "realnvp", "layers": 1, "hidden": [8]},
+        "data": {"name": str(runs / "t.csv")},
+        "train": {"epochs": 3, "batch_size": 32, "tensorboard": False},
+    }
+    with pytest.raises(OSError):
+        train(cfg, out, progress=False, echo=False)
+    monkeypatch.undo()
+    return out
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_gets_a_note(runs, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    """It has epoch 1's model.ff and no checkpoint: eval printed its scores with no note."""
+    run = _failing_run(runs, tmp_path / "r", monkeypatch, failing_save=1)
+    assert (run / "model.ff").is_file() and not (run / "checkpoint.safetensors").exists()
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    assert (
+        "note: this run stopped at epoch 2 of 3 before its first checkpoint (1 epoch finished); "
+        "its scores are of an unfinished model (the same train command starts it again)"
+    ) in out
+    rc, out, _ = cli(capsys, "eval", run, "--json")
+    assert json.loads(out)["run_status"]["finished_epochs"] == 1
+
+
+def test_a_failed_runs_note_counts_the_epochs_of_its_model(runs, tmp_path, capsys, monkeypatch):
+    """Epoch 2's model.ff and record were written and its checkpoint not: the note said "1
+    epoch finished" of epoch 2's model, and "interrupted" of a run nobody interrupted."""
+    run = _failing_run(runs, tmp_path / "r", monkeypatch, failing_save=2)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    assert (
+        "note: this run stopped at epoch 3 of 3 (2 epochs finished) without an interrupt's "
+        "save (killed, or an error such as a full disk)"
+    ) in out
+
+
+@pytest.mark.parametrize("run", ["done"], indirect=True)
+def test_a_finished_run_without_its_checkpoint_gets_no_note(run, capsys):
+    (run / "checkpoint.safetensors").unlink()  # removed to save disk
+    assert RUNS.run_status(run) is None

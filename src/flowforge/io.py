@@ -19,6 +19,7 @@ reads any tensor. See ``docs/security.md`` for what a file can and cannot make f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -126,6 +127,28 @@ def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
         raise
 
 
+def append(path: str | os.PathLike, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created if missing), whole or not at all: a failed write (a
+    full disk, a file-size limit) truncates the file back to its size before, where it can, and
+    raises an ``OSError`` that names the file."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        with contextlib.suppress(OSError):  # no partial line left, where it can be undone
+            os.ftruncate(fd, size)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
 def write_npy(path: str | os.PathLike, a, replace: bool = True) -> None:
     """``numpy.save`` of array ``a`` to ``path``, atomically (:func:`atomic_write`): its header,
     then the array's own memory (no copy of a contiguous array)."""
@@ -190,13 +213,18 @@ def _crc32(tensors: dict[str, torch.Tensor]) -> int:
     return crc
 
 
+class Unreadable(ValueError):
+    """A file that could not be read (no permission, an I/O error): not a damaged one. Its
+    message is ``cannot read PATH: REASON``."""
+
+
 def _open(path: Path) -> tuple[int, os.stat_result]:
     """A descriptor of ``path``, opened without blocking (a FIFO is not waited on), and its
-    ``fstat``; ``ValueError`` where it cannot be opened. The caller closes it."""
+    ``fstat``; :class:`Unreadable` where it cannot be opened. The caller closes it."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise ValueError(f"cannot open {path}: {e.strerror}") from None
+        raise Unreadable(f"cannot read {path}: {e.strerror or e}") from None
     return fd, os.fstat(fd)
 
 
@@ -212,7 +240,10 @@ def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
             )
         chunks, left = [], st.st_size + 1  # one byte more: a file that grows is refused
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
+            try:
+                chunk = os.read(fd, min(left, 1 << 24))
+            except OSError as e:
+                raise Unreadable(f"cannot read {path}: {e.strerror or e}") from None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -314,9 +345,13 @@ def unpack(
         tensors = st.torch.load(data)
         if crc is not None and _crc32(tensors) != crc:
             raise ValueError("its tensors fail their checksum (a damaged file)")
+    except Unreadable:
+        raise  # (no permission, an I/O error: not a damaged file)
     except ValueError as e:
         raise ValueError(f"{path} is not a readable {what} (corrupt or truncated?): {e}") from None
-    except (st.SafetensorError, RuntimeError, OSError) as e:
+    except OSError as e:
+        raise Unreadable(f"cannot read {path}: {e.strerror or e}") from None
+    except (st.SafetensorError, RuntimeError) as e:
         msg = " ".join(str(e).split())
         raise ValueError(
             f"{path} is not a readable {what} (corrupt or truncated?): {msg}"

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,6 +43,37 @@ _PYTHON_REMEDIES = (
     ),
     ("score them in float64 (flow.double()), or remove them", "remove them"),
 )
+
+
+class StdoutError(OSError):
+    """A write to standard output failed (its reader gone, its disk full): an ``OSError`` from
+    ``print`` names no file, and "No space left on device" sent the reader to the run's disk."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` for the command, whose write errors are :class:`StdoutError` saying
+    "cannot write to standard output: REASON" (everything else is the stream's own)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.failed = False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as e:
+            self.failed = True
+            reason = e.strerror or _one_line(e)
+            raise StdoutError(e.errno, f"cannot write to standard output: {reason}") from None
+
+    def write(self, text):
+        return self._call(self._stream.write, text)
+
+    def flush(self):
+        return self._call(self._stream.flush)
 
 
 def _one_line(e) -> str:
@@ -382,9 +415,11 @@ def _finish_train(result: dict) -> int:
     rank, _ = dist_env()
     if result["status"] == "interrupted":
         if rank == 0 and (Path(result["out"]) / "checkpoint.safetensors").is_file():
+            import shlex
+
             print(
-                f"flowforge: interrupted; resume with: flowforge train --out {result['out']} "
-                "--resume",
+                "flowforge: interrupted; resume with: flowforge train --out "
+                f"{shlex.quote(str(result['out']))} --resume",
                 file=sys.stderr,
             )
         elif rank == 0:  # stopped before the first checkpoint: nothing to resume
@@ -394,6 +429,14 @@ def _finish_train(result: dict) -> int:
                 file=sys.stderr,
             )
         return 130
+    if result.get("stdout_error") is not None:  # at the last epoch's line: the run has ended
+        if rank == 0:
+            print(
+                f"flowforge: error: {result['stdout_error']} (the training {result['status']}; "
+                f"model in {result['out']}/model.ff)",
+                file=sys.stderr,
+            )
+        return 1
     if rank == 0:
         best = result["best_val"]
         what = result.get("objective", "nll")
@@ -568,6 +611,8 @@ def _scores_path(args) -> Path | None:
         raise WorkbenchError(f"--scores {out}: expected a .csv or .npy file")
     if out.is_dir():
         raise WorkbenchError(f"--scores {out} is a folder; give a file name")
+    if not os.path.lexists(out.parent):  # (a mistyped folder is not made: a tree of typos)
+        raise WorkbenchError(f"--scores {out}: there is no folder {out.parent}; create it first")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --scores file or pass --overwrite")
     if os.path.exists(out):  # never over what is scored, nor the run's data or its own files
@@ -658,6 +703,8 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"--out {out}: expected a .png, .npy or .csv file")
     if out.is_dir():
         raise WorkbenchError(f"--out {out} is a folder; give a file name")
+    if not os.path.lexists(out.parent):  # (a mistyped folder is not made: a tree of typos)
+        raise WorkbenchError(f"--out {out}: there is no folder {out.parent}; create it first")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
     if args.n < 1:
@@ -1425,7 +1472,31 @@ def _import_user_module(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status. An interrupt (Ctrl-C, SIGTERM, SIGHUP) at any
+    point, start-up included, is one line and status 130."""
+    _SIGNALLED.clear()
+    handlers = _interrupt_handlers()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("flowforge: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def _interrupted_meanwhile(args) -> bool:
+    """Whether an error comes of an interrupt that a dependency swallowed (numpy imported
+    by torch, cut short, gives "module 'numpy' has no attribute ...", and a second import
+    "cannot load module more than once"): then it is said as the interrupt."""
+    if not _SIGNALLED or getattr(args, "debug", False):
+        return False
+    print("flowforge: interrupted", file=sys.stderr)
+    return True
+
+
+def _main(argv: list[str] | None) -> int:
     from .allocator import reuse_freed_memory
     from .errors import WorkbenchError, out_of_memory
 
@@ -1436,6 +1507,8 @@ def main(argv: list[str] | None = None) -> int:
         try:  # config or a run folder
             _import_user_module(name)
         except Exception as e:
+            if _interrupted_meanwhile(args):
+                return 130
             if args.debug:
                 raise
             print(f"flowforge: error: --import {name}: {type(e).__name__}: {_one_line(e)}",
@@ -1446,8 +1519,20 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     if not args.debug:  # the library's warnings as the command's own lines, not Python's
         warnings.showwarning = _warning_line
+    stdout = sys.stdout = _GuardedStdout(sys.stdout)
     try:
-        return args.func(args)
+        status = args.func(args)
+        if not stdout.failed:  # (a training that lost it has said so, and stopped)
+            sys.stdout.flush()  # (a full disk is met here, not as Python's error at exit)
+        return status
+    except StdoutError as e:
+        if args.debug:
+            raise
+        _drop_stdout(stdout)  # (no second error when Python flushes stdout at exit)
+        if e.errno == errno.EPIPE:  # `flowforge list | head -1`: the reader has what it wanted
+            return 141  # as a shell reports a command ended by SIGPIPE
+        print(f"flowforge: error: {e.strerror}", file=sys.stderr)
+        return 1
     except BrokenPipeError as e:
         if args.debug:
             raise
@@ -1461,7 +1546,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flowforge: interrupted", file=sys.stderr)
         return 130
-    except ModuleNotFoundError as e:
+    except ImportError as e:
+        if _interrupted_meanwhile(args):
+            return 130
+        if not isinstance(e, ModuleNotFoundError):
+            return _import_error(e, args)
         extra = EXTRAS.get((e.name or "").split(".")[0])
         if extra is None or args.debug:
             raise
@@ -1472,11 +1561,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except ImportError as e:  # the library's own "needs X: pip install ..." messages
-        if args.debug or "pip install" not in str(e):
-            raise
-        print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
-        return 1
     except (WorkbenchError, ValueError, OSError) as e:
         if args.debug:
             raise
@@ -1484,6 +1568,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowforge: error{rank}: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
         return 1
     except Exception as e:
+        if _interrupted_meanwhile(args):
+            return 130
         if args.debug:
             raise
         if out_of_memory(e):  # the data or model outgrew the machine: not a flowforge bug
@@ -1513,6 +1599,55 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+        if sys.stdout is stdout:
+            sys.stdout = stdout._stream
+            if stdout.failed:
+                _drop_stdout(stdout)
+
+
+def _import_error(e: ImportError, args) -> int:
+    """The library's own "needs X: pip install ..." messages; any other ImportError is ours."""
+    if args.debug or "pip install" not in str(e):
+        raise e
+    print(f"flowforge: error: {_one_line(e)}", file=sys.stderr)
+    return 1
+
+
+_SIGNALLED: list[int] = []  # the interrupts the command has received
+
+
+def _interrupt(signum, frame):
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupt_handlers() -> dict:
+    """Ctrl-C, and SIGTERM and SIGHUP (what ``timeout``, batch schedulers and a closed
+    terminal send), as a :class:`KeyboardInterrupt` that is remembered: the command's clean-up
+    runs (its temporary files removed) and it exits with 130; training handles them itself.
+    Only where they have their default action (an ignored one stays ignored); returns the
+    handlers replaced."""
+    old = {}
+    for s, default in (
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGTERM, signal.SIG_DFL),
+        (getattr(signal, "SIGHUP", None), signal.SIG_DFL),
+    ):
+        if s is not None and signal.getsignal(s) is default:
+            try:
+                old[s] = signal.signal(s, _interrupt)
+            except ValueError:  # not the main thread
+                pass
+    return old
+
+
+def _drop_stdout(stdout: _GuardedStdout) -> None:
+    """Point a failed standard output at /dev/null (a stream without a descriptor, as tests
+    capture it, is left as it is)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout._stream.fileno())
+    except (OSError, ValueError, AttributeError):  # (no file descriptor: captured in tests)
+        pass
 
 
 def _stdout_gone() -> bool:

@@ -41,8 +41,12 @@ from .runs import (
     is_report_figure,
     load_run,
     read_metrics,
+    remove_report_leftovers,
+    report_folder_name,
     run_config,
     run_status,
+    versioned_figure,
+    versioned_token,
 )
 from .warm_start import preprocessing_words
 
@@ -1150,7 +1154,11 @@ def write_report(
         )
     # the figures go to a folder of their own first and replace report/'s only when the whole
     # report has been made: a report that fails leaves the last one as it was
-    figdir = Path(tempfile.mkdtemp(prefix=".report-", suffix=".tmp", dir=run))
+    remove_report_leftovers(run)  # (a killed report's; a live one's stay)
+    try:
+        figdir = Path(tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=run))
+    except OSError as e:  # (a read-only run: said of the run, not of a temporary name)
+        raise WorkbenchError(f"cannot write the report into {run}: {e.strerror or e}") from None
     try:
         return _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir)
     finally:
@@ -1454,9 +1462,13 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     table = "\n".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
     )
+    # the page shows this report's own copies of the figures (report/curves.TOKEN.png, TOKEN
+    # the temporary folder's random part), published before it: never another report's
+    token = figdir.name[-len("XXXXXXXX.tmp") : -len(".tmp")]
+    shown = [(t, f"{REPORT_DIR}/{versioned_figure(Path(p).name, token)}") for t, p in figs]
     body = "\n".join(
         f'<h2>{html.escape(t)}</h2>\n<img src="{html.escape(p)}" alt="{html.escape(t)}">'
-        for t, p in figs
+        for t, p in shown
     )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>flowforge report: {html.escape(run.name)}</title>
@@ -1472,14 +1484,39 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
 """
     final = run / REPORT_DIR
     final.mkdir(exist_ok=True)
-    for f in final.iterdir():  # an earlier report's figures that this one has not made
-        if f.is_file() and is_report_figure(f.name) and not (figdir / f.name).exists():
-            f.unlink()
-    for f in figdir.iterdir():
-        os.replace(f, final / f.name)
+    made = sorted(f.name for f in figdir.iterdir())
+    for name in made:  # this report's figures under names of their own, before its page
+        os.replace(figdir / name, final / versioned_figure(name, token))
     out = run / "report.html"
-    atomic_write(out, page.encode())
+    atomic_write(figdir / out.name, page.encode())  # (no temporary page in the run itself)
+    os.replace(figdir / out.name, out)  # all old (with its figures) or all new
+    for name in made:  # report/curves.png and the others: the latest report's, as before
+        try:
+            os.link(final / versioned_figure(name, token), figdir / name)
+        except OSError:  # (a file system without hard links)
+            shutil.copyfile(final / versioned_figure(name, token), figdir / name)
+        os.replace(figdir / name, final / name)
+    _remove_unshown_figures(run, final, made, token)
     return out
+
+
+def _remove_unshown_figures(run: Path, final: Path, made: list, token: str) -> None:
+    """Remove the earlier reports' figures from ``report/``: the plain names this report has
+    not made, and the copies that neither the page now in place (another report's, if one
+    finished since) nor a report still running (its temporary folder) shows."""
+    try:
+        page = (run / "report.html").read_text(errors="replace")
+    except OSError:
+        page = ""
+    running = {f.name[-len("XXXXXXXX.tmp") : -len(".tmp")] for f in run.glob(".report-*.tmp")}
+    keep = {*made, *running, token}
+    for f in final.iterdir():
+        if not f.is_file() or f.is_symlink() or not is_report_figure(f.name):
+            continue
+        copy = versioned_token(f.name)
+        if (copy or f.name) in keep or f'src="{REPORT_DIR}/{f.name}"' in page:
+            continue
+        f.unlink(missing_ok=True)
 
 
 # -- variational inference (flowforge fit-target) ------------------------------------------------

@@ -31,6 +31,7 @@ from .errors import DataError, NonFiniteError, RunError, WorkbenchError
 from .runs import (
     CKPT_FILE,
     CONFIG_FILE,
+    METRICS_FILE,
     MODEL_FILE,
     RUN_FORMAT,
     RunLock,
@@ -255,6 +256,26 @@ def _same_file(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return False
+
+
+def _refuse_read_only(out: Path) -> None:
+    """A resumed run replaces its model, checkpoint and metrics (atomically: a new file under
+    the name): one the operator made read-only (no write bit) is refused, not replaced by a
+    writable file without a word."""
+    import shlex
+
+    for name in (MODEL_FILE, CKPT_FILE, METRICS_FILE):
+        path = out / name
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and not mode & 0o222:
+            raise RunError(
+                f"cannot resume {out}: {path} is read-only (mode {stat.S_IMODE(mode):o}) and "
+                f"resuming replaces it; make it writable (chmod u+w {shlex.quote(str(path))}) "
+                "to resume"
+            )
 
 
 def _device_name(config, out: Path, resume: bool) -> str:
@@ -485,6 +506,8 @@ def _train(
         lock = RunLock(out) if rank == 0 else _NoLock()
         with lock:
             if rank == 0:
+                if resume:
+                    _refuse_read_only(out)
                 if not resume:  # again, under the lock: another training may have finished
                     check_out_dir(out, cfg, resume, overwrite)  # a run here since the first look
                 if not resume and out.is_dir() and is_run(out):

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import socket
 import tempfile
 import time
@@ -85,8 +86,28 @@ REPORT_FIGURES = (
 _CLASS_FIGURE = re.compile(r"classes_T[0-9.e+-]+\.png")  # samples per class at temperature T
 
 
+_VERSIONED = re.compile(r"(.+)\.([a-z0-9_]{8})(\.png)")  # curves.x1y2z3w4.png: one report's
+
+
+def versioned_figure(name: str, token: str) -> str:
+    """The name under which one report's page shows a figure: ``curves.png`` as
+    ``curves.TOKEN.png``, so that a page never shows another report's figure."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{token}{dot}{suffix}"
+
+
+def versioned_token(name: str) -> str | None:
+    """The TOKEN of a report's own copy of a figure (``curves.TOKEN.png``); None otherwise."""
+    m = _VERSIONED.fullmatch(name)
+    return m[2] if m is not None and is_report_figure(m[1] + m[3]) else None
+
+
 def is_report_figure(name: str) -> bool:
-    """Whether a file name in ``report/`` is one of the figures ``flowforge report`` writes."""
+    """Whether a file name in ``report/`` is one of the figures ``flowforge report`` writes
+    (``curves.png``, and one report's own copy ``curves.TOKEN.png``)."""
+    m = _VERSIONED.fullmatch(name)
+    if m is not None and (m[1] + m[3] in REPORT_FIGURES or _CLASS_FIGURE.fullmatch(m[1] + m[3])):
+        return True
     return name in REPORT_FIGURES or _CLASS_FIGURE.fullmatch(name) is not None
 
 
@@ -104,7 +125,9 @@ def run_config(run: str | os.PathLike) -> dict:
         cfg = json.loads(path.read_text())
     except RecursionError:
         raise RunError(f"{path} is corrupt: nested too deeply") from None
-    except (ValueError, OSError) as e:  # (JSON, UTF-8, a number of thousands of digits)
+    except OSError as e:  # (no permission, an I/O error: not a corrupt file)
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:  # (JSON, UTF-8, a number of thousands of digits)
         raise RunError(f"{path} is corrupt: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
         raise RunError(f"{run} is not a flowforge run ({CONFIG_FILE} was not written by flowforge)")
@@ -377,16 +400,43 @@ def _ours_in(folder: Path, ours) -> None:
         pass
 
 
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT, SIGTERM and SIGHUP wait while inside (a run's files are being cleared): one
+    that arrives is raised again on leaving, under the handler there was before. An ignored
+    signal stays ignored; outside the main thread nothing is held."""
+    got: list[int] = []
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if s is None or signal.getsignal(s) in (signal.SIG_IGN, None):
+            continue
+        try:
+            old[s] = signal.signal(s, lambda signum, frame: got.append(signum))
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)
+
+
 def clear_run(out: Path) -> None:
-    """Remove the files a run writes, and nothing else (a user's file in the folder stays)."""
+    """Remove the files a run writes, and nothing else (a user's file in the folder stays).
+    ``config.json``, what marks the folder as a run, goes last: a folder left half cleared
+    (a kill) is still a run, which ``--overwrite`` clears; signals wait for the clearing."""
     if not is_run(out):
         raise RunError(f"{out} is not a flowforge run; refusing to clear it")
-    for name in RUN_FILES:
-        if name != LOCK_FILE:
-            (out / name).unlink(missing_ok=True)
-    _ours_in(out / REPORT_DIR, is_report_figure)
-    _ours_in(out / TB_DIR, lambda name: name.startswith("events.out.tfevents."))
-    remove_orphans(out)
+    with held_signals():
+        for name in RUN_FILES:
+            if name not in (LOCK_FILE, CONFIG_FILE):
+                (out / name).unlink(missing_ok=True)
+        _ours_in(out / REPORT_DIR, is_report_figure)
+        _ours_in(out / TB_DIR, lambda name: name.startswith("events.out.tfevents."))
+        remove_orphans(out)
+        (out / CONFIG_FILE).unlink(missing_ok=True)
 
 
 def _our_temporary(name: str) -> bool:
@@ -394,6 +444,46 @@ def _our_temporary(name: str) -> bool:
     name between dots, mkstemp's 8 random characters, ``.tmp``): a user's .config.backup.tmp
     is not one."""
     return any(re.fullmatch(rf"\.{re.escape(n)}\.[a-z0-9_]{{8}}\.tmp", name) for n in RUN_FILES)
+
+
+_REPORT_TMP = re.compile(r"\.report-(?:([0-9]+)-)?[a-z0-9_]{8}\.tmp")  # pid: its process
+
+
+def _report_file(name: str) -> bool:
+    """What ``flowforge report`` writes in its temporary folder: figures and the page."""
+    return is_report_figure(name) or name == "report.html" or _our_temporary(name)
+
+
+def report_folder_name() -> str:
+    """The prefix of ``flowforge report``'s temporary folder in a run (``tempfile.mkdtemp``
+    adds 8 random characters and ``.tmp``): its process id tells a live one from a leftover."""
+    return f".report-{os.getpid()}-"
+
+
+def remove_report_leftovers(run: Path) -> None:
+    """Remove what a killed ``flowforge report`` left in ``run``: its temporary folders
+    (``.report-PID-XXXXXXXX.tmp/`` whose process is gone, and an older flowforge's
+    ``.report-XXXXXXXX.tmp/``), their figures and page only, and its page's temporary file
+    (``.report.html.XXXXXXXX.tmp``). A user's file of another name stays."""
+    for f in Path(run).iterdir():
+        m = _REPORT_TMP.fullmatch(f.name)
+        if m and f.is_dir() and not f.is_symlink():
+            pid = int(m.group(1)) if m.group(1) else None
+            if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+                continue  # a report in progress (another command's)
+            _ours_in(f, _report_file)
+        elif f.name.startswith(".report.html.") and _our_temporary(f.name) and f.is_file():
+            f.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # (another user's: alive; an absurd number: leave it be)
+    return True
 
 
 def remove_orphans(out: Path) -> None:
@@ -426,6 +516,16 @@ def _lock_record(path: Path) -> dict | None:
     return info if ok else None
 
 
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (``/proc/PID/stat``'s field 22, clock ticks since boot);
+    None where that cannot be read (no /proc, no such process)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(raw[raw.rindex(b")") + 2 :].split()[19])  # (fields from the 3rd on)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class RunLock:
     """``with RunLock(out):`` holds ``out/.lock`` (pid and host) for one training; a second
     training into the same folder is refused; a lock whose process is gone is taken over."""
@@ -444,7 +544,10 @@ class RunLock:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass
+        start = info.get("start")
+        if isinstance(start, int) and _process_start(pid) not in (None, start):
+            return False  # the pid now names another process (reused since the owner died)
         return pid != os.getpid() or self.held
 
     def _take(self, record: bytes) -> None:
@@ -491,7 +594,11 @@ class RunLock:
             guard.unlink(missing_ok=True)
 
     def __enter__(self) -> RunLock:
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+        mine = {"pid": os.getpid(), "host": socket.gethostname()}
+        start = _process_start(os.getpid())
+        if start is not None:  # (tells a reused pid from the owner)
+            mine["start"] = start
+        record = json.dumps(mine).encode()
         self._record = record
         for _ in range(100):
             try:
@@ -542,7 +649,48 @@ def _checkpoint_counters(path: Path) -> dict | None:
         return None
     if finished not in (None, "finished", "early-stopped"):
         return None
-    return {"epoch": epoch, "finished": finished}
+    interrupt = meta.get("interrupt")  # (None: a checkpoint from before it was recorded)
+    return {"epoch": epoch, "finished": finished, "interrupt": interrupt}
+
+
+def _logged_epochs(run: Path) -> list[dict]:
+    """The epoch records of ``metrics.jsonl`` ([] where it cannot be read)."""
+    try:
+        return [
+            r
+            for r in read_metrics(run, steps=1)
+            if r.get("type") == "epoch"
+            and isinstance(r.get("epoch"), int)
+            and not isinstance(r.get("epoch"), bool)
+        ]
+    except (RunError, OSError):
+        return []
+
+
+def _before_first_checkpoint(run: Path, cfg: dict, epochs: int) -> dict | None:
+    """:func:`run_status` of a run with a model and no checkpoint: one killed (or failed) after
+    its first ``model.ff`` and before its first checkpoint; None for a run whose epochs all
+    ran, or that stopped early, and whose checkpoint was removed (to save disk)."""
+    if not (run / MODEL_FILE).is_file():
+        return None
+    logged = _logged_epochs(run)
+    done = max((r["epoch"] for r in logged), default=0)
+    if not 0 < done < epochs:
+        return None
+    patience = cfg["train"].get("patience")
+    if isinstance(patience, int) and patience > 0:
+        bad = 0
+        for r in logged:
+            bad = 0 if r.get("best") is True else bad + 1
+        if bad >= patience:
+            return None  # (early-stopped)
+    return {
+        "state": "interrupted",
+        "epoch": done + 1,
+        "epochs": epochs,
+        "finished_epochs": done,
+        "checkpoint": False,
+    }
 
 
 def run_status(run: str | os.PathLike, cfg: dict | None = None) -> dict | None:
@@ -567,17 +715,23 @@ def run_status(run: str | os.PathLike, cfg: dict | None = None) -> dict | None:
         training = False
     counters = _checkpoint_counters(run / CKPT_FILE)
     if counters is None and not training:
-        return None
+        if os.path.lexists(run / CKPT_FILE):
+            return None  # (a damaged checkpoint: nothing is said)
+        return _before_first_checkpoint(run, cfg, epochs)
     done = counters["epoch"] if counters is not None else 0
     if done > epochs or (not training and (counters["finished"] or done == epochs)):
         return None  # (finished, early-stopped, or counters that fit no run of this config)
     state = "training" if training else "interrupted"
+    if not training:  # an epoch's model.ff and record written, its checkpoint not (a kill)
+        done = max(done, min(epochs, max((r["epoch"] for r in _logged_epochs(run)), default=0)))
     out = {
         "state": state,
         "epoch": min(done + 1, epochs),
         "epochs": epochs,
         "finished_epochs": done,
     }
+    if not training and counters["interrupt"] is False:
+        out["interrupt"] = False  # it stopped without an interrupt's save: killed, or failed
     if training and lock.get("host") != socket.gethostname():  # (its process cannot be asked)
         out["host"] = str(lock.get("host"))[:100]
     return out
@@ -598,9 +752,20 @@ def describe_run_status(status: dict, run) -> str:
             f"this run is still training ({done} of {n} epochs finished so far); its scores are "
             "of the best model so far"
         )
+    if status.get("checkpoint") is False:
+        return (
+            f"this run stopped at epoch {k} of {n} before its first checkpoint ({finished}); its "
+            "scores are of an unfinished model (the same train command starts it again)"
+        )
+    how = f"was interrupted at epoch {k} of {n} ({finished})"
+    if status.get("interrupt") is False:
+        how = (
+            f"stopped at epoch {k} of {n} ({finished}) without an interrupt's save (killed, or "
+            "an error such as a full disk)"
+        )
     return (
-        f"this run was interrupted at epoch {k} of {n} ({finished}); its scores are of an "
-        f"unfinished model (flowforge train --out {shlex.quote(str(run))} --resume continues it)"
+        f"this run {how}; its scores are of an unfinished model "
+        f"(flowforge train --out {shlex.quote(str(run))} --resume continues it)"
     )
 
 
@@ -665,16 +830,24 @@ def _records(items: list, limit: int, stride: int, seen: int, steps: int) -> Rec
 
 
 def _metrics_lines(path: Path):
-    """``(line number, bytes of the line or None when it is too long to be a record)``."""
-    with open(path, "rb") as f:
+    """``(line number, bytes of the line or None when it is too long to be a record)``; a
+    file that cannot be read (no permission, an I/O error) is a :class:`RunError` saying so."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; its errors are a read's
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
         for i in itertools.count(1):
-            line = f.readline(MAX_METRICS_LINE + 1)
-            if not line:
+            try:
+                line = f.readline(MAX_METRICS_LINE + 1)
+                if len(line) > MAX_METRICS_LINE and not line.endswith(b"\n"):
+                    while (more := f.readline(MAX_METRICS_LINE)) and not more.endswith(b"\n"):
+                        pass  # the rest of the overlong line
+                    line = None
+            except OSError as e:
+                raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+            if line == b"":
                 return
-            if len(line) > MAX_METRICS_LINE and not line.endswith(b"\n"):
-                while (more := f.readline(MAX_METRICS_LINE)) and not more.endswith(b"\n"):
-                    pass  # the rest of the overlong line
-                line = None
             yield i, line
 
 
@@ -716,9 +889,11 @@ def read_metrics(
     return out
 
 
-def truncate_metrics(run: Path, step: int) -> Records:
+def truncate_metrics(run: Path, step: int, epochs: int | None = None) -> Records:
     """Drop the records after ``step`` (a lost future after an interrupt), streaming the file
-    through; returns the records kept (:class:`Records`)."""
+    through; returns the records kept (:class:`Records`). With ``epochs`` (the checkpoint's
+    finished epochs), an epoch record of a later epoch goes too: a checkpoint taken on an
+    epoch's last step, before its validation, has the step of that epoch's record."""
     path = Path(run) / METRICS_FILE
     keep = Records()
     if not path.is_file():
@@ -729,7 +904,11 @@ def truncate_metrics(run: Path, step: int) -> Records:
         for _, line in _metrics_lines(path):
             rec = _record(line)
             at = None if rec is None else rec.get("step", 0)
-            if not isinstance(at, bool) and isinstance(at, (int, float)) and at <= step:
+            ok = not isinstance(at, bool) and isinstance(at, (int, float)) and at <= step
+            if ok and epochs is not None and rec.get("type") == "epoch":
+                e = rec.get("epoch")
+                ok = isinstance(e, bool) or not isinstance(e, int) or e <= epochs
+            if ok:
                 keep.append(rec)
                 yield line if line.endswith(b"\n") else line + b"\n"
 

@@ -500,7 +500,8 @@ class _Signals:
     agree on), where the checkpoint it saves resumes exactly: the weights, the optimizer and
     the counters of finished steps, and the random state before the next step's draws. A
     second signal before then stops at once (:class:`_ForcedStop`) and keeps the last
-    checkpoint; inside :meth:`deferred` (a file being written) every signal waits."""
+    checkpoint; inside :meth:`deferred` (a file being written) every signal waits. A signal
+    ignored when training starts (SIGHUP under ``nohup``) stays ignored."""
 
     SIGNALS = tuple(
         s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s
@@ -521,6 +522,8 @@ class _Signals:
 
     def __enter__(self):
         for s in self.SIGNALS:
+            if signal.getsignal(s) is signal.SIG_IGN:  # (nohup, `&` in a script): stays so
+                continue
             try:
                 self.old[s] = signal.signal(s, self._handler)
             except ValueError:  # not the main thread
@@ -832,6 +835,7 @@ class Trainer:
         self.best_state: dict | None = None  # without a run folder, the best weights
         self._watch: dict[str, _Watch] = {}  # one per kind of loss
         self._signals: _Signals | None = None
+        self.stdout_error: str | None = None  # standard output failed: training stops
         self._tb = None
 
     # -- helpers --------------------------------------------------------------------------
@@ -881,8 +885,7 @@ class Trainer:
             full = self._metrics_bytes >= METRICS_STEP_BYTES
             if record["type"] != "step" or not full:
                 line = (json.dumps(record) + "\n").encode()
-                with open(path, "ab") as f:
-                    f.write(line)
+                io.append(path, line)  # (a failure names the file and leaves no partial line)
                 self._metrics_bytes += len(line)
             if record["type"] == "step" and self._metrics_bytes >= METRICS_STEP_BYTES:
                 if not self._metrics_full:  # (the warning is not a step record: no loop)
@@ -893,15 +896,28 @@ class Trainer:
                         "train.log_every to log fewer steps"
                     )
             if self._tb is not None:
-                for k, v in record.items():
-                    if isinstance(v, float) and k != "time":
-                        self._tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
+                self._tb_scalars(record)
+
+    def _tb_scalars(self, record: dict) -> None:
+        for k, v in record.items():
+            if isinstance(v, float) and k != "time":
+                self._tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
 
     def _say(self, msg: str) -> None:
         if self.echo and self.rank == 0:
             from tqdm import tqdm
 
-            tqdm.write(msg, file=sys.stdout)
+            try:
+                tqdm.write(msg, file=sys.stdout)
+                sys.stdout.flush()  # (a full disk is met at this line, not at exit)
+            except OSError as e:  # its reader gone (`| head`), its disk full: as a SIGHUP
+                self.echo = False
+                reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+                if not reason.startswith("cannot write to standard output"):
+                    reason = f"cannot write to standard output: {reason}"
+                self.stdout_error = reason
+                if self._signals is not None:
+                    self._signals.pending = True  # training stops at the end of this step
 
     def _warn(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -1052,12 +1068,14 @@ class Trainer:
         ``ff.load`` can rebuild); other models keep them in memory and in the checkpoint."""
         return getattr(self.eval_model, "config", None) is not None
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, interrupt: bool = False) -> None:
         """Write the checkpoint; a signal during the write waits for it to finish (training
-        then stops at the end of its step)."""
+        then stops at the end of its step). ``interrupt``: the save of an interrupt (recorded,
+        so that a run that stopped without one is not said to be interrupted)."""
         if not self.writer:
             return
         meta = {k: getattr(self, k) for k in self._STATE}
+        meta["interrupt"] = interrupt
         warned = [w[:MAX_WARNING_CHARS] for w in self.warnings[-MAX_WARNINGS:]]
         meta.update(seed=self.seed, world=self.world, warnings=warned)
         # what the counters count in, and the options they ran under (checked on resume)
@@ -1257,7 +1275,7 @@ class Trainer:
             )
         if self.writer and (self.out / METRICS_FILE).is_file():
             # metrics written after the checkpoint belong to a lost future: drop them
-            self.history = truncate_metrics(self.out, self.global_step)
+            self.history = truncate_metrics(self.out, self.global_step, self.epoch)
             self._metrics_bytes = None  # (its size is looked up again)
 
     # -- the loop -------------------------------------------------------------------------
@@ -1292,6 +1310,8 @@ class Trainer:
             ):
                 try:  # read now, not named at the end as the model when it cannot be loaded
                     io.unpack(self.out / MODEL_FILE, what="model file")
+                except io.Unreadable as e:  # (no permission: not a reason to train again)
+                    raise RunError(f"cannot resume {self.out}: {e}") from None
                 except ValueError as e:
                     raise RunError(
                         f"cannot resume {self.out}: its best model ({MODEL_FILE}, epoch "
@@ -1330,10 +1350,14 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                # resumed: TensorBoard hides what a killed process logged after the checkpoint's
-                # step (as metrics.jsonl drops it), keeping the records at that step
-                purge = self.global_step + 1 if self.global_step > 0 else None
+                # resumed: TensorBoard hides what a killed process logged from the checkpoint's
+                # step on (an epoch's validation can share its last step), and the records kept
+                # at that step (as metrics.jsonl keeps them) are logged again
+                purge = self.global_step if self.global_step > 0 else None
                 self._tb = SummaryWriter(str(self.out / "tb"), purge_step=purge)
+                for rec in self.history if purge else ():
+                    if rec.get("step") == self.global_step and isinstance(rec.get("type"), str):
+                        self._tb_scalars(rec)
             except ImportError:
                 self._tb = None
         model = self.model
@@ -1364,6 +1388,7 @@ class Trainer:
         signals = self._signals = _Signals(force=self.world == 1)
         try:
             with signals:  # one context for training and the interrupt's save: no gap
+                signals.pending = self.stdout_error is not None  # (failed before training)
                 try:
                     while status == "running" and self.epoch < self.cfg["epochs"]:
                         status = self._epoch(bar)
@@ -1384,7 +1409,7 @@ class Trainer:
                     status = "interrupted"
                     # a further signal waits for this save to finish: the checkpoint is whole
                     signals.deferring, signals.pending = True, False
-                    self.save_checkpoint()
+                    self.save_checkpoint(interrupt=True)
                     again = signals.pending
                     saved = (
                         "checkpoint saved (resume with --resume; from Python, resume=True)"
@@ -1393,9 +1418,11 @@ class Trainer:
                     )
                     if again:
                         saved += "; a second signal arrived during the save and waited for it"
-                    self._say(
-                        f"interrupted at epoch {self.epoch + 1}, step {self.global_step}; {saved}"
-                    )
+                    said = f"interrupted at epoch {self.epoch + 1}, step {self.global_step}"
+                    said += f"; {saved}"
+                    if self.stdout_error is not None and self.rank == 0:  # said where it can be
+                        print(f"flowforge: {self.stdout_error}; {said}", file=sys.stderr)
+                    self._say(said)
         finally:
             self._signals = None
             bar.close()
@@ -1414,6 +1441,7 @@ class Trainer:
             "skipped_steps": self.skipped,
             "warnings": list(self.warnings),
             "already_ended": already,
+            "stdout_error": self.stdout_error,
         }
 
     def _batches(self):
@@ -1432,7 +1460,7 @@ class Trainer:
     def _epoch(self, bar) -> str:
         import torch.distributed as dist
 
-        t0 = time.time()
+        t0 = time.perf_counter()  # (a duration: the wall clock can be stepped back)
         if self.step_in_epoch == 0 and self.epoch in self.phase_starts[1:]:
             self._new_phase()
         losses = self.epoch_losses
@@ -1631,7 +1659,7 @@ class Trainer:
             "val_nll" if self.objective.name == "nll" else "val": val,
             "lr": self.opt.param_groups[0]["lr"],
             "best": improved,
-            "time": time.time() - t0,
+            "time": time.perf_counter() - t0,
         }
         if self.bits_dims and self.objective.name == "nll":
             rec["train_bpd"], rec["val_bpd"] = self._bpd(train_loss), self._bpd(val)

@@ -135,7 +135,7 @@ def _fit_target(
         echo=False,
         callback=lambda t: last.append(t.epoch_losses[-1]) if t.epoch_losses else None,
     )
-    t0 = time.time()
+    t0 = time.perf_counter()
     result = trainer.fit()
     flow.eval()
     tail = last[-100:]
@@ -147,7 +147,7 @@ def _fit_target(
         "anneal": anneal,
         "skipped": result["skipped_steps"],
         "final_loss": float(sum(tail) / max(1, len(tail))),
-        "seconds": time.time() - t0,
+        "seconds": time.perf_counter() - t0,
     }
 
 
