@@ -41,10 +41,10 @@ def _pngs(folder, n=12, size=(8, 8), mode="L", bits=None, seed=0, suffix=".png")
     return folder
 
 
-@pytest.mark.parametrize("shape", [(40, 2, 8, 3), (40, 8, 2, 1), (40, 6, 5, 4)])
+@pytest.mark.parametrize("shape", [(40, 8, 2, 1), (40, 6, 5, 4), (40, 5, 2, 3)])
 def test_channels_last_arrays_of_any_height_are_refused(tmp_path, shape):
-    # (N, 2, 8, 3): RGB images 2 high; before, only a height and width over 4 were caught and
-    # these trained as 2-channel 8x3 images, the colours laid out as columns
+    # (N, 8, 2, 1): gray images 8x2; before, only a height and width over 4 were caught and
+    # these trained as 8-channel 2x1 images
     path = tmp_path / "a.npy"
     np.save(path, np.zeros(shape, np.uint8))
     with pytest.raises(DataError, match=r"channels last\? .*transpose\(0, 3, 1, 2\)"):
@@ -58,6 +58,10 @@ def test_a_layout_read_either_way_is_read_channels_first_and_said(tmp_path):
     assert ds.shape == (1, 8, 3)
     (note,) = [w for w in _warnings(ds) if "channels first" in w]
     assert "read as 1 channel(s) of 8x3 images" in note and "transpose(0, 3, 1, 2)" in note
+    two = tmp_path / "two.npy"  # RGB images 2x8, or 2 channels of 8x3: read as before, said
+    np.save(two, np.random.default_rng(0).integers(0, 256, (40, 2, 8, 3)).astype(np.uint8))
+    ds = load_dataset(str(two))
+    assert ds.shape == (2, 8, 3) and any("channels first" in w for w in _warnings(ds))
     square = tmp_path / "square.npy"  # 4x4 gray images: no doubt to speak of
     np.save(square, np.random.default_rng(0).integers(0, 256, (200, 1, 4, 4)).astype(np.uint8))
     assert not [w for w in _warnings(load_dataset(str(square))) if "channels" in w]
@@ -271,3 +275,38 @@ def test_class_subfolders_that_cannot_be_classes_are_refused(tmp_path):
     (linked / "dogs").symlink_to(outside / "x", target_is_directory=True)
     with pytest.raises(DataError, match="a link to a folder outside"):
         load_dataset(str(linked), conditional="label")
+
+
+def test_numbered_class_folders_keep_their_numbers_and_hidden_ones_are_not_classes(tmp_path):
+    root = _classes(tmp_path / "num", names=("1", "2", "10"))
+    _classes(root / ".thumbs", names=("x",), n=3)  # (a hidden folder: no class)
+    ds = load_dataset(str(root), conditional="label")
+    # folders 1, 2, 10 are labels 1, 2, 10 (in name order they were 0, 1, 2: "1", "10", "2")
+    assert ds.context_info["classes"] == [1, 2, 10]
+    assert ds.context_info["names"] == ["1", "2", "10"]
+    # each image under its own folder's label (_classes draws folder j's around 60 * j)
+    x, c = ds.train, ds.split_context("train").argmax(1)
+    assert torch.all((x.mean((1, 2, 3)) - 60 * c - 19.5).abs() < 8)
+
+
+def test_the_few_images_note_counts_the_images_a_limit_keeps(tmp_path):
+    folder = _pngs(tmp_path / "many", n=150)
+    assert not [w for w in _warnings(load_dataset(str(folder))) if w.startswith("only ")]
+    (note,) = [w for w in _warnings(load_dataset(str(folder), limit=10)) if w.startswith("only ")]
+    assert note.startswith("only 10 training")
+
+
+def test_an_8_bit_folder_of_two_values_is_not_taken_for_low_bit_pngs(tmp_path, capsys):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):  # 8-bit PNGs of 0 and 255: their top 4 bits scale back exactly
+        Image.fromarray((rng.random((8, 8)) > 0.5).astype(np.uint8) * 255, "L").save(
+            folder / f"{i}.png"
+        )
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", folder, "--set", "data.bits=4", "--out", run,
+                     *TINY_GLOW)  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "compress", run, "--data", folder, "--out", tmp_path / "m.ffz")
+    one_line_error(rc, err, "drop the 4 low bits")

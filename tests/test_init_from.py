@@ -408,3 +408,27 @@ def test_an_edited_init_from_run_a_replay_elsewhere_and_a_statistic_no_layer_hol
     rc, _, err = cli(capsys, "train", "--out", b, "--resume", *QUIET)
     one_line_error(rc, err, "cannot resume", "its weights do not fit this run's model")
     assert len(err) < 400
+
+
+def test_a_discrete_source_is_refused_for_continuous_data_not_inherited(tmp_path, capsys):
+    # the source's arguments are taken where the data does not decide them (2026-12-07):
+    # its levels came along too, and a discrete MAF trained on continuous data, or failed in
+    # the trainer, where the refusal named the levels
+    rng = np.random.default_rng(0)
+    ints, cont = tmp_path / "ints.csv", tmp_path / "cont.csv"
+    np.savetxt(ints, rng.integers(0, 16, (300, 3)), delimiter=",", header="a,b,c",
+               comments="", fmt="%d")  # fmt: skip
+    np.savetxt(cont, rng.normal(size=(300, 3)), delimiter=",", header="a,b,c", comments="")
+    src = tmp_path / "src"
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", ints, "--set", "data.levels=16",
+                     "--out", src, "--epochs", 1, "--quiet", "--no-progress", "--model-kwargs",
+                     '{"layers": 1, "hidden": [8]}')  # fmt: skip
+    assert rc == 0, err
+    for data in (ints, cont):
+        rc, _, err = cli(capsys, "train", "--init-from", src, "--data", data, "--out",
+                         tmp_path / f"n-{data.stem}", "--epochs", 1)  # fmt: skip
+        one_line_error(rc, err, "levels 16 there, None here")
+    rc, _, err = cli(capsys, "train", "--init-from", src, "--data", ints, "--set",
+                     "data.levels=16", "--out", tmp_path / "same", "--epochs", 1, "--quiet",
+                     "--no-progress")  # fmt: skip
+    assert rc == 0, err

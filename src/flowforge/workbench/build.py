@@ -335,8 +335,14 @@ def build_flow(
                 # a new run from another run's model: the arguments that model was built with
                 # (completed as loading completes them), the config's own over them, so that a
                 # default changed since (or an old run's legacy values) is not another model
+                # (not what this run's data decides: its size, levels and context, and the
+                # standardisation where the run's data options say it; the checks of
+                # warm_start refuse a source that differs there)
+                tied = {"features", "shape", "levels", "context_features"}
+                if "standardize" in cfg["data"]["options"]:
+                    tied.add("standardize")
                 saved = models.registry.saved_kwargs(name, theirs["kwargs"])
-                saved = {k: v for k, v in saved.items() if k not in ("features", "shape")}
+                saved = {k: v for k, v in saved.items() if k not in tied}
                 kwargs = {**saved, **kwargs}
         if legacy:  # the builder's arguments added since take the values that rebuild the run
             kwargs = models.registry.saved_kwargs(name, kwargs)

@@ -25,6 +25,8 @@ from ..core import Flow
 from ..io import atomic_write
 from .data import (
     DATASETS,
+    _is_image_name,
+    _png_bit_depth,
     check_levels,
     examples_words,
     image_words,
@@ -177,8 +179,11 @@ def _refuse_reduced_images(folder: str, bits: int, want: tuple[int, ...]) -> Non
     x = read_table(folder, 8, want).astype(np.uint8)
     low = 8 - bits
     k = x >> low
-    if np.array_equal(x, (k.astype(np.int32) * 255 // (2**bits - 1)).astype(np.uint8)):
-        return  # (images of `bits` bits per pixel, scaled to 0..255 by Pillow)
+    files = [f for f in Path(folder).expanduser().iterdir() if _is_image_name(f)]
+    if all(f.suffix.lower() == ".png" and _png_bit_depth(f) == bits for f in files) and (
+        np.array_equal(x, (k.astype(np.int32) * 255 // (2**bits - 1)).astype(np.uint8))
+    ):
+        return  # (PNGs of `bits` bits per pixel, which Pillow scales to 0..255)
     changed = int(np.count_nonzero(x & ((1 << low) - 1)))
     raise DataError(
         f"{folder}: images of 8 bits per channel, and this run models their top {bits} bits "

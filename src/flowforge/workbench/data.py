@@ -1349,17 +1349,18 @@ def _image_array(
         raise DataError(f"{where} is empty")
     transpose = "numpy.save(path, a.transpose(0, 3, 1, 2))"
     small = (1, 3, 4)  # (gray, RGB, RGBA: a channel count; rarely an image's height or width)
-    # (channels first, a width of 1, 3 or 4 beside another height reads as channels last;
-    # a square one, such as (N, 8, 4, 4), as 8 channels of 4x4 images)
+    # (a last axis of 1, 3 or 4 after a second of more than 4 reads as channels last, such
+    # as (N, 8, 2, 3); a square one, (N, 8, 4, 4), as 8 channels of 4x4 images; a second of
+    # 2 to 4, as (N, 2, 8, 4), could be either: read channels first, and said, below)
     if (a.shape[1] > 4 and a.shape[2] > 4 and a.shape[3] <= 4) or (
-        a.shape[3] in small and a.shape[1] not in small and a.shape[2] != a.shape[3]
+        a.shape[3] in small and a.shape[1] > 4 and a.shape[2] != a.shape[3]
     ):
         raise DataError(
             f"{where} has shape {a.shape}: channels last? images are (examples, channels, "
             f"height, width): {transpose}"
         )
     layout = None
-    if a.shape[1] in small and a.shape[3] in small and a.shape[2] != a.shape[3]:
+    if a.shape[1] <= 4 and a.shape[3] in small and a.shape[2] != a.shape[3]:
         layout = (  # (N, 1, 8, 3): gray 8x3 images, or RGB 1x8 strips?
             f"{where} has shape {a.shape}, read as {a.shape[1]} channel(s) of "
             f"{a.shape[2]}x{a.shape[3]} images (channels first); if its last axis is the "
@@ -2097,6 +2098,7 @@ def _mode_fix(mode: str, deep: bool) -> str:
     return f"{what}: convert each with Pillow, Image.open(f).convert('{to}'){alpha}"
 
 
+MAX_CLASSES = 1024  # class subfolders --conditional label takes (a one-hot context each)
 MAX_IMAGE_PIXELS = 1 << 24  # pixels of one image in a folder (4096 x 4096), checked unread
 
 
@@ -2136,7 +2138,8 @@ def _image_folder(
         entries = sorted(path.iterdir())
         # (macOS's AppleDouble files ._name.png carry no image)
         files = [p for p in entries if _is_image_name(p) and not p.name.startswith("._")]
-        nested = [p.name for p in entries if p.is_dir() and any(map(_is_image_name, p.iterdir()))]
+        nested = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")
+                  and any(map(_is_image_name, p.iterdir()))]  # fmt: skip
         labels = [0] * len(files)
         own = len(files)  # (the folder's own images, which a labelled read leaves out)
         if labelled:  # one subfolder of images per class, in the order of their names
@@ -2146,12 +2149,29 @@ def _image_folder(
                         f"{path / d} is a link to a folder outside {path}; flowforge reads only "
                         "the folder's own class subfolders: copy the images in"
                     )
+            if len(nested) > MAX_CLASSES:
+                raise DataError(
+                    f"{path} has {len(nested):,} subfolders of images; --conditional label "
+                    f"takes at most {MAX_CLASSES:,} classes (a one-hot context each)"
+                )
+            # numbered class folders (0/, 1/, ... as digits) keep their numbers as labels;
+            # others are numbered by their place in name order
+            numbers = [int(d) for d in nested if d.isdecimal()]
+            if len(numbers) < len(nested) or len(set(numbers)) < len(numbers):
+                numbers = list(range(len(nested)))
             inside = [(path / d, sorted((path / d).iterdir())) for d in nested]
-            files = [f for _, fs in inside for f in fs if _is_image_name(f)]
-            files = [f for f in files if not f.name.startswith("._")]
-            labels = [i for i, (_, fs) in enumerate(inside) for f in fs if _is_image_name(f)
-                      and not f.name.startswith("._")]  # fmt: skip
+            files, labels = [], []
+            for k, (_, fs) in zip(numbers, inside):
+                kept = [f for f in fs if _is_image_name(f) and not f.name.startswith("._")]
+                files += kept
+                labels += [k] * len(kept)
             entries += [f for _, fs in inside for f in fs]
+            entries += [  # (the other formats of subfolders that hold no PNG or JPEG)
+                f
+                for d in sorted(path.iterdir())
+                if d.is_dir() and not d.name.startswith(".") and d.name not in nested
+                for f in d.iterdir()
+            ]
     except OSError as e:
         raise DataError(f"{path}: cannot list it ({e.strerror})") from None
     inner = ", ".join(nested[:5]) + (f" and {len(nested) - 5} more" if len(nested) > 5 else "")
@@ -2255,7 +2275,7 @@ def _image_folder(
             k: y[torch.from_numpy(np.asarray(i, dtype=np.int64))]
             for k, i in zip(("train", "val", "test"), (tr, va, te))
         }
-        info["class_names"] = list(nested)
+        info["class_names"] = dict(zip(numbers, nested))  # (label: subfolder)
     if checks:
         if nested and not labelled:
             notes.append(f"the images in subfolders {inner} of {path} are not read")
@@ -2426,8 +2446,8 @@ def read_labelled(
     if path.is_dir() and names:  # a folder of class subfolders, for a run trained on one
         ds = _image_folder(path, 0, False, True, bits=bits, shuffle=False, val_fraction=0,
                            test_fraction=0)  # fmt: skip
-        found = ds.info["class_names"]
-        unknown = [n for n in found if n not in names]
+        found = ds.info["class_names"]  # (its own labels: this folder's, not the run's)
+        unknown = [n for n in found.values() if n not in names]
         if unknown:
             raise DataError(
                 f"{spec}: class subfolder {unknown[0]!r} is not one of this run's classes "
@@ -2583,9 +2603,11 @@ def _load_dataset(
         if ds.stats is not None:
             _restandardize(ds)
         # the few-rows note, for the rows kept
-        if checks and ds.kind == "table" and ds.levels is None:
+        image = ds.kind == "image"
+        if checks and (image or (ds.kind == "table" and ds.levels is None)):
             notes = [n for n in ds.info.get("warnings", []) if not _is_few_rows_note(n)]
-            note = _few_rows({k: int(ds.split(k).shape[0]) for k in ("train", "val", "test")})
+            sizes = {k: int(ds.split(k).shape[0]) for k in ("train", "val", "test")}
+            note = _few_rows(sizes, image)
             ds.info["warnings"] = ([note] if note else []) + notes
             if not ds.info["warnings"]:
                 del ds.info["warnings"]
@@ -2692,9 +2714,9 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
         labels = {k: labels[k][: ds.split(k).shape[0]] for k in ("train", "val", "test")}
         classes = sorted(int(c) for c in torch.unique(labels["train"]))
         info = {"kind": "label", "classes": classes, "features": len(classes)}
-        names = ds.info.get("class_names")  # (a folder's class subfolders, label = position)
+        names = ds.info.get("class_names")  # (a folder's class subfolders: label -> name)
         if names:
-            missing = [n for i, n in enumerate(names) if i not in classes]
+            missing = [n for i, n in names.items() if i not in classes]
             if missing:
                 raise DataError(
                     f"{ds.name}: class {missing[0]!r} has no image in the training split; give "

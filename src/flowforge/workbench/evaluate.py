@@ -143,6 +143,9 @@ def evaluate_run(
         del labels
         x = x.reshape(-1, *want)
         split = str(data)
+        if len(want) > 1:  # (images scaled to [0, 1])
+            scaled = unit_scaled(x, r.get("levels"), str(data))
+            file_warnings += [scaled] if scaled else []
         _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
@@ -864,6 +867,13 @@ def _evaluate_manifold_model(
     }
 
 
+def named_of(info: dict, label: int) -> str:
+    """A label of a label-conditional run in words: ``3`` or, for a folder's class, ``3
+    'dogs'``."""
+    names = dict(zip(info["classes"], info.get("names") or ()))
+    return f"{label} {names[label]!r}" if label in names else str(label)
+
+
 def sample_context(cfg: dict, label: str | None, context: str | None):
     """The model-ready context rows that ``--label`` / ``--context`` ask for (None for an
     unconditional run), a few words for the messages, and what was given as ``(column names,
@@ -889,6 +899,13 @@ def sample_context(cfg: dict, label: str | None, context: str | None):
             labels = [named[v] if v in named else int(v) for v in str(label).split(",")]
         except ValueError:
             labels = []
+        for v in str(label).split(","):  # a name that is another class's number: refused
+            if v in named and v.strip().lstrip("-").isdecimal() and named[v] != int(v):
+                raise ContextError(
+                    f"--label {v} names the class folder {v!r} (label {named[v]}) and is the "
+                    f"label of another ({named_of(info, int(v))}): give the folder's label, "
+                    f"{named[v]}, or rename the folders"
+                )
         if not labels:
             names = f" or class names ({', '.join(named)})" if named else ""
             raise ContextError(f"--label expects integers like 3 or 0,1,2{names}, got {label!r}")
