@@ -597,3 +597,39 @@ def test_the_resume_hint_after_an_interrupt_is_shell_quoted(tmp_path, capsys, mo
     assert rc == 130
     hint = err.strip().splitlines()[-1].split("resume with: ")[1]
     assert shlex.split(hint) == ["flowforge", "train", "--out", str(out), "--resume"], err
+
+
+def test_reports_of_other_machines_and_user_figures_stay(tmp_path, capsys):
+    # (a review of the day's change): a temporary folder named by this machine's pid rules
+    # removed another machine's live report on a shared folder, and a user's
+    # report/curves.20240101.png was taken for one report's copy of a figure
+    from flowforge.workbench.runs import _host_tag
+
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    other = "0" * 6 if _host_tag() != "0" * 6 else "1" * 6
+    live_elsewhere = run / f".report-h{other}-1-x1y2z3w4.tmp"
+    live_elsewhere.mkdir()
+    (live_elsewhere / "curves.png").write_bytes(b"another machine's report at work")
+    (run / "report").mkdir()
+    mine = run / "report" / "curves.20240101.png"
+    mine.write_bytes(b"the user's own figure")
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    assert (live_elsewhere / "curves.png").is_file() and mine.is_file()
+    assert main(["train", "--out", str(run), "--overwrite", "--model", "realnvp", "--data",
+                 "moons", "--epochs", "1", "--limit", "64", "--no-progress", "--quiet",
+                 "--model-kwargs", '{"layers": 1, "hidden": [4]}']) == 0  # fmt: skip
+    assert mine.is_file()
+
+
+def test_a_command_without_standard_output_runs_as_before(tmp_path):
+    # stdout closed (`>&-`, pythonw): Python has none, and every command failed with an
+    # AttributeError of the stdout guard; it trains, with nothing to print to
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flowforge", "train", "--model", "realnvp", "--data", "moons",
+           "--out", str(out), "--epochs", "1", "--limit", "64", "--no-progress",
+           "--model-kwargs", '{"layers": 1, "hidden": [4]}']  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       env=env, pass_fds=(), preexec_fn=lambda: os.close(1))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert (out / "model.ff").is_file() and "Error" not in p.stderr

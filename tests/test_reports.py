@@ -57,8 +57,9 @@ def render(run: Path, capsys, *options: str) -> tuple[list[str], dict]:
         f = run / src
         assert f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
     table = dict(zip(page.cells[::2], page.cells[1::2]))
-    # the page shows the report's own copies (report/curves.TOKEN.png): named as report/curves.png
-    return [re.sub(r"\.[a-z0-9_]{8}\.png$", ".png", src) for src in page.imgs], table
+    # the page shows the report's own copies (report/curves.report-TOKEN.png), named here as
+    # report/curves.png
+    return [re.sub(r"\.report-[a-z0-9_]{8}\.png$", ".png", src) for src in page.imgs], table
 
 
 def train(tmp, name, *args):
@@ -151,8 +152,10 @@ def test_conditional_image_report_has_samples_per_class(runs, capsys):
     imgs, _ = render(runs["cimage"], capsys, "--temperatures", "0.6")
     assert [i for i in imgs if "classes" in i] == ["report/classes_T0.6.png"]
     names = sorted(p.name for p in (runs["cimage"] / "report").glob("classes_*"))
-    # the plain name and the page's own copy (classes_T0.6.TOKEN.png)
-    assert [re.sub(r"\.[a-z0-9_]{8}\.png$", ".png", n) for n in names] == ["classes_T0.6.png"] * 2
+    # the plain name and the page's own copy (classes_T0.6.report-TOKEN.png)
+    assert [re.sub(r"\.report-[a-z0-9_]{8}\.png$", ".png", n) for n in names] == [
+        "classes_T0.6.png"
+    ] * 2
 
 
 def test_toy_report_keeps_density_and_adds_columns(runs, capsys):
@@ -404,7 +407,7 @@ def test_a_report_is_all_old_or_all_new(runs, capsys, monkeypatch):
     assert {src: (run / src).read_bytes() for src in shown} == shown  # A's page, A's figures
     render(run, capsys, "--seed", "2")  # the next report removes what no page shows
     figures = {f.name for f in (run / "report").iterdir()}
-    versions = {m[1] for n in figures if (m := re.search(r"\.([a-z0-9_]{8})\.png$", n))}
+    versions = {m[1] for n in figures if (m := re.search(r"\.report-([a-z0-9_]{8})\.png$", n))}
     assert len(versions) == 1, figures
 
 

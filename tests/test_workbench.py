@@ -180,7 +180,7 @@ def test_train_eval_sample_report(digits_run, capsys, tmp_path):
     html = (run / "report.html").read_text()
     assert rc == 0 and "report.html" in out
     imgs = [p.split('"')[0] for p in html.split('<img src="')[1:]]
-    plain = {re.sub(r"\.[a-z0-9_]{8}\.png$", ".png", p) for p in imgs}  # (the page's copies)
+    plain = {re.sub(r"\.report-[a-z0-9_]{8}\.png$", ".png", p) for p in imgs}  # (the page's copies)
     assert {"report/curves.png", "report/samples.png", "report/nearest.png",
             "report/latent.png"} <= plain  # fmt: skip
     assert all((run / p).is_file() for p in [*imgs, *plain])
@@ -193,7 +193,7 @@ def test_toy_run_report_has_density(tmp_path, capsys):
     assert rc == 0
     rc, _, _ = cli(capsys, "report", out)
     html = (out / "report.html").read_text()
-    assert rc == 0 and re.search(r'src="report/density\.[a-z0-9_]{8}\.png"', html)
+    assert rc == 0 and re.search(r'src="report/density\.report-[a-z0-9_]{8}\.png"', html)
     assert (out / "report/density.png").is_file()
     rc, out_, _ = cli(capsys, "eval", out, "--json")
     assert json.loads(out_)["bits_per_dim"] is None  # continuous data

@@ -1519,10 +1519,12 @@ def _main(argv: list[str] | None) -> int:
     shown = warnings.showwarning
     if not args.debug:  # the library's warnings as the command's own lines, not Python's
         warnings.showwarning = _warning_line
-    stdout = sys.stdout = _GuardedStdout(sys.stdout)
+    stdout = None  # (none to guard where Python has none: a closed descriptor, pythonw)
+    if sys.stdout is not None:
+        stdout = sys.stdout = _GuardedStdout(sys.stdout)
     try:
         status = args.func(args)
-        if not stdout.failed:  # (a training that lost it has said so, and stopped)
+        if stdout is not None and not stdout.failed:  # (a training that lost it has said so)
             sys.stdout.flush()  # (a full disk is met here, not as Python's error at exit)
         return status
     except StdoutError as e:
@@ -1599,7 +1601,7 @@ def _main(argv: list[str] | None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
-        if sys.stdout is stdout:
+        if stdout is not None and sys.stdout is stdout:
             sys.stdout = stdout._stream
             if stdout.failed:
                 _drop_stdout(stdout)

@@ -86,25 +86,28 @@ REPORT_FIGURES = (
 _CLASS_FIGURE = re.compile(r"classes_T[0-9.e+-]+\.png")  # samples per class at temperature T
 
 
-_VERSIONED = re.compile(r"(.+)\.([a-z0-9_]{8})(\.png)")  # curves.x1y2z3w4.png: one report's
+# curves.report-x1y2z3w4.png: one report's copy (a word of flowforge's own in the name, so
+# that a user's curves.20240101.png in report/ is not taken for one)
+_VERSIONED = re.compile(r"(.+)\.report-([a-z0-9_]{8})(\.png)")
 
 
 def versioned_figure(name: str, token: str) -> str:
     """The name under which one report's page shows a figure: ``curves.png`` as
-    ``curves.TOKEN.png``, so that a page never shows another report's figure."""
+    ``curves.report-TOKEN.png``, so that a page never shows another report's figure."""
     stem, dot, suffix = name.rpartition(".")
-    return f"{stem}.{token}{dot}{suffix}"
+    return f"{stem}.report-{token}{dot}{suffix}"
 
 
 def versioned_token(name: str) -> str | None:
-    """The TOKEN of a report's own copy of a figure (``curves.TOKEN.png``); None otherwise."""
+    """The TOKEN of a report's own copy of a figure (``curves.report-TOKEN.png``); None
+    otherwise."""
     m = _VERSIONED.fullmatch(name)
     return m[2] if m is not None and is_report_figure(m[1] + m[3]) else None
 
 
 def is_report_figure(name: str) -> bool:
     """Whether a file name in ``report/`` is one of the figures ``flowforge report`` writes
-    (``curves.png``, and one report's own copy ``curves.TOKEN.png``)."""
+    (``curves.png``, and one report's own copy ``curves.report-TOKEN.png``)."""
     m = _VERSIONED.fullmatch(name)
     if m is not None and (m[1] + m[3] in REPORT_FIGURES or _CLASS_FIGURE.fullmatch(m[1] + m[3])):
         return True
@@ -446,7 +449,13 @@ def _our_temporary(name: str) -> bool:
     return any(re.fullmatch(rf"\.{re.escape(n)}\.[a-z0-9_]{{8}}\.tmp", name) for n in RUN_FILES)
 
 
-_REPORT_TMP = re.compile(r"\.report-(?:([0-9]+)-)?[a-z0-9_]{8}\.tmp")  # pid: its process
+# .report-hHOST-PID-XXXXXXXX.tmp (HOST: 6 hex digits of this machine's name; an older
+# flowforge's .report-PID-... and .report-...: no host)
+_REPORT_TMP = re.compile(r"\.report-(?:h([0-9a-f]{6})-)?(?:([0-9]+)-)?[a-z0-9_]{8}\.tmp")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def _report_file(name: str) -> bool:
@@ -457,7 +466,20 @@ def _report_file(name: str) -> bool:
 def report_folder_name() -> str:
     """The prefix of ``flowforge report``'s temporary folder in a run (``tempfile.mkdtemp``
     adds 8 random characters and ``.tmp``): its process id tells a live one from a leftover."""
-    return f".report-{os.getpid()}-"
+    return f".report-h{_host_tag()}-{os.getpid()}-"
+
+
+def _report_leftover(f: Path) -> bool:
+    """Whether ``f`` is a killed report's temporary folder: one of this machine whose process
+    is gone (a report in progress, or one of another machine sharing the run's folder, stays),
+    or an older flowforge's, which named neither."""
+    m = _REPORT_TMP.fullmatch(f.name)
+    if not m or not f.is_dir() or f.is_symlink():
+        return False
+    host, pid = m.group(1), int(m.group(2)) if m.group(2) else None
+    if host is not None and host != _host_tag():
+        return False
+    return pid is None or (pid != os.getpid() and not _pid_alive(pid))
 
 
 def remove_report_leftovers(run: Path) -> None:
@@ -466,11 +488,7 @@ def remove_report_leftovers(run: Path) -> None:
     ``.report-XXXXXXXX.tmp/``), their figures and page only, and its page's temporary file
     (``.report.html.XXXXXXXX.tmp``). A user's file of another name stays."""
     for f in Path(run).iterdir():
-        m = _REPORT_TMP.fullmatch(f.name)
-        if m and f.is_dir() and not f.is_symlink():
-            pid = int(m.group(1)) if m.group(1) else None
-            if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
-                continue  # a report in progress (another command's)
+        if _report_leftover(f):
             _ours_in(f, _report_file)
         elif f.name.startswith(".report.html.") and _our_temporary(f.name) and f.is_file():
             f.unlink(missing_ok=True)
@@ -497,8 +515,8 @@ def remove_orphans(out: Path) -> None:
             # user's .config.backup.tmp stays
             if _our_temporary(f.name):
                 f.unlink(missing_ok=True)
-        elif f.name.startswith(".report-") and f.name.endswith(".tmp") and f.is_dir():
-            _ours_in(f, is_report_figure)  # a killed report's figures
+        elif _report_leftover(f):  # a killed report's figures (not a live one's)
+            _ours_in(f, _report_file)
 
 
 def _lock_record(path: Path) -> dict | None:

@@ -909,7 +909,8 @@ class Trainer:
 
             try:
                 tqdm.write(msg, file=sys.stdout)
-                sys.stdout.flush()  # (a full disk is met at this line, not at exit)
+                if sys.stdout is not None:  # (None where Python has no stdout: nothing to say)
+                    sys.stdout.flush()  # (a full disk is met at this line, not at exit)
             except OSError as e:  # its reader gone (`| head`), its disk full: as a SIGHUP
                 self.echo = False
                 reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
