@@ -672,3 +672,8 @@ def test_resume_refuses_run_files_made_read_only(tmp_path, capsys):
     ckpt.chmod(0o644)
     rc, _, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err
+    # finished, it replaces nothing: read-only files are no reason to refuse "nothing to train"
+    for name in ("checkpoint.safetensors", "model.ff", "metrics.jsonl"):
+        (out / name).chmod(0o444)
+    rc, out_text, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
+    assert rc == 0 and "nothing to train" in out_text + err, err

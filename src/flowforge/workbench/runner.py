@@ -258,11 +258,18 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def _refuse_read_only(out: Path) -> None:
+def _refuse_read_only(out: Path, epochs) -> None:
     """A resumed run replaces its model, checkpoint and metrics (atomically: a new file under
     the name): one the operator made read-only (no write bit) is refused, not replaced by a
-    writable file without a word."""
+    writable file without a word. A run that has ``epochs`` behind it already (finished or
+    early-stopped) replaces nothing: it is left to say "nothing to train"."""
     import shlex
+
+    from .runs import _checkpoint_counters
+
+    done = _checkpoint_counters(out / CKPT_FILE)
+    if done is not None and (done["finished"] or done["epoch"] >= epochs):
+        return
 
     for name in (MODEL_FILE, CKPT_FILE, METRICS_FILE):
         path = out / name
@@ -507,7 +514,7 @@ def _train(
         with lock:
             if rank == 0:
                 if resume:
-                    _refuse_read_only(out)
+                    _refuse_read_only(out, cfg["train"]["epochs"])
                 if not resume:  # again, under the lock: another training may have finished
                     check_out_dir(out, cfg, resume, overwrite)  # a run here since the first look
                 if not resume and out.is_dir() and is_run(out):
