@@ -465,7 +465,8 @@ def _report_file(name: str) -> bool:
 
 def report_folder_name() -> str:
     """The prefix of ``flowforge report``'s temporary folder in a run (``tempfile.mkdtemp``
-    adds 8 random characters and ``.tmp``): its process id tells a live one from a leftover."""
+    adds 8 random characters and ``.tmp``): its machine and process id tell a live one (or
+    another machine's) from a leftover."""
     return f".report-h{_host_tag()}-{os.getpid()}-"
 
 
@@ -484,9 +485,9 @@ def _report_leftover(f: Path) -> bool:
 
 def remove_report_leftovers(run: Path) -> None:
     """Remove what a killed ``flowforge report`` left in ``run``: its temporary folders
-    (``.report-PID-XXXXXXXX.tmp/`` whose process is gone, and an older flowforge's
-    ``.report-XXXXXXXX.tmp/``), their figures and page only, and its page's temporary file
-    (``.report.html.XXXXXXXX.tmp``). A user's file of another name stays."""
+    (:func:`_report_leftover`: ``.report-hHOST-PID-XXXXXXXX.tmp/`` of this machine whose
+    process is gone, and an older flowforge's), their figures and page only, and its page's
+    temporary file (``.report.html.XXXXXXXX.tmp``). A user's file of another name stays."""
     for f in Path(run).iterdir():
         if _report_leftover(f):
             _ours_in(f, _report_file)
