@@ -18,6 +18,7 @@ from .catalog import SIZING
 from .data import Dataset, describe_bounds, model_bounds
 from .data import whitening as data_whitening
 from .errors import WorkbenchError
+from .warm_start import _DATA_ARGS as DATA_ARGS
 
 __all__ = [
     "build_flow",
@@ -338,7 +339,7 @@ def build_flow(
                 # (not what this run's data decides: its size, levels and context, and the
                 # standardisation where the run's data options say it; the checks of
                 # warm_start refuse a source that differs there)
-                tied = {"features", "shape", "levels", "context_features"}
+                tied = set(DATA_ARGS)
                 if "standardize" in cfg["data"]["options"]:
                     tied.add("standardize")
                 saved = models.registry.saved_kwargs(name, theirs["kwargs"])
