@@ -143,10 +143,7 @@ def evaluate_run(
         del labels
         x = x.reshape(-1, *want)
         split = str(data)
-        if len(want) > 1:  # (images scaled to [0, 1])
-            scaled = unit_scaled(x, r.get("levels"), str(data))
-            file_warnings += [scaled] if scaled else []
-        _check_file(x, r, str(data), bits)
+        file_warnings += _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
         x, context = read_column_file(cfg, data)
@@ -173,10 +170,7 @@ def evaluate_run(
             )
         x = x.reshape(-1, *want)
         split = str(data)
-        if len(want) > 1:  # (images scaled to [0, 1])
-            scaled = unit_scaled(x, r.get("levels"), str(data))
-            file_warnings += [scaled] if scaled else []
-        _check_file(x, r, str(data), bits)
+        file_warnings += _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     else:
         ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
@@ -697,14 +691,17 @@ def histogram_baseline(train, x, levels: int, per_example: bool = False, fitted=
     return lp if per_example else float(-lp.mean())
 
 
-def _check_file(x, r: dict, where: str, bits: int = 8) -> None:
+def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
     """Another file's rows against the run's levels, integer columns and bounds (one line
-    each)."""
+    each); images (``x`` of more than 2 dimensions) also against a scaling to [0, 1]
+    (:func:`~flowforge.workbench.data.unit_scaled`), whose warning is returned."""
+    scaled = unit_scaled(x, r.get("levels"), where) if x.dim() > 2 else None
     check_levels(x, r.get("levels"), bits, where)
     if r.get("integers"):
         check_integers({"": x.numpy()}, r["integers"], r.get("columns"), where)
     if r.get("bounds"):
         check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or ())
+    return [scaled] if scaled else []
 
 
 def gaussian_baseline(
