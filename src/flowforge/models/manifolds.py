@@ -29,7 +29,7 @@ def _layers(layers: int) -> int:
     return count("layers", layers)
 
 
-@register(inputs=("features",), depth="layers", width="hidden")
+@register(inputs=("features",), depth="layers", width="hidden", lr=1e-2)
 def TorusFlow(
     features: int | None = None,
     layers: int = 4,
@@ -76,7 +76,7 @@ def TorusFlow(
     return flow
 
 
-@register(inputs=("features",), depth="layers", width="hidden")
+@register(inputs=("features",), depth="layers", width="hidden", lr=1e-2)
 def SphereFlow(
     features: int | None = 3,
     layers: int = 4,
@@ -110,7 +110,15 @@ def SphereFlow(
     """
     (d,) = event_shape(features, None)
     if d != 3:
-        raise ValueError(f"SphereFlow models unit vectors in R^3: expected features=3, got {d}")
+        raise ValueError(
+            f"SphereFlow models unit vectors in R^3: expected features=3, got {d}"
+            + (
+                " (latitude and longitude? in radians, the unit vector is (cos lat cos lon, "
+                "cos lat sin lon, sin lat))"
+                if d == 2
+                else ""
+            )
+        )
     layers = _layers(layers)
     chain: list[Transform] = [SphereToCylinder()]
     for i in range(layers):

@@ -70,10 +70,17 @@ def check_angles(x: Tensor, what: str) -> None:
     """``ValueError`` unless every entry of ``x`` is an angle in ``[-pi, pi]`` (where values
     are checked: :func:`flowforge.core.checking`)."""
     if x.numel() and checking(x) and (x.min() < -PI or x.max() > PI):
+        lo, hi = x.min().item(), x.max().item()
+        fix = (
+            # float32's pi, or pi rounded up in a printout, met by a float64 flow
+            "pi rounded up (float32's pi is 3.1415927): clamp them, x.clamp(-pi, pi); -pi and "
+            "pi are the same angle"
+            if max(hi, -lo) - PI < 1e-5
+            else "wrap them first, e.g. torch.remainder(x + pi, 2 * pi) - pi"
+        )
         raise ValueError(
-            f"expected {what} to be angles in [-pi, pi], got values in "
-            f"[{x.min().item():.10g}, {x.max().item():.10g}] (wrap them first, e.g. "
-            "torch.remainder(x + pi, 2 * pi) - pi)"
+            f"expected {what} to be angles in [-pi, pi], got values in [{lo:.10g}, {hi:.10g}] "
+            f"({fix})"
         )
 
 

@@ -369,7 +369,7 @@ def build_flow(
         raise WorkbenchError(f"cannot build {name!r}: {why}")
     event_shape = tuple(ds.shape) if layout == "image" else (math.prod(ds.shape),)
     _check_objective(name, inner, cfg["train"]["objective"], ds)
-    _check_angles(name, inner, ds)
+    _check_angles(name, inner, ds, new_run=stored is None)
     flow = inner
     # resuming, the checkpoint holds the whitening (a run from before data.whiten has none)
     if stored is not None:
@@ -453,7 +453,7 @@ def _build_bytes() -> int:
         return 1 << 33
 
 
-def _check_angles(name: str, model, ds: Dataset) -> None:
+def _check_angles(name: str, model, ds: Dataset, new_run: bool = False) -> None:
     """A flow on the torus (uniform base on ``[-pi, pi)^D``) models angles, a flow on the
     sphere unit vectors: refuse data that is not, before anything is written (it would train
     and print an NLL on another space, or stop at its first step)."""
@@ -462,6 +462,9 @@ def _check_angles(name: str, model, ds: Dataset) -> None:
     torus = isinstance(getattr(model, "base", None), UniformTorus)
     sphere = any(isinstance(m, SphereToCylinder) for m in model.modules())
     if not (torus or sphere):
+        if new_run:
+            _check_not_on_sphere(name, ds)
+            _note_angle_columns(name, ds)
         return
     what = "angles in [-pi, pi]" if torus else "unit vectors in R^3"
     if torus and ds.density_measure != "lebesgue":
@@ -482,28 +485,69 @@ def _check_angles(name: str, model, ds: Dataset) -> None:
                 f"instead; drop data.{option}"
             )
     for k in ("train", "val", "test"):
-        check_manifold_data(name, model, ds.split(k), ds.name)
+        check_manifold_data(name, model, ds.split(k), ds.name, ds.info.get("columns"))
 
 
-def check_manifold_data(name: str, model, x: torch.Tensor, where: str) -> None:
+def _note_angle_columns(name: str, ds: Dataset) -> None:
+    """A note (the data's warnings, which eval and report repeat) for columns that look like
+    angles in radians, filling ``[-pi, pi]`` or ``[0, 2 pi]``: a density on the real line puts
+    -pi and pi far apart, where they are one direction."""
+    if ds.kind != "table" or ds.levels is not None or not len(ds.train):
+        return
+    x = ds.train.reshape(len(ds.train), -1).double()
+    lows, highs = x.min(0).values, x.max(0).values
+    full = (highs - lows >= 0.98 * 2 * math.pi) & (
+        ((lows >= -math.pi - 1e-5) & (highs <= math.pi + 1e-5))
+        | ((lows >= 0) & (highs <= 2 * math.pi + 1e-5))
+    )
+    cols = full.nonzero().flatten().tolist()
+    if not cols:
+        return
+    names = ds.info.get("columns")
+    said = ", ".join(repr(names[j]) if names else f"column {j}" for j in cols[:5])
+    ds.info.setdefault("warnings", []).append(
+        f"column(s) {said} fill [-pi, pi] (or [0, 2 pi]): if they are angles in radians, "
+        f"model {name!r} puts -pi and pi far apart, where they are one direction; --model "
+        "torusflow models angles on the circle (every column an angle, in [-pi, pi])"
+    )
+
+
+def _check_not_on_sphere(name: str, ds: Dataset) -> None:
+    """A density on ``R^D`` of rows that all have one norm (unit vectors, directions) is
+    degenerate: they lie on a sphere, a surface of no volume, and the likelihood grows without
+    bound as training goes on (as for a constant column). Refused for a new run of a table
+    (integer columns, dequantized, are not on a surface)."""
+    if ds.kind != "table" or ds.levels is not None or ds.info.get("integers"):
+        return
+    x = ds.train.reshape(len(ds.train), -1)
+    radius = common_norm(x)
+    if radius is None:
+        return
+    d = x.shape[1]
+    shape = "circle" if d == 2 else "sphere"
+    raise WorkbenchError(
+        f"{ds.name}: every training row has the same norm ({radius:.6g}, to "
+        f"{COMMON_NORM_TOL:g}): the points lie on a {shape}, where model {name!r} (a density "
+        "on R^"
+        + str(d)
+        + ") is degenerate: its NLL falls without bound as it trains; "
+        + _SPHERE_HINT.get(d, "model the vectors before they were normalised")
+        + " (a sphere of another radius: divide the rows by it first)"
+    )
+
+
+def check_manifold_data(
+    name: str, model, x: torch.Tensor, where: str, columns: list[str] | None = None
+) -> None:
     """``WorkbenchError`` unless the rows ``x`` lie where ``model`` has its density: angles in
     ``[-pi, pi]`` for a flow on the torus, unit vectors for a flow on the sphere (``where``
-    names the data in the message)."""
+    names the data in the message, ``columns`` its columns)."""
     from ..transforms.manifolds import NORM_TOL, SphereToCylinder, UniformTorus
 
     if not len(x):
         return
     if isinstance(getattr(model, "base", None), UniformTorus):
-        lo, hi = x.min().item(), x.max().item()
-        pi = torch.tensor(math.pi, dtype=x.dtype).item()  # (float32's pi lies above math.pi)
-        if lo < -pi or hi > pi:
-            raise WorkbenchError(
-                f"model {name!r} models angles in [-pi, pi]; {where} has values in "
-                f"[{lo:.6g}, {hi:.6g}] (radians wrapped to [-pi, pi) are expected: "
-                "(x + pi) % (2 pi) - pi"
-                + ("; degrees? numpy.deg2rad(x) first" if max(hi, -lo) > 2 * math.pi else "")
-                + ")"
-            )
+        _check_torus_columns(name, x.reshape(len(x), -1), where, columns)
     if any(isinstance(m, SphereToCylinder) for m in model.modules()):
         norms = x.reshape(len(x), -1).norm(dim=1)
         lo, hi = norms.min().item(), norms.max().item()
@@ -513,6 +557,71 @@ def check_manifold_data(name: str, model, x: torch.Tensor, where: str) -> None:
                 f"[{lo:.6g}, {hi:.6g}] (norm 1 to {NORM_TOL:g} is expected: divide each row by "
                 "its norm first)"
             )
+
+
+def _check_torus_columns(name: str, x: torch.Tensor, where: str, columns) -> None:
+    """A flow on the torus takes every column as an angle in ``[-pi, pi]`` (radians): each
+    column outside it is named with its range and what it looks like (degrees, ``[0, 2 pi)``,
+    pi rounded up in a printout, not an angle at all); rows of one norm are refused as points
+    on a sphere (or circle), which are not angles either."""
+    pi = torch.tensor(math.pi, dtype=x.dtype).item()  # (float32's pi lies above math.pi)
+    lows, highs = x.min(0).values.tolist(), x.max(0).values.tolist()
+    bad = [j for j, (lo, hi) in enumerate(zip(lows, highs)) if lo < -pi or hi > pi]
+    if bad:
+        names = [repr(columns[j]) if columns else f"column {j}" for j in bad]
+        each = ", ".join(f"{n} [{lows[j]:.9g}, {highs[j]:.9g}]" for n, j in zip(names, bad))
+        over = [max(highs[j], -lows[j]) for j in bad]
+        if max(over) - math.pi < 1e-5:
+            why = (
+                "pi rounded up when the file was written: clip to [-pi, pi], e.g. "
+                "numpy.clip(x, -numpy.pi, numpy.pi); -pi and pi are the same angle"
+            )
+        elif all(lows[j] >= 0 and highs[j] <= 2 * math.pi + 1e-5 for j in bad):
+            why = "angles in [0, 2 pi)? wrap them: (x + pi) % (2 pi) - pi"
+        elif (
+            len(bad) == x.shape[1]
+            and all(2 * math.pi < o <= 360 + 1e-3 for o in over)
+            and max(over) > 4 * math.pi
+        ):
+            why = "degrees? numpy.deg2rad(x), then wrap: (x + pi) % (2 pi) - pi"
+        else:
+            why = (
+                "radians wrapped to [-pi, pi) are expected: (x + pi) % (2 pi) - pi; a column "
+                "that is not an angle, such as a speed or a height, has no model here: flows on "
+                "angles together with columns on the real line are not in flowforge"
+            )
+        raise WorkbenchError(
+            f"model {name!r} models every column as an angle in [-pi, pi] (radians); {where} "
+            f"has values outside it in {each} ({why})"
+        )
+    if x.shape[1] > 1 and (radius := common_norm(x)) is not None:
+        raise WorkbenchError(
+            f"model {name!r} models angles, and every row of {where} has the same norm "
+            f"({radius:.6g}): points on a {'circle' if x.shape[1] == 2 else 'sphere'}, not "
+            "angles; " + _SPHERE_HINT[min(x.shape[1], 3)]
+        )
+
+
+_SPHERE_HINT = {
+    2: "for points (x, y) on a circle, model the angle numpy.arctan2(y, x) with torusflow",
+    3: "for unit vectors in R^3 use --model sphereflow",
+}
+COMMON_NORM_TOL = 2e-3  # rows whose norms agree to this (relative): points on a sphere
+COMMON_NORM_ROWS = 10  # fewer rows say nothing
+
+
+def common_norm(x: torch.Tensor) -> float | None:
+    """The norm every row of ``x`` has (to :data:`COMMON_NORM_TOL`, relative), where at least
+    :data:`COMMON_NORM_ROWS` rows of two or more columns all lie on one sphere about the
+    origin; None otherwise."""
+    if x.dim() != 2 or x.shape[1] < 2 or len(x) < COMMON_NORM_ROWS:
+        return None
+    norms = x.double().norm(dim=1)
+    mid = norms.median().item()
+    if not (math.isfinite(mid) and mid > 0):
+        return None
+    spread = (norms - mid).abs().max().item()
+    return mid if spread <= COMMON_NORM_TOL * mid else None
 
 
 def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:

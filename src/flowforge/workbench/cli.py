@@ -557,6 +557,8 @@ def cmd_eval(args) -> int:
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
         extra = describe_bound(res)
+        if res.get("density_per"):  # a flow on a manifold: the density's unit
+            extra = ", ".join(filter(None, (extra, f"a density per {res['density_per']}")))
         print(msg + f" ({_count(res['examples'], 'example')}{', ' + extra if extra else ''})")
         if "true_nll" in res:
             print(

@@ -118,7 +118,7 @@ def evaluate_run(
     """
     cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device)
     r = cfg["resolved"]
-    truth, baseline, histogram = None, None, None
+    truth, baseline, histogram, von_mises = None, None, None, None
     file_warnings: list[str] = []  # what the checks of a --data file found
     if not isinstance(flow, Flow) and scores:
         raise DataError(
@@ -179,7 +179,8 @@ def evaluate_run(
             histogram = histogram_baseline(
                 ds.train, x, ds.levels, per_example=True, fitted=references
             )
-        # (not for a density on the sphere: per unit area, where a Gaussian's is per volume)
+        # (not for a density on the sphere: per unit area, where a Gaussian's is per volume;
+        # on the torus a Gaussian on R^D leaves mass outside [-pi, pi): von Mises instead)
         on_sphere = cfg["model"]["name"] == "sphereflow" or ds.density_measure == "sphere"
         if (
             ds.kind == "table"
@@ -189,18 +190,21 @@ def evaluate_run(
             and not on_sphere
         ):
             try:
-                baseline = gaussian_baseline(
-                    ds.train,
-                    x,
-                    per_example=True,
-                    integers=r.get("integers"),
-                    seed=seed,
-                    samples=samples,
-                    iw=iw,
-                    fitted=references,
-                )
+                if cfg["model"]["name"] == "torusflow":
+                    von_mises = von_mises_baseline(ds.train, x, fitted=references)
+                else:
+                    baseline = gaussian_baseline(
+                        ds.train,
+                        x,
+                        per_example=True,
+                        integers=r.get("integers"),
+                        seed=seed,
+                        samples=samples,
+                        iw=iw,
+                        fitted=references,
+                    )
             except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
-                baseline = None
+                baseline = von_mises = None
         comparable = ds.density_measure == "lebesgue" or (
             ds.density_measure == "sphere" and cfg["model"]["name"] == "sphereflow"
         )
@@ -249,7 +253,7 @@ def evaluate_run(
         "seed": seed,
     }
     model_lp = lp.double().numpy()
-    for key, ref in (("gaussian", baseline), ("histogram", histogram)):
+    for key, ref in (("gaussian", baseline), ("histogram", histogram), ("von_mises", von_mises)):
         if ref is None or not np.isfinite(ref).all():
             continue
         out[f"{key}_nll"] = float(-ref.mean())
@@ -261,6 +265,9 @@ def evaluate_run(
         )  # (None: one example, no standard error)
         if key == "histogram":
             out["histogram_bits_per_dim"] = out["histogram_nll"] / (math.prod(shape) * math.log(2))
+    per = density_unit(cfg["model"]["name"], math.prod(shape))
+    if per is not None:
+        out["density_per"] = per
     if r.get("data_warnings"):
         out["data_warnings"] = list(r["data_warnings"])
     if file_warnings:
@@ -282,6 +289,16 @@ def evaluate_run(
 
 
 SCORE_SUFFIXES = (".csv", ".npy")
+
+
+def density_unit(model: str, dims: int) -> str | None:
+    """What a flow on a manifold's density is per ("radian^2", "steradian"), for the numbers
+    eval prints; None for a density on ``R^D`` (per unit of each column's own scale)."""
+    if model == "torusflow":
+        return "radian" if dims == 1 else f"radian^{dims}"
+    if model == "sphereflow":
+        return "steradian (unit area of the sphere)"
+    return None
 
 
 def describe_bound(res: dict) -> str:
@@ -629,6 +646,11 @@ def worse_hint(run) -> str:
 REFERENCES = (
     ("gaussian_nll", "a Gaussian fitted to the training split", "Gaussian"),
     ("histogram_nll", "a histogram per position of the training split", "histogram"),
+    (
+        "von_mises_nll",
+        "a von Mises distribution fitted to each angle of the training split",
+        "von Mises",
+    ),
 )
 
 
@@ -702,6 +724,24 @@ def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
     if r.get("bounds"):
         check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or ())
     return [scaled] if scaled else []
+
+
+def von_mises_baseline(train, x, fitted=None) -> np.ndarray:
+    """The log-density of each row of ``x`` (angles in radians) under a product of von Mises
+    distributions, one fitted to each column of ``train`` by maximum likelihood
+    (``scipy.stats.vonmises.fit``): the simplest density on the torus a flow on it should
+    beat, per unit of angle as the flow's is. ``fitted``: as :func:`gaussian_baseline`'s."""
+    from scipy.stats import vonmises
+
+    key = ("von_mises",)
+    fit = None if fitted is None else fitted.get(key)
+    if fit is None:
+        t = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
+        fit = [vonmises.fit(t[:, j], fscale=1)[:2] for j in range(t.shape[1])]
+        if fitted is not None:
+            fitted[key] = fit
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return sum(vonmises.logpdf(x[:, j], kappa, loc) for j, (kappa, loc) in enumerate(fit))
 
 
 def gaussian_baseline(

@@ -31,6 +31,7 @@ from torch import Tensor
 from .._util import fork_rng
 from ..core import Flow
 from ..distributions import StandardNormal
+from .config import MANIFOLD_MODELS
 from .data import FORMULA_LEADS, _chunk_rows, _is_float, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
@@ -138,6 +139,14 @@ def _show(ax, img: np.ndarray) -> None:
         ax.imshow(img, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _angle_box(cfg: dict) -> list | None:
+    """A flow on the torus's density lives on ``[-pi, pi]`` in every angle (padding the
+    data's range would ask it about points that are not angles)."""
+    if cfg["model"]["name"] != "torusflow":
+        return None
+    return [[-math.pi, math.pi]] * math.prod(cfg["resolved"]["event_shape"])
 
 
 SAMPLE_CHUNK = 4096  # samples drawn (and checked) per call: memory is the output's and a chunk
@@ -1147,7 +1156,8 @@ def write_report(
             "flowforge eval and flowforge sample"
         )
     ds = run_dataset(cfg, checks=False)  # (the data checks' warnings: in the run's config)
-    if ds.density_measure == "sphere":  # latents on a cylinder: no plot here fits them
+    if ds.density_measure == "sphere" or cfg["model"]["name"] == "sphereflow":
+        # (latents on a cylinder: no plot here fits them)
         raise WorkbenchError(
             f"{run}: flowforge report has no report for a density on the sphere yet; use "
             "flowforge eval and flowforge sample (and scripts/manifold_plots.py for figures)"
@@ -1175,7 +1185,11 @@ def outside_ranges(x, cfg: dict) -> str | None:
     """What share of a table run's samples fall outside each column's training range, where
     1% or more do (a bounded or positive column drawn past its bounds); None otherwise, or
     for a run that recorded no ranges. (Draws from the data's own distribution pass the range
-    of n training rows with probability 2 / (n + 1).)"""
+    of n training rows with probability 2 / (n + 1).) A flow on the torus or the sphere
+    gets none: its samples lie on its manifold, where a column's range says nothing (a mode
+    across the seam at pi fills [-pi, pi]), and data.bounds does not apply."""
+    if (cfg.get("model") or {}).get("name") in MANIFOLD_MODELS:
+        return None
     ranges = cfg.get("resolved", {}).get("ranges")
     if not isinstance(ranges, list) or not ranges or x.dim() != 2 or x.shape[1] != len(ranges):
         return None
@@ -1376,7 +1390,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                     s,
                     figdir / "density.png",
                     figdir / "samples.png",
-                    ds.info.get("box"),
+                    _angle_box(cfg) or ds.info.get("box"),
                     cfg["resolved"].get("bounds"),
                     names if cfg["resolved"].get("columns") else None,
                 )
