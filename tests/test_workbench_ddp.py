@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,11 @@ def test_two_processes_match_one(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes" in r.stdout  # it really ran data-parallel
+    env = json.loads((two / "config.json").read_text())["resolved"]["environment"]
+    assert env["processes"] == 2  # (recorded: the last digits follow it)
+    assert (
+        json.loads((one / "config.json").read_text())["resolved"]["environment"]["processes"] == 1
+    )
     s1, s2 = _records(one, "step"), _records(two, "step")
     assert len(s1) == len(s2) == 8  # rank 0 alone writes the metrics
     l1 = torch.tensor([r["loss"] for r in s1])
@@ -127,3 +133,55 @@ def test_ranks_take_the_same_decisions_with_batch_norm(tmp_path):
            "--out", str(tmp_path / "bn")]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_a_non_finite_loss_on_one_process_is_said_by_that_process(tmp_path):
+    # every rank re-ran its own part of the batch and printed its own diagnosis: rank 0, first
+    # and without a label, blamed an overflow in a part that was finite
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(DATA / "wb_models.py"), "train", "--model", "realnvp", "--model-kwargs",
+           '{"layers": 1, "hidden": [8]}', "--data", "moons", "--set", "data.n_train=256",
+           "--epochs", "1", "--batch-size", "64", "--no-progress", "--quiet",
+           "--out", str(tmp_path / "run")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "WBTEST_FAULT": "1:nan"})  # fmt: skip
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flowforge: error")]
+    zero = [ln for ln in lines if ln.startswith("flowforge: error: ")]
+    one = [ln for ln in lines if ln.startswith("flowforge: error (rank 1): ")]
+    assert len(zero) == 1 and len(one) == 1, r.stderr[-3000:]
+    assert "non-finite loss at epoch 1, step 3: on process (rank) 1 of 2" in zero[0]
+    assert "this process's part of the batch was finite" in zero[0]
+    assert "overflowed" not in zero[0]
+    assert "non-finite loss at epoch 1, step 3" in one[0] and "on process (rank)" not in one[0]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_a_process_killed_is_said_by_rank_0_with_the_way_to_resume(tmp_path):
+    # rank 0 said "flowforge: interrupted" (torchrun's SIGTERM) or an internal error of gloo
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(DATA / "wb_models.py"), "train", "--model", "realnvp", "--model-kwargs",
+           '{"layers": 1, "hidden": [8]}', "--data", "moons", "--set", "data.n_train=256",
+           "--epochs", "1", "--batch-size", "64", "--no-progress", "--quiet",
+           "--out", str(run)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "WBTEST_FAULT": "1:kill"})  # fmt: skip
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flowforge: ")]
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("flowforge: stopped: another process of this torchrun run ended")
+    assert f"--out {run} --resume" in lines[0]
+
+
+def test_the_number_of_processes_is_compared_on_a_replay():
+    from flowforge.workbench.runs import describe_environment, environment_warning
+
+    was = {"device": "cpu", "threads": 1, "processes": 2}
+    now = {"device": "cpu", "threads": 1, "processes": 1, "kernels": ["AVX2", "AVX2"]}
+    said = environment_warning(was, now, "the recorded run")
+    assert "2 processes, here 1" in said and "torchrun --nproc_per_node=2" in said
+    assert environment_warning(was, now, "a resume", processes=False) is None
+    assert environment_warning({"device": "cpu", "threads": 1}, now, "x") is None  # (older)
+    assert "2 processes (torchrun)" in describe_environment(was)

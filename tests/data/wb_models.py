@@ -30,7 +30,34 @@ def _register():
 
 _register()
 
+
+def _fault_on_one_rank(rank: str, fault: str, step: int = 2):
+    """At its training step ``step``, process ``rank``'s loss becomes NaN (``fault="nan"``: a
+    bad batch on one process only) or the process is killed (``"kill"``: SIGKILL, as the
+    out-of-memory killer does); every other process goes on as usual."""
+    import os
+    import signal
+
+    import flowforge.workbench.trainer as T
+
+    loss = T.NLL.loss
+
+    def bad(self, trainer, model, x, context):
+        out = loss(self, trainer, model, x, context)
+        if model.training and os.environ.get("RANK") == rank and trainer.global_step == step:
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out * float("nan")
+        return out
+
+    T.NLL.loss = bad
+
+
 if __name__ == "__main__":  # torchrun entry point: python wb_models.py train ...
+    import os
+
     from flowforge.workbench.cli import main
 
+    if os.environ.get("WBTEST_FAULT"):  # e.g. "1:nan", "1:kill"
+        _fault_on_one_rank(*os.environ["WBTEST_FAULT"].split(":"))
     sys.exit(main(sys.argv[1:]))

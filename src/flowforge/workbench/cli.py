@@ -1488,13 +1488,50 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, h)
 
 
-def _interrupted_meanwhile(args) -> bool:
+def _peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective operation that failed because another process of a
+    torchrun run is gone."""
+    return type(e).__name__ in ("RuntimeError", "DistBackendError") and any(
+        w in str(e) for w in ("Connection closed", "Connection reset", "gloo", "NCCL")
+    )
+
+
+def _peer_lost_line(e: BaseException | None, args) -> str | None:
+    """The line for a torchrun run that stopped because another of its processes is gone
+    (killed: the collective operation this one was in failed, then torchrun's SIGTERM may
+    interrupt the handling of that), found in ``e`` or the exceptions it was raised in; None
+    for anything else."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+        return None
+    seen = 0
+    while e is not None and seen < 8:  # (the chain of exceptions, a few deep)
+        if _peer_lost(e):
+            break
+        e, seen = e.__context__, seen + 1
+    else:
+        return None
+    out = getattr(args, "out", None)
+    resume = ""
+    if out is not None and getattr(args, "command", None) == "train":
+        import shlex
+
+        resume = (
+            f"; the run folder keeps its last checkpoint (torchrun ... -m flowforge train --out "
+            f"{shlex.quote(str(out))} --resume continues it)"
+        )
+    return (
+        "flowforge: stopped: another process of this torchrun run ended first (killed, or out "
+        f"of memory?), so this one could not go on{resume}"
+    )
+
+
+def _interrupted_meanwhile(args, e: BaseException | None = None) -> bool:
     """Whether an error comes of an interrupt that a dependency swallowed (numpy imported
     by torch, cut short, gives "module 'numpy' has no attribute ...", and a second import
     "cannot load module more than once"): then it is said as the interrupt."""
     if not _SIGNALLED or getattr(args, "debug", False):
         return False
-    print("flowforge: interrupted", file=sys.stderr)
+    print(_peer_lost_line(e, args) or "flowforge: interrupted", file=sys.stderr)
     return True
 
 
@@ -1547,8 +1584,8 @@ def _main(argv: list[str] | None) -> int:
         # Python flushes stdout at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a command ended by SIGPIPE
-    except KeyboardInterrupt:
-        print("flowforge: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(_peer_lost_line(e, args) or "flowforge: interrupted", file=sys.stderr)
         return 130
     except ImportError as e:
         if _interrupted_meanwhile(args):
@@ -1572,13 +1609,15 @@ def _main(argv: list[str] | None) -> int:
         print(f"flowforge: error{rank}: {_one_line(e)}{_ode_hint(e, args) or ''}", file=sys.stderr)
         return 1
     except Exception as e:
-        if _interrupted_meanwhile(args):
+        if _interrupted_meanwhile(args, e):
             return 130
         if args.debug:
             raise
+        rank = f" (rank {_rank()})" if _rank() else ""  # (under torchrun: whose it is)
         if out_of_memory(e):  # the data or model outgrew the machine: not a flowforge bug
             print(
-                f"flowforge: error: out of memory ({type(e).__name__}: {_one_line(e)[:200]}); "
+                f"flowforge: error{rank}: out of memory ({type(e).__name__}: "
+                f"{_one_line(e)[:200]}); "
                 "the data, the model or a batch needs more memory than is free: use a smaller "
                 "--batch-size, --limit or model, or a machine with more memory",
                 file=sys.stderr,
@@ -1586,17 +1625,17 @@ def _main(argv: list[str] | None) -> int:
             return 1
         hint = _ode_hint(e, args)
         if hint is not None:  # a solve's step budget: ours
-            print(f"flowforge: error: {_one_line(e)}{hint}", file=sys.stderr)
+            print(f"flowforge: error{rank}: {_one_line(e)}{hint}", file=sys.stderr)
             return 1
-        if (
-            _rank() > 0
-            and type(e).__name__ in ("RuntimeError", "DistBackendError")
-            and any(w in str(e) for w in ("Connection closed", "Connection reset", "gloo", "NCCL"))
-        ):  # rank 0 stopped (and said why): not this rank's own error
+        if _rank() > 0 and _peer_lost(e):  # rank 0 stopped (and said why): not this rank's
             print(f"flowforge: rank {_rank()} stopped: rank 0 ended the run", file=sys.stderr)
             return 1
+        lost = _peer_lost_line(e, args)
+        if lost:  # rank 0: another rank is gone
+            print(lost, file=sys.stderr)
+            return 1
         print(
-            f"flowforge: internal error: {type(e).__name__}: {_one_line(e)} "
+            f"flowforge: internal error{rank}: {type(e).__name__}: {_one_line(e)} "
             "(rerun with --debug for the traceback)",
             file=sys.stderr,
         )

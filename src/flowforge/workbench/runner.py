@@ -486,12 +486,13 @@ def _train(
         if stored is not None:
             if not same_model(stored["resolved"].get("flow_config"), resolved["flow_config"]):
                 raise RunError(rebuild_refusal(out, stored["resolved"].get("flow_config")))
-        environment = run_environment(device(cfg["train"]["device"]))
+        environment = run_environment(device(cfg["train"]["device"]), world)
         if stored is None:
             resolved["environment"] = environment
         before = (stored["resolved"] if stored is not None else recorded or {}).get("environment")
         what = "an uninterrupted run on the recorded setup" if resume else "the recorded run"
-        changed = environment_warning(before, environment, what)
+        # (a resume with other processes: the Trainer's note says what that changes)
+        changed = environment_warning(before, environment, what, processes=not resume)
         shape = tuple(resolved["event_shape"])
         barrier()  # every rank has checked the folder before rank 0 writes to it
         # the Trainer checks the training options against the model (an objective the model

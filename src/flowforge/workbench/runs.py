@@ -975,12 +975,12 @@ def source_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def run_environment(device="cpu") -> dict:
+def run_environment(device="cpu", processes: int = 1) -> dict:
     """What a run's numbers depend on besides its config and data, as ``config.json`` records
     it (``resolved.environment``): the versions of flowforge, torch, numpy, scikit-learn (the
-    digits dataset) and Python, torch's thread count, the device (and the GPU's name), and the
-    CPU kernels as :func:`flowforge.codec.kernels` reports them (torch's vectorised kernels,
-    MKL's code path)."""
+    digits dataset) and Python, torch's thread count, the number of torchrun processes, the
+    device (and the GPU's name), and the CPU kernels as :func:`flowforge.codec.kernels`
+    reports them (torch's vectorised kernels, MKL's code path)."""
     import platform
 
     import torch
@@ -996,6 +996,7 @@ def run_environment(device="cpu") -> dict:
         "scikit-learn": _version("scikit-learn"),
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "processes": int(processes),  # (the gradients' all-reduce order; the padding)
         # (set in a notebook, torch.set_default_dtype builds the model, and a resumed one, in it)
         "default_dtype": str(torch.get_default_dtype()).removeprefix("torch."),
         "device": dev.type,
@@ -1032,9 +1033,10 @@ def recorded_environment(env) -> dict | None:
         v = env.get(k)
         if isinstance(v, str) and _ENV_TEXT.fullmatch(v):
             out[k] = v
-    t = env.get("threads")
-    if isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= MAX_THREADS:
-        out["threads"] = t
+    for key in ("threads", "processes"):
+        t = env.get(key)
+        if isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= MAX_THREADS:
+            out[key] = t
     k = env.get("kernels")
     if (
         isinstance(k, list)
@@ -1062,6 +1064,8 @@ def describe_environment(env) -> str:
         setup.append(env["device"] + (f" ({env['gpu']})" if "gpu" in env else ""))
     if "threads" in env:
         setup.append(f"{env['threads']} thread{'s' if env['threads'] != 1 else ''}")
+    if env.get("processes", 1) > 1:
+        setup.append(f"{env['processes']} processes (torchrun)")
     if "kernels" in env:
         setup.append(f"kernels {env['kernels'][0]} (MKL {env['kernels'][1]})")
     if env.get("default_dtype", "float32") != "float32":  # (torch's own default: not said)
@@ -1069,16 +1073,20 @@ def describe_environment(env) -> str:
     return "; ".join(", ".join(part) for part in (versions, setup) if part)
 
 
-def environment_warning(recorded, now: dict, what: str) -> str | None:
+def environment_warning(recorded, now: dict, what: str, processes: bool = True) -> str | None:
     """One line when this process's thread count, CPU kernels, torch version, default dtype
-    (or device) differ from those a run recorded (``resolved.environment``), so that the
-    result will not be bit-identical to ``what`` (e.g. "an uninterrupted run on the recorded
-    setup"); None when they agree or the run recorded none (a run from before they were
-    recorded)."""
+    (or device), or the number of torchrun processes (where ``processes``) differ from those
+    a run recorded (``resolved.environment``), so that the result will not be bit-identical to
+    ``what`` (e.g. "an uninterrupted run on the recorded setup"); None when they agree or the
+    run recorded none (a run from before they were recorded)."""
     recorded = recorded_environment(recorded)
     if not recorded:
         return None
     diffs, fixes = [], []
+    was = recorded.get("processes")
+    if processes and was is not None and was != now.get("processes", 1):
+        diffs.append(f"{was} process{'es' if was != 1 else ''}, here {now.get('processes', 1)}")
+        fixes.append(f"torchrun --nproc_per_node={was}" if was > 1 else "one process")
     cpu = recorded.get("device") == "cpu" and now.get("device") == "cpu"
     if "device" in recorded and recorded["device"] != now["device"]:
         diffs.append(f"device {recorded['device']}, here {now['device']}")

@@ -1269,10 +1269,13 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError) as e:
             msg = " ".join(str(e).split())[:300]
             raise RunError(f"cannot resume from {self.out / CKPT_FILE}: {msg}") from None
-        if meta.get("world", 1) != self.world:
+        if meta.get("world", 1) != self.world and not self.finished:
             self._say(
-                f"note: resuming a {meta.get('world')}-process run on {self.world}; "
-                "the data order differs from an uninterrupted run"
+                f"note: resuming a {meta.get('world')}-process run with {self.world}: each "
+                "global batch holds the same examples, but the padding of an epoch's last batch "
+                "(a training set that does not divide by the processes) and the noise draws "
+                "(every process draws the same) differ, so the result differs from an "
+                "uninterrupted run's in its last digits (in more, for a model that draws noise)"
             )
         if self.writer and (self.out / METRICS_FILE).is_file():
             # metrics written after the checkpoint belong to a lost future: drop them
@@ -1473,7 +1476,10 @@ class Trainer:
             loss = self._forward_backward(xb, cb, rng)
             asked = float(self._signals is not None and self._signals.pending)
             stop = loss.detach().new_full((), asked, dtype=torch.float64)  # (no host copy)
-            stats = torch.stack([loss.detach().double(), (~torch.isfinite(loss)).double(), stop])
+            # a non-finite loss as this rank's bit: every rank learns which ranks had one
+            bit = 2.0**self.rank if self.world <= MASK_RANKS else 1.0
+            bad = (~torch.isfinite(loss)).double() * bit
+            stats = torch.stack([loss.detach().double(), bad, stop])
             if self.world > 1:  # (every rank learns whether any was asked to stop)
                 dist.all_reduce(stats)
                 stats[0] /= self.world
@@ -1486,7 +1492,7 @@ class Trainer:
                 self.skipped += 1
                 norm = None
             elif bad_loss > 0:
-                self._nonfinite(xb, cb, rng, "loss")
+                self._nonfinite(xb, cb, rng, "loss", _ranks(int(bad_loss), self.world))
             elif not math.isfinite(norm):
                 if not self.objective.skip_nonfinite:
                     self._nonfinite(xb, cb, rng, "gradient")
@@ -1732,16 +1738,26 @@ class Trainer:
         where = max(share, key=share.get)
         return f"largest gradient in {where} ({share[where] / total:.0%} of its squared norm)"
 
-    def _nonfinite(self, xb, cb, rng, what: str) -> None:
+    def _nonfinite(self, xb, cb, rng, what: str, ranks: list[int] | None = None) -> None:
+        """Stop with what went non-finite, found by re-running this process's batch under
+        hooks. ``ranks``: the processes whose loss was non-finite (None: unknown, or this
+        one's); another process's is named, not diagnosed from this one's finite batch."""
         overflow = getattr(self.objective, "overflow", Objective.overflow)
         if what == "gradient":  # the loss was finite: the backward pass overflowed
             overflow = (
                 "the loss was finite, so the backward pass overflowed (too large a step: a "
                 "lower --lr, or train.grad_clip)"
             )
-        where = find_nonfinite(
-            self.model, lambda: self.objective.loss(self, self.model, xb, cb), rng, overflow
-        )
+        if ranks is not None and self.rank not in ranks:
+            which = ", ".join(map(str, ranks))
+            where = (
+                f"on process (rank) {which} of {self.world}, whose own line says where; this "
+                "process's part of the batch was finite"
+            )
+        else:
+            where = find_nonfinite(
+                self.model, lambda: self.objective.loss(self, self.model, xb, cb), rng, overflow
+            )
         if self.out is None:
             kept = ""
         elif self.best_epoch >= 0:
@@ -1752,6 +1768,16 @@ class Trainer:
             f"non-finite {what} at epoch {self.epoch + 1}, step {self.global_step + 1}: "
             f"{where}{kept}"
         )
+
+
+MASK_RANKS = 52  # up to this many processes, a non-finite loss is said by its process
+
+
+def _ranks(mask: int, world: int) -> list[int] | None:
+    """The ranks whose bits are set in ``mask`` (None where the bits cannot say it)."""
+    if world > MASK_RANKS:
+        return None
+    return [r for r in range(world) if mask >> r & 1] or None
 
 
 class _nothing:
