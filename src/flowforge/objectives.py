@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._util import all_finite, warn
-from .core import Flow, NaNLogProb, NonFiniteSamples, _narrows, checking, precision_lost
+from .core import Flow, NaNLogProb, NonFiniteSamples, _narrows, precision_lost
 from .transforms.dequantization import UniformDequantization
 from .transforms.iresnet import EXACT_LOGDET_MAX
 
@@ -31,6 +31,7 @@ __all__ = [
     "ZeroDensity",
     "log_importance_weights",
     "effective_sample_size",
+    "pareto_k",
     "importance_log_z",
     "vi_diagnostics",
 ]
@@ -62,7 +63,9 @@ def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
         point = x.reshape(-1, x.shape[-1])[first].tolist()
         raise ValueError(
             f"target {name!r} returned NaN or +inf for {int(bad.sum())} of {bad.numel()} "
-            f"points (first at x = {[round(v, 4) for v in point]})"
+            f"points (first at x = {[round(v, 4) for v in point]}; a log of a negative "
+            "parameter? a target on a bounded or positive space takes a flow mapped into it: "
+            "ff.models.bounded(flow, lower, upper))"
         )
     return log_p
 
@@ -84,9 +87,10 @@ class ZeroDensity(ValueError):
     def remedy(self) -> str:
         return (
             f"a flow on R^{self.dim} trained by reverse KL needs a target positive everywhere "
-            "(the KL is infinite otherwise); reparameterise (e.g. the log or logit of bounded "
-            "coordinates, adding the log-Jacobian to the log-density), or, where the density "
-            "is positive but underflowed, compute its log stably"
+            "(the KL is infinite otherwise); map the flow into the target's support with "
+            "ff.models.bounded(flow, lower, upper), or reparameterise the target (e.g. the log "
+            "or logit of bounded coordinates, adding the log-Jacobian to the log-density), or, "
+            "where the density is positive but underflowed, compute its log stably"
         )
 
 
@@ -138,9 +142,9 @@ def reverse_kl(
     # a NaN or a wrong shape here would broadcast or poison the loss silently
     log_p = check_log_prob(log_p, x, target_name(target_log_prob))
     zero = log_p == -math.inf
-    # (an infinite loss, and NaN gradients: no step can be taken; a value read, so where
-    # values are checked: CPU tensors, as the flow's own checks)
-    if checking(log_p) and bool(zero.any()):
+    # (an infinite loss, and NaN gradients: no step can be taken; read on every device, as
+    # the NaN check above is: on a GPU the loss would be inf and the steps skipped silently)
+    if bool(zero.any()):
         raise ZeroDensity(target_name(target_log_prob), int(zero.sum()), zero.numel(), x, zero)
     if torch.is_grad_enabled() and x.requires_grad and not log_p.requires_grad:
         raise ValueError(
@@ -401,6 +405,70 @@ def effective_sample_size(log_w: Tensor) -> float:
     return ess.mean().item()
 
 
+PARETO_K_VARIANCE = 0.5  # above it the weights' variance is infinite: no standard error
+PARETO_K_RELIABLE = 0.7  # above it an importance-sampled estimate is unreliable
+
+
+def pareto_k(log_w: Tensor) -> float | None:
+    r"""The shape ``k`` of a generalised Pareto distribution fitted to the largest importance
+    weights (the tail diagnostic of Pareto-smoothed importance sampling, Vehtari, Simpson,
+    Gelman, Yao & Gabry 2024): the weights have ``1 / k`` finite moments, so for ``k > 0.5``
+    their variance is infinite (the standard error of ``log Z`` and the ESS are meaningless:
+    they come from the same heavy tail), and for ``k > 0.7`` an importance-sampled estimate is
+    unreliable at any practical ``n``. It flags a flow narrower than its target (what reverse
+    KL tends to fit), which the ESS can miss.
+
+    ``log_w``: ``(n, ...)``; with more dimensions, each column's ``k`` and the largest is
+    returned. The tail is the ``M = min(n / 5, 3 sqrt(n))`` largest weights; the fit is Zhang &
+    Stephens' (2009) quick posterior-mean estimate, shrunk towards 0.5 as a weak prior (as in
+    the paper). None where a column has fewer than 25 non-zero weights (too few for a tail).
+    """
+    import numpy as np
+
+    log_w = _checked_log_w(log_w)
+    ks = []
+    for col in log_w.T.numpy():
+        k = _tail_shape(np.sort(col[np.isfinite(col)]))
+        if k is None:
+            return None
+        ks.append(k)
+    return max(ks)
+
+
+def _tail_shape(lw) -> float | None:
+    """The generalised Pareto shape of the tail of sorted log weights ``lw`` (see
+    :func:`pareto_k`)."""
+    import numpy as np
+
+    n = len(lw)
+    m_tail = int(min(0.2 * n, 3 * math.sqrt(n)))
+    if m_tail < 5:
+        return None
+    w = np.exp(lw - lw[-1])  # (the shape does not depend on the weights' scale)
+    x = w[-m_tail:] - w[-m_tail - 1]  # exceedances over the threshold, ascending
+    x = x[x > 0]
+    if len(x) < 5:  # the largest weights are all equal: no tail at all
+        return 0.0
+    # Zhang & Stephens: the profile likelihood of theta = -k / sigma over a grid of candidate
+    # thetas, the posterior mean of theta under it, and the shape that theta gives
+    t, grid = len(x), 30 + int(math.sqrt(len(x)))
+    quartile = x[max(0, int(t / 4 + 0.5) - 1)]
+    j = np.arange(1, grid + 1)
+    theta = 1 / x[-1] + (1 - np.sqrt(grid / (j - 0.5))) / (3 * quartile)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shape = -np.log1p(-theta[:, None] * x[None, :]).mean(1)  # (their k: minus the shape)
+        profile = t * (np.log(theta / shape) + shape - 1)
+    keep = np.isfinite(profile)
+    if not keep.any():
+        return None
+    theta, profile = theta[keep], profile[keep]
+    weights = np.exp(profile - profile.max())  # (the posterior over the grid, normalised)
+    weights /= weights.sum()
+    theta_hat = float((theta * weights).sum())
+    k = float(np.log1p(-theta_hat * x).mean())
+    return (t * k + 10 * 0.5) / (t + 10)  # the weak prior towards 0.5, worth 10 weights
+
+
 def importance_log_z(log_w: Tensor) -> float:
     r"""The importance-sampling estimate ``log (1/n sum w)`` of the target's ``log Z``. Its
     exponential is unbiased for ``Z``; the log is biased low by about ``var(w) / (2 n Z²)``."""
@@ -444,7 +512,12 @@ def vi_diagnostics(
       over them). It is itself estimated from the weights: where the ESS is low it is
       unreliable too, and it cannot see mass the flow never samples;
     - ``ess = (sum w)² / (n sum w²)`` (:func:`effective_sample_size`); below ``LOW_ESS``
-      (0.1) a line in ``warnings`` says the importance-sampled ``log Z`` is unreliable.
+      (0.1) a line in ``warnings`` says the importance-sampled ``log Z`` is unreliable;
+    - ``pareto_k``, the tail shape of the largest weights (:func:`pareto_k`; None for fewer
+      than 25 samples): above 0.5 the weights' variance is infinite, so ``log_z_se`` and the
+      ESS understate the error (the ESS comes from the same heavy tail and can look fine), and
+      above 0.7 ``log_z`` itself is unreliable; ``warnings`` says which. A flow narrower than
+      its target, what reverse KL tends to fit, gives such a tail.
 
     The true ``KL(q || p) = log Z - elbo``; it needs ``log Z`` from elsewhere (a grid for 2-D
     targets, :func:`flowforge.targets.grid_log_z`).
@@ -460,7 +533,7 @@ def vi_diagnostics(
         >>> flow = ff.models.Planar(features=2, layers=2)
         >>> d = ff.objectives.vi_diagnostics(flow, ff.targets.get("banana"), n=500)
         >>> print(*sorted(d))
-        elbo elbo_se ess log_z log_z_se n reverse_kl warnings zero_density
+        elbo elbo_se ess log_z log_z_se n pareto_k reverse_kl warnings zero_density
     """
     was_training = flow.training
     flow.eval()
@@ -507,6 +580,20 @@ def vi_diagnostics(
             f"the ESS is {ess:.3f} (below {LOW_ESS}): a few samples carry the importance "
             "weights, so the importance-sampled log Z (and its standard error) is unreliable"
         )
+    k = pareto_k(log_w)
+    if k is not None and k > PARETO_K_RELIABLE:
+        warnings.append(
+            f"the importance weights have a heavy tail (Pareto k {k:.2f}, above "
+            f"{PARETO_K_RELIABLE}): the flow is narrower than the target somewhere, so the "
+            "importance-sampled log Z, its standard error and the ESS are unreliable"
+        )
+    elif k is not None and k > PARETO_K_VARIANCE:
+        warnings.append(
+            f"the importance weights' tail has infinite variance (Pareto k {k:.2f}, above "
+            f"{PARETO_K_VARIANCE}): the flow is narrower than the target somewhere, so the "
+            "standard error of the importance-sampled log Z (and the ESS) understates its "
+            "error, and the estimate converges slowly"
+        )
     log_z_se = None
     if per.shape[0] > 1:  # the delta method on log mean w, per context: sqrt((1/ESS - 1)/(n - 1))
         m = per.shape[0]
@@ -520,6 +607,7 @@ def vi_diagnostics(
         "log_z": importance_log_z(log_w),
         "log_z_se": log_z_se,
         "ess": ess,
+        "pareto_k": k,
         "n": int(per.shape[0]),
         "zero_density": zero,
         "warnings": warnings,

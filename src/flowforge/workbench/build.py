@@ -127,9 +127,12 @@ _IMAGE_WIDTHS = {"realnvp": 64}
 def _sizing(name: str, spec, kwargs: dict, layout: str, ds: Dataset) -> dict | None:
     """The depth and width chosen for a run that did not set them, where they differ from the
     builder's defaults (None: the defaults fit)."""
-    image = layout == "image"
     n = int(ds.split("train").shape[0])
-    d = math.prod(ds.shape)
+    return sizing_for(name, spec, kwargs, layout == "image", math.prod(ds.shape), n)
+
+
+def sizing_for(name: str, spec, kwargs: dict, image: bool, d: int, n: int) -> dict | None:
+    """:func:`_sizing` for data of dimension ``d`` with ``n`` training examples."""
     depth, width = size_rule(d, n, image)
     defaults = spec.defaults()
     chosen = {}

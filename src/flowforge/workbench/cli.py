@@ -994,7 +994,6 @@ def cmd_fit_target(args) -> int:
     from .vi import (
         CLI_OPTIONS,
         build_vi_model,
-        ess_warning,
         evaluate_target,
         fit_target,
         summary_line,
@@ -1041,18 +1040,28 @@ def cmd_fit_target(args) -> int:
         flow = build_vi_model(args.model, target.dim, layers, **kwargs)
     except (TypeError, ValueError) as e:
         raise WorkbenchError(f"model {args.model!r}: {' '.join(str(e).split())}") from None
-    fit = fit_target(
-        flow,
-        target,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        anneal=anneal,
-        seed=args.seed,
-        # (the bar only on a terminal, as train's: a log file gets no carriage-return redraws)
-        log_every=0 if args.quiet or not sys.stderr.isatty() else max(1, args.steps // 10),
-        option_names=CLI_OPTIONS,  # (its hints name its flags)
-    )
+    if flow.vi_sizing and not args.quiet:  # (as train says how it sized a model)
+        chosen = ", ".join(f"{k}={v}" for k, v in flow.vi_sizing.items())
+        params = sum(p.numel() for p in flow.parameters())
+        print(
+            f"model {args.model}: {params:,} parameters, sized for a {target.dim}-d target: "
+            f"{chosen} (set them with --model-kwargs to override)",
+            flush=True,
+        )
+    with _targets_own_errors(target):
+        fit = fit_target(
+            flow,
+            target,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            anneal=anneal,
+            seed=args.seed,
+            # (the bar only on a terminal, as train's: a log file gets no carriage-return
+            # redraws)
+            log_every=0 if args.quiet or not sys.stderr.isatty() else max(1, args.steps // 10),
+            option_names=CLI_OPTIONS,  # (its hints name its flags)
+        )
     if fit["status"] == "interrupted":  # a partial fit is not reported as the one asked for
         print(
             f"flowforge: interrupted after {fit['steps']} of {args.steps} steps; nothing "
@@ -1060,14 +1069,25 @@ def cmd_fit_target(args) -> int:
             file=sys.stderr,
         )
         return 130
-    metrics = evaluate_target(flow, target, n=args.n_eval)
-    title = f"{args.model}" + (f" K={args.layers}" if args.layers else "")
-    report = write_vi_report(out, flow, target, metrics, fit, title)
+    if 2 * fit["skipped"] > fit["steps"]:  # the flow blew up and stayed there: no fit to report
+        params = sum(p.numel() for p in flow.parameters())
+        raise WorkbenchError(
+            f"the fit diverged: {fit['skipped']} of {fit['steps']} steps had a non-finite loss "
+            "or gradient and were skipped, so the flow barely trained (nothing written): a "
+            f"lower --lr (it was {args.lr:g}), a smaller model (this {args.model} has "
+            f"{params:,} parameters: --layers, --model-kwargs), a shorter --anneal, or another "
+            "--seed"
+        )
+    with _targets_own_errors(target):
+        # (the evaluation's samples follow --seed, as the fit's do)
+        metrics = evaluate_target(flow, target, n=args.n_eval, seed=args.seed + 1)
+        title = f"{args.model}" + (f" K={args.layers}" if args.layers else "")
+        report = write_vi_report(out, flow, target, metrics, fit, title)
     if getattr(flow, "config", None) is not None:
         io.save(flow, out / "model.ff")
     print(summary_line(metrics))
-    if ess_warning(metrics):
-        print(f"warning: {ess_warning(metrics)}")
+    for w in metrics["warnings"]:  # a low ESS, a heavy tail, an impossible log Z
+        print(f"warning: {w}")
     if fit["skipped"]:  # (their loss or gradient was not finite: the fit is that much shorter)
         print(
             f"warning: {fit['skipped']} of {fit['steps']} steps were skipped (a non-finite "
@@ -1075,6 +1095,29 @@ def cmd_fit_target(args) -> int:
         )
     print(f"report: {report}")
     return 0
+
+
+@contextlib.contextmanager
+def _targets_own_errors(target):
+    """An exception raised inside a target's own function (a user's ``--import`` module) is
+    said as the target's error, not flowforge's internal one."""
+    from .errors import WorkbenchError
+
+    code = getattr(getattr(target, "fn", None), "__code__", None)
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, (WorkbenchError, ValueError, OSError, KeyboardInterrupt)) or code is None:
+            raise
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not code:
+            tb = tb.tb_next
+        if tb is None:  # not from the target's function
+            raise
+        raise WorkbenchError(
+            f"target {target.name!r} raised {type(e).__name__}: {_one_line(e)} (an error in "
+            "the target's own code; --debug shows where)"
+        ) from e
 
 
 # -- parser --------------------------------------------------------------------------------------

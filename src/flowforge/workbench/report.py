@@ -1636,6 +1636,10 @@ def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: st
         ),
         ("ESS (normalised)", f"{metrics['ess']:.4f}"),
         (
+            "Pareto k of the weights' tail",
+            "n/a" if metrics.get("pareto_k") is None else f"{metrics['pareto_k']:.2f}",
+        ),
+        (
             "log Z, exact or grid",
             "n/a" if metrics["kl"] is None else f"{metrics['true_log_z']:.4f}",
         ),
