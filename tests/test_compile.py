@@ -287,7 +287,7 @@ def test_trainer_compile_splines_trains_like_eager(tmp_path, eager_splines_after
         tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
         assert tr.fit()["status"] == "finished" and not tr.warnings
         splines = [m for m in flow.modules() if isinstance(m, ff.transforms.RationalQuadratic)]
-        assert all(m.compiled == (compile_ == "splines") for m in splines)
+        assert not any(m.compiled for m in splines)  # (the training's: switched back after it)
         losses[compile_] = [r["train_loss"] for r in tr.history if r["type"] == "epoch"]
     assert losses["splines"] == pytest.approx(losses[False], rel=1e-4, abs=1e-4)
     # the compiling first step is timed and logged, as for train.compile: true

@@ -42,6 +42,7 @@ _NAMES = {
     "Objective": "trainer",
     "ReverseKL": "trainer",
     "Trainer": "trainer",
+    "TrainingWarning": "trainer",
     "reuse_freed_memory": "allocator",
 }
 
@@ -59,6 +60,7 @@ __all__ = [
     "ReverseKL",
     "RunError",
     "Trainer",
+    "TrainingWarning",
     "WorkbenchError",
     "build_flow",
     "evaluate_run",

@@ -1479,9 +1479,12 @@ def _attach_values(argv: list[str]) -> list[str]:
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """A Python warning (the library's, say a compiled spline falling back to eager) printed
-    as one ``flowforge: warning:`` line, like the command's own, without file and line."""
-    print(f"flowforge: warning: {_one_line(message)}", file=sys.stderr)
+    """A Python warning (the library's, say a compiled spline falling back to eager, or the
+    Trainer's) printed as one ``flowforge: warning:`` line, like the command's own, without
+    file and line (above a progress bar, where one is drawn)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"flowforge: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def _import_user_module(name: str) -> None:

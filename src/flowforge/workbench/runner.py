@@ -360,6 +360,11 @@ def train(
     numpy's and torch's global random streams, seeded for the run, are as they were once it
     returns.
     """
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise RunError(  # (a run folder is what train keeps: none is the bare Trainer's)
+            f"out must be the run folder's path, got {out!r} (to train without writing "
+            "anything, use Trainer(flow, train_x, val_x, ...) on tensors)"
+        )
     with _callers_random_state():
         return _train(
             config, out, resume, overwrite, progress, echo, callback, notes, new_data, init_from

@@ -433,13 +433,56 @@ def clear_run(out: Path) -> None:
     if not is_run(out):
         raise RunError(f"{out} is not a flowforge run; refusing to clear it")
     with held_signals():
-        for name in RUN_FILES:
-            if name not in (LOCK_FILE, CONFIG_FILE):
-                (out / name).unlink(missing_ok=True)
-        _ours_in(out / REPORT_DIR, is_report_figure)
-        _ours_in(out / TB_DIR, lambda name: name.startswith("events.out.tfevents."))
-        remove_orphans(out)
+        _clear_training(out)
         (out / CONFIG_FILE).unlink(missing_ok=True)
+
+
+def _clear_training(out: Path) -> None:
+    """Remove what a training writes in ``out`` (checkpoint, model, metrics, report,
+    TensorBoard events, their temporaries), nothing else."""
+    for name in RUN_FILES:
+        if name not in (LOCK_FILE, CONFIG_FILE):
+            (out / name).unlink(missing_ok=True)
+    _ours_in(out / REPORT_DIR, is_report_figure)
+    _ours_in(out / TB_DIR, lambda name: name.startswith("events.out.tfevents."))
+    remove_orphans(out)
+
+
+# what a Trainer writes in its folder (``train`` adds config.json and the lock)
+TRAINING_FILES = (CKPT_FILE, MODEL_FILE, METRICS_FILE, "report.html", REPORT_DIR, TB_DIR)
+
+
+def claim_training_folder(out: Path, overwrite: bool) -> None:
+    """Before a :class:`~.trainer.Trainer` starts a new training in ``out``: refuse a folder
+    that holds files flowforge did not write, and one that holds an earlier training's
+    (checkpoint, model, metrics) unless ``overwrite``, which removes those (and only those).
+    What :func:`train` puts there first (``config.json``, the lock) is expected."""
+    if os.path.lexists(out) and not out.exists():
+        raise RunError(f"out={out} is a link to nothing ({os.readlink(out)})")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"out={out} exists and is not a folder")
+    if not out.is_dir():
+        return
+    theirs, earlier = [], []
+    for f in sorted(out.iterdir()):
+        n = f.name
+        if n in (CONFIG_FILE, LOCK_FILE, LOCK_FILE + TAKEOVER) or _our_temporary(n):
+            continue
+        (earlier if n in TRAINING_FILES else theirs).append(n)
+    if theirs:
+        raise RunError(
+            f"out={out} holds files flowforge did not write ({', '.join(theirs[:3])}"
+            f"{', ...' if len(theirs) > 3 else ''}); it never writes into a folder of yours: "
+            "use another out"
+        )
+    if earlier and not overwrite:
+        raise RunError(
+            f"out={out} holds an earlier training's {', '.join(earlier)}: fit(resume=True) "
+            "continues it, Trainer(..., overwrite=True) replaces it, or use another out"
+        )
+    if earlier:
+        with held_signals():
+            _clear_training(out)
 
 
 def _our_temporary(name: str) -> bool:

@@ -61,11 +61,13 @@ from .runs import (
     METRICS_STEP_BYTES,
     MODEL_FILE,
     Records,
+    claim_training_folder,
     truncate_metrics,
 )
 
 __all__ = [
     "Trainer",
+    "TrainingWarning",
     "Objective",
     "NLL",
     "ReverseKL",
@@ -75,6 +77,14 @@ __all__ = [
     "adam",
     "find_nonfinite",
 ]
+
+
+class TrainingWarning(UserWarning):
+    """What the :class:`Trainer` warns of while it trains (a loss spike, settings that defeat
+    themselves, a compile that fell back): a Python warning, which a program can filter,
+    record or log (``warnings.catch_warnings``); also in the summary's ``warnings`` and, in a
+    run folder, in ``metrics.jsonl``. The command line prints each as one
+    ``flowforge: warning:`` line."""
 
 
 # -- objectives ----------------------------------------------------------------------------------
@@ -122,6 +132,14 @@ class NLL(Objective):
     """Maximum likelihood: ``-mean log p(x)`` (nats/example); validated by the mean NLL."""
 
     name = "nll"
+
+    def check(self, trainer, model) -> None:
+        if not callable(getattr(model, "log_prob", None)):
+            raise WorkbenchError(
+                f"the nll objective trains a density (a model with log_prob, such as a "
+                f"flowforge Flow), and {type(model).__name__} has none: for a module of your "
+                "own, give objective=Loss(fn) with fn(model, x, context) -> loss"
+            )
 
     def loss(self, trainer, model, x, context):
         return -(model(x) if context is None else model(x, context)).mean()
@@ -224,24 +242,35 @@ class ReverseKL(Objective):
 
 class Loss(Objective):
     """A loss of your own: ``fn(model, x, context) -> scalar``; validated by ``validate(model,
-    x, context) -> float`` (default: ``fn`` itself without gradients, averaged over batches)."""
+    x, context) -> float`` (default: ``fn`` itself, averaged over batches of
+    ``train.eval_batch_size``, its value detached).
+
+    ``fn`` runs with gradients enabled wherever it runs, so it may differentiate with respect
+    to its inputs (``torch.autograd.grad``: a gradient penalty, score matching): in training,
+    in the default validation (a ``validate`` of your own runs without them), and once before
+    the first step on the first batch when the model has a layer that initialises from data
+    (ActNorm), whose output is not used."""
 
     def __init__(self, fn: Callable, validate: Callable | None = None, name: str = "loss"):
         self.fn, self._validate, self.name = fn, validate, name
+        self.overflow = (  # (no layer output went non-finite: the function did)
+            f"the loss function {name!r} itself returned a non-finite value"
+        )
 
     def loss(self, trainer, model, x, context):
         return self.fn(model, x, context)
 
-    @torch.no_grad()
     def validate(self, trainer, x, context):
         with trainer.validating() as model:
             if self._validate is not None:
-                return float(self._validate(model, x, context))
+                with torch.no_grad():
+                    return float(self._validate(model, x, context))
             bs, total = trainer.cfg["eval_batch_size"], 0.0
             for i in range(0, x.shape[0], bs):
                 c = None if context is None else context[i : i + bs]
                 xb = x[i : i + bs]
-                total += float(self.fn(model, xb, c)) * xb.shape[0]
+                with torch.enable_grad():  # (fn may differentiate: its graph ends here)
+                    total += float(self.fn(model, xb, c).detach()) * xb.shape[0]
             return total / x.shape[0]
 
 
@@ -633,8 +662,13 @@ class Trainer:
         bits_dims: with discrete data, the number of dimensions for bits/dim, else None.
         steps_per_epoch: for objectives without data, the optimizer steps of one epoch.
         progress: show a tqdm bar (rank 0). echo: print one line per epoch (rank 0).
-        callback: ``callback(trainer)`` after every optimizer step (tests use it to interrupt).
+        callback: ``callback(trainer)`` after every optimizer step; it may call
+            ``trainer.stop()`` to end the run after the epoch in progress, and read the
+            records logged so far (epochs, steps, warnings) in ``trainer.history``.
         train_context, val_context: per-example contexts of a conditional model.
+        overwrite: a new training in an ``out`` that holds an earlier one's files (checkpoint,
+            model, metrics) replaces them; without it that folder is refused (so is one
+            holding files flowforge did not write). ``fit(resume=True)`` continues one.
 
     The data order of epoch ``e`` is a permutation seeded by ``seed + e``
     (:class:`~torch.utils.data.DistributedSampler`); under torchrun each rank takes every
@@ -661,6 +695,7 @@ class Trainer:
         echo: bool = True,
         train_context: Tensor | None = None,
         val_context: Tensor | None = None,
+        overwrite: bool = False,
     ):
         unknown = set(train or {}) - set(DEFAULT_TRAIN)
         if unknown:
@@ -688,8 +723,9 @@ class Trainer:
                     "it, or override a config file's with --set train.fm_time_power=1"
                 )
             self.objective = self.objective.with_time_power(self.cfg["fm_time_power"])
-        self.model, self.seed = model, int(seed)
+        self.model, self.seed = model, _checked_seed(seed)
         self.out = None if out is None else Path(out)
+        self.overwrite = bool(overwrite)
         self.rank, self.world = dist_env()
         if hasattr(self.objective, "check"):  # e.g. flow matching: refuse a model it cannot train
             self.objective.check(self, model)
@@ -703,10 +739,11 @@ class Trainer:
         if self.cfg["memory_saving"]:
             from ..core import memory_saving
 
-            try:
-                memory_saving(self.model)
-            except ValueError as e:
-                raise WorkbenchError(f"train.memory_saving: {e}") from None
+            with self._switched():  # (checked now; switched on while fit() trains)
+                try:
+                    memory_saving(self.model)
+                except ValueError as e:
+                    raise WorkbenchError(f"train.memory_saving: {e}") from None
         if self.cfg["compile"] == "splines":  # only the splines, through torch.compile
             from ..transforms.splines import RationalQuadratic
             from .mflow import MFlowObjective
@@ -722,8 +759,6 @@ class Trainer:
                     "train.compile: splines compiles a model's rational-quadratic splines, and "
                     "this model has none (use train.compile: true to compile the whole model)"
                 )
-            for m in splines:
-                m.compiled = True
         for what, t in (("train_x", train_x), ("val_x", val_x), ("train_context", train_context),
                         ("val_context", val_context)):  # fmt: skip
             if t is not None and not isinstance(t, Tensor):
@@ -743,12 +778,39 @@ class Trainer:
                     f"the {what} context has {len(c):,} rows and the {what} data {len(x):,}; "
                     "expected one context row per example"
                 )
+        if train_x is not None and val_x is not None and train_x.shape[1:] != val_x.shape[1:]:
+            raise WorkbenchError(  # (found before training, not at the first validation)
+                f"val_x has examples of shape {tuple(val_x.shape[1:])} and train_x "
+                f"{tuple(train_x.shape[1:])}; expected the same"
+            )
+        both = train_x is not None and val_x is not None
+        if both and (train_context is None) != (val_context is None):
+            given, missing = ("val_context", "train_context")
+            if val_context is None:
+                given, missing = missing, given
+            raise WorkbenchError(
+                f"{given} is given and {missing} is not: a conditional model needs a context "
+                "for every example, in training and in validation"
+            )
+        if (
+            train_context is not None
+            and val_context is not None
+            and train_context.shape[1:] != val_context.shape[1:]
+        ):
+            raise WorkbenchError(
+                f"val_context has rows of shape {tuple(val_context.shape[1:])} and "
+                f"train_context {tuple(train_context.shape[1:])}; expected the same"
+            )
         put = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         self.train_x, self.val_x = put(train_x), put(val_x)
         self.train_c, self.val_c = put(train_context), put(val_context)
         if self.objective.needs_data:
             if train_x is None or val_x is None:
-                raise WorkbenchError(f"the {self.objective.name} objective needs data")
+                missing = " and ".join(k for k, v in (("train_x", train_x), ("val_x", val_x))
+                                       if v is None)  # fmt: skip
+                raise WorkbenchError(
+                    f"the {self.objective.name} objective needs data: {missing} is None"
+                )
             if len(train_x) == 0 or len(val_x) == 0:
                 raise WorkbenchError("the training and validation sets must not be empty")
             for what, t in (("training", train_x), ("validation", val_x),
@@ -804,6 +866,11 @@ class Trainer:
             )
         self.phase_starts = [0, *starts]
         params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise WorkbenchError(
+                "the model has no parameter that requires a gradient (all frozen?): nothing "
+                "to train"
+            )
         self.opt = adam(
             params,
             lr=float(self.cfg["lr"]),
@@ -837,6 +904,8 @@ class Trainer:
         self._signals: _Signals | None = None
         self.stdout_error: str | None = None  # standard output failed: training stops
         self._tb = None
+        self._step_lr = float(self.cfg["lr"])  # the rate the last step took (its record's)
+        self._stop_asked = False  # Trainer.stop(): end after this epoch
 
     # -- helpers --------------------------------------------------------------------------
     @property
@@ -925,10 +994,10 @@ class Trainer:
         self._log(
             {"type": "warning", "epoch": self.epoch + 1, "step": self.global_step, "message": msg}
         )
-        if self.rank == 0:
-            from tqdm import tqdm
-
-            tqdm.write(f"flowforge: warning: {msg}", file=sys.stderr)
+        if self.rank == 0:  # (the command line prints it as "flowforge: warning: ...")
+            # explicit, with a registry of its own: said every time (a second run in a
+            # notebook warns again), and still filtered, recorded or raised as the caller asks
+            warnings.warn_explicit(msg, TrainingWarning, __file__, 0, module=__name__, registry={})
 
     def _bpd(self, nll: float) -> float | None:
         return None if self.bits_dims is None else nll / (self.bits_dims * math.log(2))
@@ -1011,7 +1080,9 @@ class Trainer:
         whole.set_epoch(0)
         size = int(self.cfg["init_batch"]) or self.cfg["batch_size"]
         idx = torch.tensor(list(whole)[:size]).to(self.device)
-        with fork_rng(), torch.no_grad():
+        # (a loss of the user's may differentiate with respect to its inputs: with gradients)
+        grad = torch.enable_grad() if isinstance(self.objective, Loss) else torch.no_grad()
+        with fork_rng(), grad:
             torch.manual_seed(self.seed + 104729)
             self.model.train()
             c = None if self.train_c is None else self.train_c[idx]
@@ -1283,13 +1354,49 @@ class Trainer:
             self._metrics_bytes = None  # (its size is looked up again)
 
     # -- the loop -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _switched(self):
+        """The model's (and the EMA copy's) memory saving and compiled splines as they were
+        when it was given, on leaving: ``train.memory_saving`` and ``train.compile: splines``
+        are this training's, not the caller's model's for good."""
+        from ..core import Compose
+
+        held = [self.model] + ([self.ema] if getattr(self, "ema", None) is not None else [])
+        chains = [(m, m.memory_saving) for h in held for m in h.modules() if isinstance(m, Compose)]
+        splines = [(m, m.compiled) for h in held for m in h.modules() if hasattr(m, "compiled")]
+        try:
+            yield
+        finally:
+            for m, v in chains:
+                m.memory_saving = v
+            for m, v in splines:
+                m.compiled = v
+
     def fit(self, resume: bool = False) -> dict:
         """Train; returns a summary with ``status`` in finished, early-stopped, interrupted.
 
         The model holds the last step's weights afterwards (what more training continues
         from); the summary's ``best_val`` and ``best_epoch`` describe the best validated
-        weights, which :meth:`load_best` loads (a run folder's ``model.ff`` holds them)."""
+        weights, which :meth:`load_best` loads (a run folder's ``model.ff`` holds them).
+        ``train.memory_saving`` and ``train.compile: splines`` switch the model while it
+        trains, and are switched back when ``fit`` returns."""
+        from ..core import memory_saving
+        from ..transforms.splines import RationalQuadratic
+
+        held = [self.model] + ([self.ema] if self.ema is not None else [])
+        with self._switched():
+            for h in held:
+                if self.cfg["memory_saving"]:
+                    memory_saving(h)
+                if self.cfg["compile"] == "splines":
+                    for m in h.modules():
+                        if isinstance(m, RationalQuadratic):
+                            m.compiled = True
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict:
         if self.writer and not resume:
+            claim_training_folder(self.out, self.overwrite)  # (never over an earlier one's)
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
@@ -1504,6 +1611,7 @@ class Trainer:
                 self.opt.step()
                 if self.ema is not None:
                     self._update_ema()
+            self._step_lr = self.opt.param_groups[0]["lr"]  # (the rate this step took)
             if norm is None:  # (a skipped first step: torch's scheduler warning is moot)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
@@ -1543,7 +1651,7 @@ class Trainer:
                         "epoch": self.epoch + 1,
                         "step": self.global_step,
                         "loss": value,
-                        "lr": self.opt.param_groups[0]["lr"],
+                        "lr": self._step_lr,
                         "grad_norm": norm,
                         **layer_metrics(self.model),
                     }
@@ -1664,7 +1772,7 @@ class Trainer:
             "step": self.global_step,
             "train_loss": train_loss,
             "val_nll" if self.objective.name == "nll" else "val": val,
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": self.opt.param_groups[0]["lr"],  # (the next step's: a halving shows)
             "best": improved,
             "time": time.perf_counter() - t0,
         }
@@ -1691,8 +1799,18 @@ class Trainer:
             self._say(
                 f"early stop: no better validation {self.objective.name} for {patience} epochs"
             )
+        elif self._stop_asked and self.epoch < self.cfg["epochs"]:
+            status = self.finished = "early-stopped"
+            self._say(f"stopped after epoch {self.epoch}, as asked (Trainer.stop())")
         self.save_checkpoint()
         return status
+
+    def stop(self) -> None:
+        """Ask the training to end after the epoch in progress, once it is validated and
+        checkpointed, as an early stop (``status`` "early-stopped"; ``load_best`` and the run
+        folder as after one). For a callback that decides a run has had enough; an interrupt
+        (``KeyboardInterrupt``) stops at the end of the step instead, resumably."""
+        self._stop_asked = True
 
     def _new_phase(self) -> None:
         """At the first epoch of a phase: continue from the best weights of the phase before
@@ -1713,6 +1831,11 @@ class Trainer:
     def load_best(self) -> torch.nn.Module:
         """Load the best validated weights into the model (from ``model.ff`` in a run folder,
         from memory without one or for a model that has no builder config) and return it."""
+        if self.best_epoch < 0:  # (a model.ff in the folder would be another training's)
+            raise WorkbenchError(
+                "no epoch of this training has been validated yet, so it has no best weights; "
+                "the model holds the last step's"
+            )
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         elif self.out is not None and (self.out / MODEL_FILE).is_file():
@@ -1768,6 +1891,20 @@ class Trainer:
             f"non-finite {what} at epoch {self.epoch + 1}, step {self.global_step + 1}: "
             f"{where}{kept}"
         )
+
+
+def _checked_seed(seed) -> int:
+    """A seed as the command line and configs take it: an integer in [0, 2**32 - 1] (torch
+    keeps 32 bits: 2**32 would repeat the run of 0)."""
+    import numbers
+
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= int(seed) <= 2**32 - 1
+    ):
+        raise WorkbenchError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
+    return int(seed)
 
 
 MASK_RANKS = 52  # up to this many processes, a non-finite loss is said by its process
