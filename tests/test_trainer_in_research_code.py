@@ -179,3 +179,21 @@ def test_the_trainers_own_mistakes_are_said_in_its_words(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(RunError, match="exists and is not a folder"):
         Trainer(_flow(), x, x[:32], CFG, out=tmp_path / "f", **QUIET).fit()
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path):
+    # it trained on without a word
+    x, out = _data(256), tmp_path / "run"
+
+    def stop(t):
+        if t.global_step == 5:
+            raise KeyboardInterrupt
+
+    res = Trainer(_flow(), x, x[:32], CFG, out=out, callback=stop, **QUIET).fit()
+    assert res["status"] == "interrupted"
+    for other in (_data(256, seed=1), x.flip(0)):  # other values; the same rows reordered
+        with pytest.raises(RunError, match="trained on other data than this Trainer's"):
+            Trainer(_flow(), other, x[:32], CFG, out=out, **QUIET).fit(resume=True)
+    assert Trainer(_flow(), x, x[:32], CFG, out=out, **QUIET).fit(resume=True)["status"] == (
+        "finished"
+    )

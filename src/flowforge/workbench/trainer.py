@@ -1154,12 +1154,60 @@ class Trainer:
         meta.update(steps_per_epoch=self.steps_per_epoch, train=self._run_options())
         # the spike watch's windows: a resumed run flags (and misses) the spikes it would have
         meta["watch"] = {k: [list(w.losses), list(w.norms)] for k, w in self._watch.items()}
+        meta["data"] = self._data_fingerprint()  # (a resume on other data is refused)
         ctx = self._signals.deferred() if self._signals else _nothing()
         with ctx:
             save_checkpoint(
                 self.out / CKPT_FILE, self.model, self.opt, self.sched, meta, self.ema,
                 best=None if self._saves_model else self.best_state, device=self.device,
             )  # fmt: skip
+
+    def _data_fingerprint(self) -> list | None:
+        """The training data's (and its context's) shapes and three float64 sums, the second
+        weighted by row position: another file, another split or the same rows in another
+        order give other numbers. Computed once, a chunk of rows at a time."""
+        if self.train_x is None:
+            return None
+        if getattr(self, "_fingerprint", None) is None:
+            out = []
+            for t in (self.train_x, self.train_c):
+                if t is None:
+                    out.append(None)
+                    continue
+                sums = [0.0, 0.0, 0.0]
+                step = _chunk_rows(max(1, math.prod(t.shape[1:])))
+                for i in range(0, len(t), step):
+                    c = t[i : i + step].reshape(len(t[i : i + step]), -1).double()
+                    rows = c.sum(1)
+                    at = torch.arange(i + 1, i + 1 + len(c), dtype=torch.float64, device=c.device)
+                    part = torch.stack([rows.sum(), (rows * at).sum(), c.square().sum()])
+                    sums = [a + b for a, b in zip(sums, part.tolist())]
+                out.append([list(t.shape), sums])
+            self._fingerprint = out
+        return self._fingerprint
+
+    def _check_same_data(self, meta: dict) -> None:
+        """A ValueError when the checkpoint was trained on other data than this Trainer's (a
+        checkpoint from before it was recorded is not checked)."""
+        saved, now = meta.get("data"), self._data_fingerprint()
+        if saved is None or now is None:
+            return
+        try:
+            same = all(
+                (a is None) == (b is None)
+                and (a is None or (list(a[0]) == b[0] and all(
+                    math.isclose(float(u), v, rel_tol=1e-9, abs_tol=1e-9)
+                    for u, v in zip(a[1], b[1]))))
+                for a, b in zip(saved, now)
+            )  # fmt: skip
+        except (TypeError, ValueError, IndexError):
+            raise ValueError("its record of the training data is malformed") from None
+        if not same:
+            raise ValueError(
+                "it was trained on other data than this Trainer's (the training data's shape "
+                "or values, or their order, differ): resume with the data it was trained on, "
+                "or start a new training"
+            )
 
     def _run_options(self) -> dict:
         """The training options a resumed run must share with its checkpoint (as JSON has
@@ -1333,6 +1381,7 @@ class Trainer:
             state = {k: meta.get(k, getattr(self, k)) for k in self._STATE}
             self._check_counters(state)
             self._check_same_run({**meta, **state}, sched)
+            self._check_same_data(meta)
             for k, v in state.items():
                 setattr(self, k, v)
             set_rng_state(tensors, meta["rng"], self.device)
