@@ -1168,3 +1168,26 @@ def test_an_output_into_a_missing_folder_is_refused(tmp_path, capsys, command):
     rc, _, err = cli(capsys, *args)
     one_line_error(rc, err, f"there is no folder {out.parent}; create it first")
     assert not (tmp_path / "nodir").exists()
+
+
+def test_model_and_data_kinds_that_do_not_fit_say_what_does(tmp_path, capsys):
+    # "cannot model discrete data (no levels= option)", "needs levels=", "takes vectors only"
+    for args, needles in (
+        (("--model", "torusflow", "--data", "digits", "--layout", "vector"),
+         ("models continuous data only", "digits is discrete (17 levels)", "idf")),
+        (("--model", "idf", "--data", "moons"),
+         ("model 'idf' models integer data", "--set data.levels=K")),
+        (("--model", "maf", "--data", "digits", "--layout", "image"),
+         ("takes vectors only", "use --layout vector")),
+    ):  # fmt: skip
+        rc, _, err = cli(capsys, "train", *args, "--epochs", 1, "--limit", 50,
+                         "--out", tmp_path / "run")  # fmt: skip
+        one_line_error(rc, err, *needles)
+        assert not (tmp_path / "run").exists()
+
+
+def test_an_mflow_of_one_epoch_says_it_needs_two(tmp_path, capsys):
+    rc, _, err = cli(capsys, "train", "--model", "mflow", "--data", "surface-64",
+                     "--set", "data.n_train=100", "--set", "train.objective=mflow", "--epochs", 1,
+                     "--out", tmp_path / "m")  # fmt: skip
+    one_line_error(rc, err, "needs at least 2 epochs (train.epochs is 1)")

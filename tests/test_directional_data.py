@@ -189,3 +189,24 @@ def test_the_python_api_says_what_to_do_with_lat_lon_and_a_rounded_pi():
     assert torch.isfinite(flow.log_prob(x.clamp(-math.pi, math.pi))).all()
     with pytest.raises(ValueError, match=r"wrap them first"):
         flow.log_prob(x + 1)
+
+
+def test_the_registrys_sphere_is_refused_to_a_flow_on_r_d_as_a_file_of_it_is(tmp_path, capsys):
+    # the same points as a table were refused; the built-in dataset trained and printed an NLL
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "sphere-vmf",
+                     "--set", "data.n_train=200", "--out", tmp_path / "run",
+                     *SMALL[:2])  # fmt: skip
+    one_line_error(rc, err, "sphere-vmf: every training row has the same norm", "sphereflow")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_normal_column_is_not_taken_for_angles(tmp_path, capsys):
+    # 300 standard-normal rows span [-3.1, 3.1]: they were told of torusflow
+    rng = np.random.default_rng(0)
+    a = np.c_[rng.normal(size=300), rng.normal(size=300)]
+    a[0, 0], a[1, 0] = -3.10, 3.07  # (the span the note looked at)
+    path = _csv(tmp_path / "n.csv", a, "a,b")
+    rc, out, err = cli(capsys, "train", "--model", "nsf", "--data", path, "--out",
+                       tmp_path / "run", "--epochs", 1, "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    assert "torusflow" not in out

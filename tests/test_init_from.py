@@ -432,3 +432,18 @@ def test_a_discrete_source_is_refused_for_continuous_data_not_inherited(tmp_path
                      "data.levels=16", "--out", tmp_path / "same", "--epochs", 1, "--quiet",
                      "--no-progress")  # fmt: skip
     assert rc == 0, err
+
+
+def test_a_new_run_from_a_flow_matching_run_says_its_objective_changed(tmp_path, capsys):
+    # it trained by maximum likelihood through the ODE without a word
+    src = tmp_path / "fm"
+    rc, _, err = cli(capsys, "train", "--model", "cnf", "--data", "moons", "--set",
+                     "data.n_train=128", "--set", "data.n_val=64", "--epochs", 1, "--objective",
+                     "flow-matching", "--model-kwargs", '{"hidden": [8]}', "--out", src,
+                     "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "train", "--init-from", src, "--out", tmp_path / "new",
+                       "--epochs", 1, "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    assert "trained by flow-matching, this run trains by nll" in out
+    assert "--set train.objective=flow-matching keeps its objective" in out

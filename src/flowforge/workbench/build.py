@@ -263,7 +263,10 @@ def build_flow(
         if not ds.is_image:
             raise WorkbenchError(f"--layout image needs image data; {ds.name} has shape {ds.shape}")
         if "shape" not in spec.inputs:
-            raise WorkbenchError(f"model {name!r} takes vectors only (no image layout)")
+            raise WorkbenchError(
+                f"model {name!r} takes vectors only (no image layout): use --layout vector "
+                "(the images flattened) or auto, or an image model (glow, realnvp, tarflow)"
+            )
     elif layout == "vector":
         if "features" not in spec.inputs:
             raise WorkbenchError(f"model {name!r} takes images only (no vector layout)")
@@ -283,9 +286,19 @@ def build_flow(
                 else "it has no dequantizer"
             )
             raise WorkbenchError(f"model {name!r} takes no {opt} option (--{opt}): {why}")
+    if ds.levels is None and "levels" not in kwargs and name.lower() == "idf":
+        raise WorkbenchError(
+            f"model 'idf' models integer data, and {ds.name} is continuous: give its number of "
+            "levels, --set data.levels=K (every column an integer in [0, K)), or use a "
+            "continuous model"
+        )
     if ds.levels is not None and "levels" not in kwargs:
         if "levels" not in takes:
-            raise WorkbenchError(f"model {name!r} cannot model discrete data (no levels= option)")
+            raise WorkbenchError(
+                f"model {name!r} models continuous data only, and {ds.name} is discrete "
+                f"({ds.levels} levels): a model that dequantizes (realnvp, nsf, maf, glow, ...) "
+                "or an integer flow (idf) takes it"
+            )
         kwargs["levels"] = ds.levels
     if ds.context_info is not None:
         k = int(ds.context_info["features"])
@@ -499,10 +512,17 @@ def _note_angle_columns(name: str, ds: Dataset) -> None:
         return
     x = ds.train.reshape(len(ds.train), -1).double()
     lows, highs = x.min(0).values, x.max(0).values
-    full = (highs - lows >= 0.98 * 2 * math.pi) & (
-        ((lows >= -math.pi - 1e-5) & (highs <= math.pi + 1e-5))
-        | ((lows >= 0) & (highs <= 2 * math.pi + 1e-5))
-    )
+    centred = (lows >= -math.pi - 1e-5) & (highs <= math.pi + 1e-5)
+    from_zero = (lows >= 0) & (highs <= 2 * math.pi + 1e-5)
+    full = (highs - lows >= 0.98 * 2 * math.pi) & (centred | from_zero)
+    # and values near both ends, as angles across the seam have (a normal column of a few
+    # hundred rows spans [-3.1, 3.1] too, with 0.4% of its values beyond 2.64 on each side)
+    lo_end = torch.where(centred, -math.pi, 0.0)
+    hi_end = lo_end + 2 * math.pi
+    near = 0.5
+    share_lo = (x < lo_end + near).double().mean(0)
+    share_hi = (x > hi_end - near).double().mean(0)
+    full &= (share_lo >= 0.01) & (share_hi >= 0.01)
     cols = full.nonzero().flatten().tolist()
     if not cols:
         return
@@ -520,10 +540,13 @@ def _check_not_on_sphere(name: str, ds: Dataset) -> None:
     degenerate: they lie on a sphere, a surface of no volume, and the likelihood grows without
     bound as training goes on (as for a constant column). Refused for a new run of a table
     (integer columns, dequantized, are not on a surface)."""
-    if ds.kind != "table" or ds.levels is not None or ds.info.get("integers"):
-        return
     x = ds.train.reshape(len(ds.train), -1)
-    radius = common_norm(x)
+    if ds.density_measure == "sphere":  # (a registry dataset on the sphere: known, not sought)
+        radius = 1.0
+    elif ds.kind != "table" or ds.levels is not None or ds.info.get("integers"):
+        return
+    else:
+        radius = common_norm(x)
     if radius is None:
         return
     d = x.shape[1]
@@ -637,7 +660,9 @@ def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:
         return
     if objective not in own:
         raise WorkbenchError(
-            f"model {name!r} trains with train.objective {' or '.join(own)}, not {objective!r}"
+            f"model {name!r} trains with train.objective {' or '.join(own)}, not "
+            f"{objective!r} (--set train.objective={own[0]}; a run started with --init-from "
+            "takes its training options from the command, not from the run it starts from)"
         )
     if ds.stats is not None:
         raise WorkbenchError(

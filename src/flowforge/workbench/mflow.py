@@ -63,7 +63,12 @@ class MFlowObjective(Objective):
     def first_phase(self, cfg: dict) -> int:
         """The number of epochs of the first phase for train options ``cfg``."""
         epochs, m = cfg["epochs"], cfg["manifold_epochs"] or cfg["epochs"] // 2
-        if epochs < 2 or m >= epochs:
+        if epochs < 2:
+            raise WorkbenchError(
+                f"the {self.name} objective needs at least 2 epochs (train.epochs is {epochs}): "
+                "the manifold phase's, then the density phase's"
+            )
+        if m >= epochs:
             raise WorkbenchError(
                 f"the {self.name} objective needs train.manifold_epochs ({m}) below "
                 f"train.epochs ({epochs}), to leave epochs for the density phase"

@@ -537,7 +537,8 @@ def _train(
                 if lr_note and prints:
                     print(lr_note, flush=True)
                 if source is not None:
-                    print(warm_start.describe_source(source), flush=True)
+                    said = warm_start.describe_source(source, cfg["train"]["objective"])
+                    print(said, flush=True)
             if source is not None and prints:
                 same = same_data(ds, source.cfg["resolved"], resolved["data_fingerprint"])
                 note = warm_start.data_note(source, same)

@@ -404,8 +404,10 @@ def preprocessing_words(flow_config) -> str:
     return f"its weights and its {pre} statistics" if pre else "its weights"
 
 
-def describe_source(source: Source) -> str:
-    """The start line's note: where the model comes from, and what was taken."""
+def describe_source(source: Source, objective: str | None = None) -> str:
+    """The start line's note: where the model comes from, and what was taken; and, where the
+    new run trains by another ``objective`` than the source did (training options are the new
+    run's own), which, and how to keep the source's."""
     best = f"epoch {source.best_epoch}" if source.best_epoch else "its best epoch"
     if source.best is not None and source.cfg["train"].get("objective", "nll") == "nll":
         best += f", val NLL {source.best:.4f}"
@@ -416,6 +418,12 @@ def describe_source(source: Source) -> str:
         line += f"; its {' and '.join(took)} section{'s' if len(took) > 1 else ''} (none given)"
     if source.unfinished:
         line += f"; note: {source.given} has not finished training (its best model so far)"
+    theirs = source.cfg["train"].get("objective", "nll")
+    if objective is not None and objective != theirs:
+        line += (
+            f"; note: {source.given} trained by {theirs}, this run trains by {objective} "
+            f"(--set train.objective={theirs} keeps its objective)"
+        )
     return line
 
 
