@@ -210,3 +210,39 @@ def test_a_normal_column_is_not_taken_for_angles(tmp_path, capsys):
                        tmp_path / "run", "--epochs", 1, "--no-progress")  # fmt: skip
     assert rc == 0, err
     assert "torusflow" not in out
+
+
+def test_tables_far_from_the_origin_are_not_taken_for_a_sphere(tmp_path, capsys):
+    # GPS positions in one city and timestamps have norms that vary little against their size
+    # (a review of the check): refused only where the norms vary little against the data's
+    # own spread
+    from flowforge.workbench.build import common_norm
+
+    rng = np.random.default_rng(0)
+    gps = np.c_[40.75 + 0.02 * rng.normal(size=500), -73.98 + 0.02 * rng.normal(size=500)]
+    assert common_norm(torch.tensor(gps)) is None
+    assert common_norm(torch.tensor(_unit_vectors(500))) == pytest.approx(1.0)
+    rounded = np.round(_unit_vectors(500), 3)  # (a CSV of three decimals: still a sphere)
+    assert common_norm(torch.tensor(rounded, dtype=torch.float32)) is not None
+    path = _csv(tmp_path / "gps.csv", gps, "lat,lon")
+    rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", path, "--out",
+                     tmp_path / "run", "--epochs", 1, "--quiet")  # fmt: skip
+    assert rc == 0, err
+
+
+def test_pareto_k_takes_weights_that_carry_gradients():
+    from flowforge.objectives import pareto_k
+
+    log_w = torch.randn(400, requires_grad=True)
+    assert pareto_k(log_w) is not None
+
+
+def test_an_m_flow_learns_the_sphere_it_is_given(tmp_path, capsys):
+    # the refusal of rows of one norm is for densities on R^D; an M-flow learns that manifold
+    path = tmp_path / "sky.npy"
+    np.save(path, _unit_vectors(300).astype(np.float32))
+    rc, _, err = cli(capsys, "train", "--model", "mflow", "--data", path, "--set",
+                     "train.objective=mflow", "--set", "data.standardize=false", "--epochs", 2,
+                     "--model-kwargs", '{"outer_layers": 1, "inner_layers": 1, "hidden": [8]}',
+                     "--out", tmp_path / "run", "--quiet")  # fmt: skip
+    assert rc == 0, err

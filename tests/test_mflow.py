@@ -171,8 +171,8 @@ def test_sequential_schedule_trains_both_phases(tmp_path, capsys):
     ] * 2
     # the learning-rate schedule restarts: warm-up at the first step of each phase
     lr = {r["step"]: r["lr"] for r in steps_of(run)}
-    # (3 steps an epoch; a record's lr is the next step's: step 6 opens phase 2)
-    assert lr[5] < lr[6] == pytest.approx(0.5e-3) and lr[7] == pytest.approx(1e-3)
+    # (3 steps an epoch; a record's lr is the rate its step took: step 7 opens phase 2)
+    assert lr[6] < lr[7] == pytest.approx(0.5e-3) and lr[8] == pytest.approx(1e-3)
     # the density phase starts from the best manifold-phase weights and leaves them alone
     best = ff.load(run)
     rc, out, _ = cli(capsys, "eval", run, "--split", "val", "--json")

@@ -197,3 +197,45 @@ def test_a_resume_on_other_data_is_refused(tmp_path):
     assert Trainer(_flow(), x, x[:32], CFG, out=out, **QUIET).fit(resume=True)["status"] == (
         "finished"
     )
+
+
+def test_a_trainer_leaves_a_train_run_folder_to_train(tmp_path, capsys):
+    # with overwrite=True it replaced the run's files but kept its config.json: eval then
+    # called the folder corrupt
+    from cli_support import tiny_moons_run
+    from flowforge.workbench.cli import main
+
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    x = _data()
+    for overwrite in (False, True):
+        with pytest.raises(RunError, match="is a run folder of flowforge train"):
+            Trainer(_flow(), x, x[:32], CFG, out=run, overwrite=overwrite, **QUIET).fit()
+    # and train --overwrite of a run folder holding a file of the user's trains it again
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(run), "--overwrite", "--model", "realnvp", "--data",
+                 "moons", "--epochs", "1", "--limit", "64", "--no-progress", "--quiet",
+                 "--model-kwargs", '{"layers": 1, "hidden": [4]}']) == 0  # fmt: skip
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_the_default_validation_of_a_loss_holds_no_graph_of_the_parameters():
+    seen = []
+
+    def fn(model, x, context):
+        seen.append((torch.is_grad_enabled(), any(p.requires_grad for p in model.parameters())))
+        return -model.log_prob(x).mean()
+
+    x = _data()
+    flow = _flow()
+    Trainer(flow, x, x[:32], {**CFG, "epochs": 1}, objective=Loss(fn), **QUIET).fit()
+    assert (True, True) in seen  # training
+    assert (True, False) in seen  # the set-up pass and validation: gradients, no parameters'
+    assert all(p.requires_grad for p in flow.parameters())
+
+
+def test_a_seed_may_be_a_numpy_or_torch_integer():
+    import numpy as np
+
+    x = _data()
+    for seed in (np.int64(3), torch.tensor(3)):
+        assert Trainer(_flow(), x, x[:32], CFG, seed=seed, **QUIET).seed == 3

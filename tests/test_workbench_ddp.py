@@ -185,3 +185,19 @@ def test_the_number_of_processes_is_compared_on_a_replay():
     assert environment_warning(was, now, "a resume", processes=False) is None
     assert environment_warning({"device": "cpu", "threads": 1}, now, "x") is None  # (older)
     assert "2 processes (torchrun)" in describe_environment(was)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_a_stop_asked_on_one_process_ends_every_process_after_the_epoch(tmp_path):
+    # the process that asked left its loop alone, and the others waited in a collective
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(DATA / "wb_models.py"), "train", "--model", "realnvp", "--model-kwargs",
+           '{"layers": 1, "hidden": [8]}', "--data", "moons", "--set", "data.n_train=256",
+           "--epochs", "4", "--batch-size", "64", "--no-progress",
+           "--out", str(run)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "WBTEST_FAULT": "1:stop"})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped after epoch 1, as asked" in r.stdout
+    assert len(_records(run, "epoch")) == 1

@@ -43,10 +43,12 @@ def target_name(target) -> str:
     return str(name) if name else repr(target)
 
 
-def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
+def check_log_prob(log_p, x: Tensor, name: str, zero: Tensor | None = None) -> Tensor:
     """Check a target's output for ``x`` of shape ``(*batch, dim)``: a tensor of shape
     ``(*batch,)`` with no NaN and no ``+inf`` (``-inf``, zero density, is allowed). Raises a
-    ``ValueError`` naming the target; returns ``log_p`` unchanged."""
+    ``ValueError`` naming the target; returns ``log_p`` unchanged. ``zero``: a tensor of one
+    element set to whether ``log_p`` is ``-inf`` anywhere, read with the NaN check (one read
+    from the device for both)."""
     want = tuple(x.shape[:-1])
     if not isinstance(log_p, Tensor):
         raise ValueError(
@@ -58,7 +60,13 @@ def check_log_prob(log_p, x: Tensor, name: str) -> Tensor:
             f"shape {tuple(x.shape)}; expected shape {want} (one value per point)"
         )
     bad = torch.isnan(log_p) | (log_p == float("inf"))
-    if bad.any():
+    flags = torch.stack([bad.any(), (log_p == -math.inf).any()]) if zero is not None else None
+    if zero is not None:
+        any_bad, any_zero = flags.tolist()
+        zero.fill_(any_zero)
+    else:
+        any_bad = bool(bad.any())
+    if any_bad:
         first = bad.reshape(-1).nonzero()[0].item()
         point = x.reshape(-1, x.shape[-1])[first].tolist()
         raise ValueError(
@@ -140,11 +148,12 @@ def reverse_kl(
     else:
         log_p = target_log_prob(x, context.expand(n, *context.shape))
     # a NaN or a wrong shape here would broadcast or poison the loss silently
-    log_p = check_log_prob(log_p, x, target_name(target_log_prob))
-    zero = log_p == -math.inf
+    said = torch.zeros((), dtype=torch.bool)  # (-inf anywhere: read with the NaN check)
+    log_p = check_log_prob(log_p, x, target_name(target_log_prob), zero=said)
     # (an infinite loss, and NaN gradients: no step can be taken; read on every device, as
-    # the NaN check above is: on a GPU the loss would be inf and the steps skipped silently)
-    if bool(zero.any()):
+    # the NaN check is: on a GPU the loss would be inf and the steps skipped silently)
+    if bool(said):
+        zero = log_p == -math.inf
         raise ZeroDensity(target_name(target_log_prob), int(zero.sum()), zero.numel(), x, zero)
     if torch.is_grad_enabled() and x.requires_grad and not log_p.requires_grad:
         raise ValueError(
@@ -425,7 +434,7 @@ def pareto_k(log_w: Tensor) -> float | None:
     """
     import numpy as np
 
-    log_w = _checked_log_w(log_w)
+    log_w = _checked_log_w(log_w).detach().cpu()  # (a flow's on a GPU, with gradients)
     ks = []
     for col in log_w.T.numpy():
         k = _tail_shape(np.sort(col[np.isfinite(col)]))

@@ -47,6 +47,9 @@ def _fault_on_one_rank(rank: str, fault: str, step: int = 2):
         if model.training and os.environ.get("RANK") == rank and trainer.global_step == step:
             if fault == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "stop":  # (Trainer.stop() on this process alone)
+                trainer.stop()
+                return out
             return out * float("nan")
         return out
 

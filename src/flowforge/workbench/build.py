@@ -478,7 +478,7 @@ def _check_angles(name: str, model, ds: Dataset, new_run: bool = False) -> None:
     torus = isinstance(getattr(model, "base", None), UniformTorus)
     sphere = any(isinstance(m, SphereToCylinder) for m in model.modules())
     if not (torus or sphere):
-        if new_run:
+        if new_run and getattr(model, "objectives", None) is None:  # (an M-flow learns one)
             _check_not_on_sphere(name, ds)
             _note_angle_columns(name, ds)
         return
@@ -510,8 +510,8 @@ def _note_angle_columns(name: str, ds: Dataset) -> None:
     -pi and pi far apart, where they are one direction."""
     if ds.kind != "table" or ds.levels is not None or not len(ds.train):
         return
-    x = ds.train.reshape(len(ds.train), -1).double()
-    lows, highs = x.min(0).values, x.max(0).values
+    x = ds.train.reshape(len(ds.train), -1)  # (compared as it is: no float64 copy)
+    lows, highs = x.min(0).values.double(), x.max(0).values.double()
     centred = (lows >= -math.pi - 1e-5) & (highs <= math.pi + 1e-5)
     from_zero = (lows >= 0) & (highs <= 2 * math.pi + 1e-5)
     full = (highs - lows >= 0.98 * 2 * math.pi) & (centred | from_zero)
@@ -520,8 +520,8 @@ def _note_angle_columns(name: str, ds: Dataset) -> None:
     lo_end = torch.where(centred, -math.pi, 0.0)
     hi_end = lo_end + 2 * math.pi
     near = 0.5
-    share_lo = (x < lo_end + near).double().mean(0)
-    share_hi = (x > hi_end - near).double().mean(0)
+    share_lo = (x < (lo_end + near).to(x)).sum(0) / len(x)
+    share_hi = (x > (hi_end - near).to(x)).sum(0) / len(x)
     full &= (share_lo >= 0.01) & (share_hi >= 0.01)
     cols = full.nonzero().flatten().tolist()
     if not cols:
@@ -552,11 +552,10 @@ def _check_not_on_sphere(name: str, ds: Dataset) -> None:
     d = x.shape[1]
     shape = "circle" if d == 2 else "sphere"
     raise WorkbenchError(
-        f"{ds.name}: every training row has the same norm ({radius:.6g}, to "
-        f"{COMMON_NORM_TOL:g}): the points lie on a {shape}, where model {name!r} (a density "
-        "on R^"
-        + str(d)
-        + ") is degenerate: its NLL falls without bound as it trains; "
+        f"{ds.name}: every training row has the same norm ({radius:.6g}; they vary by less "
+        f"than {COMMON_NORM_TOL:.0%} of the data's spread): the points lie on a {shape}, where "
+        f"model {name!r} (a density on R^{d}) is degenerate: its NLL falls without bound as it "
+        "trains; "
         + _SPHERE_HINT.get(d, "model the vectors before they were normalised")
         + " (a sphere of another radius: divide the rows by it first)"
     )
@@ -632,22 +631,26 @@ _SPHERE_HINT = {
     2: "for points (x, y) on a circle, model the angle numpy.arctan2(y, x) with torusflow",
     3: "for unit vectors in R^3 use --model sphereflow",
 }
-COMMON_NORM_TOL = 2e-3  # rows whose norms agree to this (relative): points on a sphere
+COMMON_NORM_TOL = 0.02  # rows whose norms vary by less than this share of the data's spread
 COMMON_NORM_ROWS = 10  # fewer rows say nothing
 
 
 def common_norm(x: torch.Tensor) -> float | None:
-    """The norm every row of ``x`` has (to :data:`COMMON_NORM_TOL`, relative), where at least
-    :data:`COMMON_NORM_ROWS` rows of two or more columns all lie on one sphere about the
-    origin; None otherwise."""
+    """The norm every row of ``x`` has, where at least :data:`COMMON_NORM_ROWS` rows of two or
+    more columns lie on one sphere about the origin: their norms vary by at most
+    :data:`COMMON_NORM_TOL` of the data's own spread (the norm of its columns' standard
+    deviations), so that a table far from the origin (GPS positions in one city, timestamps),
+    whose norms vary as little compared with their size, is not taken for one; None
+    otherwise. No copy of ``x`` is made (its norms only)."""
     if x.dim() != 2 or x.shape[1] < 2 or len(x) < COMMON_NORM_ROWS:
         return None
-    norms = x.double().norm(dim=1)
+    norms = torch.linalg.vector_norm(x, dim=1).double()
     mid = norms.median().item()
-    if not (math.isfinite(mid) and mid > 0):
+    scale = x.std(0).double().norm().item()
+    if not (math.isfinite(mid) and mid > 0 and math.isfinite(scale) and scale > 0):
         return None
     spread = (norms - mid).abs().max().item()
-    return mid if spread <= COMMON_NORM_TOL * mid else None
+    return mid if spread <= COMMON_NORM_TOL * scale else None
 
 
 def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:

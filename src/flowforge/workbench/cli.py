@@ -1534,11 +1534,15 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, h)
 
 
-def _peer_lost(e: BaseException) -> bool:
+def _peer_lost(e: BaseException, strict: bool = False) -> bool:
     """Whether ``e`` is a collective operation that failed because another process of a
-    torchrun run is gone."""
+    torchrun run is gone: its connection closed or reset (``strict``), or, for a rank above 0
+    (whose rank 0 has said why it stopped), any error of the process group."""
+    words = ("Connection closed", "Connection reset", "Broken pipe")
+    if not strict:
+        words += ("gloo", "NCCL")
     return type(e).__name__ in ("RuntimeError", "DistBackendError") and any(
-        w in str(e) for w in ("Connection closed", "Connection reset", "gloo", "NCCL")
+        w in str(e) for w in words
     )
 
 
@@ -1551,7 +1555,7 @@ def _peer_lost_line(e: BaseException | None, args) -> str | None:
         return None
     seen = 0
     while e is not None and seen < 8:  # (the chain of exceptions, a few deep)
-        if _peer_lost(e):
+        if _peer_lost(e, strict=True):  # (not this process's own fault of the group)
             break
         e, seen = e.__context__, seen + 1
     else:

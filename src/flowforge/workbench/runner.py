@@ -516,6 +516,7 @@ def _train(
             train_context=ds.split_context("train"),
             val_context=ds.split_context("val"),
         )
+        trainer._run_folder = True  # (checked and cleared below, under the lock)
         lock = RunLock(out) if rank == 0 else _NoLock()
         with lock:
             if rank == 0:

@@ -453,20 +453,27 @@ TRAINING_FILES = (CKPT_FILE, MODEL_FILE, METRICS_FILE, "report.html", REPORT_DIR
 
 
 def claim_training_folder(out: Path, overwrite: bool) -> None:
-    """Before a :class:`~.trainer.Trainer` starts a new training in ``out``: refuse a folder
-    that holds files flowforge did not write, and one that holds an earlier training's
-    (checkpoint, model, metrics) unless ``overwrite``, which removes those (and only those).
-    What :func:`train` puts there first (``config.json``, the lock) is expected."""
+    """Before a bare :class:`~.trainer.Trainer` (not :func:`train`'s, which checks and clears
+    its run folder itself) starts a new training in ``out``: refuse a run folder of
+    :func:`train`, a folder that holds files flowforge did not write, and one that holds an
+    earlier training's (checkpoint, model, metrics) unless ``overwrite``, which removes those
+    (and only those)."""
     if os.path.lexists(out) and not out.exists():
         raise RunError(f"out={out} is a link to nothing ({os.readlink(out)})")
     if out.exists() and not out.is_dir():
         raise RunError(f"out={out} exists and is not a folder")
     if not out.is_dir():
         return
+    if is_run(out):  # (train's folder, with its config.json: train clears and checks it)
+        raise RunError(
+            f"out={out} is a run folder of flowforge train; the bare Trainer writes no "
+            "config.json for it: use train(..., overwrite=True) (or --overwrite) to train it "
+            "again, or another out"
+        )
     theirs, earlier = [], []
     for f in sorted(out.iterdir()):
         n = f.name
-        if n in (CONFIG_FILE, LOCK_FILE, LOCK_FILE + TAKEOVER) or _our_temporary(n):
+        if n in (LOCK_FILE, LOCK_FILE + TAKEOVER) or _our_temporary(n):
             continue
         (earlier if n in TRAINING_FILES else theirs).append(n)
     if theirs:

@@ -266,12 +266,26 @@ class Loss(Objective):
                 with torch.no_grad():
                     return float(self._validate(model, x, context))
             bs, total = trainer.cfg["eval_batch_size"], 0.0
-            for i in range(0, x.shape[0], bs):
-                c = None if context is None else context[i : i + bs]
-                xb = x[i : i + bs]
-                with torch.enable_grad():  # (fn may differentiate: its graph ends here)
+            # (fn may differentiate with respect to its inputs; the parameters need no graph)
+            with torch.enable_grad(), _frozen(model):
+                for i in range(0, x.shape[0], bs):
+                    c = None if context is None else context[i : i + bs]
+                    xb = x[i : i + bs]
                     total += float(self.fn(model, xb, c).detach()) * xb.shape[0]
             return total / x.shape[0]
+
+
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """``model``'s parameters without gradients while inside (as they were on leaving)."""
+    held = [p for p in model.parameters() if p.requires_grad]
+    for p in held:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in held:
+            p.requires_grad_(True)
 
 
 class _Annealed:
@@ -726,6 +740,7 @@ class Trainer:
         self.model, self.seed = model, _checked_seed(seed)
         self.out = None if out is None else Path(out)
         self.overwrite = bool(overwrite)
+        self._run_folder = False  # train() sets it: its run folder, checked and cleared there
         self.rank, self.world = dist_env()
         if hasattr(self.objective, "check"):  # e.g. flow matching: refuse a model it cannot train
             self.objective.check(self, model)
@@ -1082,7 +1097,7 @@ class Trainer:
         idx = torch.tensor(list(whole)[:size]).to(self.device)
         # (a loss of the user's may differentiate with respect to its inputs: with gradients)
         grad = torch.enable_grad() if isinstance(self.objective, Loss) else torch.no_grad()
-        with fork_rng(), grad:
+        with fork_rng(), grad, _frozen(self.model):
             torch.manual_seed(self.seed + 104729)
             self.model.train()
             c = None if self.train_c is None else self.train_c[idx]
@@ -1444,7 +1459,7 @@ class Trainer:
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> dict:
-        if self.writer and not resume:
+        if self.writer and not resume and not self._run_folder:  # (train's: checked there)
             claim_training_folder(self.out, self.overwrite)  # (never over an earlier one's)
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -1632,18 +1647,20 @@ class Trainer:
             loss = self._forward_backward(xb, cb, rng)
             asked = float(self._signals is not None and self._signals.pending)
             stop = loss.detach().new_full((), asked, dtype=torch.float64)  # (no host copy)
+            ended = loss.detach().new_full((), float(self._stop_asked), dtype=torch.float64)
             # a non-finite loss as this rank's bit: every rank learns which ranks had one
             bit = 2.0**self.rank if self.world <= MASK_RANKS else 1.0
             bad = (~torch.isfinite(loss)).double() * bit
-            stats = torch.stack([loss.detach().double(), bad, stop])
+            stats = torch.stack([loss.detach().double(), bad, stop, ended])
             if self.world > 1:  # (every rank learns whether any was asked to stop)
                 dist.all_reduce(stats)
                 stats[0] /= self.world
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             # the step's one read-back from the device: loss, its finiteness and the norm
-            value, bad_loss, asked, norm = torch.cat(
+            value, bad_loss, asked, ended, norm = torch.cat(
                 [stats, norm.detach().double().reshape(1)]
             ).tolist()
+            self._stop_asked = ended > 0  # (Trainer.stop() on any rank: every rank ends)
             if bad_loss > 0 and self.objective.skip_nonfinite:
                 self.skipped += 1
                 norm = None
@@ -1848,11 +1865,21 @@ class Trainer:
             self._say(
                 f"early stop: no better validation {self.objective.name} for {patience} epochs"
             )
-        elif self._stop_asked and self.epoch < self.cfg["epochs"]:
+        elif self._stop_heard() and self.epoch < self.cfg["epochs"]:
             status = self.finished = "early-stopped"
             self._say(f"stopped after epoch {self.epoch}, as asked (Trainer.stop())")
         self.save_checkpoint()
         return status
+
+    def _stop_heard(self) -> bool:
+        """Whether :meth:`stop` was called, on any process (they decide together)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(self._stop_asked)], device=self.device)
+            dist.all_reduce(flag)
+            self._stop_asked = flag.item() > 0
+        return self._stop_asked
 
     def stop(self) -> None:
         """Ask the training to end after the epoch in progress, once it is validated and
@@ -1945,15 +1972,16 @@ class Trainer:
 def _checked_seed(seed) -> int:
     """A seed as the command line and configs take it: an integer in [0, 2**32 - 1] (torch
     keeps 32 bits: 2**32 would repeat the run of 0)."""
-    import numbers
+    import operator
 
-    if (
-        isinstance(seed, bool)
-        or not isinstance(seed, numbers.Integral)
-        or not 0 <= int(seed) <= 2**32 - 1
-    ):
+    try:  # (an int, a numpy integer, a 0-d integer tensor; not a bool, a float or a string)
+        boolean = isinstance(seed, bool) or getattr(seed, "dtype", None) == torch.bool
+        value = None if boolean else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= 2**32 - 1:
         raise WorkbenchError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
-    return int(seed)
+    return value
 
 
 MASK_RANKS = 52  # up to this many processes, a non-finite loss is said by its process
