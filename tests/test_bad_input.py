@@ -1192,3 +1192,16 @@ def test_an_mflow_of_one_epoch_says_it_needs_two(tmp_path, capsys):
                      "--set", "data.n_train=100", "--set", "train.objective=mflow", "--epochs", 1,
                      "--out", tmp_path / "m")  # fmt: skip
     one_line_error(rc, err, "needs at least 2 epochs (train.epochs is 1)")
+
+
+def test_sample_takes_the_temperatures_report_and_python_take(tmp_path, capsys):
+    # 0 was refused by sample and taken by report --temperatures and flow.sample
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    out = tmp_path / "s.npy"
+    rc, _, err = cli(capsys, "sample", run, "-n", 4, "--temperature", 0, "--out", out)
+    assert rc == 0, err
+    s = np.load(out)
+    assert np.allclose(s, s[0])  # (every sample the image of the base's mode)
+    rc, _, err = cli(capsys, "sample", run, "-n", 4, "--temperature", -1, "--out",
+                     tmp_path / "t.npy")  # fmt: skip
+    one_line_error(rc, err, "--temperature must be a finite number >= 0")

@@ -5,6 +5,8 @@ what to give instead."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -92,17 +94,40 @@ def test_a_run_of_fewer_bits_says_how_to_give_it_an_8_bit_array(tmp_path, capsys
     rc, _, err = cli(capsys, "train", "--data", path, "--layout", "image", "--out", run,
                      "--set", "data.bits=4", *TINY_GLOW)  # fmt: skip
     assert rc == 0, err
-    for command in (["eval", run, "--data", path],
-                    ["compress", run, "--data", path, "--out", tmp_path / "c.ffz"]):  # fmt: skip
-        rc, _, err = cli(capsys, *command)
-        one_line_error(rc, err, "keeps the top 4 bits", "give a >> 4")
+    # compress codes an array as it is: the shift would lose bits, so it says how
+    rc, _, err = cli(capsys, "compress", run, "--data", path, "--out", tmp_path / "c.ffz")
+    one_line_error(rc, err, "keeps the top 4 bits", "give a >> 4")
     off = tmp_path / "off.npy"  # (not 8-bit pixels: no shift to advise)
     np.save(off, (_images() >> 4).astype(np.float64) + 0.5)
     rc, _, err = cli(capsys, "eval", run, "--data", off)
     assert rc == 1 and "values in [0.5, 15.5]" in err and ">>" not in err, err
     np.save(tmp_path / "four.npy", _images() >> 4)  # the model's levels: scored
-    rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "four.npy")
-    assert rc == 0 and "bits/dim" in out, err
+    rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "four.npy", "--json")
+    assert rc == 0, err
+    four = json.loads(out)["nll"]
+    # eval reads the 8-bit array as training read it (it was refused: the file the run was
+    # trained on could not be scored), with a note
+    rc, out, err = cli(capsys, "eval", run, "--data", path)
+    assert rc == 0, err
+    assert "are 8-bit pixels: scored as training read such an array" in out + err
+    rc, out, err = cli(capsys, "eval", run, "--data", path, "--json")
+    assert json.loads(out)["nll"] == pytest.approx(four)
+
+
+def test_a_fewer_bits_runs_own_samples_train_as_they_are(tmp_path, capsys):
+    # a 3-bit run's samples (values 0 to 7) given back with data.bits=3 were shifted by 5:
+    # every image black, and a normal-looking NLL
+    path = tmp_path / "three.npy"
+    np.save(path, _images() >> 5)
+    run = tmp_path / "run"
+    rc, out, err = cli(capsys, "train", "--data", path, "--layout", "image", "--out", run,
+                       "--set", "data.bits=3", *TINY_GLOW)  # fmt: skip
+    assert rc == 0, err
+    assert "fit in 3 bits, so they are taken as the 8 levels as they are" in out + err
+    from flowforge.workbench.data import load_dataset
+
+    ds = load_dataset(str(path), bits=3)
+    assert ds.train.max() > 0 and ds.levels == 8
 
 
 def test_boolean_and_fortran_order_arrays(tmp_path):

@@ -239,3 +239,9 @@ def test_a_seed_may_be_a_numpy_or_torch_integer():
     x = _data()
     for seed in (np.int64(3), torch.tensor(3)):
         assert Trainer(_flow(), x, x[:32], CFG, seed=seed, **QUIET).seed == 3
+
+
+def test_a_batch_larger_than_the_training_split_is_said():
+    x = _data(40)
+    with pytest.warns(TrainingWarning, match="batch_size 64 is larger than the training split's"):
+        Trainer(_flow(), x, x[:8], {**CFG, "batch_size": 64, "epochs": 1}, **QUIET).fit()

@@ -23,9 +23,11 @@ Gradients equal the ordinary ones up to the round-off of the inverse (float32 pr
 in ``tests/test_reversible.py``). Dropout and other random layers replay the same random numbers
 (the RNG state is recorded per layer and restored for the inverse and the recomputation, so a
 coupling whose network uses dropout still inverts exactly). Layers whose inverse is numerical
-(CNFs, residual blocks) or that use batch statistics in training
-(:class:`~flowforge.transforms.BatchNorm`) cannot be recomputed exactly, and a chain holding
-one is refused.
+(CNFs, residual blocks), that use batch statistics in training
+(:class:`~flowforge.transforms.BatchNorm`), or that invert one position at a time through a
+network with dropout (an autoregressive layer, TarFlow's transformer blocks: the inverse's
+steps cannot draw the masks of the single forward pass) cannot be recomputed exactly, and a
+chain holding one is refused.
 """
 
 from __future__ import annotations
@@ -204,7 +206,14 @@ class ReversibleChain(torch.autograd.Function):
 
 def refusal(layer: nn.Module) -> str | None:
     """Why ``layer`` cannot be recomputed exactly from its output, or None."""
+    from .transforms.autoregressive import Autoregressive
+
     for m in layer.modules():
+        if isinstance(m, Autoregressive) and _drops_out(m):
+            return (
+                f"{type(m).__name__} inverts one position at a time, and its network's dropout "
+                "cannot be replayed there as in its single forward pass (set its dropout to 0)"
+            )
         if getattr(m, "numeric_inverse", None):
             return f"{type(m).__name__} inverts numerically (to {m.numeric_inverse:g})"
         if getattr(m, "inverse_mode", "sequential") != "sequential":
@@ -212,3 +221,15 @@ def refusal(layer: nn.Module) -> str | None:
         if getattr(m, "uses_batch_statistics", False):
             return f"{type(m).__name__} uses batch statistics in training"
     return None
+
+
+def _drops_out(module: nn.Module) -> bool:
+    """Whether ``module`` holds dropout that is on (an ``nn.Dropout`` or a ``dropout`` rate
+    above 0, as the attention blocks keep theirs)."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            return True
+        rate = getattr(m, "dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            return True
+    return False

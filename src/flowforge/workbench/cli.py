@@ -711,8 +711,8 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
     if args.n < 1:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
-    if not 0 < args.temperature < math.inf:
-        raise WorkbenchError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if not 0 <= args.temperature < math.inf:  # (0: every sample the image of the base's mode)
+        raise WorkbenchError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.tol is not None and args.inverse == "sequential":
         raise WorkbenchError(
             "--tol is the parallel inverse's tolerance; the sequential inverse is exact: use "

@@ -1404,10 +1404,16 @@ def _image_array(
                 "[0, 255] (other integers: give data.levels, values in [0, levels - 1])"
             )
         x = a.astype(np.uint8, copy=False)  # (the file's array itself, shifted in place)
-        if bits < 8:
+        low = _low_levels(hi, where) if bits == 8 else None
+        if bits < 8 and hi < 2**bits:  # already the run's levels: what `sample` writes
+            low = (
+                f"{where}: its values ({lo} to {hi}) fit in {bits} bits, so they are taken as "
+                f"the {2**bits} levels as they are (as flowforge sample writes a {bits}-bit "
+                f"run's images), not as 8-bit pixels shifted by {8 - bits}"
+            )
+        elif bits < 8:
             np.right_shift(x, 8 - int(bits), out=x)
         levels = 2 ** int(bits)
-        low = _low_levels(hi, where) if bits == 8 else None
     del a
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle, where)
     parts = [x[i] for i in (tr, va, te)]

@@ -143,7 +143,8 @@ def evaluate_run(
         del labels
         x = x.reshape(-1, *want)
         split = str(data)
-        file_warnings += _check_file(x, r, str(data), bits)
+        x, shifted = _as_trained(x, r.get("levels"), bits, str(data))
+        file_warnings += ([shifted] if shifted else []) + _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
         x, context = read_column_file(cfg, data)
@@ -170,7 +171,8 @@ def evaluate_run(
             )
         x = x.reshape(-1, *want)
         split = str(data)
-        file_warnings += _check_file(x, r, str(data), bits)
+        x, shifted = _as_trained(x, r.get("levels"), bits, str(data))
+        file_warnings += ([shifted] if shifted else []) + _check_file(x, r, str(data), bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     else:
         ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
@@ -711,6 +713,23 @@ def histogram_baseline(train, x, levels: int, per_example: bool = False, fitted=
         [logp[positions, v].sum(1) for v in _integer_chunks(x, width)] or [np.zeros(0)]
     )
     return lp if per_example else float(-lp.mean())
+
+
+def _as_trained(x, levels, bits: int, where: str):
+    """An array of 8-bit pixels for a run of ``bits < 8``, read as training read it: its top
+    ``bits`` bits (``a >> (8 - bits)``), with a note; ``(x, note or None)``. Values that fit
+    in ``bits`` bits (what ``sample`` and ``decompress`` write) are the levels as they are."""
+    if levels is None or bits >= 8 or levels != 2**bits or not len(x):
+        return x, None
+    lo, hi = float(x.min()), float(x.max())
+    whole = not x.is_floating_point() or bool((x == x.round()).all())
+    if not (whole and lo >= 0 and levels - 1 < hi <= 255):
+        return x, None
+    note = (
+        f"{where}: its values (0 to {int(hi)}) are 8-bit pixels: scored as training read such "
+        f"an array, by their top {bits} bits (a >> {8 - bits})"
+    )
+    return torch.div(x, 2 ** (8 - bits), rounding_mode="floor"), note
 
 
 def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:

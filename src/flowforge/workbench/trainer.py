@@ -1495,6 +1495,12 @@ class Trainer:
                     ) from None
         else:
             self._warn_early_init()
+            if self.train_x is not None and self.cfg["batch_size"] > len(self.train_x):
+                self._warn(
+                    f"batch_size {self.cfg['batch_size']:,} is larger than the training "
+                    f"split's {len(self.train_x):,} examples: each epoch is one step of "
+                    f"{len(self.train_x):,}"
+                )
             self._init_data_dependent()
             if self.out is not None and not self._saves_model:
                 self._say(
@@ -1546,6 +1552,11 @@ class Trainer:
             self._eager_model, model = model, torch.compile(model, options=COMPILE_OPTIONS)
         # the first step of a compiled run (or of compiled splines) is timed: it compiles
         self._compile_time = None if self.cfg["compile"] else 0.0
+        if self.cfg["compile"] and not self.finished:  # (a minute without a word otherwise)
+            self._say(
+                "train.compile: the first step compiles the model (tens of seconds on a CPU; "
+                "its time is logged as a compile record)"
+            )
         self._step_model = model  # what the steps call (the eager model after a compile fallback)
         from tqdm import tqdm
 

@@ -252,7 +252,11 @@ def _check_model(source: Source, cfg: dict, resolved: dict) -> None:
     their_name = str(source.cfg["model"].get("name") or theirs.get("model")).lower()
     theirs_said = _model_words(their_name, source.cfg["resolved"].get("parameters"))
     mine_said = _model_words(cfg["model"]["name"], resolved.get("parameters"))
-    words = f"{source.what}: its model ({theirs_said}) is not this run's ({mine_said})"
+    words = (
+        f"{source.what}: its model ({theirs_said}) is built with other arguments than this run's"
+        if theirs_said == mine_said
+        else f"{source.what}: its model ({theirs_said}) is not this run's ({mine_said})"
+    )
     if str(theirs.get("model", "")).lower() != str(mine.get("model", "")).lower():
         raise RunError(
             f"{words}; give its model ({_its_options(source)}), or no --model and no model "
@@ -267,10 +271,19 @@ def _check_model(source: Source, cfg: dict, resolved: dict) -> None:
     said = "; ".join(f"{k} {_show(a.get(k))} there, {_show(b.get(k))} here" for k in keys[:4])
     said += "; ..." if len(keys) > 4 else ""
     if keys and set(keys) <= set(_DATA_ARGS):
+        options = source.cfg["data"].get("options") or {}
         fix = (
             "a run starts from a model of data of the same shape: give data with the same "
             "columns, levels and context"
+            + (
+                f" (its data options: {', '.join(f'{k}={_show(v)}' for k, v in options.items())}"
+                "; --data without them drops them)"
+                if options
+                else ""
+            )
         )
+    elif keys == ["dequantization"]:
+        fix = f"give --dequantization {_show(a.get('dequantization'))}, as it was trained"
     elif keys == ["standardize"]:
         fix = "give the data option standardize as it had it"
     else:
