@@ -471,6 +471,7 @@ def _finish_train(result: dict) -> int:
                         if result.get("objective", "nll") != "nll"
                         else ""
                     )
+                    + _time_power_option(result["out"])
                 )
         elif result["best_epoch"] == 1 and result["epochs"] > 1:
             print(
@@ -1534,6 +1535,19 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, h)
 
 
+def _time_power_option(run) -> str:
+    """`` --set train.fm_time_power=P`` where a flow-matching run trained with times other
+    than uniform ones (a new run's training options are its own: it would take 1)."""
+    from .errors import WorkbenchError
+    from .runs import run_config
+
+    try:
+        power = run_config(run)["train"].get("fm_time_power", 1.0)
+    except (WorkbenchError, OSError, KeyError, TypeError):
+        return ""
+    return f" --set train.fm_time_power={power:g}" if power != 1.0 else ""
+
+
 def _peer_lost(e: BaseException, strict: bool = False) -> bool:
     """Whether ``e`` is a collective operation that failed because another process of a
     torchrun run is gone: its connection closed or reset (``strict``), or, for a rank above 0
@@ -1776,6 +1790,10 @@ def _count(k: int, noun: str, plural: str | None = None) -> str:
 _ODE_HINTS = {
     cmd_eval: "; from this command: a looser --ode-tol",
     cmd_sample: "; from this command: a looser --ode-tol, or a fixed grid (--ode-steps N)",
+    cmd_report: (
+        "; the report scores at the run's own settings: flowforge eval RUN --ode-tol 1e-3 "
+        "scores it with a looser tolerance, and sample --ode-steps N draws on a fixed grid"
+    ),
 }
 
 

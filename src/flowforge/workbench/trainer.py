@@ -327,6 +327,19 @@ class FlowMatchingObjective(Objective):
             raise WorkbenchError(str(e)) from None
         if trainer.world > 1:
             raise WorkbenchError("the flow-matching objective runs in a single process")
+        from ..transforms.continuous import CNF
+
+        for m in model.modules():  # (maximum likelihood's options: a regression ignores them)
+            if isinstance(m, CNF) and (getattr(m, "penalty_weights", None) or m.adjoint):
+                which = " and ".join(
+                    w for w, on in (("regularization (RNODE)", m.penalty_weights),
+                                    ("adjoint", m.adjoint)) if on
+                )  # fmt: skip
+                raise WorkbenchError(
+                    f"flow matching regresses the CNF's velocity without solving its ODE, so "
+                    f"the model's {which} would do nothing: drop it (it is maximum "
+                    "likelihood's), or train by --objective nll"
+                )
         if self.fm.ot and getattr(model, "context_features", 0):
             raise WorkbenchError(
                 f"train.objective {self.name} pairs examples across contexts (mini-batch OT); "
