@@ -135,17 +135,23 @@ def test_ranks_take_the_same_decisions_with_batch_norm(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+def _two_processes_with(fault: str, run: Path, epochs: int = 1, quiet: bool = True):
+    """A 2-process training of a small RealNVP on moons into ``run``, with ``fault`` on one
+    process (``WBTEST_FAULT``, tests/data/wb_models.py); the finished process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(DATA / "wb_models.py"), "train", "--model", "realnvp", "--model-kwargs",
+           '{"layers": 1, "hidden": [8]}', "--data", "moons", "--set", "data.n_train=256",
+           "--epochs", str(epochs), "--batch-size", "64", "--no-progress",
+           *(["--quiet"] if quiet else []), "--out", str(run)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "WBTEST_FAULT": fault})  # fmt: skip
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_a_non_finite_loss_on_one_process_is_said_by_that_process(tmp_path):
     # every rank re-ran its own part of the batch and printed its own diagnosis: rank 0, first
     # and without a label, blamed an overflow in a part that was finite
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(DATA / "wb_models.py"), "train", "--model", "realnvp", "--model-kwargs",
-           '{"layers": 1, "hidden": [8]}', "--data", "moons", "--set", "data.n_train=256",
-           "--epochs", "1", "--batch-size", "64", "--no-progress", "--quiet",
-           "--out", str(tmp_path / "run")]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "WBTEST_FAULT": "1:nan"})  # fmt: skip
+    r = _two_processes_with("1:nan", tmp_path / "run")
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flowforge: error")]
     zero = [ln for ln in lines if ln.startswith("flowforge: error: ")]
@@ -161,13 +167,7 @@ def test_a_non_finite_loss_on_one_process_is_said_by_that_process(tmp_path):
 def test_a_process_killed_is_said_by_rank_0_with_the_way_to_resume(tmp_path):
     # rank 0 said "flowforge: interrupted" (torchrun's SIGTERM) or an internal error of gloo
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(DATA / "wb_models.py"), "train", "--model", "realnvp", "--model-kwargs",
-           '{"layers": 1, "hidden": [8]}', "--data", "moons", "--set", "data.n_train=256",
-           "--epochs", "1", "--batch-size", "64", "--no-progress", "--quiet",
-           "--out", str(run)]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "WBTEST_FAULT": "1:kill"})  # fmt: skip
+    r = _two_processes_with("1:kill", run)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flowforge: ")]
     assert len(lines) == 1, r.stderr[-3000:]
@@ -191,13 +191,7 @@ def test_the_number_of_processes_is_compared_on_a_replay():
 def test_a_stop_asked_on_one_process_ends_every_process_after_the_epoch(tmp_path):
     # the process that asked left its loop alone, and the others waited in a collective
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(DATA / "wb_models.py"), "train", "--model", "realnvp", "--model-kwargs",
-           '{"layers": 1, "hidden": [8]}', "--data", "moons", "--set", "data.n_train=256",
-           "--epochs", "4", "--batch-size", "64", "--no-progress",
-           "--out", str(run)]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "WBTEST_FAULT": "1:stop"})  # fmt: skip
+    r = _two_processes_with("1:stop", run, epochs=4, quiet=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "stopped after epoch 1, as asked" in r.stdout
     assert len(_records(run, "epoch")) == 1
