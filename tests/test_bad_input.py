@@ -1177,7 +1177,7 @@ def test_model_and_data_kinds_that_do_not_fit_say_what_does(tmp_path, capsys):
         (("--model", "torusflow", "--data", "digits", "--layout", "vector"),
          ("models continuous data only", "digits is discrete (17 levels)", "idf")),
         (("--model", "idf", "--data", "moons"),
-         ("model 'idf' models integer data", "--set data.levels=K")),
+         ("model 'idf' models discrete data", "--set data.levels=K")),
         (("--model", "maf", "--data", "digits", "--layout", "image"),
          ("takes vectors only", "use --layout vector")),
     ):  # fmt: skip

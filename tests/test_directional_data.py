@@ -224,6 +224,8 @@ def test_tables_far_from_the_origin_are_not_taken_for_a_sphere(tmp_path, capsys)
     assert common_norm(torch.tensor(_unit_vectors(500))) == pytest.approx(1.0)
     rounded = np.round(_unit_vectors(500), 3)  # (a CSV of three decimals: still a sphere)
     assert common_norm(torch.tensor(rounded, dtype=torch.float32)) is not None
+    shell = _unit_vectors(500) * (1 + 0.003 * rng.normal(size=(500, 1)))  # (a thin shell)
+    assert common_norm(torch.tensor(shell)) is None
     path = _csv(tmp_path / "gps.csv", gps, "lat,lon")
     rc, _, err = cli(capsys, "train", "--model", "nsf", "--data", path, "--out",
                      tmp_path / "run", "--epochs", 1, "--quiet")  # fmt: skip

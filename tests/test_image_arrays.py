@@ -120,13 +120,16 @@ def test_a_fewer_bits_runs_own_samples_train_as_they_are(tmp_path, capsys):
     path = tmp_path / "three.npy"
     np.save(path, _images() >> 5)
     run = tmp_path / "run"
-    rc, out, err = cli(capsys, "train", "--data", path, "--layout", "image", "--out", run,
-                       "--set", "data.bits=3", *TINY_GLOW)  # fmt: skip
+    rc, _, err = cli(capsys, "train", "--data", path, "--layout", "image", "--out", run,
+                     "--set", "data.bits=3", *TINY_GLOW)  # fmt: skip
+    one_line_error(rc, err, "fit in 3 bits", "would make them all 0", "data.levels=8")
+    assert not run.exists()
+    rc, _, err = cli(capsys, "train", "--data", path, "--layout", "image", "--out", run,
+                     "--set", "data.levels=8", *TINY_GLOW)  # fmt: skip
     assert rc == 0, err
-    assert "fit in 3 bits, so they are taken as the 8 levels as they are" in out + err
     from flowforge.workbench.data import load_dataset
 
-    ds = load_dataset(str(path), bits=3)
+    ds = load_dataset(str(path), levels=8)
     assert ds.train.max() > 0 and ds.levels == 8
 
 

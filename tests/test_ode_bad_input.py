@@ -260,7 +260,7 @@ def test_a_fixed_grid_likelihood_states_the_grid_it_took():
     res = M.log_likelihood(flow, x, method="rk4")  # the CNF's own grid: time / 10
     assert res.steps == 10 and res.nfe == 40 and "rk4, 10 steps" in res.describe()
     assert "rtol" not in res.describe()
-    assert "rk4, 1 step," in M.log_likelihood(flow, x, steps=1).describe()
+    assert "rk4, 1 step: a fixed grid" in M.log_likelihood(flow, x, steps=1).describe()
     one = M.log_likelihood(flow, x[:1]).describe()
     assert "nan" not in one and "(one example)" in one
     assert M.log_likelihood(flow, x).steps is None  # adaptive: rtol and atol apply

@@ -245,3 +245,15 @@ def test_a_batch_larger_than_the_training_split_is_said():
     x = _data(40)
     with pytest.warns(TrainingWarning, match="batch_size 64 is larger than the training split's"):
         Trainer(_flow(), x, x[:8], {**CFG, "batch_size": 64, "epochs": 1}, **QUIET).fit()
+
+
+def test_a_loss_may_differentiate_with_respect_to_the_parameters_too():
+    # validation froze the parameters: a gradient-norm penalty failed there
+    def penalised(model, x, context):
+        nll = -model.log_prob(x).mean()
+        grads = torch.autograd.grad(nll, list(model.parameters()), create_graph=True)
+        return nll + 1e-4 * sum(g.square().sum() for g in grads)
+
+    x = _data(256)
+    res = Trainer(_flow(), x, x[:64], CFG, objective=Loss(penalised), **QUIET).fit()
+    assert res["status"] == "finished" and math.isfinite(res["best_val"])

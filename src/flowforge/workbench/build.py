@@ -288,9 +288,9 @@ def build_flow(
             raise WorkbenchError(f"model {name!r} takes no {opt} option (--{opt}): {why}")
     if ds.levels is None and "levels" not in kwargs and name.lower() == "idf":
         raise WorkbenchError(
-            f"model 'idf' models integer data, and {ds.name} is continuous: give its number of "
-            "levels, --set data.levels=K (every column an integer in [0, K)), or use a "
-            "continuous model"
+            f"model 'idf' models discrete data, and {ds.name} is read as continuous (no "
+            "data.levels): give its number of levels, --set data.levels=K (every column an "
+            "integer in [0, K)), or use a continuous model"
         )
     if ds.levels is not None and "levels" not in kwargs:
         if "levels" not in takes:
@@ -633,6 +633,7 @@ _SPHERE_HINT = {
 }
 COMMON_NORM_TOL = 0.02  # rows whose norms vary by less than this share of the data's spread
 COMMON_NORM_ROWS = 10  # fewer rows say nothing
+SHELL_TOL = 2e-3  # ... and by less than this share of their radius (a CSV's 3 decimals)
 
 
 def common_norm(x: torch.Tensor) -> float | None:
@@ -650,7 +651,8 @@ def common_norm(x: torch.Tensor) -> float | None:
     if not (math.isfinite(mid) and mid > 0 and math.isfinite(scale) and scale > 0):
         return None
     spread = (norms - mid).abs().max().item()
-    return mid if spread <= COMMON_NORM_TOL * scale else None
+    # and thin against the radius too: a shell of 0.3% radial noise is a density's support
+    return mid if spread <= COMMON_NORM_TOL * scale and spread <= SHELL_TOL * mid else None
 
 
 def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:
@@ -664,8 +666,7 @@ def _check_objective(name: str, model, objective: str, ds: Dataset) -> None:
     if objective not in own:
         raise WorkbenchError(
             f"model {name!r} trains with train.objective {' or '.join(own)}, not "
-            f"{objective!r} (--set train.objective={own[0]}; a run started with --init-from "
-            "takes its training options from the command, not from the run it starts from)"
+            f"{objective!r} (--set train.objective={own[0]})"
         )
     if ds.stats is not None:
         raise WorkbenchError(

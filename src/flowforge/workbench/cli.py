@@ -1552,7 +1552,8 @@ def _peer_lost(e: BaseException, strict: bool = False) -> bool:
     """Whether ``e`` is a collective operation that failed because another process of a
     torchrun run is gone: its connection closed or reset (``strict``), or, for a rank above 0
     (whose rank 0 has said why it stopped), any error of the process group."""
-    words = ("Connection closed", "Connection reset", "Broken pipe")
+    words = ("Connection closed", "Connection reset", "Broken pipe", "remote process exited",
+             "communicator was aborted")  # fmt: skip
     if not strict:
         words += ("gloo", "NCCL")
     return type(e).__name__ in ("RuntimeError", "DistBackendError") and any(

@@ -1285,10 +1285,11 @@ def unit_scaled(x, levels: int | None, where: str) -> str | None:
 
 def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = False) -> None:
     """``DataError`` when discrete data of another file lie outside the run's ``levels``, saying
-    what to give: a folder of images is read at the run's ``bits``, an array is taken as it is
-    (what ``flowforge decompress`` writes), so 8-bit values for a run of fewer bits are one
-    shift away (``a >> (8 - bits)``). ``coding``: for ``flowforge compress``, where the shift
-    loses the low bits (the file decodes to ``a >> (8 - bits)``) and a folder is refused."""
+    what to give: a folder of images is read at the run's ``bits``, an array of values within
+    the levels is taken as it is (what ``flowforge decompress`` writes; ``eval`` reads an
+    8-bit array for a run of fewer bits by its top bits first, as training did).
+    ``coding``: for ``flowforge compress``, where the shift loses the low bits (the file
+    decodes to ``a >> (8 - bits)``) and a folder is refused."""
     if levels is None or not len(x):
         return
     x = torch.as_tensor(x)
@@ -1403,17 +1404,21 @@ def _image_array(
                 f"{where} holds images with values in [{lo}, {hi}]; 8-bit pixel values are in "
                 "[0, 255] (other integers: give data.levels, values in [0, levels - 1])"
             )
-        x = a.astype(np.uint8, copy=False)  # (the file's array itself, shifted in place)
-        low = _low_levels(hi, where) if bits == 8 else None
-        if bits < 8 and hi < 2**bits:  # already the run's levels: what `sample` writes
-            low = (
-                f"{where}: its values ({lo} to {hi}) fit in {bits} bits, so they are taken as "
-                f"the {2**bits} levels as they are (as flowforge sample writes a {bits}-bit "
-                f"run's images), not as 8-bit pixels shifted by {8 - bits}"
+        if checks and bits < 8 and hi < 2**bits:  # (a new run; a run read again reads as it did)
+            # data.bits reads 8-bit pixels and keeps their top bits: these would all be 0 or
+            # near it, while they look like a b-bit run's own samples (what `sample` writes)
+            raise DataError(
+                f"{where}: its values ({lo} to {hi}) fit in {bits} bits, and data.bits={bits} "
+                f"keeps the top {bits} bits of 8-bit pixels (a >> {8 - bits}), which would make "
+                f"them {'all 0' if hi < 2 ** (8 - bits) else 'nearly black'}: values that are "
+                f"already the levels (a {bits}-bit run's samples) take data.levels="
+                f"{2**bits} instead of data.bits"
             )
-        elif bits < 8:
+        x = a.astype(np.uint8, copy=False)  # (the file's array itself, shifted in place)
+        if bits < 8:
             np.right_shift(x, 8 - int(bits), out=x)
         levels = 2 ** int(bits)
+        low = _low_levels(hi, where) if bits == 8 else None
     del a
     tr, va, te = _splits(len(x), seed, val_fraction, test_fraction, shuffle, where)
     parts = [x[i] for i in (tr, va, te)]

@@ -253,6 +253,7 @@ class Loss(Objective):
 
     def __init__(self, fn: Callable, validate: Callable | None = None, name: str = "loss"):
         self.fn, self._validate, self.name = fn, validate, name
+        self._needs_parameters = False  # fn differentiates with respect to the parameters
         self.overflow = (  # (no layer output went non-finite: the function did)
             f"the loss function {name!r} itself returned a non-finite value"
         )
@@ -266,13 +267,26 @@ class Loss(Objective):
                 with torch.no_grad():
                     return float(self._validate(model, x, context))
             bs, total = trainer.cfg["eval_batch_size"], 0.0
-            # (fn may differentiate with respect to its inputs; the parameters need no graph)
-            with torch.enable_grad(), _frozen(model):
+            with torch.enable_grad():  # (fn may differentiate with respect to its inputs)
                 for i in range(0, x.shape[0], bs):
                     c = None if context is None else context[i : i + bs]
                     xb = x[i : i + bs]
-                    total += float(self.fn(model, xb, c).detach()) * xb.shape[0]
+                    total += float(self.evaluate(model, xb, c).detach()) * xb.shape[0]
             return total / x.shape[0]
+
+    def evaluate(self, model, x, context):
+        """``fn`` where no step follows (validation, the set-up pass): with the parameters
+        frozen, so that no graph of them is kept, unless ``fn`` differentiates with respect
+        to them (a gradient-norm penalty), which is then remembered."""
+        if not self._needs_parameters:
+            try:
+                with _frozen(model):
+                    return self.fn(model, x, context)
+            except RuntimeError as e:
+                if "grad" not in str(e):
+                    raise
+                self._needs_parameters = True
+        return self.fn(model, x, context)
 
 
 @contextlib.contextmanager
@@ -335,11 +349,14 @@ class FlowMatchingObjective(Objective):
                     w for w, on in (("regularization (RNODE)", m.penalty_weights),
                                     ("adjoint", m.adjoint)) if on
                 )  # fmt: skip
-                raise WorkbenchError(
+                warnings.warn_explicit(  # (logged nowhere yet: the run folder may not exist)
                     f"flow matching regresses the CNF's velocity without solving its ODE, so "
-                    f"the model's {which} would do nothing: drop it (it is maximum "
-                    "likelihood's), or train by --objective nll"
-                )
+                    f"the model's {which} does nothing in this run (it is maximum "
+                    "likelihood's: a run started from this one with --init-from and "
+                    "train.objective nll uses it)",
+                    TrainingWarning, __file__, 0, module=__name__, registry={},
+                )  # fmt: skip
+                break
         if self.fm.ot and getattr(model, "context_features", 0):
             raise WorkbenchError(
                 f"train.objective {self.name} pairs examples across contexts (mini-batch OT); "
@@ -1110,7 +1127,7 @@ class Trainer:
         idx = torch.tensor(list(whole)[:size]).to(self.device)
         # (a loss of the user's may differentiate with respect to its inputs: with gradients)
         grad = torch.enable_grad() if isinstance(self.objective, Loss) else torch.no_grad()
-        with fork_rng(), grad, _frozen(self.model):
+        with fork_rng(), grad:
             torch.manual_seed(self.seed + 104729)
             self.model.train()
             c = None if self.train_c is None else self.train_c[idx]
@@ -1118,7 +1135,10 @@ class Trainer:
             try:
                 with warnings.catch_warnings(record=True) as said:
                     warnings.simplefilter("always")
-                    self.objective.loss(self, self.model, self.train_x[idx], c)
+                    if isinstance(self.objective, Loss):  # (no graph of the parameters kept)
+                        self.objective.evaluate(self.model, self.train_x[idx], c)
+                    else:
+                        self.objective.loss(self, self.model, self.train_x[idx], c)
             except ValueError as e:
                 if "first batch" not in str(e):
                     raise
@@ -1684,7 +1704,8 @@ class Trainer:
             value, bad_loss, asked, ended, norm = torch.cat(
                 [stats, norm.detach().double().reshape(1)]
             ).tolist()
-            self._stop_asked = ended > 0  # (Trainer.stop() on any rank: every rank ends)
+            # (Trainer.stop() on any rank: every rank ends; one asked meanwhile is kept)
+            self._stop_asked = self._stop_asked or ended > 0
             if bad_loss > 0 and self.objective.skip_nonfinite:
                 self.skipped += 1
                 norm = None
@@ -2000,7 +2021,8 @@ def _checked_seed(seed) -> int:
 
     try:  # (an int, a numpy integer, a 0-d integer tensor; not a bool, a float or a string)
         boolean = isinstance(seed, bool) or getattr(seed, "dtype", None) == torch.bool
-        value = None if boolean else operator.index(seed)
+        shaped = getattr(seed, "ndim", 0) != 0
+        value = None if boolean or shaped else operator.index(seed)
     except TypeError:
         value = None
     if value is None or not 0 <= value <= 2**32 - 1:
