@@ -1543,9 +1543,11 @@ def _time_power_option(run) -> str:
 
     try:
         power = run_config(run)["train"].get("fm_time_power", 1.0)
-    except (WorkbenchError, OSError, KeyError, TypeError):
+    except (WorkbenchError, OSError, KeyError, TypeError, AttributeError):
         return ""
-    return f" --set train.fm_time_power={power:g}" if power != 1.0 else ""
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or power == 1.0:
+        return ""  # (a config is data: anything but a number, no hint)
+    return f" --set train.fm_time_power={power:g}"
 
 
 def _peer_lost(e: BaseException, strict: bool = False) -> bool:
