@@ -143,8 +143,7 @@ def evaluate_run(
         del labels
         x = x.reshape(-1, *want)
         split = str(data)
-        x, shifted = _as_trained(x, r.get("levels"), bits, str(data))
-        file_warnings += ([shifted] if shifted else []) + _check_file(x, r, str(data), bits)
+        file_warnings += _check_file(x, r, str(data), bits)  # (a folder: read at the bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
         x, context = read_column_file(cfg, data)

@@ -1691,21 +1691,18 @@ class Trainer:
             loss = self._forward_backward(xb, cb, rng)
             asked = float(self._signals is not None and self._signals.pending)
             stop = loss.detach().new_full((), asked, dtype=torch.float64)  # (no host copy)
-            ended = loss.detach().new_full((), float(self._stop_asked), dtype=torch.float64)
             # a non-finite loss as this rank's bit: every rank learns which ranks had one
             bit = 2.0**self.rank if self.world <= MASK_RANKS else 1.0
             bad = (~torch.isfinite(loss)).double() * bit
-            stats = torch.stack([loss.detach().double(), bad, stop, ended])
+            stats = torch.stack([loss.detach().double(), bad, stop])
             if self.world > 1:  # (every rank learns whether any was asked to stop)
                 dist.all_reduce(stats)
                 stats[0] /= self.world
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
             # the step's one read-back from the device: loss, its finiteness and the norm
-            value, bad_loss, asked, ended, norm = torch.cat(
+            value, bad_loss, asked, norm = torch.cat(
                 [stats, norm.detach().double().reshape(1)]
             ).tolist()
-            # (Trainer.stop() on any rank: every rank ends; one asked meanwhile is kept)
-            self._stop_asked = self._stop_asked or ended > 0
             if bad_loss > 0 and self.objective.skip_nonfinite:
                 self.skipped += 1
                 norm = None
@@ -1923,7 +1920,7 @@ class Trainer:
 
             flag = torch.tensor([float(self._stop_asked)], device=self.device)
             dist.all_reduce(flag)
-            self._stop_asked = flag.item() > 0
+            self._stop_asked = self._stop_asked or flag.item() > 0
         return self._stop_asked
 
     def stop(self) -> None:
