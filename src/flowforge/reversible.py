@@ -206,10 +206,8 @@ class ReversibleChain(torch.autograd.Function):
 
 def refusal(layer: nn.Module) -> str | None:
     """Why ``layer`` cannot be recomputed exactly from its output, or None."""
-    from .transforms.autoregressive import Autoregressive
-
     for m in layer.modules():
-        if isinstance(m, Autoregressive) and _drops_out(m):
+        if getattr(m, "inverts_by_position", False) and _drops_out(m):
             return (
                 f"{type(m).__name__} inverts one position at a time, and its network's dropout "
                 "cannot be replayed there as in its single forward pass (set its dropout to 0)"

@@ -144,6 +144,10 @@ class Autoregressive(Transform):
         4
     """
 
+    # the exact inverse steps through the positions, and cannot replay the dropout masks of the
+    # network's one forward pass (memory saving's recomputation reads it: reversible.refusal)
+    inverts_by_position = True
+
     def __init__(
         self,
         features: int | Sequence[int],
