@@ -60,12 +60,11 @@ def check_log_prob(log_p, x: Tensor, name: str, zero: Tensor | None = None) -> T
             f"shape {tuple(x.shape)}; expected shape {want} (one value per point)"
         )
     bad = torch.isnan(log_p) | (log_p == float("inf"))
-    flags = torch.stack([bad.any(), (log_p == -math.inf).any()]) if zero is not None else None
-    if zero is not None:
-        any_bad, any_zero = flags.tolist()
-        zero.fill_(any_zero)
-    else:
+    if zero is None:
         any_bad = bool(bad.any())
+    else:  # (one read from the device for both)
+        any_bad, any_zero = torch.stack([bad.any(), (log_p == -math.inf).any()]).tolist()
+        zero.fill_(any_zero)
     if any_bad:
         first = bad.reshape(-1).nonzero()[0].item()
         point = x.reshape(-1, x.shape[-1])[first].tolist()
