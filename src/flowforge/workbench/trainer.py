@@ -50,7 +50,15 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import DEFAULT_TRAIN, OBJECTIVES, TRAIN_CHECKS, checked, train_key_hint
+from .config import (
+    DEFAULT_TRAIN,
+    OBJECTIVES,
+    SEED_MAX,
+    TRAIN_CHECKS,
+    _int,
+    checked,
+    train_key_hint,
+)
 from .data import _chunk_rows
 from .distributed import device as resolve_device
 from .distributed import dist_env
@@ -2012,19 +2020,15 @@ class Trainer:
 
 
 def _checked_seed(seed) -> int:
-    """A seed as the command line and configs take it: an integer in [0, 2**32 - 1] (torch
-    keeps 32 bits: 2**32 would repeat the run of 0)."""
-    import operator
-
-    try:  # (an int, a numpy integer, a 0-d integer tensor; not a bool, a float or a string)
-        boolean = isinstance(seed, bool) or getattr(seed, "dtype", None) == torch.bool
-        shaped = getattr(seed, "ndim", 0) != 0
-        value = None if boolean or shaped else operator.index(seed)
-    except TypeError:
-        value = None
-    if value is None or not 0 <= value <= 2**32 - 1:
-        raise WorkbenchError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
-    return value
+    """A seed as the command line and configs take it (``config``'s check: an integer in
+    [0, SEED_MAX]; torch keeps 32 bits, so 2**32 would repeat the run of 0), or a 0-d integer
+    tensor holding one."""
+    if isinstance(seed, Tensor) and seed.dim() == 0 and not seed.is_floating_point():
+        seed = seed.item() if seed.dtype != torch.bool else bool(seed)
+    try:
+        return _int(0, SEED_MAX)(seed)
+    except ValueError:
+        raise WorkbenchError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}") from None
 
 
 MASK_RANKS = 52  # up to this many processes, a non-finite loss is said by its process
