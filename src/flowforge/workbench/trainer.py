@@ -484,6 +484,57 @@ def _check_rows(t: Tensor | None, what: str) -> None:
         )
 
 
+FEW_LEVELS = 32  # a feature of at most this many integer values: counts or categories
+LOOKED_ROWS = 10_000  # the rows (the first) that _integer_valued looks at
+
+
+def _integer_valued(model, x: Tensor | None) -> str | None:
+    """A warning for training data whose features hold only a few integer values (counts,
+    categories, raw pixel levels), given to a model with no dequantizer: a continuous density
+    can put spikes on the integers, and its NLL then falls without bound as it trains (the
+    command line's table check, for tensors). Looks at the first :data:`LOOKED_ROWS` rows;
+    a table's columns one by one, and wider examples (images) as a whole."""
+    from ..models.integer import IntegerFlow
+
+    if (
+        x is None
+        or not x.is_floating_point()
+        or len(x) < 2
+        or getattr(model, "dequantizer", None) is not None
+        or isinstance(model, IntegerFlow)  # (exact on integers)
+    ):
+        return None
+    flat = x[:LOOKED_ROWS].reshape(min(len(x), LOOKED_ROWS), -1)
+    whole = (flat == flat.round()).all(0)
+    fix = (
+        "give the flow a dequantizer (ff.Flow(transform, base, dequantizer=...): "
+        "UniformDequantization(levels) for integers in [0, levels - 1], ColumnDequantization "
+        "for some columns of a table), so that its NLL is a bound on the integers' likelihood"
+    )
+    if flat.shape[1] > 64 or x.dim() > 2:  # (images, sequences: one verdict for the whole)
+        if not bool(whole.all()):
+            return None
+        values = torch.unique(flat)
+        if len(values) > 256:
+            return None
+        return (
+            f"train_x holds only integers ({len(values)} values in [{values[0].item():g}, "
+            f"{values[-1].item():g}]) and the model has no dequantizer: a continuous density "
+            "can put spikes on them, and its NLL then falls without bound as it trains; " + fix
+        )
+    flagged = [
+        j for j in whole.nonzero().flatten().tolist() if len(torch.unique(flat[:, j])) <= FEW_LEVELS
+    ]
+    if not flagged:
+        return None
+    cols = ", ".join(map(str, flagged[:8])) + (" ..." if len(flagged) > 8 else "")
+    return (
+        f"train_x's column(s) {cols} hold only a few integer values (categories or counts?) "
+        "and the model has no dequantizer: a continuous density can put spikes on them and "
+        "report a misleadingly low NLL that falls the longer it trains; " + fix + ", or drop them"
+    )
+
+
 FEW_INIT_ROWS = 16  # a data-dependent layer initialised from fewer rows: a warning at fit()
 
 
@@ -1536,6 +1587,11 @@ class Trainer:
                     ) from None
         else:
             self._warn_early_init()
+            # (train's data checks say it of a table's columns; a Loss may dequantize itself)
+            if not self._run_folder and isinstance(self.objective, (NLL, FlowMatchingObjective)):
+                said = _integer_valued(self.model, self.train_x)
+                if said is not None:
+                    self._warn(said)
             if self.train_x is not None and self.cfg["batch_size"] > len(self.train_x):
                 self._warn(
                     f"batch_size {self.cfg['batch_size']:,} is larger than the training "
