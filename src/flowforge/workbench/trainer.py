@@ -507,9 +507,9 @@ def _integer_valued(model, x: Tensor | None) -> str | None:
     flat = x[:LOOKED_ROWS].reshape(min(len(x), LOOKED_ROWS), -1)
     whole = (flat == flat.round()).all(0)
     fix = (
-        "give the flow a dequantizer (ff.Flow(transform, base, dequantizer=...): "
-        "UniformDequantization(levels) for integers in [0, levels - 1], ColumnDequantization "
-        "for some columns of a table), so that its NLL is a bound on the integers' likelihood"
+        "build the model with levels=K for integers in [0, K - 1] (it then dequantizes them), "
+        "or wrap it as ff.models.integer_columns(flow, columns=[...]) for some columns of a "
+        "table, so that its NLL is a bound on the integers' likelihood"
     )
     if flat.shape[1] > 64 or x.dim() > 2:  # (images, sequences: one verdict for the whole)
         if not bool(whole.all()):
