@@ -56,6 +56,7 @@ def test_the_scores_mean_is_the_printed_nll_in_the_order_of_the_file(moons, tmp_
     assert rc == 0 and names == ["log_density"] and t.shape == (1000, 1), err
     assert res["scores"] == {"path": str(tmp_path / "t.csv"), "columns": names, "examples": 1000}
     assert -t[:, 0].mean() == pytest.approx(res["nll"], rel=1e-12, abs=1e-12)
+    assert t[:, 0].std(ddof=1) / np.sqrt(1000) == pytest.approx(res["nll_se"], rel=1e-9)
     # the library's own per-example figures, which the docs name beside the option
     test = load_dataset("moons", n_train=5000).test
     lp = ff.objectives.log_likelihoods(ff.load(moons), test).numpy()
@@ -76,6 +77,9 @@ def test_the_scores_mean_is_the_printed_nll_in_the_order_of_the_file(moons, tmp_
     assert np.allclose(forward, lp[:200], rtol=1e-6, atol=1e-6)
     printed = float(out.split("NLL ")[1].split()[0])
     assert -forward.mean() == pytest.approx(printed, abs=1e-4)
+    # and its standard error over those examples, as the JSON's nll_se
+    se = forward.std(ddof=1) / np.sqrt(len(forward))
+    assert f"{printed:.4f} +- {se:.4f} nats/example" in out
 
 
 def test_an_existing_scores_file_is_kept_without_overwrite(moons, tmp_path, capsys):

@@ -135,6 +135,8 @@ def test_the_two_val_nlls_of_a_discrete_run_are_explained(tmp_path):
     assert table["python warnings"] == []
     logged = table["best epoch (val NLL)"].split("(")[1].rstrip(")")
     rescored = next(v for k, v in table.items() if k.startswith("val NLL (nats/example"))
+    rescored, se = rescored.split(" +- ")  # (its standard error over the examples)
+    assert 0 < float(se) < 1
     assert logged != rescored  # another draw of the dequantization noise
     note = table["note: two val NLLs"]
     assert note.startswith(f"the best epoch's {logged} was scored during training, with 1 draw")

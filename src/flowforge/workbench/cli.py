@@ -554,7 +554,7 @@ def cmd_eval(args) -> int:
         if "reconstruction" in res:  # an M-flow run
             _print_manifold_eval(res)
             return 0
-        msg = f"{res['split']} NLL {res['nll']:.4f} nats/example"
+        msg = f"{res['split']} NLL {res['nll']:.4f}{_nll_se(res)} nats/example"
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
         extra = describe_bound(res)
@@ -979,7 +979,7 @@ def cmd_demo(args) -> int:
     res = evaluate_run(args.out, "test")
     report = write_report(args.out)
     print(
-        f"test NLL {res['nll']:.4f} nats/example, {res['bits_per_dim']:.4f} bits/dim "
+        f"test NLL {res['nll']:.4f}{_nll_se(res)} nats/example, {res['bits_per_dim']:.4f} bits/dim "
         f"({res['examples']} examples)"
     )
     print(f"report: {report}")
@@ -1781,6 +1781,12 @@ def _rank() -> int:
 def _se(se, digits: int = 4) -> str:
     """``+- 0.0123``, or what one example gives (no standard error)."""
     return "(one example: no standard error)" if se is None else f"+- {se:.{digits}f}"
+
+
+def _nll_se(res: dict) -> str:
+    """`` +- 0.0123`` after an NLL, its standard error over the examples (none for one)."""
+    se = res.get("nll_se")
+    return "" if se is None else f" {_se(se)}"
 
 
 def _count(k: int, noun: str, plural: str | None = None) -> str:

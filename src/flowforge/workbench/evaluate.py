@@ -244,6 +244,8 @@ def evaluate_run(
         "split": split,
         "examples": int(x.shape[0]),
         "nll": v,
+        # over the examples (with a random score, its noise is in each example's number)
+        "nll_se": (lp.double().std() / math.sqrt(len(lp))).item() if len(lp) > 1 else None,
         "bits_per_dim": (
             v / (math.prod(shape) * math.log(2)) if r.get("levels") is not None else None
         ),

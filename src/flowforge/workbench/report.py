@@ -1323,7 +1323,8 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         res = evaluate_run(run, name, seed=seed, dataset=ds, references=fitted)
         v = res["nll"]
         many = f"{res['examples']} example{'s' if res['examples'] != 1 else ''}"
-        facts.append((f"{name} NLL (nats/example, {many})", f"{v:.4f}"))
+        se = "" if res["nll_se"] is None else f" +- {res['nll_se']:.4f}"
+        facts.append((f"{name} NLL (nats/example, {many})", f"{v:.4f}{se}"))
         if discrete:
             facts.append((f"{name} bits/dim", f"{v / (math.prod(shape) * math.log(2)):.4f}"))
         if "true_nll" in res:
