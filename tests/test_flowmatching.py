@@ -253,6 +253,8 @@ def test_the_cli_trains_a_cnf_by_flow_matching_and_refuses_other_models(tmp_path
     lines = capsys.readouterr().out.strip().splitlines()  # how it was scored, and at what cost
     assert lines[-1].startswith("ODE: dopri5, rtol 1e-05, atol 1e-05, exact trace; ")
     assert "function evaluations per solve (max " in lines[-1]
+    took = float(lines[-1].split(" solve, ")[1].split(" s)")[0])  # the scoring's wall time
+    assert 0 <= took < 600
     rc = main([*common, "--model", "maf", "--objective", "flow-matching",
                "--out", str(tmp_path / "b")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()

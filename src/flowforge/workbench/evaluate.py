@@ -4,6 +4,7 @@ conditional run asks for."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,7 @@ def evaluate_run(
             if tol is not None and c.method not in _FIXED:
                 c.rtol = c.atol = float(tol)
         ode = solver_settings(cnfs)  # as scored (exact trace, tight tolerances)
+        began = time.perf_counter()
         try:
             draws = [log_likelihoods(flow, x, context, batch_size).cpu() for _ in range(samples)]
         except ODEStepBudgetError as e:  # kept as what it is: the CLI adds its remedy
@@ -277,6 +279,7 @@ def evaluate_run(
         out["file_warnings"] = file_warnings
     if ode is not None and nfes:
         ode.update(solves=len(nfes), nfe_mean=sum(nfes) / len(nfes), nfe_max=max(nfes))
+        ode["seconds"] = time.perf_counter() - began  # (wall time of the scoring)
         out["ode"] = ode
     if truth is not None and bool(torch.isfinite(truth).all()):
         gap = truth - lp  # per example: log p - log q
@@ -866,13 +869,16 @@ def describe_solver(o: dict) -> str:
     return f"{o['method']}, {grid}"
 
 
-def describe_ode(o: dict) -> str:
-    """One line for a result's ``ode`` entry: the solver as scored and its evaluations."""
+def describe_ode(o: dict, timed: bool = True) -> str:
+    """One line for a result's ``ode`` entry: the solver as scored and its evaluations (and,
+    ``timed``, the seconds the scoring took)."""
     blocks = f" in each of {o['blocks']} blocks" if o["blocks"] > 1 else ""
     line = (
         f"{describe_solver(o)}, {o['trace']} trace; {o['nfe_mean']:.1f} function evaluations "
         f"per solve{blocks} (max {o['nfe_max']}, {o['solves']} solve"
-        f"{'s' if o['solves'] != 1 else ''})"
+        f"{'s' if o['solves'] != 1 else ''}"
+        + (f", {o['seconds']:.3g} s" if timed and "seconds" in o else "")
+        + ")"
     )
     if o["trace"] == "hutchinson":
         line += "; Hutchinson's trace gives an unbiased estimate, noisier than the exact one"

@@ -1345,7 +1345,9 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                         + ("its training is unfinished" if unfinished else worse_hint(run)),
                     ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
-            facts.append((f"{name} scored by the ODE", describe_ode(res["ode"])))
+            facts.append(
+                (f"{name} scored by the ODE", describe_ode(res["ode"], timed=False))
+            )  # (a page the same each time)
         if name == "val" and best and key == "val_nll" and f"{best[key]:.4f}" != f"{v:.4f}":
             facts.append(("note: two val NLLs", _two_val_nlls(best[key], res, cfg)))
     if len(data_shape) == 3:
