@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import flowforge as ff
 from flowforge.workbench import report as R
 from flowforge.workbench.cli import main
 
@@ -426,3 +428,28 @@ def test_a_report_into_a_read_only_run_names_the_run(runs, capsys, monkeypatch):
     assert main(["report", str(run)]) == 1
     err = capsys.readouterr().err
     assert err == f"flowforge: error: cannot write the report into {run}: Permission denied\n"
+
+
+class _Overflows(ff.Transform):
+    """sinh(sinh(x)): finite near the data, inf and then NaN beyond |x| of about 5.2."""
+
+    def __init__(self):
+        super().__init__((2,))
+
+    def _forward(self, x, context):
+        z = torch.sinh(torch.sinh(x))
+        return z - z + z, torch.log(torch.cosh(torch.sinh(x)) * torch.cosh(x)).sum(-1)
+
+    def _inverse(self, z, context):
+        return torch.asinh(torch.asinh(z)), z.new_zeros(z.shape[0])
+
+
+def test_the_density_figure_draws_grid_points_that_overflow_dark_not_an_error(tmp_path):
+    # an audit: one overflowing corner of the report's own grid ended the whole report with
+    # "the model's log-density is NaN for batch rows [...]; remove them"
+    flow = ff.Flow(_Overflows(), ff.distributions.StandardNormal(2))
+    x = torch.rand(400, 2) * 10 - 5  # the grid reaches 15% past the data: |x| up to 6.5
+    R._density(flow, x, x[:50], tmp_path / "d.png", tmp_path / "s.png")
+    assert (tmp_path / "d.png").stat().st_size > 0
+    with pytest.raises(ff.core.NaNLogProb):  # (the flow still says so of given points)
+        flow.eval().log_prob(torch.tensor([[6.0, 6.0]]))

@@ -245,3 +245,45 @@ def test_an_autoregressive_layer_with_dropout_is_refused_before_training():
         ff.memory_saving(flow)
     ff.memory_saving(ff.models.build("tarflow", shape=(1, 4, 4), levels=17, blocks=1,
                                      width=16, depth=1))  # fmt: skip
+
+
+class _ForwardOnly(ff.Transform):
+    """A layer of one's own with no _inverse."""
+
+    def __init__(self, d):
+        super().__init__((d,))
+        self.s = torch.nn.Parameter(torch.full((d,), 0.1))
+
+    def _forward(self, x, context):
+        return x * self.s.exp(), self.s.sum().expand(x.shape[0])
+
+
+def _coupling(d, hidden_layer=None):
+    def net(i, o):
+        mlp = ff.nets.MLP(i, o, (16,))
+        return torch.nn.Sequential(hidden_layer(i), mlp) if hidden_layer else mlp
+
+    return ff.transforms.Coupling(ff.transforms.half_mask(d), net, ff.transforms.Affine())
+
+
+def test_a_layer_without_an_inverse_is_refused_up_front_and_named_elsewhere():
+    # an audit: memory_saving accepted it and the first backward failed with an empty
+    # NotImplementedError, as did sampling and check_transform
+    flow = ff.Flow(ff.Compose(_coupling(4), _ForwardOnly(4)), ff.distributions.StandardNormal(4))
+    with pytest.raises(ValueError, match=r"layer 1 \(_ForwardOnly\) .*has no inverse"):
+        ff.memory_saving(flow)
+    assert flow.transform.memory_saving is False  # nothing switched
+    with pytest.raises(NotImplementedError, match="_ForwardOnly has no inverse .*_inverse"):
+        flow.sample(3)
+
+
+def test_a_torch_batchnorm_in_a_conditioner_is_refused():
+    # its running statistics were updated twice per step (48 batches counted for 24 steps),
+    # and the trained model differed from ordinary backpropagation's
+    flow = ff.Flow(ff.Compose(_coupling(4, torch.nn.BatchNorm1d), _coupling(4)),
+                   ff.distributions.StandardNormal(4))  # fmt: skip
+    with pytest.raises(ValueError, match="BatchNorm1d would update its running statistics"):
+        ff.memory_saving(flow)
+    untracked = lambda i: torch.nn.BatchNorm1d(i, track_running_stats=False)  # noqa: E731
+    ff.memory_saving(ff.Flow(ff.Compose(_coupling(4, untracked), _coupling(4)),
+                             ff.distributions.StandardNormal(4)))  # fmt: skip

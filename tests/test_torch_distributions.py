@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -471,3 +473,54 @@ def test_a_manifold_flow_reports_its_manifold_as_the_support():
     )
     mine = torch.distributions.constraints.positive
     assert ff.models.SphereFlow(layers=2, hidden=(8,)).as_torch(support=mine).support is mine
+
+
+def test_an_overflowed_latent_is_said_in_flowforges_words_not_torchs():
+    # an audit: a NaN latent (an overflow in the layers before) reached torch's support
+    # validation, whose error replaced flowforge's, and `flowforge report` of such a run failed
+    laplace = TorchBase(lambda loc, scale: Independent(Laplace(loc, scale), 1),
+                        loc=torch.zeros(2), scale=torch.ones(2))  # fmt: skip
+    z = torch.tensor([[0.5, 0.5], [float("nan"), 1.0], [float("inf"), 0.0]])
+    lp = laplace.log_prob(z)
+    assert lp[1:].isnan().all()
+    assert lp[0].item() == pytest.approx(Laplace(0.0, 1.0).log_prob(torch.tensor(0.5)).item() * 2)
+    assert laplace.log_prob(z[1:]).isnan().all()
+    # a finite value outside a support is still torch's to name
+    from torch.distributions import Exponential
+
+    rate = TorchBase(lambda rate: Independent(Exponential(rate), 1), rate=torch.ones(2))
+    with pytest.raises(ValueError, match="support"):
+        rate.log_prob(torch.tensor([[-1.0, 1.0]]))
+
+
+class _Unsummed(ff.distributions.StandardNormal):
+    """log_prob forgets to sum over the event's dimensions."""
+
+    def log_prob(self, z, context=None):
+        return -0.5 * (z.square() + math.log(2 * math.pi))
+
+
+class _Templess(ff.distributions.StandardNormal):
+    """_sample ignores its temperature."""
+
+    def _sample(self, n, context, temperature):
+        return super()._sample(n, context, 1.0)
+
+
+def test_a_base_of_ones_own_that_breaks_the_contract_is_named():
+    # an audit: a log_prob that does not sum passed check_distribution in 1-D, and the flow
+    # then failed with "shape '[5]' is invalid for input of size 25"; a base ignoring its
+    # temperature sampled at T = 1 when asked for 0.1, and passed the check
+    with pytest.raises(AssertionError, match=r"log_prob of 4 draws has shape \(4, 1\)"):
+        check_distribution(_Unsummed(1))
+    flow = ff.Flow(ff.Compose(layers(2)), _Unsummed(2))
+    with pytest.raises(ValueError, match=r"_Unsummed.log_prob returned shape \(5, 2\)"):
+        flow.log_prob(torch.randn(5, 2))
+    with pytest.raises(AssertionError, match="ignores its temperature"):
+        check_distribution(_Templess(2))
+    # a Student-t of 2 dimensions (heavy tails, a wide grid): no false alarm from cells that
+    # straddle |z| = 1
+    from torch.distributions import StudentT
+
+    t4 = TorchBase(lambda df: Independent(StudentT(df.expand(2)), 1), df=torch.tensor(4.0))
+    check_distribution(t4, half_width=60)

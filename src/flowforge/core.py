@@ -219,10 +219,19 @@ class Transform(nn.Module):
 
     # -- to implement ------------------------------------------------------------------------
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} implements no _forward")
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} has no inverse (it implements _forward only): sampling, "
+            "check_transform's round trip and memory saving need its _inverse"
+        )
+
+    @property
+    def invertible(self) -> bool:
+        """Whether the class implements its inverse (``_inverse``, or ``inverse`` itself)."""
+        cls = type(self)
+        return cls._inverse is not Transform._inverse or cls.inverse is not Transform.inverse
 
     # -- training hooks (optional) -------------------------------------------------------------
     def regularization(self) -> Tensor | None:
@@ -358,7 +367,7 @@ def memory_saving(module: nn.Module, enabled: bool = True) -> nn.Module:
                 if why:
                     raise ValueError(
                         f"memory saving recomputes each layer's input from its output, but layer "
-                        f"{i} ({type(layer).__name__}) cannot be inverted exactly: {why}"
+                        f"{i} ({type(layer).__name__}) cannot be recomputed exactly: {why}"
                     )
             inner = [op for op in chain.reversible_ops()[1:] if getattr(op, "projects", False)]
             if inner:
@@ -654,6 +663,23 @@ def layer_metrics(model: nn.Module) -> dict[str, float]:
 
 
 # -- the side protocols ---------------------------------------------------------------------------
+
+
+def checked_transformer(transformer) -> Transformer:
+    """``transformer``, refused in one line unless it is a :class:`Transformer` that says how
+    many parameters per entry it reads (``params_per_dim``, an integer >= 1)."""
+    if not isinstance(transformer, Transformer):
+        raise TypeError(
+            f"expected an elementwise transformer (a flowforge.core.Transformer such as "
+            f"Affine()), got {type(transformer).__name__}"
+        )
+    p = transformer.params_per_dim
+    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+        raise ValueError(
+            f"{type(transformer).__name__}.params_per_dim is {p!r}: a transformer sets how "
+            "many parameters it reads per entry (an integer >= 1), which sizes its conditioner"
+        )
+    return transformer
 
 
 class Transformer(nn.Module):
@@ -1109,7 +1135,14 @@ class Flow(nn.Module):
             if self.dequantizer is not None:
                 x, log_q = self.dequantizer(x, context, validate=self._validating(x))
             z, ladj = self.transform(x, context)
-            lp = self.base.log_prob(z, context) + ladj - log_q
+            base_lp = self.base.log_prob(z, context)
+            if base_lp.shape != z.shape[:1]:  # (a shape check: nothing read from the device)
+                raise ValueError(
+                    f"the base {type(self.base).__name__}.log_prob returned shape "
+                    f"{tuple(base_lp.shape)} for {z.shape[0]} points; expected "
+                    f"({z.shape[0]},), one number per point (sum over the event's dimensions)"
+                )
+            lp = base_lp + ladj - log_q
         return self._scored(x, lp.reshape(batch))
 
     def _empty_log_prob(self, batch: tuple[int, ...], *inputs: Tensor | None) -> Tensor:

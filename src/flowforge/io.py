@@ -480,10 +480,27 @@ def rebuilt_from(config: dict, state: dict[str, torch.Tensor]) -> torch.nn.Modul
 
 def _own_code(flow: torch.nn.Module) -> bool:
     """Whether ``flow`` holds a module of the user's own (a class neither flowforge's nor
-    torch's): only such a flow is probed by :func:`rebuilt_differs` when saved. The library's
-    layers are covered by its generic test (save and load included), and probing them would
-    cost a sequential sampler (TarFlow) seconds on the first save of every run."""
-    return any(not type(m).__module__.startswith(("flowforge.", "torch.")) for m in flow.modules())
+    torch's) or was built by a builder of the user's (which may draw, say, random masks that
+    no file keeps): only such a flow is probed by :func:`rebuilt_differs` when saved. The
+    library's layers and builders are covered by its generic test (save and load included),
+    and probing them would cost a sequential sampler (TarFlow) seconds on the first save of
+    every run."""
+    return _users_builder(flow) is not None or any(
+        not type(m).__module__.startswith(("flowforge.", "torch.")) for m in flow.modules()
+    )
+
+
+def _users_builder(flow: torch.nn.Module) -> str | None:
+    """The builder of ``flow``'s config (``module.function``) where it is not flowforge's own;
+    None for the library's builders (or an unknown name)."""
+    from .models import registry
+
+    name = (getattr(flow, "config", None) or {}).get("model")
+    try:
+        origin = registry._origin(registry.spec(name).build)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None if origin.startswith("flowforge.") else origin
 
 
 class _forked_rng:
@@ -525,10 +542,10 @@ def _first(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"{a.reshape(-1)[i].item():.6g} vs {b.reshape(-1)[i].item():.6g}"
 
 
-def _hidden_state(flow: torch.nn.Module, rebuilt: torch.nn.Module) -> str:
+def _hidden(flow: torch.nn.Module, rebuilt: torch.nn.Module) -> tuple[str, torch.nn.Module | None]:
     """Where ``flow`` keeps state that its rebuilt copy does not share: a buffer registered
-    with ``persistent=False`` or a numpy array, list or tuple attribute whose values differ
-    (``""`` if none is found)."""
+    with ``persistent=False`` or a numpy array, list or tuple attribute whose values differ,
+    and the module that holds it (``("", None)`` if none is found)."""
     import numpy as np
 
     others = dict(rebuilt.named_modules())
@@ -541,19 +558,38 @@ def _hidden_state(flow: torch.nn.Module, rebuilt: torch.nn.Module) -> str:
             mine, theirs = m._buffers.get(b), r._buffers.get(b)
             if isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor):
                 if mine.shape != theirs.shape or not torch.equal(mine.cpu(), theirs.cpu()):
-                    return f"{where} holds {b!r} in a buffer registered with persistent=False"
+                    return f"{where} holds {b!r} in a buffer registered with persistent=False", m
         for k, v in vars(m).items():
             if k.startswith("_") or not isinstance(v, (np.ndarray, list, tuple)):
                 continue
             w = getattr(r, k, None)
+            if isinstance(v, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in v):
+                same = (
+                    type(w) is type(v)
+                    and len(w) == len(v)
+                    and all(
+                        isinstance(a, torch.Tensor)
+                        and isinstance(b, torch.Tensor)
+                        and a.shape == b.shape
+                        and torch.equal(a.detach().cpu(), b.detach().cpu())
+                        for a, b in zip(v, w)
+                    )
+                )
+                if not same:
+                    return (
+                        f"{where} holds {k!r} in a plain {type(v).__name__} of tensors (which "
+                        "is not trained either: an nn.ParameterList is)",
+                        m,
+                    )
+                continue
             try:
                 same = type(w) is type(v) and bool(np.array_equal(np.asarray(v), np.asarray(w)))
-            except (TypeError, ValueError):  # (a list of modules, of strings...)
+            except (TypeError, ValueError, RuntimeError):  # (of modules, of parameters...)
                 continue
             if not same:
                 kind = "a numpy array" if isinstance(v, np.ndarray) else f"a {type(v).__name__}"
-                return f"{where} holds {k!r} in {kind}"
-    return ""
+                return f"{where} holds {k!r} in {kind}", m
+    return "", None
 
 
 def rebuilt_differs(
@@ -649,7 +685,19 @@ def _probe(flow, rebuilt, device: torch.device, n: int) -> str | None:
         what = f"it fails where this flow does not ({type(e).__name__}: {msg})"
     if what is None:
         return None
-    where = _hidden_state(flow, rebuilt) or (
+    where, holder = _hidden(flow, rebuilt)
+    builder = _users_builder(flow)
+    if builder is not None and (holder is None or type(holder).__module__.startswith("flowforge.")):
+        # (a library layer's own state differs: what differs is what the builder gave it)
+        return (
+            f"ff.load would rebuild another model from this file ({what}): the builder "
+            f"{builder} builds another flow from the same arguments"
+            + (f" ({where}, set from what the builder gave it)" if where else "")
+            + ", so it draws something at random or reads something besides its arguments (a "
+            "random mask or order); derive it from an argument, e.g. a seed: int taken by "
+            "torch.Generator().manual_seed(seed) (docs/extending.md)"
+        )
+    where = where or (
         "a layer holds state outside its parameters and persistent buffers (a numpy array, a "
         "list, a buffer registered with persistent=False)"
     )

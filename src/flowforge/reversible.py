@@ -207,6 +207,14 @@ class ReversibleChain(torch.autograd.Function):
 def refusal(layer: nn.Module) -> str | None:
     """Why ``layer`` cannot be recomputed exactly from its output, or None."""
     for m in layer.modules():
+        if getattr(m, "invertible", True) is False:
+            return f"{type(m).__name__} has no inverse (it implements _forward only)"
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            return (
+                f"its {type(m).__name__} would update its running statistics a second time "
+                "when the input is recomputed (build it with track_running_stats=False, or take "
+                "it out)"
+            )
         if getattr(m, "inverts_by_position", False) and _drops_out(m):
             return (
                 f"{type(m).__name__} inverts one position at a time, and its network's dropout "

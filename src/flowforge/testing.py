@@ -226,6 +226,22 @@ def check_registered(t: nn.Module) -> None:
                     "(ff.load rebuilds the layer without it) or moved by .to(); hold it in a "
                     "tensor: register_buffer(name, torch.as_tensor(array))"
                 )
+            inside = (  # (a user's attribute: a module's own _parameters, _buffers are dicts)
+                ()
+                if k.startswith("_")
+                else v.values()
+                if isinstance(v, dict)
+                else v
+                if isinstance(v, (list, tuple))
+                else ()
+            )
+            if any(isinstance(e, Tensor) and e.grad_fn is None for e in inside):
+                raise AssertionError(
+                    f"{_name(t)}: attribute {where!r} is a plain {type(v).__name__} of "
+                    "tensors, which the module does not see: they are not trained, saved or "
+                    "moved by .to(); hold parameters in an nn.ParameterList or "
+                    "nn.ParameterDict, constants in buffers (register_buffer)"
+                )
 
 
 def check_save_load(flow: nn.Module) -> None:
@@ -295,8 +311,12 @@ def check_transform(
     the data will be: the checks hold at the points given."""
     check_registered(t)
     dropout = (nn.modules.dropout._DropoutNd,)
-    if t.training and any(isinstance(m, dropout) for m in t.modules()):
+    if t.training and any(isinstance(m, dropout) and m.p > 0 for m in t.modules()):
         raise AssertionError(f"{_name(t)} is in training mode with dropout: call t.eval() first")
+    if t.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in t.modules()):
+        # (its batch statistics make each example's output depend on the others, and the
+        # Jacobian is taken one example at a time)
+        raise AssertionError(f"{_name(t)} is in training mode with BatchNorm: call t.eval() first")
     check_round_trip(t, x, context)
     if noise is None:
         noise = torch.randn(x.shape[0], *t.output_shape, dtype=x.dtype, device=x.device)
@@ -325,7 +345,10 @@ def check_transformer(t, x: Tensor, params: Tensor) -> None:
     assert err <= LADJ_ATOL * (1 + ladj.abs().max().item()), f"ladj differs by {err:.3g}"
     x2, ladj2 = t.inverse(y.detach(), params)
     assert _rel_err(x2, x) <= ROUND_TRIP_RTOL, f"round trip error {_rel_err(x2, x):.3g}"
-    assert _rel_err(-ladj2, ladj.detach()) <= max(ROUND_TRIP_RTOL, LADJ_ATOL)
+    err = _rel_err(-ladj2, ladj.detach())
+    assert err <= max(ROUND_TRIP_RTOL, LADJ_ATOL), (
+        f"the inverse's ladj is not minus the forward's (relative error {err:.3g})"
+    )
     p = params.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(t(x, p)[0].square().sum() + t(x, p)[1].sum(), p)
     assert torch.isfinite(g).all() and g.abs().sum() > 0, "the parameters get no gradient"
@@ -349,8 +372,14 @@ def check_distribution(base, context: Tensor | None = None, half_width: float = 
     s = base.sample(n, context)
     assert tuple(s.shape) == (n, *base.event_shape), f"bad sample shape {tuple(s.shape)}"
     assert s.dtype == dtype, f"samples are {s.dtype}, the base's buffers {dtype}"
+    lp_s = base.log_prob(s, context)
+    assert tuple(lp_s.shape) == (n,), (
+        f"log_prob of {n} draws has shape {tuple(lp_s.shape)}, expected ({n},): one number "
+        "per draw (sum the log-densities over the event's dimensions)"
+    )
     z, lp = base.rsample_and_log_prob(n, context)
     assert torch.allclose(lp, base.log_prob(z, context)), "rsample log-prob != log_prob"
+    _check_temperature(base, context, n)
     # reparameterised: VI trains through the draws; a base that declares has_rsample = False
     # (a mixture's discrete choice, rounded draws, a TorchBase of a distribution without
     # rsample) is trained by reverse_kl's score-function term instead
@@ -384,16 +413,45 @@ def check_distribution(base, context: Tensor | None = None, half_width: float = 
             _check_draws(base, context, i, pts.reshape(len(pts), -1), dens / mass)
 
 
+def _check_temperature(base, context, n: int) -> None:
+    """``sample(..., temperature=T)`` follows ``T``: with the same seed, a draw at ``T = 0.5``
+    differs from one at ``T = 1`` (``flowforge sample --temperature`` and the image reports
+    rely on it), unless the base refuses a temperature other than 1 (``ValueError``)."""
+    draws = []
+    for t in (1.0, 0.5):
+        with fork_rng(), torch.no_grad():
+            torch.manual_seed(0)
+            try:
+                draws.append(base.sample(n, context, temperature=t))
+            except ValueError:  # (a base that refuses temperatures, as TorchBase does)
+                return
+    assert not torch.equal(draws[0], draws[1]), (
+        "sample(temperature=0.5) draws what temperature=1 draws with the same seed: _sample "
+        "ignores its temperature (scale the draws' spread by it, as a Gaussian's standard "
+        "deviation, or raise ValueError for a temperature other than 1)"
+    )
+
+
 def _check_draws(base, context, i: int, pts: Tensor, prob: Tensor, m: int = 4000) -> None:
-    """Samples fall where the density (``prob`` on the grid ``pts``) puts its mass."""
+    """Samples fall where the density (``prob`` on the grid ``pts``, cells of width ``w``)
+    puts its mass; each cell counts for the share of it inside an event."""
     with fork_rng(), torch.no_grad():
         torch.manual_seed(0)  # (the caller's random state, on the base's device too, is kept)
         cm = None if context is None else context[i : i + 1].expand(m, -1)
         draws = base.sample(m, cm).reshape(m, -1)
-    events = (("|z| < 1", lambda v: v.abs() < 1), ("z < 0", lambda v: v < 0))
+    mids = pts[:, 0].unique()
+    w = (mids[1] - mids[0]).item() if len(mids) > 1 else 1.0
+
+    def share(c, lo, hi):  # the part of the cell [c - w/2, c + w/2] inside [lo, hi]
+        return ((torch.clamp(c + w / 2, max=hi) - torch.clamp(c - w / 2, min=lo)) / w).clamp(0, 1)
+
+    events = (
+        ("|z| < 1", lambda v: v.abs() < 1, lambda c: share(c, -1.0, 1.0)),
+        ("z < 0", lambda v: v < 0, lambda c: share(c, -math.inf, 0.0)),
+    )
     for j in range(pts.shape[1]):
-        for what, event in events:
-            want = prob[event(pts[:, j])].sum().item()
+        for what, event, part in events:
+            want = (prob * part(pts[:, j])).sum().item()
             got = event(draws[:, j]).double().mean().item()
             tol = 5 * math.sqrt(max(want * (1 - want), 1e-4) / m) + 0.01
             assert abs(got - want) <= tol, (

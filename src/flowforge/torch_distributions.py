@@ -200,7 +200,19 @@ class TorchBase(Distribution):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         self._check(z, context)
-        return self.distribution().log_prob(z)
+        dist = self.distribution()
+        try:
+            return dist.log_prob(z)
+        except ValueError:  # (torch's own validation of the values)
+            finite = torch.isfinite(z).reshape(len(z), -1).all(1)
+            if bool(finite.all()):
+                raise  # a finite value outside the support: torch's words name it
+        # rows with NaN or inf (an overflow in the layers before): NaN there, as every base
+        # gives, so that the flow says it in its own words; the others scored as they are
+        out = z.new_full((len(z),), math.nan)
+        if bool(finite.any()):
+            out[finite] = dist.log_prob(z[finite])
+        return out
 
     def _draw(self, dist: TorchDistribution, n: int) -> Tensor:
         z = dist.rsample((n,)) if dist.has_rsample else dist.sample((n,))

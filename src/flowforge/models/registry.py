@@ -401,6 +401,13 @@ def register(
             if takes_data:
                 own["data"] = DataOptions(**{k: arguments[k] for k in data_fields})
             flow = fn(**own)
+            if not isinstance(flow, torch.nn.Module) or not callable(
+                getattr(flow, "log_prob", None)
+            ):  # (a chain of layers alone has no base, so no density)
+                raise TypeError(
+                    f"the builder {name} returned a {type(flow).__name__}, which has no "
+                    "log_prob: return ff.Flow(transform, base)"
+                )
             flow.config = {"model": name, "kwargs": _jsonable(arguments)}
             return flow
 
@@ -440,7 +447,7 @@ def spec(name: str) -> BuilderSpec:
         e = unknown("model", name, _SPECS)
         raise ValueError(
             f"{e}; a model of your own is known once the module that registers it "
-            "(@ff.models.register) is imported"
+            "(@ff.models.register) is imported (flowforge's commands: --import MODULE)"
         ) from None
     return _SPECS[key]
 

@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from .._util import warn
-from ..core import Transform, Transformer, refresh_tolerances
+from ..core import Transform, Transformer, checked_transformer, refresh_tolerances
 from ..nets import MADE
 
 __all__ = ["Autoregressive", "ParallelInverseWarning", "set_inverse", "INVERSE_MODES"]
@@ -163,11 +163,7 @@ class Autoregressive(Transform):
         max_iter: int | None = None,
         adjacency=None,
     ):
-        if not isinstance(transformer, Transformer):
-            raise TypeError(
-                f"expected an elementwise transformer (a flowforge.core.Transformer such as "
-                f"Affine()), got {type(transformer).__name__}"
-            )
+        checked_transformer(transformer)
         shape = (features,) if isinstance(features, int) else tuple(int(s) for s in features)
         if min(shape, default=0) < 1:
             raise ValueError(f"expected features >= 1, got {features}")

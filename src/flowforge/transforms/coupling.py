@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..core import Transform, Transformer
+from ..core import Transform, Transformer, checked_transformer
 from ..nets import GROUPED_FROM
 
 __all__ = [
@@ -154,11 +154,7 @@ class Coupling(Transform):
                 f"got {kept} kept and {moved} transformed for event shape {tuple(mask.shape)} "
                 f"(a coupling layer needs at least 2 features)"
             )
-        if not isinstance(transformer, Transformer):
-            raise TypeError(
-                f"expected an elementwise transformer (a flowforge.core.Transformer such as "
-                f"Affine()), got {type(transformer).__name__}"
-            )
+        checked_transformer(transformer)
         self.transformer = transformer
         p = transformer.params_per_dim
         flat = mask.reshape(mask.shape[0], -1)

@@ -138,6 +138,7 @@ def live_models() -> list[dict]:
                 "depth": spec.depth,
                 "width": spec.width,
                 "lr": spec.lr,
+                "data_options": spec.data,
             }
         )
     return out

@@ -586,12 +586,14 @@ def _density(
         if upper[j] is not None:
             inside &= pts[:, j] < upper[j]
     flow.eval()
+    overflowed = 0
     if flow.dequantizer is None:
         dens = torch.zeros(len(pts))
         keep = pts[inside]
         if len(keep):
-            logp = torch.cat([flow.log_prob(c) for c in keep.split(8192)])
-            dens[inside] = logp.exp()
+            logp = torch.cat([_grid_log_prob(flow, c) for c in keep.split(8192)])
+            overflowed = int((~torch.isfinite(logp) & ~(logp == -math.inf)).sum())
+            dens[inside] = torch.nan_to_num(logp, nan=-math.inf, posinf=-math.inf).exp()
         dens = dens.reshape(g, g).numpy()
     else:
         dens = None
@@ -602,7 +604,15 @@ def _density(
         ax[1].imshow(
             dens, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
         )
-        ax[1].set_title("model density")
+        ax[1].set_title(
+            "model density"
+            + (
+                f" ({overflowed:,} of the {g * g:,} grid points overflow the model: dark)"
+                if overflowed
+                else ""
+            ),
+            fontsize=None if not overflowed else 8,
+        )
     else:  # a discrete likelihood: no density over the plane to draw
         ax[1].set_title("model density: none drawn")
         ax[1].text(
@@ -629,6 +639,23 @@ def _density(
             a.set_xlabel(names[0])
             a.set_ylabel(names[1])
     _savefig(fig, path_samples)
+
+
+def _grid_log_prob(flow, pts: Tensor) -> Tensor:
+    """``flow.log_prob`` at the report's own grid points, with NaN where the model overflows
+    (points the user did not give: drawn dark and counted, not an error that loses the
+    report)."""
+    from ..core import NaNLogProb
+
+    try:
+        return flow.log_prob(pts)
+    except NaNLogProb:
+        held = flow.validate_args
+        flow.validate_args = False
+        try:
+            return flow.log_prob(pts)
+        finally:
+            flow.validate_args = held
 
 
 def _declared_bounds(bounds) -> tuple[list, list]:
