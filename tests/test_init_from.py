@@ -447,3 +447,24 @@ def test_a_new_run_from_a_flow_matching_run_says_its_objective_changed(tmp_path,
     assert rc == 0, err
     assert "trained by flow-matching, this run trains by nll" in out
     assert "--set train.objective=flow-matching keeps its objective" in out
+
+
+def test_a_run_of_one_modelled_column_starts_another(tmp_path, capsys):
+    # an audit: every one-target regression (and one-column table) failed --init-from with
+    # "internal error: RuntimeError: self.stride(-1) must be 1 to view Float as Byte", and
+    # ff.save(ff.load(run)) too: a rebuilt Standardize of one entry held a stride-0 buffer
+    import flowforge as ff
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, 400)
+    y = np.sin(x) + 0.3 * rng.standard_normal(400)
+    data = tmp_path / "reg.csv"
+    np.savetxt(data, np.c_[y, x], delimiter=",", header="y,x", comments="", fmt="%.6f")
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["--epochs", "1", *QUIET]
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", data, "--target-columns", "y",
+                     "--out", first, *common)  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "train", "--init-from", first, "--out", second, *common)
+    assert rc == 0 and (second / "model.ff").is_file(), err
+    ff.save(ff.load(second / "model.ff"), tmp_path / "again.ff")

@@ -207,9 +207,10 @@ def _crc32(tensors: dict[str, torch.Tensor]) -> int:
         t = tensors[name]
         crc = zlib.crc32(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode(), crc)
         if t.numel():
-            crc = zlib.crc32(
-                t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc
-            )
+            flat = t.detach().cpu().contiguous().reshape(-1)
+            if flat.stride(-1) != 1:  # (one entry of stride 0, as contiguous() leaves it)
+                flat = flat.clone(memory_format=torch.contiguous_format)
+            crc = zlib.crc32(flat.view(torch.uint8).numpy(), crc)
     return crc
 
 

@@ -82,8 +82,9 @@ class Standardize(Transform):
                 f"got {tuple(loc.shape)} and {tuple(scale.shape)}"
             ) from None
         _check_standardization(loc, scale, "")
-        self.register_buffer("loc", loc.clone())
-        self.register_buffer("scale", scale.clone())
+        # (contiguous: an expanded scalar of one entry keeps its stride 0 through clone())
+        self.register_buffer("loc", loc.clone(memory_format=torch.contiguous_format))
+        self.register_buffer("scale", scale.clone(memory_format=torch.contiguous_format))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
