@@ -324,3 +324,20 @@ def test_a_column_conditional_run_from_before_the_model_standardised_its_context
     code, _, err = run(["sample", out, "--context", "5,5", "-n", "4", "--out", tmp_path / "s.csv"],
                        capsys)  # fmt: skip
     assert code == 0, err
+
+
+def test_targets_given_out_of_the_tables_order_are_said_as_the_models_order(tmp_path, capsys):
+    # an audit: ff.load(run).log_prob(y, x) takes y in the order --target-columns gave, and y
+    # in the table's order was scored thousands of nats off without a word
+    rng = np.random.default_rng(0)
+    path = tmp_path / "asym.csv"
+    np.savetxt(path, rng.normal(size=(200, 3)), delimiter=",", header="y1,y2,x", comments="")
+    common = ["--model", "maf", "--data", path, "--model-kwargs", '{"hidden": [8]}',
+              "--epochs", "1", "--no-progress"]  # fmt: skip
+    code, said, err = run(["train", *common, "--target-columns", "y2,y1", "--out",
+                           tmp_path / "a"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "p('y2', 'y1' | 'x'), y in that order (as ff.load(run).log_prob(y, x)" in said
+    code, said, err = run(["train", *common, "--target-columns", "y1,y2", "--out",
+                           tmp_path / "b"], capsys)  # fmt: skip
+    assert code == 0 and "p('y1', 'y2' | 'x')\n" in said and "in that order" not in said

@@ -59,6 +59,12 @@ def _context_note(resolved: dict) -> str:
         return f"; conditional on {c['features']} class labels"
     targets = column_words(resolved.get("columns"), c["target_columns"])
     context = column_words(resolved.get("context_column_names"), c["context_columns"])
+    order = list(c["target_columns"])
+    if order != sorted(order):  # (the model's y is in the order given, not the table's)
+        return (
+            f"; p({targets} | {context}), y in that order (as ff.load(run).log_prob(y, x) "
+            "and .sample(n, x) take and give it; the table's order is another)"
+        )
     return f"; p({targets} | {context})"
 
 
