@@ -169,6 +169,14 @@ def test_data_bounds_train_a_run_whose_numbers_and_samples_respect_them(tmp_path
     one_line_error(
         rc, err, "column 'share' has 1 value on or above its upper bound 1", "(the highest: 1.5)"
     )
+    assert "the run's model has no density there, so drop those rows" in err
+    # values on a bound, all of them integers: not "declare it in data.integers" (a data
+    # option eval does not take, and the run's model is fixed), the rows (an audit)
+    bad[4, 1], bad[5, 1] = 1.0, 0.0
+    bad[:, 1] = np.round(bad[:, 1])
+    rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "edge.csv", bad))
+    one_line_error(rc, err, "column 'share'", "drop those rows")
+    assert "data.integers" not in err and "--set" not in err
     rc, _, err = cli(capsys, "report", out)
     assert rc == 0, err
     assert "income &gt; 0, log; share in (0, 1), logit" in (out / "report.html").read_text()

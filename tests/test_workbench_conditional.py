@@ -4,6 +4,7 @@ and the one-line errors for bad contexts."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -341,3 +342,85 @@ def test_targets_given_out_of_the_tables_order_are_said_as_the_models_order(tmp_
     code, said, err = run(["train", *common, "--target-columns", "y1,y2", "--out",
                            tmp_path / "b"], capsys)  # fmt: skip
     assert code == 0 and "p('y1', 'y2' | 'x')\n" in said and "in that order" not in said
+
+
+def test_contexts_outside_the_training_range_and_constant_or_shifted_ones_are_said(
+    tmp_path, capsys
+):
+    # an audit: one step past the largest training category drew 79% of the samples outside
+    # the data's range without a word about the context (the warning began at 100 standard
+    # deviations); a constant context column, and --init-from onto contexts in other units
+    # (a first loss of 1.8e12, then 12,002 nats/example), were said by nothing
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 4, 400).astype(float)
+    y = k + rng.normal(size=400)
+    path = tmp_path / "k.csv"
+    np.savetxt(path, np.c_[y, k, np.full(400, 5.0)], delimiter=",", header="y,k,c", comments="")
+    common = ["--model", "maf", "--model-kwargs", '{"hidden": [8]}', "--epochs", "1",
+              "--no-progress", "--target-columns", "y"]  # fmt: skip
+    code, said, err = run(["train", "--data", path, *common, "--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    assert "context column(s) c (5) hold one value in every training row" in said
+    code, _, err = run(["sample", tmp_path / "a", "--context", "3,5", "-n", "5", "--out",
+                        tmp_path / "in.csv"], capsys)  # fmt: skip
+    assert code == 0 and "training contexts' range" not in err, err
+    code, _, err = run(["sample", tmp_path / "a", "--context", "4,5", "-n", "5", "--out",
+                        tmp_path / "out.csv"], capsys)  # fmt: skip
+    assert (
+        code == 0 and "outside the training contexts' range: k 4 (training contexts 0 to 3)" in err
+    )
+    shifted = tmp_path / "k100.csv"
+    np.savetxt(shifted, np.c_[y, 100 * k + 500, np.full(400, 5.0)], delimiter=",",
+               header="y,k,c", comments="")  # fmt: skip
+    code, said, err = run(["train", "--init-from", tmp_path / "a", "--data", shifted,
+                           "--target-columns", "y", "--epochs", "1", "--no-progress",
+                           "--out", tmp_path / "b"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "warning: this run's data lies far from what" in said
+    assert "context column 'k': mean 6" in said
+    code, said, _ = run(["eval", tmp_path / "b"], capsys)  # (and eval repeats it)
+    assert "this run's data lies far from what" in said
+
+
+def test_a_file_without_a_header_for_a_run_with_names_is_said(tmp_path, capsys):
+    # an audit: a header-less file with its columns swapped was scored in the run's order
+    # without a word (3.22 nats against 0.74), where a header would have been checked
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    path = tmp_path / "t.csv"
+    np.savetxt(path, x, delimiter=",", header="y,x", comments="")
+    code, _, err = run(["train", "--model", "maf", "--data", path, "--target-columns", "y",
+                        "--model-kwargs", '{"hidden": [8]}', "--epochs", "1", "--no-progress",
+                        "--out", tmp_path / "r"], capsys)  # fmt: skip
+    assert code == 0, err
+    np.savetxt(tmp_path / "bare.csv", x[:20], delimiter=",")
+    code, _, err = run(["eval", tmp_path / "r", "--data", tmp_path / "bare.csv"], capsys)
+    assert code == 0 and "bare.csv has no header: its columns are taken as the run's" in err
+    code, _, err = run(["eval", tmp_path / "r", "--data", path], capsys)
+    assert code == 0 and "no header" not in err
+
+
+def test_a_conditional_table_is_compared_with_a_linear_gaussian_regression(tmp_path, capsys):
+    # an audit: a conditional run got no reference density, where a regression with Gaussian
+    # noise is the one that says whether the flow learned more than a linear trend
+    from flowforge.workbench.evaluate import regression_baseline
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(20000, 1))
+    y = 2 * x + 1 + 0.5 * g.normal(size=(20000, 1))
+    lp = regression_baseline(y[:10000], x[:10000], y[10000:], x[10000:])
+    truth = -0.5 * ((y[10000:] - 2 * x[10000:] - 1) / 0.5) ** 2 - np.log(0.5 * np.sqrt(2 * np.pi))
+    assert abs(lp.mean() - truth.mean()) < 0.005  # (the true model, fitted)
+    x = g.uniform(-3, 3, 600)
+    y = np.sin(x) + (0.1 + 0.3 * abs(x)) * g.normal(size=600)
+    path = tmp_path / "h.csv"
+    np.savetxt(path, np.c_[y, x], delimiter=",", header="y,x", comments="")
+    code, _, err = run(["train", "--model", "maf", "--data", path, "--target-columns", "y",
+                        "--model-kwargs", '{"hidden": [16]}', "--epochs", "3", "--no-progress",
+                        "--out", tmp_path / "r"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, said, err = run(["eval", tmp_path / "r", "--json"], capsys)
+    res = json.loads(said)
+    assert code == 0 and math.isfinite(res["regression_nll"]) and res["regression_difference_se"]
+    code, said, _ = run(["eval", tmp_path / "r"], capsys)
+    assert "a linear-Gaussian regression on the context columns, fitted to the training" in said

@@ -1563,11 +1563,17 @@ def _parse_bounds(spec, width: int, names: list[str] | None) -> dict:
 
 
 def check_bounds(
-    arrays: dict, bounds: dict, names: list[str] | None, where: str, integers=()
+    arrays: dict,
+    bounds: dict,
+    names: list[str] | None,
+    where: str,
+    integers=(),
+    scoring: bool = False,
 ) -> None:
     """A ``DataError`` naming the first column with a value on or beyond its bounds (within
     them, inclusive, for the ``integers`` columns; ``arrays``: split name, or "", to its
-    rows)."""
+    rows). ``scoring``: rows given to a trained run's model (``eval --data``), whose options
+    are fixed: the remedy is the rows, not the data options."""
     for split, a in arrays.items():
         a = np.asarray(a)
         for j, (lo, hi) in enumerate(zip(bounds["lower"], bounds["upper"])):
@@ -1584,7 +1590,7 @@ def check_bounds(
                 n = int(bad.sum())
                 on = int((col == b).sum())
                 integral = n == on and float(b).is_integer() and _whole(col)
-                if n and not closed and integral:
+                if n and not closed and integral and not scoring:
                     # a flag or a count whose values sit on its (integer) bound, as they may
                     raise DataError(
                         f"{where}: column {_column_name(j, names)} holds only integers, "
@@ -1592,7 +1598,7 @@ def check_bounds(
                         f"{side} bound {b:g}: declare it in data.integers (then its bounds are "
                         f"inclusive: --set 'data.integers=[{_column_key(j, names)}]')"
                     )
-                if n and not closed and n == on >= max(2, ATOM_SHARE * len(col)):  # an atom
+                if n and not closed and n == on >= max(2, ATOM_SHARE * len(col)) and not scoring:
                     raise DataError(
                         f"{where}: column {_column_name(j, names)} has {on} of its {len(col)} "
                         f"{split + ' ' if split else ''}values exactly on its {side} bound "
@@ -1614,7 +1620,11 @@ def check_bounds(
                         f"{'' if n == 1 else 's'} {'' if closed else 'on or '}"
                         f"{'below' if below else 'above'} its {side} bound {b:g} (the "
                         f"{'lowest' if below else 'highest'}: {float(worst):.10g}); {why}: "
-                        "widen it, or drop those rows"
+                        + (
+                            "the run's model has no density there, so drop those rows"
+                            if scoring
+                            else "widen it, or drop those rows"
+                        )
                     )
 
 
@@ -2423,6 +2433,16 @@ def read_run_table(
         raise DataError(
             f"{spec}: {what}; give the columns the run was trained on, in the same order"
         )
+    if columns and not found and str(spec).lower().endswith(".csv"):
+        import warnings
+
+        shown = ", ".join(map(str, columns[:8])) + (" ..." if len(columns) > 8 else "")
+        warnings.warn(
+            f"{spec} has no header: its columns are taken as the run's, in its order "
+            f"({shown}); a header naming them lets the order be checked",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return x
 
 
@@ -2791,6 +2811,18 @@ def make_conditional(ds: Dataset, conditional: str | None, target_columns=None) 
         "stats": _standardize_stats(raw_c["train"]),
     }
     ds.context = {k: column_context(v, info) for k, v in raw_c.items()}
+    # the training contexts' range, per column: other values are extrapolation (a warning
+    # where --context, eval --data or sample give them; after the splits, which may pass it)
+    lo, hi = raw_c["train"].double().min(0).values, raw_c["train"].double().max(0).values
+    info["range"] = [[float(a), float(b)] for a, b in zip(lo.tolist(), hi.tolist())]
+    constant = [j for j, (a, b) in enumerate(info["range"]) if a == b]
+    if constant:
+        cnames = ds.info.get("context_columns") or [str(i) for i in cs]
+        said = ", ".join(f"{cnames[j]} ({info['range'][j][0]:.6g})" for j in constant[:8])
+        ds.info.setdefault("warnings", []).append(
+            f"context column(s) {said} hold one value in every training row: they tell the "
+            "model nothing, and any other value of them is extrapolation; drop them"
+        )
     ds.context_info = info
     return ds
 
@@ -2860,18 +2892,64 @@ def column_context(values, info: dict, names=None) -> Tensor:
             f"the context holds {big:.3g}, beyond float32's range (about 3.4e38; the models' "
             "precision)"
         )
+    outside = _outside_context_range(t, info.get("range"), names, info)
     loc = torch.tensor(info["stats"]["loc"], dtype=torch.float64)
     scale = torch.tensor(info["stats"]["scale"], dtype=torch.float64)
     z = (t - loc) / scale
     far = z.abs().max().item() if z.numel() else 0.0
-    if far > FAR_CONTEXT:
-        import warnings
-
-        warnings.warn(
+    if outside is None and far > FAR_CONTEXT:  # (a run that recorded no range)
+        outside = (
             f"a context value lies {far:.3g} standard deviations from the training contexts' "
             "mean: far outside what the model was trained on, its densities and samples "
-            "there are extrapolation",
-            RuntimeWarning,
-            stacklevel=2,
+            "there are extrapolation"
         )
+    if outside is not None:
+        import warnings
+
+        warnings.warn(outside, RuntimeWarning, stacklevel=2)
     return given.reshape(t.shape)
+
+
+CONTEXT_MARGIN = 0.1  # of a context column's training range, past which a value is said
+
+
+def _outside_context_range(t: Tensor, rng, names, info: dict) -> str | None:
+    """A warning for context values (``t``, float64 ``(B, k)``) beyond the training contexts'
+    range (``rng``: ``[[lo, hi], ...]`` from the run's config, data: anything else gives no
+    verdict) by more than :data:`CONTEXT_MARGIN` of it, naming the columns."""
+    k = t.shape[1]
+    ok = (
+        isinstance(rng, list)
+        and len(rng) == k
+        and all(
+            isinstance(r, list)
+            and len(r) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+            and math.isfinite(r[0])
+            and math.isfinite(r[1])
+            and r[0] <= r[1]
+            for r in rng
+        )
+    )
+    if not ok or not t.numel():
+        return None
+    lo, hi = torch.tensor(rng, dtype=torch.float64).T
+    margin = CONTEXT_MARGIN * (hi - lo)
+    beyond = ((t < lo - margin) | (t > hi + margin)).any(0)
+    if not bool(beyond.any()):
+        return None
+    if not (names and len(names) == k):
+        names = [str(c) for c in info.get("context_columns", range(k))]
+
+    def values(j):
+        a, b = t[:, j].min().item(), t[:, j].max().item()
+        return f"{a:.4g}" if a == b else f"{a:.4g} to {b:.4g}"
+
+    each = "; ".join(
+        f"{names[j]} {values(j)} (training contexts {rng[j][0]:.4g} to {rng[j][1]:.4g})"
+        for j in beyond.nonzero().flatten().tolist()[:5]
+    )
+    return (
+        f"context values outside the training contexts' range: {each}; the model was not "
+        "trained there, so its densities and samples for them are extrapolation"
+    )

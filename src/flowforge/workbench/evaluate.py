@@ -119,7 +119,7 @@ def evaluate_run(
     """
     cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device)
     r = cfg["resolved"]
-    truth, baseline, histogram, von_mises = None, None, None, None
+    truth, baseline, histogram, von_mises, regression = None, None, None, None, None
     file_warnings: list[str] = []  # what the checks of a --data file found
     if not isinstance(flow, Flow) and scores:
         raise DataError(
@@ -207,6 +207,19 @@ def evaluate_run(
                     )
             except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
                 baseline = von_mises = None
+        if (
+            info is not None
+            and info.get("kind") == "columns"
+            and ds.levels is None
+            and not r.get("integers")  # (a dequantized target: a bound, not this density)
+            and len(ds.train) > 2
+        ):
+            try:
+                regression = regression_baseline(
+                    ds.train, ds.split_context("train"), x, context, fitted=references
+                )
+            except (ValueError, np.linalg.LinAlgError):
+                regression = None
         comparable = ds.density_measure == "lebesgue" or (
             ds.density_measure == "sphere" and cfg["model"]["name"] == "sphereflow"
         )
@@ -258,7 +271,12 @@ def evaluate_run(
         "seed": seed,
     }
     model_lp = lp.double().numpy()
-    for key, ref in (("gaussian", baseline), ("histogram", histogram), ("von_mises", von_mises)):
+    for key, ref in (
+        ("gaussian", baseline),
+        ("histogram", histogram),
+        ("von_mises", von_mises),
+        ("regression", regression),
+    ):
         if ref is None or not np.isfinite(ref).all():
             continue
         out[f"{key}_nll"] = float(-ref.mean())
@@ -653,6 +671,11 @@ REFERENCES = (
     ("gaussian_nll", "a Gaussian fitted to the training split", "Gaussian"),
     ("histogram_nll", "a histogram per position of the training split", "histogram"),
     (
+        "regression_nll",
+        "a linear-Gaussian regression on the context columns, fitted to the training split",
+        "regression",
+    ),
+    (
         "von_mises_nll",
         "a von Mises distribution fitted to each angle of the training split",
         "von Mises",
@@ -745,7 +768,9 @@ def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
     if r.get("integers"):
         check_integers({"": x.numpy()}, r["integers"], r.get("columns"), where)
     if r.get("bounds"):
-        check_bounds({"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or ())
+        check_bounds(
+            {"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or (), True
+        )
     return [scaled] if scaled else []
 
 
@@ -822,6 +847,47 @@ def gaussian_baseline(
     lp = np.stack(draws)
     lp = logsumexp(lp, 0) - math.log(len(draws)) if iw else lp.mean(0)
     return lp if per_example else float(-np.mean(lp))
+
+
+def regression_baseline(train_y, train_c, y, c, fitted=None) -> np.ndarray:
+    """Each row's log-density of ``y`` given its context ``c`` under a linear-Gaussian
+    regression fitted to the training rows: the maximum-likelihood Gaussian of ``(y, c)``
+    (least squares; with at most ten rows per column, or collinear columns, the shrunk one
+    :func:`gaussian_baseline` fits), conditioned on ``c``: ``log p(y, c) - log p(c)``. The
+    simplest conditional density a conditional table's model should beat (is the flow better
+    than a linear regression with Gaussian noise?), on the model's raw scale. ``fitted``: as
+    :func:`gaussian_baseline`'s."""
+    from scipy.linalg import cholesky, solve_triangular
+
+    key = ("regression",)
+    fit = None if fitted is None else fitted.get(key)
+    if fit is None:
+        joint = np.concatenate(
+            [np.asarray(train_y, np.float64), np.asarray(train_c, np.float64)], 1
+        )
+        d = np.asarray(train_y).shape[1]
+        try:  # least squares: the maximum-likelihood Gaussian, where the rows determine it
+            if len(joint) <= 10 * joint.shape[1]:
+                raise np.linalg.LinAlgError("few rows: shrink")
+            loc = joint.mean(0)
+            factor = cholesky(np.cov(joint, rowvar=False, bias=True), lower=True)
+        except np.linalg.LinAlgError:  # (few rows or collinear columns: as a table's)
+            loc, factor = shrunk_gaussian(joint, overwrite=True)
+        cov_c = (factor @ factor.T)[d:, d:]
+        factor_c = cholesky(cov_c, lower=True)
+        fit = (loc, factor, factor_c, d)
+        if fitted is not None:
+            fitted[key] = fit
+    loc, factor, factor_c, d = fit
+    v = np.concatenate([np.asarray(y, np.float64), np.asarray(c, np.float64)], 1)
+
+    def log_normal(v, loc, f):
+        z = solve_triangular(f, (v - loc).T, lower=True).T
+        return (
+            -0.5 * (z**2).sum(1) - 0.5 * len(loc) * math.log(2 * math.pi) - np.log(np.diag(f)).sum()
+        )
+
+    return log_normal(v, loc, factor) - log_normal(v[:, d:], loc[d:], factor_c)
 
 
 def _scoring_noise(flow, trace: str | None, dequantization: bool = True) -> str | None:

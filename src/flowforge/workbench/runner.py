@@ -545,6 +545,9 @@ def _train(
                 note = warm_start.data_note(source, same)
                 if note:
                     print(f"warning: {note}", flush=True)
+                for note in resolved.get("data_warnings", ()):
+                    if note not in ds.info.get("warnings", ()):  # (adopt's, of the statistics)
+                        print(f"warning: {note}", flush=True)
             if prints:
                 for note in ds.info.get("warnings", ()):
                     print(f"warning: {note}", flush=True)

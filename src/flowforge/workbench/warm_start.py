@@ -368,6 +368,7 @@ def adopt(source: Source, cfg: dict, flow, resolved: dict):
             f"{source.what}: its model {did} the data (data.whiten), and a run started from it "
             f"keeps its model whole: drop data.whiten={str(asked).lower()}"
         )
+    shifted = _shifted_statistics(source, resolved)  # (before the source's replace them)
     layers = fixed_layers(source.flow.config)  # (the record follows the model: a statistic
     model = {  # config.json names that no layer of model.ff holds is not carried over)
         "flow_config": source.flow.config,
@@ -377,7 +378,60 @@ def adopt(source: Source, cfg: dict, flow, resolved: dict):
     }
     out = take_preprocessing(resolved, model)
     out["init_from"] = source.record()
+    if shifted is not None:  # said when training starts, and again by eval and report
+        out["data_warnings"] = [*out.get("data_warnings", []), shifted]
     return source.flow, out
+
+
+FAR_STATISTICS = 10.0  # kept standard deviations (or a spread this many times) apart: a warning
+
+
+def _shifted_statistics(source: Source, resolved: dict) -> str | None:
+    """A warning when this run's data (or contexts), standardised with the source run's kept
+    statistics as its model will see them, lie far from what that model was trained on:
+    their means :data:`FAR_STATISTICS` kept standard deviations apart, or their spreads that
+    many times (other units, a drift). Only for statistics the source run's model keeps."""
+    theirs = source.cfg["resolved"]
+    layers = fixed_layers(source.flow.config)
+    pairs = []
+    if "standardize" in layers:
+        pairs.append(
+            ("column", theirs.get("stats"), resolved.get("stats"), resolved.get("columns"))
+        )
+    a, b = theirs.get("context"), resolved.get("context")
+    if isinstance(a, dict) and isinstance(b, dict) and a.get("kind") == "columns":
+        pairs.append(
+            ("context column", a.get("stats"), b.get("stats"), resolved.get("context_column_names"))
+        )
+    said = []
+    for what, kept, mine, names in pairs:
+        try:
+            k_loc, k_scale = (list(map(float, kept[key])) for key in ("loc", "scale"))
+            m_loc, m_scale = (list(map(float, mine[key])) for key in ("loc", "scale"))
+        except (TypeError, KeyError, ValueError):  # (a config is data: no verdict)
+            continue
+        if not (len(k_loc) == len(k_scale) == len(m_loc) == len(m_scale)):
+            continue
+        for j, (kl, ks, ml, ms) in enumerate(zip(k_loc, k_scale, m_loc, m_scale)):
+            if not (ks > 0 and ms > 0):
+                continue
+            shift, ratio = abs(ml - kl) / ks, ms / ks
+            if shift > FAR_STATISTICS or not 1 / FAR_STATISTICS < ratio < FAR_STATISTICS:
+                name = names[j] if isinstance(names, list) and len(names) == len(k_loc) else j
+                said.append(
+                    f"{what} {name!r}: mean {ml:.4g} and spread {ms:.4g} here, {kl:.4g} and "
+                    f"{ks:.4g} in {source.given}"
+                )
+    if not said:
+        return None
+    more = " ..." if len(said) > 3 else ""
+    return (
+        f"this run's data lies far from what {source.given}'s model was trained on "
+        f"({'; '.join(said[:3])}{more}): the model keeps that run's standardisation, so it "
+        "sees these values many standard deviations out (other units, or a drift), where its "
+        "training starts from extrapolation; convert the data to the source's units, or start "
+        "a new run instead of --init-from"
+    )
 
 
 def rebuild(resolved: dict, budget: int):
