@@ -147,4 +147,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shift-first", action="store_true", help="the fix's order of the affine map")
+    p.add_argument("--write-shapes", metavar="DIR", help="write the 400 shapes as PNGs and exit")
+    a = p.parse_args()
+    main((["--shift-first"] if a.shift_first else [])
+         + (["--write-shapes", a.write_shapes] if a.write_shapes else []))  # fmt: skip

@@ -53,4 +53,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("csv", nargs="?", help="the table to size for (default: the gallery's)")
+    a = p.parse_args()
+    main([a.csv] if a.csv else [])

@@ -92,3 +92,40 @@ def test_an_unknown_model_names_the_import_flag_and_list_says_who_takes_data_opt
     assert main(["list"]) == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if "also takes the data" in s)
     assert "op_plain" in line  # (among the models that do not)
+
+
+def test_import_files_that_import_each_other_or_their_neighbours(tmp_path, monkeypatch, capsys):
+    # an audit: --import a.py --import b.py, where b.py does `import a`, was refused as a
+    # second registration of a's builder (a.py ran under an alias, and again as `a`); and a
+    # file given from another folder could not import the module beside it
+    import sys
+
+    from flowforge.workbench.cli import main
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "op_layers_a.py").write_text(
+        "import flowforge as ff\n\n"
+        "@ff.models.register\n"
+        "def op_from_a(features: int = 2) -> ff.Flow:\n"
+        "    return ff.Flow(ff.transforms.Scaling(features),"
+        " ff.distributions.StandardNormal(features))\n"
+    )
+    (lib / "op_uses_a.py").write_text(
+        "import op_layers_a\nimport flowforge as ff\n\n"
+        "@ff.models.register\n"
+        "def op_from_b(features: int = 2) -> ff.Flow:\n"
+        "    return op_layers_a.op_from_a(features)\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    try:
+        assert main(["list", "--import", str(lib / "op_layers_a.py"),
+                     "--import", str(lib / "op_uses_a.py")]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        assert "op_from_a" in out and "op_from_b" in out
+    finally:
+        for m in ("op_layers_a", "op_uses_a"):
+            sys.modules.pop(m, None)

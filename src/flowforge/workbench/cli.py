@@ -1488,9 +1488,12 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     tqdm.write(f"flowforge: warning: {_one_line(message)}", file=sys.stderr)
 
 
-def _import_user_module(name: str) -> None:
-    """Import ``name``: a ``.py`` file by its path, or a module by name, found from the
-    current folder first (as ``python -m`` would)."""
+def _import_user_module(name: str, before: frozenset = frozenset()) -> None:
+    """Import ``name``: a ``.py`` file by its path (under its own name unless that would
+    shadow another module, with its folder on ``sys.path`` for the modules beside it), or a
+    module by name, found from the current folder first (as ``python -m`` would). A file that
+    this command has imported already (another ``--import`` file imports it) is not run again;
+    ``before``: the modules loaded before this command's imports."""
     import importlib
     import importlib.util
 
@@ -1498,8 +1501,18 @@ def _import_user_module(name: str) -> None:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {name}")
-        # under a name of its own: a file called copy.py must not replace the module copy
-        key = f"_flowforge_import_{path.stem}"
+        path = path.resolve()
+        folder = str(path.parent)
+        if folder not in sys.path:  # its neighbours import as they do under `python file.py`
+            sys.path.append(folder)
+        key = path.stem
+        held = sys.modules.get(key)
+        same = held is not None and Path(getattr(held, "__file__", "") or "").resolve() == path
+        if same and key not in before:
+            return  # (imported already by this command: another --import file imports it)
+        if not key.isidentifier() or (held and not same) or _importable_elsewhere(key, path):
+            # under a name of its own: a file called copy.py must not replace the module copy
+            key = f"_flowforge_import_{path.stem}"
         spec = importlib.util.spec_from_file_location(key, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
@@ -1518,6 +1531,19 @@ def _import_user_module(name: str) -> None:
     finally:
         if added:
             sys.path.remove(here)
+
+
+def _importable_elsewhere(name: str, path: Path) -> bool:
+    """Whether ``import name`` finds a module other than the file ``path`` (a standard or
+    installed module the file's name would shadow)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    origin = getattr(spec, "origin", None)
+    return spec is not None and not (origin and Path(origin).resolve() == path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1609,9 +1635,10 @@ def _main(argv: list[str] | None) -> int:
     args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
     reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
     imports = [*getattr(args, "imports", []), *getattr(args, "imports_cmd", [])]
+    before = frozenset(sys.modules)
     for name in imports:  # the user's own builders: named here, never by a
         try:  # config or a run folder
-            _import_user_module(name)
+            _import_user_module(name, before)
         except Exception as e:
             if _interrupted_meanwhile(args):
                 return 130
