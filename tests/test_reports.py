@@ -453,3 +453,19 @@ def test_the_density_figure_draws_grid_points_that_overflow_dark_not_an_error(tm
     assert (tmp_path / "d.png").stat().st_size > 0
     with pytest.raises(ff.core.NaNLogProb):  # (the flow still says so of given points)
         flow.eval().log_prob(torch.tensor([[6.0, 6.0]]))
+
+
+def test_four_channels_are_drawn_side_by_side_in_gray_not_as_transparency():
+    # an array's 4 bands were drawn as RGBA: a fourth band of zeros made the picture invisible
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = np.zeros((4, 5, 4), dtype=np.float32)
+    img[..., 0] = 1.0  # (the fourth band, read as alpha, would hide everything)
+    fig, ax = plt.subplots()
+    R._show(ax, img)
+    shown = ax.images[0].get_array()
+    assert shown.shape == (4, 20) and shown[:, :5].min() == 1.0  # bands side by side, in gray
+    plt.close(fig)

@@ -131,7 +131,9 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.
 
 def _show(ax, img: np.ndarray) -> None:
     c = img.shape[-1]
-    if c not in (1, 3, 4):  # channels a screen has no colours for: side by side, in gray
+    # channels a screen has no colours for, side by side in gray: 4 of them too (an array's
+    # 4 bands are not an alpha channel: PNG folders with alpha are refused before training)
+    if c not in (1, 3):
         img = np.concatenate([img[..., k] for k in range(c)], axis=1)[..., None]
     if img.shape[-1] == 1:
         ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
