@@ -164,7 +164,7 @@ def test_data_integers_train_a_run_whose_numbers_are_bounds_and_samples_integers
     bad = _table(20, seed=1)
     bad[3, 1] = 2
     rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "bad.csv", bad))
-    one_line_error(rc, err, "column 'flag' has 1 value above its upper bound 1 (the highest: 2)")
+    one_line_error(rc, err, "column 'flag' has 1 value above its upper bound 1 (the highest: 2;")
     rc, _, err = cli(capsys, "compress", out, "--out", tmp_path / "x.ffz")
     one_line_error(rc, err, "integer columns among continuous ones")
     rc, _, err = cli(capsys, "report", out)

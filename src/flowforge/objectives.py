@@ -249,12 +249,19 @@ def finite_log_prob(flow: Flow, x: Tensor, context: Tensor | None, first: int = 
     try:
         lp = flow.log_prob(x, context).double()
     except NaNLogProb as e:  # its rows count from this batch: name them from `first`
-        idx = [r + first for r in e.rows]
-        broken = flow.broken_tensor() if isinstance(flow, Flow) else None
-        raise ValueError(
-            f"the model gives a NaN log-density to example(s) at indices {idx}: {broken or where}"
-        ) from None
+        lp = _in_float64(flow, x, context, e.rows)
+        if lp is None:
+            idx = [r + first for r in e.rows]
+            broken = flow.broken_tensor() if isinstance(flow, Flow) else None
+            raise ValueError(
+                f"the model gives a NaN log-density to example(s) at indices {idx}: "
+                f"{broken or where}"
+            ) from None
     bad = ~torch.isfinite(lp)
+    if bad.any():
+        again = _in_float64(flow, x, context, bad.nonzero().flatten().tolist(), lp)
+        if again is not None:
+            return again
     if bad.any():
         idx = (bad.nonzero().flatten()[:5] + first).tolist()
         broken = flow.broken_tensor() if isinstance(flow, Flow) else None
@@ -263,6 +270,39 @@ def finite_log_prob(flow: Flow, x: Tensor, context: Tensor | None, first: int = 
             f"{int(bad.sum())} example(s), first at indices {idx}: {broken or where}"
         )
     return lp
+
+
+def _in_float64(flow, x: Tensor, context, rows: list[int], lp: Tensor | None = None):
+    """``lp`` (or the batch's log-densities) with the ``rows`` a float32 flow could not score
+    (an overflow far from the data: NaN, or an infinity) scored again by a float64 copy of
+    the flow, as ``flow.double()`` would; None when that is no help (the flow is float64
+    already, is not a :class:`Flow` of plain float32, or those rows stay non-finite)."""
+    import copy
+
+    if not isinstance(flow, Flow) or flow.dtype != torch.float32 or not rows:
+        return None
+    wide = copy.deepcopy(flow).double().eval()
+    idx = torch.as_tensor(rows, device=x.device)
+    xr = x[idx].double() if x.is_floating_point() else x[idx]
+    cr = context[idx].double() if isinstance(context, Tensor) and context.dim() > 1 else context
+    if isinstance(cr, Tensor) and cr.dim() <= 1:
+        cr = cr.double()
+    try:
+        again = wide.log_prob(xr, cr).double()
+    except (NaNLogProb, ValueError):
+        return None
+    if not bool(torch.isfinite(again).all()):
+        return None
+    if lp is None:  # (the whole batch, then: its other rows as the flow itself scores them)
+        held = flow.validate_args
+        flow.validate_args = False
+        try:
+            lp = flow.log_prob(x, context).double()
+        finally:
+            flow.validate_args = held
+    out = lp.clone()
+    out[idx] = again.to(out.device)
+    return out
 
 
 def _mean_log_prob(flow, x, context, batch_size, dequantizer=None) -> float:

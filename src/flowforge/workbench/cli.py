@@ -554,7 +554,7 @@ def cmd_eval(args) -> int:
         if "reconstruction" in res:  # an M-flow run
             _print_manifold_eval(res)
             return 0
-        msg = f"{res['split']} NLL {res['nll']:.4f}{_nll_se(res)} nats/example"
+        msg = f"{res['split']} NLL {_nats(res['nll'])}{_nll_se(res)} nats/example"
         if res["bits_per_dim"] is not None:
             msg += f", {res['bits_per_dim']:.4f} bits/dim"
         extra = describe_bound(res)
@@ -1813,7 +1813,13 @@ def _se(se, digits: int = 4) -> str:
 def _nll_se(res: dict) -> str:
     """`` +- 0.0123`` after an NLL, its standard error over the examples (none for one)."""
     se = res.get("nll_se")
-    return "" if se is None else f" {_se(se)}"
+    return "" if se is None else f" +- {_nats(se)}"
+
+
+def _nats(v: float) -> str:
+    """An NLL as eval prints it: 4 decimals, or 6 significant digits past 1e9 (a far row's
+    1e58 nats, not 59 digits)."""
+    return f"{v:.4f}" if abs(v) < 1e9 else f"{v:.6g}"
 
 
 def _count(k: int, noun: str, plural: str | None = None) -> str:

@@ -1271,6 +1271,8 @@ def unit_scaled(x, levels: int | None, where: str) -> str | None:
     x = torch.as_tensor(x)
     if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
         return None
+    if float(x.max()) == 0:  # (all zeros, blank images: the same levels however scaled)
+        return None
     scale = f"numpy.rint(a * {levels - 1})"
     if x.is_floating_point() and not bool((x == x.round()).all()):
         raise DataError(
@@ -1321,9 +1323,12 @@ def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = Fa
             f"a >> {8 - bits}, or the images as a folder"
         )
     # (bounds with the digits that tell them apart from the levels': 16.000001, not 16)
+    outside = ((x < 0) | (x > levels - 1)).reshape(len(x), -1).any(1)
+    first = int(outside.nonzero()[0]) if bool(outside.any()) else 0
     lo, hi = (str(int(v)) if v == round(v) else str(x.new_tensor(v).numpy()) for v in (lo, hi))
     raise DataError(
-        f"{where} has values in [{lo}, {hi}]; this run models {levels} levels, values in "
+        f"{where} has values in [{lo}, {hi}] ({int(outside.sum())} of its {len(x)} examples, "
+        f"the first at index {first}, from 0); this run models {levels} levels, values in "
         f"[0, {levels - 1}]{hint}"
     )
 
@@ -1615,11 +1620,13 @@ def check_bounds(
                         else "data.bounds are open intervals, as the density is not defined "
                         "on a bound"
                     )
+                    first = int(np.flatnonzero(bad)[0])
                     raise DataError(
                         f"{where}: column {_column_name(j, names)} has {n} {what}"
                         f"{'' if n == 1 else 's'} {'' if closed else 'on or '}"
                         f"{'below' if below else 'above'} its {side} bound {b:g} (the "
-                        f"{'lowest' if below else 'highest'}: {float(worst):.10g}); {why}: "
+                        f"{'lowest' if below else 'highest'}: {float(worst):.10g}; the first "
+                        f"at row index {first}, from 0); {why}: "
                         + (
                             "the run's model has no density there, so drop those rows"
                             if scoring

@@ -149,7 +149,7 @@ def evaluate_run(
     elif data is not None and info is not None:
         x, context = read_column_file(cfg, data)
         split = str(data)
-        _check_file(x, r, str(data))
+        file_warnings += _check_file(x, r, str(data))
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None:
         want = tuple(r["data_shape"])
@@ -177,49 +177,20 @@ def evaluate_run(
     else:
         ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
         x, context = ds.split(split), ds.split_context(split)
-        if ds.levels is not None and info is None:  # discrete data: a per-position histogram
-            histogram = histogram_baseline(
-                ds.train, x, ds.levels, per_example=True, fitted=references
+        histogram, baseline, von_mises, regression = _references(
+            ds, x, context, cfg, seed, samples, iw, references
+        )
+    if data is not None and cfg["model"]["name"] not in ("sphereflow",):
+        # a file's rows against the same references, fitted to the run's training split
+        # (none, and no error, where that data cannot be read again: a file moved since)
+        try:
+            ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
+        except (DataError, OSError, ValueError):
+            ds = None
+        if ds is not None:
+            histogram, baseline, von_mises, regression = _references(
+                ds, x, context, cfg, seed, samples, iw, references
             )
-        # (not for a density on the sphere: per unit area, where a Gaussian's is per volume;
-        # on the torus a Gaussian on R^D leaves mass outside [-pi, pi): von Mises instead)
-        on_sphere = cfg["model"]["name"] == "sphereflow" or ds.density_measure == "sphere"
-        if (
-            ds.kind == "table"
-            and ds.levels is None
-            and info is None
-            and len(ds.train) > 1
-            and not on_sphere
-        ):
-            try:
-                if cfg["model"]["name"] == "torusflow":
-                    von_mises = von_mises_baseline(ds.train, x, fitted=references)
-                else:
-                    baseline = gaussian_baseline(
-                        ds.train,
-                        x,
-                        per_example=True,
-                        integers=r.get("integers"),
-                        seed=seed,
-                        samples=samples,
-                        iw=iw,
-                        fitted=references,
-                    )
-            except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
-                baseline = von_mises = None
-        if (
-            info is not None
-            and info.get("kind") == "columns"
-            and ds.levels is None
-            and not r.get("integers")  # (a dequantized target: a bound, not this density)
-            and len(ds.train) > 2
-        ):
-            try:
-                regression = regression_baseline(
-                    ds.train, ds.split_context("train"), x, context, fitted=references
-                )
-            except (ValueError, np.linalg.LinAlgError):
-                regression = None
         comparable = ds.density_measure == "lebesgue" or (
             ds.density_measure == "sphere" and cfg["model"]["name"] == "sphereflow"
         )
@@ -304,11 +275,21 @@ def evaluate_run(
         out["true_nll"] = -truth.mean().item()
         out["gap"] = gap.mean().item()
         out["gap_se"] = (gap.std() / math.sqrt(len(gap))).item() if len(gap) > 1 else None
+    if data is not None:
+        higher = _scores_higher_than_validation(run, v, out["nll_se"], str(data))
+        if higher is not None:
+            out.setdefault("file_warnings", []).append(higher)
     status = run_status(run, cfg)  # an interrupted run, or one still training: said
     if status is not None:
         out["run_status"] = status
     if scores:  # (for save_scores; not in the command's --json)
         out["log_densities"], out["dims"] = model_lp, math.prod(shape)
+        refs = (("gaussian", baseline), ("histogram", histogram), ("von_mises", von_mises),
+                ("regression", regression))  # fmt: skip
+        for key, ref in refs:  # the reference's own, beside the model's (a likelihood ratio)
+            if ref is not None and np.isfinite(ref).all():
+                out["reference_log_densities"] = (key, np.asarray(ref, dtype=np.float64))
+                break
     return out
 
 
@@ -383,16 +364,17 @@ def save_scores(path, res: dict, overwrite: bool = False) -> list[str]:
     per_bit = None
     if len(names) > 1:
         per_bit = 1.0 / (res["dims"] * math.log(2))
+    columns = [lp] + ([-lp * per_bit] if per_bit is not None else [])
+    ref = res.get("reference_log_densities")
+    if ref is not None:  # (its column: the reference eval compares with, row by row)
+        names = [*names, f"{ref[0]}_log_density"]
+        columns.append(np.asarray(ref[1], dtype=np.float64))
 
     def lines(chunk: int = 1 << 14):
         yield (",".join(names) + "\n").encode()
         for i in range(0, len(lp), chunk):
-            part = lp[i : i + chunk]
-            if per_bit is None:
-                rows = (repr(v) for v in part.tolist())
-            else:
-                rows = (f"{v!r},{b!r}" for v, b in zip(part.tolist(), (-part * per_bit).tolist()))
-            yield ("\n".join(rows) + "\n").encode()
+            parts = [c[i : i + chunk].tolist() for c in columns]
+            yield ("\n".join(",".join(map(repr, row)) for row in zip(*parts)) + "\n").encode()
 
     atomic_write(path, lines(), replace=overwrite)
     return names
@@ -762,7 +744,8 @@ def _as_trained(x, levels, bits: int, where: str):
 def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
     """Another file's rows against the run's levels, integer columns and bounds (one line
     each); images (``x`` of more than 2 dimensions) also against a scaling to [0, 1]
-    (:func:`~flowforge.workbench.data.unit_scaled`), whose warning is returned."""
+    (:func:`~flowforge.workbench.data.unit_scaled`), and a table's rows against its columns'
+    training ranges: the warnings are returned."""
     scaled = unit_scaled(x, r.get("levels"), where) if x.dim() > 2 else None
     check_levels(x, r.get("levels"), bits, where)
     if r.get("integers"):
@@ -771,7 +754,72 @@ def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
         check_bounds(
             {"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or (), True
         )
-    return [scaled] if scaled else []
+    outside = _outside_ranges(x, r, where) if x.dim() == 2 else None
+    return [w for w in (scaled, outside) if w]
+
+
+FAR_RANGE = 0.1  # of a column's training range, past which a scored row is said
+
+
+def _outside_ranges(x: torch.Tensor, r: dict, where: str) -> str | None:
+    """A note for a table file's rows beyond a column's training range (``resolved.ranges``,
+    data: anything else gives no verdict) by more than :data:`FAR_RANGE` of it: their
+    log-densities are the model's extrapolation (for anomaly detection, the far rows)."""
+    ranges = r.get("ranges")
+    ok = isinstance(ranges, list) and len(ranges) == x.shape[1] and all(
+        isinstance(v, list) and len(v) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in v)
+        for v in ranges
+    )  # fmt: skip
+    if not ok or not len(x):
+        return None
+    lo, hi = torch.tensor(ranges, dtype=torch.float64).T
+    pad = FAR_RANGE * (hi - lo)
+    v = x.double()
+    far = (v < lo - pad) | (v > hi + pad)
+    rows = far.any(1)
+    if not bool(rows.any()):
+        return None
+    names = r.get("columns")
+    if not (isinstance(names, list) and len(names) == x.shape[1]):
+        names = [str(j) for j in range(x.shape[1])]
+    cols = far.any(0).nonzero().flatten().tolist()
+    each = ", ".join(f"{names[j]} (trained on {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
+                     for j in cols[:5]) + (" ..." if len(cols) > 5 else "")  # fmt: skip
+    first = int(rows.nonzero()[0])
+    return (
+        f"{where}: {int(rows.sum())} of its {len(x)} rows (the first at index {first}, counting "
+        f"from 0 as the scores file does) lie outside the training range of {each}: their "
+        "log-densities are the model's extrapolation there"
+    )
+
+
+def _scores_higher_than_validation(run, nll: float, se: float | None, where: str) -> str | None:
+    """A note when a file scores a clearly higher likelihood than the run's best validation
+    NLL (``metrics.jsonl``): a flow can rank inputs unlike its training data above it."""
+    from .runs import read_metrics
+
+    try:
+        vals = [
+            rec["val_nll"]
+            for rec in read_metrics(Path(run), steps=1)  # (epoch records; steps thinned away)
+            if rec.get("type") == "epoch" and isinstance(rec.get("val_nll"), (int, float))
+        ]
+    except (OSError, ValueError):  # (a damaged record: no note, not an error)
+        return None
+    vals = [v for v in vals if math.isfinite(v)]
+    if not vals or se is None:
+        return None
+    best = min(vals)
+    if nll + 3 * se >= best:
+        return None
+    return (
+        f"{where} scores a higher likelihood than the run's own validation split (NLL "
+        f"{nll:.4f} against {best:.4f}): a flow can give inputs unlike its training data, "
+        "simple ones especially (blank images, constant rows), more likelihood than typical "
+        "ones, so a high likelihood alone does not show that data is like the training data "
+        '(docs/workbench.md, "Anomaly detection")'
+    )
 
 
 def von_mises_baseline(train, x, fitted=None) -> np.ndarray:
@@ -847,6 +895,59 @@ def gaussian_baseline(
     lp = np.stack(draws)
     lp = logsumexp(lp, 0) - math.log(len(draws)) if iw else lp.mean(0)
     return lp if per_example else float(-np.mean(lp))
+
+
+def _references(ds, x, context, cfg: dict, seed: int, samples: int, iw: bool, references):
+    """The reference densities' per-example log-densities at ``x`` (``context``), each fitted
+    to ``ds``'s training split, as a tuple ``(histogram, gaussian, von_mises, regression)``
+    (None where one does not apply): a per-position histogram for discrete data, a Gaussian
+    for a continuous table (von Mises on the torus), a linear-Gaussian regression for a
+    conditional table."""
+    r = cfg["resolved"]
+    info = r.get("context")
+    histogram = baseline = von_mises = regression = None
+    if ds.levels is not None and info is None:  # discrete data: a per-position histogram
+        histogram = histogram_baseline(ds.train, x, ds.levels, per_example=True, fitted=references)
+    # (not for a density on the sphere: per unit area, where a Gaussian's is per volume;
+    # on the torus a Gaussian on R^D leaves mass outside [-pi, pi): von Mises instead)
+    on_sphere = cfg["model"]["name"] == "sphereflow" or ds.density_measure == "sphere"
+    if (
+        ds.kind == "table"
+        and ds.levels is None
+        and info is None
+        and len(ds.train) > 1
+        and not on_sphere
+    ):
+        try:
+            if cfg["model"]["name"] == "torusflow":
+                von_mises = von_mises_baseline(ds.train, x, fitted=references)
+            else:
+                baseline = gaussian_baseline(
+                    ds.train,
+                    x,
+                    per_example=True,
+                    integers=r.get("integers"),
+                    seed=seed,
+                    samples=samples,
+                    iw=iw,
+                    fitted=references,
+                )
+        except (ValueError, np.linalg.LinAlgError):  # a reference only: none, then
+            baseline = von_mises = None
+    if (
+        info is not None
+        and info.get("kind") == "columns"
+        and ds.levels is None
+        and not r.get("integers")  # (a dequantized target: a bound, not this density)
+        and len(ds.train) > 2
+    ):
+        try:
+            regression = regression_baseline(
+                ds.train, ds.split_context("train"), x, context, fitted=references
+            )
+        except (ValueError, np.linalg.LinAlgError):
+            regression = None
+    return histogram, baseline, von_mises, regression
 
 
 def regression_baseline(train_y, train_c, y, c, fitted=None) -> np.ndarray:

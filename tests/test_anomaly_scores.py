@@ -1,0 +1,70 @@
+"""Scoring rows for anomaly detection (an audit of the use, 2026-12-07; docs/workbench.md
+"Anomaly detection"): far rows get their numbers, a file far from the training data or
+scoring above the validation split is said, and the scores carry the reference's."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import flowforge as ff
+from cli_support import cli
+
+
+def _table(path, rows, seed=0):
+    g = np.random.default_rng(seed)
+    a = g.normal(size=(rows, 3))
+    a[:, 1] += a[:, 0]
+    np.savetxt(path, a, delimiter=",", header="a,b,c", comments="", fmt="%.8g")
+    return a
+
+
+def test_a_row_a_float32_model_overflows_on_is_scored_in_float64_not_an_error():
+    # one row at 1e30 made log_likelihoods (and eval --scores) fail for the whole file,
+    # although flow.double() scores it (-2e58): the far rows are the anomalies
+    torch.manual_seed(0)
+    flow = ff.models.NSF(features=2)
+    flow.train()
+    flow.log_prob(torch.randn(500, 2))  # (its data-initialised standardisation)
+    x = torch.tensor([[0.1, 0.2], [1e30, 0.0], [0.3, -0.2]])
+    lp = ff.objectives.log_likelihoods(flow, x)
+    assert torch.isfinite(lp).all() and lp[1] < -1e50
+    want = flow.double().log_prob(x.double())
+    assert torch.allclose(lp, want.detach(), rtol=1e-6)
+
+
+def test_a_file_far_from_the_training_data_is_said_and_scored_beside_the_reference(
+    tmp_path, capsys
+):
+    _table(tmp_path / "t.csv", 600)
+    run = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", tmp_path / "t.csv",
+                     "--model-kwargs", '{"hidden": [16]}', "--epochs", "3", "--out", run,
+                     "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    new = _table(tmp_path / "new.csv", 20, seed=1)
+    new[7, 2] = -999.0  # a sentinel
+    np.savetxt(tmp_path / "new.csv", new, delimiter=",", header="a,b,c", comments="")
+    rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "new.csv", "--scores",
+                       tmp_path / "s.csv")  # fmt: skip
+    assert rc == 0, err
+    assert "1 of its 20 rows (the first at index 7, counting from 0" in out
+    assert "outside the training range of c (trained on" in out
+    header, *rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert header == "log_density,gaussian_log_density" and len(rows) == 20
+    model, gauss = np.array([list(map(float, r.split(","))) for r in rows]).T
+    assert np.argmin(model) == 7 and np.argmin(gauss) == 7
+    # a file of typical rows: no note; one scoring far above validation: a note
+    rc, out, _ = cli(capsys, "eval", run, "--data", tmp_path / "t.csv")
+    assert "training range" not in out and "higher likelihood" not in out
+    centre = np.zeros((50, 3))  # (the density's mode, every row: far more likely than data)
+    np.savetxt(tmp_path / "mode.csv", centre, delimiter=",", header="a,b,c", comments="")
+    rc, out, _ = cli(capsys, "eval", run, "--data", tmp_path / "mode.csv")
+    assert "scores a higher likelihood than the run's own validation split" in out
+
+
+def test_blank_images_are_not_told_to_rescale():
+    from flowforge.workbench.data import unit_scaled
+
+    assert unit_scaled(torch.zeros(3, 1, 8, 8), 17, "blank.npy") is None
+    assert "every value is 0 or 1" in unit_scaled(torch.ones(3, 1, 8, 8), 17, "ones.npy")
