@@ -818,7 +818,8 @@ def _scores_higher_than_validation(run, nll: float, se: float | None, where: str
         f"{nll:.4f} against {best:.4f}): a flow can give inputs unlike its training data, "
         "simple ones especially (blank images, constant rows), more likelihood than typical "
         "ones, so a high likelihood alone does not show that data is like the training data "
-        '(docs/workbench.md, "Anomaly detection")'
+        "(the model's own samples score high too: they are what it finds most typical; "
+        'docs/workbench.md, "Anomaly detection")'
     )
 
 
