@@ -48,19 +48,19 @@ def test_a_file_far_from_the_training_data_is_said_and_scored_beside_the_referen
     rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "new.csv", "--scores",
                        tmp_path / "s.csv")  # fmt: skip
     assert rc == 0, err
-    assert "1 of its 20 rows (the first at index 7, counting from 0" in out
-    assert "outside the training range of c (trained on" in out
+    assert "1 of its 20 rows (the first at index 7, counting from 0" in err
+    assert "outside the training range of c (trained on" in err
     header, *rows = (tmp_path / "s.csv").read_text().splitlines()
     assert header == "log_density,gaussian_log_density" and len(rows) == 20
     model, gauss = np.array([list(map(float, r.split(","))) for r in rows]).T
     assert np.argmin(model) == 7 and np.argmin(gauss) == 7
     # a file of typical rows: no note; one scoring far above validation: a note
-    rc, out, _ = cli(capsys, "eval", run, "--data", tmp_path / "t.csv")
-    assert "training range" not in out and "higher likelihood" not in out
+    rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "t.csv")
+    assert "training range" not in err and "higher likelihood" not in err
     centre = np.zeros((50, 3))  # (the density's mode, every row: far more likely than data)
     np.savetxt(tmp_path / "mode.csv", centre, delimiter=",", header="a,b,c", comments="")
-    rc, out, _ = cli(capsys, "eval", run, "--data", tmp_path / "mode.csv")
-    assert "scores a higher likelihood than the run's own validation split" in out
+    rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "mode.csv")
+    assert "scores a higher likelihood than the run's own validation split" in err
 
 
 def test_blank_images_are_not_told_to_rescale():

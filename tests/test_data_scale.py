@@ -110,7 +110,7 @@ def test_eval_reloads_a_run_without_the_warning_checks(table_run, capsys, monkey
     run, path = table_run
     rc, before, err = cli(capsys, "eval", run)
     assert rc == 0, err
-    assert "warning: the training data: column(s) n hold only a few integer values" in before
+    assert "warning: the training data: column(s) n hold only a few integer values" in err
     _no_warning_checks(monkeypatch)
     rc, after, err = cli(capsys, "eval", run)
     assert rc == 0, err

@@ -259,7 +259,10 @@ def test_list_shows_each_models_arguments(capsys):
     info = json.loads(capsys.readouterr().out)
     assert rc == 0
     nsf = info["models"]["nsf"]
-    assert nsf["arguments"]["layers"] == "5" and (nsf["depth"], nsf["width"]) == (
+    # (the defaults as JSON values, not Python source: an audit of a sweep script)
+    assert nsf["arguments"]["hidden"] == [128, 128] and nsf["arguments"]["bins"] == 8
+    assert info["models"]["realnvp"]["arguments"]["mask"] == "alternating"
+    assert nsf["arguments"]["layers"] == 5 and (nsf["depth"], nsf["width"]) == (
         "layers",
         "hidden",
     )

@@ -89,9 +89,9 @@ def test_a_flow_on_r_d_of_columns_that_fill_the_circle_is_told_of_torusflow(tmp_
     rc, out, err = cli(capsys, "train", "--model", "nsf", "--data", path, "--out",
                        tmp_path / "run", "--epochs", 1, "--no-progress")  # fmt: skip
     assert rc == 0, err
-    assert "column(s) 'phi', 'psi' fill [-pi, pi]" in out and "--model torusflow" in out
-    rc, out, _ = cli(capsys, "eval", tmp_path / "run")
-    assert "--model torusflow" in out  # (the data's notes, repeated)
+    assert "column(s) 'phi', 'psi' fill [-pi, pi]" in err and "--model torusflow" in err
+    rc, out, err = cli(capsys, "eval", tmp_path / "run")
+    assert "--model torusflow" in err  # (the data's notes, repeated)
     # columns that do not fill it get no such note
     _csv(path, a / 2, "phi,psi")
     rc, out, err = cli(capsys, "train", "--model", "nsf", "--data", path, "--out",

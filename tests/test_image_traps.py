@@ -167,7 +167,7 @@ def test_eval_data_refuses_images_scaled_to_the_unit_interval(tmp_path, capsys):
     np.save(masks, (x > 127).astype(np.float32))
     rc, out, err = cli(capsys, "eval", run, "--data", masks)
     assert rc == 0, err
-    assert "every value is 0 or 1" in out and "numpy.rint(a * 255)" in out
+    assert "every value is 0 or 1" in err and "numpy.rint(a * 255)" in err
     # a folder of other images is said in images' words, not columns
     rgb = tmp_path / "rgb"
     rgb.mkdir()

@@ -109,7 +109,7 @@ def test_a_finished_run_gets_no_note(run, capsys, monkeypatch):
     _worse(monkeypatch)
     rc, out, err = cli(capsys, "eval", run)
     assert rc == 0, err
-    assert "note: this run" not in out and "smaller model" in out  # the advice, as before
+    assert "note: this run" not in out and "smaller model" in err  # the advice, as before
     rc, out, _ = cli(capsys, "eval", run, "--json")
     assert "run_status" not in json.loads(out)
 
@@ -170,7 +170,7 @@ def test_a_run_still_improving_is_told_to_train_longer(run, capsys, monkeypatch)
     _worse(monkeypatch)
     rc, out, err = cli(capsys, "eval", run)
     assert rc == 0, err
-    assert "still improving: train it longer" in out and "smaller model" not in out
+    assert "still improving: train it longer" in err and "smaller model" not in err
     rc, _, err = cli(capsys, "report", run)
     assert rc == 0, err
     page = (run / "report.html").read_text()

@@ -5,6 +5,7 @@ print a wrong number. (docs/security.md states the rules these tests hold.)"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -238,8 +239,8 @@ def test_nonfinite_numbers_never_print(tmp_path, capsys):
     far = tmp_path / "far.csv"
     far.write_text("1e20,1e20\n0,0\n")
     rc, out, err = cli(capsys, "eval", run, "--data", far, "--json")
-    one_line_error(rc, err)
-    assert out == ""
+    res = json.loads(out)  # (scored in float64 where float32 overflows: finite, or an error)
+    assert rc == 0 and math.isfinite(res["nll"]) and res["nll"] > 1e10
     for bad in (("--batch-size", -5), ("--batch-size", 0)):
         rc, out, err = cli(capsys, "eval", run, *bad)
         one_line_error(rc, err, "batch size")
@@ -255,8 +256,8 @@ def test_library_numbers_are_finite_or_errors():
     x = torch.randn(10, 2)
     with pytest.raises(ValueError, match="batch"):
         ff.nll(flow, x, batch_size=-1)
-    with pytest.raises(ValueError):
-        ff.nll(flow, torch.full((3, 2), 1e30))
+    # far rows: scored again in float64 (as flow.double()), a finite number, or an error
+    assert math.isfinite(ff.nll(flow, torch.full((3, 2), 1e30)))
     # float64 input to a float32 flow is converted, as documented
     assert flow.log_prob(x.double()).dtype == torch.float32
 

@@ -311,7 +311,7 @@ def test_a_fit_that_diverges_blames_the_flow_and_skipped_steps_are_said(capsys, 
                        "--layers", 4, "--n-eval", 200, "--out", b, "--quiet")  # fmt: skip
     skipped = json.loads((tmp_path / "b" / "metrics.json").read_text())["fit"]["skipped"]
     assert rc == 0 and skipped > 0, err
-    assert f"warning: {skipped} of 60 steps were skipped" in out
+    assert f"warning: {skipped} of 60 steps were skipped" in err
     assert f"{skipped} steps skipped" in (tmp_path / "b" / "report.md").read_text()
     rc, _, err = cli(capsys, "fit-target", "--target", "u1", "--model", "cnf", "--layers", 2,
                      "--out", tmp_path / "c")  # fmt: skip

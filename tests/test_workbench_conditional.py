@@ -360,7 +360,7 @@ def test_contexts_outside_the_training_range_and_constant_or_shifted_ones_are_sa
               "--no-progress", "--target-columns", "y"]  # fmt: skip
     code, said, err = run(["train", "--data", path, *common, "--out", tmp_path / "a"], capsys)
     assert code == 0, err
-    assert "context column(s) c (5) hold one value in every training row" in said
+    assert "context column(s) c (5) hold one value in every training row" in err
     code, _, err = run(["sample", tmp_path / "a", "--context", "3,5", "-n", "5", "--out",
                         tmp_path / "in.csv"], capsys)  # fmt: skip
     assert code == 0 and "training contexts' range" not in err, err
@@ -376,10 +376,10 @@ def test_contexts_outside_the_training_range_and_constant_or_shifted_ones_are_sa
                            "--target-columns", "y", "--epochs", "1", "--no-progress",
                            "--out", tmp_path / "b"], capsys)  # fmt: skip
     assert code == 0, err
-    assert "warning: this run's data lies far from what" in said
-    assert "context column 'k': mean 6" in said
-    code, said, _ = run(["eval", tmp_path / "b"], capsys)  # (and eval repeats it)
-    assert "this run's data lies far from what" in said
+    assert "warning: this run's data lies far from what" in err
+    assert "context column 'k': mean 6" in err
+    code, said, err = run(["eval", tmp_path / "b"], capsys)  # (and eval repeats it)
+    assert "this run's data lies far from what" in err
 
 
 def test_a_file_without_a_header_for_a_run_with_names_is_said(tmp_path, capsys):

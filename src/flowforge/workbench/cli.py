@@ -156,6 +156,21 @@ def _parse_scalar(text: str):
 # -- subcommands ---------------------------------------------------------------------------------
 
 
+def _json_default(text):
+    """A builder argument's default as ``list`` shows it (Python source, ``'alternating'``,
+    ``None``), as a JSON value where it is one; else the text."""
+    import ast
+
+    if not isinstance(text, str):
+        return text
+    try:
+        v = ast.literal_eval(text)
+        json.dumps(v, allow_nan=False)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return list(v) if isinstance(v, tuple) else v
+
+
 def cmd_list(args) -> int:
     from .catalog import DATASET_NOTES, SIZING, data_options, live_models, models
 
@@ -169,7 +184,9 @@ def cmd_list(args) -> int:
     for m in live_models():  # builders registered in this process (plugins), when loaded
         info["models"].setdefault(m["name"], m)
     info["models"] = dict(sorted(info["models"].items()))
-    if args.json:
+    if args.json:  # (the defaults as JSON values: "alternating", false, 3.0, null)
+        for m in info["models"].values():
+            m["arguments"] = {k: _json_default(v) for k, v in m["arguments"].items()}
         print(json.dumps(info, indent=2))
         return 0
     print("models (their own arguments and defaults; * = sized to the data when not given):")
@@ -251,6 +268,7 @@ def _train_overrides(args) -> dict:
 
     flags = copy.deepcopy(o)  # what the flags set: no --set may change or drop it quietly
 
+    given: dict[str, str] = {}  # (a key set twice: a sweep's appended override, not said)
     for item in args.set or []:
         if "=" not in item:
             raise WorkbenchError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
@@ -258,6 +276,12 @@ def _train_overrides(args) -> dict:
         parts = key.strip().split(".")
         if not all(parts):
             raise WorkbenchError(f"--set {item!r}: expected a dotted key like train.lr")
+        if key.strip() in given:
+            raise WorkbenchError(
+                f"--set {key.strip()} is given twice ({given[key.strip()]!r} and {item!r}); "
+                "give it once"
+            )
+        given[key.strip()] = item
         if not value.strip():  # (YAML reads nothing as null: the default, or none, unasked)
             raise WorkbenchError(
                 f"--set {key.strip()}= has no value; give one (null, written out, where the key "
@@ -569,9 +593,9 @@ def cmd_eval(args) -> int:
         if "ode" in res:
             print(f"ODE: {describe_ode(res['ode'])}")
         for note in res.get("data_warnings", ()):  # found when the run was trained
-            print(f"warning: the training data: {note}")
+            say_warning(f"the training data: {note}")
         for note in res.get("file_warnings", ()):  # found in the --data file now
-            print(f"warning: {note}")
+            say_warning(note)
         unfinished = res.get("run_status")
         if unfinished:
             from .runs import describe_run_status
@@ -589,7 +613,7 @@ def cmd_eval(args) -> int:
                     print(f"note: the model scores worse than {short}, but its training is "
                           "unfinished")  # fmt: skip
                 elif worse:
-                    print(f"warning: the model scores worse than {short}: {worse_hint(args.run)}")
+                    say_warning(f"the model scores worse than {short}: {worse_hint(args.run)}")
         if calibration is not None:
             from .evaluate import describe_calibration
 
@@ -614,8 +638,7 @@ def _scores_path(args) -> Path | None:
         raise WorkbenchError(f"--scores {out}: expected a .csv or .npy file")
     if out.is_dir():
         raise WorkbenchError(f"--scores {out} is a folder; give a file name")
-    if not os.path.lexists(out.parent):  # (a mistyped folder is not made: a tree of typos)
-        raise WorkbenchError(f"--scores {out}: there is no folder {out.parent}; create it first")
+    _folder_exists(out, "--scores")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --scores file or pass --overwrite")
     if os.path.exists(out):  # never over what is scored, nor the run's data or its own files
@@ -706,8 +729,7 @@ def cmd_sample(args) -> int:
         raise WorkbenchError(f"--out {out}: expected a .png, .npy or .csv file")
     if out.is_dir():
         raise WorkbenchError(f"--out {out} is a folder; give a file name")
-    if not os.path.lexists(out.parent):  # (a mistyped folder is not made: a tree of typos)
-        raise WorkbenchError(f"--out {out}: there is no folder {out.parent}; create it first")
+    _folder_exists(out, "--out")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
     if args.n < 1:
@@ -779,22 +801,20 @@ def cmd_sample(args) -> int:
 
     outside = outside_ranges(x, cfg)
     if outside:
-        print(f"warning: {outside}", file=sys.stderr)
+        say_warning(outside)
     clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
     if clamped and cfg["resolved"].get("levels") is None:  # integer columns with bounds
-        print(
-            f"warning: {clamped:.2%} of the sampled values fell outside the bounds of their "
+        say_warning(
+            f"{clamped:.2%} of the sampled values fell outside the bounds of their "
             "integer columns and were clamped to them: the model puts that mass outside the "
-            "data's range, so these samples are not exactly the model's",
-            file=sys.stderr,
+            "data's range, so these samples are not exactly the model's"
         )
     elif clamped:
         levels = cfg["resolved"]["levels"]
-        print(
-            f"warning: {clamped:.2%} of the sampled values fell outside the data's {levels} "
+        say_warning(
+            f"{clamped:.2%} of the sampled values fell outside the data's {levels} "
             f"levels (0 to {levels - 1}) and were clamped to them: the model puts that mass "
-            "outside the data's range, so these samples are not exactly the model's",
-            file=sys.stderr,
+            "outside the data's range, so these samples are not exactly the model's"
         )
     return 0
 
@@ -874,8 +894,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _folder_exists(out: Path, flag: str) -> None:
+    """A ``WorkbenchError`` unless the folder of an output file exists: a mistyped folder is
+    not made (a tree of typos), by any command."""
+    from .errors import WorkbenchError
+
+    if not os.path.lexists(Path(out).parent):
+        raise WorkbenchError(
+            f"{flag} {out}: there is no folder {Path(out).parent}; create it first"
+        )
+
+
 def cmd_compress(args) -> int:
     from .compress import compress_run
+
+    _folder_exists(Path(args.out), "--out")
 
     res = compress_run(
         args.run,
@@ -949,6 +982,8 @@ def cmd_compress(args) -> int:
 def cmd_decompress(args) -> int:
     from .compress import decompress_file
 
+    _folder_exists(Path(args.out), "--out")
+
     res = decompress_file(args.file, args.model, args.out, args.overwrite, args.force)
     if args.json:
         print(json.dumps(res, allow_nan=False))
@@ -963,7 +998,8 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .evaluate import evaluate_run
+    from .errors import RunError
+    from .evaluate import describe_bound, evaluate_run
     from .report import write_report
     from .runner import train
 
@@ -973,14 +1009,27 @@ def cmd_demo(args) -> int:
     if args.model is not None:
         cfg["model"] = {"name": args.model}
         cfg["layout"] = "auto"
-    result = train(cfg, args.out, overwrite=args.overwrite, progress=_progress(args))
+    try:
+        result = train(cfg, args.out, overwrite=args.overwrite, progress=_progress(args))
+    except RunError as e:
+        if "already holds this run;" not in str(e):
+            raise
+        import shlex
+
+        out = shlex.quote(str(args.out))
+        raise RunError(  # (demo has no --resume: train's words would name one)
+            f"{args.out} already holds the demo's run; flowforge demo --overwrite trains it "
+            f"again, flowforge train --out {out} --resume continues it"
+        ) from None
     if result["status"] == "interrupted":
         return _finish_train(result)
     res = evaluate_run(args.out, "test")
     report = write_report(args.out)
     print(
-        f"test NLL {res['nll']:.4f}{_nll_se(res)} nats/example, {res['bits_per_dim']:.4f} bits/dim "
-        f"({res['examples']} examples)"
+        f"test NLL {_nats(res['nll'])}{_nll_se(res)} nats/example, "
+        f"{res['bits_per_dim']:.4f} bits/dim ({res['examples']} examples"
+        + (f", {describe_bound(res)}" if describe_bound(res) else "")
+        + ")"
     )
     print(f"report: {report}")
     return 0
@@ -1088,10 +1137,10 @@ def cmd_fit_target(args) -> int:
         io.save(flow, out / "model.ff")
     print(summary_line(metrics))
     for w in metrics["warnings"]:  # a low ESS, a heavy tail, an impossible log Z
-        print(f"warning: {w}")
+        say_warning(w)
     if fit["skipped"]:  # (their loss or gradient was not finite: the fit is that much shorter)
-        print(
-            f"warning: {fit['skipped']} of {fit['steps']} steps were skipped (a non-finite "
+        say_warning(
+            f"{fit['skipped']} of {fit['steps']} steps were skipped (a non-finite "
             "loss or gradient); a lower --lr may help"
         )
     print(f"report: {report}")
@@ -1479,13 +1528,19 @@ def _attach_values(argv: list[str]) -> list[str]:
     return out
 
 
+def say_warning(text: str) -> None:
+    """:func:`flowforge.workbench.runner.say_warning`: one ``flowforge: warning:`` line on
+    standard error (imported when a warning is said: ``--help`` stays quick)."""
+    from .runner import say_warning as say
+
+    say(text)
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """A Python warning (the library's, say a compiled spline falling back to eager, or the
     Trainer's) printed as one ``flowforge: warning:`` line, like the command's own, without
     file and line (above a progress bar, where one is drawn)."""
-    from tqdm import tqdm
-
-    tqdm.write(f"flowforge: warning: {_one_line(message)}", file=sys.stderr)
+    say_warning(_one_line(message))
 
 
 def _import_user_module(name: str, before: frozenset = frozenset()) -> None:

@@ -180,7 +180,12 @@ def evaluate_run(
         histogram, baseline, von_mises, regression = _references(
             ds, x, context, cfg, seed, samples, iw, references
         )
-    if data is not None and cfg["model"]["name"] not in ("sphereflow",):
+        comparable = ds.density_measure == "lebesgue" or (
+            ds.density_measure == "sphere" and cfg["model"]["name"] == "sphereflow"
+        )
+        if ds.density is not None and comparable:
+            truth = torch.from_numpy(ds.density(x.double().numpy()))
+    if data is not None and cfg["model"]["name"] != "sphereflow":
         # a file's rows against the same references, fitted to the run's training split
         # (none, and no error, where that data cannot be read again: a file moved since)
         try:
@@ -191,11 +196,6 @@ def evaluate_run(
             histogram, baseline, von_mises, regression = _references(
                 ds, x, context, cfg, seed, samples, iw, references
             )
-        comparable = ds.density_measure == "lebesgue" or (
-            ds.density_measure == "sphere" and cfg["model"]["name"] == "sphereflow"
-        )
-        if ds.density is not None and comparable:
-            truth = torch.from_numpy(ds.density(x.double().numpy()))
     dtype = next((p.dtype for p in flow.parameters()), torch.float32)
     x = x.reshape(-1, *shape).to(dev, dtype)
     context = None if context is None else context.to(dev, dtype)
@@ -237,7 +237,8 @@ def evaluate_run(
         ),
         "samples": samples,
         "noise": noise,  # what the draws average over (None: an exact, deterministic score)
-        "bound": "importance-weighted" if iw else "mean",
+        # (what the draws' combination is; None for an exact score, where there are none)
+        "bound": "importance-weighted" if iw else ("mean" if noise is not None else None),
         "model": cfg["model"]["name"],
         "seed": seed,
     }
@@ -805,7 +806,7 @@ def _scores_higher_than_validation(run, nll: float, se: float | None, where: str
             for rec in read_metrics(Path(run), steps=1)  # (epoch records; steps thinned away)
             if rec.get("type") == "epoch" and isinstance(rec.get("val_nll"), (int, float))
         ]
-    except (OSError, ValueError):  # (a damaged record: no note, not an error)
+    except (OSError, ValueError, RunError):  # (a damaged record: no note, not an error)
         return None
     vals = [v for v in vals if math.isfinite(v)]
     if not vals or se is None:

@@ -130,6 +130,18 @@ def say_reading(name, stream=None) -> None:
               flush=True)  # fmt: skip
 
 
+def say_warning(text: str) -> None:
+    """A warning of a command, on standard error as one ``flowforge: warning:`` line (every
+    command's warnings alike, a Trainer's Python warnings included: a pipeline that reads the
+    results on standard output finds none of them there), above a progress bar if one is
+    drawn."""
+    from tqdm import tqdm
+
+    text = text[len("warning: ") :] if text.startswith("warning: ") else text
+    tqdm.write(f"flowforge: warning: {text}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 # (eval and report read a run's data: only eval takes a file of the user's choice)
 OTHER_FILE = (
     "; the run's own splits need its data as it was (report has no other); flowforge eval RUN "
@@ -544,15 +556,15 @@ def _train(
                 same = same_data(ds, source.cfg["resolved"], resolved["data_fingerprint"])
                 note = warm_start.data_note(source, same)
                 if note:
-                    print(f"warning: {note}", flush=True)
+                    say_warning(note)
                 for note in resolved.get("data_warnings", ()):
                     if note not in ds.info.get("warnings", ()):  # (adopt's, of the statistics)
-                        print(f"warning: {note}", flush=True)
+                        say_warning(note)
             if prints:
                 for note in ds.info.get("warnings", ()):
-                    print(f"warning: {note}", flush=True)
+                    say_warning(note)
                 if changed:
-                    print(changed, flush=True)
+                    say_warning(changed)
             result = trainer.fit(resume=resume)
             # every rank leaves together: a rank that tears its process group down while
             # another still uses it can abort in gloo's teardown

@@ -943,10 +943,20 @@ def read_metrics(
 ) -> Records:
     """The records of ``metrics.jsonl``, read line by line, with the step records evenly
     thinned to at most about ``2 * steps`` (:class:`Records`); unreadable lines (a damaged or
-    hand-cut file) are skipped, and their line numbers appended to ``unreadable`` when given."""
+    hand-cut file) are skipped, and their line numbers appended to ``unreadable`` when given.
+    A :class:`RunError` for a path that is no run (no such folder, or one with neither
+    ``config.json`` nor a checkpoint: a mistyped path is not a run without records); a run
+    that has logged nothing yet gives no records."""
     path = Path(run) / METRICS_FILE
     out = Records(steps=steps)
     if not path.is_file():
+        folder = Path(run)
+        if not folder.is_dir():
+            raise RunError(f"{run} is not a folder: no run there")
+        if not (folder / CONFIG_FILE).is_file() and not _has_checkpoint(folder):
+            raise RunError(
+                f"{run} is not a flowforge run (no {CONFIG_FILE}, {CKPT_FILE} or {METRICS_FILE})"
+            )
         return out
     _check_metrics_size(path)
     for i, line in _metrics_lines(path):
