@@ -49,7 +49,7 @@ def test_a_file_far_from_the_training_data_is_said_and_scored_beside_the_referen
                        tmp_path / "s.csv")  # fmt: skip
     assert rc == 0, err
     assert "1 of its 20 rows (the first at index 7, counting from 0" in err
-    assert "outside the training range of c (trained on" in err
+    assert "outside the training range: c -999 (1 value past the training range" in err
     header, *rows = (tmp_path / "s.csv").read_text().splitlines()
     assert header == "log_density,gaussian_log_density" and len(rows) == 20
     model, gauss = np.array([list(map(float, r.split(","))) for r in rows]).T
@@ -60,7 +60,7 @@ def test_a_file_far_from_the_training_data_is_said_and_scored_beside_the_referen
     centre = np.zeros((50, 3))  # (the density's mode, every row: far more likely than data)
     np.savetxt(tmp_path / "mode.csv", centre, delimiter=",", header="a,b,c", comments="")
     rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "mode.csv")
-    assert "scores a higher likelihood than the run's own validation split" in err
+    assert "scores a higher likelihood than the run's own data did" in err
 
 
 def test_blank_images_are_not_told_to_rescale():

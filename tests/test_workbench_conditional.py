@@ -367,7 +367,9 @@ def test_contexts_outside_the_training_range_and_constant_or_shifted_ones_are_sa
     code, _, err = run(["sample", tmp_path / "a", "--context", "4,5", "-n", "5", "--out",
                         tmp_path / "out.csv"], capsys)  # fmt: skip
     assert (
-        code == 0 and "outside the training contexts' range: k 4 (training contexts 0 to 3)" in err
+        code == 0
+        and "outside the training contexts' range: k 4 (1 value past the training range 0 to 3)"
+        in err
     )
     shifted = tmp_path / "k100.csv"
     np.savetxt(shifted, np.c_[y, 100 * k + 500, np.full(400, 5.0)], delimiter=",",

@@ -279,17 +279,26 @@ def _in_float64(flow, x: Tensor, context, rows: list[int], lp: Tensor | None = N
     already, is not a :class:`Flow` of plain float32, or those rows stay non-finite)."""
     import copy
 
-    if not isinstance(flow, Flow) or flow.dtype != torch.float32 or not rows:
+    if (
+        not isinstance(flow, Flow)
+        or flow.dtype != torch.float32
+        or not rows
+        or torch.is_grad_enabled()  # (a copy's numbers carry no gradient to the flow's)
+        or flow.training
+    ):
         return None
-    wide = copy.deepcopy(flow).double().eval()
     idx = torch.as_tensor(rows, device=x.device)
     xr = x[idx].double() if x.is_floating_point() else x[idx]
     cr = context[idx].double() if isinstance(context, Tensor) and context.dim() > 1 else context
     if isinstance(cr, Tensor) and cr.dim() <= 1:
         cr = cr.double()
-    try:
+    try:  # (a best effort: a layer that computes in float32 whatever its input is fails here)
+        wide = copy.deepcopy(flow).double().eval()
+        for m in wide.modules():  # (a caller's hooks, e.g. evaluation counting, not twice)
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
         again = wide.log_prob(xr, cr).double()
-    except (NaNLogProb, ValueError):
+    except Exception:
         return None
     if not bool(torch.isfinite(again).all()):
         return None

@@ -72,6 +72,16 @@ def _checked(dist, event_shape: tuple[int, ...] | None = None) -> TorchDistribut
     return dist
 
 
+def _unvalidated(dist: TorchDistribution, depth: int = 0) -> None:
+    """Switch torch's own argument validation off in ``dist`` and the distributions it holds
+    (an ``Independent``'s base, a mixture's components), as built by a factory."""
+    dist._validate_args = False
+    if depth < 8:
+        for v in vars(dist).values():
+            if isinstance(v, TorchDistribution):
+                _unvalidated(v, depth + 1)
+
+
 class TorchBase(Distribution):
     r"""A ``torch.distributions`` distribution as a flow's base.
 
@@ -199,20 +209,24 @@ class TorchBase(Distribution):
         return bool(self.distribution().has_rsample)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(z)``: ``-inf`` where ``z`` lies outside the distribution's support (a
+        density of zero), NaN for a row holding NaN or inf (an overflow in the layers before:
+        the flow then says so in its own words), whatever torch's global argument validation
+        is (``torch.compile`` switches it off for the whole process, and a bounded base would
+        then give numbers outside its support); read without a host synchronisation."""
         self._check(z, context)
         dist = self.distribution()
+        _unvalidated(dist)  # (the support is checked here, below)
+        n = len(z)
         try:
-            return dist.log_prob(z)
-        except ValueError:  # (torch's own validation of the values)
-            finite = torch.isfinite(z).reshape(len(z), -1).all(1)
-            if bool(finite.all()):
-                raise  # a finite value outside the support: torch's words name it
-        # rows with NaN or inf (an overflow in the layers before): NaN there, as every base
-        # gives, so that the flow says it in its own words; the others scored as they are
-        out = z.new_full((len(z),), math.nan)
-        if bool(finite.any()):
-            out[finite] = dist.log_prob(z[finite])
-        return out
+            inside = dist.support.check(z).reshape(n, -1).all(1)
+        except (NotImplementedError, ValueError):  # (a dependent support: torch cannot tell)
+            inside = None
+        lp = dist.log_prob(z)
+        if inside is not None:
+            lp = torch.where(inside, lp, lp.new_tensor(-math.inf))
+        finite = torch.isfinite(z).reshape(n, -1).all(1)
+        return torch.where(finite, lp, lp.new_tensor(math.nan))
 
     def _draw(self, dist: TorchDistribution, n: int) -> Tensor:
         z = dist.rsample((n,)) if dist.has_rsample else dist.sample((n,))

@@ -612,6 +612,12 @@ def cmd_eval(args) -> int:
                 if worse and unfinished:  # no advice on the model: it is not trained yet
                     print(f"note: the model scores worse than {short}, but its training is "
                           "unfinished")  # fmt: skip
+                elif worse and args.data is not None:  # (rows of the user's, not the split)
+                    say_warning(
+                        f"the model scores worse than {short} on these rows (the comparison on "
+                        "the run's own test split, `flowforge eval RUN`, is the one that judges "
+                        "the model; on rows unlike the training data a simple reference can win)"
+                    )
                 elif worse:
                     say_warning(f"the model scores worse than {short}: {worse_hint(args.run)}")
         if calibration is not None:
@@ -908,8 +914,6 @@ def _folder_exists(out: Path, flag: str) -> None:
 def cmd_compress(args) -> int:
     from .compress import compress_run
 
-    _folder_exists(Path(args.out), "--out")
-
     res = compress_run(
         args.run,
         args.out,
@@ -981,8 +985,6 @@ def cmd_compress(args) -> int:
 
 def cmd_decompress(args) -> int:
     from .compress import decompress_file
-
-    _folder_exists(Path(args.out), "--out")
 
     res = decompress_file(args.file, args.model, args.out, args.overwrite, args.force)
     if args.json:

@@ -96,6 +96,8 @@ def _check_out(out, overwrite: bool, suffix: str | None = None) -> Path:
         raise WorkbenchError(f"--out {out}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise WorkbenchError(f"--out {out}: no permission to write in {folder}")
+    if not os.path.lexists(path.parent):  # (a mistyped folder is not made, as by sample)
+        raise WorkbenchError(f"--out {out}: there is no folder {path.parent}; create it first")
     return path
 
 

@@ -2917,17 +2917,20 @@ def column_context(values, info: dict, names=None) -> Tensor:
     return given.reshape(t.shape)
 
 
-CONTEXT_MARGIN = 0.1  # of a context column's training range, past which a value is said
+CONTEXT_MARGIN = 0.1  # of a column's training range, past which a given value is said
 
 
-def _outside_context_range(t: Tensor, rng, names, info: dict) -> str | None:
-    """A warning for context values (``t``, float64 ``(B, k)``) beyond the training contexts'
-    range (``rng``: ``[[lo, hi], ...]`` from the run's config, data: anything else gives no
-    verdict) by more than :data:`CONTEXT_MARGIN` of it, naming the columns."""
-    k = t.shape[1]
+def beyond_ranges(t: Tensor, ranges, names=None, margin: float = CONTEXT_MARGIN):
+    """Which of ``t``'s values (``(n, k)``) lie beyond their column's training range
+    (``ranges``: ``[[lo, hi], ...]`` from a run's config, data: anything else, and a range
+    that is not finite or not ordered, gives no verdict) by more than ``margin`` of it: None,
+    or ``(words, rows)``, the columns in words (each with its farthest value and the range)
+    and the rows' mask. One rule for a table file's columns (``eval --data``) and for given
+    contexts (``--context``)."""
+    k = t.shape[1] if t.dim() == 2 else 0
     ok = (
-        isinstance(rng, list)
-        and len(rng) == k
+        isinstance(ranges, list)
+        and len(ranges) == k
         and all(
             isinstance(r, list)
             and len(r) == 2
@@ -2935,28 +2938,44 @@ def _outside_context_range(t: Tensor, rng, names, info: dict) -> str | None:
             and math.isfinite(r[0])
             and math.isfinite(r[1])
             and r[0] <= r[1]
-            for r in rng
+            for r in ranges
         )
     )
     if not ok or not t.numel():
         return None
-    lo, hi = torch.tensor(rng, dtype=torch.float64).T
-    margin = CONTEXT_MARGIN * (hi - lo)
-    beyond = ((t < lo - margin) | (t > hi + margin)).any(0)
-    if not bool(beyond.any()):
+    v = t.double()
+    lo, hi = torch.tensor(ranges, dtype=torch.float64).T
+    pad = margin * (hi - lo)
+    below, above = v < lo - pad, v > hi + pad
+    far = below | above
+    if not bool(far.any()):
         return None
     if not (names and len(names) == k):
-        names = [str(c) for c in info.get("context_columns", range(k))]
+        names = [str(j) for j in range(k)]
+    each = []
+    for j in far.any(0).nonzero().flatten().tolist()[:5]:
+        past = v[far[:, j], j]
+        worst = past.max().item() if bool(above[:, j].any()) else past.min().item()
+        n = int(far[:, j].sum())
+        each.append(
+            f"{names[j]} {worst:.4g} ({n} value{'s' if n != 1 else ''} past the training range "
+            f"{ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
+        )
+    more = " ..." if int(far.any(0).sum()) > 5 else ""
+    return "; ".join(each) + more, far.any(1)
 
-    def values(j):
-        a, b = t[:, j].min().item(), t[:, j].max().item()
-        return f"{a:.4g}" if a == b else f"{a:.4g} to {b:.4g}"
 
-    each = "; ".join(
-        f"{names[j]} {values(j)} (training contexts {rng[j][0]:.4g} to {rng[j][1]:.4g})"
-        for j in beyond.nonzero().flatten().tolist()[:5]
-    )
+def _outside_context_range(t: Tensor, rng, names, info: dict) -> str | None:
+    """A warning for context values (``t``, float64 ``(B, k)``) beyond the training contexts'
+    range (:func:`beyond_ranges`), naming the columns and the first row."""
+    if not (names and len(names) == t.shape[1]):
+        names = [str(c) for c in info.get("context_columns", range(t.shape[1]))]
+    found = beyond_ranges(t, rng, names)
+    if found is None:
+        return None
+    words, rows = found
+    first = f" (the first at row index {int(rows.nonzero()[0])})" if len(t) > 1 else ""
     return (
-        f"context values outside the training contexts' range: {each}; the model was not "
-        "trained there, so its densities and samples for them are extrapolation"
+        f"context values outside the training contexts' range: {words}{first}; the model was "
+        "not trained there, so its densities and samples for them are extrapolation"
     )

@@ -22,8 +22,10 @@ from ..transforms.continuous import (
     grid_steps,
 )
 from .build import check_manifold_data, column_words
+from .config import MANIFOLD_MODELS
 from .data import (
     _chunk_rows,
+    beyond_ranges,
     check_bounds,
     check_integers,
     check_levels,
@@ -147,7 +149,16 @@ def evaluate_run(
         file_warnings += _check_file(x, r, str(data), bits)  # (a folder: read at the bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
-        x, context = read_column_file(cfg, data)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as said:  # (the contexts' range: the file's)
+            warnings.simplefilter("always", RuntimeWarning)
+            x, context = read_column_file(cfg, data)
+        for w in said:
+            if issubclass(w.category, RuntimeWarning) and "context" in str(w.message):
+                file_warnings.append(f"{data}: {w.message}")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         split = str(data)
         file_warnings += _check_file(x, r, str(data))
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
@@ -759,68 +770,58 @@ def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
     return [w for w in (scaled, outside) if w]
 
 
-FAR_RANGE = 0.1  # of a column's training range, past which a scored row is said
-
-
 def _outside_ranges(x: torch.Tensor, r: dict, where: str) -> str | None:
-    """A note for a table file's rows beyond a column's training range (``resolved.ranges``,
-    data: anything else gives no verdict) by more than :data:`FAR_RANGE` of it: their
-    log-densities are the model's extrapolation (for anomaly detection, the far rows)."""
-    ranges = r.get("ranges")
-    ok = isinstance(ranges, list) and len(ranges) == x.shape[1] and all(
-        isinstance(v, list) and len(v) == 2
-        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in v)
-        for v in ranges
-    )  # fmt: skip
-    if not ok or not len(x):
+    """A note for a table file's rows beyond a column's training range (``resolved.ranges``;
+    :func:`~flowforge.workbench.data.beyond_ranges`): their log-densities are the model's
+    extrapolation (for anomaly detection, the far rows). Not for a flow on a manifold, whose
+    columns are angles or coordinates on the sphere."""
+    model = str((r.get("flow_config") or {}).get("model", "")).lower()
+    if model in MANIFOLD_MODELS:
         return None
-    lo, hi = torch.tensor(ranges, dtype=torch.float64).T
-    pad = FAR_RANGE * (hi - lo)
-    v = x.double()
-    far = (v < lo - pad) | (v > hi + pad)
-    rows = far.any(1)
-    if not bool(rows.any()):
+    found = beyond_ranges(x, r.get("ranges"), r.get("columns"))
+    if found is None:
         return None
-    names = r.get("columns")
-    if not (isinstance(names, list) and len(names) == x.shape[1]):
-        names = [str(j) for j in range(x.shape[1])]
-    cols = far.any(0).nonzero().flatten().tolist()
-    each = ", ".join(f"{names[j]} (trained on {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
-                     for j in cols[:5]) + (" ..." if len(cols) > 5 else "")  # fmt: skip
-    first = int(rows.nonzero()[0])
+    words, rows = found
     return (
-        f"{where}: {int(rows.sum())} of its {len(x)} rows (the first at index {first}, counting "
-        f"from 0 as the scores file does) lie outside the training range of {each}: their "
-        "log-densities are the model's extrapolation there"
+        f"{where}: {int(rows.sum())} of its {len(x)} rows (the first at index "
+        f"{int(rows.nonzero()[0])}, counting from 0 as the scores file does) lie outside the "
+        f"training range: {words}; their log-densities are the model's extrapolation there"
     )
 
 
 def _scores_higher_than_validation(run, nll: float, se: float | None, where: str) -> str | None:
-    """A note when a file scores a clearly higher likelihood than the run's best validation
-    NLL (``metrics.jsonl``): a flow can rank inputs unlike its training data above it."""
+    """A note when a file scores clearly more likelihood than the run's best epoch did on
+    both its validation split and its training data (``metrics.jsonl``: the best validation
+    NLL and that epoch's training loss, so that a file of the training rows, which an
+    overfitted model scores above validation, says nothing): a flow can rank inputs unlike
+    its training data above them."""
     from .runs import read_metrics
 
     try:
-        vals = [
-            rec["val_nll"]
+        epochs = [
+            rec
             for rec in read_metrics(Path(run), steps=1)  # (epoch records; steps thinned away)
             if rec.get("type") == "epoch" and isinstance(rec.get("val_nll"), (int, float))
         ]
     except (OSError, ValueError, RunError):  # (a damaged record: no note, not an error)
         return None
-    vals = [v for v in vals if math.isfinite(v)]
-    if not vals or se is None:
+    epochs = [rec for rec in epochs if math.isfinite(rec["val_nll"])]
+    if not epochs or se is None:
         return None
-    best = min(vals)
-    if nll + 3 * se >= best:
+    best = min(epochs, key=lambda rec: rec["val_nll"])
+    seen = [best["val_nll"]]
+    if isinstance(best.get("train_loss"), (int, float)) and math.isfinite(best["train_loss"]):
+        seen.append(best["train_loss"])
+    if nll + 3 * se >= min(seen):
         return None
     return (
-        f"{where} scores a higher likelihood than the run's own validation split (NLL "
-        f"{nll:.4f} against {best:.4f}): a flow can give inputs unlike its training data, "
-        "simple ones especially (blank images, constant rows), more likelihood than typical "
-        "ones, so a high likelihood alone does not show that data is like the training data "
-        "(the model's own samples score high too: they are what it finds most typical; "
-        'docs/workbench.md, "Anomaly detection")'
+        f"{where} scores a higher likelihood than the run's own data did (NLL {nll:.4f} "
+        f"against {best['val_nll']:.4f} on its validation split and {min(seen):.4f} at "
+        "most): a flow can give inputs unlike its training data, simple ones especially "
+        "(blank images, constant rows), more likelihood than typical ones, so a high "
+        "likelihood alone does not show that data is like the training data (the model's "
+        "own samples score high too: they are what it finds most typical; docs/workbench.md, "
+        '"Anomaly detection")'
     )
 
 

@@ -498,13 +498,15 @@ def _integer_valued(model, x: Tensor | None) -> str | None:
 
     if (
         x is None
-        or not x.is_floating_point()
+        or x.dtype.is_complex
         or len(x) < 2
         or getattr(model, "dequantizer", None) is not None
         or isinstance(model, IntegerFlow)  # (exact on integers)
     ):
         return None
     flat = x[:LOOKED_ROWS].reshape(min(len(x), LOOKED_ROWS), -1)
+    if not flat.is_floating_point():  # (integer tensors: whole by construction)
+        flat = flat.double()
     whole = (flat == flat.round()).all(0)
     fix = (
         "build the model with levels=K for integers in [0, K - 1] (it then dequantizes them), "
