@@ -48,7 +48,10 @@ def test_a_file_far_from_the_training_data_is_said_and_scored_beside_the_referen
     rc, out, err = cli(capsys, "eval", run, "--data", tmp_path / "new.csv", "--scores",
                        tmp_path / "s.csv")  # fmt: skip
     assert rc == 0, err
-    assert "1 of its 20 rows (the first at index 7, counting from 0" in err
+    assert (
+        "1 of its 20 rows (the first at index 7, counting from 0 as the scores file does) lies"
+        in err
+    )
     assert "outside the training range: c -999 (1 value past the training range" in err
     header, *rows = (tmp_path / "s.csv").read_text().splitlines()
     assert header == "log_density,gaussian_log_density" and len(rows) == 20

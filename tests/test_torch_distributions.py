@@ -532,3 +532,25 @@ def test_a_base_of_ones_own_that_breaks_the_contract_is_named():
 
     t4 = TorchBase(lambda df: Independent(StudentT(df.expand(2)), 1), df=torch.tensor(4.0))
     check_distribution(t4, half_width=60)
+
+
+def test_a_mixture_base_scores_each_component_within_its_own_support():
+    # a review: torch's support check of a mixture asks a point to lie in every component's
+    # support, so uniforms on [0, 1] and [10, 12] scored every point -inf
+    from torch.distributions import Distribution, Uniform
+
+    base = TorchBase(lambda w, lo, hi: MixtureSameFamily(Categorical(logits=w),
+                                                         Independent(Uniform(lo, hi), 1)),
+                     w=torch.zeros(2), lo=torch.tensor([[0.0], [10.0]]),
+                     hi=torch.tensor([[1.0], [12.0]]))  # fmt: skip
+    held = Distribution._validate_args
+    try:
+        for on in (True, False):
+            Distribution.set_default_validate_args(on)
+            lp = base.log_prob(torch.tensor([[0.5], [11.0], [5.0], [float("nan")]]))
+            assert lp[0].item() == pytest.approx(math.log(0.5))
+            assert lp[1].item() == pytest.approx(math.log(0.25))
+            assert lp[2] == -math.inf and lp[3].isnan()
+    finally:
+        Distribution.set_default_validate_args(held)
+    assert base.log_prob(torch.zeros(0, 1)).shape == (0,)

@@ -586,9 +586,10 @@ class NaNLogProb(ValueError):
     ``rows`` are their first indices in the batch it was given. (-inf is returned: a density
     of zero, or an overflow in the flow's dtype that ``flow.double()`` would show.)"""
 
-    def __init__(self, message: str, rows: list | None = None):
+    def __init__(self, message: str, rows: list | None = None, lp: Tensor | None = None):
         super().__init__(message)
         self.rows = rows or []
+        self.lp = lp  # (the batch's log-densities as computed, NaN rows and all)
 
 
 class DataInit:
@@ -1172,7 +1173,7 @@ class Flow(nn.Module):
         broken = self.broken_tensor()
         if broken is not None:  # the model, not the inputs
             raise NaNLogProb(
-                f"the model's log-density is {what} for batch rows {bad}: {broken}", bad
+                f"the model's log-density is {what} for batch rows {bad}: {broken}", bad, lp
             )
         remedy = (
             "remove them"
@@ -1183,6 +1184,7 @@ class Flow(nn.Module):
             f"the model's log-density is {what} for batch rows {bad} (inputs this far from "
             f"the training data overflow its {lp.dtype} layers); {remedy}",
             bad,
+            lp,
         )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:

@@ -248,23 +248,25 @@ def finite_log_prob(flow: Flow, x: Tensor, context: Tensor | None, first: int = 
     where = "they lie where it cannot score them (e.g. far outside the training data's range)"
     try:
         lp = flow.log_prob(x, context).double()
-    except NaNLogProb as e:  # its rows count from this batch: name them from `first`
-        lp = _in_float64(flow, x, context, e.rows)
-        if lp is None:
+    except NaNLogProb as e:  # (the batch as computed: its NaN rows are scored again below)
+        if e.lp is None:
             idx = [r + first for r in e.rows]
-            broken = flow.broken_tensor() if isinstance(flow, Flow) else None
             raise ValueError(
-                f"the model gives a NaN log-density to example(s) at indices {idx}: "
-                f"{broken or where}"
+                f"the model gives a NaN log-density to example(s) at indices {idx}: {where}"
             ) from None
+        lp = e.lp.detach().double()
     bad = ~torch.isfinite(lp)
     if bad.any():
         again = _in_float64(flow, x, context, bad.nonzero().flatten().tolist(), lp)
         if again is not None:
             return again
-    if bad.any():
-        idx = (bad.nonzero().flatten()[:5] + first).tolist()
+        idx = (bad.nonzero().flatten()[:5] + first).tolist()  # (rows counted from `first`)
         broken = flow.broken_tensor() if isinstance(flow, Flow) else None
+        if bool(lp[bad].isnan().any()):
+            raise ValueError(
+                f"the model gives a NaN log-density to example(s) at indices {idx}: "
+                f"{broken or where}"
+            )
         raise ValueError(
             f"the model gives a non-finite log-density ({lp[bad][0].item()}) to "
             f"{int(bad.sum())} example(s), first at indices {idx}: {broken or where}"
@@ -272,8 +274,8 @@ def finite_log_prob(flow: Flow, x: Tensor, context: Tensor | None, first: int = 
     return lp
 
 
-def _in_float64(flow, x: Tensor, context, rows: list[int], lp: Tensor | None = None):
-    """``lp`` (or the batch's log-densities) with the ``rows`` a float32 flow could not score
+def _in_float64(flow, x: Tensor, context, rows: list[int], lp: Tensor):
+    """``lp``, the batch's log-densities, with the ``rows`` a float32 flow could not score
     (an overflow far from the data: NaN, or an infinity) scored again by a float64 copy of
     the flow, as ``flow.double()`` would; None when that is no help (the flow is float64
     already, is not a :class:`Flow` of plain float32, or those rows stay non-finite)."""
@@ -302,13 +304,6 @@ def _in_float64(flow, x: Tensor, context, rows: list[int], lp: Tensor | None = N
         return None
     if not bool(torch.isfinite(again).all()):
         return None
-    if lp is None:  # (the whole batch, then: its other rows as the flow itself scores them)
-        held = flow.validate_args
-        flow.validate_args = False
-        try:
-            lp = flow.log_prob(x, context).double()
-        finally:
-            flow.validate_args = held
     out = lp.clone()
     out[idx] = again.to(out.device)
     return out

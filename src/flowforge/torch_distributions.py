@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution as TorchDistribution
-from torch.distributions import constraints, register_kl
+from torch.distributions import MixtureSameFamily, constraints, register_kl
 
 from .core import Distribution, Flow, _fmt
 
@@ -72,14 +72,43 @@ def _checked(dist, event_shape: tuple[int, ...] | None = None) -> TorchDistribut
     return dist
 
 
-def _unvalidated(dist: TorchDistribution, depth: int = 0) -> None:
-    """Switch torch's own argument validation off in ``dist`` and the distributions it holds
-    (an ``Independent``'s base, a mixture's components), as built by a factory."""
-    dist._validate_args = False
+def _mixture_log_prob(mix: MixtureSameFamily, z: Tensor) -> Tensor:
+    """A mixture's ``log p(z)`` with each component's density set to zero outside that
+    component's own support (torch's check asks a point to lie in every component's)."""
+    comp = mix.component_distribution
+    x = z.unsqueeze(-1 - len(mix.event_shape))  # (a component axis, as torch pads it)
+    lp = comp.log_prob(x)
+    inside = comp.support.check(x)  # (a support without parameters: not per component)
+    while inside.dim() > lp.dim():
+        inside = inside.all(-1)
+    inside = torch.broadcast_to(inside, lp.shape)
+    lp = torch.where(inside, lp, lp.new_tensor(-math.inf))
+    weights = torch.log_softmax(mix.mixture_distribution.logits, -1)
+    return torch.logsumexp(lp + weights, -1)
+
+
+def _holds_mixture(dist: TorchDistribution, depth: int = 0) -> bool:
+    """Whether ``dist`` holds a ``MixtureSameFamily`` (whose support check is not per point)."""
+    if isinstance(dist, MixtureSameFamily):
+        return True
+    held = [v for v in vars(dist).values() if isinstance(v, TorchDistribution)]
+    return depth < 8 and any(_holds_mixture(v, depth + 1) for v in held)
+
+
+def _by_row(t: Tensor) -> Tensor:
+    """``t`` as ``(rows, values)`` (a batch of scalars: one value a row)."""
+    return t.flatten(1) if t.dim() > 1 else t.unsqueeze(1)
+
+
+def _unvalidated(dist: TorchDistribution, on: bool = False, depth: int = 0) -> None:
+    """Switch torch's own argument validation off (``on``: on) in ``dist`` and the
+    distributions it holds (an ``Independent``'s base, a mixture's components), as built by a
+    factory."""
+    dist._validate_args = on
     if depth < 8:
         for v in vars(dist).values():
             if isinstance(v, TorchDistribution):
-                _unvalidated(v, depth + 1)
+                _unvalidated(v, on, depth + 1)
 
 
 class TorchBase(Distribution):
@@ -216,16 +245,32 @@ class TorchBase(Distribution):
         then give numbers outside its support); read without a host synchronisation."""
         self._check(z, context)
         dist = self.distribution()
-        _unvalidated(dist)  # (the support is checked here, below)
         n = len(z)
-        try:
-            inside = dist.support.check(z).reshape(n, -1).all(1)
-        except (NotImplementedError, ValueError):  # (a dependent support: torch cannot tell)
-            inside = None
-        lp = dist.log_prob(z)
-        if inside is not None:
-            lp = torch.where(inside, lp, lp.new_tensor(-math.inf))
-        finite = torch.isfinite(z).reshape(n, -1).all(1)
+        if not n:  # (an empty batch: no values, whatever torch's reshapes make of one)
+            return z.new_zeros((0,))
+        finite = _by_row(torch.isfinite(z)).all(1)
+        # the rows with NaN or inf are scored at a finite row instead (their own values would
+        # give NaN gradients to the parameters through the others), then set to NaN
+        fill = z[finite.int().argmax()]  # (the first finite row; row 0 if none: all NaN)
+        safe = torch.where(finite.reshape(n, *[1] * (z.dim() - 1)), z, fill)
+        if isinstance(dist, MixtureSameFamily):  # (each component within its own support)
+            _unvalidated(dist)
+            lp = _mixture_log_prob(dist, safe)
+        elif _holds_mixture(dist):
+            # a support the check cannot tell (a mixture's components, each with its own
+            # support, checked all at once, inside another distribution): torch's own
+            # validation, whatever its global default, refuses a value outside it
+            _unvalidated(dist, on=True)
+            lp = dist.log_prob(safe)
+        else:
+            try:
+                inside = _by_row(dist.support.check(safe)).all(1)
+            except (NotImplementedError, ValueError, RuntimeError):  # (torch cannot tell)
+                inside = None
+            _unvalidated(dist, on=inside is None)  # (the support is checked here)
+            lp = dist.log_prob(safe)
+            if inside is not None:
+                lp = torch.where(inside, lp, lp.new_tensor(-math.inf))
         return torch.where(finite, lp, lp.new_tensor(math.nan))
 
     def _draw(self, dist: TorchDistribution, n: int) -> Tensor:

@@ -2945,17 +2945,17 @@ def beyond_ranges(t: Tensor, ranges, names=None, margin: float = CONTEXT_MARGIN)
         return None
     v = t.double()
     lo, hi = torch.tensor(ranges, dtype=torch.float64).T
-    pad = margin * (hi - lo)
-    below, above = v < lo - pad, v > hi + pad
-    far = below | above
+    # (and float32's rounding: a range recorded from float32 data, a value typed in float64)
+    pad = margin * (hi - lo) + 1e-6 * torch.maximum(lo.abs().maximum(hi.abs()), lo.new_ones(k))
+    excess = torch.maximum(lo - pad - v, v - hi - pad)  # (> 0: beyond the range)
+    far = excess > 0
     if not bool(far.any()):
         return None
     if not (names and len(names) == k):
         names = [str(j) for j in range(k)]
     each = []
     for j in far.any(0).nonzero().flatten().tolist()[:5]:
-        past = v[far[:, j], j]
-        worst = past.max().item() if bool(above[:, j].any()) else past.min().item()
+        worst = v[excess[:, j].argmax(), j].item()  # (the farthest, either side)
         n = int(far[:, j].sum())
         each.append(
             f"{names[j]} {worst:.4g} ({n} value{'s' if n != 1 else ''} past the training range "
@@ -2974,7 +2974,7 @@ def _outside_context_range(t: Tensor, rng, names, info: dict) -> str | None:
     if found is None:
         return None
     words, rows = found
-    first = f" (the first at row index {int(rows.nonzero()[0])})" if len(t) > 1 else ""
+    first = f"; the first at row index {int(rows.nonzero()[0])}" if len(t) > 1 else ""
     return (
         f"context values outside the training contexts' range: {words}{first}; the model was "
         "not trained there, so its densities and samples for them are extrapolation"

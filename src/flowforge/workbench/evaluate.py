@@ -782,10 +782,12 @@ def _outside_ranges(x: torch.Tensor, r: dict, where: str) -> str | None:
     if found is None:
         return None
     words, rows = found
+    n = int(rows.sum())
     return (
-        f"{where}: {int(rows.sum())} of its {len(x)} rows (the first at index "
-        f"{int(rows.nonzero()[0])}, counting from 0 as the scores file does) lie outside the "
-        f"training range: {words}; their log-densities are the model's extrapolation there"
+        f"{where}: {n} of its {len(x)} rows (the first at index {int(rows.nonzero()[0])}, "
+        f"counting from 0 as the scores file does) {'lies' if n == 1 else 'lie'} outside the "
+        f"training range: {words}; {'its log-density is' if n == 1 else 'their log-densities are'}"
+        " the model's extrapolation there"
     )
 
 
@@ -815,9 +817,11 @@ def _scores_higher_than_validation(run, nll: float, se: float | None, where: str
     if nll + 3 * se >= min(seen):
         return None
     return (
-        f"{where} scores a higher likelihood than the run's own data did (NLL {nll:.4f} "
-        f"against {best['val_nll']:.4f} on its validation split and {min(seen):.4f} at "
-        "most): a flow can give inputs unlike its training data, simple ones especially "
+        f"{where} scores a higher likelihood than the run's own data did (NLL {nll:.4f}, "
+        f"against {best['val_nll']:.4f} on its validation split"
+        + (f" and a training loss of {seen[1]:.4f}" if len(seen) > 1 else "")
+        + " at its best epoch): a flow can give inputs unlike its training data, simple "
+        "ones especially "
         "(blank images, constant rows), more likelihood than typical ones, so a high "
         "likelihood alone does not show that data is like the training data (the model's "
         "own samples score high too: they are what it finds most typical; docs/workbench.md, "
