@@ -84,7 +84,9 @@ def test_an_interrupted_run_says_so(run, capsys, monkeypatch):
     assert table[0][0] == "note: unfinished training"
     assert table[0][1].startswith("this run was interrupted at epoch 2 of 3")
     rows = dict(table)
-    assert rows["epochs run"] == "1 of 3 (train.epochs)"
+    assert rows["epochs run"].startswith("1 of 3 (train.epochs); ")
+    assert " s of training (the epochs" in rows["epochs run"]
+    assert "early-stopped" not in rows["epochs run"]
     assert "smaller model" not in (run / "report.html").read_text()
 
 

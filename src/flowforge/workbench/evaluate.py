@@ -121,7 +121,7 @@ def evaluate_run(
     """
     cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device)
     r = cfg["resolved"]
-    truth, baseline, histogram, von_mises, regression = None, None, None, None, None
+    truth, refs = None, {}  # (the reference densities' per-example log-densities, by name)
     file_warnings: list[str] = []  # what the checks of a --data file found
     if not isinstance(flow, Flow) and scores:
         raise DataError(
@@ -188,9 +188,7 @@ def evaluate_run(
     else:
         ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
         x, context = ds.split(split), ds.split_context(split)
-        histogram, baseline, von_mises, regression = _references(
-            ds, x, context, cfg, seed, samples, iw, references
-        )
+        refs = _references(ds, x, context, cfg, seed, samples, iw, references)
         comparable = ds.density_measure == "lebesgue" or (
             ds.density_measure == "sphere" and cfg["model"]["name"] == "sphereflow"
         )
@@ -204,9 +202,7 @@ def evaluate_run(
         except (DataError, OSError, ValueError):
             ds = None
         if ds is not None:
-            histogram, baseline, von_mises, regression = _references(
-                ds, x, context, cfg, seed, samples, iw, references
-            )
+            refs = _references(ds, x, context, cfg, seed, samples, iw, references)
     dtype = next((p.dtype for p in flow.parameters()), torch.float32)
     x = x.reshape(-1, *shape).to(dev, dtype)
     context = None if context is None else context.to(dev, dtype)
@@ -254,12 +250,7 @@ def evaluate_run(
         "seed": seed,
     }
     model_lp = lp.double().numpy()
-    for key, ref in (
-        ("gaussian", baseline),
-        ("histogram", histogram),
-        ("von_mises", von_mises),
-        ("regression", regression),
-    ):
+    for key, ref in refs.items():
         if ref is None or not np.isfinite(ref).all():
             continue
         out[f"{key}_nll"] = float(-ref.mean())
@@ -269,8 +260,8 @@ def evaluate_run(
         out[f"{key}_difference_se"] = (
             float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None
         )  # (None: one example, no standard error)
-        if key == "histogram":
-            out["histogram_bits_per_dim"] = out["histogram_nll"] / (math.prod(shape) * math.log(2))
+        if key in ("histogram", "class_histogram"):
+            out[f"{key}_bits_per_dim"] = out[f"{key}_nll"] / (math.prod(shape) * math.log(2))
     per = density_unit(cfg["model"]["name"], math.prod(shape))
     if per is not None:
         out["density_per"] = per
@@ -296,9 +287,7 @@ def evaluate_run(
         out["run_status"] = status
     if scores:  # (for save_scores; not in the command's --json)
         out["log_densities"], out["dims"] = model_lp, math.prod(shape)
-        refs = (("gaussian", baseline), ("histogram", histogram), ("von_mises", von_mises),
-                ("regression", regression))  # fmt: skip
-        for key, ref in refs:  # the reference's own, beside the model's (a likelihood ratio)
+        for key, ref in refs.items():  # the reference's own, beside the model's (a ratio)
             if ref is not None and np.isfinite(ref).all():
                 out["reference_log_densities"] = (key, np.asarray(ref, dtype=np.float64))
                 break
@@ -665,6 +654,11 @@ REFERENCES = (
     ("gaussian_nll", "a Gaussian fitted to the training split", "Gaussian"),
     ("histogram_nll", "a histogram per position of the training split", "histogram"),
     (
+        "class_histogram_nll",
+        "a histogram per position and class of the training split",
+        "histogram",
+    ),
+    (
         "regression_nll",
         "a linear-Gaussian regression on the context columns, fitted to the training split",
         "regression",
@@ -912,9 +906,11 @@ def _references(ds, x, context, cfg: dict, seed: int, samples: int, iw: bool, re
     conditional table."""
     r = cfg["resolved"]
     info = r.get("context")
-    histogram = baseline = von_mises = regression = None
+    histogram = baseline = von_mises = regression = class_histogram = None
     if ds.levels is not None and info is None:  # discrete data: a per-position histogram
         histogram = histogram_baseline(ds.train, x, ds.levels, per_example=True, fitted=references)
+    if ds.levels is not None and info is not None and info.get("kind") == "label":
+        class_histogram = _class_histogram(ds, x, context, references)
     # (not for a density on the sphere: per unit area, where a Gaussian's is per volume;
     # on the torus a Gaussian on R^D leaves mass outside [-pi, pi): von Mises instead)
     on_sphere = cfg["model"]["name"] == "sphereflow" or ds.density_measure == "sphere"
@@ -954,7 +950,37 @@ def _references(ds, x, context, cfg: dict, seed: int, samples: int, iw: bool, re
             )
         except (ValueError, np.linalg.LinAlgError):
             regression = None
-    return histogram, baseline, von_mises, regression
+    found = {
+        "gaussian": baseline,
+        "histogram": histogram,
+        "class_histogram": class_histogram,
+        "von_mises": von_mises,
+        "regression": regression,
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _class_histogram(ds, x, context, references) -> np.ndarray | None:
+    """Each example's log-probability under the per-position histogram of its own class's
+    training examples (add-1/2 counts): the reference a label-conditional model of discrete
+    data must beat. None where a class of ``x`` has no training example."""
+    train_c = ds.split_context("train")
+    if train_c is None or context is None or len(context) != len(x):
+        return None
+    have, want = train_c.argmax(1).numpy(), context.argmax(1).cpu().numpy()
+    out = np.empty(len(x))
+    for c in np.unique(want):
+        rows = np.flatnonzero(want == c)
+        mine = np.flatnonzero(have == c)
+        if not len(mine):
+            return None
+        kept = (
+            None if references is None else references.setdefault(("class histogram", int(c)), {})
+        )
+        out[rows] = histogram_baseline(
+            ds.train[mine], x[rows], ds.levels, per_example=True, fitted=kept
+        )
+    return out
 
 
 def regression_baseline(train_y, train_c, y, c, fitted=None) -> np.ndarray:

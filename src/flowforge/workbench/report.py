@@ -606,14 +606,18 @@ def _density(
         ax[1].imshow(
             dens, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
         )
+        cell = (hi[0] - lo[0]) / (g - 1) * (hi[1] - lo[1]) / (g - 1)
+        mass = float(np.nansum(dens)) * cell  # (the grid's share of the model's mass)
+        held = f" ({mass:.0%} of its mass in this box)" if 0 < mass < 0.99 else ""
         ax[1].set_title(
             "model density"
+            + held
             + (
                 f" ({overflowed:,} of the {g * g:,} grid points overflow the model: dark)"
                 if overflowed
                 else ""
             ),
-            fontsize=None if not overflowed else 8,
+            fontsize=None if not (overflowed or held) else 8,
         )
     else:  # a discrete likelihood: no density over the plane to draw
         ax[1].set_title("model density: none drawn")
@@ -633,7 +637,7 @@ def _density(
     ax[0].scatter(x[:, 0], x[:, 1], s=2, alpha=0.4)
     ax[0].set_title(shown)
     ax[1].scatter(s[:, 0], s[:, 1], s=2, alpha=0.4, color="C1")
-    ax[1].set_title(f"{len(s):,} model samples")
+    ax[1].set_title(f"{len(s):,} model samples{_off_axes(s[:, 0], s[:, 1], lo, hi)}")
     for a in ax:
         a.set_xlim(lo[0], hi[0])
         a.set_ylim(lo[1], hi[1])
@@ -658,6 +662,15 @@ def _grid_log_prob(flow, pts: Tensor) -> Tensor:
             return flow.log_prob(pts)
         finally:
             flow.validate_args = held
+
+
+def _off_axes(u, v, xlim, ylim) -> str:
+    """`` (8 off the axes)`` for the points of a scatter that its axes leave out (the
+    model's mass where the data has none: counted, never silently dropped), else ``""``."""
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    out = (u < xlim[0]) | (u > xlim[1]) | (v < ylim[0]) | (v > ylim[1]) | ~np.isfinite(u + v)
+    n = int(out.sum())
+    return f" ({n:,} off the axes)" if n else ""
 
 
 def _declared_bounds(bounds) -> tuple[list, list]:
@@ -802,13 +815,21 @@ def _corr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c, varies
 
 
-def _corr_fact(cd, cs, vd, vs, names) -> str:
-    """The largest off-diagonal ``|samples - data|`` correlation, or n/a and why."""
+def _corr_fact(cd, cs, vd, vs, names, n_data: int, n_samples: int) -> str:
+    """The largest off-diagonal ``|samples - data|`` correlation, beside what sampling noise
+    alone gives (a perfect model's, with ``n_data`` rows and ``n_samples`` samples), or n/a
+    and why."""
     both = vd & vs
     pick = np.outer(both, both) & ~np.eye(len(both), dtype=bool)
     if not pick.any():
         return "n/a (fewer than two columns vary in both the data and the samples)"
     out = f"{np.abs(cs - cd)[pick].max():.3f}"
+    # each pair's difference has a standard deviation of about (1 - r^2) sqrt(1/n + 1/m)
+    # (Fisher); the median of the largest of them over seeded Gaussian draws
+    sd = (1 - np.clip(cd[np.triu(pick, 1)], -1, 1) ** 2) * math.sqrt(1 / n_data + 1 / n_samples)
+    draws = np.random.default_rng(0).standard_normal((200, len(sd))) * sd
+    floor = float(np.median(np.abs(draws).max(1)))
+    out += f" (sampling noise alone: about {floor:.3f} with {n_data:,} rows)"
     if not both.all():
         left = ", ".join(names[j] for j in np.flatnonzero(~both)[:5])
         out += f" (left out, constant in the data or the samples: {left})"
@@ -870,7 +891,7 @@ def table_figures(
     more = f" (first {len(shown)} of {d} columns)" if d > len(shown) else ""
     title = f"marginals: {side} vs {len(samples):,} model samples{more}"
     # (wrapped to the figure: one column's is 3.2 inches wide, and the title was cut off)
-    fig.suptitle("\n".join(textwrap.wrap(title, int(15 * 3.2 * cols))), fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(11 * 3.2 * cols))), fontsize=10)
     _savefig(fig, figdir / "marginals.png")
     figs.append((f"Per-column marginals: {side} vs samples", "report/marginals.png"))
     if d >= 2:
@@ -889,8 +910,9 @@ def table_figures(
             a.set_title("\n".join(textwrap.wrap(
                 f"{pair_side}: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)", 60)),
                 fontsize=8)  # fmt: skip
-            b.set_title("\n".join(textwrap.wrap(f"{m:,} samples: {names[i]} vs {names[j]}", 60)),
-                        fontsize=8)  # fmt: skip
+            off = _off_axes(samples[:m, i], samples[:m, j], (lo[i], hi[i]), (lo[j], hi[j]))
+            b.set_title("\n".join(textwrap.wrap(f"{m:,} samples{off}: {names[i]} vs {names[j]}",
+                                                 60)), fontsize=8)  # fmt: skip
             for ax in (a, b):
                 ax.set_xlim(lo[i], hi[i])
                 ax.set_ylim(lo[j], hi[j])
@@ -924,7 +946,7 @@ def table_figures(
                 fig.colorbar(im, ax=ax, fraction=0.046)
             _savefig(fig, figdir / "correlations.png")
             figs.append((f"Correlation matrices: {side} vs samples", "report/correlations.png"))
-            fact = _corr_fact(cd, cs, vd, vs, names)
+            fact = _corr_fact(cd, cs, vd, vs, names, len(data), len(samples))
             facts.append(("largest correlation difference (samples - data)", fact))
     if z is not None:
         z = _finite_rows(z)
@@ -1039,11 +1061,42 @@ def _column_names(cfg: dict, d: int) -> list[str]:
     return [f"column {i}" for i in index]
 
 
-def _epochs_run(k: int, cfg: dict) -> str:
-    """``65 of 200`` (the epochs logged, of the configured ``train.epochs``)."""
+def _epochs_run(ep: list, cfg: dict, run) -> str:
+    """``65 of 200`` (the epochs logged, of the configured ``train.epochs``), why training
+    ended (an early stop, with its patience), the seconds it took (the epochs' own), and
+    whether the best epoch is the last (the model was still improving)."""
+    from .runs import CKPT_FILE, _checkpoint_counters
+
+    k = len(ep)
     n = cfg.get("train", {}).get("epochs")
     ok = isinstance(n, int) and not isinstance(n, bool) and n > 0
-    return f"{k} of {n} (train.epochs)" if ok else str(k)
+    said = f"{k} of {n} (train.epochs)" if ok else str(k)
+    counters = _checkpoint_counters(Path(run) / CKPT_FILE)
+    how = counters["finished"] if counters else None
+    if how == "early-stopped":
+        patience = cfg.get("train", {}).get("patience")
+        said += "; early-stopped" + (
+            f": no better validation for {patience} epochs (train.patience)"
+            if isinstance(patience, int) and not isinstance(patience, bool)
+            else ""
+        )
+    times = [r["time"] for r in ep if isinstance(r.get("time"), (int, float))]
+    if times and all(math.isfinite(t) and t >= 0 for t in times):
+        said += f"; {_seconds(sum(times))} of training (the epochs' own time)"
+    if ep and ep[-1].get("best") is True and how != "early-stopped" and k > 1:
+        said += "; the best epoch is the last: the model was still improving (train it longer)"
+    return said
+
+
+def _seconds(s: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 4 min``."""
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    m, sec = divmod(round(s), 60)
+    if m < 60:
+        return f"{m} min {sec} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min"
 
 
 def _standardised(resolved: dict, flow) -> str:
@@ -1371,7 +1424,13 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
                     facts.append((
                         f"{'note' if unfinished else 'warning'}: worse than {short} on {name}",
                         f"the model's {v:.4f} against {g:.4f}: "
-                        + ("its training is unfinished" if unfinished else worse_hint(run)),
+                        + (
+                            "its training is unfinished"
+                            if unfinished
+                            else worse_hint(run).replace(
+                                "in flowforge report", "in the training curves of this page"
+                            )
+                        ),
                     ))  # fmt: skip
         if "ode" in res:  # a continuous flow: how it was scored, and what that cost
             facts.append(
@@ -1480,7 +1539,7 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
         ),
         ("levels", _levels_words(r.get("levels"))),
         ("standardised", _standardised(r, flow)),
-        ("epochs run", _epochs_run(len(ep), cfg)),
+        ("epochs run", _epochs_run(ep, cfg, run)),
     ]
     if r.get("bounds"):
         names = _column_names(cfg, len(r["bounds"]["lower"]))
