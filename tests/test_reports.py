@@ -489,3 +489,34 @@ def test_the_correlation_difference_comes_with_its_noise_and_off_axis_samples_ar
     assert R._off_axes(np.array([0.0, 5.0]), np.array([0.0, 0.0]), (-1, 1), (-1, 1)) == (
         " (1 off the axes)"
     )
+
+
+def test_the_epochs_row_says_why_training_ended_its_time_and_whether_it_still_improved(
+    tmp_path, monkeypatch
+):
+    # an audit: "45 of 150" read as an unfinished run; no time; "still improving" was said
+    # only inside a worse-than-a-reference warning
+    from flowforge.workbench import runs
+
+    cfg = {"train": {"epochs": 150, "patience": 20}}
+    ep = [{"time": 2.0, "best": i == 24} for i in range(45)]
+    monkeypatch.setattr(runs, "_checkpoint_counters", lambda p: {"finished": "early-stopped"})
+    said = R._epochs_run(ep, cfg, tmp_path)
+    assert said.startswith("45 of 150 (train.epochs); early-stopped: no better validation for 20")
+    assert "1 min 30 s of training" in said and "still improving" not in said
+    monkeypatch.setattr(runs, "_checkpoint_counters", lambda p: {"finished": "finished"})
+    said = R._epochs_run([{"time": 1.0, "best": True}] * 6, {"train": {"epochs": 6}}, tmp_path)
+    assert said.endswith("the best epoch is the last: the model was still improving (train "
+                         "it longer)")  # fmt: skip
+
+
+def test_a_label_conditional_run_is_compared_with_a_histogram_per_class(tmp_path, capsys):
+    run = tmp_path / "lab"
+    assert main(["train", "--model", "realnvp", "--data", "digits", "--conditional", "label",
+                 "--epochs", "1", "--limit", "200", "--model-kwargs", '{"hidden": [16]}',
+                 "--out", str(run), "--no-progress", "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 90 < res["class_histogram_nll"] < 160 and res["class_histogram_difference_se"] > 0
+    assert "histogram_nll" not in res  # (the unconditional one is not this model's reference)
