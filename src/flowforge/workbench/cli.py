@@ -554,6 +554,7 @@ def cmd_eval(args) -> int:
 
         columns = save_scores(scores, res, overwrite=args.overwrite)
         del res["log_densities"], res["dims"]
+        res.pop("reference_log_densities", None)  # (the file holds them; not the JSON)
         res["scores"] = {"path": str(scores), "columns": columns, "examples": res["examples"]}
         bound = describe_bound(res)
         wrote = (
