@@ -383,14 +383,14 @@ def adopt(source: Source, cfg: dict, flow, resolved: dict):
     return source.flow, out
 
 
-FAR_STATISTICS = 10.0  # kept standard deviations (or a spread this many times) apart: a warning
+FAR_STATISTICS = 10.0  # kept standard deviations apart (or a spread this many times): a warning
 
 
 def _shifted_statistics(source: Source, resolved: dict) -> str | None:
     """A warning when this run's data (or contexts), standardised with the source run's kept
     statistics as its model will see them, lie far from what that model was trained on:
-    their means :data:`FAR_STATISTICS` kept standard deviations apart, or their spreads that
-    many times (other units, a drift). Only for statistics the source run's model keeps."""
+    their means :data:`FAR_STATISTICS` kept standard deviations apart, or their spread that
+    many times wider (other units, a drift). Only for statistics the source run's model keeps."""
     theirs = source.cfg["resolved"]
     layers = fixed_layers(source.flow.config)
     pairs = []
@@ -416,7 +416,8 @@ def _shifted_statistics(source: Source, resolved: dict) -> str | None:
             if not (ks > 0 and ms > 0):
                 continue
             shift, ratio = abs(ml - kl) / ks, ms / ks
-            if shift > FAR_STATISTICS or not 1 / FAR_STATISTICS < ratio < FAR_STATISTICS:
+            # (a narrower spread, a subset of the data: inside what the model saw, no word)
+            if shift > FAR_STATISTICS or ratio > FAR_STATISTICS:
                 name = names[j] if isinstance(names, list) and len(names) == len(k_loc) else j
                 said.append(
                     f"{what} {name!r}: mean {ml:.4g} and spread {ms:.4g} here, {kl:.4g} and "
