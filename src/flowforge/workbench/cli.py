@@ -1031,7 +1031,7 @@ def cmd_demo(args) -> int:
     print(
         f"test NLL {_nats(res['nll'])}{_nll_se(res)} nats/example, "
         f"{res['bits_per_dim']:.4f} bits/dim ({res['examples']} examples"
-        + (f", {describe_bound(res)}" if describe_bound(res) else "")
+        + "".join(f", {b}" for b in [describe_bound(res)] if b)
         + ")"
     )
     print(f"report: {report}")

@@ -1027,6 +1027,9 @@ def _low_levels(hi: int, where: str, folder: bool = False) -> str | None:
     )
 
 
+FEW_LEVELS = 32  # a column of at most this many integer values: counts or categories
+
+
 def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) -> str | None:
     """A warning for columns that hold only a few integer values (categories or counts): a
     continuous density can put spikes on them and report a meaninglessly low NLL (not for the
@@ -1036,7 +1039,7 @@ def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) ->
         if j in declared:
             continue
         col = train[:, j]
-        if _whole(col) and len(np.unique(col)) <= 32:
+        if _whole(col) and len(np.unique(col)) <= FEW_LEVELS:
             flagged.append(names[j] if names else str(j))
     if not flagged:
         return None

@@ -137,7 +137,6 @@ def say_warning(text: str) -> None:
     drawn."""
     from tqdm import tqdm
 
-    text = text[len("warning: ") :] if text.startswith("warning: ") else text
     tqdm.write(f"flowforge: warning: {text}", file=sys.stderr)
     sys.stderr.flush()
 

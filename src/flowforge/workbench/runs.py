@@ -1184,6 +1184,6 @@ def environment_warning(recorded, now: dict, what: str, processes: bool = True) 
         else ("will not be")
     )
     return (
-        f"warning: the run was recorded with {'; '.join(diffs)}: the result {will} "
+        f"the run was recorded with {'; '.join(diffs)}: the result {will} "
         f"bit-identical to {what}; to match it, run with {', '.join(fixes)}"
     )

@@ -484,7 +484,6 @@ def _check_rows(t: Tensor | None, what: str) -> None:
         )
 
 
-FEW_LEVELS = 32  # a feature of at most this many integer values: counts or categories
 LOOKED_ROWS = 10_000  # the rows (the first) that _integer_valued looks at
 
 
@@ -495,6 +494,7 @@ def _integer_valued(model, x: Tensor | None) -> str | None:
     command line's table check, for tensors). Looks at the first :data:`LOOKED_ROWS` rows;
     a table's columns one by one, and wider examples (images) as a whole."""
     from ..models.integer import IntegerFlow
+    from .data import FEW_LEVELS  # (the command line's table check's bound)
 
     if (
         x is None
