@@ -6,6 +6,7 @@ documented, and mistakes a script makes refused in one line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,110 @@ def test_a_second_demo_names_what_demo_takes(tmp_path, capsys, monkeypatch):
     rc, _, err = cli(capsys, "demo", "--out", tmp_path / "demo", "--no-progress")
     one_line_error(rc, err, "flowforge demo --overwrite", "--resume continues it")
     assert "use --resume" not in err
+
+
+# -- --json on train, sample and report (asked for by the same engineer, 2026-12-08) -----------
+
+MOONS = ["--model", "realnvp", "--data", "moons", "--model-kwargs",
+         '{"layers": 1, "hidden": [4]}', "--limit", "64", "--no-progress"]  # fmt: skip
+
+
+def one_json(out: str) -> dict:
+    """Standard output is exactly one JSON document, on one line."""
+    assert out.endswith("\n") and out.count("\n") == 1, out
+    return json.loads(out)
+
+
+def test_train_json_is_one_object_of_the_summary_facts(tmp_path, capsys):
+    run = tmp_path / "r"
+    # lr 1e-30 leaves the weights as they are: epoch 2 is no better, patience 1 stops it there
+    rc, out, err = cli(capsys, "train", *MOONS, "--epochs", 3, "--patience", 1, "--lr", 1e-30,
+                       "--out", run, "--json")  # fmt: skip
+    assert rc == 0, err
+    res = one_json(out)
+    epochs = [r for r in read_metrics(run) if r["type"] == "epoch"]
+    assert "epoch 1/3" in err and "early stop" in err  # (the epoch lines: on standard error)
+    assert res["run"] == str(run.resolve()) and res["model"] == "realnvp"
+    assert res["status"] == "early-stopped" and res["already_ended"] is False
+    assert res["epochs"] == len(epochs) == 2 and res["max_epochs"] == 3
+    assert res["steps"] == epochs[-1]["step"] and isinstance(res["steps"], int)
+    assert res["best_epoch"] == 1 and res["best_val"] == epochs[0]["val_nll"]
+    assert res["best_val_unit"] == "nats/example" and res["best_val_bits_per_dim"] is None
+    assert isinstance(res["parameters"], int) and res["parameters"] > 0
+    assert res["seconds"] > 0 and res["init_from"] is None
+    assert res["files"] == {
+        k: str(run.resolve() / f)
+        for k, f in (("model", "model.ff"), ("checkpoint", "checkpoint.safetensors"),
+                     ("metrics", "metrics.jsonl"), ("config", "config.json"))
+    }  # fmt: skip
+    assert res["notes"] and res["notes"][0].startswith("the best epoch is the first")
+    # a resumed run that had ended: nothing trained, the same facts
+    rc, out, _ = cli(capsys, "train", "--out", run, "--resume", "--json", "--quiet")
+    again = one_json(out)
+    assert rc == 0 and again["already_ended"] is True
+    assert {k: again[k] for k in ("status", "steps", "best_val")} == {
+        k: res[k] for k in ("status", "steps", "best_val")
+    }
+    rc, out, _ = cli(capsys, "train", "--init-from", run, "--out", tmp_path / "r2", "--epochs",
+                     1, "--json", "--quiet")  # fmt: skip
+    started = one_json(out)
+    assert rc == 0 and started["status"] == "finished" and started["steps"] == 1
+    assert started["init_from"]["path"] == str(run.resolve())
+
+
+def test_sample_json_names_the_file_it_wrote(table_run, capsys):
+    d = table_run
+    rc, out, err = cli(capsys, "sample", d / "r", "-n", 7, "--temperature", 0.8, "--seed", 3,
+                       "--out", d / "s.npy", "--json")  # fmt: skip
+    assert rc == 0, err
+    res = one_json(out)
+    assert res["out"] == str((d / "s.npy").resolve()) and res["run"] == str((d / "r").resolve())
+    assert res["samples"] == 7 and res["shape"] == list(np.load(d / "s.npy").shape) == [7, 3]
+    assert res["temperature"] == 0.8 and res["seed"] == 3 and res["model"] == "maf"
+    assert res["ode"] is None and res["context"] is None and res["seconds"] > 0
+    assert all(line.startswith("flowforge: warning: ") for line in err.splitlines())
+    # the file is what sample writes without --json
+    for args in ((), ("--json",)):
+        rc, _, _ = cli(capsys, "sample", d / "r", "-n", 5, "--out", d / f"s{len(args)}.csv", *args)
+        assert rc == 0
+    assert (d / "s0.csv").read_bytes() == (d / "s1.csv").read_bytes()
+
+
+def test_report_json_has_the_pages_headline(table_run, capsys):
+    d = table_run
+    rc, out, err = cli(capsys, "report", d / "r", "--json")
+    assert rc == 0, err
+    res = one_json(out)
+    page = (d / "r" / "report.html").read_text()
+    assert res["page"] == str((d / "r" / "report.html").resolve())
+    assert res["figures"] and all(Path(f["path"]).is_file() for f in res["figures"])
+    assert res["status"] == "finished" and res["epochs"] == 2 and res["max_epochs"] == 2
+    assert set(res["scores"]) == {"val", "test"}
+    for s in res["scores"].values():  # the figures the page quotes
+        assert f"{s['nll']:.4f} +- {s['nll_se']:.4f}" in page and s["examples"] > 0
+    assert f"{res['best_epoch']} ({res['best_val']:.4f})" in page
+    assert res["best_val_unit"] == "nats/example"
+    assert any("integer" in w for w in res["warnings"])  # (the data's warning, as its row)
+
+
+def test_json_errors_leave_standard_output_empty(table_run, capsys):
+    d = table_run
+    (d / "taken.csv").write_text("")
+    for args, needle in (
+        (("train", "--model", "maf", "--data", d / "t.csv", "--set", "train.lr=0.5", "--set",
+          "train.lr=1e-3", "--out", d / "rx"), "is given twice"),
+        (("train", "--model", "realnvp", "--data", d / "t.csv", "--out", d / "r"),
+         "already holds a different run"),  # (refused in training: its lines go to stderr)
+        (("sample", d / "r", "--out", d / "taken.csv"), "exists"),
+        (("report", d / "r-typo"), "r-typo"),
+    ):  # fmt: skip
+        rc, out, err = cli(capsys, *args, "--json")
+        one_line_error(rc, err, needle)
+        assert out == ""
+
+
+def test_json_has_null_for_a_number_that_is_not_finite(capsys):
+    from flowforge.workbench.cli import _print_json
+
+    _print_json({"best_val": float("inf"), "nll": [float("nan"), 1.5]})
+    assert json.loads(capsys.readouterr().out) == {"best_val": None, "nll": [None, 1.5]}

@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["main", "DEMO"]
@@ -169,6 +170,20 @@ def _json_default(text):
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
     return list(v) if isinstance(v, tuple) else v
+
+
+def _print_json(obj) -> None:
+    """``--json``: ``obj`` as one JSON document on standard output, its NaN and infinities as
+    ``null`` (a JSON reader takes no other; ``eval --json``'s figures are finite already)."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    print(json.dumps(finite(obj), allow_nan=False))
 
 
 def cmd_list(args) -> int:
@@ -397,20 +412,23 @@ def cmd_train(args) -> int:
     _unambiguous_data(raw.get("data"))
     if args.config and not args.resume and args.data is None:  # (--data: the user's choice)
         _replayed_data(args.config, layers[0], raw.get("data"))
-    result = train(
-        raw,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=_progress(args),
-        echo=not args.quiet,
-        notes=True,  # the data's warnings even with --quiet (it silences the epoch lines)
-        # data options on the command line (--data, --limit, --set data.X ...): a run's
-        # config.json then trains a new run if they give other data than the run recorded
-        new_data=bool(layers[-1].get("data")),
-        init_from=args.init_from,
-    )
-    return _finish_train(result)
+    start = time.perf_counter()
+    # --json: standard output holds the JSON alone; the epoch lines go to standard error
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = train(
+            raw,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=_progress(args),
+            echo=not args.quiet,
+            notes=True,  # the data's warnings even with --quiet (it silences the epoch lines)
+            # data options on the command line (--data, --limit, --set data.X ...): a run's
+            # config.json then trains a new run if they give other data than the run recorded
+            new_data=bool(layers[-1].get("data")),
+            init_from=args.init_from,
+        )
+    return _finish_train(result, time.perf_counter() - start if args.json else None)
 
 
 def _replayed_data(config: str, stored: dict, data) -> None:
@@ -433,7 +451,9 @@ def _replayed_data(config: str, stored: dict, data) -> None:
         )
 
 
-def _finish_train(result: dict) -> int:
+def _finish_train(result: dict, seconds: float | None = None) -> int:
+    """The end of ``flowforge train``: its summary line and notes, or (``seconds``, the
+    command's wall time, given with ``--json``) one JSON object of the same facts."""
     from .distributed import dist_env
 
     rank, _ = dist_env()
@@ -472,22 +492,22 @@ def _finish_train(result: dict) -> int:
             msg += f" ({result['best_val_bpd']:.4f} bits/dim)"
         if result.get("already_ended"):
             msg = f"nothing to train: the run had {msg}"
-        print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
+        notes = []
         if result["status"] == "finished" and result["best_epoch"] == result["epochs"] > 1:
             from .runs import run_config
 
             warned = run_config(result["out"])["resolved"].get("data_warnings", [])
             if any("the longer it trains" in w for w in warned):  # spikes on atoms: no floor
-                print(
-                    "note: the best epoch is the last, but the columns the data warnings name "
+                notes.append(
+                    "the best epoch is the last, but the columns the data warnings name "
                     "let the NLL fall for as long as it trains: more epochs sharpen the spikes, "
                     "not the model"
                 )
             else:
                 import shlex
 
-                print(
-                    "note: the best epoch is the last, so the model was still improving: more "
+                notes.append(
+                    "the best epoch is the last, so the model was still improving: more "
                     "epochs may do better; a new run can start from this model: flowforge train "
                     f"--init-from {shlex.quote(str(result['out']))} --out NEW_RUN --epochs N"
                     + (  # (training options are the new run's own: its objective too)
@@ -498,12 +518,52 @@ def _finish_train(result: dict) -> int:
                     + _time_power_option(result["out"])
                 )
         elif result["best_epoch"] == 1 and result["epochs"] > 1:
-            print(
-                "note: the best epoch is the first: every later epoch scored worse on validation "
+            notes.append(
+                "the best epoch is the first: every later epoch scored worse on validation "
                 "(a learning rate too high, or a model that overfits at once), so the kept model "
                 "has had one epoch of training"
             )
+        if seconds is not None:
+            _print_json(_train_json(result, seconds, notes))
+            return 0
+        print(msg + f" at epoch {result['best_epoch']}; model in {result['out']}/model.ff")
+        for note in notes:
+            print(f"note: {note}")
     return 0
+
+
+def _train_json(result: dict, seconds: float, notes: list) -> dict:
+    """``train --json``'s object: the summary line's facts, and the files the run holds."""
+    from .runs import CKPT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, run_config
+
+    out = Path(result["out"]).resolve()
+    cfg = run_config(out)
+    what = result.get("objective", "nll")
+    files = {"model": MODEL_FILE, "checkpoint": CKPT_FILE, "metrics": METRICS_FILE,
+             "config": CONFIG_FILE}  # fmt: skip
+    return {
+        "run": str(out),
+        "model": cfg["model"]["name"],
+        "data": cfg["data"]["name"],
+        "parameters": result["parameters"],
+        "status": result["status"],  # finished or early-stopped (interrupted: no JSON)
+        "already_ended": bool(result.get("already_ended")),  # --resume of an ended run
+        "epochs": result["epochs"],
+        "max_epochs": cfg["train"]["epochs"],
+        "steps": result["steps"],
+        "objective": what,
+        "best_epoch": result["best_epoch"] if result["best_epoch"] > 0 else None,
+        "best_val": result["best_val"],  # (null: no finite validation)
+        "best_val_unit": "nats/example" if what == "nll" else f"{what} loss",
+        "best_val_bits_per_dim": result.get("best_val_bpd"),
+        "skipped_steps": result.get("skipped_steps", 0),
+        "seconds": seconds,
+        "init_from": cfg["resolved"].get("init_from"),
+        "files": {k: str(out / f) for k, f in files.items() if (out / f).is_file()},
+        "notes": notes,
+        "warnings": result.get("warnings", []),
+        "data_warnings": result.get("data_warnings", []),
+    }
 
 
 def cmd_eval(args) -> int:
@@ -779,13 +839,20 @@ def cmd_sample(args) -> int:
             )
         set_inverse(flow, args.inverse, tol=tol)
     ode, used = _ode_solver(flow, args.ode_method, args.ode_steps, args.ode_tol), None
+    start = time.perf_counter()
     with ode:  # checks the solver's settings (one line if wrong) before sampling
         x = sample_run(flow, cfg, args.n, args.temperature, args.seed, context)
-        if not isinstance(ode, contextlib.nullcontext):
-            from ..matching import _cnfs, nfe
-            from .evaluate import describe_solver, solver_settings
+        from ..matching import _cnfs
+        from .evaluate import solver_settings
 
-            cnfs = _cnfs(flow)
+        cnfs = _cnfs(flow)
+        solved = solver_settings(cnfs)  # (None without a CNF)
+        if cnfs:
+            solved["nfe"] = [c.nfe_forward for c in cnfs]  # each block's, in the last solve
+        if not isinstance(ode, contextlib.nullcontext):
+            from ..matching import nfe
+            from .evaluate import describe_solver
+
             counts = sorted({c.nfe_forward for c in cnfs})
             if len(cnfs) == 1:
                 nfes = f"{_count(nfe(flow), 'function evaluation')} in the last solve"
@@ -795,34 +862,53 @@ def cmd_sample(args) -> int:
             else:
                 each = ", ".join(str(c.nfe_forward) for c in cnfs)
                 nfes = f"function evaluations in the last solve of its {len(cnfs)} blocks: {each}"
-            used = f"ODE: {describe_solver(solver_settings(cnfs))}, {nfes}"
+            used = f"ODE: {describe_solver(solved)}, {nfes}"
     title = f"{args.n} samples{what}, T={args.temperature:g}"
     save_samples(x, cfg, out, title=title, given=given, overwrite=args.overwrite)
-    print(f"wrote {_count(x.shape[0], 'sample')}{what} to {out}")
-    if used:
-        print(used)
+    seconds = time.perf_counter() - start
     reduced = reduced_bits_note(cfg) if Path(out).suffix.lower() != ".png" else None
-    if reduced:
-        print(f"note: {reduced}")
     from .report import outside_ranges
 
-    outside = outside_ranges(x, cfg)
-    if outside:
-        say_warning(outside)
+    warned = [outside_ranges(x, cfg)]
     clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
     if clamped and cfg["resolved"].get("levels") is None:  # integer columns with bounds
-        say_warning(
+        warned.append(
             f"{clamped:.2%} of the sampled values fell outside the bounds of their "
             "integer columns and were clamped to them: the model puts that mass outside the "
             "data's range, so these samples are not exactly the model's"
         )
     elif clamped:
         levels = cfg["resolved"]["levels"]
-        say_warning(
+        warned.append(
             f"{clamped:.2%} of the sampled values fell outside the data's {levels} "
             f"levels (0 to {levels - 1}) and were clamped to them: the model puts that mass "
             "outside the data's range, so these samples are not exactly the model's"
         )
+    warned = [w for w in warned if w]
+    if args.json:
+        _print_json({
+            "out": str(out.resolve()),
+            "run": str(Path(args.run).resolve()),
+            "model": cfg["model"]["name"],
+            "samples": x.shape[0],
+            "shape": list(x.shape),  # (a .npy file's array)
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "context": None if given is None else {"columns": given[0], "rows": given[1]},
+            "device": str(dev),
+            "ode": solved,
+            "seconds": seconds,
+            "notes": [reduced] if reduced else [],
+            "warnings": warned,  # (also on standard error, as without --json)
+        })  # fmt: skip
+    else:
+        print(f"wrote {_count(x.shape[0], 'sample')}{what} to {out}")
+        if used:
+            print(used)
+        if reduced:
+            print(f"note: {reduced}")
+    for w in warned:
+        say_warning(w)
     return 0
 
 
@@ -891,7 +977,13 @@ def cmd_report(args) -> int:
                 f"{len(temps)}"
             )
         temps = tuple(temps)
-    path = write_report(args.run, split=args.split, temperatures=temps, seed=args.seed)
+    summary = {} if args.json else None
+    path = write_report(
+        args.run, split=args.split, temperatures=temps, seed=args.seed, summary=summary
+    )
+    if args.json:
+        _print_json({"run": str(Path(args.run).resolve()), "split": args.split, **summary})
+        return 0
     print(f"report: {path}")
     from .runs import describe_run_status, run_status
 
@@ -1285,6 +1377,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object (the epoch lines go to standard error)",
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", parents=[common], help="NLL of a run's best model")
@@ -1411,6 +1508,7 @@ def make_parser() -> argparse.ArgumentParser:
         "a GPU draws from its own random stream: other samples than the CPU's for "
         "the same --seed, from the same model",
     )
+    s.add_argument("--json", action="store_true", help="print what was written as one JSON object")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
@@ -1422,6 +1520,9 @@ def make_parser() -> argparse.ArgumentParser:
         "0.5,0.7,0.85,1 unconditional, 1,0.7 per class; a table's samples stay at 1)",
     )
     s.add_argument("--seed", type=_seed, default=0)
+    s.add_argument(
+        "--json", action="store_true", help="print the page's path and figures as one JSON object"
+    )
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(

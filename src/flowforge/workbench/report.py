@@ -1065,14 +1065,11 @@ def _epochs_run(ep: list, cfg: dict, run) -> str:
     """``65 of 200`` (the epochs logged, of the configured ``train.epochs``), why training
     ended (an early stop, with its patience), the seconds it took (the epochs' own), and
     whether the best epoch is the last (the model was still improving)."""
-    from .runs import CKPT_FILE, _checkpoint_counters
-
     k = len(ep)
     n = cfg.get("train", {}).get("epochs")
     ok = isinstance(n, int) and not isinstance(n, bool) and n > 0
     said = f"{k} of {n} (train.epochs)" if ok else str(k)
-    counters = _checkpoint_counters(Path(run) / CKPT_FILE)
-    how = counters["finished"] if counters else None
+    how = _ended(run)
     if how == "early-stopped":
         patience = cfg.get("train", {}).get("patience")
         said += "; early-stopped" + (
@@ -1086,6 +1083,15 @@ def _epochs_run(ep: list, cfg: dict, run) -> str:
     if ep and ep[-1].get("best") is True and how != "early-stopped" and k > 1:
         said += "; the best epoch is the last: the model was still improving (train it longer)"
     return said
+
+
+def _ended(run) -> str | None:
+    """How a run's training ended, as its checkpoint records it: ``"finished"``,
+    ``"early-stopped"``, or None (unfinished, or no readable checkpoint to tell)."""
+    from .runs import CKPT_FILE, _checkpoint_counters
+
+    counters = _checkpoint_counters(Path(run) / CKPT_FILE)
+    return counters["finished"] if counters else None
 
 
 def _seconds(s: float) -> str:
@@ -1206,6 +1212,7 @@ def write_report(
     temperatures=None,
     n: int = 64,
     seed: int = 0,
+    summary: dict | None = None,
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path.
 
@@ -1213,6 +1220,7 @@ def write_report(
     image run's figures: one grid each (default 0.5, 0.7, 0.85 and 1 for an unconditional run,
     1 and 0.7 for the per-class grids of a label-conditional one). A table run's samples are
     drawn at T = 1, to be compared with the data; the report notes temperatures given for one.
+    ``summary``: a dict to fill with the page's headline facts (``flowforge report --json``).
     """
     run = Path(run)
     if temperatures is not None:
@@ -1252,7 +1260,7 @@ def write_report(
     except OSError as e:  # (a read-only run: said of the run, not of a temporary name)
         raise WorkbenchError(f"cannot write the report into {run}: {e.strerror or e}") from None
     try:
-        return _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir)
+        return _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir, summary)
     finally:
         shutil.rmtree(figdir, ignore_errors=True)
 
@@ -1331,7 +1339,9 @@ def outside_ranges(x, cfg: dict) -> str | None:
     )
 
 
-def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path) -> Path:
+def _write_report(
+    run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path, summary: dict | None = None
+) -> Path:
     from ..io import atomic_write
     from .evaluate import (
         REFERENCES,
@@ -1400,9 +1410,11 @@ def _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path
     x_split = ds.split(split).reshape(-1, *shape)
     c_split = ds.split_context(split)
     fitted: dict = {}  # the references fitted to the training split: once for both splits
+    scores = {}  # each split's figures, for the summary
     for name in dict.fromkeys((split, "test")):
         # as `flowforge eval` scores it
         res = evaluate_run(run, name, seed=seed, dataset=ds, references=fitted)
+        scores[name] = {k: res.get(k) for k in ("nll", "nll_se", "bits_per_dim", "examples")}
         v = res["nll"]
         many = f"{res['examples']} example{'s' if res['examples'] != 1 else ''}"
         se = "" if res["nll_se"] is None else f" +- {res['nll_se']:.4f}"
@@ -1602,6 +1614,24 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
             shutil.copyfile(final / versioned_figure(name, token), figdir / name)
         os.replace(figdir / name, final / name)
     _remove_unshown_figures(run, final, made, token)
+    if summary is not None:  # the headline's facts, as the rows above say them
+        summary.update(
+            page=str(out.resolve()),
+            figures=[{"title": t, "path": str((run / p).resolve())} for t, p in figs],
+            model=cfg["model"]["name"],
+            parameters=r["parameters"],
+            status=unfinished["state"] if unfinished else _ended(run),
+            epochs=len(ep),
+            max_epochs=cfg.get("train", {}).get("epochs"),
+            best_epoch=best["epoch"] if best else None,
+            best_val=best[key] if best else None,
+            best_val_unit="nats/example" if key == "val_nll" else what,
+            scores=scores,
+            warnings=[f"{k[len('warning: ') :]}: {v}" for k, v in rows if k.startswith("warning:")],
+            notes=[f"{k[len('note: ') :]}: {v}" for k, v in rows if k.startswith("note:")],
+        )
+        if unfinished:
+            summary["run_status"] = unfinished
     return out
 
 
