@@ -520,3 +520,11 @@ def test_a_label_conditional_run_is_compared_with_a_histogram_per_class(tmp_path
     res = json.loads(capsys.readouterr().out)
     assert 90 < res["class_histogram_nll"] < 160 and res["class_histogram_difference_se"] > 0
     assert "histogram_nll" not in res  # (the unconditional one is not this model's reference)
+
+
+def test_the_data_row_names_a_split_seed_other_than_the_default():
+    # an audit: two runs of the same data with different data.seed showed the same data row
+    # and different figures
+    assert R._split_seed({"data": {"name": "moons", "seed": 3}}) == "; split seed 3 (data.seed)"
+    assert R._split_seed({"data": {"name": "moons", "seed": 0}}) == ""
+    assert R._split_seed({}) == ""

@@ -1094,6 +1094,13 @@ def _ended(run) -> str | None:
     return counters["finished"] if counters else None
 
 
+def _split_seed(cfg: dict) -> str:
+    """``; split seed 3 (data.seed)`` where the run's data were split with a seed other than
+    the default 0 (another seed: other examples in each split, so other figures)."""
+    seed = cfg.get("data", {}).get("seed", 0)
+    return f"; split seed {seed} (data.seed)" if seed else ""
+
+
 def _seconds(s: float) -> str:
     """``42 s``, ``3 min 5 s``, ``2 h 4 min``."""
     if s < 60:
@@ -1547,7 +1554,9 @@ def _write_report(
         (
             "data",
             f"{cfg['data']['name']} ({r['examples']['train']} train, "
-            f"{r['examples']['val']} val, {r['examples']['test']} test)",
+            f"{r['examples']['val']} val, {r['examples']['test']} test"
+            + _split_seed(cfg)
+            + ")",
         ),
         ("levels", _levels_words(r.get("levels"))),
         ("standardised", _standardised(r, flow)),
