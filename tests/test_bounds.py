@@ -170,7 +170,7 @@ def test_data_bounds_train_a_run_whose_numbers_and_samples_respect_them(tmp_path
         rc,
         err,
         "column 'share' has 1 value on or above its upper bound 1",
-        "(the highest: 1.5; the first at row index 4, from 0)",
+        "(the highest: 1.5; the first at row index 4, 0-based)",
     )
     assert "the run's model has no density there, so drop those rows" in err
     # values on a bound, all of them integers: not "declare it in data.integers" (a data

@@ -302,6 +302,9 @@ def test_sizes_of_the_transformer_are_checked():
     for ratio in (0, -1):
         with pytest.raises(ValueError, match="expected mlp_ratio to be an integer >= 1"):
             ff.models.build("tarflow", features=4, blocks=1, width=8, heads=2, mlp_ratio=ratio)
-    with pytest.raises(ValueError, match="expected a finite bound > 0, got inf"):
+    with pytest.raises(ValueError, match="argument bound=inf is not finite"):
         ff.models.build("tarflow", features=4, blocks=1, width=8, heads=2, transformer="spline",
                         bound=float("inf"))  # fmt: skip
+    with pytest.raises(ValueError, match="expected a finite bound > 0, got -1"):
+        ff.models.build("tarflow", features=4, blocks=1, width=8, heads=2, transformer="spline",
+                        bound=-1.0)  # fmt: skip

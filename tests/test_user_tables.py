@@ -231,10 +231,10 @@ def test_a_csv_number_too_long_for_float64_is_out_of_range_not_missing(tmp_path)
     still is."""
     rows = "\n".join(f"{i},{i % 3}" for i in range(40))
     (tmp_path / "huge.csv").write_text(f"a,b\n{rows}\n{'9' * 400},1\n")
-    with pytest.raises(DataError, match="beyond float32's range .*on lines 42"):
+    with pytest.raises(DataError, match="beyond float32's range .*on line 42"):
         load_dataset(str(tmp_path / "huge.csv"))
     (tmp_path / "inf.csv").write_text(f"a,b\n{rows}\ninf,1\n")
-    with pytest.raises(DataError, match="NaN or inf on lines 42"):
+    with pytest.raises(DataError, match="NaN or inf on line 42"):
         load_dataset(str(tmp_path / "inf.csv"))
 
 
@@ -510,7 +510,7 @@ def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(
 MISSING = [
     ("", "cannot read '' as a number (a missing value"),
     ("NA", "cannot read 'NA' as a number (a missing"),
-    ("nan", "contains NaN or inf on lines 3 (missing"),
+    ("nan", "contains NaN or inf on line 3 (missing"),
 ]
 
 

@@ -179,7 +179,9 @@ def CNF(
             sine/cosine pairs of time and ``log(t + time_eps)`` (``time_eps > 0``; 0: none).
         space_features, space_scale: random Fourier features of the state
             (:class:`TimeEmbeddingNet`; 0: none); ``space_scale`` may be a list of scales
-            (a mixture, the features split equally among them).
+            (a mixture, the features split equally among them). ``time_eps`` without
+            ``time_frequencies``, or ``space_scale`` without ``space_features``, is refused
+            unless it has its default value (no network would read it).
         (and the data options of :mod:`flowforge.models.assembly`; flow matching needs
         ``base="normal"`` and uniform dequantization)
 
@@ -190,6 +192,19 @@ def CNF(
         torch.Size([4])
     """
     (d,) = event_shape(features, None)
+    for name, value, default, needs, has in (
+        ("time_eps", time_eps, 1e-3, "time_frequencies", time_frequencies is not None),
+        ("space_scale", space_scale, 1.0, "space_features", bool(space_features)),
+    ):  # (a value no network reads: another model than the user meant)
+        if value != default and not has:
+            raise ValueError(
+                f"{name} applies only with {needs}, which this CNF does not have: leave {name} "
+                f"out, or set {needs}"
+            )
+    if isinstance(time_eps, bool) or not (
+        isinstance(time_eps, (int, float)) and math.isfinite(time_eps) and time_eps >= 0
+    ):
+        raise ValueError(f"expected a finite time_eps >= 0, got {time_eps!r}")
     chain: list[Transform] = [ActNorm(d)] if actnorm else []
     chain.append(
         CNFLayer(

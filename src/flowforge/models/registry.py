@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -219,10 +220,26 @@ def _type_ok(value, hint) -> bool:
     return True
 
 
+_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string",
+          "dict": "a mapping", "list": "a list", "tuple": "a list", "NoneType": "null"}  # fmt: skip
+_PLURALS = {"a number": "numbers", "an integer": "integers", "a string": "strings"}
+
+
 def _describe(hint) -> str:
-    if isinstance(hint, type):  # <class 'float'> reads as Python; "a float" reads as English
-        return {"float": "a number", "int": "an integer", "bool": "true or false",
-                "str": "a string"}.get(hint.__name__, hint.__name__)  # fmt: skip
+    """An annotation in the words of a config file (YAML, JSON) rather than Python's:
+    ``int | None`` is "an integer or null", ``Sequence[int] | int`` "a list of integers or an
+    integer"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        words = list(dict.fromkeys(w for a in args for w in _describe(a).split(" or ")))
+        return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+    if origin in (Sequence, list, tuple) or (origin is not None and issubclass(origin, Sequence)):
+        each = _PLURALS.get(_describe(args[0])) if args else None
+        return f"a list of {each}" if each else "a list"
+    if origin is dict:
+        return "a mapping"
+    if isinstance(hint, type):  # <class 'float'> reads as Python; "a number" as a config
+        return _WORDS.get(hint.__name__, hint.__name__)
     return str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 
@@ -256,12 +273,24 @@ def plain_numbers(v):
 
 def _short(v, most: int = 80) -> str:
     """``repr(v)`` on one line, cut to ``most`` characters (a tensor or array spans many)."""
+    if v is None or isinstance(v, bool):  # as a config file writes them
+        return {None: "null", True: "true", False: "false"}[v]
     r = " ".join(repr(v).split())
     return r if len(r) <= most else r[: most - 3] + "..."
 
 
+def _not_finite(v) -> bool:
+    """A float NaN or infinity in ``v`` (a number, or a list, tuple or dict holding one)."""
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    if isinstance(v, dict):
+        v = v.values()
+    return isinstance(v, (list, tuple, type({}.values()))) and any(_not_finite(x) for x in v)
+
+
 def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
-    """``ValueError`` naming the first argument whose value does not fit its annotation."""
+    """``ValueError`` naming the first argument whose value does not fit its annotation, or
+    that holds a NaN or an infinity (no builder takes one, and a model's record is JSON)."""
     hints = spec.build.__annotations_resolved__
     params = spec.signature.parameters
     # an argument taken by **kwargs has the annotation of **kwargs (if any)
@@ -274,6 +303,10 @@ def check_arguments(spec: BuilderSpec, arguments: dict) -> None:
                 f"{spec.name}: argument {k}={_short(v)} has the wrong type; expected "
                 f"{_describe(hint)}"
                 f"{_list_hint(v, hint)}"
+            )
+        if _not_finite(v):
+            raise ValueError(
+                f"{spec.name}: argument {k}={_short(v)} is not finite; expected finite numbers"
             )
 
 

@@ -30,7 +30,26 @@ __all__ = ["TarFlow", "TRANSFORMERS"]
 TRANSFORMERS = ("affine", "spline", "mixture")
 
 
+# the arguments each elementwise transformer reads (the others must keep their defaults)
+_READS = {
+    "affine": ("scale_bound",),
+    "spline": ("bins", "bound"),
+    "mixture": ("mixtures", "scale_bound"),
+}
+_DEFAULTS = {"scale_bound": 3.0, "bins": 8, "bound": 4.0, "mixtures": 4}
+
+
 def _transformer(kind: str, scale_bound: float, bins: int, bound: float, mixtures: int):
+    given = {"scale_bound": scale_bound, "bins": bins, "bound": bound, "mixtures": mixtures}
+    unused = [k for k, v in given.items() if k not in _READS.get(kind, given) and v != _DEFAULTS[k]]
+    if unused:  # (a value the chosen transformer never reads: another model than the user meant)
+        users = sorted({t for t, reads in _READS.items() for k in unused if k in reads})
+        raise ValueError(
+            f"{', '.join(unused)} {'applies' if len(unused) == 1 else 'apply'} to "
+            f"transformer={' or '.join(map(repr, users))}, not to the {kind!r} transformer this "
+            f"TarFlow has: leave {'it' if len(unused) == 1 else 'them'} out, or choose such a "
+            "transformer instead"
+        )
     if kind == "affine":
         return Affine(scale_bound)
     if kind == "spline":
@@ -74,8 +93,10 @@ def TarFlow(
         patch: token size; must divide the features, or the height and width.
         transformer: the elementwise transformer of every block: ``"affine"`` (TarFlow),
             ``"spline"`` (rational-quadratic, ``bins`` on ``[-bound, bound]``) or
-            ``"mixture"`` (Flow++'s logistic-mixture CDF, ``mixtures`` components).
-        scale_bound: soft bound of the affine log-scales.
+            ``"mixture"`` (Flow++'s logistic-mixture CDF, ``mixtures`` components). An
+            argument the chosen transformer does not read (``bins`` for an affine TarFlow) is
+            refused unless it has its default value.
+        scale_bound: soft bound of the affine log-scales (affine and mixture).
         dropout: dropout inside the transformers.
         mlp_ratio: the MLP width of each transformer layer, in multiples of ``width``.
         (and the data options of :mod:`flowforge.models.assembly`: a ``context_features``

@@ -1275,8 +1275,13 @@ class _Parser(argparse.ArgumentParser):
     later option makes ambiguous would break a script)."""
 
     def __init__(self, *args, **kwargs):
+        import re
+
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # a value such as -1e-3 is a number, not an option (argparse's own pattern takes -1
+        # and -0.001 only, and said "expected one argument" of --lr -1e-3)
+        self._negative_number_matcher = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 
     def error(self, message: str):
         self.exit(2, f"flowforge: error: {message} (see: {self.prog} --help)\n")
@@ -1315,6 +1320,7 @@ def make_parser() -> argparse.ArgumentParser:
                    "targets of your own first; repeatable")  # fmt: skip
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    p.commands = sub.choices  # (each command's parser, for its own errors)
 
     s = sub.add_parser("list", parents=[common], help="list models and datasets")
     s.add_argument("--json", action="store_true")
@@ -1791,7 +1797,12 @@ def _main(argv: list[str] | None) -> int:
     from .allocator import reuse_freed_memory
     from .errors import WorkbenchError, out_of_memory
 
-    args = make_parser().parse_args(_attach_values(sys.argv[1:] if argv is None else argv))
+    parser = make_parser()
+    args, extra = parser.parse_known_args(_attach_values(sys.argv[1:] if argv is None else argv))
+    if extra:  # said by the command's own parser: its --help lists the options it takes
+        parser.commands.get(getattr(args, "command", None), parser).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
     reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
     imports = [*getattr(args, "imports", []), *getattr(args, "imports_cmd", [])]
     before = frozenset(sys.modules)

@@ -169,7 +169,22 @@ def _yaml_load(text: str):
         re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
         list("-+0123456789"),
     )
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:  # its text names "<unicode string>" and draws carets
+        raise yaml.YAMLError(_yaml_words(e)) from None
+
+
+def _yaml_words(e) -> str:
+    """A YAML syntax error as one line: where (line and column, from 1) and what, with the
+    construct it was inside (``line 2, column 1: expected the node content, but found
+    '<stream end>' (while parsing a flow node)``)."""
+    mark = e.problem_mark or e.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = e.problem or "not valid YAML"
+    for end in ("'<stream end>'", "<stream end>"):
+        problem = problem.replace(end, "the end of the text")
+    return where + problem + (f" ({e.context})" if e.context else "")
 
 
 def _unique_keys(pairs: list) -> dict:
@@ -321,7 +336,10 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
             raise WorkbenchError("config 'train' must be a mapping")
         for k, v in tr.items():
             if k not in DEFAULT_TRAIN:
-                raise WorkbenchError(f"unknown train option {k!r}{train_key_hint(k)}")
+                raise WorkbenchError(
+                    f"unknown train option {k!r}"
+                    + (train_key_hint(k) or f" (the train options: {', '.join(DEFAULT_TRAIN)})")
+                )
             out["train"][k] = v
     return out
 
@@ -419,6 +437,8 @@ def _device(v):
     return v
 
 
+MAX_SAMPLES = 10_000  # draws one evaluation averages (IWAE's bounds use up to 5,000)
+
 TRAIN_CHECKS: dict[str, Callable] = {
     "objective": lambda v: _choice(*OBJECTIVES)(v),
     "epochs": _int(1),
@@ -436,7 +456,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "halve_after": _int(0),
     "ema": _float(0.0, 1.0, hi_open=True),
     "init_batch": _int(0),
-    "val_samples": _int(1),
+    "val_samples": _int(1, MAX_SAMPLES),  # (as eval's --samples)
     "memory_saving": _bool,
     "compile": _compile,
     "log_every": _int(0),

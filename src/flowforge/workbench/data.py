@@ -524,13 +524,15 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
     bad = _bad_rows(out, lambda c: ~np.isfinite(c))
     if len(bad):
         raise DataError(
-            f"{path} contains NaN or inf on lines {_rows([lines[i] for i in bad])} (missing "
+            f"{path} contains NaN or inf on line{'s' if len(bad) > 1 else ''} "
+            f"{_rows([lines[i] for i in bad])} (missing "
             "values? drop those rows, or fill them in: a flow models complete rows)"
         )
     big = _bad_rows(out, lambda c: np.abs(c) > np.finfo(np.float32).max)
     if len(big):
         raise DataError(
-            f"{path}: values beyond float32's range (about 3.4e38) on lines "
+            f"{path}: values beyond float32's range (about 3.4e38) on "
+            f"line{'s' if len(big) > 1 else ''} "
             f"{_rows([lines[i] for i in big])}"
         )
     # the second column's cells all of one width, the first's not that one: 36,6 or 13,750
@@ -1331,7 +1333,7 @@ def check_levels(x, levels: int | None, bits: int, where: str, coding: bool = Fa
     lo, hi = (str(int(v)) if v == round(v) else str(x.new_tensor(v).numpy()) for v in (lo, hi))
     raise DataError(
         f"{where} has values in [{lo}, {hi}] ({int(outside.sum())} of its {len(x)} examples, "
-        f"the first at index {first}, from 0); this run models {levels} levels, values in "
+        f"the first at index {first}, 0-based); this run models {levels} levels, values in "
         f"[0, {levels - 1}]{hint}"
     )
 
@@ -1629,7 +1631,7 @@ def check_bounds(
                         f"{'' if n == 1 else 's'} {'' if closed else 'on or '}"
                         f"{'below' if below else 'above'} its {side} bound {b:g} (the "
                         f"{'lowest' if below else 'highest'}: {float(worst):.10g}; the first "
-                        f"at row index {first}, from 0); {why}: "
+                        f"at row index {first}, 0-based); {why}: "
                         + (
                             "the run's model has no density there, so drop those rows"
                             if scoring
@@ -1951,7 +1953,9 @@ def _table(
             "its integer grid 0..levels-1 by dequantization (drop standardize, or levels)"
         )
     if not (isinstance(whiten, bool) or whiten == "auto"):  # (not 0 or 1: they equal bools)
-        raise DataError(f"data.whiten must be auto, true or false, got {str(whiten)[:40]!r}")
+        from ..models.registry import _short
+
+        raise DataError(f"data.whiten must be auto, true or false, got {_short(whiten, 40)}")
     if whiten is True and (levels is not None or standardize is False):
         raise DataError(
             "data.whiten: true replaces the standardisation of a continuous table with a "

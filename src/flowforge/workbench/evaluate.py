@@ -22,7 +22,7 @@ from ..transforms.continuous import (
     grid_steps,
 )
 from .build import check_manifold_data, column_words
-from .config import MANIFOLD_MODELS
+from .config import MANIFOLD_MODELS, MAX_SAMPLES
 from .data import (
     _chunk_rows,
     beyond_ranges,
@@ -54,9 +54,6 @@ __all__ = [
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
-
-
-MAX_SAMPLES = 10_000  # draws one evaluation averages (IWAE's bounds use up to 5,000)
 
 
 def _sample_names_first(path, width: int) -> bool:
@@ -400,9 +397,9 @@ def check_eval_options(
 def _checked_options(run, samples, iw, trace, tol, batch_size, device):
     """``(config, model on its device, device)`` of a run whose options :func:`evaluate_run`
     takes (:func:`check_eval_options`)."""
-    for name, v in (("batch size", batch_size), ("samples", samples)):
+    for name, v in (("--batch-size", batch_size), ("--samples", samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise DataError(f"the {name} must be a positive integer, got {v!r}")
+            raise DataError(f"{name} must be a positive integer, got {v!r}")
     if samples > MAX_SAMPLES:
         raise DataError(
             f"--samples {samples:,} is more than the {MAX_SAMPLES:,} draws one evaluation "
@@ -613,7 +610,8 @@ def describe_calibration(c: dict) -> list[str]:
             "are usual); their verdicts are weak either way"
         ]
     return [
-        f"calibration on {c['split']} ({rows}, {c['samples']} draws each, seed {c['seed']}):",
+        f"calibration on {c['split']} ({rows}, {c['samples']} "
+        f"draw{'s' if c['samples'] != 1 else ''} each, seed {c['seed']}):",
         *few,
         "  " + c["sbc"]["summary"],
         "  " + c["coverage"]["summary"],
