@@ -1554,9 +1554,7 @@ def _write_report(
         (
             "data",
             f"{cfg['data']['name']} ({r['examples']['train']} train, "
-            f"{r['examples']['val']} val, {r['examples']['test']} test"
-            + _split_seed(cfg)
-            + ")",
+            f"{r['examples']['val']} val, {r['examples']['test']} test" + _split_seed(cfg) + ")",
         ),
         ("levels", _levels_words(r.get("levels"))),
         ("standardised", _standardised(r, flow)),
