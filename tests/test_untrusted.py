@@ -243,7 +243,7 @@ def test_nonfinite_numbers_never_print(tmp_path, capsys):
     assert rc == 0 and math.isfinite(res["nll"]) and res["nll"] > 1e10
     for bad in (("--batch-size", -5), ("--batch-size", 0)):
         rc, out, err = cli(capsys, "eval", run, *bad)
-        one_line_error(rc, err, "batch size")
+        one_line_error(rc, err, "--batch-size")
     rc, out, err = cli(capsys, "sample", run, "-n", 3, "--temperature", "inf", "--out",
                        tmp_path / "s.npy")  # fmt: skip
     one_line_error(rc, err, "temperature")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -18,6 +19,7 @@ __all__ = [
     "INFERENCE_MODE",
     "COMPILE_OPTIONS",
     "event_shape",
+    "checked_int",
     "per_channel",
     "unknown",
     "suggest",
@@ -75,9 +77,20 @@ def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
     warnings.warn(message, category, stacklevel=level + 1)
 
 
-def event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    """``(D,)`` from an int, else the shape as a tuple of ints."""
-    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+def event_shape(
+    shape: int | Sequence[int], name: str = "shape", image: bool = False
+) -> tuple[int, ...]:
+    """``(D,)`` from an int, else the shape as a tuple of ints; a ValueError naming ``name``
+    unless it has at least one dimension (three with ``image``: ``(C, H, W)``) and every size
+    is an integer >= 1."""
+    sizes = (shape,) if _integer(shape) else shape
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
+        sizes = ()
+    sizes = tuple(sizes)
+    if not sizes or (image and len(sizes) != 3) or not all(_integer(s) and s >= 1 for s in sizes):
+        want = "an image shape (C, H, W)" if image else "an integer >= 1 or a tuple"
+        raise ValueError(f"expected {name} to be {want} of positive sizes, got {sizes or shape!r}")
+    return tuple(int(s) for s in sizes)
 
 
 def per_channel(v: Tensor, x: Tensor) -> Tensor:
@@ -85,10 +98,17 @@ def per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(-1, *[1] * (x.dim() - 2))
 
 
-def checked_int(name: str, value, least: int = 1) -> int:
-    """``value`` if it is an integer (not a bool) ``>= least``; a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"expected {name} to be an integer >= {least}, got {value!r}")
+def _integer(value) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy one), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def checked_int(name: str, value, least: int = 1, most: int | None = None) -> int:
+    """``value`` as an int if it is an integer (not a bool) in ``[least, most]``; a ValueError
+    naming ``name`` otherwise (the one check of a size, a count or a depth)."""
+    if not _integer(value) or value < least or (most is not None and value > most):
+        span = f"an integer >= {least}" if most is None else f"an integer in [{least}, {most}]"
+        raise ValueError(f"expected {name} to be {span}, got {value!r}")
     return int(value)
 
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._util import event_shape
 from .core import exact_levels
 from .models import registry
 from .models.integer import IntegerFlow, check_exact_latents
@@ -514,7 +515,7 @@ def _as_integers(flow: IntegerFlow, x) -> np.ndarray:
 
 def default_chunk(shape) -> int:
     """64 examples per network call, or as many as ``MAX_CHUNK_VALUES`` values allow."""
-    return max(1, min(64, MAX_CHUNK_VALUES // math.prod(shape)))
+    return max(1, min(64, MAX_CHUNK_VALUES // math.prod(event_shape(shape))))
 
 
 def _check_chunk(chunk: int, shape: tuple[int, ...]) -> None:

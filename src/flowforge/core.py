@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._util import all_finite, functorch_active
+from ._util import all_finite, checked_int, functorch_active
 from ._util import event_shape as _event_shape
 from ._util import warn as _warn
 from .reversible import ReversibleChain, refusal
@@ -89,6 +89,28 @@ def check_shape(x: Tensor, event_shape: Sequence[int], what: str = "input") -> N
         )
 
 
+def _check_type(what: str, obj, cls) -> None:
+    """A ``TypeError`` unless ``obj`` is a ``cls`` (a flowforge class, or a tuple of one and
+    ``NoneType``): "expected transform to be a flowforge Transform (...), got int"."""
+    if not isinstance(obj, cls):
+        want = "None or a " if isinstance(cls, tuple) else "a "
+        name = (cls[0] if isinstance(cls, tuple) else cls).__name__
+        raise TypeError(
+            f"expected {what} to be {want}flowforge {name} (subclass flowforge.core.{name}), "
+            f"got {type(obj).__name__}"
+        )
+
+
+def _refuse_nonfinite(t: Tensor, batch: tuple, what: str) -> None:
+    """The ``ValueError`` for ``t`` of shape ``(*batch, ...)`` holding NaN or inf, naming its
+    first bad batch indices (``x`` and the context alike)."""
+    if not batch:  # one example without a batch dimension
+        raise ValueError(f"{what} contains NaN or inf")
+    bad = (~torch.isfinite(t)).reshape(*batch, -1).any(-1).nonzero()[:5]
+    bad = bad.flatten().tolist() if len(batch) == 1 else bad.tolist()  # [3, 7], not [[3], [7]]
+    raise ValueError(f"{what} contains NaN or inf (first bad batch indices: {bad})")
+
+
 class Transform(nn.Module):
     r"""An invertible map with a tractable log-determinant.
 
@@ -127,10 +149,11 @@ class Transform(nn.Module):
         context_shape: Sequence[int] | None = None,
     ):
         super().__init__()
-        self.event_shape = tuple(int(s) for s in event_shape)
+        self.event_shape = _event_shape(event_shape, "event_shape")
         self.output_shape = self.event_shape if output_shape is None else tuple(output_shape)
         if context_shape is None:
-            context_shape = (int(context_features),) if context_features else ()
+            context_features = checked_int("context_features", context_features, 0)
+            context_shape = (context_features,) if context_features else ()
         self.context_shape = tuple(int(s) for s in context_shape)
         self.context_features = self.context_shape[0] if self.context_shape else 0
 
@@ -385,6 +408,7 @@ class Inverse(Transform):
     """Swaps the directions of a transform (an IAF is an inverted MAF)."""
 
     def __init__(self, transform: Transform):
+        _check_type("transform", transform, Transform)
         super().__init__(transform.output_shape, 0, transform.event_shape, transform.context_shape)
         self.transform = transform
         self.numeric_inverse = transform.numeric_inverse
@@ -729,7 +753,7 @@ class Dequantizer(nn.Module):
         ):
             raise ValueError(f"expected levels to be an integer >= 2, got {levels!r}")
         self.levels = levels
-        self.context_features = int(context_features)
+        self.context_features = checked_int("context_features", context_features, 0)
 
     def check(self, x: Tensor) -> None:
         """``ValueError`` unless ``x`` holds integers in ``[0, levels - 1]`` that ``x``'s dtype
@@ -801,9 +825,9 @@ class Distribution(nn.Module):
 
     def __init__(self, event_shape, context_features: int = 0):
         super().__init__()
-        self.event_shape = _event_shape(event_shape)
+        self.event_shape = _event_shape(event_shape, "event_shape")
         self.features = math.prod(self.event_shape)
-        self.context_features = int(context_features)
+        self.context_features = checked_int("context_features", context_features, 0)
         # A constant to take device and dtype from; not saved, so checkpoints stay portable.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
@@ -944,18 +968,9 @@ class Flow(nn.Module):
                 "**tensors), a function that builds it from tensors the base holds "
                 '(docs/extending.md, "Bases from torch.distributions")'
             )
-        for what, obj, cls in (
-            ("transform", transform, Transform),
-            ("base", base, Distribution),
-            ("dequantizer", dequantizer, (Dequantizer, type(None))),
-        ):
-            if not isinstance(obj, cls):
-                want = "None or a " if what == "dequantizer" else "a "
-                name = (cls[0] if isinstance(cls, tuple) else cls).__name__
-                raise TypeError(
-                    f"expected {what} to be {want}flowforge {name} (subclass "
-                    f"flowforge.core.{name}), got {type(obj).__name__}"
-                )
+        _check_type("transform", transform, Transform)
+        _check_type("base", base, Distribution)
+        _check_type("dequantizer", dequantizer, (Dequantizer, type(None)))
         if tuple(base.event_shape) != transform.output_shape:
             raise ValueError(
                 f"the base is over shape {tuple(base.event_shape)} but the transform outputs "
@@ -1051,13 +1066,7 @@ class Flow(nn.Module):
             )
         batch = tuple(x.shape[: x.dim() - k])
         if self._validating(x) and not all_finite(x):
-            if not batch:  # one example without a batch dimension
-                raise ValueError("x contains NaN or inf")
-            bad = (~torch.isfinite(x)).reshape(*batch, -1).any(-1).nonzero()[:5]
-            bad = (
-                bad.flatten().tolist() if len(batch) == 1 else bad.tolist()
-            )  # [3, 7], not [[3], [7]]
-            raise ValueError(f"x contains NaN or inf (first bad batch indices: {bad})")
+            _refuse_nonfinite(x, batch, "x")
         x = x.reshape(-1, *self.event_shape)
         context = self._check_context(context, batch)
         return x, context, batch
@@ -1117,7 +1126,7 @@ class Flow(nn.Module):
                 )
             raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}{hint}")
         if self._validating(context) and not all_finite(context):
-            raise ValueError("context contains NaN or inf")
+            _refuse_nonfinite(context, batch, "context")
         return context.reshape(-1, c)
 
     # -- density -----------------------------------------------------------------------------

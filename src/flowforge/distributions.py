@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._util import LOG_2PI
+from ._util import LOG_2PI, checked_int
 from .core import Distribution
 from .nets import MADE, MLP
 from .torch_distributions import TorchBase
@@ -147,8 +147,7 @@ class GaussianMixture(_Mixture):
         spread: float = 1.0,
     ):
         super().__init__(event_shape, context_features)
-        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
-            raise ValueError(f"expected components to be an integer >= 1, got {components!r}")
+        components = checked_int("components", components)
         if not 0 <= spread < math.inf:
             raise ValueError(f"expected a finite spread >= 0, got {spread!r}")
         self.components = components
@@ -228,8 +227,7 @@ class MADEMoG(_Mixture):
         spread: float = 1.0,
     ):
         super().__init__(event_shape, context_features)
-        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
-            raise ValueError(f"expected components to be an integer >= 1, got {components!r}")
+        components = checked_int("components", components)
         if not 0 <= spread < math.inf:
             raise ValueError(f"expected a finite spread >= 0, got {spread!r}")
         self.components = k = int(components)

@@ -735,6 +735,11 @@ def read(
     path: str | os.PathLike, max_bytes: int = MAX_BYTES
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Parse a ``.ff`` file (or a run folder's ``model.ff``) into ``(metadata, tensors)``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"expected path to be a str or os.PathLike (a .ff file or a run folder), got "
+            f"{type(path).__name__}"
+        )
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE

@@ -239,6 +239,20 @@ def sample_times(
     return u
 
 
+def _check_options(path: str, ot: bool, sigma: float) -> float:
+    """The loss's path, OT pairing and noise checked (for :class:`FlowMatching` when built,
+    and :func:`flow_matching_loss` when called); ``sigma`` as a float."""
+    if path not in PATHS:
+        raise ValueError(f"unknown flow-matching path {path!r}; expected one of {PATHS}")
+    if not isinstance(ot, bool):
+        raise ValueError(f"expected ot to be True or False, got {ot!r}")
+    if isinstance(sigma, bool) or not (
+        isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0
+    ):
+        raise ValueError(f"expected a finite sigma >= 0, got {sigma!r}")
+    return float(sigma)
+
+
 class FlowMatching:
     r"""The conditional flow-matching loss, ``FlowMatching(...)(flow, x, context) -> scalar``.
 
@@ -268,15 +282,7 @@ class FlowMatching:
         time_scale: float = 1.0,
         time_power: float = 1.0,
     ):
-        if path not in PATHS:
-            raise ValueError(f"unknown flow-matching path {path!r}; expected one of {PATHS}")
-        if not isinstance(ot, bool):
-            raise ValueError(f"expected ot to be True or False, got {ot!r}")
-        if isinstance(sigma, bool) or not (
-            isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0
-        ):
-            raise ValueError(f"expected a finite sigma >= 0, got {sigma!r}")
-        self.path, self.ot, self.sigma = path, ot, float(sigma)
+        self.path, self.ot, self.sigma = path, ot, _check_options(path, ot, sigma)
         self.times = _time_options(times, time_loc, time_scale, time_power)
 
     def __repr__(self) -> str:
@@ -313,8 +319,7 @@ def flow_matching_loss(
 
     ``net``: a module to call in place of the CNF's network, computing the same function with
     the same weights (e.g. ``torch.compile(cnf.net)``; the workbench's ``train.compile``)."""
-    if path not in PATHS:
-        raise ValueError(f"unknown flow-matching path {path!r}; expected one of {PATHS}")
+    sigma = _check_options(path, ot, sigma)
     _time_options(times, time_loc, time_scale, time_power)
     before, cnf = split_flow(flow)
     given = x

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._util import unknown
+from ._util import checked_int, unknown
 
 __all__ = [
     "grouped_linear",
@@ -145,6 +145,14 @@ def grouped_linear(h: Tensor, weight: Tensor, bias: Tensor | None, groups: int) 
     return nn.functional.linear(h, w, b).view(*h.shape[:-1], groups, d).transpose(-1, -2)
 
 
+def _sizes(n_in, n_out, context_features, unit: str = "features") -> tuple[int, int, int]:
+    """A network's checked sizes: ``in_{unit}`` may be 0 where a context feeds it (a coupling
+    that keeps nothing reads the context alone: VariationalDequantization's first layer)."""
+    context_features = checked_int("context_features", context_features, 0)
+    n_in = checked_int(f"in_{unit}", n_in, 0 if context_features else 1)
+    return n_in, checked_int(f"out_{unit}", n_out), context_features
+
+
 class MLP(nn.Module):
     """A multi-layer perceptron ``in_features (+ context) -> hidden... -> out_features``.
 
@@ -167,8 +175,14 @@ class MLP(nn.Module):
         zero_init: bool = True,
     ):
         super().__init__()
+        in_features, out_features, context_features = _sizes(
+            in_features, out_features, context_features
+        )
         act = activation_class(activation)
-        widths = [in_features + context_features, *hidden]
+        widths = [
+            in_features + context_features,
+            *(checked_int("every hidden width", h) for h in hidden),
+        ]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), act()]
@@ -224,6 +238,10 @@ class ResidualMLP(nn.Module):
         zero_init: bool = True,
     ):
         super().__init__()
+        in_features, out_features, context_features = _sizes(
+            in_features, out_features, context_features
+        )
+        hidden, blocks = checked_int("hidden", hidden), checked_int("blocks", blocks, 0)
         act = activation_class(activation)
         self.context_features = context_features
         self.inp = nn.Linear(in_features + context_features, hidden)
@@ -293,6 +311,10 @@ class ConvResNet(nn.Module):
         zero_init: bool = True,
     ):
         super().__init__()
+        in_channels, out_channels, context_features = _sizes(
+            in_channels, out_channels, context_features, "channels"
+        )
+        hidden, blocks = checked_int("hidden", hidden), checked_int("blocks", blocks, 0)
         act = activation_class(activation)
         self.context_features = context_features
         self.inp = nn.Conv2d(in_channels + context_features, hidden, 3, padding=1)
@@ -514,15 +536,17 @@ class MADE(nn.Module):
         adjacency=None,
     ):
         super().__init__()
-        hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
-        if not hidden or min(hidden) < 1:
+        hidden = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+        if not hidden:
             raise ValueError(f"MADE needs at least one hidden layer of positive width: {hidden}")
+        hidden = tuple(checked_int("every hidden width", h) for h in hidden)
         self.grouped = bool(grouped)
         if residual and len(set(hidden)) != 1:
             raise ValueError(f"a residual MADE needs equal hidden widths, got {hidden}")
-        self.features, self.params_per_dim = int(features), int(params_per_dim)
+        self.features = checked_int("features", features)
+        self.params_per_dim = checked_int("params_per_dim", params_per_dim)
         self.hidden, self.residual = hidden, bool(residual)
-        self.context_features = int(context_features)
+        self.context_features = checked_int("context_features", context_features, 0)
         self.act = activation_class(activation)()
         d, p = self.features, self.params_per_dim
         if adjacency is None:

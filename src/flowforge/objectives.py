@@ -43,6 +43,15 @@ def target_name(target) -> str:
     return str(name) if name else repr(target)
 
 
+def _check_target(target_log_prob) -> None:
+    """A TypeError unless the target is callable (a function ``x -> log p~(x)``)."""
+    if not callable(target_log_prob):
+        raise TypeError(
+            "expected target_log_prob to be a callable, x -> unnormalised log-density (e.g. "
+            f"flowforge.targets.get('banana')), got {type(target_log_prob).__name__}"
+        )
+
+
 def check_log_prob(log_p, x: Tensor, name: str, zero: Tensor | None = None) -> Tensor:
     """Check a target's output for ``x`` of shape ``(*batch, dim)``: a tensor of shape
     ``(*batch,)`` with no NaN and no ``+inf`` (``-inf``, zero density, is allowed). Raises a
@@ -124,6 +133,7 @@ def reverse_kl(
     :class:`ZeroDensity` (a ``ValueError``): the KL is infinite there, and a flow on ``R^D``
     cannot be trained by it.
     """
+    _check_target(target_log_prob)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
     if context is not None and context.dim() > 1 and not context.shape[0]:
@@ -384,6 +394,7 @@ def log_importance_weights(
     and the ESS, however many samples). Returns ``(n,)`` (``(n, B)`` with a ``(B, c)``
     context), in float64.
     """
+    _check_target(target_log_prob)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected a number of samples n >= 1, got {n!r}")
     if context is not None and context.dim() > 1 and not context.shape[0]:

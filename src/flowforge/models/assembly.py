@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .. import distributions as D
-from .._util import unknown
+from .._util import checked_int, unknown
 from ..core import Compose, Flow, Transform
 from ..nets import MLP, ConvResNet, ResidualMLP
 from ..transforms import (
@@ -174,11 +174,7 @@ def count(name: str, v) -> int:
     """``v`` if it is an integer >= 1 (a size, a number of components), and for a depth
     (``DEPTHS``) at most ``MAX_COUNT`` (``layers: 100000000`` built for minutes); a
     ValueError naming ``name`` otherwise."""
-    hi = MAX_COUNT if name in DEPTHS else None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (hi is not None and v > hi):
-        span = f"an integer in [1, {hi}]" if hi is not None else "an integer >= 1"
-        raise ValueError(f"expected {name} to be {span}, got {v!r}")
-    return v
+    return checked_int(name, v, 1, MAX_COUNT if name in DEPTHS else None)
 
 
 def event_shape(features: int | None, shape: Sequence[int] | None) -> tuple[int, ...]:

@@ -61,6 +61,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._util import event_shape as _event
 from .._util import warn
 from ..core import Transform, Transformer, checked_transformer, refresh_tolerances
 from ..nets import MADE
@@ -164,9 +165,7 @@ class Autoregressive(Transform):
         adjacency=None,
     ):
         checked_transformer(transformer)
-        shape = (features,) if isinstance(features, int) else tuple(int(s) for s in features)
-        if min(shape, default=0) < 1:
-            raise ValueError(f"expected features >= 1, got {features}")
+        shape = _event(features, "features")
         if net is None:
             if len(shape) != 1:
                 raise ValueError(

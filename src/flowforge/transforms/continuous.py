@@ -27,6 +27,7 @@ Training attributes, refreshed on every call:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from .._util import INFERENCE_MODE, functorch_active, jacobian_rows
+from .._util import INFERENCE_MODE, checked_int, functorch_active, jacobian_rows
 from ..core import Transform, _autocasting, samples_only
 from ..nets import _hooked, activation_class
 
@@ -118,6 +119,9 @@ class ODEStepBudgetError(RuntimeError, ValueError):
 def grid_steps(time: float, step_size: float) -> int:
     """The number of steps of a fixed grid of ``step_size`` over ``[0, time]``, as torchdiffeq
     lays it out (the last step shortened to end at ``time``)."""
+    for name, v in (("time", time), ("step_size", step_size)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+            raise ValueError(f"expected a finite {name} > 0, got {v!r}")
     return max(1, math.ceil(time / step_size - 1e-9))
 
 
@@ -261,8 +265,10 @@ class ODENet(nn.Module):
         activation: str = "tanh",
     ):
         super().__init__()
+        features = checked_int("features", features)
+        context_features = checked_int("context_features", context_features, 0)
         act = activation_class(activation, SMOOTH_ACTIVATIONS)
-        widths = [features, *hidden, features]
+        widths = [features, *(checked_int("every hidden width", h) for h in hidden), features]
         cond = 1 + context_features
         self.layers = nn.ModuleList(
             ConcatSquash(a, b, cond) for a, b in zip(widths[:-1], widths[1:])
@@ -488,7 +494,7 @@ class CNF(Transform):
         max_steps: int = 1000,
         activation: str = "tanh",
     ):
-        super().__init__((int(features),), context_features)
+        super().__init__((checked_int("features", features),), context_features)
         methods = ode_methods()
         if method not in methods:
             raise ValueError(
@@ -516,9 +522,7 @@ class CNF(Transform):
             raise ValueError(f"expected tolerances rtol > 0 and atol > 0, got {rtol}, {atol}")
         rtol, atol = _check_tolerance("rtol", float(rtol)), _check_tolerance("atol", float(atol))
         if step_size is not None:
-            if not (math.isfinite(float(step_size)) and float(step_size) > 0):
-                raise ValueError(f"expected a finite step_size > 0, got {step_size}")
-            steps = grid_steps(float(time), float(step_size))
+            steps = grid_steps(float(time), step_size)
             if method in _FIXED and steps > max_steps:  # refused before any grid is built
                 raise ValueError(
                     f"step_size={float(step_size):g} makes a grid of {steps:,} steps over time "

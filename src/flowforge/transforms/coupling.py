@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .._util import checked_int
+from .._util import event_shape as _event
 from ..core import Transform, Transformer, checked_transformer
 from ..nets import GROUPED_FROM
 
@@ -39,19 +41,20 @@ __all__ = [
 
 def half_mask(features: int, flip: bool = False) -> Tensor:
     """``[True] * ceil(n/2) + [False] * floor(n/2)``, or its complement with ``flip``."""
+    features = checked_int("features", features)
     m = torch.arange(features) < (features + 1) // 2
     return ~m if flip else m
 
 
 def alternating_mask(features: int, flip: bool = False) -> Tensor:
     """True at even indices (odd indices with ``flip``)."""
-    m = torch.arange(features) % 2 == 0
+    m = torch.arange(checked_int("features", features)) % 2 == 0
     return ~m if flip else m
 
 
 def checkerboard_mask(shape: tuple[int, int, int], flip: bool = False) -> Tensor:
     """RealNVP's spatial checkerboard over ``(C, H, W)``: True where ``(h + w)`` is even."""
-    c, h, w = shape
+    c, h, w = _event(shape, image=True)
     m = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == 0
     m = m.expand(c, h, w).clone()
     return ~m if flip else m
@@ -59,6 +62,7 @@ def checkerboard_mask(shape: tuple[int, int, int], flip: bool = False) -> Tensor
 
 def channel_mask(shape: tuple[int, ...], flip: bool = False) -> Tensor:
     """True on the first half of the channels (dimension 0 of ``shape``)."""
+    shape = _event(shape)
     m = half_mask(shape[0], flip)
     return m.reshape(-1, *[1] * (len(shape) - 1)).expand(shape).clone()
 

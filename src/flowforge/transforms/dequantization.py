@@ -92,8 +92,9 @@ class VariationalDequantization(Dequantizer):
         image = len(self.event_shape) == 3
         n = self.event_shape[0]  # features (vectors) or channels (images), also of the context
         masks = [torch.zeros(self.event_shape, dtype=torch.bool)]  # 1st layer: all entries move
+        steps = checked_int("steps", steps, 0)
         if math.prod(self.event_shape) > 1:
-            for j in range(int(steps)):
+            for j in range(steps):
                 if image:
                     masks.append(checkerboard_mask(self.event_shape, flip=j % 2 == 1))
                 else:

@@ -98,12 +98,7 @@ class EmergingConv2d(Transform):
         tol: float = 1e-8,
         max_iter: int | None = None,
     ):
-        shape = _event(shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(
-                f"EmergingConv2d needs an image shape (C, H, W) of positive sizes, got "
-                f"{tuple(shape)}"
-            )
+        shape = _event(shape, image=True)
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
             raise ValueError(f"expected an odd int kernel_size, got {kernel_size!r}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -127,15 +122,8 @@ class EmergingConv2d(Transform):
     def set_solver(self, solver: str, tol: float | None = None, max_iter: int | None = None):
         """Choose the inverse's solver (``"auto"``, ``"dense"``, ``"sequential"`` or
         ``"parallel"``) and the parallel solver's ``tol`` and ``max_iter``. Returns the layer."""
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+        _check_solver(solver, tol, max_iter)
         tol = getattr(self, "tol", 1e-8) if tol is None else float(tol)
-        if not 0 < tol < math.inf:  # inf would stop the iterations after one sweep, unsolved
-            raise ValueError(f"expected a finite tol > 0, got {tol}")
-        if max_iter is not None and (
-            isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1
-        ):
-            raise ValueError(f"expected max_iter to be an integer >= 1 or None, got {max_iter!r}")
         self.solver, self.tol, self.max_iter = solver, tol, max_iter
         self.numeric_inverse = tol if solver == "parallel" else None
         self.last_sweeps = 0  # sweeps of the latest parallel inverse
@@ -265,6 +253,19 @@ class EmergingConv2d(Transform):
         return f"{super().extra_repr()}, kernel_size={self.kernel_size}, solver={self.solver!r}"
 
 
+def _check_solver(solver: str, tol: float | None, max_iter: int | None) -> None:
+    """A ValueError unless ``solver`` is one of ``SOLVERS``, ``tol`` None or finite and > 0,
+    ``max_iter`` None or an integer >= 1 (checked before any layer is touched)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    if tol is not None and not 0 < float(tol) < math.inf:  # inf: one sweep, unsolved
+        raise ValueError(f"expected a finite tol > 0, got {tol}")
+    if max_iter is not None and (
+        isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1
+    ):
+        raise ValueError(f"expected max_iter to be an integer >= 1 or None, got {max_iter!r}")
+
+
 def set_emerging_solver(
     model: nn.Module, solver: str, tol: float | None = None, max_iter: int | None = None
 ) -> int:
@@ -278,6 +279,7 @@ def set_emerging_solver(
         >>> set_emerging_solver(glow, "parallel", tol=1e-6)
         2
     """
+    _check_solver(solver, tol, max_iter)
     n = 0
     for m in model.modules():
         if isinstance(m, EmergingConv2d):

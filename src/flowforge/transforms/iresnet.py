@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._util import INFERENCE_MODE, jacobian_rows, largest
+from .._util import INFERENCE_MODE, checked_int, jacobian_rows, largest
 from ..core import Transform, samples_only
 from ..nets import activation_class
 
@@ -188,7 +188,9 @@ class ResidualBlock(Transform):
         eval_power_iterations: int = 10,
         max_iter: int = 2000,
     ):
-        super().__init__((features,), context_features)
+        d = checked_int("features", features)
+        super().__init__((d,), context_features)
+        hidden = [checked_int("every hidden width", h) for h in hidden]
         if not 0 < coeff < 1:
             raise ValueError(f"expected 0 < coeff < 1 (a contraction), got {coeff}")
         if estimator not in ("auto", "exact", "roulette"):
@@ -200,9 +202,8 @@ class ResidualBlock(Transform):
         if isinstance(n_exact, bool) or not isinstance(n_exact, int) or n_exact < 0:
             raise ValueError(f"expected n_exact to be an integer >= 0, got {n_exact!r}")
         act = activation_class(activation, LIPSCHITZ_ACTIVATIONS)
-        d = int(features)
         self.features = d
-        widths = [d + context_features, *tuple(hidden), d]
+        widths = [d + self.context_features, *hidden, d]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             if i:

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._util import checked_int, householder, per_channel
 from .._util import event_shape as _event
-from .._util import householder, per_channel
 from ..core import Transform
 
 __all__ = ["Permutation", "Reverse", "Scaling", "LULinear", "QRLinear", "PlainLinear"]
@@ -177,9 +177,8 @@ class QRLinear(_OnDim1):
     def __init__(self, shape, reflections: int | None = None):
         super().__init__(shape)
         c = self.features
-        k = (c if c > 1 else 0) if reflections is None else int(reflections)
-        if not 0 <= k <= c:
-            raise ValueError(f"expected 0 <= reflections <= {c}, got {k}")
+        k = c if c > 1 else 0  # (one feature: no reflection)
+        k = k if reflections is None else checked_int("reflections", reflections, 0, c)
         self.vectors = nn.Parameter(torch.randn(k, c))
         self.register_buffer("triu_idx", torch.triu_indices(c, c, 1), persistent=False)
         self.upper = nn.Parameter(torch.zeros(c * (c - 1) // 2))

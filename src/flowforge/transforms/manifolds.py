@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._util import checked_int
 from ..core import Distribution, Transform, checking
 from ..nets import MLP
 from .splines import rational_quadratic
@@ -82,6 +83,15 @@ def check_angles(x: Tensor, what: str) -> None:
             f"expected {what} to be angles in [-pi, pi], got values in [{lo:.10g}, {hi:.10g}] "
             f"({fix})"
         )
+
+
+def _torus_input(layer: Transform, inverse: bool) -> str:
+    """What a circle layer's angle check calls its input: what the user gave, a torus flow's
+    data (or noise, inverting), with the layer that checked it."""
+    name = type(layer).__name__
+    if inverse:
+        return f"a torus flow's noise ({name}.inverse's input)"
+    return f"a torus flow's input ({name}'s)"
 
 
 def check_interval(t: Tensor, what: str) -> None:
@@ -164,13 +174,14 @@ class CircularElementwise(Transform):
     """
 
     def __init__(self, features: int, kind: str = "spline", bins: int = 8):
+        features = checked_int("features", features)
         super().__init__((features,))
         _check_bins(kind, bins)
         self.kind = kind
         self.params = nn.Parameter(torch.zeros(features, params_per_angle(kind, bins)))
 
     def _map(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        check_angles(x, f"{type(self).__name__}{'.inverse' if inverse else ''} input")
+        check_angles(x, _torus_input(self, inverse))
         p = self.params.expand(x.shape[0], *self.params.shape)
         y, ladj = circle_map(self.kind, x, p, inverse=inverse)
         return y, ladj.sum(1)
@@ -268,13 +279,14 @@ class CircularCoupling(Transform):
         out = len(self.moved_angles) * self.n_circle + len(self.moved_interval) * self.n_interval
         self.net = _Embed(periodic[mask], out, hidden, activation)
 
-    def _check(self, x: Tensor, what: str) -> None:
+    def _check(self, x: Tensor, inverse: bool) -> None:
         if checking(x):  # (the selections themselves read nothing back)
-            check_angles(x.index_select(1, self.angles), what)
+            check_angles(x.index_select(1, self.angles), _torus_input(self, inverse))
+            what = f"{type(self).__name__}{'.inverse' if inverse else ''} input"
             check_interval(x.index_select(1, self.intervals), f"{what}'s interval coordinates")
 
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        self._check(x, f"{type(self).__name__}{'.inverse' if inverse else ''} input")
+        self._check(x, inverse)
         h = self.net(x.index_select(1, self.kept))
         n_a = len(self.moved_angles) * self.n_circle
         pa = h[:, :n_a].reshape(x.shape[0], -1, self.n_circle)
@@ -356,6 +368,7 @@ class UniformTorus(Distribution):
     """
 
     def __init__(self, features: int):
+        features = checked_int("features", features)
         super().__init__((features,))
         self.log_volume = features * math.log(2 * PI)
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._util import checked_int, warn
 from .._util import event_shape as _event
-from .._util import warn
 from ..core import DataInit, Transform, checking
 
 __all__ = ["Logit", "Standardize", "DataStandardize", "Bounded", "Whiten", "ContextStandardize"]
@@ -540,6 +540,7 @@ class ContextStandardize(torch.nn.Module):
 
     def __init__(self, features: int, loc, scale):
         super().__init__()
+        features = checked_int("features", features)
         values = {}
         for name, v in (("loc", loc), ("scale", scale)):
             try:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import householder, largest
+from .._util import checked_int, householder, largest
 from ..core import Transform
 from ..nets import MLP
 
@@ -171,8 +171,8 @@ class Planar(_Amortised):
     full_precision = True  # (its solves do not converge in bfloat16)
 
     def __init__(self, features: int, context_features: int = 0, hidden: Sequence[int] = (32,)):
-        super().__init__((features,), context_features)
-        d = int(features)
+        d = checked_int("features", features)
+        super().__init__((d,), context_features)
         self.features = d
         theta = torch.cat([0.1 * torch.randn(d), torch.randn(d) / math.sqrt(d), torch.zeros(1)])
         self.theta = nn.Parameter(theta)  # (u, w, b)
@@ -235,8 +235,8 @@ class Radial(_Amortised):
     """
 
     def __init__(self, features: int, context_features: int = 0, hidden: Sequence[int] = (32,)):
-        super().__init__((features,), context_features)
-        d = int(features)
+        d = checked_int("features", features)
+        super().__init__((d,), context_features)
         self.features = d
         theta = torch.cat([0.5 * torch.randn(d), torch.zeros(1), 0.5 * torch.randn(1)])
         self.theta = nn.Parameter(theta)  # (z0, alpha', beta')
@@ -337,15 +337,13 @@ class Sylvester(_Amortised):
         context_features: int = 0,
         hidden: Sequence[int] = (32,),
     ):
-        super().__init__((features,), context_features)
+        d = checked_int("features", features)
+        super().__init__((d,), context_features)
         if kind not in self.KINDS:
             raise ValueError(f"unknown Sylvester kind {kind!r}; expected one of {self.KINDS}")
-        d = int(features)
-        m = d if rank is None or kind != "orthogonal" else int(rank)
-        if not 1 <= m <= d:
-            raise ValueError(f"expected 1 <= rank <= features={d}, got {rank}")
+        m = d if rank is None or kind != "orthogonal" else checked_int("rank", rank, 1, d)
         self.features, self.rank, self.kind, self.flip = d, m, kind, bool(flip)
-        self.reflections = d if reflections is None else int(reflections)
+        self.reflections = d if reflections is None else checked_int("reflections", reflections)
         iu = torch.triu_indices(m, m, 1)
         self.register_buffer("_iu", iu, persistent=False)
         n_off = iu.shape[1]
