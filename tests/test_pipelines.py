@@ -152,7 +152,11 @@ def test_sample_json_names_the_file_it_wrote(table_run, capsys):
     for args in ((), ("--json",)):
         rc, _, _ = cli(capsys, "sample", d / "r", "-n", 5, "--out", d / f"s{len(args)}.csv", *args)
         assert rc == 0
-    assert (d / "s0.csv").read_bytes() == (d / "s1.csv").read_bytes()
+    # (equal to float32's last digits: an autoregressive inverse picks its fastest path by
+    # timing, and the paths round differently)
+    a, b = (np.loadtxt(d / f"s{i}.csv", delimiter=",", skiprows=1) for i in (0, 1))
+    assert (d / "s0.csv").read_text().splitlines()[0] == (d / "s1.csv").read_text().splitlines()[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_report_json_has_the_pages_headline(table_run, capsys):
