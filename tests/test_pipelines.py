@@ -197,3 +197,23 @@ def test_json_has_null_for_a_number_that_is_not_finite(capsys):
 
     _print_json({"best_val": float("inf"), "nll": [float("nan"), 1.5]})
     assert json.loads(capsys.readouterr().out) == {"best_val": None, "nll": [None, 1.5]}
+
+
+def test_threads_are_set_for_the_command_and_recorded(tmp_path, capsys):
+    # an audit: torch's default of one thread per core made small runs 10x slower on a shared
+    # machine, and only compress had a --threads
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        rc, out, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--limit",
+                           64, "--epochs", 1, "--threads", 2, "--out", tmp_path / "r", "--quiet",
+                           "--json")  # fmt: skip
+        assert rc == 0, err
+        cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+        assert cfg["resolved"]["environment"]["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        cli(capsys, "eval", tmp_path / "r", "--threads", 0)
+    assert "--threads: expected an integer in [1, 1024], got '0'" in capsys.readouterr().err

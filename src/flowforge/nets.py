@@ -465,10 +465,21 @@ def _receptive_sets(adjacency: Tensor, conditional: bool) -> list[frozenset[int]
     return sorted(sets, key=lambda s: (len(s), sorted(s)))
 
 
-def _grown(known: Tensor, new: Tensor) -> Tensor:
-    """``known`` with the columns ``new`` appended; ``new`` itself while ``known`` has none (a
-    copy fewer: on a GPU each is a kernel launch, and sampling launches D steps of them)."""
+def _grown(known: Tensor, new: Tensor, lo: int, fill: bool) -> Tensor:
+    """``known`` with the columns ``new`` at ``lo`` onwards. ``fill``: ``known`` is a buffer of
+    its final width, written in place (no gradients: each step would otherwise copy all the
+    columns so far, ``D^2`` copies per row over a sampling); else ``known`` grows by a
+    concatenation (``new`` itself while ``known`` has none: on a GPU each copy is a kernel
+    launch, and sampling launches D steps of them)."""
+    if fill:
+        known[:, lo : lo + new.shape[1]] = new
+        return known
     return new if not known.shape[1] else torch.cat([known, new], 1)
+
+
+def _known(ref: Tensor, batch: int, width: int, fill: bool) -> Tensor:
+    """The columns computed so far: a buffer of the final ``width`` (``fill``), or none yet."""
+    return ref.new_empty(batch, width) if fill else ref.new_zeros(batch, 0)
 
 
 class MADE(nn.Module):
@@ -726,10 +737,13 @@ class MADE(nn.Module):
             return grouped_linear(h, ws[-1], self.out.bias, self.params_per_dim)
         return lin(h, ws[-1], self.out.bias).reshape(x.shape[0], self.features, self.params_per_dim)
 
-    def _grow(self, ws, cs, hs, acts, x_known, n_known: int, ends) -> tuple[Tensor, int]:
+    def _grow(
+        self, ws, cs, hs, acts, x_known, n_known: int, ends, fill: bool
+    ) -> tuple[Tensor, int]:
         """One step of an incremental inverse: the hidden units ``ends[i] = (lo, hi)`` of each
         layer ``i``, whose inputs are all known now, appended to ``hs`` (and their activations
-        to ``acts``, residual nets); returns the last layer's known units and their count."""
+        to ``acts``, residual nets; written into buffers with ``fill``); returns the last
+        layer's known units and their count."""
         lin = nn.functional.linear
         prev, n_prev = x_known, n_known
         for i, layer in enumerate(self.linears):
@@ -743,8 +757,8 @@ class MADE(nn.Module):
                     new = self._act_fresh(pre)
                 else:
                     new = pre if i == 0 else hs[i - 1][:, lo:hi] + pre
-                    acts[i] = _grown(acts[i], self.act(new))
-                hs[i] = _grown(hs[i], new)
+                    acts[i] = _grown(acts[i], self.act(new), lo, fill)
+                hs[i] = _grown(hs[i], new, lo, fill)
             prev, n_prev = hs[i], hi
         return (acts[-1] if self.residual else hs[-1]), n_prev
 
@@ -784,17 +798,18 @@ class MADE(nn.Module):
         # units of each layer with degree exactly k, as contiguous slices (degrees are sorted)
         bounds = self._degree_ends
         lin = nn.functional.linear
-        x_known = ref.new_zeros(batch, 0)  # inputs in degree order
-        hs = [ref.new_zeros(batch, 0) for _ in self.hidden]  # computed units per layer
-        acts = [ref.new_zeros(batch, 0) for _ in self.hidden]  # act(hs) for residual nets
+        fill = not torch.is_grad_enabled()  # (buffers written in place: nothing to backpropagate)
+        x_known = _known(ref, batch, d, fill)  # inputs in degree order
+        hs = [_known(ref, batch, h, fill) for h in self.hidden]  # computed units per layer
+        acts = [_known(ref, batch, h, fill) for h in self.hidden]  # act(hs), residual nets
         for k in range(d):  # inputs with degree <= k are known; find dimension of degree k + 1
             ends = [((b[k - 1] if k else 0), b[k]) for b in bounds]
-            last, n_prev = self._grow(ws, cs, hs, acts, x_known, (k if d > 1 else 0), ends)
+            last, n_prev = self._grow(ws, cs, hs, acts, x_known, (k if d > 1 else 0), ends, fill)
             dim = self._order[k]
             params = lin(last[:, :n_prev], w_out[dim][:, :n_prev], b_out[dim])
             value = step(dim, params)
             if k + 1 < d:
-                x_known = _grown(x_known, value.unsqueeze(1))
+                x_known = _grown(x_known, value.unsqueeze(1), k, fill)
 
     def _solve_by_generations(self, step, batch: int, context, like) -> None:
         """The inverse by generations, each hidden unit computed once: at the step where the
@@ -809,20 +824,23 @@ class MADE(nn.Module):
         w_out = ws[-1].reshape(d, p, -1)
         b_out = self.out.bias.reshape(d, p)
         lin = nn.functional.linear
-        x_known = ref.new_zeros(batch, 0)  # inputs in generation order
-        hs = [ref.new_zeros(batch, 0) for _ in self.hidden]  # computed units per layer
-        acts = [ref.new_zeros(batch, 0) for _ in self.hidden]  # act(hs) for residual nets
+        fill = not torch.is_grad_enabled()  # (buffers written in place: nothing to backpropagate)
+        x_known = _known(ref, batch, d, fill)  # inputs in generation order
+        hs = [_known(ref, batch, h, fill) for h in self.hidden]  # computed units per layer
+        acts = [_known(ref, batch, h, fill) for h in self.hidden]  # act(hs), residual nets
         start = 0
         for g, size in enumerate(self._generation_sizes):
             ends = [((u[g - 1] if g else 0), u[g]) for u in self._unit_ends]
-            last, n_prev = self._grow(ws, cs, hs, acts, x_known, (start if self._n_in else 0), ends)
+            n_known = start if self._n_in else 0
+            last, n_prev = self._grow(ws, cs, hs, acts, x_known, n_known, ends, fill)
             dims = self._generation_index[start : start + size]
             w = w_out.index_select(0, dims)[:, :, :n_prev].reshape(size * p, n_prev)
             b = b_out.index_select(0, dims).reshape(-1)
             value = step(dims, lin(last[:, :n_prev], w, b).view(batch, size, p))
+            if start + size < d:
+                new = value.reshape(batch, size).to(x_known.dtype)
+                x_known = _grown(x_known, new, start, fill)
             start += size
-            if start < d:
-                x_known = _grown(x_known, value.reshape(batch, size).to(x_known.dtype))
 
     def extra_repr(self) -> str:
         s = (

@@ -127,6 +127,29 @@ def _seed(text: str) -> int:
     return v
 
 
+MAX_THREADS = 1024
+
+
+def _threads(text: str) -> int:
+    """``--threads``: torch's intra-op threads, an integer in ``[1, MAX_THREADS]``."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if not 1 <= v <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {MAX_THREADS}], got {text!r}")
+    return v
+
+
+def _threads_option(s) -> None:
+    s.add_argument(
+        "--threads",
+        type=_threads,
+        help="torch threads (default torch's: one per core); 1 is as fast for small models "
+        "and several times faster on a machine other jobs share",
+    )
+
+
 def _parse_mapping(text: str, what: str) -> dict:
     from .config import _yaml_load
     from .errors import WorkbenchError
@@ -1388,6 +1411,7 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the summary as one JSON object (the epoch lines go to standard error)",
     )
+    _threads_option(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", parents=[common], help="NLL of a run's best model")
@@ -1459,6 +1483,7 @@ def make_parser() -> argparse.ArgumentParser:
         "the figures agree up to the last digits (and the dequantization noise, "
         "drawn on the device)",
     )
+    _threads_option(s)
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", parents=[common], help="draw samples from a run's model")
@@ -1515,6 +1540,7 @@ def make_parser() -> argparse.ArgumentParser:
         "the same --seed, from the same model",
     )
     s.add_argument("--json", action="store_true", help="print what was written as one JSON object")
+    _threads_option(s)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
@@ -1529,6 +1555,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--json", action="store_true", help="print the page's path and figures as one JSON object"
     )
+    _threads_option(s)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(
@@ -1543,6 +1570,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace the run in --out if there is one"
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_option(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser(
@@ -1572,6 +1600,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", action="store_true")
+    _threads_option(s)
     s.set_defaults(func=cmd_fit_target)
 
     s = sub.add_parser(
@@ -1804,6 +1833,10 @@ def _main(argv: list[str] | None) -> int:
             f"unrecognized arguments: {' '.join(extra)}"
         )
     reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
+    if getattr(args, "threads", None) and args.command not in ("compress", "decompress"):
+        import torch  # (compress records its own --threads, used while coding)
+
+        torch.set_num_threads(args.threads)
     imports = [*getattr(args, "imports", []), *getattr(args, "imports_cmd", [])]
     before = frozenset(sys.modules)
     for name in imports:  # the user's own builders: named here, never by a
