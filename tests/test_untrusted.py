@@ -392,3 +392,35 @@ def test_half_precision_weights_load_in_float32(tmp_path):
     assert back.dtype == torch.float32
     x = torch.randn(4, 3)
     assert torch.isfinite(back.log_prob(x)).all()
+
+
+def test_a_runs_strings_cannot_drive_the_terminal(tmp_path, capsys):
+    # an audit: a run's recorded data warning erased the printed NLL and printed another, set
+    # the window title and the clipboard
+    from flowforge.workbench.errors import visible
+
+    run = tmp_path / "r"
+    tiny_moons_run(capsys, run)
+    cfg = json.loads((run / "config.json").read_text())
+    fake = "ok\x1b[1A\x1b[2K\rtest NLL 1.2345\x1b]0;title\x07\nnext line\u202e"
+    cfg["resolved"]["data_warnings"] = [fake]
+    (run / "config.json").write_text(json.dumps(cfg))
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0
+    assert not any(c in out + err for c in "\x1b\x07\r\u202e"), (out, err)
+    assert "ok\\x1b[1A\\x1b[2K\\rtest NLL 1.2345\\x1b]0;title\\x07\\nnext line\\u202e" in err
+    assert visible("a\nb\x1b", lines=True) == "a\nb\\x1b"
+
+
+def test_python_m_does_not_import_the_current_folders_modules(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "tqdm.py").write_text("open('PWNED', 'w').write('x')\n")
+    (tmp_path / "yaml.py").write_text("open('PWNED', 'w').write('x')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(ff.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-m", "flowforge", "train", "--model", "realnvp",
+                           "--data", "moons", "--set", "model.residual=x", "--out", "r"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and "wrong type" in done.stderr, done.stderr
+    assert not (tmp_path / "PWNED").exists()

@@ -71,7 +71,9 @@ class _GuardedStdout:
             raise StdoutError(e.errno, f"cannot write to standard output: {reason}") from None
 
     def write(self, text):
-        return self._call(self._stream.write, text)
+        from .errors import visible  # (a run's strings cannot drive the terminal)
+
+        return self._call(self._stream.write, visible(text, lines=True))
 
     def flush(self):
         return self._call(self._stream.flush)
@@ -81,7 +83,9 @@ def _one_line(e) -> str:
     """An exception's (or a warning's) message on one line, in the command's words."""
     if isinstance(e, OSError) and e.strerror and e.filename is None and len(e.args) == 2:
         return " ".join(e.strerror.split())  # our own (errno, message): without "[Errno N]"
-    msg = " ".join(str(e).split()) or type(e).__name__
+    from .errors import visible
+
+    msg = visible(" ".join(str(e).split())) or type(e).__name__
     for python, ours in _PYTHON_REMEDIES:
         msg = msg.replace(python, ours)
     msg = msg.strip("'\"") if isinstance(e, KeyError) else msg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "WorkbenchError",
     "DataError",
@@ -9,7 +11,22 @@ __all__ = [
     "RunError",
     "NonFiniteError",
     "out_of_memory",
+    "visible",
 ]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # breaks too
+_CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str, lines: bool = False) -> str:
+    """``text`` with its control characters written as escapes (``\\x1b``), line breaks too
+    unless ``lines``: what came from a file (a run's recorded warnings, a column's name)
+    cannot move the cursor, fake a line, retitle the window or set the clipboard of the
+    terminal that prints it."""
+    pattern = _CONTROL_IN_LINES if lines else _CONTROL
+    if not pattern.search(text):
+        return text
+    return pattern.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class WorkbenchError(Exception):

@@ -137,7 +137,9 @@ def say_warning(text: str) -> None:
     drawn."""
     from tqdm import tqdm
 
-    tqdm.write(f"flowforge: warning: {text}", file=sys.stderr)
+    from .errors import visible
+
+    tqdm.write(f"flowforge: warning: {visible(text)}", file=sys.stderr)
     sys.stderr.flush()
 
 
