@@ -108,3 +108,17 @@ def test_evals_options_are_named_as_typed(tmp_path, capsys):
     for flag in ("--samples", "--batch-size"):
         rc, _, err = cli(capsys, "eval", tmp_path, flag, "0")
         one_line_error(rc, err, f"{flag} must be a positive integer, got 0")
+
+
+def test_any_annotation_is_said_in_words_without_failing():
+    # (a builder of one's own may annotate with Literal: the message must not fail on it)
+    import typing
+    from collections.abc import Sequence
+
+    from flowforge.models.registry import _describe
+
+    assert _describe(typing.Literal["a", "b"]) == "one of 'a', 'b'"
+    assert _describe(Sequence[int] | int | None) == "a list of integers, an integer or null"
+    assert _describe(bool | None) == "true, false or null"
+    assert _describe(dict[str, int]) == "a mapping"
+    assert "Callable" in _describe(typing.Callable[[int], int])

@@ -233,7 +233,9 @@ def _describe(hint) -> str:
     if origin in (typing.Union, types.UnionType):
         words = list(dict.fromkeys(w for a in args for w in _describe(a).split(" or ")))
         return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
-    if origin in (Sequence, list, tuple) or (origin is not None and issubclass(origin, Sequence)):
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if isinstance(origin, type) and issubclass(origin, Sequence):
         each = _PLURALS.get(_describe(args[0])) if args else None
         return f"a list of {each}" if each else "a list"
     if origin is dict:
