@@ -92,7 +92,7 @@ def test_tables_keep_their_values_and_arrays_of_the_run_shape_are_read(tmp_path)
     [
         ("data.n_test=-5", "n_test must be an integer >= 1, got -5"),
         ("data.n_train=abc", "n_train must be an integer >= 1, got 'abc'"),
-        ("data.n_train=1000000000", "more than the 268,435,456 values"),
+        ("data.n_train=1000000000", "more than the 16,777,216 values"),
         ("model.hidden=[100000, 100000]", "half this machine's memory"),
     ],
 )

@@ -128,8 +128,55 @@ def test_a_run_folder_naming_another_file_never_has_it_read(tmp_path, capsys):
     cfg["data"]["name"] = cfg["resolved"]["data_path"] = str(secret)
     (run / "config.json").write_text(json.dumps(cfg))
     rc, _, err = _one(capsys, "--init-from", run, "--out", tmp_path / "b", "--epochs", 1)
-    one_line_error(rc, err, "is not the data it was trained on (another file size)")
+    one_line_error(rc, err, "is not the data it was trained on (its size or fingerprint differs")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_run_folder_that_cannot_tell_its_data_has_no_file_read(tmp_path, capsys, monkeypatch):
+    """--init-from takes a run's data as eval does (an audit): a config recording no
+    fingerprint had the file it names read and trained on; with a data option given, a file
+    whose fingerprint differs was trained on with a warning; and another file of the recorded
+    size had its structure described ("line 71 has 10 columns")."""
+    from flowforge.workbench import runner
+
+    mine = _table(tmp_path / "t.csv", 200, [0.0] * 3, [1.0] * 3, 5)
+    run = tmp_path / "a"
+    train({"model": TINY, "data": {"name": str(mine)}, "train": {"epochs": 1}}, run,
+          progress=False, echo=False)  # fmt: skip
+    good = json.loads((run / "config.json").read_text())
+    secret = _table(tmp_path / "secret.csv", 300, [5e4] * 3, [1e3] * 3, 1)
+    same_size = tmp_path / "same_size.csv"  # 4 columns on its second line: a parse error
+    text = mine.read_text().splitlines(keepends=True)
+    same_size.write_text("".join([text[0], text[1].replace(",", ";", 1), *text[2:]]))
+    assert same_size.stat().st_size == mine.stat().st_size
+
+    def case(data: Path, drop, *more):
+        cfg = json.loads(json.dumps(good))
+        cfg["data"]["name"] = cfg["resolved"]["data_path"] = str(data)
+        for key in drop:
+            del cfg["resolved"][key]
+        (run / "config.json").write_text(json.dumps(cfg))
+        return _one(capsys, "--init-from", run, "--out", tmp_path / "b", "--epochs", 1, *more)
+
+    read = []
+    load = runner.load_dataset
+    monkeypatch.setattr(runner, "load_dataset", lambda name, **kw: read.append(name) or load(
+        name, **kw))  # fmt: skip
+    rc, _, err = case(secret, ["data_fingerprint", "data_bytes"])
+    one_line_error(rc, err, f"--init-from {run}: ", "records no fingerprint", "with --data")
+    rc, _, err = case(secret, ["data_fingerprint", "data_bytes"], "--limit", 100)
+    one_line_error(rc, err, "records no fingerprint", "with --data")
+    assert read == []  # (refused before the file was opened)
+    rc, _, err = case(secret, ["data_bytes"], "--limit", 100)  # (read: its fingerprint tells)
+    one_line_error(rc, err, "is not the data it was trained on", "with --data")
+    rc, _, err = case(same_size, [], "--limit", 100)
+    one_line_error(rc, err, "is not the data it was trained on", "with --data")
+    assert "column" not in err and "line" not in err
+    assert not (tmp_path / "b").exists()
+    # the run's own file, split anew by a data option given here: trained on, without a warning
+    rc, out, err = case(mine, [], "--limit", 100)
+    assert rc == 0 and "warning" not in out + err, err
+    assert run_config(tmp_path / "b")["resolved"]["examples"]["train"] == 100
 
 
 def test_fine_tuning_on_another_table_keeps_the_runs_standardisation(

@@ -279,6 +279,46 @@ def test_a_long_history_is_thinned_evenly_in_memory():
         assert len(again) == len(r) + (1000 % r.stride == 0)  # it thins on as the original
 
 
+def test_metrics_padded_with_records_of_no_kind_hold_none_of_them(tmp_path, capsys, monkeypatch):
+    """A metrics.jsonl padded with "{}" lines and records of no type the trainer writes made
+    eval, report and --resume hold every one (24-46 bytes of memory a byte of the file, an
+    audit): none is kept (counted as damaged), --resume's truncation drops them, every type
+    is thinned as step records are, and run_status (every eval) streams the epoch records."""
+    from flowforge.workbench import runs
+
+    run = interrupted(tmp_path / "run")  # (epoch 1 logged, interrupted in epoch 2)
+    path = run / "metrics.jsonl"
+    real = path.read_bytes()
+    before = runs.read_metrics(run)
+    assert [r["epoch"] for r in before if r["type"] == "epoch"] == [1]
+    keys = "".join(f', "k{i}": 0' for i in range(runs.MAX_RECORD_FIELDS))
+    junk = [
+        "{}", '{"type": "epoch"}', '{"type": "x", "step": 1, "epoch": 1}', '{"type": 7}',
+        '{"type": ["epoch"], "step": 1}', '{"type": "step", "step": -1, "epoch": 1}',
+        '{"type": "epoch", "step": 1.5, "epoch": 1}', '{"type": "warning", "epoch": 1, "step": 1}',
+        '{"type": "epoch", "epoch": 2, "step": 8, "x": [1, 2]}',
+        '{"type": "step", "epoch": 2, "step": 6' + keys + "}",
+    ]  # fmt: skip
+    path.write_bytes(real + ("\n".join(junk * 200) + "\n").encode())
+    bad: list[int] = []
+    assert runs.read_metrics(run, bad) == before
+    assert len(bad) == runs.MAX_UNREADABLE  # (the first line numbers; the report says "at least")
+    monkeypatch.setattr(runs.Records, "append", lambda self, r: pytest.fail("records held"))
+    status = runs.run_status(run)
+    assert status["state"] == "interrupted" and status["finished_epochs"] == 1
+    monkeypatch.undo()
+    assert runs.truncate_metrics(run, 10**9) == before and path.read_bytes() == real
+    # each type of record is thinned, evenly, as step records are
+    monkeypatch.setattr(runs, "MAX_OTHER_RECORDS", 5)
+    held = runs.Records()
+    for e in range(1, 1001):
+        held.append({"type": "epoch", "epoch": e, "step": e})
+        held.append({"type": "warning", "epoch": e, "step": e, "message": "m"})
+    epochs = [r["epoch"] for r in held if r["type"] == "epoch"]
+    assert 5 <= len(epochs) <= 10 and epochs == list(range(1, 1001, held.kinds["epoch"][0]))
+    assert 5 <= sum(r["type"] == "warning" for r in held) <= 10
+
+
 def test_a_run_never_writes_metrics_it_cannot_read_back(tmp_path, capsys, monkeypatch):
     """The readers' size cap refused a long run's own metrics.jsonl (--resume and report
     failed with 'not a run's metrics'): past METRICS_STEP_BYTES the trainer writes no more

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_support import cli
+from cli_support import cli, one_line_error
 from flowforge.workbench import evaluate
 from flowforge.workbench import runs as RUNS
 from flowforge.workbench.runner import train
@@ -158,6 +158,23 @@ def test_a_damaged_checkpoint_or_lock_says_nothing(run):
     (run / ".lock").unlink()
     (run / "config.json").write_text("{")
     assert RUNS.run_status(run) is None
+
+
+@pytest.mark.parametrize("run", ["cut"], indirect=True)
+def test_a_lock_of_a_pid_os_kill_cannot_take_is_no_lock_of_ours(run, capsys):
+    """A lock of this machine naming a pid beyond a C int: --resume and --overwrite stopped
+    with an internal OverflowError (an audit); it is no lock flowforge wrote, as a pid of 0."""
+    from flowforge.workbench.runs import RunLock
+
+    for pid in (10**20, 2**32, 2**31):
+        lock = json.dumps({"pid": pid, "host": socket.gethostname()})
+        (run / ".lock").write_text(lock)
+        rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+        one_line_error(rc, err, ".lock exists and is not a lock flowforge wrote")
+        with pytest.raises(RUNS.RunError, match="is not a lock flowforge wrote"):
+            with RunLock(run):  # (what --overwrite takes)
+                pass
+        assert (run / ".lock").read_text() == lock
 
 
 @pytest.mark.parametrize("run", ["done"], indirect=True)

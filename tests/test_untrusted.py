@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -113,8 +114,30 @@ def test_files_beyond_the_size_limit_are_not_read(tmp_path):
 def test_a_header_that_lies_about_its_size(tmp_path):
     path = tmp_path / "h.ff"
     path.write_bytes((10**12).to_bytes(8, "little") + b"{}")
-    with pytest.raises(ValueError, match="header claims"):
+    with pytest.raises(ValueError, match="the header is longer than the file"):
         ff.load(path)
+    # a file that is no model: its first 8 bytes are not shown as a number (they were, as
+    # "the header claims 4,696,502,643,126,912,339 bytes": b"SECRET-A")
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"SECRET-API-KEY=abc123")
+    number = int.from_bytes(b"SECRET-A", "little")
+    for read in (ff.load, io.read_metadata):
+        with pytest.raises(ValueError, match="the header is longer than the file") as e:
+            read(secret)
+        assert str(number) not in str(e.value).replace(",", "")
+
+
+def test_ff_load_of_a_run_folder_refuses_a_linked_model(tmp_path):
+    """ff.load(RUN) followed a model.ff link out of the folder and loaded another model (an
+    audit); every command refuses it. A link named as the file itself is the user's choice."""
+    other = tmp_path / "other.ff"
+    ff.save(ff.models.NICE(features=3, layers=1, hidden=[4]), other)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.ff").symlink_to(other)
+    with pytest.raises(ValueError, match="model.ff is a link; a run folder's model.ff is a plain"):
+        ff.load(run)
+    assert ff.load(run / "model.ff").event_shape == (3,)
 
 
 def _tampered(tmp_path, flow, **changes):
@@ -199,6 +222,88 @@ def test_a_crafted_run_config_cannot_read_other_files(tmp_path, capsys):
         rc, _, err = cli(capsys, *args)
         one_line_error(rc, err, "records no fingerprint", "--data")
     assert not (run / "report.html").exists()
+
+
+def test_a_runs_split_sizes_are_checked_before_anything_is_drawn(tmp_path, capsys, monkeypatch):
+    """A 2 KB config.json asking a toy for n_train 2**26 drew gigabytes in eval, report,
+    --resume and --init-from before the fingerprint refused them (an audit): the sizes the run
+    recorded are compared first; and the global bound counts what a draw takes at its peak."""
+    from flowforge.workbench import data
+    from flowforge.workbench.runner import train
+
+    run = tmp_path / "run"
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [4]}, "train": {"epochs": 1},
+           "data": {"name": "moons", "n_train": 64, "n_val": 32, "n_test": 32}}  # fmt: skip
+    train(cfg, run, progress=False, echo=False)
+    moons = data.TOYS["moons"]
+
+    def few(rng, n):  # the toy, for a few examples only
+        assert n <= 64, f"{n:,} examples drawn"
+        return moons(rng, n)
+
+    monkeypatch.setitem(data.TOYS, "moons", few)
+    rc, _, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    edited = json.loads((run / "config.json").read_text())
+    for key, n in (("n_train", 10**6), ("n_test", 10**6), ("limit", 16)):
+        changed = json.loads(json.dumps(edited))
+        changed["data"]["options"][key] = n
+        (run / "config.json").write_text(json.dumps(changed))
+        for args in (("eval", run), ("report", run), ("train", "--out", run, "--resume"),
+                     ("train", "--init-from", run, "--out", tmp_path / "new")):  # fmt: skip
+            rc, _, err = cli(capsys, *args)
+            one_line_error(rc, err, "the data at moons ")
+    assert not (tmp_path / "new").exists()
+    # the bound: 64 bytes a value at the draw's peak, at most 1 GiB
+    with pytest.raises(data.DataError, match="more than the 16,777,216 values"):
+        data.load_dataset("moons", n_train=9_000_000)
+
+
+def test_the_draw_bound_counts_the_generators_peak():
+    """Every synthetic dataset's generator takes at most DRAW_BYTES_PER_VALUE bytes a value at
+    its peak (float64 intermediates), which MAX_DRAWN_VALUES is counted in."""
+    import tracemalloc
+
+    from flowforge.workbench import data
+
+    assert data.MAX_DRAWN_VALUES * data.DRAW_BYTES_PER_VALUE <= 1 << 30
+    for name in data.DATASETS:
+        if name == "digits":
+            continue
+        tracemalloc.start()
+        try:
+            ds = data.load_dataset(name, n_train=20_000, n_val=1, n_test=1)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= data.DRAW_BYTES_PER_VALUE * ds.train.numel(), name
+
+
+def test_a_damaged_split_seed_is_named(tmp_path, capsys):
+    """data.seed -5 in a run's config gave numpy's "expected non-negative integer"."""
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["seed"] = -5
+    (run / "config.json").write_text(json.dumps(cfg))
+    for args in (("eval", run), ("report", run)):
+        rc, _, err = cli(capsys, *args)
+        one_line_error(rc, err, "is damaged: data.seed must be an integer in [0, 4294967295]")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_linked_config_is_refused_before_it_is_opened(tmp_path, capsys):
+    """A config.json that is a link was opened and parsed before it was refused (a link to a
+    text file: "is corrupt: Expecting value"; to a FIFO: "no config.json")."""
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    (tmp_path / "notes.txt").write_text("not json")
+    os.mkfifo(tmp_path / "fifo")
+    for target in ("notes.txt", "fifo", "run/config.json"):
+        link = tmp_path / f"link-{len(target)}"
+        shutil.copytree(run, link)
+        (link / "config.json").unlink()
+        (link / "config.json").symlink_to(tmp_path / target)
+        rc, _, err = cli(capsys, "eval", link)
+        one_line_error(rc, err, "config.json is not a regular file (a link, pipe or folder)")
 
 
 @pytest.mark.parametrize(
@@ -287,7 +392,6 @@ def test_config_files_are_data(tmp_path, capsys, text, needle):
         ({"step_in_epoch": 10**9}, "'step_in_epoch'"),
         ({"global_step": -1}, "'global_step'"),
         ({"finished": "rm -rf"}, "status"),
-        ("rng", "cannot resume"),
         ({"epoch_losses": ["x", "y"]}, "losses is malformed"),  # before a file is written
         ({"epoch_losses": [float("nan")]}, "losses is malformed"),
         ({"warnings": ["x"] * 5000}, "list of warnings is malformed"),
@@ -309,6 +413,9 @@ def test_config_files_are_data(tmp_path, capsys, text, needle):
         ({"epoch_losses": [1.0, 1.0]}, "its counters disagree"),
         ({"steps_per_epoch": 5}, "counts 5 steps per epoch, and the run's data and batch"),
         ("sched_step", "scheduler step 2"),
+        ("rng", "its random state rng/"),
+        ("rng_numpy", "its random state rng.numpy is ['MT19937', [0, 0, 0,"),
+        ("rng_python", "its random state rng.python is [3, [0, 1, 2], None], expected"),
         ("train", "train.batch_size 16, now 32"),
     ],
 )
@@ -331,6 +438,10 @@ def test_a_crafted_resume_checkpoint_is_refused(tmp_path, capsys, change, needle
     if change == "rng":
         key = next(k for k in tensors if k.startswith("rng/"))
         tensors[key] = tensors[key][:3]
+    elif change == "rng_numpy":  # (numpy's words: "an integer is required")
+        meta["rng"]["numpy"] = ["MT19937", [0] * 1000, 0, 0.0]
+    elif change == "rng_python":  # (Python's: "too many values to unpack")
+        meta["rng"]["python"] = [3, [0, 1, 2], None]
     elif change == "lr":
         meta["optimizer"]["param_groups"][0]["lr"] = "x"
     elif change == "betas":

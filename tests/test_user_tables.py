@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tracemalloc
 import warnings
 import zipfile
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from cli_support import cli, one_line_error
-from flowforge.workbench.data import DataError, _read_csv, load_dataset
+from flowforge.workbench.data import DataError, _read_csv, load_dataset, read_table
 
 TINY = ["--model", "realnvp", "--epochs", 1, "--quiet", "--no-progress", "--model-kwargs",
         '{"layers": 1, "hidden": [4]}']  # fmt: skip
@@ -762,3 +763,61 @@ def test_a_constant_column_is_not_refused_as_lost_precision(tmp_path):
     np.save(tmp_path / "const.npy", a)
     ds = load_dataset(str(tmp_path / "const.npy"))
     assert ds.train.shape[1] == 3
+
+
+# files as spreadsheets and other tools write them (an audit, 2026-12-07): each was read
+# silently wrong (a header of numbers as data, a data row as the header, one column as two), or
+# refused without the fix
+_COUNTS = "\n".join(f"{40 + i % 17},{55 - i % 13},{47 + i % 11}" for i in range(60))
+SPREADSHEET_REFUSALS = [
+    ("years.csv", "2019,2020,2021\n" + _COUNTS, "far outside every column's range"),
+    (
+        "years2.csv",
+        "2020,2021\n" + "\n".join(r[:5] for r in _COUNTS.split("\n")),
+        "far outside every column's range",
+    ),
+    (
+        "pandas.csv",
+        "0,1,2\n3,4,5\n" + "\n".join(f"{i % 6},{(i * 7) % 6},{(i * 5) % 6}" for i in range(60)),
+        "holds the column numbers",  # (3,4,5: a later row evenly spaced as well)
+    ),
+    (
+        "exp.csv",
+        "1e3,1e4,1e5\n0.5,1.25,2.5\n0.75,1.5,3.25\n1.5,0.25,0.125\n",
+        "holds whole numbers",
+    ),
+    ("div0.csv", "#DIV/0!,-1.3243,0.2483\n0.5,1.25,2.5\n0.75,1.5,3.25\n", "a missing value"),
+    ("minus.csv", "\u22121.5,2.5,3.1\n0.5,1.25,2.5\n", "its minus is U+2212"),
+    ("typo.csv", "1.5.2,2.5,3.1\n0.5,1.25,2.5\n", "mixes text ('1.5.2'"),
+    ("bool.csv", "a,b\n1.5,TRUE\n", "code TRUE/FALSE as 1/0"),
+    ("thousands.csv", 'a,b\n1.5,"1,234.5"\n', "thousands separators"),
+    ("trailing.csv", "a,b,c,\n1.5,2.25,-3,\n", "is empty on every line, a trailing comma"),
+    ("sep.csv", "sep=,\na,b,c\n0.5,1.5,2.5\n", "Excel's 'sep=' line"),
+    ("title.csv", "Sales report\na,b,c\n0.5,1.5,2.5\n", "a title line above the header"),
+    ("comma.csv", "temp\n36,6\n37,1\n", "one column of numbers with decimal commas"),
+    ("table.csv.gz", "a,b\n1,2\n", "type '.csv.gz'; expected"),
+    ("book.xlsx", "a,b\n1,2\n", "export the sheet as CSV"),
+]
+
+
+@pytest.mark.parametrize("name, text, needle", SPREADSHEET_REFUSALS)
+def test_what_spreadsheets_write_is_refused_with_the_fix(tmp_path, name, text, needle):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(needle)):
+        read_table(str(path))
+
+
+def test_what_spreadsheets_write_is_warned_of(tmp_path):
+    prices = tmp_path / "prices.csv"  # decimal commas, trailing zeros dropped: 47,7 is 47.70
+    prices.write_text("32,33\n48,95\n7,27\n47,7\n12,9\n13,26\n")
+    with pytest.warns(UserWarning, match="the second always of 1 or 2 digits"):
+        read_table(str(prices))
+    ids = tmp_path / "ids.csv"
+    ids.write_text("Unnamed: 0,x\n" + "\n".join(f"{i},{(i * 37) % 11 / 3:.4f}" for i in range(30)))
+    notes = load_dataset(str(ids)).info["warnings"]
+    assert any("column 0 (0-based, 'Unnamed: 0') numbers the rows (0 to 29" in n for n in notes)
+    mixed = tmp_path / "mixed.csv"  # UTF-8 names and one Latin-1 byte
+    mixed.write_bytes("temp\u00e9rature,d\u00e9bit,".encode() + b"na\xefve\n0.5,1.5,2.5\n1,2,3.5\n")
+    with pytest.warns(UserWarning, match="not UTF-8 .* look garbled"):
+        read_table(str(mixed))

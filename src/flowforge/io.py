@@ -291,13 +291,21 @@ def read_metadata(path: str | os.PathLike) -> dict:
             raise ValueError(f"{path} is not a flowforge file")
         (n,) = struct.unpack("<Q", os.read(fd, 8).ljust(8, b"\0"))
         if n > min(_MAX_HEADER, st.st_size - 8):
-            raise ValueError(f"{path}: the header claims {n:,} bytes, beyond the file or the limit")
+            raise ValueError(f"{path}: {_long_header(n, st.st_size)}")
         raw = b""
         while len(raw) < n and (chunk := os.read(fd, n - len(raw))):
             raw += chunk
     finally:
         os.close(fd)
     return _parse_header(raw)[0]
+
+
+def _long_header(n: int, size: int) -> str:
+    """Why a header length ``n`` (a file's first 8 bytes) is refused, without the number: in
+    a file that is no safetensors file, it is 8 bytes of that file's text."""
+    if n > size - 8:
+        return "the header is longer than the file"
+    return f"the header is longer than the {_MAX_HEADER >> 20} MiB limit"
 
 
 def _header(data: bytes, path: Path) -> tuple[dict, dict, int | None]:
@@ -307,7 +315,7 @@ def _header(data: bytes, path: Path) -> tuple[dict, dict, int | None]:
         raise ValueError("the file is shorter than a safetensors header")
     (n,) = struct.unpack("<Q", data[:8])
     if n > min(_MAX_HEADER, len(data) - 8):
-        raise ValueError(f"the header claims {n:,} bytes, beyond the file or the limit")
+        raise ValueError(_long_header(n, len(data)))
     ours, header, crc = _parse_header(data[8 : 8 + n])
     body = len(data) - 8 - n
     specs = {}
@@ -743,6 +751,10 @@ def read(
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
+        if path.is_symlink():  # (as every command refuses it: a link reads outside the folder)
+            raise ValueError(
+                f"{path} is a link; a run folder's {MODEL_FILE} is a plain file in its folder"
+            )
     if not path.exists():
         raise ValueError(f"no flowforge checkpoint at {path}")
     meta, tensors = unpack(path, max_bytes, "flowforge checkpoint")

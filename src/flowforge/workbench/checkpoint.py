@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import io
-from .errors import RunError
+from .errors import RunError, shown
 
 __all__ = [
     "CKPT_FORMAT",
@@ -51,10 +51,68 @@ def _rng_state(device: torch.device | None = None) -> tuple[dict[str, Tensor], d
     return tensors, meta
 
 
+def _check_rng_state(tensors: dict[str, Tensor], meta) -> None:
+    """A ``ValueError`` naming the field unless the CPU's, numpy's and Python's random states
+    are of the kinds :func:`_rng_state` writes (a crafted one met numpy's and Python's own
+    words: "an integer is required", "too many values to unpack")."""
+
+    def words(t, n: int, top: int) -> bool:  # n integers in [0, top)
+        return (
+            t is not None
+            and t.shape == (n,)
+            and not t.is_floating_point()
+            and (n == 0 or (int(t.min()) >= 0 and int(t.max()) < top))
+        )
+
+    def whole(v, lo: int, hi: int) -> bool:
+        return type(v) is int and lo <= v <= hi
+
+    torch_state = tensors.get("rng/torch")
+    if (
+        torch_state is None
+        or torch_state.dtype != torch.uint8
+        or torch_state.shape != (torch.get_rng_state().numel(),)
+    ):
+        raise ValueError("its random state rng/torch is not torch's generator state")
+    if not words(tensors.get("rng/numpy"), 624, 2**32):
+        raise ValueError("its random state rng/numpy is not 624 words of numpy's MT19937")
+    if (
+        not words(tensors.get("rng/python"), 625, 2**32)
+        or not 0 <= int(tensors["rng/python"][-1]) <= 624
+    ):
+        raise ValueError("its random state rng/python is not 625 words of Python's generator")
+    np_meta = meta.get("numpy") if isinstance(meta, dict) else None
+    if not (
+        isinstance(np_meta, list)
+        and len(np_meta) == 4
+        and np_meta[0] == "MT19937"
+        and whole(np_meta[1], 0, 624)
+        and whole(np_meta[2], 0, 1)
+        and type(np_meta[3]) in (int, float)
+    ):
+        raise ValueError(
+            f"its random state rng.numpy is {shown(np_meta)}, expected "
+            "['MT19937', position, has_gauss, cached_gaussian]"
+        )
+    py_meta = meta.get("python")
+    if not (
+        isinstance(py_meta, list)
+        and len(py_meta) == 2
+        and py_meta[0] == random.Random.VERSION
+        and (py_meta[1] is None or type(py_meta[1]) is float)
+    ):
+        raise ValueError(
+            f"its random state rng.python is {shown(py_meta)}, expected [version "
+            f"{random.Random.VERSION}, next_gaussian or null]"
+        )
+
+
 def set_rng_state(
     tensors: dict[str, Tensor], meta: dict, device: torch.device | None = None
 ) -> None:
-    """Restore :func:`_rng_state`'s state, the device's into ``device`` (a CUDA device)."""
+    """Restore :func:`_rng_state`'s state, the device's into ``device`` (a CUDA device); a
+    ``ValueError`` naming the field for a state of another kind, before anything is set."""
+    _check_rng_state(tensors, meta)
     torch.set_rng_state(tensors["rng/torch"])
     kind, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state(

@@ -179,7 +179,12 @@ TOYS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 }
 
 
-MAX_DRAWN_VALUES = 1 << 28  # values (1 GiB of float32) a synthetic dataset may draw
+# the memory a synthetic dataset may take to draw: the generators compute in float64 and hold
+# up to 12 times the float32 result at their peak (tracemalloc: sphere-vmf 12, pinwheel 10,
+# moons 8, the other toys 4-7), counted as 16 (64 bytes a value): 2^24 values in 1 GiB
+MAX_DRAW_BYTES = 1 << 30
+DRAW_BYTES_PER_VALUE = 16 * 4
+MAX_DRAWN_VALUES = MAX_DRAW_BYTES // DRAW_BYTES_PER_VALUE
 
 
 def _draw_splits(name: str, draw, seed: int, sizes) -> list[Tensor]:
@@ -192,7 +197,8 @@ def _draw_splits(name: str, draw, seed: int, sizes) -> list[Tensor]:
     if sum(sizes) * columns > MAX_DRAWN_VALUES:
         raise DataError(
             f"{name}: {sum(sizes):,} examples of {columns} values are more than the "
-            f"{MAX_DRAWN_VALUES:,} values flowforge draws for a synthetic dataset (1 GiB)"
+            f"{MAX_DRAWN_VALUES:,} values flowforge draws for a synthetic dataset (drawing "
+            "them takes up to 64 bytes a value, and at most 1 GiB)"
         )
     seqs = np.random.SeedSequence([int(seed), sum(map(ord, name))]).spawn(3)
     return [
@@ -356,7 +362,27 @@ _NOT_TEXT = (
     (b"\xfe\xff", "UTF-16 text", "save it as UTF-8 (Excel: CSV UTF-8)"),
 )
 # the cells that stand for a missing value in a data row, not for a column's name
-_MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "nil", "-", "?", "#n/a", "missing"})
+_MISSING = frozenset(
+    {
+        "",
+        "na",
+        "n/a",
+        "nan",
+        "null",
+        "none",
+        "nil",
+        "-",
+        "?",
+        "#n/a",
+        "missing",
+        "#div/0!",
+        "#value!",
+        "#ref!",
+        "#num!",
+        "#name?",
+        "#null!",
+    }
+)  # (Excel's)
 
 
 def _check_text(path: Path) -> None:
@@ -390,8 +416,22 @@ def _read_csv(
     _check_text(path)
     try:
         return _parse_csv(path, "utf-8-sig", "strict", header, names, width)
-    except UnicodeDecodeError:  # a Windows spreadsheet's export with accented names
-        return _parse_csv(path, "cp1252", "replace", header, names, width)
+    except UnicodeDecodeError as e:  # a Windows spreadsheet's export with accented names
+        out, columns = _parse_csv(path, "cp1252", "replace", header, names, width)
+        if columns and any(_GARBLED.search(c) for c in columns):
+            warnings.warn(  # (UTF-8 names read as Windows-1252: "tempÃ©rature")
+                f"{path} is not UTF-8 (a byte {e.object[e.start]:#x} at offset {e.start:,} is "
+                f"not), so it was read as Windows-1252, and its header names look garbled "
+                f"({', '.join(map(repr, columns[:3]))}): the file mixes encodings; save it as "
+                "UTF-8 (Excel: CSV UTF-8)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return out, columns
+
+
+# UTF-8's two-byte letters read as Windows-1252 ("Ã©" for "é"), or a byte it has no letter for
+_GARBLED = re.compile("[\u00c2\u00c3][\u0080-\u00bf\u2000-\u203a\u20ac\u0152-\u0178]|\ufffd")
 
 
 MAX_CSV_LINE = 4 << 20  # characters in one line of a CSV (a table of some 300,000 columns)
@@ -483,32 +523,38 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                     d = len(row)
                     if columns is not None and len(columns) != d:
                         raise DataError(
-                            f"{path}: the header has {len(columns)} columns, the first data row "
-                            f"{d} (line {lineno}){_other_separator(row)}"
+                            f"{path}: the header has {_count(len(columns), 'column')}, the "
+                            f"first data row {d} (line {lineno})"
+                            f"{_other_separator(row) or _width_hint(columns, row)}"
                         )
                 if len(row) != d:
                     raise DataError(
-                        f"{path}: line {lineno} has {len(row)} columns, expected {d} (as on "
-                        f"line {lines[0]}){_other_separator(row)}"
+                        f"{path}: line {lineno} has {_count(len(row), 'column')}, expected {d} "
+                        f"(as on line {lines[0]}){_other_separator(row) or _width_hint(None, row)}"
                     )
                 try:
                     values.extend([_number(c) for c in row])
                 except ValueError:
-                    bad = next(c for c in row if not _is_float(c))
+                    j, bad = next((j, c) for j, c in enumerate(row) if not _is_float(c))
                     missing = (
                         " (a missing value: drop the rows that miss values, or fill them in: "
                         "a flow models complete rows)"
                         if bad.strip().lower() in _MISSING
                         else ""
                     )
+                    if not bad.strip():  # (dropping the rows would drop them all)
+                        missing = missing[:-1] + (
+                            f"; if column {j} (0-based) is empty on every line, a trailing comma "
+                            "or an empty column, delete the column)"
+                        )
                     raise DataError(
                         f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number"
-                        f"{missing}{_other_separator(row)}"
+                        f"{missing or _cell_hint(bad)}{_other_separator(row)}"
                     ) from None
                 lines.append(lineno)
                 if d == 2 and zero_led is None and _zero_led(row[1]):
                     zero_led = (lineno, row)
-                if d == 2 and len(widths[1]) < 2:
+                if d == 2 and len(widths[1]) < 4:
                     for j in (0, 1):  # (a sign or a '.' is no decimal comma's: width 0 marks it)
                         c = row[j].strip()
                         widths[j].add(0 if c[:1] in "+-" or "." in c else len(c))
@@ -535,9 +581,12 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
             f"line{'s' if len(big) > 1 else ''} "
             f"{_rows([lines[i] for i in big])}"
         )
-    # the second column's cells all of one width, the first's not that one: 36,6 or 13,750
-    split = len(widths[1]) == 1 and 0 not in widths[0] | widths[1] and widths[0] != widths[1]
-    return _csv_verdicts(path, out, columns, first, header, zero_led, split)
+    # the second column's cells all of one width, the first's not that one (36,6 or 13,750),
+    # or of one or two digits (prices 32,33 and 47,7: a spreadsheet drops the trailing zero)
+    unsigned = 0 not in widths[0] | widths[1]
+    one = len(widths[1]) == 1 and widths[0] != widths[1]
+    split = unsigned and (one or widths[1] == {1, 2})
+    return _csv_verdicts(path, out, columns, first, header, zero_led, split and sorted(widths[1]))
 
 
 def _whole_rows(a: np.ndarray) -> np.ndarray:
@@ -548,9 +597,7 @@ def _whole_rows(a: np.ndarray) -> np.ndarray:
     return np.concatenate([(c == np.round(c)).all(axis=1) for c in chunks])
 
 
-def _csv_verdicts(
-    path: Path, out: np.ndarray, columns, first, header, zero_led, split: bool = False
-):
+def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led, split=None):
     """The refusals a whole table decides (a read that the first row or the file's lines
     cannot): two columns of whole numbers that are one of decimal commas (a zero-led second
     cell, or second cells all of one width that the first's are not), a header of numbers."""
@@ -559,10 +606,10 @@ def _csv_verdicts(
     if split and zero_led is None and columns is None and header is None and whole.all():
         # (a warning, not a refusal: two columns of whole numbers, an age and a 0/1 flag, look
         # the same; it names what to do either way)
-        k = len(first[1][1].strip()) if len(first[1]) > 1 else 0
+        k = " or ".join(map(str, split)) + (" digits" if split != [1] else " digit")
         warnings.warn(
             f"{path}: every line holds two whole numbers, the second always of {k} "
-            f"digit{'s' if k != 1 else ''} (line {first[0]}: {','.join(first[1])!r}), read as "
+            f"(line {first[0]}: {','.join(first[1])!r}), read as "
             "two columns; if it is one column of numbers with decimal commas (36,6) or "
             "thousands separators (13,750), convert the file, e.g. with pandas: "
             "pd.read_csv(f, sep=';', decimal=',', thousands='.', header=None).to_csv('out.csv', "
@@ -582,17 +629,27 @@ def _csv_verdicts(
         )
     lineno, row = first
     if header is None and columns is None and len(out) >= 3 and whole[0] and _integers(row):
-        what = "whole numbers" if not whole[1:].any() else None
+        what = "whole numbers and no other line does" if not whole[1:].any() else None
+        rest = out[1:]
+        lo, hi = rest.min(axis=0), rest.max(axis=0)
+        if (
+            what is None
+            and d >= 2
+            and (np.maximum(lo - out[0], out[0] - hi) > np.maximum(hi - lo, 1)).all()
+        ):  # (2019, 2020 over counts: farther outside each column than it is wide)
+            what = "whole numbers far outside every column's range on the other lines"
         if what is None and d >= 3:
             steps = np.diff(out, axis=1)
             # evenly spaced whole numbers (2019, 2020, 2021; 400, 450, 500), no later row so
             progression = (steps[:, :1] == steps).all(axis=1) & (steps[:, 0] != 0)
             if progression[0] and not progression[1:].any():
-                what = "evenly spaced whole numbers"
+                what = "evenly spaced whole numbers and no other line does"
+            elif (out[0] == np.arange(d)).all() or (out[0] == np.arange(1, d + 1)).all():
+                what = "the column numbers (0, 1, 2, ... as pandas names columns, or 1, 2, 3, ...)"
         if what is not None:
             cells = ", ".join(c.strip() for c in row[:6]) + (", ..." if d > 6 else "")
             raise DataError(
-                f"{path}: line {lineno} ({cells}) holds {what} and no other line does: a header "
+                f"{path}: line {lineno} ({cells}) holds {what}: a header "
                 "of numeric column names (years, wavelengths)? Set the data option header: "
                 f"true to read line {lineno} as the columns' names, or header: false to read it "
                 "as data"
@@ -615,7 +672,7 @@ def _unnamed_columns(table: np.ndarray, columns: list[str] | None) -> str | None
     that pandas writes (``to_csv`` without ``index=False``) says nothing about the data."""
     empty = [j for j, c in enumerate(columns or []) if not c]
     if not empty:
-        return None
+        return _numbered_rows(table, columns)
     j = empty[0]
     rows = np.arange(len(table))
     if np.array_equal(table[:, j], rows) or np.array_equal(table[:, j], rows + 1):
@@ -626,6 +683,26 @@ def _unnamed_columns(table: np.ndarray, columns: list[str] | None) -> str | None
         )
     more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
     return f"column {j} (0-based){more} has no name in the header; it is modelled as data"
+
+
+def _numbered_rows(table: np.ndarray, columns: list[str] | None) -> str | None:
+    """A warning for a column that numbers the rows (0, 1, 2, ... or 1, 2, 3, ... in file
+    order, as an ID or a saved index column is: ``Unnamed: 0``, ``id``), modelled as data."""
+    n = len(table)
+    if n < 3:
+        return None
+    first = table[0]
+    maybe = np.flatnonzero(((first == 0) | (first == 1)) & (table[1] == first + 1))
+    for j in maybe.tolist():
+        if np.array_equal(table[:, j], np.arange(n) + first[j]):
+            name = f", {columns[j]!r}" if columns else ""
+            return (
+                f"column {j} (0-based{name}) numbers the rows ({first[j]:g} to "
+                f"{n - 1 + first[j]:g} in file order): a row index or an ID is modelled as "
+                "data, and says nothing about it; drop the column (pandas writes an index "
+                "unless to_csv(..., index=False))"
+            )
+    return None
 
 
 def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
@@ -652,11 +729,38 @@ def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
             f"{c.replace('_', '')!r}, or if line {lineno} names the columns, set the data option "
             "header: true"
         )
+    numbers = [c for c in cells if _is_float(c)]
+    if text and any(float(c) != round(float(c)) for c in numbers if math.isfinite(float(c))):
+        # (names are text; a data row with one bad cell keeps numbers such as -1.3243 beside it)
+        j, c = text[0]
+        raise DataError(
+            f"{path}: line {lineno} mixes text ({c!r}, column {j}, 0-based) with numbers that "
+            f"are not whole ({', '.join(c for c in numbers[:3])}): a data row with a cell that "
+            f"is not a number{_cell_hint(c)}? Fix the cell; or, if line {lineno} names the "
+            "columns, set the data option header: true"
+        )
     return bool(text)
 
 
+def _cell_hint(cell: str) -> str:
+    """Why a cell a spreadsheet shows as a number is not one to flowforge, and the fix."""
+    c = cell.strip()
+    if "\u2212" in c:
+        return " (its minus is U+2212, not '-': replace it)"
+    if c.upper() in ("TRUE", "FALSE"):
+        return " (code TRUE/FALSE as 1/0, and declare the column in data.integers)"
+    if c.endswith("%") or c[:1] in "$€£¥":
+        return " (a percentage or a currency: write the bare number)"
+    if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?", c):
+        return " (thousands separators: write it without them, or pd.read_csv(f, thousands=','))"
+    if "\xa0" in c or "\u202f" in c:
+        return " (a non-breaking space inside it: remove it)"
+    return ""
+
+
 def _integers(row: list[str]) -> bool:
-    return all(re.fullmatch(r"[+-]?\d+", c.strip()) for c in row)
+    """Cells written as whole numbers: digits, with an exponent of their own (1e3) too."""
+    return all(re.fullmatch(r"[+-]?\d+(?:[eE]\+?\d+)?", c.strip()) for c in row)
 
 
 def _zero_led(cell: str) -> bool:
@@ -680,6 +784,57 @@ def _other_separator(row: list[str]) -> str:
                 "values with '.' as the decimal point; convert it, e.g. with pandas: "
                 f"pd.read_csv(f, sep={code}{decimal}).to_csv('out.csv', index=False))"
             )
+    return ""
+
+
+def _suffix(path: Path) -> str:
+    """A file's type as its name says it: ``.csv.gz``, not ``.gz``."""
+    return "".join(path.suffixes[-2:]) if path.suffix.lower() in _PACKED else path.suffix
+
+
+_PACKED = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_SUFFIX_FIXES = {
+    ".xlsx": "export the sheet as CSV (File > Save As > CSV UTF-8)",
+    ".xls": "export the sheet as CSV (File > Save As > CSV UTF-8)",
+    ".ods": "export the sheet as CSV",
+    ".parquet": "convert it, e.g. pd.read_parquet(f).to_csv('out.csv', index=False)",
+    ".feather": "convert it, e.g. pd.read_feather(f).to_csv('out.csv', index=False)",
+    ".tsv": "convert it, e.g. pd.read_csv(f, sep='\\t').to_csv('out.csv', index=False)",
+    ".tab": "convert it, e.g. pd.read_csv(f, sep='\\t').to_csv('out.csv', index=False)",
+    ".txt": "if it is comma-separated, name it .csv; if tab-separated, convert it, e.g. "
+    "pd.read_csv(f, sep='\\t').to_csv('out.csv', index=False)",
+}
+
+
+def _suffix_hint(path: Path) -> str:
+    """The fix for a file type flowforge does not read."""
+    s = path.suffix.lower()
+    if s in _PACKED:
+        return f"; decompress it first ({'unzip' if s == '.zip' else 'gunzip, or the like'})"
+    return f"; {_SUFFIX_FIXES[s]}" if s in _SUFFIX_FIXES else ""
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
+
+
+def _width_hint(header: list[str] | None, row: list[str]) -> str:
+    """What a row of another width than the header (or the first row) may mean: Excel's
+    ``sep=`` line, a title line above the header, one column with decimal commas, a trailing
+    comma."""
+    if header and header[0].strip().lower().startswith("sep="):
+        return " (line 1 is Excel's 'sep=' line: delete it)"
+    cells = [c.strip() for c in row]
+    if header is not None and len(header) == 1 and len(cells) == 2 and all(map(str.isdigit, cells)):
+        return (
+            " (one column of numbers with decimal commas? flowforge reads ',' as the separator; "
+            "convert the file, e.g. with pandas: pd.read_csv(f, sep=';', decimal=',')"
+            ".to_csv('out.csv', index=False))"
+        )
+    if header is not None and len(header) == 1 and len(cells) > 1:
+        return " (a title line above the header? delete it)"
+    if cells and not cells[-1]:
+        return " (a trailing comma at the end of the line? delete it)"
     return ""
 
 
@@ -2385,14 +2540,23 @@ def read_table(
         return a
     if suffix not in (".npy", ".npz"):
         raise DataError(
-            f"{path}: unsupported file type {path.suffix!r}; expected a .csv (comma-separated), "
-            ".npy or .npz file, or a folder of images"
+            f"{path}: unsupported file type {_suffix(path)!r}; expected a .csv (comma-separated), "
+            f".npy or .npz file, or a folder of images{_suffix_hint(path)}"
         )
     raw = _read_array(path)
     where = str(path)
     if isinstance(raw, dict):
         if len(raw) != 1:
-            raise DataError(f"{path} holds arrays {sorted(raw)}; expected exactly one")
+            splits = {"train", "val", "test"} <= set(raw)
+            raise DataError(
+                f"{path} holds arrays {sorted(raw)}; expected exactly one"
+                + (
+                    " (a train/val/test .npz is a run's data: score a run's own splits with "
+                    "--split, or save the one array to score: np.save('x.npy', z['test']))"
+                    if splits
+                    else ""
+                )
+            )
         ((k, raw),) = raw.items()
         where = f"{path}[{k!r}]"
     if not raw.size:
@@ -2628,8 +2792,8 @@ def _load_dataset(
         elif path.is_file():
             if path.suffix.lower() not in (".npy", ".npz", ".csv"):
                 raise DataError(
-                    f"{path}: unsupported file type {path.suffix!r}; expected .npy, .npz, .csv "
-                    "or a folder of PNG/JPEG images"
+                    f"{path}: unsupported file type {_suffix(path)!r}; expected .npy, .npz, .csv "
+                    f"or a folder of PNG/JPEG images{_suffix_hint(path)}"
                 )
             ds = _table(path, seed, checks, targets=target_columns, **options)
         elif path.exists():

@@ -39,7 +39,7 @@ from .data import (
     unit_scaled,
 )
 from .distributed import device as resolve_device
-from .errors import ContextError, DataError, RunError
+from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
 from .runs import load_run, run_config, run_status
 
@@ -637,13 +637,12 @@ def worse_hint(run) -> str:
     """What to try for a model that scores worse than a reference: more training where its best
     validation epoch is its last of two or more (an undertrained model, not an overfitted
     one), else :data:`WORSE_HINT`."""
-    from .runs import read_metrics
+    from .runs import _logged_epochs
 
-    try:
-        epochs = [r for r in read_metrics(Path(run)) if r.get("type") == "epoch"]
-    except (OSError, ValueError, RunError):  # (no metrics to tell by: the general advice)
-        return WORSE_HINT
-    if len(epochs) >= 2 and epochs[-1].get("best") is True:
+    count, last = 0, None  # (no metrics to tell by: the general advice)
+    for rec in _logged_epochs(Path(run)):
+        count, last = count + 1, rec
+    if count >= 2 and last.get("best") is True:
         return IMPROVING_HINT
     return WORSE_HINT
 
@@ -789,20 +788,19 @@ def _scores_higher_than_validation(run, nll: float, se: float | None, where: str
     NLL and that epoch's training loss, so that a file of the training rows, which an
     overfitted model scores above validation, says nothing): a flow can rank inputs unlike
     its training data above them."""
-    from .runs import read_metrics
+    from .runs import _logged_epochs
 
-    try:
-        epochs = [
-            rec
-            for rec in read_metrics(Path(run), steps=1)  # (epoch records; steps thinned away)
-            if rec.get("type") == "epoch" and isinstance(rec.get("val_nll"), (int, float))
-        ]
-    except (OSError, ValueError, RunError):  # (a damaged record: no note, not an error)
+    best = None  # (no readable epoch: no note, not an error)
+    for rec in _logged_epochs(Path(run)):  # (streamed: one record in memory)
+        v = rec.get("val_nll")
+        if (
+            isinstance(v, (int, float))
+            and math.isfinite(v)
+            and (best is None or v < best["val_nll"])
+        ):
+            best = rec
+    if best is None or se is None:
         return None
-    epochs = [rec for rec in epochs if math.isfinite(rec["val_nll"])]
-    if not epochs or se is None:
-        return None
-    best = min(epochs, key=lambda rec: rec["val_nll"])
     seen = [best["val_nll"]]
     if isinstance(best.get("train_loss"), (int, float)) and math.isfinite(best["train_loss"]):
         seen.append(best["train_loss"])

@@ -36,6 +36,7 @@ from .data import FORMULA_LEADS, _chunk_rows, _is_float, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import (
+    MAX_UNREADABLE,
     REPORT_DIR,
     describe_environment,
     describe_run_status,
@@ -1371,7 +1372,8 @@ def _write_report(
         where = ", ".join(map(str, damaged[:5])) + (" ..." if len(damaged) > 5 else "")
         facts.append((
             "warning: metrics.jsonl is damaged",
-            f"{len(damaged)} unreadable line(s) ({where}); the epoch count and the curves "
+            f"{'at least ' if len(damaged) >= MAX_UNREADABLE else ''}{len(damaged):,} "
+            f"unreadable line(s) ({where}); the epoch count and the curves "
             "miss their records",
         ))  # fmt: skip
     bad = [m for m in metrics if any(_non_finite(v) for v in m.values())]

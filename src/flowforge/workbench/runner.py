@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import math
 import os
 import random
@@ -25,7 +26,7 @@ from .._util import fork_rng
 from . import warm_start
 from .build import build_flow, describe, has_context_map, rebuild_refusal, same_model
 from .config import DEFAULT_TRAIN, model_lr, read_config, resolve_config
-from .data import constant_columns, load_dataset, reload_dataset
+from .data import DATASETS, constant_columns, load_dataset, reload_dataset
 from .distributed import barrier, device, dist_env, init_distributed
 from .errors import DataError, NonFiniteError, RunError, WorkbenchError
 from .runs import (
@@ -151,7 +152,7 @@ OTHER_FILE = (
 
 
 def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
-    """Reload the dataset a run was trained on, and check it is that data.
+    """Reload the dataset a run was trained on, and check it is that data (:func:`_run_data`).
 
     A file is read by its name, and from the path the run recorded when the name no longer
     finds it or finds other data (a command run from another folder). The data's fingerprint
@@ -160,7 +161,15 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
     resumed (``run``: the folder, for the messages), on data that changed since.
     ``checks=False`` (eval, report) leaves out the data checks whose only product is a
     warning (:func:`~flowforge.workbench.data.reload_dataset`): the run's ``config.json``
-    keeps what they found (``resolved.data_warnings``); the fingerprint is checked either way."""
+    keeps what they found (``resolved.data_warnings``); the fingerprint is checked either way.
+    A generated dataset whose split sizes are not the ones the run recorded is refused before
+    it is drawn (:func:`_drawn_as_recorded`)."""
+    return _run_data(cfg, error, run, checks)[0]
+
+
+def _run_data(cfg: dict, error=DataError, run=None, checks: bool = True, source=None):
+    """:func:`run_dataset`, and the name the data was read by; ``source``: the run an
+    ``--init-from`` takes its data from (``cfg`` its config), for its messages."""
     d = cfg["data"]
     name = d["name"]
     resolved = cfg.get("resolved", {})
@@ -171,6 +180,9 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
         names = names[1:]
     want = resolved.get("data_fingerprint")
     what = f"cannot resume {run}: " if run is not None else ""
+    other, this = OTHER_FILE, "this run"
+    if source is not None:
+        what, other, this = f"{source.what}: ", "; give the data to train on with --data", "it"
     if want is None and Path(names[0]).exists():
         raise error(
             f"{what}the run's config names the file {names[0]} but records no fingerprint of "
@@ -180,13 +192,15 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
                 f"on that file: flowforge train --init-from {run} --data {names[0]} --out "
                 "NEW_RUN --epochs N"
                 if run is not None
-                else OTHER_FILE
+                else other
             )
         )
     size = resolved.get("data_bytes")  # a file's size when the run started (since 2026-12-06)
     for candidate in names:
         if size is not None and _file_size(candidate) not in (None, size):
             continue  # not the run's file: never read
+        if not _drawn_as_recorded(d, resolved):
+            continue  # not the run's sizes: never drawn
         say_reading(candidate)
         for options in _readings(d["options"], candidate, want):
             try:
@@ -199,9 +213,8 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
                     raise
                 continue  # the run's data reads: this is not it (and its contents are not shown)
             if same_data(ds, resolved):
-                return ds
+                return ds, candidate
     tried = " nor at ".join(names)
-    other = OTHER_FILE
     if path and not any(Path(n).exists() for n in names):
         gone = (
             f"the run's data file {path} is not there (moved, deleted, or a relative path "
@@ -214,9 +227,37 @@ def run_dataset(cfg: dict, error=DataError, run=None, checks: bool = True):
             "size or fingerprint, or no longer reads); restore the data or start a new run"
         )
     raise error(
-        f"the data at {tried} is not the data this run was trained on (its size or fingerprint "
-        f"differs, or it does not read){other}"
+        f"{what}the data at {tried} is not the data {this} was trained on (its size or "
+        f"fingerprint differs, or it does not read){other}"
     )
+
+
+def _drawn_as_recorded(d: dict, resolved: dict) -> bool:
+    """Whether a generated dataset's split sizes (``n_train``, ``n_val``, ``n_test``, the
+    training split cut to ``limit``) are those the run recorded (its fingerprint's shapes,
+    else ``resolved.examples``), looked at before anything is drawn: a config edited to
+    ``n_train: 2**26`` drew gigabytes before its fingerprint refused them. True for a file,
+    a dataset of no such options, and a run that recorded no sizes."""
+    load = DATASETS.get(str(d["name"]).lower(), (None,))[0]
+    params = inspect.signature(load).parameters if load is not None else {}
+    if "n_train" not in params:
+        return True
+    options = d.get("options") or {}
+    want = [options.get(k, params[k].default) for k in ("n_train", "n_val", "n_test")]
+    limit = options.get("limit")
+    if type(limit) is int and type(want[0]) is int:
+        want[0] = min(want[0], limit)
+    fp, examples = resolved.get("data_fingerprint"), resolved.get("examples")
+    try:
+        if isinstance(fp, dict):
+            had = [shape[0] for shape in fp["shapes"][:3]]
+        elif isinstance(examples, dict):
+            had = [examples.get(k) for k in ("train", "val", "test")]
+        else:
+            return True
+    except (KeyError, TypeError, IndexError):
+        return False  # (malformed: no run's)
+    return want == had
 
 
 def _readings(options: dict, name, want) -> list[dict]:
@@ -230,29 +271,18 @@ def _readings(options: dict, name, want) -> list[dict]:
 
 
 def _source_data(source, cfg: dict):
-    """The data an ``--init-from`` run takes from the run it starts from (none given): the
-    file that run's config names is read only where it is that run's file (its recorded size),
-    and used only where it is that run's data (its fingerprint), unless data options were given
-    here (another split of it): a copied or edited run folder cannot make flowforge read and
-    train on some other file of the user's."""
-    r, name = source.cfg["resolved"], cfg["data"]["name"]
-    size = r.get("data_bytes")
-    other = (
-        f"{source.what}: the data its config names ({name}) is not the data it was trained on "
-        "({why}); give the data to train on with --data"
-    )
-    if size is not None and _file_size(name) not in (None, size):
-        raise RunError(other.format(why="another file size"))
+    """The data an ``--init-from`` run takes from the run it starts from (none given): that
+    run's data exactly as :func:`run_dataset` takes it for ``eval`` (a file of another size
+    is not opened, one of no recorded fingerprint is refused, and the data must have the
+    fingerprint recorded; else one line: give ``--data``), so that a copied or edited run
+    folder cannot make flowforge read and train on some other file of the user's. Data options
+    given here (another split of it) then read that file again with them."""
+    ds, name = _run_data(source.cfg, RunError, checks=not source.data_options, source=source)
+    cfg["data"]["name"] = name  # (the name it was found by: the name given, or the recorded path)
+    if not source.data_options:
+        return ds
     say_reading(name)
-    try:
-        ds = load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
-    except DataError as e:  # (moved or deleted since: said as the run's data)
-        raise DataError(
-            f"{source.what}: the data its config names: {e}; give the data to train on with --data"
-        ) from None
-    if not source.data_options and not same_data(ds, r):
-        raise RunError(other.format(why="its fingerprint differs: the file changed since"))
-    return ds
+    return load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
 
 
 def _file_size(name: str) -> int | None:
@@ -553,11 +583,7 @@ def _train(
                 if source is not None:
                     said = warm_start.describe_source(source, cfg["train"]["objective"])
                     print(said, flush=True)
-            if source is not None and prints:
-                same = same_data(ds, source.cfg["resolved"], resolved["data_fingerprint"])
-                note = warm_start.data_note(source, same)
-                if note:
-                    say_warning(note)
+            if source is not None and prints:  # (data taken from it is its data: checked)
                 for note in resolved.get("data_warnings", ()):
                     if note not in ds.info.get("warnings", ()):  # (adopt's, of the statistics)
                         say_warning(note)

@@ -39,8 +39,8 @@ import numpy as np
 
 from .. import io
 from ..core import Flow
-from .config import config_diff, resolve_config, user_part
-from .errors import RunError
+from .config import SEED_MAX, _int, checked, config_diff, resolve_config, user_part
+from .errors import RunError, WorkbenchError
 
 __all__ = [
     "RUN_FORMAT",
@@ -120,6 +120,8 @@ MAX_CONFIG_BYTES = 16 << 20
 def run_config(run: str | os.PathLike) -> dict:
     """The ``config.json`` of a run folder; :class:`RunError` if the folder is not a run."""
     path = Path(run) / CONFIG_FILE
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        _check_run_files(Path(run))  # a link or a pipe: refused before it is opened
     if not path.is_file():
         raise RunError(f"{run} is not a flowforge run (no {CONFIG_FILE})")
     try:
@@ -202,6 +204,10 @@ def _check_sections(path: Path, cfg: dict) -> None:
     d = cfg["data"]
     if not isinstance(d.get("name"), str) or not isinstance(d.get("options", {}), dict):
         raise RunError(f"{path} is damaged: data must name a dataset and map its options")
+    try:  # (what splits the data: numpy's own words did not name it)
+        checked("data.seed", d.get("seed", 0), _int(0, SEED_MAX))
+    except WorkbenchError as e:
+        raise RunError(f"{path} is damaged: {e}") from None
     if not isinstance(cfg["model"].get("kwargs", {}), dict):
         raise RunError(f"{path} is damaged: model.kwargs must be a mapping")
     for key in ("flow_config", "init_from", "environment", "sizing"):
@@ -246,11 +252,7 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
     (flattened images under the vector layout)."""
     cfg = run_config(run)
     if not (Path(run) / MODEL_FILE).exists():
-        try:
-            epochs = any(r.get("type") == "epoch" for r in read_metrics(Path(run)))
-        except RunError:
-            epochs = False
-        if epochs:  # the best model was written, then lost
+        if any(True for _ in _logged_epochs(Path(run))):  # the best model was written, then lost
             raise RunError(
                 f"{run} has no {MODEL_FILE}, although its training finished epochs: the file was "
                 "removed or lost, and the checkpoint holds the last weights, not the best; train "
@@ -320,10 +322,7 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
             raise RunError("--resume and --overwrite contradict each other")
         stored = run_config(out)
         if not _has_checkpoint(out):
-            try:
-                epochs = sum(r.get("type") == "epoch" for r in read_metrics(out))
-            except RunError:
-                epochs = 0
+            epochs = sum(1 for _ in _logged_epochs(out))
             if (out / MODEL_FILE).exists() and epochs > 1:  # trained, its checkpoint removed
                 raise RunError(
                     f"{out} has no {CKPT_FILE} to resume from, though it holds a model trained "
@@ -366,10 +365,7 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
         return None  # the user asked to replace it, or nothing to keep (a failed start)
     same = not config_diff(user_part(run_config(out)), user_part(cfg))
     if same and not _has_checkpoint(out):
-        try:
-            epochs = sum(r.get("type") == "epoch" for r in read_metrics(out))
-        except RunError:
-            epochs = 0
+        epochs = sum(1 for _ in _logged_epochs(out))
         if epochs <= 1:  # the first checkpoint's write failed (a full disk): start it again
             return None
         raise RunError(  # a trained model whose checkpoint was removed
@@ -581,7 +577,8 @@ def _lock_record(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     pid = info.get("pid") if isinstance(info, dict) else None
-    ok = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and "host" in info
+    # (a pid os.kill takes: one beyond a C int was an internal OverflowError)
+    ok = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 and "host" in info
     return info if ok else None
 
 
@@ -722,18 +719,15 @@ def _checkpoint_counters(path: Path) -> dict | None:
     return {"epoch": epoch, "finished": finished, "interrupt": interrupt}
 
 
-def _logged_epochs(run: Path) -> list[dict]:
-    """The epoch records of ``metrics.jsonl`` ([] where it cannot be read)."""
+def _logged_epochs(run: Path):
+    """The epoch records of ``metrics.jsonl``, streamed (none where it cannot be read): what
+    every ``eval`` looks at, in memory of one record."""
+    path = Path(run) / METRICS_FILE
     try:
-        return [
-            r
-            for r in read_metrics(run, steps=1)
-            if r.get("type") == "epoch"
-            and isinstance(r.get("epoch"), int)
-            and not isinstance(r.get("epoch"), bool)
-        ]
+        if path.is_file():
+            yield from (r for r in _known_records(path) if r["type"] == "epoch")
     except (RunError, OSError):
-        return []
+        return
 
 
 def _before_first_checkpoint(run: Path, cfg: dict, epochs: int) -> dict | None:
@@ -742,17 +736,15 @@ def _before_first_checkpoint(run: Path, cfg: dict, epochs: int) -> dict | None:
     ran, or that stopped early, and whose checkpoint was removed (to save disk)."""
     if not (run / MODEL_FILE).is_file():
         return None
-    logged = _logged_epochs(run)
-    done = max((r["epoch"] for r in logged), default=0)
+    done = bad = 0  # the last epoch logged, and the epochs since the last best one
+    for r in _logged_epochs(run):
+        done = max(done, r["epoch"])
+        bad = 0 if r.get("best") is True else bad + 1
     if not 0 < done < epochs:
         return None
     patience = cfg["train"].get("patience")
-    if isinstance(patience, int) and patience > 0:
-        bad = 0
-        for r in logged:
-            bad = 0 if r.get("best") is True else bad + 1
-        if bad >= patience:
-            return None  # (early-stopped)
+    if isinstance(patience, int) and patience > 0 and bad >= patience:
+        return None  # (early-stopped)
     return {
         "state": "interrupted",
         "epoch": done + 1,
@@ -846,29 +838,40 @@ MAX_METRICS_BYTES = 4 << 30  # a metrics file larger than this is not read (not 
 METRICS_STEP_BYTES = 1 << 30  # past this size the trainer logs no more step records
 MAX_METRICS_LINE = 1 << 20  # a longer line is unreadable (no record is that long)
 MAX_STEP_RECORDS = 50_000  # step records held in memory; beyond, every other one is dropped
+MAX_OTHER_RECORDS = 50_000  # the same for the epoch, warning and compile records, each type
+MAX_UNREADABLE = 1000  # line numbers of unreadable lines kept (report names a few)
 
 
 class Records(list):
-    """Metrics records in logged order, holding at most about ``2 * steps`` step records: past
-    that, every other step record is dropped (and then only every 2nd, 4th, ... new one kept),
-    so a long run's history is an even thinning of its steps in bounded memory. Every other
-    record (epochs, warnings) is kept."""
+    """Metrics records in logged order, holding at most about ``2 * steps`` step records and
+    ``2 * MAX_OTHER_RECORDS`` records of each other type the trainer writes: past that, every
+    other record of that type is dropped (and then only every 2nd, 4th, ... new one kept), so
+    a long run's history is an even thinning of its records in bounded memory. A record of no
+    such type (the trainer writes none) is kept."""
 
     def __init__(self, records=(), steps: int = MAX_STEP_RECORDS):
         super().__init__()
-        self.limit, self.stride, self.seen, self.steps = steps, 1, 0, 0
+        self.limit = steps
+        self.kinds: dict[str, list[int]] = {}  # type: [stride, records seen, records held]
         self.extend(records)
 
+    @property
+    def stride(self) -> int:
+        """The step records' thinning: every ``stride``-th one is held."""
+        return self.kinds.get("step", [1])[0]
+
     def append(self, record) -> None:
-        if isinstance(record, dict) and record.get("type") == "step":
-            self.seen += 1
-            if (self.seen - 1) % self.stride:
+        kind = record.get("type") if isinstance(record, dict) else None
+        if kind in _RECORD_FIELDS:
+            k = self.kinds.setdefault(kind, [1, 0, 0])
+            k[1] += 1
+            if (k[1] - 1) % k[0]:
                 return
-            if self.steps >= 2 * self.limit:
-                self._thin()
-                if (self.seen - 1) % self.stride:
+            if k[2] >= 2 * (self.limit if kind == "step" else MAX_OTHER_RECORDS):
+                self._thin(kind)
+                if (k[1] - 1) % k[0]:
                     return
-            self.steps += 1
+            k[2] += 1
         super().append(record)
 
     def extend(self, records) -> None:
@@ -876,25 +879,25 @@ class Records(list):
             self.append(r)
 
     def __reduce__(self):  # (pickle, copy: the records as held, with the thinning's state)
-        return _records, (list(self), self.limit, self.stride, self.seen, self.steps)
+        return _records, (list(self), self.limit, self.kinds)
 
-    def _thin(self) -> None:
+    def _thin(self, kind: str) -> None:
         i, kept = -1, []
         for r in self:
-            if isinstance(r, dict) and r.get("type") == "step":
+            if isinstance(r, dict) and r.get("type") == kind:
                 i += 1
                 if i % 2:
                     continue
             kept.append(r)
         self[:] = kept
-        self.stride *= 2
-        self.steps = (i + 2) // 2  # the step records held now
+        self.kinds[kind][0] *= 2
+        self.kinds[kind][2] = (i + 2) // 2  # the records of that type held now
 
 
-def _records(items: list, limit: int, stride: int, seen: int, steps: int) -> Records:
+def _records(items: list, limit: int, kinds: dict) -> Records:
     r = Records(steps=limit)
     list.extend(r, items)
-    r.stride, r.seen, r.steps = stride, seen, steps
+    r.kinds = {k: list(v) for k, v in kinds.items()}
     return r
 
 
@@ -920,14 +923,53 @@ def _metrics_lines(path: Path):
             yield i, line
 
 
+# the records the trainer writes (docs/workbench.md, "The run folder"): each type with its
+# whole-number counters, a warning with its message; values are numbers, text, flags or null,
+# at most MAX_RECORD_FIELDS of them. Any other line ("{}", a record of no such type) is a
+# damaged one, never held: a file padded with them made eval hold every one.
+_RECORD_FIELDS = {
+    "step": ("epoch", "step"),
+    "epoch": ("epoch", "step"),
+    "warning": ("epoch", "step"),
+    "compile": ("step",),
+}
+# (a step record carries the layers' metrics: a few names, or many of a user's own layers)
+MAX_RECORD_FIELDS = 256
+
+
 def _record(line: bytes | None) -> dict | None:
+    """The record a line of ``metrics.jsonl`` holds, None for anything the trainer does not
+    write."""
     if line is None:
         return None
     try:
         rec = json.loads(line.decode("utf-8", errors="replace"))
     except (ValueError, RecursionError):  # (a number of thousands of digits, deep nesting)
         return None
-    return rec if isinstance(rec, dict) else None
+    if not isinstance(rec, dict) or not isinstance(rec.get("type"), str):
+        return None
+    need = _RECORD_FIELDS.get(rec["type"])
+    ok = (
+        need is not None
+        and len(rec) <= MAX_RECORD_FIELDS
+        and all(v is None or isinstance(v, (int, float, str)) for v in rec.values())
+        and all(type(rec.get(k)) is int and rec[k] >= 0 for k in need)
+        and (rec["type"] != "warning" or isinstance(rec.get("message"), str))
+    )
+    return rec if ok else None
+
+
+def _known_records(path: Path, unreadable: list[int] | None = None):
+    """The records of the metrics file ``path`` (:func:`_record`), streamed; the numbers of
+    the other lines (the first :data:`MAX_UNREADABLE`) are appended to ``unreadable``."""
+    _check_metrics_size(path)
+    for i, line in _metrics_lines(path):
+        rec = _record(line)
+        if rec is not None:
+            yield rec
+        elif unreadable is not None and (line is None or line.strip()):
+            if len(unreadable) < MAX_UNREADABLE:
+                unreadable.append(i)
 
 
 def _check_metrics_size(path: Path) -> None:
@@ -943,7 +985,8 @@ def read_metrics(
 ) -> Records:
     """The records of ``metrics.jsonl``, read line by line, with the step records evenly
     thinned to at most about ``2 * steps`` (:class:`Records`); unreadable lines (a damaged or
-    hand-cut file) are skipped, and their line numbers appended to ``unreadable`` when given.
+    hand-cut file, a record of no type the trainer writes) are skipped, and their line numbers
+    (the first :data:`MAX_UNREADABLE`) appended to ``unreadable`` when given.
     A :class:`RunError` for a path that is no run (no such folder, or one with neither
     ``config.json`` nor a checkpoint: a mistyped path is not a run without records); a run
     that has logged nothing yet gives no records."""
@@ -958,13 +1001,7 @@ def read_metrics(
                 f"{run} is not a flowforge run (no {CONFIG_FILE}, {CKPT_FILE} or {METRICS_FILE})"
             )
         return out
-    _check_metrics_size(path)
-    for i, line in _metrics_lines(path):
-        rec = _record(line)
-        if rec is not None:
-            out.append(rec)
-        elif unreadable is not None and (line is None or line.strip()):
-            unreadable.append(i)
+    out.extend(_known_records(path, unreadable))
     return out
 
 
@@ -972,7 +1009,8 @@ def truncate_metrics(run: Path, step: int, epochs: int | None = None) -> Records
     """Drop the records after ``step`` (a lost future after an interrupt), streaming the file
     through; returns the records kept (:class:`Records`). With ``epochs`` (the checkpoint's
     finished epochs), an epoch record of a later epoch goes too: a checkpoint taken on an
-    epoch's last step, before its validation, has the step of that epoch's record."""
+    epoch's last step, before its validation, has the step of that epoch's record. A line
+    that holds no record the trainer writes (:func:`_record`) goes as well."""
     path = Path(run) / METRICS_FILE
     keep = Records()
     if not path.is_file():
@@ -981,15 +1019,13 @@ def truncate_metrics(run: Path, step: int, epochs: int | None = None) -> Records
 
     def kept():
         for _, line in _metrics_lines(path):
-            rec = _record(line)
-            at = None if rec is None else rec.get("step", 0)
-            ok = not isinstance(at, bool) and isinstance(at, (int, float)) and at <= step
-            if ok and epochs is not None and rec.get("type") == "epoch":
-                e = rec.get("epoch")
-                ok = isinstance(e, bool) or not isinstance(e, int) or e <= epochs
-            if ok:
-                keep.append(rec)
-                yield line if line.endswith(b"\n") else line + b"\n"
+            rec = _record(line)  # (a line that holds no record of the trainer's goes too)
+            if rec is None or rec["step"] > step:
+                continue
+            if epochs is not None and rec["type"] == "epoch" and rec["epoch"] > epochs:
+                continue
+            keep.append(rec)
+            yield line if line.endswith(b"\n") else line + b"\n"
 
     io.atomic_write(path, kept())
     return keep

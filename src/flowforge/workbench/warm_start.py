@@ -40,7 +40,6 @@ __all__ = [
     "rebuild",
     "take_preprocessing",
     "describe_source",
-    "data_note",
 ]
 
 # builder arguments that come from the data, not from the user's model options
@@ -493,16 +492,3 @@ def describe_source(source: Source, objective: str | None = None) -> str:
             f"(--set train.objective={theirs} keeps its objective)"
         )
     return line
-
-
-def data_note(source: Source, same: bool) -> str | None:
-    """A warning when the data taken from the source run (none was given) is no longer the data
-    it was trained on (``same``: whether its fingerprint, over the same splits, matches:
-    :func:`~flowforge.workbench.runner.same_data`)."""
-    if "data" not in source.took or same:
-        return None
-    return (
-        f"the data taken from {source.given} ({source.cfg['data'].get('name')}) is not what it "
-        "was trained on (its splits' fingerprint differs: the file changed since, or an option "
-        "given here splits it otherwise); this run trains on it as it is now"
-    )
