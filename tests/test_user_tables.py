@@ -821,3 +821,19 @@ def test_what_spreadsheets_write_is_warned_of(tmp_path):
     mixed.write_bytes("temp\u00e9rature,d\u00e9bit,".encode() + b"na\xefve\n0.5,1.5,2.5\n1,2,3.5\n")
     with pytest.warns(UserWarning, match="not UTF-8 .* look garbled"):
         read_table(str(mixed))
+
+
+def test_a_one_dimensional_array_is_told_how_to_become_a_column(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(30.0))
+    with pytest.raises(DataError, match=re.escape("one column of numbers, add the column axis")):
+        load_dataset(str(path))
+
+
+def test_a_header_that_repeats_a_name_is_warned_of(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text(
+        "x,x,y\n" + "\n".join(f"{i * 0.37 % 1:.3f},{i * 0.71 % 1:.3f},{i}" for i in range(30))
+    )
+    notes = load_dataset(str(path)).info["warnings"]
+    assert any("the header names 'x' more than once" in n for n in notes), notes

@@ -671,6 +671,12 @@ def _unnamed_columns(table: np.ndarray, columns: list[str] | None) -> str | None
     """A warning for header cells left empty: modelled as data all the same, and a row index
     that pandas writes (``to_csv`` without ``index=False``) says nothing about the data."""
     empty = [j for j, c in enumerate(columns or []) if not c]
+    twice = sorted({c for c in columns or [] if c and columns.count(c) > 1})
+    if twice and not empty:  # (a name given twice cannot name a column: bounds, targets)
+        return (
+            f"the header names {', '.join(map(repr, twice[:3]))} more than once: those columns "
+            "are taken by their indices (0-based) wherever a column is named"
+        )
     if not empty:
         return _numbered_rows(table, columns)
     j = empty[0]
@@ -1388,6 +1394,8 @@ def _shape_hint(a: np.ndarray) -> str:
             " (images, (examples, channels, height, width), are read from one .npy array, or "
             "an .npz of one)"
         )
+    if a.ndim == 1:
+        return ": for one column of numbers, add the column axis, numpy.save(path, a[:, None])"
     return ""
 
 
