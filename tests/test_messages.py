@@ -122,3 +122,10 @@ def test_any_annotation_is_said_in_words_without_failing():
     assert _describe(bool | None) == "true, false or null"
     assert _describe(dict[str, int]) == "a mapping"
     assert "Callable" in _describe(typing.Callable[[int], int])
+
+
+def test_a_negative_infinity_is_a_value_too(tmp_path, capsys):
+    # "argument --temperature: expected one argument"
+    with pytest.raises(SystemExit):
+        cli(capsys, "sample", tmp_path, "-n", "3", "--temperature", "-inf")
+    assert "--temperature must be a finite number >= 0, got -inf" in capsys.readouterr().err

@@ -769,6 +769,7 @@ def test_a_constant_column_is_not_refused_as_lost_precision(tmp_path):
 # silently wrong (a header of numbers as data, a data row as the header, one column as two), or
 # refused without the fix
 _COUNTS = "\n".join(f"{40 + i % 17},{55 - i % 13},{47 + i % 11}" for i in range(60))
+_SMALL = "\n".join(f"{i % 6},{i * 7 % 6},{i * 5 % 6},{i % 4}" for i in range(60))
 SPREADSHEET_REFUSALS = [
     ("years.csv", "2019,2020,2021\n" + _COUNTS, "far outside every column's range"),
     (
@@ -778,8 +779,8 @@ SPREADSHEET_REFUSALS = [
     ),
     (
         "pandas.csv",
-        "0,1,2\n3,4,5\n" + "\n".join(f"{i % 6},{(i * 7) % 6},{(i * 5) % 6}" for i in range(60)),
-        "holds the column numbers",  # (3,4,5: a later row evenly spaced as well)
+        "0,1,2,3\n2,3,4,5\n" + _SMALL,
+        "holds the column numbers",  # (2,3,4,5: a later row evenly spaced as well)
     ),
     (
         "exp.csv",
@@ -837,3 +838,24 @@ def test_a_header_that_repeats_a_name_is_warned_of(tmp_path):
     )
     notes = load_dataset(str(path)).info["warnings"]
     assert any("the header names 'x' more than once" in n for n in notes), notes
+
+
+def test_headers_of_names_and_numbers_and_plain_integer_tables_still_read(tmp_path):
+    # a review of the rules above: each of these read before them, and must still
+    spectra = tmp_path / "spectra.csv"  # a name beside numeric names: a header
+    spectra.write_text(
+        "label,400.5,401.5,402.5\n1,0.25,0.5,0.75\n2,0.5,0.25,0.125\n3,0.1,0.2,0.3\n"
+    )
+    table, names = _read_csv(spectra)
+    assert names == ["label", "400.5", "401.5", "402.5"] and table.shape == (3, 4)
+    rng = np.random.default_rng(0)
+    dice = tmp_path / "dice.csv"  # three columns of small counts starting 0,1,2 by chance
+    rows = [[0, 1, 2]] + rng.integers(0, 5, (60, 3)).tolist()
+    dice.write_text("\n".join(",".join(map(str, r)) for r in rows))
+    assert _read_csv(dice)[0].shape == (61, 3)
+    ym = tmp_path / "ym.csv"  # a year and a month: no decimal commas (months 10 and 20-ends)
+    ym.write_text("\n".join(f"{y},{m}" for y, m in zip(rng.integers(1990, 2021, 100),
+                                                      rng.integers(1, 13, 100))))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _read_csv(ym)[0].shape == (100, 2)

@@ -1308,7 +1308,9 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         # a value such as -1e-3 is a number, not an option (argparse's own pattern takes -1
         # and -0.001 only, and said "expected one argument" of --lr -1e-3)
-        self._negative_number_matcher = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+        self._negative_number_matcher = re.compile(
+            r"^-(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|infinity|nan)$", re.IGNORECASE
+        )
 
     def error(self, message: str):
         self.exit(2, f"flowforge: error: {message} (see: {self.prog} --help)\n")

@@ -505,7 +505,7 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
         out, columns, first = fast
         return _csv_verdicts(path, out, columns, first, header, None)
     values, lines = array.array("d"), array.array("q")
-    first, d, columns, zero_led = None, 0, None, None
+    first, d, columns, zero_led, tens = None, 0, None, None, False
     widths: list[set[int]] = [set(), set()]  # two columns: the digits of each one's cells
     with open(path, encoding=encoding, errors=errors, newline="") as f:
         reader = csv.reader(_bounded_lines(f, path, _line_cap(width)))
@@ -558,6 +558,7 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                     for j in (0, 1):  # (a sign or a '.' is no decimal comma's: width 0 marks it)
                         c = row[j].strip()
                         widths[j].add(0 if c[:1] in "+-" or "." in c else len(c))
+                    tens = tens or (len(row[1].strip()) == 2 and row[1].strip()[1] == "0")
         except csv.Error as e:  # a field beyond the csv module's limit: binary, or not a table
             raise DataError(
                 f"{path} cannot be read as a CSV table ({e}): is it a text CSV?"
@@ -585,7 +586,9 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
     # or of one or two digits (prices 32,33 and 47,7: a spreadsheet drops the trailing zero)
     unsigned = 0 not in widths[0] | widths[1]
     one = len(widths[1]) == 1 and widths[0] != widths[1]
-    split = unsigned and (one or widths[1] == {1, 2})
+    # (a price whose trailing zero was dropped never ends in 0 with two digits: 47,7 not 47,70;
+    # a height and an age, a year and a month, do)
+    split = unsigned and (one or (widths[1] == {1, 2} and not tens))
     return _csv_verdicts(path, out, columns, first, header, zero_led, split and sorted(widths[1]))
 
 
@@ -644,7 +647,9 @@ def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led,
             progression = (steps[:, :1] == steps).all(axis=1) & (steps[:, 0] != 0)
             if progression[0] and not progression[1:].any():
                 what = "evenly spaced whole numbers and no other line does"
-            elif (out[0] == np.arange(d)).all() or (out[0] == np.arange(1, d + 1)).all():
+            elif d >= 4 and (
+                (out[0] == np.arange(d)).all() or (out[0] == np.arange(1, d + 1)).all()
+            ):  # (three columns of small counts start with 0,1,2 by chance too often)
                 what = "the column numbers (0, 1, 2, ... as pandas names columns, or 1, 2, 3, ...)"
         if what is not None:
             cells = ", ".join(c.strip() for c in row[:6]) + (", ..." if d > 6 else "")
@@ -736,9 +741,11 @@ def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
             "header: true"
         )
     numbers = [c for c in cells if _is_float(c)]
-    if text and any(float(c) != round(float(c)) for c in numbers if math.isfinite(float(c))):
-        # (names are text; a data row with one bad cell keeps numbers such as -1.3243 beside it)
-        j, c = text[0]
+    broken = [(j, c) for j, c in text if _BROKEN_NUMBER.fullmatch(c)]
+    if broken and any(float(c) != round(float(c)) for c in numbers if math.isfinite(float(c))):
+        # (names are text, label,400.5 a header; a data row with a cell that is a number gone
+        # wrong keeps numbers such as -1.3243 beside it)
+        j, c = broken[0]
         raise DataError(
             f"{path}: line {lineno} mixes text ({c!r}, column {j}, 0-based) with numbers that "
             f"are not whole ({', '.join(c for c in numbers[:3])}): a data row with a cell that "
@@ -746,6 +753,10 @@ def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
             "columns, set the data option header: true"
         )
     return bool(text)
+
+
+# a cell that is a number gone wrong (1.5.2, a Unicode minus, 1,234.5), not a name (label, x1)
+_BROKEN_NUMBER = re.compile("[\\s+\\-\u2212.,\\deE]*\\d[\\s+\\-\u2212.,\\deE]*")
 
 
 def _cell_hint(cell: str) -> str:
