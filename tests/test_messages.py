@@ -126,6 +126,6 @@ def test_any_annotation_is_said_in_words_without_failing():
 
 def test_a_negative_infinity_is_a_value_too(tmp_path, capsys):
     # "argument --temperature: expected one argument"
-    with pytest.raises(SystemExit):
-        cli(capsys, "sample", tmp_path, "-n", "3", "--temperature", "-inf", "--out", "s.csv")
-    assert "--temperature must be a finite number >= 0, got -inf" in capsys.readouterr().err
+    rc, _, err = cli(capsys, "sample", tmp_path, "-n", "3", "--temperature", "-inf", "--out",
+                     tmp_path / "s.csv")  # fmt: skip
+    one_line_error(rc, err, "--temperature must be a finite number >= 0, got -inf")
