@@ -92,15 +92,25 @@ def test_an_interrupted_run_says_so(run, capsys, monkeypatch):
 
 @pytest.mark.parametrize("run", ["done"], indirect=True)
 def test_a_run_still_training_says_so(run, capsys, monkeypatch):
-    lock = {"pid": os.getppid(), "host": socket.gethostname()}  # a live process: its owner
-    (run / ".lock").write_text(json.dumps(lock))
-    _worse(monkeypatch)
-    rc, out, err = cli(capsys, "eval", run)
-    assert rc == 0, err
-    assert "note: this run is still training (3 of 3 epochs finished so far)" in out
-    assert "smaller model" not in out
-    rc, out, _ = cli(capsys, "eval", run, "--json")
-    assert json.loads(out)["run_status"]["state"] == "training"
+    import subprocess
+    import sys
+
+    # a live Python process: its owner (a lock of this machine without its start time is
+    # taken as a training's only where the process may be one)
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": owner.pid, "host": socket.gethostname()}
+        (run / ".lock").write_text(json.dumps(lock))
+        _worse(monkeypatch)
+        rc, out, err = cli(capsys, "eval", run)
+        assert rc == 0, err
+        assert "note: this run is still training (3 of 3 epochs finished so far)" in out
+        assert "smaller model" not in out
+        rc, out, _ = cli(capsys, "eval", run, "--json")
+        assert json.loads(out)["run_status"]["state"] == "training"
+    finally:
+        owner.kill()
+        owner.wait()
     lock["pid"] = 2**22 + 12345  # its owner is gone: a finished run again
     (run / ".lock").write_text(json.dumps(lock))
     assert RUNS.run_status(run) is None
@@ -281,3 +291,22 @@ def test_a_failed_runs_note_counts_the_epochs_of_its_model(runs, tmp_path, capsy
 def test_a_finished_run_without_its_checkpoint_gets_no_note(run, capsys):
     (run / "checkpoint.safetensors").unlink()  # removed to save disk
     assert RUNS.run_status(run) is None
+
+
+@pytest.mark.parametrize("run", ["cut"], indirect=True)
+def test_a_lock_naming_a_live_process_that_trains_nothing_is_stale(run, capsys):
+    """A lock without its start time naming a live process that is no Python (init, a shell,
+    here `sleep`): eval said "still training" and --resume refused, to wait for it forever (an
+    audit of hostile run folders)."""
+    import subprocess
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        rc, out, err = cli(capsys, "eval", run)
+        assert rc == 0 and "still training" not in out + err
+        rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
+        assert "in use by another training" not in err
+    finally:
+        other.kill()
+        other.wait()

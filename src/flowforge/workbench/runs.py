@@ -592,6 +592,16 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
+def _may_train(pid: int) -> bool:
+    """Whether process ``pid`` may be a training (a Python process: ``flowforge``, ``python``,
+    ``torchrun``); True where ``/proc`` cannot tell."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
+    except OSError:
+        return True
+    return not cmd or any(w in cmd for w in (b"python", b"flowforge", b"torchrun"))
+
+
 class RunLock:
     """``with RunLock(out):`` holds ``out/.lock`` (pid and host) for one training; a second
     training into the same folder is refused; a lock whose process is gone is taken over."""
@@ -614,6 +624,8 @@ class RunLock:
         start = info.get("start")
         if isinstance(start, int) and _process_start(pid) not in (None, start):
             return False  # the pid now names another process (reused since the owner died)
+        if not isinstance(start, int) and not _may_train(pid):
+            return False  # (a lock without its start naming init, a shell: no training of ours)
         return pid != os.getpid() or self.held
 
     def _take(self, record: bytes) -> None:
