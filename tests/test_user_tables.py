@@ -811,7 +811,7 @@ def test_what_spreadsheets_write_is_refused_with_the_fix(tmp_path, name, text, n
 
 def test_what_spreadsheets_write_is_warned_of(tmp_path):
     prices = tmp_path / "prices.csv"  # decimal commas, trailing zeros dropped: 47,7 is 47.70
-    prices.write_text("32,33\n48,95\n7,27\n47,7\n12,9\n13,26\n")
+    prices.write_text("32,33\n48,95\n7,27\n47,7\n12,85\n13,26\n5,49\n21,99\n9,15\n30,5\n")
     with pytest.warns(UserWarning, match="the second always of 1 or 2 digits"):
         read_table(str(prices))
     ids = tmp_path / "ids.csv"
@@ -859,3 +859,19 @@ def test_headers_of_names_and_numbers_and_plain_integer_tables_still_read(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _read_csv(ym)[0].shape == (100, 2)
+
+
+def test_tables_a_review_found_refused_read_again(tmp_path):
+    # a second review: a table ranked by a column, whose top row dominates every column; a
+    # header of ranges beside a number; sliding windows that count up from 0,1,2,3
+    rng = np.random.default_rng(1)
+    ranked = np.sort(np.round(np.exp(rng.normal(5, 2, (60, 2)))), axis=0)[::-1]
+    cases = {
+        "ranked.csv": "\n".join(f"{a:.0f},{b:.0f}" for a, b in ranked),
+        "ranges.csv": "10-20,20-30,0.5\n1.5,2.5,0.25\n2.5,3.5,0.75\n",
+        "windows.csv": "\n".join(",".join(str(i + k) for k in range(4)) for i in range(30)),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        read_table(str(tmp_path / name))  # (no refusal)
+    assert _read_csv(tmp_path / "ranges.csv")[1] == ["10-20", "20-30", "0.5"]

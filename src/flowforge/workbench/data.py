@@ -505,7 +505,7 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
         out, columns, first = fast
         return _csv_verdicts(path, out, columns, first, header, None)
     values, lines = array.array("d"), array.array("q")
-    first, d, columns, zero_led, tens = None, 0, None, None, False
+    first, d, columns, zero_led, tens, twos = None, 0, None, None, False, 0
     widths: list[set[int]] = [set(), set()]  # two columns: the digits of each one's cells
     with open(path, encoding=encoding, errors=errors, newline="") as f:
         reader = csv.reader(_bounded_lines(f, path, _line_cap(width)))
@@ -558,7 +558,8 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                     for j in (0, 1):  # (a sign or a '.' is no decimal comma's: width 0 marks it)
                         c = row[j].strip()
                         widths[j].add(0 if c[:1] in "+-" or "." in c else len(c))
-                    tens = tens or (len(row[1].strip()) == 2 and row[1].strip()[1] == "0")
+                    c = row[1].strip()
+                    tens, twos = tens or (len(c) == 2 and c[1] == "0"), twos + (len(c) == 2)
         except csv.Error as e:  # a field beyond the csv module's limit: binary, or not a table
             raise DataError(
                 f"{path} cannot be read as a CSV table ({e}): is it a text CSV?"
@@ -588,7 +589,9 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
     one = len(widths[1]) == 1 and widths[0] != widths[1]
     # (a price whose trailing zero was dropped never ends in 0 with two digits: 47,7 not 47,70;
     # a height and an age, a year and a month, do)
-    split = unsigned and (one or (widths[1] == {1, 2} and not tens))
+    # (and most of them of two digits, as cents are: counts of 1 to 19 are not)
+    mixed = widths[1] == {1, 2} and not tens and twos >= 0.7 * len(lines)
+    split = unsigned and (one or mixed)
     return _csv_verdicts(path, out, columns, first, header, zero_led, split and sorted(widths[1]))
 
 
@@ -638,6 +641,8 @@ def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led,
         if (
             what is None
             and d >= 2
+            and (np.diff(out[0]) > 0).all()  # (names in order: 2019, 2020; a top row of data
+            and not _sorted_column(out)  # of a sorted table continues its order)
             and (np.maximum(lo - out[0], out[0] - hi) > np.maximum(hi - lo, 1)).all()
         ):  # (2019, 2020 over counts: farther outside each column than it is wide)
             what = "whole numbers far outside every column's range on the other lines"
@@ -647,8 +652,11 @@ def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led,
             progression = (steps[:, :1] == steps).all(axis=1) & (steps[:, 0] != 0)
             if progression[0] and not progression[1:].any():
                 what = "evenly spaced whole numbers and no other line does"
-            elif d >= 4 and (
-                (out[0] == np.arange(d)).all() or (out[0] == np.arange(1, d + 1)).all()
+            elif (
+                d >= 4
+                and ((out[0] == np.arange(d)).all() or (out[0] == np.arange(1, d + 1)).all())
+                and not (rest == out[0]).all(axis=1).any()
+                and progression[1:].mean() < 0.5  # (sliding windows: every row counts up)
             ):  # (three columns of small counts start with 0,1,2 by chance too often)
                 what = "the column numbers (0, 1, 2, ... as pandas names columns, or 1, 2, 3, ...)"
         if what is not None:
@@ -660,6 +668,12 @@ def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led,
                 "as data"
             )
     return out, columns
+
+
+def _sorted_column(a: np.ndarray) -> bool:
+    """Whether some column of ``a`` is sorted, up or down (a table ranked by a column)."""
+    steps = np.diff(a, axis=0)
+    return bool(((steps >= 0).all(axis=0) | (steps <= 0).all(axis=0)).any())
 
 
 def _check_header_option(header, path: Path | None = None) -> None:
@@ -709,9 +723,9 @@ def _numbered_rows(table: np.ndarray, columns: list[str] | None) -> str | None:
             name = f", {columns[j]!r}" if columns else ""
             return (
                 f"column {j} (0-based{name}) numbers the rows ({first[j]:g} to "
-                f"{n - 1 + first[j]:g} in file order): a row index or an ID is modelled as "
-                "data, and says nothing about it; drop the column (pandas writes an index "
-                "unless to_csv(..., index=False))"
+                f"{n - 1 + first[j]:g} in file order): if it is a row index or an ID (pandas "
+                "writes an index unless to_csv(..., index=False)), drop it: modelled as data it "
+                "says nothing about the rows; a time or step column is data, keep it"
             )
     return None
 
@@ -756,7 +770,7 @@ def _is_header(path: Path, lineno: int, row: list[str], header, names) -> bool:
 
 
 # a cell that is a number gone wrong (1.5.2, a Unicode minus, 1,234.5), not a name (label, x1)
-_BROKEN_NUMBER = re.compile("[\\s+\\-\u2212.,\\deE]*\\d[\\s+\\-\u2212.,\\deE]*")
+_BROKEN_NUMBER = re.compile("[+\\-\u2212]?[\\d.,\\s]*\\d[\\d.,\\s]*(?:[eE][+\\-]?\\d+)?")
 
 
 def _cell_hint(cell: str) -> str:

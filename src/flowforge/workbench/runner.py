@@ -262,12 +262,13 @@ def _drawn_as_recorded(d: dict, resolved: dict) -> bool:
 
 def _readings(options: dict, name, want) -> list[dict]:
     """The data options to read a run's file with: its own; and for a CSV of a run that
-    recorded no ``header`` (and a fingerprint to tell), ``header: false`` after them, as
-    flowforge read a first line of numbers (column names such as ``1,2,3``) before 2026-12-06:
-    a row of data, where a new run is now refused as ambiguous."""
+    recorded no ``header`` (and a fingerprint to tell), ``header: false`` and ``header: true``
+    after them, as flowforge read first lines that are now refused as ambiguous: a line of
+    numbers (column names such as ``1,2,3``) as data before 2026-12-06, names beside numbers
+    (``10-20,0.5``) as a header before 2026-12-07. The fingerprint tells which was right."""
     if want is None or "header" in options or Path(str(name)).suffix.lower() != ".csv":
         return [options]
-    return [options, {**options, "header": False}]
+    return [options, {**options, "header": False}, {**options, "header": True}]
 
 
 def _source_data(source, cfg: dict):
