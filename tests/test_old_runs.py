@@ -152,6 +152,28 @@ def test_a_run_on_a_csv_with_a_first_line_of_numbers_reads_it_as_then(tmp_path):
         load_dataset(str(path), seed=0)
 
 
+def test_a_run_on_a_csv_whose_header_now_reads_as_a_bad_data_row_reads_it_as_then(tmp_path):
+    """Before 2026-12-07 a first line of names beside numbers that are not whole was a header
+    whatever the names; one that now reads as a data row with a bad cell (``1.5.2``) is
+    refused for a new run, and a run trained on it reads it as a header, as then."""
+    from flowforge.workbench.data import DataError, load_dataset
+    from flowforge.workbench.runner import _splits_fingerprint, run_dataset
+
+    rng = np.random.default_rng(2)
+    path = tmp_path / "names.csv"
+    rows = "\n".join(",".join(f"{v:.5f}" for v in r) for r in rng.normal(size=(120, 3)))
+    path.write_text("1.5.2,2.5,3.5\n" + rows + "\n")
+    then = load_dataset(str(path), seed=0, header=True)
+    cfg = {
+        "data": {"name": str(path), "seed": 0, "options": {}},
+        "resolved": {"data_fingerprint": _splits_fingerprint(then)},
+    }
+    ds = run_dataset(cfg, checks=False)
+    assert torch.equal(ds.split("train"), then.split("train"))
+    with pytest.raises(DataError, match="header"):
+        load_dataset(str(path), seed=0)
+
+
 def test_a_new_run_starts_from_a_flowforge1_run(tmp_path, capsys):
     """F6: --init-from with no model options builds the new run's model from the arguments
     the source's model was built with (completed as loading completes them), not from today's
