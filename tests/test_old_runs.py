@@ -130,46 +130,28 @@ def test_a_column_conditional_run_of_2026_12_05_keeps_its_data(tmp_path):
     assert not same_data(ds, {**old, "data_fingerprint": fingerprint(*base, *moved)})
 
 
-def test_a_run_on_a_csv_with_a_first_line_of_numbers_reads_it_as_then(tmp_path):
-    """F5: before 2026-12-06 a first line of numbers (``1,2,3``) was a row of data. A run that
-    recorded no ``header`` option reads its CSV so where its fingerprint says so; a new run on
-    such a file is still refused, naming ``data.header``."""
+@pytest.mark.parametrize("first, then_header", [("1,2,3", False), ("1.5.2,2.5,3.5", True)])
+def test_a_run_on_a_csv_with_an_ambiguous_first_line_reads_it_as_then(tmp_path, first, then_header):
+    """F5: before 2026-12-06 a first line of numbers (``1,2,3``) was a row of data, and before
+    2026-12-07 one of names beside numbers that are not whole (``1.5.2,2.5``, now a data row
+    with a bad cell) was a header. A run that recorded no ``header`` option reads its CSV as
+    its fingerprint says it was read; a new run on such a file is refused, naming
+    ``data.header``."""
     from flowforge.workbench.data import DataError, load_dataset
     from flowforge.workbench.runner import _splits_fingerprint, run_dataset
 
     rng = np.random.default_rng(1)
-    path = tmp_path / "numhdr.csv"
+    path = tmp_path / "first.csv"
     rows = "\n".join(",".join(f"{v:.5f}" for v in r) for r in rng.normal(size=(120, 3)))
-    path.write_text("1,2,3\n" + rows + "\n")
-    then = load_dataset(str(path), seed=0, header=False)
-    cfg = {
-        "data": {"name": str(path), "seed": 0, "options": {}},
-        "resolved": {"data_fingerprint": _splits_fingerprint(then)},
-    }
-    ds = run_dataset(cfg, checks=False)
-    assert torch.equal(ds.split("train"), then.split("train")) and len(then.split("train")) == 97
-    with pytest.raises(DataError, match="header"):
-        load_dataset(str(path), seed=0)
-
-
-def test_a_run_on_a_csv_whose_header_now_reads_as_a_bad_data_row_reads_it_as_then(tmp_path):
-    """Before 2026-12-07 a first line of names beside numbers that are not whole was a header
-    whatever the names; one that now reads as a data row with a bad cell (``1.5.2``) is
-    refused for a new run, and a run trained on it reads it as a header, as then."""
-    from flowforge.workbench.data import DataError, load_dataset
-    from flowforge.workbench.runner import _splits_fingerprint, run_dataset
-
-    rng = np.random.default_rng(2)
-    path = tmp_path / "names.csv"
-    rows = "\n".join(",".join(f"{v:.5f}" for v in r) for r in rng.normal(size=(120, 3)))
-    path.write_text("1.5.2,2.5,3.5\n" + rows + "\n")
-    then = load_dataset(str(path), seed=0, header=True)
+    path.write_text(f"{first}\n" + rows + "\n")
+    then = load_dataset(str(path), seed=0, header=then_header)
     cfg = {
         "data": {"name": str(path), "seed": 0, "options": {}},
         "resolved": {"data_fingerprint": _splits_fingerprint(then)},
     }
     ds = run_dataset(cfg, checks=False)
     assert torch.equal(ds.split("train"), then.split("train"))
+    assert len(then.split("train")) == (96 if then_header else 97)
     with pytest.raises(DataError, match="header"):
         load_dataset(str(path), seed=0)
 
