@@ -641,9 +641,9 @@ def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led,
         if (
             what is None
             and d >= 2
-            and (np.diff(out[0]) > 0).all()  # (names in order: 2019, 2020; a top row of data
-            and not _sorted_column(out)  # of a sorted table continues its order)
+            and (np.diff(out[0]) > 0).all()  # (names in order: 2019, 2020)
             and (np.maximum(lo - out[0], out[0] - hi) > np.maximum(hi - lo, 1)).all()
+            and not _sorted_column(out)  # (a ranked table's top row of data continues its order)
         ):  # (2019, 2020 over counts: farther outside each column than it is wide)
             what = "whole numbers far outside every column's range on the other lines"
         if what is None and d >= 3:
@@ -671,9 +671,12 @@ def _csv_verdicts(path: Path, out: np.ndarray, columns, first, header, zero_led,
 
 
 def _sorted_column(a: np.ndarray) -> bool:
-    """Whether some column of ``a`` is sorted, up or down (a table ranked by a column)."""
-    steps = np.diff(a, axis=0)
-    return bool(((steps >= 0).all(axis=0) | (steps <= 0).all(axis=0)).any())
+    """Whether some column of ``a`` is sorted, up or down (a table ranked by a column); a
+    column at a time, with no copy of the table."""
+    return any(
+        bool((np.diff(a[:, j]) >= 0).all() or (np.diff(a[:, j]) <= 0).all())
+        for j in range(a.shape[1])
+    )
 
 
 def _check_header_option(header, path: Path | None = None) -> None:
