@@ -5,6 +5,7 @@ torchdiffeq is imported only when a CNF is built (``pip install 'flowforge[ode]'
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -192,11 +193,12 @@ def CNF(
         torch.Size([4])
     """
     (d,) = event_shape(features, None)
-    for name, value, default, needs, has in (
-        ("time_eps", time_eps, 1e-3, "time_frequencies", time_frequencies is not None),
-        ("space_scale", space_scale, 1.0, "space_features", bool(space_features)),
+    default = inspect.signature(CNF).parameters  # (the builder's own defaults)
+    for name, value, needs, has in (
+        ("time_eps", time_eps, "time_frequencies", time_frequencies is not None),
+        ("space_scale", space_scale, "space_features", bool(space_features)),
     ):  # (a value no network reads: another model than the user meant)
-        if value != default and not has:
+        if value != default[name].default and not has:
             raise ValueError(
                 f"{name} applies only with {needs}, which this CNF does not have: leave {name} "
                 f"out, or set {needs}"

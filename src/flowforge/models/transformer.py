@@ -14,6 +14,7 @@ per block (keys and values cached), or a few parallel Jacobi sweeps after
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch  # noqa: F401  (doctests use it)
@@ -36,12 +37,14 @@ _READS = {
     "spline": ("bins", "bound"),
     "mixture": ("mixtures", "scale_bound"),
 }
-_DEFAULTS = {"scale_bound": 3.0, "bins": 8, "bound": 4.0, "mixtures": 4}
 
 
 def _transformer(kind: str, scale_bound: float, bins: int, bound: float, mixtures: int):
     given = {"scale_bound": scale_bound, "bins": bins, "bound": bound, "mixtures": mixtures}
-    unused = [k for k, v in given.items() if k not in _READS.get(kind, given) and v != _DEFAULTS[k]]
+    default = inspect.signature(TarFlow).parameters  # (the builder's own defaults)
+    unused = [
+        k for k, v in given.items() if k not in _READS.get(kind, given) and v != default[k].default
+    ]
     if unused:  # (a value the chosen transformer never reads: another model than the user meant)
         users = sorted({t for t, reads in _READS.items() for k in unused if k in reads})
         raise ValueError(

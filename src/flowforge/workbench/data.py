@@ -702,8 +702,7 @@ def _unnamed_columns(table: np.ndarray, columns: list[str] | None) -> str | None
     if not empty:
         return _numbered_rows(table, columns)
     j = empty[0]
-    rows = np.arange(len(table))
-    if np.array_equal(table[:, j], rows) or np.array_equal(table[:, j], rows + 1):
+    if _counts_rows(table[:, j]):
         return (
             f"column {j} (0-based) has no name in the header and holds the row numbers: a row "
             "index (pandas writes one unless to_csv(..., index=False)) is modelled as data; "
@@ -711,6 +710,12 @@ def _unnamed_columns(table: np.ndarray, columns: list[str] | None) -> str | None
         )
     more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
     return f"column {j} (0-based){more} has no name in the header; it is modelled as data"
+
+
+def _counts_rows(col: np.ndarray) -> bool:
+    """Whether a column is 0, 1, 2, ... or 1, 2, 3, ... in file order (a row index, an ID)."""
+    rows = np.arange(len(col))
+    return bool(np.array_equal(col, rows) or np.array_equal(col, rows + 1))
 
 
 def _numbered_rows(table: np.ndarray, columns: list[str] | None) -> str | None:
@@ -722,7 +727,7 @@ def _numbered_rows(table: np.ndarray, columns: list[str] | None) -> str | None:
     first = table[0]
     maybe = np.flatnonzero(((first == 0) | (first == 1)) & (table[1] == first + 1))
     for j in maybe.tolist():
-        if np.array_equal(table[:, j], np.arange(n) + first[j]):
+        if _counts_rows(table[:, j]):
             name = f", {columns[j]!r}" if columns else ""
             return (
                 f"column {j} (0-based{name}) numbers the rows ({first[j]:g} to "
@@ -848,8 +853,9 @@ def _suffix_hint(path: Path) -> str:
     return f"; {_SUFFIX_FIXES[s]}" if s in _SUFFIX_FIXES else ""
 
 
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'s' if n != 1 else ''}"
+def _count(k: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``1,000 rows`` (the report's counts too)."""
+    return f"{k:,} {noun}" if k == 1 else f"{k:,} {noun}s"
 
 
 def _width_hint(header: list[str] | None, row: list[str]) -> str:

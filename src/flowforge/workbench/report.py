@@ -32,7 +32,7 @@ from .._util import fork_rng
 from ..core import Flow
 from ..distributions import StandardNormal
 from .config import MANIFOLD_MODELS
-from .data import FORMULA_LEADS, _chunk_rows, _is_float, describe_bounds
+from .data import FORMULA_LEADS, _chunk_rows, _count, _is_float, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import (
@@ -738,11 +738,6 @@ def _latent_plot(z: Tensor, path: Path) -> dict:
 
 MAX_COLUMNS = 16  # columns shown in the per-column panels
 PAIRS = 4  # pairwise panels (the most dependent pairs)
-
-
-def _count(k: int, noun: str) -> str:
-    """``1 row``, ``2 rows``."""
-    return f"{k:,} {noun}" if k == 1 else f"{k:,} {noun}s"
 
 
 def _finite_rows(a: np.ndarray) -> np.ndarray:
