@@ -71,3 +71,22 @@ def test_blank_images_are_not_told_to_rescale():
 
     assert unit_scaled(torch.zeros(3, 1, 8, 8), 17, "blank.npy") is None
     assert "every value is 0 or 1" in unit_scaled(torch.ones(3, 1, 8, 8), 17, "ones.npy")
+
+
+def test_the_range_check_reads_a_table_a_chunk_at_a_time_with_the_same_verdict(monkeypatch):
+    # eval --data's range check made float64 copies of the whole table (four of them at once);
+    # it now goes a chunk at a time: the same words and rows whatever the chunk, and a NaN in
+    # one chunk does not hide a far value in a later one
+    from flowforge.workbench import data
+
+    t = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
+    t[900, 1], t[7, 1], t[990, 2], t[5, 2] = 9.0, -8.5, 7.0, float("nan")
+    ranges, names = [[-5, 5], [-3, 3], [-4, 4]], ["a", "b", "c"]
+    whole = data.beyond_ranges(t, ranges, names)
+    assert (
+        whole[0].startswith("b 9 (") and "c 7 (1 value past the training range -4 to 4)" in whole[0]
+    )
+    monkeypatch.setattr(data, "_RANGE_ROWS", 64)
+    chunked = data.beyond_ranges(t, ranges, names)
+    assert chunked[0] == whole[0] and torch.equal(chunked[1], whole[1])
+    assert data.beyond_ranges(torch.zeros(3), []) is None  # (no columns: no verdict)

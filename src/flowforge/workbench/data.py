@@ -3131,6 +3131,7 @@ def column_context(values, info: dict, names=None) -> Tensor:
 
 
 CONTEXT_MARGIN = 0.1  # of a column's training range, past which a given value is said
+_RANGE_ROWS = 65536  # rows a chunk in beyond_ranges
 
 
 def beyond_ranges(t: Tensor, ranges, names=None, margin: float = CONTEXT_MARGIN):
@@ -3154,28 +3155,37 @@ def beyond_ranges(t: Tensor, ranges, names=None, margin: float = CONTEXT_MARGIN)
             for r in ranges
         )
     )
-    if not ok or not t.numel():
+    if not ok or not k or not t.numel():
         return None
-    v = t.double()
-    lo, hi = torch.tensor(ranges, dtype=torch.float64).T
+    lo, hi = torch.tensor(ranges, dtype=torch.float64, device=t.device).T
     # (and float32's rounding: a range recorded from float32 data, a value typed in float64)
     pad = margin * (hi - lo) + 1e-6 * torch.maximum(lo.abs().maximum(hi.abs()), lo.new_ones(k))
-    excess = torch.maximum(lo - pad - v, v - hi - pad)  # (> 0: beyond the range)
-    far = excess > 0
-    if not bool(far.any()):
+    rows = torch.zeros(len(t), dtype=torch.bool, device=t.device)
+    counts = lo.new_zeros(k, dtype=torch.long)
+    most = lo.new_full((k,), -math.inf)  # each column's largest excess so far
+    worst = lo.new_zeros(k)  # (the value that has it, either side)
+    for i in range(0, len(t), _RANGE_ROWS):  # (a chunk at a time: no float64 copy of a table)
+        v = t[i : i + _RANGE_ROWS].double()
+        excess = torch.maximum(lo - pad - v, v - hi - pad)  # (> 0: beyond the range)
+        far = excess > 0
+        rows[i : i + _RANGE_ROWS] = far.any(1)
+        counts += far.sum(0)
+        top, at = excess.nan_to_num(-math.inf).max(0)
+        worst = torch.where(top > most, v[at, torch.arange(k, device=t.device)], worst)
+        most = torch.maximum(most, top)
+    if not bool(rows.any()):
         return None
     if not (names and len(names) == k):
         names = [str(j) for j in range(k)]
     each = []
-    for j in far.any(0).nonzero().flatten().tolist()[:5]:
-        worst = v[excess[:, j].argmax(), j].item()  # (the farthest, either side)
-        n = int(far[:, j].sum())
+    for j in counts.nonzero().flatten().tolist()[:5]:
+        n = int(counts[j])
         each.append(
-            f"{names[j]} {worst:.4g} ({n} value{'s' if n != 1 else ''} past the training range "
-            f"{ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
+            f"{names[j]} {worst[j].item():.4g} ({n} value{'s' if n != 1 else ''} past the "
+            f"training range {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
         )
-    more = " ..." if int(far.any(0).sum()) > 5 else ""
-    return "; ".join(each) + more, far.any(1)
+    more = " ..." if int((counts > 0).sum()) > 5 else ""
+    return "; ".join(each) + more, rows
 
 
 def _outside_context_range(t: Tensor, rng, names, info: dict) -> str | None:
