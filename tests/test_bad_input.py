@@ -20,9 +20,9 @@ from flowforge.workbench.errors import WorkbenchError
 def test_debug_before_the_command_shows_the_traceback(tmp_path, capsys):
     missing = tmp_path / "nothing"
     rc, _, err = cli(capsys, "eval", missing)
-    one_line_error(rc, err, "is not a flowforge run")
+    one_line_error(rc, err, "nothing: no such folder (no run there)")
     for args in (("--debug", "eval", missing), ("eval", missing, "--debug")):
-        with pytest.raises(Exception, match="is not a flowforge run"):
+        with pytest.raises(Exception, match="no such folder"):
             cli(capsys, *args)
 
 

@@ -113,7 +113,7 @@ def test_csv_column_names_are_kept_and_integer_columns_flagged(tmp_path, capsys)
         "--data", path, "--out", out, "--epochs", 1, "--no-progress",
     )  # fmt: skip
     assert rc == 0, err
-    assert "flowforge: warning: column(s) group, coded hold only a few integer values" in err
+    assert "flowforge: warning: column(s) group, coded hold only integer values that repeat" in err
     resolved = json.loads((out / "config.json").read_text())["resolved"]
     assert resolved["columns"] == ["height", "weight", "group, coded"]
     rc, _, err = cli(capsys, "sample", out, "-n", 5, "--out", tmp_path / "s.csv")

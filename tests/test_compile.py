@@ -196,6 +196,61 @@ def test_a_compile_failure_in_the_backward_pass_redoes_the_step_eagerly(monkeypa
     assert losses[True] == losses[False]  # the same steps, eagerly, from the same state
 
 
+class _ScaledBackward(torch.autograd.Function):
+    """The identity, whose backward multiplies the gradient by ``scale``."""
+
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return _ScaledBackward.scale * g
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_a_compiled_step_with_wrong_gradients_is_caught_and_the_run_goes_on_eagerly(
+    monkeypatch, scale
+):
+    # torch 2.13's inductor gave BNAF the right loss and wrong gradients (an audit): the first
+    # compiled step is checked against the eager one; where they agree (scale 1) the compiled
+    # steps stand and a batch norm's running statistics are updated once, as eagerly
+    calls = []
+
+    def compile_(model, *args, **kwargs):
+        def call(*a, **k):
+            calls.append(1)
+            return _ScaledBackward.apply(model(*a, **k))
+
+        return call
+
+    monkeypatch.setattr(_ScaledBackward, "scale", scale)
+    x = torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0))  # (noise drawn)
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4, batch_norm=True)
+        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compiled}
+        if compiled:
+            monkeypatch.setattr(torch, "compile", compile_)
+        tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
+        assert tr.fit()["status"] == "finished"
+        runs[compiled] = (
+            [r["train_loss"] for r in tr.history if r["type"] == "epoch"],
+            [b.clone() for b in flow.buffers()],
+            [w for w in tr.warnings if "compil" in w and "first step compiles" not in w],
+        )
+    (eager, eager_buffers, _), (losses, buffers, warned) = runs[False], runs[True]
+    assert losses == eager and all(torch.equal(a, b) for a, b in zip(buffers, eager_buffers))
+    if scale == 1.0:
+        assert not warned and len(calls) == 8  # (every step compiled)
+    else:
+        assert len(warned) == 1 and "first step disagrees with the eager model's" in warned[0]
+        assert "by 0.5 of the largest gradient" in warned[0] and len(calls) == 1
+
+
 def test_an_error_the_eager_model_raises_too_is_the_runs_not_a_compile_failure(monkeypatch):
     monkeypatch.setattr(torch, "compile", _compiler_that_fails("the compiled graph failed"))
     flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))

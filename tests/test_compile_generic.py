@@ -16,12 +16,21 @@ from flowforge._util import COMPILE_OPTIONS
 from flowforge.testing import check_round_trip, check_round_trip_from_noise
 from test_bijections import prepared, transform_of
 
-# one model per family the speed benchmarks compile (coupling, autoregressive, spline, image).
+# one model per family the speed benchmarks compile (coupling, autoregressive, spline, image),
+# and the families a compiler failed on (the circular couplings crashed the process in torch
+# 2.13, BNAF's gradients came out wrong: the trainer's first-step check catches the latter).
 # Compiling is slow on a CPU (10 s to 2 minutes a model), so `make test` checks RealNVP and
 # `make test-compile` (FLOWFORGE_COMPILE_TESTS=all) all of them.
-ALL = ["RealNVP", "MAF", "NSF", "NSF-AR", "Glow-1x4x4"]
-NAMES = ALL if os.environ.get("FLOWFORGE_COMPILE_TESTS") == "all" else ALL[:1]
-COMPILED = [c for c in CASES if c.name in NAMES]
+ALL = ["RealNVP", "MAF", "NSF", "NSF-AR", "Glow-1x4x4", "TorusFlow-spline-2", "SphereFlow-spline"]
+WRONG = {"BNAF": "torch 2.13's inductor computes BNAF's weight gradients wrongly on a CPU"}
+NAMES = [*ALL, *WRONG] if os.environ.get("FLOWFORGE_COMPILE_TESTS") == "all" else ALL[:1]
+COMPILED = [
+    pytest.param(c, marks=pytest.mark.xfail(reason=WRONG[c.name], strict=True))
+    if c.name in WRONG
+    else c
+    for c in CASES
+    if c.name in NAMES
+]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +68,7 @@ class Compiled(torch.nn.Module):
 
 
 def test_the_selection_is_in_the_registry():
-    assert {c.name for c in CASES} >= set(ALL)
+    assert {c.name for c in CASES} >= {*ALL, *WRONG}
 
 
 def _grads(t, f, inv, x, ctx):
@@ -72,7 +81,7 @@ def _grads(t, f, inv, x, ctx):
     return out
 
 
-@pytest.mark.parametrize("case", COMPILED, ids=[c.name for c in COMPILED])
+@pytest.mark.parametrize("case", COMPILED, ids=lambda c: c.name)
 def test_compiled_model_agrees_with_eager_and_round_trips(case):
     t = transform_of(prepared(case))
     c = Compiled(t)

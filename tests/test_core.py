@@ -532,6 +532,21 @@ def test_per_example_scores_with_torch_func():
     assert torch.allclose(score, want, atol=1e-5)
 
 
+def test_a_flow_torch_func_cannot_transform_says_so_in_its_words():
+    # (an audit) Planar under vmap and a residual flow under grad raised torch's internals
+    from torch.func import grad, vmap
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    planar = ff.models.Planar(features=3, layers=2).eval()
+    assert grad(planar.log_prob)(x[0]).shape == (3,)  # (grad alone works)
+    residual = ff.models.ResidualFlow(features=3, blocks=1, hidden=(8,)).eval()
+    for call in (lambda: vmap(planar.log_prob)(x), lambda: grad(residual.log_prob)(x[0])):
+        with pytest.raises(ValueError, match=r"torch.func \(vmap, grad, jacrev\) could not "):
+            call()
+    assert planar.log_prob(x).shape == (4,)  # (and outside a transform, as ever)
+
+
 def test_conditioner_mistakes_are_said_where_the_layer_is_built():
     from torch import nn
 

@@ -228,3 +228,38 @@ def test_an_mflow_run_is_refused_scores_in_one_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "eval", tmp_path / "m", "--scores", tmp_path / "s.csv")
     one_line_error(rc, err, "--scores writes each example's log-density", "an M-flow")
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_folders_scores_name_each_rows_image(tmp_path):
+    # (an audit) eval --data FOLDER --scores wrote its rows in the class folders' name order
+    # (0, 1, 10, 11, 2, ...) with nothing saying which image a row was: a user matching rows
+    # in numeric order paired most scores with the wrong image; a file column now says
+    from PIL import Image
+
+    from flowforge.workbench.data import read_examples, read_labelled
+    from flowforge.workbench.evaluate import save_scores
+
+    folder = tmp_path / "imgs"
+    names = {"0": ["b.png", "a.png"], "1": ["x.png"], "10": ["=c,d.png"], "2": ["e.png"]}
+    for k, (d, files) in enumerate(names.items()):
+        (folder / d).mkdir(parents=True)
+        for j, f in enumerate(files):
+            Image.fromarray(np.full((4, 4), 10 * k + j, dtype=np.uint8)).save(folder / d / f)
+    files: list = []
+    info = {"names": list(names), "classes": [0, 1, 10, 2]}  # (the run's labels)
+    x, labels = read_labelled(folder, (1, 4, 4), None, info, 8, files)
+    assert files == ["0/a.png", "0/b.png", "1/x.png", "10/=c,d.png", "2/e.png"]
+    assert x[:, 0].tolist() == [1, 0, 10, 20, 30] and labels.tolist() == [0, 0, 1, 10, 2]
+    image = tmp_path / "one"  # (an unlabelled folder: its own images, by name)
+    image.mkdir()
+    for f in ("b.png", "a.png"):
+        Image.fromarray(np.full((4, 4), ord(f[0]), dtype=np.uint8)).save(image / f)
+    got: list = []
+    assert read_examples(image, 8, (1, 4, 4), files=got)[:, 0].tolist() == [97, 98]
+    assert got == ["a.png", "b.png"]
+    res = {"log_densities": np.arange(5.0), "dims": 16, "samples": 1, "noise": None,
+           "files": files}  # fmt: skip
+    assert save_scores(tmp_path / "s.csv", res) == ["file", "log_density"]
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "file,log_density" and lines[1] == "0/a.png,0.0"
+    assert lines[4] == '"10/=c,d.png",3.0'  # (quoted: the name holds a comma)

@@ -306,7 +306,7 @@ def test_refusals_are_one_line(tables, table_run, tmp_path, capsys):
         ((table_run, "--target-columns", "a,b"), ("unconditional", "--target-columns")),
         ((table_run, "--set", "data.bounds.c=positive"), ("data.bounds",)),
         ((tmp_path,), ("is not a flowforge run",)),
-        ((tmp_path / "missing",), ("is not a flowforge run",)),
+        ((tmp_path / "missing",), ("missing: no such folder",)),
     ]  # fmt: skip
     for (run, *more), needles in cases:
         rc, _, err = _one(capsys, "--init-from", run, "--out", out, "--epochs", 1, *more)
@@ -448,7 +448,7 @@ def test_an_edited_init_from_run_a_replay_elsewhere_and_a_statistic_no_layer_hol
     monkeypatch.chdir(tmp_path / "else")
     rc, _, err = cli(capsys, "train", "--config", b / "config.json", "--out", tmp_path / "c",
                      *QUIET)  # fmt: skip
-    one_line_error(rc, err, "runs/src is not a flowforge run", f"give --init-from {src}")
+    one_line_error(rc, err, "runs/src: no such folder", f"give --init-from {src}")
     # the resume of the edited run: one line, ours
     rec["resolved"]["flow_config"]["kwargs"]["hidden"] = [16]
     (b / "config.json").write_text(json.dumps(rec))

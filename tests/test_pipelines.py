@@ -39,7 +39,7 @@ def test_warnings_go_to_standard_error_and_results_to_standard_output(table_run,
                        "--model-kwargs", '{"hidden": [8]}', "--epochs", "1", "--out", d / "r2",
                        "--no-progress")  # fmt: skip
     assert rc == 0 and "warning" not in out, out
-    assert "flowforge: warning: column(s) c hold only a few integer values" in err
+    assert "flowforge: warning: column(s) c hold only integer values that repeat" in err
     rc, out, err = cli(capsys, "eval", d / "r")
     assert rc == 0 and "warning" not in out and out.startswith("test NLL ")
     assert "flowforge: warning: the training data: column(s) c" in err

@@ -717,3 +717,37 @@ def test_resume_refuses_run_files_made_read_only(tmp_path, capsys):
         (out / name).chmod(0o444)
     rc, out_text, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
     assert rc == 0 and "nothing to train" in out_text + err, err
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_lock_of_a_killed_training_not_yet_reaped_is_stale(tmp_path):
+    # (an audit) a training killed under a parent that had not waited for it (a driver
+    # script, a notebook's Popen) is a zombie: kill(pid, 0) still answers, and --resume was
+    # refused as "in use by another training" until the parent reaped it
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from flowforge.workbench.runs import RunLock, _process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = Path(f"/proc/{child.pid}/stat")
+    try:
+        for _ in range(200):  # (until it has exited; not reaped: no wait() or poll())
+            if stat.read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z":
+                break
+            time.sleep(0.02)
+        record = {"pid": child.pid, "host": socket.gethostname(),
+                  "start": _process_start(child.pid)}  # fmt: skip
+        assert not RunLock(tmp_path)._owner_alive(record)
+        own = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start": _process_start(os.getpid()),
+        }
+        lock = RunLock(tmp_path)
+        lock.held = True
+        assert lock._owner_alive(own)  # (a live process is still one)
+    finally:
+        child.wait()

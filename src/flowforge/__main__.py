@@ -10,7 +10,7 @@ import sys
 if sys.path and sys.path[0] in ("", os.getcwd()):
     del sys.path[0]
 
-from flowforge.workbench.cli import main  # noqa: E402
+from flowforge.workbench.cli import command  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

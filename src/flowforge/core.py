@@ -498,8 +498,13 @@ def _checks_on(t: Tensor, decided: bool | None) -> bool:
     return t.device.type == "cpu" if decided is None else bool(decided)
 
 
+# what torch says when a torch.func transform meets what it cannot transform
+_TRANSFORM_WORDS = ("vmap", "functorch", "torch.func", "being transformed", "autograd.Function")
+
+
 class _Checks:
-    """Sets :func:`checking`'s answer to a flow's ``validate_args`` for the call's duration."""
+    """Sets :func:`checking`'s answer to a flow's ``validate_args`` for the call's duration;
+    names what a torch.func transform failed on (torch's own message is about its internals)."""
 
     __slots__ = ("value", "token")
 
@@ -510,9 +515,23 @@ class _Checks:
         if self.value is not None:
             self.token = _FLOW_CHECKS.set(bool(self.value))
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, error, tb):
         if self.token is not None:
             _FLOW_CHECKS.reset(self.token)
+        if (
+            kind is not None
+            and issubclass(kind, RuntimeError)
+            and not issubclass(kind, (NotImplementedError, torch.OutOfMemoryError))
+            and functorch_active()
+            and any(w in str(error) for w in _TRANSFORM_WORDS)
+        ):
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise ValueError(
+                f"torch.func (vmap, grad, jacrev) could not transform this flow (torch: "
+                f"{first[:160]}): the flows that solve by iteration (Planar and Sylvester under "
+                "vmap, residual flows) or integrate an ODE (CNF, FFJORD) are not transformable; "
+                "take gradients with torch.autograd.grad, per example in a loop"
+            ) from error
 
 
 def exact_levels(levels: int, dtype: torch.dtype) -> None:

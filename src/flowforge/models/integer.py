@@ -75,12 +75,13 @@ class IntegerFlow(Flow):
         # since the check reads the values back to the host)
         if self._validating(x):
             self.check(raw if isinstance(raw, Tensor) and raw.is_floating_point() else x)
-        if not x.shape[0]:
-            return self._empty_log_prob(batch, x, context)
-        z, _ = self.transform(x, context)  # integer layers: ladj == 0
-        if self._validating(z):
-            check_exact_latents(z, self.dtype)
-        return self.base.log_prob(z, context).reshape(batch)
+        with self._checks():  # (refuses float16 and bfloat16, as every flow does)
+            if not x.shape[0]:
+                return self._empty_log_prob(batch, x, context)
+            z, _ = self.transform(x, context)  # integer layers: ladj == 0
+            if self._validating(z):
+                check_exact_latents(z, self.dtype)
+            return self.base.log_prob(z, context).reshape(batch)
 
     @torch.no_grad()
     def sample(self, n, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
@@ -92,6 +93,29 @@ class IntegerFlow(Flow):
         outside = (x < 0) | (x > self.levels - 1)
         self.clamped = outside.float().mean() if x.numel() else 0.0
         return x.clamp_(0, self.levels - 1).add_(0.0)  # (+ 0: no -0.0 from rounding)
+
+    @torch.no_grad()
+    def sample_and_log_prob(self, n, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Samples as :meth:`sample` draws them (clamped to ``[0, levels - 1]``) and their
+        exact log-probabilities, :meth:`log_prob` of the values returned (a clamped value's
+        own, not the point the model drew beyond the range)."""
+        x = self.sample(n, context)
+        if context is not None:  # (one context row per sample, as sample paired them)
+            lead = x.shape[: x.dim() - len(self.event_shape)]
+            context = context.expand(*lead, context.shape[-1])
+        return x, self.log_prob(x, context)
+
+    def rsample(self, n, context: Tensor | None = None) -> Tensor:
+        """Refused: an integer flow's samples are rounded, so no gradient reaches them."""
+        raise ValueError(
+            "an integer flow's samples are integers (rounded at every coupling): no gradient "
+            "reaches them, so they cannot be reparameterised; draw them with sample() (or "
+            "sample_and_log_prob())"
+        )
+
+    def rsample_and_log_prob(self, n, context: Tensor | None = None):
+        """Refused, as :meth:`rsample`."""
+        return self.rsample(n, context)
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """The exact NLL in bits per dimension."""

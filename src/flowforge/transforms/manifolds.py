@@ -291,10 +291,17 @@ class CircularCoupling(Transform):
         n_a = len(self.moved_angles) * self.n_circle
         pa = h[:, :n_a].reshape(x.shape[0], -1, self.n_circle)
         pi = h[:, n_a:].reshape(x.shape[0], -1, self.n_interval)
-        ya, la = circle_map(self.kind, x[:, self.moved_angles], pa, inverse=inverse)
-        yi, li = rational_quadratic(x[:, self.moved_interval], pi, inverse=inverse, bound=1.0)
-        y = x.index_copy(1, self.moved_angles, ya).index_copy(1, self.moved_interval, yi)
-        return y, la.sum(1) + li.sum(1)
+        # (a map of no coordinates is left out, not run on empty tensors: torch.compile's
+        # backward of those crashed the process, a segmentation fault, in torch 2.13)
+        y, ladj = x, None
+        if len(self.moved_angles):
+            ya, la = circle_map(self.kind, x[:, self.moved_angles], pa, inverse=inverse)
+            y, ladj = y.index_copy(1, self.moved_angles, ya), la.sum(1)
+        if len(self.moved_interval):
+            yi, li = rational_quadratic(x[:, self.moved_interval], pi, inverse=inverse, bound=1.0)
+            y = y.index_copy(1, self.moved_interval, yi)
+            ladj = li.sum(1) if ladj is None else ladj + li.sum(1)
+        return y, ladj
 
     def _forward(self, x, context):
         return self._couple(x, inverse=False)

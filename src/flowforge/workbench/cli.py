@@ -1749,16 +1749,45 @@ def _importable_elsewhere(name: str, path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status. An interrupt (Ctrl-C, SIGTERM, SIGHUP) at any
     point, start-up included, is one line and status 130."""
+    return _run(argv, exiting=False)
+
+
+def command() -> int:
+    """The ``flowforge`` command and ``python -m flowforge``: :func:`main`, after which the
+    interrupts are ignored while the process exits. Its result is out by then, and torch's
+    clean-up at exit (tenths of a second) cut short by a late second Ctrl-C printed a
+    traceback, or ended a finished run by the signal, with no word."""
+    return _run(None, exiting=True)
+
+
+def _run(argv: list[str] | None, exiting: bool) -> int:
     _SIGNALLED.clear()
     handlers = _interrupt_handlers()
     try:
+        _import_numpy()
         return _main(argv)
     except KeyboardInterrupt:
         print("flowforge: interrupted", file=sys.stderr)
         return 130
     finally:
         for s, h in handlers.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if exiting else h)
+
+
+def _import_numpy() -> None:
+    """numpy, whole, with the interrupts held until it is (one then arrives as the
+    interrupt): torch imports it from C, which swallows an interrupt raised inside, and the
+    command then ran to its end, or failed with "cannot load module more than once"."""
+    held = {s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s}
+    if not hasattr(signal, "pthread_sigmask"):  # (Windows)
+        import numpy  # noqa: F401
+
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        import numpy  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _time_power_option(run) -> str:
@@ -1833,7 +1862,18 @@ def _main(argv: list[str] | None) -> int:
     from .errors import WorkbenchError, out_of_memory
 
     parser = make_parser()
-    args, extra = parser.parse_known_args(_attach_values(sys.argv[1:] if argv is None else argv))
+    try:  # (an option's check may import torch: an interrupt it swallowed is the interrupt)
+        args, extra = parser.parse_known_args(
+            _attach_values(sys.argv[1:] if argv is None else argv)
+        )
+    except ImportError:
+        if _SIGNALLED:
+            print("flowforge: interrupted", file=sys.stderr)
+            return 130
+        raise
+    if _SIGNALLED:  # (one that a dependency's import swallowed whole)
+        print("flowforge: interrupted", file=sys.stderr)
+        return 130
     if extra:  # said by the command's own parser: its --help lists the options it takes
         parser.commands.get(getattr(args, "command", None), parser).error(
             f"unrecognized arguments: {' '.join(extra)}"
@@ -1868,6 +1908,9 @@ def _main(argv: list[str] | None) -> int:
         status = args.func(args)
         if stdout is not None and not stdout.failed:  # (a training that lost it has said so)
             sys.stdout.flush()  # (a full disk is met here, not as Python's error at exit)
+        if _SIGNALLED and status == 0:  # (an interrupt swallowed on the way: not a success)
+            print("flowforge: interrupted", file=sys.stderr)
+            return 130
         return status
     except StdoutError as e:
         if args.debug:

@@ -30,6 +30,7 @@ from .data import (
     check_integers,
     check_levels,
     column_context,
+    csv_field,
     examples_words,
     image_words,
     label_context,
@@ -120,6 +121,7 @@ def evaluate_run(
     r = cfg["resolved"]
     truth, refs = None, {}  # (the reference densities' per-example log-densities, by name)
     file_warnings: list[str] = []  # what the checks of a --data file found
+    files: list[str] = []  # a --data folder's images, in the rows' order (for --scores)
     if not isinstance(flow, Flow) and scores:
         raise DataError(
             "--scores writes each example's log-density; an M-flow run's model has a density "
@@ -135,7 +137,7 @@ def evaluate_run(
         want = tuple(r["data_shape"])
         say_reading(data)
         bits = int(cfg["data"]["options"].get("bits", 8))
-        x, labels = read_labelled(data, want, r.get("columns"), info, bits)
+        x, labels = read_labelled(data, want, r.get("columns"), info, bits, files)
         try:  # (a label not seen in training: label_context's words, with the file's name)
             context = label_context(labels, info)
         except ContextError as e:
@@ -164,7 +166,7 @@ def evaluate_run(
         bits = int(cfg["data"]["options"].get("bits", 8))
         header = cfg["data"]["options"].get("header")
         say_reading(data)
-        x = read_examples(data, bits, want, r.get("columns"), header)
+        x = read_examples(data, bits, want, r.get("columns"), header, files)
         if x.shape[1] != math.prod(want) and len(want) == 3:  # an image run: in images' words
             raise DataError(
                 f"{data}: {examples_words(data, x.shape[1])}; this run takes "
@@ -284,6 +286,8 @@ def evaluate_run(
         out["run_status"] = status
     if scores:  # (for save_scores; not in the command's --json)
         out["log_densities"], out["dims"] = model_lp, math.prod(shape)
+        if files:
+            out["files"] = files
         for key, ref in refs.items():  # the reference's own, beside the model's (a ratio)
             if ref is not None and np.isfinite(ref).all():
                 out["reference_log_densities"] = (key, np.asarray(ref, dtype=np.float64))
@@ -367,12 +371,22 @@ def save_scores(path, res: dict, overwrite: bool = False) -> list[str]:
     if ref is not None:  # (its column: the reference eval compares with, row by row)
         names = [*names, f"{ref[0]}_log_density"]
         columns.append(np.asarray(ref[1], dtype=np.float64))
+    files = res.get("files")
+    if files is not None and len(files) == len(lp):  # (a folder's images: which row is which)
+        names = ["file", *names]
+    else:
+        files = None
+
+    def row(i, values):
+        numbers = ",".join(map(repr, values))
+        return numbers if files is None else f"{csv_field(files[i])},{numbers}"
 
     def lines(chunk: int = 1 << 14):
         yield (",".join(names) + "\n").encode()
         for i in range(0, len(lp), chunk):
             parts = [c[i : i + chunk].tolist() for c in columns]
-            yield ("\n".join(",".join(map(repr, row)) for row in zip(*parts)) + "\n").encode()
+            text = "\n".join(row(i + j, r) for j, r in enumerate(zip(*parts)))
+            yield (text + "\n").encode("utf-8", "backslashreplace")  # (a name not in UTF-8)
 
     atomic_write(path, lines(), replace=overwrite)
     return names

@@ -32,7 +32,7 @@ from .._util import fork_rng
 from ..core import Flow
 from ..distributions import StandardNormal
 from .config import MANIFOLD_MODELS
-from .data import FORMULA_LEADS, _chunk_rows, _count, _is_float, describe_bounds
+from .data import _chunk_rows, _count, csv_field, describe_bounds
 from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import (
@@ -203,17 +203,6 @@ def sample_run(
     return out.reshape(-1, *shape)
 
 
-def _csv_field(name: str) -> str:
-    """A column name as a CSV cell: quoted where it holds a separator, a quote or a line
-    break, and led by ``'`` where a spreadsheet would run it as a formula (a name from a
-    user's file such as ``=cmd|...``; OWASP's advice)."""
-    if name[:1] in FORMULA_LEADS and not _is_float(name):
-        name = "'" + name
-    if any(c in name for c in ',"\n\r'):
-        return '"' + name.replace('"', '""') + '"'
-    return name
-
-
 def _table_order(x: Tensor, header, given, info: dict):
     """Samples of a column-conditional run and the context they were given, as rows of the
     table the run was trained on: every column in its place (what ``eval --data`` reads)."""
@@ -301,7 +290,7 @@ def save_samples(
             if header is None:
                 header = [f"x{j}" for j in range(x.shape[1])]
             header = [*context_names, *header]
-        head = [(",".join(_csv_field(str(n)) for n in header) + "\n").encode()] if header else []
+        head = [(",".join(csv_field(str(n)) for n in header) + "\n").encode()] if header else []
         lines = _csv_lines(x, lead, per, exact=exact)
         atomic_write(path, itertools.chain(head, lines), replace=overwrite)
         return

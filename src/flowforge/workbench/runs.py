@@ -123,6 +123,8 @@ def run_config(run: str | os.PathLike) -> dict:
     if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
         _check_run_files(Path(run))  # a link or a pipe: refused before it is opened
     if not path.is_file():
+        if not os.path.lexists(run):  # (a mistyped path, or a run not yet started)
+            raise RunError(f"{run}: no such folder (no run there)")
         raise RunError(f"{run} is not a flowforge run (no {CONFIG_FILE})")
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -592,6 +594,17 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` has ended and waits only to be reaped (a zombie: state ``Z``
+    or ``X`` in ``/proc/PID/stat``): a training killed under a parent that has not waited
+    for it still answers ``kill(pid, 0)``; False where ``/proc`` cannot tell."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        return raw[raw.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def _may_train(pid: int) -> bool:
     """Whether process ``pid`` may be a training (a Python process: ``flowforge``, ``python``,
     ``torchrun``); True where ``/proc`` cannot tell."""
@@ -621,6 +634,8 @@ class RunLock:
             return False
         except PermissionError:
             pass
+        if _exited(pid):
+            return False  # (killed, not yet reaped by its parent)
         start = info.get("start")
         if isinstance(start, int) and _process_start(pid) not in (None, start):
             return False  # the pid now names another process (reused since the owner died)

@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import random
 import signal
 import statistics
 import sys
@@ -488,13 +489,14 @@ LOOKED_ROWS = 10_000  # the rows (the first) that _integer_valued looks at
 
 
 def _integer_valued(model, x: Tensor | None) -> str | None:
-    """A warning for training data whose features hold only a few integer values (counts,
-    categories, raw pixel levels), given to a model with no dequantizer: a continuous density
-    can put spikes on the integers, and its NLL then falls without bound as it trains (the
+    """A warning for training data whose features hold only integer values that repeat
+    (counts, categories, ages, raw pixel levels: :func:`.data.discrete_column`), given to a
+    model with no dequantizer: a continuous density can put spikes on the integers, and its
+    NLL then falls without bound as it trains (the
     command line's table check, for tensors). Looks at the first :data:`LOOKED_ROWS` rows;
     a table's columns one by one, and wider examples (images) as a whole."""
     from ..models.integer import IntegerFlow
-    from .data import FEW_LEVELS  # (the command line's table check's bound)
+    from .data import discrete_column  # (the command line's table check's rule)
 
     if (
         x is None
@@ -525,13 +527,16 @@ def _integer_valued(model, x: Tensor | None) -> str | None:
             "can put spikes on them, and its NLL then falls without bound as it trains; " + fix
         )
     flagged = [
-        j for j in whole.nonzero().flatten().tolist() if len(torch.unique(flat[:, j])) <= FEW_LEVELS
+        j
+        for j in whole.nonzero().flatten().tolist()
+        if discrete_column(len(flat), len(torch.unique(flat[:, j])))
     ]
     if not flagged:
         return None
     cols = ", ".join(map(str, flagged[:8])) + (" ..." if len(flagged) > 8 else "")
     return (
-        f"train_x's column(s) {cols} hold only a few integer values (categories or counts?) "
+        f"train_x's column(s) {cols} hold only integer values that repeat (categories, "
+        "counts, ages?) "
         "and the model has no dequantizer: a continuous density can put spikes on them and "
         "report a misleadingly low NLL that falls the longer it trains; " + fix + ", or drop them"
     )
@@ -747,6 +752,28 @@ def _saved_watch(meta: dict) -> tuple[list[str], dict[str, _Watch]]:
 
 
 # -- the trainer ---------------------------------------------------------------------------------
+
+
+COMPILE_AGREEMENT = 1e-3  # of the largest gradient: float32's reordered sums stay far below
+
+
+def _disagreement(first: list, second: list) -> float:
+    """The largest difference between two lists of gradients (None: no gradient), relative
+    to the second's largest entry; inf where one has a gradient, or a non-finite entry, that
+    the other has not."""
+    worst, scale = 0.0, 0.0
+    for a, b in zip(first, second):
+        if a is None or b is None:
+            if a is not b:
+                return math.inf
+            continue
+        fa, fb = torch.isfinite(a), torch.isfinite(b)
+        if not torch.equal(fa, fb):
+            return math.inf
+        diff, size = (a - b)[fb].abs(), b[fb].abs()
+        if diff.numel():
+            worst, scale = max(worst, float(diff.max())), max(scale, float(size.max()))
+    return worst / scale if scale > 0 else (0.0 if worst == 0 else math.inf)
 
 
 class Trainer:
@@ -1845,6 +1872,9 @@ class Trainer:
         same random state, as is the rest of the run. An error the eager model raises too is
         the run's."""
         first = self._compile_time is None
+        # (numpy's and Python's generators too, for the first step's check against eager: a
+        # loss may draw from them)
+        hosts = (np.random.get_state(), random.getstate()) if first else None
         t0 = time.perf_counter()
         try:
             loss = self._loss_and_backward(self._step_model, xb, cb)
@@ -1861,6 +1891,8 @@ class Trainer:
             )
             self._step_model, self._eager_model = self._eager_model, None
             return loss
+        if first and self._eager_model is not None:
+            loss = self._checked_against_eager(loss, xb, cb, rng, hosts)
         if first:
             from ..transforms import splines
 
@@ -1875,6 +1907,46 @@ class Trainer:
                 self._log(
                     {"type": "compile", "step": self.global_step, "seconds": self._compile_time}
                 )
+        return loss
+
+    def _checked_against_eager(self, loss: Tensor, xb, cb, rng, hosts) -> Tensor:
+        """The first compiled step's loss and gradients against the eager model's, from the
+        same random state and model state: torch's compiler has produced the right loss with
+        wrong gradients (BNAF's weights, torch 2.13's inductor on a CPU: 0.16 where eager and
+        finite differences give 0), which no error would show. Where they differ (beyond
+        ``COMPILE_AGREEMENT`` of the largest gradient), a warning, and the run goes on eagerly
+        from the eager step; where they agree, the compiled step stands as it was."""
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        compiled = [p.grad for p in params]
+        buffers = [b.clone() for b in self.model.buffers()]  # (batch norm's running statistics)
+        after = rng_states(self.device), np.random.get_state(), random.getstate()
+        set_rng_states(rng, self.device)
+        np.random.set_state(hosts[0])
+        random.setstate(hosts[1])
+        eager = self._loss_and_backward(self._eager_model, xb, cb)
+        worst = _disagreement(compiled, [p.grad for p in params])
+        if self.world == 1:  # (the loss is each rank's own; the gradients are all-reduced)
+            a, b = loss.detach().double(), eager.detach().double()
+            if torch.isfinite(a) and torch.isfinite(b):
+                worst = max(worst, float((a - b).abs() / (1 + b.abs())))
+            elif bool(torch.isfinite(a)) != bool(torch.isfinite(b)):
+                worst = math.inf
+        with torch.no_grad():  # (the step's forward pass ran twice: its updates count once)
+            for b, kept in zip(self.model.buffers(), buffers):
+                b.copy_(kept)
+        if worst > COMPILE_AGREEMENT:
+            self._warn(
+                "train.compile: the compiled model's first step disagrees with the eager "
+                f"model's (by {worst:.2g} of the largest gradient: torch's compiler computes "
+                "this model wrongly); training continues without compiling"
+            )
+            self._step_model, self._eager_model = self._eager_model, None
+            return eager
+        for p, g in zip(params, compiled):
+            p.grad = g
+        set_rng_states(after[0], self.device)
+        np.random.set_state(after[1])
+        random.setstate(after[2])
         return loss
 
     def _loss_and_backward(self, model, xb, cb) -> Tensor:
