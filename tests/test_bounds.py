@@ -173,6 +173,17 @@ def test_data_bounds_train_a_run_whose_numbers_and_samples_respect_them(tmp_path
         "(the highest: 1.5; the first at row index 4, 0-based)",
     )
     assert "the run's model has no density there, so drop those rows" in err
+    assert "float32" not in err  # (1.5: beyond the bound as typed)
+    # a value just below the bound, which float32 rounds onto it: the message says so (it
+    # read "the highest: 1" of a file whose highest was 0.99999999; an audit)
+    bad[4, 1] = 0.99999999
+    rc, _, err = cli(capsys, "eval", out, "--data", _csv(tmp_path / "f32.csv", bad))
+    one_line_error(
+        rc,
+        err,
+        "(the highest: 1, as float32, the models' precision, reads it: a value within about "
+        "6e-8 of the bound, relative to it, rounds onto it; the first at row index 4, 0-based)",
+    )
     # values on a bound, all of them integers: not "declare it in data.integers" (a data
     # option eval does not take, and the run's model is fixed), the rows (an audit)
     bad[4, 1], bad[5, 1] = 1.0, 0.0

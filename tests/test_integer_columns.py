@@ -347,6 +347,10 @@ def test_integer_columns_whose_values_repeat_are_said_however_many_values_they_t
     np.savetxt(tmp_path / "ids.csv", ids, delimiter=",", header="id,c", comments="", fmt="%.8g")
     notes = load_dataset(str(tmp_path / "ids.csv")).info.get("warnings", [])
     assert not any("integer values" in n for n in notes), notes
+    # (a review) nor in a tiny table, whose few distinct integers are "at most 32 values"
+    from flowforge.workbench.data import discrete_column
+
+    assert not discrete_column(20, 20) and discrete_column(20, 19) and discrete_column(200, 32)
     # the Trainer's check of tensors: an 8-bit image array given flat, 40-50 values a column
     from flowforge.workbench.trainer import _integer_valued
 

@@ -1245,8 +1245,9 @@ def discrete_column(rows: int, values: int) -> bool:
     """Whether a whole-valued column of ``rows`` holding ``values`` distinct values is one a
     continuous density would put spikes on: few values (at most :data:`FEW_LEVELS`), or values
     that repeat (:data:`REPEATS` rows a value on average: two columns uniform on 0..39 gave a
-    test NLL 0.2-1.7 nats below the truth, with no word, before this counted them)."""
-    return values <= FEW_LEVELS or rows >= REPEATS * values
+    test NLL 0.2-1.7 nats below the truth, with no word, before this counted them). Values
+    that never repeat (a tiny table's distinct integers) are none of these."""
+    return values < rows and (values <= FEW_LEVELS or rows >= REPEATS * values)
 
 
 def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) -> str | None:
@@ -1286,7 +1287,7 @@ def _is_column_note(note: str) -> bool:
 def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
     """A warning for non-integer columns that put many rows on single values (exact 0s and 1s
     in a probability, a floor or a cap): a density spikes on them, and its NLL has no floor."""
-    found = []
+    found, grids = [], []  # (the columns, and those on a grid with their factors)
     n = len(train)
     if n < 20:
         return None
@@ -1308,15 +1309,43 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
         if atoms:
             what = " and ".join(f"{share:.1%} on {value:g}" for value, share in atoms)
             found.append(f"{_column_name(j, names)} ({what})")
+            step = _grid_step(values)
+            if step is not None:
+                grids.append(f"{_column_name(j, names)} by {1 / step:.6g}")
     if not found:
         return None
+    rounded = (  # (every value a multiple of one step: measurements rounded to it)
+        f"; a column whose values all lie on a grid (rounded measurements) is discrete: "
+        f"multiply it to integers ({', '.join(grids[:5])}) and declare it in data.integers, "
+        "for a bound on the likelihood of the rounded values"
+        if grids
+        else ""
+    )
     return (
         f"column(s) {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''} {_ATOMS_NOTE}: "
         "a continuous density puts spikes "
         "there, and its NLL falls without bound the longer it trains (not a better model). "
         "Model the exact values apart (a flag column and the rest), or spread them with a "
-        "little noise before training"
+        f"little noise before training{rounded}"
     )
+
+
+def _grid_step(values: np.ndarray) -> float | None:
+    """The step of a grid that holds every one of the (sorted, distinct) ``values``, as
+    measurements rounded to 0.01 are (None: they are not on one, or the step is not a power
+    of ten times 1, 2, 2.5 or 5, as a rounding's is)."""
+    if len(values) < 3 or not np.isfinite(values).all():
+        return None
+    step = float(np.diff(values).min())
+    k = (values - values[0]) / step
+    if not np.allclose(k, np.round(k), rtol=0, atol=1e-6):
+        return None
+    scale = 10.0 ** math.floor(math.log10(step))
+    mantissa = step / scale
+    for m in (1, 2, 2.5, 5, 10):
+        if math.isclose(mantissa, m, rel_tol=1e-6):
+            return m * scale
+    return None
 
 
 def _is_float(s: str, python: bool = False) -> bool:
@@ -1846,12 +1875,18 @@ def check_bounds(
                         "on a bound"
                     )
                     first = int(np.flatnonzero(bad)[0])
+                    rounded = (  # (rows read as float32: a value near the bound is on it)
+                        ", as float32, the models' precision, reads it: a value within "
+                        "about 6e-8 of the bound, relative to it, rounds onto it"
+                        if a.dtype == np.float32 and float(worst) == b and not closed
+                        else ""
+                    )
                     raise DataError(
                         f"{where}: column {_column_name(j, names)} has {n} {what}"
                         f"{'' if n == 1 else 's'} {'' if closed else 'on or '}"
                         f"{'below' if below else 'above'} its {side} bound {b:g} (the "
-                        f"{'lowest' if below else 'highest'}: {float(worst):.10g}; the first "
-                        f"at row index {first}, 0-based); {why}: "
+                        f"{'lowest' if below else 'highest'}: {float(worst):.10g}{rounded}; "
+                        f"the first at row index {first}, 0-based); {why}: "
                         + (
                             "the run's model has no density there, so drop those rows"
                             if scoring

@@ -145,7 +145,7 @@ def evaluate_run(
         del labels
         x = x.reshape(-1, *want)
         split = str(data)
-        file_warnings += _check_file(x, r, str(data), bits)  # (a folder: read at the bits)
+        file_warnings += _check_file(x, r, str(data), bits, ranges=False)  # (read at the bits)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None and info is not None:
         import warnings
@@ -159,7 +159,7 @@ def evaluate_run(
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         split = str(data)
-        file_warnings += _check_file(x, r, str(data))
+        file_warnings += _check_file(x, r, str(data), ranges=False)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     elif data is not None:
         want = tuple(r["data_shape"])
@@ -182,7 +182,8 @@ def evaluate_run(
         x = x.reshape(-1, *want)
         split = str(data)
         x, shifted = _as_trained(x, r.get("levels"), bits, str(data))
-        file_warnings += ([shifted] if shifted else []) + _check_file(x, r, str(data), bits)
+        file_warnings += [shifted] if shifted else []
+        file_warnings += _check_file(x, r, str(data), bits, ranges=False)
         check_manifold_data(cfg["model"]["name"], flow, x, str(data))
     else:
         ds = dataset if dataset is not None else run_dataset(cfg, checks=False)
@@ -202,6 +203,9 @@ def evaluate_run(
             ds = None
         if ds is not None:
             refs = _references(ds, x, context, cfg, seed, samples, iw, references)
+    if data is not None and x.dim() == 2:  # (with the run's validation rows beside it)
+        outside = _outside_ranges(x, r, str(data), ds.split("val") if ds is not None else None)
+        file_warnings += [outside] if outside else []
     dtype = next((p.dtype for p in flow.parameters()), torch.float32)
     x = x.reshape(-1, *shape).to(dev, dtype)
     context = None if context is None else context.to(dev, dtype)
@@ -758,11 +762,11 @@ def _as_trained(x, levels, bits: int, where: str):
     return torch.div(x, 2 ** (8 - bits), rounding_mode="floor"), note
 
 
-def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
+def _check_file(x, r: dict, where: str, bits: int = 8, ranges: bool = True) -> list[str]:
     """Another file's rows against the run's levels, integer columns and bounds (one line
     each); images (``x`` of more than 2 dimensions) also against a scaling to [0, 1]
-    (:func:`~flowforge.workbench.data.unit_scaled`), and a table's rows against its columns'
-    training ranges: the warnings are returned."""
+    (:func:`~flowforge.workbench.data.unit_scaled`), and with ``ranges`` a table's rows
+    against its columns' training ranges: the warnings are returned."""
     scaled = unit_scaled(x, r.get("levels"), where) if x.dim() > 2 else None
     check_levels(x, r.get("levels"), bits, where)
     if r.get("integers"):
@@ -771,15 +775,17 @@ def _check_file(x, r: dict, where: str, bits: int = 8) -> list[str]:
         check_bounds(
             {"": x.numpy()}, r["bounds"], r.get("columns"), where, r.get("integers") or (), True
         )
-    outside = _outside_ranges(x, r, where) if x.dim() == 2 else None
+    outside = _outside_ranges(x, r, where) if x.dim() == 2 and ranges else None
     return [w for w in (scaled, outside) if w]
 
 
-def _outside_ranges(x: torch.Tensor, r: dict, where: str) -> str | None:
+def _outside_ranges(x: torch.Tensor, r: dict, where: str, val=None) -> str | None:
     """A note for a table file's rows beyond a column's training range (``resolved.ranges``;
     :func:`~flowforge.workbench.data.beyond_ranges`): their log-densities are the model's
-    extrapolation (for anomaly detection, the far rows). Not for a flow on a manifold, whose
-    columns are angles or coordinates on the sphere."""
+    extrapolation (for anomaly detection, the far rows). With ``val``, the run's validation
+    rows, the note says how many of those lie outside too: rows from the training
+    distribution itself do, the more so the fewer training rows and the more columns. Not for
+    a flow on a manifold, whose columns are angles or coordinates on the sphere."""
     model = str((r.get("flow_config") or {}).get("model", "")).lower()
     if model in MANIFOLD_MODELS:
         return None
@@ -788,12 +794,33 @@ def _outside_ranges(x: torch.Tensor, r: dict, where: str) -> str | None:
         return None
     words, rows = found
     n = int(rows.sum())
+    base = ""
+    if val is not None and val.dim() == 2 and val.shape[1] == x.shape[1] and len(val):
+        seen = beyond_ranges(val, r.get("ranges"), r.get("columns"))
+        m = 0 if seen is None else int(seen[1].sum())
+        base = (
+            f" (for comparison, {m} of the run's {len(val)} validation rows, "
+            f"{_share(m, len(val))}, {'does' if m == 1 else 'do'}: "
+            + (
+                "rows like the training data fall outside some column's range too, the "
+                "more so the fewer training rows and the more columns)"
+                if m
+                else "so this is not what rows like the training data do)"
+            )
+        )
     return (
-        f"{where}: {n} of its {len(x)} rows (the first at index {int(rows.nonzero()[0])}, "
-        f"counting from 0 as the scores file does) {'lies' if n == 1 else 'lie'} outside the "
-        f"training range: {words}; {'its log-density is' if n == 1 else 'their log-densities are'}"
-        " the model's extrapolation there"
+        f"{where}: {n} of its {len(x)} rows ({_share(n, len(x))}; the first at index "
+        f"{int(rows.nonzero()[0])}, counting from 0 as the scores file does) "
+        f"{'lies' if n == 1 else 'lie'} outside the training range: {words}; "
+        f"{'its log-density is' if n == 1 else 'their log-densities are'} the model's "
+        f"extrapolation there{base}"
     )
+
+
+def _share(k: int, n: int) -> str:
+    """``k`` of ``n`` as a percentage, to three digits (under 0.01%: said so)."""
+    p = 100 * k / n
+    return "under 0.01%" if 0 < p < 0.01 else f"{p:.3g}%"
 
 
 def _scores_higher_than_validation(run, nll: float, se: float | None, where: str) -> str | None:
