@@ -251,6 +251,57 @@ def test_a_compiled_step_with_wrong_gradients_is_caught_and_the_run_goes_on_eage
         assert "by 0.5 of the largest gradient" in warned[0] and len(calls) == 1
 
 
+def test_an_eager_check_that_runs_out_of_memory_leaves_the_compiled_run_as_it_was(monkeypatch):
+    # (a review) the eager step that checks the first compiled one keeps more for backward
+    # than fused kernels do: running out of memory there ended a run that trained compiled
+    calls = []
+
+    def compile_(model, *args, **kwargs):
+        def call(*a, **k):
+            calls.append(1)
+            return model(*a, **k)
+
+        return call
+
+    x = torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4, batch_norm=True)
+        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compiled}
+        if compiled:
+            monkeypatch.setattr(torch, "compile", compile_)
+        tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
+        if compiled:
+            monkeypatch.setattr(tr, "objective", _OutOfMemoryEagerly(tr.objective, flow))
+        assert tr.fit()["status"] == "finished"
+        runs[compiled] = (
+            [r["train_loss"] for r in tr.history if r["type"] == "epoch"],
+            [b.clone() for b in flow.buffers()],
+            [w for w in tr.warnings if "compil" in w and "first step compiles" not in w],
+        )
+    (eager, eager_buffers, _), (losses, buffers, warned) = runs[False], runs[True]
+    assert losses == eager and all(torch.equal(a, b) for a, b in zip(buffers, eager_buffers))
+    assert len(warned) == 1 and "ran out of memory; training goes on compiled" in warned[0]
+    assert len(calls) == 8  # (every step compiled)
+
+
+class _OutOfMemoryEagerly:
+    """An objective whose first training step on the eager model ``flow`` runs out of
+    memory, as torch's CPU allocator says it."""
+
+    def __init__(self, inner, flow):
+        self.inner, self.flow = inner, flow
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def loss(self, trainer, model, x, context):
+        if model is self.flow and torch.is_grad_enabled():
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
+        return self.inner.loss(trainer, model, x, context)
+
+
 def test_an_error_the_eager_model_raises_too_is_the_runs_not_a_compile_failure(monkeypatch):
     monkeypatch.setattr(torch, "compile", _compiler_that_fails("the compiled graph failed"))
     flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,))

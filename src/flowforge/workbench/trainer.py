@@ -1923,7 +1923,20 @@ class Trainer:
         set_rng_states(rng, self.device)
         np.random.set_state(hosts[0])
         random.setstate(hosts[1])
-        eager = self._loss_and_backward(self._eager_model, xb, cb)
+        try:
+            eager = self._loss_and_backward(self._eager_model, xb, cb)
+        except Exception as e:  # (eager keeps more for backward than compiled kernels do)
+            if not out_of_memory(e) or self.world > 1:  # (ranks must decide alike)
+                raise
+            eager = None
+        if eager is None:
+            self._restore_compiled_step(params, compiled, buffers, after)
+            self._warn(
+                "train.compile: the eager step that checks the compiled model's first step "
+                "ran out of memory; training goes on compiled, unchecked"
+            )
+            self._eager_model = None
+            return loss
         worst = _disagreement(compiled, [p.grad for p in params])
         if self.world == 1:  # (the loss is each rank's own; the gradients are all-reduced)
             a, b = loss.detach().double(), eager.detach().double()
@@ -1942,12 +1955,21 @@ class Trainer:
             )
             self._step_model, self._eager_model = self._eager_model, None
             return eager
-        for p, g in zip(params, compiled):
+        self._restore_compiled_step(params, compiled, None, after)
+        return loss
+
+    def _restore_compiled_step(self, params, grads, buffers, after) -> None:
+        """The compiled step's gradients and the random states after it back (and, given,
+        the buffers from before the eager step)."""
+        if buffers is not None:
+            with torch.no_grad():
+                for b, kept in zip(self.model.buffers(), buffers):
+                    b.copy_(kept)
+        for p, g in zip(params, grads):
             p.grad = g
         set_rng_states(after[0], self.device)
         np.random.set_state(after[1])
         random.setstate(after[2])
-        return loss
 
     def _loss_and_backward(self, model, xb, cb) -> Tensor:
         loss = self.objective.loss(self, model, xb, cb)
