@@ -1110,6 +1110,8 @@ def test_config_values_that_meant_a_default_or_another_type_are_refused(tmp_path
         (["--epochs", "2", "--set", "train="], "--set train= has no value"),
         (["--set", "layout=null"], "config 'layout' is empty"),
         (["--set", "train=[]"], "config 'train' must be a mapping"),
+        # (a sweep audit: "unknown train option 'name'", a name the user never typed)
+        (["--set", "train=foo"], "config 'train' must be a mapping of options (train.lr=..."),
         (["--set", "train.grad_clip=1:30.0"], "grad_clip"),  # YAML 1.1's base 60: not 90.0
         (["--set", "train.device=cuda:00"], "cpu, cuda, cuda:N or auto"),
         (["--set", "model.layers=100000000"], "integer in [1, 4096]"),

@@ -123,6 +123,20 @@ def test_train_json_is_one_object_of_the_summary_facts(tmp_path, capsys):
                      ("metrics", "metrics.jsonl"), ("config", "config.json"))
     }  # fmt: skip
     assert res["notes"] and res["notes"][0].startswith("the best epoch is the first")
+    # (a sweep audit) what tells this run's numbers from another's: its seed, its data's seed
+    # and options, the splits' hash; the same in eval's and report's JSON
+    cfg = json.loads((run / "config.json").read_text())
+    ident = {"run_seed": cfg["seed"], "data_seed": cfg["data"]["seed"],
+             "data_options": cfg["data"]["options"],
+             "data_sha256": cfg["resolved"]["data_fingerprint"]["sha256"]}  # fmt: skip
+    assert {k: res[k] for k in ident} == ident and len(ident["data_sha256"]) == 64
+    rc, out, err = cli(capsys, "eval", run, "--json", "--seed", 5)
+    assert rc == 0, err
+    scored = one_json(out)
+    assert {k: scored[k] for k in ident} == ident and scored["seed"] == 5
+    rc, out, err = cli(capsys, "report", run, "--json")
+    assert rc == 0, err
+    assert {k: one_json(out)[k] for k in ident} == ident
     # a resumed run that had ended: nothing trained, the same facts
     rc, out, _ = cli(capsys, "train", "--out", run, "--resume", "--json", "--quiet")
     again = one_json(out)

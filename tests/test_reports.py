@@ -528,3 +528,67 @@ def test_the_data_row_names_a_split_seed_other_than_the_default():
     assert R._split_seed({"data": {"name": "moons", "seed": 3}}) == "; split seed 3 (data.seed)"
     assert R._split_seed({"data": {"name": "moons", "seed": 0}}) == ""
     assert R._split_seed({}) == ""
+
+
+def test_a_report_of_a_run_still_training_is_of_one_model(tmp_path, capsys, monkeypatch):
+    # (an audit) a report of a run that was still training read its curves with one model
+    # and scored its splits with a later one (the trainer replaced model.ff in between):
+    # "best epoch 4" beside the val NLL of epoch 6. The model and the records are now read
+    # again until the model file stayed the same, and the splits are scored with that model
+    from cli_support import tiny_moons_run
+    from flowforge.workbench.errors import WorkbenchError
+
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    other = tmp_path / "other"  # (another model of the same shape: another seed)
+    assert main(["train", "--model", "realnvp", "--data", "moons", "--out", str(other),
+                 "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", "64",
+                 "--epochs", "1", "--seed", "1", "--no-progress", "--quiet"]) == 0  # fmt: skip
+    newer = (other / "model.ff").read_bytes()
+    assert newer != (run / "model.ff").read_bytes()
+    reads = []
+    real = R.read_metrics
+
+    def training_meanwhile(path, damaged):  # the trainer writes a better model once
+        reads.append(1)
+        if len(reads) == 1:
+            tmp = run / "model.ff.new"
+            tmp.write_bytes(newer)
+            os.replace(tmp, run / "model.ff")
+        return real(path, damaged)
+
+    monkeypatch.setattr(R, "read_metrics", training_meanwhile)
+    summary: dict = {}
+    R.write_report(run, summary=summary)
+    assert len(reads) == 2
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "val", "--json"]) == 0
+    assert summary["scores"]["val"]["nll"] == json.loads(capsys.readouterr().out)["nll"]
+
+    def always(path, damaged):  # a model replaced at every read: said, not mixed
+        tmp = run / "model.ff.new"
+        tmp.write_bytes(newer)
+        os.replace(tmp, run / "model.ff")
+        return real(path, damaged)
+
+    monkeypatch.setattr(R, "read_metrics", always)
+    with pytest.raises(WorkbenchError, match="changed each of the 5 times the report read it"):
+        R.write_report(run)
+
+
+def test_no_test_leaves_the_test_split_out_of_the_page(tmp_path, capsys):
+    # (a sweep audit) every report scored and showed the test split, so comparing the runs
+    # of a sweep saw each one's test NLL before one was picked on validation
+    from cli_support import tiny_moons_run
+
+    run = tiny_moons_run(capsys, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["report", str(run), "--no-test", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert list(summary["scores"]) == ["val"]
+    page = (run / "report.html").read_text()
+    assert "val NLL" in page and "test NLL" not in page
+    assert main(["report", str(run), "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["scores"]) == ["val", "test"]
+    assert main(["report", str(run), "--no-test", "--split", "test"]) == 1
+    err = capsys.readouterr().err
+    assert "(--no-test) and to be of it (--split test): give one of them" in err

@@ -220,12 +220,34 @@ def test_a_replayed_config_names_its_data_as_the_run_recorded_it(tmp_path, capsy
     rc, _, err = cli(capsys, "train", "--config", config, "--out", tmp_path / "again",
                      "--no-progress", "--quiet")  # fmt: skip
     assert rc == 0, err  # from the run's own folder: the same file
-    monkeypatch.chdir(tmp_path / "y")
+    monkeypatch.chdir(tmp_path / "y")  # (its t.csv: other rows)
     rc, _, err = cli(capsys, "train", "--config", config, "--out", "replay", "--no-progress")
-    one_line_error(rc, err, "names its data 't.csv'", f"--data {tmp_path / 'x' / 't.csv'}")
+    one_line_error(
+        rc, err, "the data 't.csv' is not the data it was trained on",
+        f"give --data {tmp_path / 'x' / 't.csv'} to replay it",
+    )  # fmt: skip
     rc, _, err = cli(capsys, "train", "--config", config, "--data", tmp_path / "x" / "t.csv",
                      "--out", "replay", "--no-progress", "--quiet")  # fmt: skip
     assert rc == 0, err
+    # no t.csv here: the recorded file is named
+    (tmp_path / "w").mkdir()
+    monkeypatch.chdir(tmp_path / "w")
+    rc, _, err = cli(capsys, "train", "--config", config, "--out", "replay", "--no-progress")
+    one_line_error(rc, err, "names its data 't.csv'", f"--data {tmp_path / 'x' / 't.csv'}")
+    # the project folder moved with its data (an audit: the replay refused the same file and
+    # named the old path, which no longer existed): it replays from the new place
+    (tmp_path / "x").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    moved = tmp_path / "moved" / "run" / "config.json"
+    rc, _, err = cli(capsys, "train", "--config", moved, "--out", "replayed", "--no-progress",
+                     "--quiet")  # fmt: skip
+    assert rc == 0, err
+    assert (tmp_path / "moved" / "replayed" / "model.ff").read_bytes() == (
+        tmp_path / "again" / "model.ff"
+    ).read_bytes()
+    monkeypatch.chdir(tmp_path / "w")  # (neither here nor at the recorded place)
+    rc, _, err = cli(capsys, "train", "--config", moved, "--out", "replay", "--no-progress")
+    one_line_error(rc, err, "which is not there either (moved?)", "give --data with the run's")
 
 
 @pytest.mark.parametrize(

@@ -460,8 +460,10 @@ def cmd_train(args) -> int:
 
 def _replayed_data(config: str, stored: dict, data) -> None:
     """A run's config.json as --config names its data as it was given (a relative path): from
-    another folder that is another file, or none. Refused when it is not the file the run
-    recorded, with the path that replays the run."""
+    another folder that is another file, or none. Where there is none, refused with the path
+    that replays the run (if that file is still there). A file that is there is the run's
+    data if its fingerprint says so (the replay checks it): a project folder moved with its
+    data replays from its new place."""
     from .errors import WorkbenchError
 
     resolved = stored.get("resolved")
@@ -469,13 +471,19 @@ def _replayed_data(config: str, stored: dict, data) -> None:
     name = data.get("name") if isinstance(data, dict) else data
     if not (isinstance(recorded, str) and isinstance(name, str)) or Path(name).is_absolute():
         return
-    here = Path(name).resolve() if Path(name).exists() else None
-    if here != Path(recorded):
-        where = f"here that is {here}" if here else "here there is no such file"
+    if Path(name).exists() or Path(name).resolve() == Path(recorded):
+        return
+    if Path(recorded).exists():
         raise WorkbenchError(
-            f"{config} names its data {name!r}, and {where}; the run was trained on "
-            f"{recorded}: give --data {recorded} to replay it (or --data with the file you mean)"
+            f"{config} names its data {name!r}, and here there is no such file; the run was "
+            f"trained on {recorded}: give --data {recorded} to replay it (or --data with the "
+            "file you mean)"
         )
+    raise WorkbenchError(
+        f"{config} names its data {name!r}, and here there is no such file; the run was "
+        f"trained on {recorded}, which is not there either (moved?): give --data with the "
+        "run's data file where it is now (the replay checks that it is the same data)"
+    )
 
 
 def _finish_train(result: dict, seconds: float | None = None) -> int:
@@ -561,7 +569,7 @@ def _finish_train(result: dict, seconds: float | None = None) -> int:
 
 def _train_json(result: dict, seconds: float, notes: list) -> dict:
     """``train --json``'s object: the summary line's facts, and the files the run holds."""
-    from .runs import CKPT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, run_config
+    from .runs import CKPT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, run_config, run_identity
 
     out = Path(result["out"]).resolve()
     cfg = run_config(out)
@@ -572,6 +580,7 @@ def _train_json(result: dict, seconds: float, notes: list) -> dict:
         "run": str(out),
         "model": cfg["model"]["name"],
         "data": cfg["data"]["name"],
+        **run_identity(cfg),
         "parameters": result["parameters"],
         "status": result["status"],  # finished or early-stopped (interrupted: no JSON)
         "already_ended": bool(result.get("already_ended")),  # --resume of an ended run
@@ -1006,7 +1015,12 @@ def cmd_report(args) -> int:
         temps = tuple(temps)
     summary = {} if args.json else None
     path = write_report(
-        args.run, split=args.split, temperatures=temps, seed=args.seed, summary=summary
+        args.run,
+        split=args.split,
+        temperatures=temps,
+        seed=args.seed,
+        summary=summary,
+        test=not args.no_test,
     )
     if args.json:
         _print_json({"run": str(Path(args.run).resolve()), "split": args.split, **summary})
@@ -1551,7 +1565,15 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
     s.add_argument("run")
-    s.add_argument("--split", default="val")
+    s.add_argument(
+        "--split", default="val", help="the split the page scores and plots (default val)"
+    )
+    s.add_argument(
+        "--no-test",
+        action="store_true",
+        help="leave the test split out (by default the page also scores it): to compare the "
+        "runs of a sweep on validation without seeing their test NLLs",
+    )
     s.add_argument(
         "--temperatures",
         help="comma-separated sampling temperatures of an image run's sample grids (default: "

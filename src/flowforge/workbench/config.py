@@ -239,19 +239,22 @@ def read_config(path: str | os.PathLike) -> dict:
 # -- merging -------------------------------------------------------------------------------------
 
 
-def deep_merge(a, b):
-    """``b`` over ``a``, mappings merged key by key; ``model: NAME`` under a mapping of
-    arguments keeps them (``{"name": NAME, **arguments}``)."""
+def deep_merge(a, b, key=None):
+    """``b`` over ``a``, mappings merged key by key; ``model: NAME`` (or ``data: NAME``) under
+    a mapping of arguments keeps them (``{"name": NAME, **arguments}``)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = dict(a)
         for k, v in b.items():
-            out[k] = deep_merge(a[k], v) if k in a else v
+            out[k] = deep_merge(a[k], v, k if key is None else None) if k in a else v
         return out
-    if isinstance(a, dict) and isinstance(b, str):
+    if key in NAMED_SECTIONS and isinstance(a, dict) and isinstance(b, str):
         return {**a, "name": b}
-    if isinstance(a, str) and isinstance(b, dict) and "name" not in b:
+    if key in NAMED_SECTIONS and isinstance(a, str) and isinstance(b, dict) and "name" not in b:
         return {"name": a, **b}
     return b
+
+
+NAMED_SECTIONS = ("model", "data")  # the top-level sections that a name alone can stand for
 
 
 def _section(value, what: str) -> tuple[str | None, dict]:
@@ -333,7 +336,10 @@ def merge_config(base: dict | None, override: dict | None) -> dict:
         if tr is None:  # (a train: section whose options are all commented out)
             tr = {}
         if not isinstance(tr, dict):
-            raise WorkbenchError("config 'train' must be a mapping")
+            raise WorkbenchError(
+                f"config 'train' must be a mapping of options (train.lr=..., train.epochs=...), "
+                f"got {shown(tr)}"
+            )
         for k, v in tr.items():
             if k not in DEFAULT_TRAIN:
                 raise WorkbenchError(

@@ -42,7 +42,7 @@ from .data import (
 from .distributed import device as resolve_device
 from .errors import ContextError, DataError
 from .runner import run_dataset, say_reading
-from .runs import load_run, run_config, run_status
+from .runs import load_run, run_config, run_identity, run_status
 
 __all__ = [
     "evaluate_run",
@@ -85,6 +85,7 @@ def evaluate_run(
     device: str = "cpu",
     references: dict | None = None,
     scores: bool = False,
+    model=None,
 ) -> dict:
     """The NLL of a run's best model on one split (or on a file), in the data's units.
 
@@ -115,9 +116,11 @@ def evaluate_run(
     workbench.data.read_labelled`). ``scores``: the result also holds ``log_densities``, each
     example's log-density (the bound or estimate the NLL averages, nats, float64, in the order
     of the split or file; its mean is ``-nll``), and ``dims`` (values per example), for
-    :func:`save_scores`; refused for an M-flow.
+    :func:`save_scores`; refused for an M-flow. ``model``: the run's model as the caller read
+    it already (``flowforge report``, which scores two splits with the model whose curves it
+    draws), not read again.
     """
-    cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device)
+    cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device, model)
     r = cfg["resolved"]
     truth, refs = None, {}  # (the reference densities' per-example log-densities, by name)
     file_warnings: list[str] = []  # what the checks of a --data file found
@@ -250,7 +253,8 @@ def evaluate_run(
         # (what the draws' combination is; None for an exact score, where there are none)
         "bound": "importance-weighted" if iw else ("mean" if noise is not None else None),
         "model": cfg["model"]["name"],
-        "seed": seed,
+        "seed": seed,  # (this evaluation's: the dequantization noise, a Hutchinson draw)
+        **run_identity(cfg),
     }
     model_lp = lp.double().numpy()
     for key, ref in refs.items():
@@ -412,9 +416,9 @@ def check_eval_options(
     _checked_options(run, samples, iw, trace, tol, batch_size, device)
 
 
-def _checked_options(run, samples, iw, trace, tol, batch_size, device):
+def _checked_options(run, samples, iw, trace, tol, batch_size, device, model=None):
     """``(config, model on its device, device)`` of a run whose options :func:`evaluate_run`
-    takes (:func:`check_eval_options`)."""
+    takes (:func:`check_eval_options`); ``model``: the run's, read already."""
     for name, v in (("--batch-size", batch_size), ("--samples", samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise DataError(f"{name} must be a positive integer, got {v!r}")
@@ -442,7 +446,7 @@ def _checked_options(run, samples, iw, trace, tol, batch_size, device):
             f"and --samples of 2 or more (got {samples})"
         )
     dev = resolve_device(device, "--device")  # (a missing GPU: one line, before any loading)
-    flow = load_run(run).to(dev)
+    flow = (load_run(run) if model is None else model).to(dev)
     if not isinstance(flow, Flow):  # an M-flow: a density on a learned manifold
         if samples > 1:
             raise DataError(
@@ -1160,6 +1164,7 @@ def _evaluate_manifold_model(
         "run": str(run),
         "split": split,
         "model": cfg["model"]["name"],
+        **run_identity(cfg),
         "bits_per_dim": None,
         "samples": 1,
         "noise_level": noise,

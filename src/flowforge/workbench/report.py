@@ -37,6 +37,7 @@ from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import (
     MAX_UNREADABLE,
+    MODEL_FILE,
     REPORT_DIR,
     describe_environment,
     describe_run_status,
@@ -46,6 +47,7 @@ from .runs import (
     remove_report_leftovers,
     report_folder_name,
     run_config,
+    run_identity,
     run_status,
     versioned_figure,
     versioned_token,
@@ -1145,9 +1147,9 @@ MAX_PARAMS_PER_VALUE = 100  # more parameters than this per training value: the 
 MIN_SCORED = 10  # fewer val or test examples than this: their NLLs are noted as fragile
 
 
-def _small_data(r: dict, split: str) -> list[tuple[str, str]]:
-    """Warnings for a run whose data are tiny for its model, or whose NLLs rest on a few
-    examples."""
+def _small_data(r: dict, splits) -> list[tuple[str, str]]:
+    """Warnings for a run whose data are tiny for its model, or whose NLLs (on ``splits``)
+    rest on a few examples."""
     n, params = r.get("examples") or {}, r.get("parameters")
     out = []
     train, per = n.get("train"), math.prod(r["event_shape"])
@@ -1161,7 +1163,7 @@ def _small_data(r: dict, split: str) -> list[tuple[str, str]]:
         ))  # fmt: skip
     few = [
         f"{name}: {n[name]}"
-        for name in dict.fromkeys((split, "test"))
+        for name in splits
         if name != "train" and isinstance(n.get(name), int) and n[name] < MIN_SCORED
     ]
     if few:
@@ -1198,6 +1200,39 @@ def _two_val_nlls(logged: float, res: dict, cfg: dict) -> str:
     )
 
 
+MODEL_READS = 5  # the most times a report reads a training run's model and metrics again
+
+
+def _model_and_metrics(run: Path) -> tuple:
+    """The run's best model and its metrics records (and the damaged lines' numbers), read
+    together: a run still training replaces its model file (atomically) whenever validation
+    improves, so both are read again until the file is the same before and after. Every
+    number of a report is then of one model, and its curves reach that model's epoch (an
+    audit: a report of a training run gave the best epoch of one model and the NLLs of a
+    later one)."""
+    for _ in range(MODEL_READS):
+        before = _identity(run / MODEL_FILE)
+        flow = load_run(run)
+        damaged: list[int] = []
+        metrics = read_metrics(run, damaged)
+        if _identity(run / MODEL_FILE) == before:
+            return flow, metrics, damaged
+    raise WorkbenchError(
+        f"{run}: its {MODEL_FILE} changed each of the {MODEL_READS} times the report read it "
+        "(a run still training, improving every epoch): run the report again, or once it has "
+        "finished"
+    )
+
+
+def _identity(path: Path) -> tuple | None:
+    """What changes when a file is replaced or written (None: no such file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def write_report(
     run: str | os.PathLike,
     split: str = "val",
@@ -1205,8 +1240,12 @@ def write_report(
     n: int = 64,
     seed: int = 0,
     summary: dict | None = None,
+    test: bool = True,
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path.
+
+    The page scores ``split`` and, with ``test``, the test split too; ``test=False`` leaves
+    the test split unscored and unshown (comparing the runs of a sweep on validation alone).
 
     ``temperatures`` (at most :data:`MAX_TEMPERATURES`) sets the sampling temperatures of an
     image run's figures: one grid each (default 0.5, 0.7, 0.85 and 1 for an unconditional run,
@@ -1215,6 +1254,11 @@ def write_report(
     ``summary``: a dict to fill with the page's headline facts (``flowforge report --json``).
     """
     run = Path(run)
+    if not test and split == "test":
+        raise WorkbenchError(
+            "the report is asked to leave the test split out (--no-test) and to be of it "
+            "(--split test): give one of them"
+        )
     if temperatures is not None:
         temperatures = tuple(float(t) for t in temperatures)
         if not 1 <= len(temperatures) <= MAX_TEMPERATURES or not all(
@@ -1231,7 +1275,7 @@ def write_report(
         raise WorkbenchError(
             f"{folder} is not the report's folder (a file or a link); move it away and rerun"
         )
-    flow = load_run(run)
+    flow, metrics, damaged = _model_and_metrics(run)
     if not isinstance(flow, Flow):
         raise WorkbenchError(
             f"{run}: flowforge report has no report for a {cfg['model']['name']} model yet; use "
@@ -1252,7 +1296,10 @@ def write_report(
     except OSError as e:  # (a read-only run: said of the run, not of a temporary name)
         raise WorkbenchError(f"cannot write the report into {run}: {e.strerror or e}") from None
     try:
-        return _write_report(run, cfg, flow, ds, split, temperatures, n, seed, figdir, summary)
+        splits = tuple(dict.fromkeys((split, "test") if test else (split,)))
+        return _write_report(
+            run, cfg, flow, (metrics, damaged), ds, splits, temperatures, n, seed, figdir, summary
+        )
     finally:
         shutil.rmtree(figdir, ignore_errors=True)
 
@@ -1332,7 +1379,7 @@ def outside_ranges(x, cfg: dict) -> str | None:
 
 
 def _write_report(
-    run, cfg, flow, ds, split, temperatures, n, seed, figdir: Path, summary: dict | None = None
+    run, cfg, flow, history, ds, splits, temperatures, n, seed, figdir: Path, summary=None
 ) -> Path:
     from ..io import atomic_write
     from .evaluate import (
@@ -1348,8 +1395,8 @@ def _write_report(
     data_shape = tuple(r["data_shape"])
     info = r.get("context")
     figs: list[tuple[str, str]] = []
-    damaged: list[int] = []
-    metrics = read_metrics(run, damaged)
+    metrics, damaged = history  # (read with the model: _model_and_metrics)
+    split = splits[0]  # (the split the page is about; the test split may follow it)
     discrete = r.get("levels") is not None
     facts: list[tuple[str, str]] = []
     if damaged:  # a cut or edited metrics file: say so, rather than report fewer epochs
@@ -1376,7 +1423,7 @@ def _write_report(
             "run and the training curves are unknown",
         ))  # fmt: skip
     unfinished = run_status(run, cfg)  # interrupted, or still training: said first
-    facts += _small_data(r, split)
+    facts += _small_data(r, splits)
     for note in r.get("data_warnings", ()):  # what the data checks found at training time
         facts.append(("warning: the training data", note))
     ema = float(cfg.get("train", {}).get("ema") or 0)
@@ -1404,9 +1451,9 @@ def _write_report(
     c_split = ds.split_context(split)
     fitted: dict = {}  # the references fitted to the training split: once for both splits
     scores = {}  # each split's figures, for the summary
-    for name in dict.fromkeys((split, "test")):
+    for name in splits:
         # as `flowforge eval` scores it
-        res = evaluate_run(run, name, seed=seed, dataset=ds, references=fitted)
+        res = evaluate_run(run, name, seed=seed, dataset=ds, references=fitted, model=flow)
         scores[name] = {k: res.get(k) for k in ("nll", "nll_se", "bits_per_dim", "examples")}
         v = res["nll"]
         many = f"{res['examples']} example{'s' if res['examples'] != 1 else ''}"
@@ -1612,6 +1659,7 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
             page=str(out.resolve()),
             figures=[{"title": t, "path": str((run / p).resolve())} for t, p in figs],
             model=cfg["model"]["name"],
+            **run_identity(cfg),
             parameters=r["parameters"],
             status=unfinished["state"] if unfinished else _ended(run),
             epochs=len(ep),

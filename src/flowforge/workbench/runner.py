@@ -483,10 +483,16 @@ def _train(
         if recorded is not None and not same_data(ds, recorded, data_fingerprint):
             if not new_data:
                 name = cfg["data"]["name"]
+                was = recorded.get("data_path")
+                there = (
+                    f"; the run read {was}: give --data {was} to replay it"
+                    if isinstance(was, str) and Path(was).exists() and not _same_file(was, name)
+                    else ""
+                )
                 raise RunError(
                     f"cannot replay the run this config records: the data {name!r} is not "
                     "the data it was trained on (its fingerprint differs: an edited file, or "
-                    "a dataset another library version makes otherwise); "
+                    f"a dataset another library version makes otherwise){there}; "
                     "restore that data to replay the run, or name the data on the command "
                     f"line (--data {name}; from Python new_data=True) to train a new run "
                     "on it with the same options"

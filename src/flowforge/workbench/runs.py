@@ -117,6 +117,21 @@ def is_report_figure(name: str) -> bool:
 MAX_CONFIG_BYTES = 16 << 20
 
 
+def run_identity(cfg: dict) -> dict:
+    """What tells a run's numbers from another's in a sweep, for the commands' ``--json``:
+    the run's training seed, its data's seed and options, and the SHA-256 of its splits as
+    training read them (two runs on differently drawn data have different validation sets,
+    and their validation NLLs do not compare)."""
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    fp = (cfg.get("resolved") or {}).get("data_fingerprint")
+    return {
+        "run_seed": cfg.get("seed"),
+        "data_seed": data.get("seed"),
+        "data_options": data.get("options") or {},
+        "data_sha256": fp.get("sha256") if isinstance(fp, dict) else None,
+    }
+
+
 def run_config(run: str | os.PathLike) -> dict:
     """The ``config.json`` of a run folder; :class:`RunError` if the folder is not a run."""
     path = Path(run) / CONFIG_FILE
