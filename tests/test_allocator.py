@@ -13,6 +13,13 @@ def test_reuse_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch
     assert allocator.reuse_freed_memory() is glibc
     monkeypatch.setenv(allocator.ENV, "0")
     assert allocator.reuse_freed_memory() is False
+    for off in ("false", " OFF", "no"):  # (a reference audit: only "0" switched it off)
+        monkeypatch.setenv(allocator.ENV, off)
+        assert allocator.reuse_freed_memory() is False
+    monkeypatch.setenv(allocator.ENV, "maybe")
+    with pytest.raises(ValueError, match="FLOWFORGE_KEEP_FREED_MEMORY='maybe': expected 0"):
+        allocator.reuse_freed_memory()
+    assert cli.main(["list"]) == 2  # (the command: one line)
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1 << 31, 1.5, "1G"])

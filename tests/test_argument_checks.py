@@ -299,6 +299,32 @@ CASES = {
         ValueError,
         "expected a finite tol > 0, got -1.0",
     ),
+    # (a reference audit) depths that built models of no flow steps
+    "Glow(steps=-3)": (
+        lambda: ff.models.Glow(shape=(1, 8, 8), steps=-3),
+        ValueError,
+        "expected steps to be an integer in [1, 4096], got -3",
+    ),
+    "RealNVP(image, couplings=-2)": (
+        lambda: ff.models.RealNVP(shape=(1, 8, 8), couplings=-2),
+        ValueError,
+        "expected couplings to be an integer in [0, 4096], got -2",
+    ),
+    "RealNVP(image, final_couplings=0)": (
+        lambda: ff.models.RealNVP(shape=(1, 8, 8), final_couplings=0),
+        ValueError,
+        "expected final_couplings to be an integer in [1, 4096], got 0",
+    ),
+    "FFJORD(regularization kinetic -1)": (
+        lambda: ff.models.FFJORD(features=2, regularization={"kinetic": -1.0}),
+        ValueError,
+        "expected regularization['kinetic'] to be a finite number >= 0 (an RNODE weight), got -1",
+    ),
+    "FFJORD(regularization jacobian 'a')": (
+        lambda: ff.models.FFJORD(features=2, regularization={"jacobian": "a"}),
+        ValueError,
+        "expected regularization['jacobian'] to be a finite number >= 0",
+    ),
     # (the reproducer's last case) a path that is not one
     "load(None)": (
         lambda: ff.load(None),

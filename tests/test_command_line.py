@@ -5,6 +5,7 @@ integer columns flagged, hostile data files refused in one line."""
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import flowforge as ff
 from cli_support import cli, one_line_error
 from flowforge.workbench import cli as command
-from flowforge.workbench.catalog import DATASET_NOTES, models
+from flowforge.workbench.catalog import DATASET_NOTES, models, summary
 from flowforge.workbench.data import DATASETS
 from flowforge.workbench.errors import DataError
 
@@ -58,7 +59,10 @@ def test_the_torch_free_catalog_matches_the_live_registry():
             except ValueError:
                 continue
             assert value == spec.defaults()[k], (name, k)
-        assert m["summary"] == spec.summary
+        # the docstring's first paragraph, whole (its first line cut five mid-sentence)
+        assert m["summary"] == summary(inspect.getdoc(spec.build))
+        assert m["summary"].startswith(spec.summary.replace("``", "`").split(":class:")[0])
+        assert m["summary"].endswith((".", ")")), (name, m["summary"])
     assert set(DATASET_NOTES) == set(DATASETS)
 
 

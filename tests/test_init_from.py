@@ -202,6 +202,7 @@ def test_fine_tuning_on_another_table_keeps_the_runs_standardisation(
     assert rec["model_sha256"] == io_sha256(table_run / "model.ff")
     assert rec["data_sha256"] == theirs["resolved"]["data_fingerprint"]["sha256"]
     assert rec["best_epoch"] in (1, 2) and rec["took"] == ["model", "layout"]
+    assert rec["unfinished"] is None  # (a finished source)
     # the model's standardisation holds the big table's statistics, not the small one's
     std = {
         k: v for k, v in load_run(new).state_dict().items() if k.startswith("transform.layers.0")
@@ -515,3 +516,32 @@ def test_a_run_of_one_modelled_column_starts_another(tmp_path, capsys):
     rc, _, err = cli(capsys, "train", "--init-from", first, "--out", second, *common)
     assert rc == 0 and (second / "model.ff").is_file(), err
     ff.save(ff.load(second / "model.ff"), tmp_path / "again.ff")
+
+
+def test_an_unfinished_source_is_said_with_quiet_and_recorded(tmp_path, capsys):
+    # (a sweep audit) with --quiet or --json nothing said that the source had not finished,
+    # and its config recorded nothing of it
+    import socket
+    import subprocess
+
+    from cli_support import tiny_moons_run
+    from flowforge.workbench.runs import _process_start
+
+    src = tiny_moons_run(capsys, tmp_path / "src")
+    owner = subprocess.Popen(["sleep", "60"])  # (a live owner: the run is still training)
+    try:
+        lock = {"pid": owner.pid, "host": socket.gethostname(), "start": _process_start(owner.pid)}
+        (src / ".lock").write_text(json.dumps(lock))
+        rc, out, err = cli(capsys, "train", "--init-from", src, "--out", tmp_path / "new",
+                           "--epochs", 1, "--quiet")  # fmt: skip
+        assert rc == 0, err
+        assert "has not finished training: this run starts from its best model so far" in err
+        rec = run_config(tmp_path / "new")["resolved"]["init_from"]
+        assert rec["unfinished"]["state"] == "training"
+        rc, out, err = cli(capsys, "train", "--init-from", src, "--out", tmp_path / "json",
+                           "--epochs", 1, "--json")  # fmt: skip
+        assert rc == 0, err
+        assert json.loads(out)["init_from"]["unfinished"]["state"] == "training"
+    finally:
+        owner.kill()
+        owner.wait()

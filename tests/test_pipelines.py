@@ -88,6 +88,37 @@ def test_a_second_demo_names_what_demo_takes(tmp_path, capsys, monkeypatch):
     assert "use --resume" not in err
 
 
+@pytest.mark.parametrize("model, kept", [(None, True), ("realnvp", True), (" RealNVP", True),
+                                          ("glow", False)])  # fmt: skip
+def test_demo_with_its_default_model_named_keeps_the_demos_settings(
+    tmp_path, capsys, monkeypatch, model, kept
+):
+    # (a reference audit) --model realnvp, the default --help names, dropped the demo's
+    # hidden 64 and actnorm: 221,122 parameters instead of 851,856, not the README's number
+    from flowforge.workbench import runner
+    from flowforge.workbench.cli import DEMO
+
+    seen = []
+
+    def held(cfg, out, **kw):
+        seen.append(cfg)
+        raise RunError("stop here")
+
+    monkeypatch.setattr(runner, "train", held)
+    extra = () if model is None else ("--model", model)
+    cli(capsys, "demo", "--out", tmp_path / "demo", "--no-progress", *extra)
+    assert (seen[0]["model"] == DEMO["model"] and seen[0]["layout"] == "image") == kept
+
+
+def test_a_nan_flag_is_refused_for_itself_not_as_a_contradiction(tmp_path, capsys):
+    # (a reference audit) --lr nan with any --set was "--set X contradicts --lr": nan != nan
+    for flag in ("--lr", "--grad-clip"):
+        rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out",
+                         tmp_path / "r", flag, "nan", "--set", "train.log_every=1")  # fmt: skip
+        one_line_error(rc, err, f"train.{flag[2:].replace('-', '_')} must be a finite number")
+        assert "contradicts" not in err
+
+
 # -- --json on train, sample and report (asked for by the same engineer, 2026-12-08) -----------
 
 MOONS = ["--model", "realnvp", "--data", "moons", "--model-kwargs",
@@ -231,3 +262,25 @@ def test_threads_are_set_for_the_command_and_recorded(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(capsys, "eval", tmp_path / "r", "--threads", 0)
     assert "--threads: expected an integer in [1, 1024], got '0'" in capsys.readouterr().err
+
+
+def test_manifold_epochs_on_another_objective_is_refused(tmp_path, capsys):
+    # (a reference audit) it was taken and did nothing, where fm_time_power is refused
+    rc, _, err = cli(capsys, "train", *MOONS, "--out", tmp_path / "r", "--set",
+                     "train.manifold_epochs=3")  # fmt: skip
+    one_line_error(rc, err, "train.manifold_epochs = 3 applies to the M-flow objectives only")
+
+
+def test_overwrite_says_which_files_of_the_replaced_run_it_keeps(tmp_path, capsys):
+    # (a sweep audit) a run retrained with --overwrite sat beside the old model's samples
+    # and scores, with no word (the user's files stay, as they must)
+    run = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", *MOONS, "--epochs", 1, "--out", run, "--quiet")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", run, "-n", 10, "--out", run / "samples.csv")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "train", *MOONS, "--epochs", 1, "--lr", 1e-2, "--out", run,
+                     "--overwrite", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    assert "keeps 1 file that is not the run's (samples.csv): made from the run this one" in err
+    assert (run / "samples.csv").is_file()

@@ -100,6 +100,13 @@ def test_npz_with_splits_and_npy(tmp_path):
     np.savez(tmp_path / "s.npz", train=a, val=a[:2], test=a[:3])
     ds = wbdata.load_dataset(str(tmp_path / "s.npz"))
     assert len(ds.train) == 10 and len(ds.val) == 2 and len(ds.test) == 3
+    # (a reference audit) the split options were taken and did nothing: now refused
+    for option, v in (("val_fraction", 0.5), ("test_fraction", 0.1), ("shuffle", False)):
+        with pytest.raises(wbdata.DataError, match=f"data.{option} does not apply: .* holds its"):
+            wbdata.load_dataset(str(tmp_path / "s.npz"), **{option: v})
+    np.save(tmp_path / "one.npy", np.tile(a, (4, 1)))  # (one array: the options split it)
+    ds = wbdata.load_dataset(str(tmp_path / "one.npy"), val_fraction=0.5, shuffle=False)
+    assert len(ds.val) == 20
     bad = a.copy()
     bad[4, 1] = np.inf
     np.save(tmp_path / "bad.npy", bad)
@@ -481,3 +488,14 @@ def test_eval_importance_weighted_bound(digits_run, capsys):
     assert "the importance-weighted bound with K = 4" in out
     rc, _, err = cli(capsys, "eval", digits_run, "--iw")
     assert_one_line_error(rc, err, "--iw", "--samples of 2 or more")
+
+
+def test_the_iw_refusal_names_the_condition_that_failed(tmp_path, capsys):
+    # (a reference audit) a continuous run's --samples 3 --iw read "... and --samples of 2 or
+    # more (got 3)", as if 3 were the fault
+    from cli_support import tiny_moons_run
+
+    run = tiny_moons_run(capsys, tmp_path / "moons")
+    rc, _, err = cli(capsys, "eval", run, "--samples", 3, "--iw")
+    assert_one_line_error(rc, err, "this run's data has no levels or integer columns")
+    assert "got 3" not in err

@@ -195,3 +195,16 @@ def test_a_stop_asked_on_one_process_ends_every_process_after_the_epoch(tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     assert "stopped after epoch 1, as asked" in r.stdout
     assert len(_records(run, "epoch")) == 1
+
+
+@pytest.mark.parametrize("name", ["WORLD_SIZE", "RANK", "LOCAL_RANK"])
+def test_a_malformed_torchrun_variable_is_named(monkeypatch, capsys, name):
+    # (a reference audit) "invalid literal for int() with base 10: 'abc'", naming no variable
+    from flowforge.workbench.cli import main
+
+    monkeypatch.setenv(name, "abc")
+    assert main(["train", "--model", "realnvp", "--data", "moons", "--epochs", "1", "--out",
+                 "unused", "--quiet"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"the environment variable {name}='abc' is not an integer >= 0" in err

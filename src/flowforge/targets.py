@@ -278,6 +278,7 @@ def register(
 
 
 def available() -> list[str]:
+    """The names of the built-in targets (what ``flowforge fit-target --target`` takes)."""
     return sorted(TARGETS)
 
 

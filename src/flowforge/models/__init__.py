@@ -3,7 +3,7 @@ r"""Named flows. Each builder only assembles layers and a base into a :class:`~f
 Every builder takes ``features=`` (vectors) or ``shape=`` (images), works with nothing else
 given, takes the shared data options (:class:`~flowforge.models.assembly.DataOptions`:
 ``context_features``, ``levels``, ``preprocess``, ``alpha``, ``base``, ``components``,
-``dequantization``), and records its whole configuration in ``flow.config`` so that
+``dequantization``, ``standardize``), and records its whole configuration in ``flow.config`` so that
 :func:`flowforge.save` can rebuild it from JSON. ``build(name, **kwargs)`` looks a builder up
 by name (case-insensitive); ``spec(name)`` says what it takes.
 

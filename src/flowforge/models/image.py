@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .._util import checked_int
 from ..core import Compose, Flow, Transform
 from ..transforms import (
     ActNorm,
@@ -30,6 +31,7 @@ from ..transforms import (
     checkerboard_mask,
 )
 from .assembly import (
+    MAX_COUNT,
     DataOptions,
     assemble,
     channels,
@@ -144,6 +146,7 @@ def Glow(
         torch.Size([4, 1, 8, 8])
     """
     shape = event_shape(None, shape)
+    steps = checked_int("steps", steps, 1, MAX_COUNT)  # (-3 built a model of no flow steps)
     given = scales is not None
     scales = default_scales(shape, "glow") if scales is None else scales
     _check_scales(shape, scales, scales, "Glow", given)
@@ -218,6 +221,8 @@ def realnvp_image(
         data: the shared data options (:class:`~flowforge.models.assembly.DataOptions`).
     """
     shape = event_shape(None, shape)
+    couplings = checked_int("couplings", couplings, 0, MAX_COUNT)
+    final_couplings = checked_int("final_couplings", final_couplings, 1, MAX_COUNT)
     scales = default_scales(shape, "realnvp") if scales is None else scales
     _check_scales(shape, scales, scales - 1, "RealNVP")
     width = 64 if hidden is None else channels(hidden)

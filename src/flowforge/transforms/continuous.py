@@ -512,6 +512,13 @@ class CNF(Transform):
             raise ValueError(
                 f"unknown regularization {sorted(unknown)}; expected keys 'kinetic', 'jacobian'"
             )
+        for k, v in regularization.items():  # (a negative weight rewards what RNODE penalises)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not (ok and math.isfinite(v) and v >= 0):
+                raise ValueError(
+                    f"expected regularization[{k!r}] to be a finite number >= 0 (an RNODE "
+                    f"weight), got {v!r}"
+                )
         if not MIN_TIME <= float(time) <= MAX_TIME:  # NaN and inf too
             # the velocity is scaled by 1 / time: beyond this range it overflows or vanishes
             raise ValueError(

@@ -34,12 +34,20 @@ def reuse_freed_memory(limit: int = 1 << 30) -> bool:
     sample of a million rows level).
 
     Returns whether the setting was applied: ``False`` on other systems and C libraries, or
-    when the environment variable ``FLOWFORGE_KEEP_FREED_MEMORY`` is ``0``.
+    when the environment variable ``FLOWFORGE_KEEP_FREED_MEMORY`` is ``0`` (or ``false``,
+    ``no``, ``off``, in any case; another value than these and ``1``, ``true``, ``yes``,
+    ``on`` is a ValueError naming it).
     """
     if not (isinstance(limit, int) and 0 < limit < 1 << 31):
         raise ValueError(f"expected a limit in bytes in (0, 2**31), got {limit!r}")
-    if os.environ.get(ENV, "1") == "0":
+    given = os.environ.get(ENV, "1").strip().lower()
+    if given in ("0", "false", "no", "off"):
         return False
+    if given not in ("1", "true", "yes", "on", ""):
+        raise ValueError(
+            f"{ENV}={os.environ[ENV]!r}: expected 0 (leave the C library's defaults) or 1 "
+            "(keep freed memory, the default)"
+        )
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -9,6 +9,8 @@ the datasets' descriptions live here and :mod:`flowforge.workbench.data` takes t
 from __future__ import annotations
 
 import ast
+import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -58,6 +60,15 @@ def _register_call(fn: ast.FunctionDef) -> ast.expr | None:
     return None
 
 
+def summary(doc: str) -> str:
+    """A builder's docstring's first paragraph on one line, as ``flowforge list`` shows it
+    (its first line cut sentences short): Sphinx roles by their name (``:class:`~a.B``` as
+    ``B``), literals in single backquotes (an argument's name)."""
+    first = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    first = re.sub(r":\w+:`~?([\w.]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], first)
+    return first.replace("``", "`")
+
+
 def models() -> list[dict]:
     """Each registered builder: ``name``, ``summary``, ``inputs`` and ``arguments`` (its own
     arguments with their defaults as source text; the shared data options and inputs aside)."""
@@ -95,7 +106,7 @@ def models() -> list[dict]:
             out.append(
                 {
                     "name": fn.name.lower(),
-                    "summary": doc.strip().splitlines()[0] if doc.strip() else "",
+                    "summary": summary(doc),
                     "inputs": list(inputs),
                     "arguments": arguments,
                     # whether it takes the shared data options (a keyword-only ``data``)
@@ -132,7 +143,7 @@ def live_models() -> list[dict]:
         out.append(
             {
                 "name": name,
-                "summary": spec.summary,
+                "summary": summary(inspect.getdoc(spec.build) or ""),
                 "inputs": list(spec.inputs),
                 "arguments": {k: repr(v) for k, v in spec.defaults().items()},
                 "depth": spec.depth,

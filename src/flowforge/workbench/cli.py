@@ -384,8 +384,11 @@ def _nested(path: tuple) -> tuple:
 
 
 def _same(path: tuple, got, want) -> bool:
-    """A --set value equal to a flag's: columns as a list or a comma-separated string alike."""
-    if got == want:
+    """A --set value equal to a flag's: columns as a list or a comma-separated string alike
+    (and a NaN the same NaN: the flag's own value, refused later for what it is)."""
+    if got == want or got is want:
+        return True
+    if isinstance(got, float) and isinstance(want, float) and math.isnan(got) and math.isnan(want):
         return True
     if path == ("data", "target_columns"):  # (a flag's "a,b", --set data.target_columns=[a, b])
         return _column_list(got) == _column_list(want)
@@ -1142,8 +1145,8 @@ def cmd_demo(args) -> int:
     cfg = json.loads(json.dumps(DEMO))
     if args.epochs is not None:
         cfg["train"]["epochs"] = args.epochs
-    if args.model is not None:
-        cfg["model"] = {"name": args.model}
+    if args.model is not None and args.model.strip().lower() != DEMO["model"]["name"]:
+        cfg["model"] = {"name": args.model}  # (another model: its own defaults, sized)
         cfg["layout"] = "auto"
     try:
         result = train(cfg, args.out, overwrite=args.overwrite, progress=_progress(args))
@@ -1377,7 +1380,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-kwargs", help="builder arguments as JSON, e.g. '{\"layers\": 4}'")
     s.add_argument("--data-kwargs", help="dataset options as JSON, e.g. '{\"n_train\": 2000}'")
     s.add_argument("--layout", help="auto (default), vector or image")
-    s.add_argument("--seed", type=_seed)
+    s.add_argument(
+        "--seed",
+        type=_seed,
+        help="seeds the weights, the batches and the noise (default 0); epoch e's order is "
+        "seeded by seed + e, so seeds s and s + 1 share orders shifted by one: give a sweep's "
+        "seeds far apart (0, 1000, 2000)",
+    )
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int, help="the global batch size")
     s.add_argument("--lr", type=float)
@@ -1593,7 +1602,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", default="runs/demo", help="the run folder (default runs/demo)")
     s.add_argument("--epochs", type=int, help="training epochs (default: the demo config's)")
-    s.add_argument("--model", help=f"default {DEMO['model']['name']}")
+    s.add_argument(
+        "--model",
+        help=f"default {DEMO['model']['name']} with the demo's settings (hidden "
+        f"{DEMO['model']['kwargs']['hidden']}, actnorm); another model is built with its own "
+        "defaults, sized to the data",
+    )
     s.add_argument(
         "--overwrite", action="store_true", help="replace the run in --out if there is one"
     )
@@ -1845,7 +1859,8 @@ def _peer_lost_line(e: BaseException | None, args) -> str | None:
     (killed: the collective operation this one was in failed, then torchrun's SIGTERM may
     interrupt the handling of that), found in ``e`` or the exceptions it was raised in; None
     for anything else."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.strip().isdigit() or int(world) < 2:  # (a malformed one: said elsewhere)
         return None
     seen = 0
     while e is not None and seen < 8:  # (the chain of exceptions, a few deep)
@@ -1900,7 +1915,11 @@ def _main(argv: list[str] | None) -> int:
         parser.commands.get(getattr(args, "command", None), parser).error(
             f"unrecognized arguments: {' '.join(extra)}"
         )
-    reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
+    try:
+        reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
+    except ValueError as e:  # (the environment variable's value)
+        print(f"flowforge: error: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "threads", None) and args.command not in ("compress", "decompress"):
         import torch  # (compress records its own --threads, used while coding)
 

@@ -2172,9 +2172,9 @@ def _table(
     seed: int,
     checks: bool = True,
     /,
-    val_fraction=0.1,
-    test_fraction=0.1,
-    shuffle=True,
+    val_fraction=None,
+    test_fraction=None,
+    shuffle=None,
     levels=None,
     standardize=None,
     header=None,
@@ -2228,6 +2228,10 @@ def _table(
         )
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
+    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "shuffle": shuffle}
+    val_fraction = 0.1 if val_fraction is None else val_fraction  # (the defaults: None, so
+    test_fraction = 0.1 if test_fraction is None else test_fraction  # that a file's own
+    shuffle = True if shuffle is None else shuffle  # splits can refuse them when given)
     columns, unnamed = None, None
     if path.suffix.lower() == ".csv":
         table, columns = _read_csv(path, header)
@@ -2243,6 +2247,12 @@ def _table(
                 missing = {"val", "test"} - set(raw)
                 if missing:
                     raise DataError(f"{path} has 'train' but no {sorted(missing)} array")
+                given = [k for k, v in split.items() if v is not None]
+                if given:  # (they were taken without a word, and did nothing)
+                    raise DataError(
+                        f"data.{given[0]} does not apply: {path} holds its own train, val and "
+                        "test arrays, which are the splits (drop it)"
+                    )
                 arrays = {k: _as_table(raw[k], f"{path}[{k!r}]") for k in ("train", "val", "test")}
             elif len(raw) == 1 and next(iter(raw.values())).ndim == 4:  # an .npz of images
                 raw = next(iter(raw.values()))

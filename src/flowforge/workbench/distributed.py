@@ -17,7 +17,25 @@ def dist_env() -> tuple[int, int]:
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+
+
+def _env_int(name: str, default: int) -> int:
+    """torchrun's variable ``name`` as an integer >= 0 (``default`` when unset); a
+    ``WorkbenchError`` naming it otherwise."""
+    given = os.environ.get(name)
+    if given is None:
+        return default
+    try:
+        value = int(given)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise WorkbenchError(
+            f"the environment variable {name}={given!r} is not an integer >= 0 (torchrun sets "
+            "it; unset it for a single process)"
+        )
+    return value
 
 
 def init_distributed(device_name: str) -> bool:
@@ -26,7 +44,7 @@ def init_distributed(device_name: str) -> bool:
     True if started."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+    if _env_int("WORLD_SIZE", 1) <= 1 or dist.is_initialized():
         return False
     try:
         dev = device(str(device_name))
@@ -49,7 +67,7 @@ def barrier() -> None:
 def device(name: str, what: str = "train.device") -> torch.device:
     """The device ``train.device`` (or the option ``what``) names, for this rank;
     :class:`WorkbenchError` if absent."""
-    rank_local = int(os.environ.get("LOCAL_RANK", 0))
+    rank_local = _env_int("LOCAL_RANK", 0)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -57,7 +75,7 @@ def device(name: str, what: str = "train.device") -> torch.device:
             raise WorkbenchError(f"{what} is {name!r} but no GPU is available here")
         if name == "cuda":
             return torch.device("cuda", rank_local % torch.cuda.device_count())
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if _env_int("WORLD_SIZE", 1) > 1:
             raise WorkbenchError(
                 f"{what} is {name!r} under torchrun, which would put every process on "
                 "that one GPU; use cuda (each process takes the GPU of its LOCAL_RANK)"

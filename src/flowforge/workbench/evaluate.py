@@ -439,11 +439,15 @@ def _checked_options(run, samples, iw, trace, tol, batch_size, device, model=Non
     cfg = run_config(run)
     r = cfg["resolved"]
     discrete = r.get("levels") is not None or bool(r.get("integers"))
-    if iw and (not discrete or samples < 2):
+    if iw and not discrete:
         raise DataError(
-            "--iw is the importance-weighted dequantization bound: it needs discrete data "
-            f"(this run's data {'has' if discrete else 'has no'} levels or integer columns) "
-            f"and --samples of 2 or more (got {samples})"
+            "--iw is the importance-weighted dequantization bound: it needs discrete data, and "
+            "this run's data has no levels or integer columns"
+        )
+    if iw and samples < 2:
+        raise DataError(
+            "--iw is the importance-weighted dequantization bound over K draws: it needs "
+            f"--samples of 2 or more (got {samples})"
         )
     dev = resolve_device(device, "--device")  # (a missing GPU: one line, before any loading)
     flow = (load_run(run) if model is None else model).to(dev)

@@ -576,6 +576,15 @@ def _train(
                     check_out_dir(out, cfg, resume, overwrite)  # a run here since the first look
                 if not resume and out.is_dir() and is_run(out):
                     clear_run(out)
+                    kept = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+                    if kept and prints:  # (a user's files stay: outputs of the run replaced)
+                        say_warning(
+                            f"{out} keeps {len(kept)} file{'s' if len(kept) > 1 else ''} that "
+                            f"{'are' if len(kept) > 1 else 'is'} not the run's ("
+                            f"{', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}): made "
+                            "from the run this one replaces (samples, scores?), they are not "
+                            "of its model"
+                        )
                 out.mkdir(parents=True, exist_ok=True)
                 remove_orphans(out)
                 if not resume:
@@ -590,6 +599,11 @@ def _train(
                 if source is not None:
                     said = warm_start.describe_source(source, cfg["train"]["objective"])
                     print(said, flush=True)
+            if source is not None and source.unfinished and prints and not echo:
+                say_warning(  # (--quiet: the start line that says it is not printed)
+                    f"{source.given} has not finished training: this run starts from its best "
+                    "model so far"
+                )
             if source is not None and prints:  # (data taken from it is its data: checked)
                 for note in resolved.get("data_warnings", ()):
                     if note not in ds.info.get("warnings", ()):  # (adopt's, of the statistics)

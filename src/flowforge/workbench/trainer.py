@@ -855,6 +855,14 @@ class Trainer:
                     "it, or override a config file's with --set train.fm_time_power=1"
                 )
             self.objective = self.objective.with_time_power(self.cfg["fm_time_power"])
+        if self.cfg["manifold_epochs"] and not hasattr(self.objective, "first_phase"):
+            name = getattr(self.objective, "name", self.cfg["objective"])
+            raise WorkbenchError(
+                f"train.manifold_epochs = {self.cfg['manifold_epochs']} applies to the M-flow "
+                f"objectives only (mflow, mflow-alternating), and this run's objective is "
+                f"{name}: drop it, or override a config file's with --set "
+                "train.manifold_epochs=0"
+            )
         self.model, self.seed = model, _checked_seed(seed)
         self.out = None if out is None else Path(out)
         self.overwrite = bool(overwrite)

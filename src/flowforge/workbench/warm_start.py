@@ -84,6 +84,9 @@ class Source:
             "data": self.cfg["data"].get("name"),
             "data_sha256": fp.get("sha256") if isinstance(fp, dict) else None,
             "took": list(self.took),
+            # (the source was still training or interrupted: its best model so far; None
+            # for a finished run, as run_status gives it)
+            "unfinished": self.unfinished,
         }
 
 
