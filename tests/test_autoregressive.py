@@ -185,7 +185,10 @@ def test_spline_models_refuse_bad_bins_and_bounds():
 
 def test_couplings_need_two_features():
     for model in (ff.models.RealNVP, ff.models.NICE):  # (pointed to the models that take 1-d)
-        with pytest.raises(ValueError, match=r"needs features >= 2; for 1-d data use MAF"):
+        with pytest.raises(
+            ValueError,
+            match=r"needs features >= 2; for 1-d data use NSF\(\.\.\., autoregressive=True\)",
+        ):
             model(features=1)
     with pytest.raises(ValueError, match="a coupling layer needs at least 2 features"):
         ff.transforms.Coupling(

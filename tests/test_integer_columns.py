@@ -151,6 +151,14 @@ def test_data_integers_train_a_run_whose_numbers_are_bounds_and_samples_integers
     res = json.loads(stdout)
     assert res["bound"] == "importance-weighted" and math.isfinite(res["nll"])
     assert res["bits_per_dim"] is None and math.isfinite(res["gaussian_nll"])
+    # the scores file: the Gaussian's column, a bound of its own draws, is named as one (an
+    # audit: plain gaussian_log_density, a number that moved with --seed)
+    for args, tail in (((), "bound_k1"), (("--samples", 4, "--iw"), "iw_bound_k4")):
+        rc, _, err = cli(capsys, "eval", out, *args, "--scores", tmp_path / "sc.csv",
+                         "--overwrite")  # fmt: skip
+        assert rc == 0, err
+        head = (tmp_path / "sc.csv").read_text().splitlines()[0]
+        assert head == f"log_density_{tail},gaussian_log_density_{tail}", head
     rc, _, err = cli(capsys, "sample", out, "-n", 3000, "--out", tmp_path / "s.csv")
     assert rc == 0, err
     s = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)

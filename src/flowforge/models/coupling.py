@@ -24,8 +24,10 @@ def _two_or_more(name: str, d: int) -> None:
     """A coupling splits the features in two: refuse 1-d data with the models that take it."""
     if d < 2:
         raise ValueError(
-            f"a coupling {name} needs features >= 2; for 1-d data use MAF or NSF(..., "
-            "autoregressive=True) (from the command line: --model maf)"
+            f"a coupling {name} needs features >= 2; for 1-d data use NSF(..., "
+            "autoregressive=True) (from the command line: --model nsf --model-kwargs "
+            "'{\"autoregressive\": true}'): a MAF of one feature is a Gaussian, its one entry "
+            "having nothing to condition on"
         )
 
 

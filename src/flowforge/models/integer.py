@@ -67,7 +67,13 @@ class IntegerFlow(Flow):
             )
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """The exact log-probability (nats) of integer data ``x``; shape ``(*batch,)``."""
+        """The exact log-probability (nats) of integer data ``x``; shape ``(*batch,)``.
+
+        The flow's distribution is over all integer vectors (its prior's), of which
+        ``{0, ..., levels - 1}^D`` holds most but not all: the probabilities of the values in
+        range sum to less than 1 (0.36-0.94 in an audit, for binary 4x4 images the least), so
+        an NLL here counts the mass outside the range as lost. That is what a code length
+        pays; a model normalised on the range could score the same data lower."""
         raw = x
         x, context, batch = self._prepare(x, context)
         # the values as given: float64 2.000000001 would pass as 2 after the move to float32;

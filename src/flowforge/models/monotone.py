@@ -39,6 +39,7 @@ def NAF(
     layers: int = 5,
     hidden: Sequence[int] | int = (128, 128),
     mixtures: int = 8,
+    spread: float = 1.0,
     autoregressive: bool = True,
     permutation: str | None = "auto",
     lu: bool = False,
@@ -57,6 +58,9 @@ def NAF(
         layers: number of layers.
         hidden: the conditioner's widths (MADE or MLP).
         mixtures: logistic components per entry (``components`` is the base's).
+        spread: the components' fixed mean offsets span ``[-spread, spread]``, so that they
+            can come apart (0: equal components that stay equal, an affine flow; models saved
+            before this argument have 0, and load as they were).
         autoregressive: MADE layers (fast density, ``features`` sequential sampling steps);
             False: half-mask couplings (fast both ways, needs ``features >= 2``).
         permutation, lu, residual, activation, adjacency: as in :func:`~flowforge.models.NSF`.
@@ -68,7 +72,7 @@ def NAF(
         >>> flow.log_prob(torch.randn(4, 2)).shape
         torch.Size([4])
     """
-    return elementwise_flow("NAF", lambda: LogisticMixture(mixtures), locals())
+    return elementwise_flow("NAF", lambda: LogisticMixture(mixtures, spread=spread), locals())
 
 
 @register(inputs=("features",), depth="layers")

@@ -50,6 +50,7 @@ LEGACY = {
     "shift_first": False,  # RealNVP's affine order; images now default to True (docs/images.md)
     "residual": False,  # RealNVP's conditioners: plain MLPs (8 of 256x256 by default) before
     "adjacency": None,  # MAF, IAF and NSF: unstructured (an order) before
+    "spread": 0.0,  # NAF's and TarFlow's mixtures: equal components before (docs/monotone.md)
 }
 
 # The defaults that changed when an argument of LEGACY was added, per builder: the value

@@ -35,12 +35,16 @@ TRANSFORMERS = ("affine", "spline", "mixture")
 _READS = {
     "affine": ("scale_bound",),
     "spline": ("bins", "bound"),
-    "mixture": ("mixtures", "scale_bound"),
+    "mixture": ("mixtures", "scale_bound", "spread"),
 }
 
 
-def _transformer(kind: str, scale_bound: float, bins: int, bound: float, mixtures: int):
+def _transformer(
+    kind: str, scale_bound: float, bins: int, bound: float, mixtures: int, spread: float
+):
     given = {"scale_bound": scale_bound, "bins": bins, "bound": bound, "mixtures": mixtures}
+    if spread != 0.0:  # (0: what a model saved before spread existed records, any kind)
+        given["spread"] = spread
     default = inspect.signature(TarFlow).parameters  # (the builder's own defaults)
     unused = [
         k for k, v in given.items() if k not in _READS.get(kind, given) and v != default[k].default
@@ -58,7 +62,7 @@ def _transformer(kind: str, scale_bound: float, bins: int, bound: float, mixture
     if kind == "spline":
         return RationalQuadratic(bins, bound)
     if kind == "mixture":
-        return LogisticMixture(mixtures, affine_bound=scale_bound)
+        return LogisticMixture(mixtures, affine_bound=scale_bound, spread=spread)
     raise unknown("transformer", kind, TRANSFORMERS)
 
 
@@ -76,6 +80,7 @@ def TarFlow(
     bins: int = 8,
     bound: float = 4.0,
     mixtures: int = 4,
+    spread: float = 1.0,
     scale_bound: float = 3.0,
     dropout: float = 0.0,
     mlp_ratio: int = 4,
@@ -99,6 +104,9 @@ def TarFlow(
             ``"mixture"`` (Flow++'s logistic-mixture CDF, ``mixtures`` components). An
             argument the chosen transformer does not read (``bins`` for an affine TarFlow) is
             refused unless it has its default value.
+        spread: the mixture components' fixed mean offsets span ``[-spread, spread]``, so
+            that they can come apart (0: equal components that stay equal, an affine map;
+            models saved before this argument have 0).
         scale_bound: soft bound of the affine log-scales (affine and mixture).
         dropout: dropout inside the transformers.
         mlp_ratio: the MLP width of each transformer layer, in multiples of ``width``.
@@ -121,7 +129,7 @@ def TarFlow(
     cf = data.context_features
 
     def block(i: int) -> Transform:
-        t: Transformer = _transformer(transformer, scale_bound, bins, bound, mixtures)
+        t: Transformer = _transformer(transformer, scale_bound, bins, bound, mixtures, spread)
         net = CausalTransformer(
             shape,
             t.params_per_dim,

@@ -11,6 +11,13 @@ computed as log-sum-exps of log-sigmoids, so the map stays finite far in the tai
 parameters give ``u = sigmoid(x)`` and ``y = x``, the identity. Log-scales are soft-bounded,
 ``s = bound * tanh(r / bound)``, and so is ``a``.
 
+With ``spread > 0`` the means are ``mu_k = m_k + c_k``, fixed offsets ``c_k`` evenly over
+``[-spread, spread]`` added to the conditioner's ``m_k``. Without them, a conditioner whose
+output layer starts at zero (flowforge's do, so that a layer starts as the identity) gives the
+``K`` components equal parameters, the components then get equal gradients, and they stay
+equal for good: the layer is affine however long it trains (an audit, 2026-12-07). The
+builders (NAF, TarFlow's mixture) use ``spread=1``.
+
 The inverse has no closed form: it brackets the root between the components' own inverses
 (``x`` lies between ``min_k`` and ``max_k`` of ``mu_k + exp(s_k) w`` for ``w = (y - b)
 exp(-a)``), bisects it 20 times, takes four Newton steps kept inside the bracket, and ends
@@ -41,6 +48,9 @@ class LogisticMixture(Transformer):
         components: ``K`` (``params_per_dim = 3K + 2``).
         scale_bound: soft bound of the components' log-scales.
         affine_bound: soft bound of the final log-scale ``a``.
+        spread: the components' fixed mean offsets span ``[-spread, spread]`` (0: none, the
+            identity at zero parameters; then a zero-initialised conditioner never tells the
+            components apart, see the module docstring).
 
     Example:
         >>> lm = LogisticMixture(components=3)
@@ -50,7 +60,13 @@ class LogisticMixture(Transformer):
         (True, True)
     """
 
-    def __init__(self, components: int = 4, scale_bound: float = 6.0, affine_bound: float = 3.0):
+    def __init__(
+        self,
+        components: int = 4,
+        scale_bound: float = 6.0,
+        affine_bound: float = 3.0,
+        spread: float = 0.0,
+    ):
         super().__init__()
         checked_int("components", components)
         if not 0 < scale_bound < math.inf or not 0 < affine_bound < math.inf:
@@ -58,13 +74,21 @@ class LogisticMixture(Transformer):
                 f"expected finite positive bounds, got scale_bound={scale_bound}, "
                 f"affine_bound={affine_bound}"
             )
+        ok = isinstance(spread, (int, float)) and not isinstance(spread, bool)
+        if not (ok and 0 <= spread < math.inf):
+            raise ValueError(f"expected spread to be a finite number >= 0, got {spread!r}")
         self.components = int(components)
         self.scale_bound, self.affine_bound = float(scale_bound), float(affine_bound)
+        self.spread = float(spread)
         self.params_per_dim = 3 * self.components + 2
 
     def _split(self, params: Tensor):
         k = self.components
         logits, mu, r = params[..., :k], params[..., k : 2 * k], params[..., 2 * k : 3 * k]
+        if self.spread and k > 1:  # (fixed offsets: components that can come apart)
+            mu = mu + torch.linspace(
+                -self.spread, self.spread, k, dtype=params.dtype, device=params.device
+            )
         s = self.scale_bound * torch.tanh(r / self.scale_bound)
         a = self.affine_bound * torch.tanh(params[..., 3 * k] / self.affine_bound)
         return torch.log_softmax(logits, -1), mu, s, a, params[..., 3 * k + 1]

@@ -298,7 +298,10 @@ def evaluate_run(
             out["files"] = files
         for key, ref in refs.items():  # the reference's own, beside the model's (a ratio)
             if ref is not None and np.isfinite(ref).all():
-                out["reference_log_densities"] = (key, np.asarray(ref, dtype=np.float64))
+                # (a Gaussian over dequantized integer columns: the same kind of bound as the
+                # model's, drawn with its own noise; its column is named as the model's is)
+                bound = key == "gaussian" and bool(r.get("integers"))
+                out["reference_log_densities"] = (key, np.asarray(ref, dtype=np.float64), bound)
                 break
     return out
 
@@ -377,7 +380,8 @@ def save_scores(path, res: dict, overwrite: bool = False) -> list[str]:
     columns = [lp] + ([-lp * per_bit] if per_bit is not None else [])
     ref = res.get("reference_log_densities")
     if ref is not None:  # (its column: the reference eval compares with, row by row)
-        names = [*names, f"{ref[0]}_log_density"]
+        tail = names[0][len("log_density") :] if len(ref) > 2 and ref[2] else ""
+        names = [*names, f"{ref[0]}_log_density{tail}"]
         columns.append(np.asarray(ref[1], dtype=np.float64))
     files = res.get("files")
     if files is not None and len(files) == len(lp):  # (a folder's images: which row is which)
