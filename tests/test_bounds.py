@@ -181,8 +181,8 @@ def test_data_bounds_train_a_run_whose_numbers_and_samples_respect_them(tmp_path
     one_line_error(
         rc,
         err,
-        "(the highest: 1, as float32, the models' precision, reads it: a value within about "
-        "6e-8 of the bound, relative to it, rounds onto it; the first at row index 4, 0-based)",
+        "(the highest: 1; float32, the models' precision, reads a value within about 6e-8 of "
+        "the bound, relative to it, as the bound; the first at row index 4, 0-based)",
     )
     # values on a bound, all of them integers: not "declare it in data.integers" (a data
     # option eval does not take, and the run's model is fixed), the rows (an audit)

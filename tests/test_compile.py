@@ -280,6 +280,9 @@ def test_an_eager_check_that_runs_out_of_memory_leaves_the_compiled_run_as_it_wa
             [b.clone() for b in flow.buffers()],
             [w for w in tr.warnings if "compil" in w and "first step compiles" not in w],
         )
+        if compiled:  # (the compile is recorded, and the eager model kept for a fallback)
+            assert [r["type"] for r in tr.history].count("compile") == 1
+            assert tr._eager_model is flow
     (eager, eager_buffers, _), (losses, buffers, warned) = runs[False], runs[True]
     assert losses == eager and all(torch.equal(a, b) for a, b in zip(buffers, eager_buffers))
     assert len(warned) == 1 and "ran out of memory; training goes on compiled" in warned[0]

@@ -512,6 +512,15 @@ def test_a_label_given_as_context_gets_the_one_hot_hint():
     assert "one_hot" not in str(e.value) and "expected context of shape" in str(e.value)
 
 
+def test_a_scalar_context_per_row_is_told_its_shape_by_log_prob_too():
+    # (a parity audit) porting.md promises the context[:, None] hint, which only sample gave
+    flow = ff.models.MAF(features=2, context_features=1, layers=1, hidden=(8,))
+    with pytest.raises(ValueError, match=r"give context\[:, None\], shape \(4, 1\)"):
+        flow.log_prob(torch.zeros(4, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"give context\[\.\.\., None\], shape \(3, 4, 1\)"):
+        flow.log_prob(torch.zeros(3, 4, 2), torch.zeros(3, 4))
+
+
 def test_a_number_of_samples_that_is_no_integer_says_so():
     flow = ff.models.build("maf", features=2)
     for n in (4.0, "3"):

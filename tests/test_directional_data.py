@@ -156,6 +156,10 @@ def test_a_sphere_run_on_a_file_has_no_report_as_the_registrys(tmp_path, capsys)
     rc, out, err = cli(capsys, "eval", run)
     assert rc == 0, err
     assert "a density per steradian" in out
+    # a file of directions (a review: an internal error, the run's data not read for it)
+    rc, out, err = cli(capsys, "eval", run, "--data", path)
+    assert rc == 0, err
+    assert "a density per steradian" in out and "training range" not in err
 
 
 def test_samples_of_a_flow_on_a_manifold_get_no_range_advice():

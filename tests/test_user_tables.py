@@ -510,6 +510,11 @@ def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(
     assert "on a grid" not in data._atoms(rows, ["prob", "z"])  # (exact 0s and a continuum)
     assert data._grid_step(np.array([-0.5, 0.0, 1.5])) == 0.5
     assert data._grid_step(np.array([0.0, 0.3, 0.9])) is None  # (0.3: no rounding's step)
+    # float32 tables (a review: 0.1 is 0.10000000149 there, and no grid was ever found)
+    f32 = coarse.astype(np.float32)
+    assert "('dose' by 100)" in data._atoms(f32, ["dose", "z"])
+    tenths = np.round(rng.normal(100, 3, n), 1).astype(np.float32).astype(np.float64)
+    assert data._grid_step(np.unique(tenths), np.finfo(np.float32).eps) == 0.1
     binary = tmp_path / "b.csv"
     bits = rng.integers(0, 2, (n, 3))
     binary.write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in bits))

@@ -104,6 +104,9 @@ def test_npz_with_splits_and_npy(tmp_path):
     for option, v in (("val_fraction", 0.5), ("test_fraction", 0.1), ("shuffle", False)):
         with pytest.raises(wbdata.DataError, match=f"data.{option} does not apply: .* holds its"):
             wbdata.load_dataset(str(tmp_path / "s.npz"), **{option: v})
+        # (a review) a run trained before, its config holding one, still reads its data
+        again = wbdata.reload_dataset(str(tmp_path / "s.npz"), options={option: v})
+        assert len(again.val) == 2
     np.save(tmp_path / "one.npy", np.tile(a, (4, 1)))  # (one array: the options split it)
     ds = wbdata.load_dataset(str(tmp_path / "one.npy"), val_fraction=0.5, shuffle=False)
     assert len(ds.val) == 20

@@ -1151,6 +1151,9 @@ class Flow(nn.Module):
                     f" (class labels? a label-conditional flow takes one-hot rows: "
                     f"torch.nn.functional.one_hot(labels, {c}).float())"
                 )
+            elif c == 1 and batch and tuple(context.shape) == batch:  # (as zuko and nflows take)
+                index = "[:, None]" if len(batch) == 1 else "[..., None]"
+                hint = f"; one scalar context per row? give context{index}, shape ({want})"
             raise ValueError(f"expected context of shape ({want}), got {_fmt(context.shape)}{hint}")
         if self._validating(context) and not all_finite(context):
             _refuse_nonfinite(context, batch, "context")

@@ -53,6 +53,11 @@ LEGACY = {
     "spread": 0.0,  # NAF's and TarFlow's mixtures: equal components before (docs/monotone.md)
 }
 
+# Arguments of LEGACY that a builder records where they do not apply, per builder: the test
+# of its arguments that says they do (an affine TarFlow records `spread`, which only its
+# mixture transformer reads: its configuration before `spread` is the same model).
+APPLIES = {("tarflow", "spread"): lambda kwargs: kwargs.get("transformer") == "mixture"}
+
 # The defaults that changed when an argument of LEGACY was added, per builder: the value
 # recorded since and the value recorded before for the same model.
 CHANGED_WITH = {
@@ -520,7 +525,8 @@ def earlier_configs(config) -> list[dict]:
     for k in reversed(list(LEGACY)):
         if k not in kwargs:
             continue
-        if kwargs[k] != LEGACY[k]:
+        applies = APPLIES.get((name, k), lambda kwargs: True)
+        if kwargs[k] != LEGACY[k] and applies(kwargs):
             break
         del kwargs[k]
         for arg, (now, before) in CHANGED_WITH.get(k, {}).get(name, {}).items():

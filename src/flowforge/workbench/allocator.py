@@ -45,8 +45,8 @@ def reuse_freed_memory(limit: int = 1 << 30) -> bool:
         return False
     if given not in ("1", "true", "yes", "on", ""):
         raise ValueError(
-            f"{ENV}={os.environ[ENV]!r}: expected 0 (leave the C library's defaults) or 1 "
-            "(keep freed memory, the default)"
+            f"{ENV}={os.environ[ENV]!r}: expected 0, false, no or off (leave the C "
+            "library's defaults), or 1, true, yes or on (keep freed memory, the default)"
         )
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False

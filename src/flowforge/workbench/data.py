@@ -1309,7 +1309,7 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
         if atoms:
             what = " and ".join(f"{share:.1%} on {value:g}" for value, share in atoms)
             found.append(f"{_column_name(j, names)} ({what})")
-            step = _grid_step(values)
+            step = _grid_step(values, np.finfo(train.dtype).eps if train.dtype.kind == "f" else 0)
             if step is not None:
                 grids.append(f"{_column_name(j, names)} by {1 / step:.6g}")
     if not found:
@@ -1330,22 +1330,26 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
     )
 
 
-def _grid_step(values: np.ndarray) -> float | None:
+def _grid_step(values: np.ndarray, eps: float = 0.0) -> float | None:
     """The step of a grid that holds every one of the (sorted, distinct) ``values``, as
     measurements rounded to 0.01 are (None: they are not on one, or the step is not a power
-    of ten times 1, 2, 2.5 or 5, as a rounding's is)."""
+    of ten times 1, 2, 2.5 or 5, as a rounding's is); ``eps``: the machine epsilon of the
+    values as stored (float32's: 0.1 is 0.10000000149), which sets the tolerance."""
     if len(values) < 3 or not np.isfinite(values).all():
         return None
-    step = float(np.diff(values).min())
-    k = (values - values[0]) / step
-    if not np.allclose(k, np.round(k), rtol=0, atol=1e-6):
+    smallest = float(np.diff(values).min())
+    if smallest <= 0:
         return None
-    scale = 10.0 ** math.floor(math.log10(step))
-    mantissa = step / scale
-    for m in (1, 2, 2.5, 5, 10):
-        if math.isclose(mantissa, m, rel_tol=1e-6):
-            return m * scale
-    return None
+    tol = max(1e-6, 8 * eps * float(np.abs(values).max()) / smallest)
+    if tol > 0.01:  # (the values' precision cannot tell a grid of this step)
+        return None
+    scale = 10.0 ** math.floor(math.log10(smallest))
+    steps = [m * scale for m in (1, 2, 2.5, 5, 10)]
+    step = next((h for h in steps if math.isclose(smallest, h, rel_tol=tol)), None)
+    if step is None:
+        return None
+    k = (values - values[0]) / step  # (the exact step: no error that grows along the values)
+    return step if np.allclose(k, np.round(k), rtol=0, atol=tol) else None
 
 
 def _is_float(s: str, python: bool = False) -> bool:
@@ -1876,8 +1880,8 @@ def check_bounds(
                     )
                     first = int(np.flatnonzero(bad)[0])
                     rounded = (  # (rows read as float32: a value near the bound is on it)
-                        ", as float32, the models' precision, reads it: a value within "
-                        "about 6e-8 of the bound, relative to it, rounds onto it"
+                        "; float32, the models' precision, reads a value within about 6e-8 "
+                        "of the bound, relative to it, as the bound"
                         if a.dtype == np.float32 and float(worst) == b and not closed
                         else ""
                     )
@@ -2248,7 +2252,8 @@ def _table(
                 if missing:
                     raise DataError(f"{path} has 'train' but no {sorted(missing)} array")
                 given = [k for k, v in split.items() if v is not None]
-                if given:  # (they were taken without a word, and did nothing)
+                if given and checks:  # (taken without a word before, and did nothing: a
+                    # run's data read again, as its config recorded them, still reads)
                     raise DataError(
                         f"data.{given[0]} does not apply: {path} holds its own train, val and "
                         "test arrays, which are the splits (drop it)"

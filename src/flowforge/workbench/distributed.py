@@ -21,19 +21,20 @@ def dist_env() -> tuple[int, int]:
 
 
 def _env_int(name: str, default: int) -> int:
-    """torchrun's variable ``name`` as an integer >= 0 (``default`` when unset); a
-    ``WorkbenchError`` naming it otherwise."""
+    """torchrun's variable ``name`` as an integer (>= 1 for ``WORLD_SIZE``, a count; >= 0 for
+    a rank), ``default`` when unset; a ``WorkbenchError`` naming it otherwise."""
     given = os.environ.get(name)
     if given is None:
         return default
+    least = 1 if name == "WORLD_SIZE" else 0
     try:
         value = int(given)
     except ValueError:
-        value = -1
-    if value < 0:
+        value = least - 1
+    if value < least:
         raise WorkbenchError(
-            f"the environment variable {name}={given!r} is not an integer >= 0 (torchrun sets "
-            "it; unset it for a single process)"
+            f"the environment variable {name}={given!r} is not an integer >= {least} (torchrun "
+            "sets it; unset it for a single process)"
         )
     return value
 

@@ -123,6 +123,7 @@ def evaluate_run(
     cfg, flow, dev = _checked_options(run, samples, iw, trace, tol, batch_size, device, model)
     r = cfg["resolved"]
     truth, refs = None, {}  # (the reference densities' per-example log-densities, by name)
+    ds = None  # (the run's data: read again for the references, where they apply)
     file_warnings: list[str] = []  # what the checks of a --data file found
     files: list[str] = []  # a --data folder's images, in the rows' order (for --scores)
     if not isinstance(flow, Flow) and scores:
@@ -810,15 +811,12 @@ def _outside_ranges(x: torch.Tensor, r: dict, where: str, val=None) -> str | Non
     if val is not None and val.dim() == 2 and val.shape[1] == x.shape[1] and len(val):
         seen = beyond_ranges(val, r.get("ranges"), r.get("columns"))
         m = 0 if seen is None else int(seen[1].sum())
-        base = (
-            f" (for comparison, {m} of the run's {len(val)} validation rows, "
-            f"{_share(m, len(val))}, {'does' if m == 1 else 'do'}: "
-            + (
-                "rows like the training data fall outside some column's range too, the "
-                "more so the fewer training rows and the more columns)"
-                if m
-                else "so this is not what rows like the training data do)"
-            )
+        base = f" (for comparison, {m} of the run's {len(val)} validation rows, " + (
+            f"{_share(m, len(val))}, {'does' if m == 1 else 'do'}: rows like the training "
+            "data fall outside some column's range too, the more so the fewer training rows "
+            "and the more columns)"
+            if m
+            else "none, do)"
         )
     return (
         f"{where}: {n} of its {len(x)} rows ({_share(n, len(x))}; the first at index "
@@ -832,7 +830,9 @@ def _outside_ranges(x: torch.Tensor, r: dict, where: str, val=None) -> str | Non
 def _share(k: int, n: int) -> str:
     """``k`` of ``n`` as a percentage, to three digits (under 0.01%: said so)."""
     p = 100 * k / n
-    return "under 0.01%" if 0 < p < 0.01 else f"{p:.3g}%"
+    if 0 < p < 0.01:
+        return "under 0.01%"
+    return "over 99.9%" if 99.9 < p < 100 else f"{p:.3g}%"
 
 
 def _scores_higher_than_validation(run, nll: float, se: float | None, where: str) -> str | None:

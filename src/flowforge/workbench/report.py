@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from .errors import WorkbenchError
 from .runner import run_dataset
 from .runs import (
     MAX_UNREADABLE,
+    METRICS_FILE,
     MODEL_FILE,
     REPORT_DIR,
     describe_environment,
@@ -1210,18 +1212,31 @@ def _model_and_metrics(run: Path) -> tuple:
     number of a report is then of one model, and its curves reach that model's epoch (an
     audit: a report of a training run gave the best epoch of one model and the NLLs of a
     later one)."""
-    for _ in range(MODEL_READS):
+    for i in range(MODEL_READS):
+        if i:
+            time.sleep(0.1 * i)  # (a trainer between its model and its record: moments)
         before = _identity(run / MODEL_FILE)
         flow = load_run(run)
         damaged: list[int] = []
         metrics = read_metrics(run, damaged)
-        if _identity(run / MODEL_FILE) == before:
+        if _identity(run / MODEL_FILE) == before and not _record_pending(run):
             return flow, metrics, damaged
     raise WorkbenchError(
         f"{run}: its {MODEL_FILE} changed each of the {MODEL_READS} times the report read it "
         "(a run still training, improving every epoch): run the report again, or once it has "
         "finished"
     )
+
+
+def _record_pending(run: Path) -> bool:
+    """Whether a run still training has written a better model and not yet the epoch's record
+    that says so (its model file newer than its metrics): the trainer writes the model first."""
+    try:
+        newer = (run / MODEL_FILE).stat().st_mtime_ns > (run / METRICS_FILE).stat().st_mtime_ns
+    except OSError:
+        return False
+    status = run_status(run) if newer else None  # (a run copied with new times: finished)
+    return bool(status) and status["state"] == "training"
 
 
 def _identity(path: Path) -> tuple | None:

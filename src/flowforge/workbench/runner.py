@@ -578,12 +578,13 @@ def _train(
                     clear_run(out)
                     kept = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
                     if kept and prints:  # (a user's files stay: outputs of the run replaced)
+                        n = len(kept)
                         say_warning(
-                            f"{out} keeps {len(kept)} file{'s' if len(kept) > 1 else ''} that "
-                            f"{'are' if len(kept) > 1 else 'is'} not the run's ("
-                            f"{', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}): made "
-                            "from the run this one replaces (samples, scores?), they are not "
-                            "of its model"
+                            f"{out} keeps {n} entr{'ies' if n > 1 else 'y'} that "
+                            f"{'are' if n > 1 else 'is'} not the run's ("
+                            f"{', '.join(kept[:5])}{' ...' if n > 5 else ''}): if made from the "
+                            "model this run replaces (samples, scores), "
+                            f"{'they are' if n > 1 else 'it is'} not of the new one"
                         )
                 out.mkdir(parents=True, exist_ok=True)
                 remove_orphans(out)
