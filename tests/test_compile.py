@@ -210,6 +210,32 @@ class _ScaledBackward(torch.autograd.Function):
         return _ScaledBackward.scale * g
 
 
+def _with_a_fake_compiler(monkeypatch, compile_, objective=None):
+    """The same seeded RealNVP (batch norm, dequantized levels) trained for 2 epochs eagerly
+    and with ``torch.compile`` replaced by ``compile_`` (``objective(trainer)``: the compiled
+    run's objective, in place of its own): for each, the epochs' losses, the buffers, the
+    compile warnings and (compiled) the Trainer."""
+    x = torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0))  # (noise drawn)
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4, batch_norm=True)
+        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compiled}
+        if compiled:
+            monkeypatch.setattr(torch, "compile", compile_)
+        tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
+        if compiled and objective is not None:
+            monkeypatch.setattr(tr, "objective", objective(tr))
+        assert tr.fit()["status"] == "finished"
+        runs.append((
+            [r["train_loss"] for r in tr.history if r["type"] == "epoch"],
+            [b.clone() for b in flow.buffers()],
+            [w for w in tr.warnings if "compil" in w and "first step compiles" not in w],
+            tr,
+        ))  # fmt: skip
+    return runs
+
+
 @pytest.mark.parametrize("scale", [1.0, 1.5])
 def test_a_compiled_step_with_wrong_gradients_is_caught_and_the_run_goes_on_eagerly(
     monkeypatch, scale
@@ -227,23 +253,8 @@ def test_a_compiled_step_with_wrong_gradients_is_caught_and_the_run_goes_on_eage
         return call
 
     monkeypatch.setattr(_ScaledBackward, "scale", scale)
-    x = torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0))  # (noise drawn)
-    runs = {}
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4, batch_norm=True)
-        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compiled}
-        if compiled:
-            monkeypatch.setattr(torch, "compile", compile_)
-        tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
-        assert tr.fit()["status"] == "finished"
-        runs[compiled] = (
-            [r["train_loss"] for r in tr.history if r["type"] == "epoch"],
-            [b.clone() for b in flow.buffers()],
-            [w for w in tr.warnings if "compil" in w and "first step compiles" not in w],
-        )
-    (eager, eager_buffers, _), (losses, buffers, warned) = runs[False], runs[True]
-    assert losses == eager and all(torch.equal(a, b) for a, b in zip(buffers, eager_buffers))
+    eager, (losses, buffers, warned, _) = _with_a_fake_compiler(monkeypatch, compile_)
+    assert losses == eager[0] and all(torch.equal(a, b) for a, b in zip(buffers, eager[1]))
     if scale == 1.0:
         assert not warned and len(calls) == 8  # (every step compiled)
     else:
@@ -263,28 +274,13 @@ def test_an_eager_check_that_runs_out_of_memory_leaves_the_compiled_run_as_it_wa
 
         return call
 
-    x = torch.randint(0, 4, (64, 3), generator=torch.Generator().manual_seed(0))
-    runs = {}
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        flow = ff.models.RealNVP(features=3, layers=2, hidden=(8,), levels=4, batch_norm=True)
-        cfg = {"epochs": 2, "batch_size": 16, "tensorboard": False, "compile": compiled}
-        if compiled:
-            monkeypatch.setattr(torch, "compile", compile_)
-        tr = Trainer(flow, x, x[:16], cfg, progress=False, echo=False)
-        if compiled:
-            monkeypatch.setattr(tr, "objective", _OutOfMemoryEagerly(tr.objective, flow))
-        assert tr.fit()["status"] == "finished"
-        runs[compiled] = (
-            [r["train_loss"] for r in tr.history if r["type"] == "epoch"],
-            [b.clone() for b in flow.buffers()],
-            [w for w in tr.warnings if "compil" in w and "first step compiles" not in w],
-        )
-        if compiled:  # (the compile is recorded, and the eager model kept for a fallback)
-            assert [r["type"] for r in tr.history].count("compile") == 1
-            assert tr._eager_model is flow
-    (eager, eager_buffers, _), (losses, buffers, warned) = runs[False], runs[True]
-    assert losses == eager and all(torch.equal(a, b) for a, b in zip(buffers, eager_buffers))
+    eager, (losses, buffers, warned, tr) = _with_a_fake_compiler(
+        monkeypatch, compile_, lambda tr: _OutOfMemoryEagerly(tr.objective, tr.model)
+    )
+    assert losses == eager[0] and all(torch.equal(a, b) for a, b in zip(buffers, eager[1]))
+    # (the compile is recorded, and the eager model kept for a fallback)
+    assert [r["type"] for r in tr.history].count("compile") == 1
+    assert tr._eager_model is tr.model
     assert len(warned) == 1 and "ran out of memory; training goes on compiled" in warned[0]
     assert len(calls) == 8  # (every step compiled)
 
