@@ -139,7 +139,18 @@ def test_a_short_training_lowers_the_nll(model):
     assert after < before - 0.3, (before, after)
 
 
-@pytest.mark.parametrize("name, kw", [("naf", {}), ("tarflow", {"transformer": "mixture"})])
+def _by_hand(features=1, spread=1.0, layers=2):
+    """A flow of ``LogisticMixture`` autoregressive layers built by hand, as its docstring
+    shows (with the class's default ``spread`` unless given)."""
+    mix = T.LogisticMixture(4) if spread == 1.0 else T.LogisticMixture(4, spread=spread)
+    layers = [T.Autoregressive(features, mix, hidden=(8,)) for _ in range(layers)]
+    return ff.Flow(layers, ff.distributions.StandardNormal((features,)))
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [("naf", {}), ("tarflow", {"transformer": "mixture"}), ("by hand", {})],
+)
 def test_the_mixture_components_come_apart_and_fit_two_modes(name, kw):
     # (an audit) with the conditioner's output layer at zero, the K logistic components
     # started equal, got equal gradients and stayed equal: NAF and TarFlow's mixture were
@@ -154,12 +165,15 @@ def test_the_mixture_components_come_apart_and_fit_two_modes(name, kw):
     scores = {}
     for spread in (0.0, 1.0):
         torch.manual_seed(0)
-        extra = {"blocks": 2, "width": 16} if name == "tarflow" else {"layers": 2}
-        flow = ff.models.build(name, features=1, spread=spread, **kw, **extra)
+        if name == "by hand":  # (an audit: the layer's own default was 0, an affine layer)
+            flow = _by_hand(spread=spread)
+        else:
+            extra = {"blocks": 2, "width": 16} if name == "tarflow" else {"layers": 2}
+            flow = ff.models.build(name, features=1, spread=spread, **kw, **extra)
         flow.train()
         flow.log_prob(x[:500])
         opt = torch.optim.Adam(flow.parameters(), 3e-3)
-        for _ in range(150):
+        for _ in range(500 if name == "by hand" else 150):  # (no standardisation by hand)
             loss = -flow.log_prob(x[torch.randint(0, 2000, (256,))]).mean()
             opt.zero_grad()
             loss.backward()

@@ -735,7 +735,10 @@ class Transformer(nn.Module):
     of :class:`~flowforge.transforms.UnconstrainedMonotonic`), which the layer holding it
     registers, saves and moves like its conditioner's. Each method returns ``(y, ladj)`` with
     ``ladj`` elementwise, the shape of ``x``. All-zero parameters must give the identity, so
-    that a conditioner with a zero-initialised last layer starts its layer as the identity.
+    that a conditioner with a zero-initialised last layer starts its layer as the identity;
+    a transformer whose parameters are exchangeable (a mixture's components) cannot both do
+    that and let them come apart (they would start equal and stay equal), and sets
+    ``identity_at_zero`` False (:class:`~flowforge.transforms.LogisticMixture`).
 
     Subclasses set ``params_per_dim`` and implement :meth:`forward` (data to noise) and
     :meth:`inverse`.

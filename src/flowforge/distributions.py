@@ -135,7 +135,8 @@ class GaussianMixture(_Mixture):
         components: number of mixture components.
         context_features: size of the context, 0 for unconditional.
         hidden: hidden widths of the context network.
-        spread: standard deviation of the random initial means (breaks the symmetry).
+        spread: standard deviation of the random initial means (breaks the symmetry; with a
+            context, the initial means the context network's output bias gives).
     """
 
     def __init__(
@@ -154,6 +155,9 @@ class GaussianMixture(_Mixture):
         k, d = components, self.features
         if context_features:
             self.net = MLP(context_features, k * (1 + 2 * d), hidden)
+            with torch.no_grad():  # (its output layer starts at zero: equal components, which
+                # get equal gradients and stay equal, one Gaussian; an audit, 2026-12-07)
+                self.net.net[-1].bias[k : k + k * d] = spread * torch.randn(k * d)
         else:
             self.logits = nn.Parameter(torch.zeros(k))
             self.loc = nn.Parameter(spread * torch.randn(k, d))

@@ -613,6 +613,16 @@ class MADE(nn.Module):
             return self._build_graph_masks()
         d, p = self.features, self.params_per_dim
         deg_in = self.degrees.cpu()
+        need = d - (0 if self.context_features > 0 else 1)  # (the hidden degrees there are)
+        if d > 1 and min(self.hidden, default=need) < need:
+            warnings.warn(
+                f"a MADE of {d} features with a hidden layer of {min(self.hidden)} units, fewer "
+                f"than the {need} degrees of its order: each output reads only the inputs of the "
+                f"first {min(self.hidden)} degrees, and its dependencies on the later ones are "
+                f"lost; give every hidden layer at least {need} units",
+                UserWarning,
+                stacklevel=3,
+            )
         hid = [_hidden_degrees(d, h, self.context_features > 0) for h in self.hidden]
         masks = []
         prev = deg_in if d > 1 else deg_in[:0]

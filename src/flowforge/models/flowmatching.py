@@ -174,7 +174,10 @@ def CNF(
             the batch it is scored in: tighten both tolerances for per-point accuracy).
         trace: ``"auto"`` (exact for ``features <= 8``, else Hutchinson), ``"exact"`` or
             ``"hutchinson"``.
-        actnorm: a data-initialised ActNorm before the CNF.
+        actnorm: a data-initialised ActNorm before the CNF. With the data standardised
+            (``standardize``, the default) it starts as the identity, and flow matching does
+            not train the layers before the CNF, so it stays so (an audit); it matters for a
+            flow built with ``standardize=False``, or trained by maximum likelihood.
         time_frequencies: ``None`` (FFJORD's network, time entering each gate raw) or an
             ``int >= 0``: a :class:`TimeEmbeddingNet` of the same widths with that many
             sine/cosine pairs of time and ``log(t + time_eps)`` (``time_eps > 0``; 0: none).

@@ -52,7 +52,11 @@ def TorusFlow(
         bins: bins of each circular spline.
         hidden: widths of the couplings' MLPs.
         kind: the circle map, ``"spline"`` (circular rational-quadratic spline) or
-            ``"moebius"`` (Moebius map and rotation).
+            ``"moebius"`` (Moebius map and rotation). Moebius maps of the circle compose into
+            one Moebius map: on the circle (``features=1``) a Moebius flow is a wrapped Cauchy
+            density however many ``layers`` (unimodal; an audit: 0.36 nats from a 3-mode truth
+            at 1 and at 4 layers, the spline 0.002-0.004); on the torus its couplings, whose
+            parameters come from the other angles, do not compose so.
         activation: the MLPs' activation.
 
     Example:

@@ -7,16 +7,15 @@ Per entry, with ``K`` components of weights ``pi`` (a softmax), means ``mu`` and
     ``u = sum_k pi_k sigmoid((x - mu_k) exp(-s_k))``,   ``y = logit(u) exp(a) + b``
 
 a strictly increasing map of the real line onto itself. ``log u`` and ``log(1 - u)`` are
-computed as log-sum-exps of log-sigmoids, so the map stays finite far in the tails. All-zero
-parameters give ``u = sigmoid(x)`` and ``y = x``, the identity. Log-scales are soft-bounded,
-``s = bound * tanh(r / bound)``, and so is ``a``.
+computed as log-sum-exps of log-sigmoids, so the map stays finite far in the tails.
+Log-scales are soft-bounded, ``s = bound * tanh(r / bound)``, and so is ``a``.
 
-With ``spread > 0`` the means are ``mu_k = m_k + c_k``, fixed offsets ``c_k`` evenly over
-``[-spread, spread]`` added to the conditioner's ``m_k``. Without them, a conditioner whose
-output layer starts at zero (flowforge's do, so that a layer starts as the identity) gives the
-``K`` components equal parameters, the components then get equal gradients, and they stay
-equal for good: the layer is affine however long it trains (an audit, 2026-12-07). The
-builders (NAF, TarFlow's mixture) use ``spread=1``.
+The means are ``mu_k = m_k + c_k``: fixed offsets ``c_k`` evenly over ``[-spread, spread]``
+(default 1) added to the conditioner's ``m_k``. Without them (``spread=0``, where all-zero
+parameters give ``u = sigmoid(x)`` and ``y = x``, the identity), a conditioner whose output
+layer starts at zero (flowforge's do) gives the ``K`` components equal parameters, the
+components then get equal gradients, and they stay equal for good: the layer is affine
+however long it trains (an audit, 2026-12-07; ``spread=0`` was the only form before).
 
 The inverse has no closed form: it brackets the root between the components' own inverses
 (``x`` lies between ``min_k`` and ``max_k`` of ``mu_k + exp(s_k) w`` for ``w = (y - b)
@@ -49,13 +48,14 @@ class LogisticMixture(Transformer):
         scale_bound: soft bound of the components' log-scales.
         affine_bound: soft bound of the final log-scale ``a``.
         spread: the components' fixed mean offsets span ``[-spread, spread]`` (0: none, the
-            identity at zero parameters; then a zero-initialised conditioner never tells the
-            components apart, see the module docstring).
+            identity at zero parameters, and the form of layers built before 2026-12-07; then a
+            zero-initialised conditioner never tells the components apart, see the module
+            docstring).
 
     Example:
-        >>> lm = LogisticMixture(components=3)
+        >>> lm = LogisticMixture(components=3, spread=0.0)
         >>> x = torch.tensor([-5.0, 0.3, 3.0])
-        >>> y, ladj = lm(x, torch.zeros(3, lm.params_per_dim))  # zero params: identity
+        >>> y, ladj = lm(x, torch.zeros(3, lm.params_per_dim))  # spread 0, zero params: identity
         >>> torch.allclose(y, x, atol=1e-5), torch.allclose(ladj, torch.zeros(3), atol=1e-5)
         (True, True)
     """
@@ -65,7 +65,7 @@ class LogisticMixture(Transformer):
         components: int = 4,
         scale_bound: float = 6.0,
         affine_bound: float = 3.0,
-        spread: float = 0.0,
+        spread: float = 1.0,
     ):
         super().__init__()
         checked_int("components", components)
@@ -81,6 +81,13 @@ class LogisticMixture(Transformer):
         self.scale_bound, self.affine_bound = float(scale_bound), float(affine_bound)
         self.spread = float(spread)
         self.params_per_dim = 3 * self.components + 2
+
+    @property
+    def identity_at_zero(self) -> bool:
+        """Whether all-zero parameters give the identity (the transformer protocol's rule,
+        :func:`flowforge.testing.check_transformer`): only without offsets, whose absence
+        leaves the components unable to come apart (see the module docstring)."""
+        return self.spread == 0 or self.components == 1
 
     def _split(self, params: Tensor):
         k = self.components
