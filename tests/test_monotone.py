@@ -212,3 +212,42 @@ def test_a_tarflow_that_reads_no_spread_keeps_the_hash_it_had_before_spread():
         earlier = registry.earlier_configs(flow.config)
         assert (before in earlier) == same, kind
         assert (codec._hash(before, flow) in codec._earlier_hashes(flow)) == same, kind
+
+
+def test_the_sum_of_squares_polynomials_come_apart(monkeypatch):
+    # (an audit) a zero-initialised conditioner started the K polynomials equal, and they got
+    # equal gradients and stayed equal: one square whatever `polynomials` said
+    from flowforge.models import registry
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 2) * torch.tensor([1.0, 0.3])
+    x[:, 1] += x[:, 0].square()  # (a curved, non-Gaussian pair)
+    real, seen = T.SumOfSquares._prepare, []
+
+    def prepare(self, params):  # (the polynomials' coefficients, each against the first's)
+        p, c, b = real(self, params)
+        seen.append((p - p[..., :1, :]).abs().max().item())
+        return p, c, b
+
+    spreads = {}
+    for spread in (0.0, 1.0):
+        torch.manual_seed(0)
+        flow = ff.models.SOSPF(features=2, layers=2, hidden=(16, 16), spread=spread)
+        flow.train()
+        flow.log_prob(x)
+        opt = torch.optim.Adam(flow.parameters(), 1e-2)
+        for _ in range(30):
+            loss = -flow.log_prob(x).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        seen.clear()
+        with monkeypatch.context() as m, torch.no_grad():
+            m.setattr(T.SumOfSquares, "_prepare", prepare)
+            flow.log_prob(x)
+        spreads[spread] = max(seen)
+    assert spreads[0.0] == 0.0 and spreads[1.0] > 1e-3, spreads
+    assert registry.saved_kwargs("sospf", {"features": 2})["spread"] == 0.0
+    zero = torch.zeros(3, T.SumOfSquares().params_per_dim)  # (zero parameters: the identity)
+    y, ladj = T.SumOfSquares()(torch.tensor([-6.0, 0.3, 2.0]), zero)
+    assert torch.allclose(y, torch.tensor([-6.0, 0.3, 2.0])) and ladj.abs().max() < 1e-6

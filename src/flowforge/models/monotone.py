@@ -126,6 +126,7 @@ def SOSPF(
     polynomials: int = 3,
     degree: int = 4,
     bound: float = 5.0,
+    spread: float = 1.0,
     autoregressive: bool = True,
     permutation: str | None = "auto",
     lu: bool = False,
@@ -143,6 +144,8 @@ def SOSPF(
         polynomials: squared polynomials per entry.
         degree: degree of each (the map's is ``2 degree + 1``).
         bound: the transformers act on ``[-bound, bound]``, linearly beyond.
+        spread: the range of the polynomials' fixed log-scales, so that they come apart (0:
+            equal polynomials that stay equal, one square; models saved before have 0).
         (the others as in :func:`NAF`)
 
     Example:
@@ -151,7 +154,9 @@ def SOSPF(
         >>> flow.log_prob(torch.randn(4, 2)).shape
         torch.Size([4])
     """
-    return elementwise_flow("SOSPF", lambda: SumOfSquares(polynomials, degree, bound), locals())
+    return elementwise_flow(
+        "SOSPF", lambda: SumOfSquares(polynomials, degree, bound, spread=spread), locals()
+    )
 
 
 @register(inputs=("features",), depth="layers")

@@ -269,11 +269,18 @@ class SumOfSquares(_BoundedMonotone):
     what makes unbounded SOS flows overflow). ``params_per_dim = K (L + 1) + 1``: the
     coefficients ``a`` and the offset ``b``; all zero is the identity.
 
+    Polynomial ``k``'s coefficients are the conditioner's times a fixed ``exp(c_k)``, ``c_k``
+    evenly over ``[-spread, spread]``: zero parameters stay the identity, and the ``K``
+    polynomials, which a zero-initialised conditioner starts equal, come apart. With
+    ``spread=0`` (the only form before 2026-12-07) they get equal gradients and stay equal:
+    one square, whatever ``polynomials`` says (an audit).
+
     Args:
         polynomials: ``K``.
         degree: ``L``, the degree of each squared polynomial.
         bound: ``B``.
         floor: smallest derivative, in ``(0, 1)``.
+        spread: the range of the polynomials' fixed log-scales (0: none).
 
     Example:
         >>> t = SumOfSquares(polynomials=2, degree=3)
@@ -285,12 +292,21 @@ class SumOfSquares(_BoundedMonotone):
     """
 
     def __init__(
-        self, polynomials: int = 3, degree: int = 4, bound: float = 5.0, floor: float = 1e-3
+        self,
+        polynomials: int = 3,
+        degree: int = 4,
+        bound: float = 5.0,
+        floor: float = 1e-3,
+        spread: float = 1.0,
     ):
         super().__init__(bound)
         self.polynomials = checked_int("polynomials", polynomials)
         self.degree = checked_int("degree", degree, least=0)
         self.floor = _positive_float("floor", floor, below=1.0)
+        ok = isinstance(spread, (int, float)) and not isinstance(spread, bool)
+        if not (ok and 0 <= spread < math.inf):
+            raise ValueError(f"expected spread to be a finite number >= 0, got {spread!r}")
+        self.spread = float(spread)
         self.params_per_dim = self.polynomials * (self.degree + 1) + 1
         n = self.degree + 1
         # the square of a polynomial: coefficient m sums the products p_j p_l with j + l = m
@@ -301,6 +317,9 @@ class SumOfSquares(_BoundedMonotone):
     def _prepare(self, params: Tensor):
         k, n = self.polynomials, self.degree + 1
         p = params[..., : k * n].unflatten(-1, (k, n))
+        if self.spread and k > 1:  # (fixed scales: polynomials that can come apart)
+            scale = torch.linspace(-self.spread, self.spread, k, dtype=p.dtype, device=p.device)
+            p = p * scale.exp()[:, None]
         p = torch.cat([p[..., :1] + 1, p[..., 1:]], -1)  # 1 + a_k0 + a_k1 u + ...
         sq = (p[..., :, None] * p[..., None, :]).flatten(-2) @ self.square.to(p.dtype)
         c = sq.mean(-2) * (1 - self.floor)  # (..., 2L + 1): coefficients of F' - floor
