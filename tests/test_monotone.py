@@ -251,3 +251,18 @@ def test_the_sum_of_squares_polynomials_come_apart(monkeypatch):
     zero = torch.zeros(3, T.SumOfSquares().params_per_dim)  # (zero parameters: the identity)
     y, ladj = T.SumOfSquares()(torch.tensor([-6.0, 0.3, 2.0]), zero)
     assert torch.allclose(y, torch.tensor([-6.0, 0.3, 2.0])) and ladj.abs().max() < 1e-6
+
+
+def test_a_model_saved_again_keeps_the_hash_its_first_file_had(tmp_path):
+    # (an upgrade audit) an old NAF loaded and saved again records spread 0.0: the .ffz files
+    # written with it before must still decode, so the hash without spread is an earlier one
+    from flowforge import codec
+
+    torch.manual_seed(0)
+    flow = ff.models.NAF(features=2, layers=1, hidden=(8,), mixtures=3, levels=5, spread=0.0)
+    before = {**flow.config, "kwargs": dict(flow.config["kwargs"])}
+    del before["kwargs"]["spread"]  # (what the version before spread recorded)
+    ff.save(flow, tmp_path / "again.ff")
+    again = ff.load(tmp_path / "again.ff")
+    assert again.saved_config["kwargs"]["spread"] == 0.0
+    assert codec._hash(before, again) in codec._earlier_hashes(again)

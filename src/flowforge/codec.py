@@ -215,7 +215,8 @@ def model_hash(flow: torch.nn.Module) -> bytes:
 def _earlier_hashes(flow: torch.nn.Module) -> list[bytes]:
     """The hashes earlier versions of flowforge wrote for the same flow. A loaded flow: they
     hashed its configuration as completed by the builder arguments added until then
-    (``registry.LEGACY``, in the order they were added). A flow built here: the configuration
+    (``registry.LEGACY``, in the order they were added), or, for a file saved again since,
+    without the arguments it records at their earlier values. A flow built here: the configuration
     their builders recorded for the same call (:func:`~flowforge.models.registry.earlier_configs`:
     without the arguments added since, with the defaults changed since as they were). A flow
     built by hand (no configuration): its state alone, without its settings."""
@@ -236,6 +237,9 @@ def _earlier_hashes(flow: torch.nn.Module) -> list[bytes]:
         if k in params and k not in kwargs:
             kwargs[k] = v
             out.append(_hash({**saved, "kwargs": dict(kwargs)}, flow))
+    # (and a model saved again since, its file recording the arguments added at their LEGACY
+    # values: the configurations without them, as the versions before wrote them)
+    out += [_hash(c, flow) for c in registry.earlier_configs(saved)]
     return out
 
 

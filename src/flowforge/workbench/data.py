@@ -2236,7 +2236,7 @@ def _table(
     val_fraction = 0.1 if val_fraction is None else val_fraction  # (the defaults: None, so
     test_fraction = 0.1 if test_fraction is None else test_fraction  # that a file's own
     shuffle = True if shuffle is None else shuffle  # splits can refuse them when given)
-    columns, unnamed = None, None
+    columns, unnamed, unused = None, None, None
     if path.suffix.lower() == ".csv":
         table, columns = _read_csv(path, header)
         arrays = {"data": table}
@@ -2252,11 +2252,11 @@ def _table(
                 if missing:
                     raise DataError(f"{path} has 'train' but no {sorted(missing)} array")
                 given = [k for k, v in split.items() if v is not None]
-                if given and checks:  # (taken without a word before, and did nothing: a
-                    # run's data read again, as its config recorded them, still reads)
-                    raise DataError(
+                if given:  # (taken without a word before: a warning, not a refusal, so that
+                    # the runs that recorded one still resume and replay)
+                    unused = (
                         f"data.{given[0]} does not apply: {path} holds its own train, val and "
-                        "test arrays, which are the splits (drop it)"
+                        "test arrays, which are the splits (it is ignored; drop it)"
                     )
                 arrays = {k: _as_table(raw[k], f"{path}[{k!r}]") for k in ("train", "val", "test")}
             elif len(raw) == 1 and next(iter(raw.values())).ndim == 4:  # an .npz of images
@@ -2353,6 +2353,8 @@ def _table(
         notes += _duplicates(arrays["train"], {"val": arrays["val"], "test": arrays["test"]})
         if notes:
             info["warnings"] = notes
+    if unused and checks:
+        info["warnings"] = [unused, *info.get("warnings", [])]
     return Dataset(
         str(path),
         t["train"],
