@@ -53,7 +53,7 @@ def test_a_file_far_from_the_training_data_is_said_and_scored_beside_the_referen
         "lies" in err
     )
     # beside it, what the run's own validation rows do (600 rows, 3 columns: none or few)
-    assert "(for comparison, 0 of the run's 60 validation rows, none, do)" in err
+    assert "(for comparison, none of the run's 60 validation rows does)" in err
     assert "outside the training range: c -999 (1 value past the training range" in err
     header, *rows = (tmp_path / "s.csv").read_text().splitlines()
     assert header == "log_density,gaussian_log_density" and len(rows) == 20

@@ -348,6 +348,7 @@ TRANSFORMERS = {
     "integer-additive": lambda: T.IntegerAdditive(4.0),
     "logistic-mixture": lambda: T.LogisticMixture(components=3),
     "logistic-mixture-1": lambda: T.LogisticMixture(components=1),
+    "logistic-mixture-spread0": lambda: T.LogisticMixture(components=3, spread=0.0),
     "umnn": lambda: T.UnconstrainedMonotonic(embedding=3, hidden=(8,), nodes=9, bound=2.0),
     "sum-of-squares": lambda: T.SumOfSquares(polynomials=2, degree=3, bound=2.0),
     "bernstein": lambda: T.Bernstein(degree=6, bound=2.0),

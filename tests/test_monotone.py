@@ -214,9 +214,9 @@ def test_a_tarflow_that_reads_no_spread_keeps_the_hash_it_had_before_spread():
         assert (codec._hash(before, flow) in codec._earlier_hashes(flow)) == same, kind
 
 
-def test_the_sum_of_squares_polynomials_come_apart(monkeypatch):
-    # (an audit) a zero-initialised conditioner started the K polynomials equal, and they got
-    # equal gradients and stayed equal: one square whatever `polynomials` said
+def test_the_sum_of_squares_polynomials_come_apart_with_spread(monkeypatch):
+    # (an audit) a zero-initialised conditioner starts the K polynomials equal, and they get
+    # equal gradients and stay equal: one square whatever `polynomials` says; spread parts them
     from flowforge.models import registry
 
     torch.manual_seed(0)
@@ -224,10 +224,11 @@ def test_the_sum_of_squares_polynomials_come_apart(monkeypatch):
     x[:, 1] += x[:, 0].square()  # (a curved, non-Gaussian pair)
     real, seen = T.SumOfSquares._prepare, []
 
-    def prepare(self, params):  # (the polynomials' coefficients, each against the first's)
-        p, c, b = real(self, params)
-        seen.append((p - p[..., :1, :]).abs().max().item())
-        return p, c, b
+    def prepare(self, params):  # (the conditioner's coefficients, before the fixed scales,
+        k, n = self.polynomials, self.degree + 1  # each against the first's: scaled copies
+        raw = params[..., : k * n].unflatten(-1, (k, n))  # of one are one square still)
+        seen.append((raw - raw[..., :1, :]).abs().max().item())
+        return real(self, params)
 
     spreads = {}
     for spread in (0.0, 1.0):
@@ -248,8 +249,9 @@ def test_the_sum_of_squares_polynomials_come_apart(monkeypatch):
         spreads[spread] = max(seen)
     assert spreads[0.0] == 0.0 and spreads[1.0] > 1e-3, spreads
     assert registry.saved_kwargs("sospf", {"features": 2})["spread"] == 0.0
-    zero = torch.zeros(3, T.SumOfSquares().params_per_dim)  # (zero parameters: the identity)
-    y, ladj = T.SumOfSquares()(torch.tensor([-6.0, 0.3, 2.0]), zero)
+    assert ff.models.spec("sospf").defaults()["spread"] == 0.0  # (not the default: unmeasured)
+    sos = T.SumOfSquares(spread=1.0)  # (zero parameters: the identity, with scales too)
+    y, ladj = sos(torch.tensor([-6.0, 0.3, 2.0]), torch.zeros(3, sos.params_per_dim))
     assert torch.allclose(y, torch.tensor([-6.0, 0.3, 2.0])) and ladj.abs().max() < 1e-6
 
 

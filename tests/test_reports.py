@@ -607,3 +607,8 @@ def test_a_model_newer_than_its_record_is_pending_only_while_training(tmp_path, 
     run = tiny_moons_run(capsys, tmp_path / "run")
     os.utime(run / "metrics.jsonl", ns=(1, 1))  # (older than the model: as if copied, or the
     assert not R._record_pending(run)  # record not yet written; finished: not pending)
+    # (a review) a lock of another host's, in a folder copied with new times: reported
+    (run / ".lock").write_text(json.dumps({"pid": 4242, "host": "node17-elsewhere"}))
+    assert not R._record_pending(run)
+    assert main(["report", str(run)]) == 0
+    assert "node17-elsewhere" in (run / "report.html").read_text()

@@ -515,6 +515,8 @@ def test_point_masses_and_discrete_repeats_are_named_for_what_they_are(
     assert "('dose' by 100)" in data._atoms(f32, ["dose", "z"])
     tenths = np.round(rng.normal(100, 3, n), 1).astype(np.float32).astype(np.float64)
     assert data._grid_step(np.unique(tenths), np.finfo(np.float32).eps) == 0.1
+    halves = np.unique(np.round(rng.normal(1e6, 3, n) * 2) / 2).astype(np.float32)  # (exact)
+    assert data._grid_step(halves.astype(np.float64), np.finfo(np.float32).eps) == 0.5
     binary = tmp_path / "b.csv"
     bits = rng.integers(0, 2, (n, 3))
     binary.write_text("a,b,c\n" + "\n".join(",".join(map(str, r)) for r in bits))

@@ -197,15 +197,16 @@ def test_a_stop_asked_on_one_process_ends_every_process_after_the_epoch(tmp_path
     assert len(_records(run, "epoch")) == 1
 
 
-@pytest.mark.parametrize("name", ["WORLD_SIZE", "RANK", "LOCAL_RANK"])
-def test_a_malformed_torchrun_variable_is_named(monkeypatch, capsys, name):
+@pytest.mark.parametrize("name, value", [("WORLD_SIZE", "abc"), ("RANK", "abc"),
+                                         ("LOCAL_RANK", "abc"), ("WORLD_SIZE", "0")])  # fmt: skip
+def test_a_malformed_torchrun_variable_is_named(monkeypatch, capsys, name, value):
     # (a reference audit) "invalid literal for int() with base 10: 'abc'", naming no variable
     from flowforge.workbench.cli import main
 
-    monkeypatch.setenv(name, "abc")
+    monkeypatch.setenv(name, value)
     assert main(["train", "--model", "realnvp", "--data", "moons", "--epochs", "1", "--out",
                  "unused", "--quiet"]) == 1  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     least = 1 if name == "WORLD_SIZE" else 0  # (a count; a rank)
-    assert f"the environment variable {name}='abc' is not an integer >= {least}" in err
+    assert f"the environment variable {name}={value!r} is not an integer >= {least}" in err

@@ -28,6 +28,7 @@ import stat
 import struct
 import tempfile
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from torch.utils._pytree import tree_flatten
 
 from ._util import all_finite
 from .core import Flow
+from .nets import MADEWidthWarning
 
 __all__ = [
     "save",
@@ -911,7 +913,9 @@ def _build(config: dict, max_bytes: int, n_tensors: int = 0) -> Flow:
 
     with Budget(max_bytes, BUILD_SECONDS, BUILD_OPS + BUILD_OPS_PER_TENSOR * n_tensors):
         kwargs = models.registry.saved_kwargs(config["model"], config["kwargs"])
-        flow = models.build(config["model"], **kwargs)
+        with warnings.catch_warnings():  # (a saved model's widths were chosen when built)
+            warnings.simplefilter("ignore", MADEWidthWarning)
+            flow = models.build(config["model"], **kwargs)
         prefix = config.get("prefix", [])
         if not isinstance(prefix, list):
             raise ValueError("the checkpoint's configuration: prefix must be a list of layer names")

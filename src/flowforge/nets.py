@@ -365,6 +365,14 @@ def _input_degrees(features: int, order) -> Tensor:
     return torch.argsort(perm) + 1
 
 
+class MADEWidthWarning(UserWarning):
+    """An ordered MADE whose hidden layers are narrower than its order needs (said once a
+    process for each size; not when a saved model is loaded, whose width was chosen)."""
+
+
+_NARROW_SAID: set = set()  # (the sizes warned of in this process)
+
+
 def _hidden_degrees(features: int, width: int, conditional: bool) -> Tensor:
     """Degrees ``1..D-1`` spread evenly (and sorted) over ``width`` units.
 
@@ -608,20 +616,26 @@ class MADE(nn.Module):
                     "parents"
                 )
 
-    def _build_masks(self) -> None:
+    def _build_masks(self, warn: bool = True) -> None:
         if self.adjacency is not None:
             return self._build_graph_masks()
         d, p = self.features, self.params_per_dim
         deg_in = self.degrees.cpu()
-        need = d - (0 if self.context_features > 0 else 1)  # (the hidden degrees there are)
-        if d > 1 and min(self.hidden, default=need) < need:
+        conditional = self.context_features > 0
+        need = d - (0 if conditional else 1)  # (the hidden degrees there are: D - 1, or D)
+        width = min(self.hidden, default=need)
+        said = (d, width, conditional)
+        if d > 1 and width < need and warn and said not in _NARROW_SAID:
+            _NARROW_SAID.add(said)  # (once a process: a MAF builds several MADEs)
+            reads = width - (1 if conditional else 0)
             warnings.warn(
-                f"a MADE of {d} features with a hidden layer of {min(self.hidden)} units, fewer "
-                f"than the {need} degrees of its order: each output reads only the inputs of the "
-                f"first {min(self.hidden)} degrees, and its dependencies on the later ones are "
-                f"lost; give every hidden layer at least {need} units",
-                UserWarning,
-                stacklevel=3,
+                f"a MADE of {d} features with a hidden layer of {width} units: its order needs "
+                f"{need} hidden degrees ({'D with a context' if conditional else 'D - 1'}), so "
+                f"each output reads only the first {reads} inputs of the order, and the "
+                f"dependencies on the later ones are lost; give every hidden layer at least "
+                f"{need} units",
+                MADEWidthWarning,
+                stacklevel=2,
             )
         hid = [_hidden_degrees(d, h, self.context_features > 0) for h in self.hidden]
         masks = []
@@ -705,7 +719,7 @@ class MADE(nn.Module):
                 f"tensor '{prefix}degrees' is not an order of 1..{self.features} (each once)"
             )
         dtype = self.out.weight.dtype
-        self._build_masks()
+        self._build_masks(warn=False)  # (a saved model: its width was chosen when built)
         for i in range(len(self.hidden) + 1):
             setattr(self, f"mask{i}", getattr(self, f"mask{i}").to(dtype))
 

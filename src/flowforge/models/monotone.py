@@ -126,7 +126,7 @@ def SOSPF(
     polynomials: int = 3,
     degree: int = 4,
     bound: float = 5.0,
-    spread: float = 1.0,
+    spread: float = 0.0,
     autoregressive: bool = True,
     permutation: str | None = "auto",
     lu: bool = False,
@@ -144,8 +144,9 @@ def SOSPF(
         polynomials: squared polynomials per entry.
         degree: degree of each (the map's is ``2 degree + 1``).
         bound: the transformers act on ``[-bound, bound]``, linearly beyond.
-        spread: the range of the polynomials' fixed log-scales, so that they come apart (0:
-            equal polynomials that stay equal, one square; models saved before have 0).
+        spread: the range of the polynomials' fixed log-scales, so that they come apart (0,
+            the default: equal polynomials that stay equal, one square; see
+            :class:`~flowforge.transforms.SumOfSquares`).
         (the others as in :func:`NAF`)
 
     Example:

@@ -1341,8 +1341,8 @@ def _grid_step(values: np.ndarray, eps: float = 0.0) -> float | None:
     if smallest <= 0:
         return None
     tol = max(1e-6, 8 * eps * float(np.abs(values).max()) / smallest)
-    if tol > 0.01:  # (the values' precision cannot tell a grid of this step)
-        return None
+    if tol > 0.01:  # (their precision cannot tell a grid of this step, unless they are on it
+        tol = 1e-6  # exactly, as halves near 1e6 are in float32)
     scale = 10.0 ** math.floor(math.log10(smallest))
     steps = [m * scale for m in (1, 2, 2.5, 5, 10)]
     step = next((h for h in steps if math.isclose(smallest, h, rel_tol=tol)), None)

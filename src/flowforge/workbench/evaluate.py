@@ -811,12 +811,13 @@ def _outside_ranges(x: torch.Tensor, r: dict, where: str, val=None) -> str | Non
     if val is not None and val.dim() == 2 and val.shape[1] == x.shape[1] and len(val):
         seen = beyond_ranges(val, r.get("ranges"), r.get("columns"))
         m = 0 if seen is None else int(seen[1].sum())
-        base = f" (for comparison, {m} of the run's {len(val)} validation rows, " + (
+        base = (
+            f" (for comparison, {m} of the run's {len(val)} validation rows, "
             f"{_share(m, len(val))}, {'does' if m == 1 else 'do'}: rows like the training "
             "data fall outside some column's range too, the more so the fewer training rows "
             "and the more columns)"
             if m
-            else "none, do)"
+            else f" (for comparison, none of the run's {len(val)} validation rows does)"
         )
     return (
         f"{where}: {n} of its {len(x)} rows ({_share(n, len(x))}; the first at index "

@@ -1219,7 +1219,9 @@ def _model_and_metrics(run: Path) -> tuple:
         flow = load_run(run)
         damaged: list[int] = []
         metrics = read_metrics(run, damaged)
-        if _identity(run / MODEL_FILE) == before and not _record_pending(run):
+        if _identity(run / MODEL_FILE) == before and (
+            i == MODEL_READS - 1 or not _record_pending(run)  # (still pending: as it is)
+        ):
             return flow, metrics, damaged
     raise WorkbenchError(
         f"{run}: its {MODEL_FILE} changed each of the {MODEL_READS} times the report read it "
@@ -1236,7 +1238,8 @@ def _record_pending(run: Path) -> bool:
     except OSError:
         return False
     status = run_status(run) if newer else None  # (a run copied with new times: finished)
-    return bool(status) and status["state"] == "training"
+    # (a lock of another host's is kept as "training", though it may be a copy's: not waited on)
+    return bool(status) and status["state"] == "training" and "host" not in status
 
 
 def _identity(path: Path) -> tuple | None:
