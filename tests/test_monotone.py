@@ -268,3 +268,16 @@ def test_a_model_saved_again_keeps_the_hash_its_first_file_had(tmp_path):
     again = ff.load(tmp_path / "again.ff")
     assert again.saved_config["kwargs"]["spread"] == 0.0
     assert codec._hash(before, again) in codec._earlier_hashes(again)
+
+
+def test_an_old_file_of_a_model_built_with_todays_spread_names_the_argument():
+    # (an upgrade audit) a NAF rebuilt by the same script now has spread 1: its old .ffz
+    # files said "made with another model", with no word of the argument to give
+    from flowforge import codec
+
+    torch.manual_seed(0)
+    flow = ff.models.NAF(features=2, layers=1, hidden=(8,), mixtures=3, levels=5)
+    before = {**flow.config, "kwargs": dict(flow.config["kwargs"])}
+    del before["kwargs"]["spread"]  # (the model as an earlier version built and hashed it)
+    with pytest.raises(codec.CodecError, match=r"build it with spread=0\.0 to decode it"):
+        codec.check_model(codec._hash(before, flow), flow)

@@ -255,6 +255,19 @@ def check_model(file_hash: bytes, flow: torch.nn.Module) -> None:
                     f"this file was made with this model in {dtype}, and the model is now "
                     f"{flow.dtype}; move it back ({move}) to decode it"
                 )
+        # (on the error path only) an argument a builder took since, given today's value
+        # where the file's model had the earlier one: named, with the value to build with
+        config = getattr(flow, "config", None)
+        kwargs = config.get("kwargs") if isinstance(config, dict) else None
+        for k, old in registry.LEGACY.items() if isinstance(kwargs, dict) else ():
+            if k in kwargs and kwargs[k] != old:
+                before = {**config, "kwargs": {a: v for a, v in kwargs.items() if a != k}}
+                if _hash(before, flow) == file_hash:
+                    raise CodecError(
+                        f"this file was made with this model as built before its builder took "
+                        f"{k} (that is, with {k}={old!r}); build it with {k}={old!r} to decode "
+                        "it, or load the model file saved with it"
+                    )
         raise CodecError(
             f"this file was made with another model (model hash {file_hash.hex()}, this "
             f"model's is {ours.hex()})"
