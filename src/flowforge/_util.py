@@ -112,6 +112,15 @@ def checked_int(name: str, value, least: int = 1, most: int | None = None) -> in
     return int(value)
 
 
+def checked_nonnegative(name: str, value, what: str = "") -> float:
+    """``value`` as a float if it is a finite real number >= 0 (not a bool); a ValueError
+    naming ``name`` (and saying ``what`` it is) otherwise."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value >= 0):
+        raise ValueError(f"expected {name} to be a finite number >= 0{what}, got {value!r}")
+    return float(value)
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> str:
     """``"; did you mean a, b?"`` for the close matches of ``name``, or ``""``."""
     close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)

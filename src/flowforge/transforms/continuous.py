@@ -37,7 +37,13 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from .._util import INFERENCE_MODE, checked_int, functorch_active, jacobian_rows
+from .._util import (
+    INFERENCE_MODE,
+    checked_int,
+    checked_nonnegative,
+    functorch_active,
+    jacobian_rows,
+)
 from ..core import Transform, _autocasting, samples_only
 from ..nets import _hooked, activation_class
 
@@ -513,12 +519,7 @@ class CNF(Transform):
                 f"unknown regularization {sorted(unknown)}; expected keys 'kinetic', 'jacobian'"
             )
         for k, v in regularization.items():  # (a negative weight rewards what RNODE penalises)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not (ok and math.isfinite(v) and v >= 0):
-                raise ValueError(
-                    f"expected regularization[{k!r}] to be a finite number >= 0 (an RNODE "
-                    f"weight), got {v!r}"
-                )
+            checked_nonnegative(f"regularization[{k!r}]", v, " (an RNODE weight)")
         if not MIN_TIME <= float(time) <= MAX_TIME:  # NaN and inf too
             # the velocity is scaled by 1 / time: beyond this range it overflows or vanishes
             raise ValueError(

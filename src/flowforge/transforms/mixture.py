@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .._util import checked_int
+from .._util import checked_int, checked_nonnegative
 from ..core import Transformer
 
 __all__ = ["LogisticMixture"]
@@ -74,13 +74,13 @@ class LogisticMixture(Transformer):
                 f"expected finite positive bounds, got scale_bound={scale_bound}, "
                 f"affine_bound={affine_bound}"
             )
-        ok = isinstance(spread, (int, float)) and not isinstance(spread, bool)
-        if not (ok and 0 <= spread < math.inf):
-            raise ValueError(f"expected spread to be a finite number >= 0, got {spread!r}")
         self.components = int(components)
         self.scale_bound, self.affine_bound = float(scale_bound), float(affine_bound)
-        self.spread = float(spread)
+        self.spread = checked_nonnegative("spread", spread)
         self.params_per_dim = 3 * self.components + 2
+        # the means' fixed offsets, made once (not at every call); not saved: set by spread
+        offsets = torch.linspace(-self.spread, self.spread, self.components)
+        self.register_buffer("offsets", offsets.to(torch.get_default_dtype()), persistent=False)
 
     @property
     def identity_at_zero(self) -> bool:
@@ -93,9 +93,7 @@ class LogisticMixture(Transformer):
         k = self.components
         logits, mu, r = params[..., :k], params[..., k : 2 * k], params[..., 2 * k : 3 * k]
         if self.spread and k > 1:  # (fixed offsets: components that can come apart)
-            mu = mu + torch.linspace(
-                -self.spread, self.spread, k, dtype=params.dtype, device=params.device
-            )
+            mu = mu + self.offsets.to(params.dtype)
         s = self.scale_bound * torch.tanh(r / self.scale_bound)
         a = self.affine_bound * torch.tanh(params[..., 3 * k] / self.affine_bound)
         return torch.log_softmax(logits, -1), mu, s, a, params[..., 3 * k + 1]

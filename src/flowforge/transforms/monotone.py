@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._util import checked_int
+from .._util import checked_int, checked_nonnegative
 from ..core import Transformer
 
 __all__ = ["UnconstrainedMonotonic", "SumOfSquares", "Bernstein"]
@@ -305,23 +305,22 @@ class SumOfSquares(_BoundedMonotone):
         self.polynomials = checked_int("polynomials", polynomials)
         self.degree = checked_int("degree", degree, least=0)
         self.floor = _positive_float("floor", floor, below=1.0)
-        ok = isinstance(spread, (int, float)) and not isinstance(spread, bool)
-        if not (ok and 0 <= spread < math.inf):
-            raise ValueError(f"expected spread to be a finite number >= 0, got {spread!r}")
-        self.spread = float(spread)
+        self.spread = checked_nonnegative("spread", spread)
         self.params_per_dim = self.polynomials * (self.degree + 1) + 1
         n = self.degree + 1
         # the square of a polynomial: coefficient m sums the products p_j p_l with j + l = m
         sums = torch.zeros(n * n, 2 * n - 1)
         sums[torch.arange(n * n), (torch.arange(n)[:, None] + torch.arange(n)).reshape(-1)] = 1
         self.register_buffer("square", sums.to(torch.get_default_dtype()), persistent=False)
+        # each polynomial's fixed scale exp(c_k), made once; not saved: set by spread
+        scales = torch.linspace(-self.spread, self.spread, self.polynomials).exp()[:, None]
+        self.register_buffer("scales", scales.to(torch.get_default_dtype()), persistent=False)
 
     def _prepare(self, params: Tensor):
         k, n = self.polynomials, self.degree + 1
         p = params[..., : k * n].unflatten(-1, (k, n))
         if self.spread and k > 1:  # (fixed scales: polynomials that can come apart)
-            scale = torch.linspace(-self.spread, self.spread, k, dtype=p.dtype, device=p.device)
-            p = p * scale.exp()[:, None]
+            p = p * self.scales.to(p.dtype)
         p = torch.cat([p[..., :1] + 1, p[..., 1:]], -1)  # 1 + a_k0 + a_k1 u + ...
         sq = (p[..., :, None] * p[..., None, :]).flatten(-2) @ self.square.to(p.dtype)
         c = sq.mean(-2) * (1 - self.floor)  # (..., 2L + 1): coefficients of F' - floor

@@ -855,14 +855,6 @@ class Trainer:
                     "it, or override a config file's with --set train.fm_time_power=1"
                 )
             self.objective = self.objective.with_time_power(self.cfg["fm_time_power"])
-        ignored = None  # (said once the warnings are kept: fit())
-        if self.cfg["manifold_epochs"] and not hasattr(self.objective, "first_phase"):
-            name = getattr(self.objective, "name", self.cfg["objective"])
-            ignored = (  # (a warning, not a refusal: runs that recorded it resume)
-                f"train.manifold_epochs = {self.cfg['manifold_epochs']} applies to the M-flow "
-                f"objectives only (mflow, mflow-alternating); this run's objective is {name}, "
-                "which does not read it (--set train.manifold_epochs=0 leaves it out)"
-            )
         self.model, self.seed = model, _checked_seed(seed)
         self.out = None if out is None else Path(out)
         self.overwrite = bool(overwrite)
@@ -1040,7 +1032,6 @@ class Trainer:
         self._metrics_bytes: int | None = None  # metrics.jsonl's size (None: not looked yet)
         self._metrics_full = False  # step records no longer written (METRICS_STEP_BYTES)
         self.warnings: list[str] = []
-        self._ignored = ignored  # (an option this run's objective does not read: said at fit)
         self.best_state: dict | None = None  # without a run folder, the best weights
         self._watch: dict[str, _Watch] = {}  # one per kind of loss
         self._signals: _Signals | None = None
@@ -1625,8 +1616,14 @@ class Trainer:
                     ) from None
         else:
             self._warn_early_init()
-            if self._ignored:
-                self._warn(self._ignored)
+            if self.cfg["manifold_epochs"] and not hasattr(self.objective, "first_phase"):
+                name = getattr(self.objective, "name", self.cfg["objective"])
+                self._warn(  # (a warning, not a refusal: runs that recorded it resume)
+                    f"train.manifold_epochs = {self.cfg['manifold_epochs']} applies to the "
+                    f"M-flow objectives only (mflow, mflow-alternating); this run's objective "
+                    f"is {name}, which does not read it (--set train.manifold_epochs=0 leaves "
+                    "it out)"
+                )
             # (train's data checks say it of a table's columns; a Loss may dequantize itself)
             if not self._run_folder and isinstance(self.objective, (NLL, FlowMatchingObjective)):
                 said = _integer_valued(self.model, self.train_x)
