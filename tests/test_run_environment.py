@@ -206,6 +206,10 @@ def test_a_resume_under_another_thread_count_warns_once(tmp_path, capsys, monkey
     assert len(said) == 1, out + err
     assert "an uninterrupted run on the recorded setup" in said[0]
     assert f"OMP_NUM_THREADS={threads}" in said[0]
+    # the same run, now finished, resumed again: nothing is trained, so nothing is said
+    rc, out, err = cli(capsys, "train", "--out", other, "--resume", "--no-progress", "--quiet")
+    assert rc == 0, err
+    assert "nothing to train" in out + err and not warnings_in(out + err), out + err
     # a replay under it: the same warning, about the recorded run
     rc, out, err = cli(capsys, "train", "--config", same / "config.json", "--out",
                        tmp_path / "replay", "--no-progress", "--quiet")  # fmt: skip

@@ -302,6 +302,15 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _ended(out: Path, epochs) -> bool:
+    """Whether the run in ``out`` has ``epochs`` behind it already (finished or early-stopped):
+    resuming it trains nothing."""
+    from .runs import _checkpoint_counters
+
+    done = _checkpoint_counters(out / CKPT_FILE)
+    return done is not None and (done["finished"] or done["epoch"] >= epochs)
+
+
 def _refuse_read_only(out: Path, epochs) -> None:
     """A resumed run replaces its model, checkpoint and metrics (atomically: a new file under
     the name): one the operator made read-only (no write bit) is refused, not replaced by a
@@ -309,10 +318,7 @@ def _refuse_read_only(out: Path, epochs) -> None:
     early-stopped) replaces nothing: it is left to say "nothing to train"."""
     import shlex
 
-    from .runs import _checkpoint_counters
-
-    done = _checkpoint_counters(out / CKPT_FILE)
-    if done is not None and (done["finished"] or done["epoch"] >= epochs):
+    if _ended(out, epochs):
         return
 
     for name in (MODEL_FILE, CKPT_FILE, METRICS_FILE):
@@ -548,6 +554,8 @@ def _train(
         what = "an uninterrupted run on the recorded setup" if resume else "the recorded run"
         # (a resume with other processes: the Trainer's note says what that changes)
         changed = environment_warning(before, environment, what, processes=not resume)
+        if resume and _ended(out, cfg["train"]["epochs"]):
+            changed = None  # (nothing is trained, so nothing differs from the recorded run)
         shape = tuple(resolved["event_shape"])
         barrier()  # every rank has checked the folder before rank 0 writes to it
         # the Trainer checks the training options against the model (an objective the model
