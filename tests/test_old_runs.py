@@ -85,7 +85,7 @@ def test_same_model_still_tells_other_models_apart():
     from flowforge.workbench.build import rebuild_refusal, same_model
 
     before = {"model": "RealNVP", "kwargs": {"features": 2, "layers": 2, "hidden": [8]}}
-    legacy = {"standardize": False, "shift_first": False, "residual": False}
+    legacy = {"standardize": False, "shift_first": False, "residual": False, "alternate": True}
     now = ff.models.build("realnvp", features=2, layers=2, hidden=[8], **legacy).config
     assert same_model(before, now)
     other = ff.models.build("realnvp", features=2, layers=3, hidden=[8], **legacy)

@@ -89,6 +89,7 @@ __all__ = [
     "channels",
     "mlp_conditioner",
     "conv_conditioner",
+    "MaskTurns",
     "mixer",
     "mask",
     "coupling_transformer",
@@ -248,6 +249,71 @@ def mask(kind: str, features: int, flip: bool):
     if kind == "alternating":
         return alternating_mask(features, flip)
     raise unknown("mask", kind, ("half", "alternating"))
+
+
+class MaskTurns:
+    """The mixing layers and the mask of each coupling of a chain, made in the chain's order:
+    ``options`` are 1-d boolean masks over the entries a permutation moves (features, or an
+    image's channels), True where an entry passes through; ``permutation`` is the mixing
+    between couplings (:func:`mixer`) and ``shape`` the event shape it acts on.
+
+    ``alternate``: True: the options take turns in each coupling's own coordinates (coupling
+    ``i`` takes ``options[i % len(options)]``), whatever the permutations do to the entries
+    (flowforge before 2026-12-07, and the models saved then: a ``"reverse"`` permutation undid
+    the turns, so that with two halves of an even count every coupling transformed the same
+    half, and a ``"random"`` one could leave an entry that no coupling transformed); False:
+    every coupling takes ``options[0]``; None (the builders' default): the turns are kept in
+    the data's own order. After ``"reverse"``, each coupling takes the option that transforms
+    the most entries that no coupling has transformed yet, then the one whose entries were
+    transformed least recently, then the turn's; a ``"random"`` permutation (drawn from the
+    same random numbers as before, and saved as always) is arranged so that the entries
+    transformed least recently come to the part the next coupling transforms.
+
+    Example:
+        >>> first = torch.tensor([True, True, False, False])
+        >>> turns = MaskTurns([first, ~first], alternate=None, permutation="reverse", shape=4)
+        >>> [turns()[1].tolist() for _ in range(3)]
+        [[True, True, False, False], [True, True, False, False], [True, True, False, False]]
+    """
+
+    def __init__(self, options: Sequence[torch.Tensor], alternate, permutation, shape):
+        self.options, self.alternate, self.i = list(options), alternate, 0
+        self.permutation, self.shape = permutation, shape
+        self.follow = alternate is None and permutation in ("reverse", "random")
+        size = self.options[0].numel()
+        self.where = torch.arange(size)  # the data's index of each entry, here
+        self.last = torch.full((size,), -1.0)  # the coupling that last transformed each entry
+
+    def __call__(self) -> tuple[list[Transform], torch.Tensor]:
+        """The mixing layers before the next coupling (none before the first) and its mask."""
+        i, n = self.i, len(self.options)
+        self.i += 1
+        turn = i % n if self.alternate is not False else 0
+        mixing = mixer(self.permutation, self.shape) if i else []
+        if not self.follow:
+            return mixing, self.options[turn]
+        if mixing and self.permutation == "random":
+            mixing = [self._arranged(mixing[0].perm, self.options[turn])]
+        for layer in mixing:  # (Permutation and Reverse: entry j comes from entry perm[j])
+            self.where = self.where[layer.perm]
+        moved = [self.where[~m] for m in self.options]
+        if self.permutation == "random":
+            k = turn
+        else:  # (most entries never transformed first, then the least recently transformed)
+            never = [int((self.last[w] < 0).sum()) for w in moved]
+            age = [self.last[w].mean().item() if len(w) else float("inf") for w in moved]
+            k = min(range(n), key=lambda k: (-never[k], age[k], k != turn, k))
+        self.last[moved[k]] = i
+        return mixing, self.options[k]
+
+    def _arranged(self, drawn: torch.Tensor, mask: torch.Tensor) -> Transform:
+        """The permutation ``drawn``, its entries reordered so that those transformed least
+        recently (never, first; ``drawn``'s order among equals) go where ``mask`` is False."""
+        order = drawn[torch.argsort(self.last[self.where[drawn]], stable=True)]
+        moved, kept = (~mask).nonzero()[:, 0], mask.nonzero()[:, 0]
+        perm = torch.empty_like(drawn)
+        perm[moved], perm[kept] = order[: len(moved)], order[len(moved) :]
+        return Permutation(self.shape, perm)
 
 
 def mixer(kind: str | None, shape: int | tuple[int, ...]) -> list[Transform]:

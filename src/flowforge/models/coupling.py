@@ -12,7 +12,15 @@ import torch  # noqa: F401  (doctests use it)
 
 from ..core import Flow, Transform
 from ..transforms import Additive, Affine, BatchNorm, Coupling, Scaling
-from .assembly import DataOptions, assemble, count, event_shape, mixer, mlp_conditioner, widths
+from .assembly import (
+    DataOptions,
+    MaskTurns,
+    assemble,
+    count,
+    event_shape,
+    mlp_conditioner,
+    widths,
+)
 from .assembly import mask as coupling_mask
 from .image import realnvp_image
 from .registry import register
@@ -39,6 +47,7 @@ def NICE(
     mask: str = "alternating",
     permutation: str | None = None,
     activation: str = "relu",
+    alternate: bool | None = None,
     *,
     data: DataOptions,
 ) -> Flow:
@@ -55,6 +64,13 @@ def NICE(
         permutation: a mixing layer between couplings: None, ``"reverse"``, ``"random"``,
             ``"lu"`` or ``"plain"``.
         activation: the MLPs' activation.
+        alternate: whether the masks take turns between couplings (see
+            :class:`~flowforge.models.assembly.MaskTurns`): None (default) so that consecutive
+            couplings transform different entries of the data, also after a ``"reverse"`` or
+            ``"random"`` permutation; True: in each coupling's own coordinates, which a
+            ``"reverse"`` permutation undoes for an even ``features`` (every coupling then
+            transforms the same half; flowforge before 2026-12-07, and the models saved
+            then); False: never.
         (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
@@ -68,10 +84,11 @@ def NICE(
     cf = data.context_features
     cond = mlp_conditioner(widths(hidden), cf, activation)
     chain: list[Transform] = []
-    for i in range(count("layers", layers)):
-        if i:
-            chain += mixer(permutation, d)
-        chain.append(Coupling(coupling_mask(mask, d, i % 2 == 1), cond, Additive(), cf))
+    options = [coupling_mask(mask, d, f) for f in (False, True)]
+    turns = MaskTurns(options, alternate, permutation, d)
+    for _ in range(count("layers", layers)):
+        mixing, m = turns()
+        chain += [*mixing, Coupling(m, cond, Additive(), cf)]
     chain.append(Scaling(d))
     return assemble(chain, (d,), data)
 
@@ -96,13 +113,16 @@ def RealNVP(
     coupling: str | None = None,
     actnorm: bool | None = None,
     shift_first: bool | None = None,
+    alternate: bool | None = None,
     *,
     data: DataOptions,
 ) -> Flow:
     r"""RealNVP (Dinh et al., 2017): affine couplings with a bounded log-scale.
 
-    With ``features=`` it is the vector flow of the founding tutorial: ``layers`` affine
-    couplings with alternating masks. With ``shape=(C, H, W)`` it is the paper's multi-scale
+    With ``features=`` it is a vector flow of ``layers`` affine couplings with alternating
+    masks (the founding tutorial's model is ``mask="half", permutation="reverse",
+    scale_bound=1.0, activation="leaky_relu", residual=False``, with ``hidden=(256, 256)``;
+    docs/porting.md). With ``shape=(C, H, W)`` it is the paper's multi-scale
     image architecture (see :func:`flowforge.models.image.realnvp_image`, which reads
     ``scales``, ``blocks``, ``couplings``, ``final_couplings``, ``coupling`` and ``actnorm``).
 
@@ -133,6 +153,12 @@ def RealNVP(
             order blows up in training on flat backgrounds (docs/images.md, "Training
             stability"), False for vectors. Configurations saved before it existed rebuild
             with False.
+        alternate: whether the masks take turns between couplings (vectors; as
+            :func:`NICE`'s): None (default) so that consecutive couplings transform different
+            entries, also after a ``"reverse"`` or ``"random"`` permutation; True: in each
+            coupling's own coordinates, as before 2026-12-07 (a ``"reverse"`` permutation then
+            undid it for an even ``features``: every coupling transformed the same half);
+            False: never.
         (and the data options of :mod:`flowforge.models.assembly`)
 
     Example:
@@ -155,10 +181,13 @@ def RealNVP(
         if layers is not None:
             raise ValueError(
                 "layers= counts the couplings of the vector RealNVP; for images use scales=, "
-                "couplings= (per group, default 3) and final_couplings= (default 4)"
+                "couplings= (per group, default 3) and final_couplings= (default 4), or flatten "
+                "the images for the vector RealNVP (features=; the command line: --layout "
+                "vector)"
             )
         vector = {"mask": (mask, "alternating"), "permutation": (permutation, None)}
         given = sorted(k for k, (v, default) in vector.items() if v != default)
+        given += ["alternate"] if alternate is False else []  # (True: as saved before it)
         if given:  # the image RealNVP's masks are checkerboard and channel-wise, its own
             raise ValueError(f"arguments of the vector RealNVP given for images: {given}")
         return realnvp_image(
@@ -183,12 +212,12 @@ def RealNVP(
     cf = data.context_features
     cond = mlp_conditioner(widths(hidden), cf, activation, not rezero, residual)
     chain: list[Transform] = []
-    for i in range(count("layers", layers)):
-        if i:
-            chain += mixer(permutation, d)
-        m = coupling_mask(mask, d, i % 2 == 1)
+    options = [coupling_mask(mask, d, f) for f in (False, True)]
+    turns = MaskTurns(options, alternate, permutation, d)
+    for _ in range(count("layers", layers)):
+        mixing, m = turns()
         law = Affine(scale_bound, shift_first=bool(shift_first))
-        chain.append(Coupling(m, cond, law, cf, rezero=rezero))
+        chain += [*mixing, Coupling(m, cond, law, cf, rezero=rezero)]
         if batch_norm:
             chain.append(BatchNorm(d))
     return assemble(chain, (d,), data)

@@ -122,10 +122,13 @@ def Glow(
         steps: flow steps per scale (Glow's ``K``).
         hidden: channels of each coupling's ConvResNet.
         blocks: residual blocks per ConvResNet (0: Glow's conv-ReLU-zero-conv shape).
-        coupling: ``"affine"`` or ``"additive"``.
+        coupling: ``"affine"`` (RealNVP's order ``z = x * exp(s) + t``, with a soft-clamped
+            ``s``; Glow's code computes ``(x + t) * sigmoid(h + 2)``) or ``"additive"``.
         permutation: ``"lu"`` (LU 1x1 conv), ``"plain"`` (full 1x1 conv), ``"emerging"``
             (LU 1x1 conv then a 3x3 :class:`~flowforge.transforms.EmergingConv2d`;
-            ``"emerging-5"`` for 5x5), ``"reverse"``, ``"random"`` or None.
+            ``"emerging-5"`` for 5x5), ``"reverse"``, ``"random"`` or None (with the channel
+            mask, which does not alternate between steps, None leaves the first half of the
+            channels to pass through every coupling of a scale).
         split_prior: learn ``p(z_out | z_kept)`` at each factor-out (Glow); False leaves the
             factored-out half to the base.
         prior_hidden: channels of the split prior's network (default: ``hidden // 2``).

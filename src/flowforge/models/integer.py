@@ -18,9 +18,9 @@ from torch import Tensor
 
 from ..core import Compose, Distribution, Flow, Transform, exact_levels
 from ..nets import MLP, ConvResNet
-from ..transforms import FactorOut, Permutation, Reverse, Squeeze, channel_mask
+from ..transforms import FactorOut, Squeeze, half_mask
 from ..transforms.integer import DiscretizedLogisticMixture, IntegerCoupling
-from .assembly import channels, count, event_shape, widths
+from .assembly import MaskTurns, channels, count, event_shape, widths
 from .image import default_scales
 from .registry import register
 
@@ -171,6 +171,7 @@ def IDF(
     blocks: int = 1,
     activation: str = "leaky_relu",
     context_features: int = 0,
+    alternate: bool | None = None,
 ) -> Flow:
     r"""An integer discrete flow (IDF) for data in ``{0, ..., levels - 1}``: exact likelihood.
 
@@ -205,6 +206,12 @@ def IDF(
         blocks: images: residual blocks of each conv conditioner (0: conv, act, conv).
         activation: the networks' activation.
         context_features: size of a conditioning vector (0: unconditional).
+        alternate: whether the parts (vectors) or channel halves (images) the couplings shift
+            take turns (see :class:`~flowforge.models.assembly.MaskTurns`): None (default) in
+            the data's own order, so that every feature is shifted by some coupling whatever
+            the permutations; True: in each coupling's own coordinates, as before 2026-12-07,
+            when a ``"reverse"`` permutation undid the turns and a random one could leave a
+            feature that no coupling shifted (the models saved then rebuild so); False: never.
 
     Example:
         >>> import flowforge as ff
@@ -254,13 +261,13 @@ def IDF(
         if not 1 <= prior_blocks <= d:
             raise ValueError(f"expected 1 <= prior_blocks <= features ({d}), got {prior_blocks}")
         h = widths((256, 256) if hidden is None else hidden)
-        masks = _quarter_masks(d, partitions)
-        for i in range(count("layers", layers)):
-            if i and permutation is not None:
-                chain.append(Permutation(d) if permutation == "random" else Reverse(d))
+        turns = MaskTurns(_quarter_masks(d, partitions), alternate, permutation, d)
+        for _ in range(count("layers", layers)):
+            mixing, m = turns()
+            chain += mixing
             chain.append(
                 IntegerCoupling(
-                    masks[i % partitions],
+                    m,
                     lambda a, b: MLP(a, b, h, cf, activation, zero_init=not rezero),
                     center,
                     spread,
@@ -290,6 +297,7 @@ def IDF(
             cf,
             center,
             spread,
+            alternate,
         )
     prior = DiscretizedLogisticMixture(
         transform.output_shape, components, sizes, cf, widths(prior_hidden), center, spread
@@ -297,7 +305,9 @@ def IDF(
     return IntegerFlow(transform, prior, levels)
 
 
-def _image_chain(shape, scales, steps, width, blocks, permutation, rezero, act, cf, center, spread):
+def _image_chain(
+    shape, scales, steps, width, blocks, permutation, rezero, act, cf, center, spread, alternate
+):
     """The multi-scale chain and the prior's block sizes (factored halves first, deepest last)."""
     c, h, w = shape
     if h % 2 or w % 2:
@@ -315,12 +325,14 @@ def _image_chain(shape, scales, steps, width, blocks, permutation, rezero, act, 
         sq = Squeeze(shp)
         s = sq.output_shape
         layers: list[Transform] = [sq]
-        for j in range(steps):
-            if j and permutation is not None:
-                layers.append(Permutation(s) if permutation == "random" else Reverse(s))
+        options = [half_mask(s[0], f) for f in (False, True)]
+        turns = MaskTurns(options, alternate, permutation, s)
+        for _ in range(steps):
+            mixing, m = turns()
+            layers += mixing
             layers.append(
                 IntegerCoupling(
-                    channel_mask(s, flip=j % 2 == 1),
+                    m.reshape(-1, 1, 1).expand(s).clone(),
                     lambda a, b: ConvResNet(a, b, width, blocks, cf, act, zero_init=not rezero),
                     center,
                     spread,

@@ -51,12 +51,24 @@ LEGACY = {
     "residual": False,  # RealNVP's conditioners: plain MLPs (8 of 256x256 by default) before
     "adjacency": None,  # MAF, IAF and NSF: unstructured (an order) before
     "spread": 0.0,  # NAF's and TarFlow's mixtures: equal components before (docs/monotone.md)
+    "alternate": True,  # NICE's, RealNVP's and IDF's masks: turns in each coupling's own order
 }
 
 # Arguments of LEGACY that a builder records where they do not apply, per builder: the test
 # of its arguments that says they do (an affine TarFlow records `spread`, which only its
 # mixture transformer reads: its configuration before `spread` is the same model).
-APPLIES = {("tarflow", "spread"): lambda kwargs: kwargs.get("transformer") == "mixture"}
+APPLIES = {
+    ("tarflow", "spread"): lambda kwargs: kwargs.get("transformer") == "mixture",
+    # (only after "reverse" are the masks not those of before: a random permutation's order
+    # is saved with it; the image RealNVP has its own masks)
+    **{
+        (b, "alternate"): lambda kwargs: (
+            kwargs.get("permutation") == "reverse"
+            and not (kwargs.get("shape") is not None and kwargs.get("features") is None)
+        )
+        for b in ("nice", "realnvp", "idf")
+    },
+}
 
 # The defaults that changed when an argument of LEGACY was added, per builder: the value
 # recorded since and the value recorded before for the same model.

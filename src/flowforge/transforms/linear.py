@@ -101,7 +101,9 @@ class LULinear(_OnDim1):
 
     ``P`` is a fixed permutation, ``L`` unit lower-triangular, ``U`` strictly upper-triangular.
     The log-determinant is ``sum(log_s)`` per position, O(C); the inverse is two triangular
-    solves. Initialised from a random rotation (``init="orthogonal"``) or the identity.
+    solves. Initialised from a random orthogonal matrix (``init="orthogonal"``; the Q of a QR
+    decomposition of a Gaussian matrix, as Glow's code draws it, which for an even size is a
+    reflection, determinant -1) or the identity.
 
     Example:
         >>> conv1x1 = LULinear((4, 8, 8))   # Glow's invertible 1x1 convolution
@@ -205,7 +207,7 @@ class QRLinear(_OnDim1):
 class PlainLinear(_OnDim1):
     r"""``z = W x + b`` with a full matrix ``W``; ``ladj = slogdet(W)`` per position, O(C^3).
 
-    Glow's plain (non-LU) 1x1 convolution. Initialised from a random rotation.
+    Glow's plain (non-LU) 1x1 convolution. Initialised from a random orthogonal matrix.
     """
 
     def __init__(self, shape):

@@ -29,7 +29,9 @@ class ActNorm(DataInit, Transform):
     r"""``z = (x + loc) * exp(log_scale)`` per channel, initialised from the first batch.
 
     The first forward pass in training mode sets ``loc`` and ``log_scale`` so that this batch
-    comes out with zero mean and unit variance per channel (Glow's data-dependent init). The
+    comes out with zero mean and unit variance per channel (Glow's data-dependent init; the
+    scale is ``1 / sqrt(var + eps)``, so a channel whose spread is near ``sqrt(eps)``, 1e-3 by
+    default, comes out with less: variance 0.5 at a spread of 1e-3). The
     ``initialized`` flag is a saved buffer: a reloaded model never re-initialises. A
     reparameterised sampling pass in training mode with gradients (``rsample_and_log_prob``, in
     variational inference, where there are no data) marks it initialised as it stands, so
