@@ -425,9 +425,10 @@ def test_kernels_name_mkls_code_path_as_mkl_cbwr_does():
         return out.stdout.strip()
 
     own = mkl(None)
-    assert own not in ("", "1", "2", "AUTO") and mkl("AUTO") == own
+    assert own not in ("", "1", "2") and mkl("AUTO") == own
     assert mkl("COMPATIBLE") == "COMPATIBLE"
-    if codec.kernels()[0] in ("AVX2", "AVX512"):
+    # (where MKL names no branch of its own, as on some AMD CPUs, it takes no other setting)
+    if own != "AUTO" and codec.kernels()[0] in ("AVX2", "AVX512"):
         assert mkl("AVX2,STRICT") == "AVX2,STRICT"
     # a file from an s390x build names the ATEN_CPU_CAPABILITY value, not torch's label
     flow = tiny_idf()

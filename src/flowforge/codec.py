@@ -302,7 +302,9 @@ def _mkl_branch() -> str:
             branch = lib.mkl_serv_cbwr_get_auto_branch()
     except (OSError, AttributeError):
         return "none"
-    name = _MKL_BRANCHES.get(branch, str(branch))
+    # (MKL may name no branch of its own, e.g. on some AMD CPUs, where it also takes no setting
+    # but COMPATIBLE: AUTO, the setting that selects what it does)
+    name = "AUTO" if branch in (1, 2) else _MKL_BRANCHES.get(branch, str(branch))
     return name + (",STRICT" if mode & _MKL_STRICT else "")
 
 
