@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import flowforge as ff
 from cli_support import cli, one_line_error
@@ -99,6 +100,42 @@ def test_a_missing_optional_package_names_its_extra(capsys, monkeypatch):
     monkeypatch.setattr(command, "cmd_list", needs_matplotlib)
     rc, _, err = cli(capsys, "list")
     one_line_error(rc, err, "'matplotlib'", "flowforge[workbench]")
+
+
+def test_a_partial_install_is_told_the_workbench_extra_before_any_work(
+    capsys, monkeypatch, tmp_path
+):
+    # (a core or io install: the command named one package at a time, after writing a folder)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n in ("tqdm", "scipy") else real(n, *a)
+    )
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "moons", "--out", tmp_path / "r")
+    one_line_error(rc, err, "missing: scipy, tqdm", "flowforge[workbench]")
+    assert not (tmp_path / "r").exists()
+    for package in ("safetensors", "scipy"):  # (the command's extra, not the library's io)
+        assert command.EXTRAS[package] == "workbench"
+
+
+def test_the_calibration_diagnostics_need_scipy_before_they_sample(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "scipy" else real(n, *a)
+    )
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before finding scipy missing")
+
+    monkeypatch.setattr(ff.diagnostics, "_run", never)
+    flow = ff.models.MAF(features=2, context_features=1, layers=1, hidden=[4])
+    theta, x = torch.zeros(3, 2), torch.zeros(3, 1)
+    for check in (ff.diagnostics.sbc, ff.diagnostics.hpd_coverage, ff.diagnostics.tarp):
+        with pytest.raises(ImportError, match=r"flowforge\[diagnostics\]"):
+            check(flow, theta, x)
 
 
 # -- tables -------------------------------------------------------------------------------------

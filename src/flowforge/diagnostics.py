@@ -116,14 +116,21 @@ def ks_uniform_pvalue(u: Tensor) -> float:
     u = torch.as_tensor(u)
     if not u.numel() or not bool(((u >= 0) & (u <= 1)).all()):
         raise ValueError("expected at least one value, each in [0, 1] (no NaN)")
-    try:
-        from scipy.stats import kstest
-    except ImportError:
+    _need_scipy()
+    from scipy.stats import kstest
+
+    return float(kstest(u.reshape(-1).double().cpu().numpy(), "uniform").pvalue)
+
+
+def _need_scipy() -> None:
+    """The ImportError of a missing scipy, raised before any sampling, not after it."""
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
         raise ImportError(
             "flowforge.diagnostics tests uniformity with scipy's Kolmogorov-Smirnov test: pip "
             "install flowforge[diagnostics]"
-        ) from None
-    return float(kstest(u.reshape(-1).double().cpu().numpy(), "uniform").pvalue)
+        )
 
 
 def _areas(levels: Tensor, curve: Tensor) -> tuple[float, float, float]:
@@ -567,6 +574,7 @@ def sbc(
         >>> result.ranks.shape, int(result.ranks.max()) <= 20
         (torch.Size([50, 2]), True)
     """
+    _need_scipy()  # (before the sampling, not after it)
     theta, x = _pairs(flow, theta, x)
     L = _positive_int(num_samples, "num_samples")
     batch_size = _positive_int(batch_size, "batch_size")
@@ -639,6 +647,7 @@ def hpd_coverage(
         >>> cov.levels.shape, cov.coverage.shape
         (torch.Size([21]), torch.Size([21]))
     """
+    _need_scipy()  # (before the sampling, not after it)
     theta, x = _pairs(flow, theta, x)
     L = _positive_int(num_samples, "num_samples")
     batch_size = _positive_int(batch_size, "batch_size")
@@ -728,6 +737,7 @@ def tarp(
         >>> 0 <= res.area <= 0.5
         True
     """
+    _need_scipy()  # (before the sampling, not after it)
     theta, x = _pairs(flow, theta, x)
     L = _positive_int(num_samples, "num_samples")
     batch_size = _positive_int(batch_size, "batch_size")

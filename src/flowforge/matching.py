@@ -162,7 +162,13 @@ def assignment(cost) -> np.ndarray:
     """The minimum-cost perfect matching of a square cost matrix: ``perm`` with
     ``sum(cost[i, perm[i]])`` minimal. Exact (scipy's ``linear_sum_assignment``, which
     torchdiffeq, the ODE extra, already requires)."""
-    from scipy.optimize import linear_sum_assignment
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ModuleNotFoundError:
+        raise ImportError(
+            "the exact assignment (mini-batch optimal transport) needs scipy: pip install "
+            "'flowforge[ode]'"
+        ) from None
 
     a = np.asarray(cost, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:

@@ -1555,7 +1555,9 @@ def make_parser() -> argparse.ArgumentParser:
         "midpoint, euler (fixed grid); default: the model's own (dopri5), rk4 with --ode-steps",
     )
     s.add_argument(
-        "--ode-steps", type=int, help="continuous flows: steps of a fixed-grid solver (>= 1)"
+        "--ode-steps",
+        type=int,
+        help="continuous flows: steps of a fixed-grid solver, from 1 to the model's step budget",
     )
     s.add_argument(
         "--ode-tol",
@@ -1679,7 +1681,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 # Optional packages (top-level module name) and the pyproject extra that installs each.
 EXTRAS = {
-    "safetensors": "io",
+    "safetensors": "workbench",  # (the library's io extra; the command needs all of these)
+    "scipy": "workbench",
     "torchdiffeq": "ode",
     "sklearn": "workbench",
     "matplotlib": "workbench",
@@ -1894,6 +1897,17 @@ def _interrupted_meanwhile(args, e: BaseException | None = None) -> bool:
     return True
 
 
+def _missing_workbench() -> list[str]:
+    """The packages of the workbench extra that are not installed (looked up, not imported),
+    so that a partial install is told once, before any work, what the command needs."""
+    import importlib.util
+
+    names = [k for k, extra in EXTRAS.items() if extra == "workbench" and k != "tomli"]
+    if sys.version_info < (3, 11):
+        names.append("tomli")
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
 def _main(argv: list[str] | None) -> int:
     from .allocator import reuse_freed_memory
     from .errors import WorkbenchError, out_of_memory
@@ -1915,6 +1929,15 @@ def _main(argv: list[str] | None) -> int:
         parser.commands.get(getattr(args, "command", None), parser).error(
             f"unrecognized arguments: {' '.join(extra)}"
         )
+    missing = _missing_workbench()
+    if missing:
+        print(
+            "flowforge: error: the flowforge command needs the workbench extra (missing: "
+            f"{', '.join(missing)}); install it with pip install -c constraints.txt -e "
+            "\".[workbench]\" (from a clone) or pip install 'flowforge[workbench]'",
+            file=sys.stderr,
+        )
+        return 1
     try:
         reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
     except ValueError as e:  # (the environment variable's value)
