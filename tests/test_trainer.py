@@ -633,3 +633,14 @@ def test_epoch_durations_do_not_follow_a_clock_stepped_back(tmp_path, monkeypatc
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     times = [r["time"] for r in map(json.loads, lines) if r["type"] == "epoch"]
     assert len(times) == 2 and all(0 <= t < 600 for t in times), times
+
+
+def test_a_quiet_trainer_needs_no_progress_bar_package(monkeypatch):
+    # (a Python user without the workbench extra: progress=False drew no bar but imported tqdm)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # (import tqdm: ModuleNotFoundError)
+    flow, x = _flow(), _data()
+    result = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 32, "tensorboard": False},
+                     **QUIET).fit()  # fmt: skip
+    assert math.isfinite(result["best_val"])

@@ -224,7 +224,7 @@ def read_config(path: str | os.PathLike) -> dict:
             data = json.loads(text, object_pairs_hook=_unique_keys)
         else:
             raise WorkbenchError(f"{path}: expected a .yaml, .yml, .toml or .json config file")
-    except WorkbenchError:
+    except (WorkbenchError, ModuleNotFoundError):  # (a missing parser is no broken file)
         raise
     except Exception as e:  # the parsers' own error types, UnicodeDecodeError
         msg = " ".join(str(e).split())

@@ -1692,17 +1692,18 @@ class Trainer:
                 "its time is logged as a compile record)"
             )
         self._step_model = model  # what the steps call (the eager model after a compile fallback)
-        from tqdm import tqdm
+        bar = _NoBar()
+        if self.progress and self.rank == 0:  # (tqdm only where a bar is shown)
+            from tqdm import tqdm
 
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.global_step,
-            unit="step",
-            disable=not (self.progress and self.rank == 0),
-            dynamic_ncols=True,
-            file=sys.stderr,
-            leave=False,
-        )
+            bar = tqdm(
+                total=self.total_steps,
+                initial=self.global_step,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                leave=False,
+            )
         status = self.finished or "running"
         already = bool(self.finished)  # a resumed run that had ended: nothing is trained
         signals = self._signals = _Signals(force=self.world == 1)
@@ -2206,3 +2207,16 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+class _NoBar:
+    """The progress bar's calls, where none is shown."""
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
