@@ -103,7 +103,7 @@ def test_an_existing_scores_file_is_kept_without_overwrite(moons, tmp_path, caps
     np.savetxt(data, np.random.default_rng(0).normal(size=(20, 2)), delimiter=",")
     kept = data.read_bytes()
     rc, _, err = cli(capsys, "eval", moons, "--data", data, "--scores", data, "--overwrite")
-    one_line_error(rc, err, "which this evaluation reads or the run keeps")
+    one_line_error(rc, err, "which this command reads or the run keeps")
     assert data.read_bytes() == kept
     model = Path(moons) / "model.ff"
     before = model.read_bytes()
@@ -160,6 +160,15 @@ def test_a_label_conditional_run_scores_what_sample_wrote(labelled, tmp_path, ca
                          tmp_path / f"{name}.csv")  # fmt: skip
         assert rc == 0, err
         assert np.array_equal(read_scores(tmp_path / f"{name}.csv")[1], t)
+    # sample writes that .npz itself (the same seed: the same samples, labels and scores)
+    rc, _, err = cli(capsys, "sample", labelled, "--label", "3,7", "-n", 8, "--out",
+                     tmp_path / "s.npz")  # fmt: skip
+    assert rc == 0, err
+    with np.load(tmp_path / "s.npz") as f:
+        assert np.array_equal(f["labels"], labels) and f["x"].shape[0] == 16
+    rc, _, err = cli(capsys, "eval", labelled, "--data", tmp_path / "s.npz", "--scores",
+                     tmp_path / "s.npz.csv")  # fmt: skip
+    assert rc == 0 and np.array_equal(read_scores(tmp_path / "s.npz.csv")[1], t), err
     # the model's own figures for those labels (their one-hot context), in the file's order
     flow = ff.load(labelled)
     context = torch.nn.functional.one_hot(torch.from_numpy(labels), 10).float()
@@ -263,3 +272,24 @@ def test_a_folders_scores_name_each_rows_image(tmp_path):
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0] == "file,log_density" and lines[1] == "0/a.png,0.0"
     assert lines[4] == '"10/=c,d.png",3.0'  # (quoted: the name holds a comma)
+
+
+def test_samples_never_replace_the_runs_data_or_its_files(tmp_path, capsys):
+    # (sample --out data.csv --overwrite replaced the table the run was trained on)
+    data = tmp_path / "rows.csv"
+    np.savetxt(data, np.random.default_rng(0).normal(size=(200, 2)), delimiter=",")
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--model-kwargs",
+                     '{"hidden": [8], "layers": 1}', "--data", data, "--epochs", 1, "--out", run,
+                     "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    kept = data.read_bytes()
+    rc, _, err = cli(capsys, "sample", run, "-n", 5, "--out", data, "--overwrite")
+    one_line_error(rc, err, "which this command reads or the run keeps")
+    assert data.read_bytes() == kept
+    rc, _, err = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.npz")
+    one_line_error(rc, err, "for a label-conditional run")  # (no labels: .npy or .csv)
+    rc, _, err = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.csv", "--overwrite")
+    assert rc == 0, err  # (an earlier samples file is what --overwrite is for)

@@ -371,6 +371,10 @@ def test_contexts_outside_the_training_range_and_constant_or_shifted_ones_are_sa
         and "outside the training contexts' range: k 4 (1 value past the training range 0 to 3)"
         in err
     )
+    assert err.count("training contexts' range") == 1, err
+    code, said, err = run(["sample", tmp_path / "a", "--context", "4,5", "-n", "5", "--out",
+                           tmp_path / "out.csv", "--overwrite", "--json"], capsys)  # fmt: skip
+    assert code == 0 and any("training contexts' range" in w for w in json.loads(said)["warnings"])
     shifted = tmp_path / "k100.csv"
     np.savetxt(shifted, np.c_[y, 100 * k + 500, np.full(400, 5.0)], delimiter=",",
                header="y,k,c", comments="")  # fmt: skip

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "DEMO"]
@@ -747,23 +748,31 @@ def _scores_path(args) -> Path | None:
     _folder_exists(out, "--scores")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --scores file or pass --overwrite")
-    if os.path.exists(out):  # never over what is scored, nor the run's data or its own files
-        from .runs import CKPT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, run_config
-
-        cfg = run_config(args.run)
-        kept = [args.data, cfg["data"]["name"], cfg["resolved"].get("data_path")]
-        kept += [Path(args.run) / f for f in (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE)]
-        for p in kept:
-            try:
-                same = isinstance(p, (str, Path)) and os.path.samefile(out, p)
-            except (OSError, ValueError):
-                same = False
-            if same:
-                raise WorkbenchError(
-                    f"--scores {out} is {p}, which this evaluation reads or the run keeps; "
-                    "write the scores to another file"
-                )
+    _not_the_runs(out, args.run, "--scores", "scores", also=(args.data,))
     return out
+
+
+def _not_the_runs(out: Path, run, flag: str, what: str, also=()) -> None:
+    """Refuse an output file that is the run's data, one of its own files, or one of ``also``
+    (what the command reads), which ``--overwrite`` would replace."""
+    from .errors import WorkbenchError
+    from .runs import CKPT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, run_config
+
+    if not os.path.exists(out):
+        return
+    cfg = run_config(run)
+    kept = [*also, cfg["data"]["name"], cfg["resolved"].get("data_path")]
+    kept += [Path(run) / f for f in (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE)]
+    for p in kept:
+        try:
+            same = isinstance(p, (str, Path)) and os.path.samefile(out, p)
+        except (OSError, ValueError):
+            same = False
+        if same:
+            raise WorkbenchError(
+                f"{flag} {out} is {p}, which this command reads or the run keeps (its data or "
+                f"its own files); write the {what} to another file"
+            )
 
 
 def _print_manifold_eval(res: dict) -> None:
@@ -831,13 +840,17 @@ def cmd_sample(args) -> int:
     from .runs import load_run, run_config
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".npy", ".csv"):
-        raise WorkbenchError(f"--out {out}: expected a .png, .npy or .csv file")
+    if out.suffix.lower() not in (".png", ".npy", ".csv", ".npz"):
+        raise WorkbenchError(
+            f"--out {out}: expected a .png, .npy or .csv file (or, for a label-conditional "
+            "run, .npz: the samples and their labels)"
+        )
     if out.is_dir():
         raise WorkbenchError(f"--out {out} is a folder; give a file name")
     _folder_exists(out, "--out")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
+    _not_the_runs(out, args.run, "--out", "samples")
     if args.n < 1:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
     if not 0 <= args.temperature < math.inf:  # (0: every sample the image of the base's mode)
@@ -851,7 +864,14 @@ def cmd_sample(args) -> int:
     if not 0 < tol < 1:  # (NaN too) at 1 and above, one sweep would pass for converged
         raise WorkbenchError(f"--tol must be a number in (0, 1), got {tol}")
     cfg = run_config(args.run)
-    context, what, given = sample_context(cfg, args.label, args.context)
+    with warnings.catch_warnings(record=True) as said:  # (e.g. a context past the training
+        warnings.simplefilter("always")  # range: in --json's warnings too, said at the end)
+        context, what, given = sample_context(cfg, args.label, args.context)
+    if out.suffix.lower() == ".npz" and (given is None or list(given[0]) != ["label"]):
+        raise WorkbenchError(
+            f"--out {out}: an .npz holds the samples with their labels, for a label-conditional "
+            "run; write this run's samples to a .npy or .csv file"
+        )
     if out.suffix.lower() == ".png":  # a picture shows so many; more is memory for nothing
         total = args.n * (len(given[1]) if given else 1)
         images = len(cfg["resolved"]["data_shape"]) == 3
@@ -908,7 +928,7 @@ def cmd_sample(args) -> int:
     reduced = reduced_bits_note(cfg) if Path(out).suffix.lower() != ".png" else None
     from .report import outside_ranges
 
-    warned = [outside_ranges(x, cfg)]
+    warned = [*dict.fromkeys(str(w.message) for w in said), outside_ranges(x, cfg)]
     clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
     if clamped and cfg["resolved"].get("levels") is None:  # integer columns with bounds
         warned.append(
@@ -1518,8 +1538,21 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", parents=[common], help="draw samples from a run's model")
     s.add_argument("run")
     s.add_argument("-n", type=int, default=64)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--out", required=True, help="a .png, .npy or .csv file")
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scales the base's noise (default 1: the model itself; 0: the image of the "
+        "base's mode for a Gaussian base); a mixture base (mixture, made-mog) and an integer "
+        "flow's prior narrow each component but still pick it as at 1, so there it changes "
+        "little and 0 is no mode",
+    )
+    s.add_argument(
+        "--out",
+        required=True,
+        help="a .png, .npy or .csv file, or an .npz (the samples and their labels) for a "
+        "label-conditional run",
+    )
     s.add_argument("--label", help="class label(s) of a class-conditional run, e.g. 3 or 0,1,2")
     s.add_argument(
         "--context",

@@ -248,6 +248,15 @@ def _csv_lines(x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096, e
 
 
 @_drawing
+def _whole(a: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """Whether every value of ``a`` is a whole number, a chunk at a time (no copy of ``a``)."""
+    flat = a.reshape(-1)
+    return all(
+        bool((flat[i : i + chunk] == np.rint(flat[i : i + chunk])).all())
+        for i in range(0, len(flat), chunk)
+    )
+
+
 def save_samples(
     x: Tensor,
     cfg: dict,
@@ -256,7 +265,9 @@ def save_samples(
     given=None,
     overwrite: bool = True,
 ) -> None:
-    """Write samples as .npy, .csv or .png (a grid for images, a scatter for 2-D data).
+    """Write samples as .npy, .csv or .png (a grid for images, a scatter for 2-D data), or, for
+    a label-conditional run, as .npz with arrays ``x`` and ``labels`` (what ``eval --data``
+    reads).
 
     A CSV has one sample per row (an image's values flattened), under the data's column names
     when the run knows them. ``given``: ``(names, rows)``, the contexts the samples were drawn
@@ -269,14 +280,28 @@ def save_samples(
 
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".npy":  # the header, then the array's own memory: no copy of the samples
+    if suffix in (".npy", ".npz"):  # the header, then the array's own memory
         a = x.cpu().numpy()
         levels = cfg.get("resolved", {}).get("levels")
         shape = cfg.get("resolved", {}).get("data_shape") or ()
-        if len(shape) == 3 and levels and levels <= 2**16 and bool((a == np.rint(a)).all()):
+        if len(shape) == 3 and levels and levels <= 2**16 and _whole(a):
             # images as integers, as the data came (and as train, eval and compress read them)
             a = a.astype(np.uint8 if levels <= 256 else np.uint16)
-        write_npy(path, a, replace=overwrite)
+        if suffix == ".npy":
+            write_npy(path, a, replace=overwrite)
+            return
+        if given is None or list(given[0]) != ["label"]:
+            raise WorkbenchError(
+                f"--out {path.name}: an .npz holds the samples with their labels, for a "
+                "label-conditional run; write this run's samples to a .npy or .csv file"
+            )
+        import io as _io
+
+        per = len(a) // len(given[1])  # (each label's samples together, as sample_run draws)
+        labels = np.repeat(np.asarray([r[0] for r in given[1]], dtype=np.int64), per)
+        buf = _io.BytesIO()
+        np.savez(buf, x=a, labels=labels)  # (as eval --data reads a labelled file)
+        atomic_write(path, [buf.getbuffer()], replace=overwrite)
         return
     if suffix == ".csv":
         x = x.reshape(x.shape[0], -1)
@@ -299,7 +324,9 @@ def save_samples(
         atomic_write(path, itertools.chain(head, lines), replace=overwrite)
         return
     if suffix != ".png":
-        raise WorkbenchError(f"unsupported output {path.name}; expected .png, .npy or .csv")
+        raise WorkbenchError(
+            f"unsupported output {path.name}; expected .png, .npy, .csv or (labels) .npz"
+        )
     plt = _plt()
     shape = tuple(cfg["resolved"]["data_shape"])
     if len(shape) == 3:  # one row per context given (a label's samples side by side)
