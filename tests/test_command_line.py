@@ -119,6 +119,21 @@ def test_a_partial_install_is_told_the_workbench_extra_before_any_work(
         assert command.EXTRAS[package] == "workbench"
 
 
+def test_list_says_which_models_need_a_missing_package(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "torchdiffeq" else real(n, *a)
+    )
+    rc, out, err = cli(capsys, "list", "--json")
+    assert rc == 0, err
+    models = json.loads(out)["models"]
+    assert "flowforge[ode]" in models["cnf"]["needs"] and "needs" not in models["maf"]
+    rc, out, _ = cli(capsys, "list")
+    assert out.count("not installed here: pip install 'flowforge[ode]'") == 2
+
+
 def test_the_calibration_diagnostics_need_scipy_before_they_sample(monkeypatch):
     import importlib.util
 

@@ -227,6 +227,11 @@ def cmd_list(args) -> int:
     for m in live_models():  # builders registered in this process (plugins), when loaded
         info["models"].setdefault(m["name"], m)
     info["models"] = dict(sorted(info["models"].items()))
+    import importlib.util
+
+    for name, (package, extra) in MODEL_PACKAGES.items():  # (installed or not: said here)
+        if name in info["models"] and importlib.util.find_spec(package) is None:
+            info["models"][name]["needs"] = f"pip install 'flowforge[{extra}]' ({package})"
     if args.json:  # (the defaults as JSON values: "alternating", false, 3.0, null)
         for m in info["models"].values():
             m["arguments"] = {k: _json_default(v) for k, v in m["arguments"].items()}
@@ -240,6 +245,8 @@ def cmd_list(args) -> int:
         print(f"  {'':<13} inputs: {'/'.join(m['inputs'])}; {args}")
         if m.get("lr") is not None:
             print(f"  {'':<13} trains with lr {m['lr']:g} unless train.lr is set")
+        if m.get("needs"):
+            print(f"  {'':<13} not installed here: {m['needs']}")
     without = [n for n, m in info["models"].items() if not m.get("data_options", True)]
     which = f"every model but {', '.join(without)}" if without else "every model"
     print(f"  ({which} also takes the data options: " + ", ".join(data_options()) + ")")
@@ -1713,6 +1720,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 # Optional packages (top-level module name) and the pyproject extra that installs each.
+# The models that need an optional package, and its extra (`flowforge list` says so where it
+# is missing).
+MODEL_PACKAGES = {"cnf": ("torchdiffeq", "ode"), "ffjord": ("torchdiffeq", "ode")}
+
 EXTRAS = {
     "safetensors": "workbench",  # (the library's io extra; the command needs all of these)
     "scipy": "workbench",
