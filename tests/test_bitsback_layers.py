@@ -24,13 +24,14 @@ DATA = Path(__file__).parent / "data" / "bitsback-v2"
 # recorded the kernels (codec.kernels()); that they were AVX2 in torch and MKL is inferred: an
 # Intel Xeon with AVX-512 decodes the spline file only with MKL_CBWR=AVX2 (MKL's AVX-512
 # matrix products round differently), and then decodes all of them byte for byte.
-# An AMD EPYC with AVX-512, whose MKL names no branch of its own (codec.kernels() says AUTO) and
-# takes no MKL_CBWR but COMPATIBLE, decodes them all byte for byte with torch's AVX2 kernels.
+# An AMD EPYC with AVX-512, whose MKL names no branch of its own (codec.kernels() says UNSET, or
+# AUTO with MKL_CBWR set to anything MKL does not take there, as AVX2), decodes them all byte for
+# byte with torch's AVX2 kernels in either mode.
 FILES_KERNELS = ("AVX2", "AVX2")
 
 
 def _files_kernels(kernels) -> bool:
-    return kernels[0] == FILES_KERNELS[0] and kernels[1] in (FILES_KERNELS[1], "AUTO")
+    return kernels[0] == FILES_KERNELS[0] and kernels[1] in (FILES_KERNELS[1], "AUTO", "UNSET")
 
 
 STORED_FILE_TESTS = (

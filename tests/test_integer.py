@@ -410,6 +410,26 @@ def test_a_forced_decode_that_fails_blames_the_kernels_not_the_file():
         codec.decode(tiny_idf(), forged, force=True)
 
 
+def test_a_file_of_mkl_unset_is_told_from_one_of_mkl_auto(monkeypatch):
+    # (an AMD EPYC with AVX-512: MKL names no branch, and computes otherwise unset than set)
+    flow = tiny_idf()
+    monkeypatch.setattr(codec, "kernels", lambda: ("AVX512", "UNSET"))
+    blob = codec.encode(flow, data(3))
+    monkeypatch.setattr(codec, "kernels", lambda: ("AVX512", "AUTO"))
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    with pytest.raises(codec.CodecError, match=r"MKL UNSET; here torch AVX512, MKL AUTO") as e:
+        codec.decode(flow, blob)
+    assert "MKL_CBWR='' set" in str(e.value) and "MKL here did not take it" not in str(e.value)
+    monkeypatch.setattr(codec, "kernels", lambda: ("AVX512", "UNSET"))
+    assert torch.equal(codec.decode(flow, blob), data(3))
+    # a file of an Intel CPU's AVX2 path, read where MKL ignored MKL_CBWR=AVX2: said so
+    monkeypatch.setattr(codec, "kernels", lambda: ("AVX2", "AVX2"))
+    blob = codec.encode(flow, data(3))
+    monkeypatch.setattr(codec, "kernels", lambda: ("AVX2", "AUTO"))
+    with pytest.raises(codec.CodecError, match="MKL here did not take it: it runs AUTO"):
+        codec.decode(flow, blob)
+
+
 def test_kernels_name_mkls_code_path_as_mkl_cbwr_does():
     # MKL numbers its code paths 1 (unset) and 2 (AUTO) for the CPU's own choice, 3 COMPATIBLE,
     # 4 SSE2, ..., with STRICT a flag: each is named as the MKL_CBWR setting that selects it
@@ -425,11 +445,15 @@ def test_kernels_name_mkls_code_path_as_mkl_cbwr_does():
         return out.stdout.strip()
 
     own = mkl(None)
-    assert own not in ("", "1", "2") and mkl("AUTO") == own
-    assert mkl("COMPATIBLE") == "COMPATIBLE"
-    # (where MKL names no branch of its own, as on some AMD CPUs, it takes no other setting)
-    if own != "AUTO" and codec.kernels()[0] in ("AVX2", "AVX512"):
-        assert mkl("AVX2,STRICT") == "AVX2,STRICT"
+    assert own not in ("", "1", "2") and mkl("COMPATIBLE") == "COMPATIBLE"
+    if own == "UNSET":  # where MKL names no branch of its own (an AMD EPYC with AVX-512), it
+        # takes no setting but COMPATIBLE, and computes otherwise unset than with any value
+        assert mkl("AUTO") == mkl("AVX2") == "AUTO" and mkl("") == "UNSET"
+        assert codec.kernel_setting(("AVX512", "UNSET")).endswith("MKL_CBWR=''")
+    else:
+        assert mkl("AUTO") == own
+        if codec.kernels()[0] in ("AVX2", "AVX512"):
+            assert mkl("AVX2,STRICT") == "AVX2,STRICT"
     # a file from an s390x build names the ATEN_CPU_CAPABILITY value, not torch's label
     flow = tiny_idf()
     env = codec._environment_key(torch.float32, ("Z VECTOR", "none"))

@@ -92,6 +92,10 @@ def test_the_warning_names_what_differs_and_how_to_match_it():
     assert len(line.splitlines()) == 1 and "bit-identical to the recorded run" in line
     assert f"OMP_NUM_THREADS={now['threads'] + 1}" in line
     assert "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2" in line and "torch 1.0" in line
+    # MKL unset where it names no branch (an AMD EPYC with AVX-512): an empty MKL_CBWR selects it
+    unset = {**now, "kernels": ["AVX512", "UNSET"]}
+    line = environment_warning(unset, {**now, "kernels": ["AVX512", "AUTO"]}, "x")
+    assert "run with ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=''" in line
     # a config.json is data: what flowforge never writes is never echoed to a terminal
     forged = {**now, "torch": "2.0\nflowforge: forged\x1b[31m", "threads": 10**30,
               "kernels": ["A" * 100_000, "x"]}  # fmt: skip

@@ -275,7 +275,8 @@ def check_model(file_hash: bytes, flow: torch.nn.Module) -> None:
 
 
 # MKL's code paths (mkl_cbwr.h), by the number MKL reports and the name MKL_CBWR takes (1:
-# not set, 2: AUTO, both the CPU's own choice; STRICT, a flag, is 0x10000)
+# not set, 2: AUTO, both the CPU's own choice, named after the branch MKL picks where it names
+# one; STRICT, a flag, is 0x10000)
 _MKL_BRANCHES = {
     3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX", 10: "AVX2",
     11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1",
@@ -299,12 +300,14 @@ def _mkl_branch() -> str:
         mode = lib.mkl_serv_cbwr_get(-1)  # -1: MKL_CBWR_ALL, the branch and the STRICT flag
         branch = mode & 0xFFFF
         if branch in (1, 2):  # not set, or AUTO: the branch MKL picks for this CPU
-            branch = lib.mkl_serv_cbwr_get_auto_branch()
+            auto = lib.mkl_serv_cbwr_get_auto_branch()
+            branch = branch if auto in (1, 2) else auto
     except (OSError, AttributeError):
         return "none"
-    # (MKL may name no branch of its own, e.g. on some AMD CPUs, where it also takes no setting
-    # but COMPATIBLE: AUTO, the setting that selects what it does)
-    name = "AUTO" if branch in (1, 2) else _MKL_BRANCHES.get(branch, str(branch))
+    # MKL may name no branch of its own (an AMD EPYC with AVX-512, 2026-12-07), where it takes
+    # no setting but COMPATIBLE, and computes otherwise with MKL_CBWR unset (mode 1: UNSET; an
+    # empty MKL_CBWR is the same) than with any other value (mode 2: AUTO)
+    name = {1: "UNSET", 2: "AUTO"}.get(branch) or _MKL_BRANCHES.get(branch, str(branch))
     return name + (",STRICT" if mode & _MKL_STRICT else "")
 
 
@@ -321,7 +324,23 @@ def kernel_setting(kernels: tuple[str, str] | list) -> str:
     a process started with them: ``ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2``."""
     cap, mkl = kernels
     setting = f"ATEN_CPU_CAPABILITY={_TORCH_KERNELS.get(cap, str(cap).lower())}"
+    if mkl == "UNSET":  # (MKL_CBWR unset: an empty value selects the same)
+        return setting + " MKL_CBWR=''"
     return setting + (f" MKL_CBWR={mkl}" if mkl != "none" else "")
+
+
+def ignored_setting(recorded_mkl: str, rest: str = "only another CPU, or --force, remains") -> str:
+    """A clause saying that this process was started with ``MKL_CBWR`` set to the value that
+    selects ``recorded_mkl`` and MKL did not take it (on some CPUs MKL takes COMPATIBLE
+    alone), so that following the advice again cannot help; empty otherwise."""
+    asked = os.environ.get("MKL_CBWR")
+    here = kernels()[1]
+    if asked is None or here == recorded_mkl or asked.upper() != recorded_mkl:
+        return ""
+    return (
+        f" (this process was started with MKL_CBWR={asked}, and MKL here did not take it: it "
+        f"runs {here}; on such a CPU MKL takes COMPATIBLE alone, so {rest})"
+    )
 
 
 def _environment_key(dtype, kernels: tuple[str, str] | None) -> int:
@@ -358,7 +377,7 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
             f"torch {here[0]}, MKL {here[1]}), which round differently: decode it on a CPU "
             f"that has them, in a process started with {setting} set (`{setting} flowforge "
             "decompress ...`), or pass force=True (on the command line: --force) to try "
-            "anyway"
+            f"anyway{ignored_setting(mkl)}"
         )
     raise CodecError(
         "this file was made in another environment (torch version, platform, dtype or CPU "
@@ -370,7 +389,8 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
 def _recorded_kernels(recorded: int, dtype) -> tuple[str, str] | None:
     """The CPU kernels (as :func:`kernels` names them) of a recorded environment that differs
     from this one's in its kernels alone; None when it differs otherwise."""
-    branches = [b + f for b in _MKL_BRANCHES.values() for f in ("", ",STRICT")]
+    names = [*_MKL_BRANCHES.values(), "AUTO"]
+    branches = ["UNSET", *(b + f for b in names for f in ("", ",STRICT"))]
     for cap in _TORCH_KERNELS:
         for mkl in ("none", *branches):
             if recorded == _environment_key(dtype, (cap, mkl)):
@@ -406,6 +426,7 @@ def _forced_hint(flow: torch.nn.Module, data) -> str:
         f"{found[1]}; here torch {here[0]}, MKL {here[1]}) and its bytes pass their CRC "
         f"checks, so it is probably intact: decode it on a CPU that has them, in a process "
         f"started with {setting} set: `{setting} flowforge decompress ...`"
+        f"{ignored_setting(found[1])}"
     )
 
 

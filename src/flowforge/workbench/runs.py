@@ -1236,11 +1236,15 @@ def environment_warning(recorded, now: dict, what: str, processes: bool = True) 
         fixes.append(f"OMP_NUM_THREADS={threads}")
     k = recorded.get("kernels")
     if cpu and k and k != list(now["kernels"]):
-        from ..codec import kernel_setting
+        from ..codec import ignored_setting, kernel_setting
 
         here = now["kernels"]
         diffs.append(f"CPU kernels {k[0]} (MKL {k[1]}), here {here[0]} (MKL {here[1]})")
-        fixes.append(kernel_setting(k) + " (on a CPU that has them)")
+        fixes.append(
+            kernel_setting(k)
+            + " (on a CPU that has them)"
+            + ignored_setting(k[1], "it cannot match here")
+        )
     if "torch" in recorded and recorded["torch"] != now["torch"]:
         diffs.append(f"torch {recorded['torch']}, here {now['torch']}")
         fixes.append(f"torch {recorded['torch']}")
