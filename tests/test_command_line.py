@@ -110,11 +110,15 @@ def test_a_partial_install_is_told_the_workbench_extra_before_any_work(
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n in ("tqdm", "scipy") else real(n, *a)
+        importlib.util,
+        "find_spec",
+        lambda n, *a: None if n in ("tqdm", "scipy", "yaml") else real(n, *a),
     )
     rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "moons", "--out", tmp_path / "r")
-    one_line_error(rc, err, "missing: scipy, tqdm", "flowforge[workbench]")
+    one_line_error(rc, err, "missing: scipy, tqdm, PyYAML", "flowforge[workbench]")
     assert not (tmp_path / "r").exists()
+    rc, out, err = cli(capsys, "list")  # (it needs none of them)
+    assert rc == 0 and "realnvp" in out, err
     for package in ("safetensors", "scipy"):  # (the command's extra, not the library's io)
         assert command.EXTRAS[package] == "workbench"
 

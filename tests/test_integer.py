@@ -422,6 +422,13 @@ def test_a_file_of_mkl_unset_is_told_from_one_of_mkl_auto(monkeypatch):
     assert "MKL_CBWR='' set" in str(e.value) and "MKL here did not take it" not in str(e.value)
     monkeypatch.setattr(codec, "kernels", lambda: ("AVX512", "UNSET"))
     assert torch.equal(codec.decode(flow, blob), data(3))
+    # a file of flowforge before 2026-12-07 on such a CPU named both modes "2": taken as it
+    # comes (as a file that does not record its kernels), not refused
+    monkeypatch.setattr(codec, "kernels", lambda: ("AVX512", "2"))
+    old = codec.encode(flow, data(3))
+    for mode in ("UNSET", "AUTO"):
+        monkeypatch.setattr(codec, "kernels", lambda mode=mode: ("AVX512", mode))
+        assert torch.equal(codec.decode(flow, old), data(3))
     # a file of an Intel CPU's AVX2 path, read where MKL ignored MKL_CBWR=AVX2: said so
     monkeypatch.setattr(codec, "kernels", lambda: ("AVX2", "AVX2"))
     blob = codec.encode(flow, data(3))

@@ -96,6 +96,8 @@ def test_the_warning_names_what_differs_and_how_to_match_it():
     unset = {**now, "kernels": ["AVX512", "UNSET"]}
     line = environment_warning(unset, {**now, "kernels": ["AVX512", "AUTO"]}, "x")
     assert "run with ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=''" in line
+    before = {**now, "kernels": ["AVX512", "2"]}  # (the name of either mode before 2026-12-07)
+    assert environment_warning(before, {**now, "kernels": ["AVX512", "UNSET"]}, "x") is None
     # a config.json is data: what flowforge never writes is never echoed to a terminal
     forged = {**now, "torch": "2.0\nflowforge: forged\x1b[31m", "threads": 10**30,
               "kernels": ["A" * 100_000, "x"]}  # fmt: skip

@@ -641,6 +641,7 @@ def test_a_quiet_trainer_needs_no_progress_bar_package(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # (import tqdm: ModuleNotFoundError)
     flow, x = _flow(), _data()
-    result = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 32, "tensorboard": False},
-                     **QUIET).fit()  # fmt: skip
-    assert math.isfinite(result["best_val"])
+    for echo in (False, True):  # (its epoch lines printed without tqdm.write)
+        result = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 32, "tensorboard": False},
+                         progress=False, echo=echo).fit()  # fmt: skip
+        assert math.isfinite(result["best_val"])

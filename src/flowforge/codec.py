@@ -329,6 +329,21 @@ def kernel_setting(kernels: tuple[str, str] | list) -> str:
     return setting + (f" MKL_CBWR={mkl}" if mkl != "none" else "")
 
 
+def same_kernels(recorded, here) -> bool:
+    """Whether recorded kernels name this process's: the same names, or the name flowforge
+    gave before 2026-12-07 where MKL names no branch of its own ("2", for both its modes: a
+    file or run of then is taken as it comes, as one that does not record its kernels)."""
+    recorded, here = [str(k) for k in recorded], [str(k) for k in here]
+    if recorded == here:
+        return True
+    strict = ",STRICT" if here[1].endswith(",STRICT") else ""
+    return (
+        recorded[0] == here[0]
+        and here[1].split(",")[0] in ("UNSET", "AUTO")
+        and recorded[1] == "2" + strict
+    )
+
+
 def ignored_setting(recorded_mkl: str, rest: str = "only another CPU, or --force, remains") -> str:
     """A clause saying that this process was started with ``MKL_CBWR`` set to the value that
     selects ``recorded_mkl`` and MKL did not take it (on some CPUs MKL takes COMPATIBLE
@@ -365,7 +380,7 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
     not this one's, naming the kernels to decode it with where only they differ. A file
     written before the kernels were recorded is taken as it comes."""
     dtype = _dtype(flow)
-    if force or recorded in (environment(flow), _environment_key(dtype, None)):
+    if force or recorded in _accepted(dtype):
         return
     here = kernels()
     found = _recorded_kernels(recorded, dtype)
@@ -383,6 +398,20 @@ def check_environment(recorded: int, flow: torch.nn.Module, force: bool, what: s
         "this file was made in another environment (torch version, platform, dtype or CPU "
         f"kernels); its {what} may differ here: pass force=True (on the command line: "
         "--force) to try anyway"
+    )
+
+
+def _accepted(dtype) -> tuple[int, ...]:
+    """The environment keys a file decodes under here without a word: this process's, that of
+    a file that does not record its kernels, and this process's under the name flowforge gave
+    its MKL mode before 2026-12-07 (:func:`same_kernels`)."""
+    here = kernels()
+    older = [(here[0], "2" + (",STRICT" if here[1].endswith(",STRICT") else ""))]
+    older = [k for k in older if same_kernels(k, here)]
+    return (
+        _environment_key(dtype, here),
+        _environment_key(dtype, None),
+        *(_environment_key(dtype, k) for k in older),
     )
 
 
@@ -410,7 +439,7 @@ def _forced_hint(flow: torch.nn.Module, data) -> str:
     except CodecError:
         return ""
     dtype = _dtype(flow)
-    if not intact or h.environment in (environment(flow), _environment_key(dtype, None)):
+    if not intact or h.environment in _accepted(dtype):
         return ""
     found = _recorded_kernels(h.environment, dtype)
     start = "decoding with force=True (--force) failed, as the refusal without it warned: "

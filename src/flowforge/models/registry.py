@@ -59,15 +59,21 @@ LEGACY = {
 # mixture transformer reads: its configuration before `spread` is the same model).
 APPLIES = {
     ("tarflow", "spread"): lambda kwargs: kwargs.get("transformer") == "mixture",
-    # (only after "reverse" are the masks not those of before: a random permutation's order
-    # is saved with it; the image RealNVP has its own masks)
-    **{
-        (b, "alternate"): lambda kwargs: (
+    # (alternate=True is the masks of before; None differs from it only after "reverse", a
+    # random permutation's order being saved with it; the image RealNVP has its own masks)
+    ("nice", "alternate"): lambda kwargs: (
+        kwargs.get("alternate") is False or kwargs.get("permutation") == "reverse"
+    ),
+    ("realnvp", "alternate"): lambda kwargs: (
+        kwargs.get("alternate") is False
+        or (
             kwargs.get("permutation") == "reverse"
-            and not (kwargs.get("shape") is not None and kwargs.get("features") is None)
+            and not (kwargs.get("features") is None and len(kwargs.get("shape") or ()) == 3)
         )
-        for b in ("nice", "realnvp", "idf")
-    },
+    ),
+    ("idf", "alternate"): lambda kwargs: (
+        kwargs.get("alternate") is False or kwargs.get("permutation") == "reverse"
+    ),
 }
 
 # The defaults that changed when an argument of LEGACY was added, per builder: the value

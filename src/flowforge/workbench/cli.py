@@ -1949,7 +1949,8 @@ def _missing_workbench() -> list[str]:
     names = [k for k, extra in EXTRAS.items() if extra == "workbench" and k != "tomli"]
     if sys.version_info < (3, 11):
         names.append("tomli")
-    return [n for n in names if importlib.util.find_spec(n) is None]
+    pip = {"sklearn": "scikit-learn", "yaml": "PyYAML", "PIL": "pillow"}  # (what pip calls them)
+    return [pip.get(n, n) for n in names if importlib.util.find_spec(n) is None]
 
 
 def _main(argv: list[str] | None) -> int:
@@ -1973,7 +1974,8 @@ def _main(argv: list[str] | None) -> int:
         parser.commands.get(getattr(args, "command", None), parser).error(
             f"unrecognized arguments: {' '.join(extra)}"
         )
-    missing = _missing_workbench()
+    # (list, compress and decompress work with fewer packages: they name a missing one)
+    missing = [] if args.command in ("list", "compress", "decompress") else _missing_workbench()
     if missing:
         print(
             "flowforge: error: the flowforge command needs the workbench extra (missing: "

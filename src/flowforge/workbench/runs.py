@@ -1235,9 +1235,9 @@ def environment_warning(recorded, now: dict, what: str, processes: bool = True) 
         diffs.append(f"{threads} torch thread{many}, here {now['threads']}")
         fixes.append(f"OMP_NUM_THREADS={threads}")
     k = recorded.get("kernels")
-    if cpu and k and k != list(now["kernels"]):
-        from ..codec import ignored_setting, kernel_setting
+    from ..codec import ignored_setting, kernel_setting, same_kernels
 
+    if cpu and k and not same_kernels(k, now["kernels"]):
         here = now["kernels"]
         diffs.append(f"CPU kernels {k[0]} (MKL {k[1]}), here {here[0]} (MKL {here[1]})")
         fixes.append(

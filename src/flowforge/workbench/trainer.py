@@ -1107,10 +1107,13 @@ class Trainer:
 
     def _say(self, msg: str) -> None:
         if self.echo and self.rank == 0:
-            from tqdm import tqdm
-
             try:
-                tqdm.write(msg, file=sys.stdout)
+                if self.progress:  # (above the bar)
+                    from tqdm import tqdm
+
+                    tqdm.write(msg, file=sys.stdout)
+                else:  # (no bar: no tqdm needed)
+                    print(msg, file=sys.stdout)
                 if sys.stdout is not None:  # (None where Python has no stdout: nothing to say)
                     sys.stdout.flush()  # (a full disk is met at this line, not at exit)
             except OSError as e:  # its reader gone (`| head`), its disk full: as a SIGHUP
