@@ -59,6 +59,13 @@ class _GuardedStdout:
     def __init__(self, stream):
         self._stream = stream
         self.failed = False
+        # a character the terminal's encoding lacks (a path or column name on an ASCII or
+        # Latin-1 console, a file name's undecodable byte) is escaped, not an error after the
+        # command's work is done
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # (not a text stream we can set)
+            pass
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -755,31 +762,10 @@ def _scores_path(args) -> Path | None:
     _folder_exists(out, "--scores")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --scores file or pass --overwrite")
-    _not_the_runs(out, args.run, "--scores", "scores", also=(args.data,))
+    from .runs import not_the_runs
+
+    not_the_runs(out, args.run, "--scores", "scores", also=(args.data,))
     return out
-
-
-def _not_the_runs(out: Path, run, flag: str, what: str, also=()) -> None:
-    """Refuse an output file that is the run's data, one of its own files, or one of ``also``
-    (what the command reads), which ``--overwrite`` would replace."""
-    from .errors import WorkbenchError
-    from .runs import CKPT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, run_config
-
-    if not os.path.exists(out):
-        return
-    cfg = run_config(run)
-    kept = [*also, cfg["data"]["name"], cfg["resolved"].get("data_path")]
-    kept += [Path(run) / f for f in (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE)]
-    for p in kept:
-        try:
-            same = isinstance(p, (str, Path)) and os.path.samefile(out, p)
-        except (OSError, ValueError):
-            same = False
-        if same:
-            raise WorkbenchError(
-                f"{flag} {out} is {p}, which this command reads or the run keeps (its data or "
-                f"its own files); write the {what} to another file"
-            )
 
 
 def _print_manifold_eval(res: dict) -> None:
@@ -857,7 +843,9 @@ def cmd_sample(args) -> int:
     _folder_exists(out, "--out")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
-    _not_the_runs(out, args.run, "--out", "samples")
+    from .runs import not_the_runs
+
+    not_the_runs(out, args.run, "--out", "samples")
     if args.n < 1:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
     if not 0 <= args.temperature < math.inf:  # (0: every sample the image of the base's mode)

@@ -34,10 +34,11 @@ from .data import (
     read_run_table,
     read_table,
     reduced_bits_note,
+    user_path,
 )
 from .errors import DataError, WorkbenchError
 from .runner import run_dataset
-from .runs import load_run, run_config
+from .runs import CONFIG_FILE, load_run, not_the_runs, run_config
 
 __all__ = ["compress_run", "decompress_file", "classical_bits", "data_hash", "MAX_FILE_BYTES"]
 
@@ -149,14 +150,14 @@ def _examples(
         bits = int(cfg["data"]["options"].get("bits", 8))
         header = cfg["data"]["options"].get("header")
         columns = cfg["resolved"].get("columns")
-        if bits < 8 and Path(data).expanduser().is_dir():
+        if bits < 8 and user_path(data).is_dir():
             _refuse_reduced_images(data, bits, want)
         x, name = read_run_table(data, bits, want, columns=columns, header=header), data
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if math.prod(x.shape[1:]) != math.prod(want):
         got, k = tuple(x.shape[1:]), math.prod(x.shape[1:])
         given = f"examples of {k} values (shape {got})"
-        if not named and Path(data).expanduser().is_dir():  # images: say them as images
+        if not named and user_path(data).is_dir():  # images: say them as images
             given = examples_words(data, k)
         if len(want) == 3:  # an image run: say it in images' words
             raise DataError(
@@ -181,7 +182,7 @@ def _refuse_reduced_images(folder: str, bits: int, want: tuple[int, ...]) -> Non
     x = read_table(folder, 8, want).astype(np.uint8)
     low = 8 - bits
     k = x >> low
-    files = [f for f in Path(folder).expanduser().iterdir() if _is_image_name(f)]
+    files = [f for f in user_path(folder).iterdir() if _is_image_name(f)]
     if all(f.suffix.lower() == ".png" and _png_bit_depth(f) == bits for f in files) and (
         np.array_equal(x, (k.astype(np.int32) * 255 // (2**bits - 1)).astype(np.uint8))
     ):
@@ -361,6 +362,8 @@ def decompress_file(
     """Decode a ``.ffz`` file with a run's model into ``out`` (a ``.npy`` file, written
     atomically, never over an existing file without ``overwrite``)."""
     out_path = _check_out(out, overwrite, ".npy")
+    if (Path(model) / CONFIG_FILE).is_file():  # (a run folder: never over its data or files)
+        not_the_runs(out_path, model, "--out", "decoded data")
     path = Path(file)
     try:
         mode = path.stat().st_mode

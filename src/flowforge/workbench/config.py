@@ -211,7 +211,7 @@ def read_config(path: str | os.PathLike) -> dict:
         raise WorkbenchError(f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes; not a config")
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as editors write)
         if suffix in (".yaml", ".yml"):
             data = _yaml_load(text)
         elif suffix == ".toml":

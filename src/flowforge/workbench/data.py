@@ -107,6 +107,18 @@ class Dataset:
         return len(self.shape) == 3
 
 
+def user_path(spec) -> Path:
+    """``spec`` as a path, ``~`` and ``~user`` expanded as a shell does them; a name that only
+    starts with ``~`` (a backup's ``~data.csv``, where no user ``data.csv`` has a home) is taken
+    as it is."""
+    path = Path(spec)
+    try:
+        home = path.expanduser()
+    except RuntimeError:  # (no such user)
+        return path
+    return home if home.exists() or not path.exists() else path
+
+
 # -- 2-D toys ------------------------------------------------------------------------------------
 
 
@@ -1498,7 +1510,7 @@ def image_words(c: int, h: int, w: int) -> str:
 def examples_words(spec: str, k: int) -> str:
     """What a file given to a run holds, in a refusal: a folder's images as images
     (``"8x8 RGB images (192 values each)"``), anything else as ``"examples of k values"``."""
-    path = Path(spec).expanduser()
+    path = user_path(spec)
     if path.is_dir():
         c, h, w = _image_folder(path, 0, False, shuffle=False, val_fraction=0,
                                 test_fraction=0).shape  # fmt: skip
@@ -2640,7 +2652,7 @@ def read_table(
     row equal to them is a header, numbers or not). A folder's image files, as paths inside
     it in the rows' order, are appended to ``files`` when a list is given."""
     _check_header_option(header)
-    path = Path(spec).expanduser()
+    path = user_path(spec)
     if path.is_dir():
         ds = _image_folder(path, 0, False, bits=bits, shuffle=False, val_fraction=0,
                            test_fraction=0)  # fmt: skip
@@ -2774,7 +2786,7 @@ def read_labelled(
     its context, names them), also such a folder, read at ``bits``, its subfolders' names
     taken as the labels. Anything else is a one-line ``DataError`` saying so."""
     names, classes = (info or {}).get("names"), (info or {}).get("classes")
-    path = Path(spec).expanduser()
+    path = user_path(spec)
     width = math.prod(shape)
     suffix = path.suffix.lower()
     if not path.exists():
@@ -2915,7 +2927,7 @@ def _load_dataset(
     if key in DATASETS:
         ds = DATASETS[key][0](seed=seed, **options)
     else:
-        path = Path(spec).expanduser()
+        path = user_path(spec)
         if path.is_dir():  # (--conditional label: one subfolder per class)
             ds = _image_folder(path, seed, checks, conditional == "label", **options)
         elif path.is_file():

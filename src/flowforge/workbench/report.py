@@ -1690,7 +1690,9 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
     for name in made:  # this report's figures under names of their own, before its page
         os.replace(figdir / name, final / versioned_figure(name, token))
     out = run / "report.html"
-    atomic_write(figdir / out.name, page.encode())  # (no temporary page in the run itself)
+    # (a path's undecodable byte, a lone surrogate here, escaped rather than failing)
+    page_bytes = page.encode("utf-8", "backslashreplace")
+    atomic_write(figdir / out.name, page_bytes)  # (no temporary page in the run itself)
     os.replace(figdir / out.name, out)  # all old (with its figures) or all new
     for name in made:  # report/curves.png and the others: the latest report's, as before
         try:

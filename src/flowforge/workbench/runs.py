@@ -1269,3 +1269,37 @@ def environment_warning(recorded, now: dict, what: str, processes: bool = True) 
         f"the run was recorded with {'; '.join(diffs)}: the result {will} "
         f"bit-identical to {what}; to match it, run with {', '.join(fixes)}"
     )
+
+
+def not_the_runs(out, run, flag: str, what: str, also=()) -> None:
+    """Refuse an output file that would replace or change what the run in ``run`` reads: its
+    data (the file, or a file inside its data folder, which the folder's fingerprint covers),
+    one of its own files, or one of ``also`` (what the command itself reads)."""
+    cfg = run_config(run)
+    data = [cfg["data"]["name"], cfg["resolved"].get("data_path")]
+    for folder in data:
+        try:
+            if not (isinstance(folder, str) and Path(folder).is_dir()):
+                continue
+            inside = Path(out).resolve().is_relative_to(Path(folder).resolve())
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if inside:
+            raise WorkbenchError(
+                f"{flag} {out} lies in {folder}, the folder this run's data comes from: a file "
+                f"there changes the run's data; write the {what} elsewhere"
+            )
+    if not os.path.exists(out):
+        return
+    kept = [*also, *data]
+    kept += [Path(run) / f for f in (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE)]
+    for p in kept:
+        try:
+            same = isinstance(p, (str, Path)) and os.path.samefile(out, p)
+        except (OSError, ValueError):
+            same = False
+        if same:
+            raise WorkbenchError(
+                f"{flag} {out} is {p}, which this command reads or the run keeps (its data or "
+                f"its own files); write the {what} to another file"
+            )

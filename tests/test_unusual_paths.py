@@ -1,0 +1,106 @@
+"""Paths and names a user's machine has: a console that cannot encode a name, a file name with
+an undecodable byte, a data file whose name starts with ``~``, outputs inside a run's image
+folder (an audit of paths, names and locales)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_support import TINY_IDF, cli, one_line_error
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MODEL = ["--model", "realnvp", "--model-kwargs", '{"layers": 1, "hidden": [8]}', "--epochs", "1",
+         "--no-progress", "--quiet"]  # fmt: skip
+
+
+def table(path: Path) -> Path:
+    np.savetxt(path, np.random.default_rng(0).normal(size=(120, 2)), delimiter=",")
+    return path
+
+
+def test_a_console_that_cannot_encode_a_name_gets_it_escaped(tmp_path):
+    # (an ASCII or Latin-1 console: the command failed after writing, on its last line)
+    data = table(tmp_path / "données.csv")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run é"
+    cmd = [sys.executable, "-m", "flowforge", "train", "--data", str(data), "--out", str(run),
+           *MODEL[:-1]]  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
+    assert r.returncode == 0 and "run \\xe9" in r.stdout, r.stderr
+    out = tmp_path / "s é.csv"
+    cmd = [sys.executable, "-m", "flowforge", "sample", str(run), "-n", "3", "--out", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
+    assert r.returncode == 0 and out.exists() and "\\xe9" in r.stdout, r.stderr
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8")
+def test_a_report_of_a_run_with_an_undecodable_byte_in_its_name(tmp_path, capsys):
+    name = os.fsdecode(b"r\xe9x")  # (a Latin-1 name: a lone surrogate in Python)
+    run = tmp_path / name
+    rc, _, err = cli(capsys, "train", "--data", table(tmp_path / "t.csv"), "--out", run, *MODEL)
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "report", run, "--no-test")
+    assert rc == 0 and (run / "report.html").exists(), err
+    page = (run / "report.html").read_text()
+    assert all(p.name in page for p in (run / "report").iterdir() if ".report-" in p.name)
+
+
+def test_a_data_file_whose_name_starts_with_a_tilde(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table(tmp_path / "~data.csv")
+    rc, _, err = cli(capsys, "train", "--data", "~data.csv", "--out", "r", *MODEL)
+    assert rc == 0, err
+
+
+def test_outputs_never_go_into_the_folder_a_run_was_trained_on(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", folder, "--layout", "vector", "--out", run, *MODEL)
+    assert rc == 0, err
+    before = (folder / "0.png").read_bytes()
+    for out, extra in ((folder / "0.png", ["--overwrite"]), (folder / "new.png", [])):
+        rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", out, *extra)
+        one_line_error(rc, err, "the folder this run's data comes from")
+    assert (folder / "0.png").read_bytes() == before and not (folder / "new.png").exists()
+    rc, _, err = cli(capsys, "eval", run, "--split", "val")
+    assert rc == 0, err
+
+
+def test_decompress_never_replaces_the_runs_data(tmp_path, capsys):
+    data = tmp_path / "d.npy"
+    from sklearn.datasets import load_digits
+
+    np.save(data, load_digits().images[:128, None].astype(np.uint8))
+    args = [a if a != "digits" else str(data) for a in TINY_IDF]
+    rc, _, err = cli(capsys, *args, "--out", tmp_path / "idf")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "compress", tmp_path / "idf", "--out", tmp_path / "t.ffz",
+                     "--no-baselines")  # fmt: skip
+    assert rc == 0, err
+    kept = data.read_bytes()
+    rc, _, err = cli(capsys, "decompress", tmp_path / "t.ffz", "--model", tmp_path / "idf",
+                     "--out", data, "--overwrite")  # fmt: skip
+    one_line_error(rc, err, "which this command reads or the run keeps")
+    assert data.read_bytes() == kept
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml", ".yaml"])
+def test_a_config_file_with_a_byte_order_mark(tmp_path, capsys, suffix):
+    from flowforge.workbench.config import read_config
+
+    text = {".json": '{"seed": 3}', ".toml": "seed = 3", ".yaml": "seed: 3"}[suffix]
+    path = tmp_path / f"c{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_config(path) == {"seed": 3}
