@@ -78,6 +78,15 @@ def test_outputs_never_go_into_the_folder_a_run_was_trained_on(tmp_path, capsys)
     assert rc == 0, err
 
 
+def test_a_folder_named_as_a_built_in_data_set_is_no_runs_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = cli(capsys, "train", "--data", "moons", "--limit", 64, "--out", "r", *MODEL)
+    assert rc == 0, err
+    (tmp_path / "moons").mkdir()  # (made after: train refuses the ambiguous name)
+    rc, _, err = cli(capsys, "sample", "r", "-n", 2, "--out", "moons/s.csv")
+    assert rc == 0 and (tmp_path / "moons" / "s.csv").exists(), err
+
+
 def test_decompress_never_replaces_the_runs_data(tmp_path, capsys):
     data = tmp_path / "d.npy"
     from sklearn.datasets import load_digits

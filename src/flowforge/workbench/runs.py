@@ -1275,9 +1275,12 @@ def not_the_runs(out, run, flag: str, what: str, also=()) -> None:
     """Refuse an output file that would replace or change what the run in ``run`` reads: its
     data (the file, or a file inside its data folder, which the folder's fingerprint covers),
     one of its own files, or one of ``also`` (what the command itself reads)."""
+    from .data import DATASETS
+
     cfg = run_config(run)
     data = [cfg["data"]["name"], cfg["resolved"].get("data_path")]
-    for folder in data:
+    named = str(cfg["data"]["name"]).lower() in DATASETS  # (a built-in set: no folder of ours)
+    for folder in [] if named else data:
         try:
             if not (isinstance(folder, str) and Path(folder).is_dir()):
                 continue
