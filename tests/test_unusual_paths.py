@@ -72,10 +72,23 @@ def test_outputs_never_go_into_the_folder_a_run_was_trained_on(tmp_path, capsys)
     before = (folder / "0.png").read_bytes()
     for out, extra in ((folder / "0.png", ["--overwrite"]), (folder / "new.png", [])):
         rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", out, *extra)
-        one_line_error(rc, err, "the folder this run's data comes from")
+        one_line_error(rc, err, "is an image in", "the folder this run's data comes from")
     assert (folder / "0.png").read_bytes() == before and not (folder / "new.png").exists()
+    rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", folder / "s.csv")  # (not an image)
+    assert rc == 0, err
     rc, _, err = cli(capsys, "eval", run, "--split", "val")
     assert rc == 0, err
+
+
+def test_a_data_file_named_from_home_is_never_written_over(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = table(tmp_path / "x.csv")
+    kept = data.read_bytes()
+    rc, _, err = cli(capsys, "train", "--data", "~/x.csv", "--out", tmp_path / "r", *MODEL)
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", tmp_path / "r", "-n", 2, "--out", data, "--overwrite")
+    one_line_error(rc, err, "which this command reads or the run keeps")
+    assert data.read_bytes() == kept
 
 
 def test_a_folder_named_as_a_built_in_data_set_is_no_runs_data(tmp_path, capsys, monkeypatch):

@@ -354,7 +354,7 @@ def ignored_setting(recorded_mkl: str, rest: str = "only another CPU, or --force
         return ""
     return (
         f" (this process was started with MKL_CBWR={asked}, and MKL here did not take it: it "
-        f"runs {here}; on such a CPU MKL takes COMPATIBLE alone, so {rest})"
+        f"runs {here}, so {rest})"
     )
 
 

@@ -62,8 +62,9 @@ class _GuardedStdout:
         # a character the terminal's encoding lacks (a path or column name on an ASCII or
         # Latin-1 console, a file name's undecodable byte) is escaped, not an error after the
         # command's work is done
-        try:
-            stream.reconfigure(errors="backslashreplace")
+        try:  # (where Python keeps a name's bytes already, surrogateescape, it stays)
+            if getattr(stream, "errors", None) == "strict":
+                stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, OSError):  # (not a text stream we can set)
             pass
 

@@ -26,7 +26,7 @@ from .._util import fork_rng
 from . import warm_start
 from .build import build_flow, describe, has_context_map, rebuild_refusal, same_model
 from .config import DEFAULT_TRAIN, model_lr, read_config, resolve_config
-from .data import DATASETS, constant_columns, load_dataset, reload_dataset
+from .data import DATASETS, constant_columns, load_dataset, reload_dataset, user_path
 from .distributed import barrier, device, dist_env, init_distributed
 from .errors import DataError, NonFiniteError, RunError, WorkbenchError
 from .runs import (
@@ -289,8 +289,8 @@ def _source_data(source, cfg: dict):
 def _file_size(name: str) -> int | None:
     """The size of a regular file, None for anything else (a dataset's name, a folder)."""
     try:
-        st = os.stat(name)
-    except (OSError, ValueError):
+        st = os.stat(user_path(name))
+    except (OSError, ValueError, TypeError):
         return None
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
@@ -537,8 +537,8 @@ def _train(
             flow, _, resolved = build_flow(cfg, ds, recorded=recorded)
         if stored is not None and stored["resolved"].get("data_path"):
             resolved["data_path"] = stored["resolved"]["data_path"]
-        elif Path(cfg["data"]["name"]).exists():
-            resolved["data_path"] = str(Path(cfg["data"]["name"]).resolve())
+        elif user_path(cfg["data"]["name"]).exists():  # (~/x.csv too)
+            resolved["data_path"] = str(user_path(cfg["data"]["name"]).resolve())
         resolved["data_fingerprint"] = data_fingerprint
         if stored is not None and "data_bytes" in stored["resolved"]:
             resolved["data_bytes"] = stored["resolved"]["data_bytes"]

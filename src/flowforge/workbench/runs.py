@@ -1273,28 +1273,30 @@ def environment_warning(recorded, now: dict, what: str, processes: bool = True) 
 
 def not_the_runs(out, run, flag: str, what: str, also=()) -> None:
     """Refuse an output file that would replace or change what the run in ``run`` reads: its
-    data (the file, or a file inside its data folder, which the folder's fingerprint covers),
-    one of its own files, or one of ``also`` (what the command itself reads)."""
-    from .data import DATASETS
+    data file, an image inside the folder its data comes from (which the folder's fingerprint
+    covers), one of its own files, or one of ``also`` (what the command itself reads)."""
+    from .data import _is_image_name, user_path
 
     cfg = run_config(run)
-    data = [cfg["data"]["name"], cfg["resolved"].get("data_path")]
-    named = str(cfg["data"]["name"]).lower() in DATASETS  # (a built-in set: no folder of ours)
-    for folder in [] if named else data:
-        try:
-            if not (isinstance(folder, str) and Path(folder).is_dir()):
-                continue
-            inside = Path(out).resolve().is_relative_to(Path(folder).resolve())
-        except (OSError, ValueError, RuntimeError):
-            continue
-        if inside:
-            raise WorkbenchError(
-                f"{flag} {out} lies in {folder}, the folder this run's data comes from: a file "
-                f"there changes the run's data; write the {what} elsewhere"
-            )
+    where = cfg["resolved"].get("data_path")  # (absolute, as train found it)
+    try:
+        inside = (
+            isinstance(where, str)
+            and Path(where).is_dir()
+            and _is_image_name(Path(out))
+            and Path(out).resolve().is_relative_to(Path(where).resolve())
+        )
+    except (OSError, ValueError, RuntimeError):
+        inside = False
+    if inside:
+        raise WorkbenchError(
+            f"{flag} {out} is an image in {where}, the folder this run's data comes from: it "
+            f"would change the run's data; write the {what} elsewhere"
+        )
     if not os.path.exists(out):
         return
-    kept = [*also, *data]
+    name = cfg["data"]["name"]
+    kept = [*also, user_path(name) if isinstance(name, str) else name, where]
     kept += [Path(run) / f for f in (CONFIG_FILE, MODEL_FILE, CKPT_FILE, METRICS_FILE)]
     for p in kept:
         try:
