@@ -844,9 +844,6 @@ def cmd_sample(args) -> int:
     _folder_exists(out, "--out")
     if os.path.lexists(out) and not args.overwrite:  # (a link, even to nothing, is the user's)
         raise WorkbenchError(f"{out} exists; choose another --out or pass --overwrite")
-    from .runs import not_the_runs
-
-    not_the_runs(out, args.run, "--out", "samples")
     if args.n < 1:
         raise WorkbenchError(f"-n must be at least 1, got {args.n}")
     if not 0 <= args.temperature < math.inf:  # (0: every sample the image of the base's mode)
@@ -860,6 +857,9 @@ def cmd_sample(args) -> int:
     if not 0 < tol < 1:  # (NaN too) at 1 and above, one sweep would pass for converged
         raise WorkbenchError(f"--tol must be a number in (0, 1), got {tol}")
     cfg = run_config(args.run)
+    from .runs import not_the_runs
+
+    not_the_runs(out, args.run, "--out", "samples")  # (after the arguments' own checks)
     with warnings.catch_warnings(record=True) as said:  # (e.g. a context past the training
         warnings.simplefilter("always")  # range: in --json's warnings too, said at the end)
         context, what, given = sample_context(cfg, args.label, args.context)
