@@ -1708,11 +1708,11 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Optional packages (top-level module name) and the pyproject extra that installs each.
 # The models that need an optional package, and its extra (`flowforge list` says so where it
 # is missing).
 MODEL_PACKAGES = {"cnf": ("torchdiffeq", "ode"), "ffjord": ("torchdiffeq", "ode")}
 
+# Optional packages (top-level module name) and the pyproject extra that installs each.
 EXTRAS = {
     "safetensors": "workbench",  # (the library's io extra; the command needs all of these)
     "scipy": "workbench",
@@ -1964,7 +1964,8 @@ def _main(argv: list[str] | None) -> int:
             f"unrecognized arguments: {' '.join(extra)}"
         )
     # (list, compress and decompress work with fewer packages: they name a missing one)
-    missing = [] if args.command in ("list", "compress", "decompress") else _missing_workbench()
+    fewer = getattr(args, "command", None) in ("list", "compress", "decompress")
+    missing = [] if fewer else _missing_workbench()
     if missing:
         print(
             "flowforge: error: the flowforge command needs the workbench extra (missing: "
