@@ -329,19 +329,19 @@ def kernel_setting(kernels: tuple[str, str] | list) -> str:
     return setting + (f" MKL_CBWR={mkl}" if mkl != "none" else "")
 
 
+def _former_name(mkl: str) -> str | None:
+    """The name flowforge gave MKL's mode ``mkl`` before 2026-12-07 where MKL names no branch
+    of its own: "2" for both UNSET and AUTO (None for a named branch)."""
+    base, _, flag = str(mkl).partition(",")
+    return "2" + (f",{flag}" if flag else "") if base in ("UNSET", "AUTO") else None
+
+
 def same_kernels(recorded, here) -> bool:
     """Whether recorded kernels name this process's: the same names, or the name flowforge
-    gave before 2026-12-07 where MKL names no branch of its own ("2", for both its modes: a
-    file or run of then is taken as it comes, as one that does not record its kernels)."""
+    gave before 2026-12-07 (:func:`_former_name`: a file or run of then is taken as it comes,
+    as one that does not record its kernels)."""
     recorded, here = [str(k) for k in recorded], [str(k) for k in here]
-    if recorded == here:
-        return True
-    strict = ",STRICT" if here[1].endswith(",STRICT") else ""
-    return (
-        recorded[0] == here[0]
-        and here[1].split(",")[0] in ("UNSET", "AUTO")
-        and recorded[1] == "2" + strict
-    )
+    return recorded == here or (recorded[0] == here[0] and recorded[1] == _former_name(here[1]))
 
 
 def ignored_setting(recorded_mkl: str, rest: str = "only another CPU, or --force, remains") -> str:
@@ -406,13 +406,9 @@ def _accepted(dtype) -> tuple[int, ...]:
     a file that does not record its kernels, and this process's under the name flowforge gave
     its MKL mode before 2026-12-07 (:func:`same_kernels`)."""
     here = kernels()
-    older = [(here[0], "2" + (",STRICT" if here[1].endswith(",STRICT") else ""))]
-    older = [k for k in older if same_kernels(k, here)]
-    return (
-        _environment_key(dtype, here),
-        _environment_key(dtype, None),
-        *(_environment_key(dtype, k) for k in older),
-    )
+    former = _former_name(here[1])
+    keys = (_environment_key(dtype, here), _environment_key(dtype, None))
+    return keys + ((_environment_key(dtype, (here[0], former)),) if former else ())
 
 
 def _recorded_kernels(recorded: int, dtype) -> tuple[str, str] | None:

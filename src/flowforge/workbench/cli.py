@@ -830,7 +830,7 @@ def cmd_sample(args) -> int:
     from .data import reduced_bits_note
     from .errors import WorkbenchError
     from .evaluate import sample_context
-    from .report import sample_run, save_samples
+    from .report import check_npz_out, sample_run, save_samples
     from .runs import load_run, run_config
 
     out = Path(args.out)
@@ -863,11 +863,7 @@ def cmd_sample(args) -> int:
     with warnings.catch_warnings(record=True) as said:  # (e.g. a context past the training
         warnings.simplefilter("always")  # range: in --json's warnings too, said at the end)
         context, what, given = sample_context(cfg, args.label, args.context)
-    if out.suffix.lower() == ".npz" and (given is None or list(given[0]) != ["label"]):
-        raise WorkbenchError(
-            f"--out {out}: an .npz holds the samples with their labels, for a label-conditional "
-            "run; write this run's samples to a .npy or .csv file"
-        )
+    check_npz_out(out, given)  # (before sampling)
     if out.suffix.lower() == ".png":  # a picture shows so many; more is memory for nothing
         total = args.n * (len(given[1]) if given else 1)
         images = len(cfg["resolved"]["data_shape"]) == 3

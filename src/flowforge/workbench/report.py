@@ -257,6 +257,18 @@ def _whole(a: np.ndarray, chunk: int = 1 << 20) -> bool:
     )
 
 
+def check_npz_out(path, given) -> None:
+    """Refuse an ``.npz`` samples file for a run that is not label-conditional (``given``:
+    the contexts :func:`sample_run` is given; an ``.npz`` holds each sample's label)."""
+    from .data import WorkbenchError
+
+    if Path(path).suffix.lower() == ".npz" and (given is None or list(given[0]) != ["label"]):
+        raise WorkbenchError(
+            f"--out {path}: an .npz holds the samples with their labels, for a label-conditional "
+            "run; write this run's samples to a .npy or .csv file"
+        )
+
+
 def save_samples(
     x: Tensor,
     cfg: dict,
@@ -290,11 +302,7 @@ def save_samples(
         if suffix == ".npy":
             write_npy(path, a, replace=overwrite)
             return
-        if given is None or list(given[0]) != ["label"]:
-            raise WorkbenchError(
-                f"--out {path.name}: an .npz holds the samples with their labels, for a "
-                "label-conditional run; write this run's samples to a .npy or .csv file"
-            )
+        check_npz_out(path, given)
         import io as _io
 
         per = len(a) // len(given[1])  # (each label's samples together, as sample_run draws)
