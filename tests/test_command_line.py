@@ -291,3 +291,22 @@ def test_version(capsys):
         main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"flowforge {flowforge.__version__}"
+
+
+def test_each_error_line_is_one_write_also_on_an_unbuffered_stderr(monkeypatch):
+    # (under torchrun with PYTHONUNBUFFERED, print wrote a line and its newline apart, and two
+    # processes' lines ran together on one line)
+    import io
+
+    class Raw(io.BytesIO):
+        writes: list = []
+
+        def write(self, b):
+            self.writes.append(bytes(b))
+            return super().write(b)
+
+    raw = Raw()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, write_through=True))
+    assert command.main(["train", "--model", "realnvp", "--out", "x"]) == 1
+    sys.stderr.flush()
+    assert raw.writes and all(w.endswith(b"\n") for w in raw.writes), raw.writes

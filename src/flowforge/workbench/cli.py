@@ -1830,6 +1830,11 @@ def command() -> int:
 
 def _run(argv: list[str] | None, exiting: bool) -> int:
     _SIGNALLED.clear()
+    try:  # one write per line, also where stderr is unbuffered (PYTHONUNBUFFERED): the lines
+        # of torchrun's processes, which share it, interleaved mid-line
+        sys.stderr.reconfigure(line_buffering=True, write_through=False)
+    except (AttributeError, ValueError, OSError):  # (not a text stream we can set)
+        pass
     handlers = _interrupt_handlers()
     try:
         _import_numpy()
