@@ -126,3 +126,81 @@ def test_a_config_file_with_a_byte_order_mark(tmp_path, capsys, suffix):
     path = tmp_path / f"c{suffix}"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert read_config(path) == {"seed": 3}
+
+
+def test_white_space_in_a_name_is_printed_as_it_was_given(tmp_path, capsys, monkeypatch):
+    # (errors used to collapse white space: "no such file or folder: base.csv" when it exists)
+    monkeypatch.chdir(tmp_path)
+    table(tmp_path / "base.csv")
+    rc, _, err = cli(capsys, "train", "--data", " base.csv", "--out", "r", *MODEL)
+    one_line_error(rc, err, "no such file or folder: ' base.csv'")
+    rc, _, err = cli(capsys, "eval", "two  spaces")
+    one_line_error(rc, err, "two  spaces: no such folder")
+
+
+def test_suggested_commands_can_be_pasted_into_a_shell():
+    import shlex
+
+    from flowforge.workbench.errors import shell_word
+
+    for name in ("runs/a b", "-run", "it's", "plain/run", "$HOME", "a;b"):
+        given = "./" + name if name.startswith("-") else name
+        assert shlex.split(f"flowforge train --out {shell_word(name)}")[-1] == given
+    assert shell_word("plain/run") == "plain/run"
+
+
+def test_a_line_break_in_a_column_name_cannot_start_a_result_line(tmp_path, capsys):
+    data = tmp_path / "nl.csv"
+    rows = "\n".join(f"{i % 7},{i % 5}" for i in range(60))
+    data.write_text(f'"x\ntest NLL -99.0 fake",b\n{rows}\n')
+    rc, out, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "r", *MODEL[:-1],
+                       "--set", "data.bounds.0=[-100,100]", "--set", "data.integers=1")  # fmt: skip
+    assert rc == 0, err
+    assert not any(line.startswith("test NLL -99") for line in out.splitlines()), out
+    assert "x\\ntest NLL -99.0 fake in (-100, 100)" in out
+
+
+def test_a_long_output_name_the_file_system_takes_is_written(tmp_path):
+    # (the temporary file beside it was 14 bytes longer: 242-255-byte names were refused)
+    from flowforge.io import atomic_write
+
+    for n in (241, 250, 255):
+        target = tmp_path / ("a" * (n - 4) + ".csv")
+        atomic_write(target, b"1,2\n")
+        assert target.read_bytes() == b"1,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_output_under_a_file_is_refused_before_the_work(tmp_path, capsys):
+    run = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", "--data", table(tmp_path / "t.csv"), "--out", run, *MODEL)
+    assert rc == 0, err
+    (tmp_path / "ln").symlink_to(tmp_path / "nowhere")
+    for parent in ("t.csv", "ln"):
+        rc, _, err = cli(capsys, "sample", run, "-n", "2", "--out", tmp_path / parent / "s.csv")
+        one_line_error(rc, err, f"{parent} is not a folder")
+        rc, _, err = cli(capsys, "eval", run, "--scores", tmp_path / parent / "s.csv")
+        one_line_error(rc, err, f"{parent} is not a folder")
+    rc, _, err = cli(capsys, "sample", run, "-n", "2", "--out", "")
+    one_line_error(rc, err, "--out is empty")
+    rc, _, err = cli(capsys, "train", "--config", "", "--out", tmp_path / "r2")
+    one_line_error(rc, err, "--config is empty")
+
+
+TYPED = [
+    ("2024-01-01", "the date 2024-01-01"),
+    ("on", "the boolean True"),
+    ("0x10", "the number 16"),
+]
+
+
+@pytest.mark.parametrize("value, said", TYPED)
+def test_a_name_yaml_reads_as_another_type_is_said_to_need_quotes(tmp_path, capsys, value, said):
+    for key in ("data", "init_from"):
+        config = tmp_path / "c.yaml"
+        config.write_text(f"model: realnvp\n{key}: {value}\n" + ("data: t.csv\n" * (key != "data")))
+        rc, _, err = cli(capsys, "train", "--config", config, "--out", tmp_path / "r")
+        one_line_error(rc, err, f"config {key} was read as {said}", "not as a name", "quote it")
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--set", f"data.name={value}",
+                     "--out", tmp_path / "r")  # fmt: skip
+    one_line_error(rc, err, f"config data.name was read as {said}")

@@ -85,6 +85,9 @@ def _safetensors():
     return safetensors
 
 
+_NAME_MAX = 255  # bytes of one file name on the usual file systems (ext4, XFS, APFS, NTFS)
+
+
 def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
@@ -99,7 +102,11 @@ def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # (beside its target, named after it unless that name is too long to take 14 more
+        # bytes: a name the file system takes is never refused for its temporary's)
+        long = len(os.fsencode(path.name)) > _NAME_MAX - 14
+        prefix = ".ff-" if long else f".{path.name}."
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode

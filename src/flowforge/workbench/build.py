@@ -17,7 +17,7 @@ from ..io import Budget, unsaveable_config
 from .catalog import SIZING
 from .data import Dataset, describe_bounds, model_bounds
 from .data import whitening as data_whitening
-from .errors import WorkbenchError
+from .errors import WorkbenchError, shell_word, visible
 from .warm_start import _DATA_ARGS as DATA_ARGS
 
 __all__ = [
@@ -756,7 +756,7 @@ def rebuild_refusal(run, flow_config) -> str:
         f"cannot resume {run}: the model builder now gives a different model"
         f"{_predates(flow_config)}; finish it with the flowforge it was trained with "
         f"(resolved.environment), or start a new run from its model: flowforge train "
-        f"--init-from {run} --out NEW_RUN --epochs N"
+        f"--init-from {shell_word(run)} --out NEW_RUN --epochs N"
     )
 
 
@@ -821,7 +821,7 @@ def _whiten_note(resolved: dict) -> str:
 
 def _integers_note(resolved: dict) -> str:
     names = resolved.get("columns")
-    cols = [names[j] if names else str(j) for j in resolved["integers"]]
+    cols = [visible(names[j]) if names else str(j) for j in resolved["integers"]]
     return (
         f"integer columns (data.integers): {', '.join(cols)}; dequantized, so the NLL is a bound "
         "on the likelihood of the integers and the other columns together"

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import io
-from .errors import RunError, shown
+from .errors import RunError, one_line, shown
 
 __all__ = [
     "CKPT_FORMAT",
@@ -263,7 +263,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, Tensor]]:
     try:
         meta, tensors = io.unpack(path, what="checkpoint")
     except ValueError as e:
-        raise RunError(" ".join(str(e).split())) from None
+        raise RunError(one_line(e)) from None
     if meta.get("format") != CKPT_FORMAT:
         raise RunError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
     return meta, tensors

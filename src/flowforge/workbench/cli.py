@@ -90,11 +90,11 @@ class _GuardedStdout:
 
 def _one_line(e) -> str:
     """An exception's (or a warning's) message on one line, in the command's words."""
-    if isinstance(e, OSError) and e.strerror and e.filename is None and len(e.args) == 2:
-        return " ".join(e.strerror.split())  # our own (errno, message): without "[Errno N]"
-    from .errors import visible
+    from .errors import one_line, visible
 
-    msg = visible(" ".join(str(e).split())) or type(e).__name__
+    if isinstance(e, OSError) and e.strerror and e.filename is None and len(e.args) == 2:
+        return one_line(e.strerror)  # our own (errno, message): without "[Errno N]"
+    msg = visible(one_line(e)) or type(e).__name__
     for python, ours in _PYTHON_REMEDIES:
         msg = msg.replace(python, ours)
     msg = msg.strip("'\"") if isinstance(e, KeyError) else msg
@@ -449,6 +449,10 @@ def cmd_train(args) -> int:
     from .runner import train
 
     layers = []
+    if args.config is not None and not args.config.strip():  # (an unset shell variable)
+        from .errors import WorkbenchError
+
+        raise WorkbenchError("--config is empty; expected a .yaml, .toml or .json file")
     if args.config:
         layers.append(read_config(args.config))
     layers.append(_train_overrides(args))
@@ -483,7 +487,7 @@ def _replayed_data(config: str, stored: dict, data) -> None:
     that replays the run (if that file is still there). A file that is there is the run's
     data if its fingerprint says so (the replay checks it): a project folder moved with its
     data replays from its new place."""
-    from .errors import WorkbenchError
+    from .errors import WorkbenchError, shell_word
 
     resolved = stored.get("resolved")
     recorded = resolved.get("data_path") if isinstance(resolved, dict) else None
@@ -495,8 +499,8 @@ def _replayed_data(config: str, stored: dict, data) -> None:
     if Path(recorded).exists():
         raise WorkbenchError(
             f"{config} names its data {name!r}, and here there is no such file; the run was "
-            f"trained on {recorded}: give --data {recorded} to replay it (or --data with the "
-            "file you mean)"
+            f"trained on {recorded}: give --data {shell_word(recorded)} to replay it (or --data "
+            "with the file you mean)"
         )
     raise WorkbenchError(
         f"{config} names its data {name!r}, and here there is no such file; the run was "
@@ -513,11 +517,11 @@ def _finish_train(result: dict, seconds: float | None = None) -> int:
     rank, _ = dist_env()
     if result["status"] == "interrupted":
         if rank == 0 and (Path(result["out"]) / "checkpoint.safetensors").is_file():
-            import shlex
+            from .errors import shell_word
 
             print(
                 "flowforge: interrupted; resume with: flowforge train --out "
-                f"{shlex.quote(str(result['out']))} --resume",
+                f"{shell_word(result['out'])} --resume",
                 file=sys.stderr,
             )
         elif rank == 0:  # stopped before the first checkpoint: nothing to resume
@@ -558,14 +562,14 @@ def _finish_train(result: dict, seconds: float | None = None) -> int:
                     "not the model"
                 )
             else:
-                import shlex
+                from .errors import shell_word
 
                 notes.append(
                     "the best epoch is the last, so the model was still improving: more "
                     "epochs may do better; a new run can start from this model: flowforge train "
-                    f"--init-from {shlex.quote(str(result['out']))} --out NEW_RUN --epochs N"
+                    f"--init-from {shell_word(result['out'])} --out NEW_RUN --epochs N"
                     + (  # (training options are the new run's own: its objective too)
-                        f" --set train.objective={shlex.quote(str(result['objective']))}"
+                        f" --set train.objective={shell_word(result['objective'])}"
                         if result.get("objective", "nll") != "nll"
                         else ""
                     )
@@ -755,6 +759,8 @@ def _scores_path(args) -> Path | None:
         if args.overwrite:
             raise WorkbenchError("--overwrite goes with --scores (the file it may replace)")
         return None
+    if not str(args.scores).strip():
+        raise WorkbenchError("--scores is empty; expected a .csv or .npy file name")
     out = Path(args.scores)
     if out.suffix.lower() not in SCORE_SUFFIXES:
         raise WorkbenchError(f"--scores {out}: expected a .csv or .npy file")
@@ -833,6 +839,8 @@ def cmd_sample(args) -> int:
     from .report import check_npz_out, sample_run, save_samples
     from .runs import load_run, run_config
 
+    if not str(args.out).strip():
+        raise WorkbenchError("--out is empty; expected a .png, .npy, .csv or .npz file name")
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npy", ".csv", ".npz"):
         raise WorkbenchError(
@@ -1054,10 +1062,11 @@ def _folder_exists(out: Path, flag: str) -> None:
     not made (a tree of typos), by any command."""
     from .errors import WorkbenchError
 
-    if not os.path.lexists(Path(out).parent):
-        raise WorkbenchError(
-            f"{flag} {out}: there is no folder {Path(out).parent}; create it first"
-        )
+    folder = Path(out).parent
+    if not os.path.lexists(folder):
+        raise WorkbenchError(f"{flag} {out}: there is no folder {folder}; create it first")
+    if not folder.is_dir():  # (a file, or a link to nothing: said before the work, not after)
+        raise WorkbenchError(f"{flag} {out}: {folder} is not a folder")
 
 
 def cmd_compress(args) -> int:
@@ -1165,9 +1174,9 @@ def cmd_demo(args) -> int:
     except RunError as e:
         if "already holds this run;" not in str(e):
             raise
-        import shlex
+        from .errors import shell_word
 
-        out = shlex.quote(str(args.out))
+        out = shell_word(args.out)
         raise RunError(  # (demo has no --resume: train's words would name one)
             f"{args.out} already holds the demo's run; flowforge demo --overwrite trains it "
             f"again, flowforge train --out {out} --resume continues it"
@@ -1909,11 +1918,11 @@ def _peer_lost_line(e: BaseException | None, args) -> str | None:
     out = getattr(args, "out", None)
     resume = ""
     if out is not None and getattr(args, "command", None) == "train":
-        import shlex
+        from .errors import shell_word
 
         resume = (
             f"; the run folder keeps its last checkpoint (torchrun ... -m flowforge train --out "
-            f"{shlex.quote(str(out))} --resume continues it)"
+            f"{shell_word(out)} --resume continues it)"
         )
     return (
         "flowforge: stopped: another process of this torchrun run ended first (killed, or out "

@@ -257,6 +257,24 @@ def deep_merge(a, b, key=None):
 NAMED_SECTIONS = ("model", "data")  # the top-level sections that a name alone can stand for
 
 
+def unquoted_name(key: str, value) -> str | None:
+    """What to say of a name (a data file's, a run folder's) that a YAML config or ``--set``
+    typed as something else: ``2024-01-01`` read as a date, ``on`` or ``no`` as a boolean,
+    ``2019`` or ``0x10`` as a number. None for any other value."""
+    import datetime
+
+    if isinstance(value, bool):
+        read = f"the boolean {value} (YAML reads on/off, yes/no and true/false so)"
+    elif isinstance(value, (int, float, datetime.date)):
+        read = f"the {'date' if isinstance(value, datetime.date) else 'number'} {value}"
+    else:
+        return None
+    return (
+        f"config {key} was read as {read}, not as a name; if it names a file or folder, "
+        f"quote it in the config ({key.split('.')[0]}: '...') or give it on the command line"
+    )
+
+
 def _section(value, what: str) -> tuple[str | None, dict]:
     """``model: realnvp`` or ``model: {name: realnvp, layers: 4}`` -> (name, kwargs)."""
     if value is None:
@@ -267,7 +285,7 @@ def _section(value, what: str) -> tuple[str | None, dict]:
         return os.fspath(value), {}
     if not isinstance(value, dict):
         if what == "data":
-            raise WorkbenchError(f"config {in_memory_data(value)}")
+            raise WorkbenchError(unquoted_name("data", value) or f"config {in_memory_data(value)}")
         raise WorkbenchError(f"config '{what}' must be a name or a mapping, got {shown(value)}")
     value = dict(value)
     name = value.pop("name", None)
@@ -275,7 +293,8 @@ def _section(value, what: str) -> tuple[str | None, dict]:
         name = os.fspath(name)
     if name is not None and not isinstance(name, str):
         if what == "data":
-            raise WorkbenchError(f"config {in_memory_data(name)} (data.name)")
+            said = unquoted_name("data.name", name)
+            raise WorkbenchError(said or f"config {in_memory_data(name)} (data.name)")
         raise WorkbenchError(f"config '{what}.name' must be a string, got {shown(name)}")
     extra = "kwargs" if what == "model" else "options"
     nested = value.pop(extra, None) or {}
@@ -516,7 +535,7 @@ def resolve_config(*layers: dict | None) -> dict:
     if limit is not None:
         checked("data.limit", limit, _int(1))
     if "init_from" in cfg:
-        cfg["init_from"] = checked("init_from", cfg["init_from"], _run_path)
+        cfg["init_from"] = run_path(cfg["init_from"])
     _json_types(cfg, "")
     return json.loads(json.dumps(cfg))  # plain JSON types only (tuples -> lists)
 
@@ -529,6 +548,13 @@ def model_lr(spec, layers) -> float | None:
         for layer in layers
     )
     return None if given else spec.lr
+
+
+def run_path(value) -> str:
+    """``init_from`` checked: the path of a run folder, or a one-line ``WorkbenchError``."""
+    if said := unquoted_name("init_from", value):
+        raise WorkbenchError(said)
+    return checked("init_from", value, _run_path)
 
 
 def _run_path(v):

@@ -36,7 +36,7 @@ from torch import Tensor
 from .._util import all_finite, suggest
 from . import manifold_data, toy_density
 from .catalog import DATASET_NOTES
-from .errors import ContextError, DataError, WorkbenchError, in_memory_data
+from .errors import ContextError, DataError, WorkbenchError, in_memory_data, visible
 
 __all__ = [
     "DATASETS",
@@ -105,6 +105,14 @@ class Dataset:
     @property
     def is_image(self) -> bool:
         return len(self.shape) == 3
+
+
+def _no_such_file(spec) -> str:
+    """The refusal of a data name that names nothing, with a name's stray white space made
+    visible (a pasted `` data.csv`` reads like ``data.csv``)."""
+    text = str(spec)
+    stray = text != text.strip() or any(c in text for c in "\t\n\r")
+    return f"no such file or folder: {text!r}" if stray else f"no such file or folder: {text}"
 
 
 def user_path(spec) -> Path:
@@ -1932,6 +1940,7 @@ def describe_bounds(bounds: dict, names: list[str], integers=()) -> str:
     for j, (name, a, b) in enumerate(zip(names, bounds["lower"], bounds["upper"])):
         if a is None and b is None:
             continue
+        name = visible(name)  # (a header's line break cannot start a line of its own)
         if j in integers:
             lo = "-inf" if a is None else f"{a:g}"
             out.append(f"{name} integers in [{lo}, {'inf' if b is None else f'{b:g}'}]")
@@ -2661,7 +2670,7 @@ def read_table(
         x = ds.train  # (every image: no split was made; integers, exact in float32)
         return x.reshape(len(x), -1).numpy()
     if not path.exists():
-        raise DataError(f"no such file or folder: {spec}")
+        raise DataError(_no_such_file(spec))
     if not path.is_file():
         raise DataError(f"{spec} is not a regular file or a folder of images")
     if path.stat().st_size == 0:
@@ -2790,7 +2799,7 @@ def read_labelled(
     width = math.prod(shape)
     suffix = path.suffix.lower()
     if not path.exists():
-        raise DataError(f"no such file or folder: {spec}")
+        raise DataError(_no_such_file(spec))
     if path.is_dir() and names:  # a folder of class subfolders, for a run trained on one
         ds = _image_folder(path, 0, False, True, bits=bits, shuffle=False, val_fraction=0,
                            test_fraction=0)  # fmt: skip
@@ -2940,7 +2949,7 @@ def _load_dataset(
         elif path.exists():
             raise DataError(f"{spec} is not a regular file or a folder (a pipe, device or socket)")
         elif path.suffix or "/" in str(spec) or "\\" in str(spec):
-            raise DataError(f"no such file or folder: {spec}")
+            raise DataError(_no_such_file(spec))
         else:
             hint = suggest(key, DATASETS)
             raise DataError(

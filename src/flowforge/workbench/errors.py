@@ -12,6 +12,8 @@ __all__ = [
     "NonFiniteError",
     "out_of_memory",
     "visible",
+    "shell_word",
+    "one_line",
 ]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # breaks too
@@ -27,6 +29,26 @@ def visible(text: str, lines: bool = False) -> str:
     if not pattern.search(text):
         return text
     return pattern.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_LINE_BREAK = re.compile(r"[ \t]*\r?\n[ \t]*")
+
+
+def one_line(text) -> str:
+    """``text`` (a message, often an exception's) on one line: each line break, with the
+    indentation around it, becomes one space. Other spaces stay as they are, so that a path
+    with a leading, trailing or doubled space is printed as it was given."""
+    return _LINE_BREAK.sub(" ", str(text)).strip("\n\r")
+
+
+def shell_word(value) -> str:
+    """``value`` (a path, a name) as one word of a command the user can paste into a POSIX
+    shell: quoted where the shell would split or expand it, and a name that starts with ``-``
+    written ``./-name``, so that the command does not read it as an option."""
+    import shlex
+
+    text = str(value)
+    return shlex.quote("./" + text if text.startswith("-") else text)
 
 
 class WorkbenchError(Exception):

@@ -54,7 +54,9 @@ __all__ = [
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+    from .errors import one_line
+
+    return one_line(e)
 
 
 def _sample_names_first(path, width: int) -> bool:

@@ -28,7 +28,7 @@ from .build import build_flow, describe, has_context_map, rebuild_refusal, same_
 from .config import DEFAULT_TRAIN, model_lr, read_config, resolve_config
 from .data import DATASETS, constant_columns, load_dataset, reload_dataset, user_path
 from .distributed import barrier, device, dist_env, init_distributed
-from .errors import DataError, NonFiniteError, RunError, WorkbenchError
+from .errors import DataError, NonFiniteError, RunError, WorkbenchError, shell_word
 from .runs import (
     CKPT_FILE,
     CONFIG_FILE,
@@ -189,8 +189,8 @@ def _run_data(cfg: dict, error=DataError, run=None, checks: bool = True, source=
             "it, so flowforge cannot tell it is the run's data"
             + (
                 f" (a run from before data fingerprints); a new run can start from its model "
-                f"on that file: flowforge train --init-from {run} --data {names[0]} --out "
-                "NEW_RUN --epochs N"
+                f"on that file: flowforge train --init-from {shell_word(run)} --data "
+                f"{shell_word(names[0])} --out NEW_RUN --epochs N"
                 if run is not None
                 else other
             )
@@ -316,8 +316,6 @@ def _refuse_read_only(out: Path, epochs) -> None:
     the name): one the operator made read-only (no write bit) is refused, not replaced by a
     writable file without a word. A run that has ``epochs`` behind it already (finished or
     early-stopped) replaces nothing: it is left to say "nothing to train"."""
-    import shlex
-
     if _ended(out, epochs):
         return
 
@@ -330,7 +328,7 @@ def _refuse_read_only(out: Path, epochs) -> None:
         if stat.S_ISREG(mode) and not mode & 0o222:
             raise RunError(
                 f"cannot resume {out}: {path} is read-only (mode {stat.S_IMODE(mode):o}) and "
-                f"resuming replaces it; make it writable (chmod u+w {shlex.quote(str(path))}) "
+                f"resuming replaces it; make it writable (chmod u+w {shell_word(path)}) "
                 "to resume"
             )
 
@@ -477,7 +475,7 @@ def _train(
             if isinstance(was, str) and Path(was) != source.path and sha != source.sha256:
                 raise RunError(
                     f"cannot replay the run this config records: it started from {was}, not "
-                    f"{source.given}; give --init-from {was} (or drop --init-from)"
+                    f"{source.given}; give --init-from {shell_word(was)} (or drop --init-from)"
                 )
             if sha is not None and sha != source.sha256:  # (a replay starts from that model)
                 raise RunError(
@@ -491,7 +489,7 @@ def _train(
                 name = cfg["data"]["name"]
                 was = recorded.get("data_path")
                 there = (
-                    f"; the run read {was}: give --data {was} to replay it"
+                    f"; the run read {was}: give --data {shell_word(was)} to replay it"
                     if isinstance(was, str) and Path(was).exists() and not _same_file(was, name)
                     else ""
                 )
@@ -500,8 +498,8 @@ def _train(
                     "the data it was trained on (its fingerprint differs: an edited file, or "
                     f"a dataset another library version makes otherwise){there}; "
                     "restore that data to replay the run, or name the data on the command "
-                    f"line (--data {name}; from Python new_data=True) to train a new run "
-                    "on it with the same options"
+                    f"line (--data {shell_word(name)}; from Python new_data=True) to train a new "
+                    "run on it with the same options"
                 )
             if prints:
                 print(

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import shlex
 import signal
 import socket
 import tempfile
@@ -40,7 +39,7 @@ import numpy as np
 from .. import io
 from ..core import Flow
 from .config import SEED_MAX, _int, checked, config_diff, resolve_config, user_part
-from .errors import RunError, WorkbenchError
+from .errors import RunError, WorkbenchError, one_line, shell_word
 
 __all__ = [
     "RUN_FORMAT",
@@ -273,10 +272,10 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
             raise RunError(
                 f"{run} has no {MODEL_FILE}, although its training finished epochs: the file was "
                 "removed or lost, and the checkpoint holds the last weights, not the best; train "
-                f"the run again (flowforge train ... --out {run} --overwrite)"
+                f"the run again (flowforge train ... --out {shell_word(run)} --overwrite)"
             )
         resume = (
-            f"; continue it with flowforge train --out {run} --resume"
+            f"; continue it with flowforge train --out {shell_word(run)} --resume"
             if _has_checkpoint(Path(run))
             else "; run its flowforge train command again"
         )
@@ -286,7 +285,7 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
     try:
         flow = io.load(Path(run) / MODEL_FILE, map_location)
     except ValueError as e:
-        raise RunError(" ".join(str(e).split())) from None
+        raise RunError(one_line(e)) from None
     from .build import same_model
 
     built = cfg["resolved"].get("flow_config")
@@ -868,7 +867,7 @@ def describe_run_status(status: dict, run) -> str:
         )
     return (
         f"this run {how}; its scores are of an unfinished model "
-        f"(flowforge train --out {shlex.quote(str(run))} --resume continues it)"
+        f"(flowforge train --out {shell_word(run)} --resume continues it)"
     )
 
 

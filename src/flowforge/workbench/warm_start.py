@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from .. import io
-from .config import _run_path, checked, deep_merge, merge_config
-from .errors import RunError
+from .config import deep_merge, merge_config, run_path
+from .errors import RunError, shell_word
 from .runs import CKPT_FILE, CONFIG_FILE, MODEL_FILE, load_run, run_config, run_status
 
 __all__ = [
@@ -103,7 +103,7 @@ def open_source(given, out: Path) -> Source:
     """The run ``given`` names, checked and loaded (before anything of the new run is read or
     written); :class:`RunError` in one line for a folder that is not a finished run's, the new
     run's own ``--out``, or a damaged ``model.ff``."""
-    given = checked("init_from", given, _run_path)
+    given = run_path(given)
     path = Path(given)
     if _same_folder(path, Path(out)):
         raise RunError(
@@ -180,7 +180,7 @@ def recorded_hint(config: dict) -> str:
             return ""
     except (OSError, ValueError):
         return ""
-    return f"; the run this config records started from {path}: give --init-from {path}"
+    return f"; the run this config records started from {path}: give --init-from {shell_word(path)}"
 
 
 def with_defaults(config: dict, source: Source) -> dict:
