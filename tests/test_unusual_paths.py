@@ -204,3 +204,30 @@ def test_a_name_yaml_reads_as_another_type_is_said_to_need_quotes(tmp_path, caps
     rc, _, err = cli(capsys, "train", "--model", "realnvp", "--set", f"data.name={value}",
                      "--out", tmp_path / "r")  # fmt: skip
     one_line_error(rc, err, f"config data.name was read as {said}")
+
+
+def test_a_header_in_another_unicode_form_names_the_same_columns(tmp_path, capsys):
+    # (macOS software writes NFD: "température" as "tempe\u0301rature", which looks the same)
+    import unicodedata
+
+    rows = np.random.default_rng(0).normal(size=(120, 2))
+    for name, form in (("nfc.csv", "NFC"), ("nfd.csv", "NFD")):
+        header = unicodedata.normalize(form, "température,b")
+        np.savetxt(tmp_path / name, rows, delimiter=",", header=header, comments="")
+    rc, _, err = cli(
+        capsys, "train", "--data", tmp_path / "nfc.csv", "--out", tmp_path / "r", *MODEL
+    )
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "eval", tmp_path / "r", "--data", tmp_path / "nfd.csv")
+    assert rc == 0, err
+
+
+def test_characters_the_figures_font_lacks_are_said_once(tmp_path, capsys):
+    data = tmp_path / "cjk.csv"
+    rows = np.random.default_rng(0).normal(size=(120, 2))
+    np.savetxt(data, rows, delimiter=",", header="中文列,b", comments="", encoding="utf-8")
+    rc, _, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "r", *MODEL)
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "report", tmp_path / "r", "--no-test")
+    glyphs = [line for line in err.splitlines() if "Glyph" in line]
+    assert rc == 0 and len(glyphs) == 1 and "drawn as boxes" in glyphs[0], err

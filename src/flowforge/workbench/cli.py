@@ -1761,8 +1761,22 @@ def say_warning(text: str) -> None:
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """A Python warning (the library's, say a compiled spline falling back to eager, or the
     Trainer's) printed as one ``flowforge: warning:`` line, like the command's own, without
-    file and line (above a progress bar, where one is drawn)."""
-    say_warning(_one_line(message))
+    file and line (above a progress bar, where one is drawn). Matplotlib's warning for each
+    character its font lacks (a CJK column name: three per character and figure) is said
+    once, as one line."""
+    text = _one_line(message)
+    if text.startswith("Glyph ") and " missing from " in text and "font" in text:
+        if "glyph" in _said:
+            return
+        _said.add("glyph")
+        text = (
+            "the figures' font lacks some characters of the names they show, which are drawn "
+            f"as boxes (the page names them in full); first: {text}"
+        )
+    say_warning(text)
+
+
+_said: set = set()  # (what is said once per command)
 
 
 def _import_user_module(name: str, before: frozenset = frozenset()) -> None:
@@ -2009,6 +2023,7 @@ def _main(argv: list[str] | None) -> int:
     import warnings
 
     shown = warnings.showwarning
+    _said.clear()  # (a command run from Python again says its notes again)
     if not args.debug:  # the library's warnings as the command's own lines, not Python's
         warnings.showwarning = _warning_line
     stdout = None  # (none to guard where Python has none: a closed descriptor, pythonw)

@@ -2732,6 +2732,14 @@ def read_examples(
     return torch.from_numpy(x.astype(np.float32, copy=False))
 
 
+def _names(columns) -> list:
+    """Column names as compared with a run's: in one Unicode normal form (NFC), so that a
+    header written by software that decomposes accents (macOS's NFD) names the same columns."""
+    import unicodedata
+
+    return [unicodedata.normalize("NFC", n) if isinstance(n, str) else n for n in columns]
+
+
 def read_run_table(
     spec: str,
     bits: int = 8,
@@ -2748,8 +2756,10 @@ def read_run_table(
     x = read_table(spec, bits, shape, found, header, columns, files)
     # a name that flowforge sample led by ' (a spreadsheet would run it as a formula)
     found = [n[1:] if n[:1] == "'" and n[1:2] in FORMULA_LEADS else n for n in found]
-    if columns and found and list(found) != list(columns):
-        j = next((i for i, (a, b) in enumerate(zip(found, columns)) if a != b), None)
+    if columns and found and _names(found) != _names(columns):
+        j = next(
+            (i for i, (a, b) in enumerate(zip(_names(found), _names(columns))) if a != b), None
+        )
         what = (
             f"its column {j + 1} is {found[j]!r} where this run's is {columns[j]!r}"
             if j is not None
@@ -2856,8 +2866,10 @@ def read_labelled(
                 f"{spec} has {t.shape[1] - 1} data columns after its label; this run's model "
                 f"expects {width}"
             )
-        if columns and list(found[1:]) != list(columns):
-            j = next(i for i, (a, b) in enumerate(zip(found[1:], columns)) if a != b)
+        if columns and _names(found[1:]) != _names(columns):
+            j = next(
+                i for i, (a, b) in enumerate(zip(_names(found[1:]), _names(columns))) if a != b
+            )
             raise DataError(
                 f"{spec}: its column {j + 2} is {found[j + 1]!r} where this run's is "
                 f"{columns[j]!r}; give label, then the columns the run was trained on, in the "
