@@ -5,6 +5,7 @@ folder (an audit of paths, names and locales)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,23 @@ def test_characters_the_figures_font_lacks_are_said_once(tmp_path, capsys):
     rc, _, err = cli(capsys, "report", tmp_path / "r", "--no-test")
     glyphs = [line for line in err.splitlines() if "Glyph" in line]
     assert rc == 0 and len(glyphs) == 1 and "drawn as boxes" in glyphs[0], err
+
+
+def test_a_report_written_outside_its_run(tmp_path, capsys):
+    run = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", "--data", table(tmp_path / "t.csv"), "--out", run, *MODEL)
+    assert rc == 0, err
+    before = sorted(p.name for p in run.iterdir())
+    for _ in range(2):  # (a second report replaces the first)
+        rc, out, err = cli(capsys, "report", run, "--no-test", "--out", tmp_path / "rep")
+        assert rc == 0 and (tmp_path / "rep" / "report.html").is_file(), err
+    assert sorted(p.name for p in run.iterdir()) == before  # (the run is not written)
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert all((tmp_path / "rep" / src).is_file() for src in re.findall(r'src="([^"]+)"', page))
+    rc, _, err = cli(capsys, "report", run, "--out", tmp_path)  # (t.csv is there)
+    one_line_error(rc, err, "holds other files (r, rep, t.csv)")
+    rc, _, err = cli(capsys, "report", run, "--out", run / "sub")
+    one_line_error(rc, err, "is inside the run")
+    rc, _, err = cli(capsys, "report", run, "--out", tmp_path / "no" / "rep")
+    one_line_error(rc, err, "there is no folder")
+    assert not (tmp_path / "no").exists() and not (run / "sub").exists()

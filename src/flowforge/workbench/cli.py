@@ -1044,6 +1044,7 @@ def cmd_report(args) -> int:
         seed=args.seed,
         summary=summary,
         test=not args.no_test,
+        out=args.out,
     )
     if args.json:
         _print_json({"run": str(Path(args.run).resolve()), "split": args.split, **summary})
@@ -1608,7 +1609,7 @@ def make_parser() -> argparse.ArgumentParser:
     _threads_option(s)
     s.set_defaults(func=cmd_sample)
 
-    s = sub.add_parser("report", parents=[common], help="write <run>/report.html")
+    s = sub.add_parser("report", parents=[common], help="write <run>/report.html (or --out's)")
     s.add_argument("run")
     s.add_argument(
         "--split", default="val", help="the split the page scores and plots (default val)"
@@ -1625,6 +1626,12 @@ def make_parser() -> argparse.ArgumentParser:
         "0.5,0.7,0.85,1 unconditional, 1,0.7 per class; a table's samples stay at 1)",
     )
     s.add_argument("--seed", type=_seed, default=0)
+    s.add_argument(
+        "--out",
+        metavar="FOLDER",
+        help="write report.html and report/ into FOLDER instead of the run (a read-only or "
+        "shared run): a new folder, or one holding only an earlier report",
+    )
     s.add_argument(
         "--json", action="store_true", help="print the page's path and figures as one JSON object"
     )

@@ -44,6 +44,7 @@ from .runs import (
     describe_environment,
     describe_run_status,
     is_report_figure,
+    is_report_temporary,
     load_run,
     read_metrics,
     remove_report_leftovers,
@@ -1294,8 +1295,13 @@ def write_report(
     seed: int = 0,
     summary: dict | None = None,
     test: bool = True,
+    out: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``<run>/report.html`` and its figures; returns the HTML path.
+
+    ``out``: a folder to write ``report.html`` and ``report/`` into instead of the run (a
+    read-only run, a run shared with others): a new folder (its parent must exist), or one
+    that holds nothing but an earlier report.
 
     The page scores ``split`` and, with ``test``, the test split too; ``test=False`` leaves
     the test split unscored and unshown (comparing the runs of a sweep on validation alone).
@@ -1323,7 +1329,8 @@ def write_report(
                 + (" ..." if len(temperatures) > MAX_TEMPERATURES + 1 else "")
             )
     cfg = run_config(run)
-    folder = run / REPORT_DIR
+    dest = run if out is None else report_destination(out, run)
+    folder = dest / REPORT_DIR
     if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
         raise WorkbenchError(
             f"{folder} is not the report's folder (a file or a link); move it away and rerun"
@@ -1343,18 +1350,70 @@ def write_report(
         )
     # the figures go to a folder of their own first and replace report/'s only when the whole
     # report has been made: a report that fails leaves the last one as it was
-    remove_report_leftovers(run)  # (a killed report's; a live one's stay)
+    remove_report_leftovers(dest)  # (a killed report's; a live one's stay)
     try:
-        figdir = Path(tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=run))
+        figdir = Path(tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=dest))
     except OSError as e:  # (a read-only run: said of the run, not of a temporary name)
-        raise WorkbenchError(f"cannot write the report into {run}: {e.strerror or e}") from None
+        elsewhere = "; --out FOLDER writes it elsewhere" if out is None else ""
+        raise WorkbenchError(
+            f"cannot write the report into {dest}: {e.strerror or e}{elsewhere}"
+        ) from None
     try:
         splits = tuple(dict.fromkeys((split, "test") if test else (split,)))
         return _write_report(
-            run, cfg, flow, (metrics, damaged), ds, splits, temperatures, n, seed, figdir, summary
+            run,
+            cfg,
+            flow,
+            (metrics, damaged),
+            ds,
+            splits,
+            temperatures,
+            n,
+            seed,
+            figdir,
+            summary,
+            dest,
         )
     finally:
         shutil.rmtree(figdir, ignore_errors=True)
+
+
+def report_destination(out, run: Path) -> Path:
+    """``report --out``: the folder the page and its figures go to, made if it is new (its
+    parent must exist: a mistyped path is not made). A folder that holds anything but an
+    earlier report (``report.html``, ``report/``, a killed report's temporary folder), or that
+    lies inside the run, is refused: a report never writes among a user's files."""
+    path = Path(out)
+    if not str(out).strip():
+        raise WorkbenchError("--out is empty; expected a folder for the report")
+    if path.exists() and path.resolve() == run.resolve():
+        return run
+    if run.resolve() in path.resolve().parents:
+        raise WorkbenchError(
+            f"--out {out} is inside the run {run}; give a folder outside it (or leave --out "
+            "out to write the report into the run)"
+        )
+    if os.path.islink(path) or (os.path.lexists(path) and not path.is_dir()):
+        raise WorkbenchError(f"--out {out} is not a folder (a file or a link)")
+    if path.is_dir():
+        other = sorted(
+            f.name for f in path.iterdir()
+            if f.name not in ("report.html", REPORT_DIR) and not is_report_temporary(f.name)
+        )  # fmt: skip
+        if other:
+            raise WorkbenchError(
+                f"--out {out} holds other files ({', '.join(other[:3])}"
+                f"{', ...' if len(other) > 3 else ''}); give a new folder, or one that holds "
+                "only an earlier report"
+            )
+        return path
+    if not path.parent.is_dir():
+        raise WorkbenchError(f"--out {out}: there is no folder {path.parent}; create it first")
+    try:
+        path.mkdir()
+    except OSError as e:
+        raise WorkbenchError(f"cannot make --out {out}: {e.strerror or e}") from None
+    return path
 
 
 OUTSIDE_SHARE = 0.01  # samples beyond a column's training range worth a warning
@@ -1432,7 +1491,18 @@ def outside_ranges(x, cfg: dict) -> str | None:
 
 
 def _write_report(
-    run, cfg, flow, history, ds, splits, temperatures, n, seed, figdir: Path, summary=None
+    run,
+    cfg,
+    flow,
+    history,
+    ds,
+    splits,
+    temperatures,
+    n,
+    seed,
+    figdir: Path,
+    summary=None,
+    dest: Path | None = None,
 ) -> Path:
     from ..io import atomic_write
     from .evaluate import (
@@ -1692,12 +1762,13 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
     }</pre>
 </body></html>
 """
-    final = run / REPORT_DIR
+    dest = run if dest is None else dest  # (where the page and its figures go)
+    final = dest / REPORT_DIR
     final.mkdir(exist_ok=True)
     made = sorted(f.name for f in figdir.iterdir())
     for name in made:  # this report's figures under names of their own, before its page
         os.replace(figdir / name, final / versioned_figure(name, token))
-    out = run / "report.html"
+    out = dest / "report.html"
     # (a path's undecodable byte, a lone surrogate here, escaped rather than failing)
     page_bytes = page.encode("utf-8", "backslashreplace")
     atomic_write(figdir / out.name, page_bytes)  # (no temporary page in the run itself)
@@ -1708,11 +1779,11 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
         except OSError:  # (a file system without hard links)
             shutil.copyfile(final / versioned_figure(name, token), figdir / name)
         os.replace(figdir / name, final / name)
-    _remove_unshown_figures(run, final, made, token)
+    _remove_unshown_figures(dest, final, made, token)
     if summary is not None:  # the headline's facts, as the rows above say them
         summary.update(
             page=str(out.resolve()),
-            figures=[{"title": t, "path": str((run / p).resolve())} for t, p in figs],
+            figures=[{"title": t, "path": str((dest / p).resolve())} for t, p in figs],
             model=cfg["model"]["name"],
             **run_identity(cfg),
             parameters=r["parameters"],

@@ -516,6 +516,12 @@ def _our_temporary(name: str) -> bool:
 _REPORT_TMP = re.compile(r"\.report-(?:h([0-9a-f]{6})-)?(?:([0-9]+)-)?[a-z0-9_]{8}\.tmp")
 
 
+def is_report_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a ``flowforge report``'s temporary folder (its own, a
+    killed one's, another machine's)."""
+    return _REPORT_TMP.fullmatch(name) is not None
+
+
 def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
