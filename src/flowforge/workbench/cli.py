@@ -625,6 +625,37 @@ def _train_json(result: dict, seconds: float, notes: list) -> dict:
     }
 
 
+def _eval_split(args) -> None:
+    """``eval``'s ``--split`` (test where none is given), refused with ``--data``: a file is
+    scored whole, so a split named beside it would be a number of other rows than it says.
+    The run's own data file given as ``--data`` is scored whole too, and said to be."""
+    from .errors import WorkbenchError
+
+    if args.data is not None and args.split is not None:
+        raise WorkbenchError(
+            f"--split chooses a split of the run's data; --data {args.data} is scored whole "
+            "(every example in it): give one of them"
+        )
+    args.split = args.split or "test"
+    if args.data is None:
+        return
+    from .data import user_path
+    from .errors import shell_word
+    from .runs import run_config
+
+    try:
+        recorded = run_config(args.run)["resolved"].get("data_path")
+        own = isinstance(recorded, str) and user_path(args.data).resolve() == Path(recorded)
+    except (OSError, ValueError, TypeError, KeyError, WorkbenchError):
+        return  # (a run that cannot be read: eval's own refusal says so next)
+    if own:
+        say_warning(
+            f"{args.data} is the file this run was trained on: its NLL is of every row, the "
+            f"training rows among them; flowforge eval {shell_word(args.run)} --split test "
+            "scores its test rows alone"
+        )
+
+
 def cmd_eval(args) -> int:
     from .evaluate import (
         REFERENCES,
@@ -636,6 +667,7 @@ def cmd_eval(args) -> int:
     )
 
     calibration = None
+    _eval_split(args)
     scores = _scores_path(args)  # (checked before any scoring)
     if not args.calibration and (
         args.calibration_samples is not None or args.calibration_pairs is not None
@@ -1467,7 +1499,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", parents=[common], help="NLL of a run's best model")
     s.add_argument("run")
-    s.add_argument("--split", default="test", help="train, val or test (default test)")
+    s.add_argument(
+        "--split", help="train, val or test (default test); not with --data, scored whole"
+    )
     s.add_argument(
         "--data",
         help="evaluate on this file or image folder instead (a label-conditional run: a CSV "

@@ -259,6 +259,16 @@ def _digits(seed: int = 0, **options) -> Dataset:
     )
 
 
+# the built-in datasets whose split is fixed, data.seed or not: what a seed is said to do
+FIXED_SPLITS = {
+    "digits": lambda seed: (
+        f"digits has a fixed split (the tutorial's: its first 1,000 images train, the next 350 "
+        f"validate, the last 447 test), so data.seed = {seed} changes nothing: runs of "
+        "different data seeds score the same images"
+    )
+}
+
+
 _TOY_OPTIONS = ("n_train", "n_val", "n_test")
 _TABLE_OPTIONS = ("val_fraction", "test_fraction", "shuffle", "levels", "standardize", "header",
                   "bounds", "integers", "whiten")  # fmt: skip
@@ -1169,26 +1179,37 @@ def _row_hashes(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _flat_rows(a) -> np.ndarray:
+    """``a`` as C-contiguous rows of its examples' values (an empty split, as when a folder is
+    read whole, has no rows to compare)."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a.reshape(len(a), -1)) if len(a) else a[:0].reshape(0, 0)
+
+
+def repeated_rows(train, a, train_hashes: np.ndarray | None = None) -> int:
+    """How many of the examples ``a`` are exactly (bit for bit) an example of ``train``."""
+    train, a = _flat_rows(train), _flat_rows(a)
+    if not len(a) or not len(train) or train.shape[1:] != a.shape[1:]:
+        return 0
+    train_hashes = _row_hashes(train) if train_hashes is None else train_hashes
+    h = _row_hashes(a)
+    maybe = np.flatnonzero(np.isin(h, train_hashes))  # equal rows hash alike: check those only
+    if not len(maybe):
+        return 0
+    seen = {r.tobytes() for r in train[np.flatnonzero(np.isin(train_hashes, h[maybe]))]}
+    return sum(a[i].tobytes() in seen for i in maybe)
+
+
 def _duplicates(train: np.ndarray, splits: dict, what: str = "rows") -> list:
     """Warnings for validation and test examples that repeat a training example exactly (a
     table's rows, an image folder's images): their NLL is optimistic, and early stopping on a
     contaminated validation split does not stop."""
 
-    def flat(a):  # (an empty split, as when a folder is read whole, has no rows to compare)
-        a = np.asarray(a)
-        return np.ascontiguousarray(a.reshape(len(a), -1)) if len(a) else a[:0].reshape(0, 0)
-
-    train = flat(train)
+    train = _flat_rows(train)
     train_hashes = _row_hashes(train)
-    hashes = np.sort(train_hashes)
     notes = []
     for name, a in splits.items():
-        a = flat(a)
-        h = _row_hashes(a)
-        maybe = np.flatnonzero(np.isin(h, hashes))  # equal rows hash alike: check those only
-        same = np.isin(train_hashes, h[maybe]) if len(maybe) else []
-        seen = {r.tobytes() for r in train[np.flatnonzero(same)]} if len(maybe) else set()
-        dup = sum(a[i].tobytes() in seen for i in maybe)
+        dup = repeated_rows(train, a, train_hashes)
         if dup:
             # the training split repeating its own rows: discrete-valued data, where repeats
             # across splits follow from the values themselves, or copies of records
@@ -2947,6 +2968,8 @@ def _load_dataset(
     key = str(spec).lower()
     if key in DATASETS:
         ds = DATASETS[key][0](seed=seed, **options)
+        if key in FIXED_SPLITS and seed and checks:  # (said when the run is trained, kept)
+            ds.info["warnings"] = [*ds.info.get("warnings", ()), FIXED_SPLITS[key](seed)]
     else:
         path = user_path(spec)
         if path.is_dir():  # (--conditional label: one subfolder per class)

@@ -1122,8 +1122,11 @@ def _ended(run) -> str | None:
 def _split_seed(cfg: dict) -> str:
     """``; split seed 3 (data.seed)`` where the run's data were split with a seed other than
     the default 0 (another seed: other examples in each split, so other figures)."""
+    from .data import FIXED_SPLITS
+
     seed = cfg.get("data", {}).get("seed", 0)
-    return f"; split seed {seed} (data.seed)" if seed else ""
+    fixed = str(cfg.get("data", {}).get("name")).lower() in FIXED_SPLITS  # (a seed changes none)
+    return f"; split seed {seed} (data.seed)" if seed and not fixed else ""
 
 
 def _seconds(s: float) -> str:

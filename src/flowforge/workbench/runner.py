@@ -86,8 +86,13 @@ def _callers_random_state():
             np.random.set_state(np_state)
 
 
-def _splits_fingerprint(ds, legacy: bool = False, dtype=torch.float64) -> dict:
-    contexts = [ds.split_context(k) for k in ("train", "val")]
+def _splits_fingerprint(ds, legacy: bool = False, dtype=torch.float64, test_context=True) -> dict:
+    """The fingerprint a run records of its data: its three splits and, for conditional data,
+    their contexts (the test split's since 2026-12-07: before, ``test_context=False``, a test
+    context could change unseen). ``legacy``: the contexts standardised, as runs from before
+    2026-12-06 recorded them (no test context either)."""
+    conditional = ds.context is not None and test_context and not legacy
+    contexts = [ds.split_context(k) for k in ("train", "val", "test")[: 3 if conditional else 2]]
     if legacy:  # standardised, as the workbench handed them to the model before 2026-12-06
         info = ds.context_info  # (in float32 up to 2026-12-05, in float64 then)
         loc, scale = (torch.tensor(info["stats"][k], dtype=dtype) for k in ("loc", "scale"))
@@ -102,6 +107,10 @@ def same_data(ds, resolved: dict, now: dict | None = None) -> bool:
     ``now``: ``ds``'s fingerprint where it was taken already (a pass over all the data)."""
     want = resolved.get("data_fingerprint")
     if want is None or (now or _splits_fingerprint(ds)) == want:
+        return True
+    if ds.context is None or not isinstance(want, dict) or len(want.get("shapes") or ()) != 5:
+        return False
+    if _splits_fingerprint(ds, test_context=False) == want:  # (a run from before 2026-12-07)
         return True
     info = ds.context_info or {}
     if info.get("kind") != "columns" or has_context_map(resolved.get("flow_config")):
@@ -283,7 +292,31 @@ def _source_data(source, cfg: dict):
     if not source.data_options:
         return ds
     say_reading(name)
-    return load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
+    new = load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
+    _note_reused_rows(source, new, ds)
+    return new
+
+
+def _note_reused_rows(source, ds, source_ds=None) -> None:
+    """Add to ``ds``'s warnings (said at the start, kept in the run for eval and report) how
+    many of its validation and test examples the ``--init-from`` model trained on. The
+    starting run's data (``source_ds``, read here if None) is read again only where it is at
+    hand, unchanged, and of reasonable size; otherwise nothing is said."""
+    if source_ds is None:
+        r = source.cfg.get("resolved") or {}
+        try:
+            size = int(r["examples"]["train"]) * math.prod(int(v) for v in r["event_shape"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if size > warm_start.REUSE_CHECK_VALUES:
+            return
+        try:
+            source_ds = _run_data(source.cfg, RunError, checks=False, source=source)[0]
+        except (WorkbenchError, OSError, ValueError):
+            return  # (its data is gone or changed: nothing to compare with)
+    note = warm_start.reused_rows(source, ds, source_ds)
+    if note:
+        ds.info["warnings"] = [*ds.info.get("warnings", ()), note]
 
 
 def _file_size(name: str) -> int | None:
@@ -462,6 +495,8 @@ def _train(
             ds = load_dataset(
                 cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"]
             )
+            if source is not None:  # (other data than the starting run's: rows it shares?)
+                _note_reused_rows(source, ds)
         prints = (echo if notes is None else notes) and rank == 0
         lr_note = _lr_note(cfg, config, stored_raw) if stored is None else None
         recorded = None  # a replayed run's resolved section, while the data is its data

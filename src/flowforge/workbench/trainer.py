@@ -776,6 +776,28 @@ def _disagreement(first: list, second: list) -> float:
     return worst / scale if scale > 0 else (0.0 if worst == 0 else math.inf)
 
 
+def _same_examples(train_x, val_x, train_context=None, val_context=None) -> bool:
+    """Whether the validation examples are the training ones (the same tensor, a view of
+    its storage, or equal values), context included: ``Trainer(flow, x, x)``."""
+    if train_x.shape != val_x.shape or train_x.device != val_x.device:
+        return False
+    if train_x.device.type == "meta":  # (shapes only: nothing to compare)
+        return train_x is val_x
+    if (train_context is None) != (val_context is None):
+        return False
+    pairs = [(train_x, val_x)] + (
+        [(train_context, val_context)] if train_context is not None else []
+    )
+    for a, b in pairs:
+        if a is b or (a.data_ptr() == b.data_ptr() and a.stride() == b.stride()):
+            continue
+        if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+            return False
+        if not torch.equal(a, b):
+            return False
+    return True
+
+
 class Trainer:
     r"""Training with validation, best checkpoint, EMA, LR halving, early stopping and resume.
 
@@ -917,6 +939,13 @@ class Trainer:
                 f"{tuple(train_x.shape[1:])}; expected the same"
             )
         both = train_x is not None and val_x is not None
+        if both and _same_examples(train_x, val_x, train_context, val_context):
+            warnings.warn(  # (the validation split then selects nothing: said, not refused)
+                "val_x is train_x (the same examples): early stopping, the best epoch and the "
+                "learning-rate halving then select on the training data; hold out examples "
+                "the model does not train on",
+                stacklevel=2,
+            )
         if both and (train_context is None) != (val_context is None):
             given, missing = ("val_context", "train_context")
             if val_context is None:

@@ -183,6 +183,34 @@ def recorded_hint(config: dict) -> str:
     return f"; the run this config records started from {path}: give --init-from {shell_word(path)}"
 
 
+REUSE_CHECK_VALUES = 50_000_000  # a starting run's training split larger than this (values):
+# its rows are not read a second time to compare with the new run's (the check is skipped)
+
+
+def reused_rows(source: Source, ds, source_ds) -> str | None:
+    """A warning where the new run's validation or test examples are examples the starting
+    model was trained on (its data split another way: another ``data.seed``, ``shuffle`` or
+    fractions; or a file that shares its rows): early stopping then selects on them, and the
+    test NLL is optimistic. None where none is."""
+    from .data import repeated_rows
+
+    counts = {k: repeated_rows(source_ds.train, ds.split(k)) for k in ("val", "test")}
+    if not any(counts.values()):
+        return None
+    what = "images" if ds.is_image else "rows"
+    said = " and ".join(
+        f"{n} of the {len(ds.split(k))} {'validation' if k == 'val' else 'test'} {what}"
+        for k, n in counts.items()
+        if n
+    )
+    return (
+        f"{said} are {what} the starting model ({source.given}) was trained on (its data split "
+        "another way: another data.seed, shuffle or fractions, or a file that shares its "
+        f"{what}): early stopping selects on them and this run's test NLL will be optimistic; "
+        "keep the starting run's split (its data and data options) for a fair test"
+    )
+
+
 def with_defaults(config: dict, source: Source) -> dict:
     """``config`` with the sections it leaves out taken from the source run: its model (name
     and arguments) when no model is named, its data (the file it recorded, its split seed and
