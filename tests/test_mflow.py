@@ -44,6 +44,29 @@ def test_log_det_gram_matches_autograd():
         assert torch.allclose(got[i], want, atol=1e-10)
 
 
+def test_the_log_density_has_its_whole_gradient():
+    # (the volume term's Jacobian came detached unless create_graph=True: a score and the
+    # parameters' gradients were wrong without a word; torch.func could not transform it)
+    torch.manual_seed(0)
+    m = mflow(features=4, manifold_dim=2, outer_layers=2, inner_layers=2, hidden=(16,)).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    m.eval()
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    (score,) = torch.autograd.grad(m.log_prob(x).sum(), x)
+    fd, h = torch.zeros_like(x), 1e-6
+    with torch.no_grad():
+        for i in range(x.numel()):
+            e = torch.zeros_like(x).view(-1)
+            e[i] = h
+            e = e.view_as(x)
+            fd.view(-1)[i] = (m.log_prob(x + e).sum() - m.log_prob(x - e).sum()) / (2 * h)
+    torch.testing.assert_close(score, fd, rtol=1e-6, atol=1e-6)
+    per_example = torch.func.vmap(torch.func.grad(lambda v: m.log_prob(v[None]).sum()))(x.detach())
+    torch.testing.assert_close(per_example, score)
+
+
 def test_stochastic_log_det_estimate_against_the_exact_value():
     """Lanczos quadrature with steps >= d is exact per probe: what is left is the probes'
     noise, which the standard error describes (z-scores of 16 examples, and the error shrinks

@@ -141,23 +141,28 @@ class MFlow(nn.Module):
         x = self._data(x)
         return (x - self.project(x)).square().sum(1)
 
-    def log_det_gram(self, u: Tensor, create_graph: bool = False) -> Tensor:
+    def log_det_gram(self, u: Tensor, create_graph: bool | None = None) -> Tensor:
         """``log det(J_g^T J_g)`` at ``u`` (``(batch,)``), exactly, from ``d`` Jacobian-vector
-        products (each example's output depends on its own input only)."""
+        products (each example's output depends on its own input only). Differentiable (with
+        respect to ``u`` and the parameters) wherever autograd records; ``create_graph=False``
+        detaches it (a cheaper value, whose gradient is then zero)."""
         return self._log_det_gram(self._data(u, "manifold coordinates", "u"), create_graph)
 
-    def _log_det_gram(self, u: Tensor, create_graph: bool) -> Tensor:
+    def _log_det_gram(self, u: Tensor, create_graph: bool | None) -> Tensor:
         """:meth:`log_det_gram` of coordinates already checked (``log_prob``'s encoding)."""
         cols = []
         for i in range(self.manifold_dim):
             e = torch.zeros_like(u)
             e[:, i] = 1
-            cols.append(jvp(self._generate, u, e, create_graph=create_graph)[1])
+            # (torch.func's forward mode: differentiable by autograd, and composable with
+            # torch.func's transforms, where torch.autograd.functional's is neither)
+            cols.append(torch.func.jvp(self._generate, (u,), (e,))[1])
         jac = torch.stack(cols, 2)  # (B, D, d)
-        return torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
+        out = torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
+        return out.detach() if create_graph is False else out
 
     def log_det_gram_estimate(
-        self, u: Tensor, probes: int = 8, steps: int = 10, create_graph: bool = False
+        self, u: Tensor, probes: int = 8, steps: int = 10, create_graph: bool | None = None
     ) -> tuple[Tensor, Tensor]:
         r"""A stochastic estimate of ``log det(J_g^T J_g)`` at ``u`` and its standard error
         (each ``(batch,)``), from Jacobian-vector and vector-Jacobian products only (no
@@ -174,6 +179,8 @@ class MFlow(nn.Module):
         from torch.autograd.functional import vjp
 
         u = self._data(u, "manifold coordinates", "u")
+        if create_graph is None:  # (differentiable wherever autograd records)
+            create_graph = torch.is_grad_enabled()
         for name, v in (("probes", probes), ("steps", steps)):
             count(name, v)
         if probes < 2:
@@ -223,11 +230,14 @@ class MFlow(nn.Module):
         return est.mean(0), est.std(0) / probes**0.5
 
     def log_prob(
-        self, x: Tensor, context: Tensor | None = None, *, create_graph: bool = False
+        self, x: Tensor, context: Tensor | None = None, *, create_graph: bool | None = None
     ) -> Tensor:
         """The manifold-restricted log-density at the projection of ``x`` (w.r.t. the learned
         manifold's volume), ``(batch,)``. An M-flow is unconditional: ``context`` must be None
-        (it is there so that ``log_prob(x, context)`` reads as a Flow's does)."""
+        (it is there so that ``log_prob(x, context)`` reads as a Flow's does). Its gradients
+        (with respect to ``x`` and the parameters) are whole wherever autograd records;
+        ``create_graph=False`` leaves the volume term out of them (it was the default before
+        2026-12-07, which gave a wrong gradient without a word)."""
         if context is not None:
             raise ValueError("an M-flow is unconditional; it takes no context")
         u = self.encode(x)

@@ -409,7 +409,9 @@ class _Dynamics(nn.Module):
             return self.net(t, z, self.context), torch.zeros_like(state[1])
         differentiable = torch.is_grad_enabled()  # the caller will differentiate this step
         with torch.enable_grad():
-            if not z.requires_grad:
+            # without a graph to keep (the adjoint's forward solve, scoring), the state is a
+            # leaf of this step's own: it may still be a view of an input that needs a grad
+            if not differentiable or not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             f = self.net(t, z, self.context)
             if cnf.trace == "exact":

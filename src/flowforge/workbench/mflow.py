@@ -134,9 +134,9 @@ def evaluate_mflow(
     model.eval()
     rec, lq = [], []
     for xb in x.split(batch):
-        with torch.no_grad():
+        with torch.no_grad():  # (the volume term's forward-mode products need no graph)
             rec.append(model.reconstruction_error(xb))
-        lq.append(model.log_prob(xb).detach())
+            lq.append(model.log_prob(xb))
     rec_t, lq_t = torch.cat(rec).double().cpu(), torch.cat(lq).double().cpu()
     n = len(rec_t)
 
