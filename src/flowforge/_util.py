@@ -164,6 +164,14 @@ def jacobian_rows(f: Tensor, z: Tensor, create_graph: bool) -> Tensor:
     return torch.stack(rows, 1)
 
 
+def newton_steps_for_derivatives() -> int:
+    """How many value-preserving Newton steps (``x - (step - step.detach())``, from a root
+    found without a graph) an inverse solved numerically takes for its derivatives: two where
+    autograd records (the first gives the implicit function's first derivatives, the second,
+    from the first's result, its second derivatives as well), none without a graph."""
+    return 2 if torch.is_grad_enabled() else 0
+
+
 def all_finite(t: Tensor) -> bool:
     """Whether every entry of ``t`` is finite, in about a tenth of ``isfinite(t).all()``'s time.
 

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._util import checked_int
+from .._util import checked_int, newton_steps_for_derivatives
 from ..core import Transform
 from .residual import NotConverged, solve_monotone
 
@@ -225,15 +225,16 @@ class BlockNeuralAutoregressive(Transform):
                         f"{what} did not converge: the layer's output is NaN or "
                         "infinite inside the bracket; expected finite parameters"
                     )
-        if torch.is_grad_enabled():
-            # one Newton step per dimension, in order, with a graph: its value is 0 at the
-            # root, and its gradient is the implicit function's, x_<i's included (forward
-            # substitution through the triangular Jacobian)
+        for _ in range(newton_steps_for_derivatives()):
+            # a Newton step per dimension, in order, with a graph: its value is 0 at the root,
+            # and its gradient is the implicit function's, x_<i's included (forward
+            # substitution through the triangular Jacobian); a second sweep, from the first's
+            # result, gives the second derivatives too
             cols: list[Tensor] = []
             for i in range(d):
                 out, log_d = self._evaluate(torch.cat([*cols, x[:, i : i + 1]], 1), context)
                 step = (out[:, i] - z[:, i]) * torch.exp(-log_d[:, i].detach())
-                cols.append((x[:, i] - (step - step.detach()))[:, None])
+                cols.append(x[:, i : i + 1] - (step - step.detach())[:, None])
             x = torch.cat(cols, 1)
         _, log_d = self._evaluate(x, context)
         return x, -log_d.sum(1)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .._util import checked_int, checked_nonnegative
+from .._util import checked_int, checked_nonnegative, newton_steps_for_derivatives
 from ..core import Transformer
 
 __all__ = ["LogisticMixture"]
@@ -131,15 +131,18 @@ class LogisticMixture(Transformer):
                 f, log_d = self._logit_cdf(x, log_pi, mu, s)
                 new = x - (f - w) * torch.exp(-log_d)  # inf or NaN where the CDF is flat:
                 x = torch.where(torch.isfinite(new), new.clamp(lo, hi), x)  # kept bisected
-        # one Newton step with autograd on, for its gradient only: at the root it is the
-        # gradient of the root with respect to z and the parameters (implicit
-        # differentiation). Its value is left out: where the CDF is flat (log_d of -38) a
-        # rounding-level residual would move x far outside the bracket it was found in. Where
-        # 1 / u' overflows the dtype, no gradient flows (and no inf - inf makes the value NaN)
-        f, log_d = self._logit_cdf(x, log_pi, mu, s)
-        ok = log_d.detach() > -math.log(torch.finfo(log_d.dtype).max) / 2
-        step = torch.where(ok, f - w, 0) * torch.exp(-torch.where(ok, log_d, 0))
-        x = x - (step - step.detach())
+        # Newton steps with autograd on, for their gradients only (implicit differentiation):
+        # at the root one step gives the root's first derivatives with respect to z and the
+        # parameters, and a second from the first's result its second derivatives too (a
+        # Hessian through a sample: one step gave d2x/dz2 = 0). Their values are left out:
+        # where the CDF is flat (log_d of -38) a rounding-level residual would move x far
+        # outside the bracket it was found in. Where 1 / u' overflows the dtype, no gradient
+        # flows (and no inf - inf makes the value NaN)
+        for _ in range(newton_steps_for_derivatives()):
+            f, log_d = self._logit_cdf(x, log_pi, mu, s)
+            ok = log_d.detach() > -math.log(torch.finfo(log_d.dtype).max) / 2
+            step = torch.where(ok, f - w, 0) * torch.exp(-torch.where(ok, log_d, 0))
+            x = x - (step - step.detach())
         return x, -(self._logit_cdf(x, log_pi, mu, s)[1] + a)
 
     def extra_repr(self) -> str:

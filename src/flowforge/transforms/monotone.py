@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._util import checked_int, checked_nonnegative
+from .._util import checked_int, checked_nonnegative, newton_steps_for_derivatives
 from ..core import Transformer
 
 __all__ = ["UnconstrainedMonotonic", "SumOfSquares", "Bernstein"]
@@ -121,11 +121,13 @@ class _BoundedMonotone(Transformer):
             # the tails invert exactly
             x = torch.where(z <= y_lo, -b + (z - y_lo) / d_lo, x)
             x = torch.where(z >= y_hi, b + (z - y_hi) / d_hi, x)
-        # one Newton step with autograd on, for its gradient only: at the root it is the
-        # gradient of the root with respect to z and the parameters (implicit differentiation)
-        y, d = self._map(x, state)
-        step = (y - z) / d
-        x = x - (step - step.detach())
+        # Newton steps with autograd on, for their gradients only: at the root they give the
+        # root's first and second derivatives with respect to z and the parameters (implicit
+        # differentiation; one step gave first derivatives only)
+        for _ in range(newton_steps_for_derivatives()):
+            y, d = self._map(x, state)
+            step = (y - z) / d
+            x = x - (step - step.detach())
         return x, -torch.log(self._map(x, state)[1])
 
     def extra_repr(self) -> str:
