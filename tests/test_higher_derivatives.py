@@ -40,3 +40,25 @@ def test_a_sample_from_a_numerical_inverse_has_its_second_derivatives(name):
     h = 1e-5
     fd = (first(z0 + h * v, False)[0] - first(z0 - h * v, False)[0]) / (2 * h)
     torch.testing.assert_close(hv, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_a_transformer_flow_has_second_and_forward_mode_derivatives(monkeypatch):
+    # (the fused CPU attention kernel has neither: torch.func.hessian and jvp failed in
+    # torch's words, and a double backward too)
+    from flowforge.attention import CausalTransformer
+
+    torch.manual_seed(0)
+    flow = ff.models.build("tarflow", features=4, blocks=2, width=16, depth=1, heads=2)
+    flow = _perturbed(flow.double(), 0.2)
+    x = torch.randn(3, 4, dtype=F64)
+    hessian = torch.func.hessian(lambda v: flow.log_prob(v[None]).sum())(x[0])
+    _, tangent = torch.func.jvp(flow.log_prob, (x,), (torch.ones_like(x),))
+    xg = x.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="higher_order = True"):  # (a graph to go on from)
+        torch.autograd.grad(flow.log_prob(xg).sum(), xg, create_graph=True)
+    monkeypatch.setattr(CausalTransformer, "higher_order", True)
+    (g,) = torch.autograd.grad(flow.log_prob(xg).sum(), xg, create_graph=True)
+    rows = [torch.autograd.grad(g[0, i], xg, retain_graph=True)[0][0] for i in range(4)]
+    torch.testing.assert_close(torch.stack(rows), hessian)
+    torch.testing.assert_close(tangent, g.sum(1).detach())
+    assert hessian.abs().max() > 0.1  # (a layer away from the identity)

@@ -37,6 +37,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._util import functorch_active
+
 __all__ = ["CausalTransformer", "token_layout"]
 
 
@@ -70,6 +72,36 @@ def token_layout(event_shape: Sequence[int], patch: int) -> Tensor:
     raise ValueError(f"expected an event shape (D,) or (C, H, W), got {shape}")
 
 
+def _math_attention() -> bool:
+    """Whether attention must go through PyTorch's math kernel: under forward-mode AD or a
+    torch.func transform (``jvp``, ``jacfwd``, ``hessian``), which the fused CPU kernel lacks,
+    or where :attr:`CausalTransformer.higher_order` asks for it."""
+    from torch.autograd import forward_ad
+
+    return getattr(forward_ad, "_current_level", -1) >= 0 or functorch_active()
+
+
+class _FirstDerivativesOnly(torch.autograd.Function):
+    """The identity on the fused attention kernel's output, whose backward refuses in one line
+    to be differentiated again (``create_graph=True``): that kernel has no second derivative,
+    and torch's own error names an internal operator."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor) -> Tensor:
+        return a.view_as(a)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        if torch.is_grad_enabled():  # (create_graph=True: a second derivative is coming)
+            raise RuntimeError(
+                "a transformer flow's attention has first derivatives only by default (PyTorch's "
+                "fused CPU kernel); for second derivatives (a Hessian, a gradient penalty) set "
+                "flowforge.attention.CausalTransformer.higher_order = True (the math kernel, "
+                "1.3-2.5x attention's cost)"
+            )
+        return grad
+
+
 class _Block(nn.Module):
     """Pre-norm block: causal multi-head self-attention, then a GELU MLP, both residual."""
 
@@ -85,20 +117,33 @@ class _Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: Tensor, cache: list | None = None) -> Tensor:
+    def forward(self, h: Tensor, cache: list | None = None, math: bool = False) -> Tensor:
         b, n, w = h.shape
         q, k, v = self.qkv(self.norm1(h)).split(w, dim=-1)
         q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
         if cache is None:  # all positions at once, position t attends to positions <= t
             p = self.dropout if self.training else 0.0
-            a = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            a = _attention(q, k, v, math, dropout_p=p, is_causal=True)
         else:  # the next position attends to the cached ones and itself
             if cache:
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
             cache[:] = [k, v]
-            a = F.scaled_dot_product_attention(q, k, v)
+            a = _attention(q, k, v, math)
         h = h + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, w)))  # (B, n, W)
         return h + self.drop(self.mlp(self.norm2(h)))
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, math: bool, **options) -> Tensor:
+    """Scaled dot-product attention: by PyTorch's math kernel where ``math`` (or forward-mode
+    AD, a torch.func transform) asks for derivatives the fused kernel lacks, else by the
+    fused kernel, whose output refuses a second derivative in one line."""
+    if math or _math_attention():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, **options)
+    a = F.scaled_dot_product_attention(q, k, v, **options)
+    return _FirstDerivativesOnly.apply(a) if a.requires_grad else a
 
 
 class CausalTransformer(nn.Module):
@@ -120,11 +165,19 @@ class CausalTransformer(nn.Module):
         mlp_ratio: hidden width of each block's MLP, in multiples of ``width``.
         zero_init: zero the output layer (the layer starts as the identity).
 
+    Derivatives: first derivatives everywhere; second and forward-mode derivatives under
+    ``torch.func`` (``jvp``, ``jacfwd``, ``hessian``) and forward-mode AD, which take PyTorch's
+    math attention kernel by themselves, and with plain autograd's ``create_graph=True`` where
+    :attr:`higher_order` is True (per network, or for the class): the fused CPU kernel used
+    otherwise is 1.3-2.5x faster and has no second derivative (one line says so).
+
     Example:
         >>> net = CausalTransformer((1, 4, 4), params_per_dim=2, width=16, depth=1, heads=2)
         >>> net(torch.randn(3, 1, 4, 4)).shape
         torch.Size([3, 1, 4, 4, 2])
     """
+
+    higher_order = False  # True: the math kernel, which plain autograd differentiates twice
 
     def __init__(
         self,
@@ -197,7 +250,7 @@ class CausalTransformer(nn.Module):
         h = start
         h = self.drop(h + self.pos + self._context(context))
         for block in self.blocks:
-            h = block(h)
+            h = block(h, math=self.higher_order)
         out = self._head(h).reshape(b, -1, self.params_per_dim)[:, self._untoken]  # (B, N, P)
         return out.reshape(b, *self.event_shape, self.params_per_dim)
 
@@ -223,7 +276,7 @@ class CausalTransformer(nn.Module):
         for t in range(self.tokens):
             h = inp + self.pos[t] + c  # (B, 1, W)
             for block, cache in zip(self.blocks, caches):
-                h = block(h, cache)
+                h = block(h, cache, math=self.higher_order)
             value = step(self.token_index[t], self._head(h)[:, 0])  # (B, d)
             if t + 1 < self.tokens:
                 inp = self.embed(value.unsqueeze(1))
