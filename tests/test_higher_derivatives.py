@@ -62,3 +62,16 @@ def test_a_transformer_flow_has_second_and_forward_mode_derivatives(monkeypatch)
     torch.testing.assert_close(torch.stack(rows), hessian)
     torch.testing.assert_close(tangent, g.sum(1).detach())
     assert hessian.abs().max() > 0.1  # (a layer away from the identity)
+
+
+def test_a_cnf_adjoint_refuses_second_derivatives_in_one_line():
+    from flowforge.transforms import CNF
+
+    cnf = CNF(2, hidden=(8,), adjoint=True)
+    x = torch.randn(4, 2, requires_grad=True)
+    z, ladj = cnf(x)
+    with pytest.raises(RuntimeError, match="adjoint=True has first derivatives only"):
+        torch.autograd.grad((z.square().sum() - ladj.sum()), x, create_graph=True)
+    z, ladj = cnf(x)
+    (g,) = torch.autograd.grad((z.square().sum() - ladj.sum()), x)  # (first order: fine)
+    assert torch.isfinite(g).all()

@@ -27,6 +27,7 @@ __all__ = [
     "jacobian_rows",
     "largest",
     "all_finite",
+    "first_order_only",
     "functorch_active",
     "fork_rng",
     "rng_states",
@@ -162,6 +163,29 @@ def jacobian_rows(f: Tensor, z: Tensor, create_graph: bool) -> Tensor:
         for i in range(f.shape[1])
     ]
     return torch.stack(rows, 1)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The identity, whose backward refuses with ``message`` to be differentiated again."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, message: str) -> Tensor:
+        ctx.message = message
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():  # (create_graph=True: a second derivative is coming)
+            raise RuntimeError(ctx.message)
+        return grad, None
+
+
+def first_order_only(t: Tensor, message: str) -> Tensor:
+    """``t`` as it is, but a backward pass through it that keeps a graph (``create_graph=True``:
+    a Hessian, a gradient penalty) raises ``RuntimeError(message)``: for computations whose
+    backward has no derivative of its own (a fused kernel, an adjoint solve), where torch's
+    error would name an internal operator, or none at all."""
+    return _FirstOrderOnly.apply(t, message) if t.requires_grad else t
 
 
 def newton_steps_for_derivatives() -> int:

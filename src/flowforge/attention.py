@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._util import functorch_active
+from ._util import first_order_only, functorch_active
 
 __all__ = ["CausalTransformer", "token_layout"]
 
@@ -81,25 +81,12 @@ def _math_attention() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0 or functorch_active()
 
 
-class _FirstDerivativesOnly(torch.autograd.Function):
-    """The identity on the fused attention kernel's output, whose backward refuses in one line
-    to be differentiated again (``create_graph=True``): that kernel has no second derivative,
-    and torch's own error names an internal operator."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor) -> Tensor:
-        return a.view_as(a)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        if torch.is_grad_enabled():  # (create_graph=True: a second derivative is coming)
-            raise RuntimeError(
-                "a transformer flow's attention has first derivatives only by default (PyTorch's "
-                "fused CPU kernel); for second derivatives (a Hessian, a gradient penalty) set "
-                "flowforge.attention.CausalTransformer.higher_order = True (the math kernel, "
-                "1.3-2.5x attention's cost)"
-            )
-        return grad
+_FUSED_FIRST_ORDER = (
+    "a transformer flow's attention has first derivatives only by default (PyTorch's fused CPU "
+    "kernel); for second derivatives (a Hessian, a gradient penalty) set "
+    "flowforge.attention.CausalTransformer.higher_order = True (the math kernel, 1.3-2.5x "
+    "attention's cost)"
+)
 
 
 class _Block(nn.Module):
@@ -142,8 +129,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, math: bool, **options) -> Tensor
 
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, **options)
-    a = F.scaled_dot_product_attention(q, k, v, **options)
-    return _FirstDerivativesOnly.apply(a) if a.requires_grad else a
+    return first_order_only(F.scaled_dot_product_attention(q, k, v, **options), _FUSED_FIRST_ORDER)
 
 
 class CausalTransformer(nn.Module):

@@ -41,6 +41,7 @@ from .._util import (
     INFERENCE_MODE,
     checked_int,
     checked_nonnegative,
+    first_order_only,
     functorch_active,
     jacobian_rows,
 )
@@ -441,6 +442,13 @@ class _Dynamics(nn.Module):
 MIN_TIME, MAX_TIME = 1e-6, 1e6  # a CNF's integration time, the range it accepts
 
 
+_ADJOINT_FIRST_ORDER = (
+    "a CNF with adjoint=True has first derivatives only (torchdiffeq's adjoint solve cannot be "
+    "differentiated twice); for second derivatives (a Hessian, a gradient penalty) use "
+    "adjoint=False"
+)
+
+
 class CNF(Transform):
     r"""A continuous normalizing flow block (FFJORD), forward = data to noise.
 
@@ -609,6 +617,8 @@ class CNF(Transform):
             raise
         func.solving = False
         out = tuple(o[-1] for o in out)
+        if self.adjoint:  # (torchdiffeq's adjoint cannot be differentiated twice)
+            out = tuple(first_order_only(o, _ADJOINT_FIRST_ORDER) for o in out)
         if regularize:
             sign = -1.0 if reverse else 1.0  # integrals run from T to 0 in the inverse
             loss = 0.0
