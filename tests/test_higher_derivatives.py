@@ -75,3 +75,32 @@ def test_a_cnf_adjoint_refuses_second_derivatives_in_one_line():
     z, ladj = cnf(x)
     (g,) = torch.autograd.grad((z.square().sum() - ladj.sum()), x)  # (first order: fine)
     assert torch.isfinite(g).all()
+
+
+def test_a_splines_forward_mode_derivative_at_its_bound():
+    # (a float32 input on the bound rounds one ulp past it: forward mode took the hard clamp,
+    # and a derivative of 0 where reverse mode gives the spline's own)
+    from flowforge.transforms import RationalQuadratic
+
+    torch.manual_seed(0)
+    rq = RationalQuadratic(bins=4, bound=3.0)
+    params = 0.8 * torch.randn(1, rq.params_per_dim)
+    for v in (3.0, -3.0, 0.3):
+        x = torch.tensor([v])
+        xr = x.clone().requires_grad_(True)
+        for i in (0, 1):  # the map and its log-derivative
+            (reverse,) = torch.autograd.grad(rq(xr, params)[i].sum(), xr)
+            _, forward = torch.func.jvp(lambda t, i=i: rq(t, params)[i], (x,), (torch.ones(1),))
+            torch.testing.assert_close(forward, reverse)
+            assert reverse.abs().item() > 1e-3
+
+
+def test_a_radial_layers_score_at_its_centre_is_a_number_in_float32():
+    # (1e-300 underflowed in float32: the norm's sqrt(0) gave a NaN gradient)
+    for dtype in (torch.float64, torch.float32):
+        torch.manual_seed(0)
+        flow = ff.models.Radial(features=2, layers=1, standardize=False).to(dtype).eval()
+        layer = next(m for m in flow.modules() if type(m).__name__ == "Radial")
+        x = layer.params(None)[0].detach().reshape(1, 2).clone().requires_grad_(True)
+        (score,) = torch.autograd.grad(flow.log_prob(x).sum(), x)
+        assert torch.isfinite(score).all(), (dtype, score)

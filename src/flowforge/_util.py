@@ -27,6 +27,7 @@ __all__ = [
     "jacobian_rows",
     "largest",
     "all_finite",
+    "derivatives_traced",
     "first_order_only",
     "functorch_active",
     "fork_rng",
@@ -234,6 +235,14 @@ def functorch_active() -> bool:
     """Whether a torch.func transform is running (True when torch cannot say)."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return True if active is None else bool(active())
+
+
+def derivatives_traced() -> bool:
+    """Whether forward-mode AD or a torch.func transform may be differentiating the current
+    computation (tensors that carry tangents, or are wrapped, need not require grad)."""
+    from torch.autograd import forward_ad
+
+    return getattr(forward_ad, "_current_level", -1) >= 0 or functorch_active()
 
 
 def fork_rng():

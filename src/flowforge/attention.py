@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._util import first_order_only, functorch_active
+from ._util import derivatives_traced, first_order_only
 
 __all__ = ["CausalTransformer", "token_layout"]
 
@@ -70,15 +70,6 @@ def token_layout(event_shape: Sequence[int], patch: int) -> Tensor:
         # (C, H/p, p, W/p, p) -> (H/p, W/p, C, p, p): raster order of patches, channel-major inside
         return idx.permute(1, 3, 0, 2, 4).reshape(-1, c * patch * patch)
     raise ValueError(f"expected an event shape (D,) or (C, H, W), got {shape}")
-
-
-def _math_attention() -> bool:
-    """Whether attention must go through PyTorch's math kernel: under forward-mode AD or a
-    torch.func transform (``jvp``, ``jacfwd``, ``hessian``), which the fused CPU kernel lacks,
-    or where :attr:`CausalTransformer.higher_order` asks for it."""
-    from torch.autograd import forward_ad
-
-    return getattr(forward_ad, "_current_level", -1) >= 0 or functorch_active()
 
 
 _FUSED_FIRST_ORDER = (
@@ -124,7 +115,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, math: bool, **options) -> Tensor
     """Scaled dot-product attention: by PyTorch's math kernel where ``math`` (or forward-mode
     AD, a torch.func transform) asks for derivatives the fused kernel lacks, else by the
     fused kernel, whose output refuses a second derivative in one line."""
-    if math or _math_attention():
+    if math or derivatives_traced():  # (forward mode: the fused kernel has none)
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.MATH):

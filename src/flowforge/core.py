@@ -529,8 +529,11 @@ class _Checks:
             raise ValueError(
                 f"torch.func (vmap, grad, jacrev) could not transform this flow (torch: "
                 f"{first[:160]}): the flows that solve by iteration (Planar and Sylvester under "
-                "vmap, residual flows) or integrate an ODE (CNF, FFJORD) are not transformable; "
-                "take gradients with torch.autograd.grad, per example in a loop"
+                "vmap, residual flows), integrate an ODE (CNF, FFJORD) or recompute in the "
+                "backward pass (ff.memory_saving: ff.memory_saving(flow, False) turns it off) "
+                "are not transformable; per-example scores come from one "
+                "torch.autograd.grad(flow.log_prob(x).sum(), x) in eval mode (each example's "
+                "log-density depends on its own row only)"
             ) from error
 
 

@@ -120,7 +120,9 @@ def logdet_roulette(
     """
     n, d = z.shape
     v = torch.randn(n, d, dtype=z.dtype, device=z.device, generator=generator)
-    uni = torch.rand(n, dtype=z.dtype, device=z.device, generator=generator).clamp_min(1e-300)
+    uni = torch.rand(n, dtype=z.dtype, device=z.device, generator=generator).clamp_min(
+        torch.finfo(z.dtype).tiny
+    )
     extra = torch.floor(torch.log(uni) / math.log1p(-p))  # P(G >= j) = (1 - p)^j
     terms = n_exact + extra
     k_max = int(terms.max().item())

@@ -257,14 +257,14 @@ class Radial(_Amortised):
     def _inverse(self, z, context):
         z0, alpha, beta = self.params(context)
         dz = z - z0
-        r = dz.square().sum(-1).clamp_min(1e-300).sqrt()
+        r = dz.square().sum(-1).clamp_min(torch.finfo(dz.dtype).tiny).sqrt()
         x = z + (beta / (alpha + r)).unsqueeze(-1) * dz
         return x, self._ladj(r, alpha, beta).expand(z.shape[0])
 
     def _forward(self, x, context):
         z0, alpha, beta = self.params(context)
         dx = x - z0
-        rho = dx.square().sum(-1).clamp_min(1e-300).sqrt()
+        rho = dx.square().sum(-1).clamp_min(torch.finfo(dx.dtype).tiny).sqrt()
         # r^2 + p r - q = 0 with p = alpha + beta - rho, q = alpha rho >= 0
         p = alpha + beta - rho
         q = alpha * rho

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .._util import COMPILE_OPTIONS, functorch_active, warn
+from .._util import COMPILE_OPTIONS, derivatives_traced, functorch_active, warn
 from ..core import Transformer
 
 __all__ = ["RationalQuadratic", "rational_quadratic"]
@@ -142,13 +142,15 @@ def rational_quadratic(
         idx = idx.squeeze(1)
         d0, d1 = torch.where(idx == 0, 1.0, d0), torch.where(idx == k - 1, 1.0, d1)
     s = h / w
+    # (forward-mode AD's dual tensors need not require grad: they take the clamp of a graph)
+    straight = grad or (not torch.compiler.is_compiling() and derivatives_traced())
 
     def clamp(v: Tensor, lo: float, hi: float) -> Tensor:
         # an input on a bin's edge may round one ulp past it: clamped in value, but with a
         # graph the gradient of the unclamped formula (the value's own, at the edge: autograd
         # had given 0 at x == bound, a singular Jacobian); v + (c - v) is c exactly there
         c = v.clamp(lo, hi)
-        return v + (c - v).detach() if grad else c
+        return v + (c - v).detach() if straight else c
 
     if not inverse:
         xi = clamp((xc - x0) / w, 0, 1)
