@@ -264,9 +264,9 @@ def test_resume_of_an_init_from_run_is_bit_identical_without_the_run(tables, tmp
     a, b = tmp_path / "a", tmp_path / "b"
     assert train(ft, a, progress=False, echo=False, init_from=first)["status"] == "finished"
 
-    def interrupt(trainer):  # SIGTERM in the middle of epoch 2 (3 steps an epoch)
+    def interrupt(trainer):  # Ctrl-C in the middle of epoch 2 (3 steps an epoch)
         if trainer.global_step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
 
     rb = train(ft, b, progress=False, echo=False, callback=interrupt, init_from=first)
     assert rb["status"] == "interrupted" and rb["steps"] == 5
@@ -431,7 +431,7 @@ def test_an_edited_init_from_run_a_replay_elsewhere_and_a_statistic_no_layer_hol
 
     def stop(trainer):  # interrupted in its second epoch (two steps an epoch)
         if trainer.global_step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.chdir(tmp_path)
     b = tmp_path / "runs" / "b"

@@ -247,7 +247,7 @@ def test_interrupted_mflow_run_resumes_bit_identically(tmp_path, capsys):
 
     def interrupt(trainer):  # after the manifold phase's last step (before its validation),
         if trainer.global_step in (6, 8):  # then inside the density phase
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
 
     assert train(cfg, b, progress=False, echo=False, callback=interrupt)["status"] == "interrupted"
     res = train({}, b, resume=True, progress=False, echo=False, callback=interrupt)

@@ -92,7 +92,7 @@ def test_resume_is_bit_identical_with_every_option(tmp_path, options):
 
     def interrupt(trainer):
         if trainer.global_step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
 
     assert train(cfg, b, callback=interrupt, **QUIET)["status"] == "interrupted"
     assert train({}, b, resume=True, **QUIET)["status"] == "finished"

@@ -2176,6 +2176,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+_interrupt.handles_training = True  # (a fit it interrupts returns "interrupted": exit 130)
+
+
 def _interrupt_handlers() -> dict:
     """Ctrl-C, and SIGTERM and SIGHUP (what ``timeout``, batch schedulers and a closed
     terminal send), as a :class:`KeyboardInterrupt` that is remembered: the command's clean-up

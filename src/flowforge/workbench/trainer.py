@@ -649,6 +649,7 @@ class _Signals:
     def __init__(self, force: bool = True):
         self.old: dict = {}
         self.pending = False
+        self.received: int | None = None  # the first signal's number
         self.deferring = False
         # with several processes a second signal waits too: a rank stopping alone would leave
         # the others waiting in the next collective (torchrun's own kill is the hard stop)
@@ -658,6 +659,7 @@ class _Signals:
         if self.pending and self.force and not self.deferring:
             raise _ForcedStop
         self.pending = True
+        self.received = self.received or signum
 
     def __enter__(self):
         for s in self.SIGNALS:
@@ -672,6 +674,16 @@ class _Signals:
     def __exit__(self, *exc):
         for s, h in self.old.items():
             signal.signal(s, h)
+        # a SIGTERM or SIGHUP (a scheduler's kill, a closed terminal) whose action was the
+        # default one, or a handler of the caller's own, is passed on now that the checkpoint
+        # is saved: the process ends (or the caller's handler runs) as the sender meant, rather
+        # than going on to its next experiment and exiting 0. Ctrl-C stays an interrupted fit
+        # (a notebook's stop button), and the command line handles its own.
+        s = self.received
+        if s is not None and s != signal.SIGINT and s in self.old:
+            h = self.old[s]
+            if h is signal.SIG_DFL or (callable(h) and not getattr(h, "handles_training", False)):
+                signal.raise_signal(s)
         return False
 
     @contextlib.contextmanager
