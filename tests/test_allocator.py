@@ -19,7 +19,8 @@ def test_reuse_freed_memory_applies_on_glibc_and_can_be_switched_off(monkeypatch
     monkeypatch.setenv(allocator.ENV, "maybe")
     with pytest.raises(ValueError, match="FLOWFORGE_KEEP_FREED_MEMORY='maybe': expected 0"):
         allocator.reuse_freed_memory()
-    assert cli.main(["list"]) == 2  # (the command: one line)
+    monkeypatch.setattr(cli, "_OWNS_PROCESS", [True])  # (the command, as command() runs it)
+    assert cli._main(["list"]) == 2  # (one line)
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1 << 31, 1.5, "1G"])
@@ -28,8 +29,10 @@ def test_a_bad_limit_is_refused(limit):
         allocator.reuse_freed_memory(limit)
 
 
-def test_the_command_applies_it(monkeypatch, capsys):
+def test_the_command_applies_it_and_main_from_python_does_not(monkeypatch, capsys):
+    # (main() is the command inside someone else's process: the allocator is theirs)
     calls = []
     monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(1) or True)
-    assert cli.main(["list"]) == 0
-    assert calls == [1]
+    assert cli.main(["list"]) == 0 and calls == []
+    monkeypatch.setattr(cli, "_OWNS_PROCESS", [True])  # (as command() runs it)
+    assert cli._main(["list"]) == 0 and calls == [1]

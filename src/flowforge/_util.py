@@ -29,6 +29,8 @@ __all__ = [
     "all_finite",
     "derivatives_traced",
     "first_order_only",
+    "restore_modes",
+    "training_modes",
     "functorch_active",
     "fork_rng",
     "rng_states",
@@ -189,6 +191,19 @@ def first_order_only(t: Tensor, message: str) -> Tensor:
     return _FirstOrderOnly.apply(t, message) if t.requires_grad else t
 
 
+def training_modes(module: torch.nn.Module) -> dict:
+    """Every submodule's train/eval mode, for :func:`restore_modes`: a BatchNorm frozen
+    (``.eval()``) inside a flow in training mode stays frozen after a call that puts the flow
+    in eval mode for a while, which ``module.train(was)`` would undo."""
+    return {m: m.training for m in module.modules()}
+
+
+def restore_modes(modes: dict) -> None:
+    """Put back the modes :func:`training_modes` recorded."""
+    for m, mode in modes.items():
+        m.training = mode
+
+
 def newton_steps_for_derivatives() -> int:
     """How many value-preserving Newton steps (``x - (step - step.detach())``, from a root
     found without a graph) an inverse solved numerically takes for its derivatives: two where
@@ -245,16 +260,24 @@ def derivatives_traced() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0 or functorch_active()
 
 
+@contextlib.contextmanager
 def fork_rng():
     """``torch.random.fork_rng`` of the CPU's generator and every CUDA device's in use.
     ``torch.manual_seed`` inside seeds every device: a fork of the CPU's alone would leave a
     GPU's stream reset to that seed on exit, so that the caller's next draws there would repeat
     after every seeded pass (a training run's noise after each validation). Before CUDA is
-    initialised, torch queues such a seed for the devices and this fork cannot restore the
-    queue: a process that seeds inside it and only then starts using a GPU finds that GPU
-    seeded by the inner seed (the workbench moves its model first)."""
+    initialised, torch queues such a seed for the devices to take when it starts: that queue
+    is restored too, so that a process that does seeded work here on the CPU and only then
+    starts a GPU finds the GPU seeded by its own ``torch.manual_seed``, not by the inner one."""
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
+    tracker = getattr(torch.cuda, "_lazy_seed_tracker", None)
+    queued = None if cuda or tracker is None else dict(vars(tracker))
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+            yield
+    finally:
+        if queued is not None and not torch.cuda.is_initialized():
+            vars(tracker).update(queued)
 
 
 def rng_states(device: torch.device):

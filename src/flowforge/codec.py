@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._util import event_shape
+from ._util import event_shape, restore_modes, training_modes
 from .core import exact_levels
 from .models import registry
 from .models.integer import IntegerFlow, check_exact_latents
@@ -747,7 +747,7 @@ def ideal_bits(flow: IntegerFlow, x, chunk: int | None = None, radius: int | Non
     _check_chunk(chunk, xs.shape[1:])
     radius = _radius(flow, radius)
     bits = 0.0
-    was_training = flow.training
+    was_training = training_modes(flow)
     flow.eval()
     try:
         with torch.no_grad():
@@ -757,7 +757,7 @@ def ideal_bits(flow: IntegerFlow, x, chunk: int | None = None, radius: int | Non
                 else:
                     bits += 16.0 * len(syms)
     finally:
-        flow.train(was_training)
+        restore_modes(was_training)
     return bits
 
 
@@ -934,7 +934,7 @@ def encode(
     chunk = min(chunk, len(xs))  # no padding beyond the data (the header records this)
     _check_chunk(chunk, xs.shape[1:])
     radius = _radius(flow, radius)
-    was_training = flow.training
+    was_training = training_modes(flow)
     flow.eval()
     coder = stack.AnsCoder()
     categorical, raw = model.Categorical(perfect=False), model.Uniform(1 << 16)
@@ -946,7 +946,7 @@ def encode(
                 part = xs[start : start + n]
                 _encode_chunk(coder, categorical, raw, flow, part, chunk, radius)
     finally:
-        flow.train(was_training)
+        restore_modes(was_training)
     words = np.asarray(coder.get_compressed(), dtype=np.uint32).astype("<u4")
     payload = words.tobytes()
     header = Header(
@@ -1128,7 +1128,7 @@ def _decode(flow, data: bytes, force: bool) -> Tensor:
     base, r = flow.base, h.radius
     parts: list[np.ndarray] = []  # grown as chunks decode: a header's count allocates nothing
     store = np.uint8 if flow.levels <= 256 else np.uint16 if flow.levels <= 65536 else np.int64
-    was_training = flow.training
+    was_training = training_modes(flow)
     flow.eval()
     try:
         with torch.no_grad(), _threads(h.threads):
@@ -1167,7 +1167,7 @@ def _decode(flow, data: bytes, force: bool) -> Tensor:
     except Exception as e:  # the coder or the model fed garbage by a damaged payload
         raise CodecError(f"corrupt .ffz file: decoding failed ({type(e).__name__}: {e})") from None
     finally:
-        flow.train(was_training)
+        restore_modes(was_training)
     out = np.concatenate(parts).reshape(h.count, *h.shape)
     if not coder.is_empty() or _data_crc(out) != h.data_crc:
         raise CodecError("corrupt .ffz file: the decoded data fail the CRC check")

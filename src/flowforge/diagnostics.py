@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._util import fork_rng
+from ._util import fork_rng, restore_modes, training_modes
 from .core import Flow
 
 __all__ = [
@@ -497,7 +497,7 @@ class _Pass:
 def _run(flow: Flow, seed: int | None, body):
     """Call ``body()`` without gradients, the flow in eval mode, under a forked random stream
     seeded with ``seed`` (None: the global stream)."""
-    was = flow.training
+    was = training_modes(flow)
     rng = fork_rng() if seed is not None else contextlib.nullcontext()
     t0 = time.perf_counter()
     with rng, torch.no_grad():
@@ -507,7 +507,7 @@ def _run(flow: Flow, seed: int | None, body):
         try:
             out = body()
         finally:
-            flow.train(was)
+            restore_modes(was)
     return out, time.perf_counter() - t0
 
 

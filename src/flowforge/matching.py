@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._util import fork_rng, warn
+from ._util import fork_rng, restore_modes, training_modes, warn
 from .core import Compose, DataInit, Flow, Transform
 from .objectives import finite_log_prob
 from .transforms.continuous import (
@@ -566,7 +566,7 @@ def log_likelihood(
             f"log_likelihood needs at least one example, got x of shape {tuple(x.shape)}"
         )
     flow._check_as_given(given, x)
-    was = flow.training
+    was = training_modes(flow)
     counts: list[int] = []
     t0 = time.perf_counter()
     rng = fork_rng() if seed is not None else contextlib.nullcontext()
@@ -600,7 +600,7 @@ def log_likelihood(
                 lp = torch.stack(draws)
                 out.append(torch.logsumexp(lp, 0) - math.log(samples) if samples > 1 else lp[0])
         finally:
-            flow.train(was)
+            restore_modes(was)
     return Likelihood(
         log_prob=torch.cat(out).reshape(batch),
         method=method,

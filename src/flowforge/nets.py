@@ -7,6 +7,7 @@ coupling layer built on it starts as the identity.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
 from collections.abc import Callable, Sequence
@@ -366,11 +367,9 @@ def _input_degrees(features: int, order) -> Tensor:
 
 
 class MADEWidthWarning(UserWarning):
-    """An ordered MADE whose hidden layers are narrower than its order needs (said once a
-    process for each size; not when a saved model is loaded, whose width was chosen)."""
-
-
-_NARROW_SAID: set = set()  # (the sizes warned of in this process)
+    """An ordered MADE whose hidden layers are narrower than its order needs (not said when a
+    saved model is loaded, whose width was chosen). Python's warning filters decide how often:
+    by default once for each place and size (a MAF's MADEs, built on one line, say it once)."""
 
 
 def _hidden_degrees(features: int, width: int, conditional: bool) -> Tensor:
@@ -586,9 +585,14 @@ class MADE(nn.Module):
             self.register_buffer("adjacency", adj)  # persistent, checked when loaded
             n_in = d if adj.any() else 0  # a graph without edges: no input feeds anything
         self._n_in = n_in
-        with warnings.catch_warnings():  # a zero-column layer warns that its init is a no-op
-            warnings.simplefilter("ignore", UserWarning)
-            self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip((n_in, *hidden), hidden))
+        sizes = list(zip((n_in, *hidden), hidden))
+        # a zero-column layer warns that its init is a no-op (silenced only there: a change
+        # of the filters makes Python forget which warnings it has said, the width one below)
+        quiet = warnings.catch_warnings() if n_in == 0 else contextlib.nullcontext()
+        with quiet:
+            if n_in == 0:
+                warnings.simplefilter("ignore", UserWarning)
+            self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in sizes)
         self.out = nn.Linear(hidden[-1], d * p)
         if self.context_features:
             self.ctx = nn.Linear(self.context_features, sum(hidden), bias=False)
@@ -624,9 +628,7 @@ class MADE(nn.Module):
         conditional = self.context_features > 0
         need = d - (0 if conditional else 1)  # (the hidden degrees there are: D - 1, or D)
         width = min(self.hidden, default=need)
-        said = (d, width, conditional)
-        if d > 1 and width < need and warn and said not in _NARROW_SAID:
-            _NARROW_SAID.add(said)  # (once a process: a MAF builds several MADEs)
+        if d > 1 and width < need and warn:
             reads = width - (1 if conditional else 0)
             warnings.warn(
                 f"a MADE of {d} features with a hidden layer of {width} units: its order needs "

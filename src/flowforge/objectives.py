@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ._util import all_finite, warn
+from ._util import all_finite, restore_modes, training_modes, warn
 from .core import Flow, NaNLogProb, NonFiniteSamples, _narrows, precision_lost
 from .transforms.dequantization import UniformDequantization
 from .transforms.iresnet import EXACT_LOGDET_MAX
@@ -227,7 +227,7 @@ def log_likelihoods(
         raise ValueError(
             f"context has {context.shape[0]} rows and x {x.shape[0]}; expected one each"
         )
-    was_training = flow.training
+    was_training = training_modes(flow)
     flow.eval()
     try:
         out = []
@@ -241,7 +241,7 @@ def log_likelihoods(
             out.append(finite_log_prob(flow, xb, cb, i))
         return torch.cat(out)
     finally:
-        flow.train(was_training)
+        restore_modes(was_training)
 
 
 def _scored(model) -> None:
@@ -598,12 +598,12 @@ def vi_diagnostics(
         >>> print(*sorted(d))
         elbo elbo_se ess log_z log_z_se n pareto_k reverse_kl warnings zero_density
     """
-    was_training = flow.training
+    was_training = training_modes(flow)
     flow.eval()
     try:
         log_w = log_importance_weights(flow, target_log_prob, n, context, batch_size)
     finally:
-        flow.train(was_training)
+        restore_modes(was_training)
     # the target's NaN and +inf were refused above: these are the flow's log-densities
     bad = torch.isnan(log_w) | (log_w == math.inf)
     if bad.any():

@@ -1894,21 +1894,48 @@ def command() -> int:
 
 def _run(argv: list[str] | None, exiting: bool) -> int:
     _SIGNALLED.clear()
+    _OWNS_PROCESS[:] = [exiting]
+    stderr = sys.stderr
+    was = (getattr(stderr, "line_buffering", None), getattr(stderr, "write_through", None))
     try:  # one write per line, also where stderr is unbuffered (PYTHONUNBUFFERED): the lines
         # of torchrun's processes, which share it, interleaved mid-line
-        sys.stderr.reconfigure(line_buffering=True, write_through=False)
+        stderr.reconfigure(line_buffering=True, write_through=False)
     except (AttributeError, ValueError, OSError):  # (not a text stream we can set)
-        pass
+        was = None
     handlers = _interrupt_handlers()
+    threads = _threads_now()
     try:
         _import_numpy()
-        return _main(argv)
+        if exiting:
+            return _main(argv)
+        from .._util import fork_rng
+
+        with fork_rng():  # (from Python: the caller's random numbers do not move)
+            return _main(argv)
     except KeyboardInterrupt:
         print("flowforge: interrupted", file=sys.stderr)
         return 130
     finally:
         for s, h in handlers.items():
             signal.signal(s, signal.SIG_IGN if exiting else h)
+        if not exiting:  # main() from Python: the process is the caller's again as it was
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
+            if was is not None:
+                with contextlib.suppress(AttributeError, ValueError, OSError):
+                    stderr.reconfigure(line_buffering=was[0], write_through=was[1])
+
+
+_OWNS_PROCESS: list[bool] = [True]  # whether the command runs as its own process (not main())
+
+
+def _threads_now() -> int | None:
+    """torch's intra-op threads, where torch is imported already (None: not yet, and then
+    the command's --threads leaves torch's own default behind it)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 def _import_numpy() -> None:
@@ -2039,8 +2066,9 @@ def _main(argv: list[str] | None) -> int:
             file=sys.stderr,
         )
         return 1
-    try:
-        reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
+    try:  # (the process's own: not for main() called from Python, whose process it is not)
+        if _OWNS_PROCESS[0]:
+            reuse_freed_memory()  # no page faults for each step's large tensors (allocator.py)
     except ValueError as e:  # (the environment variable's value)
         print(f"flowforge: error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._util import restore_modes, training_modes
 from ..models.mflow import MFlow
 from . import manifold_data
 from .errors import WorkbenchError
@@ -100,7 +101,7 @@ class MFlowObjective(Objective):
     @torch.no_grad()
     def validate(self, trainer, x, context):
         model = trainer.eval_model
-        was = model.training
+        was = training_modes(model)
         model.eval()
         density = trainer.epoch >= trainer.phase_starts[1]
         try:
@@ -110,7 +111,7 @@ class MFlowObjective(Objective):
                 total += float(loss) * xb.shape[0]
             return total / x.shape[0]
         finally:
-            model.train(was)
+            restore_modes(was)
 
 
 # -- evaluation ----------------------------------------------------------------------------------

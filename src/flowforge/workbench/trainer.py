@@ -33,7 +33,14 @@ import torch
 from torch import Tensor
 
 from .. import io
-from .._util import COMPILE_OPTIONS, fork_rng, rng_states, set_rng_states
+from .._util import (
+    COMPILE_OPTIONS,
+    fork_rng,
+    restore_modes,
+    rng_states,
+    set_rng_states,
+    training_modes,
+)
 from ..core import (
     NaNLogProb,
     NonFiniteSamples,
@@ -1205,14 +1212,14 @@ class Trainer:
         training's: every validation number is repeatable, moves no layer's running state and
         leaves the training stream as it was."""
         model = self.eval_model
-        was = model.training
+        was = training_modes(model)
         with fork_rng():
             torch.manual_seed(self.seed + 7919)
             model.eval()
             try:
                 yield model
             finally:
-                model.train(was)
+                restore_modes(was)
 
     def _warn_early_init(self) -> None:
         """A warning, at the start of training, for a layer that initialised itself from data
@@ -1591,15 +1598,23 @@ class Trainer:
         from ..core import Compose
 
         held = [self.model] + ([self.ema] if getattr(self, "ema", None) is not None else [])
-        chains = [(m, m.memory_saving) for h in held for m in h.modules() if isinstance(m, Compose)]
-        splines = [(m, m.compiled) for h in held for m in h.modules() if hasattr(m, "compiled")]
+        gone = object()  # (an attribute the layer does not set itself: its class's, kept so)
+        kept = [
+            (m, name, vars(m).get(name, gone))
+            for h in held
+            for m in h.modules()
+            for name in ("memory_saving", "compiled")
+            if (name == "memory_saving" and isinstance(m, Compose)) or
+            (name == "compiled" and hasattr(m, "compiled"))
+        ]  # fmt: skip
         try:
             yield
         finally:
-            for m, v in chains:
-                m.memory_saving = v
-            for m, v in splines:
-                m.compiled = v
+            for m, name, v in kept:
+                if v is gone:
+                    vars(m).pop(name, None)  # (the class's setting reaches it again)
+                else:
+                    setattr(m, name, v)
 
     def fit(self, resume: bool = False) -> dict:
         """Train; returns a summary with ``status`` in finished, early-stopped, interrupted.
