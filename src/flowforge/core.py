@@ -133,8 +133,10 @@ class Transform(nn.Module):
             manifold (normalises a vector), so that its inverse gives back the projection, not
             the input; memory saving runs such a first layer outside its recomputed chain.
         full_precision: ``True`` for a layer whose iterations (a fixed-point or Newton solve,
-            a power iteration, an orthogonalisation) do not converge in half precision: under
-            ``torch.autocast`` it runs with autocast off, in its parameters' dtype.
+            a power iteration, an orthogonalisation) do not converge in half precision, or
+            whose map is a matrix product beside a log-determinant from its weights (LU, QR,
+            convolutions): under ``torch.autocast`` it runs with autocast off, in its
+            parameters' dtype.
     """
 
     numeric_inverse: float | None = None
@@ -782,8 +784,20 @@ class Dequantizer(nn.Module):
 
     def check(self, x: Tensor) -> None:
         """``ValueError`` unless ``x`` holds integers in ``[0, levels - 1]`` that ``x``'s dtype
-        resolves with the dequantization noise added."""
+        resolves with the dequantization noise added (up to 2^17 levels in float32, where
+        numbers are 1/64 apart: beyond, the noise rounds onto a few values and onto the next
+        level's bin, and the bound is no longer one)."""
         exact_levels(self.levels, x.dtype)
+        if x.dtype.is_floating_point:
+            limit = 2 ** (round(-math.log2(torch.finfo(x.dtype).eps)) - 6)
+            if self.levels > limit:
+                fix = (
+                    "; move the flow to float64 (flow.double())" if x.dtype != torch.float64 else ""
+                )
+                raise ValueError(
+                    f"{self.levels:,} levels are more than {x.dtype} resolves with "
+                    f"dequantization noise (at most {limit:,}){fix}"
+                )
         lo, hi = x.min().item(), x.max().item()
         if lo < 0 or hi > self.levels - 1:
             raise ValueError(

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.autograd.functional import jvp
 
 from .._util import all_finite
-from ..core import Compose, Flow, Transform, check_shape
+from ..core import Compose, Flow, Transform, _autocasting, check_shape
 from ..nets import MLP
 from ..transforms import Affine, Coupling, LULinear, half_mask
 from .assembly import count, mlp_conditioner, widths
@@ -149,7 +149,13 @@ class MFlow(nn.Module):
         return self._log_det_gram(self._data(u, "manifold coordinates", "u"), create_graph)
 
     def _log_det_gram(self, u: Tensor, create_graph: bool | None) -> Tensor:
-        """:meth:`log_det_gram` of coordinates already checked (``log_prob``'s encoding)."""
+        """:meth:`log_det_gram` of coordinates already checked (``log_prob``'s encoding), with
+        autocast off: a bfloat16 Gram matrix's log-determinant is refused by torch, and would
+        be far off if it were not."""
+        if _autocasting(u):
+            with torch.autocast(u.device.type, enabled=False):
+                dtype = next((p.dtype for p in self.parameters()), torch.float32)
+                return self._log_det_gram(u.to(dtype), create_graph)
         cols = []
         for i in range(self.manifold_dim):
             e = torch.zeros_like(u)

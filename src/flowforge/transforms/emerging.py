@@ -90,6 +90,10 @@ class EmergingConv2d(Transform):
         True
     """
 
+    # (a matrix product that autocast would run in bfloat16, next to a log-determinant from
+    # the float32 weights: the layer would not be the bijection it counts)
+    full_precision = True
+
     def __init__(
         self,
         shape,

@@ -110,6 +110,10 @@ class LULinear(_OnDim1):
         >>> z, ladj = conv1x1(torch.randn(2, 4, 8, 8))
     """
 
+    # (a matrix product that autocast would run in bfloat16, next to a log-determinant from
+    # the float32 weights: the layer would not be the bijection it counts)
+    full_precision = True
+
     def __init__(self, shape, init: str = "orthogonal"):
         super().__init__(shape)
         c = self.features
@@ -176,6 +180,10 @@ class QRLinear(_OnDim1):
             where every reflection is the same sign flip).
     """
 
+    # (a matrix product that autocast would run in bfloat16, next to a log-determinant from
+    # the float32 weights: the layer would not be the bijection it counts)
+    full_precision = True
+
     def __init__(self, shape, reflections: int | None = None):
         super().__init__(shape)
         c = self.features
@@ -209,6 +217,10 @@ class PlainLinear(_OnDim1):
 
     Glow's plain (non-LU) 1x1 convolution. Initialised from a random orthogonal matrix.
     """
+
+    # (a matrix product that autocast would run in bfloat16, next to a log-determinant from
+    # the float32 weights: the layer would not be the bijection it counts)
+    full_precision = True
 
     def __init__(self, shape):
         super().__init__(shape)

@@ -169,7 +169,20 @@ class DataStandardize(DataInit, Transform):
         # well above its rounding, not decided by the noise of the threshold
         finfo = torch.finfo(x.dtype)
         rel = self.eps * finfo.eps / torch.finfo(torch.float32).eps
-        keep = (sd > rel * mean.abs()) & (sd > finfo.tiny / finfo.eps)
+        # an absolute floor only where the differences from the mean would fall among the
+        # subnormal numbers (a spread of 1e-33 is resolved in float32: its floor of 1e-31 had
+        # left such a column unscaled, 70 nats off, without a word)
+        floor = finfo.tiny * 2**12
+        varies = sd > rel * mean.abs()
+        keep = varies & (sd > floor)
+        if bool((varies & ~keep & (sd > 0)).any()):
+            cols = torch.nonzero(varies & ~keep & (sd > 0)).flatten()[:5].tolist()
+            warn(
+                f"DataStandardize: the entries {cols} vary by less than {floor:.1e}, too little "
+                f"for {x.dtype} to resolve, and are left unscaled; rescale them (multiply by a "
+                "power of ten) or use float64 (flow.double())",
+                RuntimeWarning,
+            )
         sd = torch.where(keep, sd, torch.ones_like(sd))
         self.loc.copy_(mean)
         self.scale.copy_(sd)
@@ -492,6 +505,10 @@ class Whiten(Transform):
         >>> z, ladj
         (tensor([[1., 1.]]), tensor([-0.6931]))
     """
+
+    # (a matrix product that autocast would run in bfloat16, next to a log-determinant from
+    # the float32 weights: the layer would not be the bijection it counts)
+    full_precision = True
 
     def __init__(self, shape, loc: Tensor | None = None, factor: Tensor | None = None):
         super().__init__(_event(shape))

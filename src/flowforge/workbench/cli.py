@@ -739,8 +739,8 @@ def cmd_eval(args) -> int:
         print(msg + f" ({_count(res['examples'], 'example')}{', ' + extra if extra else ''})")
         if "true_nll" in res:
             print(
-                f"true NLL {res['true_nll']:.4f} (the data's known density); gap "
-                f"{res['gap']:.4f} {_se(res['gap_se'])} nats, an estimate of KL(data || model)"
+                f"true NLL {_nats(res['true_nll'])} (the data's known density); gap "
+                f"{_nats(res['gap'])} {_se(res['gap_se'])} nats, an estimate of KL(data || model)"
             )
         if "ode" in res:
             print(f"ODE: {describe_ode(res['ode'])}")
@@ -760,7 +760,7 @@ def cmd_eval(args) -> int:
                 bpd = res.get(key.replace("_nll", "_bits_per_dim"))
                 extra = f" ({bpd:.4f} bits/dim)" if bpd is not None else ""
                 words, worse = against_reference(res, key)
-                print(f"{what}: NLL {g:.4f}{extra} on the same examples; {words}")
+                print(f"{what}: NLL {_nats(g)}{extra} on the same examples; {words}")
                 if worse and unfinished:  # no advice on the model: it is not trained yet
                     print(f"note: the model scores worse than {short}, but its training is "
                           "unfinished")  # fmt: skip
@@ -2256,7 +2256,9 @@ def _rank() -> int:
 
 def _se(se, digits: int = 4) -> str:
     """``+- 0.0123``, or what one example gives (no standard error)."""
-    return "(one example: no standard error)" if se is None else f"+- {se:.{digits}f}"
+    if se is None:
+        return "(one example: no standard error)"
+    return f"+- {se:.{digits}f}" if abs(se) < 1e9 else f"+- {se:.6g}"  # (as _nats)
 
 
 def _nll_se(res: dict) -> str:
@@ -2266,9 +2268,10 @@ def _nll_se(res: dict) -> str:
 
 
 def _nats(v: float) -> str:
-    """An NLL as eval prints it: 4 decimals, or 6 significant digits past 1e9 (a far row's
-    1e58 nats, not 59 digits)."""
-    return f"{v:.4f}" if abs(v) < 1e9 else f"{v:.6g}"
+    """An NLL as eval prints it (:func:`~flowforge.workbench.evaluate.nats`)."""
+    from .evaluate import nats
+
+    return nats(v)
 
 
 def _count(k: int, noun: str, plural: str | None = None) -> str:

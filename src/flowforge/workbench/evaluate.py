@@ -53,6 +53,12 @@ __all__ = [
 ]
 
 
+def nats(v: float) -> str:
+    """A number of nats as the commands print it: 4 decimals, or 6 significant digits past
+    1e9 (a far row's 1e58 nats, not 59 digits)."""
+    return f"{v:.4f}" if abs(v) < 1e9 else f"{v:.6g}"
+
+
 def _one_line(e: BaseException) -> str:
     from .errors import one_line
 
@@ -710,9 +716,9 @@ def against_reference(res: dict, key: str) -> tuple[str, bool]:
     se = res.get(key.replace("_nll", "_difference_se"), 0.0)
     way = "worse" if d > 0 else "better"
     if se is None:  # one example: no noise estimate, so neither a claim nor a warning
-        words = f"the model is {abs(d):.4f} nats/example {way} (one example: no standard error)"
+        words = f"the model is {nats(abs(d))} nats/example {way} (one example: no standard error)"
         return words, False
-    words = f"the model is {abs(d):.4f} +- {se:.4f} nats/example {way}"
+    words = f"the model is {nats(abs(d))} +- {nats(se)} nats/example {way}"
     if abs(d) <= 2 * se:
         words += " (within the noise of these examples)"
     return words, d > 2 * se

@@ -625,7 +625,9 @@ def _density(
         if len(keep):
             logp = torch.cat([_grid_log_prob(flow, c) for c in keep.split(8192)])
             overflowed = int((~torch.isfinite(logp) & ~(logp == -math.inf)).sum())
-            dens[inside] = torch.nan_to_num(logp, nan=-math.inf, posinf=-math.inf).exp()
+            dens[inside] = (  # (a float64 model's in float32: a figure's precision)
+                torch.nan_to_num(logp, nan=-math.inf, posinf=-math.inf).exp().to(dens.dtype)
+            )
         dens = dens.reshape(g, g).numpy()
     else:
         dens = None

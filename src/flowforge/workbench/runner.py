@@ -280,6 +280,17 @@ def _readings(options: dict, name, want) -> list[dict]:
     return [options, {**options, "header": False}, {**options, "header": True}]
 
 
+def _in_recorded_dtype(flow, resolved: dict):
+    """``flow`` in the dtype its run was trained in (torch's default dtype when it was, as
+    recorded: a notebook's float64), so that a resume continues the run it checkpointed."""
+    env = resolved.get("environment")
+    want = env.get("default_dtype") if isinstance(env, dict) else None
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(want)
+    if dtype is None or getattr(flow, "dtype", dtype) == dtype:
+        return flow
+    return flow.to(dtype)
+
+
 def _source_data(source, cfg: dict):
     """The data an ``--init-from`` run takes from the run it starts from (none given): that
     run's data exactly as :func:`run_dataset` takes it for ``eval`` (a file of another size
@@ -563,6 +574,8 @@ def _train(
                 flow = warm_start.rebuild(stored["resolved"], budget)
                 resolved = warm_start.take_preprocessing(resolved, stored["resolved"])
                 resolved["init_from"] = stored["resolved"]["init_from"]
+            if stored is not None:  # (a run trained in a float64 session resumes in float64)
+                flow = _in_recorded_dtype(flow, stored["resolved"])
         elif source is not None:
             flow, _, resolved = build_flow(cfg, ds, like=source.cfg["resolved"])
             flow, resolved = warm_start.adopt(source, cfg, flow, resolved)

@@ -1264,10 +1264,12 @@ def environment_warning(recorded, now: dict, what: str, processes: bool = True) 
         fixes.append(f"torch.set_default_dtype(torch.{was}) before it")
     if not diffs:
         return None
-    # (another flowforge alone: the numbers differ only where the code that changed computes)
+    # (another flowforge alone: the numbers differ only where the code that changed computes;
+    # another default dtype alone: a resumed model is moved to the recorded one, and only
+    # what else is made in the default dtype can differ)
     will = (
         "may not be"
-        if len(diffs) == 1 and diffs[0].startswith("flowforge's code")
+        if all(d.startswith(("flowforge's code", "torch's default dtype")) for d in diffs)
         else ("will not be")
     )
     return (

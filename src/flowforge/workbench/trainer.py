@@ -1542,6 +1542,16 @@ class Trainer:
                     "another shape): was the run's config.json or checkpoint edited, or copied "
                     "from another run?"
                 )
+            was = {v.dtype for v in model.values() if v.is_floating_point()}
+            now = {v.dtype for v in like.values() if v.is_floating_point()}
+            if was and now and was != now:  # (load_state_dict would cast them without a word)
+                names = ", ".join(sorted(str(d).replace("torch.", "") for d in was))
+                raise ValueError(
+                    f"it holds weights in {names} and this run's model is "
+                    f"{', '.join(sorted(str(d).replace('torch.', '') for d in now))}: the "
+                    "resumed run would not be the one checkpointed; move the model to the "
+                    f"checkpoint's dtype first (model.to(torch.{names.split(', ')[0]}))"
+                )
             self.model.load_state_dict(model)
             if best and self._saves_model:  # (model.ff holds them: the trainer writes none)
                 raise ValueError("it holds best weights for a model whose best is in model.ff")
