@@ -9,10 +9,15 @@ on [-4, 4]^2) and ``--scale 1`` (the workbench's own toys, about +-2).
 The oracle is each generator's exact density (``flowforge.workbench.toy_density``): for data
 ``x = s * y``, ``log p(x) = log p_toy(x / s) - 2 log s``. The gap is the model's test NLL minus
 the oracle's NLL on the same 20,000 test points (nats; 0 is perfect, up to sampling noise).
+The test points are one fixed draw (``default_rng(12345)``); ``--split val`` scores on a
+validation draw of the same size from another fixed seed (``default_rng(54321)``) instead, for
+choosing between configurations without looking at the test draw. Each row records its
+``split``; on ``val`` the model's NLL is stored as ``val_nll`` (``test_nll`` on ``test``).
 
     python benchmarks/raw_defaults.py                        # every model, toy and scale
     python benchmarks/raw_defaults.py --models nsf --toys checkerboard --scale 2
     python benchmarks/raw_defaults.py --variant legacy       # the defaults before issue 17
+    python benchmarks/raw_defaults.py --split val --models maf --scale 2   # validation draw
 
 ``--kwargs '{"layers": 10}'`` passes builder arguments (the experiments behind a default).
 ``--library zuko`` runs the same loop on zuko's flows with zuko's defaults (the bench extra).
@@ -41,6 +46,11 @@ from flowforge.workbench.data import TOYS
 
 RESULTS = Path(__file__).parent / "results"
 
+# The held-out draws: a fixed seed and size per split. ``test`` is the draw every row before
+# ``--split`` existed was scored on; ``val`` is for choosing configurations.
+SPLITS = {"test": 12345, "val": 54321}
+HELD_OUT = 20000
+
 
 def build(model: str, variant: str, extra: dict | None = None):
     kwargs = dict(extra or {})
@@ -68,11 +78,14 @@ class _Zuko(torch.nn.Module):
         return self.flow().log_prob(x)
 
 
-def run(model, toy, scale, variant, steps, batch, lr, seed, extra=None, library="flowforge"):
+def run(
+    model, toy, scale, variant, steps, batch, lr, seed, extra=None, library="flowforge",
+    split="test", note=None,
+):  # fmt: skip
     torch.manual_seed(seed)
     flow = build(model, variant, extra) if library == "flowforge" else _Zuko(model, extra)
     rng = np.random.default_rng(seed)
-    test = scale * TOYS[toy](np.random.default_rng(12345), 20000)
+    test = scale * TOYS[toy](np.random.default_rng(SPLITS[split]), HELD_OUT)
     oracle = -toy_density.log_prob(toy, test, scale).mean()
     opt = torch.optim.Adam(flow.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -103,10 +116,12 @@ def run(model, toy, scale, variant, steps, batch, lr, seed, extra=None, library=
         "lr": lr,
         "seed": seed,
         "params": sum(p.numel() for p in flow.parameters()),
-        "test_nll": round(nll, 4),
+        "split": split,
+        f"{split}_nll": round(nll, 4),
         "oracle_nll": round(float(oracle), 4),
         "gap": round(nll - float(oracle), 4),
         "seconds": round(seconds, 1),
+        **({"note": note} if note else {}),
     }
 
 
@@ -128,6 +143,12 @@ def main(argv=None):
         "--library", default="flowforge", choices=["flowforge", "zuko"],
         help="zuko: the same loop on zuko.flows.<MODEL>(2) with zuko's defaults (bench extra)",
     )  # fmt: skip
+    p.add_argument(
+        "--split", default="test", choices=sorted(SPLITS),
+        help="held-out draw to score on: test (default_rng(12345), the rows before this option)"
+        " or val (default_rng(54321)); both 20,000 points",
+    )  # fmt: skip
+    p.add_argument("--note", default=None, help="a note stored in each row")
     p.add_argument("--out", type=Path, default=RESULTS / "raw_defaults.jsonl")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -136,7 +157,7 @@ def main(argv=None):
             for model in a.models.split(","):
                 r = run(
                     model, toy, scale, a.variant, a.steps, a.batch, a.lr, a.seed, a.kwargs,
-                    a.library,
+                    a.library, a.split, a.note,
                 )  # fmt: skip
                 print(json.dumps(r), flush=True)
                 if str(a.out) != "-":

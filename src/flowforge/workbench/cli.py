@@ -127,6 +127,18 @@ def _device_option(parser, verb: str, same: str) -> None:
     )
 
 
+def _warmup(text: str):
+    """A ``--warmup-steps``: a number of steps, or ``auto`` (its default)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of steps or auto, got {text!r}"
+        ) from None
+
+
 def _seed(text: str) -> int:
     """A ``--seed``: an integer in [0, 2**32 - 1], as a config's seed."""
     from .config import SEED_MAX
@@ -223,7 +235,11 @@ def _print_json(obj) -> None:
 
 
 def cmd_list(args) -> int:
+    from .. import models as model_registry
+    from .. import targets
+    from .build import PYTHON_ONLY
     from .catalog import DATASET_NOTES, SIZING, data_options, live_models, models
+    from .config import OBJECTIVES
 
     info = {
         "models": {m["name"]: m for m in models()},
@@ -231,10 +247,18 @@ def cmd_list(args) -> int:
         "files": ".npy/.npz/.csv tables (data options: header, levels, standardize, whiten, "
         "bounds, integers, val_fraction, test_fraction, shuffle, limit; docs/workbench.md); a "
         "folder of PNG/JPEG images (bits)",
+        "objectives": dict(OBJECTIVES),
+        "targets": targets.available(),
     }
     for m in live_models():  # builders registered in this process (plugins), when loaded
         info["models"].setdefault(m["name"], m)
     info["models"] = dict(sorted(info["models"].items()))
+    for name, m in info["models"].items():  # (what the workbench needs of it, or refuses)
+        if name in PYTHON_ONLY:
+            m["workbench"] = False
+        own = _own_objectives(model_registry, name)
+        if own:
+            m["objectives"] = own
     import importlib.util
 
     for name, (package, extra) in MODEL_PACKAGES.items():  # (installed or not: said here)
@@ -255,6 +279,10 @@ def cmd_list(args) -> int:
             print(f"  {'':<13} trains with lr {m['lr']:g} unless train.lr is set")
         if m.get("needs"):
             print(f"  {'':<13} not installed here: {m['needs']}")
+        if name in PYTHON_ONLY:
+            print(f"  {'':<13} Python only: the workbench does not train or score it")
+        elif m.get("objectives"):
+            print(f"  {'':<13} trains with --objective {' or '.join(m['objectives'])} only")
     without = [n for n, m in info["models"].items() if not m.get("data_options", True)]
     which = f"every model but {', '.join(without)}" if without else "every model"
     print(f"  ({which} also takes the data options: " + ", ".join(data_options()) + ")")
@@ -263,7 +291,17 @@ def cmd_list(args) -> int:
     for k, v in info["datasets"].items():
         print(f"  {k:<13} {v}")
     print(f"  {'<path>':<13} {info['files']}")
+    print("objectives (train --objective):")
+    for k, v in OBJECTIVES.items():
+        print(f"  {k:<18} {v}")
+    print(f"targets (fit-target --target): {', '.join(info['targets'])}")
     return 0
+
+
+def _own_objectives(registry, name: str) -> list[str] | None:
+    """The training objectives a model takes alone (the M-flow's, ``MFlow.objectives``);
+    None for the models that the usual objectives train."""
+    return list(registry.MFlow.objectives) if name == "mflow" else None
 
 
 def _train_overrides(args) -> dict:
@@ -287,15 +325,24 @@ def _train_overrides(args) -> dict:
                 f"{option} names {kwargs['name']!r}, and {flag} {name!r}: give one of them"
             )
         o.setdefault(section, {}).update(kwargs)
-    if args.limit is not None:
-        o.setdefault("data", {})["limit"] = args.limit
-    if args.conditional is not None:
-        o.setdefault("data", {})["conditional"] = args.conditional
-    if args.target_columns is not None:
-        o.setdefault("data", {})["target_columns"] = args.target_columns
-    for flag in ("dequantization", "base"):
-        if getattr(args, flag) is not None:
-            o.setdefault("model", {})[flag] = getattr(args, flag)
+    for flag, section, key in (
+        ("limit", "data", "limit"),
+        ("conditional", "data", "conditional"),
+        ("target_columns", "data", "target_columns"),
+        ("dequantization", "model", "dequantization"),
+        ("base", "model", "base"),
+    ):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        given = o.get(section, {})
+        if key in given and given[key] != value:  # (from --model-kwargs / --data-kwargs)
+            option = "--model-kwargs" if section == "model" else "--data-kwargs"
+            raise WorkbenchError(
+                f"{option} gives {key} = {given[key]!r}, and --{flag.replace('_', '-')} "
+                f"{value!r}: give one of them"
+            )
+        o.setdefault(section, {})[key] = value
     if args.seed is not None:
         o["seed"] = args.seed
     if getattr(args, "init_from", None) is not None:
@@ -326,7 +373,7 @@ def _train_overrides(args) -> dict:
 
     flags = copy.deepcopy(o)  # what the flags set: no --set may change or drop it quietly
 
-    given: dict[str, str] = {}  # (a key set twice: a sweep's appended override, not said)
+    given: dict[str, str] = {}  # (a key set twice is refused: neither value wins quietly)
     for item in args.set or []:
         if "=" not in item:
             raise WorkbenchError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
@@ -445,7 +492,7 @@ def _unambiguous_data(data) -> None:
 
 
 def cmd_train(args) -> int:
-    from .config import deep_merge, read_config
+    from .config import deep_merge, flat_sections, read_config
     from .runner import train
 
     layers = []
@@ -454,10 +501,10 @@ def cmd_train(args) -> int:
 
         raise WorkbenchError("--config is empty; expected a .yaml, .toml or .json file")
     if args.config:
-        layers.append(read_config(args.config))
-    layers.append(_train_overrides(args))
+        layers.append(_other_model(flat_sections(read_config(args.config)), args.model))
+    layers.append(flat_sections(_train_overrides(args)))
     raw: dict = {}
-    for layer in layers:  # the file, then the flags on top
+    for layer in layers:  # the file, then the flags on top (model.X over model.kwargs.X)
         raw = deep_merge(raw, layer)
     _unambiguous_data(raw.get("data"))
     if args.config and not args.resume and args.data is None:  # (--data: the user's choice)
@@ -479,6 +526,24 @@ def cmd_train(args) -> int:
             init_from=args.init_from,
         )
     return _finish_train(result, time.perf_counter() - start if args.json else None)
+
+
+def _other_model(layer: dict, model: str | None) -> dict:
+    """A config file's layer under ``--model``: where the flag names another model than the
+    file, the file's model arguments were that model's, and are left out (the new model is
+    built with its own defaults and sizing, as ``demo --model`` does), with a line saying so."""
+    section = layer.get("model") if isinstance(layer, dict) else None
+    name = section.get("name") if isinstance(section, dict) else section
+    if model is None or not isinstance(name, str) or name.lower() == model.lower():
+        return layer
+    dropped = sorted(k for k in section if k != "name") if isinstance(section, dict) else []
+    if dropped:
+        say_warning(
+            f"--model {model} replaces the config's model {name}, whose arguments "
+            f"({', '.join(dropped)}) are left out: {model} is built with its own defaults "
+            "(give its arguments with --model-kwargs)"
+        )
+    return {**layer, "model": {"name": model}}
 
 
 def _replayed_data(config: str, stored: dict, data) -> None:
@@ -725,6 +790,9 @@ def cmd_eval(args) -> int:
             "run": recorded_environment(trained),
             "eval": run_environment(device(args.device, "--device")),
         }
+        res["run"] = str(Path(args.run).resolve())  # (absolute, as every command's --json)
+        if isinstance(res.get("scores"), dict):
+            res["scores"]["path"] = str(Path(res["scores"]["path"]).resolve())
         print(json.dumps(res, allow_nan=False))
     else:
         if "reconstruction" in res:  # an M-flow run
@@ -1243,14 +1311,8 @@ def cmd_fit_target(args) -> int:
     )
 
     target = targets.get(args.target)  # unknown target: ValueError, one line
-    kwargs = {}
-    if args.model_kwargs:
-        try:
-            kwargs = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as e:
-            raise WorkbenchError(f"--model-kwargs: not valid JSON: {e}") from None
-        if not isinstance(kwargs, dict):
-            raise WorkbenchError("--model-kwargs: expected a JSON object like '{\"hidden\": 8}'")
+    # (JSON or YAML, as train takes them)
+    kwargs = _parse_mapping(args.model_kwargs, "--model-kwargs") if args.model_kwargs else {}
     checks = (
         ("--steps", args.steps, 1, 10**8),
         ("--batch-size", args.batch_size, 1, FIT_MAX_SAMPLES),
@@ -1325,6 +1387,9 @@ def cmd_fit_target(args) -> int:
         # (the evaluation's samples follow --seed, as the fit's do)
         metrics = evaluate_target(flow, target, n=args.n_eval, seed=args.seed + 1)
         title = f"{args.model}" + (f" K={args.layers}" if args.layers else "")
+        # (what the fit was, so that two fits' folders tell apart, and one can be made again)
+        fit = {**fit, "target": args.target, "model": args.model, "layers": layers,
+               "model_kwargs": kwargs, "seed": args.seed}  # fmt: skip
         report = write_vi_report(out, flow, target, metrics, fit, title)
     if getattr(flow, "config", None) is not None:
         io.save(flow, out / "model.ff")
@@ -1441,17 +1506,24 @@ def make_parser() -> argparse.ArgumentParser:
         "seeded by seed + e, so seeds s and s + 1 share orders shifted by one: give a sweep's "
         "seeds far apart (0, 1000, 2000)",
     )
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int, help="the global batch size")
-    s.add_argument("--lr", type=float)
-    s.add_argument("--optimizer", help="adam, adamw or adamax")
-    s.add_argument("--weight-decay", type=float)
-    s.add_argument("--warmup-steps", type=int)
-    s.add_argument("--grad-clip", type=float)
+    s.add_argument("--epochs", type=int, help="training epochs (default 50)")
+    s.add_argument("--batch-size", type=int, help="the global batch size (default 64)")
+    s.add_argument("--lr", type=float, help="learning rate (default 1e-3, or the model's own)")
+    s.add_argument("--optimizer", help="adam, adamw (default) or adamax")
+    s.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    s.add_argument(
+        "--warmup-steps",
+        type=_warmup,
+        help="linear warm-up steps, or auto (default: 100, or a tenth of a shorter run)",
+    )
+    s.add_argument(
+        "--grad-clip", type=float, help="largest global gradient norm (default 10; 0: off)"
+    )
     s.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     s.add_argument(
         "--objective",
-        help="nll (default) or, for a CNF, flow-matching, flow-matching-ot, flow-matching-vp",
+        help="nll (default); for a CNF, flow-matching, flow-matching-ot or flow-matching-vp; "
+        "for an M-flow (which needs one of them), mflow or mflow-alternating",
     )
     s.add_argument("--limit", type=int, help="use only the first N training examples")
     s.add_argument(
@@ -1516,13 +1588,20 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing --scores file")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--seed", type=_seed, default=0, help="seeds the dequantization noise")
-    s.add_argument("--batch-size", type=int, default=1024)
+    s.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seeds the draws of the score: dequantization noise, Hutchinson trace probes, "
+        "Russian-roulette terms (default 0)",
+    )
+    s.add_argument("--batch-size", type=int, default=1024, help="examples at once (default 1024)")
     s.add_argument(
         "--samples",
         type=int,
         default=1,
-        help="dequantization draws averaged per example (discrete data; default 1)",
+        help="draws averaged per example where the score is an estimate (dequantized data, "
+        "Hutchinson traces, residual flows' series; default 1)",
     )
     s.add_argument(
         "--iw",
@@ -1573,7 +1652,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", parents=[common], help="draw samples from a run's model")
     s.add_argument("run")
-    s.add_argument("-n", type=int, default=64)
+    s.add_argument("-n", type=int, default=64, help="the number of samples (default 64)")
     s.add_argument(
         "--temperature",
         type=float,
@@ -1700,16 +1779,16 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--target",
         required=True,
-        help="u1, u2, u3, u4, banana, funnel, mog2, ... or one of your own (ff.targets.register "
-        "in a module given to --import)",
+        help="one of flowforge's (flowforge list names them) or one of your own "
+        "(ff.targets.register in a module given to --import)",
     )
     s.add_argument("--model", default="planar", help="a model from 'flowforge list'")
     s.add_argument("--layers", type=int, help="number of layers (or residual blocks)")
     s.add_argument("--model-kwargs", help="more builder arguments as JSON")
     s.add_argument("--out", required=True, help="the report folder")
-    s.add_argument("--steps", type=int, default=3000)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--lr", type=float, default=5e-3)
+    s.add_argument("--steps", type=int, default=3000, help="optimisation steps (default 3000)")
+    s.add_argument("--batch-size", type=int, default=256, help="samples a step (default 256)")
+    s.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
     s.add_argument(
         "--anneal",
         type=int,
@@ -1775,6 +1854,33 @@ EXTRAS = {
 # Options whose value may start with "-" (negative numbers: --context -1.78,0.5). argparse reads
 # such a value as an option unless it is attached (--context=-1.78,0.5); attach it here.
 _SIGNED_VALUES = ("--context",)
+
+
+def _given_twice(argv: list[str], parser) -> str | None:
+    """What to say of an option given twice with two values (``--epochs 1 ... --epochs 2``,
+    a sweep's appended override): argparse takes the last without a word, where a ``--set``
+    given twice is refused; neither wins quietly. Repeatable options (``--set``, ``--import``)
+    and switches are left alone; None where nothing is given twice."""
+    table = getattr(parser, "_option_string_actions", {})
+    seen: dict[str, tuple[str, str]] = {}
+    tokens = [str(a) for a in argv]
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if tok == "--":
+            break
+        name, eq, value = tok.partition("=")
+        action = table.get(name) if tok.startswith("-") else None
+        if action is None or action.nargs == 0 or isinstance(action, argparse._AppendAction):
+            continue
+        if not eq and i < len(tokens):
+            value, i = tokens[i], i + 1
+        was = seen.get(action.dest)
+        if was is not None and was[1] != value:
+            return f"{name} is given twice ({was[1]!r} and {value!r}); give it once"
+        seen[action.dest] = (name, value)
+    return None
 
 
 def _attach_values(argv: list[str]) -> list[str]:
@@ -2055,6 +2161,13 @@ def _main(argv: list[str] | None) -> int:
         parser.commands.get(getattr(args, "command", None), parser).error(
             f"unrecognized arguments: {' '.join(extra)}"
         )
+    twice = _given_twice(
+        sys.argv[1:] if argv is None else argv,
+        parser.commands.get(getattr(args, "command", None), parser),
+    )
+    if twice:
+        print(f"flowforge: error: {twice}", file=sys.stderr)
+        return 2
     # (list, compress and decompress work with fewer packages: they name a missing one)
     fewer = getattr(args, "command", None) in ("list", "compress", "decompress")
     missing = [] if fewer else _missing_workbench()

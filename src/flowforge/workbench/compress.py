@@ -326,12 +326,12 @@ def compress_run(
     levels = _levels(flow)
     raw_bytes = dims * (1 if levels <= 256 else 2 if levels <= 65536 else 8)  # (as decompress)
     result = {
-        "run": str(run),
+        "run": str(Path(run).resolve()),  # (absolute, as every command's --json gives it)
         "codec": "bits-back" if codec._bits_back(flow) else "integer",
         "data": name,
         "examples": int(len(xs)),
         "dims": int(dims),
-        "out": str(out_path),
+        "out": str(Path(out_path).resolve()),
         "bytes": len(blob),
         "nll_bits_per_dim": nll_bpd,
         "nll_nats_per_example": nll_bits * math.log(2) / len(xs),

@@ -56,7 +56,7 @@ DEFAULT_TRAIN: dict = {
     "memory_saving": False,  # recompute activations from outputs (flowforge.memory_saving)
     "compile": False,  # torch.compile the training step (eager if compiling fails);
     # "splines": only the rational-quadratic splines (seconds to compile, not minutes)
-    "log_every": 10,  # steps between 'step' records in metrics.jsonl
+    "log_every": 10,  # steps between 'step' records in metrics.jsonl (0: none)
     "device": "cpu",  # cpu | cuda | cuda:N | auto
     "tensorboard": True,  # used only if tensorboard is installed
     "manifold_epochs": 0,  # M-flow objectives: epochs of the first phase; 0: half the epochs
@@ -273,6 +273,21 @@ def unquoted_name(key: str, value) -> str | None:
         f"config {key} was read as {read}, not as a name; if it names a file or folder, "
         f"quote it in the config ({key.split('.')[0]}: '...') or give it on the command line"
     )
+
+
+def flat_sections(layer: dict) -> dict:
+    """A config layer with ``model.kwargs`` and ``data.options`` lifted into ``model`` and
+    ``data`` (the form a run's config.json has), so that the flags merged over it, which write
+    ``model.X`` and ``data.X``, override the same keys rather than stand beside them."""
+    if not isinstance(layer, dict):
+        return layer
+    out = dict(layer)
+    for what, extra in (("model", "kwargs"), ("data", "options")):
+        value = out.get(what)
+        if isinstance(value, dict) and isinstance(value.get(extra), dict):
+            name, kwargs = _section(value, what)  # (refuses a key given both ways)
+            out[what] = {**({"name": name} if name is not None else {}), **kwargs}
+    return out
 
 
 def _section(value, what: str) -> tuple[str | None, dict]:

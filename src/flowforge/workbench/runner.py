@@ -35,6 +35,7 @@ from .runs import (
     METRICS_FILE,
     MODEL_FILE,
     RUN_FORMAT,
+    WHERE_IT_RUNS,
     RunLock,
     check_out_dir,
     clear_run,
@@ -492,8 +493,10 @@ def _train(
         stored_raw = run_config(out) if resume else None
         cfg = resolve_config(stored_raw, config)
         stored = check_out_dir(out, cfg, resume, overwrite)
-        if stored is not None:
-            cfg = resolve_config(stored)  # exactly the stored run
+        if stored is not None:  # exactly the stored run, where it runs as given now
+            given, cfg = cfg, resolve_config(stored)
+            for k in WHERE_IT_RUNS:
+                cfg["train"][k] = given["train"][k]
         device(cfg["train"]["device"])  # refuse a missing device before writing anything
         if stored is not None:  # the run's own data: by its recorded path where the name no
             # longer finds it, checked against its fingerprint (never another file)

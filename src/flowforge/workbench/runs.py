@@ -327,6 +327,18 @@ def _has_checkpoint(out: Path) -> bool:
     return (out / CKPT_FILE).is_file()
 
 
+WHERE_IT_RUNS = ("device", "tensorboard")  # train options a resume may change
+
+
+def _defining(cfg: dict) -> dict:
+    """:func:`user_part` without :data:`WHERE_IT_RUNS`: what a resume must keep."""
+    part = user_part(cfg)
+    train = part.get("train")
+    if isinstance(train, dict):
+        part = {**part, "train": {k: v for k, v in train.items() if k not in WHERE_IT_RUNS}}
+    return part
+
+
 def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict | None:
     """Refuse to clobber anything; returns the stored config when resuming.
 
@@ -350,8 +362,10 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
                 f"{out} has no {CKPT_FILE} to resume from (its training stopped before the "
                 "first checkpoint); run the same command without --resume to start it again"
             )
-        # (a key added to flowforge since the run was written takes its default: no change)
-        diff = config_diff(user_part(resolve_config(stored)), user_part(cfg))
+        # (a key added to flowforge since the run was written takes its default: no change;
+        # where it runs and whether it writes TensorBoard files may change, as the Trainer's
+        # own checkpoint check allows: a GPU run resumed on the CPU, or on another GPU)
+        diff = config_diff(_defining(resolve_config(stored)), _defining(cfg))
         if diff:
             raise RunError(
                 f"cannot resume {out}: its config differs ({'; '.join(diff[:4])}"
