@@ -111,3 +111,25 @@ def test_what_the_commands_say_of_themselves(tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     fit = json.loads((tmp_path / "vi" / "metrics.json").read_text())["fit"]
     assert (fit["target"], fit["model"], fit["layers"], fit["seed"]) == ("banana", "planar", 2, 3)
+
+
+def test_a_resume_may_repeat_its_options_in_other_words(tmp_path, capsys, monkeypatch):
+    # (./tab.csv for tab.csv, or [c] for c, were "config differs")
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = np.c_[rng.normal(size=(300, 2)), rng.integers(0, 5, size=300)]
+    np.savetxt("tab.csv", rows, delimiter=",", header="a,b,c", comments="", fmt="%.5f")
+
+    def stop(trainer):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = {"model": {"name": "realnvp", "layers": 1, "hidden": [8]},
+           "data": {"name": "tab.csv", "integers": "c"},
+           "train": {"epochs": 2, "batch_size": 64, "tensorboard": False}}  # fmt: skip
+    assert train(cfg, "r", progress=False, echo=False, callback=stop)["status"] == "interrupted"
+    rc, _, err = cli(capsys, "train", "--out", "r", "--resume", "--data", "./tab.csv",
+                     "--set", "data.integers=[c]", *QUIET)  # fmt: skip
+    assert rc == 0, err

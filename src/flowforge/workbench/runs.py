@@ -330,6 +330,42 @@ def _has_checkpoint(out: Path) -> bool:
 WHERE_IT_RUNS = ("device", "tensorboard")  # train options a resume may change
 
 
+COLUMN_OPTIONS = ("integers", "target_columns")  # columns as "a,b" or [a, b] alike
+
+
+def _same_spelling(given: dict, stored: dict) -> dict:
+    """``given`` with what names the run's own settings otherwise spelled as the run has them:
+    its data file by another path (``./tab.csv``, an absolute one, one from another folder),
+    columns as ``"c"`` or ``[c]``. A resume that repeats the original options in other words
+    is the same run, not "config differs"."""
+    a, b = given.get("data"), stored.get("data")
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return given
+    data = dict(a)
+    x, y = a.get("name"), b.get("name")
+    if isinstance(x, str) and isinstance(y, str) and x != y:
+        try:
+            if Path(x).exists() and Path(x).resolve() == Path(y).resolve():
+                data["name"] = y
+        except (OSError, ValueError):
+            pass
+    mine, theirs = a.get("options"), b.get("options")
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        options = dict(mine)
+        for k in COLUMN_OPTIONS:
+            if k in mine and k in theirs and _columns(mine[k]) == _columns(theirs[k]):
+                options[k] = theirs[k]
+        data["options"] = options
+    return {**given, "data": data}
+
+
+def _columns(v):
+    """Columns given as ``"a, b"``, ``[a, b]`` or ``3``, as one list."""
+    if isinstance(v, str):
+        return [w.strip() for w in v.split(",") if w.strip()]
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
 def _defining(cfg: dict) -> dict:
     """:func:`user_part` without :data:`WHERE_IT_RUNS`: what a resume must keep."""
     part = user_part(cfg)
@@ -365,7 +401,8 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
         # (a key added to flowforge since the run was written takes its default: no change;
         # where it runs and whether it writes TensorBoard files may change, as the Trainer's
         # own checkpoint check allows: a GPU run resumed on the CPU, or on another GPU)
-        diff = config_diff(_defining(resolve_config(stored)), _defining(cfg))
+        mine = _defining(resolve_config(stored))
+        diff = config_diff(mine, _same_spelling(_defining(cfg), mine))
         if diff:
             raise RunError(
                 f"cannot resume {out}: its config differs ({'; '.join(diff[:4])}"
