@@ -40,6 +40,19 @@ def test_help_and_list_do_not_import_torch(argv):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_the_torch_free_lists_match_the_live_ones():
+    """``flowforge list`` names the targets, the models the workbench refuses and the
+    objectives a model takes alone without importing torch: they must be the live ones."""
+    from flowforge import targets
+    from flowforge.models import MFlow
+    from flowforge.workbench import catalog
+    from flowforge.workbench.build import PYTHON_ONLY
+
+    assert list(catalog.TARGET_NAMES) == targets.available()
+    assert set(catalog.WORKBENCH_REFUSES) == set(PYTHON_ONLY)
+    assert catalog.OWN_OBJECTIVES == {"mflow": tuple(MFlow.objectives)}
+
+
 def test_the_torch_free_catalog_matches_the_live_registry():
     """``flowforge list`` reads the builders from the source; it must say what they take."""
     listed = {m["name"]: m for m in models()}

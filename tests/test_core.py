@@ -481,18 +481,25 @@ def test_fork_rng_forks_every_cuda_device_in_use(monkeypatch):
     """``_util.fork_rng`` forks the CPU's generator and every CUDA device's once CUDA is in
     use, since ``torch.manual_seed`` inside seeds them all (tests/test_cuda.py checks the
     effect on a GPU)."""
+    import contextlib
+
     from flowforge import _util
 
     seen = []
-    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: seen.append(devices))
+    monkeypatch.setattr(
+        torch.random, "fork_rng", lambda devices: seen.append(devices) or contextlib.nullcontext()
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    _util.fork_rng()
+    with _util.fork_rng():
+        pass
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    _util.fork_rng()  # (not in use: nothing drawn there to keep)
+    with _util.fork_rng():  # (not in use: nothing drawn there to keep; its queued seed is)
+        pass
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    _util.fork_rng()
+    with _util.fork_rng():
+        pass
     assert seen == [[], [], [0, 1]]
 
 

@@ -14,7 +14,33 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["DATASET_NOTES", "SIZING", "data_options", "live_models", "models"]
+__all__ = [
+    "DATASET_NOTES",
+    "OBJECTIVES",
+    "OWN_OBJECTIVES",
+    "SIZING",
+    "TARGET_NAMES",
+    "WORKBENCH_REFUSES",
+    "data_options",
+    "live_models",
+    "models",
+]
+
+# the training objectives (train.objective), with what each does
+OBJECTIVES: dict[str, str] = {
+    "nll": "maximum likelihood (forward KL)",
+    "flow-matching": "conditional flow matching of a CNF, linear path (flowforge.matching)",
+    "flow-matching-ot": "flow matching, linear path, mini-batch optimal-transport pairing",
+    "flow-matching-vp": "flow matching, variance-preserving path",
+    "mflow": "an M-flow's manifold phase (reconstruction), then its density phase",
+    "mflow-alternating": "an M-flow's manifold and density epochs alternating, then density",
+}
+# models that train with objectives of their own only (MFlow.objectives), and the registered
+# models the workbench neither trains nor scores (build.PYTHON_ONLY says why): tests check both
+OWN_OBJECTIVES = {"mflow": ("mflow", "mflow-alternating")}
+WORKBENCH_REFUSES = ("augmented",)
+# the built-in fit-target targets (flowforge.targets.available(), which imports torch)
+TARGET_NAMES = ("banana", "funnel", "funnel10", "mog2", "mog8", "u1", "u2", "u3", "u4")
 
 _TOY_NAMES = (
     "moons",

@@ -235,11 +235,17 @@ def _print_json(obj) -> None:
 
 
 def cmd_list(args) -> int:
-    from .. import models as model_registry
-    from .. import targets
-    from .build import PYTHON_ONLY
-    from .catalog import DATASET_NOTES, SIZING, data_options, live_models, models
-    from .config import OBJECTIVES
+    from .catalog import (
+        DATASET_NOTES,
+        OBJECTIVES,
+        OWN_OBJECTIVES,
+        SIZING,
+        TARGET_NAMES,
+        WORKBENCH_REFUSES,
+        data_options,
+        live_models,
+        models,
+    )
 
     info = {
         "models": {m["name"]: m for m in models()},
@@ -248,17 +254,16 @@ def cmd_list(args) -> int:
         "bounds, integers, val_fraction, test_fraction, shuffle, limit; docs/workbench.md); a "
         "folder of PNG/JPEG images (bits)",
         "objectives": dict(OBJECTIVES),
-        "targets": targets.available(),
+        "targets": list(TARGET_NAMES),
     }
     for m in live_models():  # builders registered in this process (plugins), when loaded
         info["models"].setdefault(m["name"], m)
     info["models"] = dict(sorted(info["models"].items()))
     for name, m in info["models"].items():  # (what the workbench needs of it, or refuses)
-        if name in PYTHON_ONLY:
+        if name in WORKBENCH_REFUSES:
             m["workbench"] = False
-        own = _own_objectives(model_registry, name)
-        if own:
-            m["objectives"] = own
+        if name in OWN_OBJECTIVES:
+            m["objectives"] = list(OWN_OBJECTIVES[name])
     import importlib.util
 
     for name, (package, extra) in MODEL_PACKAGES.items():  # (installed or not: said here)
@@ -279,7 +284,7 @@ def cmd_list(args) -> int:
             print(f"  {'':<13} trains with lr {m['lr']:g} unless train.lr is set")
         if m.get("needs"):
             print(f"  {'':<13} not installed here: {m['needs']}")
-        if name in PYTHON_ONLY:
+        if name in WORKBENCH_REFUSES:
             print(f"  {'':<13} Python only: the workbench does not train or score it")
         elif m.get("objectives"):
             print(f"  {'':<13} trains with --objective {' or '.join(m['objectives'])} only")
@@ -296,12 +301,6 @@ def cmd_list(args) -> int:
         print(f"  {k:<18} {v}")
     print(f"targets (fit-target --target): {', '.join(info['targets'])}")
     return 0
-
-
-def _own_objectives(registry, name: str) -> list[str] | None:
-    """The training objectives a model takes alone (the M-flow's, ``MFlow.objectives``);
-    None for the models that the usual objectives train."""
-    return list(registry.MFlow.objectives) if name == "mflow" else None
 
 
 def _train_overrides(args) -> dict:
@@ -2012,7 +2011,7 @@ def _run(argv: list[str] | None, exiting: bool) -> int:
     threads = _threads_now()
     try:
         _import_numpy()
-        if exiting:
+        if exiting or "torch" not in sys.modules:  # (torch not yet imported: no state)
             return _main(argv)
         from .._util import fork_rng
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import models
 from .._util import suggest
 from ..models.registry import plain_numbers as plain
+from .catalog import OBJECTIVES
 from .errors import WorkbenchError, in_memory_data, shown
 
 __all__ = [
@@ -100,14 +101,6 @@ def train_key_hint(key: str, prefix: str = "") -> str:
 LAYOUTS = ("auto", "vector", "image")
 OPTIMIZERS = ("adam", "adamw", "adamax")
 SCHEDULES = ("cosine", "constant")
-OBJECTIVES: dict[str, str] = {
-    "nll": "maximum likelihood (forward KL)",
-    "flow-matching": "conditional flow matching of a CNF, linear path (flowforge.matching)",
-    "flow-matching-ot": "flow matching, linear path, mini-batch optimal-transport pairing",
-    "flow-matching-vp": "flow matching, variance-preserving path",
-    "mflow": "an M-flow's manifold phase (reconstruction), then its density phase",
-    "mflow-alternating": "an M-flow's manifold and density epochs alternating, then density",
-}
 
 
 # -- reading -------------------------------------------------------------------------------------
