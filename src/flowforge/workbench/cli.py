@@ -372,7 +372,9 @@ def _train_overrides(args) -> dict:
 
     flags = copy.deepcopy(o)  # what the flags set: no --set may change or drop it quietly
 
-    given: dict[str, str] = {}  # (a key set twice is refused: neither value wins quietly)
+    # (a key --set twice is refused: two --set items may come from two places in a script;
+    # a flag given twice takes its last value, as argparse's flags do: an appended override)
+    given: dict[str, str] = {}
     for item in args.set or []:
         if "=" not in item:
             raise WorkbenchError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}")
@@ -1855,33 +1857,6 @@ EXTRAS = {
 _SIGNED_VALUES = ("--context",)
 
 
-def _given_twice(argv: list[str], parser) -> str | None:
-    """What to say of an option given twice with two values (``--epochs 1 ... --epochs 2``,
-    a sweep's appended override): argparse takes the last without a word, where a ``--set``
-    given twice is refused; neither wins quietly. Repeatable options (``--set``, ``--import``)
-    and switches are left alone; None where nothing is given twice."""
-    table = getattr(parser, "_option_string_actions", {})
-    seen: dict[str, tuple[str, str]] = {}
-    tokens = [str(a) for a in argv]
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        i += 1
-        if tok == "--":
-            break
-        name, eq, value = tok.partition("=")
-        action = table.get(name) if tok.startswith("-") else None
-        if action is None or action.nargs == 0 or isinstance(action, argparse._AppendAction):
-            continue
-        if not eq and i < len(tokens):
-            value, i = tokens[i], i + 1
-        was = seen.get(action.dest)
-        if was is not None and was[1] != value:
-            return f"{name} is given twice ({was[1]!r} and {value!r}); give it once"
-        seen[action.dest] = (name, value)
-    return None
-
-
 def _attach_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
@@ -2160,13 +2135,6 @@ def _main(argv: list[str] | None) -> int:
         parser.commands.get(getattr(args, "command", None), parser).error(
             f"unrecognized arguments: {' '.join(extra)}"
         )
-    twice = _given_twice(
-        sys.argv[1:] if argv is None else argv,
-        parser.commands.get(getattr(args, "command", None), parser),
-    )
-    if twice:
-        print(f"flowforge: error: {twice}", file=sys.stderr)
-        return 2
     # (list, compress and decompress work with fewer packages: they name a missing one)
     fewer = getattr(args, "command", None) in ("list", "compress", "decompress")
     missing = [] if fewer else _missing_workbench()
