@@ -252,3 +252,39 @@ def test_a_report_written_outside_its_run(tmp_path, capsys):
     rc, _, err = cli(capsys, "report", run, "--out", tmp_path / "no" / "rep")
     one_line_error(rc, err, "there is no folder")
     assert not (tmp_path / "no").exists() and not (run / "sub").exists()
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8")
+def test_a_scores_file_shows_the_byte_of_a_name_that_is_not_utf8():
+    # (an image named lat\xe9.png was written "lat\udce9.png", which names no file)
+    from flowforge.workbench.evaluate import _byte_escaped
+
+    assert _byte_escaped(os.fsdecode(b"lat\xe9.png")) == "lat\\xe9.png"
+    assert _byte_escaped("café.png") == "café.png"
+
+
+def test_an_out_through_a_link_and_dot_dot_is_made_where_the_kernel_finds_it(tmp_path, capsys):
+    # (`ln/far/../run`: the folder was made through the link, then looked for by its text,
+    # and the command failed leaving an empty folder behind)
+    (tmp_path / "far" / "inner").mkdir(parents=True)
+    (tmp_path / "ln").mkdir()
+    (tmp_path / "ln" / "far").symlink_to(tmp_path / "far" / "inner")
+    out = f"{tmp_path}/ln/far/../run"
+    rc, _, err = cli(capsys, "train", "--data", table(tmp_path / "t.csv"), "--out", out, *MODEL)
+    assert rc == 0 and (tmp_path / "far" / "run" / "model.ff").is_file(), err
+    rc, _, err = cli(capsys, "sample", out, "-n", "2", "--out", f"{tmp_path}/ln/far/../s.csv")
+    assert rc == 0 and (tmp_path / "far" / "s.csv").is_file(), err
+
+
+def test_an_output_name_with_a_slash_or_on_a_pipe_is_refused(tmp_path, capsys):
+    # (`s.csv/` wrote a file s.csv; --overwrite over a FIFO replaced it by a file)
+    run = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", "--data", table(tmp_path / "t.csv"), "--out", run, *MODEL)
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", run, "-n", "2", "--out", f"{tmp_path}/s.csv/")
+    one_line_error(rc, err, "ends with a slash")
+    assert not (tmp_path / "s.csv").exists()
+    os.mkfifo(tmp_path / "fifo.csv")
+    rc, _, err = cli(capsys, "eval", run, "--scores", tmp_path / "fifo.csv", "--overwrite")
+    one_line_error(rc, err, "is not a regular file")
+    assert (tmp_path / "fifo.csv").is_fifo()

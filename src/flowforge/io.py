@@ -123,7 +123,8 @@ def atomic_write(path: str | os.PathLike, data, replace: bool = True) -> None:
         # bytes: a name the file system takes is never refused for its temporary's)
         long = len(os.fsencode(path.name)) > _NAME_MAX - 14
         prefix = ".ff-" if long else f".{path.name}."
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        # (beside the target as the kernel finds it: mkstemp resolves `link/..` by its text)
+        fd, tmp = tempfile.mkstemp(dir=os.path.realpath(path.parent), prefix=prefix, suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:

@@ -862,6 +862,7 @@ def _scores_path(args) -> Path | None:
         return None
     if not str(args.scores).strip():
         raise WorkbenchError("--scores is empty; expected a .csv or .npy file name")
+    _output_file(str(args.scores), "--scores")
     out = Path(args.scores)
     if out.suffix.lower() not in SCORE_SUFFIXES:
         raise WorkbenchError(f"--scores {out}: expected a .csv or .npy file")
@@ -942,6 +943,7 @@ def cmd_sample(args) -> int:
 
     if not str(args.out).strip():
         raise WorkbenchError("--out is empty; expected a .png, .npy, .csv or .npz file name")
+    _output_file(str(args.out), "--out")
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".npy", ".csv", ".npz"):
         raise WorkbenchError(
@@ -1157,6 +1159,22 @@ def cmd_report(args) -> int:
     if status is not None:
         print(f"note: {describe_run_status(status, args.run)}")
     return 0
+
+
+def _output_file(given: str, flag: str) -> None:
+    """A ``WorkbenchError`` for an output file name that names a folder (``s.csv/``: pathlib
+    drops the slash, and a file was written) or something other than a file (a pipe, which
+    the atomic write would replace by a file)."""
+    from .errors import WorkbenchError
+
+    if given.endswith(("/", os.sep)):
+        raise WorkbenchError(f"{flag} {given} ends with a slash; expected a file name")
+    path = Path(given)
+    if os.path.lexists(path) and not path.is_dir() and not path.is_file():
+        raise WorkbenchError(
+            f"{flag} {given} is not a regular file (a pipe, socket or device); writing replaces "
+            "a file whole, so give a file name"
+        )
 
 
 def _folder_exists(out: Path, flag: str) -> None:

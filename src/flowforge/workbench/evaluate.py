@@ -4,6 +4,7 @@ conditional run asks for."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -51,6 +52,16 @@ __all__ = [
     "sample_context",
     "save_scores",
 ]
+
+
+def _byte_escaped(name: str) -> str:
+    """A file name as text: one that is not UTF-8 (Python holds its bytes as lone surrogates)
+    with those bytes written ``\\xe9``, which shows the byte, where ``\\udce9`` named nothing."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def nats(v: float) -> str:
@@ -400,7 +411,7 @@ def save_scores(path, res: dict, overwrite: bool = False) -> list[str]:
 
     def row(i, values):
         numbers = ",".join(map(repr, values))
-        return numbers if files is None else f"{csv_field(files[i])},{numbers}"
+        return numbers if files is None else f"{csv_field(_byte_escaped(files[i]))},{numbers}"
 
     def lines(chunk: int = 1 << 14):
         yield (",".join(names) + "\n").encode()

@@ -1357,7 +1357,9 @@ def write_report(
     # report has been made: a report that fails leaves the last one as it was
     remove_report_leftovers(dest)  # (a killed report's; a live one's stay)
     try:
-        figdir = Path(tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=dest))
+        figdir = Path(
+            tempfile.mkdtemp(prefix=report_folder_name(), suffix=".tmp", dir=os.path.realpath(dest))
+        )
     except OSError as e:  # (a read-only run: said of the run, not of a temporary name)
         elsewhere = "; --out FOLDER writes it elsewhere" if out is None else ""
         raise WorkbenchError(

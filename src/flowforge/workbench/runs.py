@@ -718,7 +718,10 @@ class RunLock:
         """Create the lock holding ``record``, whole or not at all (``FileExistsError`` if
         there is one): written to a temporary name and hard-linked into place; where the file
         system has no hard links, created exclusively and written."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", suffix=".tmp", dir=self.path.parent)
+        # (the folder as the kernel finds it: mkstemp resolves `link/..` by its text, and would
+        # look for another folder than the one just made through the link)
+        folder = os.path.realpath(self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(record)
