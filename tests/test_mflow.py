@@ -67,6 +67,22 @@ def test_the_log_density_has_its_whole_gradient():
     torch.testing.assert_close(per_example, score)
 
 
+def test_a_decoder_torch_func_cannot_transform_still_scores():
+    # (the volume term's forward mode failed in torch's words for a residual block, which
+    # uses autograd inside; autograd's own Jacobian-vector products take it)
+    from flowforge.core import Compose
+    from flowforge.transforms import LULinear, ResidualBlock
+
+    torch.manual_seed(0)
+    outer = Compose([LULinear(3), ResidualBlock(3, hidden=(8,))])
+    m = MFlow(outer, ff.models.RealNVP(features=2, layers=1, hidden=(8,))).eval()
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        quiet = m.log_prob(x)
+    assert torch.isfinite(quiet).all()
+    torch.testing.assert_close(m.log_prob(x).detach(), quiet)
+
+
 def test_stochastic_log_det_estimate_against_the_exact_value():
     """Lanczos quadrature with steps >= d is exact per probe: what is left is the probes'
     noise, which the standard error describes (z-scores of 16 examples, and the error shrinks

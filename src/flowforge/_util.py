@@ -174,7 +174,7 @@ class _FirstOrderOnly(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: Tensor, message: str) -> Tensor:
         ctx.message = message
-        return t.view_as(t)
+        return t.clone()  # (not a view: the caller may modify the output in place)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -199,17 +199,30 @@ def training_modes(module: torch.nn.Module) -> dict:
 
 
 def restore_modes(modes: dict) -> None:
-    """Put back the modes :func:`training_modes` recorded."""
+    """Put back the modes :func:`training_modes` recorded, through each module's ``train``
+    (which a module may override: a LoRA-style layer merges its weights in eval mode).
+    Parents come before their children in the record, so each ends in its own mode."""
     for m, mode in modes.items():
-        m.training = mode
+        if m.training != mode:
+            m.train(mode)
 
 
-def newton_steps_for_derivatives() -> int:
+def newton_steps_for_derivatives(*inputs) -> int:
     """How many value-preserving Newton steps (``x - (step - step.detach())``, from a root
     found without a graph) an inverse solved numerically takes for its derivatives: two where
-    autograd records (the first gives the implicit function's first derivatives, the second,
-    from the first's result, its second derivatives as well), none without a graph."""
-    return 2 if torch.is_grad_enabled() else 0
+    autograd records and something it depends on needs a gradient (``inputs``: the tensors
+    and modules it depends on; the first step gives the implicit function's first
+    derivatives, the second, from the first's result, its second derivatives as well), none
+    otherwise (a frozen flow's samples)."""
+    if not torch.is_grad_enabled():
+        return 0
+    for t in inputs:
+        if isinstance(t, torch.nn.Module):
+            if any(p.requires_grad for p in t.parameters()):
+                return 2
+        elif isinstance(t, Tensor) and t.requires_grad:
+            return 2
+    return 0
 
 
 def all_finite(t: Tensor) -> bool:

@@ -142,7 +142,9 @@ class CausalTransformer(nn.Module):
         mlp_ratio: hidden width of each block's MLP, in multiples of ``width``.
         zero_init: zero the output layer (the layer starts as the identity).
 
-    Derivatives: first derivatives everywhere; second and forward-mode derivatives under
+    Derivatives: first derivatives everywhere (a backward pass that keeps its graph,
+    ``create_graph=True``, is refused in one line unless :attr:`higher_order`, since only a
+    second derivative needs it); second and forward-mode derivatives under
     ``torch.func`` (``jvp``, ``jacfwd``, ``hessian``) and forward-mode AD, which take PyTorch's
     math attention kernel by themselves, and with plain autograd's ``create_graph=True`` where
     :attr:`higher_order` is True (per network, or for the class): the fused CPU kernel used

@@ -156,16 +156,30 @@ class MFlow(nn.Module):
             with torch.autocast(u.device.type, enabled=False):
                 dtype = next((p.dtype for p in self.parameters()), torch.float32)
                 return self._log_det_gram(u.to(dtype), create_graph)
+        try:
+            jac = self._jacobian(u, None)
+        except RuntimeError as e:  # (a decoder torch.func cannot transform: autograd's own)
+            if "functorch" not in str(e) and "torch.func" not in str(e):
+                raise
+            graph = torch.is_grad_enabled() if create_graph is None else create_graph
+            jac = self._jacobian(u, graph)
+        out = torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
+        return out.detach() if create_graph is False else out
+
+    def _jacobian(self, u: Tensor, create_graph: bool | None) -> Tensor:
+        """The decoder's Jacobian at ``u``, ``(B, D, d)``, from ``d`` Jacobian-vector products:
+        by torch.func's forward mode (``create_graph`` None: differentiable by autograd, and
+        composable with torch.func's transforms), or by torch.autograd.functional's (for a
+        decoder that torch.func cannot transform, a layer that uses autograd inside)."""
         cols = []
         for i in range(self.manifold_dim):
             e = torch.zeros_like(u)
             e[:, i] = 1
-            # (torch.func's forward mode: differentiable by autograd, and composable with
-            # torch.func's transforms, where torch.autograd.functional's is neither)
-            cols.append(torch.func.jvp(self._generate, (u,), (e,))[1])
-        jac = torch.stack(cols, 2)  # (B, D, d)
-        out = torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
-        return out.detach() if create_graph is False else out
+            if create_graph is None:
+                cols.append(torch.func.jvp(self._generate, (u,), (e,))[1])
+            else:
+                cols.append(jvp(self._generate, u, e, create_graph=create_graph)[1])
+        return torch.stack(cols, 2)
 
     def log_det_gram_estimate(
         self, u: Tensor, probes: int = 8, steps: int = 10, create_graph: bool | None = None

@@ -225,7 +225,7 @@ class BlockNeuralAutoregressive(Transform):
                         f"{what} did not converge: the layer's output is NaN or "
                         "infinite inside the bracket; expected finite parameters"
                     )
-        for _ in range(newton_steps_for_derivatives()):
+        for _ in range(newton_steps_for_derivatives(z, context, self)):
             # a Newton step per dimension, in order, with a graph: its value is 0 at the root,
             # and its gradient is the implicit function's, x_<i's included (forward
             # substitution through the triangular Jacobian); a second sweep, from the first's

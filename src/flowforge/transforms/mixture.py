@@ -138,7 +138,7 @@ class LogisticMixture(Transformer):
         # where the CDF is flat (log_d of -38) a rounding-level residual would move x far
         # outside the bracket it was found in. Where 1 / u' overflows the dtype, no gradient
         # flows (and no inf - inf makes the value NaN)
-        for _ in range(newton_steps_for_derivatives()):
+        for _ in range(newton_steps_for_derivatives(z, params)):
             f, log_d = self._logit_cdf(x, log_pi, mu, s)
             ok = log_d.detach() > -math.log(torch.finfo(log_d.dtype).max) / 2
             step = torch.where(ok, f - w, 0) * torch.exp(-torch.where(ok, log_d, 0))

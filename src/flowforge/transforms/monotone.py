@@ -124,7 +124,7 @@ class _BoundedMonotone(Transformer):
         # Newton steps with autograd on, for their gradients only: at the root they give the
         # root's first and second derivatives with respect to z and the parameters (implicit
         # differentiation; one step gave first derivatives only)
-        for _ in range(newton_steps_for_derivatives()):
+        for _ in range(newton_steps_for_derivatives(z, params)):
             y, d = self._map(x, state)
             step = (y - z) / d
             x = x - (step - step.detach())

@@ -172,7 +172,7 @@ class DataStandardize(DataInit, Transform):
         # an absolute floor only where the differences from the mean would fall among the
         # subnormal numbers (a spread of 1e-33 is resolved in float32: its floor of 1e-31 had
         # left such a column unscaled, 70 nats off, without a word)
-        floor = finfo.tiny * 2**12
+        floor = min(finfo.tiny * 2**12, finfo.tiny / finfo.eps)  # (float16: 0.0625, as before)
         varies = sd > rel * mean.abs()
         keep = varies & (sd > floor)
         if bool((varies & ~keep & (sd > 0)).any()):

@@ -335,7 +335,7 @@ def _train_overrides(args) -> dict:
         if value is None:
             continue
         given = o.get(section, {})
-        if key in given and given[key] != value:  # (from --model-kwargs / --data-kwargs)
+        if key in given and not _same((section, key), given[key], value):  # (the kwargs')
             option = "--model-kwargs" if section == "model" else "--data-kwargs"
             raise WorkbenchError(
                 f"{option} gives {key} = {given[key]!r}, and --{flag.replace('_', '-')} "
@@ -1170,7 +1170,7 @@ def _output_file(given: str, flag: str) -> None:
     if given.endswith(("/", os.sep)):
         raise WorkbenchError(f"{flag} {given} ends with a slash; expected a file name")
     path = Path(given)
-    if os.path.lexists(path) and not path.is_dir() and not path.is_file():
+    if os.path.exists(path) and not path.is_dir() and not path.is_file():  # (a link: its target)
         raise WorkbenchError(
             f"{flag} {given} is not a regular file (a pipe, socket or device); writing replaces "
             "a file whole, so give a file name"
@@ -1538,7 +1538,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--grad-clip", type=float, help="largest global gradient norm (default 10; 0: off)"
     )
-    s.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    s.add_argument(
+        "--patience", type=int, help="early-stopping patience in epochs (default 20; 0: off)"
+    )
     s.add_argument(
         "--objective",
         help="nll (default); for a CNF, flow-matching, flow-matching-ot or flow-matching-vp; "
@@ -1548,7 +1550,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--conditional",
         choices=["label"],
-        help="label: a class-conditional model (one-hot labels as context; digits)",
+        help="label: a class-conditional model (one-hot labels as context: digits, or a "
+        "folder of one subfolder per class)",
     )
     s.add_argument(
         "--target-columns",
@@ -1561,9 +1564,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--base",
-        help="base distribution: normal, diag, mixture, made-mog or class-gaussian",
+        help="base distribution: normal (default), diag, mixture, made-mog or class-gaussian",
     )
-    s.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     s.add_argument(
         "--set",
         action="append",

@@ -281,15 +281,37 @@ def _readings(options: dict, name, want) -> list[dict]:
     return [options, {**options, "header": False}, {**options, "header": True}]
 
 
-def _in_recorded_dtype(flow, resolved: dict):
-    """``flow`` in the dtype its run was trained in (torch's default dtype when it was, as
-    recorded: a notebook's float64), so that a resume continues the run it checkpointed."""
-    env = resolved.get("environment")
-    want = env.get("default_dtype") if isinstance(env, dict) else None
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(want)
-    if dtype is None or getattr(flow, "dtype", dtype) == dtype:
+def _in_recorded_dtype(flow, resolved: dict, checkpoint: Path | None = None):
+    """``flow`` in the dtype its run trained in, so that a resume continues the run it
+    checkpointed: the dtype of the checkpoint's weights (a run an earlier flowforge resumed in
+    float32 goes on in float32), else torch's default dtype when the run was trained, as
+    recorded (a notebook's float64)."""
+    dtype = _checkpoint_dtype(checkpoint) if checkpoint is not None else None
+    if dtype is None:
+        env = resolved.get("environment")
+        want = env.get("default_dtype") if isinstance(env, dict) else None
+        dtype = {"float32": torch.float32, "float64": torch.float64}.get(want)
+    have = next((p.dtype for p in flow.parameters() if p.is_floating_point()), None)
+    if dtype is None or have is None or have == dtype:  # (an M-flow is a Module: no .dtype)
         return flow
     return flow.to(dtype)
+
+
+def _checkpoint_dtype(path: Path):
+    """The floating dtype of a checkpoint's model weights (float32 or float64), read from
+    the file's header alone; None where it cannot be told."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key.startswith("model/"):
+                    dtype = f.get_slice(key).get_dtype()
+                    if dtype in ("F32", "F64"):
+                        return torch.float32 if dtype == "F32" else torch.float64
+    except Exception:  # noqa: BLE001 - (an unreadable checkpoint is refused by the Trainer)
+        return None
+    return None
 
 
 def _source_data(source, cfg: dict):
@@ -578,7 +600,7 @@ def _train(
                 resolved = warm_start.take_preprocessing(resolved, stored["resolved"])
                 resolved["init_from"] = stored["resolved"]["init_from"]
             if stored is not None:  # (a run trained in a float64 session resumes in float64)
-                flow = _in_recorded_dtype(flow, stored["resolved"])
+                flow = _in_recorded_dtype(flow, stored["resolved"], out / CKPT_FILE)
         elif source is not None:
             flow, _, resolved = build_flow(cfg, ds, like=source.cfg["resolved"])
             flow, resolved = warm_start.adopt(source, cfg, flow, resolved)

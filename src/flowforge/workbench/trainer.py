@@ -687,7 +687,7 @@ class _Signals:
         # than going on to its next experiment and exiting 0. Ctrl-C stays an interrupted fit
         # (a notebook's stop button), and the command line handles its own.
         s = self.received
-        if s is not None and s != signal.SIGINT and s in self.old:
+        if s is not None and s != signal.SIGINT and s in self.old and exc[0] is None:
             h = self.old[s]
             if h is signal.SIG_DFL or (callable(h) and not getattr(h, "handles_training", False)):
                 signal.raise_signal(s)
