@@ -104,3 +104,11 @@ def test_a_radial_layers_score_at_its_centre_is_a_number_in_float32():
         x = layer.params(None)[0].detach().reshape(1, 2).clone().requires_grad_(True)
         (score,) = torch.autograd.grad(flow.log_prob(x).sum(), x)
         assert torch.isfinite(score).all(), (dtype, score)
+
+
+def test_a_cnf_adjoints_outputs_may_be_changed_in_place():
+    from flowforge.transforms import CNF
+
+    z, ladj = CNF(2, hidden=(8,), adjoint=True)(torch.randn(4, 2, requires_grad=True))
+    z.add_(1)  # (a view of a custom function's input could not be)
+    (z.sum() - ladj.sum()).backward()

@@ -149,3 +149,12 @@ def test_far_out_numbers_are_printed_in_six_significant_digits():
     from flowforge.workbench.evaluate import nats
 
     assert nats(1.2857887622308122e19) == "1.28579e+19" and nats(3.14159265) == "3.1416"
+
+
+def test_a_float16_columns_spread_is_scaled_as_before():
+    # (the floor for tiny spreads, tiny * 2^12, is 0.25 in float16: it must stay 0.0625)
+    layer = T.DataStandardize(2).to(torch.float16)
+    layer.train()
+    x = (torch.randn(512, 2) * torch.tensor([0.1, 1.0])).to(torch.float16)
+    layer.initialize(x)
+    assert abs(layer.scale[0].item() - 0.1) < 0.02

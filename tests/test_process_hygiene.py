@@ -126,3 +126,23 @@ def test_an_atomic_write_reads_the_umask_without_changing_it(tmp_path, monkeypat
     io.atomic_write(tmp_path / "f", b"x")
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o666 & ~umask
     assert calls == [] or not os.path.exists("/proc/self/status")
+
+
+def test_modes_are_given_back_through_train():
+    # (a module that does work on a mode switch, a LoRA-style merge, stayed merged)
+    class Merging(torch.nn.Module):
+        merged = False
+
+        def train(self, mode=True):
+            self.merged = not mode
+            return super().train(mode)
+
+    from flowforge._util import restore_modes, training_modes
+
+    outer = torch.nn.Sequential(torch.nn.Linear(2, 2), Merging())
+    outer.train()
+    was = training_modes(outer)
+    outer.eval()
+    assert outer[1].merged
+    restore_modes(was)
+    assert outer.training and outer[1].training and not outer[1].merged
