@@ -121,6 +121,7 @@ class _BoundedMonotone(Transformer):
             # the tails invert exactly
             x = torch.where(z <= y_lo, -b + (z - y_lo) / d_lo, x)
             x = torch.where(z >= y_hi, b + (z - y_hi) / d_hi, x)
+            x = torch.where(torch.isnan(z), z, x)  # (a NaN entry stays NaN, not a bracket end)
         # Newton steps with autograd on, for their gradients only: at the root they give the
         # root's first and second derivatives with respect to z and the parameters (implicit
         # differentiation; one step gave first derivatives only)
