@@ -310,9 +310,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, capsys):
     ra = train(cfg, a, progress=False, echo=False)
     assert ra["status"] == "finished" and ra["steps"] == 9
 
-    def interrupt(trainer):  # SIGTERM in the middle of epoch 2
+    def interrupt(trainer):  # Ctrl-C in the middle of epoch 2 (a SIGTERM ends the process)
         if trainer.global_step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
 
     rb = train(cfg, b, progress=False, echo=False, callback=interrupt)
     assert rb["status"] == "interrupted" and rb["steps"] == 5
