@@ -427,7 +427,10 @@ def test_a_report_into_a_read_only_run_names_the_run(runs, capsys, monkeypatch):
     monkeypatch.setattr(tempfile, "mkdtemp", denied)
     assert main(["report", str(run)]) == 1
     err = capsys.readouterr().err
-    assert err == f"flowforge: error: cannot write the report into {run}: Permission denied\n"
+    assert err == (
+        f"flowforge: error: cannot write the report into {run}: Permission denied; --out FOLDER "
+        "writes it elsewhere\n"
+    )
 
 
 class _Overflows(ff.Transform):
