@@ -41,3 +41,16 @@ def tiny_moons_run(capsys, out):
                      "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
     assert rc == 0, err
     return out
+
+
+def png_folder(folder, n: int):
+    """``folder`` made and filled with ``n`` random 8x8 grey PNGs named ``0.png`` ...
+    (an image folder a run can train on)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder

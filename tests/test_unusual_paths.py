@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_support import TINY_IDF, cli, one_line_error
+from cli_support import TINY_IDF, cli, one_line_error, png_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = ["--model", "realnvp", "--model-kwargs", '{"layers": 1, "hidden": [8]}', "--epochs", "1",
@@ -60,13 +60,7 @@ def test_a_data_file_whose_name_starts_with_a_tilde(tmp_path, capsys, monkeypatc
 
 
 def test_outputs_never_go_into_the_folder_a_run_was_trained_on(tmp_path, capsys):
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = png_folder(tmp_path / "images", 40)
     run = tmp_path / "run"
     rc, _, err = cli(capsys, "train", "--data", folder, "--layout", "vector", "--out", run, *MODEL)
     assert rc == 0, err

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_support import cli, one_line_error
+from cli_support import cli, one_line_error, png_folder
 from flowforge.workbench.data import DataError, _read_csv, load_dataset, read_table
 
 TINY = ["--model", "realnvp", "--epochs", 1, "--quiet", "--no-progress", "--model-kwargs",
@@ -722,11 +722,7 @@ def test_levels_of_a_table_are_checked_before_reading(tmp_path):
 def test_a_png_with_an_oversized_text_chunk_is_named(tmp_path, capsys):
     from PIL import Image, PngImagePlugin
 
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = png_folder(tmp_path / "imgs", 12)
     info = PngImagePlugin.PngInfo()
     info.add_text("note", "x" * 5_000_000, zip=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "big.png", pnginfo=info)

@@ -172,23 +172,25 @@ class _FirstOrderOnly(torch.autograd.Function):
     """The identity, whose backward refuses with ``message`` to be differentiated again."""
 
     @staticmethod
-    def forward(ctx, t: Tensor, message: str) -> Tensor:
+    def forward(ctx, t: Tensor, message: str, copy: bool) -> Tensor:
         ctx.message = message
-        return t.clone()  # (not a view: the caller may modify the output in place)
+        return t.clone() if copy else t.view_as(t)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         if torch.is_grad_enabled():  # (create_graph=True: a second derivative is coming)
             raise RuntimeError(ctx.message)
-        return grad, None
+        return grad, None, None
 
 
-def first_order_only(t: Tensor, message: str) -> Tensor:
+def first_order_only(t: Tensor, message: str, copy: bool = False) -> Tensor:
     """``t`` as it is, but a backward pass through it that keeps a graph (``create_graph=True``:
     a Hessian, a gradient penalty) raises ``RuntimeError(message)``: for computations whose
     backward has no derivative of its own (a fused kernel, an adjoint solve), where torch's
-    error would name an internal operator, or none at all."""
-    return _FirstOrderOnly.apply(t, message) if t.requires_grad else t
+    error would name an internal operator, or none at all. ``copy``: a copy, not a view, for
+    an output the caller may modify in place (a view of a custom function's input cannot be);
+    without it, no copy on a hot path (an attention block's output, used once)."""
+    return _FirstOrderOnly.apply(t, message, copy) if t.requires_grad else t
 
 
 def training_modes(module: torch.nn.Module) -> dict:

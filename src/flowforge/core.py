@@ -51,6 +51,7 @@ __all__ = [
     "check_shape",
     "checking",
     "exact_levels",
+    "integer_limit",
     "needs_data_init",
     "regularization",
     "layer_metrics",
@@ -539,6 +540,13 @@ class _Checks:
             ) from error
 
 
+def integer_limit(dtype: torch.dtype) -> float:
+    """The integer magnitude from which ``dtype`` spaces its numbers 1/64 apart or more (2^17
+    in float32), too coarse for dequantization noise: :class:`ColumnDequantization` refuses
+    integers at or beyond it, and a dequantizer of more levels warns."""
+    return 2.0 ** (round(-math.log2(torch.finfo(dtype).eps)) - 6)
+
+
 def exact_levels(levels: int, dtype: torch.dtype) -> None:
     """``ValueError`` when ``dtype`` cannot tell the ``levels`` integers apart with room to
     spare (above ``2^mantissa``, float32's 2^23, consecutive integers round together or leave
@@ -789,7 +797,7 @@ class Dequantizer(nn.Module):
         no longer quite a bound: said once (a warning, so that models trained so still score)."""
         exact_levels(self.levels, x.dtype)
         if x.dtype.is_floating_point and not self.__dict__.get("_coarse_said"):
-            limit = 2 ** (round(-math.log2(torch.finfo(x.dtype).eps)) - 6)
+            limit = int(integer_limit(x.dtype))
             if self.levels > limit:
                 self.__dict__["_coarse_said"] = True
                 fix = (

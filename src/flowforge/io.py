@@ -37,7 +37,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ._util import all_finite
+from ._util import all_finite, restore_modes, training_modes
 from .core import Flow
 from .nets import MADEWidthWarning
 
@@ -670,14 +670,13 @@ def rebuilt_differs(
             r = others.get(name)
             if hasattr(m, "inverse_mode") and hasattr(r, "set_inverse"):
                 r.set_inverse(m.inverse_mode, getattr(m, "tol", None), getattr(m, "max_iter", None))
-        modes = {m: m.training for m in flow.modules()}
+        modes = training_modes(flow)
         kept = {k: flow.__dict__[k] for k in ("clamped",) if k in flow.__dict__}
         flow.eval()
         try:
             return _probe(flow, rebuilt, device, points)
         finally:
-            for m, mode in modes.items():
-                m.training = mode
+            restore_modes(modes)
             for k in ("clamped",):
                 flow.__dict__.pop(k, None)
             flow.__dict__.update(kept)

@@ -618,7 +618,7 @@ class CNF(Transform):
         func.solving = False
         out = tuple(o[-1] for o in out)
         if self.adjoint:  # (torchdiffeq's adjoint cannot be differentiated twice)
-            out = tuple(first_order_only(o, _ADJOINT_FIRST_ORDER) for o in out)
+            out = tuple(first_order_only(o, _ADJOINT_FIRST_ORDER, copy=True) for o in out)
         if regularize:
             sign = -1.0 if reverse else 1.0  # integrals run from T to 0 in the inverse
             loss = 0.0

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .._util import LOG_2PI, checked_int
 from .._util import event_shape as _event
-from ..core import Compose, Dequantizer, Inverse
+from ..core import Compose, Dequantizer, Inverse, integer_limit
 from ..nets import MLP, ConvResNet
 from .coupling import Coupling, alternating_mask, checkerboard_mask
 from .elementwise import Affine
@@ -276,13 +276,6 @@ class ColumnDequantization(Dequantizer):
             else ""
         )
         return f"features={self.features}, columns={self.columns}{bounds}"
-
-
-def integer_limit(dtype: torch.dtype) -> float:
-    """The integer magnitude from which ``dtype`` spaces its numbers 1/64 apart or more (2^17
-    in float32), too coarse for dequantization noise: :class:`ColumnDequantization` refuses
-    integers at or beyond it."""
-    return 2.0 ** (round(-math.log2(torch.finfo(dtype).eps)) - 6)
 
 
 def _inclusive(value, n: int, what: str) -> list:

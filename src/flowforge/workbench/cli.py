@@ -455,17 +455,10 @@ def _same(path: tuple, got, want) -> bool:
     if isinstance(got, float) and isinstance(want, float) and math.isnan(got) and math.isnan(want):
         return True
     if path == ("data", "target_columns"):  # (a flag's "a,b", --set data.target_columns=[a, b])
-        return _column_list(got) == _column_list(want)
+        from .config import column_list
+
+        return column_list(got) == column_list(want)
     return False
-
-
-def _column_list(v):
-    """Columns given as ``"a, b"``, ``[a, b]`` or ``3``, as data._parse_columns reads them."""
-    if isinstance(v, str):
-        return [w.strip() for w in v.split(",") if w.strip()]
-    if isinstance(v, list):
-        return [w.strip() if isinstance(w, str) else w for w in v]
-    return v  # (an index 2 and a name "2" may be different columns: not the same)
 
 
 def _lookup(tree, path):

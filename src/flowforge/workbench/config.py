@@ -590,6 +590,16 @@ def _json_types(v, where: str) -> None:
         )
 
 
+def column_list(v):
+    """Columns given as ``"a, b"``, ``[a, b]`` or ``3``, as data._parse_columns reads them (for
+    comparing two spellings of the same columns)."""
+    if isinstance(v, str):
+        return [w.strip() for w in v.split(",") if w.strip()]
+    if isinstance(v, (list, tuple)):
+        return [w.strip() if isinstance(w, str) else w for w in v]
+    return v  # (an index 2 and a name "2" may be different columns: not the same)
+
+
 def user_part(cfg: dict) -> dict:
     """The part of a config that defines the run (what --resume compares)."""
     return {k: cfg[k] for k in TOP_KEYS if k in cfg or k not in OPTIONAL_KEYS}

@@ -2003,7 +2003,7 @@ def check_integers(arrays: dict, integers: list[int], names: list[str] | None, w
     """A ``DataError`` naming the first integer column (``data.integers``) holding a value that
     is not a whole number, or one too large for float32 to carry dequantization noise
     (``arrays``: split name, or "", to its rows)."""
-    from ..transforms.dequantization import integer_limit
+    from ..core import integer_limit
 
     top = integer_limit(torch.float32)  # (the models' precision)
     for split, a in arrays.items():

@@ -38,7 +38,15 @@ import numpy as np
 
 from .. import io
 from ..core import Flow
-from .config import SEED_MAX, _int, checked, config_diff, resolve_config, user_part
+from .config import (
+    SEED_MAX,
+    _int,
+    checked,
+    column_list,
+    config_diff,
+    resolve_config,
+    user_part,
+)
 from .errors import RunError, WorkbenchError, one_line, shell_word
 
 __all__ = [
@@ -353,17 +361,10 @@ def _same_spelling(given: dict, stored: dict) -> dict:
     if isinstance(mine, dict) and isinstance(theirs, dict):
         options = dict(mine)
         for k in COLUMN_OPTIONS:
-            if k in mine and k in theirs and _columns(mine[k]) == _columns(theirs[k]):
+            if k in mine and k in theirs and column_list(mine[k]) == column_list(theirs[k]):
                 options[k] = theirs[k]
         data["options"] = options
     return {**given, "data": data}
-
-
-def _columns(v):
-    """Columns given as ``"a, b"``, ``[a, b]`` or ``3``, as one list."""
-    if isinstance(v, str):
-        return [w.strip() for w in v.split(",") if w.strip()]
-    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def _defining(cfg: dict) -> dict:
