@@ -568,3 +568,16 @@ def test_a_new_split_that_tests_on_the_runs_training_rows_is_said(
     rc, _, err = cli(capsys, "train", "--init-from", table_run, "--out", tmp_path / "d",
                      "--limit", "200", "--epochs", "1", *QUIET)  # fmt: skip
     assert rc == 0 and "the starting model" not in err, err
+
+
+def test_a_starting_split_too_large_to_compare_is_said(tables, table_run, tmp_path, capsys,
+                                                       monkeypatch):  # fmt: skip
+    # (a review: above the cap the check was skipped without a word, which reads as "no
+    # shared rows")
+    from flowforge.workbench import warm_start
+
+    monkeypatch.setattr(warm_start, "REUSE_CHECK_VALUES", 10)
+    rc, _, err = cli(capsys, "train", "--init-from", table_run, "--out", tmp_path / "c",
+                     "--data", tables["big"], "--epochs", "1", "--set", "data.seed=2",
+                     *QUIET)  # fmt: skip
+    assert rc == 0 and "too large to read again" in err and "optimistic" in err, err

@@ -443,8 +443,14 @@ def test_out_dir_is_never_clobbered(digits_run, tmp_path, capsys):
     args = [*TINY, "--data", "moons", "--out", digits_run, "--epochs", 1]
     rc, _, err = cli(capsys, *args)
     assert_one_line_error(rc, err, "already holds a different run", "--overwrite")
+    assert "data.name: 'digits' -> 'moons'" in err  # (what differs, as a resume says it)
     rc, _, err = cli(capsys, *TINY, "--data", "digits", "--out", digits_run, "--epochs", 2,
                      "--limit", 128, "--batch-size", 32)  # fmt: skip
+    assert_one_line_error(rc, err, "already holds this run", "--resume")
+    # where it runs may change on a resume: still this run, and --resume is the way on
+    rc, _, err = cli(capsys, *TINY, "--data", "digits", "--out", digits_run, "--epochs", 2,
+                     "--limit", 128, "--batch-size", 32,
+                     "--set", "train.tensorboard=false")  # fmt: skip
     assert_one_line_error(rc, err, "already holds this run", "--resume")
     assert {p.name: p.read_bytes() for p in digits_run.iterdir() if p.is_file()} == before
     # a folder with the user's own files

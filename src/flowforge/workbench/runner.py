@@ -342,7 +342,16 @@ def _note_reused_rows(source, ds, source_ds=None) -> None:
             size = int(r["examples"]["train"]) * math.prod(int(v) for v in r["event_shape"])
         except (KeyError, TypeError, ValueError):
             return
-        if size > warm_start.REUSE_CHECK_VALUES:
+        if size > warm_start.REUSE_CHECK_VALUES:  # (said: a check skipped is not a check passed)
+            what = "images" if ds.is_image else "rows"
+            note = (
+                f"{source.given}'s training split ({size:,} values) is too large to read again "
+                f"to check whether this run's validation and test {what} are {what} the "
+                f"starting model was trained on (the check reads up to "
+                f"{warm_start.REUSE_CHECK_VALUES:,}); if they share {what}, this run's test NLL "
+                "is optimistic"
+            )
+            ds.info["warnings"] = [*ds.info.get("warnings", ()), note]
             return
         try:
             source_ds = _run_data(source.cfg, RunError, checks=False, source=source)[0]

@@ -431,7 +431,13 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
         )
     if overwrite or not (_has_checkpoint(out) or (out / MODEL_FILE).exists()):
         return None  # the user asked to replace it, or nothing to keep (a failed start)
-    same = not config_diff(user_part(run_config(out)), user_part(cfg))
+    stored = run_config(out)
+    try:  # (a key added to flowforge since: its default, no difference)
+        mine = _defining(resolve_config(stored))
+    except WorkbenchError:  # (a damaged config: compared as written)
+        mine = _defining(stored)
+    diff = config_diff(mine, _same_spelling(_defining(cfg), mine))
+    same = not diff  # (another device or tensorboard setting: the same run, where it runs)
     if same and not _has_checkpoint(out):
         epochs = sum(1 for _ in _logged_epochs(out))
         if epochs <= 1:  # the first checkpoint's write failed (a full disk): start it again
@@ -448,7 +454,8 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
             "to start again (from Python: resume=True, overwrite=True)"
         )
     raise RunError(
-        f"{out} already holds a different run; use another --out, or --overwrite "
+        f"{out} already holds a different run ({'; '.join(diff[:4])}"
+        f"{'; ...' if len(diff) > 4 else ''}); use another --out, or --overwrite "
         "(overwrite=True from Python) to replace it"
     )
 
