@@ -164,6 +164,15 @@ def test_data_integers_train_a_run_whose_numbers_are_bounds_and_samples_integers
     s = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
     assert np.array_equal(s[:, :2], np.floor(s[:, :2])) and (s[:, 0] >= 0).all()
     assert set(np.unique(s[:, 1])) <= {0.0, 1.0} and len(np.unique(s[:, 2])) > 2900
+    # draws clamped to the bounds are counted by column too, and the warning names them
+    torch.manual_seed(0)
+    flow.sample(3000, temperature=3.0)
+    by = flow.clamped_columns
+    assert by.shape == (3,) and by[2] == 0 and by[:2].sum() > 0
+    assert torch.allclose(by[:2].mean(), flow.clamped)
+    rc, _, err = cli(capsys, "sample", out, "-n", 3000, "--temperature", 3, "--out",
+                     tmp_path / "s3.csv")  # fmt: skip
+    assert rc == 0 and re.search(r"were clamped to them \((count|flag) \d+\.\d\d%", err), err
     # another file with a non-integer count: one line naming the column
     bad = _table(20, seed=1)
     bad[3, 0] = 2.5
@@ -329,6 +338,9 @@ def test_the_column_warnings_name_modelled_columns_only(tmp_path, capsys):
     notes = load_dataset(str(path), target_columns="x,count").info["warnings"]
     assert any("column(s) count hold only integer values that repeat" in n for n in notes), notes
     assert not any("flag" in n for n in notes), notes
+    # the fix it gives names the bounds too (an audit: declared without them, a count was
+    # sampled down to -7 and codes from -3 to 6)
+    assert any(re.search(r"data.bounds.count=\[0, \d+\]", n) for n in notes), notes
     run = tmp_path / "run"
     one_column = '{"layers": 2, "hidden": [16], "autoregressive": true}'
     rc, out, err = cli(capsys, "train", "--data", path, "--target-columns", "x", "--out", run,
@@ -366,3 +378,41 @@ def test_integer_columns_whose_values_repeat_are_said_however_many_values_they_t
     assert len(torch.unique(flat[:, 0])) > 32
     said = _integer_valued(ff.models.RealNVP(features=64), flat)
     assert said and "hold only integer values that repeat" in said and "column(s) 0, 1" in said
+
+
+def test_samples_on_integer_values_never_seen_are_said(tmp_path, capsys):
+    # (an audit: codes {0, 2, 5} declared as integers gave 19% of synthetic rows the codes 1, 3
+    # and 4, which do not exist, with no word)
+    g = np.random.default_rng(0)
+    code = g.choice([0, 2, 5], 600)
+    path = _csv(tmp_path / "g.csv", np.c_[g.normal(size=600) + code, code, code % 2],
+                ("a", "code", "odd"))  # fmt: skip
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", path, "--out", out, *TINY,
+                     "--set", "data.integers=[code, odd]", "--set", "data.bounds.code=[0, 5]",
+                     "--set", "data.bounds.odd=[0, 1]")  # fmt: skip
+    assert rc == 0, err
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["integer_values"] == {"1": [0.0, 2.0, 5.0], "2": [0.0, 1.0]}
+    rc, _, err = cli(capsys, "sample", out, "-n", 2000, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    s = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    share = np.mean(~np.isin(s[:, 1], [0, 2, 5]))
+    assert share >= 0.01  # (a model of two epochs: much of its mass between the codes)
+    said = [line for line in err.splitlines() if "never held" in line]
+    assert len(said) == 1 and f"column(s) code {share:.1%} (" in said[0], err
+    assert "odd" not in said[0]  # (every value it can take was seen)
+
+
+def test_sample_repeats_that_undeclared_integer_columns_come_out_continuous(tmp_path, capsys):
+    # (an audit: train said it, sample did not, and its file had 2.517 where counts were)
+    path = _csv(tmp_path / "t.csv", _table())
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", path, "--out", out, *TINY)
+    assert rc == 0 and "column(s) count, flag hold only integer values" in err, err
+    rc, _, err = cli(capsys, "sample", out, "-n", 50, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    said = [line for line in err.splitlines() if "non-integer values there" in line]
+    assert len(said) == 1 and said[0].startswith(
+        "flowforge: warning: the training data: column(s) count, flag hold only integer values"
+    ), err

@@ -541,6 +541,17 @@ def test_a_missing_value_is_called_one_with_what_to_do(tmp_path, cell, needle):
     assert needle in str(e.value)
 
 
+def test_a_text_column_is_named_with_what_to_do(tmp_path):
+    # (an audit: "cannot read 'blue' as a number", neither the column nor a way on)
+    path = tmp_path / "t.csv"
+    path.write_text("a,eye colour,b\n1,blue,2\n3,brown,4\n5,blue,6\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(str(path))
+    msg = str(e.value)
+    assert "cannot read 'blue' as a number (column 'eye colour' holds text" in msg, msg
+    assert "--set 'data.integers=[eye colour]' --set 'data.bounds.eye colour=[0,K-1]'" in msg
+
+
 def test_a_last_best_epoch_on_spiky_columns_does_not_ask_for_more_epochs(tmp_path, capsys):
     rng = np.random.default_rng(0)
     n = 2000

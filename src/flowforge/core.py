@@ -1007,6 +1007,9 @@ class Flow(nn.Module):
     # a dequantizing flow's fraction of the last sample()'s values drawn outside the data's
     # levels and clamped, as a 0-d tensor on the flow's device (float() it to read)
     clamped: Tensor | float = 0.0
+    # for integer columns (a column dequantizer), the same share for each column of the vector
+    # (0 for the continuous ones), a ``(features,)`` tensor; None otherwise
+    clamped_columns: Tensor | None = None
 
     def __init__(
         self, transform: Transform, base: Distribution, dequantizer: Dequantizer | None = None
@@ -1351,6 +1354,8 @@ class Flow(nn.Module):
                 # the continuous draws whose floor falls off the grid (mass the discrete model
                 # leaves out): counted as the integer flows count theirs, then clamped
                 self.clamped = self.dequantizer.clamped_share(x) if x.numel() else 0.0
+                if hasattr(self.dequantizer, "columns") and x.dim() == 2 and x.numel():
+                    self.clamped_columns = self.dequantizer.off_grid(x).float().mean(0)
                 x = self.dequantizer.quantize(x)
         self._check_samples(x)
         return x.reshape(*shape, *self.event_shape)

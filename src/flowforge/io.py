@@ -671,15 +671,20 @@ def rebuilt_differs(
             if hasattr(m, "inverse_mode") and hasattr(r, "set_inverse"):
                 r.set_inverse(m.inverse_mode, getattr(m, "tol", None), getattr(m, "max_iter", None))
         modes = training_modes(flow)
-        kept = {k: flow.__dict__[k] for k in ("clamped",) if k in flow.__dict__}
+        kept = {k: flow.__dict__[k] for k in _SAMPLE_RECORDS if k in flow.__dict__}
         flow.eval()
         try:
             return _probe(flow, rebuilt, device, points)
         finally:
             restore_modes(modes)
-            for k in ("clamped",):
+            for k in _SAMPLE_RECORDS:
                 flow.__dict__.pop(k, None)
             flow.__dict__.update(kept)
+
+
+# what a flow's sample() records on it (the share of draws clamped, in all and by column):
+# the probe's own samples must not replace the caller's
+_SAMPLE_RECORDS = ("clamped", "clamped_columns")
 
 
 def _probe(flow, rebuilt, device: torch.device, n: int) -> str | None:

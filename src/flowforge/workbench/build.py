@@ -15,7 +15,7 @@ from .. import models
 from ..core import Flow
 from ..io import Budget, unsaveable_config
 from .catalog import SIZING
-from .data import Dataset, describe_bounds, model_bounds
+from .data import FEW_LEVELS, Dataset, describe_bounds, model_bounds
 from .data import whitening as data_whitening
 from .errors import WorkbenchError, shell_word, visible
 from .warm_start import _DATA_ARGS as DATA_ARGS
@@ -464,6 +464,14 @@ def build_flow(
         t = ds.train.reshape(len(ds.train), -1)
         lows, highs = t.min(0).values.tolist(), t.max(0).values.tolist()
         resolved["ranges"] = [[float(a), float(b)] for a, b in zip(lows, highs)]
+        if integers:  # the values few-valued integer columns hold: sample names new ones
+            seen = {}
+            for j in integers:
+                values = torch.unique(t[:, j])
+                if len(values) <= FEW_LEVELS:
+                    seen[str(j)] = [float(v) for v in values.tolist()]
+            if seen:
+                resolved["integer_values"] = seen
     return flow, inner, resolved
 
 

@@ -1025,12 +1025,31 @@ def cmd_sample(args) -> int:
     from .report import outside_ranges
 
     warned = [*dict.fromkeys(str(w.message) for w in said), outside_ranges(x, cfg)]
+    warned.append(_unseen_integers(x, cfg))
+    from .data import INTEGERS_NOTE
+
+    for note in cfg["resolved"].get("data_warnings") or ():  # (what the samples hold there)
+        if isinstance(note, str) and INTEGERS_NOTE in note:
+            warned.append(
+                f"the training data: {note.split(';')[0]}, and this run models them as "
+                "continuous: its samples hold non-integer values there (declare them in "
+                "data.integers, with bounds, and train again for integer samples)"
+            )
     clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
     if clamped and cfg["resolved"].get("levels") is None:  # integer columns with bounds
+        by = getattr(flow, "clamped_columns", None)
+        where = ""
+        if by is not None and by.dim() == 1 and len(by) == x.shape[-1]:
+            from .report import _column_names
+
+            names, shares = _column_names(cfg, len(by)), by.tolist()
+            each = sorted(zip(names, shares), key=lambda e: -e[1])
+            where = " (" + ", ".join(f"{n} {v:.2%}" for n, v in each if v > 0) + ")"
         warned.append(
-            f"{clamped:.2%} of the sampled values fell outside the bounds of their "
-            "integer columns and were clamped to them: the model puts that mass outside the "
-            "data's range, so these samples are not exactly the model's"
+            f"{clamped:.2%} of the sampled values of the integer columns fell outside their "
+            f"bounds and were clamped to them{where}: the model puts that mass outside the "
+            "data's range, so these samples are not exactly the model's (the clamped values "
+            "pile up on the bounds)"
         )
     elif clamped:
         levels = cfg["resolved"]["levels"]
@@ -1268,6 +1287,46 @@ def cmd_decompress(args) -> int:
     if "note" in res:
         print(f"note: {res['note']}")
     return 0
+
+
+UNSEEN_SHARE = 0.01  # samples on an integer value the training data never held: said
+
+
+def _unseen_integers(x, cfg: dict) -> str | None:
+    """A warning naming the few-valued integer columns (``resolved.integer_values``) where 1%
+    or more of the samples take a value the training data never held: right for a count's
+    tail, wrong for category codes with gaps (1, 2, 9), which are modelled as ordered numbers
+    and get samples between them."""
+    seen = cfg["resolved"].get("integer_values")
+    if not isinstance(seen, dict) or x.dim() != 2:
+        return None
+    import torch
+
+    from .report import _column_names
+
+    names, found = _column_names(cfg, x.shape[1]), []
+    for key, values in seen.items():
+        try:
+            j, values = int(key), [float(v) for v in values]
+        except (TypeError, ValueError):  # (a config is data: anything else, no verdict)
+            return None
+        if not 0 <= j < x.shape[1] or not values:
+            continue
+        col = x[:, j].double().cpu()
+        new = ~torch.isin(col, torch.tensor(values, dtype=torch.float64))
+        share = float(new.double().mean()) if len(col) else 0.0
+        if share >= UNSEEN_SHARE:
+            shown = sorted(set(col[new].tolist()))
+            listed = ", ".join(f"{v:g}" for v in shown[:6]) + (" ..." if len(shown) > 6 else "")
+            found.append(f"{names[j]} {share:.1%} ({listed})")
+    if not found:
+        return None
+    return (
+        f"samples take integer values the training data never held in column(s) "
+        f"{'; '.join(found)}: expected in a count's tail; for category codes it means codes "
+        "that do not exist, as integer columns are modelled as ordered numbers: recode the "
+        "categories as 0 to K-1 without gaps (and declare data.bounds.NAME=[0,K-1])"
+    )
 
 
 def cmd_demo(args) -> int:

@@ -36,7 +36,7 @@ from torch import Tensor
 from .._util import all_finite, suggest
 from . import manifold_data, toy_density
 from .catalog import DATASET_NOTES
-from .errors import ContextError, DataError, WorkbenchError, in_memory_data, visible
+from .errors import ContextError, DataError, WorkbenchError, in_memory_data, shell_word, visible
 
 __all__ = [
     "DATASETS",
@@ -589,9 +589,21 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                             f"; if column {j} (0-based) is empty on every line, a trailing comma "
                             "or an empty column, delete the column)"
                         )
+                    hint = missing or _cell_hint(bad) or _other_separator(row)
+                    if not hint and re.search(r"[^\W\d_]", bad):  # (letters: a text column)
+                        name = visible(columns[j]) if columns else f"{j}"
+                        said = repr(name) if columns else f"{j} (0-based)"
+                        declare = " ".join(
+                            f"--set {shell_word(f'data.{k}')}"
+                            for k in (f"integers=[{name}]", f"bounds.{name}=[0,K-1]")
+                        )
+                        hint = (
+                            f" (column {said} holds text, a label or a category: flowforge "
+                            "models numbers; drop the column, or code its categories as "
+                            f"integers 0 to K-1 and declare them: {declare})"
+                        )
                     raise DataError(
-                        f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number"
-                        f"{missing or _cell_hint(bad)}{_other_separator(row)}"
+                        f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number{hint}"
                     ) from None
                 lines.append(lineno)
                 if d == 2 and zero_led is None and _zero_led(row[1]):
@@ -1302,27 +1314,33 @@ def _integer_columns(train: np.ndarray, names: list[str] | None, declared=()) ->
             continue
         col = train[:, j]
         if _whole(col) and discrete_column(len(col), len(np.unique(col))):
-            flagged.append(names[j] if names else str(j))
+            flagged.append((names[j] if names else str(j), float(col.min()), float(col.max())))
     if not flagged:
         return None
+    said = [n for n, _, _ in flagged[:8]]
+    # (their bounds too: declared integers without them are sampled beyond the data's
+    # values, negative counts and codes of -3 among them)
+    bounds = ", ".join(f"data.bounds.{n}=[{a:g}, {b:g}]" for n, a, b in flagged[:8])
     return (
-        f"column(s) {', '.join(flagged[:8])}{' ...' if len(flagged) > 8 else ''} "
-        f"{_INTEGERS_NOTE}; they are modelled as continuous, where a "
+        f"column(s) {', '.join(said)}{' ...' if len(flagged) > 8 else ''} "
+        f"{INTEGERS_NOTE}; they are modelled as continuous, where a "
         "flow can put density spikes on the integers and report a misleadingly low NLL (that "
         "falls the longer it trains). Give the data option levels: K if every column is an "
         "integer in [0, K-1]; otherwise declare them, data.integers: "
-        f"[{', '.join(flagged[:8])}] (dequantized: the NLL is then a bound on the likelihood "
-        "of the integers and the other columns together), or drop them"
+        f"[{', '.join(said)}] (dequantized: the NLL is then a bound on the likelihood "
+        "of the integers and the other columns together), with the values they can take as "
+        f"bounds, so that samples keep to them (the training values: {bounds}; null for a "
+        "side without a limit, as a count's top), or drop them"
     )
 
 
-_INTEGERS_NOTE = "hold only integer values that repeat (categories, counts, ages?)"
+INTEGERS_NOTE = "hold only integer values that repeat (categories, counts, ages?)"
 _ATOMS_NOTE = "put many rows on single values (a floor, a cap, exact 0s and 1s)"
 
 
 def _is_column_note(note: str) -> bool:
     """Whether a data warning is one of :func:`_integer_columns`'s or :func:`_atoms`'s."""
-    return note.startswith("column(s) ") and (_INTEGERS_NOTE in note or _ATOMS_NOTE in note)
+    return note.startswith("column(s) ") and (INTEGERS_NOTE in note or _ATOMS_NOTE in note)
 
 
 def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
