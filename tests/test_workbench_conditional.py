@@ -252,6 +252,49 @@ def test_a_sample_csv_names_the_context_columns_by_their_header(tmp_path, capsys
     assert code == 0 and "(2 examples)" in out_, err
 
 
+def test_contexts_from_a_file_give_one_synthetic_row_set_per_row(tmp_path, capsys):
+    # (an audit: a synthetic table with the real contexts' mix needed thousands of rows packed
+    # into one --context argument, past the command line's limit)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    path = tmp_path / "named.csv"
+    np.savetxt(path, x[:200], delimiter=",", header="y1,age,y2,dose", comments="")
+    held = tmp_path / "held.csv"  # the whole table's columns, in another order
+    np.savetxt(held, x[200:, [3, 0, 1, 2]], delimiter=",", header="dose,y1,age,y2",
+               comments="")  # fmt: skip
+    out = tmp_path / "r"
+    code, _, err = run(["train", "--model", "maf", "--data", path, "--target-columns", "y1,y2",
+                        "--model-kwargs", '{"hidden": [8]}', "--epochs", "1", "--out", out,
+                        "--no-progress", "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, said, err = run(["sample", out, "--context-file", held, "-n", "2", "--out",
+                           tmp_path / "s.csv"], capsys)  # fmt: skip
+    assert code == 0 and "given the 100 context rows of" in said, err
+    got = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "y1,age,y2,dose"
+    assert got.shape == (200, 4)
+    assert np.allclose(np.sort(got[:, [1, 3]], 0), np.sort(np.repeat(x[200:, [1, 3]], 2, 0), 0))
+    # a file of the context columns alone; one that lacks one; with --context too
+    only = tmp_path / "only.csv"
+    only.write_text("age,dose\n1,2\n3,4\n")
+    code, _, err = run(["sample", out, "--context-file", only, "-n", "1", "--out",
+                        tmp_path / "o.csv"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert np.loadtxt(tmp_path / "o.csv", delimiter=",", skiprows=1)[:, [1, 3]].tolist() == [
+        [1, 2], [3, 4]]  # fmt: skip
+    only.write_text("age\n1\n")
+    code, _, err = run(["sample", out, "--context-file", only, "-n", "1", "--out",
+                        tmp_path / "p.csv"], capsys)  # fmt: skip
+    assert code == 1 and "has no column 'dose'" in err and len(err.splitlines()) == 1, err
+    code, _, err = run(["sample", out, "--context-file", held, "--context", "1,2", "-n", "1",
+                        "--out", tmp_path / "p.csv"], capsys)  # fmt: skip
+    assert code == 1 and "give the context once" in err, err
+    # the file it reads is not one it may write
+    code, _, err = run(["sample", out, "--context-file", held, "-n", "1", "--out", held,
+                        "--overwrite"], capsys)  # fmt: skip
+    assert code == 1 and "which this command reads" in err, err
+
+
 def test_a_context_far_outside_or_beyond_float32_is_said():
     from flowforge.workbench.data import ContextError, column_context
 

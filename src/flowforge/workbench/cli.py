@@ -963,10 +963,11 @@ def cmd_sample(args) -> int:
     cfg = run_config(args.run)
     from .runs import not_the_runs
 
-    not_the_runs(out, args.run, "--out", "samples")  # (after the arguments' own checks)
+    also = (args.context_file,) if args.context_file is not None else ()
+    not_the_runs(out, args.run, "--out", "samples", also)  # (after the arguments' own checks)
     with warnings.catch_warnings(record=True) as said:  # (e.g. a context past the training
         warnings.simplefilter("always")  # range: in --json's warnings too, said at the end)
-        context, what, given = sample_context(cfg, args.label, args.context)
+        context, what, given = sample_context(cfg, args.label, args.context, args.context_file)
     check_npz_out(out, given)  # (before sampling)
     if out.suffix.lower() == ".png":  # a picture shows so many; more is memory for nothing
         total = args.n * (len(given[1]) if given else 1)
@@ -1746,6 +1747,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--context",
         help="raw context values of a column-conditional run, e.g. '1.5,2' (rows split by ';')",
+    )
+    s.add_argument(
+        "--context-file",
+        metavar="FILE",
+        help="a table file whose rows are the contexts (its context columns found by name: "
+        "the run's own table or held-out rows of it, or a file of those columns alone); -n "
+        "samples for each row",
     )
     s.add_argument(
         "--seed",

@@ -1376,7 +1376,8 @@ def _atoms(train: np.ndarray, names: list[str] | None) -> str | None:
     rounded = (  # (every value a multiple of one step: measurements rounded to it)
         f"; a column whose values all lie on a grid (rounded measurements) is discrete: "
         f"multiply it to integers ({', '.join(grids[:5])}) and declare it in data.integers, "
-        "for a bound on the likelihood of the rounded values"
+        "for a bound on the likelihood of the rounded values (its samples are then in the "
+        "multiplied units: divide them back)"
         if grids
         else ""
     )

@@ -1207,11 +1207,63 @@ def named_of(info: dict, label: int) -> str:
     return f"{label} {names[label]!r}" if label in names else str(label)
 
 
-def sample_context(cfg: dict, label: str | None, context: str | None):
-    """The model-ready context rows that ``--label`` / ``--context`` ask for (None for an
-    unconditional run), a few words for the messages, and what was given as ``(column names,
-    raw rows)`` (None when unconditional) for the samples' CSV; one-line errors otherwise."""
+def context_file_rows(cfg: dict, spec: str) -> list[list[float]]:
+    """The context rows of a table file (``flowforge sample --context-file``): its columns of a
+    column-conditional run's context columns, found by their header names (the run's own
+    table, held-out rows, or a file of the context columns alone), or, for a run trained
+    without a header, a file of just those columns, or of the run's whole width, in order."""
+    from .data import _names, read_table
+
+    r, info = cfg["resolved"], cfg["resolved"]["context"]
+    found: list = []
+    x = read_table(spec, names=found, header=cfg["data"]["options"].get("header"))
+    if x.ndim != 2 or not len(x):
+        raise ContextError(f"--context-file {spec} holds no rows of context values")
+    names = r.get("context_column_names")
+    if names and found:
+        have = _names(found)
+        missing = [n for n in names if _names([n])[0] not in have]
+        if missing:
+            raise ContextError(
+                f"--context-file {spec} has no column "
+                f"{', '.join(repr(str(n)) for n in missing[:5])} (the run's context columns: "
+                f"{', '.join(repr(str(n)) for n in names)})"
+            )
+        index = [have.index(_names([n])[0]) for n in names]
+    elif x.shape[1] == info["features"]:
+        index = list(range(x.shape[1]))
+    elif x.shape[1] == len(info["target_columns"]) + len(info["context_columns"]):
+        index = list(info["context_columns"])
+    else:
+        raise ContextError(
+            f"--context-file {spec} has {x.shape[1]} columns: expected the run's "
+            f"{info['features']} context column(s), or its whole table "
+            f"({len(info['target_columns']) + len(info['context_columns'])} columns)"
+        )
+    return x[:, index].astype(np.float64).tolist()
+
+
+def sample_context(cfg: dict, label: str | None, context: str | None, context_file=None):
+    """The model-ready context rows that ``--label`` / ``--context`` / ``--context-file`` ask
+    for (None for an unconditional run), a few words for the messages, and what was given as
+    ``(column names, raw rows)`` (None when unconditional) for the samples' CSV; one-line
+    errors otherwise."""
     info = cfg["resolved"].get("context")
+    if context_file is not None:
+        if context is not None or label is not None:
+            raise ContextError("give the context once: --context-file, or --context/--label")
+        if info is None or info.get("kind") != "columns":
+            raise ContextError(
+                "--context-file gives the context columns of a run conditioned on table "
+                "columns; this run is "
+                + ("unconditional" if info is None else "conditioned on class labels (--label)")
+            )
+        rows = context_file_rows(cfg, context_file)
+        header = cfg["resolved"].get("context_column_names")
+        names = [str(c) for c in header or info["context_columns"]]
+        n = len(rows)
+        what = f" given the {n:,} context row{'s' if n != 1 else ''} of {context_file}"
+        return column_context(rows, info, header), what, (names, rows)
     if info is None:
         if label is not None or context is not None:
             raise ContextError("this run is unconditional; drop --label/--context")
