@@ -416,3 +416,19 @@ def test_sample_repeats_that_undeclared_integer_columns_come_out_continuous(tmp_
     assert len(said) == 1 and said[0].startswith(
         "flowforge: warning: the training data: column(s) count, flag hold only integer values"
     ), err
+
+
+def test_sample_says_that_whole_numbered_columns_of_many_values_come_out_continuous(
+    tmp_path, capsys
+):
+    # (an audit: wine's magnesium and proline, whole numbers of many values, came back as
+    # 765.6 with no word: too many values for the integer-columns warning)
+    g = np.random.default_rng(0)
+    path = _csv(tmp_path / "w.csv", np.c_[g.normal(size=300), g.integers(100, 2000, 300)],
+                ("a", "mg"))  # fmt: skip
+    out = tmp_path / "run"
+    rc, _, err = cli(capsys, "train", "--data", path, "--out", out, *TINY)
+    assert rc == 0 and "hold only integer values" not in err, err
+    assert json.loads((out / "config.json").read_text())["resolved"]["whole_columns"] == [1]
+    rc, _, err = cli(capsys, "sample", out, "-n", 20, "--out", tmp_path / "s.csv")
+    assert rc == 0 and "column(s) mg hold only whole numbers in the training data" in err, err

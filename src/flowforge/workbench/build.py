@@ -15,7 +15,7 @@ from .. import models
 from ..core import Flow
 from ..io import Budget, unsaveable_config
 from .catalog import SIZING
-from .data import FEW_LEVELS, Dataset, describe_bounds, model_bounds
+from .data import FEW_LEVELS, Dataset, describe_bounds, discrete_column, model_bounds
 from .data import whitening as data_whitening
 from .errors import WorkbenchError, shell_word, visible
 from .warm_start import _DATA_ARGS as DATA_ARGS
@@ -472,6 +472,17 @@ def build_flow(
                     seen[str(j)] = [float(v) for v in values.tolist()]
             if seen:
                 resolved["integer_values"] = seen
+        # whole-numbered columns left continuous (not declared, and too many values for the
+        # integer-columns warning): `flowforge sample` says its values there are not whole
+        whole = [
+            j
+            for j in range(t.shape[1])
+            if j not in (integers or ())
+            and bool((t[:, j] == t[:, j].round()).all())
+            and not discrete_column(len(t), len(torch.unique(t[:, j])))
+        ]
+        if whole:
+            resolved["whole_columns"] = whole
     return flow, inner, resolved
 
 

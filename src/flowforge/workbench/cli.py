@@ -1029,6 +1029,19 @@ def cmd_sample(args) -> int:
     warned.append(_unseen_integers(x, cfg))
     from .data import INTEGERS_NOTE
 
+    whole = cfg["resolved"].get("whole_columns")
+    if isinstance(whole, list) and whole and x.dim() == 2:
+        from .report import _column_names
+
+        names = _column_names(cfg, x.shape[1])
+        said = [names[j] for j in whole if isinstance(j, int) and 0 <= j < len(names)][:8]
+        if said:
+            warned.append(
+                f"column(s) {', '.join(said)}{' ...' if len(whole) > 8 else ''} hold only "
+                "whole numbers in the training data, and the model is continuous: its samples "
+                "are not whole there (round them, or declare the columns in data.integers, with "
+                "bounds, and train again)"
+            )
     for note in cfg["resolved"].get("data_warnings") or ():  # (what the samples hold there)
         if isinstance(note, str) and INTEGERS_NOTE in note:
             warned.append(
