@@ -774,7 +774,7 @@ def test_a_headerless_conditional_run_reads_its_own_samples_back(tmp_path, capsy
     lines = out.read_text().splitlines()
     assert lines[0] == "x0,x1,x2" and lines[1].startswith("1712345678.25,")  # as given
     # a warning about samples beyond the data names the table's columns (1, 2), not 0, 1
-    assert "column(s) 1 " in err or "column(s) 2 " in err, err
+    assert "column 1 " in err or "column 2 " in err, err
     rc, got, err = cli(capsys, "eval", tmp_path / "c", "--data", out)
     assert rc == 0 and "20 examples" in got, err
 

@@ -7,6 +7,10 @@ links them by relative path, so the folder can be copied or zipped as a whole:
 - image data: ``samples.png`` (a grid per temperature) and ``nearest.png`` (each sample beside
   its nearest training image in pixel space, a memorisation check);
 - 2-D data: ``density.png`` (the data beside the model's density) and ``samples.png``;
+- vector data (tables): per-column marginals, the most dependent pairs and the correlation
+  matrices against the data, a per-column table (mean, standard deviation, quantiles and the
+  KS statistic against what sampling noise gives) and a distance-to-closest-record check of
+  the samples against held-out rows (:func:`nearest_check`, a memorisation check);
 - every run: ``latent.png``, a histogram and a QQ plot of ``z = flow.transform(x)`` against
   a standard normal.
 """
@@ -842,25 +846,51 @@ def _corr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c, varies
 
 
-def _corr_fact(cd, cs, vd, vs, names, n_data: int, n_samples: int) -> str:
-    """The largest off-diagonal ``|samples - data|`` correlation, beside what sampling noise
-    alone gives (a perfect model's, with ``n_data`` rows and ``n_samples`` samples), or n/a
-    and why."""
+NOISE_LEVEL = 0.05  # "beyond sampling noise": what a perfect model's samples pass 1 time in 20
+
+
+def _max_abs_quantile(sd: np.ndarray, q: float = 1 - NOISE_LEVEL) -> float:
+    """The ``q`` quantile of the largest ``|X_k|`` of independent ``X_k ~ N(0, sd_k^2)``:
+    the ``t`` where the product of ``erf(t / (sd_k sqrt 2))`` is ``q``, by bisection (exact,
+    and cheap for any number of pairs)."""
+    sd = torch.as_tensor(np.asarray(sd, dtype=np.float64)[np.asarray(sd) > 0])
+    if not len(sd):
+        return 0.0
+    lo, hi = 0.0, float(sd.max()) * 12
+    for _ in range(60):
+        t = (lo + hi) / 2
+        p = float(torch.log(torch.special.erf(t / (sd * math.sqrt(2)))).sum())
+        lo, hi = (t, hi) if p < math.log(q) else (lo, t)
+    return hi
+
+
+def _corr_fact(cd, cs, vd, vs, names, n_data: int, n_samples: int) -> tuple[str, bool]:
+    """The largest off-diagonal ``|samples - data|`` correlation, the pair of columns it is
+    of and both correlations, beside what sampling noise alone gives (what a perfect model's
+    largest difference stays below 19 times in 20, with ``n_data`` rows and ``n_samples``
+    samples), and whether it is beyond that; or n/a and why."""
     both = vd & vs
     pick = np.outer(both, both) & ~np.eye(len(both), dtype=bool)
     if not pick.any():
-        return "n/a (fewer than two columns vary in both the data and the samples)"
-    out = f"{np.abs(cs - cd)[pick].max():.3f}"
+        return "n/a (fewer than two columns vary in both the data and the samples)", False
+    diff = np.where(np.triu(pick, 1), np.abs(cs - cd), -1.0)
+    i, j = np.unravel_index(int(np.argmax(diff)), diff.shape)
     # each pair's difference has a standard deviation of about (1 - r^2) sqrt(1/n + 1/m)
-    # (Fisher); the median of the largest of them over seeded Gaussian draws
+    # (Fisher); the 95% quantile of the largest of them, taken as independent
     sd = (1 - np.clip(cd[np.triu(pick, 1)], -1, 1) ** 2) * math.sqrt(1 / n_data + 1 / n_samples)
-    draws = np.random.default_rng(0).standard_normal((200, len(sd))) * sd
-    floor = float(np.median(np.abs(draws).max(1)))
-    out += f" (sampling noise alone: about {floor:.3f} with {n_data:,} rows)"
+    floor = _max_abs_quantile(sd)
+    beyond = int((diff > floor).sum())
+    out = (
+        f"{diff[i, j]:.3f} (sampling noise alone: about {floor:.3f} or less, 19 times in 20, "
+        f"with {n_data:,} rows and {n_samples:,} samples), {names[i]} & {names[j]}: data "
+        f"{cd[i, j]:.2f}, samples {cs[i, j]:.2f}"
+    )
+    if beyond:
+        out += f"; {_count(beyond, 'pair')} of {int(np.triu(pick, 1).sum()):,} beyond the noise"
     if not both.all():
         left = ", ".join(names[j] for j in np.flatnonzero(~both)[:5])
         out += f" (left out, constant in the data or the samples: {left})"
-    return out
+    return out, beyond > 0
 
 
 def _few_ticks(ax) -> None:
@@ -973,8 +1003,9 @@ def table_figures(
                 fig.colorbar(im, ax=ax, fraction=0.046)
             _savefig(fig, figdir / "correlations.png")
             figs.append((f"Correlation matrices: {side} vs samples", "report/correlations.png"))
-            fact = _corr_fact(cd, cs, vd, vs, names, len(data), len(samples))
-            facts.append(("largest correlation difference (samples - data)", fact))
+            fact, beyond = _corr_fact(cd, cs, vd, vs, names, len(data), len(samples))
+            key = "largest correlation difference (samples - data)"
+            facts.append((f"warning: {key}" if beyond else key, fact))
     if z is not None:
         z = _finite_rows(z)
         n = len(z)
@@ -996,6 +1027,289 @@ def table_figures(
         some = f" (the first {len(shown)} of {d} dimensions)" if len(shown) < d else ""
         figs.append((f"Per-dimension latent QQ plots{some}", "report/latent_columns.png"))
     return figs, facts
+
+
+# -- tables: fidelity and memorisation checks ------------------------------------------------------
+
+SMALL_SPLIT = 200  # a validation split of fewer rows: a table's checks use the training split
+TABLE_ALL = 40  # the per-column table shows every column of a table this wide or narrower,
+TABLE_WORST = 20  # else this many, those with the largest KS statistic
+QUANTILES = (0.01, 0.5, 0.99)  # the per-column table's quantiles
+NEAREST_SAMPLES = 2000  # samples the nearest-row check measures, at most (and held-out rows)
+NEAREST_TRAIN = 20_000  # training rows it measures them against, at most ...
+NEAREST_VALUES = 2**21  # ... and at most this many training values (rows x columns)
+NEAREST_CHUNK = 2**22  # distances computed at once (32 MiB of float64)
+COPY_FRACTION = 0.01  # a copy: nearer a training row than this share of the held-out median
+NEAR_RATIO = 0.5  # samples' median distance below this share of the held-out rows': a warning
+
+
+def ks_noise(n: int, m: int, columns: int = 1, level: float = NOISE_LEVEL) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic that ``m`` samples from the distribution
+    of ``n`` data rows stay below in every one of ``columns`` columns with probability
+    ``1 - level``: the asymptotic critical value ``sqrt(-ln(level / (2 columns)) (n + m) /
+    (2 n m))`` (level / columns each: Bonferroni)."""
+    return math.sqrt(-math.log(level / (2 * columns)) * (n + m) / (2 * n * m))
+
+
+def ks_statistics(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each column's two-sample Kolmogorov-Smirnov statistic: the largest gap between the
+    empirical distribution functions of ``a[:, j]`` and ``b[:, j]`` (0 to 1)."""
+    out = np.zeros(a.shape[1])
+    for j in range(a.shape[1]):
+        x, y = np.sort(a[:, j]), np.sort(b[:, j])
+        v = np.concatenate([x, y])
+        gap = np.searchsorted(x, v, "right") / len(x) - np.searchsorted(y, v, "right") / len(y)
+        out[j] = np.abs(gap).max()
+    return out
+
+
+def column_statistics(data: np.ndarray, samples: np.ndarray) -> dict:
+    """Per column, of the data and of the samples (finite rows of each): ``mean``, ``std``
+    and ``quantiles`` (:data:`QUANTILES`), each ``(2, ...)`` (data first); ``ks``, the KS
+    statistic between them; ``noise``, what sampling noise alone keeps every column's KS
+    below 19 times in 20 (:func:`ks_noise`); ``beyond``, the columns above it; ``rows`` and
+    ``samples``, the counts."""
+    data = _finite_rows(np.asarray(data, dtype=np.float64))
+    samples = _finite_rows(np.asarray(samples, dtype=np.float64))
+    both = (data, samples)
+    ks = ks_statistics(data, samples)
+    noise = ks_noise(len(data), len(samples), data.shape[1])
+    return {
+        "mean": np.stack([a.mean(0) for a in both]),
+        "std": np.stack(
+            [a.std(0, ddof=1) if len(a) > 1 else np.full(a.shape[1], np.nan) for a in both]
+        ),
+        "quantiles": np.stack([np.quantile(a, QUANTILES, axis=0) for a in both]),
+        "ks": ks,
+        "noise": noise,
+        "beyond": ks > noise,
+        "rows": len(data),
+        "samples": len(samples),
+    }
+
+
+def _num(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v + 0.0:.4g}"  # (+ 0.0: no "-0")
+
+
+def _ks_fact(st: dict, names, split: str) -> tuple[str, str]:
+    """The report's row on the per-column KS statistics (of the samples against ``split``'s
+    rows): a warning naming the columns beyond sampling noise, worst first, or the largest
+    where none is."""
+    key = "column distributions (KS statistic, samples vs data)"
+    counts = f"{_count(st['rows'], f'{split} row')} and {_count(st['samples'], 'sample')}"
+    order = np.argsort(-st["ks"], kind="stable")
+    bad = [j for j in order if st["beyond"][j]]
+    d = len(st["ks"])
+    if not bad:
+        j = order[0]
+        return key, (
+            f"{'the column' if d == 1 else f'all {d} columns'} within sampling noise (the "
+            f"largest {st['ks'][j]:.3f}, {names[j]}; noise: up to {st['noise']:.3f} with "
+            f"{counts}); the per-column table below"
+        )
+    each = ", ".join(f"{names[j]} {st['ks'][j]:.3f}" for j in bad[:OUTSIDE_NAMED])
+    more = f", and {_count(len(bad) - OUTSIDE_NAMED, 'more')}" if len(bad) > OUTSIDE_NAMED else ""
+    return f"warning: {key}", (
+        f"{len(bad)} of {_count(d, 'column')} {'differs' if len(bad) == 1 else 'differ'} "
+        f"from the data beyond sampling noise (KS above {st['noise']:.3f}, what sampling "
+        f"noise alone stays below in every column 19 times in 20 with {counts}): "
+        f"{each}{more}; the per-column table below"
+    )
+
+
+def _columns_html(st: dict, names, side: str) -> tuple[str, str]:
+    """The per-column table of the data (``side`` says which rows) against the samples: a
+    title and its HTML (every column up to :data:`TABLE_ALL`, else the
+    :data:`TABLE_WORST` with the largest KS statistic)."""
+    d = len(st["ks"])
+    shown = list(range(d))
+    which = ""
+    if d > TABLE_ALL:
+        shown = sorted(np.argsort(-st["ks"], kind="stable")[:TABLE_WORST].tolist())
+        which = (
+            f"<p>The {TABLE_WORST} of the {d} columns with the largest KS statistic, in table "
+            f"order; {int(st['beyond'].sum())} of the {d} are beyond sampling noise.</p>\n"
+        )
+    qs = [f"{q:.0%}" for q in QUANTILES]
+    head = ["column", "mean", "std", *(f"{q} quantile" for q in qs), "KS", ""]
+    rows = []
+    for j in shown:
+        cells = [names[j]]
+        cells += [f"{_num(a)} / {_num(b)}" for a, b in (st["mean"][:, j], st["std"][:, j])]
+        cells += [f"{_num(a)} / {_num(b)}" for a, b in st["quantiles"][:, :, j].T]
+        cells += [f"{st['ks'][j]:.3f}", "beyond noise" if st["beyond"][j] else ""]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    n, m = st["rows"], st["samples"]
+    text = (
+        f"<p>Each cell gives the data's value, then the samples'. KS is the two-sample "
+        f"Kolmogorov-Smirnov statistic, the largest gap between the two columns' cumulative "
+        f"distributions (0: alike, 1: apart). Samples drawn from "
+        f"the data's own distribution keep it below {st['noise']:.3f} in every column 19 "
+        f"times in 20 with these counts: the 5% critical value, Bonferroni-corrected for "
+        f"{_count(d, 'column')}, sqrt(-ln(0.05 / (2 &times; {d})) (n + m) / (2 n m)) with "
+        f"n = {n:,} rows and m = {m:,} samples. Columns above it are marked "
+        f"&ldquo;beyond noise&rdquo;.</p>\n"
+    )
+    table = (
+        '<table class="columns">\n<tr>'
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr>\n"
+        + "\n".join(rows)
+        + "\n</table>"
+    )
+    return f"Per-column statistics: {side} vs {m:,} samples", text + which + table
+
+
+def nearest_distances(train: Tensor, queries: Tensor) -> Tensor:
+    """Each row of ``queries``' Euclidean distance to its closest row of ``train`` (float64),
+    :data:`NEAREST_CHUNK` distances at a time: the closest found from ``torch.cdist``, its
+    distance computed again from the difference (exact for a copy, where the expansion
+    cdist uses for speed loses the digits of a small distance)."""
+    step = max(1, NEAREST_CHUNK // max(len(train), 1))
+    out = []
+    for a in range(0, len(queries), step):
+        q = queries[a : a + step]
+        idx = torch.cdist(q, train).argmin(1)
+        out.append(torch.linalg.vector_norm(q - train[idx], dim=1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _rows(c: Tensor) -> Tensor:
+    """Context rows as a 2-D float64 table (a label as one column)."""
+    return c.reshape(len(c), -1).double()
+
+
+def _records(x, c, rows) -> Tensor:
+    """Rows ``rows`` (a slice or indices) of a table ``x`` in float64, led by the same rows of
+    their context ``c`` where there is one."""
+    x = torch.as_tensor(x).reshape(len(x), -1)[rows].double()
+    return x if c is None else torch.cat([_rows(torch.as_tensor(c)[rows]), x], 1)
+
+
+def nearest_check(train, samples, held, seed: int = 0, contexts=None) -> dict:
+    """The memorisation check of a table: each sample's and each held-out row's distance to
+    its closest training row, every column divided by its training standard deviation.
+
+    At most :data:`NEAREST_SAMPLES` samples and held-out rows (the first) and
+    :data:`NEAREST_TRAIN` training rows (and :data:`NEAREST_VALUES` training values; drawn
+    at random with ``seed``) are measured. Returns the counts used and in all
+    (``samples``, ``held``, ``train``, each ``(used, total)``), each side's ``median`` and
+    ``p5`` (5th percentile) distance and its share of ``copies`` (nearer a training row than
+    :data:`COPY_FRACTION` of the held-out median; ``copy_distance``), each ``(samples,
+    held)``, and ``warning``: the words of a sign of memorisation (the samples' median below
+    :data:`NEAR_RATIO` of the held-out rows', or 1% or more of them copies, at least twice the
+    held-out rows' share), else None.
+
+    ``contexts``: a conditional run's ``(train, samples, held)`` context rows, which lead each
+    record (the samples drawn for the held-out rows' contexts: only their modelled values
+    differ)."""
+    g = np.random.default_rng(seed)
+    ct, cs, ch = contexts or (None, None, None)
+    totals = (len(samples), len(held), len(train))
+    width = math.prod(train.shape[1:]) + (0 if ct is None else _rows(ct[:1]).shape[1])
+    cap = max(1, min(NEAREST_TRAIN, NEAREST_VALUES // max(width, 1)))
+    if len(train) > cap:  # (capped before a copy: never all of a large training split)
+        rows = torch.as_tensor(np.sort(g.choice(len(train), cap, replace=False)))
+    else:
+        rows = slice(None)
+    t = _records(train, ct, rows)
+    s = _records(samples, cs, slice(NEAREST_SAMPLES))
+    h = _records(held, ch, slice(NEAREST_SAMPLES))
+    s, h = s[torch.isfinite(s).all(1)], h[torch.isfinite(h).all(1)]
+    sd = t.std(0) if len(t) > 1 else torch.ones(t.shape[1], dtype=torch.float64)
+    scale = torch.where(sd > 0, sd, torch.ones_like(sd))  # (a column constant here: as is)
+    t, s, h = t / scale, s / scale, h / scale
+    ds, dh = nearest_distances(t, s).numpy(), nearest_distances(t, h).numpy()
+    med = tuple(float(np.median(v)) if len(v) else math.nan for v in (ds, dh))
+    p5 = tuple(float(np.percentile(v, 5)) if len(v) else math.nan for v in (ds, dh))
+    near = COPY_FRACTION * med[1] if math.isfinite(med[1]) else 0.0
+    copies = tuple(float(((v < near) | (v == 0)).mean()) if len(v) else math.nan for v in (ds, dh))
+    warning = None
+    if len(ds) and len(dh):
+        if med[0] < NEAR_RATIO * med[1]:
+            warning = (
+                f"the samples lie much nearer the training rows than held-out rows do "
+                f"(median {med[0]:.3g} against {med[1]:.3g})"
+            )
+        elif copies[0] >= 0.01 and copies[0] >= 2 * copies[1]:
+            warning = (
+                f"{_pct(copies[0])} of the samples copy a training row (held-out rows: "
+                f"{_pct(copies[1])})"
+            )
+    return {
+        "samples": (len(s), totals[0]),
+        "held": (len(h), totals[1]),
+        "train": (len(t), totals[2]),
+        "median": med,
+        "p5": p5,
+        "copies": copies,
+        "copy_distance": near,
+        "warning": warning,
+    }
+
+
+def _nearest_fact(res: dict, held_name: str) -> tuple[str, str]:
+    key = "distance to the closest training row (memorisation check)"
+    (ns, _), (nh, _) = res["samples"], res["held"]
+    if not nh:
+        return key, f"n/a (the {held_name} split has no rows to compare the samples with)"
+    said = (
+        f"median {res['median'][0]:.3g} for {_count(ns, 'sample')}, {res['median'][1]:.3g} "
+        f"for the {_count(nh, f'{held_name} row')} (standardised units); copies of a training "
+        f"row: {_pct(res['copies'][0])} of the samples, {_pct(res['copies'][1])} of the "
+        f"{held_name} rows"
+    )
+    if res["warning"]:
+        return f"warning: {key}", (
+            f"{res['warning']}: the model may reproduce its training rows; {said}"
+        )
+    return key, f"{said}; samples no nearer than held-out rows: no sign of memorisation"
+
+
+def _nearest_html(res: dict, held_name: str) -> tuple[str, str]:
+    """The memorisation check's section: a title and its HTML."""
+    (ns, ts), (nh, th), (nt, tt) = res["samples"], res["held"], res["train"]
+    capped = []
+    if ns < ts:
+        capped.append(f"the first {ns:,} of {ts:,} samples")
+    if nh < th:
+        capped.append(f"the first {nh:,} of the {th:,} {held_name} rows")
+    if nt < tt:
+        capped.append(f"{nt:,} of the {tt:,} training rows, drawn at random")
+    cap = f" To bound its cost it measures {', '.join(capped)}." if capped else ""
+    text = (
+        f"<p>The distance from each sample, and from each row of the {held_name} split "
+        f"(rows the model was not trained on), to its closest training row, with every "
+        f"column divided by its training standard deviation.{cap} A model that generalises "
+        f"draws samples about as far from the training rows as held-out rows are; samples "
+        f"much nearer the training rows than the held-out rows (a far smaller median or 5th "
+        f"percentile), or many copies, mean that the model reproduces its training rows "
+        f"(memorisation), which matters before sharing the samples in place of the data. A "
+        f"copy: nearer a training row than {COPY_FRACTION:.0%} of the held-out rows' median "
+        f"distance ({res['copy_distance']:.3g}).</p>\n"
+    )
+    rows = [
+        ("samples", ns, 0),
+        (f"held-out rows ({held_name} split)", nh, 1),
+    ]
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
+            who, f"{k:,}", _num(res["median"][i]), _num(res["p5"][i]),
+            "n/a" if not k else _pct(res["copies"][i]),
+        )) + "</tr>"
+        for who, k, i in rows
+    )  # fmt: skip
+    head = ["", "rows", "median distance", "5th percentile", "copies"]
+    table = (
+        '<table class="nearest">\n<tr>'
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr>\n"
+        + body
+        + "\n</table>"
+    )
+    title = "Distance to the closest training row (memorisation check)"
+    return title, text + table
 
 
 # -- conditional runs ------------------------------------------------------------------------------
@@ -1423,19 +1737,49 @@ def report_destination(out, run: Path) -> Path:
     return path
 
 
-OUTSIDE_SHARE = 0.01  # samples beyond a column's training range worth a warning
+OUTSIDE_SHARE = 0.01  # samples beyond a column's training range worth naming the column for
+OUTSIDE_NAMED = 6  # columns the out-of-range warning names (then "and N more columns")
 
 
 BOUND_KEYS = ("lower", "upper")
 
 
+def _pct(share: float) -> str:
+    """A share as a percentage: one decimal from 1% up ("5.0%"), two significant digits
+    below ("0.43%", "0.033%"), never a rounded 0 for a share that is not 0."""
+    if share >= 0.01 or share == 0:
+        return f"{share:.1%}"
+    return f"{100 * share:.2g}%"
+
+
+def _sign_words(kinds: set) -> str:
+    """A value of the other sign than every training value of its column, as said of the
+    columns ``kinds`` holds (``"negative"`` for one of a column of values >= 0,
+    ``"positive"`` for one of values <= 0)."""
+    if kinds == {"negative"}:
+        return "a negative value in a column whose training values are all >= 0"
+    if kinds == {"positive"}:
+        return "a positive value in a column whose training values are all <= 0"
+    return "a value of the other sign than all of its column's training values"
+
+
 def outside_ranges(x, cfg: dict) -> str | None:
-    """What share of a table run's samples fall outside each column's training range, where
-    1% or more do (a bounded or positive column drawn past its bounds); None otherwise, or
-    for a run that recorded no ranges. (Draws from the data's own distribution pass the range
-    of n training rows with probability 2 / (n + 1).) A flow on the torus or the sphere
-    gets none: its samples lie on its manifold, where a column's range says nothing (a mode
-    across the seam at pi fills [-pi, pi]), and data.bounds does not apply."""
+    """One line on a table run's samples beyond their columns' training ranges (a bounded or
+    positive column drawn past its bounds); None where no column is named, or for a run that
+    recorded no ranges.
+
+    It names each column where 1% or more of the samples fall outside (:data:`OUTSIDE_SHARE`)
+    and each column with any sample of the other sign than all its training values (a
+    negative value where every training value is >= 0, a positive one where every value is
+    <= 0: an impossible value, not a tail), whatever its share; the first
+    :data:`OUTSIDE_NAMED` of them (those of the other sign first, then by share) with their
+    shares and ranges, then how many more. It also gives the share of sample rows with a
+    value outside any column's range, beside what draws from the data's own distribution give
+    (a draw passes the range of n training rows with probability 2 / (n + 1), so a row of d
+    columns at most 2d / (n + 1)), and the share with a value of the other sign. The samples
+    are looked at a chunk of rows at a time. A flow on the torus or the sphere gets none: its
+    samples lie on its manifold, where a column's range says nothing (a mode across the seam
+    at pi fills [-pi, pi]), and data.bounds does not apply."""
     if (cfg.get("model") or {}).get("name") in MANIFOLD_MODELS:
         return None
     ranges = cfg.get("resolved", {}).get("ranges")
@@ -1447,29 +1791,68 @@ def outside_ranges(x, cfg: dict) -> str | None:
         for r in ranges
     ):  # fmt: skip
         return None
+    d = len(ranges)
     lo, hi = torch.tensor(ranges, dtype=torch.float64).T
-    outside = torch.zeros(len(ranges), dtype=torch.int64)
-    step = _chunk_rows(len(ranges))  # rows at a time: never a copy of all
+    nonneg, nonpos = lo >= 0, hi <= 0  # (a column of zeros alone: constant, refused)
+    outside = torch.zeros(d, dtype=torch.int64)
+    flipped = torch.zeros(d, dtype=torch.int64)  # values of the other sign than the data's
+    rows_out = rows_flipped = 0
+    low = torch.full((d,), math.inf, dtype=torch.float64)
+    high = torch.full((d,), -math.inf, dtype=torch.float64)
+    step = _chunk_rows(d)  # rows at a time: never a copy of all
     for a in range(0, len(x), step):
         v = x[a : a + step].double()
-        outside += ((v < lo) | (v > hi)).sum(0)
-    share = outside.double() / len(x)  # (as the mean of the 0/1 flags: sum / n, exact sums)
+        out = (v < lo) | (v > hi)
+        flip = (nonneg & (v < 0)) | (nonpos & (v > 0))
+        outside += out.sum(0)
+        flipped += flip.sum(0)
+        rows_out += int(out.any(1).sum())
+        rows_flipped += int(flip.any(1).sum())
+        low = torch.minimum(low, v.min(0).values)
+        high = torch.maximum(high, v.max(0).values)
+    n = len(x)
+    share = outside.double() / n  # (as the mean of the 0/1 flags: sum / n, exact sums)
+    named = [j for j in range(d) if share[j] >= OUTSIDE_SHARE or flipped[j] > 0]
+    if not named:
+        return None
+    named.sort(key=lambda j: (-int(flipped[j]), -float(share[j]), j))  # the other sign first
     names = cfg["resolved"].get("columns")
-    if not isinstance(names, list) or len(names) != len(ranges):
+    if not isinstance(names, list) or len(names) != d:
         info = cfg["resolved"].get("context") or {}
         where = info.get("target_columns") if info.get("kind") == "columns" else None
-        if not (isinstance(where, list) and len(where) == len(ranges)):
-            where = range(len(ranges))  # (a conditional run's targets: their table columns)
-        names = [str(j) for j in where]
-    bad = [j for j in torch.argsort(share, descending=True).tolist() if share[j] >= OUTSIDE_SHARE]
-    if not bad:
-        return None
-    each = "; ".join(
-        f"{names[j]} {share[j]:.1%} (samples {x[:, j].double().min():.4g} to "
-        f"{x[:, j].double().max():.4g}, "
-        f"data {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
-        for j in bad[:5]
+        if not (isinstance(where, list) and len(where) == d):
+            where = range(d)  # (a conditional run's targets: their table columns)
+        names = [f"column {j}" for j in where]
+
+    def one(j: int) -> str:
+        sign = ""
+        if flipped[j]:
+            sign = f"{_pct(float(flipped[j]) / n)} {'negative' if nonneg[j] else 'positive'}; "
+        return (
+            f"{names[j]} {_pct(float(share[j]))} ({sign}samples {low[j]:.4g} to "
+            f"{high[j]:.4g}, data {ranges[j][0]:.4g} to {ranges[j][1]:.4g})"
+        )
+
+    each = "; ".join(one(j) for j in named[:OUTSIDE_NAMED])
+    left = len(named) - OUTSIDE_NAMED
+    if left > 0:
+        each += f"; and {_count(left, 'more column')}"
+    kinds = {"negative" if nonneg[j] else "positive" for j in named if flipped[j]}
+    which = "1% or more of the samples" + (", or any of the other sign than the data" if kinds
+                                           else "")  # fmt: skip
+    columns = "its one column" if d == 1 else f"{len(named)} of {d} columns"
+    context = cfg["resolved"].get("context")
+    train = (cfg["resolved"].get("examples") or {}).get("train")
+    base = ""
+    if not context and isinstance(train, int) and train > 0:
+        chance = min(1.0, 2 * d / (train + 1))
+        base = f"; draws from the data's own distribution: at most {_pct(chance)}"
+    said = (
+        f"in {columns} ({which}), and in {_pct(rows_out / n)} of the sample rows (a value "
+        f"outside in any column{base})"
     )
+    if kinds:
+        said += f"; {_pct(rows_flipped / n)} of the rows hold {_sign_words(kinds)}"
     bounds = cfg["resolved"].get("bounds")
     declared = set()
     if isinstance(bounds, dict) and all(
@@ -1480,20 +1863,19 @@ def outside_ranges(x, cfg: dict) -> str | None:
     hint = (
         " (a bounded or positive column? declare its bounds and the model keeps to them: "
         "data.bounds, e.g. --set data.bounds.COLUMN=positive or =[0, 1])"
-        if set(bad) - declared
+        if set(named) - declared
         else " (within the bounds declared, beyond the training values)"
     )
-    more = " ..." if len(bad) > 5 else ""
-    if cfg["resolved"].get("context"):  # samples for given contexts, a range over all of them
+    if context:  # samples for given contexts, a range over all of them
         return (
-            f"samples fall outside the training data's range (over all its contexts) in "
-            f"column(s) {each}{more}: for a context near the edge of the training contexts "
-            f"the data's own values can pass that range too; for one inside them, the model "
-            f"puts mass where the data has none{hint}"
+            f"samples fall outside the training data's range (over all its contexts) {said}: "
+            f"{each}: for a context near the edge of the training contexts the data's own "
+            f"values can pass that range too; for one inside them, the model puts mass where "
+            f"the data has none{hint}"
         )
     return (
-        f"samples fall outside the training data's range in column(s) {each}"
-        f"{more}: the model puts mass where the data has none{hint}"
+        f"samples fall outside the training data's range {said}: {each}: the model puts mass "
+        f"where the data has none{hint}"
     )
 
 
@@ -1525,6 +1907,8 @@ def _write_report(
     data_shape = tuple(r["data_shape"])
     info = r.get("context")
     figs: list[tuple[str, str]] = []
+    sections: list[tuple[int, str, str]] = []  # (figures before it, title, HTML): a table's
+    fidelity: dict = {}  # the table checks' figures, for the summary
     metrics, damaged = history  # (read with the model: _model_and_metrics)
     split = splits[0]  # (the split the page is about; the test split may follow it)
     discrete = r.get("levels") is not None
@@ -1681,20 +2065,82 @@ def _write_report(
         if isinstance(flow.base, StandardNormal):
             c_m = None if c_split is None else c_split[:m]
             z = latent(flow, x_split[:m], seed, c_m, flat=False).numpy()
-        outside = outside_ranges(samples.reshape(len(samples), -1), cfg)
+        flat = samples.reshape(len(samples), -1)
+        outside = outside_ranges(flat, cfg)
         if outside:
             facts.append(("warning: samples outside the data's range", outside))
         tf, tfacts = table_figures(
-            data[:m].numpy(),
-            samples.reshape(len(samples), -1).numpy(),
-            z,
-            names,
-            figdir,
-            split,
-            len(data),
+            data[:m].numpy(), flat.numpy(), z, names, figdir, split, len(data)
         )
+        first = len(figs)  # (the per-column table follows the marginals)
         figs += tf
         facts += tfacts
+        # the checks compare the samples with the split reported, or with the training split
+        # where the validation split (the default) is too small to show a model's errors: a
+        # KS statistic or a correlation moves by 0.2 to 0.4 by chance alone on 14 to 46 rows
+        versus, ref, ref_samples = split, data, flat
+        if split == "val" and len(data) < SMALL_SPLIT and len(ds.train) > len(data):
+            versus, ref = "train", ds.train.reshape(len(ds.train), -1)
+            if info is not None:  # (draws from the joint of the training split)
+                c = ds.split_context("train")[:5000]
+                ref_samples = sample_run(flow, cfg, 1, 1.0, seed + 3, context=c).reshape(len(c), -1)
+            chance = (
+                f"a column's KS statistic moves by up to "
+                f"{ks_noise(len(data), len(flat), d):.2f} by chance alone there"
+                if len(data)
+                else "nothing to compare with"
+            )
+            facts.append((
+                "note: checks against the training split",
+                f"the val split has only {_count(len(data), 'row')} ({chance}): the "
+                f"per-column statistics and the rows that name the training split compare "
+                f"the samples with the {_count(len(ref), 'training row')}, which the model "
+                f"was fitted to (the closest-row check shows whether it copies them); the "
+                f"figures show the val split, and --split test compares both with the test "
+                f"split",
+            ))  # fmt: skip
+            a, b = _finite_rows(ref[:5000].numpy()), _finite_rows(ref_samples.numpy())
+            if d >= 2 and min(len(a), len(b)) >= 3:
+                (cd, vd), (cs, vs) = _corr(a), _corr(b)
+                said, beyond = _corr_fact(cd, cs, vd, vs, names, len(a), len(b))
+                row = "largest correlation difference (samples - training split)"
+                facts.append((f"warning: {row}" if beyond else row, said))
+        m_ref = min(len(ref), 5000)
+        if m_ref:
+            st = column_statistics(ref[:m_ref].numpy(), ref_samples.numpy())
+            facts.append(_ks_fact(st, names, versus))
+            total = max(len(ref), st["rows"])
+            shown = f"{st['rows']:,} of {total:,} rows" if total > st["rows"] else (
+                _count(total, "row"))  # fmt: skip
+            sections.append((first + 1, *_columns_html(st, names, f"data ({versus}, {shown})")))
+            fidelity.update(
+                compared_with=versus,
+                rows=st["rows"],
+                samples=st["samples"],
+                ks_noise=st["noise"],
+                columns_beyond_noise=[names[j] for j in np.flatnonzero(st["beyond"])],
+            )
+        # memorisation: samples and held-out rows, each against the closest training row
+        held = split if split != "train" else "val"
+        x_held = ds.split(held).reshape(-1, d)
+        near_samples, contexts = flat, None
+        if info is not None and len(x_held):  # records with their contexts: samples drawn
+            c_h = ds.split_context(held)[:NEAREST_SAMPLES]  # for the held-out rows' own
+            k = max(1, NEAREST_SAMPLES // len(c_h))  # (several each for a small split)
+            near_samples = sample_run(flow, cfg, k, 1.0, seed + 4, context=c_h)
+            contexts = (ds.split_context("train"), c_h.repeat_interleave(k, 0), c_h)
+        near = nearest_check(ds.train, near_samples, x_held, seed, contexts)
+        facts.append(_nearest_fact(near, held))
+        if near["held"][0]:
+            sections.append((len(figs), *_nearest_html(near, held)))
+        fidelity["nearest_training_row"] = {
+            "held_out": held,
+            "median": {"samples": near["median"][0], "held_out": near["median"][1]},
+            "p5": {"samples": near["p5"][0], "held_out": near["p5"][1]},
+            "copies": {"samples": near["copies"][0], "held_out": near["copies"][1]},
+            "rows": {"samples": near["samples"][0], "held_out": near["held"][0],
+                     "train": near["train"][0]},
+        }  # fmt: skip
     if isinstance(flow.base, StandardNormal):  # the latents of a good fit look N(0, 1)
         z = latent(flow, x_split, seed, c_split)
         zs = _latent_plot(z, figdir / "latent.png")
@@ -1753,14 +2199,20 @@ def _write_report(
     # the temporary folder's random part), published before it: never another report's
     token = figdir.name[-len("XXXXXXXX.tmp") : -len(".tmp")]
     shown = [(t, f"{REPORT_DIR}/{versioned_figure(Path(p).name, token)}") for t, p in figs]
-    body = "\n".join(
+    parts = [
         f'<h2>{html.escape(t)}</h2>\n<img src="{html.escape(p)}" alt="{html.escape(t)}">'
         for t, p in shown
-    )
+    ]
+    # (inserted last first, so that each goes where the figures before it end)
+    for _, (at, t, part) in sorted(enumerate(sections), key=lambda e: (e[1][0], e[0]))[::-1]:
+        parts.insert(at, f"<h2>{html.escape(t)}</h2>\n{part}")
+    body = "\n".join(parts)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>flowforge report: {html.escape(run.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
+th{{text-align:left;padding-right:1em}}img{{max-width:100%}}
+table.columns td,table.nearest td{{text-align:right;padding:0 0.7em}}
+table.columns td:first-child,table.nearest td:first-child{{text-align:left}}</style></head>
 <body><h1>flowforge run <code>{html.escape(str(run))}</code></h1>
 <table>{table}</table>
 {body}
@@ -1804,6 +2256,8 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}</style></head>
             warnings=[f"{k[len('warning: ') :]}: {v}" for k, v in rows if k.startswith("warning:")],
             notes=[f"{k[len('note: ') :]}: {v}" for k, v in rows if k.startswith("note:")],
         )
+        if fidelity:
+            summary["fidelity"] = fidelity
         if unfinished:
             summary["run_status"] = unfinished
     return out
