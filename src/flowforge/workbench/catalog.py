@@ -60,6 +60,15 @@ DATASET_NOTES = {
     "torus-vonmises": "mixture of 4 von Mises products on the torus T^2, known density",
     "sphere-vmf": "mixture of 4 von Mises-Fisher on the sphere (unit vectors), known density",
     "surface-64": "a 2-D surface in R^64 with noise 0.01, known density on it (M-flows)",
+    # the benchmarks of the flow papers, read from their files under data.root
+    # (flowforge.workbench.benchmark_data; docs/benchmark-data.md)
+    "power": "UCI POWER as the MAF paper prepares it, 6-D (data.root: power/data.npy)",
+    "gas": "UCI GAS as the MAF paper prepares it, 8-D (data.root: gas/ethylene_CO.txt)",
+    "hepmass": "UCI HEPMASS as the MAF paper prepares it, 21-D (data.root: hepmass/*.csv)",
+    "miniboone": "UCI MINIBOONE as the MAF paper prepares it, 43-D (data.root: miniboone/data.npy)",
+    "bsds300": "BSDS300 8x8 patches, MAF paper's, 63-D (data.root: BSDS300/BSDS300.hdf5; h5py)",
+    "mnist": "MNIST 1x28x28, 256 levels; 50k/10k/10k (data.root: mnist/*-idx3-ubyte[.gz])",
+    "fashion-mnist": "Fashion-MNIST, as mnist (data.root: fashion-mnist/*-idx3-ubyte[.gz])",
 }
 
 SIZING = """\

@@ -1,7 +1,8 @@
 r"""Datasets for the workbench: a small registry plus user files.
 
 ``load_dataset(spec, seed=0, **options)`` returns a :class:`Dataset` with raw ``train``, ``val``
-and ``test`` tensors. ``spec`` is a registered name (``digits``, the 2-D toys) or a path: a
+and ``test`` tensors. ``spec`` is a registered name (``digits``, the 2-D toys, the benchmarks
+of :mod:`.benchmark_data` read from files under ``root``) or a path: a
 ``.npy`` / ``.npz`` / ``.csv`` table (rows are examples) or a folder of PNG/JPEG images.
 
 Units. Data stays on its own scale here. Discrete data (digits, images, tables given
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .._util import all_finite, suggest
-from . import manifold_data, toy_density
+from . import benchmark_data, manifold_data, toy_density
 from .catalog import DATASET_NOTES
 from .errors import ContextError, DataError, WorkbenchError, in_memory_data, shell_word, visible
 
@@ -265,7 +266,8 @@ FIXED_SPLITS = {
         f"digits has a fixed split (the tutorial's: its first 1,000 images train, the next 350 "
         f"validate, the last 447 test), so data.seed = {seed} changes nothing: runs of "
         "different data seeds score the same images"
-    )
+    ),
+    **benchmark_data.FIXED_SPLITS,  # (power, gas, ..., mnist: the benchmarks' own splits)
 }
 
 
@@ -319,6 +321,7 @@ DATASETS: dict[str, tuple[Callable[..., Dataset], str]] = {
     "digits": (_digits, DATASET_NOTES["digits"]),
     **{k: (_toy(k), DATASET_NOTES[k]) for k in TOYS},
     **{k: (_manifold(k), DATASET_NOTES[k]) for k in manifold_data.DATASET_NAMES},
+    **{k: (benchmark_data.loader(k), DATASET_NOTES[k]) for k in benchmark_data.NAMES},
 }
 
 
@@ -2952,7 +2955,8 @@ def load_dataset(
         limit: keep only the first ``limit`` training examples (quick experiments).
         options: dataset options: toys take ``n_train``, ``n_val``, ``n_test``; files take
             ``val_fraction``, ``test_fraction``, ``shuffle``; tables take ``levels`` and
-            ``standardize``; image folders take ``bits``.
+            ``standardize``; image folders take ``bits``; the benchmarks (``power`` ...
+            ``mnist``, :mod:`.benchmark_data`) take ``root``, the folder of their files.
         conditional: ``"label"``: a class-conditional dataset whose context is the one-hot
             label (digits; see :func:`make_conditional`).
         target_columns: for tables, the columns modelled as ``y``; the other columns become
