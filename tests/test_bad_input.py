@@ -1012,6 +1012,22 @@ def test_data_options_and_unreadable_files_are_one_line_errors(tmp_path, capsys)
     assert not (tmp_path / "r").exists()
 
 
+def test_an_npz_of_no_arrays_is_said_to_be_empty(tmp_path, capsys):
+    # (an audit: np.savez(path) with nothing in it starts with the zip's end record, was read as
+    # a .npy and gave "internal error: AttributeError: 'NpzFile' object has no attribute 'ndim'")
+    np.savez(tmp_path / "e.npz")
+    np.savez_compressed(tmp_path / "c.npz")
+    for f in ("e.npz", "c.npz"):
+        rc, _, err = cli(capsys, "train", "--model", "maf", "--data", tmp_path / f, "--out",
+                         tmp_path / "r")  # fmt: skip
+        one_line_error(rc, err, f"{f} is empty (no arrays)")
+        with pytest.raises(DataError, match=r"is empty \(no arrays\)"):
+            read_examples(str(tmp_path / f))
+    (tmp_path / "e.npy").write_bytes((tmp_path / "e.npz").read_bytes())
+    with pytest.raises(DataError, match=r"e.npy is not a readable .npy array"):
+        read_examples(str(tmp_path / "e.npy"))
+
+
 def test_small_columns_are_standardised_and_rounding_is_not():
     """A spread of 5e-9 in a column's own units is scaled like any other (the rule was an
     absolute 1e-8, and such a column's NLL came out 37 nats off); a column whose spread is

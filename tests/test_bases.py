@@ -54,6 +54,11 @@ def test_made_mog_base_through_make_base_and_temperature():
     assert flow.sample(4, temperature=0.5).shape == (4, 3)
     with pytest.raises(ValueError, match="unknown base"):
         ff.models.RealNVP(features=3, base="mog-made")
+    # (an audit: {"made-mog": {...}} was refused as "unknown base None")
+    with pytest.raises(ValueError, match="names itself with its 'name' key"):
+        ff.models.RealNVP(features=3, base={"made-mog": {"components": 2}})
+    flow = ff.models.RealNVP(features=3, layers=1, base={"name": "made-mog", "components": 2})
+    assert isinstance(flow.base, MADEMoG)
 
 
 def test_class_gaussian_base_needs_a_context():

@@ -323,3 +323,19 @@ def test_each_error_line_is_one_write_also_on_an_unbuffered_stderr(monkeypatch):
     assert command.main(["train", "--model", "realnvp", "--out", "x"]) == 1
     sys.stderr.flush()
     assert raw.writes and all(w.endswith(b"\n") for w in raw.writes), raw.writes
+
+
+def test_points_of_a_two_column_run_sample_to_a_png_scatter(tmp_path, capsys):
+    # (a coverage audit: sample --out s.png of 2-D points ran in no test; images do)
+    run = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "sample", run, "-n", 200, "--out", tmp_path / "s.png")
+    assert rc == 0 and "wrote 200 samples" in out, err
+    from PIL import Image
+
+    with Image.open(tmp_path / "s.png") as im:
+        colours = np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)
+        assert im.width > 100 and im.height > 100 and len(colours) > 2

@@ -773,3 +773,11 @@ def test_sample_maps_its_draws_in_chunks_as_one_pass_would():
     sizes.clear()
     flow.sample(10)
     assert sizes == [10]
+
+
+def test_bits_per_dim_checks_its_dimensions():
+    # (an audit: dims=0 gave ZeroDivisionError or inf, a negative one negative bits/dim)
+    assert ff.objectives.nll_to_bits_per_dim(64 * math.log(2), 64) == pytest.approx(1.0)
+    for dims in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="expected dims to be an integer >= 1"):
+            ff.objectives.nll_to_bits_per_dim(torch.tensor(10.0), dims)

@@ -569,6 +569,15 @@ def test_damaged_files_are_refused_on_resume_and_an_ended_run_writes_nothing(tmp
     (done / "checkpoint.safetensors").unlink()
     rc, _, err = cli(capsys, "train", "--out", done, "--resume", "--no-progress", "--quiet")
     one_line_error(rc, err, "though it holds a model trained for", "--overwrite")
+    # (an audit) the same for a finished run of one epoch, which was "stopped before the first"
+    one = tmp_path / "one"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", one,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", 64,
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    (one / "checkpoint.safetensors").unlink()
+    rc, _, err = cli(capsys, "train", "--out", one, "--resume", "--no-progress", "--quiet")
+    one_line_error(rc, err, "though it holds a model trained for 1 epoch (", "--overwrite")
 
 
 def test_training_and_loading_leave_the_callers_random_streams(tmp_path):

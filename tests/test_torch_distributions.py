@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -554,3 +555,38 @@ def test_a_mixture_base_scores_each_component_within_its_own_support():
     finally:
         Distribution.set_default_validate_args(held)
     assert base.log_prob(torch.zeros(0, 1)).shape == (0,)
+
+
+def test_an_independent_mixture_base_gives_minus_inf_outside_its_support():
+    # (an audit: Independent(MixtureSameFamily(...Exponential)) raised torch's five-line
+    # support error for a point outside, where the docstring promises -inf)
+    from torch.distributions import Distribution, Exponential
+
+    def factory(w, rate):
+        return Independent(MixtureSameFamily(Categorical(logits=w), Exponential(rate)), 1)
+
+    base = TorchBase(factory, w=torch.zeros(2, 3), rate=torch.ones(2, 3))
+    held = Distribution._validate_args
+    try:
+        for on in (True, False):
+            Distribution.set_default_validate_args(on)
+            lp = base.log_prob(torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, float("nan")]]))
+            assert lp[0].item() == pytest.approx(-2.0) and lp[1] == -math.inf and lp[2].isnan()
+    finally:
+        Distribution.set_default_validate_args(held)
+
+
+def test_a_support_torch_cannot_check_is_not_checked_twice():
+    # (an audit: a support torch cannot check switched torch's own validation on, which asks
+    # the same check and raised "Cannot determine validity of dependent constraint")
+    from torch.distributions import Normal, constraints
+
+    class Loose(Normal):
+        support = constraints.dependent
+
+    base = TorchBase(lambda loc: Independent(Loose(loc, torch.ones_like(loc)), 1),
+                     loc=torch.zeros(2))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lp = base.log_prob(torch.zeros(3, 2))
+    assert torch.allclose(lp, torch.full((3,), -math.log(2 * math.pi)))

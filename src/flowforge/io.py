@@ -254,6 +254,11 @@ def _open(path: Path) -> tuple[int, os.stat_result]:
     return fd, os.fstat(fd)
 
 
+class _Intact(ValueError):
+    """A file refused for what it is, not for damage: larger than the limit, or a safetensors
+    file of another program (its message is said as it is, without "corrupt or truncated?")."""
+
+
 def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; ``ValueError`` otherwise."""
     fd, st = _open(path)
@@ -261,9 +266,7 @@ def _read_bounded(path: Path, max_bytes: int, hint: str = "") -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{path} is not a regular file")
         if st.st_size > max_bytes:
-            raise ValueError(
-                f"{path} is {st.st_size:,} bytes, more than the limit of {max_bytes:,}{hint}"
-            )
+            raise _Intact(f"{st.st_size:,} bytes, more than the limit of {max_bytes:,}{hint}")
         chunks, left = [], st.st_size + 1  # one byte more: a file that grows is refused
         while left > 0:
             try:
@@ -293,7 +296,10 @@ def _parse_header(raw: bytes) -> tuple[dict, dict, int | None]:
         raise ValueError("the header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not isinstance(meta.get("flowforge"), str):
-        raise ValueError("the header has no flowforge metadata")
+        raise _Intact(  # (a safetensors file another program wrote)
+            "a safetensors file without flowforge's metadata: not a file flowforge wrote "
+            "(ff.save, a run's model.ff or checkpoint)"
+        )
     try:
         ours = json.loads(meta["flowforge"])
     except (json.JSONDecodeError, RecursionError) as e:
@@ -322,7 +328,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
             raw += chunk
     finally:
         os.close(fd)
-    return _parse_header(raw)[0]
+    try:
+        return _parse_header(raw)[0]
+    except _Intact as e:
+        raise ValueError(f"{path} is {e}") from None
+    except ValueError as e:  # (each names the file, as unpack's do)
+        raise ValueError(f"{path}: {e}") from None
 
 
 def _long_header(n: int, size: int) -> str:
@@ -369,9 +380,9 @@ def unpack(
     path = Path(path)
     st = _safetensors()
     try:
-        hint = (  # (a model file: what ff.load reads; a checkpoint has no such way)
+        hint = (  # (a model file: what ff.load reads; a run's checkpoint has no such way)
             "; a larger model you trust is read with ff.load(path, max_bytes=...)"
-            if what == "flowforge file"
+            if what in ("flowforge file", "flowforge checkpoint")
             else ""
         )
         data = _read_bounded(path, max_bytes, hint)
@@ -381,6 +392,8 @@ def unpack(
             raise ValueError("its tensors fail their checksum (a damaged file)")
     except Unreadable:
         raise  # (no permission, an I/O error: not a damaged file)
+    except _Intact as e:
+        raise ValueError(f"{path} is {e}") from None
     except ValueError as e:
         raise ValueError(f"{path} is not a readable {what} (corrupt or truncated?): {e}") from None
     except OSError as e:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ._util import all_finite, restore_modes, training_modes, warn
+from ._util import all_finite, checked_int, restore_modes, training_modes, warn
 from .core import Flow, NaNLogProb, NonFiniteSamples, _narrows, precision_lost
 from .transforms.dequantization import UniformDequantization
 from .transforms.iresnet import EXACT_LOGDET_MAX
@@ -185,8 +185,9 @@ def reverse_kl(
 
 
 def nll_to_bits_per_dim(nll_nats: Tensor | float, dims: int) -> Tensor | float:
-    """Convert a per-example NLL in nats to bits per dimension."""
-    return nll_nats / (dims * math.log(2))
+    """Convert a per-example NLL in nats to bits per dimension (``dims``: the dimensions of
+    one example, an integer >= 1)."""
+    return nll_nats / (checked_int("dims", dims) * math.log(2))
 
 
 @torch.no_grad()

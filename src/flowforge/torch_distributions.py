@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution as TorchDistribution
-from torch.distributions import MixtureSameFamily, constraints, register_kl
+from torch.distributions import Independent, MixtureSameFamily, constraints, register_kl
 
 from .core import Distribution, Flow, _fmt
 
@@ -239,8 +239,10 @@ class TorchBase(Distribution):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """``log p(z)``: ``-inf`` where ``z`` lies outside the distribution's support (a
-        density of zero), NaN for a row holding NaN or inf (an overflow in the layers before:
-        the flow then says so in its own words), whatever torch's global argument validation
+        density of zero; where torch can tell the support: not for a support it cannot check,
+        and a ``ValueError`` for a mixture nested deeper than a base ``MixtureSameFamily`` or
+        an ``Independent`` of one), NaN for a row holding NaN or inf (an overflow in the layers
+        before: the flow then says so in its own words), whatever torch's global argument validation
         is (``torch.compile`` switches it off for the whole process, and a bounded base would
         then give numbers outside its support); read without a host synchronisation."""
         self._check(z, context)
@@ -256,18 +258,31 @@ class TorchBase(Distribution):
         if isinstance(dist, MixtureSameFamily):  # (each component within its own support)
             _unvalidated(dist)
             lp = _mixture_log_prob(dist, safe)
+        elif isinstance(dist, Independent) and isinstance(dist.base_dist, MixtureSameFamily):
+            _unvalidated(dist)  # (a mixture per entry, its entries' log-densities summed)
+            lp = _mixture_log_prob(dist.base_dist, safe)
+            lp = lp.reshape(n, -1).sum(1) if dist.reinterpreted_batch_ndims else lp
         elif _holds_mixture(dist):
             # a support the check cannot tell (a mixture's components, each with its own
-            # support, checked all at once, inside another distribution): torch's own
-            # validation, whatever its global default, refuses a value outside it
+            # support, checked all at once, deeper inside another distribution): torch's own
+            # validation, whatever its global default, refuses a value outside it, said in
+            # one line
             _unvalidated(dist, on=True)
-            lp = dist.log_prob(safe)
+            try:
+                lp = dist.log_prob(safe)
+            except ValueError:
+                raise ValueError(
+                    f"a point lies outside the support of the base's {self._distribution_name} "
+                    "(a mixture inside it, whose support torch checks for all components at "
+                    "once): its density there is zero, which flowforge can give for a "
+                    "MixtureSameFamily, or an Independent of one, as the base itself"
+                ) from None
         else:
             try:
                 inside = _by_row(dist.support.check(safe)).all(1)
             except (NotImplementedError, ValueError, RuntimeError):  # (torch cannot tell)
-                inside = None
-            _unvalidated(dist, on=inside is None)  # (the support is checked here)
+                inside = None  # (nor can its own validation, which asks the same check)
+            _unvalidated(dist)  # (the support is checked here, where it can be)
             lp = dist.log_prob(safe)
             if inside is not None:
                 lp = torch.where(inside, lp, lp.new_tensor(-math.inf))

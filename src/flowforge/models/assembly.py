@@ -106,7 +106,15 @@ def _named(value, what: str, choices: Sequence) -> tuple[object, dict]:
     options: dict = {}
     if isinstance(value, dict):
         options = dict(value)
-        value = options.pop("name", None)
+        if "name" not in options:
+            shown = ", ".join(repr(k) for k in list(options)[:5])
+            one = next((c for c in options if c in choices), None)
+            like = f'{{"name": "{one if one else choices[0]}", ...}}'
+            raise ValueError(
+                f"a {what} given as a mapping names itself with its 'name' key ({like}); got "
+                f"the keys {shown or 'none'}"
+            )
+        value = options.pop("name")
     if value not in choices:
         raise unknown(what, value, [c for c in choices if c is not None])
     return value, options

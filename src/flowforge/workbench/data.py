@@ -1485,12 +1485,18 @@ def _check_npy_header(f, size: int, where: str) -> None:
 def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            zipped = f.read(4) == b"PK\x03\x04"  # (a zip appended to a .npy is still a .npy)
+            # (a zip appended to a .npy is still a .npy; an archive of no members, as
+            # np.savez(path) writes, starts at its end record)
+            zipped = f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
         if path.suffix.lower() == ".npy" or not (zipped and zipfile.is_zipfile(path)):
             # (a .npy renamed .npz is still one: its header is checked as any .npy's)
             with open(path, "rb") as f:
                 _check_npy_header(f, path.stat().st_size, str(path))
-            return np.load(path, allow_pickle=False)
+            out = np.load(path, allow_pickle=False)
+            if not isinstance(out, np.ndarray):  # (an archive numpy found after all)
+                out.close()
+                raise DataError(f"{path} is not a readable .npy array")
+            return out
         with zipfile.ZipFile(path) as zf:
             packed = [i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED]
             declared = sum(i.file_size for i in packed)
@@ -2733,6 +2739,8 @@ def read_table(
     raw = _read_array(path)
     where = str(path)
     if isinstance(raw, dict):
+        if not raw:
+            raise DataError(f"{path} is empty (no arrays)")
         if len(raw) != 1:
             splits = {"train", "val", "test"} <= set(raw)
             raise DataError(
@@ -2871,7 +2879,11 @@ def read_labelled(
     if suffix == ".npz" and path.is_file():
         raw = _read_array(path)
         if not isinstance(raw, dict) or "labels" not in raw or "x" not in raw:
-            held = f"arrays {sorted(raw)}" if isinstance(raw, dict) else "one array"
+            held = (
+                ("no arrays" if not raw else f"arrays {sorted(raw)}")
+                if isinstance(raw, dict)
+                else "one array"
+            )
             raise DataError(
                 f"{spec} holds {held}; a label-conditional run scores {LABELLED_FORMATS}"
             )

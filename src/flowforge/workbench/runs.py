@@ -388,10 +388,16 @@ def check_out_dir(out: Path, cfg: dict, resume: bool, overwrite: bool) -> dict |
         stored = run_config(out)
         if not _has_checkpoint(out):
             epochs = sum(1 for _ in _logged_epochs(out))
-            if (out / MODEL_FILE).exists() and epochs > 1:  # trained, its checkpoint removed
+            train = stored.get("train") if isinstance(stored, dict) else None
+            target = train.get("epochs") if isinstance(train, dict) else None
+            # trained, its checkpoint removed: more than the first epoch logged, or every
+            # epoch the run asked for (a finished one-epoch run)
+            done = isinstance(target, int) and 1 <= target <= epochs
+            if (out / MODEL_FILE).exists() and (epochs > 1 or done):
                 raise RunError(
                     f"{out} has no {CKPT_FILE} to resume from, though it holds a model trained "
-                    f"for {epochs} epochs (the checkpoint was removed?); use --overwrite "
+                    f"for {epochs} epoch{'s' if epochs != 1 else ''} (the checkpoint was "
+                    "removed?); use --overwrite "
                     "(overwrite=True from Python) to "
                     "train it again, or another --out"
                 )
