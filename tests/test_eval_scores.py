@@ -293,3 +293,44 @@ def test_samples_never_replace_the_runs_data_or_its_files(tmp_path, capsys):
     assert rc == 0, err
     rc, _, err = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.csv", "--overwrite")
     assert rc == 0, err  # (an earlier samples file is what --overwrite is for)
+
+
+def test_against_scores_another_run_on_the_same_examples_with_a_paired_error(
+    moons, tmp_path, capsys
+):
+    # two models on the same split: the difference is the mean of the per-example differences
+    # of their scores files, and its standard error theirs; another split or kind is refused
+    other = tmp_path / "maf"
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "moons", "--out", other,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", "64",
+                     "--epochs", "1", "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    for run, name in ((moons, "a.csv"), (other, "b.csv")):
+        rc, _, err = cli(capsys, "eval", run, "--scores", tmp_path / name)
+        assert rc == 0, err
+    a, b = (read_scores(tmp_path / n)[1][:, 0] for n in ("a.csv", "b.csv"))
+    diff = b - a  # (NLL of moons' run minus the other's)
+    rc, out, err = cli(capsys, "eval", moons, "--against", other, "--json")
+    assert rc == 0, err
+    res = json.loads(out)["against"]
+    assert res["difference"] == pytest.approx(diff.mean(), abs=1e-6)
+    assert res["difference_se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(len(diff)), rel=1e-4)
+    assert res["model"] == "maf" and res["run"] == str(other.resolve())
+    rc, out, err = cli(capsys, "eval", moons, "--against", other)
+    way = "worse" if diff.mean() > 0 else "better"
+    assert rc == 0 and f"this run is {abs(diff.mean()):.4f} +- " in out and way in out, out
+    # one file for both
+    x = load_dataset("moons").test[:50].numpy()
+    np.save(tmp_path / "x.npy", x)
+    rc, out, err = cli(capsys, "eval", moons, "--against", other, "--data", tmp_path / "x.npy")
+    assert rc == 0 and "on the same examples" in out, err
+    # refused: other draws of the data, the run itself, with --calibration
+    drawn = tmp_path / "seed3"
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "moons", "--out", drawn,
+                     "--set", "data.seed=3", "--model-kwargs", '{"layers": 1, "hidden": [4]}',
+                     "--limit", "64", "--epochs", "1", "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "eval", moons, "--against", drawn)
+    one_line_error(rc, err, "its data fingerprint differs", "--data FILE")
+    rc, _, err = cli(capsys, "eval", moons, "--against", moons)
+    one_line_error(rc, err, "is the run itself")

@@ -752,10 +752,28 @@ def cmd_eval(args) -> int:
             device=args.device,
             data=args.data,
         )
-    res = evaluate_run(
-        args.run, args.split, args.data, args.seed, args.batch_size, args.samples, args.iw,
-        args.trace, args.ode_tol, device=args.device, scores=scores is not None,
-    )  # fmt: skip
+    if args.against is not None:  # (refused before any scoring)
+        from .evaluate import check_comparable
+
+        if args.calibration:
+            from .errors import WorkbenchError
+
+            raise WorkbenchError("--against and --calibration: give one of them")
+        check_comparable(args.run, args.against, args.data)
+    score = dict(split=args.split, data=args.data, seed=args.seed, batch_size=args.batch_size,
+                 samples=args.samples, iw=args.iw, trace=args.trace, tol=args.ode_tol,
+                 device=args.device)  # fmt: skip
+    res = evaluate_run(args.run, scores=scores is not None or args.against is not None, **score)
+    if args.against is not None:  # the other run on the same examples, with the same draws
+        from .evaluate import compare_scores
+
+        other = evaluate_run(args.against, scores=True, **score)
+        res["against"] = {"run": str(Path(args.against).resolve()), "model":
+                          other["model"], **compare_scores(res, other)}  # fmt: skip
+        if scores is None:
+            del res["log_densities"], res["dims"]
+            res.pop("reference_log_densities", None)
+            res.pop("files", None)
     if calibration is not None:
         res["calibration"] = calibration
     wrote = None
@@ -834,6 +852,18 @@ def cmd_eval(args) -> int:
                     )
                 elif worse:
                     say_warning(f"the model scores worse than {short}: {worse_hint(args.run)}")
+        if "against" in res:
+            c = res["against"]
+            d, se = c["difference"], c["difference_se"]
+            way = "worse" if d > 0 else "better"
+            words = f"this run is {_nats(abs(d))}"
+            if se is None:
+                words += f" nats/example {way} (one example: no standard error)"
+            else:
+                words += f" +- {_nats(se)} nats/example {way}"
+                words += " (within the noise of these examples)" if abs(d) <= 2 * se else ""
+            print(f"{args.against} ({c['model']}): NLL {_nats(c['nll'])} on the same examples; "
+                  f"{words}")  # fmt: skip
         if calibration is not None:
             from .evaluate import describe_calibration
 
@@ -1675,6 +1705,12 @@ def make_parser() -> argparse.ArgumentParser:
         ".npy file, in the order of the split or file",
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing --scores file")
+    s.add_argument(
+        "--against",
+        metavar="OTHER_RUN",
+        help="also score another run on the same examples (its split of the same data, or "
+        "--data's file) and give the difference with its paired standard error",
+    )
     s.add_argument("--json", action="store_true")
     s.add_argument(
         "--seed",

@@ -735,6 +735,61 @@ def against_reference(res: dict, key: str) -> tuple[str, bool]:
     return words, d > 2 * se
 
 
+def check_comparable(run, other, data=None) -> None:
+    """Refuse ``eval RUN --against OTHER`` where their numbers would not be of the same
+    examples in the same units: another split of the data (a data fingerprint that differs,
+    without ``--data`` naming one file for both), other levels or integer columns (a bound on
+    probabilities beside a density), a density on a manifold beside one in space, or an
+    M-flow (whose score is not a log-density of the data)."""
+    from .runs import run_config
+
+    a, b = run_config(run), run_config(other)
+    ra, rb = a.get("resolved") or {}, b.get("resolved") or {}
+    if Path(run).resolve() == Path(other).resolve():
+        raise DataError(f"--against {other} is the run itself: give another run")
+    if "mflow" in (a["model"]["name"], b["model"]["name"]):
+        raise DataError("--against compares log-densities; an M-flow's score is not one")
+    if list(ra.get("event_shape") or ()) != list(rb.get("event_shape") or ()):
+        raise DataError(
+            f"{other} models examples of shape {rb.get('event_shape')}, this run "
+            f"{ra.get('event_shape')}: their log-densities are of different things"
+        )
+    for key, what in (("levels", "levels"), ("integers", "integer columns")):
+        if ra.get(key) != rb.get(key):
+            raise DataError(
+                f"{other} has other {what} ({rb.get(key)}) than this run ({ra.get(key)}): a "
+                "bound on the probability of discrete values and a density do not compare"
+            )
+    units = [density_unit(c["model"]["name"], 1) for c in (a, b)]
+    if units[0] != units[1]:
+        here, there = (u or "volume of the space" for u in units)
+        raise DataError(f"{other}'s density is per {there}, this run's per {here}: they do not "
+                        "compare")  # fmt: skip
+    if data is None:
+        fa, fb = (r.get("data_fingerprint") or {} for r in (ra, rb))
+        if not fa.get("sha256") or fa.get("sha256") != fb.get("sha256"):
+            raise DataError(
+                f"{other} was trained on other data or another split of it (its data "
+                "fingerprint differs), so its split is of other examples; compare the two on "
+                "one file: --data FILE"
+            )
+
+
+def compare_scores(res: dict, other: dict) -> dict:
+    """This run's NLL minus ``other``'s on the same examples (both ``evaluate_run`` results
+    with ``scores=True``), with the paired standard error: ``{"nll", "difference",
+    "difference_se"}`` (None for one example)."""
+    a, b = np.asarray(res["log_densities"]), np.asarray(other["log_densities"])
+    if a.shape != b.shape:  # (checked before: the same examples)
+        raise DataError("the two runs scored different numbers of examples")
+    diff = b - a  # this run's NLL minus the other's, example by example
+    return {
+        "nll": other["nll"],
+        "difference": float(diff.mean()),
+        "difference_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None,
+    }
+
+
 def _integer_chunks(a, width: int):
     """The rows of ``a`` (examples of ``width`` values, a tensor or an array) as int64
     arrays ``(rows, width)``, a chunk of rows at a time (``data._chunk_rows``): never an
