@@ -1056,29 +1056,7 @@ def cmd_sample(args) -> int:
     from .report import outside_ranges
 
     warned = [*dict.fromkeys(str(w.message) for w in said), outside_ranges(x, cfg)]
-    warned.append(_unseen_integers(x, cfg))
-    from .data import INTEGERS_NOTE
-
-    whole = cfg["resolved"].get("whole_columns")
-    if isinstance(whole, list) and whole and x.dim() == 2:
-        from .report import _column_names
-
-        names = _column_names(cfg, x.shape[1])
-        said = [names[j] for j in whole if isinstance(j, int) and 0 <= j < len(names)][:8]
-        if said:
-            warned.append(
-                f"column(s) {', '.join(said)}{' ...' if len(whole) > 8 else ''} hold only "
-                "whole numbers in the training data, and the model is continuous: its samples "
-                "are not whole there (round them, or declare the columns in data.integers, with "
-                "bounds, and train again)"
-            )
-    for note in cfg["resolved"].get("data_warnings") or ():  # (what the samples hold there)
-        if isinstance(note, str) and INTEGERS_NOTE in note:
-            warned.append(
-                f"the training data: {note.split(';')[0]}, and this run models them as "
-                "continuous: its samples hold non-integer values there (declare them in "
-                "data.integers, with bounds, and train again for integer samples)"
-            )
+    warned += [_unseen_integers(x, cfg), *_continuous_integers(x, cfg)]
     clamped = float(getattr(flow, "clamped", 0.0))  # draws outside the data's levels
     if clamped and cfg["resolved"].get("levels") is None:  # integer columns with bounds
         by = getattr(flow, "clamped_columns", None)
@@ -1331,6 +1309,37 @@ def cmd_decompress(args) -> int:
     if "note" in res:
         print(f"note: {res['note']}")
     return 0
+
+
+def _continuous_integers(x, cfg: dict) -> list[str]:
+    """Warnings for the columns of whole numbers a table run models as continuous, whose
+    samples are then not whole: those train warned of (few values that repeat), repeated, and
+    those of many values it leaves out (``resolved.whole_columns``: a count in the thousands,
+    a timestamp)."""
+    from .data import INTEGERS_NOTE
+
+    out = []
+    whole = cfg["resolved"].get("whole_columns")
+    if isinstance(whole, list) and whole and x.dim() == 2:
+        from .report import _column_names
+
+        names = _column_names(cfg, x.shape[1])
+        listed = [names[j] for j in whole if isinstance(j, int) and 0 <= j < len(names)][:8]
+        if listed:
+            out.append(
+                f"column(s) {', '.join(listed)}{' ...' if len(whole) > 8 else ''} hold only "
+                "whole numbers in the training data, and the model is continuous: its samples "
+                "are not whole there (round them, or declare the columns in data.integers, with "
+                "bounds, and train again)"
+            )
+    for note in cfg["resolved"].get("data_warnings") or ():
+        if isinstance(note, str) and INTEGERS_NOTE in note:
+            out.append(
+                f"the training data: {note.split(';')[0]}, and this run models them as "
+                "continuous: its samples hold non-integer values there (declare them in "
+                "data.integers, with bounds, and train again for integer samples)"
+            )
+    return out
 
 
 UNSEEN_SHARE = 0.01  # samples on an integer value the training data never held: said
