@@ -181,6 +181,8 @@ def test_gas_reads_the_uci_text_drops_correlated_sensors_and_standardises_all_ro
     # 6 and 7, then 6 with 7), the anti-correlated 8 and 9 kept
     keep = [j for j in range(16) if j not in (0, 4, 5)]
     assert ds.info["columns"] == [f"sensor_{j + 1}" for j in keep]
+    # 13 columns, not the papers' 8: these rows are not the papers' GAS, and that is said
+    assert any("not the 8 of the papers' GAS" in w for w in ds.info["warnings"])
     rows = np.random.RandomState(benchmark_data.GAS_SEED).permutation(400)[:100]
     a = raw[rows][:, 3:][:, keep]
     a = (a - a.mean(0)) / a.std(0, ddof=1)  # (all rows, pandas' ddof 1, before the split)
