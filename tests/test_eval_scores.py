@@ -331,6 +331,36 @@ def test_against_scores_another_run_on_the_same_examples_with_a_paired_error(
                      "--limit", "64", "--epochs", "1", "--no-progress", "--quiet")  # fmt: skip
     assert rc == 0, err
     rc, _, err = cli(capsys, "eval", moons, "--against", drawn)
-    one_line_error(rc, err, "its data fingerprint differs", "--data FILE")
+    one_line_error(rc, err, "test split holds other examples than this run's", "--data FILE")
     rc, _, err = cli(capsys, "eval", moons, "--against", moons)
     one_line_error(rc, err, "is the run itself")
+    # (a review) a run on fewer training rows, the same split: compared, not refused
+    fewer = tmp_path / "fewer"
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", "moons", "--out", fewer,
+                     "--model-kwargs", '{"layers": 1, "hidden": [4]}', "--limit", "32",
+                     "--epochs", "1", "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", moons, "--against", fewer)
+    assert rc == 0 and "on the same examples" in out, err
+
+
+def test_against_refuses_runs_of_another_quantity(labelled, tmp_path, capsys):
+    # (a review: two conditional runs of other target columns were compared on one file)
+    g = np.random.default_rng(0)
+    path = tmp_path / "t.csv"
+    np.savetxt(path, g.normal(size=(200, 3)), delimiter=",", header="a,b,c", comments="")
+    runs = []
+    for targets in ("a,b", "b,c"):
+        runs.append(tmp_path / targets.replace(",", ""))
+        rc, _, err = cli(capsys, "train", "--model", "maf", "--data", path, "--target-columns",
+                         targets, "--model-kwargs", '{"hidden": [8]}', "--epochs", "1",
+                         "--out", runs[-1], "--no-progress", "--quiet")  # fmt: skip
+        assert rc == 0, err
+    rc, _, err = cli(capsys, "eval", runs[0], "--against", runs[1], "--data", path)
+    one_line_error(rc, err, "models p(columns [1, 2] | columns [0]), this run p(columns [0, 1]")
+    unconditional = tmp_path / "u"
+    plain = [a for a in TINY_LABEL_RUN if a not in ("--conditional", "label")]
+    rc, _, err = cli(capsys, *plain, "--out", unconditional)
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "eval", unconditional, "--against", labelled)
+    one_line_error(rc, err, "models p(x | label), this run p(x)")

@@ -550,6 +550,10 @@ def test_a_text_column_is_named_with_what_to_do(tmp_path):
     msg = str(e.value)
     assert "cannot read 'blue' as a number (column 'eye colour' holds text" in msg, msg
     assert "--set 'data.integers=[eye colour]' --set 'data.bounds.eye colour=[0,K-1]'" in msg
+    # a cell with a letter below numbers in its column is a stray cell, not a text column
+    path.write_text("a,b\n1,2\n3,1.5e-3x\n5,6\n")
+    with pytest.raises(DataError, match=r"column 'b' holds numbers on the lines above: a stray"):
+        load_dataset(str(path))
 
 
 def test_a_last_best_epoch_on_spiky_columns_does_not_ask_for_more_epochs(tmp_path, capsys):

@@ -109,7 +109,12 @@ def _named(value, what: str, choices: Sequence) -> tuple[object, dict]:
         if "name" not in options:
             shown = ", ".join(repr(k) for k in list(options)[:5])
             one = next((c for c in options if c in choices), None)
-            like = f'{{"name": "{one if one else choices[0]}", ...}}'
+            named = [c for c in choices if c is not None]
+            like = (
+                f'{{"name": "{one}", ...}}'
+                if one
+                else f'{{"name": NAME, ...}}, NAME one of {", ".join(map(str, named))}'
+            )
             raise ValueError(
                 f"a {what} given as a mapping names itself with its 'name' key ({like}); got "
                 f"the keys {shown or 'none'}"

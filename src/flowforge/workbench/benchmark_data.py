@@ -160,7 +160,7 @@ def _tail_splits(a: np.ndarray, path) -> list[np.ndarray]:
     n_test = int(0.1 * len(a))
     n_val = int(0.1 * (len(a) - n_test))
     if n_val < 1:
-        raise DataError(f"{path}: {len(a)} rows; the benchmark's split needs at least 12")
+        raise DataError(f"{path}: {len(a)} rows; the benchmark's split needs at least 11")
     return [a[: len(a) - n_test - n_val], a[len(a) - n_test - n_val : len(a) - n_test],
             a[len(a) - n_test :]]  # fmt: skip
 

@@ -473,11 +473,13 @@ def build_flow(
             if seen:
                 resolved["integer_values"] = seen
         # whole-numbered columns left continuous (not declared, and too many values for the
-        # integer-columns warning): `flowforge sample` says its values there are not whole
+        # integer-columns warning): `flowforge sample` says its values there are not whole.
+        # (Above 2^24 every float32 is whole: such a column's own values cannot tell.)
         whole = [
             j
             for j in range(t.shape[1])
             if j not in (integers or ())
+            and float(t[:, j].abs().max()) < 2**24
             and bool((t[:, j] == t[:, j].round()).all())
             and not discrete_column(len(t), len(torch.unique(t[:, j])))
         ]

@@ -728,6 +728,15 @@ def cmd_eval(args) -> int:
     calibration = None
     _eval_split(args)
     scores = _scores_path(args)  # (checked before any scoring)
+    mine = theirs = None  # (the runs' data, where comparing them read it)
+    if args.against is not None:  # (refused before any scoring)
+        from .evaluate import check_comparable
+
+        if args.calibration:
+            from .errors import WorkbenchError
+
+            raise WorkbenchError("--against and --calibration: give one of them")
+        mine, theirs = check_comparable(args.run, args.against, args.data, args.split)
     if not args.calibration and (
         args.calibration_samples is not None or args.calibration_pairs is not None
     ):
@@ -752,22 +761,15 @@ def cmd_eval(args) -> int:
             device=args.device,
             data=args.data,
         )
-    if args.against is not None:  # (refused before any scoring)
-        from .evaluate import check_comparable
-
-        if args.calibration:
-            from .errors import WorkbenchError
-
-            raise WorkbenchError("--against and --calibration: give one of them")
-        check_comparable(args.run, args.against, args.data)
     score = dict(split=args.split, data=args.data, seed=args.seed, batch_size=args.batch_size,
                  samples=args.samples, iw=args.iw, trace=args.trace, tol=args.ode_tol,
                  device=args.device)  # fmt: skip
-    res = evaluate_run(args.run, scores=scores is not None or args.against is not None, **score)
+    keep = scores is not None or args.against is not None  # (each example's log-density)
+    res = evaluate_run(args.run, dataset=mine, scores=keep, **score)
     if args.against is not None:  # the other run on the same examples, with the same draws
         from .evaluate import compare_scores
 
-        other = evaluate_run(args.against, scores=True, **score)
+        other = evaluate_run(args.against, dataset=theirs, scores=True, **score)
         res["against"] = {"run": str(Path(args.against).resolve()), "model":
                           other["model"], **compare_scores(res, other)}  # fmt: skip
         if scores is None:
@@ -1062,11 +1064,11 @@ def cmd_sample(args) -> int:
         by = getattr(flow, "clamped_columns", None)
         where = ""
         if by is not None and by.dim() == 1 and len(by) == x.shape[-1]:
-            from .report import _column_names
+            from .report import _column_names, _pct
 
             names, shares = _column_names(cfg, len(by)), by.tolist()
             each = sorted(zip(names, shares), key=lambda e: -e[1])
-            where = " (" + ", ".join(f"{n} {v:.2%}" for n, v in each if v > 0) + ")"
+            where = " (" + ", ".join(f"{n} {_pct(v)}" for n, v in each if v > 0) + ")"
         warned.append(
             f"{clamped:.2%} of the sampled values of the integer columns fell outside their "
             f"bounds and were clamped to them{where}: the model puts that mass outside the "
@@ -1314,8 +1316,8 @@ def cmd_decompress(args) -> int:
 def _continuous_integers(x, cfg: dict) -> list[str]:
     """Warnings for the columns of whole numbers a table run models as continuous, whose
     samples are then not whole: those train warned of (few values that repeat), repeated, and
-    those of many values it leaves out (``resolved.whole_columns``: a count in the thousands,
-    a timestamp)."""
+    those of many values it leaves out (``resolved.whole_columns``: a count in the
+    thousands)."""
     from .data import INTEGERS_NOTE
 
     out = []
@@ -1355,7 +1357,7 @@ def _unseen_integers(x, cfg: dict) -> str | None:
         return None
     import torch
 
-    from .report import _column_names
+    from .report import _column_names, _pct
 
     names, found = _column_names(cfg, x.shape[1]), []
     for key, values in seen.items():
@@ -1371,7 +1373,7 @@ def _unseen_integers(x, cfg: dict) -> str | None:
         if share >= UNSEEN_SHARE:
             shown = sorted(set(col[new].tolist()))
             listed = ", ".join(f"{v:g}" for v in shown[:6]) + (" ..." if len(shown) > 6 else "")
-            found.append(f"{names[j]} {share:.1%} ({listed})")
+            found.append(f"{names[j]} {_pct(share)} ({listed})")
     if not found:
         return None
     return (

@@ -593,9 +593,10 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                             "or an empty column, delete the column)"
                         )
                     hint = missing or _cell_hint(bad) or _other_separator(row)
-                    if not hint and re.search(r"[^\W\d_]", bad):  # (letters: a text column)
-                        name = visible(columns[j]) if columns else f"{j}"
-                        said = repr(name) if columns else f"{j} (0-based)"
+                    name = visible(columns[j]) if columns else f"{j}"
+                    said = repr(name) if columns else f"{j} (0-based)"
+                    if not hint and re.search(r"[^\W\d_]", bad) and not lines:
+                        # (letters on the first data row: a text column)
                         declare = " ".join(
                             f"--set {shell_word(f'data.{k}')}"
                             for k in (f"integers=[{name}]", f"bounds.{name}=[0,K-1]")
@@ -603,7 +604,12 @@ def _parse_csv(path: Path, encoding: str, errors: str, header, names, width=None
                         hint = (
                             f" (column {said} holds text, a label or a category: flowforge "
                             "models numbers; drop the column, or code its categories as "
-                            f"integers 0 to K-1 and declare them: {declare})"
+                            f"integers 0 to K-1, declared when training: {declare})"
+                        )
+                    elif not hint and re.search(r"[^\W\d_]", bad):  # (numbers above it)
+                        hint = (
+                            f" (column {said} holds numbers on the lines above: a stray cell? "
+                            "correct it, or drop its row)"
                         )
                     raise DataError(
                         f"{path}: line {lineno}: cannot read {bad.strip()!r} as a number{hint}"

@@ -735,12 +735,15 @@ def against_reference(res: dict, key: str) -> tuple[str, bool]:
     return words, d > 2 * se
 
 
-def check_comparable(run, other, data=None) -> None:
+def check_comparable(run, other, data=None, split: str = "test"):
     """Refuse ``eval RUN --against OTHER`` where their numbers would not be of the same
-    examples in the same units: another split of the data (a data fingerprint that differs,
-    without ``--data`` naming one file for both), other levels or integer columns (a bound on
+    examples in the same units: another quantity (other modelled columns, another context:
+    ``p(y | x)`` against ``p(x)``), other examples (another split of the data, without
+    ``--data`` naming one file for both), other levels or integer columns (a bound on
     probabilities beside a density), a density on a manifold beside one in space, or an
-    M-flow (whose score is not a log-density of the data)."""
+    M-flow (whose score is not a log-density of the data). Returns the two runs' datasets where
+    they had to be read to compare the split's examples (runs of the same split of the same
+    data, trained on other rows: another ``--limit``), else ``(None, None)``."""
     from .runs import run_config
 
     a, b = run_config(run), run_config(other)
@@ -749,6 +752,25 @@ def check_comparable(run, other, data=None) -> None:
         raise DataError(f"--against {other} is the run itself: give another run")
     if "mflow" in (a["model"]["name"], b["model"]["name"]):
         raise DataError("--against compares log-densities; an M-flow's score is not one")
+    ca, cb = (r.get("context") or {} for r in (ra, rb))
+    if ca.get("kind") != cb.get("kind") or any(
+        ca.get(k) != cb.get(k) for k in ("target_columns", "context_columns", "classes")
+    ):
+
+        def quantity(c: dict) -> str:
+            if c.get("kind") == "columns":
+                return f"p(columns {c.get('target_columns')} | columns {c.get('context_columns')})"
+            return "p(x | label)" if c.get("kind") == "label" else "p(x)"
+
+        raise DataError(
+            f"{other} models {quantity(cb)}, this run {quantity(ca)}: their log-densities do "
+            "not compare"
+        )
+    if ra.get("columns") and rb.get("columns") and ra["columns"] != rb["columns"]:
+        raise DataError(
+            f"{other} models the columns {rb['columns']}, this run {ra['columns']}: their "
+            "log-densities are of different things"
+        )
     if list(ra.get("event_shape") or ()) != list(rb.get("event_shape") or ()):
         raise DataError(
             f"{other} models examples of shape {rb.get('event_shape')}, this run "
@@ -765,14 +787,28 @@ def check_comparable(run, other, data=None) -> None:
         here, there = (u or "volume of the space" for u in units)
         raise DataError(f"{other}'s density is per {there}, this run's per {here}: they do not "
                         "compare")  # fmt: skip
-    if data is None:
-        fa, fb = (r.get("data_fingerprint") or {} for r in (ra, rb))
-        if not fa.get("sha256") or fa.get("sha256") != fb.get("sha256"):
-            raise DataError(
-                f"{other} was trained on other data or another split of it (its data "
-                "fingerprint differs), so its split is of other examples; compare the two on "
-                "one file: --data FILE"
-            )
+    if data is not None:
+        return None, None
+    fa, fb = (r.get("data_fingerprint") or {} for r in (ra, rb))
+    if fa.get("sha256") and fa.get("sha256") == fb.get("sha256"):
+        return None, None
+    # trained on other rows (another --limit) or another split: the split's own examples say
+    try:
+        da, db = run_dataset(a, checks=False), run_dataset(b, checks=False)
+    except (DataError, OSError, ValueError) as e:
+        raise DataError(f"cannot read the data of both runs to compare their {split} splits: "
+                        f"{_one_line(e)}") from None  # fmt: skip
+    same = da.split(split).shape == db.split(split).shape and torch.equal(
+        da.split(split), db.split(split)
+    )
+    ka, kb = da.split_context(split), db.split_context(split)
+    if same and (ka is None) == (kb is None) and (ka is None or torch.equal(ka, kb)):
+        return da, db
+    raise DataError(
+        f"{other}'s {split} split holds other examples than this run's (other data, or the "
+        "data split another way: another data.seed, shuffle or fractions); compare the two "
+        "on one file: --data FILE"
+    )
 
 
 def compare_scores(res: dict, other: dict) -> dict:

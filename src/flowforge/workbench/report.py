@@ -192,6 +192,7 @@ def sample_run(
     flow.eval()
     out = torch.empty(rows, n, *shape)
     clamped = 0.0  # an integer flow's values drawn outside its levels, over all the chunks
+    by_column = None  # and for integer columns, each column's share
     bad = 0  # samples with a value that is not finite, counted chunk by chunk (as stored)
     with fork_rng():
         torch.manual_seed(seed)
@@ -202,8 +203,14 @@ def sample_run(
             part.copy_(x.reshape(m, rows, *shape).transpose(0, 1))
             bad += int((~torch.isfinite(part.reshape(rows * m, -1))).any(1).sum())
             clamped += float(getattr(flow, "clamped", 0.0)) * m / n
+            by = getattr(flow, "clamped_columns", None)  # (each integer column's, likewise)
+            if by is not None:
+                part_share = by.detach().cpu() * (m / n)
+                by_column = part_share if by_column is None else by_column + part_share
     if hasattr(flow, "clamped"):
         flow.clamped = clamped  # the whole draw's fraction, for the caller to report
+    if by_column is not None:
+        flow.clamped_columns = by_column
     if bad:
         raise WorkbenchError(
             f"{bad} of {rows * n} samples are not finite (inf or NaN): the model is unstable "
@@ -1109,7 +1116,7 @@ def _ks_fact(st: dict, names, split: str) -> tuple[str, str]:
             f"{counts}); the per-column table below"
         )
     each = ", ".join(f"{names[j]} {st['ks'][j]:.3f}" for j in bad[:OUTSIDE_NAMED])
-    more = f", and {_count(len(bad) - OUTSIDE_NAMED, 'more')}" if len(bad) > OUTSIDE_NAMED else ""
+    more = f", and {len(bad) - OUTSIDE_NAMED:,} more" if len(bad) > OUTSIDE_NAMED else ""
     return f"warning: {key}", (
         f"{len(bad)} of {_count(d, 'column')} {'differs' if len(bad) == 1 else 'differ'} "
         f"from the data beyond sampling noise (KS above {st['noise']:.3f}, what sampling "
@@ -1177,13 +1184,14 @@ def nearest_distances(train: Tensor, queries: Tensor) -> Tensor:
 
 def _rows(c: Tensor) -> Tensor:
     """Context rows as a 2-D float64 table (a label as one column)."""
-    return c.reshape(len(c), -1).double()
+    return (c.flatten(1) if c.dim() > 1 else c.unsqueeze(1)).double()
 
 
 def _records(x, c, rows) -> Tensor:
     """Rows ``rows`` (a slice or indices) of a table ``x`` in float64, led by the same rows of
     their context ``c`` where there is one."""
-    x = torch.as_tensor(x).reshape(len(x), -1)[rows].double()
+    x = torch.as_tensor(x)
+    x = (x.flatten(1) if x.dim() > 1 else x.unsqueeze(1))[rows].double()
     return x if c is None else torch.cat([_rows(torch.as_tensor(c)[rows]), x], 1)
 
 
@@ -1264,7 +1272,16 @@ def _nearest_fact(res: dict, held_name: str) -> tuple[str, str]:
         return f"warning: {key}", (
             f"{res['warning']}: the model may reproduce its training rows; {said}"
         )
-    return key, f"{said}; samples no nearer than held-out rows: no sign of memorisation"
+    ms, mh = res["median"]
+    how = (
+        f"the samples' median is {ms / mh:.2f} of the held-out rows'"
+        if mh > 0 and math.isfinite(ms / mh)
+        else "the held-out rows' median is 0"
+    )
+    return key, (
+        f"{said}; {how} (a warning below {NEAR_RATIO:g}, or with 1% or more copies): no sign "
+        "of memorisation"
+    )
 
 
 def _nearest_html(res: dict, held_name: str) -> tuple[str, str]:
