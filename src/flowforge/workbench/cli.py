@@ -1337,7 +1337,8 @@ def _continuous_integers(x, cfg: dict) -> list[str]:
     for note in cfg["resolved"].get("data_warnings") or ():
         if isinstance(note, str) and INTEGERS_NOTE in note:
             out.append(
-                f"the training data: {note.split(';')[0]}, and this run models them as "
+                f"the training data: {note.split(INTEGERS_NOTE)[0]}{INTEGERS_NOTE}, and this "
+                "run models them as "
                 "continuous: its samples hold non-integer values there (declare them in "
                 "data.integers, with bounds, and train again for integer samples)"
             )
