@@ -288,6 +288,13 @@ def test_train_eval_and_resume_on_a_benchmark(tmp_path, capsys):
     assert out.startswith("test NLL ") and "nats/example (30 examples)" in out
     rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--no-progress", "--quiet")
     assert rc == 0, err  # (the data read again, its fingerprint the run's)
+    # (an audit) outputs never go under data.root, where they could replace the run's files
+    before = (tmp_path / "data" / "power" / "data.npy").read_bytes()
+    for args in (("sample", run, "-n", 5, "--out", tmp_path / "data" / "power" / "data.npy"),
+                 ("eval", run, "--scores", tmp_path / "data" / "power" / "data.npy")):  # fmt: skip
+        rc, _, err = cli(capsys, *args, "--overwrite")
+        one_line_error(rc, err, "is inside", "the data.root this run's benchmark files")
+    assert (tmp_path / "data" / "power" / "data.npy").read_bytes() == before
     # one value changed since: eval refuses rather than score other data
     raw = np.load(tmp_path / "data" / "power" / "data.npy")
     raw[0, 0] += 1
@@ -363,7 +370,13 @@ def test_a_truncated_idx_file_is_refused_before_it_is_read(tmp_path, capsys):
     )
     path.unlink()
     _idx(path, np.zeros((60, 28, 28)))
-    with pytest.raises(DataError, match="more than flowforge reads"):
+    with pytest.raises(DataError, match="more than the 100,000 flowforge reads"):
+        load_dataset("mnist", root=str(tmp_path))
+    # (an audit) a gzip bomb within that: 100,001 images of zeros in a file of about 80 KB
+    gz.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + (100_001).to_bytes(4, "big")
+                                 + bytes([0, 0, 0, 28]) * 2 + bytes(100_001 * 784)))  # fmt: skip
+    assert gz.stat().st_size < 200_000
+    with pytest.raises(DataError, match="more than the 100,000 flowforge reads"):
         load_dataset("mnist", root=str(tmp_path))
     gz.write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + bytes(5)))
     with pytest.raises(DataError, match="not an idx file of images"):
@@ -397,3 +410,14 @@ def test_other_options_and_a_seed_are_said(tmp_path):
     assert any("data.seed = 3 changes nothing" in w for w in ds.info["warnings"])
     np.testing.assert_array_equal(ds.test.numpy(), load_dataset("miniboone", root=str(tmp_path))
                                   .test.numpy())  # fmt: skip
+
+
+def test_values_too_large_to_standardise_are_one_line(tmp_path):
+    # (an audit: a column of +-1e308 gave numpy's "Eigenvalues did not converge", one of 1e200
+    # that varies was called constant)
+    a = np.random.default_rng(0).normal(size=(300, 43))
+    a[:, 4] *= 1e200
+    (tmp_path / "miniboone").mkdir()
+    np.save(tmp_path / "miniboone" / "data.npy", a)
+    with pytest.raises(DataError, match=r"column 4 \(0-based, as kept\) holds values too large"):
+        load_dataset("miniboone", root=str(tmp_path))

@@ -364,3 +364,23 @@ def test_against_refuses_runs_of_another_quantity(labelled, tmp_path, capsys):
     assert rc == 0, err
     rc, _, err = cli(capsys, "eval", unconditional, "--against", labelled)
     one_line_error(rc, err, "models p(x | label), this run p(x)")
+
+
+def test_against_applies_to_each_run_the_options_that_apply_to_it(tmp_path, capsys):
+    # (an audit: --samples 4 for a dequantized run was applied to the IDF run it was compared
+    # with, refused after the first run was scored, in words about "this run")
+    runs = {}
+    for model, kw in (("realnvp", '{"hidden": [16], "layers": 2}'), ("idf", '{"layers": 1}')):
+        runs[model] = tmp_path / model
+        rc, _, err = cli(capsys, "train", "--model", model, "--layout", "vector", "--data",
+                         "digits", "--model-kwargs", kw, "--limit", "128", "--epochs", "1",
+                         "--out", runs[model], "--no-progress", "--quiet")  # fmt: skip
+        assert rc == 0, err
+    rc, out, err = cli(capsys, "eval", runs["realnvp"], "--against", runs["idf"], "--samples", 2,
+                       "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["samples"] == 2 and res["against"]["samples"] == 1
+    assert res["against"]["model"] == "idf"
+    rc, out, err = cli(capsys, "eval", runs["idf"], "--against", runs["realnvp"])
+    assert rc == 0 and "(a dequantization bound with K = 1)" in out, err

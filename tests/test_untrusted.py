@@ -339,6 +339,13 @@ def test_a_linked_config_is_refused_before_it_is_opened(tmp_path, capsys):
             },
             "context.context_columns",
         ),  # fmt: skip
+        # (an audit: these crashed sample, eval and report, or flooded them, or misled them)
+        ({"data_warnings": 5}, "resolved.data_warnings must be a list of at most 200 notes"),
+        ({"data_warnings": ["w"] * 201}, "resolved.data_warnings"),
+        ({"whole_columns": [True]}, "resolved.whole_columns must be a list of column indices"),
+        ({"integer_values": {"0": "12"}}, "resolved.integer_values must be a mapping"),
+        ({"integer_values": {"0": [float("inf")]}}, "resolved.integer_values"),
+        ({"ranges": [[5, -5], [0, 1]]}, "resolved.ranges must be a list of finite [low, high]"),
     ],
 )
 def test_a_runs_names_and_context_are_checked_when_read(tmp_path, capsys, change, needle):

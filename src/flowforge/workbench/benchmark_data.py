@@ -70,7 +70,7 @@ FIXED_SPLITS = {
 
 BLOCK_BYTES = 1 << 24  # a text file is parsed this many bytes of whole lines at a time
 MAX_LINE = 1 << 16  # bytes of one line of a benchmark's text file (theirs are ~200)
-MAX_IDX_BYTES = 1 << 30  # pixels a gzipped idx file may unpack to (MNIST's: 47 MB)
+MAX_IDX_ITEMS = 100_000  # images (or labels) one idx file may hold (MNIST's: 60,000)
 MAX_HDF5_VALUES = 1 << 28  # values of one BSDS300 split (the real training split: 63 M)
 
 
@@ -168,10 +168,20 @@ def _tail_splits(a: np.ndarray, path) -> list[np.ndarray]:
 def _standardised(parts: list[np.ndarray], fit: np.ndarray, ddof: int, path) -> list[np.ndarray]:
     """Every split less ``fit``'s column means, over its standard deviations (``ddof`` 0 as
     numpy's default, 1 as pandas')."""
-    mu, s = fit.mean(axis=0), fit.std(axis=0, ddof=ddof)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mu, s = fit.mean(axis=0), fit.std(axis=0, ddof=ddof)
+        out = [(p - mu) / s for p in parts]
+    bad = ~(np.isfinite(mu) & np.isfinite(s))
+    if bad.any():  # (values near float64's limit: their sums overflow)
+        raise DataError(
+            f"{path}: column {int(np.argmax(bad))} (0-based, as kept) holds values too large to "
+            "standardise (its mean or spread overflows float64); not that file"
+        )
     if not (s > 0).all():
         raise DataError(f"{path}: column {int(np.argmin(s))} (0-based, as kept) is constant")
-    return [(p - mu) / s for p in parts]
+    if not all(np.isfinite(p).all() for p in out):
+        raise DataError(f"{path}: values too large to standardise; not that file")
+    return out
 
 
 POWER_COLUMNS = ["global_active_power", "voltage", "sub_metering_1", "sub_metering_2",
@@ -289,6 +299,11 @@ def _hepmass(root: Path):
     train_names, train = train_names[1:], train[:, 1:]
     test_names, test = test_names[1:-1], test[:, 1:-1]
     keep = [j for j in range(train.shape[1]) if _smallest_count(train[:, j]) <= 5]
+    if not keep:
+        raise DataError(
+            f"{train_path}: every column's smallest value repeats more than 5 times, so the "
+            "MAF code's rule drops them all; not the HEPMASS file"
+        )
     missing = [train_names[j] for j in keep if train_names[j] not in test_names]
     if missing:
         raise DataError(
@@ -424,8 +439,11 @@ def _idx(path: Path, ndim: int) -> np.ndarray:
                     f"{path}: its header says {what} ({len(head) + need:,} bytes), but the file "
                     f"holds {path.stat().st_size:,}: truncated or not that file"
                 )
-            if need > MAX_IDX_BYTES:
-                raise DataError(f"{path}: its header says {what}, more than flowforge reads")
+            if dims[0] > MAX_IDX_ITEMS:  # (a small .gz may claim gigabytes: never unpacked)
+                raise DataError(
+                    f"{path}: its header says {what}, more than the {MAX_IDX_ITEMS:,} flowforge "
+                    "reads from one MNIST file (MNIST's own hold 60,000 and 10,000)"
+                )
             data = f.read(need)
             if len(data) != need or f.read(1):
                 raise DataError(

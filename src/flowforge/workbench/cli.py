@@ -728,15 +728,21 @@ def cmd_eval(args) -> int:
     calibration = None
     _eval_split(args)
     scores = _scores_path(args)  # (checked before any scoring)
+    score = dict(split=args.split, data=args.data, seed=args.seed, batch_size=args.batch_size,
+                 samples=args.samples, iw=args.iw, trace=args.trace, tol=args.ode_tol,
+                 device=args.device)  # fmt: skip
     mine = theirs = None  # (the runs' data, where comparing them read it)
     if args.against is not None:  # (refused before any scoring)
-        from .evaluate import check_comparable
+        from .evaluate import check_comparable, check_eval_options, options_for
 
         if args.calibration:
             from .errors import WorkbenchError
 
             raise WorkbenchError("--against and --calibration: give one of them")
+        check_eval_options(args.run, args.samples, args.iw, args.trace, args.ode_tol,
+                           args.batch_size, args.device)  # fmt: skip
         mine, theirs = check_comparable(args.run, args.against, args.data, args.split)
+        theirs_score = options_for(args.against, score)  # (its options as they apply to it)
     if not args.calibration and (
         args.calibration_samples is not None or args.calibration_pairs is not None
     ):
@@ -761,17 +767,17 @@ def cmd_eval(args) -> int:
             device=args.device,
             data=args.data,
         )
-    score = dict(split=args.split, data=args.data, seed=args.seed, batch_size=args.batch_size,
-                 samples=args.samples, iw=args.iw, trace=args.trace, tol=args.ode_tol,
-                 device=args.device)  # fmt: skip
     keep = scores is not None or args.against is not None  # (each example's log-density)
     res = evaluate_run(args.run, dataset=mine, scores=keep, **score)
     if args.against is not None:  # the other run on the same examples, with the same draws
         from .evaluate import compare_scores
 
-        other = evaluate_run(args.against, dataset=theirs, scores=True, **score)
+        other = evaluate_run(args.against, dataset=theirs, scores=True, **theirs_score)
         res["against"] = {"run": str(Path(args.against).resolve()), "model":
                           other["model"], **compare_scores(res, other)}  # fmt: skip
+        for key in ("samples", "bound", "noise", "run_status"):  # (how its score was made)
+            if other.get(key) is not None:
+                res["against"][key] = other[key]
         if scores is None:
             del res["log_densities"], res["dims"]
             res.pop("reference_log_densities", None)
@@ -864,8 +870,13 @@ def cmd_eval(args) -> int:
             else:
                 words += f" +- {_nats(se)} nats/example {way}"
                 words += " (within the noise of these examples)" if abs(d) <= 2 * se else ""
-            print(f"{args.against} ({c['model']}): NLL {_nats(c['nll'])} on the same examples; "
-                  f"{words}")  # fmt: skip
+            how = describe_bound(c)
+            print(f"{args.against} ({c['model']}): NLL {_nats(c['nll'])} on the same examples"
+                  f"{f' ({how})' if how else ''}; {words}")  # fmt: skip
+            if c.get("run_status"):
+                from .runs import describe_run_status
+
+                print(f"note: {describe_run_status(c['run_status'], args.against)}")
         if calibration is not None:
             from .evaluate import describe_calibration
 
@@ -1092,7 +1103,11 @@ def cmd_sample(args) -> int:
             "shape": list(x.shape),  # (a .npy file's array)
             "temperature": args.temperature,
             "seed": args.seed,
-            "context": None if given is None else {"columns": given[0], "rows": given[1]},
+            "context": None if given is None else (
+                {"columns": given[0], "rows": given[1]} if args.context_file is None else
+                {"columns": given[0], "file": str(Path(args.context_file).resolve()),
+                 "rows": len(given[1])}  # (the file's rows: not echoed, however many)
+            ),  # fmt: skip
             "device": str(dev),
             "ode": solved,
             "seconds": seconds,

@@ -811,6 +811,27 @@ def check_comparable(run, other, data=None, split: str = "test"):
     )
 
 
+def options_for(other, score: dict) -> dict:
+    """``eval``'s options (``score``, :func:`evaluate_run`'s keywords) as they apply to the run
+    ``other`` compared with: a trace and a tolerance only to a continuous flow, K draws only
+    to a model whose score is random (an IDF run, or a run without an ODE, beside a
+    dequantized CNF scored with Hutchinson's trace); checked as :func:`check_eval_options`
+    checks them, before anything is scored."""
+    flow = load_run(other)
+    s = dict(score)
+    if isinstance(flow, Flow):
+        if not any(isinstance(m, CNF) for m in flow.modules()):
+            s["trace"], s["tol"] = "exact", None
+        if _scoring_noise(flow, s["trace"]) is None:
+            s["samples"], s["iw"] = 1, False
+    try:
+        _checked_options(other, s["samples"], s["iw"], s["trace"], s["tol"], s["batch_size"],
+                         s["device"], model=flow)  # fmt: skip
+    except DataError as e:
+        raise DataError(f"--against {other}: {_one_line(e)}") from None
+    return s
+
+
 def compare_scores(res: dict, other: dict) -> dict:
     """This run's NLL minus ``other``'s on the same examples (both ``evaluate_run`` results
     with ``scores=True``), with the paired standard error: ``{"nll", "difference",

@@ -1054,8 +1054,9 @@ def ks_noise(n: int, m: int, columns: int = 1, level: float = NOISE_LEVEL) -> fl
     """The two-sample Kolmogorov-Smirnov statistic that ``m`` samples from the distribution
     of ``n`` data rows stay below in every one of ``columns`` columns with probability
     ``1 - level``: the asymptotic critical value ``sqrt(-ln(level / (2 columns)) (n + m) /
-    (2 n m))`` (level / columns each: Bonferroni)."""
-    return math.sqrt(-math.log(level / (2 * columns)) * (n + m) / (2 * n * m))
+    (2 n m))`` (level / columns each: Bonferroni), at most 1."""
+    # (at most 1, the statistic's own bound: a few rows leave no test at all)
+    return min(1.0, math.sqrt(-math.log(level / (2 * columns)) * (n + m) / (2 * n * m)))
 
 
 def ks_statistics(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -169,6 +169,9 @@ def run_config(run: str | os.PathLike) -> dict:
     return cfg
 
 
+MAX_NOTES = 200  # data warnings a run's config may hold (flowforge writes a handful)
+
+
 def _is_list(v, kind) -> bool:
     return (
         isinstance(v, list)
@@ -188,6 +191,38 @@ def _check_names(path: Path, r: dict) -> None:
     for key in ("columns", "context_column_names"):
         if r.get(key) is not None and not _is_list(r[key], str):
             raise damaged(key, "a list of column names (strings)")
+    # what sample, eval and report repeat or read of the data (a run folder is data: a
+    # hand-made one is refused here, not met as an internal error or a flood of lines)
+    notes = r.get("data_warnings")
+    if notes is not None and not (
+        _is_list(notes, str) and len(notes) <= MAX_NOTES and all(len(n) <= 20_000 for n in notes)
+    ):
+        raise damaged("data_warnings", f"a list of at most {MAX_NOTES} notes (strings)")
+    if r.get("whole_columns") is not None and not _is_list(r["whole_columns"], int):
+        raise damaged("whole_columns", "a list of column indices")
+    seen = r.get("integer_values")
+    if seen is not None and not (
+        isinstance(seen, dict)
+        and len(seen) <= 1 << 16
+        and all(
+            _is_list(v, (int, float)) and len(v) <= 1 << 10 and all(map(math.isfinite, v))
+            for v in seen.values()
+        )
+    ):
+        raise damaged("integer_values", "a mapping of column indices to lists of values")
+    ranges = r.get("ranges")
+    if ranges is not None and not (
+        isinstance(ranges, list)
+        and len(ranges) <= 1 << 20
+        and all(
+            _is_list(pair, (int, float))
+            and len(pair) == 2
+            and all(math.isfinite(v) for v in pair)
+            and pair[0] <= pair[1]
+            for pair in ranges
+        )
+    ):
+        raise damaged("ranges", "a list of finite [low, high] pairs, one per column")
     info = r.get("context")
     if info is None:
         return
@@ -1367,6 +1402,19 @@ def not_the_runs(out, run, flag: str, what: str, also=()) -> None:
         raise WorkbenchError(
             f"{flag} {out} is an image in {where}, the folder this run's data comes from: it "
             f"would change the run's data; write the {what} elsewhere"
+        )
+    options = cfg["data"].get("options") if isinstance(cfg.get("data"), dict) else None
+    root = options.get("root") if isinstance(options, dict) else None
+    try:  # a benchmark's files (data.root): a file there may be one the run reads
+        under = isinstance(root, str) and Path(out).resolve().is_relative_to(
+            Path(root).expanduser().resolve()
+        )
+    except (OSError, ValueError, RuntimeError):
+        under = False
+    if under:
+        raise WorkbenchError(
+            f"{flag} {out} is inside {root}, the data.root this run's benchmark files are read "
+            f"from: it could replace one of them; write the {what} elsewhere"
         )
     if not os.path.exists(out):
         return
