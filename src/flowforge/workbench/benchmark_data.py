@@ -110,7 +110,12 @@ def _root(name: str, root) -> Path:
         root = os.fspath(root)
     if not isinstance(root, str) or not root.strip():
         raise DataError(f"data.root must be a folder's path, got {root!r}")
-    path = Path(root).expanduser()
+    try:
+        path = Path(root).expanduser()
+    except RuntimeError:  # (~user of no such user)
+        raise DataError(f"data.root {root}: no such user's home folder") from None
+    if path.exists() and not path.is_dir():
+        raise DataError(f"data.root {root} is a file, not a folder (it should hold {where})")
     if not path.is_dir():
         raise DataError(f"data.root {root}: no such folder (it should hold {where})")
     return path
@@ -296,6 +301,10 @@ def _hepmass(root: Path):
         tables.append((names, a, path))
         del rows
     (train_names, train, train_path), (test_names, test, test_path) = tables
+    for names, path in ((train_names, train_path), (test_names, test_path)):
+        twice = next((c for c in names if names.count(c) > 1), None)
+        if twice is not None:  # (its columns are matched by name)
+            raise DataError(f"{path}: two columns named {twice!r}; not the HEPMASS file")
     train_names, train = train_names[1:], train[:, 1:]
     test_names, test = test_names[1:-1], test[:, 1:-1]
     keep = [j for j in range(train.shape[1]) if _smallest_count(train[:, j]) <= 5]

@@ -1334,6 +1334,12 @@ def context_file_rows(cfg: dict, spec: str) -> list[list[float]]:
     names = r.get("context_column_names")
     if names and found:
         have = _names(found)
+        twice = [n for n in names if have.count(_names([n])[0]) > 1]
+        if twice:  # (which of the two is the context: not guessed)
+            raise ContextError(
+                f"--context-file {spec} has two columns named {str(twice[0])!r}; give the "
+                "context columns once"
+            )
         missing = [n for n in names if _names([n])[0] not in have]
         if missing:
             raise ContextError(
