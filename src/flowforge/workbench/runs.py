@@ -200,28 +200,21 @@ def _check_names(path: Path, r: dict) -> None:
         raise damaged("data_warnings", f"a list of at most {MAX_NOTES} notes (strings)")
     if r.get("whole_columns") is not None and not _is_list(r["whole_columns"], int):
         raise damaged("whole_columns", "a list of column indices")
+
+    def finite(v, most: int) -> bool:  # (a list of at most `most` finite numbers)
+        return _is_list(v, (int, float)) and len(v) <= most and all(map(math.isfinite, v))
+
     seen = r.get("integer_values")
     if seen is not None and not (
-        isinstance(seen, dict)
-        and len(seen) <= 1 << 16
-        and all(
-            _is_list(v, (int, float)) and len(v) <= 1 << 10 and all(map(math.isfinite, v))
-            for v in seen.values()
-        )
-    ):
+        isinstance(seen, dict) and len(seen) <= 1 << 16 and all(finite(v, 1 << 10)
+                                                                  for v in seen.values())
+    ):  # fmt: skip
         raise damaged("integer_values", "a mapping of column indices to lists of values")
     ranges = r.get("ranges")
     if ranges is not None and not (
-        isinstance(ranges, list)
-        and len(ranges) <= 1 << 20
-        and all(
-            _is_list(pair, (int, float))
-            and len(pair) == 2
-            and all(math.isfinite(v) for v in pair)
-            and pair[0] <= pair[1]
-            for pair in ranges
-        )
-    ):
+        isinstance(ranges, list) and len(ranges) <= 1 << 20
+        and all(finite(p, 2) and len(p) == 2 and p[0] <= p[1] for p in ranges)
+    ):  # fmt: skip
         raise damaged("ranges", "a list of finite [low, high] pairs, one per column")
     info = r.get("context")
     if info is None:
