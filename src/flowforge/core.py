@@ -1353,9 +1353,11 @@ class Flow(nn.Module):
             if self.dequantizer is not None:
                 # the continuous draws whose floor falls off the grid (mass the discrete model
                 # leaves out): counted as the integer flows count theirs, then clamped
-                self.clamped = self.dequantizer.clamped_share(x) if x.numel() else 0.0
-                if hasattr(self.dequantizer, "columns") and x.dim() == 2 and x.numel():
-                    self.clamped_columns = self.dequantizer.off_grid(x).float().mean(0)
+                shares = getattr(self.dequantizer, "clamped_shares", None)  # (by column too)
+                if shares is not None and x.dim() == 2 and x.numel():
+                    self.clamped, self.clamped_columns = shares(x)
+                else:
+                    self.clamped = self.dequantizer.clamped_share(x) if x.numel() else 0.0
                 x = self.dequantizer.quantize(x)
         self._check_samples(x)
         return x.reshape(*shape, *self.event_shape)

@@ -261,7 +261,13 @@ class ColumnDequantization(Dequantizer):
 
     def clamped_share(self, y: Tensor) -> Tensor:
         """The share of the integer columns' sampled values that :meth:`quantize` clamps."""
-        return self.off_grid(y)[:, self._mask].float().mean()
+        return self.clamped_shares(y)[0]
+
+    def clamped_shares(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`clamped_share`, and the same share for each column of the vector (0 for the
+        continuous ones), in one pass."""
+        by = self.off_grid(y).float().mean(0)  # (masked by product: no read back to the host)
+        return (by * self._mask).sum() / self._mask.sum(), by
 
     def quantize(self, y: Tensor) -> Tensor:
         """A sample's integer columns floored (and clamped to their bounds); the others as

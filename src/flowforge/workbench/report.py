@@ -1184,15 +1184,14 @@ def nearest_distances(train: Tensor, queries: Tensor) -> Tensor:
 
 
 def _rows(c: Tensor) -> Tensor:
-    """Context rows as a 2-D float64 table (a label as one column)."""
+    """Rows as a 2-D float64 table (a record's values flattened; a label as one column)."""
     return (c.flatten(1) if c.dim() > 1 else c.unsqueeze(1)).double()
 
 
 def _records(x, c, rows) -> Tensor:
     """Rows ``rows`` (a slice or indices) of a table ``x`` in float64, led by the same rows of
     their context ``c`` where there is one."""
-    x = torch.as_tensor(x)
-    x = (x.flatten(1) if x.dim() > 1 else x.unsqueeze(1))[rows].double()
+    x = _rows(torch.as_tensor(x)[rows])  # (the rows first: never a float64 copy of all)
     return x if c is None else torch.cat([_rows(torch.as_tensor(c)[rows]), x], 1)
 
 
