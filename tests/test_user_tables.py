@@ -903,3 +903,25 @@ def test_tables_a_review_found_refused_read_again(tmp_path):
         (tmp_path / name).write_text(text)
         read_table(str(tmp_path / name))  # (no refusal)
     assert _read_csv(tmp_path / "ranges.csv")[1] == ["10-20", "20-30", "0.5"]
+
+
+def test_large_whole_values_are_sampled_in_plain_digits(tmp_path, capsys):
+    # (a column of timestamps came back as 1.70123994e+09: exponent form for values float32
+    # holds exactly, unlike the file's own)
+    from cli_support import cli
+
+    rng = np.random.default_rng(0)
+    t = np.round(1.7e9 + rng.normal(0.0, 1e7, 300))
+    data = tmp_path / "t.csv"
+    data.write_text(
+        "time,x\n" + "".join(f"{a:.0f},{b:.4f}\n" for a, b in zip(t, rng.normal(size=300)))
+    )
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", data, "--out", tmp_path / "r",
+                     "--model-kwargs", '{"layers": 1, "hidden": [8]}', "--epochs", 1,
+                     "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", tmp_path / "r", "-n", 50, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    times = [line.split(",")[0] for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
+    assert all(re.fullmatch(r"-?[0-9]+", v) for v in times), times[:5]
+    assert all(abs(float(v) - 1.7e9) < 2e8 for v in times)

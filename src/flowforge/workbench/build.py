@@ -15,7 +15,7 @@ from .. import models
 from ..core import Flow
 from ..io import Budget, unsaveable_config
 from .catalog import SIZING
-from .data import FEW_LEVELS, Dataset, describe_bounds, discrete_column, model_bounds
+from .data import FEW_LEVELS, Dataset, describe_bounds, discrete_column, model_bounds, run_dtype
 from .data import whitening as data_whitening
 from .errors import WorkbenchError, shell_word, visible
 from .warm_start import _DATA_ARGS as DATA_ARGS
@@ -31,14 +31,15 @@ __all__ = [
 ]
 
 
-def standardized(flow: Flow, stats: dict, shape) -> Flow:
-    """``flow`` preceded by a fixed ``(x - loc) / scale`` layer (training-split statistics).
+def standardized(flow: Flow, stats: dict, shape, dtype=torch.float32) -> Flow:
+    """``flow`` preceded by a fixed ``(x - loc) / scale`` layer (training-split statistics,
+    held in ``dtype``, the run's precision).
 
     The result scores raw data (the standardisation's log-determinant included) and keeps the
     statistics through ``ff.save``/``ff.load`` (:func:`flowforge.models.standardized`).
     """
-    loc = torch.tensor(stats["loc"], dtype=torch.float32).reshape(shape)
-    scale = torch.tensor(stats["scale"], dtype=torch.float32).reshape(shape)
+    loc = torch.tensor(stats["loc"], dtype=dtype).reshape(shape)
+    scale = torch.tensor(stats["scale"], dtype=dtype).reshape(shape)
     return models.standardized(flow, loc, scale)
 
 
@@ -237,6 +238,7 @@ def build_flow(
     the model).
     """
     name, kwargs = cfg["model"]["name"], dict(cfg["model"]["kwargs"])
+    dtype = run_dtype(cfg)
     spec = models.spec(name)
     if spec.name in PYTHON_ONLY:
         raise WorkbenchError(PYTHON_ONLY[spec.name])
@@ -382,6 +384,8 @@ def build_flow(
         # a config's sizes (bins, widths, layers) are bounded by the machine: half its memory
         with Budget(_build_bytes(), math.inf, why="half this machine's memory"):
             inner = models.build(name, **shape_kw, **kwargs)
+            if dtype == torch.float64:  # (train.dtype; float32 leaves torch's default dtype)
+                inner = inner.to(dtype)
     except ImportError as e:
         raise WorkbenchError(f"model {name!r} is not available here: {e}") from None
     except (TypeError, ValueError) as e:
@@ -408,12 +412,12 @@ def build_flow(
         whitening = data_whitening(ds)
     if whitening is not None:
         loc, factor = (
-            torch.tensor(whitening[k], dtype=torch.float32) if k in whitening else None
+            torch.tensor(whitening[k], dtype=dtype) if k in whitening else None
             for k in ("loc", "factor")
         )
         flow = models.whitened(inner, loc, factor)
     elif ds.stats is not None:
-        flow = standardized(inner, ds.stats, event_shape)
+        flow = standardized(inner, ds.stats, event_shape, dtype)
     bounds, integers = ds.info.get("bounds"), ds.info.get("integers")
     if bounds:  # first of all: the bounds' logs and logits, then the standardisation
         wide = model_bounds(bounds, integers or ())
@@ -429,6 +433,8 @@ def build_flow(
         flow = models.context_standardized(flow, **context["stats"])
         if _legacy_context(stored):  # resumed from before: the files keep its identity
             flow.config = saved
+    if dtype == torch.float64:  # (the layers the data's preprocessing added)
+        flow = flow.to(dtype)
     resolved = {
         "layout": layout,
         "event_shape": list(event_shape),
@@ -817,7 +823,8 @@ def describe(cfg: dict, resolved: dict, ds: Dataset, world: int = 1) -> str:
     return (
         f"model {cfg['model']['name']} ({resolved['layout']} {'x'.join(map(str, shape))}"
         f"{', levels=' + str(ds.levels) if ds.levels else ''}): "
-        f"{resolved['parameters']:,} parameters; data {ds.name}: "
+        f"{resolved['parameters']:,} parameters"
+        f"{' in float64' if cfg['train'].get('dtype') == 'float64' else ''}; data {ds.name}: "
         f"{resolved['examples']['train']} train / {resolved['examples']['val']} val"
         f"{_context_note(resolved)}"
         f"{'; ' + str(world) + ' processes' if world > 1 else ''}"

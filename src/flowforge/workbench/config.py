@@ -62,6 +62,7 @@ DEFAULT_TRAIN: dict = {
     "tensorboard": True,  # used only if tensorboard is installed
     "manifold_epochs": 0,  # M-flow objectives: epochs of the first phase; 0: half the epochs
     "fm_time_power": 1.0,  # flow matching: path times s = u ** p (1: uniform; > 1: nearer data)
+    "dtype": "float32",  # the model's precision, and the data's as read: float32 | float64
 }
 TOP_KEYS = ("seed", "model", "data", "layout", "train", "init_from")
 # the top-level keys a config may leave out (a resolved config has them only when set)
@@ -497,6 +498,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "tensorboard": _bool,
     "manifold_epochs": _int(0),
     "fm_time_power": _float(0.0, 10.0, lo_open=True),  # u ** 10: 90% of times below 0.35
+    "dtype": _choice("float32", "float64"),
 }
 
 
@@ -539,6 +541,11 @@ def resolve_config(*layers: dict | None) -> dict:
         cfg["data"]["options"].setdefault("standardize", False)
     for k, check in TRAIN_CHECKS.items():
         cfg["train"][k] = checked(f"train.{k}", cfg["train"][k], check)
+    if "dtype" in cfg["data"]["options"]:  # (the data are read in the model's precision)
+        raise WorkbenchError(
+            "data.dtype is not a data option: the data are read in the run's precision, "
+            "train.dtype (float32 or float64): --set train.dtype=float64"
+        )
     limit = cfg["data"]["options"].get("limit")
     if limit is not None:
         checked("data.limit", limit, _int(1))

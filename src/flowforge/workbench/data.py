@@ -1055,7 +1055,8 @@ def _check_float32(train: np.ndarray, names: list[str] | None, where: str) -> No
             f"{where}: column {_column_name(j, names)}{more} varies by {sd[j]:.3g} around "
             f"{np.abs(a[:, j]).max():.6g}, finer than float32 (the models' precision) resolves "
             f"there (it rounds by up to {err[j]:.3g}); subtract an offset from the column, e.g. "
-            "its first value or its mean, before training"
+            "its first value or its mean, before training, or train in float64 (--set "
+            "train.dtype=float64)"
         )
 
 
@@ -2033,13 +2034,16 @@ def _parse_integers(spec, width: int, names: list[str] | None, bounds: dict | No
     return sorted(out)
 
 
-def check_integers(arrays: dict, integers: list[int], names: list[str] | None, where: str):
+def check_integers(
+    arrays: dict, integers: list[int], names: list[str] | None, where: str, dtype=torch.float32
+):
     """A ``DataError`` naming the first integer column (``data.integers``) holding a value that
-    is not a whole number, or one too large for float32 to carry dequantization noise
-    (``arrays``: split name, or "", to its rows)."""
+    is not a whole number, or one too large for the model's ``dtype`` to carry dequantization
+    noise (``arrays``: split name, or "", to its rows)."""
     from ..core import integer_limit
 
-    top = integer_limit(torch.float32)  # (the models' precision)
+    top = integer_limit(dtype)  # (the models' precision)
+    precision = str(dtype).removeprefix("torch.")
     for split, a in arrays.items():
         a = np.asarray(a)
         for j in integers:
@@ -2059,8 +2063,8 @@ def check_integers(arrays: dict, integers: list[int], names: list[str] | None, w
             if np.abs(col).max() >= top:
                 raise DataError(
                     f"{where}: column {_column_name(j, names)} in data.integers holds "
-                    f"{float(np.abs(col).max()):g}, beyond the {top:g} that float32 resolves with "
-                    "dequantization noise added: a continuous column, rather (drop it from "
+                    f"{float(np.abs(col).max()):g}, beyond the {top:g} that {precision} resolves "
+                    "with dequantization noise added: a continuous column, rather (drop it from "
                     "data.integers)"
                 )
 
@@ -2233,7 +2237,8 @@ def _standardize_stats(train: Tensor) -> dict:
     # a spread of at most 1e-8 is left unscaled only where it is float32 rounding around the
     # column's mean, or nothing at all: a small column in its own units (5e-9 +- 5e-9, a
     # wavelength in metres) is scaled like any other, or the flow could not fit it
-    noise = 4 * torch.finfo(torch.float32).eps * loc.abs()
+    eps = torch.finfo(train.dtype if train.dtype == torch.float64 else torch.float32).eps
+    noise = 4 * eps * loc.abs()
     ok = (scale > 1e-8) | ((scale > noise) & (scale > 1e-30))
     scale = torch.where(ok, scale, torch.ones_like(scale))
     return {"loc": loc.tolist(), "scale": scale.tolist()}
@@ -2251,6 +2256,7 @@ def _table(
     path: Path,
     seed: int,
     checks: bool = True,
+    dtype: torch.dtype = torch.float32,
     /,
     val_fraction=None,
     test_fraction=None,
@@ -2270,7 +2276,9 @@ def _table(
     against ``bounds`` and ``integers`` before any value is). ``checks``: look for what the
     warnings say (outliers, duplicates, integer columns, atoms); False when a finished run's
     data are reloaded (:func:`reload_dataset`): the checks that refuse data are made either
-    way. (Positional only: a data option of that name is refused as any unknown one.)"""
+    way. ``dtype``: the splits' precision (``train.dtype``), which the checks of what a
+    precision holds are made for. (Positional only: a data option of that name is refused as
+    any unknown one.)"""
     array = path.suffix.lower() != ".csv"  # (may hold images, which take bits)
     _no_options(str(path), options, _TABLE_OPTIONS + (("bits",) if array else ()))
     _check_header_option(header, path)
@@ -2380,7 +2388,7 @@ def _table(
     if levels is not None:
         for k, v in arrays.items():
             _check_levels(v, int(levels), f"{path} ({k})")
-    else:
+    elif dtype == torch.float32:  # (float64 holds every value a file gives, as read)
         _check_float32(arrays["train"], columns, str(path))
     if bounds is not None:
         bounds = _parse_bounds(bounds, arrays["train"].shape[1], columns)
@@ -2389,11 +2397,13 @@ def _table(
     if targets is not None:
         _check_targets(targets, arrays["train"].shape[1], columns, bounds, integers)
     if integers is not None:
-        check_integers(arrays, integers, columns, str(path))
+        check_integers(arrays, integers, columns, str(path), dtype)
     if bounds is not None:
         check_bounds(arrays, bounds, columns, str(path), integers or ())
-        check_float32_bounds(arrays, bounds, integers, columns, str(path))
-    t = {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()}
+        if dtype == torch.float32:
+            check_float32_bounds(arrays, bounds, integers, columns, str(path))
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    t = {k: torch.from_numpy(v.astype(np_dtype, copy=False)) for k, v in arrays.items()}
     if standardize is not None and standardize not in (True, False):  # ("false" is truthy; 0/1)
         raise DataError(f"data.standardize must be true or false, got {standardize!r}")
     if standardize is None:
@@ -2779,14 +2789,16 @@ def read_examples(
     columns: list | None = None,
     header: bool | None = None,
     files: list | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """:func:`read_table` as float32 (for ``flowforge eval --data``). With ``columns`` (the
-    run's column names), a CSV whose header names other columns, or the same in another
-    order, is refused: its numbers would be scored against the wrong columns. ``header``: the
-    run's data option (None: decided from the file's first row). ``files``: as
+    """:func:`read_table` in ``dtype``, the run's precision (for ``flowforge eval --data``).
+    With ``columns`` (the run's column names), a CSV whose header names other columns, or the
+    same in another order, is refused: its numbers would be scored against the wrong columns.
+    ``header``: the run's data option (None: decided from the file's first row). ``files``: as
     :func:`read_table`'s."""
     x = read_run_table(spec, bits, shape, columns, header, files)
-    return torch.from_numpy(x.astype(np.float32, copy=False))
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    return torch.from_numpy(x.astype(np_dtype, copy=False))
 
 
 def _names(columns) -> list:
@@ -2963,6 +2975,7 @@ def load_dataset(
     limit: int | None = None,
     conditional: str | None = None,
     target_columns=None,
+    dtype: torch.dtype = torch.float32,
     **options,
 ) -> Dataset:
     """Load a registered dataset by name, or a table / image folder by path.
@@ -2980,11 +2993,16 @@ def load_dataset(
         target_columns: for tables, the columns modelled as ``y``; the other columns become
             the context of a conditional density ``p(y | x)``, standardised with training-split
             statistics.
+        dtype: ``torch.float32`` (the default) or ``torch.float64``, the precision of the
+            splits and of the checks on what that precision holds: a table is read into it from
+            the file's own values, without a float32 rounding first (``train.dtype``).
     """
-    return _load_dataset(spec, seed, limit, conditional, target_columns, options, True)
+    return _load_dataset(spec, seed, limit, conditional, target_columns, options, True, dtype)
 
 
-def reload_dataset(spec: str, seed: int = 0, options: dict | None = None) -> Dataset:
+def reload_dataset(
+    spec: str, seed: int = 0, options: dict | None = None, dtype: torch.dtype = torch.float32
+) -> Dataset:
     """:func:`load_dataset` for the data of a run that has been trained (``options``: its
     data options as a dict, ``limit``, ``conditional`` and ``target_columns`` among them, as
     ``load_dataset`` takes them), without the checks whose only product is a warning (outliers,
@@ -2996,12 +3014,36 @@ def reload_dataset(spec: str, seed: int = 0, options: dict | None = None) -> Dat
     options = dict(options or {})
     limit, conditional = options.pop("limit", None), options.pop("conditional", None)
     targets = options.pop("target_columns", None)
-    return _load_dataset(spec, seed, limit, conditional, targets, options, False)
+    return _load_dataset(spec, seed, limit, conditional, targets, options, False, dtype)
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # (train.dtype's values)
+
+
+def run_dtype(cfg: dict) -> torch.dtype:
+    """The precision a run's data are read in and its model computes in: its ``train.dtype``
+    (float32 for runs from before the option)."""
+    train = cfg.get("train") if isinstance(cfg, dict) else None
+    return DTYPES.get(train.get("dtype", "float32") if isinstance(train, dict) else "float32",
+                      torch.float32)  # fmt: skip
 
 
 def _load_dataset(
-    spec: str, seed: int, limit, conditional, target_columns, options: dict, checks: bool
+    spec: str,
+    seed: int,
+    limit,
+    conditional,
+    target_columns,
+    options: dict,
+    checks: bool,
+    dtype: torch.dtype = torch.float32,
 ) -> Dataset:
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in DTYPES.values():
+        raise DataError(
+            f"dtype must be torch.float32 or torch.float64 (the precision of the splits and of "
+            f"the model: train.dtype), got {str(dtype)[:40]!r}"
+        )
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str):  # (an array or a tensor: one line, not the array printed)
@@ -3021,7 +3063,7 @@ def _load_dataset(
                     f"{path}: unsupported file type {_suffix(path)!r}; expected .npy, .npz, .csv "
                     f"or a folder of PNG/JPEG images{_suffix_hint(path)}"
                 )
-            ds = _table(path, seed, checks, targets=target_columns, **options)
+            ds = _table(path, seed, checks, dtype, targets=target_columns, **options)
         elif path.exists():
             raise DataError(f"{spec} is not a regular file or a folder (a pipe, device or socket)")
         elif path.suffix or "/" in str(spec) or "\\" in str(spec):
@@ -3049,6 +3091,8 @@ def _load_dataset(
     for k in ("train", "val", "test"):
         if ds.split(k).shape[0] == 0:
             raise DataError(f"{spec}: the {k} split is empty")
+        if ds.split(k).dtype != dtype:  # (generated draws, images, benchmark files: float32
+            setattr(ds, k, ds.split(k).to(dtype))  # values, exact in float64)
     if conditional is not None or target_columns is not None:
         make_conditional(ds, conditional, target_columns)
     return ds

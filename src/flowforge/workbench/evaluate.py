@@ -37,6 +37,7 @@ from .data import (
     label_context,
     read_examples,
     read_labelled,
+    run_dtype,
     shrunk_gaussian,
     unit_scaled,
 )
@@ -189,7 +190,7 @@ def evaluate_run(
         bits = int(cfg["data"]["options"].get("bits", 8))
         header = cfg["data"]["options"].get("header")
         say_reading(data)
-        x = read_examples(data, bits, want, r.get("columns"), header, files)
+        x = read_examples(data, bits, want, r.get("columns"), header, files, run_dtype(cfg))
         if x.shape[1] != math.prod(want) and len(want) == 3:  # an image run: in images' words
             raise DataError(
                 f"{data}: {examples_words(data, x.shape[1])}; this run takes "
@@ -532,7 +533,7 @@ def read_column_file(cfg: dict, data) -> tuple[torch.Tensor, torch.Tensor]:
     if header is False and names is None and _sample_names_first(data, want):
         header = True  # (the header `sample` writes for a table that had none)
     say_reading(data)
-    full = read_examples(data, columns=names, header=header)
+    full = read_examples(data, columns=names, header=header, dtype=run_dtype(cfg))
     if full.dim() != 2 or full.shape[1] != want:
         raise DataError(f"{data} has shape {tuple(full.shape)}; this run expects {want} columns")
     context = column_context(full[:, info["context_columns"]], info, r.get("context_column_names"))

@@ -190,7 +190,8 @@ def sample_run(
             f"most {most:,} and write several files (with different --seed)"
         )
     flow.eval()
-    out = torch.empty(rows, n, *shape)
+    dtype = next((p.dtype for p in flow.parameters() if p.is_floating_point()), None)
+    out = torch.empty(rows, n, *shape, dtype=dtype)  # (a float64 run's samples: float64)
     clamped = 0.0  # an integer flow's values drawn outside its levels, over all the chunks
     by_column = None  # and for integer columns, each column's share
     bad = 0  # samples with a value that is not finite, counted chunk by chunk (as stored)
@@ -244,14 +245,25 @@ def _exact(v: float) -> str:
     return short if float(short) == v else repr(float(v))
 
 
+def _cell(v: float) -> str:
+    """A float32 sample's value in 9 significant digits, its shortest exact form; a whole
+    number from 1e9 to 1e16 in plain digits (1701239936, not 1.70123994e+09: a timestamp or an
+    amount as the user's file wrote it; float32 holds such values exactly)."""
+    short = f"{v:.9g}"
+    if "e+" in short and v == int(v) and abs(v) < 1e16:
+        return f"{v:.0f}"
+    return short
+
+
 def _csv_lines(x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096, exact=()):
     """The CSV's data lines as encoded chunks of ``chunk`` rows (never the whole text in
     memory); ``lead``: each context row's cells, for ``per`` samples each; ``exact``: the
-    columns written in full (a context the user gave, not a float32 sample)."""
-    exact = set(exact)
+    columns written in full (a context the user gave, not a float32 sample); every column of a
+    float64 run's samples (``train.dtype``) is."""
+    exact = set(range(x.shape[1]) if x.dtype == torch.float64 else exact)
     for i in range(0, x.shape[0], chunk):
         rows = [
-            ",".join(_exact(v) if j in exact else f"{v:.9g}" for j, v in enumerate(row))
+            ",".join(_exact(v) if j in exact else _cell(v) for j, v in enumerate(row))
             for row in x[i : i + chunk].tolist()
         ]
         if lead is not None:

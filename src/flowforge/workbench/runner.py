@@ -26,7 +26,14 @@ from .._util import fork_rng
 from . import warm_start
 from .build import build_flow, describe, has_context_map, rebuild_refusal, same_model
 from .config import DEFAULT_TRAIN, model_lr, read_config, resolve_config
-from .data import DATASETS, constant_columns, load_dataset, reload_dataset, user_path
+from .data import (
+    DATASETS,
+    constant_columns,
+    load_dataset,
+    reload_dataset,
+    run_dtype,
+    user_path,
+)
 from .distributed import barrier, device, dist_env, init_distributed
 from .errors import DataError, NonFiniteError, RunError, WorkbenchError, shell_word
 from .runs import (
@@ -189,6 +196,7 @@ def _run_data(cfg: dict, error=DataError, run=None, checks: bool = True, source=
     if not Path(name).exists() and len(names) > 1:
         names = names[1:]
     want = resolved.get("data_fingerprint")
+    dtype = run_dtype(cfg)  # (the fingerprint is of the data in it)
     what = f"cannot resume {run}: " if run is not None else ""
     other, this = OTHER_FILE, "this run"
     if source is not None:
@@ -215,9 +223,9 @@ def _run_data(cfg: dict, error=DataError, run=None, checks: bool = True, source=
         for options in _readings(d["options"], candidate, want):
             try:
                 if checks:
-                    ds = load_dataset(candidate, seed=d["seed"], **options)
+                    ds = load_dataset(candidate, seed=d["seed"], dtype=dtype, **options)
                 else:
-                    ds = reload_dataset(candidate, d["seed"], options)
+                    ds = reload_dataset(candidate, d["seed"], options, dtype)
             except DataError:
                 if want is None:
                     raise
@@ -323,10 +331,13 @@ def _source_data(source, cfg: dict):
     given here (another split of it) then read that file again with them."""
     ds, name = _run_data(source.cfg, RunError, checks=not source.data_options, source=source)
     cfg["data"]["name"] = name  # (the name it was found by: the name given, or the recorded path)
-    if not source.data_options:
+    dtype = run_dtype(cfg)
+    if not source.data_options and ds.train.dtype == dtype:
         return ds
+    if not source.data_options:  # its data, read again in this run's precision
+        return load_dataset(name, seed=cfg["data"]["seed"], dtype=dtype, **cfg["data"]["options"])
     say_reading(name)
-    new = load_dataset(name, seed=cfg["data"]["seed"], **cfg["data"]["options"])
+    new = load_dataset(name, seed=cfg["data"]["seed"], dtype=dtype, **cfg["data"]["options"])
     _note_reused_rows(source, new, ds)
     return new
 
@@ -523,6 +534,8 @@ def _train(
         rank, world = dist_env()
         stored_raw = run_config(out) if resume else None
         cfg = resolve_config(stored_raw, config)
+        if stored_raw is None and _session_float64(config):
+            cfg["train"]["dtype"] = "float64"  # (a notebook's float64 session: its precision)
         stored = check_out_dir(out, cfg, resume, overwrite)
         if stored is not None:  # exactly the stored run, where it runs as given now
             given, cfg = cfg, resolve_config(stored)
@@ -538,7 +551,10 @@ def _train(
             if echo and rank == 0:
                 say_reading(cfg["data"]["name"], sys.stdout)
             ds = load_dataset(
-                cfg["data"]["name"], seed=cfg["data"]["seed"], **cfg["data"]["options"]
+                cfg["data"]["name"],
+                seed=cfg["data"]["seed"],
+                dtype=run_dtype(cfg),
+                **cfg["data"]["options"],
             )
             if source is not None:  # (other data than the starting run's: rows it shares?)
                 _note_reused_rows(source, ds)
@@ -613,6 +629,7 @@ def _train(
         elif source is not None:
             flow, _, resolved = build_flow(cfg, ds, like=source.cfg["resolved"])
             flow, resolved = warm_start.adopt(source, cfg, flow, resolved)
+            flow = flow.to(run_dtype(cfg))  # (its weights, in this run's precision)
         else:
             flow, _, resolved = build_flow(cfg, ds, recorded=recorded)
         if stored is not None and stored["resolved"].get("data_path"):
@@ -644,7 +661,9 @@ def _train(
             flow,
             ds.train.reshape(-1, *shape),
             ds.val.reshape(-1, *shape),
-            cfg["train"],
+            # (the model is in the run's precision already, or in a float64 session's for a run
+            # from before train.dtype, which resumes as it trained)
+            {k: v for k, v in cfg["train"].items() if k != "dtype"},
             seed=cfg["seed"],
             out=out,
             bits_dims=math.prod(shape) if ds.levels else None,
@@ -721,6 +740,16 @@ def _train(
             # an active exception")
             gc.collect()
             dist.destroy_process_group()
+
+
+def _session_float64(config) -> bool:
+    """Whether a new run is made in a float64 session (``torch.set_default_dtype``, a
+    notebook's) with no ``train.dtype`` of its own: it trains, and reads its data, in float64.
+    (A replayed ``config.json`` keeps the precision it records, float32 where it has none.)"""
+    if torch.get_default_dtype() != torch.float64 or not isinstance(config, dict):
+        return torch.get_default_dtype() == torch.float64 and config is None
+    train = config.get("train")
+    return "resolved" not in config and not (isinstance(train, dict) and "dtype" in train)
 
 
 class _NoLock:

@@ -886,6 +886,17 @@ class Trainer:
             k: checked(f"train.{k}", v, TRAIN_CHECKS[k])
             for k, v in {**DEFAULT_TRAIN, **(train or {})}.items()
         }
+        weights = next((p for p in model.parameters() if p.is_floating_point()), None)
+        precision = None if weights is None else str(weights.dtype).removeprefix("torch.")
+        if "dtype" in (train or {}) and precision is not None and precision != self.cfg["dtype"]:
+            raise WorkbenchError(
+                f"train.dtype is {self.cfg['dtype']} and the model's weights are {precision}: "
+                f"the Trainer trains a model in its own precision; move it first "
+                f"(model.{'double' if self.cfg['dtype'] == 'float64' else 'float'}()), or drop "
+                "train.dtype"
+            )
+        if precision in ("float32", "float64"):  # (not given: the model's, as it trains)
+            self.cfg["dtype"] = precision
         self.objective = make_objective(self.cfg["objective"] if objective is None else objective)
         if self.cfg["fm_time_power"] != 1.0:
             if not isinstance(self.objective, FlowMatchingObjective):

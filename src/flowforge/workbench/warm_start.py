@@ -215,7 +215,8 @@ def with_defaults(config: dict, source: Source) -> dict:
     """``config`` with the sections it leaves out taken from the source run: its model (name
     and arguments) when no model is named, its data (the file it recorded, its split seed and
     options, under the options given) when no data is named, and its layout when none is
-    given. ``source.took`` lists them."""
+    given. ``source.took`` lists them. A float64 run's precision is kept where the config
+    sets no ``train.dtype`` (its model is float64)."""
     config = dict(config or {})
     given = merge_config(None, config)
     theirs = source.cfg
@@ -234,6 +235,11 @@ def with_defaults(config: dict, source: Source) -> dict:
         config["data"] = deep_merge(data, mine if isinstance(mine, dict) else {})
         source.took.append("data")
         source.data_options = bool(mine)
+    train = config.get("train")
+    if (theirs.get("train") or {}).get("dtype") == "float64" and not (
+        isinstance(train, dict) and "dtype" in train
+    ):
+        config["train"] = {**(train if isinstance(train, dict) else {}), "dtype": "float64"}
     if "layout" not in config:
         layout = theirs["resolved"].get("layout")
         if layout in ("vector", "image"):

@@ -1,0 +1,142 @@
+"""``train.dtype: float64``: a run whose model computes, trains, is saved and scored in float64,
+with its data read in float64 (a table float32 cannot hold: timestamps of 1.7e9 +- 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+import flowforge as ff
+from cli_support import cli, one_line_error
+
+TINY = ["--model", "maf", "--model-kwargs", '{"layers": 1, "hidden": [8]}', "--no-progress"]
+
+
+def _timestamps(path, n=600):
+    rng = np.random.default_rng(0)
+    t = 1.7e9 + rng.normal(0.0, 10.0, n)
+    y = 0.05 * (t - 1.7e9) + rng.normal(0.0, 1.0, n)
+    path.write_text("time,value\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in zip(t, y)))
+    return path
+
+
+def test_a_table_float32_cannot_hold_trains_scores_and_samples_in_float64(tmp_path, capsys):
+    data = _timestamps(tmp_path / "ts.csv")
+    rc, _, err = cli(capsys, "train", *TINY, "--data", data, "--out", tmp_path / "r32")
+    one_line_error(rc, err, "finer than float32", "--set train.dtype=float64")
+    run = tmp_path / "r64"
+    rc, out, err = cli(capsys, "train", *TINY, "--data", data, "--out", run, "--epochs", 3,
+                       "--set", "train.dtype=float64")  # fmt: skip
+    assert rc == 0, err
+    assert "parameters in float64; data" in out
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["dtype"] == "float64"
+    flow = ff.load(run)
+    assert flow.dtype == torch.float64
+    # the standardisation holds the column's mean as float64 has it (float32 spaces its
+    # numbers 128 apart at 1.7e9)
+    from flowforge.workbench.data import load_dataset
+
+    ds = load_dataset(str(data), dtype=torch.float64)
+    assert ds.train.dtype == torch.float64
+    mean = ds.train[:, 0].mean().item()
+    assert cfg["resolved"]["stats"]["loc"][0] == pytest.approx(mean, abs=1e-6)
+    assert abs(mean - 1.7e9) < 5
+    # scored on its own test split, finite and near the two Gaussians' entropy (5.14 nats)
+    rc, out, err = cli(capsys, "eval", run, "--split", "test")
+    assert rc == 0, err
+    nll = float(re.search(r"test NLL ([0-9.]+)", out).group(1))
+    assert 4.8 < nll < 6.0, out
+    # a file of rows is read in float64: the score is the model's of the file's values
+    rc, out, err = cli(capsys, "eval", run, "--data", data)
+    assert rc == 0, err
+    x = torch.from_numpy(np.loadtxt(data, delimiter=",", skiprows=1))
+    with torch.no_grad():
+        want = -flow.log_prob(x).mean().item()
+    assert float(re.search(r"NLL ([0-9.]+)", out).group(1)) == pytest.approx(want, abs=1e-4)
+    # samples are written with float64's digits: each timestamp its own value
+    rc, out, err = cli(capsys, "sample", run, "-n", 20, "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    rows = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert len(set(rows[:, 0].tolist())) == 20
+    assert np.abs(rows[:, 0] - 1.7e9).max() < 1e3
+    rc, _, err = cli(capsys, "sample", run, "-n", 5, "--out", tmp_path / "s.npy")
+    assert rc == 0, err
+    assert np.load(tmp_path / "s.npy").dtype == np.float64
+
+
+def test_a_float64_run_resumes_exactly_and_a_run_from_it_keeps_its_precision(tmp_path, capsys):
+    from flowforge.workbench import train
+
+    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
+           "data": {"name": "moons", "n_train": 256, "n_val": 64, "n_test": 64},
+           "train": {"epochs": 3, "batch_size": 64, "tensorboard": False,
+                     "dtype": "float64"}}  # fmt: skip
+
+    def stop(trainer):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    train(cfg, tmp_path / "whole", progress=False, echo=False)
+    result = train(cfg, tmp_path / "cut", progress=False, echo=False, callback=stop)
+    assert result["status"] == "interrupted"
+    rc, _, err = cli(capsys, "train", "--out", tmp_path / "cut", "--resume", "--no-progress")
+    assert rc == 0, err
+    whole = (tmp_path / "whole" / "model.ff").read_bytes()
+    assert (tmp_path / "cut" / "model.ff").read_bytes() == whole
+    assert ff.load(tmp_path / "cut").dtype == torch.float64
+    # a run started from it is float64 too, unless it says otherwise
+    rc, _, err = cli(capsys, "train", "--init-from", tmp_path / "whole", "--out", tmp_path / "i",
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads((tmp_path / "i" / "config.json").read_text())["train"]["dtype"] == "float64"
+    assert ff.load(tmp_path / "i").dtype == torch.float64
+    rc, _, err = cli(capsys, "train", "--init-from", tmp_path / "whole", "--out", tmp_path / "j",
+                     "--epochs", 1, "--no-progress", "--quiet",
+                     "--set", "train.dtype=float32")  # fmt: skip
+    assert rc == 0, err
+    assert ff.load(tmp_path / "j").dtype == torch.float32
+
+
+def test_a_float64_session_records_its_precision(tmp_path):
+    from flowforge.workbench import train
+
+    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
+           "data": {"name": "moons", "n_train": 128, "n_val": 64, "n_test": 64},
+           "train": {"epochs": 1, "tensorboard": False}}  # fmt: skip
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        train(cfg, tmp_path / "r", progress=False, echo=False)
+    finally:
+        torch.set_default_dtype(before)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["dtype"] == "float64"
+    assert ff.load(tmp_path / "r").dtype == torch.float64
+
+
+def test_the_precision_is_checked(tmp_path, capsys):
+    from flowforge.workbench import Trainer, load_dataset
+    from flowforge.workbench.errors import DataError, WorkbenchError
+
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "moons", "--out", tmp_path / "a",
+                     "--set", "train.dtype=float16")  # fmt: skip
+    one_line_error(rc, err, "train.dtype must be one of float32, float64", "float16")
+    rc, _, err = cli(capsys, "train", *TINY, "--data", "moons", "--out", tmp_path / "a",
+                     "--set", "data.dtype=float64")  # fmt: skip
+    one_line_error(rc, err, "data.dtype is not a data option", "--set train.dtype=float64")
+    assert not (tmp_path / "a").exists()
+    ds = load_dataset("moons", n_train=64, n_val=32, n_test=32, dtype="float64")
+    assert {ds.split(k).dtype for k in ("train", "val", "test")} == {torch.float64}
+    with pytest.raises(DataError, match="dtype must be torch.float32 or torch.float64"):
+        load_dataset("moons", dtype=torch.float16)
+    flow = ff.models.MAF(features=2, layers=1, hidden=(8,))
+    with pytest.raises(WorkbenchError, match=r"move it first \(model.double\(\)\)"):
+        Trainer(flow, ds.train, ds.val, {"epochs": 1, "dtype": "float64"}, progress=False)
+    t = Trainer(flow.double(), ds.train, ds.val, {"epochs": 1}, progress=False, echo=False)
+    assert t.cfg["dtype"] == "float64"
