@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from ._util import event_shape, restore_modes, training_modes
-from .core import exact_levels
+from .core import Flow, exact_levels
 from .models import registry
 from .models.integer import IntegerFlow, check_exact_latents
 from .transforms.integer import DiscretizedLogisticMixture
@@ -879,7 +879,7 @@ def _block_params(base: DiscretizedLogisticMixture, i: int, z: Tensor):
 
 
 def encode(
-    flow: IntegerFlow,
+    flow: IntegerFlow | Flow,
     x,
     chunk: int | None = None,
     threads: int = 1,
@@ -889,7 +889,9 @@ def encode(
     """Compress integer data ``x`` of shape ``(N, *flow.event_shape)`` with ``flow``.
 
     Args:
-        flow: an integer discrete flow (:func:`flowforge.models.IDF`), in eval mode.
+        flow: an integer discrete flow (:func:`flowforge.models.IDF`), in eval mode, or a
+            flow with a dequantizer (``levels=``), coded by bits-back
+            (:func:`flowforge.bitsback.encode`, which takes its own options).
         x: integers in ``[0, flow.levels - 1]`` (a tensor or an array).
         chunk: examples per network call (the decoder uses the same): at most ``N`` is used,
             and at most ``MAX_CHUNK_VALUES`` values per call (one example always works).
@@ -1075,7 +1077,7 @@ def _information(counts: np.ndarray, syms: np.ndarray) -> float:
     return float(len(syms) * PRECISION - np.log2(taken).sum())
 
 
-def decode(flow: IntegerFlow, data: bytes, force: bool = False) -> Tensor:
+def decode(flow: IntegerFlow | Flow, data: bytes, force: bool = False) -> Tensor:
     """Decompress ``.ffz`` bytes made by :func:`encode` with the same ``flow``.
 
     Returns an int64 tensor of shape ``(count, *flow.event_shape)``. Raises

@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import math
 import operator
+import typing
 from collections.abc import Sequence
 
 import torch
@@ -56,6 +57,8 @@ __all__ = [
     "regularization",
     "layer_metrics",
     "refresh_tolerances",
+    "NaNLogProb",
+    "NonFiniteSamples",
 ]
 
 
@@ -371,7 +374,10 @@ def refresh_tolerances(module: nn.Module) -> None:
             m.numeric_inverse = m.transform.numeric_inverse
 
 
-def memory_saving(module: nn.Module, enabled: bool = True) -> nn.Module:
+_Module = typing.TypeVar("_Module", bound=nn.Module)
+
+
+def memory_saving(module: _Module, enabled: bool = True) -> _Module:
     """Switch memory-saving backpropagation on (or off) for every :class:`Compose` in
     ``module`` (a :class:`Flow` or a transform) and return ``module``.
 
@@ -1012,7 +1018,10 @@ class Flow(nn.Module):
     clamped_columns: Tensor | None = None
 
     def __init__(
-        self, transform: Transform, base: Distribution, dequantizer: Dequantizer | None = None
+        self,
+        transform: Transform | Sequence[Transform],
+        base: Distribution,
+        dequantizer: Dequantizer | None = None,
     ):
         super().__init__()
         if isinstance(transform, (list, tuple)):  # zuko's and nflows' form: layers in order

@@ -117,7 +117,7 @@ def forward_kl(flow: Flow, x: Tensor, context: Tensor | None = None) -> Tensor:
 
 def reverse_kl(
     flow: Flow,
-    target_log_prob: Callable[[Tensor], Tensor],
+    target_log_prob: Callable[..., Tensor],
     n: int,
     context: Tensor | None = None,
 ) -> Tensor:
@@ -382,7 +382,7 @@ def bits_per_dim(
 @torch.no_grad()
 def log_importance_weights(
     flow: Flow,
-    target_log_prob: Callable[[Tensor], Tensor],
+    target_log_prob: Callable[..., Tensor],
     n: int,
     context: Tensor | None = None,
     batch_size: int = 8192,
@@ -557,7 +557,7 @@ LOW_ESS = 0.1  # below it, the importance-sampled log Z is said to be unreliable
 
 def vi_diagnostics(
     flow: Flow,
-    target_log_prob: Callable[[Tensor], Tensor],
+    target_log_prob: Callable[..., Tensor],
     n: int = 10000,
     context: Tensor | None = None,
     batch_size: int = 8192,

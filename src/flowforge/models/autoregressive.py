@@ -281,7 +281,9 @@ def IAF(
     Sampling and ``rsample_and_log_prob`` are one pass per layer (the choice for variational
     inference); ``log_prob`` of given data is ``features`` sequential steps per layer.
     Arguments as in :func:`MAF` (``adjacency`` included: with it ``log_prob`` takes the
-    graph's depth plus one sequential steps per layer).
+    graph's depth plus one sequential steps per layer), with defaults of its own: 5 layers of
+    a plain (not residual) MADE of two hidden layers of 128, whatever the dimension; there is
+    no ``batch_norm``.
 
     Example:
         >>> import flowforge as ff

@@ -172,7 +172,7 @@ def IDF(
     activation: str = "leaky_relu",
     context_features: int = 0,
     alternate: bool | None = None,
-) -> Flow:
+) -> IntegerFlow:
     r"""An integer discrete flow (IDF) for data in ``{0, ..., levels - 1}``: exact likelihood.
 
     Vectors (``features=``): ``layers`` rounded additive couplings; coupling ``i`` shifts part

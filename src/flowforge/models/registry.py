@@ -356,8 +356,29 @@ _PEER_NAMES = {
 }
 
 
+_Model = typing.TypeVar("_Model")
+
+
+@typing.overload
 def register(
-    fn: Callable[..., Flow] | None = None,
+    fn: Callable[..., _Model],
+    *,
+    inputs: Sequence[str] = ...,
+    depth: str | None = ...,
+    width: str | None = ...,
+    lr: float | None = ...,
+) -> Callable[..., _Model]: ...
+@typing.overload
+def register(
+    fn: None = None,
+    *,
+    inputs: Sequence[str] = ...,
+    depth: str | None = ...,
+    width: str | None = ...,
+    lr: float | None = ...,
+) -> Callable[[Callable[..., _Model]], Callable[..., _Model]]: ...
+def register(
+    fn=None,
     *,
     inputs: Sequence[str] = ("features",),
     depth: str | None = "layers",
@@ -378,7 +399,7 @@ def register(
     default, is a tuple reaches the function as a tuple.
     """
 
-    def wrap(fn: Callable[..., Flow]) -> Callable[..., Flow]:
+    def wrap(fn: Callable[..., _Model]) -> Callable[..., _Model]:
         sig = inspect.signature(fn)
         name = fn.__name__
         for p in sig.parameters.values():

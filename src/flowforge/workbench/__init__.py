@@ -15,7 +15,10 @@ Modules, by concern: ``errors``, ``config`` (defaults, files, checks), ``data`` 
 settings), ``cli`` (the command). See ``docs/workbench.md``.
 """
 
-import importlib
+# ruff: noqa: F401 (the TYPE_CHECKING imports re-export the names imported on first use)
+
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
 # Imported on first use (PEP 562): the command line's --help must not wait for torch.
 _NAMES = {
@@ -74,10 +77,30 @@ __all__ = [
     "write_report",
 ]
 
+if TYPE_CHECKING:  # what type checkers and IDEs see of the names imported on first use
+    from .allocator import reuse_freed_memory
+    from .build import build_flow
+    from .config import DEFAULT_TRAIN, read_config, resolve_config
+    from .data import DATASETS, Dataset, load_dataset
+    from .errors import ContextError, DataError, NonFiniteError, RunError, WorkbenchError
+    from .evaluate import evaluate_run
+    from .report import write_report
+    from .runner import train
+    from .runs import load_run, read_metrics
+    from .trainer import (
+        NLL,
+        FlowMatchingObjective,
+        Loss,
+        Objective,
+        ReverseKL,
+        Trainer,
+        TrainingWarning,
+    )
+
 
 def __getattr__(name: str):
     if name in _NAMES:
-        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        value = getattr(_importlib.import_module(f".{_NAMES[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'flowforge.workbench' has no attribute {name!r}")

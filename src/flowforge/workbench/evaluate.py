@@ -92,7 +92,7 @@ def _sample_names_first(path, width: int) -> bool:
 
 
 def evaluate_run(
-    run: str,
+    run: str | os.PathLike,
     split: str = "test",
     data: str | None = None,
     seed: int = 0,

@@ -1124,7 +1124,7 @@ def _check_metrics_size(path: Path) -> None:
 
 
 def read_metrics(
-    run: Path, unreadable: list[int] | None = None, steps: int = MAX_STEP_RECORDS
+    run: str | os.PathLike, unreadable: list[int] | None = None, steps: int = MAX_STEP_RECORDS
 ) -> Records:
     """The records of ``metrics.jsonl``, read line by line, with the step records evenly
     thinned to at most about ``2 * steps`` (:class:`Records`); unreadable lines (a damaged or
