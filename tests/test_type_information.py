@@ -1,5 +1,6 @@
-"""What type checkers and IDEs see of flowforge (PEP 561): the package says it is typed, and
-the names imported on first use are declared for them, the same names the package serves."""
+"""What type checkers, IDEs and notebooks see of flowforge: the package says it is typed (PEP
+561), the names imported on first use are declared for type checkers, the same names the
+package serves, and a model, a dataset and a trainer print as what they are."""
 
 from __future__ import annotations
 
@@ -39,3 +40,21 @@ def test_the_names_imported_on_first_use_are_declared_for_type_checkers(package)
     assert set(module.__all__) <= served and served - set(module.__all__) <= {"io"}
     for name in module.__all__:  # (each one is there, and is what the declaration names)
         assert getattr(module, name) is not None
+
+
+def test_a_model_a_dataset_and_a_trainer_print_as_what_they_are():
+    import flowforge as ff
+    from flowforge.workbench import Trainer, load_dataset
+
+    flow = ff.models.NSF(features=2, context_features=3, layers=1, hidden=(8,))
+    n = sum(p.numel() for p in flow.parameters())
+    assert repr(flow).splitlines()[1].strip() == (
+        f"NSF, event_shape=(2,), context_features=3, {n:,} parameters"
+    )
+    ds = load_dataset("moons", n_train=64, n_val=32, n_test=32)
+    assert repr(ds) == "Dataset('moons', points, shape=(2,), train / val / test = 64 / 32 / 32)"
+    t = Trainer(ff.models.RealNVP(features=2, layers=1, hidden=(4,)), ds.train, ds.val,
+                {"epochs": 2, "batch_size": 32}, progress=False, echo=False)  # fmt: skip
+    assert repr(t) == (
+        "Trainer(RealNVP, objective=nll, epochs=2, batch_size=32, lr=0.001, step 0 of 4)"
+    )

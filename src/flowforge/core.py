@@ -1065,6 +1065,17 @@ class Flow(nn.Module):
         # a fixed map of raw contexts onto the layers' scale (models.context_standardized)
         self.context_map: nn.Module | None = None
 
+    def extra_repr(self) -> str:
+        """The first line a notebook shows: the model, its event shape, its context and the
+        number of parameters (the layers follow, as torch lists them)."""
+        model = self.config.get("model") if isinstance(self.config, dict) else None
+        parts = [str(model)] if isinstance(model, str) else []
+        parts.append(f"event_shape={tuple(self.event_shape)}")
+        if self.context_features:
+            parts.append(f"context_features={self.context_features}")
+        parts.append(f"{sum(p.numel() for p in self.parameters()):,} parameters")
+        return ", ".join(parts)
+
     def __setstate__(self, state):  # (flows pickled before the context map existed)
         if "context_map" not in state.get("_modules", {}):
             state.setdefault("context_map", None)

@@ -92,6 +92,15 @@ class Dataset:
     density: Callable[[np.ndarray], np.ndarray] | None = None
     density_measure: str = "lebesgue"
 
+    def __repr__(self) -> str:  # (the splits' sizes, not their values)
+        sizes = " / ".join(str(len(self.split(k))) for k in ("train", "val", "test"))
+        levels = f", levels={self.levels}" if self.levels else ""
+        context = "" if self.context is None else f", context={self.context_info.get('kind')}"
+        return (
+            f"Dataset({self.name!r}, {self.kind}, shape={tuple(self.shape)}{levels}, "
+            f"train / val / test = {sizes}{context})"
+        )
+
     def split(self, name: str) -> Tensor:
         if name not in ("train", "val", "test"):
             case = " (in lower case)" if str(name).lower() in ("train", "val", "test") else ""

@@ -1637,6 +1637,18 @@ class Trainer:
                 else:
                     setattr(m, name, v)
 
+    def __repr__(self) -> str:  # (what a notebook shows of it)
+        model = getattr(io._unwrap(self.model), "config", None)
+        name = model.get("model") if isinstance(model, dict) else None
+        name = name if isinstance(name, str) else type(io._unwrap(self.model)).__name__
+        objective = getattr(self.objective, "name", type(self.objective).__name__)
+        out = "" if self.out is None else f", out={str(self.out)!r}"
+        return (
+            f"Trainer({name}, objective={objective}, epochs={self.cfg['epochs']}, "
+            f"batch_size={self.cfg['batch_size']}, lr={self.cfg['lr']:g}, "
+            f"step {self.global_step} of {self.total_steps}{out})"
+        )
+
     def fit(self, resume: bool = False) -> dict:
         """Train; returns a summary with ``status`` in finished, early-stopped, interrupted.
 
