@@ -55,3 +55,13 @@ def test_a_toml_config_reads_as_its_yaml_and_json_twins(tmp_path):
     (tmp_path / "bad.toml").write_text("model = [\n")
     with pytest.raises(Exception, match="bad.toml"):
         read_config(tmp_path / "bad.toml")
+
+
+def test_demo_of_another_model_takes_its_own_learning_rate():
+    # (`demo --model bnaf` trained at the demo's 1e-3, not BNAF's own 0.01, without a word)
+    from flowforge.workbench.cli import demo_config
+    from flowforge.workbench.config import resolve_config
+
+    assert resolve_config(demo_config("bnaf"))["train"]["lr"] == 0.01
+    assert resolve_config(demo_config("maf", 3))["train"]["lr"] == 1e-3
+    assert resolve_config(demo_config())["train"] == resolve_config(DEMO)["train"]

@@ -137,3 +137,107 @@ def test_context_values_are_rounded():
         "1.235e+06",
     ]
     assert R._context_value(0.123456) == "0.1235" and R._context_value(2.5) == "2.5"
+
+
+# -- a figures audit (2026-12-08) -----------------------------------------------------------
+
+
+def test_a_2d_report_counts_the_samples_off_its_axes_and_gives_the_model_s_share(
+    tmp_path, figures, capsys
+):
+    # (every 2-D report said "(2,000 off the axes)": the box's limits were passed as x and y)
+    run = tmp_path / "moons"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "moons", "--out", run,
+                     "--limit", 500, *QUIET)  # fmt: skip
+    assert rc == 0, err
+    assert cli(capsys, "report", run)[0] == 0
+    title = figures["samples.png"]["titles"][1]
+    off = re.search(r"\(([0-9,]+) off the axes\)", title)
+    assert off is None or int(off.group(1).replace(",", "")) < 1000, title
+    assert "of its mass in this box" not in figures["density.png"]["titles"][1]
+
+
+def test_columns_of_a_long_shared_prefix_keep_their_names(tmp_path, figures, capsys):
+    # (cut to 29 characters, every column read "measurement_of_quantity_numbe…": in the
+    # figures, the warnings, the per-column table and report --json)
+    rng = np.random.default_rng(0)
+    names = [f"measurement_of_quantity_number_{j:02d}_in_units" for j in range(3)]
+    x = rng.normal(size=(300, 3)) * [1.0, 2.0, 3.0]
+    csv = tmp_path / "wide.csv"
+    csv.write_text(",".join(names) + "\n" + "".join(",".join(f"{v:.5f}" for v in r) + "\n"
+                                                     for r in x))  # fmt: skip
+    run = tmp_path / "wide"
+    assert main(["train", "--model", "maf", "--data", str(csv), "--out", str(run), *QUIET]) == 0
+    capsys.readouterr()
+    rc, out, err = cli(capsys, "report", run, "--json")
+    assert rc == 0, err
+    import json
+
+    said = json.loads(out)
+    assert set(said["fidelity"]["columns_beyond_noise"]) <= set(names)
+    titles = figures["marginals.png"]["titles"]
+    ends = ("00_in_units", "01_in_units", "02_in_units")
+    assert len(set(titles[:3])) == 3 and all(t.endswith(ends) for t in titles[:3]), titles
+    html = (run / "report.html").read_text()
+    assert all(n in html for n in names)
+
+
+def test_the_plot_box_of_data_at_a_tiny_scale_is_its_range():
+    # (a spread under 1e-9 counted as a constant column: a box of width 1 around one dot)
+    lo, hi = R._box(np.array([[1e-20, -3e-20], [3e-20, 2e-20]]), pad=0.1)
+    assert hi - lo == pytest.approx([2.4e-20, 6e-20], rel=1e-3)
+    lo, hi = R._box(np.array([[5.0], [5.0]]), pad=0.1)  # (one value: a box of its size)
+    assert hi[0] - lo[0] == pytest.approx(1.0)
+
+
+def test_a_2d_table_s_sample_figure_names_its_axes_and_its_contexts(tmp_path, capsys, figures):
+    # (an equal-aspect scatter of age against income was a blank vertical line, unnamed)
+    rng = np.random.default_rng(0)
+    age = rng.uniform(20, 70, 300)
+    income = 800 * age + rng.normal(0, 5000, 300)
+    flag = (rng.uniform(size=300) < 0.5).astype(int)
+    csv = tmp_path / "people.csv"
+    rows = [f"{a:.2f},{b:.0f},{c}\n" for a, b, c in zip(age, income, flag)]
+    csv.write_text("age,income,flag\n" + "".join(rows))
+    run = tmp_path / "r"
+    args = ["train", "--model", "maf", "--data", csv, "--out", run, "--target-columns",
+            "age,income", *QUIET]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    rc, _, err = cli(capsys, "sample", run, "-n", 50, "--context", "0;1",
+                     "--out", tmp_path / "s.png")  # fmt: skip
+    assert rc == 0, err
+    assert figures["s.png"]["legends"] == ["0", "1"]
+
+
+def test_fit_target_draws_a_1d_target(tmp_path, capsys):
+    # (a 1-D target trained, then stopped with an internal IndexError in its figure)
+    from flowforge import targets
+
+    (tmp_path / "t1.py").write_text(
+        "import flowforge as ff\n"
+        "ff.targets.register('one_d', lambda x: -0.5 * ((x[..., 0] - 3) / 0.5) ** 2, dim=1)\n"
+    )
+    try:
+        rc, _, err = cli(capsys, "fit-target", "--import", tmp_path / "t1.py", "--target",
+                         "one_d", "--model", "maf", "--steps", 30, "--n-eval", 500,
+                         "--out", tmp_path / "vi", "--quiet")  # fmt: skip
+    finally:
+        targets.TARGETS.pop("one_d", None)
+    assert rc == 0, err
+    assert (tmp_path / "vi" / "report.png").stat().st_size > 0
+
+
+def test_an_image_report_says_how_many_sampled_values_were_clamped(tmp_path, capsys):
+    # (9-14% of the pixels were clamped to the levels and the grids showed them as clean
+    # black and white, with no word; `sample` warned of them)
+    run = tmp_path / "img"
+    rc, _, err = cli(capsys, "train", "--model", "realnvp", "--data", "digits", "--out", run,
+                     "--limit", 200, "--layout", "vector", *QUIET)  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "report", run, "--json")
+    assert rc == 0, err
+    import json
+
+    warnings = json.loads(out)["warnings"]
+    said = [w for w in warnings if w.startswith("samples clamped: of the sampled values, ")]
+    assert len(said) == 1 and "at T = 1 fell outside the data's 17 levels" in said[0], warnings

@@ -645,3 +645,72 @@ def test_a_quiet_trainer_needs_no_progress_bar_package(monkeypatch):
         result = Trainer(flow, x, x[:16], {"epochs": 1, "batch_size": 32, "tensorboard": False},
                          progress=False, echo=echo).fit()  # fmt: skip
         assert math.isfinite(result["best_val"])
+
+
+def test_a_learning_rate_halved_on_a_plateau_is_whole_again_in_the_next_phase():
+    # (the halving carried into the next phase, whose schedule the docs say restarts: an
+    # M-flow's density phase trained at an eighth of its rate)
+    import warnings
+
+    from flowforge.workbench.trainer import NLL
+
+    class Phased(NLL):
+        name = "phased"
+
+        def phase_starts(self, cfg):
+            return [3]
+
+        def validate(self, trainer, x, c):  # phase 1 worse every epoch, phase 2 better
+            return [1.0, 2.0, 3.0, 0.5, 0.4, 0.3][trainer.epoch]
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 2)
+    flow = ff.models.RealNVP(features=2, layers=2, hidden=(8,))
+    cfg = {"epochs": 6, "batch_size": 64, "halve_after": 1, "log_every": 1, "warmup_steps": 0,
+           "schedule": "constant", "patience": 0}  # fmt: skip
+    t = Trainer(flow, x, x[:64] + 0.1, cfg, objective=Phased(), progress=False, echo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit()
+    steps = [r for r in t.history if r["type"] == "step"]
+    first = [r["lr"] for r in steps if (r["step"] - 1) % 4 == 0]
+    assert first == pytest.approx([1e-3, 1e-3, 5e-4, 1e-3, 1e-3, 1e-3]), first
+
+
+def test_the_alternating_m_flow_s_density_epochs_are_no_plateau():
+    # (each density epoch of the first phase left the reconstruction error as it was, and
+    # counted as stale: halve_after: 1 halved the rate after every one of them)
+    from flowforge.workbench.mflow import MFlowObjective
+
+    class Fake:
+        phase_starts = [0, 6]
+
+    objective = MFlowObjective("alternating")
+    t = Fake()
+    assert objective.validated_epochs(t, 0, 1) == 0  # (epoch 1: a density epoch)
+    assert objective.validated_epochs(t, 0, 4) == 2  # (epochs 2 and 4)
+    assert objective.validated_epochs(t, 5, 8) == 3  # (the density phase: every epoch)
+    assert MFlowObjective("sequential").validated_epochs(t, 0, 4) == 4
+
+
+def test_options_this_run_does_not_read_are_said():
+    # (accepted and recorded, they changed nothing: a sweep over them gave identical runs)
+    torch.manual_seed(0)
+    x = torch.randn(128, 2)
+
+    def said(cfg, objective=None):
+        flow = ff.models.MAF(features=2, layers=1, hidden=(8,), standardize=False)
+        t = Trainer(flow, x, x[:32], {"epochs": 1, "batch_size": 64, **cfg},
+                    objective=objective, progress=False, echo=False)  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t.fit()
+        return " | ".join(str(w.message) for w in caught if w.category is TrainingWarning)
+
+    loss = Loss(lambda model, xb, c: -model.log_prob(xb).mean())
+    assert "train.val_samples = 4 averages draws" in said({"val_samples": 4}, loss)
+    assert "val_samples" not in said({"val_samples": 4})  # (the NLL reads it)
+    assert "with train.schedule: constant it does nothing" in said(
+        {"min_lr_ratio": 0.5, "schedule": "constant"}
+    )
+    assert "train.init_batch = 64 is the batch a data-initialised layer" in said({"init_batch": 64})

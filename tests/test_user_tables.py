@@ -925,3 +925,41 @@ def test_large_whole_values_are_sampled_in_plain_digits(tmp_path, capsys):
     times = [line.split(",")[0] for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
     assert all(re.fullmatch(r"-?[0-9]+", v) for v in times), times[:5]
     assert all(abs(float(v) - 1.7e9) < 2e8 for v in times)
+
+
+def test_standardize_false_leaves_the_table_unstandardised(tmp_path, capsys):
+    # (the builder's own layer standardised it from the first batch instead, unsaid)
+    import flowforge as ff
+    from cli_support import cli
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "raw.csv"
+    x = rng.normal(size=(300, 2)) * [100, 0.01] + [5000, 3]
+    data.write_text("big,small\n" + "".join(f"{a:.4f},{b:.6f}\n" for a, b in x))
+    common = ["train", "--model", "nsf", "--data", data, "--epochs", 1, "--no-progress",
+              "--quiet", "--model-kwargs", '{"layers": 1, "hidden": [8]}']  # fmt: skip
+    rc, _, err = cli(capsys, *common, "--out", tmp_path / "off", "--set", "data.standardize=false")
+    assert rc == 0, err
+    flow = ff.load(tmp_path / "off")
+    assert flow.config["kwargs"]["standardize"] is False
+    kinds = {type(m).__name__ for m in flow.modules()}
+    assert not kinds & {"Standardize", "DataStandardize"}, kinds
+    rc, _, err = cli(capsys, *common, "--out", tmp_path / "on")
+    assert rc == 0, err
+    assert "Standardize" in {type(m).__name__ for m in ff.load(tmp_path / "on").modules()}
+
+
+def test_a_data_seed_that_changes_nothing_is_said(tmp_path):
+    # (a seed sweep on a file with its own splits, or read in order, scored the same rows)
+    from flowforge.workbench import load_dataset
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", train=rng.normal(size=(200, 2)), val=rng.normal(size=(50, 2)),
+             test=rng.normal(size=(50, 2)))  # fmt: skip
+    np.savetxt(tmp_path / "t.csv", rng.normal(size=(300, 2)), delimiter=",")
+    said = load_dataset(str(tmp_path / "s.npz"), seed=5).info["warnings"]
+    assert any("holds its own train, val and test arrays, so data.seed = 5" in w for w in said)
+    said = load_dataset(str(tmp_path / "t.csv"), seed=5, shuffle=False).info["warnings"]
+    assert any("(shuffle: false), so data.seed = 5 changes nothing" in w for w in said)
+    assert "warnings" not in load_dataset(str(tmp_path / "t.csv"), seed=5).info
+    assert "warnings" not in load_dataset(str(tmp_path / "s.npz")).info

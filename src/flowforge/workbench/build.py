@@ -371,8 +371,12 @@ def build_flow(
                 kwargs = {**saved, **kwargs}
         if legacy:  # the builder's arguments added since take the values that rebuild the run
             kwargs = models.registry.saved_kwargs(name, kwargs)
-        elif ds.stats is not None and "standardize" in takes:
-            # the data is standardised here, with the whole training split's statistics
+        elif "standardize" in takes and (
+            ds.stats is not None or cfg["data"]["options"].get("standardize") is False
+        ):
+            # the data is standardised here, with the whole training split's statistics; or
+            # not at all, as data.standardize: false asks (the builder's own layer would
+            # standardise it from the first batch)
             kwargs.setdefault("standardize", False)
         sizing = None if legacy else _sizing(spec.name.lower(), spec, kwargs, layout, ds)
         if like is not None and not legacy:

@@ -33,18 +33,39 @@ DEMO = {
 }
 
 
-# the library's remedies that only Python can take (the workbench's models are float32),
-# and what the command offers instead
+# the library's remedies in Python's words, and what the command offers instead (a run is
+# trained in float64 with train.dtype; its model cannot be moved to float64 after)
+_F64 = "train the run in float64 (--set train.dtype=float64)"
 _PYTHON_REMEDIES = (
-    ("; move the flow to float64 (flow.double())", " (the workbench's models are float32)"),
-    ("move the flow to float64 (flow.double()) or rescale", "rescale"),
-    ("move the flow to float64 (flow.double()) or subtract", "subtract"),
+    ("; move the flow to float64 (flow.double())", f"; {_F64}"),
+    ("move the flow to float64 (flow.double()) or rescale", f"{_F64} or rescale"),
+    ("move the flow to float64 (flow.double()) or subtract", f"{_F64} or subtract"),
     (
         "sample in float64 (flow.double()), or at a lower temperature",
         "sample at a lower --temperature",
     ),
     ("score them in float64 (flow.double()), or remove them", "remove them"),
 )
+
+
+def demo_config(model: str | None = None, epochs: int | None = None) -> dict:
+    """The demo's config (:data:`DEMO`), with ``epochs``, and for ``model`` other than the
+    demo's its own defaults, sized to the data, and its own learning rate where it has one
+    (BNAF's 0.01: ``flowforge list`` says it trains with it unless train.lr is set)."""
+    cfg = json.loads(json.dumps(DEMO))
+    if epochs is not None:
+        cfg["train"]["epochs"] = epochs
+    if model is not None and model.strip().lower() != DEMO["model"]["name"]:
+        cfg["model"] = {"name": model}
+        cfg["layout"] = "auto"
+        try:
+            from .. import models
+
+            if models.spec(model).lr is not None:
+                del cfg["train"]["lr"]
+        except ValueError:
+            pass  # (an unknown model: train refuses it, naming the models)
+    return cfg
 
 
 class StdoutError(OSError):
@@ -1406,12 +1427,7 @@ def cmd_demo(args) -> int:
     from .report import write_report
     from .runner import train
 
-    cfg = json.loads(json.dumps(DEMO))
-    if args.epochs is not None:
-        cfg["train"]["epochs"] = args.epochs
-    if args.model is not None and args.model.strip().lower() != DEMO["model"]["name"]:
-        cfg["model"] = {"name": args.model}  # (another model: its own defaults, sized)
-        cfg["layout"] = "auto"
+    cfg = demo_config(args.model, args.epochs)
     try:
         result = train(cfg, args.out, overwrite=args.overwrite, progress=_progress(args))
     except RunError as e:

@@ -2329,7 +2329,7 @@ def _table(
     val_fraction = 0.1 if val_fraction is None else val_fraction  # (the defaults: None, so
     test_fraction = 0.1 if test_fraction is None else test_fraction  # that a file's own
     shuffle = True if shuffle is None else shuffle  # splits can refuse them when given)
-    columns, unnamed, unused = None, None, None
+    columns, unnamed, unused, own = None, None, None, False
     if path.suffix.lower() == ".csv":
         table, columns = _read_csv(path, header)
         arrays = {"data": table}
@@ -2341,6 +2341,7 @@ def _table(
             if not raw:
                 raise DataError(f"{path} is empty (no arrays)")
             if "train" in raw:
+                own = True
                 missing = {"val", "test"} - set(raw)
                 if missing:
                     raise DataError(f"{path} has 'train' but no {sorted(missing)} array")
@@ -2450,6 +2451,17 @@ def _table(
             info["warnings"] = notes
     if unused and checks:
         info["warnings"] = [unused, *info.get("warnings", [])]
+    if seed and checks and (own or not shuffle):  # (as digits' fixed split says it)
+        why = (
+            "holds its own train, val and test arrays"
+            if own
+            else "is split in its rows' order (shuffle: false)"
+        )
+        info["warnings"] = [
+            f"{path} {why}, so data.seed = {seed} changes nothing: runs of different data "
+            "seeds score the same rows",
+            *info.get("warnings", []),
+        ]
     return Dataset(
         str(path),
         t["train"],

@@ -89,6 +89,15 @@ class MFlowObjective(Objective):
             return "density"
         return "manifold"
 
+    def validated_epochs(self, trainer, after: int, upto: int) -> int:
+        """The epochs that move the validation number: not the first phase's density epochs
+        of the alternating schedule (validated by the reconstruction error)."""
+        return sum(
+            1
+            for e in range(after + 1, upto + 1)
+            if e >= trainer.phase_starts[1] or self.phase(trainer, e) == "manifold"
+        )
+
     def loss_kind(self, trainer: Trainer) -> str:
         return self.phase(trainer)
 

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -368,8 +369,20 @@ def save_samples(
         _show(ax, grid)
     elif shape == (2,):
         fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6)
-        ax.set_aspect("equal")
+        rows = given[1] if given is not None and given[1] else [None]
+        per = max(x.shape[0] // len(rows), 1)
+        for k, row in enumerate(rows):  # each context's samples in a colour of their own
+            part = x[k * per : (k + 1) * per]
+            said = None if row is None else ", ".join(_exact(float(v)) for v in row)
+            ax.scatter(part[:, 0], part[:, 1], s=3, alpha=0.6, label=said)
+        if len(rows) > 1:
+            ax.legend(title=", ".join(map(str, given[0])), fontsize=7, markerscale=3)
+        if cfg["resolved"].get("kind") == "points":  # (the toys: one unit on both axes)
+            ax.set_aspect("equal")
+        names = cfg["resolved"].get("columns")
+        if isinstance(names, list) and len(names) == 2:  # (a table's: each its own unit)
+            ax.set_xlabel(_label(names[0]))
+            ax.set_ylabel(_label(names[1]))
     else:
         raise WorkbenchError(
             f"PNG output needs image or 2-D data (this run's data has shape {shape}); "
@@ -568,14 +581,34 @@ def _curves(metrics: list[dict], path: Path, discrete: bool, objective: str = "n
 
 
 @_drawing
-def _samples_images(flow, cfg, temps, n, seed, path: Path) -> None:
+def _samples_images(flow, cfg, temps, n, seed, path: Path) -> dict:
+    """The samples' grids at each temperature; returns the share of the sampled values
+    clamped to the data's levels at each (:func:`clamped_fact`)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(temps), figsize=(3.2 * len(temps), 3.6), squeeze=False)
+    clamped = {}
     for ax, t in zip(axes[0], temps):
         x = sample_run(flow, cfg, n, t, seed)
+        clamped[t] = float(getattr(flow, "clamped", 0.0))
         _show(ax, image_grid(_as_images(x, cfg)))
         ax.set_title(f"T = {t:g}")
     _savefig(fig, path)
+    return clamped
+
+
+def clamped_fact(clamped: dict, levels) -> tuple[str, str] | None:
+    """The report's row for sampled values clamped to the data's levels (``clamped``: the
+    share at each temperature), as `flowforge sample` warns of them; None if none were."""
+    shares = {t: c for t, c in clamped.items() if c > 0}
+    if not shares:
+        return None
+    each = ", ".join(f"{c:.2%} at T = {t:g}" for t, c in shares.items())
+    return (
+        "warning: samples clamped",
+        f"of the sampled values, {each} fell outside the data's {levels} levels (0 to "
+        f"{levels - 1}) and were clamped to them (the figures show them on the extreme "
+        "levels): the model puts that mass outside the data's range",
+    )
 
 
 @_drawing
@@ -643,27 +676,32 @@ def _density(
     flow.eval()
     overflowed = 0
     if flow.dequantizer is None:
-        dens = torch.zeros(len(pts))
+        # in float64: a density of data at a scale of 1e-20 is 1e40 per unit^2, past float32
+        dens = torch.zeros(len(pts), dtype=torch.float64)
         keep = pts[inside]
         if len(keep):
-            logp = torch.cat([_grid_log_prob(flow, c) for c in keep.split(8192)])
+            logp = torch.cat([_grid_log_prob(flow, c) for c in keep.split(8192)]).double()
             overflowed = int((~torch.isfinite(logp) & ~(logp == -math.inf)).sum())
-            dens[inside] = (  # (a float64 model's in float32: a figure's precision)
-                torch.nan_to_num(logp, nan=-math.inf, posinf=-math.inf).exp().to(dens.dtype)
-            )
+            dens[inside] = torch.nan_to_num(logp, nan=-math.inf, posinf=-math.inf).exp()
+            overflowed += int(torch.isinf(dens).sum())  # (past float64's range too: dark)
+            dens = torch.nan_to_num(dens, posinf=0.0)
         dens = dens.reshape(g, g).numpy()
     else:
         dens = None
+    s = samples.numpy()
+    xlim, ylim = (lo[0], hi[0]), (lo[1], hi[1])
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.6))
     ax[0].scatter(x[:, 0], x[:, 1], s=2, alpha=0.4)
     ax[0].set_title(shown)
     if dens is not None:
-        ax[1].imshow(
+        image = ax[1].imshow(
             dens, origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto", cmap="viridis"
         )
-        cell = (hi[0] - lo[0]) / (g - 1) * (hi[1] - lo[1]) / (g - 1)
-        mass = float(np.nansum(dens)) * cell  # (the grid's share of the model's mass)
-        held = f" ({mass:.0%} of its mass in this box)" if 0 < mass < 0.99 else ""
+        fig.colorbar(image, ax=ax[1], label="density (per unit of x per unit of y)")
+        # the model's mass in the box, as the share of its samples there: a sum over the grid
+        # under-counts a density that peaks at a declared bound (94% where 99% lie inside)
+        share = 1 - _off_axes_count(s[:, 0], s[:, 1], xlim, ylim) / max(len(s), 1)
+        held = f" ({share:.0%} of its samples in this box)" if len(s) and share < 0.99 else ""
         ax[1].set_title(
             "model density"
             + held
@@ -687,12 +725,11 @@ def _density(
             a.set_xlabel(names[0])
             a.set_ylabel(names[1])
     _savefig(fig, path_density)
-    s = samples.numpy()
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.6))
     ax[0].scatter(x[:, 0], x[:, 1], s=2, alpha=0.4)
     ax[0].set_title(shown)
     ax[1].scatter(s[:, 0], s[:, 1], s=2, alpha=0.4, color="C1")
-    ax[1].set_title(f"{len(s):,} model samples{_off_axes(s[:, 0], s[:, 1], lo, hi)}")
+    ax[1].set_title(f"{len(s):,} model samples{_off_axes(s[:, 0], s[:, 1], xlim, ylim)}")
     for a in ax:
         a.set_xlim(lo[0], hi[0])
         a.set_ylim(lo[1], hi[1])
@@ -719,12 +756,17 @@ def _grid_log_prob(flow, pts: Tensor) -> Tensor:
             flow.validate_args = held
 
 
+def _off_axes_count(u, v, xlim, ylim) -> int:
+    """The points of a scatter that its axes ``xlim`` and ``ylim`` leave out."""
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    out = (u < xlim[0]) | (u > xlim[1]) | (v < ylim[0]) | (v > ylim[1]) | ~np.isfinite(u + v)
+    return int(out.sum())
+
+
 def _off_axes(u, v, xlim, ylim) -> str:
     """`` (8 off the axes)`` for the points of a scatter that its axes leave out (the
     model's mass where the data has none: counted, never silently dropped), else ``""``."""
-    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    out = (u < xlim[0]) | (u > xlim[1]) | (v < ylim[0]) | (v > ylim[1]) | ~np.isfinite(u + v)
-    n = int(out.sum())
+    n = _off_axes_count(u, v, xlim, ylim)
     return f" ({n:,} off the axes)" if n else ""
 
 
@@ -808,8 +850,9 @@ def _box(x: np.ndarray, pad: float = 0.1, also=None) -> tuple[np.ndarray, np.nda
         both = np.concatenate([x, np.asarray(also, dtype=np.float64)])
         lo2, hi2 = np.percentile(both, 0.5, 0), np.percentile(both, 99.5, 0)
         lo, hi = np.where(lo == hi, lo2, lo), np.where(lo == hi, hi2, hi)
-    size = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0)
-    width = np.where(hi - lo > 1e-9 * size, hi - lo, size)
+    size = np.maximum(np.abs(lo), np.abs(hi))  # (a spread of 1e-20 at 1e-20 is a spread:
+    spread = hi - lo  # data in SI units of farads or kilograms of particles)
+    width = np.where((spread > 1e-9 * size) & (spread > 0), spread, np.where(size > 0, size, 1.0))
     return lo - pad * width, hi + pad * width
 
 
@@ -941,6 +984,7 @@ def table_figures(
     ``data``: rows of the ``split`` (of ``total`` rows there), named in the figures."""
     plt = _plt()
     figs, facts = [], []
+    labels = _labels(names)  # (the figures'; the facts name the columns in full)
     data, samples = _finite_rows(data), _finite_rows(samples)
     total = max(total or 0, len(data))
     rows_shown = f"{len(data):,} of {total:,} rows" if total > len(data) else _count(total, "row")
@@ -960,7 +1004,7 @@ def table_figures(
         _hist(ax, data[:, j], edges, histtype="stepfilled", alpha=0.35, label=side)
         _hist(ax, samples[:, j], edges, histtype="step", lw=1.5, color="C1",
               label=f"{len(samples):,} samples")  # fmt: skip
-        ax.set_title(names[j], fontsize=9)
+        ax.set_title(labels[j], fontsize=9)
         _few_ticks(ax)
         if k == 0:
             ax.legend(fontsize=7)
@@ -984,16 +1028,16 @@ def table_figures(
             b.scatter(samples[:m, i], samples[:m, j], s=2, alpha=0.35, color="C1")
             # (wrapped to the panel: long column names ran into the next panel's title)
             a.set_title("\n".join(textwrap.wrap(
-                f"{pair_side}: {names[i]} vs {names[j]} (MI {dep[i, j]:.2f} nats)", 60)),
+                f"{pair_side}: {labels[i]} vs {labels[j]} (MI {dep[i, j]:.2f} nats)", 60)),
                 fontsize=8)  # fmt: skip
             off = _off_axes(samples[:m, i], samples[:m, j], (lo[i], hi[i]), (lo[j], hi[j]))
-            b.set_title("\n".join(textwrap.wrap(f"{m:,} samples{off}: {names[i]} vs {names[j]}",
+            b.set_title("\n".join(textwrap.wrap(f"{m:,} samples{off}: {labels[i]} vs {labels[j]}",
                                                  60)), fontsize=8)  # fmt: skip
             for ax in (a, b):
                 ax.set_xlim(lo[i], hi[i])
                 ax.set_ylim(lo[j], hi[j])
-                ax.set_xlabel(names[i], fontsize=8)
-                ax.set_ylabel(names[j], fontsize=8)
+                ax.set_xlabel(labels[i], fontsize=8)
+                ax.set_ylabel(labels[j], fontsize=8)
                 _few_ticks(ax)
         _savefig(fig, figdir / "pairs.png")
         among = f" (among the first {k} of {d} columns)" if k < d else ""
@@ -1017,8 +1061,8 @@ def table_figures(
                 ax.set_xticks(ticks)
                 ax.set_yticks(ticks)
                 if d <= MAX_COLUMNS:
-                    ax.set_xticklabels([names[j] for j in ticks], rotation=90, fontsize=7)
-                    ax.set_yticklabels([names[j] for j in ticks], fontsize=7)
+                    ax.set_xticklabels([labels[j] for j in ticks], rotation=90, fontsize=7)
+                    ax.set_yticklabels([labels[j] for j in ticks], fontsize=7)
                 fig.colorbar(im, ax=ax, fraction=0.046)
             _savefig(fig, figdir / "correlations.png")
             figs.append((f"Correlation matrices: {side} vs samples", "report/correlations.png"))
@@ -1352,6 +1396,7 @@ def _class_grid(flow, cfg, classes, n, temperature, seed, path):
     info = cfg["resolved"]["context"]
     ctx = label_context(classes, info)
     x = sample_run(flow, cfg, n, temperature, seed, context=ctx)
+    clamped = float(getattr(flow, "clamped", 0.0))
     plt = _plt()
     grid = image_grid(_as_images(x, cfg), cols=n)
     fig, ax = plt.subplots(figsize=(0.9 * n + 1, 0.9 * len(classes) + 0.6))
@@ -1362,6 +1407,7 @@ def _class_grid(flow, cfg, classes, n, temperature, seed, path):
     ax.set_ylabel("class")
     ax.set_title(f"{n} samples per class, T={temperature:g}")
     _savefig(fig, path)
+    return clamped
 
 
 def _context_value(v: float) -> str:
@@ -1417,6 +1463,21 @@ def _label(name: str) -> str:
     long one broke the figures' layout and printed matplotlib's warning)."""
     name = " ".join(str(name).split())
     return name if len(name) <= MAX_LABEL else name[: MAX_LABEL - 1] + "…"
+
+
+def _labels(names) -> list[str]:
+    """Column names as figure labels (:func:`_label`), told apart: names cut to the same label
+    keep their endings instead (``measurement_of_q…_number_12``), or failing that get their
+    index."""
+    out = [_label(n) for n in names]
+    if len(set(out)) == len(out):
+        return out
+    head = (MAX_LABEL - 1) // 2
+    tail = MAX_LABEL - 1 - head
+    out = [" ".join(str(n).split()) for n in names]
+    out = [n if len(n) <= MAX_LABEL else f"{n[:head]}…{n[-tail:]}" for n in out]
+    seen = Counter(out)
+    return [f"{n} [{j}]" if seen[n] > 1 else n for j, n in enumerate(out)]
 
 
 def _column_names(cfg: dict, d: int) -> list[str]:
@@ -2036,14 +2097,18 @@ def _write_report(
     if len(data_shape) == 3:
         if info and info["kind"] == "label":
             classes = info["classes"][:10]
+            clamped = {}
             for t in dict.fromkeys(temperatures or (1.0, 0.7)):
-                _class_grid(flow, cfg, classes, 8, t, seed, figdir / f"classes_T{t:g}.png")
+                path = figdir / f"classes_T{t:g}.png"
+                clamped[t] = _class_grid(flow, cfg, classes, 8, t, seed, path)
                 figs.append((f"Samples per class (T = {t:g})", f"report/classes_T{t:g}.png"))
         else:
             temps = temperatures or (0.5, 0.7, 0.85, 1.0)
-            _samples_images(flow, cfg, temps, n, seed, figdir / "samples.png")
+            clamped = _samples_images(flow, cfg, temps, n, seed, figdir / "samples.png")
             title = "Samples at several temperatures" if len(temps) > 1 else "Samples"
             figs.append((title, "report/samples.png"))
+        said = clamped_fact(clamped, cfg["resolved"].get("levels")) if ds.levels else None
+        facts += [said] if said else []
         if info is None:
             t_near = 1.0 if 1.0 in temps else temps[-1]
             med = _nearest(flow, cfg, ds.train, 16, t_near, seed + 1, figdir / "nearest.png")
@@ -2064,7 +2129,7 @@ def _write_report(
                 "temperatures given apply to an image run's figures",
             ))  # fmt: skip
         d = math.prod(data_shape)
-        names = [_label(n) for n in _column_names(cfg, d)]  # (the figures' labels)
+        names = [" ".join(str(n).split()) for n in _column_names(cfg, d)]  # (in full)
         data = x_split.reshape(len(x_split), -1)
         m = min(len(data), 5000)
         if info is None:
@@ -2078,7 +2143,7 @@ def _write_report(
                     figdir / "samples.png",
                     _angle_box(cfg) or ds.info.get("box"),
                     cfg["resolved"].get("bounds"),
-                    names if cfg["resolved"].get("columns") else None,
+                    _labels(names) if cfg["resolved"].get("columns") else None,
                 )
                 figs.append(("Data and model density", "report/density.png"))
                 figs.append(("Samples", "report/samples.png"))
@@ -2088,7 +2153,7 @@ def _write_report(
             # one sample given each row's context: draws from the joint of the split
             samples = sample_run(flow, cfg, 1, 1.0, seed + 2, context=c_split[:m])
             title = "Samples given the context of a few rows, against their true values"
-            _per_context(flow, cfg, ds, split, names, seed, figdir / "contexts.png")
+            _per_context(flow, cfg, ds, split, _labels(names), seed, figdir / "contexts.png")
             figs.append((title, "report/contexts.png"))
         z = None  # the per-column latent QQ is against N(0, 1): for that base only
         if isinstance(flow.base, StandardNormal):
@@ -2323,6 +2388,30 @@ def _density_grid(fn, box, n):
     return lp.reshape(n, n)
 
 
+def _plot_1d(ax, flow, target, s: np.ndarray, n: int = 400) -> None:
+    """A 1-D target's figure: a histogram of the flow's samples ``s``, the flow's density, and
+    the target's, normalised by the midpoint rule over the samples' range widened by a half
+    (its ``log Z`` is unknown in general), all per unit of x."""
+    s = s[np.isfinite(s)]
+    lo, hi = np.percentile(s, [0.5, 99.5]) if len(s) else (-4.0, 4.0)
+    lo, hi = lo - 0.5 * (hi - lo or 1.0), hi + 0.5 * (hi - lo or 1.0)
+    x = torch.linspace(float(lo), float(hi), n, dtype=torch.float64)[:, None]
+    step = float(hi - lo) / (n - 1)
+    _hist(ax, s, np.linspace(lo, hi, 61), alpha=0.35, label=f"{len(s):,} samples")
+    with torch.no_grad():
+        lt = target(x).double()
+        ax.plot(x[:, 0], torch.exp(lt - torch.logsumexp(lt, 0) - math.log(step)), label="target")
+        flow.eval()
+        try:
+            lq = flow.log_prob(x.to(_dtype(flow))).double()
+            ax.plot(x[:, 0], lq.exp(), label="flow", linestyle="--")
+        except Exception:  # noqa: BLE001 - (a model with no log_prob of given points)
+            pass
+    ax.set_xlim(lo, hi)
+    ax.set_title(f"target {target.name}, flow and samples (density)", fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def plot_pair(ax_t, ax_q, flow, target, n: int = 200, title: str = "") -> None:
     """Draw ``exp(log p~)`` on ``ax_t`` and the flow's density on ``ax_q`` over the target box."""
     box = target.box
@@ -2378,20 +2467,27 @@ def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: st
 
     plt = _plt()
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+    if target.dim == 1:  # one panel: the densities are curves over the samples' histogram
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        axes = [None, None, ax]
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
     if target.dim == 2:
         plot_pair(axes[0], axes[1], flow, target, title=title)
-    else:
+    elif target.dim > 2:
         for ax in axes[:2]:
             ax.axis("off")
         axes[0].text(0.5, 0.5, f"{target.dim}-D target: densities not drawn", ha="center")
     with torch.no_grad():
         s = flow.sample(2000).float()
-    axes[2].scatter(s[:, 0].numpy(), s[:, 1].numpy(), s=1, alpha=0.4)
+    if target.dim == 1:  # the samples' histogram, under both densities (normalised on it)
+        _plot_1d(axes[2], flow, target, s[:, 0].numpy())
+    else:
+        axes[2].scatter(s[:, 0].numpy(), s[:, 1].numpy(), s=1, alpha=0.4)
+        axes[2].set_title("2000 samples (dims 1, 2)", fontsize=9)
     if target.dim == 2:
         axes[2].set_xlim(target.box[0], target.box[1])
         axes[2].set_ylim(target.box[2], target.box[3])
-    axes[2].set_title("2000 samples (dims 1, 2)", fontsize=9)
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

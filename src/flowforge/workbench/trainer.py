@@ -129,8 +129,15 @@ class Objective:
         the learning-rate schedule
         (warm-up, then cosine), starts from the best validated weights of the phase before and
         compares validation numbers only within the phase; ``patience`` stops the run in its
-        last phase only (an earlier phase runs its epochs in full)."""
+        last phase only (an earlier phase runs its epochs in full), and a learning rate halved
+        on a plateau (``halve_after``) is whole again at a phase's start."""
         return []
+
+    def validated_epochs(self, trainer: Trainer, after: int, upto: int) -> int:
+        """How many of the epochs ``after + 1 .. upto`` (0-based) train what the validation
+        number measures, so that a plateau (``halve_after``) counts them only (default: every
+        epoch)."""
+        return upto - after
 
     def loss_kind(self, trainer: Trainer) -> str:
         """Which of the objective's losses the epoch in progress minimises (one by default): the
@@ -1262,6 +1269,32 @@ class Trainer:
                 "(flow.train(); flow.log_prob(sample))"
             )
 
+    def _unread_options(self) -> list[str]:
+        """What the train options set that this run does not read (warnings, not refusals:
+        runs that recorded them resume): a sweep over them would give identical runs."""
+        out = []
+        name = getattr(self.objective, "name", self.cfg["objective"])
+        if self.cfg["val_samples"] != 1 and not isinstance(self.objective, NLL):
+            out.append(
+                f"train.val_samples = {self.cfg['val_samples']} averages draws of the maximum-"
+                f"likelihood objective's validation NLL; this run's objective is {name}, which "
+                "validates in one pass and does not read it (--set train.val_samples=1 leaves "
+                "it out)"
+            )
+        if self.cfg["min_lr_ratio"] and self.cfg["schedule"] == "constant":
+            out.append(
+                f"train.min_lr_ratio = {self.cfg['min_lr_ratio']:g} is where the cosine decay "
+                "ends; with train.schedule: constant it does nothing (--set train.schedule="
+                "cosine uses it)"
+            )
+        if self.cfg["init_batch"] and self.train_x is not None and not needs_data_init(self.model):
+            out.append(
+                f"train.init_batch = {self.cfg['init_batch']} is the batch a data-initialised "
+                "layer (ActNorm, a first-batch standardisation) starts from; this model has "
+                "none, so it does nothing"
+            )
+        return out
+
     def _init_data_dependent(self) -> None:
         """One forward pass on a fixed batch (``train.init_batch`` examples of the first
         epoch's order) if a layer initialises from data (ActNorm), identical on every rank."""
@@ -1716,6 +1749,8 @@ class Trainer:
                     f"is {name}, which does not read it (--set train.manifold_epochs=0 leaves "
                     "it out)"
                 )
+            for said in self._unread_options():
+                self._warn(said)
             # (train's data checks say it of a table's columns; a Loss may dequantize itself)
             if not self._run_folder and isinstance(self.objective, (NLL, FlowMatchingObjective)):
                 said = _integer_valued(self.model, self.train_x)
@@ -2123,16 +2158,13 @@ class Trainer:
             self.bad_epochs += 1
         halve = int(self.cfg["halve_after"])
         halved = False
-        if halve and not improved and self.epoch - max(self.best_epoch, self.last_halved) >= halve:
+        since = max(self.best_epoch, self.last_halved)
+        stale = self.objective.validated_epochs(self, since, self.epoch) if halve else 0
+        if halve and not improved and stale >= halve:
             self.lr_factor /= 2
             self.last_halved = self.epoch
             halved = True
-            # the scheduler set the next step's rate before the halving: set it again now, or
-            # the next epoch's first step would still take the old rate
-            rates = [base * self._lr_lambda(self.sched.last_epoch) for base in self.sched.base_lrs]
-            for group, lr in zip(self.opt.param_groups, rates):
-                group["lr"] = lr
-            self.sched._last_lr = rates
+            self._rates_again()
         train_loss = float(np.mean(losses)) if losses else float("nan")
         rec = {
             "type": "epoch",
@@ -2201,10 +2233,21 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
         self.best, self.best_epoch, self.bad_epochs, self.best_state = math.inf, -1, 0, None
+        if self.lr_factor != 1.0:  # (its schedule starts whole)
+            self.lr_factor, self.last_halved = 1.0, self.epoch - 1
+            self._rates_again()
         # the phase's start in the checkpoint: the phase's first epoch rewrites model.ff (its
         # first validation is its best), and a run resumed after that must not start from it
         self.save_checkpoint()
         self._say(f"phase {self.phase_starts.index(self.epoch) + 1}: from the best weights so far")
+
+    def _rates_again(self) -> None:
+        """The next step's learning rates set again after ``lr_factor`` changed: the scheduler
+        set them before, or the next epoch's first step would take the old rate."""
+        rates = [base * self._lr_lambda(self.sched.last_epoch) for base in self.sched.base_lrs]
+        for group, lr in zip(self.opt.param_groups, rates):
+            group["lr"] = lr
+        self.sched._last_lr = rates
 
     def load_best(self) -> torch.nn.Module:
         """Load the best validated weights into the model (from ``model.ff`` in a run folder,
