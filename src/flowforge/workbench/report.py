@@ -1053,9 +1053,13 @@ def table_figures(
             for ax, c, t, cmap, v in (
                 (axes[0], cd, side, "RdBu_r", 1),
                 (axes[1], cs, f"{len(samples):,} samples", "RdBu_r", 1),
-                (axes[2], cs - cd, "samples - data", "PuOr_r", 0.5),
+                (axes[2], cs - cd, "samples - data (beyond ±0.5: at ±0.5)", "PuOr_r", 0.5),
             ):
-                im = ax.imshow(c, cmap=cmap, vmin=-v, vmax=v)
+                import matplotlib
+
+                # (an undefined correlation, a column constant in a split, in grey: not 0's white)
+                shade = matplotlib.colormaps[cmap].with_extremes(bad="0.6")
+                im = ax.imshow(np.ma.masked_invalid(c), cmap=shade, vmin=-v, vmax=v)
                 ax.set_title(f"correlation: {t}", fontsize=10)
                 ticks = range(d) if d <= MAX_COLUMNS else []
                 ax.set_xticks(ticks)
@@ -1063,7 +1067,7 @@ def table_figures(
                 if d <= MAX_COLUMNS:
                     ax.set_xticklabels([labels[j] for j in ticks], rotation=90, fontsize=7)
                     ax.set_yticklabels([labels[j] for j in ticks], fontsize=7)
-                fig.colorbar(im, ax=ax, fraction=0.046)
+                fig.colorbar(im, ax=ax, fraction=0.046, extend="both" if v < 1 else "neither")
             _savefig(fig, figdir / "correlations.png")
             figs.append((f"Correlation matrices: {side} vs samples", "report/correlations.png"))
             fact, beyond = _corr_fact(cd, cs, vd, vs, names, len(data), len(samples))
@@ -1403,9 +1407,12 @@ def _class_grid(flow, cfg, classes, n, temperature, seed, path):
     _show(ax, grid)
     h = grid.shape[0] / len(classes)
     ax.set_yticks([h * (i + 0.5) for i in range(len(classes))])
-    ax.set_yticklabels([str(c) for c in classes])
+    names = dict(zip(info["classes"], info.get("names") or ()))
+    ax.set_yticklabels([f"{c} {names[c]}" if c in names else str(c) for c in classes])
     ax.set_ylabel("class")
-    ax.set_title(f"{n} samples per class, T={temperature:g}")
+    total = len(info["classes"])
+    some = f" (the first {len(classes)} of {total} classes)" if total > len(classes) else ""
+    ax.set_title(f"{n} samples per class{some}, T={temperature:g}")
     _savefig(fig, path)
     return clamped
 
@@ -1435,7 +1442,12 @@ def _per_context(flow, cfg, ds, split, names, seed, path, rows: int = 4, n: int 
             ax.plot(truth[k, 0], truth[k, 1], "k*", ms=12, label="true value")
             ax.set_xlabel(names[0], fontsize=8)
             ax.set_ylabel(names[1], fontsize=8)
-        given = ", ".join(map(_context_value, raw[k][:4])) + (", ..." if raw.shape[1] > 4 else "")
+        named = cfg["resolved"].get("context_column_names") or []
+        named = named if len(named) == raw.shape[1] else [None] * raw.shape[1]
+        given = ", ".join(
+            _context_value(v) if m is None else f"{_label(m)} {_context_value(v)}"
+            for m, v in zip(named[:4], raw[k][:4])
+        ) + (", ..." if raw.shape[1] > 4 else "")
         ax.set_title(f"{split} row {k}: context {given}", fontsize=8)
         ax.tick_params(labelsize=7)
         if k == 0:
@@ -2488,6 +2500,9 @@ def write_vi_report(out: Path, flow, target, metrics: dict, fit: dict, title: st
     if target.dim == 2:
         axes[2].set_xlim(target.box[0], target.box[1])
         axes[2].set_ylim(target.box[2], target.box[3])
+        box = (target.box[0], target.box[1]), (target.box[2], target.box[3])
+        off = _off_axes(s[:, 0].numpy(), s[:, 1].numpy(), *box)  # (mass outside the box)
+        axes[2].set_title(f"2000 samples (dims 1, 2){off}", fontsize=9)
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
