@@ -258,3 +258,15 @@ def test_class_grids_name_their_classes_and_say_those_left_out(tmp_path, figures
     assert figures["classes_T1.png"]["titles"] == [
         "8 samples per class (the first 10 of 12 classes), T=1"
     ]
+
+
+def test_a_one_column_table_gets_its_model_density_drawn(tmp_path, figures, capsys):
+    # (a 1-D run got only a histogram of samples over data; its density is cheap to draw)
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "one.csv"
+    csv.write_text("height\n" + "".join(f"{v:.4f}\n" for v in rng.normal(170, 8, 200)))
+    run = tmp_path / "r"
+    assert main(["train", "--model", "maf", "--data", str(csv), "--out", str(run), *QUIET]) == 0
+    assert cli(capsys, "report", run)[0] == 0
+    assert set(figures["density.png"]["legends"]) == {"training data (160 rows)", "model density"}
+    assert "Data and model density" in (run / "report.html").read_text()

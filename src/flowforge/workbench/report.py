@@ -739,6 +739,33 @@ def _density(
     _savefig(fig, path_samples)
 
 
+@torch.no_grad()
+@_drawing
+def _density_1d(flow, train_x: Tensor, bounds, name, path: Path, n: int = 400) -> None:
+    """A one-column table's figure: the training data's histogram under the model's density
+    (per unit of the column), over the data's range, within its declared bounds."""
+    plt = _plt()
+    x = train_x.reshape(len(train_x), -1)[:, 0].double().numpy()
+    lo, hi = _box(x[:, None], 0.15)
+    lower, upper = _declared_bounds(bounds)
+    lo0 = lo[0] if lower[0] is None else max(lo[0], lower[0])
+    hi0 = hi[0] if upper[0] is None else min(hi[0], upper[0])
+    grid = np.linspace(lo0, hi0, n + 2)[1:-1]  # (the bounds are open: their edges out)
+    flow.eval()
+    pts = torch.tensor(grid[:, None], dtype=_dtype(flow))
+    logp = torch.cat([_grid_log_prob(flow, c) for c in pts.split(8192)]).double()
+    dens = torch.nan_to_num(logp, nan=-math.inf, posinf=-math.inf).exp().numpy()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    edges = np.linspace(lo0, hi0, 61)
+    _hist(ax, x, edges, alpha=0.35, label=f"training data ({_count(len(x), 'row')})")
+    ax.plot(grid, dens, color="C1", label="model density")
+    ax.set_xlim(lo0, hi0)
+    ax.set_xlabel(name or "x")
+    ax.set_ylabel(f"density (per unit of {name or 'x'})")
+    ax.legend(fontsize=8)
+    _savefig(fig, path)
+
+
 def _grid_log_prob(flow, pts: Tensor) -> Tensor:
     """``flow.log_prob`` at the report's own grid points, with NaN where the model overflows
     (points the user did not give: drawn dark and counted, not an error that loses the
@@ -2159,6 +2186,11 @@ def _write_report(
                 )
                 figs.append(("Data and model density", "report/density.png"))
                 figs.append(("Samples", "report/samples.png"))
+            elif data_shape == (1,) and flow.dequantizer is None:
+                name = names[0] if cfg["resolved"].get("columns") else None
+                _density_1d(flow, ds.train, cfg["resolved"].get("bounds"), name,
+                            figdir / "density.png")  # fmt: skip
+                figs.append(("Data and model density", "report/density.png"))
             # at least 2,000 samples: a split of a few rows would leave a few samples to judge by
             samples = sample_run(flow, cfg, max(m, 2000), 1.0, seed + 2)
         else:
