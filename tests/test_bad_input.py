@@ -1230,3 +1230,32 @@ def test_sample_takes_the_temperatures_report_and_python_take(tmp_path, capsys):
     rc, _, err = cli(capsys, "sample", run, "-n", 4, "--temperature", -1, "--out",
                      tmp_path / "t.npy")  # fmt: skip
     one_line_error(rc, err, "--temperature must be a finite number >= 0")
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, needle",
+    [
+        ("planar", {"layers": 1, "hidden": [16]}, "hidden=[16] is read by Planar only with a"),
+        ("sylvester", {"layers": 1, "reflections": 4}, "reflections=4 is read by Sylvester only"),
+        ("realnvp", {"layers": 1, "components": 4}, "components=4 is read by RealNVP only with a"),
+        ("maf", {"layers": 1, "alpha": 0.1, "preprocess": "scale"}, "alpha=0.1 is read by MAF"),
+    ],
+    ids=["planar-hidden", "sylvester-reflections", "components", "alpha"],
+)
+def test_a_model_argument_the_builder_would_not_read_is_refused(
+    tmp_path, capsys, model, kwargs, needle
+):
+    # (an options audit: each built the same weights as without it, and was recorded as set)
+    data = ["digits", "--layout", "vector"] if "preprocess" in kwargs else ["moons"]
+    rc, _, err = cli(capsys, "train", "--model", model, "--data", *data, "--out",
+                     tmp_path / "r", "--model-kwargs", json.dumps(kwargs), "--epochs", 1,
+                     "--no-progress")  # fmt: skip
+    one_line_error(rc, err, needle, "(remove it)")
+    assert not (tmp_path / "r").exists()
+    read = {**kwargs, "kind": "householder"} if model == "sylvester" else None
+    read = {**kwargs, "base": "mixture"} if model == "realnvp" else read
+    if read is not None:  # (where it is read, it is taken)
+        rc, _, err = cli(capsys, "train", "--model", model, "--data", "moons", "--out",
+                         tmp_path / "ok", "--model-kwargs", json.dumps(read), "--epochs", 1,
+                         "--limit", 64, "--no-progress", "--quiet")  # fmt: skip
+        assert rc == 0, err

@@ -214,6 +214,64 @@ PYTHON_ONLY = {
 }
 
 
+def _base_name(base) -> str:
+    return str(base.get("name") if isinstance(base, dict) else base).lower()
+
+
+# model arguments a builder reads only with another argument's value: (the condition on the
+# arguments as the builder takes them, then the words for it), for every model ("*") and by
+# model; a value given where it is not read built the same model as without it, unsaid
+_READ_ONLY_WITH: dict[str, dict] = {
+    "*": {
+        "components": (
+            lambda a: _base_name(a["base"]) in ("mixture", "made-mog"),
+            "a mixture base (base: mixture or made-mog)",
+        ),
+        "alpha": (
+            lambda a: a["levels"] is not None and a["preprocess"] == "logit",
+            "discrete data (data.levels) with preprocess: logit",
+        ),
+    },
+    **{
+        m: {"hidden": (lambda a: a["context_features"] > 0, "a conditional run (a context)")}
+        for m in ("planar", "radial")
+    },
+    "sylvester": {
+        "hidden": (lambda a: a["context_features"] > 0, "a conditional run (a context)"),
+        "reflections": (lambda a: a["kind"] == "householder", "kind: householder"),
+        "rank": (lambda a: a["kind"] == "orthogonal", "kind: orthogonal"),
+    },
+    "glow": {"prior_hidden": (lambda a: a["split_prior"] is True, "split_prior: true")},
+}
+
+
+def _refuse_unread(spec, kwargs: dict, ds: Dataset) -> None:
+    """A :class:`WorkbenchError` for a model argument given where the builder does not read it
+    (:data:`_READ_ONLY_WITH`): an option a sweep would find changes nothing."""
+    name = spec.name.lower()
+    shared = _READ_ONLY_WITH["*"] if spec.data else {}  # (the shared data options: IDF's
+    rules = {**shared, **_READ_ONLY_WITH.get(name, {})}  # components are its own prior's)
+    given = [k for k in kwargs if k in rules and k in spec.signature.parameters]
+    if not given:
+        return
+    args = {k: p.default for k, p in spec.signature.parameters.items()}
+    args.update(kwargs, levels=ds.levels if ds.levels is not None else kwargs.get("levels"))
+    info = ds.context_info or {}
+    args["context_features"] = info.get("features") or len(info.get("context_columns") or ())
+    for k in given:
+        read, words = rules[k]
+        try:
+            reads = read(args)
+        except (KeyError, TypeError, AttributeError):
+            continue  # (an argument the builder checks itself)
+        if not reads:
+            raise WorkbenchError(
+                f"model argument {k}={kwargs[k]!r} is read by {spec.name} only with {words}, "
+                f"which this run does not have: it would build the same model without it "
+                f"(remove it)"
+            )
+
+
 def build_flow(
     cfg: dict,
     ds: Dataset,
@@ -283,6 +341,8 @@ def build_flow(
         if layout == "vector" and "features" not in spec.inputs:
             raise WorkbenchError(f"model {name!r} takes images only; {ds.name} is not image data")
     takes = spec.signature.parameters
+    if stored is None and recorded is None:  # (a new run: resumed and replayed ones as recorded)
+        _refuse_unread(spec, kwargs, ds)
     extra = any(p.kind == p.VAR_KEYWORD for p in takes.values())
     for opt in ("dequantization", "base"):  # the flags every builder of a continuous flow has
         if opt in kwargs and opt not in takes and not extra:
