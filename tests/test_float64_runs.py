@@ -140,3 +140,80 @@ def test_the_precision_is_checked(tmp_path, capsys):
         Trainer(flow, ds.train, ds.val, {"epochs": 1, "dtype": "float64"}, progress=False)
     t = Trainer(flow.double(), ds.train, ds.val, {"epochs": 1}, progress=False, echo=False)
     assert t.cfg["dtype"] == "float64"
+
+
+def test_a_float64_run_standardises_values_of_1e_30(tmp_path, capsys):
+    # (a spread below 1e-30 counted as none: the scale was 1, the model could not fit, and the
+    # Gaussian reference printed -1.02 nats where the data's is about -66)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.csv"
+    x = np.c_[1e-30 + 1e-31 * rng.normal(size=400), rng.normal(size=400)]
+    data.write_text("m,x\n" + "".join(f"{a:.6e},{b:.6f}\n" for a, b in x))
+    run = tmp_path / "r"
+    rc, _, err = cli(capsys, "train", *TINY, "--data", data, "--out", run, "--epochs", 1,
+                     "--set", "train.dtype=float64")  # fmt: skip
+    assert rc == 0, err
+    scale = json.loads((run / "config.json").read_text())["resolved"]["stats"]["scale"]
+    assert scale[0] == pytest.approx(1e-31, rel=0.2)
+    rc, out, err = cli(capsys, "eval", run)
+    assert rc == 0, err
+    reference = float(re.search(r"training split: NLL (-?[0-9.]+)", out).group(1))
+    assert -70 < reference < -62, out
+
+
+def test_a_run_folder_whose_files_disagree_on_the_precision_is_refused(tmp_path, capsys):
+    # (a float32 model.ff in a float64 run scored float64 data rounded, without a word; an
+    # edited train.dtype blamed the data, or was an internal error)
+    from flowforge.workbench import train
+
+    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
+           "data": {"name": "moons", "n_train": 128, "n_val": 64, "n_test": 64},
+           "train": {"epochs": 1, "tensorboard": False, "dtype": "float64"}}  # fmt: skip
+    run = tmp_path / "r"
+    train(cfg, run, progress=False, echo=False)
+    ff.save(ff.load(run / "model.ff").float(), run / "model.ff")
+    rc, _, err = cli(capsys, "eval", run)
+    one_line_error(rc, err, "the run trained in float64 (train.dtype) and the model's weights "
+                   "are float32")  # fmt: skip
+    c = json.loads((run / "config.json").read_text())
+    c["train"]["dtype"] = ["float64"]
+    (run / "config.json").write_text(json.dumps(c))
+    rc, _, err = cli(capsys, "sample", run, "-n", 2, "--out", tmp_path / "s.csv")
+    assert rc != 0 and "Traceback" not in err and "internal error" not in err, err
+
+
+def test_a_float32_run_in_a_float64_session_is_float32(tmp_path):
+    # (its model was built in the session's float64 beside float32 data and a float32 record)
+    from flowforge.workbench import train
+
+    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
+           "data": {"name": "moons", "n_train": 128, "n_val": 64, "n_test": 64},
+           "train": {"epochs": 1, "tensorboard": False, "dtype": "float32"}}  # fmt: skip
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        train(cfg, tmp_path / "r", progress=False, echo=False)
+    finally:
+        torch.set_default_dtype(before)
+    assert ff.load(tmp_path / "r").dtype == torch.float32
+
+
+def test_runs_of_two_precisions_are_compared_on_a_file(tmp_path, capsys):
+    # (their splits were said to hold "other examples", as if split otherwise)
+    from flowforge.workbench import train
+    from flowforge.workbench.errors import RunError
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "t.csv"
+    data.write_text("a,b\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in rng.normal(size=(200, 2))))
+    for name, dtype in (("r32", "float32"), ("r64", "float64")):
+        rc, _, err = cli(capsys, "train", *TINY, "--data", data, "--out", tmp_path / name,
+                         "--epochs", 1, "--quiet", "--set", f"train.dtype={dtype}")  # fmt: skip
+        assert rc == 0, err
+    rc, _, err = cli(capsys, "eval", tmp_path / "r64", "--against", tmp_path / "r32")
+    one_line_error(rc, err, "reads its data in float64", "in float32 (train.dtype)", "--data FILE")
+    rc, out, err = cli(capsys, "eval", tmp_path / "r64", "--against", tmp_path / "r32",
+                       "--data", data)  # fmt: skip
+    assert rc == 0, err
+    with pytest.raises(RunError, match="config must be a dict"):
+        train("config.yaml", tmp_path / "x")

@@ -448,8 +448,9 @@ def build_flow(
         # a config's sizes (bins, widths, layers) are bounded by the machine: half its memory
         with Budget(_build_bytes(), math.inf, why="half this machine's memory"):
             inner = models.build(name, **shape_kw, **kwargs)
-            if dtype == torch.float64:  # (train.dtype; float32 leaves torch's default dtype)
-                inner = inner.to(dtype)
+            # (train.dtype, whatever torch's default dtype: a float64 session's float32 run is
+            # float32; a resumed run then takes its checkpoint's, runner._in_recorded_dtype)
+            inner = inner.to(dtype)
     except ImportError as e:
         raise WorkbenchError(f"model {name!r} is not available here: {e}") from None
     except (TypeError, ValueError) as e:
@@ -497,8 +498,7 @@ def build_flow(
         flow = models.context_standardized(flow, **context["stats"])
         if _legacy_context(stored):  # resumed from before: the files keep its identity
             flow.config = saved
-    if dtype == torch.float64:  # (the layers the data's preprocessing added)
-        flow = flow.to(dtype)
+    flow = flow.to(dtype)  # (the layers the data's preprocessing added)
     resolved = {
         "layout": layout,
         "event_shape": list(event_shape),

@@ -2246,9 +2246,10 @@ def _standardize_stats(train: Tensor) -> dict:
     # a spread of at most 1e-8 is left unscaled only where it is float32 rounding around the
     # column's mean, or nothing at all: a small column in its own units (5e-9 +- 5e-9, a
     # wavelength in metres) is scaled like any other, or the flow could not fit it
-    eps = torch.finfo(train.dtype if train.dtype == torch.float64 else torch.float32).eps
+    wide = train.dtype == torch.float64  # (a float64 run's data: its own rounding and range)
+    eps = torch.finfo(torch.float64 if wide else torch.float32).eps
     noise = 4 * eps * loc.abs()
-    ok = (scale > 1e-8) | ((scale > noise) & (scale > 1e-30))
+    ok = (scale > 1e-8) | ((scale > noise) & (scale > (1e-290 if wide else 1e-30)))
     scale = torch.where(ok, scale, torch.ones_like(scale))
     return {"loc": loc.tolist(), "scale": scale.tolist()}
 
@@ -3043,10 +3044,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}  # (train.dtype's 
 
 def run_dtype(cfg: dict) -> torch.dtype:
     """The precision a run's data are read in and its model computes in: its ``train.dtype``
-    (float32 for runs from before the option)."""
+    (float32 for runs from before the option); a :class:`WorkbenchError` for another value (a
+    config.json edited)."""
     train = cfg.get("train") if isinstance(cfg, dict) else None
-    return DTYPES.get(train.get("dtype", "float32") if isinstance(train, dict) else "float32",
-                      torch.float32)  # fmt: skip
+    value = train.get("dtype", "float32") if isinstance(train, dict) else "float32"
+    if not isinstance(value, str) or value not in DTYPES:
+        raise WorkbenchError(f"train.dtype must be float32 or float64, got {str(value)[:40]!r}")
+    return DTYPES[value]
 
 
 def _load_dataset(

@@ -805,6 +805,13 @@ def check_comparable(run, other, data=None, split: str = "test"):
     ka, kb = da.split_context(split), db.split_context(split)
     if same and (ka is None) == (kb is None) and (ka is None or torch.equal(ka, kb)):
         return da, db
+    if da.split(split).dtype != db.split(split).dtype:  # (train.dtype: the values as read)
+        precisions = [str(d.split(split).dtype).removeprefix("torch.") for d in (da, db)]
+        raise DataError(
+            f"this run reads its data in {precisions[0]} and {other} in {precisions[1]} "
+            "(train.dtype): their examples are not the same numbers; compare the two on one "
+            "file, --data FILE, where each model scores the file's values"
+        )
     raise DataError(
         f"{other}'s {split} split holds other examples than this run's (other data, or the "
         "data split another way: another data.seed, shuffle or fractions); compare the two "

@@ -666,7 +666,8 @@ def _density(
             hi[j] = min(hi[j], upper[j])
     g = 200
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], g), np.linspace(lo[1], hi[1], g))
-    pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+    # (in the model's precision: a float64 run's 1.7e9 +- 35 is one float32 value)
+    pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=_dtype(flow))
     inside = torch.ones(len(pts), dtype=torch.bool)  # (the bounds are open: their edges out)
     for j in range(2):
         if lower[j] is not None:

@@ -289,12 +289,19 @@ def _readings(options: dict, name, want) -> list[dict]:
     return [options, {**options, "header": False}, {**options, "header": True}]
 
 
-def _in_recorded_dtype(flow, resolved: dict, checkpoint: Path | None = None):
+def _in_recorded_dtype(flow, resolved: dict, checkpoint: Path | None = None, train=None):
     """``flow`` in the dtype its run trained in, so that a resume continues the run it
     checkpointed: the dtype of the checkpoint's weights (a run an earlier flowforge resumed in
     float32 goes on in float32), else torch's default dtype when the run was trained, as
     recorded (a notebook's float64)."""
     dtype = _checkpoint_dtype(checkpoint) if checkpoint is not None else None
+    train = train if isinstance(train, dict) else {}  # (the run's train options)
+    if dtype is not None and "dtype" in train and dtype != run_dtype({"train": train}):
+        raise RunError(  # (a run that records its precision: its checkpoint must hold it)
+            f"cannot resume: the run trained in {train['dtype']} (train.dtype) and its "
+            f"{checkpoint.name} holds {str(dtype).removeprefix('torch.')} weights; the file "
+            "was changed or replaced"
+        )
     if dtype is None:
         env = resolved.get("environment")
         want = env.get("default_dtype") if isinstance(env, dict) else None
@@ -500,6 +507,11 @@ def train(
             f"out must be the run folder's path, got {out!r} (to train without writing "
             "anything, use Trainer(flow, train_x, val_x, ...) on tensors)"
         )
+    if isinstance(config, (str, os.PathLike)):  # (a file's name: "unknown config key 'c'")
+        raise RunError(
+            f"config must be a dict (as a YAML file holds it), got the path {str(config)!r}: "
+            "read it first, train(read_config(path), out)"
+        )
     with _callers_random_state():
         return _train(
             config, out, resume, overwrite, progress, echo, callback, notes, new_data, init_from
@@ -625,7 +637,9 @@ def _train(
                 resolved = warm_start.take_preprocessing(resolved, stored["resolved"])
                 resolved["init_from"] = stored["resolved"]["init_from"]
             if stored is not None:  # (a run trained in a float64 session resumes in float64)
-                flow = _in_recorded_dtype(flow, stored["resolved"], out / CKPT_FILE)
+                flow = _in_recorded_dtype(
+                    flow, stored["resolved"], out / CKPT_FILE, stored.get("train")
+                )
         elif source is not None:
             flow, _, resolved = build_flow(cfg, ds, like=source.cfg["resolved"])
             flow, resolved = warm_start.adopt(source, cfg, flow, resolved)

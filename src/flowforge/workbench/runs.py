@@ -330,6 +330,15 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
             f"{run}'s config.json and {MODEL_FILE} disagree: the model is not the one this run "
             "built (another architecture or size); one of the files was changed or replaced"
         )
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    want = train.get("dtype")  # (runs since 2026-12-08 record their precision)
+    weights = next((p.dtype for p in flow.parameters() if p.is_floating_point()), None)
+    if want is not None and weights is not None and str(weights) != f"torch.{want}":
+        raise RunError(
+            f"{run}'s config.json and {MODEL_FILE} disagree: the run trained in {str(want)[:20]} "
+            f"(train.dtype) and the model's weights are {str(weights).removeprefix('torch.')}; "
+            "one of the files was changed or replaced"
+        )
     has = getattr(flow, "event_shape", None)
     said = cfg["resolved"].get("event_shape")
     if has is not None and said is not None and list(has) != list(said):
