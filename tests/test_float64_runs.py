@@ -217,3 +217,51 @@ def test_runs_of_two_precisions_are_compared_on_a_file(tmp_path, capsys):
     assert rc == 0, err
     with pytest.raises(RunError, match="config must be a dict"):
         train("config.yaml", tmp_path / "x")
+
+
+def test_a_review_s_float64_paths(tmp_path, capsys):
+    # (a review of the day: a float64 torus run's report failed on its grid at pi; a Trainer
+    # given DEFAULT_TRAIN refused a float64 model; an M-flow's eval --data read float32; a
+    # float32 run's samples beside its contexts were written with 17 digits)
+    from flowforge.workbench import DEFAULT_TRAIN, Trainer, load_dataset
+
+    run = tmp_path / "torus"
+    rc, _, err = cli(capsys, "train", "--model", "torusflow", "--data", "torus-vonmises",
+                     "--out", run, "--epochs", 1, "--limit", 200, "--no-progress", "--quiet",
+                     "--set", "train.dtype=float64")  # fmt: skip
+    assert rc == 0, err
+    assert cli(capsys, "report", run)[0] == 0
+    ds = load_dataset("moons", n_train=64, n_val=32, n_test=32, dtype=torch.float64)
+    flow = ff.models.MAF(features=2, layers=1, hidden=(8,)).double()
+    t = Trainer(flow, ds.train, ds.val, {**DEFAULT_TRAIN, "epochs": 1}, progress=False)
+    assert t.cfg["dtype"] == "float64"
+    rng = np.random.default_rng(0)
+    data = tmp_path / "c.csv"
+    rows = rng.normal(size=(200, 3))
+    data.write_text("a,b,c\n" + "".join(f"{a:.4f},{b:.4f},{c:.4f}\n" for a, b, c in rows))
+    rc, _, err = cli(capsys, "train", *TINY, "--data", data, "--target-columns", "a,b",
+                     "--out", tmp_path / "cond", "--epochs", 1, "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "sample", tmp_path / "cond", "-n", 3, "--context", "0.5",
+                     "--out", tmp_path / "s.csv")  # fmt: skip
+    assert rc == 0, err
+    cells = [c for line in (tmp_path / "s.csv").read_text().splitlines()[1:]
+             for c in line.split(",")]  # fmt: skip
+    assert all(len(c.lstrip("-").replace(".", "")) <= 10 for c in cells), cells
+
+
+def test_a_run_from_a_self_standardising_run_of_standardize_false(tmp_path, capsys):
+    # (a run made before 2026-12-08 with data.standardize: false standardised itself; a run
+    # started from it was refused, with a fix that could not work)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "raw.csv"
+    rows = rng.normal(size=(200, 2)) * [100, 0.01]
+    data.write_text("a,b\n" + "".join(f"{a:.4f},{b:.6f}\n" for a, b in rows))
+    rc, _, err = cli(capsys, "train", "--model", "maf", "--data", data, "--out", tmp_path / "a",
+                     "--model-kwargs", '{"layers": 1, "hidden": [8], "standardize": true}',
+                     "--set", "data.standardize=false", "--epochs", 1, "--no-progress",
+                     "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "train", "--init-from", tmp_path / "a", "--out", tmp_path / "b",
+                     "--epochs", 1, "--no-progress", "--quiet")  # fmt: skip
+    assert rc == 0, err

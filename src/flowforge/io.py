@@ -32,7 +32,6 @@ import warnings
 import weakref
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -41,10 +40,6 @@ from torch.utils._pytree import tree_flatten
 from ._util import all_finite, restore_modes, training_modes
 from .core import Flow
 from .nets import MADEWidthWarning
-
-if TYPE_CHECKING:  # (the models package imports this module)
-    from .models.augmented import AugmentedFlow
-    from .models.mflow import MFlow
 
 __all__ = [
     "save",
@@ -774,7 +769,7 @@ def _size(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def save(flow: Flow | AugmentedFlow | MFlow, path: str | os.PathLike) -> None:
+def save(flow: Flow | torch.nn.Module, path: str | os.PathLike) -> None:
     """Save ``flow`` to ``path`` (conventionally ``*.ff``), atomically.
 
     Example:

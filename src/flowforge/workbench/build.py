@@ -427,6 +427,10 @@ def build_flow(
                 if "standardize" in cfg["data"]["options"]:
                     tied.add("standardize")
                 saved = models.registry.saved_kwargs(name, theirs["kwargs"])
+                if cfg["data"]["options"].get("standardize") is False and "standardize" in saved:
+                    # its model's own (a run from before 2026-12-08 with data.standardize:
+                    # false standardised itself from its first batch)
+                    kwargs.setdefault("standardize", saved["standardize"])
                 saved = {k: v for k, v in saved.items() if k not in tied}
                 kwargs = {**saved, **kwargs}
         if legacy:  # the builder's arguments added since take the values that rebuild the run

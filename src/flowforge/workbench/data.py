@@ -95,7 +95,8 @@ class Dataset:
     def __repr__(self) -> str:  # (the splits' sizes, not their values)
         sizes = " / ".join(str(len(self.split(k))) for k in ("train", "val", "test"))
         levels = f", levels={self.levels}" if self.levels else ""
-        context = "" if self.context is None else f", context={self.context_info.get('kind')}"
+        kind = (self.context_info or {}).get("kind", "given")
+        context = "" if self.context is None else f", context={kind}"
         return (
             f"Dataset({self.name!r}, {self.kind}, shape={tuple(self.shape)}{levels}, "
             f"train / val / test = {sizes}{context})"

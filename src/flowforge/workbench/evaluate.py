@@ -1285,7 +1285,7 @@ def _evaluate_manifold_model(
     truth, noise = None, None
     if data is not None:
         say_reading(data)
-        x = read_examples(data, header=cfg["data"]["options"].get("header"))
+        x = read_examples(data, header=cfg["data"]["options"].get("header"), dtype=run_dtype(cfg))
         if x.dim() != 2 or x.shape[1] != model.features:
             raise DataError(
                 f"{data} has shape {tuple(x.shape)}; this run's model expects "

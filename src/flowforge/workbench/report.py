@@ -256,12 +256,15 @@ def _cell(v: float) -> str:
     return short
 
 
-def _csv_lines(x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096, exact=()):
+def _csv_lines(
+    x: Tensor, lead: list[str] | None, per: int, chunk: int = 4096, exact=(), wide=False
+):
     """The CSV's data lines as encoded chunks of ``chunk`` rows (never the whole text in
     memory); ``lead``: each context row's cells, for ``per`` samples each; ``exact``: the
-    columns written in full (a context the user gave, not a float32 sample); every column of a
-    float64 run's samples (``train.dtype``) is."""
-    exact = set(range(x.shape[1]) if x.dtype == torch.float64 else exact)
+    columns written in full (a context the user gave, not a float32 sample); ``wide``: every
+    column is, a float64 run's samples (``train.dtype``; a float32 run's samples beside its
+    contexts are in a float64 table too, and keep 9 digits)."""
+    exact = set(range(x.shape[1]) if wide else exact)
     for i in range(0, x.shape[0], chunk):
         rows = [
             ",".join(_exact(v) if j in exact else _cell(v) for j, v in enumerate(row))
@@ -353,7 +356,10 @@ def save_samples(
                 header = [f"x{j}" for j in range(x.shape[1])]
             header = [*context_names, *header]
         head = [(",".join(csv_field(str(n)) for n in header) + "\n").encode()] if header else []
-        lines = _csv_lines(x, lead, per, exact=exact)
+        from .data import run_dtype
+
+        wide = run_dtype(cfg) == torch.float64
+        lines = _csv_lines(x, lead, per, exact=exact, wide=wide)
         atomic_write(path, itertools.chain(head, lines), replace=overwrite)
         return
     if suffix != ".png":

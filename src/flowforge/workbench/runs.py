@@ -333,7 +333,9 @@ def load_run(run: str | os.PathLike, map_location="cpu") -> Flow:
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     want = train.get("dtype")  # (runs since 2026-12-08 record their precision)
     weights = next((p.dtype for p in flow.parameters() if p.is_floating_point()), None)
-    if want is not None and weights is not None and str(weights) != f"torch.{want}":
+    # (a float64 run's model in float32 would round its float64 data; a float32 run's model
+    # moved to float64 scores its data as well or better)
+    if want == "float64" and weights is not None and str(weights) != "torch.float64":
         raise RunError(
             f"{run}'s config.json and {MODEL_FILE} disagree: the run trained in {str(want)[:20]} "
             f"(train.dtype) and the model's weights are {str(weights).removeprefix('torch.')}; "

@@ -895,7 +895,10 @@ class Trainer:
         }
         weights = next((p for p in model.parameters() if p.is_floating_point()), None)
         precision = None if weights is None else str(weights.dtype).removeprefix("torch.")
-        if "dtype" in (train or {}) and precision is not None and precision != self.cfg["dtype"]:
+        # (a float64 run asked of a model in another precision; "float32", as DEFAULT_TRAIN
+        # holds it, leaves a float64 model of the caller's as it is)
+        asked = (train or {}).get("dtype") == "float64"
+        if asked and precision is not None and precision != self.cfg["dtype"]:
             raise WorkbenchError(
                 f"train.dtype is {self.cfg['dtype']} and the model's weights are {precision}: "
                 f"the Trainer trains a model in its own precision; move it first "
@@ -1290,8 +1293,9 @@ class Trainer:
         if self.cfg["init_batch"] and self.train_x is not None and not needs_data_init(self.model):
             out.append(
                 f"train.init_batch = {self.cfg['init_batch']} is the batch a data-initialised "
-                "layer (ActNorm, a first-batch standardisation) starts from; this model has "
-                "none, so it does nothing"
+                "layer (ActNorm, a first-batch standardisation) starts from; no layer of this "
+                "model initialises from data (it has none, or has them from a run it starts "
+                "from), so it does nothing"
             )
         return out
 
