@@ -18,6 +18,25 @@ from cli_support import cli, one_line_error
 TINY = ["--model", "maf", "--model-kwargs", '{"layers": 1, "hidden": [8]}', "--no-progress"]
 
 
+def _moons(n_train: int = 128, **train) -> dict:
+    """The config of the smallest MAF on moons, with train options ``train``."""
+    return {"model": {"name": "maf", "layers": 1, "hidden": [8]},
+            "data": {"name": "moons", "n_train": n_train, "n_val": 64, "n_test": 64},
+            "train": {"epochs": 1, "tensorboard": False, **train}}  # fmt: skip
+
+
+def _in_float64_session(cfg: dict, out) -> None:
+    """Train ``cfg`` into ``out`` with torch's default dtype float64 (a notebook's)."""
+    from flowforge.workbench import train
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        train(cfg, out, progress=False, echo=False)
+    finally:
+        torch.set_default_dtype(before)
+
+
 def _timestamps(path, n=600):
     rng = np.random.default_rng(0)
     t = 1.7e9 + rng.normal(0.0, 10.0, n)
@@ -74,10 +93,7 @@ def test_a_table_float32_cannot_hold_trains_scores_and_samples_in_float64(tmp_pa
 def test_a_float64_run_resumes_exactly_and_a_run_from_it_keeps_its_precision(tmp_path, capsys):
     from flowforge.workbench import train
 
-    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
-           "data": {"name": "moons", "n_train": 256, "n_val": 64, "n_test": 64},
-           "train": {"epochs": 3, "batch_size": 64, "tensorboard": False,
-                     "dtype": "float64"}}  # fmt: skip
+    cfg = _moons(256, epochs=3, batch_size=64, dtype="float64")
 
     def stop(trainer):
         if trainer.global_step == 3:
@@ -105,17 +121,8 @@ def test_a_float64_run_resumes_exactly_and_a_run_from_it_keeps_its_precision(tmp
 
 
 def test_a_float64_session_records_its_precision(tmp_path):
-    from flowforge.workbench import train
 
-    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
-           "data": {"name": "moons", "n_train": 128, "n_val": 64, "n_test": 64},
-           "train": {"epochs": 1, "tensorboard": False}}  # fmt: skip
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        train(cfg, tmp_path / "r", progress=False, echo=False)
-    finally:
-        torch.set_default_dtype(before)
+    _in_float64_session(_moons(), tmp_path / "r")
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["dtype"] == "float64"
     assert ff.load(tmp_path / "r").dtype == torch.float64
 
@@ -166,9 +173,7 @@ def test_a_run_folder_whose_files_disagree_on_the_precision_is_refused(tmp_path,
     # edited train.dtype blamed the data, or was an internal error)
     from flowforge.workbench import train
 
-    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
-           "data": {"name": "moons", "n_train": 128, "n_val": 64, "n_test": 64},
-           "train": {"epochs": 1, "tensorboard": False, "dtype": "float64"}}  # fmt: skip
+    cfg = _moons(dtype="float64")
     run = tmp_path / "r"
     train(cfg, run, progress=False, echo=False)
     ff.save(ff.load(run / "model.ff").float(), run / "model.ff")
@@ -184,17 +189,8 @@ def test_a_run_folder_whose_files_disagree_on_the_precision_is_refused(tmp_path,
 
 def test_a_float32_run_in_a_float64_session_is_float32(tmp_path):
     # (its model was built in the session's float64 beside float32 data and a float32 record)
-    from flowforge.workbench import train
 
-    cfg = {"model": {"name": "maf", "layers": 1, "hidden": [8]},
-           "data": {"name": "moons", "n_train": 128, "n_val": 64, "n_test": 64},
-           "train": {"epochs": 1, "tensorboard": False, "dtype": "float32"}}  # fmt: skip
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        train(cfg, tmp_path / "r", progress=False, echo=False)
-    finally:
-        torch.set_default_dtype(before)
+    _in_float64_session(_moons(dtype="float32"), tmp_path / "r")
     assert ff.load(tmp_path / "r").dtype == torch.float32
 
 
