@@ -270,3 +270,16 @@ def test_a_one_column_table_gets_its_model_density_drawn(tmp_path, figures, caps
     assert cli(capsys, "report", run)[0] == 0
     assert set(figures["density.png"]["legends"]) == {"training data (160 rows)", "model density"}
     assert "Data and model density" in (run / "report.html").read_text()
+
+
+def test_a_circle_run_s_density_is_drawn_on_its_angles(tmp_path, figures, capsys):
+    # (the one-column density figure asked the circle flow about points beyond pi: the whole
+    # report failed)
+    run = tmp_path / "circle"
+    rc, _, err = cli(capsys, "train", "--model", "torusflow", "--data", "circle-vonmises",
+                     "--out", run, "--epochs", 1, "--limit", 200, "--no-progress",
+                     "--quiet")  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "report", run)
+    assert rc == 0, err
+    assert "model density" in figures["density.png"]["legends"]

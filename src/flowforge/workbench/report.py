@@ -251,7 +251,7 @@ def _cell(v: float) -> str:
     number from 1e9 to 1e16 in plain digits (1701239936, not 1.70123994e+09: a timestamp or an
     amount as the user's file wrote it; float32 holds such values exactly)."""
     short = f"{v:.9g}"
-    if "e+" in short and v == int(v) and abs(v) < 1e16:
+    if "e+" in short and math.isfinite(v) and v == int(v) and abs(v) < 1e16:
         return f"{v:.0f}"
     return short
 
@@ -748,12 +748,15 @@ def _density(
 
 @torch.no_grad()
 @_drawing
-def _density_1d(flow, train_x: Tensor, bounds, name, path: Path, n: int = 400) -> None:
+def _density_1d(flow, train_x: Tensor, bounds, name, path: Path, box=None, n: int = 400) -> None:
     """A one-column table's figure: the training data's histogram under the model's density
-    (per unit of the column), over the data's range, within its declared bounds."""
+    (per unit of the column), over the data's range, within its declared bounds; ``box``: the
+    data's own domain (an angle's ``[[-pi, pi]]``), the range drawn."""
     plt = _plt()
     x = train_x.reshape(len(train_x), -1)[:, 0].double().numpy()
     lo, hi = _box(x[:, None], 0.15)
+    if box is not None:  # (a circle flow's angles: no density beyond them)
+        lo, hi = np.asarray(box, dtype=np.float64).T
     lower, upper = _declared_bounds(bounds)
     lo0 = lo[0] if lower[0] is None else max(lo[0], lower[0])
     hi0 = hi[0] if upper[0] is None else min(hi[0], upper[0])
@@ -2195,8 +2198,9 @@ def _write_report(
                 figs.append(("Samples", "report/samples.png"))
             elif data_shape == (1,) and flow.dequantizer is None:
                 name = names[0] if cfg["resolved"].get("columns") else None
+                box = _angle_box(cfg) or ds.info.get("box")
                 _density_1d(flow, ds.train, cfg["resolved"].get("bounds"), name,
-                            figdir / "density.png")  # fmt: skip
+                            figdir / "density.png", box)  # fmt: skip
                 figs.append(("Data and model density", "report/density.png"))
             # at least 2,000 samples: a split of a few rows would leave a few samples to judge by
             samples = sample_run(flow, cfg, max(m, 2000), 1.0, seed + 2)
