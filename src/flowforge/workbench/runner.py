@@ -760,8 +760,10 @@ def _session_float64(config) -> bool:
     """Whether a new run is made in a float64 session (``torch.set_default_dtype``, a
     notebook's) with no ``train.dtype`` of its own: it trains, and reads its data, in float64.
     (A replayed ``config.json`` keeps the precision it records, float32 where it has none.)"""
-    if torch.get_default_dtype() != torch.float64 or not isinstance(config, dict):
-        return torch.get_default_dtype() == torch.float64 and config is None
+    if torch.get_default_dtype() != torch.float64 or not isinstance(config, (dict, type(None))):
+        return False
+    if config is None:
+        return True
     train = config.get("train")
     return "resolved" not in config and not (isinstance(train, dict) and "dtype" in train)
 
